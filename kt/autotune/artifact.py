@@ -1,0 +1,147 @@
+"""Artifacts: a tuned kernel as a directory with `kernel.py` (needs only torch and triton) and `meta.json`.
+
+Saving is atomic: everything is written into a temporary sibling directory, which then replaces the target
+in one rename, so a crash leaves the old artifact or the new one, never half of one. `meta.json` records the
+SHA-256 of `kernel.py`; loading refuses a kernel.py that no longer matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kt.autotune.versions import software_versions
+from kt.codegen import GemmConfig, family_for
+from kt.errors import ArtifactError, KtError
+from kt.kernel import Kernel
+
+FORMAT = 1
+
+
+def save_artifact(result, path: str | os.PathLike) -> Path:
+    """Write `result`'s best kernel and its record to the directory `path` (replacing what was there)."""
+    path = Path(path)
+    spec, problem, best = result.spec, result.problem, result.best
+    family = family_for(problem)
+    source = family.render(
+        problem, best.config, name=spec.name, device=result.target.name, kt_version=software_versions()["kt"]
+    )
+    row = best.row
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "name": spec.name,
+        "op": spec.op,
+        "spec": spec.to_dict(),
+        "family": family.name,
+        "family_version": family.version,
+        "problem": problem.to_dict(),
+        "config": best.config.to_dict(),
+        "objective": result.objective,
+        "measured": best.measured,
+        "runtime_ms": best.runtime_ms,
+        "power_w": best.power_w,
+        "energy_mj": best.energy_mj,
+        "runtime_stats": {
+            k: row.get(k) for k in ("runtime_min_ms", "runtime_p20_ms", "runtime_p80_ms", "runs")
+        }
+        if best.measured
+        else None,
+        "sm_clock_mhz": row.get("sm_clock_mhz"),
+        "temperature_c": row.get("temperature_c"),
+        "prediction": {
+            "model": result.plan.model,
+            "runtime_ms": best.predicted_ms,
+            "device": result.target.name,
+        },
+        "device": {"target": result.target.name, "ran_on": result.ran_on, "runner": result.runner},
+        "checked": {
+            "rel_err": row.get("rel_err"),
+            "problem": row.get("checked_problem") or problem.to_dict(),
+            "smem_bytes": row.get("smem_bytes"),
+        },
+        "tuning": {
+            "space": result.plan.space.total,
+            "legal": len(result.plan.space.legal),
+            "chosen": len(result.plan.chosen),
+            "statuses": dict(result.statuses()),
+            "wall_s": round(result.wall_s, 2),
+            "db": str(result.db_path),
+        },
+        "notes": result.notes,
+        "software": software_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kernel_sha256": hashlib.sha256(source.encode()).hexdigest(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        _write(staging / "kernel.py", source)
+        _write(staging / "meta.json", json.dumps(meta, indent=2) + "\n")
+        if path.exists():
+            if not (path / "meta.json").exists() and any(path.iterdir()):
+                raise ArtifactError(f"{path} exists and is not a kt artifact; choose another directory")
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(
+            f"artifact {str(path)!r} not found" if not path.exists() else f"{path} is not a directory"
+        )
+    for name in ("kernel.py", "meta.json"):
+        if not (path / name).is_file():
+            raise ArtifactError(f"artifact {path} has no {name}; it was not written by `kt tune`")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path / 'meta.json'} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(
+            f"{path / 'meta.json'} has format {meta.get('format') if isinstance(meta, dict) else '?'}; "
+            f"this kt reads format {FORMAT}"
+        )
+    return meta
+
+
+def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
+    """The artifact's kernel as a callable; `verify=False` accepts a hand-edited kernel.py."""
+    from kt.codegen import import_kernel_file
+    from kt.spec import parse_spec
+
+    path = Path(path)
+    meta = read_meta(path)
+    source = (path / "kernel.py").read_bytes()
+    if verify and hashlib.sha256(source).hexdigest() != meta.get("kernel_sha256"):
+        raise ArtifactError(
+            f"{path / 'kernel.py'} does not match the checksum in meta.json (edited or damaged); "
+            "re-run `kt tune`, or load with verify=False to use it as it is"
+        )
+    try:
+        spec = parse_spec(meta["spec"])
+        config = GemmConfig.from_dict(meta["config"])
+    except (KtError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
+    module = import_kernel_file(path / "kernel.py")
+    return Kernel(module, spec, config, meta, path)

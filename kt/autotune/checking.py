@@ -1,0 +1,50 @@
+"""Correctness of a kernel against its problem's independent float64 reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from kt.dtypes import tolerance, torch_dtype
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    rel_err: float | None
+    message: str = ""
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (Frobenius norm over every element)."""
+    ref = ref.double()
+    return float((out.double() - ref).norm() / ref.norm().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.device) -> CheckResult:
+    """Run `module.kernel` on fresh random inputs into a NaN-poisoned output and compare with the reference.
+
+    Poisoning catches unwritten elements; a tolerance per dtype (kt.dtypes.TOLERANCE) catches wrong ones.
+    """
+    args = problem.random_args(seed, device)
+    out_type = problem.out_type()
+    out = torch.full(out_type.shape, float("nan"), dtype=torch_dtype(out_type.dtype), device=device)
+    result = module.kernel(*args, out=out)
+    if result is not out:
+        return CheckResult(False, None, "kernel did not return the `out` tensor it was given")
+    bad = (~torch.isfinite(out)).sum().item()
+    if bad:
+        return CheckResult(
+            False,
+            None,
+            f"{bad} of {out.numel()} output elements were not written (still NaN) or are not finite",
+        )
+    err = relative_error(out, problem.reference(*args))
+    limit = tolerance(problem.dtype, getattr(problem, "precision", "ieee"))
+    if err > limit:
+        return CheckResult(
+            False, err, f"relative error {err:.2e} over the {problem.dtype} tolerance {limit:.0e}"
+        )
+    return CheckResult(True, err)

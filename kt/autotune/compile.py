@@ -1,0 +1,144 @@
+"""Compile a generated kernel for a GPU target without a GPU, to learn what it really needs.
+
+The kernel module's wrapper is run once on "meta" tensors with its Triton kernels swapped for recorders, so
+the launch arguments are exactly those a real call passes. They are specialised as Triton does at launch
+(pointers and integers divisible by 16 marked so, integers equal to 1 made constants), and the kernel is
+compiled for the target's architecture with the bundled ptxas. That catches what the interpreter cannot: code
+the GPU compiler rejects, and shared memory over the device's limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+_POINTER_TYPES = {
+    torch.float16: "*fp16",
+    torch.bfloat16: "*bf16",
+    torch.float32: "*fp32",
+    torch.float64: "*fp64",
+    torch.int32: "*i32",
+    torch.int64: "*i64",
+    torch.int8: "*i8",
+}
+
+
+@dataclass(frozen=True)
+class TargetBuild:
+    kernel: str
+    shared_bytes: int
+    uses_wgmma: bool
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: `kernel[grid](*args, **kwargs)` records the launch instead of running it."""
+
+    def __init__(self, name: str, jit_function):
+        self.name, self.jit_function, self.launches = name, jit_function, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((args, kwargs))
+
+        return launch
+
+
+def _triton_kernels(module: ModuleType) -> dict:
+    from triton.runtime import JITFunction
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return {
+        name: obj for name, obj in vars(module).items() if isinstance(obj, (JITFunction, InterpretedFunction))
+    }
+
+
+def capture_launches(module: ModuleType, args: tuple, kwargs: dict | None = None) -> list[tuple]:
+    """[(name, python function, args, kwargs)] for every Triton launch `module.kernel(*args)` makes."""
+    originals = _triton_kernels(module)
+    recorders = {name: _Recorder(name, fn) for name, fn in originals.items()}
+    try:
+        for name, recorder in recorders.items():
+            setattr(module, name, recorder)
+        module.kernel(*args, **(kwargs or {}))
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+    return [(r.name, r.jit_function.fn, a, k) for r in recorders.values() for a, k in r.launches]
+
+
+def _specialise(jit_function, args: tuple, kwargs: dict):
+    """Triton's launch-time specialisation of a kernel's arguments: (signature, constexprs, attrs, options)."""
+    fn = jit_function.fn
+    kwargs = dict(kwargs)
+    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    constexpr_names = {p.name for p in jit_function.params if p.is_constexpr}
+    signature, constexprs, attrs = {}, {}, {}
+    for index, (name, value) in enumerate(bound.items()):
+        divisible = False
+        if name in constexpr_names:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name], divisible = (
+                _POINTER_TYPES[value.dtype],
+                True,
+            )  # torch allocations are 256-byte aligned
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            if value == 1:
+                signature[name], constexprs[name] = "constexpr", 1
+            else:
+                signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+                divisible = value % 16 == 0
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"cannot specialise argument {name}={value!r} of {fn.__name__}")
+        if divisible:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs, options
+
+
+def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[TargetBuild]:
+    """Compile every kernel `module.kernel(*args)` launches for CUDA compute capability `arch` (90 = Hopper)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime import JITFunction
+
+    builds = []
+    launches = capture_launches(module, args)
+    with _compiler_mode():
+        for name, fn, launch_args, launch_kwargs in launches:
+            jit_function = JITFunction(fn)
+            signature, constexprs, attrs, options = _specialise(jit_function, launch_args, launch_kwargs)
+            source = ASTSource(jit_function, signature, constexprs=constexprs, attrs=attrs)
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+            ptx = compiled.asm.get("ptx", "")
+            builds.append(TargetBuild(name, int(compiled.metadata.shared), "wgmma" in ptx))
+    return builds
+
+
+@contextlib.contextmanager
+def _compiler_mode():
+    """Triton consults TRITON_INTERPRET while compiling too: switch it off for the compile, then restore it."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+def meta_args(problem) -> tuple[torch.Tensor, ...]:
+    """Shape-and-stride-only stand-ins for a problem's arguments (no memory, any size)."""
+    return tuple(t.empty("meta") for t in problem.arg_types())

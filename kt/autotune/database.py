@@ -1,0 +1,172 @@
+"""The tuning database: SQLite in WAL mode, one row per measurement, each row committed on its own.
+
+A row is written whole or not at all (one transaction each), so a tune killed at any moment leaves every
+finished measurement and no partial one, and a second tune of the same problem on the same device skips what
+is already there. A row is identified by (runner, device, target, family, template version, problem, config):
+a changed template never reuses an old measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kt.errors import DatabaseError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
+
+# (column, SQL type); the identity columns come first.
+KEY_COLUMNS = ("runner", "device", "target", "family", "family_version", "problem_key", "config_key")
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("runner", "TEXT NOT NULL"),  # cuda | interpret
+    ("device", "TEXT NOT NULL"),  # the GPU's name, or the interpreter
+    ("target", "TEXT NOT NULL"),  # device profile the candidates were legal for (h100, ...)
+    ("family", "TEXT NOT NULL"),
+    ("family_version", "TEXT NOT NULL"),
+    ("problem_key", "TEXT NOT NULL"),
+    ("config_key", "TEXT NOT NULL"),
+    ("created_at", "TEXT NOT NULL"),
+    ("op", "TEXT"),
+    ("spec_name", "TEXT"),
+    ("dtype", "TEXT"),
+    ("problem", "TEXT NOT NULL"),  # JSON
+    ("config", "TEXT NOT NULL"),  # JSON
+    ("status", f"TEXT NOT NULL CHECK (status IN ({', '.join(repr(s) for s in STATUSES)}))"),
+    ("message", "TEXT"),
+    ("rel_err", "REAL"),
+    ("runtime_ms", "REAL"),  # median over `runs` timed runs (GPU only)
+    ("runtime_min_ms", "REAL"),
+    ("runtime_p20_ms", "REAL"),
+    ("runtime_p80_ms", "REAL"),
+    ("runs", "INTEGER"),
+    ("power_w", "REAL"),  # average board power over the energy loop
+    ("energy_mj", "REAL"),  # per call
+    ("energy_loop_s", "REAL"),
+    ("sm_clock_mhz", "REAL"),
+    ("temperature_c", "REAL"),
+    ("smem_bytes", "INTEGER"),  # shared memory of the target build
+    ("checked_problem", "TEXT"),  # JSON of the reduced problem the interpreter checked
+    ("predicted_ms", "REAL"),  # the ranking model's prediction when the candidate was chosen
+    ("wall_s", "REAL"),  # compile + check + measure
+    ("gpu_name", "TEXT"),
+    ("kt_version", "TEXT"),
+    ("torch_version", "TEXT"),
+    ("triton_version", "TEXT"),
+    ("cuda_version", "TEXT"),
+    ("python_version", "TEXT"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+
+def default_path() -> Path:
+    """$KT_DB, else tuning.db in kt's cache directory."""
+    if os.environ.get("KT_DB"):
+        return Path(os.environ["KT_DB"])
+    from kt.codegen.emit import cache_dir
+
+    return cache_dir() / "tuning.db"
+
+
+class Database:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_path()
+        if self.path.is_dir():
+            raise DatabaseError(f"db: {str(self.path)!r} is a directory; give a file path")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"db: {str(self.path)!r} has schema {version}, newer than this kt's "
+                f"{SCHEMA_VERSION}; upgrade kt"
+            )
+        if tables and "measurements" not in tables:
+            raise DatabaseError(f"db: {str(self.path)!r} is an SQLite file but not a kt tuning database")
+        columns = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS measurements (\n  id INTEGER PRIMARY KEY,\n  {columns})"
+            )
+            self.conn.execute(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS measurement_key ON measurements ({', '.join(KEY_COLUMNS)})"
+            )
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def insert(self, row: dict[str, Any]) -> bool:
+        """Commit one measurement; False (and nothing written) when its key is already present."""
+        unknown = set(row) - set(COLUMN_NAMES)
+        if unknown:
+            raise ValueError(f"unknown measurement columns: {sorted(unknown)}")
+        missing = [k for k in KEY_COLUMNS + ("status", "problem", "config") if row.get(k) is None]
+        if missing:
+            raise ValueError(f"a measurement needs {missing}")
+        row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
+        for key in ("problem", "config", "checked_problem"):
+            if isinstance(row.get(key), dict):
+                row[key] = json.dumps(row[key], sort_keys=True)
+        names = list(row)
+        try:
+            with self.conn:
+                self.conn.execute(
+                    f"INSERT INTO measurements ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                    [row[n] for n in names],
+                )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                return False
+            raise
+        return True
+
+    def find(self, **where: Any) -> list[dict[str, Any]]:
+        """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first."""
+        unknown = set(where) - set(COLUMN_NAMES) - {"id"}
+        if unknown:
+            raise ValueError(f"unknown measurement columns: {sorted(unknown)}")
+        clause = " AND ".join(f"{k} = ?" for k in where) or "1"
+        cursor = self.conn.execute(
+            f"SELECT * FROM measurements WHERE {clause} ORDER BY id", list(where.values())
+        )
+        return [_decode(dict(r)) for r in cursor]
+
+    def measured_configs(self, **key: Any) -> dict[str, dict[str, Any]]:
+        """config_key -> row for every row matching the identity columns given."""
+        return {row["config_key"]: row for row in self.find(**key)}
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+
+    def all_rows(self) -> Iterable[dict[str, Any]]:
+        return self.find()
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("problem", "config", "checked_problem"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    return row

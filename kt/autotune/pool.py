@@ -1,0 +1,219 @@
+"""A pool of worker processes in which a candidate that crashes or hangs costs one result, not the session.
+
+Each worker is a fresh `python -m kt.autotune.worker` process (never a fork: a CUDA context must not be copied)
+serving tasks over a pair of pipes, with its environment set before Python starts. When a worker dies mid-task (a segfault, an
+illegal memory access, `os._exit`), its task is reported as `crash` and a fresh worker takes its slot; when a
+task outlives its timeout, the worker is killed, the task is reported as `timeout`, and the slot restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+
+@dataclass
+class Task:
+    """One unit of work: `kind` names a handler in kt.autotune.worker.HANDLERS, `group` the workers that run it."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    group: str = "default"
+    context: Any = None  # the caller's own data, carried through to the Outcome, never sent to a worker
+
+
+@dataclass
+class Outcome:
+    task: Task
+    status: str  # the handler's status, or crash / timeout decided here
+    values: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    wall_s: float = 0.0
+
+
+class _Slot:
+    """One worker: `python -m kt.autotune.worker` talking over two pipes, its output captured to a log."""
+
+    def __init__(self, group: str, env: dict[str, str]):
+        self.group, self.env = group, env
+        self.process: subprocess.Popen | None = None
+        self.conn_in = self.conn_out = None
+        self.log = None
+        self.task: Task | None = None
+        self.started = 0.0
+        self.start()
+
+    def start(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in kill()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kt.autotune.worker", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.conn_out = Connection(to_child_w, readable=False)
+        self.conn_in = Connection(from_child_r, writable=False)
+        self.task = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait(timeout=30)
+        for conn in (self.conn_in, self.conn_out):
+            if conn is not None:
+                conn.close()
+        if self.log is not None:
+            self.log.close()
+        self.conn_in = self.conn_out = self.log = None
+
+    def stop(self) -> None:
+        """Ask politely, then insist."""
+        if self.process is None:
+            return
+        try:
+            self.conn_out.send(None)
+            self.process.wait(timeout=5)
+        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+    def send(self, task: Task) -> None:
+        if self.process.poll() is not None:
+            self.restart()
+        self.task, self.started = task, time.monotonic()
+        # If it died since the poll, the closed pipe reads as a crash in the wait that follows.
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.conn_out.send(Task(task.id, task.kind, task.payload, task.group))  # the context stays here
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines the worker printed (a crash's own explanation, when there is one)."""
+        if self.log is None:
+            return ""
+        self.log.seek(0, os.SEEK_END)
+        size = self.log.tell()
+        self.log.seek(max(0, size - 4096))
+        text = self.log.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(line.strip() for line in text[-lines:])
+
+
+def _death_message(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"worker killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"worker killed by signal {-exitcode}"
+    return f"worker exited with code {exitcode}"
+
+
+class WorkerPool:
+    """Groups of worker processes, each group with its own environment (set before the worker starts).
+
+    `groups` maps a group name to (workers, env). Use as a context manager so workers are always stopped.
+    """
+
+    def __init__(self, groups: dict[str, tuple[int, dict[str, str]]], timeout_s: float = 300.0):
+        self.timeout_s = timeout_s
+        self.slots: list[_Slot] = []
+        try:
+            for group, (workers, env) in groups.items():
+                if workers < 1:
+                    raise ValueError(f"group {group!r} needs at least 1 worker, got {workers}")
+                self.slots += [_Slot(group, dict(env)) for _ in range(workers)]
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.stop()
+
+    def run(
+        self, tasks: Iterable[Task], follow_up: Callable[[Outcome], Iterable[Task]] | None = None
+    ) -> Iterator[Outcome]:
+        """Run `tasks`, yielding each Outcome as it completes (not in submission order).
+
+        `follow_up(outcome)` may return new tasks (the next stage of a candidate), which join the queue.
+        """
+        pending = deque(tasks)
+        groups = {slot.group for slot in self.slots}
+        unknown = {task.group for task in pending} - groups
+        if unknown:
+            raise ValueError(f"tasks for unknown worker groups {sorted(unknown)}; groups: {sorted(groups)}")
+        while pending or any(slot.task for slot in self.slots):
+            for slot in self.slots:
+                if slot.task is None:
+                    task = next((t for t in pending if t.group == slot.group), None)
+                    if task is not None:
+                        pending.remove(task)
+                        slot.send(task)
+            busy = [slot for slot in self.slots if slot.task]
+            deadline = min(slot.started for slot in busy) + self.timeout_s
+            ready = wait([s.conn_in for s in busy], timeout=max(0.0, deadline - time.monotonic()))
+            for slot in busy:
+                outcome = self._collect(slot, ready)
+                if outcome is not None:
+                    if follow_up is not None:
+                        for task in follow_up(outcome):
+                            if task.group not in groups:
+                                raise ValueError(f"follow-up task for unknown worker group {task.group!r}")
+                            pending.append(task)
+                    yield outcome
+
+    def _collect(self, slot: _Slot, ready: list) -> Outcome | None:
+        task, elapsed = slot.task, time.monotonic() - slot.started
+        if slot.conn_in in ready:
+            try:
+                status, values, message, fatal = slot.conn_in.recv()
+            except (EOFError, OSError):  # the pipe closed: the worker died
+                return self._crashed(slot, task, elapsed)
+            slot.task = None
+            if fatal:  # the worker's CUDA context is unusable after, e.g., an illegal address: start afresh
+                slot.restart()
+            return Outcome(task, status, values, message, elapsed)
+        if elapsed > self.timeout_s:
+            slot.restart()
+            return Outcome(task, "timeout", message=f"no result after {self.timeout_s:.0f} s", wall_s=elapsed)
+        return None
+
+    @staticmethod
+    def _crashed(slot: _Slot, task: Task, elapsed: float) -> Outcome:
+        try:
+            code = slot.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = slot.log_tail()
+        message = _death_message(code) + (f": {tail}" if tail else "")
+        slot.restart()
+        return Outcome(task, "crash", message=message[:500], wall_s=elapsed)
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 16))

@@ -1,0 +1,199 @@
+"""Runners: how candidates are checked and measured. Each is a short pipeline of stages over a worker pool.
+
+- `interpret` (no GPU): Triton's interpreter checks correctness on a reduced problem that still hits every
+  edge, then the kernel is compiled for the target GPU's architecture to catch what only the GPU compiler sees
+  (rejections, shared memory over the limit). It never reports a time.
+- `cuda`: kernels compile in parallel worker processes (no GPU work, so nothing disturbs a timing), then one
+  GPU worker checks each against the reference on the full problem and times it, alone on the card.
+
+A candidate's result is final at its first failed stage or after its last stage.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kt.autotune.pool import Outcome, Task, WorkerPool, default_workers
+from kt.autotune.timing import DEFAULT_TIMING, TimingSettings
+from kt.codegen import GemmConfig, family_for
+from kt.device import DeviceProfile
+from kt.ir.problems import GemmProblem
+
+INTERPRETER_DEVICE = "cpu (Triton interpreter)"
+# Keep Triton's current default and silence its warning about the default changing in 3.10.
+_QUIET = {"TRITON_DEFAULT_FP_FUSION": "1"}
+
+
+@dataclass
+class Candidate:
+    problem: GemmProblem
+    config: GemmConfig
+    source_path: str
+    predicted_ms: float | None = None
+
+
+@dataclass
+class Result:
+    candidate: Candidate
+    status: str
+    values: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    group: str
+    kind: str
+
+
+class Runner(ABC):
+    name: str
+    measures_time: bool
+    device: str  # where candidates run, as recorded in the database
+
+    def __init__(
+        self, profile: DeviceProfile, workers: int | None = None, seed: int = 0, timeout_s: float = 300.0
+    ):
+        self.profile, self.seed, self.timeout_s = profile, seed, timeout_s
+        self.workers = workers or default_workers()
+
+    @property
+    @abstractmethod
+    def stages(self) -> list[Stage]:
+        """The stages every candidate goes through, in order."""
+
+    @abstractmethod
+    def groups(self) -> dict[str, tuple[int, dict[str, str]]]:
+        """Worker groups: name -> (how many, environment)."""
+
+    @abstractmethod
+    def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
+        """What the worker needs for `candidate` at `stage`."""
+
+    def _task(self, index: int, stage_index: int, candidate: Candidate) -> Task:
+        stage = self.stages[stage_index]
+        return Task(index, stage.kind, self.payload(stage, candidate), stage.group, context=stage_index)
+
+    def run(self, candidates: list[Candidate]) -> Iterator[Result]:
+        """Yield each candidate's final Result as soon as it is known."""
+        if not candidates:
+            return
+        merged: dict[int, Result] = {i: Result(c, "ok") for i, c in enumerate(candidates)}
+
+        def follow_up(outcome: Outcome) -> list[Task]:
+            next_stage = outcome.task.context + 1
+            if outcome.status == "ok" and next_stage < len(self.stages):
+                return [self._task(outcome.task.id, next_stage, candidates[outcome.task.id])]
+            return []
+
+        with WorkerPool(self.groups(), timeout_s=self.timeout_s) as pool:
+            tasks = [self._task(i, 0, c) for i, c in enumerate(candidates)]
+            for outcome in pool.run(tasks, follow_up):
+                result = merged[outcome.task.id]
+                result.values.update(outcome.values)
+                result.wall_s += outcome.wall_s
+                result.status, result.message = outcome.status, outcome.message
+                if outcome.status != "ok" or outcome.task.context == len(self.stages) - 1:
+                    yield result
+
+
+class InterpretRunner(Runner):
+    name = "interpret"
+    measures_time = False
+    device = INTERPRETER_DEVICE
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        workers: int | None = None,
+        seed: int = 0,
+        timeout_s: float = 300.0,
+        compile_target: bool = True,
+    ):
+        super().__init__(profile, workers, seed, timeout_s)
+        self.compile_target = compile_target
+
+    @property
+    def stages(self) -> list[Stage]:
+        check = [Stage("interpret", "check")]
+        return check + [Stage("compile", "compile")] if self.compile_target else check
+
+    def groups(self):
+        groups = {"interpret": (self.workers, {"TRITON_INTERPRET": "1", **_QUIET})}
+        if self.compile_target:
+            groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0", **_QUIET})
+        return groups
+
+    def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
+        problem = candidate.problem
+        base = {"family": problem.family, "source_path": candidate.source_path}
+        if stage.kind == "check":
+            small = family_for(problem).check_problem(problem, candidate.config)
+            return {**base, "problem": small.to_dict(), "device": "cpu", "seed": self.seed}
+        return {
+            **base,
+            "problem": problem.to_dict(),
+            "arch": self.profile.compute_capability,
+            "smem_limit": self.profile.smem_per_block,
+        }
+
+
+class CudaRunner(Runner):
+    name = "cuda"
+    measures_time = True
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        workers: int | None = None,
+        seed: int = 0,
+        timeout_s: float = 300.0,
+        timing: TimingSettings = DEFAULT_TIMING,
+    ):
+        import torch
+
+        super().__init__(profile, workers, seed, timeout_s)
+        self.timing = timing
+        self.device = torch.cuda.get_device_name()
+        major, minor = torch.cuda.get_device_capability()
+        self.arch = 10 * major + minor
+
+    stages = [Stage("compile", "compile"), Stage("gpu", "measure")]
+
+    def groups(self):
+        return {
+            "compile": (self.workers, {"TRITON_INTERPRET": "0", **_QUIET}),
+            "gpu": (1, {"TRITON_INTERPRET": "0", **_QUIET}),
+        }
+
+    def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
+        problem = candidate.problem
+        base = {"family": problem.family, "source_path": candidate.source_path, "problem": problem.to_dict()}
+        if stage.kind == "compile":
+            return {**base, "arch": self.arch, "smem_limit": self.profile.smem_per_block}
+        return {**base, "seed": self.seed, "timing": asdict(self.timing)}
+
+
+def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
+    """`backend`: cuda, interpret, or auto (cuda when a GPU is present)."""
+    import torch
+
+    from kt.errors import DeviceError
+
+    if backend == "auto":
+        backend = "cuda" if torch.cuda.is_available() else "interpret"
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret"
+            )
+        options.pop("compile_target", None)
+        return CudaRunner(profile, **options)
+    if backend == "interpret":
+        options.pop("timing", None)
+        return InterpretRunner(profile, **options)
+    raise DeviceError(f"backend: {backend!r} is not supported; allowed: auto, cuda, interpret")

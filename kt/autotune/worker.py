@@ -1,0 +1,159 @@
+"""What runs inside a worker process: check, compile-for-target and measure tasks.
+
+A handler returns (status, values, message, fatal). Exceptions become statuses here: the compiler's errors are
+`compile_error`, resource limits `out_of_resources`, anything else `crash`; `fatal` asks the pool for a fresh
+process (after a CUDA error the context is unusable). Runtimes and power come only from `timing`, on a GPU.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+Reply = tuple[str, dict[str, Any], str, bool]
+
+
+def serve(conn_in, conn_out) -> None:
+    """Serve tasks until told to stop (None), the parent goes away, or a task leaves the process unusable."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            task = conn_in.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        reply = run_task(task.kind, task.payload)
+        try:
+            conn_out.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+        if reply[3]:
+            return
+
+
+def main(argv: list[str]) -> None:
+    """`python -m kt.autotune.worker READ_FD WRITE_FD`, started by kt.autotune.pool with its environment set."""
+    from multiprocessing.connection import Connection
+
+    serve(Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False))
+
+
+def run_task(kind: str, payload: dict[str, Any]) -> Reply:
+    try:
+        return HANDLERS[kind](payload)
+    except BaseException as exc:  # noqa: BLE001 - every failure of a candidate becomes its record
+        status, fatal = _classify(exc)
+        return status, {}, _one_line(exc), fatal
+
+
+def _load(payload: dict[str, Any], interpret: bool):
+    from kt.codegen.emit import import_kernel_file
+    from kt.ir.problems import problem_from_dict
+
+    try:
+        module = import_kernel_file(payload["source_path"], interpret=interpret)
+    except SyntaxError as exc:
+        raise _Compile(exc) from exc
+    return module, problem_from_dict(payload["family"], payload["problem"])
+
+
+def _check(payload: dict[str, Any]) -> Reply:
+    """Correctness in Triton's interpreter (device cpu) or on the GPU, on the payload's problem."""
+    from kt.autotune.checking import check_kernel
+
+    device = payload["device"]
+    module, problem = _load(payload, interpret=device == "cpu")
+    result = check_kernel(module, problem, payload["seed"], device)
+    status = "ok" if result.ok else "wrong_result"
+    return status, {"rel_err": result.rel_err}, result.message, False
+
+
+def _compile(payload: dict[str, Any]) -> Reply:
+    """Compile for the target GPU architecture (no GPU needed) and hold its shared memory to the device limit."""
+    from kt.autotune.compile import compile_for_target, meta_args
+
+    module, problem = _load(payload, interpret=False)
+    builds = compile_for_target(module, meta_args(problem), payload["arch"])
+    shared = max(build.shared_bytes for build in builds)
+    values = {"smem_bytes": shared}
+    if shared > payload["smem_limit"]:
+        return (
+            "out_of_resources",
+            values,
+            f"needs {shared} bytes of shared memory, the device has {payload['smem_limit']}",
+            False,
+        )
+    return "ok", values, "", False
+
+
+_NVML = None
+
+
+def _measure(payload: dict[str, Any]) -> Reply:
+    """On the GPU: check correctness on the full problem, then time it and read its energy."""
+    global _NVML
+    import torch
+
+    from kt.autotune.checking import check_kernel
+    from kt.autotune.timing import Nvml, TimingSettings, energy_cuda, time_cuda
+    from kt.dtypes import torch_dtype
+
+    module, problem = _load(payload, interpret=False)
+    result = check_kernel(module, problem, payload["seed"], "cuda")
+    values: dict[str, Any] = {"rel_err": result.rel_err, "gpu_name": torch.cuda.get_device_name()}
+    if not result.ok:
+        return "wrong_result", values, result.message, False
+    args = problem.random_args(payload["seed"] + 1, "cuda")
+    out = torch.empty(problem.out_type().shape, dtype=torch_dtype(problem.dtype), device="cuda")
+
+    def call():
+        return module.kernel(*args, out=out)
+
+    settings = TimingSettings(**payload.get("timing", {}))
+    values.update(time_cuda(call, settings))
+    if settings.energy_s > 0:
+        if _NVML is None:
+            _NVML = Nvml(torch.cuda.current_device())
+        values.update(energy_cuda(call, values["runtime_ms"], _NVML, settings.energy_s))
+    return "ok", values, "" if "power_w" in values or settings.energy_s == 0 else "no energy reading", False
+
+
+HANDLERS = {"check": _check, "compile": _compile, "measure": _measure}
+
+
+class _Compile(Exception):
+    """A kernel module that does not even import."""
+
+
+def _classify(exc: BaseException) -> tuple[str, bool]:
+    import sys
+
+    if isinstance(exc, _Compile):
+        return "compile_error", False
+    triton_errors = sys.modules.get("triton.runtime.errors")
+    compiler_errors = sys.modules.get("triton.compiler.errors")
+    if triton_errors and isinstance(exc, triton_errors.OutOfResources):
+        return "out_of_resources", False
+    if triton_errors and isinstance(exc, triton_errors.PTXASError):
+        return "compile_error", False
+    if compiler_errors and isinstance(exc, compiler_errors.CompilationError):
+        return "compile_error", False
+    if triton_errors and isinstance(exc, triton_errors.InterpreterError):
+        return "compile_error", False  # the interpreter's version of a kernel the compiler would reject
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out_of_resources", False
+    on_gpu = torch is not None and torch.cuda.is_initialized()
+    return "crash", on_gpu  # after an unknown failure on the GPU, trust no context
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

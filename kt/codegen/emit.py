@@ -1,0 +1,82 @@
+"""Turning emitted source into an importable module.
+
+Triton reads a kernel's source with `inspect`, so a kernel must live in a real file: sources are written once
+into kt's cache, named by their hash, and imported from there. Whether Triton compiles for the GPU or runs its
+CPU interpreter is fixed when the module is imported (at `@triton.jit`), from TRITON_INTERPRET.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+
+def cache_dir() -> Path:
+    """$KT_CACHE_DIR, else $XDG_CACHE_HOME/kt, else ~/.cache/kt."""
+    if os.environ.get("KT_CACHE_DIR"):
+        return Path(os.environ["KT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kt"
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:20]
+
+
+def write_source(source: str, directory: Path | None = None) -> Path:
+    """The source's file in the kernel cache, written atomically if it is not there yet."""
+    directory = (directory or cache_dir()) / "kernels"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"k_{source_hash(source)}.py"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(source)
+        os.replace(tmp, path)
+    return path
+
+
+def interpreter_wanted() -> bool:
+    """Run kernels in Triton's interpreter when asked to (TRITON_INTERPRET=1) or when there is no GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -> ModuleType:
+    """Import a generated kernel module from `path`, for the GPU or (interpret=True) for Triton's interpreter.
+
+    Choosing the interpreter sets TRITON_INTERPRET=1 for this process: there is no GPU to compile for, and
+    Triton reads the variable again at run time.
+    """
+    path = Path(path)
+    if interpret is None:
+        interpret = interpreter_wanted()
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    name = f"kt_kernel_{'interp' if interpret else 'cuda'}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load_source(source: str, interpret: bool | None = None) -> ModuleType:
+    return import_kernel_file(write_source(source), interpret)

@@ -1,0 +1,190 @@
+"""The GEMM kernel family: its config, its search space with hardware legality, and its source.
+
+A config is a schedule only: it never changes what is computed (the IR's GemmProblem), only how.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from kt.codegen.render import render_template, template_version
+from kt.device import DeviceProfile
+from kt.dtypes import itemsize
+from kt.ir.problems import GemmProblem
+
+# The axes of the space, before legality.
+AXES: dict[str, tuple[int, ...]] = {
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128, 256),
+    "block_k": (16, 32, 64, 128),
+    "group_m": (1, 4, 8),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4, 5),
+    "split_k": (1, 2, 4, 8, 16),
+}
+MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
+
+
+@dataclass(frozen=True, order=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+    split_k: int = 1
+
+    def key(self) -> str:
+        """Short, stable text that names this config in the database and in tables."""
+        return (
+            f"m{self.block_m}n{self.block_n}k{self.block_k}g{self.group_m}"
+            f"w{self.num_warps}s{self.num_stages}x{self.split_k}"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GemmConfig:
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(names)}")
+        for name, value in data.items():
+            if value not in AXES[name]:
+                raise ValueError(
+                    f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, AXES[name]))}"
+                )
+        return cls(**data)
+
+    def __str__(self) -> str:
+        return " ".join(
+            f"{k.upper() if k.startswith(('block', 'group', 'split')) else k}={v}"
+            for k, v in self.to_dict().items()
+        )
+
+
+def padded(dim: int) -> int:
+    """The smallest power-of-two tile (at least MIN_DOT) that covers `dim`."""
+    return max(MIN_DOT, 1 << (dim - 1).bit_length())
+
+
+def shared_memory(problem: GemmProblem, config: GemmConfig) -> int:
+    """Bytes of shared memory a program needs: one A and one B tile per pipeline stage."""
+    return config.num_stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
+
+
+def accumulator_registers(config: GemmConfig, warp_size: int = 32) -> int:
+    """fp32 accumulator registers each thread holds: the BLOCK_M x BLOCK_N tile spread over the program's threads."""
+    return config.block_m * config.block_n // (config.num_warps * warp_size)
+
+
+def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
+    """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
+    smem = shared_memory(problem, config)
+    if smem > device.smem_per_block:
+        return f"shared memory over {device.smem_per_block // 1024} KiB"
+    if accumulator_registers(config, device.warp_size) > device.acc_regs_limit:
+        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    k_per_split = -(-problem.k // config.split_k)
+    if (
+        config.block_m > padded(problem.m)
+        or config.block_n > padded(problem.n)
+        or config.block_k > padded(k_per_split)
+    ):
+        return "tile larger than the padded problem"
+    if config.split_k > 1 and config.split_k > -(-problem.k // config.block_k):
+        return "more K splits than K tiles"
+    return None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    problem: GemmProblem
+    device: DeviceProfile
+    total: int  # every point of the axes
+    legal: tuple[GemmConfig, ...]
+    dropped: dict[str, int]  # reason -> count
+
+    def __len__(self) -> int:
+        return len(self.legal)
+
+
+class GemmFamily:
+    name = "gemm"
+    template = "gemm.py.j2"
+    axes = AXES
+    config_type = GemmConfig
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the template does, so stale measurements are never reused."""
+        return template_version(self.template)
+
+    def all_configs(self):
+        for values in itertools.product(*self.axes.values()):
+            yield GemmConfig(**dict(zip(self.axes, values)))
+
+    def space(self, problem: GemmProblem, device: DeviceProfile) -> SearchSpace:
+        legal, dropped, total = [], Counter(), 0
+        for config in self.all_configs():
+            total += 1
+            reason = illegal_reason(problem, config, device)
+            if reason is None:
+                legal.append(config)
+            else:
+                dropped[reason] += 1
+        return SearchSpace(problem, device, total, tuple(legal), dict(dropped.most_common()))
+
+    def check_problem(self, problem: GemmProblem, config: GemmConfig) -> GemmProblem:
+        """A small problem for the interpreter that still runs this config's every code path.
+
+        M and N keep one full tile and a ragged one (edge masks and the tile-order swizzle run), unless the real
+        problem is smaller. K gives every split two K steps, the last one ragged, so the loop, the masks and the
+        split-K sum all run. The batch keeps two entries; layouts and dtype are unchanged.
+        """
+
+        def shrink(dim: int, tile: int) -> int:
+            return min(dim, tile + tile // 2 + 1)
+
+        bk = config.block_k
+        return replace(
+            problem,
+            m=shrink(problem.m, config.block_m),
+            n=shrink(problem.n, config.block_n),
+            k=min(problem.k, (config.split_k - 1) * 2 * bk + bk + bk // 2 + 1),
+            batch=min(problem.batch, 2) if problem.batch else None,
+        )
+
+    def render(
+        self,
+        problem: GemmProblem,
+        config: GemmConfig,
+        *,
+        name: str = "gemm",
+        device: str = "h100",
+        kt_version: str = "",
+    ) -> str:
+        return render_template(
+            self.template,
+            name=name,
+            dtype=problem.dtype,
+            precision=problem.precision,
+            problem=str(problem),
+            device=device,
+            c=config,
+            config_line=str(config),
+            kt_version=kt_version,
+            family_version=self.version,
+        )
+
+
+FAMILIES = {GemmFamily.name: GemmFamily()}
+
+
+def family_for(problem: GemmProblem) -> GemmFamily:
+    return FAMILIES[problem.family]

@@ -1,0 +1,173 @@
+"""An analytic runtime model for GEMM configs, from the device profile alone (no measurements).
+
+It ranks candidates until the learned cost model replaces it, and its terms become that model's features.
+Every term is a time a resource needs, on the padded problem the tiles actually compute:
+
+- tensor-core math: padded FLOPs at the peak rate, derated for tiles too small for Hopper's warpgroup MMA;
+- shared-memory feed: each K step moves (BM + BN) * BK operands into shared memory for 2 * BM * BN * BK FLOPs;
+- L2 traffic: every program streams its A rows and B columns;
+- DRAM traffic: each operand once, plus split-K partial sums written and read back;
+- quantisation: programs run in waves over the SMs, and the last wave may be nearly empty;
+- fixed costs: a launch, and each wave's pipeline fill and epilogue.
+
+Records are plain dicts (problem numbers plus config), so this module knows nothing of codegen.
+Its output is a prediction, never a measurement: kt never stores or reports it as one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kt.device import DeviceProfile
+
+LAUNCH_S = 4e-6  # one kernel launch on the GPU's timeline
+WAVE_S = 1.5e-6  # pipeline fill plus epilogue of one wave of programs
+SMEM_BYTES_PER_CLOCK = 128  # per SM
+SM_CLOCK_HZ = 1.755e9  # H100 SXM boost clock under load
+L2_OVER_DRAM = 4.0  # L2 bandwidth as a multiple of DRAM bandwidth: cuBLAS-class 4096^3 fp16 needs over 8 TB/s
+K_STEP_OVERHEAD = (
+    8  # each K step costs about as much as this many extra K of math (barriers, address updates)
+)
+
+
+def _columns(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    return {name: np.array([r[name] for r in records], dtype=np.float64) for name in names}
+
+
+def roofline_time(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.ndarray:
+    """The roofline: max(FLOPs / peak, minimum bytes / DRAM bandwidth), in seconds."""
+    c = _columns(records, ("m", "n", "k", "batch", "itemsize"))
+    flops = 2 * c["batch"] * c["m"] * c["n"] * c["k"]
+    nbytes = c["batch"] * (c["m"] * c["k"] + c["k"] * c["n"] + c["m"] * c["n"]) * c["itemsize"]
+    peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
+    return np.maximum(flops / peak, nbytes / device.dram_bandwidth)
+
+
+def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
+    """The model's named terms per record (seconds, counts or fractions), for ranking and as features."""
+    c = _columns(
+        records,
+        (
+            "m",
+            "n",
+            "k",
+            "batch",
+            "itemsize",
+            "block_m",
+            "block_n",
+            "block_k",
+            "group_m",
+            "num_warps",
+            "num_stages",
+            "split_k",
+        ),
+    )
+    m, n, k, batch, eb = c["m"], c["n"], c["k"], c["batch"], c["itemsize"]
+    bm, bn, bk, warps, stages, split = (
+        c[x] for x in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "split_k")
+    )
+    tiles_m, tiles_n = np.ceil(m / bm), np.ceil(n / bn)
+    k_per_split = np.ceil(np.ceil(k / bk) / split) * bk
+    programs = tiles_m * tiles_n * split * batch
+    padded_flops = 2 * batch * (tiles_m * bm) * (tiles_n * bn) * (k_per_split * split)
+    flops = 2 * batch * m * n * k
+
+    threads = warps * device.warp_size
+    smem = stages * (bm + bn) * bk * eb
+    acc_regs = bm * bn / threads
+    regs = np.minimum(device.max_regs_per_thread, 1.25 * acc_regs + 40)
+    per_sm = np.minimum.reduce(
+        [
+            np.full_like(m, device.max_blocks_per_sm),
+            np.floor(device.smem_per_sm / smem),
+            np.floor(device.max_threads_per_sm / threads),
+            np.floor(device.regs_per_sm / (regs * threads)),
+        ]
+    )
+    per_sm = np.maximum(per_sm, 1)
+    slots = device.sm_count * per_sm
+    waves = programs / slots
+    tail_fill = waves / np.ceil(waves)  # 1.0 when the last wave is full
+
+    peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
+    tensor_cores = np.array([r["dtype"] != "float32" or r["precision"] == "tf32" for r in records])
+    # Hopper's warpgroup MMA needs 64 rows and whole warpgroups; smaller tiles fall back to mma.sync.
+    wgmma = (bm >= 64) & (warps % 4 == 0)
+    mma_eff = np.where(tensor_cores & ~wgmma, 0.6, 1.0)
+    # Too few warps per SM leave the math units waiting on memory latency.
+    active_warps = per_sm * warps
+    mma_eff = mma_eff * np.minimum(1.0, 0.55 + 0.45 * active_warps / 8)
+    # Shallow pipelines expose load latency; short K steps pay the loop's fixed cost more often.
+    mma_eff = mma_eff * np.where(stages >= 3, 1.0, 0.85) * bk / (bk + K_STEP_OVERHEAD)
+    # Programs used by only a fraction of the SMs run at that fraction of the chip's rate.
+    busy_sms = np.minimum(programs, device.sm_count) / device.sm_count
+    chip_share = np.where(waves < 1, busy_sms, tail_fill)
+    t_math = padded_flops / (peak * mma_eff) / chip_share
+
+    intensity = 2 * bm * bn / ((bm + bn) * eb)  # FLOPs per byte staged through shared memory
+    smem_bw = SMEM_BYTES_PER_CLOCK * SM_CLOCK_HZ * device.sm_count
+    t_smem = padded_flops / intensity / smem_bw / chip_share
+
+    l2_bytes = programs * (bm + bn) * k_per_split * eb
+    t_l2 = l2_bytes / (L2_OVER_DRAM * device.dram_bandwidth)
+
+    operand_bytes = batch * (m * k + k * n) * eb
+    # Without grouping, a B tile is evicted before the next row of tiles reuses it once operands outgrow L2.
+    reuse_penalty = np.where((c["group_m"] == 1) & (operand_bytes > device.l2_bytes), 1.3, 1.0)
+    out_bytes = batch * m * n * eb
+    partial_bytes = np.where(split > 1, 2 * split * batch * m * n * 4, 0.0)
+    t_dram = (operand_bytes * reuse_penalty + out_bytes + partial_bytes) / device.dram_bandwidth
+
+    fixed = LAUNCH_S + np.ceil(waves) * WAVE_S + np.where(split > 1, LAUNCH_S, 0.0)
+    predicted = np.maximum.reduce([t_math, t_smem, t_l2, t_dram]) + fixed
+    return {
+        "predicted_s": predicted,
+        "roofline_s": roofline_time(records, device),
+        "t_math_s": t_math,
+        "t_smem_s": t_smem,
+        "t_l2_s": t_l2,
+        "t_dram_s": t_dram,
+        "flops": flops,
+        "padding_waste": 1 - flops / padded_flops,
+        "programs": programs,
+        "waves": waves,
+        "tail_fill": tail_fill,
+        "blocks_per_sm": per_sm,
+        "smem_bytes": smem,
+        "acc_regs": acc_regs,
+    }
+
+
+def preference(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Tie-break among equal predictions: distance from the conventional choice (lower is preferred).
+
+    3-4 stages, GROUP_M 8, and the larger K step; used only to order configs the model cannot tell apart.
+    """
+    c = _columns(records, ("num_stages", "group_m", "block_k", "num_warps"))
+    return np.abs(c["num_stages"] - 3.5) + (c["group_m"] != 8) + 1.0 / c["block_k"] + 0.1 / c["num_warps"]
+
+
+def rank(records: Sequence[dict[str, Any]], predicted: np.ndarray) -> np.ndarray:
+    """Indices of `records` from best to worst predicted, ties (within 0.1%) broken by `preference`."""
+    if len(records) == 0:
+        return np.zeros(0, dtype=int)
+    bucket = np.round(np.log(np.maximum(predicted, 1e-12)) / np.log1p(1e-3))
+    return np.lexsort((preference(records), bucket))
+
+
+class AnalyticModel:
+    """Predicts GEMM runtime from the device profile: `predict(records)` -> seconds per record."""
+
+    name = "analytic"
+    predicts_power = False
+
+    def __init__(self, device: DeviceProfile):
+        self.device = device
+
+    def predict(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        if not records:
+            return np.zeros(0)
+        return gemm_terms(records, self.device)["predicted_s"]

@@ -1,0 +1,165 @@
+"""Device profiles: the limits and peaks that codegen (legality), the cost model (roofline) and autotune read.
+
+The ground floor of kt: this module imports nothing of kt's. Built-in profiles come from the vendor's datasheets
+(marked `source: datasheet`); `kt calibrate` measures a real card and writes a profile JSON that a spec or the
+CLI can name instead (`device: path/to/profile.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Peak keys: one per math path a kernel can take. "tf32" is fp32 operands on the tensor cores; "float32" the
+# plain FMA path (what `input_precision="ieee"` gets).
+PEAK_KEYS = ("float16", "bfloat16", "tf32", "float32")
+
+
+class ProfileError(ValueError):
+    """A device profile name is unknown or a profile file is malformed (kt wraps it into its DeviceError)."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str  # short id: "h100", "h200", or the name given at calibration
+    gpu_name: str  # what the driver calls the card, e.g. "NVIDIA H100 80GB HBM3"
+    sm_count: int
+    smem_per_block: int  # bytes of shared memory one program may use (the opt-in maximum)
+    smem_per_sm: int  # bytes
+    regs_per_sm: int  # 32-bit registers
+    max_regs_per_thread: int
+    max_threads_per_sm: int
+    max_blocks_per_sm: int
+    l2_bytes: int
+    dram_bandwidth: float  # bytes/s
+    peak_flops: dict[str, float] = field(default_factory=dict)  # FLOP/s per PEAK_KEYS entry (dense math)
+    tdp_w: float = 0.0
+    compute_capability: int = 90  # 10 * major + minor: 90 is Hopper (sm_90)
+    warp_size: int = 32
+    source: str = "datasheet"  # "datasheet" or "calibrated on <date> with <command>"
+
+    def peak(self, dtype: str, precision: str = "ieee") -> float:
+        """Peak FLOP/s for operands of `dtype`; float32 uses the tensor cores only with precision tf32."""
+        key = "tf32" if dtype == "float32" and precision == "tf32" else dtype
+        return self.peak_flops[key]
+
+    @property
+    def acc_regs_limit(self) -> int:
+        """Accumulator registers a thread may hold: half the register file, the rest is addresses and operands."""
+        return (self.max_regs_per_thread + 1) // 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "profile") -> DeviceProfile:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ProfileError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f))
+        if missing:
+            raise ProfileError(f"{where}: missing key {missing[0]!r}")
+        peaks = data.get("peak_flops", {})
+        if not isinstance(peaks, dict) or set(peaks) != set(PEAK_KEYS):
+            raise ProfileError(f"{where}: peak_flops must map exactly {', '.join(PEAK_KEYS)} to FLOP/s")
+        for f in dataclasses.fields(cls):
+            value = data.get(f.name)
+            if (
+                f.name in data
+                and f.type in ("int", "float")
+                and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0)
+            ):
+                raise ProfileError(f"{where}: {f.name} must be a positive number, got {value!r}")
+        return cls(**data)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+_KIB, _MIB = 1024, 1024 * 1024
+
+# NVIDIA H100 SXM5 80GB datasheet: 989.4 TFLOP/s dense fp16/bf16, 494.7 tf32, 66.9 fp32; HBM3 3.35 TB/s;
+# 132 SMs; 228 KiB shared memory per SM of which 227 KiB per block; 50 MiB L2; 700 W.
+H100 = DeviceProfile(
+    name="h100",
+    gpu_name="NVIDIA H100 80GB HBM3",
+    sm_count=132,
+    smem_per_block=227 * _KIB,
+    smem_per_sm=228 * _KIB,
+    regs_per_sm=65536,
+    max_regs_per_thread=255,
+    max_threads_per_sm=2048,
+    max_blocks_per_sm=32,
+    l2_bytes=50 * _MIB,
+    dram_bandwidth=3.35e12,
+    peak_flops={"float16": 989.4e12, "bfloat16": 989.4e12, "tf32": 494.7e12, "float32": 66.9e12},
+    tdp_w=700.0,
+)
+
+# NVIDIA H200 SXM 141GB: the H100's compute with HBM3e at 4.8 TB/s; PyTorch on this workplace's H200 reports
+# 60 MB of L2.
+H200 = dataclasses.replace(
+    H100,
+    name="h200",
+    gpu_name="NVIDIA H200",
+    l2_bytes=60 * 1000 * 1000,
+    dram_bandwidth=4.8e12,
+)
+
+BUILTIN: dict[str, DeviceProfile] = {p.name: p for p in (H100, H200)}
+DEFAULT = "h100"
+
+
+def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
+    """A built-in profile by name (`h100`, `h200`) or a calibrated one from a JSON file; None gives the default."""
+    if name_or_path is None:
+        return BUILTIN[DEFAULT]
+    key = str(name_or_path)
+    if key.lower() in BUILTIN:
+        return BUILTIN[key.lower()]
+    path = Path(key)
+    if key.endswith(".json") or path.exists():
+        return load_profile(path)
+    raise ProfileError(
+        f"unknown device profile {key!r}; allowed: {', '.join(BUILTIN)} or a profile .json file"
+    )
+
+
+def match_gpu(gpu_name: str) -> DeviceProfile | None:
+    """The built-in profile for a card the driver names `gpu_name` ("NVIDIA H100 80GB HBM3" -> h100)."""
+    lowered = gpu_name.lower()
+    for profile in BUILTIN.values():
+        if profile.name in lowered.replace(" ", ""):
+            return profile
+    return None
+
+
+def load_profile(path: str | os.PathLike) -> DeviceProfile:
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"device profile file {str(path)!r} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProfileError(f"device profile {str(path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"device profile {str(path)!r} must hold a JSON object")
+    return DeviceProfile.from_dict(data, where=str(path))
+
+
+def save_profile(profile: DeviceProfile, path: str | os.PathLike) -> Path:
+    """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(profile.to_dict(), handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,57 @@
+"""LinearMap: a structured operator as a product of factors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from kt.ir.factors import Factor
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """`factors` in the order they act on x: y = F_{L-1} ... F_1 F_0 x, i.e. `y = x @ (F_{L-1}...F_0).T` row-wise."""
+
+    factors: tuple[Factor, ...]
+
+    def __post_init__(self):
+        if not self.factors:
+            raise ValueError("a LinearMap needs at least one factor")
+        for first, second in zip(self.factors, self.factors[1:]):
+            if first.out_features != second.in_features:
+                raise ValueError(
+                    f"{first} gives {first.out_features} features but {second} takes {second.in_features}"
+                )
+
+    @property
+    def in_features(self) -> int:
+        return self.factors[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.factors[-1].out_features
+
+    def weight_names(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for factor in self.factors:
+            names += [n for n in factor.weight_names() if n not in names]
+        return tuple(names)
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The whole map as one (out, in) matrix (batched if any factor is)."""
+        matrix = self.factors[0].to_dense(weights)
+        for factor in self.factors[1:]:
+            matrix = factor.to_dense(weights) @ matrix
+        return matrix
+
+    def apply_dense(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """y = x @ M.T through the dense matrix: the slow, obviously right reference."""
+        return x @ self.to_dense(weights).transpose(-1, -2)
+
+    def transpose(self) -> LinearMap:
+        return LinearMap(tuple(f.transpose() for f in reversed(self.factors)))
+
+    def __str__(self) -> str:
+        return " · ".join(str(f) for f in reversed(self.factors))

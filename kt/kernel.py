@@ -1,0 +1,33 @@
+"""Kernel: a generated kernel module made callable, with what it was built for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+class Kernel:
+    """`kernel(*args, out=None)` runs the generated Triton kernel; `.source` is the module a person can read."""
+
+    def __init__(
+        self, module: ModuleType, spec, config, meta: dict[str, Any] | None = None, path: Path | None = None
+    ):
+        self.module, self.spec, self.config = module, spec, config
+        self.meta = meta or {}
+        self.path = path
+
+    def __call__(self, *args, **kwargs):
+        return self.module.kernel(*args, **kwargs)
+
+    @property
+    def source(self) -> str:
+        return Path(self.module.__file__).read_text()
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.meta.get("measured", False))
+
+    def __repr__(self) -> str:
+        where = f" from {self.path}" if self.path else ""
+        return f"Kernel({self.spec.name}: {self.spec.op} {self.spec.dtype}, {self.config.key()}{where})"
