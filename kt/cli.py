@@ -17,8 +17,11 @@ import kt
 from kt.errors import KtError
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
-out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, markup=False, width=None if sys.stderr.isatty() else 120)
+# soft_wrap: a long line stays one line (tables still fit the width).
+out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(
+    stderr=True, highlight=False, markup=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120
+)
 
 
 class _Group(click.Group):
@@ -26,26 +29,21 @@ class _Group(click.Group):
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except KtError as exc:
-            err.print(f"kt: error: {exc}", style="red", soft_wrap=True)
+            err.print(f"kt: error: {exc}", style="red")
             sys.exit(2)
-        except click.exceptions.Abort:
-            err.print("kt: aborted")
-            sys.exit(130)
-        except click.UsageError as exc:
-            command = exc.ctx.command_path if exc.ctx else "kt"
-            err.print(
-                f"kt: error: {exc.format_message()} (see `{command} --help`)", style="red", soft_wrap=True
-            )
-            sys.exit(2)
-        except click.ClickException as exc:
-            err.print(f"kt: error: {exc.format_message()}", style="red", soft_wrap=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort; kt never prompts
             err.print(
                 "kt: interrupted; every finished measurement is in the database, and running the same "
                 "command again resumes where this one stopped"
             )
             sys.exit(130)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "kt"
+            err.print(f"kt: error: {exc.format_message()} (see `{command} --help`)", style="red")
+            sys.exit(2)
+        except click.ClickException as exc:
+            err.print(f"kt: error: {exc.format_message()}", style="red")
+            sys.exit(exc.exit_code)
 
 
 def _spec_path(ctx, param, value):
@@ -325,6 +323,26 @@ def calibrate(out_path, name):
         + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in profile.peak_flops.items())
         + f" -> {out_path}"
     )
+
+
+@main.command()
+@click.argument("csv_path", metavar="OUT.csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--runner",
+    type=click.Choice(["cuda", "interpret"]),
+    default=None,
+    help="Only rows from this runner (cuda rows are the measured ones).",
+)
+@click.option("--status", default=None, help="Only rows with this status (e.g. ok).")
+@DB
+def export(csv_path, runner, status, db):
+    """Write the tuning database's rows (every column, with device and versions) to a CSV file."""
+    from kt.autotune.database import Database
+
+    where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
+    with Database(db) as database:
+        count = database.export_csv(csv_path, **where)
+        out.print(f"{count} rows from {database.path} -> {csv_path}")
 
 
 @main.command()

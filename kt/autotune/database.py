@@ -164,6 +164,25 @@ class Database:
     def all_rows(self) -> Iterable[dict[str, Any]]:
         return self.find()
 
+    def export_csv(self, path: str | os.PathLike, **where: Any) -> int:
+        """Write the matching rows (every column; problem and config as JSON) to a CSV file, atomically."""
+        import csv
+        import tempfile
+
+        rows = self.find(**where)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["id", *COLUMN_NAMES])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
+                )
+        os.replace(tmp, path)
+        return len(rows)
+
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("problem", "config", "checked_problem"):

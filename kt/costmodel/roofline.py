@@ -7,7 +7,8 @@ Every term is a time a resource needs, on the padded problem the tiles actually 
 - shared-memory feed: each K step moves (BM + BN) * BK operands into shared memory for 2 * BM * BN * BK FLOPs;
 - L2 traffic: every program streams its A rows and B columns;
 - DRAM traffic: each operand once, plus split-K partial sums written and read back;
-- quantisation: programs run in waves over the SMs, and the last wave may be nearly empty;
+- quantisation: programs run in waves over the SMs, and the last wave may be nearly empty (this scales
+  whichever resource bounds the kernel);
 - fixed costs: a launch, and each wave's pipeline fill and epilogue.
 
 Records are plain dicts (problem numbers plus config), so this module knows nothing of codegen.
@@ -102,14 +103,11 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     mma_eff = mma_eff * np.minimum(1.0, 0.55 + 0.45 * active_warps / 8)
     # Shallow pipelines expose load latency; short K steps pay the loop's fixed cost more often.
     mma_eff = mma_eff * np.where(stages >= 3, 1.0, 0.85) * bk / (bk + K_STEP_OVERHEAD)
-    # Programs used by only a fraction of the SMs run at that fraction of the chip's rate.
-    busy_sms = np.minimum(programs, device.sm_count) / device.sm_count
-    chip_share = np.where(waves < 1, busy_sms, tail_fill)
-    t_math = padded_flops / (peak * mma_eff) / chip_share
+    t_math = padded_flops / (peak * mma_eff)
 
     intensity = 2 * bm * bn / ((bm + bn) * eb)  # FLOPs per byte staged through shared memory
     smem_bw = SMEM_BYTES_PER_CLOCK * SM_CLOCK_HZ * device.sm_count
-    t_smem = padded_flops / intensity / smem_bw / chip_share
+    t_smem = padded_flops / intensity / smem_bw
 
     l2_bytes = programs * (bm + bn) * k_per_split * eb
     t_l2 = l2_bytes / (L2_OVER_DRAM * device.dram_bandwidth)
@@ -121,8 +119,14 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     partial_bytes = np.where(split > 1, 2 * split * batch * m * n * 4, 0.0)
     t_dram = (operand_bytes * reuse_penalty + out_bytes + partial_bytes) / device.dram_bandwidth
 
+    # The terms above assume work spread over every SM. Programs run in waves: fewer programs than slots use
+    # only part of the chip, and a partly filled last wave takes as long as a full one.
+    busy_sms = np.minimum(programs, device.sm_count) / device.sm_count
+    chip_share = np.where(waves < 1, busy_sms, tail_fill)
+    bound = np.maximum.reduce([t_math, t_smem, t_l2, t_dram]) / chip_share
+
     fixed = LAUNCH_S + np.ceil(waves) * WAVE_S + np.where(split > 1, LAUNCH_S, 0.0)
-    predicted = np.maximum.reduce([t_math, t_smem, t_l2, t_dram]) + fixed
+    predicted = bound + fixed
     return {
         "predicted_s": predicted,
         "roofline_s": roofline_time(records, device),

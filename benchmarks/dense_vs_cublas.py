@@ -1,0 +1,150 @@
+"""kt's tuned dense GEMM against torch.matmul (cuBLAS): same GPU, same run, same timer.
+
+For each shape and dtype: tune with kt (its wall time and configs measured are part of the result), then time
+kt's best kernel and torch.matmul back to back with kt's CUDA timer (L2 flushed before every run, median of
+many CUDA-event timings) and NVML energy, after checking kt's output against torch's. Prints a markdown table
+for BENCHMARKS.md and writes every figure to --csv with the device, date and software versions.
+
+    python benchmarks/dense_vs_cublas.py --budget 64 --csv benchmarks/results/dense_h100.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import kt
+from kt.autotune.checking import relative_error
+from kt.autotune.timing import Nvml, energy_cuda, time_cuda
+from kt.autotune.versions import software_versions
+from kt.dtypes import tolerance
+
+SHAPES = [
+    "4096x4096x4096",
+    "8192x8192x8192",
+    "1024x1024x1024",
+    "4097x4095x4099",
+    "16x4096x4096",
+    "128x12288x4096",
+    "4096x4096x256",
+    "64x64x65536",
+]
+
+
+def tflops(m: int, n: int, k: int, ms: float) -> float:
+    return 2 * m * n * k / (ms * 1e-3) / 1e12
+
+
+def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, nvml: Nvml) -> dict | None:
+    """Tune one shape with kt, then time kt's best and torch.matmul back to back."""
+    spec = kt.parse_spec(
+        {
+            "op": "dense",
+            "name": f"bench_{m}x{n}x{k}_{dtype}",
+            "dtype": dtype,
+            "shape": {"m": m, "n": n, "k": k},
+            "tune": {"budget": budget},
+        }
+    )
+    started = time.monotonic()
+    result = kt.tune(spec, db=db, progress=False)
+    tune_s = time.monotonic() - started
+    kernel = kt.build(spec, result.best.config)
+    a, b = kt.random_args(spec, seed=123, device="cuda")
+    ours = torch.empty(m, n, dtype=a.dtype, device="cuda")
+    theirs = torch.empty(m, n, dtype=a.dtype, device="cuda")
+
+    def run_kt():
+        return kernel(a, b, out=ours)
+
+    def run_cublas():
+        return torch.matmul(a, b, out=theirs)
+
+    run_kt()
+    err = relative_error(ours, torch.matmul(a.double(), b.double()))
+    if err > tolerance(dtype):
+        print(
+            f"{m}x{n}x{k} {dtype}: kt's result is wrong (relative error {err:.2e}); skipped", file=sys.stderr
+        )
+        return None
+    kt_time, cublas_time = time_cuda(run_kt), time_cuda(run_cublas)
+    kt_energy = energy_cuda(run_kt, kt_time["runtime_ms"], nvml, 1.0)
+    cublas_energy = energy_cuda(run_cublas, cublas_time["runtime_ms"], nvml, 1.0)
+    return {
+        "shape": f"{m}x{n}x{k}",
+        "dtype": dtype,
+        "kt_ms": kt_time["runtime_ms"],
+        "kt_tflops": tflops(m, n, k, kt_time["runtime_ms"]),
+        "cublas_ms": cublas_time["runtime_ms"],
+        "cublas_tflops": tflops(m, n, k, cublas_time["runtime_ms"]),
+        "ratio": cublas_time["runtime_ms"] / kt_time["runtime_ms"],
+        "kt_power_w": kt_energy.get("power_w"),
+        "cublas_power_w": cublas_energy.get("power_w"),
+        "kt_config": result.best.config.key(),
+        "tune_s": tune_s,
+        "measured": len(result.rows),
+        "legal": len(result.plan.space.legal),
+        "kt_rel_err": err,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated MxNxK")
+    parser.add_argument("--dtypes", default="float16,bfloat16")
+    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--db", default=None, help="tuning database (default: kt's)")
+    parser.add_argument("--csv", type=Path, default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("dense_vs_cublas: needs a CUDA GPU; this machine has none", file=sys.stderr)
+        return 2
+    nvml = Nvml(torch.cuda.current_device())
+    context = {
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.now(timezone.utc).date().isoformat(),
+        **{f"{key}_version": value for key, value in software_versions().items()},
+    }
+    rows = []
+    for dtype in args.dtypes.split(","):
+        for shape in args.shapes.split(","):
+            m, n, k = map(int, shape.split("x"))
+            row = bench_case(m, n, k, dtype, args.budget, args.db, nvml)
+            if row is not None:
+                rows.append({**context, **row})
+                print(
+                    f"{shape} {dtype}: kt {row['kt_tflops']:.0f} TFLOP/s, cuBLAS {row['cublas_tflops']:.0f} "
+                    f"TFLOP/s, ratio {row['ratio']:.2f}x",
+                    file=sys.stderr,
+                )
+    if args.csv and rows:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    print(
+        f"\n{context['device']}, {context['date']}, `python benchmarks/dense_vs_cublas.py --budget {args.budget}`\n"
+    )
+    print(
+        "| shape (MxNxK) | dtype | kt TFLOP/s | cuBLAS TFLOP/s | kt / cuBLAS | kt W | cuBLAS W | tuning s | "
+        "measured / legal |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        watts = ["-" if w is None else f"{w:.0f}" for w in (r["kt_power_w"], r["cublas_power_w"])]
+        print(
+            f"| {r['shape']} | {r['dtype']} | {r['kt_tflops']:.0f} | {r['cublas_tflops']:.0f} | {r['ratio']:.2f}x | "
+            f"{watts[0]} | {watts[1]} | {r['tune_s']:.0f} | {r['measured']} / {r['legal']} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

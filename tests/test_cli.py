@@ -1,0 +1,110 @@
+"""The kt command: output a person can read, one-line errors with exit code 2, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+EXAMPLE = "examples/dense.yaml"
+
+
+def kt_cli(*args, cwd=None, timeout=300):
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def test_show_prints_the_ir_and_the_kernel_graph():
+    done = kt_cli("show", EXAMPLE)
+    assert done.returncode == 0
+    assert "y = Dense[b](4096<-4096) · x" in done.stdout
+    assert "y:f16[4096,4096] = gemm[m=4096 n=4096 k=4096 f16 a:row b:col] x b" in done.stdout
+
+
+def test_space_prints_sizes_before_and_after_legality_and_a_sample():
+    done = kt_cli("space", EXAMPLE, "--sample", "4")
+    assert done.returncode == 0
+    assert "all:   18000 configs" in done.stdout and "legal: 14790" in done.stdout
+    assert "dropped 1440: shared memory over 227 KiB" in done.stdout
+    assert "4 legal configs, sampled with seed 0" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("op: dense\nshape: {m: -1, n: 2, k: 2}\n", "shape.m: must be an integer from 1 to 16777216, got -1"),
+        ("op: dense\nshape: {m: 1, n: 2, k: 2}\ndtype: int8\n", "dtype: 'int8' (str) is not supported"),
+        ("op: dense\nshape: {m: 1, n: 2, k: 2}\ntune: {objective: speed}\n", "tune.objective: 'speed'"),
+        ("op: [dense\n", "not valid YAML"),
+    ],
+)
+@pytest.mark.parametrize("command", ["tune", "show", "space", "collect"])
+def test_bad_specs_exit_2_with_one_line(tmp_path, content, message, command):
+    spec = tmp_path / "op.yaml"
+    spec.write_text(content)
+    done = kt_cli(command, spec, *(["--all"] if command == "collect" else []))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("kt: error: ")
+    assert message in done.stderr
+    assert done.stdout == ""
+
+
+def test_usage_errors_are_one_line_too(tmp_path):
+    for args, message in [
+        (["tune"], "Missing argument 'OP_YAML'"),
+        (["tune", EXAMPLE, "--budget", "0"], "--budget"),
+        (["tune", EXAMPLE, "--device", "a100"], "unknown device profile 'a100'"),
+        (["tune", tmp_path / "none.yaml"], "none.yaml: file not found"),
+        (["collect", EXAMPLE], "give exactly one of --all or --sample N"),
+    ]:
+        done = kt_cli(*args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert message in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
+def test_gpu_only_commands_say_so_without_a_gpu():
+    for args, message in [
+        (["collect", EXAMPLE, "--all"], "collect measures runtimes and needs a CUDA GPU"),
+        (["calibrate", "--out", "x.json"], "calibrate measures a GPU and this machine has none"),
+        (["tune", EXAMPLE, "--backend", "cuda"], "backend: cuda needs a CUDA GPU"),
+    ]:
+        done = kt_cli(*args)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):
+    spec = tmp_path / "op.yaml"
+    spec.write_text(
+        "op: dense\nname: cli_small\ndtype: bfloat16\nshape: {m: 33, n: 17, k: 70, batch: 2}\n"
+        "tune: {budget: 3}\n"
+    )
+    done = kt_cli(
+        "tune",
+        spec,
+        "--db",
+        tmp_path / "t.db",
+        "--out",
+        tmp_path / "artifacts",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "not measured" in done.stdout and "nothing was timed" in done.stdout
+    assert f"artifact: {tmp_path / 'artifacts' / 'cli_small'} (measured: false)" in done.stdout
+    meta = json.loads((tmp_path / "artifacts" / "cli_small" / "meta.json").read_text())
+    assert meta["measured"] is False and meta["tuning"]["statuses"] == {"ok": 3}
+
+
+def test_devices_lists_the_builtin_profiles():
+    done = kt_cli("devices")
+    assert done.returncode == 0 and "h100" in done.stdout and "h200" in done.stdout

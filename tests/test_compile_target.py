@@ -1,0 +1,63 @@
+"""Kernels compile for the H100 (sm_90) with Triton's bundled ptxas, no GPU needed: what the interpreter cannot see."""
+
+import pytest
+
+from kt.autotune.pool import Task, WorkerPool
+from kt.codegen import FAMILIES, GemmConfig, write_source
+from kt.codegen.gemm import shared_memory
+from kt.device import H100
+from kt.ir import GemmProblem
+
+CASES = [
+    (
+        GemmProblem(4096, 4096, 4096, b_layout="col"),
+        GemmConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3),
+    ),
+    (
+        GemmProblem(1000, 999, 77, batch=3, dtype="bfloat16"),
+        GemmConfig(64, 64, 32, group_m=4, num_warps=4, num_stages=4, split_k=2),
+    ),
+    (
+        GemmProblem(4096, 4096, 4096, dtype="float32", precision="tf32"),
+        GemmConfig(128, 128, 32, num_warps=8, num_stages=3),
+    ),
+    (GemmProblem(1 << 20, 4096, 4096), GemmConfig(128, 128, 64, num_warps=4, num_stages=4)),  # 64-bit offsets
+]
+
+
+def compile_tasks(cases, smem_limit=H100.smem_per_block):
+    return [
+        Task(
+            i,
+            "compile",
+            {
+                "family": "gemm",
+                "problem": p.to_dict(),
+                "arch": 90,
+                "smem_limit": smem_limit,
+                "source_path": str(write_source(FAMILIES["gemm"].render(p, c))),
+            },
+            "compile",
+        )
+        for i, (p, c) in enumerate(cases)
+    ]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=300) as workers:
+        yield workers
+
+
+def test_generated_kernels_compile_for_sm90_and_use_exactly_the_estimated_shared_memory(pool):
+    outcomes = sorted(pool.run(compile_tasks(CASES)), key=lambda o: o.task.id)
+    for outcome, (problem, config) in zip(outcomes, CASES):
+        assert outcome.status == "ok", outcome.message
+        used = outcome.values["smem_bytes"]
+        assert 0 < used <= shared_memory(problem, config), (config.key(), used)
+    assert outcomes[0].values["smem_bytes"] == shared_memory(*CASES[0]), "fp16 keeps every pipeline stage"
+
+
+def test_a_kernel_over_the_shared_memory_limit_is_out_of_resources(pool):
+    (outcome,) = pool.run(compile_tasks(CASES[:1], smem_limit=100 * 1024))
+    assert outcome.status == "out_of_resources" and "147456 bytes of shared memory" in outcome.message

@@ -1,0 +1,65 @@
+"""The analytic model: its roofline on hand-computed numbers, and a ranking that is sane on known shapes."""
+
+import math
+
+import numpy as np
+import pytest
+
+from kt.codegen import FAMILIES, GemmConfig
+from kt.costmodel import AnalyticModel, gemm_terms, rank, roofline_time
+from kt.device import H100
+from kt.ir import GemmProblem
+
+
+def record(problem, config):
+    return {**problem.to_record(), **config.to_dict()}
+
+
+def test_roofline_of_a_square_fp16_gemm_is_compute_bound():
+    problem = GemmProblem(4096, 4096, 4096)
+    (t,) = roofline_time([record(problem, GemmConfig(128, 128, 64))], H100)
+    assert t == pytest.approx(2 * 4096**3 / 989.4e12)
+
+
+def test_roofline_of_a_skinny_gemm_is_memory_bound():
+    problem = GemmProblem(16, 4096, 4096)
+    (t,) = roofline_time([record(problem, GemmConfig(16, 128, 64))], H100)
+    nbytes = (16 * 4096 + 4096 * 4096 + 16 * 4096) * 2
+    assert t == pytest.approx(nbytes / 3.35e12)
+
+
+def test_terms_count_programs_waves_and_padding():
+    problem = GemmProblem(1000, 1000, 64)
+    terms = gemm_terms([record(problem, GemmConfig(128, 128, 64, num_warps=8, num_stages=3))], H100)
+    assert terms["programs"][0] == 8 * 8
+    assert terms["padding_waste"][0] == pytest.approx(1 - 1000 * 1000 / (1024 * 1024))
+    assert terms["waves"][0] == pytest.approx(64 / (132 * terms["blocks_per_sm"][0]))
+
+
+def test_wave_quantisation_penalises_a_nearly_empty_last_wave():
+    config = GemmConfig(128, 128, 64, num_warps=8, num_stages=3)
+    slots = 132 * int(gemm_terms([record(GemmProblem(128, 128, 4096), config)], H100)["blocks_per_sm"][0])
+    full = GemmProblem(128 * slots, 128, 4096)
+    spill = GemmProblem(128 * (slots + 1), 128, 4096)
+    t_full, t_spill = AnalyticModel(H100).predict([record(full, config), record(spill, config)])
+    assert t_spill > 1.5 * t_full, "one extra program costs nearly a whole wave"
+
+
+def test_ranking_puts_large_warpgroup_tiles_first_for_4096_cubed():
+    problem = GemmProblem(4096, 4096, 4096)
+    space = FAMILIES["gemm"].space(problem, H100)
+    records = [record(problem, c) for c in space.legal]
+    predicted = AnalyticModel(H100).predict(records)
+    assert np.all(predicted > 0) and np.all(np.isfinite(predicted))
+    order = rank(records, predicted)
+    top = space.legal[order[0]]
+    assert top.block_m >= 128 and top.block_n >= 128 and top.num_warps == 8 and top.split_k == 1
+    assert math.isclose(predicted[order[0]], predicted.min())
+
+
+def test_split_k_is_preferred_when_m_and_n_are_too_small_to_fill_the_gpu():
+    problem = GemmProblem(64, 64, 65536)
+    space = FAMILIES["gemm"].space(problem, H100)
+    records = [record(problem, c) for c in space.legal]
+    top = space.legal[rank(records, AnalyticModel(H100).predict(records))[0]]
+    assert top.split_k > 1

@@ -1,0 +1,89 @@
+"""The tuning database: one committed row per measurement, unique per identity, clear errors on bad files."""
+
+import sqlite3
+
+import pytest
+
+from kt.autotune.database import KEY_COLUMNS, Database
+from kt.errors import DatabaseError
+
+
+def row(config_key="m32n32k32g8w4s3x1", status="ok", **extra):
+    base = {k: f"{k}-value" for k in KEY_COLUMNS}
+    return {
+        **base,
+        "config_key": config_key,
+        "status": status,
+        "problem": {"m": 1},
+        "config": {"block_m": 32},
+        **extra,
+    }
+
+
+def test_a_row_is_visible_to_another_connection_as_soon_as_it_is_inserted(tmp_path):
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        assert db.insert(row(runtime_ms=0.5))
+        other = sqlite3.connect(path)
+        assert other.execute("SELECT runtime_ms FROM measurements").fetchall() == [(0.5,)]
+        other.close()
+        assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_same_measurement_is_never_stored_twice(tmp_path):
+    with Database(tmp_path / "t.db") as db:
+        assert db.insert(row())
+        assert not db.insert(row(status="crash"))
+        assert db.insert(row(config_key="other"))
+        assert db.count() == 2
+        found = db.measured_configs(**{k: f"{k}-value" for k in KEY_COLUMNS if k != "config_key"})
+        assert set(found) == {"m32n32k32g8w4s3x1", "other"} and found["other"]["problem"] == {"m": 1}
+
+
+def test_bad_rows_are_refused_whole(tmp_path):
+    with Database(tmp_path / "t.db") as db:
+        with pytest.raises(ValueError, match="unknown measurement columns"):
+            db.insert(row(speed=3))
+        with pytest.raises(sqlite3.IntegrityError):
+            db.insert(row(status="exploded"))
+        assert db.count() == 0
+
+
+def test_files_that_are_not_kt_databases_get_one_clear_error(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(DatabaseError, match="is not a kt tuning database"):
+        Database(junk)
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
+        Database(other)
+    newer = tmp_path / "newer.db"
+    Database(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseError, match="has schema 99, newer than this kt's 1"):
+        Database(newer)
+    with pytest.raises(DatabaseError, match="is a directory"):
+        Database(tmp_path)
+
+
+def test_export_writes_every_column_of_the_matching_rows(tmp_path):
+    import csv
+    import json
+
+    with Database(tmp_path / "t.db") as db:
+        db.insert(row(runtime_ms=0.25, runner="cuda"))
+        db.insert(row(config_key="second", status="crash", runner="cuda"))
+        db.insert(row(config_key="third", runner="interpret"))
+        assert db.export_csv(tmp_path / "out" / "data.csv", runner="cuda") == 2
+    with open(tmp_path / "out" / "data.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["config_key"] for r in rows] == ["m32n32k32g8w4s3x1", "second"]
+    assert rows[0]["runtime_ms"] == "0.25" and json.loads(rows[0]["problem"]) == {"m": 1}
+    assert "triton_version" in rows[0] and "device" in rows[0]

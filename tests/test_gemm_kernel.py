@@ -1,0 +1,167 @@
+"""The generated GEMM kernel against float64 torch.matmul, in Triton's interpreter (or on the GPU when present)."""
+
+import pytest
+import torch
+from conftest import DEVICE, gemm_module, rel_err
+
+from kt.codegen import GemmConfig
+from kt.dtypes import tolerance
+from kt.ir import GemmProblem
+
+SMALL = GemmConfig(block_m=32, block_n=32, block_k=32, group_m=4, num_warps=4, num_stages=3, split_k=1)
+SPLIT = GemmConfig(block_m=16, block_n=32, block_k=16, group_m=8, num_warps=2, num_stages=2, split_k=4)
+DTYPES = ["float16", "bfloat16", "float32"]
+
+
+def randn(*shape, dtype, seed):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    return torch.randn(*shape, generator=g, device=DEVICE).to(getattr(torch, dtype))
+
+
+def poisoned(*shape, dtype):
+    return torch.full(shape, float("nan"), dtype=getattr(torch, dtype), device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 100, 129), (100, 17, 1), (129, 65, 33), (64, 64, 64)])
+def test_gemm_matches_float64_matmul_for_odd_sizes(dtype, m, n, k):
+    module = gemm_module(GemmProblem(m, n, k, dtype=dtype), SMALL)
+    a, b = randn(m, k, dtype=dtype, seed=m), randn(k, n, dtype=dtype, seed=n + 1)
+    out = poisoned(m, n, dtype=dtype)
+    assert module.kernel(a, b, out=out) is out
+    assert torch.isfinite(out).all(), "every output element must be written"
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_k_sums_every_slice_of_k(dtype):
+    m, n, k = 33, 47, 200  # K is not a multiple of BLOCK_K * SPLIT_K
+    module = gemm_module(GemmProblem(m, n, k, dtype=dtype), SPLIT)
+    a, b = randn(m, k, dtype=dtype, seed=1), randn(k, n, dtype=dtype, seed=2)
+    out = poisoned(m, n, dtype=dtype)
+    module.kernel(a, b, out=out)
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("a_layout,b_layout", [("row", "col"), ("col", "row"), ("col", "col")])
+def test_transposed_views_need_no_copy(a_layout, b_layout):
+    m, n, k = 70, 45, 90
+    a = (
+        randn(k, m, dtype="float16", seed=3).t()
+        if a_layout == "col"
+        else randn(m, k, dtype="float16", seed=3)
+    )
+    b = (
+        randn(n, k, dtype="float16", seed=4).t()
+        if b_layout == "col"
+        else randn(k, n, dtype="float16", seed=4)
+    )
+    assert not (a.is_contiguous() and b.is_contiguous())
+    module = gemm_module(GemmProblem(m, n, k, a_layout=a_layout, b_layout=b_layout), SMALL)
+    assert rel_err(module.kernel(a, b), a.double() @ b.double()) < tolerance("float16")
+
+
+def test_sliced_inputs_with_gaps_between_rows():
+    base_a = randn(150, 200, dtype="float32", seed=5)
+    base_b = randn(300, 90, dtype="float32", seed=6)
+    a = base_a[3:120:2, 5:160]  # row stride 400, offset start
+    b = base_b[10:165, ::3]  # column stride 3
+    module = gemm_module(GemmProblem(a.shape[0], b.shape[1], a.shape[1], dtype="float32"), SPLIT)
+    assert rel_err(module.kernel(a, b), a.double() @ b.double()) < tolerance("float32")
+
+
+def test_strided_out_is_written_in_place():
+    a, b = randn(40, 24, dtype="float16", seed=7), randn(24, 36, dtype="float16", seed=8)
+    big = poisoned(36, 80, dtype="float16")
+    out = big[:, 3:43].t()  # (40, 36) view with strides (1, 80)
+    module = gemm_module(GemmProblem(40, 36, 24), SMALL)
+    module.kernel(a, b, out=out)
+    assert rel_err(out, a.double() @ b.double()) < tolerance("float16")
+    assert torch.isnan(big[:, :3]).all() and torch.isnan(big[:, 43:]).all(), (
+        "nothing outside `out` is touched"
+    )
+
+
+@pytest.mark.parametrize("config", [SMALL, SPLIT], ids=["split1", "split4"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_products_match_bmm(config, dtype):
+    z, m, n, k = 3, 37, 29, 51
+    a, b = randn(z, m, k, dtype=dtype, seed=9), randn(z, k, n, dtype=dtype, seed=10)
+    out = poisoned(z, m, n, dtype=dtype)
+    module = gemm_module(GemmProblem(m, n, k, batch=z, dtype=dtype), config)
+    module.kernel(a, b, out=out)
+    assert rel_err(out, torch.bmm(a.double(), b.double())) < tolerance(dtype)
+
+
+def test_a_two_dimensional_operand_is_shared_across_the_batch():
+    a, b = randn(4, 20, 30, dtype="float16", seed=11), randn(30, 25, dtype="float16", seed=12)
+    module = gemm_module(GemmProblem(20, 25, 30, batch=4), SMALL)
+    assert rel_err(module.kernel(a, b), torch.matmul(a.double(), b.double())) < tolerance("float16")
+    a2, b2 = randn(20, 30, dtype="float16", seed=13), randn(4, 30, 25, dtype="float16", seed=14)
+    assert rel_err(module.kernel(a2, b2), torch.matmul(a2.double(), b2.double())) < tolerance("float16")
+
+
+def test_64_bit_offsets_give_the_same_result():
+    a, b = randn(50, 70, dtype="float16", seed=15), randn(70, 40, dtype="float16", seed=16)
+    module = gemm_module(GemmProblem(50, 40, 70), SPLIT)
+    expected = module.kernel(a, b)
+    module.INDEX_64_SPAN = 1  # force the int64 path, which real launches take past 2**31 elements
+    try:
+        assert torch.equal(module.kernel(a, b), expected)
+    finally:
+        module.INDEX_64_SPAN = 2**31
+
+
+def test_empty_dimensions_give_empty_or_zero_results():
+    module = gemm_module(GemmProblem(4, 4, 4), SMALL)
+    assert module.kernel(
+        randn(0, 5, dtype="float16", seed=1), randn(5, 3, dtype="float16", seed=2)
+    ).shape == (0, 3)
+    zero_k = module.kernel(
+        torch.empty(3, 0, dtype=torch.float16, device=DEVICE),
+        torch.empty(0, 2, dtype=torch.float16, device=DEVICE),
+    )
+    assert zero_k.shape == (3, 2) and (zero_k == 0).all()
+
+
+@pytest.mark.parametrize(
+    "a,b,error,match",
+    [
+        (
+            lambda: randn(4, 5, dtype="float32", seed=1),
+            lambda: randn(5, 3, dtype="float16", seed=1),
+            TypeError,
+            r"a\.dtype is torch\.float32, but this kernel was built for torch\.float16",
+        ),
+        (
+            lambda: randn(4, 5, dtype="float16", seed=1),
+            lambda: randn(6, 3, dtype="float16", seed=1),
+            ValueError,
+            "inner dimensions differ",
+        ),
+        (
+            lambda: randn(2, 2, 4, 5, dtype="float16", seed=1),
+            lambda: randn(5, 3, dtype="float16", seed=1),
+            ValueError,
+            "must be 2-D or 3-D",
+        ),
+        (
+            lambda: randn(2, 4, 5, dtype="float16", seed=1),
+            lambda: randn(3, 5, 3, dtype="float16", seed=1),
+            ValueError,
+            "batch sizes differ",
+        ),
+        (lambda: [[1.0]], lambda: randn(5, 3, dtype="float16", seed=1), TypeError, "must be a torch.Tensor"),
+    ],
+)
+def test_bad_arguments_get_one_clear_error(a, b, error, match):
+    module = gemm_module(GemmProblem(4, 3, 5), SMALL)
+    with pytest.raises(error, match=match):
+        module.kernel(a(), b())
+
+
+def test_wrong_out_is_refused():
+    module = gemm_module(GemmProblem(4, 3, 5), SMALL)
+    a, b = randn(4, 5, dtype="float16", seed=1), randn(5, 3, dtype="float16", seed=2)
+    with pytest.raises(ValueError, match=r"out must be a torch.float16 tensor of shape \(4, 3\)"):
+        module.kernel(a, b, out=torch.empty(3, 4, dtype=torch.float16, device=DEVICE))

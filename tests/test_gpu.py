@@ -1,0 +1,78 @@
+"""On a CUDA GPU only (`pytest -m gpu`): native bf16 dots, real measurements, a measured tune, calibration."""
+
+import json
+
+import pytest
+import torch
+from conftest import rel_err
+
+import kt
+from kt.autotune.runners import Candidate, CudaRunner
+from kt.codegen import FAMILIES, GemmConfig, write_source
+from kt.dtypes import tolerance
+from kt.ir import GemmProblem
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_native_dots_on_the_gpu_match_float64(dtype):
+    problem = GemmProblem(1000, 777, 513, dtype=dtype, b_layout="col")
+    for config in (
+        GemmConfig(128, 128, 64, num_warps=8, num_stages=3),
+        GemmConfig(64, 64, 32, num_warps=4, num_stages=4, split_k=4),
+    ):
+        kernel = kt.build(
+            {"op": "dense", "dtype": dtype, "shape": {"m": 1000, "n": 777, "k": 513}, "layout": {"b": "col"}},
+            config,
+        )
+        a, b = problem.random_args(seed=3, device="cuda")
+        out = torch.full((1000, 777), float("nan"), dtype=a.dtype, device="cuda")
+        kernel(a, b, out=out)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+def test_the_cuda_runner_checks_then_times_with_a_spread_and_energy():
+    problem = GemmProblem(2048, 2048, 2048)
+    configs = [
+        GemmConfig(128, 128, 64, num_warps=8, num_stages=3),
+        GemmConfig(64, 64, 32, num_warps=4, num_stages=3),
+    ]
+    candidates = [
+        Candidate(problem, c, str(write_source(FAMILIES["gemm"].render(problem, c)))) for c in configs
+    ]
+    results = list(CudaRunner(kt.resolve_profile("auto"), workers=2).run(candidates))
+    assert [r.status for r in results] == ["ok", "ok"], [r.message for r in results]
+    for r in results:
+        v = r.values
+        assert (
+            v["runs"] >= 10
+            and 0 < v["runtime_min_ms"] <= v["runtime_p20_ms"] <= v["runtime_ms"] <= v["runtime_p80_ms"]
+        )
+        assert v["rel_err"] < tolerance("float16") and v["smem_bytes"] > 0
+        if "power_w" in v:  # NVML energy counter present
+            assert 30 < v["power_w"] < 1500 and v["energy_mj"] > 0 and v["sm_clock_mhz"] > 0
+
+
+def test_a_gpu_tune_writes_a_measured_artifact(tmp_path):
+    spec = {
+        "op": "dense",
+        "name": "gpu_small",
+        "shape": {"m": 1024, "n": 1024, "k": 1024},
+        "tune": {"budget": 4},
+    }
+    result = kt.tune(spec, db=tmp_path / "t.db", progress=False)
+    assert result.measured and result.best.runtime_ms > 0
+    meta = json.loads((result.save(tmp_path / "a") / "meta.json").read_text())
+    assert meta["measured"] is True and meta["device"]["ran_on"] == torch.cuda.get_device_name()
+    assert meta["runtime_stats"]["runs"] >= 10
+
+
+def test_calibration_measures_plausible_ceilings():
+    from kt.autotune.calibrate import calibrate
+
+    profile = calibrate()
+    assert profile.sm_count == torch.cuda.get_device_properties(0).multi_processor_count
+    assert 0.3e12 < profile.dram_bandwidth < 20e12
+    assert profile.peak_flops["float16"] > profile.peak_flops["float32"] > 0

@@ -1,0 +1,85 @@
+"""The IR: factors' dense forms and transposes, linear maps, the dense op and its kernel graph."""
+
+import torch
+
+from kt.ir import Dense, DenseOp, LinearMap, op_from_spec
+from kt.spec import parse_spec
+
+
+def test_dense_factor_in_out_storage_is_the_transposed_matrix():
+    w = torch.randn(5, 3, dtype=torch.float64)  # (in, out)
+    factor = Dense(in_features=5, out_features=3, weight="w", storage="in_out")
+    assert torch.equal(factor.to_dense({"w": w}), w.t())
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert torch.allclose(LinearMap((factor,)).apply_dense(x, {"w": w}), x @ w)
+
+
+def test_transpose_is_the_adjoint_and_reuses_the_same_weight():
+    w = torch.randn(6, 4, dtype=torch.float64)
+    factor = Dense(in_features=6, out_features=4, weight="w", storage="in_out")
+    flipped = factor.transpose()
+    assert (flipped.in_features, flipped.out_features, flipped.weight) == (4, 6, "w")
+    assert torch.equal(flipped.to_dense({"w": w}), factor.to_dense({"w": w}).t())
+    assert flipped.transpose() == factor
+
+
+def test_linear_map_product_applies_factors_in_order():
+    w1, w2 = torch.randn(8, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    first = Dense(in_features=8, out_features=5, weight="w1", storage="in_out")
+    second = Dense(in_features=5, out_features=3, weight="w2", storage="out_in")
+    chain = LinearMap((first, second))
+    weights = {"w1": w1, "w2": w2}
+    x = torch.randn(7, 8, dtype=torch.float64)
+    assert torch.allclose(chain.apply_dense(x, weights), x @ w1 @ w2.t())
+    assert torch.allclose(chain.transpose().to_dense(weights), chain.to_dense(weights).t())
+    assert chain.weight_names() == ("w1", "w2")
+    assert str(chain) == "Dense[w2ᵀ](3<-5) · Dense[w1](5<-8)"
+
+
+def test_linear_map_refuses_factors_that_do_not_chain():
+    import pytest
+
+    with pytest.raises(ValueError, match="gives 5 features but"):
+        LinearMap((Dense(in_features=8, out_features=5), Dense(in_features=4, out_features=3)))
+
+
+def test_dense_op_reference_equals_its_dense_matrix_with_batch_and_layouts():
+    spec = parse_spec(
+        {
+            "op": "dense",
+            "dtype": "float32",
+            "shape": {"m": 9, "n": 7, "k": 5, "batch": 3},
+            "layout": {"a": "col", "b": "col"},
+        }
+    )
+    op = op_from_spec(spec)
+    assert isinstance(op, DenseOp)
+    x, b = op.random_args(seed=4)
+    assert x.shape == (3, 9, 5) and b.shape == (3, 5, 7)
+    assert x.stride()[-2:] == (1, 9) and b.stride()[-2:] == (1, 5), "col layout is a transposed view"
+    via_ir = op.linear_map.apply_dense(x.double(), {"b": b.double()})
+    assert torch.allclose(via_ir, op.problem.reference(x, b))
+    assert torch.allclose(op.reference(x, b).double(), via_ir, rtol=1e-5, atol=1e-5)
+
+
+def test_random_args_are_fresh_per_seed_and_never_zero():
+    op = op_from_spec(parse_spec({"op": "dense", "shape": {"m": 4, "n": 4, "k": 4}}))
+    a0, _ = op.random_args(seed=0)
+    a1, _ = op.random_args(seed=1)
+    assert not torch.equal(a0, a1) and (a0 != 0).any()
+    assert torch.equal(op.random_args(seed=0)[0], a0)
+
+
+def test_kernel_graph_prints_like_a_jaxpr():
+    op = op_from_spec(
+        parse_spec(
+            {"op": "dense", "dtype": "bfloat16", "shape": {"m": 2, "n": 3, "k": 4}, "layout": {"b": "col"}}
+        )
+    )
+    graph = op.kernel_graph()
+    assert len(graph) == 1 and graph.kernels[0].family == "gemm"
+    assert str(graph) == (
+        "{ lambda x:bf16[2,4] b:bf16[4,3]ᵀ .\n"
+        "    y:bf16[2,3] = gemm[m=2 n=3 k=4 bf16 a:row b:col] x b\n"
+        "  in (y) }"
+    )

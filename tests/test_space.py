@@ -1,0 +1,86 @@
+"""The GEMM search space: hardware legality rules on hand-computed cases."""
+
+import dataclasses
+
+from kt.codegen import FAMILIES, GemmConfig, illegal_reason
+from kt.codegen.gemm import AXES, accumulator_registers, padded, shared_memory
+from kt.device import H100
+from kt.ir import GemmProblem
+
+BIG = GemmProblem(4096, 4096, 4096)
+
+
+def test_shared_memory_is_stages_times_an_a_and_a_b_tile():
+    config = GemmConfig(128, 256, 64, num_stages=3)
+    assert shared_memory(BIG, config) == 3 * (128 * 64 + 64 * 256) * 2 == 147456
+    assert shared_memory(dataclasses.replace(BIG, dtype="float32"), config) == 294912
+
+
+def test_configs_over_the_shared_memory_limit_are_dropped():
+    assert illegal_reason(BIG, GemmConfig(128, 256, 64, num_warps=8, num_stages=3), H100) is None
+    fp32 = dataclasses.replace(BIG, dtype="float32")  # 288 KiB > 227 KiB
+    assert (
+        illegal_reason(fp32, GemmConfig(128, 256, 64, num_warps=8, num_stages=3), H100)
+        == "shared memory over 227 KiB"
+    )
+
+
+def test_accumulators_over_128_registers_per_thread_are_dropped():
+    assert accumulator_registers(GemmConfig(256, 256, 32, num_warps=8)) == 256
+    assert "accumulator" in illegal_reason(BIG, GemmConfig(256, 256, 32, num_warps=8, num_stages=2), H100)
+    assert accumulator_registers(GemmConfig(128, 128, 32, num_warps=4)) == 128
+    assert illegal_reason(BIG, GemmConfig(128, 128, 32, num_warps=4, num_stages=2), H100) is None
+
+
+def test_tiles_larger_than_the_padded_problem_are_dropped():
+    assert (padded(1), padded(16), padded(17), padded(100), padded(129)) == (16, 16, 32, 128, 256)
+    small = GemmProblem(17, 100, 129)
+    assert illegal_reason(small, GemmConfig(32, 128, 128, num_stages=2), H100) is None
+    assert (
+        illegal_reason(small, GemmConfig(64, 128, 128, num_stages=2), H100)
+        == "tile larger than the padded problem"
+    )
+    # Split 2 ways, each split covers 65 of K: padded to 128, so BLOCK_K 128 still fits; split 4 ways, 33 pads to 64.
+    assert illegal_reason(small, GemmConfig(32, 128, 128, num_stages=2, split_k=2), H100) is None
+    assert illegal_reason(small, GemmConfig(32, 128, 128, num_stages=2, split_k=4), H100) == (
+        "tile larger than the padded problem"
+    )
+    # 129 of K is 3 tiles of 64: 4 splits would leave one with nothing to do.
+    assert (
+        illegal_reason(small, GemmConfig(32, 128, 64, num_stages=2, split_k=4), H100)
+        == "more K splits than K tiles"
+    )
+
+
+def test_the_space_counts_add_up_and_every_legal_config_is_legal():
+    family = FAMILIES["gemm"]
+    space = family.space(BIG, H100)
+    total = 1
+    for values in AXES.values():
+        total *= len(values)
+    assert space.total == total == 18000
+    assert len(space.legal) + sum(space.dropped.values()) == space.total
+    assert all(illegal_reason(BIG, c, H100) is None for c in space.legal[::97])
+    assert len(space.legal) < space.total
+
+
+def test_check_problem_keeps_a_ragged_tile_in_every_dimension():
+    family = FAMILIES["gemm"]
+    config = GemmConfig(64, 32, 16, split_k=4)
+    small = family.check_problem(GemmProblem(4096, 4096, 4096, batch=8, b_layout="col"), config)
+    assert (small.m, small.n, small.batch, small.b_layout) == (97, 49, 2, "col")
+    assert small.m % 64 and small.n % 32 and small.k % 16, "a ragged edge in M, N and K"
+    k_steps = -(-small.k // 16)
+    assert k_steps == 2 * 4, "two K steps per split"
+    tiny = GemmProblem(5, 3, 2)
+    assert family.check_problem(tiny, config) == tiny
+
+
+def test_config_keys_round_trip_and_bad_values_are_named():
+    import pytest
+
+    config = GemmConfig(128, 64, 32, group_m=4, num_warps=8, num_stages=5, split_k=2)
+    assert config.key() == "m128n64k32g4w8s5x2"
+    assert GemmConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"config.block_m: 48 is not allowed; allowed: 16, 32, 64, 128, 256"):
+        GemmConfig.from_dict({**config.to_dict(), "block_m": 48})

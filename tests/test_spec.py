@@ -1,0 +1,153 @@
+"""op.yaml validation: every bad input is one line that names the field and what is allowed."""
+
+import textwrap
+
+import pytest
+
+from kt.errors import SpecError
+from kt.spec import DenseShape, Layout, OpSpec, TuneOptions, load_spec, parse_spec
+
+VALID = {
+    "op": "dense",
+    "name": "gemm_4096",
+    "dtype": "float16",
+    "shape": {"m": 4096, "n": 4096, "k": 4096},
+    "layout": {"a": "row", "b": "col"},
+    "tune": {"budget": 64, "objective": "time", "seed": 0},
+}
+
+
+def write(tmp_path, text, name="op.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_the_issue_example_parses_to_the_documented_values(tmp_path):
+    spec = load_spec(
+        write(
+            tmp_path,
+            """
+        op: dense
+        name: gemm_4096          # optional, names the artifact
+        dtype: float16           # float16 | bfloat16 | float32
+        shape: {m: 4096, n: 4096, k: 4096}   # optional batch: N
+        layout: {a: row, b: col} # optional; col = stored transposed; kernels take any strides
+        tune: {budget: 64, objective: time, seed: 0}   # objective: time | energy | edp
+    """,
+        )
+    )
+    assert spec == OpSpec(
+        "dense",
+        "gemm_4096",
+        "float16",
+        DenseShape(4096, 4096, 4096),
+        Layout("row", "col"),
+        "ieee",
+        "auto",
+        TuneOptions(64, "time", 0),
+    )
+    assert spec.source.endswith("op.yaml")
+
+
+def test_defaults_fill_everything_optional():
+    spec = parse_spec({"op": "dense", "shape": {"m": 3, "n": 5, "k": 7, "batch": 2}})
+    assert (spec.dtype, spec.layout, spec.tune, spec.device) == ("float16", Layout(), TuneOptions(), "auto")
+    assert spec.name == "dense_3x5x7_b2_float16"
+
+
+def test_to_dict_round_trips_and_signature_ignores_name_and_tuning():
+    spec = parse_spec(VALID)
+    assert parse_spec(spec.to_dict()) == spec
+    renamed = spec.replace(name="other", tune={"budget": 3})
+    assert renamed.signature() == spec.signature() and renamed != spec
+
+
+def mutate(path, value):
+    data = {
+        **VALID,
+        "shape": dict(VALID["shape"]),
+        "tune": dict(VALID["tune"]),
+        "layout": dict(VALID["layout"]),
+    }
+    *parents, last = path.split(".")
+    target = data
+    for key in parents:
+        target = target[key]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        ("op", "conv2d", "op: 'conv2d' (str) is not supported; allowed: dense"),
+        ("op", KeyError, "op: is required; allowed: dense"),
+        (
+            "dtype",
+            "float8",
+            "dtype: 'float8' (str) is not supported (did you mean 'float32'?); allowed: float16, bfloat16, float32",
+        ),
+        ("shape.m", -3, "shape.m: must be an integer from 1 to 16777216, got -3"),
+        ("shape.m", 0, "shape.m: must be an integer from 1 to 16777216, got 0"),
+        ("shape.n", "4096", "shape.n: must be an integer from 1 to 16777216, got '4096' (str)"),
+        ("shape.k", 64.0, "shape.k: must be an integer (write 64, not 64.0)"),
+        ("shape.k", True, "shape.k: must be an integer from 1 to 16777216, got True (bool)"),
+        ("shape.k", KeyError, "shape.k: is required"),
+        ("shape.batch", 70000, "shape.batch: must be an integer from 1 to 65535, got 70000"),
+        ("shape.mm", 3, "shape.mm: unknown key (did you mean 'm'?); allowed: m, n, k, batch"),
+        ("shape", [4096, 4096], "shape: must be a mapping, got [4096, 4096] (list)"),
+        ("shape.m", 1 << 24, "shape: the operands need"),
+        (
+            "layout.b",
+            "column",
+            "layout.b: 'column' (str) is not supported (did you mean 'col'?); allowed: row, col",
+        ),
+        (
+            "tune.objective",
+            "power",
+            "tune.objective: 'power' (str) is not supported; allowed: time, energy, edp",
+        ),
+        ("tune.budget", 0, "tune.budget: must be an integer from 1 to 100000, got 0"),
+        ("tune.seed", -1, "tune.seed: must be an integer from 0 to 4294967295, got -1"),
+        ("tune.iters", 5, "tune.iters: unknown key; allowed: budget, objective, seed"),
+        ("name", "my kernel", "name: must be 1-100 letters, digits"),
+        ("name", "../escape", "name: must be 1-100 letters, digits"),
+        ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),
+        ("device", "a100", "device: unknown device 'a100'; allowed: auto, h100, h200 or a profile .json"),
+        ("device", "missing.json", "device: profile file 'missing.json' not found"),
+        ("shap", 1, "shap: unknown key (did you mean 'shape'?)"),
+    ],
+)
+def test_each_bad_field_gets_one_line_naming_it(path, value, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(mutate(path, value))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(SpecError, match="nope.yaml: file not found"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+\): expected"):
+        load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 2\n", "bad.yaml"))
+    with pytest.raises(SpecError, match="key 'm' is given twice"):
+        load_spec(write(tmp_path, "op: dense\nshape: {m: 1, m: 2, n: 2, k: 3}\n", "dup.yaml"))
+    with pytest.raises(SpecError, match="holds 2 YAML documents; kt reads one op per file"):
+        load_spec(write(tmp_path, "op: dense\n---\nop: dense\n", "two.yaml"))
+    with pytest.raises(SpecError, match="empty.yaml: is empty"):
+        load_spec(write(tmp_path, "# nothing\n", "empty.yaml"))
+    with pytest.raises(SpecError, match="the top level must be a mapping, got"):
+        load_spec(write(tmp_path, "- op: dense\n", "list.yaml"))
+    with pytest.raises(SpecError, match=r"shape.m: must be an integer .*got 0"):
+        load_spec(write(tmp_path, "op: dense\nshape: {m: 0, n: 1, k: 1}\n", "zero.yaml"))
+
+
+def test_a_device_profile_path_is_relative_to_the_spec(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "mine.json").write_text("{}")
+    spec = load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 1, k: 1}\ndevice: profiles/mine.json\n"))
+    assert spec.device == str(tmp_path / "profiles" / "mine.json")

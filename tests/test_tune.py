@@ -1,0 +1,196 @@
+"""kt.tune end to end on the CPU: checks, the database, resume after a kill, artifacts that need only torch + triton."""
+
+import ast
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from conftest import rel_err
+
+import kt
+from kt.codegen.gemm import GemmConfig, GemmFamily
+
+SPEC = {
+    "op": "dense",
+    "name": "tiny",
+    "dtype": "float16",
+    "shape": {"m": 70, "n": 45, "k": 90},
+    "layout": {"a": "row", "b": "col"},
+    "tune": {"budget": 6, "seed": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    db = tmp_path_factory.mktemp("tune") / "t.db"
+    return kt.tune(SPEC, db=db, workers=2, progress=False), db
+
+
+def test_cpu_tune_checks_every_chosen_config_and_times_nothing(tuned):
+    result, _ = tuned
+    assert len(result.rows) == 6 and result.statuses() == {"ok": 6}
+    assert result.runner == "interpret" and not result.measured
+    assert all(row["runtime_ms"] is None and row["power_w"] is None for row in result.rows)
+    assert all(row["rel_err"] < 2e-3 and row["smem_bytes"] > 0 for row in result.rows)
+    assert result.best.runtime_ms is None and result.best.predicted_ms > 0
+    best_ranked = min(result.rows, key=lambda r: r["rank"])
+    assert result.best.config == GemmConfig.from_dict(best_ranked["config"]), "the model's best among passing"
+    assert any("nothing was timed" in note for note in result.notes)
+
+
+def test_a_second_tune_measures_nothing_again(tuned):
+    result, db = tuned
+    again = kt.tune(SPEC, db=db, workers=2, progress=False)
+    assert again.newly_measured == 0
+    assert [r["id"] for r in again.rows] == [r["id"] for r in result.rows]
+    assert again.best.config == result.best.config
+
+
+def test_artifact_round_trip_and_meta(tuned, tmp_path):
+    result, _ = tuned
+    path = result.save(tmp_path / "artifacts" / "tiny")
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["measured"] is False and meta["runtime_ms"] is None and meta["power_w"] is None
+    assert meta["config"] == result.best.config.to_dict() and meta["spec"]["name"] == "tiny"
+    assert meta["device"]["target"] == "h100" and meta["software"]["triton"]
+    kernel = kt.load(path)
+    a, b = kt.random_args(SPEC, seed=5)
+    assert rel_err(kernel(a, b), a.double() @ b.double()) < 2e-3
+    assert torch.equal(kernel(a, b), kt.build(SPEC, result.best.config)(a, b))
+    saved_again = result.save(path)  # replacing an artifact leaves exactly one, whole
+    assert sorted(p.name for p in saved_again.iterdir()) == ["kernel.py", "meta.json"]
+    assert [p.name for p in path.parent.iterdir()] == ["tiny"]
+
+
+def test_kernel_py_imports_only_torch_and_triton_and_runs_without_kt(tuned, tmp_path):
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    tree = ast.parse((path / "kernel.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"torch", "triton", "triton.language"}
+    script = textwrap.dedent(f"""
+        import sys, importlib.util
+        sys.modules["kt"] = None  # any `import kt` now fails
+        import torch
+        spec = importlib.util.spec_from_file_location("kernel", {str(path / "kernel.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        a = torch.randn(70, 90).half()
+        b = torch.randn(45, 90).half().t()
+        c = module.kernel(a, b)
+        ref = a.double() @ b.double()
+        print(float((c.double() - ref).norm() / ref.norm()))
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) < 2e-3
+
+
+def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    (path / "kernel.py").write_text((path / "kernel.py").read_text() + "\n# edited\n")
+    with pytest.raises(kt.ArtifactError, match="does not match the checksum"):
+        kt.load(path)
+    assert kt.load(path, verify=False).config == result.best.config
+    with pytest.raises(kt.ArtifactError, match="not found"):
+        kt.load(tmp_path / "missing")
+    (tmp_path / "nometa").mkdir()
+    (tmp_path / "nometa" / "kernel.py").write_text("")
+    with pytest.raises(kt.ArtifactError, match="has no meta.json"):
+        kt.load(tmp_path / "nometa")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(kt.ArtifactError, match="exists and is not a kt artifact"):
+        result.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_a_candidate_that_crashes_its_worker_is_recorded_and_the_tune_goes_on(tmp_path, monkeypatch):
+    render = GemmFamily.render
+    victim = kt.plan(SPEC).chosen[0]
+    victim_key = kt.plan(SPEC).config(victim).key()
+
+    def render_with_a_crash(self, problem, config, **kw):
+        if config.key() == victim_key:
+            return (
+                "import os, signal\n\ndef kernel(a, b, out=None):\n    os.kill(os.getpid(), signal.SIGSEGV)\n"
+            )
+        return render(self, problem, config, **kw)
+
+    monkeypatch.setattr(GemmFamily, "render", render_with_a_crash)
+    result = kt.tune(SPEC, db=tmp_path / "t.db", workers=2, progress=False)
+    by_key = {row["config_key"]: row for row in result.rows}
+    assert by_key[victim_key]["status"] == "crash" and "SIGSEGV" in by_key[victim_key]["message"]
+    assert result.statuses() == {"ok": 5, "crash": 1}
+    assert result.best.config.key() != victim_key
+
+
+def test_all_candidates_failing_is_an_error_not_an_artifact(tmp_path, monkeypatch):
+    monkeypatch.setattr(GemmFamily, "render", lambda self, problem, config, **kw: "def kernel(:\n")
+    with pytest.raises(kt.KtError, match=r"none of the 6 candidates passed \(6 compile_error\)"):
+        kt.tune(SPEC, db=tmp_path / "t.db", workers=2, progress=False)
+
+
+def _rows(db):
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT id, config_key, created_at FROM measurements ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["killed", "interrupted"])
+def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_path, how):
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: resume\nshape: {m: 100, n: 60, k: 80}\ntune: {budget: 12, seed: 3}\n")
+    db = tmp_path / "t.db"
+    command = [
+        sys.executable,
+        "-m",
+        "kt.cli",
+        "tune",
+        str(spec),
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path / "art"),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(_rows(db)) < 3 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    assert first.poll() is None, "the first tune finished before it could be stopped"
+    first.send_signal(how)
+    _, stderr = first.communicate(timeout=60)
+    before = _rows(db)
+    assert 3 <= len(before) < 12
+    if how == signal.SIGINT:
+        assert first.returncode == 130 and "running the same command again resumes" in stderr
+    else:
+        assert first.returncode == -signal.SIGKILL
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    after = _rows(db)
+    assert len(after) == 12 and len({key for _, key, _ in after}) == 12
+    assert after[: len(before)] == before, "rows written before the stop are kept as they were"
+    assert f"{12 - len(before)} new checks" in second.stdout
