@@ -84,12 +84,11 @@ def main():
     """kt: tune structured matmul kernels (Triton) for your GPU."""
 
 
-def _header(spec, plan) -> None:
+def _header(spec) -> None:
     s = spec.shape
     batch = f" x batch {s.batch}" if s.batch else ""
     out.print(
-        f"{spec.name}: {spec.op} {s.m}x{s.n}x{s.k}{batch} {spec.dtype} "
-        f"(a: {spec.layout.a}, b: {spec.layout.b}) · target {plan.space.device.name}",
+        f"{spec.name}: {spec.op} {s.m}x{s.n}x{s.k}{batch} {spec.dtype} (a: {spec.layout.a}, b: {spec.layout.b})",
         style="bold",
     )
 
@@ -121,18 +120,20 @@ def _header(spec, plan) -> None:
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=300,
+    show_default=True,
+    help="Seconds one candidate may take before its worker is killed and it is recorded as timeout.",
+)
 @BACKEND
 @DEVICE
 @DB
 @WORKERS
-def tune(spec, budget, objective, out_dir, seed, top, quiet, backend, device, db, workers):
+def tune(spec, budget, objective, out_dir, seed, top, quiet, timeout, backend, device, db, workers):
     """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json)."""
-    plan = kt.plan(spec, budget=budget, device=device, seed=seed)
-    _header(spec, plan)
-    out.print(
-        f"space: {plan.space.total} configs, {len(plan.space.legal)} legal · measuring {len(plan.chosen)} "
-        f"chosen by the {plan.model} model"
-    )
+    _header(spec)
     result = kt.tune(
         spec,
         budget=budget,
@@ -143,12 +144,13 @@ def tune(spec, budget, objective, out_dir, seed, top, quiet, backend, device, db
         workers=workers,
         seed=seed,
         progress=not quiet,
+        timeout_s=timeout,
     )
     _results_table(result, top)
     path = result.save(out_dir / spec.name)
     best = result.best
     if best.measured:
-        tflops = plan.problem.flops / (best.runtime_ms * 1e-3) / 1e12
+        tflops = result.problem.flops / (best.runtime_ms * 1e-3) / 1e12
         power = (
             f", {best.power_w:.0f} W, {best.energy_mj:.3f} mJ per call" if best.power_w is not None else ""
         )
@@ -159,7 +161,7 @@ def tune(spec, budget, objective, out_dir, seed, top, quiet, backend, device, db
     else:
         out.print(
             f"best: {best.config.key()} · not measured (predicted {best.predicted_ms:.4f} ms on "
-            f"{result.target.name} by the {plan.model} model)",
+            f"{result.target.name} by the {result.plan.model} model)",
             style="yellow",
         )
     for note in result.notes:

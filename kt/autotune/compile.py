@@ -139,6 +139,21 @@ def _compiler_mode():
             os.environ["TRITON_INTERPRET"] = saved
 
 
+def target_compiler_available() -> bool:
+    """Whether Triton's NVIDIA backend and its ptxas are installed (found without importing Triton)."""
+    import importlib.util
+    from pathlib import Path
+
+    if os.environ.get("TRITON_PTXAS_PATH"):
+        return Path(os.environ["TRITON_PTXAS_PATH"]).is_file()
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(
+        (Path(p) / "backends" / "nvidia" / "bin" / "ptxas").is_file() for p in spec.submodule_search_locations
+    )
+
+
 def meta_args(problem) -> tuple[torch.Tensor, ...]:
     """Shape-and-stride-only stand-ins for a problem's arguments (no memory, any size)."""
     return tuple(t.empty("meta") for t in problem.arg_types())

@@ -13,14 +13,16 @@ from kt.autotune.runners import Result
 class TuneProgress:
     def __init__(self, enabled: bool, measures_time: bool, console: Console | None = None):
         self.enabled, self.measures_time = enabled, measures_time
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.counts: Counter = Counter()
         self.best_ms: float | None = None
         self.progress: Progress | None = None
 
-    def start(self, total: int, done: int, label: str) -> None:
+    def start(self, total: int, done: int, label: str, summary: str = "") -> None:
         if not self.enabled:
             return
+        if summary:
+            self.console.print(summary, highlight=False, markup=False)
         if done:
             self.console.print(f"resuming: {done} of {total} configs are already in the database")
         self.progress = Progress(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kt.autotune.compile import target_compiler_available
 from kt.autotune.pool import Outcome, Task, WorkerPool, default_workers
 from kt.autotune.timing import DEFAULT_TIMING, TimingSettings
 from kt.codegen import GemmConfig, family_for
@@ -74,6 +75,17 @@ class Runner(ABC):
     def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
         """What the worker needs for `candidate` at `stage`."""
 
+    def compile_payload(self, candidate: Candidate, arch: int) -> dict[str, Any]:
+        """Compile for `arch` on the full problem, held to the profile's shared-memory limit."""
+        problem = candidate.problem
+        return {
+            "family": problem.family,
+            "source_path": candidate.source_path,
+            "problem": problem.to_dict(),
+            "arch": arch,
+            "smem_limit": self.profile.smem_per_block,
+        }
+
     def _task(self, index: int, stage_index: int, candidate: Candidate) -> Task:
         stage = self.stages[stage_index]
         return Task(index, stage.kind, self.payload(stage, candidate), stage.group, context=stage_index)
@@ -115,7 +127,7 @@ class InterpretRunner(Runner):
         compile_target: bool = True,
     ):
         super().__init__(profile, workers, seed, timeout_s)
-        self.compile_target = compile_target
+        self.compile_target = compile_target and target_compiler_available()
 
     @property
     def stages(self) -> list[Stage]:
@@ -129,16 +141,16 @@ class InterpretRunner(Runner):
         return groups
 
     def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
+        if stage.kind == "compile":
+            return self.compile_payload(candidate, self.profile.compute_capability)
         problem = candidate.problem
-        base = {"family": problem.family, "source_path": candidate.source_path}
-        if stage.kind == "check":
-            small = family_for(problem).check_problem(problem, candidate.config)
-            return {**base, "problem": small.to_dict(), "device": "cpu", "seed": self.seed}
+        small = family_for(problem).check_problem(problem, candidate.config)
         return {
-            **base,
-            "problem": problem.to_dict(),
-            "arch": self.profile.compute_capability,
-            "smem_limit": self.profile.smem_per_block,
+            "family": problem.family,
+            "source_path": candidate.source_path,
+            "problem": small.to_dict(),
+            "device": "cpu",
+            "seed": self.seed,
         }
 
 
@@ -171,11 +183,25 @@ class CudaRunner(Runner):
         }
 
     def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
-        problem = candidate.problem
-        base = {"family": problem.family, "source_path": candidate.source_path, "problem": problem.to_dict()}
         if stage.kind == "compile":
-            return {**base, "arch": self.arch, "smem_limit": self.profile.smem_per_block}
-        return {**base, "seed": self.seed, "timing": asdict(self.timing)}
+            return self.compile_payload(candidate, self.arch)
+        problem = candidate.problem
+        return {
+            "family": problem.family,
+            "source_path": candidate.source_path,
+            "problem": problem.to_dict(),
+            "seed": self.seed,
+            "timing": asdict(self.timing),
+        }
+
+
+def resolve_backend(backend: str) -> str:
+    """auto means cuda when a GPU is present, else interpret."""
+    import torch
+
+    if backend == "auto":
+        return "cuda" if torch.cuda.is_available() else "interpret"
+    return backend
 
 
 def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
@@ -184,8 +210,7 @@ def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
 
     from kt.errors import DeviceError
 
-    if backend == "auto":
-        backend = "cuda" if torch.cuda.is_available() else "interpret"
+    backend = resolve_backend(backend)
     if backend == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(

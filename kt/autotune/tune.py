@@ -128,43 +128,29 @@ def objective_value(row: dict[str, Any], objective: str) -> float | None:
 
 
 def tune(
-    spec: OpSpec,
-    *,
-    budget: int | None = None,
-    objective: str | None = None,
-    backend: str = "auto",
-    db: str | Path | None = None,
-    device: str | None = None,
-    workers: int | None = None,
-    strategy: str | SearchStrategy = "ranked",
-    seed: int | None = None,
-    progress: bool = True,
-    timeout_s: float = 300.0,
+    spec: OpSpec, *, budget: int | None = None, objective: str | None = None, **options: Any
 ) -> TuneResult:
-    """Tune `spec`'s kernel: measure up to `budget` configs chosen by the cost model, return the best."""
+    """Tune `spec`'s kernel: measure up to `budget` configs chosen by the cost model, return the best.
+
+    `options` go to `run_session` (backend, db, device, workers, strategy, seed, progress, timeout_s).
+    """
     started = time.monotonic()
     objective = objective or spec.tune.objective
     if objective not in OBJECTIVES:
         raise KtError(f"objective: {objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
-    session = run_session(
-        spec,
-        budget=budget or spec.tune.budget,
-        backend=backend,
-        db=db,
-        device=device,
-        workers=workers,
-        strategy=strategy,
-        seed=seed,
-        progress=progress,
-        timeout_s=timeout_s,
-    )
+    session = run_session(spec, budget=budget or spec.tune.budget, **options)
     plan, runner, profile = session.plan, session.runner, session.profile
     notes = []
     if not runner.measures_time:
+        compiled = (
+            f"compiled for sm_{profile.compute_capability}"
+            if runner.compile_target
+            else "not compiled for the GPU (Triton's ptxas is not installed)"
+        )
         notes.append(
             f"no GPU here: candidates were checked in Triton's interpreter on reduced problems and "
-            f"compiled for sm_{profile.compute_capability}; nothing was timed, and the choice is the "
-            f"{plan.model} model's best prediction for {profile.name} among those that passed"
+            f"{compiled}; nothing was timed, and the choice is the {plan.model} model's best prediction "
+            f"for {profile.name} among those that passed"
         )
     elif objective != "time":
         notes.append(
@@ -252,7 +238,14 @@ def measure_plan(
                 Candidate(problem, config, str(write_source(source)), float(plan.predicted_s[index]) * 1e3)
             )
     reporter = TuneProgress(progress, runner.measures_time)
-    reporter.start(len(plan.chosen), len(plan.chosen) - len(todo), f"{runner.name} on {runner.device}")
+    verb = "measuring" if runner.measures_time else "checking"
+    reporter.start(
+        len(plan.chosen),
+        len(plan.chosen) - len(todo),
+        f"{runner.name} on {runner.device}",
+        summary=f"target {profile.name} · space: {plan.space.total} configs, {len(plan.space.legal)} "
+        f"legal · {verb} {len(plan.chosen)} chosen by the {plan.model} model",
+    )
     fresh = 0
     try:
         for result in runner.run(todo):
