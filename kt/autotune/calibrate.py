@@ -56,12 +56,14 @@ def matmul_flops(dtype: torch.dtype, tf32: bool = False, size: int = MATMUL_SIZE
 
 
 def _power_limit_w() -> float:
-    try:
-        import pynvml
+    """The enforced power limit in W (read, never changed), or 0.0 when NVML cannot say."""
+    from kt.autotune.timing import Nvml
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        return pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
+    nvml = Nvml(torch.cuda.current_device())  # matched to torch's device by UUID, not by index
+    if nvml.handle is None:
+        return 0.0
+    try:
+        return nvml.pynvml.nvmlDeviceGetEnforcedPowerLimit(nvml.handle) / 1000.0
     except Exception:
         return 0.0
 

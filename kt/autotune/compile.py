@@ -89,7 +89,7 @@ def _specialise(jit_function, args: tuple, kwargs: dict):
                 True,
             )  # torch allocations are 256-byte aligned
         elif isinstance(value, bool):
-            signature[name] = "i1"
+            signature[name] = "u1"  # what Triton's own launch calls a bool
         elif isinstance(value, int):
             if value == 1:
                 signature[name], constexprs[name] = "constexpr", 1

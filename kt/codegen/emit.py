@@ -61,6 +61,9 @@ def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -
         interpret = interpreter_wanted()
     if interpret:
         os.environ["TRITON_INTERPRET"] = "1"
+        from kt.codegen.compat import patch_interpreter
+
+        patch_interpreter()
     elif os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]

@@ -1,0 +1,70 @@
+"""kt's public API: build, reference, random weights, plan and space, on specs given as files, dicts or OpSpecs."""
+
+import pytest
+import torch
+from conftest import rel_err
+
+import kt
+
+SPEC = {
+    "op": "dense",
+    "name": "api",
+    "dtype": "float32",
+    "shape": {"m": 33, "n": 21, "k": 40, "batch": 2},
+    "layout": {"b": "col"},
+    "tune": {"budget": 5},
+}
+
+
+def test_build_without_a_config_uses_the_top_ranked_legal_one():
+    kernel = kt.build(SPEC)
+    plan = kt.plan(SPEC)
+    assert kernel.config == plan.config(plan.ranked[0])
+    a, b = kt.random_args(SPEC, seed=2)
+    assert rel_err(kernel(a, b), torch.matmul(a.double(), b.double())) < 1e-5
+    assert "BLOCK_M = " in kernel.source and not kernel.measured
+
+
+def test_build_takes_a_config_mapping_and_names_a_bad_one():
+    kernel = kt.build(
+        SPEC,
+        {
+            "block_m": 16,
+            "block_n": 16,
+            "block_k": 16,
+            "group_m": 1,
+            "num_warps": 2,
+            "num_stages": 2,
+            "split_k": 2,
+        },
+    )
+    assert kernel.config.key() == "m16n16k16g1w2s2x2"
+    with pytest.raises(kt.SpecError, match="config: block_m: 48 is not allowed"):
+        kt.build(SPEC, {"block_m": 48, "block_n": 16, "block_k": 16})
+
+
+def test_reference_is_plain_torch_and_random_weights_follow_the_layout():
+    (b,) = kt.random_weights(SPEC, seed=1)
+    assert b.shape == (2, 40, 21) and b.stride()[-2:] == (1, 40)
+    a, b2 = kt.random_args(SPEC, seed=1)
+    assert torch.equal(b, b2)
+    assert torch.equal(kt.reference(SPEC)(a, b), torch.matmul(a, b))
+
+
+def test_specs_can_be_paths_dicts_or_opspecs(tmp_path):
+    path = tmp_path / "op.yaml"
+    path.write_text("op: dense\nshape: {m: 8, n: 8, k: 8}\n")
+    from_file = kt.as_spec(path)
+    assert kt.as_spec(from_file) is from_file
+    assert kt.as_spec(from_file.to_dict()) == from_file
+    with pytest.raises(kt.SpecError, match="expected an OpSpec, a mapping or a path"):
+        kt.as_spec(42)
+
+
+def test_plan_and_space_agree():
+    plan = kt.plan(SPEC, budget=16, seed=3)
+    space = kt.space(SPEC)
+    assert plan.space.legal == space.legal and len(set(plan.chosen)) == 16
+    assert plan.chosen[:14] == plan.ranked[:14], "seven-eighths of the budget goes to the best ranked"
+    assert not set(plan.chosen[14:]) & set(plan.ranked[:14]), "the rest explores beyond them"
+    assert kt.plan(SPEC, budget=16, seed=4).chosen[14:] != plan.chosen[14:], "exploration follows the seed"
