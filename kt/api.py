@@ -57,6 +57,14 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _budget(budget: Any) -> int | None:
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise SpecError("budget", f"must be a positive integer, got {budget!r}")
+    return budget
+
+
 def plan(
     spec: SpecLike,
     budget: int | None = None,
@@ -70,7 +78,7 @@ def plan(
     return plan_tuning(
         node.problem,
         resolve_profile(device or spec.device),
-        budget or spec.tune.budget,
+        _budget(budget) or spec.tune.budget,
         strategy,
         spec.tune.seed if seed is None else seed,
     )
@@ -133,7 +141,9 @@ def tune(
     **options: Any,
 ) -> TuneResult:
     """Tune `spec` (see kt.autotune.tune.tune for the options)."""
-    return _tune(as_spec(spec), budget=budget, objective=objective, backend=backend, db=db, **options)
+    return _tune(
+        as_spec(spec), budget=_budget(budget), objective=objective, backend=backend, db=db, **options
+    )
 
 
 def collect(
@@ -159,7 +169,7 @@ def collect(
             strategy="exhaustive",
             **options,
         )
-    return run_session(spec, budget=sample, backend=backend, db=db, strategy="random", **options)
+    return run_session(spec, budget=_budget(sample), backend=backend, db=db, strategy="random", **options)
 
 
 def load(path: str | os.PathLike, verify: bool = True) -> Kernel:

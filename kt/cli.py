@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kt
+from kt.autotune.artifact import check_target
 from kt.errors import KtError
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
@@ -40,6 +42,10 @@ class _Group(click.Group):
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "kt"
             err.print(f"kt: error: {exc.format_message()} (see `{command} --help`)", style="red")
+            sys.exit(2)
+        except OSError as exc:  # a path the user gave: unwritable, a file where a directory should be, ...
+            where = f": {exc.filename}" if exc.filename else ""
+            err.print(f"kt: error: {exc.strerror or exc}{where}", style="red")
             sys.exit(2)
         except click.ClickException as exc:
             err.print(f"kt: error: {exc.format_message()}", style="red")
@@ -69,6 +75,11 @@ BACKEND = click.option(
     default="auto",
     show_default=True,
     help="cuda measures on the GPU; interpret checks on the CPU, never times.",
+)
+RETRY = click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Measure again the configs whose earlier attempt timed out or crashed.",
 )
 WORKERS = click.option(
     "--workers",
@@ -127,13 +138,17 @@ def _header(spec) -> None:
     show_default=True,
     help="Seconds one candidate may take before its worker is killed and it is recorded as timeout.",
 )
+@RETRY
 @BACKEND
 @DEVICE
 @DB
 @WORKERS
-def tune(spec, budget, objective, out_dir, seed, top, quiet, timeout, backend, device, db, workers):
+def tune(
+    spec, budget, objective, out_dir, seed, top, quiet, timeout, retry_failed, backend, device, db, workers
+):
     """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json)."""
     _header(spec)
+    check_target(out_dir / spec.name)  # before the tune, not after it
     result = kt.tune(
         spec,
         budget=budget,
@@ -145,6 +160,7 @@ def tune(spec, budget, objective, out_dir, seed, top, quiet, timeout, backend, d
         seed=seed,
         progress=not quiet,
         timeout_s=timeout,
+        retry_failed=retry_failed,
     )
     _results_table(result, top)
     path = result.save(out_dir / spec.name)
@@ -284,20 +300,26 @@ def space(spec, sample, seed, device):
     "--sample", type=click.IntRange(1, 1_000_000), default=None, help="Measure N random legal configs."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@RETRY
 @BACKEND
 @DEVICE
 @DB
 @WORKERS
-def collect(spec, everything, sample, quiet, backend, device, db, workers):
+def collect(spec, everything, sample, quiet, retry_failed, backend, device, db, workers):
     """Measure every legal config (--all) or a random sample into the database: the cost model's data."""
     if everything == (sample is not None):
         raise click.UsageError("give exactly one of --all or --sample N")
     session = kt.collect(
-        spec, sample=sample, backend=backend, db=db, device=device, workers=workers, progress=not quiet
+        spec,
+        sample=sample,
+        backend=backend,
+        db=db,
+        device=device,
+        workers=workers,
+        progress=not quiet,
+        retry_failed=retry_failed,
     )
-    counts = {}
-    for row in session.rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts = Counter(row["status"] for row in session.rows)
     out.print(
         f"{spec.name}: {len(session.rows)} configs in {session.db_path} ({session.fresh} new; "
         f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) on {session.runner.device}"
@@ -342,7 +364,7 @@ def export(csv_path, runner, status, db):
     from kt.autotune.database import Database
 
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
-    with Database(db) as database:
+    with Database(db, create=False) as database:
         count = database.export_csv(csv_path, **where)
         out.print(f"{count} rows from {database.path} -> {csv_path}")
 

@@ -8,6 +8,7 @@ CLI can name instead (`device: path/to/profile.json`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -55,6 +56,14 @@ class DeviceProfile:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def key(self) -> str:
+        """The name for a built-in profile, else the name plus a hash of every field (calibrated ones differ)."""
+        if BUILTIN.get(self.name) == self:
+            return self.name
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}"
+
     @classmethod
     def from_dict(cls, data: dict, where: str = "profile") -> DeviceProfile:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -67,15 +76,22 @@ class DeviceProfile:
         peaks = data.get("peak_flops", {})
         if not isinstance(peaks, dict) or set(peaks) != set(PEAK_KEYS):
             raise ProfileError(f"{where}: peak_flops must map exactly {', '.join(PEAK_KEYS)} to FLOP/s")
+        for key, value in peaks.items():
+            if not _positive(value):
+                raise ProfileError(f"{where}: peak_flops.{key} must be a positive number, got {value!r}")
         for f in dataclasses.fields(cls):
-            value = data.get(f.name)
-            if (
-                f.name in data
-                and f.type in ("int", "float")
-                and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0)
-            ):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.type in ("int", "float") and not _positive(value):
                 raise ProfileError(f"{where}: {f.name} must be a positive number, got {value!r}")
+            if f.type == "str" and (not isinstance(value, str) or not value):
+                raise ProfileError(f"{where}: {f.name} must be a non-empty string, got {value!r}")
         return cls(**data)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -146,7 +162,7 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
         raise ProfileError(f"device profile file {str(path)!r} not found")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProfileError(f"device profile {str(path)!r} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ProfileError(f"device profile {str(path)!r} must hold a JSON object")

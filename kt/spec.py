@@ -98,6 +98,10 @@ def load_spec(path: str | os.PathLike) -> OpSpec:
         raise SpecError("", "file not found" if not path.exists() else "is not a file", source=str(path))
     try:
         documents = list(yaml.load_all(path.read_text(), Loader=_StrictLoader))
+    except OSError as exc:
+        raise SpecError("", f"cannot be read ({exc.strerror})", source=str(path)) from None
+    except RecursionError:
+        raise SpecError("", "is nested too deeply to be an op description", source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -115,17 +119,21 @@ def load_spec(path: str | os.PathLike) -> OpSpec:
     return parse_spec(documents[0], source=str(path))
 
 
-def parse_spec(data: Any, source: str | None = None) -> OpSpec:
-    """Validate a mapping (as read from op.yaml) and build the OpSpec."""
+def parse_spec(data: Any, source: str | None = None, check_files: bool = True) -> OpSpec:
+    """Validate a mapping (as read from op.yaml) and build the OpSpec.
+
+    `check_files=False` accepts a device profile path that does not exist here (a spec read back from an
+    artifact made on another machine); everything else is validated as usual.
+    """
     try:
-        return _parse(data, source)
+        return _parse(data, source, check_files)
     except SpecError as exc:
         if exc.source is None and source is not None:
             raise SpecError(exc.field, exc.reason, source) from None
         raise
 
 
-def _parse(data: Any, source: str | None) -> OpSpec:
+def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if not isinstance(data, Mapping):
         raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
     op = _choice(data.get("op"), "op", OPS, required=True)
@@ -139,11 +147,11 @@ def _parse(data: Any, source: str | None) -> OpSpec:
     name = data.get("name")
     if name is None:
         name = default_name(op, shape, dtype)
-    elif not isinstance(name, str) or not NAME_PATTERN.match(name):
+    elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
             "name", f"must be 1-100 letters, digits, '_', '.' or '-' (no spaces or '/'), got {name!r}"
         )
-    device = _device(data.get("device", "auto"), source)
+    device = _device(data.get("device", "auto"), source, check_files)
     tune = _tune(data.get("tune", {}), "tune")
     _check_memory(shape, dtype)
     return OpSpec(op, name, dtype, shape, layout, precision, device, tune, source)
@@ -185,7 +193,7 @@ def _tune(value: Any, path: str) -> TuneOptions:
     return TuneOptions(**options)
 
 
-def _device(value: Any, source: str | None) -> str:
+def _device(value: Any, source: str | None, check_files: bool = True) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(
             "device", f"must be one of {', '.join(BUILTIN_DEVICES)} or a profile .json path, got {value!r}"
@@ -199,7 +207,8 @@ def _device(value: Any, source: str | None) -> str:
     path = Path(value)
     if not path.is_absolute() and source is not None:
         path = Path(source).parent / path  # relative to the op.yaml, as a reader of the file expects
-    if not path.is_file():
+    path = path.absolute()  # so the spec means the same file from any directory (artifacts store it)
+    if check_files and not path.is_file():
         raise SpecError(
             "device", f"profile file {str(path)!r} not found (make one with `kt calibrate --out`)"
         )
@@ -261,12 +270,19 @@ def _choice(value: Any, path: str, allowed: tuple[str, ...], required: bool = Fa
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (plain YAML keeps the last one silently)."""
+    """SafeLoader that refuses a key given twice (plain YAML keeps the last one silently) or a key that is a
+    list or mapping."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a plain value, got {type(key).__name__}", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice", key_node.start_mark

@@ -108,3 +108,17 @@ def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):
 def test_devices_lists_the_builtin_profiles():
     done = kt_cli("devices")
     assert done.returncode == 0 and "h100" in done.stdout and "h200" in done.stdout
+
+
+def test_path_problems_are_one_line_errors_before_any_work(tmp_path):
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: clash\nshape: {m: 8, n: 8, k: 8}\ntune: {budget: 1}\n")
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "clash").write_text("a file where the artifact should go")
+    done = kt_cli("tune", spec, "--out", tmp_path / "artifacts", "--db", tmp_path / "t.db")
+    assert done.returncode == 2 and "exists and is a file" in done.stderr
+    assert not (tmp_path / "t.db").exists(), "refused before tuning"
+    done = kt_cli("export", tmp_path / "x.csv", "--db", tmp_path / "typo.db")
+    assert done.returncode == 2 and "typo.db' not found" in done.stderr
+    done = kt_cli("tune", spec, "--db", spec / "t.db")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1

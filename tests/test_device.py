@@ -71,5 +71,8 @@ def test_profile_file_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ProfileError, match="is not valid JSON"):
         load_profile(tmp_path / "broken.json")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    with pytest.raises(ProfileError, match="is not valid JSON"):
+        load_profile(tmp_path / "binary.json")
     with pytest.raises(kt.DeviceError, match="unknown device profile 'b200'"):
         kt.resolve_profile("b200")

@@ -165,3 +165,30 @@ def test_wrong_out_is_refused():
     a, b = randn(4, 5, dtype="float16", seed=1), randn(5, 3, dtype="float16", seed=2)
     with pytest.raises(ValueError, match=r"out must be a torch.float16 tensor of shape \(4, 3\)"):
         module.kernel(a, b, out=torch.empty(3, 4, dtype=torch.float16, device=DEVICE))
+
+
+def test_offsets_past_two_to_the_31_elements_do_not_wrap():
+    """A column-major A whose columns are 2**25 elements apart: one K step of 64 moves 2**31 elements."""
+    stride, m, n, k = 2**25, 16, 24, 136
+    try:  # a 9 GiB span; only the pages the test touches are ever backed by memory
+        storage = torch.empty((k - 1) * stride + m, dtype=torch.float16, device=DEVICE)
+    except RuntimeError:
+        pytest.skip("cannot reserve 9 GiB of address space here")
+    a = storage.as_strided((m, k), (1, stride))
+    a.copy_(randn(m, k, dtype="float16", seed=17))
+    b = randn(k, n, dtype="float16", seed=18)
+    module = gemm_module(
+        GemmProblem(m, n, k, a_layout="col"),
+        GemmConfig(16, 16, 64, group_m=1, num_warps=2, num_stages=2, split_k=2),
+    )
+    assert rel_err(module.kernel(a, b), a.double() @ b.double()) < tolerance("float16")
+
+
+def test_out_may_alias_an_input_and_an_expanded_out_is_refused():
+    a, b = randn(64, 64, dtype="float16", seed=19), randn(64, 64, dtype="float16", seed=20)
+    expected = a.double() @ b.double()
+    module = gemm_module(GemmProblem(64, 64, 64), SMALL)
+    assert module.kernel(a, b, out=a) is a
+    assert rel_err(a, expected) < tolerance("float16")
+    with pytest.raises(ValueError, match="out overlaps itself"):
+        module.kernel(b, b, out=torch.zeros(1, 64, dtype=torch.float16, device=DEVICE).expand(64, 64))

@@ -1,6 +1,7 @@
 """Worker pool and runners: a candidate that crashes or hangs its worker costs one record, and work goes on."""
 
 import textwrap
+from pathlib import Path
 
 from kt.autotune.pool import Task, WorkerPool
 from kt.autotune.runners import Candidate, InterpretRunner
@@ -69,7 +70,7 @@ def test_follow_up_tasks_run_in_their_own_group_with_its_environment():
         "check",
         {
             "family": "gemm",
-            "problem": PROBLEM.to_dict(),
+            "problems": [PROBLEM.to_dict()],
             "source_path": str(source),
             "device": "cpu",
             "seed": 0,
@@ -99,3 +100,60 @@ def test_follow_up_tasks_run_in_their_own_group_with_its_environment():
         outcomes = list(pool.run([check], then_compile))
     assert [(o.task.kind, o.status) for o in outcomes] == [("check", "ok"), ("compile", "ok")]
     assert outcomes[1].values["smem_bytes"] > 0
+
+
+def _hang_tasks(count):
+    source = write_source(HANG)
+    payload = {
+        "family": "gemm",
+        "problems": [PROBLEM.to_dict()],
+        "source_path": str(source),
+        "device": "cpu",
+        "seed": 0,
+    }
+    return [Task(i, "check", payload, "default") for i in range(count)]
+
+
+def test_closing_a_pool_of_hung_workers_takes_seconds_not_minutes():
+    import time
+
+    pool = WorkerPool({"default": (3, {"TRITON_INTERPRET": "1"})}, timeout_s=600)
+    for slot, task in zip(pool.slots, _hang_tasks(3)):
+        slot.send(task)  # as run() does: every worker now busy with a kernel that never returns
+    time.sleep(3)
+    started = time.monotonic()
+    pool.close()  # what Ctrl-C does
+    assert time.monotonic() - started < 8
+    assert all(slot.process.poll() is not None for slot in pool.slots)
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_pool import WorkerPool, _hang_tasks
+        pool = WorkerPool({{"default": (2, {{"TRITON_INTERPRET": "1"}})}}, timeout_s=600)
+        print(" ".join(str(s.process.pid) for s in pool.slots), flush=True)
+        list(pool.run(_hang_tasks(2)))
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    time.sleep(3)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [
+            pid
+            for pid in pids
+            if os.path.exists(f"/proc/{pid}") and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        ]
+    assert alive == [], "orphaned workers must not keep running"

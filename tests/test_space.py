@@ -64,16 +64,23 @@ def test_the_space_counts_add_up_and_every_legal_config_is_legal():
     assert len(space.legal) < space.total
 
 
-def test_check_problem_keeps_a_ragged_tile_in_every_dimension():
+def test_check_problems_keep_a_ragged_tile_in_every_dimension():
     family = FAMILIES["gemm"]
     config = GemmConfig(64, 32, 16, split_k=4)
-    small = family.check_problem(GemmProblem(4096, 4096, 4096, batch=8, b_layout="col"), config)
+    (small,) = family.check_problems(GemmProblem(4100, 4095, 4096, batch=8, b_layout="col"), config)
     assert (small.m, small.n, small.batch, small.b_layout) == (97, 49, 2, "col")
     assert small.m % 64 and small.n % 32 and small.k % 16, "a ragged edge in M, N and K"
-    k_steps = -(-small.k // 16)
-    assert k_steps == 2 * 4, "two K steps per split"
+    assert -(-small.k // 16) == 2 * 4, "two K steps per split"
     tiny = GemmProblem(5, 3, 2)
-    assert family.check_problem(tiny, config) == tiny
+    assert family.check_problems(tiny, config) == [tiny]
+
+
+def test_a_problem_of_whole_tiles_is_also_checked_on_the_unmasked_path():
+    family = FAMILIES["gemm"]
+    config = GemmConfig(64, 32, 16, split_k=4)
+    ragged, whole = family.check_problems(GemmProblem(4096, 4096, 4096), config)
+    assert ragged.m % 64 and (whole.m, whole.n, whole.k) == (128, 64, 128)
+    assert whole.m % 64 == whole.n % 32 == whole.k % (16 * 4) == 0
 
 
 def test_config_keys_round_trip_and_bad_values_are_named():

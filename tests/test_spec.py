@@ -118,7 +118,7 @@ def mutate(path, value):
         ("name", "../escape", "name: must be 1-100 letters, digits"),
         ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),
         ("device", "a100", "device: unknown device 'a100'; allowed: auto, h100, h200 or a profile .json"),
-        ("device", "missing.json", "device: profile file 'missing.json' not found"),
+        ("device", "missing.json", "missing.json' not found (make one with `kt calibrate --out`)"),
         ("shap", 1, "shap: unknown key (did you mean 'shape'?)"),
     ],
 )
@@ -151,3 +151,23 @@ def test_a_device_profile_path_is_relative_to_the_spec(tmp_path):
     (tmp_path / "profiles" / "mine.json").write_text("{}")
     spec = load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 1, k: 1}\ndevice: profiles/mine.json\n"))
     assert spec.device == str(tmp_path / "profiles" / "mine.json")
+
+
+def test_yaml_oddities_are_one_line_errors(tmp_path):
+    with pytest.raises(SpecError, match="a key must be a plain value, got list"):
+        load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 1, k: 1, [a]: 1}\n", "listkey.yaml"))
+    with pytest.raises(SpecError, match="nested too deeply|not valid YAML"):
+        load_spec(write(tmp_path, "op: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml"))
+    with pytest.raises(SpecError, match="name: must be 1-100 letters"):
+        parse_spec({**VALID, "name": "abc\n"})
+
+
+def test_a_profile_path_is_stored_absolute_and_may_be_absent_when_reading_back(tmp_path):
+    (tmp_path / "gpu.json").write_text("{}")
+    spec = load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 1, k: 1}\ndevice: gpu.json\n"))
+    assert spec.device == str(tmp_path / "gpu.json")
+    assert spec.replace(name="other").device == spec.device
+    (tmp_path / "gpu.json").unlink()
+    with pytest.raises(SpecError, match="not found"):
+        parse_spec(spec.to_dict())
+    assert parse_spec(spec.to_dict(), check_files=False).device == spec.device

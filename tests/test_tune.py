@@ -195,3 +195,57 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
     assert len(after) == 12 and len({key for _, key, _ in after}) == 12
     assert after[: len(before)] == before, "rows written before the stop are kept as they were"
     assert f"{12 - len(before)} new checks" in second.stdout
+
+
+def test_timeouts_are_kept_unless_retried(tmp_path, monkeypatch):
+    spec = {**SPEC, "name": "retry", "tune": {"budget": 2, "seed": 1}}
+    render = GemmFamily.render
+    monkeypatch.setattr(
+        GemmFamily,
+        "render",
+        lambda self, problem, config, **kw: (
+            "import time\n\ndef kernel(a, b, out=None):\n    time.sleep(3600)\n"
+        ),
+    )
+    with pytest.raises(kt.KtError, match=r"\(2 timeout\)"):
+        kt.tune(spec, db=tmp_path / "t.db", workers=2, progress=False, timeout_s=5)
+    monkeypatch.setattr(GemmFamily, "render", render)
+    with pytest.raises(kt.KtError, match=r"\(2 timeout\)"):  # measured already: nothing runs again
+        kt.tune(spec, db=tmp_path / "t.db", workers=2, progress=False)
+    result = kt.tune(spec, db=tmp_path / "t.db", workers=2, progress=False, retry_failed=True)
+    assert result.statuses() == {"ok": 2} and result.newly_measured == 2
+
+
+def test_an_artifact_is_world_readable_and_loads_from_any_directory(tuned, tmp_path, monkeypatch):
+    import dataclasses
+    import stat
+
+    from kt.device import H100, save_profile
+
+    result, _ = tuned
+    profile = save_profile(dataclasses.replace(H100, name="lab"), tmp_path / "specs" / "lab.json")
+    spec_file = tmp_path / "specs" / "op.yaml"
+    spec_file.write_text("op: dense\nname: labbed\nshape: {m: 70, n: 45, k: 90}\ndevice: lab.json\n")
+    result.spec = kt.load_spec(spec_file)
+    path = result.save(tmp_path / "out" / "labbed")
+    assert stat.S_IMODE(path.stat().st_mode) & 0o055 == 0o055 & ~os.umask(os.umask(0))
+    profile.unlink()
+    monkeypatch.chdir("/")
+    assert kt.load(path).spec.device == str(profile)
+
+
+def test_the_checker_catches_one_wrong_element_a_norm_would_miss():
+    import types
+
+    from kt.autotune.checking import check_kernel
+    from kt.ir import GemmProblem
+
+    def nearly_right(a, b, out=None):
+        out.copy_(a.float() @ b.float())
+        out[3, 4] += 8.0  # one element off by about 8% of the largest result: 0.14% of the norm
+        return out
+
+    problem = GemmProblem(256, 256, 512)
+    result = check_kernel(types.SimpleNamespace(kernel=nearly_right), problem, seed=0, device="cpu")
+    assert not result.ok and "an element is off by" in result.message
+    assert result.rel_err < 2e-3, "the Frobenius error alone would have passed it"

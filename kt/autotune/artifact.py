@@ -62,7 +62,7 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
         "device": {"target": result.target.name, "ran_on": result.ran_on, "runner": result.runner},
         "checked": {
             "rel_err": row.get("rel_err"),
-            "problem": row.get("checked_problem") or problem.to_dict(),
+            "problems": row.get("checked_problems") or [problem.to_dict()],
             "smem_bytes": row.get("smem_bytes"),
         },
         "tuning": {
@@ -78,23 +78,63 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kernel_sha256": hashlib.sha256(source.encode()).hexdigest(),
     }
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
+        os.chmod(
+            staging, 0o777 & ~_umask()
+        )  # mkdtemp makes 0700; an artifact is as readable as any directory
         _write(staging / "kernel.py", source)
         _write(staging / "meta.json", json.dumps(meta, indent=2) + "\n")
         if path.exists():
-            if not (path / "meta.json").exists() and any(path.iterdir()):
-                raise ArtifactError(f"{path} exists and is not a kt artifact; choose another directory")
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-            os.replace(path, old / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _exchange(staging, path)  # staging now holds the old artifact, removed below
         else:
             os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def check_target(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a destination that is a file or a directory kt did not write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{path} exists and is a file, not an artifact directory; choose another --out")
+    if path.is_dir() and not (path / "meta.json").exists() and any(path.iterdir()):
+        raise ArtifactError(f"{path} exists and is not a kt artifact; choose another directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ArtifactError(f"{parent} is a file, so {path} cannot be created")
+            break
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE): readers see one or the other.
+
+    Where the kernel or libc cannot, fall back to two renames, which leaves a moment with neither.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    aside = Path(tempfile.mkdtemp(dir=b.parent, prefix=f".{b.name}.old-")) / b.name
+    os.replace(b, aside)
+    os.replace(a, b)
+    os.replace(aside, a)
+    aside.parent.rmdir()
 
 
 def _write(path: Path, text: str) -> None:
@@ -139,7 +179,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
             "re-run `kt tune`, or load with verify=False to use it as it is"
         )
     try:
-        spec = parse_spec(meta["spec"])
+        spec = parse_spec(meta["spec"], check_files=False)  # its profile file may live on another machine
         config = GemmConfig.from_dict(meta["config"])
     except (KtError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None

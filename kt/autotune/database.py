@@ -22,11 +22,23 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
 
 # (column, SQL type); the identity columns come first.
-KEY_COLUMNS = ("runner", "device", "target", "family", "family_version", "problem_key", "config_key")
+KEY_COLUMNS = (
+    "runner",
+    "device",
+    "target",
+    "family",
+    "family_version",
+    "problem_key",
+    "config_key",
+    "triton_version",
+)
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("runner", "TEXT NOT NULL"),  # cuda | interpret
     ("device", "TEXT NOT NULL"),  # the GPU's name, or the interpreter
-    ("target", "TEXT NOT NULL"),  # device profile the candidates were legal for (h100, ...)
+    (
+        "target",
+        "TEXT NOT NULL",
+    ),  # device profile the candidates were legal for: h100, or name-hash if calibrated
     ("family", "TEXT NOT NULL"),
     ("family_version", "TEXT NOT NULL"),
     ("problem_key", "TEXT NOT NULL"),
@@ -51,13 +63,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("sm_clock_mhz", "REAL"),
     ("temperature_c", "REAL"),
     ("smem_bytes", "INTEGER"),  # shared memory of the target build
-    ("checked_problem", "TEXT"),  # JSON of the reduced problem the interpreter checked
+    ("checked_problems", "TEXT"),  # JSON list of the reduced problems the interpreter checked
     ("predicted_ms", "REAL"),  # the ranking model's prediction when the candidate was chosen
     ("wall_s", "REAL"),  # compile + check + measure
     ("gpu_name", "TEXT"),
     ("kt_version", "TEXT"),
     ("torch_version", "TEXT"),
-    ("triton_version", "TEXT"),
+    ("triton_version", "TEXT NOT NULL"),  # part of the identity: another Triton compiles other code
     ("cuda_version", "TEXT"),
     ("python_version", "TEXT"),
 )
@@ -74,10 +86,13 @@ def default_path() -> Path:
 
 
 class Database:
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
+        """Open (or, with `create`, make) the database at `path`, default `default_path()`."""
         self.path = Path(path) if path is not None else default_path()
         if self.path.is_dir():
             raise DatabaseError(f"db: {str(self.path)!r} is a directory; give a file path")
+        if not create and not self.path.exists():
+            raise DatabaseError(f"db: {str(self.path)!r} not found")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -127,8 +142,8 @@ class Database:
         if missing:
             raise ValueError(f"a measurement needs {missing}")
         row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
-        for key in ("problem", "config", "checked_problem"):
-            if isinstance(row.get(key), dict):
+        for key in ("problem", "config", "checked_problems"):
+            if isinstance(row.get(key), (dict, list)):
                 row[key] = json.dumps(row[key], sort_keys=True)
         names = list(row)
         try:
@@ -142,6 +157,14 @@ class Database:
                 return False
             raise
         return True
+
+    def delete(self, ids: list[int]) -> None:
+        """Remove rows by id, all in one transaction."""
+        if not ids:
+            return
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany("DELETE FROM measurements WHERE id = ?", [(i,) for i in ids])
 
     def find(self, **where: Any) -> list[dict[str, Any]]:
         """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first."""
@@ -185,7 +208,7 @@ class Database:
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("problem", "config", "checked_problem"):
+    for key in ("problem", "config", "checked_problems"):
         if row.get(key):
             row[key] = json.loads(row[key])
     return row

@@ -58,16 +58,31 @@ class _Slot:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in kill()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kt.autotune.worker", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w),
-            env={**os.environ, **self.env},
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kt.autotune.worker",
+                    str(to_child_r),
+                    str(from_child_w),
+                    str(os.getpid()),
+                ],
+                pass_fds=(to_child_r, from_child_w),
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            self.log.close()
+            self.log = None
+            raise
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
         self.conn_out = Connection(to_child_w, readable=False)
         self.conn_in = Connection(from_child_r, writable=False)
         self.task = None
@@ -77,10 +92,12 @@ class _Slot:
         self.start()
 
     def kill(self) -> None:
+        """SIGKILL the worker (if alive), reap it, and release its pipes and log."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
         if self.process is not None:
-            self.process.wait(timeout=30)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # stuck in the kernel (a hung GPU): leave it
+                self.process.wait(timeout=10)
         for conn in (self.conn_in, self.conn_out):
             if conn is not None:
                 conn.close()
@@ -88,19 +105,18 @@ class _Slot:
             self.log.close()
         self.conn_in = self.conn_out = self.log = None
 
-    def stop(self) -> None:
-        """Ask politely, then insist."""
-        if self.process is None:
+    def begin_stop(self) -> None:
+        """A busy worker is killed at once (its task is abandoned); an idle one is asked to exit."""
+        if self.process is None or self.conn_out is None:
             return
-        try:
+        if self.task is not None:
+            self.process.kill()
+            return
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.conn_out.send(None)
-            self.process.wait(timeout=5)
-        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
 
     def send(self, task: Task) -> None:
-        if self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None:
             self.restart()
         self.task, self.started = task, time.monotonic()
         # If it died since the poll, the closed pipe reads as a crash in the wait that follows.
@@ -152,8 +168,17 @@ class WorkerPool:
         self.close()
 
     def close(self) -> None:
+        """Stop every worker: busy ones at once, idle ones after they read their stop, within seconds overall."""
         for slot in self.slots:
-            slot.stop()
+            with contextlib.suppress(Exception):
+                slot.begin_stop()
+        deadline = time.monotonic() + 5
+        for slot in self.slots:
+            if slot.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(Exception):
+                slot.kill()
 
     def run(
         self, tasks: Iterable[Task], follow_up: Callable[[Outcome], Iterable[Task]] | None = None
@@ -216,4 +241,5 @@ class WorkerPool:
 
 
 def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 16))
+    """One per core, at most 8: a worker holds torch and Triton (about 350 MB), and runners use two groups."""
+    return max(1, min(os.cpu_count() or 1, 8))

@@ -90,33 +90,44 @@ class Runner(ABC):
         stage = self.stages[stage_index]
         return Task(index, stage.kind, self.payload(stage, candidate), stage.group, context=stage_index)
 
+    # True: a candidate moves to its next stage as soon as it passes one. False: every candidate finishes a
+    # stage before any starts the next (so nothing compiles on the host while the GPU is being timed).
+    pipelined = True
+
     def run(self, candidates: list[Candidate]) -> Iterator[Result]:
         """Yield each candidate's final Result as soon as it is known."""
         if not candidates:
             return
         merged: dict[int, Result] = {i: Result(c, "ok") for i, c in enumerate(candidates)}
+        last = len(self.stages) - 1
+
+        def passed_on(outcome: Outcome) -> bool:
+            return outcome.status == "ok" and outcome.task.context < last
 
         def follow_up(outcome: Outcome) -> list[Task]:
-            next_stage = outcome.task.context + 1
-            if outcome.status == "ok" and next_stage < len(self.stages):
-                return [self._task(outcome.task.id, next_stage, candidates[outcome.task.id])]
+            if self.pipelined and passed_on(outcome):
+                return [self._task(outcome.task.id, outcome.task.context + 1, candidates[outcome.task.id])]
             return []
 
         with WorkerPool(self.groups(), timeout_s=self.timeout_s) as pool:
-            tasks = [self._task(i, 0, c) for i, c in enumerate(candidates)]
-            for outcome in pool.run(tasks, follow_up):
-                result = merged[outcome.task.id]
-                result.values.update(outcome.values)
-                result.wall_s += outcome.wall_s
-                result.status, result.message = outcome.status, outcome.message
-                if outcome.status != "ok" or outcome.task.context == len(self.stages) - 1:
-                    yield result
+            active = list(range(len(candidates)))
+            for stage_index in range(len(self.stages)) if not self.pipelined else [0]:
+                tasks = [self._task(i, stage_index, candidates[i]) for i in active]
+                active = []
+                for outcome in pool.run(tasks, follow_up):
+                    result = merged[outcome.task.id]
+                    result.values.update(outcome.values)
+                    result.wall_s += outcome.wall_s
+                    result.status, result.message = outcome.status, outcome.message
+                    if passed_on(outcome):
+                        active.append(outcome.task.id)
+                    else:
+                        yield result
 
 
 class InterpretRunner(Runner):
     name = "interpret"
     measures_time = False
-    device = INTERPRETER_DEVICE
 
     def __init__(
         self,
@@ -128,6 +139,9 @@ class InterpretRunner(Runner):
     ):
         super().__init__(profile, workers, seed, timeout_s)
         self.compile_target = compile_target and target_compiler_available()
+        # Rows checked with and without the target compile are different evidence: keep them apart.
+        suffix = f" + sm_{profile.compute_capability} compile" if self.compile_target else ""
+        self.device = INTERPRETER_DEVICE + suffix
 
     @property
     def stages(self) -> list[Stage]:
@@ -144,11 +158,11 @@ class InterpretRunner(Runner):
         if stage.kind == "compile":
             return self.compile_payload(candidate, self.profile.compute_capability)
         problem = candidate.problem
-        small = family_for(problem).check_problem(problem, candidate.config)
+        small = family_for(problem).check_problems(problem, candidate.config)
         return {
             "family": problem.family,
             "source_path": candidate.source_path,
-            "problem": small.to_dict(),
+            "problems": [p.to_dict() for p in small],
             "device": "cpu",
             "seed": self.seed,
         }
@@ -175,6 +189,7 @@ class CudaRunner(Runner):
         self.arch = 10 * major + minor
 
     stages = [Stage("compile", "compile"), Stage("gpu", "measure")]
+    pipelined = False  # compile everything first: the GPU is timed with the host otherwise idle
 
     def groups(self):
         return {

@@ -199,7 +199,10 @@ def run_session(
     seed: int | None = None,
     progress: bool = True,
     timeout_s: float = 300.0,
+    retry_failed: bool = False,
 ) -> Session:
+    """Plan, then measure what the database lacks. `retry_failed` measures again configs whose earlier
+    attempt timed out or crashed (both can be transient: a short timeout, a busy machine)."""
     from kt.api import resolve_profile  # the API owns turning specs into profiles
     from kt.ir import op_from_spec
 
@@ -209,24 +212,39 @@ def run_session(
     runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s)
     plan = plan_tuning(node.problem, profile, budget, strategy, seed)
     with Database(db) as database:
-        rows, fresh = measure_plan(plan, spec, runner, profile, database, progress)
+        rows, fresh = measure_plan(plan, spec, runner, profile, database, progress, retry_failed)
         return Session(plan, runner, profile, rows, fresh, database.path)
 
 
+RETRYABLE = ("timeout", "crash")
+
+
 def measure_plan(
-    plan: Plan, spec: OpSpec, runner: Runner, profile: DeviceProfile, database: Database, progress: bool
+    plan: Plan,
+    spec: OpSpec,
+    runner: Runner,
+    profile: DeviceProfile,
+    database: Database,
+    progress: bool,
+    retry_failed: bool = False,
 ) -> tuple[list[dict[str, Any]], int]:
     """Measure the plan's chosen configs not yet in the database; return the rows of all of them."""
     problem, family = plan.problem, family_for(plan.problem)
     key = {
         "runner": runner.name,
         "device": runner.device,
-        "target": profile.name,
+        "target": profile.key,
         "family": family.name,
         "family_version": family.version,
         "problem_key": problem.key(),
+        "triton_version": software_versions()["triton"],
     }
     known = database.measured_configs(**key)
+    if retry_failed:
+        chosen_keys = {plan.config(index).key() for index in plan.chosen}
+        stale = [row["id"] for k, row in known.items() if k in chosen_keys and row["status"] in RETRYABLE]
+        database.delete(stale)
+        known = {k: row for k, row in known.items() if row["id"] not in set(stale)}
     todo = []
     for index in plan.chosen:
         config = plan.config(index)
@@ -290,7 +308,9 @@ def measurement_row(
         "python_version": versions["python"],
     }
     if not runner.measures_time:
-        row["checked_problem"] = family.check_problem(candidate.problem, candidate.config).to_dict()
+        row["checked_problems"] = [
+            p.to_dict() for p in family.check_problems(candidate.problem, candidate.config)
+        ]
     row.update({k: v for k, v in result.values.items() if k in COLUMN_NAMES and v is not None})
     return row
 

@@ -33,10 +33,25 @@ def serve(conn_in, conn_out) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """`python -m kt.autotune.worker READ_FD WRITE_FD`, started by kt.autotune.pool with its environment set."""
+    """`python -m kt.autotune.worker READ_FD WRITE_FD PARENT_PID`, started by kt.autotune.pool."""
     from multiprocessing.connection import Connection
 
+    _die_with_parent(int(argv[2]))
     serve(Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive a killed kt (a hung kernel would otherwise run forever)."""
+    import os
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
 
 
 def run_task(kind: str, payload: dict[str, Any]) -> Reply:
@@ -49,34 +64,44 @@ def run_task(kind: str, payload: dict[str, Any]) -> Reply:
 
 def _load(payload: dict[str, Any], interpret: bool):
     from kt.codegen.emit import import_kernel_file
-    from kt.ir.problems import problem_from_dict
 
     try:
-        module = import_kernel_file(payload["source_path"], interpret=interpret)
+        return import_kernel_file(payload["source_path"], interpret=interpret)
     except SyntaxError as exc:
         raise _Compile(exc) from exc
-    return module, problem_from_dict(payload["family"], payload["problem"])
+
+
+def _problem(payload: dict[str, Any]):
+    from kt.ir.problems import problem_from_dict
+
+    return problem_from_dict(payload["family"], payload["problem"])
 
 
 def _check(payload: dict[str, Any]) -> Reply:
-    """Correctness in Triton's interpreter (device cpu) or on the GPU, on the payload's problem."""
+    """Correctness in Triton's interpreter (device cpu) on each of the payload's reduced problems."""
     from kt.autotune.checking import check_kernel
+    from kt.ir.problems import problem_from_dict
 
     device = payload["device"]
-    module, problem = _load(payload, interpret=device == "cpu")
-    result = check_kernel(module, problem, payload["seed"], device)
-    status = "ok" if result.ok else "wrong_result"
-    return status, {"rel_err": result.rel_err}, result.message, False
+    module = _load(payload, interpret=device == "cpu")
+    errors = []
+    for data in payload["problems"]:
+        problem = problem_from_dict(payload["family"], data)
+        result = check_kernel(module, problem, payload["seed"], device)
+        if not result.ok:
+            return "wrong_result", {"rel_err": result.rel_err}, f"{problem}: {result.message}", False
+        errors.append(result.rel_err)
+    return "ok", {"rel_err": max(errors)}, "", False
 
 
 def _compile(payload: dict[str, Any]) -> Reply:
     """Compile for the target GPU architecture (no GPU needed) and hold its shared memory to the device limit."""
     from kt.autotune.compile import compile_for_target, meta_args
 
-    module, problem = _load(payload, interpret=False)
-    builds = compile_for_target(module, meta_args(problem), payload["arch"])
+    module = _load(payload, interpret=False)
+    builds = compile_for_target(module, meta_args(_problem(payload)), payload["arch"])
     shared = max(build.shared_bytes for build in builds)
-    values = {"smem_bytes": shared}
+    values = {"smem_bytes": shared, "uses_wgmma": any(build.uses_wgmma for build in builds)}
     if shared > payload["smem_limit"]:
         return (
             "out_of_resources",
@@ -99,7 +124,7 @@ def _measure(payload: dict[str, Any]) -> Reply:
     from kt.autotune.timing import Nvml, TimingSettings, energy_cuda, time_cuda
     from kt.dtypes import torch_dtype
 
-    module, problem = _load(payload, interpret=False)
+    module, problem = _load(payload, interpret=False), _problem(payload)
     result = check_kernel(module, problem, payload["seed"], "cuda")
     values: dict[str, Any] = {"rel_err": result.rel_err, "gpu_name": torch.cuda.get_device_name()}
     if not result.ok:

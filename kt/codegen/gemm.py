@@ -140,25 +140,38 @@ class GemmFamily:
                 dropped[reason] += 1
         return SearchSpace(problem, device, total, tuple(legal), dict(dropped.most_common()))
 
-    def check_problem(self, problem: GemmProblem, config: GemmConfig) -> GemmProblem:
-        """A small problem for the interpreter that still runs this config's every code path.
+    def check_problems(self, problem: GemmProblem, config: GemmConfig) -> list[GemmProblem]:
+        """Small problems for the interpreter that still run every code path the real problem takes.
 
-        M and N keep one full tile and a ragged one (edge masks and the tile-order swizzle run), unless the real
-        problem is smaller. K gives every split two K steps, the last one ragged, so the loop, the masks and the
-        split-K sum all run. The batch keeps two entries; layouts and dtype are unchanged.
+        Always a ragged one: M and N keep one full tile and a ragged one (edge masks and the tile-order swizzle
+        run), unless the real problem is smaller; K gives every split two K steps, the last one ragged, so the
+        loop, the masks and the split-K sum all run. When the real problem is a whole number of tiles, its
+        launch takes the unmasked EVEN path, so a problem of whole tiles is checked too. The batch keeps two
+        entries; layouts and dtype are unchanged.
         """
 
         def shrink(dim: int, tile: int) -> int:
             return min(dim, tile + tile // 2 + 1)
 
-        bk = config.block_k
-        return replace(
+        bm, bn, bk, split = config.block_m, config.block_n, config.block_k, config.split_k
+        batch = min(problem.batch, 2) if problem.batch else None
+        ragged = replace(
             problem,
-            m=shrink(problem.m, config.block_m),
-            n=shrink(problem.n, config.block_n),
-            k=min(problem.k, (config.split_k - 1) * 2 * bk + bk + bk // 2 + 1),
-            batch=min(problem.batch, 2) if problem.batch else None,
+            m=shrink(problem.m, bm),
+            n=shrink(problem.n, bn),
+            k=min(problem.k, (split - 1) * 2 * bk + bk + bk // 2 + 1),
+            batch=batch,
         )
+        if problem.m % bm or problem.n % bn or problem.k % bk:
+            return [ragged]
+        whole = replace(
+            problem,
+            m=bm * min(2, problem.m // bm),
+            n=bn * min(2, problem.n // bn),
+            k=bk * min(2 * split, problem.k // bk),
+            batch=batch,
+        )
+        return [ragged, whole] if whole != ragged else [ragged]
 
     def render(
         self,

@@ -7,7 +7,7 @@ it `random_args` and compare against `reference` (float64 torch, independent of 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -93,9 +93,6 @@ class GemmProblem:
     def min_bytes(self) -> int:
         """Each operand read once and the output written once."""
         return self.batch_size * (self.m * self.k + self.k * self.n + self.m * self.n) * itemsize(self.dtype)
-
-    def with_dims(self, **dims: int) -> GemmProblem:
-        return replace(self, **dims)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
