@@ -29,8 +29,23 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
     path = Path(path)
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
+    if best.measured:
+        provenance = (
+            f"the best {result.objective} of {len(result.rows)} configs measured on {result.ran_on}, "
+            f"{best.runtime_ms:.4f} ms"
+        )
+    else:
+        provenance = (
+            f"not measured; the {result.plan.model} model's best prediction among {len(result.rows)} "
+            "configs checked in Triton's interpreter"
+        )
     source = family.render(
-        problem, best.config, name=spec.name, device=result.target.name, kt_version=software_versions()["kt"]
+        problem,
+        best.config,
+        name=spec.name,
+        device=result.target.name,
+        kt_version=software_versions()["kt"],
+        provenance=provenance,
     )
     row = best.row
     meta: dict[str, Any] = {

@@ -181,7 +181,9 @@ class GemmFamily:
         name: str = "gemm",
         device: str = "h100",
         kt_version: str = "",
+        provenance: str = "a candidate, not yet measured",
     ) -> str:
+        """The kernel module's source; `provenance` says in its docstring how the config was chosen."""
         return render_template(
             self.template,
             name=name,
@@ -193,6 +195,7 @@ class GemmFamily:
             config_line=str(config),
             kt_version=kt_version,
             family_version=self.version,
+            provenance=provenance,
         )
 
 
