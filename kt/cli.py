@@ -76,6 +76,13 @@ BACKEND = click.option(
     show_default=True,
     help="cuda measures on the GPU; interpret checks on the CPU, never times.",
 )
+TIMEOUT = click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=300,
+    show_default=True,
+    help="Seconds one candidate may take before its worker is killed and it is recorded as timeout.",
+)
 RETRY = click.option(
     "--retry-failed",
     is_flag=True,
@@ -131,13 +138,7 @@ def _header(spec) -> None:
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(1, 86400),
-    default=300,
-    show_default=True,
-    help="Seconds one candidate may take before its worker is killed and it is recorded as timeout.",
-)
+@TIMEOUT
 @RETRY
 @BACKEND
 @DEVICE
@@ -300,12 +301,13 @@ def space(spec, sample, seed, device):
     "--sample", type=click.IntRange(1, 1_000_000), default=None, help="Measure N random legal configs."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@TIMEOUT
 @RETRY
 @BACKEND
 @DEVICE
 @DB
 @WORKERS
-def collect(spec, everything, sample, quiet, retry_failed, backend, device, db, workers):
+def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, device, db, workers):
     """Measure every legal config (--all) or a random sample into the database: the cost model's data."""
     if everything == (sample is not None):
         raise click.UsageError("give exactly one of --all or --sample N")
@@ -317,6 +319,7 @@ def collect(spec, everything, sample, quiet, retry_failed, backend, device, db, 
         device=device,
         workers=workers,
         progress=not quiet,
+        timeout_s=timeout,
         retry_failed=retry_failed,
     )
     counts = Counter(row["status"] for row in session.rows)
