@@ -56,6 +56,7 @@ def test_generated_kernels_compile_for_sm90_and_use_exactly_the_estimated_shared
         used = outcome.values["smem_bytes"]
         assert 0 < used <= shared_memory(problem, config), (config.key(), used)
     assert outcomes[0].values["smem_bytes"] == shared_memory(*CASES[0]), "fp16 keeps every pipeline stage"
+    assert [o.values["uses_wgmma"] for o in outcomes] == [True, True, True, True], "Hopper's warpgroup MMA"
 
 
 def test_a_kernel_over_the_shared_memory_limit_is_out_of_resources(pool):

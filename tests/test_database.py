@@ -80,10 +80,15 @@ def test_export_writes_every_column_of_the_matching_rows(tmp_path):
     with Database(tmp_path / "t.db") as db:
         db.insert(row(runtime_ms=0.25, runner="cuda"))
         db.insert(row(config_key="second", status="crash", runner="cuda"))
-        db.insert(row(config_key="third", runner="interpret"))
+        db.insert(row(config_key="third", runner="interpret", checked_problems=[{"m": 2}, {"m": 3}]))
         assert db.export_csv(tmp_path / "out" / "data.csv", runner="cuda") == 2
     with open(tmp_path / "out" / "data.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["config_key"] for r in rows] == ["m32n32k32g8w4s3x1", "second"]
     assert rows[0]["runtime_ms"] == "0.25" and json.loads(rows[0]["problem"]) == {"m": 1}
     assert "triton_version" in rows[0] and "device" in rows[0]
+    with Database(tmp_path / "t.db") as db:
+        db.export_csv(tmp_path / "all.csv")
+    with open(tmp_path / "all.csv") as handle:
+        third = list(csv.DictReader(handle))[2]
+    assert json.loads(third["checked_problems"]) == [{"m": 2}, {"m": 3}], "list columns are JSON too"

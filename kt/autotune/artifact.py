@@ -97,9 +97,8 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        os.chmod(
-            staging, 0o777 & ~_umask()
-        )  # mkdtemp makes 0700; an artifact is as readable as any directory
+        # mkdtemp makes 0700; an artifact is as readable as any other new directory
+        os.chmod(staging, 0o777 & ~_umask())
         _write(staging / "kernel.py", source)
         _write(staging / "meta.json", json.dumps(meta, indent=2) + "\n")
         if path.exists():

@@ -35,10 +35,8 @@ KEY_COLUMNS = (
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("runner", "TEXT NOT NULL"),  # cuda | interpret
     ("device", "TEXT NOT NULL"),  # the GPU's name, or the interpreter
-    (
-        "target",
-        "TEXT NOT NULL",
-    ),  # device profile the candidates were legal for: h100, or name-hash if calibrated
+    # the device profile the candidates were legal for: h100, or name-hash for a calibrated one
+    ("target", "TEXT NOT NULL"),
     ("family", "TEXT NOT NULL"),
     ("family_version", "TEXT NOT NULL"),
     ("problem_key", "TEXT NOT NULL"),
@@ -142,9 +140,7 @@ class Database:
         if missing:
             raise ValueError(f"a measurement needs {missing}")
         row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
-        for key in ("problem", "config", "checked_problems"):
-            if isinstance(row.get(key), (dict, list)):
-                row[key] = json.dumps(row[key], sort_keys=True)
+        row = {k: _encode(v) for k, v in row.items()}
         names = list(row)
         try:
             with self.conn:
@@ -188,7 +184,7 @@ class Database:
         return self.find()
 
     def export_csv(self, path: str | os.PathLike, **where: Any) -> int:
-        """Write the matching rows (every column; problem and config as JSON) to a CSV file, atomically."""
+        """Write the matching rows (every column; JSON columns as JSON) to a CSV file, atomically."""
         import csv
         import tempfile
 
@@ -200,11 +196,14 @@ class Database:
             writer = csv.DictWriter(handle, fieldnames=["id", *COLUMN_NAMES])
             writer.writeheader()
             for row in rows:
-                writer.writerow(
-                    {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
-                )
+                writer.writerow({k: _encode(v) for k, v in row.items()})
         os.replace(tmp, path)
         return len(rows)
+
+
+def _encode(value: Any) -> Any:
+    """Stored form of a value: the JSON columns (problem, config, checked_problems) as JSON text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

@@ -210,22 +210,14 @@ class CudaRunner(Runner):
         }
 
 
-def resolve_backend(backend: str) -> str:
-    """auto means cuda when a GPU is present, else interpret."""
-    import torch
-
-    if backend == "auto":
-        return "cuda" if torch.cuda.is_available() else "interpret"
-    return backend
-
-
 def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     """`backend`: cuda, interpret, or auto (cuda when a GPU is present)."""
     import torch
 
     from kt.errors import DeviceError
 
-    backend = resolve_backend(backend)
+    if backend == "auto":
+        backend = "cuda" if torch.cuda.is_available() else "interpret"
     if backend == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(

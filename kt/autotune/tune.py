@@ -242,9 +242,8 @@ def measure_plan(
     known = database.measured_configs(**key)
     if retry_failed:
         chosen_keys = {plan.config(index).key() for index in plan.chosen}
-        stale = [row["id"] for k, row in known.items() if k in chosen_keys and row["status"] in RETRYABLE]
-        database.delete(stale)
-        known = {k: row for k, row in known.items() if row["id"] not in set(stale)}
+        stale = {k for k, row in known.items() if k in chosen_keys and row["status"] in RETRYABLE}
+        database.delete([known.pop(k)["id"] for k in stale])
     todo = []
     for index in plan.chosen:
         config = plan.config(index)
