@@ -28,3 +28,7 @@ class ArtifactError(KtError):
 
 class DatabaseError(KtError):
     """A tuning database cannot be opened, is not kt's, or was written by a newer kt."""
+
+
+class ModelError(KtError):
+    """A cost-model file is missing, not kt's, untrusted, or fitted for another device, feature set or library."""

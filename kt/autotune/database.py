@@ -171,7 +171,7 @@ class Database:
         cursor = self.conn.execute(
             f"SELECT * FROM measurements WHERE {clause} ORDER BY id", list(where.values())
         )
-        return [_decode(dict(r)) for r in cursor]
+        return [decode_row(dict(r)) for r in cursor]
 
     def measured_configs(self, **key: Any) -> dict[str, dict[str, Any]]:
         """config_key -> row for every row matching the identity columns given."""
@@ -206,8 +206,12 @@ def _encode(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as stored (or exported) with its JSON columns parsed; ValueError when one is not valid JSON."""
     for key in ("problem", "config", "checked_problems"):
-        if row.get(key):
-            row[key] = json.loads(row[key])
+        if isinstance(row.get(key), str):
+            try:
+                row[key] = json.loads(row[key])
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"column {key} is not JSON ({exc})") from None
     return row

@@ -38,13 +38,31 @@ def _columns(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[st
     return {name: np.array([r[name] for r in records], dtype=np.float64) for name in names}
 
 
-def roofline_time(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.ndarray:
-    """The roofline: max(FLOPs / peak, minimum bytes / DRAM bandwidth), in seconds."""
+def roofline_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
+    """FLOPs, the least DRAM bytes, and the roofline's math and memory times (seconds) per record.
+
+    The least bytes: each operand read once and the output written once (and read too when the record's
+    optional `out_read` is 1, as in C = A @ B + beta * C).
+    """
     c = _columns(records, ("m", "n", "k", "batch", "itemsize"))
+    out_read = np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
     flops = 2 * c["batch"] * c["m"] * c["n"] * c["k"]
-    nbytes = c["batch"] * (c["m"] * c["k"] + c["k"] * c["n"] + c["m"] * c["n"]) * c["itemsize"]
+    nbytes = (
+        c["batch"] * (c["m"] * c["k"] + c["k"] * c["n"] + (1 + out_read) * c["m"] * c["n"]) * c["itemsize"]
+    )
     peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
-    return np.maximum(flops / peak, nbytes / device.dram_bandwidth)
+    return {
+        "flops": flops,
+        "bytes": nbytes,
+        "t_compute": flops / peak,
+        "t_memory": nbytes / device.dram_bandwidth,
+    }
+
+
+def roofline_time(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.ndarray:
+    """The roofline: max(FLOPs / peak, least bytes / DRAM bandwidth), in seconds."""
+    terms = roofline_terms(records, device)
+    return np.maximum(terms["t_compute"], terms["t_memory"])
 
 
 def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
@@ -115,7 +133,8 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     operand_bytes = batch * (m * k + k * n) * eb
     # Without grouping, a B tile is evicted before the next row of tiles reuses it once operands outgrow L2.
     reuse_penalty = np.where((c["group_m"] == 1) & (operand_bytes > device.l2_bytes), 1.3, 1.0)
-    out_bytes = batch * m * n * eb
+    out_read = np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
+    out_bytes = (1 + out_read) * batch * m * n * eb
     partial_bytes = np.where(split > 1, 2 * split * batch * m * n * 4, 0.0)
     t_dram = (operand_bytes * reuse_penalty + out_bytes + partial_bytes) / device.dram_bandwidth
 

@@ -1,0 +1,157 @@
+"""How right a cost model is: metrics on measured records, and cross-validation with whole shapes held out.
+
+Rows of one shape are near-twins (the same problem under configs that differ a little), so a random split of
+rows leaks every test shape into training and flatters the model. Every evaluation here holds out whole shapes
+(`group`, one per problem) instead: the question a tuner asks is how well the model ranks a shape it never saw.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from kt.costmodel.forest import ForestModel
+from kt.device import DeviceProfile
+
+
+def r2(true: np.ndarray, pred: np.ndarray) -> float:
+    """Coefficient of determination: 1 - residual / total sum of squares."""
+    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    total = np.sum((true - true.mean()) ** 2)
+    return float(1 - np.sum((true - pred) ** 2) / total) if total > 0 else float("nan")
+
+
+def ape(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Absolute percentage errors, in percent."""
+    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    return 100 * np.abs(pred - true) / true
+
+
+def _by_group(groups: Sequence[Any]) -> dict[Any, np.ndarray]:
+    index = defaultdict(list)
+    for i, g in enumerate(groups):
+        index[g].append(i)
+    return {g: np.array(rows) for g, rows in index.items()}
+
+
+def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
+    """Mean Spearman rank correlation of predicted and true within each group of at least 3 distinct values."""
+    scores = []
+    for rows in _by_group(groups).values():
+        if len(rows) >= 3 and np.ptp(true[rows]) > 0 and np.ptp(pred[rows]) > 0:
+            scores.append(spearmanr(true[rows], pred[rows]).statistic)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
+    """Mean over groups of the true value of the model's best pick over the true best (1.0 is perfect)."""
+    ratios = [true[rows][np.argmin(pred[rows])] / true[rows].min() for rows in _by_group(groups).values()]
+    return float(np.mean(ratios))
+
+
+def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: int = 5) -> float:
+    """Mean over groups of the share of the true best k that the model also puts in its best k."""
+    scores = []
+    for rows in _by_group(groups).values():
+        kk = min(k, len(rows))
+        best_true = set(rows[np.argsort(true[rows], kind="stable")[:kk]])
+        best_pred = set(rows[np.argsort(pred[rows], kind="stable")[:kk]])
+        scores.append(len(best_true & best_pred) / kk)
+    return float(np.mean(scores))
+
+
+@dataclass
+class Report:
+    """Predicted against measured over a set of records; `metrics` is what `kt costmodel eval` prints."""
+
+    runtime_ms: np.ndarray
+    predicted_ms: np.ndarray
+    groups: list[Any]
+    power_w: np.ndarray | None = None
+    predicted_power_w: np.ndarray | None = None
+    folds: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        t, p, g = self.runtime_ms, self.predicted_ms, self.groups
+        errors = ape(t, p)
+        self.metrics = {
+            "rows": len(t),
+            "shapes": len(set(g)),
+            "runtime_r2": r2(t, p),
+            "runtime_log_r2": r2(np.log(t), np.log(p)),
+            "runtime_mape": float(errors.mean()),
+            "runtime_median_ape": float(np.median(errors)),
+            "spearman_within_shape": spearman_within(t, p, g),
+            "top1_score": top1_score(t, p, g),
+            "top5_recall": topk_recall(t, p, g, 5),
+        }
+        if self.power_w is not None and self.predicted_power_w is not None:
+            have = np.isfinite(self.power_w) & np.isfinite(self.predicted_power_w)
+            if have.any():
+                self.metrics["power_rows"] = int(have.sum())
+                self.metrics["power_median_ape"] = float(
+                    np.median(ape(self.power_w[have], self.predicted_power_w[have]))
+                )
+
+    def summary(self) -> str:
+        m = self.metrics
+        power = f", power median APE {m['power_median_ape']:.1f}%" if "power_median_ape" in m else ""
+        held = f", {self.folds} folds of whole shapes held out" if self.folds else ""
+        return (
+            f"{m['rows']} rows, {m['shapes']} shapes{held}: runtime R2 {m['runtime_r2']:.3f}, "
+            f"MAPE {m['runtime_mape']:.1f}% (median {m['runtime_median_ape']:.1f}%), Spearman within shape "
+            f"{m['spearman_within_shape']:.3f}, top-1 {m['top1_score']:.3f}, top-5 recall "
+            f"{m['top5_recall']:.2f}{power}"
+        )
+
+
+def targets(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """(runtime_ms, power_w with NaN where absent, group) of measured records."""
+    runtime = np.array([r["runtime_ms"] for r in records], dtype=np.float64)
+    power = np.array(
+        [np.nan if r.get("power_w") is None else r["power_w"] for r in records], dtype=np.float64
+    )
+    return runtime, power, [r["group"] for r in records]
+
+
+def report(model: ForestModel, records: Sequence[dict[str, Any]]) -> Report:
+    """`model` (already fitted) against the measured `records`."""
+    runtime, power, groups = targets(records)
+    prediction = model.predict(records)
+    return Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w)
+
+
+def cross_validate(
+    records: Sequence[dict[str, Any]],
+    device: DeviceProfile,
+    folds: int = 5,
+    seed: int = 0,
+    **params: Any,
+) -> Report:
+    """Fit on all shapes but one fold's, predict that fold's; every record is predicted by a model that never
+    saw its shape. Shapes are dealt to folds at random (by `seed`)."""
+    runtime, power, groups = targets(records)
+    shapes = sorted(set(groups), key=str)
+    if len(shapes) < 2:
+        raise ValueError(f"holding out whole shapes needs at least 2 shapes, got {len(shapes)}")
+    folds = min(folds, len(shapes))
+    order = np.random.default_rng(seed).permutation(len(shapes))
+    fold_of = {shapes[i]: position % folds for position, i in enumerate(order)}
+    fold = np.array([fold_of[g] for g in groups])
+    predicted = np.zeros(len(records))
+    predicted_power = np.full(len(records), np.nan)
+    for f in range(folds):
+        test = np.flatnonzero(fold == f)
+        train = np.flatnonzero(fold != f)
+        model = ForestModel(device, seed=seed, **params).fit([records[i] for i in train])
+        prediction = model.predict([records[i] for i in test])
+        predicted[test] = prediction.runtime_s * 1e3
+        if prediction.power_w is not None:
+            predicted_power[test] = prediction.power_w
+    return Report(runtime, predicted, groups, power, predicted_power, folds=folds)

@@ -1,0 +1,52 @@
+"""What a cost model says about candidates: predicted runtime and power with their uncertainty.
+
+A prediction is never a measurement: kt never stores or reports one as measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kt.spec import OBJECTIVES
+
+OVER_CAP_PENALTY = 1e6  # a config predicted over the power cap ranks after every config under it
+
+
+@dataclass
+class Prediction:
+    runtime_s: np.ndarray
+    # standard deviation of log(runtime) across the forest's trees: 0.1 means about +-10%; 0 for the analytic model
+    runtime_spread: np.ndarray
+    power_w: np.ndarray | None = None  # None when the model does not predict power
+    power_spread_w: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.runtime_s)
+
+    @property
+    def energy_j(self) -> np.ndarray | None:
+        return None if self.power_w is None else self.runtime_s * self.power_w
+
+    def objective(self, name: str, power_cap_w: float | None = None) -> np.ndarray:
+        """The value to minimise for `name`; without predicted power, every objective falls back to time."""
+        if name not in OBJECTIVES:
+            raise ValueError(f"objective: {name!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
+        value = self.runtime_s
+        if self.power_w is not None:
+            if name == "energy":
+                value = self.runtime_s * self.power_w
+            elif name == "edp":
+                value = self.runtime_s**2 * self.power_w
+            if power_cap_w is not None:
+                value = np.where(self.power_w > power_cap_w, value * OVER_CAP_PENALTY, value)
+        return value
+
+    def spread(self, name: str) -> np.ndarray:
+        """The relative uncertainty (log-space standard deviation) of the objective `name`."""
+        if self.power_w is None or name == "time":
+            return self.runtime_spread
+        power_rel = self.power_spread_w / np.maximum(self.power_w, 1e-9)
+        scale = 2.0 if name == "edp" else 1.0
+        return np.sqrt((scale * self.runtime_spread) ** 2 + power_rel**2)
