@@ -57,6 +57,7 @@ class TuneOptions:
     budget: int = 64  # configs to measure (or, without a GPU, to check in the interpreter)
     objective: str = "time"  # time | energy | edp
     seed: int = 0
+    power_cap_w: float | None = None  # the best must draw no more than this (measured board power)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _layout(value: Any, path: str) -> Layout:
 
 def _tune(value: Any, path: str) -> TuneOptions:
     _mapping(value, path)
-    _keys(value, path, allowed=("budget", "objective", "seed"))
+    _keys(value, path, allowed=("budget", "objective", "seed", "power_cap_w"))
     options = {}
     if "budget" in value:
         options["budget"] = _int(value["budget"], f"{path}.budget", 1, MAX_BUDGET)
@@ -190,7 +191,16 @@ def _tune(value: Any, path: str) -> TuneOptions:
         options["objective"] = _choice(value["objective"], f"{path}.objective", OBJECTIVES)
     if "seed" in value:
         options["seed"] = _int(value["seed"], f"{path}.seed", 0, 2**32 - 1)
+    if value.get("power_cap_w") is not None:
+        options["power_cap_w"] = power_cap(value["power_cap_w"], f"{path}.power_cap_w")
     return TuneOptions(**options)
+
+
+def power_cap(value: Any, path: str = "tune.power_cap_w") -> float:
+    """A power cap in watts: a number from 1 to 2000."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 2000:
+        raise SpecError(path, f"must be a number of watts from 1 to 2000, got {value!r}")
+    return float(value)
 
 
 def _device(value: Any, source: str | None, check_files: bool = True) -> str:

@@ -62,9 +62,18 @@ def test_specs_can_be_paths_dicts_or_opspecs(tmp_path):
 
 
 def test_plan_and_space_agree():
-    plan = kt.plan(SPEC, budget=16, seed=3)
+    plan = kt.plan(SPEC, budget=16, seed=3, measures_time=False)
     space = kt.space(SPEC)
-    assert plan.space.legal == space.legal and len(set(plan.chosen)) == 16
-    assert plan.chosen[:14] == plan.ranked[:14], "seven-eighths of the budget goes to the best ranked"
+    assert plan.space.legal == space.legal
+    assert plan.strategy == "top" and plan.chosen == plan.ranked[:16], "without timing: the model's best"
+
+
+def test_guided_plan_first_round_explores_by_seed():
+    plan = kt.plan(SPEC, budget=64, seed=3, measures_time=True)
+    assert plan.strategy == "guided" and plan.model == "analytic"
+    assert len(plan.chosen) == 16, "a quarter of the budget in the first round"
+    assert plan.chosen[:14] == plan.ranked[:14], "seven-eighths of the round goes to the best ranked"
     assert not set(plan.chosen[14:]) & set(plan.ranked[:14]), "the rest explores beyond them"
-    assert kt.plan(SPEC, budget=16, seed=4).chosen[14:] != plan.chosen[14:], "exploration follows the seed"
+    assert kt.plan(SPEC, budget=64, seed=4, measures_time=True).chosen[14:] != plan.chosen[14:], (
+        "exploration follows the seed"
+    )

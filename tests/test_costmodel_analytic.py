@@ -41,7 +41,7 @@ def test_wave_quantisation_penalises_a_nearly_empty_last_wave():
     slots = 132 * int(gemm_terms([record(GemmProblem(128, 128, 4096), config)], H100)["blocks_per_sm"][0])
     full = GemmProblem(128 * slots, 128, 4096)
     spill = GemmProblem(128 * (slots + 1), 128, 4096)
-    t_full, t_spill = AnalyticModel(H100).predict([record(full, config), record(spill, config)])
+    t_full, t_spill = AnalyticModel(H100).predict([record(full, config), record(spill, config)]).runtime_s
     assert t_spill > 1.5 * t_full, "one extra program costs nearly a whole wave"
 
 
@@ -49,7 +49,7 @@ def test_ranking_puts_large_warpgroup_tiles_first_for_4096_cubed():
     problem = GemmProblem(4096, 4096, 4096)
     space = FAMILIES["gemm"].space(problem, H100)
     records = [record(problem, c) for c in space.legal]
-    predicted = AnalyticModel(H100).predict(records)
+    predicted = AnalyticModel(H100).predict(records).runtime_s
     assert np.all(predicted > 0) and np.all(np.isfinite(predicted))
     order = rank(records, predicted)
     top = space.legal[order[0]]
@@ -61,5 +61,5 @@ def test_split_k_is_preferred_when_m_and_n_are_too_small_to_fill_the_gpu():
     problem = GemmProblem(64, 64, 65536)
     space = FAMILIES["gemm"].space(problem, H100)
     records = [record(problem, c) for c in space.legal]
-    top = space.legal[rank(records, AnalyticModel(H100).predict(records))[0]]
+    top = space.legal[rank(records, AnalyticModel(H100).predict(records).runtime_s)[0]]
     assert top.split_k > 1

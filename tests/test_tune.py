@@ -171,7 +171,7 @@ def _rows(db):
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["killed", "interrupted"])
 def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_path, how):
     spec = tmp_path / "op.yaml"
-    spec.write_text("op: dense\nname: resume\nshape: {m: 100, n: 60, k: 80}\ntune: {budget: 12, seed: 3}\n")
+    spec.write_text("op: dense\nname: resume\nshape: {m: 100, n: 60, k: 80}\ntune: {budget: 24, seed: 3}\n")
     db = tmp_path / "t.db"
     command = [
         sys.executable,
@@ -195,7 +195,7 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
     first.send_signal(how)
     _, stderr = first.communicate(timeout=60)
     before = _rows(db)
-    assert 3 <= len(before) < 12
+    assert 3 <= len(before) < 24
     if how == signal.SIGINT:
         assert first.returncode == 130 and "running the same command again resumes" in stderr
     else:
@@ -203,9 +203,9 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     after = _rows(db)
-    assert len(after) == 12 and len({key for _, key, _ in after}) == 12
+    assert len(after) == 24 and len({key for _, key, _ in after}) == 24
     assert after[: len(before)] == before, "rows written before the stop are kept as they were"
-    assert f"{12 - len(before)} new checks" in second.stdout
+    assert f"{24 - len(before)} new checks" in second.stdout
 
 
 def test_timeouts_are_kept_unless_retried(tmp_path, monkeypatch):

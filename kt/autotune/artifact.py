@@ -83,7 +83,12 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
         "tuning": {
             "space": result.plan.space.total,
             "legal": len(result.plan.space.legal),
-            "chosen": len(result.plan.chosen),
+            "measured": len(result.rows),  # configs measured (or checked) for this problem, earlier runs too
+            "strategy": result.plan.strategy,
+            "model": result.plan.model,
+            "rounds": max(result.trace.rounds, default=-1) + 1,
+            "objective": result.objective,
+            "power_cap_w": result.plan.power_cap_w,
             "statuses": dict(result.statuses()),
             "wall_s": round(result.wall_s, 2),
             "db": str(result.db_path),

@@ -6,6 +6,7 @@ the candidates in flight, and running it again measures only what is missing.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,10 +18,20 @@ import numpy as np
 from kt.autotune.database import COLUMN_NAMES, Database
 from kt.autotune.progress import TuneProgress
 from kt.autotune.runners import Candidate, Result, Runner, make_runner
-from kt.autotune.search import STRATEGIES, SearchStrategy
+from kt.autotune.search import (
+    SearchState,
+    SearchStrategy,
+    SearchTrace,
+    TopSearch,
+    make_strategy,
+    run_search,
+)
 from kt.autotune.versions import software_versions
 from kt.codegen import GemmConfig, SearchSpace, family_for, write_source
 from kt.costmodel import AnalyticModel, rank
+from kt.costmodel.forest import MIN_ROWS, ForestModel
+from kt.costmodel.models import shipped_model_path
+from kt.costmodel.prediction import Prediction
 from kt.device import DeviceProfile
 from kt.errors import KtError
 from kt.ir.problems import GemmProblem
@@ -29,27 +40,67 @@ from kt.spec import OBJECTIVES, OpSpec
 
 @dataclass
 class Plan:
-    """What a tune would do: the legal space, the model's predictions and ranking, the configs to measure."""
+    """What a tune would do first: the legal space, the model's predictions and ranking, the first round."""
 
     problem: GemmProblem
     space: SearchSpace
     records: list[dict[str, Any]]
-    predicted_s: np.ndarray
-    ranked: list[int]  # indices into space.legal, best predicted first
-    chosen: list[int]  # indices to measure, in order
-    model: str
+    prediction: Prediction
+    ranked: list[int]  # indices into space.legal, best predicted objective first
+    chosen: list[int]  # indices the first round measures, in order
+    model: str  # the model that ranked: "analytic" or a forest's description
+    strategy: str = "guided"
+    objective: str = "time"
+    power_cap_w: float | None = None
+
+    @property
+    def predicted_s(self) -> np.ndarray:
+        return self.prediction.runtime_s
 
     def config(self, index: int) -> GemmConfig:
         return self.space.legal[index]
+
+
+CostModel = AnalyticModel | ForestModel
+
+
+def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel | None = None) -> CostModel:
+    """The cost model that ranks candidates for `profile`.
+
+    None: the forest shipped with kt for this device when there is one, else the analytic model;
+    "analytic": the analytic model; a path: a model file from `kt costmodel fit` (refused when it was fitted
+    for another device).
+    """
+    if isinstance(model, (AnalyticModel, ForestModel)):
+        return model
+    if model is None:
+        shipped = shipped_model_path(profile)
+        return ForestModel.load(shipped, profile) if shipped.is_file() else AnalyticModel(profile)
+    if str(model) == "analytic":
+        return AnalyticModel(profile)
+    return ForestModel.load(model, profile)
+
+
+def model_name(model: CostModel) -> str:
+    return model.describe() if isinstance(model, ForestModel) else "analytic"
 
 
 def plan_tuning(
     problem: GemmProblem,
     profile: DeviceProfile,
     budget: int,
-    strategy: str | SearchStrategy = "ranked",
+    strategy: str | SearchStrategy = "guided",
     seed: int = 0,
+    model: str | os.PathLike | CostModel | None = None,
+    objective: str = "time",
+    power_cap_w: float | None = None,
+    measures_time: bool = True,
 ) -> Plan:
+    """Rank the legal space with the cost model and take the strategy's first round.
+
+    Without timing (`measures_time` false) there is nothing to refit on, so a guided search becomes the
+    model's top `budget`.
+    """
     family = family_for(problem)
     space = family.space(problem, profile)
     if not space.legal:
@@ -57,16 +108,31 @@ def plan_tuning(
             f"no config of the {family.name} family can run {problem} on {profile.name}: "
             f"{', '.join(f'{n} {r}' for r, n in space.dropped.items())}"
         )
+    try:
+        strategy = make_strategy(strategy)
+    except ValueError as exc:
+        raise KtError(str(exc)) from None
+    if strategy.adaptive and not measures_time:
+        strategy = TopSearch()
+    cost_model = resolve_model(profile, model)
     records = [{**problem.to_record(), **config.to_dict()} for config in space.legal]
-    model = AnalyticModel(profile)
-    predicted = model.predict(records)
-    ranked = [int(i) for i in rank(records, predicted)]
-    if isinstance(strategy, str):
-        if strategy not in STRATEGIES:
-            raise KtError(f"strategy: {strategy!r} is not supported; allowed: {', '.join(STRATEGIES)}")
-        strategy = STRATEGIES[strategy]()
-    chosen = strategy.select(ranked, budget, seed)
-    return Plan(problem, space, records, predicted, ranked, chosen, model.name)
+    prediction = cost_model.predict(records)
+    values = prediction.objective(objective, power_cap_w)
+    ranked = [int(i) for i in rank(records, values)]
+    state = SearchState(values, prediction.runtime_spread, np.array(ranked), {}, budget, 0, seed)
+    chosen = strategy.propose(state)[:budget]
+    return Plan(
+        problem,
+        space,
+        records,
+        prediction,
+        ranked,
+        chosen,
+        model_name(cost_model),
+        strategy.name,
+        objective,
+        power_cap_w,
+    )
 
 
 @dataclass
@@ -95,6 +161,7 @@ class TuneResult:
     wall_s: float
     db_path: Path
     notes: list[str] = field(default_factory=list)
+    trace: SearchTrace = field(default_factory=SearchTrace)
 
     @property
     def measured(self) -> bool:
@@ -116,9 +183,12 @@ class TuneResult:
         return save_artifact(self, path)
 
 
-def objective_value(row: dict[str, Any], objective: str) -> float | None:
-    """The number to minimise for `objective`, or None when the row lacks it (failed, or no power reading)."""
+def objective_value(row: dict[str, Any], objective: str, power_cap_w: float | None = None) -> float | None:
+    """The measured number to minimise for `objective`, or None when the row lacks it (failed, no power
+    reading) or drew more than `power_cap_w` watts."""
     if row.get("status") != "ok" or row.get("runtime_ms") is None:
+        return None
+    if power_cap_w is not None and row.get("power_w") is not None and row["power_w"] > power_cap_w:
         return None
     if objective == "time":
         return row["runtime_ms"]
@@ -128,17 +198,30 @@ def objective_value(row: dict[str, Any], objective: str) -> float | None:
 
 
 def tune(
-    spec: OpSpec, *, budget: int | None = None, objective: str | None = None, **options: Any
+    spec: OpSpec,
+    *,
+    budget: int | None = None,
+    objective: str | None = None,
+    power_cap_w: float | None = None,
+    **options: Any,
 ) -> TuneResult:
     """Tune `spec`'s kernel: measure up to `budget` configs chosen by the cost model, return the best.
 
-    `options` go to `run_session` (backend, db, device, workers, strategy, seed, progress, timeout_s).
+    `options` go to `run_session` (backend, db, device, workers, strategy, model, seed, progress, timeout_s,
+    retry_failed).
     """
     started = time.monotonic()
     objective = objective or spec.tune.objective
     if objective not in OBJECTIVES:
         raise KtError(f"objective: {objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
-    session = run_session(spec, budget=budget or spec.tune.budget, **options)
+    power_cap_w = power_cap_w if power_cap_w is not None else spec.tune.power_cap_w
+    session = run_session(
+        spec,
+        budget=budget or spec.tune.budget,
+        objective=objective,
+        power_cap_w=power_cap_w,
+        **options,
+    )
     plan, runner, profile = session.plan, session.runner, session.profile
     notes = []
     if not runner.measures_time:
@@ -152,12 +235,25 @@ def tune(
             f"{compiled}; nothing was timed, and the choice is the {plan.model} model's best prediction "
             f"for {profile.name} among those that passed"
         )
-    elif objective != "time":
-        notes.append(
-            f"the {plan.model} model predicts time only: candidates were chosen by predicted time "
-            f"and the best by measured {objective}"
-        )
-    best = choose_best(plan, session.rows, objective, runner, notes)
+    else:
+        rounds = max(session.trace.rounds, default=-1) + 1
+        if rounds:
+            notes.append(
+                f"{len(session.trace.measured)} new measurements in {rounds} round"
+                f"{'s' if rounds != 1 else ''}, ranked by: {' -> '.join(dict.fromkeys(session.trace.models))}"
+            )
+        if objective != "time" and plan.prediction.power_w is None:
+            notes.append(
+                f"the {plan.model} model predicts time only: candidates were chosen by predicted time "
+                f"and the best by measured {objective}"
+            )
+        if power_cap_w is not None and any(
+            r.get("power_w") is None for r in session.rows if r["status"] == "ok"
+        ):
+            notes.append(
+                f"some configs have no power reading, so the {power_cap_w:g} W cap was not checked for them"
+            )
+    best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w)
     return TuneResult(
         spec,
         plan.problem,
@@ -172,12 +268,13 @@ def tune(
         time.monotonic() - started,
         session.db_path,
         notes,
+        session.trace,
     )
 
 
 @dataclass
 class Session:
-    """One pass of plan-and-measure: what `kt tune` and `kt collect` share."""
+    """One search over a problem's legal space: what `kt tune` and `kt collect` share."""
 
     plan: Plan
     runner: Runner
@@ -185,6 +282,10 @@ class Session:
     rows: list[dict[str, Any]]
     fresh: int
     db_path: Path
+    trace: SearchTrace = field(default_factory=SearchTrace)
+
+
+RETRYABLE = ("timeout", "crash")
 
 
 def run_session(
@@ -195,13 +296,17 @@ def run_session(
     db: str | Path | None = None,
     device: str | None = None,
     workers: int | None = None,
-    strategy: str | SearchStrategy = "ranked",
+    strategy: str | SearchStrategy = "guided",
+    model: str | os.PathLike | CostModel | None = None,
+    objective: str = "time",
+    power_cap_w: float | None = None,
     seed: int | None = None,
     progress: bool = True,
     timeout_s: float = 300.0,
     retry_failed: bool = False,
 ) -> Session:
-    """Plan, then measure what the database lacks. `retry_failed` measures again configs whose earlier
+    """Plan, then search: measure what the database lacks, round by round, until the strategy stops or the
+    budget (counting configs measured before) is spent. `retry_failed` measures again configs whose earlier
     attempt timed out or crashed (both can be transient: a short timeout, a busy machine)."""
     from kt.api import resolve_profile  # the API owns turning specs into profiles
     from kt.ir import op_from_spec
@@ -209,78 +314,149 @@ def run_session(
     seed = spec.tune.seed if seed is None else seed
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
     profile = resolve_profile(device or spec.device)
-    runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s)
-    plan = plan_tuning(node.problem, profile, budget, strategy, seed)
-    with Database(db) as database:
-        rows, fresh = measure_plan(plan, spec, runner, profile, database, progress, retry_failed)
-        return Session(plan, runner, profile, rows, fresh, database.path)
-
-
-RETRYABLE = ("timeout", "crash")
-
-
-def measure_plan(
-    plan: Plan,
-    spec: OpSpec,
-    runner: Runner,
-    profile: DeviceProfile,
-    database: Database,
-    progress: bool,
-    retry_failed: bool = False,
-) -> tuple[list[dict[str, Any]], int]:
-    """Measure the plan's chosen configs not yet in the database; return the rows of all of them."""
-    problem, family = plan.problem, family_for(plan.problem)
-    key = {
-        "runner": runner.name,
-        "device": runner.device,
-        "target": profile.key,
-        "family": family.name,
-        "family_version": family.version,
-        "problem_key": problem.key(),
-        "triton_version": software_versions()["triton"],
-    }
-    known = database.measured_configs(**key)
-    if retry_failed:
-        chosen_keys = {plan.config(index).key() for index in plan.chosen}
-        stale = {k for k, row in known.items() if k in chosen_keys and row["status"] in RETRYABLE}
-        database.delete([known.pop(k)["id"] for k in stale])
-    todo = []
-    for index in plan.chosen:
-        config = plan.config(index)
-        if config.key() not in known:
-            source = family.render(
-                problem, config, name=spec.name, device=profile.name, kt_version=software_versions()["kt"]
-            )
-            todo.append(
-                Candidate(problem, config, str(write_source(source)), float(plan.predicted_s[index]) * 1e3)
-            )
-    reporter = TuneProgress(progress, runner.measures_time)
-    verb = "measuring" if runner.measures_time else "checking"
-    reporter.start(
-        len(plan.chosen),
-        len(plan.chosen) - len(todo),
-        f"{runner.name} on {runner.device}",
-        summary=f"target {profile.name} · space: {plan.space.total} configs, {len(plan.space.legal)} "
-        f"legal · {verb} {len(plan.chosen)} chosen by the {plan.model} model",
-    )
-    fresh = 0
+    cost_model = resolve_model(profile, model)
     try:
-        for result in runner.run(todo):
-            if database.insert(measurement_row(result, spec, runner, key, family)):
-                fresh += 1
-            reporter.advance(result)
-    finally:
-        reporter.stop()
-    known = database.measured_configs(**key)
-    rows = []
-    rank_of = {index: position for position, index in enumerate(plan.ranked)}
-    for index in plan.chosen:
-        row = known.get(plan.config(index).key())
-        if row is not None:
-            rows.append(
-                {**row, "rank": rank_of[index] + 1, "predicted_ms": float(plan.predicted_s[index]) * 1e3}
+        search = make_strategy(strategy)
+    except ValueError as exc:
+        raise KtError(str(exc)) from None
+    runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s)
+    if search.adaptive and not runner.measures_time:
+        search = TopSearch()
+    plan = plan_tuning(
+        node.problem, profile, budget, search, seed, cost_model, objective, power_cap_w, runner.measures_time
+    )
+    with Database(db) as database:
+        tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
+        trace, fresh = tuner.search(search, budget, progress, retry_failed)
+        return Session(plan, runner, profile, tuner.rows(trace), fresh, database.path, trace)
+
+
+class _Tuner:
+    """The tune loop's moving parts: the model as it is refitted, the database, the runner."""
+
+    def __init__(self, plan, spec, runner, profile, database, model, seed):
+        self.plan, self.spec, self.runner, self.profile = plan, spec, runner, profile
+        self.database, self.model, self.seed = database, model, seed
+        self.family = family_for(plan.problem)
+        self.key = {
+            "runner": runner.name,
+            "device": runner.device,
+            "target": profile.key,
+            "family": self.family.name,
+            "family_version": self.family.version,
+            "problem_key": plan.problem.key(),
+            "triton_version": software_versions()["triton"],
+        }
+        self.index_of = {config.key(): i for i, config in enumerate(plan.space.legal)}
+        self.prediction = plan.prediction
+        self.model_name = plan.model
+        self.rank_of = {index: position for position, index in enumerate(plan.ranked)}
+
+    def value(self, row: dict[str, Any]) -> float | None:
+        return objective_value(row, self.plan.objective, self.plan.power_cap_w)
+
+    def known(self, retry_failed: bool) -> dict[int, float | None]:
+        """Values of this problem's configs already in the database (they count against the budget)."""
+        known = self.database.measured_configs(**self.key)
+        if retry_failed:
+            stale = [row["id"] for row in known.values() if row["status"] in RETRYABLE]
+            self.database.delete(stale)
+            known = self.database.measured_configs(**self.key)
+        return {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
+
+    def predict(self) -> tuple[Prediction, str]:
+        return self.prediction, self.model_name
+
+    def refit(self) -> bool:
+        """Fit a forest on every passing GPU measurement for this device (all shapes); False when too few."""
+        from kt.autotune.dataset import to_record
+
+        rows = self.database.find(
+            runner=self.runner.name, device=self.runner.device, target=self.profile.key, status="ok"
+        )
+        records = [to_record(r) for r in rows if r.get("runtime_ms")]
+        if len(records) < MIN_ROWS:
+            return False
+        self.model = ForestModel(self.profile, seed=self.seed).fit(records, source=str(self.database.path))
+        self.prediction = self.model.predict(self.plan.records)
+        self.model_name = f"forest refitted on {len(records)} rows"
+        return True
+
+    def search(self, strategy: SearchStrategy, budget: int, progress: bool, retry_failed: bool):
+        known = self.known(retry_failed)
+        total = min(budget, len(self.plan.space.legal))
+        reporter = TuneProgress(progress, self.runner.measures_time)
+        verb = "measuring" if self.runner.measures_time else "checking"
+        reporter.start(
+            total,
+            min(len(known), total),
+            f"{self.runner.name} on {self.runner.device}",
+            summary=f"target {self.profile.name} · space: {self.plan.space.total} configs, "
+            f"{len(self.plan.space.legal)} legal · {verb} up to {total}: {strategy.description}, "
+            f"first ranked by the {self.plan.model} model",
+        )
+        fresh = 0
+
+        def measure(batch: list[int]) -> dict[int, float | None]:
+            nonlocal fresh
+            versions = software_versions()
+            todo = []
+            for index in batch:
+                config = self.plan.config(index)
+                source = self.family.render(
+                    self.plan.problem,
+                    config,
+                    name=self.spec.name,
+                    device=self.profile.name,
+                    kt_version=versions["kt"],
+                )
+                predicted_ms = float(self.prediction.runtime_s[index]) * 1e3
+                todo.append(Candidate(self.plan.problem, config, str(write_source(source)), predicted_ms))
+            values = {}
+            for result in self.runner.run(todo):
+                row = measurement_row(result, self.spec, self.runner, self.key, self.family)
+                if self.database.insert(row):
+                    fresh += 1
+                values[self.index_of[result.candidate.config.key()]] = self.value(row)
+                reporter.advance(result)
+            return values
+
+        try:
+            trace = run_search(
+                strategy,
+                len(self.plan.space.legal),
+                self.predict,
+                measure,
+                budget,
+                self.seed,
+                refit=self.refit if self.runner.measures_time else None,
+                known=known,
+                objective=lambda p: p.objective(self.plan.objective, self.plan.power_cap_w),
+                order=lambda values: rank(self.plan.records, values),
             )
-    return rows, fresh
+        finally:
+            reporter.stop()
+        return trace, fresh
+
+    def rows(self, trace: SearchTrace) -> list[dict[str, Any]]:
+        """The rows of every config of this problem in the database that the search counted, best rank first."""
+        known = self.database.measured_configs(**self.key)
+        rows = []
+        for config_key, row in known.items():
+            index = self.index_of.get(config_key)
+            if index is None:
+                continue
+            predicted = row.get("predicted_ms")
+            rows.append(
+                {
+                    **row,
+                    "rank": self.rank_of[index] + 1,
+                    "predicted_ms": predicted
+                    if predicted is not None
+                    else float(self.plan.predicted_s[index]) * 1e3,
+                }
+            )
+        return sorted(rows, key=lambda r: r["rank"])
 
 
 def measurement_row(
@@ -315,15 +491,27 @@ def measurement_row(
 
 
 def choose_best(
-    plan: Plan, rows: list[dict[str, Any]], objective: str, runner: Runner, notes: list[str]
+    plan: Plan,
+    rows: list[dict[str, Any]],
+    objective: str,
+    runner: Runner,
+    notes: list[str],
+    power_cap_w: float | None = None,
 ) -> Best:
     statuses = Counter(row["status"] for row in rows)
     if runner.measures_time:
-        scored = [(objective_value(r, objective), r) for r in rows]
+        scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
         scored = [(v, r) for v, r in scored if v is not None]
+        passing = [r for r in rows if objective_value(r, "time") is not None]
+        if not scored and power_cap_w is not None and passing:
+            lowest = min(r["power_w"] for r in passing if r.get("power_w") is not None)
+            raise KtError(
+                f"power_cap_w: every passing config drew more than {power_cap_w:g} W (the least: {lowest:.0f} W)"
+            )
         if not scored and objective != "time":
             notes.append(f"no power readings, so the best is by time, not {objective}")
-            scored = [(objective_value(r, "time"), r) for r in rows if objective_value(r, "time") is not None]
+            scored = [(objective_value(r, "time", power_cap_w), r) for r in rows]
+            scored = [(v, r) for v, r in scored if v is not None]
         if scored:
             _, row = min(scored, key=lambda pair: pair[0])
             return Best(

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kt.costmodel.prediction import Prediction
 from kt.device import DeviceProfile
 
 LAUNCH_S = 4e-6  # one kernel launch on the GPU's timeline
@@ -182,7 +183,8 @@ def rank(records: Sequence[dict[str, Any]], predicted: np.ndarray) -> np.ndarray
 
 
 class AnalyticModel:
-    """Predicts GEMM runtime from the device profile: `predict(records)` -> seconds per record."""
+    """Predicts GEMM runtime from the device profile alone: `predict(records)` -> Prediction (no power, and no
+    uncertainty: its spread is zero)."""
 
     name = "analytic"
     predicts_power = False
@@ -190,7 +192,6 @@ class AnalyticModel:
     def __init__(self, device: DeviceProfile):
         self.device = device
 
-    def predict(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
-        if not records:
-            return np.zeros(0)
-        return gemm_terms(records, self.device)["predicted_s"]
+    def predict(self, records: Sequence[dict[str, Any]]) -> Prediction:
+        runtime = gemm_terms(records, self.device)["predicted_s"] if records else np.zeros(0)
+        return Prediction(runtime, np.zeros_like(runtime))

@@ -1,0 +1,118 @@
+"""The search loop and its strategies, on an abstract cost over candidate indices.
+
+The costs here are plain numbers a strategy must minimise (a fixed vector), not runtimes: the loop never knows
+what it minimises, so these tests check only what it measures, when it stops, and that it refits.
+"""
+
+import numpy as np
+import pytest
+
+from kt.autotune.search import (
+    ExhaustiveSearch,
+    GuidedSearch,
+    RandomSearch,
+    SearchState,
+    TopSearch,
+    make_strategy,
+    run_search,
+)
+from kt.costmodel.prediction import Prediction
+
+N = 200
+COST = np.random.default_rng(0).permutation(np.arange(1.0, N + 1))  # the best (1.0) hides at a random index
+
+
+class Oracle:
+    """A model that starts wrong (it believes the reverse of the truth) and learns each measured value."""
+
+    def __init__(self, spread: float = 0.0):
+        self.belief = (N + 1.0) - COST
+        self.spread = np.full(N, spread)
+        self.refits = 0
+        self.measured: dict[int, float | None] = {}
+
+    def predict(self):
+        return Prediction(self.belief.copy(), self.spread.copy()), f"oracle after {self.refits} refits"
+
+    def measure(self, batch):
+        values = {i: float(COST[i]) for i in batch}
+        self.measured.update(values)
+        return values
+
+    def refit(self):
+        """What a refitted model learns here: the true order (as a forest would, given enough data)."""
+        self.refits += 1
+        self.belief = COST.copy()
+        return True
+
+
+def search(strategy, budget, seed=0, known=None, oracle=None):
+    oracle = oracle or Oracle()
+    trace = run_search(
+        strategy, N, oracle.predict, oracle.measure, budget, seed, refit=oracle.refit, known=known
+    )
+    return trace, oracle
+
+
+@pytest.mark.parametrize("strategy", [GuidedSearch(), TopSearch(), RandomSearch(), ExhaustiveSearch()])
+def test_a_search_spends_at_most_its_budget_and_measures_nothing_twice(strategy):
+    trace, oracle = search(strategy, budget=40)
+    assert len(trace.measured) == len(set(trace.measured))
+    assert len(trace.measured) <= 40
+    assert set(trace.measured) == set(oracle.measured)
+    if strategy.name != "guided":
+        assert len(trace.measured) == 40 and set(trace.rounds) == {0}, "one-shot strategies fill one round"
+
+
+def test_known_values_count_against_the_budget_and_are_never_measured_again():
+    known = {int(i): float(COST[i]) for i in np.argsort(-COST)[:10]}  # the ten worst, measured before
+    trace, _ = search(TopSearch(), budget=25, known=known)
+    assert len(trace.measured) == 15 and not set(trace.measured) & set(known)
+    trace, _ = search(TopSearch(), budget=10, known=known)
+    assert trace.measured == [], "the budget was spent by earlier runs"
+
+
+def test_guided_search_refits_between_rounds_and_finds_what_a_wrong_first_model_hides():
+    trace, oracle = search(GuidedSearch(rounds=4), budget=40)
+    assert oracle.refits >= 1 and len(set(trace.rounds)) >= 2
+    assert trace.models[0] == "oracle after 0 refits" and trace.models[1] == "oracle after 1 refits"
+    assert trace.best_after(len(trace.measured)) == 1.0, "after a refit, the next round goes to the true best"
+    top, _ = search(TopSearch(), budget=40)
+    assert top.best_after(40) > 100, "without refitting, the wrong model's picks are all bad"
+
+
+def test_guided_search_stops_when_the_best_stops_improving():
+    class Flat(Oracle):
+        def refit(self):
+            self.refits += 1  # learns nothing: the same wrong ranking every round
+            return True
+
+    trace, oracle = search(GuidedSearch(rounds=10, patience=2), budget=200, oracle=Flat())
+    rounds = max(trace.rounds) + 1
+    assert rounds < 10 and len(trace.measured) < 200, "it stopped before the budget ran out"
+
+
+def test_guided_exploration_prefers_uncertain_candidates_when_the_model_has_spread():
+    oracle = Oracle(spread=0.0)
+    oracle.spread[:] = 0.01
+    uncertain = int(np.argsort(oracle.belief)[150])  # ranked far down, but very unsure
+    oracle.spread[uncertain] = 3.0
+    prediction, _ = oracle.predict()
+    state = SearchState(
+        prediction.runtime_s, prediction.runtime_spread, np.argsort(prediction.runtime_s), {}, 64, 0, 0
+    )
+    picks = GuidedSearch(rounds=4, explore=0.25).propose(state)
+    assert len(picks) == 16 and uncertain in picks[12:]
+
+
+def test_random_search_follows_its_seed_and_exhaustive_takes_everything():
+    a, _ = search(RandomSearch(), budget=20, seed=1)
+    b, _ = search(RandomSearch(), budget=20, seed=2)
+    assert a.measured != b.measured
+    c, _ = search(ExhaustiveSearch(), budget=N)
+    assert sorted(c.measured) == list(range(N))
+
+
+def test_an_unknown_strategy_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="allowed: guided, top, random, exhaustive"):
+        make_strategy("annealing")
