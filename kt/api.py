@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,7 +18,12 @@ from kt.device import DEFAULT, DeviceProfile, ProfileError, get_profile, match_g
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
-from kt.spec import OpSpec, load_spec, parse_spec
+from kt.spec import OBJECTIVES, OpSpec, load_spec, parse_spec, power_cap
+
+if TYPE_CHECKING:
+    from kt.autotune.inspection import InspectResult
+    from kt.costmodel.evaluate import Report
+    from kt.costmodel.forest import ForestModel
 
 SpecLike = OpSpec | Mapping | str | os.PathLike
 
@@ -69,18 +74,33 @@ def plan(
     spec: SpecLike,
     budget: int | None = None,
     device: str | None = None,
-    strategy: str = "ranked",
+    strategy: str = "guided",
     seed: int | None = None,
+    model: str | os.PathLike | None = None,
+    objective: str | None = None,
+    power_cap_w: float | None = None,
+    measures_time: bool | None = None,
 ) -> Plan:
-    """What `tune` would measure, without measuring anything."""
+    """What `tune` would do first (the ranking, and the configs of its first round), measuring nothing.
+
+    `model`: a model file from `kt costmodel fit`, "analytic", or None for kt's default for the device;
+    `measures_time`: whether a GPU would time the candidates (default: whether this machine has one).
+    """
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
+    objective = objective or spec.tune.objective
+    if objective not in OBJECTIVES:
+        raise SpecError("objective", f"{objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
     return plan_tuning(
         node.problem,
         resolve_profile(device or spec.device),
         _budget(budget) or spec.tune.budget,
         strategy,
         spec.tune.seed if seed is None else seed,
+        model,
+        objective,
+        power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w,
+        torch.cuda.is_available() if measures_time is None else measures_time,
     )
 
 
@@ -177,6 +197,119 @@ def load(path: str | os.PathLike, verify: bool = True) -> Kernel:
     return load_artifact(Path(path), verify=verify)
 
 
+def _measured_records(
+    data: str | os.PathLike, profile: DeviceProfile, gpu: str | None
+) -> list[dict[str, Any]]:
+    """The cost model's training rows in `data` for `profile`; a DatabaseError saying what is there instead."""
+    from collections import Counter
+
+    from kt.autotune.dataset import measured_records, read_rows
+    from kt.errors import DatabaseError
+
+    records = measured_records(data, target=profile.key, device=gpu)
+    if records:
+        return records
+    rows = read_rows(data)
+    where = f"data: {str(data)!r} holds no GPU-measured passing rows for target {profile.key}"
+    where += f" on {gpu!r}" if gpu else ""
+    other = Counter(
+        r["target"]
+        for r in rows
+        if r["runner"] == "cuda"
+        and r["status"] == "ok"
+        and r.get("runtime_ms")
+        and gpu in (None, r["device"])
+    )
+    if other:
+        listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())
+        raise DatabaseError(f"{where}; it holds some for {listing}: pass that target's profile with --device")
+    checked = sum(r["runner"] == "interpret" for r in rows)
+    seen = (
+        f" (only {checked} rows from Triton's interpreter, which checks but never times)" if checked else ""
+    )
+    raise DatabaseError(f"{where}{seen}; measure some with `kt collect` on a GPU")
+
+
+def fit_model(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str | None = None,
+    gpu: str | None = None,
+    seed: int = 0,
+) -> tuple[ForestModel, int]:
+    """Fit the forest cost model on the measured rows of `data` (a tuning database or a `kt export` CSV) for
+    the profile `device` (default: auto), only those measured on the GPU named `gpu` when given; save it to
+    `out` (a .skops file, written atomically). Returns the model and the number of rows it was fitted on."""
+    from kt.costmodel.forest import MIN_ROWS, ForestModel
+    from kt.errors import DatabaseError, ModelError
+
+    out = Path(out)
+    if out.is_dir():
+        raise ModelError(f"out: {str(out)!r} is a directory; give a model file such as model.skops")
+    profile = resolve_profile(device)
+    records = _measured_records(data, profile, gpu)
+    if len(records) < MIN_ROWS:
+        raise DatabaseError(
+            f"data: {str(data)!r} holds {len(records)} GPU-measured passing rows for target {profile.key}; "
+            f"the forest needs at least {MIN_ROWS}: measure more with `kt collect` on a GPU"
+        )
+    model = ForestModel(profile, seed=seed).fit(records, source=str(Path(data).resolve()))
+    model.save(out)
+    return model, len(records)
+
+
+def evaluate_model(
+    data: str | os.PathLike,
+    device: str | None = None,
+    gpu: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    model: str | os.PathLike | None = None,
+) -> Report:
+    """How right the forest is on the measured rows of `data`. Without `model`: cross-validation in `folds`
+    folds of whole shapes held out. With `model` (a file from `fit_model`): that model scored on every row,
+    so `data` should be shapes it was not fitted on; its device profile is the default for `device`."""
+    from kt.costmodel.evaluate import cross_validate, report
+    from kt.costmodel.forest import ForestModel
+    from kt.errors import DatabaseError, ModelError
+
+    if model is not None:
+        forest = ForestModel.load(model, resolve_profile(device) if device else None)
+        return report(forest, _measured_records(data, forest.device, gpu))
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ModelError(f"folds: must be an integer of at least 2, got {folds!r}")
+    profile = resolve_profile(device)
+    records = _measured_records(data, profile, gpu)
+    shapes = len({r["group"] for r in records})
+    if shapes < 2:
+        raise DatabaseError(
+            f"data: {str(data)!r} holds measurements of 1 shape for target {profile.key}; holding out whole "
+            "shapes needs at least 2 (measure more with `kt collect`, or score a fitted model with --model)"
+        )
+    try:
+        return cross_validate(records, profile, folds=folds, seed=seed)
+    except ValueError as exc:
+        raise ModelError(f"eval: {exc}") from None
+
+
+def inspect(
+    path: str | os.PathLike,
+    db: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    plots_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    gpu: str | None = None,
+) -> InspectResult:
+    """Predicted against measured for a finished tune: `path` is an artifact directory (its problem's GPU rows
+    in `db`, default the tune's database) or a tuning database (every measured problem in it). Compares the
+    tuner's stored predictions and a forest's (`model`, else forests fitted on the other shapes, holding out
+    each inspected one) with the measurements, and writes plots to `plots_dir` (default: the artifact, or
+    <db stem>-inspect/ next to the database). `device` names the target profile when the data cannot."""
+    from kt.autotune.inspection import inspect_tune
+
+    return inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
+
+
 __all__ = [
     "KtError",
     "Kernel",
@@ -184,6 +317,9 @@ __all__ = [
     "as_spec",
     "build",
     "collect",
+    "evaluate_model",
+    "fit_model",
+    "inspect",
     "load",
     "load_spec",
     "plan",

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -88,6 +89,21 @@ RETRY = click.option(
     is_flag=True,
     help="Measure again the configs whose earlier attempt timed out or crashed.",
 )
+MODEL = click.option(
+    "--model",
+    default=None,
+    metavar="MODEL.skops|analytic",
+    help="Cost model that ranks candidates: a file from `kt costmodel fit`, or analytic. "
+    "Default: kt's model for the device when it ships one, else analytic.",
+)
+POWER_CAP = click.option(
+    "--power-cap",
+    "power_cap_w",
+    type=click.FloatRange(1, 2000),
+    default=None,
+    metavar="WATTS",
+    help="The best must draw at most this board power (default: the spec's tune.power_cap_w).",
+)
 WORKERS = click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -138,6 +154,16 @@ def _header(spec) -> None:
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["guided", "top", "random", "exhaustive"]),
+    default="guided",
+    show_default=True,
+    help="guided: rounds ranked by the cost model, refitted on what each round measured; top: the model's "
+    "best; random: a random sample; exhaustive: everything legal.",
+)
+@MODEL
+@POWER_CAP
 @TIMEOUT
 @RETRY
 @BACKEND
@@ -145,7 +171,22 @@ def _header(spec) -> None:
 @DB
 @WORKERS
 def tune(
-    spec, budget, objective, out_dir, seed, top, quiet, timeout, retry_failed, backend, device, db, workers
+    spec,
+    budget,
+    objective,
+    out_dir,
+    seed,
+    top,
+    quiet,
+    strategy,
+    model,
+    power_cap_w,
+    timeout,
+    retry_failed,
+    backend,
+    device,
+    db,
+    workers,
 ):
     """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json)."""
     _header(spec)
@@ -154,6 +195,9 @@ def tune(
         spec,
         budget=budget,
         objective=objective,
+        power_cap_w=power_cap_w,
+        strategy=strategy,
+        model=model,
         backend=backend,
         db=db,
         device=device,
@@ -296,6 +340,97 @@ def space(spec, sample, seed, device):
 
 @main.command()
 @SPEC
+@click.option(
+    "--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Configs to list."
+)
+@click.option(
+    "--budget", type=click.IntRange(1, 100_000), default=None, help="The tune's budget (default: the spec's)."
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["time", "energy", "edp"]),
+    default=None,
+    help="What the ranking minimises (default: the spec's).",
+)
+@click.option(
+    "--gpu/--no-gpu",
+    "measures_time",
+    default=None,
+    help="Plan the tune as on a GPU (rounds refitted on measurements) or as without one (the model's best "
+    "budget configs, checked only). Default: whether this machine has a GPU.",
+)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's).")
+@MODEL
+@POWER_CAP
+@DEVICE
+def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_w, device):
+    """Show what the cost model predicts for OP_YAML's legal configs, best first, and what a tune would measure."""
+    from kt.costmodel import roofline_time
+    from kt.costmodel.features import bound_by
+
+    plan = kt.plan(
+        spec,
+        budget=budget,
+        device=device,
+        seed=seed,
+        model=model,
+        objective=objective,
+        power_cap_w=power_cap_w,
+        measures_time=measures_time,
+    )
+    _header(spec)
+    prediction, space_ = plan.prediction, plan.space
+    budget = budget or spec.tune.budget
+    first = (
+        f"its first round measures {len(plan.chosen)} of a budget of {budget}; later rounds follow the model "
+        "refitted on those measurements"
+        if plan.strategy == "guided"
+        else f"it checks the model's best {len(plan.chosen)} (nothing is timed without a GPU)"
+    )
+    out.print(
+        f"model: {plan.model} · target {space_.device.name} · {len(space_.legal)} legal of {space_.total} "
+        f"configs · {plan.strategy} tune: {first}"
+    )
+    rows = plan.ranked[:top]
+    records = [plan.records[i] for i in rows]
+    bounds = bound_by(records, space_.device)
+    roofline_ms = roofline_time(records, space_.device) * 1e3
+    chosen = set(plan.chosen)
+    exploit = set(plan.ranked[: len(plan.chosen)])
+    table = Table(
+        title=f"best {len(rows)} of {len(space_.legal)} by predicted {plan.objective} (predictions, not measurements)"
+    )
+    for name in ("rank", "config", "ms", "+-", "TFLOP/s", "W", "mJ", "roofline ms", "bound", "tune measures"):
+        table.add_column(name, justify="left" if name in ("config", "bound", "tune measures") else "right")
+    flops = space_.problem.flops
+    for position, index in enumerate(rows):
+        ms = prediction.runtime_s[index] * 1e3
+        spread = prediction.runtime_spread[index]
+        power = None if prediction.power_w is None else prediction.power_w[index]
+        measures = "-" if index not in chosen else "yes" if plan.strategy != "guided" else "round 1"
+        if index in chosen and index not in exploit:
+            measures += " (explores)"
+        table.add_row(
+            str(position + 1),
+            plan.config(index).key(),
+            f"{ms:.4f}",
+            f"{100 * (np.exp(spread) - 1):.0f}%" if spread > 0 else "-",
+            f"{flops / (ms * 1e-3) / 1e12:.1f}",
+            _fmt(power, ".0f"),
+            _fmt(None if power is None else power * ms, ".3f"),
+            f"{roofline_ms[position]:.4f}",
+            bounds[position],
+            measures,
+        )
+    out.print(table)
+    if prediction.power_w is None:
+        out.print(
+            f"note: the {plan.model} model predicts no power; W and mJ need a fitted forest", style="yellow"
+        )
+
+
+@main.command()
+@SPEC
 @click.option("--all", "everything", is_flag=True, help="Measure every legal config.")
 @click.option(
     "--sample", type=click.IntRange(1, 1_000_000), default=None, help="Measure N random legal configs."
@@ -392,6 +527,184 @@ def devices():
             f"{p.tdp_w:.0f}",
         )
     out.print(table)
+
+
+DATA = click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Measurements: a tuning database (.db) or a CSV written by `kt export`.",
+)
+MODEL_DEVICE = click.option(
+    "--device",
+    default=None,
+    metavar="NAME|PROFILE.json",
+    help="Device profile the rows were tuned for (h100, h200, or a calibrated JSON); default: auto.",
+)
+GPU = click.option(
+    "--gpu", default=None, metavar="NAME", help="Only rows measured on this GPU (as the driver names it)."
+)
+MODEL_SEED = click.option(
+    "--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the forests."
+)
+
+
+@main.group()
+def costmodel():
+    """Fit and evaluate the learned cost model (a random forest) on measured rows."""
+
+
+@costmodel.command()
+@DATA
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Model file to write (.skops).",
+)
+@MODEL_DEVICE
+@GPU
+@MODEL_SEED
+def fit(data, out_path, device, gpu, seed):
+    """Fit the forest on every GPU-measured passing row of --data for the device, and save it."""
+    from kt.api import fit_model
+
+    model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)
+    out.print(f"{model.describe()} from {data} -> {out_path}")
+
+
+def _value(value, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)  # value != value: NaN
+
+
+def _ranked_shapes(report) -> int:
+    """Shapes with at least two configs measured: the only ones whose ranking metrics say anything."""
+    return sum(n >= 2 for n in Counter(report.groups).values())
+
+
+def _metric_rows(report) -> list[tuple[str, str]]:
+    m = report.metrics
+    ranked = _ranked_shapes(report) > 0
+    return [
+        ("runtime R2", _value(m["runtime_r2"], ".3f")),
+        ("runtime MAPE %", _value(m["runtime_mape"], ".1f")),
+        ("runtime median APE %", _value(m["runtime_median_ape"], ".1f")),
+        ("power median APE %", _value(m.get("power_median_ape"), ".1f")),
+        ("Spearman within shape", _value(m["spearman_within_shape"], ".3f")),
+        ("top-1 score (1 = best)", _value(m["top1_score"] if ranked else None, ".3f")),
+        ("top-5 recall", _value(m["top5_recall"] if ranked else None, ".2f")),
+        ("rows", str(m["rows"])),
+        ("shapes", str(m["shapes"])),
+    ]
+
+
+@costmodel.command(name="eval")
+@DATA
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Score this model file on --data instead of cross-validating a fresh forest.",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(2, 100),
+    default=5,
+    show_default=True,
+    help="Folds of whole shapes held out.",
+)
+@MODEL_DEVICE
+@GPU
+@MODEL_SEED
+def evaluate(data, model, folds, device, gpu, seed):
+    """Predicted against measured: cross-validated with whole shapes held out, or a model file's score."""
+    from kt.api import evaluate_model
+
+    report = evaluate_model(data, device=device, gpu=gpu, folds=folds, seed=seed, model=model)
+    title = (
+        f"model {model} on {data} (shapes it was fitted on are not held out)"
+        if model is not None
+        else f"forest on {data}, {report.folds} folds of whole shapes held out"
+    )
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in _metric_rows(report):
+        table.add_row(name, value)
+    table.add_row("folds", str(report.folds) if report.folds else "- (model file)")
+    out.print(table)
+    out.print(report.summary())
+    if not _ranked_shapes(report):
+        out.print("note: no shape has 2 or more configs measured, so the ranking metrics say nothing")
+    if model is not None:
+        out.print(
+            "note: every row of --data is scored; give it shapes the model was not fitted on "
+            "(without --model, eval holds out whole shapes itself)"
+        )
+
+
+@main.command()
+@click.argument("path", metavar="ARTIFACT|DB", type=click.Path(path_type=Path))
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="For an artifact: the tuning database with its rows (default: the tune's, else $KT_DB).",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A forest model file (default: forests fitted on the data's other shapes).",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for the PNG plots (default: the artifact, or <db stem>-inspect/ next to the database).",
+)
+@MODEL_DEVICE
+@GPU
+def inspect(path, db, model, plots_dir, device, gpu):
+    """Predicted against measured for a finished tune (an artifact) or every problem in a database."""
+    from kt.api import inspect as run_inspect
+
+    result = run_inspect(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
+    first, last = result.dates
+    rows, shapes = len(result.records), result.shapes
+    out.print(
+        f"{path}: {rows} measured row{'s' * (rows != 1)} of {shapes} problem{'s' * (shapes != 1)} on "
+        f"{result.gpu} (target {result.target}), {first} to {last}, from {result.db_path}",
+        style="bold",
+    )
+    if result.chosen:
+        row = min(
+            (r for r in result.records if r["config_key"] == result.chosen), key=lambda r: r["runtime_ms"]
+        )
+        faster = sum(r["runtime_ms"] < row["runtime_ms"] for r in result.records)
+        out.print(f"chosen: {result.chosen} · {row['runtime_ms']:.4f} ms measured ({faster} rows faster)")
+    reports = [(f"tuner ({result.tuner_model or 'stored'})", result.tuner), ("forest", result.forest)]
+    reports = [(name, report) for name, report in reports if report is not None]
+    table = Table(title=f"predicted vs measured (top-k with k = 5) on {result.gpu}")
+    table.add_column("metric")
+    for name, _ in reports:
+        table.add_column(name, justify="right")
+    columns = [_metric_rows(report) for _, report in reports]
+    for i, (name, _) in enumerate(columns[0]):
+        table.add_row(name, *(rows[i][1] for rows in columns))
+    out.print(table)
+    if result.forest_from:
+        out.print(f"forest: {result.forest_from}")
+    for label, importances in result.importances.items():
+        top = list(importances.items())[:10]
+        out.print(f"feature importances ({label} forest): " + ", ".join(f"{n} {v:.3f}" for n, v in top))
+    out.print("plots: " + ", ".join(str(p) for p in result.plots))
+    if not any(_ranked_shapes(report) for _, report in reports):
+        result.notes.append("no problem has 2 or more configs measured, so the ranking metrics say nothing")
+    for note in result.notes:
+        out.print(f"note: {note}", style="yellow")
 
 
 if __name__ == "__main__":

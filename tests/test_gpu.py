@@ -69,6 +69,20 @@ def test_a_gpu_tune_writes_a_measured_artifact(tmp_path):
     assert meta["runtime_stats"]["runs"] >= 10
 
 
+def test_a_guided_gpu_tune_refits_a_forest_between_rounds(tmp_path):
+    spec = {
+        "op": "dense",
+        "name": "gpu_guided",
+        "shape": {"m": 2048, "n": 1024, "k": 512},
+        "tune": {"budget": 24},
+    }
+    result = kt.tune(spec, db=tmp_path / "t.db", progress=False, strategy="guided")
+    rounds = set(result.trace.rounds)
+    assert result.measured and len(rounds) >= 2, "a quarter of the budget per round"
+    assert result.trace.models[0] == "analytic" and result.trace.models[1].startswith("forest refitted on")
+    assert len(result.rows) <= 24
+
+
 def test_calibration_measures_plausible_ceilings():
     from kt.autotune.calibrate import calibrate
 

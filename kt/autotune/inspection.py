@@ -1,0 +1,457 @@
+"""`kt inspect`: how right the cost models were about a finished tune, predicted against measured.
+
+Two predictions are compared with what the GPU measured. The tuner's: `predicted_ms` in each database row, what
+the ranking model believed when it chose the candidate. The forest's: a model file given by the user, or
+forests fitted here on the other shapes of the same data, so that no inspected shape was seen in training.
+
+Only rows a GPU timed and that passed the check are used; a tune without a GPU measured nothing and is refused.
+Plots are written with matplotlib's Agg canvas (no display, no pyplot state), each to a temporary file that then
+replaces the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kt.autotune.artifact import read_meta
+from kt.autotune.database import Database, default_path
+from kt.autotune.dataset import read_rows, to_record
+from kt.costmodel.evaluate import Report
+from kt.costmodel.forest import MIN_ROWS, ForestModel
+from kt.device import DeviceProfile
+from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
+from kt.ir.problems import problem_from_dict
+
+TOP_K = 5
+PLOT_NAMES = ("predicted_vs_measured.png", "pareto.png")
+MEASURE_HINT = "measure on a GPU with `kt tune OP_YAML --backend cuda` or `kt collect`"
+
+
+@dataclass
+class InspectResult:
+    """What `kt inspect` found: the measured rows and how far each model's predictions were from them."""
+
+    source: Path  # the artifact directory or the data file inspected
+    db_path: Path  # where the measured rows came from
+    gpu: str  # the GPU that measured them
+    target: str  # the device profile key they were tuned for
+    records: list[dict[str, Any]]  # measured records, with predicted_ms and created_at
+    chosen: str | None = None  # the config key the artifact holds
+    tuner: Report | None = None  # the stored predictions (the ranking model's, at selection time)
+    tuner_model: str | None = None  # which model made them, when known (an artifact says)
+    forest: Report | None = None
+    forest_from: str | None = None  # where the forest's predictions come from
+    importances: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # runtime/power -> feature -> value
+    plots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shapes(self) -> int:
+        return len({r["group"] for r in self.records})
+
+    @property
+    def dates(self) -> tuple[str, str]:
+        """The first and last day the rows were measured (UTC), or ("?", "?") when unrecorded."""
+        days = sorted(str(r["created_at"])[:10] for r in self.records if r.get("created_at"))
+        return (days[0], days[-1]) if days else ("?", "?")
+
+
+def inspect_tune(
+    path: str | os.PathLike,
+    db: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    plots_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    gpu: str | None = None,
+    seed: int = 0,
+) -> InspectResult:
+    """Inspect an artifact directory (its problem's rows in the tuning database) or a whole data file."""
+    path = Path(path)
+    if path.is_dir():
+        result, profile, training = _artifact_rows(path, db, device)
+        default_plots = path
+    elif path.is_file():
+        if db is not None:
+            raise KtError(f"db: {path} is already the data to inspect; --db is for an artifact directory")
+        result, profile, training = _data_rows(path, device, gpu)
+        default_plots = path.parent / f"{path.stem}-inspect"
+    else:
+        raise KtError(
+            f"inspect: {str(path)!r} not found; give an artifact directory or a tuning database (.db or .csv)"
+        )
+    _tuner_report(result)
+    _forest_report(result, profile, training, model, seed)
+    if result.tuner is None and result.forest is None:
+        raise KtError(
+            f"inspect: nothing to compare with the {len(result.records)} measured rows: they carry no stored "
+            f"prediction and no forest is available ({'; '.join(result.notes)})"
+        )
+    write_plots(result, Path(plots_dir) if plots_dir is not None else default_plots)
+    return result
+
+
+# -- the measured rows ------------------------------------------------------------------------------------
+
+
+def _measured(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The GPU-timed, passing rows as cost-model records that keep the prediction and the date."""
+    return [
+        {
+            **to_record(r),
+            "target": r["target"],
+            "predicted_ms": r.get("predicted_ms"),
+            "created_at": r.get("created_at"),
+        }
+        for r in rows
+        if r["runner"] == "cuda" and r["status"] == "ok" and r.get("runtime_ms")
+    ]
+
+
+def _profile(name: str | None, explicit: bool = False) -> DeviceProfile | None:
+    """The profile `name` (a built-in or a profile JSON); None when there is none, or when one read from the
+    data cannot be had here (a calibrated profile's file on another machine). A name the user gave must resolve."""
+    from kt.api import resolve_profile
+
+    if not name or name == "auto":
+        return None
+    try:
+        return resolve_profile(name)
+    except DeviceError:
+        if explicit:
+            raise
+        return None
+
+
+def _artifact_rows(
+    path: Path, db: str | os.PathLike | None, device: str | None
+) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
+    meta = read_meta(path)
+    try:
+        problem = problem_from_dict(meta["family"], meta["problem"])
+        ran_on, target_name = meta["device"]["ran_on"], meta["device"]["target"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
+    if db is not None:
+        db_path = Path(db)
+    elif (meta.get("tuning") or {}).get("db") and Path(meta["tuning"]["db"]).is_file():
+        db_path = Path(meta["tuning"]["db"])  # the database the tune wrote
+    else:
+        db_path = default_path()
+    unmeasured = (
+        f"inspect: {path} was tuned without a GPU (measured: false), so nothing was timed and there is nothing "
+        f"to compare predictions with; {MEASURE_HINT}, then inspect that artifact"
+    )
+    if not meta.get("measured") and db is None and not db_path.is_file():
+        raise ArtifactError(unmeasured)
+    with Database(db_path, create=False) as database:
+        rows = [
+            r
+            for r in database.find(runner="cuda", problem_key=problem.key())
+            if r["family_version"] == meta.get("family_version", r["family_version"])
+            and (not meta.get("measured") or r["device"] == ran_on)
+        ]
+        records = _measured(rows)
+        if not records:
+            raise ArtifactError(
+                unmeasured
+                if not meta.get("measured")
+                else f"inspect: {db_path} holds no GPU-measured rows of {path}'s problem on {ran_on}; "
+                "pass the database the tune wrote with --db"
+            )
+        given = _profile(device, explicit=True)
+        profile = given or _profile((meta.get("spec") or {}).get("device")) or _profile(target_name)
+        targets = {r["target"] for r in records}
+        if given is not None and given.key not in targets:
+            raise ArtifactError(
+                f"inspect: the rows of {path}'s problem were tuned for {', '.join(sorted(targets))}, not "
+                f"{given.key}; leave out --device, or give that target's profile"
+            )
+        if profile is not None and profile.key in targets:
+            target = profile.key
+        else:
+            # a calibrated target is the profile's name plus a hash of its fields
+            named = sorted(t for t in targets if t == target_name or t.startswith(f"{target_name}-"))
+            if len(named) != 1:
+                raise ArtifactError(
+                    f"inspect: {db_path} holds rows of {path}'s problem for targets {', '.join(sorted(targets))}; "
+                    "pick the tune's with --device"
+                )
+            target, profile = named[0], None
+        gpu = records[0]["device"] if not meta.get("measured") else ran_on
+        records = [r for r in records if r["target"] == target and r["device"] == gpu]
+        training = _measured(database.find(runner="cuda", device=gpu, target=target))
+    training = [r for r in training if r["group"] != problem.key()]
+    chosen = next((r["config_key"] for r in records if _config_of(r) == meta.get("config")), None)
+    result = InspectResult(
+        path, db_path, gpu, target, records, chosen, tuner_model=(meta.get("prediction") or {}).get("model")
+    )
+    if chosen is None:
+        result.notes.append("the artifact's config has no measured row in the database")
+    return result, profile, training
+
+
+def _data_rows(
+    path: Path, device: str | None, gpu: str | None
+) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
+    rows = read_rows(path)
+    records = [r for r in _measured(rows) if gpu is None or r["device"] == gpu]
+    if not records:
+        interpreted = sum(r["runner"] == "interpret" for r in rows)
+        seen = f" (its {interpreted} interpreter rows were checked, never timed)" if interpreted else ""
+        on = f" on {gpu!r}" if gpu else ""
+        raise DatabaseError(
+            f"inspect: {path} holds no GPU-measured passing rows{on}{seen}, so there is nothing to compare "
+            f"predictions with; {MEASURE_HINT}"
+        )
+    gpus = Counter(r["device"] for r in records)
+    if len(gpus) > 1:
+        listing = ", ".join(f"{name!r} ({n} rows)" for name, n in gpus.most_common())
+        raise DatabaseError(
+            f"inspect: {path} holds measurements from several GPUs: {listing}; pick one with --gpu"
+        )
+    profile = _profile(device, explicit=True)
+    targets = Counter(r["target"] for r in records)
+    if profile is not None:
+        if profile.key not in targets:
+            listing = ", ".join(f"{t} ({n} rows)" for t, n in targets.most_common())
+            raise DatabaseError(f"inspect: {path} holds no rows for target {profile.key}; it holds {listing}")
+        target = profile.key
+    elif len(targets) > 1:
+        listing = ", ".join(f"{t} ({n} rows)" for t, n in targets.most_common())
+        raise DatabaseError(
+            f"inspect: {path} holds rows for several targets: {listing}; pick one with --device"
+        )
+    else:
+        (target,) = targets
+        profile = _profile(target)
+    records = [r for r in records if r["target"] == target]
+    result = InspectResult(path, path, records[0]["device"], target, records)
+    return result, profile, []
+
+
+def _config_of(record: dict[str, Any]) -> dict[str, Any]:
+    from kt.costmodel.features import CONFIG_KEYS
+
+    return {k: record[k] for k in CONFIG_KEYS}
+
+
+# -- predictions ------------------------------------------------------------------------------------------
+
+
+def _arrays(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    runtime = np.array([r["runtime_ms"] for r in records], dtype=np.float64)
+    power = np.array(
+        [np.nan if r.get("power_w") is None else r["power_w"] for r in records], dtype=np.float64
+    )
+    return runtime, power, [r["group"] for r in records]
+
+
+def _tuner_report(result: InspectResult) -> None:
+    stored = [r for r in result.records if r.get("predicted_ms")]
+    if not stored:
+        result.notes.append("no row carries the tuner's prediction (predicted_ms)")
+        return
+    runtime, _, groups = _arrays(stored)
+    result.tuner = Report(runtime, np.array([r["predicted_ms"] for r in stored], dtype=np.float64), groups)
+    if len(stored) < len(result.records):
+        result.notes.append(f"{len(result.records) - len(stored)} rows carry no tuner prediction")
+
+
+def _forest_report(
+    result: InspectResult,
+    profile: DeviceProfile | None,
+    training: list[dict[str, Any]],
+    model_path: str | os.PathLike | None,
+    seed: int,
+) -> None:
+    records = result.records
+    runtime, power, groups = _arrays(records)
+    if model_path is not None:
+        model = ForestModel.load(model_path, profile)
+        if model.device.key != result.target:
+            raise ModelError(
+                f"model: {str(model_path)!r} was fitted for device {model.device.key}, and these rows were "
+                f"tuned for {result.target}; fit one for it with `kt costmodel fit --device`"
+            )
+        prediction = model.predict(records)
+        result.forest = Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w)
+        result.forest_from = (
+            f"model file {model_path} ({model.describe()}; its training shapes are not held out)"
+        )
+        result.importances = model.feature_importances()
+        return
+    if profile is None:
+        result.notes.append(
+            f"no forest: target {result.target} is not a built-in profile; pass its JSON with --device, or "
+            "a model with --model"
+        )
+        return
+    inspected = {r["group"] for r in records}
+    pool = records + [r for r in training if r["group"] not in inspected]
+    shapes = sorted(inspected, key=str)
+    folds = min(5, len(shapes))
+    order = np.random.default_rng(seed).permutation(len(shapes))
+    fold_of = {shapes[i]: position % folds for position, i in enumerate(order)}
+    predicted = np.full(len(records), np.nan)
+    predicted_power = np.full(len(records), np.nan)
+    importances: list[dict[str, dict[str, float]]] = []
+    for f in range(folds):
+        train = [r for r in pool if fold_of.get(r["group"]) != f]
+        test = [i for i, r in enumerate(records) if fold_of[r["group"]] == f]
+        if len(train) < MIN_ROWS:
+            result.notes.append(
+                f"no forest: {len(train)} measured rows of other shapes ({MIN_ROWS} needed to fit one that "
+                "never saw the inspected shape); pass --model MODEL.skops"
+            )
+            return
+        model = ForestModel(profile, seed=seed).fit(train)
+        prediction = model.predict([records[i] for i in test])
+        predicted[test] = prediction.runtime_s * 1e3
+        if prediction.power_w is not None:
+            predicted_power[test] = prediction.power_w
+        importances.append(model.feature_importances())
+    result.forest = Report(
+        runtime, predicted, groups, power, predicted_power, folds=folds if folds > 1 else None
+    )
+    result.forest_from = (
+        f"a forest fitted on {len(pool) - len(records)} rows of other shapes, this shape held out"
+        if folds == 1
+        else f"forests fitted in {folds} folds, each predicting shapes it never saw"
+    )
+    for label in ("runtime", "power"):
+        per_fold = [imp[label] for imp in importances if label in imp]
+        if per_fold:
+            mean = {name: float(np.mean([p[name] for p in per_fold])) for name in per_fold[0]}
+            result.importances[label] = dict(sorted(mean.items(), key=lambda item: -item[1]))
+
+
+# -- plots ------------------------------------------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def pareto_front(runtime: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """True where no other point is at least as fast and as frugal, and strictly better in one."""
+    runtime, power = np.asarray(runtime, dtype=np.float64), np.asarray(power, dtype=np.float64)
+    no_worse = (runtime[None, :] <= runtime[:, None]) & (power[None, :] <= power[:, None])
+    better = (runtime[None, :] < runtime[:, None]) | (power[None, :] < power[:, None])
+    return ~np.any(no_worse & better, axis=1)
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    """Write the PNG next to `path`, then rename it over `path`: a reader sees the old plot or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=120)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a plot is as readable as any new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_plots(result: InspectResult, directory: Path) -> list[Path]:
+    """predicted_vs_measured.png, and pareto.png when any row has a power reading; returns their paths."""
+    first, last = result.dates
+    records = result.records
+    runtime, power, groups = _arrays(records)
+    chosen = np.array([r["config_key"] == result.chosen for r in records]) if result.chosen else None
+    where = f"{result.gpu} (target {result.target})\nmeasured {first} to {last}"
+
+    figure = _figure()
+    ax = figure.add_subplot()
+    shown = []
+    series = []  # (label, marker, measured, predicted, chosen)
+    if result.tuner is not None:
+        label = f"tuner's prediction ({result.tuner_model or 'ranking model'}, at selection)"
+        stored = np.array([bool(r.get("predicted_ms")) for r in records])  # the rows _tuner_report kept
+        picked = chosen[stored] if chosen is not None else None
+        series.append((label, "o", result.tuner.runtime_ms, result.tuner.predicted_ms, picked))
+    if result.forest is not None:
+        series.append(("forest", "s", runtime, result.forest.predicted_ms, chosen))
+    for label, marker, measured, predicted, _ in series:
+        ax.scatter(measured, predicted, s=18, alpha=0.7, marker=marker, label=label)
+        shown += [measured, predicted]
+    marked = [(m[c], p[c]) for _, _, m, p, c in series if c is not None and c.any()]
+    if marked:
+        x, y = marked[-1]
+        ax.scatter(x, y, s=140, facecolors="none", edgecolors="black", label="chosen config")
+    values = np.concatenate(shown)
+    low, high = values[values > 0].min() / 1.3, values.max() * 1.3
+    ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="y = x (exact)")
+    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high))
+    ax.set_xlabel("measured runtime (ms)")
+    ax.set_ylabel("predicted runtime (ms)")
+    ax.set_title(
+        f"predicted vs measured: {_count(len(records), 'row')} of {_count(result.shapes, 'problem')}\n{where}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    result.plots = [_save(figure, directory / PLOT_NAMES[0])]
+
+    has_power = np.isfinite(power) & (power > 0)
+    if not has_power.any():
+        result.notes.append("no row has a power reading, so no pareto.png")
+        return result.plots
+    figure = _figure()
+    ax = figure.add_subplot()
+    on_front = np.zeros(len(records), dtype=bool)
+    for group in set(groups):
+        rows = np.flatnonzero(np.array([g == group for g in groups]) & has_power)
+        front = rows[pareto_front(runtime[rows], power[rows])]
+        on_front[front] = True
+        if len(front) > 1:
+            order = front[np.argsort(runtime[front])]
+            ax.plot(runtime[order], power[order], color="tab:red", linewidth=1, drawstyle="steps-post")
+    rest = has_power & ~on_front
+    if rest.any():
+        ax.scatter(runtime[rest], power[rest], s=18, color="tab:grey", alpha=0.6, label="measured")
+    ax.scatter(runtime[on_front], power[on_front], s=26, color="tab:red", label="Pareto front")
+    if chosen is not None and (chosen & has_power).any():
+        pick = chosen & has_power
+        ax.scatter(
+            runtime[pick], power[pick], s=220, marker="*", color="gold", edgecolors="black", label="chosen"
+        )
+    if np.ptp(np.log10(runtime[has_power])) > 1:
+        ax.set_xscale("log")
+    ax.set_xlabel("measured runtime (ms)")
+    ax.set_ylabel("measured board power (W)")
+    fronts = (
+        "Pareto front per problem"
+        if len(set(np.array(groups, dtype=object)[has_power])) > 1
+        else "Pareto front"
+    )
+    ax.set_title(
+        f"runtime vs power, {fronts}: {_count(int(has_power.sum()), 'row')} with power\n{where}", fontsize=10
+    )
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=8)
+    result.plots.append(_save(figure, directory / PLOT_NAMES[1]))
+    return result.plots

@@ -1,0 +1,339 @@
+"""kt costmodel fit/eval and kt inspect: one-line refusals, and real measurements end to end.
+
+No runtime or power figure here is made up. The error paths use rows that carry no timing at all (the
+interpreter's). The success paths use GPPerf's CUTLASS SGEMM measurements on an RTX 4070 (see
+/work/shared/data/gpperf/README.md), skipped where that file is absent; it is read, never copied.
+"""
+
+import csv
+import json
+import os
+import re
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kt.autotune.database import Database
+from kt.cli import main
+from kt.costmodel.forest import ForestModel
+from kt.device import DeviceProfile, save_profile
+from kt.ir import GemmProblem
+
+GPPERF = Path(os.environ.get("KT_GPPERF_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gpperf")
+GPPERF_CSV = GPPERF / "cutlass_results_flat.csv"
+RTX4070 = "NVIDIA GeForce RTX 4070"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# NVIDIA GeForce RTX 4070 datasheet (AD104, 46 SMs at 2475 MHz boost): fp32 29.15 TFLOP/s; tensor cores with
+# fp32 accumulation 58.3 TFLOP/s fp16/bf16 and 29.15 tf32 (dense); 504 GB/s GDDR6X; 36 MiB L2; 200 W.
+# These rows are all fp32 on the FMA path, so only the float32 peak enters their features.
+RTX4070_PROFILE = DeviceProfile(
+    name="rtx4070",
+    gpu_name=RTX4070,
+    sm_count=46,
+    smem_per_block=99 * 1024,
+    smem_per_sm=100 * 1024,
+    regs_per_sm=65536,
+    max_regs_per_thread=255,
+    max_threads_per_sm=1536,
+    max_blocks_per_sm=24,
+    l2_bytes=36 * 1024 * 1024,
+    dram_bandwidth=504e9,
+    peak_flops={"float16": 58.3e12, "bfloat16": 58.3e12, "tf32": 29.15e12, "float32": 29.15e12},
+    tdp_w=200.0,
+    compute_capability=89,
+)
+
+# Every GPPerf row ran cutlass_simt_sgemm_128x128_8x2_<layout>: 128x128 tiles, K step 8, 2 stages, 256 threads.
+CUTLASS_CONFIG = {
+    "block_m": 128,
+    "block_n": 128,
+    "block_k": 8,
+    "group_m": 1,
+    "num_warps": 8,
+    "num_stages": 2,
+    "split_k": 1,
+}
+CUTLASS_KEY = "m128n128k8g1w8s2x1"
+# One layout per (M, N, K), so no problem has a near-twin of another layout in training; seven have power.
+SHAPES = [
+    (512, 512, 512, "nn"),
+    (1024, 512, 1024, "nn"),
+    (2048, 2048, 2048, "nn"),
+    (128256, 1024, 2048, "nn"),
+    (128256, 2048, 512, "tt"),
+    (128256, 2048, 1024, "nn"),
+    (128256, 2048, 2048, "tn"),
+    (512, 1024, 2048, "nt"),
+    (1024, 1024, 1024, "tt"),
+    (2048, 512, 512, "tn"),
+    (1024, 2048, 512, "nt"),
+    (2048, 1024, 2048, "tt"),
+]
+LAYOUT = {
+    "n": "col",
+    "t": "row",
+}  # CUTLASS's n is column-major (stored transposed in kt's terms), t row-major
+
+
+def kt(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def assert_one_line_error(result, message):
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("kt: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr, result.stderr
+
+
+# -- refusals: data without a single timing -----------------------------------------------------------------
+
+
+def interpreter_db(path: Path, problem: GemmProblem) -> Path:
+    """A database holding what a CPU tune writes: interpreter rows that passed the check, never timed."""
+    with Database(path) as db:
+        for block in (16, 32):
+            config = {**CUTLASS_CONFIG, "block_m": block, "block_n": block, "block_k": 32, "num_stages": 3}
+            db.insert(
+                {
+                    "runner": "interpret",
+                    "device": "cpu (Triton interpreter)",
+                    "target": "h100",
+                    "family": "gemm",
+                    "family_version": "test",
+                    "problem_key": problem.key(),
+                    "config_key": f"m{block}n{block}k32g1w8s3x1",
+                    "problem": problem.to_dict(),
+                    "config": config,
+                    "status": "ok",
+                    "triton_version": "test",
+                }
+            )
+    return path
+
+
+def test_fit_refuses_a_missing_data_file_and_writes_nothing(tmp_path):
+    result = kt("costmodel", "fit", "--data", tmp_path / "none.db", "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, "none.db' not found")
+    assert not (tmp_path / "m.skops").exists()
+
+
+def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
+    db = interpreter_db(tmp_path / "cpu.db", GemmProblem(64, 64, 64))
+    result = kt("costmodel", "fit", "--data", db, "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, "holds no GPU-measured passing rows for target h100")
+    assert "2 rows from Triton's interpreter" in result.stderr and "kt collect" in result.stderr
+    assert not (tmp_path / "m.skops").exists()
+    assert_one_line_error(kt("costmodel", "eval", "--data", db), "no GPU-measured passing rows")
+    assert_one_line_error(kt("inspect", db), "nothing to compare")
+
+
+def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("name,owner\nsgemm,someone\n")
+    result = kt("costmodel", "fit", "--data", other, "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, "is not a `kt export` CSV")
+    if GPPERF_CSV.is_file():  # real measurements, but not in kt's format
+        result = kt("costmodel", "fit", "--data", GPPERF_CSV, "--out", tmp_path / "m.skops")
+        assert_one_line_error(result, "is not a `kt export` CSV (no config, device, family")
+    assert not (tmp_path / "m.skops").exists()
+
+
+def test_eval_refuses_a_file_that_is_not_a_model(tmp_path):
+    bogus = tmp_path / "model.skops"
+    bogus.write_text("not a model\n")
+    result = kt("costmodel", "eval", "--data", tmp_path / "none.db", "--model", bogus)
+    assert_one_line_error(result, "is not a skops file")
+
+
+def artifact(path: Path, problem: GemmProblem, config: dict, db: Path, measured: bool, device: dict, **meta):
+    """An artifact directory as `kt tune` lays it out, with the fields inspect reads."""
+    path.mkdir(parents=True)
+    (path / "kernel.py").write_text("# stand-in kernel: inspect reads meta.json and the database\n")
+    fields = {
+        "format": 1,
+        "name": path.name,
+        "family": "gemm",
+        "family_version": meta.pop("family_version", "test"),
+        "problem": problem.to_dict(),
+        "config": config,
+        "measured": measured,
+        "device": device,
+        "tuning": {"db": str(db)},
+        **meta,
+    }
+    (path / "meta.json").write_text(json.dumps(fields, indent=2))
+    return path
+
+
+def test_inspect_refuses_an_artifact_tuned_without_a_gpu(tmp_path):
+    problem = GemmProblem(64, 64, 64)
+    db = interpreter_db(tmp_path / "cpu.db", problem)
+    config = {**CUTLASS_CONFIG, "block_m": 16, "block_n": 16, "block_k": 32, "num_stages": 3}
+    device = {"target": "h100", "ran_on": "cpu (Triton interpreter)", "runner": "interpret"}
+    art = artifact(tmp_path / "a", problem, config, db, False, device)
+    result = kt("inspect", art)
+    assert_one_line_error(result, "was tuned without a GPU (measured: false)")
+    assert "kt tune OP_YAML --backend cuda" in result.stderr
+    moved = artifact(tmp_path / "b", problem, config, tmp_path / "gone.db", False, device)
+    assert_one_line_error(kt("inspect", moved), "measured: false")
+    assert not list((tmp_path / "a").glob("*.png"))
+
+
+# -- real measurements: GPPerf's RTX 4070 CUTLASS SGEMM rows ------------------------------------------------
+
+
+def gpperf_rows() -> list[dict]:
+    """One kt row per chosen (M, N, K, layout): the median runtime of GPPerf's beta = 0 runs, and the median
+    of the power readings of at least 35 W (the rest are idle readings), when there are any."""
+    wanted = {(m, n, k, layout): [] for m, n, k, layout in SHAPES}
+    with GPPERF_CSV.open(newline="") as handle:
+        for raw in csv.DictReader(handle):
+            layout = re.search(r"_(nn|nt|tn|tt)_align", raw["kernel"]).group(1)
+            key = (int(raw["M"]), int(raw["N"]), int(raw["K"]), layout)
+            if key in wanted and float(raw["beta"]) == 0.0:
+                wanted[key].append(raw)
+    rows = []
+    for (m, n, k, layout), runs in wanted.items():
+        assert runs, (m, n, k, layout)
+        problem = GemmProblem(
+            m, n, k, dtype="float32", a_layout=LAYOUT[layout[0]], b_layout=LAYOUT[layout[1]]
+        )
+        power = [float(r["power_w"]) for r in runs if r["power_w"] and float(r["power_w"]) >= 35]
+        first = min(int(r["timestamp"]) for r in runs)
+        rows.append(
+            {
+                "runner": "cuda",
+                "device": RTX4070,
+                "target": RTX4070_PROFILE.key,
+                "family": "gemm",
+                "family_version": "cutlass_simt_sgemm_128x128_8x2",  # CUTLASS's kernel, not a kt template
+                "problem_key": problem.key(),
+                "config_key": CUTLASS_KEY,
+                "created_at": datetime.fromtimestamp(first, timezone.utc).isoformat(timespec="seconds"),
+                "op": "dense",
+                "spec_name": "gpperf",
+                "dtype": "float32",
+                "problem": problem.to_dict(),
+                "config": CUTLASS_CONFIG,
+                "status": "ok",
+                "message": f"GPPerf {runs[0]['kernel']}: median of {len(runs)} profiler runs with beta 0",
+                "runtime_ms": statistics.median(float(r["runtime_ms"]) for r in runs),
+                "power_w": statistics.median(power) if power else None,
+                "gpu_name": RTX4070,
+                "triton_version": "none (CUTLASS profiler)",
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def gpperf(tmp_path_factory):
+    if not GPPERF_CSV.is_file():
+        pytest.skip(f"GPPerf measurements not found at {GPPERF_CSV} (set KT_GPPERF_DIR)")
+    home = tmp_path_factory.mktemp("gpperf")
+    profile = save_profile(RTX4070_PROFILE, home / "rtx4070.json")
+    rows = gpperf_rows()
+    with Database(home / "rtx4070.db") as db:
+        for row in rows:
+            assert db.insert(row)
+    return {"home": home, "db": home / "rtx4070.db", "profile": profile, "rows": rows}
+
+
+def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
+    out_path = tmp_path / "m.skops"
+    result = kt("costmodel", "fit", "--data", gpperf["db"], "--out", out_path, "--device", gpperf["profile"])
+    assert result.exit_code == 0, result.stderr
+    with_power = sum(r["power_w"] is not None for r in gpperf["rows"])
+    assert (
+        f"forest for {RTX4070_PROFILE.key}: 12 rows, 12 shapes, power from {with_power} rows" in result.stdout
+    )
+    model = ForestModel.load(out_path, RTX4070_PROFILE)
+    assert model.trained["rows"] == 12 and model.predicts_power
+    # the h100 default finds none of these rows and says which target they are for
+    result = kt("costmodel", "fit", "--data", gpperf["db"], "--out", tmp_path / "h100.skops")
+    assert_one_line_error(result, f"it holds some for {RTX4070_PROFILE.key} (12 rows)")
+    assert not (tmp_path / "h100.skops").exists()
+
+
+def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file(gpperf, tmp_path):
+    result = kt("costmodel", "eval", "--data", gpperf["db"], "--device", gpperf["profile"], "--folds", "3")
+    assert result.exit_code == 0, result.stderr
+    assert "3 folds of whole shapes held out" in result.stdout
+    for name in (
+        "runtime R2",
+        "runtime MAPE %",
+        "power median APE %",
+        "Spearman within shape",
+        "top-5 recall",
+    ):
+        assert name in result.stdout
+    assert "12 rows, 12 shapes, 3 folds of whole shapes held out: runtime R2" in result.stdout
+    assert "ranking metrics say nothing" in result.stdout  # one config per problem in this data
+
+    model = tmp_path / "m.skops"
+    assert (
+        kt(
+            "costmodel", "fit", "--data", gpperf["db"], "--out", model, "--device", gpperf["profile"]
+        ).exit_code
+        == 0
+    )
+    result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model)
+    assert result.exit_code == 0, result.stderr
+    assert "shapes it was fitted on are not held out" in result.stdout
+    result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model, "--device", "h100")
+    assert_one_line_error(result, f"was fitted for device {RTX4070_PROFILE.key}, not h100")
+
+
+def assert_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000, path
+
+
+def test_inspect_a_database_writes_both_plots_and_prints_the_metrics(gpperf, tmp_path):
+    plots = tmp_path / "plots"
+    result = kt("inspect", gpperf["db"], "--device", gpperf["profile"], "--plots", plots)
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"12 measured rows of 12 problems on {RTX4070} (target {RTX4070_PROFILE.key}), 2024-11-"
+        in result.stdout
+    )
+    assert "runtime R2" in result.stdout and "Spearman within shape" in result.stdout
+    assert "forests fitted in 5 folds, each predicting shapes it never saw" in result.stdout
+    assert "feature importances (runtime forest): " in result.stdout
+    for name in ("predicted_vs_measured.png", "pareto.png"):
+        assert_png(plots / name)
+        assert str(plots / name) in result.stdout
+    assert not list(plots.glob(".*")), "no temporary file left behind"
+    # without a profile for its calibrated target and without a model, nothing predicts these rows
+    result = kt("inspect", gpperf["db"], "--plots", tmp_path / "none")
+    assert_one_line_error(result, "nothing to compare with the 12 measured rows")
+    assert not (tmp_path / "none").exists()
+
+
+def test_inspect_an_artifact_holds_its_shape_out_of_the_forest(gpperf, tmp_path):
+    row = next(r for r in gpperf["rows"] if r["problem"]["m"] == 128256 and r["problem"]["k"] == 1024)
+    device = {"target": "rtx4070", "ran_on": RTX4070, "runner": "cuda"}
+    art = artifact(
+        tmp_path / "sgemm",
+        GemmProblem(**row["problem"]),
+        CUTLASS_CONFIG,
+        gpperf["db"],
+        True,
+        device,
+        family_version=row["family_version"],
+        spec={"device": str(gpperf["profile"])},  # as kt tune records a calibrated profile: its absolute path
+        runtime_ms=row["runtime_ms"],
+    )
+    result = kt("inspect", art)
+    assert result.exit_code == 0, result.stderr
+    assert f"1 measured row of 1 problem on {RTX4070}" in result.stdout
+    assert f"chosen: {CUTLASS_KEY} · {row['runtime_ms']:.4f} ms measured" in result.stdout
+    assert "a forest fitted on 11 rows of other shapes, this shape held out" in result.stdout
+    assert_png(art / "predicted_vs_measured.png")
+    assert_png(art / "pareto.png")
