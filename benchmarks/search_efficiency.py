@@ -95,7 +95,7 @@ def run(
                     )
                     results.append(
                         {
-                            "shape": sweep.key,
+                            "shape": sweep.label,
                             "configs": len(sweep),
                             "fraction": fraction,
                             "budget": budget,
@@ -106,7 +106,7 @@ def run(
                         }
                     )
         progress(
-            f"[{held + 1}/{len(sweeps)}] {sweep.key}: {len(sweep)} configs, {time.monotonic() - started:.1f} s"
+            f"[{held + 1}/{len(sweeps)}] {sweep.label}: {len(sweep)} configs, {time.monotonic() - started:.1f} s"
         )
     return results
 

@@ -35,6 +35,13 @@ class Sweep:
         return len(self.records)
 
     @property
+    def label(self) -> str:
+        """Short name of the shape: MxNxK (xbatch) dtype."""
+        r = self.records[0]
+        batch = f"x{r['batch']}" if r["batch"] > 1 else ""
+        return f"{r['m']}x{r['n']}x{r['k']}{batch} {r['dtype']}"
+
+    @property
     def best(self) -> float:
         return float(np.nanmin(self.runtime_ms))
 

@@ -1,0 +1,109 @@
+"""Replaying searches over recorded sweeps, on real measurements: GPPerf's tiled-matmul runtimes (RTX 4070).
+
+Skipped where that public data is absent (it is evaluation data kept outside this repository).
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kt.autotune.replay import reached, replay, sweeps_from_rows
+from kt.ir.problems import GemmProblem
+
+GPPERF = Path(os.environ.get("KT_GPPERF_DIR", Path(__file__).resolve().parents[2] / "shared/data/gpperf"))
+TILED = GPPERF / "execution_times_all.csv"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.skipif(not TILED.is_file(), reason=f"GPPerf data not found at {GPPERF}")
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _module("search_efficiency")
+
+
+@pytest.fixture(scope="module")
+def device():
+    return _module("gpperf_costmodel").RTX4070
+
+
+@pytest.fixture(scope="module")
+def sweeps(bench):
+    return bench.tiled_sweeps(TILED)
+
+
+def test_the_tiled_file_becomes_one_sweep_per_shape(sweeps):
+    assert len(sweeps) >= 30 and all(3 <= len(s) <= 5 for s in sweeps)
+    assert all(np.isfinite(s.runtime_ms).all() and s.best == s.runtime_ms.min() for s in sweeps)
+
+
+@pytest.mark.parametrize("strategy", ["guided", "random", "top", "exhaustive"])
+def test_a_whole_budget_replay_finds_the_best_and_a_budget_of_one_measures_one(sweeps, device, strategy):
+    sweep = sweeps[0]
+    prior = [r for other in sweeps[1:6] for r in other.measured_records(range(len(other)))]
+    whole = replay(sweep, strategy, device, len(sweep), seed=1, prior=prior, n_estimators=10)
+    assert sorted(whole.measured) == list(range(len(sweep))) and reached(sweep, whole, len(sweep)) == 1.0
+    one = replay(sweep, strategy, device, 1, seed=1, prior=prior, n_estimators=10)
+    assert len(one.measured) == 1 and 0 < reached(sweep, one, 1) <= 1
+
+
+def test_the_benchmark_never_trains_the_prior_on_the_shape_it_replays(bench, sweeps, device, monkeypatch):
+    seen = []
+    real = bench.replay
+
+    def spy(sweep, strategy, device, budget, seed=0, prior=(), n_estimators=100):
+        seen.append((sweep.key, {r["group"] for r in prior}))
+        return real(sweep, strategy, device, budget, seed, prior, n_estimators)
+
+    monkeypatch.setattr(bench, "replay", spy)
+    results = bench.run(sweeps[:4], device, [0.5], seeds=1, trees=10, progress=lambda s: None)
+    assert len(results) == 4 * len(bench.STRATEGIES)
+    assert all(key not in groups for key, groups in seen)
+    assert any(groups for _, groups in seen), "guided search starts from the other shapes"
+
+
+def test_database_rows_become_sweeps_with_failures_as_missing_values(sweeps):
+    # Rows as `kt collect` writes them, carrying the file's real runtimes; one config failed instead.
+    sweep = sweeps[0]
+    rows = []
+    for i, record in enumerate(sweep.records):
+        problem = GemmProblem(record["m"], record["n"], record["k"], dtype="float32")
+        config = {
+            k: record[k]
+            for k in ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages", "split_k")
+        }
+        failed = i == 0
+        rows.append(
+            {
+                "runner": "cuda",
+                "family": "gemm",
+                "problem": problem.to_dict(),
+                "problem_key": problem.key(),
+                "config": config,
+                "config_key": record["config_key"],
+                "status": "compile_error" if failed else "ok",
+                "runtime_ms": None if failed else float(sweep.runtime_ms[i]),
+            }
+        )
+    (rebuilt,) = sweeps_from_rows(rows, min_configs=2)
+    assert len(rebuilt) == len(sweep) and np.isnan(rebuilt.runtime_ms).sum() == 1
+    assert sweeps_from_rows(rows, min_configs=len(sweep) + 1) == []
+    assert sweeps_from_rows([{**r, "runner": "interpret"} for r in rows], min_configs=2) == []
+
+
+def test_the_benchmark_refuses_bad_arguments_in_one_line(bench, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--gpperf-tiled", str(TILED), "--fractions", "0,2"])
+    assert exit_.value.code == 2 and "--fractions" in capsys.readouterr().err
+    assert bench.main(["--data", str(tmp_path / "missing.db")]) == 2
+    assert "not found" in capsys.readouterr().err
