@@ -337,3 +337,48 @@ def test_inspect_an_artifact_holds_its_shape_out_of_the_forest(gpperf, tmp_path)
     assert "a forest fitted on 11 rows of other shapes, this shape held out" in result.stdout
     assert_png(art / "predicted_vs_measured.png")
     assert_png(art / "pareto.png")
+
+
+# -- kt predict ---------------------------------------------------------------------------------------------
+
+DENSE = Path(__file__).resolve().parents[1] / "examples" / "dense.yaml"
+
+
+def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
+    result = kt("predict", DENSE, "--top", "5", "--no-gpu")
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "model: analytic · target h100" in result.stdout and "predictions, not measurements" in result.stdout
+    )
+    assert result.stdout.count("m128n256k64") + result.stdout.count("m256n128k64") == 5
+    assert "checks the model's best 64" in result.stdout and "predicts no power" in result.stdout
+    guided = kt("predict", DENSE, "--top", "2000", "--gpu", "--budget", "64")
+    assert guided.exit_code == 0, guided.stderr
+    assert "its first round measures 16 of a budget of 64" in guided.stdout
+    # seven-eighths of the round are the predicted best; the other two explore beyond the best 2000
+    assert guided.stdout.count("round 1") == 14 and "(explores)" not in guided.stdout
+
+
+def test_predict_refuses_a_missing_or_foreign_model_file_in_one_line(tmp_path):
+    assert_one_line_error(kt("predict", DENSE, "--model", tmp_path / "none.skops"), "not found")
+    (tmp_path / "junk.skops").write_bytes(b"not a model")
+    assert_one_line_error(kt("predict", DENSE, "--model", tmp_path / "junk.skops"), "is not a skops file")
+
+
+def test_predict_with_a_forest_shows_spread_and_power(gpperf, tmp_path):
+    model = tmp_path / "m.skops"
+    assert (
+        kt(
+            "costmodel", "fit", "--data", gpperf["db"], "--out", model, "--device", gpperf["profile"]
+        ).exit_code
+        == 0
+    )
+    result = kt("predict", DENSE, "--top", "3", "--model", model, "--device", gpperf["profile"], "--no-gpu")
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"model: forest for {RTX4070_PROFILE.key}" in result.stdout
+        and "predicts no power" not in result.stdout
+    )
+    assert re.search(r"\d+%", result.stdout), "a spread across trees"
+    refused = kt("predict", DENSE, "--model", model, "--device", "h100")
+    assert_one_line_error(refused, f"was fitted for device {RTX4070_PROFILE.key}, not h100")

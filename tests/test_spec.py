@@ -113,7 +113,9 @@ def mutate(path, value):
         ),
         ("tune.budget", 0, "tune.budget: must be an integer from 1 to 100000, got 0"),
         ("tune.seed", -1, "tune.seed: must be an integer from 0 to 4294967295, got -1"),
-        ("tune.iters", 5, "tune.iters: unknown key; allowed: budget, objective, seed"),
+        ("tune.iters", 5, "tune.iters: unknown key; allowed: budget, objective, seed, power_cap_w"),
+        ("tune.power_cap_w", 0, "tune.power_cap_w: must be a number of watts from 1 to 2000, got 0"),
+        ("tune.power_cap_w", "300W", "tune.power_cap_w: must be a number of watts from 1 to 2000, got '300W'"),
         ("name", "my kernel", "name: must be 1-100 letters, digits"),
         ("name", "../escape", "name: must be 1-100 letters, digits"),
         ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),
@@ -127,6 +129,11 @@ def test_each_bad_field_gets_one_line_naming_it(path, value, message):
         parse_spec(mutate(path, value))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_power_cap_is_kept_in_watts():
+    assert parse_spec(mutate("tune.power_cap_w", 450)).tune.power_cap_w == 450.0
+    assert parse_spec(mutate("tune.power_cap_w", None)).tune.power_cap_w is None
 
 
 def test_file_errors_name_the_file(tmp_path):
