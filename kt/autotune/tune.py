@@ -368,7 +368,8 @@ class _Tuner:
         return self.prediction, self.model_name
 
     def refit(self) -> bool:
-        """Fit a forest on every passing GPU measurement for this device (all shapes); False when too few."""
+        """Fit a forest on every passing GPU measurement for this device (all shapes, this tune's and earlier
+        ones) and rank with it from now on, replacing the starting model; False when there are too few rows."""
         from kt.autotune.dataset import to_record
 
         rows = self.database.find(
@@ -377,7 +378,10 @@ class _Tuner:
         records = [to_record(r) for r in rows if r.get("runtime_ms")]
         if len(records) < MIN_ROWS:
             return False
-        self.model = ForestModel(self.profile, seed=self.seed).fit(records, source=str(self.database.path))
+        # Fewer trees than a saved model: a refit runs between rounds, and ranking needs less than a file.
+        self.model = ForestModel(self.profile, n_estimators=100, seed=self.seed).fit(
+            records, source=str(self.database.path)
+        )
         self.prediction = self.model.predict(self.plan.records)
         self.model_name = f"forest refitted on {len(records)} rows"
         return True

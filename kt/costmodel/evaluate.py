@@ -41,6 +41,7 @@ def _by_group(groups: Sequence[Any]) -> dict[Any, np.ndarray]:
 
 def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
     """Mean Spearman rank correlation of predicted and true within each group of at least 3 distinct values."""
+    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     scores = []
     for rows in _by_group(groups).values():
         if len(rows) >= 3 and np.ptp(true[rows]) > 0 and np.ptp(pred[rows]) > 0:
@@ -50,12 +51,14 @@ def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -
 
 def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
     """Mean over groups of the true value of the model's best pick over the true best (1.0 is perfect)."""
+    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     ratios = [true[rows][np.argmin(pred[rows])] / true[rows].min() for rows in _by_group(groups).values()]
     return float(np.mean(ratios))
 
 
 def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: int = 5) -> float:
     """Mean over groups of the share of the true best k that the model also puts in its best k."""
+    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     scores = []
     for rows in _by_group(groups).values():
         kk = min(k, len(rows))
@@ -136,6 +139,8 @@ def cross_validate(
 ) -> Report:
     """Fit on all shapes but one fold's, predict that fold's; every record is predicted by a model that never
     saw its shape. Shapes are dealt to folds at random (by `seed`)."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
     runtime, power, groups = targets(records)
     shapes = sorted(set(groups), key=str)
     if len(shapes) < 2:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
+from sklearn.tree import DecisionTreeRegressor
 
 from kt.costmodel.features import FEATURE_NAMES, features
 from kt.costmodel.prediction import Prediction
@@ -35,6 +36,16 @@ FORMAT_VERSION = 1
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 MIN_ROWS = 4  # fewer measured rows than this fit no forest
 MODEL_SUFFIX = ".skops"
+PAYLOAD_KEYS = (
+    "device",
+    "device_key",
+    "features",
+    "versions",
+    "params",
+    "trained",
+    "runtime_forest",
+    "power_forest",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -220,6 +231,12 @@ class ForestModel:
                 f"{where} has format {payload.get('format_version')}, this kt reads {FORMAT_VERSION}; refit it "
                 "with `kt costmodel fit`"
             )
+        missing = [key for key in PAYLOAD_KEYS if key not in payload]
+        if missing:
+            raise ModelError(f"{where} is malformed (no {', '.join(missing)})")
+        mangled = [key for key in ("device", "versions", "params", "trained") if not isinstance(payload[key], dict)]
+        if mangled:
+            raise ModelError(f"{where} is malformed ({', '.join(mangled)} not a mapping)")
         if payload["features"] != list(FEATURE_NAMES):
             raise ModelError(
                 f"{where} was fitted on other features than this kt computes; refit it with `kt costmodel fit`"
@@ -241,7 +258,10 @@ class ForestModel:
                 f"{where} was fitted for device {payload['device_key']}, not {device.key}; fit one for "
                 f"{device.key} with `kt costmodel fit --device {device.name}`"
             )
-        model = cls(profile, **{k.replace("random_state", "seed"): v for k, v in payload["params"].items()})
+        try:
+            model = cls(profile, **{k.replace("random_state", "seed"): v for k, v in payload["params"].items()})
+        except TypeError as exc:
+            raise ModelError(f"{where} has malformed forest parameters ({exc})") from None
         model.runtime_forest, model.power_forest = payload["runtime_forest"], payload["power_forest"]
         model.trained, model.versions = payload["trained"], payload["versions"]
         for forest in (model.runtime_forest, model.power_forest):
@@ -256,7 +276,11 @@ def _per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
 
 
 def _check_forest(forest: Any, where: str) -> None:
-    """Refuse a forest whose trees index outside themselves or the feature list."""
+    """Refuse a forest whose trees index outside themselves or the feature list, or loop.
+
+    scikit-learn numbers a node after its parent, so every child index is larger than its parent's; a file
+    where one is not could send predict round a cycle forever.
+    """
     if not isinstance(forest, RandomForestRegressor) or not getattr(forest, "estimators_", None):
         raise ModelError(f"{where} does not hold a fitted random forest")
     if forest.n_features_in_ != len(FEATURE_NAMES):
@@ -264,13 +288,19 @@ def _check_forest(forest: Any, where: str) -> None:
             f"{where} expects {forest.n_features_in_} features, kt computes {len(FEATURE_NAMES)}"
         )
     for tree in forest.estimators_:
+        if not isinstance(tree, DecisionTreeRegressor):
+            raise ModelError(f"{where} holds a {type(tree).__name__} where a decision tree belongs")
         t = tree.tree_
         n = t.node_count
-        children = np.concatenate([t.children_left, t.children_right])
-        leaf = t.children_left == -1
+        left, right, node = t.children_left, t.children_right, np.arange(n)
+        leaf = left == -1
         if (
-            children.min() < -1
-            or children.max() >= n
+            n < 1
+            or np.any(right[leaf] != -1)
+            or np.any(left[~leaf] <= node[~leaf])
+            or np.any(right[~leaf] <= node[~leaf])
+            or np.any(left >= n)
+            or np.any(right >= n)
             or np.any(t.feature[~leaf] < 0)
             or np.any(t.feature[~leaf] >= len(FEATURE_NAMES))
             or t.value.shape[0] != n
