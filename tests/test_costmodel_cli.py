@@ -6,6 +6,7 @@ interpreter's). The success paths use GPPerf's CUTLASS SGEMM measurements on an 
 """
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from kt.autotune.database import Database
 from kt.cli import main
 from kt.costmodel.forest import ForestModel
-from kt.device import DeviceProfile, save_profile
+from kt.device import save_profile
 from kt.ir import GemmProblem
 
 GPPERF = Path(os.environ.get("KT_GPPERF_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gpperf")
@@ -27,25 +28,17 @@ GPPERF_CSV = GPPERF / "cutlass_results_flat.csv"
 RTX4070 = "NVIDIA GeForce RTX 4070"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# NVIDIA GeForce RTX 4070 datasheet (AD104, 46 SMs at 2475 MHz boost): fp32 29.15 TFLOP/s; tensor cores with
-# fp32 accumulation 58.3 TFLOP/s fp16/bf16 and 29.15 tf32 (dense); 504 GB/s GDDR6X; 36 MiB L2; 200 W.
-# These rows are all fp32 on the FMA path, so only the float32 peak enters their features.
-RTX4070_PROFILE = DeviceProfile(
-    name="rtx4070",
-    gpu_name=RTX4070,
-    sm_count=46,
-    smem_per_block=99 * 1024,
-    smem_per_sm=100 * 1024,
-    regs_per_sm=65536,
-    max_regs_per_thread=255,
-    max_threads_per_sm=1536,
-    max_blocks_per_sm=24,
-    l2_bytes=36 * 1024 * 1024,
-    dram_bandwidth=504e9,
-    peak_flops={"float16": 58.3e12, "bfloat16": 58.3e12, "tf32": 29.15e12, "float32": 29.15e12},
-    tdp_w=200.0,
-    compute_capability=89,
-)
+
+def _benchmark_module(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The RTX 4070's datasheet profile, defined once, by the GPPerf benchmark.
+RTX4070_PROFILE = _benchmark_module("gpperf_costmodel").RTX4070
 
 # Every GPPerf row ran cutlass_simt_sgemm_128x128_8x2_<layout>: 128x128 tiles, K step 8, 2 stages, 256 threads.
 CUTLASS_CONFIG = {

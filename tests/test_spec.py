@@ -115,7 +115,11 @@ def mutate(path, value):
         ("tune.seed", -1, "tune.seed: must be an integer from 0 to 4294967295, got -1"),
         ("tune.iters", 5, "tune.iters: unknown key; allowed: budget, objective, seed, power_cap_w"),
         ("tune.power_cap_w", 0, "tune.power_cap_w: must be a number of watts from 1 to 2000, got 0"),
-        ("tune.power_cap_w", "300W", "tune.power_cap_w: must be a number of watts from 1 to 2000, got '300W'"),
+        (
+            "tune.power_cap_w",
+            "300W",
+            "tune.power_cap_w: must be a number of watts from 1 to 2000, got '300W'",
+        ),
         ("name", "my kernel", "name: must be 1-100 letters, digits"),
         ("name", "../escape", "name: must be 1-100 letters, digits"),
         ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),

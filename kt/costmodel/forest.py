@@ -234,7 +234,9 @@ class ForestModel:
         missing = [key for key in PAYLOAD_KEYS if key not in payload]
         if missing:
             raise ModelError(f"{where} is malformed (no {', '.join(missing)})")
-        mangled = [key for key in ("device", "versions", "params", "trained") if not isinstance(payload[key], dict)]
+        mangled = [
+            key for key in ("device", "versions", "params", "trained") if not isinstance(payload[key], dict)
+        ]
         if mangled:
             raise ModelError(f"{where} is malformed ({', '.join(mangled)} not a mapping)")
         if payload["features"] != list(FEATURE_NAMES):
@@ -259,7 +261,9 @@ class ForestModel:
                 f"{device.key} with `kt costmodel fit --device {device.name}`"
             )
         try:
-            model = cls(profile, **{k.replace("random_state", "seed"): v for k, v in payload["params"].items()})
+            model = cls(
+                profile, **{k.replace("random_state", "seed"): v for k, v in payload["params"].items()}
+            )
         except TypeError as exc:
             raise ModelError(f"{where} has malformed forest parameters ({exc})") from None
         model.runtime_forest, model.power_forest = payload["runtime_forest"], payload["power_forest"]

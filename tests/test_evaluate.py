@@ -1,0 +1,154 @@
+"""How the cost model is judged: metrics on hand-computed arrays, and cross-validation that holds out whole shapes.
+
+The metric tests use small abstract arrays, not runtimes. The cross-validation tests fit on the analytic model's
+predictions (kt.costmodel.roofline.gemm_terms): a model's outputs standing in for targets, not timings, and never
+stored as measured.
+"""
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import kt.costmodel.evaluate as evaluate
+from kt.costmodel.evaluate import ape, cross_validate, r2, spearman_within, top1_score, topk_recall
+from kt.costmodel.forest import ForestModel
+from kt.costmodel.roofline import gemm_terms
+from kt.device import H100
+
+
+def test_r2_is_one_minus_residual_over_total_sum_of_squares():
+    assert r2([1, 2, 3, 4], [1, 2, 3, 5]) == pytest.approx(1 - 1 / 5)
+    assert r2([1, 2, 3, 4], [2.5, 2.5, 2.5, 2.5]) == pytest.approx(0)
+    assert r2([1, 2, 3], [1, 2, 3]) == 1
+    assert math.isnan(r2([2, 2, 2], [1, 2, 3])), "no variance to explain"
+
+
+def test_ape_is_the_absolute_error_in_percent_of_the_truth():
+    assert list(ape([2, 4, 10], [3, 3, 10])) == [50, 25, 0]
+
+
+def test_spearman_within_averages_over_groups_that_can_be_ranked():
+    true = [1, 2, 3, 1, 2, 3, 5, 6, 7, 8, 9, 9]
+    pred = [10, 20, 30, 3, 2, 1, 1, 2, 4, 4, 4, 1]
+    groups = ["a"] * 3 + ["b"] * 3 + ["c"] * 2 + ["d"] * 3 + ["e"]
+    # a ranks perfectly (+1), b backwards (-1); c has 2 rows, d constant predictions, e 1 row: all left out.
+    assert spearman_within(true, pred, groups) == pytest.approx(0)
+    assert spearman_within([1, 2, 3, 4], [1, 3, 2, 4], "gggg") == pytest.approx(1 - 6 * 2 / (4 * 15))
+    assert math.isnan(spearman_within([1, 2], [1, 2], "gg"))
+
+
+def test_top1_score_is_the_true_value_of_the_models_pick_over_the_true_best():
+    true = [4, 2, 3, 5, 6]
+    pred = [1, 2, 3, 9, 8]
+    groups = ["a", "a", "a", "b", "b"]
+    # a: the model picks the first (4) where 2 was best: 2.0; b: it picks 6 where 5 was best: 1.2.
+    assert top1_score(true, pred, groups) == pytest.approx((2.0 + 1.2) / 2)
+    assert top1_score(true, true, groups) == 1
+
+
+def test_topk_recall_is_the_share_of_the_true_best_k_that_the_model_also_puts_first():
+    true = [1, 2, 3, 4, 7]
+    pred = [1, 3, 2, 4, 0]
+    groups = ["a", "a", "a", "a", "b"]
+    # a: true best 2 are rows 0 and 1, predicted best 2 rows 0 and 2: 1/2; b has one row, so k is 1: 1/1.
+    assert topk_recall(true, pred, groups, k=2) == pytest.approx(0.75)
+    assert topk_recall(true, pred, groups, k=4) == pytest.approx((4 / 4 + 1) / 2)
+
+
+SHAPES = [(4096, 4096, 4096), (1024, 4096, 512), (300, 2000, 1000), (64, 8192, 4096), (2048, 512, 8192)]
+SHAPES += [(512, 512, 512), (8192, 1024, 1024)]
+TILES = [(128, 128, 64, 8), (128, 256, 64, 8), (64, 64, 32, 4), (64, 128, 64, 4), (32, 64, 128, 4)]
+
+
+def stand_in_records() -> list[dict]:
+    """H100 fp16 records whose `runtime_ms` is the analytic model's prediction: a stand-in target, not a timing."""
+    records = [
+        {
+            "family": "gemm",
+            "m": m,
+            "n": n,
+            "k": k,
+            "batch": 1,
+            "dtype": "float16",
+            "precision": "ieee",
+            "itemsize": 2,
+            "a_col": 0,
+            "b_col": 0,
+            "block_m": bm,
+            "block_n": bn,
+            "block_k": bk,
+            "group_m": 8,
+            "num_warps": warps,
+            "num_stages": 3,
+            "split_k": 1,
+            "group": f"{m}x{n}x{k}",
+        }
+        for m, n, k in SHAPES
+        for bm, bn, bk, warps in TILES
+    ]
+    for r, seconds in zip(records, gemm_terms(records, H100)["predicted_s"]):
+        r["runtime_ms"] = float(seconds) * 1e3
+    return records
+
+
+class Witness(ForestModel):
+    """A forest that notes the shapes it was fitted on and fails if asked to predict one of them."""
+
+    fits: list[set] = []
+    predicted: Counter = Counter()
+
+    def fit(self, records, source=None):
+        self.seen = {r["group"] for r in records}
+        Witness.fits.append(self.seen)
+        return super().fit(records, source)
+
+    def predict(self, records):
+        asked = {r["group"] for r in records}
+        assert not asked & self.seen, f"predicted shapes it was fitted on: {sorted(asked & self.seen)}"
+        Witness.predicted.update(r["group"] for r in records)
+        return super().predict(records)
+
+
+@pytest.fixture
+def witness(monkeypatch):
+    Witness.fits, Witness.predicted = [], Counter()
+    monkeypatch.setattr(evaluate, "ForestModel", Witness)
+    return Witness
+
+
+def test_cross_validation_never_predicts_a_shape_with_a_model_that_saw_it(witness):
+    records = stand_in_records()
+    report = cross_validate(records, H100, folds=3, seed=5, n_estimators=5, n_jobs=1)
+    shapes = {r["group"] for r in records}
+    assert len(witness.fits) == report.folds == 3
+    # Every row predicted exactly once; each fold trains on all shapes but its own.
+    assert witness.predicted == Counter(r["group"] for r in records)
+    held_out = [shapes - seen for seen in witness.fits]
+    assert set().union(*held_out) == shapes and sum(map(len, held_out)) == len(shapes)
+    assert sorted(map(len, held_out)) == [2, 2, 3], "shapes are dealt evenly"
+    assert report.metrics["rows"] == len(records) and report.metrics["shapes"] == len(shapes)
+    assert np.all(report.predicted_ms > 0)
+
+
+def test_cross_validation_with_more_folds_than_shapes_holds_out_one_shape_each(witness):
+    report = cross_validate(stand_in_records(), H100, folds=50, n_estimators=3, n_jobs=1)
+    assert report.folds == len(SHAPES) and all(len(SHAPES) - len(seen) == 1 for seen in witness.fits)
+
+
+def test_cross_validation_is_repeatable_for_a_seed():
+    records = stand_in_records()
+    first, second = (
+        cross_validate(records, H100, folds=3, seed=1, n_estimators=5, n_jobs=1) for _ in range(2)
+    )
+    assert np.array_equal(first.predicted_ms, second.predicted_ms)
+
+
+def test_cross_validation_refuses_what_cannot_hold_a_shape_out():
+    records = stand_in_records()
+    with pytest.raises(ValueError, match="folds must be at least 2, got 1"):
+        cross_validate(records, H100, folds=1)
+    one_shape = [r for r in records if r["group"] == records[0]["group"]]
+    with pytest.raises(ValueError, match="at least 2 shapes, got 1"):
+        cross_validate(one_shape, H100)
