@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +41,49 @@ def gemm_module(problem: GemmProblem, config: GemmConfig):
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     ref = ref.double()
     return float((out.double() - ref).norm() / ref.norm())
+
+
+# -- shared by the cost-model tests ---------------------------------------------------------------------------
+
+# GPPerf's public RTX 4070 measurements (evaluation data kept outside this repository; tests that need them skip
+# where they are absent).
+GPPERF = Path(os.environ.get("KT_GPPERF_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gpperf")
+
+
+def benchmark_module(name: str):
+    """The script benchmarks/<name>.py as a module (the tests reuse its readers and device profile)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stand_in_records(shapes, configs, power_rows: int = 0) -> list[dict]:
+    """H100 fp16 records, one per (shape, config), whose `runtime_ms` is the analytic model's prediction and whose
+    first `power_rows` carry the datasheet's board power as `power_w`: a model's outputs and a datasheet figure
+    standing in for targets in tests of the estimator's mechanics, never timings or readings, never stored.
+    `configs` holds (block_m, block_n, block_k, num_warps, num_stages) tuples."""
+    from kt.costmodel.roofline import gemm_terms
+    from kt.device import H100
+
+    records = []
+    for m, n, k in shapes:
+        for bm, bn, bk, warps, stages in configs:
+            records.append(
+                {
+                    **GemmProblem(m, n, k).to_record(),
+                    "block_m": bm,
+                    "block_n": bn,
+                    "block_k": bk,
+                    "group_m": 8,
+                    "num_warps": warps,
+                    "num_stages": stages,
+                    "split_k": 1,
+                    "group": f"{m}x{n}x{k}",
+                }
+            )
+    for i, (record, seconds) in enumerate(zip(records, gemm_terms(records, H100)["predicted_s"])):
+        record["runtime_ms"] = float(seconds) * 1e3
+        record["power_w"] = H100.tdp_w if i < power_rows else None
+    return records

@@ -6,9 +6,7 @@ interpreter's). The success paths use GPPerf's CUTLASS SGEMM measurements on an 
 """
 
 import csv
-import importlib.util
 import json
-import os
 import re
 import statistics
 from datetime import datetime, timezone
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import GPPERF, benchmark_module
 
 from kt.autotune.database import Database
 from kt.cli import main
@@ -23,33 +22,17 @@ from kt.costmodel.forest import ForestModel
 from kt.device import save_profile
 from kt.ir import GemmProblem
 
-GPPERF = Path(os.environ.get("KT_GPPERF_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gpperf")
 GPPERF_CSV = GPPERF / "cutlass_results_flat.csv"
 RTX4070 = "NVIDIA GeForce RTX 4070"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _benchmark_module(name: str):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # The RTX 4070's datasheet profile, defined once, by the GPPerf benchmark.
-RTX4070_PROFILE = _benchmark_module("gpperf_costmodel").RTX4070
+GPPERF_BENCHMARK = benchmark_module("gpperf_costmodel")
+RTX4070_PROFILE = GPPERF_BENCHMARK.RTX4070
 
-# Every GPPerf row ran cutlass_simt_sgemm_128x128_8x2_<layout>: 128x128 tiles, K step 8, 2 stages, 256 threads.
-CUTLASS_CONFIG = {
-    "block_m": 128,
-    "block_n": 128,
-    "block_k": 8,
-    "group_m": 1,
-    "num_warps": 8,
-    "num_stages": 2,
-    "split_k": 1,
-}
+# Every GPPerf row ran cutlass_simt_sgemm_128x128_8x2_<layout>, as a kt config (see the benchmark).
+CUTLASS_CONFIG = GPPERF_BENCHMARK.CONFIG
 CUTLASS_KEY = "m128n128k8g1w8s2x1"
 # One layout per (M, N, K), so no problem has a near-twin of another layout in training; seven have power.
 SHAPES = [

@@ -10,11 +10,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import stand_in_records as shared_stand_in_records
 
 import kt.costmodel.evaluate as evaluate
 from kt.costmodel.evaluate import ape, cross_validate, r2, spearman_within, top1_score, topk_recall
 from kt.costmodel.forest import ForestModel
-from kt.costmodel.roofline import gemm_terms
 from kt.device import H100
 
 
@@ -63,34 +63,8 @@ TILES = [(128, 128, 64, 8), (128, 256, 64, 8), (64, 64, 32, 4), (64, 128, 64, 4)
 
 
 def stand_in_records() -> list[dict]:
-    """H100 fp16 records whose `runtime_ms` is the analytic model's prediction: a stand-in target, not a timing."""
-    records = [
-        {
-            "family": "gemm",
-            "m": m,
-            "n": n,
-            "k": k,
-            "batch": 1,
-            "dtype": "float16",
-            "precision": "ieee",
-            "itemsize": 2,
-            "a_col": 0,
-            "b_col": 0,
-            "block_m": bm,
-            "block_n": bn,
-            "block_k": bk,
-            "group_m": 8,
-            "num_warps": warps,
-            "num_stages": 3,
-            "split_k": 1,
-            "group": f"{m}x{n}x{k}",
-        }
-        for m, n, k in SHAPES
-        for bm, bn, bk, warps in TILES
-    ]
-    for r, seconds in zip(records, gemm_terms(records, H100)["predicted_s"]):
-        r["runtime_ms"] = float(seconds) * 1e3
-    return records
+    """See conftest.stand_in_records: the analytic model's outputs standing in for targets, not timings."""
+    return shared_stand_in_records(SHAPES, [(bm, bn, bk, warps, 3) for bm, bn, bk, warps in TILES])
 
 
 class Witness(ForestModel):

@@ -9,13 +9,13 @@ lie and skipped where they are absent.
 
 import dataclasses
 import datetime
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skops.io
+from conftest import GPPERF, benchmark_module
+from conftest import stand_in_records as shared_stand_in_records
 
 from kt.costmodel.evaluate import ape, cross_validate, r2
 from kt.costmodel.features import FEATURE_NAMES
@@ -24,47 +24,18 @@ from kt.costmodel.roofline import gemm_terms
 from kt.device import H100, H200
 from kt.errors import ModelError
 
-GPPERF = Path(os.environ.get("KT_GPPERF_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gpperf")
 GPPERF_CSV = GPPERF / "cutlass_results_flat.csv"
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks/gpperf_costmodel.py"
 
 SHAPES = [(4096, 4096, 4096), (1024, 4096, 512), (300, 2000, 1000), (64, 8192, 4096), (2048, 512, 8192)]
 TILES = [(128, 128, 64), (128, 256, 64), (64, 64, 32), (64, 128, 64), (32, 64, 128), (256, 128, 32)]
 
 
+CONFIGS = [(bm, bn, bk, w, st) for (bm, bn, bk), w, st in zip(TILES * 2, [4, 8] * 6, [3, 4, 2, 3, 5, 4] * 2)]
+
+
 def stand_in_records(power_rows: int = 0) -> list[dict]:
-    """H100 fp16 records whose `runtime_ms` is the analytic model's prediction (a stand-in target, not a timing)
-    and whose first `power_rows` carry the datasheet's board power as `power_w` (a stand-in, not a reading)."""
-    records = []
-    for m, n, k in SHAPES:
-        for (bm, bn, bk), warps, stages in zip(TILES * 2, [4, 8] * 6, [3, 4, 2, 3, 5, 4] * 2):
-            records.append(
-                {
-                    "family": "gemm",
-                    "m": m,
-                    "n": n,
-                    "k": k,
-                    "batch": 1,
-                    "dtype": "float16",
-                    "precision": "ieee",
-                    "itemsize": 2,
-                    "a_col": 0,
-                    "b_col": 0,
-                    "block_m": bm,
-                    "block_n": bn,
-                    "block_k": bk,
-                    "group_m": 8,
-                    "num_warps": warps,
-                    "num_stages": stages,
-                    "split_k": 1,
-                    "group": (m, n, k),
-                }
-            )
-    predicted_s = gemm_terms(records, H100)["predicted_s"]
-    for i, (r, seconds) in enumerate(zip(records, predicted_s)):
-        r["runtime_ms"] = float(seconds) * 1e3
-        r["power_w"] = H100.tdp_w if i < power_rows else None
-    return records
+    """See conftest.stand_in_records: the analytic model's outputs standing in for targets, not timings."""
+    return shared_stand_in_records(SHAPES, CONFIGS, power_rows)
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +196,7 @@ def test_load_refuses_a_missing_file(tmp_path):
 
 
 def gpperf_benchmark():
-    spec = importlib.util.spec_from_file_location("gpperf_costmodel", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("gpperf_costmodel")
     return module
 
 

@@ -3,38 +3,26 @@
 Skipped where that public data is absent (it is evaluation data kept outside this repository).
 """
 
-import importlib.util
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import GPPERF, benchmark_module
 
 from kt.autotune.replay import reached, replay, sweeps_from_rows
 from kt.ir.problems import GemmProblem
 
-GPPERF = Path(os.environ.get("KT_GPPERF_DIR", Path(__file__).resolve().parents[2] / "shared/data/gpperf"))
 TILED = GPPERF / "execution_times_all.csv"
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytestmark = pytest.mark.skipif(not TILED.is_file(), reason=f"GPPerf data not found at {GPPERF}")
 
 
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _module("search_efficiency")
+    return benchmark_module("search_efficiency")
 
 
 @pytest.fixture(scope="module")
 def device():
-    return _module("gpperf_costmodel").RTX4070
+    return benchmark_module("gpperf_costmodel").RTX4070
 
 
 @pytest.fixture(scope="module")
