@@ -89,6 +89,21 @@ RETRY = click.option(
     is_flag=True,
     help="Measure again the configs whose earlier attempt timed out or crashed.",
 )
+BUDGET = click.option(
+    "--budget",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Configs to measure (default: the spec's).",
+)
+OBJECTIVE = click.option(
+    "--objective",
+    type=click.Choice(["time", "energy", "edp"]),
+    default=None,
+    help="What the ranking and the best minimise (default: the spec's).",
+)
+SEED = click.option(
+    "--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's)."
+)
 MODEL = click.option(
     "--model",
     default=None,
@@ -129,18 +144,8 @@ def _header(spec) -> None:
 
 @main.command()
 @SPEC
-@click.option(
-    "--budget",
-    type=click.IntRange(1, 100_000),
-    default=None,
-    help="Configs to measure (default: the spec's).",
-)
-@click.option(
-    "--objective",
-    type=click.Choice(["time", "energy", "edp"]),
-    default=None,
-    help="What the best minimises (default: the spec's).",
-)
+@BUDGET
+@OBJECTIVE
 @click.option(
     "--out",
     "out_dir",
@@ -149,7 +154,7 @@ def _header(spec) -> None:
     show_default=True,
     help="Directory that receives artifacts/<name>/.",
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's).")
+@SEED
 @click.option(
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
@@ -343,15 +348,8 @@ def space(spec, sample, seed, device):
 @click.option(
     "--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Configs to list."
 )
-@click.option(
-    "--budget", type=click.IntRange(1, 100_000), default=None, help="The tune's budget (default: the spec's)."
-)
-@click.option(
-    "--objective",
-    type=click.Choice(["time", "energy", "edp"]),
-    default=None,
-    help="What the ranking minimises (default: the spec's).",
-)
+@BUDGET
+@OBJECTIVE
 @click.option(
     "--gpu/--no-gpu",
     "measures_time",
@@ -359,7 +357,7 @@ def space(spec, sample, seed, device):
     help="Plan the tune as on a GPU (rounds refitted on measurements) or as without one (the model's best "
     "budget configs, checked only). Default: whether this machine has a GPU.",
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's).")
+@SEED
 @MODEL
 @POWER_CAP
 @DEVICE
