@@ -3,6 +3,7 @@
 spec   = kt.load_spec("op.yaml")
 kernel = kt.build(spec)                 # untuned: the cost model's top-ranked config
 res    = kt.tune(spec, budget=64)       # measure (GPU) or check (CPU), then res.save("artifacts/name")
+plan   = kt.plan(spec)                  # the cost model's ranking and the tune's first round, nothing measured
 kernel = kt.load("artifacts/name")
 """
 
@@ -12,6 +13,9 @@ from kt.api import (  # noqa: E402
     as_spec,
     build,
     collect,
+    evaluate_model,
+    fit_model,
+    inspect,
     load,
     plan,
     random_args,
@@ -36,6 +40,9 @@ __all__ = [
     "as_spec",
     "build",
     "collect",
+    "evaluate_model",
+    "fit_model",
+    "inspect",
     "load",
     "load_spec",
     "parse_spec",
