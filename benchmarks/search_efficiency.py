@@ -77,8 +77,12 @@ def run(
 ) -> list[dict]:
     results = []
     for held, sweep in enumerate(sweeps):
+        # The prior never sees this shape, in any dtype or layout.
         prior = [
-            r for other in sweeps if other is not sweep for r in other.measured_records(range(len(other)))
+            r
+            for other in sweeps
+            if other.shape != sweep.shape
+            for r in other.measured_records(range(len(other)))
         ]
         started = time.monotonic()
         for budget, fraction in zip(budgets(len(sweep), fractions), fractions):

@@ -70,7 +70,7 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
         "sm_clock_mhz": row.get("sm_clock_mhz"),
         "temperature_c": row.get("temperature_c"),
         "prediction": {
-            "model": result.plan.model,
+            "model": result.best_model,
             "runtime_ms": best.predicted_ms,
             "device": result.target.name,
         },
@@ -85,7 +85,8 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
             "legal": len(result.plan.space.legal),
             "measured": len(result.rows),  # configs measured (or checked) for this problem, earlier runs too
             "strategy": result.plan.strategy,
-            "model": result.plan.model,
+            "first_model": result.plan.model,
+            "models": list(dict.fromkeys(result.trace.models)),  # the models that ranked, round by round
             "rounds": max(result.trace.rounds, default=-1) + 1,
             "objective": result.objective,
             "power_cap_w": result.plan.power_cap_w,

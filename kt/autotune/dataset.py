@@ -66,9 +66,16 @@ def to_record(row: dict[str, Any]) -> dict[str, Any]:
         "runtime_ms": row["runtime_ms"],
         "power_w": row.get("power_w"),
         "group": problem.key(),
+        "shape": shape_key(problem),
         "config_key": row["config_key"],
         "device": row["device"],
     }
+
+
+def shape_key(problem) -> str:
+    """What evaluation holds out together: the problem's family and sizes, whatever its dtype and layouts."""
+    batch = f"x{problem.batch}" if problem.batch else ""
+    return f"{problem.family} {problem.m}x{problem.n}x{problem.k}{batch}"
 
 
 def measured_records(

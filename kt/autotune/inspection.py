@@ -23,8 +23,8 @@ import numpy as np
 
 from kt.autotune.artifact import read_meta
 from kt.autotune.database import Database, default_path
-from kt.autotune.dataset import read_rows, to_record
-from kt.costmodel.evaluate import Report
+from kt.autotune.dataset import read_rows, shape_key, to_record
+from kt.costmodel.evaluate import Report, holdout_key
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
@@ -190,7 +190,7 @@ def _artifact_rows(
         gpu = records[0]["device"] if not meta.get("measured") else ran_on
         records = [r for r in records if r["target"] == target and r["device"] == gpu]
         training = _measured(database.find(runner="cuda", device=gpu, target=target))
-    training = [r for r in training if r["group"] != problem.key()]
+    training = [r for r in training if holdout_key(r) != shape_key(problem)]
     chosen = next((r["config_key"] for r in records if _config_of(r) == meta.get("config")), None)
     result = InspectResult(
         path, db_path, gpu, target, records, chosen, tuner_model=(meta.get("prediction") or {}).get("model")
@@ -296,8 +296,8 @@ def _forest_report(
             "a model with --model"
         )
         return
-    inspected = {r["group"] for r in records}
-    pool = records + [r for r in training if r["group"] not in inspected]
+    inspected = {holdout_key(r) for r in records}
+    pool = records + [r for r in training if holdout_key(r) not in inspected]
     shapes = sorted(inspected, key=str)
     folds = min(5, len(shapes))
     order = np.random.default_rng(seed).permutation(len(shapes))
@@ -306,8 +306,8 @@ def _forest_report(
     predicted_power = np.full(len(records), np.nan)
     importances: list[dict[str, dict[str, float]]] = []
     for f in range(folds):
-        train = [r for r in pool if fold_of.get(r["group"]) != f]
-        test = [i for i, r in enumerate(records) if fold_of[r["group"]] == f]
+        train = [r for r in pool if fold_of.get(holdout_key(r)) != f]
+        test = [i for i, r in enumerate(records) if fold_of[holdout_key(r)] == f]
         if len(train) < MIN_ROWS:
             result.notes.append(
                 f"no forest: {len(train)} measured rows of other shapes ({MIN_ROWS} needed to fit one that "

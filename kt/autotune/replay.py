@@ -18,6 +18,7 @@ import numpy as np
 
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
 from kt.costmodel import AnalyticModel, rank
+from kt.costmodel.correction import model_name, refit
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.ir.problems import problem_from_dict
@@ -30,6 +31,13 @@ class Sweep:
     key: str
     records: list[dict[str, Any]]
     runtime_ms: np.ndarray
+    shape: str = ""  # what is held out together (sizes only: an fp16 and a bf16 sweep are near-twins)
+
+    def __post_init__(self):
+        if not self.shape:
+            r = self.records[0]
+            batch = f"x{r['batch']}" if r["batch"] > 1 else ""
+            self.shape = f"{r['family']} {r['m']}x{r['n']}x{r['k']}{batch}"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -48,21 +56,32 @@ class Sweep:
     def measured_records(self, indices: Iterable[int]) -> list[dict[str, Any]]:
         """Training records (with runtime_ms and group) of the given configs that passed."""
         return [
-            {**self.records[i], "runtime_ms": float(self.runtime_ms[i]), "group": self.key}
+            {
+                **self.records[i],
+                "runtime_ms": float(self.runtime_ms[i]),
+                "group": self.key,
+                "shape": self.shape,
+            }
             for i in indices
             if np.isfinite(self.runtime_ms[i])
         ]
 
 
 def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> list[Sweep]:
-    """GPU-measured database rows (any status) grouped into one sweep per problem with at least `min_configs`
-    configs and one that passed."""
-    groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    """GPU-measured database rows (any status) grouped into one sweep per problem (and target, template and
+    Triton version) with at least `min_configs` configs and one that passed."""
+    groups: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         if row["runner"] == "cuda":
-            groups[row["problem_key"]][row["config_key"]] = row
+            identity = (
+                row["problem_key"],
+                row.get("target"),
+                row.get("family_version"),
+                row.get("triton_version"),
+            )
+            groups[identity][row["config_key"]] = row
     sweeps = []
-    for key, by_config in sorted(groups.items()):
+    for (key, *_), by_config in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
         if len(by_config) < min_configs:
             continue
         records, values = [], []
@@ -86,35 +105,31 @@ def replay(
     prior: Sequence[dict[str, Any]] = (),
     n_estimators: int = 100,
 ) -> SearchTrace:
-    """Search `sweep` with `strategy`, answering measurements from the sweep.
+    """Search `sweep` with `strategy`, answering measurements from the sweep, the way `kt tune` searches.
 
-    The model starts as a forest fitted on `prior` (measured records of other shapes) when there are enough,
-    else the analytic model, and is refitted on prior plus what the search measured after each round.
+    The tune's starting model is a forest fitted on `prior` (measured records of other shapes: what kt would
+    ship) when there are enough, else the analytic model; after each round it is refitted on what the search
+    measured with kt.costmodel.correction.refit, the routine the tune loop calls.
     """
     strategy = make_strategy(strategy)
-    state: dict[str, Any] = {}
-
-    def fit(extra: list[dict[str, Any]]) -> None:
-        training = [*prior, *extra]
-        if len(training) >= MIN_ROWS:
-            model = ForestModel(device, n_estimators=n_estimators, seed=seed).fit(training)
-            state["name"] = f"forest on {len(training)} rows"
-        else:
-            model = AnalyticModel(device)
-            state["name"] = "analytic"
-        state["prediction"] = model.predict(sweep.records)
-
+    if len(prior) >= MIN_ROWS:
+        start = ForestModel(device, n_estimators=n_estimators, seed=seed).fit(prior)
+    else:
+        start = AnalyticModel(device)
+    state: dict[str, Any] = {"prediction": start.predict(sweep.records), "name": model_name(start)}
     measured: list[int] = []
 
     def measure(batch: list[int]) -> dict[int, float | None]:
         measured.extend(batch)
         return {i: (float(sweep.runtime_ms[i]) if np.isfinite(sweep.runtime_ms[i]) else None) for i in batch}
 
-    def refit() -> bool:
-        fit(sweep.measured_records(measured))
+    def refit_() -> bool:
+        model = refit(start, device, sweep.measured_records(measured), seed)
+        if model is None:
+            return False
+        state["prediction"], state["name"] = model.predict(sweep.records), model_name(model)
         return True
 
-    fit([])
     return run_search(
         strategy,
         len(sweep),
@@ -122,7 +137,7 @@ def replay(
         measure,
         budget,
         seed,
-        refit=refit,
+        refit=refit_,
         order=lambda values: rank(sweep.records, values),
     )
 

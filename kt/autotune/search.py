@@ -84,7 +84,7 @@ class GuidedSearch(SearchStrategy):
         size = min(self._round_size or state.budget_left, state.budget_left, len(todo))
         if size <= 0:
             return []
-        n_explore = int(size * self.explore)
+        n_explore = max(1, int(size * self.explore)) if size >= 4 and self.explore > 0 else 0
         exploit = todo[: size - n_explore]
         chosen = set(exploit)
         rest = [i for i in todo if i not in chosen]
@@ -191,6 +191,7 @@ def run_search(
     known: dict[int, float | None] | None = None,
     objective: Callable[[Prediction], np.ndarray] | None = None,
     order: Callable[[np.ndarray], np.ndarray] | None = None,
+    spread: Callable[[Prediction], np.ndarray] | None = None,
 ) -> SearchTrace:
     """Run `strategy` over `n_candidates` until it stops or `budget` measurements are spent.
 
@@ -199,9 +200,11 @@ def run_search(
     `refit()` (adaptive strategies only) refits the model on what has been measured, True when it did;
     `known` holds values measured before (a resumed tune): they count against the budget and are never
     measured again. `objective` maps a Prediction to the values to minimise (default: runtime), `order` turns
-    those values into a best-first ordering (default: argsort).
+    those values into a best-first ordering (default: argsort), `spread` gives the objective's relative
+    uncertainty (default: the runtime's).
     """
     objective = objective or (lambda p: p.runtime_s)
+    spread = spread or (lambda p: p.runtime_spread)
     order = order or (lambda v: np.argsort(v, kind="stable"))
     measured = dict(known or {})
     trace = SearchTrace()
@@ -209,8 +212,9 @@ def run_search(
     while True:
         prediction, model_name = predict()
         values = objective(prediction)
-        spread = prediction.runtime_spread
-        state = SearchState(values, spread, order(values), measured, budget - len(measured), round_, seed)
+        state = SearchState(
+            values, spread(prediction), order(values), measured, budget - len(measured), round_, seed
+        )
         if state.budget_left <= 0:
             break
         batch = strategy.propose(state)

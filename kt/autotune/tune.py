@@ -6,6 +6,7 @@ the candidates in flight, and running it again measures only what is missing.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -29,13 +30,14 @@ from kt.autotune.search import (
 from kt.autotune.versions import software_versions
 from kt.codegen import GemmConfig, SearchSpace, family_for, write_source
 from kt.costmodel import AnalyticModel, rank
-from kt.costmodel.forest import MIN_ROWS, ForestModel
+from kt.costmodel.correction import CorrectedModel, model_name, refit
+from kt.costmodel.forest import ForestModel
 from kt.costmodel.models import shipped_model_path
 from kt.costmodel.prediction import Prediction
 from kt.device import DeviceProfile
-from kt.errors import KtError
+from kt.errors import KtError, ModelError
 from kt.ir.problems import GemmProblem
-from kt.spec import OBJECTIVES, OpSpec
+from kt.spec import OBJECTIVES, OpSpec, power_cap
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Plan:
         return self.space.legal[index]
 
 
-CostModel = AnalyticModel | ForestModel
+CostModel = AnalyticModel | ForestModel | CorrectedModel
 
 
 def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel | None = None) -> CostModel:
@@ -71,18 +73,22 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     "analytic": the analytic model; a path: a model file from `kt costmodel fit` (refused when it was fitted
     for another device).
     """
-    if isinstance(model, (AnalyticModel, ForestModel)):
+    if isinstance(model, (AnalyticModel, ForestModel, CorrectedModel)):
         return model
     if model is None:
         shipped = shipped_model_path(profile)
-        return ForestModel.load(shipped, profile) if shipped.is_file() else AnalyticModel(profile)
+        if not shipped.is_file():
+            return AnalyticModel(profile)
+        try:
+            return ForestModel.load(shipped, profile)
+        except ModelError as exc:  # e.g. another scikit-learn than it was fitted with: not the user's to fix
+            logging.getLogger("kt").warning(
+                "kt's own %s model is not usable here (%s); ranking with the analytic model", profile.key, exc
+            )
+            return AnalyticModel(profile)
     if str(model) == "analytic":
         return AnalyticModel(profile)
     return ForestModel.load(model, profile)
-
-
-def model_name(model: CostModel) -> str:
-    return model.describe() if isinstance(model, ForestModel) else "analytic"
 
 
 def plan_tuning(
@@ -119,7 +125,7 @@ def plan_tuning(
     prediction = cost_model.predict(records)
     values = prediction.objective(objective, power_cap_w)
     ranked = [int(i) for i in rank(records, values)]
-    state = SearchState(values, prediction.runtime_spread, np.array(ranked), {}, budget, 0, seed)
+    state = SearchState(values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed)
     chosen = strategy.propose(state)[:budget]
     return Plan(
         problem,
@@ -173,9 +179,22 @@ class TuneResult:
     def table(self, top: int = 10) -> list[dict[str, Any]]:
         """The best rows: by the objective when measured, else by the model's rank (passing rows first)."""
         if self.measured:
-            ok = [r for r in self.rows if objective_value(r, self.objective) is not None]
-            return sorted(ok, key=lambda r: objective_value(r, self.objective))[:top]
+            objective = self.objective if any(self.value(r) is not None for r in self.rows) else "time"
+            ok = [r for r in self.rows if objective_value(r, objective, self.plan.power_cap_w) is not None]
+            return sorted(ok, key=lambda r: objective_value(r, objective, self.plan.power_cap_w))[:top]
         return sorted(self.rows, key=lambda r: (r["status"] != "ok", r["rank"]))[:top]
+
+    def value(self, row: dict[str, Any]) -> float | None:
+        return objective_value(row, self.objective, self.plan.power_cap_w)
+
+    @property
+    def best_model(self) -> str:
+        """The model that ranked the round in which the best was measured (or "an earlier run")."""
+        key = self.best.config.key()
+        for index, round_ in zip(self.trace.measured, self.trace.rounds):
+            if self.plan.config(index).key() == key:
+                return self.trace.models[round_]
+        return self.plan.model if not self.best.measured else "a model of an earlier run"
 
     def save(self, path: str | Path) -> Path:
         from kt.autotune.artifact import save_artifact
@@ -214,7 +233,7 @@ def tune(
     objective = objective or spec.tune.objective
     if objective not in OBJECTIVES:
         raise KtError(f"objective: {objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
-    power_cap_w = power_cap_w if power_cap_w is not None else spec.tune.power_cap_w
+    power_cap_w = power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w
     session = run_session(
         spec,
         budget=budget or spec.tune.budget,
@@ -242,7 +261,7 @@ def tune(
                 f"{len(session.trace.measured)} new measurements in {rounds} round"
                 f"{'s' if rounds != 1 else ''}, ranked by: {' -> '.join(dict.fromkeys(session.trace.models))}"
             )
-        if objective != "time" and plan.prediction.power_w is None:
+        if objective != "time" and session.final_prediction.power_w is None:
             notes.append(
                 f"the {plan.model} model predicts time only: candidates were chosen by predicted time "
                 f"and the best by measured {objective}"
@@ -283,6 +302,7 @@ class Session:
     fresh: int
     db_path: Path
     trace: SearchTrace = field(default_factory=SearchTrace)
+    final_prediction: Prediction | None = None  # the last model's, after any refits
 
 
 RETRYABLE = ("timeout", "crash")
@@ -328,7 +348,8 @@ def run_session(
     with Database(db) as database:
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
         trace, fresh = tuner.search(search, budget, progress, retry_failed)
-        return Session(plan, runner, profile, tuner.rows(trace), fresh, database.path, trace)
+        rows = tuner.rows(trace)
+        return Session(plan, runner, profile, rows, fresh, database.path, trace, tuner.prediction)
 
 
 class _Tuner:
@@ -336,7 +357,7 @@ class _Tuner:
 
     def __init__(self, plan, spec, runner, profile, database, model, seed):
         self.plan, self.spec, self.runner, self.profile = plan, spec, runner, profile
-        self.database, self.model, self.seed = database, model, seed
+        self.database, self.start, self.seed = database, model, seed
         self.family = family_for(plan.problem)
         self.key = {
             "runner": runner.name,
@@ -368,26 +389,32 @@ class _Tuner:
         return self.prediction, self.model_name
 
     def refit(self) -> bool:
-        """Fit a forest on every passing GPU measurement for this device (all shapes, this tune's and earlier
-        ones) and rank with it from now on, replacing the starting model; False when there are too few rows."""
+        """Refit on every passing GPU measurement of this device and template (all shapes, this tune's and
+        earlier ones), starting from the tune's first model (kt.costmodel.correction.refit); False when there
+        are too few rows."""
         from kt.autotune.dataset import to_record
 
         rows = self.database.find(
-            runner=self.runner.name, device=self.runner.device, target=self.profile.key, status="ok"
+            runner=self.runner.name,
+            device=self.runner.device,
+            target=self.profile.key,
+            family=self.family.name,
+            family_version=self.family.version,
+            status="ok",
         )
-        records = [to_record(r) for r in rows if r.get("runtime_ms")]
-        if len(records) < MIN_ROWS:
+        model = refit(
+            self.start, self.profile, [to_record(r) for r in rows if r.get("runtime_ms")], self.seed
+        )
+        if model is None:
             return False
-        # Fewer trees than a saved model: a refit runs between rounds, and ranking needs less than a file.
-        self.model = ForestModel(self.profile, n_estimators=100, seed=self.seed).fit(
-            records, source=str(self.database.path)
-        )
-        self.prediction = self.model.predict(self.plan.records)
-        self.model_name = f"forest refitted on {len(records)} rows"
+        self.prediction = model.predict(self.plan.records)
+        self.model_name = model_name(model)
         return True
 
     def search(self, strategy: SearchStrategy, budget: int, progress: bool, retry_failed: bool):
         known = self.known(retry_failed)
+        if known and self.runner.measures_time and strategy.adaptive:
+            self.refit()  # a resumed tune ranks its next round with what it has measured already
         total = min(budget, len(self.plan.space.legal))
         reporter = TuneProgress(progress, self.runner.measures_time)
         verb = "measuring" if self.runner.measures_time else "checking"
@@ -436,6 +463,7 @@ class _Tuner:
                 refit=self.refit if self.runner.measures_time else None,
                 known=known,
                 objective=lambda p: p.objective(self.plan.objective, self.plan.power_cap_w),
+                spread=lambda p: p.spread(self.plan.objective),
                 order=lambda values: rank(self.plan.records, values),
             )
         finally:
@@ -506,11 +534,11 @@ def choose_best(
     if runner.measures_time:
         scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
         scored = [(v, r) for v, r in scored if v is not None]
-        passing = [r for r in rows if objective_value(r, "time") is not None]
-        if not scored and power_cap_w is not None and passing:
-            lowest = min(r["power_w"] for r in passing if r.get("power_w") is not None)
+        readings = [r["power_w"] for r in rows if objective_value(r, "time") is not None and r.get("power_w")]
+        if not scored and power_cap_w is not None and readings and min(readings) > power_cap_w:
             raise KtError(
-                f"power_cap_w: every passing config drew more than {power_cap_w:g} W (the least: {lowest:.0f} W)"
+                f"power_cap_w: every passing config drew more than {power_cap_w:g} W "
+                f"(the least: {min(readings):.0f} W)"
             )
         if not scored and objective != "time":
             notes.append(f"no power readings, so the best is by time, not {objective}")

@@ -32,6 +32,12 @@ def ape(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return 100 * np.abs(pred - true) / true
 
 
+def holdout_key(record: dict[str, Any]) -> Any:
+    """The unit held out together: the record's `shape` (its sizes, whatever the dtype and layouts: an fp16 and a
+    bf16 sweep of one size are near-twins), else its `group`."""
+    return record.get("shape", record["group"])
+
+
 def _by_group(groups: Sequence[Any]) -> dict[Any, np.ndarray]:
     index = defaultdict(list)
     for i, g in enumerate(groups):
@@ -142,13 +148,14 @@ def cross_validate(
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
     runtime, power, groups = targets(records)
-    shapes = sorted(set(groups), key=str)
+    held = [holdout_key(r) for r in records]
+    shapes = sorted(set(held), key=str)
     if len(shapes) < 2:
         raise ValueError(f"holding out whole shapes needs at least 2 shapes, got {len(shapes)}")
     folds = min(folds, len(shapes))
     order = np.random.default_rng(seed).permutation(len(shapes))
     fold_of = {shapes[i]: position % folds for position, i in enumerate(order)}
-    fold = np.array([fold_of[g] for g in groups])
+    fold = np.array([fold_of[h] for h in held])
     predicted = np.zeros(len(records))
     predicted_power = np.full(len(records), np.nan)
     for f in range(folds):

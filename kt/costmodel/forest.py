@@ -146,14 +146,14 @@ class ForestModel:
                 empty, empty, empty if self.predicts_power else None, empty if self.predicts_power else None
             )
         x = features(records, self.device)
-        per_tree = _per_tree(self.runtime_forest, x)
+        trees = per_tree(self.runtime_forest, x)
         roof = roofline_time(records, self.device)
-        runtime = roof * np.exp(per_tree.mean(axis=0))
+        runtime = roof * np.exp(trees.mean(axis=0))
         power = spread = None
         if self.power_forest is not None:
-            per_tree_power = _per_tree(self.power_forest, x)
+            per_tree_power = per_tree(self.power_forest, x)
             power, spread = per_tree_power.mean(axis=0), per_tree_power.std(axis=0)
-        return Prediction(runtime, per_tree.std(axis=0), power, spread)
+        return Prediction(runtime, trees.std(axis=0), power, spread)
 
     def feature_importances(self) -> dict[str, dict[str, float]]:
         """Impurity importances of each feature, per forest (runtime, and power when fitted), largest first."""
@@ -274,7 +274,7 @@ class ForestModel:
         return model
 
 
-def _per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
+def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
     """(trees, rows) predictions: their mean is the forest's prediction, their spread its uncertainty."""
     return np.stack([tree.predict(x) for tree in forest.estimators_])
 
