@@ -1,10 +1,12 @@
 """Search efficiency: how close model-guided search gets to the exhaustive best after measuring a small part of
 the legal space, against random search, replayed on real exhaustive sweeps.
 
-Each sweep (every legal config of one shape, measured on a GPU by `kt collect --all`) is held out in turn: the
-guided search's prior model is a forest fitted on the other sweeps only, refitted on what the search measures.
-Each "measurement" is answered from the sweep (kt.autotune.replay), so the strategies are compared on the same
-real runtimes. For each budget (a fraction of the shape's measured configs) the figure is the exhaustive best
+Each sweep (every legal config of one shape, measured on a GPU by `kt collect --all`) is held out in turn and
+searched the way `kt tune` searches it (kt.autotune.replay): `guided` starts from a forest fitted on the sweeps
+of the other shapes only (never this shape, in any dtype or layout: what kt would ship) and corrects it after
+each round on what it measured; `guided-analytic` starts from the analytic model and refits a forest on what it
+measured (a tune with no model and a fresh database); `random` samples. Each "measurement" is answered from the
+sweep, so the strategies are compared on the same real runtimes. For each budget (a fraction of the shape's measured configs) the figure is the exhaustive best
 runtime over the best the search found (100% = found the best), averaged over shapes and seeds.
 
     python benchmarks/search_efficiency.py --data data/dense_h100.csv --csv benchmarks/results/search_h100.csv
@@ -29,7 +31,7 @@ import numpy as np
 from kt.autotune.dataset import read_rows
 from kt.autotune.replay import Sweep, reached, replay, sweeps_from_rows
 from kt.autotune.versions import software_versions
-from kt.device import get_profile
+from kt.device import ProfileError, get_profile
 from kt.errors import KtError
 from kt.ir.problems import GemmProblem
 
@@ -162,7 +164,15 @@ def main(argv: list[str] | None = None) -> int:
             gpus = {r["device"] for r in rows if r["runner"] == "cuda"}
             if len(gpus) > 1:
                 parser.error(f"--data holds sweeps from several GPUs ({', '.join(sorted(gpus))}); export one")
-            device = get_profile(args.device or (targets.pop() if len(targets) == 1 else None))
+            if args.device is None and len(targets) > 1:
+                parser.error(
+                    f"--data holds sweeps for several targets ({', '.join(sorted(targets))}); pick one with --device"
+                )
+            name = args.device or (targets.pop() if targets else "h100")
+            try:
+                device = get_profile(name)
+            except ProfileError as exc:
+                parser.error(f"--device: {exc} (a calibrated target needs its profile JSON)")
             gpu = gpus.pop() if gpus else "?"
     except KtError as exc:
         print(f"search_efficiency: error: {exc}", file=sys.stderr)

@@ -395,8 +395,9 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     roofline_ms = roofline_time(records, space_.device) * 1e3
     chosen = set(plan.chosen)
     exploit = set(plan.ranked[: len(plan.chosen)])
+    ranked_by = plan.objective if prediction.power_w is not None else "time"
     table = Table(
-        title=f"best {len(rows)} of {len(space_.legal)} by predicted {plan.objective} (predictions, not measurements)"
+        title=f"best {len(rows)} of {len(space_.legal)} by predicted {ranked_by} (predictions, not measurements)"
     )
     for name in ("rank", "config", "ms", "+-", "TFLOP/s", "W", "mJ", "roofline ms", "bound", "tune measures"):
         table.add_column(name, justify="left" if name in ("config", "bound", "tune measures") else "right")
@@ -425,6 +426,16 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         out.print(
             f"note: the {plan.model} model predicts no power; W and mJ need a fitted forest", style="yellow"
         )
+        if plan.objective != "time" or plan.power_cap_w is not None:
+            asked = [
+                f"{plan.objective}" if plan.objective != "time" else "",
+                "the power cap" if plan.power_cap_w else "",
+            ]
+            out.print(
+                f"note: so the ranking is by predicted time; {' and '.join(a for a in asked if a)} apply only "
+                "to measured configs",
+                style="yellow",
+            )
 
 
 @main.command()

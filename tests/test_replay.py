@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import GPPERF, benchmark_module
 
-from kt.autotune.replay import reached, replay, sweeps_from_rows
+from kt.autotune.replay import Sweep, reached, replay, sweeps_from_rows
+from kt.autotune.search import SearchTrace
 from kt.ir.problems import GemmProblem
 
 TILED = GPPERF / "execution_times_all.csv"
@@ -50,7 +51,7 @@ def test_the_benchmark_never_trains_the_prior_on_the_shape_it_replays(bench, swe
     real = bench.replay
 
     def spy(sweep, strategy, device, budget, seed=0, prior=(), n_estimators=100):
-        seen.append((sweep.key, {r["group"] for r in prior}))
+        seen.append((sweep.shape, {r["shape"] for r in prior}))
         return real(sweep, strategy, device, budget, seed, prior, n_estimators)
 
     monkeypatch.setattr(bench, "replay", spy)
@@ -95,3 +96,23 @@ def test_the_benchmark_refuses_bad_arguments_in_one_line(bench, capsys, tmp_path
     assert exit_.value.code == 2 and "--fractions" in capsys.readouterr().err
     assert bench.main(["--data", str(tmp_path / "missing.db")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_an_fp16_and_a_bf16_sweep_of_one_size_are_one_shape_and_never_train_each_other(
+    bench, device, monkeypatch
+):
+    # No runtimes needed: only which sweeps may feed which prior is checked (every value is missing).
+    def sweep(dtype, layout):
+        problem = GemmProblem(256, 512, 128, dtype=dtype, b_layout=layout)
+        config = {"block_m": 64, "block_n": 64, "block_k": 32, "group_m": 8, "num_warps": 4, "num_stages": 3}
+        records = [{**problem.to_record(), **config, "split_k": s} for s in (1, 2)]
+        return Sweep(problem.key(), records, np.full(2, np.nan))
+
+    twins = [sweep("float16", "row"), sweep("bfloat16", "col")]
+    assert twins[0].key != twins[1].key and twins[0].shape == twins[1].shape == "gemm 256x512x128"
+    priors = []
+    monkeypatch.setattr(
+        bench, "replay", lambda s, *a, prior=(), **k: priors.append(list(prior)) or SearchTrace()
+    )
+    bench.run(twins, device, [0.5], seeds=1, trees=2, progress=lambda s: None)
+    assert priors and all(p == [] for p in priors)
