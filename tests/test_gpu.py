@@ -79,7 +79,7 @@ def test_a_guided_gpu_tune_refits_a_forest_between_rounds(tmp_path):
     result = kt.tune(spec, db=tmp_path / "t.db", progress=False, strategy="guided")
     rounds = set(result.trace.rounds)
     assert result.measured and len(rounds) >= 2, "a quarter of the budget per round"
-    assert result.trace.models[0] == "analytic" and result.trace.models[1].startswith("forest refitted on")
+    assert result.trace.models[0] == "analytic" and result.trace.models[1].startswith("forest for h100")
     assert len(result.rows) <= 24
 
 
