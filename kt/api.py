@@ -203,7 +203,7 @@ def _measured_records(
     """The cost model's training rows in `data` for `profile`; a DatabaseError saying what is there instead."""
     from collections import Counter
 
-    from kt.autotune.dataset import measured_records, read_rows
+    from kt.autotune.dataset import is_measured, measured_records, read_rows
     from kt.errors import DatabaseError
 
     records = measured_records(data, target=profile.key, device=gpu)
@@ -212,14 +212,7 @@ def _measured_records(
     rows = read_rows(data)
     where = f"data: {str(data)!r} holds no GPU-measured passing rows for target {profile.key}"
     where += f" on {gpu!r}" if gpu else ""
-    other = Counter(
-        r["target"]
-        for r in rows
-        if r["runner"] == "cuda"
-        and r["status"] == "ok"
-        and r.get("runtime_ms")
-        and gpu in (None, r["device"])
-    )
+    other = Counter(r["target"] for r in rows if is_measured(r) and gpu in (None, r["device"]))
     if other:
         listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())
         raise DatabaseError(f"{where}; it holds some for {listing}: pass that target's profile with --device")
@@ -253,7 +246,10 @@ def fit_model(
             f"data: {str(data)!r} holds {len(records)} GPU-measured passing rows for target {profile.key}; "
             f"the forest needs at least {MIN_ROWS}: measure more with `kt collect` on a GPU"
         )
-    model = ForestModel(profile, seed=seed).fit(records, source=str(Path(data).resolve()))
+    try:
+        model = ForestModel(profile, seed=seed).fit(records, source=str(Path(data).resolve()))
+    except ValueError as exc:
+        raise ModelError(f"fit: {str(data)!r}: {_one_line(exc)}") from None
     model.save(out)
     return model, len(records)
 
@@ -268,19 +264,31 @@ def evaluate_model(
 ) -> Report:
     """How right the forest is on the measured rows of `data`. Without `model`: cross-validation in `folds`
     folds of whole shapes held out. With `model` (a file from `fit_model`): that model scored on every row,
-    so `data` should be shapes it was not fitted on; its device profile is the default for `device`."""
-    from kt.costmodel.evaluate import cross_validate, report
+    less the rows of shapes it was fitted on (the report counts them in `dropped_rows`); its device profile is
+    the default for `device`."""
+    from kt.costmodel.evaluate import cross_validate, holdout_key, report, unseen
     from kt.costmodel.forest import ForestModel
     from kt.errors import DatabaseError, ModelError
 
     if model is not None:
         forest = ForestModel.load(model, resolve_profile(device) if device else None)
-        return report(forest, _measured_records(data, forest.device, gpu))
+        records, dropped_rows, dropped_shapes = unseen(forest, _measured_records(data, forest.device, gpu))
+        if not records:
+            raise DatabaseError(
+                f"data: {str(data)!r}: every row's shape was in the model's training data ({dropped_rows} rows "
+                f"of {dropped_shapes} shapes); evaluate it on other shapes"
+            )
+        try:
+            scored = report(forest, records)
+        except ValueError as exc:
+            raise ModelError(f"eval: {_one_line(exc)}") from None
+        scored.dropped_rows, scored.dropped_shapes = dropped_rows, dropped_shapes
+        return scored
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ModelError(f"folds: must be an integer of at least 2, got {folds!r}")
     profile = resolve_profile(device)
     records = _measured_records(data, profile, gpu)
-    shapes = len({r["group"] for r in records})
+    shapes = len({holdout_key(r) for r in records})
     if shapes < 2:
         raise DatabaseError(
             f"data: {str(data)!r} holds measurements of 1 shape for target {profile.key}; holding out whole "
@@ -289,7 +297,12 @@ def evaluate_model(
     try:
         return cross_validate(records, profile, folds=folds, seed=seed)
     except ValueError as exc:
-        raise ModelError(f"eval: {exc}") from None
+        raise ModelError(f"eval: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split())
 
 
 def inspect(

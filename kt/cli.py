@@ -511,7 +511,7 @@ def export(csv_path, runner, status, db):
     from kt.autotune.database import Database
 
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
-    with Database(db, create=False) as database:
+    with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)
         out.print(f"{count} rows from {database.path} -> {csv_path}")
 
@@ -632,7 +632,7 @@ def evaluate(data, model, folds, device, gpu, seed):
 
     report = evaluate_model(data, device=device, gpu=gpu, folds=folds, seed=seed, model=model)
     title = (
-        f"model {model} on {data} (shapes it was fitted on are not held out)"
+        f"model {model} on the shapes of {data} it was not fitted on"
         if model is not None
         else f"forest on {data}, {report.folds} folds of whole shapes held out"
     )
@@ -646,11 +646,6 @@ def evaluate(data, model, folds, device, gpu, seed):
     out.print(report.summary())
     if not _ranked_shapes(report):
         out.print("note: no shape has 2 or more configs measured, so the ranking metrics say nothing")
-    if model is not None:
-        out.print(
-            "note: every row of --data is scored; give it shapes the model was not fitted on "
-            "(without --model, eval holds out whole shapes itself)"
-        )
 
 
 @main.command()

@@ -8,6 +8,7 @@ interpreter's). The success paths use GPPerf's CUTLASS SGEMM measurements on an 
 import csv
 import json
 import re
+import sqlite3
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,6 +128,115 @@ def test_eval_refuses_a_file_that_is_not_a_model(tmp_path):
     assert_one_line_error(result, "is not a skops file")
 
 
+# -- malformed data: one line naming the file, the line or row id, and the column --------------------------
+
+# (column, what the second row holds there, what the error says of it); none of these is a runtime
+MALFORMED = [
+    ("runtime_ms", "nan", "allowed: a finite number of milliseconds > 0"),
+    ("runtime_ms", "inf", "allowed: a finite number of milliseconds > 0"),
+    ("runtime_ms", "fast", "allowed: a finite number of milliseconds > 0"),
+    ("runtime_ms", "0", "allowed: a finite number of milliseconds > 0"),
+    ("runtime_ms", "-1.5", "allowed: a finite number of milliseconds > 0"),
+    ("power_w", "inf", "allowed: a finite number of watts >= 0"),
+    ("problem", "7", "is 7; allowed: a JSON object with m, n, k, batch, dtype"),
+    ("problem", "null", "is null; allowed: a JSON object with m, n, k"),
+    ("problem", "[64, 64, 64]", "is a list; allowed: a JSON object with m, n, k"),
+    ("problem", '{"m": 64}', "lacks n, k; a gemm problem needs m, n and k"),
+    ("problem", '{"m": 64, "n": 64, "k": 64, "shape": 1}', ": unknown key 'shape'; allowed: m, n, k"),
+    ("problem", '{"m": 0, "n": 64, "k": 64}', ": m is 0; allowed: an integer from 1 to 16777216"),
+    (
+        "problem",
+        '{"m": 64, "n": 64, "k": 64, "dtype": "int8"}',
+        "dtype is 'int8'; allowed: float16, bfloat16",
+    ),
+    ("problem", "{oops", "is not JSON"),
+    ("family", "fft", "is 'fft'; allowed: gemm"),
+    ("config", '{"block_m": 16}', "lacks block_n, block_k, group_m, num_warps, num_stages, split_k"),
+    ("config", "null", "is null; allowed: a JSON object with block_m, block_n"),
+    (
+        "config",
+        '{"block_m": 16, "block_n": 16, "block_k": 32, "group_m": 1, "num_warps": 8, "num_stages": true, '
+        '"split_k": 1}',
+        ": num_stages is true; allowed: an integer from 1 to",
+    ),
+]
+
+
+def malformed_data(tmp_path: Path, kind: str, column: str, value: str) -> tuple[Path, str]:
+    """A two-row database (or its `kt export` CSV) whose second row holds `value` in `column`, and where the error
+    must point: the CSV's line 3 or the database's row id 2."""
+    db = interpreter_db(tmp_path / "data.db", GemmProblem(64, 64, 64))
+    if kind == "csv":
+        with Database(db) as database:
+            database.export_csv(tmp_path / "data.csv")
+        db.unlink()
+        rows = list(csv.DictReader((tmp_path / "data.csv").open(newline="")))
+        rows[1][column] = value
+        with (tmp_path / "data.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return tmp_path / "data.csv", "data.csv' line 3: "
+    conn = sqlite3.connect(db)
+    conn.execute(f"UPDATE measurements SET {column} = ? WHERE id = 2", (value,))
+    conn.commit()
+    conn.close()
+    return db, "data.db' row id 2: "
+
+
+@pytest.mark.parametrize("kind", ["csv", "db"])
+@pytest.mark.parametrize(("column", "value", "says"), MALFORMED)
+def test_a_malformed_row_is_refused_in_one_line_naming_file_row_and_column(
+    tmp_path, kind, column, value, says
+):
+    data, where = malformed_data(tmp_path, kind, column, value)
+    before = data.read_bytes()
+    message = f"{where}column {column}"
+    result = kt("costmodel", "fit", "--data", data, "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, message)
+    assert says in result.stderr, result.stderr
+    assert not (tmp_path / "m.skops").exists()
+    assert_one_line_error(kt("costmodel", "eval", "--data", data), message)
+    assert_one_line_error(kt("inspect", data, "--plots", tmp_path / "plots"), message)
+    assert not (tmp_path / "plots").exists()
+    assert data.read_bytes() == before, "read-only commands leave the data as it was"
+
+
+def test_a_csv_that_is_not_utf8_is_refused_in_one_line_naming_the_line(tmp_path):
+    data, _ = malformed_data(tmp_path, "csv", "spec_name", "caf\u00e9")
+    data.write_bytes(data.read_bytes().replace("caf\u00e9".encode(), "caf\u00e9".encode("latin-1")))
+    for command in (
+        ("costmodel", "eval", "--data"),
+        ("costmodel", "fit", "--out", tmp_path / "m.skops", "--data"),
+    ):
+        assert_one_line_error(kt(*command, data), "data.csv' line 3: not UTF-8 text (byte 0xe9)")
+    assert_one_line_error(kt("inspect", data), "not UTF-8 text")
+    assert not (tmp_path / "m.skops").exists()
+
+
+def test_read_only_commands_never_turn_a_file_into_a_database(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert_one_line_error(
+        kt("costmodel", "eval", "--data", empty), "empty.db' is empty, so it is not a kt tuning"
+    )
+    assert_one_line_error(kt("costmodel", "fit", "--data", empty, "--out", tmp_path / "m.skops"), "is empty")
+    assert_one_line_error(kt("inspect", empty, "--plots", tmp_path / "plots"), "is empty")
+    assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"], "no model, plots, journal or WAL"
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    assert_one_line_error(
+        kt("costmodel", "eval", "--data", other), "is an SQLite file but not a kt tuning database"
+    )
+    assert_one_line_error(kt("inspect", other), "is an SQLite file but not a kt tuning database")
+    assert other.read_bytes() == before
+
+
 def artifact(path: Path, problem: GemmProblem, config: dict, db: Path, measured: bool, device: dict, **meta):
     """An artifact directory as `kt tune` lays it out, with the fields inspect reads."""
     path.mkdir(parents=True)
@@ -159,6 +269,30 @@ def test_inspect_refuses_an_artifact_tuned_without_a_gpu(tmp_path):
     moved = artifact(tmp_path / "b", problem, config, tmp_path / "gone.db", False, device)
     assert_one_line_error(kt("inspect", moved), "measured: false")
     assert not list((tmp_path / "a").glob("*.png"))
+
+
+def test_an_artifact_records_its_database_by_absolute_path_so_inspect_finds_it_from_anywhere(
+    tmp_path, monkeypatch
+):
+    # answers with the analytic model's outputs, as runner "stand-in": no GPU measurement
+    from test_tune_loop import SPEC, StandInRunner
+
+    import kt as kt_api
+    import kt.autotune.tune as tune_module
+
+    monkeypatch.setattr(
+        tune_module, "make_runner", lambda backend, profile, **options: StandInRunner(profile)
+    )
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    result = kt_api.tune(SPEC, budget=4, db="t.db", progress=False)  # a relative --db
+    art = result.save(tmp_path / "art")
+    assert json.loads((art / "meta.json").read_text())["tuning"]["db"] == str(tmp_path / "work" / "t.db")
+    monkeypatch.chdir(tmp_path)
+    # the stand-in's rows are not GPU measurements, so inspect refuses, naming the database it found
+    assert_one_line_error(
+        kt("inspect", art), f"inspect: {tmp_path / 'work' / 't.db'} holds no GPU-measured rows"
+    )
 
 
 # -- real measurements: GPPerf's RTX 4070 CUTLASS SGEMM rows ------------------------------------------------
@@ -218,7 +352,16 @@ def gpperf(tmp_path_factory):
     with Database(home / "rtx4070.db") as db:
         for row in rows:
             assert db.insert(row)
-    return {"home": home, "db": home / "rtx4070.db", "profile": profile, "rows": rows}
+    with Database(home / "train.db") as db:  # 8 of the 12 shapes, to fit a model that has not seen the rest
+        for row in rows[:8]:
+            assert db.insert(row)
+    return {
+        "home": home,
+        "db": home / "rtx4070.db",
+        "train": home / "train.db",
+        "profile": profile,
+        "rows": rows,
+    }
 
 
 def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
@@ -255,15 +398,63 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
     model = tmp_path / "m.skops"
     assert (
         kt(
-            "costmodel", "fit", "--data", gpperf["db"], "--out", model, "--device", gpperf["profile"]
+            "costmodel", "fit", "--data", gpperf["train"], "--out", model, "--device", gpperf["profile"]
         ).exit_code
         == 0
     )
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model)
     assert result.exit_code == 0, result.stderr
-    assert "shapes it was fitted on are not held out" in result.stdout
+    # the model file lists the 8 shapes it was fitted on: only the other 4 are scored
+    assert "4 rows, 4 shapes (8 rows of 8 shapes the model was fitted on left out)" in result.stdout
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model, "--device", "h100")
     assert_one_line_error(result, f"was fitted for device {RTX4070_PROFILE.key}, not h100")
+    # data of nothing but its training shapes: nothing left to score
+    result = kt("costmodel", "eval", "--data", gpperf["train"], "--model", model)
+    assert_one_line_error(
+        result,
+        "every row's shape was in the model's training data (8 rows of 8 shapes); evaluate it on other shapes",
+    )
+
+
+def test_inspect_with_a_model_scores_only_shapes_it_was_not_fitted_on(gpperf, tmp_path):
+    model = tmp_path / "m.skops"
+    fitted = kt("costmodel", "fit", "--data", gpperf["train"], "--out", model, "--device", gpperf["profile"])
+    assert fitted.exit_code == 0, fitted.stderr
+    plots = tmp_path / "plots"
+    result = kt("inspect", gpperf["db"], "--model", model, "--device", gpperf["profile"], "--plots", plots)
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "fitted on 8 of these shapes: their 8 rows are left out of its scores (4 rows scored)"
+        in result.stdout
+    )
+    assert_png(plots / "predicted_vs_measured.png")
+    refused = kt("inspect", gpperf["train"], "--model", model, "--plots", tmp_path / "none")
+    assert_one_line_error(refused, "every row's shape was in the model's training data")
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_fit_that_fails_is_one_line_for_fit_and_inspect(gpperf, tmp_path, monkeypatch):
+    def refuse(self, records, source=None):
+        raise ValueError("Input X contains infinity\nor a value too large for dtype('float64').")
+
+    monkeypatch.setattr(ForestModel, "fit", refuse)
+    result = kt(
+        "costmodel",
+        "fit",
+        "--data",
+        gpperf["db"],
+        "--out",
+        tmp_path / "m.skops",
+        "--device",
+        gpperf["profile"],
+    )
+    assert_one_line_error(result, "fit: ")
+    assert "rtx4070.db': Input X contains infinity or a value too large" in result.stderr
+    assert not (tmp_path / "m.skops").exists()
+    result = kt("inspect", gpperf["db"], "--device", gpperf["profile"], "--plots", tmp_path / "plots")
+    assert_one_line_error(result, "inspect: fitting a forest on ")
+    assert "contains infinity or a value too large" in result.stderr
+    assert not (tmp_path / "plots").exists()
 
 
 def assert_png(path: Path):

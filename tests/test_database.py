@@ -92,3 +92,60 @@ def test_export_writes_every_column_of_the_matching_rows(tmp_path):
     with open(tmp_path / "all.csv") as handle:
         third = list(csv.DictReader(handle))[2]
     assert json.loads(third["checked_problems"]) == [{"m": 2}, {"m": 3}], "list columns are JSON too"
+
+
+def test_a_read_only_open_reads_and_never_writes(tmp_path):
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        db.insert(row(runtime_ms=0.5))
+    before = path.read_bytes()
+    with Database(path, create=False, readonly=True) as db:
+        assert [r["runtime_ms"] for r in db.find()] == [0.5]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db.insert(row(config_key="other"))
+    assert path.read_bytes() == before
+    with pytest.raises(DatabaseError, match="not found"):
+        Database(tmp_path / "absent.db", readonly=True)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_read_only_open_refuses_what_is_not_a_kt_database_and_leaves_it_as_it_was(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(DatabaseError, match=r"empty\.db' is empty, so it is not a kt tuning database"):
+        Database(empty, create=False, readonly=True)
+    assert empty.stat().st_size == 0
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
+        Database(other, create=False, readonly=True)
+    assert other.read_bytes() == before
+    newer = tmp_path / "newer.db"
+    Database(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseError, match="has schema 99, newer than this kt's 1"):
+        Database(newer, create=False, readonly=True)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(DatabaseError, match="is not a kt tuning database"):
+        Database(junk, create=False, readonly=True)
+
+
+def test_a_row_whose_json_column_is_not_json_is_named_by_its_id(tmp_path):
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        db.insert(row())
+        db.insert(row(config_key="other"))
+        db.conn.execute("UPDATE measurements SET config = '{oops' WHERE id = 2")
+    with (
+        Database(path, create=False, readonly=True) as db,
+        pytest.raises(DatabaseError, match=r"t\.db' row id 2: column config is not JSON"),
+    ):
+        db.find()

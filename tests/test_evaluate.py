@@ -13,7 +13,17 @@ import pytest
 from conftest import stand_in_records as shared_stand_in_records
 
 import kt.costmodel.evaluate as evaluate
-from kt.costmodel.evaluate import ape, cross_validate, r2, spearman_within, top1_score, topk_recall
+from kt.costmodel.evaluate import (
+    Report,
+    ape,
+    cross_validate,
+    holdout_key,
+    r2,
+    spearman_within,
+    top1_score,
+    topk_recall,
+    unseen,
+)
 from kt.costmodel.forest import ForestModel
 from kt.device import H100
 
@@ -48,13 +58,29 @@ def test_top1_score_is_the_true_value_of_the_models_pick_over_the_true_best():
     assert top1_score(true, true, groups) == 1
 
 
+def test_ranking_metrics_skip_groups_of_one_row_and_are_nan_without_a_group_of_two():
+    # c has one row: the model cannot pick wrong among one, so it must not count as a perfect pick.
+    true, pred, groups = [4, 2, 3, 7], [1, 2, 3, 0], ["a", "a", "a", "c"]
+    assert top1_score(true, pred, groups) == pytest.approx(2.0)
+    assert topk_recall(true, pred, groups, k=1) == pytest.approx(0.0)
+    assert math.isnan(top1_score([1, 2], [2, 1], ["a", "b"]))
+    assert math.isnan(topk_recall([1, 2], [2, 1], ["a", "b"]))
+
+
+def test_a_report_prints_a_dash_for_a_metric_it_cannot_measure():
+    report = Report(np.array([1.0, 2.0]), np.array([1.5, 2.5]), ["a", "b"])
+    assert math.isnan(report.metrics["top1_score"]) and math.isnan(report.metrics["spearman_within_shape"])
+    summary = report.summary()
+    assert "Spearman within shape -, top-1 -, top-5 recall -" in summary and "nan" not in summary
+
+
 def test_topk_recall_is_the_share_of_the_true_best_k_that_the_model_also_puts_first():
     true = [1, 2, 3, 4, 7]
     pred = [1, 3, 2, 4, 0]
     groups = ["a", "a", "a", "a", "b"]
-    # a: true best 2 are rows 0 and 1, predicted best 2 rows 0 and 2: 1/2; b has one row, so k is 1: 1/1.
-    assert topk_recall(true, pred, groups, k=2) == pytest.approx(0.75)
-    assert topk_recall(true, pred, groups, k=4) == pytest.approx((4 / 4 + 1) / 2)
+    # a: true best 2 are rows 0 and 1, predicted best 2 rows 0 and 2: 1/2; b has one row and is left out.
+    assert topk_recall(true, pred, groups, k=2) == pytest.approx(0.5)
+    assert topk_recall(true, pred, groups, k=4) == pytest.approx(4 / 4)
 
 
 SHAPES = [(4096, 4096, 4096), (1024, 4096, 512), (300, 2000, 1000), (64, 8192, 4096), (2048, 512, 8192)]
@@ -117,6 +143,23 @@ def test_cross_validation_is_repeatable_for_a_seed():
         cross_validate(records, H100, folds=3, seed=1, n_estimators=5, n_jobs=1) for _ in range(2)
     )
     assert np.array_equal(first.predicted_ms, second.predicted_ms)
+
+
+def test_the_held_out_unit_is_the_shape_when_a_record_has_one_else_the_group():
+    assert holdout_key({"shape": "gemm 64x64x64", "group": "fp16 key"}) == "gemm 64x64x64"
+    assert holdout_key({"shape": "gemm 64x64x64"}) == "gemm 64x64x64"
+    assert holdout_key({"group": (64, 64, 64)}) == (64, 64, 64)
+
+
+def test_a_model_is_scored_only_on_shapes_it_was_not_fitted_on():
+    records = stand_in_records()
+    first = {r["group"] for r in records[:10]}
+    model = ForestModel(H100, n_estimators=2, n_jobs=1).fit([r for r in records if r["group"] in first])
+    kept, rows, shapes = unseen(model, records)
+    assert {r["group"] for r in kept} == {r["group"] for r in records} - first
+    assert rows == sum(r["group"] in first for r in records) and shapes == len(first)
+    model.trained.pop("shape_keys")  # a file from before models listed them: nothing can be left out
+    assert unseen(model, records) == (records, 0, 0)
 
 
 def test_cross_validation_refuses_what_cannot_hold_a_shape_out():

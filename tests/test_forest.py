@@ -9,6 +9,8 @@ lie and skipped where they are absent.
 
 import dataclasses
 import datetime
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +96,7 @@ def test_fit_refuses_too_few_rows():
         ForestModel(H100).fit(stand_in_records()[: MIN_ROWS - 1])
 
 
-@pytest.mark.parametrize("runtime", [0.0, -1.0, None, float("nan")])
+@pytest.mark.parametrize("runtime", [0.0, -1.0, None, float("nan"), float("inf"), "fast"])
 def test_fit_refuses_a_runtime_that_is_not_positive(runtime):
     records = stand_in_records()
     records[7]["runtime_ms"] = runtime
@@ -193,6 +195,87 @@ def test_load_refuses_a_kt_model_file_missing_a_section(saved):
 def test_load_refuses_a_missing_file(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         ForestModel.load(tmp_path / "absent.skops", H100)
+
+
+def test_a_model_lists_the_shapes_it_was_fitted_on_as_text(fitted, saved):
+    expected = sorted({r["group"] for r in stand_in_records()})
+    assert fitted.trained["shape_keys"] == expected
+    assert ForestModel.load(saved, H100).trained["shape_keys"] == expected
+    # a record's `shape` (its sizes, whatever the dtype) is the unit, when it has one
+    shaped = [{**r, "shape": f"gemm {r['m']}x{r['n']}"} for r in stand_in_records()]
+    model = ForestModel(H100, n_estimators=2, n_jobs=1).fit(shaped)
+    assert model.trained["shape_keys"] == sorted({r["shape"] for r in shaped})
+
+
+def test_the_defaults_keep_leaves_of_three_and_files_are_deflated(saved):
+    assert ForestModel(H100).params["min_samples_leaf"] == 3
+    with zipfile.ZipFile(saved) as archive:
+        assert {entry.compress_type for entry in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_a_model_file_gets_the_permissions_of_any_new_file(fitted, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = fitted.save(tmp_path / "m.skops")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["m.skops"], "no temporary file left behind"
+
+
+def test_load_refuses_a_device_key_that_is_not_its_profiles(saved):
+    rewrite(saved, lambda p: p.update(device_key="h200"))
+    with pytest.raises(ModelError, match="its device profile's key is h100, its device_key h200"):
+        ForestModel.load(saved)
+
+
+def test_load_refuses_versions_that_are_not_text(saved):
+    rewrite(saved, lambda p: p["versions"].update(numpy=2))
+    with pytest.raises(ModelError, match=r"is malformed \(versions\.numpy not text\)"):
+        ForestModel.load(saved, H100)
+
+
+def test_load_refuses_shape_keys_that_are_not_a_list_of_text(saved):
+    rewrite(saved, lambda p: p["trained"].update(shape_keys=[1, 2]))
+    with pytest.raises(ModelError, match=r"trained\.shape_keys not a list of text"):
+        ForestModel.load(saved, H100)
+
+
+def test_load_refuses_a_forest_of_several_outputs(saved):
+    def two_outputs(payload):
+        payload["runtime_forest"].n_outputs_ = 2
+
+    rewrite(saved, two_outputs)
+    with pytest.raises(ModelError, match="holds a forest with 2 outputs; kt's have 1"):
+        ForestModel.load(saved, H100)
+
+
+def test_load_refuses_a_tree_whose_values_are_not_one_per_node(saved):
+    from sklearn.tree._tree import Tree
+
+    def classifier_values(payload):
+        estimator = payload["runtime_forest"].estimators_[2]
+        state = estimator.tree_.__getstate__()
+        n = state["node_count"]
+        tree = Tree(len(FEATURE_NAMES), np.array([3], dtype=np.intp), 1)  # three values per node
+        tree.__setstate__({**state, "values": np.zeros((n, 1, 3))})
+        estimator.tree_ = tree
+
+    rewrite(saved, classifier_values)
+    with pytest.raises(
+        ModelError, match=r"holds a tree whose values have shape \(\d+, 1, 3\), not \(\d+, 1, 1\)"
+    ):
+        ForestModel.load(saved, H100)
+
+
+def test_load_says_when_the_path_is_empty_or_a_directory(tmp_path):
+    empty = tmp_path / "empty.skops"
+    empty.touch()
+    with pytest.raises(ModelError, match=r"empty\.skops' is empty \(0 bytes\)"):
+        ForestModel.load(empty)
+    with pytest.raises(ModelError, match="is a directory"):
+        ForestModel.load(tmp_path)
 
 
 def gpperf_benchmark():

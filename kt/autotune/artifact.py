@@ -92,7 +92,7 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
             "power_cap_w": result.plan.power_cap_w,
             "statuses": dict(result.statuses()),
             "wall_s": round(result.wall_s, 2),
-            "db": str(result.db_path),
+            "db": str(Path(result.db_path).resolve()),  # absolute: `kt inspect` may run from elsewhere
         },
         "notes": result.notes,
         "software": software_versions(),

@@ -84,24 +84,40 @@ def default_path() -> Path:
 
 
 class Database:
-    def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
-        """Open (or, with `create`, make) the database at `path`, default `default_path()`."""
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
+        """Open (or, with `create`, make) the database at `path`, default `default_path()`.
+
+        `readonly` opens an existing file for reading only (SQLite's `mode=ro`): nothing is created, migrated or
+        written, and a file that is not a kt database (an empty one included) is refused as it is.
+        """
         self.path = Path(path) if path is not None else default_path()
+        self.readonly = readonly
         if self.path.is_dir():
             raise DatabaseError(f"db: {str(self.path)!r} is a directory; give a file path")
-        if not create and not self.path.exists():
+        if (readonly or not create) and not self.path.exists():
             raise DatabaseError(f"db: {str(self.path)!r} not found")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+                self.conn.row_factory = sqlite3.Row
+                self._check()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self.conn.row_factory = sqlite3.Row
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self._migrate()
+        except (sqlite3.DatabaseError, DatabaseError) as exc:
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            if isinstance(exc, DatabaseError):
+                raise
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 
-    def _migrate(self) -> None:
+    def _check(self) -> set[str]:
+        """The file's tables, after refusing a newer schema or an SQLite file of something else."""
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if version > SCHEMA_VERSION:
@@ -111,6 +127,13 @@ class Database:
             )
         if tables and "measurements" not in tables:
             raise DatabaseError(f"db: {str(self.path)!r} is an SQLite file but not a kt tuning database")
+        if self.readonly and not tables:
+            empty = "is empty" if self.path.stat().st_size == 0 else "holds no tables"
+            raise DatabaseError(f"db: {str(self.path)!r} {empty}, so it is not a kt tuning database")
+        return tables
+
+    def _migrate(self) -> None:
+        self._check()
         columns = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
         with self.conn:
             self.conn.execute("BEGIN")
@@ -171,7 +194,13 @@ class Database:
         cursor = self.conn.execute(
             f"SELECT * FROM measurements WHERE {clause} ORDER BY id", list(where.values())
         )
-        return [decode_row(dict(r)) for r in cursor]
+        rows = []
+        for r in cursor:
+            try:
+                rows.append(decode_row(dict(r)))
+            except ValueError as exc:
+                raise DatabaseError(f"db: {str(self.path)!r} row id {r['id']}: {exc}") from None
+        return rows
 
     def measured_configs(self, **key: Any) -> dict[str, dict[str, Any]]:
         """config_key -> row for every row matching the identity columns given."""

@@ -1,53 +1,117 @@
 """Training data for the cost model: measured rows of a tuning database or of a `kt export` CSV, as records.
 
 A record is the cost model's plain dict (problem numbers plus config, see kt.costmodel.features) with the
-measurement (`runtime_ms`, `power_w`) and `group`, the problem it measured (the unit held out in evaluation).
-Only rows a GPU timed and that passed the correctness check are training data.
+measurement (`runtime_ms`, `power_w`), `group`, the problem it measured, and `shape`, its sizes (the unit held out
+in evaluation). Only rows a GPU timed and that passed the correctness check are training data.
+
+Data is only read: a database is opened read-only (never created or migrated). Every row is checked on the way in
+(`check_row`), and a malformed one is a DatabaseError on one line that names the file, the CSV line or database
+row id, the column and what it may hold.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kt.autotune.database import COLUMN_NAMES, Database, decode_row
+from kt.autotune.database import COLUMN_NAMES, COLUMNS, Database, decode_row
+from kt.costmodel.features import CONFIG_KEYS
+from kt.dtypes import DTYPES
 from kt.errors import DatabaseError
-from kt.ir.problems import problem_from_dict
+from kt.ir.problems import PROBLEMS, problem_from_dict
+from kt.spec import LAYOUTS, MAX_BATCH, MAX_DIM, PRECISIONS
+
+CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what read_rows needs
+NUMERIC_COLUMNS = frozenset(["id", *(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))])
+TEXT_COLUMNS = ("runner", "device", "target", "status", "config_key")  # each must be non-empty text
+MAX_CONFIG_VALUE = 1 << 20
+# (column, what a value must be, test): the measurement columns the cost model and `kt inspect` read
+MEASUREMENT_CHECKS = (
+    ("runtime_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+    ("power_w", "a finite number of watts >= 0", lambda v: v >= 0),
+    ("predicted_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+)
 
 
 def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every row of a tuning database (.db, SQLite) or of a CSV written by `kt export`."""
+    """Every row of a tuning database (.db, SQLite, opened read-only) or of a CSV written by `kt export`, each
+    checked (`check_row`): a malformed one is a DatabaseError naming the file, its row id or line, and the
+    column."""
     path = Path(source)
+    if path.is_dir():
+        raise DatabaseError(
+            f"data: {str(path)!r} is a directory; give a tuning database (.db) or a `kt export` CSV"
+        )
     if not path.is_file():
         raise DatabaseError(f"data: {str(path)!r} not found")
     if path.suffix.lower() != ".csv":
-        with Database(path, create=False) as database:
-            return database.find()
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"runner", "device", "target", "family", "problem", "config", "status"} - set(
-            reader.fieldnames or []
+        return find_rows(path)
+    return _csv_rows(path)
+
+
+def find_rows(path: str | os.PathLike, **where: Any) -> list[dict[str, Any]]:
+    """The rows of the database at `path` whose columns equal `where`, read without writing the file (it is
+    opened read-only, never created or migrated), each checked (`check_row`)."""
+    with Database(path, create=False, readonly=True) as database:
+        rows = database.find(**where)
+    for row in rows:
+        check_row(row, f"data: {str(path)!r} row id {row.get('id')}")
+    return rows
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatabaseError(
+            f"data: {str(path)!r} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); `kt export` "
+            "writes UTF-8 CSV"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise DatabaseError(f"data: {str(path)!r} line 1: not a readable CSV header ({exc})") from None
+    missing = set(CSV_COLUMNS) - set(header)
+    if missing:
+        raise DatabaseError(
+            f"data: {str(path)!r} is not a `kt export` CSV (no {', '.join(sorted(missing))} column)"
         )
-        if missing:
+    rows = []
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
             raise DatabaseError(
-                f"data: {str(path)!r} is not a `kt export` CSV (no {', '.join(sorted(missing))} column)"
-            )
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            row = {k: _number(v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
-            try:
-                rows.append(decode_row(row))
-            except ValueError as exc:
-                raise DatabaseError(f"data: {str(path)!r} line {line}: {exc}") from None
-        return rows
+                f"data: {str(path)!r} line {reader.line_num}: not valid CSV ({exc})"
+            ) from None
+        where = f"data: {str(path)!r} line {reader.line_num}"
+        row = {k: _cell(k, v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
+        try:
+            row = decode_row(row)
+        except ValueError as exc:
+            raise DatabaseError(f"{where}: {exc}") from None
+        check_row(row, where)
+        rows.append(row)
+    return rows
 
 
-def _number(text: str | None) -> Any:
+def _cell(column: str, text: str | None) -> Any:
+    """A CSV cell as stored: None when empty, a number in a numeric column when it parses as one, else text
+    (which `check_row` refuses where a number belongs)."""
     if text is None or text == "":
         return None
+    if column not in NUMERIC_COLUMNS:
+        return text
     try:
         return int(text)
     except ValueError:
@@ -57,8 +121,117 @@ def _number(text: str | None) -> Any:
             return text
 
 
-def to_record(row: dict[str, Any]) -> dict[str, Any]:
-    """The cost-model record of one measured row."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A value as the error shows it: JSON's names for JSON's types."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)
+
+
+def _check_int(value: Any, name: str, low: int, high: int, where: str, column: str) -> None:
+    if not (_is_number(value) and isinstance(value, int) and low <= value <= high):
+        raise DatabaseError(
+            f"{where}: column {column}: {name} is {_show(value)}; allowed: an integer from {low} to {high}"
+        )
+
+
+def _check_choice(value: Any, name: str, allowed: tuple[str, ...], where: str, column: str) -> None:
+    if value not in allowed or not isinstance(value, str):
+        raise DatabaseError(
+            f"{where}: column {column}: {name} is {_show(value)}; allowed: {', '.join(allowed)}"
+        )
+
+
+def _check_problem(family: str, problem: Any, where: str) -> None:
+    names = list(PROBLEMS[family].__dataclass_fields__)
+    if not isinstance(problem, dict):
+        raise DatabaseError(
+            f"{where}: column problem is {_show(problem)}; allowed: a JSON object with {', '.join(names)}"
+        )
+    unknown = sorted(set(problem) - set(names))
+    if unknown:
+        raise DatabaseError(
+            f"{where}: column problem: unknown key {unknown[0]!r}; allowed: {', '.join(names)}"
+        )
+    missing = [key for key in ("m", "n", "k") if key not in problem]
+    if missing:
+        raise DatabaseError(
+            f"{where}: column problem lacks {', '.join(missing)}; a {family} problem needs m, n and k"
+        )
+    for key in ("m", "n", "k"):
+        _check_int(problem[key], key, 1, MAX_DIM, where, "problem")
+    if problem.get("batch") is not None:
+        _check_int(problem["batch"], "batch", 1, MAX_BATCH, where, "problem")
+    _check_choice(problem.get("dtype", "float16"), "dtype", tuple(DTYPES), where, "problem")
+    _check_choice(problem.get("precision", "ieee"), "precision", PRECISIONS, where, "problem")
+    for key in ("a_layout", "b_layout"):
+        _check_choice(problem.get(key, "row"), key, LAYOUTS, where, "problem")
+
+
+def _check_config(config: Any, where: str) -> None:
+    if not isinstance(config, dict):
+        raise DatabaseError(
+            f"{where}: column config is {_show(config)}; allowed: a JSON object with {', '.join(CONFIG_KEYS)}"
+        )
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise DatabaseError(
+            f"{where}: column config: unknown key {unknown[0]!r}; allowed: {', '.join(CONFIG_KEYS)}"
+        )
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise DatabaseError(
+            f"{where}: column config lacks {', '.join(missing)}; a config needs {', '.join(CONFIG_KEYS)}"
+        )
+    for key in CONFIG_KEYS:
+        _check_int(config[key], key, 1, MAX_CONFIG_VALUE, where, "config")
+
+
+def check_row(row: dict[str, Any], where: str) -> None:
+    """Refuse, with a DatabaseError that starts with `where` (the file and its line or row id) and names the
+    column, a row whose family, problem or config the cost model cannot read, whose identifying text is
+    missing, or whose runtime, power or prediction is not a finite number in range."""
+    for column in TEXT_COLUMNS:
+        value = row.get(column)
+        if not isinstance(value, str) or not value:
+            raise DatabaseError(f"{where}: column {column} is {_show(value)}; allowed: non-empty text")
+    family = row.get("family")
+    if family not in PROBLEMS or not isinstance(family, str):
+        raise DatabaseError(f"{where}: column family is {_show(family)}; allowed: {', '.join(PROBLEMS)}")
+    _check_problem(family, row.get("problem"), where)
+    _check_config(row.get("config"), where)
+    for column, allowed, in_range in MEASUREMENT_CHECKS:
+        value = row.get(column)
+        if value is None:
+            continue
+        if not (_is_number(value) and math.isfinite(value) and in_range(value)):
+            raise DatabaseError(f"{where}: column {column} is {_show(value)}; allowed: {allowed}")
+
+
+def is_measured(row: dict[str, Any]) -> bool:
+    """A row a GPU timed and that passed the check: cost-model training data."""
+    return row["runner"] == "cuda" and row["status"] == "ok" and row.get("runtime_ms") is not None
+
+
+def to_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:
+    """The cost-model record of one measured row, checked first (`check_row`; `where` names the row in the
+    error, by default its id)."""
+    where = where or f"data: row id {row.get('id')}"
+    check_row(row, where)
+    if row.get("runtime_ms") is None:
+        raise DatabaseError(
+            f"{where}: column runtime_ms is null; allowed: a finite number of milliseconds > 0"
+        )
     problem = problem_from_dict(row["family"], row["problem"])
     return {
         **problem.to_record(),
@@ -86,9 +259,7 @@ def measured_records(
     rows = [
         r
         for r in read_rows(source)
-        if r["runner"] == "cuda"
-        and r["status"] == "ok"
-        and r.get("runtime_ms")
+        if is_measured(r)
         and (target is None or r["target"] == target)
         and (device is None or r["device"] == device)
     ]

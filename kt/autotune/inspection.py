@@ -5,6 +5,7 @@ the ranking model believed when it chose the candidate. The forest's: a model fi
 forests fitted here on the other shapes of the same data, so that no inspected shape was seen in training.
 
 Only rows a GPU timed and that passed the check are used; a tune without a GPU measured nothing and is refused.
+Data files are opened read-only, and a model file is scored only on shapes it was not fitted on.
 Plots are written with matplotlib's Agg canvas (no display, no pyplot state), each to a temporary file that then
 replaces the old one.
 """
@@ -22,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from kt.autotune.artifact import read_meta
-from kt.autotune.database import Database, default_path
-from kt.autotune.dataset import read_rows, shape_key, to_record
-from kt.costmodel.evaluate import Report, holdout_key
+from kt.autotune.database import default_path
+from kt.autotune.dataset import find_rows, is_measured, read_rows, shape_key, to_record
+from kt.costmodel.evaluate import Report, holdout_key, unseen
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
@@ -49,6 +50,7 @@ class InspectResult:
     tuner_model: str | None = None  # which model made them, when known (an artifact says)
     forest: Report | None = None
     forest_from: str | None = None  # where the forest's predictions come from
+    forest_rows: np.ndarray | None = None  # which records the forest scored (None: all of them)
     importances: dict[str, dict[str, float]] = field(
         default_factory=dict
     )  # runtime/power -> feature -> value
@@ -113,7 +115,7 @@ def _measured(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "created_at": r.get("created_at"),
         }
         for r in rows
-        if r["runner"] == "cuda" and r["status"] == "ok" and r.get("runtime_ms")
+        if is_measured(r)
     ]
 
 
@@ -153,43 +155,42 @@ def _artifact_rows(
     )
     if not meta.get("measured") and db is None and not db_path.is_file():
         raise ArtifactError(unmeasured)
-    with Database(db_path, create=False) as database:
-        rows = [
-            r
-            for r in database.find(runner="cuda", problem_key=problem.key())
-            if r["family_version"] == meta.get("family_version", r["family_version"])
-            and (not meta.get("measured") or r["device"] == ran_on)
-        ]
-        records = _measured(rows)
-        if not records:
+    rows = [
+        r
+        for r in find_rows(db_path, runner="cuda", problem_key=problem.key())  # read-only
+        if r["family_version"] == meta.get("family_version", r["family_version"])
+        and (not meta.get("measured") or r["device"] == ran_on)
+    ]
+    records = _measured(rows)
+    if not records:
+        raise ArtifactError(
+            unmeasured
+            if not meta.get("measured")
+            else f"inspect: {db_path} holds no GPU-measured rows of {path}'s problem on {ran_on}; "
+            "pass the database the tune wrote with --db"
+        )
+    given = _profile(device, explicit=True)
+    profile = given or _profile((meta.get("spec") or {}).get("device")) or _profile(target_name)
+    targets = {r["target"] for r in records}
+    if given is not None and given.key not in targets:
+        raise ArtifactError(
+            f"inspect: the rows of {path}'s problem were tuned for {', '.join(sorted(targets))}, not "
+            f"{given.key}; leave out --device, or give that target's profile"
+        )
+    if profile is not None and profile.key in targets:
+        target = profile.key
+    else:
+        # a calibrated target is the profile's name plus a hash of its fields
+        named = sorted(t for t in targets if t == target_name or t.startswith(f"{target_name}-"))
+        if len(named) != 1:
             raise ArtifactError(
-                unmeasured
-                if not meta.get("measured")
-                else f"inspect: {db_path} holds no GPU-measured rows of {path}'s problem on {ran_on}; "
-                "pass the database the tune wrote with --db"
+                f"inspect: {db_path} holds rows of {path}'s problem for targets {', '.join(sorted(targets))}; "
+                "pick the tune's with --device"
             )
-        given = _profile(device, explicit=True)
-        profile = given or _profile((meta.get("spec") or {}).get("device")) or _profile(target_name)
-        targets = {r["target"] for r in records}
-        if given is not None and given.key not in targets:
-            raise ArtifactError(
-                f"inspect: the rows of {path}'s problem were tuned for {', '.join(sorted(targets))}, not "
-                f"{given.key}; leave out --device, or give that target's profile"
-            )
-        if profile is not None and profile.key in targets:
-            target = profile.key
-        else:
-            # a calibrated target is the profile's name plus a hash of its fields
-            named = sorted(t for t in targets if t == target_name or t.startswith(f"{target_name}-"))
-            if len(named) != 1:
-                raise ArtifactError(
-                    f"inspect: {db_path} holds rows of {path}'s problem for targets {', '.join(sorted(targets))}; "
-                    "pick the tune's with --device"
-                )
-            target, profile = named[0], None
-        gpu = records[0]["device"] if not meta.get("measured") else ran_on
-        records = [r for r in records if r["target"] == target and r["device"] == gpu]
-        training = _measured(database.find(runner="cuda", device=gpu, target=target))
+        target, profile = named[0], None
+    gpu = records[0]["device"] if not meta.get("measured") else ran_on
+    records = [r for r in records if r["target"] == target and r["device"] == gpu]
+    training = _measured(find_rows(db_path, runner="cuda", device=gpu, target=target))
     training = [r for r in training if holdout_key(r) != shape_key(problem)]
     chosen = next((r["config_key"] for r in records if _config_of(r) == meta.get("config")), None)
     result = InspectResult(
@@ -283,11 +284,27 @@ def _forest_report(
                 f"model: {str(model_path)!r} was fitted for device {model.device.key}, and these rows were "
                 f"tuned for {result.target}; fit one for it with `kt costmodel fit --device`"
             )
-        prediction = model.predict(records)
+        scored, dropped_rows, dropped_shapes = unseen(model, records)
+        if not scored:
+            raise ModelError(
+                f"model: {str(model_path)!r}: every row's shape was in the model's training data "
+                f"({dropped_rows} rows of {dropped_shapes} shapes); evaluate it on other shapes"
+            )
+        scored_ids = {id(r) for r in scored}
+        keep = np.array([id(r) in scored_ids for r in records]) if dropped_rows else None
+        if keep is not None:
+            runtime, power = runtime[keep], power[keep]
+            groups = [g for g, k in zip(groups, keep) if k]
+        prediction = model.predict(scored)
         result.forest = Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w)
-        result.forest_from = (
-            f"model file {model_path} ({model.describe()}; its training shapes are not held out)"
-        )
+        result.forest.dropped_rows, result.forest.dropped_shapes = dropped_rows, dropped_shapes
+        result.forest_rows = keep
+        result.forest_from = f"model file {model_path} ({model.describe()})"
+        if dropped_rows:
+            result.notes.append(
+                f"the model file was fitted on {dropped_shapes} of these shapes: their {dropped_rows} rows are "
+                f"left out of its scores ({len(scored)} rows scored)"
+            )
         result.importances = model.feature_importances()
         return
     if profile is None:
@@ -314,7 +331,12 @@ def _forest_report(
                 "never saw the inspected shape); pass --model MODEL.skops"
             )
             return
-        model = ForestModel(profile, seed=seed).fit(train)
+        try:
+            model = ForestModel(profile, seed=seed).fit(train)
+        except ValueError as exc:
+            raise ModelError(
+                f"inspect: fitting a forest on {len(train)} rows: {' '.join(str(exc).split())}"
+            ) from None
         prediction = model.predict([records[i] for i in test])
         predicted[test] = prediction.runtime_s * 1e3
         if prediction.power_w is not None:
@@ -394,7 +416,9 @@ def write_plots(result: InspectResult, directory: Path) -> list[Path]:
         picked = chosen[stored] if chosen is not None else None
         series.append((label, "o", result.tuner.runtime_ms, result.tuner.predicted_ms, picked))
     if result.forest is not None:
-        series.append(("forest", "s", runtime, result.forest.predicted_ms, chosen))
+        scored = result.forest_rows
+        picked = chosen if chosen is None or scored is None else chosen[scored]
+        series.append(("forest", "s", result.forest.runtime_ms, result.forest.predicted_ms, picked))
     for label, marker, measured, predicted, _ in series:
         ax.scatter(measured, predicted, s=18, alpha=0.7, marker=marker, label=label)
         shown += [measured, predicted]

@@ -2,7 +2,9 @@
 
 Rows of one shape are near-twins (the same problem under configs that differ a little), so a random split of
 rows leaks every test shape into training and flatters the model. Every evaluation here holds out whole shapes
-(`group`, one per problem) instead: the question a tuner asks is how well the model ranks a shape it never saw.
+(`holdout_key`: a record's `shape`, its sizes, else its `group`) instead: the question a tuner asks is how well
+the model ranks a shape it never saw. A model file lists the shapes it was fitted on, and `unseen` leaves them out
+when it is scored.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def ape(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def holdout_key(record: dict[str, Any]) -> Any:
     """The unit held out together: the record's `shape` (its sizes, whatever the dtype and layouts: an fp16 and a
     bf16 sweep of one size are near-twins), else its `group`."""
-    return record.get("shape", record["group"])
+    return record["shape"] if "shape" in record else record["group"]
 
 
 def _by_group(groups: Sequence[Any]) -> dict[Any, np.ndarray]:
@@ -56,22 +58,30 @@ def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -
 
 
 def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
-    """Mean over groups of the true value of the model's best pick over the true best (1.0 is perfect)."""
+    """Mean over groups of at least 2 rows of the true value of the model's best pick over the true best (1.0 is
+    perfect); NaN when no group has 2 rows (a model cannot pick wrong among one)."""
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    ratios = [true[rows][np.argmin(pred[rows])] / true[rows].min() for rows in _by_group(groups).values()]
-    return float(np.mean(ratios))
+    ratios = [
+        true[rows][np.argmin(pred[rows])] / true[rows].min()
+        for rows in _by_group(groups).values()
+        if len(rows) >= 2
+    ]
+    return float(np.mean(ratios)) if ratios else float("nan")
 
 
 def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: int = 5) -> float:
-    """Mean over groups of the share of the true best k that the model also puts in its best k."""
+    """Mean over groups of at least 2 rows of the share of the true best k that the model also puts in its best
+    k; NaN when no group has 2 rows."""
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     scores = []
     for rows in _by_group(groups).values():
+        if len(rows) < 2:
+            continue
         kk = min(k, len(rows))
         best_true = set(rows[np.argsort(true[rows], kind="stable")[:kk]])
         best_pred = set(rows[np.argsort(pred[rows], kind="stable")[:kk]])
         scores.append(len(best_true & best_pred) / kk)
-    return float(np.mean(scores))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 @dataclass
@@ -85,6 +95,9 @@ class Report:
     predicted_power_w: np.ndarray | None = None
     folds: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # rows of `data` left out because a model file was fitted on their shapes, and how many shapes those were
+    dropped_rows: int = 0
+    dropped_shapes: int = 0
 
     def __post_init__(self):
         t, p, g = self.runtime_ms, self.predicted_ms, self.groups
@@ -109,15 +122,25 @@ class Report:
                 )
 
     def summary(self) -> str:
+        """One line of the metrics; "-" for one that is NaN (nothing to measure it on)."""
         m = self.metrics
-        power = f", power median APE {m['power_median_ape']:.1f}%" if "power_median_ape" in m else ""
+        power = f", power median APE {_fmt(m['power_median_ape'], '.1f')}%" if "power_median_ape" in m else ""
         held = f", {self.folds} folds of whole shapes held out" if self.folds else ""
-        return (
-            f"{m['rows']} rows, {m['shapes']} shapes{held}: runtime R2 {m['runtime_r2']:.3f}, "
-            f"MAPE {m['runtime_mape']:.1f}% (median {m['runtime_median_ape']:.1f}%), Spearman within shape "
-            f"{m['spearman_within_shape']:.3f}, top-1 {m['top1_score']:.3f}, top-5 recall "
-            f"{m['top5_recall']:.2f}{power}"
+        dropped = (
+            f" ({self.dropped_rows} rows of {self.dropped_shapes} shapes the model was fitted on left out)"
+            if self.dropped_rows
+            else ""
         )
+        return (
+            f"{m['rows']} rows, {m['shapes']} shapes{held}{dropped}: runtime R2 {_fmt(m['runtime_r2'], '.3f')}, "
+            f"MAPE {_fmt(m['runtime_mape'], '.1f')}% (median {_fmt(m['runtime_median_ape'], '.1f')}%), "
+            f"Spearman within shape {_fmt(m['spearman_within_shape'], '.3f')}, top-1 "
+            f"{_fmt(m['top1_score'], '.3f')}, top-5 recall {_fmt(m['top5_recall'], '.2f')}{power}"
+        )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or not np.isfinite(value) else format(value, spec)
 
 
 def targets(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
@@ -134,6 +157,15 @@ def report(model: ForestModel, records: Sequence[dict[str, Any]]) -> Report:
     runtime, power, groups = targets(records)
     prediction = model.predict(records)
     return Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w)
+
+
+def unseen(model: ForestModel, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+    """The records whose shape (`holdout_key`) `model` was not fitted on (its `trained["shape_keys"]`), and how
+    many rows and shapes were left out. A model file from before kt recorded them leaves nothing out."""
+    trained = set(model.trained.get("shape_keys") or ())
+    kept = [r for r in records if str(holdout_key(r)) not in trained]
+    seen = {holdout_key(r) for r in records if str(holdout_key(r)) in trained}
+    return kept, len(records) - len(kept), len(seen)
 
 
 def cross_validate(
