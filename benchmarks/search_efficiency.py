@@ -4,9 +4,10 @@ the legal space, against random search, replayed on real exhaustive sweeps.
 Each sweep (every legal config of one shape, measured on a GPU by `kt collect --all`) is held out in turn and
 searched the way `kt tune` searches it (kt.autotune.replay): `guided` starts from a forest fitted on the sweeps
 of the other shapes only (never this shape, in any dtype or layout: what kt would ship) and corrects it after
-each round on what it measured; `guided-analytic` starts from the analytic model and refits a forest on what it
-measured (a tune with no model and a fresh database); `random` samples. Each "measurement" is answered from the
-sweep, so the strategies are compared on the same real runtimes. For each budget (a fraction of the shape's measured configs) the figure is the exhaustive best
+each round on what it measured; `guided-analytic` starts from the analytic model and corrects it the same way (a
+tune with no model and a fresh database); `random` samples. Each "measurement" is answered from the
+sweep, so the strategies are compared on the same real runtimes. What this does not cover: a tune whose database
+already holds other shapes of the device, which `kt tune` also learns from. For each budget (a fraction of the shape's measured configs) the figure is the exhaustive best
 runtime over the best the search found (100% = found the best), averaged over shapes and seeds.
 
     python benchmarks/search_efficiency.py --data data/dense_h100.csv --csv benchmarks/results/search_h100.csv

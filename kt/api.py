@@ -93,7 +93,7 @@ def plan(
         raise SpecError("objective", f"{objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
     return plan_tuning(
         node.problem,
-        resolve_profile(device or spec.device),
+        _profile_for_model(spec, device, model),
         _budget(budget) or spec.tune.budget,
         strategy,
         spec.tune.seed if seed is None else seed,
@@ -102,6 +102,17 @@ def plan(
         power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w,
         torch.cuda.is_available() if measures_time is None else measures_time,
     )
+
+
+def _profile_for_model(spec: OpSpec, device: str | None, model: Any) -> DeviceProfile:
+    """The target profile; with a model file and nothing that names a device (no --device, `device: auto`, no
+    GPU here), the model's own device."""
+    named = device is not None or spec.device != "auto" or torch.cuda.is_available()
+    if not named and isinstance(model, (str, os.PathLike)) and str(model) != "analytic":
+        from kt.costmodel.forest import ForestModel
+
+        return ForestModel.load(model).device
+    return resolve_profile(device or spec.device)
 
 
 def space(spec: SpecLike, device: str | None = None) -> SearchSpace:

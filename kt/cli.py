@@ -5,6 +5,7 @@ Every error a user can cause prints one line and exits with code 2; an interrupt
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 from collections import Counter
@@ -29,6 +30,10 @@ err = Console(
 
 class _Group(click.Group):
     def main(self, *args, **kwargs):
+        # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("kt: warning: %(message)s"))
+        logging.getLogger("kt").addHandler(handler)
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except KtError as exc:
@@ -422,18 +427,24 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             measures,
         )
     out.print(table)
+    if prediction.power_w is not None and plan.power_cap_w is not None:
+        over = int(np.sum(prediction.power_w > plan.power_cap_w))
+        if over:
+            out.print(
+                f"note: {over} of {len(space_.legal)} configs are predicted to draw more than "
+                f"{plan.power_cap_w:g} W; they rank after all the others",
+                style="yellow",
+            )
     if prediction.power_w is None:
         out.print(
             f"note: the {plan.model} model predicts no power; W and mJ need a fitted forest", style="yellow"
         )
-        if plan.objective != "time" or plan.power_cap_w is not None:
-            asked = [
-                f"{plan.objective}" if plan.objective != "time" else "",
-                "the power cap" if plan.power_cap_w else "",
-            ]
+        asked = [plan.objective] if plan.objective != "time" else []
+        asked += ["the power cap"] if plan.power_cap_w is not None else []
+        if asked:
             out.print(
-                f"note: so the ranking is by predicted time; {' and '.join(a for a in asked if a)} apply only "
-                "to measured configs",
+                f"note: so the ranking is by predicted time; {' and '.join(asked)} "
+                f"{'apply' if len(asked) > 1 else 'applies'} only to measured configs",
                 style="yellow",
             )
 

@@ -23,9 +23,9 @@ def row(config_key="m32n32k32g8w4s3x1", status="ok", **extra):
 def test_a_row_is_visible_to_another_connection_as_soon_as_it_is_inserted(tmp_path):
     path = tmp_path / "t.db"
     with Database(path) as db:
-        assert db.insert(row(runtime_ms=0.5))
+        assert db.insert(row(rel_err=0.5))
         other = sqlite3.connect(path)
-        assert other.execute("SELECT runtime_ms FROM measurements").fetchall() == [(0.5,)]
+        assert other.execute("SELECT rel_err FROM measurements").fetchall() == [(0.5,)]
         other.close()
         assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -78,14 +78,14 @@ def test_export_writes_every_column_of_the_matching_rows(tmp_path):
     import json
 
     with Database(tmp_path / "t.db") as db:
-        db.insert(row(runtime_ms=0.25, runner="cuda"))
+        db.insert(row(rel_err=0.25, runner="cuda"))
         db.insert(row(config_key="second", status="crash", runner="cuda"))
         db.insert(row(config_key="third", runner="interpret", checked_problems=[{"m": 2}, {"m": 3}]))
         assert db.export_csv(tmp_path / "out" / "data.csv", runner="cuda") == 2
     with open(tmp_path / "out" / "data.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["config_key"] for r in rows] == ["m32n32k32g8w4s3x1", "second"]
-    assert rows[0]["runtime_ms"] == "0.25" and json.loads(rows[0]["problem"]) == {"m": 1}
+    assert rows[0]["rel_err"] == "0.25" and json.loads(rows[0]["problem"]) == {"m": 1}
     assert "triton_version" in rows[0] and "device" in rows[0]
     with Database(tmp_path / "t.db") as db:
         db.export_csv(tmp_path / "all.csv")
@@ -97,13 +97,14 @@ def test_export_writes_every_column_of_the_matching_rows(tmp_path):
 def test_a_read_only_open_reads_and_never_writes(tmp_path):
     path = tmp_path / "t.db"
     with Database(path) as db:
-        db.insert(row(runtime_ms=0.5))
+        db.insert(row(rel_err=0.5))
     before = path.read_bytes()
     with Database(path, create=False, readonly=True) as db:
-        assert [r["runtime_ms"] for r in db.find()] == [0.5]
+        assert [r["rel_err"] for r in db.find()] == [0.5]
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             db.insert(row(config_key="other"))
     assert path.read_bytes() == before
+    assert not list(tmp_path.glob("t.db-*")), "no -wal or -shm file is left beside it"
     with pytest.raises(DatabaseError, match="not found"):
         Database(tmp_path / "absent.db", readonly=True)
     assert not (tmp_path / "absent.db").exists()

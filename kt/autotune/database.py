@@ -87,8 +87,9 @@ class Database:
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
         """Open (or, with `create`, make) the database at `path`, default `default_path()`.
 
-        `readonly` opens an existing file for reading only (SQLite's `mode=ro`): nothing is created, migrated or
-        written, and a file that is not a kt database (an empty one included) is refused as it is.
+        `readonly` opens an existing file for reading only (SQLite's `mode=ro`, and `immutable` when no writer's
+        log is beside it): nothing is created, migrated or written, and a file that is not a kt database (an
+        empty one included) is refused as it is.
         """
         self.path = Path(path) if path is not None else default_path()
         self.readonly = readonly
@@ -98,7 +99,10 @@ class Database:
             raise DatabaseError(f"db: {str(self.path)!r} not found")
         try:
             if readonly:
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                # With no write-ahead log beside it, no writer is active and the file is read as it stands
+                # (immutable): SQLite then creates no -wal/-shm files, and a read-only folder is no obstacle.
+                wal = self.path.with_name(self.path.name + "-wal")
+                uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
                 self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
                 self._check()

@@ -247,8 +247,9 @@ def to_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:
 
 def shape_key(problem) -> str:
     """What evaluation holds out together: the problem's family and sizes, whatever its dtype and layouts."""
-    batch = f"x{problem.batch}" if problem.batch else ""
-    return f"{problem.family} {problem.m}x{problem.n}x{problem.k}{batch}"
+    from kt.costmodel.evaluate import shape_of
+
+    return shape_of(problem.to_record())
 
 
 def measured_records(

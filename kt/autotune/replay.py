@@ -19,6 +19,7 @@ import numpy as np
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.correction import model_name, refit
+from kt.costmodel.evaluate import shape_of
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.ir.problems import problem_from_dict
@@ -35,9 +36,7 @@ class Sweep:
 
     def __post_init__(self):
         if not self.shape:
-            r = self.records[0]
-            batch = f"x{r['batch']}" if r["batch"] > 1 else ""
-            self.shape = f"{r['family']} {r['m']}x{r['n']}x{r['k']}{batch}"
+            self.shape = shape_of(self.records[0])
 
     def __len__(self) -> int:
         return len(self.records)
@@ -124,7 +123,7 @@ def replay(
         return {i: (float(sweep.runtime_ms[i]) if np.isfinite(sweep.runtime_ms[i]) else None) for i in batch}
 
     def refit_() -> bool:
-        model = refit(start, device, sweep.measured_records(measured), seed)
+        model = refit(start, sweep.measured_records(measured), seed)
         if model is None:
             return False
         state["prediction"], state["name"] = model.predict(sweep.records), model_name(model)

@@ -81,7 +81,7 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
             return AnalyticModel(profile)
         try:
             return ForestModel.load(shipped, profile)
-        except ModelError as exc:  # e.g. another scikit-learn than it was fitted with: not the user's to fix
+        except (ModelError, OSError) as exc:  # e.g. another scikit-learn than it was fitted with
             logging.getLogger("kt").warning(
                 "kt's own %s model is not usable here (%s); ranking with the analytic model", profile.key, exc
             )
@@ -261,6 +261,8 @@ def tune(
                 f"{len(session.trace.measured)} new measurements in {rounds} round"
                 f"{'s' if rounds != 1 else ''}, ranked by: {' -> '.join(dict.fromkeys(session.trace.models))}"
             )
+        if session.skipped_rows:
+            notes.append(f"{session.skipped_rows} malformed rows of the database were left out of the refits")
         if objective != "time" and session.final_prediction.power_w is None:
             notes.append(
                 f"the {plan.model} model predicts time only: candidates were chosen by predicted time "
@@ -303,6 +305,7 @@ class Session:
     db_path: Path
     trace: SearchTrace = field(default_factory=SearchTrace)
     final_prediction: Prediction | None = None  # the last model's, after any refits
+    skipped_rows: int = 0  # malformed database rows that refits left out
 
 
 RETRYABLE = ("timeout", "crash")
@@ -349,7 +352,9 @@ def run_session(
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
         trace, fresh = tuner.search(search, budget, progress, retry_failed)
         rows = tuner.rows(trace)
-        return Session(plan, runner, profile, rows, fresh, database.path, trace, tuner.prediction)
+        return Session(
+            plan, runner, profile, rows, fresh, database.path, trace, tuner.prediction, tuner.skipped_rows
+        )
 
 
 class _Tuner:
@@ -372,6 +377,7 @@ class _Tuner:
         self.prediction = plan.prediction
         self.model_name = plan.model
         self.rank_of = {index: position for position, index in enumerate(plan.ranked)}
+        self.skipped_rows = 0  # malformed database rows left out of refits
 
     def value(self, row: dict[str, Any]) -> float | None:
         return objective_value(row, self.plan.objective, self.plan.power_cap_w)
@@ -402,9 +408,13 @@ class _Tuner:
             family_version=self.family.version,
             status="ok",
         )
-        model = refit(
-            self.start, self.profile, [to_record(r) for r in rows if r.get("runtime_ms")], self.seed
-        )
+        records = []
+        for row in rows:
+            try:
+                records.append(to_record(row))
+            except KtError:  # a malformed old row must not stop a tune between rounds
+                self.skipped_rows += 1
+        model = refit(self.start, records, self.seed)
         if model is None:
             return False
         self.prediction = model.predict(self.plan.records)
@@ -413,8 +423,8 @@ class _Tuner:
 
     def search(self, strategy: SearchStrategy, budget: int, progress: bool, retry_failed: bool):
         known = self.known(retry_failed)
-        if known and self.runner.measures_time and strategy.adaptive:
-            self.refit()  # a resumed tune ranks its next round with what it has measured already
+        if self.runner.measures_time and strategy.adaptive:
+            self.refit()  # rank the first round with what the database knows of this device already
         total = min(budget, len(self.plan.space.legal))
         reporter = TuneProgress(progress, self.runner.measures_time)
         verb = "measuring" if self.runner.measures_time else "checking"
@@ -534,8 +544,10 @@ def choose_best(
     if runner.measures_time:
         scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
         scored = [(v, r) for v, r in scored if v is not None]
-        readings = [r["power_w"] for r in rows if objective_value(r, "time") is not None and r.get("power_w")]
-        if not scored and power_cap_w is not None and readings and min(readings) > power_cap_w:
+        passing = [r for r in rows if objective_value(r, "time") is not None]
+        readings = [r["power_w"] for r in passing if r.get("power_w") is not None]
+        every_read = passing and len(readings) == len(passing)
+        if not scored and power_cap_w is not None and every_read and min(readings) > power_cap_w:
             raise KtError(
                 f"power_cap_w: every passing config drew more than {power_cap_w:g} W "
                 f"(the least: {min(readings):.0f} W)"

@@ -1,14 +1,13 @@
 """Refitting during a tune: how the model that ranks candidates learns from what a tune has measured.
 
-A tune starts from a model (a forest shipped with kt or given with --model, or the analytic model) and, between
-rounds, refits on the measurements of this device in the database. Two cases:
-
-- The starting model is the analytic one: a `ForestModel` is fitted on the measured rows (its features include
-  the analytic terms, so it starts from what the analytic model knows).
-- The starting model is a forest: its training data is not at hand (a shipped model carries only its trees),
-  and a forest fitted on a few dozen rows of one shape would throw away what it learned from thousands. So a
-  `CorrectedModel` keeps it and learns a correction on top: a forest fitted on log(measured / the starting
-  forest's prediction). Where the correction has no data it stays near zero and the starting forest decides.
+A tune starts from a model: a forest shipped with kt or given with --model, or the analytic model. Between
+rounds it refits on the measurements of this device in the database. The starting model is never thrown away:
+a shipped forest's training data is not at hand, and a forest fitted on a few dozen rows of one shape would
+lose what it learned from thousands; the analytic model knows the device's physics. So a `CorrectedModel`
+keeps the starting model and learns a correction on top of it: a forest fitted on log(measured / predicted)
+runtime (and on log(measured / predicted) power when the starting model predicts power; else a power forest
+of its own). With few rows the correction is nearly one factor for every candidate, which keeps the starting
+model's ranking; as rows accumulate it learns where that model is wrong.
 
 `refit` is the one routine both the tune loop and the replayed searches of the search-efficiency benchmark call,
 so the benchmark scores the algorithm `kt tune` runs.
@@ -27,37 +26,51 @@ from kt.costmodel.features import features
 from kt.costmodel.forest import MIN_ROWS, ForestModel, per_tree
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import AnalyticModel
-from kt.device import DeviceProfile
 
 REFIT_TREES = 100  # fewer than a saved model: a refit runs between rounds while the GPU waits
+LEAF = 3  # rows per leaf: a handful of rows cannot split a shape's configs apart on noise
+
+
+def _column(records: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] * scale for r in records], dtype=np.float64)
 
 
 class CorrectedModel:
-    """A starting forest times a learned correction; predicts like any model, is never saved."""
+    """A starting model (analytic or forest) times a learned correction; predicts like any model, never saved."""
 
     name = "corrected"
 
-    def __init__(self, base: ForestModel, n_estimators: int = REFIT_TREES, seed: int = 0):
+    def __init__(self, base: AnalyticModel | ForestModel, n_estimators: int = REFIT_TREES, seed: int = 0):
         self.base, self.device = base, base.device
-        self.params = {"n_estimators": n_estimators, "max_features": 0.5, "random_state": seed}
+        self.params = {
+            "n_estimators": n_estimators,
+            "max_features": 0.5,
+            "min_samples_leaf": LEAF,
+            "random_state": seed,
+            "n_jobs": min(4, os.cpu_count() or 1),
+        }
         self.forest: RandomForestRegressor | None = None
         self.power_forest: RandomForestRegressor | None = None
-        self.rows = 0
+        self.power_relative = False  # True: power_forest learns log(measured / base's predicted power)
+        self.rows = self.power_rows = 0
 
     def fit(self, records: Sequence[dict[str, Any]]) -> CorrectedModel:
-        runtime_s = np.array([r["runtime_ms"] for r in records], dtype=np.float64) * 1e-3
+        """Fit on measured records (runtime_ms > 0 each; power_w where read)."""
+        if len(records) < MIN_ROWS:
+            raise ValueError(f"a correction needs at least {MIN_ROWS} measured records, got {len(records)}")
+        runtime_s = _column(records, "runtime_ms", 1e-3)
+        if not np.all(np.isfinite(runtime_s) & (runtime_s > 0)):
+            raise ValueError("every record needs a positive, finite runtime_ms")
         x = features(records, self.device)
-        start = self.base.predict(records).runtime_s
-        jobs = min(4, os.cpu_count() or 1)
-        self.forest = RandomForestRegressor(**self.params, n_jobs=jobs).fit(x, np.log(runtime_s / start))
-        power = np.array(
-            [np.nan if r.get("power_w") is None else r["power_w"] for r in records], dtype=np.float64
-        )
-        has_power = np.isfinite(power) & (power > 0)
-        if has_power.sum() >= MIN_ROWS:
-            self.power_forest = RandomForestRegressor(**self.params, n_jobs=jobs).fit(
-                x[has_power], power[has_power]
-            )
+        start = self.base.predict(records)
+        self.forest = RandomForestRegressor(**self.params).fit(x, np.log(runtime_s / start.runtime_s))
+        power = _column(records, "power_w")
+        has = np.isfinite(power) & (power > 0)
+        self.power_rows = int(has.sum())
+        if self.power_rows >= MIN_ROWS:
+            self.power_relative = start.power_w is not None
+            target = np.log(power[has] / start.power_w[has]) if self.power_relative else power[has]
+            self.power_forest = RandomForestRegressor(**self.params).fit(x[has], target)
         self.rows = len(records)
         return self
 
@@ -72,33 +85,33 @@ class CorrectedModel:
         power, power_spread = start.power_w, start.power_spread_w
         if self.power_forest is not None:
             trees = per_tree(self.power_forest, x)
-            power, power_spread = trees.mean(axis=0), trees.std(axis=0)
+            if self.power_relative:
+                power = start.power_w * np.exp(trees.mean(axis=0))
+                power_spread = np.sqrt(start.power_spread_w**2 + (power * trees.std(axis=0)) ** 2)
+            else:
+                power, power_spread = trees.mean(axis=0), trees.std(axis=0)
         return Prediction(runtime, spread, power, power_spread)
 
     def describe(self) -> str:
-        return f"{self.base.describe()}, corrected on {self.rows} measured rows"
+        power = f", power from {self.power_rows}" if self.power_forest is not None else ""
+        return f"{model_name(self.base)} corrected on {self.rows} measured rows{power}"
 
 
 def refit(
-    start: Any, device: DeviceProfile, records: Sequence[dict[str, Any]], seed: int = 0
-) -> ForestModel | CorrectedModel | None:
+    start: AnalyticModel | ForestModel | CorrectedModel,
+    records: Sequence[dict[str, Any]],
+    seed: int = 0,
+) -> CorrectedModel | None:
     """The model to rank with after measuring `records` (this device's passing measurements), starting from
-    `start`; None when there are too few rows to fit anything."""
+    `start` (a CorrectedModel restarts from its base); None when there are too few rows to fit anything."""
     if len(records) < MIN_ROWS:
         return None
-    if isinstance(start, CorrectedModel):
-        start = start.base
-    if isinstance(start, ForestModel):
-        return CorrectedModel(start, seed=seed).fit(records)
-    if not isinstance(start, AnalyticModel):
-        raise TypeError(f"cannot refit from {type(start).__name__}")
-    return ForestModel(device, n_estimators=REFIT_TREES, seed=seed).fit(records)
+    base = start.base if isinstance(start, CorrectedModel) else start
+    return CorrectedModel(base, seed=seed).fit(records)
 
 
 def model_name(model: Any) -> str:
     """How progress lines and artifacts name a model."""
-    if isinstance(model, CorrectedModel):
-        return model.describe()
-    if isinstance(model, ForestModel):
+    if isinstance(model, (CorrectedModel, ForestModel)):
         return model.describe()
     return "analytic"

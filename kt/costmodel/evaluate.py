@@ -34,6 +34,13 @@ def ape(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return 100 * np.abs(pred - true) / true
 
 
+def shape_of(record: dict[str, Any]) -> str:
+    """A record's shape: its family and sizes, whatever its dtype and layouts ("gemm 4096x4096x4096", with "xB"
+    for a batch of more than one)."""
+    batch = f"x{record['batch']}" if record.get("batch", 1) > 1 else ""
+    return f"{record['family']} {record['m']}x{record['n']}x{record['k']}{batch}"
+
+
 def holdout_key(record: dict[str, Any]) -> Any:
     """The unit held out together: the record's `shape` (its sizes, whatever the dtype and layouts: an fp16 and a
     bf16 sweep of one size are near-twins), else its `group`."""
