@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -69,3 +69,208 @@ class Dense(Factor):
         batch = f"{self.batch}x" if self.batch else ""
         mark = "" if self.storage == "in_out" else "ᵀ"
         return f"Dense[{self.weight}{mark}]({batch}{self.out_features}<-{self.in_features})"
+
+
+# Structured factors. Their dense forms come back in float64 promoted with the dtypes of all the weights passed
+# (so complex128 when any is complex): a weightless Perm between complex BlockDiags is then complex too, and
+# LinearMap.to_dense can multiply them.
+# Transposes are plain transposes, never conjugates: `factor.transpose().to_dense(w) == factor.to_dense(w).mT`.
+
+_STORAGES = ("out_in", "in_out")
+
+
+def _dense_dtype(weights: Mapping[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
+    dtype, device = torch.float64, torch.device("cpu")
+    tensors = [w for w in weights.values() if w.is_floating_point() or w.is_complex()]
+    for w in tensors:
+        dtype = torch.promote_types(dtype, w.dtype)
+    if tensors:
+        device = tensors[0].device
+    return dtype, device
+
+
+def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {expected}")
+
+
+def _init_features(factor: Factor, in_features: int, out_features: int) -> None:
+    object.__setattr__(factor, "in_features", in_features)
+    object.__setattr__(factor, "out_features", out_features)
+
+
+@dataclass(frozen=True)
+class BlockDiag(Factor):
+    """Block-diagonal: block i maps x[i*in_blk:(i+1)*in_blk] to y[i*out_blk:(i+1)*out_blk].
+
+    The weight tensor is (nblocks, out_blk, in_blk) for storage "out_in" (Monarch's w1 (k, q, p) is out_in with
+    out_blk=q, in_blk=p) and (nblocks, in_blk, out_blk) for "in_out". As with Dense, transposing swaps the block
+    sizes and the storage, so the same tensor serves the transposed map.
+    """
+
+    in_features: int = field(init=False)
+    out_features: int = field(init=False)
+    nblocks: int
+    out_blk: int
+    in_blk: int
+    weight: str = "w"
+    storage: str = "out_in"
+
+    def __post_init__(self):
+        if self.storage not in _STORAGES:
+            raise ValueError(f"BlockDiag storage={self.storage!r}; allowed: {', '.join(_STORAGES)}")
+        _init_features(self, self.nblocks * self.in_blk, self.nblocks * self.out_blk)
+
+    def blocks(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The (nblocks, out_blk, in_blk) blocks, as views of the weight tensor."""
+        w = weights[self.weight]
+        if self.storage == "out_in":
+            _check_shape(self.weight, w, (self.nblocks, self.out_blk, self.in_blk))
+            return w
+        _check_shape(self.weight, w, (self.nblocks, self.in_blk, self.out_blk))
+        return w.transpose(-1, -2)
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        dtype, _ = _dense_dtype(weights)
+        return torch.block_diag(*self.blocks(weights).to(dtype))
+
+    def transpose(self) -> BlockDiag:
+        flipped = "in_out" if self.storage == "out_in" else "out_in"
+        return replace(self, out_blk=self.in_blk, in_blk=self.out_blk, storage=flipped)
+
+    def weight_names(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def __str__(self) -> str:
+        mark = "" if self.storage == "out_in" else "ᵀ"
+        return f"BlockDiag[{self.weight}{mark}]({self.nblocks}x {self.out_blk}<-{self.in_blk})"
+
+
+@dataclass(frozen=True)
+class Perm(Factor):
+    """The stride permutation "view x as (rows, cols), transpose, flatten": y[c*rows + r] = x[r*cols + c].
+
+    In torch: `y = x.view(rows, cols).T.flatten()`. Its transpose is its inverse, Perm(cols, rows).
+    """
+
+    in_features: int = field(init=False)
+    out_features: int = field(init=False)
+    rows: int
+    cols: int
+
+    def __post_init__(self):
+        _init_features(self, self.rows * self.cols, self.rows * self.cols)
+
+    def source_index(self) -> torch.Tensor:
+        """idx with y = x[idx]."""
+        return torch.arange(self.rows * self.cols).view(self.rows, self.cols).T.flatten()
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        dtype, device = _dense_dtype(weights)
+        n = self.rows * self.cols
+        matrix = torch.zeros(n, n, dtype=dtype, device=device)
+        matrix[torch.arange(n), self.source_index()] = 1
+        return matrix
+
+    def transpose(self) -> Perm:
+        return Perm(self.cols, self.rows)
+
+    def __str__(self) -> str:
+        return f"Perm({self.rows}x{self.cols})"
+
+
+@dataclass(frozen=True)
+class Diag(Factor):
+    """Elementwise scale y[i] = weight[i] * x[i] (twiddle factors, per-channel scales); real or complex."""
+
+    in_features: int = field(init=False)
+    out_features: int = field(init=False)
+    n: int
+    weight: str = "d"
+
+    def __post_init__(self):
+        _init_features(self, self.n, self.n)
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        dtype, _ = _dense_dtype(weights)
+        w = weights[self.weight]
+        _check_shape(self.weight, w, (self.n,))
+        return torch.diag(w.to(dtype))
+
+    def transpose(self) -> Diag:
+        return self
+
+    def weight_names(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def __str__(self) -> str:
+        return f"Diag[{self.weight}]({self.n})"
+
+
+@dataclass(frozen=True)
+class ButterflyFactor(Factor):
+    """Level `level` of a butterfly on n = 2**L features, with twiddles (L, n/2, 2, 2) in `weight`.
+
+    With stride s = 2**level, for each group g and j < s the pair (a, b) = (2*s*g + j, 2*s*g + s + j) is mapped by
+    t = twiddles[level, g*s + j]: y[a] = t[0,0] x[a] + t[0,1] x[b], y[b] = t[1,0] x[a] + t[1,1] x[b].
+    `transposed` reads each 2x2 as t.T, which is the transposed factor on the same tensor.
+    """
+
+    in_features: int = field(init=False)
+    out_features: int = field(init=False)
+    n: int
+    level: int
+    weight: str = "twiddles"
+    transposed: bool = False
+
+    def __post_init__(self):
+        if self.n < 2 or self.n & (self.n - 1):
+            raise ValueError(f"ButterflyFactor n={self.n}: must be a power of two >= 2")
+        if not 0 <= self.level < self.n.bit_length() - 1:
+            raise ValueError(f"ButterflyFactor level={self.level}: allowed 0..{self.n.bit_length() - 2}")
+        _init_features(self, self.n, self.n)
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (a, b) of the n/2 pairs, in twiddle order h = g*s + j."""
+        s = 1 << self.level
+        h = torch.arange(self.n // 2)
+        a = 2 * s * (h // s) + h % s
+        return a, a + s
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        dtype, device = _dense_dtype(weights)
+        twiddles = weights[self.weight]
+        _check_shape(self.weight, twiddles, (self.n.bit_length() - 1, self.n // 2, 2, 2))
+        t = twiddles[self.level].to(dtype)
+        if self.transposed:
+            t = t.transpose(-1, -2)
+        a, b = self.pairs()
+        matrix = torch.zeros(self.n, self.n, dtype=dtype, device=device)
+        matrix[a, a], matrix[a, b] = t[:, 0, 0], t[:, 0, 1]
+        matrix[b, a], matrix[b, b] = t[:, 1, 0], t[:, 1, 1]
+        return matrix
+
+    def transpose(self) -> ButterflyFactor:
+        return replace(self, transposed=not self.transposed)
+
+    def weight_names(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def __str__(self) -> str:
+        mark = "ᵀ" if self.transposed else ""
+        return f"Butterfly[{self.weight}{mark}:{self.level}]({self.n})"
+
+
+def realify(matrix: torch.Tensor) -> torch.Tensor:
+    """The real form [[Re, -Im], [Im, Re]] of a complex (..., out, in) matrix, shape (..., 2*out, 2*in).
+
+    It acts on planar vectors [Re x; Im x] (all real parts, then all imaginary parts) and gives [Re y; Im y]:
+    how complex factors are lowered to real dots.
+    """
+    if matrix.is_complex():
+        re, im = matrix.real, matrix.imag
+    else:
+        re, im = matrix, torch.zeros_like(matrix)
+    top = torch.cat([re, -im], dim=-1)
+    bottom = torch.cat([im, re], dim=-1)
+    return torch.cat([top, bottom], dim=-2)

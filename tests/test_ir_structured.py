@@ -1,0 +1,303 @@
+"""Structured IR: BlockDiag, Perm, Diag and butterfly factors; Monarch, butterfly and FFT maps against independent
+torch references; Monarch projection; the butterfly twiddles that compute the DFT."""
+
+import pytest
+import torch
+
+from kt.ir import (
+    BlockDiag,
+    ButterflyFactor,
+    Diag,
+    LinearMap,
+    Perm,
+    bit_reversal,
+    butterfly_dft_twiddles,
+    butterfly_map,
+    butterfly_reference,
+    dft_matrix,
+    fft_map,
+    fft_weights,
+    monarch_map,
+    monarch_reference,
+    monarch_square_map,
+    realify,
+)
+from kt.ir.monarch import project
+
+F64, C128 = torch.float64, torch.complex128
+
+
+def randn(*shape, seed, dtype=F64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def assert_close(actual, expected, tol=1e-10):
+    err = (actual - expected).abs().max().item()
+    scale = max(expected.abs().max().item(), 1.0)
+    assert err <= tol * scale, f"max abs error {err:.3g} (scale {scale:.3g})"
+
+
+# Monarch shapes (k, q, p, l, s, r): rectangular blocks, in != out, q < l and q > l, and the square case.
+MONARCH_SHAPES = [
+    (3, 5, 4, 5, 7, 3),
+    (2, 6, 3, 3, 5, 4),
+    (4, 2, 3, 2, 5, 4),
+    (2, 3, 5, 6, 2, 1),
+    (4, 4, 4, 4, 4, 4),
+]
+
+
+def monarch_weights(k, q, p, l, s, r, seed, dtype=F64):  # noqa: E741
+    return {"w1": randn(k, q, p, seed=seed, dtype=dtype), "w2": randn(l, s, r, seed=seed + 1, dtype=dtype)}
+
+
+# ---- factors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [F64, C128])
+def test_block_diag_dense_form_places_each_block_on_the_diagonal(dtype):
+    w = randn(3, 2, 4, seed=0, dtype=dtype)
+    factor = BlockDiag(3, 2, 4, weight="w")
+    assert (factor.in_features, factor.out_features) == (12, 6)
+    expected = torch.zeros(6, 12, dtype=dtype)
+    for i in range(3):
+        expected[2 * i : 2 * i + 2, 4 * i : 4 * i + 4] = w[i]
+    dense = factor.to_dense({"w": w})
+    assert dense.dtype == dtype and torch.equal(dense, expected)
+    x = randn(5, 12, seed=1, dtype=dtype)
+    by_block = torch.cat([x[:, 4 * i : 4 * i + 4] @ w[i].T for i in range(3)], dim=1)
+    assert_close(x @ dense.T, by_block)
+
+
+@pytest.mark.parametrize("dtype", [F64, C128])
+def test_block_diag_transpose_swaps_storage_and_reuses_the_same_tensor(dtype):
+    w = randn(3, 2, 4, seed=2, dtype=dtype)
+    factor = BlockDiag(3, 2, 4, weight="w")
+    flipped = factor.transpose()
+    assert (flipped.in_blk, flipped.out_blk, flipped.storage) == (2, 4, "in_out")
+    assert (flipped.in_features, flipped.out_features) == (6, 12)
+    assert torch.equal(flipped.to_dense({"w": w}), factor.to_dense({"w": w}).T)  # plain, not conjugate
+    assert flipped.transpose() == factor
+
+
+def test_block_diag_names_the_bad_shape_and_storage():
+    with pytest.raises(ValueError, match=r"'w1' has shape \(3, 4, 2\), expected \(3, 2, 4\)"):
+        BlockDiag(3, 2, 4, weight="w1").to_dense({"w1": randn(3, 4, 2, seed=0)})
+    with pytest.raises(ValueError, match="storage='rows'; allowed: out_in, in_out"):
+        BlockDiag(3, 2, 4, storage="rows")
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 3), (4, 4), (5, 2), (1, 7)])
+def test_perm_is_view_transpose_flatten_and_its_transpose_is_its_inverse(rows, cols):
+    x = randn(rows * cols, seed=3)
+    factor = Perm(rows, cols)
+    dense = factor.to_dense({})
+    assert torch.equal(dense @ x, x.view(rows, cols).T.flatten())
+    n = rows * cols
+    assert all(dense[c * rows + r, r * cols + c] == 1 for r in range(rows) for c in range(cols))
+    assert factor.transpose() == Perm(cols, rows)
+    assert torch.equal(factor.transpose().to_dense({}), dense.T)
+    assert torch.equal(dense.T @ dense, torch.eye(n, dtype=F64))
+
+
+def test_perm_takes_the_dtype_of_the_weights_it_sits_between():
+    assert Perm(2, 3).to_dense({"d": randn(6, seed=0, dtype=C128)}).dtype == C128
+    assert Perm(2, 3).to_dense({}).dtype == F64
+
+
+@pytest.mark.parametrize("dtype", [F64, C128])
+def test_diag_scales_elementwise_and_is_its_own_transpose(dtype):
+    d = randn(6, seed=4, dtype=dtype)
+    factor = Diag(6, weight="d")
+    x = randn(3, 6, seed=5, dtype=dtype)
+    assert_close(x @ factor.to_dense({"d": d}).T, x * d)
+    assert factor.transpose() == factor
+    assert torch.equal(factor.transpose().to_dense({"d": d}), factor.to_dense({"d": d}).T)
+
+
+@pytest.mark.parametrize("dtype", [F64, C128])
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_butterfly_factor_mixes_pairs_at_stride_two_to_the_level(level, dtype):
+    n, s = 8, 1 << level
+    twiddles = randn(3, 4, 2, 2, seed=6, dtype=dtype)
+    factor = ButterflyFactor(n, level)
+    expected = torch.zeros(n, n, dtype=dtype)
+    for g in range(n // (2 * s)):
+        for j in range(s):
+            a, b = 2 * s * g + j, 2 * s * g + s + j
+            expected[[[a], [b]], [a, b]] = twiddles[level, g * s + j]
+    assert torch.equal(factor.to_dense({"twiddles": twiddles}), expected)
+    flipped = factor.transpose()
+    assert torch.equal(flipped.to_dense({"twiddles": twiddles}), expected.T)
+    assert flipped.transpose() == factor
+
+
+def test_realify_acts_on_planar_real_and_imaginary_parts():
+    m = randn(3, 5, seed=7, dtype=C128)
+    x = randn(4, 5, seed=8, dtype=C128)
+    y = x @ m.T
+    planar = torch.cat([x.real, x.imag], dim=-1) @ realify(m).T
+    assert realify(m).shape == (6, 10) and realify(m).dtype == F64
+    assert_close(planar, torch.cat([y.real, y.imag], dim=-1))
+
+
+def test_factors_print_readably():
+    chain = LinearMap(
+        (BlockDiag(4, 2, 3, weight="w1"), Perm(2, 4), Diag(8, weight="t"), ButterflyFactor(8, 1))
+    )
+    assert str(chain) == "Butterfly[twiddles:1](8) · Diag[t](8) · Perm(2x4) · BlockDiag[w1](4x 2<-3)"
+    assert str(BlockDiag(4, 2, 3).transpose()) == "BlockDiag[wᵀ](4x 3<-2)"
+
+
+# ---- Monarch ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", MONARCH_SHAPES)
+def test_monarch_map_matches_the_two_bmm_reference_for_rectangular_blocks(shape):
+    k, q, p, l, s, r = shape  # noqa: E741
+    weights = monarch_weights(*shape, seed=10)
+    op = monarch_map(*shape)
+    assert (op.in_features, op.out_features) == (k * p, l * s)
+    x = randn(2, 3, k * p, seed=11)  # leading batch dims
+    reference = monarch_reference(x, weights["w1"], weights["w2"])
+    assert reference.shape == (2, 3, l * s)
+    assert_close(op.apply_dense(x, weights), reference)
+
+
+def test_monarch_reference_accepts_non_contiguous_x():
+    weights = monarch_weights(3, 5, 4, 5, 7, 3, seed=12)
+    x = randn(12, 9, seed=13).T  # (9, 12), strides (1, 9)
+    assert not x.is_contiguous()
+    expected = monarch_map(3, 5, 4, 5, 7, 3).apply_dense(x.contiguous(), weights)
+    assert_close(monarch_reference(x, weights["w1"], weights["w2"]), expected)
+
+
+def test_square_monarch_is_p_l_p_r():
+    m = 4
+    op = monarch_square_map(m * m, m)
+    weights = monarch_weights(m, m, m, m, m, m, seed=14)
+    perm = Perm(m, m).to_dense({})
+    left = BlockDiag(m, m, m, weight="w2").to_dense(weights)
+    right = BlockDiag(m, m, m, weight="w1").to_dense(weights)
+    assert_close(op.to_dense(weights), perm @ left @ perm.T @ right)
+
+
+@pytest.mark.parametrize("shape", MONARCH_SHAPES)
+def test_monarch_transpose_is_the_dense_transpose(shape):
+    weights = monarch_weights(*shape, seed=15)
+    op = monarch_map(*shape)
+    assert_close(op.transpose().to_dense(weights), op.to_dense(weights).T)
+
+
+def test_monarch_refuses_widths_that_do_not_chain():
+    with pytest.raises(ValueError, match="k\\*q=15 but w2 .* takes l\\*r=12"):
+        monarch_map(3, 5, 4, 4, 7, 3)
+
+
+# ---- butterfly --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 8, 32])
+@pytest.mark.parametrize("dtype", [F64, C128])
+def test_butterfly_map_matches_the_per_factor_loop(n, dtype):
+    twiddles = randn(n.bit_length() - 1, n // 2, 2, 2, seed=20, dtype=dtype)
+    op = butterfly_map(n)
+    x = randn(5, n, seed=21, dtype=dtype)
+    assert_close(op.apply_dense(x, {"twiddles": twiddles}), butterfly_reference(x, twiddles))
+    assert_close(op.transpose().to_dense({"twiddles": twiddles}), op.to_dense({"twiddles": twiddles}).T)
+    assert op.weight_names() == ("twiddles",)
+
+
+def test_butterfly_refuses_n_not_a_power_of_two():
+    with pytest.raises(ValueError, match="n=12: must be a power of two"):
+        butterfly_map(12)
+
+
+@pytest.mark.parametrize("n", [2, 4, 16, 64])
+def test_butterfly_dft_twiddles_compute_the_dft_of_bit_reversed_input(n):
+    twiddles = butterfly_dft_twiddles(n)
+    x = randn(3, n, seed=22, dtype=C128)
+    assert_close(butterfly_reference(x, twiddles), torch.fft.fft(x[..., bit_reversal(n)]))
+    dense = butterfly_map(n).to_dense({"twiddles": twiddles})
+    assert_close(dense, dft_matrix(n)[:, bit_reversal(n)])
+
+
+def test_bit_reversal_reverses_bits_and_is_an_involution():
+    idx = bit_reversal(8)
+    assert idx.tolist() == [0, 4, 2, 6, 1, 5, 3, 7]
+    assert torch.equal(idx[idx], torch.arange(8))
+
+
+# ---- FFT --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, n1, n2", [(8, 2, 4), (8, 4, 2), (12, 3, 4), (16, 4, 4), (30, 5, 6), (64, 16, 4)])
+def test_fft_map_dense_is_the_dft_matrix(n, n1, n2):
+    op = fft_map(n, n1, n2)
+    weights = fft_weights(n, n1, n2)
+    eye = torch.eye(n, dtype=C128)
+    assert_close(op.to_dense(weights), torch.fft.fft(eye, dim=0))
+    x = randn(4, n, seed=30, dtype=C128)
+    assert_close(op.apply_dense(x, weights), torch.fft.fft(x))
+    assert_close(op.transpose().to_dense(weights), op.to_dense(weights).T)
+
+
+def test_fft_weights_have_the_documented_shapes():
+    weights = fft_weights(12, 3, 4)
+    assert {name: tuple(w.shape) for name, w in weights.items()} == {
+        "dft1": (4, 3, 3),
+        "twiddle": (12,),
+        "dft2": (3, 4, 4),
+    }
+    assert all(w.dtype == C128 for w in weights.values())
+    assert fft_map(12, 3, 4).weight_names() == ("dft1", "twiddle", "dft2")
+
+
+def test_fft_refuses_a_split_that_does_not_multiply_to_n():
+    with pytest.raises(ValueError, match="n1=3 x n2=5 = 15 does not equal n=16"):
+        fft_map(16, 3, 5)
+
+
+# ---- projection -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", MONARCH_SHAPES)
+@pytest.mark.parametrize("dtype", [F64, C128])
+def test_projection_round_trips_a_monarch_matrix(shape, dtype):
+    k, q, p, l, s, r = shape  # noqa: E741
+    op = monarch_map(*shape)
+    monarch = op.to_dense(monarch_weights(*shape, seed=40, dtype=dtype))
+    w1, w2 = project(monarch, k, l, q)
+    assert w1.shape == (k, q, p) and w2.shape == (l, s, r) and w1.dtype == dtype
+    assert_close(op.to_dense({"w1": w1, "w2": w2}), monarch)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 5, 7, 3), (4, 4, 4, 4, 4, 4)])
+def test_projection_is_closer_than_the_monarch_it_was_perturbed_from(shape):
+    k, q, p, l, s, r = shape  # noqa: E741
+    op = monarch_map(*shape)
+    monarch = op.to_dense(monarch_weights(*shape, seed=41))
+    noise = 0.1 * randn(l * s, k * p, seed=42)
+    w1, w2 = project(monarch + noise, k, l, q)
+    error = (op.to_dense({"w1": w1, "w2": w2}) - (monarch + noise)).norm()
+    assert error <= noise.norm()  # the unperturbed Monarch is one candidate
+
+
+def test_projection_of_a_dense_matrix_beats_perturbed_factors_and_zero():
+    k, q, p, l, s, r = 4, 4, 4, 4, 4, 4  # noqa: E741
+    op = monarch_map(k, q, p, l, s, r)
+    dense = randn(16, 16, seed=43)
+    w1, w2 = project(dense, k, l)
+    error = (op.to_dense({"w1": w1, "w2": w2}) - dense).norm()
+    assert error < dense.norm()
+    for seed in range(5):  # locally optimal: any nudge of the factors is worse
+        nudged = {
+            "w1": w1 + 1e-3 * randn(*w1.shape, seed=50 + seed),
+            "w2": w2 + 1e-3 * randn(*w2.shape, seed=60 + seed),
+        }
+        assert (op.to_dense(nudged) - dense).norm() > error
+
+
+def test_projection_names_the_bad_block_counts():
+    with pytest.raises(ValueError, match="in=10 is not a multiple of k=4"):
+        project(randn(8, 10, seed=0), 4, 2)
