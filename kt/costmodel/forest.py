@@ -175,7 +175,7 @@ class ForestModel:
 
     def describe(self) -> str:
         t = self.trained
-        shapes = f", {t['shapes']} shapes" if t.get("shapes") else ""
+        shapes = f", {t['shapes']} shape{'s' if t['shapes'] != 1 else ''}" if t.get("shapes") else ""
         power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
         return f"forest for {self.device.key}: {t.get('rows', 0)} rows{shapes}{power}"
 
