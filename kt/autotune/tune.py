@@ -27,6 +27,7 @@ from kt.autotune.search import (
     make_strategy,
     run_search,
 )
+from kt.autotune.timing import TimingSettings
 from kt.autotune.versions import software_versions
 from kt.codegen import GemmConfig, SearchSpace, family_for, write_source
 from kt.costmodel import AnalyticModel, rank
@@ -327,10 +328,12 @@ def run_session(
     progress: bool = True,
     timeout_s: float = 300.0,
     retry_failed: bool = False,
+    timing: TimingSettings | None = None,
 ) -> Session:
     """Plan, then search: measure what the database lacks, round by round, until the strategy stops or the
     budget (counting configs measured before) is spent. `retry_failed` measures again configs whose earlier
-    attempt timed out or crashed (both can be transient: a short timeout, a busy machine)."""
+    attempt timed out or crashed (both can be transient: a short timeout, a busy machine). `timing` sets how
+    long the GPU times each config and its energy loop (default: kt.autotune.timing.DEFAULT_TIMING)."""
     from kt.api import resolve_profile  # the API owns turning specs into profiles
     from kt.ir import op_from_spec
 
@@ -342,7 +345,8 @@ def run_session(
         search = make_strategy(strategy)
     except ValueError as exc:
         raise KtError(str(exc)) from None
-    runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s)
+    extra = {"timing": timing} if timing is not None else {}
+    runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, **extra)
     if search.adaptive and not runner.measures_time:
         search = TopSearch()
     plan = plan_tuning(

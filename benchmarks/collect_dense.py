@@ -1,0 +1,124 @@
+"""Collect the dense GEMM sweeps the cost model trains on: many shapes, fp16 and bf16, into one tuning database.
+
+For each (shape, dtype) of the suite below it runs `kt collect` (every legal config with --all, or a random
+sample of them), then exports the GPU-measured rows to a CSV for `data/` (device, date and software versions on
+every row). It resumes: a second run measures only what the database lacks. Meant for a GPU machine; with
+`--backend interpret` it only checks configs on the CPU (no timings), to try the script out.
+
+    python benchmarks/collect_dense.py --sample 120 --db sweeps.db --export data/dense_h100.csv
+
+GPU time per config is the compile (in parallel) plus about target_ms of timed runs plus energy_s of energy
+loop; --target-ms and --energy-s trade precision for sweep size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import kt
+from kt.autotune.database import Database
+from kt.autotune.timing import DEFAULT_TIMING, TimingSettings
+from kt.errors import KtError
+
+# Squares, skinny (few rows or columns: decode-like and GEMV-like), deep K, odd sizes that leave ragged tiles,
+# and batched products: 24 shapes, each in fp16 and bf16.
+SHAPES: list[tuple[int, int, int, int | None]] = [
+    (256, 256, 256, None),
+    (512, 512, 512, None),
+    (1024, 1024, 1024, None),
+    (2048, 2048, 2048, None),
+    (4096, 4096, 4096, None),
+    (8192, 8192, 8192, None),
+    (16, 4096, 4096, None),
+    (64, 8192, 4096, None),
+    (128, 12288, 4096, None),
+    (4096, 64, 4096, None),
+    (8192, 128, 1024, None),
+    (32, 1024, 8192, None),
+    (64, 64, 65536, None),
+    (256, 256, 32768, None),
+    (4096, 4096, 256, None),
+    (8192, 2048, 128, None),
+    (1000, 1000, 1000, None),
+    (4097, 4095, 4099, None),
+    (777, 1333, 555, None),
+    (3000, 5000, 700, None),
+    (129, 257, 4099, None),
+    (1024, 1024, 1024, 8),
+    (512, 2048, 256, 32),
+    (197, 768, 3072, 16),
+]
+DTYPES = ("float16", "bfloat16")
+
+
+def spec_for(m: int, n: int, k: int, batch: int | None, dtype: str):
+    shape = {"m": m, "n": n, "k": k} | ({"batch": batch} if batch else {})
+    name = f"sweep_{m}x{n}x{k}" + (f"x{batch}" if batch else "") + f"_{dtype}"
+    return kt.parse_spec({"op": "dense", "name": name, "dtype": dtype, "shape": shape})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--all", action="store_true", help="every legal config of each shape (hours per shape)")
+    how.add_argument("--sample", type=int, help="this many random legal configs per shape and dtype")
+    parser.add_argument("--db", type=Path, required=True, help="tuning database to fill (resumable)")
+    parser.add_argument("--export", type=Path, default=None, help="CSV of the GPU-measured rows, for data/")
+    parser.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
+    parser.add_argument("--device", default=None, help="target device profile (default: the GPU present)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N shapes of the suite")
+    parser.add_argument(
+        "--dtypes", default=",".join(DTYPES), help=f"comma-separated, from {', '.join(DTYPES)}"
+    )
+    parser.add_argument(
+        "--target-ms", type=float, default=DEFAULT_TIMING.target_ms, help="timed runs per config"
+    )
+    parser.add_argument(
+        "--energy-s", type=float, default=DEFAULT_TIMING.energy_s, help="energy loop (0: none)"
+    )
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one config may take")
+    args = parser.parse_args(argv)
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= set(DTYPES) or (args.sample is not None and args.sample < 1):
+        parser.error(f"--dtypes must be from {', '.join(DTYPES)} and --sample at least 1")
+    if args.target_ms <= 0 or args.energy_s < 0:
+        parser.error("--target-ms must be > 0 and --energy-s >= 0")
+    timing = TimingSettings(target_ms=args.target_ms, energy_s=args.energy_s)
+    suite = [(shape, dtype) for shape in SHAPES[: args.limit] for dtype in dtypes]
+    started = time.monotonic()
+    try:
+        for i, ((m, n, k, batch), dtype) in enumerate(suite, start=1):
+            spec = spec_for(m, n, k, batch, dtype)
+            session = kt.collect(
+                spec,
+                sample=args.sample,
+                backend=args.backend,
+                db=args.db,
+                device=args.device,
+                workers=args.workers,
+                progress=False,
+                timeout_s=args.timeout,
+                timing=timing,
+            )
+            ok = sum(r["status"] == "ok" for r in session.rows)
+            print(
+                f"[{i}/{len(suite)}] {spec.name}: {len(session.rows)} configs ({session.fresh} new, {ok} ok) "
+                f"on {session.runner.device} · {time.monotonic() - started:.0f} s",
+                flush=True,
+            )
+        if args.export is not None:
+            with Database(args.db, create=False, readonly=True) as database:
+                count = database.export_csv(args.export, runner="cuda")
+            print(f"{count} GPU-measured rows -> {args.export}")
+    except KtError as exc:
+        print(f"collect_dense: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
