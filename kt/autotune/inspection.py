@@ -25,7 +25,8 @@ import numpy as np
 from kt.autotune.artifact import read_meta
 from kt.autotune.database import default_path
 from kt.autotune.dataset import find_rows, is_measured, read_rows, shape_key, to_record
-from kt.costmodel.evaluate import Report, holdout_key, unseen
+from kt.costmodel.evaluate import Report, assign_folds, holdout_key, unseen
+from kt.costmodel.evaluate import targets as measured_arrays
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
@@ -249,20 +250,12 @@ def _config_of(record: dict[str, Any]) -> dict[str, Any]:
 # -- predictions ------------------------------------------------------------------------------------------
 
 
-def _arrays(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    runtime = np.array([r["runtime_ms"] for r in records], dtype=np.float64)
-    power = np.array(
-        [np.nan if r.get("power_w") is None else r["power_w"] for r in records], dtype=np.float64
-    )
-    return runtime, power, [r["group"] for r in records]
-
-
 def _tuner_report(result: InspectResult) -> None:
     stored = [r for r in result.records if r.get("predicted_ms")]
     if not stored:
         result.notes.append("no row carries the tuner's prediction (predicted_ms)")
         return
-    runtime, _, groups = _arrays(stored)
+    runtime, _, groups = measured_arrays(stored)
     result.tuner = Report(runtime, np.array([r["predicted_ms"] for r in stored], dtype=np.float64), groups)
     if len(stored) < len(result.records):
         result.notes.append(f"{len(result.records) - len(stored)} rows carry no tuner prediction")
@@ -276,7 +269,7 @@ def _forest_report(
     seed: int,
 ) -> None:
     records = result.records
-    runtime, power, groups = _arrays(records)
+    runtime, power, groups = measured_arrays(records)
     if model_path is not None:
         model = ForestModel.load(model_path, profile)
         if model.device.key != result.target:
@@ -315,10 +308,8 @@ def _forest_report(
         return
     inspected = {holdout_key(r) for r in records}
     pool = records + [r for r in training if holdout_key(r) not in inspected]
-    shapes = sorted(inspected, key=str)
-    folds = min(5, len(shapes))
-    order = np.random.default_rng(seed).permutation(len(shapes))
-    fold_of = {shapes[i]: position % folds for position, i in enumerate(order)}
+    fold_of = assign_folds(inspected, 5, seed)
+    folds = max(fold_of.values()) + 1
     predicted = np.full(len(records), np.nan)
     predicted_power = np.full(len(records), np.nan)
     importances: list[dict[str, dict[str, float]]] = []
@@ -402,7 +393,7 @@ def write_plots(result: InspectResult, directory: Path) -> list[Path]:
     """predicted_vs_measured.png, and pareto.png when any row has a power reading; returns their paths."""
     first, last = result.dates
     records = result.records
-    runtime, power, groups = _arrays(records)
+    runtime, power, groups = measured_arrays(records)
     chosen = np.array([r["config_key"] == result.chosen for r in records]) if result.chosen else None
     where = f"{result.gpu} (target {result.target})\nmeasured {first} to {last}"
 

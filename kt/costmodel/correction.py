@@ -22,17 +22,13 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
-from kt.costmodel.features import features
+from kt.costmodel.features import column, features
 from kt.costmodel.forest import MIN_ROWS, ForestModel, per_tree
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import AnalyticModel
 
 REFIT_TREES = 100  # fewer than a saved model: a refit runs between rounds while the GPU waits
 LEAF = 3  # rows per leaf: a handful of rows cannot split a shape's configs apart on noise
-
-
-def _column(records: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> np.ndarray:
-    return np.array([np.nan if r.get(key) is None else r[key] * scale for r in records], dtype=np.float64)
 
 
 class CorrectedModel:
@@ -58,13 +54,13 @@ class CorrectedModel:
         """Fit on measured records (runtime_ms > 0 each; power_w where read)."""
         if len(records) < MIN_ROWS:
             raise ValueError(f"a correction needs at least {MIN_ROWS} measured records, got {len(records)}")
-        runtime_s = _column(records, "runtime_ms", 1e-3)
+        runtime_s = column(records, "runtime_ms", 1e-3)
         if not np.all(np.isfinite(runtime_s) & (runtime_s > 0)):
             raise ValueError("every record needs a positive, finite runtime_ms")
         x = features(records, self.device)
         start = self.base.predict(records)
         self.forest = RandomForestRegressor(**self.params).fit(x, np.log(runtime_s / start.runtime_s))
-        power = _column(records, "power_w")
+        power = column(records, "power_w")
         has = np.isfinite(power) & (power > 0)
         self.power_rows = int(has.sum())
         if self.power_rows >= MIN_ROWS:

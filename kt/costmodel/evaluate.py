@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from kt.costmodel.features import column
 from kt.costmodel.forest import ForestModel
 from kt.device import DeviceProfile
 
@@ -153,10 +154,15 @@ def _fmt(value: float | None, spec: str) -> str:
 def targets(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """(runtime_ms, power_w with NaN where absent, group) of measured records."""
     runtime = np.array([r["runtime_ms"] for r in records], dtype=np.float64)
-    power = np.array(
-        [np.nan if r.get("power_w") is None else r["power_w"] for r in records], dtype=np.float64
-    )
-    return runtime, power, [r["group"] for r in records]
+    return runtime, column(records, "power_w"), [r["group"] for r in records]
+
+
+def assign_folds(shapes: set[Any], folds: int, seed: int) -> dict[Any, int]:
+    """shape -> fold, for at most `folds` folds: the shapes dealt out at random (by `seed`), round robin."""
+    ordered = sorted(shapes, key=str)
+    folds = min(folds, len(ordered))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return {ordered[i]: position % folds for position, i in enumerate(order)}
 
 
 def report(model: ForestModel, records: Sequence[dict[str, Any]]) -> Report:
@@ -188,12 +194,10 @@ def cross_validate(
         raise ValueError(f"folds must be at least 2, got {folds}")
     runtime, power, groups = targets(records)
     held = [holdout_key(r) for r in records]
-    shapes = sorted(set(held), key=str)
-    if len(shapes) < 2:
-        raise ValueError(f"holding out whole shapes needs at least 2 shapes, got {len(shapes)}")
-    folds = min(folds, len(shapes))
-    order = np.random.default_rng(seed).permutation(len(shapes))
-    fold_of = {shapes[i]: position % folds for position, i in enumerate(order)}
+    if len(set(held)) < 2:
+        raise ValueError(f"holding out whole shapes needs at least 2 shapes, got {len(set(held))}")
+    fold_of = assign_folds(set(held), folds, seed)
+    folds = max(fold_of.values()) + 1
     fold = np.array([fold_of[h] for h in held])
     predicted = np.zeros(len(records))
     predicted_power = np.full(len(records), np.nan)

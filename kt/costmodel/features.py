@@ -85,6 +85,11 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+def column(records: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> np.ndarray:
+    """`key` of every record as float64 (times `scale`), NaN where a record lacks it or holds None."""
+    return np.array([np.nan if r.get(key) is None else r[key] * scale for r in records], dtype=np.float64)
+
+
 def check_records(records: Sequence[dict[str, Any]]) -> None:
     """Raise ValueError naming the first missing key or unknown family."""
     for i, record in enumerate(records):

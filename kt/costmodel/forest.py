@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.tree import DecisionTreeRegressor
 
-from kt.costmodel.features import FEATURE_NAMES, features
+from kt.costmodel.features import FEATURE_NAMES, column, features
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
 from kt.device import DeviceProfile
@@ -123,9 +123,7 @@ class ForestModel:
         x = features(records, self.device)
         target = np.log(runtime * 1e-3 / roofline_time(records, self.device))
         self.runtime_forest = self._forest().fit(x, target)
-        power = np.array(
-            [np.nan if r.get("power_w") is None else r["power_w"] for r in records], dtype=np.float64
-        )
+        power = column(records, "power_w")
         has_power = np.isfinite(power) & (power > 0)
         self.power_forest = (
             self._forest().fit(x[has_power], power[has_power]) if has_power.sum() >= MIN_ROWS else None
