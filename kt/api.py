@@ -91,9 +91,10 @@ def plan(
     objective = objective or spec.tune.objective
     if objective not in OBJECTIVES:
         raise SpecError("objective", f"{objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
+    profile, model = _profile_for_model(spec, device, model)
     return plan_tuning(
         node.problem,
-        _profile_for_model(spec, device, model),
+        profile,
         _budget(budget) or spec.tune.budget,
         strategy,
         spec.tune.seed if seed is None else seed,
@@ -104,15 +105,16 @@ def plan(
     )
 
 
-def _profile_for_model(spec: OpSpec, device: str | None, model: Any) -> DeviceProfile:
-    """The target profile; with a model file and nothing that names a device (no --device, `device: auto`, no
-    GPU here), the model's own device."""
+def _profile_for_model(spec: OpSpec, device: str | None, model: Any) -> tuple[DeviceProfile, Any]:
+    """The target profile and the model to rank with; with a model file and nothing that names a device (no
+    --device, `device: auto`, no GPU here), the model's own device, and the file loaded once."""
     named = device is not None or spec.device != "auto" or torch.cuda.is_available()
     if not named and isinstance(model, (str, os.PathLike)) and str(model) != "analytic":
         from kt.costmodel.forest import ForestModel
 
-        return ForestModel.load(model).device
-    return resolve_profile(device or spec.device)
+        loaded = ForestModel.load(model)
+        return loaded.device, loaded
+    return resolve_profile(device or spec.device), model
 
 
 def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
