@@ -92,6 +92,16 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     return ForestModel.load(model, profile)
 
 
+def search_strategy(strategy: str | SearchStrategy, measures_time: bool) -> SearchStrategy:
+    """The strategy named (one-line KtError for an unknown name); without timing there is nothing to refit
+    on, so an adaptive strategy becomes the model's top candidates."""
+    try:
+        strategy = make_strategy(strategy)
+    except ValueError as exc:
+        raise KtError(str(exc)) from None
+    return TopSearch() if strategy.adaptive and not measures_time else strategy
+
+
 def plan_tuning(
     problem: GemmProblem,
     profile: DeviceProfile,
@@ -115,12 +125,7 @@ def plan_tuning(
             f"no config of the {family.name} family can run {problem} on {profile.name}: "
             f"{', '.join(f'{n} {r}' for r, n in space.dropped.items())}"
         )
-    try:
-        strategy = make_strategy(strategy)
-    except ValueError as exc:
-        raise KtError(str(exc)) from None
-    if strategy.adaptive and not measures_time:
-        strategy = TopSearch()
+    strategy = search_strategy(strategy, measures_time)
     cost_model = resolve_model(profile, model)
     records = [{**problem.to_record(), **config.to_dict()} for config in space.legal]
     prediction = cost_model.predict(records)
@@ -341,14 +346,10 @@ def run_session(
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
     profile = resolve_profile(device or spec.device)
     cost_model = resolve_model(profile, model)
-    try:
-        search = make_strategy(strategy)
-    except ValueError as exc:
-        raise KtError(str(exc)) from None
+    search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
     extra = {"timing": timing} if timing is not None else {}
     runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, **extra)
-    if search.adaptive and not runner.measures_time:
-        search = TopSearch()
+    search = search_strategy(search, runner.measures_time)
     plan = plan_tuning(
         node.problem, profile, budget, search, seed, cost_model, objective, power_cap_w, runner.measures_time
     )
