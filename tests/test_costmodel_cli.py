@@ -50,10 +50,10 @@ SHAPES = [
     (1024, 2048, 512, "nt"),
     (2048, 1024, 2048, "tt"),
 ]
+# CUTLASS's n is column-major (stored transposed in kt's terms), t row-major: the benchmark's mapping
 LAYOUT = {
-    "n": "col",
-    "t": "row",
-}  # CUTLASS's n is column-major (stored transposed in kt's terms), t row-major
+    letter: "col" if column_major else "row" for letter, column_major in GPPERF_BENCHMARK.COLUMN_MAJOR.items()
+}
 
 
 def kt(*args):

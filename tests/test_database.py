@@ -49,24 +49,34 @@ def test_bad_rows_are_refused_whole(tmp_path):
         assert db.count() == 0
 
 
+def foreign_db(path):
+    """An SQLite file of something else."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def newer_db(path):
+    """A kt database written by a kt with a newer schema."""
+    Database(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    return path
+
+
 def test_files_that_are_not_kt_databases_get_one_clear_error(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(DatabaseError, match="is not a kt tuning database"):
         Database(junk)
-    other = tmp_path / "other.db"
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE people (name TEXT)")
-    conn.commit()
-    conn.close()
+    other = foreign_db(tmp_path / "other.db")
     with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
         Database(other)
-    newer = tmp_path / "newer.db"
-    Database(newer).close()
-    conn = sqlite3.connect(newer)
-    conn.execute("PRAGMA user_version = 99")
-    conn.commit()
-    conn.close()
+    newer = newer_db(tmp_path / "newer.db")
     with pytest.raises(DatabaseError, match="has schema 99, newer than this kt's 1"):
         Database(newer)
     with pytest.raises(DatabaseError, match="is a directory"):
@@ -116,21 +126,12 @@ def test_a_read_only_open_refuses_what_is_not_a_kt_database_and_leaves_it_as_it_
     with pytest.raises(DatabaseError, match=r"empty\.db' is empty, so it is not a kt tuning database"):
         Database(empty, create=False, readonly=True)
     assert empty.stat().st_size == 0
-    other = tmp_path / "other.db"
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE people (name TEXT)")
-    conn.commit()
-    conn.close()
+    other = foreign_db(tmp_path / "other.db")
     before = other.read_bytes()
     with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
         Database(other, create=False, readonly=True)
     assert other.read_bytes() == before
-    newer = tmp_path / "newer.db"
-    Database(newer).close()
-    conn = sqlite3.connect(newer)
-    conn.execute("PRAGMA user_version = 99")
-    conn.commit()
-    conn.close()
+    newer = newer_db(tmp_path / "newer.db")
     with pytest.raises(DatabaseError, match="has schema 99, newer than this kt's 1"):
         Database(newer, create=False, readonly=True)
     junk = tmp_path / "junk.db"
