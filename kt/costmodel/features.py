@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.costmodel.roofline import gemm_terms, roofline_terms
+from kt.costmodel.roofline import columns, gemm_terms, out_read, roofline_terms, tensor_cores
 from kt.device import DeviceProfile
 
 FAMILY_CODES = {"gemm": 0}
@@ -110,10 +110,7 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
     roof = roofline_terms(records, device)
     roof_s = np.maximum(roof["t_compute"], roof["t_memory"])
     terms = gemm_terms(records, device)
-    col = {k: np.array([r[k] for r in records], dtype=np.float64) for k in CONFIG_KEYS + PROBLEM_KEYS[1:5]}
-    tiles_m = np.ceil(col["m"] / col["block_m"])
-    tiles_n = np.ceil(col["n"] / col["block_n"])
-    k_steps = np.ceil(np.ceil(col["k"] / col["block_k"]) / col["split_k"])
+    col = columns(records, CONFIG_KEYS + ("m", "n", "k", "batch", "itemsize", "a_col", "b_col"))
     threads = col["num_warps"] * device.warp_size
     max_warps = device.max_threads_per_sm / device.warp_size
     values = {
@@ -127,9 +124,9 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
         "log2_roofline_s": np.log2(roof_s),
         "compute_bound": (roof["t_compute"] >= roof["t_memory"]).astype(np.float64),
         "log2_balance": np.log2(roof["t_compute"] / roof["t_memory"]),
-        "log2_tiles_m": np.log2(tiles_m),
-        "log2_tiles_n": np.log2(tiles_n),
-        "log2_k_steps": np.log2(k_steps),
+        "log2_tiles_m": np.log2(terms["tiles_m"]),
+        "log2_tiles_n": np.log2(terms["tiles_n"]),
+        "log2_k_steps": np.log2(terms["k_steps"]),
         "log2_programs": np.log2(terms["programs"]),
         "waves": terms["waves"],
         "tail_fill": terms["tail_fill"],
@@ -145,13 +142,11 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
         "log2_analytic": np.log2(terms["predicted_s"] / roof_s),
         **{k: col[k] for k in CONFIG_KEYS},
         "family": np.array([FAMILY_CODES[r["family"]] for r in records], dtype=np.float64),
-        "itemsize": np.array([r["itemsize"] for r in records], dtype=np.float64),
-        "tensor_cores": np.array(
-            [r["dtype"] != "float32" or r["precision"] == "tf32" for r in records], dtype=np.float64
-        ),
-        "a_col": np.array([r["a_col"] for r in records], dtype=np.float64),
-        "b_col": np.array([r["b_col"] for r in records], dtype=np.float64),
-        "out_read": np.array([r.get("out_read", 0) for r in records], dtype=np.float64),
+        "itemsize": col["itemsize"],
+        "tensor_cores": tensor_cores(records).astype(np.float64),
+        "a_col": col["a_col"],
+        "b_col": col["b_col"],
+        "out_read": out_read(records),
     }
     return np.column_stack([values[name] for name in FEATURE_NAMES])
 

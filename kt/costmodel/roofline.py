@@ -35,8 +35,19 @@ K_STEP_OVERHEAD = (
 )
 
 
-def _columns(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, np.ndarray]:
+def columns(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """name -> float64 array of that key over the records."""
     return {name: np.array([r[name] for r in records], dtype=np.float64) for name in names}
+
+
+def out_read(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """1.0 where the epilogue also reads the output (the optional `out_read` key), else 0.0."""
+    return np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
+
+
+def tensor_cores(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """True where the math runs on tensor cores: every dtype but float32, which needs precision tf32."""
+    return np.array([r["dtype"] != "float32" or r["precision"] == "tf32" for r in records])
 
 
 def roofline_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
@@ -45,11 +56,11 @@ def roofline_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> 
     The least bytes: each operand read once and the output written once (and read too when the record's
     optional `out_read` is 1, as in C = A @ B + beta * C).
     """
-    c = _columns(records, ("m", "n", "k", "batch", "itemsize"))
-    out_read = np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
+    c = columns(records, ("m", "n", "k", "batch", "itemsize"))
+    reads_out = out_read(records)
     flops = 2 * c["batch"] * c["m"] * c["n"] * c["k"]
     nbytes = (
-        c["batch"] * (c["m"] * c["k"] + c["k"] * c["n"] + (1 + out_read) * c["m"] * c["n"]) * c["itemsize"]
+        c["batch"] * (c["m"] * c["k"] + c["k"] * c["n"] + (1 + reads_out) * c["m"] * c["n"]) * c["itemsize"]
     )
     peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
     return {
@@ -68,7 +79,7 @@ def roofline_time(records: Sequence[dict[str, Any]], device: DeviceProfile) -> n
 
 def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
     """The model's named terms per record (seconds, counts or fractions), for ranking and as features."""
-    c = _columns(
+    c = columns(
         records,
         (
             "m",
@@ -113,10 +124,10 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     tail_fill = waves / np.ceil(waves)  # 1.0 when the last wave is full
 
     peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
-    tensor_cores = np.array([r["dtype"] != "float32" or r["precision"] == "tf32" for r in records])
+    on_tensor_cores = tensor_cores(records)
     # Hopper's warpgroup MMA needs 64 rows and whole warpgroups; smaller tiles fall back to mma.sync.
     wgmma = (bm >= 64) & (warps % 4 == 0)
-    mma_eff = np.where(tensor_cores & ~wgmma, 0.6, 1.0)
+    mma_eff = np.where(on_tensor_cores & ~wgmma, 0.6, 1.0)
     # Too few warps per SM leave the math units waiting on memory latency.
     active_warps = per_sm * warps
     mma_eff = mma_eff * np.minimum(1.0, 0.55 + 0.45 * active_warps / 8)
@@ -134,8 +145,7 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     operand_bytes = batch * (m * k + k * n) * eb
     # Without grouping, a B tile is evicted before the next row of tiles reuses it once operands outgrow L2.
     reuse_penalty = np.where((c["group_m"] == 1) & (operand_bytes > device.l2_bytes), 1.3, 1.0)
-    out_read = np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
-    out_bytes = (1 + out_read) * batch * m * n * eb
+    out_bytes = (1 + out_read(records)) * batch * m * n * eb
     partial_bytes = np.where(split > 1, 2 * split * batch * m * n * 4, 0.0)
     t_dram = (operand_bytes * reuse_penalty + out_bytes + partial_bytes) / device.dram_bandwidth
 
@@ -156,6 +166,9 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
         "t_dram_s": t_dram,
         "flops": flops,
         "padding_waste": 1 - flops / padded_flops,
+        "tiles_m": tiles_m,
+        "tiles_n": tiles_n,
+        "k_steps": k_per_split / bk,  # K steps each program takes
         "programs": programs,
         "waves": waves,
         "tail_fill": tail_fill,
@@ -170,7 +183,7 @@ def preference(records: Sequence[dict[str, Any]]) -> np.ndarray:
 
     3-4 stages, GROUP_M 8, and the larger K step; used only to order configs the model cannot tell apart.
     """
-    c = _columns(records, ("num_stages", "group_m", "block_k", "num_warps"))
+    c = columns(records, ("num_stages", "group_m", "block_k", "num_warps"))
     return np.abs(c["num_stages"] - 3.5) + (c["group_m"] != 8) + 1.0 / c["block_k"] + 0.1 / c["num_warps"]
 
 
