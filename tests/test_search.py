@@ -49,7 +49,7 @@ class Oracle:
 def search(strategy, budget, seed=0, known=None, oracle=None):
     oracle = oracle or Oracle()
     trace = run_search(
-        strategy, N, oracle.predict, oracle.measure, budget, seed, refit=oracle.refit, known=known
+        strategy, oracle.predict, oracle.measure, budget, seed, refit=oracle.refit, known=known
     )
     return trace, oracle
 

@@ -131,7 +131,6 @@ def replay(
 
     return run_search(
         strategy,
-        len(sweep),
         lambda: (state["prediction"], state["name"]),
         measure,
         budget,

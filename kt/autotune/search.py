@@ -182,7 +182,6 @@ class SearchTrace:
 
 def run_search(
     strategy: SearchStrategy,
-    n_candidates: int,
     predict: Callable[[], tuple[Prediction, str]],
     measure: Callable[[list[int]], dict[int, float | None]],
     budget: int,
@@ -193,7 +192,7 @@ def run_search(
     order: Callable[[np.ndarray], np.ndarray] | None = None,
     spread: Callable[[Prediction], np.ndarray] | None = None,
 ) -> SearchTrace:
-    """Run `strategy` over `n_candidates` until it stops or `budget` measurements are spent.
+    """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
     `predict()` returns the current model's Prediction for every candidate and the model's name;
     `measure(indices)` measures them and returns index -> objective value (None when failed);

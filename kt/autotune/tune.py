@@ -470,7 +470,6 @@ class _Tuner:
         try:
             trace = run_search(
                 strategy,
-                len(self.plan.space.legal),
                 self.predict,
                 measure,
                 budget,
