@@ -13,7 +13,7 @@ from kt.autotune.artifact import load_artifact
 from kt.autotune.tune import Plan, Session, TuneResult, plan_tuning, run_session
 from kt.autotune.tune import tune as _tune
 from kt.autotune.versions import software_versions
-from kt.codegen import GemmConfig, SearchSpace, family_for, load_source
+from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.device import DEFAULT, DeviceProfile, ProfileError, get_profile, match_gpu
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
@@ -125,7 +125,7 @@ def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
 
 
 def build(
-    spec: SpecLike, config: GemmConfig | Mapping[str, int] | None = None, device: str | None = None
+    spec: SpecLike, config: Config | Mapping[str, int] | None = None, device: str | None = None
 ) -> Kernel:
     """The kernel for `spec` with `config` (default: the cost model's top-ranked legal config), untuned."""
     spec = as_spec(spec)
@@ -137,7 +137,7 @@ def build(
         config = ranking.config(ranking.ranked[0])
     elif isinstance(config, Mapping):
         try:
-            config = GemmConfig.from_dict(dict(config))
+            config = family.config_type.from_dict(dict(config))
         except (TypeError, ValueError) as exc:
             raise SpecError("config", str(exc).removeprefix("config: ").removeprefix("config.")) from None
     source = family.render(

@@ -139,12 +139,7 @@ def main():
 
 
 def _header(spec) -> None:
-    s = spec.shape
-    batch = f" x batch {s.batch}" if s.batch else ""
-    out.print(
-        f"{spec.name}: {spec.op} {s.m}x{s.n}x{s.k}{batch} {spec.dtype} (a: {spec.layout.a}, b: {spec.layout.b})",
-        style="bold",
-    )
+    out.print(f"{spec.name}: {spec.summary()}", style="bold")
 
 
 @main.command()
@@ -313,7 +308,6 @@ def show(spec, device):
 def space(spec, sample, seed, device):
     """Print the search space's size before and after legality pruning, and a sample of configs."""
     from kt.codegen import family_for
-    from kt.codegen.gemm import accumulator_registers, shared_memory
 
     plan = kt.plan(spec, budget=1, device=device)
     space_ = plan.space
@@ -338,11 +332,12 @@ def space(spec, sample, seed, device):
         table.add_column(name, justify="right" if name != "config" else "left")
     for index in picks:
         config = space_.legal[index]
+        smem, acc = family.resources(space_.problem, config, space_.device)
         table.add_row(
             str(plan.ranked.index(index) + 1),
             config.key(),
-            f"{shared_memory(space_.problem, config) / 1024:.0f}",
-            str(accumulator_registers(config)),
+            f"{smem / 1024:.0f}",
+            str(acc),
             f"{plan.predicted_s[index] * 1e3:.4f}",
         )
     out.print(table)
@@ -368,8 +363,7 @@ def space(spec, sample, seed, device):
 @DEVICE
 def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_w, device):
     """Show what the cost model predicts for OP_YAML's legal configs, best first, and what a tune would measure."""
-    from kt.costmodel import roofline_time
-    from kt.costmodel.features import bound_by
+    from kt.costmodel.staged import roofline_and_bound
 
     plan = kt.plan(
         spec,
@@ -396,8 +390,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     )
     rows = plan.ranked[:top]
     records = [plan.records[i] for i in rows]
-    bounds = bound_by(records, space_.device)
-    roofline_ms = roofline_time(records, space_.device) * 1e3
+    roofline_s, bounds = roofline_and_bound(records, space_.device)
+    roofline_ms = roofline_s * 1e3
     chosen = set(plan.chosen)
     exploit = set(plan.ranked[: len(plan.chosen)])
     ranked_by = plan.objective if prediction.power_w is not None else "time"

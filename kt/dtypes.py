@@ -10,7 +10,10 @@ DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
 }
 
-SHORT_NAMES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
+SHORT_NAMES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "complex64": "c64"}
+
+# Tensor dtypes that kernels read or write but that are not an op's dtype (an fp32 FFT's complex input and output).
+TENSOR_DTYPES: dict[str, torch.dtype] = {**DTYPES, "complex64": torch.complex64}
 
 # Relative Frobenius error allowed against a float64 reference, per operand dtype. Rounding of the output alone
 # is 2**-11 (fp16), 2**-8 (bf16) and 2**-24 (fp32) per element; tf32 operands keep a 10-bit mantissa.
@@ -18,11 +21,11 @@ TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 1e-5, "tf32": 4e-3}
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    return DTYPES[name]
+    return TENSOR_DTYPES[name]
 
 
 def itemsize(name: str) -> int:
-    return DTYPES[name].itemsize
+    return TENSOR_DTYPES[name].itemsize
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -21,7 +21,9 @@ import yaml
 from kt.dtypes import DTYPES, itemsize
 from kt.errors import SpecError
 
-OPS = ("dense",)
+OPS = ("dense", "monarch", "butterfly", "fft")
+FFT_INPUTS = ("complex", "real")
+FFT_DTYPES = ("float32", "float16")
 OBJECTIVES = ("time", "energy", "edp")
 LAYOUTS = ("row", "col")
 PRECISIONS = ("ieee", "tf32")
@@ -45,6 +47,34 @@ class DenseShape:
 
 
 @dataclass(frozen=True)
+class MonarchShape:
+    """x (batch, k*p) -> y (batch, l*s) through w1 (k, q, p) and w2 (l, s, r), with l*r = k*q (ARCHITECTURE.md)."""
+
+    batch: int
+    w1: tuple[int, int, int]  # (k, q, p)
+    w2: tuple[int, int, int]  # (l, s, r)
+
+    @property
+    def in_features(self) -> int:
+        return self.w1[0] * self.w1[2]
+
+    @property
+    def out_features(self) -> int:
+        return self.w2[0] * self.w2[1]
+
+
+@dataclass(frozen=True)
+class VectorShape:
+    """`batch` rows of `n` features: the butterfly's and the FFT's shape."""
+
+    batch: int
+    n: int
+
+
+Shape = DenseShape | MonarchShape | VectorShape
+
+
+@dataclass(frozen=True)
 class Layout:
     """How each operand is stored: `row` is row-major, `col` is stored transposed (a column-major view)."""
 
@@ -65,20 +95,51 @@ class OpSpec:
     op: str
     name: str
     dtype: str
-    shape: DenseShape
+    shape: Shape
     layout: Layout = Layout()
     precision: str = "ieee"  # float32 only: ieee (exact fp32 products) or tf32 (tensor cores)
     device: str = "auto"  # auto | h100 | h200 | path to a calibrated profile JSON
     tune: TuneOptions = TuneOptions()
     source: str | None = field(default=None, compare=False)  # the file it was read from
+    input: str | None = None  # fft only: complex | real
+
+    @property
+    def in_features(self) -> int:
+        s = self.shape
+        return s.k if isinstance(s, DenseShape) else s.in_features if isinstance(s, MonarchShape) else s.n
+
+    @property
+    def out_features(self) -> int:
+        s = self.shape
+        return s.n if isinstance(s, DenseShape) else s.out_features if isinstance(s, MonarchShape) else s.n
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as op.yaml would hold it (round-trips through `parse_spec`)."""
         data = asdict(self)
         data.pop("source")
-        if data["shape"]["batch"] is None:
+        if data["shape"].get("batch", 0) is None:
             del data["shape"]["batch"]
+        if self.op != "dense":
+            del data["layout"]
+        if data["input"] is None:
+            del data["input"]
+        if isinstance(self.shape, MonarchShape):
+            data["shape"] = {"batch": self.shape.batch, "w1": list(self.shape.w1), "w2": list(self.shape.w2)}
         return data
+
+    def summary(self) -> str:
+        """One line saying what the op computes."""
+        s = self.shape
+        if isinstance(s, DenseShape):
+            batch = f" x batch {s.batch}" if s.batch else ""
+            return f"{self.op} {s.m}x{s.n}x{s.k}{batch} {self.dtype} (a: {self.layout.a}, b: {self.layout.b})"
+        if isinstance(s, MonarchShape):
+            w1, w2 = "x".join(map(str, s.w1)), "x".join(map(str, s.w2))
+            return (
+                f"monarch {s.batch} rows, {s.in_features} -> {s.out_features} (w1 {w1}, w2 {w2}) {self.dtype}"
+            )
+        kind = f", {self.input} input" if self.op == "fft" else ""
+        return f"{self.op} {s.batch} rows x n={s.n} {self.dtype}{kind}"
 
     def signature(self) -> dict[str, Any]:
         """What the op computes, without its name or how to tune it: equal signatures mean the same math."""
@@ -138,10 +199,13 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if not isinstance(data, Mapping):
         raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
     op = _choice(data.get("op"), "op", OPS, required=True)
-    _keys(data, "", allowed=("op", "name", "dtype", "shape", "layout", "precision", "device", "tune"))
-    dtype = _choice(data.get("dtype", "float16"), "dtype", tuple(DTYPES))
-    shape = _dense_shape(data.get("shape"), "shape")
+    allowed = ("op", "name", "dtype", "shape", "precision", "device", "tune")
+    allowed += ("layout",) if op == "dense" else ("input",) if op == "fft" else ()
+    _keys(data, "", allowed=allowed)
+    dtype = _choice(data.get("dtype", "float16"), "dtype", FFT_DTYPES if op == "fft" else tuple(DTYPES))
+    shape = SHAPE_PARSERS[op](data.get("shape"), "shape")
     layout = _layout(data.get("layout", {}), "layout")
+    fft_input = _choice(data.get("input", "complex"), "input", FFT_INPUTS) if op == "fft" else None
     precision = _choice(data.get("precision", "ieee"), "precision", PRECISIONS)
     if precision != "ieee" and dtype != "float32":
         raise SpecError("precision", f"applies to float32 only (dtype is {dtype}); remove it or use ieee")
@@ -155,10 +219,15 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     device = _device(data.get("device", "auto"), source, check_files)
     tune = _tune(data.get("tune", {}), "tune")
     _check_memory(shape, dtype)
-    return OpSpec(op, name, dtype, shape, layout, precision, device, tune, source)
+    return OpSpec(op, name, dtype, shape, layout, precision, device, tune, source, fft_input)
 
 
-def default_name(op: str, shape: DenseShape, dtype: str) -> str:
+def default_name(op: str, shape: Shape, dtype: str) -> str:
+    if isinstance(shape, MonarchShape):
+        dims = f"{'x'.join(map(str, shape.w1))}_{'x'.join(map(str, shape.w2))}_b{shape.batch}"
+        return f"{op}_{dims}_{dtype}"
+    if isinstance(shape, VectorShape):
+        return f"{op}_{shape.n}_b{shape.batch}_{dtype}"
     batch = f"_b{shape.batch}" if shape.batch else ""
     return f"{op}_{shape.m}x{shape.n}x{shape.k}{batch}_{dtype}"
 
@@ -173,6 +242,73 @@ def _dense_shape(value: Any, path: str) -> DenseShape:
     if batch is not None:
         batch = _int(batch, f"{path}.batch", 1, MAX_BATCH)
     return DenseShape(batch=batch, **dims)
+
+
+def _monarch_shape(value: Any, path: str) -> MonarchShape:
+    """The square shorthand {batch, n, nblocks} or the general form {batch, w1: [k, q, p], w2: [l, s, r]}."""
+    if value is None:
+        raise SpecError(
+            path, "is required: {batch: B, n: N, nblocks: K} or {batch: B, w1: [k, q, p], w2: [l, s, r]}"
+        )
+    _mapping(value, path)
+    if "n" in value or "nblocks" in value:
+        _keys(value, path, allowed=("batch", "n", "nblocks"), required=("batch", "n", "nblocks"))
+        n = _int(value["n"], f"{path}.n", 1, MAX_DIM)
+        nblocks = _int(value["nblocks"], f"{path}.nblocks", 1, n)
+        if n % nblocks:
+            divisors = [d for d in range(2, min(n, 4096) + 1) if n % d == 0][:8]
+            raise SpecError(
+                f"{path}.nblocks", f"must divide n={n}, got {nblocks} (e.g. {', '.join(map(str, divisors))})"
+            )
+        b = n // nblocks
+        w1, w2 = (nblocks, b, b), (nblocks, b, b)
+    else:
+        _keys(value, path, allowed=("batch", "w1", "w2"), required=("batch", "w1", "w2"))
+        w1 = _triple(value["w1"], f"{path}.w1", "[k, q, p]")
+        w2 = _triple(value["w2"], f"{path}.w2", "[l, s, r]")
+        k, q, _ = w1
+        l, _, r = w2  # noqa: E741
+        if k * q != l * r:
+            raise SpecError(
+                f"{path}.w2",
+                f"needs l*r = k*q = {k * q} (w1 gives k*q features), got l*r = {l}*{r} = {l * r}",
+            )
+    batch = _int(value["batch"], f"{path}.batch", 1, MAX_DIM)
+    shape = MonarchShape(batch, w1, w2)
+    for name, features in (("in", shape.in_features), ("out", shape.out_features), ("k*q", w1[0] * w1[1])):
+        if features > MAX_DIM:
+            raise SpecError(path, f"{name} = {features} features is over the limit of {MAX_DIM}")
+    return shape
+
+
+def _triple(value: Any, path: str, names: str) -> tuple[int, int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise SpecError(path, f"must be a list of three integers {names}, got {_kind(value)}")
+    return tuple(_int(v, f"{path}[{i}]", 1, MAX_DIM) for i, v in enumerate(value))
+
+
+def _vector_shape(value: Any, path: str, power_of_two: bool) -> VectorShape:
+    if value is None:
+        raise SpecError(path, "is required: a mapping {batch: B, n: N}")
+    _mapping(value, path)
+    _keys(value, path, allowed=("batch", "n"), required=("batch", "n"))
+    batch = _int(value["batch"], f"{path}.batch", 1, MAX_DIM)
+    n = _int(value["n"], f"{path}.n", 2, MAX_DIM)
+    if power_of_two and n & (n - 1):
+        below = 1 << (n.bit_length() - 1)
+        raise SpecError(
+            f"{path}.n",
+            f"must be a power of two (2, 4, ..., {MAX_DIM}), got {n} (try {below} or {2 * below})",
+        )
+    return VectorShape(batch, n)
+
+
+SHAPE_PARSERS = {
+    "dense": _dense_shape,
+    "monarch": _monarch_shape,
+    "butterfly": lambda value, path: _vector_shape(value, path, power_of_two=True),
+    "fft": lambda value, path: _vector_shape(value, path, power_of_two=False),
+}
 
 
 def _layout(value: Any, path: str) -> Layout:
@@ -225,9 +361,15 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
     return str(path)
 
 
-def _check_memory(shape: DenseShape, dtype: str) -> None:
-    batch = shape.batch or 1
-    total = batch * (shape.m * shape.k + shape.k * shape.n + shape.m * shape.n) * itemsize(dtype)
+def _check_memory(shape: Shape, dtype: str) -> None:
+    if isinstance(shape, DenseShape):
+        elements = (shape.batch or 1) * (shape.m * shape.k + shape.k * shape.n + shape.m * shape.n)
+    elif isinstance(shape, MonarchShape):
+        (k, q, p), (l, s, r) = shape.w1, shape.w2  # noqa: E741
+        elements = shape.batch * (k * p + k * q + l * s) + k * q * p + l * s * r
+    else:  # input, output and one intermediate, real and imaginary parts
+        elements = 6 * shape.batch * shape.n
+    total = elements * itemsize(dtype)
     if total > MAX_OPERAND_BYTES:
         raise SpecError(
             "shape",

@@ -141,7 +141,7 @@ MALFORMED = [
     ("problem", "7", "is 7; allowed: a JSON object with m, n, k, batch, dtype"),
     ("problem", "null", "is null; allowed: a JSON object with m, n, k"),
     ("problem", "[64, 64, 64]", "is a list; allowed: a JSON object with m, n, k"),
-    ("problem", '{"m": 64}', "lacks n, k; a gemm problem needs m, n and k"),
+    ("problem", '{"m": 64}', "lacks n, k; a gemm problem needs m, n, k"),
     ("problem", '{"m": 64, "n": 64, "k": 64, "shape": 1}', ": unknown key 'shape'; allowed: m, n, k"),
     ("problem", '{"m": 0, "n": 64, "k": 64}', ": m is 0; allowed: an integer from 1 to 16777216"),
     (
@@ -150,7 +150,7 @@ MALFORMED = [
         "dtype is 'int8'; allowed: float16, bfloat16",
     ),
     ("problem", "{oops", "is not JSON"),
-    ("family", "fft", "is 'fft'; allowed: gemm"),
+    ("family", "conv2d", "is 'conv2d'; allowed: gemm, monarch, butterfly, fft"),
     ("config", '{"block_m": 16}', "lacks block_n, block_k, group_m, num_warps, num_stages, split_k"),
     ("config", "null", "is null; allowed: a JSON object with block_m, block_n"),
     (

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kt.autotune.versions import software_versions
-from kt.codegen import GemmConfig, family_for
+from kt.codegen import config_from_dict, family_for
 from kt.errors import ArtifactError, KtError
 from kt.kernel import Kernel
 
@@ -200,7 +200,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         )
     try:
         spec = parse_spec(meta["spec"], check_files=False)  # its profile file may live on another machine
-        config = GemmConfig.from_dict(meta["config"])
+        config = config_from_dict(meta["family"], meta["config"])
     except (KtError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
     module = import_kernel_file(path / "kernel.py")

@@ -21,8 +21,13 @@ class CheckResult:
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64 (Frobenius norm over every element)."""
-    ref = ref.double()
-    return float((out.double() - ref).norm() / ref.norm().clamp_min(torch.finfo(torch.float64).tiny))
+    out, ref = _real(out), _real(ref)
+    return float((out - ref).norm() / ref.norm().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """float64, with a complex tensor's real and imaginary parts as a last dim of two."""
+    return torch.view_as_real(t.to(torch.complex128)) if t.is_complex() else t.double()
 
 
 def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.device) -> CheckResult:
@@ -45,14 +50,19 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
         )
     ref = problem.reference(*args)
     err = relative_error(out, ref)
-    limit = tolerance(problem.dtype, getattr(problem, "precision", "ieee"))
+    limit = (
+        problem.tolerance()
+        if hasattr(problem, "tolerance")
+        else tolerance(problem.dtype, getattr(problem, "precision", "ieee"))
+    )
     if err > limit:
         return CheckResult(
             False, err, f"relative error {err:.2e} over the {problem.dtype} tolerance {limit:.0e}"
         )
     # A few wrong elements vanish in a norm over millions: bound the worst element too.
     tiny = torch.finfo(torch.float64).tiny
-    worst = float((out.double() - ref).abs().max() / ref.abs().max().clamp_min(tiny))
+    out, ref = _real(out), _real(ref)
+    worst = float((out - ref).abs().max() / ref.abs().max().clamp_min(tiny))
     if worst > MAX_ERROR_FACTOR * limit:
         return CheckResult(
             False,

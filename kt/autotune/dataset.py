@@ -16,15 +16,18 @@ import io
 import math
 import os
 from collections import Counter
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
 from kt.autotune.database import COLUMN_NAMES, COLUMNS, Database, decode_row
+from kt.codegen import FAMILIES
+from kt.codegen.blockgemm import STRUCTURE_AXES
 from kt.costmodel.features import CONFIG_KEYS
 from kt.dtypes import DTYPES
 from kt.errors import DatabaseError
 from kt.ir.problems import PROBLEMS, problem_from_dict
-from kt.spec import LAYOUTS, MAX_BATCH, MAX_DIM, PRECISIONS
+from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_DIM, PRECISIONS
 
 CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what read_rows needs
 NUMERIC_COLUMNS = frozenset(["id", *(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))])
@@ -153,7 +156,8 @@ def _check_choice(value: Any, name: str, allowed: tuple[str, ...], where: str, c
 
 
 def _check_problem(family: str, problem: Any, where: str) -> None:
-    names = list(PROBLEMS[family].__dataclass_fields__)
+    fields = PROBLEMS[family].__dataclass_fields__
+    names = list(fields)
     if not isinstance(problem, dict):
         raise DatabaseError(
             f"{where}: column problem is {_show(problem)}; allowed: a JSON object with {', '.join(names)}"
@@ -163,38 +167,49 @@ def _check_problem(family: str, problem: Any, where: str) -> None:
         raise DatabaseError(
             f"{where}: column problem: unknown key {unknown[0]!r}; allowed: {', '.join(names)}"
         )
-    missing = [key for key in ("m", "n", "k") if key not in problem]
+    required = [name for name, f in fields.items() if f.default is MISSING]
+    missing = [key for key in required if key not in problem]
     if missing:
         raise DatabaseError(
-            f"{where}: column problem lacks {', '.join(missing)}; a {family} problem needs m, n and k"
+            f"{where}: column problem lacks {', '.join(missing)}; a {family} problem needs {', '.join(required)}"
         )
-    for key in ("m", "n", "k"):
-        _check_int(problem[key], key, 1, MAX_DIM, where, "problem")
+    for key in required:
+        if key in ("w1", "w2"):
+            value = problem[key]
+            if not isinstance(value, list) or len(value) != 3:
+                raise DatabaseError(
+                    f"{where}: column problem: {key} is {_show(value)}; allowed: a list of three integers"
+                )
+            for i, dim in enumerate(value):
+                _check_int(dim, f"{key}[{i}]", 1, MAX_DIM, where, "problem")
+        else:
+            _check_int(problem[key], key, 1, MAX_DIM, where, "problem")
     if problem.get("batch") is not None:
         _check_int(problem["batch"], "batch", 1, MAX_BATCH, where, "problem")
     _check_choice(problem.get("dtype", "float16"), "dtype", tuple(DTYPES), where, "problem")
     _check_choice(problem.get("precision", "ieee"), "precision", PRECISIONS, where, "problem")
     for key in ("a_layout", "b_layout"):
         _check_choice(problem.get(key, "row"), key, LAYOUTS, where, "problem")
+    _check_choice(problem.get("input", "complex"), "input", FFT_INPUTS, where, "problem")
 
 
-def _check_config(config: Any, where: str) -> None:
+def _check_config(family: str, config: Any, where: str) -> None:
+    keys = CONFIG_KEYS if family == "gemm" else tuple(FAMILIES[family].config_type.__dataclass_fields__)
     if not isinstance(config, dict):
         raise DatabaseError(
-            f"{where}: column config is {_show(config)}; allowed: a JSON object with {', '.join(CONFIG_KEYS)}"
+            f"{where}: column config is {_show(config)}; allowed: a JSON object with {', '.join(keys)}"
         )
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise DatabaseError(
-            f"{where}: column config: unknown key {unknown[0]!r}; allowed: {', '.join(CONFIG_KEYS)}"
-        )
-    missing = [key for key in CONFIG_KEYS if key not in config]
+        raise DatabaseError(f"{where}: column config: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")
+    missing = [key for key in keys if key not in config]
     if missing:
         raise DatabaseError(
-            f"{where}: column config lacks {', '.join(missing)}; a config needs {', '.join(CONFIG_KEYS)}"
+            f"{where}: column config lacks {', '.join(missing)}; a config needs {', '.join(keys)}"
         )
-    for key in CONFIG_KEYS:
-        _check_int(config[key], key, 1, MAX_CONFIG_VALUE, where, "config")
+    for key in keys:
+        low = 0 if key in STRUCTURE_AXES else 1  # a structure choice the family does not use is 0
+        _check_int(config[key], key, low, MAX_CONFIG_VALUE, where, "config")
 
 
 def check_row(row: dict[str, Any], where: str) -> None:
@@ -209,7 +224,7 @@ def check_row(row: dict[str, Any], where: str) -> None:
     if family not in PROBLEMS or not isinstance(family, str):
         raise DatabaseError(f"{where}: column family is {_show(family)}; allowed: {', '.join(PROBLEMS)}")
     _check_problem(family, row.get("problem"), where)
-    _check_config(row.get("config"), where)
+    _check_config(family, row.get("config"), where)
     for column, allowed, in_range in MEASUREMENT_CHECKS:
         value = row.get(column)
         if value is None:
@@ -256,11 +271,15 @@ def measured_records(
     source: str | os.PathLike, target: str | None = None, device: str | None = None
 ) -> list[dict[str, Any]]:
     """The GPU-timed, passing rows of `source` as records; only those for the profile key `target` and the GPU
-    named `device` when given. Refuses data that mixes GPUs (one model is one device's)."""
+    named `device` when given. Refuses data that mixes GPUs (one model is one device's).
+
+    Only GEMM rows: the models learn single GEMM launches, and a structured op's row times a whole chain of
+    them (its launches are predicted as GEMMs and summed, kt.costmodel.staged)."""
     rows = [
         r
         for r in read_rows(source)
         if is_measured(r)
+        and r["family"] == "gemm"
         and (target is None or r["target"] == target)
         and (device is None or r["device"] == device)
     ]

@@ -67,11 +67,11 @@ class Sweep:
 
 
 def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> list[Sweep]:
-    """GPU-measured database rows (any status) grouped into one sweep per problem (and target, template and
+    """GPU-measured GEMM rows (any status) grouped into one sweep per problem (and target, template and
     Triton version) with at least `min_configs` configs and one that passed."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
-        if row["runner"] == "cuda":
+        if row["runner"] == "cuda" and row["family"] == "gemm":  # the GEMM launches the models learn
             identity = (
                 row["problem_key"],
                 row.get("target"),

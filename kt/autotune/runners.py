@@ -19,9 +19,9 @@ from typing import Any
 from kt.autotune.compile import target_compiler_available
 from kt.autotune.pool import Outcome, Task, WorkerPool, default_workers
 from kt.autotune.timing import DEFAULT_TIMING, TimingSettings
-from kt.codegen import GemmConfig, family_for
+from kt.codegen import Config, family_for
 from kt.device import DeviceProfile
-from kt.ir.problems import GemmProblem
+from kt.ir.problems import Problem
 
 INTERPRETER_DEVICE = "cpu (Triton interpreter)"
 # Keep Triton's current default and silence its warning about the default changing in 3.10.
@@ -30,8 +30,8 @@ _QUIET = {"TRITON_DEFAULT_FP_FUSION": "1"}
 
 @dataclass
 class Candidate:
-    problem: GemmProblem
-    config: GemmConfig
+    problem: Problem
+    config: Config
     source_path: str
     predicted_ms: float | None = None
 

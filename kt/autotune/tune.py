@@ -29,15 +29,16 @@ from kt.autotune.search import (
 )
 from kt.autotune.timing import TimingSettings
 from kt.autotune.versions import software_versions
-from kt.codegen import GemmConfig, SearchSpace, family_for, write_source
+from kt.codegen import Config, SearchSpace, config_from_dict, family_for, write_source
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.correction import CorrectedModel, model_name, refit
 from kt.costmodel.forest import ForestModel
 from kt.costmodel.models import shipped_model_path
 from kt.costmodel.prediction import Prediction
+from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
 from kt.errors import KtError, ModelError
-from kt.ir.problems import GemmProblem
+from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, power_cap
 
 
@@ -45,7 +46,7 @@ from kt.spec import OBJECTIVES, OpSpec, power_cap
 class Plan:
     """What a tune would do first: the legal space, the model's predictions and ranking, the first round."""
 
-    problem: GemmProblem
+    problem: Problem
     space: SearchSpace
     records: list[dict[str, Any]]
     prediction: Prediction
@@ -60,7 +61,7 @@ class Plan:
     def predicted_s(self) -> np.ndarray:
         return self.prediction.runtime_s
 
-    def config(self, index: int) -> GemmConfig:
+    def config(self, index: int) -> Config:
         return self.space.legal[index]
 
 
@@ -103,7 +104,7 @@ def search_strategy(strategy: str | SearchStrategy, measures_time: bool) -> Sear
 
 
 def plan_tuning(
-    problem: GemmProblem,
+    problem: Problem,
     profile: DeviceProfile,
     budget: int,
     strategy: str | SearchStrategy = "guided",
@@ -127,8 +128,8 @@ def plan_tuning(
         )
     strategy = search_strategy(strategy, measures_time)
     cost_model = resolve_model(profile, model)
-    records = [{**problem.to_record(), **config.to_dict()} for config in space.legal]
-    prediction = cost_model.predict(records)
+    records = candidate_records(problem, space.legal)
+    prediction = predict_records(cost_model, records)
     values = prediction.objective(objective, power_cap_w)
     ranked = [int(i) for i in rank(records, values)]
     state = SearchState(values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed)
@@ -147,9 +148,17 @@ def plan_tuning(
     )
 
 
+def candidate_records(problem: Problem, configs) -> list[dict[str, Any]]:
+    """The cost model's record of each config (structured families add their launches as `stages`)."""
+    family = family_for(problem)
+    if hasattr(family, "records"):
+        return family.records(problem, configs)
+    return [{**problem.to_record(), **config.to_dict()} for config in configs]
+
+
 @dataclass
 class Best:
-    config: GemmConfig
+    config: Config
     measured: bool
     runtime_ms: float | None = None
     power_w: float | None = None
@@ -161,7 +170,7 @@ class Best:
 @dataclass
 class TuneResult:
     spec: OpSpec
-    problem: GemmProblem
+    problem: Problem
     target: DeviceProfile
     runner: str  # cuda | interpret
     ran_on: str  # the GPU's name or the interpreter
@@ -405,6 +414,8 @@ class _Tuner:
         are too few rows."""
         from kt.autotune.dataset import to_record
 
+        if self.family.name != "gemm":  # structured rows are whole ops, not the GEMM launches models learn
+            return False
         rows = self.database.find(
             runner=self.runner.name,
             device=self.runner.device,
@@ -422,7 +433,7 @@ class _Tuner:
         model = refit(self.start, records, self.seed)
         if model is None:
             return False
-        self.prediction = model.predict(self.plan.records)
+        self.prediction = predict_records(model, self.plan.records)
         self.model_name = model_name(model)
         return True
 
@@ -563,7 +574,7 @@ def choose_best(
         if scored:
             _, row = min(scored, key=lambda pair: pair[0])
             return Best(
-                GemmConfig.from_dict(row["config"]),
+                config_from_dict(plan.problem.family, row["config"]),
                 True,
                 row["runtime_ms"],
                 row.get("power_w"),
@@ -575,7 +586,12 @@ def choose_best(
         passing = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["rank"])
         if passing:
             row = passing[0]
-            return Best(GemmConfig.from_dict(row["config"]), False, predicted_ms=row["predicted_ms"], row=row)
+            return Best(
+                config_from_dict(plan.problem.family, row["config"]),
+                False,
+                predicted_ms=row["predicted_ms"],
+                row=row,
+            )
     summary = ", ".join(f"{n} {s}" for s, n in statuses.most_common()) or "nothing measured"
     failed = next((r for r in rows if r["status"] != "ok"), None)
     example = (

@@ -50,22 +50,31 @@ class GemmConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GemmConfig:
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(names)}")
-        for name, value in data.items():
-            if value not in AXES[name]:
-                raise ValueError(
-                    f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, AXES[name]))}"
-                )
-        return cls(**data)
+        return config_from_mapping(cls, data, AXES)
 
     def __str__(self) -> str:
         return " ".join(
             f"{k.upper() if k.startswith(('block', 'group', 'split')) else k}={v}"
             for k, v in self.to_dict().items()
         )
+
+
+def config_from_mapping(cls, data: dict[str, Any], axes: dict[str, tuple[int, ...]]):
+    """A config dataclass from a mapping: unknown keys and values off an axis are one-line ValueErrors (a field
+    with no axis takes any non-negative integer)."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(names)}")
+    for name, value in data.items():
+        allowed = axes.get(name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(
+                f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+            )
+        if allowed is None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"config.{name}: must be a non-negative integer, got {value!r}")
+    return cls(**data)
 
 
 def padded(dim: int) -> int:
@@ -140,6 +149,10 @@ class GemmFamily:
                 dropped[reason] += 1
         return SearchSpace(problem, device, total, tuple(legal), dict(dropped.most_common()))
 
+    def resources(self, problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> tuple[int, int]:
+        """Shared-memory bytes and fp32 accumulator registers per thread a program needs."""
+        return shared_memory(problem, config), accumulator_registers(config, device.warp_size)
+
     def check_problems(self, problem: GemmProblem, config: GemmConfig) -> list[GemmProblem]:
         """Small problems for the interpreter that still run every code path the real problem takes.
 
@@ -197,10 +210,3 @@ class GemmFamily:
             family_version=self.version,
             provenance=provenance,
         )
-
-
-FAMILIES = {GemmFamily.name: GemmFamily()}
-
-
-def family_for(problem: GemmProblem) -> GemmFamily:
-    return FAMILIES[problem.family]

@@ -1,6 +1,6 @@
 """kt's IR: factors, linear maps, ops built from specs, kernel-level problems and the kernel graph."""
 
-from kt.ir.factors import BlockDiag, ButterflyFactor, Dense, Diag, Factor, Perm, realify
+from kt.ir.factors import BlockDiag, ButterflyFactor, ButterflyGroup, Dense, Diag, Factor, Perm, realify
 from kt.ir.graph import KernelGraph, KernelNode
 from kt.ir.linear_map import LinearMap
 from kt.ir.monarch import bit_reversal, butterfly_dft_twiddles
@@ -20,6 +20,7 @@ from kt.ir.structured import (
 __all__ = [
     "BlockDiag",
     "ButterflyFactor",
+    "ButterflyGroup",
     "Dense",
     "DenseOp",
     "Diag",

@@ -274,3 +274,72 @@ def realify(matrix: torch.Tensor) -> torch.Tensor:
     top = torch.cat([re, -im], dim=-1)
     bottom = torch.cat([im, re], dim=-1)
     return torch.cat([top, bottom], dim=-2)
+
+
+@dataclass(frozen=True)
+class ButterflyGroup(Factor):
+    """Levels first .. first+levels-1 of a butterfly multiplied out: one block-diagonal stage in a strided order.
+
+    The levels mix only bits first .. first+levels-1 of a feature index, so they act independently on the
+    n / 2**levels groups of 2**levels features that share all other bits. Group g holds the features
+    `((g >> first) << (first + levels)) | (g & (2**first - 1)) | (t << first)` for t < 2**levels (`positions`).
+    Fewer, larger groups mean fewer passes over memory and more FLOPs; how many levels go into a stage is a
+    tuning choice. `transposed` is the transpose of the group (its levels reversed, each 2x2 transposed).
+    """
+
+    in_features: int = field(init=False)
+    out_features: int = field(init=False)
+    n: int
+    first: int
+    levels: int
+    weight: str = "twiddles"
+    transposed: bool = False
+
+    def __post_init__(self):
+        total = self.n.bit_length() - 1
+        if self.n < 2 or self.n & (self.n - 1):
+            raise ValueError(f"ButterflyGroup n={self.n}: must be a power of two >= 2")
+        if self.levels < 1 or self.first < 0 or self.first + self.levels > total:
+            raise ValueError(
+                f"ButterflyGroup levels {self.first}..{self.first + self.levels - 1}: n={self.n} has 0..{total - 1}"
+            )
+        _init_features(self, self.n, self.n)
+
+    @property
+    def nblocks(self) -> int:
+        return self.n >> self.levels
+
+    def positions(self) -> torch.Tensor:
+        """(nblocks, 2**levels): the features of each group, in the order its block matrix uses."""
+        g = torch.arange(self.nblocks)
+        base = ((g >> self.first) << (self.first + self.levels)) | (g & ((1 << self.first) - 1))
+        return base[:, None] + (torch.arange(1 << self.levels) << self.first)[None, :]
+
+    def factors(self) -> list[ButterflyFactor]:
+        """The ButterflyFactors this group multiplies out, in the order they act."""
+        levels = range(self.first, self.first + self.levels)
+        chain = [ButterflyFactor(self.n, f, self.weight) for f in levels]
+        return [f.transpose() for f in reversed(chain)] if self.transposed else chain
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        chain = self.factors()
+        matrix = chain[0].to_dense(weights)
+        for factor in chain[1:]:
+            matrix = factor.to_dense(weights) @ matrix
+        return matrix
+
+    def blocks(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The (nblocks, 2**levels, 2**levels) blocks: block g maps the features positions()[g] to themselves."""
+        pos = self.positions()
+        return self.to_dense(weights)[pos[:, :, None], pos[:, None, :]]
+
+    def transpose(self) -> ButterflyGroup:
+        return replace(self, transposed=not self.transposed)
+
+    def weight_names(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def __str__(self) -> str:
+        mark = "ᵀ" if self.transposed else ""
+        last = self.first + self.levels - 1
+        return f"ButterflyGroup[{self.weight}{mark}:{self.first}..{last}]({self.n})"

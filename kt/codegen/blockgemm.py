@@ -1,0 +1,298 @@
+"""The block-GEMM families: Monarch, butterfly and FFT as launches of one batched block-GEMM kernel.
+
+One template (blockgemm.py.j2) serves the three: the IR's lowering passes (kt.ir.lowering) turn the op's
+factors into stages, each a block-diagonal GEMM whose loads and stores follow strided index maps, and the
+template bakes the stages in as constants. A config is a schedule (tiles, blocks per program, warps, pipeline
+depth) plus the op's structure choice: Monarch fused into one kernel or not, butterfly levels per stage, or
+the FFT's split n = n1 * n2. None of it changes what is computed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from kt.codegen.gemm import MIN_DOT, SearchSpace, config_from_mapping, padded
+from kt.codegen.render import render_template, template_version
+from kt.device import DeviceProfile
+from kt.dtypes import itemsize
+from kt.ir.lowering import Stage, lower
+from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem, StructuredProblem
+
+AXES: dict[str, tuple[int, ...]] = {
+    "block_b": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128),
+    "block_k": (16, 32, 64, 128),
+    "group": (1, 2, 4, 8, 16),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4),
+}
+STRUCTURE_AXES = ("fused", "levels", "split")  # one of them is used by each family
+
+
+@dataclass(frozen=True, order=True)
+class BlockGemmConfig:
+    block_b: int
+    block_n: int
+    block_k: int
+    group: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    fused: int = 0  # monarch: 1 runs both factors in one kernel
+    levels: int = 0  # butterfly: levels multiplied out into each stage
+    split: int = 0  # fft: n1 of the four-step split n = n1 * n2
+
+    def structure(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in STRUCTURE_AXES if getattr(self, name)}
+
+    def key(self) -> str:
+        structure = "".join(f"{name[0]}{value}" for name, value in self.structure().items())
+        if self.fused:
+            structure = "fused"
+        return (
+            f"b{self.block_b}n{self.block_n}k{self.block_k}g{self.group}"
+            f"w{self.num_warps}s{self.num_stages}{'-' + structure if structure else ''}"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockGemmConfig:
+        return config_from_mapping(cls, data, AXES)
+
+    def __str__(self) -> str:
+        return " ".join(f"{k.upper() if k.startswith('block') else k}={v}" for k, v in self.to_dict().items())
+
+
+def stages_for(problem: StructuredProblem, config: BlockGemmConfig) -> list[Stage]:
+    """The launches `config` runs (for a fused Monarch: the two it replaces)."""
+    return lower(problem.linear_map(config.structure()))
+
+
+def is_complex(problem: StructuredProblem) -> bool:
+    return isinstance(problem, FFTProblem)
+
+
+def stage_tiles(stage: Stage, config: BlockGemmConfig) -> tuple[int, int]:
+    """BLOCK_N and BLOCK_K of one stage: the config's, cut to the stage's padded block (a butterfly's stages
+    differ in size when the levels do not divide evenly)."""
+    return min(config.block_n, padded(stage.blk_out)), min(config.block_k, padded(stage.blk_in))
+
+
+def _pow2(value: int) -> bool:
+    return value & (value - 1) == 0
+
+
+def fused_reason(problem: MonarchProblem, config: BlockGemmConfig, device: DeviceProfile) -> str | None:
+    """Why the fused Monarch kernel cannot run `problem` with `config`, or None.
+
+    It holds a (BLOCK_B, n) slab of x, the whole intermediate and both weights on chip, and its register
+    tensors need power-of-two sizes (blocks of at least 16 for the dots)."""
+    (k, q, p), (l, s, r) = problem.w1, problem.w2  # noqa: E741
+    if (config.block_n, config.block_k, config.group) != (MIN_DOT, MIN_DOT, 1):
+        return "tile choices unused by the fused kernel"
+    if not all(_pow2(v) for v in (k, q, p, l, s, r)) or min(p, q, r, s) < MIN_DOT:
+        return "fused Monarch needs power-of-two blocks of at least 16"
+    working_set, acc = resources(problem, config, device)
+    if working_set > device.smem_per_block:
+        return "fused Monarch's working set over the on-chip memory"
+    if acc > device.acc_regs_limit:
+        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    return None
+
+
+def resources(problem: StructuredProblem, config: BlockGemmConfig, device: DeviceProfile) -> tuple[int, int]:
+    """Estimated on-chip bytes (the pipelined tiles, or a fused Monarch's working set) and fp32 accumulator
+    registers per thread of one program."""
+    size = itemsize(problem.dtype)
+    threads = config.num_warps * device.warp_size
+    if config.fused:
+        (k, q, p), (l, s, r) = problem.w1, problem.w2  # noqa: E741
+        activations = config.block_b * (k * p * size + k * q * (4 + size) + l * s * 4)
+        return activations + (k * q * p + l * s * r) * size, config.block_b * k * q // threads
+    planes = 2 if is_complex(problem) else 1
+    tiles = config.num_stages * config.group * (config.block_b + config.block_n) * config.block_k
+    return tiles * planes * size, config.group * config.block_b * config.block_n * planes // threads
+
+
+def illegal_reason(
+    problem: StructuredProblem, config: BlockGemmConfig, device: DeviceProfile, stages: list[Stage]
+) -> str | None:
+    """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
+    if config.block_b > padded(problem.rows):
+        return "tile larger than the padded problem"
+    if config.fused:
+        return fused_reason(problem, config, device)
+    biggest_in = max(s.blk_in for s in stages)
+    biggest_out = max(s.blk_out for s in stages)
+    if config.block_n > padded(biggest_out) or config.block_k > padded(biggest_in):
+        return "tile larger than the padded problem"
+    if config.group > padded(max(s.nblocks for s in stages)):
+        return "more blocks per program than blocks"
+    smem, acc = resources(problem, config, device)
+    if smem > device.smem_per_block:
+        return f"shared memory over {device.smem_per_block // 1024} KiB"
+    if acc > device.acc_regs_limit:
+        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    return None
+
+
+class BlockGemmFamily:
+    """The family of one structured problem type; all three share the template and the config type."""
+
+    template = "blockgemm.py.j2"
+    axes = AXES
+    config_type = BlockGemmConfig
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def version(self) -> str:
+        return template_version(self.template)
+
+    def space(self, problem: StructuredProblem, device: DeviceProfile) -> SearchSpace:
+        legal, dropped, total = [], Counter(), 0
+        for structure in problem.structures():
+            stages = lower(problem.linear_map(structure))
+            for values in itertools.product(*self.axes.values()):
+                total += 1
+                config = BlockGemmConfig(**dict(zip(self.axes, values)), **structure)
+                reason = illegal_reason(problem, config, device, stages)
+                if reason is None:
+                    legal.append(config)
+                else:
+                    dropped[reason] += 1
+        return SearchSpace(problem, device, total, tuple(legal), dict(dropped.most_common()))
+
+    def resources(self, problem, config, device) -> tuple[int, int]:
+        return resources(problem, config, device)
+
+    def check_problems(self, problem: StructuredProblem, config: BlockGemmConfig) -> list[StructuredProblem]:
+        """Problems for the interpreter: the same features (the structure is the problem) with rows cut to one
+        full tile of rows and a ragged one, so every mask and index map runs."""
+        rows = min(problem.rows, config.block_b + config.block_b // 2 + 1)
+        return [replace(problem, rows=rows)]
+
+    def stage_records(self, problem: StructuredProblem, config: BlockGemmConfig) -> list[dict[str, Any]]:
+        """Each launch as the batched GEMM it is (one product per block) for the cost model: the rows of x are
+        M, a block's outputs N and inputs K; a complex stage is its real form, twice as wide each way."""
+        planes = 2 if is_complex(problem) else 1
+        records = []
+        for index, stage in enumerate(stages_for(problem, config)):
+            block_n, block_k = stage_tiles(stage, config)
+            real_input = isinstance(problem, FFTProblem) and problem.input == "real" and index == 0
+            records.append(
+                {
+                    "family": "gemm",
+                    "m": problem.rows,
+                    "n": stage.blk_out * planes,
+                    "k": stage.blk_in * (1 if real_input else planes),
+                    "batch": stage.nblocks,
+                    "dtype": problem.dtype,
+                    "precision": problem.precision,
+                    "itemsize": itemsize(problem.dtype),
+                    "a_col": 0,
+                    "b_col": 0,
+                    "block_m": config.block_b,  # a fused kernel's dots span whole blocks
+                    "block_n": padded(stage.blk_out) if config.fused else block_n,
+                    "block_k": padded(stage.blk_in) if config.fused else block_k,
+                    "group_m": 1,
+                    "num_warps": config.num_warps,
+                    "num_stages": config.num_stages,
+                    "split_k": 1,
+                }
+            )
+        return records
+
+    def records(self, problem: StructuredProblem, configs) -> list[dict[str, Any]]:
+        """The cost model's record of each config: the problem, the config, and its launches as `stages`
+        (`fused_bytes`: DRAM traffic a fused kernel saves, the intermediate written and read back)."""
+        base = problem.to_record()
+        out = []
+        for config in configs:
+            record = {**base, **config.to_dict(), "group_m": config.group, "split_k": 1}
+            record["stages"] = self.stage_records(problem, config)
+            if config.fused:
+                (k, q, _), _ = problem.w1, problem.w2
+                record["fused_bytes"] = 2 * problem.rows * k * q * itemsize(problem.dtype)
+            out.append(record)
+        return out
+
+    def render(
+        self,
+        problem: StructuredProblem,
+        config: BlockGemmConfig,
+        *,
+        name: str = "kernel",
+        device: str = "h100",
+        kt_version: str = "",
+        provenance: str = "a candidate, not yet measured",
+    ) -> str:
+        stages = []
+        for stage in stages_for(problem, config):
+            block_n, block_k = stage_tiles(stage, config)
+            factor = stage.factor
+            weight = (factor.first, factor.levels) if isinstance(problem, ButterflyProblem) else factor.weight
+            stages.append(
+                {
+                    "weight": repr(weight),
+                    "nblocks": stage.nblocks,
+                    "blk_in": stage.blk_in,
+                    "blk_out": stage.blk_out,
+                    "in_features": stage.in_features,
+                    "out_features": stage.out_features,
+                    "in_map": stage.in_map.astuple(),
+                    "out_map": stage.out_map.astuple(),
+                    "diag": repr(stage.diag.weight if stage.diag else None),
+                    "block_n": block_n,
+                    "block_k": block_k,
+                    "text": str(stage.factor) + (f" * {stage.diag}" if stage.diag else ""),
+                }
+            )
+        variables: dict[str, Any] = {"op": problem.family}
+        if isinstance(problem, MonarchProblem):
+            variables.update(
+                w1=problem.w1,
+                w2=problem.w2,
+                op_doc="Monarch y = P L P^T R x (two block-diagonal factors and stride permutations)",
+                call_doc="kernel(x, w1, w2): x (..., k*p), w1 (k, q, p), w2 (l, s, r) -> y (..., l*s).",
+            )
+        elif isinstance(problem, ButterflyProblem):
+            variables.update(
+                n=problem.n,
+                op_doc=f"butterfly over n={problem.n} (log2 n levels of 2x2 twiddles)",
+                call_doc="kernel(x, twiddles): x (..., n), twiddles (log2 n, n/2, 2, 2) -> y (..., n).",
+            )
+        else:
+            n1 = config.split
+            variables.update(
+                n=problem.n,
+                n1=n1,
+                n2=problem.n // n1,
+                input=problem.input,
+                op_doc=f"FFT over n={problem.n} as dense DFT blocks (four-step, n = {n1} x {problem.n // n1})",
+                call_doc="kernel(x) = torch.fft.fft(x) over the last dim (complex format: see kernel()).",
+            )
+        dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
+        return render_template(
+            self.template,
+            name=name,
+            dtype=problem.dtype,
+            precision=problem.precision,
+            problem=str(problem),
+            device=device,
+            c=config,
+            config_line=str(config),
+            config_dict=repr(config.to_dict()),
+            fused=bool(config.fused),
+            stages=stages,
+            dot_options=dot_options,
+            kt_version=kt_version,
+            family_version=self.version,
+            provenance=provenance,
+            **variables,
+        )

@@ -1,0 +1,61 @@
+"""Predictions for configs that run as several launches (the block-GEMM families' `stages`).
+
+Each launch of a structured op is a batched GEMM (one product per block), so any GEMM cost model predicts it:
+a record with `stages` is predicted launch by launch and summed. A fused kernel saves the DRAM traffic of the
+intermediate it keeps on chip (`fused_bytes`), taken off the sum but never below the slowest launch alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kt.costmodel.prediction import Prediction
+
+
+def is_staged(records: Sequence[dict[str, Any]]) -> bool:
+    return bool(records) and "stages" in records[0]
+
+
+def predict_records(model, records: Sequence[dict[str, Any]]) -> Prediction:
+    """`model.predict(records)`, summing over the launches of records that have `stages`."""
+    if not is_staged(records):
+        return model.predict(records)
+    owner = np.array([i for i, r in enumerate(records) for _ in r["stages"]])
+    flat = [stage for r in records for stage in r["stages"]]
+    parts = model.predict(flat)
+    n = len(records)
+    runtime = np.bincount(owner, parts.runtime_s, minlength=n)
+    slowest = np.zeros(n)
+    np.maximum.at(slowest, owner, parts.runtime_s)
+    saved = (
+        np.array([r.get("fused_bytes", 0) for r in records], dtype=np.float64) / model.device.dram_bandwidth
+    )
+    runtime = np.maximum(runtime - saved, slowest)
+    # relative spreads of the launches combine like independent errors of their times
+    absolute = np.sqrt(np.bincount(owner, (parts.runtime_s * parts.runtime_spread) ** 2, minlength=n))
+    spread = absolute / np.maximum(runtime, 1e-12)
+    power = power_spread = None
+    if parts.power_w is not None:  # the time-weighted mean draw over the launches
+        weights = parts.runtime_s / np.bincount(owner, parts.runtime_s, minlength=n)[owner]
+        power = np.bincount(owner, weights * parts.power_w, minlength=n)
+        power_spread = np.bincount(owner, weights * parts.power_spread_w, minlength=n)
+    return Prediction(runtime, spread, power, power_spread)
+
+
+def roofline_and_bound(records: Sequence[dict[str, Any]], device) -> tuple[np.ndarray, list[str]]:
+    """Each record's roofline time (seconds, summed over its launches) and what bounds it (for a staged record,
+    what bounds its slowest launch)."""
+    from kt.costmodel.features import bound_by
+    from kt.costmodel.roofline import roofline_time
+
+    if not is_staged(records):
+        return roofline_time(records, device), bound_by(records, device)
+    times, bounds = [], []
+    for record in records:
+        stage_times = roofline_time(record["stages"], device)
+        times.append(stage_times.sum())
+        bounds.append(bound_by(record["stages"], device)[int(np.argmax(stage_times))])
+    return np.array(times), bounds

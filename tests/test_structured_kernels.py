@@ -1,0 +1,349 @@
+"""Monarch, butterfly and FFT end to end: op.yaml, the lowering passes, the block-GEMM kernels in the interpreter
+(against float64 references and the IR's dense matrix), the search space, the staged cost model, `kt tune`."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import kt
+from kt.autotune.checking import check_kernel, relative_error
+from kt.codegen import FAMILIES, BlockGemmConfig, config_from_dict, load_source
+from kt.codegen.blockgemm import illegal_reason, stages_for
+from kt.costmodel import AnalyticModel
+from kt.costmodel.staged import predict_records
+from kt.device import get_profile
+from kt.errors import SpecError
+from kt.ir import butterfly_map, fft_map, monarch_map, op_from_spec
+from kt.ir.lowering import IndexMap, LoweringError, apply_stages, group_butterfly, lower
+from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem
+from kt.ir.structured import fft_weights
+from kt.spec import parse_spec
+
+H100 = get_profile("h100")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def module_for(problem, config):
+    return load_source(FAMILIES[problem.family].render(problem, config))
+
+
+def config(problem, block_b=16, block_n=16, block_k=16, group=2, **structure):
+    c = BlockGemmConfig(block_b, block_n, block_k, group, 4, 2, **structure)
+    reason = illegal_reason(problem, c, H100, stages_for(problem, c))
+    assert reason is None, reason
+    return c
+
+
+def dense_of(problem, args):
+    """y through the dense matrix of the IR, in float64 (complex128 for the FFT)."""
+    if isinstance(problem, FFTProblem):
+        x = args[0]
+        if problem.dtype == "float16" and problem.input == "complex":
+            x = torch.complex(x[0].double(), x[1].double())
+        n1 = problem.splits()[0]
+        matrix = fft_map(problem.n, n1, problem.n // n1).to_dense(fft_weights(problem.n, n1, problem.n // n1))
+        y = x.to(torch.complex128) @ matrix.T
+        return y if problem.dtype == "float32" else torch.stack([y.real, y.imag])
+    weights = problem.weights_dict(tuple(w.double() for w in args[1:]))
+    return problem.linear_map(problem.structures()[0]).apply_dense(args[0].double(), weights)
+
+
+# -- op.yaml --------------------------------------------------------------------------------------------------
+
+
+def test_monarch_square_shorthand_and_general_form():
+    square = parse_spec({"op": "monarch", "shape": {"batch": 16384, "n": 4096, "nblocks": 64}})
+    assert square.shape.w1 == (64, 64, 64) and square.shape.w2 == (64, 64, 64)
+    general = parse_spec({"op": "monarch", "shape": {"batch": 8, "w1": [4, 6, 3], "w2": [8, 5, 3]}})
+    assert (general.in_features, general.out_features) == (12, 40)
+    assert parse_spec(general.to_dict()) == general  # round-trips through op.yaml's general form
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        (
+            {"op": "monarch", "shape": {"batch": 8, "n": 100, "nblocks": 7}},
+            "shape.nblocks",
+            "must divide n=100",
+        ),
+        (
+            {"op": "monarch", "shape": {"batch": 8, "w1": [4, 6, 3], "w2": [8, 5, 4]}},
+            "shape.w2",
+            "l*r = k*q = 24",
+        ),
+        (
+            {"op": "monarch", "shape": {"batch": 8, "w1": [4, 6], "w2": [8, 5, 3]}},
+            "shape.w1",
+            "three integers",
+        ),
+        ({"op": "monarch", "shape": {"batch": 8, "n": 64}}, "shape.nblocks", "is required"),
+        (
+            {"op": "monarch", "shape": {"batch": 8, "n": 64, "nblocks": 8}, "layout": {"a": "row"}},
+            "layout",
+            "unknown key",
+        ),
+        ({"op": "butterfly", "shape": {"batch": 8, "n": 1000}}, "shape.n", "power of two"),
+        ({"op": "butterfly", "shape": {"batch": 0, "n": 1024}}, "shape.batch", "from 1"),
+        ({"op": "fft", "dtype": "bfloat16", "shape": {"batch": 8, "n": 64}}, "dtype", "float32, float16"),
+        ({"op": "fft", "shape": {"batch": 8, "n": 64}, "input": "imaginary"}, "input", "complex, real"),
+        ({"op": "butterfly", "shape": {"batch": 8, "n": 64}, "input": "real"}, "input", "unknown key"),
+    ],
+)
+def test_structured_spec_errors_name_the_field(data, field, words):
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert info.value.field == field and words in info.value.reason
+    assert "\n" not in str(info.value)
+
+
+def test_random_weights_come_in_the_documented_layout():
+    monarch = {"op": "monarch", "shape": {"batch": 5, "w1": [4, 6, 3], "w2": [8, 5, 3]}}
+    w1, w2 = kt.random_weights(monarch, seed=1, device="cpu")
+    assert w1.shape == (4, 6, 3) and w2.shape == (8, 5, 3) and w1.dtype == torch.float16
+    (twiddles,) = kt.random_weights({"op": "butterfly", "shape": {"batch": 3, "n": 16}}, device="cpu")
+    assert twiddles.shape == (4, 8, 2, 2)
+    assert kt.random_weights({"op": "fft", "shape": {"batch": 3, "n": 16}}, device="cpu") == ()
+    again = kt.random_weights(monarch, seed=1, device="cpu")
+    assert torch.equal(again[0], w1)
+
+
+# -- the lowering passes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims", [(4, 6, 3, 8, 5, 3), (2, 8, 5, 4, 7, 4), (4, 4, 4, 4, 4, 4)])
+def test_monarch_lowers_to_two_stages_with_no_permutation_left(dims):
+    stages = lower(monarch_map(*dims))
+    assert len(stages) == 2 and all(s.diag is None for s in stages)
+    k, q, p, l, s, r = dims  # noqa: E741
+    w = {"w1": torch.randn(k, q, p, dtype=torch.float64), "w2": torch.randn(l, s, r, dtype=torch.float64)}
+    x = torch.randn(7, k * p, dtype=torch.float64)
+    torch.testing.assert_close(apply_stages(stages, x, w), monarch_map(*dims).apply_dense(x, w))
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 5])
+def test_butterfly_grouping_keeps_the_map_and_its_transpose(levels):
+    full = butterfly_map(32)
+    w = {"twiddles": torch.randn(5, 16, 2, 2, dtype=torch.float64)}
+    x = torch.randn(3, 32, dtype=torch.float64)
+    for linear_map in (full, full.transpose()):
+        grouped = group_butterfly(linear_map, levels)
+        assert len(grouped.factors) == -(-5 // levels)
+        stages = lower(grouped)
+        torch.testing.assert_close(apply_stages(stages, x, w), linear_map.apply_dense(x, w))
+
+
+@pytest.mark.parametrize("n, n1", [(24, 4), (24, 6), (16, 2), (12, 3)])
+def test_fft_lowers_to_two_stages_with_the_twiddles_in_the_first_epilogue(n, n1):
+    stages = lower(fft_map(n, n1, n // n1))
+    assert [s.diag is not None for s in stages] == [True, False]
+    x = torch.randn(5, n, dtype=torch.complex128)
+    torch.testing.assert_close(apply_stages(stages, x, fft_weights(n, n1, n // n1)), torch.fft.fft(x))
+
+
+def test_index_map_fit_is_exact_or_refuses():
+    table = IndexMap(inner=4, outer=32, inner_stride=1, elem=4).table(8, 8)
+    assert IndexMap.fit(table) == IndexMap(4, 32, 1, 4)
+    scrambled = table.clone()
+    scrambled[3, 5] = 999
+    with pytest.raises(LoweringError, match="not a strided map"):
+        IndexMap.fit(scrambled)
+
+
+def test_a_diagonal_that_does_not_follow_a_block_factor_cannot_fuse():
+    from kt.ir import BlockDiag, Diag, LinearMap, Perm
+
+    with pytest.raises(LoweringError, match="must follow a block factor"):
+        lower(LinearMap((BlockDiag(2, 3, 3), Perm(2, 3), Diag(6))))
+
+
+# -- kernels in the interpreter, against float64 references ---------------------------------------------------
+
+MONARCHS = [
+    MonarchProblem(37, (4, 6, 3), (8, 5, 3), "float32"),  # p != q, r != s, in (12) != out (40)
+    MonarchProblem(19, (2, 8, 5), (4, 7, 4), "float16"),
+    MonarchProblem(21, (4, 16, 16), (4, 16, 16), "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("problem", MONARCHS, ids=str)
+@pytest.mark.parametrize("fused", [0, 1])
+def test_monarch_kernel_matches_two_bmm_and_dense_matrix(problem, fused):
+    if fused and min(problem.w1[1:] + problem.w2[1:]) < 16:
+        pytest.skip("fused needs power-of-two blocks of at least 16")
+    c = config(problem, group=1 if fused else 2, fused=fused)
+    module = module_for(problem, c)
+    result = check_kernel(module, problem, seed=3, device="cpu")  # poisoned output, two-bmm reference
+    assert result.ok, result.message
+    args = problem.random_args(4)
+    y = module.kernel(*args)
+    assert relative_error(y, dense_of(problem, args)) < problem.tolerance()
+    op_reference = op_from_spec(kt.as_spec(_spec_of(problem))).reference
+    assert relative_error(y, op_reference(*(a.double() for a in args))) < problem.tolerance()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
+@pytest.mark.parametrize("levels", [1, 3, 4])
+def test_butterfly_kernel_matches_the_per_level_loop(dtype, levels):
+    problem = ButterflyProblem(23, 32, dtype)
+    module = module_for(problem, config(problem, levels=levels))
+    result = check_kernel(module, problem, seed=5, device="cpu")
+    assert result.ok, result.message
+    args = problem.random_args(6)
+    assert relative_error(module.kernel(*args), dense_of(problem, args)) < problem.tolerance()
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        FFTProblem(13, 24, "float32", "complex"),
+        FFTProblem(13, 24, "float32", "real"),
+        FFTProblem(9, 32, "float16", "complex"),
+        FFTProblem(9, 32, "float16", "real"),
+    ],
+    ids=str,
+)
+def test_fft_kernel_matches_torch_fft_for_every_split(problem):
+    for structure in problem.structures():
+        module = module_for(problem, config(problem, **structure))
+        result = check_kernel(module, problem, seed=7, device="cpu")
+        assert result.ok, (structure, result.message)
+    args = problem.random_args(8)
+    assert relative_error(module.kernel(*args), dense_of(problem, args)) < problem.tolerance()
+
+
+def test_kernels_take_strided_views_and_leading_dims():
+    problem = MonarchProblem(10, (4, 6, 3), (8, 5, 3), "float32")
+    module = module_for(problem, config(problem))
+    x, w1, w2 = problem.random_args(1)
+    wide = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]  # feature stride 2
+    assert wide.stride(-1) == 2
+    ref = problem.reference(x, w1, w2)
+    assert relative_error(module.kernel(wide, w1, w2), ref) < 1e-5
+    # a transposed weight view and 3-D input
+    w1t = w1.transpose(1, 2).contiguous().transpose(1, 2)
+    y = module.kernel(x.view(2, 5, 12), w1t, w2)
+    assert y.shape == (2, 5, 40) and relative_error(y.view(10, 40), ref) < 1e-5
+    # rows as a strided slice, written into a strided out
+    out = torch.full((10, 80), float("nan"))[:, ::2]
+    assert module.kernel(x, w1, w2, out=out) is out and relative_error(out, ref) < 1e-5
+
+
+def test_fft_kernel_writes_planar_half_output_into_given_out():
+    problem = FFTProblem(6, 16, "float16", "complex")
+    module = module_for(problem, config(problem, split=4))
+    (x,) = problem.random_args(2)
+    out = torch.full((2, 6, 16), float("nan"), dtype=torch.float16)
+    assert module.kernel(x, out=out) is out
+    assert relative_error(out, problem.reference(x)) < problem.tolerance()
+    with pytest.raises(ValueError, match="planar complex"):
+        module.kernel(x[0])
+
+
+def test_kernel_refuses_wrong_weights_in_one_line():
+    problem = MonarchProblem(4, (4, 6, 3), (8, 5, 3), "float32")
+    module = module_for(problem, config(problem))
+    x, w1, w2 = problem.random_args(0)
+    with pytest.raises(ValueError, match=r"w1 must have shape \(4, 6, 3\)"):
+        module.kernel(x, w1.transpose(1, 2), w2)
+    with pytest.raises(TypeError, match="float32"):
+        module.kernel(x.half(), w1, w2)
+
+
+# -- search space and cost model ------------------------------------------------------------------------------
+
+
+def test_space_holds_every_structure_choice_and_only_legal_tiles():
+    butterfly = ButterflyProblem(8192, 1024, "float16")
+    space = FAMILIES["butterfly"].space(butterfly, H100)
+    assert {c.levels for c in space.legal} == set(range(1, 9))
+    fft = FFTProblem(49152, 4096, "float16", "real")
+    splits = {c.split for c in FAMILIES["fft"].space(fft, H100).legal}
+    assert splits == {4, 8, 16, 32, 64, 128, 256, 512, 1024}  # both blocks at most 1024
+    small = MonarchProblem(4096, (16, 16, 16), (16, 16, 16), "float16")
+    legal = FAMILIES["monarch"].space(small, H100).legal
+    assert any(c.fused for c in legal) and any(not c.fused for c in legal)
+    big = MonarchProblem(16384, (64, 64, 64), (64, 64, 64), "float16")
+    assert not any(c.fused for c in FAMILIES["monarch"].space(big, H100).legal)  # the intermediate cannot fit
+    odd = MonarchProblem(64, (4, 6, 3), (8, 5, 3), "float16")
+    assert not any(c.fused for c in FAMILIES["monarch"].space(odd, H100).legal)
+
+
+def test_staged_prediction_is_the_sum_of_the_launches():
+    problem = MonarchProblem(4096, (16, 16, 16), (16, 16, 16), "float16")
+    family = FAMILIES["monarch"]
+    two = config(problem, block_b=64, group=1)
+    fused = config(problem, block_b=64, group=1, fused=1)
+    records = family.records(problem, [two, fused])
+    model = AnalyticModel(H100)
+    predicted = predict_records(model, records).runtime_s
+    assert predicted[0] == pytest.approx(model.predict(records[0]["stages"]).runtime_s.sum())
+    assert predicted[1] < model.predict(records[1]["stages"]).runtime_s.sum()  # the saved round trip
+    assert config_from_dict("monarch", fused.to_dict()) == fused
+
+
+# -- the CLI on the examples ----------------------------------------------------------------------------------
+
+
+def _spec_of(problem):
+    if isinstance(problem, MonarchProblem):
+        shape = {"batch": problem.rows, "w1": list(problem.w1), "w2": list(problem.w2)}
+        return {"op": "monarch", "dtype": problem.dtype, "shape": shape}
+    raise AssertionError(problem)
+
+
+@pytest.mark.parametrize("example", ["monarch", "monarch_rect", "butterfly", "fft", "fft_half"])
+def test_kt_tune_on_cpu_works_for_each_example(example, tmp_path):
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    args = ["tune", str(EXAMPLES / f"{example}.yaml"), "--budget", "1", "--db", str(tmp_path / "t.db")]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "art")])
+    assert result.exit_code == 0, result.output
+    assert "measured: false" in result.output
+    (artifact,) = (tmp_path / "art").iterdir()
+    kernel = kt.load(artifact)
+    spec = kernel.spec.replace(shape={**kernel.spec.to_dict()["shape"], "batch": 5})
+    args = kt.random_args(spec, seed=1, device="cpu")
+    assert relative_error(kernel(*args), kt.reference(spec)(*args)) < 1e-2
+
+
+def test_benchmark_cases_are_valid_specs_and_their_baselines_compute_the_op():
+    from conftest import benchmark_module
+
+    bench = benchmark_module("structured_vs_torch")
+    names = [case.name for case in bench.cases()]
+    assert "monarch n=4096 nblocks=64" in names and "butterfly n=8192" in names
+    for case in bench.cases():
+        spec = kt.parse_spec(case.spec)
+        if spec.op == "fft":
+            continue  # torch.fft on complex32 needs a GPU
+        small = spec.replace(shape={**spec.to_dict()["shape"], "batch": 3}, dtype="float32")
+        if spec.in_features > 1024:
+            continue
+        args = kt.random_args(small, seed=0, device="cpu")
+        expected = kt.reference(small)(*args)
+        factory = next(iter(case.baselines.values()))
+        assert relative_error(factory(args)(), expected) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "problem, structure",
+    [
+        (ButterflyProblem(9, 16, "float32"), {"levels": 2}),
+        (FFTProblem(9, 12, "float32", "complex"), {"split": 3}),
+        (FFTProblem(9, 12, "float32", "real"), {"split": 4}),
+        (FFTProblem(9, 16, "float16", "complex"), {"split": 4}),
+    ],
+    ids=str,
+)
+def test_every_op_takes_a_non_contiguous_x(problem, structure):
+    module = module_for(problem, config(problem, **structure))
+    args = problem.random_args(11)
+    x = args[0]
+    strided = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]
+    assert not strided.is_contiguous()
+    y = module.kernel(strided, *args[1:])
+    assert relative_error(y, problem.reference(*args)) < problem.tolerance()
