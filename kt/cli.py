@@ -296,6 +296,22 @@ def show(spec, device):
     graph = op.kernel_graph()
     out.print(f"\nkernel graph ({len(graph)} kernel{'s' if len(graph) != 1 else ''}):")
     out.print(str(graph))
+    for node in graph.kernels:
+        structures = getattr(node.problem, "structures", None)
+        if structures is None:
+            continue
+        from kt.ir.lowering import lower
+
+        out.print(
+            f"\n{node.name}: launches per structure choice (load/store maps: inner, outer, inner_stride, elem):"
+        )
+        for structure in structures():
+            choice = " ".join(f"{k}={v}" for k, v in structure.items())
+            if structure.get("fused"):
+                out.print(f"  {choice}: one launch, the intermediate kept on chip (where it fits)")
+                continue
+            stages = lower(node.problem.linear_map(structure))
+            out.print(f"  {choice}: " + " ; ".join(str(stage) for stage in stages))
 
 
 @main.command()

@@ -347,3 +347,16 @@ def test_every_op_takes_a_non_contiguous_x(problem, structure):
     assert not strided.is_contiguous()
     y = module.kernel(strided, *args[1:])
     assert relative_error(y, problem.reference(*args)) < problem.tolerance()
+
+
+def test_kt_show_prints_the_launches_of_each_structure_choice():
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    result = CliRunner().invoke(main, ["show", str(EXAMPLES / "monarch.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "fused=0: stage[BlockDiag[w1](64x 64<-64)" in result.output
+    assert "fused=1: one launch" in result.output
+    bad = CliRunner().invoke(main, ["tune", str(EXAMPLES / "monarch.yaml"), "--budget", "0"])
+    assert bad.exit_code == 2
