@@ -90,3 +90,45 @@ def test_calibration_measures_plausible_ceilings():
     assert profile.sm_count == torch.cuda.get_device_properties(0).multi_processor_count
     assert 0.3e12 < profile.dram_bandwidth < 20e12
     assert profile.peak_flops["float16"] > profile.peak_flops["float32"] > 0
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "monarch:float16",
+        "monarch:bfloat16",
+        "butterfly:float16",
+        "fft:float16",
+        "fft:float32",
+    ],
+)
+def test_structured_kernels_on_the_gpu_match_float64_for_sampled_legal_configs(problem):
+    """Native 3-D dots for every structured family: a few legal configs of each structure choice, checked with
+    a poisoned output against the float64 reference on the full problem."""
+    import random
+
+    from kt.autotune.checking import check_kernel
+    from kt.codegen import load_source
+    from kt.device import get_profile
+    from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem
+
+    op, dtype = problem.split(":")
+    problems = {
+        "monarch": [
+            MonarchProblem(1000, (16, 16, 16), (16, 16, 16), dtype),
+            MonarchProblem(999, (16, 96, 64), (32, 48, 48), dtype),
+        ],
+        "butterfly": [ButterflyProblem(1000, 1024, dtype)],
+        "fft": [FFTProblem(1000, 4096, dtype, "complex"), FFTProblem(1000, 1024, dtype, "real")],
+    }[op]
+    rng = random.Random(0)
+    for p in problems:
+        family = FAMILIES[p.family]
+        legal = family.space(p, get_profile("h100")).legal
+        by_structure = {}
+        for config in legal:
+            by_structure.setdefault(tuple(config.structure().items()), []).append(config)
+        for configs in by_structure.values():
+            for config in rng.sample(configs, min(2, len(configs))):
+                result = check_kernel(load_source(family.render(p, config)), p, seed=1, device="cuda")
+                assert result.ok, (str(p), config.key(), result.message)
