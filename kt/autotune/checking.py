@@ -7,7 +7,7 @@ from types import ModuleType
 
 import torch
 
-from kt.dtypes import tolerance, torch_dtype
+from kt.dtypes import torch_dtype
 
 MAX_ERROR_FACTOR = 4  # the worst element may be off by this many tolerances of the largest |result|
 
@@ -33,7 +33,7 @@ def _real(t: torch.Tensor) -> torch.Tensor:
 def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.device) -> CheckResult:
     """Run `module.kernel` on fresh random inputs into a NaN-poisoned output and compare with the reference.
 
-    Poisoning catches unwritten elements; a tolerance per dtype (kt.dtypes.TOLERANCE) catches wrong ones.
+    Poisoning catches unwritten elements; the problem's tolerance (kt.dtypes.TOLERANCE, per dtype) catches wrong ones.
     """
     args = problem.random_args(seed, device)
     out_type = problem.out_type()
@@ -50,11 +50,7 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
         )
     ref = problem.reference(*args)
     err = relative_error(out, ref)
-    limit = (
-        problem.tolerance()
-        if hasattr(problem, "tolerance")
-        else tolerance(problem.dtype, getattr(problem, "precision", "ieee"))
-    )
+    limit = problem.tolerance()
     if err > limit:
         return CheckResult(
             False, err, f"relative error {err:.2e} over the {problem.dtype} tolerance {limit:.0e}"

@@ -128,7 +128,7 @@ def plan_tuning(
         )
     strategy = search_strategy(strategy, measures_time)
     cost_model = resolve_model(profile, model)
-    records = candidate_records(problem, space.legal)
+    records = family.records(problem, space.legal)  # structured families add their launches as `stages`
     prediction = predict_records(cost_model, records)
     values = prediction.objective(objective, power_cap_w)
     ranked = [int(i) for i in rank(records, values)]
@@ -146,14 +146,6 @@ def plan_tuning(
         objective,
         power_cap_w,
     )
-
-
-def candidate_records(problem: Problem, configs) -> list[dict[str, Any]]:
-    """The cost model's record of each config (structured families add their launches as `stages`)."""
-    family = family_for(problem)
-    if hasattr(family, "records"):
-        return family.records(problem, configs)
-    return [{**problem.to_record(), **config.to_dict()} for config in configs]
 
 
 @dataclass

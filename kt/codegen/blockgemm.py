@@ -10,7 +10,6 @@ the FFT's split n = n1 * n2. None of it changes what is computed.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -155,18 +154,14 @@ class BlockGemmFamily:
         return template_version(self.template)
 
     def space(self, problem: StructuredProblem, device: DeviceProfile) -> SearchSpace:
-        legal, dropped, total = [], Counter(), 0
-        for structure in problem.structures():
-            stages = lower(problem.linear_map(structure))
-            for values in itertools.product(*self.axes.values()):
-                total += 1
-                config = BlockGemmConfig(**dict(zip(self.axes, values)), **structure)
-                reason = illegal_reason(problem, config, device, stages)
-                if reason is None:
-                    legal.append(config)
-                else:
-                    dropped[reason] += 1
-        return SearchSpace(problem, device, total, tuple(legal), dict(dropped.most_common()))
+        def judged():
+            for structure in problem.structures():
+                stages = lower(problem.linear_map(structure))
+                for values in itertools.product(*self.axes.values()):
+                    config = BlockGemmConfig(**dict(zip(self.axes, values)), **structure)
+                    yield config, illegal_reason(problem, config, device, stages)
+
+        return SearchSpace.of(problem, device, judged())
 
     def resources(self, problem, config, device) -> tuple[int, int]:
         return resources(problem, config, device)
@@ -177,12 +172,15 @@ class BlockGemmFamily:
         rows = min(problem.rows, config.block_b + config.block_b // 2 + 1)
         return [replace(problem, rows=rows)]
 
-    def stage_records(self, problem: StructuredProblem, config: BlockGemmConfig) -> list[dict[str, Any]]:
-        """Each launch as the batched GEMM it is (one product per block) for the cost model: the rows of x are
-        M, a block's outputs N and inputs K; a complex stage is its real form, twice as wide each way."""
+    def stage_records(
+        self, problem: StructuredProblem, config: BlockGemmConfig, stages: list[Stage]
+    ) -> list[dict[str, Any]]:
+        """Each of `config`'s launches (`stages`, lowered for its structure) as the batched GEMM it is (one
+        product per block) for the cost model: the rows of x are M, a block's outputs N and inputs K; a complex
+        stage is its real form, twice as wide each way."""
         planes = 2 if is_complex(problem) else 1
         records = []
-        for index, stage in enumerate(stages_for(problem, config)):
+        for index, stage in enumerate(stages):
             block_n, block_k = stage_tiles(stage, config)
             real_input = isinstance(problem, FFTProblem) and problem.input == "real" and index == 0
             records.append(
@@ -212,10 +210,14 @@ class BlockGemmFamily:
         """The cost model's record of each config: the problem, the config, and its launches as `stages`
         (`fused_bytes`: DRAM traffic a fused kernel saves, the intermediate written and read back)."""
         base = problem.to_record()
+        lowered: dict[tuple, list[Stage]] = {}  # per structure choice: many configs share one lowering
         out = []
         for config in configs:
+            structure = tuple(config.structure().items())
+            if structure not in lowered:
+                lowered[structure] = stages_for(problem, config)
             record = {**base, **config.to_dict(), "group_m": config.group, "split_k": 1}
-            record["stages"] = self.stage_records(problem, config)
+            record["stages"] = self.stage_records(problem, config, lowered[structure])
             if config.fused:
                 (k, q, _), _ = problem.w1, problem.w2
                 record["fused_bytes"] = 2 * problem.rows * k * q * itemsize(problem.dtype)

@@ -122,6 +122,18 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.legal)
 
+    @classmethod
+    def of(cls, problem, device: DeviceProfile, judged) -> SearchSpace:
+        """The space from every point of the axes with why it is illegal (None when it is legal)."""
+        legal, dropped, total = [], Counter(), 0
+        for config, reason in judged:
+            total += 1
+            if reason is None:
+                legal.append(config)
+            else:
+                dropped[reason] += 1
+        return cls(problem, device, total, tuple(legal), dict(dropped.most_common()))
+
 
 class GemmFamily:
     name = "gemm"
@@ -139,15 +151,13 @@ class GemmFamily:
             yield GemmConfig(**dict(zip(self.axes, values)))
 
     def space(self, problem: GemmProblem, device: DeviceProfile) -> SearchSpace:
-        legal, dropped, total = [], Counter(), 0
-        for config in self.all_configs():
-            total += 1
-            reason = illegal_reason(problem, config, device)
-            if reason is None:
-                legal.append(config)
-            else:
-                dropped[reason] += 1
-        return SearchSpace(problem, device, total, tuple(legal), dict(dropped.most_common()))
+        judged = ((config, illegal_reason(problem, config, device)) for config in self.all_configs())
+        return SearchSpace.of(problem, device, judged)
+
+    def records(self, problem: GemmProblem, configs) -> list[dict[str, Any]]:
+        """The cost model's record of each config: the problem's numbers and the config's."""
+        base = problem.to_record()
+        return [{**base, **config.to_dict()} for config in configs]
 
     def resources(self, problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> tuple[int, int]:
         """Shared-memory bytes and fp32 accumulator registers per thread a program needs."""

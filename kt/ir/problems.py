@@ -86,6 +86,10 @@ class GemmProblem:
         """float64 torch.matmul: the independent answer every GEMM kernel is checked against."""
         return torch.matmul(a.double(), b.double())
 
+    def tolerance(self) -> float:
+        """The relative error a correct kernel stays under (one rounding of the output)."""
+        return tolerance(self.dtype, self.precision)
+
     @property
     def flops(self) -> int:
         return 2 * self.batch_size * self.m * self.n * self.k
