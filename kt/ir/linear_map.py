@@ -55,3 +55,62 @@ class LinearMap:
 
     def __str__(self) -> str:
         return " · ".join(str(f) for f in reversed(self.factors))
+
+
+@dataclass(frozen=True)
+class SumMap:
+    """A sum of linear maps with the same shape: y = x @ (M_0 + M_1 + ...).T, e.g. a sparse plus a low-rank part.
+
+    Every term has its own weights: a weight name may not appear in two terms.
+    """
+
+    terms: tuple[LinearMap, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "terms", tuple(self.terms))
+        if len(self.terms) < 2:
+            raise ValueError(f"a SumMap needs at least two terms, got {len(self.terms)}")
+        for i, term in enumerate(self.terms):
+            if not isinstance(term, LinearMap):
+                raise ValueError(f"SumMap term {i} is a {type(term).__name__}, expected a LinearMap")
+        first = self.terms[0]
+        for i, term in enumerate(self.terms[1:], start=1):
+            if (term.in_features, term.out_features) != (first.in_features, first.out_features):
+                raise ValueError(
+                    f"SumMap term {i} ({term}) maps {term.in_features} -> {term.out_features} features but "
+                    f"term 0 maps {first.in_features} -> {first.out_features}"
+                )
+        owner: dict[str, int] = {}
+        for i, term in enumerate(self.terms):
+            for name in term.weight_names():
+                if name in owner:
+                    raise ValueError(f"SumMap weight {name!r} appears in terms {owner[name]} and {i}")
+                owner[name] = i
+
+    @property
+    def in_features(self) -> int:
+        return self.terms[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.terms[0].out_features
+
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(name for term in self.terms for name in term.weight_names())
+
+    def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of the terms' (out, in) matrices."""
+        matrix = self.terms[0].to_dense(weights)
+        for term in self.terms[1:]:
+            matrix = matrix + term.to_dense(weights)
+        return matrix
+
+    def apply_dense(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """y = x @ M.T through the dense matrix: the slow, obviously right reference."""
+        return x @ self.to_dense(weights).transpose(-1, -2)
+
+    def transpose(self) -> SumMap:
+        return SumMap(tuple(term.transpose() for term in self.terms))
+
+    def __str__(self) -> str:
+        return " + ".join(str(term) for term in self.terms)

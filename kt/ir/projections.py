@@ -1,0 +1,82 @@
+"""Projections of a dense nn.Linear-style weight W (out, in) onto structured forms: keep its largest blocks
+(block-sparse) or its top singular directions (a rank-r chain x @ f1 @ f2).
+
+Both return new weights to initialise a structured layer from a trained dense one; they do not track gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kt.sparsity import bsr_indices, prune_mask
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_weight(weight: torch.Tensor, what: str) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"{what}: weight is a {type(weight).__name__}, expected a torch.Tensor")
+    if weight.layout != torch.strided:
+        raise ValueError(f"{what}: weight has layout {weight.layout}, expected a dense (strided) tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"{what}: weight has shape {tuple(weight.shape)}, expected 2-D (out, in)")
+
+
+@torch.no_grad()
+def prune_blocks(weight: torch.Tensor, block: tuple[int, int], density: float) -> torch.Tensor:
+    """A sparse BSR copy of `weight` (out, in) keeping the blocks of kt.sparsity.prune_mask: the
+    `block_count(density)` blocks of largest Frobenius norm. Kept blocks stay stored even when all zero, so the
+    tensor's layout is exactly that mask. Same dtype and device as `weight`."""
+    _check_weight(weight, "prune_blocks")
+    if not weight.is_floating_point():
+        raise ValueError(f"prune_blocks: weight has dtype {weight.dtype}, expected a floating dtype")
+    block_t = tuple(block) if isinstance(block, (tuple, list)) else (block,)
+    if len(block_t) != 2 or not all(_positive_int(b) for b in block_t):
+        raise ValueError(f"prune_blocks: block={block!r} must be two positive integers (bo, bi)")
+    bo, bi = block_t
+    out, inp = weight.shape
+    if out % bo or inp % bi:
+        raise ValueError(f"prune_blocks: block {bo}x{bi} does not divide the weight shape ({out}, {inp})")
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+        raise ValueError(f"prune_blocks: density={density!r} must be in (0, 1]")
+    mask = prune_mask(weight, (bo, bi), density)
+    crow, cols = bsr_indices(mask)
+    blocks = weight.reshape(out // bo, bo, inp // bi, bi).transpose(1, 2)  # (grid rows, grid cols, bo, bi)
+    keep = torch.from_numpy(mask).to(weight.device)
+    values = blocks[keep].contiguous()  # (nnz, bo, bi) in row-major grid order, as crow/cols list them
+    return torch.sparse_bsr_tensor(
+        crow.to(weight.device),
+        cols.to(weight.device),
+        values,
+        size=(out, inp),
+        dtype=weight.dtype,
+        device=weight.device,
+        check_invariants=False,  # valid by construction
+    )
+
+
+@torch.no_grad()
+def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """f1 (in, rank) and f2 (rank, out) with `x @ f1 @ f2` the best rank-`rank` approximation of
+    `F.linear(x, weight)` (Eckart-Young, in both the spectral and the Frobenius norm).
+
+    With weight = U S Vh: f1 = Vh[:r].T * sqrt(S[:r]) and f2 = sqrt(S[:r])[:, None] * U[:, :r].T, so the singular
+    values are split evenly between the factors. Computed in float64 (complex128 for complex weights) and
+    returned in weight.dtype on weight's device.
+    """
+    _check_weight(weight, "truncated_svd")
+    if not (weight.is_floating_point() or weight.is_complex()):
+        raise ValueError(f"truncated_svd: weight has dtype {weight.dtype}, expected a floating dtype")
+    out, inp = weight.shape
+    if not _positive_int(rank) or rank > min(out, inp):
+        raise ValueError(
+            f"truncated_svd: rank={rank!r} must be an integer in 1..{min(out, inp)} for a {out}x{inp} weight"
+        )
+    wide = weight.to(torch.promote_types(weight.dtype, torch.float64))
+    u, s, vh = torch.linalg.svd(wide, full_matrices=False)
+    root = s[:rank].sqrt()
+    f1 = vh[:rank].T * root
+    f2 = root[:, None] * u[:, :rank].T
+    return f1.to(weight.dtype), f2.to(weight.dtype)
