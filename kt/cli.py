@@ -300,18 +300,13 @@ def show(spec, device):
         structures = getattr(node.problem, "structures", None)
         if structures is None:
             continue
-        from kt.ir.lowering import lower
+        from kt.codegen import family_for
 
-        out.print(
-            f"\n{node.name}: launches per structure choice (load/store maps: inner, outer, inner_stride, elem):"
-        )
+        family = family_for(node.problem)
+        out.print(f"\n{node.name}: launches per structure choice ({family.launch_legend}):")
         for structure in structures():
-            choice = " ".join(f"{k}={v}" for k, v in structure.items())
-            if structure.get("fused"):
-                out.print(f"  {choice}: one launch, the intermediate kept on chip (where it fits)")
-                continue
-            stages = lower(node.problem.linear_map(structure))
-            out.print(f"  {choice}: " + " ; ".join(str(stage) for stage in stages))
+            choice = " ".join(f"{k}={v}" for k, v in structure.items()) or "(one form)"
+            out.print(f"  {choice}: " + " ; ".join(family.launch_texts(node.problem, structure)))
 
 
 @main.command()

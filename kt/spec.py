@@ -21,7 +21,8 @@ import yaml
 from kt.dtypes import DTYPES, itemsize
 from kt.errors import SpecError
 
-OPS = ("dense", "monarch", "butterfly", "fft")
+OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum")
+SUM_TERMS = ("blocksparse", "lowrank")  # the ops a sum's terms may be
 FFT_INPUTS = ("complex", "real")
 FFT_DTYPES = ("float32", "float16")
 OBJECTIVES = ("time", "energy", "edp")
@@ -71,7 +72,60 @@ class VectorShape:
     n: int
 
 
-Shape = DenseShape | MonarchShape | VectorShape
+@dataclass(frozen=True)
+class LinearShape:
+    """`batch` rows of `in_features` mapped to `out_features`: the block-sparse op's and a sum's shape."""
+
+    batch: int
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ChainShape:
+    """y = x @ F1 @ ... @ Fk with Fi (dims[i-1], dims[i]): `batch` rows of dims[0] features to dims[-1]."""
+
+    batch: int
+    dims: tuple[int, ...]
+
+    @property
+    def in_features(self) -> int:
+        return self.dims[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.dims[-1]
+
+
+Shape = DenseShape | MonarchShape | VectorShape | LinearShape | ChainShape
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """Which (bo, bi) blocks of the block-sparse weight W (out, in) are non-zero.
+
+    The pattern comes from exactly one source: `density` and `seed` (blocks chosen at random), `pattern`
+    (diagonal, or banded with `width` blocks each side), `mask` (a .npy file of the block grid) or `prune` (a .pt
+    file holding a dense (out, in) tensor whose `density` largest blocks by norm are kept). `layout` is the
+    resulting mask as hex text (kt.sparsity), computed when the spec is read; it is what kernels are tuned for.
+    """
+
+    block: tuple[int, int]
+    layout: str
+    density: float | None = None
+    seed: int | None = None
+    pattern: str | None = None
+    width: int | None = None
+    mask: str | None = None
+    prune: str | None = None
+
+    def grid(self, out_features: int, in_features: int) -> tuple[int, int]:
+        return out_features // self.block[0], in_features // self.block[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {key: value for key, value in asdict(self).items() if value is not None}
+        data["block"] = list(self.block)
+        return data
 
 
 @dataclass(frozen=True)
@@ -102,16 +156,18 @@ class OpSpec:
     tune: TuneOptions = TuneOptions()
     source: str | None = field(default=None, compare=False)  # the file it was read from
     input: str | None = None  # fft only: complex | real
+    sparsity: Sparsity | None = None  # blocksparse only
+    terms: tuple[OpSpec, ...] | None = None  # sum only: the terms, each a blocksparse or lowrank spec
 
     @property
     def in_features(self) -> int:
         s = self.shape
-        return s.k if isinstance(s, DenseShape) else s.in_features if isinstance(s, MonarchShape) else s.n
+        return s.k if isinstance(s, DenseShape) else s.n if isinstance(s, VectorShape) else s.in_features
 
     @property
     def out_features(self) -> int:
         s = self.shape
-        return s.n if isinstance(s, DenseShape) else s.out_features if isinstance(s, MonarchShape) else s.n
+        return s.n if isinstance(s, (DenseShape, VectorShape)) else s.out_features
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as op.yaml would hold it (round-trips through `parse_spec`)."""
@@ -121,11 +177,26 @@ class OpSpec:
             del data["shape"]["batch"]
         if self.op != "dense":
             del data["layout"]
-        if data["input"] is None:
-            del data["input"]
+        for key in ("input", "sparsity", "terms"):
+            if data[key] is None:
+                del data[key]
         if isinstance(self.shape, MonarchShape):
             data["shape"] = {"batch": self.shape.batch, "w1": list(self.shape.w1), "w2": list(self.shape.w2)}
+        elif isinstance(self.shape, ChainShape):
+            data["shape"] = {"batch": self.shape.batch, "dims": list(self.shape.dims)}
+        elif isinstance(self.shape, LinearShape):
+            data["shape"] = {"batch": self.shape.batch, "in": self.in_features, "out": self.out_features}
+        if self.sparsity is not None:
+            data["sparsity"] = self.sparsity.to_dict()
+        if self.terms is not None:
+            data["terms"] = [term.term_dict() for term in self.terms]
+            del data["shape"]  # a sum's shape is its terms'
         return data
+
+    def term_dict(self) -> dict[str, Any]:
+        """This spec as a term of a sum: only what the term itself says."""
+        data = self.to_dict()
+        return {key: data[key] for key in ("op", "shape", "sparsity") if key in data}
 
     def summary(self) -> str:
         """One line saying what the op computes."""
@@ -138,6 +209,22 @@ class OpSpec:
             return (
                 f"monarch {s.batch} rows, {s.in_features} -> {s.out_features} (w1 {w1}, w2 {w2}) {self.dtype}"
             )
+        if self.op == "blocksparse":
+            from kt.sparsity import describe, hex_to_mask
+
+            mask = hex_to_mask(self.sparsity.layout, self.sparsity.grid(s.out_features, s.in_features))
+            block = "x".join(map(str, self.sparsity.block))
+            return (
+                f"blocksparse {s.batch} rows, {s.in_features} -> {s.out_features}, {block} blocks, "
+                f"{describe(mask)} {self.dtype}"
+            )
+        if self.op == "lowrank":
+            return f"lowrank {s.batch} rows, {' -> '.join(map(str, s.dims))} {self.dtype}"
+        if self.op == "sum":
+            parts = " + ".join(
+                f"{term.op} ({term.summary().split(', ', 1)[1].rsplit(' ', 1)[0]})" for term in self.terms
+            )
+            return f"sum {s.batch} rows, {s.in_features} -> {s.out_features}: {parts} {self.dtype}"
         kind = f", {self.input} input" if self.op == "fft" else ""
         return f"{self.op} {s.batch} rows x n={s.n} {self.dtype}{kind}"
 
@@ -200,15 +287,26 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
     op = _choice(data.get("op"), "op", OPS, required=True)
     allowed = ("op", "name", "dtype", "shape", "precision", "device", "tune")
-    allowed += ("layout",) if op == "dense" else ("input",) if op == "fft" else ()
+    allowed += {"dense": ("layout",), "fft": ("input",), "blocksparse": ("sparsity",), "sum": ("terms",)}.get(
+        op, ()
+    )
+    if op == "sum":
+        allowed = tuple(key for key in allowed if key != "shape")
     _keys(data, "", allowed=allowed)
     dtype = _choice(data.get("dtype", "float16"), "dtype", FFT_DTYPES if op == "fft" else tuple(DTYPES))
-    shape = SHAPE_PARSERS[op](data.get("shape"), "shape")
-    layout = _layout(data.get("layout", {}), "layout")
-    fft_input = _choice(data.get("input", "complex"), "input", FFT_INPUTS) if op == "fft" else None
     precision = _choice(data.get("precision", "ieee"), "precision", PRECISIONS)
     if precision != "ieee" and dtype != "float32":
         raise SpecError("precision", f"applies to float32 only (dtype is {dtype}); remove it or use ieee")
+    sparsity = terms = None
+    if op == "sum":
+        terms = _terms(data.get("terms"), "terms", dtype, precision, source, check_files)
+        shape = LinearShape(terms[0].shape.batch, terms[0].in_features, terms[0].out_features)
+    else:
+        shape = SHAPE_PARSERS[op](data.get("shape"), "shape")
+    if op == "blocksparse":
+        sparsity = _sparsity(data.get("sparsity"), "sparsity", shape, source, check_files)
+    layout = _layout(data.get("layout", {}), "layout")
+    fft_input = _choice(data.get("input", "complex"), "input", FFT_INPUTS) if op == "fft" else None
     name = data.get("name")
     if name is None:
         name = default_name(op, shape, dtype)
@@ -218,11 +316,15 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         )
     device = _device(data.get("device", "auto"), source, check_files)
     tune = _tune(data.get("tune", {}), "tune")
-    _check_memory(shape, dtype)
-    return OpSpec(op, name, dtype, shape, layout, precision, device, tune, source, fft_input)
+    _check_memory(shape, dtype, sparsity, terms)
+    return OpSpec(op, name, dtype, shape, layout, precision, device, tune, source, fft_input, sparsity, terms)
 
 
 def default_name(op: str, shape: Shape, dtype: str) -> str:
+    if isinstance(shape, ChainShape):
+        return f"{op}_{'-'.join(map(str, shape.dims))}_b{shape.batch}_{dtype}"
+    if isinstance(shape, LinearShape):
+        return f"{op}_{shape.in_features}x{shape.out_features}_b{shape.batch}_{dtype}"
     if isinstance(shape, MonarchShape):
         dims = f"{'x'.join(map(str, shape.w1))}_{'x'.join(map(str, shape.w2))}_b{shape.batch}"
         return f"{op}_{dims}_{dtype}"
@@ -303,11 +405,235 @@ def _vector_shape(value: Any, path: str, power_of_two: bool) -> VectorShape:
     return VectorShape(batch, n)
 
 
+def _linear_shape(value: Any, path: str) -> LinearShape:
+    if value is None:
+        raise SpecError(path, "is required: a mapping {batch: B, in: IN, out: OUT}")
+    _mapping(value, path)
+    _keys(value, path, allowed=("batch", "in", "out"), required=("batch", "in", "out"))
+    return LinearShape(
+        _int(value["batch"], f"{path}.batch", 1, MAX_DIM),
+        _int(value["in"], f"{path}.in", 1, MAX_DIM),
+        _int(value["out"], f"{path}.out", 1, MAX_DIM),
+    )
+
+
+MAX_CHAIN = 8  # factors in a low-rank chain
+
+
+def _chain_shape(value: Any, path: str) -> ChainShape:
+    if value is None:
+        raise SpecError(
+            path, "is required: a mapping {batch: B, dims: [d0, d1, ..., dk]} (factors (d0, d1), ...)"
+        )
+    _mapping(value, path)
+    _keys(value, path, allowed=("batch", "dims"), required=("batch", "dims"))
+    dims = value["dims"]
+    if not isinstance(dims, (list, tuple)) or not 3 <= len(dims) <= MAX_CHAIN + 1:
+        raise SpecError(
+            f"{path}.dims",
+            f"must be a list of 3 to {MAX_CHAIN + 1} integers [d0, d1, ..., dk] (2 to {MAX_CHAIN} factors), "
+            f"got {_kind(dims)}",
+        )
+    dims = tuple(_int(d, f"{path}.dims[{i}]", 1, MAX_DIM) for i, d in enumerate(dims))
+    return ChainShape(_int(value["batch"], f"{path}.batch", 1, MAX_DIM), dims)
+
+
+SOURCES = ("density", "pattern", "mask", "prune")  # where a block pattern comes from
+
+
+def _sparsity(
+    value: Any, path: str, shape: LinearShape, source: str | None, check_files: bool = True
+) -> Sparsity:
+    """The block pattern of a blocksparse op, validated against its shape, with its mask computed."""
+    from kt import sparsity as patterns
+
+    if value is None:
+        raise SpecError(
+            path,
+            "is required: {block: [bo, bi]} with one of density (and seed), pattern, mask or prune",
+        )
+    _mapping(value, path)
+    _keys(value, path, allowed=("block", "density", "seed", "pattern", "width", "mask", "prune", "layout"))
+    if "block" not in value:
+        raise SpecError(
+            f"{path}.block", "is required: [bo, bi], the rows and columns of one block of W (out, in)"
+        )
+    block = value["block"]
+    if not isinstance(block, (list, tuple)) or len(block) != 2:
+        raise SpecError(f"{path}.block", f"must be a list of two integers [bo, bi], got {_kind(block)}")
+    block = tuple(_int(b, f"{path}.block[{i}]", 1, MAX_DIM) for i, b in enumerate(block))
+    for index, (size, dim, name) in enumerate(
+        ((block[0], shape.out_features, "out"), (block[1], shape.in_features, "in"))
+    ):
+        if dim % size:
+            divisors = [d for d in (8, 16, 32, 64, 128, 256) if dim % d == 0]
+            hint = f" (e.g. {', '.join(map(str, divisors))})" if divisors else ""
+            raise SpecError(f"{path}.block[{index}]", f"must divide {name}={dim}, got {size}{hint}")
+    grid = (shape.out_features // block[0], shape.in_features // block[1])
+    given = [key for key in ("pattern", "mask", "prune") if key in value]
+    if len(given) > 1:
+        raise SpecError(f"{path}.{given[1]}", f"give one pattern source, not both {given[0]} and {given[1]}")
+    if not given and "density" not in value:
+        raise SpecError(path, "needs a pattern: one of density (and seed), pattern, mask or prune")
+    kind = given[0] if given else "density"
+    for key, allowed_with in (("seed", "density"), ("width", "pattern")):
+        if key in value and kind != allowed_with:
+            raise SpecError(f"{path}.{key}", f"applies to {allowed_with} patterns only (this one is {kind})")
+    if "density" in value and kind not in ("density", "prune"):
+        raise SpecError(f"{path}.density", f"applies to random and pruned patterns only (this one is {kind})")
+    density = seed = pattern = width = mask_file = prune_file = None
+    if kind in ("density", "prune"):
+        if "density" not in value:
+            raise SpecError(
+                f"{path}.density", "is required with prune: the fraction of blocks to keep, in (0, 1]"
+            )
+        density = value["density"]
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+            raise SpecError(f"{path}.density", f"must be a number in (0, 1], got {_kind(density)}")
+        density = float(density)
+    mask = None
+    layout_only = False
+    if kind == "density":
+        seed = _int(value.get("seed", 0), f"{path}.seed", 0, 2**32 - 1)
+        mask = patterns.random_mask(grid, density, seed)
+    elif kind == "pattern":
+        pattern = _choice(value["pattern"], f"{path}.pattern", patterns.PATTERNS)
+        if pattern == "banded":
+            width = _int(value.get("width", 1), f"{path}.width", 0, max(grid))
+        elif "width" in value:
+            raise SpecError(f"{path}.width", "applies to the banded pattern only")
+        mask = patterns.banded_mask(grid, width or 0)
+    else:
+        file_path = _data_file(
+            value[kind], f"{path}.{kind}", (".npy",) if kind == "mask" else (".pt",), source
+        )
+        if kind == "mask":
+            mask_file = file_path
+        else:
+            prune_file = file_path
+        if Path(file_path).is_file():
+            if kind == "mask":
+                mask = _read_mask(file_path, f"{path}.mask", grid)
+            else:
+                weight = _read_weight(file_path, f"{path}.prune", (shape.out_features, shape.in_features))
+                mask = patterns.prune_mask(weight, block, density)
+        elif check_files or "layout" not in value:
+            raise SpecError(f"{path}.{kind}", f"file {file_path!r} not found")
+        else:
+            layout_only = True  # a spec read back from an artifact made where the file was
+    if "layout" in value:
+        try:
+            stored = patterns.hex_to_mask(value["layout"], grid) if isinstance(value["layout"], str) else None
+        except ValueError as exc:
+            raise SpecError(f"{path}.layout", f"{exc} (the hex mask kt writes)") from None
+        if stored is None:
+            raise SpecError(
+                f"{path}.layout", f"must be hex text (the mask kt writes), got {_kind(value['layout'])}"
+            )
+        if layout_only:
+            mask = stored
+        elif not (stored == mask).all():
+            raise SpecError(f"{path}.layout", f"does not match the pattern that {kind} gives; remove it")
+    if not mask.any():
+        raise SpecError(path, f"the pattern has no non-zero block ({kind}); keep at least one")
+    return Sparsity(block, patterns.mask_to_hex(mask), density, seed, pattern, width, mask_file, prune_file)
+
+
+def _data_file(value: Any, path: str, suffixes: tuple[str, ...], source: str | None) -> str:
+    if not isinstance(value, str) or not value.endswith(suffixes):
+        raise SpecError(path, f"must be the path of a {' or '.join(suffixes)} file, got {_kind(value)}")
+    file_path = Path(value)
+    if not file_path.is_absolute() and source is not None:
+        file_path = Path(source).parent / file_path  # relative to the op.yaml, like a device profile
+    return str(file_path.absolute())
+
+
+def _read_mask(file_path: str, path: str, grid: tuple[int, int]):
+    import numpy as np
+
+    try:
+        mask = np.load(file_path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SpecError(path, f"{file_path!r} is not a readable .npy array ({_first_line(exc)})") from None
+    if mask.shape != grid:
+        raise SpecError(
+            path, f"{file_path!r} holds a {mask.shape} array; the block grid (out/bo, in/bi) is {grid}"
+        )
+    if mask.dtype != bool and not (np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all()):
+        raise SpecError(path, f"{file_path!r} must hold booleans or 0/1 values, got {mask.dtype} values")
+    return mask.astype(bool)
+
+
+def _read_weight(file_path: str, path: str, shape: tuple[int, int]):
+    import torch
+
+    try:
+        weight = torch.load(file_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many kinds for a file that is not a tensor
+        raise SpecError(path, f"{file_path!r} is not a readable torch file ({_first_line(exc)})") from None
+    if not isinstance(weight, torch.Tensor):
+        raise SpecError(path, f"{file_path!r} must hold one tensor (out, in), got {type(weight).__name__}")
+    if tuple(weight.shape) != shape or not weight.is_floating_point() or weight.layout != torch.strided:
+        raise SpecError(
+            path,
+            f"{file_path!r} holds a {weight.dtype} tensor of shape {tuple(weight.shape)}; "
+            f"expected a dense floating tensor of shape (out, in) = {shape}",
+        )
+    if not torch.isfinite(weight).all():
+        raise SpecError(path, f"{file_path!r} holds NaN or infinite values")
+    return weight
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+MAX_TERMS = 8
+
+
+def _terms(
+    value: Any, path: str, dtype: str, precision: Any, source: str | None, check_files: bool
+) -> tuple[OpSpec, ...]:
+    """A sum's terms: blocksparse or lowrank specs with the same batch, in and out, in the sum's dtype."""
+    if not isinstance(value, (list, tuple)) or not 2 <= len(value) <= MAX_TERMS:
+        raise SpecError(
+            path,
+            f"must be a list of 2 to {MAX_TERMS} terms, each {{op: {' | '.join(SUM_TERMS)}, shape: ...}}, "
+            f"got {_kind(value)}",
+        )
+    terms = []
+    for index, term in enumerate(value):
+        where = f"{path}[{index}]"
+        _mapping(term, where)
+        op = _choice(term.get("op"), f"{where}.op", SUM_TERMS, required=True)
+        _keys(term, where, allowed=("op", "shape", "sparsity") if op == "blocksparse" else ("op", "shape"))
+        try:
+            spec = _parse({**term, "dtype": dtype, "precision": precision}, source, check_files)
+        except SpecError as exc:
+            raise SpecError(f"{where}.{exc.field}" if exc.field else where, exc.reason) from None
+        if terms:
+            first = terms[0]
+            for name, mine, theirs in (
+                ("batch", spec.shape.batch, first.shape.batch),
+                ("in", spec.in_features, first.in_features),
+                ("out", spec.out_features, first.out_features),
+            ):
+                if mine != theirs:
+                    raise SpecError(
+                        f"{where}.shape",
+                        f"{name} is {mine} but terms[0] has {theirs}; every term needs the same",
+                    )
+        terms.append(spec)
+    return tuple(terms)
+
+
 SHAPE_PARSERS = {
     "dense": _dense_shape,
     "monarch": _monarch_shape,
     "butterfly": lambda value, path: _vector_shape(value, path, power_of_two=True),
     "fft": lambda value, path: _vector_shape(value, path, power_of_two=False),
+    "blocksparse": _linear_shape,
+    "lowrank": _chain_shape,
 }
 
 
@@ -361,7 +687,33 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
     return str(path)
 
 
-def _check_memory(shape: Shape, dtype: str) -> None:
+def _check_memory(
+    shape: Shape, dtype: str, sparsity: Sparsity | None = None, terms: tuple[OpSpec, ...] | None = None
+) -> None:
+    if terms is not None:  # x, y and an fp32 accumulator, plus each term's weights and intermediates
+        elements = 3 * shape.batch * (shape.in_features + shape.out_features)
+        elements += sum(_elements(term.shape, term.sparsity) for term in terms)
+    else:
+        elements = _elements(shape, sparsity)
+    total = elements * itemsize(dtype)
+    if total > MAX_OPERAND_BYTES:
+        raise SpecError(
+            "shape",
+            f"the operands need {total / 2**30:.1f} GiB; kt allows at most {MAX_OPERAND_BYTES / 2**30:.0f} GiB",
+        )
+
+
+def _elements(shape: Shape, sparsity: Sparsity | None) -> int:
+    if isinstance(shape, ChainShape):
+        dims = shape.dims
+        weights = sum(a * b for a, b in zip(dims, dims[1:]))
+        return shape.batch * (dims[0] + dims[-1] + 2 * max(dims[1:-1])) + weights
+    if isinstance(shape, LinearShape):
+        nnz = bin(int(sparsity.layout, 16)).count("1") if sparsity.layout else 0
+        return (
+            shape.batch * (shape.in_features + shape.out_features)
+            + nnz * sparsity.block[0] * sparsity.block[1]
+        )
     if isinstance(shape, DenseShape):
         elements = (shape.batch or 1) * (shape.m * shape.k + shape.k * shape.n + shape.m * shape.n)
     elif isinstance(shape, MonarchShape):
@@ -369,12 +721,7 @@ def _check_memory(shape: Shape, dtype: str) -> None:
         elements = shape.batch * (k * p + k * q + l * s) + k * q * p + l * s * r
     else:  # input, output and one intermediate, real and imaginary parts
         elements = 6 * shape.batch * shape.n
-    total = elements * itemsize(dtype)
-    if total > MAX_OPERAND_BYTES:
-        raise SpecError(
-            "shape",
-            f"the operands need {total / 2**30:.1f} GiB; kt allows at most {MAX_OPERAND_BYTES / 2**30:.0f} GiB",
-        )
+    return elements
 
 
 # -- small validators, each raising one SpecError that names the field -------------------------------------------

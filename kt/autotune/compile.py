@@ -156,4 +156,4 @@ def target_compiler_available() -> bool:
 
 def meta_args(problem) -> tuple[torch.Tensor, ...]:
     """Shape-and-stride-only stand-ins for a problem's arguments (no memory, any size)."""
-    return tuple(t.empty("meta") for t in problem.arg_types())
+    return problem.meta_args()

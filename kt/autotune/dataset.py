@@ -23,11 +23,14 @@ from typing import Any
 from kt.autotune.database import COLUMN_NAMES, COLUMNS, Database, decode_row
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
+from kt.codegen.tilesum import STRUCTURE_AXES as TILE_STRUCTURE_AXES
 from kt.costmodel.features import CONFIG_KEYS
 from kt.dtypes import DTYPES
 from kt.errors import DatabaseError
-from kt.ir.problems import PROBLEMS, problem_from_dict
-from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_DIM, PRECISIONS
+from kt.ir.problems import PROBLEMS, SUM_TERMS, problem_from_dict
+from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_CHAIN, MAX_DIM, PRECISIONS
+
+LIST_FIELDS = {"w1": (3, 3), "w2": (3, 3), "block": (2, 2), "dims": (3, MAX_CHAIN + 1)}  # problem lists
 
 CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what read_rows needs
 NUMERIC_COLUMNS = frozenset(["id", *(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))])
@@ -174,16 +177,36 @@ def _check_problem(family: str, problem: Any, where: str) -> None:
             f"{where}: column problem lacks {', '.join(missing)}; a {family} problem needs {', '.join(required)}"
         )
     for key in required:
-        if key in ("w1", "w2"):
-            value = problem[key]
-            if not isinstance(value, list) or len(value) != 3:
+        value = problem[key]
+        if key in LIST_FIELDS:
+            low, high = LIST_FIELDS[key]
+            if not isinstance(value, list) or not low <= len(value) <= high:
+                count = f"{low}" if low == high else f"{low} to {high}"
                 raise DatabaseError(
-                    f"{where}: column problem: {key} is {_show(value)}; allowed: a list of three integers"
+                    f"{where}: column problem: {key} is {_show(value)}; allowed: a list of {count} integers"
                 )
             for i, dim in enumerate(value):
                 _check_int(dim, f"{key}[{i}]", 1, MAX_DIM, where, "problem")
+        elif key == "layout":
+            if not isinstance(value, str) or not value:
+                raise DatabaseError(f"{where}: column problem: layout is {_show(value)}; allowed: hex text")
+        elif key == "terms":
+            if not isinstance(value, list) or not value:
+                raise DatabaseError(
+                    f"{where}: column problem: terms is {_show(value)}; allowed: a list of term objects"
+                )
+            for i, term in enumerate(value):
+                term_family = term.get("family") if isinstance(term, dict) else None
+                if term_family not in SUM_TERMS:
+                    raise DatabaseError(
+                        f"{where}: column problem: terms[{i}].family is {_show(term_family)}; "
+                        f"allowed: {', '.join(SUM_TERMS)}"
+                    )
+                _check_problem(
+                    term_family, {k: v for k, v in term.items() if k != "family"}, f"{where}: terms[{i}]"
+                )
         else:
-            _check_int(problem[key], key, 1, MAX_DIM, where, "problem")
+            _check_int(value, key, 1, MAX_DIM, where, "problem")
     if problem.get("batch") is not None:
         _check_int(problem["batch"], "batch", 1, MAX_BATCH, where, "problem")
     _check_choice(problem.get("dtype", "float16"), "dtype", tuple(DTYPES), where, "problem")
@@ -208,7 +231,9 @@ def _check_config(family: str, config: Any, where: str) -> None:
             f"{where}: column config lacks {', '.join(missing)}; a config needs {', '.join(keys)}"
         )
     for key in keys:
-        low = 0 if key in STRUCTURE_AXES else 1  # a structure choice the family does not use is 0
+        low = (
+            0 if key in STRUCTURE_AXES + TILE_STRUCTURE_AXES else 1
+        )  # a structure choice the family does not use is 0
         _check_int(config[key], key, low, MAX_CONFIG_VALUE, where, "config")
 
 

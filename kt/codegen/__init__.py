@@ -3,14 +3,18 @@
 from kt.codegen.blockgemm import BlockGemmConfig, BlockGemmFamily
 from kt.codegen.emit import import_kernel_file, load_source, write_source
 from kt.codegen.gemm import GemmConfig, GemmFamily, SearchSpace, illegal_reason
+from kt.codegen.tilesum import TileConfig, TileSumFamily
 
 FAMILIES = {
     "gemm": GemmFamily(),
     "monarch": BlockGemmFamily("monarch"),
     "butterfly": BlockGemmFamily("butterfly"),
     "fft": BlockGemmFamily("fft"),
+    "blocksparse": TileSumFamily("blocksparse"),
+    "lowrank": TileSumFamily("lowrank"),
+    "sum": TileSumFamily("sum"),
 }
-Config = GemmConfig | BlockGemmConfig
+Config = GemmConfig | BlockGemmConfig | TileConfig
 
 
 def family_for(problem) -> GemmFamily | BlockGemmFamily:
@@ -31,6 +35,8 @@ __all__ = [
     "GemmConfig",
     "GemmFamily",
     "SearchSpace",
+    "TileConfig",
+    "TileSumFamily",
     "config_from_dict",
     "family_for",
     "illegal_reason",

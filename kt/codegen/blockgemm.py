@@ -166,6 +166,14 @@ class BlockGemmFamily:
     def resources(self, problem, config, device) -> tuple[int, int]:
         return resources(problem, config, device)
 
+    launch_legend = "load/store maps: inner, outer, inner_stride, elem"
+
+    def launch_texts(self, problem: StructuredProblem, structure: dict[str, int]) -> list[str]:
+        """What each launch of a structure choice runs, for `kt show`."""
+        if structure.get("fused"):
+            return ["one launch, the intermediate kept on chip (where it fits)"]
+        return [str(stage) for stage in lower(problem.linear_map(structure))]
+
     def check_problems(self, problem: StructuredProblem, config: BlockGemmConfig) -> list[StructuredProblem]:
         """Problems for the interpreter: the same features (the structure is the problem) with rows cut to one
         full tile of rows and a ragged one, so every mask and index map runs."""

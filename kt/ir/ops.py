@@ -17,11 +17,14 @@ from kt.ir.factors import Dense
 from kt.ir.graph import KernelGraph, KernelNode
 from kt.ir.linear_map import LinearMap
 from kt.ir.problems import (
+    BlockSparseProblem,
     ButterflyProblem,
+    ChainProblem,
     FFTProblem,
     GemmProblem,
     MonarchProblem,
     StructuredProblem,
+    SumProblem,
     TensorType,
 )
 from kt.ir.structured import butterfly_reference, monarch_reference
@@ -158,8 +161,67 @@ class FFTOp(StructuredOp):
         return torch.stack([y.real, y.imag]).to(x.dtype)
 
 
-Op = DenseOp | MonarchOp | ButterflyOp | FFTOp
-OP_TYPES = {"dense": DenseOp, "monarch": MonarchOp, "butterfly": ButterflyOp, "fft": FFTOp}
+def _blocksparse_problem(spec: OpSpec) -> BlockSparseProblem:
+    s, sparsity = spec.shape, spec.sparsity
+    return BlockSparseProblem(
+        s.batch, s.in_features, s.out_features, sparsity.block, sparsity.layout, spec.dtype, spec.precision
+    )
+
+
+def _chain_problem(spec: OpSpec) -> ChainProblem:
+    return ChainProblem(spec.shape.batch, spec.shape.dims, spec.dtype, spec.precision)
+
+
+class BlockSparseOp(StructuredOp):
+    @classmethod
+    def from_spec(cls, spec: OpSpec) -> BlockSparseOp:
+        return cls(spec.name, _blocksparse_problem(spec))
+
+    @staticmethod
+    def reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """F.linear with the BSR weight's dense form (what a user would write without a sparse kernel)."""
+        return torch.nn.functional.linear(x, w.to_dense())
+
+
+class LowRankOp(StructuredOp):
+    @classmethod
+    def from_spec(cls, spec: OpSpec) -> LowRankOp:
+        return cls(spec.name, _chain_problem(spec))
+
+    @staticmethod
+    def reference(x: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
+        """torch.linalg.multi_dot([x, f1, f2, ...]) over the last dim of x (any leading dims)."""
+        lead = x.shape[:-1]
+        y = torch.linalg.multi_dot([x.reshape(-1, x.shape[-1]), *factors])
+        return y.reshape(*lead, y.shape[-1])
+
+
+class SumOp(StructuredOp):
+    @classmethod
+    def from_spec(cls, spec: OpSpec) -> SumOp:
+        terms = tuple(
+            _blocksparse_problem(term) if term.op == "blocksparse" else _chain_problem(term)
+            for term in spec.terms
+        )
+        return cls(spec.name, SumProblem(terms, spec.dtype, spec.precision))
+
+    def reference(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        """The sum of each term's plain-torch form."""
+        parts = self.problem.split_weights(weights)
+        refs = {"blocksparse": BlockSparseOp.reference, "lowrank": LowRankOp.reference}
+        return sum(refs[term.family](x, *w) for term, w in zip(self.problem.terms, parts))
+
+
+Op = DenseOp | MonarchOp | ButterflyOp | FFTOp | BlockSparseOp | LowRankOp | SumOp
+OP_TYPES = {
+    "dense": DenseOp,
+    "monarch": MonarchOp,
+    "butterfly": ButterflyOp,
+    "fft": FFTOp,
+    "blocksparse": BlockSparseOp,
+    "lowrank": LowRankOp,
+    "sum": SumOp,
+}
 
 
 def op_from_spec(spec: OpSpec) -> Op:

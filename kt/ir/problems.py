@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from kt.dtypes import SHORT_NAMES, itemsize, tolerance, torch_dtype
 class TensorType:
     shape: tuple[int, ...]
     dtype: str
-    layout: str = "row"  # row: last dim contiguous; col: the last two dims stored transposed
+    layout: str = "row"  # row: last dim contiguous; col: the last two dims stored transposed; bsr: sparse BSR
 
     def empty(self, device: str | torch.device = "meta") -> torch.Tensor:
         """An uninitialised tensor of this type and layout (on "meta" by default: shapes and strides only)."""
@@ -31,7 +31,7 @@ class TensorType:
         return x.transpose(-1, -2) if self.layout == "col" else x
 
     def __str__(self) -> str:
-        mark = "ᵀ" if self.layout == "col" else ""
+        mark = {"col": "ᵀ", "bsr": " bsr"}.get(self.layout, "")
         return f"{SHORT_NAMES[self.dtype]}[{','.join(map(str, self.shape))}]{mark}"
 
 
@@ -81,6 +81,10 @@ class GemmProblem:
     def random_args(self, seed: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         generator = make_generator(seed, device)
         return tuple(random_tensor(t, generator, device) for t in self.arg_types())
+
+    def meta_args(self) -> tuple[torch.Tensor, ...]:
+        """Shape-and-stride-only stand-ins for the arguments (no memory, any size)."""
+        return tuple(t.empty("meta") for t in self.arg_types())
 
     def reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """float64 torch.matmul: the independent answer every GEMM kernel is checked against."""
@@ -155,11 +159,15 @@ class StructuredProblem:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        data = dict(data)
-        for name in ("w1", "w2"):
-            if name in data:
-                data[name] = tuple(data[name])
-        return cls(**data)
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+    def meta_args(self) -> tuple[torch.Tensor, ...]:
+        """Shape-and-stride-only stand-ins for the arguments (no memory, any size)."""
+        return tuple(t.empty("meta") for t in self.arg_types())
+
+    def with_rows(self, rows: int):
+        """The same map applied to `rows` rows of x (the interpreter checks a few rows of a large problem)."""
+        return replace(self, rows=rows)
 
     def key(self) -> str:
         return json.dumps({"family": self.family, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
@@ -391,13 +399,308 @@ class FFTProblem(StructuredProblem):
         return f"fft[rows={self.rows} n={self.n} {SHORT_NAMES[self.dtype]}{prec} {self.input}]"
 
 
+@dataclass(frozen=True)
+class BlockSparseProblem(StructuredProblem):
+    """y (rows, out) = F.linear(x (rows, in), W) for W (out, in) given as a torch sparse BSR tensor with blocks
+    `block` = (bo, bi) whose non-zero pattern is `layout` (hex of the block mask, kt.sparsity)."""
+
+    rows: int
+    in_features: int
+    out_features: int
+    block: tuple[int, int]
+    layout: str
+    dtype: str = "float16"
+    precision: str = "ieee"
+
+    family = "blocksparse"
+    weight_names = ("w",)
+    max_roundings = 1
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.out_features // self.block[0], self.in_features // self.block[1]
+
+    def mask(self):
+        from kt.sparsity import hex_to_mask
+
+        return hex_to_mask(self.layout, self.grid)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.mask().sum())
+
+    def arg_types(self) -> tuple[TensorType, ...]:
+        return (
+            TensorType((self.rows, self.in_features), self.dtype),
+            TensorType((self.out_features, self.in_features), self.dtype, "bsr"),
+        )
+
+    def out_type(self) -> TensorType:
+        return TensorType((self.rows, self.out_features), self.dtype)
+
+    def bsr(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse BSR weight with this pattern and `values` (nnz, bo, bi), on values' device."""
+        from kt.sparsity import bsr_indices
+
+        crow, col = bsr_indices(self.mask())
+        device = values.device
+        return torch.sparse_bsr_tensor(
+            crow.to(device),
+            col.to(device),
+            values,
+            size=(self.out_features, self.in_features),
+            check_invariants=device.type != "meta",
+        )
+
+    def meta_args(self) -> tuple[torch.Tensor, ...]:
+        values = torch.empty((self.nnz, *self.block), dtype=torch_dtype(self.dtype), device="meta")
+        return (self.arg_types()[0].empty("meta"), self.bsr(values))
+
+    def random_args(self, seed: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        """x standard normal; the blocks' values scaled by 1/sqrt(the inputs a full block-row sums), so y stays
+        of order 1."""
+        generator = self._generator(seed, device)
+        mask = self.mask()
+        x = torch.randn((self.rows, self.in_features), generator=generator, device=device)
+        values = torch.randn((int(mask.sum()), *self.block), generator=generator, device=device)
+        per_row = max(1.0, float(mask.sum(axis=1).max()))
+        values = values / math.sqrt(per_row * self.block[1])
+        dtype = torch_dtype(self.dtype)
+        return x.to(dtype), self.bsr(values.to(dtype))
+
+    def reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """F.linear with W's dense form, in float64."""
+        return torch.nn.functional.linear(x.double(), w.to_dense().double())
+
+    def structures(self) -> tuple[dict[str, int], ...]:
+        return ({"fused": 0},)
+
+    def linear_map(self, structure: dict[str, int] | None = None):
+        from kt.ir.linear_map import LinearMap
+        from kt.ir.sparse import BSR
+
+        return LinearMap((BSR(self.out_features, self.in_features, self.block, self.layout, weight="w"),))
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.rows * self.nnz * self.block[0] * self.block[1]
+
+    def __str__(self) -> str:
+        prec = f" {self.precision}" if self.dtype == "float32" else ""
+        return (
+            f"blocksparse[rows={self.rows} {self.in_features}->{self.out_features} "
+            f"block={self.block[0]}x{self.block[1]} nnz={self.nnz}/{self.grid[0] * self.grid[1]} "
+            f"{SHORT_NAMES[self.dtype]}{prec}]"
+        )
+
+
+@dataclass(frozen=True)
+class ChainProblem(StructuredProblem):
+    """y = x @ F1 @ ... @ Fk with Fi (dims[i-1], dims[i]): a low-rank chain, multiplied in the order of the
+    matrix-chain program (kt.ir.sparse.chain_order) or, for two factors, by one fused kernel (a structure
+    choice) that keeps x @ F1 on chip."""
+
+    rows: int
+    dims: tuple[int, ...]
+    dtype: str = "float16"
+    precision: str = "ieee"
+
+    family = "lowrank"
+    MAX_FUSED_RANK = 256  # the fused kernel holds a (rows, rank) slab of x @ F1 in registers
+
+    @property
+    def in_features(self) -> int:
+        return self.dims[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.dims[-1]
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(f"f{i}" for i in range(1, len(self.dims)))
+
+    @property
+    def max_roundings(self) -> int:
+        return len(self.dims) - 1  # each product rounds its result
+
+    def arg_types(self) -> tuple[TensorType, ...]:
+        factors = (TensorType((a, b), self.dtype) for a, b in zip(self.dims, self.dims[1:]))
+        return (TensorType((self.rows, self.dims[0]), self.dtype), *factors)
+
+    def out_type(self) -> TensorType:
+        return TensorType((self.rows, self.dims[-1]), self.dtype)
+
+    def random_args(self, seed: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        """x standard normal; each factor scaled by 1/sqrt(its rows), so every product stays of order 1."""
+        generator = self._generator(seed, device)
+        args = [torch.randn(t.shape, generator=generator, device=device) for t in self.arg_types()]
+        args[1:] = [f / math.sqrt(f.shape[0]) for f in args[1:]]
+        return tuple(t.to(torch_dtype(self.dtype)) for t in args)
+
+    def reference(self, x: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
+        """x @ F1 @ ... left to right, in float64."""
+        y = x.double()
+        for factor in factors:
+            y = y @ factor.double()
+        return y
+
+    def order(self):
+        """The matrix-chain program's order for x (rows, d0) @ F1 @ ... (kt.ir.sparse.chain_order)."""
+        from kt.ir.sparse import chain_order
+
+        return chain_order((self.rows, *self.dims))
+
+    def fusable(self) -> bool:
+        return len(self.dims) == 3 and self.dims[1] <= self.MAX_FUSED_RANK
+
+    def structures(self) -> tuple[dict[str, int], ...]:
+        return ({"fused": 0}, {"fused": 1}) if self.fusable() else ({"fused": 0},)
+
+    def linear_map(self, structure: dict[str, int] | None = None):
+        from kt.ir.sparse import chain_map
+
+        return chain_map(self.dims)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.order().cost
+
+    def __str__(self) -> str:
+        prec = f" {self.precision}" if self.dtype == "float32" else ""
+        return f"lowrank[rows={self.rows} {'->'.join(map(str, self.dims))} {SHORT_NAMES[self.dtype]}{prec}]"
+
+
+SUM_TERMS = {BlockSparseProblem.family: BlockSparseProblem, ChainProblem.family: ChainProblem}
+
+
+@dataclass(frozen=True)
+class SumProblem(StructuredProblem):
+    """y = term_0(x) + term_1(x) + ...: block-sparse and low-rank terms with the same rows, in and out.
+
+    Unfused, each term runs its own launches into an fp32 slice of a workspace that is summed once; fused (a
+    structure choice, when every block-sparse term has the same block height), the low-rank terms' leading
+    products run first and one kernel accumulates every term into each output tile."""
+
+    terms: tuple[BlockSparseProblem | ChainProblem, ...]
+    dtype: str = "float16"
+    precision: str = "ieee"
+
+    family = "sum"
+
+    @property
+    def rows(self) -> int:
+        return self.terms[0].rows
+
+    @property
+    def in_features(self) -> int:
+        return self.terms[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.terms[0].out_features
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(f"t{i}_{name}" for i, term in enumerate(self.terms) for name in term.weight_names)
+
+    @property
+    def max_roundings(self) -> int:
+        return max(term.max_roundings for term in self.terms) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        terms = [{"family": term.family, **term.to_dict()} for term in self.terms]
+        return {"terms": terms, "dtype": self.dtype, "precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SumProblem:
+        data = dict(data)
+        terms = []
+        for term in data.pop("terms"):
+            term = dict(term)
+            terms.append(SUM_TERMS[term.pop("family")].from_dict(term))
+        return cls(terms=tuple(terms), **data)
+
+    def with_rows(self, rows: int) -> SumProblem:
+        return replace(self, terms=tuple(term.with_rows(rows) for term in self.terms))
+
+    def arg_types(self) -> tuple[TensorType, ...]:
+        return (self.terms[0].arg_types()[0], *(t for term in self.terms for t in term.arg_types()[1:]))
+
+    def out_type(self) -> TensorType:
+        return self.terms[0].out_type()
+
+    def meta_args(self) -> tuple[torch.Tensor, ...]:
+        return (self.terms[0].meta_args()[0], *(t for term in self.terms for t in term.meta_args()[1:]))
+
+    def random_args(self, seed: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        """x, then each term's weights (term i's drawn from seed + 1 + i)."""
+        x = self.terms[0].random_args(seed, device)[0]
+        weights = [w for i, term in enumerate(self.terms) for w in term.random_args(seed + 1 + i, device)[1:]]
+        return (x, *weights)
+
+    def split_weights(self, weights) -> list[tuple]:
+        """The flat weight list cut into each term's weights."""
+        parts, at = [], 0
+        for term in self.terms:
+            count = len(term.weight_names)
+            parts.append(tuple(weights[at : at + count]))
+            at += count
+        return parts
+
+    def reference(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        """The sum of the terms' float64 references."""
+        parts = self.split_weights(weights)
+        return sum(term.reference(x, *w) for term, w in zip(self.terms, parts))
+
+    def fusable(self) -> bool:
+        heights = {term.block[0] for term in self.terms if isinstance(term, BlockSparseProblem)}
+        return len(heights) <= 1
+
+    def structures(self) -> tuple[dict[str, int], ...]:
+        return ({"fused": 0}, {"fused": 1}) if self.fusable() else ({"fused": 0},)
+
+    def linear_map(self, structure: dict[str, int] | None = None):
+        from kt.ir.linear_map import SumMap
+
+        maps = []
+        for i, term in enumerate(self.terms):
+            lm = term.linear_map()
+            renamed = tuple(_renamed(f, f"t{i}_") for f in lm.factors)
+            maps.append(type(lm)(renamed))
+        return SumMap(tuple(maps))
+
+    @property
+    def flops(self) -> int:
+        return sum(term.flops for term in self.terms)
+
+    def __str__(self) -> str:
+        return f"sum[{' + '.join(map(str, self.terms))}]"
+
+
+def _renamed(factor, prefix: str):
+    """A factor reading its weight under `prefix` + its name (a sum's weights are named per term)."""
+    return replace(factor, weight=prefix + factor.weight)
+
+
 PROBLEMS = {
     GemmProblem.family: GemmProblem,
     MonarchProblem.family: MonarchProblem,
     ButterflyProblem.family: ButterflyProblem,
     FFTProblem.family: FFTProblem,
+    BlockSparseProblem.family: BlockSparseProblem,
+    ChainProblem.family: ChainProblem,
+    SumProblem.family: SumProblem,
 }
-Problem = GemmProblem | MonarchProblem | ButterflyProblem | FFTProblem
+Problem = (
+    GemmProblem
+    | MonarchProblem
+    | ButterflyProblem
+    | FFTProblem
+    | BlockSparseProblem
+    | ChainProblem
+    | SumProblem
+)
 
 
 def problem_from_dict(family: str, data: dict[str, Any]) -> Problem:

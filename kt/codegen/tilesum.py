@@ -1,0 +1,535 @@
+"""The tile-sum families: block-sparse, low-rank chains and sums of them, from one template (tilesum.py.j2).
+
+Every launch is one tile kernel whose output tile accumulates over a list of sources: dense products A @ B (a
+chain's steps, a sum's low-rank terms) and the non-zero blocks of a BSR weight, walked block-row by block-row
+from its crow/col indices, so an empty block-row costs nothing and writes exact zeros. A two-factor chain can
+instead run as one fused kernel that keeps x @ F1 on chip, and a sum can run as one accumulation over all its
+terms; both are structure choices (`fused`) the tuner weighs against the separate launches. A config is a
+schedule: tiles, the GROUP_M tile order, SPLIT (programs sharing one tile's steps, or for the fused chain its
+column tiles), warps and pipeline depth. None of it changes what is computed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kt.codegen.gemm import SearchSpace, config_from_mapping, padded
+from kt.codegen.render import render_template, template_version
+from kt.device import DeviceProfile
+from kt.dtypes import itemsize
+from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
+
+AXES: dict[str, tuple[int, ...]] = {
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128),
+    "block_k": (16, 32, 64, 128),
+    "group_m": (1, 4, 8),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4),
+    "split": (1, 2, 4, 8),
+}
+STRUCTURE_AXES = ("fused",)
+
+TileSumProblem = BlockSparseProblem | ChainProblem | SumProblem
+
+
+@dataclass(frozen=True, order=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    split: int = 1
+    fused: int = 0  # lowrank: one kernel keeps x @ F1 on chip; sum: one accumulation over every term
+
+    def structure(self) -> dict[str, int]:
+        return {"fused": self.fused}
+
+    def key(self) -> str:
+        return (
+            f"m{self.block_m}n{self.block_n}k{self.block_k}g{self.group_m}w{self.num_warps}s{self.num_stages}"
+            f"x{self.split}{'-fused' if self.fused else ''}"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TileConfig:
+        return config_from_mapping(cls, data, {**AXES, "fused": (0, 1)})
+
+    def __str__(self) -> str:
+        return " ".join(
+            f"{k.upper() if k.startswith(('block', 'group', 'split')) else k}={v}"
+            for k, v in self.to_dict().items()
+        )
+
+
+# -- launches: what a config runs, as GEMM-shaped steps --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, described as the GEMM it resembles: (m, n, k) with k the depth each output element
+    sums over (for a BSR source, the non-zero blocks' columns averaged over block-rows)."""
+
+    text: str
+    m: int
+    n: int
+    k: int
+
+
+def _bsr_depth(term: BlockSparseProblem) -> int:
+    """The mean depth an output element of the block-sparse product sums over."""
+    return max(1, round(term.nnz * term.block[0] * term.block[1] / term.out_features))
+
+
+def _chain_launches(rows: int, dims: tuple[int, ...], last: str) -> list[Launch]:
+    """The products of x (rows, d0) @ F1 @ ... in the matrix-chain program's order."""
+    from kt.ir.sparse import chain_order
+
+    shapes = [(rows, dims[0]), *zip(dims, dims[1:])]
+    launches = []
+    for index, (left, right) in enumerate(_steps(chain_order((rows, *dims)))):
+        m = shapes[left[1]][0] if left[0] == "m" else launches[left[1]].m
+        k = shapes[left[1]][1] if left[0] == "m" else launches[left[1]].n
+        n = shapes[right[1]][1] if right[0] == "m" else launches[right[1]].n
+        text = f"{_operand(left)} @ {_operand(right)}"
+        text = f"s{index} = {text}" if index < len(shapes) - 2 else f"{last} = {text}"
+        launches.append(Launch(text, m, n, k))
+    return launches
+
+
+def _operand(operand: tuple[str, int]) -> str:
+    kind, index = operand
+    return ("x" if index == 0 else f"f{index}") if kind == "m" else f"s{index}"
+
+
+def _steps(order) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """The chain program's steps as ((kind, index), (kind, index)) pairs: ("m", i) matrix i, ("s", j) step j."""
+    return [(tuple(left), tuple(right)) for left, right, *_ in order.steps()]
+
+
+def launches(problem: TileSumProblem, config: TileConfig) -> list[Launch]:
+    """The launches `config` runs on `problem`, in order."""
+    rows = problem.rows
+    if isinstance(problem, BlockSparseProblem):
+        return [Launch("x @ W.T (non-zero blocks)", rows, problem.out_features, _bsr_depth(problem))]
+    if isinstance(problem, ChainProblem):
+        if config.fused:
+            d0, r, d2 = problem.dims
+            return [
+                Launch("one kernel: t = x @ f1, kept on chip", rows, r, d0),
+                Launch("then y = t @ f2", rows, d2, r),
+            ]
+        return _chain_launches(rows, problem.dims, "y")
+    out = []
+    fused_depth = 0
+    for i, term in enumerate(problem.terms):
+        if isinstance(term, BlockSparseProblem):
+            depth = _bsr_depth(term)
+            if not config.fused:
+                out.append(Launch(f"term {i}: x @ W{i}.T (non-zero blocks)", rows, term.out_features, depth))
+        elif config.fused:
+            out += _chain_launches(rows, term.dims[:-1], f"term {i}: u{i}")
+            depth = term.dims[-2]
+        else:
+            out += _chain_launches(rows, term.dims, f"term {i}: y{i}")
+            depth = 0
+        fused_depth += depth
+    if config.fused:
+        out.append(Launch("y = sum of terms (one accumulation)", rows, problem.out_features, fused_depth))
+    return out
+
+
+# -- legality ------------------------------------------------------------------------------------------------
+
+
+def _bsr_terms(problem: TileSumProblem) -> list[BlockSparseProblem]:
+    terms = problem.terms if isinstance(problem, SumProblem) else (problem,)
+    return [t for t in terms if isinstance(t, BlockSparseProblem)]
+
+
+def resources(problem: TileSumProblem, config: TileConfig, device: DeviceProfile) -> tuple[int, int]:
+    """Estimated shared-memory bytes (pipelined tiles) and fp32 accumulator registers per thread of a program."""
+    size = itemsize(problem.dtype)
+    threads = config.num_warps * device.warp_size
+    if config.fused and isinstance(problem, ChainProblem):
+        rank = padded(problem.dims[1])
+        smem = (
+            config.num_stages * (config.block_m + rank) * config.block_k * size + rank * config.block_n * size
+        )
+        return smem, config.block_m * (rank + config.block_n) // threads
+    smem = config.num_stages * (config.block_m + config.block_n) * config.block_k * size
+    return smem, config.block_m * config.block_n // threads
+
+
+def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DeviceProfile) -> str | None:
+    """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
+    if config.block_m > padded(problem.rows):
+        return "tile larger than the padded problem"
+    steps = launches(problem, config)
+    if config.fused and isinstance(problem, ChainProblem):
+        d0, _, d2 = problem.dims
+        if config.group_m != 1:
+            return "tile choices unused by the fused kernel"
+        if config.block_k > padded(d0) or config.block_n > padded(d2):
+            return "tile larger than the padded problem"
+        if config.split > -(-d2 // config.block_n):
+            return "more column splits than column tiles"
+    else:
+        heights = [t.block[0] for t in _bsr_terms(problem)]
+        widest = min([padded(h) for h in heights] + [padded(max(s.n for s in steps))])
+        deepest = max([padded(t.block[1]) for t in _bsr_terms(problem)] + [padded(s.k) for s in steps if s.k])
+        if config.block_n > widest or config.block_k > deepest:
+            return "tile larger than the padded problem"
+        if config.split > 1 and config.split > max(-(-s.k // config.block_k) for s in steps):
+            return "more splits than steps"
+    smem, acc = resources(problem, config, device)
+    if smem > device.smem_per_block:
+        return f"shared memory over {device.smem_per_block // 1024} KiB"
+    if acc > device.acc_regs_limit:
+        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    return None
+
+
+# -- the family ----------------------------------------------------------------------------------------------
+
+
+def crop_blocksparse(problem: BlockSparseProblem) -> BlockSparseProblem:
+    """A few block-rows and block-columns of the pattern with its block size: an empty block-row (when the
+    pattern has one), the fullest, and the next; at most four block-columns, those the kept rows use first."""
+    from kt.sparsity import mask_to_hex
+
+    mask = problem.mask()
+    counts = mask.sum(axis=1)
+    picks = [int(np.argmax(counts))]
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        picks.append(int(empty[0]))
+    for row in range(mask.shape[0]):
+        if len(picks) >= 3:
+            break
+        if row not in picks:
+            picks.append(row)
+    sub = mask[sorted(picks)]
+    used = list(np.flatnonzero(sub.any(axis=0)))[:4]
+    spare = [c for c in range(mask.shape[1]) if c not in used]
+    cols = sorted(used + spare[: max(0, min(4, mask.shape[1]) - len(used))])
+    sub = sub[:, cols]
+    bo, bi = problem.block
+    return BlockSparseProblem(
+        problem.rows,
+        len(cols) * bi,
+        len(picks) * bo,
+        problem.block,
+        mask_to_hex(sub),
+        problem.dtype,
+        problem.precision,
+    )
+
+
+class TileSumFamily:
+    """The family of one problem type (blocksparse, lowrank or sum); the three share the template and config."""
+
+    template = "tilesum.py.j2"
+    axes = AXES
+    config_type = TileConfig
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def version(self) -> str:
+        return template_version(self.template)
+
+    def space(self, problem: TileSumProblem, device: DeviceProfile) -> SearchSpace:
+        def judged():
+            for structure in problem.structures():
+                for values in itertools.product(*self.axes.values()):
+                    config = TileConfig(**dict(zip(self.axes, values)), **structure)
+                    yield config, illegal_reason(problem, config, device)
+
+        return SearchSpace.of(problem, device, judged())
+
+    def resources(self, problem, config, device) -> tuple[int, int]:
+        return resources(problem, config, device)
+
+    launch_legend = "each as the GEMM it resembles, (m x k) @ (k x n)"
+
+    def launch_texts(self, problem: TileSumProblem, structure: dict[str, int]) -> list[str]:
+        """What each launch of a structure choice runs, for `kt show`."""
+        config = TileConfig(16, 16, 16, **structure)
+        return [
+            f"{launch.text}: ({launch.m} x {launch.k}) @ ({launch.k} x {launch.n})"
+            for launch in launches(problem, config)
+        ]
+
+    def check_problems(self, problem: TileSumProblem, config: TileConfig) -> list[TileSumProblem]:
+        """Problems for the interpreter: rows cut to one full tile and a ragged one, and a block-sparse op's
+        pattern cut to a few block-rows (an empty one when it has one) and block-columns."""
+        rows = min(problem.rows, config.block_m + config.block_m // 2 + 1)
+        if isinstance(problem, BlockSparseProblem):
+            problem = crop_blocksparse(problem)
+        return [problem.with_rows(rows)]
+
+    def records(self, problem: TileSumProblem, configs) -> list[dict[str, Any]]:
+        """The cost model's record of each config: the problem, the config, and its launches as `stages` (each
+        the GEMM it resembles); `fused_bytes` is the DRAM traffic a fused kernel saves."""
+        base = problem.to_record()
+        size = itemsize(problem.dtype)
+        cache: dict[int, list[Launch]] = {}
+        out = []
+        for config in configs:
+            if config.fused not in cache:
+                cache[config.fused] = launches(problem, config)
+            stages = [
+                {
+                    "family": "gemm",
+                    "m": launch.m,
+                    "n": launch.n,
+                    "k": max(1, launch.k),
+                    "batch": 1,
+                    "dtype": problem.dtype,
+                    "precision": problem.precision,
+                    "itemsize": size,
+                    "a_col": 0,
+                    "b_col": 0,
+                    "block_m": config.block_m,
+                    "block_n": config.block_n,
+                    "block_k": config.block_k,
+                    "group_m": config.group_m,
+                    "num_warps": config.num_warps,
+                    "num_stages": config.num_stages,
+                    "split_k": 1 if config.fused and isinstance(problem, ChainProblem) else config.split,
+                }
+                for launch in cache[config.fused]
+            ]
+            record = {**base, **config.to_dict(), "split_k": config.split, "stages": stages}
+            if config.fused:
+                record["fused_bytes"] = self._fused_bytes(problem)
+            out.append(record)
+        return out
+
+    @staticmethod
+    def _fused_bytes(problem: TileSumProblem) -> int:
+        """A fused chain keeps x @ F1 on chip (written and read back otherwise); a fused sum saves each term's
+        fp32 partial output, written and read back by the final sum."""
+        if isinstance(problem, ChainProblem):
+            return 2 * problem.rows * problem.dims[1] * itemsize(problem.dtype)
+        return 2 * 4 * len(problem.terms) * problem.rows * problem.out_features
+
+    def render(
+        self,
+        problem: TileSumProblem,
+        config: TileConfig,
+        *,
+        name: str = "kernel",
+        device: str = "h100",
+        kt_version: str = "",
+        provenance: str = "a candidate, not yet measured",
+    ) -> str:
+        plan = _plan(problem, config)
+        dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
+        launch_lines = [
+            f"#   {i}. {launch.text}: ({launch.m} x {launch.k}) @ ({launch.k} x {launch.n})"
+            for i, launch in enumerate(launches(problem, config))
+        ]
+        return render_template(
+            self.template,
+            name=name,
+            dtype=problem.dtype,
+            precision=problem.precision,
+            problem=str(problem),
+            device=device,
+            c=config,
+            config_line=str(config),
+            config_dict=repr(config.to_dict()),
+            in_features=problem.in_features,
+            out_features=problem.out_features,
+            dot_options=dot_options,
+            kt_version=kt_version,
+            family_version=self.version,
+            provenance=provenance,
+            constants=[*plan["constants"], "# Launches (as the GEMMs they resemble):", *launch_lines],
+            **{key: value for key, value in plan.items() if key != "constants"},
+        )
+
+
+def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
+    """The template's variables for `problem` and `config`: kernels, constants, argument checks, the body."""
+    names = problem.weight_names
+    split_doc = "programs sharing each output tile's steps (partial sums added in fp32)"
+    fused_doc = "separate launches"
+    kernels: list[dict[str, Any]] = []
+    constants: list[str] = []
+    checks: list[str] = []
+    body: list[str] = []
+    chains = lowrank_fused = False
+
+    def bsr_check(term: BlockSparseProblem, weight: str, label: str, shape: str | None = None) -> None:
+        from kt.sparsity import describe
+
+        constants.append(
+            f"{label} = {tuple(term.block)!r}  # blocks (rows, columns) of W; tuned for {describe(term.mask())}"
+        )
+        checks.append(f"_check_bsr({weight!r}, {weight}, {label}, x.device{', ' + shape if shape else ''})")
+
+    def chain_checks(term: ChainProblem, weights: tuple[str, ...]) -> None:
+        for weight, (a, b) in zip(weights, zip(term.dims, term.dims[1:])):
+            checks.append(f"_check_tensor({weight!r}, {weight}, {(a, b)!r}, x.device)")
+
+    if isinstance(problem, BlockSparseProblem):
+        op_doc = "block-sparse y = F.linear(x, W) with W a torch sparse BSR tensor"
+        call_doc = (
+            f"kernel(x, w): x (..., {problem.in_features}), w = W.to_sparse_bsr({tuple(problem.block)}) with W "
+            f"({problem.out_features}, {problem.in_features}) -> y (..., {problem.out_features}) = F.linear(x, W); "
+            "block-rows of W with no stored block give exact zeros. Any W in these blocks works; the config was "
+            "tuned for the shape and pattern below."
+        )
+        features = "w.shape[1], w.shape[0]"
+        bsr_check(problem, "w", "BLOCK")
+        kernels.append({"name": "bsr_kernel", "sources": ["bsr"]})
+        body.append(
+            '_launch(bsr_kernel, y2, BLOCK[0], _bsr_args(x2, w), {"BI0": BLOCK[1]}, [x2, w.values()])'
+        )
+    elif isinstance(problem, ChainProblem):
+        dims = problem.dims
+        features = "IN_FEATURES, OUT_FEATURES"
+        op_doc = f"low-rank chain y = x @ {' @ '.join(names)} ({' -> '.join(map(str, dims))})"
+        call_doc = (
+            f"kernel(x, {', '.join(names)}): x (..., {dims[0]}), "
+            + ", ".join(f"{n} ({a}, {b})" for n, a, b in zip(names, dims, dims[1:]))
+            + f" -> y (..., {dims[-1]}) = x @ {' @ '.join(names)}."
+        )
+        chain_checks(problem, names)
+        constants.append(f"DIMS = {tuple(dims)!r}")
+        if config.fused:
+            lowrank_fused = True
+            split_doc = "programs per slab of rows, each writing every SPLIT-th column tile"
+            fused_doc = "one kernel keeps t = x @ f1 on chip"
+            constants.append(f"R_PAD = {padded(dims[1])}  # the rank, padded to a power of two for the dots")
+            body += [
+                "grid = (triton.cdiv(x2.shape[0], BLOCK_M), SPLIT)",
+                "lowrank_fused_kernel[grid](",
+                "    x2, f1, f2, y2, x2.shape[0], DIMS[0], DIMS[1], DIMS[2],",
+                "    x2.stride(0), x2.stride(1), f1.stride(0), f1.stride(1), f2.stride(0), f2.stride(1),",
+                "    y2.stride(0), y2.stride(1), R_PAD=R_PAD, SPLIT=SPLIT, **_options(x2, f1, f2, y2),",
+                ")",
+            ]
+        else:
+            chains = True
+            kernels.append({"name": "dense_kernel", "sources": ["dense"]})
+            steps = _steps(problem.order())
+            constants.append(
+                f"STEPS = {tuple(steps)!r}  # the matrix-chain program's order (m: matrix, s: step)"
+            )
+            body.append(f"_chain([x2, {', '.join(names)}], STEPS, y2)")
+    else:
+        parts = [names[i : i + len(t.weight_names)] for i, t in zip(_offsets(problem), problem.terms)]
+        features = "IN_FEATURES, OUT_FEATURES"
+        op_doc = f"a sum of {len(problem.terms)} terms ({' + '.join(t.family for t in problem.terms)})"
+        call_doc = (
+            f"kernel(x, {', '.join(names)}): x (..., {problem.in_features}) -> y (..., {problem.out_features}) = "
+            + " + ".join(
+                f"F.linear(x, {w[0]}.to_dense())"
+                if isinstance(t, BlockSparseProblem)
+                else f"x @ {' @ '.join(w)}"
+                for t, w in zip(problem.terms, parts)
+            )
+            + "; block-sparse weights are torch sparse BSR tensors."
+        )
+        fused_doc = (
+            "one accumulation over every term" if config.fused else "each term into its own fp32 slice"
+        )
+        sources, source_args, bi, tensors = [], [], {}, []
+        for i, (term, weights) in enumerate(zip(problem.terms, parts)):
+            if isinstance(term, BlockSparseProblem):
+                bsr_check(term, weights[0], f"BLOCK{i}", "(OUT_FEATURES, IN_FEATURES)")
+                if config.fused:
+                    bi[f"BI{len(sources)}"] = f"BLOCK{i}[1]"
+                    sources.append("bsr")
+                    source_args.append(f"*_bsr_args(x2, {weights[0]})")
+                    tensors += ["x2", f"{weights[0]}.values()"]
+                else:
+                    body.append(
+                        f"_launch(bsr_kernel, ws[{i} * SPLIT:{i + 1} * SPLIT], BLOCK{i}[0], "
+                        f'_bsr_args(x2, {weights[0]}), {{"BI0": BLOCK{i}[1]}}, [x2, {weights[0]}.values()])'
+                    )
+            else:
+                chains = True
+                chain_checks(term, weights)
+                dims = term.dims
+                if config.fused:
+                    prefix = _steps(_chain_order((term.rows, *dims[:-1])))
+                    constants.append(
+                        f"PREFIX{i} = {tuple(prefix)!r}  # term {i}'s leading products, in order"
+                    )
+                    body.append(f"u{i} = _chain([x2, {', '.join(weights[:-1])}], PREFIX{i})")
+                    sources.append("dense")
+                    source_args.append(f"*_dense_args(u{i}, {weights[-1]})")
+                    tensors += [f"u{i}", weights[-1]]
+                else:
+                    constants.append(
+                        f"STEPS{i} = {tuple(_steps(term.order()))!r}  # term {i}'s products, in order"
+                    )
+                    body.append(
+                        f"_chain([x2, {', '.join(weights)}], STEPS{i}, ws[{i} * SPLIT:{i + 1} * SPLIT])"
+                    )
+        if any(isinstance(t, BlockSparseProblem) for t in problem.terms) and not config.fused:
+            kernels.append({"name": "bsr_kernel", "sources": ["bsr"]})
+        if chains:
+            kernels.append({"name": "dense_kernel", "sources": ["dense"]})
+        if config.fused:
+            kernels.append({"name": "sum_kernel", "sources": sources})
+            heights = [t.block[0] for t in problem.terms if isinstance(t, BlockSparseProblem)]
+            bo = (
+                f"BLOCK{next(i for i, t in enumerate(problem.terms) if isinstance(t, BlockSparseProblem))}[0]"
+                if heights
+                else "out_features"
+            )
+            bi_text = "{" + ", ".join(f'"{k}": {v}' for k, v in bi.items()) + "}"
+            body.append(
+                f"_launch(sum_kernel, y2, {bo}, [{', '.join(source_args)}], {bi_text}, [{', '.join(tensors)}])"
+            )
+        else:
+            body.insert(
+                0,
+                f"ws = torch.empty(({len(problem.terms)} * SPLIT, x2.shape[0], out_features), dtype=torch.float32, device=x.device)",
+            )
+            body.append("y2.copy_(ws.sum(dim=0))  # the terms' fp32 results, rounded once to DTYPE")
+    return {
+        "op_doc": op_doc,
+        "call_doc": call_doc,
+        "split_doc": split_doc,
+        "fused_doc": fused_doc,
+        "kernels": kernels,
+        "constants": constants,
+        "checks": checks,
+        "body": body,
+        "chains": chains,
+        "lowrank_fused": lowrank_fused,
+        "features": features,
+        "signature": ", ".join(["x: torch.Tensor", *(f"{n}: torch.Tensor" for n in names)]),
+        "weights": list(names),
+    }
+
+
+def _offsets(problem: SumProblem) -> list[int]:
+    offsets, at = [], 0
+    for term in problem.terms:
+        offsets.append(at)
+        at += len(term.weight_names)
+    return offsets
+
+
+def _chain_order(dims):
+    from kt.ir.sparse import chain_order
+
+    return chain_order(dims)

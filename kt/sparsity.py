@@ -1,0 +1,111 @@
+"""Block-sparsity patterns: which blocks of a weight W (out, in) with blocks (bo, bi) are non-zero.
+
+A pattern is a boolean mask over the block grid (out/bo, in/bi). It is made from a seed and a density, a named
+pattern (diagonal, banded), a mask file, or by keeping the largest blocks of a dense weight; kt stores it as the
+hex text of the mask's bits (row-major, padded to whole bytes), so a problem's pattern travels in its key, in
+the tuning database and in artifacts. Everything here is plain numpy and torch, with no kt imports, so the spec
+parser can use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+PATTERNS = ("diagonal", "banded")
+
+
+def block_count(density: float, grid: tuple[int, int]) -> int:
+    """How many blocks a pattern of `density` keeps: the nearest whole number, at least one."""
+    total = grid[0] * grid[1]
+    return min(total, max(1, round(density * total)))
+
+
+def random_mask(grid: tuple[int, int], density: float, seed: int) -> np.ndarray:
+    """`block_count(density)` blocks chosen uniformly without replacement (numpy's PCG64, stable across
+    machines)."""
+    total = grid[0] * grid[1]
+    chosen = np.random.default_rng(seed).choice(total, size=block_count(density, grid), replace=False)
+    mask = np.zeros(total, dtype=bool)
+    mask[chosen] = True
+    return mask.reshape(grid)
+
+
+def banded_mask(grid: tuple[int, int], width: int = 0) -> np.ndarray:
+    """Blocks on the matrix's diagonal (width 0), or within `width` blocks of it on either side.
+
+    For a non-square grid the diagonal is the line from the top-left to the bottom-right corner: block (i, j)
+    is on it when its rows and columns, as fractions of the whole, overlap."""
+    rows, cols = grid
+    i = np.arange(rows)[:, None]
+    j = np.arange(cols)[None, :]
+    # row block i spans [i/rows, (i+1)/rows); column block j spans [j/cols, (j+1)/cols): compare in integers
+    overlap = (i * cols < (j + 1 + width) * rows) & ((j - width) * rows < (i + 1) * cols)
+    return np.ascontiguousarray(overlap)
+
+
+def block_norms(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """The Frobenius norm of every (bo, bi) block of a dense (out, in) weight, shape (out/bo, in/bi)."""
+    bo, bi = block
+    out, inp = weight.shape
+    blocks = weight.detach().double().reshape(out // bo, bo, inp // bi, bi)
+    return blocks.pow(2).sum(dim=(1, 3)).sqrt()
+
+
+def prune_mask(weight: torch.Tensor, block: tuple[int, int], density: float) -> np.ndarray:
+    """The `block_count(density)` blocks of `weight` with the largest norms (ties: the earlier block)."""
+    norms = block_norms(weight, block)
+    grid = tuple(norms.shape)
+    order = np.argsort(-norms.flatten().cpu().numpy(), kind="stable")
+    mask = np.zeros(grid[0] * grid[1], dtype=bool)
+    mask[order[: block_count(density, grid)]] = True
+    return mask.reshape(grid)
+
+
+def mask_to_hex(mask: np.ndarray) -> str:
+    return np.packbits(np.asarray(mask, dtype=bool).flatten()).tobytes().hex()
+
+
+def hex_to_mask(text: str, grid: tuple[int, int]) -> np.ndarray:
+    """The mask of `grid` that `mask_to_hex` wrote; ValueError when the text cannot be one."""
+    total = grid[0] * grid[1]
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("is not hex text") from None
+    if len(data) != (total + 7) // 8:
+        raise ValueError(
+            f"holds {len(data)} bytes; a {grid[0]}x{grid[1]} block grid needs {(total + 7) // 8}"
+        )
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if bits[total:].any():
+        raise ValueError("has bits set past the end of the block grid")
+    return bits[:total].astype(bool).reshape(grid)
+
+
+def bsr_indices(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """crow_indices and col_indices (int64) of the BSR layout with non-zero blocks `mask`."""
+    mask = np.asarray(mask, dtype=bool)
+    crow = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+    cols = np.nonzero(mask)[1]
+    return torch.from_numpy(crow.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
+
+
+def layout_mask(weight: torch.Tensor) -> np.ndarray:
+    """The block mask of a torch sparse BSR tensor (its stored blocks, zero-valued or not)."""
+    bo, bi = weight.values().shape[-2:]
+    grid = (weight.shape[0] // bo, weight.shape[1] // bi)
+    crow = weight.crow_indices().cpu().numpy()
+    cols = weight.col_indices().cpu().numpy()
+    mask = np.zeros(grid, dtype=bool)
+    rows = np.repeat(np.arange(grid[0]), np.diff(crow))
+    mask[rows, cols] = True
+    return mask
+
+
+def describe(mask: np.ndarray) -> str:
+    """`nnz/total blocks (density), k empty block-rows` in a few words."""
+    mask = np.asarray(mask, dtype=bool)
+    empty = int((~mask.any(axis=1)).sum())
+    text = f"{int(mask.sum())}/{mask.size} blocks ({mask.mean():.1%})"
+    return text + (f", {empty} empty block-rows" if empty else "")
