@@ -9,12 +9,12 @@ the FFT's split n = n1 * n2. None of it changes what is computed.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from kt.codegen.gemm import MIN_DOT, SearchSpace, config_from_mapping, padded
-from kt.codegen.render import render_template, template_version
+from kt.codegen.family import StructuredFamily
+from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded
+from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.lowering import Stage, lower
@@ -139,29 +139,16 @@ def illegal_reason(
     return None
 
 
-class BlockGemmFamily:
+class BlockGemmFamily(StructuredFamily):
     """The family of one structured problem type; all three share the template and the config type."""
 
     template = "blockgemm.py.j2"
     axes = AXES
     config_type = BlockGemmConfig
 
-    def __init__(self, name: str):
-        self.name = name
-
-    @property
-    def version(self) -> str:
-        return template_version(self.template)
-
-    def space(self, problem: StructuredProblem, device: DeviceProfile) -> SearchSpace:
-        def judged():
-            for structure in problem.structures():
-                stages = lower(problem.linear_map(structure))
-                for values in itertools.product(*self.axes.values()):
-                    config = BlockGemmConfig(**dict(zip(self.axes, values)), **structure)
-                    yield config, illegal_reason(problem, config, device, stages)
-
-        return SearchSpace.of(problem, device, judged())
+    def judge(self, problem: StructuredProblem, structure: dict[str, int], device: DeviceProfile):
+        stages = lower(problem.linear_map(structure))  # once per structure choice, for all its configs
+        return lambda config: illegal_reason(problem, config, device, stages)
 
     def resources(self, problem, config, device) -> tuple[int, int]:
         return resources(problem, config, device)

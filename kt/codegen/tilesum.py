@@ -11,14 +11,14 @@ column tiles), warps and pipeline depth. None of it changes what is computed.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from kt.codegen.gemm import SearchSpace, config_from_mapping, padded
-from kt.codegen.render import render_template, template_version
+from kt.codegen.family import StructuredFamily
+from kt.codegen.gemm import config_from_mapping, padded
+from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
@@ -235,28 +235,15 @@ def crop_blocksparse(problem: BlockSparseProblem) -> BlockSparseProblem:
     )
 
 
-class TileSumFamily:
+class TileSumFamily(StructuredFamily):
     """The family of one problem type (blocksparse, lowrank or sum); the three share the template and config."""
 
     template = "tilesum.py.j2"
     axes = AXES
     config_type = TileConfig
 
-    def __init__(self, name: str):
-        self.name = name
-
-    @property
-    def version(self) -> str:
-        return template_version(self.template)
-
-    def space(self, problem: TileSumProblem, device: DeviceProfile) -> SearchSpace:
-        def judged():
-            for structure in problem.structures():
-                for values in itertools.product(*self.axes.values()):
-                    config = TileConfig(**dict(zip(self.axes, values)), **structure)
-                    yield config, illegal_reason(problem, config, device)
-
-        return SearchSpace.of(problem, device, judged())
+    def judge(self, problem: TileSumProblem, structure: dict[str, int], device: DeviceProfile):
+        return lambda config: illegal_reason(problem, config, device)
 
     def resources(self, problem, config, device) -> tuple[int, int]:
         return resources(problem, config, device)
@@ -311,6 +298,8 @@ class TileSumFamily:
                 }
                 for launch in cache[config.fused]
             ]
+            if config.fused and isinstance(problem, ChainProblem):
+                stages[0]["m"] *= config.split  # each of a slab's SPLIT programs reads x and computes t again
             record = {**base, **config.to_dict(), "split_k": config.split, "stages": stages}
             if config.fused:
                 record["fused_bytes"] = self._fused_bytes(problem)

@@ -1,0 +1,42 @@
+"""What the structured kernel families share: a name, a template with its version, and a search space built from
+the config axes and the problem's structure choices."""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from kt.codegen.gemm import SearchSpace
+from kt.codegen.render import template_version
+from kt.device import DeviceProfile
+
+
+class StructuredFamily(ABC):
+    """A family of one problem type; `judge` says, per structure choice, why a config is illegal (or None)."""
+
+    template: str
+    axes: dict[str, tuple[int, ...]]
+    config_type: type
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the template does, so stale measurements are never reused."""
+        return template_version(self.template)
+
+    @abstractmethod
+    def judge(self, problem, structure: dict[str, int], device: DeviceProfile) -> Callable:
+        """A function of a config of `structure` saying why it cannot run `problem` on `device`, or None."""
+
+    def space(self, problem, device: DeviceProfile) -> SearchSpace:
+        def judged():
+            for structure in problem.structures():
+                reason = self.judge(problem, structure, device)
+                for values in itertools.product(*self.axes.values()):
+                    config = self.config_type(**dict(zip(self.axes, values)), **structure)
+                    yield config, reason(config)
+
+        return SearchSpace.of(problem, device, judged())
