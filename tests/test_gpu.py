@@ -132,3 +132,68 @@ def test_structured_kernels_on_the_gpu_match_float64_for_sampled_legal_configs(p
             for config in rng.sample(configs, min(2, len(configs))):
                 result = check_kernel(load_source(family.render(p, config)), p, seed=1, device="cuda")
                 assert result.ok, (str(p), config.key(), result.message)
+
+
+@pytest.mark.parametrize(
+    "op", ["blocksparse:float16", "blocksparse:bfloat16", "lowrank:float16", "lowrank:float32", "sum:float16"]
+)
+def test_sparse_kernels_on_the_gpu_match_float64_for_sampled_legal_configs(op):
+    """Native dots for the tile-sum families (block-sparse, low-rank chains, sums): a few legal configs of each
+    structure choice, checked with a poisoned output against the float64 reference on the full problem."""
+    import random
+
+    from kt.autotune.checking import check_kernel
+    from kt.codegen import family_for, load_source
+    from kt.device import get_profile
+    from kt.ir import op_from_spec
+
+    name, dtype = op.split(":")
+
+    def blocksparse(batch, inp, out, **sparsity):
+        return {"op": "blocksparse", "shape": {"batch": batch, "in": inp, "out": out}, "sparsity": sparsity}
+
+    def lowrank(batch, *dims):
+        return {"op": "lowrank", "shape": {"batch": batch, "dims": list(dims)}}
+
+    specs = {
+        "blocksparse": [
+            blocksparse(1000, 1024, 768, block=[64, 32], density=0.1, seed=0),
+            blocksparse(999, 960, 512, block=[16, 48], pattern="banded", width=1),
+            blocksparse(777, 256, 256, block=[8, 8], density=0.05, seed=1),  # blocks under a tile, empty rows
+        ],
+        "lowrank": [
+            lowrank(1000, 1024, 64, 768),
+            lowrank(999, 777, 17, 555),
+            lowrank(1000, 512, 17, 300, 1000),
+        ],
+        "sum": [
+            {
+                "terms": [
+                    blocksparse(1000, 1024, 1024, block=[64, 64], density=0.1),
+                    lowrank(1000, 1024, 32, 1024),
+                ]
+            },
+            {
+                "terms": [
+                    blocksparse(999, 512, 768, block=[64, 64], density=0.2, seed=3),
+                    blocksparse(999, 512, 768, block=[32, 64], pattern="diagonal"),  # fused=0 only
+                    lowrank(999, 512, 5, 77, 768),
+                ]
+            },
+        ],
+    }[name]
+    rng = random.Random(0)
+    for data in specs:
+        spec = kt.parse_spec({**data, "op": data.get("op", "sum"), "dtype": dtype})
+        problem = op_from_spec(spec).problem
+        family = family_for(problem)
+        by_structure = {}
+        for config in family.space(problem, get_profile("h100")).legal:
+            by_structure.setdefault(config.fused, []).append(config)
+        assert sorted(by_structure) == [s["fused"] for s in problem.structures()]
+        for configs in by_structure.values():
+            for config in rng.sample(configs, min(2, len(configs))):
+                result = check_kernel(
+                    load_source(family.render(problem, config)), problem, seed=1, device="cuda"
+                )
+                assert result.ok, (str(problem), config.key(), result.message)
