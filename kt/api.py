@@ -140,9 +140,12 @@ def build(
             config = family.config_type.from_dict(dict(config))
         except (TypeError, ValueError) as exc:
             raise SpecError("config", str(exc).removeprefix("config: ").removeprefix("config.")) from None
-    source = family.render(
-        node.problem, config, name=spec.name, device=profile.name, kt_version=software_versions()["kt"]
-    )
+    try:
+        source = family.render(
+            node.problem, config, name=spec.name, device=profile.name, kt_version=software_versions()["kt"]
+        )
+    except ValueError as exc:  # a structure choice the op does not offer
+        raise SpecError("config", str(exc).removeprefix("config: ")) from None
     return Kernel(load_source(source), spec, config, {"measured": False})
 
 

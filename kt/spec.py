@@ -570,7 +570,11 @@ def _read_weight(file_path: str, path: str, shape: tuple[int, int]):
     try:
         weight = torch.load(file_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds for a file that is not a tensor
-        raise SpecError(path, f"{file_path!r} is not a readable torch file ({_first_line(exc)})") from None
+        if "Weights only load failed" in str(exc):  # a pickle of objects weights_only=True will not run
+            reason = "holds objects other than tensors; save the weight alone with torch.save(W, path)"
+        else:
+            reason = "is not a file written by torch.save"
+        raise SpecError(path, f"{file_path!r} {reason}") from None
     if not isinstance(weight, torch.Tensor):
         raise SpecError(path, f"{file_path!r} must hold one tensor (out, in), got {type(weight).__name__}")
     if tuple(weight.shape) != shape or not weight.is_floating_point() or weight.layout != torch.strided:
@@ -596,10 +600,11 @@ def _terms(
 ) -> tuple[OpSpec, ...]:
     """A sum's terms: blocksparse or lowrank specs with the same batch, in and out, in the sum's dtype."""
     if not isinstance(value, (list, tuple)) or not 2 <= len(value) <= MAX_TERMS:
+        got = f"a list of {len(value)}" if isinstance(value, (list, tuple)) else _kind(value)
         raise SpecError(
             path,
             f"must be a list of 2 to {MAX_TERMS} terms, each {{op: {' | '.join(SUM_TERMS)}, shape: ...}}, "
-            f"got {_kind(value)}",
+            f"got {got}",
         )
     terms = []
     for index, term in enumerate(value):

@@ -491,12 +491,6 @@ def test_check_problems_crop_a_pattern_and_keep_an_empty_block_row():
     assert check_kernel(module_for(checked, cfg(block_m=64)), checked, seed=0, device="cpu").ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kt.build renders fused=1 for a sum whose block-sparse terms have different block heights "
-    "(problem.structures() offers only fused=0); the fused kernel then tiles every term by the first term's "
-    "height and reads the other term's crow_indices past their end (a segfault in the interpreter)",
-)
 def test_build_refuses_a_fused_sum_the_problem_does_not_offer():
     spec = {
         "op": "sum",
@@ -516,8 +510,17 @@ def test_build_refuses_a_fused_sum_the_problem_does_not_offer():
     }
     assert kt.space(spec).problem.structures() == ({"fused": 0},)
     fused = {"block_m": 16, "block_n": 16, "block_k": 16, "fused": 1}
-    with pytest.raises((kt.KtError, ValueError, TypeError)):
-        kt.build(spec, config=fused)  # what it builds is never called here: that crashes the process
+    with pytest.raises(
+        kt.SpecError, match=r"^config: structure fused=1 is not offered .*; allowed: fused=0$"
+    ):
+        kt.build(spec, config=fused)
+
+
+def test_build_refuses_a_fused_chain_over_the_rank_limit():
+    spec = {"op": "lowrank", "dtype": "float32", "shape": {"batch": 20, "dims": [16, 400, 16]}}
+    assert kt.space(spec).problem.structures() == ({"fused": 0},)
+    with pytest.raises(kt.SpecError, match="structure fused=1 is not offered"):
+        kt.build(spec, config={"block_m": 16, "block_n": 16, "block_k": 16, "fused": 1})
 
 
 # -- op.yaml: sparsity patterns, chains, terms ---------------------------------------------------------------------

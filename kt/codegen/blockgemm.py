@@ -229,6 +229,7 @@ class BlockGemmFamily(StructuredFamily):
         kt_version: str = "",
         provenance: str = "a candidate, not yet measured",
     ) -> str:
+        self.check_structure(problem, config)
         stages = []
         for stage in stages_for(problem, config):
             block_n, block_k = stage_tiles(stage, config)

@@ -40,3 +40,13 @@ class StructuredFamily(ABC):
                     yield config, reason(config)
 
         return SearchSpace.of(problem, device, judged())
+
+    def check_structure(self, problem, config) -> None:
+        """ValueError unless `config`'s structure choice is one `problem` offers (a fused form it cannot run,
+        say): the space never holds such a config, but a config given by hand might."""
+        offered = problem.structures()
+        structure = {key: getattr(config, key) for key in offered[0]}
+        if structure not in offered:
+            listing = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in offered)
+            chosen = ", ".join(f"{k}={v}" for k, v in structure.items())
+            raise ValueError(f"config: structure {chosen} is not offered for {problem}; allowed: {listing}")

@@ -324,6 +324,7 @@ class TileSumFamily(StructuredFamily):
         kt_version: str = "",
         provenance: str = "a candidate, not yet measured",
     ) -> str:
+        self.check_structure(problem, config)
         plan = _plan(problem, config)
         dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
         launch_lines = [
