@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from kt.ir.sparse import _positive_int
 from kt.sparsity import bsr_indices, prune_mask
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _check_weight(weight: torch.Tensor, what: str) -> None:
