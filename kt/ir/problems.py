@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -444,13 +445,15 @@ class BlockSparseProblem(StructuredProblem):
 
         crow, col = bsr_indices(self.mask())
         device = values.device
-        return torch.sparse_bsr_tensor(
-            crow.to(device),
-            col.to(device),
-            values,
-            size=(self.out_features, self.in_features),
-            check_invariants=device.type != "meta",
-        )
+        with warnings.catch_warnings():  # torch says BSR support is "in beta" on every construction
+            warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+            return torch.sparse_bsr_tensor(
+                crow.to(device),
+                col.to(device),
+                values,
+                size=(self.out_features, self.in_features),
+                check_invariants=device.type != "meta",
+            )
 
     def meta_args(self) -> tuple[torch.Tensor, ...]:
         values = torch.empty((self.nnz, *self.block), dtype=torch_dtype(self.dtype), device="meta")
