@@ -1,0 +1,214 @@
+"""The bsr_grad family: the weight gradient of a block-sparse layer, from one template (bsrgrad.py.j2).
+
+One launch computes every stored block's gradient, grad[n] = dy[:, block-row].T @ x[:, block-column] summed
+over the batch rows: a batch of nnz small GEMMs (bo x rows) @ (rows x bi) that share their operands' columns
+block-row by block-row. Each program owns one (BLOCK_M, BLOCK_N) tile of one block and steps through the rows
+BLOCK_K at a time; SPLIT programs share a tile's rows, writing fp32 partial sums into a workspace summed once
+(the batch is long and the blocks few, so splitting the rows is how a small pattern fills the GPU). A config is
+a schedule only: none of it changes what is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kt.codegen.family import StructuredFamily
+from kt.codegen.gemm import config_from_mapping, padded
+from kt.codegen.render import render_template
+from kt.device import DeviceProfile
+from kt.dtypes import itemsize
+from kt.ir.grad_problems import BsrGradProblem
+
+AXES: dict[str, tuple[int, ...]] = {
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128, 256),
+    "block_k": (16, 32, 64, 128),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4, 5),
+    "split": (1, 2, 4, 8, 16),
+}
+
+
+@dataclass(frozen=True, order=True)
+class BsrGradConfig:
+    block_m: int  # tile over a block's rows (bo)
+    block_n: int  # tile over a block's columns (bi)
+    block_k: int  # batch rows per step
+    num_warps: int = 4
+    num_stages: int = 3
+    split: int = 1  # programs sharing one tile's rows (fp32 partial sums, added once)
+
+    def structure(self) -> dict[str, int]:
+        return {}
+
+    def key(self) -> str:
+        return (
+            f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}x{self.split}"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BsrGradConfig:
+        return config_from_mapping(cls, data, AXES)
+
+    def __str__(self) -> str:
+        return " ".join(
+            f"{k.upper() if k.startswith(('block', 'split')) else k}={v}" for k, v in self.to_dict().items()
+        )
+
+
+# -- legality ------------------------------------------------------------------------------------------------
+
+
+def resources(problem: BsrGradProblem, config: BsrGradConfig, device: DeviceProfile) -> tuple[int, int]:
+    """Shared-memory bytes (pipelined dy and x tiles) and fp32 accumulator registers per thread of a program."""
+    smem = config.num_stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
+    return smem, config.block_m * config.block_n // (config.num_warps * device.warp_size)
+
+
+def illegal_reason(problem: BsrGradProblem, config: BsrGradConfig, device: DeviceProfile) -> str | None:
+    """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
+    bo, bi = problem.block
+    rows_per_split = -(-problem.rows // config.split)
+    if (
+        config.block_m > padded(bo)
+        or config.block_n > padded(bi)
+        or config.block_k > padded(max(1, rows_per_split))
+    ):
+        return "tile larger than the padded problem"
+    if config.split > 1 and config.split > -(-problem.rows // config.block_k):
+        return "more splits than steps"
+    smem, acc = resources(problem, config, device)
+    if smem > device.smem_per_block:
+        return f"shared memory over {device.smem_per_block // 1024} KiB"
+    if acc > device.acc_regs_limit:
+        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    return None
+
+
+# -- the family ----------------------------------------------------------------------------------------------
+
+
+def crop(problem: BsrGradProblem) -> BsrGradProblem:
+    """The pattern cut to a few block-rows (an empty one when it has one) and block-columns, the block size
+    kept (kt.codegen.tilesum.crop_blocksparse)."""
+    from kt.codegen.tilesum import crop_blocksparse
+
+    small = crop_blocksparse(problem.forward())
+    return BsrGradProblem(
+        problem.rows,
+        small.in_features,
+        small.out_features,
+        small.block,
+        small.layout,
+        problem.dtype,
+        problem.precision,
+    )
+
+
+class BsrGradFamily(StructuredFamily):
+    """Kernels for dL/dW of a block-sparse layer, restricted to W's stored blocks (BsrGradProblem)."""
+
+    template = "bsrgrad.py.j2"
+    axes = AXES
+    config_type = BsrGradConfig
+
+    def judge(self, problem: BsrGradProblem, structure: dict[str, int], device: DeviceProfile):
+        return lambda config: illegal_reason(problem, config, device)
+
+    def resources(self, problem, config, device) -> tuple[int, int]:
+        return resources(problem, config, device)
+
+    launch_legend = "as the GEMM it resembles, batch x (m x k) @ (k x n)"
+
+    @staticmethod
+    def _launch_text(problem: BsrGradProblem) -> str:
+        bo, bi = problem.block
+        r = problem.rows
+        return f"grad[n] = dy[:, block-row].T @ x[:, block-col], {problem.nnz} x ({bo} x {r}) @ ({r} x {bi})"
+
+    def launch_texts(self, problem: BsrGradProblem, structure: dict[str, int]) -> list[str]:
+        return [self._launch_text(problem)]
+
+    def check_problems(self, problem: BsrGradProblem, config: BsrGradConfig) -> list[BsrGradProblem]:
+        """Problems for the interpreter: the pattern cropped (a few block-rows, an empty one when there is one);
+        rows giving every split two BLOCK_K steps, the last one ragged (the masks, the split sum and an empty
+        last split run); and when the real rows are whole steps (its launch takes the unmasked EVEN path when
+        the tiles divide the block), rows of whole steps too."""
+        small = crop(problem)
+        bk, split = config.block_k, config.split
+        ragged = small.with_rows(min(problem.rows, (split - 1) * 2 * bk + bk + bk // 2 + 1))
+        if problem.rows % bk:
+            return [ragged]
+        whole = small.with_rows(bk * min(2 * split, problem.rows // bk))
+        return [ragged, whole] if whole != ragged else [ragged]
+
+    def records(self, problem: BsrGradProblem, configs) -> list[dict[str, Any]]:
+        """The cost model's record of each config: the problem, the config, and its one launch as `stages`, the
+        batched GEMM it resembles: nnz products of dy's block columns, transposed (bo x rows, stored column-major),
+        by x's (rows x bi)."""
+        base = problem.to_record()
+        bo, bi = problem.block
+        nnz = problem.nnz
+        size = itemsize(problem.dtype)
+        out = []
+        for config in configs:
+            stage = {
+                "family": "gemm",
+                "m": bo,
+                "n": bi,
+                "k": max(1, problem.rows),
+                "batch": max(1, nnz),
+                "dtype": problem.dtype,
+                "precision": problem.precision,
+                "itemsize": size,
+                "a_col": 1,
+                "b_col": 0,
+                "block_m": config.block_m,
+                "block_n": config.block_n,
+                "block_k": config.block_k,
+                "group_m": 1,
+                "num_warps": config.num_warps,
+                "num_stages": config.num_stages,
+                "split_k": config.split,
+            }
+            out.append({**base, **config.to_dict(), "group_m": 1, "split_k": config.split, "stages": [stage]})
+        return out
+
+    def render(
+        self,
+        problem: BsrGradProblem,
+        config: BsrGradConfig,
+        *,
+        name: str = "kernel",
+        device: str = "h100",
+        kt_version: str = "",
+        provenance: str = "a candidate, not yet measured",
+    ) -> str:
+        from kt.sparsity import describe
+
+        self.check_structure(problem, config)
+        dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
+        return render_template(
+            self.template,
+            name=name,
+            dtype=problem.dtype,
+            precision=problem.precision,
+            problem=str(problem),
+            device=device,
+            c=config,
+            config_line=str(config),
+            config_dict=repr(config.to_dict()),
+            block=tuple(problem.block),
+            pattern=describe(problem.mask()),
+            in_features=problem.in_features,
+            out_features=problem.out_features,
+            launch=self._launch_text(problem),
+            dot_options=dot_options,
+            kt_version=kt_version,
+            family_version=self.version,
+            provenance=provenance,
+        )
