@@ -23,6 +23,7 @@ from kt.errors import SpecError
 
 OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum")
 SUM_TERMS = ("blocksparse", "lowrank")  # the ops a sum's terms may be
+TRANSPOSABLE = ("monarch", "butterfly")  # the ops that take `transposed: true` (dx = M^T dy of a backward)
 FFT_INPUTS = ("complex", "real")
 FFT_DTYPES = ("float32", "float16")
 OBJECTIVES = ("time", "energy", "edp")
@@ -158,15 +159,20 @@ class OpSpec:
     input: str | None = None  # fft only: complex | real
     sparsity: Sparsity | None = None  # blocksparse only
     terms: tuple[OpSpec, ...] | None = None  # sum only: the terms, each a blocksparse or lowrank spec
+    transposed: bool = False  # monarch, butterfly: y = x @ M, the forward op's transpose on the same weights
 
     @property
     def in_features(self) -> int:
         s = self.shape
+        if self.transposed:
+            return s.out_features if isinstance(s, MonarchShape) else s.n
         return s.k if isinstance(s, DenseShape) else s.n if isinstance(s, VectorShape) else s.in_features
 
     @property
     def out_features(self) -> int:
         s = self.shape
+        if self.transposed:
+            return s.in_features if isinstance(s, MonarchShape) else s.n
         return s.n if isinstance(s, (DenseShape, VectorShape)) else s.out_features
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +186,8 @@ class OpSpec:
         for key in ("input", "sparsity", "terms"):
             if data[key] is None:
                 del data[key]
+        if not self.transposed:  # written only when set, so forward specs keep their keys
+            del data["transposed"]
         if isinstance(self.shape, MonarchShape):
             data["shape"] = {"batch": self.shape.batch, "w1": list(self.shape.w1), "w2": list(self.shape.w2)}
         elif isinstance(self.shape, ChainShape):
@@ -206,9 +214,9 @@ class OpSpec:
             return f"{self.op} {s.m}x{s.n}x{s.k}{batch} {self.dtype} (a: {self.layout.a}, b: {self.layout.b})"
         if isinstance(s, MonarchShape):
             w1, w2 = "x".join(map(str, s.w1)), "x".join(map(str, s.w2))
-            return (
-                f"monarch {s.batch} rows, {s.in_features} -> {s.out_features} (w1 {w1}, w2 {w2}) {self.dtype}"
-            )
+            op = "monarch transposed" if self.transposed else "monarch"
+            features = f"{self.in_features} -> {self.out_features}"
+            return f"{op} {s.batch} rows, {features} (w1 {w1}, w2 {w2}) {self.dtype}"
         if self.op == "blocksparse":
             from kt.sparsity import describe, hex_to_mask
 
@@ -226,7 +234,8 @@ class OpSpec:
             )
             return f"sum {s.batch} rows, {s.in_features} -> {s.out_features}: {parts} {self.dtype}"
         kind = f", {self.input} input" if self.op == "fft" else ""
-        return f"{self.op} {s.batch} rows x n={s.n} {self.dtype}{kind}"
+        op = f"{self.op} transposed" if self.transposed else self.op
+        return f"{op} {s.batch} rows x n={s.n} {self.dtype}{kind}"
 
     def signature(self) -> dict[str, Any]:
         """What the op computes, without its name or how to tune it: equal signatures mean the same math."""
@@ -290,6 +299,8 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     allowed += {"dense": ("layout",), "fft": ("input",), "blocksparse": ("sparsity",), "sum": ("terms",)}.get(
         op, ()
     )
+    if op in TRANSPOSABLE:
+        allowed += ("transposed",)
     if op == "sum":
         allowed = tuple(key for key in allowed if key != "shape")
     _keys(data, "", allowed=allowed)
@@ -307,9 +318,12 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         sparsity = _sparsity(data.get("sparsity"), "sparsity", shape, source, check_files)
     layout = _layout(data.get("layout", {}), "layout")
     fft_input = _choice(data.get("input", "complex"), "input", FFT_INPUTS) if op == "fft" else None
+    transposed = data.get("transposed", False)
+    if not isinstance(transposed, bool):
+        raise SpecError("transposed", f"must be true or false, got {_kind(transposed)}")
     name = data.get("name")
     if name is None:
-        name = default_name(op, shape, dtype)
+        name = default_name(op, shape, dtype, transposed)
     elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
             "name", f"must be 1-100 letters, digits, '_', '.' or '-' (no spaces or '/'), got {name!r}"
@@ -317,10 +331,13 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     device = _device(data.get("device", "auto"), source, check_files)
     tune = _tune(data.get("tune", {}), "tune")
     _check_memory(shape, dtype, sparsity, terms)
-    return OpSpec(op, name, dtype, shape, layout, precision, device, tune, source, fft_input, sparsity, terms)
+    fields = (op, name, dtype, shape, layout, precision, device, tune, source, fft_input, sparsity, terms)
+    return OpSpec(*fields, transposed=transposed)
 
 
-def default_name(op: str, shape: Shape, dtype: str) -> str:
+def default_name(op: str, shape: Shape, dtype: str, transposed: bool = False) -> str:
+    if transposed:  # the forward op's name and _T
+        return f"{default_name(op, shape, dtype)}_T"
     if isinstance(shape, ChainShape):
         return f"{op}_{'-'.join(map(str, shape.dims))}_b{shape.batch}_{dtype}"
     if isinstance(shape, LinearShape):

@@ -214,6 +214,10 @@ def _check_problem(family: str, problem: Any, where: str) -> None:
     for key in ("a_layout", "b_layout"):
         _check_choice(problem.get(key, "row"), key, LAYOUTS, where, "problem")
     _check_choice(problem.get("input", "complex"), "input", FFT_INPUTS, where, "problem")
+    if not isinstance(problem.get("transposed", False), bool):  # monarch and butterfly problems only
+        raise DatabaseError(
+            f"{where}: column problem: transposed is {_show(problem['transposed'])}; allowed: true, false"
+        )
 
 
 def _check_config(family: str, config: Any, where: str) -> None:

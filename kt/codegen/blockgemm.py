@@ -4,7 +4,9 @@ One template (blockgemm.py.j2) serves the three: the IR's lowering passes (kt.ir
 factors into stages, each a block-diagonal GEMM whose loads and stores follow strided index maps, and the
 template bakes the stages in as constants. A config is a schedule (tiles, blocks per program, warps, pipeline
 depth) plus the op's structure choice: Monarch fused into one kernel or not, butterfly levels per stage, or
-the FFT's split n = n1 * n2. None of it changes what is computed.
+the FFT's split n = n1 * n2. None of it changes what is computed. A transposed Monarch or butterfly (the
+backward pass's map, `transposed` on the problem) lowers to stages that read the forward op's weight tensors
+transposed (a transposed view of w1, w2; transposed blocks built from the same twiddles): the same families.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded
 from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
+from kt.ir.factors import ButterflyGroup
 from kt.ir.lowering import Stage, lower
 from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem, StructuredProblem
 
@@ -69,6 +72,14 @@ class BlockGemmConfig:
 def stages_for(problem: StructuredProblem, config: BlockGemmConfig) -> list[Stage]:
     """The launches `config` runs (for a fused Monarch: the two it replaces)."""
     return lower(problem.linear_map(config.structure()))
+
+
+def stage_transposed(factor) -> bool:
+    """Whether a stage multiplies by the transposes of its weight's stored blocks: a BlockDiag stored (in, out)
+    (a transposed Monarch's w1, w2) or a transposed butterfly group (built from the same twiddles)."""
+    if isinstance(factor, ButterflyGroup):
+        return factor.transposed
+    return factor.storage == "in_out"
 
 
 def is_complex(problem: StructuredProblem) -> bool:
@@ -248,22 +259,35 @@ class BlockGemmFamily(StructuredFamily):
                     "diag": repr(stage.diag.weight if stage.diag else None),
                     "block_n": block_n,
                     "block_k": block_k,
+                    "transposed": stage_transposed(factor),
                     "text": str(stage.factor) + (f" * {stage.diag}" if stage.diag else ""),
                 }
             )
         variables: dict[str, Any] = {"op": problem.family}
-        if isinstance(problem, MonarchProblem):
+        if isinstance(problem, MonarchProblem) and problem.transposed:
             variables.update(
                 w1=problem.w1,
                 w2=problem.w2,
+                transposed=True,
+                op_doc="transposed Monarch y = x @ M = M^T x for the Monarch M = P L P^T R (same w1, w2)",
+                call_doc="kernel(x, w1, w2): x (..., l*s), w1 (k, q, p), w2 (l, s, r) -> y (..., k*p).",
+            )
+        elif isinstance(problem, MonarchProblem):
+            variables.update(
+                w1=problem.w1,
+                w2=problem.w2,
+                transposed=False,
                 op_doc="Monarch y = P L P^T R x (two block-diagonal factors and stride permutations)",
                 call_doc="kernel(x, w1, w2): x (..., k*p), w1 (k, q, p), w2 (l, s, r) -> y (..., l*s).",
             )
         elif isinstance(problem, ButterflyProblem):
+            mark = "transposed " if problem.transposed else ""
             variables.update(
                 n=problem.n,
-                op_doc=f"butterfly over n={problem.n} (log2 n levels of 2x2 twiddles)",
-                call_doc="kernel(x, twiddles): x (..., n), twiddles (log2 n, n/2, 2, 2) -> y (..., n).",
+                transposed=problem.transposed,
+                op_doc=f"{mark}butterfly over n={problem.n} (log2 n levels of 2x2 twiddles)",
+                call_doc="kernel(x, twiddles): x (..., n), twiddles (log2 n, n/2, 2, 2) -> y (..., n)"
+                + (", y = x @ B for the butterfly B of the twiddles." if problem.transposed else "."),
             )
         else:
             n1 = config.split

@@ -5,8 +5,11 @@ A stage is one launch of the block-GEMM family: for each block g and each row b,
 where in_map and out_map are strided index maps (IndexMap) and d is an optional diagonal.
 
 Passes, in the order `lower` runs them:
-1. permutations into loads and stores: every Perm is composed into an index table; a Perm before a block factor
-   becomes that stage's load map, a Perm after the last block factor becomes its store map;
+1. permutations into loads and stores: every Perm is composed into an index table; a Perm before the first block
+   factor becomes its load map, a Perm after the last block factor becomes its store map, and a Perm between two
+   block factors becomes the next stage's load map when that is strided, else the previous stage's store map (a
+   forward Monarch's middle Perm fuses into the second stage's loads, a transposed Monarch's into the first
+   stage's stores);
 2. diagonals into epilogues: a Diag right after a block factor scales that stage's output before the store;
 3. each index table is recognised as a strided IndexMap (exactly, checked on every element), or lowering fails.
 
@@ -114,6 +117,36 @@ def _natural(factor: BlockDiag | ButterflyGroup, side: str) -> torch.Tensor:
     return torch.arange(factor.nblocks * size).view(factor.nblocks, size)
 
 
+def _is_strided(table: torch.Tensor) -> bool:
+    try:
+        IndexMap.fit(table)
+    except LoweringError:
+        return False
+    return True
+
+
+def _inverse(source: torch.Tensor) -> torch.Tensor:
+    inverse = torch.empty_like(source)
+    inverse[source] = torch.arange(len(source))
+    return inverse
+
+
+def _between(
+    source: torch.Tensor, load: torch.Tensor, store: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(load table of the next stage, store table of the previous one) with the permutation `source`
+    (y = x[source]) between them fused into one of the two: the load when that stays strided, else the store."""
+    if _is_strided(source[load]):
+        return source[load], store
+    moved = _inverse(source)[store]  # the previous stage writes each result where the permutation puts it
+    if _is_strided(moved):
+        return load, moved
+    raise LoweringError(
+        "the permutation between two block factors is a strided map neither on the next one's loads "
+        f"({source[load].tolist()[:2]}...) nor on the previous one's stores ({moved.tolist()[:2]}...)"
+    )
+
+
 def lower(linear_map: LinearMap) -> list[Stage]:
     """The stages that run `linear_map` (see the module docstring); LoweringError for what they cannot run."""
     stages: list[dict] = []
@@ -124,12 +157,15 @@ def lower(linear_map: LinearMap) -> list[Stage]:
             source = factor.source_index()
             pending = source if pending is None else pending[source]
         elif isinstance(factor, (BlockDiag, ButterflyGroup)):
-            if stages and stages[-1]["out"] is None:
-                stages[-1]["out"] = _natural(stages[-1]["factor"], "out")
             table = _natural(factor, "in")
-            if pending is not None:
+            if stages:
+                previous = stages[-1]
+                previous["out"] = _natural(previous["factor"], "out")
+                if pending is not None:
+                    table, previous["out"] = _between(pending, table, previous["out"])
+            elif pending is not None:
                 table = pending[table]
-                pending = None
+            pending = None
             stages.append({"factor": factor, "in": table, "out": None, "diag": None, "in_features": width})
             width = factor.out_features
         elif isinstance(factor, Diag):
@@ -145,9 +181,7 @@ def lower(linear_map: LinearMap) -> list[Stage]:
     last = stages[-1]
     out = _natural(last["factor"], "out")
     if pending is not None:  # trailing Perms: store each result where the permutation puts it
-        inverse = torch.empty_like(pending)
-        inverse[pending] = torch.arange(len(pending))
-        out = inverse[out]
+        out = _inverse(pending)[out]
     last["out"] = out
     return [
         Stage(

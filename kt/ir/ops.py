@@ -127,23 +127,63 @@ class MonarchOp(StructuredOp):
     @classmethod
     def from_spec(cls, spec: OpSpec) -> MonarchOp:
         s = spec.shape
-        return cls(spec.name, MonarchProblem(s.batch, s.w1, s.w2, spec.dtype, spec.precision))
+        problem = MonarchProblem(s.batch, s.w1, s.w2, spec.dtype, spec.precision, spec.transposed)
+        return cls(spec.name, problem)
+
+    def reference(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        """The Monarch paper's two-torch.bmm formula; transposed, its four steps undone in reverse order."""
+        if self.problem.transposed:
+            return self.transposed_reference(x, w1, w2)
+        return monarch_reference(x, w1, w2)
 
     @staticmethod
-    def reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        """The Monarch paper's two-torch.bmm formula."""
-        return monarch_reference(x, w1, w2)
+    def transposed_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        """y = x @ M for the forward Monarch's (out, in) matrix M, any leading dims: x (..., l*s) -> (..., k*p).
+
+        Each forward step transposed, last first: 4. view x as (B, s, l) and transpose to (B, l, s);
+        3. v[b, j, :] = w2[j].T @ z[b, j, :], giving (B, l, r); 2. transpose to (B, r, l) and flatten to (B, k*q);
+        1. y[b, i*p:(i+1)*p] = w1[i].T @ u[b, i*q:(i+1)*q].
+        """
+        k, q, p = w1.shape
+        l, s, r = w2.shape  # noqa: E741
+        lead = x.shape[:-1]
+        batch = x.reshape(-1, l * s).shape[0]
+        z = x.reshape(batch, s, l).transpose(1, 2)  # (B, l, s)
+        v = torch.bmm(z.transpose(0, 1), w2)  # (l, B, r): v[j, b, t] = sum_c z[b, j, c] w2[j, c, t]
+        u = v.permute(1, 2, 0).reshape(batch, k, q)  # u[b, t*l + j] = v[j, b, t]
+        y = torch.bmm(u.transpose(0, 1), w1)  # (k, B, p): y[i, b, e] = sum_a u[b, i, a] w1[i, a, e]
+        return y.transpose(0, 1).reshape(*lead, k * p)
 
 
 class ButterflyOp(StructuredOp):
     @classmethod
     def from_spec(cls, spec: OpSpec) -> ButterflyOp:
-        return cls(spec.name, ButterflyProblem(spec.shape.batch, spec.shape.n, spec.dtype, spec.precision))
+        s = spec.shape
+        return cls(spec.name, ButterflyProblem(s.batch, s.n, spec.dtype, spec.precision, spec.transposed))
+
+    def reference(self, x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
+        """A per-factor torch loop (one level of 2x2 twiddles at a time); transposed, the levels last to first,
+        each 2x2 transposed."""
+        if self.problem.transposed:
+            return self.transposed_reference(x, twiddles)
+        return butterfly_reference(x, twiddles)
 
     @staticmethod
-    def reference(x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
-        """A per-factor torch loop (one level of 2x2 twiddles at a time)."""
-        return butterfly_reference(x, twiddles)
+    def transposed_reference(x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
+        """y = x @ B for the forward butterfly's matrix B = B_{L-1} ... B_0, i.e. B_0^T ... B_{L-1}^T applied to
+        each row: level L-1 first, each pair mapped by its 2x2 twiddle transposed."""
+        n = x.shape[-1]
+        lead = x.shape[:-1]
+        y = x.reshape(-1, n)
+        for f in reversed(range(twiddles.shape[0])):
+            s = 1 << f
+            pairs = y.reshape(-1, n // (2 * s), 2, s)  # [b, g, half, j]
+            t = twiddles[f].reshape(n // (2 * s), s, 2, 2)  # [g, j, out, in] of the forward level
+            top, bottom = pairs[:, :, 0, :], pairs[:, :, 1, :]
+            new_top = t[..., 0, 0] * top + t[..., 1, 0] * bottom
+            new_bottom = t[..., 0, 1] * top + t[..., 1, 1] * bottom
+            y = torch.stack([new_top, new_bottom], dim=2).reshape(-1, n)
+        return y.reshape(*lead, n)
 
 
 class FFTOp(StructuredOp):

@@ -196,15 +196,51 @@ class StructuredProblem:
         return make_generator(seed, device)
 
 
+def _times_map(x: torch.Tensor, linear_map, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """x @ M for the (out, in) matrix M = F_{L-1} ... F_0 of a map's factors: the transposed map's reference.
+
+    Evaluated as x @ F_{L-1} @ ... @ F_0, each product from the factor's own definition (a block-diagonal's
+    blocks, a permutation's source index, a butterfly level's pairs), never through `transpose()` or the
+    lowering, and without forming an n x n matrix, so it stays cheap for large n.
+    """
+    from kt.ir.factors import BlockDiag, ButterflyFactor, Perm
+
+    y = x.reshape(-1, x.shape[-1])
+    for factor in reversed(linear_map.factors):
+        if isinstance(factor, BlockDiag):  # (y @ BlockDiag)[i*in_blk + e] = sum_a y[i*out_blk + a] W[i, a, e]
+            blocks = factor.blocks(weights).to(y.dtype)
+            y = torch.einsum("bga,gae->bge", y.view(-1, factor.nblocks, factor.out_blk), blocks).flatten(1)
+        elif isinstance(factor, Perm):  # P[r, source[r]] = 1, so (y @ P)[source[r]] = y[r]
+            out = torch.empty_like(y)
+            out[:, factor.source_index().to(y.device)] = y
+            y = out
+        elif isinstance(factor, ButterflyFactor):  # B[a, a], B[a, b], B[b, a], B[b, b] = t00, t01, t10, t11
+            t = weights[factor.weight][factor.level].to(y.dtype)
+            if factor.transposed:
+                t = t.transpose(-1, -2)
+            a, b = (index.to(y.device) for index in factor.pairs())
+            out = torch.empty_like(y)
+            out[:, a] = y[:, a] * t[:, 0, 0] + y[:, b] * t[:, 1, 0]
+            out[:, b] = y[:, a] * t[:, 0, 1] + y[:, b] * t[:, 1, 1]
+            y = out
+        else:
+            y = y @ factor.to_dense(weights).to(y.dtype)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 @dataclass(frozen=True)
 class MonarchProblem(StructuredProblem):
-    """y (rows, l*s) = Monarch(w1 (k, q, p), w2 (l, s, r)) x (rows, k*p), the convention of ARCHITECTURE.md."""
+    """y (rows, l*s) = Monarch(w1 (k, q, p), w2 (l, s, r)) x (rows, k*p), the convention of ARCHITECTURE.md.
+
+    `transposed`: y (rows, k*p) = x (rows, l*s) @ M for the forward map's (out, in) matrix M, on the same
+    weights (what the backward pass applies to dy)."""
 
     rows: int
     w1: tuple[int, int, int]
     w2: tuple[int, int, int]
     dtype: str = "float16"
     precision: str = "ieee"
+    transposed: bool = False
 
     family = "monarch"
     weight_names = ("w1", "w2")
@@ -212,11 +248,18 @@ class MonarchProblem(StructuredProblem):
 
     @property
     def in_features(self) -> int:
-        return self.w1[0] * self.w1[2]
+        return self.w2[0] * self.w2[1] if self.transposed else self.w1[0] * self.w1[2]
 
     @property
     def out_features(self) -> int:
-        return self.w2[0] * self.w2[1]
+        return self.w1[0] * self.w1[2] if self.transposed else self.w2[0] * self.w2[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, `transposed` only when set (a forward problem keeps the key it always had)."""
+        data = asdict(self)
+        if not self.transposed:
+            del data["transposed"]
+        return data
 
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
@@ -229,25 +272,34 @@ class MonarchProblem(StructuredProblem):
         return TensorType((self.rows, self.out_features), self.dtype)
 
     def random_args(self, seed: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        """x standard normal; each weight scaled by 1/sqrt(its block's inputs), so y stays of order 1."""
+        """x standard normal; each weight scaled by 1/sqrt(its block's inputs), so y stays of order 1 (the
+        transposed map's blocks take q and s inputs)."""
         generator = self._generator(seed, device)
         x, w1, w2 = (torch.randn(t.shape, generator=generator, device=device) for t in self.arg_types())
-        w1, w2 = w1 / math.sqrt(self.w1[2]), w2 / math.sqrt(self.w2[2])
+        fan_in = (self.w1[1], self.w2[1]) if self.transposed else (self.w1[2], self.w2[2])
+        w1, w2 = w1 / math.sqrt(fan_in[0]), w2 / math.sqrt(fan_in[1])
         return tuple(t.to(torch_dtype(self.dtype)) for t in (x, w1, w2))
 
     def reference(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        """The two-torch.bmm formula of the convention, in float64."""
-        from kt.ir.structured import monarch_reference
+        """The two-torch.bmm formula of the convention, in float64; transposed, x @ M with M the dense form of
+        the forward map's factors (`_times_map`)."""
+        from kt.ir.structured import monarch_map, monarch_reference
 
+        if self.transposed:
+            weights = {"w1": w1.double(), "w2": w2.double()}
+            return _times_map(x.double(), monarch_map(*self.w1, *self.w2), weights)
         return monarch_reference(x.double(), w1.double(), w2.double())
 
     def structures(self) -> tuple[dict[str, int], ...]:
+        if self.transposed:  # the fused kernel runs the forward map only
+            return ({"fused": 0},)
         return ({"fused": 0}, {"fused": 1})
 
     def linear_map(self, structure: dict[str, int] | None = None):
         from kt.ir.structured import monarch_map
 
-        return monarch_map(*self.w1, *self.w2)
+        forward = monarch_map(*self.w1, *self.w2)
+        return forward.transpose() if self.transposed else forward
 
     @property
     def flops(self) -> int:
@@ -256,20 +308,24 @@ class MonarchProblem(StructuredProblem):
 
     def __str__(self) -> str:
         prec = f" {self.precision}" if self.dtype == "float32" else ""
+        mark = "ᵀ" if self.transposed else ""
         return (
-            f"monarch[rows={self.rows} w1={'x'.join(map(str, self.w1))} w2={'x'.join(map(str, self.w2))} "
+            f"monarch{mark}[rows={self.rows} w1={'x'.join(map(str, self.w1))} w2={'x'.join(map(str, self.w2))} "
             f"{SHORT_NAMES[self.dtype]}{prec}]"
         )
 
 
 @dataclass(frozen=True)
 class ButterflyProblem(StructuredProblem):
-    """y = B_{L-1} ... B_0 x over n = 2**L features, twiddles (L, n/2, 2, 2) (ARCHITECTURE.md)."""
+    """y = B_{L-1} ... B_0 x over n = 2**L features, twiddles (L, n/2, 2, 2) (ARCHITECTURE.md).
+
+    `transposed`: y = x @ B for that map's (n, n) matrix B, on the same twiddles (the backward pass's map)."""
 
     rows: int
     n: int
     dtype: str = "float16"
     precision: str = "ieee"
+    transposed: bool = False
 
     family = "butterfly"
     weight_names = ("twiddles",)
@@ -284,6 +340,13 @@ class ButterflyProblem(StructuredProblem):
         return self.levels
 
     in_features = out_features = property(lambda self: self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, `transposed` only when set (a forward problem keeps the key it always had)."""
+        data = asdict(self)
+        if not self.transposed:
+            del data["transposed"]
+        return data
 
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
@@ -301,9 +364,12 @@ class ButterflyProblem(StructuredProblem):
         return x.to(torch_dtype(self.dtype)), (twiddles / math.sqrt(2)).to(torch_dtype(self.dtype))
 
     def reference(self, x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
-        """The per-level torch loop of the convention, in float64."""
-        from kt.ir.structured import butterfly_reference
+        """The per-level torch loop of the convention, in float64; transposed, x @ B level by level from the
+        forward map's factors (`_times_map`)."""
+        from kt.ir.structured import butterfly_map, butterfly_reference
 
+        if self.transposed:
+            return _times_map(x.double(), butterfly_map(self.n), {"twiddles": twiddles.double()})
         return butterfly_reference(x.double(), twiddles.double())
 
     def structures(self) -> tuple[dict[str, int], ...]:
@@ -313,7 +379,8 @@ class ButterflyProblem(StructuredProblem):
         from kt.ir.lowering import group_butterfly
         from kt.ir.structured import butterfly_map
 
-        return group_butterfly(butterfly_map(self.n), structure["levels"])
+        forward = group_butterfly(butterfly_map(self.n), structure["levels"])
+        return forward.transpose() if self.transposed else forward
 
     @property
     def flops(self) -> int:
@@ -321,7 +388,8 @@ class ButterflyProblem(StructuredProblem):
 
     def __str__(self) -> str:
         prec = f" {self.precision}" if self.dtype == "float32" else ""
-        return f"butterfly[rows={self.rows} n={self.n} {SHORT_NAMES[self.dtype]}{prec}]"
+        mark = "ᵀ" if self.transposed else ""
+        return f"butterfly{mark}[rows={self.rows} n={self.n} {SHORT_NAMES[self.dtype]}{prec}]"
 
 
 @dataclass(frozen=True)
