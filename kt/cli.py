@@ -289,10 +289,9 @@ def show(spec, device):
     source = f", from {spec.source}" if spec.source else ""
     out.print(f"{spec.name}: {spec.op} {spec.dtype}{source}", style="bold")
     out.print(f"  {op.describe()}")
-    out.print(
-        f"\nlinear map ({op.linear_map.in_features} -> {op.linear_map.out_features}), factors applied right to left:"
-    )
-    out.print(f"  y = {op.linear_map} · x")
+    heading, text = op.map_text()
+    out.print(f"\n{heading}:")
+    out.print(f"  {text}")
     graph = op.kernel_graph()
     out.print(f"\nkernel graph ({len(graph)} kernel{'s' if len(graph) != 1 else ''}):")
     out.print(str(graph))

@@ -21,7 +21,7 @@ import yaml
 from kt.dtypes import DTYPES, itemsize
 from kt.errors import SpecError
 
-OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum")
+OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum", "blocksparse_grad")
 SUM_TERMS = ("blocksparse", "lowrank")  # the ops a sum's terms may be
 TRANSPOSABLE = ("monarch", "butterfly")  # the ops that take `transposed: true` (dx = M^T dy of a backward)
 FFT_INPUTS = ("complex", "real")
@@ -217,13 +217,13 @@ class OpSpec:
             op = "monarch transposed" if self.transposed else "monarch"
             features = f"{self.in_features} -> {self.out_features}"
             return f"{op} {s.batch} rows, {features} (w1 {w1}, w2 {w2}) {self.dtype}"
-        if self.op == "blocksparse":
+        if self.op in ("blocksparse", "blocksparse_grad"):
             from kt.sparsity import describe, hex_to_mask
 
             mask = hex_to_mask(self.sparsity.layout, self.sparsity.grid(s.out_features, s.in_features))
             block = "x".join(map(str, self.sparsity.block))
             return (
-                f"blocksparse {s.batch} rows, {s.in_features} -> {s.out_features}, {block} blocks, "
+                f"{self.op} {s.batch} rows, {s.in_features} -> {s.out_features}, {block} blocks, "
                 f"{describe(mask)} {self.dtype}"
             )
         if self.op == "lowrank":
@@ -296,9 +296,13 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
     op = _choice(data.get("op"), "op", OPS, required=True)
     allowed = ("op", "name", "dtype", "shape", "precision", "device", "tune")
-    allowed += {"dense": ("layout",), "fft": ("input",), "blocksparse": ("sparsity",), "sum": ("terms",)}.get(
-        op, ()
-    )
+    allowed += {
+        "dense": ("layout",),
+        "fft": ("input",),
+        "blocksparse": ("sparsity",),
+        "blocksparse_grad": ("sparsity",),
+        "sum": ("terms",),
+    }.get(op, ())
     if op in TRANSPOSABLE:
         allowed += ("transposed",)
     if op == "sum":
@@ -314,7 +318,7 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         shape = LinearShape(terms[0].shape.batch, terms[0].in_features, terms[0].out_features)
     else:
         shape = SHAPE_PARSERS[op](data.get("shape"), "shape")
-    if op == "blocksparse":
+    if op in ("blocksparse", "blocksparse_grad"):
         sparsity = _sparsity(data.get("sparsity"), "sparsity", shape, source, check_files)
     layout = _layout(data.get("layout", {}), "layout")
     fft_input = _choice(data.get("input", "complex"), "input", FFT_INPUTS) if op == "fft" else None
@@ -490,9 +494,9 @@ def _sparsity(
     given = [key for key in ("pattern", "mask", "prune") if key in value]
     if len(given) > 1:
         raise SpecError(f"{path}.{given[1]}", f"give one pattern source, not both {given[0]} and {given[1]}")
-    if not given and "density" not in value:
-        raise SpecError(path, "needs a pattern: one of density (and seed), pattern, mask or prune")
-    kind = given[0] if given else "density"
+    if not given and "density" not in value and "layout" not in value:
+        raise SpecError(path, "needs a pattern: one of density (and seed), pattern, mask, prune or layout")
+    kind = given[0] if given else "density" if "density" in value else "layout"
     for key, allowed_with in (("seed", "density"), ("width", "pattern")):
         if key in value and kind != allowed_with:
             raise SpecError(f"{path}.{key}", f"applies to {allowed_with} patterns only (this one is {kind})")
@@ -513,6 +517,8 @@ def _sparsity(
     if kind == "density":
         seed = _int(value.get("seed", 0), f"{path}.seed", 0, 2**32 - 1)
         mask = patterns.random_mask(grid, density, seed)
+    elif kind == "layout":  # the mask itself, as kt writes it (kt.sparsity.mask_to_hex)
+        layout_only = True
     elif kind == "pattern":
         pattern = _choice(value["pattern"], f"{path}.pattern", patterns.PATTERNS)
         if pattern == "banded":
@@ -655,6 +661,7 @@ SHAPE_PARSERS = {
     "butterfly": lambda value, path: _vector_shape(value, path, power_of_two=True),
     "fft": lambda value, path: _vector_shape(value, path, power_of_two=False),
     "blocksparse": _linear_shape,
+    "blocksparse_grad": _linear_shape,
     "lowrank": _chain_shape,
 }
 

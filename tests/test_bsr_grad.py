@@ -21,7 +21,7 @@ from kt.codegen.bsrgrad import BsrGradConfig, BsrGradFamily, crop
 from kt.costmodel import AnalyticModel
 from kt.costmodel.staged import predict_records
 from kt.device import H100
-from kt.ir.grad_problems import BsrGradProblem
+from kt.ir.problems import BsrGradProblem
 from kt.sparsity import mask_to_hex, random_mask
 
 DTYPES = ["float16", "bfloat16", "float32"]
@@ -347,7 +347,7 @@ from kt.autotune.compile import compile_for_target
 from kt.codegen.bsrgrad import BsrGradConfig, BsrGradFamily, resources
 from kt.codegen.emit import import_kernel_file, write_source
 from kt.device import H100
-from kt.ir.grad_problems import BsrGradProblem
+from kt.ir.problems import BsrGradProblem
 from kt.sparsity import mask_to_hex, random_mask
 
 family = BsrGradFamily("bsr_grad")

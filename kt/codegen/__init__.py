@@ -1,6 +1,7 @@
 """Codegen: kernel families (templates, search spaces with hardware legality) and source emission."""
 
 from kt.codegen.blockgemm import BlockGemmConfig, BlockGemmFamily
+from kt.codegen.bsrgrad import BsrGradConfig, BsrGradFamily
 from kt.codegen.emit import import_kernel_file, load_source, write_source
 from kt.codegen.gemm import GemmConfig, GemmFamily, SearchSpace, illegal_reason
 from kt.codegen.tilesum import TileConfig, TileSumFamily
@@ -13,8 +14,9 @@ FAMILIES = {
     "blocksparse": TileSumFamily("blocksparse"),
     "lowrank": TileSumFamily("lowrank"),
     "sum": TileSumFamily("sum"),
+    "bsr_grad": BsrGradFamily("bsr_grad"),
 }
-Config = GemmConfig | BlockGemmConfig | TileConfig
+Config = GemmConfig | BlockGemmConfig | TileConfig | BsrGradConfig
 
 
 def family_for(problem) -> GemmFamily | BlockGemmFamily:
@@ -31,6 +33,8 @@ __all__ = [
     "FAMILIES",
     "BlockGemmConfig",
     "BlockGemmFamily",
+    "BsrGradConfig",
+    "BsrGradFamily",
     "Config",
     "GemmConfig",
     "GemmFamily",

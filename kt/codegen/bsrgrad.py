@@ -18,7 +18,7 @@ from kt.codegen.gemm import config_from_mapping, padded
 from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
-from kt.ir.grad_problems import BsrGradProblem
+from kt.ir.problems import BsrGradProblem
 
 AXES: dict[str, tuple[int, ...]] = {
     "block_m": (16, 32, 64, 128, 256),

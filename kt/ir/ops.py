@@ -18,6 +18,7 @@ from kt.ir.graph import KernelGraph, KernelNode
 from kt.ir.linear_map import LinearMap
 from kt.ir.problems import (
     BlockSparseProblem,
+    BsrGradProblem,
     ButterflyProblem,
     ChainProblem,
     FFTProblem,
@@ -59,6 +60,14 @@ class DenseOp:
         p = self.problem
         return LinearMap(
             (Dense(in_features=p.k, out_features=p.n, weight="b", storage="in_out", batch=p.batch),)
+        )
+
+    def map_text(self) -> tuple[str, str]:
+        """(heading, formula) of what the op computes, for `kt show`."""
+        m = self.linear_map
+        return (
+            f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
+            f"y = {m} · x",
         )
 
     def arg_types(self) -> dict[str, TensorType]:
@@ -104,6 +113,14 @@ class StructuredOp:
         """The op's factors (for the butterfly and the FFT, those of the first structure choice: every choice has
         the same dense form)."""
         return self.problem.linear_map(self.problem.structures()[0])
+
+    def map_text(self) -> tuple[str, str]:
+        """(heading, formula) of what the op computes, for `kt show`."""
+        m = self.linear_map
+        return (
+            f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
+            f"y = {m} · x",
+        )
 
     def arg_types(self) -> dict[str, TensorType]:
         return dict(zip((self.input_name, *self.weight_names), self.problem.arg_types()))
@@ -223,6 +240,44 @@ class BlockSparseOp(StructuredOp):
         return torch.nn.functional.linear(x, w.to_dense())
 
 
+class BlockSparseGradOp(StructuredOp):
+    """The weight gradient of a block-sparse layer on W's stored blocks: kernel(dy, x, w) -> (nnz, bo, bi)."""
+
+    input_name = "dy"
+
+    @classmethod
+    def from_spec(cls, spec: OpSpec) -> BlockSparseGradOp:
+        s, sparsity = spec.shape, spec.sparsity
+        problem = BsrGradProblem(
+            s.batch,
+            s.in_features,
+            s.out_features,
+            sparsity.block,
+            sparsity.layout,
+            spec.dtype,
+            spec.precision,
+        )
+        return cls(spec.name, problem)
+
+    def map_text(self) -> tuple[str, str]:
+        p = self.problem
+        return (
+            f"weight gradient of y = F.linear(x, W), W ({p.out_features}, {p.in_features}) in BSR",
+            f"grad[n] = dy[:, block-row of n].T @ x[:, block-column of n] for the {p.nnz} stored blocks n of W",
+        )
+
+    @staticmethod
+    def reference(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """What autograd of F.linear(x, W_dense) gives W_dense, cut into blocks, the stored ones in w's order."""
+        bo, bi = w.values().shape[1:]
+        out, inp = w.shape
+        dense = dy.reshape(-1, out).T @ x.reshape(-1, inp)
+        blocks = dense.reshape(out // bo, bo, inp // bi, bi).transpose(1, 2)
+        crow, col = w.crow_indices(), w.col_indices()
+        block_rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
+        return blocks[block_rows, col]
+
+
 class LowRankOp(StructuredOp):
     @classmethod
     def from_spec(cls, spec: OpSpec) -> LowRankOp:
@@ -252,7 +307,7 @@ class SumOp(StructuredOp):
         return sum(refs[term.family](x, *w) for term, w in zip(self.problem.terms, parts))
 
 
-Op = DenseOp | MonarchOp | ButterflyOp | FFTOp | BlockSparseOp | LowRankOp | SumOp
+Op = DenseOp | MonarchOp | ButterflyOp | FFTOp | BlockSparseOp | LowRankOp | SumOp | BlockSparseGradOp
 OP_TYPES = {
     "dense": DenseOp,
     "monarch": MonarchOp,
@@ -261,6 +316,7 @@ OP_TYPES = {
     "blocksparse": BlockSparseOp,
     "lowrank": LowRankOp,
     "sum": SumOp,
+    "blocksparse_grad": BlockSparseGradOp,
 }
 
 

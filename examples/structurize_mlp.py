@@ -1,0 +1,80 @@
+"""Structurize a small MLP with kt layers, train it a few steps, and compare it with the dense model.
+
+    python examples/structurize_mlp.py            # on the GPU if there is one, else Triton's CPU interpreter
+    python examples/structurize_mlp.py --steps 50 --width 512
+
+The MLP's hidden layers become a low-rank, a block-sparse and a Monarch layer (`kt.nn.structurize` with
+`from_dense` projections of the dense layers' weights); the task is to regress a fixed random "teacher" MLP.
+kt picks each layer's kernel for its batch bucket from the tuning database or artifacts, else from the cost
+model, and logs which (run `kt tune` on the logged specs to replace a fallback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+import torch
+from torch import nn
+
+
+def mlp(width: int, depth: int, features: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(features, width), nn.GELU()]
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.GELU()]
+    layers.append(nn.Linear(width, features))
+    return nn.Sequential(*layers)
+
+
+def parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter runs the kernels on the CPU (slowly)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    import kt.nn
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    teacher = mlp(args.width, 3, args.features).to(device)
+    student = mlp(args.width, 3, args.features).to(device)
+    dense_count = parameters(student)
+    w = args.width
+    replaced = kt.nn.structurize(
+        student,
+        {
+            "2": lambda linear: kt.nn.LowRankLinear.from_dense(linear, rank=max(1, w // 8)),
+            "4": lambda linear: kt.nn.BlockSparseLinear.from_dense(linear, block=(16, 16), density=0.25),
+            "6": lambda linear: kt.nn.MonarchLinear.from_dense(linear, nblocks=4),
+        },
+    )
+    print(f"structurized {replaced}: {parameters(student)} parameters against {dense_count} dense")
+    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
+    for step in range(args.steps):
+        started = time.perf_counter()
+        x = torch.randn(args.batch, args.features, device=device)
+        with torch.no_grad():
+            target = teacher(x)
+        loss = nn.functional.mse_loss(student(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        print(f"step {step:3d}  loss {loss.item():.5f}  ({time.perf_counter() - started:.1f} s)")
+    print("kernels:")
+    for chosen in kt.nn.selections():
+        print(f"  {chosen.spec.summary()}: {chosen.source} ({chosen.where})")
+
+
+if __name__ == "__main__":
+    main()

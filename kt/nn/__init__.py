@@ -1,0 +1,30 @@
+"""PyTorch layers whose matmuls are kt kernels: drop-in for nn.Linear, differentiable through the IR's transposes,
+`torch.compile(fullgraph=True)`- and `torch.export`-friendly (one custom op, `torch.ops.kt.apply`)."""
+
+from kt.nn.functional import apply
+from kt.nn.layers import (
+    FFT,
+    BlockSparseLinear,
+    ButterflyLinear,
+    DenseLinear,
+    LowRankLinear,
+    MonarchLinear,
+    Sum,
+)
+from kt.nn.selection import bucket, selections, use_artifacts
+from kt.nn.structurize import structurize
+
+__all__ = [
+    "FFT",
+    "BlockSparseLinear",
+    "ButterflyLinear",
+    "DenseLinear",
+    "LowRankLinear",
+    "MonarchLinear",
+    "Sum",
+    "apply",
+    "bucket",
+    "selections",
+    "structurize",
+    "use_artifacts",
+]

@@ -1,0 +1,327 @@
+"""kt's kernels as one PyTorch custom op, `torch.ops.kt.apply(x, weights, op)`, with a fake implementation and
+an autograd formula built from the IR's transposes.
+
+`op` is the JSON text of an op.yaml mapping without its batch (the rows of x choose the bucket, see
+kt.nn.selection); `weights` are the op's weight tensors, a BSR weight passed as its crow_indices, col_indices
+and values (custom ops take no sparse tensors). Under `torch.compile(fullgraph=True)` and `torch.export` the op
+is one opaque node: its fake implementation gives the output's shape and dtype without running anything.
+
+The backward of every op is again kt ops, so each product it runs is a kernel kt generates and can tune:
+
+- dense `y = a @ b`: `da = dy @ b.T`, `db = a.T @ dy` (two dense ops, the transposes as strided views);
+- lowrank `y = x @ F1 @ ... @ Fk`: `dx` is the transposed chain `dy @ Fk.T @ ... @ F1.T` (a lowrank op);
+  `dFi = (x @ F1 ... F(i-1)).T @ (dy @ Fk.T ... F(i+1).T)` (dense ops);
+- blocksparse `y = F.linear(x, W)`: `dx = F.linear(dy, W.T)` with W.T a BSR weight of the transposed pattern
+  (its blocks gathered and transposed: no dense matrix); `dW` on W's stored blocks only (a bsr_grad op);
+- sum: each term's gradients; dx is their sum.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from kt.dtypes import dtype_name
+from kt.nn.selection import kernel_for
+from kt.sparsity import bsr_indices, hex_to_mask
+
+
+def op_text(op: dict[str, Any]) -> str:
+    """The canonical text of an op mapping: equal ops give equal text (one kernel cache entry)."""
+    return json.dumps(op, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def _out_features(op: dict[str, Any]) -> int:
+    shape = op["terms"][0]["shape"] if op["op"] == "sum" else op["shape"]
+    if op["op"] == "dense":
+        return shape["n"]
+    if op["op"] == "lowrank":
+        return shape["dims"][-1]
+    if op["op"] == "monarch":
+        (l, s, _), (k, _, p) = shape["w2"], shape["w1"]  # noqa: E741
+        return k * p if op.get("transposed") else l * s
+    if op["op"] in ("butterfly", "fft"):
+        return shape["n"]
+    return shape["out"]
+
+
+# -- the custom op -------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("kt::apply", mutates_args=())
+def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
+    spec = _parsed(op)
+    kernel = kernel_for(op, _row_count(spec, x), x.device)
+    return kernel(x, *_kernel_weights(spec, weights))
+
+
+def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
+    """The rows the op's bucket is chosen by: a GEMM's M, else the rows of x (one plane of planar complex)."""
+    if spec["op"] == "dense":
+        return x.shape[-2]
+    if _planar_input(spec):
+        return x[0][..., 0].numel()
+    return x[..., 0].numel()
+
+
+def _planar_input(spec: dict[str, Any]) -> bool:
+    return spec["op"] == "fft" and spec["dtype"] == "float16" and spec.get("input", "complex") == "complex"
+
+
+@_apply.register_fake
+def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
+    spec = _parsed(op)
+    if spec["op"] == "blocksparse_grad":  # the stored blocks' gradient, shaped like the values
+        return weights[3].new_empty(weights[3].shape)
+    if spec["op"] == "fft":  # complex64 out, or planar (2, ..., n) half out
+        if spec["dtype"] == "float32":
+            return x.new_empty(x.shape, dtype=torch.complex64)
+        return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
+    return x.new_empty((*x.shape[:-1], _out_features(_parsed(op))))
+
+
+def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str) -> torch.Tensor:
+    """Run the op on x (and the weights) with its selected kernel; differentiable, compilable, exportable."""
+    return torch.ops.kt.apply(x, list(weights), op if isinstance(op, str) else op_text(op))
+
+
+def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts."""
+    if spec["op"] == "blocksparse":
+        return [_bsr(spec, *weights)]
+    if spec["op"] == "blocksparse_grad":  # (x, crow, col, values): x, then the forward weight
+        return [weights[0], _bsr(spec, *weights[1:])]
+    if spec["op"] == "sum":
+        out, at = [], 0
+        for term in spec["terms"]:
+            count = _weight_count(term)
+            out += _kernel_weights(term, weights[at : at + count])
+            at += count
+        return out
+    return list(weights)
+
+
+def _weight_count(term: dict[str, Any]) -> int:
+    return 3 if term["op"] == "blocksparse" else len(term["shape"]["dims"]) - 1
+
+
+def _bsr(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    import warnings
+
+    size = (spec["shape"]["out"], spec["shape"]["in"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+        return torch.sparse_bsr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+# -- autograd ------------------------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weights, op = inputs
+    ctx.op = op
+    ctx.count = len(weights)
+    ctx.save_for_backward(x, *weights)
+
+
+def _backward(ctx, dy: torch.Tensor):
+    x, *weights = ctx.saved_tensors
+    spec = _parsed(ctx.op)
+    if spec["op"] not in GRADIENTS:
+        raise RuntimeError(f"kt: the {spec['op']} op has no gradient (it is itself a gradient)")
+    dx, dweights = GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous())
+    if not ctx.needs_input_grad[0]:
+        dx = None
+    return dx, dweights, None
+
+
+_apply.register_autograd(_backward, setup_context=_setup_context)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor:
+    """a (M, K) @ b (K, N), or a batch of them (a 3-D operand), by kt's dense op (any strides: transposes are views). `deep`: K is the batch's rows
+    (a weight gradient), so the op names K's bucket, not K, and a new batch size reuses its bucket's kernel."""
+    from kt.nn.selection import bucket
+
+    shape = {"n": b.shape[-1], "k": bucket(a.shape[-1]) if deep else a.shape[-1]}
+    if a.dim() == 3 or b.dim() == 3:  # a batch of products (one per block)
+        shape["batch"] = a.shape[0] if a.dim() == 3 else b.shape[0]
+    op = {
+        "op": "dense",
+        "dtype": dtype_name(a.dtype),
+        "shape": shape,
+        "layout": {"a": _layout(a), "b": _layout(b)},
+    }
+    if op["dtype"] == "float32":
+        op["precision"] = "ieee"
+    return apply(a, [b], op)
+
+
+def _layout(t: torch.Tensor) -> str:
+    """How a 2-D operand is stored: row (last dim contiguous) or col (a transposed view)."""
+    return "col" if t.stride(-1) != 1 and t.stride(-2) == 1 else "row"
+
+
+def _dense_grads(spec, a, weights, dy):
+    (b,) = weights
+    return matmul(dy, b.t()), [matmul(a.t(), dy, deep=True)]
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _lowrank_grads(spec, x, factors, dy):
+    lead = x.shape[:-1]
+    x2, dy2 = _rows(x), _rows(dy)
+    dims = spec["shape"]["dims"]
+    transposed = {**spec, "shape": {"dims": list(reversed(dims))}}
+    dx = apply(dy, [f.t() for f in reversed(factors)], transposed).reshape(*lead, dims[0])
+    prefix = [x2]  # x @ F1 @ ... @ Fi
+    for f in factors[:-1]:
+        prefix.append(matmul(prefix[-1], f))
+    suffix = [dy2]  # dy @ Fk.T @ ... @ F(i+1).T, built from the right
+    for f in reversed(factors[1:]):
+        suffix.append(matmul(suffix[-1], f.t()))
+    suffix.reverse()
+    return dx, [matmul(p.t(), s, deep=True) for p, s in zip(prefix, suffix)]
+
+
+@functools.lru_cache(maxsize=64)
+def transposed_pattern(
+    layout: str, grid: tuple[int, int]
+) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pattern of W.T for W's pattern `layout` over `grid`: its hex layout, crow and col indices, and for
+    each of its blocks the index of the W block it is the transpose of."""
+    from kt.sparsity import mask_to_hex
+
+    mask = hex_to_mask(layout, grid)
+    index = np.full(grid, -1, dtype=np.int64)
+    index[mask] = np.arange(int(mask.sum()))
+    crow, col = bsr_indices(mask.T)
+    return mask_to_hex(mask.T), crow, col, torch.from_numpy(index.T[mask.T].copy())
+
+
+def _blocksparse_grads(spec, x, weights, dy):
+    crow, col, values = weights
+    shape, sparsity = spec["shape"], spec["sparsity"]
+    block = tuple(sparsity["block"])
+    grid = (shape["out"] // block[0], shape["in"] // block[1])
+    layout_t, crow_t, col_t, order = transposed_pattern(sparsity["layout"], grid)
+    device = values.device
+    values_t = values[order.to(device)].transpose(1, 2).contiguous()  # the stored blocks only
+    transposed = {
+        **spec,
+        "shape": {"in": shape["out"], "out": shape["in"]},
+        "sparsity": {"block": [block[1], block[0]], "layout": layout_t},
+    }
+    dx = apply(dy, [crow_t.to(device), col_t.to(device), values_t], transposed)
+    dvalues = bsr_grad(dy, x, crow, col, values, spec)
+    return dx, [None, None, dvalues]
+
+
+def bsr_grad(dy, x, crow, col, values, spec) -> torch.Tensor:
+    """dL/dW on W's stored blocks: block n at (r, c) gets dy[:, r-th block of out].T @ x[:, c-th block of in]."""
+    grad = {**spec, "op": "blocksparse_grad"}
+    return apply(_rows(dy), [_rows(x), crow, col, values], grad)
+
+
+def _sum_grads(spec, x, weights, dy):
+    dx, grads, at = None, [], 0
+    for term in spec["terms"]:
+        count = _weight_count(term)
+        term_spec = {
+            **term,
+            "dtype": spec["dtype"],
+            **({"precision": spec["precision"]} if "precision" in spec else {}),
+        }
+        term_dx, term_grads = GRADIENTS[term["op"]](term_spec, x, weights[at : at + count], dy)
+        dx = term_dx if dx is None else dx + term_dx
+        grads += term_grads
+        at += count
+    return dx, grads
+
+
+def _conj(spec, t: torch.Tensor) -> torch.Tensor:
+    """The complex conjugate in the op's complex format (planar half: the imaginary plane negated)."""
+    if spec["dtype"] == "float32":
+        return t.conj().resolve_conj()
+    return torch.stack([t[0], -t[1]])
+
+
+def _fft_grads(spec, x, weights, dy):
+    """y = F x with F the (symmetric) DFT matrix: dx = F^H dy = conj(F conj(dy)), kt's FFT once more; for a real
+    input, the real part of it."""
+    complex_spec = {**spec, "input": "complex"}
+    dx = _conj(spec, apply(_conj(spec, dy), [], complex_spec))
+    if spec.get("input", "complex") == "real":
+        dx = dx.real.contiguous() if spec["dtype"] == "float32" else dx[0].contiguous()
+    return dx, []
+
+
+def _monarch_grads(spec, x, weights, dy):
+    """Monarch y = P2 L P1 R x (ARCHITECTURE.md): dx is the transposed Monarch op on dy; dw1 and dw2 are per-block
+    outer products summed over the rows, batched GEMMs over the blocks (no dense matrix)."""
+    w1, w2 = weights
+    (k, q, p), (l, s, r) = w1.shape, w2.shape  # noqa: E741
+    lead = x.shape[:-1]
+    x2, dy2 = _rows(x), _rows(dy)
+    rows = x2.shape[0]
+    dx = apply(dy, [w1, w2], {**spec, "transposed": True}).reshape(*lead, k * p)
+    xb = x2.view(rows, k, p).permute(1, 0, 2)  # (k, B, p): block i's inputs
+    u = matmul(xb, w1.transpose(1, 2))  # (k, B, q): u_i = x_i @ w1[i].T
+    v = u.permute(1, 0, 2).reshape(rows, r, l).transpose(1, 2)  # (B, l, r): the stride permutation
+    dz = dy2.view(rows, s, l).transpose(1, 2)  # (B, l, s): y[b, c*l + j] = z[b, j, c]
+    dw2 = matmul(dz.permute(1, 2, 0), v.permute(1, 0, 2), deep=True)  # (l, s, r): dz_j.T @ v_j
+    dv = matmul(dz.permute(1, 0, 2), w2)  # (l, B, r): dv_j = dz_j @ w2[j]
+    du = dv.permute(1, 2, 0).reshape(rows, k, q)  # back through the permutation: u = v.T flattened
+    dw1 = matmul(du.permute(1, 2, 0), xb, deep=True)  # (k, q, p): du_i.T @ x_i
+    return dx, [dw1, dw2]
+
+
+def _butterfly_grads(spec, x, weights, dy):
+    """y = B_{L-1} ... B_0 x: dx is the transposed butterfly op on dy. The twiddles' gradient needs each level's
+    input: the levels are replayed in fp32 torch (n log n work and memory per row, no dense matrix), then level f's
+    2x2 gradients are the outer products of its output gradient and its input over the pairs."""
+    (twiddles,) = weights
+    n = spec["shape"]["n"]
+    levels = n.bit_length() - 1
+    lead = x.shape[:-1]
+    dx = apply(dy, [twiddles], {**spec, "transposed": True}).reshape(*lead, n)
+    t32 = twiddles.float()
+    inputs, a = [], _rows(x).float()
+    for f in range(levels):  # the forward, level by level (ARCHITECTURE.md's butterfly convention)
+        inputs.append(a)
+        s = 1 << f
+        pairs = a.view(-1, n // (2 * s), 2, s)  # [b, group, half, j]
+        t = t32[f].view(n // (2 * s), s, 2, 2)  # [group, j, out, in]
+        a = torch.einsum("gjoi,bgij->bgoj", t, pairs).reshape(-1, n)
+    grads = torch.empty_like(t32)
+    g = _rows(dy).float()
+    for f in reversed(range(levels)):
+        s = 1 << f
+        pg = g.view(-1, n // (2 * s), 2, s)
+        pa = inputs[f].view(-1, n // (2 * s), 2, s)
+        grads[f] = torch.einsum("bgoj,bgij->gjoi", pg, pa).reshape(n // 2, 2, 2)
+        g = torch.einsum("gjoi,bgoj->bgij", t32[f].view(n // (2 * s), s, 2, 2), pg).reshape(-1, n)
+    return dx, [grads.to(twiddles.dtype)]
+
+
+GRADIENTS = {
+    "butterfly": _butterfly_grads,
+    "fft": _fft_grads,
+    "monarch": _monarch_grads,
+    "dense": _dense_grads,
+    "lowrank": _lowrank_grads,
+    "blocksparse": _blocksparse_grads,
+    "sum": _sum_grads,
+}

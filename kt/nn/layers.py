@@ -1,0 +1,445 @@
+"""Drop-in replacements for `nn.Linear` whose matmul is a kt kernel: the same call (`layer(x)` over the last dim of
+x, any leading dims), the same optional bias, `device`/`dtype` arguments, `.to()` and `state_dict`.
+
+Each layer holds its weights in the op's documented layout, describes its op (`op()`: an op.yaml mapping without
+the batch) and runs `kt.nn.functional.apply`, which picks the tuned kernel for the batch's bucket (or the cost
+model's best) and differentiates through the IR's transposes. `from_dense(linear, ...)` builds a layer from a
+trained `nn.Linear` by the projections of kt.ir (block pruning, truncated SVD).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kt.dtypes import dtype_name
+from kt.nn.functional import apply, op_text
+from kt.sparsity import bsr_indices, hex_to_mask, layout_mask, mask_to_hex, random_mask
+
+
+class _KtLinear(nn.Module, ABC):
+    """What the layers share: features, bias, dtype, the op text, and the forward over any leading dims."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
+        dtype_name(factory["dtype"])  # a KeyError naming kt's dtypes for any other
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self._factory = factory
+
+    def _init_bias(self, fan_in: int) -> None:
+        if self.bias is not None:  # nn.Linear's initialisation
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._weights()[-1].dtype
+
+    @abstractmethod
+    def op(self) -> dict[str, Any]:
+        """The layer's op: an op.yaml mapping without its batch."""
+
+    @abstractmethod
+    def _weights(self) -> list[torch.Tensor]:
+        """The op's weight tensors, in the kernel's order (a BSR weight as crow, col, values)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: x has {x.shape[-1]} features in its last dim, expected {self.in_features}"
+            )
+        y = self._forward(x)
+        return y + self.bias if self.bias is not None else y
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return apply(x, self._weights(), self.op_text)
+
+    @property
+    def op_text(self) -> str:
+        """`op()` as canonical JSON, kept from one dtype change (`.to()`, `.half()`) to the next, so forward does
+        no JSON work (and torch.compile sees a constant)."""
+        return self.__dict__["_op_text"]
+
+    def _refresh(self) -> None:
+        self.__dict__["_op_text"] = op_text(self.op())
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self._refresh()
+        return result
+
+    def _op_base(self, op: str) -> dict[str, Any]:
+        base = {"op": op, "dtype": dtype_name(self.dtype)}
+        return base
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+class DenseLinear(_KtLinear):
+    """y = x @ W.T + b with W (out, in), exactly nn.Linear, by kt's dense GEMM."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **self._factory))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self._init_bias(in_features)
+        self._refresh()
+
+    def op(self) -> dict[str, Any]:
+        return {
+            **self._op_base("dense"),
+            "shape": {"n": self.out_features, "k": self.in_features},
+            "layout": {"a": "row", "b": "col"},
+        }
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [self.weight]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = apply(x2, [self.weight.t()], self.op_text)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> DenseLinear:
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            linear.weight.device,
+            linear.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+
+class LowRankLinear(_KtLinear):
+    """y = x @ F1 @ ... @ Fk + b: a chain through `ranks` (one rank: F1 (in, r), F2 (r, out))."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int | tuple[int, ...],
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+        if not ranks or any(not isinstance(r, int) or r < 1 for r in ranks):
+            raise ValueError(
+                f"LowRankLinear: rank must be a positive integer or a tuple of them, got {rank!r}"
+            )
+        self.dims = (in_features, *ranks, out_features)
+        self.factors = nn.ParameterList(
+            nn.Parameter(torch.empty(a, b, **self._factory)) for a, b in zip(self.dims, self.dims[1:])
+        )
+        for f in self.factors:  # each factor keeps the scale of its input, like nn.Linear's init per product
+            nn.init.uniform_(f, -1 / math.sqrt(f.shape[0]), 1 / math.sqrt(f.shape[0]))
+        self._init_bias(in_features)
+        self._refresh()
+
+    def op(self) -> dict[str, Any]:
+        return {**self._op_base("lowrank"), "shape": {"dims": list(self.dims)}}
+
+    def _weights(self) -> list[torch.Tensor]:
+        return list(self.factors)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+        """The best rank-`rank` approximation of `linear` (truncated SVD, kt.ir.truncated_svd)."""
+        from kt.ir.projections import truncated_svd
+
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            rank,
+            linear.bias is not None,
+            linear.weight.device,
+            linear.weight.dtype,
+        )
+        f1, f2 = truncated_svd(linear.weight.detach(), rank)
+        with torch.no_grad():
+            layer.factors[0].copy_(f1)
+            layer.factors[1].copy_(f2)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, bias={self.bias is not None}"
+
+
+class BlockSparseLinear(_KtLinear):
+    """y = F.linear(x, W) + b with W (out, in) block-sparse: only the blocks of a fixed pattern are stored.
+
+    The pattern is a boolean mask over the block grid (out/bo, in/bi): pass `mask`, or `density` (and `seed`)
+    for a random one. The stored blocks are the parameter `values` (nnz, bo, bi), in the order of the BSR
+    indices `crow_indices`/`col_indices` (buffers); `weight_bsr()` is W as a torch sparse BSR tensor.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        block: tuple[int, int],
+        density: float | None = None,
+        mask: Any = None,
+        seed: int = 0,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        bo, bi = block
+        if out_features % bo or in_features % bi:
+            raise ValueError(
+                f"BlockSparseLinear: block {block} must divide (out, in) = ({out_features}, {in_features})"
+            )
+        grid = (out_features // bo, in_features // bi)
+        if (mask is None) == (density is None):
+            raise ValueError("BlockSparseLinear: give exactly one of density (with seed) or mask")
+        if mask is None:
+            if not 0 < density <= 1:
+                raise ValueError(f"BlockSparseLinear: density must be in (0, 1], got {density!r}")
+            mask = random_mask(grid, density, seed)
+        mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+        if mask.shape != grid:
+            raise ValueError(f"BlockSparseLinear: mask has shape {mask.shape}; the block grid is {grid}")
+        if not mask.any():
+            raise ValueError("BlockSparseLinear: the mask keeps no block")
+        self.block = (bo, bi)
+        self.layout = mask_to_hex(mask)
+        crow, col = bsr_indices(mask)
+        self.register_buffer("crow_indices", crow.to(device))
+        self.register_buffer("col_indices", col.to(device))
+        self.values = nn.Parameter(torch.empty(int(mask.sum()), bo, bi, **self._factory))
+        fan_in = max(1, int(mask.sum(axis=1).max())) * bi  # the inputs of the fullest block-row
+        nn.init.uniform_(self.values, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        self._init_bias(fan_in)
+        self._refresh()
+
+    def op(self) -> dict[str, Any]:
+        return {
+            **self._op_base("blocksparse"),
+            "shape": {"in": self.in_features, "out": self.out_features},
+            "sparsity": {"block": list(self.block), "layout": self.layout},
+        }
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [self.crow_indices, self.col_indices, self.values]
+
+    def mask(self) -> np.ndarray:
+        return hex_to_mask(
+            self.layout, (self.out_features // self.block[0], self.in_features // self.block[1])
+        )
+
+    def weight_bsr(self) -> torch.Tensor:
+        """W as a torch sparse BSR tensor (out, in) sharing `values`."""
+        return torch.sparse_bsr_tensor(
+            self.crow_indices, self.col_indices, self.values, size=(self.out_features, self.in_features)
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        crow, col = state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")
+        if (
+            crow is not None
+            and col is not None
+            and (
+                not torch.equal(crow.cpu(), self.crow_indices.cpu())
+                or not torch.equal(col.cpu(), self.col_indices.cpu())
+            )
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: the state_dict's block pattern differs from this layer's; build the layer "
+                "with that pattern (mask=...) first"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, block: tuple[int, int], density: float) -> BlockSparseLinear:
+        """Keep the `density` fraction of `linear`'s blocks with the largest norms (kt.ir.prune_blocks)."""
+        from kt.ir.projections import prune_blocks
+
+        pruned = prune_blocks(linear.weight.detach(), block, density)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            block,
+            mask=layout_mask(pruned),
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.values.copy_(pruned.values())
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        from kt.sparsity import describe
+
+        return f"{super().extra_repr()}, block={self.block}, {describe(self.mask())}"
+
+
+class Sum(_KtLinear):
+    """y = term_0(x) + term_1(x) + ... + b for BlockSparseLinear and LowRankLinear terms of the same shape, run
+    as one kt sum op (fused into one output accumulation where the terms allow). The terms' own biases are
+    not used; the sum has its own."""
+
+    def __init__(self, *terms: _KtLinear, bias: bool = True):
+        if len(terms) < 2 or not all(isinstance(t, (BlockSparseLinear, LowRankLinear)) for t in terms):
+            raise ValueError("Sum: give 2 or more BlockSparseLinear / LowRankLinear terms")
+        first = terms[0]
+        for t in terms[1:]:
+            if (t.in_features, t.out_features, t.dtype) != (
+                first.in_features,
+                first.out_features,
+                first.dtype,
+            ):
+                raise ValueError("Sum: every term needs the same in_features, out_features and dtype")
+        super().__init__(
+            first.in_features, first.out_features, bias, first._weights()[-1].device, first.dtype
+        )
+        self.terms = nn.ModuleList(terms)
+        self._init_bias(first.in_features)
+        self._refresh()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.terms[0].dtype
+
+    def op(self) -> dict[str, Any]:
+        terms = []
+        for t in self.terms:
+            term = t.op()
+            del term["dtype"]
+            term["shape"] = {**term["shape"]}
+            terms.append(term)
+        return {"op": "sum", "dtype": dtype_name(self.dtype), "terms": terms}
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [w for t in self.terms for w in t._weights()]
+
+
+class MonarchLinear(_KtLinear):
+    """y = Monarch(w1, w2) x + b (ARCHITECTURE.md): w1 (k, q, p), w2 (l, s, r) with k = l = `nblocks`,
+    p = in / k, s = out / l and the middle width k*q = in (q = r = p)."""
+
+    def __init__(
+        self, in_features: int, out_features: int, nblocks: int, bias: bool = True, device=None, dtype=None
+    ):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        if in_features % nblocks or out_features % nblocks:
+            raise ValueError(
+                f"MonarchLinear: nblocks={nblocks} must divide in_features={in_features} and out_features={out_features}"
+            )
+        k = l = nblocks  # noqa: E741
+        p, s = in_features // k, out_features // l
+        q = r = p
+        self.w1 = nn.Parameter(torch.empty(k, q, p, **self._factory))
+        self.w2 = nn.Parameter(torch.empty(l, s, r, **self._factory))
+        for w in (self.w1, self.w2):  # each block keeps its input's scale, like nn.Linear per product
+            nn.init.uniform_(w, -1 / math.sqrt(w.shape[-1]), 1 / math.sqrt(w.shape[-1]))
+        self._init_bias(p)
+        self._refresh()
+
+    def op(self) -> dict[str, Any]:
+        return {**self._op_base("monarch"), "shape": {"w1": list(self.w1.shape), "w2": list(self.w2.shape)}}
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [self.w1, self.w2]
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, nblocks: int) -> MonarchLinear:
+        """The Monarch matrix closest to `linear`'s weight in Frobenius norm (kt.ir.monarch.project)."""
+        from kt.ir.monarch import project
+
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            nblocks,
+            linear.bias is not None,
+            linear.weight.device,
+            linear.weight.dtype,
+        )
+        w1, w2 = project(linear.weight.detach().double(), nblocks, nblocks)
+        with torch.no_grad():
+            layer.w1.copy_(w1)
+            layer.w2.copy_(w2)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w1={tuple(self.w1.shape)}, w2={tuple(self.w2.shape)}"
+
+
+class FFT(nn.Module):
+    """y = torch.fft.fft(x) over the last dim (n features) by kt's FFT kernels (dense DFT blocks on tensor cores).
+
+    float32: x complex64 (or float32 with input="real"), y complex64. float16: complex values are planar,
+    (2, ..., n) with real parts in [0] and imaginary in [1] (torch has no usable complex half); a real input
+    is (..., n). Differentiable: the gradient is kt's FFT of the conjugate, conjugated.
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype = torch.float32, input: str = "complex"):
+        super().__init__()
+        if dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"FFT: dtype must be torch.float32 or torch.float16, got {dtype}")
+        if input not in ("complex", "real"):
+            raise ValueError(f"FFT: input must be 'complex' or 'real', got {input!r}")
+        self.n, self.input, self.float_dtype = n, input, dtype
+        self.__dict__["op_text"] = op_text(
+            {"op": "fft", "dtype": dtype_name(dtype), "shape": {"n": n}, "input": input}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.n:
+            raise ValueError(f"FFT: x has {x.shape[-1]} features in its last dim, expected {self.n}")
+        return apply(x, [], self.op_text)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, dtype={self.float_dtype}, input={self.input}"
+
+
+class ButterflyLinear(_KtLinear):
+    """y = B_{L-1} ... B_0 x + b over n = 2**L features, twiddles (L, n/2, 2, 2) (ARCHITECTURE.md), by kt's
+    butterfly kernels (levels multiplied out into block-diagonal stages, a tuning choice)."""
+
+    def __init__(
+        self, in_features: int, out_features: int | None = None, bias: bool = True, device=None, dtype=None
+    ):
+        out_features = in_features if out_features is None else out_features
+        if in_features != out_features or in_features < 2 or in_features & (in_features - 1):
+            raise ValueError(
+                f"ButterflyLinear: in_features and out_features must be one power of two >= 2, got "
+                f"{in_features} and {out_features}"
+            )
+        super().__init__(in_features, out_features, bias, device, dtype)
+        levels = in_features.bit_length() - 1
+        self.twiddles = nn.Parameter(torch.empty(levels, in_features // 2, 2, 2, **self._factory))
+        nn.init.normal_(self.twiddles, std=1 / math.sqrt(2))  # each 2x2 keeps a vector's expected norm
+        self._init_bias(in_features)
+        self._refresh()
+
+    def op(self) -> dict[str, Any]:
+        return {**self._op_base("butterfly"), "shape": {"n": self.in_features}}
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [self.twiddles]

@@ -1,0 +1,55 @@
+"""Swap a model's nn.Linear layers for structured kt layers, by rules on their names."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+
+from torch import nn
+
+Factory = Callable[[nn.Linear], nn.Module]
+Rules = Mapping[str, Factory] | Callable[[str, nn.Linear], nn.Module | None]
+
+
+def structurize(model: nn.Module, rules: Rules) -> list[str]:
+    """Replace, in place, each `nn.Linear` of `model` that a rule matches; returns the replaced layers' names.
+
+    `rules` maps glob patterns on a layer's qualified name (as `model.named_modules()` gives it, e.g.
+    `"blocks.*.mlp.fc1"`, `"*"`) to a factory `linear -> layer` (e.g. `lambda l: LowRankLinear.from_dense(l,
+    rank=32)`); the first pattern that matches wins. Or `rules` is a function `(name, linear) -> layer or
+    None`. A factory's layer must take the linear's in_features and give its out_features.
+    """
+    if isinstance(rules, Mapping):
+        patterns = list(rules.items())
+
+        def choose(name: str, linear: nn.Linear):
+            for pattern, factory in patterns:
+                if fnmatch.fnmatchcase(name, pattern):
+                    return factory(linear)
+            return None
+
+    elif callable(rules):
+        choose = rules
+    else:
+        raise TypeError(
+            f"structurize: rules must be a mapping of name patterns to factories or a function, got {type(rules).__name__}"
+        )
+    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    replaced = []
+    for name, linear in targets:
+        layer = choose(name, linear)
+        if layer is None:
+            continue
+        if (
+            getattr(layer, "in_features", None) != linear.in_features
+            or getattr(layer, "out_features", None) != linear.out_features
+        ):
+            raise ValueError(
+                f"structurize: the layer made for {name!r} maps {getattr(layer, 'in_features', '?')} -> "
+                f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
+            )
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
+        replaced.append(name)
+    return replaced
