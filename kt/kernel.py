@@ -20,6 +20,13 @@ class Kernel:
     def __call__(self, *args, **kwargs):
         return self.module.kernel(*args, **kwargs)
 
+    def as_op(self):
+        """This kernel as `f(x, *weights)` through the custom op `torch.ops.kt.apply`: differentiable, and one
+        node under torch.compile(fullgraph=True) and torch.export (kt.nn.functional.kernel_op)."""
+        from kt.nn.functional import kernel_op
+
+        return kernel_op(self)
+
     @property
     def source(self) -> str:
         return Path(self.module.__file__).read_text()

@@ -9,6 +9,8 @@ parser can use it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -109,3 +111,16 @@ def describe(mask: np.ndarray) -> str:
     empty = int((~mask.any(axis=1)).sum())
     text = f"{int(mask.sum())}/{mask.size} blocks ({mask.mean():.1%})"
     return text + (f", {empty} empty block-rows" if empty else "")
+
+
+def bsr_tensor(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int], check: bool = False
+) -> torch.Tensor:
+    """torch.sparse_bsr_tensor on values' device, without torch's "BSR support is in beta" warning (which it
+    gives on every construction); `check` runs torch's invariant checks (a device sync: not in a hot path)."""
+    device = values.device
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+        return torch.sparse_bsr_tensor(
+            crow.to(device), col.to(device), values, size=tuple(size), check_invariants=check
+        )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -509,19 +508,11 @@ class BlockSparseProblem(StructuredProblem):
 
     def bsr(self, values: torch.Tensor) -> torch.Tensor:
         """The sparse BSR weight with this pattern and `values` (nnz, bo, bi), on values' device."""
-        from kt.sparsity import bsr_indices
+        from kt.sparsity import bsr_indices, bsr_tensor
 
         crow, col = bsr_indices(self.mask())
-        device = values.device
-        with warnings.catch_warnings():  # torch says BSR support is "in beta" on every construction
-            warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
-            return torch.sparse_bsr_tensor(
-                crow.to(device),
-                col.to(device),
-                values,
-                size=(self.out_features, self.in_features),
-                check_invariants=device.type != "meta",
-            )
+        size = (self.out_features, self.in_features)
+        return bsr_tensor(crow, col, values, size, check=values.device.type != "meta")
 
     def meta_args(self) -> tuple[torch.Tensor, ...]:
         values = torch.empty((self.nnz, *self.block), dtype=torch_dtype(self.dtype), device="meta")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from kt.ir.sparse import _positive_int
-from kt.sparsity import bsr_indices, prune_mask
+from kt.sparsity import bsr_indices, bsr_tensor, prune_mask
 
 
 def _check_weight(weight: torch.Tensor, what: str) -> None:
@@ -43,15 +43,7 @@ def prune_blocks(weight: torch.Tensor, block: tuple[int, int], density: float) -
     blocks = weight.reshape(out // bo, bo, inp // bi, bi).transpose(1, 2)  # (grid rows, grid cols, bo, bi)
     keep = torch.from_numpy(mask).to(weight.device)
     values = blocks[keep].contiguous()  # (nnz, bo, bi) in row-major grid order, as crow/cols list them
-    return torch.sparse_bsr_tensor(
-        crow.to(weight.device),
-        cols.to(weight.device),
-        values,
-        size=(out, inp),
-        dtype=weight.dtype,
-        device=weight.device,
-        check_invariants=False,  # valid by construction
-    )
+    return bsr_tensor(crow, cols, values, (out, inp))
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch
 
 from kt.dtypes import dtype_name
 from kt.nn.selection import kernel_for
-from kt.sparsity import bsr_indices, hex_to_mask
+from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask
 
 
 def op_text(op: dict[str, Any]) -> str:
@@ -115,12 +115,7 @@ def _weight_count(term: dict[str, Any]) -> int:
 
 
 def _bsr(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    import warnings
-
-    size = (spec["shape"]["out"], spec["shape"]["in"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
-        return torch.sparse_bsr_tensor(crow, col, values, size=size, check_invariants=False)
+    return bsr_tensor(crow, col, values, (spec["shape"]["out"], spec["shape"]["in"]))
 
 
 # -- autograd ------------------------------------------------------------------------------------------------
@@ -135,7 +130,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: torch.Tensor):
     x, *weights = ctx.saved_tensors
-    spec = _parsed(ctx.op)
+    spec = {
+        key: value for key, value in _parsed(ctx.op).items() if key != "pin"
+    }  # its own kernels, not the pin
     if spec["op"] not in GRADIENTS:
         raise RuntimeError(f"kt: the {spec['op']} op has no gradient (it is itself a gradient)")
     dx, dweights = GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous())
@@ -325,3 +322,35 @@ GRADIENTS = {
     "blocksparse": _blocksparse_grads,
     "sum": _sum_grads,
 }
+
+
+def op_of_spec(spec) -> dict[str, Any]:
+    """An OpSpec as the op mapping `apply` takes: its signature without the batch (the rows choose that)."""
+    op = json.loads(json.dumps(spec.signature()))
+    if op["op"] == "dense":
+        del op["shape"]["m"]
+    elif op["op"] == "sum":
+        for term in op["terms"]:
+            del term["shape"]["batch"]
+    else:
+        del op["shape"]["batch"]
+    return op
+
+
+def kernel_op(kernel):
+    """A kernel from `kt.load` or `kt.build` as a function `f(x, *weights)` through `torch.ops.kt.apply`:
+    differentiable (the op's backward, whose kernels are selected as usual), and one opaque node under
+    torch.compile and torch.export. It runs this kernel for any number of rows. Weights as the kernel takes them
+    (a BSR weight as a sparse BSR tensor)."""
+    from kt.nn.selection import Selection, pin
+
+    where = str(kernel.path) if kernel.path else "kt.build"
+    text = op_text({**op_of_spec(kernel.spec), "pin": pin(Selection(kernel.spec, kernel, "loaded", where))})
+
+    def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for w in weights:
+            parts += [w.crow_indices(), w.col_indices(), w.values()] if w.layout == torch.sparse_bsr else [w]
+        return apply(x, parts, text)
+
+    return run

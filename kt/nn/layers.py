@@ -19,7 +19,7 @@ from torch import nn
 
 from kt.dtypes import dtype_name
 from kt.nn.functional import apply, op_text
-from kt.sparsity import bsr_indices, hex_to_mask, layout_mask, mask_to_hex, random_mask
+from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
 
 
 class _KtLinear(nn.Module, ABC):
@@ -250,8 +250,8 @@ class BlockSparseLinear(_KtLinear):
 
     def weight_bsr(self) -> torch.Tensor:
         """W as a torch sparse BSR tensor (out, in) sharing `values`."""
-        return torch.sparse_bsr_tensor(
-            self.crow_indices, self.col_indices, self.values, size=(self.out_features, self.in_features)
+        return bsr_tensor(
+            self.crow_indices, self.col_indices, self.values, (self.out_features, self.in_features)
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

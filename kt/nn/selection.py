@@ -36,7 +36,7 @@ _ARTIFACT_DIRS: list[Path] = []
 class Selection:
     spec: OpSpec  # the bucket's spec: what to tune to replace a fallback
     kernel: Kernel
-    source: str  # "database", "artifact" or "cost model"
+    source: str  # "database", "artifact", "cost model" or "loaded" (kt.nn.functional.kernel_op)
     where: str  # the database file, the artifact directory, or the model that ranked
 
 
@@ -62,6 +62,16 @@ def selections() -> list[Selection]:
     return list(_SELECTED.values())
 
 
+_PINNED: dict[str, Selection] = {}
+
+
+def pin(selection: Selection) -> str:
+    """A name for `selection` that an op can carry (`"pin"`) to run that kernel whatever its rows."""
+    name = f"{len(_PINNED)}:{selection.where}"
+    _PINNED[name] = selection
+    return name
+
+
 def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
     """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows`."""
     data = json.loads(json.dumps(op))
@@ -79,10 +89,13 @@ def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
 
 def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     """The kernel for the op `op_text` (JSON of an op.yaml mapping without its batch) at `rows` rows."""
+    op = json.loads(op_text)
+    if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
+        return _PINNED[op["pin"]].kernel
     key = (op_text, bucket(rows), device.type)
     selected = _SELECTED.get(key)
     if selected is None:
-        selected = _select(bucket_spec(json.loads(op_text), rows), device)
+        selected = _select(bucket_spec(op, rows), device)
         _SELECTED[key] = selected
         message = f"{selected.spec.summary()}: {selected.source} ({selected.where}), config {selected.kernel.config.key()}"
         if selected.source == "cost model":
