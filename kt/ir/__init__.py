@@ -6,7 +6,7 @@ from kt.ir.linear_map import LinearMap, SumMap
 from kt.ir.monarch import bit_reversal, butterfly_dft_twiddles
 from kt.ir.ops import DenseOp, op_from_spec
 from kt.ir.problems import GemmProblem, TensorType, problem_from_dict
-from kt.ir.projections import prune_blocks, truncated_svd
+from kt.ir.projections import project_butterfly, prune_blocks, truncated_svd
 from kt.ir.sparse import BSR, ChainOrder, ChainStep, chain_map, chain_order
 from kt.ir.structured import (
     butterfly_map,
@@ -51,6 +51,7 @@ __all__ = [
     "monarch_square_map",
     "op_from_spec",
     "problem_from_dict",
+    "project_butterfly",
     "prune_blocks",
     "realify",
     "truncated_svd",

@@ -69,3 +69,46 @@ def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
     f1 = vh[:rank].T * root
     f2 = root[:, None] * u[:, :rank].T
     return f1.to(weight.dtype), f2.to(weight.dtype)
+
+
+@torch.no_grad()
+def project_butterfly(weight: torch.Tensor) -> torch.Tensor:
+    """Twiddles (L, n/2, 2, 2) of a butterfly (ARCHITECTURE.md's convention) close to a square W (n, n), exact
+    when W is a butterfly matrix.
+
+    Levels 0 .. L-2 mix only the low bits, so B = B_{L-1} · diag(M0, M1) with M0, M1 butterflies of half size.
+    Then for each j < n/2 the (2, n/2) matrix of rows j and j + n/2 of W's left half is the outer product of the
+    2x2 twiddle's first column with row j of M0 (the right half likewise with M1): each is fitted by its best
+    rank-1 approximation (an SVD), and M0, M1 recursively. The fit is greedy, level by level from the top: the
+    best at each level, not over all levels at once. Computed in float64, returned in W's dtype.
+    """
+    _check_weight(weight, "project_butterfly")
+    n = weight.shape[0]
+    if weight.shape != (n, n) or n < 2 or n & (n - 1):
+        raise ValueError(
+            f"project_butterfly: W must be square with a power-of-two size >= 2, got {tuple(weight.shape)}"
+        )
+    levels = n.bit_length() - 1
+    twiddles = torch.zeros(levels, n // 2, 2, 2, dtype=torch.float64, device=weight.device)
+
+    def fit(matrix: torch.Tensor, base: int) -> None:
+        size = matrix.shape[0]
+        level, half = size.bit_length() - 2, size // 2
+        if size == 2:
+            twiddles[0, base // 2] = matrix
+            return
+        rows = torch.stack([matrix[:half], matrix[half:]], dim=1)  # (half, 2, size): rows j and j + half
+        parts = []
+        for side in (rows[..., :half], rows[..., half:]):  # the left half (M0) and the right half (M1)
+            u, s, vh = torch.linalg.svd(side, full_matrices=False)  # batched over j
+            root = s[:, :1].sqrt()
+            parts.append(
+                (u[:, :, 0] * root, vh[:, 0, :] * root)
+            )  # twiddle column (half, 2), row of M (half, half)
+        (left, m0), (right, m1) = parts
+        twiddles[level, base // 2 : base // 2 + half] = torch.stack([left, right], dim=-1)
+        fit(m0, base)
+        fit(m1, base + half)
+
+    fit(weight.double(), 0)
+    return twiddles.to(weight.dtype)

@@ -441,5 +441,24 @@ class ButterflyLinear(_KtLinear):
     def op(self) -> dict[str, Any]:
         return {**self._op_base("butterfly"), "shape": {"n": self.in_features}}
 
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> ButterflyLinear:
+        """A butterfly close to `linear`'s square weight (kt.ir.project_butterfly: level by level from the top,
+        each level's 2x2 twiddles by rank-1 fits; exact when the weight is a butterfly)."""
+        from kt.ir.projections import project_butterfly
+
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            linear.weight.device,
+            linear.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.twiddles.copy_(project_butterfly(linear.weight.detach()))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
     def _weights(self) -> list[torch.Tensor]:
         return [self.twiddles]
