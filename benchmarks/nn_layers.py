@@ -1,0 +1,232 @@
+"""Forward + backward of each kt.nn layer against nn.Linear and against the reference implementation a user would
+write without kt, on the same GPU in the same run, with the same timer.
+
+For each layer (fp16, batch 8192, 4096 features unless said): kt's layer, an nn.Linear of the same size, and the
+plain-torch formula of the structure (two matmuls, two torch.bmm, the per-level butterfly loop, torch.fft.fft, F.linear with
+a BSR weight where PyTorch can differentiate it), each run as `y = f(x); y.backward(dy)`. With `--budget N` every
+kernel the layer runs (forward and backward, as `kt.nn.selections()` lists them after one warm-up step) is
+tuned first with `kt.tune` into the tuning database the layers read (`--db`, default kt's); with `--budget 0`
+the layers run the cost model's picks. Each layer's output is compared with the plain-torch formula's on the same
+inputs (`rel_err` in the CSV) before anything is timed.
+
+    python benchmarks/nn_layers.py --budget 32 --csv benchmarks/results/nn_h100.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BATCH = 8192
+FEATURES = 4096
+
+
+@dataclass
+class Case:
+    name: str
+    make: Callable[[], nn.Module]  # the kt layer (on the GPU, fp16)
+    baseline: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]  # the plain-torch formula
+    baseline_name: str
+    complex_input: bool = False
+
+
+def _linear(layer):
+    return lambda x: nn.functional.linear(x, layer.weight, layer.bias)
+
+
+def _lowrank(layer):
+    return lambda x: x @ layer.factors[0] @ layer.factors[1] + layer.bias
+
+
+def _monarch(layer):
+    from kt.ir.structured import monarch_reference
+
+    return lambda x: monarch_reference(x, layer.w1, layer.w2) + layer.bias
+
+
+def _butterfly(layer):
+    from kt.ir.structured import butterfly_reference
+
+    return lambda x: butterfly_reference(x, layer.twiddles) + layer.bias
+
+
+def _bsr(layer):
+    return lambda x: nn.functional.linear(x, layer.weight_bsr(), layer.bias)
+
+
+def _fft(layer):
+    return lambda x: torch.fft.fft(x)
+
+
+def cases() -> list[Case]:
+    import kt.nn
+
+    def on_gpu(factory):
+        return lambda: factory().to(device="cuda")
+
+    half = torch.float16
+    return [
+        Case("dense", on_gpu(lambda: kt.nn.DenseLinear(FEATURES, FEATURES, dtype=half)), _linear, "F.linear"),
+        Case(
+            "lowrank r=64",
+            on_gpu(lambda: kt.nn.LowRankLinear(FEATURES, FEATURES, 64, dtype=half)),
+            _lowrank,
+            "two matmuls",
+        ),
+        Case(
+            "blocksparse 64x64 10%",
+            on_gpu(lambda: kt.nn.BlockSparseLinear(FEATURES, FEATURES, (64, 64), density=0.1, dtype=half)),
+            _bsr,
+            "F.linear with the BSR weight",
+        ),
+        Case(
+            "monarch 64 blocks",
+            on_gpu(lambda: kt.nn.MonarchLinear(FEATURES, FEATURES, 64, dtype=half)),
+            _monarch,
+            "two torch.bmm",
+        ),
+        Case(
+            "butterfly n=1024",
+            on_gpu(lambda: kt.nn.ButterflyLinear(1024, dtype=half)),
+            _butterfly,
+            "per-level loop",
+        ),
+        Case(
+            "fft n=4096 fp32", on_gpu(lambda: kt.nn.FFT(FEATURES)), _fft, "torch.fft.fft", complex_input=True
+        ),
+    ]
+
+
+def _inputs(case: Case, layer: nn.Module) -> torch.Tensor:
+    features = getattr(layer, "in_features", None) or layer.n
+    if case.complex_input:
+        return torch.randn(BATCH, features, dtype=torch.complex64, device="cuda")
+    return torch.randn(BATCH, features, dtype=torch.float16, device="cuda")
+
+
+def _step(f, x, dy) -> Callable[[], None]:
+    def run():
+        f(x).backward(dy)
+
+    return run
+
+
+def _tune_selected(budget: int) -> tuple[int, float]:
+    """Tune every kernel the layers selected from the cost model; returns (kernels tuned, seconds)."""
+    import kt
+    import kt.nn
+    from kt.nn import selection
+
+    started, tuned = time.perf_counter(), 0
+    for chosen in kt.nn.selections():
+        if chosen.source == "cost model":
+            kt.tune(chosen.spec, budget=budget)
+            tuned += 1
+    selection._SELECTED.clear()
+    return tuned, time.perf_counter() - started
+
+
+def bench(case: Case, budget: int) -> dict:
+    from kt.autotune.checking import relative_error
+    from kt.autotune.timing import time_cuda
+
+    torch.manual_seed(0)
+    layer = case.make()
+    x = _inputs(case, layer).requires_grad_()
+    y = layer(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)  # the warm-up step selects every kernel the layer runs
+    tuned, tune_s = _tune_selected(budget) if budget else (0, 0.0)
+    baseline = case.baseline(layer)
+    row = {
+        "layer": case.name,
+        "baseline": case.baseline_name,
+        "kernels_tuned": tuned,
+        "tune_s": round(tune_s, 1),
+    }
+    with torch.no_grad():
+        reference = baseline(x.detach())
+        row["rel_err"] = relative_error(layer(x.detach()), reference)
+    row["kt_ms"] = time_cuda(_step(layer, x, dy))["runtime_ms"]
+    dense = nn.Linear(x.shape[-1], y.shape[-1], device="cuda", dtype=torch.float16)
+    if case.complex_input:
+        row["linear_ms"] = None  # an FFT has no nn.Linear of the same type
+    else:
+        row["linear_ms"] = time_cuda(_step(dense, x, dy))["runtime_ms"]
+    try:
+        row["baseline_ms"] = time_cuda(_step(baseline, x, dy))["runtime_ms"]
+    except (RuntimeError, NotImplementedError) as exc:  # e.g. no backward for a sparse weight in PyTorch
+        row["baseline_ms"] = None
+        row["baseline_error"] = str(exc).splitlines()[0][:200]
+    row["vs_linear"] = row["linear_ms"] / row["kt_ms"] if row["linear_ms"] else None
+    row["vs_baseline"] = row["baseline_ms"] / row["kt_ms"] if row["baseline_ms"] else None
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the layers whose name contains this text")
+    parser.add_argument("--budget", type=int, default=32, help="configs to measure per kernel (0: no tuning)")
+    parser.add_argument("--db", default=None, help="tuning database the layers read and the tunes write")
+    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--list", action="store_true", help="print the layers it would run and exit")
+    args = parser.parse_args(argv)
+    if args.budget < 0:
+        parser.error("--budget must be 0 or more")
+    chosen = [c for c in cases() if args.only in c.name]
+    if not chosen:
+        parser.error(f"--only {args.only!r} matches no layer")
+    if args.list:
+        for case in chosen:
+            print(f"{case.name}: against nn.Linear and {case.baseline_name}")
+        return 0
+    if not torch.cuda.is_available():
+        print("nn_layers: needs a CUDA GPU; this machine has none", file=sys.stderr)
+        return 2
+    if args.db:
+        os.environ["KT_DB"] = str(Path(args.db).absolute())
+    from kt.autotune.versions import software_versions
+
+    context = {
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.now(timezone.utc).date().isoformat(),
+        **{f"{key}_version": value for key, value in software_versions().items()},
+    }
+    rows = [{**context, **bench(case, args.budget)} for case in chosen]
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    print(
+        f"\n{context['device']}, {context['date']}, `python benchmarks/nn_layers.py --budget {args.budget}`\n"
+    )
+    print("| layer (fwd+bwd) | kt ms | nn.Linear ms | linear / kt | baseline | baseline ms | baseline / kt |")
+    print("|---|---|---|---|---|---|---|")
+
+    def show(value, pattern):
+        return pattern.format(value) if value is not None else "-"
+
+    for r in rows:
+        print(
+            f"| {r['layer']} | {r['kt_ms']:.3f} | {show(r['linear_ms'], '{:.3f}')} | "
+            f"{show(r['vs_linear'], '{:.2f}x')} | {r['baseline']} | {show(r['baseline_ms'], '{:.3f}')} | "
+            f"{show(r['vs_baseline'], '{:.2f}x')} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""benchmarks/nn_layers.py on a machine without a GPU: its cases, its arguments and its refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import benchmark_module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return benchmark_module("nn_layers")
+
+
+def test_lists_every_layer_kind(bench, capsys):
+    assert bench.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("dense", "lowrank", "blocksparse", "monarch", "butterfly", "fft"):
+        assert name in listed
+
+
+def test_only_filters_and_refuses_an_unknown_name(bench, capsys):
+    assert bench.main(["--list", "--only", "monarch"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--list", "--only", "nothing-like-this"])
+    assert exited.value.code == 2
+
+
+def test_refuses_without_a_gpu(bench, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "rows.csv"
+    assert bench.main(["--budget", "0", "--csv", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "nn_layers: needs a CUDA GPU; this machine has none"
+    assert not out.exists()
+
+
+def test_negative_budget_is_a_usage_error(bench):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--budget", "-1"])
+    assert exited.value.code == 2
