@@ -215,8 +215,8 @@ def test_kt_nn_layers_forward_and_backward_on_the_gpu_match_float64_autograd(kin
         "monarch": lambda: kt.nn.MonarchLinear(1024, 1024, 32, **half),
         "butterfly": lambda: kt.nn.ButterflyLinear(1024, **half),
         "sum": lambda: kt.nn.Sum(
-            kt.nn.BlockSparseLinear(1024, 1024, (64, 64), density=0.1, **half),
-            kt.nn.LowRankLinear(1024, 1024, 32, **half),
+            kt.nn.BlockSparseLinear(1024, 1024, (64, 64), density=0.1, bias=False, **half),
+            kt.nn.LowRankLinear(1024, 1024, 32, bias=False, **half),
         ),
     }[kind]()
     x = torch.randn(999, layer.in_features, **half).requires_grad_()

@@ -299,12 +299,14 @@ class BlockSparseLinear(_KtLinear):
 
 class Sum(_KtLinear):
     """y = term_0(x) + term_1(x) + ... + b for BlockSparseLinear and LowRankLinear terms of the same shape, run
-    as one kt sum op (fused into one output accumulation where the terms allow). The terms' own biases are
-    not used; the sum has its own."""
+    as one kt sum op (fused into one output accumulation where the terms allow). The terms are built with
+    bias=False; the sum has one bias of its own."""
 
     def __init__(self, *terms: _KtLinear, bias: bool = True):
         if len(terms) < 2 or not all(isinstance(t, (BlockSparseLinear, LowRankLinear)) for t in terms):
             raise ValueError("Sum: give 2 or more BlockSparseLinear / LowRankLinear terms")
+        if any(t.bias is not None for t in terms):
+            raise ValueError("Sum: build its terms with bias=False; the sum has one bias of its own")
         first = terms[0]
         for t in terms[1:]:
             if (t.in_features, t.out_features, t.dtype) != (
