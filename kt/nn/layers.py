@@ -17,9 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from kt.dtypes import dtype_name
+from kt.dtypes import DTYPES, dtype_name
 from kt.nn.functional import apply, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
+
+
+def _kt_dtype(dtype: torch.dtype, who: str) -> str:
+    """kt's name of `dtype`, or a TypeError naming the dtypes kt's kernels take."""
+    try:
+        return dtype_name(dtype)
+    except KeyError:
+        raise TypeError(f"{who}: dtype {dtype} is not one that kt's kernels take; use {', '.join(DTYPES)}") from None
 
 
 class _KtLinear(nn.Module, ABC):
@@ -29,7 +37,7 @@ class _KtLinear(nn.Module, ABC):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-        dtype_name(factory["dtype"])  # a KeyError naming kt's dtypes for any other
+        _kt_dtype(factory["dtype"], type(self).__name__)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._factory = factory
 
@@ -76,8 +84,7 @@ class _KtLinear(nn.Module, ABC):
         return result
 
     def _op_base(self, op: str) -> dict[str, Any]:
-        base = {"op": op, "dtype": dtype_name(self.dtype)}
-        return base
+        return {"op": op, "dtype": _kt_dtype(self.dtype, type(self).__name__)}
 
     def extra_repr(self) -> str:
         return (
@@ -333,7 +340,7 @@ class Sum(_KtLinear):
             del term["dtype"]
             term["shape"] = {**term["shape"]}
             terms.append(term)
-        return {"op": "sum", "dtype": dtype_name(self.dtype), "terms": terms}
+        return {"op": "sum", "dtype": _kt_dtype(self.dtype, "Sum"), "terms": terms}
 
     def _weights(self) -> list[torch.Tensor]:
         return [w for t in self.terms for w in t._weights()]
