@@ -331,17 +331,9 @@ def forward_backward(module, layer, leaf, view, dy):
     return y.detach(), leaf.grad, {n: p.grad for n, p in layer.named_parameters()}
 
 
-COMPILE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="kt.nn bug: _blocksparse_grads uses tensors cached by the lru_cache of transposed_pattern (crow/col/order "
-    "of W.T); traced after an eager backward (or a second compile) they are real (or another trace's fake) tensors, so "
-    "AOT autograd fails with 'Please convert all Tensors to FakeTensors' / 'Mixing fake modes'",
-)
-
-
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=COMPILE_XFAIL) if "blocksparse" in n else n for n in LAYER_CASES],
+    LAYER_CASES,
 )
 def test_compile_fullgraph_aot_eager_matches_eager(name):
     torch._dynamo.reset()
@@ -485,11 +477,6 @@ def test_double_is_a_one_line_type_error_naming_kt_dtypes(make):
         DenseLinear(24, 40, dtype=torch.float64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kt.nn bug: .double() converts the parameters before _refresh() raises, so the layer is left holding "
-    "float64 weights under a float32 op_text and every later call fails in the kernel's dtype check",
-)
 def test_failed_double_leaves_the_layer_usable():
     layer = DenseLinear(24, 40)
     with pytest.raises((KeyError, TypeError, ValueError)):
@@ -798,15 +785,7 @@ def artifact_selection(layer: nn.Module, rows: int):
     "name",
     [
         "dense",
-        pytest.param(
-            "monarch",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="kt.nn bug: selection._select compares the artifact's JSON problem (lists) with "
-                "problem.to_dict() (tuples for w1/w2, dims, block), so lowrank/blocksparse/monarch/sum artifacts "
-                "never match and the cost model is used",
-            ),
-        ),
+        "monarch",
     ],
 )
 def test_artifact_given_to_use_artifacts_is_picked(artifacts, name, caplog):

@@ -196,16 +196,18 @@ def _lowrank_grads(spec, x, factors, dy):
 @functools.lru_cache(maxsize=64)
 def transposed_pattern(
     layout: str, grid: tuple[int, int]
-) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """The pattern of W.T for W's pattern `layout` over `grid`: its hex layout, crow and col indices, and for
-    each of its blocks the index of the W block it is the transpose of."""
+    each of its blocks the index of the W block it is the transpose of. Plain integers, cached: the tensors are
+    made on each use (under torch.compile's tracing they must be made inside the trace)."""
     from kt.sparsity import mask_to_hex
 
     mask = hex_to_mask(layout, grid)
     index = np.full(grid, -1, dtype=np.int64)
     index[mask] = np.arange(int(mask.sum()))
     crow, col = bsr_indices(mask.T)
-    return mask_to_hex(mask.T), crow, col, torch.from_numpy(index.T[mask.T].copy())
+    order = index.T[mask.T]
+    return mask_to_hex(mask.T), tuple(crow.tolist()), tuple(col.tolist()), tuple(order.tolist())
 
 
 def _blocksparse_grads(spec, x, weights, dy):
@@ -215,13 +217,14 @@ def _blocksparse_grads(spec, x, weights, dy):
     grid = (shape["out"] // block[0], shape["in"] // block[1])
     layout_t, crow_t, col_t, order = transposed_pattern(sparsity["layout"], grid)
     device = values.device
-    values_t = values[order.to(device)].transpose(1, 2).contiguous()  # the stored blocks only
+    crow_t, col_t, order = (torch.tensor(v, dtype=torch.int64, device=device) for v in (crow_t, col_t, order))
+    values_t = values[order].transpose(1, 2).contiguous()  # the stored blocks only
     transposed = {
         **spec,
         "shape": {"in": shape["out"], "out": shape["in"]},
         "sparsity": {"block": [block[1], block[0]], "layout": layout_t},
     }
-    dx = apply(dy, [crow_t.to(device), col_t.to(device), values_t], transposed)
+    dx = apply(dy, [crow_t, col_t, values_t], transposed)
     dvalues = bsr_grad(dy, x, crow, col, values, spec)
     return dx, [None, None, dvalues]
 

@@ -27,7 +27,9 @@ def _kt_dtype(dtype: torch.dtype, who: str) -> str:
     try:
         return dtype_name(dtype)
     except KeyError:
-        raise TypeError(f"{who}: dtype {dtype} is not one that kt's kernels take; use {', '.join(DTYPES)}") from None
+        raise TypeError(
+            f"{who}: dtype {dtype} is not one that kt's kernels take; use {', '.join(DTYPES)}"
+        ) from None
 
 
 class _KtLinear(nn.Module, ABC):
@@ -79,6 +81,9 @@ class _KtLinear(nn.Module, ABC):
         self.__dict__["_op_text"] = op_text(self.op())
 
     def _apply(self, fn, *args, **kwargs):
+        probe = fn(self._weights()[-1].detach()[:0])  # what the conversion would make of a weight, on no data
+        if probe.is_floating_point():
+            _kt_dtype(probe.dtype, type(self).__name__)  # refuse before any parameter is converted
         result = super()._apply(fn, *args, **kwargs)
         self._refresh()
         return result

@@ -121,6 +121,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
         if row is not None:
             config = config_from_dict(family.name, row["config"])
             return Selection(spec, kt.build(spec, config=config), "database", row["db"])
+    wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     for directory in _artifact_dirs():
         for meta_path in sorted(directory.glob("*/meta.json")):
             try:
@@ -130,7 +131,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             if (
                 meta.get("family") == family.name
                 and meta.get("family_version") == family.version
-                and meta.get("problem") == problem.to_dict()
+                and meta.get("problem") == wanted
             ):
                 return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
     kernel = kt.build(spec)
