@@ -91,6 +91,26 @@ class _KtLinear(nn.Module, ABC):
     def _op_base(self, op: str) -> dict[str, Any]:
         return {"op": op, "dtype": _kt_dtype(self.dtype, type(self).__name__)}
 
+    @classmethod
+    def _from_linear(cls, linear: nn.Linear, *args: Any, weights: dict[str, torch.Tensor], **kwargs: Any):
+        """A layer of `linear`'s features, bias, device and dtype (built with `args`, `kwargs`), its parameters
+        named in `weights` set to those values and its bias to `linear`'s."""
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            *args,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            **kwargs,
+        )
+        with torch.no_grad():
+            for name, value in weights.items():
+                layer.get_parameter(name).copy_(value)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -124,18 +144,7 @@ class DenseLinear(_KtLinear):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> DenseLinear:
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            linear.bias is not None,
-            linear.weight.device,
-            linear.weight.dtype,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return cls._from_linear(linear, weights={"weight": linear.weight.detach()})
 
 
 class LowRankLinear(_KtLinear):
@@ -176,21 +185,8 @@ class LowRankLinear(_KtLinear):
         """The best rank-`rank` approximation of `linear` (truncated SVD, kt.ir.truncated_svd)."""
         from kt.ir.projections import truncated_svd
 
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            rank,
-            linear.bias is not None,
-            linear.weight.device,
-            linear.weight.dtype,
-        )
         f1, f2 = truncated_svd(linear.weight.detach(), rank)
-        with torch.no_grad():
-            layer.factors[0].copy_(f1)
-            layer.factors[1].copy_(f2)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return cls._from_linear(linear, rank, weights={"factors.0": f1, "factors.1": f2})
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, bias={self.bias is not None}"
@@ -288,20 +284,7 @@ class BlockSparseLinear(_KtLinear):
         from kt.ir.projections import prune_blocks
 
         pruned = prune_blocks(linear.weight.detach(), block, density)
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            block,
-            mask=layout_mask(pruned),
-            bias=linear.bias is not None,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
-        )
-        with torch.no_grad():
-            layer.values.copy_(pruned.values())
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return cls._from_linear(linear, block, mask=layout_mask(pruned), weights={"values": pruned.values()})
 
     def extra_repr(self) -> str:
         from kt.sparsity import describe
@@ -384,21 +367,8 @@ class MonarchLinear(_KtLinear):
         """The Monarch matrix closest to `linear`'s weight in Frobenius norm (kt.ir.monarch.project)."""
         from kt.ir.monarch import project
 
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            nblocks,
-            linear.bias is not None,
-            linear.weight.device,
-            linear.weight.dtype,
-        )
         w1, w2 = project(linear.weight.detach().double(), nblocks, nblocks)
-        with torch.no_grad():
-            layer.w1.copy_(w1)
-            layer.w2.copy_(w2)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return cls._from_linear(linear, nblocks, weights={"w1": w1, "w2": w2})
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w1={tuple(self.w1.shape)}, w2={tuple(self.w2.shape)}"
@@ -461,18 +431,7 @@ class ButterflyLinear(_KtLinear):
         each level's 2x2 twiddles by rank-1 fits; exact when the weight is a butterfly)."""
         from kt.ir.projections import project_butterfly
 
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            linear.bias is not None,
-            linear.weight.device,
-            linear.weight.dtype,
-        )
-        with torch.no_grad():
-            layer.twiddles.copy_(project_butterfly(linear.weight.detach()))
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return cls._from_linear(linear, weights={"twiddles": project_butterfly(linear.weight.detach())})
 
     def _weights(self) -> list[torch.Tensor]:
         return [self.twiddles]
