@@ -144,6 +144,7 @@ class DenseLinear(_KtLinear):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> DenseLinear:
+        """The same weight and bias as `linear`."""
         return cls._from_linear(linear, weights={"weight": linear.weight.detach()})
 
 
