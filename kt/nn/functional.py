@@ -130,9 +130,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: torch.Tensor):
     x, *weights = ctx.saved_tensors
-    spec = {
-        key: value for key, value in _parsed(ctx.op).items() if key != "pin"
-    }  # its own kernels, not the pin
+    # the backward's ops select their own kernels: a pinned forward kernel is not theirs
+    spec = {key: value for key, value in _parsed(ctx.op).items() if key != "pin"}
     if spec["op"] not in GRADIENTS:
         raise RuntimeError(f"kt: the {spec['op']} op has no gradient (it is itself a gradient)")
     dx, dweights = GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous())
