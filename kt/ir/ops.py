@@ -9,6 +9,7 @@ Each lowers to one kernel of its block-GEMM family, whose structure choice picks
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +34,43 @@ from kt.spec import OpSpec
 
 
 @dataclass(frozen=True)
-class DenseOp:
+class KernelOp(ABC):
+    """An op that is one kernel-level problem: its arguments, kernel graph and `kt show` text come from it."""
+
     name: str
-    problem: GemmProblem
+    problem: GemmProblem | StructuredProblem
 
     input_name = "x"
+    weight_names = ()  # the weights' argument names, after x
+
+    @property
+    @abstractmethod
+    def linear_map(self) -> LinearMap:
+        """The op as factors applied to the rows of x."""
+
+    def map_text(self) -> tuple[str, str]:
+        """(heading, formula) of what the op computes, for `kt show`."""
+        m = self.linear_map
+        return (
+            f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
+            f"y = {m} · x",
+        )
+
+    def arg_types(self) -> dict[str, TensorType]:
+        return dict(zip((self.input_name, *self.weight_names), self.problem.arg_types()))
+
+    def random_args(self, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        return self.problem.random_args(seed, device)
+
+    def random_weights(self, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        return self.random_args(seed, device)[1:]
+
+    def kernel_graph(self) -> KernelGraph:
+        node = KernelNode("k0", self.problem, inputs=tuple(self.arg_types()), output="y")
+        return KernelGraph(self.arg_types(), [node], outputs=("y",))
+
+
+class DenseOp(KernelOp):
     weight_names = ("b",)
 
     @classmethod
@@ -62,32 +95,10 @@ class DenseOp:
             (Dense(in_features=p.k, out_features=p.n, weight="b", storage="in_out", batch=p.batch),)
         )
 
-    def map_text(self) -> tuple[str, str]:
-        """(heading, formula) of what the op computes, for `kt show`."""
-        m = self.linear_map
-        return (
-            f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
-            f"y = {m} · x",
-        )
-
-    def arg_types(self) -> dict[str, TensorType]:
-        a, b = self.problem.arg_types()
-        return {self.input_name: a, "b": b}
-
-    def random_args(self, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        return self.problem.random_args(seed, device)
-
-    def random_weights(self, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        return self.random_args(seed, device)[1:]
-
     @staticmethod
     def reference(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """What a user would write in plain torch."""
         return torch.matmul(x, b)
-
-    def kernel_graph(self) -> KernelGraph:
-        node = KernelNode("k0", self.problem, inputs=(self.input_name, "b"), output="y")
-        return KernelGraph(self.arg_types(), [node], outputs=("y",))
 
     def describe(self) -> str:
         x, b = self.arg_types().values()
@@ -95,14 +106,8 @@ class DenseOp:
         return f"y:{y} = x:{x} @ b:{b}"
 
 
-@dataclass(frozen=True)
-class StructuredOp:
-    """An op that is one structured problem: the arguments, reference and kernel graph come from it."""
-
-    name: str
-    problem: StructuredProblem
-
-    input_name = "x"
+class StructuredOp(KernelOp):
+    """An op that is one structured problem: its weights and factors come from the problem."""
 
     @property
     def weight_names(self) -> tuple[str, ...]:
@@ -113,27 +118,6 @@ class StructuredOp:
         """The op's factors (for the butterfly and the FFT, those of the first structure choice: every choice has
         the same dense form)."""
         return self.problem.linear_map(self.problem.structures()[0])
-
-    def map_text(self) -> tuple[str, str]:
-        """(heading, formula) of what the op computes, for `kt show`."""
-        m = self.linear_map
-        return (
-            f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
-            f"y = {m} · x",
-        )
-
-    def arg_types(self) -> dict[str, TensorType]:
-        return dict(zip((self.input_name, *self.weight_names), self.problem.arg_types()))
-
-    def random_args(self, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        return self.problem.random_args(seed, device)
-
-    def random_weights(self, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        return self.random_args(seed, device)[1:]
-
-    def kernel_graph(self) -> KernelGraph:
-        node = KernelNode("k0", self.problem, inputs=tuple(self.arg_types()), output="y")
-        return KernelGraph(self.arg_types(), [node], outputs=("y",))
 
     def describe(self) -> str:
         args = " ".join(f"{name}:{t}" for name, t in self.arg_types().items())

@@ -155,7 +155,11 @@ class StructuredProblem:
         return 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; `transposed` only when set (a forward problem keeps the key it always had)."""
+        data = asdict(self)
+        if data.get("transposed") is False:
+            del data["transposed"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -253,13 +257,6 @@ class MonarchProblem(StructuredProblem):
     def out_features(self) -> int:
         return self.w1[0] * self.w1[2] if self.transposed else self.w2[0] * self.w2[1]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields, `transposed` only when set (a forward problem keeps the key it always had)."""
-        data = asdict(self)
-        if not self.transposed:
-            del data["transposed"]
-        return data
-
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
             TensorType((self.rows, self.in_features), self.dtype),
@@ -339,13 +336,6 @@ class ButterflyProblem(StructuredProblem):
         return self.levels
 
     in_features = out_features = property(lambda self: self.n)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields, `transposed` only when set (a forward problem keeps the key it always had)."""
-        data = asdict(self)
-        if not self.transposed:
-            del data["transposed"]
-        return data
 
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
