@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from kt.codegen.family import StructuredFamily
+from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded
 from kt.codegen.render import render_template
 from kt.device import DeviceProfile
@@ -190,25 +190,20 @@ class BlockGemmFamily(StructuredFamily):
             block_n, block_k = stage_tiles(stage, config)
             real_input = isinstance(problem, FFTProblem) and problem.input == "real" and index == 0
             records.append(
-                {
-                    "family": "gemm",
-                    "m": problem.rows,
-                    "n": stage.blk_out * planes,
-                    "k": stage.blk_in * (1 if real_input else planes),
-                    "batch": stage.nblocks,
-                    "dtype": problem.dtype,
-                    "precision": problem.precision,
-                    "itemsize": itemsize(problem.dtype),
-                    "a_col": 0,
-                    "b_col": 0,
-                    "block_m": config.block_b,  # a fused kernel's dots span whole blocks
-                    "block_n": padded(stage.blk_out) if config.fused else block_n,
-                    "block_k": padded(stage.blk_in) if config.fused else block_k,
-                    "group_m": 1,
-                    "num_warps": config.num_warps,
-                    "num_stages": config.num_stages,
-                    "split_k": 1,
-                }
+                gemm_stage(
+                    problem,
+                    problem.rows,
+                    stage.blk_out * planes,
+                    stage.blk_in * (1 if real_input else planes),
+                    batch=stage.nblocks,
+                    block_m=config.block_b,  # a fused kernel's dots span whole blocks
+                    block_n=padded(stage.blk_out) if config.fused else block_n,
+                    block_k=padded(stage.blk_in) if config.fused else block_k,
+                    group_m=1,
+                    num_warps=config.num_warps,
+                    num_stages=config.num_stages,
+                    split_k=1,
+                )
             )
         return records
 

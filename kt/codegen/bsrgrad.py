@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kt.codegen.family import StructuredFamily
+from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import config_from_mapping, padded
 from kt.codegen.render import render_template
 from kt.device import DeviceProfile
@@ -153,28 +153,23 @@ class BsrGradFamily(StructuredFamily):
         base = problem.to_record()
         bo, bi = problem.block
         nnz = problem.nnz
-        size = itemsize(problem.dtype)
         out = []
         for config in configs:
-            stage = {
-                "family": "gemm",
-                "m": bo,
-                "n": bi,
-                "k": max(1, problem.rows),
-                "batch": max(1, nnz),
-                "dtype": problem.dtype,
-                "precision": problem.precision,
-                "itemsize": size,
-                "a_col": 1,
-                "b_col": 0,
-                "block_m": config.block_m,
-                "block_n": config.block_n,
-                "block_k": config.block_k,
-                "group_m": 1,
-                "num_warps": config.num_warps,
-                "num_stages": config.num_stages,
-                "split_k": config.split,
-            }
+            stage = gemm_stage(
+                problem,
+                bo,
+                bi,
+                max(1, problem.rows),
+                batch=max(1, nnz),
+                a_col=True,
+                block_m=config.block_m,
+                block_n=config.block_n,
+                block_k=config.block_k,
+                group_m=1,
+                num_warps=config.num_warps,
+                num_stages=config.num_stages,
+                split_k=config.split,
+            )
             out.append({**base, **config.to_dict(), "group_m": 1, "split_k": config.split, "stages": [stage]})
         return out
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from kt.codegen.gemm import SearchSpace
 from kt.codegen.render import template_version
 from kt.device import DeviceProfile
+from kt.ir.problems import GemmProblem
 
 
 class StructuredFamily(ABC):
@@ -50,3 +51,11 @@ class StructuredFamily(ABC):
             listing = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in offered)
             chosen = ", ".join(f"{k}={v}" for k, v in structure.items())
             raise ValueError(f"config: structure {chosen} is not offered for {problem}; allowed: {listing}")
+
+
+def gemm_stage(problem, m: int, n: int, k: int, batch: int = 1, a_col: bool = False, **tiles: int) -> dict:
+    """One launch of a structured kernel as the record of the GEMM it resembles (what the cost model predicts
+    launch by launch, kt.costmodel.staged): GemmProblem's record in `problem`'s dtype and precision, and the
+    launch's tiles (block_m, block_n, block_k, group_m, num_warps, num_stages, split_k)."""
+    gemm = GemmProblem(m, n, k, batch, problem.dtype, problem.precision, "col" if a_col else "row")
+    return {**gemm.to_record(), **tiles}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.codegen.family import StructuredFamily
+from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import config_from_mapping, padded
 from kt.codegen.render import render_template
 from kt.device import DeviceProfile
@@ -270,32 +270,25 @@ class TileSumFamily(StructuredFamily):
         """The cost model's record of each config: the problem, the config, and its launches as `stages` (each
         the GEMM it resembles); `fused_bytes` is the DRAM traffic a fused kernel saves."""
         base = problem.to_record()
-        size = itemsize(problem.dtype)
         cache: dict[int, list[Launch]] = {}
         out = []
         for config in configs:
             if config.fused not in cache:
                 cache[config.fused] = launches(problem, config)
             stages = [
-                {
-                    "family": "gemm",
-                    "m": launch.m,
-                    "n": launch.n,
-                    "k": max(1, launch.k),
-                    "batch": 1,
-                    "dtype": problem.dtype,
-                    "precision": problem.precision,
-                    "itemsize": size,
-                    "a_col": 0,
-                    "b_col": 0,
-                    "block_m": config.block_m,
-                    "block_n": config.block_n,
-                    "block_k": config.block_k,
-                    "group_m": config.group_m,
-                    "num_warps": config.num_warps,
-                    "num_stages": config.num_stages,
-                    "split_k": 1 if config.fused and isinstance(problem, ChainProblem) else config.split,
-                }
+                gemm_stage(
+                    problem,
+                    launch.m,
+                    launch.n,
+                    max(1, launch.k),
+                    block_m=config.block_m,
+                    block_n=config.block_n,
+                    block_k=config.block_k,
+                    group_m=config.group_m,
+                    num_warps=config.num_warps,
+                    num_stages=config.num_stages,
+                    split_k=1 if config.fused and isinstance(problem, ChainProblem) else config.split,
+                )
                 for launch in cache[config.fused]
             ]
             if config.fused and isinstance(problem, ChainProblem):
