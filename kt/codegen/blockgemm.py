@@ -16,7 +16,6 @@ from typing import Any
 
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded
-from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.factors import ButterflyGroup
@@ -157,12 +156,11 @@ class BlockGemmFamily(StructuredFamily):
     axes = AXES
     config_type = BlockGemmConfig
 
+    resources = staticmethod(resources)
+
     def judge(self, problem: StructuredProblem, structure: dict[str, int], device: DeviceProfile):
         stages = lower(problem.linear_map(structure))  # once per structure choice, for all its configs
         return lambda config: illegal_reason(problem, config, device, stages)
-
-    def resources(self, problem, config, device) -> tuple[int, int]:
-        return resources(problem, config, device)
 
     launch_legend = "load/store maps: inner, outer, inner_stride, elem"
 
@@ -225,17 +223,7 @@ class BlockGemmFamily(StructuredFamily):
             out.append(record)
         return out
 
-    def render(
-        self,
-        problem: StructuredProblem,
-        config: BlockGemmConfig,
-        *,
-        name: str = "kernel",
-        device: str = "h100",
-        kt_version: str = "",
-        provenance: str = "a candidate, not yet measured",
-    ) -> str:
-        self.check_structure(problem, config)
+    def variables(self, problem: StructuredProblem, config: BlockGemmConfig) -> dict[str, Any]:
         stages = []
         for stage in stages_for(problem, config):
             block_n, block_k = stage_tiles(stage, config)
@@ -294,22 +282,4 @@ class BlockGemmFamily(StructuredFamily):
                 op_doc=f"FFT over n={problem.n} as dense DFT blocks (four-step, n = {n1} x {problem.n // n1})",
                 call_doc="kernel(x) = torch.fft.fft(x) over the last dim (complex format: see kernel()).",
             )
-        dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
-        return render_template(
-            self.template,
-            name=name,
-            dtype=problem.dtype,
-            precision=problem.precision,
-            problem=str(problem),
-            device=device,
-            c=config,
-            config_line=str(config),
-            config_dict=repr(config.to_dict()),
-            fused=bool(config.fused),
-            stages=stages,
-            dot_options=dot_options,
-            kt_version=kt_version,
-            family_version=self.version,
-            provenance=provenance,
-            **variables,
-        )
+        return {**variables, "fused": bool(config.fused), "stages": stages}

@@ -15,7 +15,6 @@ from typing import Any
 
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import config_from_mapping, padded
-from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BsrGradProblem
@@ -116,11 +115,8 @@ class BsrGradFamily(StructuredFamily):
     axes = AXES
     config_type = BsrGradConfig
 
-    def judge(self, problem: BsrGradProblem, structure: dict[str, int], device: DeviceProfile):
-        return lambda config: illegal_reason(problem, config, device)
-
-    def resources(self, problem, config, device) -> tuple[int, int]:
-        return resources(problem, config, device)
+    illegal_reason = staticmethod(illegal_reason)
+    resources = staticmethod(resources)
 
     launch_legend = "as the GEMM it resembles, batch x (m x k) @ (k x n)"
 
@@ -173,37 +169,13 @@ class BsrGradFamily(StructuredFamily):
             out.append({**base, **config.to_dict(), "group_m": 1, "split_k": config.split, "stages": [stage]})
         return out
 
-    def render(
-        self,
-        problem: BsrGradProblem,
-        config: BsrGradConfig,
-        *,
-        name: str = "kernel",
-        device: str = "h100",
-        kt_version: str = "",
-        provenance: str = "a candidate, not yet measured",
-    ) -> str:
+    def variables(self, problem: BsrGradProblem, config: BsrGradConfig) -> dict[str, Any]:
         from kt.sparsity import describe
 
-        self.check_structure(problem, config)
-        dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
-        return render_template(
-            self.template,
-            name=name,
-            dtype=problem.dtype,
-            precision=problem.precision,
-            problem=str(problem),
-            device=device,
-            c=config,
-            config_line=str(config),
-            config_dict=repr(config.to_dict()),
-            block=tuple(problem.block),
-            pattern=describe(problem.mask()),
-            in_features=problem.in_features,
-            out_features=problem.out_features,
-            launch=self._launch_text(problem),
-            dot_options=dot_options,
-            kt_version=kt_version,
-            family_version=self.version,
-            provenance=provenance,
-        )
+        return {
+            "block": tuple(problem.block),
+            "pattern": describe(problem.mask()),
+            "in_features": problem.in_features,
+            "out_features": problem.out_features,
+            "launch": self._launch_text(problem),
+        }

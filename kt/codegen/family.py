@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from kt.codegen.gemm import SearchSpace
-from kt.codegen.render import template_version
+from kt.codegen.render import render_template, template_version
 from kt.device import DeviceProfile
 from kt.ir.problems import GemmProblem
 
@@ -19,6 +20,8 @@ class StructuredFamily(ABC):
     template: str
     axes: dict[str, tuple[int, ...]]
     config_type: type
+    # illegal_reason(problem, config, device): why a config cannot run, or None; a family sets it or overrides judge
+    illegal_reason: Callable[..., str | None]
 
     def __init__(self, name: str):
         self.name = name
@@ -28,9 +31,47 @@ class StructuredFamily(ABC):
         """Changes whenever the template does, so stale measurements are never reused."""
         return template_version(self.template)
 
+    @staticmethod
     @abstractmethod
+    def resources(problem, config, device: DeviceProfile) -> tuple[int, int]:
+        """Estimated shared-memory bytes and fp32 accumulator registers per thread of one program."""
+
+    @abstractmethod
+    def variables(self, problem, config) -> dict[str, Any]:
+        """The template's variables that are the family's own (`render` adds those every template takes)."""
+
     def judge(self, problem, structure: dict[str, int], device: DeviceProfile) -> Callable:
         """A function of a config of `structure` saying why it cannot run `problem` on `device`, or None."""
+        return lambda config: self.illegal_reason(problem, config, device)
+
+    def render(
+        self,
+        problem,
+        config,
+        *,
+        name: str = "kernel",
+        device: str = "h100",
+        kt_version: str = "",
+        provenance: str = "a candidate, not yet measured",
+    ) -> str:
+        """The kernel module's source; `provenance` says in its docstring how the config was chosen."""
+        self.check_structure(problem, config)
+        return render_template(
+            self.template,
+            name=name,
+            dtype=problem.dtype,
+            precision=problem.precision,
+            problem=str(problem),
+            device=device,
+            c=config,
+            config_line=str(config),
+            config_dict=repr(config.to_dict()),
+            dot_options=f', input_precision="{problem.precision}"' if problem.dtype == "float32" else "",
+            kt_version=kt_version,
+            family_version=self.version,
+            provenance=provenance,
+            **self.variables(problem, config),
+        )
 
     def space(self, problem, device: DeviceProfile) -> SearchSpace:
         def judged():

@@ -18,7 +18,6 @@ import numpy as np
 
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import config_from_mapping, padded
-from kt.codegen.render import render_template
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
@@ -242,11 +241,8 @@ class TileSumFamily(StructuredFamily):
     axes = AXES
     config_type = TileConfig
 
-    def judge(self, problem: TileSumProblem, structure: dict[str, int], device: DeviceProfile):
-        return lambda config: illegal_reason(problem, config, device)
-
-    def resources(self, problem, config, device) -> tuple[int, int]:
-        return resources(problem, config, device)
+    illegal_reason = staticmethod(illegal_reason)
+    resources = staticmethod(resources)
 
     launch_legend = "each as the GEMM it resembles, (m x k) @ (k x n)"
 
@@ -307,42 +303,14 @@ class TileSumFamily(StructuredFamily):
             return 2 * problem.rows * problem.dims[1] * itemsize(problem.dtype)
         return 2 * 4 * len(problem.terms) * problem.rows * problem.out_features
 
-    def render(
-        self,
-        problem: TileSumProblem,
-        config: TileConfig,
-        *,
-        name: str = "kernel",
-        device: str = "h100",
-        kt_version: str = "",
-        provenance: str = "a candidate, not yet measured",
-    ) -> str:
-        self.check_structure(problem, config)
+    def variables(self, problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
         plan = _plan(problem, config)
-        dot_options = f', input_precision="{problem.precision}"' if problem.dtype == "float32" else ""
         launch_lines = [
             f"#   {i}. {launch.text}: ({launch.m} x {launch.k}) @ ({launch.k} x {launch.n})"
             for i, launch in enumerate(launches(problem, config))
         ]
-        return render_template(
-            self.template,
-            name=name,
-            dtype=problem.dtype,
-            precision=problem.precision,
-            problem=str(problem),
-            device=device,
-            c=config,
-            config_line=str(config),
-            config_dict=repr(config.to_dict()),
-            in_features=problem.in_features,
-            out_features=problem.out_features,
-            dot_options=dot_options,
-            kt_version=kt_version,
-            family_version=self.version,
-            provenance=provenance,
-            constants=[*plan["constants"], "# Launches (as the GEMMs they resemble):", *launch_lines],
-            **{key: value for key, value in plan.items() if key != "constants"},
-        )
+        plan["constants"] = [*plan["constants"], "# Launches (as the GEMMs they resemble):", *launch_lines]
+        return {**plan, "in_features": problem.in_features, "out_features": problem.out_features}
 
 
 def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
