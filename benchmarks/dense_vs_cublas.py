@@ -11,18 +11,16 @@ for BENCHMARKS.md and writes every figure to --csv with the device, date and sof
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 import kt
 from kt.autotune.checking import relative_error
+from kt.autotune.figures import run_context, write_csv
 from kt.autotune.timing import Nvml, energy_cuda, time_cuda
-from kt.autotune.versions import software_versions
 from kt.dtypes import tolerance
 
 SHAPES = [
@@ -106,11 +104,7 @@ def main() -> int:
         print("dense_vs_cublas: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
     nvml = Nvml(torch.cuda.current_device())
-    context = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        **{f"{key}_version": value for key, value in software_versions().items()},
-    }
+    context = run_context()
     rows = []
     for dtype in args.dtypes.split(","):
         for shape in args.shapes.split(","):
@@ -124,11 +118,7 @@ def main() -> int:
                     file=sys.stderr,
                 )
     if args.csv and rows:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     print(
         f"\n{context['device']}, {context['date']}, `python benchmarks/dense_vs_cublas.py --budget {args.budget}`\n"
     )

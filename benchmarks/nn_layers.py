@@ -15,13 +15,11 @@ inputs (`rel_err` in the CSV) before anything is timed.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -195,21 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.db:
         os.environ["KT_DB"] = str(Path(args.db).absolute())
-    from kt.autotune.versions import software_versions
+    from kt.autotune.figures import run_context, write_csv
 
-    context = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        **{f"{key}_version": value for key, value in software_versions().items()},
-    }
+    context = run_context()
     rows = [{**context, **bench(case, args.budget)} for case in chosen]
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        fields = list(dict.fromkeys(key for row in rows for key in row))
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     print(
         f"\n{context['device']}, {context['date']}, `python benchmarks/nn_layers.py --budget {args.budget}`\n"
     )

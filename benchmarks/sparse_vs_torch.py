@@ -20,13 +20,11 @@ table for BENCHMARKS.md and writes every figure to --csv with the device, date a
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -34,9 +32,9 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
+from kt.autotune.figures import run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.autotune.tune import objective_value
-from kt.autotune.versions import software_versions
 from kt.ir import op_from_spec
 
 FEATURES = 4096
@@ -288,14 +286,6 @@ def print_tables(rows: list[dict], context: dict, budget: int) -> None:
             )
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -330,11 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sparse_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
-    context = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        **{f"{key}_version": value for key, value in software_versions().items()},
-    }
+    context = run_context()
     rows = []
     for case in args.cases:
         for row in bench_case(case, args.budget, args.db):

@@ -18,13 +18,11 @@ figure to --csv with the device, date and software versions.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -32,8 +30,8 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
+from kt.autotune.figures import run_context, write_csv
 from kt.autotune.timing import time_cuda
-from kt.autotune.versions import software_versions
 from kt.ir import op_from_spec
 from kt.ir.structured import butterfly_reference, monarch_reference
 
@@ -173,11 +171,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("structured_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
-    context = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        **{f"{key}_version": value for key, value in software_versions().items()},
-    }
+    context = run_context()
     rows = []
     for case in cases():
         if args.only not in case.name:
@@ -188,11 +182,7 @@ def main() -> int:
                 f"{row['case']} {row['dtype']}: {row['ratio']:.2f}x over {row['baseline']}", file=sys.stderr
             )
     if args.csv and rows:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     print(
         f"\n{context['device']}, {context['date']}, `python benchmarks/structured_vs_torch.py --budget {args.budget}`\n"
     )
