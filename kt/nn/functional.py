@@ -27,17 +27,13 @@ import torch
 
 from kt.dtypes import dtype_name
 from kt.nn.selection import kernel_for
+from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask
 
 
 def op_text(op: dict[str, Any]) -> str:
     """The canonical text of an op mapping: equal ops give equal text (one kernel cache entry)."""
     return json.dumps(op, sort_keys=True, separators=(",", ":"))
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed(text: str) -> dict[str, Any]:
-    return json.loads(text)
 
 
 def _out_features(op: dict[str, Any]) -> int:
@@ -86,7 +82,7 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
         if spec["dtype"] == "float32":
             return x.new_empty(x.shape, dtype=torch.complex64)
         return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
-    return x.new_empty((*x.shape[:-1], _out_features(_parsed(op))))
+    return x.new_empty((*x.shape[:-1], _out_features(spec)))
 
 
 def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str) -> torch.Tensor:

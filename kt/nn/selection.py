@@ -15,6 +15,7 @@ Each choice is logged once (logger "kt.nn") and listed by `selections()`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,13 @@ class Selection:
 
 
 _SELECTED: dict[tuple[str, int, str], Selection] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_op(text: str) -> dict[str, Any]:
+    """An op's JSON text as a mapping, parsed once per text (every forward call names its op by text). Shared:
+    copy before changing it."""
+    return json.loads(text)
 
 
 def bucket(rows: int) -> int:
@@ -89,7 +97,7 @@ def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
 
 def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     """The kernel for the op `op_text` (JSON of an op.yaml mapping without its batch) at `rows` rows."""
-    op = json.loads(op_text)
+    op = parsed_op(op_text)
     if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
         return _PINNED[op["pin"]].kernel
     key = (op_text, bucket(rows), device.type)
