@@ -21,6 +21,7 @@ from kt.codegen.gemm import config_from_mapping, padded
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
+from kt.ir.sparse import chain_order
 
 AXES: dict[str, tuple[int, ...]] = {
     "block_m": (16, 32, 64, 128, 256),
@@ -91,8 +92,6 @@ def _bsr_depth(term: BlockSparseProblem) -> int:
 
 def _chain_launches(rows: int, dims: tuple[int, ...], last: str) -> list[Launch]:
     """The products of x (rows, d0) @ F1 @ ... in the matrix-chain program's order."""
-    from kt.ir.sparse import chain_order
-
     shapes = [(rows, dims[0]), *zip(dims, dims[1:])]
     launches = []
     for index, (left, right) in enumerate(_steps(chain_order((rows, *dims)))):
@@ -383,7 +382,7 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
             )
             body.append(f"_chain([x2, {', '.join(names)}], STEPS, y2)")
     else:
-        parts = [names[i : i + len(t.weight_names)] for i, t in zip(_offsets(problem), problem.terms)]
+        parts = problem.split_weights(names)
         features = "IN_FEATURES, OUT_FEATURES"
         op_doc = f"a sum of {len(problem.terms)} terms ({' + '.join(t.family for t in problem.terms)})"
         call_doc = (
@@ -418,7 +417,7 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
                 chain_checks(term, weights)
                 dims = term.dims
                 if config.fused:
-                    prefix = _steps(_chain_order((term.rows, *dims[:-1])))
+                    prefix = _steps(chain_order((term.rows, *dims[:-1])))
                     constants.append(
                         f"PREFIX{i} = {tuple(prefix)!r}  # term {i}'s leading products, in order"
                     )
@@ -433,18 +432,14 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
                     body.append(
                         f"_chain([x2, {', '.join(weights)}], STEPS{i}, ws[{i} * SPLIT:{i + 1} * SPLIT])"
                     )
-        if any(isinstance(t, BlockSparseProblem) for t in problem.terms) and not config.fused:
+        first_bsr = next((i for i, t in enumerate(problem.terms) if isinstance(t, BlockSparseProblem)), None)
+        if first_bsr is not None and not config.fused:
             kernels.append({"name": "bsr_kernel", "sources": ["bsr"]})
         if chains:
             kernels.append({"name": "dense_kernel", "sources": ["dense"]})
         if config.fused:
             kernels.append({"name": "sum_kernel", "sources": sources})
-            heights = [t.block[0] for t in problem.terms if isinstance(t, BlockSparseProblem)]
-            bo = (
-                f"BLOCK{next(i for i, t in enumerate(problem.terms) if isinstance(t, BlockSparseProblem))}[0]"
-                if heights
-                else "out_features"
-            )
+            bo = f"BLOCK{first_bsr}[0]" if first_bsr is not None else "out_features"
             bi_text = "{" + ", ".join(f'"{k}": {v}' for k, v in bi.items()) + "}"
             body.append(
                 f"_launch(sum_kernel, y2, {bo}, [{', '.join(source_args)}], {bi_text}, [{', '.join(tensors)}])"
@@ -470,17 +465,3 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
         "signature": ", ".join(["x: torch.Tensor", *(f"{n}: torch.Tensor" for n in names)]),
         "weights": list(names),
     }
-
-
-def _offsets(problem: SumProblem) -> list[int]:
-    offsets, at = [], 0
-    for term in problem.terms:
-        offsets.append(at)
-        at += len(term.weight_names)
-    return offsets
-
-
-def _chain_order(dims):
-    from kt.ir.sparse import chain_order
-
-    return chain_order(dims)
