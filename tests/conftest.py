@@ -34,9 +34,39 @@ def pytest_collection_modifyitems(config, items):
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def kernel_module(problem, config):
+    """The generated module for (problem, config) of any family, imported for this machine (interpreter without a
+    GPU)."""
+    return load_source(FAMILIES[problem.family].render(problem, config))
+
+
 def gemm_module(problem: GemmProblem, config: GemmConfig):
-    """The generated module for (problem, config), imported for this machine (interpreter without a GPU)."""
-    return load_source(FAMILIES["gemm"].render(problem, config))
+    return kernel_module(problem, config)
+
+
+def randn(*shape, seed, dtype=torch.float64):
+    """Standard-normal values from their own generator seeded with `seed` (CPU)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def assert_close(actual, expected, tol=1e-10):
+    """Max abs error within `tol` of the largest |expected| (at least 1)."""
+    err = (actual - expected).abs().max().item()
+    scale = max(expected.abs().max().item(), 1.0)
+    assert err <= tol * scale, f"max abs error {err:.3g} (scale {scale:.3g})"
+
+
+def poisoned(shape, dtype):
+    """A NaN-filled tensor: an output buffer whose unwritten elements show."""
+    return torch.full(shape, float("nan"), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+
+
+def run_poisoned(module, problem, args):
+    """The kernel's output written into a NaN-poisoned `out`, checked to be that tensor and finite."""
+    out = poisoned(problem.out_type().shape, problem.dtype)
+    assert module.kernel(*args, out=out) is out
+    assert torch.isfinite(out).all(), "elements left unwritten"
+    return out
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

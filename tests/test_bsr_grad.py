@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_poisoned
 
 from kt.autotune.checking import check_kernel, relative_error
 from kt.autotune.compile import target_compiler_available
@@ -75,17 +76,6 @@ def autograd_blocks(dy, x, w):
     blocks = dense.grad.reshape(w.shape[0] // bo, bo, w.shape[1] // bi, bi).transpose(1, 2)
     rows = torch.repeat_interleave(torch.arange(len(w.crow_indices()) - 1), w.crow_indices().diff())
     return blocks[rows, w.col_indices()]
-
-
-def poisoned(shape, dtype):
-    return torch.full(shape, float("nan"), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-
-
-def run_poisoned(module, problem, args):
-    out = poisoned(problem.out_type().shape, problem.dtype)
-    assert module.kernel(*args, out=out) is out
-    assert torch.isfinite(out).all(), "elements left unwritten"
-    return out
 
 
 CASES = [

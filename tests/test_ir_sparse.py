@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close, randn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kt.ir import (
@@ -25,16 +26,6 @@ from kt.sparsity import block_count, bsr_indices, layout_mask, mask_to_hex, prun
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta state")
 
 F32, F64 = torch.float32, torch.float64
-
-
-def randn(*shape, seed, dtype=F64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_close(actual, expected, tol=1e-10):
-    err = (actual - expected).abs().max().item()
-    scale = max(expected.abs().max().item(), 1.0)
-    assert err <= tol * scale, f"max abs error {err:.3g} (scale {scale:.3g})"
 
 
 def masked_dense(weight, mask, block):

@@ -3,6 +3,7 @@ torch references; Monarch projection; the butterfly twiddles that compute the DF
 
 import pytest
 import torch
+from conftest import assert_close, randn
 
 from kt.ir import (
     BlockDiag,
@@ -25,16 +26,6 @@ from kt.ir import (
 from kt.ir.monarch import project
 
 F64, C128 = torch.float64, torch.complex128
-
-
-def randn(*shape, seed, dtype=F64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_close(actual, expected, tol=1e-10):
-    err = (actual - expected).abs().max().item()
-    scale = max(expected.abs().max().item(), 1.0)
-    assert err <= tol * scale, f"max abs error {err:.3g} (scale {scale:.3g})"
 
 
 # Monarch shapes (k, q, p, l, s, r): rectangular blocks, in != out, q < l and q > l, and the square case.

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import run_poisoned
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
@@ -70,18 +71,6 @@ def bsp(rows, out, inp, block, mask, dtype="float32"):
     mask = np.asarray(mask, dtype=bool)
     assert mask.shape == (out // block[0], inp // block[1])
     return BlockSparseProblem(rows, inp, out, tuple(block), mask_to_hex(mask), dtype)
-
-
-def poisoned(shape, dtype):
-    return torch.full(shape, float("nan"), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-
-
-def run_poisoned(module, problem, args):
-    """The kernel's output written into a NaN-poisoned `out`, checked to be that tensor and finite."""
-    out = poisoned(problem.out_type().shape, problem.dtype)
-    assert module.kernel(*args, out=out) is out
-    assert torch.isfinite(out).all(), "elements left unwritten"
-    return out
 
 
 def empty_columns(problem: BlockSparseProblem) -> torch.Tensor:

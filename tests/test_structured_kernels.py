@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kernel_module
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
-from kt.codegen import FAMILIES, BlockGemmConfig, config_from_dict, load_source
+from kt.codegen import FAMILIES, BlockGemmConfig, config_from_dict
 from kt.codegen.blockgemm import illegal_reason, stages_for
 from kt.costmodel import AnalyticModel
 from kt.costmodel.staged import predict_records
@@ -22,10 +23,6 @@ from kt.spec import parse_spec
 
 H100 = get_profile("h100")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def module_for(problem, config):
-    return load_source(FAMILIES[problem.family].render(problem, config))
 
 
 def config(problem, block_b=16, block_n=16, block_k=16, group=2, **structure):
@@ -173,7 +170,7 @@ def test_monarch_kernel_matches_two_bmm_and_dense_matrix(problem, fused):
     if fused and min(problem.w1[1:] + problem.w2[1:]) < 16:
         pytest.skip("fused needs power-of-two blocks of at least 16")
     c = config(problem, group=1 if fused else 2, fused=fused)
-    module = module_for(problem, c)
+    module = kernel_module(problem, c)
     result = check_kernel(module, problem, seed=3, device="cpu")  # poisoned output, two-bmm reference
     assert result.ok, result.message
     args = problem.random_args(4)
@@ -187,7 +184,7 @@ def test_monarch_kernel_matches_two_bmm_and_dense_matrix(problem, fused):
 @pytest.mark.parametrize("levels", [1, 3, 4])
 def test_butterfly_kernel_matches_the_per_level_loop(dtype, levels):
     problem = ButterflyProblem(23, 32, dtype)
-    module = module_for(problem, config(problem, levels=levels))
+    module = kernel_module(problem, config(problem, levels=levels))
     result = check_kernel(module, problem, seed=5, device="cpu")
     assert result.ok, result.message
     args = problem.random_args(6)
@@ -206,7 +203,7 @@ def test_butterfly_kernel_matches_the_per_level_loop(dtype, levels):
 )
 def test_fft_kernel_matches_torch_fft_for_every_split(problem):
     for structure in problem.structures():
-        module = module_for(problem, config(problem, **structure))
+        module = kernel_module(problem, config(problem, **structure))
         result = check_kernel(module, problem, seed=7, device="cpu")
         assert result.ok, (structure, result.message)
     args = problem.random_args(8)
@@ -215,7 +212,7 @@ def test_fft_kernel_matches_torch_fft_for_every_split(problem):
 
 def test_kernels_take_strided_views_and_leading_dims():
     problem = MonarchProblem(10, (4, 6, 3), (8, 5, 3), "float32")
-    module = module_for(problem, config(problem))
+    module = kernel_module(problem, config(problem))
     x, w1, w2 = problem.random_args(1)
     wide = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]  # feature stride 2
     assert wide.stride(-1) == 2
@@ -232,7 +229,7 @@ def test_kernels_take_strided_views_and_leading_dims():
 
 def test_fft_kernel_writes_planar_half_output_into_given_out():
     problem = FFTProblem(6, 16, "float16", "complex")
-    module = module_for(problem, config(problem, split=4))
+    module = kernel_module(problem, config(problem, split=4))
     (x,) = problem.random_args(2)
     out = torch.full((2, 6, 16), float("nan"), dtype=torch.float16)
     assert module.kernel(x, out=out) is out
@@ -243,7 +240,7 @@ def test_fft_kernel_writes_planar_half_output_into_given_out():
 
 def test_kernel_refuses_wrong_weights_in_one_line():
     problem = MonarchProblem(4, (4, 6, 3), (8, 5, 3), "float32")
-    module = module_for(problem, config(problem))
+    module = kernel_module(problem, config(problem))
     x, w1, w2 = problem.random_args(0)
     with pytest.raises(ValueError, match=r"w1 must have shape \(4, 6, 3\)"):
         module.kernel(x, w1.transpose(1, 2), w2)
@@ -340,7 +337,7 @@ def test_benchmark_cases_are_valid_specs_and_their_baselines_compute_the_op():
     ids=str,
 )
 def test_every_op_takes_a_non_contiguous_x(problem, structure):
-    module = module_for(problem, config(problem, **structure))
+    module = kernel_module(problem, config(problem, **structure))
     args = problem.random_args(11)
     x = args[0]
     strided = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]

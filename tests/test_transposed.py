@@ -4,10 +4,11 @@ op's float64 dense matrix and against torch.autograd's vjp of the forward refere
 
 import pytest
 import torch
+from conftest import kernel_module
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
-from kt.codegen import FAMILIES, BlockGemmConfig, load_source
+from kt.codegen import FAMILIES, BlockGemmConfig
 from kt.codegen.blockgemm import illegal_reason, stages_for
 from kt.device import get_profile
 from kt.errors import DatabaseError, SpecError
@@ -20,10 +21,6 @@ from kt.spec import parse_spec
 
 H100 = get_profile("h100")
 RECT = {"batch": 9, "w1": [4, 6, 3], "w2": [8, 5, 3]}  # p != q, r != s, in (12) != out (40)
-
-
-def module_for(problem, config):
-    return load_source(FAMILIES[problem.family].render(problem, config))
 
 
 def config(problem, block_b=16, block_n=16, block_k=16, group=2, **structure):
@@ -197,7 +194,7 @@ MONARCHS = [
 @pytest.mark.parametrize("problem", MONARCHS, ids=str)
 def test_transposed_monarch_kernel_is_x_at_the_forward_matrix(problem):
     c = config(problem)
-    module = module_for(problem, c)
+    module = kernel_module(problem, c)
     assert module.TRANSPOSED is True
     assert problem.in_features == module.IN_FEATURES
     result = check_kernel(module, problem, seed=3, device="cpu")  # poisoned out, float64 reference
@@ -220,7 +217,7 @@ def test_transposed_monarch_kernel_is_x_at_the_forward_matrix(problem):
 @pytest.mark.parametrize("levels", [1, 2, 3, 5])
 def test_transposed_butterfly_kernel_for_each_grouping(dtype, levels):
     problem = ButterflyProblem(23, 32, dtype, transposed=True)
-    module = module_for(problem, config(problem, levels=levels))
+    module = kernel_module(problem, config(problem, levels=levels))
     result = check_kernel(module, problem, seed=5, device="cpu")
     assert result.ok, result.message
     args = problem.random_args(6)
@@ -231,8 +228,8 @@ def test_forward_and_transposed_modules_share_the_block_cache_safely():
     forward = ButterflyProblem(9, 16, "float32")
     transposed = ButterflyProblem(9, 16, "float32", transposed=True)
     x, twiddles = transposed.random_args(1)
-    y = module_for(transposed, config(transposed, levels=4)).kernel(x, twiddles)
-    module = module_for(forward, config(forward, levels=4))
+    y = kernel_module(transposed, config(transposed, levels=4)).kernel(x, twiddles)
+    module = kernel_module(forward, config(forward, levels=4))
     z = module.kernel(x, twiddles)  # the same twiddle tensor, now forward: blocks built again, not reused
     assert relative_error(z, forward.reference(x, twiddles)) < forward.tolerance()
     assert relative_error(y, transposed.reference(x, twiddles)) < transposed.tolerance()
@@ -243,7 +240,7 @@ def test_forward_and_transposed_modules_share_the_block_cache_safely():
 
 def test_transposed_monarch_takes_strided_views_leading_dims_and_out():
     problem = MonarchProblem(10, (4, 6, 3), (8, 5, 3), "float32", transposed=True)
-    module = module_for(problem, config(problem, group=1))
+    module = kernel_module(problem, config(problem, group=1))
     x, w1, w2 = problem.random_args(1)
     ref = problem.reference(x, w1, w2)
     wide = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]
