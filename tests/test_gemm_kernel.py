@@ -192,3 +192,27 @@ def test_out_may_alias_an_input_and_an_expanded_out_is_refused():
     assert rel_err(a, expected) < tolerance("float16")
     with pytest.raises(ValueError, match="out overlaps itself"):
         module.kernel(b, b, out=torch.zeros(1, 64, dtype=torch.float16, device=DEVICE).expand(64, 64))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter path: the CPU without a GPU")
+def test_interpreted_kernels_run_when_triton_was_imported_before_kt():
+    """torch internals (torch.compile, a TorchDispatchMode) import Triton before kt chooses the interpreter; its
+    jit'd helpers (tl.cdiv, ...) are then compiled-mode functions, and a kernel calling them must still run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os
+        os.environ.pop("TRITON_INTERPRET", None)
+        import triton  # first, as torch.compile would
+        import kt
+        spec = {"op": "lowrank", "dtype": "float32", "shape": {"batch": 5, "dims": [24, 7, 33]}}
+        x, f1, f2 = kt.random_args(spec, seed=0, device="cpu")
+        y = kt.build(spec, config={"block_m": 16, "block_n": 16, "block_k": 16})(x, f1, f2)
+        ref = x.double() @ f1.double() @ f2.double()
+        print(float((y.double() - ref).norm() / ref.norm()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5

@@ -6,6 +6,12 @@ a runtime-bounded loop fails in the interpreter (upstream issue triton-lang/trit
 squeezing first). `patch_interpreter` installs that same fix on older Tritons, only when NumPy would refuse.
 A generated kernel.py imported without kt cannot carry this patch: under the interpreter it needs Triton >= 3.9
 or NumPy < 2.4 (on a GPU, where kernels are compiled, nothing is affected).
+
+Triton also decides at import time whether `@triton.jit` makes interpreted functions: when Triton was imported
+before kt chose the interpreter (torch.compile, a TorchDispatchMode and other torch internals import it), its own
+jit'd helpers (`tl.cdiv`, `tl.minimum`, ...) are compiled-mode JITFunctions, which refuse to be called from an
+interpreted kernel. `patch_interpreter` then makes such a device call run the function as the interpreter runs
+its own (through an InterpretedFunction), only while TRITON_INTERPRET is on.
 """
 
 from __future__ import annotations
@@ -27,9 +33,14 @@ def _needs_index_fix() -> bool:
 
 
 def patch_interpreter() -> None:
-    """Make Triton's interpreter index with one-element arrays on Triton < 3.9 with NumPy >= 2.4."""
+    """Make Triton's interpreter index with one-element arrays on Triton < 3.9 with NumPy >= 2.4, and run
+    compiled-mode jit'd helpers called from interpreted kernels."""
     global _patched
-    if _patched or not _needs_index_fix():
+    if _patched:
+        return
+    _interpret_device_calls()
+    _patched = True
+    if not _needs_index_fix():
         return
     from triton.runtime import interpreter
 
@@ -40,4 +51,23 @@ def patch_interpreter() -> None:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
 
     interpreter._patch_lang_tensor = patch_lang_tensor
-    _patched = True
+
+
+def _interpret_device_calls() -> None:
+    """A JITFunction called inside an interpreted kernel (made before TRITON_INTERPRET was set) runs as the
+    interpreter runs its own jit'd functions; with the interpreter off, the call is Triton's, unchanged."""
+    import os
+
+    from triton.runtime import interpreter, jit
+
+    original = jit.JITFunction.__call__
+    interpreted: dict = {}
+
+    def call(self, *args, **kwargs):
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return original(self, *args, **kwargs)
+        if self.fn not in interpreted:
+            interpreted[self.fn] = interpreter.InterpretedFunction(self.fn)
+        return interpreted[self.fn](*args, **kwargs)
+
+    jit.JITFunction.__call__ = call
