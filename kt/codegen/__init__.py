@@ -1,5 +1,6 @@
 """Codegen: kernel families (templates, search spaces with hardware legality) and source emission."""
 
+from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
 from kt.codegen.blockgemm import BlockGemmConfig, BlockGemmFamily
 from kt.codegen.bsrgrad import BsrGradConfig, BsrGradFamily
 from kt.codegen.emit import import_kernel_file, load_source, write_source
@@ -41,10 +42,13 @@ __all__ = [
     "SearchSpace",
     "TileConfig",
     "TileSumFamily",
+    "baseline_impl",
+    "baseline_version",
     "config_from_dict",
     "family_for",
     "illegal_reason",
     "import_kernel_file",
     "load_source",
+    "render_baseline",
     "write_source",
 ]
