@@ -72,8 +72,8 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
         )
         return None
     kt_time, cublas_time = time_cuda(run_kt), time_cuda(run_cublas)
-    kt_energy = energy_cuda(run_kt, kt_time["runtime_ms"], nvml, 1.0)
-    cublas_energy = energy_cuda(run_cublas, cublas_time["runtime_ms"], nvml, 1.0)
+    kt_energy = energy_cuda(run_kt, kt_time["runtime_ms"], nvml)
+    cublas_energy = energy_cuda(run_cublas, cublas_time["runtime_ms"], nvml)
     return {
         "shape": f"{m}x{n}x{k}",
         "dtype": dtype,
@@ -103,7 +103,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("dense_vs_cublas: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
-    nvml = Nvml(torch.cuda.current_device())
+    nvml = Nvml.for_torch_device(torch.cuda.current_device())
     context = run_context()
     rows = []
     for dtype in args.dtypes.split(","):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -10,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kt.autotune.artifact import load_artifact
+from kt.autotune.database import BASELINE_KEY
 from kt.autotune.tune import Plan, Session, TuneResult, plan_tuning, run_session
 from kt.autotune.tune import tune as _tune
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, family_for, load_source
-from kt.device import DEFAULT, DeviceProfile, ProfileError, get_profile, match_gpu
+from kt.codegen.baseline import render_baseline
+from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
@@ -40,22 +44,36 @@ def as_spec(spec: SpecLike) -> OpSpec:
 
 
 def resolve_profile(name: str | None = "auto") -> DeviceProfile:
-    """The device profile for `name`: auto picks the GPU present (or the default, h100, with none)."""
+    """The device profile for `name`: auto picks the GPU present (or the default, h100, with none). The GPU is
+    identified through NVML (kt.autotune.gpuinfo), so this process takes no CUDA context of its own."""
     if name in (None, "auto"):
         if not torch.cuda.is_available():
             return get_profile(DEFAULT)
-        gpu = torch.cuda.get_device_name()
+        from kt.autotune.gpuinfo import visible_gpu
+
+        gpu = visible_gpu().name
         profile = match_gpu(gpu)
         if profile is None:
-            raise DeviceError(
-                f"device: no built-in profile for {gpu!r}; run `kt calibrate --out gpu.json` and "
-                "pass --device gpu.json (or name h100 / h200)"
+            profile = guess_gpu(gpu)
+            if profile is None:
+                raise DeviceError(
+                    f"device: no built-in profile for {gpu!r}; run `kt calibrate --out gpu.json` and "
+                    f"pass --device gpu.json (or name one of {', '.join(BUILTIN)})"
+                )
+            _warn_once(
+                f"no built-in profile for {gpu!r}: using {profile.name}'s datasheet as a guess (limits and "
+                f"peaks may differ); `kt calibrate --out gpu.json` measures this card"
             )
         return profile
     try:
         return get_profile(name)
     except ProfileError as exc:
         raise DeviceError(f"device: {exc}") from None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logging.getLogger("kt").warning(message)
 
 
 def default_device() -> str:
@@ -125,13 +143,19 @@ def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
 
 
 def build(
-    spec: SpecLike, config: Config | Mapping[str, int] | None = None, device: str | None = None
+    spec: SpecLike, config: Config | Mapping[str, int] | str | None = None, device: str | None = None
 ) -> Kernel:
-    """The kernel for `spec` with `config` (default: the cost model's top-ranked legal config), untuned."""
+    """The kernel for `spec` with `config` (default: the cost model's top-ranked legal config), untuned;
+    `config="pytorch"` gives PyTorch's own path for the op (what a tune times as candidate zero)."""
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
     profile = resolve_profile(device or spec.device)
     family = family_for(node.problem)
+    if config == BASELINE_KEY:
+        source = render_baseline(
+            node.problem, name=spec.name, device=profile.name, kt_version=software_versions()["kt"]
+        )
+        return Kernel(load_source(source), spec, None, {"measured": False, "kernel": "pytorch"})
     if config is None:
         ranking = plan_tuning(node.problem, profile, budget=1)
         config = ranking.config(ranking.ranked[0])
@@ -140,6 +164,10 @@ def build(
             config = family.config_type.from_dict(dict(config))
         except (TypeError, ValueError) as exc:
             raise SpecError("config", str(exc).removeprefix("config: ").removeprefix("config.")) from None
+    elif isinstance(config, str):
+        raise SpecError(
+            "config", f"{config!r} is not a config; allowed: a config, a mapping, or {BASELINE_KEY!r}"
+        )
     try:
         source = family.render(
             node.problem, config, name=spec.name, device=profile.name, kt_version=software_versions()["kt"]
@@ -196,6 +224,7 @@ def collect(
             "collect measures runtimes and needs a CUDA GPU; this machine has none "
             "(use --backend interpret to sweep correctness only)"
         )
+    options.setdefault("baseline", False)  # the cost model's data: PyTorch's path is no config of the space
     if sample is None:
         return run_session(
             spec,

@@ -32,6 +32,7 @@ class _Group(click.Group):
     def main(self, *args, **kwargs):
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
         handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
         handler.setFormatter(logging.Formatter("kt: warning: %(message)s"))
         logging.getLogger("kt").addHandler(handler)
         try:
@@ -77,10 +78,18 @@ DB = click.option(
 )
 BACKEND = click.option(
     "--backend",
-    type=click.Choice(["auto", "cuda", "interpret"]),
+    type=click.Choice(["auto", "cuda", "interpret", "dryrun"]),
     default="auto",
     show_default=True,
-    help="cuda measures on the GPU; interpret checks on the CPU, never times.",
+    help="cuda measures on the GPU; interpret checks on the CPU, never times; dryrun runs the GPU's measure "
+    "path on the CPU in the interpreter (full problems: keep them small), never times.",
+)
+COOLDOWN = click.option(
+    "--cooldown-ms",
+    type=click.FloatRange(0, 60_000),
+    default=None,
+    help="GPU idle before each candidate is timed, so each starts from the same thermal state "
+    "(default: 200).",
 )
 TIMEOUT = click.option(
     "--timeout",
@@ -172,6 +181,7 @@ def _header(spec) -> None:
 @TIMEOUT
 @RETRY
 @BACKEND
+@COOLDOWN
 @DEVICE
 @DB
 @WORKERS
@@ -189,6 +199,7 @@ def tune(
     timeout,
     retry_failed,
     backend,
+    cooldown_ms,
     device,
     db,
     workers,
@@ -211,11 +222,18 @@ def tune(
         progress=not quiet,
         timeout_s=timeout,
         retry_failed=retry_failed,
+        timing=_timing(cooldown_ms),
     )
     _results_table(result, top)
     path = result.save(out_dir / spec.name)
     best = result.best
-    if best.measured:
+    if best.pytorch:
+        out.print(
+            f"best: PyTorch's own path ({result.baseline_impl}) · {best.runtime_ms:.4f} ms on {result.ran_on}: "
+            "no generated kernel beat it",
+            style="yellow",
+        )
+    elif best.measured:
         tflops = result.problem.flops / (best.runtime_ms * 1e-3) / 1e12
         power = (
             f", {best.power_w:.0f} W, {best.energy_mj:.3f} mJ per call" if best.power_w is not None else ""
@@ -235,8 +253,32 @@ def tune(
     out.print(
         f"artifact: {path} (measured: {str(best.measured).lower()}) · "
         f"{result.newly_measured} new {'measurements' if best.measured else 'checks'} in {result.db_path} · "
-        f"{result.wall_s:.1f} s"
+        f"{result.wall_s:.1f} s · {baseline_summary(result)}"
     )
+
+
+def baseline_summary(result) -> str:
+    """How the tune fared against PyTorch's own path (candidate zero), for the last line."""
+    impl, row = result.baseline_impl, result.baseline
+    if row is None:
+        return f"PyTorch ({impl}): not run"
+    if row["status"] != "ok":
+        return f"PyTorch ({impl}): {row['status']}"
+    if row.get("runtime_ms") is None:
+        return f"PyTorch ({impl}): checked, not timed (no GPU)"
+    ratio = result.baseline_ratio
+    if ratio is None:
+        return f"PyTorch ({impl}): {row['runtime_ms']:.4f} ms, nothing generated was timed"
+    return f"{ratio:.2f}x vs PyTorch ({impl}, {row['runtime_ms']:.4f} ms)"
+
+
+def _timing(cooldown_ms: float | None):
+    """The GPU timing settings with the cooldown asked for (None: kt's defaults)."""
+    if cooldown_ms is None:
+        return None
+    from kt.autotune.timing import TimingSettings
+
+    return TimingSettings(cooldown_ms=cooldown_ms)
 
 
 def _results_table(result, top: int) -> None:
@@ -529,6 +571,87 @@ def export(csv_path, runner, status, db):
     with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)
         out.print(f"{count} rows from {database.path} -> {csv_path}")
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for report.md, results.csv, measurements.csv, artifacts/ and bench.log.",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(0.5, 600),
+    default=9.0,
+    show_default=True,
+    help="The whole run's time box; each part gets a share and is cut, not failed, when it runs out.",
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="No GPU: every part on tiny shapes through the dry run (the GPU's measure path in the interpreter); "
+    "nothing is timed.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Configs per quick tune (default 8; smoke 1).",
+)
+@click.option("--only", default="", help="Run only the quick-tune cases whose name contains this text.")
+@click.option(
+    "--update",
+    "update_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Merge the run's quick-tune rows into this BENCHMARKS.md (GPU runs only).",
+)
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Run nothing: merge the report already in this directory (with --update).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@DB
+@WORKERS
+def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, db, workers):
+    """One time-boxed run that fills BENCHMARKS.md: a smoke check of every family, quick tunes against PyTorch,
+    and cost-model samples with the time left."""
+    from kt.bench import run_bench, update_benchmarks
+
+    if from_dir is not None:
+        if update_path is None or out_dir is not None:
+            raise click.UsageError(
+                "--from DIR merges an existing report: give it with --update FILE and no --out"
+            )
+        count = update_benchmarks(from_dir, update_path)
+        out.print(f"{count} rows of {from_dir} merged into {update_path}")
+        return
+    if out_dir is None:
+        raise click.UsageError("give --out DIR (or --from DIR with --update FILE)")
+    command = " ".join(["kt", *sys.argv[1:]])
+    result = run_bench(
+        out_dir,
+        minutes=minutes,
+        smoke=smoke,
+        budget=budget,
+        db=db,
+        workers=workers,
+        progress=not quiet,
+        command=command,
+        only=only,
+    )
+    prefix = "dry run, nothing timed on a GPU: " if smoke else ""
+    for part, info in result.parts.items():
+        out.print(f"{prefix}{part}: {info['status']} in {info['seconds']:.0f} s ({info['note']})")
+    if update_path is not None:
+        count = update_benchmarks(out_dir, update_path)
+        out.print(f"{count} rows merged into {update_path}")
+    out.print(f"{prefix}report: {result.report}")
 
 
 @main.command()

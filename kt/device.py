@@ -128,8 +128,54 @@ H200 = dataclasses.replace(
     dram_bandwidth=4.8e12,
 )
 
-BUILTIN: dict[str, DeviceProfile] = {p.name: p for p in (H100, H200)}
+# NVIDIA H100 PCIe 80GB datasheet: 114 SMs; 756 TFLOP/s dense fp16/bf16 (1,513 with sparsity), 378 tf32, 51
+# fp32; HBM2e 2.0 TB/s; 350 W.
+H100_PCIE = dataclasses.replace(
+    H100,
+    name="h100-pcie",
+    gpu_name="NVIDIA H100 PCIe",
+    sm_count=114,
+    dram_bandwidth=2.0e12,
+    peak_flops={"float16": 756.0e12, "bfloat16": 756.0e12, "tf32": 378.0e12, "float32": 51.2e12},
+    tdp_w=350.0,
+)
+
+# NVIDIA H100 NVL 94GB datasheet: 132 SMs; 835 TFLOP/s dense fp16/bf16 (1,671 with sparsity), 418 tf32, 60
+# fp32; HBM3 3.9 TB/s; 400 W.
+H100_NVL = dataclasses.replace(
+    H100,
+    name="h100-nvl",
+    gpu_name="NVIDIA H100 NVL",
+    dram_bandwidth=3.9e12,
+    peak_flops={"float16": 835.5e12, "bfloat16": 835.5e12, "tf32": 417.5e12, "float32": 60.0e12},
+    tdp_w=400.0,
+)
+
+# NVIDIA H200 NVL 141GB datasheet: the H100 NVL's compute with the H200's HBM3e at 4.8 TB/s; 600 W.
+H200_NVL = dataclasses.replace(
+    H100_NVL,
+    name="h200-nvl",
+    gpu_name="NVIDIA H200 NVL",
+    l2_bytes=H200.l2_bytes,
+    dram_bandwidth=4.8e12,
+    tdp_w=600.0,
+)
+
+BUILTIN: dict[str, DeviceProfile] = {p.name: p for p in (H100, H200, H100_PCIE, H100_NVL, H200_NVL)}
 DEFAULT = "h100"
+
+# What the driver calls each card (lower case, spaces removed) -> its profile. Matched whole, so a variant kt
+# has no datasheet for (an H100 of another form factor, a GH200) is never taken for one it has.
+_DRIVER_NAMES = {
+    "nvidiah10080gbhbm3": "h100",  # SXM5
+    "nvidiah100sxm5-80gb": "h100",
+    "nvidiah100pcie": "h100-pcie",
+    "nvidiah100nvl": "h100-nvl",
+    "nvidiah200": "h200",  # SXM
+    "nvidiah200nvl": "h200-nvl",
+}
+# Names that contain one of these are some variant of it: the nearest profile, used only as a stated guess.
+_FAMILIES = {"h200": "h200", "h100": "h100"}
 
 
 def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
@@ -147,12 +193,24 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
     )
 
 
+def _driver_key(gpu_name: str) -> str:
+    return gpu_name.lower().replace(" ", "")
+
+
 def match_gpu(gpu_name: str) -> DeviceProfile | None:
-    """The built-in profile for a card the driver names `gpu_name` ("NVIDIA H100 80GB HBM3" -> h100)."""
-    lowered = gpu_name.lower()
-    for profile in BUILTIN.values():
-        if profile.name in lowered.replace(" ", ""):
-            return profile
+    """The built-in profile of exactly the card the driver names `gpu_name` ("NVIDIA H100 PCIe" -> h100-pcie),
+    or None (see `guess_gpu` for variants kt has no datasheet of)."""
+    name = _DRIVER_NAMES.get(_driver_key(gpu_name))
+    return BUILTIN[name] if name else None
+
+
+def guess_gpu(gpu_name: str) -> DeviceProfile | None:
+    """For a card kt has no profile of but whose family it knows (a GH200, another H100 form factor): the
+    nearest built-in profile, to be used only with a warning that it is a guess. None for anything else."""
+    key = _driver_key(gpu_name)
+    for family, name in _FAMILIES.items():
+        if family in key:
+            return BUILTIN[name]
     return None
 
 

@@ -35,6 +35,12 @@ class Kernel:
     def measured(self) -> bool:
         return bool(self.meta.get("measured", False))
 
+    @property
+    def pytorch(self) -> bool:
+        """True when this is PyTorch's own path (no generated kernel beat it, or built with "pytorch")."""
+        return self.meta.get("kernel") == "pytorch"
+
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
-        return f"Kernel({self.spec.name}: {self.spec.op} {self.spec.dtype}, {self.config.key()}{where})"
+        what = f"PyTorch: {self.module.IMPLEMENTATION}" if self.pytorch else self.config.key()
+        return f"Kernel({self.spec.name}: {self.spec.op} {self.spec.dtype}, {what}{where})"

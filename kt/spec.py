@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kt.device import BUILTIN
 from kt.dtypes import DTYPES, itemsize
 from kt.errors import SpecError
 
@@ -29,7 +30,7 @@ FFT_DTYPES = ("float32", "float16")
 OBJECTIVES = ("time", "energy", "edp")
 LAYOUTS = ("row", "col")
 PRECISIONS = ("ieee", "tf32")
-BUILTIN_DEVICES = ("auto", "h100", "h200")
+BUILTIN_DEVICES = ("auto", *BUILTIN)
 
 MAX_DIM = 1 << 24  # 16M rows or columns
 MAX_BATCH = 65535  # the CUDA grid's limit on its third axis
@@ -153,7 +154,7 @@ class OpSpec:
     shape: Shape
     layout: Layout = Layout()
     precision: str = "ieee"  # float32 only: ieee (exact fp32 products) or tf32 (tensor cores)
-    device: str = "auto"  # auto | h100 | h200 | path to a calibrated profile JSON
+    device: str = "auto"  # auto | a built-in profile (kt.device.BUILTIN) | path to a calibrated profile JSON
     tune: TuneOptions = TuneOptions()
     source: str | None = field(default=None, compare=False)  # the file it was read from
     input: str | None = None  # fft only: complex | real

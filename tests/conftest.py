@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def run_poisoned(module, problem, args):
     assert module.kernel(*args, out=out) is out
     assert torch.isfinite(out).all(), "elements left unwritten"
     return out
+
+
+def refitted_from(name: str, start: str = "analytic") -> bool:
+    """Whether `name` is what a tune calls the model a refit made from `start` between rounds (on any device:
+    the name carries no profile), with or without a power correction. The GPU test of a guided tune and its
+    CPU twin both check with this."""
+    pattern = rf"{re.escape(start)} corrected on \d+ measured rows(, power from \d+)?"
+    return re.fullmatch(pattern, name) is not None
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

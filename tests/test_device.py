@@ -6,7 +6,17 @@ import json
 import pytest
 
 import kt
-from kt.device import BUILTIN, H100, H200, ProfileError, get_profile, load_profile, match_gpu, save_profile
+from kt.device import (
+    BUILTIN,
+    H100,
+    H200,
+    ProfileError,
+    get_profile,
+    guess_gpu,
+    load_profile,
+    match_gpu,
+    save_profile,
+)
 
 
 def test_builtins_carry_the_datasheet_limits():
@@ -15,21 +25,44 @@ def test_builtins_carry_the_datasheet_limits():
     assert H100.peak("float32", "tf32") == 494.7e12 and H100.peak("float32") == 66.9e12
     assert H200.dram_bandwidth > H100.dram_bandwidth and H200.peak_flops == H100.peak_flops
     assert H100.acc_regs_limit == 128
-    assert set(BUILTIN) == {"h100", "h200"} and get_profile() is H100
+    assert set(BUILTIN) == {"h100", "h200", "h100-pcie", "h100-nvl", "h200-nvl"} and get_profile() is H100
+    assert BUILTIN["h100-pcie"].sm_count == 114 and BUILTIN["h100-pcie"].dram_bandwidth == 2.0e12
+    assert BUILTIN["h100-nvl"].peak("float16") < H100.peak("float16")
 
 
 @pytest.mark.parametrize(
     "name,expected",
     [
         ("NVIDIA H100 80GB HBM3", "h100"),
-        ("NVIDIA H100 PCIe", "h100"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),  # once taken for the SXM card: 114 SMs, not 132
+        ("NVIDIA H100 NVL", "h100-nvl"),
         ("NVIDIA H200", "h200"),
+        ("NVIDIA H200 NVL", "h200-nvl"),
+        ("NVIDIA GH200 480GB", None),  # a variant with no datasheet here: only a stated guess
         ("NVIDIA A100-SXM4-80GB", None),
     ],
 )
 def test_a_gpu_is_matched_to_its_builtin_profile_by_name(name, expected):
     profile = match_gpu(name)
     assert (profile.name if profile else None) == expected
+
+
+def test_a_variant_without_a_profile_gets_the_nearest_as_a_stated_guess(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from kt.autotune import gpuinfo
+
+    assert guess_gpu("NVIDIA GH200 480GB").name == "h200" and guess_gpu("NVIDIA A100-SXM4-80GB") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpuinfo, "visible_gpu", lambda: gpuinfo.GpuInfo("NVIDIA GH200 480GB", 90))
+    with caplog.at_level(logging.WARNING, logger="kt"):
+        assert kt.resolve_profile("auto").name == "h200"
+    assert any("as a guess" in r.getMessage() and "kt calibrate" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(gpuinfo, "visible_gpu", lambda: gpuinfo.GpuInfo("NVIDIA A100-SXM4-80GB", 80))
+    with pytest.raises(kt.KtError, match="no built-in profile for 'NVIDIA A100-SXM4-80GB'"):
+        kt.resolve_profile("auto")
 
 
 def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):

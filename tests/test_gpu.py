@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import refitted_from, rel_err
 
 import kt
 from kt.autotune.runners import Candidate, CudaRunner
@@ -67,6 +67,8 @@ def test_a_gpu_tune_writes_a_measured_artifact(tmp_path):
     meta = json.loads((result.save(tmp_path / "a") / "meta.json").read_text())
     assert meta["measured"] is True and meta["device"]["ran_on"] == torch.cuda.get_device_name()
     assert meta["runtime_stats"]["runs"] >= 10
+    assert meta["baseline"]["timed"] and meta["baseline"]["ratio"] == result.baseline_ratio > 0
+    assert meta["kernel"] == ("pytorch" if result.best.pytorch else "generated")
 
 
 def test_a_guided_gpu_tune_refits_a_forest_between_rounds(tmp_path):
@@ -79,8 +81,9 @@ def test_a_guided_gpu_tune_refits_a_forest_between_rounds(tmp_path):
     result = kt.tune(spec, db=tmp_path / "t.db", progress=False, strategy="guided")
     rounds = set(result.trace.rounds)
     assert result.measured and len(rounds) >= 2, "a quarter of the budget per round"
-    assert result.trace.models[0] == "analytic" and result.trace.models[1].startswith("forest for h100")
-    assert len(result.rows) <= 24
+    assert result.trace.models[0] == "analytic" and refitted_from(result.trace.models[1]), result.trace.models
+    assert result.target == kt.resolve_profile("auto") and len(result.rows) <= 24
+    assert result.baseline["runtime_ms"] > 0 and result.baseline_ratio > 0, "candidate zero was timed"
 
 
 def test_calibration_measures_plausible_ceilings():

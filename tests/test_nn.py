@@ -788,14 +788,18 @@ def artifact_selection(layer: nn.Module, rows: int):
         "monarch",
     ],
 )
-def test_artifact_given_to_use_artifacts_is_picked(artifacts, name, caplog):
+def test_artifact_given_to_use_artifacts_is_picked_and_an_unmeasured_one_warns_once(artifacts, name, caplog):
     directory, make = artifacts[name]
     knn.use_artifacts(directory)
     caplog.set_level(logging.INFO, logger="kt.nn")
-    chosen = artifact_selection(make(), 20)
+    layer = make()
+    chosen = artifact_selection(layer, 20)
     assert chosen.source == "artifact"
     assert chosen.where == str(directory / name)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with torch.no_grad():
+        layer(torch.randn(19, layer.in_features))  # the same bucket: no second word
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "not measured" in warnings[0] and "tuned without a GPU" in warnings[0]
 
 
 def test_artifact_in_kt_artifacts_is_picked_and_another_bucket_is_not(artifacts, monkeypatch):

@@ -123,7 +123,12 @@ def mutate(path, value):
         ("name", "my kernel", "name: must be 1-100 letters, digits"),
         ("name", "../escape", "name: must be 1-100 letters, digits"),
         ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),
-        ("device", "a100", "device: unknown device 'a100'; allowed: auto, h100, h200 or a profile .json"),
+        (
+            "device",
+            "a100",
+            "device: unknown device 'a100'; allowed: auto, h100, h200, h100-pcie, h100-nvl, h200-nvl or a "
+            "profile .json",
+        ),
         ("device", "missing.json", "missing.json' not found (make one with `kt calibrate --out`)"),
         ("shap", 1, "shap: unknown key (did you mean 'shape'?)"),
     ],

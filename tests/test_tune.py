@@ -195,7 +195,8 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
     first.send_signal(how)
     _, stderr = first.communicate(timeout=60)
     before = _rows(db)
-    assert 3 <= len(before) < 24
+    assert 3 <= len(before) < 25
+    assert before[0][1] == "pytorch", "candidate zero, PyTorch's path, is checked with the first round"
     if how == signal.SIGINT:
         assert first.returncode == 130 and "running the same command again resumes" in stderr
     else:
@@ -203,9 +204,9 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     after = _rows(db)
-    assert len(after) == 24 and len({key for _, key, _ in after}) == 24
+    assert len(after) == 25 and len({key for _, key, _ in after}) == 25, "24 configs and candidate zero"
     assert after[: len(before)] == before, "rows written before the stop are kept as they were"
-    assert f"{24 - len(before)} new checks" in second.stdout
+    assert f"{25 - len(before)} new checks" in second.stdout
 
 
 def test_timeouts_are_kept_unless_retried(tmp_path, monkeypatch):

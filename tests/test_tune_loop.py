@@ -4,16 +4,21 @@ A GPU runner cannot run here, so these tests swap in a stand-in runner that "ans
 analytic model's own prediction (and, where a test needs one, the datasheet's board power). Those numbers are a
 model's outputs and a datasheet figure, not timings or readings: they only let the loop's control flow run. The
 stand-in's rows carry runner "stand-in", so nothing that reads GPU measurements (runner "cuda") ever sees them.
+Candidate zero (PyTorch's own path) is answered the same way: by the analytic model's prediction for a legal
+config the test names (the slowest or the fastest of the space), or, by default, with no figure at all.
 """
 
 import json
 
 import numpy as np
 import pytest
+import torch
+from conftest import refitted_from
 
 import kt
 import kt.autotune.tune as tune_module
 from kt.autotune.runners import Result, Runner
+from kt.autotune.tune import PyTorchPath
 from kt.costmodel import AnalyticModel, gemm_terms
 from kt.costmodel.correction import CorrectedModel, refit
 from kt.costmodel.forest import ForestModel
@@ -32,18 +37,39 @@ class StandInRunner(Runner):
     compile_target = False
     stages = groups = payload = None  # never starts workers
 
-    def __init__(self, profile, power_w=None):
+    def __init__(self, profile, power_w=None, pytorch_as=None):
         super().__init__(profile)
-        self.power_w, self.batches = power_w, []
+        self.power_w, self.batches, self.pytorch_as = power_w, [], pytorch_as
 
-    def run(self, candidates):
+    def start_pool(self):
+        return None
+
+    def run(self, candidates, deadline=None):
+        zero = [c for c in candidates if isinstance(c.config, PyTorchPath)]
+        candidates = [c for c in candidates if not isinstance(c.config, PyTorchPath)]
         self.batches.append(len(candidates))
+        if zero:
+            yield self.answer_zero(zero[0])
         records = [{**c.problem.to_record(), **c.config.to_dict()} for c in candidates]
         for candidate, seconds in zip(candidates, gemm_terms(records, self.profile)["predicted_s"]):
-            values = {"runtime_ms": float(seconds) * 1e3, "rel_err": 0.0}
-            if self.power_w is not None:
-                values.update(power_w=self.power_w, energy_mj=self.power_w * float(seconds) * 1e3)
-            yield Result(candidate, "ok", values)
+            yield self.answer(candidate, float(seconds))
+
+    def answer(self, candidate, seconds):
+        values = {"runtime_ms": seconds * 1e3, "rel_err": 0.0}
+        if self.power_w is not None:
+            values.update(power_w=self.power_w, energy_mj=self.power_w * seconds * 1e3)
+        return Result(candidate, "ok", values)
+
+    def answer_zero(self, candidate):
+        """Candidate zero: the analytic prediction of the slowest or fastest legal config, or nothing."""
+        if self.pytorch_as is None:
+            return Result(candidate, "ok", {"rel_err": 0.0})
+        problem = candidate.problem
+        legal = kt.space(SPEC).legal
+        records = [{**problem.to_record(), **c.to_dict()} for c in legal]
+        predicted = gemm_terms(records, self.profile)["predicted_s"]
+        pick = max if self.pytorch_as == "slowest" else min
+        return self.answer(candidate, float(pick(predicted)))
 
 
 @pytest.fixture
@@ -51,7 +77,7 @@ def runner(monkeypatch):
     made = []
 
     def make(backend, profile, **options):
-        made.append(StandInRunner(profile, power_w=made_power.get("w")))
+        made.append(StandInRunner(profile, power_w=made_power.get("w"), pytorch_as=made_power.get("pytorch")))
         return made[-1]
 
     made_power: dict = {}
@@ -73,6 +99,44 @@ def test_a_guided_tune_measures_in_rounds_and_refits_between_them(runner, tmp_pa
     meta = json.loads((result.save(tmp_path / "art") / "meta.json").read_text())
     assert meta["prediction"]["model"] == result.best_model and meta["tuning"]["models"][0] == "analytic"
     assert meta["tuning"]["first_model"] == "analytic" and meta["tuning"]["rounds"] == len(stand_in.batches)
+
+
+def test_the_gpu_tests_name_for_a_refit_is_the_name_a_guided_tune_gives(runner, tmp_path):
+    """tests/test_gpu.py's guided tune (same spec and budget) checks its refit's name with `refitted_from`: here
+    the same tune loop names its refits, so a wrong expectation (it once wanted "forest for h100") fails on
+    the CPU, not on a scarce GPU."""
+    spec = {**SPEC, "shape": {"m": 2048, "n": 1024, "k": 512}}
+    result = kt.tune(spec, budget=24, db=tmp_path / "t.db", progress=False, strategy="guided")
+    assert result.trace.models[0] == "analytic" and refitted_from(result.trace.models[1])
+    assert not refitted_from("forest for h100 (3000 rows)")
+
+
+def test_candidate_zero_runs_once_and_kt_wins_when_its_kernel_is_faster(runner, tmp_path):
+    made, power = runner
+    power["pytorch"] = "slowest"  # candidate zero answered with the model's figure for the slowest config
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False)
+    assert result.baseline["config_key"] == "pytorch" and not result.best.pytorch
+    assert result.baseline_ratio > 1
+    meta = json.loads((result.save(tmp_path / "a") / "meta.json").read_text())
+    assert meta["kernel"] == "generated" and meta["baseline"]["ratio"] == result.baseline_ratio
+    again = kt.tune(SPEC, budget=12, db=tmp_path / "t.db", progress=False)
+    assert again.baseline["id"] == result.baseline["id"], "candidate zero is not run again"
+    assert "gemm_kernel" in (tmp_path / "a" / "kernel.py").read_text()
+
+
+def test_when_nothing_generated_beats_pytorch_the_artifact_calls_pytorch(runner, tmp_path):
+    _, power = runner
+    power["pytorch"] = "fastest"  # no generated config can beat the model's figure for the fastest
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False)
+    assert result.best.pytorch and result.best.runtime_ms == result.baseline["runtime_ms"]
+    assert any("no generated kernel beat PyTorch's own path (torch.matmul)" in n for n in result.notes)
+    kernel = kt.load(result.save(tmp_path / "a"))
+    assert kernel.pytorch and kernel.meta["kernel"] == "pytorch" and kernel.config is not None
+    source = kernel.source
+    assert "torch.matmul" in source and "triton" not in source and "no generated kernel" in source
+    a, b = kt.random_args(SPEC, seed=3, device="cpu")
+    assert torch.equal(kernel(a, b), torch.matmul(a, b))
+    assert "PyTorch: torch.matmul" in repr(kernel)
 
 
 def test_a_resumed_guided_tune_refits_first_and_measures_only_what_is_new(runner, tmp_path):

@@ -13,11 +13,13 @@ import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from kt.autotune.versions import software_versions
 from kt.codegen import config_from_dict, family_for
+from kt.codegen.baseline import render_baseline
 from kt.errors import ArtifactError, KtError
 from kt.kernel import Kernel
 
@@ -29,7 +31,14 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
     path = Path(path)
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
-    if best.measured:
+    if best.pytorch:
+        ratio = result.baseline_ratio
+        versus = f" ({1 / ratio:.2f}x the best generated kernel's speed)" if ratio else ""
+        provenance = (
+            f"PyTorch's own path: no generated kernel of {len(result.rows)} measured on {result.ran_on} beat it"
+            f"{versus}, so this module calls PyTorch ({best.runtime_ms:.4f} ms)"
+        )
+    elif best.measured:
         provenance = (
             f"the best {result.objective} of {len(result.rows)} configs measured on {result.ran_on}, "
             f"{best.runtime_ms:.4f} ms"
@@ -39,9 +48,9 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
             f"not measured; the {result.plan.model} model's best prediction among {len(result.rows)} "
             "configs checked in Triton's interpreter"
         )
-    source = family.render(
+    render = render_baseline if best.pytorch else partial(family.render, config=best.config)
+    source = render(
         problem,
-        best.config,
         name=spec.name,
         device=result.target.name,
         kt_version=software_versions()["kt"],
@@ -56,7 +65,9 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
         "family": family.name,
         "family_version": family.version,
         "problem": problem.to_dict(),
-        "config": best.config.to_dict(),
+        "config": best.config.to_dict() if best.config else None,  # the best generated config
+        "kernel": "pytorch" if best.pytorch else "generated",  # what kernel.py runs
+        "baseline": _baseline_meta(result),
         "objective": result.objective,
         "measured": best.measured,
         "runtime_ms": best.runtime_ms,
@@ -114,6 +125,24 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _baseline_meta(result) -> dict[str, Any] | None:
+    """Candidate zero in meta.json: PyTorch's own path, how it fared, and kt's ratio to it."""
+    row = result.baseline
+    if row is None:
+        return None
+    return {
+        "impl": row.get("impl") or result.baseline_impl,
+        "status": row["status"],
+        "message": row.get("message"),
+        "timed": row.get("runtime_ms") is not None,
+        "runtime_ms": row.get("runtime_ms"),
+        "power_w": row.get("power_w"),
+        "energy_mj": row.get("energy_mj"),
+        "rel_err": row.get("rel_err"),
+        "ratio": result.baseline_ratio,  # PyTorch's measured objective over the best generated kernel's
+    }
 
 
 def check_target(path: str | os.PathLike) -> None:
@@ -200,7 +229,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         )
     try:
         spec = parse_spec(meta["spec"], check_files=False)  # its profile file may live on another machine
-        config = config_from_dict(meta["family"], meta["config"])
+        config = config_from_dict(meta["family"], meta["config"]) if meta["config"] is not None else None
     except (KtError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
     module = import_kernel_file(path / "kernel.py")

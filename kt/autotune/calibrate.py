@@ -59,7 +59,7 @@ def _power_limit_w() -> float:
     """The enforced power limit in W (read, never changed), or 0.0 when NVML cannot say."""
     from kt.autotune.timing import Nvml
 
-    nvml = Nvml(torch.cuda.current_device())  # matched to torch's device by UUID, not by index
+    nvml = Nvml.for_torch_device(torch.cuda.current_device())  # matched by UUID, not by index
     if nvml.handle is None:
         return 0.0
     try:

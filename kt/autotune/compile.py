@@ -106,13 +106,16 @@ def _specialise(jit_function, args: tuple, kwargs: dict):
 
 
 def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[TargetBuild]:
-    """Compile every kernel `module.kernel(*args)` launches for CUDA compute capability `arch` (90 = Hopper)."""
+    """Compile every kernel `module.kernel(*args)` launches for CUDA compute capability `arch` (90 = Hopper);
+    none for a module without Triton kernels."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime import JITFunction
 
     builds = []
+    if not _triton_kernels(module):  # PyTorch's own path (candidate zero): nothing of kt's to compile
+        return builds
     launches = capture_launches(module, args)
     with _compiler_mode():
         for name, fn, launch_args, launch_kwargs in launches:

@@ -18,7 +18,9 @@ from typing import Any
 
 from kt.errors import DatabaseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the timer, regime, graph, cooldown, energy status and implementation columns
+# config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
+BASELINE_KEY = "pytorch"
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
 
 # (column, SQL type); the identity columns come first.
@@ -50,6 +52,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", f"TEXT NOT NULL CHECK (status IN ({', '.join(repr(s) for s in STATUSES)}))"),
     ("message", "TEXT"),
     ("rel_err", "REAL"),
+    ("timer", "TEXT"),  # cuda_events (a GPU measurement) or wall_clock_interpreter (a dry run: no runtime)
+    ("timing_regime", "TEXT"),  # l2_flushed | l2_warm, for runtime and energy alike
     ("runtime_ms", "REAL"),  # median over `runs` timed runs (GPU only)
     ("runtime_min_ms", "REAL"),
     ("runtime_p20_ms", "REAL"),
@@ -58,6 +62,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("power_w", "REAL"),  # average board power over the energy loop
     ("energy_mj", "REAL"),  # per call
     ("energy_loop_s", "REAL"),
+    ("energy_status", "TEXT"),  # ok, or why there is no energy figure (no NVML, a vGPU's counter, ...)
+    ("cuda_graph", "INTEGER"),  # 1: the energy loop replayed a CUDA graph; 0: a Python loop (capture failed)
+    ("flush_energy_mj", "REAL"),  # l2_flushed: one flush's energy, taken off each call's
+    ("cooldown_ms", "REAL"),  # the idle gap before the candidate was timed
     ("sm_clock_mhz", "REAL"),
     ("temperature_c", "REAL"),
     ("smem_bytes", "INTEGER"),  # shared memory of the target build
@@ -65,6 +73,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("predicted_ms", "REAL"),  # the ranking model's prediction when the candidate was chosen
     ("wall_s", "REAL"),  # compile + check + measure
     ("gpu_name", "TEXT"),
+    ("impl", "TEXT"),  # candidate zero: which of PyTorch's routes ran (e.g. a dense fallback of BSR F.linear)
     ("kt_version", "TEXT"),
     ("torch_version", "TEXT"),
     ("triton_version", "TEXT NOT NULL"),  # part of the identity: another Triton compiles other code
@@ -137,13 +146,18 @@ class Database:
         return tables
 
     def _migrate(self) -> None:
-        self._check()
+        tables = self._check()
         columns = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS measurements (\n  id INTEGER PRIMARY KEY,\n  {columns})"
             )
+            if "measurements" in tables:  # an older schema: add the columns it lacks (all may be NULL)
+                have = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
+                for name, kind in COLUMNS:
+                    if name not in have:
+                        self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {kind}")
             self.conn.execute(
                 f"CREATE UNIQUE INDEX IF NOT EXISTS measurement_key ON measurements ({', '.join(KEY_COLUMNS)})"
             )
@@ -230,6 +244,9 @@ class Database:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: _encode(v) for k, v in row.items()})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; an export is as readable as any new file
         os.replace(tmp, path)
         return len(rows)
 

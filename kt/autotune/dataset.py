@@ -20,7 +20,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
-from kt.autotune.database import COLUMN_NAMES, COLUMNS, Database, decode_row
+from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, COLUMNS, Database, decode_row
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
 from kt.codegen.tilesum import STRUCTURE_AXES as TILE_STRUCTURE_AXES
@@ -253,7 +253,13 @@ def check_row(row: dict[str, Any], where: str) -> None:
     if family not in PROBLEMS or not isinstance(family, str):
         raise DatabaseError(f"{where}: column family is {_show(family)}; allowed: {', '.join(PROBLEMS)}")
     _check_problem(family, row.get("problem"), where)
-    _check_config(family, row.get("config"), where)
+    if row.get("config_key") == BASELINE_KEY:  # candidate zero, PyTorch's own path: it has no config
+        if row.get("config") != {}:
+            raise DatabaseError(
+                f"{where}: column config is {_show(row.get('config'))}; allowed: {{}} (PyTorch's path)"
+            )
+    else:
+        _check_config(family, row.get("config"), where)
     for column, allowed, in_range in MEASUREMENT_CHECKS:
         value = row.get(column)
         if value is None:
@@ -263,8 +269,14 @@ def check_row(row: dict[str, Any], where: str) -> None:
 
 
 def is_measured(row: dict[str, Any]) -> bool:
-    """A row a GPU timed and that passed the check: cost-model training data."""
-    return row["runner"] == "cuda" and row["status"] == "ok" and row.get("runtime_ms") is not None
+    """A generated kernel's row that a GPU timed and that passed the check: cost-model training data (PyTorch's
+    own path, candidate zero, is no config of any family)."""
+    return (
+        row["runner"] == "cuda"
+        and row["status"] == "ok"
+        and row.get("runtime_ms") is not None
+        and row["config_key"] != BASELINE_KEY
+    )
 
 
 def to_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:

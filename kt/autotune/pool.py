@@ -1,8 +1,10 @@
 """A pool of worker processes in which a candidate that crashes or hangs costs one result, not the session.
 
 Each worker is a fresh `python -m kt.autotune.worker` process (never a fork: a CUDA context must not be copied)
-serving tasks over a pair of pipes, with its environment set before Python starts. When a worker dies mid-task (a segfault, an
-illegal memory access, `os._exit`), its task is reported as `crash` and a fresh worker takes its slot; when a
+serving tasks over a pair of pipes, with its environment set before Python starts. A worker first imports torch
+and Triton and says it is ready; a task's timeout clock starts only then (start-up has its own, longer bound), so
+a slow start on a loaded machine never times out a healthy candidate. When a worker dies mid-task (a segfault,
+an illegal memory access, `os._exit`), its task is reported as `crash` and a fresh worker takes its slot; when a
 task outlives its timeout, the worker is killed, the task is reported as `timeout`, and the slot restarts.
 """
 
@@ -20,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+STARTUP_S = 600.0  # a worker's start-up (importing torch and Triton) on a machine busy with other work
 
 
 @dataclass
@@ -51,7 +55,10 @@ class _Slot:
         self.conn_in = self.conn_out = None
         self.log = None
         self.task: Task | None = None
-        self.started = 0.0
+        self.started = 0.0  # when the task's clock started: at send, or when the worker said ready
+        self.spawned = 0.0
+        self.ready = False
+        self.info: dict[str, Any] = {}  # what the worker said when ready (its pid)
         self.start()
 
     def start(self) -> None:
@@ -86,6 +93,7 @@ class _Slot:
         self.conn_out = Connection(to_child_w, readable=False)
         self.conn_in = Connection(from_child_r, writable=False)
         self.task = None
+        self.ready, self.spawned = False, time.monotonic()
 
     def restart(self) -> None:
         self.kill()
@@ -118,7 +126,7 @@ class _Slot:
     def send(self, task: Task) -> None:
         if self.process is None or self.process.poll() is not None:
             self.restart()
-        self.task, self.started = task, time.monotonic()
+        self.task, self.started = task, time.monotonic()  # restarted when the worker says ready
         # If it died since the poll, the closed pipe reads as a crash in the wait that follows.
         with contextlib.suppress(BrokenPipeError, OSError):
             self.conn_out.send(Task(task.id, task.kind, task.payload, task.group))  # the context stays here
@@ -149,8 +157,13 @@ class WorkerPool:
     `groups` maps a group name to (workers, env). Use as a context manager so workers are always stopped.
     """
 
-    def __init__(self, groups: dict[str, tuple[int, dict[str, str]]], timeout_s: float = 300.0):
-        self.timeout_s = timeout_s
+    def __init__(
+        self,
+        groups: dict[str, tuple[int, dict[str, str]]],
+        timeout_s: float = 300.0,
+        startup_s: float = STARTUP_S,
+    ):
+        self.timeout_s, self.startup_s = timeout_s, startup_s
         self.slots: list[_Slot] = []
         try:
             for group, (workers, env) in groups.items():
@@ -181,11 +194,15 @@ class WorkerPool:
                 slot.kill()
 
     def run(
-        self, tasks: Iterable[Task], follow_up: Callable[[Outcome], Iterable[Task]] | None = None
+        self,
+        tasks: Iterable[Task],
+        follow_up: Callable[[Outcome], Iterable[Task]] | None = None,
+        deadline: float | None = None,
     ) -> Iterator[Outcome]:
         """Run `tasks`, yielding each Outcome as it completes (not in submission order).
 
-        `follow_up(outcome)` may return new tasks (the next stage of a candidate), which join the queue.
+        `follow_up(outcome)` may return new tasks (the next stage of a candidate), which join the queue. After
+        `deadline` (time.monotonic()) no new task starts: tasks still waiting are dropped without an outcome.
         """
         pending = deque(tasks)
         groups = {slot.group for slot in self.slots}
@@ -193,6 +210,10 @@ class WorkerPool:
         if unknown:
             raise ValueError(f"tasks for unknown worker groups {sorted(unknown)}; groups: {sorted(groups)}")
         while pending or any(slot.task for slot in self.slots):
+            if deadline is not None and time.monotonic() > deadline:
+                pending.clear()
+                if not any(slot.task for slot in self.slots):
+                    break
             for slot in self.slots:
                 if slot.task is None:
                     task = next((t for t in pending if t.group == slot.group), None)
@@ -200,8 +221,8 @@ class WorkerPool:
                         pending.remove(task)
                         slot.send(task)
             busy = [slot for slot in self.slots if slot.task]
-            deadline = min(slot.started for slot in busy) + self.timeout_s
-            ready = wait([s.conn_in for s in busy], timeout=max(0.0, deadline - time.monotonic()))
+            due = min(self._deadline(slot) for slot in busy)
+            ready = wait([s.conn_in for s in busy], timeout=max(0.0, due - time.monotonic()))
             for slot in busy:
                 outcome = self._collect(slot, ready)
                 if outcome is not None:
@@ -212,20 +233,43 @@ class WorkerPool:
                             pending.append(task)
                     yield outcome
 
+    def _deadline(self, slot: _Slot) -> float:
+        """When a busy slot's time is up: its task's timeout once the worker is ready, else its start-up bound."""
+        return slot.started + self.timeout_s if slot.ready else slot.spawned + self.startup_s
+
+    def _read_ready(self, slot: _Slot) -> None:
+        """Read the worker's first message, its ready, and start its task's clock from now."""
+        kind, info = slot.conn_in.recv()
+        if kind != "ready":
+            raise RuntimeError(f"worker protocol: expected ready, got {kind!r}")
+        slot.ready, slot.info, slot.started = True, info, time.monotonic()
+
     def _collect(self, slot: _Slot, ready: list) -> Outcome | None:
-        task, elapsed = slot.task, time.monotonic() - slot.started
-        if slot.conn_in in ready:
-            try:
+        task = slot.task
+        try:
+            if slot.conn_in in ready and not slot.ready:
+                self._read_ready(slot)
+                if not slot.conn_in.poll():
+                    return None
+            if slot.conn_in in ready:
                 status, values, message, fatal = slot.conn_in.recv()
-            except (EOFError, OSError):  # the pipe closed: the worker died
-                return self._crashed(slot, task, elapsed)
-            slot.task = None
-            if fatal:  # the worker's CUDA context is unusable after, e.g., an illegal address: start afresh
-                slot.restart()
-            return Outcome(task, status, values, message, elapsed)
-        if elapsed > self.timeout_s:
+                slot.task = None
+                if (
+                    fatal
+                ):  # the worker's CUDA context is unusable after, e.g., an illegal address: start afresh
+                    slot.restart()
+                return Outcome(task, status, values, message, time.monotonic() - slot.started)
+        except (EOFError, OSError):  # the pipe closed: the worker died
+            return self._crashed(slot, task, time.monotonic() - slot.started)
+        if time.monotonic() >= self._deadline(slot):
+            elapsed = time.monotonic() - (slot.started if slot.ready else slot.spawned)
+            message = (
+                f"no result after {self.timeout_s:.0f} s"
+                if slot.ready
+                else f"the worker did not start within {self.startup_s:.0f} s"
+            )
             slot.restart()
-            return Outcome(task, "timeout", message=f"no result after {self.timeout_s:.0f} s", wall_s=elapsed)
+            return Outcome(task, "timeout", message=message, wall_s=elapsed)
         return None
 
     @staticmethod

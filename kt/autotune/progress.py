@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from kt.autotune.runners import Result
 
@@ -17,6 +26,7 @@ class TuneProgress:
         self.counts: Counter = Counter()
         self.best_ms: float | None = None
         self.progress: Progress | None = None
+        self.baseline_result: Result | None = None
 
     def start(self, total: int, done: int, label: str, summary: str = "") -> None:
         if not self.enabled:
@@ -48,6 +58,82 @@ class TuneProgress:
         if self.best_ms is not None:
             parts.append(f"best {self.best_ms:.4f} ms")
         self.progress.update(self.task, advance=1, status=" · ".join(parts))
+
+    def baseline(self, result: Result) -> None:
+        """One line for candidate zero, PyTorch's own path: its time, or that it was only checked."""
+        self.baseline_result = result
+        if not self.enabled:
+            return
+        name = str(result.candidate.config)
+        runtime = result.values.get("runtime_ms")
+        if result.status != "ok":
+            text = f"{name}: {result.status} ({result.message})"
+        elif runtime is not None:
+            text = f"{name}: {runtime:.4f} ms (candidate zero, the time to beat)"
+        else:
+            text = f"{name}: checked, not timed (candidate zero; no GPU here)"
+        (self.progress.console if self.progress else self.console).print(text, highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class _TimeLeft(ProgressColumn):
+    """The time left to a deadline held in a task's fields (it ticks with rich's refresh, not only on updates)."""
+
+    def __init__(self, field: str, label: str):
+        super().__init__()
+        self.field, self.label = field, label
+
+    def render(self, task) -> Text:
+        deadline = task.fields.get(self.field)
+        if deadline is None or task.finished:
+            return Text("")
+        left = max(0, int(deadline - time.monotonic()))
+        return Text(f"{self.label} {left // 60}:{left % 60:02d}")
+
+
+class BenchProgress:
+    """`kt bench`'s progress: a bar per part (items done of its total), each with the time left in the part's
+    share and in the whole run; each finished item's line is printed above the bars."""
+
+    def __init__(
+        self, enabled: bool, dry: bool, run_deadline: float | None = None, console: Console | None = None
+    ):
+        self.enabled, self.dry, self.run_deadline = enabled, dry, run_deadline
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.progress: Progress | None = None
+        self.task = None
+        if enabled:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _TimeLeft("part_deadline", "part left"),
+                _TimeLeft("run_deadline", "· run left"),
+                console=self.console,
+                transient=False,
+            )
+            self.progress.start()
+
+    def part(self, name: str, total: int, deadline: float) -> None:
+        if self.progress is None:
+            return
+        if self.task is not None:
+            self.progress.update(self.task, part_deadline=None)
+        label = f"{name} (dry run: nothing timed on a GPU)" if self.dry else name
+        self.task = self.progress.add_task(
+            label, total=total, part_deadline=deadline, run_deadline=self.run_deadline
+        )
+
+    def advance(self, line: str) -> None:
+        if self.progress is None or self.task is None:
+            return
+        prefix = "dry run, nothing timed on a GPU: " if self.dry else ""
+        self.progress.console.print(prefix + line, highlight=False, markup=False)
+        self.progress.update(self.task, advance=1)
 
     def stop(self) -> None:
         if self.progress is not None:

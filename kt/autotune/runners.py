@@ -5,12 +5,19 @@
   (rejections, shared memory over the limit). It never reports a time.
 - `cuda`: kernels compile in parallel worker processes (no GPU work, so nothing disturbs a timing), then one
   GPU worker checks each against the reference on the full problem and times it, alone on the card.
+- `dryrun` (no GPU): the `cuda` runner's pipeline and worker code, with Triton's interpreter as the device and
+  a wall-clock timer whose figures are never stored or reported as runtimes. It exists so that everything the
+  GPU path does (allocating inputs and outputs from the family, the full-problem check, the measure step, the
+  row, the energy columns, crashes and timeouts) runs in CI on small problems.
 
-A candidate's result is final at its first failed stage or after its last stage.
+A candidate's result is final at its first failed stage or after its last stage. A runner used as a context
+manager keeps its workers between `run` calls (a tune's rounds); otherwise each call starts its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,12 +25,13 @@ from typing import Any
 
 from kt.autotune.compile import target_compiler_available
 from kt.autotune.pool import Outcome, Task, WorkerPool, default_workers
-from kt.autotune.timing import DEFAULT_TIMING, TimingSettings
+from kt.autotune.timing import DEFAULT_TIMING, DRY_RUN_TIMING, TimingSettings
 from kt.codegen import Config, family_for
 from kt.device import DeviceProfile
 from kt.ir.problems import Problem
 
 INTERPRETER_DEVICE = "cpu (Triton interpreter)"
+DRY_RUN_DEVICE = "cpu (Triton interpreter, dry run of the GPU measure path)"
 # Keep Triton's current default and silence its warning about the default changing in 3.10.
 _QUIET = {"TRITON_DEFAULT_FP_FUSION": "1"}
 
@@ -34,6 +42,8 @@ class Candidate:
     config: Config
     source_path: str
     predicted_ms: float | None = None
+    # the reduced problems the interpreter checks (default: the family's for this config)
+    checks: list[Problem] | None = None
 
 
 @dataclass
@@ -55,6 +65,7 @@ class Runner(ABC):
     name: str
     measures_time: bool
     device: str  # where candidates run, as recorded in the database
+    pool: WorkerPool | None = None  # the workers kept between runs while the runner is entered
 
     def __init__(
         self, profile: DeviceProfile, workers: int | None = None, seed: int = 0, timeout_s: float = 300.0
@@ -94,8 +105,9 @@ class Runner(ABC):
     # stage before any starts the next (so nothing compiles on the host while the GPU is being timed).
     pipelined = True
 
-    def run(self, candidates: list[Candidate]) -> Iterator[Result]:
-        """Yield each candidate's final Result as soon as it is known."""
+    def run(self, candidates: list[Candidate], deadline: float | None = None) -> Iterator[Result]:
+        """Yield each candidate's final Result as soon as it is known. After `deadline` (time.monotonic())
+        nothing new starts, and candidates not finished by then get no Result."""
         if not candidates:
             return
         merged: dict[int, Result] = {i: Result(c, "ok") for i, c in enumerate(candidates)}
@@ -109,12 +121,13 @@ class Runner(ABC):
                 return [self._task(outcome.task.id, outcome.task.context + 1, candidates[outcome.task.id])]
             return []
 
-        with WorkerPool(self.groups(), timeout_s=self.timeout_s) as pool:
+        with contextlib.ExitStack() as stack:
+            pool = self.pool or stack.enter_context(WorkerPool(self.groups(), timeout_s=self.timeout_s))
             active = list(range(len(candidates)))
             for stage_index in range(len(self.stages)) if not self.pipelined else [0]:
                 tasks = [self._task(i, stage_index, candidates[i]) for i in active]
                 active = []
-                for outcome in pool.run(tasks, follow_up):
+                for outcome in pool.run(tasks, follow_up, deadline):
                     result = merged[outcome.task.id]
                     result.values.update(outcome.values)
                     result.wall_s += outcome.wall_s
@@ -123,6 +136,18 @@ class Runner(ABC):
                         active.append(outcome.task.id)
                     else:
                         yield result
+
+    def __enter__(self) -> Runner:
+        self.pool = self.start_pool()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
+
+    def start_pool(self) -> WorkerPool:
+        return WorkerPool(self.groups(), timeout_s=self.timeout_s)
 
 
 class InterpretRunner(Runner):
@@ -158,7 +183,7 @@ class InterpretRunner(Runner):
         if stage.kind == "compile":
             return self.compile_payload(candidate, self.profile.compute_capability)
         problem = candidate.problem
-        small = family_for(problem).check_problems(problem, candidate.config)
+        small = candidate.checks or family_for(problem).check_problems(problem, candidate.config)
         return {
             "family": problem.family,
             "source_path": candidate.source_path,
@@ -168,9 +193,13 @@ class InterpretRunner(Runner):
         }
 
 
-class CudaRunner(Runner):
-    name = "cuda"
-    measures_time = True
+class MeasureRunner(Runner):
+    """Compile every candidate in parallel workers, then check each on the full problem and time it in one
+    measuring worker: the `cuda` runner's pipeline, and the dry run's (`device_type` cpu, the interpreter)."""
+
+    device_type = "cuda"
+    arch: int
+    pipelined = False  # compile everything first: the device is timed with the host otherwise idle
 
     def __init__(
         self,
@@ -180,22 +209,24 @@ class CudaRunner(Runner):
         timeout_s: float = 300.0,
         timing: TimingSettings = DEFAULT_TIMING,
     ):
-        import torch
-
         super().__init__(profile, workers, seed, timeout_s)
         self.timing = timing
-        self.device = torch.cuda.get_device_name()
-        major, minor = torch.cuda.get_device_capability()
-        self.arch = 10 * major + minor
 
-    stages = [Stage("compile", "compile"), Stage("gpu", "measure")]
-    pipelined = False  # compile everything first: the GPU is timed with the host otherwise idle
+    compiles = True
+
+    @property
+    def stages(self) -> list[Stage]:
+        measure = [Stage("measure", "measure")]
+        return [Stage("compile", "compile"), *measure] if self.compiles else measure
+
+    def measure_env(self) -> dict[str, str]:
+        return {"TRITON_INTERPRET": "0", "KT_WORKER_GPU": "1", **_QUIET}
 
     def groups(self):
-        return {
-            "compile": (self.workers, {"TRITON_INTERPRET": "0", **_QUIET}),
-            "gpu": (1, {"TRITON_INTERPRET": "0", **_QUIET}),
-        }
+        groups = {"measure": (1, self.measure_env())}
+        if self.compiles:
+            groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0", **_QUIET})
+        return groups
 
     def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
         if stage.kind == "compile":
@@ -207,11 +238,56 @@ class CudaRunner(Runner):
             "problem": problem.to_dict(),
             "seed": self.seed,
             "timing": asdict(self.timing),
+            "device": self.device_type,
         }
 
 
+class CudaRunner(MeasureRunner):
+    """Measures on the GPU that torch calls cuda:0. The GPU is named by NVML (kt.autotune.gpuinfo), so this
+    process never holds a CUDA context: in exclusive-process mode the GPU worker's is the only one."""
+
+    name = "cuda"
+    measures_time = True
+
+    def __init__(self, profile: DeviceProfile, *args, **kwargs):
+        from kt.autotune.gpuinfo import visible_gpu
+
+        super().__init__(profile, *args, **kwargs)
+        gpu = visible_gpu()
+        self.device, self.arch = gpu.name, gpu.compute_capability
+
+
+class DryRunner(MeasureRunner):
+    """The `cuda` runner's pipeline on a machine without a GPU: candidates compile for the target's
+    architecture (when Triton's ptxas is installed), then one worker checks each on the full problem in
+    Triton's interpreter and runs the measure step with the wall-clock timer (kt.autotune.timing.time_wall).
+    Nothing it produces is a runtime: its rows carry no runtime_ms, and a tune through it is `measured: false`."""
+
+    name = "dryrun"
+    measures_time = False
+    device_type = "cpu"
+    device = DRY_RUN_DEVICE
+
+    def __init__(self, profile: DeviceProfile, *args, timing: TimingSettings = DRY_RUN_TIMING, **kwargs):
+        super().__init__(profile, *args, timing=timing, **kwargs)
+        self.arch = profile.compute_capability
+        self.compiles = target_compiler_available()
+        if self.compiles:  # rows checked with and without the target compile are different evidence
+            self.device = f"{DRY_RUN_DEVICE} + sm_{self.arch} compile"
+
+    @property
+    def compile_target(self) -> bool:
+        return self.compiles
+
+    def measure_env(self) -> dict[str, str]:
+        return {"TRITON_INTERPRET": "1", **_QUIET}
+
+
+BACKENDS = ("auto", "cuda", "interpret", "dryrun")
+
+
 def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
-    """`backend`: cuda, interpret, or auto (cuda when a GPU is present)."""
+    """`backend`: cuda, interpret, dryrun, or auto (cuda when a GPU is present, else interpret)."""
     import torch
 
     from kt.errors import DeviceError
@@ -225,7 +301,12 @@ def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
             )
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
+    if backend == "dryrun":  # one call after one warm-up, whatever the GPU would do; a cooldown is kept
+        options.pop("compile_target", None)
+        timing = options.pop("timing", None)
+        cooldown = timing.cooldown_ms if timing is not None else DRY_RUN_TIMING.cooldown_ms
+        return DryRunner(profile, timing=dataclasses.replace(DRY_RUN_TIMING, cooldown_ms=cooldown), **options)
     if backend == "interpret":
         options.pop("timing", None)
         return InterpretRunner(profile, **options)
-    raise DeviceError(f"backend: {backend!r} is not supported; allowed: auto, cuda, interpret")
+    raise DeviceError(f"backend: {backend!r} is not supported; allowed: {', '.join(BACKENDS)}")

@@ -191,6 +191,7 @@ def run_search(
     objective: Callable[[Prediction], np.ndarray] | None = None,
     order: Callable[[np.ndarray], np.ndarray] | None = None,
     spread: Callable[[Prediction], np.ndarray] | None = None,
+    out_of_time: Callable[[], bool] | None = None,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
@@ -200,7 +201,8 @@ def run_search(
     `known` holds values measured before (a resumed tune): they count against the budget and are never
     measured again. `objective` maps a Prediction to the values to minimise (default: runtime), `order` turns
     those values into a best-first ordering (default: argsort), `spread` gives the objective's relative
-    uncertainty (default: the runtime's).
+    uncertainty (default: the runtime's). `out_of_time()` true ends the search before its next round (a
+    time-boxed run); `measure` may then leave indices out of its answer, and those count as not measured.
     """
     objective = objective or (lambda p: p.runtime_s)
     spread = spread or (lambda p: p.runtime_spread)
@@ -214,7 +216,7 @@ def run_search(
         state = SearchState(
             values, spread(prediction), order(values), measured, budget - len(measured), round_, seed
         )
-        if state.budget_left <= 0:
+        if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break
         batch = strategy.propose(state)
         if round_ == 0:
@@ -224,6 +226,8 @@ def run_search(
             break
         results = measure(batch)
         for index in batch:
+            if index not in results:  # not run: the time box closed first
+                continue
             measured[index] = results.get(index)
             trace.measured.append(index)
             trace.values.append(results.get(index))

@@ -1,9 +1,25 @@
-"""Timing and energy of a kernel on a CUDA GPU: the only place kt produces a runtime or a power figure.
+"""Timing and energy of a kernel: the only place kt produces a runtime or a power figure (on a CUDA GPU).
 
-Runtime: warm-up, then many runs each preceded by an L2 flush (writing a buffer larger than L2), each timed
-with CUDA events; the median is the figure, min / p20 / p80 the spread. Energy: NVML's total-energy counter
-(millijoules since driver load) read around a back-to-back loop of about a second, replayed from a CUDA graph
-so that launch overhead does not leave the GPU idle; SM clock and temperature are read at the end of it.
+Runtime and energy are measured under one regime, named in every row (`timing_regime`):
+
+- `l2_flushed` (the default): every call starts with L2 holding none of its data. Runtime: warm-up, then many
+  runs each preceded by an L2 flush (writing a buffer larger than L2), each timed with CUDA events; the median
+  is the figure, min / p20 / p80 the spread. Energy: NVML's total-energy counter (millijoules since driver
+  load) read around a loop of (flush, call) pairs and around a loop of flushes alone, half the energy time
+  each; a call's energy is the difference per call, so the flush's own energy is not charged to the kernel.
+- `l2_warm`: back-to-back calls, nothing flushed, for both.
+
+Each loop is replayed from a CUDA graph when the kernel can be captured (no launch gaps between calls); when
+capture fails, a Python loop runs instead and the row says so (`cuda_graph` 0). Before a candidate is timed
+the GPU idles for `cooldown_ms`, so every candidate starts from about the same thermal state.
+
+NVML is probed once per worker (`Nvml`). A GPU whose energy counter cannot be read (a vGPU, a MIG slice,
+permissions, an old driver) still gets its runtime: the row carries no energy and says why in
+`energy_status`.
+
+`time_wall` is the stand-in timer of the dry run (`kt tune --backend dryrun`, `kt bench --smoke`): the GPU's
+measure path run on the CPU in Triton's interpreter. Its figures are wall-clock seconds of the interpreter,
+named `wall_*`, never `runtime_ms`: nothing stores or reports them as measurements.
 """
 
 from __future__ import annotations
@@ -12,10 +28,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 FLUSH_BYTES = 256 * 1024 * 1024  # over 4x the L2 of an H100 (50 MB) or H200 (60 MB)
+REGIMES = ("l2_flushed", "l2_warm")
+# The idle gap before each candidate. A 64-candidate tune then idles 13 s of its ~2 minutes on the GPU
+# (64 x (check + 0.3 s timed + 1 s energy)): enough for the board to shed the last candidate's heat spike.
+DEFAULT_COOLDOWN_MS = 200.0
+CUDA_TIMER = "cuda_events"
+WALL_TIMER = "wall_clock_interpreter"
 
 
 @dataclass(frozen=True)
@@ -24,22 +45,48 @@ class TimingSettings:
     min_runs: int = 10
     max_runs: int = 1000
     warmup_ms: float = 30.0
-    energy_s: float = 1.0  # length of the energy loop; 0 skips energy
+    energy_s: float = 1.0  # length of the energy loops together; 0 skips energy
     flush_bytes: int = FLUSH_BYTES
+    regime: str = "l2_flushed"  # l2_flushed | l2_warm: the same for runtime and energy
+    cooldown_ms: float = DEFAULT_COOLDOWN_MS  # idle before the candidate is timed
+
+    def __post_init__(self):
+        if self.regime not in REGIMES:
+            raise ValueError(
+                f"timing regime: {self.regime!r} is not supported; allowed: {', '.join(REGIMES)}"
+            )
+        if self.cooldown_ms < 0 or self.energy_s < 0:
+            raise ValueError("timing: cooldown_ms and energy_s must be at least 0")
+
+    @property
+    def flushed(self) -> bool:
+        return self.regime == "l2_flushed"
 
 
 DEFAULT_TIMING = TimingSettings()
+# The dry run times one call after one warm-up: enough to run every line of the measure path on the CPU.
+DRY_RUN_TIMING = TimingSettings(
+    target_ms=0.0, min_runs=1, max_runs=1, warmup_ms=0.0, energy_s=0.0, cooldown_ms=0.0
+)
 
 
-def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMING) -> dict[str, float]:
-    """Median runtime of `fn` in ms over many L2-flushed runs, with min, p20, p80 and the run count."""
-    flush = torch.empty(settings.flush_bytes, dtype=torch.int8, device="cuda")
+def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMING) -> dict[str, Any]:
+    """Median runtime of `fn` in ms over many runs (L2 flushed before each under `l2_flushed`), with min, p20,
+    p80 and the run count."""
+    import torch
+
+    flush = torch.empty(settings.flush_bytes, dtype=torch.int8, device="cuda") if settings.flushed else None
+
+    def prepare():
+        if flush is not None:
+            flush.zero_()
+
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(5):
-        flush.zero_()
+        prepare()
         fn()
     end.record()
     torch.cuda.synchronize()
@@ -52,45 +99,81 @@ def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMIN
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     for i in range(runs):
-        flush.zero_()
+        prepare()
         starts[i].record()
         fn()
         ends[i].record()
     torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    q = statistics.quantiles(times, n=5)  # the 20th, 40th, 60th and 80th percentiles
+    return {**_summary([s.elapsed_time(e) for s, e in zip(starts, ends)], "runtime"), "timer": CUDA_TIMER}
+
+
+def time_wall(fn: Callable[[], object], settings: TimingSettings = DRY_RUN_TIMING) -> dict[str, Any]:
+    """The dry run's timer: wall-clock ms of `fn` on the CPU (one warm-up, then `min_runs` calls), named
+    `wall_*` so that no figure of it is ever taken for a GPU runtime."""
+    fn()
+    times = []
+    for _ in range(max(1, settings.min_runs)):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return {"wall_ms": statistics.median(times), "wall_runs": len(times), "timer": WALL_TIMER}
+
+
+def _summary(times_ms: list[float], prefix: str) -> dict[str, Any]:
+    times = sorted(times_ms)
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4  # 20th .. 80th percentiles
     return {
-        "runtime_ms": statistics.median(times),
-        "runtime_min_ms": times[0],
-        "runtime_p20_ms": q[0],
-        "runtime_p80_ms": q[3],
-        "runs": runs,
+        f"{prefix}_ms": statistics.median(times),
+        f"{prefix}_min_ms": times[0],
+        f"{prefix}_p20_ms": q[0],
+        f"{prefix}_p80_ms": q[3],
+        "runs": len(times),
     }
 
 
 class Nvml:
-    """The NVML handle of the GPU torch calls cuda:`index` (matched by UUID), or unavailable with a reason."""
+    """NVML for one GPU, probed once: `reason` says why its energy cannot be read (no NVML, no matching device,
+    or a counter that refuses to be read, as on a vGPU or a MIG slice), else it is empty.
 
-    def __init__(self, index: int = 0):
+    `uuid` is the GPU's as torch reports it (matched against NVML's, since the two number devices differently);
+    None takes NVML's only device. `nvml` is the pynvml module (a test passes another NVML library).
+    """
+
+    def __init__(self, uuid: str | None = None, nvml=None):
         self.handle, self.reason = None, ""
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.pynvml = pynvml
-            uuid = str(torch.cuda.get_device_properties(index).uuid)
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                nvml_uuid = pynvml.nvmlDeviceGetUUID(handle)
-                nvml_uuid = nvml_uuid.decode() if isinstance(nvml_uuid, bytes) else nvml_uuid
-                if uuid.lower() in nvml_uuid.lower():
+            if nvml is None:
+                import pynvml as nvml
+            self.pynvml = nvml
+            nvml.nvmlInit()
+            count = nvml.nvmlDeviceGetCount()
+            for i in range(count):
+                handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                if uuid and uuid.lower() in _text(nvml.nvmlDeviceGetUUID(handle)).lower():
                     self.handle = handle
-            if self.handle is None and pynvml.nvmlDeviceGetCount() == 1:
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            if self.handle is None and count == 1:
+                self.handle = nvml.nvmlDeviceGetHandleByIndex(0)
             if self.handle is None:
-                self.reason = f"no NVML device matches torch's cuda:{index} (UUID {uuid})"
+                self.reason = f"no NVML device matches the GPU (UUID {uuid})"
+                return
         except Exception as exc:  # NVML missing, old driver, or no permission: time without energy
-            self.reason = f"NVML unavailable: {exc}"
+            self.handle, self.reason = None, f"NVML unavailable: {_one_line(exc)}"
+            return
+        try:  # a handle whose energy counter cannot be read: find out now, not in every candidate
+            self.energy_mj()
+        except Exception as exc:
+            self.handle, self.reason = None, f"NVML energy counter not readable: {_one_line(exc)}"
+
+    @classmethod
+    def for_torch_device(cls, index: int = 0) -> Nvml:
+        """The NVML of the GPU torch calls cuda:`index`."""
+        import torch
+
+        return cls(str(torch.cuda.get_device_properties(index).uuid))
+
+    def is_nvml_error(self, exc: BaseException) -> bool:
+        error = getattr(getattr(self, "pynvml", None), "NVMLError", None)
+        return error is not None and isinstance(exc, error)
 
     def energy_mj(self) -> int:
         return self.pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
@@ -102,49 +185,110 @@ class Nvml:
         return self.pynvml.nvmlDeviceGetTemperature(self.handle, self.pynvml.NVML_TEMPERATURE_GPU)
 
     def driver_version(self) -> str:
-        version = self.pynvml.nvmlSystemGetDriverVersion()
-        return version.decode() if isinstance(version, bytes) else version
+        return _text(self.pynvml.nvmlSystemGetDriverVersion())
 
 
-def _graph_of(fn: Callable[[], object], reps: int) -> Callable[[], None] | None:
-    """A CUDA graph replaying `fn` `reps` times, or None when the kernel cannot be captured."""
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+def _replayer(step: Callable[[], None], reps: int) -> tuple[Callable[[], None], int, bool]:
+    """(run, calls per run, graph used): a CUDA graph replaying `step` `reps` times, or, when the step cannot
+    be captured, the step itself run from Python once per run."""
+    import torch
+
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            fn()
+            step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for _ in range(reps):
-                fn()
-        return graph.replay
+                step()
+        return graph.replay, reps, True
     except Exception:
-        return None
+        torch.cuda.synchronize()
+        return step, 1, False
 
 
-def energy_cuda(fn: Callable[[], object], runtime_ms: float, nvml: Nvml, seconds: float) -> dict[str, float]:
-    """Average power and energy per call of `fn` over a loop of about `seconds`, from NVML's energy counter."""
-    if nvml.handle is None:
-        return {}
-    reps = max(1, min(2000, int(10.0 / max(runtime_ms, 1e-3))))  # one replay is about 10 ms of work
-    replay = _graph_of(fn, reps)
-    if replay is None:
-        reps, replay = 1, fn
-    steps = max(1, int(seconds * 1000.0 / (runtime_ms * reps)))
+def _loop_energy(
+    meter, step: Callable[[], None], step_ms: float, seconds: float
+) -> tuple[float, float, int, bool]:
+    """(joules, seconds, calls, graph used) of `step` repeated for about `seconds`, from the energy counter."""
+    import torch
+
+    reps = max(1, min(2000, int(10.0 / max(step_ms, 1e-3))))  # one replay is about 10 ms of work
+    replay, per_replay, graph = _replayer(step, reps)
+    replays = max(1, int(seconds * 1000.0 / (step_ms * per_replay)))
     torch.cuda.synchronize()
-    e0, t0 = nvml.energy_mj(), time.perf_counter()
-    for _ in range(steps):
+    e0, t0 = meter.energy_mj(), time.perf_counter()
+    for _ in range(replays):
         replay()
     torch.cuda.synchronize()
-    e1, t1 = nvml.energy_mj(), time.perf_counter()
-    calls, joules = steps * reps, (e1 - e0) / 1000.0
-    if joules <= 0:  # the counter did not move over the loop: report no energy rather than a zero
-        return {}
-    return {
-        "power_w": joules / (t1 - t0),
-        "energy_mj": (e1 - e0) / calls,
-        "energy_loop_s": t1 - t0,
-        "sm_clock_mhz": nvml.sm_clock_mhz(),
-        "temperature_c": nvml.temperature_c(),
-    }
+    e1, t1 = meter.energy_mj(), time.perf_counter()
+    return (e1 - e0) / 1000.0, t1 - t0, replays * per_replay, graph
+
+
+def energy_cuda(
+    fn: Callable[[], object], runtime_ms: float, meter: Nvml, settings: TimingSettings = DEFAULT_TIMING
+) -> dict[str, Any]:
+    """Average power and energy per call of `fn`, under the settings' regime, with SM clock and temperature;
+    `energy_status` says why a figure is missing (the runtime is never lost over an energy reading)."""
+    import torch
+
+    if meter.handle is None:
+        return {"energy_status": meter.reason or "no energy counter"}
+    flush = torch.empty(settings.flush_bytes, dtype=torch.int8, device="cuda") if settings.flushed else None
+    try:
+        if flush is None:
+            joules, seconds, calls, graph = _loop_energy(meter, fn, runtime_ms, settings.energy_s)
+            flush_joules = 0.0
+        else:
+            flush_ms = _flush_ms(flush)
+            pair_j, pair_s, calls, graph = _loop_energy(
+                meter, lambda: (flush.zero_(), fn()), runtime_ms + flush_ms, settings.energy_s / 2
+            )
+            only_j, _, flushes, flush_graph = _loop_energy(
+                meter, flush.zero_, flush_ms, settings.energy_s / 2
+            )
+            graph = graph and flush_graph
+            flush_joules = only_j / flushes
+            joules, seconds = pair_j - flush_joules * calls, pair_s
+        values: dict[str, Any] = {"cuda_graph": int(graph), "energy_loop_s": seconds}
+        if joules <= 0:  # the counter did not move, or the flush's energy swamped the kernel's
+            return {**values, "energy_status": "no energy figure: the counter moved too little over the loop"}
+        energy_mj = joules * 1000.0 / calls
+        values.update(
+            energy_mj=energy_mj,
+            power_w=energy_mj / runtime_ms,  # mJ per ms: the kernel's average power while it runs
+            sm_clock_mhz=meter.sm_clock_mhz(),
+            temperature_c=meter.temperature_c(),
+            energy_status="ok",
+        )
+        if flush is not None:
+            values["flush_energy_mj"] = flush_joules * 1000.0
+        return values
+    except Exception as exc:  # NVML refusing mid-run costs the energy figure, not the runtime
+        if not meter.is_nvml_error(exc):
+            raise
+        return {"energy_status": f"energy reading failed: {_one_line(exc)}"}
+
+
+def _flush_ms(flush) -> float:
+    """How long one flush takes (ms), from CUDA events over a few of them."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    flush.zero_()
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+    end.record()
+    torch.cuda.synchronize()
+    return max(start.elapsed_time(end) / 5, 1e-3)

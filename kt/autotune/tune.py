@@ -2,10 +2,16 @@
 
 Every finished measurement is committed to the database as it arrives, so a tune that is killed loses only
 the candidates in flight, and running it again measures only what is missing.
+
+Every tune also runs candidate zero: what a user would call without kt (PyTorch's own path for the problem,
+kt.codegen.baseline), through the same runner, check and timer as the generated kernels, outside the budget.
+On a GPU, when no generated kernel beats it, the best is PyTorch's path: the artifact says so and its
+kernel.py calls PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -16,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.autotune.database import COLUMN_NAMES, Database
+from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, Database
 from kt.autotune.progress import TuneProgress
 from kt.autotune.runners import Candidate, Result, Runner, make_runner
 from kt.autotune.search import (
@@ -30,6 +36,7 @@ from kt.autotune.search import (
 from kt.autotune.timing import TimingSettings
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, config_from_dict, family_for, write_source
+from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.correction import CorrectedModel, model_name, refit
 from kt.costmodel.forest import ForestModel
@@ -148,15 +155,32 @@ def plan_tuning(
     )
 
 
+@dataclass(frozen=True)
+class PyTorchPath:
+    """Candidate zero's stand-in for a config: PyTorch's own path has no tiles (its rows' config is {})."""
+
+    impl: str
+
+    def key(self) -> str:
+        return BASELINE_KEY
+
+    def to_dict(self) -> dict[str, Any]:
+        return {}
+
+    def __str__(self) -> str:
+        return f"PyTorch: {self.impl}"
+
+
 @dataclass
 class Best:
-    config: Config
+    config: Config | None  # the best generated config (None when none passed and PyTorch's path is the best)
     measured: bool
     runtime_ms: float | None = None
     power_w: float | None = None
     energy_mj: float | None = None
     predicted_ms: float | None = None
     row: dict[str, Any] = field(default_factory=dict)
+    pytorch: bool = False  # True: no generated kernel beat PyTorch's own path, which is the best
 
 
 @dataclass
@@ -175,10 +199,24 @@ class TuneResult:
     db_path: Path
     notes: list[str] = field(default_factory=list)
     trace: SearchTrace = field(default_factory=SearchTrace)
+    baseline: dict[str, Any] | None = None  # candidate zero's row: PyTorch's own path
 
     @property
     def measured(self) -> bool:
         return self.best.measured
+
+    @property
+    def baseline_impl(self) -> str:
+        return baseline_impl(self.problem)
+
+    @property
+    def baseline_ratio(self) -> float | None:
+        """PyTorch's measured objective over the best generated kernel's (> 1: kt is faster); None when either
+        was not timed."""
+        theirs = self.value(self.baseline) if self.baseline else None
+        generated = [self.value(r) for r in self.rows]
+        ours = min((v for v in generated if v is not None), default=None)
+        return theirs / ours if theirs and ours else None
 
     def statuses(self) -> Counter:
         return Counter(row["status"] for row in self.rows)
@@ -281,7 +319,7 @@ def tune(
             notes.append(
                 f"some configs have no power reading, so the {power_cap_w:g} W cap was not checked for them"
             )
-    best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w)
+    best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
     return TuneResult(
         spec,
         plan.problem,
@@ -297,6 +335,7 @@ def tune(
         session.db_path,
         notes,
         session.trace,
+        session.baseline,
     )
 
 
@@ -313,6 +352,7 @@ class Session:
     trace: SearchTrace = field(default_factory=SearchTrace)
     final_prediction: Prediction | None = None  # the last model's, after any refits
     skipped_rows: int = 0  # malformed database rows that refits left out
+    baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
 
 
 RETRYABLE = ("timeout", "crash")
@@ -335,11 +375,17 @@ def run_session(
     timeout_s: float = 300.0,
     retry_failed: bool = False,
     timing: TimingSettings | None = None,
+    deadline: float | None = None,
+    baseline: bool = True,
+    runner: Runner | None = None,
 ) -> Session:
     """Plan, then search: measure what the database lacks, round by round, until the strategy stops or the
     budget (counting configs measured before) is spent. `retry_failed` measures again configs whose earlier
     attempt timed out or crashed (both can be transient: a short timeout, a busy machine). `timing` sets how
-    long the GPU times each config and its energy loop (default: kt.autotune.timing.DEFAULT_TIMING)."""
+    long the GPU times each config and its energy loop (default: kt.autotune.timing.DEFAULT_TIMING).
+    `deadline` (time.monotonic()) ends the search early: nothing new starts after it. `baseline` runs
+    candidate zero, PyTorch's own path, with the first round. `runner`: one already made (and perhaps started,
+    so that several tunes share its workers), whose backend, workers, timeout and timing then apply."""
     from kt.api import resolve_profile  # the API owns turning specs into profiles
     from kt.ir import op_from_spec
 
@@ -348,18 +394,29 @@ def run_session(
     profile = resolve_profile(device or spec.device)
     cost_model = resolve_model(profile, model)
     search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
-    extra = {"timing": timing} if timing is not None else {}
-    runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, **extra)
+    owned = runner is None
+    if owned:
+        extra = {"timing": timing} if timing is not None else {}
+        runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, **extra)
     search = search_strategy(search, runner.measures_time)
     plan = plan_tuning(
         node.problem, profile, budget, search, seed, cost_model, objective, power_cap_w, runner.measures_time
     )
-    with Database(db) as database:
+    with Database(db) as database, runner if owned else contextlib.nullcontext():
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
-        trace, fresh = tuner.search(search, budget, progress, retry_failed)
+        trace, fresh = tuner.search(search, budget, progress, retry_failed, deadline, baseline)
         rows = tuner.rows(trace)
         return Session(
-            plan, runner, profile, rows, fresh, database.path, trace, tuner.prediction, tuner.skipped_rows
+            plan,
+            runner,
+            profile,
+            rows,
+            fresh,
+            database.path,
+            trace,
+            tuner.prediction,
+            tuner.skipped_rows,
+            tuner.baseline_row() if baseline else None,
         )
 
 
@@ -379,6 +436,8 @@ class _Tuner:
             "problem_key": plan.problem.key(),
             "triton_version": software_versions()["triton"],
         }
+        # candidate zero's rows: the problem's, with the PyTorch module's template as the version
+        self.baseline_key = {**self.key, "family_version": baseline_version()}
         self.index_of = {config.key(): i for i, config in enumerate(plan.space.legal)}
         self.prediction = plan.prediction
         self.model_name = plan.model
@@ -393,9 +452,26 @@ class _Tuner:
         known = self.database.measured_configs(**self.key)
         if retry_failed:
             stale = [row["id"] for row in known.values() if row["status"] in RETRYABLE]
+            stale += [row["id"] for row in [self.baseline_row()] if row and row["status"] in RETRYABLE]
             self.database.delete(stale)
             known = self.database.measured_configs(**self.key)
         return {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
+
+    def baseline_row(self) -> dict[str, Any] | None:
+        """Candidate zero's row in the database (PyTorch's own path for this problem), if it has run."""
+        return self.database.measured_configs(**self.baseline_key).get(BASELINE_KEY)
+
+    def baseline_candidate(self) -> Candidate:
+        impl = baseline_impl(self.plan.problem)
+        source = render_baseline(
+            self.plan.problem,
+            name=self.spec.name,
+            device=self.profile.name,
+            kt_version=software_versions()["kt"],
+        )
+        # the interpreter checks it on the reduced problems of the model's first choice
+        checks = self.family.check_problems(self.plan.problem, self.plan.config(self.plan.ranked[0]))
+        return Candidate(self.plan.problem, PyTorchPath(impl), str(write_source(source)), None, checks)
 
     def predict(self) -> tuple[Prediction, str]:
         return self.prediction, self.model_name
@@ -418,6 +494,8 @@ class _Tuner:
         )
         records = []
         for row in rows:
+            if row["config_key"] == BASELINE_KEY:  # PyTorch's path is no config the model ranks
+                continue
             try:
                 records.append(to_record(row))
             except KtError:  # a malformed old row must not stop a tune between rounds
@@ -429,8 +507,17 @@ class _Tuner:
         self.model_name = model_name(model)
         return True
 
-    def search(self, strategy: SearchStrategy, budget: int, progress: bool, retry_failed: bool):
+    def search(
+        self,
+        strategy: SearchStrategy,
+        budget: int,
+        progress: bool,
+        retry_failed: bool,
+        deadline: float | None = None,
+        baseline: bool = True,
+    ):
         known = self.known(retry_failed)
+        zero = [self.baseline_candidate()] if baseline and self.baseline_row() is None else []
         if self.runner.measures_time and strategy.adaptive:
             self.refit()  # rank the first round with what the database knows of this device already
         total = min(budget, len(self.plan.space.legal))
@@ -461,8 +548,14 @@ class _Tuner:
                 )
                 predicted_ms = float(self.prediction.runtime_s[index]) * 1e3
                 todo.append(Candidate(self.plan.problem, config, str(write_source(source)), predicted_ms))
+            todo[:0], zero[:] = zero, []  # candidate zero goes with the first round
             values = {}
-            for result in self.runner.run(todo):
+            for result in self.runner.run(todo, deadline):
+                if isinstance(result.candidate.config, PyTorchPath):
+                    row = measurement_row(result, self.spec, self.runner, self.baseline_key, self.family)
+                    self.database.insert(row)
+                    reporter.baseline(result)
+                    continue
                 row = measurement_row(result, self.spec, self.runner, self.key, self.family)
                 if self.database.insert(row):
                     fresh += 1
@@ -482,6 +575,7 @@ class _Tuner:
                 objective=lambda p: p.objective(self.plan.objective, self.plan.power_cap_w),
                 spread=lambda p: p.spread(self.plan.objective),
                 order=lambda values: rank(self.plan.records, values),
+                out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
             )
         finally:
             reporter.stop()
@@ -531,10 +625,9 @@ def measurement_row(
         "cuda_version": versions["cuda"],
         "python_version": versions["python"],
     }
-    if not runner.measures_time:
-        row["checked_problems"] = [
-            p.to_dict() for p in family.check_problems(candidate.problem, candidate.config)
-        ]
+    if runner.name == "interpret":  # the reduced problems it checked (every other runner checks the full one)
+        checks = candidate.checks or family.check_problems(candidate.problem, candidate.config)
+        row["checked_problems"] = [p.to_dict() for p in checks]
     row.update({k: v for k, v in result.values.items() if k in COLUMN_NAMES and v is not None})
     return row
 
@@ -546,7 +639,10 @@ def choose_best(
     runner: Runner,
     notes: list[str],
     power_cap_w: float | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> Best:
+    """The best generated config by the measured objective (on a GPU) or by the model's rank (without one). On
+    a GPU, PyTorch's own path (`baseline`, candidate zero) is the best when no generated kernel beats it."""
     statuses = Counter(row["status"] for row in rows)
     if runner.measures_time:
         scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
@@ -561,10 +657,29 @@ def choose_best(
             )
         if not scored and objective != "time":
             notes.append(f"no power readings, so the best is by time, not {objective}")
-            scored = [(objective_value(r, "time", power_cap_w), r) for r in rows]
+            objective = "time"
+            scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
             scored = [(v, r) for v, r in scored if v is not None]
+        theirs = objective_value(baseline, objective, power_cap_w) if baseline else None
+        best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
+        if theirs is not None and (best_value is None or theirs <= best_value):
+            impl = baseline_impl(plan.problem)
+            notes.append(
+                f"no generated kernel beat PyTorch's own path ({impl}) on the measured {objective}: "
+                "the artifact's kernel.py calls PyTorch"
+            )
+            generated = config_from_dict(plan.problem.family, row["config"]) if row else None
+            return Best(
+                generated,
+                True,
+                baseline["runtime_ms"],
+                baseline.get("power_w"),
+                baseline.get("energy_mj"),
+                None,
+                baseline,
+                pytorch=True,
+            )
         if scored:
-            _, row = min(scored, key=lambda pair: pair[0])
             return Best(
                 config_from_dict(plan.problem.family, row["config"]),
                 True,

@@ -14,8 +14,13 @@ Reply = tuple[str, dict[str, Any], str, bool]
 
 
 def serve(conn_in, conn_out) -> None:
-    """Serve tasks until told to stop (None), the parent goes away, or a task leaves the process unusable."""
+    """Say ready, then serve tasks until told to stop (None), the parent goes away, or a task leaves the process
+    unusable."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        conn_out.send(("ready", _warm_up()))
+    except (BrokenPipeError, OSError):
+        return
     while True:
         try:
             task = conn_in.recv()
@@ -30,6 +35,22 @@ def serve(conn_in, conn_out) -> None:
             return
         if reply[3]:
             return
+
+
+def _warm_up() -> dict[str, Any]:
+    """Import what every task needs (torch, Triton, kt's checker) before saying ready, and in a GPU worker
+    (KT_WORKER_GPU=1) create its CUDA context: the pool starts a task's clock only then, so a slow start on a
+    loaded machine is never taken for a slow candidate."""
+    import os
+
+    import torch
+    import triton  # noqa: F401 - imported now so that its start-up is not charged to the first task
+
+    import kt.autotune.checking  # noqa: F401
+
+    if os.environ.get("KT_WORKER_GPU") == "1" and torch.cuda.is_available():
+        torch.cuda.init()
+    return {"pid": os.getpid()}
 
 
 def main(argv: list[str]) -> None:
@@ -95,11 +116,14 @@ def _check(payload: dict[str, Any]) -> Reply:
 
 
 def _compile(payload: dict[str, Any]) -> Reply:
-    """Compile for the target GPU architecture (no GPU needed) and hold its shared memory to the device limit."""
+    """Compile for the target GPU architecture (no GPU needed) and hold its shared memory to the device limit.
+    A module with no Triton kernel (PyTorch's own path, candidate zero) has nothing to compile."""
     from kt.autotune.compile import compile_for_target, meta_args
 
     module = _load(payload, interpret=False)
     builds = compile_for_target(module, meta_args(_problem(payload)), payload["arch"])
+    if not builds:
+        return "ok", {}, "", False
     shared = max(build.shared_bytes for build in builds)
     values = {"smem_bytes": shared, "uses_wgmma": any(build.uses_wgmma for build in builds)}
     if shared > payload["smem_limit"]:
@@ -112,36 +136,76 @@ def _compile(payload: dict[str, Any]) -> Reply:
     return "ok", values, "", False
 
 
-_NVML = None
+_METERS: dict[str, Any] = {}  # device -> its energy meter, probed once per worker
+
+
+def _meter(device: str):
+    """The energy meter of `device`, probed on first use: NVML on a GPU; on the CPU (the dry run) none, with the
+    reason recorded in the row as a GPU's unreadable counter would be."""
+    if device not in _METERS:
+        from kt.autotune.timing import Nvml
+
+        if device == "cuda":
+            import torch
+
+            _METERS[device] = Nvml.for_torch_device(torch.cuda.current_device())
+        else:
+            _METERS[device] = _NoMeter("no energy counter: a dry run in Triton's interpreter on the CPU")
+    return _METERS[device]
+
+
+class _NoMeter:
+    handle = None
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _measure(payload: dict[str, Any]) -> Reply:
-    """On the GPU: check correctness on the full problem, then time it and read its energy."""
-    global _NVML
-    import torch
+    """Check correctness on the full problem, then time the call and read its energy.
+
+    On a GPU (device cuda) with CUDA events and NVML. The dry run (device cpu) takes every step of the same
+    path in Triton's interpreter, with the wall-clock timer in place of CUDA events and no energy counter:
+    its figures are named wall_*, never runtime_ms (kt.autotune.timing)."""
+    import time
 
     from kt.autotune.checking import check_kernel
-    from kt.autotune.timing import Nvml, TimingSettings, energy_cuda, time_cuda
-    from kt.dtypes import torch_dtype
+    from kt.autotune.timing import TimingSettings, energy_cuda, time_cuda, time_wall
 
-    module, problem = _load(payload, interpret=False), _problem(payload)
-    result = check_kernel(module, problem, payload["seed"], "cuda")
-    values: dict[str, Any] = {"rel_err": result.rel_err, "gpu_name": torch.cuda.get_device_name()}
+    device = payload.get("device", "cuda")
+    module, problem = _load(payload, interpret=device == "cpu"), _problem(payload)
+    result = check_kernel(module, problem, payload["seed"], device)
+    values: dict[str, Any] = {"rel_err": result.rel_err, "gpu_name": _device_name(device)}
     if not result.ok:
         return "wrong_result", values, result.message, False
-    args = problem.random_args(payload["seed"] + 1, "cuda")
-    out = torch.empty(problem.out_type().shape, dtype=torch_dtype(problem.dtype), device="cuda")
+    args = problem.random_args(payload["seed"] + 1, device)
+    out = problem.out_type().empty(device)  # the family's output type: an fp32 FFT writes complex64
+    if hasattr(module, "implementation"):  # PyTorch's own path: say which of its routes ran
+        values["impl"] = module.implementation(*args)
 
     def call():
         return module.kernel(*args, out=out)
 
     settings = TimingSettings(**payload.get("timing", {}))
-    values.update(time_cuda(call, settings))
-    if settings.energy_s > 0:
-        if _NVML is None:
-            _NVML = Nvml(torch.cuda.current_device())
-        values.update(energy_cuda(call, values["runtime_ms"], _NVML, settings.energy_s))
-    return "ok", values, "" if "power_w" in values or settings.energy_s == 0 else "no energy reading", False
+    values["timing_regime"] = settings.regime
+    values["cooldown_ms"] = settings.cooldown_ms
+    time.sleep(settings.cooldown_ms / 1e3)  # every candidate starts from about the same thermal state
+    values.update(time_wall(call, settings) if device == "cpu" else time_cuda(call, settings))
+    if (
+        settings.energy_s > 0 or device == "cpu"
+    ):  # the dry run takes the no-counter path of every GPU without one
+        values.update(energy_cuda(call, values.get("runtime_ms"), _meter(device), settings))
+    else:
+        values["energy_status"] = "not measured (energy_s = 0)"
+    return "ok", values, "", False
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    from kt.autotune.runners import INTERPRETER_DEVICE
+
+    return torch.cuda.get_device_name() if device == "cuda" else INTERPRETER_DEVICE
 
 
 HANDLERS = {"check": _check, "compile": _compile, "measure": _measure}

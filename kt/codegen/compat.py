@@ -8,17 +8,38 @@ A generated kernel.py imported without kt cannot carry this patch: under the int
 or NumPy < 2.4 (on a GPU, where kernels are compiled, nothing is affected).
 
 Triton also decides at import time whether `@triton.jit` makes interpreted functions: when Triton was imported
-before kt chose the interpreter (torch.compile, a TorchDispatchMode and other torch internals import it), its own
-jit'd helpers (`tl.cdiv`, `tl.minimum`, ...) are compiled-mode JITFunctions, which refuse to be called from an
-interpreted kernel. `patch_interpreter` then makes such a device call run the function as the interpreter runs
-its own (through an InterpretedFunction), only while TRITON_INTERPRET is on.
+before kt chose the interpreter (kt imports it first on purpose, and torch.compile, a TorchDispatchMode and other
+torch internals import it too), its own jit'd helpers (`tl.cdiv`, `tl.minimum`, ...) are compiled-mode
+JITFunctions, which refuse to be called from an interpreted kernel. `patch_interpreter` then makes such a device
+call run the function as the interpreter runs its own (through an InterpretedFunction), only while
+TRITON_INTERPRET is on.
+
+kt turns TRITON_INTERPRET on only while it imports a kernel module for the interpreter (`interpreting`) and while
+an interpreted kernel runs (`patch_interpreter` wraps the interpreter's launch), and puts back what was there:
+one kernel loaded for the interpreter must not make every later kernel of the process an interpreted one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from importlib import metadata
 
 _patched = False
+
+
+@contextlib.contextmanager
+def interpreting():
+    """TRITON_INTERPRET=1 for the duration, then as it was."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def _needs_index_fix() -> bool:
@@ -39,6 +60,7 @@ def patch_interpreter() -> None:
     if _patched:
         return
     _interpret_device_calls()
+    _interpret_while_running()
     _patched = True
     if not _needs_index_fix():
         return
@@ -53,11 +75,23 @@ def patch_interpreter() -> None:
     interpreter._patch_lang_tensor = patch_lang_tensor
 
 
+def _interpret_while_running() -> None:
+    """An interpreted kernel's launch runs with TRITON_INTERPRET on (Triton and `_interpret_device_calls`
+    consult it at run time), whatever the process has it set to."""
+    from triton.runtime import interpreter
+
+    original = interpreter.GridExecutor.__call__
+
+    def call(self, *args, **kwargs):
+        with interpreting():
+            return original(self, *args, **kwargs)
+
+    interpreter.GridExecutor.__call__ = call
+
+
 def _interpret_device_calls() -> None:
     """A JITFunction called inside an interpreted kernel (made before TRITON_INTERPRET was set) runs as the
     interpreter runs its own jit'd functions; with the interpreter off, the call is Triton's, unchanged."""
-    import os
-
     from triton.runtime import interpreter, jit
 
     original = jit.JITFunction.__call__

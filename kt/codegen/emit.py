@@ -7,6 +7,7 @@ CPU interpreter is fixed when the module is imported (at `@triton.jit`), from TR
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -53,19 +54,24 @@ def interpreter_wanted() -> bool:
 def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -> ModuleType:
     """Import a generated kernel module from `path`, for the GPU or (interpret=True) for Triton's interpreter.
 
-    Choosing the interpreter sets TRITON_INTERPRET=1 for this process: there is no GPU to compile for, and
-    Triton reads the variable again at run time.
+    Choosing the interpreter changes nothing for the rest of the process: TRITON_INTERPRET=1 is set only while
+    the module's `@triton.jit` functions are made and while its kernels run (kt.codegen.compat), so kernels
+    loaded later, or by other code, still compile for the GPU when there is one.
     """
     path = Path(path)
     if interpret is None:
         interpret = interpreter_wanted()
     if interpret:
-        os.environ["TRITON_INTERPRET"] = "1"
-        from kt.codegen.compat import patch_interpreter
+        import triton.language  # noqa: F401 - before the switch, so Triton's own helpers stay compiled-mode
+
+        from kt.codegen.compat import interpreting, patch_interpreter
 
         patch_interpreter()
+        importing = interpreting()
     elif os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
+    else:
+        importing = contextlib.nullcontext()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
     name = f"kt_kernel_{'interp' if interpret else 'cuda'}_{digest}"
     if name in sys.modules:
@@ -74,7 +80,8 @@ def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with importing:
+            spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise

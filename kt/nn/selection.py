@@ -5,9 +5,11 @@ least 16), so a new batch size reuses the kernel of its bucket: every generated 
 and the bucket only names the shape that was (or can be) tuned. For a bucket's spec, in order:
 
 1. the tuning database (`$KT_DB`, else kt's default): the fastest passing row measured on this GPU with the
-   current template;
+   current template, PyTorch's own path (a tune's candidate zero) included: when it beat every generated
+   kernel, the layer calls PyTorch;
 2. artifacts (`kt tune --out`) in the directories of `$KT_ARTIFACTS` (separated by os.pathsep) or given to
-   `use_artifacts()`, whose problem is this bucket's;
+   `use_artifacts()`, whose problem is this bucket's (an artifact whose kernel.py calls PyTorch runs PyTorch;
+   one tuned without a GPU, `measured: false`, is used with a warning);
 3. the cost model's top-ranked legal config (`kt.build`), which is never silent: a warning names the spec to tune.
 
 Each choice is logged once (logger "kt.nn") and listed by `selections()`.
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from kt.autotune.database import BASELINE_KEY
 from kt.kernel import Kernel
 from kt.spec import OpSpec, parse_spec
 
@@ -105,8 +108,19 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     if selected is None:
         selected = _select(bucket_spec(op, rows), device)
         _SELECTED[key] = selected
-        message = f"{selected.spec.summary()}: {selected.source} ({selected.where}), config {selected.kernel.config.key()}"
-        if selected.source == "cost model":
+        runs = (
+            f"PyTorch's {selected.kernel.module.IMPLEMENTATION}"
+            if selected.kernel.pytorch
+            else f"config {selected.kernel.config.key()}"
+        )
+        message = f"{selected.spec.summary()}: {selected.source} ({selected.where}), {runs}"
+        if selected.source == "artifact" and not selected.kernel.measured:
+            log.warning(
+                "%s; not measured: the artifact was tuned without a GPU (the cost model's pick, checked in "
+                "Triton's interpreter); tune it on this GPU with `kt tune` for a measured choice",
+                message,
+            )
+        elif selected.source == "cost model":
             log.warning(
                 "%s; untuned: tune this shape with `kt tune` (spec: %s) and point $KT_DB or $KT_ARTIFACTS at it",
                 message,
@@ -126,6 +140,8 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     problem, family = node.problem, family_for(node.problem)
     if device.type == "cuda":
         row = _best_row(problem, family, torch.cuda.get_device_name(device))
+        if row is not None and row["config_key"] == BASELINE_KEY:  # no generated kernel beat PyTorch's path
+            return Selection(spec, kt.build(spec, config=BASELINE_KEY), "database", row["db"])
         if row is not None:
             config = config_from_dict(family.name, row["config"])
             return Selection(spec, kt.build(spec, config=config), "database", row["db"])
@@ -152,7 +168,10 @@ def _artifact_dirs() -> list[Path]:
 
 
 def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
+    """The fastest passing GPU row of `problem` on `gpu`: a generated kernel of the current template, or PyTorch's
+    own path timed as a tune's candidate zero."""
     from kt.autotune.database import Database, default_path
+    from kt.codegen.baseline import baseline_version
     from kt.errors import DatabaseError
 
     path = default_path()
@@ -160,17 +179,12 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
         return None
     try:
         with Database(path, readonly=True) as db:
-            rows = db.find(
-                problem_key=problem.key(),
-                family_version=family.version,
-                status="ok",
-                runner="cuda",
-                device=gpu,
-            )
+            rows = db.find(problem_key=problem.key(), status="ok", runner="cuda", device=gpu)
     except DatabaseError as exc:
         log.warning("kt.nn: cannot read the tuning database: %s", exc)
         return None
-    rows = [r for r in rows if r.get("runtime_ms")]
+    current = {family.version, baseline_version()}
+    rows = [r for r in rows if r.get("runtime_ms") and r["family_version"] in current]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["runtime_ms"])

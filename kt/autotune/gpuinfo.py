@@ -1,0 +1,116 @@
+"""Which GPU kt would measure on, learned without a CUDA context in kt's own process.
+
+A GPU in exclusive-process compute mode takes one CUDA context at a time, and kt's GPU worker needs it. So the
+parent process asks NVML (which creates no context) for the name and compute capability of the GPU that torch
+will call cuda:0, and only when NVML cannot say for sure asks a short-lived subprocess, whose context is gone
+before the GPU worker starts.
+
+torch numbers GPUs after CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER, NVML by PCI bus: a UUID in
+CUDA_VISIBLE_DEVICES is matched exactly, an index only where the two orders agree (CUDA_DEVICE_ORDER=PCI_BUS_ID)
+or where every GPU of the machine is the same model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from kt.errors import DeviceError
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str  # as the driver names it, e.g. "NVIDIA H100 80GB HBM3"
+    compute_capability: int  # 10 * major + minor
+    uuid: str = ""
+    driver: str = ""
+    max_sm_clock_mhz: int | None = None
+    power_limit_w: float | None = None
+    source: str = "nvml"  # nvml | subprocess
+
+
+_PROBE = """
+import json, torch
+p = torch.cuda.get_device_properties(0)
+print(json.dumps({"name": p.name, "compute_capability": 10 * p.major + p.minor, "uuid": str(p.uuid)}))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def visible_gpu() -> GpuInfo:
+    """The GPU that torch calls cuda:0 in a fresh process, without creating a CUDA context here."""
+    info = _from_nvml()
+    return info if info is not None else _from_subprocess()
+
+
+def _visible_entry() -> str | None:
+    """The first entry of CUDA_VISIBLE_DEVICES (an index, a GPU- or MIG- UUID), or None when it is unset."""
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return None
+    entries = [e.strip() for e in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+    return entries[0] if entries else None
+
+
+def _from_nvml(nvml=None) -> GpuInfo | None:
+    """The GPU from NVML, or None when NVML is missing or cannot tell which device torch's cuda:0 is."""
+    try:
+        if nvml is None:
+            import pynvml as nvml
+        nvml.nvmlInit()
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        if not handles:
+            return None
+        entry = _visible_entry()
+        handle = None
+        if entry is not None and entry.startswith("GPU-"):
+            handle = next((h for h in handles if _text(nvml.nvmlDeviceGetUUID(h)).startswith(entry)), None)
+        elif entry is not None and entry.startswith("MIG-"):
+            return None  # a MIG slice: its profile is not the whole GPU's; ask torch
+        else:
+            index = int(entry) if entry is not None and entry.isdigit() else 0
+            names = {_text(nvml.nvmlDeviceGetName(h)) for h in handles}
+            same_order = os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
+            if index < len(handles) and (same_order or len(names) == 1):
+                handle = handles[index]
+        if handle is None:
+            return None
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return GpuInfo(
+            _text(nvml.nvmlDeviceGetName(handle)),
+            10 * major + minor,
+            _text(nvml.nvmlDeviceGetUUID(handle)),
+            _text(nvml.nvmlSystemGetDriverVersion()),
+            _optional(lambda: int(nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM))),
+            _optional(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0),
+        )
+    except Exception:  # no NVML library, no driver, no permission: ask torch in a subprocess
+        return None
+
+
+def _from_subprocess() -> GpuInfo:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DeviceError(f"device: cannot ask torch which GPU this is ({exc})") from None
+    if done.returncode != 0:
+        tail = " ".join(done.stderr.strip().splitlines()[-1:])
+        raise DeviceError(f"device: torch cannot open the GPU: {tail}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return GpuInfo(data["name"], data["compute_capability"], data["uuid"], source="subprocess")
+
+
+def _optional(read):
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,746 @@
+"""`kt bench`: one time-boxed run that turns a few GPU minutes into every BENCHMARKS.md row.
+
+Three parts, each with its own share of the time and each cut (not failed) when its share runs out; a part or a
+case that fails is recorded and the run goes on:
+
+1. smoke: every family in every dtype on a full problem, the cost model's first config and PyTorch's own path,
+   checked against float64 and timed once (the measure path end to end);
+2. tunes: quick tunes (a small budget, runtime only) of the cases below, each against its PyTorch baseline
+   (candidate zero), then the winner and the baseline timed again back to back with energy;
+3. collect: with the time left, runtime-only `kt collect` samples of dense shapes for the cost model.
+
+It writes DIR/report.md (the rows for BENCHMARKS.md with the device, driver, clocks, versions, date and command),
+DIR/results.csv, DIR/measurements.csv (an export of the run's tuning database), DIR/artifacts/ and DIR/bench.log;
+`update_benchmarks` merges a report into BENCHMARKS.md. `smoke=True` runs every part on tiny shapes through the
+dry run (kt.autotune.runners.DryRunner) on a machine without a GPU: every line it writes says that nothing was
+timed on a GPU, and `update_benchmarks` refuses its report.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kt.errors import KtError
+
+log = logging.getLogger("kt.bench")
+
+# The share of the run's time of each part; what a part leaves unused goes to the next.
+SHARES = {"smoke": 0.15, "tunes": 0.6, "collect": 0.25}
+DRY = "dry run, nothing timed on a GPU"
+MAX_FILE_BYTES = 16 * 1024 * 1024  # every file of a report stays small enough to commit
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spec: dict[str, Any]
+
+
+def _bsr(block: int, density: float) -> dict[str, Any]:
+    return {"block": [block, block], "density": density, "seed": 0}
+
+
+def tune_cases(smoke: bool) -> list[Case]:
+    """Part 2's cases (the issue's list); `smoke` shrinks each to a tiny problem of the same kind."""
+    if smoke:
+        return [
+            Case("dense fp16", {"op": "dense", "dtype": "float16", "shape": {"m": 32, "n": 32, "k": 32}}),
+            Case("dense bf16", {"op": "dense", "dtype": "bfloat16", "shape": {"m": 32, "n": 32, "k": 32}}),
+            Case("dense fp16 skinny m=16", {"op": "dense", "shape": {"m": 16, "n": 48, "k": 32}}),
+            Case("dense fp16 odd", {"op": "dense", "shape": {"m": 37, "n": 29, "k": 19}}),
+            Case("monarch", {"op": "monarch", "shape": {"batch": 16, "n": 64, "nblocks": 4}}),
+            Case(
+                "blocksparse",
+                {
+                    "op": "blocksparse",
+                    "shape": {"batch": 16, "in": 64, "out": 64},
+                    "sparsity": _bsr(16, 0.25),
+                },
+            ),
+            Case("lowrank", {"op": "lowrank", "shape": {"batch": 16, "dims": [64, 8, 64]}}),
+            Case("fft fp16", {"op": "fft", "dtype": "float16", "shape": {"batch": 8, "n": 64}}),
+            Case("butterfly", {"op": "butterfly", "shape": {"batch": 16, "n": 64}}),
+        ]
+    return [
+        Case(
+            "dense fp16 4096^3",
+            {"op": "dense", "dtype": "float16", "shape": {"m": 4096, "n": 4096, "k": 4096}},
+        ),
+        Case(
+            "dense bf16 4096^3",
+            {"op": "dense", "dtype": "bfloat16", "shape": {"m": 4096, "n": 4096, "k": 4096}},
+        ),
+        Case("dense fp16 skinny m=16", {"op": "dense", "shape": {"m": 16, "n": 4096, "k": 4096}}),
+        Case("dense fp16 odd 4097x4095x4099", {"op": "dense", "shape": {"m": 4097, "n": 4095, "k": 4099}}),
+        Case("monarch n=4096 nb=64", {"op": "monarch", "shape": {"batch": 16384, "n": 4096, "nblocks": 64}}),
+        Case(
+            "blocksparse 10% 64x64",
+            {
+                "op": "blocksparse",
+                "shape": {"batch": 8192, "in": 4096, "out": 4096},
+                "sparsity": _bsr(64, 0.1),
+            },
+        ),
+        Case("lowrank 4096-64-4096", {"op": "lowrank", "shape": {"batch": 8192, "dims": [4096, 64, 4096]}}),
+        Case("fft fp16 n=4096", {"op": "fft", "dtype": "float16", "shape": {"batch": 16384, "n": 4096}}),
+        Case("butterfly n=1024", {"op": "butterfly", "shape": {"batch": 8192, "n": 1024}}),
+    ]
+
+
+def smoke_specs(smoke: bool) -> list[dict[str, Any]]:
+    """Part 1: one problem of every family in every dtype it takes (full problems; tiny ones for `smoke`)."""
+    if smoke:
+        rows, n, feat, block = 9, 64, 32, 8
+    else:
+        rows, n, feat, block = 1000, 1024, 1024, 64
+    bsr = {"block": [block, block], "density": 0.25, "seed": 1}
+    sparse_shape = {"batch": rows, "in": feat, "out": feat}
+    ops = [
+        {"op": "dense", "shape": {"m": rows, "n": feat - 3, "k": feat // 2 + 1}},
+        {"op": "monarch", "shape": {"batch": rows, "n": n, "nblocks": int(math.isqrt(n))}},
+        {"op": "butterfly", "shape": {"batch": rows, "n": n}},
+        {"op": "fft", "shape": {"batch": rows, "n": n}},
+        {"op": "blocksparse", "shape": sparse_shape, "sparsity": bsr},
+        {"op": "lowrank", "shape": {"batch": rows, "dims": [feat, 16, feat]}},
+        {
+            "op": "sum",
+            "terms": [
+                {"op": "blocksparse", "shape": sparse_shape, "sparsity": bsr},
+                {"op": "lowrank", "shape": {"batch": rows, "dims": [feat, 8, feat]}},
+            ],
+        },
+        {"op": "blocksparse_grad", "shape": sparse_shape, "sparsity": bsr},
+    ]
+    specs = []
+    for op in ops:
+        for dtype in ("float16", "bfloat16", "float32"):
+            if op["op"] == "fft" and dtype == "bfloat16":
+                continue  # the FFT takes float16 (planar) and float32 (complex64)
+            name = f"smoke_{op['op']}_{dtype}"
+            specs.append({**op, "dtype": dtype, "name": name})
+    return specs
+
+
+def collect_shapes(smoke: bool) -> list[tuple[int, int, int]]:
+    """Part 3: dense shapes for the cost model's data, in the order they are sampled until the time is up."""
+    if smoke:
+        return [(24, 40, 32)]
+    return [
+        (4096, 4096, 4096),
+        (1024, 1024, 1024),
+        (16, 4096, 4096),
+        (8192, 2048, 128),
+        (777, 1333, 555),
+        (2048, 2048, 2048),
+        (128, 12288, 4096),
+        (4097, 4095, 4099),
+        (64, 64, 65536),
+        (3000, 5000, 700),
+    ]
+
+
+@dataclass
+class BenchResult:
+    out: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"seconds", "status", "note"}
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.md"
+
+
+class _Clock:
+    """The run's time box: a deadline for the whole run and one per part, each part's share of what is left."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.done: set[str] = set()
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def part_deadline(self, part: str) -> float:
+        remaining = [p for p in SHARES if p not in self.done]
+        share = SHARES[part] / sum(SHARES[p] for p in remaining)
+        return time.monotonic() + self.left() * share
+
+
+def run_bench(
+    out: str | Path,
+    minutes: float = 9.0,
+    smoke: bool = False,
+    budget: int | None = None,
+    db: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    command: str = "",
+    only: str = "",
+) -> BenchResult:
+    """Run the three parts within `minutes` and write the report into `out` (see the module docstring).
+
+    `smoke` runs tiny problems through the dry run (no GPU); `budget` is the configs per quick tune (default 8,
+    1 for `smoke`); `db` the tuning database (default out/tuning.db); `only` runs the tune cases whose name
+    contains it."""
+    import torch
+
+    from kt.autotune.progress import BenchProgress
+
+    out = Path(out)
+    if not smoke and not torch.cuda.is_available():
+        raise KtError(
+            "bench: no CUDA GPU here; `kt bench --smoke --out DIR` runs every part on tiny shapes through the dry "
+            "run (nothing is timed)"
+        )
+    _check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "bench.log", mode="w")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("kt").addHandler(handler)  # kt's warnings and this module's lines (it propagates)
+    log.setLevel(logging.INFO)
+    result = BenchResult(out, context=run_context(smoke, command))
+    clock = _Clock(minutes * 60.0)
+    settings = _Settings(
+        smoke=smoke,
+        backend="dryrun" if smoke else "cuda",
+        db=Path(db) if db else out / "tuning.db",
+        workers=workers,
+        budget=budget or (1 if smoke else 8),
+    )
+    reporter = BenchProgress(progress, smoke, clock.end)
+    settings.runner = _runner(settings)
+    try:
+        with settings.runner:  # one set of workers for the whole run: each start costs seconds
+            for part, run in (("smoke", _smoke_part), ("tunes", _tune_part), ("collect", _collect_part)):
+                result.parts[part] = _run_part(part, run, clock, settings, result, reporter, only)
+    finally:
+        reporter.stop()
+        _write_outputs(result, settings)
+        logging.getLogger("kt").removeHandler(handler)
+        handler.close()
+    return result
+
+
+def _run_part(part: str, run, clock: _Clock, settings, result: BenchResult, reporter, only: str) -> dict:
+    """Run one part within its share of the time left; a part that fails is recorded, never raised."""
+    deadline = clock.part_deadline(part)
+    started = time.monotonic()
+    try:
+        items = run(settings, deadline, result, reporter, only)
+        status = "done" if time.monotonic() <= deadline + 1.0 else "over its share"
+        note = f"{items} items"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the other parts still run
+        status, note = "failed", _one_line(exc)
+        log.exception("part %s failed", part)
+    clock.done.add(part)
+    seconds = round(time.monotonic() - started, 1)
+    _say(settings, f"part {part}: {status} in {seconds:.0f} s ({note})")
+    return {"seconds": seconds, "status": status, "note": note}
+
+
+@dataclass
+class _Settings:
+    smoke: bool
+    backend: str
+    db: Path
+    workers: int | None
+    budget: int
+    runner: Any = None  # the run's runner, its workers shared by every part; its timing set per use
+
+    def timing(self, **changes):
+        """The runner's timing for the next use: kt's defaults with `changes` (a dry run keeps its own)."""
+        from kt.autotune.timing import DEFAULT_TIMING, DRY_RUN_TIMING
+
+        self.runner.timing = DRY_RUN_TIMING if self.smoke else replace(DEFAULT_TIMING, **changes)
+
+
+def _runner(settings: _Settings):
+    import kt
+    from kt.autotune.runners import make_runner
+
+    return make_runner(
+        settings.backend, kt.resolve_profile("auto"), workers=settings.workers, timeout_s=120.0
+    )
+
+
+def _say(settings: _Settings, message: str) -> None:
+    log.info(f"{DRY}: {message}" if settings.smoke else message)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise KtError(f"out: {out} exists and is a file; give a directory for the report")
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not (out / "report.md").exists()
+        and not (out / "bench.log").exists()
+    ):
+        raise KtError(f"out: {out} holds files that are not a kt bench report; choose another directory")
+
+
+def run_context(smoke: bool, command: str) -> dict[str, Any]:
+    """The stamp of the run: the device (named without a CUDA context here), driver, clocks, versions, date."""
+    from kt.autotune.runners import DRY_RUN_DEVICE
+    from kt.autotune.versions import software_versions
+
+    context: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).date().isoformat(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command or "kt bench",
+        "gpu_run": not smoke,
+        **{f"{key}_version": value for key, value in software_versions().items()},
+    }
+    if smoke:
+        context.update(device=DRY_RUN_DEVICE, driver=None, max_sm_clock_mhz=None, power_limit_w=None)
+    else:
+        from kt.autotune.gpuinfo import visible_gpu
+
+        gpu = visible_gpu()
+        context.update(
+            device=gpu.name,
+            driver=gpu.driver or None,
+            max_sm_clock_mhz=gpu.max_sm_clock_mhz,
+            power_limit_w=gpu.power_limit_w,
+        )
+    return context
+
+
+# -- part 1: every family and dtype, once ---------------------------------------------------------------------
+
+
+def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, reporter, only: str) -> int:
+    import kt
+    from kt.autotune.database import Database
+    from kt.autotune.runners import Candidate
+    from kt.autotune.tune import PyTorchPath, measurement_row
+    from kt.autotune.versions import software_versions
+    from kt.codegen import family_for, write_source
+    from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
+    from kt.ir import op_from_spec
+
+    specs = [kt.parse_spec(s) for s in smoke_specs(settings.smoke)]
+    candidates, keys = [], {}
+    profile = kt.resolve_profile("auto")
+    for spec in specs:
+        (node,) = op_from_spec(spec).kernel_graph().kernels
+        problem = node.problem
+        family = family_for(problem)
+        plan = kt.plan(spec, budget=1, measures_time=not settings.smoke)
+        config = plan.config(plan.ranked[0])
+        candidates.append(Candidate(problem, config, str(write_source(family.render(problem, config)))))
+        zero = Candidate(
+            problem, PyTorchPath(baseline_impl(problem)), str(write_source(render_baseline(problem)))
+        )
+        candidates.append(zero)
+        keys[problem.key()] = (spec, family)
+    settings.timing(target_ms=50.0, min_runs=5, energy_s=0.0, cooldown_ms=50.0)
+    runner = settings.runner
+    reporter.part("smoke", len(candidates), deadline)
+    reached = set()
+    versions = software_versions()
+    with Database(settings.db) as database:
+        for item in runner.run(candidates, deadline):
+            spec, family = keys[item.candidate.problem.key()]
+            pytorch = isinstance(item.candidate.config, PyTorchPath)
+            key = {
+                "runner": runner.name,
+                "device": runner.device,
+                "target": profile.key,
+                "family": family.name,
+                "family_version": baseline_version() if pytorch else family.version,
+                "problem_key": item.candidate.problem.key(),
+                "triton_version": versions["triton"],
+            }
+            database.insert(measurement_row(item, spec, runner, key, family))
+            result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
+            reached.add(id(item.candidate))
+            reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
+            _say(settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}")
+    for candidate in candidates:
+        if id(candidate) not in reached:
+            spec, _ = keys[candidate.problem.key()]
+            why = "the part's time share ran out first"
+            result.rows.append(_smoke_row(spec, candidate, "not reached", why, {}))
+    return len(reached)
+
+
+def _smoke_row(spec, candidate, status: str, message: str, values: dict[str, Any]) -> dict[str, Any]:
+    from kt.autotune.tune import PyTorchPath
+
+    pytorch = isinstance(candidate.config, PyTorchPath)
+    return {
+        "part": "smoke",
+        "case": f"{spec.op} {spec.dtype}",
+        "op": spec.op,
+        "dtype": spec.dtype,
+        "problem": str(candidate.problem),
+        "kernel": str(candidate.config) if pytorch else candidate.config.key(),
+        "status": status,
+        "message": message,
+        "rel_err": values.get("rel_err"),
+        "baseline_ms" if pytorch else "kt_ms": values.get("runtime_ms"),
+        "impl": values.get("impl"),
+        "timed": values.get("runtime_ms") is not None,
+    }
+
+
+# -- part 2: quick tunes against PyTorch ----------------------------------------------------------------------
+
+
+def _tune_part(settings: _Settings, deadline: float, result: BenchResult, reporter, only: str) -> int:
+    cases = [c for c in tune_cases(settings.smoke) if only in c.name]
+    reporter.part("tunes", len(cases), deadline)
+    done = 0
+    for position, case in enumerate(cases):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            result.rows.append(_skipped(case, "not reached: the part's time share ran out first"))
+            continue
+        share = left / (len(cases) - position)  # an equal share of what is left, so no case starves the rest
+        started = time.monotonic()
+        try:
+            row = _tune_case(case, settings, time.monotonic() + share, result.out)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one case failing (no config passes, an error) never stops the others
+            log.exception("tune case %s failed", case.name)
+            cut = time.monotonic() > started + share
+            row = _skipped(
+                case, "not reached: its time share ran out" if cut else f"failed: {_one_line(exc)}"
+            )
+        row["bench_s"] = round(time.monotonic() - started, 1)
+        result.rows.append(row)
+        done += 1
+        reporter.advance(f"{case.name}: {_ratio_text(row)}")
+        _say(settings, f"tune {case.name}: {_ratio_text(row)}")
+    return done
+
+
+def _skipped(case: Case, why: str) -> dict[str, Any]:
+    return {
+        "part": "tunes",
+        "case": case.name,
+        "op": case.spec["op"],
+        "dtype": case.spec.get("dtype", "float16"),
+        "status": why,
+        "timed": False,
+    }
+
+
+def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> dict[str, Any]:
+    import kt
+    from kt.autotune.runners import Candidate
+    from kt.autotune.tune import PyTorchPath
+    from kt.codegen import family_for, write_source
+    from kt.codegen.baseline import render_baseline
+
+    spec = kt.parse_spec({**case.spec, "name": _slug(case.name), "tune": {"budget": settings.budget}})
+    started = time.monotonic()
+    settings.timing(energy_s=0.0)  # the tune times runtime only; energy is for the winner, below
+    tuned = kt.tune(spec, db=settings.db, progress=False, deadline=deadline, runner=settings.runner)
+    tune_s = time.monotonic() - started
+    tuned.save(out / "artifacts" / spec.name)
+    problem = tuned.problem
+    row: dict[str, Any] = {
+        "part": "tunes",
+        "case": case.name,
+        "op": spec.op,
+        "dtype": spec.dtype,
+        "problem": str(problem),
+        "status": "ok",
+        "kernel": "pytorch" if tuned.best.pytorch else "generated",
+        "kt_config": tuned.best.config.key() if tuned.best.config else None,
+        "baseline_impl": tuned.baseline_impl,
+        "tune_ratio": tuned.baseline_ratio,
+        "tune_s": round(tune_s, 1),
+        "measured": len(tuned.rows),
+        "legal": len(tuned.plan.space.legal),
+        "flops": problem.flops,
+        "timed": tuned.measured,
+    }
+    # The best generated kernel and PyTorch's path again, back to back, with energy: the report's figures.
+    zero = Candidate(problem, PyTorchPath(tuned.baseline_impl), str(write_source(render_baseline(problem))))
+    candidates = [zero]
+    if tuned.best.config is not None:
+        source = family_for(problem).render(problem, tuned.best.config)
+        candidates.insert(0, Candidate(problem, tuned.best.config, str(write_source(source))))
+    settings.timing()
+    again = {isinstance(r.candidate.config, PyTorchPath): r for r in settings.runner.run(candidates)}
+    for pytorch, prefix in ((False, "kt"), (True, "baseline")):
+        measured = again.get(pytorch)
+        if measured is None:
+            continue
+        values = measured.values
+        row[f"{prefix}_status"] = (
+            measured.status if measured.status != "ok" else values.get("energy_status", "ok")
+        )
+        row[f"{prefix}_ms"] = values.get("runtime_ms")
+        row[f"{prefix}_power_w"] = values.get("power_w")
+        row[f"{prefix}_energy_mj"] = values.get("energy_mj")
+        row[f"{prefix}_sm_clock_mhz"] = values.get("sm_clock_mhz")
+        row[f"{prefix}_rel_err"] = values.get("rel_err")
+    if row.get("kt_ms") and row.get("baseline_ms"):
+        row["ratio"] = row["baseline_ms"] / row["kt_ms"]
+        row["kt_tflops"] = problem.flops / (row["kt_ms"] * 1e-3) / 1e12
+    return row
+
+
+def _slug(text: str) -> str:
+    return "bench_" + "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def _ratio_text(row: dict[str, Any]) -> str:
+    if row.get("ratio"):
+        won = " (PyTorch's path is the artifact)" if row.get("kernel") == "pytorch" else ""
+        return f"{row['ratio']:.2f}x vs PyTorch ({row['baseline_impl']}){won}"
+    if row["status"] != "ok":
+        return row["status"]
+    return f"checked, not timed ({row.get('kt_config')} and PyTorch's {row.get('baseline_impl')})"
+
+
+# -- part 3: the cost model's data ----------------------------------------------------------------------------
+
+
+def _collect_part(settings: _Settings, deadline: float, result: BenchResult, reporter, only: str) -> int:
+    import kt
+
+    shapes = collect_shapes(settings.smoke)
+    reporter.part("collect", len(shapes), deadline)
+    settings.timing(energy_s=0.0, target_ms=100.0)
+    sample = 2 if settings.smoke else 24
+    done = 0
+    for m, n, k in shapes:
+        if time.monotonic() >= deadline:
+            break
+        spec = kt.parse_spec(
+            {"op": "dense", "name": f"collect_{m}x{n}x{k}", "shape": {"m": m, "n": n, "k": k}}
+        )
+        try:
+            session = kt.collect(
+                spec,
+                sample=sample,
+                backend=settings.backend,
+                db=settings.db,
+                progress=False,
+                deadline=deadline,
+                baseline=False,
+                runner=settings.runner,
+            )
+            ok = sum(r["status"] == "ok" for r in session.rows)
+            status = f"{len(session.rows)} configs ({ok} ok, {session.fresh} new)"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            log.exception("collect %sx%sx%s failed", m, n, k)
+            status = f"failed: {_one_line(exc)}"
+        result.rows.append(
+            {
+                "part": "collect",
+                "case": f"dense {m}x{n}x{k}",
+                "op": "dense",
+                "dtype": "float16",
+                "status": status,
+                "timed": not settings.smoke,
+            }
+        )
+        done += 1
+        reporter.advance(f"dense {m}x{n}x{k}: {status}")
+        _say(settings, f"collect dense {m}x{n}x{k}: {status}")
+    return done
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+
+CSV_NAME, REPORT_NAME, EXPORT_NAME = "results.csv", "report.md", "measurements.csv"
+
+
+def _write_outputs(result: BenchResult, settings: _Settings) -> None:
+    from kt.autotune.database import Database
+
+    context = result.context
+    rows = [{**context, **row} for row in result.rows]
+    _atomic_csv(result.out / CSV_NAME, rows)
+    if settings.db.is_file():
+        with Database(settings.db, create=False, readonly=True) as database:
+            database.export_csv(result.out / EXPORT_NAME)
+    _atomic_text(result.out / REPORT_NAME, render_report(result))
+    for path in result.out.iterdir():
+        if path.is_file() and path.suffix != ".db" and path.stat().st_size > MAX_FILE_BYTES:
+            log.warning(
+                "%s is %d bytes, over the %d a report file may hold",
+                path,
+                path.stat().st_size,
+                MAX_FILE_BYTES,
+            )
+
+
+def _atomic_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["part"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_text(path, buffer.getvalue())
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None or value == "" else format(value, spec)
+
+
+def render_report(result: BenchResult) -> str:
+    c = result.context
+    dry = not c["gpu_run"]
+    mark = f" ({DRY})" if dry else ""
+    lines = [
+        f"# kt bench{mark}",
+        "",
+        f"- device: {c['device']}{mark}",
+        f"- driver: {c.get('driver') or '-'} · max SM clock: {_fmt(c.get('max_sm_clock_mhz'), 'd')} MHz · power "
+        f"limit: {_fmt(c.get('power_limit_w'), '.0f')} W (read, never changed)",
+        f"- versions: kt {c['kt_version']}, torch {c['torch_version']}, triton {c['triton_version']}, "
+        f"CUDA {c['cuda_version']}, Python {c['python_version']}",
+        f"- date: {c['date']} (started {c['started_at']}) · command: `{c['command']}`",
+        "- parts: "
+        + ", ".join(
+            f"{p} {v['status']} in {v['seconds']:.0f} s ({v['note']})" for p, v in result.parts.items()
+        ),
+        "",
+        "## Quick tunes against PyTorch (same run, same GPU, same timer)",
+        "",
+        "kt's winner and PyTorch's own path are timed back to back after the tune: L2 flushed before every run, "
+        "median of CUDA-event timings, then NVML energy over (flush, call) loops with the flush's energy taken off. "
+        "PyTorch's side is its own library call (cuBLAS, cuFFT, ...) with no warm-up beyond the timer's own; "
+        "kt's side is the tuned kernel, its configs chosen by a short tune of the same run."
+        + (f" **{DRY}: no figure below is a measurement.**" if dry else ""),
+        "",
+        "| case | dtype | PyTorch baseline | kt ms | TFLOP/s | W | mJ/call | SM MHz | PyTorch ms | PyTorch W "
+        "| baseline / kt | kernel.py runs | kt config | tuning s | measured / legal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in result.rows if r["part"] == "tunes"):
+        if r["status"] != "ok":
+            lines.append(f"| {r['case']} | {r['dtype']} | - | {r['status']}{mark} | | | | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {r['baseline_impl']} | {_fmt(r.get('kt_ms'), '.4f')} | "
+            f"{_fmt(r.get('kt_tflops'), '.1f')} | {_fmt(r.get('kt_power_w'), '.0f')} | "
+            f"{_fmt(r.get('kt_energy_mj'), '.3f')} | {_fmt(r.get('kt_sm_clock_mhz'), '.0f')} | "
+            f"{_fmt(r.get('baseline_ms'), '.4f')} | "
+            f"{_fmt(r.get('baseline_power_w'), '.0f')} | "
+            f"{_fmt(r.get('ratio'), '.2f') + 'x' if r.get('ratio') else 'not timed' + mark} | "
+            f"{'PyTorch' if r['kernel'] == 'pytorch' else 'kt'} | {r.get('kt_config') or '-'} | "
+            f"{_fmt(r.get('tune_s'), '.0f')} | {r['measured']} / {r['legal']} |"
+        )
+    ratios = [r["ratio"] for r in result.rows if r["part"] == "tunes" and r.get("ratio")]
+    if ratios:
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        lines += [
+            "",
+            f"Worst case {min(ratios):.2f}x, best {max(ratios):.2f}x, geometric mean {geo:.2f}x over "
+            f"{len(ratios)} cases (baseline time / kt time: above 1, kt is faster).",
+        ]
+    lines += [
+        "",
+        "## Smoke check: every family and dtype on a full problem against float64",
+        "",
+        "| op | dtype | kernel | status | rel err | ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    smoke = sorted(
+        (r for r in result.rows if r["part"] == "smoke"), key=lambda r: (r["op"], r["dtype"], r["kernel"])
+    )
+    for r in smoke:
+        ms = r.get("kt_ms") if r.get("kt_ms") is not None else r.get("baseline_ms")
+        lines.append(
+            f"| {r['op']} | {r['dtype']} | {r['kernel']} | {r['status']}{mark} | {_fmt(r.get('rel_err'), '.1e')} "
+            f"| {_fmt(ms, '.4f') if not dry else 'not timed' + mark} |"
+        )
+    lines += ["", "## Cost-model data (runtime-only samples)", ""]
+    for r in (r for r in result.rows if r["part"] == "collect"):
+        lines.append(f"- {r['case']}: {r['status']}{mark}")
+    return "\n".join(lines) + "\n"
+
+
+# -- BENCHMARKS.md ------------------------------------------------------------------------------------------
+
+BEGIN, END = "<!-- kt bench: begin -->", "<!-- kt bench: end -->"
+
+
+def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
+    """Merge a bench run's quick-tune rows into BENCHMARKS.md's kt bench table (a row per device and case; a new
+    run of the same device replaces its rows, other devices' stay). Refuses a dry run's report. Returns the rows
+    merged."""
+    report_dir, benchmarks = Path(report_dir), Path(benchmarks)
+    path = report_dir / CSV_NAME
+    if not path.is_file():
+        raise KtError(f"update: {path} not found; run `kt bench --out {report_dir}` first")
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("part") == "tunes"]
+    if not rows or any(r.get("gpu_run") != "True" for r in rows):
+        raise KtError(
+            f"update: {path} is a dry run's report or holds no quick tune: only GPU runs go into {benchmarks}"
+        )
+    text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
+    _atomic_text(benchmarks, merge_table(text, rows[0]["device"], [_benchmarks_line(r) for r in rows]))
+    return len(rows)
+
+
+TABLE_HEAD = (
+    "| device | date | case | dtype | PyTorch baseline | kt ms | TFLOP/s | W | mJ/call | PyTorch ms | baseline / kt "
+    "| kernel.py runs | tuning s | command |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+)
+
+
+def merge_table(text: str, device: str, lines: list[str]) -> str:
+    """`text` (BENCHMARKS.md) with `lines` as `device`'s rows of the table between the kt bench markers: that
+    device's earlier rows replaced, other devices' kept; the markers and table appended when missing."""
+    old: list[str] = []
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        body, tail = rest.split(END, 1)
+        old = [line for line in body.splitlines() if line.startswith("| ") and line not in TABLE_HEAD]
+    else:
+        head, tail = text.rstrip("\n") + "\n\n", "\n"
+    kept = [line for line in old if not line.startswith(f"| {device} |")]
+    return head + BEGIN + "\n".join(["", *TABLE_HEAD, *kept, *lines, ""]) + END + tail
+
+
+def _benchmarks_line(r: dict[str, str]) -> str:
+    def num(key: str, spec: str) -> str:
+        return format(float(r[key]), spec) if r.get(key) else "-"
+
+    ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else r.get("status", "-")
+    runs = "PyTorch" if r.get("kernel") == "pytorch" else "kt"
+    return (
+        f"| {r['device']} | {r['date']} | {r['case']} | {r['dtype']} | {r.get('baseline_impl') or '-'} | "
+        f"{num('kt_ms', '.4f')} | {num('kt_tflops', '.1f')} | {num('kt_power_w', '.0f')} | {num('kt_energy_mj', '.3f')} | "
+        f"{num('baseline_ms', '.4f')} | {ratio} | {runs} | {num('tune_s', '.0f')} | `{r['command']}` |"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+__all__ = ["BenchResult", "run_bench", "update_benchmarks", "render_report", "tune_cases", "smoke_specs"]

@@ -1,0 +1,120 @@
+"""`kt bench`: the smoke run on the CPU (every part on tiny shapes through the dry run), its report and files, the
+time box, and merging a report into BENCHMARKS.md."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kt.bench import BEGIN, END, TABLE_HEAD, merge_table, smoke_specs, tune_cases
+
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="the CPU's dry run (a GPU runs the real one)"
+)
+
+
+def kt_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kt.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "run"
+    done = kt_cli("bench", "--smoke", "--out", str(out), "--workers", "2", "--minutes", "20")
+    return out, done
+
+
+def test_the_smoke_run_exits_0_and_every_line_says_nothing_was_timed(smoke_run):
+    out, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert lines and all(line.startswith("dry run, nothing timed on a GPU") for line in lines), lines
+    progress = [line for line in done.stderr.splitlines() if line.strip() and "━" not in line]
+    assert all("nothing timed on a GPU" in line for line in progress), progress
+    report = (out / "report.md").read_text()
+    assert report.startswith("# kt bench (dry run, nothing timed on a GPU)")
+    for line in report.splitlines():
+        if line.startswith("| ") and not line.startswith(("| case", "| op", "|---")):
+            assert "dry run, nothing timed on a GPU" in line, line
+
+
+def test_the_smoke_run_checks_every_family_and_dtype_and_pytorch_beside_each(smoke_run):
+    out, _ = smoke_run
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    smoke = [r for r in rows if r["part"] == "smoke"]
+    wanted = {(s["op"], s["dtype"]) for s in smoke_specs(True)}
+    assert ("fft", "float32") in wanted and ("blocksparse_grad", "bfloat16") in wanted
+    for kind in ("kt", "pytorch"):
+        mine = {
+            (r["op"], r["dtype"]) for r in smoke if r["kernel"].startswith("PyTorch") == (kind == "pytorch")
+        }
+        assert mine == wanted, wanted - mine
+    assert all(r["status"] == "ok" and float(r["rel_err"]) >= 0 for r in smoke), [
+        (r["case"], r["status"], r["message"]) for r in smoke if r["status"] != "ok"
+    ]
+    assert all(r["timed"] == "False" and not r.get("kt_ms") and not r.get("baseline_ms") for r in rows)
+    tunes = [r for r in rows if r["part"] == "tunes"]
+    assert [r["case"] for r in tunes] == [c.name for c in tune_cases(True)]
+    assert all(r["status"] == "ok" and r["baseline_impl"] for r in tunes)
+    assert any(r["part"] == "collect" for r in rows)
+
+
+def test_the_report_files_are_small_and_the_database_export_is_there(smoke_run):
+    out, _ = smoke_run
+    for name in ("report.md", "results.csv", "measurements.csv", "bench.log"):
+        size = (out / name).stat().st_size
+        assert 0 < size < 16 * 1024 * 1024, (name, size)
+    with open(out / "measurements.csv", newline="") as handle:
+        exported = list(csv.DictReader(handle))
+    assert {r["runner"] for r in exported} == {"dryrun"} and all(not r["runtime_ms"] for r in exported)
+    assert any(r["config_key"] == "pytorch" for r in exported)
+    assert "part smoke" in (out / "bench.log").read_text()
+    assert (out / "artifacts").is_dir() and len(list((out / "artifacts").iterdir())) == len(tune_cases(True))
+
+
+def test_a_dry_runs_report_never_goes_into_benchmarks_md(smoke_run, tmp_path):
+    out, _ = smoke_run
+    target = tmp_path / "BENCHMARKS.md"
+    target.write_text("# Benchmarks\n")
+    done = kt_cli("bench", "--from", str(out), "--update", str(target))
+    assert done.returncode == 2 and "dry run" in done.stderr and "Traceback" not in done.stderr
+    assert target.read_text() == "# Benchmarks\n"
+
+
+def test_merging_keeps_other_devices_rows_and_replaces_this_devices():
+    """Table rows are opaque text here (no figures): what is checked is which rows survive a merge."""
+    first = merge_table("# Benchmarks\n\nintro\n", "gpu-a", ["| gpu-a | row 1 |"])
+    assert first.startswith("# Benchmarks\n\nintro\n\n" + BEGIN) and first.rstrip().endswith(END)
+    second = merge_table(first, "gpu-b", ["| gpu-b | row 1 |"])
+    third = merge_table(second, "gpu-a", ["| gpu-a | row 2 |", "| gpu-a | row 3 |"])
+    body = third.split(BEGIN)[1].split(END)[0]
+    rows = [line for line in body.splitlines() if line.startswith("| ") and line not in TABLE_HEAD]
+    assert rows == ["| gpu-b | row 1 |", "| gpu-a | row 2 |", "| gpu-a | row 3 |"]
+    assert third.count(TABLE_HEAD[0]) == 1 and third.startswith("# Benchmarks\n\nintro")
+
+
+def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path):
+    done = kt_cli("bench", "--out", str(tmp_path / "x"), timeout=120)
+    assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and "--smoke" in done.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine"), timeout=120)
+    assert done.returncode == 2 and "not a kt bench report" in done.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp_path):
+    """Half a minute cannot hold the smoke run: what did not fit is recorded as not reached, nothing aborts."""
+    out = tmp_path / "short"
+    done = kt_cli("bench", "--smoke", "--out", str(out), "--workers", "1", "--minutes", "0.5", "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(r["status"].startswith("not reached") for r in rows), {r["status"] for r in rows}
+    assert Path(out / "report.md").is_file()

@@ -1,0 +1,369 @@
+"""The GPU's measure path, run on the CPU: the worker's measure step for every family and dtype (the interpreter as
+the device, the wall-clock timer in place of CUDA events), the dry-run runner's rows, crashes and timeouts there,
+and the bugs a first GPU run would have hit (each test here failed on the code before its fix)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import kt
+from kt.autotune import worker
+from kt.autotune.database import Database
+from kt.autotune.pool import Task, WorkerPool
+from kt.autotune.runners import DRY_RUN_DEVICE, Candidate, DryRunner
+from kt.autotune.timing import DRY_RUN_TIMING, WALL_TIMER, Nvml
+from kt.codegen import FAMILIES, write_source
+from kt.device import H100
+from kt.ir import op_from_spec
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's dry run of the measure path")
+
+
+def small_specs() -> dict[str, dict]:
+    """One small op of every family (tiny enough for full problems in the interpreter)."""
+    bsr = {"block": [8, 8], "density": 0.5, "seed": 1}
+    return {
+        "dense": {"op": "dense", "shape": {"m": 20, "n": 24, "k": 19}},
+        "monarch": {"op": "monarch", "shape": {"batch": 9, "n": 64, "nblocks": 4}},
+        "butterfly": {"op": "butterfly", "shape": {"batch": 9, "n": 16}},
+        "fft": {"op": "fft", "shape": {"batch": 6, "n": 16}},
+        "blocksparse": {"op": "blocksparse", "shape": {"batch": 9, "in": 32, "out": 24}, "sparsity": bsr},
+        "lowrank": {"op": "lowrank", "shape": {"batch": 9, "dims": [24, 5, 16]}},
+        "sum": {
+            "op": "sum",
+            "terms": [
+                {"op": "blocksparse", "shape": {"batch": 9, "in": 32, "out": 24}, "sparsity": bsr},
+                {"op": "lowrank", "shape": {"batch": 9, "dims": [32, 4, 24]}},
+            ],
+        },
+        "blocksparse_grad": {
+            "op": "blocksparse_grad",
+            "shape": {"batch": 9, "in": 32, "out": 24},
+            "sparsity": bsr,
+        },
+    }
+
+
+CASES = [
+    (name, dtype)
+    for name in small_specs()
+    for dtype in ("float16", "bfloat16", "float32")
+    if not (name == "fft" and dtype == "bfloat16")  # the FFT takes float16 and float32 only
+]
+
+
+def measure_payload(spec: dict, dtype: str, pytorch: bool = False) -> dict:
+    """The payload the dry run's measure stage sends for the model's top config (or PyTorch's path)."""
+    spec = kt.parse_spec({**spec, "dtype": dtype})
+    (node,) = op_from_spec(spec).kernel_graph().kernels
+    problem = node.problem
+    if pytorch:
+        from kt.codegen.baseline import render_baseline
+
+        source = render_baseline(problem)
+    else:
+        plan = kt.plan(spec, budget=1, measures_time=False)
+        source = FAMILIES[problem.family].render(problem, plan.config(plan.ranked[0]))
+    return {
+        "family": problem.family,
+        "source_path": str(write_source(source)),
+        "problem": problem.to_dict(),
+        "seed": 0,
+        "timing": DRY_RUN_TIMING.__dict__,
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize("name,dtype", CASES)
+def test_the_measure_step_checks_and_times_every_family_and_dtype_in_the_interpreter(name, dtype):
+    """The measure handler itself (not a copy): inputs and the output from the family's types (an fp32 FFT
+    writes complex64), the full-problem check, the timer, the energy columns."""
+    status, values, message, fatal = worker.run_task("measure", measure_payload(small_specs()[name], dtype))
+    assert (status, message, fatal) == ("ok", "", False)
+    assert values["rel_err"] is not None and values["timer"] == WALL_TIMER and values["wall_ms"] > 0
+    assert "runtime_ms" not in values and "power_w" not in values, "the wall clock never gives a runtime"
+    assert values["energy_status"].startswith("no energy counter") and values["timing_regime"] == "l2_flushed"
+
+
+@pytest.mark.parametrize("name", list(small_specs()))
+def test_pytorchs_own_path_goes_through_the_same_measure_step(name):
+    status, values, message, _ = worker.run_task(
+        "measure", measure_payload(small_specs()[name], "float32", pytorch=True)
+    )
+    assert status == "ok", message
+    assert values["impl"] and values["timer"] == WALL_TIMER
+
+
+def test_a_dry_run_tune_writes_marked_rows_without_runtimes_and_an_unmeasured_artifact(tmp_path):
+    spec = {"op": "fft", "name": "dry_fft", "dtype": "float32", "shape": {"batch": 6, "n": 16}}
+    result = kt.tune(spec, budget=2, backend="dryrun", db=tmp_path / "t.db", progress=False, workers=2)
+    assert result.runner == "dryrun" and not result.measured and result.ran_on.startswith(DRY_RUN_DEVICE)
+    assert [r["status"] for r in result.rows] == ["ok", "ok"]
+    with Database(tmp_path / "t.db", readonly=True) as db:
+        rows = db.find()
+    assert len(rows) == 3  # two configs and candidate zero
+    for row in rows:
+        assert row["runner"] == "dryrun" and row["timer"] == WALL_TIMER and row["runtime_ms"] is None
+        assert row["power_w"] is None and row["energy_status"].startswith("no energy counter")
+        assert row["rel_err"] < 1e-4 and row["checked_problems"] is None  # the full problem was checked
+    assert result.baseline["config_key"] == "pytorch" and result.baseline["impl"] == "torch.fft.fft"
+    meta = kt.load(result.save(tmp_path / "a")).meta
+    assert meta["measured"] is False and meta["kernel"] == "generated"
+    assert meta["baseline"]["timed"] is False and meta["baseline"]["ratio"] is None
+
+
+SEGFAULT = textwrap.dedent("""
+    import os, signal
+
+    def kernel(x, out=None):
+        print("about to die")
+        os.kill(os.getpid(), signal.SIGSEGV)
+""")
+HANG = textwrap.dedent("""
+    import time
+
+    def kernel(x, out=None):
+        time.sleep(3600)
+""")
+
+
+def test_crashes_and_hangs_in_the_measure_step_cost_one_row_each():
+    spec = kt.parse_spec({"op": "fft", "dtype": "float32", "shape": {"batch": 4, "n": 16}})
+    (node,) = op_from_spec(spec).kernel_graph().kernels
+    problem = node.problem
+    config = FAMILIES["fft"].space(problem, H100).legal[0]
+    good = FAMILIES["fft"].render(problem, config)
+    candidates = [Candidate(problem, config, str(write_source(source))) for source in (SEGFAULT, HANG, good)]
+    runner = DryRunner(H100, workers=1, timeout_s=6)
+    results = {id(r.candidate): r for r in runner.run(candidates)}
+    statuses = [results[id(c)].status for c in candidates]
+    assert statuses == ["crash", "timeout", "ok"], [results[id(c)].message for c in candidates]
+    assert "SIGSEGV" in results[id(candidates[0])].message
+
+
+def test_a_tasks_timeout_clock_starts_when_its_worker_is_ready(tmp_path):
+    """A worker whose start-up is slow (a loaded machine: here a sitecustomize that sleeps before Python runs
+    anything) must not time out a task that itself takes a moment."""
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(6)\n")
+    env = {"PYTHONPATH": str(tmp_path), "TRITON_INTERPRET": "1"}
+    payload = measure_payload(small_specs()["dense"], "float32")
+    with WorkerPool({"slow": (1, env)}, timeout_s=5) as pool:
+        (outcome,) = pool.run([Task(0, "measure", payload, "slow")])
+    assert outcome.status == "ok", outcome.message
+    assert pool.slots[0].info["pid"] > 0
+
+
+class VgpuNvml:
+    """An NVML library as a vGPU or a MIG slice presents one: devices with handles whose energy counter raises
+    NVML's NotSupported (a test stand-in for the library, never for a reading: it returns no figures)."""
+
+    from pynvml import NVMLError, NVMLError_NotSupported  # noqa: F401 - the real exception types
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return ("handle", index)
+
+    def nvmlDeviceGetUUID(self, handle):
+        return "GPU-0000"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        raise self.NVMLError_NotSupported()
+
+
+def test_an_energy_counter_that_cannot_be_read_is_found_once_and_said_not_raised():
+    meter = Nvml("GPU-0000", nvml=VgpuNvml())
+    assert meter.handle is None and meter.reason.startswith("NVML energy counter not readable")
+    assert meter.is_nvml_error(VgpuNvml.NVMLError_NotSupported())
+    here = Nvml("GPU-0000")  # the real pynvml on a machine without a driver
+    assert here.handle is None and here.reason.startswith("NVML unavailable")
+
+
+def test_the_parent_names_the_gpu_through_nvml_and_never_opens_cuda(monkeypatch):
+    """A GPU in exclusive-process mode takes one context: the tune's own process must not create one."""
+    from kt.autotune import gpuinfo
+    from kt.autotune.runners import make_runner
+
+    def no_context(*args, **kwargs):
+        raise AssertionError("the parent process asked CUDA for the device (a context would be created)")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_context)
+    monkeypatch.setattr(torch.cuda, "get_device_name", no_context)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", no_context)
+    gpuinfo.visible_gpu.cache_clear()
+    monkeypatch.setattr(gpuinfo, "_from_nvml", lambda: gpuinfo.GpuInfo("NVIDIA H200", 90))
+    try:
+        assert kt.resolve_profile("auto").name == "h200"
+        runner = make_runner("cuda", kt.resolve_profile("auto"))
+        assert (runner.device, runner.arch) == ("NVIDIA H200", 90)
+    finally:
+        gpuinfo.visible_gpu.cache_clear()
+
+
+class TwoGpuNvml(VgpuNvml):
+    """An NVML library of a machine with two GPU models (for the index-mapping rules; it reports no figures)."""
+
+    names = ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"]
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetName(self, handle):
+        return self.names[handle[1]]
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle[1]}abc"
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle):
+        return 9, 0
+
+    def nvmlSystemGetDriverVersion(self):
+        return "580.00"
+
+
+@pytest.mark.parametrize(
+    "visible,order,expected",
+    [
+        ("GPU-1abc", None, "NVIDIA H100 PCIe"),  # a UUID is exact
+        ("1", "PCI_BUS_ID", "NVIDIA H100 PCIe"),  # an index where CUDA and NVML agree on the order
+        ("1", None, None),  # CUDA's fastest-first order may differ from NVML's: ask torch instead
+        ("MIG-123", None, None),  # a MIG slice is not the whole GPU
+    ],
+)
+def test_nvml_names_torchs_gpu_only_when_it_can_tell_which_it_is(monkeypatch, visible, order, expected):
+    from kt.autotune import gpuinfo
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    if order:
+        monkeypatch.setenv("CUDA_DEVICE_ORDER", order)
+    else:
+        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    info = gpuinfo._from_nvml(TwoGpuNvml())
+    assert (info.name if info else None) == expected
+
+
+def test_loading_a_kernel_for_the_interpreter_leaves_the_process_as_it_was():
+    """In a pytest run on a GPU machine, one test loading an interpreted kernel used to switch every later kernel
+    of the process (the GPU tests' too) to the interpreter."""
+    script = textwrap.dedent("""
+        import os
+        os.environ.pop("TRITON_INTERPRET", None)
+        import torch
+        import kt
+        from kt.codegen import FAMILIES, GemmConfig, import_kernel_file, write_source
+        from kt.ir import GemmProblem
+        problem = GemmProblem(20, 24, 19, dtype="float32")
+        path = write_source(FAMILIES["gemm"].render(problem, GemmConfig(16, 16, 16, num_warps=4, num_stages=2)))
+        module = import_kernel_file(path, interpret=True)
+        assert "TRITON_INTERPRET" not in os.environ, "left the interpreter on for the whole process"
+        a, b = problem.random_args(0)
+        c = module.kernel(a, b)  # it still runs in the interpreter, with the variable off outside it
+        assert "TRITON_INTERPRET" not in os.environ
+        print(float((c.double() - a.double() @ b.double()).norm() / (a.double() @ b.double()).norm()))
+        compiled = import_kernel_file(path, interpret=False)  # what a GPU test would load next
+        import triton
+        assert isinstance(compiled.gemm_kernel, triton.runtime.JITFunction)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    from kt.autotune.database import COLUMNS, SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    old = [
+        (n, k)
+        for n, k in COLUMNS
+        if n
+        not in {
+            "timer",
+            "timing_regime",
+            "energy_status",
+            "cuda_graph",
+            "flush_energy_mj",
+            "cooldown_ms",
+            "impl",
+        }
+    ]
+    conn = sqlite3.connect(path)
+    conn.execute(
+        f"CREATE TABLE measurements (id INTEGER PRIMARY KEY, {', '.join(f'{n} {k}' for n, k in old)})"
+    )
+    conn.execute(
+        "INSERT INTO measurements (runner, device, target, family, family_version, problem_key, config_key, "
+        "created_at, problem, config, status, triton_version) VALUES "
+        "('interpret', 'cpu', 'h100', 'gemm', 'v', 'p', 'c', 'now', '{}', '{}', 'ok', '3.9.0')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Database(path) as db:
+        (row,) = db.find()
+        assert row["config_key"] == "c" and row["timer"] is None
+        version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION == 2
+
+
+def test_the_cooldown_is_recorded_in_each_row(tmp_path):
+    spec = {"op": "dense", "name": "cool", "dtype": "float32", "shape": {"m": 20, "n": 24, "k": 19}}
+    from kt.autotune.timing import TimingSettings
+
+    kt.tune(
+        spec,
+        budget=1,
+        backend="dryrun",
+        db=tmp_path / "t.db",
+        progress=False,
+        workers=1,
+        timing=TimingSettings(cooldown_ms=7.0),
+    )
+    with Database(tmp_path / "t.db", readonly=True) as db:
+        assert {row["cooldown_ms"] for row in db.find()} == {7.0}
+
+
+def test_the_cli_offers_the_dry_run_and_says_what_pytorch_did(tmp_path):
+    spec = Path(tmp_path / "op.yaml")
+    spec.write_text("op: lowrank\nname: lr\ndtype: float32\nshape: {batch: 9, dims: [24, 5, 16]}\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kt.cli",
+            "tune",
+            str(spec),
+            "--budget",
+            "1",
+            "--backend",
+            "dryrun",
+            "--db",
+            str(tmp_path / "t.db"),
+            "--out",
+            str(tmp_path / "art"),
+            "--quiet",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.endswith("PyTorch (torch.linalg.multi_dot): checked, not timed (no GPU)"), last
