@@ -9,13 +9,14 @@ the GPU compiler rejects, and shared memory over the device's limit.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
+
+from kt.codegen.compat import triton_interpret
 
 _POINTER_TYPES = {
     torch.float16: "*fp16",
@@ -117,7 +118,7 @@ def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[Targe
     if not _triton_kernels(module):  # PyTorch's own path (candidate zero): nothing of kt's to compile
         return builds
     launches = capture_launches(module, args)
-    with _compiler_mode():
+    with triton_interpret(False):  # Triton consults it while compiling too
         for name, fn, launch_args, launch_kwargs in launches:
             jit_function = JITFunction(fn)
             signature, constexprs, attrs, options = _specialise(jit_function, launch_args, launch_kwargs)
@@ -126,20 +127,6 @@ def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[Targe
             ptx = compiled.asm.get("ptx", "")
             builds.append(TargetBuild(name, int(compiled.metadata.shared), "wgmma" in ptx))
     return builds
-
-
-@contextlib.contextmanager
-def _compiler_mode():
-    """Triton consults TRITON_INTERPRET while compiling too: switch it off for the compile, then restore it."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
 
 
 def target_compiler_available() -> bool:

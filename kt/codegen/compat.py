@@ -14,7 +14,7 @@ JITFunctions, which refuse to be called from an interpreted kernel. `patch_inter
 call run the function as the interpreter runs its own (through an InterpretedFunction), only while
 TRITON_INTERPRET is on.
 
-kt turns TRITON_INTERPRET on only while it imports a kernel module for the interpreter (`interpreting`) and while
+kt turns TRITON_INTERPRET on only while it imports a kernel module for the interpreter (`triton_interpret`) and while
 an interpreted kernel runs (`patch_interpreter` wraps the interpreter's launch), and puts back what was there:
 one kernel loaded for the interpreter must not make every later kernel of the process an interpreted one.
 """
@@ -29,10 +29,10 @@ _patched = False
 
 
 @contextlib.contextmanager
-def interpreting():
-    """TRITON_INTERPRET=1 for the duration, then as it was."""
+def triton_interpret(on: bool):
+    """TRITON_INTERPRET set to 1 (`on`) or 0 for the duration, then as it was (Triton reads it at run time)."""
     saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1" if on else "0"
     try:
         yield
     finally:
@@ -83,7 +83,7 @@ def _interpret_while_running() -> None:
     original = interpreter.GridExecutor.__call__
 
     def call(self, *args, **kwargs):
-        with interpreting():
+        with triton_interpret(True):
             return original(self, *args, **kwargs)
 
     interpreter.GridExecutor.__call__ = call

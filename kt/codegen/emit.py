@@ -64,10 +64,10 @@ def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -
     if interpret:
         import triton.language  # noqa: F401 - before the switch, so Triton's own helpers stay compiled-mode
 
-        from kt.codegen.compat import interpreting, patch_interpreter
+        from kt.codegen.compat import patch_interpreter, triton_interpret
 
         patch_interpreter()
-        importing = interpreting()
+        importing = triton_interpret(True)
     elif os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
     else:
