@@ -323,54 +323,43 @@ def run_context(smoke: bool, command: str) -> dict[str, Any]:
 def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, reporter, only: str) -> int:
     import kt
     from kt.autotune.database import Database
-    from kt.autotune.runners import Candidate
-    from kt.autotune.tune import PyTorchPath, measurement_row
-    from kt.autotune.versions import software_versions
-    from kt.codegen import family_for, write_source
-    from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
+    from kt.autotune.tune import (
+        PyTorchPath,
+        generated_candidate,
+        measurement_row,
+        pytorch_candidate,
+        row_key,
+    )
+    from kt.codegen import family_for
     from kt.ir import op_from_spec
 
-    specs = [kt.parse_spec(s) for s in smoke_specs(settings.smoke)]
-    candidates, keys = [], {}
-    profile = kt.resolve_profile("auto")
-    for spec in specs:
+    candidates, specs = [], {}
+    for data in smoke_specs(settings.smoke):
+        spec = kt.parse_spec(data)
         (node,) = op_from_spec(spec).kernel_graph().kernels
-        problem = node.problem
-        family = family_for(problem)
         plan = kt.plan(spec, budget=1, measures_time=not settings.smoke)
-        config = plan.config(plan.ranked[0])
-        candidates.append(Candidate(problem, config, str(write_source(family.render(problem, config)))))
-        zero = Candidate(
-            problem, PyTorchPath(baseline_impl(problem)), str(write_source(render_baseline(problem)))
-        )
-        candidates.append(zero)
-        keys[problem.key()] = (spec, family)
+        candidates += [
+            generated_candidate(node.problem, plan.config(plan.ranked[0]), name=spec.name),
+            pytorch_candidate(node.problem, name=spec.name),
+        ]
+        specs[node.problem.key()] = spec
     settings.timing(target_ms=50.0, min_runs=5, energy_s=0.0, cooldown_ms=50.0)
-    runner = settings.runner
+    runner, profile = settings.runner, settings.runner.profile
     reporter.part("smoke", len(candidates), deadline)
     reached = set()
-    versions = software_versions()
     with Database(settings.db) as database:
         for item in runner.run(candidates, deadline):
-            spec, family = keys[item.candidate.problem.key()]
-            pytorch = isinstance(item.candidate.config, PyTorchPath)
-            key = {
-                "runner": runner.name,
-                "device": runner.device,
-                "target": profile.key,
-                "family": family.name,
-                "family_version": baseline_version() if pytorch else family.version,
-                "problem_key": item.candidate.problem.key(),
-                "triton_version": versions["triton"],
-            }
-            database.insert(measurement_row(item, spec, runner, key, family))
+            problem = item.candidate.problem
+            spec, pytorch = specs[problem.key()], isinstance(item.candidate.config, PyTorchPath)
+            key = row_key(runner, profile, problem, pytorch)
+            database.insert(measurement_row(item, spec, runner, key, family_for(problem)))
             result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
             reached.add(id(item.candidate))
             reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
             _say(settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}")
     for candidate in candidates:
         if id(candidate) not in reached:
-            spec, _ = keys[candidate.problem.key()]
+            spec = specs[candidate.problem.key()]
             why = "the part's time share ran out first"
             result.rows.append(_smoke_row(spec, candidate, "not reached", why, {}))
     return len(reached)
@@ -441,10 +430,7 @@ def _skipped(case: Case, why: str) -> dict[str, Any]:
 
 def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> dict[str, Any]:
     import kt
-    from kt.autotune.runners import Candidate
-    from kt.autotune.tune import PyTorchPath
-    from kt.codegen import family_for, write_source
-    from kt.codegen.baseline import render_baseline
+    from kt.autotune.tune import PyTorchPath, generated_candidate, pytorch_candidate
 
     spec = kt.parse_spec({**case.spec, "name": _slug(case.name), "tune": {"budget": settings.budget}})
     started = time.monotonic()
@@ -471,11 +457,9 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
         "timed": tuned.measured,
     }
     # The best generated kernel and PyTorch's path again, back to back, with energy: the report's figures.
-    zero = Candidate(problem, PyTorchPath(tuned.baseline_impl), str(write_source(render_baseline(problem))))
-    candidates = [zero]
+    candidates = [pytorch_candidate(problem, name=spec.name)]
     if tuned.best.config is not None:
-        source = family_for(problem).render(problem, tuned.best.config)
-        candidates.insert(0, Candidate(problem, tuned.best.config, str(write_source(source))))
+        candidates.insert(0, generated_candidate(problem, tuned.best.config, name=spec.name))
     settings.timing()
     again = {isinstance(r.candidate.config, PyTorchPath): r for r in settings.runner.run(candidates)}
     for pytorch, prefix in ((False, "kt"), (True, "baseline")):

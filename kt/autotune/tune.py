@@ -427,17 +427,8 @@ class _Tuner:
         self.plan, self.spec, self.runner, self.profile = plan, spec, runner, profile
         self.database, self.start, self.seed = database, model, seed
         self.family = family_for(plan.problem)
-        self.key = {
-            "runner": runner.name,
-            "device": runner.device,
-            "target": profile.key,
-            "family": self.family.name,
-            "family_version": self.family.version,
-            "problem_key": plan.problem.key(),
-            "triton_version": software_versions()["triton"],
-        }
-        # candidate zero's rows: the problem's, with the PyTorch module's template as the version
-        self.baseline_key = {**self.key, "family_version": baseline_version()}
+        self.key = row_key(runner, profile, plan.problem)
+        self.baseline_key = row_key(runner, profile, plan.problem, pytorch=True)
         self.index_of = {config.key(): i for i, config in enumerate(plan.space.legal)}
         self.prediction = plan.prediction
         self.model_name = plan.model
@@ -462,16 +453,9 @@ class _Tuner:
         return self.database.measured_configs(**self.baseline_key).get(BASELINE_KEY)
 
     def baseline_candidate(self) -> Candidate:
-        impl = baseline_impl(self.plan.problem)
-        source = render_baseline(
-            self.plan.problem,
-            name=self.spec.name,
-            device=self.profile.name,
-            kt_version=software_versions()["kt"],
-        )
         # the interpreter checks it on the reduced problems of the model's first choice
         checks = self.family.check_problems(self.plan.problem, self.plan.config(self.plan.ranked[0]))
-        return Candidate(self.plan.problem, PyTorchPath(impl), str(write_source(source)), None, checks)
+        return pytorch_candidate(self.plan.problem, checks, name=self.spec.name, device=self.profile.name)
 
     def predict(self) -> tuple[Prediction, str]:
         return self.prediction, self.model_name
@@ -535,19 +519,16 @@ class _Tuner:
 
         def measure(batch: list[int]) -> dict[int, float | None]:
             nonlocal fresh
-            versions = software_versions()
-            todo = []
-            for index in batch:
-                config = self.plan.config(index)
-                source = self.family.render(
+            todo = [
+                generated_candidate(
                     self.plan.problem,
-                    config,
+                    self.plan.config(index),
+                    float(self.prediction.runtime_s[index]) * 1e3,
                     name=self.spec.name,
                     device=self.profile.name,
-                    kt_version=versions["kt"],
                 )
-                predicted_ms = float(self.prediction.runtime_s[index]) * 1e3
-                todo.append(Candidate(self.plan.problem, config, str(write_source(source)), predicted_ms))
+                for index in batch
+            ]
             todo[:0], zero[:] = zero, []  # candidate zero goes with the first round
             values = {}
             for result in self.runner.run(todo, deadline):
@@ -600,6 +581,37 @@ class _Tuner:
                 }
             )
         return sorted(rows, key=lambda r: r["rank"])
+
+
+def row_key(
+    runner: Runner, profile: DeviceProfile, problem: Problem, pytorch: bool = False
+) -> dict[str, str]:
+    """The identity columns of `problem`'s rows measured by `runner` for `profile`: a generated kernel's (its
+    family's template version), or candidate zero's (`pytorch`: the PyTorch module's template version)."""
+    family = family_for(problem)
+    return {
+        "runner": runner.name,
+        "device": runner.device,
+        "target": profile.key,
+        "family": family.name,
+        "family_version": baseline_version() if pytorch else family.version,
+        "problem_key": problem.key(),
+        "triton_version": software_versions()["triton"],
+    }
+
+
+def generated_candidate(
+    problem: Problem, config: Config, predicted_ms: float | None = None, **render: str
+) -> Candidate:
+    """A generated kernel of `problem` with `config` as a runner's candidate (its source in kt's cache)."""
+    source = family_for(problem).render(problem, config, kt_version=software_versions()["kt"], **render)
+    return Candidate(problem, config, str(write_source(source)), predicted_ms)
+
+
+def pytorch_candidate(problem: Problem, checks: list[Problem] | None = None, **render: str) -> Candidate:
+    """Candidate zero of `problem`: PyTorch's own path (kt.codegen.baseline) as a runner's candidate."""
+    source = render_baseline(problem, kt_version=software_versions()["kt"], **render)
+    return Candidate(problem, PyTorchPath(baseline_impl(problem)), str(write_source(source)), None, checks)
 
 
 def measurement_row(
