@@ -558,7 +558,7 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
     _atomic_csv(result.out / CSV_NAME, rows)
     if settings.db.is_file():
         with Database(settings.db, create=False, readonly=True) as database:
-            database.export_csv(result.out / EXPORT_NAME)
+            database.export_csv(result.out / EXPORT_NAME, since=context["started_at"])  # this run's rows
     _atomic_text(result.out / REPORT_NAME, render_report(result))
     for path in result.out.iterdir():
         if path.is_file() and path.suffix != ".db" and path.stat().st_size > MAX_FILE_BYTES:

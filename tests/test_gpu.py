@@ -51,8 +51,11 @@ def test_the_cuda_runner_checks_then_times_with_a_spread_and_energy():
             and 0 < v["runtime_min_ms"] <= v["runtime_p20_ms"] <= v["runtime_ms"] <= v["runtime_p80_ms"]
         )
         assert v["rel_err"] < tolerance("float16") and v["smem_bytes"] > 0
+        assert v["timer"] == "cuda_events" and v["timing_regime"] == "l2_flushed" and v["cooldown_ms"] == 200
+        assert v["energy_status"] == "ok" or "power_w" not in v, v["energy_status"]
         if "power_w" in v:  # NVML energy counter present
             assert 30 < v["power_w"] < 1500 and v["energy_mj"] > 0 and v["sm_clock_mhz"] > 0
+            assert v["cuda_graph"] in (0, 1) and v["flush_energy_mj"] > 0
 
 
 def test_a_gpu_tune_writes_a_measured_artifact(tmp_path):
@@ -264,3 +267,20 @@ def test_kt_nn_layers_forward_and_backward_on_the_gpu_match_float64_autograd(kin
     assert rel_err(x.grad, x64.grad) < limit
     for name, p in params.items():
         assert rel_err(p.grad, ref_params[name].grad) < limit, name
+
+
+def test_kt_bench_times_a_case_against_pytorch_and_writes_its_report(tmp_path):
+    """A short kt bench (one quick-tune case) on the GPU: the report's row is timed on both sides, with a ratio."""
+    import csv
+
+    from kt.bench import run_bench
+
+    result = run_bench(tmp_path / "bench", minutes=3, budget=4, only="skinny", progress=False)
+    with open(result.out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    (tune,) = [r for r in rows if r["part"] == "tunes"]
+    assert tune["status"] == "ok" and float(tune["kt_ms"]) > 0 and float(tune["baseline_ms"]) > 0
+    assert float(tune["ratio"]) > 0 and tune["gpu_run"] == "True"
+    smoke = [r for r in rows if r["part"] == "smoke" and r["status"] == "ok"]
+    assert smoke and all(r["timed"] == "True" for r in smoke)
+    assert "skinny" in result.report.read_text()

@@ -230,12 +230,15 @@ class Database:
     def all_rows(self) -> Iterable[dict[str, Any]]:
         return self.find()
 
-    def export_csv(self, path: str | os.PathLike, **where: Any) -> int:
-        """Write the matching rows (every column; JSON columns as JSON) to a CSV file, atomically."""
+    def export_csv(self, path: str | os.PathLike, since: str | None = None, **where: Any) -> int:
+        """Write the matching rows (every column; JSON columns as JSON) to a CSV file, atomically; `since` (an
+        ISO time, as created_at holds it) keeps only the rows created then or later."""
         import csv
         import tempfile
 
         rows = self.find(**where)
+        if since is not None:
+            rows = [row for row in rows if row["created_at"] >= since]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
