@@ -112,6 +112,7 @@ def test_a_dry_run_tune_writes_marked_rows_without_runtimes_and_an_unmeasured_ar
         assert row["power_w"] is None and row["energy_status"].startswith("no energy counter")
         assert row["rel_err"] < 1e-4 and row["checked_problems"] is None  # the full problem was checked
     assert result.baseline["config_key"] == "pytorch" and result.baseline["impl"] == "torch.fft.fft"
+    assert any("on the full problem through the GPU's measure path" in note for note in result.notes)
     meta = kt.load(result.save(tmp_path / "a")).meta
     assert meta["measured"] is False and meta["kernel"] == "generated"
     assert meta["baseline"]["timed"] is False and meta["baseline"]["ratio"] is None

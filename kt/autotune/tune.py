@@ -294,8 +294,13 @@ def tune(
             if runner.compile_target
             else "not compiled for the GPU (Triton's ptxas is not installed)"
         )
+        checked = (
+            "on the full problem through the GPU's measure path (a dry run: its wall clock is no runtime)"
+            if runner.name == "dryrun"
+            else "on reduced problems"
+        )
         notes.append(
-            f"no GPU here: candidates were checked in Triton's interpreter on reduced problems and "
+            f"no GPU here: candidates were checked in Triton's interpreter {checked} and "
             f"{compiled}; nothing was timed, and the choice is the {plan.model} model's best prediction "
             f"for {profile.name} among those that passed"
         )
