@@ -552,10 +552,11 @@ CSV_NAME, REPORT_NAME, EXPORT_NAME = "results.csv", "report.md", "measurements.c
 
 def _write_outputs(result: BenchResult, settings: _Settings) -> None:
     from kt.autotune.database import Database
+    from kt.autotune.figures import write_csv
 
     context = result.context
     rows = [{**context, **row} for row in result.rows]
-    _atomic_csv(result.out / CSV_NAME, rows)
+    write_csv(result.out / CSV_NAME, rows)
     if settings.db.is_file():
         with Database(settings.db, create=False, readonly=True) as database:
             database.export_csv(result.out / EXPORT_NAME, since=context["started_at"])  # this run's rows
@@ -568,17 +569,6 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
                 path.stat().st_size,
                 MAX_FILE_BYTES,
             )
-
-
-def _atomic_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import io
-
-    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["part"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_text(path, buffer.getvalue())
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -24,11 +24,14 @@ def run_context() -> dict[str, Any]:
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """`rows` as a CSV at `path` (its folder made), columns in the order the rows first name them."""
+    """`rows` as a CSV at `path` (its folder made), columns in the order the rows first name them; written
+    beside it and renamed into place, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as handle:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    tmp.replace(path)

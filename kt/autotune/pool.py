@@ -254,9 +254,8 @@ class WorkerPool:
             if slot.conn_in in ready:
                 status, values, message, fatal = slot.conn_in.recv()
                 slot.task = None
-                if (
-                    fatal
-                ):  # the worker's CUDA context is unusable after, e.g., an illegal address: start afresh
+                # after, e.g., an illegal address the worker's CUDA context is unusable: start afresh
+                if fatal:
                     slot.restart()
                 return Outcome(task, status, values, message, time.monotonic() - slot.started)
         except (EOFError, OSError):  # the pipe closed: the worker died
