@@ -118,8 +118,9 @@ H100 = DeviceProfile(
     tdp_w=700.0,
 )
 
-# NVIDIA H200 SXM 141GB: the H100's compute with HBM3e at 4.8 TB/s; PyTorch on this workplace's H200 reports
-# 60 MB of L2.
+# NVIDIA H200 SXM 141GB datasheet: the H100's compute with HBM3e at 4.8 TB/s. The L2 size is an assumption:
+# NVIDIA's H200 datasheet does not state it; 60 MB is what CUDA's device properties are commonly reported to give
+# for an H200 (no GPU has run on this project to confirm it). Used only by the analytic model's reuse term.
 H200 = dataclasses.replace(
     H100,
     name="h200",
@@ -161,7 +162,28 @@ H200_NVL = dataclasses.replace(
     tdp_w=600.0,
 )
 
-BUILTIN: dict[str, DeviceProfile] = {p.name: p for p in (H100, H200, H100_PCIE, H100_NVL, H200_NVL)}
+# NVIDIA A100 SXM4 80GB datasheet: 108 SMs; 312 TFLOP/s dense fp16/bf16, 156 tf32, 19.5 fp32; HBM2e 2.039 TB/s;
+# 164 KiB shared memory per SM of which 163 KiB per block (166,912 bytes, what Inductor's A100 logs record); 40 MiB
+# L2; 400 W; sm_80 (no warpgroup MMA: every tensor-core tile runs mma.sync). Which A100 variant Inductor's logs
+# (../shared/data/autoheuristic) came from is not recorded: this profile is the assumption kt's A100 model uses.
+A100 = DeviceProfile(
+    name="a100",
+    gpu_name="NVIDIA A100-SXM4-80GB",
+    sm_count=108,
+    smem_per_block=163 * _KIB,
+    smem_per_sm=164 * _KIB,
+    regs_per_sm=65536,
+    max_regs_per_thread=255,
+    max_threads_per_sm=2048,
+    max_blocks_per_sm=32,
+    l2_bytes=40 * _MIB,
+    dram_bandwidth=2.039e12,
+    peak_flops={"float16": 312e12, "bfloat16": 312e12, "tf32": 156e12, "float32": 19.5e12},
+    tdp_w=400.0,
+    compute_capability=80,
+)
+
+BUILTIN: dict[str, DeviceProfile] = {p.name: p for p in (H100, H200, H100_PCIE, H100_NVL, H200_NVL, A100)}
 DEFAULT = "h100"
 
 # What the driver calls each card (lower case, spaces removed) -> its profile. Matched whole, so a variant kt
@@ -173,9 +195,10 @@ _DRIVER_NAMES = {
     "nvidiah100nvl": "h100-nvl",
     "nvidiah200": "h200",  # SXM
     "nvidiah200nvl": "h200-nvl",
+    "nvidiaa100-sxm4-80gb": "a100",
 }
 # Names that contain one of these are some variant of it: the nearest profile, used only as a stated guess.
-_FAMILIES = {"h200": "h200", "h100": "h100"}
+_FAMILIES = {"h200": "h200", "h100": "h100", "a100": "a100"}
 
 
 def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:

@@ -61,7 +61,7 @@ def test_usage_errors_are_one_line_too(tmp_path):
     for args, message in [
         (["tune"], "Missing argument 'OP_YAML'"),
         (["tune", EXAMPLE, "--budget", "0"], "--budget"),
-        (["tune", EXAMPLE, "--device", "a100"], "unknown device profile 'a100'"),
+        (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
         (["tune", tmp_path / "none.yaml"], "none.yaml: file not found"),
         (["collect", EXAMPLE], "give exactly one of --all or --sample N"),
     ]:

@@ -25,7 +25,7 @@ def test_builtins_carry_the_datasheet_limits():
     assert H100.peak("float32", "tf32") == 494.7e12 and H100.peak("float32") == 66.9e12
     assert H200.dram_bandwidth > H100.dram_bandwidth and H200.peak_flops == H100.peak_flops
     assert H100.acc_regs_limit == 128
-    assert set(BUILTIN) == {"h100", "h200", "h100-pcie", "h100-nvl", "h200-nvl"} and get_profile() is H100
+    assert set(BUILTIN) == {"h100", "h200", "h100-pcie", "h100-nvl", "h200-nvl", "a100"} and get_profile() is H100
     assert BUILTIN["h100-pcie"].sm_count == 114 and BUILTIN["h100-pcie"].dram_bandwidth == 2.0e12
     assert BUILTIN["h100-nvl"].peak("float16") < H100.peak("float16")
 
@@ -39,7 +39,9 @@ def test_builtins_carry_the_datasheet_limits():
         ("NVIDIA H200", "h200"),
         ("NVIDIA H200 NVL", "h200-nvl"),
         ("NVIDIA GH200 480GB", None),  # a variant with no datasheet here: only a stated guess
-        ("NVIDIA A100-SXM4-80GB", None),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA A100-SXM4-40GB", None),  # less bandwidth than the 80 GB card's datasheet: only a guess
+        ("NVIDIA L40S", None),
     ],
 )
 def test_a_gpu_is_matched_to_its_builtin_profile_by_name(name, expected):
@@ -54,14 +56,14 @@ def test_a_variant_without_a_profile_gets_the_nearest_as_a_stated_guess(monkeypa
 
     from kt.autotune import gpuinfo
 
-    assert guess_gpu("NVIDIA GH200 480GB").name == "h200" and guess_gpu("NVIDIA A100-SXM4-80GB") is None
+    assert guess_gpu("NVIDIA GH200 480GB").name == "h200" and guess_gpu("NVIDIA L40S") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpuinfo, "visible_gpu", lambda: gpuinfo.GpuInfo("NVIDIA GH200 480GB", 90))
     with caplog.at_level(logging.WARNING, logger="kt"):
         assert kt.resolve_profile("auto").name == "h200"
     assert any("as a guess" in r.getMessage() and "kt calibrate" in r.getMessage() for r in caplog.records)
-    monkeypatch.setattr(gpuinfo, "visible_gpu", lambda: gpuinfo.GpuInfo("NVIDIA A100-SXM4-80GB", 80))
-    with pytest.raises(kt.KtError, match="no built-in profile for 'NVIDIA A100-SXM4-80GB'"):
+    monkeypatch.setattr(gpuinfo, "visible_gpu", lambda: gpuinfo.GpuInfo("NVIDIA L40S", 89))
+    with pytest.raises(kt.KtError, match="no built-in profile for 'NVIDIA L40S'"):
         kt.resolve_profile("auto")
 
 

@@ -125,8 +125,8 @@ def mutate(path, value):
         ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),
         (
             "device",
-            "a100",
-            "device: unknown device 'a100'; allowed: auto, h100, h200, h100-pcie, h100-nvl, h200-nvl or a "
+            "l40s",
+            "device: unknown device 'l40s'; allowed: auto, h100, h200, h100-pcie, h100-nvl, h200-nvl, a100 or a "
             "profile .json",
         ),
         ("device", "missing.json", "missing.json' not found (make one with `kt calibrate --out`)"),

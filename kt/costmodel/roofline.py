@@ -125,9 +125,11 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
 
     peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
     on_tensor_cores = tensor_cores(records)
-    # Hopper's warpgroup MMA needs 64 rows and whole warpgroups; smaller tiles fall back to mma.sync.
+    # Hopper's warpgroup MMA needs 64 rows and whole warpgroups; smaller tiles fall back to mma.sync. Before
+    # Hopper every tile runs mma.sync, and the datasheet peak is mma.sync's.
     wgmma = (bm >= 64) & (warps % 4 == 0)
-    mma_eff = np.where(on_tensor_cores & ~wgmma, 0.6, 1.0)
+    hopper = device.compute_capability >= 90
+    mma_eff = np.where(on_tensor_cores & ~wgmma & hopper, 0.6, 1.0)
     # Too few warps per SM leave the math units waiting on memory latency.
     active_warps = per_sm * warps
     mma_eff = mma_eff * np.minimum(1.0, 0.55 + 0.45 * active_warps / 8)
