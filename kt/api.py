@@ -277,7 +277,8 @@ def fit_model(
 ) -> tuple[ForestModel, int]:
     """Fit the forest cost model on the measured rows of `data` (a tuning database or a `kt export` CSV) for
     the profile `device` (default: auto), only those measured on the GPU named `gpu` when given; save it to
-    `out` (a .skops file, written atomically). Returns the model and the number of rows it was fitted on."""
+    `out` (a .skops file, written atomically). The data's timed baseline rows (PyTorch's own path of dense
+    GEMMs) fit the model's baseline forest. Returns the model and the number of rows it was fitted on."""
     from kt.costmodel.forest import MIN_ROWS, ForestModel
     from kt.errors import DatabaseError, ModelError
 
@@ -291,8 +292,13 @@ def fit_model(
             f"data: {str(data)!r} holds {len(records)} GPU-measured passing rows for target {profile.key}; "
             f"the forest needs at least {MIN_ROWS}: measure more with `kt collect` on a GPU"
         )
+    from kt.autotune.dataset import baseline_records
+
+    baseline = baseline_records(data, target=profile.key, device=gpu or records[0]["device"])
     try:
-        model = ForestModel(profile, seed=seed).fit(records, source=str(Path(data).resolve()))
+        model = ForestModel(profile, seed=seed).fit(
+            records, source=str(Path(data).resolve()), baseline=baseline
+        )
     except ValueError as exc:
         raise ModelError(f"fit: {str(data)!r}: {_one_line(exc)}") from None
     model.save(out)

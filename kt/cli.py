@@ -316,6 +316,12 @@ def _results_table(result, top: int) -> None:
     out.print(table)
 
 
+def _baseline_name(problem) -> str:
+    from kt.codegen.baseline import baseline_impl
+
+    return baseline_impl(problem)
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -473,6 +479,13 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             measures,
         )
     out.print(table)
+    if plan.baseline_ratio is not None:
+        out.print(
+            f"predicted best: {plan.baseline_ratio:.2f}x {_baseline_name(space_.problem)} (the baseline forest "
+            f"predicts PyTorch's path at {plan.baseline_s * 1e3:.4f} ms; > 1 means kt is predicted faster)"
+        )
+    if plan.budget_note:
+        out.print(f"note: {plan.budget_note}", style="yellow")
     if prediction.power_w is not None and plan.power_cap_w is not None:
         over = int(np.sum(prediction.power_w > plan.power_cap_w))
         if over:
@@ -483,7 +496,10 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             )
     if prediction.power_w is None:
         out.print(
-            f"note: the {plan.model} model predicts no power; W and mJ need a fitted forest", style="yellow"
+            f"note: the {plan.model} model predicts no power: no public data measures power during Triton "
+            "kernels, so power predictions stay untrained until a forest is fitted on kt's own GPU rows "
+            "(`kt collect` on a GPU, then `kt costmodel fit`); W and mJ need it",
+            style="yellow",
         )
         asked = [plan.objective] if plan.objective != "time" else []
         asked += ["the power cap"] if plan.power_cap_w is not None else []
@@ -571,6 +587,78 @@ def export(csv_path, runner, status, db):
     with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)
         out.print(f"{count} rows from {database.path} -> {csv_path}")
+
+
+@main.group(name="import")
+def import_():
+    """Turn GPU measurements made by other tools into rows kt's cost model reads."""
+
+
+@import_.command()
+@click.argument(
+    "files", metavar="FILE...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV to write (read by `kt costmodel fit/eval --data`).",
+)
+@click.option(
+    "--origin",
+    default=None,
+    help="Where the logs came from, named in every row's source column "
+    "(default: autoheuristic-datasets@3ed2bc4, the public logs of PyTorch's learned mm heuristic).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def inductor(files, out_path, origin, quiet):
+    """Convert PyTorch Inductor's autoheuristic mm logs (.txt or .txt.gz) into a measurement CSV: one row per
+    problem and Triton config, cuBLAS (extern_mm) as each problem's baseline row."""
+    from kt.autotune.inductor import import_inductor
+
+    with _LateProgress(not quiet, "reading Inductor logs") as progress:
+        summary = import_inductor(files, out_path, origin=origin, progress=progress)
+    out.print(str(summary))
+
+
+class _LateProgress:
+    """A rich progress bar over bytes that appears only once a job has run `after_s` seconds: a quick job
+    prints nothing but its result."""
+
+    def __init__(self, enabled: bool, label: str, after_s: float = 1.0):
+        self.enabled, self.label, self.after_s = enabled, label, after_s
+        self.bar = None
+
+    def __enter__(self):
+        import time
+
+        self.started = time.monotonic()
+        return self if self.enabled else None
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if self.bar is None:
+            if time.monotonic() - self.started < self.after_s:
+                return
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @main.command()
@@ -739,7 +827,7 @@ def _metric_rows(report) -> list[tuple[str, str]]:
         ("runtime median APE %", _value(m["runtime_median_ape"], ".1f")),
         ("power median APE %", _value(m.get("power_median_ape"), ".1f")),
         ("Spearman within shape", _value(m["spearman_within_shape"], ".3f")),
-        ("top-1 score (1 = best)", _value(m["top1_score"] if ranked else None, ".3f")),
+        ("top-1 (best / pick, 1 = best)", _value(m["top1_score"] if ranked else None, ".3f")),
         ("top-5 recall", _value(m["top5_recall"] if ranked else None, ".2f")),
         ("rows", str(m["rows"])),
         ("shapes", str(m["shapes"])),
@@ -781,9 +869,10 @@ def evaluate(data, model, folds, device, gpu, seed):
         table.add_row(name, value)
     table.add_row("folds", str(report.folds) if report.folds else "- (model file)")
     out.print(table)
-    out.print(report.summary())
+    out.print(report.details())
     if not _ranked_shapes(report):
         out.print("note: no shape has 2 or more configs measured, so the ranking metrics say nothing")
+    out.print(report.summary())
 
 
 @main.command()

@@ -394,6 +394,12 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
         assert name in result.stdout
     assert "12 rows, 12 shapes, 3 folds of whole shapes held out: runtime R2" in result.stdout
     assert "ranking metrics say nothing" in result.stdout  # one config per problem in this data
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"MAPE [\d.]+% \| median APE [\d.]+% \| Spearman within shape - \| top-1 - \| top-5 recall - \| "
+        r"shapes 12",
+        last,
+    ), last
 
     model = tmp_path / "m.skops"
     assert (
@@ -434,7 +440,7 @@ def test_inspect_with_a_model_scores_only_shapes_it_was_not_fitted_on(gpperf, tm
 
 
 def test_a_fit_that_fails_is_one_line_for_fit_and_inspect(gpperf, tmp_path, monkeypatch):
-    def refuse(self, records, source=None):
+    def refuse(self, records, source=None, **_):
         raise ValueError("Input X contains infinity\nor a value too large for dtype('float64').")
 
     monkeypatch.setattr(ForestModel, "fit", refuse)

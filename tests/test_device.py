@@ -25,7 +25,10 @@ def test_builtins_carry_the_datasheet_limits():
     assert H100.peak("float32", "tf32") == 494.7e12 and H100.peak("float32") == 66.9e12
     assert H200.dram_bandwidth > H100.dram_bandwidth and H200.peak_flops == H100.peak_flops
     assert H100.acc_regs_limit == 128
-    assert set(BUILTIN) == {"h100", "h200", "h100-pcie", "h100-nvl", "h200-nvl", "a100"} and get_profile() is H100
+    assert (
+        set(BUILTIN) == {"h100", "h200", "h100-pcie", "h100-nvl", "h200-nvl", "a100"}
+        and get_profile() is H100
+    )
     assert BUILTIN["h100-pcie"].sm_count == 114 and BUILTIN["h100-pcie"].dram_bandwidth == 2.0e12
     assert BUILTIN["h100-nvl"].peak("float16") < H100.peak("float16")
 

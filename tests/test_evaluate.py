@@ -49,19 +49,19 @@ def test_spearman_within_averages_over_groups_that_can_be_ranked():
     assert math.isnan(spearman_within([1, 2], [1, 2], "gg"))
 
 
-def test_top1_score_is_the_true_value_of_the_models_pick_over_the_true_best():
+def test_top1_score_is_the_geometric_mean_of_the_true_best_over_the_models_pick():
     true = [4, 2, 3, 5, 6]
     pred = [1, 2, 3, 9, 8]
     groups = ["a", "a", "a", "b", "b"]
-    # a: the model picks the first (4) where 2 was best: 2.0; b: it picks 6 where 5 was best: 1.2.
-    assert top1_score(true, pred, groups) == pytest.approx((2.0 + 1.2) / 2)
+    # a: the model picks the first (4) where 2 was best: 0.5; b: it picks 6 where 5 was best: 5/6.
+    assert top1_score(true, pred, groups) == pytest.approx((0.5 * 5 / 6) ** 0.5)
     assert top1_score(true, true, groups) == 1
 
 
 def test_ranking_metrics_skip_groups_of_one_row_and_are_nan_without_a_group_of_two():
     # c has one row: the model cannot pick wrong among one, so it must not count as a perfect pick.
     true, pred, groups = [4, 2, 3, 7], [1, 2, 3, 0], ["a", "a", "a", "c"]
-    assert top1_score(true, pred, groups) == pytest.approx(2.0)
+    assert top1_score(true, pred, groups) == pytest.approx(0.5)
     assert topk_recall(true, pred, groups, k=1) == pytest.approx(0.0)
     assert math.isnan(top1_score([1, 2], [2, 1], ["a", "b"]))
     assert math.isnan(topk_recall([1, 2], [2, 1], ["a", "b"]))
@@ -71,7 +71,10 @@ def test_a_report_prints_a_dash_for_a_metric_it_cannot_measure():
     report = Report(np.array([1.0, 2.0]), np.array([1.5, 2.5]), ["a", "b"])
     assert math.isnan(report.metrics["top1_score"]) and math.isnan(report.metrics["spearman_within_shape"])
     summary = report.summary()
-    assert "Spearman within shape -, top-1 -, top-5 recall -" in summary and "nan" not in summary
+    assert (
+        summary
+        == "MAPE 37.5% | median APE 37.5% | Spearman within shape - | top-1 - | top-5 recall - | shapes 2"
+    )
 
 
 def test_topk_recall_is_the_share_of_the_true_best_k_that_the_model_also_puts_first():

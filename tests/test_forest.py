@@ -128,14 +128,40 @@ def test_load_refuses_a_model_fitted_on_other_features(saved):
         ForestModel.load(saved, H100)
 
 
-def test_load_refuses_a_model_from_another_scikit_learn_minor_version(saved):
-    def newer(payload):
-        major, minor = payload["versions"]["scikit-learn"].split(".")[:2]
-        payload["versions"]["scikit-learn"] = f"{major}.{int(minor) + 1}.0"
+def _newer_scikit_learn(payload):
+    major, minor = payload["versions"]["scikit-learn"].split(".")[:2]
+    payload["versions"]["scikit-learn"] = f"{major}.{int(minor) + 1}.0"
 
-    rewrite(saved, newer)
-    with pytest.raises(ModelError, match=r"fitted with scikit-learn \d+\.\d+\.0, this setup has"):
+
+def test_a_model_from_another_scikit_learn_version_loads_when_it_reproduces_its_saved_predictions(saved):
+    before = ForestModel.load(saved, H100)
+    rewrite(saved, _newer_scikit_learn)
+    after = ForestModel.load(saved, H100)
+    records = before.self_check["records"]
+    assert len(records) == 8
+    assert np.array_equal(after.predict(records).runtime_s, before.predict(records).runtime_s)
+
+
+def test_a_model_from_another_scikit_learn_version_is_refused_when_its_predictions_drift(saved):
+    def drifted(payload):
+        _newer_scikit_learn(payload)
+        payload["self_check"]["runtime"] = [v + 1e-6 for v in payload["self_check"]["runtime"]]
+
+    rewrite(saved, drifted)
+    with pytest.raises(
+        ModelError, match=r"fitted with scikit-learn \d+\.\d+\.0 \(this setup has .*does not reproduce"
+    ):
         ForestModel.load(saved, H100)
+
+
+def test_a_model_stands_in_for_a_device_of_its_architecture_only_when_asked(saved):
+    model = ForestModel.load(saved, H200, stand_in=True)
+    assert model.device is H200 and model.fitted_device.key == "h100"
+    assert model.describe().startswith("forest for h100 predicting h200 with its own roofline")
+    from kt.device import A100
+
+    with pytest.raises(ModelError, match=r"h100 \(sm_90\), which cannot stand in for a100 \(sm_80\)"):
+        ForestModel.load(saved, A100, stand_in=True)
 
 
 def test_load_refuses_a_file_of_another_format_version(saved):

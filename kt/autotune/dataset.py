@@ -308,18 +308,43 @@ def shape_key(problem) -> str:
     return shape_of(problem.to_record())
 
 
-def measured_records(
-    source: str | os.PathLike, target: str | None = None, device: str | None = None
-) -> list[dict[str, Any]]:
-    """The GPU-timed, passing rows of `source` as records; only those for the profile key `target` and the GPU
-    named `device` when given. Refuses data that mixes GPUs (one model is one device's).
+def is_baseline(row: dict[str, Any]) -> bool:
+    """A row of PyTorch's own path (candidate zero; cuBLAS for a dense GEMM) that a GPU timed and that passed."""
+    return (
+        row["runner"] == "cuda"
+        and row["status"] == "ok"
+        and row.get("runtime_ms") is not None
+        and row["config_key"] == BASELINE_KEY
+    )
 
-    Only GEMM rows: the models learn single GEMM launches, and a structured op's row times a whole chain of
-    them (its launches are predicted as GEMMs and summed, kt.costmodel.staged)."""
+
+def baseline_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:
+    """The record of one timed baseline row: the problem's numbers and the time of PyTorch's path (no config)."""
+    where = where or f"data: row id {row.get('id')}"
+    check_row(row, where)
+    if row.get("runtime_ms") is None:
+        raise DatabaseError(
+            f"{where}: column runtime_ms is null; allowed: a finite number of milliseconds > 0"
+        )
+    problem = problem_from_dict(row["family"], row["problem"])
+    return {
+        **problem.to_record(),
+        "runtime_ms": row["runtime_ms"],
+        "group": problem.key(),
+        "shape": shape_key(problem),
+        "device": row["device"],
+    }
+
+
+def _gemm_rows(
+    source: str | os.PathLike, target: str | None, device: str | None, keep
+) -> list[dict[str, Any]]:
+    """The GEMM rows of `source` that `keep` accepts, for the profile key `target` and the GPU named `device`
+    when given; refuses data that mixes GPUs (one model is one device's)."""
     rows = [
         r
         for r in read_rows(source)
-        if is_measured(r)
+        if keep(r)
         and r["family"] == "gemm"
         and (target is None or r["target"] == target)
         and (device is None or r["device"] == device)
@@ -330,4 +355,23 @@ def measured_records(
         raise DatabaseError(
             f"data: {str(source)!r} holds measurements from several GPUs: {listing}; pick one with --gpu"
         )
-    return [to_record(r) for r in rows]
+    return rows
+
+
+def measured_records(
+    source: str | os.PathLike, target: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """The GPU-timed, passing rows of `source` as records; only those for the profile key `target` and the GPU
+    named `device` when given. Refuses data that mixes GPUs (one model is one device's).
+
+    Only GEMM rows: the models learn single GEMM launches, and a structured op's row times a whole chain of
+    them (its launches are predicted as GEMMs and summed, kt.costmodel.staged)."""
+    return [to_record(r) for r in _gemm_rows(source, target, device, is_measured)]
+
+
+def baseline_records(
+    source: str | os.PathLike, target: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """The GPU-timed baseline rows of dense GEMMs in `source` (cuBLAS through torch.matmul) as records, filtered
+    as measured_records filters: what the baseline forest learns from."""
+    return [baseline_record(r) for r in _gemm_rows(source, target, device, is_baseline)]

@@ -63,6 +63,10 @@ class Plan:
     strategy: str = "guided"
     objective: str = "time"
     power_cap_w: float | None = None
+    # the baseline forest's prediction of PyTorch's own path (cuBLAS for a dense GEMM), when the model has one
+    baseline_s: float | None = None
+    budget: int = 0  # the budget the search spends: the one asked for, or less (see size_budget)
+    budget_note: str | None = None  # why the budget is smaller than asked
 
     @property
     def predicted_s(self) -> np.ndarray:
@@ -71,8 +75,47 @@ class Plan:
     def config(self, index: int) -> Config:
         return self.space.legal[index]
 
+    @property
+    def baseline_ratio(self) -> float | None:
+        """The predicted PyTorch time over the best predicted config's (> 1: kt predicted faster); None
+        without a baseline prediction."""
+        if self.baseline_s is None or not self.ranked:
+            return None
+        return self.baseline_s / float(self.prediction.runtime_s[self.ranked[0]])
+
 
 CostModel = AnalyticModel | ForestModel | CorrectedModel
+
+# Budget sizing from the predicted ratio to PyTorch's path: a problem where kt's best is predicted at least this
+# fast relative to cuBLAS gets the whole budget; below it, the budget shrinks in proportion, to at most a quarter
+# of it (and never below MIN_SIZED_BUDGET candidates): measuring many configs that all lose to cuBLAS buys little.
+FULL_BUDGET_RATIO = 0.9
+MIN_BUDGET_SHARE = 0.25
+MIN_SIZED_BUDGET = 4
+
+
+def predicted_baseline_s(model: CostModel, problem: Problem, profile: DeviceProfile) -> float | None:
+    """The model's prediction of PyTorch's own path for `problem` (a dense GEMM: cuBLAS), or None when the
+    model has no baseline forest or the problem is not one it learned (structured families run chains)."""
+    forest = model.base if isinstance(model, CorrectedModel) else model
+    if not isinstance(forest, ForestModel) or not forest.predicts_baseline or problem.family != "gemm":
+        return None
+    return float(forest.predict_baseline([problem.to_record()]).runtime_s[0])
+
+
+def size_budget(budget: int, ratio: float | None) -> tuple[int, str | None]:
+    """The budget to spend given the predicted ratio (PyTorch's time over kt's best, > 1: kt faster), and a note
+    when it is smaller than asked."""
+    if ratio is None or ratio >= FULL_BUDGET_RATIO or budget <= MIN_SIZED_BUDGET:
+        return budget, None
+    share = max(MIN_BUDGET_SHARE, ratio / FULL_BUDGET_RATIO)
+    sized = max(MIN_SIZED_BUDGET, min(budget, int(np.ceil(budget * share))))
+    if sized == budget:
+        return budget, None
+    return sized, (
+        f"the cost model predicts kt's best at {ratio:.2f}x PyTorch's path (cuBLAS), so this tune measures "
+        f"{sized} candidates, not {budget}"
+    )
 
 
 def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel | None = None) -> CostModel:
@@ -86,11 +129,11 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
         return model
     if model is None:
         shipped = shipped_model_path(profile)
-        if not shipped.is_file():
+        if shipped is None:
             return AnalyticModel(profile)
         try:
-            return ForestModel.load(shipped, profile)
-        except (ModelError, OSError) as exc:  # e.g. another scikit-learn than it was fitted with
+            return ForestModel.load(shipped, profile, stand_in=True)
+        except (ModelError, OSError) as exc:  # e.g. another scikit-learn that predicts otherwise
             logging.getLogger("kt").warning(
                 "kt's own %s model is not usable here (%s); ranking with the analytic model", profile.key, exc
             )
@@ -139,6 +182,10 @@ def plan_tuning(
     prediction = predict_records(cost_model, records)
     values = prediction.objective(objective, power_cap_w)
     ranked = [int(i) for i in rank(records, values)]
+    baseline_s = predicted_baseline_s(cost_model, problem, profile)
+    note = None
+    if measures_time and baseline_s is not None:  # without timing a budget only checks configs: keep it
+        budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
     state = SearchState(values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed)
     chosen = strategy.propose(state)[:budget]
     return Plan(
@@ -152,6 +199,9 @@ def plan_tuning(
         strategy.name,
         objective,
         power_cap_w,
+        baseline_s,
+        budget,
+        note,
     )
 
 
@@ -287,7 +337,7 @@ def tune(
         **options,
     )
     plan, runner, profile = session.plan, session.runner, session.profile
-    notes = []
+    notes = [plan.budget_note] if plan.budget_note else []
     if not runner.measures_time:
         compiled = (
             f"compiled for sm_{profile.compute_capability}"
@@ -409,7 +459,7 @@ def run_session(
     )
     with Database(db) as database, runner if owned else contextlib.nullcontext():
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
-        trace, fresh = tuner.search(search, budget, progress, retry_failed, deadline, baseline)
+        trace, fresh = tuner.search(search, plan.budget, progress, retry_failed, deadline, baseline)
         rows = tuner.rows(trace)
         return Session(
             plan,

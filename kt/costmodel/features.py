@@ -32,6 +32,11 @@ Nothing here knows codegen: the features are the physics of a tiled GEMM on the 
 | family | the op family's code (FAMILY_CODES) |
 | itemsize, tensor_cores | operand bytes; 1 when the math runs on tensor cores |
 | a_col, b_col, out_read | operand layouts (1 = stored transposed) and whether the output is also read |
+| a_load_bytes, b_load_bytes | bytes of a tile row along each operand's contiguous dimension (how wide its loads can be) |
+| a_align, b_align | the largest power of two (at most 16) dividing each operand's leading stride in bytes: 16 allows 128-bit loads |
+| k_tail | the share of the last K step that is inside the problem (1.0 when K is a multiple of block_k) |
+| mma_kind | 2: the tile can run Hopper's warpgroup MMA (sm_90, block_m >= 64, whole warpgroups); 1: mma.sync; 0: no tensor cores |
+| sm_count, log2_peak_tflops | the device's SMs and its peak for the dtype: what lets one forest learn from several GPUs |
 """
 
 from __future__ import annotations
@@ -82,6 +87,38 @@ FEATURE_NAMES: tuple[str, ...] = (
     "a_col",
     "b_col",
     "out_read",
+    "a_load_bytes",
+    "b_load_bytes",
+    "a_align",
+    "b_align",
+    "k_tail",
+    "mma_kind",
+    "sm_count",
+    "log2_peak_tflops",
+)
+
+
+# What the baseline forest (the PyTorch path's own time: cuBLAS for a dense GEMM) sees: the problem, no config.
+PROBLEM_FEATURE_NAMES: tuple[str, ...] = (
+    "log2_m",
+    "log2_n",
+    "log2_k",
+    "log2_batch",
+    "log2_flops",
+    "log2_bytes",
+    "log2_intensity",
+    "log2_roofline_s",
+    "compute_bound",
+    "log2_balance",
+    "itemsize",
+    "tensor_cores",
+    "a_col",
+    "b_col",
+    "out_read",
+    "a_align",
+    "b_align",
+    "sm_count",
+    "log2_peak_tflops",
 )
 
 
@@ -147,8 +184,77 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
         "a_col": col["a_col"],
         "b_col": col["b_col"],
         "out_read": out_read(records),
+        **layout_terms(col),
+        "k_tail": (col["k"] - (np.ceil(col["k"] / col["block_k"]) - 1) * col["block_k"]) / col["block_k"],
+        "mma_kind": mma_kind(records, col, device),
+        "sm_count": np.full(len(records), float(device.sm_count)),
+        "log2_peak_tflops": np.log2(roof["flops"] / roof["t_compute"] / 1e12),
     }
     return np.column_stack([values[name] for name in FEATURE_NAMES])
+
+
+def _pow2_divisor(values: np.ndarray, cap: int = 16) -> np.ndarray:
+    """The largest power of two up to `cap` that divides each (integer-valued) entry."""
+    ints = values.astype(np.int64)
+    return np.minimum(ints & -ints, cap).astype(np.float64)
+
+
+def layout_terms(col: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """How wide each operand's loads can be: A (m x k) is contiguous along k, or along m when stored transposed;
+    B (k x n) along n, or along k when transposed. A tile's row along that dimension and the leading stride's
+    alignment decide whether the loads vectorise."""
+    a_col, b_col, eb = col["a_col"] > 0, col["b_col"] > 0, col["itemsize"]
+    a_lead = np.where(a_col, col["m"], col["k"]) * eb
+    b_lead = np.where(b_col, col["k"], col["n"]) * eb
+    return {
+        "a_load_bytes": np.where(a_col, col["block_m"], col["block_k"]) * eb,
+        "b_load_bytes": np.where(b_col, col["block_k"], col["block_n"]) * eb,
+        "a_align": _pow2_divisor(a_lead),
+        "b_align": _pow2_divisor(b_lead),
+    }
+
+
+def mma_kind(
+    records: Sequence[dict[str, Any]], col: dict[str, np.ndarray], device: DeviceProfile
+) -> np.ndarray:
+    """2 where a tile can run Hopper's warpgroup MMA, 1 where tensor cores run mma.sync, 0 without tensor
+    cores (float32 with precision ieee)."""
+    wgmma = (device.compute_capability >= 90) & (col["block_m"] >= 64) & (col["num_warps"] % 4 == 0)
+    return np.where(tensor_cores(records), np.where(wgmma, 2.0, 1.0), 0.0)
+
+
+def problem_features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.ndarray:
+    """The (len(records), len(PROBLEM_FEATURE_NAMES)) features of the problems alone (no config keys needed)."""
+    if len(records) == 0:
+        return np.zeros((0, len(PROBLEM_FEATURE_NAMES)))
+    for i, record in enumerate(records):
+        missing = [key for key in PROBLEM_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"record {i} lacks {', '.join(missing)}")
+    roof = roofline_terms(records, device)
+    col = columns(records, ("m", "n", "k", "batch", "itemsize", "a_col", "b_col"))
+    col.update(block_m=col["m"], block_n=col["n"], block_k=col["k"])  # a problem-wide "tile" for layout_terms
+    values = {
+        "log2_m": np.log2(col["m"]),
+        "log2_n": np.log2(col["n"]),
+        "log2_k": np.log2(col["k"]),
+        "log2_batch": np.log2(col["batch"]),
+        "log2_flops": np.log2(roof["flops"]),
+        "log2_bytes": np.log2(roof["bytes"]),
+        "log2_intensity": np.log2(roof["flops"] / roof["bytes"]),
+        "log2_roofline_s": np.log2(np.maximum(roof["t_compute"], roof["t_memory"])),
+        "compute_bound": (roof["t_compute"] >= roof["t_memory"]).astype(np.float64),
+        "log2_balance": np.log2(roof["t_compute"] / roof["t_memory"]),
+        "itemsize": col["itemsize"],
+        "tensor_cores": tensor_cores(records).astype(np.float64),
+        "a_col": col["a_col"],
+        "b_col": col["b_col"],
+        "out_read": out_read(records),
+        **layout_terms(col),
+        "sm_count": np.full(len(records), float(device.sm_count)),
+        "log2_peak_tflops": np.log2(roof["flops"] / roof["t_compute"] / 1e12),
+    }
+    return np.column_stack([values[name] for name in PROBLEM_FEATURE_NAMES])
 
 
 def bound_by(records: Sequence[dict[str, Any]], device: DeviceProfile) -> list[str]:

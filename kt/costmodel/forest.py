@@ -10,6 +10,17 @@ storage, whose node indices and value arrays are then checked (skops warns that 
 read out of bounds). A file records the device profile, the feature list and the software versions it was fitted
 with, and refuses to load into a setup that differs in any of them. It also lists the shapes it was trained on
 (`trained["shape_keys"]`), so that evaluation can leave them out.
+
+Two more things a model may carry. Rows measured on other GPUs (`fit(..., others=[(profile, records)])`) join
+the training set with their features computed on their own profile: the features are device-normalised
+(roofline terms, waves over the SM count, the MMA kind, the peak), so an A100's rows teach an H100 model the
+shape of the problem. And a baseline forest (`fit(..., baseline=records)`) predicts the time of PyTorch's own path
+for a problem (cuBLAS for a dense GEMM) from the problem alone, so that `kt predict` can say before tuning
+whether kt is likely to win.
+
+scikit-learn does not promise that a tree file carries across its versions. A file therefore holds a self-check:
+a few records and the predictions the forest made for them when it was saved. Loaded under other scikit-learn or
+numpy versions than it was fitted with, the model must reproduce them exactly, or it is refused.
 """
 
 from __future__ import annotations
@@ -27,14 +38,22 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.tree import DecisionTreeRegressor
 
-from kt.costmodel.features import FEATURE_NAMES, column, features
+from kt.costmodel.features import (
+    CONFIG_KEYS,
+    FEATURE_NAMES,
+    PROBLEM_FEATURE_NAMES,
+    PROBLEM_KEYS,
+    column,
+    features,
+    problem_features,
+)
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
 from kt.device import DeviceProfile
 from kt.errors import ModelError
 
 FORMAT = "kt-costmodel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 MIN_ROWS = 4  # fewer measured rows than this fit no forest
 MODEL_SUFFIX = ".skops"
@@ -47,7 +66,10 @@ PAYLOAD_KEYS = (
     "trained",
     "runtime_forest",
     "power_forest",
+    "baseline_forest",
+    "self_check",
 )
+SELF_CHECK_ROWS = 8
 
 
 def library_versions() -> dict[str, str]:
@@ -71,8 +93,8 @@ class ForestModel:
     problem a record belongs to, for the training summary; `shape` (optional, else `group`) the unit evaluation
     holds out, recorded as `trained["shape_keys"]` (sorted text) so that a model is never scored on them.
 
-    `min_samples_leaf` defaults to 3: on GPPerf's measurements (benchmarks/gpperf_costmodel.py) it scores within
-    0.01 R2 of 1, and its files are several times smaller.
+    `min_samples_leaf` and `max_features` default to what cross-validation inside the training folds chose on
+    the H100 measurements of benchmarks/costmodel_h100.py (never on the shapes its figures are reported on).
     """
 
     name = "forest"
@@ -96,7 +118,12 @@ class ForestModel:
         self.n_jobs = n_jobs if n_jobs is not None else min(4, os.cpu_count() or 1)
         self.runtime_forest: RandomForestRegressor | None = None
         self.power_forest: RandomForestRegressor | None = None
+        self.baseline_forest: RandomForestRegressor | None = None
         self.trained: dict[str, Any] = {}
+        # set when a model fitted for one device predicts for another of its family (an H200 through the H100's
+        # forest): the profile it was fitted on; `device` is then the one whose roofline it predicts with
+        self.fitted_device: DeviceProfile | None = None
+        self.self_check: dict[str, Any] = {}
         self.versions = library_versions()
 
     @property
@@ -110,34 +137,52 @@ class ForestModel:
     def _forest(self) -> RandomForestRegressor:
         return RandomForestRegressor(**self.params, n_jobs=self.n_jobs)
 
-    def fit(self, records: Sequence[dict[str, Any]], source: str | None = None) -> ForestModel:
-        runtime = np.array([_number(r.get("runtime_ms")) for r in records], dtype=np.float64)
-        good = np.isfinite(runtime) & (runtime > 0)
-        if not np.all(good):
-            bad = int(np.argmin(good))
-            raise ValueError(
-                f"record {bad}: runtime_ms must be a positive number, got {records[bad].get('runtime_ms')!r}"
-            )
-        if len(records) < MIN_ROWS:
-            raise ValueError(f"the forest needs at least {MIN_ROWS} measured records, got {len(records)}")
-        x = features(records, self.device)
-        target = np.log(runtime * 1e-3 / roofline_time(records, self.device))
+    def fit(
+        self,
+        records: Sequence[dict[str, Any]],
+        source: str | None = None,
+        others: Sequence[tuple[DeviceProfile, Sequence[dict[str, Any]]]] = (),
+        baseline: Sequence[dict[str, Any]] = (),
+    ) -> ForestModel:
+        """Fit on `records` measured on this model's device; `others`: (profile, records) measured on other GPUs,
+        featurised on their own profile; `baseline`: problem records with the `runtime_ms` of PyTorch's own path
+        on this device (the baseline forest fits on them when there are at least MIN_ROWS)."""
+        sets = [(self.device, records), *others]
+        for _, rows in sets:
+            _check_runtimes(rows)
+        total = sum(len(rows) for _, rows in sets)
+        if total < MIN_ROWS:
+            raise ValueError(f"the forest needs at least {MIN_ROWS} measured records, got {total}")
+        x = np.vstack([features(rows, profile) for profile, rows in sets if rows])
+        target = np.concatenate([_log_over_roofline(rows, profile) for profile, rows in sets if rows])
         self.runtime_forest = self._forest().fit(x, target)
+        # power is this GPU's alone: another card draws other watts for the same work
         power = column(records, "power_w")
         has_power = np.isfinite(power) & (power > 0)
+        own = x[: len(records)]
         self.power_forest = (
-            self._forest().fit(x[has_power], power[has_power]) if has_power.sum() >= MIN_ROWS else None
+            self._forest().fit(own[has_power], power[has_power]) if has_power.sum() >= MIN_ROWS else None
         )
+        self.baseline_forest = None
+        if baseline:
+            _check_runtimes(baseline)
+            if len(baseline) >= MIN_ROWS:
+                self.baseline_forest = self._forest().fit(
+                    problem_features(baseline, self.device), _log_over_roofline(baseline, self.device)
+                )
         self.trained = {
             "rows": len(records),
             "power_rows": int(has_power.sum()),
             "shapes": len({r.get("group") for r in records}) if all("group" in r for r in records) else None,
             "families": sorted({r["family"] for r in records}),
             "dtypes": sorted({r["dtype"] for r in records}),
-            "shape_keys": shape_keys(records),
+            "shape_keys": shape_keys([r for _, rows in sets for r in rows]),
+            "other_devices": [{"device": p.key, "rows": len(rows)} for p, rows in others],
+            "baseline_rows": len(baseline) if self.baseline_forest is not None else 0,
             "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": source,
         }
+        self.self_check = self._self_check_rows(list(records) or [r for _, rows in others for r in rows])
         return self
 
     def _require_fitted(self) -> None:
@@ -161,6 +206,23 @@ class ForestModel:
             power, spread = per_tree_power.mean(axis=0), per_tree_power.std(axis=0)
         return Prediction(runtime, trees.std(axis=0), power, spread)
 
+    @property
+    def predicts_baseline(self) -> bool:
+        return self.baseline_forest is not None
+
+    def predict_baseline(self, records: Sequence[dict[str, Any]]) -> Prediction:
+        """The predicted time of PyTorch's own path (cuBLAS for a dense GEMM) for each problem record, with the
+        spread across trees; ModelError when this model has no baseline forest."""
+        self._require_fitted()
+        if self.baseline_forest is None:
+            raise ModelError(
+                "model: this forest has no baseline forest (it was fitted without baseline rows)"
+            )
+        if len(records) == 0:
+            return Prediction(np.zeros(0), np.zeros(0))
+        trees = per_tree(self.baseline_forest, problem_features(records, self.device))
+        return Prediction(roofline_time(records, self.device) * np.exp(trees.mean(axis=0)), trees.std(axis=0))
+
     def feature_importances(self) -> dict[str, dict[str, float]]:
         """Impurity importances of each feature, per forest (runtime, and power when fitted), largest first."""
         self._require_fitted()
@@ -175,7 +237,22 @@ class ForestModel:
         t = self.trained
         shapes = f", {t['shapes']} shape{'s' if t['shapes'] != 1 else ''}" if t.get("shapes") else ""
         power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
-        return f"forest for {self.device.key}: {t.get('rows', 0)} rows{shapes}{power}"
+        others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
+        where = (
+            f"forest for {self.fitted_device.key} predicting {self.device.key} with its own roofline"
+            if self.fitted_device is not None
+            else f"forest for {self.device.key}"
+        )
+        origin = f", from {t['origin']}" if t.get("origin") else ""
+        return f"{where}: {t.get('rows', 0)} rows{shapes}{others}{power}{origin}"
+
+    def _self_check_rows(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        keep = [{k: r[k] for k in (*PROBLEM_KEYS, *CONFIG_KEYS)} for r in records[:SELF_CHECK_ROWS]]
+        x = features(keep, self.device)
+        check = {"records": keep, "runtime": self.runtime_forest.predict(x).tolist()}
+        if self.baseline_forest is not None:
+            check["baseline"] = self.baseline_forest.predict(problem_features(keep, self.device)).tolist()
+        return check
 
     # -- files ------------------------------------------------------------------------------------------------
 
@@ -196,6 +273,8 @@ class ForestModel:
             "trained": {k: v for k, v in self.trained.items() if v is not None},
             "runtime_forest": self.runtime_forest,
             "power_forest": self.power_forest,
+            "baseline_forest": self.baseline_forest,
+            "self_check": self.self_check,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         data = skops.io.dumps(payload, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
@@ -213,8 +292,12 @@ class ForestModel:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: DeviceProfile | None = None) -> ForestModel:
-        """Load a model file; with `device`, refuse one fitted for another device profile."""
+    def load(
+        cls, path: str | os.PathLike, device: DeviceProfile | None = None, stand_in: bool = False
+    ) -> ForestModel:
+        """Load a model file; with `device`, refuse one fitted for another device profile, unless `stand_in`:
+        then a model of the same architecture (compute capability) predicts for `device` with `device`'s own
+        profile (its roofline, SMs and peaks), and says so in `describe()`."""
         import skops.io
 
         path = Path(path)
@@ -264,13 +347,11 @@ class ForestModel:
                 f"{where} was fitted on other features than this kt computes; refit it with `kt costmodel fit`"
             )
         here = library_versions()
-        for lib in ("scikit-learn", "numpy"):
-            theirs = payload["versions"].get(lib, "?")
-            if _minor(theirs) != _minor(here[lib]):
-                raise ModelError(
-                    f"{where} was fitted with {lib} {theirs}, this setup has {here[lib]}; refit it with "
-                    "`kt costmodel fit` (tree files do not carry across versions)"
-                )
+        drift = [
+            f"{lib} {payload['versions'].get(lib, '?')} (this setup has {here[lib]})"
+            for lib in ("scikit-learn", "numpy")
+            if _minor(payload["versions"].get(lib, "?")) != _minor(here[lib])
+        ]
         try:
             profile = DeviceProfile.from_dict(payload["device"])
         except (ValueError, TypeError, KeyError) as exc:
@@ -280,7 +361,13 @@ class ForestModel:
                 f"{where} is malformed (its device profile's key is {profile.key}, its device_key "
                 f"{payload['device_key']}); refit it with `kt costmodel fit`"
             )
-        if device is not None and device.key != payload["device_key"]:
+        borrowed = device is not None and device.key != payload["device_key"]
+        if borrowed and stand_in and device.compute_capability != profile.compute_capability:
+            raise ModelError(
+                f"{where} was fitted for {payload['device_key']} (sm_{profile.compute_capability}), which cannot "
+                f"stand in for {device.key} (sm_{device.compute_capability})"
+            )
+        if borrowed and not stand_in:
             raise ModelError(
                 f"{where} was fitted for device {payload['device_key']}, not {device.key}; fit one for "
                 f"{device.key} with `kt costmodel fit --device {device.name}`"
@@ -292,11 +379,39 @@ class ForestModel:
         except TypeError as exc:
             raise ModelError(f"{where} has malformed forest parameters ({exc})") from None
         model.runtime_forest, model.power_forest = payload["runtime_forest"], payload["power_forest"]
+        model.baseline_forest = payload["baseline_forest"]
         model.trained, model.versions = payload["trained"], payload["versions"]
+        model.self_check = payload["self_check"] if isinstance(payload["self_check"], dict) else {}
         for forest in (model.runtime_forest, model.power_forest):
             if forest is not None:
-                _check_forest(forest, where)
+                _check_forest(forest, where, len(FEATURE_NAMES))
+        if model.baseline_forest is not None:
+            _check_forest(model.baseline_forest, where, len(PROBLEM_FEATURE_NAMES))
+        if drift:
+            model._verify_self_check(where, drift)
+        if borrowed:
+            model.device, model.fitted_device = device, profile
         return model
+
+    def _verify_self_check(self, where: str, drift: list[str]) -> None:
+        """Under other library versions than the file was fitted with, the forests must still predict what they
+        predicted when saved (to the last bit that matters), else the file is refused."""
+        check = self.self_check
+        fail = ModelError(
+            f"{where} was fitted with {', '.join(drift)} and does not reproduce its saved predictions here; "
+            "refit it with `kt costmodel fit` (tree files do not always carry across versions)"
+        )
+        try:
+            records = check["records"]
+            x = features(records, self.device)
+            same = np.allclose(self.runtime_forest.predict(x), check["runtime"], rtol=0, atol=1e-9)
+            if self.baseline_forest is not None:
+                baseline = self.baseline_forest.predict(problem_features(records, self.device))
+                same = same and np.allclose(baseline, check["baseline"], rtol=0, atol=1e-9)
+        except Exception:  # noqa: BLE001 - a check that cannot even run is a failed check
+            raise fail from None
+        if not records or not same:
+            raise fail
 
 
 def shape_keys(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -324,7 +439,22 @@ def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
     return np.stack([tree.predict(x) for tree in forest.estimators_])
 
 
-def _check_forest(forest: Any, where: str) -> None:
+def _check_runtimes(records: Sequence[dict[str, Any]]) -> None:
+    runtime = np.array([_number(r.get("runtime_ms")) for r in records], dtype=np.float64)
+    good = np.isfinite(runtime) & (runtime > 0)
+    if not np.all(good):
+        bad = int(np.argmin(good))
+        raise ValueError(
+            f"record {bad}: runtime_ms must be a positive number, got {records[bad].get('runtime_ms')!r}"
+        )
+
+
+def _log_over_roofline(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.ndarray:
+    """The forests' target: log(measured / roofline time on `device`)."""
+    return np.log(column(records, "runtime_ms", 1e-3) / roofline_time(records, device))
+
+
+def _check_forest(forest: Any, where: str, n_features: int) -> None:
     """Refuse a forest whose trees index outside themselves or the feature list, or loop.
 
     scikit-learn numbers a node after its parent, so every child index is larger than its parent's; a file
@@ -336,10 +466,8 @@ def _check_forest(forest: Any, where: str) -> None:
         raise ModelError(
             f"{where} holds a forest with {getattr(forest, 'n_outputs_', '?')} outputs; kt's have 1"
         )
-    if forest.n_features_in_ != len(FEATURE_NAMES):
-        raise ModelError(
-            f"{where} expects {forest.n_features_in_} features, kt computes {len(FEATURE_NAMES)}"
-        )
+    if forest.n_features_in_ != n_features:
+        raise ModelError(f"{where} expects {forest.n_features_in_} features, kt computes {n_features}")
     for tree in forest.estimators_:
         if not isinstance(tree, DecisionTreeRegressor):
             raise ModelError(f"{where} holds a {type(tree).__name__} where a decision tree belongs")
@@ -360,6 +488,6 @@ def _check_forest(forest: Any, where: str) -> None:
             or np.any(left >= n)
             or np.any(right >= n)
             or np.any(t.feature[~leaf] < 0)
-            or np.any(t.feature[~leaf] >= len(FEATURE_NAMES))
+            or np.any(t.feature[~leaf] >= n_features)
         ):
             raise ModelError(f"{where} holds a tree with node or feature indices out of range")

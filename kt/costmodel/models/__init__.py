@@ -1,7 +1,13 @@
-"""Cost models shipped with kt: `<device key>.skops`, fitted by `kt costmodel fit` on the GPU sweeps in `data/`.
+"""Cost models shipped with kt, fitted on real GPU measurements (never on predictions or invented figures).
 
-`kt predict` and `kt tune` use the one for the target device when it is here, else the analytic model. None is
-shipped until sweeps measured on that device exist: a model is only ever fitted on real measurements.
+`h100.skops` and `a100.skops` are fitted by benchmarks/ship_costmodels.py on PyTorch Inductor's max-autotune logs
+of its Triton matmul template and cuBLAS (`../shared/data/autoheuristic`, from the public repository
+AlnisM/autoheuristic-datasets; the logs themselves are not in kt). Each file's metadata (`trained`) names the
+source, device, rows, shapes and the held-out evaluation figures.
+
+A device without a file of its own uses the file of its architecture (`STAND_INS`: every Hopper card through the
+H100's, predicting with its own profile's roofline, SMs and peaks), and says so when it predicts. Without either,
+`kt predict` and `kt tune` rank with the analytic model.
 """
 
 from __future__ import annotations
@@ -11,8 +17,14 @@ from pathlib import Path
 from kt.device import DeviceProfile
 
 MODELS_DIR = Path(__file__).resolve().parent
+STAND_INS = {90: "h100", 80: "a100"}  # compute capability -> the model file of that architecture
 
 
-def shipped_model_path(profile: DeviceProfile) -> Path:
-    """Where kt's own model for `profile` lives (the file may not exist)."""
-    return MODELS_DIR / f"{profile.key}.skops"
+def shipped_model_path(profile: DeviceProfile) -> Path | None:
+    """kt's own model file for `profile`: its own, else its architecture's stand-in; None when neither exists."""
+    own = MODELS_DIR / f"{profile.key}.skops"
+    if own.is_file():
+        return own
+    stand_in = STAND_INS.get(profile.compute_capability)
+    path = MODELS_DIR / f"{stand_in}.skops" if stand_in else None
+    return path if path is not None and path.is_file() else None

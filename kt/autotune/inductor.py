@@ -1,0 +1,540 @@
+"""PyTorch Inductor's autoheuristic `mm` logs as kt measurement rows: `kt import inductor FILE... --out NAME.csv`.
+
+Inductor's `max-autotune` times its Triton `mm` template over a fixed list of configs, plus cuBLAS (`extern_mm`),
+on every matmul it meets, and its autoheuristic logs keep every timing. Those are real GPU measurements of the
+same kernel structure as kt's GEMM template (pointer-based tiles, GROUP_M 8, no split-K), so the cost model can
+learn from them. The output is a CSV that `kt.autotune.dataset.read_rows` reads exactly like a `kt export`, so
+`kt costmodel fit/eval --data NAME.csv` take it unchanged.
+
+A log is one JSON header line (`device_capa`, `shared_memory`), the CSV header `COLUMNS`, then one line per
+timing. One output row per (GPU, problem, choice), with every repeat kept in the extra column `repeats_ms`
+(`;`-joined as logged, `inf` included) and the origin and file names in `source` (the reader ignores both):
+
+- The problem is kt's `GemmProblem`. Inductor's order is m, k, n: A (m x k) has strides (mat1_stride_0,
+  mat1_stride_1), B (k x n) (mat2_stride_0, mat2_stride_1). An operand is `row` when its column stride is 1,
+  `col` when its row stride is 1; a leading dimension wider than the matrix (a slice of a wider tensor, as in
+  the timm logs) is read as the same layout, since kt's problems carry no leading dimension (the summary counts
+  those lines). An operand with a size-1 dimension is a vector, one contiguous run whatever its other stride,
+  so it is `row`: Inductor logged some such vectors under several strides, and their timings agree within
+  noise. Any other strides (a broadcast, a strided slice) are an error naming the line.
+- The config is kt's `GemmConfig` with Inductor's blocks, stages and warps, GROUP_M 8 and split-K 1 (Inductor's
+  list has 1 warp and 1 stage, which kt's own search space does not).
+- `extern_mm` is the problem's baseline row, like a tune's candidate zero (`BASELINE_KEY`, config `{}`).
+- runtime_ms is the median of the finite repeats, with their min, 20th and 80th percentiles, and `runs`
+  counts them; each repeat is already one Inductor benchmark (itself many launches). A choice whose every
+  repeat is `inf` is a `crash` row with no runtime. A choice with some finite and some `inf` repeats keeps the
+  finite ones and stays `ok` (none of the four public files has one).
+- status `ok` means Inductor timed it; Inductor does not check results, so `rel_err` is empty. The log does
+  not record when, or with which torch, Triton or CUDA, it was measured, nor the GPU's exact variant, so
+  those columns say so or stay empty, and `family_version` names Inductor's template, not a kt template hash.
+- Several FILEs are read as one log: the same (GPU, problem, choice) in two files is one row with the repeats
+  of both; the GPU comes from each file's header, so rows of different GPUs never merge. Blank lines are
+  skipped (a100_mm has one).
+
+Any malformed line is one DatabaseError naming the file and line, and no output is written; the CSV is written
+beside its path and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import re
+import statistics
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES
+from kt.autotune.dataset import MAX_CONFIG_VALUE, check_row
+from kt.codegen.gemm import GemmConfig
+from kt.device import BUILTIN
+from kt.errors import DatabaseError
+from kt.ir.problems import GemmProblem
+from kt.spec import MAX_DIM
+
+# The public logs PyTorch's learned mm heuristic was fitted on (github.com/AlnisM/autoheuristic-datasets)
+ORIGIN = "autoheuristic-datasets@3ed2bc4"
+COLUMNS = (
+    "m",
+    "k",
+    "n",
+    "mat1_dtype",
+    "mat2_dtype",
+    "mat1_stride_0",
+    "mat1_stride_1",
+    "mat2_stride_0",
+    "mat2_stride_1",
+    "mat1_iscontig",
+    "mat2_iscontig",
+    "using_tf32",
+    "choice",
+    "feedback",
+)
+PROBLEM_FIELDS = len(COLUMNS) - 2  # everything before choice and feedback names the problem
+EXTRA_COLUMNS = ("repeats_ms", "source")  # written after kt's columns; read_rows ignores them
+# device_capa -> (kt's device profile key, the GPU as the log can name it: the variant is not recorded)
+GPUS = {
+    (9, 0): ("h100", "NVIDIA H100 (autoheuristic log; variant not recorded)"),
+    (8, 0): ("a100", "NVIDIA A100 (autoheuristic log; variant not recorded)"),
+}
+DTYPES = {"torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float32": "float32"}
+TF32 = {"True": "tf32", "False": "ieee"}  # fp32 only; other dtypes log not_float_32
+NOT_FP32 = "not_float_32"
+EXTERN = "extern_mm"
+CHOICE = re.compile(r"type=triton_BLOCK-M=(\d+)_BLOCK-K=(\d+)_BLOCK-N=(\d+)_numstages=(\d+)_numwarps=(\d+)")
+CHOICE_FORM = f"{EXTERN} or type=triton_BLOCK-M=.._BLOCK-K=.._BLOCK-N=.._numstages=.._numwarps=.."
+GROUP_M, SPLIT_K = 8, 1  # Inductor's mm template: grouped launch order, no split-K
+FAILED = "Inductor logged inf (the config failed to run)"
+TIMER = "inductor_benchmarker"
+TRITON_VERSION = "unknown (inductor log)"  # part of a row's identity: the log does not record it
+TEMPLATE_VERSION = "inductor mm template (autoheuristic log)"
+EXTERN_VERSION = "inductor extern_mm (autoheuristic log)"
+EXTERN_IMPL = "cublas (extern_mm)"
+PROGRESS_ROWS = 16384  # lines between progress calls
+
+Progress = Callable[[int, int], None]  # (bytes read, bytes in all files)
+
+
+@dataclass(frozen=True)
+class LoggedProblem:
+    """One logged problem as kt names it, worked out once however many lines time it."""
+
+    problem: GemmProblem
+    key: str  # problem_key
+    fields: dict[str, Any]  # the problem column
+    padded: bool  # an operand's leading dimension is wider than the operand
+
+
+@dataclass(frozen=True)
+class LoggedChoice:
+    """One logged choice as kt names it: a Triton config, or cuBLAS (config None, key BASELINE_KEY)."""
+
+    config: GemmConfig | None
+    key: str  # config_key
+    fields: dict[str, int]  # the config column ({} for cuBLAS)
+
+
+@dataclass
+class Measurement:
+    """Every logged timing of one choice on one problem on one GPU."""
+
+    target: str
+    device: str
+    problem: LoggedProblem
+    choice: LoggedChoice
+    first: str  # the file and line it first appeared on, for errors
+    times: list[str] = field(default_factory=list)  # as logged, inf included
+    files: dict[str, None] = field(default_factory=dict)  # file names, in order
+
+
+@dataclass
+class Log:
+    """What `read_logs` found: the measurements and what the summary counts."""
+
+    measurements: dict[tuple[str, str, str], Measurement]
+    files: list[Path]
+    lines: int = 0  # timing lines read (blank lines not counted)
+    padded: int = 0  # lines with an operand whose leading dimension is wider than it
+
+    def rows(self, origin: str = ORIGIN) -> list[dict[str, Any]]:
+        """One kt row per measurement (kt's columns, then EXTRA_COLUMNS); the first row of every problem and of
+        every config goes through read_rows's own check, so the CSV is one that kt reads."""
+        rows, checked = [], set()
+        for m in self.measurements.values():
+            row = to_row(m, origin)
+            # every problem and every config through kt's own check; the timings are finite > 0 by parsing
+            if m.problem.key not in checked or m.choice.key not in checked:
+                check_row(row, f"inductor: {m.first}")
+                checked.update((m.problem.key, m.choice.key))
+            rows.append(row)
+        return rows
+
+
+def read_logs(paths: Sequence[str | os.PathLike], progress: Progress | None = None) -> Log:
+    """Parse the Inductor logs at `paths` (gzip or plain text) into measurements; a DatabaseError naming the
+    file and line at the first malformed one. `progress(done, total)` is called now and then with bytes read."""
+    files = [Path(p) for p in paths]
+    if not files:
+        raise DatabaseError("inductor: no FILE given; give one or more Inductor autoheuristic logs")
+    seen: dict[Path, Path] = {}
+    for path in files:
+        if path.is_dir():
+            raise DatabaseError(f"inductor: {str(path)!r} is a directory; give an Inductor autoheuristic log")
+        if not path.is_file():
+            raise DatabaseError(f"inductor: {str(path)!r} not found")
+        if path.resolve() in seen:
+            raise DatabaseError(
+                f"inductor: {str(path)!r} is given twice (as {str(seen[path.resolve()])!r}); its repeats would "
+                "count twice"
+            )
+        seen[path.resolve()] = path
+    log = Log({}, files)
+    total, done = sum(p.stat().st_size for p in files), 0
+    for path in files:
+        _read_file(path, log, progress, done, total)
+        done += path.stat().st_size
+    if progress is not None:
+        progress(total, total)
+    return log
+
+
+def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total: int) -> None:
+    name = str(path)
+    line = 1
+    with open(path, "rb") as raw:
+        zipped = raw.read(2) == b"\x1f\x8b" or path.suffix.lower() == ".gz"
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if zipped else raw
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        try:
+            target, device = _header(text.readline(), name)
+            reader = csv.reader(text)
+            line = 2
+            header = next(reader, None)
+            if header is None or tuple(header) != COLUMNS:
+                shown = ",".join(header) if header else "nothing"
+                raise DatabaseError(
+                    f"inductor: {name!r} line 2: the CSV header is {shown[:200]!r}; allowed: {','.join(COLUMNS)}"
+                )
+            problems: dict[tuple[str, ...], LoggedProblem] = {}
+            choices: dict[str, LoggedChoice] = {}
+            measurements, file_name, width = log.measurements, path.name, len(COLUMNS)
+            lines = padded = 0
+            for cells in reader:
+                if not cells:
+                    continue
+                line = reader.line_num + 1  # the JSON header was read before the reader started
+                if len(cells) != width:
+                    raise DatabaseError(
+                        f"inductor: {name!r} line {line}: {len(cells)} columns; allowed: {width} "
+                        f"({','.join(COLUMNS)})"
+                    )
+                key = tuple(cells[:PROBLEM_FIELDS])
+                problem = problems.get(key)
+                if problem is None:
+                    problem = problems[key] = _problem(key, f"{name!r} line {line}")
+                logged = cells[PROBLEM_FIELDS]
+                choice = choices.get(logged)
+                if choice is None:
+                    choice = choices[logged] = _choice(logged, f"{name!r} line {line}")
+                feedback = cells[-1]
+                if feedback != "inf":
+                    _check_feedback(feedback, f"{name!r} line {line}")
+                ident = (device, problem.key, choice.key)
+                m = measurements.get(ident)
+                if m is None:
+                    m = measurements[ident] = Measurement(
+                        target, device, problem, choice, f"{name!r} line {line}"
+                    )
+                m.times.append(feedback)
+                m.files[file_name] = None
+                lines += 1
+                padded += problem.padded
+                if progress is not None and lines % PROGRESS_ROWS == 0:
+                    progress(done + raw.tell(), total)
+            log.lines += lines
+            log.padded += padded
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
+            # gzip's errors (not gzip, truncated) and text that is not UTF-8: where the reading stopped
+            reason = str(exc) or type(exc).__name__
+            raise DatabaseError(f"inductor: {name!r} near line {line}: cannot read it ({reason})") from None
+
+
+def _header(text: str, name: str) -> tuple[str, str]:
+    """(profile key, GPU name) from the log's first line, its JSON header."""
+    where = f"inductor: {name!r} line 1"
+    if not text.strip():
+        raise DatabaseError(f"{where}: empty; an Inductor autoheuristic log starts with a JSON header line")
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError:
+        raise DatabaseError(
+            f"{where}: not the JSON header an Inductor autoheuristic log starts with (it reads {text[:60]!r})"
+        ) from None
+    if not isinstance(header, dict):
+        raise DatabaseError(f"{where}: the header is not a JSON object; allowed: an object with device_capa")
+    if header.get("name", "mm") != "mm":
+        raise DatabaseError(f"{where}: the log is of {header['name']!r}; allowed: mm")
+    capability = header.get("device_capa")
+    if not (
+        isinstance(capability, list)
+        and len(capability) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in capability)
+    ):
+        raise DatabaseError(
+            f"{where}: device_capa is {json.dumps(capability)}; allowed: [major, minor], e.g. [9, 0]"
+        )
+    gpu = GPUS.get(tuple(capability))
+    if gpu is None:
+        known = ", ".join(f"{list(cap)} ({key})" for cap, (key, _) in GPUS.items())
+        raise DatabaseError(f"{where}: device_capa {capability} has no kt device profile; allowed: {known}")
+    key, gpu_name = gpu
+    return BUILTIN[key].key, gpu_name  # the target as a tune for that profile names it
+
+
+def _problem(cells: tuple[str, ...], where: str) -> LoggedProblem:
+    """kt's problem for one line's problem columns."""
+    m, k, n = (_int(cells[i], COLUMNS[i], 1, MAX_DIM, where) for i in range(3))
+    strides = [_int(cells[i], COLUMNS[i], 0, 1 << 62, where) for i in range(5, 9)]
+    dtypes = [cells[3], cells[4]]
+    for column, value in zip(COLUMNS[3:5], dtypes):
+        if value not in DTYPES:
+            raise DatabaseError(
+                f"inductor: {where}: column {column} is {value!r}; allowed: {', '.join(DTYPES)}"
+            )
+    if dtypes[0] != dtypes[1]:
+        raise DatabaseError(
+            f"inductor: {where}: mat1_dtype {dtypes[0]} and mat2_dtype {dtypes[1]} differ; kt's GEMM takes one "
+            "dtype for both operands"
+        )
+    for column, value in zip(COLUMNS[9:11], cells[9:11]):
+        if value not in ("True", "False"):
+            raise DatabaseError(f"inductor: {where}: column {column} is {value!r}; allowed: True, False")
+    dtype = DTYPES[dtypes[0]]
+    tf32 = cells[11]
+    allowed = tuple(TF32) if dtype == "float32" else (NOT_FP32,)
+    if tf32 not in allowed:
+        raise DatabaseError(
+            f"inductor: {where}: column using_tf32 is {tf32!r} for {dtypes[0]}; allowed: {', '.join(allowed)}"
+        )
+    a_layout, a_padded = _layout(m, k, strides[0], strides[1], "mat1", where)
+    b_layout, b_padded = _layout(k, n, strides[2], strides[3], "mat2", where)
+    problem = GemmProblem(
+        m=m,
+        n=n,
+        k=k,
+        dtype=dtype,
+        precision=TF32.get(tf32, "ieee"),
+        a_layout=a_layout,
+        b_layout=b_layout,
+    )
+    return LoggedProblem(problem, problem.key(), problem.to_dict(), a_padded or b_padded)
+
+
+def _layout(rows: int, cols: int, stride_0: int, stride_1: int, operand: str, where: str) -> tuple[str, bool]:
+    """kt's layout of a rows x cols operand with these strides, and whether its leading dimension is padded."""
+    if rows == 1 or cols == 1:  # a vector: contiguous when its one real dimension has stride 1
+        if (rows == 1 or stride_0 == 1) and (cols == 1 or stride_1 == 1):
+            return "row", False
+    elif stride_1 == 1 and stride_0 >= cols:
+        return "row", stride_0 > cols
+    elif stride_0 == 1 and stride_1 >= rows:
+        return "col", stride_1 > rows
+    raise DatabaseError(
+        f"inductor: {where}: {operand} ({rows} x {cols}) has strides ({stride_0}, {stride_1}), neither row- nor "
+        f"column-major (a broadcast or strided view); allowed: ({cols}, 1) or wider for row, (1, {rows}) or "
+        "wider for col"
+    )
+
+
+def _choice(choice: str, where: str) -> LoggedChoice:
+    """kt's config of a logged choice."""
+    if choice == EXTERN:
+        return LoggedChoice(None, BASELINE_KEY, {})
+    match = CHOICE.fullmatch(choice)
+    if match is None:
+        raise DatabaseError(f"inductor: {where}: column choice is {choice[:120]!r}; allowed: {CHOICE_FORM}")
+    block_m, block_k, block_n, stages, warps = (int(v) for v in match.groups())
+    for name, value in (
+        ("BLOCK-M", block_m),
+        ("BLOCK-K", block_k),
+        ("BLOCK-N", block_n),
+        ("numstages", stages),
+        ("numwarps", warps),
+    ):
+        if not 1 <= value <= MAX_CONFIG_VALUE:
+            raise DatabaseError(
+                f"inductor: {where}: column choice: {name} is {value}; allowed: an integer from 1 to "
+                f"{MAX_CONFIG_VALUE}"
+            )
+    config = GemmConfig(
+        block_m=block_m,
+        block_n=block_n,
+        block_k=block_k,
+        group_m=GROUP_M,
+        num_warps=warps,
+        num_stages=stages,
+        split_k=SPLIT_K,
+    )
+    return LoggedChoice(config, config.key(), config.to_dict())
+
+
+def _int(text: str, column: str, low: int, high: int, where: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise DatabaseError(
+            f"inductor: {where}: column {column} is {text[:40]!r}; allowed: an integer from {low} to {high}"
+        )
+    return value
+
+
+def _check_feedback(text: str, where: str) -> None:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise DatabaseError(
+            f"inductor: {where}: column feedback is {text[:40]!r}; allowed: milliseconds > 0, or inf (failed)"
+        )
+
+
+def runtime_summary(times_ms: list[float]) -> dict[str, Any]:
+    """The runtime columns of a row from its finite repeats: median, min, 20th and 80th percentiles, count.
+
+    The percentiles interpolate between repeats (`inclusive`), so they stay within min and max for the one to
+    fifteen repeats a log holds; kt's timer takes 10 or more runs, where its `exclusive` ones are as good."""
+    times = sorted(times_ms)
+    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
+    return {
+        "runtime_ms": statistics.median(times),
+        "runtime_min_ms": times[0],
+        "runtime_p20_ms": q[0],
+        "runtime_p80_ms": q[3],
+        "runs": len(times),
+    }
+
+
+def to_row(m: Measurement, origin: str = ORIGIN) -> dict[str, Any]:
+    """The kt row of one measurement: kt's columns (JSON ones as dicts, empty ones None) and EXTRA_COLUMNS."""
+    baseline = m.choice.config is None
+    finite = [float(t) for t in m.times if t != "inf"]
+    row: dict[str, Any] = dict.fromkeys(COLUMN_NAMES)
+    row.update(
+        runner="cuda",
+        device=m.device,
+        target=m.target,
+        family="gemm",
+        family_version=EXTERN_VERSION if baseline else TEMPLATE_VERSION,
+        problem_key=m.problem.key,
+        config_key=m.choice.key,
+        op="dense",
+        dtype=m.problem.problem.dtype,
+        problem=m.problem.fields,  # shared by the problem's rows: each is encoded once
+        config=m.choice.fields,
+        status="ok" if finite else "crash",
+        message=None if finite else FAILED,
+        timer=TIMER,
+        gpu_name=m.device,
+        impl=EXTERN_IMPL if baseline else None,
+        triton_version=TRITON_VERSION,
+    )
+    if finite:
+        row.update(runtime_summary(finite))
+    row["repeats_ms"] = ";".join(m.times)
+    row["source"] = f"{origin} {';'.join(m.files)}"
+    return row
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """`rows` as a CSV at `path` (kt's columns then EXTRA_COLUMNS; JSON columns as JSON text, as `kt export`
+    writes them), written beside it and renamed into place: a reader never sees half a file, and a failed
+    import leaves none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [*COLUMN_NAMES, *EXTRA_COLUMNS]
+    json_columns = [names.index("problem"), names.index("config")]
+    encoded: dict[int, str] = {}  # id of a JSON column's dict -> its text: rows share their problem's dict
+
+    def cells(row: dict[str, Any]) -> list[Any]:
+        values = [row.get(name) for name in names]
+        for i in json_columns:
+            text = encoded.get(id(values[i]))
+            if text is None:
+                text = encoded[id(values[i])] = json.dumps(values[i], sort_keys=True)
+            values[i] = text
+        return values
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(names)
+            writer.writerows(map(cells, rows))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the CSV is as readable as any new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Summary:
+    """What one import read and wrote, for its one-line report."""
+
+    lines: int
+    files: int
+    rows: int
+    problems: int
+    configs: int
+    failed: int
+    baseline: int
+    devices: dict[str, str]  # GPU name -> profile key
+    padded: int
+    out: Path
+
+    def __str__(self) -> str:
+        gpus = ", ".join(f"{name} (target {key})" for name, key in self.devices.items())
+        padded = (
+            f"; {self.padded} lines had an operand with a padded leading dimension, read as row/col"
+            if self.padded
+            else ""
+        )
+        return (
+            f"read {self.lines} timing lines of {self.files} file{'s' * (self.files != 1)}: {self.problems} "
+            f"problems, {self.configs} Triton configs, {self.failed} failed, {self.baseline} cuBLAS baseline "
+            f"rows, on {gpus}{padded} -> {self.rows} rows in {self.out}"
+        )
+
+
+def import_inductor(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    origin: str | None = None,
+    progress: Progress | None = None,
+) -> Summary:
+    """Convert Inductor autoheuristic `mm` logs into a CSV that `kt costmodel fit/eval --data` read; `origin`
+    (default ORIGIN) names where the logs came from in every row's `source`. Nothing is written when any line
+    is malformed (a DatabaseError naming the file and line)."""
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise DatabaseError(
+            f"out: {str(out)!r} must end in .csv; kt reads any other file as a tuning database"
+        )
+    if out.is_dir():
+        raise DatabaseError(f"out: {str(out)!r} is a directory; give a file such as inductor.csv")
+    origin = origin or ORIGIN
+    if not origin.strip() or "\n" in origin:
+        raise DatabaseError(f"origin: {origin!r}; allowed: one line of text, e.g. {ORIGIN}")
+    log = read_logs(paths, progress)
+    if not log.measurements:
+        raise DatabaseError(
+            f"inductor: {', '.join(repr(str(p)) for p in log.files)} hold no timing lines; nothing to write"
+        )
+    rows = log.rows(origin)
+    write_rows(out, rows)
+    return Summary(
+        lines=log.lines,
+        files=len(log.files),
+        rows=len(rows),
+        problems=len({(r["device"], r["problem_key"]) for r in rows}),
+        configs=len({r["config_key"] for r in rows if r["config_key"] != BASELINE_KEY}),
+        failed=sum(r["status"] != "ok" for r in rows),
+        baseline=sum(r["config_key"] == BASELINE_KEY for r in rows),
+        devices={r["device"]: r["target"] for r in rows},
+        padded=log.padded,
+        out=out,
+    )

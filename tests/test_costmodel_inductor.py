@@ -1,0 +1,155 @@
+"""The cost model on PyTorch Inductor's real H100/A100 measurements (../shared/data/autoheuristic, skipped when
+absent), the models kt ships, and what `kt predict` and `kt tune` do with them."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kt.autotune.dataset import baseline_record, is_baseline, is_measured, to_record
+from kt.autotune.tune import MIN_SIZED_BUDGET, size_budget
+from kt.cli import main
+from kt.costmodel.evaluate import ape
+from kt.costmodel.forest import ForestModel
+from kt.costmodel.models import MODELS_DIR, shipped_model_path
+from kt.costmodel.roofline import roofline_time
+from kt.device import A100, H100, H200, H200_NVL
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "autoheuristic"
+H100_LOG = DATA / "h100_mm.txt.gz"
+needs_data = pytest.mark.skipif(not H100_LOG.is_file(), reason="../shared/data/autoheuristic is absent")
+
+
+def kt(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def h100_rows():
+    from kt.autotune.inductor import read_logs
+
+    return read_logs([H100_LOG]).rows()
+
+
+def records_of(rows, shapes=None):
+    measured = [to_record(r, "test") for r in rows if is_measured(r)]
+    baseline = [baseline_record(r, "test") for r in rows if is_baseline(r)]
+    if shapes is not None:
+        measured = [r for r in measured if r["shape"] in shapes]
+        baseline = [r for r in baseline if r["shape"] in shapes]
+    return measured, baseline
+
+
+@needs_data
+def test_import_then_eval_prints_the_headline_line(tmp_path):
+    csv = tmp_path / "h100.csv"
+    result = kt("import", "inductor", H100_LOG, "--out", csv)
+    assert result.exit_code == 0, result.stderr
+    result = kt("costmodel", "eval", "--data", csv, "--folds", "3")
+    assert result.exit_code == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"MAPE ([\d.]+)% \| median APE ([\d.]+)% \| Spearman within shape ([\d.]+) \| top-1 ([\d.]+) \| "
+        r"top-5 recall ([\d.]+) \| shapes (\d+)",
+        last,
+    )
+    assert match, last
+    mape, _, spearman, top1, _, shapes = (float(g) for g in match.groups())
+    assert shapes == 82
+    # three folds of h100_mm alone (no timm rows): well short of the shipped model's data, but it must rank
+    assert mape < 20 and spearman > 0.8 and top1 > 0.9, last
+
+
+@needs_data
+def test_the_baseline_forest_predicts_cublas_on_held_out_problems_better_than_the_roofline(h100_rows):
+    shapes = sorted({r["shape"] for r in records_of(h100_rows)[0]})
+    held = set(shapes[::4])
+    train, train_base = records_of(h100_rows, set(shapes) - held)
+    _, test_base = records_of(h100_rows, held)
+    model = ForestModel(H100, n_estimators=30).fit(train, baseline=train_base)
+    assert model.predicts_baseline and model.trained["baseline_rows"] == len(train_base)
+    truth = np.array([r["runtime_ms"] for r in test_base])
+    forest = model.predict_baseline(test_base).runtime_s * 1e3
+    roofline = roofline_time(test_base, H100) * 1e3
+    assert np.median(ape(truth, forest)) < 0.5 * np.median(ape(truth, roofline))
+
+
+@needs_data
+def test_rows_of_another_gpu_train_with_their_own_profile(h100_rows):
+    measured, _ = records_of(h100_rows)
+    shapes = sorted({r["shape"] for r in measured})
+    own = [r for r in measured if r["shape"] in set(shapes[:10])]
+    # H100 rows standing in for another GPU's
+    other = [r for r in measured if r["shape"] in set(shapes[10:30])]
+    model = ForestModel(H100, n_estimators=10).fit(own, others=[(A100, other)])
+    assert model.trained["other_devices"] == [{"device": "a100", "rows": len(other)}]
+    assert model.trained["rows"] == len(own) and len(model.trained["shape_keys"]) == 30
+    assert f"plus {len(other)} rows of a100" in model.describe()
+    prediction = model.predict(measured[:50]).runtime_s
+    assert np.all(np.isfinite(prediction)) and np.all(prediction > 0)
+
+
+def test_the_budget_shrinks_only_where_pytorch_is_predicted_well_ahead():
+    assert size_budget(64, None) == (64, None)
+    assert size_budget(64, 1.3) == (64, None)
+    assert size_budget(64, 0.9) == (64, None)
+    sized, note = size_budget(64, 0.45)
+    assert sized == 32 and "0.45x PyTorch's path" in note and "32 candidates, not 64" in note
+    assert size_budget(64, 0.05)[0] == 16  # never below a quarter
+    assert size_budget(6, 0.1)[0] == MIN_SIZED_BUDGET
+    assert size_budget(3, 0.1) == (3, None)
+
+
+# -- the shipped models ----------------------------------------------------------------------------------------
+
+SHIPPED = MODELS_DIR / "h100.skops"
+needs_model = pytest.mark.skipif(
+    not SHIPPED.is_file(), reason="kt/costmodel/models/h100.skops not fitted yet"
+)
+
+
+@needs_model
+@pytest.mark.parametrize("key", ["h100", "a100"])
+def test_a_shipped_model_is_small_loads_fast_and_names_its_source(key):
+    path = MODELS_DIR / f"{key}.skops"
+    assert path.stat().st_size <= 20 * 2**20
+    start = time.perf_counter()
+    model = ForestModel.load(path, {"h100": H100, "a100": A100}[key])
+    assert time.perf_counter() - start < 2.0
+    trained = model.trained
+    assert "autoheuristic-datasets" in trained["origin"] and f"{key}_mm.txt.gz" in trained["origin"]
+    assert trained["rows"] > 10_000 and trained["shapes"] > 300 and trained["baseline_rows"] > 300
+    assert {"mape", "top1", "spearman", "how"} <= set(trained["evaluation"])
+    assert model.predicts_baseline and not model.predicts_power
+    assert trained["origin"] in model.describe()
+
+
+@needs_model
+def test_hopper_cards_use_the_h100_model_with_their_own_roofline():
+    assert shipped_model_path(H100) == SHIPPED
+    assert shipped_model_path(H200) == SHIPPED and shipped_model_path(H200_NVL) == SHIPPED
+    assert shipped_model_path(A100) == MODELS_DIR / "a100.skops"
+    from kt.autotune.tune import resolve_model
+
+    model = resolve_model(H200)
+    assert model.device is H200 and model.fitted_device.key == "h100"
+    assert "forest for h100 predicting h200 with its own roofline" in model.describe()
+
+
+@needs_model
+def test_kt_predict_uses_the_shipped_model_with_no_flag_and_says_where_it_came_from():
+    result = kt("predict", ROOT / "examples" / "dense.yaml", "--device", "h100", "--top", "3")
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "model: forest for h100" in text and "autoheuristic-datasets" in text
+    ratio = re.search(r"predicted best: ([\d.]+)x torch.matmul", text)
+    assert ratio and 0.2 < float(ratio.group(1)) < 5, text
+    assert "power predictions stay untrained" in text
