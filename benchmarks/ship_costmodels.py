@@ -5,10 +5,11 @@ from the public repository AlnisM/autoheuristic-datasets; the logs state no lice
 fitted forests ship, with their source named in the file). Every H100 (A100) row of the shared files trains the H100
 (A100) model: the runtime forest on the Triton configs, the baseline forest on cuBLAS (`extern_mm`).
 
-Hyperparameters under the size cap (`--cap-mib`, 20): `min_samples_leaf` is chosen by a 3-fold cross-validation
-over whole shapes (score: squared error of log runtime); then as many trees as fit under the cap (at most
-`--max-trees`): a random forest only gains from more trees, so the cap sets their number. Bytes per node are
-measured on a small fit, and the saved file is checked against the cap. `max_features` is 0.5.
+Hyperparameters under the size cap (`--cap-mib`, 20): for each `min_samples_leaf` and `max_features` of a small
+grid, the number of trees is as many as fit under the cap (at most `--max-trees`; bytes per tree measured on a
+small fit of all the rows), and the combination is chosen by a 3-fold cross-validation over whole shapes at that
+number of trees (score: squared error of log runtime). Smaller leaves make better trees but fewer fit: the
+cross-validation decides. The saved file is checked against the cap.
 
 The evaluation figures stored in each file: for the H100, those of benchmarks/costmodel_h100.py (`--figures`, its
 `--json` output: shapes held out, hyperparameters chosen inside the training folds); for the A100, the 3-fold
@@ -38,27 +39,28 @@ from costmodel_h100 import DATA, load, metrics, runtimes  # noqa: E402
 
 FILES = {"h100": ("h100_mm", "h100_timm_train_mm"), "a100": ("a100_mm", "a100_timm_train_mm")}
 PROFILES = {"h100": H100, "a100": A100}
-LEAVES = (3, 8, 20)
-CV_TREES = 30
-MAX_FEATURES = 0.5
+LEAVES = (1, 3, 8)
+MAX_FEATURES = (0.66, 1.0)
 
 
-def node_bytes(model: ForestModel, path: Path) -> float:
-    """Bytes of the saved file per tree node (runtime and baseline forests together)."""
-    model.save(path)
-    nodes = sum(
-        t.tree_.node_count for f in (model.runtime_forest, model.baseline_forest) for t in f.estimators_
-    )
-    return path.stat().st_size / nodes
+def tree_bytes(
+    records: list[dict], baseline: list[dict], device, leaf: int, mf: float, seed: int, out: Path
+) -> float:
+    """Bytes one tree (with its share of the baseline forest) takes in a saved file: a 4-tree fit on every row."""
+    probe = ForestModel(device, 4, leaf, mf, seed).fit(records, baseline=baseline)
+    path = probe.save(out / f".probe-{leaf}-{mf}.skops")
+    size = path.stat().st_size
+    path.unlink()
+    return size / 4
 
 
-def cross_validate(records: list[dict], device, leaf: int, seed: int) -> np.ndarray:
+def cross_validate(records: list[dict], device, trees: int, leaf: int, mf: float, seed: int) -> np.ndarray:
     fold_of = assign_folds({r["shape"] for r in records}, 3, seed)
     fold = np.array([fold_of[r["shape"]] for r in records])
     pred = np.zeros(len(records))
     for f in range(3):
         held = np.flatnonzero(fold == f)
-        model = ForestModel(device, CV_TREES, leaf, MAX_FEATURES, seed)
+        model = ForestModel(device, trees, leaf, mf, seed)
         model.fit([records[i] for i in np.flatnonzero(fold != f)])
         pred[held] = model.predict([records[i] for i in held]).runtime_s * 1e3
     return pred
@@ -71,62 +73,68 @@ def ship(key: str, args) -> Path:
     records, baseline = load([args.data / f"{name}.txt.gz" for name in names])
     shapes = len({r["shape"] for r in records})
     print(
-        f"{key}: {len(records)} timed configs, {len(baseline)} cuBLAS rows, {shapes} shapes ({time.monotonic() - t0:.0f} s)"
+        f"{key}: {len(records)} timed configs, {len(baseline)} cuBLAS rows, {shapes} shapes "
+        f"({time.monotonic() - t0:.0f} s)",
+        flush=True,
     )
     truth = np.log(runtimes(records))
-    scores, preds = {}, {}
+    cap = args.cap_mib * 2**20 * 0.95  # a margin: trees on all rows grow a little larger than the probe's
+    scores, preds, sizes = {}, {}, {}
     for leaf in LEAVES:
-        preds[leaf] = cross_validate(records, device, leaf, args.seed)
-        scores[leaf] = float(np.mean((np.log(preds[leaf]) - truth) ** 2))
-        print(f"  leaf {leaf}: 3-fold log-MSE {scores[leaf]:.4f}", flush=True)
-    leaf = min(scores, key=scores.get)
-    probe = ForestModel(device, 4, leaf, MAX_FEATURES, args.seed).fit(records, baseline=baseline)
-    tmp = args.out / f".{key}.probe.skops"
-    per_node = node_bytes(probe, tmp)
-    tmp.unlink()
-    nodes_per_tree = (
-        sum(t.tree_.node_count for f in (probe.runtime_forest, probe.baseline_forest) for t in f.estimators_)
-        / 4
-    )
-    cap = args.cap_mib * 2**20 * 0.9  # a margin for trees that grow larger than the probe's
-    trees = int(min(args.max_trees, cap // (per_node * nodes_per_tree)))
-    print(
-        f"  chose leaf {leaf}; {per_node:.1f} bytes per node, {nodes_per_tree:.0f} nodes per tree -> {trees} trees"
-    )
+        for mf in MAX_FEATURES:
+            per_tree = tree_bytes(records, baseline, device, leaf, mf, args.seed, args.out)
+            trees = int(min(args.max_trees, cap // per_tree))
+            if trees < 4:
+                print(f"  leaf {leaf}, max_features {mf}: only {trees} trees fit; skipped", flush=True)
+                continue
+            t1 = time.monotonic()
+            pred = cross_validate(records, device, trees, leaf, mf, args.seed)
+            scores[(leaf, mf)] = float(np.mean((np.log(pred) - truth) ** 2))
+            preds[(leaf, mf)], sizes[(leaf, mf)] = pred, trees
+            print(
+                f"  leaf {leaf}, max_features {mf}: {trees} trees fit ({per_tree / 2**20:.2f} MiB each), 3-fold "
+                f"log-MSE {scores[(leaf, mf)]:.4f} ({time.monotonic() - t1:.0f} s)",
+                flush=True,
+            )
+    leaf, mf = min(scores, key=scores.get)
+    trees = sizes[(leaf, mf)]
     origin = f"PyTorch Inductor max-autotune logs ({ORIGIN}: {', '.join(n + '.txt.gz' for n in names)})"
-    model = ForestModel(device, trees, leaf, MAX_FEATURES, args.seed).fit(
-        records, source=origin, baseline=baseline
-    )
+    model = ForestModel(device, trees, leaf, mf, args.seed).fit(records, source=origin, baseline=baseline)
     if key == "h100" and args.figures:
         figures = json.loads(args.figures.read_text())
         evaluation = {
-            "how": "benchmarks/costmodel_h100.py: h100_mm held out by shape in 5 folds, trained on the other folds "
-            "plus h100_timm_train_mm, hyperparameters chosen inside the training folds",
+            "how": "benchmarks/costmodel_h100.py: h100_mm held out by shape in 5 folds, trained on the other "
+            "folds plus h100_timm_train_mm, hyperparameters chosen inside the training folds",
             **{k: round(float(v), 4) for k, v in figures["results"]["kt forest"].items()},
             **{f"cublas_{k}": round(float(v), 4) for k, v in figures["results"]["cublas forest"].items()},
         }
     else:
-        m = metrics(runtimes(records), preds[leaf], [r["group"] for r in records])
+        m = metrics(runtimes(records), preds[(leaf, mf)], [r["group"] for r in records])
         evaluation = {
-            "how": f"3-fold cross-validation over whole shapes with {CV_TREES} trees; the leaf size was chosen on "
-            "these same folds (slightly optimistic)",
+            "how": f"3-fold cross-validation over whole shapes with {trees} trees; the hyperparameters were chosen "
+            "on these same folds (slightly optimistic)",
             **{k: round(float(v), 4) for k, v in m.items()},
         }
     model.trained["origin"] = origin
     model.trained["evaluation"] = evaluation
     model.trained["hyperparameters"] = {
-        "how": f"min_samples_leaf by 3-fold CV over shapes among {list(LEAVES)}; trees: as many as fit under "
-        f"{args.cap_mib} MiB (at most {args.max_trees})",
-        "cv_log_mse": {str(k): round(v, 5) for k, v in scores.items()},
+        "how": f"min_samples_leaf in {list(LEAVES)} and max_features in {list(MAX_FEATURES)} by 3-fold CV over "
+        f"shapes, each with as many trees as fit under {args.cap_mib} MiB (at most {args.max_trees})",
+        "cv_log_mse": {
+            f"leaf {k[0]}, max_features {k[1]}, {sizes[k]} trees": round(v, 5) for k, v in scores.items()
+        },
     }
     path = model.save(args.out / f"{key}.skops")
     size = path.stat().st_size / 2**20
-    print(f"  wrote {path} ({size:.1f} MiB, {trees} trees, leaf {leaf}); {model.describe()}")
+    print(
+        f"  wrote {path} ({size:.1f} MiB, {trees} trees, leaf {leaf}, max_features {mf}); {model.describe()}"
+    )
     if size > args.cap_mib:
-        raise SystemExit(f"{path} is {size:.1f} MiB, over the {args.cap_mib} MiB cap")
+        path.unlink()
+        raise SystemExit(f"{path} was {size:.1f} MiB, over the {args.cap_mib} MiB cap; removed")
     t1 = time.monotonic()
     ForestModel.load(path, device)
-    print(f"  loads in {time.monotonic() - t1:.2f} s")
+    print(f"  loads in {time.monotonic() - t1:.2f} s", flush=True)
     return path
 
 

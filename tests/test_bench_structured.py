@@ -1,0 +1,48 @@
+"""benchmarks/structured_vs_torch.py without a GPU: its butterfly case is timed twice, with the dense blocks cached
+(back-to-back calls on the same twiddles) and rebuilt before every call (as in training, where the twiddles change
+every step). Here both runs are checked to compute the op, and the uncached one to rebuild its blocks every call.
+Nothing is timed."""
+
+from conftest import benchmark_module
+
+import kt
+from kt.autotune.checking import relative_error
+
+SPEC = {"op": "butterfly", "dtype": "float32", "shape": {"batch": 3, "n": 16}}
+
+
+def blocks_in_cache(kernel):
+    return [entry[2] for entry in kernel.module._BLOCKS_CACHE.values()]
+
+
+def test_the_butterfly_is_timed_with_its_blocks_cached_and_rebuilt_every_call():
+    bench = benchmark_module("structured_vs_torch")
+    spec = kt.parse_spec(SPEC)
+    kernel = kt.build(spec, device="h100")
+    args = kt.random_args(spec, seed=0, device="cpu")
+    expected = kt.reference(spec)(*args)
+    runs = bench.kt_runs(spec, kernel, args)
+    assert set(runs) == {"kt", "kt uncached"}
+
+    for run in runs.values():
+        assert relative_error(run(), expected) < 1e-5
+
+    runs["kt"]()
+    cached = blocks_in_cache(kernel)
+    runs["kt"]()
+    assert [id(b) for b in blocks_in_cache(kernel)] == [id(b) for b in cached]  # the same blocks, not rebuilt
+
+    runs["kt uncached"]()
+    first = blocks_in_cache(kernel)
+    runs["kt uncached"]()
+    second = blocks_in_cache(kernel)
+    assert first and second and not {id(b) for b in first} & {id(b) for b in second}  # rebuilt every call
+
+
+def test_only_the_butterfly_gets_an_uncached_run():
+    bench = benchmark_module("structured_vs_torch")
+    ops = {kt.parse_spec(case.spec).op for case in bench.cases()}
+    assert ops == {"monarch", "butterfly", "fft"}
+    spec = kt.parse_spec({"op": "monarch", "dtype": "float32", "shape": {"batch": 3, "n": 16, "nblocks": 4}})
+    kernel = kt.build(spec, device="h100")
+    assert set(bench.kt_runs(spec, kernel, kt.random_args(spec, seed=0, device="cpu"))) == {"kt"}
