@@ -11,8 +11,8 @@ common with h100_mm, which the script checks). Side by side, all scored on the s
 
 - kt forest: `ForestModel` with `min_samples_leaf` and `max_features` chosen by a 3-fold cross-validation over
   whole shapes *inside each training set* (score: squared error of log runtime), never on the held-out fold;
-- plain forest: a random forest on the raw sizes, tiles, dtype and layouts predicting log runtime (what anyone
-  would try first), trained on the same rows, and again on the h100_mm training folds alone (the timm rows' huge
+- plain forest: a random forest (scikit-learn's defaults, as many trees) on the raw sizes, tiles, dtype and
+  layouts plus log2(M * N * K), predicting log runtime (what anyone would try first), trained on the same rows, and again on the h100_mm training folds alone (the timm rows' huge
   M and fp16-only problems throw raw sizes off);
 - kt analytic: `AnalyticModel`, the device profile alone;
 - classic Triton: `ClassicTritonModel`, the `estimate_matmul_time` model Triton shipped until 3.0, re-derived;
@@ -101,10 +101,12 @@ def runtimes(records: list[dict]) -> np.ndarray:
 
 
 def raw_features(records: list[dict]) -> np.ndarray:
+    """log2 sizes and tiles, stages, warps, bytes per element, layouts, tf32, and log2(M * N * K): without the
+    last, a forest on raw sizes cannot tell a held-out shape's scale (its MAPE is then in the hundreds)."""
     cols = [[float(r[k]) for k in RAW] + [float(r.get("precision") == "tf32")] for r in records]
     x = np.array(cols)
     x[:, :6] = np.log2(x[:, :6])
-    return x
+    return np.column_stack([x, x[:, 0] + x[:, 1] + x[:, 2]])
 
 
 def plain_forest(train: list[dict], test: list[dict], trees: int, seed: int) -> np.ndarray:

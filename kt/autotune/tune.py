@@ -132,7 +132,7 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
         if shipped is None:
             return AnalyticModel(profile)
         try:
-            return ForestModel.load(shipped, profile, stand_in=True)
+            return _load_shipped(shipped, profile)
         except (ModelError, OSError) as exc:  # e.g. another scikit-learn that predicts otherwise
             logging.getLogger("kt").warning(
                 "kt's own %s model is not usable here (%s); ranking with the analytic model", profile.key, exc
@@ -141,6 +141,19 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     if str(model) == "analytic":
         return AnalyticModel(profile)
     return ForestModel.load(model, profile)
+
+
+_SHIPPED: dict[tuple, ForestModel] = {}  # (file, its mtime and size, profile) -> the loaded model
+
+
+def _load_shipped(path: Path, profile: DeviceProfile) -> ForestModel:
+    """kt's own model for `profile`, loaded once per process (kt.nn builds a kernel per layer and bucket; a
+    model never changes once loaded: refits wrap it in a CorrectedModel)."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, profile.key)
+    if key not in _SHIPPED:
+        _SHIPPED[key] = ForestModel.load(path, profile, stand_in=True)
+    return _SHIPPED[key]
 
 
 def search_strategy(strategy: str | SearchStrategy, measures_time: bool) -> SearchStrategy:
