@@ -496,7 +496,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             )
     if prediction.power_w is None:
         out.print(
-            f"note: the {plan.model} model predicts no power: no public data measures power during Triton "
+            f"note: the {plan.model.split(':')[0]} model predicts no power: no public data measures power during Triton "
             "kernels, so power predictions stay untrained until a forest is fitted on kt's own GPU rows "
             "(`kt collect` on a GPU, then `kt costmodel fit`); W and mJ need it",
             style="yellow",
@@ -830,6 +830,7 @@ def _metric_rows(report) -> list[tuple[str, str]]:
         ("top-1 (best / pick, 1 = best)", _value(m["top1_score"] if ranked else None, ".3f")),
         ("top-5 recall", _value(m["top5_recall"] if ranked else None, ".2f")),
         ("rows", str(m["rows"])),
+        ("problems", str(m["problems"])),
         ("shapes", str(m["shapes"])),
     ]
 

@@ -23,6 +23,15 @@ def kt_home(tmp_path_factory):
     return home
 
 
+@pytest.fixture(autouse=True)
+def shipped_models(request, tmp_path_factory, monkeypatch):
+    """kt's own forests (kt/costmodel/models) rank only in tests marked `shipped_models`: elsewhere KT_MODELS_DIR
+    points at an empty folder, so a test of the tune loop, the CLI or kt.nn sees the analytic model it was written
+    for (as a device without a shipped model does), and no test loads a 20 MiB forest it does not need."""
+    if request.node.get_closest_marker("shipped_models") is None:
+        monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path_factory.mktemp("no-models")))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

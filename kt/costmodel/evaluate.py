@@ -107,13 +107,16 @@ class Report:
     # rows of `data` left out because a model file was fitted on their shapes, and how many shapes those were
     dropped_rows: int = 0
     dropped_shapes: int = 0
+    # each row's unit held out (`holdout_key`); None: the groups are the shapes
+    held: list[Any] | None = None
 
     def __post_init__(self):
         t, p, g = self.runtime_ms, self.predicted_ms, self.groups
         errors = ape(t, p)
         self.metrics = {
             "rows": len(t),
-            "shapes": len(set(g)),
+            "problems": len(set(g)),
+            "shapes": len(set(self.held if self.held is not None else g)),
             "runtime_r2": r2(t, p),
             "runtime_log_r2": r2(np.log(t), np.log(p)),
             "runtime_mape": float(errors.mean()),
@@ -140,8 +143,10 @@ class Report:
             if self.dropped_rows
             else ""
         )
+        problems = f", {m['problems']} problems" if m["problems"] != m["shapes"] else ""
         return (
-            f"{m['rows']} rows, {m['shapes']} shapes{held}{dropped}: runtime R2 {_fmt(m['runtime_r2'], '.3f')}, "
+            f"{m['rows']} rows{problems}, {m['shapes']} shapes{held}{dropped}: runtime R2 "
+            f"{_fmt(m['runtime_r2'], '.3f')}, "
             f"log R2 {_fmt(m['runtime_log_r2'], '.3f')}{power}"
         )
 
@@ -178,7 +183,8 @@ def report(model: ForestModel, records: Sequence[dict[str, Any]]) -> Report:
     """`model` (already fitted) against the measured `records`."""
     runtime, power, groups = targets(records)
     prediction = model.predict(records)
-    return Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w)
+    held = [holdout_key(r) for r in records]
+    return Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w, held=held)
 
 
 def unseen(model: ForestModel, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
@@ -218,4 +224,4 @@ def cross_validate(
         predicted[test] = prediction.runtime_s * 1e3
         if prediction.power_w is not None:
             predicted_power[test] = prediction.power_w
-    return Report(runtime, predicted, groups, power, predicted_power, folds=folds)
+    return Report(runtime, predicted, groups, power, predicted_power, folds=folds, held=held)

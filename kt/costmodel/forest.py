@@ -176,7 +176,10 @@ class ForestModel:
         self.trained = {
             "rows": len(records),
             "power_rows": int(has_power.sum()),
-            "shapes": len({r.get("group") for r in records}) if all("group" in r for r in records) else None,
+            "problems": len({r.get("group") for r in records})
+            if all("group" in r for r in records)
+            else None,
+            "shapes": len(shape_keys(records)) or None,
             "families": sorted({r["family"] for r in records}),
             "dtypes": sorted({r["dtype"] for r in records}),
             "shape_keys": shape_keys([r for _, rows in sets for r in rows]),
@@ -239,6 +242,8 @@ class ForestModel:
     def describe(self) -> str:
         t = self.trained
         shapes = f", {t['shapes']} shape{'s' if t['shapes'] != 1 else ''}" if t.get("shapes") else ""
+        if t.get("problems") and t.get("shapes") and t["problems"] != t["shapes"]:
+            shapes = f", {t['problems']} problems of {t['shapes']} shapes"
         power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (

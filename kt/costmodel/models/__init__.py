@@ -12,6 +12,7 @@ H100's, predicting with its own profile's roofline, SMs and peaks), and says so 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kt.device import DeviceProfile
@@ -20,11 +21,19 @@ MODELS_DIR = Path(__file__).resolve().parent
 STAND_INS = {90: "h100", 80: "a100"}  # compute capability -> the model file of that architecture
 
 
+def models_dir() -> Path:
+    """Where kt looks for its own models: $KT_MODELS_DIR when set (a folder of `<device key>.skops` files, e.g.
+    ones fitted with `kt costmodel fit`), else the ones kt ships."""
+    override = os.environ.get("KT_MODELS_DIR")
+    return Path(override) if override else MODELS_DIR
+
+
 def shipped_model_path(profile: DeviceProfile) -> Path | None:
     """kt's own model file for `profile`: its own, else its architecture's stand-in; None when neither exists."""
-    own = MODELS_DIR / f"{profile.key}.skops"
+    folder = models_dir()
+    own = folder / f"{profile.key}.skops"
     if own.is_file():
         return own
     stand_in = STAND_INS.get(profile.compute_capability)
-    path = MODELS_DIR / f"{stand_in}.skops" if stand_in else None
+    path = folder / f"{stand_in}.skops" if stand_in else None
     return path if path is not None and path.is_file() else None
