@@ -139,6 +139,39 @@ def check_records(records: Sequence[dict[str, Any]]) -> None:
             )
 
 
+def _problem_values(
+    records: Sequence[dict[str, Any]],
+    device: DeviceProfile,
+    col: dict[str, np.ndarray],
+    roof: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The features of the problem alone (PROBLEM_FEATURE_NAMES), shared by both feature sets."""
+    a_col, b_col, eb = col["a_col"] > 0, col["b_col"] > 0, col["itemsize"]
+    return {
+        "log2_m": np.log2(col["m"]),
+        "log2_n": np.log2(col["n"]),
+        "log2_k": np.log2(col["k"]),
+        "log2_batch": np.log2(col["batch"]),
+        "log2_flops": np.log2(roof["flops"]),
+        "log2_bytes": np.log2(roof["bytes"]),
+        "log2_intensity": np.log2(roof["flops"] / roof["bytes"]),
+        "log2_roofline_s": np.log2(np.maximum(roof["t_compute"], roof["t_memory"])),
+        "compute_bound": (roof["t_compute"] >= roof["t_memory"]).astype(np.float64),
+        "log2_balance": np.log2(roof["t_compute"] / roof["t_memory"]),
+        "itemsize": eb,
+        "tensor_cores": tensor_cores(records).astype(np.float64),
+        "a_col": col["a_col"],
+        "b_col": col["b_col"],
+        "out_read": out_read(records),
+        # A (m x k) is contiguous along k, or along m when stored transposed; B (k x n) along n, or along k.
+        # A leading stride that is a multiple of 16 bytes lets the loads vectorise.
+        "a_align": _pow2_divisor(np.where(a_col, col["m"], col["k"]) * eb),
+        "b_align": _pow2_divisor(np.where(b_col, col["k"], col["n"]) * eb),
+        "sm_count": np.full(len(records), float(device.sm_count)),
+        "log2_peak_tflops": np.log2(roof["flops"] / roof["t_compute"] / 1e12),
+    }
+
+
 def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.ndarray:
     """The (len(records), len(FEATURE_NAMES)) float64 feature matrix of `records` on `device`."""
     if len(records) == 0:
@@ -151,16 +184,7 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
     threads = col["num_warps"] * device.warp_size
     max_warps = device.max_threads_per_sm / device.warp_size
     values = {
-        "log2_m": np.log2(col["m"]),
-        "log2_n": np.log2(col["n"]),
-        "log2_k": np.log2(col["k"]),
-        "log2_batch": np.log2(col["batch"]),
-        "log2_flops": np.log2(roof["flops"]),
-        "log2_bytes": np.log2(roof["bytes"]),
-        "log2_intensity": np.log2(roof["flops"] / roof["bytes"]),
-        "log2_roofline_s": np.log2(roof_s),
-        "compute_bound": (roof["t_compute"] >= roof["t_memory"]).astype(np.float64),
-        "log2_balance": np.log2(roof["t_compute"] / roof["t_memory"]),
+        **_problem_values(records, device, col, roof),
         "log2_tiles_m": np.log2(terms["tiles_m"]),
         "log2_tiles_n": np.log2(terms["tiles_n"]),
         "log2_k_steps": np.log2(terms["k_steps"]),
@@ -179,16 +203,11 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
         "log2_analytic": np.log2(terms["predicted_s"] / roof_s),
         **{k: col[k] for k in CONFIG_KEYS},
         "family": np.array([FAMILY_CODES[r["family"]] for r in records], dtype=np.float64),
-        "itemsize": col["itemsize"],
-        "tensor_cores": tensor_cores(records).astype(np.float64),
-        "a_col": col["a_col"],
-        "b_col": col["b_col"],
-        "out_read": out_read(records),
-        **layout_terms(col),
+        # bytes of a tile row along each operand's contiguous dimension: how wide its loads can be
+        "a_load_bytes": np.where(col["a_col"] > 0, col["block_m"], col["block_k"]) * col["itemsize"],
+        "b_load_bytes": np.where(col["b_col"] > 0, col["block_k"], col["block_n"]) * col["itemsize"],
         "k_tail": (col["k"] - (np.ceil(col["k"] / col["block_k"]) - 1) * col["block_k"]) / col["block_k"],
         "mma_kind": mma_kind(records, col, device),
-        "sm_count": np.full(len(records), float(device.sm_count)),
-        "log2_peak_tflops": np.log2(roof["flops"] / roof["t_compute"] / 1e12),
     }
     return np.column_stack([values[name] for name in FEATURE_NAMES])
 
@@ -197,21 +216,6 @@ def _pow2_divisor(values: np.ndarray, cap: int = 16) -> np.ndarray:
     """The largest power of two up to `cap` that divides each (integer-valued) entry."""
     ints = values.astype(np.int64)
     return np.minimum(ints & -ints, cap).astype(np.float64)
-
-
-def layout_terms(col: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """How wide each operand's loads can be: A (m x k) is contiguous along k, or along m when stored transposed;
-    B (k x n) along n, or along k when transposed. A tile's row along that dimension and the leading stride's
-    alignment decide whether the loads vectorise."""
-    a_col, b_col, eb = col["a_col"] > 0, col["b_col"] > 0, col["itemsize"]
-    a_lead = np.where(a_col, col["m"], col["k"]) * eb
-    b_lead = np.where(b_col, col["k"], col["n"]) * eb
-    return {
-        "a_load_bytes": np.where(a_col, col["block_m"], col["block_k"]) * eb,
-        "b_load_bytes": np.where(b_col, col["block_k"], col["block_n"]) * eb,
-        "a_align": _pow2_divisor(a_lead),
-        "b_align": _pow2_divisor(b_lead),
-    }
 
 
 def mma_kind(
@@ -231,29 +235,8 @@ def problem_features(records: Sequence[dict[str, Any]], device: DeviceProfile) -
         missing = [key for key in PROBLEM_KEYS if key not in record]
         if missing:
             raise ValueError(f"record {i} lacks {', '.join(missing)}")
-    roof = roofline_terms(records, device)
     col = columns(records, ("m", "n", "k", "batch", "itemsize", "a_col", "b_col"))
-    col.update(block_m=col["m"], block_n=col["n"], block_k=col["k"])  # a problem-wide "tile" for layout_terms
-    values = {
-        "log2_m": np.log2(col["m"]),
-        "log2_n": np.log2(col["n"]),
-        "log2_k": np.log2(col["k"]),
-        "log2_batch": np.log2(col["batch"]),
-        "log2_flops": np.log2(roof["flops"]),
-        "log2_bytes": np.log2(roof["bytes"]),
-        "log2_intensity": np.log2(roof["flops"] / roof["bytes"]),
-        "log2_roofline_s": np.log2(np.maximum(roof["t_compute"], roof["t_memory"])),
-        "compute_bound": (roof["t_compute"] >= roof["t_memory"]).astype(np.float64),
-        "log2_balance": np.log2(roof["t_compute"] / roof["t_memory"]),
-        "itemsize": col["itemsize"],
-        "tensor_cores": tensor_cores(records).astype(np.float64),
-        "a_col": col["a_col"],
-        "b_col": col["b_col"],
-        "out_read": out_read(records),
-        **layout_terms(col),
-        "sm_count": np.full(len(records), float(device.sm_count)),
-        "log2_peak_tflops": np.log2(roof["flops"] / roof["t_compute"] / 1e12),
-    }
+    values = _problem_values(records, device, col, roofline_terms(records, device))
     return np.column_stack([values[name] for name in PROBLEM_FEATURE_NAMES])
 
 
