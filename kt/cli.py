@@ -446,6 +446,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         f"model: {plan.model} · target {space_.device.name} · {len(space_.legal)} legal of {space_.total} "
         f"configs · {plan.strategy} tune: {first}"
     )
+    if plan.model_origin:
+        out.print(f"the forest was fitted on {plan.model_origin}")
     rows = plan.ranked[:top]
     records = [plan.records[i] for i in rows]
     roofline_s, bounds = roofline_and_bound(records, space_.device)
@@ -496,7 +498,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             )
     if prediction.power_w is None:
         out.print(
-            f"note: the {plan.model.split(':')[0]} model predicts no power: no public data measures power during Triton "
+            f"note: the {plan.model.split(':')[0]} model predicts no power: no public data measures power during "
+            "Triton "
             "kernels, so power predictions stay untrained until a forest is fitted on kt's own GPU rows "
             "(`kt collect` on a GPU, then `kt costmodel fit`); W and mJ need it",
             style="yellow",

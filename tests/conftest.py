@@ -20,16 +20,19 @@ def kt_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("kt-home")
     os.environ["KT_CACHE_DIR"] = str(home)
     os.environ["KT_DB"] = str(home / "tuning.db")
+    (home / "no-models").mkdir()
+    os.environ["KT_MODELS_DIR"] = str(home / "no-models")  # see shipped_models
     return home
 
 
 @pytest.fixture(autouse=True)
-def shipped_models(request, tmp_path_factory, monkeypatch):
-    """kt's own forests (kt/costmodel/models) rank only in tests marked `shipped_models`: elsewhere KT_MODELS_DIR
-    points at an empty folder, so a test of the tune loop, the CLI or kt.nn sees the analytic model it was written
-    for (as a device without a shipped model does), and no test loads a 20 MiB forest it does not need."""
-    if request.node.get_closest_marker("shipped_models") is None:
-        monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path_factory.mktemp("no-models")))
+def shipped_models(request, monkeypatch):
+    """kt's own forests (kt/costmodel/models) rank only in tests marked `shipped_models`: everywhere else,
+    fixtures of any scope included, KT_MODELS_DIR points at an empty folder (set for the session in kt_home),
+    so a test of the tune loop, the CLI or kt.nn sees the analytic model it was written for (as a device without
+    a shipped model does), and no test loads a 20 MiB forest it does not need."""
+    if request.node.get_closest_marker("shipped_models") is not None:
+        monkeypatch.delenv("KT_MODELS_DIR", raising=False)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -67,6 +67,7 @@ class Plan:
     baseline_s: float | None = None
     budget: int = 0  # the budget the search spends: the one asked for, or less (see size_budget)
     budget_note: str | None = None  # why the budget is smaller than asked
+    model_origin: str | None = None  # where the ranking forest's training rows came from, when it says
 
     @property
     def predicted_s(self) -> np.ndarray:
@@ -215,6 +216,7 @@ def plan_tuning(
         baseline_s,
         budget,
         note,
+        getattr(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, "origin", None),
     )
 
 

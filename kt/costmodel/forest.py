@@ -251,8 +251,12 @@ class ForestModel:
             if self.fitted_device is not None
             else f"forest for {self.device.key}"
         )
-        origin = f", from {t['origin']}" if t.get("origin") else ""
-        return f"{where}: {t.get('rows', 0)} rows{shapes}{others}{power}{origin}"
+        return f"{where}: {t.get('rows', 0)} rows{shapes}{others}{power}"
+
+    @property
+    def origin(self) -> str | None:
+        """Where the training rows came from, for a model that records it (kt's shipped ones do)."""
+        return self.trained.get("origin")
 
     def _self_check_rows(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         keep = [{k: r[k] for k in (*PROBLEM_KEYS, *CONFIG_KEYS)} for r in records[:SELF_CHECK_ROWS]]
