@@ -167,17 +167,38 @@ def _rows(db):
         conn.close()
 
 
+SLOW_KERNELS = """
+import kt.codegen.gemm as gemm
+
+_render = gemm.GemmFamily.render
+
+
+def _slow_render(self, problem, config, **kw):
+    return _render(self, problem, config, **kw) + (
+        "\\n\\nimport time as _time\\n_kernel = kernel\\n\\n\\n"
+        "def kernel(*args, **kwargs):\\n    _time.sleep(0.25)\\n    return _kernel(*args, **kwargs)\\n"
+    )
+
+
+gemm.GemmFamily.render = _slow_render
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["killed", "interrupted"])
 def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_path, how):
     spec = tmp_path / "op.yaml"
-    # Each variant its own problem: the other's finished run leaves Triton's compile cache warm for its kernels,
-    # and with every compile cached all 24 checks land within a second, faster than the stop below can fall
-    # between them.
-    m = 100 if how == signal.SIGKILL else 104
-    spec.write_text(
-        f"op: dense\nname: resume\nshape: {{m: {m}, n: 60, k: 80}}\ntune: {{budget: 24, seed: 3}}\n"
-    )
+    spec.write_text("op: dense\nname: resume\nshape: {m: 100, n: 60, k: 80}\ntune: {budget: 24, seed: 3}\n")
+    # Every generated kernel sleeps 0.25 s per call in these runs (a sitecustomize that both `kt tune` processes
+    # import): with Triton's compile cache warm, 24 checks otherwise land in well under a second, often all
+    # between two polls below, and the stop would come after the last.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_KERNELS)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])),
+    }
     db = tmp_path / "t.db"
     command = [
         sys.executable,
@@ -193,10 +214,10 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
         "1",
         "--quiet",
     ]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 240
     while len(_rows(db)) < 3 and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.01)  # rows land a few at a time, tens of milliseconds apart once compiles are cached
+        time.sleep(0.05)
     assert first.poll() is None, "the first tune finished before it could be stopped"
     first.send_signal(how)
     _, stderr = first.communicate(timeout=60)
@@ -207,7 +228,7 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
         assert first.returncode == 130 and "running the same command again resumes" in stderr
     else:
         assert first.returncode == -signal.SIGKILL
-    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr
     after = _rows(db)
     assert len(after) == 25 and len({key for _, key, _ in after}) == 25, "24 configs and candidate zero"

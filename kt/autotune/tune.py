@@ -95,7 +95,7 @@ MIN_BUDGET_SHARE = 0.25
 MIN_SIZED_BUDGET = 4
 
 
-def predicted_baseline_s(model: CostModel, problem: Problem, profile: DeviceProfile) -> float | None:
+def predicted_baseline_s(model: CostModel, problem: Problem) -> float | None:
     """The model's prediction of PyTorch's own path for `problem` (a dense GEMM: cuBLAS), or None when the
     model has no baseline forest or the problem is not one it learned (structured families run chains)."""
     forest = model.base if isinstance(model, CorrectedModel) else model
@@ -144,7 +144,7 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     return ForestModel.load(model, profile)
 
 
-_SHIPPED: dict[tuple, ForestModel] = {}  # (file, its mtime and size, profile) -> the loaded model
+_SHIPPED: dict[tuple, ForestModel] = {}  # (file, its mtime and size, profile key) -> the loaded model
 
 
 def _load_shipped(path: Path, profile: DeviceProfile) -> ForestModel:
@@ -196,7 +196,7 @@ def plan_tuning(
     prediction = predict_records(cost_model, records)
     values = prediction.objective(objective, power_cap_w)
     ranked = [int(i) for i in rank(records, values)]
-    baseline_s = predicted_baseline_s(cost_model, problem, profile)
+    baseline_s = predicted_baseline_s(cost_model, problem)
     note = None
     if measures_time and baseline_s is not None:  # without timing a budget only checks configs: keep it
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
