@@ -282,22 +282,11 @@ def is_measured(row: dict[str, Any]) -> bool:
 def to_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:
     """The cost-model record of one measured row, checked first (`check_row`; `where` names the row in the
     error, by default its id)."""
-    where = where or f"data: row id {row.get('id')}"
-    check_row(row, where)
-    if row.get("runtime_ms") is None:
-        raise DatabaseError(
-            f"{where}: column runtime_ms is null; allowed: a finite number of milliseconds > 0"
-        )
-    problem = problem_from_dict(row["family"], row["problem"])
     return {
-        **problem.to_record(),
+        **baseline_record(row, where),
         **row["config"],
-        "runtime_ms": row["runtime_ms"],
         "power_w": row.get("power_w"),
-        "group": problem.key(),
-        "shape": shape_key(problem),
         "config_key": row["config_key"],
-        "device": row["device"],
     }
 
 
@@ -319,7 +308,8 @@ def is_baseline(row: dict[str, Any]) -> bool:
 
 
 def baseline_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:
-    """The record of one timed baseline row: the problem's numbers and the time of PyTorch's path (no config)."""
+    """The record of one timed row, checked first (`check_row`): the problem's numbers, the runtime, its group,
+    shape and GPU, without the config (all a baseline row of PyTorch's path has; `to_record` adds a config's)."""
     where = where or f"data: row id {row.get('id')}"
     check_row(row, where)
     if row.get("runtime_ms") is None:
