@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kt.errors import KtError
+from kt.files import atomic_write_text
 
 log = logging.getLogger("kt.bench")
 
@@ -560,7 +561,7 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
     if settings.db.is_file():
         with Database(settings.db, create=False, readonly=True) as database:
             database.export_csv(result.out / EXPORT_NAME, since=context["started_at"])  # this run's rows
-    _atomic_text(result.out / REPORT_NAME, render_report(result))
+    atomic_write_text(result.out / REPORT_NAME, render_report(result), make_parent=False)
     for path in result.out.iterdir():
         if path.is_file() and path.suffix != ".db" and path.stat().st_size > MAX_FILE_BYTES:
             log.warning(
@@ -569,12 +570,6 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
                 path.stat().st_size,
                 MAX_FILE_BYTES,
             )
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -675,7 +670,11 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
             f"update: {path} is a dry run's report or holds no quick tune: only GPU runs go into {benchmarks}"
         )
     text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
-    _atomic_text(benchmarks, merge_table(text, rows[0]["device"], [_benchmarks_line(r) for r in rows]))
+    atomic_write_text(
+        benchmarks,
+        merge_table(text, rows[0]["device"], [_benchmarks_line(r) for r in rows]),
+        make_parent=False,
+    )
     return len(rows)
 
 

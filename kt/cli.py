@@ -481,6 +481,12 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             measures,
         )
     out.print(table)
+    beyond = sorted(plan.ranked.index(i) + 1 for i in chosen - set(rows))
+    if beyond:
+        out.print(
+            f"round 1 also measures {len(beyond)} configs ranked below the table (ranks "
+            f"{', '.join(map(str, beyond))})"
+        )
     if plan.baseline_ratio is not None:
         out.print(
             f"predicted best: {plan.baseline_ratio:.2f}x {_baseline_name(space_.problem)} (the baseline forest "
@@ -625,12 +631,67 @@ def inductor(files, out_path, origin, quiet):
     out.print(str(summary))
 
 
+@main.command()
+@click.argument("space_path", metavar="SPACE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--strategy",
+    type=click.Choice(["guided", "random", "exhaustive", "top"]),
+    default="guided",
+    show_default=True,
+    help="guided: kt's model-guided rounds (what `kt tune` runs); random: a uniform sample; top: the first "
+    "model's best, never refitted; exhaustive: everything.",
+)
+@click.option(
+    "--budget",
+    required=True,
+    help="Evaluations per search: a count (100) or a percentage of each space's valid points (5%).",
+)
+@click.option("--repeats", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Repeat r uses seed + r.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every evaluation of every repeat (config, value, best so far, score so far) to this CSV.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
+    """Replay a search strategy on a space measured whole, answering each evaluation from the measurements
+    instead of a GPU.
+
+    SPACE is a Kernel Tuner cache file (.json, .json.gz: every valid configuration timed, as in
+    ../shared/data/kerneltuner) or a kt tuning database / `kt export` CSV of finished `kt collect --all`
+    sweeps (each problem one space). A configuration that failed on the GPU is a spent evaluation that
+    returned a failure. A repeat's score is optimum time / best time found within the budget."""
+    from kt.autotune.replay import replay_file, write_trace
+
+    if csv_path is not None and not csv_path.parent.is_dir():
+        raise KtError(f"csv: the folder {str(csv_path.parent)!r} does not exist")
+    with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
+        result = replay_file(space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress)
+    spaces = ", ".join(result.spaces[:3]) + (
+        f" and {len(result.spaces) - 3} more" if len(result.spaces) > 3 else ""
+    )
+    out.print(f"space: {spaces} ({result.source})")
+    per_eval = 1e3 * result.decision_s / max(1, result.evaluations)
+    per_round = 1e3 * result.decision_s / max(1, result.rounds)
+    out.print(
+        f"decision time: {per_eval:.1f} ms per evaluation, {per_round:.0f} ms per round "
+        f"({result.evaluations} evaluations in {result.rounds} rounds)"
+    )
+    if csv_path is not None:
+        write_trace(result, csv_path)
+        out.print(f"trace: {csv_path} ({len(result.rows)} evaluations)")
+    out.print(result.line())
+
+
 class _LateProgress:
     """A rich progress bar over bytes that appears only once a job has run `after_s` seconds: a quick job
     prints nothing but its result."""
 
-    def __init__(self, enabled: bool, label: str, after_s: float = 1.0):
-        self.enabled, self.label, self.after_s = enabled, label, after_s
+    def __init__(self, enabled: bool, label: str, after_s: float = 1.0, counts: bool = False):
+        self.enabled, self.label, self.after_s, self.counts = enabled, label, after_s, counts
         self.bar = None
 
     def __enter__(self):
@@ -645,12 +706,19 @@ class _LateProgress:
         if self.bar is None:
             if time.monotonic() - self.started < self.after_s:
                 return
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
+                MofNCompleteColumn() if self.counts else DownloadColumn(),
                 TimeElapsedColumn(),
                 console=err,
                 transient=True,

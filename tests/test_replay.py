@@ -61,9 +61,8 @@ def test_the_benchmark_never_trains_the_prior_on_the_shape_it_replays(bench, swe
     assert any(groups for _, groups in seen), "guided search starts from the other shapes"
 
 
-def test_database_rows_become_sweeps_with_failures_as_missing_values(sweeps):
-    # Rows as `kt collect` writes them, carrying the file's real runtimes; one config failed instead.
-    sweep = sweeps[0]
+def sweep_rows(sweep):
+    """Rows as `kt collect` writes them, carrying the file's real runtimes; the first config failed instead."""
     rows = []
     for i, record in enumerate(sweep.records):
         problem = GemmProblem(record["m"], record["n"], record["k"], dtype="float32")
@@ -84,6 +83,12 @@ def test_database_rows_become_sweeps_with_failures_as_missing_values(sweeps):
                 "runtime_ms": None if failed else float(sweep.runtime_ms[i]),
             }
         )
+    return rows
+
+
+def test_database_rows_become_sweeps_with_failures_as_missing_values(sweeps):
+    sweep = sweeps[0]
+    rows = sweep_rows(sweep)
     (rebuilt,) = sweeps_from_rows(rows, min_configs=2)
     assert len(rebuilt) == len(sweep) and np.isnan(rebuilt.runtime_ms).sum() == 1
     assert sweeps_from_rows(rows, min_configs=len(sweep) + 1) == []
@@ -116,3 +121,19 @@ def test_an_fp16_and_a_bf16_sweep_of_one_size_are_one_shape_and_never_train_each
     )
     bench.run(twins, device, [0.5], seeds=1, trees=2, progress=lambda s: None)
     assert priors and all(p == [] for p in priors)
+
+
+def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_others(
+    sweeps, monkeypatch, tmp_path
+):
+    import kt.autotune.replay as replay_module
+
+    rows = [row for sweep in sweeps[:6] for row in sweep_rows(sweep)]
+    monkeypatch.setattr(replay_module, "read_rows", lambda path: rows)
+    path = tmp_path / "sweeps.csv"
+    path.write_text("stands for a kt export\n")
+    result = replay_module.replay_file(path, "guided", 2, repeats=2, seed=1, min_configs=3)
+    assert len(result.spaces) == 6 and len(result.scores) == 12 and all(0 < s <= 1 for s in result.scores)
+    assert result.line().endswith("over 2 repeats x 6 problems")
+    with pytest.raises(replay_module.KtError, match="holds no exhaustive sweep"):
+        replay_module.replay_file(path, "guided", 2, min_configs=50)

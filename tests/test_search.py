@@ -73,7 +73,8 @@ def test_known_values_count_against_the_budget_and_are_never_measured_again():
 
 
 def test_guided_search_refits_between_rounds_and_finds_what_a_wrong_first_model_hides():
-    trace, oracle = search(GuidedSearch(rounds=4), budget=40)
+    trace, oracle = search(GuidedSearch(), budget=40)
+    assert trace.rounds.count(0) == 8 and trace.rounds.count(1) == 2, "a first round of 8, then small rounds"
     assert oracle.refits >= 1 and len(set(trace.rounds)) >= 2
     assert trace.models[0] == "oracle after 0 refits" and trace.models[1] == "oracle after 1 refits"
     assert trace.best_after(len(trace.measured)) == 1.0, "after a refit, the next round goes to the true best"
@@ -81,15 +82,41 @@ def test_guided_search_refits_between_rounds_and_finds_what_a_wrong_first_model_
     assert top.best_after(40) > 100, "without refitting, the wrong model's picks are all bad"
 
 
-def test_guided_search_stops_when_the_best_stops_improving():
+def test_guided_search_stops_when_the_best_stops_improving_and_nothing_promises_better():
     class Flat(Oracle):
+        """After a refit it believes no unmeasured candidate can beat what was measured."""
+
         def refit(self):
-            self.refits += 1  # learns nothing: the same wrong ranking every round
+            self.refits += 1
+            self.belief = np.full(N, 10.0 * N)
             return True
 
-    trace, oracle = search(GuidedSearch(rounds=10, patience=2), budget=200, oracle=Flat())
-    rounds = max(trace.rounds) + 1
-    assert rounds < 10 and len(trace.measured) < 200, "it stopped before the budget ran out"
+    trace, oracle = search(GuidedSearch(patience=2), budget=200, oracle=Flat())
+    assert max(trace.rounds) + 1 <= 4 and len(trace.measured) < 200, "it stopped before the budget ran out"
+    # a model that learned the truth stops once the best is measured, with budget left
+    trace, _ = search(GuidedSearch(patience=2), budget=60, oracle=Oracle())
+    assert trace.best_after(len(trace.measured)) == 1.0 and len(trace.measured) < 60
+
+    class Hopeful(Oracle):
+        """Always believes the unmeasured candidates beat every measured one."""
+
+        def refit(self):
+            self.refits += 1
+            self.belief = np.full(N, 0.5)
+            return True
+
+    trace, _ = search(GuidedSearch(patience=2), budget=60, oracle=Hopeful())
+    assert len(trace.measured) == 60, "no early stop while the model expects an improvement"
+
+
+def test_guided_search_without_a_model_starts_with_a_random_sample():
+    oracle = Oracle()
+    trace = run_search(GuidedSearch(), lambda: (None, "none"), oracle.measure, 100, seed=4, size=N)
+    assert trace.rounds.count(0) == 10 and len(trace.measured) == 100 == len(set(trace.measured))
+    again = run_search(GuidedSearch(), lambda: (None, "none"), Oracle().measure, 100, seed=4, size=N)
+    assert again.measured[:10] == trace.measured[:10], "the start follows the seed"
+    with pytest.raises(ValueError, match="needs the number of candidates"):
+        run_search(GuidedSearch(), lambda: (None, "none"), oracle.measure, 10)
 
 
 def test_guided_exploration_prefers_uncertain_candidates_when_the_model_has_spread():
@@ -98,11 +125,23 @@ def test_guided_exploration_prefers_uncertain_candidates_when_the_model_has_spre
     uncertain = int(np.argsort(oracle.belief)[150])  # ranked far down, but very unsure
     oracle.spread[uncertain] = 3.0
     prediction, _ = oracle.predict()
+    measured = {int(np.argsort(oracle.belief)[0]): float(oracle.belief.min())}
     state = SearchState(
-        prediction.runtime_s, prediction.runtime_spread, np.argsort(prediction.runtime_s), {}, 64, 0, 0
+        prediction.runtime_s, prediction.runtime_spread, np.argsort(prediction.runtime_s), measured, 64, 1, 0
     )
-    picks = GuidedSearch(rounds=4, explore=0.25).propose(state)
+    picks = GuidedSearch(round_size=16, explore=0.25).propose(state)
     assert len(picks) == 16 and uncertain in picks[12:]
+
+
+def test_guided_search_skips_candidates_the_model_expects_to_fail():
+    prediction, _ = Oracle(spread=0.1).predict()
+    order = np.argsort(prediction.runtime_s)
+    fail = np.zeros(N)
+    fail[order[:5]] = 0.9  # the five best predicted are likely to fail
+    measured = {int(order[-1]): float(prediction.runtime_s[order[-1]])}
+    state = SearchState(prediction.runtime_s, prediction.runtime_spread, order, measured, 64, 1, 0, fail=fail)
+    picks = GuidedSearch(round_size=8).propose(state)
+    assert len(picks) == 8 and not set(picks) & {int(i) for i in order[:5]}
 
 
 def test_random_search_follows_its_seed_and_exhaustive_takes_everything():

@@ -89,10 +89,11 @@ def test_a_guided_tune_measures_in_rounds_and_refits_between_them(runner, tmp_pa
     made, _ = runner
     result = kt.tune(SPEC, budget=24, db=tmp_path / "t.db", progress=False, strategy="guided")
     (stand_in,) = made
-    assert stand_in.batches[0] == 6 and len(stand_in.batches) >= 2, "a quarter of the budget per round"
+    assert stand_in.batches[0] == 8 and len(stand_in.batches) >= 2, "a first round of 8, then small rounds"
+    assert set(stand_in.batches[1:-1]) == {2}, stand_in.batches
     assert (
         result.trace.models[0] == "analytic"
-        and result.trace.models[1] == "analytic corrected on 6 measured rows"
+        and result.trace.models[1] == "analytic corrected on 8 measured rows"
     )
     assert len(result.trace.measured) == len(set(result.trace.measured)) == sum(stand_in.batches) <= 24
     assert result.measured and result.newly_measured == len(result.rows) == sum(stand_in.batches)
@@ -182,7 +183,7 @@ def test_a_tune_from_a_forest_keeps_it_and_corrects_it(runner, tmp_path):
     )
     result = kt.tune(SPEC, budget=16, db=tmp_path / "t.db", progress=False, model=start)
     assert result.trace.models[0] == start.describe()
-    assert result.trace.models[1] == f"{start.describe()} corrected on 4 measured rows"
+    assert result.trace.models[1] == f"{start.describe()} corrected on 8 measured rows"
 
 
 def test_a_correction_fitted_on_what_the_start_already_predicts_changes_nothing():
@@ -222,3 +223,43 @@ def test_a_corrected_forest_corrects_its_power_instead_of_replacing_it():
     corrected = refit(start, records)
     assert corrected.power_relative and corrected.describe().endswith("power from 6")
     assert np.allclose(corrected.predict(records).power_w, start.predict(records).power_w, rtol=1e-9)
+
+
+class StructuredStandIn(StandInRunner):
+    """Answers a structured op's candidates with the analytic model's prediction of its launches (a model's
+    output, not a timing: see the module docstring)."""
+
+    def run(self, candidates, deadline=None):
+        from kt.codegen import family_for
+        from kt.costmodel.staged import predict_records
+
+        candidates = [c for c in candidates if not isinstance(c.config, PyTorchPath)]
+        self.batches.append(len(candidates))
+        for candidate in candidates:
+            family = family_for(candidate.problem)
+            records = family.records(candidate.problem, [candidate.config])
+            seconds = float(predict_records(AnalyticModel(self.profile), records).runtime_s[0])
+            yield self.answer(candidate, seconds)
+
+
+def test_a_structured_tune_refits_between_rounds_on_its_own_rows(monkeypatch, tmp_path):
+    made = []
+
+    def make(backend, profile, **options):
+        made.append(StructuredStandIn(profile))
+        return made[-1]
+
+    monkeypatch.setattr(tune_module, "make_runner", make)
+    spec = {
+        "op": "monarch",
+        "name": "m",
+        "dtype": "float16",
+        "shape": {"batch": 256, "n": 1024, "nblocks": 16},
+        "device": "h100",
+    }
+    result = kt.tune(spec, budget=16, db=tmp_path / "t.db", progress=False, strategy="guided", baseline=False)
+    (stand_in,) = made
+    assert stand_in.batches[0] == 8 and len(stand_in.batches) >= 2
+    assert result.trace.models[0] == "analytic"
+    assert result.trace.models[1] == "analytic corrected by a parameter forest on 8 measured points"
+    assert len(result.trace.measured) == len(set(result.trace.measured)) <= 16

@@ -14,9 +14,10 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kt.errors import DatabaseError
+from kt.files import atomic_write
 
 SCHEMA_VERSION = 2  # 2: the timer, regime, graph, cooldown, energy status and implementation columns
 # config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
@@ -234,23 +235,18 @@ class Database:
         """Write the matching rows (every column; JSON columns as JSON) to a CSV file, atomically; `since` (an
         ISO time, as created_at holds it) keeps only the rows created then or later."""
         import csv
-        import tempfile
 
         rows = self.find(**where)
         if since is not None:
             rows = [row for row in rows if row["created_at"] >= since]
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", newline="") as handle:
+
+        def write(handle: IO[str]) -> None:  # atomic_write opens text with newline="", as csv wants
             writer = csv.DictWriter(handle, fieldnames=["id", *COLUMN_NAMES])
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: _encode(v) for k, v in row.items()})
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; an export is as readable as any new file
-        os.replace(tmp, path)
+
+        atomic_write(path, write)
         return len(rows)
 
 

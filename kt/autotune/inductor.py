@@ -45,18 +45,18 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES
 from kt.autotune.dataset import MAX_CONFIG_VALUE, check_row
 from kt.codegen.gemm import GemmConfig
 from kt.device import BUILTIN
 from kt.errors import DatabaseError
+from kt.files import atomic_write
 from kt.ir.problems import GemmProblem
 from kt.spec import MAX_DIM
 
@@ -441,8 +441,6 @@ def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """`rows` as a CSV at `path` (kt's columns then EXTRA_COLUMNS; JSON columns as JSON text, as `kt export`
     writes them), written beside it and renamed into place: a reader never sees half a file, and a failed
     import leaves none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = [*COLUMN_NAMES, *EXTRA_COLUMNS]
     json_columns = [names.index("problem"), names.index("config")]
     encoded: dict[int, str] = {}  # id of a JSON column's dict -> its text: rows share their problem's dict
@@ -456,19 +454,12 @@ def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
             values[i] = text
         return values
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(names)
-            writer.writerows(map(cells, rows))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the CSV is as readable as any new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(handle: IO[str]) -> None:  # atomic_write opens text with newline="", as csv wants
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(map(cells, rows))
+
+    atomic_write(path, write)
 
 
 @dataclass

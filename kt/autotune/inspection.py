@@ -13,7 +13,6 @@ replaces the old one.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from kt.costmodel.evaluate import targets as measured_arrays
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
+from kt.files import atomic_write
 from kt.ir.problems import problem_from_dict
 
 TOP_K = 5
@@ -374,18 +374,7 @@ def _figure():
 
 def _save(figure, path: Path) -> Path:
     """Write the PNG next to `path`, then rename it over `path`: a reader sees the old plot or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a plot is as readable as any new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120), binary=True)
     return path
 
 

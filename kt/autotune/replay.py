@@ -9,19 +9,29 @@ fitted on the other sweeps only (whole shapes held out), and each refit adds wha
 
 from __future__ import annotations
 
+import csv
+import math
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kt.autotune.dataset import read_rows
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
+from kt.autotune.spaces import TuningSpace, is_kernel_tuner_file, load_kernel_tuner
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.correction import model_name, refit
 from kt.costmodel.evaluate import shape_of
 from kt.costmodel.forest import MIN_ROWS, ForestModel
-from kt.device import DeviceProfile
+from kt.costmodel.paramforest import MIN_ROWS as SPACE_MIN_ROWS
+from kt.costmodel.paramforest import ParamForest
+from kt.device import DeviceProfile, get_profile
+from kt.errors import KtError
+from kt.files import atomic_write
 from kt.ir.problems import problem_from_dict
 
 
@@ -33,6 +43,7 @@ class Sweep:
     records: list[dict[str, Any]]
     runtime_ms: np.ndarray
     shape: str = ""  # what is held out together (sizes only: an fp16 and a bf16 sweep are near-twins)
+    target: str | None = None  # the device profile the sweep was measured for (kt.device)
 
     def __post_init__(self):
         if not self.shape:
@@ -80,7 +91,7 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
             )
             groups[identity][row["config_key"]] = row
     sweeps = []
-    for (key, *_), by_config in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
+    for (key, target, *_), by_config in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
         if len(by_config) < min_configs:
             continue
         records, values = [], []
@@ -91,7 +102,7 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
             values.append(row["runtime_ms"] if ok else np.nan)
         values = np.array(values, dtype=np.float64)
         if np.isfinite(values).any():
-            sweeps.append(Sweep(key, records, values))
+            sweeps.append(Sweep(key, records, values, target=target))
     return sweeps
 
 
@@ -144,3 +155,222 @@ def reached(sweep: Sweep, trace: SearchTrace, budget: int) -> float:
     """The fraction of the sweep's best that the search reached within `budget` (1.0: it found the best)."""
     best = trace.best_after(budget)
     return 0.0 if best is None else sweep.best / best
+
+
+def replay_space(
+    space: TuningSpace,
+    strategy: str | SearchStrategy,
+    budget: int,
+    seed: int = 0,
+    features: np.ndarray | None = None,
+) -> SearchTrace:
+    """Search a space measured whole (a Kernel Tuner cache, say) with `strategy`, answering each measurement
+    from the space: a point that failed on the GPU is a spent evaluation that returned a failure.
+
+    There is no model before the first measurements (the guided strategy starts with a random sample); after
+    each round a ParamForest is refitted on every point measured, failures included."""
+    strategy = make_strategy(strategy)
+    x = space.features() if features is None else features
+    state: dict[str, Any] = {"prediction": None, "name": "none"}
+    measured: list[int] = []
+
+    def measure(batch: list[int]) -> dict[int, float | None]:
+        measured.extend(batch)
+        return {i: (float(space.objective[i]) if np.isfinite(space.objective[i]) else None) for i in batch}
+
+    def refit_() -> bool:
+        values = space.objective[measured]
+        if int(np.isfinite(values).sum()) < SPACE_MIN_ROWS:
+            return False
+        model = ParamForest(seed=seed + len(measured)).fit(x[measured], values)
+        state["prediction"], state["name"] = model.predict(x), model.describe()
+        return True
+
+    rng = np.random.default_rng(seed)
+
+    def order(values: np.ndarray) -> np.ndarray:
+        # A forest's predictions tie on whole plateaus: break ties at random, not by the file's order
+        return np.lexsort((rng.random(len(values)), values))
+
+    return run_search(
+        strategy,
+        lambda: (state["prediction"], state["name"]),
+        measure,
+        budget,
+        seed,
+        refit=refit_,
+        size=len(space),
+        order=order,
+        distance=space.distance,
+    )
+
+
+@dataclass
+class ReplayResult:
+    """Repeated replays of one strategy at one budget: each repeat's score (optimum / best found within the
+    budget; 0 when nothing ran) and trace, on one space or on every problem of a kt sweep file."""
+
+    source: str
+    strategy: str
+    budget: int | str  # a count, or "5%" of each space
+    spaces: list[str]
+    scores: list[float] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the per-evaluation trace (`kt replay --csv`)
+    decision_s: float = 0.0  # the strategy's own time (model fits, ranking), all repeats together
+    evaluations: int = 0
+    rounds: int = 0
+    repeats: int = 0
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def p10(self) -> float:
+        return float(np.percentile(self.scores, 10))
+
+    def line(self) -> str:
+        over = f"{self.repeats} repeats" + (f" x {len(self.spaces)} problems" if len(self.spaces) > 1 else "")
+        return f"{self.strategy} budget {self.budget}: mean score {self.mean:.3f}, p10 {self.p10:.3f}, over {over}"
+
+    def add(
+        self,
+        space: str,
+        repeat: int,
+        seed: int,
+        trace: SearchTrace,
+        points: list[str],
+        optimum: float,
+        seconds: float,
+    ) -> None:
+        best = None
+        for n, (index, value, round_) in enumerate(zip(trace.measured, trace.values, trace.rounds), start=1):
+            if value is not None and (best is None or value < best):
+                best = value
+            self.rows.append(
+                {
+                    "space": space,
+                    "strategy": self.strategy,
+                    "budget": self.budget,
+                    "repeat": repeat,
+                    "seed": seed,
+                    "evaluation": n,
+                    "round": round_,
+                    "config": points[index],
+                    "value": "" if value is None else value,
+                    "best": "" if best is None else best,
+                    "score": 0.0 if best is None else optimum / best,
+                }
+            )
+        self.scores.append(0.0 if best is None else optimum / best)
+        self.decision_s += seconds
+        self.evaluations += len(trace.measured)
+        self.rounds += len(trace.models)
+
+
+def parse_budget(text: str | int) -> tuple[int | None, float | None]:
+    """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`)."""
+    text = str(text).strip()
+    try:
+        if text.endswith("%"):
+            fraction = float(text[:-1]) / 100
+            if not 0 < fraction <= 1:
+                raise ValueError
+            return None, fraction
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise KtError(
+            f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage such as 5%"
+        ) from None
+
+
+def replay_file(
+    path: str | Path,
+    strategy: str,
+    budget: str | int,
+    repeats: int = 20,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    min_configs: int = 20,
+) -> ReplayResult:
+    """Replay `strategy` `repeats` times (seeds seed, seed+1, ...) on the space(s) of `path`: a Kernel Tuner
+    cache file (one space) or a kt tuning database/CSV of finished `kt collect --all` sweeps (each problem is
+    a space; the guided search starts from a forest fitted on the other problems' sweeps, as kt ships)."""
+    path = Path(path)
+    count, fraction = parse_budget(budget)
+    make_strategy(strategy)  # an unknown name fails before any reading
+    if is_kernel_tuner_file(path):
+        spaces: list[Any] = [load_kernel_tuner(path)]
+    else:
+        if not path.exists():
+            raise KtError(f"space: {str(path)!r} not found")
+        if path.suffix.lower() not in (".csv", ".db", ".sqlite", ".sqlite3"):
+            raise KtError(
+                f"space: {str(path)!r} is neither a Kernel Tuner cache (.json, .json.gz) nor a kt tuning "
+                "database (.db) or `kt export` CSV"
+            )
+        spaces = sweeps_from_rows(read_rows(path), min_configs=min_configs)
+        if not spaces:
+            raise KtError(
+                f"space: {str(path)!r} holds no exhaustive sweep (a problem with {min_configs} or more GEMM configs "
+                "measured on a GPU, as `kt collect --all` writes)"
+            )
+    names = [s.name if isinstance(s, TuningSpace) else s.label for s in spaces]
+    result = ReplayResult(
+        str(path), strategy, budget if fraction is not None else int(count), names, repeats=repeats
+    )
+    total, done = repeats * len(spaces), 0
+    for space, name in zip(spaces, names):
+        n = count if fraction is None else max(1, math.ceil(fraction * len(space)))
+        if isinstance(space, TuningSpace):
+            x = space.features()
+            points = [",".join(map(str, p)) for p in space.points]
+            optimum = space.best
+        else:
+            prior = [
+                r
+                for other in spaces
+                if other.shape != space.shape
+                for r in other.measured_records(range(len(other)))
+            ]
+            device = get_profile(space.target)
+            points = [r["config_key"] for r in space.records]
+            optimum = space.best
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            if isinstance(space, TuningSpace):
+                trace = replay_space(space, strategy, n, seed + repeat, features=x)
+            else:
+                trace = replay(space, strategy, device, n, seed + repeat, prior=prior)
+            result.add(name, repeat, seed + repeat, trace, points, optimum, time.perf_counter() - started)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return result
+
+
+def write_trace(result: ReplayResult, path: str | Path) -> None:
+    """The per-evaluation trace as CSV, written whole or not at all."""
+    columns = [
+        "space",
+        "strategy",
+        "budget",
+        "repeat",
+        "seed",
+        "evaluation",
+        "round",
+        "config",
+        "value",
+        "best",
+        "score",
+    ]
+    atomic_write(path, lambda handle: _write_csv(handle, columns, result.rows))
+
+
+def _write_csv(handle, columns, rows) -> None:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)

@@ -2,15 +2,22 @@
 
 Every strategy answers one question, `propose(state)`: given the model's current predictions and what has been
 measured so far, which candidates to measure next (an empty list ends the search). `run_search` drives any
-strategy the same way, with the measuring and the refitting passed in, so `kt tune` on a GPU and the
-search-efficiency benchmark (which answers from recorded sweeps) run the very same loop and the strategies can be
-compared:
+strategy the same way, with the measuring and the refitting passed in, so `kt tune` on a GPU and `kt replay`
+(which answers from a space measured whole: kt.autotune.replay) run the very same loop, and the strategies can
+be compared on real measurements:
 
-- `guided` (the default): each round measures the candidates with the best predicted objective plus a few
-  whose optimistic bound (prediction shrunk by the trees' spread) beats the rest, then the model is refitted
-  on everything measured and the remaining candidates are ranked again. It stops when the budget is spent or
-  the best measured has not improved for `patience` rounds.
+- `guided` (the default): model-guided rounds. Without any model yet (a foreign space, nothing measured) it
+  starts with a small random sample (with a model from the start, as in `kt tune`, that first round is the
+  model's picks instead); then each round measures a few candidates, half the best predicted
+  (exploit) and half those with the largest expected improvement over the best measured (explore: the trees'
+  spread says where the model may be wrong), skipping candidates the model expects to fail; the model is
+  refitted on everything measured and the rest ranked again. Rounds are small (a refit after every two or
+  three measurements at small budgets, growing with the budget), which is what wins at 25-100 evaluations on
+  brute-forced spaces (BENCHMARKS.md, "Search strategies against the field"). It stops when the budget is
+  spent, or when the best has not improved for `patience` rounds and the model expects no candidate left to
+  beat it by more than 0.1%.
 - `random`: a uniform sample of the legal space, the baseline that search efficiency is judged against.
+- `top`: the model's best candidates, no refitting (the search without a GPU).
 - `exhaustive`: every candidate (for `kt collect --all`).
 
 Without a GPU nothing is timed, so there is nothing to refit on: the first round takes the whole budget.
@@ -24,8 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import ndtr
 
 from kt.costmodel.prediction import Prediction
+
+FAILING = (
+    0.5  # a candidate the model gives this chance of failing or more is not proposed while others remain
+)
+STOP_GAIN = 1e-3  # stop early only when no candidate is expected to beat the best by more than this fraction
 
 
 @dataclass
@@ -39,6 +52,10 @@ class SearchState:
     budget_left: int
     round: int
     seed: int
+    informed: bool = True  # False: no model yet (objective and order carry no information)
+    fail: np.ndarray | None = None  # the model's chance that each candidate fails (None: not modelled)
+    # distance(i): how many parameters every candidate differs from candidate i in (None: no structure known)
+    distance: Callable[[int], np.ndarray] | None = None
 
     def unmeasured(self) -> list[int]:
         return [int(i) for i in self.order if int(i) not in self.measured]
@@ -59,48 +76,101 @@ class SearchStrategy(ABC):
         """Indices to measure next, at most `state.budget_left`, none already measured; [] to stop."""
 
 
+def expected_improvement(state: SearchState, candidates: np.ndarray) -> np.ndarray:
+    """Expected improvement of log(objective) over the best measured, per candidate, with the prediction's
+    spread as a normal's standard deviation (0 spread: the plain predicted improvement). Times the chance the
+    candidate runs at all, when failures are modelled."""
+    best = state.best
+    mu = np.log(np.maximum(state.objective[candidates], 1e-300))
+    if best is None:
+        return -mu  # nothing ran yet: the best predicted
+    sigma = state.spread[candidates]
+    gain = math.log(best) - mu
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(sigma > 0, gain / sigma, 0.0)
+        ei = np.where(
+            sigma > 0,
+            gain * ndtr(z) + sigma * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+            np.maximum(gain, 0),
+        )
+    if state.fail is not None:
+        ei = ei * (1 - state.fail[candidates])
+    return ei
+
+
 class GuidedSearch(SearchStrategy):
-    """Model-guided rounds: exploit the predicted best, explore the most promising uncertain candidates."""
+    """Model-guided rounds: a random start when there is no model, then small rounds of the best predicted
+    (exploit) and the largest expected improvement (explore), refitting after each."""
 
     name = "guided"
     description = "rounds ranked by the cost model, refitted on each round's measurements"
     adaptive = True
 
-    def __init__(self, rounds: int = 4, explore: float = 0.125, min_round: int = 4, patience: int = 2):
+    def __init__(
+        self,
+        initial: int | None = None,
+        round_size: int | None = None,
+        explore: float = 0.5,
+        min_round: int = 2,
+        rounds_per_budget: int = 40,
+        patience: int = 3,
+        local: int = 0,
+    ):
         if not 0 <= explore < 1:
             raise ValueError(f"explore must be in [0, 1), got {explore}")
-        self.rounds, self.explore, self.min_round, self.patience = rounds, explore, min_round, patience
-        self._round_size: int | None = None
+        self.initial, self.round_size, self.explore = initial, round_size, explore
+        self.min_round, self.rounds_per_budget, self.patience = min_round, rounds_per_budget, patience
+        self.local = local
+        self._size = self._initial = 0
         self._best_history: list[float | None] = []
 
+    def plan(self, budget: int) -> tuple[int, int]:
+        """(random start, round size) for a search of `budget` measurements: a start of a tenth of the budget
+        (8 to 10) and rounds of a 40th (at least `min_round`), unless set."""
+        initial = self.initial if self.initial is not None else min(10, max(8, budget // 10))
+        size = self.round_size or max(self.min_round, math.ceil(budget / self.rounds_per_budget))
+        return initial, size
+
     def propose(self, state: SearchState) -> list[int]:
-        if state.round == 0:
-            self._round_size = max(self.min_round, math.ceil(state.budget_left / self.rounds))
+        if state.round == 0 or not self._size:
             self._best_history = []
-        self._best_history.append(state.best)
-        if self._stalled():
-            return []
-        todo = state.unmeasured()
-        size = min(self._round_size or state.budget_left, state.budget_left, len(todo))
+            self._initial, self._size = self.plan(state.budget_left + len(state.measured))
+        if not state.informed:  # no model yet (or nothing ran to fit one on): a random sample
+            todo = state.unmeasured()
+            rng = np.random.default_rng(state.seed if state.round == 0 else [state.seed, state.round])
+            n = min(self._initial, state.budget_left, len(todo))
+            return [todo[i] for i in sorted(rng.choice(len(todo), size=n, replace=False))]
+        todo = np.array(state.unmeasured(), dtype=np.int64)
+        # a model from the start (kt's prior) picks the first round at the random start's size
+        size = min(self._initial if state.round == 0 else self._size, state.budget_left, len(todo))
         if size <= 0:
             return []
-        n_explore = max(1, int(size * self.explore)) if size >= 4 and self.explore > 0 else 0
-        exploit = todo[: size - n_explore]
+        ei = expected_improvement(state, todo)
+        self._best_history.append(state.best)
+        if self._stalled() and float(ei.max(initial=0.0)) < STOP_GAIN:
+            return []
+        n_explore = int(size * self.explore) if size >= 2 else 0
+        runs = np.ones(len(todo), dtype=bool) if state.fail is None else state.fail[todo] < FAILING
+        if not runs.any():
+            runs[:] = True
+        likely = todo[runs]  # in model order
+        if self.local and state.distance is not None and state.best is not None:
+            incumbent = min((i for i, v in state.measured.items() if v is not None), key=state.measured.get)
+            near = likely[state.distance(incumbent)[likely] <= self.local]
+            if len(near) >= size - n_explore:
+                likely = near
+        exploit = [int(i) for i in likely[: size - n_explore]]
+        if n_explore == 0:
+            return exploit
         chosen = set(exploit)
-        rest = [i for i in todo if i not in chosen]
-        if not (n_explore and rest):
-            return todo[:size]
-        if state.spread[rest].any():
-            # Optimistic bound: a prediction two spreads better. The candidates it favours most are those
-            # the model is unsure of and that could still beat what it is sure of.
-            optimistic = np.log(state.objective[rest]) - 2 * state.spread[rest]
-            picks = sorted(np.argsort(optimistic, kind="stable")[:n_explore])
+        if state.spread[todo].any():
+            candidates = np.argsort(-ei, kind="stable")
         else:
             # A model with no uncertainty (the analytic one) cannot say where it may be wrong: explore at
             # random, so the forest refitted after this round sees more than the model's own favourites.
-            rng = np.random.default_rng(state.seed + state.round)
-            picks = sorted(rng.choice(len(rest), size=min(n_explore, len(rest)), replace=False))
-        return exploit + [rest[i] for i in picks]
+            candidates = np.random.default_rng(state.seed + state.round).permutation(len(todo))
+        explore = [int(todo[j]) for j in candidates if int(todo[j]) not in chosen][:n_explore]
+        return exploit + explore
 
     def _stalled(self) -> bool:
         """True when the best measured has not improved by 0.5% over the last `patience` rounds."""
@@ -182,7 +252,7 @@ class SearchTrace:
 
 def run_search(
     strategy: SearchStrategy,
-    predict: Callable[[], tuple[Prediction, str]],
+    predict: Callable[[], tuple[Prediction | None, str]],
     measure: Callable[[list[int]], dict[int, float | None]],
     budget: int,
     seed: int = 0,
@@ -192,10 +262,13 @@ def run_search(
     order: Callable[[np.ndarray], np.ndarray] | None = None,
     spread: Callable[[Prediction], np.ndarray] | None = None,
     out_of_time: Callable[[], bool] | None = None,
+    size: int | None = None,
+    distance: Callable[[int], np.ndarray] | None = None,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
-    `predict()` returns the current model's Prediction for every candidate and the model's name;
+    `predict()` returns the current model's Prediction for every candidate and the model's name, or (None,
+    name) while there is no model at all (then `size` gives the number of candidates);
     `measure(indices)` measures them and returns index -> objective value (None when failed);
     `refit()` (adaptive strategies only) refits the model on what has been measured, True when it did;
     `known` holds values measured before (a resumed tune): they count against the budget and are never
@@ -212,10 +285,33 @@ def run_search(
     round_ = 0
     while True:
         prediction, model_name = predict()
-        values = objective(prediction)
-        state = SearchState(
-            values, spread(prediction), order(values), measured, budget - len(measured), round_, seed
-        )
+        if prediction is None:
+            if size is None:
+                raise ValueError("run_search: a search with no model needs the number of candidates (size)")
+            state = SearchState(
+                np.ones(size),
+                np.zeros(size),
+                np.arange(size),
+                measured,
+                budget - len(measured),
+                round_,
+                seed,
+                informed=False,
+                distance=distance,
+            )
+        else:
+            values = objective(prediction)
+            state = SearchState(
+                values,
+                spread(prediction),
+                order(values),
+                measured,
+                budget - len(measured),
+                round_,
+                seed,
+                fail=prediction.fail_prob,
+                distance=distance,
+            )
         if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break
         batch = strategy.propose(state)

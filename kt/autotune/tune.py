@@ -504,6 +504,7 @@ class _Tuner:
         self.model_name = plan.model
         self.rank_of = {index: position for position, index in enumerate(plan.ranked)}
         self.skipped_rows = 0  # malformed database rows left out of refits
+        self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
 
     def value(self, row: dict[str, Any]) -> float | None:
         return objective_value(row, self.plan.objective, self.plan.power_cap_w)
@@ -537,7 +538,7 @@ class _Tuner:
         from kt.autotune.dataset import to_record
 
         if self.family.name != "gemm":  # structured rows are whole ops, not the GEMM launches models learn
-            return False
+            return self.refit_own()
         rows = self.database.find(
             runner=self.runner.name,
             device=self.runner.device,
@@ -559,6 +560,40 @@ class _Tuner:
             return False
         self.prediction = predict_records(model, self.plan.records)
         self.model_name = model_name(model)
+        return True
+
+    def refit_own(self) -> bool:
+        """A structured family's refit: a parameter forest (kt.costmodel.paramforest) on this problem's own
+        measured rows learns log(measured / first-predicted runtime) from the config's fields, and which
+        configs fail (a wrong result, a crash, out of resources); the first model's power stays. False when
+        fewer than three configs of this problem ran."""
+        from kt.autotune.spaces import config_features
+        from kt.costmodel.paramforest import MIN_ROWS as OWN_MIN_ROWS
+        from kt.costmodel.paramforest import ParamForest
+
+        indices, runtime_ms = [], []
+        for config_key, row in self.database.measured_configs(**self.key).items():
+            if config_key in self.index_of:
+                indices.append(self.index_of[config_key])
+                ok = row["status"] == "ok" and row.get("runtime_ms")
+                runtime_ms.append(float(row["runtime_ms"]) if ok else np.nan)
+        runtime_ms = np.array(runtime_ms, dtype=np.float64)
+        if int(np.isfinite(runtime_ms).sum()) < OWN_MIN_ROWS:
+            return False
+        if self._config_x is None:
+            self._config_x = config_features([c.to_dict() for c in self.plan.space.legal])
+        start = self.plan.prediction
+        offset = np.log(start.runtime_s * 1e3)
+        model = ParamForest(seed=self.seed).fit(self._config_x[indices], runtime_ms, offset[indices])
+        own = model.predict(self._config_x, offset)
+        self.prediction = Prediction(
+            own.runtime_s * 1e-3,
+            np.sqrt(start.runtime_spread**2 + own.runtime_spread**2),
+            start.power_w,
+            start.power_spread_w,
+            fail_prob=own.fail_prob,
+        )
+        self.model_name = f"{self.plan.model} corrected by a {model.describe()}"
         return True
 
     def search(

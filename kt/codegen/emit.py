@@ -12,9 +12,10 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
+
+from kt.files import atomic_write_text
 
 
 def cache_dir() -> Path:
@@ -31,14 +32,9 @@ def source_hash(source: str) -> str:
 
 def write_source(source: str, directory: Path | None = None) -> Path:
     """The source's file in the kernel cache, written atomically if it is not there yet."""
-    directory = (directory or cache_dir()) / "kernels"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"k_{source_hash(source)}.py"
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(source)
-        os.replace(tmp, path)
+    path = (directory or cache_dir()) / "kernels" / f"k_{source_hash(source)}.py"
+    if not path.exists():  # named by its hash: a file already there holds this source
+        atomic_write_text(path, source)  # creates the kernels directory
     return path
 
 

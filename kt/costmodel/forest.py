@@ -26,7 +26,6 @@ numpy versions than it was fitted with, the model must reproduce them exactly, o
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -51,6 +50,7 @@ from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
 from kt.device import DeviceProfile
 from kt.errors import ModelError
+from kt.files import atomic_write
 
 FORMAT = "kt-costmodel"
 FORMAT_VERSION = 2
@@ -288,19 +288,8 @@ class ForestModel:
             "baseline_forest": self.baseline_forest,
             "self_check": self.self_check,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = skops.io.dumps(payload, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model is as readable as any new file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: handle.write(data), binary=True, sync=True)
         return path
 
     @classmethod
@@ -438,12 +427,6 @@ def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         return np.nan
     return float(value)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:

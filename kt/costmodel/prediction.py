@@ -21,6 +21,7 @@ class Prediction:
     runtime_spread: np.ndarray
     power_w: np.ndarray | None = None  # None when the model does not predict power
     power_spread_w: np.ndarray | None = None
+    fail_prob: np.ndarray | None = None  # the chance each candidate fails (None: the model does not say)
 
     def __len__(self) -> int:
         return len(self.runtime_s)

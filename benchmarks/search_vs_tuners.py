@@ -1,0 +1,256 @@
+"""kt's search against the field, on real brute-forced GPU search spaces.
+
+Every valid configuration of each space was timed on a real GPU (Kernel Tuner cache files, ../shared/data/
+kerneltuner: CLBlast's GEMM on an RTX 3090 and an RTX 2080 Ti, a 2-D convolution on an A100 and an MI250X). With
+the whole space known, every strategy is replayed exactly as if on the GPU: it asks for a configuration and gets
+its measured time; a configuration that failed on the GPU is a spent evaluation that returned a failure. Every
+strategy gets the same budget of evaluations (distinct valid points; invalid combinations and revisits are free,
+Kernel Tuner's own accounting). A run's score is optimum time / best time found within the budget.
+
+Strategies:
+- `kt guided`: kt's search (kt.autotune.search.GuidedSearch with its defaults, the rounds `kt tune` runs) with
+  a forest on the space's own parameters (kt.costmodel.paramforest), refitted after every round; no prior
+  knowledge of the space or the kernel.
+- `kt random`: a uniform sample.
+- `forest loop (issue 15)`: the reference loop the issue describes (a 50-tree forest on the raw parameters, 10
+  random starts, rounds of 10: half the best predictions, half the best lower bounds mean - std).
+- Kernel Tuner 1.5's strategies in its simulation mode, Optuna's TPE and SMAC3's random forest
+  (benchmarks/tuners.py, which says how each is driven). The genetic algorithm runs with maxiter 10,000 so that it
+  spends the whole budget (with its default 90 generations it stops at 420 of 898); simulated and dual annealing
+  run with their defaults and may stop before the budget (the `evals` column says how many they spent).
+
+The decision time is each strategy's own wall time per evaluation (model fits, sampling, Kernel Tuner's
+bookkeeping), with nothing measured. Results are appended to `--csv` as they come; rerunning with the same CSV
+skips what is there (a stopped run resumes).
+
+    pip install -e ".[bench]"
+    python benchmarks/search_vs_tuners.py --csv benchmarks/results/search_vs_tuners.csv --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import RandomForestRegressor
+
+from kt.autotune.replay import replay_space
+from kt.autotune.spaces import TuningSpace, load_kernel_tuner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tuners  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kerneltuner"
+SPACES = ("gemm_RTX_3090", "gemm_RTX_2080_Ti", "convolution_A100", "convolution_MI250X")
+KT = ("kt guided", "kt random", "forest loop (issue 15)")
+COLUMNS = ["space", "strategy", "budget_label", "budget", "repeat", "score", "evals", "seconds"]
+SLOW = ("smac:rf", "kerneltuner:bayes_opt", "optuna:tpe")  # minutes per run at thousands of evaluations
+KERNEL_TUNER_OPTIONS = {"kerneltuner:genetic_algorithm": {"maxiter": 10_000}}
+
+
+def reference_loop(space: TuningSpace, budget: int, seed: int) -> list[float | None]:
+    """The issue's 15-line loop: a 50-tree forest on the raw parameter values, 10 random starts, then rounds of
+    10: the 5 best predicted and the 5 best lower bounds (mean - std over trees) among the rest."""
+    rng = np.random.default_rng(seed)
+    x = np.array([[float(v) for v in p] for p in space.points])
+    seen = [int(i) for i in rng.choice(len(space), min(10, budget), replace=False)]
+    while len(seen) < budget:
+        ran = [i for i in seen if np.isfinite(space.objective[i])]
+        forest = RandomForestRegressor(50, random_state=seed + len(seen), n_jobs=2)
+        forest.fit(x[ran], space.objective[ran])
+        trees = np.stack([tree.predict(x) for tree in forest.estimators_])
+        mean, std = trees.mean(0), trees.std(0)
+        todo = np.setdiff1d(np.arange(len(space)), seen)
+        best = [int(i) for i in todo[np.argsort(mean[todo], kind="stable")][:5]]
+        rest = np.setdiff1d(todo, best)
+        bound = [int(i) for i in rest[np.argsort((mean - std)[rest], kind="stable")][:5]]
+        seen += (best + bound)[: budget - len(seen)]
+    return [float(space.objective[i]) if np.isfinite(space.objective[i]) else None for i in seen]
+
+
+def run_one(space: TuningSpace, strategy: str, budget: int, seed: int, features) -> tuple[list, float]:
+    started = time.perf_counter()
+    if strategy in ("kt guided", "kt random"):
+        trace = replay_space(space, strategy.split()[1], budget, seed, features=features)
+        return trace.values, time.perf_counter() - started
+    if strategy == KT[2]:
+        values = reference_loop(space, budget, seed)
+        return values, time.perf_counter() - started
+    return tuners.run_external(space, strategy, budget, seed, options=KERNEL_TUNER_OPTIONS.get(strategy))
+
+
+def budget_of(label: str, size: int) -> int:
+    return max(1, math.ceil(float(label[:-1]) / 100 * size)) if label.endswith("%") else int(label)
+
+
+def read_done(path: Path | None) -> list[dict]:
+    if path is None or not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """(space, strategy, budget label) -> (mean, p10, mean evals, ms per evaluation, repeats)."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["space"], row["strategy"], row["budget_label"])].append(row)
+    table = {}
+    for key, group in groups.items():
+        scores = np.array([float(r["score"]) for r in group])
+        evals = sum(int(r["evals"]) for r in group)
+        seconds = sum(float(r["seconds"]) for r in group)
+        table[key] = (
+            float(scores.mean()),
+            float(np.percentile(scores, 10)),
+            evals / len(group),
+            1e3 * seconds / max(1, evals),
+            len(group),
+        )
+    return table
+
+
+def markdown(rows: list[dict], budgets: list[str]) -> str:
+    table = summarise(rows)
+    lines = []
+    for space in dict.fromkeys(r["space"] for r in rows):
+        sizes = {r["budget_label"]: r["budget"] for r in rows if r["space"] == space}
+        head = " | ".join(f"{b} ({sizes.get(b, '?')}): mean / p10 / evals" for b in budgets)
+        lines += [
+            f"**{space}**",
+            "",
+            f"| strategy | {head} | ms per evaluation |",
+            "|---|" + "---|" * (len(budgets) + 1),
+        ]
+        strategies = dict.fromkeys(r["strategy"] for r in rows if r["space"] == space)
+        best = {
+            b: max((table[(space, s, b)][0] for s in strategies if (space, s, b) in table), default=None)
+            for b in budgets
+        }
+        for strategy in strategies:
+            cells, ms = [], []
+            for b in budgets:
+                entry = table.get((space, strategy, b))
+                if entry is None:
+                    cells.append("not run")
+                    continue
+                mean, p10, evals, per_eval, repeats = entry
+                mark = "**" if best[b] is not None and mean >= best[b] - 1e-12 else ""
+                cells.append(
+                    f"{mark}{mean:.3f}{mark} / {p10:.3f} / {evals:.0f}"
+                    + (f" ({repeats} runs)" if repeats != max(e[4] for e in table.values()) else "")
+                )
+                ms.append(per_eval)
+            lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {max(ms):.1f} |" if ms else " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of Kernel Tuner cache files")
+    parser.add_argument("--spaces", default=",".join(SPACES), help="comma-separated file stems")
+    parser.add_argument("--budgets", default="25,100,5%", help="evaluations, or a percentage of the space")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=5,
+        help=f"repeats for {SLOW[0]} (26 s per run at 100 evaluations here) and for "
+        f"{', '.join(SLOW[1:])} at budgets over 200 (a minute per run)",
+    )
+    parser.add_argument("--strategies", default=None, help="comma-separated subset (default: all available)")
+    parser.add_argument(
+        "--skip-slow-above",
+        type=int,
+        default=1000,
+        help=f"skip {SLOW[0]} above this many evaluations (12 min per run at 898 here)",
+    )
+    parser.add_argument(
+        "--csv", type=Path, default=None, help="append each run here; reruns skip what it holds"
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = parser.parse_args(argv)
+
+    strategies = list(KT) + list(tuners.available())
+    if args.strategies:
+        strategies = [s for s in args.strategies.split(",") if s]
+    budgets = args.budgets.split(",")
+    done = read_done(args.csv)
+    have = {(r["space"], r["strategy"], r["budget_label"], int(r["repeat"])) for r in done}
+    rows = list(done)
+    handle = writer = None
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        new = not args.csv.is_file()
+        handle = args.csv.open("a", newline="")
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+    try:
+        for stem in args.spaces.split(","):
+            path = args.data / f"{stem}.json.gz"
+            if not path.is_file():
+                print(f"skip {stem}: {path} not found", file=sys.stderr)
+                continue
+            space = load_kernel_tuner(path)
+            features = space.features()
+            for label in budgets:
+                budget = budget_of(label, len(space))
+                for strategy in strategies:
+                    repeats = args.repeats
+                    if strategy == KT[2] and budget > 200:
+                        continue  # 50-tree fits over the whole space every 10 evaluations: a minute per run
+                    if (strategy in SLOW and budget > 200) or strategy == SLOW[0]:
+                        repeats = min(repeats, args.slow_repeats)
+                        if strategy == SLOW[0] and budget > args.skip_slow_above:
+                            continue
+                    started = time.monotonic()
+                    for repeat in range(repeats):
+                        if (stem, strategy, label, repeat) in have:
+                            continue
+                        values, seconds = run_one(space, strategy, budget, repeat, features)
+                        found = [v for v in values[:budget] if v is not None]
+                        row = {
+                            "space": stem,
+                            "strategy": strategy,
+                            "budget_label": label,
+                            "budget": budget,
+                            "repeat": repeat,
+                            "score": space.score(min(found) if found else None),
+                            "evals": len(values[:budget]),
+                            "seconds": seconds,
+                        }
+                        rows.append(row)
+                        if writer is not None:
+                            writer.writerow(row)
+                            handle.flush()
+                    entry = summarise(
+                        [
+                            r
+                            for r in rows
+                            if r["space"] == stem and r["strategy"] == strategy and r["budget_label"] == label
+                        ]
+                    ).get((stem, strategy, label))
+                    if entry:
+                        print(
+                            f"{stem:20s} {label:>4s} {strategy:34s} mean {entry[0]:.3f} p10 {entry[1]:.3f} "
+                            f"evals {entry[2]:.0f} {entry[3]:.1f} ms/eval ({time.monotonic() - started:.0f} s)",
+                            flush=True,
+                        )
+    finally:
+        if handle is not None:
+            handle.close()
+    if args.markdown:
+        print(markdown(rows, budgets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Search spaces with every point measured: what `kt replay` searches instead of a GPU.
+
+A `TuningSpace` is an ordinary search space (named parameters, each with its values, and the set of valid
+points) in which every valid point carries the objective a GPU measured for it (NaN where the point failed on
+the GPU: a failed compile or launch, which still costs a search one evaluation). Two sources:
+
+- a Kernel Tuner cache file (`.json` / `.json.gz`, Kernel Tuner's format: `tune_params`, `tune_params_keys` and a
+  `cache` of records with `time`; a string in `time` is a failure), such as the brute-forced spaces of
+  `../shared/data/kerneltuner`;
+- a kt tuning database or CSV of a finished `kt collect --all`: one space per problem (see kt.autotune.replay).
+
+Kernel Tuner's format is read here from its documented fields, without Kernel Tuner installed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kt.errors import KtError
+
+
+class SpaceError(KtError):
+    """A space file that cannot be read as a search space."""
+
+
+@dataclass
+class TuningSpace:
+    """Named parameters, the valid points, and each point's measured objective (NaN: failed on the GPU)."""
+
+    name: str
+    params: dict[str, list[Any]]  # every parameter, in the file's order, with its values in order
+    points: list[tuple[Any, ...]]  # valid points: one value per parameter, in `params` order
+    objective: np.ndarray  # measured objective per point (lower is better), NaN where the point failed
+    source: str = ""
+    device: str = ""
+    records: list[dict[str, Any]] | None = None  # kt's feature records per point, where the space is kt's
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kernel Tuner's problem_size, kernel_name
+    _codes: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.objective = np.asarray(self.objective, dtype=np.float64)
+        if len(self.points) != len(self.objective):
+            raise ValueError("one objective value per point")
+        if not np.isfinite(self.objective).any():
+            raise SpaceError(f"{self.source or self.name}: no point of the space has a measured value")
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @property
+    def failed(self) -> np.ndarray:
+        return ~np.isfinite(self.objective)
+
+    @property
+    def best(self) -> float:
+        return float(np.nanmin(self.objective))
+
+    @property
+    def varying(self) -> list[str]:
+        """The parameters with more than one value among the valid points (the others say nothing)."""
+        return varying(self.params, self.points)
+
+    def point(self, index: int) -> dict[str, Any]:
+        return dict(zip(self.params, self.points[index]))
+
+    def score(self, best_found: float | None) -> float:
+        """optimum / best found: 1.0 found the optimum, 0.0 found nothing that ran."""
+        return 0.0 if best_found is None or not math.isfinite(best_found) else self.best / best_found
+
+    def encode(self) -> np.ndarray:
+        return encode(self.params, self.points)
+
+    def distance(self, index: int) -> np.ndarray:
+        """How many parameters each point differs from point `index` in."""
+        if self._codes is None:
+            self._codes = encode(self.params, self.points)
+        return (self._codes != self._codes[index]).sum(axis=1)
+
+    def features(self) -> np.ndarray:
+        return features(self.params, self.points)
+
+
+def varying(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> list[str]:
+    return [name for j, name in enumerate(params) if len({_hashable(p[j]) for p in points}) > 1]
+
+
+def encode(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> np.ndarray:
+    """The points as a numeric matrix for a model: one column per varying parameter, a numeric parameter as its
+    log2 (sign kept, so 0 stays 0) and a categorical one (any non-numeric value) as the position of its value in
+    the parameter's list (trees split those positions; the order is the file's)."""
+    columns = []
+    moving = set(varying(params, points))
+    for j, name in enumerate(params):
+        if name not in moving:
+            continue
+        values = params[name]
+        column = [p[j] for p in points]
+        if all(_numeric(v) for v in values):
+            x = np.array(column, dtype=np.float64)
+            columns.append(np.sign(x) * np.log2(1 + np.abs(x)))
+        else:
+            position = {_hashable(v): i for i, v in enumerate(values)}
+            columns.append(np.array([position[_hashable(v)] for v in column], dtype=np.float64))
+    if not columns:
+        return np.zeros((len(points), 1))
+    return np.stack(columns, axis=1)
+
+
+def features(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> np.ndarray:
+    """`encode()` plus, for each integer parameter with values of several alignments, the power of two that
+    divides each value (log2 of its largest power-of-two divisor). GPU kernels care about alignment (a block of
+    64 threads is two full warps, one of 48 is not), which a tree cannot read off the log size alone."""
+    columns = [encode(params, points)]
+    moving = set(varying(params, points))
+    for j, name in enumerate(params):
+        if name not in moving or not all(_integer(v) for v in params[name]):
+            continue
+        x = np.abs(np.array([p[j] for p in points], dtype=np.int64))
+        twos = np.where(x > 0, np.log2(np.maximum(x & -x, 1)), 0.0)
+        exact = np.log2(np.maximum(x, 1))
+        if len(np.unique(twos)) > 1 and not np.array_equal(twos, exact):  # some values are not powers of two
+            columns.append(twos[:, None])
+    return np.hstack(columns)
+
+
+def config_features(configs: list[dict[str, Any]]) -> np.ndarray:
+    """`features` of kt configs given as dicts (`Config.to_dict()`): one parameter per field."""
+    names = list(dict.fromkeys(k for c in configs for k in c))
+    points = [tuple(c.get(k, 0) for k in names) for c in configs]
+    params = {k: list(dict.fromkeys(p[j] for p in points)) for j, k in enumerate(names)}
+    for k, values in params.items():
+        if all(_numeric(v) for v in values):
+            params[k] = sorted(values)
+    return features(params, points)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return _numeric(value) and float(value).is_integer()
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def is_kernel_tuner_file(path: Path) -> bool:
+    return path.name.endswith((".json", ".json.gz"))
+
+
+def load_kernel_tuner(path: str | Path) -> TuningSpace:
+    """A Kernel Tuner cache file as a TuningSpace: its valid points are the cache's keys."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise SpaceError(f"space: {str(path)!r} not found") from None
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON): {error}") from None
+    if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
+        raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")
+    tune_params = data["tune_params"]
+    keys = data.get("tune_params_keys") or list(tune_params)
+    objective_name = data.get("objective") or "time"
+    points, values = [], []
+    for cache_key, record in data["cache"].items():
+        missing = [k for k in keys if k not in record]
+        if missing or objective_name not in record:
+            raise SpaceError(
+                f"{path}: cache entry {cache_key!r} lacks {', '.join(missing) or objective_name}"
+            )
+        points.append(tuple(record[k] for k in keys))
+        value = record[objective_name]
+        values.append(float(value) if _numeric(value) and math.isfinite(value) else math.nan)
+    if not points:
+        raise SpaceError(f"{path}: the cache holds no configuration")
+    return TuningSpace(
+        name=path.name.removesuffix(".gz").removesuffix(".json"),
+        params={k: list(tune_params[k]) for k in keys},
+        points=points,
+        objective=np.array(values),
+        source=str(path),
+        device=str(data.get("device_name", "")),
+        meta={k: data[k] for k in ("kernel_name", "problem_size", "objective") if k in data},
+    )

@@ -1,0 +1,49 @@
+"""Writing a file whole or not at all: every file kt writes for a user (CSV exports, models, plots, reports,
+replay traces) goes through `atomic_write`, so a crash or Ctrl-C leaves the old file or the new one, never half
+of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO[Any]], Any],
+    binary: bool = False,
+    make_parent: bool = True,
+    sync: bool = False,
+) -> Any:
+    """Call `write(handle)` on a temporary file beside `path`, then rename it over `path`; returns what `write`
+    returned. The file gets the user's umask (a new file's usual mode, not mkstemp's 0600). On any error the
+    temporary file is removed and `path` is untouched. `sync` flushes to disk before the rename (a model)."""
+    path = Path(path)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as handle:
+            result = write(handle)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, make_parent: bool = True) -> None:
+    atomic_write(path, lambda handle: handle.write(text), make_parent=make_parent)

@@ -1,0 +1,254 @@
+"""`kt replay` and the guided search on spaces measured whole (kt.autotune.spaces, kt.autotune.replay).
+
+Small Kernel Tuner cache files are written here from a formula over their parameters: they are search
+problems for the strategies (a cost to minimise over a discrete space), not timings of anything, and nothing
+reports them as such. The real brute-forced spaces (../shared/data/kerneltuner, measured on GPUs) are read where
+present: on them the guided search must beat random search over several seeds.
+"""
+
+import csv
+import gzip
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kt.autotune.replay import parse_budget, replay_file, replay_space
+from kt.autotune.search import GuidedSearch
+from kt.autotune.spaces import SpaceError, config_features, load_kernel_tuner
+from kt.costmodel.paramforest import ParamForest
+from kt.errors import KtError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kerneltuner"
+PARAMS = {"bx": [16, 32, 48, 64, 96, 128], "by": [1, 2, 4, 8], "tile": [1, 2, 3, 4], "mode": ["a", "b"]}
+
+
+def cost(bx, by, tile, mode):
+    """A bowl with its minimum at bx 64, by 4, tile 2, mode b; by 8 with bx over 64 fails."""
+    if by == 8 and bx > 64:
+        return None
+    return (
+        (1 + abs(math.log2(bx / 64)))
+        * (1 + abs(math.log2(by / 4)))
+        * (1 + 0.4 * abs(tile - 2))
+        * (1.0 if mode == "b" else 1.3)
+    )
+
+
+def write_cache(path: Path, params=PARAMS, fn=cost, gz=False) -> Path:
+    cache = {}
+    for values in itertools.product(*params.values()):
+        point = dict(zip(params, values))
+        value = fn(**point)
+        cache[",".join(map(str, values))] = {
+            **point,
+            "time": "RuntimeFailedConfig" if value is None else value,
+        }
+    data = {
+        "tune_params_keys": list(params),
+        "tune_params": params,
+        "objective": "time",
+        "cache": cache,
+        "device_name": "formula",
+        "kernel_name": "bowl",
+    }
+    text = json.dumps(data)
+    if gz:
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def bowl(tmp_path):
+    return write_cache(tmp_path / "bowl.json")
+
+
+def test_a_kernel_tuner_cache_reads_as_a_space_with_its_failures(tmp_path, bowl):
+    space = load_kernel_tuner(bowl)
+    gz = load_kernel_tuner(write_cache(tmp_path / "bowl.json.gz", gz=True))
+    assert len(space) == len(gz) == 6 * 4 * 4 * 2 and space.points == gz.points
+    assert space.failed.sum() == 2 * 4 * 2, "by 8 with bx 96 or 128 fails"
+    assert space.best == 1.0 and space.point(int(np.nanargmin(space.objective))) == {
+        "bx": 64,
+        "by": 4,
+        "tile": 2,
+        "mode": "b",
+    }
+    assert space.score(2.0) == 0.5 and space.score(None) == 0.0
+    x = space.features()
+    # four encoded parameters, plus the power-of-two divisor of bx (48 and 96 are not powers of two) and of tile
+    assert x.shape == (len(space), 6)
+    assert set(x[:, 3]) == {0.0, 1.0}, "a categorical parameter is its value's position"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not a Kernel Tuner cache file"),
+        ('{"cache": {}}', "needs the fields tune_params and cache"),
+        ('{"tune_params": {"a": [1]}, "cache": {}}', "holds no configuration"),
+        ('{"tune_params": {"a": [1]}, "cache": {"1": {"time": 1.0}}}', "lacks a"),
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": "CompilationFailedConfig"}}}',
+            "no point of the space has a measured value",
+        ),
+    ],
+)
+def test_a_broken_cache_file_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(SpaceError, match=message):
+        load_kernel_tuner(path)
+
+
+def test_config_features_encode_kt_configs_like_any_space():
+    x = config_features(
+        [{"block_m": 64, "num_warps": 4}, {"block_m": 48, "num_warps": 4}, {"block_m": 128, "num_warps": 8}]
+    )
+    assert x.shape == (3, 3), "block_m and num_warps, plus block_m's power-of-two divisor (48 is not one)"
+    assert list(x[:, 2]) == [6.0, 4.0, 7.0]
+
+
+@pytest.mark.parametrize("strategy", ["guided", "random", "top", "exhaustive"])
+def test_a_replay_spends_exactly_its_budget_on_distinct_points_and_counts_failures(bowl, strategy):
+    space = load_kernel_tuner(bowl)
+    budget = 40
+    trace = replay_space(space, strategy, budget, seed=3)
+    assert len(trace.measured) == len(set(trace.measured)) == budget
+    for index, value in zip(trace.measured, trace.values):
+        expected = space.objective[index]
+        assert (value is None and np.isnan(expected)) or value == expected
+
+
+def test_guided_learns_which_configs_fail_and_stops_proposing_them(tmp_path):
+    params = {"a": list(range(1, 41)), "b": [1, 2, 3, 4, 5]}
+
+    def fails_above_half(a, b):
+        return None if a > 20 else (1 + abs(a - 13)) * (1 + abs(b - 2))
+
+    space = load_kernel_tuner(write_cache(tmp_path / "half.json", params, fails_above_half))
+    failed_after_start = []
+    for seed in range(4):
+        trace = replay_space(space, "guided", 60, seed=seed)
+        start = GuidedSearch().plan(60)[0]
+        failed_after_start.append(sum(v is None for v in trace.values[start + 10 :]) / (60 - start - 10))
+    assert np.mean(failed_after_start) < 0.15, "half the space fails; once learned, few proposals do"
+
+
+def test_guided_beats_random_on_the_bowl_over_seeds(bowl):
+    space = load_kernel_tuner(bowl)
+    guided = [space.score(replay_space(space, "guided", 16, seed=s).best_after(16)) for s in range(6)]
+    random = [space.score(replay_space(space, "random", 16, seed=s).best_after(16)) for s in range(6)]
+    assert np.mean(guided) > np.mean(random) and np.mean(guided) > 0.9
+
+
+def test_the_parameter_forest_learns_on_top_of_an_offset_and_predicts_failures():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 4, size=(200, 2))
+    start = np.log(1 + x[:, 0])  # what a starting model believes
+    truth = start + 0.5 * (x[:, 1] > 2)  # where it is wrong: the second parameter
+    objective = np.exp(truth)
+    objective[x[:, 0] > 3.5] = np.nan  # these fail
+    model = ParamForest(seed=0).fit(x[:150], objective[:150], start[:150])
+    prediction = model.predict(x[150:], start[150:])
+    ran = np.isfinite(objective[150:])
+    assert np.abs(np.log(prediction.runtime_s[ran]) - truth[150:][ran]).mean() < 0.1
+    assert prediction.fail_prob[~ran].mean() > 0.7 and prediction.fail_prob[ran].mean() < 0.2
+    assert "failed" in model.describe()
+
+
+@pytest.mark.parametrize("text, parsed", [("100", (100, None)), ("5%", (None, 0.05)), (" 7 ", (7, None))])
+def test_budgets_are_counts_or_percentages(text, parsed):
+    assert parse_budget(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "abc", "0%", "150%", "2.5"])
+def test_a_bad_budget_names_the_field_and_the_allowed_values(text):
+    with pytest.raises(KtError, match="budget: .* integer >= 1.* percentage such as 5%"):
+        parse_budget(text)
+
+
+def test_replay_file_repeats_with_consecutive_seeds_and_writes_its_trace(bowl):
+    result = replay_file(bowl, "guided", "10%", repeats=3, seed=5)
+    assert result.budget == "10%" and len(result.scores) == 3 and result.repeats == 3
+    assert {r["seed"] for r in result.rows} == {5, 6, 7}
+    assert len(result.rows) == 3 * math.ceil(0.1 * 192)
+    assert result.line().startswith("guided budget 10%: mean score ")
+    assert result.line().endswith(", over 3 repeats")
+    assert 0 < result.p10 <= result.mean <= 1
+
+
+def run_kt(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kt.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_kt_replay_prints_the_score_line_last_and_writes_the_trace(bowl, tmp_path):
+    trace = tmp_path / "trace.csv"
+    done = run_kt(
+        "replay",
+        str(bowl),
+        "--strategy",
+        "guided",
+        "--budget",
+        "20",
+        "--repeats",
+        "3",
+        "--csv",
+        str(trace),
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("guided budget 20: mean score ") and last.endswith("over 3 repeats")
+    assert "decision time:" in done.stdout
+    with trace.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60 and {r["repeat"] for r in rows} == {"0", "1", "2"}
+    best = [float(r["best"]) for r in rows if r["repeat"] == "0" and r["best"]]
+    assert best == sorted(best, reverse=True), "the best so far never gets worse"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "0"], "budget: '0' is not a count"),
+        (["--budget", "5", "--strategy", "annealing"], "Invalid value for '--strategy'"),
+        (["--budget", "5", "--csv", "/nonexistent/dir/t.csv"], "csv: the folder"),
+    ],
+)
+def test_kt_replay_refuses_bad_input_in_one_line_with_exit_2(bowl, args, message):
+    done = run_kt("replay", str(bowl), *args)
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_kt_replay_refuses_a_file_that_is_no_space(tmp_path):
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    done = run_kt("replay", str(other), "--budget", "5")
+    assert done.returncode == 2 and "neither a Kernel Tuner cache" in done.stderr
+    done = run_kt("replay", str(tmp_path / "missing.json"), "--budget", "5")
+    assert done.returncode == 2 and "not found" in done.stderr
+
+
+@pytest.mark.skipif(
+    not (DATA / "convolution_A100.json.gz").is_file(), reason=f"no Kernel Tuner spaces at {DATA}"
+)
+def test_on_a_real_brute_forced_gpu_space_guided_beats_random_over_seeds():
+    """convolution_A100: 4,362 configs timed on an A100, 161 of which failed on the GPU."""
+    space = load_kernel_tuner(DATA / "convolution_A100.json.gz")
+    x = space.features()
+    guided = [
+        space.score(replay_space(space, "guided", 40, seed=s, features=x).best_after(40)) for s in range(5)
+    ]
+    random = [
+        space.score(replay_space(space, "random", 40, seed=s, features=x).best_after(40)) for s in range(5)
+    ]
+    assert np.mean(guided) > np.mean(random) + 0.05, (guided, random)

@@ -1,0 +1,169 @@
+"""benchmarks/tuners.py: the external baseline optimizers (Kernel Tuner's strategies in its simulation mode,
+Optuna's TPE, SMAC3's random forest) replayed on fully measured search spaces with an exact evaluation budget.
+
+What is checked: each spends its budget on distinct valid points of the space, failed points included and
+invalid combinations free, with the space's own values; the same seed replays the same run. The real spaces
+(Kernel Tuner caches in ../shared/data/kerneltuner) are read where present, else those tests skip; each optimizer
+skips where its package is not installed. Small budgets keep every test within a few seconds.
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import benchmark_module
+
+from kt.autotune.spaces import TuningSpace, load_kernel_tuner
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/kerneltuner"
+CONVOLUTION = DATA / "convolution_A100.json.gz"
+GEMM = DATA / "gemm_RTX_3090.json.gz"
+
+tuners = benchmark_module("tuners")
+
+# Kernel Tuner strategies that end by their own rule before the budget is spent: simulated annealing's schedule
+# and scipy's dual annealing count revisits (and, for dual annealing, invalid points) as steps.
+STOPS_EARLY = {"kerneltuner:simulated_annealing", "kerneltuner:dual_annealing"}
+# ... and on a space of a few dozen points, the genetic algorithm shrinks its population to 2 and stops after two
+# evaluations, and SMAC stops once 16 draws in a row find no combination it has not tried (22 of the toy's 26).
+STOPS_EARLY_ON_TOY = STOPS_EARLY | {"kerneltuner:genetic_algorithm", "smac:rf"}
+
+needs_data = pytest.mark.skipif(not CONVOLUTION.is_file(), reason=f"Kernel Tuner spaces not found at {DATA}")
+
+
+def needs_package(name: str) -> None:
+    pytest.importorskip(tuners._PACKAGES[name.split(":")[0]])
+
+
+@pytest.fixture(scope="module")
+def convolution() -> TuningSpace:
+    if not CONVOLUTION.is_file():
+        pytest.skip(f"Kernel Tuner spaces not found at {DATA}")
+    return load_kernel_tuner(CONVOLUTION)
+
+
+def toy_space() -> TuningSpace:
+    """26 valid points of 32 combinations (a * b <= 16), two of which failed on the GPU (a == 8 with c == 1)."""
+    points, values = [], []
+    for a in (1, 2, 4, 8):
+        for b in (1, 2, 4, 8):
+            for c in (0, 1):
+                if a * b <= 16:
+                    points.append((a, b, c))
+                    values.append(np.nan if (a, c) == (8, 1) else 1.0 + abs(np.log2(a / b)) + 0.5 * c)
+    params = {"a": [1, 2, 4, 8], "b": [1, 2, 4, 8], "c": [0, 1]}
+    return TuningSpace(name="toy", params=params, points=points, objective=np.array(values))
+
+
+def check_trace(space: TuningSpace, trace, budget: int, stops_early: bool) -> None:
+    assert len(set(trace.points)) == len(trace.points), "a point evaluated twice"
+    if stops_early:
+        assert 0 < len(trace.points) <= budget
+    else:
+        assert len(trace.points) == budget
+    for i, value in zip(trace.points, trace.values):
+        expected = space.objective[i]
+        assert (value is None) if np.isnan(expected) else value == expected
+    assert trace.seconds > 0
+
+
+@needs_data
+@pytest.mark.parametrize("name", tuners.ALL_EXTERNAL)
+def test_each_optimizer_spends_its_budget_on_distinct_valid_points_and_replays_its_seed(convolution, name):
+    needs_package(name)
+    first = tuners.trace_external(convolution, name, 10, seed=3)
+    check_trace(convolution, first, 10, name in STOPS_EARLY)
+    again = tuners.trace_external(convolution, name, 10, seed=3)
+    assert again.points == first.points
+    if name != "smac:rf":  # (a third SMAC run would take seconds)
+        assert tuners.trace_external(convolution, name, 10, seed=4).points != first.points
+
+
+@pytest.mark.parametrize("name", tuners.ALL_EXTERNAL)
+def test_failed_points_count_and_invalid_combinations_do_not(name):
+    """A whole toy space as the budget: every valid point once, the two that failed as None, and the six
+    combinations outside the space never (a budget beyond the space is the space)."""
+    needs_package(name)
+    space = toy_space()
+    trace = tuners.trace_external(space, name, 100, seed=0)
+    check_trace(space, trace, len(space), name in STOPS_EARLY_ON_TOY)
+    if name not in STOPS_EARLY_ON_TOY:
+        assert sorted(trace.points) == list(range(len(space)))
+        assert sum(v is None for v in trace.values) == 2
+
+
+@needs_data
+@pytest.mark.parametrize("path", [CONVOLUTION, GEMM], ids=lambda p: p.name.split(".")[0])
+def test_kernel_tuner_sees_exactly_the_valid_points(path):
+    pytest.importorskip("kernel_tuner")
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    space = load_kernel_tuner(path)
+    assert tuners.kernel_tuner_space_size(space) == len(space)
+    # the restrictions of the data's README describe the same set (failed points included)
+    readme = tuners.KERNEL_TUNER_KERNELS[space.meta["kernel_name"]]["restrictions"]
+    assert tuners.kernel_tuner_space_size(space, readme) == len(space)
+
+
+@needs_data
+def test_kernel_tuner_values_are_the_spaces(convolution, tmp_path):
+    """Kernel Tuner reads the cache written from the space back as the space: each result's time is the
+    space's value, failed points carry an error."""
+    kernel_tuner = pytest.importorskip("kernel_tuner")
+    cache = tmp_path / "convolution.json"
+    tuners.write_kernel_tuner_cache(convolution, cache, "convolution_kernel", [4096, 4096])
+    results, _ = kernel_tuner.tune_kernel(
+        "convolution_kernel",
+        "",
+        (4096, 4096),
+        [],
+        convolution.params,
+        restrictions=tuners.kernel_tuner_restriction(convolution),
+        cache=str(cache),
+        simulation_mode=True,
+        strategy="random_sample",
+        strategy_options={"max_fevals": 200},
+        quiet=True,
+    )
+    index = {p: i for i, p in enumerate(convolution.points)}
+    keys = list(convolution.params)
+    failed = 0
+    for result in results:
+        expected = convolution.objective[index[tuple(result[k] for k in keys)]]
+        if np.isnan(expected):
+            failed += 1
+            assert "__error__" in result
+        else:
+            assert result["time"] == expected
+    assert len(results) == 200 and failed > 0  # 161 of 4,362 failed: about 7 expected
+
+
+@needs_data
+def test_runs_are_quiet_and_leave_the_global_generators_alone(convolution, capfd):
+    for name in ("kerneltuner:genetic_algorithm", "kerneltuner:bayes_opt", "optuna:tpe"):
+        needs_package(name)
+        random.seed(11)
+        np.random.seed(11)
+        tuners.run_external(convolution, name, 25, seed=0)
+        assert random.random() == random.Random(11).random()
+        assert np.random.random() == np.random.RandomState(11).random_sample()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_arguments_are_checked():
+    space = toy_space()
+    with pytest.raises(ValueError, match="unknown external optimizer"):
+        tuners.run_external(space, "hyperopt:tpe", 5, 0)
+    with pytest.raises(ValueError, match="budget"):
+        tuners.run_external(space, "optuna:tpe", 0, 0)
+
+
+def test_an_optimizer_that_does_not_import_is_named_and_left_out(monkeypatch):
+    monkeypatch.setattr(
+        tuners, "_import_error", lambda family: "ModuleNotFoundError: no smac" if family == "smac" else None
+    )
+    assert "smac:rf" not in tuners.available()
+    with pytest.raises(tuners.ExternalError, match="smac:rf needs the Python package 'smac'"):
+        tuners.run_external(toy_space(), "smac:rf", 5, 0)
