@@ -2,7 +2,8 @@
 the legal space, against random search, replayed on real exhaustive sweeps.
 
 Each sweep (every legal config of one shape, measured on a GPU by `kt collect --all`) is held out in turn and
-searched the way `kt tune` searches it (kt.autotune.replay): `guided` starts from a forest fitted on the sweeps
+searched the way `kt tune` searches it, with `kt replay`'s own replay of kt sweeps (kt.autotune.replay.replay,
+which `kt replay DB` runs per problem): `guided` starts from a forest fitted on the sweeps
 of the other shapes only (never this shape, in any dtype or layout: what kt would ship) and corrects it after
 each round on what it measured; `guided-analytic` starts from the analytic model and corrects it the same way (a
 tune with no model and a fresh database); `random` samples. Each "measurement" is answered from the

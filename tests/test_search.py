@@ -92,7 +92,10 @@ def test_guided_search_stops_when_the_best_stops_improving_and_nothing_promises_
             return True
 
     trace, oracle = search(GuidedSearch(patience=2), budget=200, oracle=Flat())
-    assert max(trace.rounds) + 1 <= 4 and len(trace.measured) < 200, "it stopped before the budget ran out"
+    # a first round of 10, rounds of 5; it stops once the best has not improved for a quarter of the budget (50)
+    assert len(trace.measured) < 200, "it stopped before the budget ran out"
+    improved = [n for n in range(1, len(trace.values)) if min(trace.values[: n + 1]) < min(trace.values[:n])]
+    assert len(trace.measured) - max(improved, default=0) >= 50
     # a model that learned the truth stops once the best is measured, with budget left
     trace, _ = search(GuidedSearch(patience=2), budget=60, oracle=Oracle())
     assert trace.best_after(len(trace.measured)) == 1.0 and len(trace.measured) < 60
@@ -155,3 +158,24 @@ def test_random_search_follows_its_seed_and_exhaustive_takes_everything():
 def test_an_unknown_strategy_names_the_allowed_ones():
     with pytest.raises(ValueError, match="allowed: guided, top, random, exhaustive"):
         make_strategy("annealing")
+
+
+def test_guided_search_polishes_the_best_measured_among_its_neighbours():
+    # candidates on a line: neighbours differ in one "parameter" (their position, one step apart)
+    prediction, _ = Oracle(spread=0.1).predict()
+    order = np.argsort(prediction.runtime_s)
+    best = int(order[-1])  # measured, and the best so far, although the model ranks it last
+    measured = {best: 0.5}
+    position = np.arange(N)
+
+    def distance(i):
+        return np.minimum(np.abs(position - position[i]), 2)
+
+    state = SearchState(
+        prediction.runtime_s, prediction.runtime_spread, order, measured, 64, 1, 0, distance=distance
+    )
+    picks = GuidedSearch(round_size=4).propose(state)
+    assert len(picks) == 4 and {best - 1, best + 1} & set(picks[:1]), "one pick next to the best measured"
+    assert picks[1] == int(order[0]), "the rest of the exploiting picks are the model's best"
+    without = GuidedSearch(round_size=4, local=0).propose(state)
+    assert not {best - 1, best + 1} & set(without[:2])

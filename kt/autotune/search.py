@@ -10,12 +10,15 @@ be compared on real measurements:
   starts with a small random sample (with a model from the start, as in `kt tune`, that first round is the
   model's picks instead); then each round measures a few candidates, half the best predicted
   (exploit) and half those with the largest expected improvement over the best measured (explore: the trees'
-  spread says where the model may be wrong), skipping candidates the model expects to fail; the model is
+  spread says where the model may be wrong), skipping candidates the model expects to fail. Where the
+  candidates have parameters (a replayed space, whose `distance` says how many parameters two points differ
+  in), half the exploiting picks are the model's best among the neighbours of the best measured (one
+  parameter changed): a polish that finds the optimum next to a near-best the model cannot tell apart; the model is
   refitted on everything measured and the rest ranked again. Rounds are small (a refit after every two or
   three measurements at small budgets, growing with the budget), which is what wins at 25-100 evaluations on
   brute-forced spaces (BENCHMARKS.md, "Search strategies against the field"). It stops when the budget is
-  spent, or when the best has not improved for `patience` rounds and the model expects no candidate left to
-  beat it by more than 0.1%.
+  spent, or when the best has not improved for `patience` rounds and a quarter of the budget, and the model
+  expects no candidate left to beat it by more than 0.01%.
 - `random`: a uniform sample of the legal space, the baseline that search efficiency is judged against.
 - `top`: the model's best candidates, no refitting (the search without a GPU).
 - `exhaustive`: every candidate (for `kt collect --all`).
@@ -38,7 +41,7 @@ from kt.costmodel.prediction import Prediction
 FAILING = (
     0.5  # a candidate the model gives this chance of failing or more is not proposed while others remain
 )
-STOP_GAIN = 1e-3  # stop early only when no candidate is expected to beat the best by more than this fraction
+STOP_GAIN = 1e-4  # stop early only when no candidate is expected to beat the best by more than this fraction
 
 
 @dataclass
@@ -114,14 +117,15 @@ class GuidedSearch(SearchStrategy):
         min_round: int = 2,
         rounds_per_budget: int = 40,
         patience: int = 3,
-        local: int = 0,
+        local: int = 1,
+        local_after: float = 0.0,
     ):
         if not 0 <= explore < 1:
             raise ValueError(f"explore must be in [0, 1), got {explore}")
         self.initial, self.round_size, self.explore = initial, round_size, explore
         self.min_round, self.rounds_per_budget, self.patience = min_round, rounds_per_budget, patience
-        self.local = local
-        self._size = self._initial = 0
+        self.local, self.local_after = local, local_after
+        self._size = self._initial = self._budget = 0
         self._best_history: list[float | None] = []
 
     def plan(self, budget: int) -> tuple[int, int]:
@@ -134,7 +138,8 @@ class GuidedSearch(SearchStrategy):
     def propose(self, state: SearchState) -> list[int]:
         if state.round == 0 or not self._size:
             self._best_history = []
-            self._initial, self._size = self.plan(state.budget_left + len(state.measured))
+            self._budget = state.budget_left + len(state.measured)
+            self._initial, self._size = self.plan(self._budget)
         if not state.informed:  # no model yet (or nothing ran to fit one on): a random sample
             todo = state.unmeasured()
             rng = np.random.default_rng(state.seed if state.round == 0 else [state.seed, state.round])
@@ -154,12 +159,18 @@ class GuidedSearch(SearchStrategy):
         if not runs.any():
             runs[:] = True
         likely = todo[runs]  # in model order
-        if self.local and state.distance is not None and state.best is not None:
+        n_exploit = size - n_explore
+        exploit: list[int] = []
+        polishing = len(state.measured) >= self.local_after * self._budget
+        if self.local and polishing and state.distance is not None and state.best is not None:
+            # half the exploiting picks (every other round when there is one) polish the best measured: the
+            # model's best among the configs that differ from it in at most `local` parameters
+            n_local = n_exploit // 2 + (n_exploit % 2 if state.round % 2 else 0)
             incumbent = min((i for i, v in state.measured.items() if v is not None), key=state.measured.get)
             near = likely[state.distance(incumbent)[likely] <= self.local]
-            if len(near) >= size - n_explore:
-                likely = near
-        exploit = [int(i) for i in likely[: size - n_explore]]
+            exploit = [int(i) for i in near[:n_local]]
+        taken = set(exploit)
+        exploit += [int(i) for i in likely if int(i) not in taken][: n_exploit - len(exploit)]
         if n_explore == 0:
             return exploit
         chosen = set(exploit)
@@ -173,11 +184,13 @@ class GuidedSearch(SearchStrategy):
         return exploit + explore
 
     def _stalled(self) -> bool:
-        """True when the best measured has not improved by 0.5% over the last `patience` rounds."""
+        """True when the best measured has not improved by 0.5% over the last `patience` rounds, nor over the
+        last quarter of the budget's evaluations."""
         history = self._best_history
-        if len(history) <= self.patience or history[-1] is None:
+        rounds = max(self.patience, math.ceil(self._budget / 4 / self._size))
+        if len(history) <= rounds or history[-1] is None:
             return False
-        before = history[-1 - self.patience]
+        before = history[-1 - rounds]
         return before is not None and history[-1] > before * (1 - 0.005)
 
 
