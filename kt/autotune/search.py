@@ -11,8 +11,8 @@ be compared on real measurements:
   model's picks instead); then each round measures a few candidates, half the best predicted
   (exploit) and half those with the largest expected improvement over the best measured (explore: the trees'
   spread says where the model may be wrong), skipping candidates the model expects to fail. Where the
-  candidates have parameters (a replayed space, whose `distance` says how many parameters two points differ
-  in), half the exploiting picks are the model's best among the neighbours of the best measured (one
+  candidates have parameters (a replayed space, or the config fields of a tune: `distance` says how many
+  parameters two points differ in), half the exploiting picks are the model's best among the neighbours of the best measured (one
   parameter changed): a polish that finds the optimum next to a near-best the model cannot tell apart; the model is
   refitted on everything measured and the rest ranked again. Rounds are small (a refit after every two or
   three measurements at small budgets, growing with the budget), which is what wins at 25-100 evaluations on

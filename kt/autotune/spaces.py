@@ -42,7 +42,7 @@ class TuningSpace:
     device: str = ""
     records: list[dict[str, Any]] | None = None  # kt's feature records per point, where the space is kt's
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kernel Tuner's problem_size, kernel_name
-    _codes: np.ndarray | None = field(default=None, repr=False)
+    _distance: Any = field(default=None, repr=False)
 
     def __post_init__(self):
         self.objective = np.asarray(self.objective, dtype=np.float64)
@@ -79,9 +79,9 @@ class TuningSpace:
 
     def distance(self, index: int) -> np.ndarray:
         """How many parameters each point differs from point `index` in."""
-        if self._codes is None:
-            self._codes = encode(self.params, self.points)
-        return (self._codes != self._codes[index]).sum(axis=1)
+        if self._distance is None:
+            self._distance = distances(self.params, self.points)
+        return self._distance(index)
 
     def features(self) -> np.ndarray:
         return features(self.params, self.points)
@@ -130,15 +130,27 @@ def features(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> np.
     return np.hstack(columns)
 
 
-def config_features(configs: list[dict[str, Any]]) -> np.ndarray:
-    """`features` of kt configs given as dicts (`Config.to_dict()`): one parameter per field."""
+def config_space(configs: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[tuple[Any, ...]]]:
+    """kt configs given as dicts (`Config.to_dict()`) as a space's parameters and points: one parameter per
+    field, numeric values in rising order."""
     names = list(dict.fromkeys(k for c in configs for k in c))
     points = [tuple(c.get(k, 0) for k in names) for c in configs]
     params = {k: list(dict.fromkeys(p[j] for p in points)) for j, k in enumerate(names)}
     for k, values in params.items():
         if all(_numeric(v) for v in values):
             params[k] = sorted(values)
-    return features(params, points)
+    return params, points
+
+
+def config_features(configs: list[dict[str, Any]]) -> np.ndarray:
+    """`features` of kt configs given as dicts: what a parameter forest learns from."""
+    return features(*config_space(configs))
+
+
+def distances(params: dict[str, list[Any]], points: list[tuple[Any, ...]]):
+    """distance(i): how many parameters every point differs from point i in (the guided search's polish)."""
+    codes = encode(params, points)
+    return lambda index: (codes != codes[index]).sum(axis=1)
 
 
 def _numeric(value: Any) -> bool:

@@ -505,6 +505,7 @@ class _Tuner:
         self.rank_of = {index: position for position, index in enumerate(plan.ranked)}
         self.skipped_rows = 0  # malformed database rows left out of refits
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
+        self._distance = None  # config index -> every legal config's distance from it, once asked
 
     def value(self, row: dict[str, Any]) -> float | None:
         return objective_value(row, self.plan.objective, self.plan.power_cap_w)
@@ -561,6 +562,15 @@ class _Tuner:
         self.prediction = predict_records(model, self.plan.records)
         self.model_name = model_name(model)
         return True
+
+    def distance(self, index: int) -> np.ndarray:
+        """How many config fields every legal config differs from config `index` in (the guided search's
+        polish around the best measured)."""
+        if self._distance is None:
+            from kt.autotune.spaces import config_space, distances
+
+            self._distance = distances(*config_space([c.to_dict() for c in self.plan.space.legal]))
+        return self._distance(index)
 
     def refit_own(self) -> bool:
         """A structured family's refit: a parameter forest (kt.costmodel.paramforest) on this problem's own
@@ -662,6 +672,7 @@ class _Tuner:
                 spread=lambda p: p.spread(self.plan.objective),
                 order=lambda values: rank(self.plan.records, values),
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
+                distance=self.distance,
             )
         finally:
             reporter.stop()
