@@ -97,7 +97,7 @@ def read_done(path: Path | None) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """(space, strategy, budget label) -> (mean, p10, mean evals, ms per evaluation, repeats)."""
+    """(space, strategy, budget label) -> (mean, p10, worst, mean evals, ms per evaluation, repeats)."""
     groups = defaultdict(list)
     for row in rows:
         groups[(row["space"], row["strategy"], row["budget_label"])].append(row)
@@ -109,6 +109,7 @@ def summarise(rows: list[dict]) -> dict:
         table[key] = (
             float(scores.mean()),
             float(np.percentile(scores, 10)),
+            float(scores.min()),
             evals / len(group),
             1e3 * seconds / max(1, evals),
             len(group),
@@ -117,13 +118,16 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], budgets: list[str]) -> str:
+    """One table per space: each budget's mean / p10 / worst score and mean evaluations spent (bold: the best
+    mean at that budget), and the strategy's decision time per evaluation at each budget."""
     table = summarise(rows)
+    most = max(e[5] for e in table.values())
     lines = []
     for space in dict.fromkeys(r["space"] for r in rows):
         sizes = {r["budget_label"]: r["budget"] for r in rows if r["space"] == space}
-        head = " | ".join(f"{b} ({sizes.get(b, '?')}): mean / p10 / evals" for b in budgets)
+        head = " | ".join(f"{b} ({sizes.get(b, '?')})" for b in budgets)
         lines += [
-            f"**{space}**",
+            f"**{space}**: mean / p10 / worst score (evaluations spent, runs if not {most})",
             "",
             f"| strategy | {head} | ms per evaluation |",
             "|---|" + "---|" * (len(budgets) + 1),
@@ -139,15 +143,16 @@ def markdown(rows: list[dict], budgets: list[str]) -> str:
                 entry = table.get((space, strategy, b))
                 if entry is None:
                     cells.append("not run")
+                    ms.append("-")
                     continue
-                mean, p10, evals, per_eval, repeats = entry
-                mark = "**" if best[b] is not None and mean >= best[b] - 1e-12 else ""
-                cells.append(
-                    f"{mark}{mean:.3f}{mark} / {p10:.3f} / {evals:.0f}"
-                    + (f" ({repeats} runs)" if repeats != max(e[4] for e in table.values()) else "")
-                )
-                ms.append(per_eval)
-            lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {max(ms):.1f} |" if ms else " |")
+                mean, p10, worst, evals, per_eval, repeats = entry
+                mark = "**" if best[b] is not None and mean >= best[b] - 5e-4 else ""
+                notes = [f"{evals:.0f} evals"] if round(evals) != int(sizes[b]) else []
+                notes += [f"{repeats} runs"] if repeats != most else []
+                note = f" ({', '.join(notes)})" if notes else ""
+                cells.append(f"{mark}{mean:.3f}{mark} / {p10:.3f} / {worst:.3f}{note}")
+                ms.append(f"{per_eval:.1f}")
+            lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {' / '.join(ms)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                     if entry:
                         print(
                             f"{stem:20s} {label:>4s} {strategy:34s} mean {entry[0]:.3f} p10 {entry[1]:.3f} "
-                            f"evals {entry[2]:.0f} {entry[3]:.1f} ms/eval ({time.monotonic() - started:.0f} s)",
+                            f"worst {entry[2]:.3f} evals {entry[3]:.0f} {entry[4]:.1f} ms/eval "
+                            f"({time.monotonic() - started:.0f} s)",
                             flush=True,
                         )
     finally:

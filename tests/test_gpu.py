@@ -83,7 +83,7 @@ def test_a_guided_gpu_tune_refits_a_forest_between_rounds(tmp_path):
     }
     result = kt.tune(spec, db=tmp_path / "t.db", progress=False, strategy="guided")
     rounds = set(result.trace.rounds)
-    assert result.measured and len(rounds) >= 2, "a quarter of the budget per round"
+    assert result.measured and len(rounds) >= 2, "a first round of 8, then small rounds"
     assert result.trace.models[0] == "analytic" and refitted_from(result.trace.models[1]), result.trace.models
     assert result.target == kt.resolve_profile("auto") and len(result.rows) <= 24
     assert result.baseline["runtime_ms"] > 0 and result.baseline_ratio > 0, "candidate zero was timed"

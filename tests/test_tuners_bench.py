@@ -167,3 +167,24 @@ def test_an_optimizer_that_does_not_import_is_named_and_left_out(monkeypatch):
     assert "smac:rf" not in tuners.available()
     with pytest.raises(tuners.ExternalError, match="smac:rf needs the Python package 'smac'"):
         tuners.run_external(toy_space(), "smac:rf", 5, 0)
+
+
+@needs_data
+def test_the_side_by_side_benchmark_writes_each_run_and_resumes_from_its_csv(tmp_path, capsys):
+    bench = benchmark_module("search_vs_tuners")
+    out = tmp_path / "runs.csv"
+    args = ["--spaces", "convolution_A100", "--budgets", "12", "--repeats", "2", "--csv", str(out)]
+    args += ["--strategies", "kt guided,kt random,forest loop (issue 15)", "--markdown"]
+    assert bench.main(args) == 0
+    rows = bench.read_done(out)
+    assert len(rows) == 6 and {r["strategy"] for r in rows} == {
+        "kt guided",
+        "kt random",
+        "forest loop (issue 15)",
+    }
+    assert all(0 < float(r["score"]) <= 1 and r["evals"] == "12" for r in rows)
+    table = capsys.readouterr().out
+    assert "**convolution_A100**" in table and "| kt guided | " in table
+    assert bench.main(args) == 0 and len(bench.read_done(out)) == 6, (
+        "a rerun skips the runs already in the CSV"
+    )
