@@ -141,6 +141,17 @@ WORKERS = click.option(
 )
 
 
+STRATEGY = click.option(
+    "--strategy",
+    type=click.Choice(["guided", "top", "random", "exhaustive"]),
+    default="guided",
+    show_default=True,
+    help="guided: rounds ranked by the cost model, refitted on what each round measured (what `kt tune` and "
+    "`kt replay` run); top: the first model's best, never refitted; random: a random sample; exhaustive: "
+    "everything legal.",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(kt.__version__, prog_name="kt")
 def main():
@@ -168,14 +179,7 @@ def _header(spec) -> None:
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--strategy",
-    type=click.Choice(["guided", "top", "random", "exhaustive"]),
-    default="guided",
-    show_default=True,
-    help="guided: rounds ranked by the cost model, refitted on what each round measured; top: the model's "
-    "best; random: a random sample; exhaustive: everything legal.",
-)
+@STRATEGY
 @MODEL
 @POWER_CAP
 @TIMEOUT
@@ -633,14 +637,7 @@ def inductor(files, out_path, origin, quiet):
 
 @main.command()
 @click.argument("space_path", metavar="SPACE", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--strategy",
-    type=click.Choice(["guided", "random", "exhaustive", "top"]),
-    default="guided",
-    show_default=True,
-    help="guided: kt's model-guided rounds (what `kt tune` runs); random: a uniform sample; top: the first "
-    "model's best, never refitted; exhaustive: everything.",
-)
+@STRATEGY
 @click.option(
     "--budget",
     required=True,

@@ -128,10 +128,7 @@ def replay(
         start = AnalyticModel(device)
     state: dict[str, Any] = {"prediction": start.predict(sweep.records), "name": model_name(start)}
     measured: list[int] = []
-
-    def measure(batch: list[int]) -> dict[int, float | None]:
-        measured.extend(batch)
-        return {i: (float(sweep.runtime_ms[i]) if np.isfinite(sweep.runtime_ms[i]) else None) for i in batch}
+    measure = _answers(sweep.runtime_ms, measured)
 
     def refit_() -> bool:
         model = refit(start, sweep.measured_records(measured), seed)
@@ -149,6 +146,17 @@ def replay(
         refit=refit_,
         order=lambda values: rank(sweep.records, values),
     )
+
+
+def _answers(values: np.ndarray, measured: list[int]) -> Callable[[list[int]], dict[int, float | None]]:
+    """A replay's `measure`: each index answered with its recorded value (None where it failed on the GPU),
+    every index asked for appended to `measured`."""
+
+    def measure(batch: list[int]) -> dict[int, float | None]:
+        measured.extend(batch)
+        return {i: (float(values[i]) if np.isfinite(values[i]) else None) for i in batch}
+
+    return measure
 
 
 def reached(sweep: Sweep, trace: SearchTrace, budget: int) -> float:
@@ -173,10 +181,7 @@ def replay_space(
     x = space.features() if features is None else features
     state: dict[str, Any] = {"prediction": None, "name": "none"}
     measured: list[int] = []
-
-    def measure(batch: list[int]) -> dict[int, float | None]:
-        measured.extend(batch)
-        return {i: (float(space.objective[i]) if np.isfinite(space.objective[i]) else None) for i in batch}
+    measure = _answers(space.objective, measured)
 
     def refit_() -> bool:
         values = space.objective[measured]
