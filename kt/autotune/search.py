@@ -118,13 +118,12 @@ class GuidedSearch(SearchStrategy):
         rounds_per_budget: int = 40,
         patience: int = 3,
         local: int = 1,
-        local_after: float = 0.0,
     ):
         if not 0 <= explore < 1:
             raise ValueError(f"explore must be in [0, 1), got {explore}")
         self.initial, self.round_size, self.explore = initial, round_size, explore
         self.min_round, self.rounds_per_budget, self.patience = min_round, rounds_per_budget, patience
-        self.local, self.local_after = local, local_after
+        self.local = local
         self._size = self._initial = self._budget = 0
         self._best_history: list[float | None] = []
 
@@ -161,8 +160,7 @@ class GuidedSearch(SearchStrategy):
         likely = todo[runs]  # in model order
         n_exploit = size - n_explore
         exploit: list[int] = []
-        polishing = len(state.measured) >= self.local_after * self._budget
-        if self.local and polishing and state.distance is not None and state.best is not None:
+        if self.local and state.distance is not None and state.best is not None:
             # half the exploiting picks (every other round when there is one) polish the best measured: the
             # model's best among the configs that differ from it in at most `local` parameters
             n_local = n_exploit // 2 + (n_exploit % 2 if state.round % 2 else 0)
