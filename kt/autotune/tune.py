@@ -506,6 +506,7 @@ class _Tuner:
         self.skipped_rows = 0  # malformed database rows left out of refits
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked
+        self._legal_space = None  # the legal configs as a space's (parameters, points), once asked
 
     def value(self, row: dict[str, Any]) -> float | None:
         return objective_value(row, self.plan.objective, self.plan.power_cap_w)
@@ -567,17 +568,26 @@ class _Tuner:
         """How many config fields every legal config differs from config `index` in (the guided search's
         polish around the best measured)."""
         if self._distance is None:
-            from kt.autotune.spaces import config_space, distances
+            from kt.autotune.spaces import distances
 
-            self._distance = distances(*config_space([c.to_dict() for c in self.plan.space.legal]))
+            self._distance = distances(*self.legal_space())
         return self._distance(index)
+
+    def legal_space(self):
+        """The legal configs as a space's parameters and points (their fields), built once for both the
+        polish's distances and the structured refits' features."""
+        if self._legal_space is None:
+            from kt.autotune.spaces import config_space
+
+            self._legal_space = config_space([c.to_dict() for c in self.plan.space.legal])
+        return self._legal_space
 
     def refit_own(self) -> bool:
         """A structured family's refit: a parameter forest (kt.costmodel.paramforest) on this problem's own
         measured rows learns log(measured / first-predicted runtime) from the config's fields, and which
         configs fail (a wrong result, a crash, out of resources); the first model's power stays. False when
         fewer than three configs of this problem ran."""
-        from kt.autotune.spaces import config_features
+        from kt.autotune.spaces import features
         from kt.costmodel.paramforest import MIN_ROWS as OWN_MIN_ROWS
         from kt.costmodel.paramforest import ParamForest
 
@@ -591,7 +601,7 @@ class _Tuner:
         if int(np.isfinite(runtime_ms).sum()) < OWN_MIN_ROWS:
             return False
         if self._config_x is None:
-            self._config_x = config_features([c.to_dict() for c in self.plan.space.legal])
+            self._config_x = features(*self.legal_space())
         start = self.plan.prediction
         offset = np.log(start.runtime_s * 1e3)
         model = ParamForest(seed=self.seed).fit(self._config_x[indices], runtime_ms, offset[indices])
