@@ -118,3 +118,32 @@ def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp
         rows = list(csv.DictReader(handle))
     assert any(r["status"].startswith("not reached") for r in rows), {r["status"] for r in rows}
     assert Path(out / "report.md").is_file()
+
+
+def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypatch):
+    """The first H200 run's FFT case (three candidates, each past the 120 s timeout) read "not reached"."""
+    import time
+
+    import kt.bench as bench
+    from kt.errors import KtError
+
+    def overrunning(case, settings, deadline, out):
+        time.sleep(0.05)
+        raise KtError("none of the 3 candidates passed (3 timeout)")
+
+    class Reporter:
+        def part(self, *args):
+            pass
+
+        def advance(self, *args):
+            pass
+
+    monkeypatch.setattr(bench, "_tune_case", overrunning)
+    settings = bench._Settings(smoke=True, backend="dryrun", db=Path("unused.db"), workers=1, budget=1)
+    result = bench.BenchResult(Path("unused"))
+    done = bench._tune_part(settings, time.monotonic() + 0.01, result, Reporter(), "fft")
+    assert done == 1
+    (row,) = result.rows
+    assert row["status"].startswith("failed (past its time share): KtError: none of the 3 candidates passed")
+    line = bench._benchmarks_line({**row, "device": "GPU", "date": "d", "command": "c", "gpu_run": "True"})
+    assert "| failed (past its time share)" in line and "| - | - | `c` |" in line
