@@ -53,6 +53,18 @@ def kernel_module(problem, config):
     return load_source(FAMILIES[problem.family].render(problem, config))
 
 
+def block_config(problem, block_b=16, block_n=16, block_k=16, group=2, num_warps=None, **structure):
+    """A legal block-GEMM config (asserted): 4 warps, or as many as the group's blocks for a batched dot."""
+    from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, stages_for
+    from kt.device import get_profile
+
+    warps = num_warps or (4 if group == 1 else min(4, group))
+    c = BlockGemmConfig(block_b, block_n, block_k, group, warps, 2, **structure)
+    reason = illegal_reason(problem, c, get_profile("h100"), stages_for(problem, c))
+    assert reason is None, reason
+    return c
+
+
 def gemm_module(problem: GemmProblem, config: GemmConfig):
     return kernel_module(problem, config)
 

@@ -46,3 +46,18 @@ def test_only_the_butterfly_gets_an_uncached_run():
     spec = kt.parse_spec({"op": "monarch", "dtype": "float32", "shape": {"batch": 3, "n": 16, "nblocks": 4}})
     kernel = kt.build(spec, device="h100")
     assert set(bench.kt_runs(spec, kernel, kt.random_args(spec, seed=0, device="cpu"))) == {"kt"}
+
+
+def test_the_probe_checks_every_named_config_through_the_dry_run(tmp_path):
+    """benchmarks/structured_probe.py --smoke: each config of a case rendered and checked (24 rows, nothing
+    timed), its legality under today's rules beside it."""
+    import csv
+
+    probe = benchmark_module("structured_probe")
+    assert probe.cfg("b16n32k32g16w4s3-s32") == probe.BlockGemmConfig(16, 32, 32, 16, 4, 3, split=32)
+    out = tmp_path / "probe.csv"
+    assert probe.main(["--smoke", "--only", "n=1024", "--workers", "1", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    _, keys = probe.CASES["fft fp16 n=1024 rows=1000"]
+    assert [r["config"] for r in rows] == [*keys, "pytorch"]
+    assert all(r["status"] == "ok" and not r["runtime_ms"] for r in rows), rows

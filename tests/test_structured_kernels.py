@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kernel_module
+from conftest import block_config, kernel_module
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
 from kt.codegen import FAMILIES, BlockGemmConfig, config_from_dict
-from kt.codegen.blockgemm import illegal_reason, stages_for
+from kt.codegen.blockgemm import WARPS_OVER_BATCH, illegal_reason, stages_for
 from kt.costmodel import AnalyticModel
 from kt.costmodel.staged import predict_records
 from kt.device import get_profile
@@ -25,11 +25,7 @@ H100 = get_profile("h100")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def config(problem, block_b=16, block_n=16, block_k=16, group=2, **structure):
-    c = BlockGemmConfig(block_b, block_n, block_k, group, 4, 2, **structure)
-    reason = illegal_reason(problem, c, H100, stages_for(problem, c))
-    assert reason is None, reason
-    return c
+config = block_config
 
 
 def dense_of(problem, args):
@@ -165,11 +161,11 @@ MONARCHS = [
 
 
 @pytest.mark.parametrize("problem", MONARCHS, ids=str)
-@pytest.mark.parametrize("fused", [0, 1])
-def test_monarch_kernel_matches_two_bmm_and_dense_matrix(problem, fused):
+@pytest.mark.parametrize("fused, group", [(0, 1), (0, 2), (1, 1)])  # group 1: the 2D-dot kernel
+def test_monarch_kernel_matches_two_bmm_and_dense_matrix(problem, fused, group):
     if fused and min(problem.w1[1:] + problem.w2[1:]) < 16:
         pytest.skip("fused needs power-of-two blocks of at least 16")
-    c = config(problem, group=1 if fused else 2, fused=fused)
+    c = config(problem, group=group, fused=fused)
     module = kernel_module(problem, c)
     result = check_kernel(module, problem, seed=3, device="cpu")  # poisoned output, two-bmm reference
     assert result.ok, result.message
@@ -181,10 +177,10 @@ def test_monarch_kernel_matches_two_bmm_and_dense_matrix(problem, fused):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
-@pytest.mark.parametrize("levels", [1, 3, 4])
-def test_butterfly_kernel_matches_the_per_level_loop(dtype, levels):
+@pytest.mark.parametrize("levels, group", [(1, 2), (3, 1), (4, 2)])
+def test_butterfly_kernel_matches_the_per_level_loop(dtype, levels, group):
     problem = ButterflyProblem(23, 32, dtype)
-    module = kernel_module(problem, config(problem, levels=levels))
+    module = kernel_module(problem, config(problem, levels=levels, group=group))
     result = check_kernel(module, problem, seed=5, device="cpu")
     assert result.ok, result.message
     args = problem.random_args(6)
@@ -202,10 +198,11 @@ def test_butterfly_kernel_matches_the_per_level_loop(dtype, levels):
     ids=str,
 )
 def test_fft_kernel_matches_torch_fft_for_every_split(problem):
-    for structure in problem.structures():
-        module = kernel_module(problem, config(problem, **structure))
+    for index, structure in enumerate(problem.structures()):
+        group = 1 + index % 2  # the 2D-dot and the batched kernel in turn
+        module = kernel_module(problem, config(problem, group=group, **structure))
         result = check_kernel(module, problem, seed=7, device="cpu")
-        assert result.ok, (structure, result.message)
+        assert result.ok, (structure, group, result.message)
     args = problem.random_args(8)
     assert relative_error(module.kernel(*args), dense_of(problem, args)) < problem.tolerance()
 
@@ -275,9 +272,39 @@ def test_staged_prediction_is_the_sum_of_the_launches():
     records = family.records(problem, [two, fused])
     model = AnalyticModel(H100)
     predicted = predict_records(model, records).runtime_s
-    assert predicted[0] == pytest.approx(model.predict(records[0]["stages"]).runtime_s.sum())
+    stages = records[0]["stages"]
+    floors = [stage["dram_bytes"] / H100.dram_bandwidth for stage in stages]  # the strided factor's sectors
+    launches = model.predict(stages).runtime_s
+    assert predicted[0] == pytest.approx(sum(max(t, f) for t, f in zip(launches, floors)))
     assert predicted[1] < model.predict(records[1]["stages"]).runtime_s.sum()  # the saved round trip
     assert config_from_dict("monarch", fused.to_dict()) == fused
+
+
+def test_batched_dots_keep_a_block_per_warp_and_the_fused_kernel_too():
+    big = MonarchProblem(16384, (64, 64, 64), (64, 64, 64), "float16")
+    legal = FAMILIES["monarch"].space(big, H100).legal
+    assert legal and all(c.group == 1 or c.group >= c.num_warps for c in legal)
+    assert {c.group for c in legal} == {1, 2, 4, 8, 16}
+    repeated = BlockGemmConfig(
+        128, 64, 64, 2, 4, 2
+    )  # the first H200 run's Monarch winner, 4x slower than bmm
+    assert illegal_reason(big, repeated, H100, stages_for(big, repeated)) == WARPS_OVER_BATCH
+    narrow = MonarchProblem(256, (4, 16, 16), (4, 16, 16), "float16")  # 4 blocks in each factor
+    fused = BlockGemmConfig(16, 16, 16, 1, 8, 2, fused=1)
+    assert illegal_reason(narrow, fused, H100, stages_for(narrow, fused)) == WARPS_OVER_BATCH
+
+
+def test_a_strided_stage_costs_whole_sectors_until_a_program_spans_them():
+    problem = MonarchProblem(16384, (64, 64, 64), (64, 64, 64), "float16")
+    family = FAMILIES["monarch"]
+    one, sixteen = BlockGemmConfig(64, 64, 64, 1, 4, 3), BlockGemmConfig(16, 64, 64, 16, 4, 2)
+    stages = {c: family.records(problem, [c])[0]["stages"] for c in (one, sixteen)}
+    tensor = 16384 * 4096 * 2  # bytes of x, and of y
+    assert [s["dram_bytes"] for s in stages[sixteen]] == [2 * tensor, 2 * tensor]  # contiguous, then strided
+    assert [s["dram_bytes"] for s in stages[one]] == [2 * tensor, 2 * 16 * tensor]  # 2 of every 32 bytes used
+    predicted = predict_records(AnalyticModel(H100), family.records(problem, [one, sixteen])).runtime_s
+    floor = (2 * tensor + 32 * tensor) / H100.dram_bandwidth
+    assert predicted[0] >= floor and predicted[0] > 3 * predicted[1]
 
 
 # -- the CLI on the examples ----------------------------------------------------------------------------------

@@ -4,12 +4,11 @@ op's float64 dense matrix and against torch.autograd's vjp of the forward refere
 
 import pytest
 import torch
-from conftest import kernel_module
+from conftest import block_config, kernel_module
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
 from kt.codegen import FAMILIES, BlockGemmConfig
-from kt.codegen.blockgemm import illegal_reason, stages_for
 from kt.device import get_profile
 from kt.errors import DatabaseError, SpecError
 from kt.ir import BlockDiag, LinearMap, Perm, butterfly_map, monarch_map, op_from_spec
@@ -23,11 +22,7 @@ H100 = get_profile("h100")
 RECT = {"batch": 9, "w1": [4, 6, 3], "w2": [8, 5, 3]}  # p != q, r != s, in (12) != out (40)
 
 
-def config(problem, block_b=16, block_n=16, block_k=16, group=2, **structure):
-    c = BlockGemmConfig(block_b, block_n, block_k, group, 4, 2, **structure)
-    reason = illegal_reason(problem, c, H100, stages_for(problem, c))
-    assert reason is None, reason
-    return c
+config = block_config
 
 
 def forward_dense(problem, weights):

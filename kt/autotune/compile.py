@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -29,11 +30,15 @@ _POINTER_TYPES = {
 }
 
 
+_MMA_SYNC = re.compile(r"\bmma\.sync\.")
+
+
 @dataclass(frozen=True)
 class TargetBuild:
     kernel: str
     shared_bytes: int
     uses_wgmma: bool
+    mma_sync: int = 0  # mma.sync instructions in the PTX (per warp, per pass of the unrolled code)
 
 
 class _Recorder:
@@ -125,7 +130,9 @@ def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[Targe
             source = ASTSource(jit_function, signature, constexprs=constexprs, attrs=attrs)
             compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
             ptx = compiled.asm.get("ptx", "")
-            builds.append(TargetBuild(name, int(compiled.metadata.shared), "wgmma" in ptx))
+            builds.append(
+                TargetBuild(name, int(compiled.metadata.shared), "wgmma" in ptx, len(_MMA_SYNC.findall(ptx)))
+            )
     return builds
 
 

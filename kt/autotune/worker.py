@@ -125,7 +125,11 @@ def _compile(payload: dict[str, Any]) -> Reply:
     if not builds:
         return "ok", {}, "", False
     shared = max(build.shared_bytes for build in builds)
-    values = {"smem_bytes": shared, "uses_wgmma": any(build.uses_wgmma for build in builds)}
+    values = {
+        "smem_bytes": shared,
+        "uses_wgmma": any(build.uses_wgmma for build in builds),
+        "mma_sync": max(build.mma_sync for build in builds),
+    }
     if shared > payload["smem_limit"]:
         return (
             "out_of_resources",

@@ -91,6 +91,46 @@ def stage_tiles(stage: Stage, config: BlockGemmConfig) -> tuple[int, int]:
     return min(config.block_n, padded(stage.blk_out)), min(config.block_k, padded(stage.blk_in))
 
 
+# A batched (3D) tl.dot over fewer blocks than warps: Triton 3.6 (the GPU machines') spreads the warps over the
+# batch axis first, so warps beyond the batch repeat the same products (its sm_90 PTX holds num_warps / group
+# times the mma.sync of Triton 3.9's; tests/test_compile_target.py). Such configs are left out everywhere, so the
+# space does not depend on the Triton version; GROUP 1 runs plain 2D dots (wgmma on Hopper) instead.
+WARPS_OVER_BATCH = (
+    "fewer blocks per program than warps (Triton 3.6 repeats the batched dot on the extra warps)"
+)
+
+
+SECTOR_BYTES = 32  # the unit DRAM and L2 move: a scattered 2-byte load still costs a whole sector
+
+
+def run_bytes(index_map, group: int, tile: int, size: int) -> int:
+    """Contiguous bytes a program touches per row through `index_map`: its tile of a block's elements when they
+    are adjacent (elem 1), else the `group` blocks side by side at each element (blocks adjacent: inner
+    stride 1), else one element."""
+    if index_map.elem == 1:
+        return tile * size
+    if index_map.inner_stride == 1:
+        return min(group, index_map.inner) * size
+    return size
+
+
+def dram_bytes(problem: StructuredProblem, config: BlockGemmConfig, stage: Stage, real_input: bool) -> int:
+    """A stage's DRAM traffic for x and y with each access rounded up to whole sectors: what a strided map
+    costs when a program reads or writes too few adjacent elements (the first H200 run's Monarch, 1 or 2
+    blocks per program on its strided factor, ran 4 to 11 times slower than two torch.bmm)."""
+    size = itemsize(problem.dtype)
+    planes = 2 if is_complex(problem) else 1
+    block_n, block_k = stage_tiles(stage, config)
+    total = 0
+    for features, index_map, tile, count in (
+        (stage.in_features, stage.in_map, block_k, 1 if real_input else planes),
+        (stage.out_features, stage.out_map, block_n, planes),
+    ):
+        run = run_bytes(index_map, config.group, tile, size)
+        total += count * problem.rows * features * size * SECTOR_BYTES // min(SECTOR_BYTES, run)
+    return total
+
+
 def _pow2(value: int) -> bool:
     return value & (value - 1) == 0
 
@@ -105,6 +145,8 @@ def fused_reason(problem: MonarchProblem, config: BlockGemmConfig, device: Devic
         return "tile choices unused by the fused kernel"
     if not all(_pow2(v) for v in (k, q, p, l, s, r)) or min(p, q, r, s) < MIN_DOT:
         return "fused Monarch needs power-of-two blocks of at least 16"
+    if min(k, l) < config.num_warps:
+        return WARPS_OVER_BATCH
     working_set, acc = resources(problem, config, device)
     if working_set > device.smem_per_block:
         return "fused Monarch's working set over the on-chip memory"
@@ -123,7 +165,10 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
         activations = config.block_b * (k * p * size + k * q * (4 + size) + l * s * 4)
         return activations + (k * q * p + l * s * r) * size, config.block_b * k * q // threads
     planes = 2 if is_complex(problem) else 1
-    tiles = config.num_stages * config.group * (config.block_b + config.block_n) * config.block_k
+    # A plain 2D dot keeps every pipeline stage's tiles in shared memory; Triton pipelines a batched (3D) one
+    # a stage shallower (the sm_90 builds of Triton 3.6 and 3.9 agree: tests/test_compile_target.py).
+    buffers = config.num_stages if config.group == 1 else max(1, config.num_stages - 1)
+    tiles = buffers * config.group * (config.block_b + config.block_n) * config.block_k
     return tiles * planes * size, config.group * config.block_b * config.block_n * planes // threads
 
 
@@ -141,6 +186,8 @@ def illegal_reason(
         return "tile larger than the padded problem"
     if config.group > padded(max(s.nblocks for s in stages)):
         return "more blocks per program than blocks"
+    if 1 < config.group < config.num_warps:
+        return WARPS_OVER_BATCH
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
@@ -203,6 +250,8 @@ class BlockGemmFamily(StructuredFamily):
                     split_k=1,
                 )
             )
+            if not config.fused:  # a fused kernel's tiles are whole blocks
+                records[-1]["dram_bytes"] = dram_bytes(problem, config, stage, real_input)
         return records
 
     def records(self, problem: StructuredProblem, configs) -> list[dict[str, Any]]:

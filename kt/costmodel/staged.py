@@ -3,11 +3,17 @@
 Each launch of a structured op is a batched GEMM (one product per block), so any GEMM cost model predicts it:
 a record with `stages` is predicted launch by launch and summed. A fused kernel saves the DRAM traffic of the
 intermediate it keeps on chip (`fused_bytes`), taken off the sum but never below the slowest launch alone.
+
+A launch that reads or writes through a strided map can move far more than its bytes: a program touching one
+or two adjacent elements still moves whole sectors. Its `dram_bytes` (kt.codegen.blockgemm.dram_bytes) floors
+the launch's time at that traffic over the DRAM bandwidth, which no GEMM model (fitted on contiguous operands)
+knows about.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,12 @@ def predict_records(model, records: Sequence[dict[str, Any]]) -> Prediction:
     owner = np.array([i for i, r in enumerate(records) for _ in r["stages"]])
     flat = [stage for r in records for stage in r["stages"]]
     parts = model.predict(flat)
+    floor = (
+        np.array([stage.get("dram_bytes", 0) for stage in flat], dtype=np.float64)
+        / model.device.dram_bandwidth
+    )
+    if floor.any():
+        parts = replace(parts, runtime_s=np.maximum(parts.runtime_s, floor))
     n = len(records)
     runtime = np.bincount(owner, parts.runtime_s, minlength=n)
     slowest = np.zeros(n)
