@@ -63,3 +63,15 @@ def test_split_k_is_preferred_when_m_and_n_are_too_small_to_fill_the_gpu():
     records = [record(problem, c) for c in space.legal]
     top = space.legal[rank(records, AnalyticModel(H100).predict(records).runtime_s)[0]]
     assert top.split_k > 1
+
+
+def test_a_batched_3d_dot_is_predicted_at_mma_sync_speed_and_featured_so():
+    """A block-GEMM launch with several blocks per program is a 3D tl.dot: mma.sync even on Hopper."""
+    from kt.costmodel.features import FEATURE_NAMES, features
+
+    plain = record(GemmProblem(8192, 8192, 8192), GemmConfig(128, 128, 64, num_warps=8, num_stages=3))
+    batched = {**plain, "mma": "sync"}
+    terms = gemm_terms([plain, batched], H100)
+    assert terms["t_math_s"][1] > 1.5 * terms["t_math_s"][0]
+    kind = features([plain, batched], H100)[:, FEATURE_NAMES.index("mma_kind")]
+    assert kind.tolist() == [2.0, 1.0]

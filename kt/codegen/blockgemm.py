@@ -114,20 +114,28 @@ def run_bytes(index_map, group: int, tile: int, size: int) -> int:
     return size
 
 
-def dram_bytes(problem: StructuredProblem, config: BlockGemmConfig, stage: Stage, real_input: bool) -> int:
-    """A stage's DRAM traffic for x and y with each access rounded up to whole sectors: what a strided map
-    costs when a program reads or writes too few adjacent elements (the first H200 run's Monarch, 1 or 2
-    blocks per program on its strided factor, ran 4 to 11 times slower than two torch.bmm)."""
+def dram_bytes(
+    problem: StructuredProblem, config: BlockGemmConfig, stage: Stage, index: int, count: int
+) -> int:
+    """Launch `index` of `count`'s DRAM traffic for its input and output, each access rounded up to whole
+    sectors. Intermediates between launches are stored feature-major (the kernel's `_scratch`), so a program's
+    BLOCK_B rows are adjacent there whatever the map; x and y keep the caller's row-major layout, where a strided
+    map moves whole sectors unless a program spans GROUP adjacent blocks (the first H200 run's Monarch, one or
+    two blocks per program on its strided factor, ran 4 to 11 times slower than two torch.bmm)."""
     size = itemsize(problem.dtype)
     planes = 2 if is_complex(problem) else 1
+    real_input = isinstance(problem, FFTProblem) and problem.input == "real" and index == 0
     block_n, block_k = stage_tiles(stage, config)
     total = 0
-    for features, index_map, tile, count in (
-        (stage.in_features, stage.in_map, block_k, 1 if real_input else planes),
-        (stage.out_features, stage.out_map, block_n, planes),
+    for features, index_map, tile, scratch, tensors in (
+        (stage.in_features, stage.in_map, block_k, index > 0, 1 if real_input else planes),
+        (stage.out_features, stage.out_map, block_n, index < count - 1, planes),
     ):
-        run = run_bytes(index_map, config.group, tile, size)
-        total += count * problem.rows * features * size * SECTOR_BYTES // min(SECTOR_BYTES, run)
+        if scratch:
+            run = min(config.block_b, problem.rows) * size
+        else:
+            run = run_bytes(index_map, config.group, tile, size)
+        total += tensors * problem.rows * features * size * SECTOR_BYTES // min(SECTOR_BYTES, run)
     return total
 
 
@@ -251,7 +259,9 @@ class BlockGemmFamily(StructuredFamily):
                 )
             )
             if not config.fused:  # a fused kernel's tiles are whole blocks
-                records[-1]["dram_bytes"] = dram_bytes(problem, config, stage, real_input)
+                records[-1]["dram_bytes"] = dram_bytes(problem, config, stage, index, len(stages))
+            if config.fused or config.group > 1:  # batched 3D dots: mma.sync on every architecture
+                records[-1]["mma"] = "sync"
         return records
 
     def records(self, problem: StructuredProblem, configs) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.costmodel.roofline import columns, gemm_terms, out_read, roofline_terms, tensor_cores
+from kt.costmodel.roofline import columns, gemm_terms, out_read, roofline_terms, tensor_cores, wgmma_tile
 from kt.device import DeviceProfile
 
 FAMILY_CODES = {"gemm": 0}
@@ -223,7 +223,7 @@ def mma_kind(
 ) -> np.ndarray:
     """2 where a tile can run Hopper's warpgroup MMA, 1 where tensor cores run mma.sync, 0 without tensor
     cores (float32 with precision ieee)."""
-    wgmma = (device.compute_capability >= 90) & (col["block_m"] >= 64) & (col["num_warps"] % 4 == 0)
+    wgmma = (device.compute_capability >= 90) & wgmma_tile(records, col["block_m"], col["num_warps"])
     return np.where(tensor_cores(records), np.where(wgmma, 2.0, 1.0), 0.0)
 
 

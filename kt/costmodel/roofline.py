@@ -77,6 +77,12 @@ def roofline_time(records: Sequence[dict[str, Any]], device: DeviceProfile) -> n
     return np.maximum(terms["t_compute"], terms["t_memory"])
 
 
+def wgmma_tile(records: Sequence[dict[str, Any]], block_m: np.ndarray, num_warps: np.ndarray) -> np.ndarray:
+    """Where a tile can run Hopper's warpgroup MMA: 64 rows or more, whole warpgroups, and a 2D dot (a record
+    with `mma: "sync"` is a block-GEMM launch's batched 3D dot, which Triton lowers to mma.sync everywhere)."""
+    return (block_m >= 64) & (num_warps % 4 == 0) & np.array([r.get("mma") != "sync" for r in records])
+
+
 def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
     """The model's named terms per record (seconds, counts or fractions), for ranking and as features."""
     c = columns(
@@ -127,7 +133,7 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     on_tensor_cores = tensor_cores(records)
     # Hopper's warpgroup MMA needs 64 rows and whole warpgroups; smaller tiles fall back to mma.sync. Before
     # Hopper every tile runs mma.sync, and the datasheet peak is mma.sync's.
-    wgmma = (bm >= 64) & (warps % 4 == 0)
+    wgmma = wgmma_tile(records, bm, warps)
     hopper = device.compute_capability >= 90
     mma_eff = np.where(on_tensor_cores & ~wgmma & hopper, 0.6, 1.0)
     # Too few warps per SM leave the math units waiting on memory latency.
