@@ -333,8 +333,17 @@ def _fmt(value, spec: str) -> str:
 @main.command()
 @SPEC
 @DEVICE
-def show(spec, device):
-    """Print OP_YAML's IR (the factor product) and its kernel graph."""
+@click.option(
+    "--ptx",
+    "ptx_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Compile the config kt would choose first (the model's best) for the device's architecture, write each "
+    "launch's PTX into DIR and print what the compiler made of it (MMA kind, TMA, registers, spills, shared "
+    "memory). Needs no GPU.",
+)
+def show(spec, device, ptx_dir):
+    """Print OP_YAML's IR (the factor product) and its kernel graph (with --ptx, the chosen config's PTX)."""
     from kt.ir import op_from_spec
 
     op = op_from_spec(spec)
@@ -358,6 +367,62 @@ def show(spec, device):
         for structure in structures():
             choice = " ".join(f"{k}={v}" for k, v in structure.items()) or "(one form)"
             out.print(f"  {choice}: " + " ; ".join(family.launch_texts(node.problem, structure)))
+    if ptx_dir is not None:
+        _show_ptx(spec, device, ptx_dir)
+
+
+def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
+    """`kt show --ptx`: compile the model's first configs in workers (Triton's compiler, not its interpreter) and
+    keep the first that builds within the device (no spills, shared memory within the limit), as a tune would."""
+    from kt.autotune.compile import target_compiler_available
+    from kt.autotune.pool import Task, WorkerPool
+    from kt.autotune.tune import generated_candidate
+
+    if not target_compiler_available():
+        raise KtError(
+            "--ptx: Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled"
+        )
+    plan = kt.plan(spec, budget=1, device=device)
+    configs = [plan.space.legal[i] for i in plan.ranked[:tries]]
+    arch = plan.space.device.compute_capability
+    ptx_dir.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for index, config in enumerate(configs):
+        payload = {
+            "family": plan.problem.family,
+            "problem": plan.problem.to_dict(),
+            "arch": arch,
+            "smem_limit": plan.space.device.smem_per_block,
+            "source_path": generated_candidate(plan.problem, config, name=spec.name).source_path,
+        }
+        tasks.append(Task(index, "compile", payload, "compile"))
+    with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=600) as pool:
+        outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+        chosen = next((o for o in outcomes if o.status == "ok"), None)
+        for outcome in outcomes[: chosen.task.id if chosen else len(outcomes)]:
+            out.print(f"skipped {configs[outcome.task.id].key()}: {outcome.status}: {outcome.message}")
+        if chosen is None:
+            raise KtError(f"--ptx: none of the model's first {len(configs)} configs builds for sm_{arch}")
+        rank = chosen.task.id
+        # once more, writing its PTX (Triton caches the compile, so this is quick)
+        (chosen,) = pool.run(
+            [Task(0, "compile", {**chosen.task.payload, "ptx_dir": str(ptx_dir)}, "compile")]
+        )
+    title = f"{configs[rank].key()} (rank {rank + 1} of {plan.model}) "
+    table = Table(title=title + f"compiled for sm_{arch}: PTX in {ptx_dir}")
+    for name in ("launch", "kernel", "MMA", "TMA", "registers", "spill bytes", "shared KiB"):
+        table.add_column(name, justify="left" if name in ("kernel", "MMA") else "right")
+    for index, launch in enumerate(chosen.values.get("launch_evidence", [])):
+        table.add_row(
+            str(index),
+            launch["kernel"],
+            launch["mma"],
+            "yes" if launch["tma"] else "no",
+            _fmt(launch["registers"], "d"),
+            _fmt(launch["local_bytes"], "d"),
+            _fmt(launch["smem_bytes"] / 1024, ".0f"),
+        )
+    out.print(table)
 
 
 @main.command()

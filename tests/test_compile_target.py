@@ -1,10 +1,14 @@
 """Kernels compile for the H100 (sm_90) with Triton's bundled ptxas, no GPU needed: what the interpreter cannot see."""
 
+import random
+from pathlib import Path
+
 import pytest
 
+import kt
 from kt.autotune.pool import Task, WorkerPool
 from kt.codegen import FAMILIES, GemmConfig, write_source
-from kt.codegen.blockgemm import BlockGemmConfig, resources
+from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, resources, stages_for
 from kt.codegen.gemm import shared_memory
 from kt.device import H100
 from kt.ir import GemmProblem
@@ -71,8 +75,8 @@ def test_a_kernel_over_the_shared_memory_limit_is_out_of_resources(pool):
 # keeps at least as many blocks as warps (Triton 3.6 repeated the products on the extra warps).
 STRUCTURED = [
     (MonarchProblem(16384, (64, 64, 64), (64, 64, 64)), BlockGemmConfig(128, 64, 64, 1, 8, 3)),
-    (FFTProblem(16384, 4096, "float16"), BlockGemmConfig(256, 64, 32, 1, 8, 4, split=64)),
-    (MonarchProblem(16384, (64, 64, 64), (64, 64, 64)), BlockGemmConfig(64, 64, 64, 8, 8, 2)),
+    (FFTProblem(16384, 4096, "float16"), BlockGemmConfig(128, 64, 32, 1, 8, 4, split=64)),
+    (MonarchProblem(16384, (64, 64, 64), (64, 64, 64)), BlockGemmConfig(32, 64, 64, 8, 8, 3)),
     (MonarchProblem(4096, (32, 32, 32), (32, 32, 32), "bfloat16"), BlockGemmConfig(16, 32, 32, 16, 4, 3)),
 ]
 
@@ -87,6 +91,7 @@ def test_structured_kernels_use_wgmma_for_one_block_and_no_repeated_mma_for_batc
     tasks = [structured_task(i, p, c) for i, (p, c) in enumerate(STRUCTURED)]
     outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
     for outcome, (problem, config) in zip(outcomes, STRUCTURED):
+        assert illegal_reason(problem, config, H100, stages_for(problem, config)) is None, config.key()
         assert outcome.status == "ok", outcome.message
         values = outcome.values
         if config.group == 1:
@@ -96,3 +101,94 @@ def test_structured_kernels_use_wgmma_for_one_block_and_no_repeated_mma_for_batc
             assert values["mma_sync"] == ideal // config.num_warps, (config.key(), values, ideal)
         # the legality estimate never undercounts what the compiler allocates
         assert values["smem_bytes"] <= resources(problem, config, H100)[0], (config.key(), values)
+
+
+# -- every family, every dtype: sampled legal configs build clean, on wgmma where the tile allows --------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAMILY_EXAMPLES = ["dense", "monarch", "butterfly", "fft_half", "blocksparse", "lowrank", "sum"]
+
+
+def wgmma_tile(family: str, config) -> bool:
+    """Whether Triton can lower `config`'s dots to Hopper's warpgroup MMA: 2D dots with 64 rows or more over
+    whole warpgroups (a block-GEMM config with several blocks per program runs a batched 3D dot)."""
+    rows = getattr(config, "block_b", None) or config.block_m
+    batched = getattr(config, "group", 1) > 1 or getattr(config, "fused", 0)
+    return (
+        rows >= 64
+        and config.num_warps % 4 == 0
+        and not (family in ("monarch", "butterfly", "fft") and batched)
+    )
+
+
+def sampled(example: str, dtype: str, count: int = 2):
+    spec = kt.load_spec(EXAMPLES / f"{example}.yaml").replace(dtype=dtype)
+    plan = kt.plan(spec, budget=1, device="h100")
+    rng = random.Random(f"{example}-{dtype}")
+    picks = [plan.ranked[0], *rng.sample(range(len(plan.space.legal)), min(count, len(plan.space.legal)))]
+    return plan.problem, [plan.space.legal[i] for i in dict.fromkeys(picks)]
+
+
+def test_sampled_legal_configs_of_every_family_build_clean_for_sm90_and_use_wgmma_where_the_tile_allows(pool):
+    cases = []
+    for example in FAMILY_EXAMPLES:
+        for dtype in ("float16", "bfloat16", "float32") if example != "fft_half" else ("float16", "float32"):
+            problem, configs = sampled(example, dtype)
+            cases += [(example, dtype, problem, config) for config in configs]
+    tasks = []
+    for index, (_, _, problem, config) in enumerate(cases):
+        source = write_source(FAMILIES[problem.family].render(problem, config))
+        payload = {
+            "family": problem.family,
+            "problem": problem.to_dict(),
+            "arch": 90,
+            "smem_limit": H100.smem_per_block,
+        }
+        tasks.append(Task(index, "compile", {**payload, "source_path": str(source)}, "compile"))
+    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    bad = [
+        ((example, dtype, config.key()), outcome.message)
+        for outcome, (example, dtype, _, config) in zip(outcomes, cases)
+        if outcome.status != "ok"
+    ]
+    assert not bad, bad  # legal means it builds: no spills, no shared memory overflow
+    for outcome, (example, dtype, problem, config) in zip(outcomes, cases):
+        where = (example, dtype, config.key())
+        kinds = {launch["mma"] for launch in outcome.values["launch_evidence"]}
+        if dtype == "float32":  # kt's float32 default is ieee precision: no tensor cores
+            assert kinds == {"none"}, (where, outcome.values["launch_evidence"])
+            continue
+        expected = "wgmma" if wgmma_tile(problem.family, config) else "mma.sync"
+        assert kinds == {expected}, (where, outcome.values["launch_evidence"])
+
+
+def test_a_config_that_spills_under_register_pressure_is_refused_with_its_evidence(pool):
+    """128 accumulator registers per thread in a batched dot (kt's limit before `kt show --ptx` showed these
+    spilling): all 255 registers and local memory besides, so the build is refused as out of resources."""
+    problem = MonarchProblem(16384, (64, 64, 64), (64, 64, 64))
+    config = BlockGemmConfig(32, 64, 64, 8, 4, 3)
+    assert illegal_reason(problem, config, H100, stages_for(problem, config)).startswith(
+        "accumulator over 64"
+    )
+    fft, timed_out = FFTProblem(16384, 4096, "float16"), BlockGemmConfig(256, 64, 32, 1, 8, 4, split=64)
+    assert illegal_reason(fft, timed_out, H100, stages_for(fft, timed_out)).startswith("accumulator over 64")
+    (outcome,) = pool.run([structured_task(0, problem, config)])
+    assert outcome.status == "out_of_resources" and "spills registers" in outcome.message, outcome.message
+    assert outcome.values["registers"] == 255 and outcome.values["local_bytes"] > 0
+    assert outcome.values["mma_kind"] == "mma.sync" and outcome.values["tma"] == 0
+
+
+def test_kt_show_ptx_writes_each_launch_and_prints_the_evidence(tmp_path):
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    out = tmp_path / "ptx"
+    result = CliRunner().invoke(main, ["show", str(EXAMPLES / "lowrank.yaml"), "--ptx", str(out)])
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["launch0_dense_kernel.ptx", "launch1_dense_kernel.ptx"], files
+    assert all("wgmma.mma_async" in (out / f).read_text() for f in files)
+    assert "compiled for sm_90" in result.output and "wgmma" in result.output
+    for column in ("MMA", "TMA", "registers", "spill bytes", "shared KiB"):
+        assert column in result.output

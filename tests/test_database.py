@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from kt.autotune.database import KEY_COLUMNS, Database
+from kt.autotune.database import KEY_COLUMNS, SCHEMA_VERSION, Database
 from kt.errors import DatabaseError
 
 
@@ -77,7 +77,7 @@ def test_files_that_are_not_kt_databases_get_one_clear_error(tmp_path):
     with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
         Database(other)
     newer = newer_db(tmp_path / "newer.db")
-    with pytest.raises(DatabaseError, match="has schema 99, newer than this kt's 2"):
+    with pytest.raises(DatabaseError, match=f"has schema 99, newer than this kt's {SCHEMA_VERSION}"):
         Database(newer)
     with pytest.raises(DatabaseError, match="is a directory"):
         Database(tmp_path)
@@ -132,7 +132,7 @@ def test_a_read_only_open_refuses_what_is_not_a_kt_database_and_leaves_it_as_it_
         Database(other, create=False, readonly=True)
     assert other.read_bytes() == before
     newer = newer_db(tmp_path / "newer.db")
-    with pytest.raises(DatabaseError, match="has schema 99, newer than this kt's 2"):
+    with pytest.raises(DatabaseError, match=f"has schema 99, newer than this kt's {SCHEMA_VERSION}"):
         Database(newer, create=False, readonly=True)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite at all" * 100)

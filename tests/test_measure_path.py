@@ -301,6 +301,10 @@ def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
             "flush_energy_mj",
             "cooldown_ms",
             "impl",
+            "registers",
+            "local_bytes",
+            "mma_kind",
+            "tma",
         }
     ]
     conn = sqlite3.connect(path)
@@ -317,9 +321,9 @@ def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     conn.close()
     with Database(path) as db:
         (row,) = db.find()
-        assert row["config_key"] == "c" and row["timer"] is None
+        assert row["config_key"] == "c" and row["timer"] is None and row["mma_kind"] is None
         version = db.conn.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
 
 
 def test_the_cooldown_is_recorded_in_each_row(tmp_path):

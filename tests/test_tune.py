@@ -39,6 +39,9 @@ def test_cpu_tune_checks_every_chosen_config_and_times_nothing(tuned):
     assert result.runner == "interpret" and not result.measured
     assert all(row["runtime_ms"] is None and row["power_w"] is None for row in result.rows)
     assert all(row["rel_err"] < 2e-3 and row["smem_bytes"] > 0 for row in result.rows)
+    # the sm_90 build's evidence in every row: registers, no spills, the MMA kind, no TMA in this template
+    assert all(row["registers"] > 0 and row["local_bytes"] == 0 and row["tma"] == 0 for row in result.rows)
+    assert {row["mma_kind"] for row in result.rows} <= {"wgmma", "mma.sync", "none"}
     assert result.best.runtime_ms is None and result.best.predicted_ms > 0
     best_ranked = min(result.rows, key=lambda r: r["rank"])
     assert result.best.config == GemmConfig.from_dict(best_ranked["config"]), "the model's best among passing"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
@@ -31,14 +31,53 @@ _POINTER_TYPES = {
 
 
 _MMA_SYNC = re.compile(r"\bmma\.sync\.")
+_WGMMA = re.compile(r"\bwgmma\.mma_async\.")
+_TMA = re.compile(r"\bcp\.async\.bulk\.tensor\.")
+_USAGE = re.compile(r"Function (\S+):\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)")
 
 
 @dataclass(frozen=True)
 class TargetBuild:
+    """What the compiler made of one launch: its shared memory, its MMA instructions, whether it moves tiles
+    with the tensor memory accelerator (TMA), and, when Triton's cuobjdump is at hand, its registers per thread
+    and its stack and local memory per thread (where ptxas puts register spills; 0 when none)."""
+
     kernel: str
     shared_bytes: int
     uses_wgmma: bool
     mma_sync: int = 0  # mma.sync instructions in the PTX (per warp, per pass of the unrolled code)
+    wgmma: int = 0  # wgmma.mma_async instructions in the PTX
+    tma: bool = False
+    registers: int | None = None
+    local_bytes: int | None = None
+    ptx: str = field(default="", repr=False, compare=False)
+
+    @property
+    def mma_kind(self) -> str:
+        return "wgmma" if self.uses_wgmma else "mma.sync" if self.mma_sync else "none"
+
+
+def resource_usage(cubin: bytes) -> dict[str, tuple[int, int, int]]:
+    """{function: (registers, stack bytes, local bytes) per thread} of a cubin, read by the cuobjdump that
+    Triton ships beside its ptxas ({} when there is none)."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    path = str(tool) if tool.is_file() else shutil.which("cuobjdump")
+    if path is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        done = subprocess.run(
+            [path, "--dump-resource-usage", handle.name], capture_output=True, text=True, timeout=120
+        )
+    return {m[1]: (int(m[2]), int(m[3]), int(m[4])) for m in _USAGE.finditer(done.stdout)}
 
 
 class _Recorder:
@@ -130,8 +169,19 @@ def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[Targe
             source = ASTSource(jit_function, signature, constexprs=constexprs, attrs=attrs)
             compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
             ptx = compiled.asm.get("ptx", "")
+            usage = resource_usage(compiled.asm["cubin"]).get(compiled.metadata.name)
             builds.append(
-                TargetBuild(name, int(compiled.metadata.shared), "wgmma" in ptx, len(_MMA_SYNC.findall(ptx)))
+                TargetBuild(
+                    name,
+                    int(compiled.metadata.shared),
+                    uses_wgmma=bool(_WGMMA.search(ptx)),
+                    mma_sync=len(_MMA_SYNC.findall(ptx)),
+                    wgmma=len(_WGMMA.findall(ptx)),
+                    tma=bool(_TMA.search(ptx)),
+                    registers=usage[0] if usage else None,
+                    local_bytes=usage[1] + usage[2] if usage else None,  # spills land in the stack frame
+                    ptx=ptx,
+                )
             )
     return builds
 

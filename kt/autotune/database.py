@@ -19,7 +19,8 @@ from typing import IO, Any
 from kt.errors import DatabaseError
 from kt.files import atomic_write
 
-SCHEMA_VERSION = 2  # 2: the timer, regime, graph, cooldown, energy status and implementation columns
+SCHEMA_VERSION = 3  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
+# 3: the target build's registers, local memory (spills), MMA kind and TMA
 # config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
 BASELINE_KEY = "pytorch"
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
@@ -69,7 +70,14 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("cooldown_ms", "REAL"),  # the idle gap before the candidate was timed
     ("sm_clock_mhz", "REAL"),
     ("temperature_c", "REAL"),
-    ("smem_bytes", "INTEGER"),  # shared memory of the target build
+    ("smem_bytes", "INTEGER"),  # shared memory of the target build (its largest launch)
+    ("registers", "INTEGER"),  # registers per thread of the target build (its largest launch)
+    ("local_bytes", "INTEGER"),  # local memory per thread: register spills (0: none)
+    (
+        "mma_kind",
+        "TEXT",
+    ),  # the MMA instructions of its launches: wgmma, mma.sync, none, or several joined by +
+    ("tma", "INTEGER"),  # 1: a launch moves tiles with TMA (cp.async.bulk.tensor)
     ("checked_problems", "TEXT"),  # JSON list of the reduced problems the interpreter checked
     ("predicted_ms", "REAL"),  # the ranking model's prediction when the candidate was chosen
     ("wall_s", "REAL"),  # compile + check + measure

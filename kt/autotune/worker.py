@@ -116,28 +116,75 @@ def _check(payload: dict[str, Any]) -> Reply:
 
 
 def _compile(payload: dict[str, Any]) -> Reply:
-    """Compile for the target GPU architecture (no GPU needed) and hold its shared memory to the device limit.
-    A module with no Triton kernel (PyTorch's own path, candidate zero) has nothing to compile."""
+    """Compile for the target GPU architecture (no GPU needed) and hold the build to the device: shared memory
+    within its limit, no register spills. Records the evidence (shared memory, registers, spills, MMA kind,
+    TMA) and, with `ptx_dir`, writes each launch's PTX there. A module with no Triton kernel (PyTorch's own
+    path, candidate zero) has nothing to compile."""
     from kt.autotune.compile import compile_for_target, meta_args
 
     module = _load(payload, interpret=False)
     builds = compile_for_target(module, meta_args(_problem(payload)), payload["arch"])
     if not builds:
         return "ok", {}, "", False
-    shared = max(build.shared_bytes for build in builds)
-    values = {
-        "smem_bytes": shared,
-        "uses_wgmma": any(build.uses_wgmma for build in builds),
-        "mma_sync": max(build.mma_sync for build in builds),
-    }
-    if shared > payload["smem_limit"]:
+    if payload.get("ptx_dir"):
+        from pathlib import Path
+
+        from kt.files import atomic_write_text
+
+        for index, build in enumerate(builds):
+            atomic_write_text(Path(payload["ptx_dir"]) / f"launch{index}_{build.kernel}.ptx", build.ptx)
+    values = evidence(builds)
+    if values["smem_bytes"] > payload["smem_limit"]:
         return (
             "out_of_resources",
             values,
-            f"needs {shared} bytes of shared memory, the device has {payload['smem_limit']}",
+            f"needs {values['smem_bytes']} bytes of shared memory, the device has {payload['smem_limit']}",
+            False,
+        )
+    spilling = [b for b in builds if b.local_bytes and (b.registers or 0) >= MAX_REGISTERS]
+    if spilling:
+        worst = max(spilling, key=lambda b: b.local_bytes)
+        return (
+            "out_of_resources",
+            values,
+            f"spills registers: {worst.local_bytes} bytes of local memory per thread at all "
+            f"{MAX_REGISTERS} registers ({worst.kernel})",
             False,
         )
     return "ok", values, "", False
+
+
+# A launch that holds all 255 registers a thread may have and still keeps values in local memory spills under
+# pressure (in its loop, as the sm_90 builds of batched dots with 128 accumulator registers showed). A few bytes
+# of stack below that, as ptxas sometimes keeps for a value or two outside the loop, are recorded, not refused.
+MAX_REGISTERS = 255
+
+
+def evidence(builds) -> dict[str, Any]:
+    """A candidate's compiled-code columns from its launches' builds (the worst launch for each resource)."""
+    registers = [b.registers for b in builds if b.registers is not None]
+    local = [b.local_bytes for b in builds if b.local_bytes is not None]
+    kinds = {b.mma_kind for b in builds}
+    return {
+        "smem_bytes": max(b.shared_bytes for b in builds),
+        "uses_wgmma": any(b.uses_wgmma for b in builds),
+        "mma_sync": max(b.mma_sync for b in builds),
+        "mma_kind": "+".join(k for k in ("wgmma", "mma.sync", "none") if k in kinds),
+        "tma": int(any(b.tma for b in builds)),
+        "registers": max(registers) if registers else None,
+        "local_bytes": max(local) if local else None,
+        "launch_evidence": [
+            {
+                "kernel": b.kernel,
+                "mma": b.mma_kind,
+                "tma": b.tma,
+                "registers": b.registers,
+                "local_bytes": b.local_bytes,
+                "smem_bytes": b.shared_bytes,
+            }
+            for b in builds
+        ],
+    }
 
 
 _METERS: dict[str, Any] = {}  # device -> its energy meter, probed once per worker

@@ -199,8 +199,29 @@ def illegal_reason(
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
-    if acc > device.acc_regs_limit:
-        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    # A batched dot's mma.sync fragments of A and B sit in registers beside its accumulator, and a complex
+    # launch's four dots keep two accumulators and four operand tiles: in the sm_90 builds every such config
+    # with 128 accumulator registers per thread spilled at all 255 registers (`kt show --ptx`; the FFT's
+    # b256n64k32g1w8s4, a 120 s compile timeout on the first H200 run, among them), none with 64 did.
+    tight = config.group > 1 or is_complex(problem)
+    limit = device.acc_regs_limit // 2 if tight else device.acc_regs_limit
+    if acc > limit:
+        return f"accumulator over {limit} registers per thread" + (
+            " (batched or complex dots)" if tight else ""
+        )
+    if problem.dtype == "float32" and problem.precision == "ieee":
+        # Without tensor cores a dot runs as FMAs on operand tiles held in registers: those count too. Sampled
+        # sm_90 builds that spilled at all 255 registers held 160 to 224 accumulator and operand registers per
+        # thread, or, for the FFT's four complex dots, 56 to 128 and every K step over 16; none within 128
+        # (real) or 64 with K steps of 16 (complex) did.
+        planes = 2 if is_complex(problem) else 1
+        if planes == 2 and config.block_k > MIN_DOT:
+            return f"K step over {MIN_DOT} for complex FMA dots (their operand tiles spill)"
+        threads = config.num_warps * device.warp_size
+        operands = planes * config.group * (config.block_b + config.block_n) * config.block_k // threads
+        fma_limit = device.acc_regs_limit // planes
+        if acc + operands > fma_limit:
+            return f"accumulator and operand tiles over {fma_limit} registers per thread (FMA dots)"
     return None
 
 
