@@ -203,23 +203,29 @@ def illegal_reason(
     # launch's four dots keep two accumulators and four operand tiles: in the sm_90 builds every such config
     # with 128 accumulator registers per thread spilled at all 255 registers (`kt show --ptx`; the FFT's
     # b256n64k32g1w8s4, a 120 s compile timeout on the first H200 run, among them), none with 64 did.
-    tight = config.group > 1 or is_complex(problem)
+    if config.group > 1 and is_complex(problem) and config.block_k > 2 * MIN_DOT:
+        return f"K step over {2 * MIN_DOT} for batched complex dots (a sampled sm_90 build spilled)"
+    tight = config.group > 1 or is_complex(problem) or config.num_warps < 4
     limit = device.acc_regs_limit // 2 if tight else device.acc_regs_limit
     if acc > limit:
-        return f"accumulator over {limit} registers per thread" + (
-            " (batched or complex dots)" if tight else ""
-        )
+        why = " (batched, complex or two-warp dots)" if tight else ""
+        return f"accumulator over {limit} registers per thread{why}"
+    if config.num_warps < 4 and config.block_k > 2 * MIN_DOT:  # as kt.codegen.gemm.accumulator_reason
+        return f"K step over {2 * MIN_DOT} in a two-warp program"
     if problem.dtype == "float32" and problem.precision == "ieee":
         # Without tensor cores a dot runs as FMAs on operand tiles held in registers: those count too. Sampled
-        # sm_90 builds that spilled at all 255 registers held 160 to 224 accumulator and operand registers per
-        # thread, or, for the FFT's four complex dots, 56 to 128 and every K step over 16; none within 128
-        # (real) or 64 with K steps of 16 (complex) did.
+        # sm_90 builds that spilled at all 255 registers held 112 (Triton 3.6) to 224 accumulator and operand
+        # registers per thread, or, for the FFT's four complex dots, 56 to 128, every K step over 16 and every
+        # batched one; none within 96 (real) or 64 in one block with K steps of 16 (complex) did, on either
+        # Triton.
         planes = 2 if is_complex(problem) else 1
-        if planes == 2 and config.block_k > MIN_DOT:
-            return f"K step over {MIN_DOT} for complex FMA dots (their operand tiles spill)"
+        if planes == 2 and (config.block_k > MIN_DOT or config.group > 1):
+            return (
+                f"complex FMA dots need one block per program and K steps of {MIN_DOT} (their operands spill)"
+            )
         threads = config.num_warps * device.warp_size
         operands = planes * config.group * (config.block_b + config.block_n) * config.block_k // threads
-        fma_limit = device.acc_regs_limit // planes
+        fma_limit = 3 * device.acc_regs_limit // 4 if planes == 1 else device.acc_regs_limit // 2
         if acc + operands > fma_limit:
             return f"accumulator and operand tiles over {fma_limit} registers per thread (FMA dots)"
     return None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import config_from_mapping, padded
+from kt.codegen.gemm import accumulator_reason, config_from_mapping, padded
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BsrGradProblem
@@ -83,9 +83,7 @@ def illegal_reason(problem: BsrGradProblem, config: BsrGradConfig, device: Devic
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
-    if acc > device.acc_regs_limit:
-        return f"accumulator over {device.acc_regs_limit} registers per thread"
-    return None
+    return accumulator_reason(acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k)
 
 
 # -- the family ----------------------------------------------------------------------------------------------

@@ -92,13 +92,45 @@ def accumulator_registers(config: GemmConfig, warp_size: int = 32) -> int:
     return config.block_m * config.block_n // (config.num_warps * warp_size)
 
 
+def accumulator_limit(device: DeviceProfile, dtype: str, precision: str, num_warps: int) -> tuple[int, str]:
+    """The fp32 accumulator registers per thread a 2D dot may hold before its build spills, and why it is lower
+    than the device's limit. Sampled sm_90 builds (Triton 3.6 and 3.9) spilled at all 255 registers with 128
+    accumulator registers per thread in two-warp programs (mma.sync) and in float32 FMA dots (no tensor cores,
+    operands held in registers too), and with 64 in two-warp FMA programs; below those they did not."""
+    if dtype == "float32" and precision == "ieee":  # two-warp FMA programs spilled with 64 too
+        return device.acc_regs_limit // (2 if num_warps >= 4 else 4), " (FMA dots)"
+    if num_warps < 4:
+        return device.acc_regs_limit // 2, " (two-warp programs)"
+    return device.acc_regs_limit, ""
+
+
+def accumulator_reason(
+    acc: int, device: DeviceProfile, dtype: str, precision: str, num_warps: int, block_k: int
+) -> str | None:
+    """Why a program's registers would spill, or None: its accumulator over `accumulator_limit`, or a K step
+    over 32 in a two-warp program or an FMA dot (sampled such builds with K steps of 64 and 128 spilled at every
+    accumulator size allowed, their operand fragments in registers)."""
+    limit, why = accumulator_limit(device, dtype, precision, num_warps)
+    if acc > limit:
+        return f"accumulator over {limit} registers per thread{why}"
+    if num_warps < 4 and block_k > 2 * MIN_DOT:
+        return f"K step over {2 * MIN_DOT} in a two-warp program"
+    if dtype == "float32" and precision == "ieee" and block_k > 2 * MIN_DOT:  # spilled under Triton 3.6
+        return f"K step over {2 * MIN_DOT} for FMA dots"
+    return None
+
+
 def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
     """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
     smem = shared_memory(problem, config)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
-    if accumulator_registers(config, device.warp_size) > device.acc_regs_limit:
-        return f"accumulator over {device.acc_regs_limit} registers per thread"
+    acc = accumulator_registers(config, device.warp_size)
+    too_many = accumulator_reason(
+        acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k
+    )
+    if too_many:
+        return too_many
     k_per_split = -(-problem.k // config.split_k)
     if (
         config.block_m > padded(problem.m)
