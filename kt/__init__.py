@@ -9,48 +9,48 @@ kernel = kt.load("artifacts/name")
 
 __version__ = "0.1.0"
 
-from kt.api import (  # noqa: E402
-    as_spec,
-    build,
-    collect,
-    evaluate_model,
-    fit_model,
-    inspect,
-    load,
-    plan,
-    random_args,
-    random_weights,
-    reference,
-    resolve_profile,
-    space,
-    tune,
-)
-from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, SpecError  # noqa: E402
-from kt.kernel import Kernel  # noqa: E402
-from kt.spec import OpSpec, load_spec, parse_spec  # noqa: E402
+from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, SpecError  # noqa: E402, F401
 
-__all__ = [
-    "ArtifactError",
-    "DatabaseError",
-    "DeviceError",
-    "Kernel",
-    "KtError",
-    "OpSpec",
-    "SpecError",
-    "as_spec",
-    "build",
-    "collect",
-    "evaluate_model",
-    "fit_model",
-    "inspect",
-    "load",
-    "load_spec",
-    "parse_spec",
-    "plan",
-    "random_args",
-    "random_weights",
-    "reference",
-    "resolve_profile",
-    "space",
-    "tune",
-]
+# The rest loads on first use (PEP 562), so `import kt` and the CLI's --help pay for torch and scikit-learn only
+# when a command needs them.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "as_spec",
+            "build",
+            "collect",
+            "evaluate_model",
+            "fit_model",
+            "inspect",
+            "load",
+            "plan",
+            "random_args",
+            "random_weights",
+            "reference",
+            "resolve_profile",
+            "space",
+            "tune",
+        ),
+        "kt.api",
+    ),
+    "Kernel": "kt.kernel",
+    **dict.fromkeys(("OpSpec", "load_spec", "parse_spec"), "kt.spec"),
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kt' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(["ArtifactError", "DatabaseError", "DeviceError", "KtError", "SpecError", *_LAZY])

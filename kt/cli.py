@@ -12,12 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-import kt
-from kt.autotune.artifact import check_target
+import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.errors import KtError
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
@@ -210,6 +208,8 @@ def tune(
 ):
     """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json)."""
     _header(spec)
+    from kt.autotune.artifact import check_target
+
     check_target(out_dir / spec.name)  # before the tune, not after it
     result = kt.tune(
         spec,
@@ -490,6 +490,8 @@ def space(spec, sample, seed, device):
 @DEVICE
 def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_w, device):
     """Show what the cost model predicts for OP_YAML's legal configs, best first, and what a tune would measure."""
+    import numpy as np
+
     from kt.costmodel.staged import roofline_and_bound
 
     plan = kt.plan(
