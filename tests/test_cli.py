@@ -1,6 +1,7 @@
 """The kt command: output a person can read, one-line errors with exit code 2, never a traceback."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -149,3 +150,38 @@ def test_kt_still_offers_every_name_lazily():
     assert kt.tune is __import__("kt.api").api.tune and "tune" in vars(kt)  # cached after the first use
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         kt.nonexistent  # noqa: B018
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/maps"), reason="watches the child's mapped libraries (Linux)"
+)
+def test_ctrl_c_while_a_command_loads_torch_prints_one_line_not_a_traceback(tmp_path):
+    """The CLI's module loads in a tenth of a second; a command's heavy imports run inside kt's error handling,
+    so Ctrl-C there ends like Ctrl-C anywhere else in a command: exit 130 and one line."""
+    import signal
+    import time
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nshape: {m: 16, n: 16, k: 16}\n")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kt.cli", "predict", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    maps, deadline = f"/proc/{child.pid}/maps", time.monotonic() + 60
+    # past the CLI's own start: torch's libraries are being mapped (its import takes over a second)
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(maps) as handle:
+                if "libtorch" in handle.read():
+                    break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    assert child.poll() is None, "the command finished before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().startswith("kt: interrupted"), stderr
