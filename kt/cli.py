@@ -376,6 +376,7 @@ def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
     keep the first that builds within the device (no spills, shared memory within the limit), as a tune would."""
     from kt.autotune.compile import target_compiler_available
     from kt.autotune.pool import Task, WorkerPool
+    from kt.autotune.runners import compile_payload
     from kt.autotune.tune import generated_candidate
 
     if not target_compiler_available():
@@ -388,13 +389,8 @@ def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
     ptx_dir.mkdir(parents=True, exist_ok=True)
     tasks = []
     for index, config in enumerate(configs):
-        payload = {
-            "family": plan.problem.family,
-            "problem": plan.problem.to_dict(),
-            "arch": arch,
-            "smem_limit": plan.space.device.smem_per_block,
-            "source_path": generated_candidate(plan.problem, config, name=spec.name).source_path,
-        }
+        candidate = generated_candidate(plan.problem, config, name=spec.name)
+        payload = compile_payload(candidate, arch, plan.space.device.smem_per_block)
         tasks.append(Task(index, "compile", payload, "compile"))
     with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=600) as pool:
         outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)

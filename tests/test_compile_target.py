@@ -7,7 +7,9 @@ import pytest
 
 import kt
 from kt.autotune.pool import Task, WorkerPool
-from kt.codegen import FAMILIES, GemmConfig, write_source
+from kt.autotune.runners import compile_payload
+from kt.autotune.tune import generated_candidate
+from kt.codegen import GemmConfig
 from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, resources, stages_for
 from kt.codegen.gemm import shared_memory
 from kt.device import H100
@@ -31,22 +33,14 @@ CASES = [
 ]
 
 
+def compile_task(index, problem, config, smem_limit=H100.smem_per_block):
+    """The worker task a runner sends to build `config` of `problem` for sm_90 (kt.autotune.runners)."""
+    candidate = generated_candidate(problem, config)
+    return Task(index, "compile", compile_payload(candidate, 90, smem_limit), "compile")
+
+
 def compile_tasks(cases, smem_limit=H100.smem_per_block):
-    return [
-        Task(
-            i,
-            "compile",
-            {
-                "family": "gemm",
-                "problem": p.to_dict(),
-                "arch": 90,
-                "smem_limit": smem_limit,
-                "source_path": str(write_source(FAMILIES["gemm"].render(p, c))),
-            },
-            "compile",
-        )
-        for i, (p, c) in enumerate(cases)
-    ]
+    return [compile_task(i, p, c, smem_limit) for i, (p, c) in enumerate(cases)]
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +76,7 @@ STRUCTURED = [
 
 
 def structured_task(index, problem, config):
-    source = write_source(FAMILIES[problem.family].render(problem, config))
-    payload = {"family": problem.family, "problem": problem.to_dict(), "arch": 90, "smem_limit": 1 << 30}
-    return Task(index, "compile", {**payload, "source_path": str(source)}, "compile")
+    return compile_task(index, problem, config, smem_limit=1 << 30)
 
 
 def test_structured_kernels_use_wgmma_for_one_block_and_no_repeated_mma_for_batches(pool):
@@ -135,16 +127,7 @@ def test_sampled_legal_configs_of_every_family_build_clean_for_sm90_and_use_wgmm
         for dtype in ("float16", "bfloat16", "float32") if example != "fft_half" else ("float16", "float32"):
             problem, configs = sampled(example, dtype)
             cases += [(example, dtype, problem, config) for config in configs]
-    tasks = []
-    for index, (_, _, problem, config) in enumerate(cases):
-        source = write_source(FAMILIES[problem.family].render(problem, config))
-        payload = {
-            "family": problem.family,
-            "problem": problem.to_dict(),
-            "arch": 90,
-            "smem_limit": H100.smem_per_block,
-        }
-        tasks.append(Task(index, "compile", {**payload, "source_path": str(source)}, "compile"))
+    tasks = [compile_task(index, problem, config) for index, (_, _, problem, config) in enumerate(cases)]
     outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
     bad = [
         ((example, dtype, config.key()), outcome.message)

@@ -61,6 +61,19 @@ class Stage:
     kind: str
 
 
+def compile_payload(candidate: Candidate, arch: int, smem_limit: int) -> dict[str, Any]:
+    """A worker's compile task for `candidate`: build it for `arch` on the full problem, held to `smem_limit`
+    bytes of shared memory (and refused if it spills)."""
+    problem = candidate.problem
+    return {
+        "family": problem.family,
+        "source_path": candidate.source_path,
+        "problem": problem.to_dict(),
+        "arch": arch,
+        "smem_limit": smem_limit,
+    }
+
+
 class Runner(ABC):
     name: str
     measures_time: bool
@@ -87,15 +100,7 @@ class Runner(ABC):
         """What the worker needs for `candidate` at `stage`."""
 
     def compile_payload(self, candidate: Candidate, arch: int) -> dict[str, Any]:
-        """Compile for `arch` on the full problem, held to the profile's shared-memory limit."""
-        problem = candidate.problem
-        return {
-            "family": problem.family,
-            "source_path": candidate.source_path,
-            "problem": problem.to_dict(),
-            "arch": arch,
-            "smem_limit": self.profile.smem_per_block,
-        }
+        return compile_payload(candidate, arch, self.profile.smem_per_block)
 
     def _task(self, index: int, stage_index: int, candidate: Candidate) -> Task:
         stage = self.stages[stage_index]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded
+from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded, two_warp_k_reason
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.factors import ButterflyGroup
@@ -210,8 +210,9 @@ def illegal_reason(
     if acc > limit:
         why = " (batched, complex or two-warp dots)" if tight else ""
         return f"accumulator over {limit} registers per thread{why}"
-    if config.num_warps < 4 and config.block_k > 2 * MIN_DOT:  # as kt.codegen.gemm.accumulator_reason
-        return f"K step over {2 * MIN_DOT} in a two-warp program"
+    deep = two_warp_k_reason(config.num_warps, config.block_k)
+    if deep:
+        return deep
     if problem.dtype == "float32" and problem.precision == "ieee":
         # Without tensor cores a dot runs as FMAs on operand tiles held in registers: those count too. Sampled
         # sm_90 builds that spilled at all 255 registers held 112 (Triton 3.6) to 224 accumulator and operand

@@ -120,10 +120,18 @@ def accumulator_reason(
     limit, why = accumulator_limit(device, dtype, precision, num_warps)
     if acc > limit:
         return f"accumulator over {limit} registers per thread{why}"
-    if two_warp_k and num_warps < 4 and block_k > 2 * MIN_DOT:
-        return f"K step over {2 * MIN_DOT} in a two-warp program"
+    deep = two_warp_k_reason(num_warps, block_k) if two_warp_k else None
+    if deep:
+        return deep
     if dtype == "float32" and precision == "ieee" and block_k > 2 * MIN_DOT:  # spilled under Triton 3.6
         return f"K step over {2 * MIN_DOT} for FMA dots"
+    return None
+
+
+def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
+    """A two-warp program's K step over 32: its operand fragments spilled in sampled builds (see above)."""
+    if num_warps < 4 and block_k > 2 * MIN_DOT:
+        return f"K step over {2 * MIN_DOT} in a two-warp program"
     return None
 
 
