@@ -17,7 +17,7 @@ from kt.autotune.tune import Plan, Session, TuneResult, plan_tuning, run_session
 from kt.autotune.tune import tune as _tune
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, family_for, load_source
-from kt.codegen.baseline import render_baseline
+from kt.codegen.baseline import baseline_kernel
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
@@ -152,10 +152,7 @@ def build(
     profile = resolve_profile(device or spec.device)
     family = family_for(node.problem)
     if config == BASELINE_KEY:
-        source = render_baseline(
-            node.problem, name=spec.name, device=profile.name, kt_version=software_versions()["kt"]
-        )
-        return Kernel(load_source(source), spec, None, {"measured": False, "kernel": "pytorch"})
+        return baseline_kernel(spec, profile.name)
     if config is None:
         ranking = plan_tuning(node.problem, profile, budget=1)
         config = ranking.config(ranking.ranked[0])

@@ -33,8 +33,33 @@ def test_refuses_without_a_gpu(bench, capsys, monkeypatch, tmp_path):
     out = tmp_path / "rows.csv"
     assert bench.main(["--budget", "0", "--csv", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "nn_layers: needs a CUDA GPU; this machine has none"
+    assert err == "nn_layers: needs a CUDA GPU; this machine has none (--device cpu times the CPU path)"
     assert not out.exists()
+
+
+def test_cpu_run_times_every_layer_against_its_formula(bench, capsys, tmp_path):
+    """--device cpu: kt.nn's PyTorch path on CPU tensors, each layer checked against its formula, then timed by
+    the wall clock beside nn.Linear and the formula (figures: BENCHMARKS.md; not asserted, a CI runner is busy)."""
+    import csv
+
+    out = tmp_path / "rows.csv"
+    assert bench.main(["--device", "cpu", "--only", "r=64", "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "`python benchmarks/nn_layers.py --device cpu`" in printed and "cores" in printed
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["layer"] == "lowrank r=64" and float(row["rel_err"]) < 1e-5
+    assert float(row["kt_ms"]) > 0 and float(row["baseline_ms"]) > 0 and float(row["linear_ms"]) > 0
+    assert "cores" in row["device"]
+
+
+def test_cpu_lists_the_cpu_sizes(bench, capsys):
+    assert bench.main(["--list", "--device", "cpu"]) == 0
+    listed = capsys.readouterr().out
+    assert (
+        "monarch 8 blocks" in listed
+        and "butterfly n=512" in listed
+        and "F.linear with W.to_dense()" in listed
+    )
 
 
 def test_negative_budget_is_a_usage_error(bench):

@@ -37,15 +37,17 @@ F32, F16, BF16 = 1e-5, 5e-3, 3e-2  # relative Frobenius error against float64, p
 
 @pytest.fixture(autouse=True, scope="module")
 def interpreter():
-    """Every kernel of this module runs in Triton's interpreter on CPU tensors (set while these tests run only, so
-    that GPU tests collected with them still compile for the GPU)."""
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    """Every kernel of this module is kt's generated kernel run in Triton's interpreter on CPU tensors
+    (KT_INTERPRET=1; without it kt.nn runs the op's PyTorch path there, tested in test_nn_cpu.py). Set while
+    these tests run only, so that GPU tests collected with them still compile for the GPU."""
+    before = {name: os.environ.get(name) for name in ("TRITON_INTERPRET", "KT_INTERPRET")}
+    os.environ.update({name: "1" for name in before})
     yield
-    if before is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = before
+    for name, value in before.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
@@ -745,17 +747,33 @@ def test_cost_model_fallback_warns_once_per_op_and_bucket(caplog):
     (record,) = records
     assert record.levelno == logging.WARNING
     message = record.getMessage()
-    assert "cost model" in message and "kt tune" in message
+    assert "\n" not in message and "{" not in message  # one line, no JSON
+    assert "cost model" in message and "untuned" in message and "kt tune" in message
+    assert "kt.nn.selections()" in message
     spec = selection.bucket_spec(json.loads(layer.op_text), 20)
-    assert json.dumps(spec.signature(), separators=(",", ":")) in message
-    assert '"batch":32' in message
+    assert message.startswith(spec.summary())
+    assert "monarch 32 rows" in message
     (chosen,) = knn.selections()
     assert chosen.source == "cost model" and chosen.spec == spec
+    assert chosen.device == "cpu" and chosen.role == "forward"
+    assert json.dumps(spec.signature()) in json.dumps(chosen.spec.signature())  # the spec to tune is listed
 
     with torch.no_grad():
         layer(torch.randn(33, 32))  # a new bucket: one more warning
     records = [r for r in caplog.records if r.name == "kt.nn"]
-    assert len(records) == 2 and '"batch":64' in records[1].getMessage()
+    assert len(records) == 2 and "monarch 64 rows" in records[1].getMessage()
+
+
+def test_backward_selections_log_at_debug_and_are_listed_as_backward(caplog):
+    caplog.set_level(logging.DEBUG, logger="kt.nn")
+    layer = LowRankLinear(24, 40, 5)
+    layer(torch.randn(17, 24, requires_grad=True)).sum().backward()
+    loud = [r for r in caplog.records if r.name == "kt.nn" and r.levelno >= logging.INFO]
+    assert len(loud) == 1 and loud[0].getMessage().startswith("lowrank 32 rows")
+    roles = [s.role for s in knn.selections()]
+    assert roles[0] == "forward" and roles.count("backward") == len(roles) - 1 >= 3
+    quiet = [r for r in caplog.records if r.name == "kt.nn" and r.levelno == logging.DEBUG]
+    assert len(quiet) == len(roles) - 1
 
 
 @pytest.fixture(scope="module")

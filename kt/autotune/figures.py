@@ -12,12 +12,13 @@ from typing import Any
 from kt.autotune.versions import software_versions
 
 
-def run_context() -> dict[str, Any]:
-    """The stamp of a run on this machine's GPU: its name, today's date (UTC) and `<package>_version`s."""
+def run_context(device: str | None = None) -> dict[str, Any]:
+    """The stamp of a run on this machine's GPU (or on `device`, named by the caller: a CPU run): its name,
+    today's date (UTC) and `<package>_version`s."""
     import torch
 
     return {
-        "device": torch.cuda.get_device_name(),
+        "device": device or torch.cuda.get_device_name(),
         "date": datetime.now(timezone.utc).date().isoformat(),
         **{f"{key}_version": value for key, value in software_versions().items()},
     }

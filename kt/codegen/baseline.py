@@ -87,6 +87,22 @@ def render_baseline(
     )
 
 
+def baseline_kernel(spec, device: str, provenance: str | None = None):
+    """`spec`'s PyTorch baseline as a callable Kernel (kt.build's `config="pytorch"`, and what kt.nn runs on CPU
+    tensors), `device` naming where it is for in the module's docstring. Imports none of the tuner's modules."""
+    from kt.autotune.versions import software_versions
+    from kt.codegen.emit import load_source
+    from kt.ir import op_from_spec
+    from kt.kernel import Kernel
+
+    (node,) = op_from_spec(spec).kernel_graph().kernels
+    extra = {"provenance": provenance} if provenance else {}
+    source = render_baseline(
+        node.problem, name=spec.name, device=device, kt_version=software_versions()["kt"], **extra
+    )
+    return Kernel(load_source(source), spec, None, {"measured": False, "kernel": "pytorch"})
+
+
 def _what(problem) -> str:
     if getattr(problem, "transposed", False):
         return {"monarch": "transposed Monarch, y = x @ M", "butterfly": "transposed butterfly, y = x @ B"}[

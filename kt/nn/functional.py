@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kt.dtypes import dtype_name
-from kt.nn.selection import kernel_for
+from kt.nn.selection import backward_role, kernel_for
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask
 
@@ -53,11 +53,16 @@ def _out_features(op: dict[str, Any]) -> int:
 # -- the custom op -------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("kt::apply", mutates_args=())
-def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
+def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
+    """What the op computes: the selected kernel on x and the weights (the custom op's implementation)."""
     spec = _parsed(op)
     kernel = kernel_for(op, _row_count(spec, x), x.device)
     return kernel(x, *_kernel_weights(spec, weights))
+
+
+@torch.library.custom_op("kt::apply", mutates_args=())
+def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
+    return _run(x, weights, op)
 
 
 def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
@@ -86,8 +91,23 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
 
 
 def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str) -> torch.Tensor:
-    """Run the op on x (and the weights) with its selected kernel; differentiable, compilable, exportable."""
-    return torch.ops.kt.apply(x, list(weights), op if isinstance(op, str) else op_text(op))
+    """Run the op on x (and the weights) with its selected kernel; differentiable, compilable, exportable.
+
+    torch.compile and torch.export see the custom op. In eager mode the custom op's dispatch would add its cost
+    (about 75 microseconds a call on a CPU, with grad; more without) and nothing else, which is most of a small
+    layer's time on the CPU: there the kernel is called directly when nothing is to be differentiated
+    (inference, and the products of a backward pass), else through a torch.autograd.Function with the custom
+    op's own backward (`_backward`, the same formulas)."""
+    weights = list(weights)
+    text = op if isinstance(op, str) else op_text(op)
+    if type(x) not in _PLAIN or any(type(w) not in _PLAIN for w in weights) or torch.compiler.is_compiling():
+        return torch.ops.kt.apply(x, weights, text)  # a trace (its tensors are fake or functional subclasses)
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return _EagerApply.apply(x, text, *weights)
+    return _run(x, weights, text)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -130,7 +150,8 @@ def _backward(ctx, dy: torch.Tensor):
     spec = {key: value for key, value in _parsed(ctx.op).items() if key != "pin"}
     if spec["op"] not in GRADIENTS:
         raise RuntimeError(f"kt: the {spec['op']} op has no gradient (it is itself a gradient)")
-    dx, dweights = GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous())
+    with backward_role():
+        dx, dweights = GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous())
     if not ctx.needs_input_grad[0]:
         dx = None
     return dx, dweights, None
@@ -139,23 +160,42 @@ def _backward(ctx, dy: torch.Tensor):
 _apply.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerApply(torch.autograd.Function):
+    """The custom op's autograd in eager mode, without its dispatch: forward(x, op, *weights)."""
+
+    @staticmethod
+    def forward(
+        ctx, x, op, *weights
+    ):  # the ctx form: a separate setup_context makes each call bind a signature
+        _setup_context(ctx, (x, weights, op), None)
+        return _run(x, list(weights), op)
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx, dweights, _ = _backward(ctx, dy)
+        return (dx, None, *dweights)
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor:
     """a (M, K) @ b (K, N), or a batch of them (a 3-D operand), by kt's dense op (any strides: transposes are views). `deep`: K is the batch's rows
     (a weight gradient), so the op names K's bucket, not K, and a new batch size reuses its bucket's kernel."""
     from kt.nn.selection import bucket
 
-    shape = {"n": b.shape[-1], "k": bucket(a.shape[-1]) if deep else a.shape[-1]}
-    if a.dim() == 3 or b.dim() == 3:  # a batch of products (one per block)
-        shape["batch"] = a.shape[0] if a.dim() == 3 else b.shape[0]
-    op = {
-        "op": "dense",
-        "dtype": dtype_name(a.dtype),
-        "shape": shape,
-        "layout": {"a": _layout(a), "b": _layout(b)},
-    }
+    k = bucket(a.shape[-1]) if deep else a.shape[-1]
+    batch = (a.shape[0] if a.dim() == 3 else b.shape[0]) if a.dim() == 3 or b.dim() == 3 else None
+    return apply(a, [b], _dense_text(a.dtype, b.shape[-1], k, batch, _layout(a), _layout(b)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _dense_text(dtype: torch.dtype, n: int, k: int, batch: int | None, a: str, b: str) -> str:
+    """The op text of a dense product (made once: a backward pass makes several per layer and step)."""
+    shape = {"n": n, "k": k}
+    if batch is not None:  # a batch of products (one per block)
+        shape["batch"] = batch
+    op = {"op": "dense", "dtype": dtype_name(dtype), "shape": shape, "layout": {"a": a, "b": b}}
     if op["dtype"] == "float32":
         op["precision"] = "ieee"
-    return apply(a, [b], op)
+    return op_text(op)
 
 
 def _layout(t: torch.Tensor) -> str:

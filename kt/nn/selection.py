@@ -10,17 +10,27 @@ and the bucket only names the shape that was (or can be) tuned. For a bucket's s
 2. artifacts (`kt tune --out`) in the directories of `$KT_ARTIFACTS` (separated by os.pathsep) or given to
    `use_artifacts()`, whose problem is this bucket's (an artifact whose kernel.py calls PyTorch runs PyTorch;
    one tuned without a GPU, `measured: false`, is used with a warning);
-3. the cost model's top-ranked legal config (`kt.build`), which is never silent: a warning names the spec to tune.
+3. the cost model's top-ranked legal config (`kt.build`), which is never silent: a warning says it is untuned.
 
-Each choice is logged once (logger "kt.nn") and listed by `selections()`.
+On CPU tensors none of that runs: a layer runs the op's PyTorch path (the module a tune times as candidate zero:
+two torch.bmm for Monarch, F.linear on the BSR weight, torch.linalg.multi_dot, torch.fft.fft, the butterfly's
+per-level loop), at torch's speed, with the same custom op, autograd and dtype rules. `KT_INTERPRET=1` runs kt's
+generated kernels in Triton's interpreter instead (slow: what the kernel tests use), selected as above; so does a
+`kt.load`ed kernel called through `Kernel.as_op()` on CPU tensors.
+
+Each choice is logged once (logger "kt.nn"): a layer's forward op as one line (a warning when it is untuned), the
+backward's kernels at DEBUG; `selections()` lists every one, and prints as a table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +46,63 @@ MIN_BUCKET = 16
 _ARTIFACT_DIRS: list[Path] = []
 
 
+INTERPRET_ENV = "KT_INTERPRET"
+CPU_SOURCE = "pytorch (cpu)"
+
+
 @dataclass(frozen=True)
 class Selection:
     spec: OpSpec  # the bucket's spec: what to tune to replace a fallback
     kernel: Kernel
-    source: str  # "database", "artifact", "cost model" or "loaded" (kt.nn.functional.kernel_op)
-    where: str  # the database file, the artifact directory, or the model that ranked
+    source: str  # "database", "artifact", "cost model", "loaded" (kernel_op) or CPU_SOURCE
+    where: str  # the database file, the artifact directory, the model that ranked, or why PyTorch runs
+    device: str = ""  # the tensors' device type ("cuda", "cpu")
+    role: str = "forward"  # "forward", or "backward" for a product the backward pass runs
+
+    @property
+    def runs(self) -> str:
+        """What runs: PyTorch's path by name, or the generated kernel's config."""
+        if self.kernel.pytorch:
+            return f"PyTorch's {self.kernel.module.IMPLEMENTATION}"
+        return f"config {self.kernel.config.key()}"
 
 
-_SELECTED: dict[tuple[str, int, str], Selection] = {}
+class Selections(list):
+    """`selections()`: a list of Selection that prints as a table (one row per op, bucket and device)."""
+
+    COLUMNS = ("op", "device", "role", "source", "runs", "where")
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [(s.spec.summary(), s.device, s.role, s.source, s.runs, s.where) for s in self]
+
+    def __str__(self) -> str:
+        if not self:
+            return "kt.nn: no kernel selected yet"
+        rows = [self.COLUMNS, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.COLUMNS))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+_SELECTED: dict[tuple[str, int, str, bool], Selection] = {}
+_ROLE = contextvars.ContextVar("kt_nn_role", default="forward")
+
+
+def interpreting() -> bool:
+    """Whether CPU tensors run kt's generated kernels in Triton's interpreter ($KT_INTERPRET=1) rather than the
+    op's PyTorch path."""
+    return os.environ.get(INTERPRET_ENV, "") == "1"
+
+
+@contextlib.contextmanager
+def backward_role() -> Iterator[None]:
+    """Selections made inside are the backward pass's products (logged at DEBUG, listed with role backward)."""
+    token = _ROLE.set("backward")
+    try:
+        yield
+    finally:
+        _ROLE.reset(token)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -68,12 +126,14 @@ def use_artifacts(*directories: str | os.PathLike) -> None:
     _SELECTED.clear()
 
 
-def selections() -> list[Selection]:
-    """Every kernel chosen so far in this process, with where it came from."""
-    return list(_SELECTED.values())
+def selections() -> Selections:
+    """Every kernel chosen so far in this process, with where it came from; `print(kt.nn.selections())` shows
+    them as a table."""
+    return Selections(_SELECTED.values())
 
 
 _PINNED: dict[str, Selection] = {}
+_PINNED_CPU: dict[str, Kernel] = {}
 
 
 def pin(selection: Selection) -> str:
@@ -101,34 +161,68 @@ def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
 def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     """The kernel for the op `op_text` (JSON of an op.yaml mapping without its batch) at `rows` rows."""
     op = parsed_op(op_text)
+    torch_path = device.type == "cpu" and not interpreting()
     if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
-        return _PINNED[op["pin"]].kernel
-    key = (op_text, bucket(rows), device.type)
+        pinned = _PINNED[op["pin"]]
+        if not torch_path or pinned.kernel.pytorch:
+            return pinned.kernel
+        if op["pin"] not in _PINNED_CPU:
+            _PINNED_CPU[op["pin"]] = _pytorch_kernel(pinned.spec)
+        return _PINNED_CPU[op["pin"]]
+    key = (op_text, bucket(rows), device.type, torch_path)
     selected = _SELECTED.get(key)
     if selected is None:
-        selected = _select(bucket_spec(op, rows), device)
-        _SELECTED[key] = selected
-        runs = (
-            f"PyTorch's {selected.kernel.module.IMPLEMENTATION}"
-            if selected.kernel.pytorch
-            else f"config {selected.kernel.config.key()}"
-        )
-        message = f"{selected.spec.summary()}: {selected.source} ({selected.where}), {runs}"
-        if selected.source == "artifact" and not selected.kernel.measured:
-            log.warning(
-                "%s; not measured: the artifact was tuned without a GPU (the cost model's pick, checked in "
-                "Triton's interpreter); tune it on this GPU with `kt tune` for a measured choice",
-                message,
-            )
-        elif selected.source == "cost model":
-            log.warning(
-                "%s; untuned: tune this shape with `kt tune` (spec: %s) and point $KT_DB or $KT_ARTIFACTS at it",
-                message,
-                json.dumps(selected.spec.signature(), separators=(",", ":")),
+        spec = bucket_spec(op, rows)
+        if torch_path:
+            selected = Selection(
+                spec,
+                _pytorch_kernel(spec),
+                CPU_SOURCE,
+                f"CPU tensors; {INTERPRET_ENV}=1 runs kt's kernels",
             )
         else:
-            log.info(message)
+            selected = _select(spec, device)
+        selected = Selection(**{**selected.__dict__, "device": device.type, "role": _ROLE.get()})
+        _SELECTED[key] = selected
+        _log(selected)
     return selected.kernel
+
+
+def _log(selected: Selection) -> None:
+    """One line for a forward op's choice (a warning when it is not a measured one); DEBUG for the backward's."""
+    message = f"{selected.spec.summary()} on {selected.device}: {selected.source}, {selected.runs}"
+    if selected.source == CPU_SOURCE and selected.role == "forward":
+        log.info(
+            "%s on cpu: %s (CPU tensors run the op's PyTorch path; %s=1 runs kt's kernels in Triton's interpreter)",
+            selected.spec.summary(),
+            selected.runs,
+            INTERPRET_ENV,
+        )
+    elif selected.role == "backward":
+        log.debug("%s (backward; %s)", message, selected.where)
+    elif selected.source == "artifact" and not selected.kernel.measured:
+        log.warning(
+            "%s from %s; not measured: the artifact was tuned without a GPU (the cost model's pick, checked in "
+            "Triton's interpreter); tune it on this GPU with `kt tune` for a measured choice",
+            message,
+            selected.where,
+        )
+    elif selected.source == "cost model":
+        log.warning(
+            "%s; untuned: print(kt.nn.selections()) lists the specs to give `kt tune` (then point $KT_DB or "
+            "$KT_ARTIFACTS at the result)",
+            message,
+        )
+    else:
+        log.info("%s (%s)", message, selected.where)
+
+
+def _pytorch_kernel(spec: OpSpec) -> Kernel:
+    """The op's PyTorch path (the baseline module a tune times as candidate zero), which takes any number of rows.
+    Built without kt's tuner modules (scikit-learn alone takes seconds to import)."""
+    from kt.codegen.baseline import baseline_kernel
+
+    return baseline_kernel(spec, "cpu", provenance="PyTorch's own path, which kt.nn runs on CPU tensors")
 
 
 def _select(spec: OpSpec, device: torch.device) -> Selection:
