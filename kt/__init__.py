@@ -34,7 +34,7 @@ _LAZY = {
         "kt.api",
     ),
     "Kernel": "kt.kernel",
-    **dict.fromkeys(("OpSpec", "load_spec", "parse_spec"), "kt.spec"),
+    **dict.fromkeys(("OpSpec", "load_spec", "load_specs", "parse_spec", "parse_specs"), "kt.spec"),
 }
 
 

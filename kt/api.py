@@ -18,11 +18,12 @@ from kt.autotune.tune import tune as _tune
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.codegen.baseline import baseline_kernel
+from kt.codegen.restrict import restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
-from kt.spec import OBJECTIVES, OpSpec, load_spec, parse_spec, power_cap
+from kt.spec import OBJECTIVES, OpSpec, load_spec, load_specs, parse_spec, power_cap
 
 if TYPE_CHECKING:
     from kt.autotune.inspection import InspectResult
@@ -120,6 +121,7 @@ def plan(
         objective,
         power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w,
         torch.cuda.is_available() if measures_time is None else measures_time,
+        spec,
     )
 
 
@@ -136,10 +138,13 @@ def _profile_for_model(spec: OpSpec, device: str | None, model: Any) -> tuple[De
 
 
 def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
-    """The kernel's search space before and after legality pruning."""
+    """The kernel's search space before and after legality pruning (and the spec's `tune.space` or
+    `tune.configs`, when it has one)."""
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
-    return family_for(node.problem).space(node.problem, resolve_profile(device or spec.device))
+    profile = resolve_profile(device or spec.device)
+    family = family_for(node.problem)
+    return restrict(family.space(node.problem, profile), family, node.problem, profile, spec)
 
 
 def build(
@@ -154,7 +159,7 @@ def build(
     if config == BASELINE_KEY:
         return baseline_kernel(spec, profile.name)
     if config is None:
-        ranking = plan_tuning(node.problem, profile, budget=1)
+        ranking = plan_tuning(node.problem, profile, budget=1, spec=spec)
         config = ranking.config(ranking.ranked[0])
     elif isinstance(config, Mapping):
         try:
@@ -383,6 +388,7 @@ __all__ = [
     "inspect",
     "load",
     "load_spec",
+    "load_specs",
     "plan",
     "random_args",
     "random_weights",

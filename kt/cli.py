@@ -62,6 +62,7 @@ def _spec_path(ctx, param, value):
 
 
 SPEC = click.argument("spec", metavar="OP_YAML", callback=_spec_path)
+SPECS = click.argument("specs", metavar="OP_YAML", callback=lambda ctx, param, value: kt.load_specs(value))
 DEVICE = click.option(
     "--device",
     default=None,
@@ -161,7 +162,7 @@ def _header(spec) -> None:
 
 
 @main.command()
-@SPEC
+@SPECS
 @BUDGET
 @OBJECTIVE
 @click.option(
@@ -188,7 +189,7 @@ def _header(spec) -> None:
 @DB
 @WORKERS
 def tune(
-    spec,
+    specs,
     budget,
     objective,
     out_dir,
@@ -206,30 +207,42 @@ def tune(
     db,
     workers,
 ):
-    """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json)."""
-    _header(spec)
-    from kt.autotune.artifact import check_target
+    """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). A file of several ops (a list
+    of shapes or batches, or several YAML documents) tunes each in turn, one artifact each."""
+    from kt.autotune.artifact import check_target, save_artifact_report
 
-    check_target(out_dir / spec.name)  # before the tune, not after it
-    result = kt.tune(
-        spec,
-        budget=budget,
-        objective=objective,
-        power_cap_w=power_cap_w,
-        strategy=strategy,
-        model=model,
-        backend=backend,
-        db=db,
-        device=device,
-        workers=workers,
-        seed=seed,
-        progress=not quiet,
-        timeout_s=timeout,
-        retry_failed=retry_failed,
-        timing=_timing(cooldown_ms),
-    )
-    _results_table(result, top)
-    path = result.save(out_dir / spec.name)
+    for spec in specs:
+        check_target(out_dir / spec.name)  # before any tune, not after it
+    if len(specs) > 1:
+        out.print(f"{specs[0].source}: {len(specs)} ops, tuned one after the other", style="bold")
+    for number, spec in enumerate(specs, 1):
+        if len(specs) > 1:
+            out.print(f"\n[{number}/{len(specs)}] {spec.name}", style="bold")
+        _header(spec)
+        result = kt.tune(
+            spec,
+            budget=budget,
+            objective=objective,
+            power_cap_w=power_cap_w,
+            strategy=strategy,
+            model=model,
+            backend=backend,
+            db=db,
+            device=device,
+            workers=workers,
+            seed=seed,
+            progress=not quiet,
+            timeout_s=timeout,
+            retry_failed=retry_failed,
+            timing=_timing(cooldown_ms),
+        )
+        _results_table(result, top)
+        path, replaced = save_artifact_report(result, out_dir / spec.name)
+        _tuned(result, path, replaced)
+
+
+def _tuned(result, path, replaced: str | None) -> None:
+    """The lines after a tune's table: the best, the notes, the artifact."""
     best = result.best
     if best.pytorch:
         out.print(
@@ -254,6 +267,8 @@ def tune(
         )
     for note in result.notes:
         out.print(f"note: {note}", style="yellow")
+    if replaced:
+        out.print(f"note: {replaced}", style="yellow")
     out.print(
         f"artifact: {path} (measured: {str(best.measured).lower()}) · "
         f"{result.newly_measured} new {'measurements' if best.measured else 'checks'} in {result.db_path} · "

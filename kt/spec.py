@@ -144,6 +144,18 @@ class TuneOptions:
     objective: str = "time"  # time | energy | edp
     seed: int = 0
     power_cap_w: float | None = None  # the best must draw no more than this (measured board power)
+    # the user's search space (kt.codegen.restrict checks names and values against the op's family):
+    space: tuple[tuple[str, tuple[int, ...]], ...] = ()  # axis -> the values to keep
+    configs: tuple[tuple[tuple[str, int], ...], ...] = ()  # exactly these configs, as (field, value) pairs
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["space"] = {axis: list(values) for axis, values in self.space}
+        data["configs"] = [dict(config) for config in self.configs]
+        for key in ("space", "configs"):
+            if not data[key]:  # written only when set, so older artifacts' specs keep their keys
+                del data[key]
+        return data
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,7 @@ class OpSpec:
                 del data[key]
         if not self.transposed:  # written only when set, so forward specs keep their keys
             del data["transposed"]
+        data["tune"] = self.tune.to_dict()
         if isinstance(self.shape, MonarchShape):
             data["shape"] = {"batch": self.shape.batch, "w1": list(self.shape.w1), "w2": list(self.shape.w2)}
         elif isinstance(self.shape, ChainShape):
@@ -251,7 +264,22 @@ class OpSpec:
 
 
 def load_spec(path: str | os.PathLike) -> OpSpec:
-    """Read and validate an op.yaml file."""
+    """Read and validate an op.yaml file that describes one op (`load_specs` reads a file of several)."""
+    specs = load_specs(path)
+    if len(specs) > 1:
+        raise SpecError(
+            "",
+            f"describes {len(specs)} ops (a list of shapes or batches, or several YAML documents): "
+            "`kt tune` and kt.load_specs() read them all, this reads one",
+            source=str(path),
+        )
+    return specs[0]
+
+
+def load_specs(path: str | os.PathLike) -> list[OpSpec]:
+    """Read and validate an op.yaml file: one spec per YAML document, per shape of a `shape` list and per value
+    of a batch list (`batch: [16, 32, 64]`, a dense op's `m`), in file order. Each gets its own name: the
+    given one with the shape's index or the batch value appended (`_0`, `_b64`), else the default name."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("", "file not found" if not path.exists() else "is not a file", source=str(path))
@@ -271,11 +299,62 @@ def load_spec(path: str | os.PathLike) -> OpSpec:
     documents = [d for d in documents if d is not None]
     if not documents:
         raise SpecError("", "is empty; expected a mapping with at least `op` and `shape`", source=str(path))
-    if len(documents) > 1:
-        raise SpecError(
-            "", f"holds {len(documents)} YAML documents; kt reads one op per file", source=str(path)
-        )
-    return parse_spec(documents[0], source=str(path))
+    specs: list[OpSpec] = []
+    for number, document in enumerate(documents):
+        try:
+            specs += parse_specs(document, source=str(path))
+        except SpecError as exc:
+            if len(documents) == 1:
+                raise
+            field = f"document {number + 1}" + (f": {exc.field}" if exc.field else "")
+            raise SpecError(field, exc.reason, exc.source) from None
+    names: dict[str, int] = {}
+    for index, spec in enumerate(specs):
+        if spec.name in names:
+            raise SpecError(
+                "name",
+                f"ops {names[spec.name] + 1} and {index + 1} of the file are both named {spec.name!r}; "
+                "each needs its own name (its artifact's folder)",
+                source=str(path),
+            )
+        names[spec.name] = index
+    return specs
+
+
+def parse_specs(data: Any, source: str | None = None, check_files: bool = True) -> list[OpSpec]:
+    """`parse_spec` for a mapping whose `shape` may be a list of shapes, or whose batch (a dense op's `m`) may
+    be a list of values: one spec each (see `load_specs` for their names)."""
+    if not isinstance(data, Mapping) or "shape" not in data:
+        return [parse_spec(data, source, check_files)]
+    shape = data["shape"]
+    if isinstance(shape, list):
+        if not shape:
+            raise SpecError("shape", "is an empty list; give a shape, or a list of them", source)
+        variants = [("shape", f"shape[{i}]", {**data, "shape": one}, f"_{i}") for i, one in enumerate(shape)]
+    else:
+        axis = "m" if data.get("op") == "dense" else "batch"
+        values = shape.get(axis) if isinstance(shape, Mapping) else None
+        if not isinstance(values, list):
+            return [parse_spec(data, source, check_files)]
+        if not values:
+            raise SpecError(f"shape.{axis}", "is an empty list; give a size, or a list of them", source)
+        tag = "m" if axis == "m" else "b"
+        variants = [
+            (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, f"_{tag}{v}")
+            for i, v in enumerate(values)
+        ]
+    specs = []
+    for prefix, indexed, variant, suffix in variants:
+        if isinstance(data.get("name"), str):
+            variant = {**variant, "name": f"{data['name']}{suffix}"}
+        try:
+            specs.append(parse_spec(variant, source, check_files))
+        except SpecError as exc:  # name the list entry: shape[1].n, shape.batch[2]
+            field = exc.field
+            if field == prefix or field.startswith(prefix + "."):
+                field = indexed + field[len(prefix) :]
+            raise SpecError(field, exc.reason, exc.source) from None
+    return specs
 
 
 def parse_spec(data: Any, source: str | None = None, check_files: bool = True) -> OpSpec:
@@ -331,7 +410,9 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         name = default_name(op, shape, dtype, transposed)
     elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
-            "name", f"must be 1-100 letters, digits, '_', '.' or '-' (no spaces or '/'), got {name!r}"
+            "name",
+            f"must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit (no spaces or "
+            f"'/'), got {name!r}",
         )
     device = _device(data.get("device", "auto"), source, check_files)
     tune = _tune(data.get("tune", {}), "tune")
@@ -673,10 +754,19 @@ def _layout(value: Any, path: str) -> Layout:
     return Layout(**{key: _choice(value[key], f"{path}.{key}", LAYOUTS) for key in value})
 
 
+MAX_TUNE_CONFIGS = 10_000
+
+
 def _tune(value: Any, path: str) -> TuneOptions:
     _mapping(value, path)
-    _keys(value, path, allowed=("budget", "objective", "seed", "power_cap_w"))
+    _keys(value, path, allowed=("budget", "objective", "seed", "power_cap_w", "space", "configs"))
     options = {}
+    if value.get("space") is not None and value.get("configs") is not None:
+        raise SpecError(path, "give space (axes to restrict) or configs (exactly these), not both")
+    if value.get("space") is not None:
+        options["space"] = _tune_space(value["space"], f"{path}.space")
+    if value.get("configs") is not None:
+        options["configs"] = _tune_configs(value["configs"], f"{path}.configs")
     if "budget" in value:
         options["budget"] = _int(value["budget"], f"{path}.budget", 1, MAX_BUDGET)
     if "objective" in value:
@@ -686,6 +776,44 @@ def _tune(value: Any, path: str) -> TuneOptions:
     if value.get("power_cap_w") is not None:
         options["power_cap_w"] = power_cap(value["power_cap_w"], f"{path}.power_cap_w")
     return TuneOptions(**options)
+
+
+def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """axis -> a non-empty list of integers (or one integer); the names and values are the family's to check."""
+    _mapping(value, path)
+    if not value:
+        raise SpecError(path, "must name at least one axis, e.g. {block_m: [64, 128]}")
+    axes = []
+    for axis, values in value.items():
+        where = f"{path}.{axis}"
+        if not isinstance(axis, str) or not axis:
+            raise SpecError(path, f"axis names must be strings, got {axis!r}")
+        values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+        if not isinstance(values, list) or not values:
+            raise SpecError(where, f"must be a non-empty list of integers, got {_kind(values)}")
+        kept = tuple(dict.fromkeys(_int(v, f"{where}[{i}]", 0, 2**20) for i, v in enumerate(values)))
+        axes.append((axis, kept))
+    return tuple(axes)
+
+
+def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """A non-empty list of configs, each a mapping of field -> integer; the family checks the fields."""
+    if not isinstance(value, list) or not value:
+        raise SpecError(
+            path, f"must be a non-empty list of configs (mappings of field: integer), got {_kind(value)}"
+        )
+    if len(value) > MAX_TUNE_CONFIGS:
+        raise SpecError(path, f"at most {MAX_TUNE_CONFIGS} configs, got {len(value)}")
+    configs = []
+    for i, config in enumerate(value):
+        where = f"{path}[{i}]"
+        _mapping(config, where)
+        if not config:
+            raise SpecError(
+                where, "must name the config's fields, e.g. {block_m: 128, block_n: 128, block_k: 64}"
+            )
+        configs.append(tuple((str(key), _int(v, f"{where}.{key}", 0, 2**20)) for key, v in config.items()))
+    return tuple(configs)
 
 
 def power_cap(value: Any, path: str = "tune.power_cap_w") -> float:

@@ -122,6 +122,7 @@ def mutate(path, value):
         ),
         ("name", "my kernel", "name: must be 1-100 letters, digits"),
         ("name", "../escape", "name: must be 1-100 letters, digits"),
+        ("name", "_private", "starting with a letter or digit"),
         ("precision", "tf32", "precision: applies to float32 only (dtype is float16)"),
         (
             "device",
@@ -152,8 +153,11 @@ def test_file_errors_name_the_file(tmp_path):
         load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 2\n", "bad.yaml"))
     with pytest.raises(SpecError, match="key 'm' is given twice"):
         load_spec(write(tmp_path, "op: dense\nshape: {m: 1, m: 2, n: 2, k: 3}\n", "dup.yaml"))
-    with pytest.raises(SpecError, match="holds 2 YAML documents; kt reads one op per file"):
-        load_spec(write(tmp_path, "op: dense\n---\nop: dense\n", "two.yaml"))
+    with pytest.raises(SpecError, match="two.yaml: document 2: shape: is required"):
+        load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 2, k: 3}\n---\nop: dense\n", "two.yaml"))
+    two = "op: dense\nshape: {m: 1, n: 2, k: 3}\n---\nop: dense\nshape: {m: 4, n: 2, k: 3}\n"
+    with pytest.raises(SpecError, match=r"describes 2 ops .* `kt tune` and kt.load_specs\(\) read them all"):
+        load_spec(write(tmp_path, two, "two.yaml"))
     with pytest.raises(SpecError, match="empty.yaml: is empty"):
         load_spec(write(tmp_path, "# nothing\n", "empty.yaml"))
     with pytest.raises(SpecError, match="the top level must be a mapping, got"):
@@ -187,3 +191,53 @@ def test_a_profile_path_is_stored_absolute_and_may_be_absent_when_reading_back(t
     with pytest.raises(SpecError, match="not found"):
         parse_spec(spec.to_dict())
     assert parse_spec(spec.to_dict(), check_files=False).device == spec.device
+
+
+def test_a_file_of_several_ops_gives_one_spec_each_named_apart(tmp_path):
+    from kt.spec import load_specs, parse_specs
+
+    text = (
+        "name: g\nop: dense\nshape: {m: [16, 40], n: 48, k: 32}\n---\n"
+        "op: monarch\nshape: [{batch: 64, n: 256, nblocks: 16}, {batch: 8, n: 64, nblocks: 4}]\n---\n"
+        "name: l\nop: lowrank\nshape: {batch: [16, 64], dims: [64, 8, 64]}\n"
+    )
+    specs = load_specs(write(tmp_path, text, "many.yaml"))
+    assert [s.name for s in specs] == [
+        "g_m16",
+        "g_m40",
+        "monarch_16x16x16_16x16x16_b64_float16",
+        "monarch_4x16x16_4x16x16_b8_float16",
+        "l_b16",
+        "l_b64",
+    ]
+    assert [s.shape.m for s in specs[:2]] == [16, 40] and [s.shape.batch for s in specs[4:]] == [16, 64]
+    assert all(s.source == str(tmp_path / "many.yaml") for s in specs)
+    named = parse_specs({"name": "m", "op": "monarch", "shape": [{"batch": 8, "n": 64, "nblocks": 4}] * 2})
+    assert [s.name for s in named] == ["m_0", "m_1"]
+    assert parse_specs({"op": "dense", "shape": {"m": 1, "n": 2, "k": 3}})[0] == parse_spec(
+        {"op": "dense", "shape": {"m": 1, "n": 2, "k": 3}}
+    )
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("op: dense\nshape: {m: [16, 0], n: 4, k: 4}\n", "shape.m[1]: must be an integer from 1"),
+        (
+            "op: monarch\nshape: [{batch: 8, n: 64, nblocks: 4}, {batch: 8, n: 60, nblocks: 8}]\n",
+            "shape[1].nblocks",
+        ),
+        ("op: monarch\nshape: []\n", "shape: is an empty list"),
+        ("op: lowrank\nshape: {batch: [], dims: [4, 2, 4]}\n", "shape.batch: is an empty list"),
+        (
+            "name: x\nop: dense\nshape: {m: 4, n: 4, k: 4}\n---\nname: x\nop: dense\nshape: {m: 8, n: 4, k: 4}\n",
+            "name: ops 1 and 2 of the file are both named 'x'",
+        ),
+    ],
+)
+def test_several_ops_errors_name_the_entry(tmp_path, text, words):
+    from kt.spec import load_specs
+
+    with pytest.raises(SpecError) as raised:
+        load_specs(write(tmp_path, text, "bad.yaml"))
+    assert words in str(raised.value) and str(raised.value).startswith(str(tmp_path / "bad.yaml"))

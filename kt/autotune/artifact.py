@@ -27,7 +27,18 @@ FORMAT = 1
 
 
 def save_artifact(result, path: str | os.PathLike) -> Path:
-    """Write `result`'s best kernel and its record to the directory `path` (replacing what was there)."""
+    """Write `result`'s best kernel and its record to the directory `path` (replacing what was there; see
+    `save_artifact_report`)."""
+    return save_artifact_report(result, path)[0]
+
+
+PREVIOUS_SUFFIX = ".prev"
+
+
+def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | None]:
+    """`save_artifact`, and what became of an artifact already at `path` (None when there was none): when its
+    spec, kernel or config differ from the new one's, it is kept as `<path>.prev/` (replacing an older one);
+    else it is replaced."""
     path = Path(path)
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
@@ -94,7 +105,10 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
         "tuning": {
             "space": result.plan.space.total,
             "legal": len(result.plan.space.legal),
-            "measured": len(result.rows),  # configs measured (or checked) for this problem, earlier runs too
+            # configs run for this problem, earlier runs' included: each checked against float64, and those of
+            # them with a GPU runtime (none without a GPU)
+            "checked": len(result.rows),
+            "timed": sum(1 for r in result.rows if r.get("runtime_ms") is not None),
             "strategy": result.plan.strategy,
             "first_model": result.plan.model,
             "models": list(dict.fromkeys(result.trace.models)),  # the models that ranked, round by round
@@ -113,18 +127,37 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
     check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    report = None
     try:
         # mkdtemp makes 0700; an artifact is as readable as any other new directory
         os.chmod(staging, 0o777 & ~_umask())
         _write(staging / "kernel.py", source)
         _write(staging / "meta.json", json.dumps(meta, indent=2) + "\n")
         if path.exists():
-            _exchange(staging, path)  # staging now holds the old artifact, removed below
+            changed = _changes(path / "meta.json", meta)
+            _exchange(staging, path)  # staging now holds the old artifact: kept, or removed below
+            if changed:
+                previous = path.with_name(path.name + PREVIOUS_SUFFIX)
+                shutil.rmtree(previous, ignore_errors=True)
+                os.replace(staging, previous)
+                report = f"replaced the artifact there ({changed}); the previous one is kept as {previous}"
+            else:
+                report = "replaced the artifact there (same spec, kernel and config)"
         else:
             os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return path, report
+
+
+def _changes(old_meta: Path, meta: dict[str, Any]) -> str:
+    """What differs between the artifact recorded in `old_meta` and `meta`: "" when nothing that matters."""
+    try:
+        old = json.loads(old_meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "its meta.json was unreadable"
+    changed = [what for what in ("spec", "kernel", "config") if old.get(what) != meta.get(what)]
+    return f"{' and '.join(changed)} differ" if changed else ""
 
 
 def _baseline_meta(result) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from kt.autotune.timing import TimingSettings
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, config_from_dict, family_for, write_source
 from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
+from kt.codegen.restrict import restrict
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.correction import CorrectedModel, model_name, refit
 from kt.costmodel.forest import ForestModel
@@ -177,11 +178,13 @@ def plan_tuning(
     objective: str = "time",
     power_cap_w: float | None = None,
     measures_time: bool = True,
+    spec: OpSpec | None = None,
 ) -> Plan:
     """Rank the legal space with the cost model and take the strategy's first round.
 
     Without timing (`measures_time` false) there is nothing to refit on, so a guided search becomes the
-    model's top `budget`.
+    model's top `budget`. `spec`'s `tune.space` restricts the space to those axis values, its `tune.configs` to
+    exactly those configs, which are then all measured whatever the budget.
     """
     family = family_for(problem)
     space = family.space(problem, profile)
@@ -190,6 +193,14 @@ def plan_tuning(
             f"no config of the {family.name} family can run {problem} on {profile.name}: "
             f"{', '.join(f'{n} {r}' for r, n in space.dropped.items())}"
         )
+    listed_note = None
+    if spec is not None:
+        space = restrict(space, family, problem, profile, spec)
+        if spec.tune.configs and budget != len(space.legal):
+            listed_note = (
+                f"tune.configs lists {len(space.legal)} configs: all are measured (budget {budget} ignored)"
+            )
+            budget = len(space.legal)
     strategy = search_strategy(strategy, measures_time)
     cost_model = resolve_model(profile, model)
     records = family.records(problem, space.legal)  # structured families add their launches as `stages`
@@ -198,8 +209,11 @@ def plan_tuning(
     ranked = [int(i) for i in rank(records, values)]
     baseline_s = predicted_baseline_s(cost_model, problem)
     note = None
-    if measures_time and baseline_s is not None:  # without timing a budget only checks configs: keep it
+    if (
+        measures_time and baseline_s is not None and listed_note is None
+    ):  # without timing it only checks configs
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
+    note = note or listed_note
     state = SearchState(values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed)
     chosen = strategy.propose(state)[:budget]
     return Plan(
@@ -470,7 +484,16 @@ def run_session(
         runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, **extra)
     search = search_strategy(search, runner.measures_time)
     plan = plan_tuning(
-        node.problem, profile, budget, search, seed, cost_model, objective, power_cap_w, runner.measures_time
+        node.problem,
+        profile,
+        budget,
+        search,
+        seed,
+        cost_model,
+        objective,
+        power_cap_w,
+        runner.measures_time,
+        spec,
     )
     with Database(db) as database, runner if owned else contextlib.nullcontext():
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)

@@ -242,6 +242,10 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     for directory in _artifact_dirs():
         for meta_path in sorted(directory.glob("*/meta.json")):
+            if meta_path.parent.name.endswith(
+                ".prev"
+            ):  # the artifact a later tune replaced (kt tune keeps it)
+                continue
             try:
                 meta = json.loads(meta_path.read_text())
             except (OSError, json.JSONDecodeError):

@@ -1,0 +1,119 @@
+"""The search space in the user's hands: op.yaml's `tune.space` (keep these values of these axes) and
+`tune.configs` (exactly these configs, as `triton.autotune(configs=...)` takes them), checked against the
+problem's family and its legal space.
+
+Names and values are checked against the family: an axis the family does not have, or a value off its axis, is
+one SpecError naming the field and what is allowed. A restriction that leaves no legal config says which values
+of each axis are legal for this problem. A listed config that cannot run is refused with the legality rule it
+breaks (as `kt space` would drop it): the user asked for it, so it is not skipped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields, replace
+from typing import Any
+
+from kt.errors import SpecError
+
+OUTSIDE_SPACE = "outside tune.space"
+NOT_LISTED = "not in tune.configs"
+
+
+def structure_axes(problem) -> dict[str, tuple[int, ...]]:
+    """The structure choices a problem offers, as axes (fused, levels, split ...); none for a GEMM."""
+    offered = problem.structures() if hasattr(problem, "structures") else ()
+    axes: dict[str, list[int]] = {}
+    for structure in offered:
+        for key, value in structure.items():
+            axes.setdefault(key, [])
+            if value not in axes[key]:
+                axes[key].append(value)
+    return {key: tuple(values) for key, values in axes.items()}
+
+
+def user_axes(family, problem) -> dict[str, tuple[int, ...]]:
+    """Every axis `tune.space` may name for `problem`, with its values."""
+    return {**family.axes, **structure_axes(problem)}
+
+
+def restrict(space, family, problem, device, spec) -> Any:
+    """`space` (a SearchSpace) restricted by `spec.tune` (an OpSpec's options); the same space when they say
+    nothing. The dropped counts gain the configs the user's restriction left out. Errors name the spec's file."""
+    tune = spec.tune
+    try:
+        if tune.configs:
+            return _listed(space, family, problem, device, tune.configs)
+        if tune.space:
+            return _within(space, family, problem, tune.space)
+    except SpecError as exc:
+        raise SpecError(exc.field, exc.reason, spec.source) from None
+    return space
+
+
+def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], ...]):
+    axes = user_axes(family, problem)
+    for axis, values in wanted:
+        path = f"tune.space.{axis}"
+        if axis not in axes:
+            raise SpecError(
+                path, f"the {family.name} family has no axis {axis!r}; allowed: {', '.join(axes)}"
+            )
+        for value in values:
+            if value not in axes[axis]:
+                raise SpecError(
+                    path, f"{value} is not a value of this axis; allowed: {', '.join(map(str, axes[axis]))}"
+                )
+    keep = dict(wanted)
+    kept = tuple(c for c in space.legal if all(getattr(c, axis) in values for axis, values in keep.items()))
+    if not kept:
+        legal = {axis: sorted({getattr(c, axis) for c in space.legal}) for axis in keep}
+        listing = "; ".join(f"{axis} {', '.join(map(str, values))}" for axis, values in legal.items())
+        raise SpecError(
+            "tune.space",
+            f"leaves none of the {len(space.legal)} legal configs for {problem}; legal values: {listing}",
+        )
+    return replace(space, legal=kept, dropped={**space.dropped, OUTSIDE_SPACE: len(space.legal) - len(kept)})
+
+
+def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int], ...], ...]):
+    legal = {c.key(): c for c in space.legal}
+    names = [f.name for f in fields(family.config_type)]
+    chosen: dict[str, Any] = {}
+    for i, pairs in enumerate(listed):
+        path = f"tune.configs[{i}]"
+        data = dict(pairs)
+        try:
+            config = family.config_type.from_dict(data)
+        except ValueError as exc:
+            raise SpecError(path, str(exc).removeprefix("config: ").removeprefix("config.")) from None
+        except TypeError:
+            required = [f.name for f in fields(family.config_type) if f.default is MISSING]
+            missing = [n for n in required if n not in data]
+            raise SpecError(
+                path, f"missing {', '.join(missing)} (a {family.name} config has {', '.join(names)})"
+            ) from None
+        if config.key() not in legal:
+            raise SpecError(
+                path,
+                f"{config} cannot run {problem} on {device.name}: {why_illegal(family, problem, config, device)}",
+            )
+        chosen.setdefault(config.key(), legal[config.key()])
+    return replace(
+        space, legal=tuple(chosen.values()), dropped={**space.dropped, NOT_LISTED: len(legal) - len(chosen)}
+    )
+
+
+def why_illegal(family, problem, config, device) -> str:
+    """The legality rule `config` breaks for `problem` on `device` (as the space's judge words it)."""
+    if hasattr(family, "judge"):
+        try:
+            family.check_structure(problem, config)
+        except ValueError as exc:
+            return str(exc).removeprefix("config: ")
+        structure = {key: getattr(config, key) for key in structure_axes(problem)}
+        reason = family.judge(problem, structure, device)(config)
+    else:
+        from kt.codegen.gemm import illegal_reason
+
+        reason = illegal_reason(problem, config, device)
+    return reason or "not in the legal space"

@@ -1,0 +1,73 @@
+"""Frictions a new user hit (issue 17): a file of several ops, replacing an artifact, what meta.json counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import kt
+from kt.autotune.artifact import save_artifact_report
+
+SMALL = {"op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}
+
+
+def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_path):
+    path = tmp_path / "ops.yaml"
+    path.write_text(
+        "name: g\nop: dense\ndtype: float16\nshape: {m: [16, 40], n: 48, k: 32}\ntune: {budget: 1}\n---\n"
+        "name: r\nop: lowrank\nshape: {batch: 24, dims: [32, 8, 48]}\ntune: {budget: 1}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(path), "--out", str(tmp_path / "art"), "--db",
+         str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{path}: 3 ops, tuned one after the other" in done.stdout
+    for number, name in enumerate(["g_m16", "g_m40", "r"], 1):
+        assert f"[{number}/3] {name}" in done.stdout
+        meta = json.loads((tmp_path / "art" / name / "meta.json").read_text())
+        assert meta["name"] == name and meta["tuning"]["checked"] >= 1 and meta["tuning"]["timed"] == 0
+    assert json.loads((tmp_path / "art" / "g_m40" / "meta.json").read_text())["problem"]["m"] == 40
+
+
+def test_a_file_of_several_ops_is_refused_by_commands_that_take_one(tmp_path):
+    path = tmp_path / "ops.yaml"
+    path.write_text("op: dense\nshape: {m: [16, 40], n: 48, k: 32}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "space", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"kt: error: {path}: describes 2 ops (a list of shapes or batches, or several YAML documents): "
+        "`kt tune` and kt.load_specs() read them all, this reads one"
+    ]
+
+
+def _tuned(tmp_path, config):
+    spec = kt.parse_spec({"name": "same", **SMALL, "tune": {"configs": [config]}})
+    return kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1)
+
+
+def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_path):
+    first = {"block_m": 16, "block_n": 16, "block_k": 16}
+    second = {"block_m": 32, "block_n": 16, "block_k": 16}
+    target = tmp_path / "art" / "same"
+    path, report = save_artifact_report(_tuned(tmp_path, first), target)
+    assert path == target and report is None
+    _, report = save_artifact_report(_tuned(tmp_path, first), target)
+    assert report == "replaced the artifact there (same spec, kernel and config)"
+    assert not (tmp_path / "art" / "same.prev").exists()
+    _, report = save_artifact_report(_tuned(tmp_path, second), target)
+    previous = tmp_path / "art" / "same.prev"
+    assert (
+        report
+        == f"replaced the artifact there (spec and config differ); the previous one is kept as {previous}"
+    )
+    assert json.loads((previous / "meta.json").read_text())["config"]["block_m"] == 16
+    assert json.loads((target / "meta.json").read_text())["config"]["block_m"] == 32
+    assert kt.load(previous).config.block_m == 16  # a whole, loadable artifact
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left

@@ -1,0 +1,181 @@
+"""The search space in the user's hands (issue 17): op.yaml's `tune.space` restricts axes, `tune.configs` lists
+exactly the configs to tune; both checked against the op's family, with one clear error per mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import kt
+from kt.codegen.restrict import NOT_LISTED, OUTSIDE_SPACE
+from kt.errors import SpecError
+
+
+def spec_with(tune: dict, op: dict | None = None):
+    base = op or {"op": "dense", "dtype": "float16", "shape": {"m": 512, "n": 512, "k": 512}}
+    return kt.parse_spec({"name": "user", **base, "tune": tune})
+
+
+MONARCH = {"op": "monarch", "dtype": "float16", "shape": {"batch": 64, "n": 256, "nblocks": 16}}
+LISTED = [
+    {"block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8, "num_stages": 3},
+    {"block_m": 64, "block_n": 64, "block_k": 32},  # group_m, warps, stages, split_k: the config's defaults
+]
+
+
+def test_space_keeps_only_the_given_values_and_counts_the_rest():
+    full = kt.space(spec_with({}))
+    restricted = kt.space(spec_with({"space": {"block_m": [64, 128], "num_stages": [3, 4], "block_k": 64}}))
+    assert 0 < len(restricted.legal) < len(full.legal)
+    assert {c.block_m for c in restricted.legal} == {64, 128}
+    assert {c.num_stages for c in restricted.legal} == {3, 4} and {c.block_k for c in restricted.legal} == {
+        64
+    }
+    expected = [
+        c for c in full.legal if c.block_m in (64, 128) and c.num_stages in (3, 4) and c.block_k == 64
+    ]
+    assert list(restricted.legal) == expected
+    assert restricted.dropped[OUTSIDE_SPACE] == len(full.legal) - len(expected)
+    assert restricted.total == full.total
+
+
+def test_space_may_restrict_a_structure_choice():
+    restricted = kt.space(spec_with({"space": {"fused": [0], "group": [1]}}, MONARCH))
+    assert restricted.legal and {(c.fused, c.group) for c in restricted.legal} == {(0, 1)}
+
+
+@pytest.mark.parametrize(
+    "tune, field, words",
+    [
+        ({"space": {"blok_m": [64]}}, "tune.space.blok_m", "no axis 'blok_m'; allowed: block_m, block_n"),
+        (
+            {"space": {"block_m": [48]}},
+            "tune.space.block_m",
+            "48 is not a value of this axis; allowed: 16, 32",
+        ),
+        ({"space": {"levels": [2]}}, "tune.space.levels", "no axis 'levels'"),
+        (
+            {"space": {"block_m": [256], "block_n": [256], "block_k": [128], "num_stages": [5]}},
+            "tune.space",
+            "leaves none of the",
+        ),
+        ({"configs": [{"block_n": 64}]}, "tune.configs[0]", "missing block_m, block_k (a gemm config has"),
+        (
+            {"configs": [{"block_m": 64, "block_n": 64, "block_k": 32, "tile": 2}]},
+            "tune.configs[0]",
+            "unknown",
+        ),
+        (
+            {"configs": [LISTED[0], {**LISTED[1], "num_warps": 3}]},
+            "tune.configs[1]",
+            "num_warps: 3 is not allowed",
+        ),
+        (
+            {"configs": [{"block_m": 256, "block_n": 256, "block_k": 128, "num_stages": 5}]},
+            "tune.configs[0]",
+            "cannot run gemm[m=512 n=512 k=512 f16 a:row b:row] on h100: shared memory over",
+        ),
+    ],
+)
+def test_family_level_mistakes_are_one_line_errors_naming_the_field(tune, field, words):
+    with pytest.raises(SpecError) as raised:
+        kt.space(spec_with(tune, MONARCH if "levels" in json.dumps(tune) else None))
+    assert raised.value.field == field and words in raised.value.reason
+    assert "\n" not in str(raised.value)
+
+
+def test_a_listed_structured_config_the_op_does_not_offer_says_why():
+    config = {
+        "block_b": 16,
+        "block_n": 16,
+        "block_k": 16,
+        "group": 1,
+        "num_warps": 4,
+        "num_stages": 2,
+        "fused": 1,
+    }
+    transposed = {**MONARCH, "transposed": True}  # runs the forward map only fused: offers fused 0 alone
+    with pytest.raises(SpecError, match=r"tune.configs\[0\]: .*fused=1 is not offered"):
+        kt.space(spec_with({"configs": [config]}, transposed))
+
+
+@pytest.mark.parametrize(
+    "tune, words",
+    [
+        ({"space": {}}, "tune.space: must name at least one axis"),
+        ({"space": {"block_m": []}}, "tune.space.block_m: must be a non-empty list of integers"),
+        ({"space": {"block_m": [True]}}, "tune.space.block_m[0]: must be an integer"),
+        ({"space": {"block_m": [64.0]}}, "tune.space.block_m[0]: must be an integer (write 64"),
+        ({"space": [64]}, "tune.space: must be a mapping"),
+        ({"configs": []}, "tune.configs: must be a non-empty list"),
+        ({"configs": [{}]}, "tune.configs[0]: must name the config's fields"),
+        ({"configs": [{"block_m": "64"}]}, "tune.configs[0].block_m: must be an integer"),
+        (
+            {"space": {"block_m": [64]}, "configs": [LISTED[0]]},
+            "tune: give space (axes to restrict) or configs",
+        ),
+    ],
+)
+def test_malformed_space_and_configs_are_refused_when_the_file_is_read(tune, words):
+    with pytest.raises(SpecError) as raised:
+        spec_with(tune)
+    assert words in str(raised.value)
+
+
+def test_space_and_configs_round_trip_and_stay_out_of_the_signature():
+    for tune in ({"space": {"block_m": [64, 128], "num_stages": [3]}}, {"configs": LISTED}):
+        spec = spec_with(tune)
+        again = kt.parse_spec(spec.to_dict())
+        assert again == spec and again.tune.to_dict() == spec.tune.to_dict()
+        assert spec.signature() == spec_with({}).signature()
+    assert "space" not in spec_with({}).to_dict()["tune"] and "configs" not in spec_with({}).to_dict()["tune"]
+
+
+def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
+    spec = kt.parse_spec(
+        {
+            "name": "listed",
+            "op": "dense",
+            "dtype": "float16",
+            "shape": {"m": 96, "n": 80, "k": 64},
+            "tune": {"budget": 7, "configs": LISTED[1:] + [{"block_m": 32, "block_n": 32, "block_k": 32}]},
+        }
+    )
+    result = kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False)
+    assert {r["config_key"] for r in result.rows} == {"m64n64k32g8w4s3x1", "m32n32k32g8w4s3x1"}
+    assert result.plan.budget == 2 and len(result.plan.space.legal) == 2
+    assert result.plan.space.dropped[NOT_LISTED] > 1000
+    assert any("tune.configs lists 2 configs: all are measured (budget 7 ignored)" in n for n in result.notes)
+    meta = json.loads((result.save(tmp_path / "art") / "meta.json").read_text())
+    assert (
+        meta["tuning"]["checked"] == 2 and meta["tuning"]["timed"] == 0 and "measured" not in meta["tuning"]
+    )
+    assert meta["spec"]["tune"]["configs"][0] == LISTED[1]
+
+
+def test_build_ranks_within_the_users_space():
+    spec = spec_with({"space": {"block_m": [32], "num_warps": [2]}})
+    kernel = kt.build(spec)
+    assert kernel.config.block_m == 32 and kernel.config.num_warps == 2
+
+
+def test_cli_refuses_a_bad_axis_with_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "op.yaml"
+    path.write_text(
+        "name: x\nop: dense\ndtype: float16\nshape: {m: 64, n: 64, k: 64}\ntune:\n  space: {blok_m: [64]}\n"
+    )
+    for command in (["space"], ["tune", "--db", str(tmp_path / "t.db"), "--out", str(tmp_path / "art")]):
+        done = subprocess.run(
+            [sys.executable, "-m", "kt.cli", *command[:1], str(path), *command[1:]],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"kt: error: {path}: tune.space.blok_m: the gemm family has no axis 'blok_m'; allowed: block_m, "
+            "block_n, block_k, group_m, num_warps, num_stages, split_k"
+        ]
+    assert not (tmp_path / "art").exists()
