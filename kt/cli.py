@@ -215,10 +215,20 @@ def tune(
         check_target(out_dir / spec.name)  # before any tune, not after it
     if len(specs) > 1:
         out.print(f"{specs[0].source}: {len(specs)} ops, tuned one after the other", style="bold")
+    import torch
+
+    checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
     for number, spec in enumerate(specs, 1):
         if len(specs) > 1:
             out.print(f"\n[{number}/{len(specs)}] {spec.name}", style="bold")
         _header(spec)
+        if checks_only and number == 1:
+            out.print(
+                "note: no GPU here: each config is checked in Triton's interpreter and compiled for the target, "
+                "nothing is timed, and the choice is the cost model's best prediction; a larger budget only "
+                "checks more configs",
+                style="yellow",
+            )
         result = kt.tune(
             spec,
             budget=budget,

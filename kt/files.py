@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def cache_dir() -> Path:
+    """kt's cache folder: $KT_CACHE_DIR, else $XDG_CACHE_HOME/kt, else ~/.cache/kt. It holds generated kernels
+    (`kernels/`), Triton's compile cache for kt's workers (`triton/`) and loaded cost models (`models/`), each
+    safe to delete at any time (made again on use), and the default tuning database (`tuning.db`)."""
+    if os.environ.get("KT_CACHE_DIR"):
+        return Path(os.environ["KT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kt"
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -9,6 +9,7 @@ lie and skipped where they are absent.
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from kt.costmodel.evaluate import ape, cross_validate, r2
 from kt.costmodel.features import FEATURE_NAMES
 from kt.costmodel.forest import MIN_ROWS, TRUSTED_TYPES, ForestModel
 from kt.costmodel.roofline import gemm_terms
-from kt.device import H100, H200
+from kt.device import H100, H200, get_profile
 from kt.errors import ModelError
 
 GPPERF_CSV = GPPERF / "cutlass_results_flat.csv"
@@ -322,3 +323,38 @@ def test_the_forest_predicts_held_out_gpperf_shapes_far_better_than_the_analytic
     assert m["runtime_log_r2"] > 0.97 and m["runtime_r2"] > 0.75
     assert m["runtime_mape"] < 20 and m["runtime_median_ape"] < 5
     assert m["runtime_mape"] < ape(measured, analytic_ms).mean() / 3
+
+
+def test_a_loaded_model_is_cached_and_the_cache_is_checked_against_the_file(
+    fitted, saved, tmp_path, monkeypatch
+):
+    """The second load of a file reads kt's pickle of its checked payload (a shipped forest: 0.02 s against
+    skops' 1.5 s); a changed file misses the cache, and a damaged cache entry is read afresh from the file."""
+    from kt.costmodel import forest
+
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+    records = stand_in_records()
+    first = ForestModel.load(saved, H100)
+    (entry,) = (tmp_path / "cache" / "models").iterdir()
+    assert entry.name.startswith(hashlib.sha256(saved.read_bytes()).hexdigest()[:32])
+
+    def no_skops(*args, **kwargs):
+        raise AssertionError("skops read the file again")
+
+    monkeypatch.setattr(skops.io, "loads", no_skops)
+    cached = ForestModel.load(saved, H100)
+    assert np.array_equal(cached.predict(records).runtime_s, first.predict(records).runtime_s)
+    with pytest.raises(
+        ModelError, match="was fitted for device h100"
+    ):  # the checks still run on a cached one
+        ForestModel.load(saved, get_profile("a100"))
+    monkeypatch.undo()
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+    entry.write_bytes(entry.read_bytes()[:100])  # damaged: ignored, and written again
+    again = ForestModel.load(saved, H100)
+    assert np.array_equal(again.predict(records).runtime_s, first.predict(records).runtime_s)
+    assert entry.stat().st_size > 100
+    rewrite(saved, lambda p: p["trained"].update(note="changed"))  # another file: another entry
+    ForestModel.load(saved, H100)
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 2
+    assert forest._cached_payload(b"not a model") is None

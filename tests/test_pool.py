@@ -157,3 +157,14 @@ def test_workers_die_with_a_killed_parent(tmp_path):
             if os.path.exists(f"/proc/{pid}") and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
         ]
     assert alive == [], "orphaned workers must not keep running"
+
+
+def test_workers_put_tritons_compile_cache_under_kts_cache_folder(monkeypatch, tmp_path):
+    from kt.autotune.pool import worker_env
+
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert worker_env({"A": "1"})["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    assert worker_env({"A": "1"})["A"] == "1"
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else")  # the user's choice wins
+    assert worker_env({})["TRITON_CACHE_DIR"] == "/somewhere/else"

@@ -76,7 +76,7 @@ class _Slot:
                     str(os.getpid()),
                 ],
                 pass_fds=(to_child_r, from_child_w),
-                env={**os.environ, **self.env},
+                env=worker_env(self.env),
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
                 stderr=subprocess.STDOUT,
@@ -142,6 +142,16 @@ class _Slot:
         return " | ".join(line.strip() for line in text[-lines:])
 
 
+def worker_env(extra: dict[str, str]) -> dict[str, str]:
+    """A worker's environment: this process's, `extra`, and Triton's compile cache under kt's cache folder
+    (`<kt cache>/triton`, tens of MB per tune) unless TRITON_CACHE_DIR says where."""
+    from kt.files import cache_dir
+
+    env = {**os.environ, **extra}
+    env.setdefault("TRITON_CACHE_DIR", str(cache_dir() / "triton"))
+    return env
+
+
 def _death_message(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         try:
@@ -180,12 +190,22 @@ class WorkerPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def warm(self) -> None:
+        """Start every worker now (each imports torch and Triton, seconds on a small machine), so that the
+        caller's own work (loading a model, ranking the space) overlaps their start-up. A warm worker's ready
+        message waits in its pipe until its first task."""
+        for slot in self.slots:
+            if slot.process is None:
+                slot.start()
+
     def close(self) -> None:
-        """Stop every worker: busy ones at once, idle ones after they read their stop, within seconds overall."""
+        """Stop every worker: busy ones at once, idle ones after they read their stop (a tenth of a second's
+        grace: a worker holds no state kt needs, and Python's exit with torch loaded takes about a second), then
+        killed."""
         for slot in self.slots:
             with contextlib.suppress(Exception):
                 slot.begin_stop()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 0.1
         for slot in self.slots:
             if slot.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -144,6 +144,8 @@ class Runner(ABC):
 
     def __enter__(self) -> Runner:
         self.pool = self.start_pool()
+        if self.pool is not None:
+            self.pool.warm()  # the workers import torch and Triton while the caller plans
         return self
 
     def __exit__(self, *exc) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, Database
+from kt.autotune.pool import default_workers
 from kt.autotune.progress import TuneProgress
 from kt.autotune.runners import Candidate, Result, Runner, make_runner
 from kt.autotune.search import (
@@ -39,8 +40,6 @@ from kt.codegen import Config, SearchSpace, config_from_dict, family_for, write_
 from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
 from kt.codegen.restrict import restrict
 from kt.costmodel import AnalyticModel, rank
-from kt.costmodel.correction import CorrectedModel, model_name, refit
-from kt.costmodel.forest import ForestModel
 from kt.costmodel.models import shipped_model_path
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.staged import predict_records
@@ -86,7 +85,9 @@ class Plan:
         return self.baseline_s / float(self.prediction.runtime_s[self.ranked[0]])
 
 
-CostModel = AnalyticModel | ForestModel | CorrectedModel
+# The forests import scikit-learn (a second or more): this module imports them where it uses them, so that a
+# tune's workers start (kt.autotune.runners) before the import, and its wait overlaps their start-up.
+CostModel = "AnalyticModel | ForestModel | CorrectedModel"
 
 # Budget sizing from the predicted ratio to PyTorch's path: a problem where kt's best is predicted at least this
 # fast relative to cuBLAS gets the whole budget; below it, the budget shrinks in proportion, to at most a quarter
@@ -99,6 +100,11 @@ MIN_SIZED_BUDGET = 4
 def predicted_baseline_s(model: CostModel, problem: Problem) -> float | None:
     """The model's prediction of PyTorch's own path for `problem` (a dense GEMM: cuBLAS), or None when the
     model has no baseline forest or the problem is not one it learned (structured families run chains)."""
+    if isinstance(model, AnalyticModel):
+        return None
+    from kt.costmodel.correction import CorrectedModel
+    from kt.costmodel.forest import ForestModel
+
     forest = model.base if isinstance(model, CorrectedModel) else model
     if not isinstance(forest, ForestModel) or not forest.predicts_baseline or problem.family != "gemm":
         return None
@@ -127,7 +133,12 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     "analytic": the analytic model; a path: a model file from `kt costmodel fit` (refused when it was fitted
     for another device).
     """
-    if isinstance(model, (AnalyticModel, ForestModel, CorrectedModel)):
+    if isinstance(model, AnalyticModel):
+        return model
+    from kt.costmodel.correction import CorrectedModel
+    from kt.costmodel.forest import ForestModel
+
+    if isinstance(model, (ForestModel, CorrectedModel)):
         return model
     if model is None:
         shipped = shipped_model_path(profile)
@@ -145,12 +156,14 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     return ForestModel.load(model, profile)
 
 
-_SHIPPED: dict[tuple, ForestModel] = {}  # (file, its mtime and size, profile key) -> the loaded model
+_SHIPPED: dict[tuple, Any] = {}  # (file, its mtime and size, profile key) -> the loaded ForestModel
 
 
-def _load_shipped(path: Path, profile: DeviceProfile) -> ForestModel:
+def _load_shipped(path: Path, profile: DeviceProfile):
     """kt's own model for `profile`, loaded once per process (kt.nn builds a kernel per layer and bucket; a
     model never changes once loaded: refits wrap it in a CorrectedModel)."""
+    from kt.costmodel.forest import ForestModel
+
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size, profile.key)
     if key not in _SHIPPED:
@@ -186,6 +199,8 @@ def plan_tuning(
     model's top `budget`. `spec`'s `tune.space` restricts the space to those axis values, its `tune.configs` to
     exactly those configs, which are then all measured whatever the budget.
     """
+    from kt.costmodel.correction import CorrectedModel, model_name
+
     family = family_for(problem)
     space = family.space(problem, profile)
     if not space.legal:
@@ -476,26 +491,29 @@ def run_session(
     seed = spec.tune.seed if seed is None else seed
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
     profile = resolve_profile(device or spec.device)
-    cost_model = resolve_model(profile, model)
     search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
     owned = runner is None
     if owned:
         extra = {"timing": timing} if timing is not None else {}
+        # no more workers than candidates (the budget and candidate zero): each takes seconds to start
+        workers = workers or min(default_workers(), budget + 1)
         runner = make_runner(backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, **extra)
     search = search_strategy(search, runner.measures_time)
-    plan = plan_tuning(
-        node.problem,
-        profile,
-        budget,
-        search,
-        seed,
-        cost_model,
-        objective,
-        power_cap_w,
-        runner.measures_time,
-        spec,
-    )
-    with Database(db) as database, runner if owned else contextlib.nullcontext():
+    # the runner's workers start first, so their imports overlap loading the model and ranking the space
+    with runner if owned else contextlib.nullcontext(), Database(db) as database:
+        cost_model = resolve_model(profile, model)
+        plan = plan_tuning(
+            node.problem,
+            profile,
+            budget,
+            search,
+            seed,
+            cost_model,
+            objective,
+            power_cap_w,
+            runner.measures_time,
+            spec,
+        )
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
         trace, fresh = tuner.search(search, plan.budget, progress, retry_failed, deadline, baseline)
         rows = tuner.rows(trace)
@@ -580,6 +598,8 @@ class _Tuner:
                 records.append(to_record(row))
             except KtError:  # a malformed old row must not stop a tune between rounds
                 self.skipped_rows += 1
+        from kt.costmodel.correction import model_name, refit
+
         model = refit(self.start, records, self.seed)
         if model is None:
             return False

@@ -15,15 +15,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from kt.files import atomic_write_text
-
-
-def cache_dir() -> Path:
-    """$KT_CACHE_DIR, else $XDG_CACHE_HOME/kt, else ~/.cache/kt."""
-    if os.environ.get("KT_CACHE_DIR"):
-        return Path(os.environ["KT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kt"
+from kt.files import atomic_write_text, cache_dir
 
 
 def source_hash(source: str) -> str:

@@ -50,7 +50,7 @@ from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
 from kt.device import DeviceProfile
 from kt.errors import ModelError
-from kt.files import atomic_write
+from kt.files import atomic_write, cache_dir
 
 FORMAT = "kt-costmodel"
 FORMAT_VERSION = 2
@@ -299,8 +299,6 @@ class ForestModel:
         """Load a model file; with `device`, refuse one fitted for another device profile, unless `stand_in`:
         then a model of the same architecture (compute capability) predicts for `device` with `device`'s own
         profile (its roofline, SMs and peaks), and says so in `describe()`."""
-        import skops.io
-
         path = Path(path)
         where = f"model: {str(path)!r}"
         if path.is_dir():
@@ -310,16 +308,21 @@ class ForestModel:
         data = path.read_bytes()
         if not data:
             raise ModelError(f"{where} is empty (0 bytes); give a model file written by `kt costmodel fit`")
-        try:
-            untrusted = set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES)
-        except Exception as exc:  # noqa: BLE001 - anything skops cannot parse is not a model file
-            raise ModelError(f"{where} is not a skops file ({type(exc).__name__}: {exc})") from None
-        if untrusted:
-            raise ModelError(f"{where} holds types kt does not load: {', '.join(sorted(untrusted))}")
-        try:
-            payload = skops.io.loads(data, trusted=TRUSTED_TYPES)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"{where} cannot be read ({type(exc).__name__}: {exc})") from None
+        payload = _cached_payload(data)
+        if payload is None:
+            import skops.io  # a second or more to import: only for a model not in the cache
+
+            try:
+                untrusted = set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES)
+            except Exception as exc:  # noqa: BLE001 - anything skops cannot parse is not a model file
+                raise ModelError(f"{where} is not a skops file ({type(exc).__name__}: {exc})") from None
+            if untrusted:
+                raise ModelError(f"{where} holds types kt does not load: {', '.join(sorted(untrusted))}")
+            try:
+                payload = skops.io.loads(data, trusted=TRUSTED_TYPES)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"{where} cannot be read ({type(exc).__name__}: {exc})") from None
+            _cache_payload(data, payload)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ModelError(f"{where} is not a kt cost model")
         if payload.get("format_version") != FORMAT_VERSION:
@@ -486,3 +489,38 @@ def _check_forest(forest: Any, where: str, n_features: int) -> None:
             or np.any(t.feature[~leaf] >= n_features)
         ):
             raise ModelError(f"{where} holds a tree with node or feature indices out of range")
+
+
+def _payload_cache(data: bytes) -> Path:
+    """Where the payload of the model file `data` is cached: named by the file's SHA-256 and the versions the
+    pickle depends on (scikit-learn, numpy, Python), so a changed file or library never reads a stale one."""
+    import hashlib
+    import sys
+
+    versions = library_versions()
+    tag = f"{versions['scikit-learn']}-{versions['numpy']}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return cache_dir() / "models" / f"{hashlib.sha256(data).hexdigest()[:32]}-{tag}.pickle"
+
+
+def _cached_payload(data: bytes) -> dict[str, Any] | None:
+    """The payload skops read from `data` before (kt's own pickle of it, in kt's cache folder: 0.02 s where
+    skops takes 1.5 s for a shipped forest), or None. A cache file that cannot be read is ignored."""
+    import pickle
+
+    try:
+        with open(_payload_cache(data), "rb") as handle:
+            payload = pickle.load(handle)  # noqa: S301 - written by kt, from a skops file checked as above
+    except Exception:  # noqa: BLE001 - missing, partial (another process), or from another setup: read afresh
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _cache_payload(data: bytes, payload: dict[str, Any]) -> None:
+    """Keep a checked payload for the next load; a cache that cannot be written (read-only home) is skipped."""
+    import contextlib
+    import pickle
+
+    with contextlib.suppress(OSError):
+        atomic_write(
+            _payload_cache(data), lambda handle: pickle.dump(payload, handle, protocol=5), binary=True
+        )
