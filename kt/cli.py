@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
+from kt.autotune.database import STATUSES  # the standard library's sqlite3 only
 from kt.errors import KtError
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
@@ -540,6 +541,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     )
     if plan.model_origin:
         out.print(f"the forest was fitted on {plan.model_origin}")
+    if plan.model_note:
+        err.print(f"warning: {plan.model_note}", style="yellow")
     rows = plan.ranked[:top]
     records = [plan.records[i] for i in rows]
     roofline_s, bounds = roofline_and_bound(records, space_.device)
@@ -678,12 +681,22 @@ def calibrate(out_path, name):
     default=None,
     help="Only rows from this runner (cuda rows are the measured ones).",
 )
-@click.option("--status", default=None, help="Only rows with this status (e.g. ok).")
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    default=None,
+    help="Only rows with this status.",
+)
 @DB
 def export(csv_path, runner, status, db):
-    """Write the tuning database's rows (every column, with device and versions) to a CSV file."""
+    """Write the tuning database's rows (every column, with device and versions) to a CSV file (its folder
+    must exist)."""
     from kt.autotune.database import Database
 
+    if not csv_path.parent.is_dir():
+        raise click.BadParameter(
+            f"folder {str(csv_path.parent)!r} does not exist; create it first", param_hint="'OUT.csv'"
+        )
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
     with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)

@@ -358,3 +358,29 @@ def test_a_loaded_model_is_cached_and_the_cache_is_checked_against_the_file(
     ForestModel.load(saved, H100)
     assert len(list((tmp_path / "cache" / "models").iterdir())) == 2
     assert forest._cached_payload(b"not a model") is None
+
+
+def test_a_forest_says_what_of_a_problem_or_device_it_never_saw(fitted, saved):
+    seen = fitted.trained["dtypes"][0]
+    assert fitted.unseen({"family": "gemm", "dtype": seen}) is None
+    note = fitted.unseen({"family": "monarch", "dtype": "float64"})
+    assert note.startswith("the cost model never saw this kernel family monarch (it learned gemm;")
+    assert "dtype float64 (it learned" in note and "\n" not in note
+    borrowed = ForestModel.load(saved, H200, stand_in=True)
+    assert "device h200 (fitted for h100" in borrowed.unseen({"family": "gemm", "dtype": seen})
+
+
+def test_kt_predict_warns_in_one_line_for_a_problem_the_model_never_saw(saved, tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "m.yaml"
+    spec.write_text("op: monarch\nshape: {batch: 64, n: 256, nblocks: 16}\ndevice: h100\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "predict", str(spec), "--model", str(saved), "--top", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    (warning,) = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert "never saw this kernel family monarch" in warning

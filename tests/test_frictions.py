@@ -71,3 +71,59 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     assert json.loads((target / "meta.json").read_text())["config"]["block_m"] == 32
     assert kt.load(previous).config.block_m == 16  # a whole, loadable artifact
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left
+
+
+def test_export_refuses_a_missing_folder_and_an_unknown_status_and_keeps_the_umask(tmp_path):
+    import os
+
+    from kt.autotune.database import Database
+
+    db = tmp_path / "t.db"
+    with Database(db) as database:
+        database.insert(
+            {"runner": "interpret", "device": "cpu", "target": "h100", "family": "gemm", "family_version": "v",
+             "problem_key": "p", "config_key": "c", "triton_version": "t", "status": "ok", "problem": {},
+             "config": {}}
+        )  # fmt: skip
+
+    def export(*args, umask=None):
+        preexec = (lambda: os.umask(umask)) if umask is not None else None
+        return subprocess.run(
+            [sys.executable, "-m", "kt.cli", "export", *args, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            preexec_fn=preexec,
+        )
+
+    missing = export(str(tmp_path / "nope" / "rows.csv"))
+    assert missing.returncode == 2 and "does not exist; create it first" in missing.stderr
+    assert not (tmp_path / "nope").exists()
+    weird = export(str(tmp_path / "rows.csv"), "--status", "weird")
+    assert weird.returncode == 2 and "'weird' is not one of 'ok', 'compile_error'" in weird.stderr
+    done = export(str(tmp_path / "rows.csv"), "--status", "ok", umask=0o077)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "rows.csv").stat().st_mode & 0o777 == 0o600
+    done = export(str(tmp_path / "rows2.csv"), umask=0o022)
+    assert (tmp_path / "rows2.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_tune_whose_candidates_all_timed_out_before_suggests_retry_failed(tmp_path):
+    import pytest
+
+    from kt.autotune.database import Database
+    from kt.errors import KtError
+
+    spec = kt.parse_spec(
+        {"name": "t", **SMALL, "tune": {"configs": [{"block_m": 16, "block_n": 16, "block_k": 16}]}}
+    )
+    result = kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False)
+    with Database(tmp_path / "t.db") as database:  # as if that check had timed out
+        database.conn.execute("UPDATE measurements SET status = 'timeout', message = 'no result after 1 s'")
+    with pytest.raises(
+        KtError, match=r"1 of them timed out or crashed.*`kt tune --retry-failed` runs those again"
+    ):
+        kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False)
+    again = kt.tune(
+        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, retry_failed=True
+    )
+    assert again.best.config == result.best.config and again.newly_measured == 1

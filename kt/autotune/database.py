@@ -92,6 +92,38 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 
+CLAIM_STALE_S = 6 * 3600  # a claim from another host (a shared file system) is dropped after this long
+
+
+def claim_key(key: dict[str, Any]) -> str:
+    """The claims table's name for a measurement key."""
+    return json.dumps([key[k] for k in KEY_COLUMNS])
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _alive(pid: int, host: str, claimed_at: str, now: datetime) -> bool:
+    """Whether a claim's holder may still be measuring: its process runs (on this host), or (on another) the
+    claim is younger than CLAIM_STALE_S."""
+    if host != _host():
+        try:
+            age = (now - datetime.fromisoformat(claimed_at)).total_seconds()
+        except ValueError:
+            return False
+        return age < CLAIM_STALE_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def default_path() -> Path:
     """$KT_DB, else tuning.db in kt's cache directory."""
     if os.environ.get("KT_DB"):
@@ -170,6 +202,12 @@ class Database:
             self.conn.execute(
                 f"CREATE UNIQUE INDEX IF NOT EXISTS measurement_key ON measurements ({', '.join(KEY_COLUMNS)})"
             )
+            # candidates being measured now: one row per measurement key, so two tunes on one database never
+            # measure the same config at once (older kt ignores the table)
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS claims (claim_key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
+                "host TEXT NOT NULL, claimed_at TEXT NOT NULL)"
+            )
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -203,6 +241,52 @@ class Database:
                 return False
             raise
         return True
+
+    def claim(self, keys: list[dict[str, Any]]) -> list[str]:
+        """Claim measurement keys (KEY_COLUMNS values) for this process, in one transaction: for each, "mine"
+        (claimed now, or already by this process), "measured" (its row is in), or "theirs" (another live
+        process holds it: on this host while its pid runs, from another host for CLAIM_STALE_S). A dead
+        holder's claim is taken over."""
+        me, host = os.getpid(), _host()
+        now = datetime.now(timezone.utc)
+        states = []
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for key in keys:
+                where = " AND ".join(f"{k} = ?" for k in KEY_COLUMNS)
+                values = [key[k] for k in KEY_COLUMNS]
+                if self.conn.execute(f"SELECT 1 FROM measurements WHERE {where}", values).fetchone():
+                    states.append("measured")
+                    continue
+                name = claim_key(key)
+                held = self.conn.execute(
+                    "SELECT pid, host, claimed_at FROM claims WHERE claim_key = ?", [name]
+                )
+                held = held.fetchone()
+                if held is not None and (held["pid"], held["host"]) != (me, host) and _alive(*held, now):
+                    states.append("theirs")
+                    continue
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO claims (claim_key, pid, host, claimed_at) VALUES (?, ?, ?, ?)",
+                    [name, me, host, now.isoformat(timespec="seconds")],
+                )
+                states.append("mine")
+        return states
+
+    def release(self, keys: list[dict[str, Any]]) -> None:
+        """Drop this process's claims on these keys (measured, or given up)."""
+        if not keys or self.readonly:
+            return
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "DELETE FROM claims WHERE claim_key = ? AND pid = ? AND host = ?",
+                [(claim_key(key), os.getpid(), _host()) for key in keys],
+            )
+
+    def claims(self) -> list[dict[str, Any]]:
+        """Every claim held now (claim_key, pid, host, claimed_at)."""
+        return [dict(r) for r in self.conn.execute("SELECT * FROM claims ORDER BY claimed_at")]
 
     def delete(self, ids: list[int]) -> None:
         """Remove rows by id, all in one transaction."""

@@ -48,9 +48,21 @@ class TuneProgress:
         self.task = self.progress.add_task(label, total=total, completed=done, status="")
 
     def advance(self, result: Result) -> None:
-        self.counts[result.status] += 1
-        runtime = result.values.get("runtime_ms")
-        if result.status == "ok" and runtime is not None:
+        self._advance(result.status, result.values.get("runtime_ms"))
+
+    def advance_row(self, row: dict) -> None:
+        """A config another process measured (its database row), counted like one of ours."""
+        self._advance(row["status"], row.get("runtime_ms"))
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            (self.progress.console if self.progress else self.console).print(
+                text, highlight=False, markup=False
+            )
+
+    def _advance(self, status: str, runtime: float | None) -> None:
+        self.counts[status] += 1
+        if status == "ok" and runtime is not None:
             self.best_ms = runtime if self.best_ms is None else min(self.best_ms, runtime)
         if self.progress is None:
             return

@@ -68,6 +68,9 @@ class Plan:
     budget: int = 0  # the budget the search spends: the one asked for, or less (see size_budget)
     budget_note: str | None = None  # why the budget is smaller than asked
     model_origin: str | None = None  # where the ranking forest's training rows came from, when it says
+    model_note: str | None = (
+        None  # what of the problem or device the ranking forest never saw (ForestModel.unseen)
+    )
 
     @property
     def predicted_s(self) -> np.ndarray:
@@ -246,7 +249,14 @@ def plan_tuning(
         budget,
         note,
         getattr(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, "origin", None),
+        _unseen(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, problem),
     )
+
+
+def _unseen(model, problem: Problem) -> str | None:
+    """ForestModel.unseen for the problem (None for the analytic model, which has no training data)."""
+    unseen = getattr(model, "unseen", None)
+    return unseen(problem.to_record()) if unseen is not None else None
 
 
 @dataclass(frozen=True)
@@ -381,7 +391,7 @@ def tune(
         **options,
     )
     plan, runner, profile = session.plan, session.runner, session.profile
-    notes = [plan.budget_note] if plan.budget_note else []
+    notes = [note for note in (plan.budget_note, plan.model_note) if note]
     if not runner.measures_time:
         compiled = (
             f"compiled for sm_{profile.compute_capability}"
@@ -455,6 +465,7 @@ class Session:
 
 
 RETRYABLE = ("timeout", "crash")
+CLAIM_POLL_S = 0.5  # how often a tune looks for the configs another tune on its database is measuring
 
 
 def run_session(
@@ -685,7 +696,8 @@ class _Tuner:
         )
         fresh = 0
 
-        def measure(batch: list[int]) -> dict[int, float | None]:
+        def run(batch: list[int]) -> dict[int, float | None]:
+            """Measure the configs `batch` (claimed by this process) and candidate zero if it is still due."""
             nonlocal fresh
             todo = [
                 generated_candidate(
@@ -697,7 +709,9 @@ class _Tuner:
                 )
                 for index in batch
             ]
-            todo[:0], zero[:] = zero, []  # candidate zero goes with the first round
+            if zero and self.database.claim([{**self.baseline_key, "config_key": BASELINE_KEY}]) == ["mine"]:
+                todo[:0] = zero  # candidate zero goes with the first round (unless another tune runs it)
+            zero[:] = []
             values = {}
             for result in self.runner.run(todo, deadline):
                 if isinstance(result.candidate.config, PyTorchPath):
@@ -710,6 +724,37 @@ class _Tuner:
                     fresh += 1
                 values[self.index_of[result.candidate.config.key()]] = self.value(row)
                 reporter.advance(result)
+            return values
+
+        def measure(batch: list[int]) -> dict[int, float | None]:
+            """Claim the batch in the database, measure what this process claimed, and wait for the configs
+            another tune of the same database is measuring (taking over any whose process is gone)."""
+            keys = {index: {**self.key, "config_key": self.plan.config(index).key()} for index in batch}
+            pending, values, announced = list(batch), {}, False
+            try:
+                while pending:
+                    states = dict(zip(pending, self.database.claim([keys[i] for i in pending])))
+                    mine = [i for i in pending if states[i] == "mine"]
+                    if mine:
+                        values.update(run(mine))
+                        self.database.release([keys[i] for i in mine])
+                    rows = self.database.measured_configs(**self.key)
+                    for index in [i for i in pending if keys[i]["config_key"] in rows]:
+                        if index not in values:  # another tune's measurement
+                            values[index] = self.value(rows[keys[index]["config_key"]])
+                            reporter.advance_row(rows[keys[index]["config_key"]])
+                    pending = [i for i in pending if i not in values and states[i] == "theirs"]
+                    if not pending or (deadline is not None and time.monotonic() > deadline):
+                        break
+                    if not announced:
+                        reporter.note(
+                            f"waiting for {len(pending)} configs that another kt process is "
+                            f"{'measuring' if self.runner.measures_time else 'checking'} in {self.database.path}"
+                        )
+                        announced = True
+                    time.sleep(CLAIM_POLL_S)
+            finally:  # a crash or Ctrl-C: what this process claimed and did not finish is free again
+                self.database.release(list(keys.values()))
             return values
 
         try:
@@ -885,4 +930,11 @@ def choose_best(
     example = (
         f"; e.g. {failed['config_key']}: {failed['message']}" if failed and failed.get("message") else ""
     )
-    raise KtError(f"none of the {len(rows)} candidates passed ({summary}){example}")
+    retry = sum(statuses[s] for s in RETRYABLE)
+    hint = (
+        f"; {retry} of them timed out or crashed, which can be transient (a short --timeout, a busy machine): "
+        "`kt tune --retry-failed` runs those again"
+        if retry
+        else ""
+    )
+    raise KtError(f"none of the {len(rows)} candidates passed ({summary}){example}{hint}")

@@ -239,6 +239,26 @@ class ForestModel:
                 out[label] = {name: float(value) for name, value in pairs}
         return out
 
+    def unseen(self, record: dict[str, Any]) -> str | None:
+        """What of a problem (its record: family, dtype) and of the device it predicts for this forest never
+        saw in training, as one line; None when it saw them all."""
+        t = self.trained
+        new = []
+        if self.fitted_device is not None:
+            new.append(f"device {self.device.key} (fitted for {self.fitted_device.key}, predicting with "
+                       f"{self.device.key}'s own roofline)")  # fmt: skip
+        families, dtypes = t.get("families") or [], t.get("dtypes") or []
+        if families and record.get("family") not in families:
+            new.append(
+                f"kernel family {record.get('family')} (it learned {', '.join(families)}; a structured op is "
+                "predicted launch by launch as the GEMMs it runs)"
+            )
+        if dtypes and record.get("dtype") not in dtypes:
+            new.append(f"dtype {record.get('dtype')} (it learned {', '.join(dtypes)})")
+        if not new:
+            return None
+        return f"the cost model never saw this {'; '.join(new)}: its predictions here are extrapolations"
+
     def describe(self) -> str:
         t = self.trained
         shapes = f", {t['shapes']} shape{'s' if t['shapes'] != 1 else ''}" if t.get("shapes") else ""

@@ -1,0 +1,141 @@
+"""Two tunes on one database never measure the same config at once (issue 17): candidates are claimed in the
+database, a claim of a process that is gone is taken over, and a tune waits for what another one measures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import kt
+from kt.autotune import database as dbmod
+from kt.autotune.database import Database, claim_key
+
+KEY = {
+    "runner": "interpret",
+    "device": "cpu",
+    "target": "h100",
+    "family": "gemm",
+    "family_version": "v",
+    "problem_key": "p",
+    "triton_version": "t",
+}
+
+
+@pytest.fixture
+def sleeper():
+    """A live process that is not this one (a claim's holder)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def hold(db: Database, key: dict, pid: int, host: str | None = None, at: str = "2026-11-30T00:00:00+00:00"):
+    with db.conn:
+        db.conn.execute(
+            "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
+            [claim_key(key), pid, host or dbmod._host(), at],
+        )
+
+
+def gone_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_claims_are_mine_theirs_or_measured_and_a_dead_holders_claim_is_taken_over(tmp_path, sleeper):
+    a, b, c, d = ({**KEY, "config_key": name} for name in "abcd")
+    with Database(tmp_path / "t.db") as db:
+        db.insert({**a, "status": "ok", "problem": "{}", "config": "{}"})
+        hold(db, b, sleeper.pid)
+        hold(db, c, gone_pid())
+        assert db.claim([a, b, c, d]) == ["measured", "theirs", "mine", "mine"]
+        assert db.claim([c, d]) == ["mine", "mine"]  # this process's own claims stay its own
+        with Database(tmp_path / "t.db") as other:  # another connection sees them held by a live process
+            assert {r["claim_key"] for r in other.claims()} == {claim_key(k) for k in (b, c, d)}
+        db.release([b, c, d])  # only this process's claims go
+        assert [r["claim_key"] for r in db.claims()] == [claim_key(b)]
+
+
+def test_a_claim_from_another_host_is_held_until_it_is_stale(tmp_path, monkeypatch):
+    e = {**KEY, "config_key": "e"}
+    with Database(tmp_path / "t.db") as db:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        hold(db, e, 1, host="elsewhere", at=now)
+        assert db.claim([e]) == ["theirs"]
+        hold(db, e, 1, host="elsewhere", at="2020-01-01T00:00:00+00:00")
+        assert db.claim([e]) == ["mine"]
+
+
+SPEC = {
+    "name": "claimed",
+    "op": "dense",
+    "dtype": "float16",
+    "shape": {"m": 24, "n": 40, "k": 32},
+    "tune": {
+        "configs": [
+            {"block_m": 16, "block_n": 16, "block_k": 16},
+            {"block_m": 32, "block_n": 16, "block_k": 16},
+        ]
+    },
+}
+A, B = "m16n16k16g8w4s3x1", "m32n16k16g8w4s3x1"
+
+
+def _key(tmp_path):
+    """The measurement key of SPEC's rows (as the interpret runner writes them)."""
+    from kt.autotune.runners import make_runner
+    from kt.autotune.tune import row_key
+    from kt.device import get_profile
+    from kt.ir import op_from_spec
+
+    spec = kt.parse_spec(SPEC)
+    (node,) = op_from_spec(spec).kernel_graph().kernels
+    runner = make_runner("interpret", get_profile("h100"), workers=1)
+    return row_key(runner, get_profile("h100"), node.problem)
+
+
+def test_a_tune_takes_over_a_config_whose_claimer_is_gone(tmp_path):
+    db_path = tmp_path / "t.db"
+    with Database(db_path) as db:
+        hold(db, {**_key(tmp_path), "config_key": B}, gone_pid())
+    result = kt.tune(kt.parse_spec(SPEC), backend="interpret", db=db_path, progress=False, baseline=False)
+    assert {r["config_key"] for r in result.rows} == {A, B} and result.newly_measured == 2
+    with Database(db_path) as db:
+        assert db.claims() == []
+
+
+def test_a_tune_waits_for_a_config_another_process_is_measuring(tmp_path, sleeper):
+    db_path = tmp_path / "t.db"
+    key = _key(tmp_path)
+    with Database(db_path) as db:
+        hold(db, {**key, "config_key": B}, sleeper.pid)
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            result=kt.tune(
+                kt.parse_spec(SPEC), backend="interpret", db=db_path, progress=False, baseline=False
+            )
+        )
+    )
+    thread.start()
+    with Database(db_path) as db:
+        deadline = time.monotonic() + 300
+        while A not in db.measured_configs(**key):  # the tune measures its own claim first
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert thread.is_alive() and B not in db.measured_configs(**key)  # waiting, not measuring B itself
+        row = {k: v for k, v in db.measured_configs(**key)[A].items() if k != "id"}
+        config = {**row["config"], "block_m": 32}
+        db.insert({**row, "config_key": B, "config": config, "message": "measured by the other process"})
+    thread.join(timeout=300)
+    result = outcome["result"]
+    assert {r["config_key"] for r in result.rows} == {A, B}
+    assert result.newly_measured == 1  # B is the other process's
+    assert next(r for r in result.rows if r["config_key"] == B)["message"] == "measured by the other process"
