@@ -27,6 +27,10 @@ def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_pat
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{path}: 3 ops, tuned one after the other" in done.stdout
+    # said once, before the first config is checked, not only in the end notes
+    start = done.stdout.index("note: no GPU here: each config is checked in Triton's interpreter")
+    assert done.stdout.count("a larger budget only checks more configs") == 1
+    assert start < done.stdout.index("best ")
     for number, name in enumerate(["g_m16", "g_m40", "r"], 1):
         assert f"[{number}/3] {name}" in done.stdout
         meta = json.loads((tmp_path / "art" / name / "meta.json").read_text())
@@ -127,3 +131,37 @@ def test_a_tune_whose_candidates_all_timed_out_before_suggests_retry_failed(tmp_
         spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, retry_failed=True
     )
     assert again.best.config == result.best.config and again.newly_measured == 1
+
+
+def test_kt_nn_reads_the_artifacts_of_every_bucket_a_file_tuned(tmp_path, monkeypatch):
+    import torch
+
+    import kt.nn as knn
+    from kt.nn import selection
+
+    path = tmp_path / "layer.yaml"
+    path.write_text("name: mon\nop: monarch\ndtype: float32\nshape: {batch: [16, 64], n: 32, nblocks: 4}\n")
+    specs = kt.load_specs(path)
+    assert [s.name for s in specs] == ["mon_b16", "mon_b64"]
+    for spec in specs:
+        kt.tune(spec, budget=1, backend="interpret", db=tmp_path / "t.db", progress=False).save(
+            tmp_path / "art" / spec.name
+        )
+    monkeypatch.setenv("KT_INTERPRET", "1")  # on CPU tensors kt.nn runs PyTorch's path unless asked
+    monkeypatch.delenv("KT_ARTIFACTS", raising=False)
+    saved = list(selection._ARTIFACT_DIRS)
+    selection._SELECTED.clear()
+    try:
+        knn.use_artifacts(tmp_path / "art")
+        layer = knn.MonarchLinear(32, 32, 4, dtype=torch.float32)
+        with torch.no_grad():
+            layer(torch.randn(10, 32))  # bucket 16
+            layer(torch.randn(50, 32))  # bucket 64
+        chosen = {s.where: s.source for s in knn.selections()}
+        assert chosen == {
+            str(tmp_path / "art" / "mon_b16"): "artifact",
+            str(tmp_path / "art" / "mon_b64"): "artifact",
+        }
+    finally:
+        selection._SELECTED.clear()
+        selection._ARTIFACT_DIRS[:] = saved
