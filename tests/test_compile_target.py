@@ -175,3 +175,22 @@ def test_kt_show_ptx_writes_each_launch_and_prints_the_evidence(tmp_path):
     assert "compiled for sm_90" in result.output and "wgmma" in result.output
     for column in ("MMA", "TMA", "registers", "spill bytes", "shared KiB"):
         assert column in result.output
+
+
+def test_the_tma_kernel_builds_with_tma_and_wgmma_within_its_shared_memory_estimate(pool):
+    """The persistent TMA dense kernel for sm_90, in both operand layouts and both half dtypes: TMA
+    (cp.async.bulk.tensor) and wgmma in the build, no spills, and shared memory (pipeline, staged C tile,
+    mbarriers) within the legality check's estimate."""
+    cases = [
+        (GemmProblem(4096, 4096, 4096, b_layout="col"), GemmConfig(128, 256, 64, 8, 8, 3, tma=1)),
+        (
+            GemmProblem(4096, 4096, 4096, dtype="bfloat16", a_layout="col"),
+            GemmConfig(128, 128, 64, 8, 4, 4, tma=1),
+        ),
+    ]
+    for outcome in sorted(pool.run(compile_tasks(cases)), key=lambda o: o.task.id):
+        problem, config = cases[outcome.task.id]
+        assert outcome.status == "ok", outcome.message
+        values = outcome.values
+        assert values["tma"] == 1 and values["mma_kind"] == "wgmma" and values["local_bytes"] == 0, values
+        assert shared_memory(problem, config) - 128 < values["smem_bytes"] <= shared_memory(problem, config)

@@ -216,3 +216,48 @@ def test_interpreted_kernels_run_when_triton_was_imported_before_kt():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+TMA = GemmConfig(block_m=32, block_n=32, block_k=32, group_m=2, num_warps=4, num_stages=3, tma=1)
+
+
+def _laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    return t.t().contiguous().t() if layout == "col" else t
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "a_layout,b_layout", [("row", "row"), ("row", "col"), ("col", "row"), ("col", "col")]
+)
+@pytest.mark.parametrize("m,n,k", [(88, 72, 104), (8, 8, 8), (96, 64, 200)])
+def test_the_tma_kernel_matches_float64_matmul_in_every_layout(dtype, a_layout, b_layout, m, n, k):
+    """The persistent TMA kernel (more tiles than programs, so each program loops) on aligned rows: edges of
+    M, N and K ragged against the 32 tiles, both operand layouts read through their own descriptors."""
+    module = gemm_module(GemmProblem(m, n, k, dtype=dtype, a_layout=a_layout, b_layout=b_layout), TMA)
+    a = _laid_out(randn(m, k, dtype=dtype, seed=m), a_layout)
+    b = _laid_out(randn(k, n, dtype=dtype, seed=n + 1), b_layout)
+    assert module.uses_tma(a, b)
+    out = poisoned(m, n, dtype=dtype)
+    assert module.kernel(a, b, out=out) is out
+    assert torch.isfinite(out).all(), "every output element must be written"
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda a, b: (a[:, 1:], b[1:]),  # a base 2 bytes past a 16-byte boundary
+        lambda a, b: (a[:, ::2], b[::2]),  # no unit stride
+        lambda a, b: (a[:, :63].contiguous(), b[:63].contiguous()),  # rows of 63 elements: 126 bytes
+        lambda a, b: (a.unsqueeze(0).expand(2, -1, -1), b),  # a batch
+    ],
+)
+def test_a_call_tma_cannot_take_runs_the_classic_kernel_and_is_still_right(view):
+    module = gemm_module(GemmProblem(48, 40, 128, dtype="float16"), TMA)
+    a, b = view(randn(48, 128, dtype="float16", seed=3), randn(128, 40, dtype="float16", seed=4))
+    assert not module.uses_tma(a, b)
+    assert rel_err(module.kernel(a, b), a.double() @ b.double()) < tolerance("float16")
+    out = torch.empty(48, 80, dtype=torch.float16, device=DEVICE)[:, ::2]  # an out TMA cannot write
+    a2, b2 = randn(48, 128, dtype="float16", seed=5), randn(128, 40, dtype="float16", seed=6)
+    assert not module.uses_tma(a2, b2, out)
+    assert rel_err(module.kernel(a2, b2, out=out), a2.double() @ b2.double()) < tolerance("float16")

@@ -1,6 +1,9 @@
 """The GEMM search space: hardware legality rules on hand-computed cases."""
 
 import dataclasses
+from dataclasses import replace
+
+import pytest
 
 from kt.codegen import FAMILIES, GemmConfig, illegal_reason
 from kt.codegen.gemm import AXES, accumulator_registers, padded, shared_memory
@@ -58,7 +61,10 @@ def test_the_space_counts_add_up_and_every_legal_config_is_legal():
     total = 1
     for values in AXES.values():
         total *= len(values)
-    assert space.total == total == 18000
+    twins = total // len(AXES["split_k"])  # every config without split-K, again as the TMA kernel
+    assert space.total == total + twins == 21600
+    tma = [c for c in space.legal if c.tma]
+    assert tma and all(c.split_k == 1 and c.num_warps >= 4 for c in tma)
     assert len(space.legal) + sum(space.dropped.values()) == space.total
     assert all(illegal_reason(BIG, c, H100) is None for c in space.legal[::97])
     assert len(space.legal) < space.total
@@ -91,3 +97,66 @@ def test_config_keys_round_trip_and_bad_values_are_named():
     assert GemmConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"config.block_m: 48 is not allowed; allowed: 16, 32, 64, 128, 256"):
         GemmConfig.from_dict({**config.to_dict(), "block_m": 48})
+
+
+def test_the_tma_kernel_is_legal_only_where_tma_and_wgmma_can_run():
+    from kt.codegen.gemm import shared_memory, tma_reason
+
+    tma = GemmConfig(128, 128, 64, num_warps=8, num_stages=3, tma=1)
+    assert illegal_reason(BIG, tma, H100) is None
+    assert tma.key() == "m128n128k64g8w8s3x1t" and GemmConfig.from_dict(tma.to_dict()) == tma
+    assert "tma" not in GemmConfig(128, 128, 64).to_dict()  # classic configs keep their records and rows
+    assert (
+        shared_memory(BIG, tma)
+        == shared_memory(BIG, GemmConfig(128, 128, 64, num_stages=3)) + 128 * 128 * 2 + 128
+    )
+    for problem, words in [
+        (GemmProblem(4096, 4096, 4096, dtype="float32"), "float16 and bfloat16 only"),
+        (GemmProblem(4096, 4096, 4096, batch=4), "no batch"),
+        (GemmProblem(4096, 4095, 4096), "rows not 16-byte aligned"),  # N (B's and C's rows)
+        (GemmProblem(4096, 4096, 4099, b_layout="col"), "rows not 16-byte aligned"),  # K (B^T's rows)
+        (GemmProblem(4090, 4096, 4096, a_layout="col"), "rows not 16-byte aligned"),  # M (A^T's rows)
+    ]:
+        assert words in tma_reason(problem, tma), problem
+    assert (
+        GemmProblem(4097, 4096, 4096).m and tma_reason(GemmProblem(4097, 4096, 4096), tma) is None
+    )  # A's rows: K
+    assert "four or eight warps" in tma_reason(BIG, GemmConfig(64, 64, 32, num_warps=2, tma=1))
+    assert "no split-K" in tma_reason(BIG, GemmConfig(64, 64, 32, split_k=2, tma=1))
+
+
+def test_the_tma_kernels_check_problems_are_ragged_and_aligned_so_the_interpreter_runs_its_path():
+    family = FAMILIES["gemm"]
+    for tile in (16, 32, 64, 128):
+        config = GemmConfig(tile, tile, tile, num_warps=4, tma=1)
+        small = family.check_problems(GemmProblem(4096, 4096, 4096, b_layout="col"), config)[0]
+        for dim in (small.m, small.n, small.k):
+            assert dim % tile and dim % 8 == 0, (tile, small)
+
+
+def test_a_refit_learns_how_the_tma_kernel_differs_from_its_classic_twin():
+    """The starting models cannot tell a TMA config from its classic twin (same tiles); measurements can: the
+    correction takes `tma` as a feature, and the database reader takes rows with it."""
+    from kt.autotune.dataset import _check_config
+    from kt.costmodel import AnalyticModel
+    from kt.costmodel.correction import CorrectedModel
+
+    family = FAMILIES["gemm"]
+    configs = [c for c in family.space(BIG, H100).legal if c.block_k == 64 and c.group_m == 8][:40]
+    records = family.records(BIG, configs)
+    start = AnalyticModel(H100).predict(records).runtime_s
+    for record, predicted in zip(records, start):  # as measured: the TMA twin 30% faster
+        record["runtime_ms"] = predicted * 1e3 * (0.7 if record.get("tma") else 1.0)
+    assert {r.get("tma", 0) for r in records} == {0, 1}
+    corrected = CorrectedModel(AnalyticModel(H100)).fit(records)
+    predicted = corrected.predict(records).runtime_s
+    twins = [
+        (i, j)
+        for i, a in enumerate(configs)
+        for j, b in enumerate(configs)
+        if b.tma and a == replace(b, tma=0)
+    ]
+    assert twins and all(predicted[j] < predicted[i] for i, j in twins)
+    _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 1}, "row 1")  # accepted
+    with pytest.raises(Exception, match="tma is 2; allowed: an integer from 0 to 1"):
+        _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 2}, "row 1")

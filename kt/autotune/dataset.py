@@ -226,7 +226,8 @@ def _check_config(family: str, config: Any, where: str) -> None:
         raise DatabaseError(
             f"{where}: column config is {_show(config)}; allowed: a JSON object with {', '.join(keys)}"
         )
-    unknown = sorted(set(config) - set(keys))
+    optional = ("tma",) if family == "gemm" else ()  # the TMA kernel's flag, written only when set
+    unknown = sorted(set(config) - set(keys) - set(optional))
     if unknown:
         raise DatabaseError(f"{where}: column config: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")
     missing = [key for key in keys if key not in config]
@@ -239,6 +240,9 @@ def _check_config(family: str, config: Any, where: str) -> None:
             0 if key in STRUCTURE_AXES + TILE_STRUCTURE_AXES else 1
         )  # a structure choice the family does not use is 0
         _check_int(config[key], key, low, MAX_CONFIG_VALUE, where, "config")
+    for key in optional:
+        if key in config:
+            _check_int(config[key], key, 0, 1, where, "config")
 
 
 def check_row(row: dict[str, Any], where: str) -> None:

@@ -26,6 +26,10 @@ AXES: dict[str, tuple[int, ...]] = {
     "split_k": (1, 2, 4, 8, 16),
 }
 MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
+# The kernel's structure choice: 1 is the persistent TMA kernel, offered for every config without split-K
+STRUCTURE_AXES: dict[str, tuple[int, ...]] = {"tma": (0, 1)}
+TMA_ALIGN = 16  # bytes: a TMA descriptor's base and every stride but the last must be multiples of this
+TMA_BARRIER_BYTES = 128
 
 
 @dataclass(frozen=True, order=True)
@@ -37,20 +41,24 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 1
+    tma: int = 0  # 1: the persistent TMA kernel (tensor descriptors, a loop over tiles), for sm_90
 
     def key(self) -> str:
-        """Short, stable text that names this config in the database and in tables."""
+        """Short, stable text that names this config in the database and in tables ("t" ends a TMA one)."""
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}g{self.group_m}"
-            f"w{self.num_warps}s{self.num_stages}x{self.split_k}"
+            f"w{self.num_warps}s{self.num_stages}x{self.split_k}{'t' if self.tma else ''}"
         )
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.tma:  # written only when set: the classic configs' records and rows keep their keys
+            del data["tma"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GemmConfig:
-        return config_from_mapping(cls, data, AXES)
+        return config_from_mapping(cls, data, {**AXES, **STRUCTURE_AXES})
 
     def __str__(self) -> str:
         return " ".join(
@@ -83,8 +91,33 @@ def padded(dim: int) -> int:
 
 
 def shared_memory(problem: GemmProblem, config: GemmConfig) -> int:
-    """Bytes of shared memory a program needs: one A and one B tile per pipeline stage."""
-    return config.num_stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
+    """Bytes of shared memory a program needs: one A and one B tile per pipeline stage, and for the TMA kernel
+    the C tile it stores through shared memory."""
+    size = itemsize(problem.dtype)
+    # the TMA kernel's C tile, and its pipeline's mbarriers (24-56 bytes in sampled sm_90 builds)
+    staged = config.block_m * config.block_n * size + TMA_BARRIER_BYTES if config.tma else 0
+    return config.num_stages * (config.block_m + config.block_n) * config.block_k * size + staged
+
+
+def tma_reason(problem: GemmProblem, config: GemmConfig) -> str | None:
+    """Why the persistent TMA kernel cannot run `problem` with `config`, or None. It is built for half-precision
+    wgmma (four or eight warps, a warpgroup each), one product (no batch) and no split-K, and every row of A, B
+    and C in the problem's layouts must start on a 16-byte boundary (the leading dimension times the element
+    size a multiple of 16). A call whose tensors do not qualify runs the classic kernel (kernel.py says so)."""
+    if problem.dtype not in ("float16", "bfloat16"):
+        return "TMA kernel: float16 and bfloat16 only"
+    if problem.batch:
+        return "TMA kernel: one product, no batch"
+    if config.split_k > 1:
+        return "TMA kernel: no split-K"
+    if config.num_warps < 4:
+        return "TMA kernel: four or eight warps (a warpgroup's wgmma)"
+    size = itemsize(problem.dtype)
+    a_lead = problem.m if problem.a_layout == "col" else problem.k
+    b_lead = problem.k if problem.b_layout == "col" else problem.n
+    if any(dim * size % TMA_ALIGN for dim in (a_lead, b_lead, problem.n)):
+        return "TMA kernel: rows not 16-byte aligned"
+    return None
 
 
 def accumulator_registers(config: GemmConfig, warp_size: int = 32) -> int:
@@ -137,6 +170,10 @@ def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
 
 def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
     """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
+    if config.tma:
+        reason = tma_reason(problem, config)
+        if reason:
+            return reason
     smem = shared_memory(problem, config)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
@@ -193,9 +230,15 @@ class GemmFamily:
         """Changes whenever the template does, so stale measurements are never reused."""
         return template_version(self.template)
 
+    structure_axes = STRUCTURE_AXES
+
     def all_configs(self):
+        """Every point of the axes, each without split-K also as the persistent TMA kernel (right after it)."""
         for values in itertools.product(*self.axes.values()):
-            yield GemmConfig(**dict(zip(self.axes, values)))
+            config = GemmConfig(**dict(zip(self.axes, values)))
+            yield config
+            if config.split_k == 1:
+                yield replace(config, tma=1)
 
     def space(self, problem: GemmProblem, device: DeviceProfile) -> SearchSpace:
         judged = ((config, illegal_reason(problem, config, device)) for config in self.all_configs())
@@ -220,16 +263,16 @@ class GemmFamily:
         entries; layouts and dtype are unchanged.
         """
 
-        def shrink(dim: int, tile: int) -> int:
-            return min(dim, tile + tile // 2 + 1)
-
         bm, bn, bk, split = config.block_m, config.block_n, config.block_k, config.split_k
         batch = min(problem.batch, 2) if problem.batch else None
+        # the TMA kernel runs only where every row is 16-byte aligned: its ragged edges are half a tile (a
+        # multiple of 8 elements) instead of half a tile and one
+        edge = 0 if config.tma else 1
         ragged = replace(
             problem,
-            m=shrink(problem.m, bm),
-            n=shrink(problem.n, bn),
-            k=min(problem.k, (split - 1) * 2 * bk + bk + bk // 2 + 1),
+            m=min(problem.m, bm + bm // 2 + edge),
+            n=min(problem.n, bn + bn // 2 + edge),
+            k=min(problem.k, (split - 1) * 2 * bk + bk + bk // 2 + edge),
             batch=batch,
         )
         if problem.m % bm or problem.n % bn or problem.k % bk:

@@ -32,8 +32,8 @@ def structure_axes(problem) -> dict[str, tuple[int, ...]]:
 
 
 def user_axes(family, problem) -> dict[str, tuple[int, ...]]:
-    """Every axis `tune.space` may name for `problem`, with its values."""
-    return {**family.axes, **structure_axes(problem)}
+    """Every axis `tune.space` may name for `problem`, with its values (a GEMM's `tma` among them)."""
+    return {**family.axes, **getattr(family, "structure_axes", {}), **structure_axes(problem)}
 
 
 def restrict(space, family, problem, device, spec) -> Any:

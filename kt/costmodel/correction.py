@@ -57,7 +57,7 @@ class CorrectedModel:
         runtime_s = column(records, "runtime_ms", 1e-3)
         if not np.all(np.isfinite(runtime_s) & (runtime_s > 0)):
             raise ValueError("every record needs a positive, finite runtime_ms")
-        x = features(records, self.device)
+        x = self._features(records)
         start = self.base.predict(records)
         self.forest = RandomForestRegressor(**self.params).fit(x, np.log(runtime_s / start.runtime_s))
         power = column(records, "power_w")
@@ -74,7 +74,7 @@ class CorrectedModel:
         start = self.base.predict(records)
         if len(records) == 0:
             return start
-        x = features(records, self.device)
+        x = self._features(records)
         correction = per_tree(self.forest, x)
         runtime = start.runtime_s * np.exp(correction.mean(axis=0))
         spread = np.sqrt(start.runtime_spread**2 + correction.var(axis=0))
@@ -87,6 +87,13 @@ class CorrectedModel:
             else:
                 power, power_spread = trees.mean(axis=0), trees.std(axis=0)
         return Prediction(runtime, spread, power, power_spread)
+
+    def _features(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """The starting model's features and the GEMM's structure choice (`tma`, 0 when absent): the shipped
+        forests were fitted on a classic template only, so the correction is where measurements of the TMA
+        kernel teach the tune how it differs from its classic twin."""
+        tma = np.array([[float(r.get("tma", 0))] for r in records])
+        return np.hstack([features(records, self.device), tma])
 
     def describe(self) -> str:
         power = f", power from {self.power_rows}" if self.power_forest is not None else ""
