@@ -63,7 +63,31 @@ def _spec_path(ctx, param, value):
 
 
 SPEC = click.argument("spec", metavar="OP_YAML", callback=_spec_path)
-SPECS = click.argument("specs", metavar="OP_YAML", callback=lambda ctx, param, value: kt.load_specs(value))
+
+
+def _spec_paths(ctx, param, values):
+    """Every op of every OP_YAML given (a folder: its *.yaml and *.yml files, in name order), each name once."""
+    specs, where = [], {}
+    for value in values:
+        path = Path(value)
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+        if not files:
+            raise click.BadParameter(
+                f"folder {value!r} holds no .yaml or .yml file", param_hint="'OP_YAML...'"
+            )
+        for file in files:
+            for spec in kt.load_specs(file):
+                if spec.name in where:
+                    raise KtError(
+                        f"{spec.source}: name: {spec.name!r} is also the name of an op in {where[spec.name]}; "
+                        "each op needs its own name (its artifact's folder)"
+                    )
+                where[spec.name] = spec.source
+                specs.append(spec)
+    return specs
+
+
+SPECS = click.argument("specs", metavar="OP_YAML...", nargs=-1, required=True, callback=_spec_paths)
 DEVICE = click.option(
     "--device",
     default=None,
@@ -208,17 +232,21 @@ def tune(
     db,
     workers,
 ):
-    """Tune OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). A file of several ops (a list
-    of shapes or batches, or several YAML documents) tunes each in turn, one artifact each."""
+    """Tune each OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). Several files, a folder
+    of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op in
+    turn, one artifact each; an op that fails is reported and the others go on."""
     from kt.autotune.artifact import check_target, save_artifact_report
 
     for spec in specs:
         check_target(out_dir / spec.name)  # before any tune, not after it
     if len(specs) > 1:
-        out.print(f"{specs[0].source}: {len(specs)} ops, tuned one after the other", style="bold")
+        sources = sorted({spec.source for spec in specs})
+        where = sources[0] if len(sources) == 1 else f"{len(sources)} files"
+        out.print(f"{where}: {len(specs)} ops, tuned one after the other", style="bold")
     import torch
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
+    outcomes: list[tuple[str, str, str]] = []
     for number, spec in enumerate(specs, 1):
         if len(specs) > 1:
             out.print(f"\n[{number}/{len(specs)}] {spec.name}", style="bold")
@@ -230,26 +258,52 @@ def tune(
                 "checks more configs",
                 style="yellow",
             )
-        result = kt.tune(
-            spec,
-            budget=budget,
-            objective=objective,
-            power_cap_w=power_cap_w,
-            strategy=strategy,
-            model=model,
-            backend=backend,
-            db=db,
-            device=device,
-            workers=workers,
-            seed=seed,
-            progress=not quiet,
-            timeout_s=timeout,
-            retry_failed=retry_failed,
-            timing=_timing(cooldown_ms),
-        )
+        try:
+            result = kt.tune(
+                spec,
+                budget=budget,
+                objective=objective,
+                power_cap_w=power_cap_w,
+                strategy=strategy,
+                model=model,
+                backend=backend,
+                db=db,
+                device=device,
+                workers=workers,
+                seed=seed,
+                progress=not quiet,
+                timeout_s=timeout,
+                retry_failed=retry_failed,
+                timing=_timing(cooldown_ms),
+            )
+        except KtError as exc:
+            if len(specs) == 1:
+                raise
+            err.print(f"kt: error: {spec.name}: {exc}", style="red")  # the other ops go on
+            outcomes.append((spec.name, "failed", str(exc)))
+            continue
         _results_table(result, top)
         path, replaced = save_artifact_report(result, out_dir / spec.name)
         _tuned(result, path, replaced)
+        best = result.best
+        what = "PyTorch's path" if best.pytorch else best.config.key()
+        outcomes.append((spec.name, "measured" if best.measured else "checked", f"{what} -> {path}"))
+    if len(specs) > 1:
+        _tuned_summary(outcomes)
+
+
+def _tuned_summary(outcomes: list[tuple[str, str, str]]) -> None:
+    """The table after a tune of several ops; exit code 2 when any of them failed (each said why above)."""
+    table = Table(title=f"{len(outcomes)} ops")
+    for name in ("op", "result", "best -> artifact, or why not"):
+        table.add_column(name)
+    for row in outcomes:
+        table.add_row(*row, style="red" if row[1] == "failed" else None)
+    out.print(table)
+    failed = [name for name, status, _ in outcomes if status == "failed"]
+    if failed:
+        err.print(f"kt: error: {len(failed)} of {len(outcomes)} ops failed: {', '.join(failed)}", style="red")
+        sys.exit(2)
 
 
 def _tuned(result, path, replaced: str | None) -> None:

@@ -165,3 +165,32 @@ def test_kt_nn_reads_the_artifacts_of_every_bucket_a_file_tuned(tmp_path, monkey
     finally:
         selection._SELECTED.clear()
         selection._ARTIFACT_DIRS[:] = saved
+
+
+def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_stop_the_others(tmp_path):
+    ops = tmp_path / "ops"
+    ops.mkdir()
+    (ops / "a.yaml").write_text("name: a\nop: dense\nshape: {m: 16, n: 16, k: 16}\ntune: {budget: 1}\n")
+    (ops / "b.yml").write_text(  # no config is left legal: this op fails when it is tuned
+        "name: b\nop: dense\nshape: {m: 16, n: 16, k: 16}\ntune: {space: {block_m: [256], block_n: [256]}}\n"
+    )
+    (ops / "notes.txt").write_text("not an op")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(ops), "--out", str(tmp_path / "art"), "--db",
+         str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "2 files: 2 ops, tuned one after the other" in done.stdout
+    assert "kt: error: b: " in done.stderr and "tune.space: leaves none of the" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "kt: error: 1 of 2 ops failed: b"
+    assert (tmp_path / "art" / "a" / "meta.json").is_file() and not (tmp_path / "art" / "b").exists()
+    assert "failed" in done.stdout and "checked" in done.stdout  # the summary table
+    again = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(ops / "a.yaml"), str(ops / "a.yaml"), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and "'a' is also the name of an op in" in again.stderr
