@@ -235,7 +235,7 @@ def tune(
     """Tune each OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). Several files, a folder
     of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op in
     turn, one artifact each; an op that fails is reported and the others go on."""
-    from kt.autotune.artifact import check_target, save_artifact_report
+    from kt.autotune.artifact import check_target
 
     for spec in specs:
         check_target(out_dir / spec.name)  # before any tune, not after it
@@ -246,50 +246,81 @@ def tune(
     import torch
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
-    outcomes: list[tuple[str, str, str]] = []
-    for number, spec in enumerate(specs, 1):
-        if len(specs) > 1:
-            out.print(f"\n[{number}/{len(specs)}] {spec.name}", style="bold")
-        _header(spec)
-        if checks_only and number == 1:
-            out.print(
-                "note: no GPU here: each config is checked in Triton's interpreter and compiled for the target, "
-                "nothing is timed, and the choice is the cost model's best prediction; a larger budget only "
-                "checks more configs",
-                style="yellow",
-            )
-        try:
-            result = kt.tune(
-                spec,
-                budget=budget,
-                objective=objective,
-                power_cap_w=power_cap_w,
-                strategy=strategy,
-                model=model,
-                backend=backend,
-                db=db,
-                device=device,
-                workers=workers,
-                seed=seed,
-                progress=not quiet,
-                timeout_s=timeout,
-                retry_failed=retry_failed,
-                timing=_timing(cooldown_ms),
-            )
-        except KtError as exc:
-            if len(specs) == 1:
-                raise
-            err.print(f"kt: error: {spec.name}: {exc}", style="red")  # the other ops go on
-            outcomes.append((spec.name, "failed", str(exc)))
-            continue
-        _results_table(result, top)
-        path, replaced = save_artifact_report(result, out_dir / spec.name)
-        _tuned(result, path, replaced)
-        best = result.best
-        what = "PyTorch's path" if best.pytorch else best.config.key()
-        outcomes.append((spec.name, "measured" if best.measured else "checked", f"{what} -> {path}"))
+    options = dict(
+        budget=budget,
+        objective=objective,
+        power_cap_w=power_cap_w,
+        strategy=strategy,
+        model=model,
+        backend=backend,
+        db=db,
+        device=device,
+        workers=workers,
+        seed=seed,
+        progress=not quiet,
+        timeout_s=timeout,
+        retry_failed=retry_failed,
+        timing=_timing(cooldown_ms),
+    )
+    with _shared_runner(specs, options) as runner:
+        outcomes = [
+            _tune_one(spec, number, len(specs), checks_only, out_dir, top, runner, options)
+            for number, spec in enumerate(specs, 1)
+        ]
     if len(specs) > 1:
         _tuned_summary(outcomes)
+
+
+def _shared_runner(specs, options):
+    """One runner for every op of a multi-op tune when they target one device: its workers start once (each
+    imports torch and Triton, seconds on a small machine) and serve every op's compiles and measurements. A
+    single op, or ops for several devices, get their own (a null context here)."""
+    import contextlib
+
+    targets = {options["device"] or spec.device for spec in specs}
+    if len(specs) == 1 or len(targets) != 1:
+        return contextlib.nullcontext(None)
+    from kt.autotune.runners import make_runner
+
+    extra = {"timing": options["timing"]} if options["timing"] is not None else {}
+    return make_runner(
+        options["backend"],
+        kt.resolve_profile(targets.pop()),
+        workers=options["workers"],
+        seed=options["seed"] if options["seed"] is not None else specs[0].tune.seed,  # the check inputs' seed
+        timeout_s=options["timeout_s"],
+        **extra,
+    )
+
+
+def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -> tuple[str, str, str]:
+    """Tune one op of `count` (on `runner` when one is shared), write its artifact, and say how it went: (name,
+    measured | checked | failed, what). A failure of one op among several is reported and returned."""
+    from kt.autotune.artifact import save_artifact_report
+
+    if count > 1:
+        out.print(f"\n[{number}/{count}] {spec.name}", style="bold")
+    _header(spec)
+    if checks_only and number == 1:
+        out.print(
+            "note: no GPU here: each config is checked in Triton's interpreter and compiled for the target, "
+            "nothing is timed, and the choice is the cost model's best prediction; a larger budget only "
+            "checks more configs",
+            style="yellow",
+        )
+    try:
+        result = kt.tune(spec, **options, **({"runner": runner} if runner is not None else {}))
+    except KtError as exc:
+        if count == 1:
+            raise
+        err.print(f"kt: error: {spec.name}: {exc}", style="red")  # the other ops go on
+        return spec.name, "failed", str(exc)
+    _results_table(result, top)
+    path, replaced = save_artifact_report(result, out_dir / spec.name)
+    _tuned(result, path, replaced)
+    best = result.best
+    what = "PyTorch's path" if best.pytorch else best.config.key()
+    return spec.name, "measured" if best.measured else "checked", f"{what} -> {path}"
 
 
 def _tuned_summary(outcomes: list[tuple[str, str, str]]) -> None:
