@@ -34,6 +34,30 @@ def parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def structurized(width: int, features: int, device: str = "cpu") -> tuple[nn.Module, list[str]]:
+    """The student MLP with three hidden layers made structured (low-rank, block-sparse, Monarch)."""
+    import kt.nn
+
+    student = mlp(width, 3, features).to(device)
+    replaced = kt.nn.structurize(
+        student,
+        {
+            "2": lambda linear: kt.nn.LowRankLinear.from_dense(linear, rank=max(1, width // 8)),
+            "4": lambda linear: kt.nn.BlockSparseLinear.from_dense(linear, block=(16, 16), density=0.25),
+            "6": lambda linear: kt.nn.MonarchLinear.from_dense(linear, nblocks=4),
+        },
+    )
+    return student, replaced
+
+
+def example_model() -> tuple[nn.Module, torch.Tensor]:
+    """The structurized MLP and an input batch, for `kt tune --from-model examples/structurize_mlp.py:example_model`
+    (which tunes every op it runs: the dense layers and the three structured ones)."""
+    torch.manual_seed(0)
+    model, _ = structurized(64, 32)
+    return model, torch.randn(48, 32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=64)
@@ -48,17 +72,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     teacher = mlp(args.width, 3, args.features).to(device)
-    student = mlp(args.width, 3, args.features).to(device)
-    dense_count = parameters(student)
-    w = args.width
-    replaced = kt.nn.structurize(
-        student,
-        {
-            "2": lambda linear: kt.nn.LowRankLinear.from_dense(linear, rank=max(1, w // 8)),
-            "4": lambda linear: kt.nn.BlockSparseLinear.from_dense(linear, block=(16, 16), density=0.25),
-            "6": lambda linear: kt.nn.MonarchLinear.from_dense(linear, nblocks=4),
-        },
-    )
+    dense_count = parameters(mlp(args.width, 3, args.features))
+    student, replaced = structurized(args.width, args.features, device)
     print(f"structurized {replaced}: {parameters(student)} parameters against {dense_count} dense")
     optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
     for step in range(args.steps):

@@ -87,7 +87,7 @@ def _spec_paths(ctx, param, values):
     return specs
 
 
-SPECS = click.argument("specs", metavar="OP_YAML...", nargs=-1, required=True, callback=_spec_paths)
+SPECS = click.argument("specs", metavar="OP_YAML...", nargs=-1, callback=_spec_paths)
 DEVICE = click.option(
     "--device",
     default=None,
@@ -188,6 +188,14 @@ def _header(spec) -> None:
 
 @main.command()
 @SPECS
+@click.option(
+    "--from-model",
+    "from_model",
+    default=None,
+    metavar="FILE.py:FACTORY|MODULE:FACTORY",
+    help="Tune every op a model runs: FACTORY() returns (model, example_input); each nn.Linear and kt.nn layer "
+    "it calls becomes an op at its batch bucket (kt.nn.discover).",
+)
 @BUDGET
 @OBJECTIVE
 @click.option(
@@ -215,6 +223,7 @@ def _header(spec) -> None:
 @WORKERS
 def tune(
     specs,
+    from_model,
     budget,
     objective,
     out_dir,
@@ -237,6 +246,10 @@ def tune(
     turn, one artifact each; an op that fails is reported and the others go on."""
     from kt.autotune.artifact import check_target
 
+    if not specs and not from_model:
+        raise click.UsageError("give OP_YAML files or folders, or --from-model FILE.py:FACTORY")
+    if from_model:
+        specs = [*specs, *_model_specs(from_model, {spec.name for spec in specs})]
     for spec in specs:
         check_target(out_dir / spec.name)  # before any tune, not after it
     if len(specs) > 1:
@@ -271,6 +284,28 @@ def tune(
         _tuned_summary(outcomes)
 
 
+def _model_specs(target: str, taken: set[str]) -> list:
+    """The ops of --from-model's model (kt.nn.discover), listed as a table before they are tuned."""
+    from kt.nn.discover import load_factory, model_ops
+
+    model, args, kwargs = load_factory(target)
+    found = model_ops(model, *args, **kwargs)
+    clash = sorted(taken & {spec.name for spec in found.specs})
+    if clash:
+        raise KtError(f"--from-model: an OP_YAML already has an op named {clash[0]!r}; rename it")
+    table = Table(title=f"{target}: {len(found.specs)} ops to tune")
+    for name in ("op", "what", "modules"):
+        table.add_column(name)
+    for spec in found.specs:
+        table.add_row(spec.name, spec.summary(), ", ".join(found.modules[spec.name]))
+    for path, why in found.skipped:
+        table.add_row(path, f"skipped: {why}", path, style="yellow")
+    out.print(table)
+    if not found.specs:
+        raise KtError(f"--from-model: {target} runs no nn.Linear or kt.nn layer kt can tune")
+    return found.specs
+
+
 def _shared_runner(specs, options):
     """One runner for every op of a multi-op tune when they target one device: its workers start once (each
     imports torch and Triton, seconds on a small machine) and serve every op's compiles and measurements. A
@@ -293,9 +328,9 @@ def _shared_runner(specs, options):
     )
 
 
-def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -> tuple[str, str, str]:
+def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -> tuple[str, str, str, str]:
     """Tune one op of `count` (on `runner` when one is shared), write its artifact, and say how it went: (name,
-    measured | checked | failed, what). A failure of one op among several is reported and returned."""
+    measured | checked | failed, what, PyTorch / kt). A failure of one op among several is reported and returned."""
     from kt.autotune.artifact import save_artifact_report
 
     if count > 1:
@@ -314,24 +349,32 @@ def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -
         if count == 1:
             raise
         err.print(f"kt: error: {spec.name}: {exc}", style="red")  # the other ops go on
-        return spec.name, "failed", str(exc)
+        return spec.name, "failed", str(exc), "-"
     _results_table(result, top)
     path, replaced = save_artifact_report(result, out_dir / spec.name)
     _tuned(result, path, replaced)
     best = result.best
     what = "PyTorch's path" if best.pytorch else best.config.key()
-    return spec.name, "measured" if best.measured else "checked", f"{what} -> {path}"
+    return spec.name, "measured" if best.measured else "checked", f"{what} -> {path}", _versus(result)
 
 
-def _tuned_summary(outcomes: list[tuple[str, str, str]]) -> None:
+def _versus(result) -> str:
+    """kt against PyTorch's path for the summary: measured on the GPU, else the cost model's prediction."""
+    if result.best.measured and result.baseline_ratio:
+        return f"{result.baseline_ratio:.2f}x measured"
+    predicted = result.plan.baseline_ratio
+    return f"{predicted:.2f}x predicted" if predicted else "-"
+
+
+def _tuned_summary(outcomes: list[tuple[str, str, str, str]]) -> None:
     """The table after a tune of several ops; exit code 2 when any of them failed (each said why above)."""
     table = Table(title=f"{len(outcomes)} ops")
-    for name in ("op", "result", "best -> artifact, or why not"):
+    for name in ("op", "result", "best -> artifact, or why not", "PyTorch / kt"):
         table.add_column(name)
     for row in outcomes:
         table.add_row(*row, style="red" if row[1] == "failed" else None)
     out.print(table)
-    failed = [name for name, status, _ in outcomes if status == "failed"]
+    failed = [name for name, status, *_ in outcomes if status == "failed"]
     if failed:
         err.print(f"kt: error: {len(failed)} of {len(outcomes)} ops failed: {', '.join(failed)}", style="red")
         sys.exit(2)

@@ -1,0 +1,138 @@
+"""The ops a model runs that kt can tune: every nn.Linear and kt.nn layer it calls on an example input, as
+op.yaml specs at the batch bucket kt.nn selects kernels by (`kt tune --from-model`, issue 18).
+
+The model runs once under `torch.no_grad()` with forward hooks on every module; a module's input gives its rows
+(all leading dims), rounded up to their bucket (kt.nn.selection.bucket). An nn.Linear becomes a dense op with
+its weight as B stored transposed (`layout: {a: row, b: col}`, what `F.linear` multiplies by), a kt.nn layer its
+own op. Ops with equal math (the same op, shape and bucket: a repeated block, say) are tuned once, under the
+first module's name. A module kt cannot tune (an nn.Linear in float64, say) is listed with why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kt.errors import KtError
+from kt.spec import OpSpec
+
+
+@dataclass
+class ModelOps:
+    """What `model_ops` found: the specs to tune, each with the modules that run it, and what it skipped."""
+
+    specs: list[OpSpec] = field(default_factory=list)
+    modules: dict[str, list[str]] = field(default_factory=dict)  # spec name -> the module paths that run it
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (module path, why)
+
+
+def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
+    """Run `model(*args, **kwargs)` once and collect the ops kt can tune (see the module's docstring)."""
+    from kt.nn.functional import _row_count
+    from kt.nn.layers import FFT, _KtLinear
+    from kt.nn.selection import bucket, bucket_spec, parsed_op
+
+    found = ModelOps()
+    by_signature: dict[str, str] = {}
+
+    def record(path: str, module: nn.Module, inputs: tuple) -> None:
+        x = inputs[0] if inputs else None
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return
+        if isinstance(module, (_KtLinear, FFT)):
+            op = dict(parsed_op(module.op_text))
+            rows = _row_count(op, x)
+        elif isinstance(module, nn.Linear):
+            from kt.dtypes import DTYPES, dtype_name
+
+            try:
+                dtype = dtype_name(module.weight.dtype)
+            except KeyError:
+                found.skipped.append((path, f"{module.weight.dtype} is not a kt dtype ({', '.join(DTYPES)})"))
+                return
+            op = {
+                "op": "dense",
+                "dtype": dtype,
+                "shape": {"n": module.out_features, "k": module.in_features},
+                "layout": {"a": "row", "b": "col"},
+            }
+            rows = x.numel() // max(1, x.shape[-1])
+        else:
+            return
+        if rows == 0:
+            return
+        name = _name(path, bucket(rows))
+        spec = bucket_spec({**op, "name": name}, rows)
+        signature = json.dumps(spec.signature(), sort_keys=True)
+        if signature in by_signature:
+            paths = found.modules[by_signature[signature]]
+            if (
+                path or "(model)"
+            ) not in paths:  # another module with the same math (a module called twice: once)
+                paths.append(path or "(model)")
+            return
+        by_signature[signature] = spec.name
+        found.modules[spec.name] = [path or "(model)"]
+        found.specs.append(spec)
+
+    handles = [
+        module.register_forward_hook(lambda m, i, o, path=path: record(path, m, i))
+        for path, module in model.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _name(path: str, rows: int) -> str:
+    """An artifact name for the module at `path` (dots kept) and its bucket: letters, digits, _ . - only."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", path) or "model"
+    if not base[0].isalnum():
+        base = f"m{base}"
+    return f"{base[: 100 - 8]}_b{rows}"
+
+
+def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
+    """`path/to/file.py:name` or `package.module:name`: call `name()`, which returns the model and an example
+    input (a tensor, or a tuple of positional args, optionally followed by a dict of keyword args)."""
+    where, _, attr = target.rpartition(":")
+    if not where or not attr:
+        raise KtError(f"--from-model: {target!r} must be MODULE:FACTORY or path/to/file.py:FACTORY")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise KtError(f"--from-model: {where!r} not found")
+        spec = importlib.util.spec_from_file_location(f"kt_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise KtError(f"--from-model: cannot import {where!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise KtError(f"--from-model: {where!r} has no function {attr!r}")
+    made = factory()
+    if not isinstance(made, tuple) or len(made) != 2 or not isinstance(made[0], nn.Module):
+        raise KtError(f"--from-model: {attr}() must return (model, example_input), got {type(made).__name__}")
+    model, example = made
+    args = example if isinstance(example, tuple) else (example,)
+    kwargs: dict = {}
+    if args and isinstance(args[-1], dict):
+        args, kwargs = args[:-1], args[-1]
+    return model, args, kwargs

@@ -1,0 +1,89 @@
+"""`kt tune --from-model`: every nn.Linear and kt.nn layer a model runs, as ops at their batch buckets (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import kt.nn as knn
+from kt.errors import KtError
+from kt.nn.discover import load_factory, model_ops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        block = nn.Linear(32, 32)
+        self.seq = nn.Sequential(
+            nn.Linear(24, 32),
+            nn.ReLU(),
+            block,
+            block,  # the same module twice: one op
+            nn.Linear(32, 32),  # another module with the same math: tuned once, listed with the first
+            knn.MonarchLinear(32, 48, 4),
+        )
+        self.side = nn.Linear(24, 4).double()  # float64: not a kt dtype
+
+    def forward(self, x):
+        self.side(x.double())
+        return self.seq(x)
+
+
+def test_model_ops_finds_each_linear_and_kt_layer_at_its_bucket_once():
+    torch.manual_seed(0)
+    found = model_ops(Net(), torch.randn(5, 3, 24))  # 15 rows: bucket 16
+    assert [s.name for s in found.specs] == ["seq.0_b16", "seq.2_b16", "seq.5_b16"]
+    dense, square, monarch = found.specs
+    assert (dense.op, dense.shape.m, dense.shape.n, dense.shape.k) == ("dense", 16, 32, 24)
+    assert (dense.layout.a, dense.layout.b) == ("row", "col")  # F.linear multiplies by W^T
+    assert found.modules["seq.2_b16"] == ["seq.2", "seq.4"]
+    assert monarch.op == "monarch" and monarch.shape.batch == 16
+    assert found.skipped == [("side", "torch.float64 is not a kt dtype (float16, bfloat16, float32)")]
+
+
+def test_a_factory_is_loaded_from_a_file_or_a_module_and_bad_ones_are_one_line_errors(tmp_path):
+    model, args, kwargs = load_factory(f"{ROOT / 'examples' / 'structurize_mlp.py'}:example_model")
+    assert isinstance(model, nn.Module) and args[0].shape == (48, 32) and kwargs == {}
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("def factory():\n    return 3\n")
+    for target, words in [
+        ("nothing", "must be MODULE:FACTORY"),
+        (f"{tmp_path / 'missing.py'}:f", "not found"),
+        ("no_such_module_anywhere:f", "cannot import"),
+        (f"{ROOT / 'examples' / 'structurize_mlp.py'}:nope", "has no function 'nope'"),
+        (f"{wrong}:factory", "must return \\(model, example_input\\), got int"),
+    ]:
+        with pytest.raises(KtError, match=words):
+            load_factory(target)
+
+
+def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", "--from-model",
+         str(ROOT / "examples" / "structurize_mlp.py") + ":example_model", "--budget", "1", "--out",
+         str(tmp_path / "art"), "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "example_model: 5 ops to tune" in done.stdout and "5 ops" in done.stdout
+    made = sorted(p.name for p in (tmp_path / "art").iterdir())
+    assert made == ["0_b64", "2_b64", "4_b64", "6_b64", "8_b64"]
+    ops = [json.loads((tmp_path / "art" / name / "meta.json").read_text())["op"] for name in made]
+    assert ops == ["dense", "lowrank", "blocksparse", "monarch", "dense"]
+    assert done.stdout.count("checked") >= 5  # CPU: every op checked, none timed
+
+
+def test_kt_tune_without_ops_is_a_usage_error():
+    done = subprocess.run([sys.executable, "-m", "kt.cli", "tune"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "give OP_YAML files or folders, or --from-model FILE.py:FACTORY" in done.stderr
