@@ -199,17 +199,39 @@ def random_weights(
 
 
 def tune(
-    spec: SpecLike,
+    spec: SpecLike | list[SpecLike],
     budget: int | None = None,
     objective: str | None = None,
     backend: str = "auto",
     db: str | os.PathLike | None = None,
     **options: Any,
-) -> TuneResult:
-    """Tune `spec` (see kt.autotune.tune.tune for the options)."""
+) -> TuneResult | list[TuneResult | KtError]:
+    """Tune `spec` (see kt.autotune.tune.tune for the options). A list of specs tunes each in turn, on one
+    runner when they target one device (its workers start once), and gives a list: each op's TuneResult, or
+    the KtError that stopped it (the others go on)."""
+    if isinstance(spec, (list, tuple)):
+        return _tune_each([as_spec(s) for s in spec], budget, objective, backend, db, options)
     return _tune(
         as_spec(spec), budget=_budget(budget), objective=objective, backend=backend, db=db, **options
     )
+
+
+def _tune_each(specs, budget, objective, backend, db, options) -> list[TuneResult | KtError]:
+    from kt.autotune.tune import shared_runner
+
+    keys = ("device", "workers", "seed", "timeout_s", "timing")
+    results: list[TuneResult | KtError] = []
+    with shared_runner(specs, backend, **{k: options[k] for k in keys if k in options}) as runner:
+        shared = {"runner": runner} if runner is not None and "runner" not in options else {}
+        for spec in specs:
+            try:
+                results.append(
+                    _tune(spec, budget=_budget(budget), objective=objective, backend=backend, db=db,
+                          **options, **shared)
+                )  # fmt: skip
+            except KtError as exc:
+                results.append(exc)
+    return results
 
 
 def collect(

@@ -307,25 +307,11 @@ def _model_specs(target: str, taken: set[str]) -> list:
 
 
 def _shared_runner(specs, options):
-    """One runner for every op of a multi-op tune when they target one device: its workers start once (each
-    imports torch and Triton, seconds on a small machine) and serve every op's compiles and measurements. A
-    single op, or ops for several devices, get their own (a null context here)."""
-    import contextlib
+    """kt.autotune.tune.shared_runner for the tune's options."""
+    from kt.autotune.tune import shared_runner
 
-    targets = {options["device"] or spec.device for spec in specs}
-    if len(specs) == 1 or len(targets) != 1:
-        return contextlib.nullcontext(None)
-    from kt.autotune.runners import make_runner
-
-    extra = {"timing": options["timing"]} if options["timing"] is not None else {}
-    return make_runner(
-        options["backend"],
-        kt.resolve_profile(targets.pop()),
-        workers=options["workers"],
-        seed=options["seed"] if options["seed"] is not None else specs[0].tune.seed,  # the check inputs' seed
-        timeout_s=options["timeout_s"],
-        **extra,
-    )
+    keys = ("backend", "device", "workers", "seed", "timeout_s", "timing")
+    return shared_runner(specs, **{key: options[key] for key in keys})
 
 
 def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -> tuple[str, str, str, str]:

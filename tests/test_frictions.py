@@ -194,3 +194,25 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
         text=True,
     )
     assert again.returncode == 2 and "'a' is also the name of an op in" in again.stderr
+
+
+def test_kt_tune_of_a_list_tunes_each_op_on_one_runner_and_returns_the_failures_too(tmp_path, monkeypatch):
+    from kt.autotune import runners
+    from kt.errors import SpecError
+
+    made = []
+    real = runners.make_runner
+
+    def counting(*args, **kwargs):
+        made.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("kt.autotune.tune.make_runner", counting)
+    good = kt.parse_spec({"name": "g", **SMALL})
+    other = kt.parse_spec({"name": "h", **SMALL, "shape": {"m": 40, "n": 40, "k": 32}})
+    bad = kt.parse_spec({"name": "b", **SMALL, "tune": {"space": {"block_m": [256], "block_n": [256]}}})
+    results = kt.tune([good, bad, other], budget=1, backend="interpret", db=tmp_path / "t.db", progress=False)
+    assert len(made) == 1, "one runner for the three ops"
+    assert [type(r).__name__ for r in results] == ["TuneResult", "SpecError", "TuneResult"]
+    assert isinstance(results[1], SpecError) and "leaves none of the" in str(results[1])
+    assert results[0].spec.name == "g" and results[2].problem.m == 40

@@ -464,6 +464,34 @@ class Session:
     baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
 
 
+def shared_runner(
+    specs: list[OpSpec],
+    backend: str = "auto",
+    device: str | None = None,
+    workers: int | None = None,
+    seed: int | None = None,
+    timeout_s: float = 300.0,
+    timing: TimingSettings | None = None,
+):
+    """One runner for tuning several ops that target one device (a context manager: entered, its workers
+    start once and serve every op's compiles and measurements; pass it to `run_session(runner=...)`); a null
+    context giving None for a single op or ops for several devices, each of which then makes its own."""
+    from kt.api import resolve_profile  # the API owns turning specs into profiles
+
+    targets = {device or spec.device for spec in specs}
+    if len(specs) < 2 or len(targets) != 1:
+        return contextlib.nullcontext(None)
+    extra = {"timing": timing} if timing is not None else {}
+    return make_runner(
+        backend,
+        resolve_profile(targets.pop()),
+        workers=workers,
+        seed=specs[0].tune.seed if seed is None else seed,  # the seed of the check inputs
+        timeout_s=timeout_s,
+        **extra,
+    )
+
+
 RETRYABLE = ("timeout", "crash")
 CLAIM_POLL_S = 0.5  # how often a tune looks for the configs another tune on its database is measuring
 
