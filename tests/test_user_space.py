@@ -176,6 +176,6 @@ def test_cli_refuses_a_bad_axis_with_one_line_and_exit_2(tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines() == [
             f"kt: error: {path}: tune.space.blok_m: the gemm family has no axis 'blok_m'; allowed: block_m, "
-            "block_n, block_k, group_m, num_warps, num_stages, split_k"
+            "block_n, block_k, group_m, num_warps, num_stages, split_k, tma"
         ]
     assert not (tmp_path / "art").exists()
