@@ -196,6 +196,13 @@ def _header(spec) -> None:
     help="Tune every op a model runs: FACTORY() returns (model, example_input); each nn.Linear and kt.nn layer "
     "it calls becomes an op at its batch bucket (kt.nn.discover).",
 )
+@click.option(
+    "--ray",
+    default=None,
+    metavar="local|auto|ADDRESS",
+    help="Run the workers as Ray actors: local (a Ray instance started here), auto (this machine's cluster) or "
+    "a cluster address; compiles on any node's CPUs, measurements on one actor per GPU. Needs `pip install ray`.",
+)
 @BUDGET
 @OBJECTIVE
 @click.option(
@@ -224,6 +231,7 @@ def _header(spec) -> None:
 def tune(
     specs,
     from_model,
+    ray,
     budget,
     objective,
     out_dir,
@@ -274,6 +282,7 @@ def tune(
         timeout_s=timeout,
         retry_failed=retry_failed,
         timing=_timing(cooldown_ms),
+        ray=ray,
     )
     with _shared_runner(specs, options) as runner:
         outcomes = [
@@ -310,7 +319,7 @@ def _shared_runner(specs, options):
     """kt.autotune.tune.shared_runner for the tune's options."""
     from kt.autotune.tune import shared_runner
 
-    keys = ("backend", "device", "workers", "seed", "timeout_s", "timing")
+    keys = ("backend", "device", "workers", "seed", "timeout_s", "timing", "ray")
     return shared_runner(specs, **{key: options[key] for key in keys})
 
 

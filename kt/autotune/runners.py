@@ -79,6 +79,7 @@ class Runner(ABC):
     measures_time: bool
     device: str  # where candidates run, as recorded in the database
     pool: WorkerPool | None = None  # the workers kept between runs while the runner is entered
+    ray: str | None = None  # a Ray address ("local", "auto", host:port): workers are Ray actors (raypool)
 
     def __init__(
         self, profile: DeviceProfile, workers: int | None = None, seed: int = 0, timeout_s: float = 300.0
@@ -127,7 +128,7 @@ class Runner(ABC):
             return []
 
         with contextlib.ExitStack() as stack:
-            pool = self.pool or stack.enter_context(WorkerPool(self.groups(), timeout_s=self.timeout_s))
+            pool = self.pool or stack.enter_context(self.start_pool())
             active = list(range(len(candidates)))
             for stage_index in range(len(self.stages)) if not self.pipelined else [0]:
                 tasks = [self._task(i, stage_index, candidates[i]) for i in active]
@@ -154,6 +155,11 @@ class Runner(ABC):
             pool.close()
 
     def start_pool(self) -> WorkerPool:
+        if self.ray is not None:
+            from kt.autotune.raypool import RayPool
+
+            gpu = [name for name, (_, env) in self.groups().items() if env.get("KT_WORKER_GPU") == "1"]
+            return RayPool(self.groups(), timeout_s=self.timeout_s, address=self.ray, gpu_groups=gpu)
         return WorkerPool(self.groups(), timeout_s=self.timeout_s)
 
 
@@ -293,8 +299,15 @@ class DryRunner(MeasureRunner):
 BACKENDS = ("auto", "cuda", "interpret", "dryrun")
 
 
-def make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
-    """`backend`: cuda, interpret, dryrun, or auto (cuda when a GPU is present, else interpret)."""
+def make_runner(backend: str, profile: DeviceProfile, ray: str | None = None, **options) -> Runner:
+    """`backend`: cuda, interpret, dryrun, or auto (cuda when a GPU is present, else interpret). `ray`: run the
+    workers as actors of that Ray cluster ("local": one started in this process; kt.autotune.raypool)."""
+    runner = _make_runner(backend, profile, **options)
+    runner.ray = ray
+    return runner
+
+
+def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     import torch
 
     from kt.errors import DeviceError

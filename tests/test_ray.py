@@ -1,0 +1,123 @@
+"""Tuning through a Ray cluster (issue 18): a local Ray instance runs kt's workers as actors. Skipped where Ray is
+not installed (`pip install -e ".[ray]"`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from kt.autotune.pool import Task  # noqa: E402
+from kt.autotune.raypool import RayPool  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = {
+    "d": "name: d\nop: dense\nshape: {m: 40, n: 48, k: 32}\ntune: {budget: 2}\n",
+    "l": "name: l\nop: lowrank\nshape: {batch: 24, dims: [32, 8, 48]}\ntune: {budget: 2}\n",
+    "m": "name: m\nop: monarch\nshape: {batch: 16, n: 64, nblocks: 4}\ntune: {budget: 2}\n",
+}
+
+
+def tune(tmp_path: Path, where: str, *extra: str) -> subprocess.CompletedProcess:
+    files = []
+    for name, text in OPS.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        files.append(str(tmp_path / f"{name}.yaml"))
+    return subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", *files, "--out", str(tmp_path / where / "art"), "--db",
+         str(tmp_path / where / "t.db"), "--quiet", "--workers", "1", *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+
+
+def rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return sorted(conn.execute("SELECT problem_key, config_key, status FROM measurements").fetchall())
+
+
+def test_three_ops_through_a_local_ray_cluster_match_a_local_run_and_a_rerun_measures_nothing(tmp_path):
+    local = tune(tmp_path, "local")
+    assert local.returncode == 0, local.stderr[-2000:]
+    through_ray = tune(tmp_path, "ray", "--ray", "local")
+    assert through_ray.returncode == 0, through_ray.stderr[-2000:]
+    assert (
+        rows(tmp_path / "ray" / "t.db") == rows(tmp_path / "local" / "t.db")
+        and len(rows(tmp_path / "ray" / "t.db")) == 9
+    )
+    for name in OPS:
+        ours, theirs = (
+            json.loads((tmp_path / w / "art" / name / "meta.json").read_text()) for w in ("ray", "local")
+        )
+        assert ours["config"] == theirs["config"] and ours["problem"] == theirs["problem"]
+    again = tune(tmp_path, "ray", "--ray", "local")
+    assert again.returncode == 0 and again.stdout.count("0 new checks") == 3  # resumed: everything was there
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _task(index: int, path: Path | None = None) -> Task:
+    """An interpreter check of a real GEMM candidate, or of the module at `path` (the handler imports it first)."""
+    from kt.autotune.tune import generated_candidate
+    from kt.codegen import GemmConfig
+    from kt.ir import GemmProblem
+
+    problem = GemmProblem(40, 48, 32)
+    source = str(path) if path else generated_candidate(problem, GemmConfig(16, 16, 16)).source_path
+    payload = {
+        "family": "gemm",
+        "source_path": source,
+        "problems": [problem.to_dict()],
+        "device": "cpu",
+        "seed": 0,
+    }
+    return Task(index, "check", payload, "interpret")
+
+
+def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(local_ray, tmp_path):
+    crash = tmp_path / "k_crash.py"
+    crash.write_text("import os\nos._exit(3)\n")
+    hang = tmp_path / "k_hang.py"
+    hang.write_text("import time\ntime.sleep(600)\n")
+    with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=8) as pool:
+        first = list(pool.run([_task(0, crash)]))
+        assert [o.status for o in first] == ["crash"] and "Ray actor died" in first[0].message
+        later = list(pool.run([_task(1)]))  # the restarted actor takes the next task
+        assert later[0].task.id == 1 and later[0].status == "ok", later[0].message
+        assert later[0].values["rel_err"] < 1e-2
+        slow = list(pool.run([_task(2, hang)]))
+        assert [o.status for o in slow] == ["timeout"]
+        after = list(pool.run([_task(3)]))
+        assert after[0].status == "ok", after[0].message
+
+
+def test_without_ray_the_option_says_how_to_get_it(monkeypatch):
+    import builtins
+
+    from kt.autotune import raypool
+    from kt.errors import KtError
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("no ray here")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(KtError, match=r'--ray needs Ray: pip install -e "\.\[ray\]"'):
+        raypool._ray()
