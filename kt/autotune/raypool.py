@@ -85,7 +85,9 @@ class RayPool:
         self.slots: list[dict[str, Any]] = []
         for group, (workers, env) in groups.items():
             for _ in range(workers):
-                options = {"runtime_env": {"env_vars": dict(env)}, "num_cpus": 0}
+                # on a cluster a CPU each, so Ray spreads them over the nodes; in a local instance none, so that
+                # a small machine holds both groups (they take turns on its cores like local workers)
+                options = {"runtime_env": {"env_vars": dict(env)}, "num_cpus": 0 if address == "local" else 1}
                 if group in gpu:
                     options["num_gpus"] = 1
                 self.slots.append(
