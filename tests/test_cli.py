@@ -60,7 +60,7 @@ def test_bad_specs_exit_2_with_one_line(tmp_path, content, message, command):
 
 def test_usage_errors_are_one_line_too(tmp_path):
     for args, message in [
-        (["tune"], "Missing argument 'OP_YAML'"),
+        (["tune"], "give OP_YAML files or folders, or --from-model FILE.py:FACTORY"),
         (["tune", EXAMPLE, "--budget", "0"], "--budget"),
         (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
         (["tune", tmp_path / "none.yaml"], "none.yaml: file not found"),
