@@ -121,3 +121,53 @@ def test_without_ray_the_option_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(KtError, match=r'--ray needs Ray: pip install -e "\.\[ray\]"'):
         raypool._ray()
+
+
+def test_a_ray_actor_killed_mid_tune_costs_its_candidate_only_and_the_rerun_measures_just_that(
+    local_ray, tmp_path, monkeypatch
+):
+    """SIGKILL the tune's compiling actor while it works: Ray restarts it, the tune finishes (the candidate in
+    flight, if any, recorded as a crash), and a rerun with --retry-failed measures exactly the rows that crashed
+    and nothing else."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import kt
+
+    actors = {}  # group -> its actor's pid, asked as the pool starts (before any task queues there)
+    made = RayPool.__init__
+
+    def recording(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        for slot in self.slots:
+            actors[slot["group"]] = ray.get(slot["actor"].ready.remote())["pid"]
+
+    monkeypatch.setattr(RayPool, "__init__", recording)
+    spec = kt.parse_spec(
+        {"name": "k", "op": "dense", "shape": {"m": 40, "n": 48, "k": 32}, "tune": {"budget": 6}}
+    )
+    db = tmp_path / "t.db"
+    outcome = {}
+
+    def run():
+        outcome["result"] = kt.tune(spec, backend="interpret", db=db, progress=False, baseline=False, ray="local",
+                                    workers=1)  # fmt: skip
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not (db.exists() and rows(db)):  # the first check is in: the actors are up and working
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    os.kill(actors["compile"], signal.SIGKILL)  # the compiles take longest: it is busy, as a rule
+    thread.join(timeout=600)
+    first = outcome["result"]
+    statuses = [status for _, _, status in rows(db)]
+    assert len(statuses) == 6 and first.newly_measured == 6
+    crashed = statuses.count("crash")
+    again = kt.tune(spec, backend="interpret", db=db, progress=False, baseline=False, ray="local", workers=1,
+                    retry_failed=True)  # fmt: skip
+    assert again.newly_measured == crashed
+    assert [status for _, _, status in rows(db)] == ["ok"] * 6
