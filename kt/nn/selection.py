@@ -31,7 +31,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
             )
         else:
             selected = _select(spec, device)
-        selected = Selection(**{**selected.__dict__, "device": device.type, "role": _ROLE.get()})
+        selected = replace(selected, device=device.type, role=_ROLE.get())
         _SELECTED[key] = selected
         _log(selected)
     return selected.kernel
