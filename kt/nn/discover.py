@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kt.dtypes import DTYPES, dtype_name
 from kt.errors import KtError
 from kt.spec import OpSpec
 
@@ -52,8 +53,6 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
             op = dict(parsed_op(module.op_text))
             rows = _row_count(op, x)
         elif isinstance(module, nn.Linear):
-            from kt.dtypes import DTYPES, dtype_name
-
             try:
                 dtype = dtype_name(module.weight.dtype)
             except KeyError:

@@ -182,7 +182,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor
     from kt.nn.selection import bucket
 
     k = bucket(a.shape[-1]) if deep else a.shape[-1]
-    batch = (a.shape[0] if a.dim() == 3 else b.shape[0]) if a.dim() == 3 or b.dim() == 3 else None
+    batch = a.shape[0] if a.dim() == 3 else b.shape[0] if b.dim() == 3 else None  # a batch of block products
     return apply(a, [b], _dense_text(a.dtype, b.shape[-1], k, batch, _layout(a), _layout(b)))
 
 
