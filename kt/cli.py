@@ -165,6 +165,15 @@ WORKERS = click.option(
 )
 
 
+GPUS = click.option(
+    "--gpus",
+    default=None,
+    metavar="all|I,J,...",
+    help="The GPUs to measure on, one GPU worker each (indices as torch numbers them, after "
+    "CUDA_VISIBLE_DEVICES; all of one model). Default: every visible GPU of the model of GPU 0.",
+)
+
+
 STRATEGY = click.option(
     "--strategy",
     type=click.Choice(["guided", "top", "random", "exhaustive"]),
@@ -228,6 +237,7 @@ def _header(spec) -> None:
 @DEVICE
 @DB
 @WORKERS
+@GPUS
 def tune(
     specs,
     from_model,
@@ -248,6 +258,7 @@ def tune(
     device,
     db,
     workers,
+    gpus,
 ):
     """Tune each OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). Several files, a folder
     of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op in
@@ -267,6 +278,11 @@ def tune(
     import torch
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
+    gpus = _gpus(gpus)
+    if gpus is not None and (checks_only or backend == "dryrun"):
+        from kt.autotune.runners import no_gpus_here
+
+        raise KtError(no_gpus_here("interpret" if checks_only else backend))
     options = dict(
         budget=budget,
         objective=objective,
@@ -283,6 +299,7 @@ def tune(
         retry_failed=retry_failed,
         timing=_timing(cooldown_ms),
         ray=ray,
+        gpus=gpus,
     )
     with _shared_runner(specs, options) as runner:
         outcomes = [
@@ -291,6 +308,13 @@ def tune(
         ]
     if len(specs) > 1:
         _tuned_summary(outcomes)
+
+
+def _gpus(text: str | None) -> list[int] | None:
+    """--gpus as indices (None: the default, every visible GPU of GPU 0's model)."""
+    from kt.autotune.gpuinfo import parse_gpus
+
+    return None if text is None else parse_gpus(text)
 
 
 def _model_specs(target: str, taken: set[str]) -> list:
@@ -319,7 +343,7 @@ def _shared_runner(specs, options):
     """kt.autotune.tune.shared_runner for the tune's options."""
     from kt.autotune.tune import shared_runner
 
-    keys = ("backend", "device", "workers", "seed", "timeout_s", "timing", "ray")
+    keys = ("backend", "device", "workers", "seed", "timeout_s", "timing", "ray", "gpus")
     return shared_runner(specs, **{key: options[key] for key in keys})
 
 
@@ -555,8 +579,9 @@ def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
         )
     title = f"{configs[rank].key()} (rank {rank + 1} of {plan.model}) "
     table = Table(title=title + f"compiled for sm_{arch}: PTX in {ptx_dir}")
-    for name in ("launch", "kernel", "MMA", "TMA", "registers", "spill bytes", "shared KiB"):
-        table.add_column(name, justify="left" if name in ("kernel", "MMA") else "right")
+    for name in ("launch", "kernel", "MMA", "TMA", "registers", "spill bytes", "shared KiB", "why not wgmma"):
+        table.add_column(name, justify="left" if name in ("kernel", "MMA", "why not wgmma") else "right")
+    why = _why_not_wgmma(plan, configs[rank])
     for index, launch in enumerate(chosen.values.get("launch_evidence", [])):
         table.add_row(
             str(index),
@@ -566,8 +591,23 @@ def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
             _fmt(launch["registers"], "d"),
             _fmt(launch["local_bytes"], "d"),
             _fmt(launch["smem_bytes"] / 1024, ".0f"),
+            "" if launch["mma"] == "wgmma" else why(index),
         )
     out.print(table)
+
+
+def _why_not_wgmma(plan, config):
+    """launch index -> why the model expects that launch of `config` off Hopper's warpgroup MMA (a launch per
+    stage record where the counts agree, else the config's first reason)."""
+    from kt.codegen import family_for
+    from kt.costmodel.roofline import wgmma_reason
+
+    device = plan.space.device
+    (record,) = family_for(plan.problem).records(plan.problem, [config])
+    reasons = [wgmma_reason(r, device) for r in record.get("stages") or [record]]
+    unexpected = "the compiler's choice (the tile allows wgmma)"
+    first = next((r for r in reasons if r), unexpected)
+    return lambda index: (reasons[index] or unexpected) if index < len(reasons) else first
 
 
 @main.command()
@@ -751,7 +791,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
 @DEVICE
 @DB
 @WORKERS
-def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, device, db, workers):
+@GPUS
+def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, device, db, workers, gpus):
     """Measure every legal config (--all) or a random sample into the database: the cost model's data."""
     if everything == (sample is not None):
         raise click.UsageError("give exactly one of --all or --sample N")
@@ -762,6 +803,7 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
         db=db,
         device=device,
         workers=workers,
+        gpus=_gpus(gpus),
         progress=not quiet,
         timeout_s=timeout,
         retry_failed=retry_failed,

@@ -54,15 +54,15 @@ def kernel_module(problem, config):
 
 
 def block_config(problem, block_b=16, block_n=16, block_k=16, group=None, num_warps=None, **structure):
-    """A legal block-GEMM config (asserted): 4 warps, or as many as the group's blocks for a batched dot; two
-    blocks per program unless given, one for the float32 FFT (complex FMA dots take one)."""
+    """A legal block-GEMM config (asserted): 4 warps unless given; two blocks per program unless given, one for
+    the float32 FFT."""
     from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, stages_for
     from kt.device import get_profile
 
     if group is None:
         group = 1 if problem.family == "fft" and problem.dtype == "float32" else 2
 
-    warps = num_warps or (4 if group == 1 else min(4, group))
+    warps = num_warps or 4
     c = BlockGemmConfig(block_b, block_n, block_k, group, warps, 2, **structure)
     reason = illegal_reason(problem, c, get_profile("h100"), stages_for(problem, c))
     assert reason is None, reason

@@ -33,8 +33,8 @@ def test_show_prints_the_ir_and_the_kernel_graph():
 def test_space_prints_sizes_before_and_after_legality_and_a_sample():
     done = kt_cli("space", EXAMPLE, "--sample", "4")
     assert done.returncode == 0
-    assert "all:   21600 configs" in done.stdout and "legal: 15960" in done.stdout
-    assert "dropped 1704: shared memory over 227 KiB" in done.stdout
+    assert "all:   25200 configs" in done.stdout and "legal: 17568" in done.stdout
+    assert "dropped 1890: shared memory over 227 KiB" in done.stdout
     assert "4 legal configs, sampled with seed 0" in done.stdout
 
 

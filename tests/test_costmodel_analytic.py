@@ -66,7 +66,7 @@ def test_split_k_is_preferred_when_m_and_n_are_too_small_to_fill_the_gpu():
 
 
 def test_a_batched_3d_dot_is_predicted_at_mma_sync_speed_and_featured_so():
-    """A block-GEMM launch with several blocks per program is a 3D tl.dot: mma.sync even on Hopper."""
+    """A fused Monarch launch is a 3D tl.dot: mma.sync even on Hopper."""
     from kt.costmodel.features import FEATURE_NAMES, features
 
     plain = record(GemmProblem(8192, 8192, 8192), GemmConfig(128, 128, 64, num_warps=8, num_stages=3))
@@ -75,3 +75,26 @@ def test_a_batched_3d_dot_is_predicted_at_mma_sync_speed_and_featured_so():
     assert terms["t_math_s"][1] > 1.5 * terms["t_math_s"][0]
     kind = features([plain, batched], H100)[:, FEATURE_NAMES.index("mma_kind")]
     assert kind.tolist() == [2.0, 1.0]
+
+
+def test_every_launch_off_wgmma_says_why():
+    """`kt show --ptx` names why a launch runs mma.sync or no tensor cores, from the launch's record."""
+    from kt.codegen.blockgemm import BlockGemmConfig
+    from kt.costmodel.roofline import wgmma_reason
+    from kt.device import get_profile
+    from kt.ir.problems import MonarchProblem
+
+    plain = record(GemmProblem(8192, 8192, 8192), GemmConfig(128, 128, 64, num_warps=8, num_stages=3))
+    assert wgmma_reason(plain, H100) is None
+    assert wgmma_reason({**plain, "block_m": 32}, H100) == "a tile of 32 rows (wgmma needs 64)"
+    assert "warpgroups" in wgmma_reason({**plain, "num_warps": 2}, H100)
+    assert "no tensor cores" in wgmma_reason({**plain, "dtype": "float32", "precision": "ieee"}, H100)
+    assert "sm_80" in wgmma_reason(plain, get_profile("a100"))
+    monarch = MonarchProblem(16384, (64, 64, 64), (64, 64, 64))
+    family = FAMILIES["monarch"]
+    (grouped,) = family.records(monarch, [BlockGemmConfig(64, 64, 64, 8, 4, 3)])
+    assert [wgmma_reason(r, H100) for r in grouped["stages"]] == [None, None]  # several blocks, 2D dots
+    (fused,) = family.records(
+        MonarchProblem(4096, (16, 64, 64), (64, 16, 16)), [BlockGemmConfig(64, 16, 16, 1, 4, 2, fused=1)]
+    )
+    assert all("fused Monarch" in wgmma_reason(r, H100) for r in fused["stages"])

@@ -243,6 +243,24 @@ def test_the_tma_kernel_matches_float64_matmul_in_every_layout(dtype, a_layout, 
     assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("a_layout,b_layout", [("row", "col"), ("col", "row")])
+def test_the_tma_kernel_with_a_subtiled_epilogue_writes_both_halves_of_each_tile(dtype, a_layout, b_layout):
+    """tma 2 stores each C tile as two (BLOCK_M, BLOCK_N / 2) halves: N ragged inside the second half of the last
+    column of tiles, so a swapped or dropped half shows as wrong or poisoned elements."""
+    config = GemmConfig(block_m=32, block_n=32, block_k=32, group_m=2, num_warps=4, num_stages=3, tma=2)
+    m, n, k = 72, 88, 96
+    module = gemm_module(GemmProblem(m, n, k, dtype=dtype, a_layout=a_layout, b_layout=b_layout), config)
+    assert module.CONFIG["tma"] == 2
+    a = _laid_out(randn(m, k, dtype=dtype, seed=7), a_layout)
+    b = _laid_out(randn(k, n, dtype=dtype, seed=8), b_layout)
+    assert module.uses_tma(a, b)
+    out = poisoned(m, n, dtype=dtype)
+    module.kernel(a, b, out=out)
+    assert torch.isfinite(out).all(), "every output element must be written"
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
 @pytest.mark.parametrize(
     "view",
     [

@@ -202,7 +202,7 @@ def test_the_parent_names_the_gpu_through_nvml_and_never_opens_cuda(monkeypatch)
     monkeypatch.setattr(torch.cuda, "get_device_name", no_context)
     monkeypatch.setattr(torch.cuda, "get_device_capability", no_context)
     gpuinfo.visible_gpu.cache_clear()
-    monkeypatch.setattr(gpuinfo, "_from_nvml", lambda: gpuinfo.GpuInfo("NVIDIA H200", 90))
+    monkeypatch.setattr(gpuinfo, "_from_nvml", lambda *args: gpuinfo.GpuInfo("NVIDIA H200", 90))
     try:
         assert kt.resolve_profile("auto").name == "h200"
         runner = make_runner("cuda", kt.resolve_profile("auto"))
@@ -305,6 +305,8 @@ def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
             "local_bytes",
             "mma_kind",
             "tma",
+            "gpu_index",
+            "gpu_uuid",
         }
     ]
     conn = sqlite3.connect(path)
@@ -322,8 +324,9 @@ def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     with Database(path) as db:
         (row,) = db.find()
         assert row["config_key"] == "c" and row["timer"] is None and row["mma_kind"] is None
+        assert row["gpu_index"] is None and row["gpu_uuid"] is None
         version = db.conn.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
 
 
 def test_the_cooldown_is_recorded_in_each_row(tmp_path):

@@ -61,8 +61,8 @@ def test_the_space_counts_add_up_and_every_legal_config_is_legal():
     total = 1
     for values in AXES.values():
         total *= len(values)
-    twins = total // len(AXES["split_k"])  # every config without split-K, again as the TMA kernel
-    assert space.total == total + twins == 21600
+    twins = total // len(AXES["split_k"])  # every config without split-K, again as each TMA kernel
+    assert space.total == total + 2 * twins == 25200
     tma = [c for c in space.legal if c.tma]
     assert tma and all(c.split_k == 1 and c.num_warps >= 4 for c in tma)
     assert len(space.legal) + sum(space.dropped.values()) == space.total
@@ -123,6 +123,10 @@ def test_the_tma_kernel_is_legal_only_where_tma_and_wgmma_can_run():
     )  # A's rows: K
     assert "four or eight warps" in tma_reason(BIG, GemmConfig(64, 64, 32, num_warps=2, tma=1))
     assert "no split-K" in tma_reason(BIG, GemmConfig(64, 64, 32, split_k=2, tma=1))
+    subtiled = GemmConfig(128, 128, 64, num_warps=8, num_stages=3, tma=2)
+    assert subtiled.key() == "m128n128k64g8w8s3x1t2" and GemmConfig.from_dict(subtiled.to_dict()) == subtiled
+    assert shared_memory(BIG, tma) - shared_memory(BIG, subtiled) == 128 * 128 * 2 // 2  # half the C tile
+    assert "BLOCK_N of at least 32" in tma_reason(BIG, GemmConfig(64, 16, 32, num_warps=4, tma=2))
 
 
 def test_the_tma_kernels_check_problems_are_ragged_and_aligned_so_the_interpreter_runs_its_path():
@@ -158,5 +162,6 @@ def test_a_refit_learns_how_the_tma_kernel_differs_from_its_classic_twin():
     ]
     assert twins and all(predicted[j] < predicted[i] for i, j in twins)
     _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 1}, "row 1")  # accepted
-    with pytest.raises(Exception, match="tma is 2; allowed: an integer from 0 to 1"):
-        _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 2}, "row 1")
+    _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 2}, "row 1")  # the subtiled one
+    with pytest.raises(Exception, match="tma is 3; allowed: an integer from 0 to 2"):
+        _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 3}, "row 1")

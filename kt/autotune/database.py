@@ -19,8 +19,8 @@ from typing import IO, Any
 from kt.errors import DatabaseError
 from kt.files import atomic_write
 
-SCHEMA_VERSION = 3  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
-# 3: the target build's registers, local memory (spills), MMA kind and TMA
+SCHEMA_VERSION = 4  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
+# 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine
 # config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
 BASELINE_KEY = "pytorch"
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
@@ -82,6 +82,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("predicted_ms", "REAL"),  # the ranking model's prediction when the candidate was chosen
     ("wall_s", "REAL"),  # compile + check + measure
     ("gpu_name", "TEXT"),
+    ("gpu_index", "INTEGER"),  # the GPU's index in the tune's numbering (torch's cuda:N), one worker per GPU
+    ("gpu_uuid", "TEXT"),  # the GPU's UUID (which card of the machine, whatever the numbering)
     ("impl", "TEXT"),  # candidate zero: which of PyTorch's routes ran (e.g. a dense fallback of BSR F.linear)
     ("kt_version", "TEXT"),
     ("torch_version", "TEXT"),

@@ -23,6 +23,7 @@ from typing import Any
 from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, COLUMNS, Database, decode_row
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
+from kt.codegen.gemm import STRUCTURE_AXES as GEMM_STRUCTURE_AXES
 from kt.codegen.tilesum import STRUCTURE_AXES as TILE_STRUCTURE_AXES
 from kt.costmodel.features import CONFIG_KEYS
 from kt.dtypes import DTYPES
@@ -240,9 +241,9 @@ def _check_config(family: str, config: Any, where: str) -> None:
             0 if key in STRUCTURE_AXES + TILE_STRUCTURE_AXES else 1
         )  # a structure choice the family does not use is 0
         _check_int(config[key], key, low, MAX_CONFIG_VALUE, where, "config")
-    for key in optional:
+    for key in optional:  # 0, 1 (the TMA kernel) or 2 (its subtiled epilogue)
         if key in config:
-            _check_int(config[key], key, 0, 1, where, "config")
+            _check_int(config[key], key, 0, max(GEMM_STRUCTURE_AXES[key]), where, "config")
 
 
 def check_row(row: dict[str, Any], where: str) -> None:

@@ -47,6 +47,70 @@ def visible_gpu() -> GpuInfo:
     return info if info is not None else _from_subprocess()
 
 
+@dataclass(frozen=True)
+class GpuSlot:
+    """One GPU a measuring worker runs on: its index in kt's own numbering (torch's cuda:N here), the
+    CUDA_VISIBLE_DEVICES entry that shows the worker this GPU alone, and what it is."""
+
+    index: int
+    visible: str
+    info: GpuInfo
+
+
+def visible_entries() -> list[str]:
+    """The machine's GPUs as CUDA_VISIBLE_DEVICES entries in torch's order: the variable's own entries when it
+    is set, else one index per GPU NVML counts (["0"] when NVML cannot count them)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [e.strip() for e in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+    except Exception:  # no NVML: cuda:0 alone
+        count = 1
+    return [str(i) for i in range(max(1, count))]
+
+
+def parse_gpus(text: str) -> list[int] | None:
+    """`--gpus`: "all" (None: every visible GPU of cuda:0's model) or comma-separated indices in kt's
+    numbering (torch's cuda:N, after CUDA_VISIBLE_DEVICES)."""
+    if text.strip() == "all":
+        return None
+    items = [item.strip() for item in text.split(",")]
+    if not items or not all(item.isdigit() for item in items):
+        raise DeviceError(f"--gpus: {text!r} is not allowed; give all, or GPU indices such as 0,1,3")
+    indices = [int(item) for item in items]
+    if len(set(indices)) != len(indices):
+        raise DeviceError(f"--gpus: {text!r} names a GPU twice")
+    return indices
+
+
+def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
+    """The GPUs to measure on, one GPU worker each: `indices` (kt's numbering), or every visible GPU of the
+    model torch calls cuda:0. Every one must be the same model (one tune has one device profile, and the model
+    refits on all of their rows); naming GPUs of two models is a DeviceError."""
+    entries = visible_entries()
+    chosen = range(len(entries)) if indices is None else indices
+    for index in chosen:
+        if index >= len(entries):
+            raise DeviceError(
+                f"--gpus: GPU {index} is not visible here; allowed: 0 to {len(entries) - 1}"
+                + (" (after CUDA_VISIBLE_DEVICES)" if "CUDA_VISIBLE_DEVICES" in os.environ else "")
+            )
+    slots = []
+    for index in chosen:
+        info = _from_nvml(nvml, entries[index]) or _from_subprocess(entries[index])
+        slots.append(GpuSlot(index, entries[index], info))
+    if indices is None:  # every visible GPU of cuda:0's model
+        return [slot for slot in slots if slot.info.name == slots[0].info.name]
+    models = {slot.info.name for slot in slots}
+    if len(models) > 1:
+        named = ", ".join(f"{slot.index} ({slot.info.name})" for slot in slots)
+        raise DeviceError(f"--gpus: GPUs {named} are not one model; give GPUs of one model")
+    return slots
+
+
 def _visible_entry() -> str | None:
     """The first entry of CUDA_VISIBLE_DEVICES (an index, a GPU- or MIG- UUID), or None when it is unset."""
     if "CUDA_VISIBLE_DEVICES" not in os.environ:
@@ -55,8 +119,12 @@ def _visible_entry() -> str | None:
     return entries[0] if entries else None
 
 
-def _from_nvml(nvml=None) -> GpuInfo | None:
-    """The GPU from NVML, or None when NVML is missing or cannot tell which device torch's cuda:0 is."""
+_CUDA_0 = object()  # _from_nvml's default entry: whatever torch calls cuda:0
+
+
+def _from_nvml(nvml=None, entry: str | None | object = _CUDA_0) -> GpuInfo | None:
+    """The GPU from NVML, or None when NVML is missing or cannot tell which device it is: torch's cuda:0, or the
+    one a CUDA_VISIBLE_DEVICES `entry` (an index in CUDA's order, or a UUID) names."""
     try:
         if nvml is None:
             import pynvml as nvml
@@ -64,7 +132,8 @@ def _from_nvml(nvml=None) -> GpuInfo | None:
         handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         if not handles:
             return None
-        entry = _visible_entry()
+        if entry is _CUDA_0:
+            entry = _visible_entry()
         handle = None
         if entry is not None and entry.startswith("GPU-"):
             handle = next((h for h in handles if _text(nvml.nvmlDeviceGetUUID(h)).startswith(entry)), None)
@@ -91,10 +160,13 @@ def _from_nvml(nvml=None) -> GpuInfo | None:
         return None
 
 
-def _from_subprocess() -> GpuInfo:
+def _from_subprocess(visible: str | None = None) -> GpuInfo:
+    """torch's cuda:0 in a short-lived process (its CUDA context gone before any worker starts); with
+    `visible`, the GPU that CUDA_VISIBLE_DEVICES entry names."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible} if visible is not None else None
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False, env=env
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DeviceError(f"device: cannot ask torch which GPU this is ({exc})") from None

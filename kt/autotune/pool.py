@@ -161,15 +161,29 @@ def _death_message(exitcode: int | None) -> str:
     return f"worker exited with code {exitcode}"
 
 
+def slot_envs(group: str, workers: int, env: dict[str, str] | list[dict[str, str]]) -> list[dict[str, str]]:
+    """Each worker's environment in a group given as (workers, env): one env for all of them, or a list with
+    one per worker (the GPU workers of a machine, each seeing its own GPU)."""
+    if workers < 1:
+        raise ValueError(f"group {group!r} needs at least 1 worker, got {workers}")
+    if isinstance(env, dict):
+        return [dict(env) for _ in range(workers)]
+    if len(env) != workers:
+        raise ValueError(f"group {group!r}: {workers} workers but {len(env)} environments")
+    return [dict(e) for e in env]
+
+
 class WorkerPool:
     """Groups of worker processes, each group with its own environment (set before the worker starts).
 
-    `groups` maps a group name to (workers, env). Use as a context manager so workers are always stopped.
+    `groups` maps a group name to (workers, env), env one mapping for every worker of the group or a list of
+    one per worker; a task of the group runs on whichever of them is free. Use as a context manager so workers
+    are always stopped.
     """
 
     def __init__(
         self,
-        groups: dict[str, tuple[int, dict[str, str]]],
+        groups: dict[str, tuple[int, dict[str, str] | list[dict[str, str]]]],
         timeout_s: float = 300.0,
         startup_s: float = STARTUP_S,
     ):
@@ -177,9 +191,7 @@ class WorkerPool:
         self.slots: list[_Slot] = []
         try:
             for group, (workers, env) in groups.items():
-                if workers < 1:
-                    raise ValueError(f"group {group!r} needs at least 1 worker, got {workers}")
-                self.slots += [_Slot(group, dict(env)) for _ in range(workers)]
+                self.slots += [_Slot(group, e) for e in slot_envs(group, workers, env)]
         except BaseException:
             self.close()
             raise

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kt.autotune.pool import STARTUP_S, Outcome, Task
+from kt.autotune.pool import STARTUP_S, Outcome, Task, slot_envs
 from kt.errors import KtError
 
 
@@ -84,12 +84,14 @@ class RayPool:
         gpu = set(gpu_groups)
         self.slots: list[dict[str, Any]] = []
         for group, (workers, env) in groups.items():
-            for _ in range(workers):
+            for worker_env in slot_envs(group, workers, env):
                 # on a cluster a CPU each, so Ray spreads them over the nodes; in a local instance none, so that
                 # a small machine holds both groups (they take turns on its cores like local workers)
-                options = {"runtime_env": {"env_vars": dict(env)}, "num_cpus": 0 if address == "local" else 1}
-                if group in gpu:
+                options = {"num_cpus": 0 if address == "local" else 1}
+                if group in gpu:  # Ray gives each GPU actor its own GPU (and sets CUDA_VISIBLE_DEVICES)
                     options["num_gpus"] = 1
+                    worker_env.pop("CUDA_VISIBLE_DEVICES", None)
+                options["runtime_env"] = {"env_vars": worker_env}
                 self.slots.append(
                     {"group": group, "actor": remote.options(**options).remote(), "ready": False}
                 )

@@ -158,7 +158,11 @@ class Runner(ABC):
         if self.ray is not None:
             from kt.autotune.raypool import RayPool
 
-            gpu = [name for name, (_, env) in self.groups().items() if env.get("KT_WORKER_GPU") == "1"]
+            gpu = [
+                name
+                for name, (_, env) in self.groups().items()
+                if any(e.get("KT_WORKER_GPU") == "1" for e in (env if isinstance(env, list) else [env]))
+            ]
             return RayPool(self.groups(), timeout_s=self.timeout_s, address=self.ray, gpu_groups=gpu)
         return WorkerPool(self.groups(), timeout_s=self.timeout_s)
 
@@ -256,18 +260,30 @@ class MeasureRunner(Runner):
 
 
 class CudaRunner(MeasureRunner):
-    """Measures on the GPU that torch calls cuda:0. The GPU is named by NVML (kt.autotune.gpuinfo), so this
-    process never holds a CUDA context: in exclusive-process mode the GPU worker's is the only one."""
+    """Measures with one GPU worker per GPU: `gpus` (indices in torch's numbering here), or every visible GPU
+    of cuda:0's model. Each worker sees its GPU alone (CUDA_VISIBLE_DEVICES) and takes whichever candidate is
+    next, and each row records the GPU's index and UUID. The GPUs are named by NVML (kt.autotune.gpuinfo), so
+    this process never holds a CUDA context: in exclusive-process mode the GPU worker's is the only one."""
 
     name = "cuda"
     measures_time = True
 
-    def __init__(self, profile: DeviceProfile, *args, **kwargs):
-        from kt.autotune.gpuinfo import visible_gpu
+    def __init__(self, profile: DeviceProfile, *args, gpus: list[int] | None = None, **kwargs):
+        from kt.autotune.gpuinfo import machine_gpus
 
         super().__init__(profile, *args, **kwargs)
-        gpu = visible_gpu()
+        self.gpus = machine_gpus(gpus)
+        gpu = self.gpus[0].info
         self.device, self.arch = gpu.name, gpu.compute_capability
+
+    def groups(self):
+        groups = super().groups()
+        envs = [
+            {**self.measure_env(), "CUDA_VISIBLE_DEVICES": gpu.visible, "KT_GPU_INDEX": str(gpu.index)}
+            for gpu in self.gpus
+        ]
+        groups["measure"] = (len(envs), envs)
+        return groups
 
 
 class DryRunner(MeasureRunner):
@@ -299,9 +315,23 @@ class DryRunner(MeasureRunner):
 BACKENDS = ("auto", "cuda", "interpret", "dryrun")
 
 
-def make_runner(backend: str, profile: DeviceProfile, ray: str | None = None, **options) -> Runner:
+def no_gpus_here(backend: str) -> str:
+    """The error for --gpus with a backend that measures on no GPU."""
+    return f"--gpus: the {backend} backend measures on no GPU; --gpus needs --backend cuda"
+
+
+def make_runner(
+    backend: str, profile: DeviceProfile, ray: str | None = None, gpus: list[int] | None = None, **options
+) -> Runner:
     """`backend`: cuda, interpret, dryrun, or auto (cuda when a GPU is present, else interpret). `ray`: run the
-    workers as actors of that Ray cluster ("local": one started in this process; kt.autotune.raypool)."""
+    workers as actors of that Ray cluster ("local": one started in this process; kt.autotune.raypool). `gpus`:
+    the GPUs the cuda runner measures on (default: every visible GPU of cuda:0's model)."""
+    from kt.errors import DeviceError
+
+    if gpus is not None:
+        if ray is not None:
+            raise DeviceError("--gpus: with --ray, Ray chooses each GPU actor's GPU; drop --gpus")
+        options["gpus"] = gpus
     runner = _make_runner(backend, profile, **options)
     runner.ray = ray
     return runner
@@ -321,6 +351,8 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
             )
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
+    if "gpus" in options:
+        raise DeviceError(no_gpus_here(backend))
     if backend == "dryrun":  # one call after one warm-up, whatever the GPU would do; a cooldown is kept
         options.pop("compile_target", None)
         timing = options.pop("timing", None)

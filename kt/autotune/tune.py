@@ -473,6 +473,7 @@ def shared_runner(
     timeout_s: float = 300.0,
     timing: TimingSettings | None = None,
     ray: str | None = None,
+    gpus: list[int] | None = None,
 ):
     """One runner for tuning several ops that target one device (a context manager: entered, its workers
     start once and serve every op's compiles and measurements; pass it to `run_session(runner=...)`); a null
@@ -490,6 +491,7 @@ def shared_runner(
         seed=specs[0].tune.seed if seed is None else seed,  # the seed of the check inputs
         timeout_s=timeout_s,
         ray=ray,
+        gpus=gpus,
         **extra,
     )
 
@@ -519,6 +521,7 @@ def run_session(
     baseline: bool = True,
     runner: Runner | None = None,
     ray: str | None = None,
+    gpus: list[int] | None = None,
 ) -> Session:
     """Plan, then search: measure what the database lacks, round by round, until the strategy stops or the
     budget (counting configs measured before) is spent. `retry_failed` measures again configs whose earlier
@@ -527,7 +530,9 @@ def run_session(
     `deadline` (time.monotonic()) ends the search early: nothing new starts after it. `baseline` runs
     candidate zero, PyTorch's own path, with the first round. `runner`: one already made (and perhaps started,
     so that several tunes share its workers), whose backend, workers, timeout and timing then apply. `ray`: the
-    workers are actors of that Ray cluster ("local", "auto" or an address; kt.autotune.raypool)."""
+    workers are actors of that Ray cluster ("local", "auto" or an address; kt.autotune.raypool). `gpus`: the
+    GPUs to measure on, one GPU worker each (indices in torch's numbering; default: every visible GPU of
+    cuda:0's model)."""
     from kt.api import resolve_profile  # the API owns turning specs into profiles
     from kt.ir import op_from_spec
 
@@ -541,7 +546,7 @@ def run_session(
         # no more workers than candidates (the budget and candidate zero): each takes seconds to start
         workers = workers or min(default_workers(), budget + 1)
         runner = make_runner(
-            backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, ray=ray, **extra
+            backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, ray=ray, gpus=gpus, **extra
         )
     search = search_strategy(search, runner.measures_time)
     # the runner's workers start first, so their imports overlap loading the model and ranking the space

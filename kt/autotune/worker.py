@@ -7,6 +7,7 @@ process (after a CUDA error the context is unusable). Runtimes and power come on
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -63,7 +64,6 @@ def main(argv: list[str]) -> None:
 
 def _die_with_parent(parent_pid: int) -> None:
     """A worker must not outlive a killed kt (a hung kernel would otherwise run forever)."""
-    import os
     import sys
 
     if sys.platform.startswith("linux"):
@@ -226,7 +226,7 @@ def _measure(payload: dict[str, Any]) -> Reply:
     device = payload.get("device", "cuda")
     module, problem = _load(payload, interpret=device == "cpu"), _problem(payload)
     result = check_kernel(module, problem, payload["seed"], device)
-    values: dict[str, Any] = {"rel_err": result.rel_err, "gpu_name": _device_name(device)}
+    values: dict[str, Any] = {"rel_err": result.rel_err, "gpu_name": _device_name(device), **_gpu_id(device)}
     if not result.ok:
         return "wrong_result", values, result.message, False
     args = problem.random_args(payload["seed"] + 1, device)
@@ -251,6 +251,21 @@ def _measure(payload: dict[str, Any]) -> Reply:
     return "ok", values, "", False
 
 
+def _gpu_id(device: str) -> dict[str, Any]:
+    """Which GPU this worker measures on: its index in the tune's numbering (the runner's KT_GPU_INDEX) and its
+    UUID; nothing for the dry run."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    index = os.environ.get("KT_GPU_INDEX")
+    uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", "") or "")
+    return {
+        "gpu_index": int(index) if index is not None else None,
+        "gpu_uuid": f"GPU-{uuid}" if uuid else None,
+    }
+
+
 def _device_name(device: str) -> str:
     import torch
 
@@ -259,7 +274,22 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else INTERPRETER_DEVICE
 
 
-HANDLERS = {"check": _check, "compile": _compile, "measure": _measure}
+def _describe(payload: dict[str, Any]) -> Reply:
+    """What this worker sees of its environment: its process, the GPUs CUDA shows it and its index in the
+    tune's numbering (a pool gives each GPU worker its own; tests check that it did). Creates no CUDA context."""
+    return (
+        "ok",
+        {
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu_index": os.environ.get("KT_GPU_INDEX"),
+        },
+        "",
+        False,
+    )
+
+
+HANDLERS = {"check": _check, "compile": _compile, "measure": _measure, "describe": _describe}
 
 
 class _Compile(Exception):

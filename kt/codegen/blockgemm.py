@@ -91,10 +91,11 @@ def stage_tiles(stage: Stage, config: BlockGemmConfig) -> tuple[int, int]:
     return min(config.block_n, padded(stage.blk_out)), min(config.block_k, padded(stage.blk_in))
 
 
-# A batched (3D) tl.dot over fewer blocks than warps: Triton 3.6 (the GPU machines') spreads the warps over the
-# batch axis first, so warps beyond the batch repeat the same products (its sm_90 PTX holds num_warps / group
-# times the mma.sync of Triton 3.9's; tests/test_compile_target.py). Such configs are left out everywhere, so the
-# space does not depend on the Triton version; GROUP 1 runs plain 2D dots (wgmma on Hopper) instead.
+# The fused Monarch's batched (3D) tl.dot over fewer blocks than warps: Triton 3.6 (the GPU machines') spreads
+# the warps over the batch axis first, so warps beyond the batch repeat the same products (its sm_90 PTX held
+# num_warps / group times the mma.sync of Triton 3.9's when the two-launch kernel still ran batched dots).
+# Such configs are left out, so the space does not depend on the Triton version. The two-launch stage kernel
+# takes a program's GROUP blocks one after the other, each a plain 2D dot (wgmma on Hopper).
 WARPS_OVER_BATCH = (
     "fewer blocks per program than warps (Triton 3.6 repeats the batched dot on the extra warps)"
 )
@@ -120,7 +121,8 @@ def dram_bytes(
     """Launch `index` of `count`'s DRAM traffic for its input and output, each access rounded up to whole
     sectors. Intermediates between launches are stored feature-major (the kernel's `_scratch`), so a program's
     BLOCK_B rows are adjacent there whatever the map; x and y keep the caller's row-major layout, where a strided
-    map moves whole sectors unless a program spans GROUP adjacent blocks (the first H200 run's Monarch, one or
+    map moves whole sectors unless a program spans GROUP adjacent blocks (taken one after the other, so the
+    sectors one block's loads bring into L2 serve the next blocks'; the first H200 run's Monarch, one or
     two blocks per program on its strided factor, ran 4 to 11 times slower than two torch.bmm)."""
     size = itemsize(problem.dtype)
     planes = 2 if is_complex(problem) else 1
@@ -173,11 +175,18 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
         activations = config.block_b * (k * p * size + k * q * (4 + size) + l * s * 4)
         return activations + (k * q * p + l * s * r) * size, config.block_b * k * q // threads
     planes = 2 if is_complex(problem) else 1
-    # A plain 2D dot keeps every pipeline stage's tiles in shared memory; Triton pipelines a batched (3D) one
-    # a stage shallower (the sm_90 builds of Triton 3.6 and 3.9 agree: tests/test_compile_target.py).
-    buffers = config.num_stages if config.group == 1 else max(1, config.num_stages - 1)
-    tiles = buffers * config.group * (config.block_b + config.block_n) * config.block_k
-    return tiles * planes * size, config.group * config.block_b * config.block_n * planes // threads
+    # The stage kernel's dots are 2D and every pipeline stage's tiles stay in shared memory, however many blocks
+    # a program takes (its flattened loop pipelines across them: sm_90 builds under Triton 3.6 and 3.9,
+    # tests/test_compile_target.py).
+    # A launch whose tiles are thin in K can need more for its epilogue: storing a (BLOCK_B, BLOCK_N) tile to a
+    # feature-major intermediate converts its layout through shared memory (b256n64k16 builds took 32 KiB
+    # where the pipelined tiles held 30).
+    # A complex launch over several blocks held one more x tile (FFT fp16 b64n64k32g4w8s2: 36 KiB for 32).
+    tiles = config.num_stages * (config.block_b + config.block_n) * config.block_k
+    smem = max(tiles, config.block_b * config.block_n) * planes * size
+    if planes == 2 and config.group > 1:
+        smem += config.block_b * config.block_k * size
+    return smem, config.block_b * config.block_n * planes // threads
 
 
 def illegal_reason(
@@ -194,21 +203,27 @@ def illegal_reason(
         return "tile larger than the padded problem"
     if config.group > padded(max(s.nblocks for s in stages)):
         return "more blocks per program than blocks"
-    if 1 < config.group < config.num_warps:
-        return WARPS_OVER_BATCH
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
-    # A batched dot's mma.sync fragments of A and B sit in registers beside its accumulator, and a complex
-    # launch's four dots keep two accumulators and four operand tiles: in the sm_90 builds every such config
-    # with 128 accumulator registers per thread spilled at all 255 registers (`kt show --ptx`; the FFT's
-    # b256n64k32g1w8s4, a 120 s compile timeout on the first H200 run, among them), none with 64 did.
+    # A complex launch that takes several blocks in one flattened loop keeps its four operand tiles live
+    # across the loop: sm_90 builds with K steps of 128 spilled at all 255 registers (FFT fp16
+    # b64n64k128g4w4s3), as the batched 3D dots it replaced did with K steps over 32.
     if config.group > 1 and is_complex(problem) and config.block_k > 2 * MIN_DOT:
-        return f"K step over {2 * MIN_DOT} for batched complex dots (a sampled sm_90 build spilled)"
-    tight = config.group > 1 or is_complex(problem) or config.num_warps < 4
-    limit = device.acc_regs_limit // 2 if tight else device.acc_regs_limit
+        return (
+            f"K step over {2 * MIN_DOT} for complex dots over several blocks (a sampled sm_90 build spilled)"
+        )
+    # A complex launch's four dots keep two accumulators and four operand tiles beside them: in the sm_90
+    # builds every such config with 128 accumulator registers per thread spilled at all 255 registers (`kt show
+    # --ptx`; the FFT's b256n64k32g1w8s4, a 120 s compile timeout on the first H200 run, among them), none with
+    # 64 did; so did two-warp programs. A loop over several blocks keeps the next step's operands live beside
+    # the accumulator: with 128 b256n64k64g4w4 spilled, and with 64 five of about 250 sampled builds on
+    # Triton 3.9 (b256n32k32g2w4, b128n16k32g2w2 complex, b64n128k32g2w8 complex), none with 32.
+    several = config.group > 1
+    tight = is_complex(problem) or config.num_warps < 4 or several
+    limit = device.acc_regs_limit // (4 if several else 2 if tight else 1)
     if acc > limit:
-        why = " (batched, complex or two-warp dots)" if tight else ""
+        why = " (complex, two-warp or several-block dots)" if tight else ""
         return f"accumulator over {limit} registers per thread{why}"
     deep = two_warp_k_reason(config.num_warps, config.block_k)
     if deep:
@@ -220,12 +235,12 @@ def illegal_reason(
         # batched one; none within 96 (real) or 64 in one block with K steps of 16 (complex) did, on either
         # Triton.
         planes = 2 if is_complex(problem) else 1
-        if planes == 2 and (config.block_k > MIN_DOT or config.group > 1):
-            return (
-                f"complex FMA dots need one block per program and K steps of {MIN_DOT} (their operands spill)"
-            )
+        if planes == 2 and config.block_k > MIN_DOT:
+            return f"complex FMA dots need K steps of {MIN_DOT} (their operands spill)"
+        # Over several blocks the next step's operand tiles are live beside these (b256n16k16g16w4 spilled).
         threads = config.num_warps * device.warp_size
-        operands = planes * config.group * (config.block_b + config.block_n) * config.block_k // threads
+        operands = planes * (config.block_b + config.block_n) * config.block_k // threads
+        operands *= 2 if config.group > 1 else 1
         fma_limit = 3 * device.acc_regs_limit // 4 if planes == 1 else device.acc_regs_limit // 2
         if acc + operands > fma_limit:
             return f"accumulator and operand tiles over {fma_limit} registers per thread (FMA dots)"
@@ -288,7 +303,7 @@ class BlockGemmFamily(StructuredFamily):
             )
             if not config.fused:  # a fused kernel's tiles are whole blocks
                 records[-1]["dram_bytes"] = dram_bytes(problem, config, stage, index, len(stages))
-            if config.fused or config.group > 1:  # batched 3D dots: mma.sync on every architecture
+            if config.fused:  # batched 3D dots: mma.sync on every architecture
                 records[-1]["mma"] = "sync"
         return records
 

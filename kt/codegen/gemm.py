@@ -26,8 +26,9 @@ AXES: dict[str, tuple[int, ...]] = {
     "split_k": (1, 2, 4, 8, 16),
 }
 MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
-# The kernel's structure choice: 1 is the persistent TMA kernel, offered for every config without split-K
-STRUCTURE_AXES: dict[str, tuple[int, ...]] = {"tma": (0, 1)}
+# The kernel's structure choice: 1 is the persistent TMA kernel, 2 the same storing its C tile in two halves
+# (half the staged tile in shared memory), each offered for every config without split-K
+STRUCTURE_AXES: dict[str, tuple[int, ...]] = {"tma": (0, 1, 2)}
 TMA_ALIGN = 16  # bytes: a TMA descriptor's base and every stride but the last must be multiples of this
 TMA_BARRIER_BYTES = 128
 
@@ -41,13 +42,16 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 1
-    tma: int = 0  # 1: the persistent TMA kernel (tensor descriptors, a loop over tiles), for sm_90
+    tma: int = 0  # 1: the persistent TMA kernel (tensor descriptors, a loop over tiles), for sm_90; 2: its C
+    # tile stored in two halves (epilogue subtiling)
 
     def key(self) -> str:
-        """Short, stable text that names this config in the database and in tables ("t" ends a TMA one)."""
+        """Short, stable text that names this config in the database and in tables ("t" ends a TMA one, "t2"
+        one with a subtiled epilogue)."""
+        tma = {0: "", 1: "t"}.get(self.tma, f"t{self.tma}")
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}g{self.group_m}"
-            f"w{self.num_warps}s{self.num_stages}x{self.split_k}{'t' if self.tma else ''}"
+            f"w{self.num_warps}s{self.num_stages}x{self.split_k}{tma}"
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -94,8 +98,9 @@ def shared_memory(problem: GemmProblem, config: GemmConfig) -> int:
     """Bytes of shared memory a program needs: one A and one B tile per pipeline stage, and for the TMA kernel
     the C tile it stores through shared memory."""
     size = itemsize(problem.dtype)
-    # the TMA kernel's C tile, and its pipeline's mbarriers (24-56 bytes in sampled sm_90 builds)
-    staged = config.block_m * config.block_n * size + TMA_BARRIER_BYTES if config.tma else 0
+    # the TMA kernel's C tile (half of it, subtiled), and its pipeline's mbarriers (24-56 bytes in sampled sm_90
+    # builds)
+    staged = config.block_m * config.block_n * size // config.tma + TMA_BARRIER_BYTES if config.tma else 0
     return config.num_stages * (config.block_m + config.block_n) * config.block_k * size + staged
 
 
@@ -112,6 +117,8 @@ def tma_reason(problem: GemmProblem, config: GemmConfig) -> str | None:
         return "TMA kernel: no split-K"
     if config.num_warps < 4:
         return "TMA kernel: four or eight warps (a warpgroup's wgmma)"
+    if config.tma == 2 and config.block_n < 2 * MIN_DOT:
+        return f"TMA kernel: a subtiled epilogue needs BLOCK_N of at least {2 * MIN_DOT}"
     size = itemsize(problem.dtype)
     a_lead = problem.m if problem.a_layout == "col" else problem.k
     b_lead = problem.k if problem.b_layout == "col" else problem.n
@@ -233,12 +240,14 @@ class GemmFamily:
     structure_axes = STRUCTURE_AXES
 
     def all_configs(self):
-        """Every point of the axes, each without split-K also as the persistent TMA kernel (right after it)."""
+        """Every point of the axes, each without split-K also as the persistent TMA kernel and as that kernel
+        with a subtiled epilogue (right after it)."""
         for values in itertools.product(*self.axes.values()):
             config = GemmConfig(**dict(zip(self.axes, values)))
             yield config
             if config.split_k == 1:
                 yield replace(config, tma=1)
+                yield replace(config, tma=2)
 
     def space(self, problem: GemmProblem, device: DeviceProfile) -> SearchSpace:
         judged = ((config, illegal_reason(problem, config, device)) for config in self.all_configs())

@@ -79,8 +79,24 @@ def roofline_time(records: Sequence[dict[str, Any]], device: DeviceProfile) -> n
 
 def wgmma_tile(records: Sequence[dict[str, Any]], block_m: np.ndarray, num_warps: np.ndarray) -> np.ndarray:
     """Where a tile can run Hopper's warpgroup MMA: 64 rows or more, whole warpgroups, and a 2D dot (a record
-    with `mma: "sync"` is a block-GEMM launch's batched 3D dot, which Triton lowers to mma.sync everywhere)."""
+    with `mma: "sync"` is the fused Monarch's batched 3D dot, which Triton lowers to mma.sync everywhere)."""
     return (block_m >= 64) & (num_warps % 4 == 0) & np.array([r.get("mma") != "sync" for r in records])
+
+
+def wgmma_reason(record: dict[str, Any], device: DeviceProfile) -> str | None:
+    """Why one launch's record cannot run Hopper's warpgroup MMA on `device`, or None when it can (the
+    scalar twin of `wgmma_tile`, for `kt show --ptx`'s table)."""
+    if not tensor_cores([record])[0]:
+        return "float32 with ieee precision: no tensor cores"
+    if device.compute_capability < 90:
+        return f"sm_{device.compute_capability} has no wgmma (mma.sync is its tensor-core MMA)"
+    if record.get("mma") == "sync":
+        return "batched 3D dots (the fused Monarch), which Triton lowers to mma.sync"
+    if record["block_m"] < 64:
+        return f"a tile of {record['block_m']} rows (wgmma needs 64)"
+    if record["num_warps"] % 4:
+        return f"{record['num_warps']} warps (wgmma needs whole warpgroups of 4)"
+    return None
 
 
 def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:

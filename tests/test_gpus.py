@@ -1,0 +1,156 @@
+"""Every GPU of a machine: one GPU worker per GPU, each seeing its own (issue 18).
+
+No GPU here: the GPUs come from a stand-in NVML library (the functions kt calls, answering for a machine of
+four cards), and the pool's per-worker environments are checked in real worker processes."""
+
+import pytest
+from click.testing import CliRunner
+
+import kt
+from kt.autotune import gpuinfo
+from kt.autotune.pool import Task, WorkerPool, slot_envs
+from kt.errors import DeviceError
+
+
+class FourGpuNvml:
+    """NVML of a machine with four GPUs (handles are (tag, index)); `names` sets each one's model."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.names)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return ("gpu", index)
+
+    def nvmlDeviceGetName(self, handle):
+        return self.names[handle[1]]
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle[1]}0000000-aaaa"
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle):
+        return 9, 0
+
+    def nvmlSystemGetDriverVersion(self):
+        return "580.00"
+
+    def nvmlDeviceGetMaxClockInfo(self, handle, clock):
+        raise RuntimeError("not reported")
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
+        raise RuntimeError("not reported")
+
+    NVML_CLOCK_SM = 1
+
+
+H100 = "NVIDIA H100 80GB HBM3"
+PCIE = "NVIDIA H100 PCIe"
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Point kt's NVML lookups at a stand-in machine; returns a setter for its GPUs' models."""
+    real = gpuinfo._from_nvml
+
+    def use(names, visible=None, order="PCI_BUS_ID"):
+        fake = FourGpuNvml(names)
+        monkeypatch.setattr(gpuinfo, "_from_nvml", lambda nvml=None, *args: real(fake, *args))
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible or ",".join(str(i) for i in range(len(names))))
+        monkeypatch.setenv("CUDA_DEVICE_ORDER", order)
+
+    monkeypatch.setattr(gpuinfo, "_from_subprocess", _no_probe)
+    return use
+
+
+def _no_probe(visible=None):
+    raise AssertionError(f"asked torch in a subprocess about GPU {visible}")
+
+
+def test_every_visible_gpu_of_gpu_0s_model_gets_a_worker_by_default(machine):
+    machine([H100, H100, PCIE, H100])
+    slots = gpuinfo.machine_gpus()
+    assert [(s.index, s.visible, s.info.name) for s in slots] == [
+        (0, "0", H100),
+        (1, "1", H100),
+        (3, "3", H100),
+    ]
+    assert slots[2].info.uuid == "GPU-30000000-aaaa"
+
+
+def test_gpus_are_numbered_after_cuda_visible_devices(machine):
+    """--gpus 1 under CUDA_VISIBLE_DEVICES=2,3 is the machine's GPU 3: its worker is shown that one alone."""
+    machine([H100, H100, H100, H100], visible="2,3")
+    (slot,) = gpuinfo.machine_gpus([1])
+    assert (slot.index, slot.visible, slot.info.uuid) == (1, "3", "GPU-30000000-aaaa")
+    with pytest.raises(DeviceError, match=r"--gpus: GPU 2 is not visible here; allowed: 0 to 1"):
+        gpuinfo.machine_gpus([2])
+
+
+def test_gpus_of_two_models_are_refused_with_each_named(machine):
+    machine([H100, PCIE])
+    with pytest.raises(
+        DeviceError, match=r"--gpus: GPUs 0 \(NVIDIA H100 80GB HBM3\), 1 \(NVIDIA H100 PCIe\)"
+    ):
+        gpuinfo.machine_gpus([0, 1])
+    assert [s.index for s in gpuinfo.machine_gpus([1])] == [1]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("0,x", "is not allowed"),
+        ("0,0", "names a GPU twice"),
+        ("", "is not allowed"),
+        ("-1", "is not allowed"),
+    ],
+)
+def test_the_gpus_option_takes_all_or_indices(text, message):
+    assert gpuinfo.parse_gpus("all") is None and gpuinfo.parse_gpus(" 2, 0") == [2, 0]
+    with pytest.raises(DeviceError, match=message):
+        gpuinfo.parse_gpus(text)
+
+
+def test_the_cuda_runner_starts_one_measuring_worker_per_gpu_each_seeing_its_own(machine):
+    from kt.autotune.runners import CudaRunner
+
+    machine([H100, H100, H100, H100], visible="1,3,0")
+    runner = CudaRunner(kt.resolve_profile("h100"), gpus=[2, 0], workers=3)
+    assert (runner.device, runner.arch) == (H100, 90)
+    workers, envs = runner.groups()["measure"]
+    assert workers == 2
+    assert [(e["CUDA_VISIBLE_DEVICES"], e["KT_GPU_INDEX"]) for e in envs] == [("0", "2"), ("1", "0")]
+    assert all(e["KT_WORKER_GPU"] == "1" and e["TRITON_INTERPRET"] == "0" for e in envs)
+    assert runner.groups()["compile"][0] == 3
+
+
+def test_a_pool_gives_each_worker_of_a_group_its_own_environment_and_any_free_one_takes_a_task():
+    envs = [
+        {"CUDA_VISIBLE_DEVICES": "5", "KT_GPU_INDEX": "0"},
+        {"CUDA_VISIBLE_DEVICES": "7", "KT_GPU_INDEX": "1"},
+    ]
+    with WorkerPool({"measure": (2, envs)}, timeout_s=120) as pool:
+        seen = [o.values for o in pool.run([Task(i, "describe", {}, "measure") for i in range(6)])]
+    assert {(v["cuda_visible_devices"], v["gpu_index"]) for v in seen} == {("5", "0"), ("7", "1")}
+    assert len({v["pid"] for v in seen}) == 2
+    with pytest.raises(ValueError, match="2 workers but 1 environments"):
+        slot_envs("measure", 2, envs[:1])
+
+
+def test_gpus_needs_the_cuda_backend_and_bad_values_exit_2_in_one_line(tmp_path):
+    from kt.cli import main
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text("name: d\nop: dense\nshape: {m: 64, n: 64, k: 64}\n")
+    for args, message in (
+        (["--gpus", "0,a"], "--gpus: '0,a' is not allowed; give all, or GPU indices such as 0,1,3"),
+        (["--gpus", "0", "--backend", "interpret"], "--gpus needs --backend cuda"),
+    ):
+        result = CliRunner().invoke(main, ["tune", str(spec), "--out", str(tmp_path / "a"), *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
