@@ -265,7 +265,12 @@ class BlockGemmFamily(StructuredFamily):
     def launch_texts(self, problem: StructuredProblem, structure: dict[str, int]) -> list[str]:
         """What each launch of a structure choice runs, for `kt show`."""
         if structure.get("fused"):
-            return ["one launch, the intermediate kept on chip (where it fits)"]
+            # kept though its batched 3D dots run mma.sync, not wgmma: it saves the intermediate's round trip
+            # through DRAM, and the cost model predicts it at mma.sync speed (`mma: "sync"` on its launches)
+            return [
+                "one launch, the intermediate kept on chip (where it fits); batched 3D dots on mma.sync, "
+                "kept for the DRAM round trip it saves"
+            ]
         return [str(stage) for stage in lower(problem.linear_map(structure))]
 
     def check_problems(self, problem: StructuredProblem, config: BlockGemmConfig) -> list[StructuredProblem]:
