@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -301,11 +302,13 @@ def tune(
         ray=ray,
         gpus=gpus,
     )
+    started = time.monotonic()
+    outcomes: list[tuple[str, str, str, str]] = []
     with _shared_runner(specs, options) as runner:
-        outcomes = [
-            _tune_one(spec, number, len(specs), checks_only, out_dir, top, runner, options)
-            for number, spec in enumerate(specs, 1)
-        ]
+        for number, spec in enumerate(specs, 1):
+            if len(specs) > 1:
+                out.print(f"\n{_ops_line(number, specs, outcomes, time.monotonic() - started)}", style="bold")
+            outcomes.append(_tune_one(spec, number, len(specs), checks_only, out_dir, top, runner, options))
     if len(specs) > 1:
         _tuned_summary(outcomes)
 
@@ -352,8 +355,6 @@ def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -
     measured | checked | failed, what, PyTorch / kt). A failure of one op among several is reported and returned."""
     from kt.autotune.artifact import save_artifact_report
 
-    if count > 1:
-        out.print(f"\n[{number}/{count}] {spec.name}", style="bold")
     _header(spec)
     if checks_only and number == 1:
         out.print(
@@ -375,6 +376,17 @@ def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -
     best = result.best
     what = "PyTorch's path" if best.pytorch else best.config.key()
     return spec.name, "measured" if best.measured else "checked", f"{what} -> {path}", _versus(result)
+
+
+def _ops_line(number: int, specs, outcomes, elapsed_s: float) -> str:
+    """Where a tune of several ops stands as op `number` starts: done (measured, checked), failed, to go."""
+    states = [status for _, status, *_ in outcomes]
+    done = ", ".join(f"{states.count(s)} {s}" for s in ("measured", "checked", "failed") if states.count(s))
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    return (
+        f"[{number}/{len(specs)}] {specs[number - 1].name} · ops so far: {done or 'none'} · "
+        f"{len(specs) - number} to go after this · {minutes}m{seconds:02d}s"
+    )
 
 
 def _versus(result) -> str:

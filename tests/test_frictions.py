@@ -184,6 +184,8 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
     )  # fmt: skip
     assert done.returncode == 2
     assert "2 files: 2 ops, tuned one after the other" in done.stdout
+    assert "[1/2] a · ops so far: none · 1 to go after this" in done.stdout  # where the whole run stands
+    assert "[2/2] b · ops so far: 1 checked · 0 to go after this" in done.stdout
     assert "kt: error: b: " in done.stderr and "tune.space: leaves none of the" in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "kt: error: 1 of 2 ops failed: b"
     assert (tmp_path / "art" / "a" / "meta.json").is_file() and not (tmp_path / "art" / "b").exists()
