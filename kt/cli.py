@@ -630,8 +630,10 @@ def _why_not_wgmma(plan, config):
 @click.option("--seed", type=int, default=0, show_default=True)
 @DEVICE
 def space(spec, sample, seed, device):
-    """Print the search space's size before and after legality pruning, and a sample of configs."""
+    """Print the search space's size before and after legality pruning, the MMA its configs get, and a
+    sample of configs."""
     from kt.codegen import family_for
+    from kt.costmodel.roofline import expected_mma
 
     plan = kt.plan(spec, budget=1, device=device)
     space_ = plan.space
@@ -643,6 +645,11 @@ def space(spec, sample, seed, device):
     out.print(f"  legal: {len(space_.legal)} ({100 * len(space_.legal) / space_.total:.0f}%)")
     for reason, count in space_.dropped.items():
         out.print(f"  dropped {count}: {reason}")
+    mma = [expected_mma(record, space_.device) for record in plan.records]
+    kinds = Counter(kind for kind, _ in mma)
+    out.print("  MMA of the legal configs: " + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()))
+    for why, n in Counter(why for _, why in mma if why).most_common():
+        out.print(f"    {n} off wgmma: {why}")
     rng = random.Random(seed)
     picks = sorted(
         rng.sample(range(len(space_.legal)), min(sample, len(space_.legal))), key=plan.ranked.index
@@ -652,8 +659,9 @@ def space(spec, sample, seed, device):
     table = Table(
         title=f"{len(picks)} legal configs, sampled with seed {seed}, in the {plan.model} model's order"
     )
-    for name in ("rank", "config", "smem KiB", "acc regs/thread", f"predicted ms ({space_.device.name})"):
-        table.add_column(name, justify="right" if name != "config" else "left")
+    columns = ("rank", "config", "smem KiB", "acc regs/thread", "MMA", f"predicted ms ({space_.device.name})")
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("config", "MMA") else "right")
     for index in picks:
         config = space_.legal[index]
         smem, acc = family.resources(space_.problem, config, space_.device)
@@ -662,6 +670,7 @@ def space(spec, sample, seed, device):
             config.key(),
             f"{smem / 1024:.0f}",
             str(acc),
+            mma[index][0],
             f"{plan.predicted_s[index] * 1e3:.4f}",
         )
     out.print(table)

@@ -35,6 +35,9 @@ def test_space_prints_sizes_before_and_after_legality_and_a_sample():
     assert done.returncode == 0
     assert "all:   25200 configs" in done.stdout and "legal: 17568" in done.stdout
     assert "dropped 1890: shared memory over 227 KiB" in done.stdout
+    # the space says which configs the model expects off Hopper's warpgroup MMA, and why
+    assert "MMA of the legal configs: 9894 mma.sync, 7674 wgmma" in done.stdout
+    assert "4350 off wgmma: a tile of 16 rows (wgmma needs 64)" in done.stdout
     assert "4 legal configs, sampled with seed 0" in done.stdout
 
 

@@ -89,7 +89,9 @@ class RayPool:
                 # a small machine holds both groups (they take turns on its cores like local workers)
                 options = {"num_cpus": 0 if address == "local" else 1}
                 if group in gpu:  # Ray gives each GPU actor its own GPU (and sets CUDA_VISIBLE_DEVICES), on
-                    options["num_gpus"] = 1  # any node: the driver's numbering does not name it (its UUID does)
+                    options["num_gpus"] = (
+                        1  # any node: the driver's numbering does not name it (its UUID does)
+                    )
                     worker_env.pop("CUDA_VISIBLE_DEVICES", None)
                     worker_env.pop("KT_GPU_INDEX", None)
                 options["runtime_env"] = {"env_vars": worker_env}

@@ -99,6 +99,16 @@ def wgmma_reason(record: dict[str, Any], device: DeviceProfile) -> str | None:
     return None
 
 
+def expected_mma(record: dict[str, Any], device: DeviceProfile) -> tuple[str, str | None]:
+    """The MMA a config's launches get on `device` as the model sees them: (wgmma | mma.sync | none, the first
+    launch's reason for not using wgmma, or None)."""
+    reasons = [wgmma_reason(r, device) for r in record.get("stages") or [record]]
+    why = next((r for r in reasons if r), None)
+    if why is None:
+        return "wgmma", None
+    return ("mma.sync" if tensor_cores([record])[0] else "none"), why
+
+
 def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
     """The model's named terms per record (seconds, counts or fractions), for ranking and as features."""
     c = columns(
