@@ -217,11 +217,10 @@ def tune(
 
 
 def _tune_each(specs, budget, objective, backend, db, options) -> list[TuneResult | KtError]:
-    from kt.autotune.tune import shared_runner
+    from kt.autotune.tune import RUNNER_OPTIONS, shared_runner
 
-    keys = ("device", "workers", "seed", "timeout_s", "timing", "ray", "gpus")
     results: list[TuneResult | KtError] = []
-    with shared_runner(specs, backend, **{k: options[k] for k in keys if k in options}) as runner:
+    with shared_runner(specs, backend, **{k: options[k] for k in RUNNER_OPTIONS if k in options}) as runner:
         shared = {"runner": runner} if runner is not None and "runner" not in options else {}
         for spec in specs:
             try:

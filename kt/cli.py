@@ -280,10 +280,9 @@ def tune(
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
     gpus = _gpus(gpus)
-    if gpus is not None and (checks_only or backend == "dryrun"):
-        from kt.autotune.runners import no_gpus_here
+    from kt.autotune.runners import check_gpus
 
-        raise KtError(no_gpus_here("interpret" if checks_only else backend))
+    check_gpus(backend, gpus, ray)  # before the first op's heading
     options = dict(
         budget=budget,
         objective=objective,
@@ -344,10 +343,9 @@ def _model_specs(target: str, taken: set[str]) -> list:
 
 def _shared_runner(specs, options):
     """kt.autotune.tune.shared_runner for the tune's options."""
-    from kt.autotune.tune import shared_runner
+    from kt.autotune.tune import RUNNER_OPTIONS, shared_runner
 
-    keys = ("backend", "device", "workers", "seed", "timeout_s", "timing", "ray", "gpus")
-    return shared_runner(specs, **{key: options[key] for key in keys})
+    return shared_runner(specs, options["backend"], **{key: options[key] for key in RUNNER_OPTIONS})
 
 
 def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -> tuple[str, str, str, str]:
@@ -612,11 +610,10 @@ def _why_not_wgmma(plan, config):
     """launch index -> why the model expects that launch of `config` off Hopper's warpgroup MMA (a launch per
     stage record where the counts agree, else the config's first reason)."""
     from kt.codegen import family_for
-    from kt.costmodel.roofline import wgmma_reason
+    from kt.costmodel.roofline import launch_wgmma_reasons
 
-    device = plan.space.device
     (record,) = family_for(plan.problem).records(plan.problem, [config])
-    reasons = [wgmma_reason(r, device) for r in record.get("stages") or [record]]
+    reasons = launch_wgmma_reasons(record, plan.space.device)
     unexpected = "the compiler's choice (the tile allows wgmma)"
     first = next((r for r in reasons if r), unexpected)
     return lambda index: (reasons[index] or unexpected) if index < len(reasons) else first

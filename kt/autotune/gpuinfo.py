@@ -60,8 +60,9 @@ class GpuSlot:
 def visible_entries() -> list[str]:
     """The machine's GPUs as CUDA_VISIBLE_DEVICES entries in torch's order: the variable's own entries when it
     is set, else one index per GPU NVML counts (["0"] when NVML cannot count them)."""
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [e.strip() for e in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+    entries = _cuda_visible_devices()
+    if entries is not None:
+        return entries
     try:
         import pynvml
 
@@ -111,11 +112,16 @@ def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
     return slots
 
 
-def _visible_entry() -> str | None:
-    """The first entry of CUDA_VISIBLE_DEVICES (an index, a GPU- or MIG- UUID), or None when it is unset."""
+def _cuda_visible_devices() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES's entries (indices, GPU- or MIG- UUIDs), or None when it is unset."""
     if "CUDA_VISIBLE_DEVICES" not in os.environ:
         return None
-    entries = [e.strip() for e in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+    return [e.strip() for e in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+
+
+def _visible_entry() -> str | None:
+    """The first entry of CUDA_VISIBLE_DEVICES, or None when it is unset or empty."""
+    entries = _cuda_visible_devices()
     return entries[0] if entries else None
 
 

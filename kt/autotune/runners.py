@@ -239,8 +239,13 @@ class MeasureRunner(Runner):
     def measure_env(self) -> dict[str, str]:
         return {"TRITON_INTERPRET": "0", "KT_WORKER_GPU": "1", **_QUIET}
 
+    def measure_envs(self) -> list[dict[str, str]]:
+        """One environment per measuring worker (one worker unless a runner measures on several GPUs)."""
+        return [self.measure_env()]
+
     def groups(self):
-        groups = {"measure": (1, self.measure_env())}
+        envs = self.measure_envs()
+        groups = {"measure": (len(envs), envs)}
         if self.compiles:
             groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0", **_QUIET})
         return groups
@@ -276,14 +281,11 @@ class CudaRunner(MeasureRunner):
         gpu = self.gpus[0].info
         self.device, self.arch = gpu.name, gpu.compute_capability
 
-    def groups(self):
-        groups = super().groups()
-        envs = [
+    def measure_envs(self) -> list[dict[str, str]]:
+        return [
             {**self.measure_env(), "CUDA_VISIBLE_DEVICES": gpu.visible, "KT_GPU_INDEX": str(gpu.index)}
             for gpu in self.gpus
         ]
-        groups["measure"] = (len(envs), envs)
-        return groups
 
 
 class DryRunner(MeasureRunner):
@@ -315,9 +317,21 @@ class DryRunner(MeasureRunner):
 BACKENDS = ("auto", "cuda", "interpret", "dryrun")
 
 
-def no_gpus_here(backend: str) -> str:
-    """The error for --gpus with a backend that measures on no GPU."""
-    return f"--gpus: the {backend} backend measures on no GPU; --gpus needs --backend cuda"
+def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> None:
+    """Refuse `gpus` (--gpus) where nothing measures on named GPUs: a backend other than cuda (auto resolved as
+    make_runner resolves it) or a Ray cluster, where Ray places the GPU actors."""
+    import torch
+
+    from kt.errors import DeviceError
+
+    if gpus is None:
+        return
+    if ray is not None:
+        raise DeviceError("--gpus: with --ray, Ray chooses each GPU actor's GPU; drop --gpus")
+    if backend == "auto":
+        backend = "cuda" if torch.cuda.is_available() else "interpret"
+    if backend != "cuda":
+        raise DeviceError(f"--gpus: the {backend} backend measures on no GPU; --gpus needs --backend cuda")
 
 
 def make_runner(
@@ -326,11 +340,8 @@ def make_runner(
     """`backend`: cuda, interpret, dryrun, or auto (cuda when a GPU is present, else interpret). `ray`: run the
     workers as actors of that Ray cluster ("local": one started in this process; kt.autotune.raypool). `gpus`:
     the GPUs the cuda runner measures on (default: every visible GPU of cuda:0's model)."""
-    from kt.errors import DeviceError
-
+    check_gpus(backend, gpus, ray)
     if gpus is not None:
-        if ray is not None:
-            raise DeviceError("--gpus: with --ray, Ray chooses each GPU actor's GPU; drop --gpus")
         options["gpus"] = gpus
     runner = _make_runner(backend, profile, **options)
     runner.ray = ray
@@ -351,8 +362,6 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
             )
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
-    if "gpus" in options:
-        raise DeviceError(no_gpus_here(backend))
     if backend == "dryrun":  # one call after one warm-up, whatever the GPU would do; a cooldown is kept
         options.pop("compile_target", None)
         timing = options.pop("timing", None)

@@ -464,6 +464,10 @@ class Session:
     baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
 
 
+# run_session's options that make its runner: what a runner shared by several tunes is made from
+RUNNER_OPTIONS = ("device", "workers", "seed", "timeout_s", "timing", "ray", "gpus")
+
+
 def shared_runner(
     specs: list[OpSpec],
     backend: str = "auto",

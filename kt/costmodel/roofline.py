@@ -99,11 +99,15 @@ def wgmma_reason(record: dict[str, Any], device: DeviceProfile) -> str | None:
     return None
 
 
+def launch_wgmma_reasons(record: dict[str, Any], device: DeviceProfile) -> list[str | None]:
+    """`wgmma_reason` for each launch of a config's record (its `stages`, or the record itself)."""
+    return [wgmma_reason(r, device) for r in record.get("stages") or [record]]
+
+
 def expected_mma(record: dict[str, Any], device: DeviceProfile) -> tuple[str, str | None]:
     """The MMA a config's launches get on `device` as the model sees them: (wgmma | mma.sync | none, the first
     launch's reason for not using wgmma, or None)."""
-    reasons = [wgmma_reason(r, device) for r in record.get("stages") or [record]]
-    why = next((r for r in reasons if r), None)
+    why = next((r for r in launch_wgmma_reasons(record, device) if r), None)
     if why is None:
         return "wgmma", None
     return ("mma.sync" if tensor_cores([record])[0] else "none"), why
