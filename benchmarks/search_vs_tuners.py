@@ -25,6 +25,12 @@ skips what is there (a stopped run resumes).
 
     pip install -e ".[bench]"
     python benchmarks/search_vs_tuners.py --csv benchmarks/results/search_vs_tuners.csv --markdown
+
+Held-out spaces (HELD_OUT, never used to choose kt's settings), from a checkout of benchmark_hub:
+
+    git clone https://github.com/AutoTuningAssociation/benchmark_hub /tmp/hub  # commit 8eeb99e
+    python benchmarks/search_vs_tuners.py --held-out /tmp/hub --budgets 25,100 \
+        --csv benchmarks/results/search_held_out.csv --markdown
 """
 
 from __future__ import annotations
@@ -48,6 +54,16 @@ import tuners  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kerneltuner"
 SPACES = ("gemm_RTX_3090", "gemm_RTX_2080_Ti", "convolution_A100", "convolution_MI250X")
+# Spaces the guided search's settings were never tuned on (--held-out HUB): Kernel Tuner cache files of the
+# public repository AutoTuningAssociation/benchmark_hub (MIT, commit 8eeb99e), read from a checkout of it; three
+# other kernels (dedispersion, point-in-polygon) and the GEMM and convolutions on GPUs not in SPACES.
+HELD_OUT = {
+    "gemm_RTX_Titan": "currently_unused/cachefiles/KernelTuner data/gemm/RTX_Titan.json.gz",
+    "convolution_W7800": "cachefiles/convolution_milo/W7800.json.gz",
+    "convolution_RTX_3090": "currently_unused/cachefiles/convolution/RTX_3090.json.gz",
+    "dedispersion_W6600": "cachefiles/dedispersion_milo/W6600.json.gz",
+    "pnpoly_RTX_3090": "currently_unused/cachefiles/pnpoly/RTX_3090.json.gz",
+}
 KT = ("kt guided", "kt random", "forest loop (issue 15)")
 COLUMNS = ["space", "strategy", "budget_label", "budget", "repeat", "score", "evals", "seconds"]
 SLOW = ("smac:rf", "kerneltuner:bayes_opt", "optuna:tpe")  # minutes per run at thousands of evaluations
@@ -160,7 +176,14 @@ def markdown(rows: list[dict], budgets: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="folder of Kernel Tuner cache files")
-    parser.add_argument("--spaces", default=",".join(SPACES), help="comma-separated file stems")
+    parser.add_argument("--spaces", default=None, help="comma-separated file stems (default: the four shared)")
+    parser.add_argument(
+        "--held-out",
+        type=Path,
+        default=None,
+        metavar="HUB",
+        help="replay the held-out spaces (HELD_OUT) from HUB, a checkout of AutoTuningAssociation/benchmark_hub",
+    )
     parser.add_argument("--budgets", default="25,100,5%", help="evaluations, or a percentage of the space")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
@@ -199,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         if new:
             writer.writeheader()
     try:
-        for stem in args.spaces.split(","):
-            path = args.data / f"{stem}.json.gz"
+        paths = (
+            {stem: args.held_out / HELD_OUT[stem] for stem in (args.spaces or ",".join(HELD_OUT)).split(",")}
+            if args.held_out is not None
+            else {stem: args.data / f"{stem}.json.gz" for stem in (args.spaces or ",".join(SPACES)).split(",")}
+        )
+        for stem, path in paths.items():
             if not path.is_file():
                 print(f"skip {stem}: {path} not found", file=sys.stderr)
                 continue

@@ -206,9 +206,10 @@ def tune(
     db: str | os.PathLike | None = None,
     **options: Any,
 ) -> TuneResult | list[TuneResult | KtError]:
-    """Tune `spec` (see kt.autotune.tune.tune for the options). A list of specs tunes each in turn, on one
-    runner when they target one device (its workers start once), and gives a list: each op's TuneResult, or
-    the KtError that stopped it (the others go on)."""
+    """Tune `spec` (see kt.autotune.tune.tune for the options). A list of specs gives a list: each op's
+    TuneResult, or the KtError that stopped it (the others go on). Ops that target one device share one
+    runner (its workers start once) and up to `concurrent` of them (default 4) are tuned at once, sharing its
+    workers; `on_done(number, spec, outcome)` is called as each ends (kt.autotune.tune.tune_each)."""
     if isinstance(spec, (list, tuple)):
         return _tune_each([as_spec(s) for s in spec], budget, objective, backend, db, options)
     return _tune(
@@ -217,20 +218,11 @@ def tune(
 
 
 def _tune_each(specs, budget, objective, backend, db, options) -> list[TuneResult | KtError]:
-    from kt.autotune.tune import RUNNER_OPTIONS, shared_runner
+    from kt.autotune.tune import tune_each
 
-    results: list[TuneResult | KtError] = []
-    with shared_runner(specs, backend, **{k: options[k] for k in RUNNER_OPTIONS if k in options}) as runner:
-        shared = {"runner": runner} if runner is not None and "runner" not in options else {}
-        for spec in specs:
-            try:
-                results.append(
-                    _tune(spec, budget=_budget(budget), objective=objective, backend=backend, db=db,
-                          **options, **shared)
-                )  # fmt: skip
-            except KtError as exc:
-                results.append(exc)
-    return results
+    return tune_each(
+        specs, _tune, budget=_budget(budget), objective=objective, backend=backend, db=db, **options
+    )
 
 
 def collect(

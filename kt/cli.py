@@ -213,6 +213,14 @@ def _header(spec) -> None:
     help="Run the workers as Ray actors: local (a Ray instance started here), auto (this machine's cluster) or "
     "a cluster address; compiles on any node's CPUs, measurements on one actor per GPU. Needs `pip install ray`.",
 )
+@click.option(
+    "--concurrent",
+    type=click.IntRange(1, 64),
+    default=None,
+    metavar="N",
+    help="Ops tuned at once when several are given (default 4; 1: one after the other). They share the "
+    "compile and GPU workers; each keeps its own rounds, budget and artifact.",
+)
 @BUDGET
 @OBJECTIVE
 @click.option(
@@ -243,6 +251,7 @@ def tune(
     specs,
     from_model,
     ray,
+    concurrent,
     budget,
     objective,
     out_dir,
@@ -262,8 +271,8 @@ def tune(
     gpus,
 ):
     """Tune each OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). Several files, a folder
-    of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op in
-    turn, one artifact each; an op that fails is reported and the others go on."""
+    of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op,
+    several at once (--concurrent), one artifact each; an op that fails is reported and the others go on."""
     from kt.autotune.artifact import check_target
 
     if not specs and not from_model:
@@ -272,10 +281,6 @@ def tune(
         specs = [*specs, *_model_specs(from_model, {spec.name for spec in specs})]
     for spec in specs:
         check_target(out_dir / spec.name)  # before any tune, not after it
-    if len(specs) > 1:
-        sources = sorted({spec.source for spec in specs})
-        where = sources[0] if len(sources) == 1 else f"{len(sources)} files"
-        out.print(f"{where}: {len(specs)} ops, tuned one after the other", style="bold")
     import torch
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
@@ -301,15 +306,39 @@ def tune(
         ray=ray,
         gpus=gpus,
     )
+    if len(specs) == 1:
+        _header(specs[0])
+        _checks_only_note(checks_only)
+        result = kt.tune(specs[0], **options)
+        _report_one(result, out_dir, top)
+        return
+    from kt.autotune.tune import DEFAULT_CONCURRENT_OPS, shares_runner
+
+    concurrent = min(concurrent or DEFAULT_CONCURRENT_OPS, len(specs)) if shares_runner(specs, device) else 1
+    sources = sorted({spec.source for spec in specs})
+    where = sources[0] if len(sources) == 1 else f"{len(sources)} files"
+    how = "one after the other" if concurrent == 1 else f"up to {concurrent} at once"
+    out.print(f"{where}: {len(specs)} ops, tuned {how}", style="bold")
+    _checks_only_note(checks_only)
     started = time.monotonic()
-    outcomes: list[tuple[str, str, str, str]] = []
-    with _shared_runner(specs, options) as runner:
-        for number, spec in enumerate(specs, 1):
-            if len(specs) > 1:
-                out.print(f"\n{_ops_line(number, specs, outcomes, time.monotonic() - started)}", style="bold")
-            outcomes.append(_tune_one(spec, number, len(specs), checks_only, out_dir, top, runner, options))
-    if len(specs) > 1:
-        _tuned_summary(outcomes)
+    outcomes: dict[int, tuple[str, str, str, str]] = {}
+
+    def begin(number: int, spec) -> None:  # one op after the other: name it above its progress
+        out.print(f"\n[{number}/{len(specs)}] {spec.name}: {spec.summary()}", style="bold")
+
+    def done(number: int, spec, outcome) -> None:
+        line = _ops_line(number, specs, outcomes, time.monotonic() - started)
+        out.print(f"{'' if concurrent == 1 else chr(10)}{line}", style="bold")
+        if concurrent > 1:
+            _header(spec)
+        if isinstance(outcome, KtError):
+            err.print(f"kt: error: {spec.name}: {outcome}", style="red")  # the other ops go on
+            outcomes[number] = (spec.name, "failed", str(outcome), "-")
+        else:
+            outcomes[number] = _report_one(outcome, out_dir, top)
+
+    kt.tune(specs, concurrent=concurrent, on_done=done, on_start=begin, **options)
+    _tuned_summary([outcomes[number] for number in sorted(outcomes)])
 
 
 def _gpus(text: str | None) -> list[int] | None:
@@ -341,49 +370,38 @@ def _model_specs(target: str, taken: set[str]) -> list:
     return found.specs
 
 
-def _shared_runner(specs, options):
-    """kt.autotune.tune.shared_runner for the tune's options."""
-    from kt.autotune.tune import RUNNER_OPTIONS, shared_runner
-
-    return shared_runner(specs, options["backend"], **{key: options[key] for key in RUNNER_OPTIONS})
-
-
-def _tune_one(spec, number, count, checks_only, out_dir, top, runner, options) -> tuple[str, str, str, str]:
-    """Tune one op of `count` (on `runner` when one is shared), write its artifact, and say how it went: (name,
-    measured | checked | failed, what, PyTorch / kt). A failure of one op among several is reported and returned."""
-    from kt.autotune.artifact import save_artifact_report
-
-    _header(spec)
-    if checks_only and number == 1:
+def _checks_only_note(checks_only: bool) -> None:
+    if checks_only:
         out.print(
             "note: no GPU here: each config is checked in Triton's interpreter and compiled for the target, "
             "nothing is timed, and the choice is the cost model's best prediction; a larger budget only "
             "checks more configs",
             style="yellow",
         )
-    try:
-        result = kt.tune(spec, **options, **({"runner": runner} if runner is not None else {}))
-    except KtError as exc:
-        if count == 1:
-            raise
-        err.print(f"kt: error: {spec.name}: {exc}", style="red")  # the other ops go on
-        return spec.name, "failed", str(exc), "-"
+
+
+def _report_one(result, out_dir, top) -> tuple[str, str, str, str]:
+    """An op's results table and artifact, and how it went for the summary: (name, measured | checked, best ->
+    artifact, PyTorch / kt)."""
+    from kt.autotune.artifact import save_artifact_report
+
     _results_table(result, top)
-    path, replaced = save_artifact_report(result, out_dir / spec.name)
+    path, replaced = save_artifact_report(result, out_dir / result.spec.name)
     _tuned(result, path, replaced)
     best = result.best
     what = "PyTorch's path" if best.pytorch else best.config.key()
-    return spec.name, "measured" if best.measured else "checked", f"{what} -> {path}", _versus(result)
+    return result.spec.name, "measured" if best.measured else "checked", f"{what} -> {path}", _versus(result)
 
 
-def _ops_line(number: int, specs, outcomes, elapsed_s: float) -> str:
-    """Where a tune of several ops stands as op `number` starts: done (measured, checked), failed, to go."""
-    states = [status for _, status, *_ in outcomes]
-    done = ", ".join(f"{states.count(s)} {s}" for s in ("measured", "checked", "failed") if states.count(s))
+def _ops_line(number: int, specs, outcomes: dict, elapsed_s: float) -> str:
+    """Where a tune of several ops stands as op `number` ends: ops ended so far (measured, checked, failed),
+    and how many are still running or waiting."""
+    states = [status for _, status, *_ in outcomes.values()]
+    ended = ", ".join(f"{states.count(s)} {s}" for s in ("measured", "checked", "failed") if states.count(s))
     minutes, seconds = divmod(int(elapsed_s), 60)
     return (
-        f"[{number}/{len(specs)}] {specs[number - 1].name} · ops so far: {done or 'none'} · "
-        f"{len(specs) - number} to go after this · {minutes}m{seconds:02d}s"
+        f"[{len(outcomes) + 1}/{len(specs)}] {specs[number - 1].name} ended · before it: {ended or 'none'} · "
+        f"{len(specs) - len(outcomes) - 1} still running or to go · {minutes}m{seconds:02d}s"
     )
 
 

@@ -151,3 +151,26 @@ def test_a_row_whose_json_column_is_not_json_is_named_by_its_id(tmp_path):
         pytest.raises(DatabaseError, match=r"t\.db' row id 2: column config is not JSON"),
     ):
         db.find()
+
+
+def test_tunes_opening_a_new_database_at_once_all_get_it(tmp_path):
+    """Several ops tuned at once (threads of one process, or processes) create the file together: each waits
+    its turn for the schema instead of failing with "database is locked"."""
+    import threading
+
+    for attempt in range(5):
+        path, errors = tmp_path / f"race{attempt}.sqlite", []
+
+        def open_it(path=path, errors=errors):
+            try:
+                with Database(path):
+                    pass
+            except DatabaseError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []

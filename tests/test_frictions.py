@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -26,13 +27,15 @@ def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_pat
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{path}: 3 ops, tuned one after the other" in done.stdout
+    assert f"{path}: 3 ops, tuned up to 3 at once" in done.stdout
     # said once, before the first config is checked, not only in the end notes
     start = done.stdout.index("note: no GPU here: each config is checked in Triton's interpreter")
     assert done.stdout.count("a larger budget only checks more configs") == 1
     assert start < done.stdout.index("best ")
-    for number, name in enumerate(["g_m16", "g_m40", "r"], 1):
-        assert f"[{number}/3] {name}" in done.stdout
+    ended = re.findall(r"^\[(\d)/3\] (\S+) ended · ", done.stdout, re.M)  # in the order they ended
+    assert [number for number, _ in ended] == ["1", "2", "3"]
+    assert sorted(name for _, name in ended) == ["g_m16", "g_m40", "r"]
+    for name in ["g_m16", "g_m40", "r"]:
         meta = json.loads((tmp_path / "art" / name / "meta.json").read_text())
         assert meta["name"] == name and meta["tuning"]["checked"] >= 1 and meta["tuning"]["timed"] == 0
     assert json.loads((tmp_path / "art" / "g_m40" / "meta.json").read_text())["problem"]["m"] == 40
@@ -177,15 +180,16 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
     (ops / "notes.txt").write_text("not an op")
     done = subprocess.run(
         [sys.executable, "-m", "kt.cli", "tune", str(ops), "--out", str(tmp_path / "art"), "--db",
-         str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
+         str(tmp_path / "t.db"), "--quiet", "--workers", "1", "--concurrent", "1"],
         capture_output=True,
         text=True,
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 2
     assert "2 files: 2 ops, tuned one after the other" in done.stdout
-    assert "[1/2] a · ops so far: none · 1 to go after this" in done.stdout  # where the whole run stands
-    assert "[2/2] b · ops so far: 1 checked · 0 to go after this" in done.stdout
+    assert "[1/2] a: dense 16x16x16" in done.stdout  # named as it starts
+    assert "[1/2] a ended · before it: none · 1 still running or to go" in done.stdout  # where the run stands
+    assert "[2/2] b ended · before it: 1 checked · 0 still running or to go" in done.stdout
     assert "kt: error: b: " in done.stderr and "tune.space: leaves none of the" in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "kt: error: 1 of 2 ops failed: b"
     assert (tmp_path / "art" / "a" / "meta.json").is_file() and not (tmp_path / "art" / "b").exists()

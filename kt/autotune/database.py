@@ -170,6 +170,10 @@ class Database:
                 self.conn.close()
             if isinstance(exc, DatabaseError):
                 raise
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise DatabaseError(
+                    f"db: {str(self.path)!r} stayed locked by another writer for the 60 s this waited ({exc})"
+                ) from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 
     def _check(self) -> set[str]:
@@ -192,7 +196,10 @@ class Database:
         tables = self._check()
         columns = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
         with self.conn:
-            self.conn.execute("BEGIN")
+            # IMMEDIATE: the write lock is taken (waiting its turn, up to the connection's timeout) before
+            # anything is read, so tunes opening a new database at once create it one after the other instead
+            # of one failing with "database is locked" when its read lock cannot be upgraded
+            self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS measurements (\n  id INTEGER PRIMARY KEY,\n  {columns})"
             )

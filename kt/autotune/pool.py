@@ -21,9 +21,30 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 STARTUP_S = 600.0  # a worker's start-up (importing torch and Triton) on a machine busy with other work
+INBOX_POLL_S = 0.5  # the longest an idle pool serving an inbox goes without looking at it
+
+
+class Inbox(Protocol):
+    """More tasks for a running pool, from other threads (kt.autotune.dispatch.Dispatcher)."""
+
+    open: bool  # more tasks may come: the pool's run goes on while it holds
+    aborted: bool  # stop now: the run returns, busy workers are left to the pool's close
+
+    @property
+    def waker(self) -> Connection:
+        """Readable when tasks were put in (a pool waits on it beside its workers)."""
+
+    def take(self, group: str) -> Task | None:
+        """The next task for a free worker of `group`, if any."""
+
+    def wait(self, timeout: float) -> None:
+        """Block until tasks are put in or `timeout` seconds pass."""
+
+    def clear(self) -> None:
+        """Forget the wake-ups read so far."""
 
 
 @dataclass
@@ -225,23 +246,32 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 slot.kill()
 
+    @property
+    def groups(self) -> set[str]:
+        return {slot.group for slot in self.slots}
+
     def run(
         self,
         tasks: Iterable[Task],
         follow_up: Callable[[Outcome], Iterable[Task]] | None = None,
         deadline: float | None = None,
+        inbox: Inbox | None = None,
     ) -> Iterator[Outcome]:
         """Run `tasks`, yielding each Outcome as it completes (not in submission order).
 
         `follow_up(outcome)` may return new tasks (the next stage of a candidate), which join the queue. After
         `deadline` (time.monotonic()) no new task starts: tasks still waiting are dropped without an outcome.
+        `inbox` (kt.autotune.dispatch): a source of more tasks, asked whenever a worker of a group is free; the
+        run lasts while it is open, and ends at once (busy workers left to `close`) when it is aborted.
         """
         pending = deque(tasks)
-        groups = {slot.group for slot in self.slots}
+        groups = self.groups
         unknown = {task.group for task in pending} - groups
         if unknown:
             raise ValueError(f"tasks for unknown worker groups {sorted(unknown)}; groups: {sorted(groups)}")
-        while pending or any(slot.task for slot in self.slots):
+        while pending or any(slot.task for slot in self.slots) or (inbox is not None and inbox.open):
+            if inbox is not None and inbox.aborted:
+                return
             if deadline is not None and time.monotonic() > deadline:
                 pending.clear()
                 if not any(slot.task for slot in self.slots):
@@ -251,10 +281,21 @@ class WorkerPool:
                     task = next((t for t in pending if t.group == slot.group), None)
                     if task is not None:
                         pending.remove(task)
+                    elif inbox is not None:
+                        task = inbox.take(slot.group)
+                    if task is not None:
                         slot.send(task)
             busy = [slot for slot in self.slots if slot.task]
+            if not busy:  # only an open inbox keeps an idle pool here
+                inbox.wait(INBOX_POLL_S)
+                continue
             due = min(self._deadline(slot) for slot in busy)
-            ready = wait([s.conn_in for s in busy], timeout=max(0.0, due - time.monotonic()))
+            if inbox is not None:
+                due = min(due, time.monotonic() + INBOX_POLL_S)
+            conns = [s.conn_in for s in busy] + ([inbox.waker] if inbox is not None else [])
+            ready = wait(conns, timeout=max(0.0, due - time.monotonic()))
+            if inbox is not None and inbox.waker in ready:
+                inbox.clear()
             for slot in busy:
                 outcome = self._collect(slot, ready)
                 if outcome is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -19,10 +20,33 @@ from rich.text import Text
 from kt.autotune.runners import Result
 
 
+def _tune_bars(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=False,
+    )
+
+
 class TuneProgress:
-    def __init__(self, enabled: bool, measures_time: bool, console: Console | None = None):
+    """One tune's bar (candidates done of its budget, their statuses, the best time so far) and its lines. On a
+    TuneBoard (several ops tuned at once) the bar is the op's row of the board and each line names the op."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        measures_time: bool,
+        console: Console | None = None,
+        board: TuneBoard | None = None,
+        name: str = "",
+    ):
         self.enabled, self.measures_time = enabled, measures_time
-        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.board, self.name = board, name
+        self.console = board.console if board is not None else console or Console(stderr=True, soft_wrap=True)
         self.counts: Counter = Counter()
         self.best_ms: float | None = None
         self.progress: Progress | None = None
@@ -32,18 +56,14 @@ class TuneProgress:
         if not self.enabled:
             return
         if summary:
-            self.console.print(summary, highlight=False, markup=False)
+            self.note(summary)
         if done:
-            self.console.print(f"resuming: {done} of {total} configs are already in the database")
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=self.console,
-            transient=False,
-        )
+            self.note(f"resuming: {done} of {total} configs are already in the database")
+        if self.board is not None:
+            self.progress = self.board.progress
+            self.task = self.board.add(self.name, label, total, done)
+            return
+        self.progress = _tune_bars(self.console)
         self.progress.start()
         self.task = self.progress.add_task(label, total=total, completed=done, status="")
 
@@ -56,6 +76,8 @@ class TuneProgress:
 
     def note(self, text: str) -> None:
         if self.enabled:
+            if self.board is not None:
+                text = f"{self.name}: {text}"
             (self.progress.console if self.progress else self.console).print(
                 text, highlight=False, markup=False
             )
@@ -70,6 +92,8 @@ class TuneProgress:
         if self.best_ms is not None:
             parts.append(f"best {self.best_ms:.4f} ms")
         self.progress.update(self.task, advance=1, status=" · ".join(parts))
+        if self.board is not None:
+            self.board.advance()
 
     def baseline(self, result: Result) -> None:
         """One line for candidate zero, PyTorch's own path: its time, or that it was only checked."""
@@ -84,7 +108,62 @@ class TuneProgress:
             text = f"{name}: {runtime:.4f} ms (candidate zero, the time to beat)"
         else:
             text = f"{name}: checked, not timed (candidate zero; no GPU here)"
-        (self.progress.console if self.progress else self.console).print(text, highlight=False, markup=False)
+        self.note(text)
+
+    def stop(self) -> None:
+        if self.progress is not None and self.board is None:
+            self.progress.stop()
+        self.progress = None
+
+
+class TuneBoard:
+    """The display of several ops tuned at once: a line for the whole run (ops done, running, failed, to go;
+    candidates done of all budgets) above a bar per op, each op's bar added as its tune starts. Its ops'
+    TuneProgress lines print above the bars, each naming its op. Thread-safe (rich's Progress locks itself)."""
+
+    def __init__(self, enabled: bool, ops: int, console: Console | None = None):
+        self.enabled, self.ops = enabled, ops
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.lock = threading.Lock()
+        self.states: Counter = Counter()
+        self.running: set[str] = set()
+        self.progress: Progress | None = None
+        if enabled:
+            self.progress = _tune_bars(self.console)
+            self.progress.start()
+            self.total = self.progress.add_task(f"all {ops} ops", total=0, status=self._status())
+
+    def reporter(self, name: str, measures_time: bool) -> TuneProgress:
+        return TuneProgress(self.enabled, measures_time, board=self, name=name)
+
+    def add(self, name: str, label: str, total: int, done: int):
+        with self.lock:
+            self.running.add(name)
+            task = self.progress.add_task(name, total=total, completed=done, status="")
+            self.progress.update(self.total, description=f"all {self.ops} ops · {label}")
+            self.progress.update(self.total, total=(self.progress.tasks[self.total].total or 0) + total,
+                                 advance=done, status=self._status())  # fmt: skip
+        return task
+
+    def advance(self) -> None:
+        self.progress.update(self.total, advance=1)
+
+    def finished(self, name: str, status: str) -> None:
+        """Op `name` ended: done (its result is in) or failed."""
+        with self.lock:
+            self.running.discard(name)
+            self.states[status] += 1
+            if self.progress is not None:
+                self.progress.update(self.total, status=self._status())
+
+    def _status(self) -> str:
+        counts = {"done": self.states["done"], "running": len(self.running), "failed": self.states["failed"]}
+        parts = [f"{n} {state}" for state, n in counts.items() if n]
+        return " · ".join([*parts, f"{self.ops - sum(counts.values())} to go"])
+
+    def print(self, *renderables, **options) -> None:
+        """Print above the bars (or plainly once they are stopped)."""
+        (self.progress.console if self.progress else self.console).print(*renderables, **options)
 
     def stop(self) -> None:
         if self.progress is not None:

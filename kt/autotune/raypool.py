@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kt.autotune.pool import STARTUP_S, Outcome, Task, slot_envs
+from kt.autotune.pool import INBOX_POLL_S, STARTUP_S, Inbox, Outcome, Task, slot_envs
 from kt.errors import KtError
 
 
@@ -105,6 +105,10 @@ class RayPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def groups(self) -> set[str]:
+        return {slot["group"] for slot in self.slots}
+
     def warm(self) -> None:
         """Actors start (and import torch and Triton) as soon as they are made: nothing to do here."""
 
@@ -120,12 +124,15 @@ class RayPool:
         tasks: Iterable[Task],
         follow_up: Callable[[Outcome], Iterable[Task]] | None = None,
         deadline: float | None = None,
+        inbox: Inbox | None = None,
     ) -> Iterator[Outcome]:
         """Run `tasks` on the actors, yielding each Outcome as it completes (see WorkerPool.run)."""
         ray = _ray()
         pending = deque(tasks)
         busy: dict[Any, tuple[dict[str, Any], Task, float]] = {}  # ref -> (slot, task, sent)
-        while pending or busy:
+        while pending or busy or (inbox is not None and inbox.open):
+            if inbox is not None and inbox.aborted:
+                return
             if deadline is not None and time.monotonic() > deadline:
                 pending.clear()
                 if not busy:
@@ -136,9 +143,12 @@ class RayPool:
                     continue
                 task = next((t for t in pending if t.group == slot["group"]), None)
                 if task is not None:
+                    pending.remove(task)
+                elif inbox is not None:
+                    task = inbox.take(slot["group"])
+                if task is not None:
                     if slot.get("restarting"):
                         self._await_restart(ray, slot)
-                    pending.remove(task)
                     busy[slot["actor"].run.remote(task.kind, _portable(task.payload))] = (
                         slot,
                         task,
@@ -148,8 +158,13 @@ class RayPool:
                 if pending:
                     groups = sorted({t.group for t in pending})
                     raise ValueError(f"tasks for worker groups this pool does not have: {groups}")
-                break
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
+                if inbox is None:
+                    break
+                inbox.wait(INBOX_POLL_S)
+                continue
+            ready, _ = ray.wait(list(busy), num_returns=1, timeout=1.0 if inbox is None else 0.05)
+            if inbox is not None:
+                inbox.clear()
             now = time.monotonic()
             for ref in ready:
                 slot, task, sent = busy.pop(ref)

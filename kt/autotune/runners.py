@@ -154,6 +154,28 @@ class Runner(ABC):
         if pool is not None:
             pool.close()
 
+    @contextlib.contextmanager
+    def shared(self):
+        """While entered, `run` may be called from several threads at once (the tunes of several ops), all
+        served by this entered runner's workers through the dispatcher it gives (kt.autotune.dispatch). An
+        error or Ctrl-C in the caller stops every run at once."""
+        from kt.autotune.dispatch import Dispatcher
+
+        if self.pool is None:
+            raise RuntimeError("a runner is shared while it is entered (with runner: ...)")
+        pool = self.pool
+        dispatcher = Dispatcher(pool)
+        self.pool = dispatcher
+        try:
+            with dispatcher:
+                try:
+                    yield dispatcher
+                except BaseException:
+                    dispatcher.abort()
+                    raise
+        finally:
+            self.pool = pool
+
     def start_pool(self) -> WorkerPool:
         if self.ray is not None:
             from kt.autotune.raypool import RayPool

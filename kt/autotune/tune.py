@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import numpy as np
 
 from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, Database
 from kt.autotune.pool import default_workers
-from kt.autotune.progress import TuneProgress
+from kt.autotune.progress import TuneBoard, TuneProgress
 from kt.autotune.runners import Candidate, Result, Runner, make_runner
 from kt.autotune.search import (
     SearchState,
@@ -468,6 +471,11 @@ class Session:
 RUNNER_OPTIONS = ("device", "workers", "seed", "timeout_s", "timing", "ray", "gpus")
 
 
+def shares_runner(specs: list[OpSpec], device: str | None = None) -> bool:
+    """Whether tuning `specs` together shares one runner: several ops, all for one device."""
+    return len(specs) > 1 and len({device or spec.device for spec in specs}) == 1
+
+
 def shared_runner(
     specs: list[OpSpec],
     backend: str = "auto",
@@ -484,9 +492,9 @@ def shared_runner(
     context giving None for a single op or ops for several devices, each of which then makes its own."""
     from kt.api import resolve_profile  # the API owns turning specs into profiles
 
-    targets = {device or spec.device for spec in specs}
-    if len(specs) < 2 or len(targets) != 1:
+    if not shares_runner(specs, device):
         return contextlib.nullcontext(None)
+    targets = {device or spec.device for spec in specs}
     extra = {"timing": timing} if timing is not None else {}
     return make_runner(
         backend,
@@ -498,6 +506,76 @@ def shared_runner(
         gpus=gpus,
         **extra,
     )
+
+
+DEFAULT_CONCURRENT_OPS = 4  # ops tuned at once on a shared runner: enough to keep its GPU workers fed
+
+
+def tune_each(
+    specs: list[OpSpec],
+    tune_one: Callable[..., TuneResult],
+    concurrent: int | None = None,
+    on_done: Callable[[int, OpSpec, TuneResult | KtError], None] | None = None,
+    on_start: Callable[[int, OpSpec], None] | None = None,
+    progress: bool = True,
+    backend: str = "auto",
+    **options: Any,
+) -> list[TuneResult | KtError]:
+    """Tune every spec: each op's TuneResult, or the KtError that stopped it (the others go on), in the specs'
+    order. Ops that target one device share one runner (its workers start once). Up to `concurrent` of them
+    (default DEFAULT_CONCURRENT_OPS; 1: one after the other) are tuned at once, each in a thread of its own
+    with its own rounds, budget and database rows, all served by the runner's workers through a dispatcher
+    (kt.autotune.dispatch) and shown on one TuneBoard. `tune_one(spec, progress=..., runner=..., backend=...,
+    **options)` tunes one op (kt.autotune.tune.tune, or the API's wrapper of it); `on_done(number, spec,
+    outcome)` is called as each op ends, one call at a time (the CLI prints the op's table and writes its
+    artifact there); `on_start(number, spec)` as each begins, only when they run one after the other."""
+    concurrent = DEFAULT_CONCURRENT_OPS if concurrent is None else concurrent
+    if concurrent < 1:
+        raise KtError(f"concurrent ops: {concurrent} is not allowed; give 1 (one after the other) or more")
+    results: list[TuneResult | KtError | None] = [None] * len(specs)
+    lock = threading.Lock()
+    runner_options = {key: options[key] for key in RUNNER_OPTIONS if key in options}
+    with shared_runner(specs, backend, **runner_options) as runner:
+        concurrent = min(concurrent, len(specs)) if runner is not None else 1
+        board = TuneBoard(progress, len(specs)) if concurrent > 1 else None
+        shared = {} if runner is None or "runner" in options else {"runner": runner}
+
+        def one(number: int, spec: OpSpec) -> None:
+            try:
+                outcome = tune_one(spec, progress=board or progress, backend=backend, **options, **shared)
+            except KtError as exc:
+                outcome = exc
+            results[number - 1] = outcome
+            with lock:
+                if board is not None:
+                    board.finished(spec.name, "done" if isinstance(outcome, TuneResult) else "failed")
+                if on_done is not None:
+                    on_done(number, spec, outcome)
+
+        try:
+            if board is None:
+                for number, spec in enumerate(specs, 1):
+                    if on_start is not None:
+                        on_start(number, spec)
+                    one(number, spec)
+            else:
+                with (
+                    runner.shared() as dispatcher,
+                    ThreadPoolExecutor(concurrent, thread_name_prefix="kt-op") as threads,
+                ):
+                    futures = [threads.submit(one, number, spec) for number, spec in enumerate(specs, 1)]
+                    try:
+                        for future in futures:
+                            future.result()  # an error that is no KtError (a bug) stops the run
+                    except BaseException:  # Ctrl-C or a bug: every op stops now, not after its whole tune
+                        for future in futures:
+                            future.cancel()
+                        dispatcher.abort()
+                        raise
+        finally:
+            if board is not None:
+                board.stop()
+    return results
 
 
 RETRYABLE = ("timeout", "crash")
@@ -517,7 +595,7 @@ def run_session(
     objective: str = "time",
     power_cap_w: float | None = None,
     seed: int | None = None,
-    progress: bool = True,
+    progress: bool | TuneBoard = True,
     timeout_s: float = 300.0,
     retry_failed: bool = False,
     timing: TimingSettings | None = None,
@@ -717,7 +795,7 @@ class _Tuner:
         self,
         strategy: SearchStrategy,
         budget: int,
-        progress: bool,
+        progress: bool | TuneBoard,
         retry_failed: bool,
         deadline: float | None = None,
         baseline: bool = True,
@@ -727,7 +805,10 @@ class _Tuner:
         if self.runner.measures_time and strategy.adaptive:
             self.refit()  # rank the first round with what the database knows of this device already
         total = min(budget, len(self.plan.space.legal))
-        reporter = TuneProgress(progress, self.runner.measures_time)
+        if isinstance(progress, TuneBoard):
+            reporter = progress.reporter(self.spec.name, self.runner.measures_time)
+        else:
+            reporter = TuneProgress(progress, self.runner.measures_time)
         verb = "measuring" if self.runner.measures_time else "checking"
         reporter.start(
             total,
@@ -752,21 +833,26 @@ class _Tuner:
                 )
                 for index in batch
             ]
-            if zero and self.database.claim([{**self.baseline_key, "config_key": BASELINE_KEY}]) == ["mine"]:
+            zero_key = {**self.baseline_key, "config_key": BASELINE_KEY}
+            claimed = [zero_key] if zero and self.database.claim([zero_key]) == ["mine"] else []
+            if claimed:
                 todo[:0] = zero  # candidate zero goes with the first round (unless another tune runs it)
             zero[:] = []
             values = {}
-            for result in self.runner.run(todo, deadline):
-                if isinstance(result.candidate.config, PyTorchPath):
-                    row = measurement_row(result, self.spec, self.runner, self.baseline_key, self.family)
-                    self.database.insert(row)
-                    reporter.baseline(result)
-                    continue
-                row = measurement_row(result, self.spec, self.runner, self.key, self.family)
-                if self.database.insert(row):
-                    fresh += 1
-                values[self.index_of[result.candidate.config.key()]] = self.value(row)
-                reporter.advance(result)
+            try:
+                for result in self.runner.run(todo, deadline):  # each row committed as its result comes
+                    if isinstance(result.candidate.config, PyTorchPath):
+                        row = measurement_row(result, self.spec, self.runner, self.baseline_key, self.family)
+                        self.database.insert(row)
+                        reporter.baseline(result)
+                        continue
+                    row = measurement_row(result, self.spec, self.runner, self.key, self.family)
+                    if self.database.insert(row):
+                        fresh += 1
+                    values[self.index_of[result.candidate.config.key()]] = self.value(row)
+                    reporter.advance(result)
+            finally:
+                self.database.release(claimed)  # candidate zero's claim (the configs' go in measure())
             return values
 
         def measure(batch: list[int]) -> dict[int, float | None]:

@@ -1,0 +1,68 @@
+"""Several ops in one tune (issue 18): tuned at once on one shared runner, each with its own rounds, rows and
+result; an op that fails does not stop the others; the same rows as tuning them one after the other."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from kt.api import as_spec
+from kt.autotune.tune import TuneResult, tune, tune_each
+from kt.errors import KtError
+
+OPS = [
+    {"name": "d", "op": "dense", "shape": {"m": 40, "n": 48, "k": 32}},
+    {"name": "l", "op": "lowrank", "shape": {"batch": 24, "dims": [32, 8, 48]}},
+    # no config is left legal: this op fails as it is planned
+    {"name": "x", "op": "dense", "shape": {"m": 16, "n": 16, "k": 16},
+     "tune": {"space": {"block_m": [256], "block_n": [256]}}},
+    {"name": "m", "op": "monarch", "shape": {"batch": 16, "n": 64, "nblocks": 4}},
+]  # fmt: skip
+
+
+def tune_all(tmp_path, name: str, concurrent: int):
+    spans: dict[str, tuple[float, float]] = {}
+    ended: list[str] = []
+
+    def timed(spec, **options):
+        started = time.monotonic()
+        try:
+            return tune(spec, **options)
+        finally:
+            spans[spec.name] = (started, time.monotonic())
+
+    results = tune_each(
+        [as_spec(op) for op in OPS],
+        timed,
+        concurrent=concurrent,
+        on_done=lambda number, spec, outcome: ended.append(spec.name),
+        budget=2,
+        backend="interpret",
+        db=tmp_path / f"{name}.db",
+        workers=1,
+        progress=False,
+    )
+    with sqlite3.connect(tmp_path / f"{name}.db") as conn:
+        rows = sorted(conn.execute("SELECT problem_key, config_key, status FROM measurements").fetchall())
+        assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0  # every claim released
+    return results, rows, spans, ended
+
+
+def test_ops_tuned_at_once_overlap_and_store_what_one_after_the_other_stores(tmp_path):
+    together, rows, spans, ended = tune_all(tmp_path, "together", concurrent=4)
+    apart, rows_apart, spans_apart, ended_apart = tune_all(tmp_path, "apart", concurrent=1)
+
+    # in the specs' order
+    assert [isinstance(r, TuneResult) for r in together] == [True, True, False, True]
+    assert isinstance(together[2], KtError)
+    assert "tune.space: leaves none of the" in str(together[2])
+    assert rows == rows_apart and len(rows) == 9  # three ops, two configs and PyTorch's path each
+    for ours, theirs in zip(together, apart, strict=True):
+        if isinstance(ours, TuneResult):
+            assert ours.best.config.key() == theirs.best.config.key()
+    tuned = [name for name in "dlm"]
+    # at once: every op started before any ended; one after the other: each started after the last ended
+    assert max(spans[n][0] for n in tuned) < min(spans[n][1] for n in tuned)
+    order = sorted(spans_apart.values())
+    assert all(before[1] <= after[0] for before, after in zip(order, order[1:]))
+    assert sorted(ended) == sorted(ended_apart) == sorted("dlxm") and ended_apart == list("dlxm")
