@@ -154,3 +154,26 @@ def test_gpus_needs_the_cuda_backend_and_bad_values_exit_2_in_one_line(tmp_path)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_under_ray_a_gpu_of_another_model_stops_the_tune_with_both_named():
+    from kt.autotune.runners import Candidate, Result, same_gpu_model
+    from kt.codegen import GemmConfig
+    from kt.ir import GemmProblem
+
+    def measured(name, uuid="GPU-1"):
+        candidate = Candidate(GemmProblem(16, 16, 16), GemmConfig(16, 16, 16), "unused.py")
+        return Result(candidate, "ok", {"gpu_name": name, "gpu_uuid": uuid})
+
+    model = None
+    for result in (
+        measured("NVIDIA H100 80GB HBM3"),
+        measured(None),
+        measured("NVIDIA H100 80GB HBM3", "GPU-2"),
+    ):
+        model = same_gpu_model(model, result)
+    assert model == "NVIDIA H100 80GB HBM3"
+    with pytest.raises(
+        DeviceError, match="GPU-7 is a NVIDIA A100-SXM4-80GB, earlier measurements ran on a NVIDIA H100"
+    ):
+        same_gpu_model(model, measured("NVIDIA A100-SXM4-80GB", "GPU-7"))

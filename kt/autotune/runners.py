@@ -309,6 +309,29 @@ class CudaRunner(MeasureRunner):
             for gpu in self.gpus
         ]
 
+    def run(self, candidates: list[Candidate], deadline: float | None = None) -> Iterator[Result]:
+        """As Runner.run, and under Ray the cluster's GPUs must be one model: Ray places each GPU actor on any
+        node, so the first GPU that measures sets the model and one of another model stops the tune."""
+        for result in super().run(candidates, deadline):
+            if self.ray is not None:
+                self.cluster_gpu = same_gpu_model(getattr(self, "cluster_gpu", None), result)
+            yield result
+
+
+def same_gpu_model(expected: str | None, result: Result) -> str | None:
+    """The GPU model measurements so far came from (`expected`, None before the first), after `result`; a
+    result measured on another model is refused (its row is not stored: it would be filed under the wrong GPU,
+    and the cost model refits only on one model's rows)."""
+    from kt.errors import DeviceError
+
+    name = result.values.get("gpu_name")
+    if name is None or expected is None or name == expected:
+        return expected or name
+    raise DeviceError(
+        f"--ray: the cluster's GPUs are not one model: {result.values.get('gpu_uuid') or 'a GPU'} is a {name}, "
+        f"earlier measurements ran on a {expected}; give the tune a cluster (or Ray resources) of one GPU model"
+    )
+
 
 class DryRunner(MeasureRunner):
     """The `cuda` runner's pipeline on a machine without a GPU: candidates compile for the target's

@@ -163,6 +163,7 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
 
 
 _SHIPPED: dict[tuple, Any] = {}  # (file, its mtime and size, profile key) -> the loaded ForestModel
+_SHIPPED_LOCK = threading.Lock()  # ops tuned at once load it once between them, not once each
 
 
 def _load_shipped(path: Path, profile: DeviceProfile):
@@ -172,9 +173,10 @@ def _load_shipped(path: Path, profile: DeviceProfile):
 
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size, profile.key)
-    if key not in _SHIPPED:
-        _SHIPPED[key] = ForestModel.load(path, profile, stand_in=True)
-    return _SHIPPED[key]
+    with _SHIPPED_LOCK:
+        if key not in _SHIPPED:
+            _SHIPPED[key] = ForestModel.load(path, profile, stand_in=True)
+        return _SHIPPED[key]
 
 
 def search_strategy(strategy: str | SearchStrategy, measures_time: bool) -> SearchStrategy:
