@@ -3,6 +3,7 @@
 import ast
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -188,10 +189,18 @@ gemm.GemmFamily.render = _slow_render
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["killed", "interrupted"])
-def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_path, how):
-    spec = tmp_path / "op.yaml"
-    spec.write_text("op: dense\nname: resume\nshape: {m: 100, n: 60, k: 80}\ntune: {budget: 24, seed: 3}\n")
+@pytest.mark.parametrize(
+    "how, ops",
+    [(signal.SIGKILL, 1), (signal.SIGINT, 1), (signal.SIGINT, 2)],
+    ids=["killed", "interrupted", "two-ops-at-once-interrupted"],
+)
+def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_path, how, ops):
+    specs = [tmp_path / f"op{number}.yaml" for number in range(ops)]
+    for number, spec in enumerate(specs):
+        spec.write_text(
+            f"op: dense\nname: resume{number}\nshape: {{m: {100 + number}, n: 60, k: 80}}\n"
+            "tune: {budget: 24, seed: 3}\n"
+        )
     # Every generated kernel sleeps 0.25 s per call in these runs (a sitecustomize that both `kt tune` processes
     # import): with Triton's compile cache warm, 24 checks otherwise land in well under a second, often all
     # between two polls below, and the stop would come after the last.
@@ -208,7 +217,7 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
         "-m",
         "kt.cli",
         "tune",
-        str(spec),
+        *map(str, specs),
         "--db",
         str(db),
         "--out",
@@ -235,18 +244,26 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
     first.send_signal(how)
     _, stderr = first.communicate(timeout=60)
     before = _rows(db)
-    assert 3 <= len(before) < 25, f"not stopped (the test process's SIGINT handler: {parent_sigint})"
+    total = 25 * ops  # each op: 24 configs and candidate zero
+    assert 3 <= len(before) < total, f"not stopped (the test process's SIGINT handler: {parent_sigint})"
     assert before[0][1] == "pytorch", "candidate zero, PyTorch's path, is checked with the first round"
     if how == signal.SIGINT:
         assert first.returncode == 130 and "running the same command again resumes" in stderr
+        with sqlite3.connect(db) as conn:  # every op let go of what it was checking
+            assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
     else:
         assert first.returncode == -signal.SIGKILL
     second = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr
     after = _rows(db)
-    assert len(after) == 25 and len({key for _, key, _ in after}) == 25, "24 configs and candidate zero"
+    assert len(after) == total and len({(key, id_) for id_, key, _ in after}) == total
+    with sqlite3.connect(db) as conn:  # no config of any op measured twice
+        keys = conn.execute("SELECT problem_key, config_key FROM measurements").fetchall()
+    assert len(set(keys)) == total
     assert after[: len(before)] == before, "rows written before the stop are kept as they were"
-    assert f"{25 - len(before)} new checks" in second.stdout
+    fresh = [int(n) for n in re.findall(r"(\d+) new checks", second.stdout)]
+    configs_before = sum(key != "pytorch" for _, key, _ in before)  # "new checks" counts configs only
+    assert len(fresh) == ops and sum(fresh) == 24 * ops - configs_before
 
 
 def test_timeouts_are_kept_unless_retried(tmp_path, monkeypatch):
