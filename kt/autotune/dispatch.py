@@ -80,8 +80,9 @@ class Dispatcher:
             jobs = self._jobs[self._turn :] + self._jobs[: self._turn]
             for offset, job in enumerate(jobs):
                 if job.expired():
-                    job.outcomes.put(("dropped", len(job.waiting)))
-                    job.waiting.clear()
+                    if job.waiting:
+                        job.outcomes.put(("dropped", len(job.waiting)))
+                        job.waiting.clear()
                     continue
                 task = next((t for t in job.waiting if t.group == group), None)
                 if task is None:
@@ -200,6 +201,7 @@ class Dispatcher:
         self._wake()
         if self._thread.is_alive():
             self._thread.join()
+        self._close_pipe()
 
     def abort(self) -> None:
         """Stop now: waiting tunes raise DispatcherStopped, busy workers are left to the pool's close."""
@@ -208,3 +210,10 @@ class Dispatcher:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        for end in (self._reader, self._writer):
+            with contextlib.suppress(OSError):
+                end.close()
