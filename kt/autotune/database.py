@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,6 +136,21 @@ def default_path() -> Path:
     return cache_dir() / "tuning.db"
 
 
+LOCKED_WAIT_S = 60.0  # how long opening a database waits for another writer (SQLite's busy timeout too)
+
+
+def _retry_locked(step):
+    """Run `step`, again while SQLite says the database is locked, for up to LOCKED_WAIT_S."""
+    deadline = time.monotonic() + LOCKED_WAIT_S
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Database:
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
         """Open (or, with `create`, make) the database at `path`, default `default_path()`.
@@ -155,16 +171,18 @@ class Database:
                 # (immutable): SQLite then creates no -wal/-shm files, and a read-only folder is no obstacle.
                 wal = self.path.with_name(self.path.name + "-wal")
                 uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
-                self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+                self.conn = sqlite3.connect(uri, uri=True, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
                 self._check()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self.conn = sqlite3.connect(self.path, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                # switching a new file to WAL takes an exclusive lock for which SQLite does not wait: when
+                # another tune is making the same file, try again (up to the connection's 60 s)
+                _retry_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
                 self.conn.execute("PRAGMA synchronous=FULL")
-                self._migrate()
+                _retry_locked(self._migrate)
         except (sqlite3.DatabaseError, DatabaseError) as exc:
             if getattr(self, "conn", None) is not None:
                 self.conn.close()
@@ -172,7 +190,8 @@ class Database:
                 raise
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise DatabaseError(
-                    f"db: {str(self.path)!r} stayed locked by another writer for the 60 s this waited ({exc})"
+                    f"db: {str(self.path)!r} stayed locked by another writer for the {LOCKED_WAIT_S:.0f} s this "
+                    f"waited ({exc})"
                 ) from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 
