@@ -312,9 +312,9 @@ def tune(
         result = kt.tune(specs[0], **options)
         _report_one(result, out_dir, top)
         return
-    from kt.autotune.tune import DEFAULT_CONCURRENT_OPS, shares_runner
+    from kt.autotune.tune import ops_at_once
 
-    concurrent = min(concurrent or DEFAULT_CONCURRENT_OPS, len(specs)) if shares_runner(specs, device) else 1
+    concurrent = ops_at_once(specs, device, concurrent)
     sources = sorted({spec.source for spec in specs})
     where = sources[0] if len(sources) == 1 else f"{len(sources)} files"
     how = "one after the other" if concurrent == 1 else f"up to {concurrent} at once"

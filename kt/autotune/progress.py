@@ -140,9 +140,13 @@ class TuneBoard:
         with self.lock:
             self.running.add(name)
             task = self.progress.add_task(name, total=total, completed=done, status="")
-            self.progress.update(self.total, description=f"all {self.ops} ops · {label}")
-            self.progress.update(self.total, total=(self.progress.tasks[self.total].total or 0) + total,
-                                 advance=done, status=self._status())  # fmt: skip
+            self.progress.update(
+                self.total,
+                description=f"all {self.ops} ops · {label}",
+                total=(self.progress.tasks[self.total].total or 0) + total,
+                advance=done,
+                status=self._status(),
+            )
         return task
 
     def advance(self) -> None:
@@ -160,10 +164,6 @@ class TuneBoard:
         counts = {"done": self.states["done"], "running": len(self.running), "failed": self.states["failed"]}
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         return " · ".join([*parts, f"{self.ops - sum(counts.values())} to go"])
-
-    def print(self, *renderables, **options) -> None:
-        """Print above the bars (or plainly once they are stopped)."""
-        (self.progress.console if self.progress else self.console).print(*renderables, **options)
 
     def stop(self) -> None:
         if self.progress is not None:

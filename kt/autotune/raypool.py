@@ -88,10 +88,10 @@ class RayPool:
                 # on a cluster a CPU each, so Ray spreads them over the nodes; in a local instance none, so that
                 # a small machine holds both groups (they take turns on its cores like local workers)
                 options = {"num_cpus": 0 if address == "local" else 1}
-                if group in gpu:  # Ray gives each GPU actor its own GPU (and sets CUDA_VISIBLE_DEVICES), on
-                    options["num_gpus"] = (
-                        1  # any node: the driver's numbering does not name it (its UUID does)
-                    )
+                # Ray gives each GPU actor its own GPU (and sets CUDA_VISIBLE_DEVICES), on any node: the
+                # driver's numbering does not name it (its UUID does)
+                if group in gpu:
+                    options["num_gpus"] = 1
                     worker_env.pop("CUDA_VISIBLE_DEVICES", None)
                     worker_env.pop("KT_GPU_INDEX", None)
                 options["runtime_env"] = {"env_vars": worker_env}

@@ -302,6 +302,7 @@ class CudaRunner(MeasureRunner):
         self.gpus = machine_gpus(gpus)
         gpu = self.gpus[0].info
         self.device, self.arch = gpu.name, gpu.compute_capability
+        self.cluster_gpu: str | None = None  # under Ray: the model the first measuring GPU was
 
     def measure_envs(self) -> list[dict[str, str]]:
         return [
@@ -314,7 +315,7 @@ class CudaRunner(MeasureRunner):
         node, so the first GPU that measures sets the model and one of another model stops the tune."""
         for result in super().run(candidates, deadline):
             if self.ray is not None:
-                self.cluster_gpu = same_gpu_model(getattr(self, "cluster_gpu", None), result)
+                self.cluster_gpu = same_gpu_model(self.cluster_gpu, result)
             yield result
 
 

@@ -513,6 +513,15 @@ def shared_runner(
 DEFAULT_CONCURRENT_OPS = 4  # ops tuned at once on a shared runner: enough to keep its GPU workers fed
 
 
+def ops_at_once(specs: list[OpSpec], device: str | None = None, concurrent: int | None = None) -> int:
+    """How many of `specs` tune_each tunes at once: up to `concurrent` (default DEFAULT_CONCURRENT_OPS) when
+    they share a runner, else one after the other."""
+    concurrent = DEFAULT_CONCURRENT_OPS if concurrent is None else concurrent
+    if concurrent < 1:
+        raise KtError(f"concurrent ops: {concurrent} is not allowed; give 1 (one after the other) or more")
+    return min(concurrent, len(specs)) if shares_runner(specs, device) else 1
+
+
 def tune_each(
     specs: list[OpSpec],
     tune_one: Callable[..., TuneResult],
@@ -531,14 +540,11 @@ def tune_each(
     **options)` tunes one op (kt.autotune.tune.tune, or the API's wrapper of it); `on_done(number, spec,
     outcome)` is called as each op ends, one call at a time (the CLI prints the op's table and writes its
     artifact there); `on_start(number, spec)` as each begins, only when they run one after the other."""
-    concurrent = DEFAULT_CONCURRENT_OPS if concurrent is None else concurrent
-    if concurrent < 1:
-        raise KtError(f"concurrent ops: {concurrent} is not allowed; give 1 (one after the other) or more")
+    concurrent = ops_at_once(specs, options.get("device"), concurrent)
     results: list[TuneResult | KtError | None] = [None] * len(specs)
     lock = threading.Lock()
     runner_options = {key: options[key] for key in RUNNER_OPTIONS if key in options}
     with shared_runner(specs, backend, **runner_options) as runner:
-        concurrent = min(concurrent, len(specs)) if runner is not None else 1
         board = TuneBoard(progress, len(specs)) if concurrent > 1 else None
         shared = {} if runner is None or "runner" in options else {"runner": runner}
 
