@@ -21,7 +21,9 @@ Strategies:
 
 The decision time is each strategy's own wall time per evaluation (model fits, sampling, Kernel Tuner's
 bookkeeping), with nothing measured. Results are appended to `--csv` as they come; rerunning with the same CSV
-skips what is there (a stopped run resumes).
+skips what is there (a stopped run resumes). `--verdicts` prints, per space and budget, kt guided against the
+strategy with the best mean among the others, with the difference's 95% interval: twenty runs per cell leave a
+mean uncertain by +-0.02-0.05 on these spaces, so a cell's "best mean" alone can be seed luck.
 
     pip install -e ".[bench]"
     python benchmarks/search_vs_tuners.py --csv benchmarks/results/search_vs_tuners.csv --markdown
@@ -173,10 +175,51 @@ def markdown(rows: list[dict], budgets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(rows: list[dict], budgets: list[str], ours: str = KT[0]) -> str:
+    """Per space and budget: `ours` against the strategy with the best mean among the others, with the
+    difference's 95% interval (normal approximation, unpaired: two strategies' runs share no random draws), and
+    whether that interval says ahead, behind or level. Twenty runs per cell move a mean by +-0.02-0.05 on these
+    spaces; this table says which differences more runs would not undo."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["space"], row["strategy"], row["budget_label"])].append(float(row["score"]))
+    lines = [
+        f"| space | budget | {ours} | best other | other's mean | difference, 95% interval | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    counts = defaultdict(int)
+    for space in dict.fromkeys(r["space"] for r in rows):
+        for label in budgets:
+            mine = np.array(groups.get((space, ours, label), []))
+            others = {
+                s: np.array(v) for (sp, s, b), v in groups.items() if sp == space and b == label and s != ours
+            }
+            if len(mine) < 2 or not others:
+                continue
+            rival = max(others, key=lambda s: others[s].mean())
+            theirs = others[rival]
+            diff = mine.mean() - theirs.mean()
+            se = math.sqrt(
+                mine.var(ddof=1) / len(mine) + (theirs.var(ddof=1) / len(theirs) if len(theirs) > 1 else 0)
+            )
+            low, high = diff - 1.96 * se, diff + 1.96 * se
+            verdict = "ahead" if low > 0 else "behind" if high < 0 else "level"
+            counts[verdict] += 1
+            lines.append(
+                f"| {space} | {label} | {mine.mean():.3f} ({len(mine)} runs) | {rival} | "
+                f"{theirs.mean():.3f} ({len(theirs)} runs) | {diff:+.3f} [{low:+.3f}, {high:+.3f}] | {verdict} |"
+            )
+    lines.append("")
+    lines.append(", ".join(f"{k}: {counts[k]}" for k in ("ahead", "level", "behind")))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="folder of Kernel Tuner cache files")
-    parser.add_argument("--spaces", default=None, help="comma-separated file stems (default: the four shared)")
+    parser.add_argument(
+        "--spaces", default=None, help="comma-separated file stems (default: the four shared)"
+    )
     parser.add_argument(
         "--held-out",
         type=Path,
@@ -204,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         "--csv", type=Path, default=None, help="append each run here; reruns skip what it holds"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument(
+        "--verdicts",
+        action="store_true",
+        help="print kt guided against the best other strategy per cell, with 95%% intervals (markdown)",
+    )
     args = parser.parse_args(argv)
 
     strategies = list(KT) + list(tuners.available())
@@ -225,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = (
             {stem: args.held_out / HELD_OUT[stem] for stem in (args.spaces or ",".join(HELD_OUT)).split(",")}
             if args.held_out is not None
-            else {stem: args.data / f"{stem}.json.gz" for stem in (args.spaces or ",".join(SPACES)).split(",")}
+            else {
+                stem: args.data / f"{stem}.json.gz" for stem in (args.spaces or ",".join(SPACES)).split(",")
+            }
         )
         for stem, path in paths.items():
             if not path.is_file():
@@ -282,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             handle.close()
     if args.markdown:
         print(markdown(rows, budgets))
+    if args.verdicts:
+        print(verdicts(rows, budgets))
     return 0
 
 

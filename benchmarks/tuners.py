@@ -318,6 +318,9 @@ def _run_kernel_tuner(
 ) -> tuple[list[int], float]:
     import kernel_tuner
 
+    # The strategy's module is imported before the generators are seeded: imported for the first time inside a
+    # seeded run, bayes_opt picked differently in a process's first run than in every later run of that seed.
+    importlib.import_module(f"kernel_tuner.strategies.{strategy}")
     kernel_name = str(space.meta.get("kernel_name") or space.name)
     spec = KERNEL_TUNER_KERNELS.get(kernel_name, {})
     size = space.meta.get("problem_size", spec.get("problem_size", [1]))

@@ -188,3 +188,27 @@ def test_the_side_by_side_benchmark_writes_each_run_and_resumes_from_its_csv(tmp
     assert bench.main(args) == 0 and len(bench.read_done(out)) == 6, (
         "a rerun skips the runs already in the CSV"
     )
+
+
+def test_the_verdicts_say_ahead_level_or_behind_from_each_cells_interval():
+    bench = benchmark_module("search_vs_tuners")
+    rng = np.random.default_rng(0)
+
+    def runs(space, strategy, label, mean, n=40):
+        return [
+            {"space": space, "strategy": strategy, "budget_label": label, "score": float(s)}
+            for s in np.clip(rng.normal(mean, 0.05, n), 0, 1)
+        ]
+
+    rows = (
+        runs("a", "kt guided", "25", 0.90) + runs("a", "kt random", "25", 0.70) + runs("a", "tpe", "25", 0.80)
+    )
+    rows += runs("a", "kt guided", "100", 0.90) + runs("a", "tpe", "100", 0.90)
+    rows += runs("b", "kt guided", "25", 0.60) + runs("b", "tpe", "25", 0.80)
+    table = bench.verdicts(rows, ["25", "100"])
+    lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table.splitlines()}
+    assert "| tpe |" in lines[("a", "25")] and lines[("a", "25")].endswith("| ahead |"), "the best rival"
+    assert lines[("a", "100")].endswith("| level |")
+    assert lines[("b", "25")].endswith("| behind |")
+    assert ("b", "100") not in lines, "a cell kt guided did not run is left out"
+    assert table.splitlines()[-1] == "ahead: 1, level: 1, behind: 1"
