@@ -114,13 +114,18 @@ def read_done(path: Path | None) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def summarise(rows: list[dict]) -> dict:
-    """(space, strategy, budget label) -> (mean, p10, worst, mean evals, ms per evaluation, repeats)."""
+def cells(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """The runs grouped by (space, strategy, budget label)."""
     groups = defaultdict(list)
     for row in rows:
         groups[(row["space"], row["strategy"], row["budget_label"])].append(row)
+    return groups
+
+
+def summarise(rows: list[dict]) -> dict:
+    """(space, strategy, budget label) -> (mean, p10, worst, mean evals, ms per evaluation, repeats)."""
     table = {}
-    for key, group in groups.items():
+    for key, group in cells(rows).items():
         scores = np.array([float(r["score"]) for r in group])
         evals = sum(int(r["evals"]) for r in group)
         seconds = sum(float(r["seconds"]) for r in group)
@@ -180,9 +185,7 @@ def verdicts(rows: list[dict], budgets: list[str], ours: str = KT[0]) -> str:
     difference's 95% interval (normal approximation, unpaired: two strategies' runs share no random draws), and
     whether that interval says ahead, behind or level. Twenty runs per cell move a mean by +-0.02-0.05 on these
     spaces; this table says which differences more runs would not undo."""
-    groups = defaultdict(list)
-    for row in rows:
-        groups[(row["space"], row["strategy"], row["budget_label"])].append(float(row["score"]))
+    groups = {key: [float(r["score"]) for r in group] for key, group in cells(rows).items()}
     lines = [
         f"| space | budget | {ours} | best other | other's mean | difference, 95% interval | verdict |",
         "|---|---|---|---|---|---|---|",
