@@ -212,3 +212,45 @@ def test_the_verdicts_say_ahead_level_or_behind_from_each_cells_interval():
     assert lines[("b", "25")].endswith("| behind |")
     assert ("b", "100") not in lines, "a cell kt guided did not run is left out"
     assert table.splitlines()[-1] == "ahead: 1, level: 1, behind: 1"
+
+
+def test_the_held_out_sets_are_named_and_a_wrong_space_is_one_clear_error(tmp_path, capsys):
+    bench = benchmark_module("search_vs_tuners")
+    assert not set(bench.HELD_OUT) & set(bench.LATER_HELD_OUT), "the two held-out sets share no space"
+    assert not set(bench.SPACES) & (set(bench.HELD_OUT) | set(bench.LATER_HELD_OUT))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--later", "--budgets", "5"])
+    assert stop.value.code == 2 and "--later needs --held-out HUB" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--held-out", str(tmp_path), "--later", "--spaces", "gemm_RTX_Titan"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--spaces: gemm_RTX_Titan not among dedispersion_A4000" in err
+
+
+def test_the_overall_table_averages_cell_means_and_counts_each_strategys_best_spaces():
+    bench = benchmark_module("search_vs_tuners")
+
+    def runs(space, strategy, label, *scores):
+        return [
+            {
+                "space": space,
+                "strategy": strategy,
+                "budget_label": label,
+                "score": s,
+                "evals": 25,
+                "seconds": 0.0,
+            }
+            for s in scores
+        ]
+
+    rows = runs("a", "kt guided", "25", 0.9, 0.7) + runs("a", "tpe", "25", 0.6, 0.6)
+    rows += runs("b", "kt guided", "25", 0.5) + runs("b", "tpe", "25", 0.7)
+    rows += runs("c", "kt guided", "25", 1.0) + runs("c", "tpe", "25", 1.0)
+    table = {line.split("|")[1].strip(): line for line in bench.overall(rows, ["25"]).splitlines()[2:]}
+    assert table["kt guided"] == "| kt guided | 25 | 0.767 | 0.500 (b) | 2 of 3 spaces |", (
+        "ties count for both"
+    )
+    assert table["tpe"] == "| tpe | 25 | 0.767 | 0.600 (a) | 2 of 3 spaces |"
+    rows += runs("d", "kt guided", "25", 0.8)
+    assert "| 3 of 4 spaces (of 4 run) |" not in bench.overall(rows, ["25"])
+    assert "2 of 4 spaces (of 3 run)" in bench.overall(rows, ["25"]), "tpe did not run on d"
