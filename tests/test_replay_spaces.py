@@ -20,7 +20,7 @@ import pytest
 
 from kt.autotune.replay import parse_budget, replay_file, replay_space
 from kt.autotune.search import GuidedSearch
-from kt.autotune.spaces import SpaceError, config_features, load_kernel_tuner
+from kt.autotune.spaces import SpaceError, config_features, is_enumeration, load_kernel_tuner
 from kt.costmodel.paramforest import ParamForest
 from kt.errors import KtError
 
@@ -114,6 +114,22 @@ def test_config_features_encode_kt_configs_like_any_space():
     )
     assert x.shape == (3, 3), "block_m and num_warps, plus block_m's power-of-two divisor (48 is not one)"
     assert list(x[:, 2]) == [6.0, 4.0, 7.0]
+
+
+def test_a_parameter_numbered_0_to_k_gets_one_indicator_column_per_method(tmp_path):
+    params = {"method": [2, 0, 1], "bx": [32, 64], "flag": [0, 1], "tile": [1, 2, 3]}
+    space = load_kernel_tuner(write_cache(tmp_path / "methods.json", params, lambda **point: 1.0))
+    x = space.features()
+    # four encoded parameters, tile's power-of-two divisor (3 is odd), then method 0, 1 and 2's indicators; the
+    # flag (two values) and tile (1 to 3, sizes) get none
+    assert x.shape == (len(space), 4 + 1 + 3)
+    methods = np.array([p[0] for p in space.points])
+    for k in range(3):
+        assert np.array_equal(x[:, 5 + k], (methods == k).astype(float)), f"column of method {k}"
+    assert is_enumeration([0, 1, 2]) and is_enumeration([3.0, 1.0, 0.0, 2.0])
+    assert (
+        not is_enumeration([0, 1]) and not is_enumeration([1, 2, 3]) and not is_enumeration(["a", "b", "c"])
+    )
 
 
 @pytest.mark.parametrize("strategy", ["guided", "random", "top", "exhaustive"])

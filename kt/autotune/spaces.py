@@ -114,9 +114,15 @@ def encode(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> np.nd
 
 
 def features(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> np.ndarray:
-    """`encode()` plus, for each integer parameter with values of several alignments, the power of two that
-    divides each value (log2 of its largest power-of-two divisor). GPU kernels care about alignment (a block of
-    64 threads is two full warps, one of 48 is not), which a tree cannot read off the log size alone."""
+    """`encode()` plus two kinds of columns a tree cannot read off a parameter's own column:
+
+    - for each integer parameter with values of several alignments, the power of two that divides each value
+      (log2 of its largest power-of-two divisor): GPU kernels care about alignment (a block of 64 threads is two
+      full warps, one of 48 is not);
+    - for each parameter numbered 0, 1, ..., k-1 (k >= 3), one indicator column per value: such a parameter
+      names methods (pnpoly's `use_method`, `between_method`), whose order means nothing, and a tree splits a
+      middle method off in one cut instead of two, which counts when a few dozen points are all it has.
+    """
     columns = [encode(params, points)]
     moving = set(varying(params, points))
     for j, name in enumerate(params):
@@ -127,7 +133,20 @@ def features(params: dict[str, list[Any]], points: list[tuple[Any, ...]]) -> np.
         exact = np.log2(np.maximum(x, 1))
         if len(np.unique(twos)) > 1 and not np.array_equal(twos, exact):  # some values are not powers of two
             columns.append(twos[:, None])
+    for j, name in enumerate(params):
+        if name in moving and is_enumeration(params[name]):
+            column = np.array([p[j] for p in points], dtype=np.float64)
+            columns.append(np.stack([column == v for v in sorted(params[name])], axis=1).astype(np.float64))
     return np.hstack(columns)
+
+
+def is_enumeration(values: list[Any]) -> bool:
+    """True for the values 0, 1, ..., k-1 with k >= 3 (in any order): method numbers rather than sizes."""
+    return (
+        len(values) >= 3
+        and all(_integer(v) for v in values)
+        and sorted(int(v) for v in values) == list(range(len(values)))
+    )
 
 
 def config_space(configs: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[tuple[Any, ...]]]:
