@@ -165,6 +165,16 @@ def summarise(rows: list[dict]) -> dict:
     return table
 
 
+def best_mean(table: dict, space: str, label: str) -> float | None:
+    """The best mean of any strategy on `space` at budget `label` (None: nothing ran there)."""
+    return max((e[0] for (sp, _, b), e in table.items() if sp == space and b == label), default=None)
+
+
+def is_best(mean: float, best: float | None) -> bool:
+    """A mean within 0.0005 of the best counts as the best (the tables print three decimals)."""
+    return best is not None and mean >= best - 5e-4
+
+
 def markdown(rows: list[dict], budgets: list[str]) -> str:
     """One table per space: each budget's mean / p10 / worst score and mean evaluations spent (bold: the best
     mean at that budget), and the strategy's decision time per evaluation at each budget."""
@@ -181,10 +191,7 @@ def markdown(rows: list[dict], budgets: list[str]) -> str:
             "|---|" + "---|" * (len(budgets) + 1),
         ]
         strategies = dict.fromkeys(r["strategy"] for r in rows if r["space"] == space)
-        best = {
-            b: max((table[(space, s, b)][0] for s in strategies if (space, s, b) in table), default=None)
-            for b in budgets
-        }
+        best = {b: best_mean(table, space, b) for b in budgets}
         for strategy in strategies:
             cells, ms = [], []
             for b in budgets:
@@ -194,7 +201,7 @@ def markdown(rows: list[dict], budgets: list[str]) -> str:
                     ms.append("-")
                     continue
                 mean, p10, worst, evals, per_eval, repeats = entry
-                mark = "**" if best[b] is not None and mean >= best[b] - 5e-4 else ""
+                mark = "**" if is_best(mean, best[b]) else ""
                 notes = [f"{evals:.0f} evals"] if round(evals) != int(sizes[b]) else []
                 notes += [f"{repeats} runs"] if repeats != most else []
                 note = f" ({', '.join(notes)})" if notes else ""
@@ -217,16 +224,13 @@ def overall(rows: list[dict], budgets: list[str]) -> str:
         "|---|---|---|---|---|",
     ]
     for label in budgets:
-        best = {
-            sp: max((table[(sp, s, label)][0] for s in strategies if (sp, s, label) in table), default=None)
-            for sp in spaces
-        }
+        best = {sp: best_mean(table, sp, label) for sp in spaces}
         for strategy in strategies:
             means = {sp: table[(sp, strategy, label)][0] for sp in spaces if (sp, strategy, label) in table}
             if not means:
                 continue
             worst = min(means, key=means.get)
-            wins = sum(means[sp] >= best[sp] - 5e-4 for sp in means)
+            wins = sum(is_best(means[sp], best[sp]) for sp in means)
             ran = f" (of {len(means)} run)" if len(means) != len(spaces) else ""
             lines.append(
                 f"| {strategy} | {label} | {np.mean(list(means.values())):.3f} | {means[worst]:.3f} ({worst}) | "
@@ -319,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         help="print each strategy's mean over the spaces, its worst space and its count of best means (markdown)",
     )
     args = parser.parse_args(argv)
+    hub = LATER_HELD_OUT if args.later else HELD_OUT
+    if args.later and args.held_out is None:
+        parser.error("--later needs --held-out HUB")
+    if args.held_out is not None and args.spaces:
+        unknown = [stem for stem in args.spaces.split(",") if stem not in hub]
+        if unknown:
+            parser.error(f"--spaces: {', '.join(unknown)} not among {', '.join(hub)}")
 
     strategies = list(KT) + list(tuners.available())
     if args.strategies:
@@ -335,13 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
-    hub = LATER_HELD_OUT if args.later else HELD_OUT
-    if args.later and args.held_out is None:
-        parser.error("--later needs --held-out HUB")
-    if args.held_out is not None and args.spaces:
-        unknown = [stem for stem in args.spaces.split(",") if stem not in hub]
-        if unknown:
-            parser.error(f"--spaces: {', '.join(unknown)} not among {', '.join(hub)}")
     try:
         paths = (
             {stem: args.held_out / hub[stem] for stem in (args.spaces or ",".join(hub)).split(",")}

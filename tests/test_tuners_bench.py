@@ -218,9 +218,11 @@ def test_the_held_out_sets_are_named_and_a_wrong_space_is_one_clear_error(tmp_pa
     bench = benchmark_module("search_vs_tuners")
     assert not set(bench.HELD_OUT) & set(bench.LATER_HELD_OUT), "the two held-out sets share no space"
     assert not set(bench.SPACES) & (set(bench.HELD_OUT) | set(bench.LATER_HELD_OUT))
+    out = tmp_path / "runs.csv"
     with pytest.raises(SystemExit) as stop:
-        bench.main(["--later", "--budgets", "5"])
+        bench.main(["--later", "--budgets", "5", "--csv", str(out)])
     assert stop.value.code == 2 and "--later needs --held-out HUB" in capsys.readouterr().err
+    assert not out.exists(), "a rejected command line writes no CSV"
     with pytest.raises(SystemExit) as stop:
         bench.main(["--held-out", str(tmp_path), "--later", "--spaces", "gemm_RTX_Titan"])
     err = capsys.readouterr().err
