@@ -210,7 +210,8 @@ class ForestModel:
         if self.power_forest is not None:
             per_tree_power = per_tree(self.power_forest, x)
             power, spread = per_tree_power.mean(axis=0), per_tree_power.std(axis=0)
-        return Prediction(runtime, trees.std(axis=0), power, spread)
+        draws = np.log(roof) + trees
+        return Prediction(runtime, trees.std(axis=0), power, spread, runtime_draws=draws)
 
     @property
     def predicts_baseline(self) -> bool:
