@@ -16,7 +16,7 @@ from kt.autotune.search import (
     make_strategy,
     run_search,
 )
-from kt.costmodel.prediction import Prediction, corrected_draws
+from kt.costmodel.prediction import Prediction
 
 N = 200
 COST = np.random.default_rng(0).permutation(np.arange(1.0, N + 1))  # the best (1.0) hides at a random index
@@ -179,72 +179,3 @@ def test_guided_search_polishes_the_best_measured_among_its_neighbours():
     assert picks[1] == int(order[0]), "the rest of the exploiting picks are the model's best"
     without = GuidedSearch(round_size=4, local=0).propose(state)
     assert not {best - 1, best + 1} & set(without[:2])
-
-
-def thompson_state(round_, fail=None, draws=True):
-    """A model whose mean ranks candidate i i-th, with four trees that each put their own best far down the
-    mean's ranking: tree t's best is candidate 100 + t."""
-    mean = np.arange(1.0, N + 1)
-    trees = np.tile(np.log(mean), (4, 1))
-    for t in range(4):
-        trees[t, 100 + t] = -1.0
-    prediction = Prediction(mean, np.full(N, 0.1), fail_prob=fail, runtime_draws=trees)
-    measured = {199: float(N)}
-    return SearchState(
-        prediction.runtime_s,
-        prediction.runtime_spread,
-        np.arange(N),
-        measured,
-        64,
-        round_,
-        5,
-        fail=fail,
-        draws=prediction.draws("time") if draws else None,
-    )
-
-
-def test_guided_search_explores_with_one_drawn_tree_per_pick_on_odd_rounds():
-    picks = GuidedSearch(round_size=4).propose(thompson_state(1))
-    assert picks[:2] == [0, 1], "half the round is the mean's best"
-    assert len(picks) == 4 and set(picks[2:]) < {100, 101, 102, 103}, "each explore pick is one tree's best"
-    again = GuidedSearch(round_size=4).propose(thompson_state(1))
-    assert again == picks, "the drawn trees follow the seed and the round"
-    fail = np.zeros(N)
-    fail[[100, 101, 102]] = 0.9
-    failing = GuidedSearch(round_size=4).propose(thompson_state(1, fail=fail))
-    assert 103 in failing[2:] and not {100, 101, 102} & set(failing), (
-        "a tree's best that likely fails is skipped"
-    )
-    # even rounds, no draws, or Thompson turned off: the explore picks are the largest expected improvement
-    for state, strategy in [
-        (thompson_state(2), GuidedSearch(round_size=4)),
-        (thompson_state(1, draws=False), GuidedSearch(round_size=4)),
-        (thompson_state(1), GuidedSearch(round_size=4, thompson=False)),
-    ]:
-        assert not {100, 101, 102, 103} & set(strategy.propose(state))
-
-
-def test_draws_follow_the_objective_and_the_power_cap():
-    runtime = np.array([1e-3, 2e-3, 4e-3])
-    trees = np.log(runtime) + np.array([[0.1], [-0.1]])
-    power = np.array([100.0, 300.0, 200.0])
-    plain = Prediction(runtime, np.full(3, 0.1), runtime_draws=trees)
-    assert plain.draws("energy") is trees, "without power every objective is time"
-    p = Prediction(runtime, np.full(3, 0.1), power, np.zeros(3), runtime_draws=trees)
-    for name in ("time", "energy", "edp"):
-        draws = p.draws(name)
-        assert np.allclose(np.exp(draws.mean(axis=0)), p.objective(name)), name
-    capped = p.draws("time", power_cap_w=250.0)
-    assert np.allclose(np.exp(capped.mean(axis=0)), p.objective("time", power_cap_w=250.0))
-    assert Prediction(runtime, np.zeros(3)).draws("time") is None
-
-
-def test_corrected_draws_add_each_correction_tree_to_a_cycled_draw_of_the_start():
-    runtime = np.array([1.0, 2.0, 3.0])
-    correction = np.array([[0.1, 0.0, -0.1], [0.3, 0.2, 0.1], [0.0, 0.0, 0.0]])
-    analytic = Prediction(runtime, np.zeros(3))
-    assert np.allclose(corrected_draws(analytic, correction), np.log(runtime) + correction)
-    start_trees = np.log(runtime) + np.array([[0.5], [-0.5]])
-    forest = Prediction(runtime, np.full(3, 0.5), runtime_draws=start_trees)
-    draws = corrected_draws(forest, correction)
-    assert np.allclose(draws, start_trees[[0, 1, 0]] + correction)

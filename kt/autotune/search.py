@@ -59,8 +59,6 @@ class SearchState:
     fail: np.ndarray | None = None  # the model's chance that each candidate fails (None: not modelled)
     # distance(i): how many parameters every candidate differs from candidate i in (None: no structure known)
     distance: Callable[[int], np.ndarray] | None = None
-    # log(objective) as each of the model's trees predicts it (trees x candidates; None: the model has none)
-    draws: np.ndarray | None = None
 
     def unmeasured(self) -> list[int]:
         return [int(i) for i in self.order if int(i) not in self.measured]
@@ -120,13 +118,12 @@ class GuidedSearch(SearchStrategy):
         rounds_per_budget: int = 40,
         patience: int = 3,
         local: int = 1,
-        thompson: bool = True,
     ):
         if not 0 <= explore < 1:
             raise ValueError(f"explore must be in [0, 1), got {explore}")
         self.initial, self.round_size, self.explore = initial, round_size, explore
         self.min_round, self.rounds_per_budget, self.patience = min_round, rounds_per_budget, patience
-        self.local, self.thompson = local, thompson
+        self.local = local
         self._size = self._initial = self._budget = 0
         self._best_history: list[float | None] = []
 
@@ -175,8 +172,6 @@ class GuidedSearch(SearchStrategy):
         if n_explore == 0:
             return exploit
         chosen = set(exploit)
-        if self.thompson and state.round % 2 == 1 and state.draws is not None and state.spread[todo].any():
-            return exploit + self._thompson(state, todo, chosen, n_explore)
         if state.spread[todo].any():
             candidates = np.argsort(-ei, kind="stable")
         else:
@@ -185,26 +180,6 @@ class GuidedSearch(SearchStrategy):
             candidates = np.random.default_rng(state.seed + state.round).permutation(len(todo))
         explore = [int(todo[j]) for j in candidates if int(todo[j]) not in chosen][:n_explore]
         return exploit + explore
-
-    def _thompson(self, state: SearchState, todo: np.ndarray, chosen: set[int], n: int) -> list[int]:
-        """Thompson sampling: each of `n` picks is the best candidate of one tree drawn at random (without
-        replacement), a plausible answer the forest's mean averages away; candidates likely to fail are
-        skipped, ties broken at random."""
-        rng = np.random.default_rng([state.seed, state.round, 7])
-        draws = state.draws
-        runs = np.ones(draws.shape[1], dtype=bool) if state.fail is None else state.fail < FAILING
-        open_ = np.zeros(draws.shape[1], dtype=bool)
-        open_[todo] = runs[todo]
-        open_[list(chosen)] = False
-        picks: list[int] = []
-        for tree in rng.permutation(len(draws))[:n]:
-            score = np.where(open_, draws[tree] + rng.random(draws.shape[1]) * 1e-9, np.inf)
-            best = int(np.argmin(score))
-            if not open_[best]:
-                break
-            picks.append(best)
-            open_[best] = False
-        return picks
 
     def _stalled(self) -> bool:
         """True when the best measured has not improved by 0.5% over the last `patience` rounds, nor over the
@@ -300,7 +275,6 @@ def run_search(
     out_of_time: Callable[[], bool] | None = None,
     size: int | None = None,
     distance: Callable[[int], np.ndarray] | None = None,
-    draws: Callable[[Prediction], np.ndarray | None] | None = None,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
@@ -311,12 +285,9 @@ def run_search(
     `known` holds values measured before (a resumed tune): they count against the budget and are never
     measured again. `objective` maps a Prediction to the values to minimise (default: runtime), `order` turns
     those values into a best-first ordering (default: argsort), `spread` gives the objective's relative
-    uncertainty (default: the runtime's), `draws` its per-tree log samples (default: the runtime's when
-    `objective` is the default, else none). `out_of_time()` true ends the search before its next round (a
+    uncertainty (default: the runtime's). `out_of_time()` true ends the search before its next round (a
     time-boxed run); `measure` may then leave indices out of its answer, and those count as not measured.
     """
-    if draws is None:
-        draws = (lambda p: p.runtime_draws) if objective is None else (lambda p: None)
     objective = objective or (lambda p: p.runtime_s)
     spread = spread or (lambda p: p.runtime_spread)
     order = order or (lambda v: np.argsort(v, kind="stable"))
@@ -351,7 +322,6 @@ def run_search(
                 seed,
                 fail=prediction.fail_prob,
                 distance=distance,
-                draws=draws(prediction),
             )
         if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break

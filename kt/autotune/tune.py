@@ -44,7 +44,7 @@ from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
 from kt.codegen.restrict import restrict
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.models import shipped_model_path
-from kt.costmodel.prediction import Prediction, corrected_draws
+from kt.costmodel.prediction import Prediction
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
 from kt.errors import KtError, ModelError
@@ -795,7 +795,6 @@ class _Tuner:
             start.power_w,
             start.power_spread_w,
             fail_prob=own.fail_prob,
-            runtime_draws=corrected_draws(start, own.runtime_draws - offset),
         )
         self.model_name = f"{self.plan.model} corrected by a {model.describe()}"
         return True
@@ -906,7 +905,6 @@ class _Tuner:
                 known=known,
                 objective=lambda p: p.objective(self.plan.objective, self.plan.power_cap_w),
                 spread=lambda p: p.spread(self.plan.objective),
-                draws=lambda p: p.draws(self.plan.objective, self.plan.power_cap_w),
                 order=lambda values: rank(self.plan.records, values),
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
                 distance=self.distance,

@@ -24,7 +24,7 @@ from sklearn.ensemble import RandomForestRegressor
 
 from kt.costmodel.features import column, features
 from kt.costmodel.forest import MIN_ROWS, ForestModel, per_tree
-from kt.costmodel.prediction import Prediction, corrected_draws
+from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import AnalyticModel
 
 REFIT_TREES = 100  # fewer than a saved model: a refit runs between rounds while the GPU waits
@@ -86,9 +86,7 @@ class CorrectedModel:
                 power_spread = np.sqrt(start.power_spread_w**2 + (power * trees.std(axis=0)) ** 2)
             else:
                 power, power_spread = trees.mean(axis=0), trees.std(axis=0)
-        return Prediction(
-            runtime, spread, power, power_spread, runtime_draws=corrected_draws(start, correction)
-        )
+        return Prediction(runtime, spread, power, power_spread)
 
     def _features(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """The starting model's features and the GEMM's structure choice (`tma`, 0 when absent): the shipped

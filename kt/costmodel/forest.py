@@ -210,8 +210,7 @@ class ForestModel:
         if self.power_forest is not None:
             per_tree_power = per_tree(self.power_forest, x)
             power, spread = per_tree_power.mean(axis=0), per_tree_power.std(axis=0)
-        draws = np.log(roof) + trees
-        return Prediction(runtime, trees.std(axis=0), power, spread, runtime_draws=draws)
+        return Prediction(runtime, trees.std(axis=0), power, spread)
 
     @property
     def predicts_baseline(self) -> bool:

@@ -64,12 +64,11 @@ class ParamForest:
         if self.forest is None:
             raise ValueError("the parameter forest is not fitted")
         trees = per_tree(self.forest, x)
-        if offset is not None:
-            trees += offset
+        mean = trees.mean(axis=0) + (0.0 if offset is None else offset)
         fail = None
         if self.failures is not None:
             fail = self.failures.predict_proba(x)[:, list(self.failures.classes_).index(True)]
-        return Prediction(np.exp(trees.mean(axis=0)), trees.std(axis=0), fail_prob=fail, runtime_draws=trees)
+        return Prediction(np.exp(mean), trees.std(axis=0), fail_prob=fail)
 
     def describe(self) -> str:
         failed = f", {self.failed_rows} failed" if self.failed_rows else ""

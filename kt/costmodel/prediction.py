@@ -22,9 +22,6 @@ class Prediction:
     power_w: np.ndarray | None = None  # None when the model does not predict power
     power_spread_w: np.ndarray | None = None
     fail_prob: np.ndarray | None = None  # the chance each candidate fails (None: the model does not say)
-    # log(runtime_s) as each tree of a forest predicts it (trees x candidates): one tree is one plausible
-    # answer, which the guided search's Thompson draws explore with; None when the model has no trees
-    runtime_draws: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.runtime_s)
@@ -47,21 +44,6 @@ class Prediction:
                 value = np.where(self.power_w > power_cap_w, value * OVER_CAP_PENALTY, value)
         return value
 
-    def draws(self, name: str, power_cap_w: float | None = None) -> np.ndarray | None:
-        """Per-tree samples of log(objective `name`) (trees x candidates), None without runtime draws. Energy
-        and EDP scale the time draws by the predicted mean power (its own spread is not sampled); a config
-        predicted over `power_cap_w` carries the same penalty as in `objective`."""
-        if self.runtime_draws is None:
-            return None
-        if self.power_w is None:
-            return self.runtime_draws
-        draws = self.runtime_draws * (2.0 if name == "edp" else 1.0)
-        if name != "time":
-            draws = draws + np.log(np.maximum(self.power_w, 1e-9))
-        if power_cap_w is not None:
-            draws = draws + np.where(self.power_w > power_cap_w, np.log(OVER_CAP_PENALTY), 0.0)
-        return draws
-
     def spread(self, name: str) -> np.ndarray:
         """The relative uncertainty (log-space standard deviation) of the objective `name`."""
         if self.power_w is None or name == "time":
@@ -69,12 +51,3 @@ class Prediction:
         power_rel = self.power_spread_w / np.maximum(self.power_w, 1e-9)
         scale = 2.0 if name == "edp" else 1.0
         return np.sqrt((scale * self.runtime_spread) ** 2 + power_rel**2)
-
-
-def corrected_draws(start: Prediction, correction: np.ndarray) -> np.ndarray:
-    """Log-runtime draws of `start` corrected by a forest's per-tree log corrections (trees x candidates):
-    draw k is the start's draw k (cycling through its trees) plus correction tree k, so the draws spread as
-    both models do together; the start's mean where it has no draws of its own (the analytic model)."""
-    if start.runtime_draws is None:
-        return np.log(np.maximum(start.runtime_s, 1e-300)) + correction
-    return start.runtime_draws[np.arange(len(correction)) % len(start.runtime_draws)] + correction
