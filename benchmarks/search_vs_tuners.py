@@ -25,6 +25,8 @@ skips what is there (a stopped run resumes). `--verdicts` prints, per space and 
 strategy with the best mean among the others, with the difference's 95% interval: twenty runs per cell leave a
 mean uncertain by +-0.02-0.05 on these spaces, so a cell's "best mean" alone can be seed luck. `--overall`
 prints, per strategy and budget, its mean over the spaces, its worst space and on how many it has the best mean.
+`--against OLD.csv` prints kt guided against kt guided in OLD.csv (the search before a change), paired on space,
+budget and seed.
 
     pip install -e ".[bench]"
     python benchmarks/search_vs_tuners.py --csv benchmarks/results/search_vs_tuners.csv --markdown
@@ -276,6 +278,37 @@ def verdicts(rows: list[dict], budgets: list[str], ours: str = KT[0]) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list[dict], before: list[dict], budgets: list[str], ours: str = KT[0]) -> str:
+    """`ours` in `rows` against `ours` in `before` (the same search before a change, another CSV), paired on
+    space, budget and seed: a change's effect without the seeds' luck, which dominates an unpaired difference.
+    Per budget, the mean difference over every common run with its standard error (markdown), and per space."""
+    then = {
+        (r["space"], r["budget_label"], int(r["repeat"])): float(r["score"])
+        for r in before
+        if r["strategy"] == ours
+    }
+    lines = [
+        "| budget | runs | after | before | paired difference +- s.e. | per space |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in budgets:
+        pairs = defaultdict(list)
+        for r in rows:
+            key = (r["space"], label, int(r["repeat"]))
+            if r["strategy"] == ours and r["budget_label"] == label and key in then:
+                pairs[r["space"]].append((float(r["score"]), then[key]))
+        every = np.array([pair for space in pairs.values() for pair in space])
+        if len(every) < 2:
+            continue
+        diff = every[:, 0] - every[:, 1]
+        per_space = ", ".join(f"{space} {np.mean([a - b for a, b in v]):+.3f}" for space, v in pairs.items())
+        lines.append(
+            f"| {label} | {len(diff)} | {every[:, 0].mean():.3f} | {every[:, 1].mean():.3f} | "
+            f"{diff.mean():+.3f} +- {diff.std(ddof=1) / math.sqrt(len(diff)):.3f} | {per_space} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="folder of Kernel Tuner cache files")
@@ -322,7 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print each strategy's mean over the spaces, its worst space and its count of best means (markdown)",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="print kt guided against kt guided in CSV (before a change), paired on space, budget and seed",
+    )
     args = parser.parse_args(argv)
+    if args.against is not None and not args.against.is_file():
+        parser.error(f"--against: {args.against} is not a file")
     hub = LATER_HELD_OUT if args.later else HELD_OUT
     if args.later and args.held_out is None:
         parser.error("--later needs --held-out HUB")
@@ -413,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         print(verdicts(rows, budgets))
     if args.overall:
         print(overall(rows, budgets))
+    if args.against is not None:
+        print(paired(rows, read_done(args.against), budgets))
     return 0
 
 

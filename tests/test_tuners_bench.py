@@ -257,3 +257,30 @@ def test_the_overall_table_averages_cell_means_and_counts_each_strategys_best_sp
     table = {line.split("|")[1].strip(): line for line in bench.overall(rows, ["25"]).splitlines()[2:]}
     assert table["kt guided"] == "| kt guided | 25 | 0.775 | 0.500 (b) | 3 of 4 spaces |"
     assert table["tpe"].endswith("| 2 of 4 spaces (of 3 run) |"), "tpe did not run on d"
+
+
+def test_against_pairs_kt_guided_on_space_budget_and_seed_and_ignores_the_rest(tmp_path, capsys):
+    bench = benchmark_module("search_vs_tuners")
+
+    def row(space, label, repeat, score, strategy="kt guided"):
+        return {"space": space, "strategy": strategy, "budget_label": label, "repeat": repeat, "score": score}
+
+    before = [row("a", "25", r, 0.5 + 0.1 * r) for r in range(4)] + [row("b", "25", 0, 0.9)]
+    before += [row("a", "25", 0, 0.0, strategy="kt random")]  # another strategy is not paired
+    after = [row("a", "25", r, 0.6 + 0.1 * r) for r in range(4)] + [row("b", "25", 0, 0.8)]
+    after += [row("a", "25", 9, 0.1), row("a", "100", 0, 1.0)]  # no seed or budget to pair with
+    table = bench.paired(after, before, ["25", "100"]).splitlines()
+    assert len(table) == 3, "the 100 budget has nothing to pair"
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert cells[:4] == [
+        "25",
+        "5",
+        f"{(0.6 + 0.7 + 0.8 + 0.9 + 0.8) / 5:.3f}",
+        f"{(0.5 + 0.6 + 0.7 + 0.8 + 0.9) / 5:.3f}",
+    ]
+    diffs = np.array([0.1, 0.1, 0.1, 0.1, -0.1])
+    assert cells[4] == f"{diffs.mean():+.3f} +- {diffs.std(ddof=1) / np.sqrt(5):.3f}"
+    assert cells[5] == "a +0.100, b -0.100"
+    with pytest.raises(SystemExit):
+        bench.main(["--repeats", "0", "--against", str(tmp_path / "missing.csv")])
+    assert "--against: " in capsys.readouterr().err
