@@ -1,0 +1,256 @@
+"""Variants of kt's guided search, replayed paired against the shipped search on seeds the reports do not use.
+
+How a change to the search is judged (issue 15; BENCHMARKS.md, "Variants rejected before the reporting seeds"):
+
+1. choose: replay the variant and the shipped search (`base`) on the four shared spaces with seeds 100-119;
+2. check: replay both on the 21 held-out spaces (`--held-out HUB`) with seeds 400-409;
+3. only a variant that gains in both is rerun on the seeds the tables report (0-59 with
+   `benchmarks/search_vs_tuners.py`, then `--against` the committed rows) before it changes the search.
+
+Each run is paired with `base`'s run of the same space, budget and seed, so a difference is free of the seeds'
+luck (large on the convolution spaces). Every run goes through kt.autotune.replay.replay_space, the loop
+`kt replay` and `kt tune` run; a variant is a GuidedSearch subclass or a change of the forest's feature columns.
+
+    python benchmarks/search_variants.py --variants base,radius2-even --seeds 100-119 --jsonl runs.jsonl
+    python benchmarks/search_variants.py --held-out /tmp/hub --variants base,radius2-even --seeds 400-409 \\
+        --budgets 100 --jsonl runs.jsonl
+    python benchmarks/search_variants.py --jsonl runs.jsonl --compare     # the paired table of what it holds
+
+Rows append to the JSON-lines file as they finish (a rerun skips the runs it holds). Nothing here is a timing
+of kt's: the scores are replays of the spaces' own GPU measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from kt.autotune.replay import replay_space
+from kt.autotune.search import FAILING, GuidedSearch, SearchState
+from kt.autotune.spaces import TuningSpace, load_kernel_tuner, varying
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_vs_tuners import DATA, HELD_OUT, LATER_HELD_OUT, SPACES  # noqa: E402
+
+
+class WiderPolish(GuidedSearch):
+    """The polish (the exploiting picks among the best measured's neighbours) may change two parameters,
+    not one: on even rounds (`even`), once the search has stalled (`stalled`), or when no unmeasured
+    one-parameter neighbour is predicted to beat the best measured (`dry`)."""
+
+    def __init__(self, when: str):
+        super().__init__()
+        if when not in ("even", "stalled", "dry"):
+            raise ValueError(f"when: {when!r}; allowed: even, stalled, dry")
+        self.when = when
+
+    def propose(self, state: SearchState) -> list[int]:
+        self.local = 2 if state.informed and state.best is not None and self._wider(state) else 1
+        return super().propose(state)
+
+    def _wider(self, state: SearchState) -> bool:
+        if self.when == "even":
+            return state.round % 2 == 0
+        if self.when == "stalled":
+            return bool(self._size) and self._stalled()
+        if state.distance is None:
+            return False
+        incumbent = min((i for i, v in state.measured.items() if v is not None), key=state.measured.get)
+        near = np.flatnonzero(state.distance(incumbent) == 1)
+        near = np.array([i for i in near if int(i) not in state.measured], dtype=np.int64)
+        if state.fail is not None and len(near):
+            near = near[state.fail[near] < FAILING]
+        return not len(near) or float(state.objective[near].min()) >= state.best
+
+
+class SpreadStart(GuidedSearch):
+    """The random start spread out: of a random pool of 20 candidates per start point, the points chosen one by
+    one to differ from those already chosen in as many parameters as possible (max-min distance), instead of a
+    plain random sample; a space-filling start, as Latin hypercubes give a Bayesian optimizer."""
+
+    def propose(self, state: SearchState) -> list[int]:
+        picks = super().propose(state)
+        if state.informed or state.round != 0 or state.distance is None or len(picks) < 2:
+            return picks
+        todo = np.array(state.unmeasured(), dtype=np.int64)
+        rng = np.random.default_rng([state.seed, 1])
+        pool = rng.choice(todo, size=min(len(todo), 20 * len(picks)), replace=False)
+        chosen = [int(pool[0])]
+        nearest = state.distance(chosen[0])[pool].astype(np.float64)
+        while len(chosen) < len(picks):
+            k = int(np.argmax(nearest))  # ties: the pool's random order
+            chosen.append(int(pool[k]))
+            nearest = np.minimum(nearest, state.distance(chosen[-1])[pool])
+        return chosen
+
+
+def pair_products(space: TuningSpace) -> np.ndarray:
+    """kt's feature columns plus, for every two numeric parameters, log2 of the product of their values (a
+    block's threads, a thread's tile): a tree reads a product off one column instead of a staircase of cuts."""
+    logs = [
+        np.log2(1 + np.abs(np.array([p[j] for p in space.points], dtype=np.float64)))
+        for j, name in enumerate(space.params)
+        if name in set(varying(space.params, space.points))
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in space.params[name])
+    ]
+    pairs = [logs[a] + logs[b] for a in range(len(logs)) for b in range(a + 1, len(logs))]
+    return np.hstack([space.features()] + ([np.stack(pairs, axis=1)] if pairs else []))
+
+
+# name -> (the strategy, the feature columns (None: kt's own))
+VARIANTS: dict[str, tuple[Callable[[], GuidedSearch], Callable[[TuningSpace], np.ndarray] | None]] = {
+    "base": (GuidedSearch, None),
+    "radius2-even": (lambda: WiderPolish("even"), None),
+    "radius2-stalled": (lambda: WiderPolish("stalled"), None),
+    "radius2-dry": (lambda: WiderPolish("dry"), None),
+    "pair-products": (GuidedSearch, pair_products),
+    "spread-start": (SpreadStart, None),
+}
+
+_spaces: dict[str, tuple[TuningSpace, dict[str, np.ndarray]]] = {}
+
+
+def _space(path: str) -> tuple[TuningSpace, dict[str, np.ndarray]]:
+    if path not in _spaces:
+        _spaces[path] = (load_kernel_tuner(Path(path)), {})
+    return _spaces[path]
+
+
+def run(job: tuple[str, str, str, int, int]) -> dict:
+    """One replay: (space name, its file, variant, budget, seed) -> the row written."""
+    name, path, variant, budget, seed = job
+    space, columns = _space(path)
+    strategy, features = VARIANTS[variant]
+    if variant not in columns:
+        columns[variant] = (features or TuningSpace.features)(space)
+    started = time.perf_counter()
+    trace = replay_space(space, strategy(), budget, seed, features=columns[variant])
+    return {
+        "space": name,
+        "variant": variant,
+        "budget": budget,
+        "seed": seed,
+        "score": space.score(trace.best_after(budget)),
+        "evals": len(trace.measured),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def seeds_of(text: str) -> list[int]:
+    lo, _, hi = text.partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+        raise ValueError(f"--seeds: {text!r} is not a seed or a range such as 100-119")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash: that run is simply redone
+                continue
+    return rows
+
+
+def compare(rows: list[dict], base: str = "base") -> str:
+    """Each variant against `base`, paired on space, budget and seed: mean difference +- its standard error,
+    and the mean difference per space (markdown)."""
+    score = {(r["space"], r["variant"], r["budget"], r["seed"]): r["score"] for r in rows}
+    lines = [
+        "| variant | budget | pairs | paired difference +- s.e. | per space |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in sorted({r["variant"] for r in rows} - {base}):
+        for budget in sorted({r["budget"] for r in rows if r["variant"] == variant}):
+            per_space = defaultdict(list)
+            for (space, v, b, seed), value in score.items():
+                if v == variant and b == budget and (space, base, b, seed) in score:
+                    per_space[space].append(value - score[(space, base, b, seed)])
+            diffs = np.array([d for values in per_space.values() for d in values])
+            if not len(diffs):
+                continue
+            error = diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+            spaces = ", ".join(f"{s} {np.mean(d):+.3f}" for s, d in sorted(per_space.items()))
+            lines.append(
+                f"| {variant} | {budget} | {len(diffs)} | {diffs.mean():+.4f} +- {error:.4f} | {spaces} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--jsonl", type=Path, required=True, help="append each run here; reruns skip its runs"
+    )
+    parser.add_argument("--variants", default="", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of the shared Kernel Tuner caches")
+    parser.add_argument("--held-out", type=Path, default=None, metavar="HUB", help="the 21 held-out spaces")
+    parser.add_argument("--spaces", default=None, help="comma-separated names (default: all of the set)")
+    parser.add_argument("--budgets", default="25,100")
+    parser.add_argument("--seeds", default="100-119", help="a seed or a range (100-119: choosing)")
+    parser.add_argument("--jobs", type=int, default=2, help="replays run side by side")
+    parser.add_argument("--compare", action="store_true", help="print every variant against base, paired")
+    args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: {', '.join(unknown)} unknown; allowed: {', '.join(VARIANTS)}")
+    try:
+        seeds = seeds_of(args.seeds)
+        budgets = [int(b) for b in args.budgets.split(",") if b]
+    except ValueError as error:
+        parser.error(str(error).split(": invalid literal")[0])
+    if args.held_out is not None:
+        known = {**HELD_OUT, **LATER_HELD_OUT}
+        paths = {name: args.held_out / rel for name, rel in known.items()}
+    else:
+        paths = {name: args.data / f"{name}.json.gz" for name in SPACES}
+    if args.spaces:
+        wrong = [s for s in args.spaces.split(",") if s not in paths]
+        if wrong:
+            parser.error(f"--spaces: {', '.join(wrong)} not among {', '.join(paths)}")
+        paths = {s: paths[s] for s in args.spaces.split(",")}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    for name in missing:
+        print(f"skip {name}: {paths[name]} not found", file=sys.stderr)
+    done = {(r["space"], r["variant"], r["budget"], r["seed"]) for r in read(args.jsonl)}
+    jobs = [
+        (name, str(path), variant, budget, seed)
+        for name, path in paths.items()
+        if name not in missing
+        for budget in budgets
+        for variant in variants
+        for seed in seeds
+        if (name, variant, budget, seed) not in done
+    ]
+    if jobs:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with Pool(max(1, args.jobs)) as pool, args.jsonl.open("a") as handle:
+            for i, row in enumerate(pool.imap_unordered(run, jobs), 1):
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+                print(
+                    f"[{i}/{len(jobs)}] {row['space']} {row['variant']} budget {row['budget']} seed "
+                    f"{row['seed']}: {row['score']:.3f}",
+                    file=sys.stderr,
+                )
+    if args.compare:
+        print(compare(read(args.jsonl)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

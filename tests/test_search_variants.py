@@ -1,0 +1,130 @@
+"""benchmarks/search_variants.py: variants of the guided search replayed paired against the shipped one.
+
+What is checked: `base` is exactly `kt replay`'s guided search (same scores, seed for seed); the wider polish
+reaches a two-parameter neighbour when it should and only then; the spread start's first points differ in
+every parameter while they can; the feature variant adds one column per pair of
+numeric parameters; rows append and a rerun skips them, a line cut short is redone; the paired table pairs on
+space, budget and seed; bad arguments are one clear error. Real spaces (../shared/data/kerneltuner) where
+present, else those tests skip; small budgets keep each within seconds.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import benchmark_module
+
+from kt.autotune.replay import replay_space
+from kt.autotune.search import GuidedSearch, SearchState
+from kt.autotune.spaces import load_kernel_tuner
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/kerneltuner"
+CONVOLUTION = DATA / "convolution_A100.json.gz"
+needs_data = pytest.mark.skipif(not CONVOLUTION.is_file(), reason=f"Kernel Tuner spaces not found at {DATA}")
+
+variants = benchmark_module("search_variants")
+
+
+def grid_state(measured: dict[int, float], objective: np.ndarray, round_: int) -> SearchState:
+    """A 5 x 5 grid of two parameters; distance = how many of the two differ."""
+    a, b = np.divmod(np.arange(25), 5)
+
+    def distance(i):
+        return (a != a[i]).astype(int) + (b != b[i]).astype(int)
+
+    order = np.argsort(objective, kind="stable")
+    return SearchState(objective, np.full(25, 0.1), order, measured, 64, round_, 0, distance=distance)
+
+
+def test_the_wider_polish_reaches_two_parameters_only_when_its_rule_says():
+    # the best measured is (0, 0); the model's best overall is (4, 4), two parameters away; its one-parameter
+    # neighbours are all measured except (0, 1), which the model expects to be worse than the best measured
+    objective = np.full(25, 2.0)
+    objective[24] = 0.1
+    measured = {0: 1.0, **{i: 3.0 for i in (2, 3, 4, 5, 10, 15, 20)}}
+    assert GuidedSearch().propose(grid_state(measured, objective, 1))[0] == 1, "the shipped polish: radius 1"
+    assert variants.WiderPolish("dry").propose(grid_state(measured, objective, 1))[0] == 24
+    objective[1] = 0.5  # now a one-parameter neighbour is predicted to beat the best: the polish stays near
+    state = grid_state(measured, objective, 1)
+    assert variants.WiderPolish("dry").propose(state)[0] == 1
+    assert variants.WiderPolish("even").propose(state) == GuidedSearch().propose(state), "odd round: radius 1"
+    with pytest.raises(ValueError, match="allowed: even, stalled, dry"):
+        variants.WiderPolish("always")
+
+
+@needs_data
+def test_base_is_kt_replays_guided_search_and_rows_append_and_resume(tmp_path, capsys):
+    out = tmp_path / "runs.jsonl"
+    args = ["--jsonl", str(out), "--spaces", "convolution_A100", "--budgets", "12", "--seeds", "0-1"]
+    assert variants.main([*args, "--variants", "base,radius2-even", "--jobs", "1"]) == 0
+    rows = variants.read(out)
+    assert len(rows) == 4
+    space = load_kernel_tuner(CONVOLUTION)
+    for row in rows:
+        if row["variant"] == "base":
+            trace = replay_space(space, "guided", 12, row["seed"])
+            assert row["score"] == space.score(trace.best_after(12))
+        assert row["evals"] == 12 and 0 < row["score"] <= 1
+    with out.open("a") as handle:
+        handle.write('{"space": "convolution_A100", "varia')  # a crash mid-line
+    assert variants.main([*args, "--variants", "base", "--compare", "--jobs", "1"]) == 0
+    assert len(variants.read(out)) == 4, "a rerun skips what it holds and ignores the cut line"
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("| radius2-even | 12 | 2 | ")
+
+
+@needs_data
+def test_pair_products_add_one_log_column_per_pair_of_numeric_parameters():
+    space = load_kernel_tuner(CONVOLUTION)
+    x = variants.pair_products(space)
+    base = space.features()
+    extra = x.shape[1] - base.shape[1]
+    assert np.array_equal(x[:, : base.shape[1]], base)
+    numeric = round((1 + np.sqrt(1 + 8 * extra)) / 2)
+    assert numeric * (numeric - 1) // 2 == extra and numeric >= 2
+
+
+def test_compare_pairs_on_space_budget_and_seed():
+    def row(space, variant, budget, seed, score):
+        return {"space": space, "variant": variant, "budget": budget, "seed": seed, "score": score}
+
+    rows = [row("a", "base", 25, s, 0.5) for s in range(3)] + [row("a", "v", 25, s, 0.6) for s in range(3)]
+    rows += [row("b", "base", 25, 0, 0.9), row("b", "v", 25, 0, 0.7), row("b", "v", 25, 5, 1.0)]
+    lines = variants.compare(rows).splitlines()
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    diffs = np.array([0.1, 0.1, 0.1, -0.2])
+    assert cells[:3] == ["v", "25", "4"]
+    assert cells[3] == f"{diffs.mean():+.4f} +- {diffs.std(ddof=1) / 2:.4f}"
+    assert cells[4] == "a +0.100, b -0.200"
+
+
+def test_bad_arguments_are_one_clear_error(tmp_path, capsys):
+    for bad, says in [
+        (["--variants", "nope"], "--variants: nope unknown; allowed: base,"),
+        (["--seeds", "9-3"], "--seeds: '9-3' is not a seed or a range"),
+        (["--spaces", "gemm_X"], "--spaces: gemm_X not among"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            variants.main(["--jsonl", str(tmp_path / "r.jsonl"), *bad])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_spread_start_picks_points_that_differ_in_every_parameter_while_it_can():
+    a, b, c = np.unravel_index(np.arange(64), (4, 4, 4))  # three parameters of four values each
+
+    def distance(i):
+        return (a != a[i]).astype(int) + (b != b[i]).astype(int) + (c != c[i]).astype(int)
+
+    def state(seed):
+        return SearchState(
+            np.ones(64), np.zeros(64), np.arange(64), {}, 25, 0, seed, informed=False, distance=distance
+        )
+
+    picks = variants.SpreadStart().propose(state(3))
+    assert len(picks) == 8 == len(set(picks)), "the random start's size: 8 at a budget of 25"
+    first = picks[:4]
+    assert all(distance(i)[j] == 3 for i in first for j in first if i != j), first
+    assert variants.SpreadStart().propose(state(3)) == picks, "the same seed, the same start"
+    plain = GuidedSearch().propose(state(3))
+    assert len(plain) == 8 and plain != picks
