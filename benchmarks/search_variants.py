@@ -96,10 +96,11 @@ class SpreadStart(GuidedSearch):
 def pair_products(space: TuningSpace) -> np.ndarray:
     """kt's feature columns plus, for every two numeric parameters, log2 of the product of their values (a
     block's threads, a thread's tile): a tree reads a product off one column instead of a staircase of cuts."""
+    moving = set(varying(space.params, space.points))
     logs = [
         np.log2(1 + np.abs(np.array([p[j] for p in space.points], dtype=np.float64)))
         for j, name in enumerate(space.params)
-        if name in set(varying(space.params, space.points))
+        if name in moving
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in space.params[name])
     ]
     pairs = [logs[a] + logs[b] for a in range(len(logs)) for b in range(a + 1, len(logs))]
