@@ -36,7 +36,7 @@ import numpy as np
 
 from kt.autotune.replay import replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
-from kt.autotune.spaces import TuningSpace, load_kernel_tuner, varying
+from kt.autotune.spaces import TuningSpace, _numeric, load_kernel_tuner, varying
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_vs_tuners import DATA, HELD_OUT, LATER_HELD_OUT, SPACES  # noqa: E402
@@ -100,8 +100,7 @@ def pair_products(space: TuningSpace) -> np.ndarray:
     logs = [
         np.log2(1 + np.abs(np.array([p[j] for p in space.points], dtype=np.float64)))
         for j, name in enumerate(space.params)
-        if name in moving
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in space.params[name])
+        if name in moving and all(_numeric(v) for v in space.params[name])
     ]
     pairs = [logs[a] + logs[b] for a in range(len(logs)) for b in range(a + 1, len(logs))]
     return np.hstack([space.features()] + ([np.stack(pairs, axis=1)] if pairs else []))
@@ -117,10 +116,11 @@ VARIANTS: dict[str, tuple[Callable[[], GuidedSearch], Callable[[TuningSpace], np
     "spread-start": (SpreadStart, None),
 }
 
-_spaces: dict[str, tuple[TuningSpace, dict[str, np.ndarray]]] = {}
+# per worker process: each space read once, and its feature columns computed once per feature function
+_spaces: dict[str, tuple[TuningSpace, dict[Callable, np.ndarray]]] = {}
 
 
-def _space(path: str) -> tuple[TuningSpace, dict[str, np.ndarray]]:
+def _space(path: str) -> tuple[TuningSpace, dict[Callable, np.ndarray]]:
     if path not in _spaces:
         _spaces[path] = (load_kernel_tuner(Path(path)), {})
     return _spaces[path]
@@ -131,10 +131,11 @@ def run(job: tuple[str, str, str, int, int]) -> dict:
     name, path, variant, budget, seed = job
     space, columns = _space(path)
     strategy, features = VARIANTS[variant]
-    if variant not in columns:
-        columns[variant] = (features or TuningSpace.features)(space)
+    features = features or TuningSpace.features
+    if features not in columns:
+        columns[features] = features(space)
     started = time.perf_counter()
-    trace = replay_space(space, strategy(), budget, seed, features=columns[variant])
+    trace = replay_space(space, strategy(), budget, seed, features=columns[features])
     return {
         "space": name,
         "variant": variant,

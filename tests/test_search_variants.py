@@ -8,8 +8,6 @@ space, budget and seed; bad arguments are one clear error. Real spaces (../share
 present, else those tests skip; small budgets keep each within seconds.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from conftest import benchmark_module
@@ -18,11 +16,12 @@ from kt.autotune.replay import replay_space
 from kt.autotune.search import GuidedSearch, SearchState
 from kt.autotune.spaces import load_kernel_tuner
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/kerneltuner"
-CONVOLUTION = DATA / "convolution_A100.json.gz"
-needs_data = pytest.mark.skipif(not CONVOLUTION.is_file(), reason=f"Kernel Tuner spaces not found at {DATA}")
-
 variants = benchmark_module("search_variants")
+
+CONVOLUTION = variants.DATA / "convolution_A100.json.gz"
+needs_data = pytest.mark.skipif(
+    not CONVOLUTION.is_file(), reason=f"Kernel Tuner spaces not found at {variants.DATA}"
+)
 
 
 def grid_state(measured: dict[int, float], objective: np.ndarray, round_: int) -> SearchState:
