@@ -9,7 +9,7 @@ How a change to the search is judged (issue 15; BENCHMARKS.md, "Variants rejecte
 
 Each run is paired with `base`'s run of the same space, budget and seed, so a difference is free of the seeds'
 luck (large on the convolution spaces). Every run goes through kt.autotune.replay.replay_space, the loop
-`kt replay` and `kt tune` run; a variant is a GuidedSearch subclass or a change of the forest's feature columns.
+`kt replay` and `kt tune` run; a variant is a GuidedSearch subclass, a change of the forest's feature columns, or another forest.
 
     python benchmarks/search_variants.py --variants base,radius2-even --seeds 100-119 --jsonl runs.jsonl
     python benchmarks/search_variants.py --held-out /tmp/hub --variants base,radius2-even --seeds 400-409 \\
@@ -33,10 +33,12 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from sklearn.ensemble import ExtraTreesRegressor
 
 from kt.autotune.replay import replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
 from kt.autotune.spaces import TuningSpace, _numeric, load_kernel_tuner, varying
+from kt.costmodel.paramforest import ParamForest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_vs_tuners import DATA, HELD_OUT, LATER_HELD_OUT, SPACES  # noqa: E402
@@ -106,14 +108,46 @@ def pair_products(space: TuningSpace) -> np.ndarray:
     return np.hstack([space.features()] + ([np.stack(pairs, axis=1)] if pairs else []))
 
 
-# name -> (the strategy, the feature columns (None: kt's own))
-VARIANTS: dict[str, tuple[Callable[[], GuidedSearch], Callable[[TuningSpace], np.ndarray] | None]] = {
-    "base": (GuidedSearch, None),
-    "radius2-even": (lambda: WiderPolish("even"), None),
-    "radius2-stalled": (lambda: WiderPolish("stalled"), None),
-    "radius2-dry": (lambda: WiderPolish("dry"), None),
-    "pair-products": (GuidedSearch, pair_products),
-    "spread-start": (SpreadStart, None),
+class ClippedForest(ParamForest):
+    """The forest learns log(objective) clipped from above at the `quantile` of the points measured so far:
+    every slow point looks equally slow, so the trees spend their cuts on telling the fast ones apart (on the
+    MI250X convolution 98% of the space is over twice as slow as the optimum)."""
+
+    def __init__(self, quantile: float, seed: int):
+        super().__init__(seed=seed)
+        self.quantile = quantile
+
+    def fit(self, x, objective, offset=None):
+        objective = np.asarray(objective, dtype=np.float64)
+        ran = np.isfinite(objective) & (objective > 0)
+        if ran.any():
+            objective = np.where(
+                ran, np.minimum(objective, np.quantile(objective[ran], self.quantile)), objective
+            )
+        return super().fit(x, objective, offset)
+
+
+class ExtraForest(ParamForest):
+    """Extremely randomized trees (random cut points, no bootstrap) instead of a random forest: a smoother
+    surface and a spread that comes from the cuts, as scikit-optimize's ET surrogate."""
+
+    regressor = ExtraTreesRegressor
+
+
+Model = Callable[[int], ParamForest]  # seed -> an unfitted forest
+# name -> (the strategy, the feature columns (None: kt's own), the forest (None: kt's own))
+VARIANTS: dict[
+    str, tuple[Callable[[], GuidedSearch], Callable[[TuningSpace], np.ndarray] | None, Model | None]
+] = {
+    "base": (GuidedSearch, None, None),
+    "radius2-even": (lambda: WiderPolish("even"), None, None),
+    "radius2-stalled": (lambda: WiderPolish("stalled"), None, None),
+    "radius2-dry": (lambda: WiderPolish("dry"), None, None),
+    "pair-products": (GuidedSearch, pair_products, None),
+    "spread-start": (SpreadStart, None, None),
+    "clip-median": (GuidedSearch, None, lambda seed: ClippedForest(0.5, seed)),
+    "clip-q75": (GuidedSearch, None, lambda seed: ClippedForest(0.75, seed)),
+    "extra-trees": (GuidedSearch, None, lambda seed: ExtraForest(seed=seed)),
 }
 
 # per worker process: each space read once, and its feature columns computed once per feature function
@@ -130,12 +164,13 @@ def run(job: tuple[str, str, str, int, int]) -> dict:
     """One replay: (space name, its file, variant, budget, seed) -> the row written."""
     name, path, variant, budget, seed = job
     space, columns = _space(path)
-    strategy, features = VARIANTS[variant]
+    strategy, features, model = VARIANTS[variant]
     features = features or TuningSpace.features
     if features not in columns:
         columns[features] = features(space)
     started = time.perf_counter()
-    trace = replay_space(space, strategy(), budget, seed, features=columns[features])
+    model = model or (lambda seed: ParamForest(seed=seed))
+    trace = replay_space(space, strategy(), budget, seed, features=columns[features], model=model)
     return {
         "space": name,
         "variant": variant,

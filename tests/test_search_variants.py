@@ -3,7 +3,8 @@
 What is checked: `base` is exactly `kt replay`'s guided search (same scores, seed for seed); the wider polish
 reaches a two-parameter neighbour when it should and only then; the spread start's first points differ in
 every parameter while they can; the feature variant adds one column per pair of
-numeric parameters; rows append and a rerun skips them, a line cut short is redone; the paired table pairs on
+numeric parameters; the clipped forest learns nothing slower than its quantile; a forest variant is the one
+`replay_space` refits (one per round, seeded by the points measured); rows append and a rerun skips them, a line cut short is redone; the paired table pairs on
 space, budget and seed; bad arguments are one clear error. Real spaces (../shared/data/kerneltuner) where
 present, else those tests skip; small budgets keep each within seconds.
 """
@@ -127,3 +128,34 @@ def test_the_spread_start_picks_points_that_differ_in_every_parameter_while_it_c
     assert variants.SpreadStart().propose(state(3)) == picks, "the same seed, the same start"
     plain = GuidedSearch().propose(state(3))
     assert len(plain) == 8 and plain != picks
+
+
+def test_the_clipped_forest_sees_every_slow_point_as_equally_slow():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3))
+    objective = np.exp(4 * x[:, 0])  # slow where the first column is large
+    objective[3] = np.nan  # failed: stays a failure, not clipped
+    forest = variants.ClippedForest(0.5, seed=0).fit(x, objective)
+    assert forest.rows == 39 and forest.failed_rows == 1
+    limit = np.nanquantile(objective, 0.5)
+    slow = x[np.nan_to_num(objective) > 2 * limit]
+    predicted = forest.predict(slow).runtime_s
+    assert (predicted <= limit * (1 + 1e-9)).all(), "nothing is learned as slower than the median"
+    assert np.median(predicted) > 0.9 * limit
+    plain = variants.ParamForest(seed=0).fit(x, objective).predict(slow).runtime_s
+    assert (plain > 1.5 * limit).all()
+
+
+@needs_data
+def test_a_model_variant_replays_through_the_forest_it_names():
+    space = load_kernel_tuner(CONVOLUTION)
+    seeds = []
+
+    def recorded(seed):
+        seeds.append(seed)
+        return variants.ExtraForest(seed=seed)
+
+    trace = replay_space(space, "guided", 14, 2, model=recorded)
+    assert len(trace.measured) == 14 and trace.models[-1].startswith("parameter forest on")
+    assert seeds == [2 + n for n in (8, 10, 12, 14)], "one forest per refit, seeded by the points measured"
+    assert isinstance(variants.VARIANTS["extra-trees"][2](0).regressor(), variants.ExtraTreesRegressor)

@@ -171,12 +171,14 @@ def replay_space(
     budget: int,
     seed: int = 0,
     features: np.ndarray | None = None,
+    model: Callable[[int], ParamForest] = lambda seed: ParamForest(seed=seed),
 ) -> SearchTrace:
     """Search a space measured whole (a Kernel Tuner cache, say) with `strategy`, answering each measurement
     from the space: a point that failed on the GPU is a spent evaluation that returned a failure.
 
     There is no model before the first measurements (the guided strategy starts with a random sample); after
-    each round a ParamForest is refitted on every point measured, failures included."""
+    each round a ParamForest (`model(seed)`, unfitted) is refitted on every point measured, failures
+    included."""
     strategy = make_strategy(strategy)
     x = space.features() if features is None else features
     state: dict[str, Any] = {"prediction": None, "name": "none"}
@@ -187,8 +189,8 @@ def replay_space(
         values = space.objective[measured]
         if int(np.isfinite(values).sum()) < SPACE_MIN_ROWS:
             return False
-        model = ParamForest(seed=seed + len(measured)).fit(x[measured], values)
-        state["prediction"], state["name"] = model.predict(x), model.describe()
+        fitted = model(seed + len(measured)).fit(x[measured], values)
+        state["prediction"], state["name"] = fitted.predict(x), fitted.describe()
         return True
 
     rng = np.random.default_rng(seed)

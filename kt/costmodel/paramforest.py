@@ -27,6 +27,7 @@ class ParamForest:
     """Predicts log(objective) (minus an optional offset) from parameter encodings, with a failure model."""
 
     name = "parameter forest"
+    regressor = RandomForestRegressor  # the trees that learn the objective (a subclass may swap them)
 
     def __init__(
         self, n_estimators: int = TREES, max_features: float = 0.5, min_samples_leaf: int = 1, seed=0
@@ -52,7 +53,7 @@ class ParamForest:
                 f"a parameter forest needs at least {MIN_ROWS} points that ran, got {int(ran.sum())}"
             )
         target = np.log(objective[ran]) - (0.0 if offset is None else offset[ran])
-        self.forest = RandomForestRegressor(**self.params).fit(x[ran], target)
+        self.forest = self.regressor(**self.params).fit(x[ran], target)
         self.rows, self.failed_rows = int(ran.sum()), int((~ran).sum())
         self.failures = None
         if self.failed_rows:
