@@ -7,8 +7,10 @@ How a change to the search is judged (issue 15; BENCHMARKS.md, "Variants rejecte
 3. only a variant that gains in both is rerun on the seeds the tables report (0-59 with
    `benchmarks/search_vs_tuners.py`, then `--against` the committed rows) before it changes the search.
 
-Each run is paired with `base`'s run of the same space, budget and seed, so a difference is free of the seeds'
-luck (large on the convolution spaces). Every run goes through kt.autotune.replay.replay_space, the loop
+Each run is paired with `base`'s run of the same space, budget and seed, which removes part of the seeds' luck
+(large on the convolution spaces): a pair shares its random start and diverges after the first refit, so on
+the MI250X convolution, where `base`'s seeds 100-119 run below its 60-seed mean, step 1 flatters every variant
+(BENCHMARKS.md). Step 1 is a screen; steps 2 and 3 decide. Every run goes through kt.autotune.replay.replay_space, the loop
 `kt replay` and `kt tune` run; a variant is a GuidedSearch subclass, a change of the forest's feature columns, or another forest.
 
     python benchmarks/search_variants.py --variants base,radius2-even --seeds 100-119 --jsonl runs.jsonl
@@ -148,6 +150,8 @@ VARIANTS: dict[
     "clip-median": (GuidedSearch, None, lambda seed: ClippedForest(0.5, seed)),
     "clip-q75": (GuidedSearch, None, lambda seed: ClippedForest(0.75, seed)),
     "extra-trees": (GuidedSearch, None, lambda seed: ExtraForest(seed=seed)),
+    "trees96": (GuidedSearch, None, lambda seed: ParamForest(n_estimators=96, seed=seed)),
+    "all-features": (GuidedSearch, None, lambda seed: ParamForest(max_features=1.0, seed=seed)),
 }
 
 # per worker process: each space read once, and its feature columns computed once per feature function
