@@ -10,8 +10,9 @@ How a change to the search is judged (issue 15; BENCHMARKS.md, "Variants rejecte
 Each run is paired with `base`'s run of the same space, budget and seed, which removes part of the seeds' luck
 (large on the convolution spaces): a pair shares its random start and diverges after the first refit, so on
 the MI250X convolution, where `base`'s seeds 100-119 run below its 60-seed mean, step 1 flatters every variant
-(BENCHMARKS.md). Step 1 is a screen; steps 2 and 3 decide. Every run goes through kt.autotune.replay.replay_space, the loop
-`kt replay` and `kt tune` run; a variant is a GuidedSearch subclass, a change of the forest's feature columns, or another forest.
+(BENCHMARKS.md). Step 1 is a screen; steps 2 and 3 decide. Every run goes through
+kt.autotune.replay.replay_space, the loop `kt replay` and `kt tune` run; a variant is a GuidedSearch subclass,
+a change of the forest's feature columns, or another forest.
 
     python benchmarks/search_variants.py --variants base,radius2-even --seeds 100-119 --jsonl runs.jsonl
     python benchmarks/search_variants.py --held-out /tmp/hub --variants base,radius2-even --seeds 400-409 \\
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 
-from kt.autotune.replay import replay_space
+from kt.autotune.replay import parameter_forest, replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
 from kt.autotune.spaces import TuningSpace, _numeric, load_kernel_tuner, varying
 from kt.costmodel.paramforest import ParamForest
@@ -173,8 +174,8 @@ def run(job: tuple[str, str, str, int, int]) -> dict:
     if features not in columns:
         columns[features] = features(space)
     started = time.perf_counter()
-    model = model or (lambda seed: ParamForest(seed=seed))
-    trace = replay_space(space, strategy(), budget, seed, features=columns[features], model=model)
+    forest = model or parameter_forest
+    trace = replay_space(space, strategy(), budget, seed, features=columns[features], model=forest)
     return {
         "space": name,
         "variant": variant,

@@ -2,10 +2,10 @@
 
 What is checked: `base` is exactly `kt replay`'s guided search (same scores, seed for seed); the wider polish
 reaches a two-parameter neighbour when it should and only then; the spread start's first points differ in
-every parameter while they can; the feature variant adds one column per pair of
-numeric parameters; the clipped forest learns nothing slower than its quantile; a forest variant is the one
-`replay_space` refits (one per round, seeded by the points measured); rows append and a rerun skips them, a line cut short is redone; the paired table pairs on
-space, budget and seed; bad arguments are one clear error. Real spaces (../shared/data/kerneltuner) where
+every parameter while they can; the feature variant adds one column per pair of numeric parameters; the
+clipped forest learns nothing slower than its quantile; a forest variant is the one `replay_space` refits (one
+per round, seeded by the points measured); rows append and a rerun skips them, a line cut short is redone; the
+paired table pairs on space, budget and seed; bad arguments are one clear error. Real spaces (../shared/data/kerneltuner) where
 present, else those tests skip; small budgets keep each within seconds.
 """
 

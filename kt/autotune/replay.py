@@ -165,13 +165,18 @@ def reached(sweep: Sweep, trace: SearchTrace, budget: int) -> float:
     return 0.0 if best is None else sweep.best / best
 
 
+def parameter_forest(seed: int) -> ParamForest:
+    """The forest a replayed search refits after each round (unfitted)."""
+    return ParamForest(seed=seed)
+
+
 def replay_space(
     space: TuningSpace,
     strategy: str | SearchStrategy,
     budget: int,
     seed: int = 0,
     features: np.ndarray | None = None,
-    model: Callable[[int], ParamForest] = lambda seed: ParamForest(seed=seed),
+    model: Callable[[int], ParamForest] = parameter_forest,
 ) -> SearchTrace:
     """Search a space measured whole (a Kernel Tuner cache, say) with `strategy`, answering each measurement
     from the space: a point that failed on the GPU is a spent evaluation that returned a failure.
