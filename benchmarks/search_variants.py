@@ -11,8 +11,9 @@ Each run is paired with `base`'s run of the same space, budget and seed, which r
 (large on the convolution spaces): a pair shares its random start and diverges after the first refit, so on
 the MI250X convolution, where `base`'s seeds 100-119 run below its 60-seed mean, step 1 flatters every variant
 (BENCHMARKS.md). Step 1 is a screen; steps 2 and 3 decide. Every run goes through
-kt.autotune.replay.replay_space, the loop `kt replay` and `kt tune` run; a variant is a GuidedSearch subclass,
-a change of the forest's feature columns, or another forest.
+kt.autotune.replay.replay_space, the loop `kt replay` and `kt tune` run; a variant is a GuidedSearch subclass
+(one with a `bind(space)` method is shown the space's parameters first), a change of the forest's feature
+columns, or another forest.
 
     python benchmarks/search_variants.py --variants base,radius2-even --seeds 100-119 --jsonl runs.jsonl
     python benchmarks/search_variants.py --held-out /tmp/hub --variants base,radius2-even --seeds 400-409 \\
@@ -40,7 +41,7 @@ from sklearn.ensemble import ExtraTreesRegressor
 
 from kt.autotune.replay import parameter_forest, replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
-from kt.autotune.spaces import TuningSpace, _numeric, load_kernel_tuner, varying
+from kt.autotune.spaces import TuningSpace, _numeric, encode, load_kernel_tuner, varying
 from kt.costmodel.paramforest import ParamForest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,6 +96,72 @@ class SpreadStart(GuidedSearch):
             k = int(np.argmax(nearest))  # ties: the pool's random order
             chosen.append(int(pool[k]))
             nearest = np.minimum(nearest, state.distance(chosen[-1])[pool])
+        return chosen
+
+
+class ParzenExplore(GuidedSearch):
+    """The exploring picks come from a tree-structured Parzen estimator, Optuna's TPE, instead of the forest's
+    expected improvement: on odd rounds (`odd`) or once the search has stalled (`stalled`). The points
+    measured are split into the best `gamma(n)` (Optuna's: a tenth, at most 25) and the rest; each parameter
+    gets a categorical density of its values in either group (a uniform prior of weight 1). 24 unmeasured
+    candidates are drawn with chance proportional to the good density, and the one with the largest ratio of
+    good to bad density is measured. The densities treat the parameters as independent: they recombine the
+    values of the best points where the forest keeps to the basin it has mapped (a run that stays on one
+    configuration three parameters away from the optimum's)."""
+
+    def __init__(self, when: str, draws: int = 24):
+        super().__init__()
+        if when not in ("odd", "stalled"):
+            raise ValueError(f"when: {when!r}; allowed: odd, stalled")
+        self.when, self.draws = when, draws
+        self.codes: np.ndarray | None = None
+
+    def bind(self, space: TuningSpace) -> None:
+        """Each point's parameter values as small integers (one column per varying parameter)."""
+        encoded = encode(space.params, space.points)
+        self.codes = np.stack([np.unique(c, return_inverse=True)[1] for c in encoded.T], axis=1)
+
+    def propose(self, state: SearchState) -> list[int]:
+        picks = super().propose(state)
+        if self.codes is None or not state.informed or not picks or state.round == 0:
+            return picks
+        if self.when == "odd" and state.round % 2 == 0:
+            return picks
+        if self.when == "stalled" and not self._stalled():
+            return picks
+        size = min(self._size, state.budget_left, len(state.unmeasured()))
+        n_explore = int(size * self.explore) if size >= 2 else 0
+        if n_explore == 0:
+            return picks
+        exploit = picks[: len(picks) - n_explore]
+        return exploit + self.parzen(state, set(exploit), n_explore)
+
+    def parzen(self, state: SearchState, taken: set[int], n: int) -> list[int]:
+        ran = sorted((v, i) for i, v in state.measured.items() if v is not None)
+        good_n = min(25, math.ceil(0.1 * len(ran)))
+        good = np.array([i for _, i in ran[:good_n]], dtype=np.int64)
+        bad = np.array([i for _, i in ran[good_n:]] + [i for i, v in state.measured.items() if v is None])
+        todo = np.array([i for i in state.unmeasured() if i not in taken], dtype=np.int64)
+        if state.fail is not None and (state.fail[todo] < FAILING).any():
+            todo = todo[state.fail[todo] < FAILING]  # as the forest's picks: not one it expects to fail
+        log_good = np.zeros(len(todo))
+        log_bad = np.zeros(len(todo))
+        for j in range(self.codes.shape[1]):
+            k = int(self.codes[:, j].max()) + 1
+            for group, total in ((good, log_good), (bad, log_bad)):
+                counts = np.bincount(self.codes[group.astype(np.int64), j], minlength=k) + 1.0 / k
+                total += np.log(counts / counts.sum())[self.codes[todo, j]]
+        rng = np.random.default_rng([state.seed, state.round, 7])
+        chosen: list[int] = []
+        weight = np.exp(log_good - log_good.max())
+        ratio = log_good - log_bad
+        for _ in range(min(n, len(todo))):
+            draws = rng.choice(len(todo), size=self.draws, p=weight / weight.sum())
+            best = int(draws[np.argmax(ratio[draws])])
+            chosen.append(int(todo[best]))
+            weight[best] = 0.0
+            if not weight.any():
+                break
         return chosen
 
 
@@ -153,6 +220,8 @@ VARIANTS: dict[
     "extra-trees": (GuidedSearch, None, lambda seed: ExtraForest(seed=seed)),
     "trees96": (GuidedSearch, None, lambda seed: ParamForest(n_estimators=96, seed=seed)),
     "all-features": (GuidedSearch, None, lambda seed: ParamForest(max_features=1.0, seed=seed)),
+    "parzen-odd": (lambda: ParzenExplore("odd"), None, None),
+    "parzen-stalled": (lambda: ParzenExplore("stalled"), None, None),
 }
 
 # per worker process: each space read once, and its feature columns computed once per feature function
@@ -175,7 +244,10 @@ def run(job: tuple[str, str, str, int, int]) -> dict:
         columns[features] = features(space)
     started = time.perf_counter()
     forest = model or parameter_forest
-    trace = replay_space(space, strategy(), budget, seed, features=columns[features], model=forest)
+    search = strategy()
+    if hasattr(search, "bind"):
+        search.bind(space)
+    trace = replay_space(space, search, budget, seed, features=columns[features], model=forest)
     return {
         "space": name,
         "variant": variant,

@@ -1,12 +1,13 @@
 """benchmarks/search_variants.py: variants of the guided search replayed paired against the shipped one.
 
 What is checked: `base` is exactly `kt replay`'s guided search (same scores, seed for seed); the wider polish
-reaches a two-parameter neighbour when it should and only then; the spread start's first points differ in
-every parameter while they can; the feature variant adds one column per pair of numeric parameters; the
-clipped forest learns nothing slower than its quantile; a forest variant is the one `replay_space` refits (one
-per round, seeded by the points measured); rows append and a rerun skips them, a line cut short is redone; the
-paired table pairs on space, budget and seed; bad arguments are one clear error. Real spaces (../shared/data/kerneltuner) where
-present, else those tests skip; small budgets keep each within seconds.
+reaches a two-parameter neighbour when it should and only then; the spread start's first points differ in every
+parameter while they can; the feature variant adds one column per pair of numeric parameters; the clipped forest
+learns nothing slower than its quantile; a forest variant is the one `replay_space` refits (one per round, seeded
+by the points measured); the Parzen pick recombines the best points' values on the rounds its rule names; rows
+append and a rerun skips them, a line cut short is redone; the paired table pairs on space, budget and seed; bad
+arguments are one clear error. Real spaces (../shared/data/kerneltuner) where present, else those tests skip;
+small budgets keep each within seconds.
 """
 
 import numpy as np
@@ -159,3 +160,23 @@ def test_a_model_variant_replays_through_the_forest_it_names():
     assert len(trace.measured) == 14 and trace.models[-1].startswith("parameter forest on")
     assert seeds == [2 + n for n in (8, 10, 12, 14)], "one forest per refit, seeded by the points measured"
     assert isinstance(variants.VARIANTS["extra-trees"][2](0).regressor(), variants.ExtraTreesRegressor)
+
+
+def test_the_parzen_pick_recombines_the_values_of_the_best_points():
+    # the two best measured are (0, 1) and (1, 0); nine slow ones fill a, b in 2-4. The good density favours
+    # a and b in {0, 1}, the bad one the rest: the exploring pick is (0, 0) or (1, 1), never measured, while
+    # the model (flat but for one point) would exploit elsewhere
+    a, b = np.divmod(np.arange(25), 5)
+    measured = {1: 1.0, 5: 1.1, **{int(i): 5.0 for i in np.flatnonzero((a >= 2) & (b >= 2))}}
+    objective = np.full(25, 2.0)
+    objective[24] = 0.5
+    search = variants.ParzenExplore("odd")
+    search.codes = np.stack([a, b], axis=1)
+    picks = search.propose(grid_state(measured, objective, 1))
+    assert len(picks) == 2 and picks[-1] in (0, 6) and not set(picks) & set(measured)
+    plain = GuidedSearch().propose(grid_state(measured, objective, 1))
+    assert picks[:-1] == plain[:-1], "the exploiting picks are the shipped search's"
+    state = grid_state(measured, objective, 2)
+    assert search.propose(state) == GuidedSearch().propose(state), "even round: expected improvement"
+    with pytest.raises(ValueError, match="allowed: odd, stalled"):
+        variants.ParzenExplore("always")
