@@ -15,7 +15,7 @@ import kt
 from kt.autotune import worker
 from kt.autotune.database import Database
 from kt.autotune.pool import Task, WorkerPool
-from kt.autotune.runners import DRY_RUN_DEVICE, Candidate, DryRunner
+from kt.autotune.runners import DRY_RUN_DEVICE, Candidate, DryRunner, Stage
 from kt.autotune.timing import DRY_RUN_TIMING, WALL_TIMER, Nvml
 from kt.codegen import FAMILIES, write_source
 from kt.device import H100
@@ -140,10 +140,10 @@ def test_crashes_and_hangs_in_the_measure_step_cost_one_row_each():
     config = FAMILIES["fft"].space(problem, H100).legal[0]
     good = FAMILIES["fft"].render(problem, config)
     candidates = [Candidate(problem, config, str(write_source(source))) for source in (SEGFAULT, HANG, good)]
-    runner = DryRunner(H100, workers=1, timeout_s=6)
     # the measure step alone: the good candidate's sm_90 compile is seconds of real work, and took over 6 s in
     # a full suite on a loaded 2-core machine (tests/test_compile_target.py tests that step)
-    runner.compiles = False
+    runner = DryRunner(H100, workers=1, timeout_s=6, compile_target=False)
+    assert runner.stages == [Stage("measure", "measure")] and runner.device == DRY_RUN_DEVICE
     results = {id(r.candidate): r for r in runner.run(candidates)}
     statuses = [results[id(c)].status for c in candidates]
     assert statuses == ["crash", "timeout", "ok"], [results[id(c)].message for c in candidates]

@@ -336,7 +336,8 @@ def same_gpu_model(expected: str | None, result: Result) -> str | None:
 
 class DryRunner(MeasureRunner):
     """The `cuda` runner's pipeline on a machine without a GPU: candidates compile for the target's
-    architecture (when Triton's ptxas is installed), then one worker checks each on the full problem in
+    architecture (when Triton's ptxas is installed, unless `compile_target` is False, as InterpretRunner's),
+    then one worker checks each on the full problem in
     Triton's interpreter and runs the measure step with the wall-clock timer (kt.autotune.timing.time_wall).
     Nothing it produces is a runtime: its rows carry no runtime_ms, and a tune through it is `measured: false`."""
 
@@ -345,10 +346,17 @@ class DryRunner(MeasureRunner):
     device_type = "cpu"
     device = DRY_RUN_DEVICE
 
-    def __init__(self, profile: DeviceProfile, *args, timing: TimingSettings = DRY_RUN_TIMING, **kwargs):
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        *args,
+        timing: TimingSettings = DRY_RUN_TIMING,
+        compile_target: bool = True,
+        **kwargs,
+    ):
         super().__init__(profile, *args, timing=timing, **kwargs)
         self.arch = profile.compute_capability
-        self.compiles = target_compiler_available()
+        self.compiles = compile_target and target_compiler_available()
         if self.compiles:  # rows checked with and without the target compile are different evidence
             self.device = f"{DRY_RUN_DEVICE} + sm_{self.arch} compile"
 
