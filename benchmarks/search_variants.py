@@ -140,7 +140,8 @@ class ParzenExplore(GuidedSearch):
         ran = sorted((v, i) for i, v in state.measured.items() if v is not None)
         good_n = min(25, math.ceil(0.1 * len(ran)))
         good = np.array([i for _, i in ran[:good_n]], dtype=np.int64)
-        bad = np.array([i for _, i in ran[good_n:]] + [i for i, v in state.measured.items() if v is None])
+        failed = [i for i, v in state.measured.items() if v is None]
+        bad = np.array([i for _, i in ran[good_n:]] + failed, dtype=np.int64)
         todo = np.array([i for i in state.unmeasured() if i not in taken], dtype=np.int64)
         if state.fail is not None and (state.fail[todo] < FAILING).any():
             todo = todo[state.fail[todo] < FAILING]  # as the forest's picks: not one it expects to fail
@@ -149,7 +150,7 @@ class ParzenExplore(GuidedSearch):
         for j in range(self.codes.shape[1]):
             k = int(self.codes[:, j].max()) + 1
             for group, total in ((good, log_good), (bad, log_bad)):
-                counts = np.bincount(self.codes[group.astype(np.int64), j], minlength=k) + 1.0 / k
+                counts = np.bincount(self.codes[group, j], minlength=k) + 1.0 / k
                 total += np.log(counts / counts.sum())[self.codes[todo, j]]
         rng = np.random.default_rng([state.seed, state.round, 7])
         chosen: list[int] = []
