@@ -89,10 +89,25 @@ def _spec_paths(ctx, param, values):
 
 
 SPECS = click.argument("specs", metavar="OP_YAML...", nargs=-1, callback=_spec_paths)
+
+
+def _device_name(ctx, param, value):
+    """A named or calibrated profile is checked as the command line is read, before anything loads torch."""
+    if value not in (None, "auto"):
+        from kt.device import ProfileError, get_profile
+
+        try:
+            get_profile(value)
+        except ProfileError as exc:
+            raise kt.DeviceError(f"device: {exc}") from None
+    return value
+
+
 DEVICE = click.option(
     "--device",
     default=None,
     metavar="NAME|PROFILE.json",
+    callback=_device_name,
     help="Target device profile (h100, h200, or a calibrated JSON); default: the spec's, else auto.",
 )
 DB = click.option(
@@ -273,10 +288,10 @@ def tune(
     """Tune each OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). Several files, a folder
     of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op,
     several at once (--concurrent), one artifact each; an op that fails is reported and the others go on."""
-    from kt.autotune.artifact import check_target
-
     if not specs and not from_model:
         raise click.UsageError("give OP_YAML files or folders, or --from-model FILE.py:FACTORY")
+    from kt.autotune.artifact import check_target
+
     if from_model:
         specs = [*specs, *_model_specs(from_model, {spec.name for spec in specs})]
     for spec in specs:
@@ -963,10 +978,15 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     ../shared/data/kerneltuner) or a kt tuning database / `kt export` CSV of finished `kt collect --all`
     sweeps (each problem one space). A configuration that failed on the GPU is a spent evaluation that
     returned a failure. A repeat's score is optimum time / best time found within the budget."""
-    from kt.autotune.replay import replay_file, write_trace
+    from kt.autotune.spaces import check_space_file, parse_budget
 
+    # what can be refused without reading the space is refused before the search's model stack loads
+    parse_budget(budget)
+    check_space_file(space_path)
     if csv_path is not None and not csv_path.parent.is_dir():
         raise KtError(f"csv: the folder {str(csv_path.parent)!r} does not exist")
+    from kt.autotune.replay import replay_file, write_trace
+
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
         result = replay_file(space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress)
     spaces = ", ".join(result.spaces[:3]) + (

@@ -1,19 +1,24 @@
-"""The dtype table: the one place that maps kt's dtype names to torch dtypes and sizes."""
+"""The dtype table: the one place that maps kt's dtype names to torch dtypes and sizes.
+
+Names and sizes need no torch, so reading and checking an op's spec (and the CLI's one-line error for a bad one)
+does not pay for importing it; the torch dtypes load on first use.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-}
+if TYPE_CHECKING:
+    import torch
+
+# An op's dtypes, in the order errors list them.
+DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32")
 
 SHORT_NAMES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "complex64": "c64"}
 
-# Tensor dtypes that kernels read or write but that are not an op's dtype (an fp32 FFT's complex input and output).
-TENSOR_DTYPES: dict[str, torch.dtype] = {**DTYPES, "complex64": torch.complex64}
+# Bytes per element of every tensor dtype kernels read or write: an op's dtypes and those that are not an op's
+# dtype (an fp32 FFT's complex input and output).
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "complex64": 8}
 
 # Relative Frobenius error allowed against a float64 reference, per operand dtype. Rounding of the output alone
 # is 2**-11 (fp16), 2**-8 (bf16) and 2**-24 (fp32) per element; tf32 operands keep a 10-bit mantissa.
@@ -21,18 +26,22 @@ TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 1e-5, "tf32": 4e-3}
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    return TENSOR_DTYPES[name]
+    import torch
+
+    if name not in ITEMSIZE:
+        raise KeyError(name)
+    return getattr(torch, name)
 
 
 def itemsize(name: str) -> int:
-    return TENSOR_DTYPES[name].itemsize
+    return ITEMSIZE[name]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    for name, value in DTYPES.items():
-        if value == dtype:
-            return name
-    raise KeyError(f"{dtype} is not one of kt's dtypes ({', '.join(DTYPES)})")
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise KeyError(f"{dtype} is not one of kt's dtypes ({', '.join(DTYPES)})")
+    return name
 
 
 def tolerance(dtype: str, precision: str = "ieee") -> float:

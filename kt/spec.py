@@ -388,7 +388,7 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if op == "sum":
         allowed = tuple(key for key in allowed if key != "shape")
     _keys(data, "", allowed=allowed)
-    dtype = _choice(data.get("dtype", "float16"), "dtype", FFT_DTYPES if op == "fft" else tuple(DTYPES))
+    dtype = _choice(data.get("dtype", "float16"), "dtype", FFT_DTYPES if op == "fft" else DTYPES)
     precision = _choice(data.get("precision", "ieee"), "precision", PRECISIONS)
     if precision != "ieee" and dtype != "float32":
         raise SpecError("precision", f"applies to float32 only (dtype is {dtype}); remove it or use ieee")

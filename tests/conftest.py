@@ -22,6 +22,12 @@ def kt_home(tmp_path_factory):
     os.environ["KT_DB"] = str(home / "tuning.db")
     (home / "no-models").mkdir()
     os.environ["KT_MODELS_DIR"] = str(home / "no-models")  # see shipped_models
+    # Triton's compile cache: one for the run, shared by pytest-xdist's workers (Triton writes each entry
+    # atomically, as for torch.compile's parallel workers), so a kernel two test files build compiles once;
+    # never the user's ~/.triton. A worker's basetemp is a folder of the run's.
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    os.environ["TRITON_CACHE_DIR"] = str(run / "triton-cache")
     return home
 
 

@@ -74,6 +74,41 @@ def test_usage_errors_are_one_line_too(tmp_path):
         assert message in done.stderr
 
 
+NO_TORCH = """
+import sys
+from kt.cli import main
+try:
+    main(sys.argv[1:], prog_name="kt")
+except SystemExit as exit:
+    assert exit.code == 2, exit.code
+loaded = sorted(m for m in ("torch", "triton", "sklearn") if m in sys.modules)
+assert not loaded, f"a refusal loaded {loaded}"
+"""
+
+
+def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
+    """A bad spec, an unknown device, a bad budget or a missing file is refused before torch, Triton or
+    scikit-learn load (seconds of imports), so the one-line error comes at once."""
+    bad = tmp_path / "op.yaml"
+    bad.write_text("op: dense\nshape: {m: 1, n: 2, k: 2}\ndtype: int8\n")
+    for args, message in [
+        (["tune", bad], "dtype: 'int8' (str) is not supported"),
+        (["show", bad], "dtype: 'int8'"),
+        (["tune"], "give OP_YAML files"),
+        (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
+        (["predict", EXAMPLE, "--device", "nope.json"], "nope.json"),
+        (["replay", tmp_path / "none.json", "--budget", "5"], "not found"),
+        (["replay", bad, "--budget", "5"], "neither a Kernel Tuner cache"),
+        (["replay", EXAMPLE, "--budget", "0"], "budget: '0' is not a count"),
+        (["replay", tmp_path / "none.db", "--budget", "5"], "not found"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (args, done.stderr)
+        assert message in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
 def test_gpu_only_commands_say_so_without_a_gpu():
     for args, message in [

@@ -241,3 +241,21 @@ def test_several_ops_errors_name_the_entry(tmp_path, text, words):
     with pytest.raises(SpecError) as raised:
         load_specs(write(tmp_path, text, "bad.yaml"))
     assert words in str(raised.value) and str(raised.value).startswith(str(tmp_path / "bad.yaml"))
+
+
+def test_the_dtype_table_without_torch_agrees_with_torch():
+    """kt.dtypes keeps names and sizes as plain data (spec checks load no torch): they must be torch's."""
+    import torch
+
+    from kt.dtypes import DTYPES, ITEMSIZE, SHORT_NAMES, dtype_name, torch_dtype
+
+    assert set(ITEMSIZE) == set(SHORT_NAMES) == {*DTYPES, "complex64"}
+    for name, size in ITEMSIZE.items():
+        assert torch_dtype(name) is getattr(torch, name) and torch_dtype(name).itemsize == size
+    assert [dtype_name(torch_dtype(name)) for name in DTYPES] == list(DTYPES)
+    assert dtype_name(torch.half) == "float16"
+    for bad in (torch.complex64, torch.float64, torch.int8):
+        with pytest.raises(KeyError, match="is not one of kt's dtypes"):
+            dtype_name(bad)
+    with pytest.raises(KeyError):
+        torch_dtype("float64")

@@ -210,7 +210,7 @@ def _check_problem(family: str, problem: Any, where: str) -> None:
             _check_int(value, key, 1, MAX_DIM, where, "problem")
     if problem.get("batch") is not None:
         _check_int(problem["batch"], "batch", 1, MAX_BATCH, where, "problem")
-    _check_choice(problem.get("dtype", "float16"), "dtype", tuple(DTYPES), where, "problem")
+    _check_choice(problem.get("dtype", "float16"), "dtype", DTYPES, where, "problem")
     _check_choice(problem.get("precision", "ieee"), "precision", PRECISIONS, where, "problem")
     for key in ("a_layout", "b_layout"):
         _check_choice(problem.get(key, "row"), key, LAYOUTS, where, "problem")

@@ -22,7 +22,13 @@ import numpy as np
 
 from kt.autotune.dataset import read_rows
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
-from kt.autotune.spaces import TuningSpace, is_kernel_tuner_file, load_kernel_tuner
+from kt.autotune.spaces import (
+    TuningSpace,
+    check_space_file,
+    is_kernel_tuner_file,
+    load_kernel_tuner,
+    parse_budget,
+)
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.correction import model_name, refit
 from kt.costmodel.evaluate import shape_of
@@ -280,25 +286,6 @@ class ReplayResult:
         self.rounds += len(trace.models)
 
 
-def parse_budget(text: str | int) -> tuple[int | None, float | None]:
-    """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`)."""
-    text = str(text).strip()
-    try:
-        if text.endswith("%"):
-            fraction = float(text[:-1]) / 100
-            if not 0 < fraction <= 1:
-                raise ValueError
-            return None, fraction
-        count = int(text)
-        if count < 1:
-            raise ValueError
-        return count, None
-    except ValueError:
-        raise KtError(
-            f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage such as 5%"
-        ) from None
-
-
 def replay_file(
     path: str | Path,
     strategy: str,
@@ -314,16 +301,10 @@ def replay_file(
     path = Path(path)
     count, fraction = parse_budget(budget)
     make_strategy(strategy)  # an unknown name fails before any reading
+    check_space_file(path)
     if is_kernel_tuner_file(path):
         spaces: list[Any] = [load_kernel_tuner(path)]
     else:
-        if not path.exists():
-            raise KtError(f"space: {str(path)!r} not found")
-        if path.suffix.lower() not in (".csv", ".db", ".sqlite", ".sqlite3"):
-            raise KtError(
-                f"space: {str(path)!r} is neither a Kernel Tuner cache (.json, .json.gz) nor a kt tuning "
-                "database (.db) or `kt export` CSV"
-            )
         spaces = sweeps_from_rows(read_rows(path), min_configs=min_configs)
         if not spaces:
             raise KtError(

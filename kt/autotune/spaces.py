@@ -188,6 +188,39 @@ def is_kernel_tuner_file(path: Path) -> bool:
     return path.name.endswith((".json", ".json.gz"))
 
 
+def parse_budget(text: str | int) -> tuple[int | None, float | None]:
+    """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`)."""
+    text = str(text).strip()
+    try:
+        if text.endswith("%"):
+            fraction = float(text[:-1]) / 100
+            if not 0 < fraction <= 1:
+                raise ValueError
+            return None, fraction
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise SpaceError(
+            f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage such as 5%"
+        ) from None
+
+
+def check_space_file(path: Path) -> None:
+    """What `kt replay` can tell of SPACE before reading it (and before loading the search's model stack): a
+    path that is missing, or of a kind that holds no space, is a one-line error."""
+    if not path.exists():
+        raise SpaceError(f"space: {str(path)!r} not found")
+    if is_kernel_tuner_file(path):
+        return  # load_kernel_tuner says what is wrong with its content
+    if path.suffix.lower() not in (".csv", ".db", ".sqlite", ".sqlite3"):
+        raise SpaceError(
+            f"space: {str(path)!r} is neither a Kernel Tuner cache (.json, .json.gz) nor a kt tuning "
+            "database (.db) or `kt export` CSV"
+        )
+
+
 def load_kernel_tuner(path: str | Path) -> TuningSpace:
     """A Kernel Tuner cache file as a TuningSpace: its valid points are the cache's keys."""
     path = Path(path)
