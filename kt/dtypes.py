@@ -38,7 +38,9 @@ def itemsize(name: str) -> int:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
+    import torch
+
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else None
     if name not in DTYPES:
         raise KeyError(f"{dtype} is not one of kt's dtypes ({', '.join(DTYPES)})")
     return name

@@ -254,7 +254,7 @@ def test_the_dtype_table_without_torch_agrees_with_torch():
         assert torch_dtype(name) is getattr(torch, name) and torch_dtype(name).itemsize == size
     assert [dtype_name(torch_dtype(name)) for name in DTYPES] == list(DTYPES)
     assert dtype_name(torch.half) == "float16"
-    for bad in (torch.complex64, torch.float64, torch.int8):
+    for bad in (torch.complex64, torch.float64, torch.int8, "float16"):
         with pytest.raises(KeyError, match="is not one of kt's dtypes"):
             dtype_name(bad)
     with pytest.raises(KeyError):

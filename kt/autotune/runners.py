@@ -337,8 +337,8 @@ def same_gpu_model(expected: str | None, result: Result) -> str | None:
 class DryRunner(MeasureRunner):
     """The `cuda` runner's pipeline on a machine without a GPU: candidates compile for the target's
     architecture (when Triton's ptxas is installed, unless `compile_target` is False, as InterpretRunner's),
-    then one worker checks each on the full problem in
-    Triton's interpreter and runs the measure step with the wall-clock timer (kt.autotune.timing.time_wall).
+    then one worker checks each on the full problem in Triton's interpreter and runs the measure step with the
+    wall-clock timer (kt.autotune.timing.time_wall).
     Nothing it produces is a runtime: its rows carry no runtime_ms, and a tune through it is `measured: false`."""
 
     name = "dryrun"
