@@ -138,12 +138,15 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         import sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_pool import WorkerPool, _hang_tasks
+        from kt.autotune.zygote import Zygote
         pool = WorkerPool({{"default": (2, {{"TRITON_INTERPRET": "1"}})}}, timeout_s=600)
-        print(" ".join(str(s.process.pid) for s in pool.slots), flush=True)
+        pids = [s.process.pid for s in pool.slots] + [Zygote._shared.process.pid]  # forked workers, their zygote
+        print(" ".join(map(str, pids)), flush=True)
         list(pool.run(_hang_tasks(2)))
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 3
     time.sleep(3)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
@@ -168,3 +171,115 @@ def test_workers_put_tritons_compile_cache_under_kts_cache_folder(monkeypatch, t
     assert worker_env({"A": "1"})["A"] == "1"
     monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else")  # the user's choice wins
     assert worker_env({})["TRITON_CACHE_DIR"] == "/somewhere/else"
+
+
+# Workers for the CPU are forked from kt's zygote (kt.autotune.zygote), which has imported torch and Triton once.
+
+CWD_AND_ENV = textwrap.dedent("""
+    import os, pathlib
+    pathlib.Path(os.environ["KT_TEST_REPORT"]).write_text(
+        f"{os.getcwd()}|{os.environ.get('KT_TEST_GROUP')}|{os.getppid()}"
+    )
+
+    def kernel(a, b, out=None):
+        out.copy_(a @ b)
+        return out
+""")
+
+
+def _report_task(index, group, source):
+    payload = {"family": "gemm", "problems": [PROBLEM.to_dict()], "source_path": str(source), "device": "cpu",
+               "seed": 0}  # fmt: skip
+    return Task(index, "check", payload, group)
+
+
+def test_cpu_workers_are_forked_ready_and_each_has_its_groups_environment_and_the_callers_folder(
+    tmp_path, monkeypatch
+):
+    import os
+    import time
+
+    from kt.autotune.zygote import ForkedWorker, Zygote
+
+    source = write_source(CWD_AND_ENV)
+    monkeypatch.chdir(tmp_path)
+    groups = {
+        name: (
+            1,
+            {"TRITON_INTERPRET": interpret, "KT_TEST_GROUP": name, "KT_TEST_REPORT": str(tmp_path / name)},
+        )
+        for name, interpret in (("interp", "1"), ("compile", "0"))
+    }
+    with WorkerPool(groups, timeout_s=120) as pool:
+        assert all(isinstance(slot.process, ForkedWorker) for slot in pool.slots)
+        outcomes = list(pool.run([_report_task(0, "interp", source), _report_task(1, "compile", source)]))
+        assert [o.status for o in outcomes] == ["ok", "ok"], [o.message for o in outcomes]
+        zygote = Zygote._shared.process.pid
+        for name in groups:
+            assert (tmp_path / name).read_text() == f"{tmp_path}|{name}|{zygote}"
+        assert len({slot.process.pid for slot in pool.slots} | {os.getpid(), zygote}) == 4
+        started = time.monotonic()
+        for _ in range(3):  # a fresh worker imports torch and Triton for seconds; a fork is ready at once
+            for slot in pool.slots:
+                slot.restart()
+            list(pool.run([Task(i, "describe", {}, name) for i, name in enumerate(groups)]))
+        assert time.monotonic() - started < 6
+
+
+def test_gpu_workers_and_kt_worker_fork_0_start_fresh_processes(monkeypatch):
+    import subprocess
+
+    with WorkerPool({"gpu": (1, {"KT_WORKER_GPU": "1"})}, timeout_s=120) as pool:
+        assert isinstance(pool.slots[0].process, subprocess.Popen)
+        assert [o.status for o in pool.run([Task(0, "describe", {}, "gpu")])] == ["ok"]
+    monkeypatch.setenv("KT_WORKER_FORK", "0")
+    with WorkerPool({"cpu": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=120) as pool:
+        assert isinstance(pool.slots[0].process, subprocess.Popen)
+
+
+def test_a_worker_killed_before_its_zygote_forked_it_never_runs():
+    import os
+    import subprocess
+
+    from kt.autotune.zygote import Zygote
+
+    zygote = Zygote(dict(os.environ))  # a zygote of its own, still importing torch: nothing is forked yet
+    try:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        with open(os.devnull, "wb") as log:
+            worker = zygote.spawn(dict(os.environ), to_child_r, from_child_w, log.fileno())
+        worker.kill()
+        assert worker.pid is not None  # forked once the imports were done, then killed at once
+        assert worker.wait(timeout=60) == -9
+        second = zygote.spawn(dict(os.environ), to_child_r, from_child_w, os.open(os.devnull, os.O_WRONLY))
+        assert second.pid != worker.pid and second.poll() is None  # the zygote serves on
+        second.kill()
+        assert second.wait(timeout=30) == -9
+        children = subprocess.run(
+            ["ps", "--ppid", str(zygote.process.pid), "-o", "pid="], capture_output=True
+        )
+        assert children.stdout.split() == []  # both reaped: no zombies
+    finally:
+        zygote.sock.close()  # as at kt's exit: the zygote goes
+        assert zygote.process.wait(timeout=30) == 0
+
+
+def test_a_zygote_that_dies_before_forking_costs_no_task_and_workers_then_start_fresh(monkeypatch, caplog):
+    import os
+    import signal
+    import subprocess
+
+    from kt.autotune.zygote import Zygote
+
+    monkeypatch.setattr(Zygote, "_shared", None)
+    monkeypatch.setattr(Zygote, "_broken", "")
+    with WorkerPool({"cpu": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=120) as pool:
+        os.kill(Zygote._shared.process.pid, signal.SIGKILL)  # as the OOM killer would, while it imports torch
+        outcomes = list(pool.run([Task(0, "describe", {}, "cpu")]))
+        assert [o.status for o in outcomes] == [
+            "ok"
+        ]  # the task ran in a fresh process, not recorded as a crash
+        assert isinstance(pool.slots[0].process, subprocess.Popen)
+    assert "exited with code -9" in Zygote._broken
+    assert "workers start as fresh processes" in caplog.text

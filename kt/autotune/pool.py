@@ -1,8 +1,10 @@
 """A pool of worker processes in which a candidate that crashes or hangs costs one result, not the session.
 
-Each worker is a fresh `python -m kt.autotune.worker` process (never a fork: a CUDA context must not be copied)
-serving tasks over a pair of pipes, with its environment set before Python starts. A worker first imports torch
-and Triton and says it is ready; a task's timeout clock starts only then (start-up has its own, longer bound), so
+Each worker serves tasks over a pair of pipes, with its environment set before it says ready. A GPU worker is a
+fresh `python -m kt.autotune.worker` process (a CUDA context must not be copied); the interpreter's and the
+compiler's workers are forked from kt's zygote (kt.autotune.zygote), a process that has already imported torch and
+Triton and never touches CUDA, so they are ready in a fraction of a second instead of seconds (KT_WORKER_FORK=0
+starts them fresh too). A worker first imports torch and Triton (a forked one has them) and says it is ready; a task's timeout clock starts only then (start-up has its own, longer bound), so
 a slow start on a loaded machine never times out a healthy candidate. When a worker dies mid-task (a segfault,
 an illegal memory access, `os._exit`), its task is reported as `crash` and a fresh worker takes its slot; when a
 task outlives its timeout, the worker is killed, the task is reported as `timeout`, and the slot restarts.
@@ -83,11 +85,14 @@ class _Slot:
         self.start()
 
     def start(self) -> None:
+        from kt.autotune.zygote import spawn_worker
+
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in kill()
+        env = worker_env(self.env)
         try:
-            self.process = subprocess.Popen(
+            self.process = spawn_worker(env, to_child_r, from_child_w, self.log.fileno()) or subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -97,7 +102,7 @@ class _Slot:
                     str(os.getpid()),
                 ],
                 pass_fds=(to_child_r, from_child_w),
-                env=worker_env(self.env),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
                 stderr=subprocess.STDOUT,
@@ -345,13 +350,19 @@ class WorkerPool:
         return None
 
     @staticmethod
-    def _crashed(slot: _Slot, task: Task, elapsed: float) -> Outcome:
+    def _crashed(slot: _Slot, task: Task, elapsed: float) -> Outcome | None:
         try:
             code = slot.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             code = None
+        if getattr(slot.process, "unborn", False):  # its zygote died before forking it: not the task's doing
+            slot.restart()  # a new zygote's fork, or a fresh process
+            slot.send(task)
+            return None
         tail = slot.log_tail()
-        message = _death_message(code) + (f": {tail}" if tail else "")
+        message = (getattr(slot.process, "failure", "") or _death_message(code)) + (
+            f": {tail}" if tail else ""
+        )
         slot.restart()
         return Outcome(task, "crash", message=message[:500], wall_s=elapsed)
 
