@@ -58,6 +58,23 @@ def test_the_cuda_runner_checks_then_times_with_a_spread_and_energy():
             assert v["cuda_graph"] in (0, 1) and v["flush_energy_mj"] > 0
 
 
+def test_compile_workers_fork_from_the_zygote_on_a_gpu_machine_and_gpu_workers_start_fresh():
+    """The zygote imports torch and Triton where a GPU is: if that loaded the CUDA driver, it would refuse to serve
+    (and workers would start fresh, slower). A forked compile worker and a fresh GPU worker both answer."""
+    import subprocess
+
+    from kt.autotune.pool import Task, WorkerPool
+    from kt.autotune.zygote import ForkedWorker, Zygote
+
+    groups = {"compile": (1, {"TRITON_INTERPRET": "0"}), "measure": (1, {"KT_WORKER_GPU": "1"})}
+    with WorkerPool(groups, timeout_s=120) as pool:
+        compile_slot, gpu_slot = pool.slots
+        assert isinstance(compile_slot.process, ForkedWorker)
+        assert isinstance(gpu_slot.process, subprocess.Popen)
+        outcomes = list(pool.run([Task(0, "describe", {}, "compile"), Task(1, "describe", {}, "measure")]))
+    assert [o.status for o in outcomes] == ["ok", "ok"] and not Zygote._broken, Zygote._broken
+
+
 def test_a_gpu_tune_writes_a_measured_artifact(tmp_path):
     spec = {
         "op": "dense",
