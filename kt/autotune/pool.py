@@ -2,9 +2,10 @@
 
 Each worker serves tasks over a pair of pipes, with its environment set before it says ready. A GPU worker is a
 fresh `python -m kt.autotune.worker` process (a CUDA context must not be copied); the interpreter's and the
-compiler's workers are forked from kt's zygote (kt.autotune.zygote), a process that has already imported torch and
-Triton and never touches CUDA, so they are ready in a fraction of a second instead of seconds (KT_WORKER_FORK=0
-starts them fresh too). A worker first imports torch and Triton (a forked one has them) and says it is ready; a task's timeout clock starts only then (start-up has its own, longer bound), so
+compiler's workers are forked from kt's zygote (kt.autotune.zygote), a process that has already imported torch
+and Triton and never touches CUDA, so they are ready in a fraction of a second instead of seconds
+(KT_WORKER_FORK=0 starts them fresh too). A worker first imports torch and Triton (a forked one has them) and says
+it is ready; a task's timeout clock starts only then (start-up has its own, longer bound), so
 a slow start on a loaded machine never times out a healthy candidate. When a worker dies mid-task (a segfault,
 an illegal memory access, `os._exit`), its task is reported as `crash` and a fresh worker takes its slot; when a
 task outlives its timeout, the worker is killed, the task is reported as `timeout`, and the slot restarts.

@@ -12,6 +12,7 @@ import signal
 from typing import Any
 
 Reply = tuple[str, dict[str, Any], str, bool]
+PRELOAD = ("torch", "triton", "kt.autotune.checking")  # what every task needs (the zygote imports them too)
 
 
 def serve(conn_in, conn_out) -> None:
@@ -42,12 +43,11 @@ def _warm_up() -> dict[str, Any]:
     """Import what every task needs (torch, Triton, kt's checker) before saying ready, and in a GPU worker
     (KT_WORKER_GPU=1) create its CUDA context: the pool starts a task's clock only then, so a slow start on a
     loaded machine is never taken for a slow candidate."""
-    import os
+    import importlib
 
+    for name in PRELOAD:  # imported now so that their start-up is not charged to the first task
+        importlib.import_module(name)
     import torch
-    import triton  # noqa: F401 - imported now so that its start-up is not charged to the first task
-
-    import kt.autotune.checking  # noqa: F401
 
     if os.environ.get("KT_WORKER_GPU") == "1" and torch.cuda.is_available():
         torch.cuda.init()

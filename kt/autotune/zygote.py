@@ -11,10 +11,11 @@ refuses to serve if the CUDA driver is loaded in it after its imports), and GPU 
 before: a CUDA context must not be copied.
 
 The protocol: the kt process sends one SOCK_SEQPACKET message per worker, a JSON {env, cwd} with four file
-descriptors (the worker's two pipe ends, its log, and a status pipe). The zygote forks, writes the child's pid to
-the status pipe, and when it reaps the child, its return code (as subprocess gives it: -N for signal N). The kt
-process holds a `ForkedWorker` with Popen's poll/wait/kill/pid. The zygote exits when the kt process closes its
-end of the socket (on exit or death), and its workers die with it (PR_SET_PDEATHSIG).
+descriptors (the worker's two pipe ends, its log, and a status socket). The zygote forks, writes the child's pid
+to the status socket, and when it reaps the child, its return code (as subprocess gives it: -N for signal N); a
+byte sent back on it, or its closing, has the zygote kill the child. The kt process holds a `ForkedWorker` with
+Popen's poll/wait/kill/pid. The zygote exits when the kt process closes its end of the socket (on exit or death),
+killing its workers, which also die with it by PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import tempfile
 import threading
 import time
 
-PRELOAD = ("torch", "triton", "kt.autotune.checking")  # what kt.autotune.worker._warm_up imports
 FORK_ENV = "KT_WORKER_FORK"  # "0": every worker a fresh process, as before the zygote
 _MESSAGE_MAX = 1 << 20  # one request: the worker's environment as JSON
 
@@ -205,9 +205,13 @@ def _cuda_driver_loaded() -> bool:
 
 def serve(sock: socket.socket) -> None:
     """Import the workers' modules, then fork a worker per request until the kt process closes the socket."""
+    import importlib
+
+    from kt.autotune.worker import PRELOAD
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the kt process's to handle, and stops it, not us
     for name in PRELOAD:
-        __import__(name)
+        importlib.import_module(name)
     if sys.platform.startswith("linux") and _cuda_driver_loaded():
         print("kt zygote: the CUDA driver was loaded by the imports; workers must start fresh", flush=True)
         raise SystemExit(3)
