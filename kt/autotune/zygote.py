@@ -83,7 +83,9 @@ class ForkedWorker:
     @property
     def pid(self) -> int | None:
         """The worker's pid; waits for the fork (the zygote may still be importing torch on a busy machine)."""
-        deadline = time.monotonic() + 600
+        from kt.autotune.pool import STARTUP_S
+
+        deadline = time.monotonic() + STARTUP_S
         while self._pid is None and self.returncode is None and time.monotonic() < deadline:
             self._read(1.0)
         return self._pid
@@ -147,12 +149,16 @@ class Zygote:
             if cls._broken:
                 return None
             zygote = cls._shared
-            mine = zygote is not None and zygote.owner == os.getpid()
-            if mine and zygote.process.poll() is not None and not zygote.proven:
-                cls._broken = zygote.failure_message()
-                logging.getLogger("kt").warning("workers start as fresh processes (slower): %s", cls._broken)
-                return None
-            if not mine or zygote.process.poll() is not None:
+            usable = zygote is not None and zygote.owner == os.getpid()
+            if usable and zygote.process.poll() is not None:
+                if not zygote.proven:
+                    cls._broken = zygote.failure_message()
+                    logging.getLogger("kt").warning(
+                        "workers start as fresh processes (slower): %s", cls._broken
+                    )
+                    return None
+                usable = False  # it served, then died: start another
+            if not usable:
                 # Triton decides at import whether its own helpers are interpreted: they must not be here, since
                 # compile workers come from this process too (interpreted kernels call them through
                 # kt.codegen.compat, as in any process that imported Triton first)
