@@ -19,10 +19,19 @@ import pytest
 import skops.io
 from conftest import GPPERF, benchmark_module
 from conftest import stand_in_records as shared_stand_in_records
+from sklearn.ensemble import RandomForestRegressor
 
 from kt.costmodel.evaluate import ape, cross_validate, r2
 from kt.costmodel.features import FEATURE_NAMES
-from kt.costmodel.forest import MIN_ROWS, TRUSTED_TYPES, ForestModel
+from kt.costmodel.forest import (
+    MIN_ROWS,
+    PARALLEL_FIT_ROWS,
+    PARALLEL_ROWS,
+    TRUSTED_TYPES,
+    ForestModel,
+    fit_jobs,
+    per_tree,
+)
 from kt.costmodel.roofline import gemm_terms
 from kt.device import H100, H200, get_profile
 from kt.errors import ModelError
@@ -384,3 +393,26 @@ def test_kt_predict_warns_in_one_line_for_a_problem_the_model_never_saw(saved, t
     assert done.returncode == 0, done.stderr
     (warning,) = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert "never saw this kernel family monarch" in warning
+
+
+@pytest.mark.parametrize("rows", [PARALLEL_ROWS - 1, PARALLEL_ROWS + 7])
+def test_per_tree_gives_each_trees_own_prediction_in_order(rows):
+    """per_tree converts once, skips the trees' input checks and splits the trees over threads from
+    PARALLEL_ROWS rows: every tree's row must still be that tree's own `predict`, in the forest's order."""
+    rng = np.random.default_rng(rows)
+    x, y = rng.random((300, 6)), rng.random(300)
+    forest = RandomForestRegressor(13, max_features=0.5, random_state=0).fit(x, y)
+    query = rng.random((rows, 6))[:, ::-1]  # float64, not contiguous: converted to the trees' float32 once
+    expected = np.stack([tree.predict(query) for tree in forest.estimators_])
+    assert np.array_equal(per_tree(forest, query), expected)
+    with pytest.raises(ValueError, match="features"):
+        per_tree(forest, query[:, :5])  # the first tree still checks what it is given
+
+
+def test_a_forests_trees_do_not_depend_on_how_many_threads_fit_them():
+    """fit_jobs picks one thread for small fits and several for large ones: the trees must be the same."""
+    rng = np.random.default_rng(1)
+    x, y = rng.random((PARALLEL_FIT_ROWS + 50, 5)), rng.random(PARALLEL_FIT_ROWS + 50)
+    assert fit_jobs(PARALLEL_FIT_ROWS - 1) == 1
+    fits = [RandomForestRegressor(9, random_state=3, n_jobs=jobs).fit(x, y) for jobs in (1, 2)]
+    assert np.array_equal(per_tree(fits[0], x), per_tree(fits[1], x))

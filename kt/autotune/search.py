@@ -32,6 +32,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 from scipy.special import ndtr
@@ -61,7 +62,9 @@ class SearchState:
     distance: Callable[[int], np.ndarray] | None = None
 
     def unmeasured(self) -> list[int]:
-        return [int(i) for i in self.order if int(i) not in self.measured]
+        """The candidates not measured yet, in model order."""
+        measured = np.fromiter(self.measured, dtype=np.int64, count=len(self.measured))
+        return self.order[~np.isin(self.order, measured)].astype(np.int64).tolist()
 
     @property
     def best(self) -> float | None:
@@ -168,7 +171,7 @@ class GuidedSearch(SearchStrategy):
             near = likely[state.distance(incumbent)[likely] <= self.local]
             exploit = [int(i) for i in near[:n_local]]
         taken = set(exploit)
-        exploit += [int(i) for i in likely if int(i) not in taken][: n_exploit - len(exploit)]
+        exploit += islice((int(i) for i in likely if int(i) not in taken), n_exploit - len(exploit))
         if n_explore == 0:
             return exploit
         chosen = set(exploit)
@@ -178,7 +181,7 @@ class GuidedSearch(SearchStrategy):
             # A model with no uncertainty (the analytic one) cannot say where it may be wrong: explore at
             # random, so the forest refitted after this round sees more than the model's own favourites.
             candidates = np.random.default_rng(state.seed + state.round).permutation(len(todo))
-        explore = [int(todo[j]) for j in candidates if int(todo[j]) not in chosen][:n_explore]
+        explore = list(islice((int(todo[j]) for j in candidates if int(todo[j]) not in chosen), n_explore))
         return exploit + explore
 
     def _stalled(self) -> bool:

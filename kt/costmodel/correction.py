@@ -15,7 +15,6 @@ so the benchmark scores the algorithm `kt tune` runs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from kt.costmodel.features import column, features
-from kt.costmodel.forest import MIN_ROWS, ForestModel, per_tree
+from kt.costmodel.forest import MIN_ROWS, ForestModel, fit_jobs, per_tree
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import AnalyticModel
 
@@ -43,7 +42,6 @@ class CorrectedModel:
             "max_features": 0.5,
             "min_samples_leaf": LEAF,
             "random_state": seed,
-            "n_jobs": min(4, os.cpu_count() or 1),
         }
         self.forest: RandomForestRegressor | None = None
         self.power_forest: RandomForestRegressor | None = None
@@ -59,14 +57,17 @@ class CorrectedModel:
             raise ValueError("every record needs a positive, finite runtime_ms")
         x = self._features(records)
         start = self.base.predict(records)
-        self.forest = RandomForestRegressor(**self.params).fit(x, np.log(runtime_s / start.runtime_s))
+        jobs = fit_jobs(len(records))
+        self.forest = RandomForestRegressor(**self.params, n_jobs=jobs).fit(
+            x, np.log(runtime_s / start.runtime_s)
+        )
         power = column(records, "power_w")
         has = np.isfinite(power) & (power > 0)
         self.power_rows = int(has.sum())
         if self.power_rows >= MIN_ROWS:
             self.power_relative = start.power_w is not None
             target = np.log(power[has] / start.power_w[has]) if self.power_relative else power[has]
-            self.power_forest = RandomForestRegressor(**self.params).fit(x[has], target)
+            self.power_forest = RandomForestRegressor(**self.params, n_jobs=jobs).fit(x[has], target)
         self.rows = len(records)
         return self
 

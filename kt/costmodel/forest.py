@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -70,6 +71,8 @@ PAYLOAD_KEYS = (
     "self_check",
 )
 SELF_CHECK_ROWS = 8
+PARALLEL_ROWS = 2048  # per_tree splits the trees over threads from this many rows
+PARALLEL_FIT_ROWS = 256  # fit_jobs: below this many rows joblib's threads cost more than they save
 
 
 def library_versions() -> dict[str, str]:
@@ -452,9 +455,34 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def fit_jobs(rows: int) -> int:
+    """`n_jobs` for fitting a forest on `rows` rows: up to four threads, one below PARALLEL_FIT_ROWS (48 trees
+    on 100 rows fit in 65 ms on one thread and 88 ms on two, on a 2-core machine; on 400 rows, 150 and 113 ms).
+    A fit's trees are the same for any `n_jobs`: each tree's seed is drawn before they are built."""
+    return 1 if rows < PARALLEL_FIT_ROWS else min(4, os.cpu_count() or 1)
+
+
 def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
-    """(trees, rows) predictions: their mean is the forest's prediction, their spread its uncertainty."""
-    return np.stack([tree.predict(x) for tree in forest.estimators_])
+    """(trees, rows) predictions: their mean is the forest's prediction, their spread its uncertainty.
+
+    The same values as each tree's own `predict(x)`, faster: `x` becomes the trees' float32 once (the first tree
+    checks it; the others skip the check that would convert it again, 48 times at 18k rows), and above
+    PARALLEL_ROWS rows the trees are split over up to four threads, which run at once because a tree's
+    traversal releases the GIL (a guided search predicts every candidate after every round)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    trees = forest.estimators_
+    first = trees[0].predict(x)
+    threads = min(4, os.cpu_count() or 1, len(trees) - 1) if len(x) >= PARALLEL_ROWS else 1
+    if threads <= 1:
+        return np.stack([first] + [tree.predict(x, check_input=False) for tree in trees[1:]])
+    rest = trees[1:]
+    bounds = np.linspace(0, len(rest), threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(
+            lambda span: [tree.predict(x, check_input=False) for tree in rest[span[0] : span[1]]],
+            zip(bounds[:-1], bounds[1:]),
+        )
+        return np.stack([first] + [row for part in parts for row in part])
 
 
 def _check_runtimes(records: Sequence[dict[str, Any]]) -> None:

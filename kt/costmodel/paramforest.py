@@ -11,12 +11,10 @@ failing, and the search does not propose a candidate that is more likely to fail
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-from kt.costmodel.forest import per_tree
+from kt.costmodel.forest import fit_jobs, per_tree
 from kt.costmodel.prediction import Prediction
 
 TREES = 48  # a refit runs after every round: enough trees for a spread, fast at 18k candidates
@@ -37,7 +35,6 @@ class ParamForest:
             "max_features": max_features,
             "min_samples_leaf": min_samples_leaf,
             "random_state": seed,
-            "n_jobs": min(4, os.cpu_count() or 1),
         }
         self.forest: RandomForestRegressor | None = None
         self.failures: RandomForestClassifier | None = None
@@ -53,11 +50,12 @@ class ParamForest:
                 f"a parameter forest needs at least {MIN_ROWS} points that ran, got {int(ran.sum())}"
             )
         target = np.log(objective[ran]) - (0.0 if offset is None else offset[ran])
-        self.forest = self.regressor(**self.params).fit(x[ran], target)
+        jobs = fit_jobs(len(x))
+        self.forest = self.regressor(**self.params, n_jobs=jobs).fit(x[ran], target)
         self.rows, self.failed_rows = int(ran.sum()), int((~ran).sum())
         self.failures = None
         if self.failed_rows:
-            params = {**self.params, "n_estimators": max(8, self.params["n_estimators"] // 2)}
+            params = {**self.params, "n_estimators": max(8, self.params["n_estimators"] // 2), "n_jobs": jobs}
             self.failures = RandomForestClassifier(**params).fit(x, ~ran)
         return self
 
