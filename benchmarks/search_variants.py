@@ -27,6 +27,7 @@ of kt's: the scores are replays of the spaces' own GPU measurements.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -166,6 +167,43 @@ class ParzenExplore(GuidedSearch):
         return chosen
 
 
+class IsoProductPolish(GuidedSearch):
+    """The polish (the exploiting picks among the best measured's neighbours) also counts as a neighbour a point
+    that changes two positive numeric parameters in opposite directions by the same factor, their product kept
+    (a block of 4 x 2 threads' rows against one of 2 x 4, a work-group's tile against its threads' tile): a move
+    a one-parameter polish cannot make, since each single step changes the product. The reason to try it: on
+    the W7800 and MI250X convolutions the runs that end at 0.82 or 0.67 sit on `block_size_y` 4, `tile_size_y`
+    2 while the optimum has 2 and 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs: np.ndarray | None = None
+
+    def bind(self, space: TuningSpace) -> None:
+        """log2 of every positive numeric parameter that varies (one column each; others are left out)."""
+        moving = set(varying(space.params, space.points))
+        columns = [
+            np.log2(np.array([p[j] for p in space.points], dtype=np.float64))
+            for j, name in enumerate(space.params)
+            if name in moving and all(_numeric(v) and v > 0 for v in space.params[name])
+        ]
+        self.logs = np.stack(columns, axis=1) if len(columns) >= 2 else None
+
+    def propose(self, state: SearchState) -> list[int]:
+        if self.logs is None or state.distance is None:
+            return super().propose(state)
+        plain, logs = state.distance, self.logs
+
+        def distance(index: int) -> np.ndarray:
+            d = plain(index)
+            step = logs - logs[index]
+            moved = np.count_nonzero(step, axis=1)
+            iso = (d == 2) & (moved == 2) & (np.abs(step.sum(axis=1)) < 1e-9)
+            return np.where(iso, 1, d)
+
+        return super().propose(dataclasses.replace(state, distance=distance))
+
+
 def pair_products(space: TuningSpace) -> np.ndarray:
     """kt's feature columns plus, for every two numeric parameters, log2 of the product of their values (a
     block's threads, a thread's tile): a tree reads a product off one column instead of a staircase of cuts."""
@@ -223,6 +261,7 @@ VARIANTS: dict[
     "all-features": (GuidedSearch, None, lambda seed: ParamForest(max_features=1.0, seed=seed)),
     "parzen-odd": (lambda: ParzenExplore("odd"), None, None),
     "parzen-stalled": (lambda: ParzenExplore("stalled"), None, None),
+    "iso-product": (IsoProductPolish, None, None),
 }
 
 # per worker process: each space read once, and its feature columns computed once per feature function

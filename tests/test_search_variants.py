@@ -4,7 +4,8 @@ What is checked: `base` is exactly `kt replay`'s guided search (same scores, see
 reaches a two-parameter neighbour when it should and only then; the spread start's first points differ in every
 parameter while they can; the feature variant adds one column per pair of numeric parameters; the clipped forest
 learns nothing slower than its quantile; a forest variant is the one `replay_space` refits (one per round, seeded
-by the points measured); the Parzen pick recombines the best points' values on the rounds its rule names; rows
+by the points measured); the Parzen pick recombines the best points' values on the rounds its rule names; the
+iso-product polish reaches a point two parameters away when it keeps their product, and no other; rows
 append and a rerun skips them, a line cut short is redone; the paired table pairs on space, budget and seed; bad
 arguments are one clear error. Real spaces (../shared/data/kerneltuner) where present, else those tests skip;
 small budgets keep each within seconds.
@@ -180,3 +181,31 @@ def test_the_parzen_pick_recombines_the_values_of_the_best_points():
     assert search.propose(state) == GuidedSearch().propose(state), "even round: expected improvement"
     with pytest.raises(ValueError, match="allowed: odd, stalled"):
         variants.ParzenExplore("always")
+
+
+def test_the_iso_product_polish_swaps_two_factors_of_a_product_in_one_move():
+    # a 5 x 5 grid of block and tile sizes 1..16 and a flag (0/1: not positive, never part of a swap); the best
+    # measured is block 4, tile 2; the model's best of its one-parameter neighbours is (8, 2), but the model
+    # prefers (2, 4), which keeps the product 8 and is two parameters away
+    sizes = [1, 2, 4, 8, 16]
+    points = [(a, b, f) for a in sizes for b in sizes for f in (0, 1)]
+    space = variants.TuningSpace("grid", {"block": sizes, "tile": sizes, "flag": [0, 1]}, points, np.ones(50))
+    index = {p: i for i, p in enumerate(points)}
+    objective = np.full(50, 2.0)
+    objective[index[(2, 4, 0)]] = 0.5
+    objective[index[(8, 2, 0)]] = 1.5
+    objective[index[(16, 16, 1)]] = 0.1  # the model's best overall: the other exploiting pick
+    measured = {index[(4, 2, 0)]: 1.0, index[(1, 1, 0)]: 3.0}
+
+    def state():
+        order = np.argsort(objective, kind="stable")
+        return SearchState(objective, np.full(50, 0.1), order, measured, 64, 1, 0, distance=space.distance)
+
+    assert GuidedSearch().propose(state())[0] == index[(8, 2, 0)], "the shipped polish: radius 1"
+    search = variants.IsoProductPolish()
+    search.bind(space)
+    assert search.logs.shape == (50, 2), "block and tile; the flag has a 0"
+    assert search.propose(state())[0] == index[(2, 4, 0)]
+    objective[index[(2, 4, 0)]] = 2.0  # (2, 8) changes the product: still not a neighbour, so back to (8, 2)
+    objective[index[(2, 8, 0)]] = 0.5
+    assert search.propose(state())[0] == index[(8, 2, 0)]
