@@ -71,6 +71,7 @@ PAYLOAD_KEYS = (
     "self_check",
 )
 SELF_CHECK_ROWS = 8
+THREADS = min(4, os.cpu_count() or 1)  # the most threads a forest fits or predicts on
 PARALLEL_ROWS = 2048  # per_tree splits the trees over threads from this many rows
 PARALLEL_FIT_ROWS = 256  # fit_jobs: below this many rows joblib's threads cost more than they save
 
@@ -121,7 +122,7 @@ class ForestModel:
             "max_features": max_features,
             "random_state": seed,
         }
-        self.n_jobs = n_jobs if n_jobs is not None else min(4, os.cpu_count() or 1)
+        self.n_jobs = n_jobs if n_jobs is not None else THREADS
         self.runtime_forest: RandomForestRegressor | None = None
         self.power_forest: RandomForestRegressor | None = None
         self.baseline_forest: RandomForestRegressor | None = None
@@ -456,10 +457,10 @@ def _number(value: Any) -> float:
 
 
 def fit_jobs(rows: int) -> int:
-    """`n_jobs` for fitting a forest on `rows` rows: up to four threads, one below PARALLEL_FIT_ROWS (48 trees
+    """`n_jobs` for fitting a forest on `rows` rows: THREADS, one below PARALLEL_FIT_ROWS (48 trees
     on 100 rows fit in 65 ms on one thread and 88 ms on two, on a 2-core machine; on 400 rows, 150 and 113 ms).
     A fit's trees are the same for any `n_jobs`: each tree's seed is drawn before they are built."""
-    return 1 if rows < PARALLEL_FIT_ROWS else min(4, os.cpu_count() or 1)
+    return 1 if rows < PARALLEL_FIT_ROWS else THREADS
 
 
 def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
@@ -467,12 +468,12 @@ def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
 
     The same values as each tree's own `predict(x)`, faster: `x` becomes the trees' float32 once (the first tree
     checks it; the others skip the check that would convert it again, 48 times at 18k rows), and above
-    PARALLEL_ROWS rows the trees are split over up to four threads, which run at once because a tree's
+    PARALLEL_ROWS rows the trees are split over THREADS threads, which run at once because a tree's
     traversal releases the GIL (a guided search predicts every candidate after every round)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     trees = forest.estimators_
     first = trees[0].predict(x)
-    threads = min(4, os.cpu_count() or 1, len(trees) - 1) if len(x) >= PARALLEL_ROWS else 1
+    threads = min(THREADS, len(trees) - 1) if len(x) >= PARALLEL_ROWS else 1
     if threads <= 1:
         return np.stack([first] + [tree.predict(x, check_input=False) for tree in trees[1:]])
     rest = trees[1:]
