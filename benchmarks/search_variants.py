@@ -204,6 +204,17 @@ class IsoProductPolish(GuidedSearch):
         return super().propose(dataclasses.replace(state, distance=distance))
 
 
+class ExploreStalled(GuidedSearch):
+    """Once the search has stalled (no 0.5% gain over a quarter of the budget), every pick of a round is an
+    exploring one (the largest expected improvement) instead of half: the exploiting picks have stopped
+    finding anything, and on the convolutions the runs that end low spend their last 50 evaluations polishing
+    one basin."""
+
+    def propose(self, state: SearchState) -> list[int]:
+        self.explore = 1.0 if state.informed and self._size and self._stalled() else 0.5
+        return super().propose(state)
+
+
 def pair_products(space: TuningSpace) -> np.ndarray:
     """kt's feature columns plus, for every two numeric parameters, log2 of the product of their values (a
     block's threads, a thread's tile): a tree reads a product off one column instead of a staircase of cuts."""
@@ -262,6 +273,7 @@ VARIANTS: dict[
     "parzen-odd": (lambda: ParzenExplore("odd"), None, None),
     "parzen-stalled": (lambda: ParzenExplore("stalled"), None, None),
     "iso-product": (IsoProductPolish, None, None),
+    "explore-stalled": (ExploreStalled, None, None),
 }
 
 # per worker process: each space read once, and its feature columns computed once per feature function

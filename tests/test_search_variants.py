@@ -5,7 +5,8 @@ reaches a two-parameter neighbour when it should and only then; the spread start
 parameter while they can; the feature variant adds one column per pair of numeric parameters; the clipped forest
 learns nothing slower than its quantile; a forest variant is the one `replay_space` refits (one per round, seeded
 by the points measured); the Parzen pick recombines the best points' values on the rounds its rule names; the
-iso-product polish reaches a point two parameters away when it keeps their product, and no other; rows
+iso-product polish reaches a point two parameters away when it keeps their product, and no other; once
+stalled, every pick is an exploring one; rows
 append and a rerun skips them, a line cut short is redone; the paired table pairs on space, budget and seed; bad
 arguments are one clear error. Real spaces (../shared/data/kerneltuner) where present, else those tests skip;
 small budgets keep each within seconds.
@@ -16,7 +17,7 @@ import pytest
 from conftest import benchmark_module
 
 from kt.autotune.replay import replay_space
-from kt.autotune.search import GuidedSearch, SearchState
+from kt.autotune.search import GuidedSearch, SearchState, expected_improvement
 from kt.autotune.spaces import load_kernel_tuner
 
 variants = benchmark_module("search_variants")
@@ -209,3 +210,20 @@ def test_the_iso_product_polish_swaps_two_factors_of_a_product_in_one_move():
     objective[index[(2, 4, 0)]] = 2.0  # (2, 8) changes the product: still not a neighbour, so back to (8, 2)
     objective[index[(2, 8, 0)]] = 0.5
     assert search.propose(state())[0] == index[(8, 2, 0)]
+
+
+def test_once_stalled_every_pick_is_an_exploring_one():
+    # the best measured is (0, 1); the model's best is (4, 4). Not stalled: the shipped search's round (a
+    # polish next to (0, 1), then the largest expected improvement); stalled: only the largest improvements
+    measured = {1: 1.0, 12: 3.0}
+    objective = np.full(25, 2.0)
+    objective[24] = 0.5
+    objective[18] = 1.2
+    state = grid_state(measured, objective, 1)
+    search = variants.ExploreStalled()
+    assert search.propose(state) == GuidedSearch().propose(state), "not stalled: the shipped round"
+    search._best_history = [1.0] * 12  # no gain over more than a quarter of the budget
+    todo = np.array(state.unmeasured())
+    ei = expected_improvement(state, todo)
+    assert search.propose(state) == [24, 18] == [int(todo[j]) for j in np.argsort(-ei, kind="stable")[:2]]
+    assert 18 not in GuidedSearch().propose(state)
