@@ -49,6 +49,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_vs_tuners import DATA, HELD_OUT, LATER_HELD_OUT, SPACES  # noqa: E402
 
 
+def numeric_columns(space: TuningSpace, positive: bool = False) -> list[np.ndarray]:
+    """Each point's value of every varying parameter whose values are all numeric (and all above 0 where
+    `positive`), one float array per parameter in the space's order: what pair_products and the iso-product
+    polish build their columns from."""
+    moving = set(varying(space.params, space.points))
+    return [
+        np.array([p[j] for p in space.points], dtype=np.float64)
+        for j, name in enumerate(space.params)
+        if name in moving and all(_numeric(v) and (v > 0 or not positive) for v in space.params[name])
+    ]
+
+
 class WiderPolish(GuidedSearch):
     """The polish (the exploiting picks among the best measured's neighbours) may change two parameters,
     not one: on even rounds (`even`), once the search has stalled (`stalled`), or when no unmeasured
@@ -181,12 +193,7 @@ class IsoProductPolish(GuidedSearch):
 
     def bind(self, space: TuningSpace) -> None:
         """log2 of every positive numeric parameter that varies (one column each; others are left out)."""
-        moving = set(varying(space.params, space.points))
-        columns = [
-            np.log2(np.array([p[j] for p in space.points], dtype=np.float64))
-            for j, name in enumerate(space.params)
-            if name in moving and all(_numeric(v) and v > 0 for v in space.params[name])
-        ]
+        columns = [np.log2(values) for values in numeric_columns(space, positive=True)]
         self.logs = np.stack(columns, axis=1) if len(columns) >= 2 else None
 
     def propose(self, state: SearchState) -> list[int]:
@@ -218,12 +225,7 @@ class ExploreStalled(GuidedSearch):
 def pair_products(space: TuningSpace) -> np.ndarray:
     """kt's feature columns plus, for every two numeric parameters, log2 of the product of their values (a
     block's threads, a thread's tile): a tree reads a product off one column instead of a staircase of cuts."""
-    moving = set(varying(space.params, space.points))
-    logs = [
-        np.log2(1 + np.abs(np.array([p[j] for p in space.points], dtype=np.float64)))
-        for j, name in enumerate(space.params)
-        if name in moving and all(_numeric(v) for v in space.params[name])
-    ]
+    logs = [np.log2(1 + np.abs(values)) for values in numeric_columns(space)]
     pairs = [logs[a] + logs[b] for a in range(len(logs)) for b in range(a + 1, len(logs))]
     return np.hstack([space.features()] + ([np.stack(pairs, axis=1)] if pairs else []))
 
