@@ -546,6 +546,17 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _runs(numbers: list[int]) -> str:
+    """Sorted integers with consecutive ones joined: [21, 22, 23, 30, 40, 41] -> '21-23, 30, 40-41'."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 @main.command()
 @SPEC
 @DEVICE
@@ -793,8 +804,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     beyond = sorted(plan.ranked.index(i) + 1 for i in chosen - set(rows))
     if beyond:
         out.print(
-            f"round 1 also measures {len(beyond)} configs ranked below the table (ranks "
-            f"{', '.join(map(str, beyond))})"
+            f"{'round 1 also measures' if plan.strategy == 'guided' else 'the tune also takes'} {len(beyond)} "
+            f"configs ranked below the table (ranks {_runs(beyond)})"
         )
     if plan.baseline_ratio is not None:
         out.print(

@@ -534,6 +534,17 @@ def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
     beyond = re.search(r"round 1 also measures (\d+) configs ranked below the table", guided.stdout)
     assert cells.count("") == 4, "the four predicted best"
     assert len(cells) - 4 + (int(beyond.group(1)) if beyond else 0) == 4
+    top20 = kt("predict", DENSE, "--top", "20", "--no-gpu", "--budget", "64")
+    assert top20.exit_code == 0, top20.stderr
+    # the no-GPU tune takes the best 64: the 44 beyond a table of 20 print as one run of ranks
+    assert "the tune also takes 44 configs ranked below the table (ranks 21-64)" in top20.stdout, top20.stdout
+
+
+def test_rank_runs_are_joined():
+    from kt.cli import _runs
+
+    assert _runs([21, 22, 23, 30, 40, 41]) == "21-23, 30, 40-41"
+    assert _runs([5]) == "5" and _runs([]) == ""
 
 
 def test_predict_refuses_a_missing_or_foreign_model_file_in_one_line(tmp_path):
