@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kt.axes import check_op_space
 from kt.device import BUILTIN
 from kt.dtypes import DTYPES, itemsize
 from kt.errors import SpecError
@@ -415,7 +416,7 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
             f"'/'), got {name!r}",
         )
     device = _device(data.get("device", "auto"), source, check_files)
-    tune = _tune(data.get("tune", {}), "tune")
+    tune = _tune(data.get("tune", {}), "tune", op)
     _check_memory(shape, dtype, sparsity, terms)
     fields = (op, name, dtype, shape, layout, precision, device, tune, source, fft_input, sparsity, terms)
     return OpSpec(*fields, transposed=transposed)
@@ -757,7 +758,7 @@ def _layout(value: Any, path: str) -> Layout:
 MAX_TUNE_CONFIGS = 10_000
 
 
-def _tune(value: Any, path: str) -> TuneOptions:
+def _tune(value: Any, path: str, op: str) -> TuneOptions:
     _mapping(value, path)
     _keys(value, path, allowed=("budget", "objective", "seed", "power_cap_w", "space", "configs"))
     options = {}
@@ -765,6 +766,7 @@ def _tune(value: Any, path: str) -> TuneOptions:
         raise SpecError(path, "give space (axes to restrict) or configs (exactly these), not both")
     if value.get("space") is not None:
         options["space"] = _tune_space(value["space"], f"{path}.space")
+        check_op_space(op, options["space"])  # the axis names and schedule values: no torch or model needed
     if value.get("configs") is not None:
         options["configs"] = _tune_configs(value["configs"], f"{path}.configs")
     if "budget" in value:
@@ -779,7 +781,8 @@ def _tune(value: Any, path: str) -> TuneOptions:
 
 
 def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """axis -> a non-empty list of integers (or one integer); the names and values are the family's to check."""
+    """axis -> a non-empty list of integers (or one integer); the names and values are then the op's family's to
+    check (kt.axes, then kt.codegen.restrict for values that depend on the problem)."""
     _mapping(value, path)
     if not value:
         raise SpecError(path, "must name at least one axis, e.g. {block_m: [64, 128]}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ def spec_with(tune: dict, op: dict | None = None):
     return kt.parse_spec({"name": "user", **base, "tune": tune})
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MONARCH = {"op": "monarch", "dtype": "float16", "shape": {"batch": 64, "n": 256, "nblocks": 16}}
 LISTED = [
     {"block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8, "num_stages": 3},
@@ -179,3 +181,47 @@ def test_cli_refuses_a_bad_axis_with_one_line_and_exit_2(tmp_path):
             "block_n, block_k, group_m, num_warps, num_stages, split_k, tma"
         ]
     assert not (tmp_path / "art").exists()
+
+
+GRAD = {
+    "op": "blocksparse_grad",
+    "dtype": "float16",
+    "shape": {"batch": 64, "in": 128, "out": 96},
+    "sparsity": {"block": [32, 32], "density": 0.5},
+}
+
+
+EXTRA = {"monarch-transposed": {**MONARCH, "transposed": True}, "blocksparse_grad": GRAD}
+
+
+@pytest.mark.parametrize("op", [*sorted(p.stem for p in EXAMPLES.glob("*.yaml")), *EXTRA])
+def test_the_axes_a_spec_is_checked_against_are_its_familys(op):
+    """kt.axes (read with the spec, before torch) names every axis the family offers the built problem, with the
+    same schedule values, so a spec it lets through is judged by the family alone on the structure's values."""
+    from kt.axes import GEMM_STRUCTURE_AXES, OP_AXES
+    from kt.codegen import family_for
+    from kt.codegen.restrict import user_axes
+    from kt.ir import op_from_spec
+
+    spec = kt.parse_spec(EXTRA[op]) if op in EXTRA else kt.load_spec(EXAMPLES / f"{op}.yaml")
+    (node,) = op_from_spec(spec).kernel_graph().kernels
+    family = family_for(node.problem)
+    name, axes, structure = OP_AXES[spec.op]
+    offered = user_axes(family, node.problem)
+    assert family.name == name and list(offered) == [*axes, *([structure] if structure else [])]
+    assert all(offered[axis] == values for axis, values in axes.items())
+    if name == "gemm":
+        assert offered["tma"] == GEMM_STRUCTURE_AXES["tma"]
+
+
+def test_a_structure_value_the_problem_does_not_offer_is_refused_by_the_family():
+    butterfly = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 64, "n": 64}}
+    spec = spec_with(
+        {"space": {"levels": [9]}}, butterfly
+    )  # the name is the family's: read without complaint
+    with pytest.raises(SpecError) as raised:
+        kt.space(spec)
+    assert (
+        raised.value.field == "tune.space.levels"
+        and "9 is not a value of this axis; allowed: 1, 2" in str(raised.value)
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from kt.axes import BLOCK_GEMM_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded, two_warp_k_reason
 from kt.device import DeviceProfile
@@ -22,14 +23,7 @@ from kt.ir.factors import ButterflyGroup
 from kt.ir.lowering import Stage, lower
 from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem, StructuredProblem
 
-AXES: dict[str, tuple[int, ...]] = {
-    "block_b": (16, 32, 64, 128, 256),
-    "block_n": (16, 32, 64, 128),
-    "block_k": (16, 32, 64, 128),
-    "group": (1, 2, 4, 8, 16),
-    "num_warps": (2, 4, 8),
-    "num_stages": (2, 3, 4),
-}
+AXES = BLOCK_GEMM_AXES  # kt.axes holds every family's axes
 STRUCTURE_AXES = ("fused", "levels", "split")  # one of them is used by each family
 
 

@@ -13,20 +13,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kt.axes import BSR_GRAD_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import accumulator_reason, config_from_mapping, padded
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BsrGradProblem
 
-AXES: dict[str, tuple[int, ...]] = {
-    "block_m": (16, 32, 64, 128, 256),
-    "block_n": (16, 32, 64, 128, 256),
-    "block_k": (16, 32, 64, 128),
-    "num_warps": (2, 4, 8),
-    "num_stages": (2, 3, 4, 5),
-    "split": (1, 2, 4, 8, 16),
-}
+AXES = BSR_GRAD_AXES  # kt.axes holds every family's axes
 
 
 @dataclass(frozen=True, order=True)

@@ -10,25 +10,16 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from kt.axes import GEMM_AXES, GEMM_STRUCTURE_AXES
 from kt.codegen.render import render_template, template_version
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import GemmProblem
 
-# The axes of the space, before legality.
-AXES: dict[str, tuple[int, ...]] = {
-    "block_m": (16, 32, 64, 128, 256),
-    "block_n": (16, 32, 64, 128, 256),
-    "block_k": (16, 32, 64, 128),
-    "group_m": (1, 4, 8),
-    "num_warps": (2, 4, 8),
-    "num_stages": (2, 3, 4, 5),
-    "split_k": (1, 2, 4, 8, 16),
-}
+# The axes of the space, before legality (kt.axes holds every family's).
+AXES = GEMM_AXES
 MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
-# The kernel's structure choice: 1 is the persistent TMA kernel, 2 the same storing its C tile in two halves
-# (half the staged tile in shared memory), each offered for every config without split-K
-STRUCTURE_AXES: dict[str, tuple[int, ...]] = {"tma": (0, 1, 2)}
+STRUCTURE_AXES = GEMM_STRUCTURE_AXES  # the persistent TMA kernel (1, 2: C stored in halves) or not
 TMA_ALIGN = 16  # bytes: a TMA descriptor's base and every stride but the last must be multiples of this
 TMA_BARRIER_BYTES = 128
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import MISSING, fields, replace
 from typing import Any
 
+from kt.axes import check_axis
 from kt.errors import SpecError
 
 OUTSIDE_SPACE = "outside tune.space"
@@ -52,17 +53,11 @@ def restrict(space, family, problem, device, spec) -> Any:
 
 def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], ...]):
     axes = user_axes(family, problem)
-    for axis, values in wanted:
-        path = f"tune.space.{axis}"
-        if axis not in axes:
-            raise SpecError(
-                path, f"the {family.name} family has no axis {axis!r}; allowed: {', '.join(axes)}"
-            )
-        for value in values:
-            if value not in axes[axis]:
-                raise SpecError(
-                    path, f"{value} is not a value of this axis; allowed: {', '.join(map(str, axes[axis]))}"
-                )
+    for (
+        axis,
+        values,
+    ) in wanted:  # the spec checked what the op alone tells (kt.axes); now the problem's values
+        check_axis(family.name, axes, axis, values)
     keep = dict(wanted)
     kept = tuple(c for c in space.legal if all(getattr(c, axis) in values for axis, values in keep.items()))
     if not kept:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kt.axes import TILE_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import accumulator_reason, config_from_mapping, padded
 from kt.device import DeviceProfile
@@ -23,15 +24,7 @@ from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
 from kt.ir.sparse import chain_order
 
-AXES: dict[str, tuple[int, ...]] = {
-    "block_m": (16, 32, 64, 128, 256),
-    "block_n": (16, 32, 64, 128),
-    "block_k": (16, 32, 64, 128),
-    "group_m": (1, 4, 8),
-    "num_warps": (2, 4, 8),
-    "num_stages": (2, 3, 4),
-    "split": (1, 2, 4, 8),
-}
+AXES = TILE_AXES  # kt.axes holds every family's axes
 STRUCTURE_AXES = ("fused",)
 
 TileSumProblem = BlockSparseProblem | ChainProblem | SumProblem

@@ -1,0 +1,90 @@
+"""The axes of each kernel family's search space, as plain data: the codegen families take theirs from here,
+and op.yaml's `tune.space` is checked against them while the spec is read, before torch or a model loads.
+
+A family's axes are its schedule's (tile sizes, warps, pipeline depth, split) with the values it enumerates,
+plus the op's structure choice (`tma` for a GEMM; `fused`, `levels` or `split` for the structured ops), whose
+values depend on the problem (a butterfly's levels per stage, the FFT's splits) and are checked once the
+problem is built (kt.codegen.restrict).
+"""
+
+from __future__ import annotations
+
+from kt.errors import SpecError
+
+GEMM_AXES: dict[str, tuple[int, ...]] = {
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128, 256),
+    "block_k": (16, 32, 64, 128),
+    "group_m": (1, 4, 8),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4, 5),
+    "split_k": (1, 2, 4, 8, 16),
+}
+# The GEMM kernel's structure choice: 1 is the persistent TMA kernel, 2 the same storing its C tile in two halves
+# (half the staged tile in shared memory), each offered for every config without split-K
+GEMM_STRUCTURE_AXES: dict[str, tuple[int, ...]] = {"tma": (0, 1, 2)}
+
+BLOCK_GEMM_AXES: dict[str, tuple[int, ...]] = {  # Monarch, butterfly, FFT (kt.codegen.blockgemm)
+    "block_b": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128),
+    "block_k": (16, 32, 64, 128),
+    "group": (1, 2, 4, 8, 16),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4),
+}
+
+TILE_AXES: dict[str, tuple[int, ...]] = {  # block-sparse, low-rank chains, sums (kt.codegen.tilesum)
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128),
+    "block_k": (16, 32, 64, 128),
+    "group_m": (1, 4, 8),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4),
+    "split": (1, 2, 4, 8),
+}
+
+BSR_GRAD_AXES: dict[str, tuple[int, ...]] = {  # the block-sparse weight's gradient (kt.codegen.bsrgrad)
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128, 256),
+    "block_k": (16, 32, 64, 128),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4, 5),
+    "split": (1, 2, 4, 8, 16),
+}
+
+# op (op.yaml's `op`) -> (its kernel family, the family's schedule axes, the name of its structure axis if any)
+OP_AXES: dict[str, tuple[str, dict[str, tuple[int, ...]], str | None]] = {
+    "dense": ("gemm", GEMM_AXES, "tma"),
+    "monarch": ("monarch", BLOCK_GEMM_AXES, "fused"),
+    "butterfly": ("butterfly", BLOCK_GEMM_AXES, "levels"),
+    "fft": ("fft", BLOCK_GEMM_AXES, "split"),
+    "blocksparse": ("blocksparse", TILE_AXES, "fused"),
+    "lowrank": ("lowrank", TILE_AXES, "fused"),
+    "sum": ("sum", TILE_AXES, "fused"),
+    "blocksparse_grad": ("bsr_grad", BSR_GRAD_AXES, None),
+}
+
+
+def check_axis(family: str, axes: dict[str, tuple[int, ...] | None], axis: str, values) -> None:
+    """`tune.space.<axis>: values` against a family's `axes` (name -> values, None where the values are not
+    known yet): a SpecError naming the field and what is allowed."""
+    path = f"tune.space.{axis}"
+    if axis not in axes:
+        raise SpecError(path, f"the {family} family has no axis {axis!r}; allowed: {', '.join(axes)}")
+    allowed = axes[axis]
+    for value in values if allowed is not None else ():
+        if value not in allowed:
+            raise SpecError(
+                path, f"{value} is not a value of this axis; allowed: {', '.join(map(str, allowed))}"
+            )
+
+
+def check_op_space(op: str, space: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+    """A spec's `tune.space` checked against `op`'s family as far as the op alone tells: every axis name, and
+    the values of the schedule axes (and of the GEMM's `tma`); a structure axis's values wait for the problem."""
+    family, axes, structure = OP_AXES[op]
+    known: dict[str, tuple[int, ...] | None] = dict(axes)
+    if structure is not None:  # the GEMM's tma has fixed values; the structured ops' depend on the problem
+        known[structure] = GEMM_STRUCTURE_AXES[structure] if family == "gemm" else None
+    for axis, values in space:
+        check_axis(family, known, axis, values)
