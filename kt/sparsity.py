@@ -4,15 +4,18 @@ A pattern is a boolean mask over the block grid (out/bo, in/bi). It is made from
 pattern (diagonal, banded), a mask file, or by keeping the largest blocks of a dense weight; kt stores it as the
 hex text of the mask's bits (row-major, padded to whole bytes), so a problem's pattern travels in its key, in
 the tuning database and in artifacts. Everything here is plain numpy and torch, with no kt imports, so the spec
-parser can use it.
+parser can use it; torch is imported where a function makes tensors, so a spec is read without it.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PATTERNS = ("diagonal", "banded")
 
@@ -90,6 +93,8 @@ def bsr_indices(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     mask = np.asarray(mask, dtype=bool)
     crow = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
     cols = np.nonzero(mask)[1]
+    import torch
+
     return torch.from_numpy(crow.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
 
 
@@ -118,6 +123,8 @@ def bsr_tensor(
 ) -> torch.Tensor:
     """torch.sparse_bsr_tensor on values' device, without torch's "BSR support is in beta" warning (which it
     gives on every construction); `check` runs torch's invariant checks (a device sync: not in a hot path)."""
+    import torch
+
     device = values.device
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
