@@ -1,5 +1,6 @@
 """The axes of each kernel family's search space, as plain data: the codegen families take theirs from here,
-and op.yaml's `tune.space` is checked against them while the spec is read, before torch or a model loads.
+and op.yaml's `tune.space` and `tune.configs` are checked against them while the spec is read, before torch or a
+model loads.
 
 A family's axes are its schedule's (tile sizes, warps, pipeline depth, split) with the values it enumerates,
 plus the op's structure choice (`tma` for a GEMM; `fused`, `levels` or `split` for the structured ops), whose
@@ -63,6 +64,62 @@ OP_AXES: dict[str, tuple[str, dict[str, tuple[int, ...]], str | None]] = {
     "sum": ("sum", TILE_AXES, "fused"),
     "blocksparse_grad": ("bsr_grad", BSR_GRAD_AXES, None),
 }
+
+
+_BLOCK_GEMM_FIELDS = {**BLOCK_GEMM_AXES, "fused": None, "levels": None, "split": None}
+_TILE_FIELDS = {**TILE_AXES, "fused": (0, 1)}
+# family -> its config's fields in order, each with the values it may take (None: any non-negative integer; the
+# problem says which structure values it offers). The first REQUIRED fields (the tile) have no default.
+CONFIG_FIELDS: dict[str, dict[str, tuple[int, ...] | None]] = {
+    "gemm": {**GEMM_AXES, **GEMM_STRUCTURE_AXES},
+    "monarch": _BLOCK_GEMM_FIELDS,
+    "butterfly": _BLOCK_GEMM_FIELDS,
+    "fft": _BLOCK_GEMM_FIELDS,
+    "blocksparse": _TILE_FIELDS,
+    "lowrank": _TILE_FIELDS,
+    "sum": _TILE_FIELDS,
+    "bsr_grad": dict(BSR_GRAD_AXES),
+}
+REQUIRED = 3
+
+
+def check_fields(fields: dict[str, tuple[int, ...] | None], data: dict) -> None:
+    """A config's mapping against its fields: an unknown key or a value off its field's values is a one-line
+    ValueError (`config: unknown key ...`, `config.<field>: ...`)."""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
+    for name, value in data.items():
+        allowed = fields[name]
+        if allowed is not None and value not in allowed:
+            raise ValueError(
+                f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+            )
+        if allowed is None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"config.{name}: must be a non-negative integer, got {value!r}")
+
+
+def missing_fields(family: str, names: list[str], data: dict) -> str | None:
+    """What a listed config of `family` (fields `names`) lacks, in words; None when it has every required one."""
+    missing = [name for name in names[:REQUIRED] if name not in data]
+    return f"missing {', '.join(missing)} (a {family} config has {', '.join(names)})" if missing else None
+
+
+def check_op_configs(op: str, configs: tuple[tuple[tuple[str, int], ...], ...]) -> None:
+    """A spec's `tune.configs` checked against `op`'s family as far as the op alone tells: every field named,
+    the required ones given, the schedule values on their axes; whether the problem offers a structure value and
+    whether a config can run wait for the problem (kt.codegen.restrict)."""
+    family = OP_AXES[op][0]
+    fields = CONFIG_FIELDS[family]
+    for i, pairs in enumerate(configs):
+        data = dict(pairs)
+        try:
+            check_fields(fields, data)
+        except ValueError as exc:
+            reason = str(exc).removeprefix("config: ").removeprefix("config.")
+            raise SpecError(f"tune.configs[{i}]", reason) from None
+        if missing := missing_fields(family, list(fields), data):
+            raise SpecError(f"tune.configs[{i}]", missing)
 
 
 def check_axis(family: str, axes: dict[str, tuple[int, ...] | None], axis: str, values) -> None:

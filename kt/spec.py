@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from kt.axes import check_op_space
+from kt.axes import check_op_configs, check_op_space
 from kt.device import BUILTIN
 from kt.dtypes import DTYPES, itemsize
 from kt.errors import SpecError
@@ -769,6 +769,7 @@ def _tune(value: Any, path: str, op: str) -> TuneOptions:
         check_op_space(op, options["space"])  # the axis names and schedule values: no torch or model needed
     if value.get("configs") is not None:
         options["configs"] = _tune_configs(value["configs"], f"{path}.configs")
+        check_op_configs(op, options["configs"])  # names, required fields, schedule values: no torch needed
     if "budget" in value:
         options["budget"] = _int(value["budget"], f"{path}.budget", 1, MAX_BUDGET)
     if "objective" in value:
@@ -800,7 +801,8 @@ def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...
 
 
 def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], ...]:
-    """A non-empty list of configs, each a mapping of field -> integer; the family checks the fields."""
+    """A non-empty list of configs, each a mapping of field -> integer; the fields are then the op's family's to
+    check (kt.axes, then kt.codegen.restrict for the problem's structure values and legality)."""
     if not isinstance(value, list) or not value:
         raise SpecError(
             path, f"must be a non-empty list of configs (mappings of field: integer), got {_kind(value)}"

@@ -94,6 +94,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     axis, value = tmp_path / "axis.yaml", tmp_path / "value.yaml"
     axis.write_text("op: monarch\nshape: {batch: 8, n: 64, nblocks: 8}\ntune: {space: {block_m: [64]}}\n")
     value.write_text("op: butterfly\nshape: {batch: 8, n: 64}\ntune: {space: {group: [1, 3]}}\n")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("op: lowrank\nshape: {batch: 8, dims: [64, 8, 64]}\ntune: {configs: [{block_m: 64}]}\n")
     sparse = tmp_path / "sparse.yaml"  # a block pattern drawn from a seed: numpy, no torch
     sparse.write_text(
         "op: blocksparse_grad\nshape: {batch: 8, in: 64, out: 64}\nsparsity: {block: [16, 16], density: 0.5}\n"
@@ -105,6 +107,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["space", axis], "tune.space.block_m: the monarch family has no axis 'block_m'; allowed: block_b, "),
         (["tune", value], "tune.space.group: 3 is not a value of this axis; allowed: 1, 2, 4, 8, 16"),
         (["space", sparse], "tune.space.split: 3 is not a value of this axis; allowed: 1, 2, 4, 8, 16"),
+        (
+            ["tune", listed],
+            "tune.configs[0]: missing block_n, block_k (a lowrank config has block_m, block_n, ",
+        ),
         (["tune"], "give OP_YAML files"),
         (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
         (["predict", EXAMPLE, "--device", "nope.json"], "nope.json"),

@@ -197,8 +197,11 @@ EXTRA = {"monarch-transposed": {**MONARCH, "transposed": True}, "blocksparse_gra
 @pytest.mark.parametrize("op", [*sorted(p.stem for p in EXAMPLES.glob("*.yaml")), *EXTRA])
 def test_the_axes_a_spec_is_checked_against_are_its_familys(op):
     """kt.axes (read with the spec, before torch) names every axis the family offers the built problem, with the
-    same schedule values, so a spec it lets through is judged by the family alone on the structure's values."""
-    from kt.axes import GEMM_STRUCTURE_AXES, OP_AXES
+    same schedule values, and every field of its config with the values the config takes, so a spec it lets
+    through is judged by the family alone on the structure's values and on legality."""
+    from dataclasses import MISSING, fields
+
+    from kt.axes import CONFIG_FIELDS, GEMM_STRUCTURE_AXES, OP_AXES, REQUIRED
     from kt.codegen import family_for
     from kt.codegen.restrict import user_axes
     from kt.ir import op_from_spec
@@ -212,6 +215,18 @@ def test_the_axes_a_spec_is_checked_against_are_its_familys(op):
     assert all(offered[axis] == values for axis, values in axes.items())
     if name == "gemm":
         assert offered["tma"] == GEMM_STRUCTURE_AXES["tma"]
+    config_fields = CONFIG_FIELDS[name]
+    assert list(config_fields) == [f.name for f in fields(family.config_type)]
+    assert list(config_fields)[:REQUIRED] == [
+        f.name for f in fields(family.config_type) if f.default is MISSING
+    ]
+    tile = dict(zip(config_fields, (64, 64, 64)))
+    for field, allowed in config_fields.items():  # the config refuses what kt.axes refuses, and only that
+        off = max(allowed) + 1 if allowed else -1
+        with pytest.raises(ValueError, match=f"config.{field}: "):
+            family.config_type.from_dict({**tile, field: off})
+        for value in allowed or (0, 5):
+            family.config_type.from_dict({**tile, field: value})
 
 
 def test_a_structure_value_the_problem_does_not_offer_is_refused_by_the_family():

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from kt.axes import GEMM_AXES, GEMM_STRUCTURE_AXES
+from kt.axes import GEMM_AXES, GEMM_STRUCTURE_AXES, check_fields
 from kt.codegen.render import render_template, template_version
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
@@ -64,19 +64,8 @@ class GemmConfig:
 
 def config_from_mapping(cls, data: dict[str, Any], axes: dict[str, tuple[int, ...]]):
     """A config dataclass from a mapping: unknown keys and values off an axis are one-line ValueErrors (a field
-    with no axis takes any non-negative integer)."""
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(names)}")
-    for name, value in data.items():
-        allowed = axes.get(name)
-        if allowed is not None and value not in allowed:
-            raise ValueError(
-                f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
-            )
-        if allowed is None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValueError(f"config.{name}: must be a non-negative integer, got {value!r}")
+    with no axis takes any non-negative integer; kt.axes.check_fields words them)."""
+    check_fields({f.name: axes.get(f.name) for f in fields(cls)}, data)
     return cls(**data)
 
 

@@ -10,10 +10,10 @@ breaks (as `kt space` would drop it): the user asked for it, so it is not skippe
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields, replace
+from dataclasses import fields, replace
 from typing import Any
 
-from kt.axes import check_axis
+from kt.axes import check_axis, missing_fields
 from kt.errors import SpecError
 
 OUTSIDE_SPACE = "outside tune.space"
@@ -81,12 +81,8 @@ def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int],
             config = family.config_type.from_dict(data)
         except ValueError as exc:
             raise SpecError(path, str(exc).removeprefix("config: ").removeprefix("config.")) from None
-        except TypeError:
-            required = [f.name for f in fields(family.config_type) if f.default is MISSING]
-            missing = [n for n in required if n not in data]
-            raise SpecError(
-                path, f"missing {', '.join(missing)} (a {family.name} config has {', '.join(names)})"
-            ) from None
+        except TypeError:  # a field without a default left out
+            raise SpecError(path, missing_fields(family.name, names, data)) from None
         if config.key() not in legal:
             raise SpecError(
                 path,
