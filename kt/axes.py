@@ -66,18 +66,25 @@ OP_AXES: dict[str, tuple[str, dict[str, tuple[int, ...]], str | None]] = {
 }
 
 
-_BLOCK_GEMM_FIELDS = {**BLOCK_GEMM_AXES, "fused": None, "levels": None, "split": None}
-_TILE_FIELDS = {**TILE_AXES, "fused": (0, 1)}
-# family -> its config's fields in order, each with the values it may take (None: any non-negative integer; the
-# problem says which structure values it offers). The first REQUIRED fields (the tile) have no default.
+# Each config's fields in order, with the values each may take (None: any non-negative integer; the problem
+# says which structure values it offers), as the configs' from_dict checks them
+GEMM_FIELDS: dict[str, tuple[int, ...] | None] = {**GEMM_AXES, **GEMM_STRUCTURE_AXES}
+BLOCK_GEMM_FIELDS: dict[str, tuple[int, ...] | None] = {
+    **BLOCK_GEMM_AXES,
+    "fused": None,
+    "levels": None,
+    "split": None,
+}
+TILE_FIELDS: dict[str, tuple[int, ...] | None] = {**TILE_AXES, "fused": (0, 1)}
+# family -> its config's fields; the first REQUIRED fields (the tile) have no default
 CONFIG_FIELDS: dict[str, dict[str, tuple[int, ...] | None]] = {
-    "gemm": {**GEMM_AXES, **GEMM_STRUCTURE_AXES},
-    "monarch": _BLOCK_GEMM_FIELDS,
-    "butterfly": _BLOCK_GEMM_FIELDS,
-    "fft": _BLOCK_GEMM_FIELDS,
-    "blocksparse": _TILE_FIELDS,
-    "lowrank": _TILE_FIELDS,
-    "sum": _TILE_FIELDS,
+    "gemm": GEMM_FIELDS,
+    "monarch": BLOCK_GEMM_FIELDS,
+    "butterfly": BLOCK_GEMM_FIELDS,
+    "fft": BLOCK_GEMM_FIELDS,
+    "blocksparse": TILE_FIELDS,
+    "lowrank": TILE_FIELDS,
+    "sum": TILE_FIELDS,
     "bsr_grad": dict(BSR_GRAD_AXES),
 }
 REQUIRED = 3

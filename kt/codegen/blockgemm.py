@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from kt.axes import BLOCK_GEMM_AXES
+from kt.axes import BLOCK_GEMM_AXES, BLOCK_GEMM_FIELDS
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded, two_warp_k_reason
 from kt.device import DeviceProfile
@@ -56,7 +56,7 @@ class BlockGemmConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BlockGemmConfig:
-        return config_from_mapping(cls, data, AXES)
+        return config_from_mapping(cls, data, BLOCK_GEMM_FIELDS)
 
     def __str__(self) -> str:
         return " ".join(f"{k.upper() if k.startswith('block') else k}={v}" for k, v in self.to_dict().items())

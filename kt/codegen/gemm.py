@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from kt.axes import GEMM_AXES, GEMM_STRUCTURE_AXES, check_fields
+from kt.axes import GEMM_AXES, GEMM_FIELDS, GEMM_STRUCTURE_AXES, check_fields
 from kt.codegen.render import render_template, template_version
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
@@ -53,7 +53,7 @@ class GemmConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GemmConfig:
-        return config_from_mapping(cls, data, {**AXES, **STRUCTURE_AXES})
+        return config_from_mapping(cls, data, GEMM_FIELDS)
 
     def __str__(self) -> str:
         return " ".join(
@@ -62,7 +62,7 @@ class GemmConfig:
         )
 
 
-def config_from_mapping(cls, data: dict[str, Any], axes: dict[str, tuple[int, ...]]):
+def config_from_mapping(cls, data: dict[str, Any], axes: dict[str, tuple[int, ...] | None]):
     """A config dataclass from a mapping: unknown keys and values off an axis are one-line ValueErrors (a field
     with no axis takes any non-negative integer; kt.axes.check_fields words them)."""
     check_fields({f.name: axes.get(f.name) for f in fields(cls)}, data)

@@ -53,10 +53,8 @@ def restrict(space, family, problem, device, spec) -> Any:
 
 def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], ...]):
     axes = user_axes(family, problem)
-    for (
-        axis,
-        values,
-    ) in wanted:  # the spec checked what the op alone tells (kt.axes); now the problem's values
+    # the spec checked what the op alone tells (kt.axes); now the values the problem offers
+    for axis, values in wanted:
         check_axis(family.name, axes, axis, values)
     keep = dict(wanted)
     kept = tuple(c for c in space.legal if all(getattr(c, axis) in values for axis, values in keep.items()))

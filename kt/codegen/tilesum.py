@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.axes import TILE_AXES
+from kt.axes import TILE_AXES, TILE_FIELDS
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import accumulator_reason, config_from_mapping, padded
 from kt.device import DeviceProfile
@@ -55,7 +55,7 @@ class TileConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TileConfig:
-        return config_from_mapping(cls, data, {**AXES, "fused": (0, 1)})
+        return config_from_mapping(cls, data, TILE_FIELDS)
 
     def __str__(self) -> str:
         return " ".join(
