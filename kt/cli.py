@@ -18,7 +18,8 @@ from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.autotune.database import STATUSES  # the standard library's sqlite3 only
-from kt.errors import KtError
+from kt.errors import DatabaseError, KtError, ModelError
+from kt.files import DATA_HINT, INSPECT_HINT, MODEL_HINT, existing_file, existing_path
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
 # soft_wrap: a long line stays one line (tables still fit the width).
@@ -103,6 +104,20 @@ def _device_name(ctx, param, value):
     return value
 
 
+def _model_file(ctx, param, value):
+    """A model file is checked as the command line is read, before torch or scikit-learn load."""
+    if value is not None and str(value) != "analytic":
+        existing_file(value, "model", MODEL_HINT, ModelError)
+    return value
+
+
+def _data_file(ctx, param, value):
+    """A file of measurements is checked as the command line is read, before torch or scikit-learn load."""
+    if value is not None:
+        existing_file(value, "data", DATA_HINT, DatabaseError)
+    return value
+
+
 DEVICE = click.option(
     "--device",
     default=None,
@@ -162,6 +177,7 @@ MODEL = click.option(
     "--model",
     default=None,
     metavar="MODEL.skops|analytic",
+    callback=_model_file,
     help="Cost model that ranks candidates: a file from `kt costmodel fit`, or analytic. "
     "Default: kt's model for the device when it ships one, else analytic.",
 )
@@ -571,6 +587,11 @@ def _runs(numbers: list[int]) -> str:
 )
 def show(spec, device, ptx_dir):
     """Print OP_YAML's IR (the factor product) and its kernel graph (with --ptx, the chosen config's PTX)."""
+    if ptx_dir is not None:  # before any work: a folder that cannot be made is a usage error
+        try:
+            ptx_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KtError(f"--ptx: cannot make the folder {str(ptx_dir)!r} ({exc.strerror or exc})") from None
     from kt.ir import op_from_spec
 
     op = op_from_spec(spec)
@@ -1169,6 +1190,7 @@ DATA = click.option(
     "--data",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
+    callback=_data_file,
     help="Measurements: a tuning database (.db) or a CSV written by `kt export`.",
 )
 MODEL_DEVICE = click.option(
@@ -1242,6 +1264,7 @@ def _metric_rows(report) -> list[tuple[str, str]]:
     "--model",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=_model_file,
     help="Score this model file on --data instead of cross-validating a fresh forest.",
 )
 @click.option(
@@ -1278,7 +1301,12 @@ def evaluate(data, model, folds, device, gpu, seed):
 
 
 @main.command()
-@click.argument("path", metavar="ARTIFACT|DB", type=click.Path(path_type=Path))
+@click.argument(
+    "path",
+    metavar="ARTIFACT|DB",
+    type=click.Path(path_type=Path),
+    callback=lambda ctx, param, value: existing_path(value, "inspect", INSPECT_HINT),
+)
 @click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -1289,6 +1317,7 @@ def evaluate(data, model, folds, device, gpu, seed):
     "--model",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=_model_file,
     help="A forest model file (default: forests fitted on the data's other shapes).",
 )
 @click.option(

@@ -21,6 +21,34 @@ def cache_dir() -> Path:
     return Path(base) / "kt"
 
 
+# what to give instead, for the files and folders a user names
+MODEL_HINT = "give a model file written by `kt costmodel fit`"
+DATA_HINT = "give a tuning database (.db) or a `kt export` CSV"
+INSPECT_HINT = "give an artifact directory or a tuning database (.db or .csv)"
+
+
+def existing_file(path: str | os.PathLike, field: str, hint: str, error: type[Exception]) -> Path:
+    """A file the user named, or `error` in one line naming `field`: `<field>: 'path' not found`, or `is a
+    directory; <hint>`. The CLI calls it as the command line is read (before torch or a model loads), and the
+    readers call it again for API callers."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{field}: {str(path)!r} is a directory; {hint}")
+    if not path.is_file():
+        raise error(f"{field}: {str(path)!r} not found")
+    return path
+
+
+def existing_path(path: str | os.PathLike, field: str, hint: str) -> Path:
+    """A file or folder the user named, or a KtError: `<field>: 'path' not found; <hint>`."""
+    from kt.errors import KtError
+
+    path = Path(path)
+    if not path.exists():
+        raise KtError(f"{field}: {str(path)!r} not found; {hint}")
+    return path
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

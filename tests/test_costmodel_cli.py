@@ -124,7 +124,9 @@ def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):
 def test_eval_refuses_a_file_that_is_not_a_model(tmp_path):
     bogus = tmp_path / "model.skops"
     bogus.write_text("not a model\n")
-    result = kt("costmodel", "eval", "--data", tmp_path / "none.db", "--model", bogus)
+    data = tmp_path / "rows.csv"  # the model is read before the data: this file is never opened
+    data.write_text("")
+    result = kt("costmodel", "eval", "--data", data, "--model", bogus)
     assert_one_line_error(result, "is not a skops file")
 
 

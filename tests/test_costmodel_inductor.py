@@ -15,7 +15,7 @@ from kt.autotune.dataset import baseline_record, is_baseline, is_measured, to_re
 from kt.autotune.tune import MIN_SIZED_BUDGET, size_budget
 from kt.cli import main
 from kt.costmodel.evaluate import ape
-from kt.costmodel.forest import ForestModel
+from kt.costmodel.forest import ForestModel, _payload_cache
 from kt.costmodel.models import MODELS_DIR, models_dir, shipped_model_path
 from kt.costmodel.roofline import roofline_time
 from kt.device import A100, H100, H200, H200_NVL
@@ -122,10 +122,15 @@ def needs_model(test):
 @needs_model
 @pytest.mark.parametrize("key", ["h100", "a100"])
 def test_a_shipped_model_is_small_loads_fast_and_names_its_source(key):
+    """The first load reads the skops file (seconds, scikit-learn's and skops' imports with it) and keeps kt's
+    quick copy in the cache folder; every later one, each `kt tune` and `kt predict`, reads that copy."""
     path = MODELS_DIR / f"{key}.skops"
     assert path.stat().st_size <= 20 * 2**20
+    profile = {"h100": H100, "a100": A100}[key]
+    ForestModel.load(path, profile)  # this run's cache folder starts empty (conftest): the skops read
+    assert _payload_cache(path.read_bytes()).is_file(), "the quick copy the next loads read"
     start = time.perf_counter()
-    model = ForestModel.load(path, {"h100": H100, "a100": A100}[key])
+    model = ForestModel.load(path, profile)
     assert time.perf_counter() - start < 2.0
     trained = model.trained
     assert "autoheuristic-datasets" in trained["origin"] and f"{key}_mm.txt.gz" in trained["origin"]

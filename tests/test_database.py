@@ -1,6 +1,7 @@
 """The tuning database: one committed row per measurement, unique per identity, clear errors on bad files."""
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,18 @@ def test_files_that_are_not_kt_databases_get_one_clear_error(tmp_path):
         Database(newer)
     with pytest.raises(DatabaseError, match="is a directory"):
         Database(tmp_path)
+
+
+def test_a_database_that_cannot_be_made_where_it_is_asked_for_says_so(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(
+        DatabaseError,
+        match=r"file/t\.db' cannot be created there \(a file stands where its folder should be\)",
+    ):
+        Database(tmp_path / "file" / "t.db")
+    if Path("/proc/self").exists():  # a folder SQLite cannot make files in, even as root
+        with pytest.raises(DatabaseError, match=r"cannot be created there \(unable to open database file\)"):
+            Database("/proc/kt-test.db")
 
 
 def test_export_writes_every_column_of_the_matching_rows(tmp_path):

@@ -163,7 +163,8 @@ class Database:
         self.readonly = readonly
         if self.path.is_dir():
             raise DatabaseError(f"db: {str(self.path)!r} is a directory; give a file path")
-        if (readonly or not create) and not self.path.exists():
+        existed = self.path.exists()
+        if (readonly or not create) and not existed:
             raise DatabaseError(f"db: {str(self.path)!r} not found")
         try:
             if readonly:
@@ -175,7 +176,12 @@ class Database:
                 self.conn.row_factory = sqlite3.Row
                 self._check()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a file where a folder should be, a read-only place, ...
+                    file = isinstance(exc, (FileExistsError, NotADirectoryError))
+                    why = "a file stands where its folder should be" if file else exc.strerror or exc
+                    raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({why})") from None
                 self.conn = sqlite3.connect(self.path, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
                 # switching a new file to WAL takes an exclusive lock for which SQLite does not wait: when
@@ -193,6 +199,8 @@ class Database:
                     f"db: {str(self.path)!r} stayed locked by another writer for the {LOCKED_WAIT_S:.0f} s this "
                     f"waited ({exc})"
                 ) from None
+            if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
+                raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 
     def _check(self) -> set[str]:

@@ -28,6 +28,7 @@ from kt.codegen.tilesum import STRUCTURE_AXES as TILE_STRUCTURE_AXES
 from kt.costmodel.features import CONFIG_KEYS
 from kt.dtypes import DTYPES
 from kt.errors import DatabaseError
+from kt.files import DATA_HINT, existing_file
 from kt.ir.problems import PROBLEMS, SUM_TERMS, problem_from_dict
 from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_CHAIN, MAX_DIM, PRECISIONS
 
@@ -49,13 +50,7 @@ def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
     """Every row of a tuning database (.db, SQLite, opened read-only) or of a CSV written by `kt export`, each
     checked (`check_row`): a malformed one is a DatabaseError naming the file, its row id or line, and the
     column."""
-    path = Path(source)
-    if path.is_dir():
-        raise DatabaseError(
-            f"data: {str(path)!r} is a directory; give a tuning database (.db) or a `kt export` CSV"
-        )
-    if not path.is_file():
-        raise DatabaseError(f"data: {str(path)!r} not found")
+    path = existing_file(source, "data", DATA_HINT, DatabaseError)
     if path.suffix.lower() != ".csv":
         return find_rows(path)
     return _csv_rows(path)

@@ -29,7 +29,7 @@ from kt.costmodel.evaluate import targets as measured_arrays
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.device import DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
-from kt.files import atomic_write
+from kt.files import INSPECT_HINT, atomic_write, existing_path
 from kt.ir.problems import problem_from_dict
 
 TOP_K = 5
@@ -89,9 +89,8 @@ def inspect_tune(
         result, profile, training = _data_rows(path, device, gpu)
         default_plots = path.parent / f"{path.stem}-inspect"
     else:
-        raise KtError(
-            f"inspect: {str(path)!r} not found; give an artifact directory or a tuning database (.db or .csv)"
-        )
+        existing_path(path, "inspect", INSPECT_HINT)  # not found (a socket or a fifo is neither)
+        raise KtError(f"inspect: {str(path)!r} is neither a folder nor a file; {INSPECT_HINT}")
     _tuner_report(result)
     _forest_report(result, profile, training, model, seed)
     if result.tuner is None and result.forest is None:
