@@ -1,6 +1,8 @@
-"""Writing a file whole or not at all: every file kt writes for a user (CSV exports, models, plots, reports,
-replay traces) goes through `atomic_write`, so a crash or Ctrl-C leaves the old file or the new one, never half
-of one."""
+"""The files a user gives kt and gets from it. Writing a file whole or not at all: every file kt writes for a
+user (CSV exports, models, plots, reports, replay traces) goes through `atomic_write`, so a crash or Ctrl-C
+leaves the old file or the new one, never half of one. Reading: `existing_file` and `existing_path` refuse a
+named file or folder that is not there in one line naming the field, as the command line is read and again in
+the readers."""
 
 from __future__ import annotations
 
