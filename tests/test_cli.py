@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,6 +188,12 @@ def test_path_problems_are_one_line_errors_before_any_work(tmp_path):
     assert done.returncode == 2 and "typo.db' not found" in done.stderr
     done = kt_cli("tune", spec, "--db", spec / "t.db")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "t.db' cannot be created there (a file stands where its folder should be)" in done.stderr
+    if Path("/proc/self").exists():  # a place no folder can be made in, even as root: refused before the tune
+        done = kt_cli("tune", spec, "--out", "/proc/kt-artifacts", "--db", tmp_path / "t.db")
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "no folder can be made in /proc" in done.stderr and "choose another --out" in done.stderr
+        assert not (tmp_path / "t.db").exists(), "refused before tuning"
 
 
 def test_help_and_usage_errors_load_neither_torch_nor_scikit_learn():

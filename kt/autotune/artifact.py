@@ -179,7 +179,8 @@ def _baseline_meta(result) -> dict[str, Any] | None:
 
 
 def check_target(path: str | os.PathLike) -> None:
-    """Refuse, before any work, a destination that is a file or a directory kt did not write."""
+    """Refuse, before any work, a destination that is a file, a directory kt did not write, or a place where no
+    folder can be made."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"{path} exists and is a file, not an artifact directory; choose another --out")
@@ -189,6 +190,13 @@ def check_target(path: str | os.PathLike) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise ArtifactError(f"{parent} is a file, so {path} cannot be created")
+            try:  # a folder made and removed where the artifact's own will be: read-only places, /proc, ...
+                os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".kt-probe-"))
+            except OSError as exc:
+                raise ArtifactError(
+                    f"{path} cannot be created: no folder can be made in {parent} ({exc.strerror or exc}); "
+                    "choose another --out"
+                ) from None
             break
 
 
