@@ -202,7 +202,10 @@ def run_bench(
             "run (nothing is timed)"
         )
     _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KtError(f"out: the folder {str(out)!r} cannot be made ({exc.strerror or exc})") from None
     handler = logging.FileHandler(out / "bench.log", mode="w")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

@@ -107,6 +107,9 @@ def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path)
     done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine"), timeout=120)
     assert done.returncode == 2 and "not a kt bench report" in done.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine" / "notes.txt" / "run"), timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "out: the folder '" in done.stderr and "run' cannot be made (" in done.stderr
 
 
 def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp_path):
