@@ -19,7 +19,7 @@ from rich.table import Table
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.autotune.database import STATUSES  # the standard library's sqlite3 only
 from kt.errors import DatabaseError, KtError, ModelError
-from kt.files import DATA_HINT, INSPECT_HINT, MODEL_HINT, existing_file, existing_path
+from kt.files import DATA_HINT, INSPECT_HINT, MODEL_HINT, check_writable, existing_file, existing_path
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
 # soft_wrap: a long line stays one line (tables still fit the width).
@@ -1015,8 +1015,8 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     # what can be refused without reading the space is refused before the search's model stack loads
     parse_budget(budget)
     check_space_file(space_path)
-    if csv_path is not None and not csv_path.parent.is_dir():
-        raise KtError(f"csv: the folder {str(csv_path.parent)!r} does not exist")
+    if csv_path is not None:
+        check_writable(csv_path, "csv", make_parent=False)
     from kt.autotune.replay import replay_file, write_trace
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
@@ -1219,6 +1219,7 @@ def costmodel():
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
+    callback=lambda ctx, param, value: check_writable(value, "out"),
     help="Model file to write (.skops).",
 )
 @MODEL_DEVICE

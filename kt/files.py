@@ -51,6 +51,29 @@ def existing_path(path: str | os.PathLike, field: str, hint: str) -> Path:
     return path
 
 
+def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True) -> Path:
+    """A file kt is to write for the user, refused in one line naming `field` before the work that makes it: a
+    folder in its place, a missing folder (unless `make_parent`: then its nearest existing folder), a file where a
+    folder should be, or a place that takes no new file (a probe file is made and removed there)."""
+    from kt.errors import KtError
+
+    path = Path(path)
+    if path.is_dir():
+        raise KtError(f"{field}: {str(path)!r} is a folder; give a file path")
+    if not make_parent and not path.parent.is_dir():
+        raise KtError(f"{field}: the folder {str(path.parent)!r} does not exist; create it first")
+    where = next(parent for parent in path.parents if parent.exists())
+    if not where.is_dir():
+        raise KtError(f"{field}: {str(path)!r} cannot be written: {str(where)!r} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=where, prefix=".kt-probe-")
+    except OSError as exc:
+        raise KtError(f"{field}: {str(path)!r} cannot be written there ({exc.strerror or exc})") from None
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

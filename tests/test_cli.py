@@ -97,6 +97,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     value.write_text("op: butterfly\nshape: {batch: 8, n: 64}\ntune: {space: {group: [1, 3]}}\n")
     listed = tmp_path / "listed.yaml"
     listed.write_text("op: lowrank\nshape: {batch: 8, dims: [64, 8, 64]}\ntune: {configs: [{block_m: 64}]}\n")
+    space = tmp_path / "space.json"  # read only once the command line has been checked
+    space.write_text("{}")
     sparse = tmp_path / "sparse.yaml"  # a block pattern drawn from a seed: numpy, no torch
     sparse.write_text(
         "op: blocksparse_grad\nshape: {batch: 8, in: 64, out: 64}\nsparsity: {block: [16, 16], density: 0.5}\n"
@@ -121,6 +123,11 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["costmodel", "eval", "--data", bad, "--model", tmp_path / "none.skops"], "none.skops' not found"),
         (["inspect", tmp_path / "none"], "none' not found; give an artifact directory or a tuning database"),
         (["show", EXAMPLE, "--ptx", bad / "ptx"], "--ptx: cannot make the folder"),
+        (["costmodel", "fit", "--data", bad, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
+        (
+            ["replay", space, "--budget", "5", "--csv", tmp_path / "no" / "t.csv"],
+            "does not exist; create it",
+        ),
         (["tune"], "give OP_YAML files"),
         (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
         (["predict", EXAMPLE, "--device", "nope.json"], "nope.json"),
