@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kt.errors import KtError
-from kt.files import atomic_write_text
+from kt.files import atomic_write_text, make_folder
 
 log = logging.getLogger("kt.bench")
 
@@ -202,10 +202,7 @@ def run_bench(
             "run (nothing is timed)"
         )
     _check_out(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KtError(f"out: the folder {str(out)!r} cannot be made ({exc.strerror or exc})") from None
+    make_folder(out, "out")
     handler = logging.FileHandler(out / "bench.log", mode="w")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

@@ -19,7 +19,15 @@ from rich.table import Table
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.autotune.database import STATUSES  # the standard library's sqlite3 only
 from kt.errors import DatabaseError, KtError, ModelError
-from kt.files import DATA_HINT, INSPECT_HINT, MODEL_HINT, check_writable, existing_file, existing_path
+from kt.files import (
+    DATA_HINT,
+    INSPECT_HINT,
+    MODEL_HINT,
+    check_writable,
+    existing_file,
+    existing_path,
+    make_folder,
+)
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
 # soft_wrap: a long line stays one line (tables still fit the width).
@@ -588,10 +596,7 @@ def _runs(numbers: list[int]) -> str:
 def show(spec, device, ptx_dir):
     """Print OP_YAML's IR (the factor product) and its kernel graph (with --ptx, the chosen config's PTX)."""
     if ptx_dir is not None:  # before any work: a folder that cannot be made is a usage error
-        try:
-            ptx_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise KtError(f"--ptx: cannot make the folder {str(ptx_dir)!r} ({exc.strerror or exc})") from None
+        make_folder(ptx_dir, "--ptx")
     from kt.ir import op_from_spec
 
     op = op_from_spec(spec)

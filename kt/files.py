@@ -62,15 +62,35 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
         raise KtError(f"{field}: {str(path)!r} is a folder; give a file path")
     if not make_parent and not path.parent.is_dir():
         raise KtError(f"{field}: the folder {str(path.parent)!r} does not exist; create it first")
-    where = next(parent for parent in path.parents if parent.exists())
+    if why := unmakeable(path):
+        raise KtError(f"{field}: {str(path)!r} cannot be written: {why}")
+    return path
+
+
+def unmakeable(path: str | os.PathLike) -> str | None:
+    """Why nothing can be made at `path`, in words, or None: its nearest existing folder is a file, or takes no
+    new entry (a probe file is made and removed there: read-only places, /proc, ...)."""
+    where = next(parent for parent in Path(path).absolute().parents if parent.exists())
     if not where.is_dir():
-        raise KtError(f"{field}: {str(path)!r} cannot be written: {str(where)!r} is a file, not a folder")
+        return f"{str(where)!r} is a file, not a folder"
     try:
         handle, probe = tempfile.mkstemp(dir=where, prefix=".kt-probe-")
     except OSError as exc:
-        raise KtError(f"{field}: {str(path)!r} cannot be written there ({exc.strerror or exc})") from None
+        return f"nothing can be made in {str(where)!r} ({exc.strerror or exc})"
     os.close(handle)
     os.unlink(probe)
+    return None
+
+
+def make_folder(path: str | os.PathLike, field: str) -> Path:
+    """The folder the user named, made with its parents, or a KtError naming `field` and why it cannot be."""
+    from kt.errors import KtError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KtError(f"{field}: the folder {str(path)!r} cannot be made ({exc.strerror or exc})") from None
     return path
 
 

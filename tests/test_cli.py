@@ -122,7 +122,7 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["costmodel", "fit", "--data", tmp_path / "none.csv", "--out", tmp_path / "m.skops"], "data: '"),
         (["costmodel", "eval", "--data", bad, "--model", tmp_path / "none.skops"], "none.skops' not found"),
         (["inspect", tmp_path / "none"], "none' not found; give an artifact directory or a tuning database"),
-        (["show", EXAMPLE, "--ptx", bad / "ptx"], "--ptx: cannot make the folder"),
+        (["show", EXAMPLE, "--ptx", bad / "ptx"], "--ptx: the folder '"),
         (["costmodel", "fit", "--data", bad, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
         (
             ["replay", space, "--budget", "5", "--csv", tmp_path / "no" / "t.csv"],
@@ -199,7 +199,7 @@ def test_path_problems_are_one_line_errors_before_any_work(tmp_path):
     if Path("/proc/self").exists():  # a place no folder can be made in, even as root: refused before the tune
         done = kt_cli("tune", spec, "--out", "/proc/kt-artifacts", "--db", tmp_path / "t.db")
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-        assert "no folder can be made in /proc" in done.stderr and "choose another --out" in done.stderr
+        assert "nothing can be made in '/proc'" in done.stderr and "choose another --out" in done.stderr
         assert not (tmp_path / "t.db").exists(), "refused before tuning"
 
 

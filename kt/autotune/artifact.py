@@ -21,6 +21,7 @@ from kt.autotune.versions import software_versions
 from kt.codegen import config_from_dict, family_for
 from kt.codegen.baseline import render_baseline
 from kt.errors import ArtifactError, KtError
+from kt.files import umask, unmakeable
 from kt.kernel import Kernel
 
 FORMAT = 1
@@ -130,7 +131,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     report = None
     try:
         # mkdtemp makes 0700; an artifact is as readable as any other new directory
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~umask())
         _write(staging / "kernel.py", source)
         _write(staging / "meta.json", json.dumps(meta, indent=2) + "\n")
         if path.exists():
@@ -186,24 +187,8 @@ def check_target(path: str | os.PathLike) -> None:
         raise ArtifactError(f"{path} exists and is a file, not an artifact directory; choose another --out")
     if path.is_dir() and not (path / "meta.json").exists() and any(path.iterdir()):
         raise ArtifactError(f"{path} exists and is not a kt artifact; choose another directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ArtifactError(f"{parent} is a file, so {path} cannot be created")
-            try:  # a folder made and removed where the artifact's own will be: read-only places, /proc, ...
-                os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".kt-probe-"))
-            except OSError as exc:
-                raise ArtifactError(
-                    f"{path} cannot be created: no folder can be made in {parent} ({exc.strerror or exc}); "
-                    "choose another --out"
-                ) from None
-            break
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    if why := unmakeable(path):
+        raise ArtifactError(f"{path} cannot be created: {why}; choose another --out")
 
 
 def _exchange(a: Path, b: Path) -> None:
