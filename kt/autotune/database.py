@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kt.errors import DatabaseError
-from kt.files import atomic_write
+from kt.files import atomic_write, unmakeable
 
 SCHEMA_VERSION = 4  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
 # 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine
@@ -179,8 +179,7 @@ class Database:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:  # a file where a folder should be, a read-only place, ...
-                    file = isinstance(exc, (FileExistsError, NotADirectoryError))
-                    why = "a file stands where its folder should be" if file else exc.strerror or exc
+                    why = unmakeable(self.path) or exc.strerror or exc
                     raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({why})") from None
                 self.conn = sqlite3.connect(self.path, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
