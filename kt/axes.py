@@ -145,10 +145,9 @@ def check_axis(family: str, axes: dict[str, tuple[int, ...] | None], axis: str, 
 
 def check_op_space(op: str, space: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
     """A spec's `tune.space` checked against `op`'s family as far as the op alone tells: every axis name, and
-    the values of the schedule axes (and of the GEMM's `tma`); a structure axis's values wait for the problem."""
+    the values its config's fields take (CONFIG_FIELDS); the values a problem offers wait for the problem."""
     family, axes, structure = OP_AXES[op]
-    known: dict[str, tuple[int, ...] | None] = dict(axes)
-    if structure is not None:  # the GEMM's tma has fixed values; the structured ops' depend on the problem
-        known[structure] = GEMM_STRUCTURE_AXES[structure] if family == "gemm" else None
+    fields = CONFIG_FIELDS[family]
+    known = {axis: fields[axis] for axis in (*axes, *([structure] if structure else []))}
     for axis, values in space:
         check_axis(family, known, axis, values)
