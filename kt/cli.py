@@ -27,6 +27,7 @@ from kt.files import (
     existing_file,
     existing_path,
     make_folder,
+    unmakeable,
 )
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
@@ -126,6 +127,25 @@ def _data_file(ctx, param, value):
     return value
 
 
+def _db_file(ctx, param, value):
+    """A tuning database a command writes is checked as the command line is read: a folder in its place, or a
+    new file where none can be made, is refused before torch loads or anything is measured. Whether an
+    existing file is a kt database is the database's to say when it opens."""
+    if value is not None:
+        if value.is_dir():
+            raise DatabaseError(f"db: {str(value)!r} is a directory; give a file path")
+        if not value.exists() and (why := unmakeable(value)):
+            raise DatabaseError(f"db: {str(value)!r} cannot be created there ({why})")
+    return value
+
+
+def _db_to_read(ctx, param, value):
+    """A tuning database a command only reads must be there (checked as the command line is read)."""
+    if value is not None:
+        existing_file(value, "db", "give a file path", DatabaseError)
+    return value
+
+
 DEVICE = click.option(
     "--device",
     default=None,
@@ -135,8 +155,16 @@ DEVICE = click.option(
 )
 DB = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
+    callback=_db_file,
+    help="Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db.",
+)
+DB_TO_READ = click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    default=None,
+    callback=_db_to_read,
     help="Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db.",
 )
 BACKEND = click.option(
@@ -940,7 +968,7 @@ def calibrate(out_path, name):
     default=None,
     help="Only rows with this status.",
 )
-@DB
+@DB_TO_READ
 def export(csv_path, runner, status, db):
     """Write the tuning database's rows (every column, with device and versions) to a CSV file (its folder
     must exist)."""

@@ -123,6 +123,9 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["costmodel", "eval", "--data", bad, "--model", tmp_path / "none.skops"], "none.skops' not found"),
         (["inspect", tmp_path / "none"], "none' not found; give an artifact directory or a tuning database"),
         (["show", EXAMPLE, "--ptx", bad / "ptx"], "--ptx: the folder '"),
+        (["tune", EXAMPLE, "--db", bad / "t.db"], "t.db' cannot be created there ('"),
+        (["collect", EXAMPLE, "--all", "--db", tmp_path], "is a directory; give a file path"),
+        (["export", tmp_path / "x.csv", "--db", tmp_path / "none.db"], "none.db' not found"),
         (["costmodel", "fit", "--data", bad, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
         (
             ["replay", space, "--budget", "5", "--csv", tmp_path / "no" / "t.csv"],
