@@ -191,18 +191,19 @@ def run_bench(
     `smoke` runs tiny problems through the dry run (no GPU); `budget` is the configs per quick tune (default 8,
     1 for `smoke`); `db` the tuning database (default out/tuning.db); `only` runs the tune cases whose name
     contains it."""
-    import torch
+    out = Path(out)
+    _check_out(out)  # a wrong folder is refused before torch loads (seconds)
+    if not smoke:
+        import torch
 
+        if not torch.cuda.is_available():
+            raise KtError(
+                "bench: no CUDA GPU here; `kt bench --smoke --out DIR` runs every part on tiny shapes through the "
+                "dry run (nothing is timed)"
+            )
+    make_folder(out, "out")
     from kt.autotune.progress import BenchProgress
 
-    out = Path(out)
-    if not smoke and not torch.cuda.is_available():
-        raise KtError(
-            "bench: no CUDA GPU here; `kt bench --smoke --out DIR` runs every part on tiny shapes through the dry "
-            "run (nothing is timed)"
-        )
-    _check_out(out)
-    make_folder(out, "out")
     handler = logging.FileHandler(out / "bench.log", mode="w")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

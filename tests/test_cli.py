@@ -126,6 +126,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["tune", EXAMPLE, "--db", bad / "t.db"], "t.db' cannot be created there ('"),
         (["collect", EXAMPLE, "--all", "--db", tmp_path], "is a directory; give a file path"),
         (["export", tmp_path / "x.csv", "--db", tmp_path / "none.db"], "none.db' not found"),
+        (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
+        (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
         (["costmodel", "fit", "--data", bad, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
         (
             ["replay", space, "--budget", "5", "--csv", tmp_path / "no" / "t.csv"],
@@ -147,14 +149,22 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
-def test_gpu_only_commands_say_so_without_a_gpu():
+def test_gpu_only_commands_say_so_without_a_gpu(tmp_path):
+    """In this process (torch is loaded already): each refusal is the one line printed, before any heading."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
     for args, message in [
         (["collect", EXAMPLE, "--all"], "collect measures runtimes and needs a CUDA GPU"),
-        (["calibrate", "--out", "x.json"], "calibrate measures a GPU and this machine has none"),
+        (["calibrate", "--out", tmp_path / "x.json"], "calibrate measures a GPU and this machine has none"),
         (["tune", EXAMPLE, "--backend", "cuda"], "backend: cuda needs a CUDA GPU"),
+        (["tune", EXAMPLE, "examples/monarch.yaml", "--backend", "cuda"], "backend: cuda needs a CUDA GPU"),
     ]:
-        done = kt_cli(*args)
-        assert done.returncode == 2 and message in done.stderr, done.stderr
+        done = CliRunner().invoke(main, list(map(str, args)))
+        assert done.exit_code == 2 and done.output.startswith("kt: error: "), done.output
+        assert message in done.output and done.output.count("\n") == 1, done.output
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):

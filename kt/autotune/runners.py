@@ -372,12 +372,15 @@ BACKENDS = ("auto", "cuda", "interpret", "dryrun")
 
 
 def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> None:
-    """Refuse `gpus` (--gpus) where nothing measures on named GPUs: a backend other than cuda (auto resolved as
-    make_runner resolves it) or a Ray cluster, where Ray places the GPU actors."""
+    """Refuse the cuda backend on a machine without a GPU, and `gpus` (--gpus) where nothing measures on named
+    GPUs: a backend other than cuda (auto resolved as make_runner resolves it) or a Ray cluster, where Ray
+    places the GPU actors."""
     import torch
 
     from kt.errors import DeviceError
 
+    if backend == "cuda":
+        _require_cuda()
     if gpus is None:
         return
     if ray is not None:
@@ -402,6 +405,15 @@ def make_runner(
     return runner
 
 
+def _require_cuda() -> None:
+    import torch
+
+    from kt.errors import DeviceError
+
+    if not torch.cuda.is_available():
+        raise DeviceError("backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret")
+
+
 def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     import torch
 
@@ -410,10 +422,7 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     if backend == "auto":
         backend = "cuda" if torch.cuda.is_available() else "interpret"
     if backend == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                "backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret"
-            )
+        _require_cuda()
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
     if backend == "dryrun":  # one call after one warm-up, whatever the GPU would do; a cooldown is kept
