@@ -122,7 +122,8 @@ def test_sampled_legal_configs_of_every_family_build_clean_for_sm90_and_use_wgmm
     cases = []
     for example in FAMILY_EXAMPLES:
         for dtype in ("float16", "bfloat16", "float32") if example != "fft_half" else ("float16", "float32"):
-            problem, configs = sampled(example, dtype)
+            # float32's only check is that no tensor cores are used: the ranked config shows it (CI's time)
+            problem, configs = sampled(example, dtype, count=0 if dtype == "float32" else 2)
             cases += [(example, dtype, problem, config) for config in configs]
     tasks = [compile_task(index, problem, config) for index, (_, _, problem, config) in enumerate(cases)]
     outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
