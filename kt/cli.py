@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
-from kt.autotune.database import STATUSES  # the standard library's sqlite3 only
+from kt.autotune.database import STATUSES, check_path  # the standard library's sqlite3 only
 from kt.errors import DatabaseError, KtError, ModelError
 from kt.files import (
     DATA_HINT,
@@ -27,7 +27,6 @@ from kt.files import (
     existing_file,
     existing_path,
     make_folder,
-    unmakeable,
 )
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
@@ -128,21 +127,17 @@ def _data_file(ctx, param, value):
 
 
 def _db_file(ctx, param, value):
-    """A tuning database a command writes is checked as the command line is read: a folder in its place, or a
-    new file where none can be made, is refused before torch loads or anything is measured. Whether an
-    existing file is a kt database is the database's to say when it opens."""
+    """A tuning database a command writes: a folder in its place, or a new file where none can be made, is
+    refused as the command line is read, before torch loads or anything is measured."""
     if value is not None:
-        if value.is_dir():
-            raise DatabaseError(f"db: {str(value)!r} is a directory; give a file path")
-        if not value.exists() and (why := unmakeable(value)):
-            raise DatabaseError(f"db: {str(value)!r} cannot be created there ({why})")
+        check_path(value)
     return value
 
 
 def _db_to_read(ctx, param, value):
     """A tuning database a command only reads must be there (checked as the command line is read)."""
     if value is not None:
-        existing_file(value, "db", "give a file path", DatabaseError)
+        check_path(value, create=False)
     return value
 
 

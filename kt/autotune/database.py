@@ -151,6 +151,21 @@ def _retry_locked(step):
             time.sleep(0.02)
 
 
+def check_path(path: Path, create: bool = True) -> bool:
+    """Whether the database at `path` exists, after refusing what cannot be one in one line: a folder in its
+    place, a missing file (unless `create`), or a new file where none can be made. The CLI calls it as the
+    command line is read (before torch loads); whether an existing file is a kt database is found on opening."""
+    if path.is_dir():
+        raise DatabaseError(f"db: {str(path)!r} is a directory; give a file path")
+    if path.exists():
+        return True
+    if not create:
+        raise DatabaseError(f"db: {str(path)!r} not found")
+    if why := unmakeable(path):
+        raise DatabaseError(f"db: {str(path)!r} cannot be created there ({why})")
+    return False
+
+
 class Database:
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
         """Open (or, with `create`, make) the database at `path`, default `default_path()`.
@@ -161,11 +176,7 @@ class Database:
         """
         self.path = Path(path) if path is not None else default_path()
         self.readonly = readonly
-        if self.path.is_dir():
-            raise DatabaseError(f"db: {str(self.path)!r} is a directory; give a file path")
-        existed = self.path.exists()
-        if (readonly or not create) and not existed:
-            raise DatabaseError(f"db: {str(self.path)!r} not found")
+        existed = check_path(self.path, create and not readonly)
         try:
             if readonly:
                 # With no write-ahead log beside it, no writer is active and the file is read as it stands
