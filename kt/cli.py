@@ -403,6 +403,12 @@ def tune(
     _tuned_summary([outcomes[number] for number in sorted(outcomes)])
 
 
+def _model_noun(name: str, figures: bool = False) -> str:
+    from kt.costmodel.prediction import model_noun  # numpy: not at import, for --help's sake
+
+    return model_noun(name, figures)
+
+
 def _gpus(text: str | None) -> list[int] | None:
     """--gpus as indices (None: the default, every visible GPU of GPU 0's model)."""
     from kt.autotune.gpuinfo import parse_gpus
@@ -510,7 +516,7 @@ def _tuned(result, path, replaced: str | None) -> None:
     else:
         out.print(
             f"best: {best.config.key()} · not measured (predicted {best.predicted_ms:.4f} ms on "
-            f"{result.target.name} by the {result.plan.model} model)",
+            f"{result.target.name} by {_model_noun(result.plan.model, figures=True)})",
             style="yellow",
         )
     for note in result.notes:
@@ -747,7 +753,7 @@ def space(spec, sample, seed, device):
     if not picks:
         return
     table = Table(
-        title=f"{len(picks)} legal configs, sampled with seed {seed}, in the {plan.model} model's order"
+        title=f"{len(picks)} legal configs, sampled with seed {seed}, in the order of {_model_noun(plan.model)}"
     )
     columns = ("rank", "config", "smem KiB", "acc regs/thread", "MMA", f"predicted ms ({space_.device.name})")
     for name in columns:
@@ -873,8 +879,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             )
     if prediction.power_w is None:
         out.print(
-            f"note: the {plan.model.split(':')[0]} model predicts no power: no public data measures power during "
-            "Triton "
+            f"note: {_model_noun(plan.model)} predicts no power: no public data measures power during Triton "
             "kernels, so power predictions stay untrained until a forest is fitted on kt's own GPU rows "
             "(`kt collect` on a GPU, then `kt costmodel fit`); W and mJ need it",
             style="yellow",

@@ -20,6 +20,7 @@ from typing import Any
 from kt.autotune.versions import software_versions
 from kt.codegen import config_from_dict, family_for
 from kt.codegen.baseline import render_baseline
+from kt.costmodel.prediction import model_noun
 from kt.errors import ArtifactError, KtError
 from kt.files import umask, unmakeable
 from kt.kernel import Kernel
@@ -57,7 +58,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         )
     else:
         provenance = (
-            f"not measured; the {result.plan.model} model's best prediction among {len(result.rows)} "
+            f"not measured; the best prediction of {model_noun(result.plan.model)} among {len(result.rows)} "
             "configs checked in Triton's interpreter"
         )
     render = render_baseline if best.pytorch else partial(family.render, config=best.config)

@@ -44,7 +44,7 @@ from kt.codegen.baseline import baseline_impl, baseline_version, render_baseline
 from kt.codegen.restrict import restrict
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.models import shipped_model_path
-from kt.costmodel.prediction import Prediction
+from kt.costmodel.prediction import Prediction, model_noun
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
 from kt.errors import KtError, ModelError
@@ -408,10 +408,11 @@ def tune(
             if runner.name == "dryrun"
             else "on reduced problems"
         )
+        noun = model_noun(plan.model)
         notes.append(
             f"no GPU here: candidates were checked in Triton's interpreter {checked} and "
-            f"{compiled}; nothing was timed, and the choice is the {plan.model} model's best prediction "
-            f"for {profile.name} among those that passed"
+            f"{compiled}; nothing was timed, and the choice is the best prediction of {noun}"
+            f"{'' if profile.name in noun else ' for ' + profile.name} among those that passed"
         )
     else:
         rounds = max(session.trace.rounds, default=-1) + 1
@@ -424,7 +425,7 @@ def tune(
             notes.append(f"{session.skipped_rows} malformed rows of the database were left out of the refits")
         if objective != "time" and session.final_prediction.power_w is None:
             notes.append(
-                f"the {plan.model} model predicts time only: candidates were chosen by predicted time "
+                f"{model_noun(plan.model)} predicts time only: candidates were chosen by predicted time "
                 f"and the best by measured {objective}"
             )
         if power_cap_w is not None and any(
@@ -824,7 +825,7 @@ class _Tuner:
             f"{self.runner.name} on {self.runner.device}",
             summary=f"target {self.profile.name} · space: {self.plan.space.total} configs, "
             f"{len(self.plan.space.legal)} legal · {verb} up to {total}: {strategy.description}, "
-            f"first ranked by the {self.plan.model} model",
+            f"first ranked by {model_noun(self.plan.model)}",
         )
         fresh = 0
 

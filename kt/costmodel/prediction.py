@@ -51,3 +51,12 @@ class Prediction:
         power_rel = self.power_spread_w / np.maximum(self.power_w, 1e-9)
         scale = 2.0 if name == "edp" else 1.0
         return np.sqrt((scale * self.runtime_spread) ** 2 + power_rel**2)
+
+
+def model_noun(name: str, figures: bool = False) -> str:
+    """A model's name (kt.costmodel.correction.model_name) as the noun of a sentence: "the analytic model", "the
+    forest for h100" (from "forest for h100: 34188 rows, ..., no power"), with its training figures after a
+    colon if `figures`."""
+    head, _, rest = name.partition(":")
+    noun = "the analytic model" if head == "analytic" else f"the {head}"
+    return f"{noun}:{rest}" if figures and rest else noun
