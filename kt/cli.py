@@ -126,19 +126,23 @@ def _data_file(ctx, param, value):
     return value
 
 
-def _db_file(ctx, param, value):
-    """A tuning database a command writes: a folder in its place, or a new file where none can be made, is
-    refused as the command line is read, before torch loads or anything is measured."""
-    if value is not None:
-        check_path(value)
-    return value
+def _db_option(create: bool):
+    """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
+    folder in its place, a missing file (a command that only reads, `create` False), or a new file where none
+    can be made (kt.autotune.database.check_path)."""
 
+    def check(ctx, param, value):
+        if value is not None:
+            check_path(value, create)
+        return value
 
-def _db_to_read(ctx, param, value):
-    """A tuning database a command only reads must be there (checked as the command line is read)."""
-    if value is not None:
-        check_path(value, create=False)
-    return value
+    return click.option(
+        "--db",
+        type=click.Path(path_type=Path),
+        default=None,
+        callback=check,
+        help="Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db.",
+    )
 
 
 DEVICE = click.option(
@@ -148,20 +152,7 @@ DEVICE = click.option(
     callback=_device_name,
     help="Target device profile (h100, h200, or a calibrated JSON); default: the spec's, else auto.",
 )
-DB = click.option(
-    "--db",
-    type=click.Path(path_type=Path),
-    default=None,
-    callback=_db_file,
-    help="Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db.",
-)
-DB_TO_READ = click.option(
-    "--db",
-    type=click.Path(path_type=Path),
-    default=None,
-    callback=_db_to_read,
-    help="Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db.",
-)
+DB, DB_TO_READ = _db_option(create=True), _db_option(create=False)
 BACKEND = click.option(
     "--backend",
     type=click.Choice(["auto", "cuda", "interpret", "dryrun"]),
