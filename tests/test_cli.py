@@ -189,9 +189,7 @@ def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):
     assert "not measured" in done.stdout and "nothing was timed" in done.stdout
     # the model is named as a noun in sentences, its training figures once, on the best line
     assert re.search(r"by the (analytic model|forest for h100: \d+ rows[^)]*)\)\n", done.stdout), done.stdout
-    assert re.search(
-        r"the best prediction of the (analytic model for h100|forest for h100) among", done.stdout
-    )
+    assert re.search(r"the best prediction of the (analytic model|forest for h100) among", done.stdout)
     assert f"artifact: {tmp_path / 'artifacts' / 'cli_small'} (measured: false)" in done.stdout
     meta = json.loads((tmp_path / "artifacts" / "cli_small" / "meta.json").read_text())
     assert meta["measured"] is False and meta["tuning"]["statuses"] == {"ok": 3}

@@ -379,8 +379,8 @@ def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> 
 
     from kt.errors import DeviceError
 
-    if backend == "cuda":
-        _require_cuda()
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret")
     if gpus is None:
         return
     if ray is not None:
@@ -405,15 +405,6 @@ def make_runner(
     return runner
 
 
-def _require_cuda() -> None:
-    import torch
-
-    from kt.errors import DeviceError
-
-    if not torch.cuda.is_available():
-        raise DeviceError("backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret")
-
-
 def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     import torch
 
@@ -421,8 +412,7 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
 
     if backend == "auto":
         backend = "cuda" if torch.cuda.is_available() else "interpret"
-    if backend == "cuda":
-        _require_cuda()
+    if backend == "cuda":  # check_gpus has refused it on a machine without a GPU
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
     if backend == "dryrun":  # one call after one warm-up, whatever the GPU would do; a cooldown is kept

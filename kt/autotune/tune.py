@@ -408,11 +408,10 @@ def tune(
             if runner.name == "dryrun"
             else "on reduced problems"
         )
-        noun = model_noun(plan.model)
-        notes.append(
+        notes.append(  # the target is named on the best line above it
             f"no GPU here: candidates were checked in Triton's interpreter {checked} and "
-            f"{compiled}; nothing was timed, and the choice is the best prediction of {noun}"
-            f"{'' if profile.name in noun else ' for ' + profile.name} among those that passed"
+            f"{compiled}; nothing was timed, and the choice is the best prediction of {model_noun(plan.model)} "
+            "among those that passed"
         )
     else:
         rounds = max(session.trace.rounds, default=-1) + 1
