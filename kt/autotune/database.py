@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kt.errors import DatabaseError
-from kt.files import atomic_write, unmakeable
+from kt.files import atomic_write, existing_file, unmakeable
 
 SCHEMA_VERSION = 4  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
 # 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine
@@ -155,12 +155,11 @@ def check_path(path: Path, create: bool = True) -> bool:
     """Whether the database at `path` exists, after refusing what cannot be one in one line: a folder in its
     place, a missing file (unless `create`), or a new file where none can be made. The CLI calls it as the
     command line is read (before torch loads); whether an existing file is a kt database is found on opening."""
-    if path.is_dir():
-        raise DatabaseError(f"db: {str(path)!r} is a directory; give a file path")
+    if not create or path.is_dir():  # a file to read, or a folder in its place: kt.files words both
+        existing_file(path, "db", "give a file path", DatabaseError)
+        return True
     if path.exists():
         return True
-    if not create:
-        raise DatabaseError(f"db: {str(path)!r} not found")
     if why := unmakeable(path):
         raise DatabaseError(f"db: {str(path)!r} cannot be created there ({why})")
     return False
