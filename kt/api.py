@@ -1,4 +1,5 @@
-"""kt's public Python API; `kt/__init__.py` re-exports it and the CLI calls nothing else."""
+"""kt's public Python API; `kt/__init__.py` re-exports it. The CLI calls it, or the module underneath where a
+command must refuse bad input before torch loads."""
 
 from __future__ import annotations
 

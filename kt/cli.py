@@ -126,7 +126,9 @@ def _data_file(ctx, param, value):
     return value
 
 
-def _db_option(create: bool):
+def _db_option(
+    create: bool, help: str = "Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db."
+):
     """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
     folder in its place, a missing file (a command that only reads, `create` False), or a new file where none
     can be made (kt.autotune.database.check_path)."""
@@ -141,7 +143,7 @@ def _db_option(create: bool):
         type=click.Path(path_type=Path),
         default=None,
         callback=check,
-        help="Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db.",
+        help=help,
     )
 
 
@@ -1332,10 +1334,8 @@ def evaluate(data, model, folds, device, gpu, seed):
     type=click.Path(path_type=Path),
     callback=lambda ctx, param, value: existing_path(value, "inspect", INSPECT_HINT),
 )
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
+@_db_option(
+    create=False,
     help="For an artifact: the tuning database with its rows (default: the tune's, else $KT_DB).",
 )
 @click.option(
@@ -1356,9 +1356,9 @@ def evaluate(data, model, folds, device, gpu, seed):
 @GPU
 def inspect(path, db, model, plots_dir, device, gpu):
     """Predicted against measured for a finished tune (an artifact) or every problem in a database."""
-    from kt.api import inspect as run_inspect
+    from kt.autotune.inspection import inspect_tune  # loads torch only past the refusals that need none
 
-    result = run_inspect(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
+    result = inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
     first, last = result.dates
     rows, shapes = len(result.records), result.shapes
     out.print(

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from kt.autotune.database import Database
+
 EXAMPLE = "examples/dense.yaml"
 
 
@@ -105,6 +107,12 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         "op: blocksparse_grad\nshape: {batch: 8, in: 64, out: 64}\nsparsity: {block: [16, 16], density: 0.5}\n"
         "tune: {space: {split: [3]}}\n"
     )
+    unmeasured = tmp_path / "cpu_tune"  # an artifact of a tune without a GPU; its database has no GPU row
+    unmeasured.mkdir()
+    (unmeasured / "kernel.py").write_text("# inspect reads meta.json and the database\n")
+    Database(tmp_path / "cpu.db").close()
+    meta = {"format": 1, "family": "gemm", "measured": False, "tuning": {"db": str(tmp_path / "cpu.db")}}
+    (unmeasured / "meta.json").write_text(json.dumps(meta))
     for args, message in [
         (["tune", bad], "dtype: 'int8' (str) is not supported"),
         (["show", bad], "dtype: 'int8'"),
@@ -127,6 +135,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["tune", EXAMPLE, "--db", bad / "t.db"], "t.db' cannot be created there ('"),
         (["collect", EXAMPLE, "--all", "--db", tmp_path], "is a directory; give a file path"),
         (["export", tmp_path / "x.csv", "--db", tmp_path / "none.db"], "none.db' not found"),
+        (["inspect", tmp_path, "--db", tmp_path / "gone.db"], "gone.db' not found"),
+        (["inspect", unmeasured], "was tuned without a GPU (measured: false)"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
         (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
         (["costmodel", "fit", "--data", bad, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),

@@ -514,6 +514,24 @@ def test_inspect_an_artifact_holds_its_shape_out_of_the_forest(gpperf, tmp_path)
     assert_png(art / "pareto.png")
 
 
+def test_inspect_an_artifact_tuned_without_a_gpu_finds_gpu_rows_of_its_problem_in_its_database(
+    gpperf, tmp_path
+):
+    """The quick refusal asks SQLite only whether the database holds GPU rows of the family: where it does,
+    inspect goes on and compares them, as for an artifact measured on that GPU."""
+    row = next(r for r in gpperf["rows"] if r["problem"]["m"] == 128256 and r["problem"]["k"] == 1024)
+    device = {"target": "rtx4070", "ran_on": "cpu (Triton interpreter)", "runner": "interpret"}
+    problem = GemmProblem(**row["problem"])
+    fields = dict(family_version=row["family_version"], spec={"device": str(gpperf["profile"])})
+    art = artifact(tmp_path / "cpu", problem, CUTLASS_CONFIG, gpperf["db"], False, device, **fields)
+    result = kt("inspect", art)
+    assert result.exit_code == 0, result.stderr
+    assert f"1 measured row of 1 problem on {RTX4070}" in result.stdout
+    other = GemmProblem(64, 64, 64, dtype="float32")  # the database has GPU rows, none of this problem
+    art = artifact(tmp_path / "other", other, CUTLASS_CONFIG, gpperf["db"], False, device, **fields)
+    assert_one_line_error(kt("inspect", art), "was tuned without a GPU (measured: false)")
+
+
 # -- kt predict ---------------------------------------------------------------------------------------------
 
 DENSE = Path(__file__).resolve().parents[1] / "examples" / "dense.yaml"

@@ -15,15 +15,15 @@ import tempfile
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kt.autotune.versions import software_versions
-from kt.codegen import config_from_dict, family_for
-from kt.codegen.baseline import render_baseline
 from kt.costmodel.prediction import model_noun
 from kt.errors import ArtifactError, KtError
 from kt.files import umask, unmakeable
-from kt.kernel import Kernel
+
+if TYPE_CHECKING:
+    from kt.kernel import Kernel
 
 FORMAT = 1
 
@@ -41,6 +41,9 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     """`save_artifact`, and what became of an artifact already at `path` (None when there was none): when its
     spec, kernel or config differ from the new one's, it is kept as `<path>.prev/` (replacing an older one);
     else it is replaced."""
+    from kt.codegen import family_for  # torch and triton: reading an artifact's meta.json needs neither
+    from kt.codegen.baseline import render_baseline
+
     path = Path(path)
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
@@ -243,7 +246,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     """The artifact's kernel as a callable; `verify=False` accepts a hand-edited kernel.py."""
-    from kt.codegen import import_kernel_file
+    from kt.codegen import config_from_dict, import_kernel_file
+    from kt.kernel import Kernel
     from kt.spec import parse_spec
 
     path = Path(path)

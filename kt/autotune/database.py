@@ -343,12 +343,8 @@ class Database:
 
     def find(self, **where: Any) -> list[dict[str, Any]]:
         """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first."""
-        unknown = set(where) - set(COLUMN_NAMES) - {"id"}
-        if unknown:
-            raise ValueError(f"unknown measurement columns: {sorted(unknown)}")
-        clause = " AND ".join(f"{k} = ?" for k in where) or "1"
         cursor = self.conn.execute(
-            f"SELECT * FROM measurements WHERE {clause} ORDER BY id", list(where.values())
+            f"SELECT * FROM measurements WHERE {_where(where)} ORDER BY id", [*where.values()]
         )
         rows = []
         for r in cursor:
@@ -362,8 +358,11 @@ class Database:
         """config_key -> row for every row matching the identity columns given."""
         return {row["config_key"]: row for row in self.find(**key)}
 
-    def count(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+    def count(self, **where: Any) -> int:
+        """How many rows have columns equal to the given values (all rows when none are given)."""
+        return self.conn.execute(
+            f"SELECT COUNT(*) FROM measurements WHERE {_where(where)}", [*where.values()]
+        ).fetchone()[0]
 
     def all_rows(self) -> Iterable[dict[str, Any]]:
         return self.find()
@@ -385,6 +384,14 @@ class Database:
 
         atomic_write(path, write)
         return len(rows)
+
+
+def _where(where: dict[str, Any]) -> str:
+    """The SQL condition that each named column equals its value (given as parameters, in order)."""
+    unknown = set(where) - set(COLUMN_NAMES) - {"id"}
+    if unknown:
+        raise ValueError(f"unknown measurement columns: {sorted(unknown)}")
+    return " AND ".join(f"{k} = ?" for k in where) or "1"
 
 
 def _encode(value: Any) -> Any:

@@ -17,20 +17,21 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kt.autotune.artifact import read_meta
-from kt.autotune.database import default_path
-from kt.autotune.dataset import find_rows, is_measured, read_rows, shape_key, to_record
-from kt.costmodel.evaluate import Report, assign_folds, holdout_key, unseen
-from kt.costmodel.evaluate import targets as measured_arrays
-from kt.costmodel.forest import MIN_ROWS, ForestModel
+from kt.autotune.database import Database, default_path
 from kt.device import DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
 from kt.files import INSPECT_HINT, atomic_write, existing_path
-from kt.ir.problems import problem_from_dict
+
+if TYPE_CHECKING:
+    from kt.costmodel.evaluate import Report
+
+# torch (kt.ir, kt.autotune.dataset) and scikit-learn (kt.costmodel) load in the functions that use them, so
+# that an artifact tuned without a GPU is refused in a fraction of a second
 
 TOP_K = 5
 PLOT_NAMES = ("predicted_vs_measured.png", "pareto.png")
@@ -107,6 +108,8 @@ def inspect_tune(
 
 def _measured(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The GPU-timed, passing rows as cost-model records that keep the prediction and the date."""
+    from kt.autotune.dataset import is_measured, to_record
+
     return [
         {
             **to_record(r),
@@ -138,11 +141,6 @@ def _artifact_rows(
     path: Path, db: str | os.PathLike | None, device: str | None
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
     meta = read_meta(path)
-    try:
-        problem = problem_from_dict(meta["family"], meta["problem"])
-        ran_on, target_name = meta["device"]["ran_on"], meta["device"]["target"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
     if db is not None:
         db_path = Path(db)
     elif (meta.get("tuning") or {}).get("db") and Path(meta["tuning"]["db"]).is_file():
@@ -153,8 +151,17 @@ def _artifact_rows(
         f"inspect: {path} was tuned without a GPU (measured: false), so nothing was timed and there is nothing "
         f"to compare predictions with; {MEASURE_HINT}, then inspect that artifact"
     )
-    if not meta.get("measured") and db is None and not db_path.is_file():
+    if not meta.get("measured") and db is None and not _gpu_rows(db_path, meta.get("family")):
         raise ArtifactError(unmeasured)
+    from kt.autotune.dataset import find_rows, shape_key
+    from kt.costmodel.evaluate import holdout_key
+    from kt.ir.problems import problem_from_dict
+
+    try:
+        problem = problem_from_dict(meta["family"], meta["problem"])
+        ran_on, target_name = meta["device"]["ran_on"], meta["device"]["target"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
     rows = [
         r
         for r in find_rows(db_path, runner="cuda", problem_key=problem.key())  # read-only
@@ -201,9 +208,20 @@ def _artifact_rows(
     return result, profile, training
 
 
+def _gpu_rows(db_path: Path, family: str | None) -> bool:
+    """Whether the database holds any GPU-timed row of the family: one question to SQLite, before torch loads
+    (an artifact tuned without a GPU usually has none to compare with)."""
+    if not db_path.is_file():
+        return False
+    with Database(db_path, create=False, readonly=True) as database:
+        return database.count(runner="cuda", family=family, status="ok") > 0
+
+
 def _data_rows(
     path: Path, device: str | None, gpu: str | None
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
+    from kt.autotune.dataset import read_rows
+
     rows = read_rows(path)
     records = [r for r in _measured(rows) if gpu is None or r["device"] == gpu]
     if not records:
@@ -250,6 +268,9 @@ def _config_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tuner_report(result: InspectResult) -> None:
+    from kt.costmodel.evaluate import Report
+    from kt.costmodel.evaluate import targets as measured_arrays
+
     stored = [r for r in result.records if r.get("predicted_ms")]
     if not stored:
         result.notes.append("no row carries the tuner's prediction (predicted_ms)")
@@ -267,6 +288,10 @@ def _forest_report(
     model_path: str | os.PathLike | None,
     seed: int,
 ) -> None:
+    from kt.costmodel.evaluate import Report, assign_folds, holdout_key, unseen
+    from kt.costmodel.evaluate import targets as measured_arrays
+    from kt.costmodel.forest import MIN_ROWS, ForestModel
+
     records = result.records
     runtime, power, groups = measured_arrays(records)
     if model_path is not None:
@@ -379,6 +404,8 @@ def _save(figure, path: Path) -> Path:
 
 def write_plots(result: InspectResult, directory: Path) -> list[Path]:
     """predicted_vs_measured.png, and pareto.png when any row has a power reading; returns their paths."""
+    from kt.costmodel.evaluate import targets as measured_arrays
+
     first, last = result.dates
     records = result.records
     runtime, power, groups = measured_arrays(records)
