@@ -582,9 +582,14 @@ def _sparsity(
     kind = given[0] if given else "density" if "density" in value else "layout"
     for key, allowed_with in (("seed", "density"), ("width", "pattern")):
         if key in value and kind != allowed_with:
-            raise SpecError(f"{path}.{key}", f"applies to {allowed_with} patterns only (this one is {kind})")
+            raise SpecError(
+                f"{path}.{key}", f"applies to {allowed_with} patterns only (this one is given by {kind})"
+            )
     if "density" in value and kind not in ("density", "prune"):
-        raise SpecError(f"{path}.density", f"applies to random and pruned patterns only (this one is {kind})")
+        raise SpecError(
+            f"{path}.density",
+            f"applies to random (density) and pruned (prune) patterns only (this one is given by {kind})",
+        )
     density = seed = pattern = width = mask_file = prune_file = None
     if kind in ("density", "prune"):
         if "density" not in value:

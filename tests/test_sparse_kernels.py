@@ -563,12 +563,12 @@ SPEC_ERRORS = [
     (
         blocksparse_spec({"block": [16, 16], "pattern": "diagonal", "seed": 3}),
         "sparsity.seed",
-        "density patterns",
+        "density patterns only (this one is given by pattern)",
     ),
     (
         blocksparse_spec({"block": [16, 16], "pattern": "diagonal", "density": 0.5}),
         "sparsity.density",
-        "only",
+        "random (density) and pruned (prune) patterns only (this one is given by pattern)",
     ),
     (blocksparse_spec({"block": [16, 16], "pattern": "diag"}), "sparsity.pattern", "did you mean 'diagonal'"),
     (blocksparse_spec({"block": [16, 16], "pattern": "diagonal", "width": 1}), "sparsity.width", "banded"),
