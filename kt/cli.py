@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
-from kt.autotune.database import STATUSES, check_path  # the standard library's sqlite3 only
+from kt.autotune.database import STATUSES, check_file  # the standard library's sqlite3 only
 from kt.errors import DatabaseError, KtError, ModelError
 from kt.files import (
     DATA_HINT,
@@ -122,20 +122,28 @@ def _model_file(ctx, param, value):
 def _data_file(ctx, param, value):
     """A file of measurements is checked as the command line is read, before torch or scikit-learn load."""
     if value is not None:
-        existing_file(value, "data", DATA_HINT, DatabaseError)
+        _database_if_not_csv(existing_file(value, "data", DATA_HINT, DatabaseError))
     return value
+
+
+def _database_if_not_csv(path: Path) -> Path:
+    """Measurements are a `kt export` CSV or else a tuning database (as kt.autotune.dataset.read_rows reads
+    them): a database is opened read-only and closed, so that a file which is none is refused at once."""
+    if path.is_file() and path.suffix.lower() != ".csv":
+        check_file(path, create=False)
+    return path
 
 
 def _db_option(
     create: bool, help: str = "Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db."
 ):
     """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
-    folder in its place, a missing file (a command that only reads, `create` False), or a new file where none
-    can be made (kt.autotune.database.check_path)."""
+    folder in its place, a missing file (a command that only reads, `create` False), a new file where none can
+    be made, or a file there that is not a kt database (kt.autotune.database.check_file)."""
 
     def check(ctx, param, value):
         if value is not None:
-            check_path(value, create)
+            check_file(value, create)
         return value
 
     return click.option(
@@ -1332,7 +1340,7 @@ def evaluate(data, model, folds, device, gpu, seed):
     "path",
     metavar="ARTIFACT|DB",
     type=click.Path(path_type=Path),
-    callback=lambda ctx, param, value: existing_path(value, "inspect", INSPECT_HINT),
+    callback=lambda ctx, param, value: _database_if_not_csv(existing_path(value, "inspect", INSPECT_HINT)),
 )
 @_db_option(
     create=False,

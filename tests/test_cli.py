@@ -110,9 +110,12 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     unmeasured = tmp_path / "cpu_tune"  # an artifact of a tune without a GPU; its database has no GPU row
     unmeasured.mkdir()
     (unmeasured / "kernel.py").write_text("# inspect reads meta.json and the database\n")
-    Database(tmp_path / "cpu.db").close()
-    meta = {"format": 1, "family": "gemm", "measured": False, "tuning": {"db": str(tmp_path / "cpu.db")}}
+    kt_db = tmp_path / "cpu.db"
+    Database(kt_db).close()
+    meta = {"format": 1, "family": "gemm", "measured": False, "tuning": {"db": str(kt_db)}}
     (unmeasured / "meta.json").write_text(json.dumps(meta))
+    junk = tmp_path / "junk.db"  # opened read-only as the command line is read: sqlite3 alone says it is none
+    junk.write_bytes(b"not SQLite" * 100)
     for args, message in [
         (["tune", bad], "dtype: 'int8' (str) is not supported"),
         (["show", bad], "dtype: 'int8'"),
@@ -129,7 +132,7 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
             "is a directory; give a model file written by `kt costmodel",
         ),
         (["costmodel", "fit", "--data", tmp_path / "none.csv", "--out", tmp_path / "m.skops"], "data: '"),
-        (["costmodel", "eval", "--data", bad, "--model", tmp_path / "none.skops"], "none.skops' not found"),
+        (["costmodel", "eval", "--data", kt_db, "--model", tmp_path / "none.skops"], "none.skops' not found"),
         (["inspect", tmp_path / "none"], "none' not found; give an artifact directory or a tuning database"),
         (["show", EXAMPLE, "--ptx", bad / "ptx"], "--ptx: the folder '"),
         (["tune", EXAMPLE, "--db", bad / "t.db"], "t.db' cannot be created there ('"),
@@ -137,9 +140,13 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["export", tmp_path / "x.csv", "--db", tmp_path / "none.db"], "none.db' not found"),
         (["inspect", tmp_path, "--db", tmp_path / "gone.db"], "gone.db' not found"),
         (["inspect", unmeasured], "was tuned without a GPU (measured: false)"),
+        (["tune", EXAMPLE, "--db", junk], "junk.db' is not a kt tuning database"),
+        (["inspect", junk], "junk.db' is not a kt tuning database"),
+        (["costmodel", "fit", "--data", junk, "--out", tmp_path / "m.skops"], "is not a kt tuning database"),
+        (["replay", junk, "--budget", "5"], "junk.db' is not a kt tuning database"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
         (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
-        (["costmodel", "fit", "--data", bad, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
+        (["costmodel", "fit", "--data", kt_db, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
         (
             ["replay", space, "--budget", "5", "--csv", tmp_path / "no" / "t.csv"],
             "does not exist; create it",

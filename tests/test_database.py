@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kt.autotune.database import KEY_COLUMNS, SCHEMA_VERSION, Database
+from kt.autotune.database import KEY_COLUMNS, SCHEMA_VERSION, Database, check_file
 from kt.errors import DatabaseError
 
 
@@ -153,6 +153,36 @@ def test_a_read_only_open_refuses_what_is_not_a_kt_database_and_leaves_it_as_it_
     junk.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(DatabaseError, match="is not a kt tuning database"):
         Database(junk, create=False, readonly=True)
+
+
+def test_check_file_refuses_a_wrong_file_at_once_and_leaves_a_new_database_to_be_made(tmp_path):
+    """What the CLI asks as the command line is read: every file is left as it was."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    for create in (True, False):
+        with pytest.raises(DatabaseError, match="junk.db' is not a kt tuning database"):
+            check_file(junk, create)
+        with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
+            check_file(foreign_db(tmp_path / f"other{create}.db"), create)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    blank = tmp_path / "blank.db"  # a tune stopped after SQLite wrote its header, before kt's tables
+    conn = sqlite3.connect(blank)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    before = blank.read_bytes()
+    for path, why in ((empty, "is empty"), (blank, "holds no tables")):
+        check_file(path, create=True)  # a tune makes its tables there
+        with pytest.raises(DatabaseError, match=why):
+            check_file(path, create=False)
+    assert empty.stat().st_size == 0 and blank.read_bytes() == before
+    with Database(blank) as db:  # and it does
+        db.insert(row())
+    check_file(blank, create=False)
+    check_file(tmp_path / "new.db", create=True)
+    assert not (tmp_path / "new.db").exists()
+    with pytest.raises(DatabaseError, match="not found"):
+        check_file(tmp_path / "new.db", create=False)
 
 
 def test_a_row_whose_json_column_is_not_json_is_named_by_its_id(tmp_path):

@@ -153,8 +153,8 @@ def _retry_locked(step):
 
 def check_path(path: Path, create: bool = True) -> bool:
     """Whether the database at `path` exists, after refusing what cannot be one in one line: a folder in its
-    place, a missing file (unless `create`), or a new file where none can be made. The CLI calls it as the
-    command line is read (before torch loads); whether an existing file is a kt database is found on opening."""
+    place, a missing file (unless `create`), or a new file where none can be made. Whether an existing file is
+    a kt database is found on opening (`check_file` opens it)."""
     if not create or path.is_dir():  # a file to read, or a folder in its place: kt.files words both
         existing_file(path, "db", "give a file path", DatabaseError)
         return True
@@ -163,6 +163,24 @@ def check_path(path: Path, create: bool = True) -> bool:
     if why := unmakeable(path):
         raise DatabaseError(f"db: {str(path)!r} cannot be created there ({why})")
     return False
+
+
+def check_file(path: Path, create: bool = True) -> None:
+    """`check_path`, and that a file already there is a kt tuning database: it is opened read-only and closed.
+    The CLI calls it as the command line is read (the standard library's sqlite3 only, before torch loads), so a
+    wrong file is refused at once. Where a database may be made (`create`), a file without tables is accepted:
+    an empty file, or one whose tune stopped before making them."""
+    if not check_path(path, create):
+        return
+    try:
+        Database(path, create=False, readonly=True).close()
+    except _Blank:
+        if not create:
+            raise
+
+
+class _Blank(DatabaseError):
+    """A readable file that holds no tables: not a kt database yet (a tune would make its tables there)."""
 
 
 class Database:
@@ -225,7 +243,7 @@ class Database:
             raise DatabaseError(f"db: {str(self.path)!r} is an SQLite file but not a kt tuning database")
         if self.readonly and not tables:
             empty = "is empty" if self.path.stat().st_size == 0 else "holds no tables"
-            raise DatabaseError(f"db: {str(self.path)!r} {empty}, so it is not a kt tuning database")
+            raise _Blank(f"db: {str(self.path)!r} {empty}, so it is not a kt tuning database")
         return tables
 
     def _migrate(self) -> None:
