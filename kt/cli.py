@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
-from kt.autotune.database import STATUSES, check_file  # the standard library's sqlite3 only
+from kt.autotune.database import STATUSES, check_file, export_text  # the standard library only
 from kt.errors import DatabaseError, KtError, ModelError
 from kt.files import (
     DATA_HINT,
@@ -122,14 +122,17 @@ def _model_file(ctx, param, value):
 def _data_file(ctx, param, value):
     """A file of measurements is checked as the command line is read, before torch or scikit-learn load."""
     if value is not None:
-        _database_if_not_csv(existing_file(value, "data", DATA_HINT, DatabaseError))
+        _measurements(existing_file(value, "data", DATA_HINT, DatabaseError))
     return value
 
 
-def _database_if_not_csv(path: Path) -> Path:
+def _measurements(path: Path) -> Path:
     """Measurements are a `kt export` CSV or else a tuning database (as kt.autotune.dataset.read_rows reads
-    them): a database is opened read-only and closed, so that a file which is none is refused at once."""
-    if path.is_file() and path.suffix.lower() != ".csv":
+    them): a CSV's text and header are checked, a database is opened read-only and closed, so that a file that
+    is neither is refused at once."""
+    if path.is_file() and path.suffix.lower() == ".csv":
+        export_text(path)
+    elif path.is_file():
         check_file(path, create=False)
     return path
 
@@ -1340,7 +1343,7 @@ def evaluate(data, model, folds, device, gpu, seed):
     "path",
     metavar="ARTIFACT|DB",
     type=click.Path(path_type=Path),
-    callback=lambda ctx, param, value: _database_if_not_csv(existing_path(value, "inspect", INSPECT_HINT)),
+    callback=lambda ctx, param, value: _measurements(existing_path(value, "inspect", INSPECT_HINT)),
 )
 @_db_option(
     create=False,

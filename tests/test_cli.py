@@ -116,6 +116,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     (unmeasured / "meta.json").write_text(json.dumps(meta))
     junk = tmp_path / "junk.db"  # opened read-only as the command line is read: sqlite3 alone says it is none
     junk.write_bytes(b"not SQLite" * 100)
+    table = tmp_path / "table.csv"  # its header is read as the command line is read
+    table.write_text("m,n,k,ms\n1,2,3,0.5\n")
     for args, message in [
         (["tune", bad], "dtype: 'int8' (str) is not supported"),
         (["show", bad], "dtype: 'int8'"),
@@ -144,6 +146,9 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["inspect", junk], "junk.db' is not a kt tuning database"),
         (["costmodel", "fit", "--data", junk, "--out", tmp_path / "m.skops"], "is not a kt tuning database"),
         (["replay", junk, "--budget", "5"], "junk.db' is not a kt tuning database"),
+        (["costmodel", "eval", "--data", table, "--model", tmp_path / "m.skops"], "is not a `kt export` CSV"),
+        (["inspect", table], "table.csv' is not a `kt export` CSV (no config, device, family, problem, "),
+        (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
         (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
         (["costmodel", "fit", "--data", kt_db, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import GPPERF, benchmark_module
 
-from kt.autotune.database import Database
+from kt.autotune.database import CSV_COLUMNS, Database
 from kt.cli import main
 from kt.costmodel.forest import ForestModel
 from kt.device import save_profile
@@ -124,8 +124,8 @@ def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):
 def test_eval_refuses_a_file_that_is_not_a_model(tmp_path):
     bogus = tmp_path / "model.skops"
     bogus.write_text("not a model\n")
-    data = tmp_path / "rows.csv"  # the model is read before the data: this file is never opened
-    data.write_text("")
+    data = tmp_path / "rows.csv"  # its header is checked as the command line is read; its rows never are
+    data.write_text(",".join(CSV_COLUMNS) + "\n")
     result = kt("costmodel", "eval", "--data", data, "--model", bogus)
     assert_one_line_error(result, "is not a skops file")
 

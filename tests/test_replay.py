@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import GPPERF, benchmark_module
 
+from kt.autotune.database import CSV_COLUMNS
 from kt.autotune.replay import Sweep, reached, replay, sweeps_from_rows
 from kt.autotune.search import SearchTrace
 from kt.ir.problems import GemmProblem
@@ -131,7 +132,7 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     rows = [row for sweep in sweeps[:6] for row in sweep_rows(sweep)]
     monkeypatch.setattr(replay_module, "read_rows", lambda path: rows)
     path = tmp_path / "sweeps.csv"
-    path.write_text("stands for a kt export\n")
+    path.write_text(",".join(CSV_COLUMNS) + "\n")  # a kt export's header: the rows come from read_rows
     result = replay_module.replay_file(path, "guided", 2, repeats=2, seed=1, min_configs=3)
     assert len(result.spaces) == 6 and len(result.scores) == 12 and all(0 < s <= 1 for s in result.scores)
     assert result.line().endswith("over 2 repeats x 6 problems")

@@ -8,6 +8,8 @@ a changed template never reuses an old measurement.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sqlite3
@@ -402,6 +404,34 @@ class Database:
 
         atomic_write(path, write)
         return len(rows)
+
+
+CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what a reader needs
+
+
+def export_text(path: Path) -> str:
+    """The text of a `kt export` CSV, after refusing in one line a file that is not UTF-8 or whose header lacks
+    a column the readers need (CSV_COLUMNS). The CLI calls it as the command line is read (the standard
+    library only, before torch loads), and kt.autotune.dataset before it reads the rows."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatabaseError(
+            f"data: {str(path)!r} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); `kt export` "
+            "writes UTF-8 CSV"
+        ) from None
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error as exc:
+        raise DatabaseError(f"data: {str(path)!r} line 1: not a readable CSV header ({exc})") from None
+    missing = set(CSV_COLUMNS) - set(header)
+    if missing:
+        raise DatabaseError(
+            f"data: {str(path)!r} is not a `kt export` CSV (no {', '.join(sorted(missing))} column)"
+        )
+    return text
 
 
 def _where(where: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
-from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, COLUMNS, Database, decode_row
+from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, COLUMNS, Database, decode_row, export_text
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
 from kt.codegen.gemm import STRUCTURE_AXES as GEMM_STRUCTURE_AXES
@@ -34,7 +34,6 @@ from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_CHAIN, MAX_DIM, PRECISIO
 
 LIST_FIELDS = {"w1": (3, 3), "w2": (3, 3), "block": (2, 2), "dims": (3, MAX_CHAIN + 1)}  # problem lists
 
-CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what read_rows needs
 NUMERIC_COLUMNS = frozenset(["id", *(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))])
 TEXT_COLUMNS = ("runner", "device", "target", "status", "config_key")  # each must be non-empty text
 MAX_CONFIG_VALUE = 1 << 20
@@ -67,25 +66,7 @@ def find_rows(path: str | os.PathLike, **where: Any) -> list[dict[str, Any]]:
 
 
 def _csv_rows(path: Path) -> list[dict[str, Any]]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DatabaseError(
-            f"data: {str(path)!r} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); `kt export` "
-            "writes UTF-8 CSV"
-        ) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        header = reader.fieldnames or []
-    except csv.Error as exc:
-        raise DatabaseError(f"data: {str(path)!r} line 1: not a readable CSV header ({exc})") from None
-    missing = set(CSV_COLUMNS) - set(header)
-    if missing:
-        raise DatabaseError(
-            f"data: {str(path)!r} is not a `kt export` CSV (no {', '.join(sorted(missing))} column)"
-        )
+    reader = csv.DictReader(io.StringIO(export_text(path), newline=""))
     rows = []
     while True:
         try:

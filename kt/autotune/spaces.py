@@ -209,7 +209,8 @@ def parse_budget(text: str | int) -> tuple[int | None, float | None]:
 
 def check_space_file(path: Path) -> None:
     """What `kt replay` can tell of SPACE before reading it (and before loading the search's model stack): a
-    path that is missing, of a kind that holds no space, or a .db that is no kt database is a one-line error."""
+    path that is missing, of a kind that holds no space, or a database or CSV that is not kt's is a one-line
+    error."""
     if not path.exists():
         raise SpaceError(f"space: {str(path)!r} not found")
     if is_kernel_tuner_file(path):
@@ -219,11 +220,11 @@ def check_space_file(path: Path) -> None:
             f"space: {str(path)!r} is neither a Kernel Tuner cache (.json, .json.gz) nor a kt tuning "
             "database (.db) or `kt export` CSV"
         )
-    if (
-        path.suffix.lower() != ".csv"
-    ):  # a database is opened read-only and closed: one that is none is refused
-        from kt.autotune.database import check_file
+    from kt.autotune.database import check_file, export_text  # the standard library only
 
+    if path.suffix.lower() == ".csv":  # its text and header
+        export_text(path)
+    else:  # opened read-only and closed
         check_file(path, create=False)
 
 
