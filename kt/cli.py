@@ -18,15 +18,15 @@ from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.autotune.database import STATUSES, check_file, export_text  # the standard library only
-from kt.errors import DatabaseError, KtError, ModelError
+from kt.errors import DatabaseError, KtError
 from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
-    MODEL_HINT,
     check_writable,
     existing_file,
     existing_path,
     make_folder,
+    model_file,
 )
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
@@ -115,7 +115,7 @@ def _device_name(ctx, param, value):
 def _model_file(ctx, param, value):
     """A model file is checked as the command line is read, before torch or scikit-learn load."""
     if value is not None and str(value) != "analytic":
-        existing_file(value, "model", MODEL_HINT, ModelError)
+        model_file(value)
     return value
 
 

@@ -41,6 +41,22 @@ def existing_file(path: str | os.PathLike, field: str, hint: str, error: type[Ex
     return path
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """A cost-model file the user named: present, not empty, and a zip archive as skops writes one; else a
+    ModelError in one line. The CLI calls it as the command line is read (the standard library's zipfile, not
+    skops or scikit-learn), and ForestModel.load again before skops reads the file."""
+    import zipfile
+
+    from kt.errors import ModelError
+
+    path = existing_file(path, "model", MODEL_HINT, ModelError)
+    if path.stat().st_size == 0:
+        raise ModelError(f"model: {str(path)!r} is empty (0 bytes); {MODEL_HINT}")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"model: {str(path)!r} is not a skops file (not a zip archive); {MODEL_HINT}")
+    return path
+
+
 def existing_path(path: str | os.PathLike, field: str, hint: str) -> Path:
     """A file or folder the user named, or a KtError: `<field>: 'path' not found; <hint>`."""
     from kt.errors import KtError

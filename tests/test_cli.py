@@ -118,6 +118,7 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     junk.write_bytes(b"not SQLite" * 100)
     table = tmp_path / "table.csv"  # its header is read as the command line is read
     table.write_text("m,n,k,ms\n1,2,3,0.5\n")
+    (tmp_path / "empty.skops").touch()
     for args, message in [
         (["tune", bad], "dtype: 'int8' (str) is not supported"),
         (["show", bad], "dtype: 'int8'"),
@@ -149,6 +150,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["costmodel", "eval", "--data", table, "--model", tmp_path / "m.skops"], "is not a `kt export` CSV"),
         (["inspect", table], "table.csv' is not a `kt export` CSV (no config, device, family, problem, "),
         (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),
+        (["predict", EXAMPLE, "--model", table], "table.csv' is not a skops file (not a zip archive); give "),
+        (["tune", EXAMPLE, "--model", tmp_path / "empty.skops"], "empty.skops' is empty (0 bytes)"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
         (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
         (["costmodel", "fit", "--data", kt_db, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),

@@ -190,7 +190,11 @@ def test_load_refuses_a_skops_file_that_is_not_a_kt_model(tmp_path):
 def test_load_refuses_a_file_that_is_not_skops(tmp_path):
     path = tmp_path / "model.skops"
     path.write_text("this is not a zip archive\n")
-    with pytest.raises(ModelError, match="is not a skops file"):
+    with pytest.raises(ModelError, match="is not a skops file \\(not a zip archive\\)"):
+        ForestModel.load(path)
+    with zipfile.ZipFile(path, "w") as archive:  # a zip archive, but not one skops wrote: skops says why
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(ModelError, match="is not a skops file \\((?!not a zip)"):
         ForestModel.load(path)
 
 

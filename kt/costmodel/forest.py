@@ -51,7 +51,7 @@ from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
 from kt.device import DeviceProfile
 from kt.errors import ModelError
-from kt.files import MODEL_HINT, atomic_write, cache_dir, existing_file
+from kt.files import atomic_write, cache_dir, model_file
 
 FORMAT = "kt-costmodel"
 FORMAT_VERSION = 2
@@ -323,11 +323,9 @@ class ForestModel:
         """Load a model file; with `device`, refuse one fitted for another device profile, unless `stand_in`:
         then a model of the same architecture (compute capability) predicts for `device` with `device`'s own
         profile (its roofline, SMs and peaks), and says so in `describe()`."""
-        path = existing_file(path, "model", MODEL_HINT, ModelError)
+        path = model_file(path)
         where = f"model: {str(path)!r}"
         data = path.read_bytes()
-        if not data:
-            raise ModelError(f"{where} is empty (0 bytes); {MODEL_HINT}")
         payload = _cached_payload(data)
         if payload is None:
             import skops.io  # a second or more to import: only for a model not in the cache
