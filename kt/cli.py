@@ -939,8 +939,9 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     required=True,
+    callback=lambda ctx, param, value: check_writable(value, "out"),  # before the GPU is measured
     help="Profile JSON to write.",
 )
 @click.option("--name", default=None, help="Profile name (default: the matching built-in's, e.g. h100).")
@@ -959,7 +960,12 @@ def calibrate(out_path, name):
 
 
 @main.command()
-@click.argument("csv_path", metavar="OUT.csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "csv_path",
+    metavar="OUT.csv",
+    type=click.Path(path_type=Path),
+    callback=lambda ctx, param, value: check_writable(value, "OUT.csv", make_parent=False),
+)
 @click.option(
     "--runner",
     type=click.Choice(["cuda", "interpret"]),
@@ -978,10 +984,6 @@ def export(csv_path, runner, status, db):
     must exist)."""
     from kt.autotune.database import Database
 
-    if not csv_path.parent.is_dir():
-        raise click.BadParameter(
-            f"folder {str(csv_path.parent)!r} does not exist; create it first", param_hint="'OUT.csv'"
-        )
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
     with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)
@@ -1002,6 +1004,7 @@ def import_():
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
+    callback=lambda ctx, param, value: check_writable(value, "out"),  # before the logs are read
     help="CSV to write (read by `kt costmodel fit/eval --data`).",
 )
 @click.option(

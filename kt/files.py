@@ -76,7 +76,7 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
     path = Path(path)
     if path.is_dir():
         raise KtError(f"{field}: {str(path)!r} is a folder; give a file path")
-    if not make_parent and not path.parent.is_dir():
+    if not make_parent and not path.parent.exists():  # a file in the folder's place: unmakeable says so
         raise KtError(f"{field}: the folder {str(path.parent)!r} does not exist; create it first")
     if why := unmakeable(path):
         raise KtError(f"{field}: {str(path)!r} cannot be written: {why}")
