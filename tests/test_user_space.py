@@ -158,6 +158,25 @@ def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
     assert meta["spec"]["tune"]["configs"][0] == LISTED[1]
 
 
+def test_a_tune_refuses_a_listed_config_that_cannot_run_before_workers_start_or_the_model_loads(
+    tmp_path, monkeypatch
+):
+    import kt.autotune.tune as tune_module
+
+    def must_not(what):
+        def called(*args, **kwargs):
+            raise AssertionError(f"{what} before the listed configs were checked")
+
+        return called
+
+    monkeypatch.setattr(tune_module, "make_runner", must_not("a runner was made"))
+    monkeypatch.setattr(tune_module, "resolve_model", must_not("the cost model was loaded"))
+    bad = {"block_m": 256, "block_n": 256, "block_k": 128, "num_stages": 5}
+    with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run gemm\[m=512 n=512 k=512"):
+        kt.tune(spec_with({"configs": [bad]}), backend="interpret", db=tmp_path / "t.db", progress=False)
+    assert not (tmp_path / "t.db").exists()
+
+
 def test_build_ranks_within_the_users_space():
     spec = spec_with({"space": {"block_m": [32], "num_warps": [2]}})
     kernel = kt.build(spec)

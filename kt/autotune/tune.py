@@ -189,6 +189,19 @@ def search_strategy(strategy: str | SearchStrategy, measures_time: bool) -> Sear
     return TopSearch() if strategy.adaptive and not measures_time else strategy
 
 
+def tuning_space(problem: Problem, profile: DeviceProfile, spec: OpSpec | None = None) -> SearchSpace:
+    """The configs of `problem` that can run on `profile`, kept to `spec`'s `tune.space` values or exactly its
+    `tune.configs`: a KtError when none can run, a SpecError naming a listed config that cannot and why."""
+    family = family_for(problem)
+    space = family.space(problem, profile)
+    if not space.legal:
+        raise KtError(
+            f"no config of the {family.name} family can run {problem} on {profile.name}: "
+            f"{', '.join(f'{n} {r}' for r, n in space.dropped.items())}"
+        )
+    return restrict(space, family, problem, profile, spec) if spec is not None else space
+
+
 def plan_tuning(
     problem: Problem,
     profile: DeviceProfile,
@@ -200,30 +213,26 @@ def plan_tuning(
     power_cap_w: float | None = None,
     measures_time: bool = True,
     spec: OpSpec | None = None,
+    space: SearchSpace | None = None,
 ) -> Plan:
     """Rank the legal space with the cost model and take the strategy's first round.
 
     Without timing (`measures_time` false) there is nothing to refit on, so a guided search becomes the
     model's top `budget`. `spec`'s `tune.space` restricts the space to those axis values, its `tune.configs` to
-    exactly those configs, which are then all measured whatever the budget.
+    exactly those configs, which are then all measured whatever the budget. `space`: that space, when the
+    caller has it already (`tuning_space`).
     """
     from kt.costmodel.correction import CorrectedModel, model_name
 
     family = family_for(problem)
-    space = family.space(problem, profile)
-    if not space.legal:
-        raise KtError(
-            f"no config of the {family.name} family can run {problem} on {profile.name}: "
-            f"{', '.join(f'{n} {r}' for r, n in space.dropped.items())}"
-        )
+    if space is None:
+        space = tuning_space(problem, profile, spec)
     listed_note = None
-    if spec is not None:
-        space = restrict(space, family, problem, profile, spec)
-        if spec.tune.configs and budget != len(space.legal):
-            listed_note = (
-                f"tune.configs lists {len(space.legal)} configs: all are measured (budget {budget} ignored)"
-            )
-            budget = len(space.legal)
+    if spec is not None and spec.tune.configs and budget != len(space.legal):
+        listed_note = (
+            f"tune.configs lists {len(space.legal)} configs: all are measured (budget {budget} ignored)"
+        )
+        budget = len(space.legal)
     strategy = search_strategy(strategy, measures_time)
     cost_model = resolve_model(profile, model)
     records = family.records(problem, space.legal)  # structured families add their launches as `stages`
@@ -630,6 +639,8 @@ def run_session(
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
     profile = resolve_profile(device or spec.device)
     search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
+    # and a listed config that cannot run, before any worker starts or the model loads
+    space = tuning_space(node.problem, profile, spec)
     owned = runner is None
     if owned:
         extra = {"timing": timing} if timing is not None else {}
@@ -653,6 +664,7 @@ def run_session(
             power_cap_w,
             runner.measures_time,
             spec,
+            space,
         )
         tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
         trace, fresh = tuner.search(search, plan.budget, progress, retry_failed, deadline, baseline)
