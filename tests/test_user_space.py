@@ -158,7 +158,7 @@ def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
     assert meta["spec"]["tune"]["configs"][0] == LISTED[1]
 
 
-def test_a_tune_refuses_a_listed_config_that_cannot_run_before_workers_start_or_the_model_loads(
+def test_a_listed_config_that_cannot_run_is_refused_before_workers_start_or_the_model_loads(
     tmp_path, monkeypatch
 ):
     import kt.autotune.tune as tune_module
@@ -175,6 +175,8 @@ def test_a_tune_refuses_a_listed_config_that_cannot_run_before_workers_start_or_
     with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run gemm\[m=512 n=512 k=512"):
         kt.tune(spec_with({"configs": [bad]}), backend="interpret", db=tmp_path / "t.db", progress=False)
     assert not (tmp_path / "t.db").exists()
+    with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run gemm"):
+        kt.plan(spec_with({"configs": [bad]}))  # kt predict, kt space: no model before the space is sound
 
 
 def test_build_ranks_within_the_users_space():

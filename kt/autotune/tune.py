@@ -222,11 +222,11 @@ def plan_tuning(
     exactly those configs, which are then all measured whatever the budget. `space`: that space, when the
     caller has it already (`tuning_space`).
     """
-    from kt.costmodel.correction import CorrectedModel, model_name
-
     family = family_for(problem)
     if space is None:
         space = tuning_space(problem, profile, spec)
+    from kt.costmodel.correction import CorrectedModel, model_name  # scikit-learn: once the space is sound
+
     listed_note = None
     if spec is not None and spec.tune.configs and budget != len(space.legal):
         listed_note = (
