@@ -158,22 +158,23 @@ def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
     assert meta["spec"]["tune"]["configs"][0] == LISTED[1]
 
 
-def test_a_listed_config_that_cannot_run_is_refused_before_workers_start_or_the_model_loads(
+def test_a_listed_config_that_cannot_run_is_refused_before_the_model_loads_or_the_database_opens(
     tmp_path, monkeypatch
 ):
+    from test_tune_loop import StandInRunner  # starts no workers
+
     import kt.autotune.tune as tune_module
 
-    def must_not(what):
-        def called(*args, **kwargs):
-            raise AssertionError(f"{what} before the listed configs were checked")
+    def must_not(*args, **kwargs):
+        raise AssertionError("the cost model was loaded before the listed configs were checked")
 
-        return called
-
-    monkeypatch.setattr(tune_module, "make_runner", must_not("a runner was made"))
-    monkeypatch.setattr(tune_module, "resolve_model", must_not("the cost model was loaded"))
+    monkeypatch.setattr(
+        tune_module, "make_runner", lambda backend, profile, **options: StandInRunner(profile)
+    )
+    monkeypatch.setattr(tune_module, "resolve_model", must_not)
     bad = {"block_m": 256, "block_n": 256, "block_k": 128, "num_stages": 5}
     with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run gemm\[m=512 n=512 k=512"):
-        kt.tune(spec_with({"configs": [bad]}), backend="interpret", db=tmp_path / "t.db", progress=False)
+        kt.tune(spec_with({"configs": [bad]}), db=tmp_path / "t.db", progress=False)
     assert not (tmp_path / "t.db").exists()
     with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run gemm"):
         kt.plan(spec_with({"configs": [bad]}))  # kt predict, kt space: no model before the space is sound

@@ -639,8 +639,6 @@ def run_session(
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
     profile = resolve_profile(device or spec.device)
     search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
-    # and a listed config that cannot run, before any worker starts or the model loads
-    space = tuning_space(node.problem, profile, spec)
     owned = runner is None
     if owned:
         extra = {"timing": timing} if timing is not None else {}
@@ -650,37 +648,40 @@ def run_session(
             backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, ray=ray, gpus=gpus, **extra
         )
     search = search_strategy(search, runner.measures_time)
-    # the runner's workers start first, so their imports overlap loading the model and ranking the space
-    with runner if owned else contextlib.nullcontext(), Database(db) as database:
-        cost_model = resolve_model(profile, model)
-        plan = plan_tuning(
-            node.problem,
-            profile,
-            budget,
-            search,
-            seed,
-            cost_model,
-            objective,
-            power_cap_w,
-            runner.measures_time,
-            spec,
-            space,
-        )
-        tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
-        trace, fresh = tuner.search(search, plan.budget, progress, retry_failed, deadline, baseline)
-        rows = tuner.rows(trace)
-        return Session(
-            plan,
-            runner,
-            profile,
-            rows,
-            fresh,
-            database.path,
-            trace,
-            tuner.prediction,
-            tuner.skipped_rows,
-            tuner.baseline_row() if baseline else None,
-        )
+    # the runner's workers start first, so their imports overlap making the space, loading the model and ranking
+    with runner if owned else contextlib.nullcontext():
+        # a listed config that cannot run is refused here, before the model loads or the database opens
+        space = tuning_space(node.problem, profile, spec)
+        with Database(db) as database:
+            cost_model = resolve_model(profile, model)
+            plan = plan_tuning(
+                node.problem,
+                profile,
+                budget,
+                search,
+                seed,
+                cost_model,
+                objective,
+                power_cap_w,
+                runner.measures_time,
+                spec,
+                space,
+            )
+            tuner = _Tuner(plan, spec, runner, profile, database, cost_model, seed)
+            trace, fresh = tuner.search(search, plan.budget, progress, retry_failed, deadline, baseline)
+            rows = tuner.rows(trace)
+            return Session(
+                plan,
+                runner,
+                profile,
+                rows,
+                fresh,
+                database.path,
+                trace,
+                tuner.prediction,
+                tuner.skipped_rows,
+                tuner.baseline_row() if baseline else None,
+            )
 
 
 class _Tuner:

@@ -105,10 +105,17 @@ class ForkedWorker:
         return self.returncode
 
     def kill(self) -> None:
-        """Have the zygote SIGKILL the worker (at once, or as soon as it is forked)."""
-        if self.poll() is None:
-            with contextlib.suppress(OSError):
-                self._status.send(b"k")
+        """Have the zygote SIGKILL the worker. One it has not forked yet (it may still be importing torch) is let
+        go at once: the zygote kills it as it forks it, finding its status socket closed, so a pool that closes
+        early does not wait for the zygote's imports."""
+        if self.poll() is not None:
+            return
+        if self._pid is None:
+            self._status.close()
+            self._status, self.returncode, self.unborn = None, -signal.SIGKILL, True
+            return
+        with contextlib.suppress(OSError):
+            self._status.send(b"k")
 
 
 class Zygote:
