@@ -112,7 +112,7 @@ class ForkedWorker:
             return
         if self._pid is None:
             self._status.close()
-            self._status, self.returncode, self.unborn = None, -signal.SIGKILL, True
+            self._status, self.returncode = None, -signal.SIGKILL
             return
         with contextlib.suppress(OSError):
             self._status.send(b"k")
