@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
-from kt.autotune.database import STATUSES, check_file, export_text  # the standard library only
+from kt.autotune.database import STATUSES, check_data, check_file  # the standard library only
 from kt.errors import DatabaseError, KtError
 from kt.files import (
     DATA_HINT,
@@ -127,13 +127,9 @@ def _data_file(ctx, param, value):
 
 
 def _measurements(path: Path) -> Path:
-    """Measurements are a `kt export` CSV or else a tuning database (as kt.autotune.dataset.read_rows reads
-    them): a CSV's text and header are checked, a database is opened read-only and closed, so that a file that
-    is neither is refused at once."""
-    if path.is_file() and path.suffix.lower() == ".csv":
-        export_text(path)
-    elif path.is_file():
-        check_file(path, create=False)
+    """A file of measurements (not an artifact's folder) is checked to be one kt reads (check_data)."""
+    if path.is_file():
+        check_data(path)
     return path
 
 

@@ -434,6 +434,16 @@ def export_text(path: Path) -> str:
     return text
 
 
+def check_data(path: Path) -> None:
+    """That a file of measurements is one kt reads (as kt.autotune.dataset.read_rows tells them apart): a `kt
+    export` CSV's text and header (`export_text`), else a tuning database, opened read-only and closed
+    (`check_file`). The standard library only, so the CLI asks it as the command line is read."""
+    if path.suffix.lower() == ".csv":
+        export_text(path)
+    else:
+        check_file(path, create=False)
+
+
 def _where(where: dict[str, Any]) -> str:
     """The SQL condition that each named column equals its value (given as parameters, in order)."""
     unknown = set(where) - set(COLUMN_NAMES) - {"id"}

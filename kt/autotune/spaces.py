@@ -220,12 +220,9 @@ def check_space_file(path: Path) -> None:
             f"space: {str(path)!r} is neither a Kernel Tuner cache (.json, .json.gz) nor a kt tuning "
             "database (.db) or `kt export` CSV"
         )
-    from kt.autotune.database import check_file, export_text  # the standard library only
+    from kt.autotune.database import check_data  # the standard library only
 
-    if path.suffix.lower() == ".csv":  # its text and header
-        export_text(path)
-    else:  # opened read-only and closed
-        check_file(path, create=False)
+    check_data(path)
 
 
 def load_kernel_tuner(path: str | Path) -> TuningSpace:
