@@ -41,7 +41,53 @@ def shipped_models(request, monkeypatch):
         monkeypatch.delenv("KT_MODELS_DIR", raising=False)
 
 
+# The README's `-n auto --dist loadfile` hands each worker whole files. pytest-xdist would hand out the files with
+# the most tests first, and some of the slowest hold few tests (test_ray: 4 tests, 147 s), so on a 2-core machine
+# one worker ran a slow file alone for the last ~50 s. The slowest files go first instead, longest first (a
+# longest-first schedule), then the rest in xdist's own order. Seconds per file, summed over its tests from
+# `--junitxml` in a clean clone of fab3eef on the 2-core CI-like machine (2026-12-02, pytest 800 s). A stale or
+# missing figure only costs speed: files not listed run after these.
+SLOW_FILES = {
+    "test_nn.py": 174,
+    "test_structured_kernels.py": 153,
+    "test_ray.py": 147,
+    "test_sparse_kernels.py": 146,
+    "test_compile_target.py": 119,
+    "test_tune.py": 114,
+    "test_bench_cli.py": 110,
+    "test_cli.py": 57,
+    "test_measure_path.py": 54,
+    "test_frictions.py": 51,
+    "test_transposed.py": 47,
+    "test_pool.py": 43,
+    "test_bench_structured.py": 41,
+    "test_tune_loop.py": 38,
+    "test_bsr_grad.py": 38,
+    "test_replay_spaces.py": 33,
+    "test_from_model.py": 25,
+    "test_gemm_kernel.py": 20,
+    "test_forest.py": 18,
+}
+
+
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems gives
+
+
+def _schedule_order(items):
+    """Items of the SLOW_FILES first (slowest file first), then the other files by number of tests (most
+    first, xdist's own rule); each file's tests keep their order."""
+    count = {}
+    for item in items:
+        count[item.path.name] = count.get(item.path.name, 0) + 1
+    return sorted(
+        items, key=lambda item: (-SLOW_FILES.get(item.path.name, 0), -count[item.path.name], item.path.name)
+    )
+
+
 def pytest_collection_modifyitems(config, items):
+    items[:] = _schedule_order(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a GPU machine)")
