@@ -75,14 +75,18 @@ def pytest_configure(config):
         config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems gives
 
 
+def _file_of(item) -> str:
+    return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
 def _schedule_order(items):
     """Items of the SLOW_FILES first (slowest file first), then the other files by number of tests (most
     first, xdist's own rule); each file's tests keep their order."""
-    count = {}
+    count: dict[str, int] = {}
     for item in items:
-        count[item.path.name] = count.get(item.path.name, 0) + 1
+        count[_file_of(item)] = count.get(_file_of(item), 0) + 1
     return sorted(
-        items, key=lambda item: (-SLOW_FILES.get(item.path.name, 0), -count[item.path.name], item.path.name)
+        items, key=lambda item: (-SLOW_FILES.get(_file_of(item), 0), -count[_file_of(item)], _file_of(item))
     )
 
 
