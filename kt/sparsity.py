@@ -88,14 +88,21 @@ def hex_to_mask(text: str, grid: tuple[int, int]) -> np.ndarray:
     return bits[:total].astype(bool).reshape(grid)
 
 
-def bsr_indices(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """crow_indices and col_indices (int64) of the BSR layout with non-zero blocks `mask`."""
+def bsr_index_arrays(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """crow_indices and col_indices (int64 numpy arrays) of the BSR layout with non-zero blocks `mask`. No torch:
+    code that torch.compile traces reads them as constants (a torch op there would be traced, and `.tolist()`
+    on its result would give symbolic integers)."""
     mask = np.asarray(mask, dtype=bool)
     crow = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
-    cols = np.nonzero(mask)[1]
+    return crow.astype(np.int64), np.nonzero(mask)[1].astype(np.int64)
+
+
+def bsr_indices(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """crow_indices and col_indices (int64 tensors) of the BSR layout with non-zero blocks `mask`."""
     import torch
 
-    return torch.from_numpy(crow.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
+    crow, cols = bsr_index_arrays(mask)
+    return torch.from_numpy(crow), torch.from_numpy(cols)
 
 
 def layout_mask(weight: torch.Tensor) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 from kt.dtypes import dtype_name
 from kt.nn.selection import backward_role, kernel_for
 from kt.nn.selection import parsed_op as _parsed
-from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask
+from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
 
 def op_text(op: dict[str, Any]) -> str:
@@ -234,13 +234,15 @@ def transposed_pattern(
 ) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """The pattern of W.T for W's pattern `layout` over `grid`: its hex layout, crow and col indices, and for
     each of its blocks the index of the W block it is the transpose of. Plain integers, cached: the tensors are
-    made on each use (under torch.compile's tracing they must be made inside the trace)."""
+    made on each use (under torch.compile's tracing they must be made inside the trace). Numpy only: this runs
+    inside the trace of a backward pass, where a torch op's `.tolist()` would give symbolic integers, which the
+    cache would then keep."""
     from kt.sparsity import mask_to_hex
 
     mask = hex_to_mask(layout, grid)
     index = np.full(grid, -1, dtype=np.int64)
     index[mask] = np.arange(int(mask.sum()))
-    crow, col = bsr_indices(mask.T)
+    crow, col = bsr_index_arrays(mask.T)
     order = index.T[mask.T]
     return mask_to_hex(mask.T), tuple(crow.tolist()), tuple(col.tolist()), tuple(order.tolist())
 
