@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kt
 import kt.nn as knn
@@ -153,6 +154,41 @@ def test_a_loaded_kernel_as_op_runs_pytorch_on_cpu_unless_asked(monkeypatch):
         op(x, w1, w2)
     monkeypatch.setattr(kernel.module, "kernel", generated)
     torch.testing.assert_close(op(x, w1, w2).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_blocksparse_kernel_as_op_takes_the_bsr_weight_or_its_parts_and_compiles_with_the_parts():
+    spec = kt.parse_spec(
+        {
+            "name": "b",
+            "op": "blocksparse",
+            "dtype": "float32",
+            "shape": {"batch": 24, "in": 48, "out": 80},
+            "sparsity": {"block": [16, 16], "density": 0.4, "seed": 2},
+        }
+    )
+    x, w = kt.random_args(spec, seed=4, device="cpu")
+    expected = F.linear(x.double(), w.to_dense().double())
+    op = kt.build(spec).as_op()
+    parts = (w.crow_indices(), w.col_indices(), w.values())
+    torch.testing.assert_close(op(x, w).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(op(x[:5], *parts).double(), expected[:5], rtol=1e-5, atol=1e-5)
+    # torch.compile takes no sparse tensor as an input: a compiled function takes the parts
+    torch._dynamo.reset()
+    compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
+    grads = []
+    for run in (op, compiled):
+        x1 = x.detach().clone().requires_grad_(True)
+        values = parts[2].detach().clone().requires_grad_(True)
+        y = run(x1, parts[0], parts[1], values)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+        y.square().sum().backward()
+        grads.append((x1.grad, values.grad))
+    torch.testing.assert_close(grads[1], grads[0])
+    for wrong in [(parts[0], parts[2]), (w, parts[2]), ()]:
+        with pytest.raises(
+            TypeError, match=r"the blocksparse op takes 3 weight tensors, a BSR weight counting"
+        ):
+            op(x, *wrong)
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,18 @@ def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[t
     return list(weights)
 
 
+def _bsr_part_count(op: dict[str, Any]) -> int | None:
+    """How many tensors the custom op takes as an op's weights where one is a BSR weight (as its 3 parts), else
+    None (the kernel checks its own arguments)."""
+    if op["op"] == "blocksparse":
+        return 3
+    if op["op"] == "blocksparse_grad":  # x, then the forward's BSR weight
+        return 4
+    if op["op"] == "sum":
+        return sum(_weight_count(term) for term in op["terms"])
+    return None
+
+
 def _weight_count(term: dict[str, Any]) -> int:
     return 3 if term["op"] == "blocksparse" else len(term["shape"]["dims"]) - 1
 
@@ -380,17 +392,26 @@ def op_of_spec(spec) -> dict[str, Any]:
 def kernel_op(kernel):
     """A kernel from `kt.load` or `kt.build` as a function `f(x, *weights)` through `torch.ops.kt.apply`:
     differentiable (the op's backward, whose kernels are selected as usual), and one opaque node under
-    torch.compile and torch.export. It runs this kernel for any number of rows. Weights as the kernel takes them
-    (a BSR weight as a sparse BSR tensor)."""
+    torch.compile and torch.export. It runs this kernel for any number of rows. Weights as the kernel takes them;
+    a BSR weight either as a sparse BSR tensor or as its three parts `crow_indices, col_indices, values`, which
+    is how a compiled function must take it (torch.compile takes no sparse tensor as an input)."""
     from kt.nn.selection import Selection, pin
 
     where = str(kernel.path) if kernel.path else "kt.build"
-    text = op_text({**op_of_spec(kernel.spec), "pin": pin(Selection(kernel.spec, kernel, "loaded", where))})
+    op = op_of_spec(kernel.spec)
+    text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where))})
+    bsr_parts = _bsr_part_count(op)
 
     def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         parts = []
         for w in weights:
             parts += [w.crow_indices(), w.col_indices(), w.values()] if w.layout == torch.sparse_bsr else [w]
+        if bsr_parts is not None and len(parts) != bsr_parts:
+            raise TypeError(
+                f"kernel(x, *weights): the {op['op']} op takes {bsr_parts} weight tensors, a BSR weight counting "
+                f"as its 3 parts (crow_indices, col_indices, values, or the sparse BSR tensor itself); got "
+                f"{len(parts)}" + (f" from {len(weights)} arguments" if len(parts) != len(weights) else "")
+            )
         return apply(x, parts, text)
 
     return run
