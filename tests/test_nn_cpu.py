@@ -3,6 +3,7 @@ Triton's interpreter, unless KT_INTERPRET=1 asks for kt's kernels (tests/test_nn
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -245,3 +246,44 @@ def test_structurize_example_runs_on_the_cpu_in_seconds():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("loss") == 4 and "two torch.bmm" in done.stdout
     assert elapsed < 60, elapsed  # 3 s on the 2-core machine (README); loose for a busy CI runner
+
+
+AUTOCAST_LAYERS = {
+    "dense": lambda: knn.DenseLinear(24, 40),
+    "lowrank": lambda: knn.LowRankLinear(32, 24, rank=5),
+    "blocksparse": lambda: knn.BlockSparseLinear(32, 48, block=(16, 8), density=0.5),
+    "monarch": lambda: knn.MonarchLinear(32, 48, nblocks=4),
+    "butterfly": lambda: knn.ButterflyLinear(32, 32),
+    "sum": lambda: knn.Sum(
+        knn.BlockSparseLinear(32, 32, block=(16, 16), density=0.5, bias=False),
+        knn.LowRankLinear(32, 32, rank=4, bias=False),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AUTOCAST_LAYERS))
+def test_under_autocast_a_float32_layer_runs_in_autocasts_dtype_like_nn_linear(name):
+    """As nn.Linear under torch.autocast: the op runs in autocast's dtype on cast copies (the same result as a
+    bfloat16 copy of the layer), and the float32 parameters get the copy's gradients in float32. An nn.Linear
+    before it hands it bfloat16 input, which outside autocast is refused."""
+    layer = AUTOCAST_LAYERS[name]()
+    low = copy.deepcopy(layer).to(torch.bfloat16)
+    x = torch.randn(3, 5, layer.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    expected = low(x.to(torch.bfloat16))
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    dy = torch.randn(y.shape)
+    (y.float() * dy).sum().backward()
+    (expected.float() * dy).sum().backward()
+    for (n, p), q in zip(layer.named_parameters(), low.parameters()):
+        assert p.dtype == torch.float32 and p.grad.dtype == torch.float32, n
+        torch.testing.assert_close(p.grad, q.grad.float(), rtol=0, atol=0, msg=n)
+    with pytest.raises(TypeError, match="bfloat16"):
+        layer(x.to(torch.bfloat16))  # autocast off: the layer's own dtype, as before
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, layer.in_features), layer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(4, 8))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

@@ -65,11 +65,34 @@ class _KtLinear(nn.Module, ABC):
             raise ValueError(
                 f"{type(self).__name__}: x has {x.shape[-1]} features in its last dim, expected {self.in_features}"
             )
-        y = self._forward(x)
-        return y + self.bias if self.bias is not None else y
+        dtype = self._autocast_dtype(x)
+        if dtype is None:
+            y, bias = self._forward(x, self._weights(), self.op_text), self.bias
+        else:
+            # torch.autocast: as nn.Linear does, the op runs in autocast's dtype on copies of x, the weights and
+            # the bias cast to it (the gradients reach the parameters in their own dtype)
+            weights = [w.to(dtype) if w.is_floating_point() else w for w in self._weights()]
+            y = self._forward(x.to(dtype), weights, self._op_text_in(dtype))
+            bias = None if self.bias is None else self.bias.to(dtype)
+        return y + bias if bias is not None else y
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply(x, self._weights(), self.op_text)
+    def _forward(self, x: torch.Tensor, weights: list[torch.Tensor], text: str) -> torch.Tensor:
+        return apply(x, weights, text)
+
+    def _autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype torch.autocast runs this layer in on x's device, where it is on and not the layer's own."""
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return None
+        dtype = torch.get_autocast_dtype(device)
+        return None if dtype == self.dtype else dtype
+
+    def _op_text_in(self, dtype: torch.dtype) -> str:
+        """`op_text` with the op's dtype changed to `dtype` (made once per dtype, like `op_text`)."""
+        texts = self.__dict__.setdefault("_op_texts", {})
+        if dtype not in texts:
+            texts[dtype] = op_text({**self.op(), "dtype": _kt_dtype(dtype, type(self).__name__)})
+        return texts[dtype]
 
     @property
     def op_text(self) -> str:
@@ -79,6 +102,7 @@ class _KtLinear(nn.Module, ABC):
 
     def _refresh(self) -> None:
         self.__dict__["_op_text"] = op_text(self.op())
+        self.__dict__["_op_texts"] = {}
 
     def _apply(self, fn, *args, **kwargs):
         probe = fn(self._weights()[-1].detach()[:0])  # what the conversion would make of a weight, on no data
@@ -137,9 +161,9 @@ class DenseLinear(_KtLinear):
     def _weights(self) -> list[torch.Tensor]:
         return [self.weight]
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, weights: list[torch.Tensor], text: str) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        y = apply(x2, [self.weight.t()], self.op_text)
+        y = apply(x2, [weights[0].t()], text)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     @classmethod
