@@ -287,3 +287,31 @@ def test_under_autocast_a_float32_layer_runs_in_autocasts_dtype_like_nn_linear(n
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(4, 8))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(AUTOCAST_LAYERS))
+def test_a_layer_built_on_the_meta_device_is_whole_after_to_empty_and_reset_parameters(name):
+    """The large-model recipe: build on the meta device, `to_empty()`, then each module's `reset_parameters()`
+    (as nn.Linear has). A block-sparse layer's pattern (its index buffers) comes back from its layout, and the
+    draws are those of a layer built directly under the same seed."""
+    torch.manual_seed(3)
+    direct = AUTOCAST_LAYERS[name]()
+    with torch.device("meta"):
+        model = torch.nn.Sequential(AUTOCAST_LAYERS[name]())
+    model.to_empty(device="cpu")
+    for buffer in model.buffers():
+        buffer.fill_(-7)  # what to_empty's memory may hold
+    torch.manual_seed(3)
+
+    def children_first(module):  # a sum's terms before the sum, the order they were built in
+        for child in module.children():
+            yield from children_first(child)
+        yield module
+
+    for module in children_first(model):
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for (n, a), b in zip(direct.state_dict().items(), model[0].state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=n)
+    x = torch.randn(4, direct.in_features)
+    torch.testing.assert_close(model(x), direct(x), rtol=0, atol=0)

@@ -147,9 +147,13 @@ class DenseLinear(_KtLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **self._factory))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self._init_bias(in_features)
+        self.reset_parameters()
         self._refresh()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self._init_bias(self.in_features)
 
     def op(self) -> dict[str, Any]:
         return {
@@ -194,10 +198,13 @@ class LowRankLinear(_KtLinear):
         self.factors = nn.ParameterList(
             nn.Parameter(torch.empty(a, b, **self._factory)) for a, b in zip(self.dims, self.dims[1:])
         )
+        self.reset_parameters()
+        self._refresh()
+
+    def reset_parameters(self) -> None:
         for f in self.factors:  # each factor keeps the scale of its input, like nn.Linear's init per product
             nn.init.uniform_(f, -1 / math.sqrt(f.shape[0]), 1 / math.sqrt(f.shape[0]))
-        self._init_bias(in_features)
-        self._refresh()
+        self._init_bias(self.in_features)
 
     def op(self) -> dict[str, Any]:
         return {**self._op_base("lowrank"), "shape": {"dims": list(self.dims)}}
@@ -261,10 +268,20 @@ class BlockSparseLinear(_KtLinear):
         self.register_buffer("crow_indices", crow.to(device))
         self.register_buffer("col_indices", col.to(device))
         self.values = nn.Parameter(torch.empty(int(mask.sum()), bo, bi, **self._factory))
-        fan_in = max(1, int(mask.sum(axis=1).max())) * bi  # the inputs of the fullest block-row
+        self.reset_parameters()
+        self._refresh()
+
+    def reset_parameters(self) -> None:
+        """The values and bias drawn afresh, and the pattern's index buffers rewritten from `layout` (after
+        `to_empty()`, as in a model built on the meta device, they hold whatever the memory held)."""
+        mask = self.mask()
+        crow, col = bsr_indices(mask)
+        with torch.no_grad():
+            self.crow_indices.copy_(crow)
+            self.col_indices.copy_(col)
+        fan_in = max(1, int(mask.sum(axis=1).max())) * self.block[1]  # the inputs of the fullest block-row
         nn.init.uniform_(self.values, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
         self._init_bias(fan_in)
-        self._refresh()
 
     def op(self) -> dict[str, Any]:
         return {
@@ -339,8 +356,12 @@ class Sum(_KtLinear):
             first.in_features, first.out_features, bias, first._weights()[-1].device, first.dtype
         )
         self.terms = nn.ModuleList(terms)
-        self._init_bias(first.in_features)
+        self.reset_parameters()
         self._refresh()
+
+    def reset_parameters(self) -> None:
+        """The sum's own bias (each term resets its own weights)."""
+        self._init_bias(self.in_features)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -376,10 +397,13 @@ class MonarchLinear(_KtLinear):
         q = r = p
         self.w1 = nn.Parameter(torch.empty(k, q, p, **self._factory))
         self.w2 = nn.Parameter(torch.empty(l, s, r, **self._factory))
+        self.reset_parameters()
+        self._refresh()
+
+    def reset_parameters(self) -> None:
         for w in (self.w1, self.w2):  # each block keeps its input's scale, like nn.Linear per product
             nn.init.uniform_(w, -1 / math.sqrt(w.shape[-1]), 1 / math.sqrt(w.shape[-1]))
-        self._init_bias(p)
-        self._refresh()
+        self._init_bias(self.w1.shape[-1])
 
     def op(self) -> dict[str, Any]:
         return {**self._op_base("monarch"), "shape": {"w1": list(self.w1.shape), "w2": list(self.w2.shape)}}
@@ -443,9 +467,12 @@ class ButterflyLinear(_KtLinear):
         super().__init__(in_features, out_features, bias, device, dtype)
         levels = in_features.bit_length() - 1
         self.twiddles = nn.Parameter(torch.empty(levels, in_features // 2, 2, 2, **self._factory))
-        nn.init.normal_(self.twiddles, std=1 / math.sqrt(2))  # each 2x2 keeps a vector's expected norm
-        self._init_bias(in_features)
+        self.reset_parameters()
         self._refresh()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.twiddles, std=1 / math.sqrt(2))  # each 2x2 keeps a vector's expected norm
+        self._init_bias(self.in_features)
 
     def op(self) -> dict[str, Any]:
         return {**self._op_base("butterfly"), "shape": {"n": self.in_features}}
