@@ -689,6 +689,33 @@ def test_structurize_rejects_a_layer_of_the_wrong_shape():
         knn.structurize(model, 3)
 
 
+def test_structurize_refuses_a_pattern_that_matches_nothing_and_leaves_the_model_as_it_was_on_any_error():
+    model = small_model()
+    before = [(name, type(m)) for name, m in model.named_modules()]
+    lowrank = lambda linear: LowRankLinear.from_dense(linear, rank=4)  # noqa: E731
+    cases = [
+        # a typo: nothing would be replaced, silently
+        (
+            {"*.fc1": lowrank, "*.fc3": lowrank},
+            ValueError,
+            r"the pattern '\*\.fc3' matches no nn.Linear of the model; its nn.Linear layers: 0, 2.fc1, 2.fc2, 3.fc1, 3.fc2, 4$",
+        ),
+        ({"1": lowrank}, ValueError, "the pattern '1' matches no nn.Linear"),  # a GELU
+        # the second layer fails after the first was made: neither is swapped in
+        (
+            {"2.fc1": lowrank, "3.fc1": lambda linear: DenseLinear(32, 48)},
+            ValueError,
+            "'3.fc1' maps 32 -> 64",
+        ),
+        ({"*.fc2": lambda linear: "x"}, TypeError, "the rule for '2.fc2' returned a str, not an nn.Module"),
+    ]
+    for rules, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            knn.structurize(model, rules)
+        assert "\n" not in str(info.value)
+        assert [(name, type(m)) for name, m in model.named_modules()] == before
+
+
 # -- kernel selection -----------------------------------------------------------------------------------------
 
 

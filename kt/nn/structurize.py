@@ -16,11 +16,22 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
 
     `rules` maps glob patterns on a layer's qualified name (as `model.named_modules()` gives it, e.g.
     `"blocks.*.mlp.fc1"`, `"*"`) to a factory `linear -> layer` (e.g. `lambda l: LowRankLinear.from_dense(l,
-    rank=32)`); the first pattern that matches wins. Or `rules` is a function `(name, linear) -> layer or
-    None`. A factory's layer must take the linear's in_features and give its out_features.
+    rank=32)`); the first pattern that matches wins, and a pattern that matches no nn.Linear is an error (a typo
+    would otherwise replace nothing, silently). Or `rules` is a function `(name, linear) -> layer or None`. A
+    factory's layer must be an nn.Module that takes the linear's in_features and gives its out_features. Every
+    layer is made and checked before any is swapped in: on an error the model is left as it was.
     """
+    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
+        names = [name for name, _ in targets]
+        for pattern, _ in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                raise ValueError(
+                    f"structurize: the pattern {pattern!r} matches no nn.Linear of the model; "
+                    + (f"its nn.Linear layers: {listing}" if names else "it has no nn.Linear")
+                )
 
         def choose(name: str, linear: nn.Linear):
             for pattern, factory in patterns:
@@ -34,12 +45,16 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         raise TypeError(
             f"structurize: rules must be a mapping of name patterns to factories or a function, got {type(rules).__name__}"
         )
-    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
-    replaced = []
+    chosen = []
     for name, linear in targets:
         layer = choose(name, linear)
         if layer is None:
             continue
+        if not isinstance(layer, nn.Module):
+            raise TypeError(
+                f"structurize: the rule for {name!r} returned a {type(layer).__name__}, not an nn.Module "
+                "(or None to keep the layer)"
+            )
         if (
             getattr(layer, "in_features", None) != linear.in_features
             or getattr(layer, "out_features", None) != linear.out_features
@@ -48,8 +63,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"structurize: the layer made for {name!r} maps {getattr(layer, 'in_features', '?')} -> "
                 f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
             )
+        chosen.append((name, layer))
+    for name, layer in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
-        replaced.append(name)
-    return replaced
+    return [name for name, _ in chosen]
