@@ -315,3 +315,24 @@ def test_a_layer_built_on_the_meta_device_is_whole_after_to_empty_and_reset_para
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=n)
     x = torch.randn(4, direct.in_features)
     torch.testing.assert_close(model(x), direct(x), rtol=0, atol=0)
+
+
+def test_use_artifacts_refuses_a_folder_that_is_not_there_and_kt_artifacts_warns_once(
+    tmp_path, monkeypatch, caplog
+):
+    saved = list(selection._ARTIFACT_DIRS)
+    with pytest.raises(FileNotFoundError, match=r"^kt.nn.use_artifacts: .*nope is not there; give folders"):
+        knn.use_artifacts(tmp_path, tmp_path / "nope")
+    assert saved == selection._ARTIFACT_DIRS  # none added when one is wrong
+    (tmp_path / "f").write_text("")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):
+        knn.use_artifacts(tmp_path / "f")
+    gone = tmp_path / "gone"
+    monkeypatch.setenv("KT_ARTIFACTS", os.pathsep.join([str(gone), str(tmp_path)]))
+    monkeypatch.setattr(selection, "_MISSING_DIRS", set())
+    with caplog.at_level(logging.WARNING, logger="kt.nn"):
+        for _ in range(2):
+            dirs = selection._artifact_dirs()
+            assert tmp_path in dirs and gone not in dirs
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"kt.nn: $KT_ARTIFACTS names {gone}, which is not a folder; it is skipped"]

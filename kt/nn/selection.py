@@ -118,9 +118,16 @@ def bucket(rows: int) -> int:
 
 
 def use_artifacts(*directories: str | os.PathLike) -> None:
-    """Also look for tuned kernels in these directories (each holding `kt tune --out` artifacts)."""
-    for directory in directories:
-        path = Path(directory)
+    """Also look for tuned kernels in these directories (each holding `kt tune --out` artifacts). A directory
+    that does not exist is a FileNotFoundError (a typo would otherwise leave every layer on the cost model)."""
+    paths = [Path(directory) for directory in directories]
+    for path in paths:
+        if not path.is_dir():
+            what = "a file, not a folder" if path.exists() else "not there"
+            raise FileNotFoundError(
+                f"kt.nn.use_artifacts: {path} is {what}; give folders that `kt tune --out` wrote"
+            )
+    for path in paths:
         if path not in _ARTIFACT_DIRS:
             _ARTIFACT_DIRS.append(path)
     _SELECTED.clear()
@@ -262,7 +269,14 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
 def _artifact_dirs() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("KT_ARTIFACTS", "").split(os.pathsep) if p]
+    for path in extra:
+        if not path.is_dir() and path not in _MISSING_DIRS:
+            _MISSING_DIRS.add(path)
+            log.warning("kt.nn: $KT_ARTIFACTS names %s, which is not a folder; it is skipped", path)
     return [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
+
+
+_MISSING_DIRS: set[Path] = set()  # the $KT_ARTIFACTS entries already warned about
 
 
 def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
