@@ -723,7 +723,7 @@ def _why_not_wgmma(plan, config):
 @click.option(
     "--sample", type=click.IntRange(0, 1000), default=10, show_default=True, help="Legal configs to list."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @DEVICE
 def space(spec, sample, seed, device):
     """Print the search space's size before and after legality pruning, the MMA its configs get, and a
@@ -1029,7 +1029,9 @@ def inductor(files, out_path, origin, quiet):
     help="Evaluations per search: a count (100) or a percentage of each space's valid points (5%).",
 )
 @click.option("--repeats", type=click.IntRange(1, 100_000), default=20, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Repeat r uses seed + r.")
+@click.option(
+    "--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Repeat r uses seed + r."
+)
 @click.option(
     "--csv",
     "csv_path",

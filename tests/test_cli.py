@@ -169,6 +169,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["replay", tmp_path / "none.json", "--budget", "5"], "not found"),
         (["replay", bad, "--budget", "5"], "neither a Kernel Tuner cache"),
         (["replay", EXAMPLE, "--budget", "0"], "budget: '0' is not a count"),
+        (["replay", space, "--budget", "5", "--seed", "-1"], "'--seed': -1 is not in the range 0<=x<="),
+        (["space", EXAMPLE, "--seed", "-3"], "'--seed': -3 is not in the range 0<=x<="),
         (["replay", tmp_path / "none.db", "--budget", "5"], "not found"),
     ]:
         done = subprocess.run(
