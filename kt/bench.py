@@ -193,6 +193,9 @@ def run_bench(
     contains it."""
     out = Path(out)
     _check_out(out)  # a wrong folder is refused before torch loads (seconds)
+    cases = [case.name for case in tune_cases(smoke)]
+    if not any(only in name for name in cases):  # a typo would run no quick tune, and say so only at the end
+        raise KtError(f"only: {only!r} is in no quick-tune case's name; the cases: {', '.join(cases)}")
     if not smoke:
         import torch
 

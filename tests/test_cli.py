@@ -158,6 +158,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["import", "inductor", EXAMPLE, "--out", bad / "x.csv"], "op.yaml' is a file, not a folder"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
         (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
+        (
+            ["bench", "--smoke", "--only", "nope", "--out", tmp_path / "b"],
+            "only: 'nope' is in no quick-tune case's name; the cases: dense fp16, ",
+        ),
         (["costmodel", "fit", "--data", kt_db, "--out", bad / "m.skops"], "op.yaml' is a file, not a folder"),
         (
             ["replay", space, "--budget", "5", "--csv", tmp_path / "no" / "t.csv"],
