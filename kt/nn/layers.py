@@ -264,9 +264,9 @@ class BlockSparseLinear(_KtLinear):
             raise ValueError("BlockSparseLinear: the mask keeps no block")
         self.block = (bo, bi)
         self.layout = mask_to_hex(mask)
-        crow, col = bsr_indices(mask)
-        self.register_buffer("crow_indices", crow.to(device))
-        self.register_buffer("col_indices", col.to(device))
+        index = {"dtype": torch.int64, "device": device}  # filled from the layout by reset_parameters
+        self.register_buffer("crow_indices", torch.empty(grid[0] + 1, **index))
+        self.register_buffer("col_indices", torch.empty(int(mask.sum()), **index))
         self.values = nn.Parameter(torch.empty(int(mask.sum()), bo, bi, **self._factory))
         self.reset_parameters()
         self._refresh()
