@@ -336,3 +336,57 @@ def test_use_artifacts_refuses_a_folder_that_is_not_there_and_kt_artifacts_warns
             assert tmp_path in dirs and gone not in dirs
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"kt.nn: $KT_ARTIFACTS names {gone}, which is not a folder; it is skipped"]
+
+
+@pytest.mark.parametrize("name", [*AUTOCAST_LAYERS, "lowrank-chain"])
+def test_backward_computes_only_the_gradients_autograd_asks_for(name, monkeypatch):
+    """A first layer's dx (its input is data) and a frozen weight's gradient are not computed: fewer kt products
+    in the backward pass, and the gradients that are computed are the same as with everything asked for."""
+    layer = {"lowrank-chain": lambda: knn.LowRankLinear(32, 24, rank=(6, 4, 5)), **AUTOCAST_LAYERS}[name]()
+    x = torch.randn(6, layer.in_features)
+    dy = torch.randn(6, layer.out_features)
+    calls = []
+    real = knn.functional.apply
+
+    def counting(x, weights, op):
+        calls.append(op)
+        return real(x, weights, op)
+
+    # the backward's products (the layer's forward calls its own import of apply), and the torch einsums of the
+    # butterfly's twiddle gradients
+    monkeypatch.setattr(knn.functional, "apply", counting)
+    einsum = torch.einsum
+
+    def counting_einsum(*args):
+        calls.append("einsum")
+        return einsum(*args)
+
+    monkeypatch.setattr(torch, "einsum", counting_einsum)
+    weights = [(n, p) for n, p in layer.named_parameters() if n != "bias"]
+
+    def backward(x_grad: bool, frozen: set[str]):
+        calls.clear()
+        layer.zero_grad(set_to_none=True)
+        for n, p in weights:
+            p.requires_grad_(n not in frozen)
+        leaf = x.clone().requires_grad_(x_grad)
+        (layer(leaf) * dy).sum().backward()
+        return len(calls), leaf.grad, {n: p.grad for n, p in weights}
+
+    count, dx, grads = backward(True, set())
+    assert dx is not None and all(g is not None for g in grads.values())
+    partial = {n for i, (n, _) in enumerate(weights) if i % 2 == 0}  # every other weight (a chain's 1st, 3rd)
+    for x_grad, frozen in [(False, set()), (True, {n for n, _ in weights}), (True, partial)]:
+        if x_grad and not frozen:
+            continue  # everything asked for: the first run
+        fewer, dx2, grads2 = backward(x_grad, frozen)
+        assert fewer < count, (x_grad, frozen, fewer, count)
+        if x_grad:
+            torch.testing.assert_close(dx2, dx, rtol=0, atol=0)
+        else:
+            assert dx2 is None
+        for n, g in grads2.items():
+            if n in frozen:
+                assert g is None, n
+            else:
+                torch.testing.assert_close(g, grads[n], rtol=0, atol=0, msg=n)

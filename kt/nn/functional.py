@@ -157,16 +157,22 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, dy: torch.Tensor):
+    needs = ctx.needs_input_grad[1]  # the custom op's: one flag per weight of the list
+    need_w = list(needs) if isinstance(needs, (list, tuple)) else [bool(needs)] * ctx.count
+    dx, dweights = _gradients(ctx, dy, bool(ctx.needs_input_grad[0]), need_w)
+    return dx, dweights, None
+
+
+def _gradients(ctx, dy: torch.Tensor, need_dx: bool, need_w: list[bool]):
+    """(dx, dweights) of the op, only those autograd asks for: the first layer's dx (its input is data) and a
+    frozen layer's weight gradients are not computed (None)."""
     x, *weights = ctx.saved_tensors
     # the backward's ops select their own kernels: a pinned forward kernel is not theirs
     spec = {key: value for key, value in _parsed(ctx.op).items() if key != "pin"}
     if spec["op"] not in GRADIENTS:
         raise RuntimeError(f"kt: the {spec['op']} op has no gradient (it is itself a gradient)")
     with backward_role():
-        dx, dweights = GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous())
-    if not ctx.needs_input_grad[0]:
-        dx = None
-    return dx, dweights, None
+        return GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous(), need_dx, need_w)
 
 
 _apply.register_autograd(_backward, setup_context=_setup_context)
@@ -184,7 +190,8 @@ class _EagerApply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        dx, dweights, _ = _backward(ctx, dy)
+        need = ctx.needs_input_grad  # (x, op, *weights)
+        dx, dweights = _gradients(ctx, dy, bool(need[0]), [bool(n) for n in need[2:]])
         return (dx, None, *dweights)
 
 
@@ -215,29 +222,39 @@ def _layout(t: torch.Tensor) -> str:
     return "col" if t.stride(-1) != 1 and t.stride(-2) == 1 else "row"
 
 
-def _dense_grads(spec, a, weights, dy):
+def _dense_grads(spec, a, weights, dy, need_dx, need_w):
     (b,) = weights
-    return matmul(dy, b.t()), [matmul(a.t(), dy, deep=True)]
+    da = matmul(dy, b.t()) if need_dx else None
+    return da, [matmul(a.t(), dy, deep=True) if need_w[0] else None]
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def _lowrank_grads(spec, x, factors, dy):
+def _lowrank_grads(spec, x, factors, dy, need_dx, need_w):
     lead = x.shape[:-1]
     x2, dy2 = _rows(x), _rows(dy)
     dims = spec["shape"]["dims"]
-    transposed = {**spec, "shape": {"dims": list(reversed(dims))}}
-    dx = apply(dy, [f.t() for f in reversed(factors)], transposed).reshape(*lead, dims[0])
-    prefix = [x2]  # x @ F1 @ ... @ Fi
-    for f in factors[:-1]:
+    dx = None
+    if need_dx:
+        transposed = {**spec, "shape": {"dims": list(reversed(dims))}}
+        dx = apply(dy, [f.t() for f in reversed(factors)], transposed).reshape(*lead, dims[0])
+    if not any(need_w):
+        return dx, [None] * len(factors)
+    # dFi = (x @ F1 @ ... @ F(i-1)).T @ (dy @ Fk.T @ ... @ F(i+1).T): each side only as far as a needed factor
+    first = need_w.index(True)
+    last = len(need_w) - 1 - need_w[::-1].index(True)
+    prefix = [x2]
+    for f in factors[:last]:
         prefix.append(matmul(prefix[-1], f))
-    suffix = [dy2]  # dy @ Fk.T @ ... @ F(i+1).T, built from the right
-    for f in reversed(factors[1:]):
+    suffix = [dy2]  # built from the right
+    for f in reversed(factors[first + 1 :]):
         suffix.append(matmul(suffix[-1], f.t()))
-    suffix.reverse()
-    return dx, [matmul(p.t(), s, deep=True) for p, s in zip(prefix, suffix)]
+    suffix.reverse()  # suffix[i - first] belongs to factor i
+    return dx, [
+        matmul(prefix[i].t(), suffix[i - first], deep=True) if need else None for i, need in enumerate(need_w)
+    ]
 
 
 @functools.lru_cache(maxsize=64)
@@ -259,8 +276,15 @@ def transposed_pattern(
     return mask_to_hex(mask.T), tuple(crow.tolist()), tuple(col.tolist()), tuple(order.tolist())
 
 
-def _blocksparse_grads(spec, x, weights, dy):
+def _blocksparse_grads(spec, x, weights, dy, need_dx, need_w):
     crow, col, values = weights
+    dx = _blocksparse_dx(spec, values, dy) if need_dx else None
+    dvalues = bsr_grad(dy, x, crow, col, values, spec) if need_w[2] else None
+    return dx, [None, None, dvalues]
+
+
+def _blocksparse_dx(spec, values, dy):
+    """dx = dy @ W: the block-sparse op of W.T's pattern on dy (W's stored blocks gathered and transposed)."""
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
@@ -273,9 +297,7 @@ def _blocksparse_grads(spec, x, weights, dy):
         "shape": {"in": shape["out"], "out": shape["in"]},
         "sparsity": {"block": [block[1], block[0]], "layout": layout_t},
     }
-    dx = apply(dy, [crow_t, col_t, values_t], transposed)
-    dvalues = bsr_grad(dy, x, crow, col, values, spec)
-    return dx, [None, None, dvalues]
+    return apply(dy, [crow_t, col_t, values_t], transposed)
 
 
 def bsr_grad(dy, x, crow, col, values, spec) -> torch.Tensor:
@@ -284,7 +306,7 @@ def bsr_grad(dy, x, crow, col, values, spec) -> torch.Tensor:
     return apply(_rows(dy), [_rows(x), crow, col, values], grad)
 
 
-def _sum_grads(spec, x, weights, dy):
+def _sum_grads(spec, x, weights, dy, need_dx, need_w):
     dx, grads, at = None, [], 0
     for term in spec["terms"]:
         count = _weight_count(term)
@@ -293,7 +315,9 @@ def _sum_grads(spec, x, weights, dy):
             "dtype": spec["dtype"],
             **({"precision": spec["precision"]} if "precision" in spec else {}),
         }
-        term_dx, term_grads = GRADIENTS[term["op"]](term_spec, x, weights[at : at + count], dy)
+        term_dx, term_grads = GRADIENTS[term["op"]](
+            term_spec, x, weights[at : at + count], dy, need_dx, need_w[at : at + count]
+        )
         dx = term_dx if dx is None else dx + term_dx
         grads += term_grads
         at += count
@@ -307,9 +331,11 @@ def _conj(spec, t: torch.Tensor) -> torch.Tensor:
     return torch.stack([t[0], -t[1]])
 
 
-def _fft_grads(spec, x, weights, dy):
+def _fft_grads(spec, x, weights, dy, need_dx, need_w):
     """y = F x with F the (symmetric) DFT matrix: dx = F^H dy = conj(F conj(dy)), kt's FFT once more; for a real
     input, the real part of it."""
+    if not need_dx:
+        return None, []
     complex_spec = {**spec, "input": "complex"}
     dx = _conj(spec, apply(_conj(spec, dy), [], complex_spec))
     if spec.get("input", "complex") == "real":
@@ -317,7 +343,7 @@ def _fft_grads(spec, x, weights, dy):
     return dx, []
 
 
-def _monarch_grads(spec, x, weights, dy):
+def _monarch_grads(spec, x, weights, dy, need_dx, need_w):
     """Monarch y = P2 L P1 R x (ARCHITECTURE.md): dx is the transposed Monarch op on dy; dw1 and dw2 are per-block
     outer products summed over the rows, batched GEMMs over the blocks (no dense matrix)."""
     w1, w2 = weights
@@ -325,19 +351,22 @@ def _monarch_grads(spec, x, weights, dy):
     lead = x.shape[:-1]
     x2, dy2 = _rows(x), _rows(dy)
     rows = x2.shape[0]
-    dx = apply(dy, [w1, w2], {**spec, "transposed": True}).reshape(*lead, k * p)
+    dx = apply(dy, [w1, w2], {**spec, "transposed": True}).reshape(*lead, k * p) if need_dx else None
     xb = x2.view(rows, k, p).permute(1, 0, 2)  # (k, B, p): block i's inputs
-    u = matmul(xb, w1.transpose(1, 2))  # (k, B, q): u_i = x_i @ w1[i].T
-    v = u.permute(1, 0, 2).reshape(rows, r, l).transpose(1, 2)  # (B, l, r): the stride permutation
     dz = dy2.view(rows, s, l).transpose(1, 2)  # (B, l, s): y[b, c*l + j] = z[b, j, c]
-    dw2 = matmul(dz.permute(1, 2, 0), v.permute(1, 0, 2), deep=True)  # (l, s, r): dz_j.T @ v_j
-    dv = matmul(dz.permute(1, 0, 2), w2)  # (l, B, r): dv_j = dz_j @ w2[j]
-    du = dv.permute(1, 2, 0).reshape(rows, k, q)  # back through the permutation: u = v.T flattened
-    dw1 = matmul(du.permute(1, 2, 0), xb, deep=True)  # (k, q, p): du_i.T @ x_i
+    dw1 = dw2 = None
+    if need_w[1]:
+        u = matmul(xb, w1.transpose(1, 2))  # (k, B, q): u_i = x_i @ w1[i].T
+        v = u.permute(1, 0, 2).reshape(rows, r, l).transpose(1, 2)  # (B, l, r): the stride permutation
+        dw2 = matmul(dz.permute(1, 2, 0), v.permute(1, 0, 2), deep=True)  # (l, s, r): dz_j.T @ v_j
+    if need_w[0]:
+        dv = matmul(dz.permute(1, 0, 2), w2)  # (l, B, r): dv_j = dz_j @ w2[j]
+        du = dv.permute(1, 2, 0).reshape(rows, k, q)  # back through the permutation: u = v.T flattened
+        dw1 = matmul(du.permute(1, 2, 0), xb, deep=True)  # (k, q, p): du_i.T @ x_i
     return dx, [dw1, dw2]
 
 
-def _butterfly_grads(spec, x, weights, dy):
+def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
     """y = B_{L-1} ... B_0 x: dx is the transposed butterfly op on dy. The twiddles' gradient needs each level's
     input: the levels are replayed in fp32 torch (n log n work and memory per row, no dense matrix), then level f's
     2x2 gradients are the outer products of its output gradient and its input over the pairs."""
@@ -345,7 +374,9 @@ def _butterfly_grads(spec, x, weights, dy):
     n = spec["shape"]["n"]
     levels = n.bit_length() - 1
     lead = x.shape[:-1]
-    dx = apply(dy, [twiddles], {**spec, "transposed": True}).reshape(*lead, n)
+    dx = apply(dy, [twiddles], {**spec, "transposed": True}).reshape(*lead, n) if need_dx else None
+    if not need_w[0]:
+        return dx, [None]
     t32 = twiddles.float()
     inputs, a = [], _rows(x).float()
     for f in range(levels):  # the forward, level by level (ARCHITECTURE.md's butterfly convention)
