@@ -248,7 +248,7 @@ def test_structurize_example_runs_on_the_cpu_in_seconds():
     assert elapsed < 60, elapsed  # 3 s on the 2-core machine (README); loose for a busy CI runner
 
 
-AUTOCAST_LAYERS = {
+SMALL_LAYERS = {
     "dense": lambda: knn.DenseLinear(24, 40),
     "lowrank": lambda: knn.LowRankLinear(32, 24, rank=5),
     "blocksparse": lambda: knn.BlockSparseLinear(32, 48, block=(16, 8), density=0.5),
@@ -261,12 +261,12 @@ AUTOCAST_LAYERS = {
 }
 
 
-@pytest.mark.parametrize("name", list(AUTOCAST_LAYERS))
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
 def test_under_autocast_a_float32_layer_runs_in_autocasts_dtype_like_nn_linear(name):
     """As nn.Linear under torch.autocast: the op runs in autocast's dtype on cast copies (the same result as a
     bfloat16 copy of the layer), and the float32 parameters get the copy's gradients in float32. An nn.Linear
     before it hands it bfloat16 input, which outside autocast is refused."""
-    layer = AUTOCAST_LAYERS[name]()
+    layer = SMALL_LAYERS[name]()
     low = copy.deepcopy(layer).to(torch.bfloat16)
     x = torch.randn(3, 5, layer.in_features)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -289,15 +289,15 @@ def test_under_autocast_a_float32_layer_runs_in_autocasts_dtype_like_nn_linear(n
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", list(AUTOCAST_LAYERS))
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
 def test_a_layer_built_on_the_meta_device_is_whole_after_to_empty_and_reset_parameters(name):
     """The large-model recipe: build on the meta device, `to_empty()`, then each module's `reset_parameters()`
     (as nn.Linear has). A block-sparse layer's pattern (its index buffers) comes back from its layout, and the
     draws are those of a layer built directly under the same seed."""
     torch.manual_seed(3)
-    direct = AUTOCAST_LAYERS[name]()
+    direct = SMALL_LAYERS[name]()
     with torch.device("meta"):
-        model = torch.nn.Sequential(AUTOCAST_LAYERS[name]())
+        model = torch.nn.Sequential(SMALL_LAYERS[name]())
     model.to_empty(device="cpu")
     for buffer in model.buffers():
         buffer.fill_(-7)  # what to_empty's memory may hold
@@ -338,11 +338,11 @@ def test_use_artifacts_refuses_a_folder_that_is_not_there_and_kt_artifacts_warns
     assert warnings == [f"kt.nn: $KT_ARTIFACTS names {gone}, which is not a folder; it is skipped"]
 
 
-@pytest.mark.parametrize("name", [*AUTOCAST_LAYERS, "lowrank-chain"])
+@pytest.mark.parametrize("name", [*SMALL_LAYERS, "lowrank-chain"])
 def test_backward_computes_only_the_gradients_autograd_asks_for(name, monkeypatch):
     """A first layer's dx (its input is data) and a frozen weight's gradient are not computed: fewer kt products
     in the backward pass, and the gradients that are computed are the same as with everything asked for."""
-    layer = {"lowrank-chain": lambda: knn.LowRankLinear(32, 24, rank=(6, 4, 5)), **AUTOCAST_LAYERS}[name]()
+    layer = {"lowrank-chain": lambda: knn.LowRankLinear(32, 24, rank=(6, 4, 5)), **SMALL_LAYERS}[name]()
     x = torch.randn(6, layer.in_features)
     dy = torch.randn(6, layer.out_features)
     calls = []
