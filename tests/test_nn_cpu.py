@@ -192,6 +192,85 @@ def test_a_blocksparse_kernel_as_op_takes_the_bsr_weight_or_its_parts_and_compil
             op(x, *wrong)
 
 
+@pytest.mark.parametrize("interpret", [False, True], ids=["pytorch-path", "interpreter"])
+@pytest.mark.parametrize("dims", [(2, 2), (3, 2), (2, 3), (3, 3)], ids=lambda d: f"a{d[0]}d-b{d[1]}d")
+def test_a_dense_kernel_as_op_differentiates_batched_and_shared_operands(monkeypatch, interpret, dims):
+    """A batch of products, one operand possibly shared (2-D): its gradient is summed over the batch. Before,
+    the backward transposed with .t(), which a 3-D operand refuses."""
+    if interpret:
+        monkeypatch.setenv("KT_INTERPRET", "1")
+    batch = {"batch": 3} if 3 in dims else {}
+    spec = {"name": "d", "op": "dense", "dtype": "float32", "precision": "ieee"}
+    op = kt.build(spec | {"shape": {"m": 5, "n": 7, "k": 9, **batch}}).as_op()
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(*[3] * (dims[0] - 2), 9, 5, generator=g).transpose(-1, -2).requires_grad_()  # strided
+    b = torch.randn(*[3] * (dims[1] - 2), 9, 7, generator=g).requires_grad_()
+    dy = torch.randn(*[3] * bool(batch), 5, 7, generator=g)
+    op(a, b).backward(dy)
+    a64, b64 = (t.detach().double().requires_grad_() for t in (a, b))
+    torch.matmul(a64, b64).backward(dy.double())
+    assert a.grad.shape == a.shape and b.grad.shape == b.shape
+    torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("interpret", [False, True], ids=["pytorch-path", "interpreter"])
+def test_a_blocksparse_kernel_as_op_refuses_a_weight_of_another_shape_or_pattern(monkeypatch, interpret):
+    """The kernel reads the weight's own indices, but as_op's op is the spec's: a smaller weight was read past
+    its crow_indices (a segfault in the interpreter), and one of another pattern gave a wrong x.grad."""
+    if interpret:
+        monkeypatch.setenv("KT_INTERPRET", "1")
+    raw = {
+        "name": "b",
+        "op": "blocksparse",
+        "dtype": "float32",
+        "shape": {"batch": 8, "in": 64, "out": 48},
+        "sparsity": {"block": [16, 16], "density": 0.5, "seed": 0},
+    }
+    spec = kt.parse_spec(raw)
+    op = kt.build(spec).as_op()
+    x, w = kt.random_args(spec, seed=3, device="cpu")
+    expected = F.linear(x.double(), w.to_dense().double())
+    torch.testing.assert_close(op(x, w).double(), expected, rtol=1e-5, atol=1e-5)
+    smaller = torch.randn(32, 64).to_sparse_bsr((16, 16))
+    full = torch.randn(48, 64).to_sparse_bsr((16, 16))  # every block stored
+    mask = w.to_dense().reshape(3, 16, 4, 16).abs().sum((1, 3)) > 0
+    moved = (
+        torch.randn(48, 64) * mask.flip(1).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    ).to_sparse_bsr((16, 16))  # as many blocks as the spec's, at other columns
+    assert moved.values().shape == w.values().shape and not torch.equal(moved.col_indices(), w.col_indices())
+    for wrong, message in [
+        (
+            smaller,
+            r"w must be a 48x64 BSR weight in 16x16 blocks with 6 stored blocks .* got crow_indices \(3,\)",
+        ),
+        (full, r"with 6 stored blocks .* col_indices \(12,\)"),
+        (moved, r"w stores its blocks at other places than the pattern this kernel was built for"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            op(x, wrong)
+        with pytest.raises(ValueError, match=message):
+            op(x.requires_grad_(), wrong.crow_indices(), wrong.col_indices(), wrong.values())
+        x = x.detach()
+    summed = kt.parse_spec(
+        {
+            "name": "s",
+            "op": "sum",
+            "dtype": "float32",
+            "terms": [
+                {"op": "lowrank", "shape": {"batch": 8, "dims": [64, 4, 48]}},
+                {"op": "blocksparse", "shape": raw["shape"], "sparsity": raw["sparsity"]},
+            ],
+        }
+    )
+    x, f1, f2, w = kt.random_args(summed, seed=5, device="cpu")
+    op = kt.build(summed).as_op()
+    expected = x.double() @ f1.double() @ f2.double() + F.linear(x.double(), w.to_dense().double())
+    torch.testing.assert_close(op(x, f1, f2, w).double(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="w stores its blocks at other places"):
+        op(x, f1, f2, moved)
+
+
 @pytest.mark.parametrize(
     "name", ["monarch-up-3d", "blocksparse-gaps-3d", "lowrank-chain-strided", "fft-real"]
 )

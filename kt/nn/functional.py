@@ -8,7 +8,8 @@ is one opaque node: its fake implementation gives the output's shape and dtype w
 
 The backward of every op is again kt ops, so each product it runs is a kernel kt generates and can tune:
 
-- dense `y = a @ b`: `da = dy @ b.T`, `db = a.T @ dy` (two dense ops, the transposes as strided views);
+- dense `y = a @ b`: `da = dy @ b.T`, `db = a.T @ dy` (two dense ops, the transposes as strided views; an
+  operand that a batch shares gets its gradient summed over the batch);
 - lowrank `y = x @ F1 @ ... @ Fk`: `dx` is the transposed chain `dy @ Fk.T @ ... @ F1.T` (a lowrank op);
   `dFi = (x @ F1 ... F(i-1)).T @ (dy @ Fk.T ... F(i+1).T)` (dense ops);
 - blocksparse `y = F.linear(x, W)`: `dx = F.linear(dy, W.T)` with W.T a BSR weight of the transposed pattern
@@ -57,7 +58,7 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     """What the op computes: the selected kernel on x and the weights (the custom op's implementation)."""
     spec = _parsed(op)
     kernel = kernel_for(op, _row_count(spec, x), x.device)
-    return kernel(x, *_kernel_weights(spec, weights))
+    return kernel(x, *_kernel_weights(spec, weights, check="pin" in spec))
 
 
 @torch.library.custom_op("kt::apply", mutates_args=())
@@ -110,9 +111,14 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts."""
+def _kernel_weights(
+    spec: dict[str, Any], weights: list[torch.Tensor], check: bool = False
+) -> list[torch.Tensor]:
+    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts. `check`: the
+    parts come from a user (`Kernel.as_op`), so each BSR weight must have the op's pattern (_check_pattern)."""
     if spec["op"] == "blocksparse":
+        if check:
+            _check_pattern(spec, *weights)
         return [_bsr(spec, *weights)]
     if spec["op"] == "blocksparse_grad":  # (x, crow, col, values): x, then the forward weight
         return [weights[0], _bsr(spec, *weights[1:])]
@@ -120,7 +126,7 @@ def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[t
         out, at = [], 0
         for term in spec["terms"]:
             count = _weight_count(term)
-            out += _kernel_weights(term, weights[at : at + count])
+            out += _kernel_weights(term, weights[at : at + count], check)
             at += count
         return out
     return list(weights)
@@ -144,6 +150,36 @@ def _weight_count(term: dict[str, Any]) -> int:
 
 def _bsr(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return bsr_tensor(crow, col, values, (spec["shape"]["out"], spec["shape"]["in"]))
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(layout: str, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return bsr_index_arrays(hex_to_mask(layout, grid))
+
+
+def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> None:
+    """Refuse a BSR weight whose shape or pattern is not the op's: the kernel would read past its indices (a
+    smaller weight), and the backward's dx is built from the op's pattern (kt.nn's layers own their indices; a
+    user's weight given to `Kernel.as_op` is checked, which reads the indices back from the GPU: a sync)."""
+    shape, sparsity = spec["shape"], spec["sparsity"]
+    block = tuple(sparsity["block"])
+    grid = (shape["out"] // block[0], shape["in"] // block[1])
+    want_crow, want_col = _pattern(sparsity["layout"], grid)
+    nnz = len(want_col)
+    what = f"a {shape['out']}x{shape['in']} BSR weight in {block[0]}x{block[1]} blocks"
+    got = (tuple(crow.shape), tuple(col.shape), tuple(values.shape))
+    if got != ((grid[0] + 1,), (nnz,), (nnz, *block)):
+        raise ValueError(
+            f"kernel(x, w): w must be {what} with {nnz} stored blocks (crow_indices ({grid[0] + 1},), "
+            f"col_indices ({nnz},), values {(nnz, *block)}); got crow_indices {got[0]}, col_indices {got[1]}, "
+            f"values {got[2]}"
+        )
+    if not (np.array_equal(crow.cpu().numpy(), want_crow) and np.array_equal(col.cpu().numpy(), want_col)):
+        raise ValueError(
+            f"kernel(x, w): w stores its blocks at other places than the pattern this kernel was built for "
+            f"({what}, {nnz} of {grid[0] * grid[1]} stored); its backward is built from that pattern, so w must "
+            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros)"
+        )
 
 
 # -- autograd ------------------------------------------------------------------------------------------------
@@ -223,9 +259,25 @@ def _layout(t: torch.Tensor) -> str:
 
 
 def _dense_grads(spec, a, weights, dy, need_dx, need_w):
+    """y = a @ b, a (M, K) or (batch, M, K), b (K, N) or (batch, K, N): da = dy @ b.T, db = a.T @ dy, each
+    summed over the batch where its operand is the 2-D one every batch entry shares."""
     (b,) = weights
-    da = matmul(dy, b.t()) if need_dx else None
-    return da, [matmul(a.t(), dy, deep=True) if need_w[0] else None]
+    da = db = None
+    if need_dx:
+        if (
+            a.dim() == 2 and b.dim() == 3
+        ):  # sum_i dy_i @ b_i.T = [dy_1 .. dy_B] (M, B*N) @ [b_1.T; ..] (B*N, K)
+            da = matmul(
+                dy.permute(1, 0, 2).reshape(a.shape[0], -1), b.transpose(1, 2).reshape(-1, a.shape[1]), True
+            )
+        else:
+            da = matmul(dy, b.transpose(-1, -2))
+    if need_w[0]:
+        if a.dim() == 3 and b.dim() == 2:  # sum_i a_i.T @ dy_i: the batch's rows stacked
+            db = matmul(_rows(a).t(), _rows(dy), deep=True)
+        else:
+            db = matmul(a.transpose(-1, -2), dy, deep=True)
+    return da, [db]
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -425,7 +477,8 @@ def kernel_op(kernel):
     differentiable (the op's backward, whose kernels are selected as usual), and one opaque node under
     torch.compile and torch.export. It runs this kernel for any number of rows. Weights as the kernel takes them;
     a BSR weight either as a sparse BSR tensor or as its three parts `crow_indices, col_indices, values`, which
-    is how a compiled function must take it (torch.compile takes no sparse tensor as an input)."""
+    is how a compiled function must take it (torch.compile takes no sparse tensor as an input). A BSR weight
+    must have the spec's shape and pattern (checked on every call: `_check_pattern`)."""
     from kt.nn.selection import Selection, pin
 
     where = str(kernel.path) if kernel.path else "kt.build"
