@@ -19,7 +19,7 @@ from kt.autotune.tune import tune as _tune
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.codegen.baseline import baseline_kernel
-from kt.codegen.restrict import restrict
+from kt.codegen.restrict import illegal_config, restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
@@ -152,24 +152,29 @@ def build(
     spec: SpecLike, config: Config | Mapping[str, int] | str | None = None, device: str | None = None
 ) -> Kernel:
     """The kernel for `spec` with `config` (default: the cost model's top-ranked legal config), untuned;
-    `config="pytorch"` gives PyTorch's own path for the op (what a tune times as candidate zero)."""
+    `config="pytorch"` gives PyTorch's own path for the op (what a tune times as candidate zero). A config
+    written as a mapping is checked as op.yaml's `tune.configs` are: integer fields on their axes, and one the
+    space of this problem on the device leaves out (it cannot run there) is refused with the rule it breaks."""
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
     profile = resolve_profile(device or spec.device)
     family = family_for(node.problem)
     if config == BASELINE_KEY:
         return baseline_kernel(spec, profile.name)
+    written = isinstance(config, Mapping)
     if config is None:
         ranking = plan_tuning(node.problem, profile, budget=1, spec=spec)
         config = ranking.config(ranking.ranked[0])
-    elif isinstance(config, Mapping):
+    elif isinstance(config, Mapping):  # written by hand: checked as op.yaml's tune.configs are
         try:
             config = family.config_type.from_dict(dict(config))
         except (TypeError, ValueError) as exc:
             raise SpecError("config", str(exc).removeprefix("config: ").removeprefix("config.")) from None
-    elif isinstance(config, str):
+    if not isinstance(config, family.config_type):
         raise SpecError(
-            "config", f"{config!r} is not a config; allowed: a config, a mapping, or {BASELINE_KEY!r}"
+            "config",
+            f"{config!r} is not a config; allowed: a {family.config_type.__name__}, a mapping of its fields, or "
+            f"{BASELINE_KEY!r}",
         )
     try:
         source = family.render(
@@ -177,6 +182,9 @@ def build(
         )
     except ValueError as exc:  # a structure choice the op does not offer
         raise SpecError("config", str(exc).removeprefix("config: ")) from None
+    illegal = written and illegal_config(family, node.problem, config, profile)
+    if illegal:
+        raise SpecError("config", f"{config} cannot run {node.problem} on {profile.name}: {illegal}")
     return Kernel(load_source(source), spec, config, {"measured": False})
 
 

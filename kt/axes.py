@@ -98,11 +98,13 @@ def check_fields(fields: dict[str, tuple[int, ...] | None], data: dict) -> None:
         raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
     for name, value in data.items():
         allowed = fields[name]
+        if isinstance(value, bool) or not isinstance(value, int):  # 16.0 and True would pass `in allowed`
+            raise ValueError(f"config.{name}: must be an integer, got {value!r}")
         if allowed is not None and value not in allowed:
             raise ValueError(
                 f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
             )
-        if allowed is None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        if allowed is None and value < 0:
             raise ValueError(f"config.{name}: must be a non-negative integer, got {value!r}")
 
 

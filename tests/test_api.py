@@ -43,6 +43,36 @@ def test_build_takes_a_config_mapping_and_names_a_bad_one():
         kt.build(SPEC, {"block_m": 48, "block_n": 16, "block_k": 16})
 
 
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        # 16.0 == 16 and True == 1 passed the allowed-values check: a float tile failed inside Triton
+        (
+            {"block_m": 16.0, "block_n": 16, "block_k": 16},
+            r"^config: block_m: must be an integer, got 16\.0$",
+        ),
+        (
+            {"block_m": 16, "block_n": 16, "block_k": 16, "split_k": True},
+            "split_k: must be an integer, got True",
+        ),
+        # what tune.configs refuses was built without a word
+        (
+            {"block_m": 64, "block_n": 256, "block_k": 128, "num_stages": 5},
+            r"^config: BLOCK_M=64 BLOCK_N=256 BLOCK_K=128 .* cannot run gemm\[.*\] on h100: shared memory over "
+            r"227 KiB$",
+        ),
+        (5, r"^config: 5 is not a config; allowed: a GemmConfig, a mapping of its fields, or 'pytorch'$"),
+    ],
+    ids=["float", "bool", "over-shared-memory", "int"],
+)
+def test_build_checks_a_written_config_as_tune_configs_does(config, message):
+    with pytest.raises(kt.SpecError, match=message):
+        kt.build(SPEC, config, device="h100")
+    monarch = {"op": "monarch", "dtype": "float32", "shape": {"batch": 16, "n": 64, "nblocks": 4}}
+    with pytest.raises(kt.SpecError, match="allowed: a BlockGemmConfig, a mapping"):
+        kt.build(monarch, kt.build(SPEC).config)  # another family's config
+
+
 def test_reference_is_plain_torch_and_random_weights_follow_the_layout():
     (b,) = kt.random_weights(SPEC, seed=1)
     assert b.shape == (2, 40, 21) and b.stride()[-2:] == (1, 40)

@@ -94,15 +94,18 @@ def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int],
 
 def why_illegal(family, problem, config, device) -> str:
     """The legality rule `config` breaks for `problem` on `device` (as the space's judge words it)."""
+    return illegal_config(family, problem, config, device) or "not in the legal space"
+
+
+def illegal_config(family, problem, config, device) -> str | None:
+    """Why the space of `problem` on `device` leaves `config` out (the space's judge's words), or None."""
     if hasattr(family, "judge"):
         try:
             family.check_structure(problem, config)
         except ValueError as exc:
             return str(exc).removeprefix("config: ")
         structure = {key: getattr(config, key) for key in structure_axes(problem)}
-        reason = family.judge(problem, structure, device)(config)
-    else:
-        from kt.codegen.gemm import illegal_reason
+        return family.judge(problem, structure, device)(config)
+    from kt.codegen.gemm import illegal_reason
 
-        reason = illegal_reason(problem, config, device)
-    return reason or "not in the legal space"
+    return illegal_reason(problem, config, device)
