@@ -401,6 +401,22 @@ def test_float32_square_blocks_run_torchs_bsr_path(monkeypatch):
     assert module._REFUSED == {}
 
 
+@case_ids([name for name in CASES if name.startswith("fft")])
+def test_fft_of_no_rows_is_empty(name):
+    """torch.fft.fft on an empty batch is an MKL error on the CPU; the half module also took that for a complex32
+    refusal and kept it for the device."""
+    problem = CASES[name]
+    module = baseline_module(problem)
+    x = problem.random_args(0)[0]
+    empty = x[:, :0] if x.dim() == 3 else x[:0]  # planar (2, rows, N), else (rows, N)
+    shape = (*problem.out_type().shape[:-2], 0, problem.out_type().shape[-1])
+    y = module.kernel(empty)
+    assert tuple(y.shape) == shape and y.dtype == torch_dtype(problem.out_type().dtype)
+    out = torch.empty(shape, dtype=y.dtype)
+    assert module.kernel(empty, out=out) is out
+    assert "Inconsistent configuration" not in str(getattr(module, "_REFUSED", {}))
+
+
 def test_half_fft_says_which_complex_dtype_ran():
     x = CASES["fft-float16-complex-16"].random_args(0)[0]
     said = baseline_module(CASES["fft-float16-complex-16"]).implementation(x)

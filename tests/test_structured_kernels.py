@@ -236,6 +236,44 @@ def test_fft_kernel_writes_planar_half_output_into_given_out():
         module.kernel(x[0])
 
 
+@pytest.mark.parametrize(
+    "problem",
+    [
+        FFTProblem(5, 16, "float32", "complex"),
+        FFTProblem(5, 16, "float32", "real"),
+        FFTProblem(5, 16, "float16", "complex"),
+        FFTProblem(5, 16, "float16", "real"),
+        MonarchProblem(5, (4, 6, 4), (6, 5, 4), "float32"),
+        ButterflyProblem(5, 16, "float32"),
+    ],
+    ids=str,
+)
+def test_a_wrong_last_dim_or_a_0d_x_is_one_line_naming_the_features(problem):
+    """The FFT reshaped x to rows of N before checking its last dim (torch's "shape '[-1, 16]' is invalid"); a
+    0-d x was an IndexError in every block-GEMM kernel."""
+    module = kernel_module(problem, config(problem, **problem.structures()[0]))
+    x, *weights = problem.random_args(0)
+    planar = isinstance(problem, FFTProblem) and problem.dtype == "float16" and problem.input == "complex"
+    wider = torch.cat([x, x[..., :4]], dim=-1)  # 20 features: a multiple of no row length
+    with pytest.raises(ValueError, match=r"x must have 16 features in its last dim, got shape"):
+        module.kernel(wider, *weights)
+    if not planar:
+        with pytest.raises(ValueError, match=r"x must have 16 features in its last dim, got shape \(\)$"):
+            module.kernel(x[0, 0], *weights)
+
+
+def test_fp32_fft_takes_a_conjugate_view_as_x_and_as_out():
+    problem = FFTProblem(5, 16, "float32", "complex")
+    module = kernel_module(problem, config(problem, **problem.structures()[0]))
+    (x,) = problem.random_args(3)
+    assert (
+        relative_error(module.kernel(x.conj()), torch.fft.fft(x.conj().resolve_conj())) < problem.tolerance()
+    )
+    out = torch.full_like(x, float("nan")).conj()
+    assert module.kernel(x, out=out) is out and out.is_conj()
+    assert relative_error(out, torch.fft.fft(x)) < problem.tolerance()
+
+
 def test_kernel_refuses_wrong_weights_in_one_line():
     problem = MonarchProblem(4, (4, 6, 3), (8, 5, 3), "float32")
     module = kernel_module(problem, config(problem))
