@@ -133,6 +133,33 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
 
 
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (b"\xff\xfe{}", "is not valid JSON"),  # was a raw UnicodeDecodeError
+        ({"config": 5}, r"is damaged: config must be a mapping of the gemm config's fields, got 5$"),
+        ({"family": ["gemm"]}, r"is damaged: family \['gemm'\] is not one of gemm, "),
+        ({"config": None}, "is damaged: config is null, but kernel.py is a generated kernel$"),
+        ({"config": {"block_m": "big"}}, "is damaged: config: block_m: must be an integer, got 'big'$"),
+        ({"spec": None}, "is damaged: spec: "),
+        ("family", "is damaged: it has no 'family'$"),
+    ],
+    ids=["not-utf8", "config-int", "family-list", "config-null", "config-field", "spec-null", "no-family"],
+)
+def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_path, damage, words):
+    """Each of these was a raw TypeError, AttributeError (on repr, for a null config) or UnicodeDecodeError."""
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    meta = json.loads((path / "meta.json").read_text())
+    if isinstance(damage, bytes):
+        (path / "meta.json").write_bytes(damage)
+    else:
+        meta.pop(damage) if isinstance(damage, str) else meta.update(damage)
+        (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(kt.ArtifactError, match=words):
+        kt.load(path)
+
+
 def test_a_candidate_that_crashes_its_worker_is_recorded_and_the_tune_goes_on(tmp_path, monkeypatch):
     render = GemmFamily.render
     victim = kt.plan(SPEC).chosen[0]

@@ -234,7 +234,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             raise ArtifactError(f"artifact {path} has no {name}; it was not written by `kt tune`")
     try:
         meta = json.loads((path / "meta.json").read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(
@@ -246,7 +246,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     """The artifact's kernel as a callable; `verify=False` accepts a hand-edited kernel.py."""
-    from kt.codegen import config_from_dict, import_kernel_file
+    from kt.codegen import FAMILIES, config_from_dict, import_kernel_file
     from kt.kernel import Kernel
     from kt.spec import parse_spec
 
@@ -258,10 +258,31 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
             f"{path / 'kernel.py'} does not match the checksum in meta.json (edited or damaged); "
             "re-run `kt tune`, or load with verify=False to use it as it is"
         )
+    damaged = f"{path / 'meta.json'} is damaged"
+    for key in ("spec", "family", "config"):
+        if key not in meta:
+            raise ArtifactError(f"{damaged}: it has no {key!r}")
     try:
         spec = parse_spec(meta["spec"], check_files=False)  # its profile file may live on another machine
-        config = config_from_dict(meta["family"], meta["config"]) if meta["config"] is not None else None
-    except (KtError, ValueError, KeyError) as exc:
-        raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
+    except (KtError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{damaged}: spec: {exc}") from None
+    if meta["config"] is None:
+        if meta.get("kernel") == "generated":
+            raise ArtifactError(f"{damaged}: config is null, but kernel.py is a generated kernel")
+        config = None  # PyTorch's path
+    else:
+        family, data = meta["family"], meta["config"]
+        if not isinstance(family, str) or family not in FAMILIES:
+            raise ArtifactError(f"{damaged}: family {family!r} is not one of {', '.join(FAMILIES)}")
+        if not isinstance(data, dict):
+            raise ArtifactError(
+                f"{damaged}: config must be a mapping of the {family} config's fields, got {data!r}"
+            )
+        try:
+            config = config_from_dict(family, data)
+        except (ValueError, TypeError) as exc:
+            raise ArtifactError(
+                f"{damaged}: config: {str(exc).removeprefix('config: ').removeprefix('config.')}"
+            ) from None
     module = import_kernel_file(path / "kernel.py")
     return Kernel(module, spec, config, meta, path)
