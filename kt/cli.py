@@ -1055,6 +1055,8 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     check_space_file(space_path)
     if csv_path is not None:
         check_writable(csv_path, "csv", make_parent=False)
+        if csv_path.exists() and csv_path.samefile(space_path):
+            raise KtError(f"csv: {str(csv_path)!r} is SPACE itself; give another file for the trace")
     from kt.autotune.replay import replay_file, write_trace
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:

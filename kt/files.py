@@ -76,11 +76,25 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
     path = Path(path)
     if path.is_dir():
         raise KtError(f"{field}: {str(path)!r} is a folder; give a file path")
+    if is_sqlite(path):  # `kt export ~/.cache/kt/tuning.db` would replace every measurement with CSV
+        raise KtError(
+            f"{field}: {str(path)!r} is a SQLite database (a tuning database?), which kt never writes over; "
+            "give another path"
+        )
     if not make_parent and not path.parent.exists():  # a file in the folder's place: unmakeable says so
         raise KtError(f"{field}: the folder {str(path.parent)!r} does not exist; create it first")
     if why := unmakeable(path):
         raise KtError(f"{field}: {str(path)!r} cannot be written: {why}")
     return path
+
+
+def is_sqlite(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file that starts as every SQLite database does."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def unmakeable(path: str | os.PathLike) -> str | None:

@@ -154,6 +154,16 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["tune", EXAMPLE, "--model", tmp_path / "empty.skops"], "empty.skops' is empty (0 bytes)"),
         (["export", bad / "x.csv", "--db", kt_db], "OUT.csv: '"),
         (["export", tmp_path / "no" / "x.csv", "--db", kt_db], "OUT.csv: the folder '"),
+        # the database as OUT.csv: `kt export ~/.cache/kt/tuning.db` replaced every measurement with CSV
+        (
+            ["export", kt_db, "--db", kt_db],
+            "cpu.db' is a SQLite database (a tuning database?), which kt never ",
+        ),
+        (["costmodel", "fit", "--data", kt_db, "--out", kt_db], "cpu.db' is a SQLite database"),
+        (
+            ["replay", space, "--budget", "5", "--csv", space],
+            "space.json' is SPACE itself; give another file",
+        ),
         (["calibrate", "--out", bad / "p.json"], "op.yaml' is a file, not a folder"),
         (["import", "inductor", EXAMPLE, "--out", bad / "x.csv"], "op.yaml' is a file, not a folder"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
@@ -182,6 +192,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         )
         assert done.returncode == 0, (args, done.stderr)
         assert message in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)
+    assert (
+        Database(kt_db, create=False, readonly=True).find() == []
+    )  # still the database, and nothing written
+    assert space.read_text() == "{}"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
