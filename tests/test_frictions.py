@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 import kt
-from kt.autotune.artifact import save_artifact_report
+from kt.autotune.artifact import kept_artifact, save_artifact_report
 
 SMALL = {"op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}
 
@@ -78,6 +81,48 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     assert json.loads((target / "meta.json").read_text())["config"]["block_m"] == 32
     assert kt.load(previous).config.block_m == 16  # a whole, loadable artifact
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left
+
+
+def test_a_prev_that_kt_did_not_keep_is_never_replaced(tmp_path):
+    """`<name>.prev` was removed unchecked: a user's folder there, or another op's artifact (an op named
+    same.prev), went without a word; a file there failed after the new artifact had replaced the old one, and
+    the old one was lost."""
+    first, second = ({"block_m": size, "block_n": 16, "block_k": 16} for size in (16, 32))
+    results = [_tuned(tmp_path, first), _tuned(tmp_path, second)]
+    target = tmp_path / "art" / "same"
+    previous = tmp_path / "art" / "same.prev"
+    save_artifact_report(results[0], target)
+    previous.mkdir()
+    (previous / "notes.txt").write_text("precious")
+    with pytest.raises(
+        kt.ArtifactError, match=r"same.prev is where kt keeps the artifact .* a folder kt did"
+    ):
+        save_artifact_report(results[1], target)
+    assert (previous / "notes.txt").read_text() == "precious"
+    assert kt.load(target).config.block_m == 16  # untouched
+    (previous / "notes.txt").unlink()
+    previous.rmdir()
+    other = kt.parse_spec({"name": "same.prev", **SMALL, "tune": {"configs": [second]}})
+    save_artifact_report(
+        kt.tune(other, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1),
+        previous,
+    )  # another op's artifact that happens to have that name
+    with pytest.raises(kt.ArtifactError, match="a folder kt did not keep there"):
+        save_artifact_report(results[1], target)
+    assert json.loads((previous / "meta.json").read_text())["name"] == "same.prev"
+    assert not kept_artifact(previous)  # kt.nn's lookup takes it (an op of that name)
+    shutil.rmtree(previous)
+    previous.write_text("a file")
+    with pytest.raises(kt.ArtifactError, match="but it is a file; move it"):
+        save_artifact_report(results[1], target)
+    assert previous.read_text() == "a file" and kt.load(target).config.block_m == 16
+    previous.unlink()
+    # what kt keeps it may replace: the second save keeps the first, the third replaces that with the second
+    save_artifact_report(results[1], target)
+    save_artifact_report(results[0], target)
+    assert kt.load(previous).config.block_m == 32 and kt.load(target).config.block_m == 16
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]
+    assert kept_artifact(previous) and not kept_artifact(target)  # kt.nn's lookup skips the kept one
 
 
 def test_export_refuses_a_missing_folder_and_an_unknown_status_and_keeps_the_umask(tmp_path):

@@ -35,6 +35,13 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
 
 
 PREVIOUS_SUFFIX = ".prev"
+KEPT = ".kt-kept"  # in a `<name>.prev/` that kt made: what it may replace with a newer previous artifact
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the artifact that a save to `path` replaces is kept: `<path>.prev`."""
+    path = Path(path)
+    return path.with_name(path.name + PREVIOUS_SUFFIX)
 
 
 def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | None]:
@@ -142,7 +149,8 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
             changed = _changes(path / "meta.json", meta)
             _exchange(staging, path)  # staging now holds the old artifact: kept, or removed below
             if changed:
-                previous = path.with_name(path.name + PREVIOUS_SUFFIX)
+                previous = previous_path(path)  # check_target: absent, or one kt kept
+                _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
                 shutil.rmtree(previous, ignore_errors=True)
                 os.replace(staging, previous)
                 report = f"replaced the artifact there ({changed}); the previous one is kept as {previous}"
@@ -193,6 +201,38 @@ def check_target(path: str | os.PathLike) -> None:
         raise ArtifactError(f"{path} exists and is not a kt artifact; choose another directory")
     if why := unmakeable(path):
         raise ArtifactError(f"{path} cannot be created: {why}; choose another --out")
+    previous = previous_path(path)
+    if path.is_dir() and (previous.exists() or previous.is_symlink()) and not kept_artifact(previous):
+        what = (
+            "a file" if not previous.is_dir() or previous.is_symlink() else "a folder kt did not keep there"
+        )
+        raise ArtifactError(
+            f"{previous} is where kt keeps the artifact that a new one at {path} replaces, but it is {what}; "
+            "move it, or choose another --out"
+        )
+
+
+def kept_artifact(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is an artifact kt kept as `<name>.prev` when a save replaced it, so a later save may
+    replace it and kt.nn's lookup skips it: it holds KEPT, or (kept before kt wrote KEPT) it is an artifact of
+    the op whose artifact is `<name>` beside it."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / KEPT).is_file():
+        return True
+    if not folder.name.endswith(PREVIOUS_SUFFIX):
+        return False
+    names = []
+    for meta in (
+        folder / "meta.json",
+        folder.with_name(folder.name.removesuffix(PREVIOUS_SUFFIX)) / "meta.json",
+    ):
+        try:
+            names.append(json.loads(meta.read_text()).get("name"))
+        except (OSError, ValueError, AttributeError):
+            return False
+    return names[0] is not None and names[0] == names[1]
 
 
 def _exchange(a: Path, b: Path) -> None:

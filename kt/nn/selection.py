@@ -246,12 +246,12 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
         if row is not None:
             config = config_from_dict(family.name, row["config"])
             return Selection(spec, kt.build(spec, config=config), "database", row["db"])
+    from kt.autotune.artifact import kept_artifact
+
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     for directory in _artifact_dirs():
         for meta_path in sorted(directory.glob("*/meta.json")):
-            if meta_path.parent.name.endswith(
-                ".prev"
-            ):  # the artifact a later tune replaced (kt tune keeps it)
+            if kept_artifact(meta_path.parent):  # the artifact a later tune replaced (kt tune keeps it)
                 continue
             try:
                 meta = json.loads(meta_path.read_text())
