@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -78,20 +79,32 @@ class DeviceProfile:
             raise ProfileError(f"{where}: peak_flops must map exactly {', '.join(PEAK_KEYS)} to FLOP/s")
         for key, value in peaks.items():
             if not _positive(value):
-                raise ProfileError(f"{where}: peak_flops.{key} must be a positive number, got {value!r}")
+                raise ProfileError(f"{where}: peak_flops.{key} must be a finite positive number, got {value!r}")
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 continue
             value = data[f.name]
-            if f.type in ("int", "float") and not _positive(value):
-                raise ProfileError(f"{where}: {f.name} must be a positive number, got {value!r}")
+            if f.type == "int" and not (_positive(value) and isinstance(value, int)):
+                raise ProfileError(f"{where}: {f.name} must be a positive integer, got {value!r}")
+            if f.type == "float" and not _positive(value):
+                raise ProfileError(f"{where}: {f.name} must be a finite positive number, got {value!r}")
             if f.type == "str" and (not isinstance(value, str) or not value):
                 raise ProfileError(f"{where}: {f.name} must be a non-empty string, got {value!r}")
+        capability = data.get("compute_capability", 90)
+        if not MIN_CAPABILITY <= capability <= MAX_CAPABILITY:  # sm_7 or sm_1000 failed in every compile
+            raise ProfileError(
+                f"{where}: compute_capability must be 10 * major + minor of an NVIDIA GPU (80 for sm_80, 90 for "
+                f"sm_90), from {MIN_CAPABILITY} to {MAX_CAPABILITY}; got {capability!r}"
+            )
         return cls(**data)
 
 
+MIN_CAPABILITY, MAX_CAPABILITY = 50, 199
+
+
 def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    """A positive finite number (Infinity in a profile's JSON passed, then broke the cost model's features)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _required(f: dataclasses.Field) -> bool:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -87,7 +88,20 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
     [
         (lambda d: d.update(bogus=1), "unknown key 'bogus'"),
         (lambda d: d.pop("sm_count"), "missing key 'sm_count'"),
-        (lambda d: d.update(sm_count=-4), "sm_count must be a positive number, got -4"),
+        (lambda d: d.update(sm_count=-4), "sm_count must be a positive integer, got -4"),
+        # each of these passed, then failed later: in the cost model's features (a traceback) or in every compile
+        (lambda d: d.update(sm_count=1.5), "sm_count must be a positive integer, got 1.5"),
+        (
+            lambda d: d.update(dram_bandwidth=math.inf),
+            "dram_bandwidth must be a finite positive number, got inf",
+        ),
+        (lambda d: d.update(tdp_w=math.nan), "tdp_w must be a finite positive number, got nan"),
+        (lambda d: d["peak_flops"].update(tf32=math.inf), "peak_flops.tf32 must be a finite positive number"),
+        (
+            lambda d: d.update(compute_capability=7),
+            "compute_capability must be 10 \\* major \\+ minor .* got 7$",
+        ),
+        (lambda d: d.update(compute_capability=1000), "from 50 to 199; got 1000"),
         (
             lambda d: d["peak_flops"].pop("tf32"),
             "peak_flops must map exactly float16, bfloat16, tf32, float32",
