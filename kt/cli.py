@@ -5,6 +5,7 @@ Every error a user can cause prints one line and exits with code 2; an interrupt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
@@ -729,14 +730,29 @@ def space(spec, sample, seed, device):
     """Print the search space's size before and after legality pruning, the MMA its configs get, and a
     sample of configs."""
     from kt.codegen import family_for
+    from kt.codegen.restrict import user_axes
     from kt.costmodel.roofline import expected_mma
 
     plan = kt.plan(spec, budget=1, device=device)
     space_ = plan.space
     family = family_for(space_.problem)
-    axes = " x ".join(f"{name} {'|'.join(map(str, values))}" for name, values in family.axes.items())
+    # the schedule's axes and the op's structure choice (tma, fused, levels, split): what tune.space may name
+    every = user_axes(family, space_.problem)
+    axes = " x ".join(f"{name} {'|'.join(map(str, values))}" for name, values in every.items())
     out.print(f"search space of {space_.problem} on {space_.device.name}", style="bold")
+    defaults, required = [], []
+    for f in dataclasses.fields(family.config_type):
+        if f.name not in every:
+            continue
+        if f.default is not dataclasses.MISSING and f.default in every[f.name]:
+            defaults.append(f"{f.name} {f.default}")
+        else:  # no default, or one the problem does not offer (a butterfly's levels 0)
+            required.append(f.name)
     out.print(f"  axes: {axes}")
+    out.print(
+        f"  tune.configs: a field left out takes its default ({', '.join(defaults)})"
+        + (f"; give {', '.join(required)}" if required else "")
+    )
     out.print(f"  all:   {space_.total} configs")
     out.print(f"  legal: {len(space_.legal)} ({100 * len(space_.legal) / space_.total:.0f}%)")
     for reason, count in space_.dropped.items():
