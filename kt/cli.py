@@ -51,10 +51,7 @@ class _Group(click.Group):
             err.print(f"kt: error: {exc}", style="red")
             sys.exit(2)
         except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort; kt never prompts
-            err.print(
-                "kt: interrupted; every finished measurement is in the database, and running the same "
-                "command again resumes where this one stopped"
-            )
+            err.print(f"kt: interrupted{INTERRUPTED.get(self._command(args, kwargs), '')}")
             sys.exit(130)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "kt"
@@ -67,6 +64,23 @@ class _Group(click.Group):
         except click.ClickException as exc:
             err.print(f"kt: error: {exc.format_message()}", style="red")
             sys.exit(exc.exit_code)
+
+    def _command(self, args, kwargs) -> str | None:
+        """The subcommand on the command line (click's own context is gone once the exception is out)."""
+        given = args[0] if args else kwargs.get("args")
+        words = sys.argv[1:] if given is None else list(given)
+        return next((word for word in words if word in self.commands), None)
+
+
+# What an interrupted command kept, after "kt: interrupted" (nothing for the commands that only read)
+INTERRUPTED = {
+    command: "; every finished measurement is in the database, and running the same command again resumes where "
+    "this one stopped"
+    for command in ("tune", "collect")
+}
+INTERRUPTED["bench"] = (
+    "; the report in its --out folder holds the parts that finished (a bench writes it as it stops)"
+)
 
 
 def _spec_path(ctx, param, value):

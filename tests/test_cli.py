@@ -335,3 +335,6 @@ def test_ctrl_c_while_a_command_loads_torch_prints_one_line_not_a_traceback(tmp_
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().startswith("kt: interrupted"), stderr
+    assert (
+        stderr.strip().splitlines()[-1] == "kt: interrupted"
+    )  # predict measures nothing: no word of resuming
