@@ -994,9 +994,9 @@ def calibrate(out_path, name):
 )
 @click.option(
     "--runner",
-    type=click.Choice(["cuda", "interpret"]),
+    type=click.Choice(["cuda", "interpret", "dryrun"]),
     default=None,
-    help="Only rows from this runner (cuda rows are the measured ones).",
+    help="Only rows from this runner (cuda rows are the measured ones; dryrun rows come from --backend dryrun).",
 )
 @click.option(
     "--status",

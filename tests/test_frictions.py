@@ -157,6 +157,10 @@ def test_export_refuses_a_missing_folder_and_an_unknown_status_and_keeps_the_uma
     assert (tmp_path / "rows.csv").stat().st_mode & 0o777 == 0o600
     done = export(str(tmp_path / "rows2.csv"), umask=0o022)
     assert (tmp_path / "rows2.csv").stat().st_mode & 0o777 == 0o644
+    # every runner that writes rows can be chosen (`--backend dryrun` rows were refused)
+    for runner, count in [("interpret", 1), ("dryrun", 0), ("cuda", 0)]:
+        done = export(str(tmp_path / f"{runner}.csv"), "--runner", runner)
+        assert done.returncode == 0 and done.stdout.startswith(f"{count} rows from "), done.stderr
 
 
 def test_a_tune_whose_candidates_all_timed_out_before_suggests_retry_failed(tmp_path):
