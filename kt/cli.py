@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import sys
 import time
@@ -23,6 +24,7 @@ from kt.errors import DatabaseError, KtError
 from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
+    check_cache_dir,
     check_writable,
     existing_file,
     existing_path,
@@ -59,7 +61,7 @@ class _Group(click.Group):
             sys.exit(2)
         except OSError as exc:  # a path the user gave: unwritable, a file where a directory should be, ...
             where = f": {exc.filename}" if exc.filename else ""
-            err.print(f"kt: error: {exc.strerror or exc}{where}", style="red")
+            err.print(f"kt: error: {exc.strerror or exc}{where}{_cache_hint(exc.filename)}", style="red")
             sys.exit(2)
         except click.ClickException as exc:
             err.print(f"kt: error: {exc.format_message()}", style="red")
@@ -70,6 +72,20 @@ class _Group(click.Group):
         given = args[0] if args else kwargs.get("args")
         words = sys.argv[1:] if given is None else list(given)
         return next((word for word in words if word in self.commands), None)
+
+
+def _cache_hint(filename) -> str:
+    """Where a path that failed is inside kt's cache folder: which setting names that folder."""
+    from kt.files import cache_dir
+
+    if not filename:
+        return ""
+    cache = cache_dir()
+    path = Path(os.fsdecode(filename))
+    if path != cache and cache not in path.parents:
+        return ""
+    setting = "$KT_CACHE_DIR" if os.environ.get("KT_CACHE_DIR") else "$XDG_CACHE_HOME/kt or ~/.cache/kt"
+    return f" (in kt's cache folder, {setting}: {str(cache)!r}; give it a folder kt can write)"
 
 
 # What an interrupted command kept, after "kt: interrupted" (nothing for the commands that only read)
@@ -358,6 +374,7 @@ def tune(
         specs = [*specs, *_model_specs(from_model, {spec.name for spec in specs})]
     for spec in specs:
         check_target(out_dir / spec.name)  # before any tune, not after it
+    check_cache_dir()
     import torch
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
@@ -942,6 +959,7 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
     """Measure every legal config (--all) or a random sample into the database: the cost model's data."""
     if everything == (sample is not None):
         raise click.UsageError("give exactly one of --all or --sample N")
+    check_cache_dir()
     session = kt.collect(
         spec,
         sample=sample,
@@ -1213,6 +1231,7 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
         return
     if out_dir is None:
         raise click.UsageError("give --out DIR (or --from DIR with --update FILE)")
+    check_cache_dir()
     command = " ".join(["kt", *sys.argv[1:]])
     result = run_bench(
         out_dir,
@@ -1401,7 +1420,10 @@ def evaluate(data, model, folds, device, gpu, seed):
 def inspect(path, db, model, plots_dir, device, gpu):
     """Predicted against measured for a finished tune (an artifact) or every problem in a database."""
     from kt.autotune.inspection import inspect_tune  # loads torch only past the refusals that need none
+    from kt.files import unmakeable
 
+    if plots_dir is not None and not plots_dir.is_dir() and (why := unmakeable(plots_dir)):
+        raise KtError(f"plots: the folder {str(plots_dir)!r} cannot be made: {why}")
     result = inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
     first, last = result.dates
     rows, shapes = len(result.records), result.shapes

@@ -79,7 +79,9 @@ class DeviceProfile:
             raise ProfileError(f"{where}: peak_flops must map exactly {', '.join(PEAK_KEYS)} to FLOP/s")
         for key, value in peaks.items():
             if not _positive(value):
-                raise ProfileError(f"{where}: peak_flops.{key} must be a finite positive number, got {value!r}")
+                raise ProfileError(
+                    f"{where}: peak_flops.{key} must be a finite positive number, got {value!r}"
+                )
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 continue

@@ -23,6 +23,24 @@ def cache_dir() -> Path:
     return Path(base) / "kt"
 
 
+def check_cache_dir() -> Path:
+    """kt's cache folder, or a KtError naming the setting that names it: a file there, or a place where no
+    folder can be made (a tune writes its kernels there; it said only "Not a directory: .../kernels")."""
+    from kt.errors import KtError
+
+    path = cache_dir()
+    setting = (
+        "KT_CACHE_DIR"
+        if os.environ.get("KT_CACHE_DIR")
+        else "cache folder ($XDG_CACHE_HOME/kt or ~/.cache/kt)"
+    )
+    if path.exists() and not path.is_dir():
+        raise KtError(f"{setting}: {str(path)!r} is a file; kt keeps generated kernels there: give a folder")
+    if not path.exists() and (why := unmakeable(path)):
+        raise KtError(f"{setting}: the folder {str(path)!r} cannot be made: {why}")
+    return path
+
+
 # what to give instead, for the files and folders a user names
 MODEL_HINT = "give a model file written by `kt costmodel fit`"
 DATA_HINT = "give a tuning database (.db) or a `kt export` CSV"

@@ -160,6 +160,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["tune", EXAMPLE, "--model", tmp_path / "empty.skops"], "empty.skops' is empty (0 bytes)"),
         (["export", bad / "x.csv", "--db", kt_db], "OUT.csv: '"),
         (["export", tmp_path / "no" / "x.csv", "--db", kt_db], "OUT.csv: the folder '"),
+        (
+            ["inspect", kt_db, "--plots", bad / "plots"],
+            "plots: the folder '",
+        ),  # was "No such file ...: <path>"
         # the database as OUT.csv: `kt export ~/.cache/kt/tuning.db` replaced every measurement with CSV
         (
             ["export", kt_db, "--db", kt_db],
@@ -202,6 +206,42 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         Database(kt_db, create=False, readonly=True).find() == []
     )  # still the database, and nothing written
     assert space.read_text() == "{}"
+
+
+def test_a_cache_folder_kt_cannot_use_is_named_before_the_work(tmp_path, monkeypatch):
+    """A tune failed after its first round, saying only "Not a directory: .../kernels" (or "No such file or
+    directory: /proc/..."), without naming KT_CACHE_DIR."""
+    from kt.cli import _cache_hint
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nshape: {m: 16, n: 16, k: 16}\ntune: {budget: 1}\n")
+    for place, message in [
+        (blocker, f"KT_CACHE_DIR: '{blocker}' is a file; kt keeps generated kernels there: give a folder"),
+        (
+            blocker / "sub",
+            f"KT_CACHE_DIR: the folder '{blocker / 'sub'}' cannot be made: '{blocker}' is a file, not a folder",
+        ),
+    ]:
+        for command in (
+            ["tune", spec, "--out", tmp_path / "art"],
+            ["bench", "--smoke", "--out", tmp_path / "b"],
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "kt.cli", *map(str, command), "--db", str(tmp_path / "t.db")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "KT_CACHE_DIR": str(place)},
+            )
+            assert done.returncode == 2 and done.stderr.strip() == f"kt: error: {message}", done.stderr
+    assert not (tmp_path / "art").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setenv("KT_CACHE_DIR", str(blocker))  # any other error inside the cache folder names it too
+    assert _cache_hint(str(blocker / "kernels")) == (
+        f" (in kt's cache folder, $KT_CACHE_DIR: '{blocker}'; give it a folder kt can write)"
+    )
+    assert _cache_hint(str(tmp_path / "elsewhere")) == "" and _cache_hint(None) == ""
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
