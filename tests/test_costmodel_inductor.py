@@ -170,3 +170,26 @@ def test_without_a_model_file_kt_ranks_with_the_analytic_model(tmp_path, monkeyp
 
     monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path))
     assert shipped_model_path(H100) is None and resolve_model(H200).name == "analytic"
+
+
+def test_a_models_dir_that_is_no_folder_is_warned_of_once(tmp_path, monkeypatch, caplog):
+    """A mistyped KT_MODELS_DIR switched kt to the analytic model without a word."""
+    import logging
+
+    from kt.costmodel import models
+
+    typo = str(tmp_path / "modles")
+    monkeypatch.setenv("KT_MODELS_DIR", typo)
+    monkeypatch.setattr(models, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="kt"):
+        assert shipped_model_path(H100) is None and shipped_model_path(H200) is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "kt"]
+    assert warned == [
+        f"KT_MODELS_DIR: {typo!r} is not a folder, so kt uses none of its forests (the analytic model ranks); "
+        "unset it for the models kt ships"
+    ]
+    caplog.clear()
+    monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path))  # a folder without a model for the device: no warning
+    with caplog.at_level(logging.WARNING, logger="kt"):
+        assert shipped_model_path(H100) is None
+    assert not caplog.records

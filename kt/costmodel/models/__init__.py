@@ -12,6 +12,7 @@ H100's, predicting with its own profile's roofline, SMs and peaks), and says so 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -23,9 +24,23 @@ STAND_INS = {90: "h100", 80: "a100"}  # compute capability -> the model file of 
 
 def models_dir() -> Path:
     """Where kt looks for its own models: $KT_MODELS_DIR when set (a folder of `<device key>.skops` files, e.g.
-    ones fitted with `kt costmodel fit`), else the ones kt ships."""
+    ones fitted with `kt costmodel fit`), else the ones kt ships. A $KT_MODELS_DIR that is no folder is warned
+    of once (it leaves no model of kt's: the analytic model ranks), not passed over in silence."""
     override = os.environ.get("KT_MODELS_DIR")
-    return Path(override) if override else MODELS_DIR
+    if not override:
+        return MODELS_DIR
+    path = Path(override)
+    if not path.is_dir() and override not in _WARNED:
+        _WARNED.add(override)
+        logging.getLogger("kt").warning(
+            "KT_MODELS_DIR: %r is not a folder, so kt uses none of its forests (the analytic model ranks); "
+            "unset it for the models kt ships",
+            override,
+        )
+    return path
+
+
+_WARNED: set[str] = set()
 
 
 def shipped_model_path(profile: DeviceProfile) -> Path | None:
