@@ -532,7 +532,7 @@ def _tuned(result, path, replaced: str | None) -> None:
     best = result.best
     if best.pytorch:
         out.print(
-            f"best: PyTorch's own path ({result.baseline_impl}) · {best.runtime_ms:.4f} ms on {result.ran_on}: "
+            f"best: PyTorch's own path ({result.baseline_impl}) · {_ms(best.runtime_ms)} ms on {result.ran_on}: "
             "no generated kernel beat it",
             style="yellow",
         )
@@ -542,12 +542,12 @@ def _tuned(result, path, replaced: str | None) -> None:
             f", {best.power_w:.0f} W, {best.energy_mj:.3f} mJ per call" if best.power_w is not None else ""
         )
         out.print(
-            f"best: {best.config.key()} · {best.runtime_ms:.4f} ms ({tflops:.1f} TFLOP/s){power} "
+            f"best: {best.config.key()} · {_ms(best.runtime_ms)} ms ({tflops:.1f} TFLOP/s){power} "
             f"on {result.ran_on}"
         )
     else:
         out.print(
-            f"best: {best.config.key()} · not measured (predicted {best.predicted_ms:.4f} ms on "
+            f"best: {best.config.key()} · not measured (predicted {_ms(best.predicted_ms)} ms on "
             f"{result.target.name} by {_model_noun(result.plan.model, figures=True)})",
             style="yellow",
         )
@@ -573,8 +573,8 @@ def baseline_summary(result) -> str:
         return f"PyTorch ({impl}): checked, not timed (no GPU)"
     ratio = result.baseline_ratio
     if ratio is None:
-        return f"PyTorch ({impl}): {row['runtime_ms']:.4f} ms, nothing generated was timed"
-    return f"{ratio:.2f}x vs PyTorch ({impl}, {row['runtime_ms']:.4f} ms)"
+        return f"PyTorch ({impl}): {_ms(row['runtime_ms'])} ms, nothing generated was timed"
+    return f"{ratio:.2f}x vs PyTorch ({impl}, {_ms(row['runtime_ms'])} ms)"
 
 
 def _timing(cooldown_ms: float | None):
@@ -607,13 +607,13 @@ def _results_table(result, top: int) -> None:
         if measured:
             ms = row.get("runtime_ms")
             cells += [
-                _fmt(ms, ".4f"),
+                _ms(ms),
                 _fmt(flops / (ms * 1e-3) / 1e12 if ms else None, ".1f"),
                 _fmt(row.get("power_w"), ".0f"),
                 _fmt(row.get("energy_mj"), ".3f"),
             ]
         cells += [
-            _fmt(row.get("predicted_ms"), ".4f"),
+            _ms(row.get("predicted_ms")),
             _fmt(row.get("rel_err"), ".1e"),
             _fmt(row["smem_bytes"] / 1024 if row.get("smem_bytes") else None, ".0f"),
         ]
@@ -629,6 +629,14 @@ def _baseline_name(problem) -> str:
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _ms(value) -> str:
+    """Milliseconds with at least three significant digits: 0.2386, 0.00512, 2.70e-06 (a tiny GEMM's
+    prediction printed as 0.0000 beside a ratio computed from it)."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) >= 0.1 else f"{value:#.3g}"
 
 
 def _runs(numbers: list[int]) -> str:
@@ -814,7 +822,7 @@ def space(spec, sample, seed, device):
             f"{smem / 1024:.0f}",
             str(acc),
             mma[index][0],
-            f"{plan.predicted_s[index] * 1e3:.4f}",
+            _ms(plan.predicted_s[index] * 1e3),
         )
     out.print(table)
 
@@ -841,6 +849,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     """Show what the cost model predicts for OP_YAML's legal configs, best first, and what a tune would measure."""
     import numpy as np
 
+    from kt.costmodel.roofline import LAUNCH_S
     from kt.costmodel.staged import roofline_and_bound
 
     plan = kt.plan(
@@ -893,12 +902,12 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         table.add_row(
             str(position + 1),
             plan.config(index).key(),
-            f"{ms:.4f}",
+            _ms(ms),
             f"{100 * (np.exp(spread) - 1):.0f}%" if spread > 0 else "-",
             f"{flops / (ms * 1e-3) / 1e12:.1f}",
             _fmt(power, ".0f"),
             _fmt(None if power is None else power * ms, ".3f"),
-            f"{roofline_ms[position]:.4f}",
+            _ms(roofline_ms[position]),
             bounds[position],
             measures,
         )
@@ -912,7 +921,17 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     if plan.baseline_ratio is not None:
         out.print(
             f"predicted best: {plan.baseline_ratio:.2f}x {_baseline_name(space_.problem)} (the baseline forest "
-            f"predicts PyTorch's path at {plan.baseline_s * 1e3:.4f} ms; > 1 means kt is predicted faster)"
+            f"predicts PyTorch's path at {_ms(plan.baseline_s * 1e3)} ms; > 1 means kt is predicted faster)"
+        )
+    fastest = [float(np.min(prediction.runtime_s))] if len(prediction.runtime_s) else []
+    fastest += [plan.baseline_s] if plan.baseline_s is not None else []
+    if fastest and min(fastest) < LAUNCH_S:  # a forest far outside its rows (a tiny problem)
+        out.print(
+            f"note: {_model_noun(plan.model)} predicts {_ms(min(fastest) * 1e3)} ms, less than one kernel launch "
+            f"({_ms(LAUNCH_S * 1e3)} ms), which no measured kernel took: outside what it was fitted on, so read "
+            "the order of its configs, not their times"
+            + (" or the ratio to PyTorch" if plan.baseline_ratio is not None else ""),
+            style="yellow",
         )
     if plan.budget_note:
         out.print(f"note: {plan.budget_note}", style="yellow")
@@ -1437,7 +1456,7 @@ def inspect(path, db, model, plots_dir, device, gpu):
             (r for r in result.records if r["config_key"] == result.chosen), key=lambda r: r["runtime_ms"]
         )
         faster = sum(r["runtime_ms"] < row["runtime_ms"] for r in result.records)
-        out.print(f"chosen: {result.chosen} · {row['runtime_ms']:.4f} ms measured ({faster} rows faster)")
+        out.print(f"chosen: {result.chosen} · {_ms(row['runtime_ms'])} ms measured ({faster} rows faster)")
     reports = [(f"tuner ({result.tuner_model or 'stored'})", result.tuner), ("forest", result.forest)]
     reports = [(name, report) for name, report in reports if report is not None]
     table = Table(title=f"predicted vs measured (top-k with k = 5) on {result.gpu}")

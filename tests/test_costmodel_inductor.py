@@ -163,6 +163,25 @@ def test_kt_predict_uses_the_shipped_model_with_no_flag_and_says_where_it_came_f
     ratio = re.search(r"predicted best: ([\d.]+)x torch.matmul", text)
     assert ratio and 0.2 < float(ratio.group(1)) < 5, text
     assert "power predictions stay untrained" in text
+    assert "less than one kernel launch" not in text
+
+
+@needs_model
+def test_kt_predict_says_when_the_forest_predicts_less_than_a_launch(tmp_path):
+    """An 8x8x8 GEMM, far below every shape in the forest's data: its times (tens of nanoseconds) printed as
+    0.0000 ms beside a ratio to PyTorch computed from them, with no word that they are out of the forest's range."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("op: dense\nshape: {m: 8, n: 8, k: 8}\n")
+    result = kt("predict", spec, "--top", "1")
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "0.0000" not in text
+    assert re.search(
+        r"note: the forest for h100 predicts \S+ ms, less than one kernel launch \(0.00400 ms\), which no "
+        r"measured kernel took: outside what it was fitted on, so read the order of its configs, not their "
+        r"times or the ratio to PyTorch",
+        text,
+    ), text
 
 
 def test_without_a_model_file_kt_ranks_with_the_analytic_model(tmp_path, monkeypatch):
