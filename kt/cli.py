@@ -165,7 +165,9 @@ def _measurements(path: Path) -> Path:
 
 
 def _db_option(
-    create: bool, help: str = "Tuning database (SQLite). Default: $KT_DB, else ~/.cache/kt/tuning.db."
+    create: bool,
+    help: str = "Tuning database (SQLite). Default: $KT_DB, else tuning.db in kt's cache folder ($KT_CACHE_DIR, else "
+    "~/.cache/kt).",
 ):
     """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
     folder in its place, a missing file (a command that only reads, `create` False), a new file where none can
