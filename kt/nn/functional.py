@@ -264,12 +264,10 @@ def _dense_grads(spec, a, weights, dy, need_dx, need_w):
     (b,) = weights
     da = db = None
     if need_dx:
-        if (
-            a.dim() == 2 and b.dim() == 3
-        ):  # sum_i dy_i @ b_i.T = [dy_1 .. dy_B] (M, B*N) @ [b_1.T; ..] (B*N, K)
-            da = matmul(
-                dy.permute(1, 0, 2).reshape(a.shape[0], -1), b.transpose(1, 2).reshape(-1, a.shape[1]), True
-            )
+        if a.dim() == 2 and b.dim() == 3:
+            # sum_i dy_i @ b_i.T = [dy_1 .. dy_B] (M, B*N) @ [b_1.T; ..; b_B.T] (B*N, K)
+            rows = dy.permute(1, 0, 2).reshape(a.shape[0], -1)
+            da = matmul(rows, b.transpose(1, 2).reshape(-1, a.shape[1]), deep=True)
         else:
             da = matmul(dy, b.transpose(-1, -2))
     if need_w[0]:
