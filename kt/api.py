@@ -305,12 +305,13 @@ def fit_model(
     GEMMs) fit the model's baseline forest. Returns the model and the number of rows it was fitted on."""
     from kt.costmodel.forest import MIN_ROWS, ForestModel
     from kt.errors import DatabaseError, ModelError
-    from kt.files import check_writable
+    from kt.files import check_not_input, check_writable
 
     out = Path(out)
     if out.is_dir():
         raise ModelError(f"out: {str(out)!r} is a directory; give a model file such as model.skops")
     check_writable(out, "out")  # before the fit, not after it
+    check_not_input(out, [data], "out", "--data")
     profile = resolve_profile(device)
     records = _measured_records(data, profile, gpu)
     if len(records) < MIN_ROWS:

@@ -25,6 +25,7 @@ from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
     check_cache_dir,
+    check_not_input,
     check_writable,
     existing_file,
     existing_path,
@@ -1124,8 +1125,7 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     check_space_file(space_path)
     if csv_path is not None:
         check_writable(csv_path, "csv", make_parent=False)
-        if csv_path.exists() and csv_path.samefile(space_path):
-            raise KtError(f"csv: {str(csv_path)!r} is SPACE itself; give another file for the trace")
+        check_not_input(csv_path, [space_path], "csv", "SPACE")
     from kt.autotune.replay import replay_file, write_trace
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:

@@ -6,6 +6,7 @@ the readers."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -94,6 +95,8 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
     path = Path(path)
     if path.is_dir():
         raise KtError(f"{field}: {str(path)!r} is a folder; give a file path")
+    if why := not_a_file(path):  # writing /dev/null would replace the device with a file
+        raise KtError(f"{field}: {str(path)!r} {why}; give a file path")
     if is_sqlite(path):  # `kt export ~/.cache/kt/tuning.db` would replace every measurement with CSV
         raise KtError(
             f"{field}: {str(path)!r} is a SQLite database (a tuning database?), which kt never writes over; "
@@ -104,6 +107,27 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
     if why := unmakeable(path):
         raise KtError(f"{field}: {str(path)!r} cannot be written: {why}")
     return path
+
+
+def check_not_input(path: str | os.PathLike, inputs, field: str, what: str) -> None:
+    """Refuse, naming `field`, an output that is one of the command's input files (`what` names them): it would
+    be replaced by the output before anything else could read it (`kt import inductor log --out log`)."""
+    from kt.errors import KtError
+
+    path = Path(path)
+    if not path.exists():
+        return
+    for given in inputs:
+        if Path(given).exists() and path.samefile(given):
+            raise KtError(f"{field}: {str(path)!r} is {what} itself; give another file")
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why `path`, which is there, is no regular file kt may replace (after symbolic links), or None."""
+    path = Path(path)
+    if not path.exists() or path.is_file() or path.is_dir():  # a folder: the callers' own words
+        return None
+    return "is not a regular file (a device, a pipe or a socket)"
 
 
 def is_sqlite(path: str | os.PathLike) -> bool:
@@ -157,8 +181,12 @@ def atomic_write(
 ) -> Any:
     """Call `write(handle)` on a temporary file beside `path`, then rename it over `path`; returns what `write`
     returned. The file gets the user's umask (a new file's usual mode, not mkstemp's 0600). On any error the
-    temporary file is removed and `path` is untouched. `sync` flushes to disk before the rename (a model)."""
-    path = Path(path)
+    temporary file is removed and `path` is untouched. `sync` flushes to disk before the rename (a model).
+    A symbolic link is written through (its target is replaced, the link stays); a path that is there but is no
+    regular file (a device such as /dev/null, a pipe) is refused: the rename would put a file in its place."""
+    path = Path(os.path.realpath(path))
+    if why := not_a_file(path):
+        raise OSError(errno.EINVAL, f"{why}; give a file path", str(path))
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

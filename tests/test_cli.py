@@ -208,6 +208,55 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     assert space.read_text() == "{}"
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="makes a named pipe")
+def test_outputs_never_replace_their_inputs_a_pipe_or_a_link(tmp_path):
+    """`kt costmodel fit --data x.csv --out x.csv` and `kt import inductor log --out log` replaced their input
+    with their output; every output replaced a symbolic link, a pipe or a device (as root: /dev/null) with a
+    plain file."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+    from kt.files import atomic_write_text
+
+    db = tmp_path / "t.db"
+    Database(db).close()
+    data = tmp_path / "rows.csv"
+    with Database(db, create=False, readonly=True) as database:
+        database.export_csv(data)
+    header = data.read_text()
+    log = tmp_path / "log.csv"
+    log.write_text("an Inductor log named .csv\n")
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
+    for args, message in [
+        (
+            ["costmodel", "fit", "--data", data, "--out", data],
+            f"out: '{data}' is --data itself; give another file",
+        ),
+        (
+            ["import", "inductor", log, "--out", log],
+            f"out: '{log}' is one of the logs itself; give another file",
+        ),
+        (
+            ["export", pipe, "--db", db],
+            f"OUT.csv: '{pipe}' is not a regular file (a device, a pipe or a socket)",
+        ),
+    ]:
+        done = CliRunner().invoke(main, list(map(str, args)))
+        assert done.exit_code == 2 and message in done.output, (args, done.output)
+    assert data.read_text() == header and log.read_text() == "an Inductor log named .csv\n"
+    assert pipe.is_fifo()
+    with pytest.raises(OSError, match="is not a regular file"):
+        atomic_write_text(pipe, "x")
+    assert pipe.is_fifo()
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old")
+    link.symlink_to(target)
+    done = CliRunner().invoke(main, ["export", str(link), "--db", str(db)])
+    assert done.exit_code == 0, done.output
+    assert link.is_symlink() and target.read_text() == header  # written through the link
+
+
 def test_a_cache_folder_kt_cannot_use_is_named_before_the_work(tmp_path, monkeypatch):
     """A tune failed after its first round, saying only "Not a directory: .../kernels" (or "No such file or
     directory: /proc/..."), without naming KT_CACHE_DIR."""

@@ -56,7 +56,7 @@ from kt.autotune.dataset import MAX_CONFIG_VALUE, check_row
 from kt.codegen.gemm import GemmConfig
 from kt.device import BUILTIN
 from kt.errors import DatabaseError
-from kt.files import atomic_write, check_writable
+from kt.files import atomic_write, check_not_input, check_writable
 from kt.ir.problems import GemmProblem
 from kt.spec import MAX_DIM
 
@@ -508,6 +508,7 @@ def import_inductor(
     if out.is_dir():
         raise DatabaseError(f"out: {str(out)!r} is a directory; give a file such as inductor.csv")
     check_writable(out, "out")  # a place that takes no file, before the logs are read
+    check_not_input(out, paths, "out", "one of the logs")
     origin = origin or ORIGIN
     if not origin.strip() or "\n" in origin:
         raise DatabaseError(f"origin: {origin!r}; allowed: one line of text, e.g. {ORIGIN}")
