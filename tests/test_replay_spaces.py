@@ -99,6 +99,31 @@ def test_a_kernel_tuner_cache_reads_as_a_space_with_its_failures(tmp_path, bowl)
             '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": "CompilationFailedConfig"}}}',
             "no point of the space has a measured value",
         ),
+        # each of these was a Python traceback (AttributeError, TypeError, numpy's ValueError)
+        ('{"tune_params": {"a": [1]}, "cache": []}', "cache must map each configuration's key to its record"),
+        ('{"tune_params": {"a": [1]}, "cache": {"1": 5}}', "cache entry '1' must be a record"),
+        ('{"tune_params": {"a": [1]}, "cache": {"1": null}}', "cache entry '1' must be a record .* got null"),
+        ('{"tune_params": ["a"], "cache": {}}', "tune_params must map each parameter's name to the list"),
+        ('{"tune_params": {"a": 5}, "cache": {}}', "tune_params must map each parameter's name to the list"),
+        ('{"tune_params": {"a": [1]}, "tune_params_keys": ["b"], "cache": {}}', "tune_params_keys must list"),
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": [1, 2], "time": 1.0}}}',
+            "cache entry '1': each parameter's value must be a number or text",
+        ),
+        # impossible times gave scores of -0.545 and 0.000
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": -1.0}}}',
+            "time must be a positive number",
+        ),
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": 0}}}',
+            "time must be a positive number",
+        ),
+        # another objective: kt compares times (a GFLOP/s objective was minimised, its slowest config the optimum)
+        (
+            '{"tune_params": {"a": [1]}, "objective": "GFLOP/s", "cache": {"1": {"a": 1, "GFLOP/s": 9.0}}}',
+            "lacks time \\(kt replay compares times; this cache was tuned for 'GFLOP/s'\\)",
+        ),
     ],
 )
 def test_a_broken_cache_file_is_one_clear_error(tmp_path, content, message):
@@ -106,6 +131,14 @@ def test_a_broken_cache_file_is_one_clear_error(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(SpaceError, match=message):
         load_kernel_tuner(path)
+
+
+def test_a_cache_tuned_for_another_objective_replays_its_times(tmp_path):
+    path = tmp_path / "gflops.json"
+    cache = {str(a): {"a": a, "time": float(a), "GFLOP/s": 100.0 / a} for a in (1, 2, 4)}
+    path.write_text(json.dumps({"tune_params": {"a": [1, 2, 4]}, "objective": "GFLOP/s", "cache": cache}))
+    space = load_kernel_tuner(path)
+    assert list(space.objective) == [1.0, 2.0, 4.0] and space.best == 1.0
 
 
 def test_config_features_encode_kt_configs_like_any_space():
@@ -199,6 +232,13 @@ def test_replay_file_repeats_with_consecutive_seeds_and_writes_its_trace(bowl):
     assert result.line().startswith("guided budget 10%: mean score ")
     assert result.line().endswith(", over 3 repeats")
     assert 0 < result.p10 <= result.mean <= 1
+
+
+def test_the_largest_seed_the_cli_takes_runs_every_repeat(bowl):
+    """Repeat r's rounds add to the seed; scikit-learn refused a random_state past 2**32 - 1 (a traceback from
+    `kt replay --seed 4294967295`, which the option allows)."""
+    result = replay_file(bowl, "guided", 12, repeats=2, seed=2**32 - 1)
+    assert len(result.scores) == 2 and 0 < result.mean <= 1
 
 
 def run_kt(*args, cwd=None):

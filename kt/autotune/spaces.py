@@ -172,6 +172,15 @@ def distances(params: dict[str, list[Any]], points: list[tuple[Any, ...]]):
     return lambda index: (codes != codes[index]).sum(axis=1)
 
 
+def _scalar(value: Any) -> bool:
+    """A parameter value: a number (bool included, as Kernel Tuner writes flags) or text."""
+    return isinstance(value, int | float | str)
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__}" if value is not None else "null"
+
+
 def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -238,19 +247,48 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON): {error}") from None
     if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
         raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")
-    tune_params = data["tune_params"]
+    tune_params, cache = data["tune_params"], data["cache"]
+    if not isinstance(tune_params, dict) or not all(
+        isinstance(v, list) and all(_scalar(x) for x in v) for v in tune_params.values()
+    ):
+        raise SpaceError(f"{path}: tune_params must map each parameter's name to the list of its values")
     keys = data.get("tune_params_keys") or list(tune_params)
-    objective_name = data.get("objective") or "time"
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k in tune_params for k in keys):
+        raise SpaceError(f"{path}: tune_params_keys must list names of tune_params, got {keys!r}")
+    if not isinstance(cache, dict):
+        raise SpaceError(f"{path}: cache must map each configuration's key to its record, got {_kind(cache)}")
+    objective = data.get("objective") or "time"
+    # kt replays times, whatever the cache was tuned for: a repeat's score is optimum time / best time found
     points, values = [], []
-    for cache_key, record in data["cache"].items():
-        missing = [k for k in keys if k not in record]
-        if missing or objective_name not in record:
+    for cache_key, record in cache.items():
+        if not isinstance(record, dict):
             raise SpaceError(
-                f"{path}: cache entry {cache_key!r} lacks {', '.join(missing) or objective_name}"
+                f"{path}: cache entry {cache_key!r} must be a record (a mapping), got {_kind(record)}"
             )
-        points.append(tuple(record[k] for k in keys))
-        value = record[objective_name]
-        values.append(float(value) if _numeric(value) and math.isfinite(value) else math.nan)
+        missing = [k for k in (*keys, "time") if k not in record]
+        if missing:
+            tuned = (
+                f" (kt replay compares times; this cache was tuned for {objective!r})"
+                if objective != "time"
+                else ""
+            )
+            raise SpaceError(f"{path}: cache entry {cache_key!r} lacks {', '.join(missing)}{tuned}")
+        point = tuple(record[k] for k in keys)
+        if not all(_scalar(x) for x in point):
+            raise SpaceError(
+                f"{path}: cache entry {cache_key!r}: each parameter's value must be a number or text"
+            )
+        points.append(point)
+        value = record["time"]
+        if isinstance(value, str):  # a configuration that failed on the GPU (CompilationFailedConfig, ...)
+            values.append(math.nan)
+        elif _numeric(value) and 0 < value < math.inf:
+            values.append(float(value))
+        else:
+            raise SpaceError(
+                f"{path}: cache entry {cache_key!r}: time must be a positive number (ms) or a failure's text, "
+                f"got {value!r}"
+            )
     if not points:
         raise SpaceError(f"{path}: the cache holds no configuration")
     return TuningSpace(

@@ -41,7 +41,7 @@ class CorrectedModel:
             "n_estimators": n_estimators,
             "max_features": 0.5,
             "min_samples_leaf": LEAF,
-            "random_state": seed,
+            "random_state": seed % 2**32,  # a replay adds to the seed (seed + repeat + round): kept in range
         }
         self.forest: RandomForestRegressor | None = None
         self.power_forest: RandomForestRegressor | None = None

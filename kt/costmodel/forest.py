@@ -120,7 +120,7 @@ class ForestModel:
             "n_estimators": n_estimators,
             "min_samples_leaf": min_samples_leaf,
             "max_features": max_features,
-            "random_state": seed,
+            "random_state": seed % 2**32,  # a replay adds to the seed (seed + repeat + round): kept in range
         }
         self.n_jobs = n_jobs if n_jobs is not None else THREADS
         self.runtime_forest: RandomForestRegressor | None = None

@@ -34,7 +34,7 @@ class ParamForest:
             "n_estimators": n_estimators,
             "max_features": max_features,
             "min_samples_leaf": min_samples_leaf,
-            "random_state": seed,
+            "random_state": seed % 2**32,  # a replay adds to the seed (seed + repeat + round): kept in range
         }
         self.forest: RandomForestRegressor | None = None
         self.failures: RandomForestClassifier | None = None
