@@ -308,3 +308,28 @@ def test_on_a_real_brute_forced_gpu_space_guided_beats_random_over_seeds():
         space.score(replay_space(space, "random", 40, seed=s, features=x).best_after(40)) for s in range(5)
     ]
     assert np.mean(guided) > np.mean(random) + 0.05, (guided, random)
+
+
+def test_sweeps_that_differ_only_in_layout_precision_or_target_have_their_own_names():
+    """Problems that differ in layout were one name in a replay's trace, so (space, repeat, evaluation) named
+    several evaluations at once and a mean recomputed from the trace came out wrong."""
+    from kt.autotune.replay import Sweep, _unique
+    from kt.ir.problems import GemmProblem
+
+    def sweep(target=None, **fields):
+        problem = GemmProblem(64, 32, 16, **fields)
+        return Sweep(problem.key(), [problem.to_record()], np.ones(1), target=target)
+
+    labels = [
+        sweep(dtype="float16", b_layout="col").label,
+        sweep(dtype="float16").label,
+        sweep(dtype="float32", precision="tf32").label,
+        sweep(target="h100", dtype="float16").label,
+    ]
+    assert labels == [
+        "64x32x16 float16 a:row b:col",
+        "64x32x16 float16 a:row b:row",
+        "64x32x16 float32 tf32 a:row b:row",
+        "64x32x16 float16 a:row b:row on h100",
+    ]
+    assert _unique(["a", "b", "a", "a"]) == ["a", "b", "a #2", "a #3"]

@@ -60,10 +60,14 @@ class Sweep:
 
     @property
     def label(self) -> str:
-        """Short name of the shape: MxNxK (xbatch) dtype."""
+        """Short name of the problem: MxNxK (xbatch) dtype, its precision and layouts (problems that differ only
+        in those were one name in the trace), and the target when one is recorded."""
         r = self.records[0]
         batch = f"x{r['batch']}" if r["batch"] > 1 else ""
-        return f"{r['m']}x{r['n']}x{r['k']}{batch} {r['dtype']}"
+        precision = f" {r['precision']}" if r["dtype"] == "float32" else ""
+        layouts = f"a:{'col' if r['a_col'] else 'row'} b:{'col' if r['b_col'] else 'row'}"
+        target = f" on {self.target}" if self.target else ""
+        return f"{r['m']}x{r['n']}x{r['k']}{batch} {r['dtype']}{precision} {layouts}{target}"
 
     @property
     def best(self) -> float:
@@ -286,6 +290,17 @@ class ReplayResult:
         self.rounds += len(trace.models)
 
 
+def _unique(names: list[str]) -> list[str]:
+    """The names, a repeated one numbered (#2, #3: sweeps of one problem under other template or Triton
+    versions), so that a trace's (space, repeat, evaluation) names one evaluation."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return out
+
+
 def replay_file(
     path: str | Path,
     strategy: str,
@@ -311,7 +326,7 @@ def replay_file(
                 f"space: {str(path)!r} holds no exhaustive sweep (a problem with {min_configs} or more GEMM configs "
                 "measured on a GPU, as `kt collect --all` writes)"
             )
-    names = [s.name if isinstance(s, TuningSpace) else s.label for s in spaces]
+    names = _unique([s.name if isinstance(s, TuningSpace) else s.label for s in spaces])
     result = ReplayResult(
         str(path), strategy, budget if fraction is not None else int(count), names, repeats=repeats
     )
