@@ -279,7 +279,7 @@ STRATEGY = click.option(
     help="guided: rounds ranked by the cost model, refitted on what each round measured (what `kt tune` and "
     "`kt replay` run); top: the first model's best, never refitted; random: a random sample; exhaustive: "
     "every legal config, best predicted first, as far as the budget goes (below the space's size that is top; "
-    "give the budget of the space, or 100%% in `kt replay`, for all).",
+    "give the budget of the space, or 100% in `kt replay`, for all).",
 )
 
 
