@@ -285,10 +285,18 @@ def _measured_records(
     if other:
         listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())
         raise DatabaseError(f"{where}; it holds some for {listing}: pass that target's profile with --device")
-    checked = sum(r["runner"] == "interpret" for r in rows)
-    seen = (
-        f" (only {checked} rows from Triton's interpreter, which checks but never times)" if checked else ""
-    )
+    if Path(data).suffix.lower() == ".csv" and rows and all("runtime_ms" not in r for r in rows):
+        raise DatabaseError(f"{where}: it has no runtime_ms column (a `kt export` CSV has one)")
+    runners = Counter(r["runner"] for r in rows)
+    kinds = [
+        f"{runners[name]} from {what}"
+        for name, what in (
+            ("interpret", "Triton's interpreter"),
+            ("dryrun", "the dry run (--backend dryrun)"),
+        )
+        if runners[name]
+    ]
+    seen = f" (only rows that check but never time: {', '.join(kinds)})" if kinds else ""
     raise DatabaseError(f"{where}{seen}; measure some with `kt collect` on a GPU")
 
 

@@ -154,14 +154,14 @@ def _model_file(ctx, param, value):
 def _data_file(ctx, param, value):
     """A file of measurements is checked as the command line is read, before torch or scikit-learn load."""
     if value is not None:
-        _measurements(existing_file(value, "data", DATA_HINT, DatabaseError))
+        _measurements(existing_file(value, "data", DATA_HINT, DatabaseError), "data")
     return value
 
 
-def _measurements(path: Path) -> Path:
+def _measurements(path: Path, field: str) -> Path:
     """A file of measurements (not an artifact's folder) is checked to be one kt reads (check_data)."""
     if path.is_file():
-        check_data(path)
+        check_data(path, field)
     return path
 
 
@@ -1417,7 +1417,9 @@ def evaluate(data, model, folds, device, gpu, seed):
     "path",
     metavar="ARTIFACT|DB",
     type=click.Path(path_type=Path),
-    callback=lambda ctx, param, value: _measurements(existing_path(value, "inspect", INSPECT_HINT)),
+    callback=lambda ctx, param, value: _measurements(
+        existing_path(value, "inspect", INSPECT_HINT), "inspect"
+    ),
 )
 @_db_option(
     create=False,

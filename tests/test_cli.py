@@ -150,9 +150,12 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["inspect", tmp_path, "--db", tmp_path / "gone.db"], "gone.db' not found"),
         (["inspect", unmeasured], "was tuned without a GPU (measured: false)"),
         (["tune", EXAMPLE, "--db", junk], "junk.db' is not a kt tuning database"),
+        (["inspect", junk], "error: inspect: '"),  # each names what gave the file (it said db: for all)
         (["inspect", junk], "junk.db' is not a kt tuning database"),
         (["costmodel", "fit", "--data", junk, "--out", tmp_path / "m.skops"], "is not a kt tuning database"),
+        (["costmodel", "eval", "--data", junk, "--model", tmp_path / "m.skops"], "error: data: '"),
         (["replay", junk, "--budget", "5"], "junk.db' is not a kt tuning database"),
+        (["replay", junk, "--budget", "5"], "error: space: '"),
         (["costmodel", "eval", "--data", table, "--model", tmp_path / "m.skops"], "is not a `kt export` CSV"),
         (["inspect", table], "table.csv' is not a `kt export` CSV (no config, device, family, problem, "),
         (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),

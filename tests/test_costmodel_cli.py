@@ -104,10 +104,41 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
     db = interpreter_db(tmp_path / "cpu.db", GemmProblem(64, 64, 64))
     result = kt("costmodel", "fit", "--data", db, "--out", tmp_path / "m.skops")
     assert_one_line_error(result, "holds no GPU-measured passing rows for target h100")
-    assert "2 rows from Triton's interpreter" in result.stderr and "kt collect" in result.stderr
+    assert "(only rows that check but never time: 2 from Triton's interpreter)" in result.stderr
+    assert "kt collect" in result.stderr
     assert not (tmp_path / "m.skops").exists()
     assert_one_line_error(kt("costmodel", "eval", "--data", db), "no GPU-measured passing rows")
     assert_one_line_error(kt("inspect", db), "nothing to compare")
+    # the dry run's rows are named too (they were left out of the count)
+    with Database(db) as database:
+        row = database.find()[0]
+        database.insert(
+            {**{k: v for k, v in row.items() if k != "id"}, "runner": "dryrun", "config_key": "d"}
+        )
+    result = kt("costmodel", "fit", "--data", db, "--out", tmp_path / "m.skops")
+    assert "2 from Triton's interpreter, 1 from the dry run (--backend dryrun))" in result.stderr
+    # a CSV without the runtime_ms column says so (it said only that nothing was measured on a GPU)
+    exported = tmp_path / "rows.csv"
+    with Database(db, create=False, readonly=True) as database:
+        database.export_csv(exported)
+    with open(exported, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(exported, "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=[k for k in rows[0] if k != "runtime_ms"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, "for target h100: it has no runtime_ms column (a `kt export` CSV has one)")
+    # a status kt never writes (the database's own CHECK refuses one) left the row out of every fit in silence
+    rows[1]["status"] = "weird"
+    with open(exported, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, "rows.csv' line 3: column status is 'weird'; allowed: ok, compile_error, ")
 
 
 def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):

@@ -434,14 +434,21 @@ def export_text(path: Path) -> str:
     return text
 
 
-def check_data(path: Path) -> None:
+def check_data(path: Path, field: str = "db") -> None:
     """That a file of measurements is one kt reads (as kt.autotune.dataset.read_rows tells them apart): a `kt
     export` CSV's text and header (`export_text`), else a tuning database, opened read-only and closed
-    (`check_file`). The standard library only, so the CLI asks it as the command line is read."""
+    (`check_file`). The standard library only, so the CLI asks it as the command line is read. An error names
+    `field`, the option or argument that gave the file."""
     if path.suffix.lower() == ".csv":
         export_text(path)
-    else:
+        return
+    try:
         check_file(path, create=False)
+    except DatabaseError as exc:
+        text = str(exc)
+        if field == "db" or not text.startswith("db: "):
+            raise
+        raise DatabaseError(f"{field}: {text.removeprefix('db: ')}") from None
 
 
 def _where(where: dict[str, Any]) -> str:

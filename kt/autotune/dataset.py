@@ -20,7 +20,15 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
-from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, COLUMNS, Database, decode_row, export_text
+from kt.autotune.database import (
+    BASELINE_KEY,
+    COLUMN_NAMES,
+    COLUMNS,
+    STATUSES,
+    Database,
+    decode_row,
+    export_text,
+)
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
 from kt.codegen.gemm import STRUCTURE_AXES as GEMM_STRUCTURE_AXES
@@ -230,6 +238,10 @@ def check_row(row: dict[str, Any], where: str) -> None:
         value = row.get(column)
         if not isinstance(value, str) or not value:
             raise DatabaseError(f"{where}: column {column} is {_show(value)}; allowed: non-empty text")
+    if row["status"] not in STATUSES:  # an unknown status was a row silently left out of every fit
+        raise DatabaseError(
+            f"{where}: column status is {_show(row['status'])}; allowed: {', '.join(STATUSES)}"
+        )
     family = row.get("family")
     if family not in PROBLEMS or not isinstance(family, str):
         raise DatabaseError(f"{where}: column family is {_show(family)}; allowed: {', '.join(PROBLEMS)}")

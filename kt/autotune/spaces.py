@@ -231,7 +231,7 @@ def check_space_file(path: Path) -> None:
         )
     from kt.autotune.database import check_data  # the standard library only
 
-    check_data(path)
+    check_data(path, "space")
 
 
 def load_kernel_tuner(path: str | Path) -> TuningSpace:
