@@ -41,6 +41,10 @@ err = Console(
 )
 
 
+# click 8.2 and later raise this for a group given no command (8.1 printed the help and exited by itself)
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(click.Group):
     def main(self, *args, **kwargs):
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
@@ -56,6 +60,9 @@ class _Group(click.Group):
         except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort; kt never prompts
             err.print(f"kt: interrupted{INTERRUPTED.get(self._command(args, kwargs), '')}")
             sys.exit(130)
+        except _NO_ARGS as exc:  # `kt` or `kt costmodel` alone: the help, as it is
+            err.print(exc.format_message())
+            sys.exit(2)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "kt"
             err.print(f"kt: error: {exc.format_message()} (see `{command} --help`)", style="red")
@@ -797,7 +804,12 @@ def space(spec, sample, seed, device):
         + (f"; give {', '.join(required)}" if required else "")
     )
     out.print(f"  all:   {space_.total} configs")
-    out.print(f"  legal: {len(space_.legal)} ({100 * len(space_.legal) / space_.total:.0f}%)")
+    share = 100 * len(space_.legal) / space_.total
+    out.print(
+        f"  legal: {len(space_.legal)} ({share:.0f}%)"
+        if share >= 1
+        else f"  legal: {len(space_.legal)} ({share:.2g}%)"
+    )
     for reason, count in space_.dropped.items():
         out.print(f"  dropped {count}: {reason}")
     mma = [expected_mma(record, space_.device) for record in plan.records]

@@ -51,6 +51,13 @@ def test_space_prints_sizes_before_and_after_legality_and_a_sample():
     assert "4 legal configs, sampled with seed 0" in done.stdout
 
 
+def test_space_gives_a_share_under_one_percent_its_digits(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("op: dense\nshape: {m: 8, n: 8, k: 8}\n")
+    done = kt_cli("space", spec, "--sample", "0")
+    assert done.returncode == 0 and "legal: 60 (0.24%)" in done.stdout, done.stdout  # it said (0%)
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
@@ -383,6 +390,20 @@ def test_help_and_usage_errors_load_neither_torch_nor_scikit_learn():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
     assert "Missing argument 'OP_YAML'" in done.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["costmodel"], ["import"]])
+def test_a_group_without_its_command_prints_its_help_not_an_error_line(args):
+    """`kt` alone printed its whole help as "kt: error: Usage: ..." with "(see `kt --help`)" at the end."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", *args], capture_output=True, text=True, timeout=120
+    )
+    first = done.stderr.splitlines()[0]  # Usage: python -m kt.cli costmodel [OPTIONS] COMMAND [ARGS]...
+    assert first.startswith("Usage: ") and first.endswith(
+        f"{''.join(' ' + a for a in args)} [OPTIONS] COMMAND [ARGS]..."
+    )
+    assert done.returncode == 2
+    assert "kt: error" not in done.stderr and "Commands:" in done.stderr and "(see `" not in done.stderr
 
 
 def test_kt_still_offers_every_name_lazily():
