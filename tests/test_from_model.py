@@ -49,17 +49,64 @@ def test_model_ops_finds_each_linear_and_kt_layer_at_its_bucket_once():
     assert found.skipped == [("side", "torch.float64 is not a kt dtype (float16, bfloat16, float32)")]
 
 
+def test_a_dense_layer_counts_all_leading_dims_and_names_never_clash():
+    """A DenseLinear fed (batch, seq, features) was tuned at the bucket of seq alone (its kernel then never
+    selected), and fed a 1-D input it failed with IndexError; two modules whose names differ only in a character
+    kt replaces ("a b", "a_b") gave one artifact name, so the second tune replaced the first."""
+    dense = knn.DenseLinear(32, 32)
+    found = model_ops(dense, torch.randn(4, 8, 32))  # 32 rows
+    assert [(s.name, s.shape.m) for s in found.specs] == [("model_b32", 32)]
+    found = model_ops(dense, torch.randn(32))  # one row
+    assert [(s.name, s.shape.m) for s in found.specs] == [("model_b16", 16)]
+    inner = nn.Module()
+    inner.add_module("a b", nn.Linear(16, 32))
+    inner.add_module("a_b", nn.Linear(16, 64))
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return getattr(self.inner, "a b")(x).sum() + self.inner.a_b(x).sum()
+
+    found = model_ops(Two(), torch.randn(8, 16))
+    assert [s.name for s in found.specs] == ["inner.a_b_b16", "inner.a_b_b16-2"]
+    assert found.modules == {"inner.a_b_b16": ["inner.a b"], "inner.a_b_b16-2": ["inner.a_b"]}
+    # an empty batch is named as what is wrong, and a model that fails on its input is one line
+    assert model_ops(Two(), torch.randn(0, 16)).skipped[0] == (
+        "inner.a b",
+        "its example input has no rows (an empty batch)",
+    )
+    with pytest.raises(KtError, match="the model failed on its example input: RuntimeError: mat1 and mat2"):
+        model_ops(Two(), torch.randn(8, 17))
+
+
 def test_a_factory_is_loaded_from_a_file_or_a_module_and_bad_ones_are_one_line_errors(tmp_path):
     model, args, kwargs = load_factory(f"{ROOT / 'examples' / 'structurize_mlp.py'}:example_model")
     assert isinstance(model, nn.Module) and args[0].shape == (48, 32) and kwargs == {}
     wrong = tmp_path / "wrong.py"
-    wrong.write_text("def factory():\n    return 3\n")
+    wrong.write_text(
+        "import torch\n"
+        "def factory():\n    return 3\n"
+        "def not_a_module():\n    return 42, torch.zeros(2)\n"
+        "def raises():\n    raise ValueError('no model today')\n"
+    )
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
     for target, words in [
         ("nothing", "must be MODULE:FACTORY"),
         (f"{tmp_path / 'missing.py'}:f", "not found"),
         ("no_such_module_anywhere:f", "cannot import"),
         (f"{ROOT / 'examples' / 'structurize_mlp.py'}:nope", "has no function 'nope'"),
-        (f"{wrong}:factory", "must return \\(model, example_input\\), got int"),
+        (f"{wrong}:factory", "must return \\(model, example_input\\), model an nn.Module; got int$"),
+        # each of these was a traceback (exit 1), or named the tuple where its first item was wrong
+        (
+            f"{wrong}:not_a_module",
+            "must return \\(model, example_input\\), model an nn.Module; got \\(int, Tensor\\)",
+        ),
+        (f"{wrong}:raises", "raises\\(\\) raised ValueError: no model today$"),
+        (f"{broken}:f", "broken.py' failed to load: SyntaxError: "),
     ]:
         with pytest.raises(KtError, match=words):
             load_factory(target)

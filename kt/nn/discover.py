@@ -51,12 +51,15 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
             return
         if isinstance(module, (_KtLinear, FFT)):
             op = dict(parsed_op(module.op_text))
-            rows = _row_count(op, x)
+            # a DenseLinear multiplies x's rows (all leading dims) as one matrix; _row_count reads a dense op's
+            # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
+            rows = x.numel() // max(1, x.shape[-1]) if op["op"] == "dense" else _row_count(op, x)
         elif isinstance(module, nn.Linear):
             try:
                 dtype = dtype_name(module.weight.dtype)
             except KeyError:
-                found.skipped.append((path, f"{module.weight.dtype} is not a kt dtype ({', '.join(DTYPES)})"))
+                why = f"{module.weight.dtype} is not a kt dtype ({', '.join(DTYPES)})"
+                found.skipped.append((path or "(model)", why))
                 return
             op = {
                 "op": "dense",
@@ -68,6 +71,7 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
         else:
             return
         if rows == 0:
+            found.skipped.append((path or "(model)", "its example input has no rows (an empty batch)"))
             return
         name = _name(path, bucket(rows))
         spec = bucket_spec({**op, "name": name}, rows)
@@ -79,6 +83,12 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
             ) not in paths:  # another module with the same math (a module called twice: once)
                 paths.append(path or "(model)")
             return
+        taken, count = name, 1
+        while taken in found.modules:  # another op's name ("a b" and "a_b" both give a_b; cut long paths)
+            count += 1
+            taken = f"{name}-{count}"
+        if taken != name:
+            spec = bucket_spec({**op, "name": taken}, rows)
         by_signature[signature] = spec.name
         found.modules[spec.name] = [path or "(model)"]
         found.specs.append(spec)
@@ -90,6 +100,8 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
     try:
         with torch.no_grad():
             model(*args, **kwargs)
+    except Exception as exc:  # the user's model on the user's input: one line, as any bad input is
+        raise KtError(f"--from-model: the model failed on its example input: {_first_line(exc)}") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -117,7 +129,10 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
         spec = importlib.util.spec_from_file_location(f"kt_model_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # a syntax error, an import that fails: one line naming the file
+            raise KtError(f"--from-model: {where!r} failed to load: {_first_line(exc)}") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -126,12 +141,28 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise KtError(f"--from-model: {where!r} has no function {attr!r}")
-    made = factory()
+    try:
+        made = factory()
+    except Exception as exc:
+        raise KtError(f"--from-model: {attr}() raised {_first_line(exc)}") from None
     if not isinstance(made, tuple) or len(made) != 2 or not isinstance(made[0], nn.Module):
-        raise KtError(f"--from-model: {attr}() must return (model, example_input), got {type(made).__name__}")
+        got = (
+            f"({', '.join(type(item).__name__ for item in made)})"
+            if isinstance(made, tuple)
+            else type(made).__name__
+        )
+        raise KtError(
+            f"--from-model: {attr}() must return (model, example_input), model an nn.Module; got {got}"
+        )
     model, example = made
     args = example if isinstance(example, tuple) else (example,)
     kwargs: dict = {}
     if args and isinstance(args[-1], dict):
         args, kwargs = args[:-1], args[-1]
     return model, args, kwargs
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: the first line of its message` (a traceback's last line, without the traceback)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
