@@ -469,3 +469,80 @@ def test_backward_computes_only_the_gradients_autograd_asks_for(name, monkeypatc
                 assert g is None, n
             else:
                 torch.testing.assert_close(g, grads[n], rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: knn.MonarchLinear(16, 16, nblocks=0),
+            "MonarchLinear: nblocks must be a positive integer, got 0",
+        ),
+        (lambda: knn.MonarchLinear(16, 16, nblocks=4.0), "nblocks must be a positive integer, got 4.0"),
+        (
+            lambda: knn.MonarchLinear.from_dense(torch.nn.Linear(16, 16), 0),
+            "nblocks must be a positive integer",
+        ),
+        (
+            lambda: knn.MonarchLinear.from_dense(torch.nn.Linear(16, 16), 3),
+            "nblocks=3 must divide in_features=16",
+        ),
+        (lambda: knn.MonarchLinear(0, 16, 4), "MonarchLinear: in_features must be a positive integer, got 0"),
+        (
+            lambda: knn.BlockSparseLinear(32, 32, (0, 16), density=0.5),
+            "block\\[0\\] must be a positive integer",
+        ),
+        (
+            lambda: knn.BlockSparseLinear(32, 32, (8.0, 8.0), density=0.5),
+            "block\\[0\\] must be a positive int",
+        ),
+        (
+            lambda: knn.BlockSparseLinear(32, 32, 16, density=0.5),
+            "block must be \\(rows, cols\\) of one block",
+        ),
+        (
+            lambda: knn.BlockSparseLinear(-32, 32, (16, 16), density=0.5),
+            "in_features must be a positive integer",
+        ),
+        (
+            lambda: knn.BlockSparseLinear(32, 32, (16, 16), density="0.5"),
+            "density must be in \\(0, 1\\], got '0.5'",
+        ),
+        (
+            lambda: knn.LowRankLinear(16, 16, rank=2.0),
+            "rank must be a positive integer or a tuple of them, got 2.0",
+        ),
+        (lambda: knn.LowRankLinear(16, 16, rank=True), "rank must be a positive integer or a tuple of them"),
+        (
+            lambda: knn.LowRankLinear(16.0, 16, 2),
+            "LowRankLinear: in_features must be a positive integer, got 16.0",
+        ),
+        (lambda: knn.DenseLinear(0, 4), "DenseLinear: in_features must be a positive integer, got 0"),
+        (lambda: knn.DenseLinear(16, -1), "DenseLinear: out_features must be a positive integer, got -1"),
+        (
+            lambda: knn.ButterflyLinear(16.0),
+            "ButterflyLinear: in_features must be a positive integer, got 16.0",
+        ),
+        (lambda: knn.FFT(0), "FFT: n must be a positive integer, got 0"),
+        (lambda: knn.FFT(1), "FFT: n must be an integer from 2 to 16777216, got 1"),
+        (lambda: knn.FFT(16.0), "FFT: n must be a positive integer, got 16.0"),
+    ],
+)
+def test_a_bad_layer_argument_is_one_value_error_naming_it(make, message):
+    """Each was a ZeroDivisionError, a torch or numpy error from deep inside, or (FFT) accepted until the first
+    forward."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_numpy_integers_are_layer_sizes_and_a_complex_dtype_leaves_the_layer_as_it_was():
+    import numpy as np
+
+    assert knn.LowRankLinear(16, 16, rank=np.int64(4)).dims == (16, 4, 16)
+    assert knn.FFT(np.int64(16)).n == 16
+    layer = knn.MonarchLinear(16, 16, nblocks=4)
+    before = copy.deepcopy(layer.state_dict())
+    with pytest.raises(TypeError, match="dtype torch.complex64 is not one that kt's kernels take"):
+        layer.to(torch.complex64)  # converted every parameter, then refused
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    assert layer(torch.randn(3, 16)).dtype == torch.float32

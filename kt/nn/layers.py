@@ -10,6 +10,7 @@ trained `nn.Linear` by the projections of kt.ir (block pruning, truncated SVD).
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 from kt.dtypes import DTYPES, dtype_name
 from kt.nn.functional import apply, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
+from kt.spec import MAX_DIM
 
 
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
@@ -32,11 +34,24 @@ def _kt_dtype(dtype: torch.dtype, who: str) -> str:
         ) from None
 
 
+def _count(value: Any, name: str, who: str) -> int:
+    """A positive integer argument (numpy's included), or a ValueError naming it: 0, -4, 4.0 or True reached
+    torch or numpy (a ZeroDivisionError, "empty() takes 1 positional argument")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class _KtLinear(nn.Module, ABC):
     """What the layers share: features, bias, dtype, the op text, and the forward over any leading dims."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
         super().__init__()
+        who = type(self).__name__
+        in_features, out_features = (
+            _count(in_features, "in_features", who),
+            _count(out_features, "out_features", who),
+        )
         self.in_features, self.out_features = in_features, out_features
         factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
         _kt_dtype(factory["dtype"], type(self).__name__)
@@ -106,7 +121,7 @@ class _KtLinear(nn.Module, ABC):
 
     def _apply(self, fn, *args, **kwargs):
         probe = fn(self._weights()[-1].detach()[:0])  # what the conversion would make of a weight, on no data
-        if probe.is_floating_point():
+        if probe.is_floating_point() or probe.is_complex():
             _kt_dtype(probe.dtype, type(self).__name__)  # refuse before any parameter is converted
         result = super()._apply(fn, *args, **kwargs)
         self._refresh()
@@ -189,12 +204,14 @@ class LowRankLinear(_KtLinear):
         dtype=None,
     ):
         super().__init__(in_features, out_features, bias, device, dtype)
-        ranks = (rank,) if isinstance(rank, int) else tuple(rank)
-        if not ranks or any(not isinstance(r, int) or r < 1 for r in ranks):
+        ranks = (rank,) if not isinstance(rank, (tuple, list)) else tuple(rank)
+        if not ranks or any(
+            isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1 for r in ranks
+        ):
             raise ValueError(
                 f"LowRankLinear: rank must be a positive integer or a tuple of them, got {rank!r}"
             )
-        self.dims = (in_features, *ranks, out_features)
+        self.dims = (self.in_features, *map(int, ranks), self.out_features)
         self.factors = nn.ParameterList(
             nn.Parameter(torch.empty(a, b, **self._factory)) for a, b in zip(self.dims, self.dims[1:])
         )
@@ -245,7 +262,12 @@ class BlockSparseLinear(_KtLinear):
         dtype=None,
     ):
         super().__init__(in_features, out_features, bias, device, dtype)
-        bo, bi = block
+        in_features, out_features = self.in_features, self.out_features
+        if not isinstance(block, (tuple, list)) or len(block) != 2:
+            raise ValueError(
+                f"BlockSparseLinear: block must be (rows, cols) of one block of W, got {block!r}"
+            )
+        bo, bi = (_count(b, f"block[{i}]", "BlockSparseLinear") for i, b in enumerate(block))
         if out_features % bo or in_features % bi:
             raise ValueError(
                 f"BlockSparseLinear: block {block} must divide (out, in) = ({out_features}, {in_features})"
@@ -254,7 +276,7 @@ class BlockSparseLinear(_KtLinear):
         if (mask is None) == (density is None):
             raise ValueError("BlockSparseLinear: give exactly one of density (with seed) or mask")
         if mask is None:
-            if not 0 < density <= 1:
+            if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
                 raise ValueError(f"BlockSparseLinear: density must be in (0, 1], got {density!r}")
             mask = random_mask(grid, density, seed)
         mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
@@ -388,6 +410,8 @@ class MonarchLinear(_KtLinear):
         self, in_features: int, out_features: int, nblocks: int, bias: bool = True, device=None, dtype=None
     ):
         super().__init__(in_features, out_features, bias, device, dtype)
+        in_features, out_features = self.in_features, self.out_features
+        nblocks = _count(nblocks, "nblocks", "MonarchLinear")
         if in_features % nblocks or out_features % nblocks:
             raise ValueError(
                 f"MonarchLinear: nblocks={nblocks} must divide in_features={in_features} and out_features={out_features}"
@@ -416,6 +440,12 @@ class MonarchLinear(_KtLinear):
         """The Monarch matrix closest to `linear`'s weight in Frobenius norm (kt.ir.monarch.project)."""
         from kt.ir.monarch import project
 
+        nblocks = _count(nblocks, "nblocks", "MonarchLinear")
+        if linear.in_features % nblocks or linear.out_features % nblocks:
+            raise ValueError(
+                f"MonarchLinear: nblocks={nblocks} must divide in_features={linear.in_features} and "
+                f"out_features={linear.out_features}"
+            )
         w1, w2 = project(linear.weight.detach().double(), nblocks, nblocks)
         return cls._from_linear(linear, nblocks, weights={"w1": w1, "w2": w2})
 
@@ -437,6 +467,9 @@ class FFT(nn.Module):
             raise ValueError(f"FFT: dtype must be torch.float32 or torch.float16, got {dtype}")
         if input not in ("complex", "real"):
             raise ValueError(f"FFT: input must be 'complex' or 'real', got {input!r}")
+        n = _count(n, "n", "FFT")
+        if not 2 <= n <= MAX_DIM:
+            raise ValueError(f"FFT: n must be an integer from 2 to {MAX_DIM}, got {n}")
         self.n, self.input, self.float_dtype = n, input, dtype
         self.__dict__["op_text"] = op_text(
             {"op": "fft", "dtype": dtype_name(dtype), "shape": {"n": n}, "input": input}
@@ -459,6 +492,8 @@ class ButterflyLinear(_KtLinear):
         self, in_features: int, out_features: int | None = None, bias: bool = True, device=None, dtype=None
     ):
         out_features = in_features if out_features is None else out_features
+        in_features = _count(in_features, "in_features", "ButterflyLinear")
+        out_features = _count(out_features, "out_features", "ButterflyLinear")
         if in_features != out_features or in_features < 2 or in_features & (in_features - 1):
             raise ValueError(
                 f"ButterflyLinear: in_features and out_features must be one power of two >= 2, got "
