@@ -337,6 +337,8 @@ def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):
         tmp_path / "artifacts",
         "--workers",
         "2",
+        "--budget",
+        "2",  # over the spec's 3
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
@@ -346,7 +348,9 @@ def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):
     assert re.search(r"the best prediction of the (analytic model|forest for h100) among", done.stdout)
     assert f"artifact: {tmp_path / 'artifacts' / 'cli_small'} (measured: false)" in done.stdout
     meta = json.loads((tmp_path / "artifacts" / "cli_small" / "meta.json").read_text())
-    assert meta["measured"] is False and meta["tuning"]["statuses"] == {"ok": 3}
+    assert meta["measured"] is False and meta["tuning"]["statuses"] == {"ok": 2}
+    # the budget spent is recorded: the spec kept says 3, which the command line overrode
+    assert meta["tuning"]["budget"] == 2 and meta["spec"]["tune"]["budget"] == 3
 
 
 def test_devices_lists_the_builtin_profiles():

@@ -121,6 +121,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
             # them with a GPU runtime (none without a GPU)
             "checked": len(result.rows),
             "timed": sum(1 for r in result.rows if r.get("runtime_ms") is not None),
+            "budget": result.plan.budget,  # the one the search spent (--budget overrides the spec's tune.budget)
             "strategy": result.plan.strategy,
             "first_model": result.plan.model,
             "models": list(dict.fromkeys(result.trace.models)),  # the models that ranked, round by round
