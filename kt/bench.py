@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kt.errors import KtError
+from kt.errors import KtError, one_line
 from kt.files import atomic_write_text, make_folder
 
 log = logging.getLogger("kt.bench")
@@ -246,7 +246,7 @@ def _run_part(part: str, run, clock: _Clock, settings, result: BenchResult, repo
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # the other parts still run
-        status, note = "failed", _one_line(exc)
+        status, note = "failed", one_line(exc)
         log.exception("part %s failed", part)
     clock.done.add(part)
     seconds = round(time.monotonic() - started, 1)
@@ -413,7 +413,7 @@ def _tune_part(settings: _Settings, deadline: float, result: BenchResult, report
             # A case that raised failed, also when it overran its share: "not reached" is only for a case that
             # never started (the first GPU run's FFT case, three 120 s compile timeouts, was misreported so).
             over = " (past its time share)" if time.monotonic() > started + share else ""
-            row = _skipped(case, f"failed{over}: {_one_line(exc)}")
+            row = _skipped(case, f"failed{over}: {one_line(exc)}")
         row["bench_s"] = round(time.monotonic() - started, 1)
         result.rows.append(row)
         done += 1
@@ -533,7 +533,7 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
             raise
         except Exception as exc:
             log.exception("collect %sx%sx%s failed", m, n, k)
-            status = f"failed: {_one_line(exc)}"
+            status = f"failed: {one_line(exc)}"
         result.rows.append(
             {
                 "part": "collect",
@@ -714,10 +714,6 @@ def _benchmarks_line(r: dict[str, str]) -> str:
         f"{num('kt_ms', '.4f')} | {num('kt_tflops', '.1f')} | {num('kt_power_w', '.0f')} | {num('kt_energy_mj', '.3f')} | "
         f"{num('baseline_ms', '.4f')} | {ratio} | {runs} | {num('tune_s', '.0f')} | `{r['command']}` |"
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 __all__ = ["BenchResult", "run_bench", "update_benchmarks", "render_report", "tune_cases", "smoke_specs"]

@@ -32,3 +32,9 @@ class DatabaseError(KtError):
 
 class ModelError(KtError):
     """A cost-model file is missing, not kt's, untrusted, or fitted for another device, feature set or library."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` on one line (its whitespace runs joined), at most `limit` characters: how kt words an
+    exception it reports rather than raises (a part of a bench, a worker's candidate, a user's factory)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kt.errors import one_line
+
 FLUSH_BYTES = 256 * 1024 * 1024  # over 4x the L2 of an H100 (50 MB) or H200 (60 MB)
 REGIMES = ("l2_flushed", "l2_warm")
 # The idle gap before each candidate. A 64-candidate tune then idles 13 s of its ~2 minutes on the GPU
@@ -157,12 +159,12 @@ class Nvml:
                 self.reason = f"no NVML device matches the GPU (UUID {uuid})"
                 return
         except Exception as exc:  # NVML missing, old driver, or no permission: time without energy
-            self.handle, self.reason = None, f"NVML unavailable: {_one_line(exc)}"
+            self.handle, self.reason = None, f"NVML unavailable: {one_line(exc)}"
             return
         try:  # a handle whose energy counter cannot be read: find out now, not in every candidate
             self.energy_mj()
         except Exception as exc:
-            self.handle, self.reason = None, f"NVML energy counter not readable: {_one_line(exc)}"
+            self.handle, self.reason = None, f"NVML energy counter not readable: {one_line(exc)}"
 
     @classmethod
     def for_torch_device(cls, index: int = 0) -> Nvml:
@@ -190,10 +192,6 @@ class Nvml:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 def _replayer(step: Callable[[], None], reps: int) -> tuple[Callable[[], None], int, bool]:
@@ -277,7 +275,7 @@ def energy_cuda(
     except Exception as exc:  # NVML refusing mid-run costs the energy figure, not the runtime
         if not meter.is_nvml_error(exc):
             raise
-        return {"energy_status": f"energy reading failed: {_one_line(exc)}"}
+        return {"energy_status": f"energy reading failed: {one_line(exc)}"}
 
 
 def _flush_ms(flush) -> float:

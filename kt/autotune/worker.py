@@ -11,6 +11,8 @@ import os
 import signal
 from typing import Any
 
+from kt.errors import one_line
+
 Reply = tuple[str, dict[str, Any], str, bool]
 PRELOAD = ("torch", "triton", "kt.autotune.checking")  # what every task needs (the zygote imports them too)
 
@@ -80,7 +82,7 @@ def run_task(kind: str, payload: dict[str, Any]) -> Reply:
         return HANDLERS[kind](payload)
     except BaseException as exc:  # noqa: BLE001 - every failure of a candidate becomes its record
         status, fatal = _classify(exc)
-        return status, {}, _one_line(exc), fatal
+        return status, {}, one_line(exc, 500), fatal
 
 
 def _load(payload: dict[str, Any], interpret: bool):
@@ -316,11 +318,6 @@ def _classify(exc: BaseException) -> tuple[str, bool]:
         return "out_of_resources", False
     on_gpu = torch is not None and torch.cuda.is_initialized()
     return "crash", on_gpu  # after an unknown failure on the GPU, trust no context
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:500]
 
 
 if __name__ == "__main__":

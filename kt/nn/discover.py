@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
-from kt.errors import KtError
+from kt.errors import KtError, one_line
 from kt.spec import OpSpec
 
 
@@ -101,7 +101,7 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
         with torch.no_grad():
             model(*args, **kwargs)
     except Exception as exc:  # the user's model on the user's input: one line, as any bad input is
-        raise KtError(f"--from-model: the model failed on its example input: {_first_line(exc)}") from None
+        raise KtError(f"--from-model: the model failed on its example input: {one_line(exc)}") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -132,7 +132,7 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # a syntax error, an import that fails: one line naming the file
-            raise KtError(f"--from-model: {where!r} failed to load: {_first_line(exc)}") from None
+            raise KtError(f"--from-model: {where!r} failed to load: {one_line(exc)}") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -144,7 +144,7 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     try:
         made = factory()
     except Exception as exc:
-        raise KtError(f"--from-model: {attr}() raised {_first_line(exc)}") from None
+        raise KtError(f"--from-model: {attr}() raised {one_line(exc)}") from None
     if not isinstance(made, tuple) or len(made) != 2 or not isinstance(made[0], nn.Module):
         got = (
             f"({', '.join(type(item).__name__ for item in made)})"
@@ -160,9 +160,3 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     if args and isinstance(args[-1], dict):
         args, kwargs = args[:-1], args[-1]
     return model, args, kwargs
-
-
-def _first_line(exc: BaseException) -> str:
-    """`Type: the first line of its message` (a traceback's last line, without the traceback)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
