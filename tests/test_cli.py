@@ -166,6 +166,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["costmodel", "eval", "--data", table, "--model", tmp_path / "m.skops"], "is not a `kt export` CSV"),
         (["inspect", table], "table.csv' is not a `kt export` CSV (no config, device, family, problem, "),
         (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),
+        (["replay", table, "--budget", "5"], "error: space: '"),  # a CSV's header said data: for all
+        (["inspect", table], "error: inspect: '"),
         (["predict", EXAMPLE, "--model", table], "table.csv' is not a skops file (not a zip archive); give "),
         (["tune", EXAMPLE, "--model", tmp_path / "empty.skops"], "empty.skops' is empty (0 bytes)"),
         (["export", bad / "x.csv", "--db", kt_db], "OUT.csv: '"),

@@ -229,8 +229,11 @@ def test_a_malformed_row_is_refused_in_one_line_naming_file_row_and_column(
     assert_one_line_error(result, message)
     assert says in result.stderr, result.stderr
     assert not (tmp_path / "m.skops").exists()
+    assert "error: data: " in result.stderr, result.stderr
     assert_one_line_error(kt("costmodel", "eval", "--data", data), message)
-    assert_one_line_error(kt("inspect", data, "--plots", tmp_path / "plots"), message)
+    result = kt("inspect", data, "--plots", tmp_path / "plots")
+    assert_one_line_error(result, message)
+    assert "error: inspect: " in result.stderr, result.stderr  # named what gave the file (it said data:)
     assert not (tmp_path / "plots").exists()
     assert data.read_bytes() == before, "read-only commands leave the data as it was"
 

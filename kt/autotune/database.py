@@ -8,13 +8,14 @@ a changed template never reuses an old measurement.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -409,41 +410,50 @@ class Database:
 CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what a reader needs
 
 
-def export_text(path: Path) -> str:
+def export_text(path: Path, field: str = "data") -> str:
     """The text of a `kt export` CSV, after refusing in one line a file that is not UTF-8 or whose header lacks
     a column the readers need (CSV_COLUMNS). The CLI calls it as the command line is read (the standard
-    library only, before torch loads), and kt.autotune.dataset before it reads the rows."""
+    library only, before torch loads), and kt.autotune.dataset before it reads the rows. An error names
+    `field`, the option or argument that gave the file."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DatabaseError(
-            f"data: {str(path)!r} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); `kt export` "
+            f"{field}: {str(path)!r} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); `kt export` "
             "writes UTF-8 CSV"
         ) from None
     try:
         header = next(csv.reader(io.StringIO(text, newline="")), [])
     except csv.Error as exc:
-        raise DatabaseError(f"data: {str(path)!r} line 1: not a readable CSV header ({exc})") from None
+        raise DatabaseError(f"{field}: {str(path)!r} line 1: not a readable CSV header ({exc})") from None
     missing = set(CSV_COLUMNS) - set(header)
     if missing:
         raise DatabaseError(
-            f"data: {str(path)!r} is not a `kt export` CSV (no {', '.join(sorted(missing))} column)"
+            f"{field}: {str(path)!r} is not a `kt export` CSV (no {', '.join(sorted(missing))} column)"
         )
     return text
 
 
-def check_data(path: Path, field: str = "db") -> None:
+def check_data(path: Path, field: str = "data") -> None:
     """That a file of measurements is one kt reads (as kt.autotune.dataset.read_rows tells them apart): a `kt
     export` CSV's text and header (`export_text`), else a tuning database, opened read-only and closed
     (`check_file`). The standard library only, so the CLI asks it as the command line is read. An error names
     `field`, the option or argument that gave the file."""
     if path.suffix.lower() == ".csv":
-        export_text(path)
+        export_text(path, field)
         return
-    try:
+    with named(field):
         check_file(path, create=False)
+
+
+@contextlib.contextmanager
+def named(field: str) -> Iterator[None]:
+    """A DatabaseError raised inside names `field` (the option or argument that gave the file) where the
+    database's own messages say `db:`, the name of the option that usually gives it."""
+    try:
+        yield
     except DatabaseError as exc:
         text = str(exc)
         if field == "db" or not text.startswith("db: "):

@@ -28,6 +28,7 @@ from kt.autotune.database import (
     Database,
     decode_row,
     export_text,
+    named,
 )
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
@@ -53,28 +54,28 @@ MEASUREMENT_CHECKS = (
 )
 
 
-def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
+def read_rows(source: str | os.PathLike, field: str = "data") -> list[dict[str, Any]]:
     """Every row of a tuning database (.db, SQLite, opened read-only) or of a CSV written by `kt export`, each
-    checked (`check_row`): a malformed one is a DatabaseError naming the file, its row id or line, and the
-    column."""
-    path = existing_file(source, "data", DATA_HINT, DatabaseError)
+    checked (`check_row`): a malformed one is a DatabaseError naming `field` (the option or argument that gave
+    the file), the file, its row id or line, and the column."""
+    path = existing_file(source, field, DATA_HINT, DatabaseError)
     if path.suffix.lower() != ".csv":
-        return find_rows(path)
-    return _csv_rows(path)
+        return find_rows(path, field=field)
+    return _csv_rows(path, field)
 
 
-def find_rows(path: str | os.PathLike, **where: Any) -> list[dict[str, Any]]:
+def find_rows(path: str | os.PathLike, field: str = "data", **where: Any) -> list[dict[str, Any]]:
     """The rows of the database at `path` whose columns equal `where`, read without writing the file (it is
-    opened read-only, never created or migrated), each checked (`check_row`)."""
-    with Database(path, create=False, readonly=True) as database:
+    opened read-only, never created or migrated), each checked (`check_row`); errors name `field`."""
+    with named(field), Database(path, create=False, readonly=True) as database:
         rows = database.find(**where)
     for row in rows:
-        check_row(row, f"data: {str(path)!r} row id {row.get('id')}")
+        check_row(row, f"{field}: {str(path)!r} row id {row.get('id')}")
     return rows
 
 
-def _csv_rows(path: Path) -> list[dict[str, Any]]:
-    reader = csv.DictReader(io.StringIO(export_text(path), newline=""))
+def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(export_text(path, field), newline=""))
     rows = []
     while True:
         try:
@@ -83,9 +84,9 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
             break
         except csv.Error as exc:
             raise DatabaseError(
-                f"data: {str(path)!r} line {reader.line_num}: not valid CSV ({exc})"
+                f"{field}: {str(path)!r} line {reader.line_num}: not valid CSV ({exc})"
             ) from None
-        where = f"data: {str(path)!r} line {reader.line_num}"
+        where = f"{field}: {str(path)!r} line {reader.line_num}"
         row = {k: _cell(k, v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
         try:
             row = decode_row(row)

@@ -164,7 +164,7 @@ def _artifact_rows(
         raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
     rows = [
         r
-        for r in find_rows(db_path, runner="cuda", problem_key=problem.key())  # read-only
+        for r in find_rows(db_path, "db", runner="cuda", problem_key=problem.key())  # read-only
         if r["family_version"] == meta.get("family_version", r["family_version"])
         and (not meta.get("measured") or r["device"] == ran_on)
     ]
@@ -197,7 +197,7 @@ def _artifact_rows(
         target, profile = named[0], None
     gpu = records[0]["device"] if not meta.get("measured") else ran_on
     records = [r for r in records if r["target"] == target and r["device"] == gpu]
-    training = _measured(find_rows(db_path, runner="cuda", device=gpu, target=target))
+    training = _measured(find_rows(db_path, "db", runner="cuda", device=gpu, target=target))
     training = [r for r in training if holdout_key(r) != shape_key(problem)]
     chosen = next((r["config_key"] for r in records if _config_of(r) == meta.get("config")), None)
     result = InspectResult(
@@ -222,7 +222,7 @@ def _data_rows(
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
     from kt.autotune.dataset import read_rows
 
-    rows = read_rows(path)
+    rows = read_rows(path, "inspect")
     records = [r for r in _measured(rows) if gpu is None or r["device"] == gpu]
     if not records:
         interpreted = sum(r["runner"] == "interpret" for r in rows)

@@ -320,7 +320,7 @@ def replay_file(
     if is_kernel_tuner_file(path):
         spaces: list[Any] = [load_kernel_tuner(path)]
     else:
-        spaces = sweeps_from_rows(read_rows(path), min_configs=min_configs)
+        spaces = sweeps_from_rows(read_rows(path, "space"), min_configs=min_configs)
         if not spaces:
             raise KtError(
                 f"space: {str(path)!r} holds no exhaustive sweep (a problem with {min_configs} or more GEMM configs "
