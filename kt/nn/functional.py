@@ -14,7 +14,10 @@ The backward of every op is again kt ops, so each product it runs is a kernel kt
   `dFi = (x @ F1 ... F(i-1)).T @ (dy @ Fk.T ... F(i+1).T)` (dense ops);
 - blocksparse `y = F.linear(x, W)`: `dx = F.linear(dy, W.T)` with W.T a BSR weight of the transposed pattern
   (its blocks gathered and transposed: no dense matrix); `dW` on W's stored blocks only (a bsr_grad op);
-- sum: each term's gradients; dx is their sum.
+- sum: each term's gradients; dx is their sum;
+- monarch and butterfly: dx is the transposed op on dy (`transposed: true`), the weights' gradients batched
+  GEMMs over the blocks (Monarch) or the levels replayed (butterfly); a transposed op's dx is the forward op on
+  dy, and its weights' gradients are the forward op's with x and dy exchanged (`_transposable`).
 """
 
 from __future__ import annotations
@@ -446,10 +449,27 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
     return dx, [grads.to(twiddles.dtype)]
 
 
+def _transposable(grads):
+    """The gradients of an op that may be `transposed` (y = x @ M, M the forward op's (out, in) matrix): dx = dy @
+    M.T is the forward op on dy, and since sum(dy * (x @ M)) = sum(x * (dy @ M.T)), the weights' gradient is the
+    forward op's with x and dy exchanged. `grads` itself knows the forward op only."""
+
+    @functools.wraps(grads)
+    def gradients(spec, x, weights, dy, need_dx, need_w):
+        if not spec.get("transposed"):
+            return grads(spec, x, weights, dy, need_dx, need_w)
+        forward = {key: value for key, value in spec.items() if key != "transposed"}
+        dx = apply(dy, list(weights), forward).reshape(x.shape) if need_dx else None
+        _, dweights = grads(forward, dy, weights, x.contiguous(), False, need_w)
+        return dx, dweights
+
+    return gradients
+
+
 GRADIENTS = {
-    "butterfly": _butterfly_grads,
+    "butterfly": _transposable(_butterfly_grads),
     "fft": _fft_grads,
-    "monarch": _monarch_grads,
+    "monarch": _transposable(_monarch_grads),
     "dense": _dense_grads,
     "lowrank": _lowrank_grads,
     "blocksparse": _blocksparse_grads,
