@@ -241,7 +241,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor
 
     k = bucket(a.shape[-1]) if deep else a.shape[-1]
     batch = a.shape[0] if a.dim() == 3 else b.shape[0] if b.dim() == 3 else None  # a batch of block products
-    return apply(a, [b], _dense_text(a.dtype, b.shape[-1], k, batch, _layout(a), _layout(b)))
+    # plain ints: under torch.compile(dynamic=True) a shape is a SymInt, which the op text's cache cannot hash;
+    # the text names each size, so the compiled graph is specialised on it (a weight's sizes, a block count)
+    n, k, batch = int(b.shape[-1]), int(k), None if batch is None else int(batch)
+    return apply(a, [b], _dense_text(a.dtype, n, k, batch, _layout(a), _layout(b)))
 
 
 @functools.lru_cache(maxsize=1024)
