@@ -396,6 +396,52 @@ def test_a_layer_built_on_the_meta_device_is_whole_after_to_empty_and_reset_para
     torch.testing.assert_close(model(x), direct(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
+def test_a_model_built_on_meta_loads_a_checkpoint_of_another_dtype_with_assign(name):
+    """Meta init, then `load_state_dict(..., assign=True)` of a half-precision checkpoint: a block-sparse layer
+    read its meta index buffers to compare patterns (NotImplementedError: cannot copy out of meta tensor), and
+    every layer kept the op text of float32, refusing both float32 and float16 inputs."""
+    torch.manual_seed(3)
+    source = SMALL_LAYERS[name]().to(torch.float16)
+    with torch.device("meta"):
+        model = SMALL_LAYERS[name]()
+    model.load_state_dict(source.state_dict(), assign=True)
+    assert model.dtype == torch.float16
+    x = torch.randn(4, source.in_features, dtype=torch.float16)
+    torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
+def test_a_model_on_the_meta_device_runs_forward_and_backward_for_shapes(name):
+    """As nn.Linear does on meta (shape inference, memory planning): kt's fake implementation gives the output,
+    and the backward the gradients' shapes. It failed in autocast's check of the meta device, then in the kernel."""
+    cpu = SMALL_LAYERS[name]()
+    with torch.device("meta"):
+        layer = SMALL_LAYERS[name]()
+    x = torch.randn(3, 5, cpu.in_features, device="meta", requires_grad=True)
+    y = layer(x)
+    assert y.device.type == "meta" and y.shape == (3, 5, cpu.out_features)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for p, q in zip(layer.parameters(), cpu.parameters()):
+        assert p.grad is not None and p.grad.shape == q.shape and p.grad.device.type == "meta"
+    with torch.no_grad():
+        assert layer(x).shape == y.shape
+
+
+def test_a_sum_whose_first_term_is_low_rank_compiles():
+    """The fake implementation took a sum's features from its first term's `out`, which a low-rank term does not
+    have (KeyError under torch.compile and torch.export)."""
+    layer = knn.Sum(
+        knn.LowRankLinear(32, 24, rank=4, bias=False),
+        knn.BlockSparseLinear(32, 24, block=(8, 8), density=0.5, bias=False),
+    )
+    x = torch.randn(3, 5, 32)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), layer(x))
+    assert torch.export.export(layer, (x,)).module()(x).shape == (3, 5, 24)
+
+
 def test_use_artifacts_refuses_a_folder_that_is_not_there_and_kt_artifacts_warns_once(
     tmp_path, monkeypatch, caplog
 ):

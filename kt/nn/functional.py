@@ -41,7 +41,9 @@ def op_text(op: dict[str, Any]) -> str:
 
 
 def _out_features(op: dict[str, Any]) -> int:
-    shape = op["terms"][0]["shape"] if op["op"] == "sum" else op["shape"]
+    if op["op"] == "sum":  # every term has the sum's features
+        return _out_features(op["terms"][0])
+    shape = op["shape"]
     if op["op"] == "dense":
         return shape["n"]
     if op["op"] == "lowrank":
@@ -104,8 +106,13 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     op's own backward (`_backward`, the same formulas)."""
     weights = list(weights)
     text = op if isinstance(op, str) else op_text(op)
-    if type(x) not in _PLAIN or any(type(w) not in _PLAIN for w in weights) or torch.compiler.is_compiling():
-        return torch.ops.kt.apply(x, weights, text)  # a trace (its tensors are fake or functional subclasses)
+    if (
+        type(x) not in _PLAIN
+        or any(type(w) not in _PLAIN for w in weights)
+        or torch.compiler.is_compiling()
+        or x.is_meta
+    ):  # a trace (its tensors are fake or functional subclasses), or shapes only (the fake implementation)
+        return torch.ops.kt.apply(x, weights, text)
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return _EagerApply.apply(x, text, *weights)
     return _run(x, weights, text)

@@ -97,7 +97,9 @@ class _KtLinear(nn.Module, ABC):
     def _autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype torch.autocast runs this layer in on x's device, where it is on and not the layer's own."""
         device = x.device.type
-        if not torch.is_autocast_enabled(device):
+        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(
+            device
+        ):  # meta has none
             return None
         dtype = torch.get_autocast_dtype(device)
         return None if dtype == self.dtype else dtype
@@ -112,11 +114,15 @@ class _KtLinear(nn.Module, ABC):
     @property
     def op_text(self) -> str:
         """`op()` as canonical JSON, kept from one dtype change (`.to()`, `.half()`) to the next, so forward does
-        no JSON work (and torch.compile sees a constant)."""
+        no JSON work (and torch.compile sees a constant). Remade when the weights' dtype is no longer the text's:
+        `load_state_dict(..., assign=True)` of another dtype, or a parameter assigned, changes it without `_apply`."""
+        if self.__dict__.get("_op_dtype") is not self.dtype:
+            self._refresh()
         return self.__dict__["_op_text"]
 
     def _refresh(self) -> None:
         self.__dict__["_op_text"] = op_text(self.op())
+        self.__dict__["_op_dtype"] = self.dtype
         self.__dict__["_op_texts"] = {}
 
     def _apply(self, fn, *args, **kwargs):
@@ -328,14 +334,13 @@ class BlockSparseLinear(_KtLinear):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         crow, col = state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")
-        if (
-            crow is not None
-            and col is not None
-            and (
-                not torch.equal(crow.cpu(), self.crow_indices.cpu())
-                or not torch.equal(col.cpu(), self.col_indices.cpu())
-            )
-        ):
+        if crow is None or col is None or crow.is_meta or col.is_meta:
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            return
+        # the layer's pattern from its layout, which a layer built on the meta device knows too (its buffers hold
+        # no data there: a model built on meta is loaded with assign=True)
+        own_crow, own_col = bsr_indices(self.mask())
+        if not torch.equal(crow.cpu().long(), own_crow) or not torch.equal(col.cpu().long(), own_col):
             raise ValueError(
                 f"{type(self).__name__}: the state_dict's block pattern differs from this layer's; build the layer "
                 "with that pattern (mask=...) first"
