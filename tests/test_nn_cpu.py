@@ -4,6 +4,7 @@ Triton's interpreter, unless KT_INTERPRET=1 asks for kt's kernels (tests/test_nn
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import subprocess
@@ -131,6 +132,24 @@ def test_one_log_line_per_layer_and_a_selections_table(caplog):
     assert sum(" forward " in line for line in lines) == 3
     assert "two torch.bmm" in table and "blocksparse_grad" in table
     assert str(selection.Selections()) == "kt.nn: no kernel selected yet"
+
+
+def test_selections_write_the_specs_to_give_kt_tune(tmp_path):
+    """The table's op column is a summary; `write_yaml` writes each distinct spec (forward and backward, one per
+    bucket) as op.yaml documents with names of their own, which `kt tune` reads as they are."""
+    model = torch.nn.Sequential(knn.LowRankLinear(32, 32, 4), knn.MonarchLinear(32, 32, 4))
+    for rows in (20, 30, 40):  # buckets 32 and 64
+        model(torch.randn(rows, 32, requires_grad=True)).sum().backward()
+    chosen = knn.selections()
+    distinct = {json.dumps(s.spec.signature(), sort_keys=True) for s in chosen}
+    assert chosen.write_yaml(tmp_path / "ops.yaml") == len(distinct)
+    specs = kt.load_specs(tmp_path / "ops.yaml")  # refuses two ops of one name
+    assert {json.dumps(s.signature(), sort_keys=True) for s in specs} == distinct
+    assert {s.op for s in specs} == {"lowrank", "monarch", "dense"}  # dense: the backward's weight gradients
+    assert any(s.transposed for s in specs)  # the Monarch layer's dx
+    with pytest.raises(ValueError, match="no kernel selected yet"):
+        selection.Selections().write_yaml(tmp_path / "none.yaml")
+    assert not (tmp_path / "none.yaml").exists()
 
 
 def test_a_loaded_kernel_as_op_runs_pytorch_on_cpu_unless_asked(monkeypatch):

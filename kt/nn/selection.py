@@ -75,6 +75,40 @@ class Selections(list):
     def rows(self) -> list[tuple[str, ...]]:
         return [(s.spec.summary(), s.device, s.role, s.source, s.runs, s.where) for s in self]
 
+    def specs(self) -> list[OpSpec]:
+        """The distinct specs of these selections (one per op and batch bucket, in order), each named after its
+        shape (with `_2`, `_3` where two would share a name): what `kt tune` takes to tune them."""
+        from kt.spec import default_name
+
+        specs: dict[str, OpSpec] = {}
+        names: set[str] = set()
+        for s in self:
+            key = json.dumps(s.spec.signature(), sort_keys=True)
+            if key in specs:
+                continue
+            base = default_name(s.spec.op, s.spec.shape, s.spec.dtype, s.spec.transposed)
+            name, number = base, 1
+            while name in names:
+                number += 1
+                name = f"{base}_{number}"
+            names.add(name)
+            specs[key] = s.spec.replace(name=name)
+        return list(specs.values())
+
+    def write_yaml(self, path: str | os.PathLike) -> int:
+        """Write `specs()` to `path` as one op.yaml of several YAML documents, for `kt tune PATH`; returns how
+        many. Filter the list first to tune only some, e.g. `Selections(s for s in kt.nn.selections() if
+        s.source == "cost model")`."""
+        import yaml
+
+        from kt.files import atomic_write_text
+
+        specs = self.specs()
+        if not specs:
+            raise ValueError("Selections.write_yaml: no kernel selected yet; run the model first")
+        atomic_write_text(path, yaml.safe_dump_all([spec.to_dict() for spec in specs], sort_keys=False))
+        return len(specs)
+
     def __str__(self) -> str:
         if not self:
             return "kt.nn: no kernel selected yet"
@@ -216,8 +250,8 @@ def _log(selected: Selection) -> None:
         )
     elif selected.source == "cost model":
         log.warning(
-            "%s; untuned: print(kt.nn.selections()) lists the specs to give `kt tune` (then point $KT_DB or "
-            "$KT_ARTIFACTS at the result)",
+            "%s; untuned: kt.nn.selections().write_yaml('ops.yaml') writes the specs for `kt tune ops.yaml` "
+            "(then point $KT_DB or $KT_ARTIFACTS at the result)",
             message,
         )
     else:
