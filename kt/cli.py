@@ -881,12 +881,15 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     _header(spec)
     prediction, space_ = plan.prediction, plan.space
     budget = budget or spec.tune.budget
-    first = (
-        f"its first round measures {len(plan.chosen)} of a budget of {budget}; later rounds follow the model "
-        "refitted on those measurements"
-        if plan.strategy == "guided"
-        else f"it checks the model's best {len(plan.chosen)} (nothing is timed without a GPU)"
-    )
+    if plan.strategy != "guided":
+        first = f"it checks the model's best {len(plan.chosen)} (nothing is timed without a GPU)"
+    elif len(plan.chosen) < min(budget, len(space_.legal)):
+        first = (
+            f"its first round measures {len(plan.chosen)} of a budget of {budget}; later rounds follow the "
+            "model refitted on those measurements"
+        )
+    else:  # the first round is the whole budget (or space): no refit follows
+        first = f"its one round measures {len(plan.chosen)} of a budget of {budget}, all of it, so nothing is refitted"
     out.print(
         f"model: {plan.model} · target {space_.device.name} · {len(space_.legal)} legal of {space_.total} "
         f"configs · {plan.strategy} tune: {first}"

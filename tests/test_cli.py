@@ -353,6 +353,30 @@ def test_tune_on_the_cpu_writes_an_unmeasured_artifact_and_says_so(tmp_path):
     assert meta["measured"] is False and meta["tuning"]["statuses"] == {"ok": 2}
     # the budget spent is recorded: the spec kept says 3, which the command line overrode
     assert meta["tuning"]["budget"] == 2 and meta["spec"]["tune"]["budget"] == 3
+    assert "first ranked by" in done.stderr and "on predicted time" not in done.stderr
+
+
+def test_an_energy_tune_says_its_model_ranks_by_time(tmp_path):
+    """The forest predicts no power: an energy tune is ranked by predicted time, which it did not say."""
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: e\nshape: {m: 32, n: 32, k: 32}\n")
+    done = kt_cli(
+        "tune",
+        spec,
+        "--objective",
+        "energy",
+        "--budget",
+        "1",
+        "--backend",
+        "dryrun",
+        "--db",
+        tmp_path / "t.db",
+        "--out",
+        tmp_path / "artifacts",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "on predicted time (it predicts no power, so energy counts only where measured)" in done.stderr
 
 
 def test_devices_lists_the_builtin_profiles():

@@ -588,6 +588,10 @@ def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
     beyond = re.search(r"round 1 also measures (\d+) configs ranked below the table", guided.stdout)
     assert cells.count("") == 4, "the four predicted best"
     assert len(cells) - 4 + (int(beyond.group(1)) if beyond else 0) == 4
+    whole = kt("predict", DENSE, "--top", "3", "--gpu", "--budget", "8")  # kt bench's quick tunes
+    assert whole.exit_code == 0, whole.stderr
+    # it said "later rounds follow the model refitted", of a round that is the whole budget
+    assert "its one round measures 8 of a budget of 8, all of it, so nothing is refitted" in whole.stdout
     top20 = kt("predict", DENSE, "--top", "20", "--no-gpu", "--budget", "64")
     assert top20.exit_code == 0, top20.stderr
     # the no-GPU tune takes the best 64: the 44 beyond a table of 20 print as one run of ranks

@@ -831,13 +831,17 @@ class _Tuner:
         else:
             reporter = TuneProgress(progress, self.runner.measures_time)
         verb = "measuring" if self.runner.measures_time else "checking"
+        ranked = f"first ranked by {model_noun(self.plan.model)}"
+        if self.plan.objective != "time" and self.plan.prediction.power_w is None:
+            ranked += (
+                f" on predicted time (it predicts no power, so {self.plan.objective} counts only where measured)"
+            )
         reporter.start(
             total,
             min(len(known), total),
             f"{self.runner.name} on {self.runner.device}",
             summary=f"target {self.profile.name} · space: {self.plan.space.total} configs, "
-            f"{len(self.plan.space.legal)} legal · {verb} up to {total}: {strategy.description}, "
-            f"first ranked by {model_noun(self.plan.model)}",
+            f"{len(self.plan.space.legal)} legal · {verb} up to {total}: {strategy.description}, {ranked}",
         )
         fresh = 0
 
