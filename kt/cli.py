@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import sys
@@ -17,9 +18,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
-from kt.autotune.database import STATUSES, check_data, check_file  # the standard library only
+from kt.autotune.database import STATUSES, check_data, check_file, named  # the standard library only
 from kt.errors import DatabaseError, KtError
 from kt.files import (
     DATA_HINT,
@@ -184,6 +186,11 @@ def _db_option(
     def check(ctx, param, value):
         if value is not None:
             check_file(value, create)
+        elif create and os.environ.get(
+            "KT_DB"
+        ):  # the default's setting, named (it said db: after the heading)
+            with named("KT_DB"):
+                check_file(Path(os.environ["KT_DB"]), create)
         return value
 
     return click.option(
@@ -193,6 +200,17 @@ def _db_option(
         callback=check,
         help=help,
     )
+
+
+class _FiniteRange(click.FloatRange):
+    """click.FloatRange that refuses nan too: every comparison with nan is false, so FloatRange lets it by (a
+    --timeout of nan made the worker pool wait on nothing, busy, with no timeout)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 DEVICE = click.option(
@@ -213,14 +231,14 @@ BACKEND = click.option(
 )
 COOLDOWN = click.option(
     "--cooldown-ms",
-    type=click.FloatRange(0, 60_000),
+    type=_FiniteRange(0, 60_000),
     default=None,
     help="GPU idle before each candidate is timed, so each starts from the same thermal state "
     "(default: 200).",
 )
 TIMEOUT = click.option(
     "--timeout",
-    type=click.FloatRange(1, 86400),
+    type=_FiniteRange(1, 86400),
     default=300,
     show_default=True,
     help="Seconds one candidate may take before its worker is killed and it is recorded as timeout.",
@@ -256,7 +274,7 @@ MODEL = click.option(
 POWER_CAP = click.option(
     "--power-cap",
     "power_cap_w",
-    type=click.FloatRange(1, 2000),
+    type=_FiniteRange(1, 2000),
     default=None,
     metavar="WATTS",
     help="The best must draw at most this board power (default: the spec's tune.power_cap_w).",
@@ -265,7 +283,7 @@ WORKERS = click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="Worker processes for compiling and checking (default: one per core, at most 16).",
+    help="Worker processes for compiling and checking (default: one per core, at most 8).",
 )
 
 
@@ -300,6 +318,15 @@ def _header(spec) -> None:
     out.print(f"{spec.name}: {spec.summary()}", style="bold")
 
 
+def _ray_address(ctx, param, value):
+    """--ray is checked as the command line is read (Ray's own errors for a bad address are tracebacks)."""
+    if value is not None:
+        from kt.autotune.raypool import check_address  # the standard library only
+
+        check_address(value)
+    return value
+
+
 @main.command()
 @SPECS
 @click.option(
@@ -313,6 +340,7 @@ def _header(spec) -> None:
 @click.option(
     "--ray",
     default=None,
+    callback=_ray_address,
     metavar="local|auto|ADDRESS",
     help="Run the workers as Ray actors: local (a Ray instance started here), auto (this machine's cluster) or "
     "a cluster address; compiles on any node's CPUs, measurements on one actor per GPU. Needs `pip install ray`.",
@@ -420,8 +448,14 @@ def tune(
     from kt.autotune.tune import ops_at_once
 
     concurrent = ops_at_once(specs, device, concurrent)
-    sources = sorted({spec.source for spec in specs})
-    where = sources[0] if len(sources) == 1 else f"{len(sources)} files"
+    sources = sorted({spec.source or from_model for spec in specs})  # a model's ops have no file
+    where = (
+        sources[0]
+        if len(sources) == 1
+        else f"{len(sources)} files"
+        if not from_model
+        else f"{len(sources)} sources"
+    )
     how = "one after the other" if concurrent == 1 else f"up to {concurrent} at once"
     out.print(f"{where}: {len(specs)} ops, tuned {how}", style="bold")
     _checks_only_note(checks_only)
@@ -468,7 +502,8 @@ def _model_specs(target: str, taken: set[str]) -> list:
     clash = sorted(taken & {spec.name for spec in found.specs})
     if clash:
         raise KtError(f"--from-model: an OP_YAML already has an op named {clash[0]!r}; rename it")
-    table = Table(title=f"{target}: {len(found.specs)} ops to tune")
+    # a Text, so that neither `:factory:` (an emoji code) nor brackets in the path are read as markup
+    table = Table(title=Text(f"{target}: {len(found.specs)} ops to tune"))
     for name in ("op", "what", "modules"):
         table.add_column(name)
     for spec in found.specs:
@@ -1218,7 +1253,7 @@ class _LateProgress:
 )
 @click.option(
     "--minutes",
-    type=click.FloatRange(0.5, 600),
+    type=_FiniteRange(0.5, 600),
     default=9.0,
     show_default=True,
     help="The whole run's time box; each part gets a share and is cut, not failed, when it runs out.",

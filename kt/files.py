@@ -39,6 +39,16 @@ def check_cache_dir() -> Path:
         raise KtError(f"{setting}: {str(path)!r} is a file; kt keeps generated kernels there: give a folder")
     if not path.exists() and (why := unmakeable(path)):
         raise KtError(f"{setting}: the folder {str(path)!r} cannot be made: {why}")
+    triton = os.environ.get("TRITON_CACHE_DIR")  # where the workers' Triton compiles go when it is set
+    if triton:
+        where = Path(triton)
+        if where.exists() and not where.is_dir():
+            raise KtError(
+                f"TRITON_CACHE_DIR: {triton!r} is a file; Triton keeps its compiles there: give a folder"
+            )
+        if not where.exists() and (why := unmakeable(where)):
+            # else every candidate's compile fails, and each is stored as a crash that later tunes skip
+            raise KtError(f"TRITON_CACHE_DIR: the folder {triton!r} cannot be made: {why}")
     return path
 
 

@@ -481,3 +481,26 @@ def test_ctrl_c_while_a_command_loads_torch_prints_one_line_not_a_traceback(tmp_
     assert (
         stderr.strip().splitlines()[-1] == "kt: interrupted"
     )  # predict measures nothing: no word of resuming
+
+
+def test_settings_that_name_a_file_kt_cannot_use_are_refused_before_any_work(tmp_path):
+    """KT_DB naming a folder was refused as `db:` after the op's heading and ~10 s of imports; TRITON_CACHE_DIR
+    under a file stored every candidate as a crash, which later tunes skip."""
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: s\nshape: {m: 16, n: 16, k: 16}\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    for env, says in [
+        ({"KT_DB": str(tmp_path / "folder")}, "KT_DB: '"),
+        ({"TRITON_CACHE_DIR": str(tmp_path / "file" / "x")}, "TRITON_CACHE_DIR: the folder '"),
+        ({"TRITON_CACHE_DIR": str(tmp_path / "file")}, "TRITON_CACHE_DIR: '"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "kt.cli", "tune", str(spec), "--out", str(tmp_path / "art"), "--budget", "1"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, **env, "KT_CACHE_DIR": str(tmp_path / "c")},
+        )  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"kt: error: {says}") and len(done.stderr.splitlines()) == 1, (
+            done.stderr
+        )
+        assert not (tmp_path / "art").exists()

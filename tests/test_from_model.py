@@ -123,6 +123,7 @@ def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(t
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "example_model: 5 ops to tune" in done.stdout and "5 ops" in done.stdout
+    assert "structurize_mlp.py:example_model: 5 ops, tuned" in done.stdout  # it said "None: 5 ops"
     made = sorted(p.name for p in (tmp_path / "art").iterdir())
     assert made == ["0_b64", "2_b64", "4_b64", "6_b64", "8_b64"]
     ops = [json.loads((tmp_path / "art" / name / "meta.json").read_text())["op"] for name in made]
@@ -134,3 +135,24 @@ def test_kt_tune_without_ops_is_a_usage_error():
     done = subprocess.run([sys.executable, "-m", "kt.cli", "tune"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "give OP_YAML files or folders, or --from-model FILE.py:FACTORY" in done.stderr
+
+
+def test_op_yaml_files_and_a_model_tune_together(tmp_path):
+    """OP_YAML beside --from-model failed with a TypeError sorting the ops' sources (a model's ops have none);
+    a factory named like an emoji code (`:factory:`) was printed as one."""
+    (tmp_path / "d.yaml").write_text("name: d\nop: dense\nshape: {m: 16, n: 16, k: 16}\n")
+    (tmp_path / "mdl.py").write_text(
+        "import torch\n\ndef factory():\n    return torch.nn.Linear(16, 8), torch.randn(4, 16)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(tmp_path / "d.yaml"), "--from-model",
+         f"{tmp_path / 'mdl.py'}:factory", "--budget", "1", "--backend", "dryrun", "--out", str(tmp_path / "art"),
+         "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "mdl.py:factory: 1 ops to tune" in done.stdout and "2 sources: 2 ops, tuned" in done.stdout
+    assert (
+        sorted(p.name for p in (tmp_path / "art").iterdir()) == ["d", "factory_b16"]
+        or len(list((tmp_path / "art").iterdir())) == 2
+    )

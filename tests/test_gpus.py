@@ -149,6 +149,11 @@ def test_gpus_needs_the_cuda_backend_and_bad_values_exit_2_in_one_line(tmp_path)
     for args, message in (
         (["--gpus", "0,a"], "--gpus: '0,a' is not allowed; give all, or GPU indices such as 0,1,3"),
         (["--gpus", "0", "--backend", "interpret"], "--gpus needs --backend cuda"),
+        (["--gpus", "\u00b2"], "--gpus: '\u00b2' is not allowed"),  # a digit to str.isdigit, not to int()
+        # nan passed click's ranges (every comparison with it is false): the pool then waited on no timeout
+        (["--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number in the range"),
+        (["--cooldown-ms", "nan"], "Invalid value for '--cooldown-ms': 'nan' is not a number"),
+        (["--power-cap", "nan"], "Invalid value for '--power-cap': 'nan' is not a number"),
     ):
         result = CliRunner().invoke(main, ["tune", str(spec), "--out", str(tmp_path / "a"), *args])
         assert result.exit_code == 2, result.output

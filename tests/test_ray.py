@@ -181,3 +181,53 @@ def test_a_ray_actor_killed_mid_tune_costs_its_candidate_only_and_the_rerun_meas
                     retry_failed=True)  # fmt: skip
     assert again.newly_measured == crashed
     assert [status for _, _, status in rows(db)] == ["ok"] * 6
+
+
+def test_a_first_task_times_out_after_the_timeout_not_after_the_actor_start_too(local_ray, tmp_path):
+    """An actor's first task (and the first after a restart) had `startup_s + timeout_s` (600 + 300 s in a
+    tune): a hang there was not cut for 15 minutes. Now its time counts from the actor's start."""
+    import time
+
+    hang = tmp_path / "k_hang.py"
+    hang.write_text("import time\ntime.sleep(600)\n")
+    with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=3, startup_s=120) as pool:
+        started = time.monotonic()
+        first = list(pool.run([_task(0, hang)]))
+        assert [o.status for o in first] == ["timeout"] and first[0].message == "no result after 3 s"
+        assert time.monotonic() - started < 60, "cut after the actor's start and 3 s, not 123 s"
+        started = time.monotonic()
+        again = list(pool.run([_task(1, hang)]))  # the restarted actor's first task
+        assert [o.status for o in again] == ["timeout"] and time.monotonic() - started < 60
+        assert list(pool.run([_task(2)]))[0].status == "ok"
+
+
+def test_on_a_cluster_with_fewer_cpus_than_actors_every_actor_runs(local_ray):
+    """A CPU per actor on a 2-CPU cluster left two of four actors (two groups of two: `kt tune --ray auto` on
+    a small head node) waiting for CPUs forever. They now share the cluster's CPUs."""
+    assert ray.cluster_resources()["CPU"] == 2
+    env = {"TRITON_INTERPRET": "1"}
+    with RayPool({"a": (2, env), "b": (2, env)}, timeout_s=120, address="auto", startup_s=120) as pool:
+        tasks = [Task(i, "check", _task(i).payload, "ab"[i % 2]) for i in range(4)]
+        outcomes = list(pool.run(tasks))
+    assert sorted(o.task.id for o in outcomes) == [0, 1, 2, 3]
+    assert all(o.status == "ok" for o in outcomes), [o.message for o in outcomes]
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("localhost:abc", "--ray: 'localhost:abc' is not a Ray address; allowed: local, auto, HOST:PORT"),
+        ("", "--ray: '' is not a Ray address"),
+        ("garbage", "--ray: 'garbage' is not a Ray address"),
+        ("127.0.0.1:1", "--ray: nothing answers at '127.0.0.1:1'"),  # it retried for minutes
+    ],
+)
+def test_a_bad_or_dead_ray_address_is_one_line(tmp_path, address, says):
+    (tmp_path / "d.yaml").write_text(OPS["d"])
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(tmp_path / "d.yaml"), "--db", str(tmp_path / "t.db"),
+         "--out", str(tmp_path / "art"), "--ray", address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr, done.stderr

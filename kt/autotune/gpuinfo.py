@@ -79,7 +79,7 @@ def parse_gpus(text: str) -> list[int] | None:
     if text.strip() == "all":
         return None
     items = [item.strip() for item in text.split(",")]
-    if not items or not all(item.isdigit() for item in items):
+    if not items or not all(item.isascii() and item.isdigit() for item in items):
         raise DeviceError(f"--gpus: {text!r} is not allowed; give all, or GPU indices such as 0,1,3")
     indices = [int(item) for item in items]
     if len(set(indices)) != len(indices):

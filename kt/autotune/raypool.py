@@ -74,20 +74,22 @@ class RayPool:
         startup_s: float = STARTUP_S,
     ):
         ray = _ray()
+        check_address(address)
         if not ray.is_initialized():
-            if address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-            else:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            _connect(ray, address)
         self.timeout_s, self.startup_s = timeout_s, startup_s
         remote = ray.remote(max_restarts=-1, max_task_retries=0)(_Actor)
         gpu = set(gpu_groups)
         self.slots: list[dict[str, Any]] = []
+        actors = sum(workers for workers, _ in groups.values())
+        # on a cluster up to a CPU each, so Ray spreads them over the nodes, and a share of one where the cluster
+        # has fewer CPUs than actors (else the rest would wait for CPUs forever: a 2-core head node and two
+        # groups of 2); in a local instance none, so that a small machine holds both groups (they take turns on
+        # its cores like local workers)
+        cpus = 0.0 if address == "local" else _cpu_share(ray, actors)
         for group, (workers, env) in groups.items():
             for worker_env in slot_envs(group, workers, env):
-                # on a cluster a CPU each, so Ray spreads them over the nodes; in a local instance none, so that
-                # a small machine holds both groups (they take turns on its cores like local workers)
-                options = {"num_cpus": 0 if address == "local" else 1}
+                options: dict[str, Any] = {"num_cpus": cpus}
                 # Ray gives each GPU actor its own GPU (and sets CUDA_VISIBLE_DEVICES), on any node: the
                 # driver's numbering does not name it (its UUID does)
                 if group in gpu:
@@ -95,8 +97,11 @@ class RayPool:
                     worker_env.pop("CUDA_VISIBLE_DEVICES", None)
                     worker_env.pop("KT_GPU_INDEX", None)
                 options["runtime_env"] = {"env_vars": worker_env}
+                actor = remote.options(**options).remote()
+                # `ready` answers once the actor has started (imported torch and Triton): a task's timeout counts
+                # from then, not from when it was queued behind the start-up
                 self.slots.append(
-                    {"group": group, "actor": remote.options(**options).remote(), "ready": False}
+                    {"group": group, "actor": actor, "ready": False, "started": actor.ready.remote()}
                 )
 
     def __enter__(self) -> RayPool:
@@ -171,14 +176,33 @@ class RayPool:
                 outcome = self._outcome(ray, ref, slot, task, now - sent)
                 yield from self._with_follow_up(outcome, follow_up, pending)
             for ref, (slot, task, sent) in list(busy.items()):
-                limit = self.timeout_s if slot["ready"] else self.startup_s + self.timeout_s
-                if now - sent > limit:
-                    del busy[ref]
-                    ray.kill(slot["actor"], no_restart=False)  # Ray restarts it for the next task
-                    slot["ready"], slot["restarting"] = False, True
+                if not slot["ready"]:
+                    if ray.wait([slot["started"]], timeout=0)[0]:  # it has started: the task runs from now
+                        slot["ready"] = True
+                        busy[ref] = (slot, task, now)
+                        continue
+                    if now - sent <= self.startup_s:
+                        continue
+                    message = (
+                        f"the Ray actor did not start within {self.startup_s:.0f} s (a node short of the CPUs "
+                        "or GPUs it asks for, or a slow start)"
+                    )
+                elif now - sent > self.timeout_s:
                     message = f"no result after {self.timeout_s:.0f} s"
-                    yield from self._with_follow_up(Outcome(task, "timeout", message=message, wall_s=now - sent),
-                                                    follow_up, pending)  # fmt: skip
+                else:
+                    continue
+                del busy[ref]
+                ray.kill(slot["actor"], no_restart=False)  # Ray restarts it for the next task
+                self._restarted(slot)
+                yield from self._with_follow_up(Outcome(task, "timeout", message=message, wall_s=now - sent),
+                                                follow_up, pending)  # fmt: skip
+
+    @staticmethod
+    def _restarted(slot) -> None:
+        """The slot's actor is being restarted: wait for it before the next task, and time that task from its
+        start again."""
+        slot["ready"], slot["restarting"] = False, True
+        slot["started"] = slot["actor"].ready.remote()
 
     def _await_restart(self, ray, slot) -> None:
         """Wait (up to the start-up bound) until Ray has restarted the slot's actor: a task sent to an actor
@@ -193,6 +217,7 @@ class RayPool:
             except ray.exceptions.RayError:
                 time.sleep(0.2)
                 continue
+            slot["ready"] = True
             break
         slot["restarting"] = False
 
@@ -207,7 +232,7 @@ class RayPool:
         try:
             status, values, message, fatal = ray.get(ref)
         except ray.exceptions.RayActorError as exc:  # the candidate took its actor down: Ray restarts it
-            slot["ready"], slot["restarting"] = False, True
+            RayPool._restarted(slot)
             return Outcome(task, "crash", message=f"the Ray actor died: {str(exc).splitlines()[0][:300]}",
                            wall_s=elapsed)  # fmt: skip
         except ray.exceptions.RayError as exc:
@@ -215,8 +240,64 @@ class RayPool:
         slot["ready"] = True
         if fatal:  # the actor's CUDA context is unusable: a fresh process for the next task
             ray.kill(slot["actor"], no_restart=False)
-            slot["ready"], slot["restarting"] = False, True
+            RayPool._restarted(slot)
         return Outcome(task, status, values, message, elapsed)
+
+
+ADDRESS_HELP = "local, auto, HOST:PORT (a cluster's GCS address) or ray://HOST:PORT (Ray Client)"
+CONNECT_S = 5.0  # how long a HOST:PORT has to accept a connection before --ray says nothing answers there
+
+
+def check_address(address: str) -> None:
+    """`--ray`'s value, checked as the command line is read: local, auto, HOST:PORT or ray://HOST:PORT with a
+    port from 1 to 65535 (Ray's own errors for others are tracebacks)."""
+    if address in ("local", "auto"):
+        return
+    host, port = _host_port(address)
+    if not host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise KtError(f"--ray: {address!r} is not a Ray address; allowed: {ADDRESS_HELP}")
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), port
+
+
+def _connect(ray, address: str) -> None:
+    """ray.init for `address`, every failure one KtError naming --ray. A HOST:PORT must accept a TCP connection
+    within CONNECT_S first: ray.init retries an address where nothing listens for minutes."""
+    import socket
+
+    if address not in ("local", "auto"):
+        host, port = _host_port(address)
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_S).close()
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise KtError(
+                f"--ray: nothing answers at {address!r} ({why}); give a running cluster's address"
+            ) from None
+    try:
+        if (
+            address == "local"
+        ):  # a new instance of this process's own, even where a cluster runs on this machine
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's own words, on one line
+        from kt.errors import one_line
+
+        raise KtError(f"--ray {address}: Ray could not connect ({one_line(exc)})") from None
+
+
+def _cpu_share(ray, actors: int) -> float:
+    """The CPUs each of `actors` actors asks for on a cluster: one, or an equal share of the cluster's CPUs
+    where it has fewer (Ray takes fractions; its unit is 1/10000 of a CPU)."""
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    if actors <= 0 or total >= actors:
+        return 1.0
+    return max(1e-4, int(total / actors * 1e4) / 1e4)
 
 
 def _portable(payload: dict[str, Any]) -> dict[str, Any]:

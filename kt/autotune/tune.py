@@ -833,9 +833,7 @@ class _Tuner:
         verb = "measuring" if self.runner.measures_time else "checking"
         ranked = f"first ranked by {model_noun(self.plan.model)}"
         if self.plan.objective != "time" and self.plan.prediction.power_w is None:
-            ranked += (
-                f" on predicted time (it predicts no power, so {self.plan.objective} counts only where measured)"
-            )
+            ranked += f" on predicted time (it predicts no power, so {self.plan.objective} counts only where measured)"
         reporter.start(
             total,
             min(len(known), total),
