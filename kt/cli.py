@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -68,6 +69,11 @@ class _Group(click.Group):
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "kt"
             err.print(f"kt: error: {exc.format_message()} (see `{command} --help`)", style="red")
+            sys.exit(2)
+        except sqlite3.Error as exc:  # a database that failed once open: damaged, the disk full, read-only
+            from kt.autotune.database import failure
+
+            err.print(f"kt: error: {failure(exc)}", style="red")
             sys.exit(2)
         except OSError as exc:  # a path the user gave: unwritable, a file where a directory should be, ...
             where = f": {exc.filename}" if exc.filename else ""

@@ -41,6 +41,24 @@ def test_the_same_measurement_is_never_stored_twice(tmp_path):
         assert set(found) == {"m32n32k32g8w4s3x1", "other"} and found["other"]["problem"] == {"m": 1}
 
 
+def test_a_database_with_an_older_key_is_rekeyed_so_rows_of_a_new_triton_are_stored(tmp_path):
+    """Schema 1 keyed rows without triton_version. Migrating kept that index (CREATE INDEX IF NOT EXISTS), so
+    after a Triton upgrade every check collided with an old row and was dropped as already present: the tune
+    checked its configs, stored none and failed."""
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        assert db.insert(row(triton_version="3.0.0"))
+        old_key = [k for k in KEY_COLUMNS if k != "triton_version"]
+        db.conn.execute("DROP INDEX measurement_key")
+        db.conn.execute(f"CREATE UNIQUE INDEX measurement_key ON measurements ({', '.join(old_key)})")
+        db.conn.execute("PRAGMA user_version = 1")
+    with Database(path) as db:
+        assert [r[2] for r in db.conn.execute("PRAGMA index_info(measurement_key)")] == list(KEY_COLUMNS)
+        assert db.insert(row(triton_version="3.9.0")), "a row of another Triton is a new measurement"
+        assert not db.insert(row(triton_version="3.9.0", status="crash"))
+        assert db.count() == 2
+
+
 def test_bad_rows_are_refused_whole(tmp_path):
     with Database(tmp_path / "t.db") as db:
         with pytest.raises(ValueError, match="unknown measurement columns"):
@@ -219,3 +237,41 @@ def test_tunes_opening_a_new_database_at_once_all_get_it(tmp_path):
         for thread in threads:
             thread.join()
         assert errors == []
+
+
+def test_a_database_damaged_or_failing_once_open_is_one_line_not_a_traceback(tmp_path):
+    """SQLite errors after the file opened (a damaged page read by a query, the disk filling up mid-tune)
+    escaped the CLI as tracebacks (exit 1); a read-only or full file was called "not a kt tuning database"."""
+    import os
+    import subprocess
+    import sys
+
+    from kt.autotune.database import failure
+
+    path = tmp_path / "big.db"
+    with Database(path) as db:
+        for i in range(600):
+            db.insert(row(config_key=f"c{i}", message="x" * 200))
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = path.stat().st_size // 4096
+    with path.open("r+b") as handle:  # a page of rows in the middle, overwritten: the header still opens
+        handle.seek(4096 * (pages // 2) + 8)
+        handle.write(b"\xa5" * 4000)
+    for command in (["export", str(tmp_path / "x.csv"), "--db", str(path)], ["inspect", str(path)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "kt.cli", *command], capture_output=True, text=True, timeout=300,
+            env={**os.environ, "KT_CACHE_DIR": str(tmp_path / "cache")},
+        )  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert (
+            f"big.db' is damaged (database disk image is malformed); `sqlite3 {path} .recover`" in done.stderr
+        )
+    assert not (tmp_path / "x.csv").exists()
+    for name, says in [
+        ("SQLITE_FULL", "t.db': the disk is full (database or disk is full); free space there"),
+        ("SQLITE_READONLY", "t.db' cannot be written (database or disk is full); give a --db"),
+        ("SQLITE_IOERR_WRITE", "t.db': the disk failed"),
+    ]:
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorname = name
+        assert says in failure(exc, tmp_path / "t.db")

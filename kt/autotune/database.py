@@ -182,6 +182,48 @@ def check_file(path: Path, create: bool = True) -> None:
             raise
 
 
+_OPENED: list[Path] = []  # the database opened last
+# SQLite's result codes (sqlite_errorname, before any extended part) by what a user can do about them
+_KINDS = {
+    "SQLITE_FULL": "full",
+    "SQLITE_CORRUPT": "damaged",
+    "SQLITE_NOTADB": "damaged",
+    "SQLITE_READONLY": "read-only",
+    "SQLITE_CANTOPEN": "read-only",
+    "SQLITE_PERM": "read-only",
+    "SQLITE_IOERR": "disk",
+}
+
+
+def _kind(exc: sqlite3.Error) -> str | None:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return next((kind for code, kind in _KINDS.items() if name == code or name.startswith(code + "_")), None)
+
+
+def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
+    """One line for an SQLite error of a database kt was using (a tune, an export): the disk full under it, the
+    file damaged or read-only. The CLI prints it where such an error would have been a traceback; rows already
+    committed stay."""
+    path = path or (_OPENED[0] if _OPENED else None)
+    where = f"db: {str(path)!r}" if path else "db"
+    kind = _kind(exc)
+    if kind == "full":
+        return (
+            f"{where}: the disk is full ({exc}); free space there and run the command again (committed rows "
+            "are kept)"
+        )
+    if kind == "damaged":
+        import shlex
+
+        recover = f"sqlite3 {shlex.quote(str(path)) if path else 'FILE'} .recover"
+        return f"{where} is damaged ({exc}); `{recover}` may save its rows, or give another --db"
+    if kind == "read-only":
+        return f"{where} cannot be written ({exc}); give a --db where kt may write"
+    if kind == "disk":
+        return f"{where}: the disk failed ({exc})"
+    return f"{where}: SQLite failed ({exc})"
+
+
 class _Blank(DatabaseError):
     """A readable file that holds no tables: not a kt database yet (a tune would make its tables there)."""
 
@@ -196,6 +238,7 @@ class Database:
         """
         self.path = Path(path) if path is not None else default_path()
         self.readonly = readonly
+        _OPENED[:] = [self.path]  # what `failure` names when SQLite fails later, outside this class
         existed = check_path(self.path, create and not readonly)
         try:
             if readonly:
@@ -231,6 +274,11 @@ class Database:
                 ) from None
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
                 raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
+            if _kind(exc) not in (
+                "damaged",
+                None,
+            ):  # read-only, full, a disk error: a kt database all the same
+                raise DatabaseError(failure(exc, self.path)) from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 
     def _check(self) -> set[str]:
@@ -265,6 +313,11 @@ class Database:
                 for name, kind in COLUMNS:
                     if name not in have:
                         self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {kind}")
+            indexed = [r[2] for r in self.conn.execute("PRAGMA index_info(measurement_key)")]
+            if indexed and indexed != list(KEY_COLUMNS):
+                # an older key (schema 1's lacked triton_version): kept, it made every row of another Triton
+                # collide with an old one, so each check was dropped as already present and the tune found none
+                self.conn.execute("DROP INDEX measurement_key")
             self.conn.execute(
                 f"CREATE UNIQUE INDEX IF NOT EXISTS measurement_key ON measurements ({', '.join(KEY_COLUMNS)})"
             )
@@ -339,16 +392,22 @@ class Database:
                 states.append("mine")
         return states
 
-    def release(self, keys: list[dict[str, Any]]) -> None:
-        """Drop this process's claims on these keys (measured, or given up)."""
+    def release(self, keys: list[dict[str, Any]], quiet: bool = False) -> None:
+        """Drop this process's claims on these keys (measured, or given up). `quiet`: an SQLite error is let go
+        (a `finally` after a failure, such as the disk filling up, must not hide that failure behind its own;
+        a claim left behind is taken over once this process is gone)."""
         if not keys or self.readonly:
             return
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "DELETE FROM claims WHERE claim_key = ? AND pid = ? AND host = ?",
-                [(claim_key(key), os.getpid(), _host()) for key in keys],
-            )
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN")
+                self.conn.executemany(
+                    "DELETE FROM claims WHERE claim_key = ? AND pid = ? AND host = ?",
+                    [(claim_key(key), os.getpid(), _host()) for key in keys],
+                )
+        except sqlite3.Error:
+            if not quiet:
+                raise
 
     def claims(self) -> list[dict[str, Any]]:
         """Every claim held now (claim_key, pid, host, claimed_at)."""

@@ -875,7 +875,7 @@ class _Tuner:
                     values[self.index_of[result.candidate.config.key()]] = self.value(row)
                     reporter.advance(result)
             finally:
-                self.database.release(claimed)  # candidate zero's claim (the configs' go in measure())
+                self.database.release(claimed, quiet=True)  # candidate zero's (the configs' go in measure())
             return values
 
         def measure(batch: list[int]) -> dict[int, float | None]:
@@ -906,7 +906,7 @@ class _Tuner:
                         announced = True
                     time.sleep(CLAIM_POLL_S)
             finally:  # a crash or Ctrl-C: what this process claimed and did not finish is free again
-                self.database.release(list(keys.values()))
+                self.database.release(list(keys.values()), quiet=True)
             return values
 
         try:
