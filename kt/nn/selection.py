@@ -285,8 +285,8 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     for directory in _artifact_dirs():
         for meta_path in sorted(directory.glob("*/meta.json")):
-            if kept_artifact(meta_path.parent):  # the artifact a later tune replaced (kt tune keeps it)
-                continue
+            if kept_artifact(meta_path.parent) or meta_path.parent.name.startswith("."):
+                continue  # the artifact a later tune replaced (kt tune keeps it), or a save's staging folder
             try:
                 meta = json.loads(meta_path.read_text())
             except (OSError, json.JSONDecodeError):
