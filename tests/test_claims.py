@@ -34,7 +34,11 @@ def sleeper():
     process.wait()
 
 
-def hold(db: Database, key: dict, pid: int, host: str | None = None, at: str = "2026-11-30T00:00:00+00:00"):
+def hold(db: Database, key: dict, pid: int, host: str | None = None, at: str | None = None):
+    """A claim of `pid` made now (after its process started, as a real holder's is), or `at`."""
+    from datetime import datetime, timezone
+
+    at = at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     with db.conn:
         db.conn.execute(
             "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",

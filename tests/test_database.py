@@ -1,5 +1,6 @@
 """The tuning database: one committed row per measurement, unique per identity, clear errors on bad files."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -275,3 +276,24 @@ def test_a_database_damaged_or_failing_once_open_is_one_line_not_a_traceback(tmp
         exc = sqlite3.OperationalError("database or disk is full")
         exc.sqlite_errorname = name
         assert says in failure(exc, tmp_path / "t.db")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_a_claim_whose_pid_now_names_a_later_process_is_stale(tmp_path):
+    """A killed tune's claims name its pid; once the system gives that pid to another process (a container
+    soon does), the claim looked held and a later tune waited for it forever."""
+    import subprocess
+    from datetime import datetime, timedelta, timezone
+
+    from kt.autotune.database import _alive, _host
+
+    now = datetime.now(timezone.utc)
+    earlier = (now - timedelta(minutes=5)).isoformat(timespec="seconds")
+    later = subprocess.Popen(["sleep", "60"])  # started after a claim made five minutes ago
+    try:
+        assert not _alive(later.pid, _host(), earlier, now)
+        assert _alive(later.pid, _host(), (now + timedelta(seconds=5)).isoformat(timespec="seconds"), now)
+    finally:
+        later.kill()
+        later.wait()
+    assert _alive(os.getpid(), _host(), now.isoformat(timespec="seconds"), now)  # this process: the holder

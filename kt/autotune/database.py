@@ -126,8 +126,26 @@ def _alive(pid: int, host: str, claimed_at: str, now: datetime) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
+        pass
+    try:  # a pid the system gave again to a process that started after the claim: not its holder
+        return not _started_after(pid, datetime.fromisoformat(claimed_at))
+    except ValueError:
         return True
-    return True
+
+
+def _started_after(pid: int, when: datetime) -> bool:
+    """Whether process `pid` started after `when` (Linux's /proc: the boot time and the process's start in clock
+    ticks since; False where that cannot be read). A killed tune's claims name its pid, which a container in
+    particular soon gives to another process: a later tune waited for that one forever."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return started > when.timestamp() + 2  # the claim's time has whole seconds, btime too
 
 
 def default_path() -> Path:
