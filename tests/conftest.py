@@ -50,7 +50,7 @@ def shipped_models(request, monkeypatch):
 SLOW_FILES = {
     "test_nn.py": 174,
     "test_structured_kernels.py": 153,
-    "test_ray.py": 147,
+    "test_ray.py": 190,  # 147 at fab3eef; four tests more since (timeouts, a small cluster, bad addresses)
     "test_sparse_kernels.py": 146,
     "test_compile_target.py": 119,
     "test_tune.py": 114,
