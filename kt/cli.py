@@ -192,9 +192,8 @@ def _db_option(
     def check(ctx, param, value):
         if value is not None:
             check_file(value, create)
-        elif create and os.environ.get(
-            "KT_DB"
-        ):  # the default's setting, named (it said db: after the heading)
+        elif create and os.environ.get("KT_DB"):
+            # the default's setting, named as such (it said db: after the op's heading and the imports)
             with named("KT_DB"):
                 check_file(Path(os.environ["KT_DB"]), create)
         return value
@@ -455,13 +454,7 @@ def tune(
 
     concurrent = ops_at_once(specs, device, concurrent)
     sources = sorted({spec.source or from_model for spec in specs})  # a model's ops have no file
-    where = (
-        sources[0]
-        if len(sources) == 1
-        else f"{len(sources)} files"
-        if not from_model
-        else f"{len(sources)} sources"
-    )
+    where = sources[0] if len(sources) == 1 else f"{len(sources)} {'sources' if from_model else 'files'}"
     how = "one after the other" if concurrent == 1 else f"up to {concurrent} at once"
     out.print(f"{where}: {len(specs)} ops, tuned {how}", style="bold")
     _checks_only_note(checks_only)

@@ -292,10 +292,7 @@ class Database:
                 ) from None
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
                 raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
-            if _kind(exc) not in (
-                "damaged",
-                None,
-            ):  # read-only, full, a disk error: a kt database all the same
+            if _kind(exc) in ("full", "read-only", "disk"):  # a kt database all the same, which kt cannot use
                 raise DatabaseError(failure(exc, self.path)) from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 

@@ -97,9 +97,8 @@ class _KtLinear(nn.Module, ABC):
     def _autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype torch.autocast runs this layer in on x's device, where it is on and not the layer's own."""
         device = x.device.type
-        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(
-            device
-        ):  # meta has none
+        # the meta device has no autocast (asking about it is an error there)
+        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
             return None
         dtype = torch.get_autocast_dtype(device)
         return None if dtype == self.dtype else dtype
