@@ -130,7 +130,7 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     import kt.autotune.replay as replay_module
 
     rows = [row for sweep in sweeps[:6] for row in sweep_rows(sweep)]
-    monkeypatch.setattr(replay_module, "read_rows", lambda path: rows)
+    monkeypatch.setattr(replay_module, "read_rows", lambda path, field="data": rows)
     path = tmp_path / "sweeps.csv"
     path.write_text(",".join(CSV_COLUMNS) + "\n")  # a kt export's header: the rows come from read_rows
     result = replay_module.replay_file(path, "guided", 2, repeats=2, seed=1, min_configs=3)
