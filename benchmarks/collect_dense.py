@@ -20,6 +20,7 @@ from pathlib import Path
 
 import kt
 from kt.autotune.database import Database
+from kt.autotune.figures import check_outputs
 from kt.autotune.timing import DEFAULT_TIMING, TimingSettings
 from kt.errors import KtError
 
@@ -82,11 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one config may take")
     args = parser.parse_args(argv)
+    check_outputs(
+        parser, {"--export": args.export}, [args.db]
+    )  # before any work: a folder, a database, an input
     dtypes = args.dtypes.split(",")
     if not set(dtypes) <= set(DTYPES) or (args.sample is not None and args.sample < 1):
         parser.error(f"--dtypes must be from {', '.join(DTYPES)} and --sample at least 1")
-    if args.target_ms <= 0 or args.energy_s < 0:
+    if not args.target_ms > 0 or not args.energy_s >= 0:  # nan fails both
         parser.error("--target-ms must be > 0 and --energy-s >= 0")
+    if args.limit is not None and args.limit < 1:  # a negative slice ran all but the last shapes
+        parser.error(f"--limit: {args.limit} shapes; give 1 or more")
+    if not 0 < args.timeout <= 86400:
+        parser.error(f"--timeout: {args.timeout} s; give a number of seconds from 1 to 86400")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers: {args.workers}; give 1 or more")
     timing = TimingSettings(target_ms=args.target_ms, energy_s=args.energy_s)
     suite = [(shape, dtype) for shape in SHAPES[: args.limit] for dtype in dtypes]
     started = time.monotonic()

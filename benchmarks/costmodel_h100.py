@@ -43,6 +43,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from kt.autotune.dataset import baseline_record, is_baseline, is_measured, to_record
+from kt.autotune.figures import check_outputs
 from kt.autotune.inductor import read_logs
 from kt.costmodel.classic import ClassicTritonModel, MostCommonBestModel
 from kt.costmodel.evaluate import ape, assign_folds, spearman_within, top1_score, topk_recall
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", action="store_true", help="also the A100 -> H100 transfer curve")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = parser.parse_args(argv)
+    if args.folds < 2 or args.trees < 1:  # 0 folds divided by zero, -1 printed a table of nan
+        parser.error(f"--folds must be 2 or more and --trees 1 or more (got {args.folds} and {args.trees})")
+    check_outputs(parser, {"--json": args.json}, [])  # before any work: a folder, a database, an input
     files = {
         name: args.data / f"{name}.txt.gz"
         for name in ("h100_mm", "h100_timm_train_mm", "a100_mm", "a100_timm_train_mm")

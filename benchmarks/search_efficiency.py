@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from kt.autotune.dataset import read_rows
+from kt.autotune.figures import check_outputs
 from kt.autotune.replay import Sweep, reached, replay, sweeps_from_rows
 from kt.autotune.versions import software_versions
 from kt.device import ProfileError, get_profile
@@ -146,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-configs", type=int, default=20, help="smallest sweep to use (kt data only)")
     parser.add_argument("--csv", type=Path, default=None, help="write every replayed search's figure here")
     args = parser.parse_args(argv)
+    check_outputs(
+        parser, {"--csv": args.csv}, [args.data, args.gpperf_tiled]
+    )  # before any work: a folder, a database, an input
+    for option, value in (
+        ("--seeds", args.seeds),
+        ("--trees", args.trees),
+        ("--min-configs", args.min_configs),
+    ):
+        if value < 1:
+            parser.error(f"{option}: {value}; give 1 or more")
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
         if not all(0 < f <= 1 for f in fractions):

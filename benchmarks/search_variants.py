@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 
+from kt.autotune.figures import end_line
 from kt.autotune.replay import parameter_forest, replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
 from kt.autotune.spaces import TuningSpace, _numeric, encode, load_kernel_tuner, varying
@@ -324,7 +325,11 @@ def read(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        sys.exit(f"search_variants: error: --jsonl: {path} is not this script's JSON lines (not text)")
+    for line in text.splitlines():
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -381,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         budgets = [int(b) for b in args.budgets.split(",") if b]
     except ValueError as error:
         parser.error(str(error).split(": invalid literal")[0])
+    if not budgets or min(budgets) < 1:  # -5 was run, and stored as a score of 0
+        parser.error(f"--budgets: {args.budgets!r}; give counts of evaluations of 1 or more")
+    if not variants and not args.compare:
+        parser.error(f"give --variants (of: {', '.join(VARIANTS)}) or --compare")
     if args.held_out is not None:
         known = {**HELD_OUT, **LATER_HELD_OUT}
         paths = {name: args.held_out / rel for name, rel in known.items()}
@@ -392,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--spaces: {', '.join(wrong)} not among {', '.join(paths)}")
         paths = {s: paths[s] for s in args.spaces.split(",")}
     missing = [name for name, path in paths.items() if not path.is_file()]
+    if variants and len(missing) == len(paths):  # nothing to run: say so, not exit 0 having done nothing
+        parser.error(f"no space found: {', '.join(str(paths[name]) for name in missing)}")
     for name in missing:
         print(f"skip {name}: {paths[name]} not found", file=sys.stderr)
     done = {(r["space"], r["variant"], r["budget"], r["seed"]) for r in read(args.jsonl)}
@@ -406,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if jobs:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        end_line(args.jsonl)  # a line cut short by a killed run is not continued by the next
         with Pool(max(1, args.jobs)) as pool, args.jsonl.open("a") as handle:
             for i, row in enumerate(pool.imap_unordered(run, jobs), 1):
                 handle.write(json.dumps(row) + "\n")

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
+from kt.autotune.figures import check_outputs, end_line
 from kt.autotune.replay import replay_space
 from kt.autotune.spaces import TuningSpace, load_kernel_tuner
 
@@ -134,11 +135,35 @@ def budget_of(label: str, size: int) -> int:
     return max(1, math.ceil(float(label[:-1]) / 100 * size)) if label.endswith("%") else int(label)
 
 
+def check_budgets(parser, text: str) -> list[str]:
+    """--budgets: each a count of evaluations or a percentage of the space (kt replay's rule), else one line."""
+    from kt.autotune.spaces import parse_budget
+    from kt.errors import KtError
+
+    labels = [label.strip() for label in text.split(",")]
+    for label in labels:
+        try:
+            parse_budget(label)
+        except KtError as exc:
+            parser.error(f"--budgets: {exc}")
+    return labels
+
+
 def read_done(path: Path | None) -> list[dict]:
+    """The runs of an earlier --csv (a rerun skips them); a row cut short (a run killed mid-write) is left out,
+    and a file that is not this script's CSV is refused in one line."""
     if path is None or not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != COLUMNS:
+                sys.exit(
+                    f"search_vs_tuners: error: --csv: {path} is not this script's CSV (columns {COLUMNS})"
+                )
+            return [row for row in reader if all(row.get(column) not in (None, "") for column in COLUMNS)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        sys.exit(f"search_vs_tuners: error: --csv: {path} is not this script's CSV ({exc})")
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
@@ -376,7 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     strategies = list(KT) + list(tuners.available())
     if args.strategies:
         strategies = [s for s in args.strategies.split(",") if s]
-    budgets = args.budgets.split(",")
+        unknown = [s for s in strategies if s not in KT and s not in tuners.EXTERNAL]
+        if unknown:
+            parser.error(
+                f"--strategies: {', '.join(unknown)} unknown; allowed: {', '.join([*KT, *tuners.EXTERNAL])}"
+            )
+    budgets = check_budgets(parser, args.budgets)
+    check_outputs(parser, {"--csv": args.csv}, [args.against])
     done = read_done(args.csv)
     have = {(r["space"], r["strategy"], r["budget_label"], int(r["repeat"])) for r in done}
     rows = list(done)
@@ -384,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         new = not args.csv.is_file()
+        end_line(args.csv)  # a row cut short by a killed run is not continued by the next
         handle = args.csv.open("a", newline="")
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         if new:
@@ -396,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                 stem: args.data / f"{stem}.json.gz" for stem in (args.spaces or ",".join(SPACES)).split(",")
             }
         )
+        if paths and not any(path.is_file() for path in paths.values()):  # it exited 0 having done nothing
+            sys.exit(f"search_vs_tuners: error: no space found: {', '.join(map(str, paths.values()))}")
         for stem, path in paths.items():
             if not path.is_file():
                 print(f"skip {stem}: {path} not found", file=sys.stderr)

@@ -175,8 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-trees", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for key in [args.only] if args.only else sorted(FILES, reverse=True):
-        ship(key, args)
+    from kt.errors import KtError
+
+    try:
+        for key in [args.only] if args.only else sorted(FILES, reverse=True):
+            ship(key, args)
+    except KtError as exc:  # a missing or malformed log, a model that cannot be written: one line
+        parser.exit(2, f"ship_costmodels: error: {exc}\n")
     return 0
 
 

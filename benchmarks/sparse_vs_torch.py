@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import run_context, write_csv
+from kt.autotune.figures import check_outputs, run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.autotune.tune import objective_value
 from kt.ir import op_from_spec
@@ -300,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--list", action="store_true", help="print the cases it would run and stop (no GPU needed)"
     )
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--csv": args.csv}, [args.db])  # before any work: a folder, a database, an input
     if args.budget < 1:
         parser.error(f"--budget must be at least 1, got {args.budget}")
     args.cases = select(cases(), args.only)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import kt
-from kt.autotune.figures import run_context, write_csv
+from kt.autotune.figures import check_outputs, run_context, write_csv
 from kt.autotune.runners import DRY_RUN_DEVICE, make_runner
 from kt.autotune.timing import DEFAULT_TIMING, DRY_RUN_TIMING
 from kt.autotune.tune import PyTorchPath, generated_candidate, pytorch_candidate
@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         help="no GPU: 24 rows each through the dry run (checks, times nothing)",
     )
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--csv": args.csv}, [])  # before any work: a folder, a database, an input
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        print(
+            "structured_probe: needs a CUDA GPU; this machine has none (--smoke runs it through the dry run)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers: {args.workers} is not a worker count; give 1 or more")
     profile = kt.resolve_profile("h100" if args.smoke else "auto")
     if args.smoke:
         context = {"device": DRY_RUN_DEVICE, "date": "-", "torch_version": "-", "triton_version": "-"}

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import run_context, write_csv
+from kt.autotune.figures import check_outputs, run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.ir import op_from_spec
 from kt.ir.structured import butterfly_reference, monarch_reference
@@ -204,6 +204,7 @@ def main() -> int:
     parser.add_argument("--db", default=None, help="tuning database (default: kt's)")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
+    check_outputs(parser, {"--csv": args.csv}, [args.db])  # before any work: a folder, a database, an input
     if not torch.cuda.is_available():
         print("structured_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,46 @@ def run_context(device: str | None = None) -> dict[str, Any]:
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """`rows` as a CSV at `path` (its folder made), columns in the order the rows first name them; written
-    beside it and renamed into place, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    beside it and renamed into place (kt.files.atomic_write, which leaves nothing behind when that fails), so a
+    reader never sees half a file."""
+    from kt.files import atomic_write
+
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+
+    def write(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
+
+    atomic_write(path, write)
+
+
+def check_outputs(parser, outputs: dict[str, Any], inputs: Iterable[Any] = ()) -> None:
+    """A benchmark's output files, refused before its work in one line (argparse's usage error, exit 2) as kt's
+    commands refuse theirs: a folder in the place, a place that takes no file, a tuning database or another
+    input of the run (`inputs`) that the output would replace. `outputs` maps each option to its path (None:
+    not given)."""
+    from kt.errors import KtError
+    from kt.files import check_not_input, check_writable
+
+    given = [Path(i) for i in inputs if i is not None]
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        try:
+            check_writable(path, option)
+            check_not_input(path, given, option, "an input of this run")
+        except KtError as exc:
+            parser.error(str(exc))
+
+
+def end_line(path: Path) -> None:
+    """End `path` with a newline where a killed writer left its last line unfinished, so that lines appended to
+    it start on their own (they were glued onto the cut one, and both were lost)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")

@@ -1,0 +1,72 @@
+"""The benchmark scripts refuse bad arguments and outputs in one line before any work (they overwrote a tuning
+database or their own input with a CSV, exit 0; or failed with a traceback after the work)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kt.autotune.figures import end_line, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cases(tmp: Path) -> list[tuple[list[str], str]]:
+    db = tmp / "t.db"
+    data = tmp / "in.csv"
+    return [
+        (["collect_dense.py", "--sample", "1", "--db", db, "--export", db], "--export: '"),
+        (["nn_layers.py", "--device", "cpu", "--db", db, "--csv", db], "--csv: '"),
+        (["nn_layers.py", "--device", "cpu", "--csv", tmp], "is a folder; give a file path"),
+        (["search_efficiency.py", "--gpperf-tiled", data, "--csv", data], "is an input of this run itself"),
+        (["search_efficiency.py", "--gpperf-tiled", data, "--seeds", "0"], "--seeds: 0; give 1 or more"),
+        (["costmodel_h100.py", "--folds", "0"], "--folds must be 2 or more"),
+        (["structured_probe.py"], "structured_probe: needs a CUDA GPU"),
+        (["search_vs_tuners.py", "--budgets", "0"], "--budgets: budget: '0' is not a count"),
+        (["search_vs_tuners.py", "--strategies", "nosuch"], "--strategies: nosuch unknown"),
+        (
+            ["search_variants.py", "--variants", "base", "--budgets", "-5", "--jsonl", tmp / "v.jsonl"],
+            "--budgets",
+        ),
+        (["ship_costmodels.py", "--data", tmp / "none", "--out", tmp / "ship"], "h100_mm.txt.gz' not found"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index):
+    db = tmp_path / "t.db"
+    sqlite3.connect(db).execute("CREATE TABLE kept (x)").connection.close()
+    (tmp_path / "in.csv").write_text("a,b\n1,2\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    args, says = cases(tmp_path)[index]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / args[0]), *map(str, args[1:])],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr, done.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_write_csv_leaves_nothing_behind_when_the_place_is_a_folder(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError):
+        write_csv(tmp_path / "out", [{"a": 1}])
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # it left .out.tmp beside it
+    write_csv(tmp_path / "x.csv", [{"a": 1}, {"b": 2}])
+    assert (tmp_path / "x.csv").read_bytes() == b"a,b\r\n1,\r\n,2\r\n"  # as csv writes it
+
+
+def test_a_line_cut_short_is_ended_before_more_are_appended(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2, "b"')
+    end_line(path)
+    with path.open("a") as handle:
+        handle.write('{"a": 3}\n')
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"a": 2, "b"', '{"a": 3}']
+    end_line(path)  # a whole last line is left as it is
+    assert path.read_text().endswith('{"a": 3}\n')
