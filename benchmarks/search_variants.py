@@ -388,8 +388,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error).split(": invalid literal")[0])
     if not budgets or min(budgets) < 1:  # -5 was run, and stored as a score of 0
         parser.error(f"--budgets: {args.budgets!r}; give counts of evaluations of 1 or more")
-    if not variants and not args.compare:
-        parser.error(f"give --variants (of: {', '.join(VARIANTS)}) or --compare")
     if args.held_out is not None:
         known = {**HELD_OUT, **LATER_HELD_OUT}
         paths = {name: args.held_out / rel for name, rel in known.items()}
@@ -400,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         if wrong:
             parser.error(f"--spaces: {', '.join(wrong)} not among {', '.join(paths)}")
         paths = {s: paths[s] for s in args.spaces.split(",")}
+    if not variants and not args.compare:
+        parser.error(f"give --variants (of: {', '.join(VARIANTS)}) or --compare")
     missing = [name for name, path in paths.items() if not path.is_file()]
     if variants and len(missing) == len(paths):  # nothing to run: say so, not exit 0 having done nothing
         parser.error(f"no space found: {', '.join(str(paths[name]) for name in missing)}")
