@@ -509,6 +509,27 @@ def _vector_shape(value: Any, path: str, power_of_two: bool) -> VectorShape:
     return VectorShape(batch, n)
 
 
+FFT_MAX_BLOCK = 1024  # kt.ir.problems.FFTProblem.MAX_BLOCK: the largest DFT block of a four-step split
+FFT_MAX_DIRECT = 4096  # an n without such a split runs as one n x n DFT: 128 MiB of complex64 planes at most
+
+
+def _fft_shape(value: Any, path: str) -> VectorShape:
+    """An FFT's shape: n = n1 * n2 with both at most FFT_MAX_BLOCK (two DFT stages), or up to FFT_MAX_DIRECT
+    (one DFT). Any other n fell back to one n x n DFT whose matrix no GPU holds (32 TiB at n = 2**21)."""
+    shape = _vector_shape(value, path, power_of_two=False)
+    n = shape.n
+    if n > FFT_MAX_DIRECT and not any(
+        n % n1 == 0 and n // n1 <= FFT_MAX_BLOCK for n1 in range(-(-n // FFT_MAX_BLOCK), FFT_MAX_BLOCK + 1)
+    ):
+        raise SpecError(
+            f"{path}.n",
+            f"{n} is not a product n1 * n2 of two sizes up to {FFT_MAX_BLOCK} (kt's FFT is two DFT stages, or one "
+            f"n x n DFT up to n = {FFT_MAX_DIRECT}); allowed: such a product (at most {FFT_MAX_BLOCK**2}), e.g. "
+            f"{min(FFT_MAX_BLOCK**2, 1 << (n - 1).bit_length())}, or n up to {FFT_MAX_DIRECT}",
+        )
+    return shape
+
+
 def _linear_shape(value: Any, path: str) -> LinearShape:
     if value is None:
         raise SpecError(path, "is required: a mapping {batch: B, in: IN, out: OUT}")
@@ -747,7 +768,7 @@ SHAPE_PARSERS = {
     "dense": _dense_shape,
     "monarch": _monarch_shape,
     "butterfly": lambda value, path: _vector_shape(value, path, power_of_two=True),
-    "fft": lambda value, path: _vector_shape(value, path, power_of_two=False),
+    "fft": lambda value, path: _fft_shape(value, path),
     "blocksparse": _linear_shape,
     "blocksparse_grad": _linear_shape,
     "lowrank": _chain_shape,

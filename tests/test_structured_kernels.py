@@ -82,6 +82,13 @@ def test_monarch_square_shorthand_and_general_form():
         ({"op": "fft", "dtype": "bfloat16", "shape": {"batch": 8, "n": 64}}, "dtype", "float32, float16"),
         ({"op": "fft", "shape": {"batch": 8, "n": 64}, "input": "imaginary"}, "input", "complex, real"),
         ({"op": "butterfly", "shape": {"batch": 8, "n": 64}, "input": "real"}, "input", "unknown key"),
+        # no split with both blocks up to 1024: one n x n DFT, 32 TiB at 2**21, which kt built and then failed
+        (
+            {"op": "fft", "shape": {"batch": 1, "n": 2**21}},
+            "shape.n",
+            "not a product n1 * n2 of two sizes up",
+        ),
+        ({"op": "fft", "shape": {"batch": 1, "n": 65537}}, "shape.n", "e.g. 131072, or n up to 4096"),
     ],
 )
 def test_structured_spec_errors_name_the_field(data, field, words):

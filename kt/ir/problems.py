@@ -398,7 +398,7 @@ class FFTProblem(StructuredProblem):
     family = "fft"
     weight_names = ()
     max_roundings = 4  # the stored intermediate, the output, and the DFT matrices of both stages
-    MAX_BLOCK = 1024  # DFT blocks larger than this do more work than any split saves
+    MAX_BLOCK = 1024  # DFT blocks larger than this do more work than any split saves (kt.spec.FFT_MAX_BLOCK)
 
     in_features = out_features = property(lambda self: self.n)
 
