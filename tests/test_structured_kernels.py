@@ -441,3 +441,26 @@ def test_kt_show_prints_the_launches_of_each_structure_choice():
     assert "fused=1: one launch" in result.output
     bad = CliRunner().invoke(main, ["tune", str(EXAMPLES / "monarch.yaml"), "--budget", "0"])
     assert bad.exit_code == 2
+
+
+def test_no_legal_config_launches_more_than_cudas_grid_limit_on_y_or_z():
+    """The launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n); CUDA allows 65,535 programs on
+    y and z, the interpreter any number. Every legal config of a Monarch with 2**20 blocks of 1, and 435 of a
+    2**20 butterfly's (one level, small groups), launched more: they would all fail on a GPU."""
+    from kt.codegen.blockgemm import MAX_GRID_YZ, stage_tiles, stages_for
+
+    monarch = kt.space(parse_spec({"op": "monarch", "shape": {"batch": 1, "n": 2**20, "nblocks": 2**20}}))
+    assert not monarch.legal and "a launch grid over CUDA's 65535 programs" in str(monarch.dropped)
+    butterfly = kt.space(parse_spec({"op": "butterfly", "shape": {"batch": 1, "n": 2**20}}))
+    stages = {}  # lowered once per structure choice (a 2**20 map takes a while)
+    assert butterfly.legal
+    for config in butterfly.legal:
+        key = tuple(sorted(config.structure().items()))
+        if key not in stages:
+            stages[key] = stages_for(butterfly.problem, config)
+        for stage in stages[key]:
+            block_n, _ = stage_tiles(stage, config)
+            assert (
+                -(-stage.nblocks // config.group) <= MAX_GRID_YZ
+                and -(-stage.blk_out // block_n) <= MAX_GRID_YZ
+            )

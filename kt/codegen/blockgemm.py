@@ -183,6 +183,9 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
     return smem, config.block_b * config.block_n * planes // threads
 
 
+MAX_GRID_YZ = 65535  # CUDA's gridDim.y and gridDim.z (the interpreter has no such limit)
+
+
 def illegal_reason(
     problem: StructuredProblem, config: BlockGemmConfig, device: DeviceProfile, stages: list[Stage]
 ) -> str | None:
@@ -197,6 +200,10 @@ def illegal_reason(
         return "tile larger than the padded problem"
     if config.group > padded(max(s.nblocks for s in stages)):
         return "more blocks per program than blocks"
+    for stage in stages:  # the launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n)
+        block_n, _ = stage_tiles(stage, config)
+        if -(-stage.nblocks // config.group) > MAX_GRID_YZ or -(-stage.blk_out // block_n) > MAX_GRID_YZ:
+            return f"a launch grid over CUDA's {MAX_GRID_YZ} programs on its y or z axis"
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
