@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one config may take")
     args = parser.parse_args(argv)
-    check_outputs(
-        parser, {"--export": args.export}, [args.db]
-    )  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--export": args.export}, [args.db])
     dtypes = args.dtypes.split(",")
     if not set(dtypes) <= set(DTYPES) or (args.sample is not None and args.sample < 1):
         parser.error(f"--dtypes must be from {', '.join(DTYPES)} and --sample at least 1")

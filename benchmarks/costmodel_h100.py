@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.folds < 2 or args.trees < 1:  # 0 folds divided by zero, -1 printed a table of nan
         parser.error(f"--folds must be 2 or more and --trees 1 or more (got {args.folds} and {args.trees})")
-    check_outputs(parser, {"--json": args.json}, [])  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--json": args.json}, [])
     files = {
         name: args.data / f"{name}.txt.gz"
         for name in ("h100_mm", "h100_timm_train_mm", "a100_mm", "a100_timm_train_mm")

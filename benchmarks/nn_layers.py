@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         help="cuda: fp16 layers, kt's CUDA timer; cpu: float32 layers at batch 64, 512 features, wall clock",
     )
     args = parser.parse_args(argv)
-    check_outputs(parser, {"--csv": args.csv}, [args.db])  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--csv": args.csv}, [args.db])
     if args.budget < 0:
         parser.error("--budget must be 0 or more")
     if args.device == "cpu" and args.budget:

@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-configs", type=int, default=20, help="smallest sweep to use (kt data only)")
     parser.add_argument("--csv", type=Path, default=None, help="write every replayed search's figure here")
     args = parser.parse_args(argv)
-    check_outputs(
-        parser, {"--csv": args.csv}, [args.data, args.gpperf_tiled]
-    )  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--csv": args.csv}, [args.data, args.gpperf_tiled])
     for option, value in (
         ("--seeds", args.seeds),
         ("--trees", args.trees),

@@ -300,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--list", action="store_true", help="print the cases it would run and stop (no GPU needed)"
     )
     args = parser.parse_args(argv)
-    check_outputs(parser, {"--csv": args.csv}, [args.db])  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--csv": args.csv}, [args.db])
     if args.budget < 1:
         parser.error(f"--budget must be at least 1, got {args.budget}")
     args.cases = select(cases(), args.only)

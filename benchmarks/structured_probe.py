@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         help="no GPU: 24 rows each through the dry run (checks, times nothing)",
     )
     args = parser.parse_args(argv)
-    check_outputs(parser, {"--csv": args.csv}, [])  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--csv": args.csv}, [])
     import torch
 
     if not args.smoke and not torch.cuda.is_available():

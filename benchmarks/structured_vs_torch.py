@@ -204,7 +204,7 @@ def main() -> int:
     parser.add_argument("--db", default=None, help="tuning database (default: kt's)")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
-    check_outputs(parser, {"--csv": args.csv}, [args.db])  # before any work: a folder, a database, an input
+    check_outputs(parser, {"--csv": args.csv}, [args.db])
     if not torch.cuda.is_available():
         print("structured_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
