@@ -509,7 +509,9 @@ def _vector_shape(value: Any, path: str, power_of_two: bool) -> VectorShape:
     return VectorShape(batch, n)
 
 
-FFT_MAX_BLOCK = 1024  # kt.ir.problems.FFTProblem.MAX_BLOCK: the largest DFT block of a four-step split
+FFT_MAX_BLOCK = (
+    1024  # the largest DFT block of a four-step split (kt.ir.problems.FFTProblem.MAX_BLOCK is this)
+)
 FFT_MAX_DIRECT = 4096  # an n without such a split runs as one n x n DFT: 128 MiB of complex64 planes at most
 
 

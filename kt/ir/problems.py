@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from kt.dtypes import SHORT_NAMES, itemsize, tolerance, torch_dtype
+from kt.spec import FFT_MAX_BLOCK
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,9 @@ class FFTProblem(StructuredProblem):
     family = "fft"
     weight_names = ()
     max_roundings = 4  # the stored intermediate, the output, and the DFT matrices of both stages
-    MAX_BLOCK = 1024  # DFT blocks larger than this do more work than any split saves (kt.spec.FFT_MAX_BLOCK)
+    MAX_BLOCK = (
+        FFT_MAX_BLOCK  # DFT blocks larger than this do more work than any split saves (op.yaml checks n)
+    )
 
     in_features = out_features = property(lambda self: self.n)
 
