@@ -464,3 +464,59 @@ def test_no_legal_config_launches_more_than_cudas_grid_limit_on_y_or_z():
                 -(-stage.nblocks // config.group) <= MAX_GRID_YZ
                 and -(-stage.blk_out // block_n) <= MAX_GRID_YZ
             )
+
+
+def _far_apart(rows, features, dtype, seed):
+    """x (rows, features) column-major, its features so far apart that the last is 2**31 elements in or more:
+    only the pages the kernel touches are ever backed by memory."""
+    stride = 2**31 // (features - 1) + 1
+    try:
+        storage = torch.empty((features - 1) * stride + rows, dtype=dtype)
+    except RuntimeError:
+        pytest.skip("cannot reserve 4 GiB of address space here")
+    x = storage.as_strided((rows, features), (1, stride))
+    x.copy_(torch.randn(rows, features, generator=torch.Generator().manual_seed(seed)).to(dtype))
+    return x
+
+
+@pytest.mark.parametrize(
+    "problem, structure",
+    [
+        (MonarchProblem(5, (4, 6, 3), (8, 5, 3), "float16"), {"fused": 0}),
+        (MonarchProblem(3, (4, 16, 16), (4, 16, 16), "float16"), {"fused": 1, "group": 1}),
+        (ButterflyProblem(3, 16, "float16"), {"levels": 2}),
+    ],
+    ids=str,
+)
+def test_feature_offsets_past_two_to_the_31_elements_do_not_wrap(problem, structure):
+    """x and out column-major, their last features 2**31 elements in: 32-bit feature offsets wrapped there (a
+    segfault in the interpreter, wrong memory on a GPU)."""
+    module = kernel_module(problem, config(problem, **structure))
+    args = problem.random_args(12)
+    rows = args[0].shape[0]
+    x = _far_apart(rows, args[0].shape[-1], torch.float16, seed=13)
+    out = _far_apart(rows, problem.reference(*args).shape[-1], torch.float16, seed=14)
+    assert module.kernel(x, *args[1:], out=out) is out
+    expected = problem.reference(x.contiguous(), *args[1:])
+    assert relative_error(out, expected) < problem.tolerance()
+
+
+@pytest.mark.parametrize(
+    "problem, structure",
+    [
+        (MonarchProblem(7, (4, 6, 3), (8, 5, 3), "float32"), {"fused": 0}),
+        (MonarchProblem(5, (4, 16, 16), (4, 16, 16), "float16"), {"fused": 1, "group": 1}),
+        (FFTProblem(5, 12, "float32", "complex"), {"split": 3}),
+        (FFTProblem(5, 16, "float16", "real"), {"split": 4}),
+    ],
+    ids=str,
+)
+def test_64_bit_offsets_give_the_same_result(problem, structure):
+    module = kernel_module(problem, config(problem, **structure))
+    args = problem.random_args(15)
+    expected = module.kernel(*args)
+    module.INDEX_64_SPAN = 1  # force the int64 path, which real launches take past 2**31 elements
+    try:
+        assert torch.equal(module.kernel(*args), expected)
+    finally:
+        module.INDEX_64_SPAN = 2**31
