@@ -10,7 +10,7 @@ problem is built (kt.codegen.restrict).
 
 from __future__ import annotations
 
-from kt.errors import SpecError
+from kt.errors import SpecError, shown
 
 GEMM_AXES: dict[str, tuple[int, ...]] = {
     "block_m": (16, 32, 64, 128, 256),
@@ -95,17 +95,17 @@ def check_fields(fields: dict[str, tuple[int, ...] | None], data: dict) -> None:
     ValueError (`config: unknown key ...`, `config.<field>: ...`)."""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"config: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
+        raise ValueError(f"config: unknown key {shown(unknown[0])}; allowed: {', '.join(fields)}")
     for name, value in data.items():
         allowed = fields[name]
         if isinstance(value, bool) or not isinstance(value, int):  # 16.0 and True would pass `in allowed`
-            raise ValueError(f"config.{name}: must be an integer, got {value!r}")
+            raise ValueError(f"config.{name}: must be an integer, got {shown(value)}")
         if allowed is not None and value not in allowed:
             raise ValueError(
-                f"config.{name}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+                f"config.{name}: {shown(value)} is not allowed; allowed: {', '.join(map(str, allowed))}"
             )
         if allowed is None and value < 0:
-            raise ValueError(f"config.{name}: must be a non-negative integer, got {value!r}")
+            raise ValueError(f"config.{name}: must be a non-negative integer, got {shown(value)}")
 
 
 def missing_fields(family: str, names: list[str], data: dict) -> str | None:
@@ -136,7 +136,7 @@ def check_axis(family: str, axes: dict[str, tuple[int, ...] | None], axis: str, 
     known yet): a SpecError naming the field and what is allowed."""
     path = f"tune.space.{axis}"
     if axis not in axes:
-        raise SpecError(path, f"the {family} family has no axis {axis!r}; allowed: {', '.join(axes)}")
+        raise SpecError(path, f"the {family} family has no axis {shown(axis)}; allowed: {', '.join(axes)}")
     allowed = axes[axis]
     for value in values if allowed is not None else ():
         if value not in allowed:

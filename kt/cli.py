@@ -123,16 +123,32 @@ SPEC = click.argument("spec", metavar="OP_YAML", callback=_spec_path)
 
 
 def _spec_paths(ctx, param, values):
-    """Every op of every OP_YAML given (a folder: its *.yaml and *.yml files, in name order), each name once."""
-    specs, where = [], {}
+    """Every op of every OP_YAML given (a folder: its *.yaml and *.yml files, in name order, not hidden ones
+    such as an editor's lock file), each file and each name once."""
+    specs, where, read = [], {}, set()
     for value in values:
         path = Path(value)
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+        if path.is_dir():
+            files = sorted(
+                file
+                for file in [*path.glob("*.yaml"), *path.glob("*.yml")]
+                if not file.name.startswith(".") and file.is_file()
+            )
+        else:
+            files = [path]
         if not files:
             raise click.BadParameter(
                 f"folder {value!r} holds no .yaml or .yml file", param_hint="'OP_YAML...'"
             )
         for file in files:
+            try:  # the same file given twice (a.yaml a.yaml, or a folder and a file in it)
+                same = file.resolve() if file.is_file() else None
+            except OSError:  # a name too long, say: load_specs says what is wrong
+                same = None
+            if same in read:
+                raise click.BadParameter(f"{str(file)!r} is given twice", param_hint="'OP_YAML...'")
+            if same is not None:
+                read.add(same)
             for spec in kt.load_specs(file):
                 if spec.name in where:
                     raise KtError(

@@ -1,5 +1,18 @@
 """The errors kt raises for things a user can fix. Each carries one line that names the field."""
 
+import reprlib
+
+_SHORT = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
+
+
+def shown(value) -> str:
+    """`repr(value)` cut short (nested containers at most two levels and four items deep, long strings and
+    numbers elided): how an error message quotes what a user gave, whatever its size. YAML aliases can make a
+    300-byte file a value whose whole repr takes gigabytes."""
+    return _SHORT.repr(value)
+
 
 class KtError(Exception):
     """Base of every user-facing kt error: the CLI prints its message on one line and exits with code 2."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ import yaml
 from kt.axes import check_op_configs, check_op_space
 from kt.device import BUILTIN
 from kt.dtypes import DTYPES, itemsize
-from kt.errors import SpecError
+from kt.errors import SpecError, shown
 
 OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum", "blocksparse_grad")
 SUM_TERMS = ("blocksparse", "lowrank")  # the ops a sum's terms may be
@@ -37,6 +38,7 @@ MAX_DIM = 1 << 24  # 16M rows or columns
 MAX_BATCH = 65535  # the CUDA grid's limit on its third axis
 MAX_OPERAND_BYTES = 1 << 37  # 128 GiB over all operands: more than any supported GPU holds
 MAX_BUDGET = 100_000
+MAX_NAME = 100
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -281,11 +283,21 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
     """Read and validate an op.yaml file: one spec per YAML document, per shape of a `shape` list and per value
     of a batch list (`batch: [16, 32, 64]`, a dense op's `m`), in file order. Each gets its own name: the
     given one with the shape's index or the batch value appended (`_0`, `_b64`), else the default name."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise SpecError(
+            "", f"expected the path of an op.yaml (a str or os.PathLike), got {type(path).__name__}"
+        )
+    if "\n" in str(path):
+        raise SpecError(
+            "",
+            "expected the path of an op.yaml, got text of several lines (write YAML text to a file, or pass "
+            "kt.parse_spec a mapping)",
+        )
     path = Path(path)
-    if not path.is_file():
-        raise SpecError("", "file not found" if not path.exists() else "is not a file", source=str(path))
     try:
-        documents = list(yaml.load_all(path.read_text(), Loader=_StrictLoader))
+        if not path.is_file():
+            raise SpecError("", "file not found" if not path.exists() else "is not a file", source=str(path))
+        documents = list(yaml.load_all(path.read_text(encoding="utf-8-sig"), Loader=_StrictLoader))
     except OSError as exc:
         raise SpecError("", f"cannot be read ({exc.strerror})", source=str(path)) from None
     except RecursionError:
@@ -295,8 +307,8 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError("", f"not valid YAML{where}: {problem}", source=str(path)) from None
-    except UnicodeDecodeError:
-        raise SpecError("", "not a text file", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError("", f"is not UTF-8 text (byte {exc.start} is not)", source=str(path)) from None
     documents = [d for d in documents if d is not None]
     if not documents:
         raise SpecError("", "is empty; expected a mapping with at least `op` and `shape`", source=str(path))
@@ -340,17 +352,27 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
         if not values:
             raise SpecError(f"shape.{axis}", "is an empty list; give a size, or a list of them", source)
         tag = "m" if axis == "m" else "b"
-        variants = [
+        variants = [  # a value that is not an integer fails validation: its text (any size) is never built
             (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, f"_{tag}{v}")
+            if isinstance(v, int)
+            else (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, "")
             for i, v in enumerate(values)
         ]
     specs = []
+    name = data.get("name")
     for prefix, indexed, variant, suffix in variants:
-        if isinstance(data.get("name"), str):
-            variant = {**variant, "name": f"{data['name']}{suffix}"}
+        if isinstance(name, str):
+            variant = {**variant, "name": f"{name}{suffix}"}
         try:
             specs.append(parse_spec(variant, source, check_files))
         except SpecError as exc:  # name the list entry: shape[1].n, shape.batch[2]
+            if exc.field == "name" and NAME_PATTERN.fullmatch(name) and len(name + suffix) > MAX_NAME:
+                raise SpecError(
+                    "name",
+                    f"{shown(name)} and the {suffix!r} kt appends for {indexed} pass {MAX_NAME} characters; "
+                    f"shorten the name to {MAX_NAME - len(suffix)} or fewer",
+                    source,
+                ) from None
             field = exc.field
             if field == prefix or field.startswith(prefix + "."):
                 field = indexed + field[len(prefix) :]
@@ -372,11 +394,17 @@ def parse_spec(data: Any, source: str | None = None, check_files: bool = True) -
         raise
 
 
+TOP_KEYS = ("op", "name", "dtype", "shape", "precision", "device", "tune")
+TOP_KEYS += ("layout", "input", "sparsity", "terms", "transposed")  # some ops' own
+
+
 def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if not isinstance(data, Mapping):
         raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
+    if "op" not in data:  # a misspelt `op` (Op, ops) is named as an unknown key, with the fix
+        _keys(data, "", allowed=TOP_KEYS)
     op = _choice(data.get("op"), "op", OPS, required=True)
-    allowed = ("op", "name", "dtype", "shape", "precision", "device", "tune")
+    allowed = TOP_KEYS[:7]
     allowed += {
         "dense": ("layout",),
         "fft": ("input",),
@@ -413,7 +441,13 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         raise SpecError(
             "name",
             f"must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit (no spaces or "
-            f"'/'), got {name!r}",
+            f"'/'), got {_kind(name)}",
+        )
+    elif name.endswith(".prev"):
+        raise SpecError(
+            "name",
+            f"{name!r} ends in '.prev', the folder where kt keeps the artifact that a new {name[:-5]!r} "
+            "replaces; choose another name",
         )
     device = _device(data.get("device", "auto"), source, check_files)
     tune = _tune(data.get("tune", {}), "tune", op)
@@ -620,7 +654,7 @@ def _sparsity(
                 f"{path}.density", "is required with prune: the fraction of blocks to keep, in (0, 1]"
             )
         density = value["density"]
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+        if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
             raise SpecError(f"{path}.density", f"must be a number in (0, 1], got {_kind(density)}")
         density = float(density)
     mask = None
@@ -744,6 +778,8 @@ def _terms(
     for index, term in enumerate(value):
         where = f"{path}[{index}]"
         _mapping(term, where)
+        if "op" not in term:
+            _keys(term, where, allowed=("op", "shape", "sparsity"))
         op = _choice(term.get("op"), f"{where}.op", SUM_TERMS, required=True)
         _keys(term, where, allowed=("op", "shape", "sparsity") if op == "blocksparse" else ("op", "shape"))
         try:
@@ -819,7 +855,7 @@ def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...
     for axis, values in value.items():
         where = f"{path}.{axis}"
         if not isinstance(axis, str) or not axis:
-            raise SpecError(path, f"axis names must be strings, got {axis!r}")
+            raise SpecError(path, f"axis names must be strings, got {_kind(axis)}")
         values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
         if not isinstance(values, list) or not values:
             raise SpecError(where, f"must be a non-empty list of integers, got {_kind(values)}")
@@ -851,21 +887,23 @@ def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], .
 
 def power_cap(value: Any, path: str = "tune.power_cap_w") -> float:
     """A power cap in watts: a number from 1 to 2000."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 2000:
-        raise SpecError(path, f"must be a number of watts from 1 to 2000, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 1 <= value <= 2000:
+        raise SpecError(path, f"must be a number of watts from 1 to 2000, got {_kind(value)}")
     return float(value)
 
 
 def _device(value: Any, source: str | None, check_files: bool = True) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(
-            "device", f"must be one of {', '.join(BUILTIN_DEVICES)} or a profile .json path, got {value!r}"
+            "device",
+            f"must be one of {', '.join(BUILTIN_DEVICES)} or a profile .json path, got {_kind(value)}",
         )
     if value.lower() in BUILTIN_DEVICES:
         return value.lower()
     if not value.endswith(".json"):
         raise SpecError(
-            "device", f"unknown device {value!r}; allowed: {', '.join(BUILTIN_DEVICES)} or a profile .json"
+            "device",
+            f"unknown device {shown(value)}; allowed: {', '.join(BUILTIN_DEVICES)} or a profile .json",
         )
     path = Path(value)
     if not path.is_absolute() and source is not None:
@@ -919,7 +957,7 @@ def _elements(shape: Shape, sparsity: Sparsity | None) -> int:
 
 
 def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"{value!r} ({type(value).__name__})"
+    return "nothing" if value is None else f"{shown(value)} ({type(value).__name__})"
 
 
 def _mapping(value: Any, path: str) -> None:
@@ -930,9 +968,16 @@ def _mapping(value: Any, path: str) -> None:
 def _keys(value: Mapping, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
     for key in value:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = []
+            if isinstance(
+                key, str
+            ):  # the same key in other case or with spaces (Op, "op "), else a close one
+                hint = [a for a in allowed if a == key.strip().lower()] or difflib.get_close_matches(
+                    key, allowed, n=1
+                )
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            field_path = f"{path}.{key}" if path else str(key)
+            key = key if isinstance(key, str) and len(key) <= 60 else shown(key)
+            field_path = f"{path}.{key}" if path else key
             raise SpecError(field_path, f"unknown key{suggestion}; allowed: {', '.join(allowed)}")
     for key in required:
         if key not in value:
@@ -940,12 +985,15 @@ def _keys(value: Mapping, path: str, allowed: tuple[str, ...], required: tuple[s
 
 
 def _int(value: Any, path: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+    # numbers.Integral: numpy's integers too (a shape computed with numpy); never a bool
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if real and math.isfinite(value) and float(value).is_integer():
             raise SpecError(path, f"must be an integer (write {int(value)}, not {value!r})")
         raise SpecError(path, f"must be an integer from {low} to {high}, got {_kind(value)}")
+    value = int(value)
     if not low <= value <= high:
-        raise SpecError(path, f"must be an integer from {low} to {high}, got {value}")
+        raise SpecError(path, f"must be an integer from {low} to {high}, got {shown(value)}")
     return value
 
 
@@ -953,19 +1001,41 @@ def _choice(value: Any, path: str, allowed: tuple[str, ...], required: bool = Fa
     if value is None and required:
         raise SpecError(path, f"is required; allowed: {', '.join(allowed)}")
     if not isinstance(value, str) or value not in allowed:
-        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = difflib.get_close_matches(value, allowed, n=1) if isinstance(value, str) else []
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise SpecError(path, f"{_kind(value)} is not supported{suggestion}; allowed: {', '.join(allowed)}")
     return value
 
 
+_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+def _yaml_12_numbers(cls) -> None:
+    """Give a loader or dumper class YAML 1.2's numbers in place of PyYAML's YAML 1.1 ones: 5e-1 and 1e3 are
+    numbers (1.1 reads them as text), 1:00 is text (1.1: 60 in base 60), 0o17 is octal. A decimal with a
+    leading zero (0100: octal 64 in 1.1, 100 in 1.2) is refused as ambiguous. Underscores (1_024) stay."""
+    cls.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    cls.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))  # before floats: _FLOAT matches 64 too
+    cls.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+.0123456789"))
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice (plain YAML keeps the last one silently) or a key that is a
-    list or mapping."""
+    list or mapping, and reads numbers as YAML 1.2 does (`_yaml_12_numbers`). Merge keys (`<<: *base`) work;
+    a key given beside them overrides the merged one."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 hash(key)
@@ -975,7 +1045,39 @@ class _StrictLoader(yaml.SafeLoader):
                 ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                    None, None, f"key {shown(key)} is given twice", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # SafeLoader's: expands the merge keys first
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node).replace("_", "")
+        digits = text.lstrip("+-")
+        if digits.startswith(("0x", "0o")):
+            return int(text, 0)
+        if len(digits) > 1 and digits.startswith("0"):
+            octal = f", or 0o{digits.lstrip('0') or '0'} for octal" if set(digits) <= set("01234567") else ""
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{text} has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write "
+                f"{int(text, 10)}{octal}",
+                node.start_mark,
+            )
+        return int(text, 10)
+
+
+_yaml_12_numbers(_StrictLoader)
+_StrictLoader.add_constructor(_INT_TAG, _StrictLoader.construct_yaml_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string `_StrictLoader` would read as a number (a name such as 1e3)."""
+
+
+_yaml_12_numbers(_Dumper)
+
+
+def dump_yaml(documents: list[Any]) -> str:
+    """YAML documents that `load_specs` reads back as they were (see `_Dumper`)."""
+    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False)

@@ -127,15 +127,17 @@ def test_a_prev_that_kt_did_not_keep_is_never_replaced(tmp_path):
     assert kt.load(target).config.block_m == 16  # untouched
     (previous / "notes.txt").unlink()
     previous.rmdir()
-    other = kt.parse_spec({"name": "same.prev", **SMALL, "tune": {"configs": [second]}})
+    with pytest.raises(kt.SpecError, match="ends in '.prev'"):  # no op may take that name now
+        kt.parse_spec({"name": "same.prev", **SMALL, "tune": {"configs": [second]}})
+    other = kt.parse_spec({"name": "other", **SMALL, "tune": {"configs": [second]}})
     save_artifact_report(
         kt.tune(other, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1),
         previous,
-    )  # another op's artifact that happens to have that name
+    )  # another op's artifact saved there (by a kt that allowed the name, or by hand)
     with pytest.raises(kt.ArtifactError, match="a folder kt did not keep there"):
         save_artifact_report(results[1], target)
-    assert json.loads((previous / "meta.json").read_text())["name"] == "same.prev"
-    assert not kept_artifact(previous)  # kt.nn's lookup takes it (an op of that name)
+    assert json.loads((previous / "meta.json").read_text())["name"] == "other"
+    assert not kept_artifact(previous)  # kt.nn's lookup takes it (an artifact of its own)
     shutil.rmtree(previous)
     previous.write_text("a file")
     with pytest.raises(kt.ArtifactError, match="but it is a file; move it"):
@@ -273,7 +275,15 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
         capture_output=True,
         text=True,
     )
-    assert again.returncode == 2 and "'a' is also the name of an op in" in again.stderr
+    assert again.returncode == 2 and "a.yaml' is given twice" in again.stderr
+    (ops / "b.yml").unlink()
+    (ops / ".#a.yaml").symlink_to("user@host.1234:1700000000")  # an editor's lock file: a dangling link
+    (ops / "old.yaml").mkdir()
+    (ops / "c.yaml").write_text("name: a\nop: dense\nshape: {m: 32, n: 16, k: 16}\n")
+    names = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(ops), "--quiet"], capture_output=True, text=True
+    )  # hidden files and folders named *.yaml are not ops; c.yaml's name is taken by a.yaml's op
+    assert names.returncode == 2 and "name: 'a' is also the name of an op in" in names.stderr
 
 
 def test_kt_tune_of_a_list_tunes_each_op_on_one_runner_and_returns_the_failures_too(tmp_path, monkeypatch):

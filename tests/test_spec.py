@@ -259,3 +259,149 @@ def test_the_dtype_table_without_torch_agrees_with_torch():
             dtype_name(bad)
     with pytest.raises(KeyError):
         torch_dtype("float64")
+
+
+def _alias_bomb(field, levels=7):
+    """A few hundred bytes whose value under `field` is 9**levels strings once its aliases are expanded."""
+    lines = ["op: dense", "shape: {m: 64, n: 64, k: 64}", f"{field}:", '  - &a ["lol", "lol", "lol", "lol"]']
+    previous = "a"
+    for anchor in "bcdefghij"[: levels - 1]:
+        lines.append(f"  - &{anchor} [{', '.join(['*' + previous] * 9)}]")
+        previous = anchor
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("field", ["dtype", "name", "device", "precision"])
+def test_an_alias_bomb_is_quoted_short(tmp_path, field):
+    """A 400-byte file made a 39 MB error line (dtype), or gigabytes and a MemoryError (name): every message
+    quoted the user's value whole."""
+    path = write(tmp_path, _alias_bomb(field), "bomb.yaml")
+    assert path.stat().st_size < 600
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {field}: ") and len(message) < 600 and "\n" not in message
+
+
+def test_a_batch_list_of_odd_values_names_the_entry_without_quoting_it_whole(tmp_path):
+    """The names of a batch list's ops (`lr_b8`) were built from each value before it was validated."""
+    from kt.spec import load_specs
+
+    bomb = textwrap.indent(_alias_bomb("x").split("\n", 3)[3], "    ")  # the anchors' list, as batch[1]
+    text = f"op: lowrank\nname: lr\nshape:\n  dims: [8, 2, 8]\n  batch:\n  - 8\n  -\n{bomb}"
+    with pytest.raises(SpecError) as raised:
+        load_specs(write(tmp_path, text, "batch.yaml"))
+    assert "shape.batch[1]: must be an integer" in str(raised.value) and len(str(raised.value)) < 600
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("5e-1", 0.5),  # YAML 1.1 (PyYAML) read these three as text
+        ("1e-1", 0.1),
+        ("0.5", 0.5),
+    ],
+)
+def test_numbers_are_read_as_yaml_1_2_writes_them(tmp_path, value, expected):
+    text = f"op: blocksparse\nshape: {{batch: 8, in: 64, out: 64}}\nsparsity: {{block: [16, 16], density: {value}}}\n"
+    assert load_spec(write(tmp_path, text)).sparsity.density == expected
+    cap = load_spec(write(tmp_path, "op: dense\nshape: {m: 64, n: 64, k: 64}\ntune: {power_cap_w: 3.5e2}\n"))
+    assert cap.tune.power_cap_w == 350.0
+    hex_octal = load_spec(write(tmp_path, "op: dense\nshape: {m: 0x40, n: 0o100, k: 1_024}\n"))
+    assert (hex_octal.shape.m, hex_octal.shape.n, hex_octal.shape.k) == (64, 64, 1024)
+
+
+@pytest.mark.parametrize(
+    "shape, words",
+    [
+        ("{m: 0100, n: 64, k: 64}", "0100 has a leading zero, which YAML 1.1 reads as octal"),  # was 64
+        ("{m: 010, n: 64, k: 64}", "write 10, or 0o10 for octal"),  # was 8
+        ("{m: 08, n: 64, k: 64}", "write 8 ("),
+        ("{m: 64, n: 64, k: 1:00}", "shape.k: must be an integer from 1 to 16777216, got '1:00'"),  # was 60
+        ("{m: 1e3, n: 64, k: 64}", "shape.m: must be an integer (write 1000, not 1000.0)"),  # was text
+    ],
+)
+def test_numbers_that_yaml_1_1_read_otherwise_are_refused(tmp_path, shape, words):
+    with pytest.raises(SpecError) as raised:
+        load_spec(write(tmp_path, f"op: dense\nshape: {shape}\n"))
+    assert words.rstrip(" (") in str(raised.value)
+    if words.endswith(" ("):
+        assert "0o" not in str(raised.value)  # 08 has no octal reading
+
+
+def test_merge_keys_work_and_a_key_beside_them_overrides(tmp_path):
+    from kt.spec import load_specs
+
+    text = "op: dense\nname: g\nshape:\n  - &base {m: 64, n: 32, k: 16}\n  - <<: *base\n    m: 128\n"
+    specs = load_specs(write(tmp_path, text))
+    assert [(s.shape.m, s.shape.n, s.shape.k) for s in specs] == [(64, 32, 16), (128, 32, 16)]
+    with pytest.raises(SpecError, match="key 'm' is given twice"):
+        load_specs(write(tmp_path, "op: dense\nshape:\n  <<: {n: 4, k: 4}\n  m: 1\n  m: 2\n"))
+
+
+@pytest.mark.parametrize("key", ["Op", "OP", "'op '", "ops"])
+def test_a_misspelt_op_key_is_named_with_the_fix(tmp_path, key):
+    with pytest.raises(SpecError, match=r"unknown key \(did you mean 'op'\?\)"):
+        load_spec(write(tmp_path, f"{key}: dense\nshape: {{m: 64, n: 64, k: 64}}\n"))
+    text = f"op: sum\nterms:\n  - {{{key}: lowrank, shape: {{batch: 8, dims: [8, 2, 8]}}}}\n  - {{op: lowrank, shape: {{batch: 8, dims: [8, 2, 8]}}}}\n"
+    with pytest.raises(SpecError, match=r"terms\[0\]\..+: unknown key \(did you mean 'op'\?\)"):
+        load_spec(write(tmp_path, text, "sum.yaml"))
+
+
+def test_a_name_ending_in_prev_is_refused():
+    """artifacts/<name>.prev holds the artifact a new <name> replaced: an op of that name overwrote it."""
+    with pytest.raises(SpecError, match=r"name: 'a.prev' ends in '.prev'.* a new 'a' replaces"):
+        parse_spec({**VALID, "name": "a.prev"})
+    assert parse_spec({**VALID, "name": "a.prev2"}).name == "a.prev2"
+
+
+def test_a_name_too_long_for_its_suffix_says_so(tmp_path):
+    from kt.spec import load_specs
+
+    text = f"op: dense\nname: {'n' * 100}\nshape: [{{m: 64, n: 64, k: 64}}, {{m: 128, n: 64, k: 64}}]\n"
+    with pytest.raises(
+        SpecError, match=r"and the '_0' kt appends for shape\[0\] pass 100 characters; shorten"
+    ):
+        load_specs(write(tmp_path, text))
+    text = f"op: lowrank\nname: {'n' * 98}\nshape: {{batch: [16, 32], dims: [8, 2, 8]}}\n"
+    with pytest.raises(SpecError, match="shorten the name to 96 or fewer"):
+        load_specs(write(tmp_path, text))
+
+
+def test_paths_that_are_not_paths_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="cannot be read"):
+        load_spec(str(tmp_path / ("x" * 5000)))  # was OSError: File name too long
+    for value, kind in ((b"op.yaml", "bytes"), (3, "int")):
+        with pytest.raises(SpecError, match=f"expected the path of an op.yaml .*got {kind}"):
+            load_spec(value)
+    with pytest.raises(SpecError, match="got text of several lines") as raised:
+        load_spec("op: dense\nshape: {m: 64, n: 64, k: 64}\n")
+    assert "\n" not in str(raised.value)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"# caf\xe9\nop: dense\nshape: {m: 64, n: 64, k: 64}\n")
+    with pytest.raises(SpecError, match=r"latin.yaml: is not UTF-8 text \(byte 5 is not\)"):
+        load_spec(latin)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbfop: dense\nshape: {m: 64, n: 64, k: 64}\n")
+    assert load_spec(bom).shape.m == 64
+
+
+def test_numpy_numbers_are_numbers():
+    np = pytest.importorskip("numpy")
+    spec = parse_spec({"op": "dense", "shape": {"m": np.int64(64), "n": np.int32(32), "k": 16}})
+    assert spec.shape == DenseShape(64, 32, 16) and type(spec.shape.m) is int
+    sparse = {"op": "blocksparse", "shape": {"batch": 8, "in": 64, "out": 64}}
+    sparse["sparsity"] = {"block": [16, 16], "density": np.float32(0.5)}
+    assert parse_spec(sparse).sparsity.density == 0.5
+    with pytest.raises(SpecError, match="write 64"):
+        parse_spec({"op": "dense", "shape": {"m": np.float64(64.0), "n": 32, "k": 16}})
+
+
+def test_written_yaml_reads_back_as_it_was(tmp_path):
+    """Names such as 1e3 or 0100 are text; YAML 1.2 numbers would read them back as numbers or refuse them."""
+    from kt.spec import dump_yaml, load_specs
+
+    specs = [parse_spec({**VALID, "name": name}) for name in ("1e3", "0100", "1_0", "0x1f")]
+    path = tmp_path / "back.yaml"
+    path.write_text(dump_yaml([spec.to_dict() for spec in specs]))
+    assert [s.name for s in load_specs(path)] == ["1e3", "0100", "1_0", "0x1f"]

@@ -99,14 +99,13 @@ class Selections(list):
         """Write `specs()` to `path` as one op.yaml of several YAML documents, for `kt tune PATH`; returns how
         many. Filter the list first to tune only some, e.g. `Selections(s for s in kt.nn.selections() if
         s.source == "cost model")`."""
-        import yaml
-
         from kt.files import atomic_write_text
+        from kt.spec import dump_yaml
 
         specs = self.specs()
         if not specs:
             raise ValueError("Selections.write_yaml: no kernel selected yet; run the model first")
-        atomic_write_text(path, yaml.safe_dump_all([spec.to_dict() for spec in specs], sort_keys=False))
+        atomic_write_text(path, dump_yaml([spec.to_dict() for spec in specs]))
         return len(specs)
 
     def __str__(self) -> str:
