@@ -239,10 +239,15 @@ def _run_part(part: str, run, clock: _Clock, settings, result: BenchResult, repo
     """Run one part within its share of the time left; a part that fails is recorded, never raised."""
     deadline = clock.part_deadline(part)
     started = time.monotonic()
+    before = len(result.rows)
     try:
         items = run(settings, deadline, result, reporter, only)
         status = "done" if time.monotonic() <= deadline + 1.0 else "over its share"
         note = f"{items} items"
+        # a part whose share ran out before some of its items started is cut, not done (its rows say which)
+        cut = sum(str(row.get("status", "")).startswith("not reached") for row in result.rows[before:])
+        if cut:
+            status, note = "cut short", f"{items} items, {cut} not reached: its time share ran out"
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # the other parts still run

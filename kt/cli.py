@@ -958,8 +958,22 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     table = Table(
         title=f"best {len(rows)} of {len(space_.legal)} by predicted {ranked_by} (predictions, not measurements)"
     )
-    for name in ("rank", "config", "ms", "+-", "TFLOP/s", "W", "mJ", "roofline ms", "bound", "tune measures"):
-        table.add_column(name, justify="left" if name in ("config", "bound", "tune measures") else "right")
+    columns = (
+        "rank",
+        "config",
+        "ms",
+        "+-",
+        "TFLOP/s",
+        "W",
+        "mJ",
+        "roofline ms",
+        "config bound",
+        "tune measures",
+    )
+    for name in columns:
+        table.add_column(
+            name, justify="left" if name in ("config", "config bound", "tune measures") else "right"
+        )
     flops = space_.problem.flops
     for position, index in enumerate(rows):
         ms = prediction.runtime_s[index] * 1e3
@@ -981,6 +995,11 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             measures,
         )
     out.print(table)
+    out.print(  # the two columns come from two models: a reader took l2 for what bounds the roofline time
+        "roofline ms: max(FLOPs at peak, least bytes at DRAM bandwidth), summed over the launches; config "
+        "bound: what limits that config in the analytic model (math, smem, l2 or dram traffic)",
+        style="dim",
+    )
     beyond = sorted(plan.ranked.index(i) + 1 for i in chosen - set(rows))
     if beyond:
         out.print(
@@ -1091,12 +1110,22 @@ def calibrate(out_path, name):
     )
 
 
+def _export_target(value: Path) -> Path:
+    """kt export's output: a .csv (every reader of kt's files takes any other suffix for a database)."""
+    value = check_writable(value, "OUT.csv", make_parent=False)
+    if value.suffix.lower() != ".csv":
+        raise KtError(
+            f"OUT.csv: {str(value)!r} must end in .csv; kt reads any other file as a tuning database"
+        )
+    return value
+
+
 @main.command()
 @click.argument(
     "csv_path",
     metavar="OUT.csv",
     type=click.Path(path_type=Path),
-    callback=lambda ctx, param, value: check_writable(value, "OUT.csv", make_parent=False),
+    callback=lambda ctx, param, value: _export_target(value),
 )
 @click.option(
     "--runner",
@@ -1318,6 +1347,12 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
         return
     if out_dir is None:
         raise click.UsageError("give --out DIR (or --from DIR with --update FILE)")
+    if update_path is not None:  # refused before the run, not after it
+        if smoke:
+            raise click.UsageError(
+                "--update: a --smoke run is a dry run, nothing timed; only GPU runs go into BENCHMARKS.md"
+            )
+        check_writable(update_path, "update", make_parent=False)
     check_cache_dir()
     command = " ".join(["kt", *sys.argv[1:]])
     result = run_bench(
@@ -1515,10 +1550,13 @@ def inspect(path, db, model, plots_dir, device, gpu):
         raise KtError(f"plots: the folder {str(plots_dir)!r} cannot be made: {why}")
     result = inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
     first, last = result.dates
+    when = (
+        "no measurement dates recorded" if first == "?" else first if first == last else f"{first} to {last}"
+    )
     rows, shapes = len(result.records), result.shapes
     out.print(
         f"{path}: {rows} measured row{'s' * (rows != 1)} of {shapes} problem{'s' * (shapes != 1)} on "
-        f"{result.gpu} (target {result.target}), {first} to {last}, from {result.db_path}",
+        f"{result.gpu} (target {result.target}), {when}, from {result.db_path}",
         style="bold",
     )
     if result.chosen:

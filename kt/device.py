@@ -224,6 +224,10 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
     if key.lower() in BUILTIN:
         return BUILTIN[key.lower()]
     path = Path(key)
+    if key == "" or path.is_dir():  # Path("") is ".", a folder that exists
+        raise ProfileError(
+            f"{key!r} is {'empty' if key == '' else 'a folder'}; give {', '.join(BUILTIN)} or a profile .json file"
+        )
     if key.endswith(".json") or path.exists():
         return load_profile(path)
     raise ProfileError(
@@ -255,7 +259,8 @@ def guess_gpu(gpu_name: str) -> DeviceProfile | None:
 def load_profile(path: str | os.PathLike) -> DeviceProfile:
     path = Path(path)
     if not path.is_file():
-        raise ProfileError(f"device profile file {str(path)!r} not found")
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise ProfileError(f"device profile file {str(path)!r} {what}")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

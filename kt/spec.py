@@ -909,6 +909,10 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
     if not path.is_absolute() and source is not None:
         path = Path(source).parent / path  # relative to the op.yaml, as a reader of the file expects
     path = path.absolute()  # so the spec means the same file from any directory (artifacts store it)
+    if check_files and path.is_dir():
+        raise SpecError(
+            "device", f"profile file {str(path)!r} is a folder; give the profile .json file in it"
+        )
     if check_files and not path.is_file():
         raise SpecError(
             "device", f"profile file {str(path)!r} not found (make one with `kt calibrate --out`)"

@@ -121,6 +121,11 @@ def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp
         rows = list(csv.DictReader(handle))
     assert any(r["status"].startswith("not reached") for r in rows), {r["status"] for r in rows}
     assert Path(out / "report.md").is_file()
+    # a part with rows not reached was said to be "done" (the report's header and the log)
+    cut = {r["part"] for r in rows if r["status"].startswith("not reached")}
+    header = (out / "report.md").read_text()
+    for part in cut:
+        assert f"{part} cut short in" in header and f"{part} done in" not in header, header[:600]
 
 
 def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypatch):

@@ -172,6 +172,8 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["tune", EXAMPLE, "--model", tmp_path / "empty.skops"], "empty.skops' is empty (0 bytes)"),
         (["export", bad / "x.csv", "--db", kt_db], "OUT.csv: '"),
         (["export", tmp_path / "no" / "x.csv", "--db", kt_db], "OUT.csv: the folder '"),
+        # written, but every reader took it for a database ("is not a kt tuning database")
+        (["export", tmp_path / "rows.txt", "--db", kt_db], "rows.txt' must end in .csv; kt reads any other"),
         (
             ["inspect", kt_db, "--plots", bad / "plots"],
             "plots: the folder '",
@@ -190,6 +192,11 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["import", "inductor", EXAMPLE, "--out", bad / "x.csv"], "op.yaml' is a file, not a folder"),
         (["bench", "--smoke", "--out", bad / "run"], "out: the folder '"),
         (["bench", "--smoke", "--out", tmp_path], "holds files that are not a kt bench report"),
+        # a smoke run with --update ran whole (20 s), then failed ("a dry run's report")
+        (
+            ["bench", "--smoke", "--out", tmp_path / "b", "--update", tmp_path / "B.md"],
+            "--update: a --smoke run",
+        ),
         (
             ["bench", "--smoke", "--only", "nope", "--out", tmp_path / "b"],
             "only: 'nope' is in no quick-tune case's name; the cases: dense fp16, ",

@@ -579,6 +579,8 @@ def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
     )
     assert result.stdout.count("m128n256k64") + result.stdout.count("m256n128k64") == 5
     assert "checks the model's best 64" in result.stdout and "predicts no power" in result.stdout
+    # the roofline time (math vs DRAM) and the config's bound (the analytic terms) come from two models
+    assert "config bound" in result.stdout and "roofline ms: max(FLOPs at peak, least bytes" in result.stdout
     guided = kt("predict", DENSE, "--top", "2000", "--gpu", "--budget", "64")
     assert guided.exit_code == 0, guided.stderr
     assert "its first round measures 8 of a budget of 64" in guided.stdout

@@ -128,3 +128,18 @@ def test_profile_file_errors(tmp_path):
         load_profile(tmp_path / "binary.json")
     with pytest.raises(kt.DeviceError, match="unknown device profile 'b200'"):
         kt.resolve_profile("b200")
+    # a folder, or nothing (Path("") is "."), was "not found": both exist
+    (tmp_path / "profiles.json").mkdir()
+    for name, words in (
+        (tmp_path, "is a folder; give h100"),
+        ("", "'' is empty"),
+        (tmp_path / "profiles.json", "is a folder"),
+    ):
+        with pytest.raises(ProfileError, match=words):
+            get_profile(name)
+    with pytest.raises(
+        kt.SpecError, match="device: profile file .* is a folder; give the profile .json file in it"
+    ):
+        kt.parse_spec(
+            {"op": "dense", "shape": {"m": 1, "n": 1, "k": 1}, "device": str(tmp_path / "profiles.json")}
+        )

@@ -222,6 +222,11 @@ def test_origin_names_where_the_logs_came_from(tmp_path):
     assert len(read_rows(tmp_path / "o.csv")) == 1
     with open(tmp_path / "o.csv", newline="") as handle:
         assert next(csv.DictReader(handle))["source"] == "my-sweep@2026-11 mine.txt"
+    empty = kt(
+        "import", "inductor", log, "--origin", "", "--out", tmp_path / "e.csv"
+    )  # was the default origin
+    assert_one_line_error(empty, "origin: ''; allowed: one line of text")
+    assert not (tmp_path / "e.csv").exists()
 
 
 def test_blank_lines_are_skipped_and_line_numbers_still_count_them(tmp_path):

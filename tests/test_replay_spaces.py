@@ -110,6 +110,20 @@ def test_a_kernel_tuner_cache_reads_as_a_space_with_its_failures(tmp_path, bowl)
             '{"tune_params": {"a": [1]}, "cache": {"1": {"a": [1, 2], "time": 1.0}}}',
             "cache entry '1': each parameter's value must be a number or text",
         ),
+        # a value tune_params does not list: a traceback in the encoding (could not convert 'x', KeyError)
+        (
+            '{"tune_params": {"a": [1, 2]}, "cache": {"1": {"a": "x", "time": 1.0}}}',
+            "cache entry '1': a is 'x', which tune_params does not list \\(allowed: 1, 2\\)",
+        ),
+        (
+            '{"tune_params": {"a": ["p", "q"]}, "cache": {"1": {"a": "zz", "time": 1.0}}}',
+            "a is 'zz', which tune_params does not list",
+        ),
+        ('{"tune_params": {"a": []}, "cache": {}}', "tune_params.a lists no value"),
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": 1.0}, "1b": {"a": 1, "time": 2.0}}}',
+            "cache entries '1' and '1b' hold the same configuration",
+        ),
         # impossible times gave scores of -0.545 and 0.000
         (
             '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": -1.0}}}',

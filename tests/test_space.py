@@ -127,6 +127,14 @@ def test_the_tma_kernel_is_legal_only_where_tma_and_wgmma_can_run():
     assert subtiled.key() == "m128n128k64g8w8s3x1t2" and GemmConfig.from_dict(subtiled.to_dict()) == subtiled
     assert shared_memory(BIG, tma) - shared_memory(BIG, subtiled) == 128 * 128 * 2 // 2  # half the C tile
     assert "BLOCK_N of at least 32" in tma_reason(BIG, GemmConfig(64, 16, 32, num_warps=4, tma=2))
+    # before Hopper, tensor descriptors compile to plain loads (no TMA, no wgmma): 7,200 such configs were
+    # legal on the A100, each a twin of a classic config, with reasons about a warpgroup's wgmma
+    from kt.device import get_profile
+
+    a100 = get_profile("a100")
+    assert illegal_reason(BIG, tma, a100) == "TMA kernel: Hopper (sm_90) or newer; a100 is sm_80"
+    space = FAMILIES["gemm"].space(BIG, a100)
+    assert space.legal and not any(config.tma for config in space.legal)
 
 
 def test_the_tma_kernels_check_problems_are_ragged_and_aligned_so_the_interpreter_runs_its_path():

@@ -509,7 +509,7 @@ def import_inductor(
         raise DatabaseError(f"out: {str(out)!r} is a directory; give a file such as inductor.csv")
     check_writable(out, "out")  # a place that takes no file, before the logs are read
     check_not_input(out, paths, "out", "one of the logs")
-    origin = origin or ORIGIN
+    origin = ORIGIN if origin is None else origin  # an empty one is refused below, not replaced
     if not origin.strip() or "\n" in origin:
         raise DatabaseError(f"origin: {origin!r}; allowed: one line of text, e.g. {ORIGIN}")
     log = read_logs(paths, progress)

@@ -255,11 +255,15 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
     keys = data.get("tune_params_keys") or list(tune_params)
     if not isinstance(keys, list) or not all(isinstance(k, str) and k in tune_params for k in keys):
         raise SpaceError(f"{path}: tune_params_keys must list names of tune_params, got {keys!r}")
+    empty = [k for k in keys if not tune_params[k]]
+    if empty:
+        raise SpaceError(f"{path}: tune_params.{empty[0]} lists no value; each parameter needs one or more")
+    allowed = {k: set(tune_params[k]) for k in keys}
     if not isinstance(cache, dict):
         raise SpaceError(f"{path}: cache must map each configuration's key to its record, got {_kind(cache)}")
     objective = data.get("objective") or "time"
     # kt replays times, whatever the cache was tuned for: a repeat's score is optimum time / best time found
-    points, values = [], []
+    points, values, seen = [], [], {}
     for cache_key, record in cache.items():
         if not isinstance(record, dict):
             raise SpaceError(
@@ -278,6 +282,21 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             raise SpaceError(
                 f"{path}: cache entry {cache_key!r}: each parameter's value must be a number or text"
             )
+        for name, x in zip(keys, point):
+            if x not in allowed[name]:
+                listed = ", ".join(map(str, tune_params[name][:12])) + (
+                    ", ..." if len(tune_params[name]) > 12 else ""
+                )
+                raise SpaceError(
+                    f"{path}: cache entry {cache_key!r}: {name} is {x!r}, which tune_params does not list "
+                    f"(allowed: {listed})"
+                )
+        if point in seen:
+            raise SpaceError(
+                f"{path}: cache entries {seen[point]!r} and {cache_key!r} hold the same configuration; "
+                "a space holds each once"
+            )
+        seen[point] = cache_key
         points.append(point)
         value = record["time"]
         if isinstance(value, str):  # a configuration that failed on the GPU (CompilationFailedConfig, ...)

@@ -158,6 +158,8 @@ def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
 def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
     """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
     if config.tma:
+        if device.compute_capability < 90:  # tensor descriptors then compile to plain loads: no TMA, no wgmma
+            return f"TMA kernel: Hopper (sm_90) or newer; {device.name} is sm_{device.compute_capability}"
         reason = tma_reason(problem, config)
         if reason:
             return reason
