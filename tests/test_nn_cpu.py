@@ -665,3 +665,57 @@ def test_a_kernel_as_op_compiles_with_dynamic_shapes_forward_and_backward(spec):
             torch.autograd.grad(compiled(*traced), traced, dy), torch.autograd.grad(y, eager, dy)
         ):
             torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("interpret", [False, True])
+def test_a_sum_whose_term_is_replaced_runs_the_new_terms_op(monkeypatch, interpret):
+    """The op text was remade only when the dtype changed: after `sum.terms[0] = ...` the backward ran the old
+    pattern's transpose on the new weights (dx 120% wrong, no error), and a new rank was refused."""
+    if interpret:
+        monkeypatch.setenv("KT_INTERPRET", "1")
+    layer = knn.Sum(
+        knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [0, 1]], bias=False),
+        knn.LowRankLinear(32, 32, rank=4, bias=False),
+    )
+    x = torch.randn(6, 32)
+    layer(x)  # the first forward makes the op text
+    layer.terms[0] = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[0, 1], [1, 0]], bias=False)
+    check_against_reference(layer, x, lambda t: t, 1e-4)
+    layer.terms[1] = knn.LowRankLinear(32, 32, rank=8, bias=False)
+    layer.zero_grad(set_to_none=True)
+    check_against_reference(layer, x, lambda t: t, 1e-4)
+
+
+def test_a_0d_input_is_named_not_an_index_error():
+    for layer in (knn.DenseLinear(4, 4), knn.FFT(4)):
+        with pytest.raises(ValueError, match="x is a 0-d tensor, expected 4"):
+            layer(torch.tensor(1.0))
+    kernel = kt.build(kt.parse_spec({"op": "dense", "shape": {"m": 4, "n": 4, "k": 4}, "dtype": "float32"}))
+    with pytest.raises(ValueError, match="x is a 0-d tensor"):
+        kernel.as_op()(torch.tensor(1.0), torch.randn(4, 4))
+
+
+def test_a_compiled_sum_follows_a_replaced_term():
+    torch._dynamo.reset()  # this file compiles Sum.forward often: a fresh recompile budget for the two here
+    layer = knn.Sum(
+        knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [0, 1]], bias=False),
+        knn.LowRankLinear(32, 32, rank=4, bias=False),
+    )
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(6, 32)
+
+    def dx(module):
+        leaf = x.clone().requires_grad_(True)
+        module(leaf).sum().backward()
+        return leaf.grad
+
+    torch.testing.assert_close(dx(compiled), dx(layer))
+    layer.terms[0] = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[0, 1], [1, 0]], bias=False)
+    fresh = knn.Sum(*layer.terms)  # a new Sum makes its op from these terms (bias: no part of dx)
+    torch.testing.assert_close(dx(compiled), dx(fresh))
+    torch.testing.assert_close(dx(layer), dx(fresh))
+    twin = copy.deepcopy(layer)  # a copy's terms tell the copy, not the original
+    assert twin.terms._owner is twin and layer.terms._owner is layer
+    twin.terms[1] = knn.LowRankLinear(32, 32, rank=8, bias=False)
+    assert twin.op_text != layer.op_text
+    torch.testing.assert_close(dx(twin), dx(knn.Sum(*twin.terms)))

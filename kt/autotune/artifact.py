@@ -285,16 +285,36 @@ def _write(path: Path, text: str) -> None:
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    return _read(path)[0]
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    """meta.json (checked) and kernel.py's bytes, both from one version of the artifact.
+
+    A new artifact replaces an old one by exchanging the two folders (`_exchange`): files read by path one after
+    the other could come from either side (a loader then saw a checksum mismatch, or a config of one version
+    with the kernel of the other). Read through the folder's descriptor, both come from the folder opened.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(
             f"artifact {str(path)!r} not found" if not path.exists() else f"{path} is not a directory"
         )
-    for name in ("kernel.py", "meta.json"):
-        if not (path / name).is_file():
-            raise ArtifactError(f"artifact {path} has no {name}; it was not written by `kt tune`")
+    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        files = {}
+        for name in ("kernel.py", "meta.json"):
+            try:
+                with open(name, "rb", opener=lambda n, flags: os.open(n, flags, dir_fd=folder)) as handle:
+                    files[name] = handle.read()
+            except (FileNotFoundError, IsADirectoryError):
+                raise ArtifactError(
+                    f"artifact {path} has no {name}; it was not written by `kt tune`"
+                ) from None
+    finally:
+        os.close(folder)
+    try:
+        meta = json.loads(files["meta.json"].decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -302,18 +322,17 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"{path / 'meta.json'} has format {meta.get('format') if isinstance(meta, dict) else '?'}; "
             f"this kt reads format {FORMAT}"
         )
-    return meta
+    return meta, files["kernel.py"]
 
 
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     """The artifact's kernel as a callable; `verify=False` accepts a hand-edited kernel.py."""
-    from kt.codegen import FAMILIES, config_from_dict, import_kernel_file
+    from kt.codegen import FAMILIES, config_from_dict, import_kernel_file, load_source
     from kt.kernel import Kernel
     from kt.spec import parse_spec
 
     path = Path(path)
-    meta = read_meta(path)
-    source = (path / "kernel.py").read_bytes()
+    meta, source = _read(path)
     if verify and hashlib.sha256(source).hexdigest() != meta.get("kernel_sha256"):
         raise ArtifactError(
             f"{path / 'kernel.py'} does not match the checksum in meta.json (edited or damaged); "
@@ -345,5 +364,14 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
             raise ArtifactError(
                 f"{damaged}: config: {str(exc).removeprefix('config: ').removeprefix('config.')}"
             ) from None
-    module = import_kernel_file(path / "kernel.py")
+    try:
+        text = source.decode()
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path / 'kernel.py'} is not UTF-8 text (edited or damaged)") from None
+    # imported from kt's kernel cache, where a file is named by its hash and never changes: the artifact's own
+    # kernel.py may be replaced while Triton reads the source it imported
+    try:
+        module = load_source(text)
+    except OSError:  # no kernel cache to write (a read-only home): the artifact's own file, as it is now
+        module = import_kernel_file(path / "kernel.py")
     return Kernel(module, spec, config, meta, path)

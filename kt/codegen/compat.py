@@ -17,29 +17,41 @@ TRITON_INTERPRET is on.
 kt turns TRITON_INTERPRET on only while it imports a kernel module for the interpreter (`triton_interpret`) and while
 an interpreted kernel runs (`patch_interpreter` wraps the interpreter's launch), and puts back what was there:
 one kernel loaded for the interpreter must not make every later kernel of the process an interpreted one.
+
+Triton's interpreter keeps global state (the grid index of the program it runs, the patched language module),
+and TRITON_INTERPRET is the process's: interpreted launches and the switches of TRITON_INTERPRET take one lock
+(`INTERPRETER_LOCK`), so threads that share a layer run its interpreted kernels one at a time. Without it, four
+threads calling one kernel failed in Triton ("Did you forget to add @triton.jit?", "x >= grid_dim[0]") and left
+TRITON_INTERPRET=1 set for the rest of the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from importlib import metadata
 
 _patched = False
+INTERPRETER_LOCK = (
+    threading.RLock()
+)  # reentrant: a launch inside an import's switch, a switch inside a launch
 
 
 @contextlib.contextmanager
 def triton_interpret(on: bool):
-    """TRITON_INTERPRET set to 1 (`on`) or 0 for the duration, then as it was (Triton reads it at run time)."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+    """TRITON_INTERPRET set to 1 (`on`) or 0 for the duration, then as it was (Triton reads it at run time),
+    holding INTERPRETER_LOCK throughout: another thread's switch would otherwise restore what it saw."""
+    with INTERPRETER_LOCK:
+        saved = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if on else "0"
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = saved
 
 
 def _needs_index_fix() -> bool:
@@ -77,7 +89,7 @@ def patch_interpreter() -> None:
 
 def _interpret_while_running() -> None:
     """An interpreted kernel's launch runs with TRITON_INTERPRET on (Triton and `_interpret_device_calls`
-    consult it at run time), whatever the process has it set to."""
+    consult it at run time), whatever the process has it set to, one launch at a time (INTERPRETER_LOCK)."""
     from triton.runtime import interpreter
 
     original = interpreter.GridExecutor.__call__

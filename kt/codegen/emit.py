@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +29,9 @@ def write_source(source: str, directory: Path | None = None) -> Path:
     if not path.exists():  # named by its hash: a file already there holds this source
         atomic_write_text(path, source)  # creates the kernels directory
     return path
+
+
+_IMPORT_LOCK = threading.RLock()  # one import at a time: no thread gets a module another is still running
 
 
 def interpreter_wanted() -> bool:
@@ -62,18 +66,21 @@ def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -
         importing = contextlib.nullcontext()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
     name = f"kt_kernel_{'interp' if interpret else 'cuda'}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        with importing:
-            spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    # A module is in sys.modules from before its code runs (Triton's jit looks it up) until it has run: a second
+    # thread importing the same kernel then got it half made (no `kernel` yet). The lock makes it wait.
+    with _IMPORT_LOCK:
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            with importing:
+                spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
 
 
 def load_source(source: str, interpret: bool | None = None) -> ModuleType:

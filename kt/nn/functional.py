@@ -515,6 +515,8 @@ def kernel_op(kernel):
     bsr_parts = _bsr_part_count(op)
 
     def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.dim() == 0:
+            raise ValueError("kernel(x, *weights): x is a 0-d tensor; it needs its features in its last dim")
         parts = []
         for w in weights:
             parts += [w.crow_indices(), w.col_indices(), w.values()] if w.layout == torch.sparse_bsr else [w]

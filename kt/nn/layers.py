@@ -76,10 +76,9 @@ class _KtLinear(nn.Module, ABC):
         """The op's weight tensors, in the kernel's order (a BSR weight as crow, col, values)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__}: x has {x.shape[-1]} features in its last dim, expected {self.in_features}"
-            )
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
+            raise ValueError(f"{type(self).__name__}: x {got}, expected {self.in_features}")
         dtype = self._autocast_dtype(x)
         if dtype is None:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias
@@ -115,9 +114,13 @@ class _KtLinear(nn.Module, ABC):
         """`op()` as canonical JSON, kept from one dtype change (`.to()`, `.half()`) to the next, so forward does
         no JSON work (and torch.compile sees a constant). Remade when the weights' dtype is no longer the text's:
         `load_state_dict(..., assign=True)` of another dtype, or a parameter assigned, changes it without `_apply`."""
-        if self.__dict__.get("_op_dtype") is not self.dtype:
+        if self.__dict__.get("_op_dtype") is not self.dtype or self._stale():
             self._refresh()
         return self.__dict__["_op_text"]
+
+    def _stale(self) -> bool:
+        """Whether the op changed in a way the dtype does not show (a Sum's terms)."""
+        return False
 
     def _refresh(self) -> None:
         self.__dict__["_op_text"] = op_text(self.op())
@@ -360,6 +363,45 @@ class BlockSparseLinear(_KtLinear):
         return f"{super().extra_repr()}, block={self.block}, {describe(self.mask())}"
 
 
+class _Terms(nn.ModuleList):
+    """A Sum's terms: a ModuleList that has its Sum remake its op text as soon as a term is replaced, added or
+    removed (in eager code, so a compiled forward traces no JSON), and counts the changes (`Sum._stale`)."""
+
+    changes = 0
+
+    def _changed(self) -> None:
+        self.changes += 1
+        owner = self.__dict__.get("_owner")  # set with object.__setattr__: not a submodule of its own terms
+        if owner is not None:
+            owner._refresh()
+
+    def __setitem__(self, index, module) -> None:
+        super().__setitem__(index, module)
+        self._changed()
+
+    def __delitem__(self, index) -> None:
+        super().__delitem__(index)
+        self._changed()
+
+    def insert(self, index, module) -> None:
+        super().insert(index, module)
+        self._changed()
+
+    def append(self, module):
+        super().append(module)
+        self._changed()
+        return self
+
+    def extend(self, modules):
+        super().extend(modules)
+        self._changed()
+        return self
+
+    def __iadd__(self, modules):
+        self.extend(modules)
+        return self
+
+
 class Sum(_KtLinear):
     """y = term_0(x) + term_1(x) + ... + b for BlockSparseLinear and LowRankLinear terms of the same shape, run
     as one kt sum op (fused into one output accumulation where the terms allow). The terms are built with
@@ -381,7 +423,8 @@ class Sum(_KtLinear):
         super().__init__(
             first.in_features, first.out_features, bias, first._weights()[-1].device, first.dtype
         )
-        self.terms = nn.ModuleList(terms)
+        self.terms = _Terms(terms)
+        object.__setattr__(self.terms, "_owner", self)
         self.reset_parameters()
         self._refresh()
 
@@ -404,6 +447,16 @@ class Sum(_KtLinear):
 
     def _weights(self) -> list[torch.Tensor]:
         return [w for t in self.terms for w in t._weights()]
+
+    def _stale(self) -> bool:
+        """A term was replaced (`sum.terms[0] = ...`) since the op text was made: the old terms' op ran the
+        backward of the new ones (dx wrong by 120%) or refused their weights. An int compared, so torch.compile
+        guards on it and traces no JSON."""
+        return self.__dict__.get("_op_changes") != getattr(self.terms, "changes", 0)
+
+    def _refresh(self) -> None:
+        super()._refresh()
+        self.__dict__["_op_changes"] = getattr(self.terms, "changes", 0)
 
 
 class MonarchLinear(_KtLinear):
@@ -480,8 +533,9 @@ class FFT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.n:
-            raise ValueError(f"FFT: x has {x.shape[-1]} features in its last dim, expected {self.n}")
+        if x.dim() == 0 or x.shape[-1] != self.n:
+            got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
+            raise ValueError(f"FFT: x {got}, expected {self.n}")
         return apply(x, [], self.op_text)
 
     def extra_repr(self) -> str:

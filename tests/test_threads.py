@@ -1,0 +1,129 @@
+"""kt from several threads at once: importing one kernel, running interpreted kernels, loading an artifact while
+`kt tune` replaces it. Each failure here was seen by a user's script first (a layer's first forward from a thread
+pool, a server reloading artifacts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import kt
+from kt.autotune import artifact
+from kt.autotune.artifact import save_artifact
+from kt.codegen import load_source
+from kt.codegen.compat import triton_interpret
+
+
+def test_threads_importing_one_kernel_all_get_it_whole():
+    """The module was in sys.modules before its code ran: a second thread got it without `kernel` (7 of 15
+    runs of eight threads on a layer's first forward: AttributeError ... no attribute 'IMPLEMENTATION')."""
+    source = f"# {uuid.uuid4()}\nimport time\ntime.sleep(0.3)\nkernel = 'whole'\n"  # a new module each run
+    start = threading.Barrier(6)
+
+    def load(_):
+        start.wait()
+        return getattr(load_source(source, interpret=False), "kernel", "half made")
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(load, range(6))) == ["whole"] * 6
+
+
+def test_switching_the_interpreter_from_two_threads_leaves_the_environment_as_it_was(monkeypatch):
+    """Each switch saved what it saw and put it back: a switch that began inside another's restored the other's
+    TRITON_INTERPRET=1 after it, for the rest of the process (kernels imported later ran interpreted)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    first_in = threading.Event()
+
+    def first():
+        with triton_interpret(True):
+            first_in.set()
+            time.sleep(0.3)
+
+    def second():
+        first_in.wait()
+        with triton_interpret(True):
+            time.sleep(0.5)  # outlasts the first
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "TRITON_INTERPRET" not in os.environ
+
+
+def test_threads_sharing_an_interpreted_kernel_get_the_single_thread_results(monkeypatch):
+    """Triton's interpreter keeps global state: threads at once failed inside it ('Did you forget to add
+    @triton.jit ?', 'x >= grid_dim[0]')."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    spec = kt.parse_spec({"op": "dense", "shape": {"m": 24, "n": 40, "k": 32}, "dtype": "float32"})
+    kernel = kt.build(spec, {"block_m": 16, "block_n": 16, "block_k": 16})
+    shapes = [(24 + 8 * i, 32) for i in range(6)]  # other grids per thread
+    args = [(torch.randn(m, k), torch.randn(k, 40)) for m, k in shapes]
+    alone = [kernel(a, b) for a, b in args]
+    start = threading.Barrier(len(args))
+
+    def run(i):
+        start.wait()
+        return [kernel(*args[i]) for _ in range(2)]
+
+    with ThreadPoolExecutor(len(args)) as pool:
+        together = list(pool.map(run, range(len(args))))
+    for i, results in enumerate(together):
+        for result in results:
+            assert torch.equal(result, alone[i])
+    assert "TRITON_INTERPRET" not in os.environ
+
+
+def _tuned(tmp_path, block_m):
+    spec = kt.parse_spec(
+        {
+            "name": "same",
+            "op": "dense",
+            "dtype": "float16",
+            "shape": {"m": 24, "n": 40, "k": 32},
+            "tune": {"configs": [{"block_m": block_m, "block_n": 16, "block_k": 16}]},
+        }
+    )
+    return kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1)
+
+
+def test_an_artifact_replaced_while_it_loads_loads_as_one_version(tmp_path, monkeypatch):
+    """meta.json, then kernel.py, then kernel.py again were read by path: a replace between the reads gave a
+    false 'does not match the checksum' (412 of 2,270 loads beside a replacing loop), or a Kernel whose config
+    was one version's and whose module the other's (258)."""
+    target, other = tmp_path / "art" / "same", tmp_path / "art" / "other"
+    save_artifact(_tuned(tmp_path, 16), target)
+    save_artifact(_tuned(tmp_path, 32), other)
+    real_loads = json.loads
+    swapped = []
+
+    def swap_then_parse(text, *args, **kwargs):  # the other version arrives just after meta.json was read
+        if not swapped:
+            artifact._exchange(target, other)
+            swapped.append(True)
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(artifact.json, "loads", swap_then_parse)
+    loaded = kt.load(target)
+    assert swapped
+    assert loaded.config.block_m == loaded.module.BLOCK_M == 16  # the version opened, whole
+    monkeypatch.setattr(artifact.json, "loads", real_loads)
+    again = kt.load(target)  # the folder there now holds the other version
+    assert again.config.block_m == again.module.BLOCK_M == 32
+
+
+@pytest.mark.parametrize("name", ["kernel.py", "meta.json"])
+def test_an_artifact_missing_a_file_is_named(tmp_path, name):
+    target = tmp_path / "art" / "same"
+    save_artifact(_tuned(tmp_path, 16), target)
+    (target / name).unlink()
+    with pytest.raises(kt.ArtifactError, match=f"has no {name}; it was not written by `kt tune`"):
+        kt.load(target)
