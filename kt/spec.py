@@ -353,10 +353,9 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
             raise SpecError(f"shape.{axis}", "is an empty list; give a size, or a list of them", source)
         tag = "m" if axis == "m" else "b"
         variants = [  # a value that is not an integer fails validation: its text (any size) is never built
-            (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, f"_{tag}{v}")
-            if isinstance(v, int)
-            else (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, "")
+            (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, suffix)
             for i, v in enumerate(values)
+            for suffix in [f"_{tag}{v}" if isinstance(v, int) else ""]
         ]
     specs = []
     name = data.get("name")
@@ -394,8 +393,8 @@ def parse_spec(data: Any, source: str | None = None, check_files: bool = True) -
         raise
 
 
-TOP_KEYS = ("op", "name", "dtype", "shape", "precision", "device", "tune")
-TOP_KEYS += ("layout", "input", "sparsity", "terms", "transposed")  # some ops' own
+COMMON_KEYS = ("op", "name", "dtype", "shape", "precision", "device", "tune")
+TOP_KEYS = (*COMMON_KEYS, "layout", "input", "sparsity", "terms", "transposed")  # with some ops' own
 
 
 def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
@@ -404,7 +403,7 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if "op" not in data:  # a misspelt `op` (Op, ops) is named as an unknown key, with the fix
         _keys(data, "", allowed=TOP_KEYS)
     op = _choice(data.get("op"), "op", OPS, required=True)
-    allowed = TOP_KEYS[:7]
+    allowed = COMMON_KEYS
     allowed += {
         "dense": ("layout",),
         "fft": ("input",),

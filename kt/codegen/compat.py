@@ -33,9 +33,8 @@ import threading
 from importlib import metadata
 
 _patched = False
-INTERPRETER_LOCK = (
-    threading.RLock()
-)  # reentrant: a launch inside an import's switch, a switch inside a launch
+# reentrant: a launch inside an import's switch, a switch inside a launch
+INTERPRETER_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
