@@ -24,7 +24,17 @@ from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile
 from kt.errors import DeviceError, KtError, SpecError
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
-from kt.spec import OBJECTIVES, OpSpec, load_spec, load_specs, parse_spec, power_cap
+from kt.spec import (
+    MAX_BUDGET,
+    OBJECTIVES,
+    OpSpec,
+    check_int,
+    check_seed,
+    load_spec,
+    load_specs,
+    parse_spec,
+    power_cap,
+)
 
 if TYPE_CHECKING:
     from kt.autotune.inspection import InspectResult
@@ -85,9 +95,7 @@ def default_device() -> str:
 def _budget(budget: Any) -> int | None:
     if budget is None:
         return None
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise SpecError("budget", f"must be a positive integer, got {budget!r}")
-    return budget
+    return check_int(budget, "budget", 1, MAX_BUDGET)  # op.yaml's tune.budget's range
 
 
 def plan(
@@ -117,7 +125,7 @@ def plan(
         profile,
         _budget(budget) or spec.tune.budget,
         strategy,
-        spec.tune.seed if seed is None else seed,
+        spec.tune.seed if seed is None else check_seed(seed),
         model,
         objective,
         power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w,
@@ -165,9 +173,13 @@ def build(
     if config is None:
         ranking = plan_tuning(node.problem, profile, budget=1, spec=spec)
         config = ranking.config(ranking.ranked[0])
-    elif isinstance(config, Mapping):  # written by hand: checked as op.yaml's tune.configs are
+    elif isinstance(config, (Mapping, family.config_type)):
+        # written by hand: checked as op.yaml's tune.configs are. A config object made in code is checked on
+        # its axes too (GemmConfig(-16, 16, 16) built a kernel whose results were 1e34 off); whether it can run
+        # on the device is left to the caller (rows of an earlier kt's legality are still loaded by kt.nn)
+        data = dict(config) if isinstance(config, Mapping) else config.to_dict()
         try:
-            config = family.config_type.from_dict(dict(config))
+            config = family.config_type.from_dict(data)
         except (TypeError, ValueError) as exc:
             raise SpecError("config", str(exc).removeprefix("config: ").removeprefix("config.")) from None
     if not isinstance(config, family.config_type):
@@ -197,14 +209,27 @@ def random_args(
     spec: SpecLike, seed: int = 0, device: str | torch.device | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Random (x, *weights) in the op's documented layout."""
-    return op_from_spec(as_spec(spec)).random_args(seed, device or default_device())
+    return op_from_spec(as_spec(spec)).random_args(check_seed(seed), _device(device))
 
 
 def random_weights(
     spec: SpecLike, seed: int = 0, device: str | torch.device | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Random weights in the op's documented layout (for dense: the B operand)."""
-    return op_from_spec(as_spec(spec)).random_weights(seed, device or default_device())
+    return op_from_spec(as_spec(spec)).random_weights(check_seed(seed), _device(device))
+
+
+def _device(device: Any) -> torch.device:
+    """A torch device to make tensors on (default: the GPU, else the CPU), refused in one line naming `device`."""
+    if device is None:
+        return torch.device(default_device())
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device: {device} asked for, but this machine has no CUDA GPU")
+    return device
 
 
 def tune(
@@ -263,7 +288,7 @@ def collect(
 
 def load(path: str | os.PathLike, verify: bool = True) -> Kernel:
     """The tuned kernel saved by `kt tune` in the artifact directory `path`."""
-    return load_artifact(Path(path), verify=verify)
+    return load_artifact(path, verify=verify)
 
 
 def _measured_records(

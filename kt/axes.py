@@ -10,6 +10,8 @@ problem is built (kt.codegen.restrict).
 
 from __future__ import annotations
 
+import numbers
+
 from kt.errors import SpecError, shown
 
 GEMM_AXES: dict[str, tuple[int, ...]] = {
@@ -98,7 +100,8 @@ def check_fields(fields: dict[str, tuple[int, ...] | None], data: dict) -> None:
         raise ValueError(f"config: unknown key {shown(unknown[0])}; allowed: {', '.join(fields)}")
     for name, value in data.items():
         allowed = fields[name]
-        if isinstance(value, bool) or not isinstance(value, int):  # 16.0 and True would pass `in allowed`
+        # 16.0 and True would pass `in allowed`; numpy's integers are integers
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"config.{name}: must be an integer, got {shown(value)}")
         if allowed is not None and value not in allowed:
             raise ValueError(

@@ -838,7 +838,7 @@ def _tune(value: Any, path: str, op: str) -> TuneOptions:
     if "objective" in value:
         options["objective"] = _choice(value["objective"], f"{path}.objective", OBJECTIVES)
     if "seed" in value:
-        options["seed"] = _int(value["seed"], f"{path}.seed", 0, 2**32 - 1)
+        options["seed"] = check_seed(value["seed"], f"{path}.seed")
     if value.get("power_cap_w") is not None:
         options["power_cap_w"] = power_cap(value["power_cap_w"], f"{path}.power_cap_w")
     return TuneOptions(**options)
@@ -882,6 +882,23 @@ def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], .
             )
         configs.append(tuple((str(key), _int(v, f"{where}.{key}", 0, 2**20)) for key, v in config.items()))
     return tuple(configs)
+
+
+def check_int(value: Any, path: str, low: int, high: int) -> int:
+    """An integer option from `low` to `high` (numpy's integers too, never a bool), as op.yaml's are checked."""
+    return _int(value, path, low, high)
+
+
+def check_seed(value: Any, path: str = "seed") -> int:
+    """A random seed, as op.yaml's `tune.seed` takes it: an integer from 0 to 2**32 - 1."""
+    return _int(value, path, 0, 2**32 - 1)
+
+
+def check_seconds(value: Any, path: str, high: float = 86400.0) -> float:
+    """A number of seconds in (0, high]: not nan (a nan timeout made the worker pool busy-wait), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= high:
+        raise SpecError(path, f"must be a number of seconds in (0, {high:g}], got {_kind(value)}")
+    return float(value)
 
 
 def power_cap(value: Any, path: str = "tune.power_cap_w") -> float:

@@ -107,3 +107,70 @@ def test_guided_plan_first_round_explores_by_seed():
     assert kt.plan(SPEC, budget=64, seed=4, measures_time=True).chosen[4:] != plan.chosen[4:], (
         "the analytic model has no spread: exploration is random and follows the seed"
     )
+
+
+def test_build_checks_a_config_object_on_its_axes_too():
+    """Only a mapping was checked: GemmConfig(-16, 16, 16) built a kernel whose results were 1e34 off, group 0
+    gave nan or a ZeroDivisionError, a block of 17 an interpreter error."""
+    import dataclasses
+
+    from kt.codegen.gemm import GemmConfig
+
+    for config, words in [
+        (GemmConfig(-16, 16, 16), "block_m: -16 is not allowed; allowed: 16, 32"),
+        (GemmConfig(16, 16, 16, group_m=0), "group_m: 0 is not allowed; allowed: 1, 4, 8"),
+        (GemmConfig(17, 16, 16), "block_m: 17 is not allowed"),
+        (GemmConfig("16", 16, 16), "block_m: must be an integer, got '16'"),
+    ]:
+        with pytest.raises(kt.SpecError, match=f"^config: {words}"):
+            kt.build(SPEC, config)
+    monarch = {"op": "monarch", "dtype": "float32", "shape": {"batch": 16, "n": 64, "nblocks": 4}}
+    legal = kt.space(monarch).legal[0]
+    with pytest.raises(kt.SpecError, match="config: group: 0 is not allowed"):
+        kt.build(monarch, dataclasses.replace(legal, group=0))
+    assert kt.build(monarch, legal).config == legal
+    np = pytest.importorskip("numpy")
+    built = kt.build(
+        SPEC, {"block_m": np.int64(16), "block_n": 16, "block_k": 16}
+    )  # was "must be an integer"
+    assert built.config.block_m == 16 and type(built.config.block_m) is int
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"seed": "s"}, "seed: must be an integer from 0 to 4294967295, got 's'"),  # stored as every crash
+        ({"seed": -1}, "seed: must be an integer from 0"),
+        ({"timeout_s": float("nan")}, "timeout_s: must be a number of seconds in \\(0, 86400\\], got nan"),
+        ({"timeout_s": 0}, "timeout_s: must be a number of seconds"),  # stored every candidate as timed out
+        ({"timeout_s": float("inf")}, "timeout_s: "),  # an OverflowError deep in the pool
+        ({"workers": 0}, "workers: must be an integer from 1 to 64, got 0"),  # silently the default
+        ({"workers": "2"}, "workers: must be an integer"),
+        ({"deadline": "soon"}, "deadline: must be a time.monotonic\\(\\) value"),
+        ({"deadline": 0.0}, "deadline: 0 has passed .* it is a time.monotonic\\(\\) value"),
+        ({"model": 3}, "model: expected a model file's path, 'analytic' or a cost model, got int"),
+        ({"db": 5}, "db: expected a database file's path, got int"),
+        ({"budget": 10**9}, "budget: must be an integer from 1 to 100000"),
+    ],
+)
+def test_tune_refuses_a_bad_option_before_anything_is_stored(tmp_path, options, words):
+    db = tmp_path / "t.db"
+    with pytest.raises(kt.SpecError, match=words):
+        kt.tune(SPEC, **{"db": db, "progress": False, "budget": 1, **options})
+    assert not db.exists() or options.get("db") is not None  # nothing written
+
+
+def test_plan_and_random_args_name_a_bad_seed_or_device():
+    with pytest.raises(kt.SpecError, match="seed: must be an integer"):
+        kt.plan(SPEC, seed="x")  # numpy's SeedSequence TypeError
+    with pytest.raises(kt.SpecError, match="model: expected a model file's path"):
+        kt.plan(SPEC, model=5)
+    with pytest.raises(kt.SpecError, match="seed: must be an integer"):
+        kt.random_args(SPEC, seed=1.5)
+    with pytest.raises(ValueError, match="device: 'bogus' is not a torch device"):
+        kt.random_args(SPEC, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(kt.DeviceError, match="device: cuda asked for, but this machine has no CUDA GPU"):
+            kt.random_weights(SPEC, device="cuda")
+    with pytest.raises(kt.ArtifactError, match="expected an artifact folder's path .* got NoneType"):
+        kt.load(None)

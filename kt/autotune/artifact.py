@@ -39,6 +39,14 @@ PREVIOUS_SUFFIX = ".prev"
 KEPT = ".kt-kept"  # in a `<name>.prev/` that kt made: what it may replace with a newer previous artifact
 
 
+def _artifact_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise ArtifactError(
+            f"expected an artifact folder's path (a str or os.PathLike), got {type(path).__name__}"
+        )
+    return Path(path)
+
+
 def previous_path(path: str | os.PathLike) -> Path:
     """Where the artifact that a save to `path` replaces is kept: `<path>.prev`."""
     path = Path(path)
@@ -52,7 +60,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     from kt.codegen import family_for  # torch and triton: reading an artifact's meta.json needs neither
     from kt.codegen.baseline import render_baseline
 
-    path = Path(path)
+    path = _artifact_path(path)
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
     if best.pytorch:
@@ -295,7 +303,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     the other could come from either side (a loader then saw a checksum mismatch, or a config of one version
     with the kernel of the other). Read through the folder's descriptor, both come from the folder opened.
     """
-    path = Path(path)
+    path = _artifact_path(path)
     if not path.is_dir():
         raise ArtifactError(
             f"artifact {str(path)!r} not found" if not path.exists() else f"{path} is not a directory"
@@ -331,7 +339,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     from kt.kernel import Kernel
     from kt.spec import parse_spec
 
-    path = Path(path)
+    path = _artifact_path(path)
     meta, source = _read(path)
     if verify and hashlib.sha256(source).hexdigest() != meta.get("kernel_sha256"):
         raise ArtifactError(

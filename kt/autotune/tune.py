@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -47,7 +48,7 @@ from kt.costmodel.models import shipped_model_path
 from kt.costmodel.prediction import Prediction, model_noun
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
-from kt.errors import KtError, ModelError
+from kt.errors import KtError, ModelError, SpecError
 from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, power_cap
 
@@ -157,6 +158,10 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
                 "kt's own %s model is not usable here (%s); ranking with the analytic model", profile.key, exc
             )
             return AnalyticModel(profile)
+    if not isinstance(model, (str, os.PathLike)):
+        raise SpecError(
+            "model", f"expected a model file's path, 'analytic' or a cost model, got {type(model).__name__}"
+        )
     if str(model) == "analytic":
         return AnalyticModel(profile)
     return ForestModel.load(model, profile)
@@ -635,7 +640,9 @@ def run_session(
     from kt.api import resolve_profile  # the API owns turning specs into profiles
     from kt.ir import op_from_spec
 
-    seed = spec.tune.seed if seed is None else seed
+    seed, timeout_s = _session_options(spec, seed, timeout_s, workers, deadline)
+    if db is not None and not isinstance(db, (str, os.PathLike)):
+        raise SpecError("db", f"expected a database file's path, got {type(db).__name__}")
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
     profile = resolve_profile(device or spec.device)
     search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
@@ -652,8 +659,8 @@ def run_session(
     with runner if owned else contextlib.nullcontext():
         # a listed config that cannot run is refused here, before the model loads or the database opens
         space = tuning_space(node.problem, profile, spec)
+        cost_model = resolve_model(profile, model)  # a model that is refused makes no database
         with Database(db) as database:
-            cost_model = resolve_model(profile, model)
             plan = plan_tuning(
                 node.problem,
                 profile,
@@ -682,6 +689,33 @@ def run_session(
                 tuner.skipped_rows,
                 tuner.baseline_row() if baseline else None,
             )
+
+
+def _session_options(spec, seed, timeout_s, workers, deadline) -> tuple[int, float]:
+    """The Python API's options, checked as the CLI's are, before anything runs: a bad seed was stored as every
+    candidate's crash (so later tunes on that database failed too), a timeout of nan made the pool busy-wait and
+    one of 0 stored every candidate as timed out, workers=0 meant the default."""
+    from kt.spec import check_int, check_seconds, check_seed
+
+    seed = spec.tune.seed if seed is None else check_seed(seed)
+    timeout_s = check_seconds(timeout_s, "timeout_s")
+    if workers is not None:
+        check_int(workers, "workers", 1, 64)
+    if deadline is not None:
+        if (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not math.isfinite(deadline)
+        ):
+            raise SpecError("deadline", f"must be a time.monotonic() value, got {deadline!r}")
+        now = time.monotonic()
+        if deadline <= now:
+            raise SpecError(
+                "deadline",
+                f"{deadline:g} has passed (time.monotonic() is {now:.1f}): it is a time.monotonic() value, "
+                "e.g. time.monotonic() + 600 for ten minutes",
+            )
+    return seed, timeout_s
 
 
 class _Tuner:

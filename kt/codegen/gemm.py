@@ -66,7 +66,7 @@ def config_from_mapping(cls, data: dict[str, Any], axes: dict[str, tuple[int, ..
     """A config dataclass from a mapping: unknown keys and values off an axis are one-line ValueErrors (a field
     with no axis takes any non-negative integer; kt.axes.check_fields words them)."""
     check_fields({f.name: axes.get(f.name) for f in fields(cls)}, data)
-    return cls(**data)
+    return cls(**{key: int(value) for key, value in data.items()})  # numpy's integers become ints
 
 
 def padded(dim: int) -> int:
