@@ -719,3 +719,17 @@ def test_a_compiled_sum_follows_a_replaced_term():
     twin.terms[1] = knn.LowRankLinear(32, 32, rank=8, bias=False)
     assert twin.op_text != layer.op_text
     torch.testing.assert_close(dx(twin), dx(knn.Sum(*twin.terms)))
+
+
+def test_a_compiled_layer_follows_a_checkpoint_of_another_dtype_loaded_with_assign():
+    """The op text was remade on the next forward, inside the compiled graph: torch.compile(fullgraph=True)
+    then traced json.dumps and failed (Unsupported method call)."""
+    torch._dynamo.reset()
+    layer = knn.MonarchLinear(32, 32, 4)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(5, 32)
+    compiled(x)
+    layer.load_state_dict({k: v.half() for k, v in layer.state_dict().items()}, assign=True)
+    y = compiled(x.half())
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y, layer(x.half()))

@@ -42,6 +42,11 @@ def _count(value: Any, name: str, who: str) -> int:
     return int(value)
 
 
+def _refresh_after_load(module: _KtLinear, incompatible_keys) -> None:
+    """A module-level function (a lambda would make the layer unpicklable)."""
+    module._refresh()
+
+
 class _KtLinear(nn.Module, ABC):
     """What the layers share: features, bias, dtype, the op text, and the forward over any leading dims."""
 
@@ -57,6 +62,9 @@ class _KtLinear(nn.Module, ABC):
         _kt_dtype(factory["dtype"], type(self).__name__)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._factory = factory
+        # load_state_dict(..., assign=True) of another dtype changes the weights without _apply: the op text is
+        # remade right after (in eager code), not in the next forward, which torch.compile would trace
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _init_bias(self, fan_in: int) -> None:
         if self.bias is not None:  # nn.Linear's initialisation
