@@ -353,7 +353,8 @@ def _ray_address(ctx, param, value):
 @click.option(
     "--from-model",
     "from_model",
-    default=None,
+    multiple=True,  # so that a second one is refused, not silently taken in place of the first
+    callback=lambda ctx, param, value: _one_model(value),
     metavar="FILE.py:FACTORY|MODULE:FACTORY",
     help="Tune every op a model runs: FACTORY() returns (model, example_input); each nn.Linear and kt.nn layer "
     "it calls becomes an op at its batch bucket (kt.nn.discover).",
@@ -508,12 +509,22 @@ def _gpus(text: str | None) -> list[int] | None:
     return None if text is None else parse_gpus(text)
 
 
+def _one_model(values: tuple[str, ...]) -> str | None:
+    if len(values) > 1:
+        raise click.BadParameter(
+            f"given {len(values)} times ({', '.join(values)}); tune one model per command, or write each "
+            "model's ops with kt.nn.selections().write_yaml() and tune the files together",
+            param_hint="'--from-model'",
+        )
+    return values[0] if values else None
+
+
 def _model_specs(target: str, taken: set[str]) -> list:
     """The ops of --from-model's model (kt.nn.discover), listed as a table before they are tuned."""
     from kt.nn.discover import load_factory, model_ops
 
     model, args, kwargs = load_factory(target)
-    found = model_ops(model, *args, **kwargs)
+    found = model_ops(model, *args, name_prefix=target.rpartition(":")[2], **kwargs)
     clash = sorted(taken & {spec.name for spec in found.specs})
     if clash:
         raise KtError(f"--from-model: an OP_YAML already has an op named {clash[0]!r}; rename it")

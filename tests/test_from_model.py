@@ -125,7 +125,7 @@ def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(t
     assert "example_model: 5 ops to tune" in done.stdout and "5 ops" in done.stdout
     assert "structurize_mlp.py:example_model: 5 ops, tuned" in done.stdout  # it said "None: 5 ops"
     made = sorted(p.name for p in (tmp_path / "art").iterdir())
-    assert made == ["0_b64", "2_b64", "4_b64", "6_b64", "8_b64"]
+    assert made == [f"example_model.{i}_b64" for i in (0, 2, 4, 6, 8)]  # the factory first: models apart
     ops = [json.loads((tmp_path / "art" / name / "meta.json").read_text())["op"] for name in made]
     assert ops == ["dense", "lowrank", "blocksparse", "monarch", "dense"]
     assert done.stdout.count("checked") >= 5  # CPU: every op checked, none timed
@@ -156,3 +156,87 @@ def test_op_yaml_files_and_a_model_tune_together(tmp_path):
         sorted(p.name for p in (tmp_path / "art").iterdir()) == ["d", "factory_b16"]
         or len(list((tmp_path / "art").iterdir())) == 2
     )
+
+
+class _Keywords(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.dense = knn.DenseLinear(8, 16)
+
+    def forward(self, x):
+        return self.dense(x=self.linear(input=x))
+
+
+class _Autocast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear, self.dense = nn.Linear(32, 32), knn.DenseLinear(32, 32)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.dense(self.linear(x))
+
+
+def test_layers_called_with_keywords_or_under_autocast_are_found_as_they_run():
+    """Layers called as layer(x=...) were missed (model_ops found no op); under torch.autocast the weight's
+    float32 was tuned while the layers ran in bfloat16 (the artifact was never used)."""
+    found = model_ops(_Keywords(), torch.randn(20, 8))
+    assert [(s.name, s.shape.n) for s in found.specs] == [("linear_b32", 8), ("dense_b32", 16)]
+    found = model_ops(_Autocast(), torch.randn(20, 32))
+    assert [(s.name, s.dtype) for s in found.specs] == [("linear_b32", "bfloat16")]  # one op: the same math
+    assert found.modules["linear_b32"] == ["linear", "dense"]
+
+
+def test_names_start_with_the_factory_and_stay_within_100_characters():
+    """Two models' nn.Sequential both gave 0_b32 (one tune replaced the other's artifact in a shared folder); a
+    long module path at a bucket of seven digits, or its -2 twin, passed 100 characters (a SpecError blamed on the
+    model)."""
+    found = model_ops(nn.Sequential(nn.Linear(8, 8)), torch.randn(4, 8), name_prefix="encoder")
+    assert [s.name for s in found.specs] == ["encoder.0_b16"]
+    deep = nn.Module()
+    deep.add_module("a" * 95, nn.Linear(8, 8))
+    deep.add_module("a" * 96, nn.Linear(8, 16))
+
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = deep
+
+        def forward(self, x):
+            return [layer(x) for layer in self.d.children()]
+
+    found = model_ops(Deep(), torch.randn(600_000, 8))
+    names = [s.name for s in found.specs]
+    assert len(names) == 2 and all(len(n) <= 100 for n in names), names
+    assert names[0].endswith("_b1048576") and names[1].endswith("_b1048576-2")
+    nothing = model_ops(nn.Linear(0, 4), torch.randn(20, 0))  # 20 rows of no features: was "no rows"
+    assert nothing.skipped == [("(model)", "no features (0 in, 4 out): no kernel to tune")]
+
+
+def test_a_model_file_imports_the_modules_beside_it_and_a_script_that_exits_is_one_line(
+    tmp_path, monkeypatch
+):
+    """A model split over files failed (No module named 'helper'), as did MODULE:FACTORY of a module in the
+    current folder; a file running argparse at its top level printed argparse's usage as if it were kt's, and a
+    factory calling sys.exit(3) ended kt with exit code 3 and no word."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "helper_mod.py").write_text("from torch import nn\ndef block():\n    return nn.Linear(8, 8)\n")
+    (folder / "mine.py").write_text(
+        "import torch\nfrom helper_mod import block\ndef f():\n    return block(), torch.randn(4, 8)\n"
+    )
+    model, args, _ = load_factory(f"{folder / 'mine.py'}:f")
+    assert isinstance(model, nn.Linear) and args[0].shape == (4, 8)
+    monkeypatch.chdir(folder)
+    model, _, _ = load_factory("mine:f")  # MODULE:FACTORY from the current folder, as python -m finds it
+    assert isinstance(model, nn.Linear)
+    (folder / "argp.py").write_text(
+        "import argparse\nargparse.ArgumentParser().add_argument('--w', required=True)\n"
+        "argparse.ArgumentParser().parse_args(['--nope'])\n"
+    )
+    with pytest.raises(KtError, match="argp.py' failed to load: SystemExit\\(2\\): it exited"):
+        load_factory(f"{folder / 'argp.py'}:f")
+    (folder / "exits.py").write_text("import sys\ndef f():\n    sys.exit(3)\n")
+    with pytest.raises(KtError, match="f\\(\\) raised SystemExit\\(3\\)"):
+        load_factory(f"{folder / 'exits.py'}:f")

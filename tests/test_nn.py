@@ -860,13 +860,31 @@ def test_artifact_in_kt_artifacts_is_picked_and_another_bucket_is_not(artifacts,
     assert artifact_selection(layer, 40).source == "cost model"  # bucket 64: not tuned
 
 
-def test_use_artifacts_clears_earlier_selections(artifacts):
+def test_use_artifacts_makes_earlier_selections_again_and_lists_them_until_then(artifacts):
+    """use_artifacts() forgot every earlier choice: selections() (and write_yaml) missed those ops until they
+    ran again."""
     directory, make = artifacts["dense"]
     layer = make()
     assert artifact_selection(layer, 20).source == "cost model"
     knn.use_artifacts(directory)
-    assert knn.selections() == []
+    assert [s.source for s in knn.selections()] == ["cost model"]  # listed until made again
     assert artifact_selection(layer, 20).source == "artifact"
+    assert [s.source for s in knn.selections()] == ["artifact"]
+
+
+def test_kt_artifacts_may_name_one_artifact_and_a_folder_of_none_warns(
+    artifacts, monkeypatch, tmp_path, caplog
+):
+    """`kt tune` prints the artifact's own folder: given as $KT_ARTIFACTS it was silently never looked in."""
+    directory, make = artifacts["dense"]
+    monkeypatch.setenv("KT_ARTIFACTS", str(directory / "dense"))
+    assert artifact_selection(make(), 20).source == "artifact"
+    selection._SELECTED.clear()
+    monkeypatch.setenv("KT_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(selection, "_MISSING_DIRS", set())
+    with caplog.at_level(logging.WARNING, logger="kt.nn"):
+        assert artifact_selection(make(), 20).source == "cost model"
+    assert f"kt.nn: {tmp_path} holds no artifact (no <name>/meta.json)" in caplog.text
 
 
 # -- argument errors ------------------------------------------------------------------------------------------

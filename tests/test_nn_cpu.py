@@ -479,7 +479,17 @@ def test_use_artifacts_refuses_a_folder_that_is_not_there_and_kt_artifacts_warns
             dirs = selection._artifact_dirs()
             assert tmp_path in dirs and gone not in dirs
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [f"kt.nn: $KT_ARTIFACTS names {gone}, which is not a folder; it is skipped"]
+    assert warnings == [
+        f"kt.nn: $KT_ARTIFACTS names {gone}, which is not a folder; it is skipped",
+        f"kt.nn: {tmp_path} holds no artifact (no <name>/meta.json); nothing is looked up there",
+    ]
+    # a $KT_DB that names nothing was silently no database
+    monkeypatch.setenv("KT_DB", str(tmp_path / "typo.db"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kt.nn"):
+        for _ in range(2):
+            assert selection._best_row(None, None, "gpu") is None
+    assert caplog.text.count("$KT_DB names") == 1 and "typo.db, which is not there" in caplog.text
 
 
 @pytest.mark.parametrize("name", [*SMALL_LAYERS, "lowrank-chain"])
@@ -733,3 +743,27 @@ def test_a_compiled_layer_follows_a_checkpoint_of_another_dtype_loaded_with_assi
     y = compiled(x.half())
     assert y.dtype == torch.float16
     torch.testing.assert_close(y, layer(x.half()))
+
+
+@pytest.mark.parametrize("interpret", [False, True])
+def test_layers_made_and_run_under_inference_mode(monkeypatch, interpret):
+    """The butterfly kernel's block cache and the block-sparse PyTorch path's dense cache read the weights'
+    version counters, which inference tensors do not have (RuntimeError)."""
+    if interpret:
+        monkeypatch.setenv("KT_INTERPRET", "1")
+    torch.manual_seed(3)
+    x = torch.randn(8, 64, dtype=torch.float16)  # float16: the block-sparse PyTorch path's dense fallback
+    half = {"dtype": torch.float16}
+    for make in (
+        lambda: knn.ButterflyLinear(64, **half),
+        lambda: knn.BlockSparseLinear.from_dense(
+            torch.nn.Linear(64, 64, **half), block=(16, 16), density=0.5
+        ),
+    ):
+        torch.manual_seed(4)
+        expected = make()(x).detach()
+        with torch.inference_mode():
+            torch.manual_seed(4)
+            layer = make()
+            for _ in range(2):  # the second call: no stale cache either
+                torch.testing.assert_close(layer(x), expected)

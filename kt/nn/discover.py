@@ -1,8 +1,11 @@
 """The ops a model runs that kt can tune: every nn.Linear and kt.nn layer it calls on an example input, as
 op.yaml specs at the batch bucket kt.nn selects kernels by (`kt tune --from-model`, issue 18).
 
-The model runs once under `torch.no_grad()` with forward hooks on every module; a module's input gives its rows
-(all leading dims), rounded up to their bucket (kt.nn.selection.bucket). An nn.Linear becomes a dense op with
+The model runs once under `torch.no_grad()` with forward hooks on every module; a module's input (positional,
+or the `input=` / `x=` keyword) gives its rows (all leading dims), rounded up to their bucket
+(kt.nn.selection.bucket), and its dtype is the weight's, or autocast's where autocast runs the layer in another.
+Only forward ops are found: a training model's backward kernels (a Monarch's transpose, the weight gradients)
+are what `kt.nn.selections().write_yaml()` adds after a training step. An nn.Linear becomes a dense op with
 its weight as B stored transposed (`layout: {a: row, b: col}`, what `F.linear` multiplies by), a kt.nn layer its
 own op. Ops with equal math (the same op, shape and bucket: a repeated block, say) are tuned once, under the
 first module's name. A module kt cannot tune (an nn.Linear in float64, say) is listed with why.
@@ -13,6 +16,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -36,8 +41,10 @@ class ModelOps:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (module path, why)
 
 
-def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
-    """Run `model(*args, **kwargs)` once and collect the ops kt can tune (see the module's docstring)."""
+def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any) -> ModelOps:
+    """Run `model(*args, **kwargs)` once and collect the ops kt can tune (see the module's docstring); each op's
+    name is `name_prefix` (the factory's name, so that two models tuned into one folder keep their artifacts
+    apart), the module's path and the bucket."""
     from kt.nn.functional import _row_count
     from kt.nn.layers import FFT, _KtLinear
     from kt.nn.selection import bucket, bucket_spec, parsed_op
@@ -45,20 +52,28 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
     found = ModelOps()
     by_signature: dict[str, str] = {}
 
-    def record(path: str, module: nn.Module, inputs: tuple) -> None:
-        x = inputs[0] if inputs else None
+    def record(path: str, module: nn.Module, inputs: tuple, keywords: dict) -> None:
+        # a layer called as layer(x=...) or linear(input=...) was missed: its positional inputs are empty
+        x = inputs[0] if inputs else keywords.get("input", keywords.get("x"))
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
             return
         if isinstance(module, (_KtLinear, FFT)):
             op = dict(parsed_op(module.op_text))
+            if isinstance(module, _KtLinear) and (autocast := module._autocast_dtype(x)) is not None:
+                op["dtype"] = dtype_name(autocast)  # the dtype the layer runs in under torch.autocast
             # a DenseLinear multiplies x's rows (all leading dims) as one matrix; _row_count reads a dense op's
             # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
-            rows = x.numel() // max(1, x.shape[-1]) if op["op"] == "dense" else _row_count(op, x)
+            rows = math.prod(x.shape[:-1]) if op["op"] == "dense" else _row_count(op, x)
         elif isinstance(module, nn.Linear):
+            if not module.in_features or not module.out_features:
+                why = f"no features ({module.in_features} in, {module.out_features} out): no kernel to tune"
+                found.skipped.append((path or "(model)", why))
+                return
+            weight_dtype = _autocast(x) or module.weight.dtype  # F.linear runs in autocast's dtype under it
             try:
-                dtype = dtype_name(module.weight.dtype)
+                dtype = dtype_name(weight_dtype)
             except KeyError:
-                why = f"{module.weight.dtype} is not a kt dtype ({', '.join(DTYPES)})"
+                why = f"{weight_dtype} is not a kt dtype ({', '.join(DTYPES)})"
                 found.skipped.append((path or "(model)", why))
                 return
             op = {
@@ -67,13 +82,13 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
                 "shape": {"n": module.out_features, "k": module.in_features},
                 "layout": {"a": "row", "b": "col"},
             }
-            rows = x.numel() // max(1, x.shape[-1])
+            rows = math.prod(x.shape[:-1])  # numel // in_features counted no rows when in_features is 0
         else:
             return
         if rows == 0:
             found.skipped.append((path or "(model)", "its example input has no rows (an empty batch)"))
             return
-        name = _name(path, bucket(rows))
+        name = _name(name_prefix, path, bucket(rows))
         spec = bucket_spec({**op, "name": name}, rows)
         signature = json.dumps(spec.signature(), sort_keys=True)
         if signature in by_signature:
@@ -86,7 +101,7 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
         taken, count = name, 1
         while taken in found.modules:  # another op's name ("a b" and "a_b" both give a_b; cut long paths)
             count += 1
-            taken = f"{name}-{count}"
+            taken = _name(name_prefix, path, bucket(rows), count)
         if taken != name:
             spec = bucket_spec({**op, "name": taken}, rows)
         by_signature[signature] = spec.name
@@ -94,13 +109,16 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
         found.specs.append(spec)
 
     handles = [
-        module.register_forward_hook(lambda m, i, o, path=path: record(path, m, i))
+        module.register_forward_hook(lambda m, i, k, o, path=path: record(path, m, i, k), with_kwargs=True)
         for path, module in model.named_modules()
     ]
     try:
         with torch.no_grad():
             model(*args, **kwargs)
-    except Exception as exc:  # the user's model on the user's input: one line, as any bad input is
+    except (
+        Exception,
+        SystemExit,
+    ) as exc:  # the user's model on the user's input: one line, as any bad input is
         raise KtError(f"--from-model: the model failed on its example input: {one_line(exc)}") from None
     finally:
         for handle in handles:
@@ -108,12 +126,22 @@ def model_ops(model: nn.Module, *args: Any, **kwargs: Any) -> ModelOps:
     return found
 
 
-def _name(path: str, rows: int) -> str:
-    """An artifact name for the module at `path` (dots kept) and its bucket: letters, digits, _ . - only."""
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", path) or "model"
+def _autocast(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype torch.autocast runs an nn.Linear in on x's device, or None where it is off."""
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _name(prefix: str, path: str, rows: int, count: int = 1) -> str:
+    """An artifact name for the module at `path` (dots kept) after `prefix`, and its bucket (and `-count` for the
+    count-th op of that name): letters, digits, _ . - only, 100 at most (the path is cut, never the ends)."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(p for p in (prefix, path) if p)) or "model"
     if not base[0].isalnum():
         base = f"m{base}"
-    return f"{base[: 100 - 8]}_b{rows}"
+    tail = f"_b{rows}" + (f"-{count}" if count > 1 else "")
+    return f"{base[: 100 - len(tail)]}{tail}"
 
 
 def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
@@ -126,25 +154,30 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
         path = Path(where)
         if not path.is_file():
             raise KtError(f"--from-model: {where!r} not found")
+        # as `python file.py` runs it: its folder first on sys.path, so it imports the modules beside it
+        _importable(str(path.resolve().parent))
         spec = importlib.util.spec_from_file_location(f"kt_model_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # a syntax error, an import that fails: one line naming the file
-            raise KtError(f"--from-model: {where!r} failed to load: {one_line(exc)}") from None
+        except (Exception, SystemExit) as exc:  # a syntax error, an import that fails, argparse: one line
+            raise KtError(f"--from-model: {where!r} failed to load: {_why(exc)}") from None
     else:
+        _importable(os.getcwd())  # as `python -m` runs a module: the current folder first on sys.path
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
             raise KtError(f"--from-model: cannot import {where!r} ({exc})") from None
+        except (Exception, SystemExit) as exc:
+            raise KtError(f"--from-model: {where!r} failed to load: {_why(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise KtError(f"--from-model: {where!r} has no function {attr!r}")
     try:
         made = factory()
-    except Exception as exc:
-        raise KtError(f"--from-model: {attr}() raised {one_line(exc)}") from None
+    except (Exception, SystemExit) as exc:
+        raise KtError(f"--from-model: {attr}() raised {_why(exc)}") from None
     if not isinstance(made, tuple) or len(made) != 2 or not isinstance(made[0], nn.Module):
         got = (
             f"({', '.join(type(item).__name__ for item in made)})"
@@ -160,3 +193,15 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     if args and isinstance(args[-1], dict):
         args, kwargs = args[:-1], args[-1]
     return model, args, kwargs
+
+
+def _importable(folder: str) -> None:
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+def _why(exc: BaseException) -> str:
+    """`one_line`, and for a SystemExit (argparse at a script's top level, sys.exit) what it exited with."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): it exited (argparse reading kt's command line, or sys.exit)"
+    return one_line(exc)

@@ -119,6 +119,7 @@ class Selections(list):
 
 
 _SELECTED: dict[tuple[str, int, str, bool], Selection] = {}
+_STALE: set[tuple[str, int, str, bool]] = set()  # choices made before use_artifacts() added folders
 _ROLE = contextvars.ContextVar("kt_nn_role", default="forward")
 
 
@@ -163,7 +164,8 @@ def use_artifacts(*directories: str | os.PathLike) -> None:
     for path in paths:
         if path not in _ARTIFACT_DIRS:
             _ARTIFACT_DIRS.append(path)
-    _SELECTED.clear()
+    # every choice is made again on its next use, and listed by selections() until then (it was forgotten)
+    _STALE.update(_SELECTED)
 
 
 def selections() -> Selections:
@@ -211,7 +213,8 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         return _PINNED_CPU[op["pin"]]
     key = (op_text, bucket(rows), device.type, torch_path)
     selected = _SELECTED.get(key)
-    if selected is None:
+    if selected is None or key in _STALE:
+        _STALE.discard(key)
         spec = bucket_spec(op, rows)
         if torch_path:
             selected = Selection(
@@ -283,7 +286,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     for directory in _artifact_dirs():
-        for meta_path in sorted(directory.glob("*/meta.json")):
+        for meta_path in _artifact_metas(directory):
             if kept_artifact(meta_path.parent) or meta_path.parent.name.startswith("."):
                 continue  # the artifact a later tune replaced (kt tune keeps it), or a save's staging folder
             try:
@@ -306,7 +309,21 @@ def _artifact_dirs() -> list[Path]:
         if not path.is_dir() and path not in _MISSING_DIRS:
             _MISSING_DIRS.add(path)
             log.warning("kt.nn: $KT_ARTIFACTS names %s, which is not a folder; it is skipped", path)
-    return [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
+    folders = [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
+    for folder in folders:
+        if not _artifact_metas(folder) and folder not in _MISSING_DIRS:
+            _MISSING_DIRS.add(folder)
+            log.warning(
+                "kt.nn: %s holds no artifact (no <name>/meta.json); nothing is looked up there", folder
+            )
+    return folders
+
+
+def _artifact_metas(folder: Path) -> list[Path]:
+    """The meta.json of each artifact in `folder` (`kt tune --out`), or of `folder` itself when it is one (the
+    path `kt tune` prints)."""
+    own = folder / "meta.json"
+    return [own] if own.is_file() else sorted(folder.glob("*/meta.json"))
 
 
 _MISSING_DIRS: set[Path] = set()  # the $KT_ARTIFACTS entries already warned about
@@ -321,6 +338,10 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
 
     path = default_path()
     if not path.is_file():
+        if os.environ.get("KT_DB") and path not in _MISSING_DIRS:  # a typo would leave every layer untuned
+            _MISSING_DIRS.add(path)
+            what = "a folder" if path.is_dir() else "not there"
+            log.warning("kt.nn: $KT_DB names %s, which is %s; no tuning database is read", path, what)
         return None
     try:
         with Database(path, readonly=True) as db:
