@@ -286,7 +286,13 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     for directory in _artifact_dirs():
-        for meta_path in _artifact_metas(directory):
+        metas = _artifact_metas(directory)
+        if not metas and directory not in _MISSING_DIRS:
+            _MISSING_DIRS.add(directory)
+            log.warning(
+                "kt.nn: %s holds no artifact (no <name>/meta.json); nothing is looked up there", directory
+            )
+        for meta_path in metas:
             if kept_artifact(meta_path.parent) or meta_path.parent.name.startswith("."):
                 continue  # the artifact a later tune replaced (kt tune keeps it), or a save's staging folder
             try:
@@ -309,14 +315,7 @@ def _artifact_dirs() -> list[Path]:
         if not path.is_dir() and path not in _MISSING_DIRS:
             _MISSING_DIRS.add(path)
             log.warning("kt.nn: $KT_ARTIFACTS names %s, which is not a folder; it is skipped", path)
-    folders = [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
-    for folder in folders:
-        if not _artifact_metas(folder) and folder not in _MISSING_DIRS:
-            _MISSING_DIRS.add(folder)
-            log.warning(
-                "kt.nn: %s holds no artifact (no <name>/meta.json); nothing is looked up there", folder
-            )
-    return folders
+    return [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
 
 
 def _artifact_metas(folder: Path) -> list[Path]:
