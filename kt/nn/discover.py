@@ -46,7 +46,7 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
     name is `name_prefix` (the factory's name, so that two models tuned into one folder keep their artifacts
     apart), the module's path and the bucket."""
     from kt.nn.functional import _row_count
-    from kt.nn.layers import FFT, _KtLinear
+    from kt.nn.layers import FFT, _KtLinear, autocast_dtype
     from kt.nn.selection import bucket, bucket_spec, parsed_op
 
     found = ModelOps()
@@ -69,7 +69,9 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
                 why = f"no features ({module.in_features} in, {module.out_features} out): no kernel to tune"
                 found.skipped.append((path or "(model)", why))
                 return
-            weight_dtype = _autocast(x) or module.weight.dtype  # F.linear runs in autocast's dtype under it
+            weight_dtype = (
+                autocast_dtype(x) or module.weight.dtype
+            )  # F.linear runs in autocast's dtype under it
             try:
                 dtype = dtype_name(weight_dtype)
             except KeyError:
@@ -124,14 +126,6 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         for handle in handles:
             handle.remove()
     return found
-
-
-def _autocast(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype torch.autocast runs an nn.Linear in on x's device, or None where it is off."""
-    device = x.device.type
-    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
-        return None
-    return torch.get_autocast_dtype(device)
 
 
 def _name(prefix: str, path: str, rows: int, count: int = 1) -> str:

@@ -42,6 +42,15 @@ def _count(value: Any, name: str, who: str) -> int:
     return int(value)
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype torch.autocast runs a linear layer in on x's device, or None where autocast is off."""
+    device = x.device.type
+    # the meta device has no autocast (asking about it is an error there)
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 def _refresh_after_load(module: _KtLinear, incompatible_keys) -> None:
     """A module-level function (a lambda would make the layer unpicklable)."""
     module._refresh()
@@ -103,11 +112,7 @@ class _KtLinear(nn.Module, ABC):
 
     def _autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype torch.autocast runs this layer in on x's device, where it is on and not the layer's own."""
-        device = x.device.type
-        # the meta device has no autocast (asking about it is an error there)
-        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
-            return None
-        dtype = torch.get_autocast_dtype(device)
+        dtype = autocast_dtype(x)
         return None if dtype == self.dtype else dtype
 
     def _op_text_in(self, dtype: torch.dtype) -> str:
