@@ -42,6 +42,13 @@ def _count(value: Any, name: str, who: str) -> int:
     return int(value)
 
 
+def _check_features(who: str, x: torch.Tensor, expected: int) -> None:
+    """x's last dim holds `expected` features (a 0-d x, which has none, named as such), else a ValueError."""
+    if x.dim() == 0 or x.shape[-1] != expected:
+        got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
+        raise ValueError(f"{who}: x {got}, expected {expected}")
+
+
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype torch.autocast runs a linear layer in on x's device, or None where autocast is off."""
     device = x.device.type
@@ -93,9 +100,7 @@ class _KtLinear(nn.Module, ABC):
         """The op's weight tensors, in the kernel's order (a BSR weight as crow, col, values)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
-            raise ValueError(f"{type(self).__name__}: x {got}, expected {self.in_features}")
+        _check_features(type(self).__name__, x, self.in_features)
         dtype = self._autocast_dtype(x)
         if dtype is None:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias
@@ -546,9 +551,7 @@ class FFT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.n:
-            got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
-            raise ValueError(f"FFT: x {got}, expected {self.n}")
+        _check_features("FFT", x, self.n)
         return apply(x, [], self.op_text)
 
     def extra_repr(self) -> str:
