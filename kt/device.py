@@ -93,15 +93,19 @@ class DeviceProfile:
             if f.type == "str" and (not isinstance(value, str) or not value):
                 raise ProfileError(f"{where}: {f.name} must be a non-empty string, got {value!r}")
         capability = data.get("compute_capability", 90)
-        if not MIN_CAPABILITY <= capability <= MAX_CAPABILITY:  # sm_7 or sm_1000 failed in every compile
+        if not MIN_CAPABILITY <= capability <= MAX_CAPABILITY:
             raise ProfileError(
                 f"{where}: compute_capability must be 10 * major + minor of an NVIDIA GPU (80 for sm_80, 90 for "
-                f"sm_90), from {MIN_CAPABILITY} to {MAX_CAPABILITY}; got {capability!r}"
+                f"sm_90), from {MIN_CAPABILITY} to {MAX_CAPABILITY}: the architectures whose MMA kt's legality "
+                f"and cost model know (mma.sync, wgmma); got {capability!r}"
             )
         return cls(**data)
 
 
-MIN_CAPABILITY, MAX_CAPABILITY = 50, 199
+# Ampere (sm_80, sm_86, sm_87), Ada (sm_89) and Hopper (sm_90): kt reads tensor-core use as mma.sync below
+# sm_90 and wgmma at sm_90. Blackwell (sm_100) builds use tcgen05.mma, which neither legality nor the cost
+# model knows, and Triton gives sm_75 no mma.sync: profiles of those would be labelled wrong.
+MIN_CAPABILITY, MAX_CAPABILITY = 80, 90
 
 
 def _positive(value) -> bool:

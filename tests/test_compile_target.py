@@ -160,6 +160,56 @@ def test_a_config_that_spills_under_register_pressure_is_refused_with_its_eviden
     assert outcome.values["mma_kind"] == "wgmma" and outcome.values["tma"] == 0
 
 
+def test_the_fused_builds_that_spilled_are_illegal_and_their_clean_neighbours_legal():
+    """Legal configs that kt's own compile then refused (all 255 registers and local memory): fused float32 FMA
+    chains whose second dot's W2 tile (rank x block_n) passed 2048 elements, and fused Monarchs in two warps in
+    float32 (10 KB of local memory at 32 registers). The configs that built clean stay legal."""
+    from kt.codegen import tilesum
+    from kt.codegen.tilesum import TileConfig
+    from kt.device import A100
+    from kt.ir.problems import ChainProblem
+
+    chain = ChainProblem(8192, (4096, 64, 4096), "float32")
+    spilled = [
+        (16, 64, 32, 1, 2, 2, 2),
+        (128, 64, 32, 1, 8, 4, 1),
+        (64, 128, 32, 1, 8, 4, 1),
+        (32, 128, 16, 1, 4, 4, 1),
+    ]
+    clean = [
+        (64, 32, 16, 1, 4, 4, 2),
+        (128, 32, 32, 1, 8, 2, 4),
+        (32, 32, 16, 1, 4, 4, 2),
+        (16, 32, 32, 1, 8, 3, 4),
+    ]
+    for device in (H100, A100):
+        for fields in spilled:
+            reason = tilesum.illegal_reason(chain, TileConfig(*fields, fused=1), device)
+            assert reason and reason.startswith("rank x block_n over 2048"), (fields, reason)
+        for fields in clean:
+            assert tilesum.illegal_reason(chain, TileConfig(*fields, fused=1), device) is None, fields
+    assert tilesum.illegal_reason(chain, TileConfig(64, 128, 32, 1, 8, 4, fused=0), H100) is None  # unfused
+    tf32 = ChainProblem(8192, (4096, 64, 4096), "float32", "tf32")  # tensor cores: no FMA operands held
+    assert tilesum.illegal_reason(tf32, TileConfig(16, 64, 32, 1, 2, 2, 2, fused=1), H100) is None
+
+    def monarch(dtype, block_b):
+        problem = MonarchProblem(4096, (32, 16, 16), (32, 16, 16), dtype)
+        config = BlockGemmConfig(block_b, 16, 16, 1, 2, 2, fused=1)
+        return illegal_reason(problem, config, H100, stages_for(problem, config))
+
+    assert monarch("float32", 16).startswith("fused Monarch in two warps spills")
+    assert monarch("float16", 16) is None and monarch("bfloat16", 16) is None
+
+
+def test_a_build_with_kilobytes_of_local_memory_below_255_registers_is_refused(pool):
+    """The spill check asked for all 255 registers: this fused float32 Monarch kept 10 KB per thread in local
+    memory at 32 registers (ptxas: 24 KB of spill stores) and came back ok."""
+    problem = MonarchProblem(4096, (32, 16, 16), (32, 16, 16), "float32")
+    (outcome,) = pool.run([structured_task(0, problem, BlockGemmConfig(16, 16, 16, 1, 2, 2, fused=1))])
+    assert outcome.status == "out_of_resources" and "spills registers" in outcome.message, outcome.message
+    assert outcome.values["registers"] < 255 and outcome.values["local_bytes"] > 1024, outcome.values
+
+
 def test_kt_show_ptx_writes_each_launch_and_prints_the_evidence(tmp_path):
     from click.testing import CliRunner
 

@@ -101,7 +101,9 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
             lambda d: d.update(compute_capability=7),
             "compute_capability must be 10 \\* major \\+ minor .* got 7$",
         ),
-        (lambda d: d.update(compute_capability=1000), "from 50 to 199; got 1000"),
+        (lambda d: d.update(compute_capability=1000), "from 80 to 90: .* got 1000"),
+        (lambda d: d.update(compute_capability=100), "from 80 to 90: .*wgmma.*; got 100"),
+        (lambda d: d.update(compute_capability=75), "from 80 to 90: .* got 75"),
         (
             lambda d: d["peak_flops"].pop("tf32"),
             "peak_flops must map exactly float16, bfloat16, tf32, float32",

@@ -12,7 +12,7 @@ from datetime import date
 
 import torch
 
-from kt.device import DeviceProfile, match_gpu
+from kt.device import MAX_CAPABILITY, MIN_CAPABILITY, DeviceProfile, match_gpu
 from kt.errors import DeviceError
 
 COPY_BYTES = 1 << 30
@@ -73,6 +73,12 @@ def calibrate(name: str | None = None) -> DeviceProfile:
     if not torch.cuda.is_available():
         raise DeviceError("calibrate measures a GPU and this machine has none")
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    capability = 10 * props.major + props.minor
+    if not MIN_CAPABILITY <= capability <= MAX_CAPABILITY:  # refused before minutes of measuring
+        raise DeviceError(
+            f"calibrate: {props.name} is sm_{capability}; kt knows sm_{MIN_CAPABILITY} to sm_{MAX_CAPABILITY} "
+            "(Ampere, Ada, Hopper), whose MMA its legality and cost model read"
+        )
     builtin = match_gpu(props.name)
     fallback = builtin.to_dict() if builtin else {}
 
@@ -107,7 +113,7 @@ def calibrate(name: str | None = None) -> DeviceProfile:
         dram_bandwidth=copy_bandwidth(),
         peak_flops=peaks,
         tdp_w=_power_limit_w() or fallback.get("tdp_w", 0.0),
-        compute_capability=10 * props.major + props.minor,
+        compute_capability=capability,
         warp_size=int(getattr(props, "warp_size", 32)),
         source=f"calibrated on {date.today().isoformat()} with `kt calibrate` (torch {torch.__version__})",
     )

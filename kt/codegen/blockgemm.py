@@ -156,6 +156,10 @@ def fused_reason(problem: MonarchProblem, config: BlockGemmConfig, device: Devic
         return "fused Monarch's working set over the on-chip memory"
     if acc > device.acc_regs_limit:
         return f"accumulator over {device.acc_regs_limit} registers per thread"
+    # Sampled fused float32 builds in two warps spilled at n=512, 32 blocks (b16, both precisions: all 255
+    # registers, or 10 KB of local memory at 32); 16-bit ones did not (146 to 166 registers, sm_80 and sm_90).
+    if config.num_warps < 4 and problem.dtype == "float32":
+        return "fused Monarch in two warps spills in float32"
     return None
 
 

@@ -161,6 +161,9 @@ def resources(problem: TileSumProblem, config: TileConfig, device: DeviceProfile
     return smem, config.block_m * config.block_n // threads
 
 
+FUSED_FMA_W2 = 2048  # the W2 tile (rank x block_n) of a fused float32 FMA chain whose builds did not spill
+
+
 def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DeviceProfile) -> str | None:
     """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
     if config.block_m > padded(problem.rows):
@@ -174,6 +177,16 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
             return "tile larger than the padded problem"
         if config.split > -(-d2 // config.block_n):
             return "more column splits than column tiles"
+        # Without tensor cores the second dot, t (block_m, rank) @ W2 (rank, block_n), runs as FMAs on operands
+        # held in registers: sampled sm_80 and sm_90 builds of rank 64 spilled at all 255 registers with
+        # block_n 64 and 128 (6 configs, 2 to 8 warps), none with 16 or 32 (6 configs).
+        rank = padded(problem.dims[1])
+        if (
+            problem.dtype == "float32"
+            and problem.precision == "ieee"
+            and rank * config.block_n > FUSED_FMA_W2
+        ):
+            return f"rank x block_n over {FUSED_FMA_W2} in a fused FMA chain (its second dot spills)"
     else:
         heights = [t.block[0] for t in _bsr_terms(problem)]
         widest = min([padded(h) for h in heights] + [padded(max(s.n for s in steps))])
