@@ -765,3 +765,173 @@ def test_layers_made_and_run_under_inference_mode(monkeypatch, interpret):
             layer = make()
             for _ in range(2):  # the second call: no stale cache either
                 torch.testing.assert_close(layer(x), expected)
+
+
+def _two_term_sum():
+    return knn.Sum(
+        knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [0, 1]], bias=False),
+        knn.LowRankLinear(32, 32, rank=4, bias=False),
+    )
+
+
+def _other_pattern():
+    return knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[0, 1], [1, 0]], bias=False)
+
+
+@pytest.mark.parametrize(
+    "how", ["setattr", "list twice", "list then item", "append then del", "autocast list"]
+)
+def test_a_sum_follows_its_terms_however_they_are_changed(how):
+    """Only `terms[i] = t` and the list methods were counted: module surgery (`setattr(terms, "0", t)`, as a
+    model walker does), a second list put in place of the terms, an item set in a plain list put there, and one
+    list under autocast (whose op texts never asked) left the old op, whose backward gave dx 100-140% wrong."""
+    layer = _two_term_sum()
+    x = torch.randn(6, 32)
+    autocast = how == "autocast list"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        layer(x)  # the first forward makes the op text
+    if how == "setattr":
+        setattr(layer.get_submodule("terms"), "0", _other_pattern())
+    elif how == "list twice":
+        layer.terms = torch.nn.ModuleList([_other_pattern(), layer.terms[1]])
+        layer(x)
+        layer.terms = torch.nn.ModuleList([layer.terms[1], _other_pattern()])
+    elif how == "list then item":
+        layer.terms = torch.nn.ModuleList(list(layer.terms))
+        layer(x)
+        layer.terms[0] = _other_pattern()
+    elif how == "append then del":
+        layer.terms.append(_other_pattern())
+        layer(x)
+        del layer.terms[0]
+    else:
+        layer.terms = torch.nn.ModuleList([_other_pattern(), layer.terms[1]])
+    if autocast:  # bfloat16: compared with the float32 Sum of the same terms
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        fresh = knn.Sum(*layer.terms)
+        fresh.bias = layer.bias
+        torch.testing.assert_close(y.float(), fresh(x), rtol=0.05, atol=0.05)
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(leaf).float().sum().backward()
+        fresh_leaf = x.clone().requires_grad_(True)
+        fresh(fresh_leaf).sum().backward()
+        torch.testing.assert_close(leaf.grad, fresh_leaf.grad, rtol=0.05, atol=0.05)
+    else:
+        layer.zero_grad(set_to_none=True)
+        check_against_reference(layer, x, lambda t: t, 1e-4)
+
+
+def test_a_sum_refuses_terms_it_cannot_run_and_names_terms_of_mixed_dtypes():
+    layer = _two_term_sum()
+    with pytest.raises(ValueError, match="2 or more"):
+        layer.terms = torch.nn.ModuleList([_other_pattern()])
+    with pytest.raises(ValueError, match="same in_features"):
+        layer.terms = [_other_pattern(), knn.LowRankLinear(32, 16, rank=4, bias=False)]
+    other = _two_term_sum()
+    other.terms = layer.terms  # another Sum's list is copied, so both keep hearing of their own changes
+    assert other.terms is not layer.terms and layer.terms._owner is layer and other.terms._owner is other
+    layer.terms[1].half()
+    with pytest.raises(
+        TypeError, match=r"Sum: its terms hold torch.float32, torch.float16: convert the whole Sum"
+    ):
+        layer(torch.randn(2, 32))
+
+
+def test_a_layer_given_x_of_another_dtype_names_itself_and_x():
+    with pytest.raises(
+        TypeError, match=r"DenseLinear: x.dtype is torch.float16, but the layer's weights are "
+    ):
+        knn.DenseLinear(5, 7)(torch.randn(3, 5, dtype=torch.float16))
+
+
+def test_a_block_sparse_layer_holds_its_pattern_after_to_empty_alone():
+    """to_empty() left the index buffers holding whatever the memory held; a checkpoint loaded non-strictly
+    without them then ran the kernel on those offsets (a segfault in half the runs)."""
+    with torch.device("meta"):
+        layer = knn.BlockSparseLinear(15, 21, block=(7, 5), mask=[[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    layer.to_empty(device="cpu")
+    expected = knn.BlockSparseLinear(15, 21, block=(7, 5), mask=[[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    assert torch.equal(layer.crow_indices, expected.crow_indices)
+    assert torch.equal(layer.col_indices, expected.col_indices)
+    state = {k: v for k, v in expected.state_dict().items() if not k.endswith("_indices")}
+    layer.load_state_dict(state, strict=False)
+    x = torch.randn(4, 15)
+    torch.testing.assert_close(layer(x), expected(x))
+
+
+def test_a_block_sparse_checkpoint_with_one_index_of_another_pattern_is_refused():
+    layer = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [0, 1]])
+    other = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[0, 1], [1, 0]])
+    state = {k: v for k, v in other.state_dict().items() if k != "crow_indices"}
+    with pytest.raises(ValueError, match="block pattern differs"):
+        layer.load_state_dict(state, strict=False)
+
+
+def test_structurize_replaces_a_shared_linear_under_all_its_names():
+    """named_modules() lists a module once: `model.b = model.a` left b the old nn.Linear, no longer shared."""
+    model = torch.nn.Module()
+    model.a = torch.nn.Linear(8, 8)
+    model.b = model.a
+    model.head = torch.nn.Linear(8, 4)
+    assert knn.structurize(model, {"b": lambda linear: knn.DenseLinear.from_dense(linear)}) == ["a", "b"]
+    assert isinstance(model.a, knn.DenseLinear) and model.a is model.b
+    assert type(model.head) is torch.nn.Linear
+
+
+def test_a_butterfly_kernel_leaves_its_twiddles_swappable(monkeypatch):
+    """The generated kernel's block cache held the twiddles weakly, and torch.utils.swap_tensors (which
+    `.to()` and `load_state_dict` use for tensor subclasses, or when asked to) refuses a tensor held weakly."""
+    monkeypatch.setenv("KT_INTERPRET", "1")
+    layer = knn.ButterflyLinear(16)
+    x = torch.randn(3, 16)
+    layer(x)  # the kernel caches the blocks of these twiddles
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        state = {k: v.clone() * 0.5 for k, v in layer.state_dict().items()}
+        layer.load_state_dict(state)
+        check_against_reference(layer, x, lambda t: t, 1e-4)  # the new twiddles' blocks, not the cached ones
+        layer.half()
+        assert layer.twiddles.dtype == torch.float16
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+
+
+def test_a_layer_takes_no_database_row_measured_under_another_triton(tmp_path, monkeypatch):
+    """A row's identity holds its Triton version (tunes measure again under another), but kt.nn's lookup did not
+    ask: a database kept across a Triton upgrade made a layer run the config of a stale timing."""
+    from kt.autotune.database import Database
+    from kt.autotune.versions import software_versions
+    from kt.codegen import family_for
+    from kt.ir import op_from_spec
+
+    spec = kt.parse_spec({"op": "dense", "dtype": "float16", "shape": {"m": 64, "n": 32, "k": 48}})
+    (node,) = op_from_spec(spec).kernel_graph().kernels
+    family = family_for(node.problem)
+    gpu = "NVIDIA H100 80GB HBM3"
+
+    def row(config_key, triton, runtime_ms):
+        return {
+            "runner": "cuda",
+            "device": gpu,
+            "target": "h100",
+            "family": family.name,
+            "family_version": family.version,
+            "problem_key": node.problem.key(),
+            "triton_version": triton,
+            "config_key": config_key,
+            "status": "ok",
+            "runtime_ms": runtime_ms,
+            "problem": node.problem.to_dict(),
+            "config": {"block_m": 16},
+        }
+
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        db.insert(row("m16n16k16g1w4s2x1", software_versions()["triton"], 0.5))
+        db.insert(row("m32n32k16g1w4s2x1", "3.1.0", 0.1))  # faster, under an older Triton
+    monkeypatch.setenv("KT_DB", str(path))
+    best = selection._best_row(node.problem, family, gpu)
+    assert best is not None and best["config_key"] == "m16n16k16g1w4s2x1"

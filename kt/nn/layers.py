@@ -9,6 +9,7 @@ trained `nn.Linear` by the projections of kt.ir (block pruning, truncated SVD).
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -102,6 +103,11 @@ class _KtLinear(nn.Module, ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(type(self).__name__, x, self.in_features)
         dtype = self._autocast_dtype(x)
+        if dtype is None and x.dtype != self.dtype:
+            raise TypeError(
+                f"{type(self).__name__}: x.dtype is {x.dtype}, but the layer's weights are {self.dtype}; pass "
+                f"x.to({self.dtype}), or convert the layer (.to({x.dtype}))"
+            )
         if dtype is None:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias
         else:
@@ -122,6 +128,8 @@ class _KtLinear(nn.Module, ABC):
 
     def _op_text_in(self, dtype: torch.dtype) -> str:
         """`op_text` with the op's dtype changed to `dtype` (made once per dtype, like `op_text`)."""
+        if self._stale():
+            self._refresh()
         texts = self.__dict__.setdefault("_op_texts", {})
         if dtype not in texts:
             texts[dtype] = op_text({**self.op(), "dtype": _kt_dtype(dtype, type(self).__name__)})
@@ -320,16 +328,26 @@ class BlockSparseLinear(_KtLinear):
         self._refresh()
 
     def reset_parameters(self) -> None:
-        """The values and bias drawn afresh, and the pattern's index buffers rewritten from `layout` (after
-        `to_empty()`, as in a model built on the meta device, they hold whatever the memory held)."""
+        """The values and bias drawn afresh (and the pattern's index buffers rewritten from `layout`)."""
         mask = self.mask()
-        crow, col = bsr_indices(mask)
-        with torch.no_grad():
-            self.crow_indices.copy_(crow)
-            self.col_indices.copy_(col)
+        self._write_indices()
         fan_in = max(1, int(mask.sum(axis=1).max())) * self.block[1]  # the inputs of the fullest block-row
         nn.init.uniform_(self.values, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
         self._init_bias(fan_in)
+
+    def _write_indices(self) -> None:
+        """The index buffers written from `layout`, which alone says what they hold."""
+        crow, col = bsr_indices(self.mask())
+        with torch.no_grad():
+            self.crow_indices.copy_(crow)
+            self.col_indices.copy_(col)
+
+    def _apply(self, fn, *args, **kwargs):
+        # after to_empty() (a model built on the meta device) the index buffers would hold whatever the memory
+        # held, and a kernel would read x and the blocks at those offsets: they are written again after any move
+        result = super()._apply(fn, *args, **kwargs)
+        self._write_indices()
+        return result
 
     def op(self) -> dict[str, Any]:
         return {
@@ -353,14 +371,15 @@ class BlockSparseLinear(_KtLinear):
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        crow, col = state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")
-        if crow is None or col is None or crow.is_meta or col.is_meta:
-            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-            return
         # the layer's pattern from its layout, which a layer built on the meta device knows too (its buffers hold
-        # no data there: a model built on meta is loaded with assign=True)
-        own_crow, own_col = bsr_indices(self.mask())
-        if not torch.equal(crow.cpu().long(), own_crow) or not torch.equal(col.cpu().long(), own_col):
+        # no data there: a model built on meta is loaded with assign=True); each index tensor the state_dict
+        # holds is checked (a checkpoint with only one of them paired it with another pattern's)
+        given = [state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")]
+        own = bsr_indices(self.mask())
+        if any(
+            index is not None and not index.is_meta and not torch.equal(index.cpu().long(), mine)
+            for index, mine in zip(given, own)
+        ):
             raise ValueError(
                 f"{type(self).__name__}: the state_dict's block pattern differs from this layer's; build the layer "
                 "with that pattern (mask=...) first"
@@ -381,23 +400,34 @@ class BlockSparseLinear(_KtLinear):
         return f"{super().extra_repr()}, block={self.block}, {describe(self.mask())}"
 
 
+# one count over every Sum's terms: a list put in place of another never matches it
+_CHANGES = itertools.count(1)
+
+
 class _Terms(nn.ModuleList):
     """A Sum's terms: a ModuleList that has its Sum remake its op text as soon as a term is replaced, added or
-    removed (in eager code, so a compiled forward traces no JSON), and counts the changes (`Sum._stale`)."""
+    removed, however that is done (`terms[0] = t`, `setattr(terms, "0", t)` as module surgery does, `append`,
+    `insert`, `del`), in eager code, so a compiled forward traces no JSON; each change takes a new number from
+    `_CHANGES` (`Sum._stale`)."""
 
     changes = 0
 
     def _changed(self) -> None:
-        self.changes += 1
+        self.changes = next(_CHANGES)
         owner = self.__dict__.get("_owner")  # set with object.__setattr__: not a submodule of its own terms
-        if owner is not None:
+        if owner is not None and "_op_text" in owner.__dict__:  # not while the Sum is being built
             owner._refresh()
 
-    def __setitem__(self, index, module) -> None:
-        super().__setitem__(index, module)
+    def __setattr__(self, name: str, value) -> None:  # `terms[i] = t` comes here too
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module):
+            self._changed()
+
+    def add_module(self, name: str, module) -> None:  # append, extend and += come here
+        super().add_module(name, module)
         self._changed()
 
-    def __delitem__(self, index) -> None:
+    def __delitem__(self, index) -> None:  # pop comes here
         super().__delitem__(index)
         self._changed()
 
@@ -405,46 +435,52 @@ class _Terms(nn.ModuleList):
         super().insert(index, module)
         self._changed()
 
-    def append(self, module):
-        super().append(module)
-        self._changed()
-        return self
 
-    def extend(self, modules):
-        super().extend(modules)
-        self._changed()
-        return self
-
-    def __iadd__(self, modules):
-        self.extend(modules)
-        return self
+def _check_terms(terms) -> None:
+    """A Sum's terms: two or more bias-free BlockSparseLinear / LowRankLinear of one shape and dtype."""
+    if len(terms) < 2 or not all(isinstance(t, (BlockSparseLinear, LowRankLinear)) for t in terms):
+        raise ValueError("Sum: give 2 or more BlockSparseLinear / LowRankLinear terms")
+    if any(t.bias is not None for t in terms):
+        raise ValueError("Sum: build its terms with bias=False; the sum has one bias of its own")
+    first = terms[0]
+    for t in terms[1:]:
+        if (t.in_features, t.out_features, t.dtype) != (first.in_features, first.out_features, first.dtype):
+            raise ValueError("Sum: every term needs the same in_features, out_features and dtype")
 
 
 class Sum(_KtLinear):
     """y = term_0(x) + term_1(x) + ... + b for BlockSparseLinear and LowRankLinear terms of the same shape, run
     as one kt sum op (fused into one output accumulation where the terms allow). The terms are built with
-    bias=False; the sum has one bias of its own."""
+    bias=False; the sum has one bias of its own. `sum.terms` may be changed like any ModuleList, or replaced by
+    another list of terms (which the Sum then holds as a list of its own)."""
 
     def __init__(self, *terms: _KtLinear, bias: bool = True):
-        if len(terms) < 2 or not all(isinstance(t, (BlockSparseLinear, LowRankLinear)) for t in terms):
-            raise ValueError("Sum: give 2 or more BlockSparseLinear / LowRankLinear terms")
-        if any(t.bias is not None for t in terms):
-            raise ValueError("Sum: build its terms with bias=False; the sum has one bias of its own")
+        _check_terms(terms)
         first = terms[0]
-        for t in terms[1:]:
-            if (t.in_features, t.out_features, t.dtype) != (
-                first.in_features,
-                first.out_features,
-                first.dtype,
-            ):
-                raise ValueError("Sum: every term needs the same in_features, out_features and dtype")
         super().__init__(
             first.in_features, first.out_features, bias, first._weights()[-1].device, first.dtype
         )
-        self.terms = _Terms(terms)
-        object.__setattr__(self.terms, "_owner", self)
+        self.terms = terms
         self.reset_parameters()
         self._refresh()
+
+    def __setattr__(self, name: str, value) -> None:
+        if name != "terms":
+            super().__setattr__(name, value)
+            return
+        # a list put in place of the terms is checked, and held as a _Terms owned by this Sum (a _Terms of
+        # another Sum is not taken over: that Sum would no longer hear of its changes)
+        terms = list(value)
+        _check_terms(terms)
+        held = (
+            value
+            if isinstance(value, _Terms) and value.__dict__.get("_owner") in (None, self)
+            else _Terms(terms)
+        )
+        super().__setattr__(name, held)
+        object.__setattr__(held, "_owner", self)
+        if "_op_text" in self.__dict__:
+            self._refresh()
 
     def reset_parameters(self) -> None:
         """The sum's own bias (each term resets its own weights)."""
@@ -452,7 +488,13 @@ class Sum(_KtLinear):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.terms[0].dtype
+        dtypes = [t.dtype for t in self.terms]
+        if any(d != dtypes[0] for d in dtypes[1:]):
+            raise TypeError(
+                f"Sum: its terms hold {', '.join(str(d) for d in dtypes)}: convert the whole Sum (.to(dtype)), "
+                "not one term"
+            )
+        return dtypes[0]
 
     def op(self) -> dict[str, Any]:
         terms = []
@@ -467,9 +509,9 @@ class Sum(_KtLinear):
         return [w for t in self.terms for w in t._weights()]
 
     def _stale(self) -> bool:
-        """A term was replaced (`sum.terms[0] = ...`) since the op text was made: the old terms' op ran the
-        backward of the new ones (dx wrong by 120%) or refused their weights. An int compared, so torch.compile
-        guards on it and traces no JSON."""
+        """The terms changed since the op text was made, in a way that did not remake it at once: the old
+        terms' op ran the backward of the new ones (dx wrong by 120%) or refused their weights. An int
+        compared, so torch.compile guards on it and traces no JSON."""
         return self.__dict__.get("_op_changes") != getattr(self.terms, "changes", 0)
 
     def _refresh(self) -> None:

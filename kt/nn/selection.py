@@ -329,9 +329,10 @@ _MISSING_DIRS: set[Path] = set()  # the $KT_ARTIFACTS entries already warned abo
 
 
 def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
-    """The fastest passing GPU row of `problem` on `gpu`: a generated kernel of the current template, or PyTorch's
-    own path timed as a tune's candidate zero."""
+    """The fastest passing GPU row of `problem` on `gpu` under this Triton: a generated kernel of the current
+    template, or PyTorch's own path timed as a tune's candidate zero."""
     from kt.autotune.database import Database, default_path
+    from kt.autotune.versions import software_versions
     from kt.codegen.baseline import baseline_version
     from kt.errors import DatabaseError
 
@@ -349,7 +350,12 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
         log.warning("kt.nn: cannot read the tuning database: %s", exc)
         return None
     current = {family.version, baseline_version()}
-    rows = [r for r in rows if r.get("runtime_ms") and r["family_version"] in current]
+    triton = software_versions()["triton"]  # part of a row's identity: another Triton compiles other code
+    rows = [
+        r
+        for r in rows
+        if r.get("runtime_ms") and r["family_version"] in current and r.get("triton_version") == triton
+    ]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["runtime_ms"])

@@ -20,11 +20,21 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     would otherwise replace nothing, silently). Or `rules` is a function `(name, linear) -> layer or None`. A
     factory's layer must be an nn.Module that takes the linear's in_features and gives its out_features. Every
     layer is made and checked before any is swapped in: on an error the model is left as it was.
+
+    An nn.Linear held under several names (`model.b = model.a`) is replaced under all of them by one layer,
+    made by the rule of the first of its names (in `named_modules()` order) that a rule matches, so they stay
+    one layer; all those names are returned. Two nn.Linear modules that share a weight tensor (a tied head) are
+    two layers: each new layer is made from its own (`from_dense` copies), so they are no longer tied.
     """
-    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    aliases: dict[int, list[str]] = {}  # every name of each nn.Linear
+    linears: dict[int, nn.Linear] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if type(module) is nn.Linear:
+            aliases.setdefault(id(module), []).append(name)
+            linears[id(module)] = module
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
-        names = [name for name, _ in targets]
+        names = [name for names in aliases.values() for name in names]
         for pattern, _ in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
@@ -46,9 +56,12 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             f"structurize: rules must be a mapping of name patterns to factories or a function, got {type(rules).__name__}"
         )
     chosen = []
-    for name, linear in targets:
-        layer = choose(name, linear)
-        if layer is None:
+    for key, linear in linears.items():
+        for name in aliases[key]:
+            layer = choose(name, linear)
+            if layer is not None:
+                break
+        else:
             continue
         if not isinstance(layer, nn.Module):
             raise TypeError(
@@ -63,9 +76,12 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"structurize: the layer made for {name!r} maps {getattr(layer, 'in_features', '?')} -> "
                 f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
             )
-        chosen.append((name, layer))
-    for name, layer in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
-    return [name for name, _ in chosen]
+        chosen.append((key, layer))
+    replaced = []
+    for key, layer in chosen:
+        for alias in aliases[key]:
+            parent_name, _, child = alias.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, layer)
+            replaced.append(alias)
+    return replaced
