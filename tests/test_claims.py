@@ -66,6 +66,20 @@ def test_claims_are_mine_theirs_or_measured_and_a_dead_holders_claim_is_taken_ov
         assert [r["claim_key"] for r in db.claims()] == [claim_key(b)]
 
 
+def test_two_tunes_of_one_process_do_not_share_their_claims(tmp_path):
+    """A claim names its process only: two ops of one `kt tune` on the same problem (threads, each with its own
+    Database) both found every claim "mine" and checked each config twice."""
+    f, g = ({**KEY, "config_key": name} for name in "fg")
+    with Database(tmp_path / "t.db") as first, Database(tmp_path / "t.db") as second:
+        assert first.claim([f, g]) == ["mine", "mine"]
+        assert second.claim([f, g]) == ["theirs", "theirs"]
+        assert first.claim([f]) == ["mine"]  # still its own
+        first.release([f])
+        assert second.claim([f, g]) == ["mine", "theirs"]
+        first.close()  # a closed tune's claims are free to this process's others
+        assert second.claim([g]) == ["mine"]
+
+
 def test_a_claim_from_another_host_is_held_until_it_is_stale(tmp_path, monkeypatch):
     e = {**KEY, "config_key": "e"}
     with Database(tmp_path / "t.db") as db:

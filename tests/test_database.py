@@ -154,6 +154,26 @@ def test_a_read_only_open_reads_and_never_writes(tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
+def test_a_read_only_open_through_a_symbolic_link_sees_the_writers_log(tmp_path):
+    """The write-ahead log was looked for beside the link, not beside its target where SQLite keeps it: the
+    reader then opened the file as immutable, without locks, and missed the rows a live writer had logged
+    (and, while it wrote, read duplicates or a "malformed" file)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    real, link = tmp_path / "real" / "t.db", tmp_path / "links" / "t.db"
+    link.symlink_to(Path("..") / "real" / "t.db")
+    writer = Database(real)
+    try:
+        writer.insert(row(rel_err=0.5))
+        writer.insert(row(config_key="other", rel_err=0.25))
+        assert (tmp_path / "real" / "t.db-wal").exists(), "the rows are in the log while the writer is open"
+        for path in (real, link):
+            with Database(path, create=False, readonly=True) as reader:
+                assert sorted(r["rel_err"] for r in reader.find()) == [0.25, 0.5], path
+    finally:
+        writer.close()
+
+
 def test_a_read_only_open_refuses_what_is_not_a_kt_database_and_leaves_it_as_it_was(tmp_path):
     empty = tmp_path / "empty.db"
     empty.touch()

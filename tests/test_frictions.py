@@ -306,3 +306,25 @@ def test_kt_tune_of_a_list_tunes_each_op_on_one_runner_and_returns_the_failures_
     assert [type(r).__name__ for r in results] == ["TuneResult", "SpecError", "TuneResult"]
     assert isinstance(results[1], SpecError) and "leaves none of the" in str(results[1])
     assert results[0].spec.name == "g" and results[2].problem.m == 40
+
+
+def test_a_power_cap_without_a_gpu_says_it_was_not_applied(tmp_path):
+    """`--power-cap` with nothing measured and no model of power was dropped without a word (an energy
+    objective there gets a note)."""
+    spec = kt.parse_spec(
+        {"name": "capped", **SMALL, "tune": {"configs": [{"block_m": 16, "block_n": 16, "block_k": 16}]}}
+    )
+    result = kt.tune(
+        spec,
+        backend="interpret",
+        db=tmp_path / "t.db",
+        progress=False,
+        baseline=False,
+        workers=1,
+        power_cap_w=100,
+    )
+    assert any("the 100 W power cap was not applied" in note for note in result.notes), result.notes
+    plain = kt.tune(
+        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
+    )
+    assert not any("power cap" in note for note in plain.notes), plain.notes

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +119,54 @@ def test_an_artifact_replaced_while_it_loads_loads_as_one_version(tmp_path, monk
     monkeypatch.setattr(artifact.json, "loads", real_loads)
     again = kt.load(target)  # the folder there now holds the other version
     assert again.config.block_m == again.module.BLOCK_M == 32
+
+
+def test_an_artifact_saved_again_while_it_loads_loads(tmp_path, monkeypatch):
+    """A save of the same artifact removes the old folder right after the exchange: a loader that had opened
+    it found its files gone ("has no meta.json; it was not written by `kt tune`", 74 of 20,373 loads beside a
+    saving loop)."""
+    target = tmp_path / "art" / "same"
+    result = _tuned(tmp_path, 16)
+    save_artifact(result, target)
+    real_open = os.open
+    saved = []
+
+    def open_then_save(
+        path, flags, *args, **kwargs
+    ):  # the save lands just after the loader opened the folder
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_DIRECTORY and not saved:
+            saved.append(True)
+            save_artifact(result, target)
+        return fd
+
+    monkeypatch.setattr(artifact.os, "open", open_then_save)
+    loaded = kt.load(target)
+    assert saved and loaded.config.block_m == loaded.module.BLOCK_M == 16
+
+
+def test_two_saves_of_a_new_artifact_at_once_both_land(tmp_path, monkeypatch):
+    """Both saw no artifact there and renamed their staging folder onto the name: the second failed with
+    "OSError: [Errno 39] Directory not empty" (2 of 200 racing pairs), and wrote nothing."""
+    target = tmp_path / "art" / "same"
+    ours, theirs = _tuned(tmp_path, 16), _tuned(tmp_path, 32)
+    real_replace = os.replace
+    raced = []
+
+    def the_other_save_first(src, dst, *args, **kwargs):
+        if not raced and Path(dst) == target:
+            raced.append(True)
+            save_artifact(theirs, target)  # lands between our check and our rename
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(artifact.os, "replace", the_other_save_first)
+    path, report = artifact.save_artifact_report(ours, target)
+    assert (
+        raced and path == target and report.startswith("replaced the artifact there (spec and config differ)")
+    )
+    assert kt.load(target).config.block_m == 16
+    assert kt.load(tmp_path / "art" / "same.prev").config.block_m == 32
+    assert sorted(p.name for p in target.parent.iterdir()) == ["same", "same.prev"]
 
 
 @pytest.mark.parametrize("name", ["kernel.py", "meta.json"])

@@ -8,6 +8,7 @@ SHA-256 of `kernel.py`; loading refuses a kernel.py that no longer matches.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -157,6 +158,14 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         os.chmod(staging, 0o777 & ~umask())
         _write(staging / "kernel.py", source)
         _write(staging / "meta.json", text)
+        if not path.exists():
+            try:
+                os.replace(staging, path)
+            except OSError as exc:  # another save made it since: this one replaces that one
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not path.is_dir():
+                    raise
+            else:
+                return path, None
         if path.exists():
             changed = _changes(path / "meta.json", meta)
             _exchange(staging, path)  # staging now holds the old artifact: kept, or removed below
@@ -168,8 +177,6 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
                 report = f"replaced the artifact there ({changed}); the previous one is kept as {previous}"
             else:
                 report = "replaced the artifact there (same spec, kernel and config)"
-        else:
-            os.replace(staging, path)
     finally:
         if changed and _holds_another(staging, text):
             # stopped (Ctrl-C) between the exchange and the rename: staging holds the old artifact, which the
@@ -308,19 +315,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
         raise ArtifactError(
             f"artifact {str(path)!r} not found" if not path.exists() else f"{path} is not a directory"
         )
-    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        files = {}
-        for name in ("kernel.py", "meta.json"):
-            try:
-                with open(name, "rb", opener=lambda n, flags: os.open(n, flags, dir_fd=folder)) as handle:
-                    files[name] = handle.read()
-            except (FileNotFoundError, IsADirectoryError):
-                raise ArtifactError(
-                    f"artifact {path} has no {name}; it was not written by `kt tune`"
-                ) from None
-    finally:
-        os.close(folder)
+    files = _read_files(path)
     try:
         meta = json.loads(files["meta.json"].decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -331,6 +326,42 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
             f"this kt reads format {FORMAT}"
         )
     return meta, files["kernel.py"]
+
+
+def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
+    """kernel.py and meta.json read through one descriptor of the folder. A save that replaces the artifact
+    removes the old folder right after the exchange: a reader that opened it just before finds its files gone
+    (the folder at `path` is then another one), and reads the new one instead."""
+    for attempt in range(tries):
+        folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            files = {}
+            for name in ("kernel.py", "meta.json"):
+                try:
+                    with open(
+                        name, "rb", opener=lambda n, flags, fd=folder: os.open(n, flags, dir_fd=fd)
+                    ) as handle:
+                        files[name] = handle.read()
+                except (FileNotFoundError, IsADirectoryError):
+                    if attempt + 1 < tries and _replaced(path, folder):
+                        break
+                    raise ArtifactError(
+                        f"artifact {path} has no {name}; it was not written by `kt tune`"
+                    ) from None
+            else:
+                return files
+        finally:
+            os.close(folder)
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _replaced(path: Path, folder: int) -> bool:
+    """Whether `path` now names another folder than the descriptor `folder` opened."""
+    try:
+        now, opened = os.stat(path), os.fstat(folder)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
 
 
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -99,6 +101,14 @@ COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 
 CLAIM_STALE_S = 6 * 3600  # a claim from another host (a shared file system) is dropped after this long
+
+
+# Claims held by this process, per database file and claim key: the Database (its `_token`) of the tune that
+# holds each. A claim's row names only the process, so two ops of one `kt tune` on the same problem (threads,
+# each with its own Database) both found their claims "mine" and checked every config twice.
+_HELD: dict[tuple[str, str], int] = {}
+_HELD_LOCK = threading.Lock()
+_TOKENS = itertools.count(1)
 
 
 def claim_key(key: dict[str, Any]) -> str:
@@ -262,8 +272,12 @@ class Database:
             if readonly:
                 # With no write-ahead log beside it, no writer is active and the file is read as it stands
                 # (immutable): SQLite then creates no -wal/-shm files, and a read-only folder is no obstacle.
-                wal = self.path.with_name(self.path.name + "-wal")
-                uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+                # SQLite keeps the log beside the file itself: through a symbolic link, beside its target (looked
+                # for beside the link, it was never found, and a reader then took no locks while a writer wrote:
+                # stale rows, duplicates, "malformed")
+                real = self.path.resolve()
+                wal = real.with_name(real.name + "-wal")
+                uri = f"{real.as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
                 self.conn = sqlite3.connect(uri, uri=True, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
                 self._check()
@@ -345,7 +359,19 @@ class Database:
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
+        self._let_go(None)
         self.conn.close()
+
+    def _let_go(self, names: list[str] | None) -> None:
+        """Forget this object's claims in this process (`names`, or all of them)."""
+        token = self.__dict__.get("_token")
+        if token is None:
+            return
+        db_file = str(self.path.resolve())
+        with _HELD_LOCK:
+            for held in [k for k, v in _HELD.items() if v == token and k[0] == db_file]:
+                if names is None or held[1] in names:
+                    del _HELD[held]
 
     def __enter__(self) -> Database:
         return self
@@ -383,8 +409,10 @@ class Database:
         holder's claim is taken over."""
         me, host = os.getpid(), _host()
         now = datetime.now(timezone.utc)
+        token = self.__dict__.setdefault("_token", next(_TOKENS))
+        db_file = str(self.path.resolve())
         states = []
-        with self.conn:
+        with self.conn, _HELD_LOCK:
             self.conn.execute("BEGIN IMMEDIATE")
             for key in keys:
                 where = " AND ".join(f"{k} = ?" for k in KEY_COLUMNS)
@@ -400,6 +428,10 @@ class Database:
                 if held is not None and (held["pid"], held["host"]) != (me, host) and _alive(*held, now):
                     states.append("theirs")
                     continue
+                if held is not None and _HELD.get((db_file, name), token) != token:  # another tune of ours
+                    states.append("theirs")
+                    continue
+                _HELD[(db_file, name)] = token
                 self.conn.execute(
                     "INSERT OR REPLACE INTO claims (claim_key, pid, host, claimed_at) VALUES (?, ?, ?, ?)",
                     [name, me, host, now.isoformat(timespec="seconds")],
@@ -413,13 +445,15 @@ class Database:
         a claim left behind is taken over once this process is gone)."""
         if not keys or self.readonly:
             return
+        names = [claim_key(key) for key in keys]
         try:
             with self.conn:
                 self.conn.execute("BEGIN")
                 self.conn.executemany(
                     "DELETE FROM claims WHERE claim_key = ? AND pid = ? AND host = ?",
-                    [(claim_key(key), os.getpid(), _host()) for key in keys],
+                    [(name, os.getpid(), _host()) for name in names],
                 )
+            self._let_go(names)
         except sqlite3.Error:
             if not quiet:
                 raise

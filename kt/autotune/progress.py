@@ -58,7 +58,10 @@ class TuneProgress:
         if summary:
             self.note(summary)
         if done:
-            self.note(f"resuming: {done} of {total} configs are already in the database")
+            self.note(
+                f"resuming: {done} of {total} configs are already in the database (they count against the "
+                "budget, whichever strategy checked them)"
+            )
         if self.board is not None:
             self.progress = self.board.progress
             self.task = self.board.add(self.name, label, total, done)

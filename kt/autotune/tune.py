@@ -427,6 +427,11 @@ def tune(
             f"{compiled}; nothing was timed, and the choice is the best prediction of {model_noun(plan.model)} "
             "among those that passed"
         )
+        if power_cap_w is not None and session.final_prediction.power_w is None:
+            notes.append(  # --power-cap was silently ignored: no reading, and no model of power
+                f"the {power_cap_w:g} W power cap was not applied: nothing was measured and "
+                f"{model_noun(plan.model)} predicts no power"
+            )
     else:
         rounds = max(session.trace.rounds, default=-1) + 1
         if rounds:
@@ -934,7 +939,7 @@ class _Tuner:
                         break
                     if not announced:
                         reporter.note(
-                            f"waiting for {len(pending)} configs that another kt process is "
+                            f"waiting for {len(pending)} configs that another tune (kt process or op) is "
                             f"{'measuring' if self.runner.measures_time else 'checking'} in {self.database.path}"
                         )
                         announced = True
