@@ -177,6 +177,8 @@ def _device_name(ctx, param, value):
 
 def _model_file(ctx, param, value):
     """A model file is checked as the command line is read, before torch or scikit-learn load."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("an empty path; give a model file or analytic", ctx, param)
     if value is not None and str(value) != "analytic":
         model_file(value)
     return value
@@ -216,11 +218,21 @@ def _db_option(
 
     return click.option(
         "--db",
-        type=click.Path(path_type=Path),
+        type=_Path(path_type=Path),
         default=None,
         callback=check,
         help=help,
     )
+
+
+class _Path(click.Path):
+    """click.Path that refuses an empty path, which pathlib reads as "." (`--out ''` wrote artifacts into the
+    current folder, `--db ''` said "'.' is a directory")."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class _FiniteRange(click.FloatRange):
@@ -380,7 +392,7 @@ def _ray_address(ctx, param, value):
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_Path(file_okay=False, path_type=Path),
     default=Path("artifacts"),
     show_default=True,
     help="Directory that receives artifacts/<name>/.",
@@ -389,7 +401,7 @@ def _ray_address(ctx, param, value):
 @click.option(
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 @STRATEGY
 @MODEL
 @POWER_CAP
@@ -728,7 +740,7 @@ def _runs(numbers: list[int]) -> str:
 @click.option(
     "--ptx",
     "ptx_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_Path(file_okay=False, path_type=Path),
     default=None,
     help="Compile the config kt would choose first (the model's best) for the device's architecture, write each "
     "launch's PTX into DIR and print what the compiler made of it (MMA kind, TMA, registers, spills, shared "
@@ -1065,7 +1077,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
 @click.option(
     "--sample", type=click.IntRange(1, 1_000_000), default=None, help="Measure N random legal configs."
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 @TIMEOUT
 @RETRY
 @BACKEND
@@ -1101,7 +1113,7 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(path_type=Path),
+    type=_Path(path_type=Path),
     required=True,
     callback=lambda ctx, param, value: check_writable(value, "out"),  # before the GPU is measured
     help="Profile JSON to write.",
@@ -1135,7 +1147,7 @@ def _export_target(value: Path) -> Path:
 @click.argument(
     "csv_path",
     metavar="OUT.csv",
-    type=click.Path(path_type=Path),
+    type=_Path(path_type=Path),
     callback=lambda ctx, param, value: _export_target(value),
 )
 @click.option(
@@ -1169,12 +1181,12 @@ def import_():
 
 @import_.command()
 @click.argument(
-    "files", metavar="FILE...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+    "files", metavar="FILE...", nargs=-1, required=True, type=_Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     required=True,
     callback=lambda ctx, param, value: check_writable(value, "out"),  # before the logs are read
     help="CSV to write (read by `kt costmodel fit/eval --data`).",
@@ -1185,7 +1197,7 @@ def import_():
     help="Where the logs came from, named in every row's source column "
     "(default: autoheuristic-datasets@3ed2bc4, the public logs of PyTorch's learned mm heuristic).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 def inductor(files, out_path, origin, quiet):
     """Convert PyTorch Inductor's autoheuristic mm logs (.txt or .txt.gz) into a measurement CSV: one row per
     problem and Triton config, cuBLAS (extern_mm) as each problem's baseline row."""
@@ -1197,7 +1209,7 @@ def inductor(files, out_path, origin, quiet):
 
 
 @main.command()
-@click.argument("space_path", metavar="SPACE", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("space_path", metavar="SPACE", type=_Path(dir_okay=False, path_type=Path))
 @STRATEGY
 @click.option(
     "--budget",
@@ -1211,11 +1223,11 @@ def inductor(files, out_path, origin, quiet):
 @click.option(
     "--csv",
     "csv_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     default=None,
     help="Write every evaluation of every repeat (config, value, best so far, score so far) to this CSV.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     """Replay a search strategy on a space measured whole, answering each evaluation from the measurements
     instead of a GPU.
@@ -1302,7 +1314,7 @@ class _LateProgress:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_Path(file_okay=False, path_type=Path),
     default=None,
     help="Directory for report.md, results.csv, measurements.csv, artifacts/ and bench.log.",
 )
@@ -1329,18 +1341,18 @@ class _LateProgress:
 @click.option(
     "--update",
     "update_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     default=None,
     help="Merge the run's quick-tune rows into this BENCHMARKS.md (GPU runs only).",
 )
 @click.option(
     "--from",
     "from_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=_Path(file_okay=False, exists=True, path_type=Path),
     default=None,
     help="Run nothing: merge the report already in this directory (with --update).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars and no progress notes: the results only.")
 @DB
 @WORKERS
 def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, db, workers):
@@ -1410,7 +1422,7 @@ def devices():
 
 DATA = click.option(
     "--data",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     required=True,
     callback=_data_file,
     help="Measurements: a tuning database (.db) or a CSV written by `kt export`.",
@@ -1439,7 +1451,7 @@ def costmodel():
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     required=True,
     callback=lambda ctx, param, value: check_writable(value, "out"),
     help="Model file to write (.skops).",
@@ -1485,7 +1497,7 @@ def _metric_rows(report) -> list[tuple[str, str]]:
 @DATA
 @click.option(
     "--model",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     default=None,
     callback=_model_file,
     help="Score this model file on --data instead of cross-validating a fresh forest.",
@@ -1527,7 +1539,7 @@ def evaluate(data, model, folds, device, gpu, seed):
 @click.argument(
     "path",
     metavar="ARTIFACT|DB",
-    type=click.Path(path_type=Path),
+    type=_Path(path_type=Path),
     callback=lambda ctx, param, value: _measurements(
         existing_path(value, "inspect", INSPECT_HINT), "inspect"
     ),
@@ -1538,7 +1550,7 @@ def evaluate(data, model, folds, device, gpu, seed):
 )
 @click.option(
     "--model",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     default=None,
     callback=_model_file,
     help="A forest model file (default: forests fitted on the data's other shapes).",
@@ -1546,7 +1558,7 @@ def evaluate(data, model, folds, device, gpu, seed):
 @click.option(
     "--plots",
     "plots_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_Path(file_okay=False, path_type=Path),
     default=None,
     help="Directory for the PNG plots (default: the artifact, or <db stem>-inspect/ next to the database).",
 )

@@ -65,6 +65,9 @@ def existing_file(path: str | os.PathLike, field: str, hint: str, error: type[Ex
     path = Path(path)
     if path.is_dir():
         raise error(f"{field}: {str(path)!r} is a directory; {hint}")
+    strange = not_a_file(path)  # /dev/null is there: "not found" would send the user looking for it
+    if strange:
+        raise error(f"{field}: {str(path)!r} {strange}; {hint}")
     if not path.is_file():
         raise error(f"{field}: {str(path)!r} not found")
     return path

@@ -511,3 +511,23 @@ def test_settings_that_name_a_file_kt_cannot_use_are_refused_before_any_work(tmp
             done.stderr
         )
         assert not (tmp_path / "art").exists()
+
+
+def test_an_empty_path_and_a_device_for_a_file_are_named_as_such(tmp_path):
+    """`--out ''` wrote the artifacts into the current folder and `--ptx ''` the PTX, since pathlib reads '' as
+    "."; `--db ''` said "'.' is a directory"; `--db /dev/null` said "not found"."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    for args, message in [
+        (["tune", EXAMPLE, "--out", ""], "Invalid value for '--out': an empty path"),
+        (["tune", EXAMPLE, "--db", ""], "Invalid value for '--db': an empty path"),
+        (["show", EXAMPLE, "--ptx", ""], "Invalid value for '--ptx': an empty path"),
+        (["predict", EXAMPLE, "--model", ""], "Invalid value for '--model': an empty path"),
+        (["tune", EXAMPLE, "--db", os.devnull], f"db: '{os.devnull}' is not a regular file"),
+        (["predict", EXAMPLE, "--model", os.devnull], f"model: '{os.devnull}' is not a regular file"),
+    ]:
+        done = CliRunner().invoke(main, list(map(str, args)))
+        assert done.exit_code == 2 and message in done.output, (args, done.output)
+        assert len(done.output.strip().splitlines()) == 1, done.output

@@ -464,3 +464,20 @@ def test_pruned_plus_low_rank_residual_is_a_sum_map():
     s = torch.linalg.svdvals(residual)
     assert abs(torch.linalg.matrix_norm(err, "fro").item() - s[2:].pow(2).sum().sqrt().item()) < 1e-10
     assert total.weight_names() == ("s", "a", "b")
+
+
+def test_a_blocksparse_grad_op_says_it_has_no_linear_map():
+    """`linear_map`, promised by every op, was an AttributeError of its problem for the weight gradient."""
+    import kt
+    from kt.ir import op_from_spec
+
+    spec = kt.parse_spec(
+        {
+            "op": "blocksparse_grad",
+            "dtype": "float32",
+            "shape": {"batch": 5, "in": 12, "out": 8},
+            "sparsity": {"block": [4, 3], "density": 0.5, "seed": 1},
+        }
+    )
+    with pytest.raises(NotImplementedError, match="bilinear in \\(dy, x\\): it has no linear map"):
+        _ = op_from_spec(spec).linear_map

@@ -243,6 +243,14 @@ class BlockSparseGradOp(StructuredOp):
         )
         return cls(spec.name, problem)
 
+    @property
+    def linear_map(self) -> LinearMap:
+        """None: the gradient is bilinear in (dy, x), not a linear map of one input."""
+        raise NotImplementedError(
+            f"{self.name}: a blocksparse_grad op is the weight gradient dy.T @ x on W's blocks, bilinear in "
+            "(dy, x): it has no linear map (its reference is `reference(dy, x, w)`)"
+        )
+
     def map_text(self) -> tuple[str, str]:
         p = self.problem
         return (
