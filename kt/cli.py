@@ -251,7 +251,7 @@ DEVICE = click.option(
     default=None,
     metavar="NAME|PROFILE.json",
     callback=_device_name,
-    help="Target device profile (h100, h200, or a calibrated JSON); default: the spec's, else auto.",
+    help="Target device profile (a name `kt devices` lists, or a calibrated JSON); default: the spec's, else auto.",
 )
 DB, DB_TO_READ = _db_option(create=True), _db_option(create=False)
 BACKEND = click.option(
@@ -1431,7 +1431,7 @@ MODEL_DEVICE = click.option(
     "--device",
     default=None,
     metavar="NAME|PROFILE.json",
-    help="Device profile the rows were tuned for (h100, h200, or a calibrated JSON); default: auto.",
+    help="Device profile the rows were tuned for (a name `kt devices` lists, or a calibrated JSON); default: auto.",
 )
 GPU = click.option(
     "--gpu", default=None, metavar="NAME", help="Only rows measured on this GPU (as the driver names it)."

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -328,3 +329,31 @@ def test_a_power_cap_without_a_gpu_says_it_was_not_applied(tmp_path):
         spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
     )
     assert not any("power cap" in note for note in plain.notes), plain.notes
+
+
+def test_rows_of_an_earlier_tune_under_another_model_show_this_tunes_predictions(tmp_path):
+    """Reused rows kept the prediction stored when they were checked, named as this tune's model's: the analytic
+    model's 0.0096 ms as the forest's (which predicts 0.0004), rank 1 shown slower than rank 2, and meta.json's
+    prediction 25x off under the wrong name."""
+    configs = [
+        {"block_m": 16, "block_n": 16, "block_k": 32, "num_warps": 8, "num_stages": 2, "split_k": 2},
+        {"block_m": 16, "block_n": 16, "block_k": 64, "num_warps": 8, "num_stages": 3},
+    ]
+    shape = {"m": 37, "n": 29, "k": 45}
+    spec = kt.parse_spec({**SMALL, "name": "models", "shape": shape, "tune": {"configs": configs}})
+    options = {
+        "backend": "interpret",
+        "db": tmp_path / "t.db",
+        "progress": False,
+        "baseline": False,
+        "workers": 1,
+    }
+    first = kt.tune(spec, model="analytic", **options)
+    forest = (
+        Path(kt.__file__).parent / "costmodel" / "models" / "h100.skops"
+    )  # kt's own, as outside the tests
+    second = kt.tune(spec, model=forest, **options)
+    assert second.newly_measured == 0
+    predicted = [row["predicted_ms"] for row in second.rows]  # in this tune's rank order
+    assert predicted == sorted(predicted), second.rows
+    assert second.best.predicted_ms == predicted[0] != first.best.predicted_ms

@@ -150,7 +150,10 @@ def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
     assert {r["config_key"] for r in result.rows} == {"m64n64k32g8w4s3x1", "m32n32k32g8w4s3x1"}
     assert result.plan.budget == 2 and len(result.plan.space.legal) == 2
     assert result.plan.space.dropped[NOT_LISTED] > 1000
-    assert any("tune.configs lists 2 configs: all are measured (budget 7 ignored)" in n for n in result.notes)
+    assert any(
+        "tune.configs lists 2 distinct configs: all are measured (budget 7 ignored)" in n
+        for n in result.notes
+    )
     meta = json.loads((result.save(tmp_path / "art") / "meta.json").read_text())
     assert (
         meta["tuning"]["checked"] == 2 and meta["tuning"]["timed"] == 0 and "measured" not in meta["tuning"]

@@ -206,7 +206,9 @@ def _changes(old_meta: Path, meta: dict[str, Any]) -> str:
     except (OSError, json.JSONDecodeError):
         return "its meta.json was unreadable"
     changed = [what for what in ("spec", "kernel", "config") if old.get(what) != meta.get(what)]
-    return f"{' and '.join(changed)} differ" if changed else ""
+    if not changed:
+        return ""
+    return f"{' and '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}"
 
 
 def _baseline_meta(result) -> dict[str, Any] | None:

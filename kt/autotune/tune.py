@@ -234,8 +234,10 @@ def plan_tuning(
 
     listed_note = None
     if spec is not None and spec.tune.configs and budget != len(space.legal):
+        count = len(space.legal)  # configs listed twice (the same once defaults are filled in) count once
         listed_note = (
-            f"tune.configs lists {len(space.legal)} configs: all are measured (budget {budget} ignored)"
+            f"tune.configs lists {count} distinct config{'s' if count != 1 else ''}: all are measured "
+            f"(budget {budget} ignored)"
         )
         budget = len(space.legal)
     strategy = search_strategy(strategy, measures_time)
@@ -737,6 +739,7 @@ class _Tuner:
         self.model_name = plan.model
         self.rank_of = {index: position for position, index in enumerate(plan.ranked)}
         self.skipped_rows = 0  # malformed database rows left out of refits
+        self.inserted: set[str] = set()  # the config keys whose rows this tune wrote
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked
         self._legal_space = None  # the legal configs as a space's (parameters, points), once asked
@@ -911,6 +914,7 @@ class _Tuner:
                     row = measurement_row(result, self.spec, self.runner, self.key, self.family)
                     if self.database.insert(row):
                         fresh += 1
+                        self.inserted.add(row["config_key"])
                     values[self.index_of[result.candidate.config.key()]] = self.value(row)
                     reporter.advance(result)
             finally:
@@ -968,14 +972,17 @@ class _Tuner:
         return trace, fresh
 
     def rows(self, trace: SearchTrace) -> list[dict[str, Any]]:
-        """The rows of every config of this problem in the database that the search counted, best rank first."""
+        """The rows of every config of this problem in the database that the search counted, best rank first.
+
+        A row this tune wrote keeps the prediction it was measured with; another row (an earlier or another
+        tune's, perhaps under another model) shows this tune's model's, which the table and the artifact name."""
         known = self.database.measured_configs(**self.key)
         rows = []
         for config_key, row in known.items():
             index = self.index_of.get(config_key)
             if index is None:
                 continue
-            predicted = row.get("predicted_ms")
+            predicted = row.get("predicted_ms") if config_key in self.inserted else None
             rows.append(
                 {
                     **row,

@@ -63,6 +63,11 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     """What the op computes: the selected kernel on x and the weights (the custom op's implementation)."""
     spec = _parsed(op)
     kernel = kernel_for(op, _row_count(spec, x), x.device)
+    # a negated view (as x.conj().imag makes) is resolved: a kernel reads the memory, not the sign bit (and
+    # refuses one). Here, in the custom op's implementation and the eager paths, not in `apply`, which
+    # torch.compile traces (is_neg() returns no tensor)
+    x = x.resolve_neg() if x.is_neg() else x
+    weights = [w.resolve_neg() if w.is_neg() else w for w in weights]
     return kernel(x, *_kernel_weights(spec, weights, check="pin" in spec))
 
 
@@ -142,16 +147,15 @@ def _kernel_weights(
     return list(weights)
 
 
-def _bsr_part_count(op: dict[str, Any]) -> int | None:
-    """How many tensors the custom op takes as an op's weights where one is a BSR weight (as its 3 parts), else
-    None (the kernel checks its own arguments)."""
-    if op["op"] == "blocksparse":
-        return 3
+def _part_count(op: dict[str, Any]) -> int:
+    """How many tensors the custom op takes as an op's weights, a BSR weight as its 3 parts. Checked by
+    `Kernel.as_op`: one tensor too many went on to the kernel as its `out`, and was overwritten."""
     if op["op"] == "blocksparse_grad":  # x, then the forward's BSR weight
         return 4
     if op["op"] == "sum":
         return sum(_weight_count(term) for term in op["terms"])
-    return None
+    fixed = {"dense": 1, "monarch": 2, "butterfly": 1, "fft": 0}
+    return fixed[op["op"]] if op["op"] in fixed else _weight_count(op)
 
 
 def _weight_count(term: dict[str, Any]) -> int:
@@ -512,7 +516,8 @@ def kernel_op(kernel):
     where = str(kernel.path) if kernel.path else "kt.build"
     op = op_of_spec(kernel.spec)
     text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where))})
-    bsr_parts = _bsr_part_count(op)
+    count = _part_count(op)
+    bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
 
     def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.dim() == 0:
@@ -520,11 +525,17 @@ def kernel_op(kernel):
         parts = []
         for w in weights:
             parts += [w.crow_indices(), w.col_indices(), w.values()] if w.layout == torch.sparse_bsr else [w]
-        if bsr_parts is not None and len(parts) != bsr_parts:
+        if len(parts) != count:
             raise TypeError(
-                f"kernel(x, *weights): the {op['op']} op takes {bsr_parts} weight tensors, a BSR weight counting "
-                f"as its 3 parts (crow_indices, col_indices, values, or the sparse BSR tensor itself); got "
-                f"{len(parts)}" + (f" from {len(weights)} arguments" if len(parts) != len(weights) else "")
+                f"kernel(x, *weights): the {op['op']} op takes {count} weight tensor{'s' if count != 1 else ''}"
+                + (
+                    ", a BSR weight counting as its 3 parts (crow_indices, col_indices, values, or the sparse BSR "
+                    "tensor itself)"
+                    if bsr
+                    else ""
+                )
+                + f"; got {len(parts)}"
+                + (f" from {len(weights)} arguments" if len(parts) != len(weights) else "")
             )
         return apply(x, parts, text)
 

@@ -1,0 +1,105 @@
+"""Generated kernels called directly, as a user calls `kt.build` or `kt.load` kernels: a negated view (which a
+kernel cannot see), writes through `out=` that autograd and kt's own caches must see, `as_op`'s weight count, and
+PyTorch's path given inputs that require grad. Triton's interpreter on the CPU (the GPU where there is one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kt
+
+DENSE = {"op": "dense", "dtype": "float32", "shape": {"m": 13, "n": 11, "k": 9}}
+MONARCH = {"op": "monarch", "dtype": "float32", "shape": {"batch": 5, "n": 16, "nblocks": 4}}
+BUTTERFLY = {"op": "butterfly", "dtype": "float32", "shape": {"batch": 3, "n": 16}}
+LOWRANK = {"op": "lowrank", "dtype": "float32", "shape": {"batch": 7, "dims": [13, 5, 7]}}
+FFT = {"op": "fft", "dtype": "float32", "input": "real", "shape": {"batch": 3, "n": 12}}
+SPECS = {"dense": DENSE, "monarch": MONARCH, "butterfly": BUTTERFLY, "lowrank": LOWRANK}
+
+
+def negated(t: torch.Tensor) -> torch.Tensor:
+    """A view holding t's values whose memory holds -t (its neg bit set), as `c.conj().imag` gives."""
+    view = torch.view_as_complex(torch.stack([torch.zeros_like(t), -t], -1)).conj().imag
+    assert view.is_neg()
+    return view
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return {name: kt.build(spec, device="h100") for name, spec in SPECS.items()}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_a_negated_view_is_refused_as_input_written_right_as_out_and_resolved_by_as_op(
+    kernels, name, monkeypatch
+):
+    """The kernels read a negated view's memory: every family gave the result with the wrong sign (relative
+    error 2), as x and as out, and so did kt.nn's layers and as_op functions running them."""
+    kernel = kernels[name]
+    x, *weights = kt.random_args(SPECS[name], seed=1, device="cpu")
+    expected = kernel(x, *weights)
+    with pytest.raises(ValueError, match="is a negated view .* pass .*resolve_neg"):
+        kernel(negated(x), *weights)
+    out = negated(torch.zeros_like(expected))
+    assert kernel(x, *weights, out=out) is out
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    monkeypatch.setenv(
+        "KT_INTERPRET", "1"
+    )  # as_op runs the generated kernel on CPU tensors, not PyTorch's path
+    torch.testing.assert_close(kernel.as_op()(negated(x), *weights), expected, rtol=0, atol=0)
+
+
+def test_a_write_through_out_is_seen_by_autograd(kernels):
+    """out= written by Triton left out's version counter as it was: a tensor autograd had saved was overwritten
+    and backward returned a wrong gradient (off by 20), where torch.matmul(out=) makes backward refuse."""
+    kernel = kernels["dense"]
+    a, b = kt.random_args(DENSE, seed=2, device="cpu")
+    w = torch.randn(13, 11, requires_grad=True)
+    h = w * 1
+    loss = (h**2).sum()  # saves h
+    before = h._version
+    kernel(a, b, out=h.detach())
+    assert h._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_twiddles_written_through_out_are_seen_by_the_butterfly_cache(kernels):
+    """The butterfly kernel caches its blocks per twiddle version: twiddles rewritten by a kernel's out= kept
+    the old blocks, and the old result (relative error 1)."""
+    butterfly, dense = (
+        kernels["butterfly"],
+        kt.build({**DENSE, "shape": {"m": 16, "n": 8, "k": 9}}, device="h100"),
+    )
+    x, twiddles = kt.random_args(BUTTERFLY, seed=3, device="cpu")
+    butterfly(x, twiddles)  # caches the blocks of these twiddles
+    a, b = kt.random_args({**DENSE, "shape": {"m": 16, "n": 8, "k": 9}}, seed=4, device="cpu")
+    dense(a, b, out=twiddles.view(16, 8))
+    torch.testing.assert_close(butterfly(x, twiddles), butterfly(x, twiddles.clone()), rtol=0, atol=0)
+
+
+def test_as_op_refuses_a_weight_too_many_and_leaves_it_as_it_was():
+    """One tensor more than the op's weights went on to the kernel as `out`: a low-rank op wrote its result into
+    the extra factor, an FFT into x itself."""
+    lowrank = kt.build(LOWRANK, device="h100").as_op()
+    x, f1, f2 = kt.random_args(LOWRANK, seed=5, device="cpu")
+    kept = f2.clone()
+    with pytest.raises(TypeError, match="the lowrank op takes 2 weight tensors; got 3"):
+        lowrank(x, f1, f2, f2)
+    assert torch.equal(f2, kept)
+    fft = kt.build(FFT, device="h100").as_op()
+    (x,) = kt.random_args(FFT, seed=6, device="cpu")
+    with pytest.raises(TypeError, match="the fft op takes 0 weight tensors; got 1"):
+        fft(x, x)
+
+
+@pytest.mark.parametrize("spec", [DENSE, LOWRANK], ids=["dense", "lowrank"])
+def test_pytorchs_path_takes_inputs_that_require_grad_as_a_generated_kernel_does(spec):
+    """Its torch.matmul(out=...) and mm(out=...) refused any input that required grad (an nn.Parameter weight),
+    so code worked or failed by which kernel won the tune."""
+    pytorch, generated = kt.build(spec, "pytorch", device="h100"), kt.build(spec, device="h100")
+    x, *weights = kt.random_args(spec, seed=7, device="cpu")
+    weights = [torch.nn.Parameter(w) for w in weights]
+    y = pytorch(x, *weights)
+    assert not y.requires_grad and not generated(x, *weights).requires_grad
+    torch.testing.assert_close(y, generated(x, *weights), rtol=1e-5, atol=1e-5)
