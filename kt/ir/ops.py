@@ -245,8 +245,8 @@ class BlockSparseGradOp(StructuredOp):
 
     @property
     def linear_map(self) -> LinearMap:
-        """None: the gradient is bilinear in (dy, x), not a linear map of one input."""
-        raise NotImplementedError(
+        """None: the gradient is bilinear in (dy, x), not a linear map of one input (so `hasattr` is False)."""
+        raise AttributeError(
             f"{self.name}: a blocksparse_grad op is the weight gradient dy.T @ x on W's blocks, bilinear in "
             "(dy, x): it has no linear map (its reference is `reference(dy, x, w)`)"
         )
