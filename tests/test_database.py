@@ -292,6 +292,7 @@ def test_a_database_damaged_or_failing_once_open_is_one_line_not_a_traceback(tmp
         ("SQLITE_FULL", "t.db': the disk is full (database or disk is full); free space there"),
         ("SQLITE_READONLY", "t.db' cannot be written (database or disk is full); give a --db"),
         ("SQLITE_IOERR_WRITE", "t.db': the disk failed"),
+        ("SQLITE_IOERR_SHMSIZE", "t.db': the disk is full"),  # no room for the -shm file as it opens
     ]:
         exc = sqlite3.OperationalError("database or disk is full")
         exc.sqlite_errorname = name

@@ -219,6 +219,8 @@ _KINDS = {
     "SQLITE_READONLY": "read-only",
     "SQLITE_CANTOPEN": "read-only",
     "SQLITE_PERM": "read-only",
+    # no room to grow the -shm file beside the database as it opens: the disk is full (it read "the disk failed")
+    "SQLITE_IOERR_SHMSIZE": "full",
     "SQLITE_IOERR": "disk",
 }
 
