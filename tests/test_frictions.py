@@ -357,3 +357,16 @@ def test_rows_of_an_earlier_tune_under_another_model_show_this_tunes_predictions
     predicted = [row["predicted_ms"] for row in second.rows]  # in this tune's rank order
     assert predicted == sorted(predicted), second.rows
     assert second.best.predicted_ms == predicted[0] != first.best.predicted_ms
+
+
+def test_an_artifact_whose_meta_json_names_another_config_is_refused(tmp_path):
+    """The checksum covers kernel.py only: a meta.json edited to another config loaded silently, and the
+    Kernel reported m32... while its module ran BLOCK_M = 16."""
+    target = tmp_path / "art" / "same"
+    save_artifact_report(_tuned(tmp_path, {"block_m": 16, "block_n": 16, "block_k": 16}), target)
+    meta = json.loads((target / "meta.json").read_text())
+    meta["config"]["block_m"] = 32
+    (target / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(kt.ArtifactError, match=r"its config m32.* is not the one kernel.py was built with"):
+        kt.load(target)
+    assert kt.load(target, verify=False).module.BLOCK_M == 16  # as it is, when asked
