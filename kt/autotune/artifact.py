@@ -415,17 +415,15 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         module = load_source(text)
     except OSError:  # no kernel cache to write (a read-only home): the artifact's own file, as it is now
         module = import_kernel_file(path / "kernel.py")
-    built = getattr(
-        module, "CONFIG", None
-    )  # the config kernel.py was rendered with (an older one may lack it)
+    # the config kernel.py was rendered with (an older one may lack it): the checksum covers kernel.py only, and
+    # an edited meta.json named a config its module does not run
+    built = getattr(module, "CONFIG", None)
     if verify and config is not None and isinstance(built, dict):
         try:
             same = config_from_dict(meta["family"], built) == config
         except (ValueError, TypeError):
             same = False
-        if (
-            not same
-        ):  # the checksum covers kernel.py only: an edited meta.json named a config that does not run
+        if not same:
             raise ArtifactError(
                 f"{damaged}: its config {config.key()} is not the one kernel.py was built with ({built}); "
                 "re-run `kt tune`, or load with verify=False to use it as it is"

@@ -343,19 +343,17 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
             what = "a folder" if path.is_dir() else "not there"
             log.warning("kt.nn: $KT_DB names %s, which is %s; no tuning database is read", path, what)
         return None
+    triton = software_versions()["triton"]  # part of a row's identity: another Triton compiles other code
     try:
         with Database(path, readonly=True) as db:
-            rows = db.find(problem_key=problem.key(), status="ok", runner="cuda", device=gpu)
+            rows = db.find(
+                problem_key=problem.key(), status="ok", runner="cuda", device=gpu, triton_version=triton
+            )
     except DatabaseError as exc:
         log.warning("kt.nn: cannot read the tuning database: %s", exc)
         return None
     current = {family.version, baseline_version()}
-    triton = software_versions()["triton"]  # part of a row's identity: another Triton compiles other code
-    rows = [
-        r
-        for r in rows
-        if r.get("runtime_ms") and r["family_version"] in current and r.get("triton_version") == triton
-    ]
+    rows = [r for r in rows if r.get("runtime_ms") and r["family_version"] in current]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["runtime_ms"])
