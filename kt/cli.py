@@ -451,7 +451,7 @@ def tune(
     import torch
 
     checks_only = backend == "interpret" or (backend == "auto" and not torch.cuda.is_available())
-    gpus = _gpus(gpus)
+    gpus = _gpus(gpus, backend, ray)
     from kt.autotune.runners import check_gpus
 
     check_gpus(backend, gpus, ray)  # before the first op's heading
@@ -514,11 +514,17 @@ def _model_noun(name: str, figures: bool = False) -> str:
     return model_noun(name, figures)
 
 
-def _gpus(text: str | None) -> list[int] | None:
-    """--gpus as indices (None: the default, every visible GPU of GPU 0's model)."""
+def _gpus(text: str | None, backend: str, ray: str | None = None) -> list[int] | None:
+    """--gpus as indices (None: the default, every visible GPU of GPU 0's model). Given at all, "all" too, it
+    must name GPUs something measures on (check_gpus)."""
     from kt.autotune.gpuinfo import parse_gpus
+    from kt.autotune.runners import check_gpus
 
-    return None if text is None else parse_gpus(text)
+    if text is None:
+        return None
+    indices = parse_gpus(text)
+    check_gpus(backend, [] if indices is None else indices, ray)  # "all" is the default, but asked for
+    return indices
 
 
 def _one_model(values: tuple[str, ...]) -> str | None:
@@ -1097,7 +1103,7 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
         db=db,
         device=device,
         workers=workers,
-        gpus=_gpus(gpus),
+        gpus=_gpus(gpus, backend),
         progress=not quiet,
         timeout_s=timeout,
         retry_failed=retry_failed,

@@ -149,6 +149,8 @@ def test_gpus_needs_the_cuda_backend_and_bad_values_exit_2_in_one_line(tmp_path)
     for args, message in (
         (["--gpus", "0,a"], "--gpus: '0,a' is not allowed; give all, or GPU indices such as 0,1,3"),
         (["--gpus", "0", "--backend", "interpret"], "--gpus needs --backend cuda"),
+        (["--gpus", "all", "--backend", "interpret"], "--gpus needs --backend cuda"),  # all was dropped
+        (["--gpus", "all", "--ray", "local"], "--gpus: with --ray, Ray chooses each GPU actor's GPU"),
         (["--gpus", "\u00b2"], "--gpus: '\u00b2' is not allowed"),  # a digit to str.isdigit, not to int()
         # nan passed click's ranges (every comparison with it is false): the pool then waited on no timeout
         (["--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number in the range"),
@@ -159,6 +161,8 @@ def test_gpus_needs_the_cuda_backend_and_bad_values_exit_2_in_one_line(tmp_path)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+    result = CliRunner().invoke(main, ["collect", str(spec), "--all", "--gpus", "all", "--backend", "interpret"])
+    assert result.exit_code == 2 and "--gpus needs --backend cuda" in result.output, result.output
 
 
 def test_under_ray_a_gpu_of_another_model_stops_the_tune_with_both_named():
