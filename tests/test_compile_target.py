@@ -11,8 +11,9 @@ from kt.autotune.runners import compile_payload
 from kt.autotune.tune import generated_candidate
 from kt.codegen import GemmConfig
 from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, resources, stages_for
-from kt.codegen.gemm import shared_memory
-from kt.device import H100
+from kt.codegen.gemm import built_shared_memory, shared_memory, wgmma_build
+from kt.codegen.gemm import illegal_reason as gemm_illegal_reason
+from kt.device import A100, H100
 from kt.ir import GemmProblem
 from kt.ir.problems import FFTProblem, MonarchProblem
 
@@ -33,10 +34,10 @@ CASES = [
 ]
 
 
-def compile_task(index, problem, config, smem_limit=H100.smem_per_block):
+def compile_task(index, problem, config, smem_limit=H100.smem_per_block, arch=90):
     """The worker task a runner sends to build `config` of `problem` for sm_90 (kt.autotune.runners)."""
     candidate = generated_candidate(problem, config)
-    return Task(index, "compile", compile_payload(candidate, 90, smem_limit), "compile")
+    return Task(index, "compile", compile_payload(candidate, arch, smem_limit), "compile")
 
 
 def compile_tasks(cases, smem_limit=H100.smem_per_block):
@@ -57,6 +58,51 @@ def test_generated_kernels_compile_for_sm90_and_use_exactly_the_estimated_shared
         assert 0 < used <= shared_memory(problem, config), (config.key(), used)
     assert outcomes[0].values["smem_bytes"] == shared_memory(*CASES[0]), "fp16 keeps every pipeline stage"
     assert [o.values["uses_wgmma"] for o in outcomes] == [True, True, True, True], "Hopper's warpgroup MMA"
+
+
+# Legality's shared memory is what the build allocates (2026-12-02, Triton 3.9): mma.sync and FMA builds keep
+# num_stages - 1 pipeline stages, wgmma builds all of them, and a wgmma split-K build converts its fp32 tile
+# through shared memory. The first two A100 configs, and the H100's mma.sync one, were refused as over the limit
+# by the estimate of every stage (stages * (BM + BN) * BK * itemsize) though they build.
+BUILT = [
+    (
+        A100,
+        GemmProblem(4096, 4096, 4096, b_layout="col"),
+        GemmConfig(128, 128, 64, num_warps=4, num_stages=6),
+    ),
+    (
+        A100,
+        GemmProblem(4096, 4096, 4096, dtype="float32", precision="tf32", b_layout="col"),
+        GemmConfig(64, 256, 128, num_warps=8, num_stages=2, split_k=4),
+    ),
+    (
+        H100,
+        GemmProblem(4096, 4096, 4096, b_layout="col"),
+        GemmConfig(32, 256, 128, num_warps=4, num_stages=4),
+    ),
+    (
+        H100,
+        GemmProblem(4096, 4096, 4096, dtype="bfloat16", b_layout="col"),
+        GemmConfig(64, 256, 16, num_warps=4, num_stages=3, split_k=16),
+    ),
+]
+
+
+def test_legality_counts_the_shared_memory_each_build_allocates_on_sm80_and_sm90(pool):
+    tasks = [
+        compile_task(i, problem, config, device.smem_per_block, device.compute_capability)
+        for i, (device, problem, config) in enumerate(BUILT)
+    ]
+    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    for outcome, (device, problem, config) in zip(outcomes, BUILT):
+        where = (device.name, config.key())
+        assert outcome.status == "ok", (where, outcome.message)
+        assert outcome.values["smem_bytes"] == built_shared_memory(problem, config, device), where
+        assert gemm_illegal_reason(problem, config, device) is None, where
+        assert outcome.values["uses_wgmma"] == wgmma_build(problem, config, device), where
+    assert [shared_memory(p, c) > d.smem_per_block for d, p, c in BUILT] == [True, True, True, False]
+    staged = outcomes[3].values["smem_bytes"]
+    assert staged == 64 * 256 * 4 > shared_memory(*BUILT[3][1:]), "the split-K tile, over the pipeline's"
 
 
 def test_a_kernel_over_the_shared_memory_limit_is_out_of_resources(pool):

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from kt.codegen import FAMILIES, GemmConfig, illegal_reason
-from kt.codegen.gemm import AXES, accumulator_registers, padded, shared_memory
+from kt.codegen.gemm import AXES, accumulator_registers, built_shared_memory, padded, shared_memory
 from kt.device import H100
 from kt.ir import GemmProblem
 
@@ -21,11 +21,18 @@ def test_shared_memory_is_stages_times_an_a_and_a_b_tile():
 
 def test_configs_over_the_shared_memory_limit_are_dropped():
     assert illegal_reason(BIG, GemmConfig(128, 256, 64, num_warps=8, num_stages=3), H100) is None
-    fp32 = dataclasses.replace(BIG, dtype="float32")  # 288 KiB > 227 KiB
+    tf32 = dataclasses.replace(
+        BIG, dtype="float32", precision="tf32"
+    )  # wgmma keeps 3 stages: 288 KiB > 227 KiB
     assert (
-        illegal_reason(fp32, GemmConfig(128, 256, 64, num_warps=8, num_stages=3), H100)
+        illegal_reason(tf32, GemmConfig(128, 256, 64, num_warps=8, num_stages=3), H100)
         == "shared memory over 227 KiB"
     )
+    # 32 rows run mma.sync, whose builds keep stages - 1: 216 KiB of 4 stages' 288 (test_compile_target builds it)
+    skinny = GemmConfig(32, 256, 128, num_warps=8, num_stages=4)
+    assert shared_memory(BIG, skinny) == 294912 and built_shared_memory(BIG, skinny, H100) == 221184
+    assert illegal_reason(BIG, skinny, H100) is None
+    assert illegal_reason(BIG, replace(skinny, num_stages=5), H100) == "shared memory over 227 KiB"
 
 
 def test_accumulators_over_128_registers_per_thread_are_dropped():

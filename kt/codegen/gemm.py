@@ -84,6 +84,34 @@ def shared_memory(problem: GemmProblem, config: GemmConfig) -> int:
     return config.num_stages * (config.block_m + config.block_n) * config.block_k * size + staged
 
 
+def wgmma_build(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> bool:
+    """Whether Triton builds `config` with Hopper's warpgroup MMA: sm_90, tensor-core math (every dtype but
+    float32 ieee), 64 rows or more and whole warpgroups (kt.costmodel.roofline.wgmma_tile's rule)."""
+    tensor_cores = problem.dtype != "float32" or problem.precision == "tf32"
+    return (
+        device.compute_capability >= 90
+        and tensor_cores
+        and config.block_m >= 64
+        and config.num_warps % 4 == 0
+    )
+
+
+def built_shared_memory(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> int:
+    """Bytes of shared memory a build of `config` for `device` allocates, for legality (`shared_memory`, the
+    cost model's feature, stays as the forests were fitted). Sampled sm_80 and sm_90 builds (Triton 3.9,
+    2026-12-02, tests/test_compile_target.py) keep every pipeline stage only with wgmma; mma.sync and FMA
+    builds keep stages - 1 (at least one), and a wgmma split-K build converts its fp32 tile through shared
+    memory (BM x BN x 4 bytes, reusing the pipeline's). The TMA kernel keeps `shared_memory`'s figure."""
+    if config.tma:
+        return shared_memory(problem, config)
+    wgmma = wgmma_build(problem, config, device)
+    stages = config.num_stages if wgmma else max(1, config.num_stages - 1)
+    smem = stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
+    if wgmma and config.split_k > 1:
+        smem = max(smem, config.block_m * config.block_n * 4)
+    return smem
+
+
 def tma_reason(problem: GemmProblem, config: GemmConfig) -> str | None:
     """Why the persistent TMA kernel cannot run `problem` with `config`, or None. It is built for half-precision
     wgmma (four or eight warps, a warpgroup each), one product (no batch) and no split-K, and every row of A, B
@@ -163,7 +191,7 @@ def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfi
         reason = tma_reason(problem, config)
         if reason:
             return reason
-    smem = shared_memory(problem, config)
+    smem = built_shared_memory(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
     acc = accumulator_registers(config, device.warp_size)
@@ -241,8 +269,8 @@ class GemmFamily:
         return [{**base, **config.to_dict()} for config in configs]
 
     def resources(self, problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> tuple[int, int]:
-        """Shared-memory bytes and fp32 accumulator registers per thread a program needs."""
-        return shared_memory(problem, config), accumulator_registers(config, device.warp_size)
+        """Shared-memory bytes a build allocates (legality's figure) and fp32 accumulator registers per thread."""
+        return built_shared_memory(problem, config, device), accumulator_registers(config, device.warp_size)
 
     def check_problems(self, problem: GemmProblem, config: GemmConfig) -> list[GemmProblem]:
         """Small problems for the interpreter that still run every code path the real problem takes.
