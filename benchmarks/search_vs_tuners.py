@@ -146,7 +146,7 @@ def check_budgets(parser, text: str) -> list[str]:
             parse_budget(label)
         except KtError as exc:
             parser.error(f"--budgets: {exc}")
-    return labels
+    return list(dict.fromkeys(labels))  # a label given twice would run (and count) every repeat twice
 
 
 def read_done(path: Path | None) -> list[dict]:
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     strategies = list(KT) + list(tuners.available())
     if args.strategies:
-        strategies = [s for s in args.strategies.split(",") if s]
+        strategies = list(dict.fromkeys(s for s in args.strategies.split(",") if s))
         unknown = [s for s in strategies if s not in KT and s not in tuners.EXTERNAL]
         if unknown:
             parser.error(

@@ -1224,7 +1224,7 @@ def inductor(files, out_path, origin, quiet):
 )
 @click.option("--repeats", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @click.option(
-    "--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Repeat r uses seed + r."
+    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Repeat r uses seed + r."
 )
 @click.option(
     "--csv",
@@ -1254,10 +1254,7 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
         result = replay_file(space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress)
-    spaces = ", ".join(result.spaces[:3]) + (
-        f" and {len(result.spaces) - 3} more" if len(result.spaces) > 3 else ""
-    )
-    out.print(f"space: {spaces} ({result.source})")
+    out.print(f"space: {_listed(result.spaces)} ({result.source})")
     per_eval = 1e3 * result.decision_s / max(1, result.evaluations)
     per_round = 1e3 * result.decision_s / max(1, result.rounds)
     out.print(
@@ -1267,7 +1264,20 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     if csv_path is not None:
         write_trace(result, csv_path)
         out.print(f"trace: {csv_path} ({len(result.rows)} evaluations)")
+    if isinstance(result.budget, int):
+        small = [
+            f"{name} ({size})" for name, size in zip(result.spaces, result.sizes) if size < result.budget
+        ]
+        if small:
+            out.print(
+                f"note: budget {result.budget} is over the points of {_listed(small)}: a search there measured them all"
+            )
     out.print(result.line())
+
+
+def _listed(items: list[str], most: int = 3) -> str:
+    """The first `most` items, and how many more."""
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 class _LateProgress:

@@ -138,3 +138,30 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     assert result.line().endswith("over 2 repeats x 6 problems")
     with pytest.raises(replay_module.KtError, match="holds no exhaustive sweep"):
         replay_module.replay_file(path, "guided", 2, min_configs=50)
+
+
+def test_sweeps_of_one_problem_on_two_gpus_are_two_spaces_each_with_its_own_gpus_prior(
+    sweeps, monkeypatch, tmp_path
+):
+    """Rows were grouped by problem and target, not GPU: two cards of one target (an A100 40GB and 80GB, or
+    --device h100 on an H200) became one space, each config keeping whichever card's row came last. Here the
+    second card's rows repeat the first's runtimes for one problem: only the grouping is checked."""
+    import kt.autotune.replay as replay_module
+
+    one = [{**row, "device": "GPU one"} for sweep in sweeps[:3] for row in sweep_rows(sweep)]
+    two = [{**row, "device": "GPU two"} for row in sweep_rows(sweeps[0])]
+    monkeypatch.setattr(replay_module, "read_rows", lambda path, field="data": one + two)
+    priors = {}
+    real = replay_module.replay
+
+    def spy(sweep, strategy, device, budget, seed=0, prior=(), **options):
+        priors[(sweep.gpu, sweep.key)] = len(prior)
+        return real(sweep, strategy, device, budget, seed, prior, **options)
+
+    monkeypatch.setattr(replay_module, "replay", spy)
+    path = tmp_path / "sweeps.csv"
+    path.write_text(",".join(CSV_COLUMNS) + "\n")
+    result = replay_module.replay_file(path, "random", 2, repeats=1, min_configs=3)
+    assert len(result.spaces) == 4 and sum(name.endswith("(GPU two)") for name in result.spaces) == 1
+    assert priors[("GPU two", sweeps[0].key)] == 0, "the other card's sweeps are not its prior"
+    assert priors[("GPU one", sweeps[0].key)] > 0

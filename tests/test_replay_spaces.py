@@ -291,12 +291,34 @@ def test_kt_replay_prints_the_score_line_last_and_writes_the_trace(bowl, tmp_pat
         (["--budget", "0"], "budget: '0' is not a count"),
         (["--budget", "5", "--strategy", "annealing"], "Invalid value for '--strategy'"),
         (["--budget", "5", "--csv", "/nonexistent/dir/t.csv"], "csv: the folder"),
+        # no model ranks a foreign space: these took the file's first points, the same for every seed
+        (["--budget", "5", "--strategy", "top"], "strategy: top goes in a cost model's order"),
+        (
+            ["--budget", "50%", "--strategy", "exhaustive"],
+            "or exhaustive with the whole space (--budget 100% or",
+        ),
     ],
 )
 def test_kt_replay_refuses_bad_input_in_one_line_with_exit_2(bowl, args, message):
     done = run_kt("replay", str(bowl), *args)
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_space_and_counts_one_repeat(
+    tmp_path,
+):
+    space = write_cache(tmp_path / "BOWL.JSON.GZ", gz=True)
+    done = run_kt(
+        "replay", str(space), "--strategy", "exhaustive", "--budget", "500", "--repeats", "1", "--quiet"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("space: BOWL (")
+    assert lines[-2] == "note: budget 500 is over the points of BOWL (192): a search there measured them all"
+    assert lines[-1] == "exhaustive budget 500: mean score 1.000, p10 1.000, over 1 repeat"
+    whole = replay_file(space, "exhaustive", "100%", repeats=1)
+    assert whole.evaluations == 192 and whole.scores == [1.0]
 
 
 def test_kt_replay_refuses_a_file_that_is_no_space(tmp_path):

@@ -50,6 +50,7 @@ class Sweep:
     runtime_ms: np.ndarray
     shape: str = ""  # what is held out together (sizes only: an fp16 and a bf16 sweep are near-twins)
     target: str | None = None  # the device profile the sweep was measured for (kt.device)
+    gpu: str | None = None  # the GPU that measured it (the rows' device)
 
     def __post_init__(self):
         if not self.shape:
@@ -88,7 +89,7 @@ class Sweep:
 
 
 def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> list[Sweep]:
-    """GPU-measured GEMM rows (any status) grouped into one sweep per problem (and target, template and
+    """GPU-measured GEMM rows (any status) grouped into one sweep per problem (and GPU, target, template and
     Triton version) with at least `min_configs` configs and one that passed."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
@@ -96,12 +97,15 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
             identity = (
                 row["problem_key"],
                 row.get("target"),
+                row.get("device"),
                 row.get("family_version"),
                 row.get("triton_version"),
             )
             groups[identity][row["config_key"]] = row
     sweeps = []
-    for (key, target, *_), by_config in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
+    for (key, target, gpu, *_), by_config in sorted(
+        groups.items(), key=lambda item: tuple(map(str, item[0]))
+    ):
         if len(by_config) < min_configs:
             continue
         records, values = [], []
@@ -112,7 +116,7 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
             values.append(row["runtime_ms"] if ok else np.nan)
         values = np.array(values, dtype=np.float64)
         if np.isfinite(values).any():
-            sweeps.append(Sweep(key, records, values, target=target))
+            sweeps.append(Sweep(key, records, values, target=target, gpu=gpu))
     return sweeps
 
 
@@ -236,6 +240,7 @@ class ReplayResult:
     strategy: str
     budget: int | str  # a count, or "5%" of each space
     spaces: list[str]
+    sizes: list[int] = field(default_factory=list)  # each space's points
     scores: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)  # the per-evaluation trace (`kt replay --csv`)
     decision_s: float = 0.0  # the strategy's own time (model fits, ranking), all repeats together
@@ -249,10 +254,14 @@ class ReplayResult:
 
     @property
     def p10(self) -> float:
+        """The 10th percentile of the scores, interpolated linearly between the two nearest (numpy's default):
+        with 20 repeats, 0.1 of the way from the second-worst score to the third-worst."""
         return float(np.percentile(self.scores, 10))
 
     def line(self) -> str:
-        over = f"{self.repeats} repeats" + (f" x {len(self.spaces)} problems" if len(self.spaces) > 1 else "")
+        over = f"{self.repeats} repeat{'s' if self.repeats != 1 else ''}" + (
+            f" x {len(self.spaces)} problems" if len(self.spaces) > 1 else ""
+        )
         return f"{self.strategy} budget {self.budget}: mean score {self.mean:.3f}, p10 {self.p10:.3f}, over {over}"
 
     def add(
@@ -301,6 +310,22 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def _check_foreign(strategy: str, count: int | None, fraction: float | None, space: TuningSpace) -> None:
+    """top and exhaustive go in a cost model's order, which a Kernel Tuner space has none of (kt's models know
+    kt's GEMM configs): below the whole space they would take the file's first points."""
+    whole = fraction == 1 or (count is not None and count >= len(space))
+    if strategy == "top" or (strategy == "exhaustive" and not whole):
+        raise KtError(
+            f"strategy: {strategy} goes in a cost model's order, and a Kernel Tuner space has no model before "
+            "its first measurements; use guided or random"
+            + (
+                f", or exhaustive with the whole space (--budget 100% or {len(space)})"
+                if strategy == "exhaustive"
+                else ""
+            )
+        )
+
+
 def replay_file(
     path: str | Path,
     strategy: str,
@@ -326,10 +351,19 @@ def replay_file(
                 f"space: {str(path)!r} holds no exhaustive sweep (a problem with {min_configs} or more GEMM configs "
                 "measured on a GPU, as `kt collect --all` writes)"
             )
-    names = _unique([s.name if isinstance(s, TuningSpace) else s.label for s in spaces])
-    result = ReplayResult(
-        str(path), strategy, budget if fraction is not None else int(count), names, repeats=repeats
+    if is_kernel_tuner_file(path):
+        _check_foreign(strategy, count, fraction, spaces[0])
+    gpus = {s.gpu for s in spaces if isinstance(s, Sweep)}
+    names = _unique(
+        [
+            s.name if isinstance(s, TuningSpace) else s.label + (f" ({s.gpu})" if len(gpus) > 1 else "")
+            for s in spaces
+        ]
     )
+    result = ReplayResult(
+        str(path), strategy, budget if fraction is not None else int(count), names, [len(s) for s in spaces]
+    )
+    result.repeats = repeats
     total, done = repeats * len(spaces), 0
     for space, name in zip(spaces, names):
         n = count if fraction is None else max(1, math.ceil(fraction * len(space)))
@@ -341,7 +375,7 @@ def replay_file(
             prior = [
                 r
                 for other in spaces
-                if other.shape != space.shape
+                if other.shape != space.shape and other.gpu == space.gpu  # what kt ships: one GPU's forest
                 for r in other.measured_records(range(len(other)))
             ]
             device = get_profile(space.target)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,7 @@ def _hashable(value: Any) -> Any:
 
 
 def is_kernel_tuner_file(path: Path) -> bool:
-    return path.name.endswith((".json", ".json.gz"))
+    return path.name.lower().endswith((".json", ".json.gz"))
 
 
 def parse_budget(text: str | int) -> tuple[int | None, float | None]:
@@ -238,7 +239,7 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
     """A Kernel Tuner cache file as a TuningSpace: its valid points are the cache's keys."""
     path = Path(path)
     try:
-        opener = gzip.open if path.name.endswith(".gz") else open
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rt") as handle:
             data = json.load(handle)
     except FileNotFoundError:
@@ -311,7 +312,7 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
     if not points:
         raise SpaceError(f"{path}: the cache holds no configuration")
     return TuningSpace(
-        name=path.name.removesuffix(".gz").removesuffix(".json"),
+        name=re.sub(r"\.json(\.gz)?$", "", path.name, flags=re.IGNORECASE),
         params={k: list(tune_params[k]) for k in keys},
         points=points,
         objective=np.array(values),
