@@ -46,7 +46,7 @@ from kt.autotune.dataset import baseline_record, is_baseline, is_measured, to_re
 from kt.autotune.figures import check_outputs
 from kt.autotune.inductor import read_logs
 from kt.costmodel.classic import ClassicTritonModel, MostCommonBestModel
-from kt.costmodel.evaluate import ape, assign_folds, spearman_within, top1_score, topk_recall
+from kt.costmodel.evaluate import ape, assign_folds, pick_ratios, spearman_within, top1_score, topk_recall
 from kt.costmodel.forest import ForestModel
 from kt.costmodel.roofline import AnalyticModel
 from kt.device import A100, H100
@@ -85,7 +85,7 @@ def metrics(true: np.ndarray, pred: np.ndarray, groups: list) -> dict[str, float
     index = defaultdict(list)
     for i, g in enumerate(groups):
         index[g].append(i)
-    picks = [true[rows].min() / true[rows][np.argmin(pred[rows])] for rows in map(np.array, index.values())]
+    picks = pick_ratios(true, pred, groups)
     return {
         "mape": float(errors.mean()),
         "median_ape": float(np.median(errors)),

@@ -292,9 +292,10 @@ def load(path: str | os.PathLike, verify: bool = True) -> Kernel:
 
 
 def _measured_records(
-    data: str | os.PathLike, profile: DeviceProfile, gpu: str | None
+    data: str | os.PathLike, profile: DeviceProfile, gpu: str | None, model: str | os.PathLike | None = None
 ) -> list[dict[str, Any]]:
-    """The cost model's training rows in `data` for `profile`; a DatabaseError saying what is there instead."""
+    """The cost model's training rows in `data` for `profile` (the device of `model`, a model file, when one
+    is scored); a DatabaseError saying what is there instead."""
     from collections import Counter
 
     from kt.autotune.dataset import is_measured, measured_records, read_rows
@@ -306,10 +307,24 @@ def _measured_records(
     rows = read_rows(data)
     where = f"data: {str(data)!r} holds no GPU-measured passing rows for target {profile.key}"
     where += f" on {gpu!r}" if gpu else ""
-    other = Counter(r["target"] for r in rows if is_measured(r) and gpu in (None, r["device"]))
+    measured = [r for r in rows if is_measured(r) and gpu in (None, r["device"])]
+    other = Counter(r["target"] for r in measured if r["family"] == "gemm")
+    if other and model is not None:
+        listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())
+        raise DatabaseError(
+            f"{where}, the device of model {str(model)!r}; it holds some for {listing}: score a model fitted "
+            "for that target (`kt costmodel fit --device`)"
+        )
     if other:
         listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())
         raise DatabaseError(f"{where}; it holds some for {listing}: pass that target's profile with --device")
+    structured = Counter(r["family"] for r in measured)
+    if structured:
+        listing = ", ".join(f"{n} {family}" for family, n in structured.most_common())
+        raise DatabaseError(
+            f"{where}: its measured rows ({listing}) time whole structured ops, and the forest learns single "
+            "GEMM launches; measure dense ops (`kt collect` of a dense op.yaml)"
+        )
     if Path(data).suffix.lower() == ".csv" and rows and all("runtime_ms" not in r for r in rows):
         raise DatabaseError(f"{where}: it has no runtime_ms column (a `kt export` CSV has one)")
     runners = Counter(r["runner"] for r in rows)
@@ -383,7 +398,9 @@ def evaluate_model(
 
     if model is not None:
         forest = ForestModel.load(model, resolve_profile(device) if device else None)
-        records, dropped_rows, dropped_shapes = unseen(forest, _measured_records(data, forest.device, gpu))
+        records, dropped_rows, dropped_shapes = unseen(
+            forest, _measured_records(data, forest.device, gpu, model)
+        )
         if not records:
             raise DatabaseError(
                 f"data: {str(data)!r}: every row's shape was in the model's training data ({dropped_rows} rows "

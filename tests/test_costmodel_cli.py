@@ -630,3 +630,52 @@ def test_predict_with_a_forest_shows_spread_and_power(gpperf, tmp_path):
     assert re.search(r"\d+%", result.stdout), "a spread across trees"
     refused = kt("predict", DENSE, "--model", model, "--device", "h100")
     assert_one_line_error(refused, f"was fitted for device {RTX4070_PROFILE.key}, not h100")
+
+
+# -- kt's own GPU measurements: the first H200 run's rows, structured ops among them ----------------------
+
+H200_ROWS = (
+    Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "h200-2026-11-30" / "measurements.csv"
+)
+
+
+def test_inspect_scores_structured_ops_by_their_stored_predictions_and_the_forest_on_the_gemm_rows(tmp_path):
+    """A structured op's GPU rows crashed kt inspect (KeyError 'm': its shape was read as a GEMM's), for a
+    database and an artifact alike; its shapes line counted problems."""
+    result = kt("inspect", H200_ROWS, "--plots", tmp_path / "all")
+    assert result.exit_code == 0, result.stderr
+    assert "284 measured rows of 29 problems on NVIDIA H200 (target h200)" in result.stdout
+    assert (
+        "note: the forest scores the 237 GEMM rows; the 47 rows of structured ops time whole ops"
+        in result.stdout
+    )
+    assert re.search(r"│ problems\s+│\s+15 │\s+14 │", result.stdout), result.stdout
+    assert re.search(r"│ shapes\s+│\s+14 │\s+11 │", result.stdout), "shapes, not problems"
+    assert_png(tmp_path / "all" / "predicted_vs_measured.png")
+    with H200_ROWS.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    structured = tmp_path / "structured.csv"
+    with structured.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["family"] not in ("gemm",))
+    result = kt("inspect", structured, "--plots", tmp_path / "structured")
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "note: no forest: the forests learn single GEMM launches, and these rows time whole" in result.stdout
+    )
+    assert "tuner (stored)" in result.stdout and "│ forest" not in result.stdout
+    # the forest's own commands: not "it holds some for h200: pass that target's profile" of the target asked
+    for command in (["costmodel", "fit", "--out", tmp_path / "m.skops"], ["costmodel", "eval"]):
+        result = kt(*command, "--data", structured, "--device", "h200")
+        assert_one_line_error(result, "time whole structured ops, and the forest learns single GEMM launches")
+    assert not (tmp_path / "m.skops").exists()
+
+
+def test_a_model_scored_on_data_of_another_target_names_its_device_not_the_device_option(tmp_path):
+    h100 = Path(__file__).resolve().parents[1] / "kt" / "costmodel" / "models" / "h100.skops"
+    result = kt("costmodel", "eval", "--data", H200_ROWS, "--model", h100)
+    assert_one_line_error(
+        result, f"for target h100, the device of model {str(h100)!r}; it holds some for h200"
+    )
+    assert "score a model fitted for that target" in result.stderr

@@ -288,7 +288,14 @@ def shape_key(problem) -> str:
     """What evaluation holds out together: the problem's family and sizes, whatever its dtype and layouts."""
     from kt.costmodel.evaluate import shape_of
 
-    return shape_of(problem.to_record())
+    record = problem.to_record()
+    if "m" in record:  # a GEMM
+        return shape_of(record)
+    # a structured op's sizes (a whole op's row; the forests learn only GEMM launches)
+    sizes = " ".join(
+        f"{k}={v}" for k, v in record.items() if k not in ("family", "dtype", "precision", "itemsize")
+    )
+    return f"{record['family']} {sizes}"
 
 
 def is_baseline(row: dict[str, Any]) -> bool:

@@ -197,7 +197,7 @@ def _artifact_rows(
         target, profile = named[0], None
     gpu = records[0]["device"] if not meta.get("measured") else ran_on
     records = [r for r in records if r["target"] == target and r["device"] == gpu]
-    training = _measured(find_rows(db_path, "db", runner="cuda", device=gpu, target=target))
+    training = _measured(find_rows(db_path, "db", runner="cuda", family="gemm", device=gpu, target=target))
     training = [r for r in training if holdout_key(r) != shape_key(problem)]
     chosen = next((r["config_key"] for r in records if _config_of(r) == meta.get("config")), None)
     result = InspectResult(
@@ -267,6 +267,18 @@ def _config_of(record: dict[str, Any]) -> dict[str, Any]:
 # -- predictions ------------------------------------------------------------------------------------------
 
 
+def _held(records: Sequence[dict[str, Any]]) -> list[Any]:
+    """Each record's shape (what evaluation holds out together), for a Report's shape count."""
+    from kt.costmodel.evaluate import holdout_key
+
+    return [holdout_key(r) for r in records]
+
+
+def _rows_of(records: Sequence[dict[str, Any]], ids: set[int]) -> np.ndarray:
+    """Which of `records` (by identity) are among `ids`."""
+    return np.array([id(r) in ids for r in records])
+
+
 def _tuner_report(result: InspectResult) -> None:
     from kt.costmodel.evaluate import Report
     from kt.costmodel.evaluate import targets as measured_arrays
@@ -276,7 +288,8 @@ def _tuner_report(result: InspectResult) -> None:
         result.notes.append("no row carries the tuner's prediction (predicted_ms)")
         return
     runtime, _, groups = measured_arrays(stored)
-    result.tuner = Report(runtime, np.array([r["predicted_ms"] for r in stored], dtype=np.float64), groups)
+    predicted = np.array([r["predicted_ms"] for r in stored], dtype=np.float64)
+    result.tuner = Report(runtime, predicted, groups, held=_held(stored))
     if len(stored) < len(result.records):
         result.notes.append(f"{len(result.records) - len(stored)} rows carry no tuner prediction")
 
@@ -293,6 +306,20 @@ def _forest_report(
     from kt.costmodel.forest import MIN_ROWS, ForestModel
 
     records = result.records
+    gemm = np.array([r["family"] == "gemm" for r in records])
+    if not gemm.any():
+        families = ", ".join(sorted({r["family"] for r in records}))
+        result.notes.append(
+            f"no forest: the forests learn single GEMM launches, and these rows time whole {families} ops "
+            "(the tuner's prediction is its launches' predictions summed)"
+        )
+        return
+    if not gemm.all():
+        result.notes.append(
+            f"the forest scores the {int(gemm.sum())} GEMM rows; the {int((~gemm).sum())} rows of structured ops "
+            "time whole ops (the tuner's predictions cover them)"
+        )
+        records = [r for r, g in zip(records, gemm) if g]
     runtime, power, groups = measured_arrays(records)
     if model_path is not None:
         model = ForestModel.load(model_path, profile)
@@ -313,9 +340,13 @@ def _forest_report(
             runtime, power = runtime[keep], power[keep]
             groups = [g for g, k in zip(groups, keep) if k]
         prediction = model.predict(scored)
-        result.forest = Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w)
+        result.forest = Report(
+            runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w, held=_held(scored)
+        )
         result.forest.dropped_rows, result.forest.dropped_shapes = dropped_rows, dropped_shapes
-        result.forest_rows = keep
+        result.forest_rows = (
+            _rows_of(result.records, scored_ids) if keep is not None or not gemm.all() else None
+        )
         result.forest_from = f"model file {model_path} ({model.describe()})"
         if dropped_rows:
             result.notes.append(
@@ -358,8 +389,15 @@ def _forest_report(
             predicted_power[test] = prediction.power_w
         importances.append(model.feature_importances())
     result.forest = Report(
-        runtime, predicted, groups, power, predicted_power, folds=folds if folds > 1 else None
+        runtime,
+        predicted,
+        groups,
+        power,
+        predicted_power,
+        folds=folds if folds > 1 else None,
+        held=_held(records),
     )
+    result.forest_rows = None if gemm.all() else gemm
     result.forest_from = (
         f"a forest fitted on {len(pool) - len(records)} rows of other shapes, this shape held out"
         if folds == 1

@@ -56,31 +56,42 @@ def _by_group(groups: Sequence[Any]) -> dict[Any, np.ndarray]:
 
 
 def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
-    """Mean Spearman rank correlation of predicted and true within each group of at least 3 distinct values."""
+    """Mean Spearman rank correlation of predicted and true within each group of at least 3 rows whose measured
+    values are not all equal. A group the model predicts all equal counts 0 (it ranks nothing), not left out."""
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     scores = []
     for rows in _by_group(groups).values():
-        if len(rows) >= 3 and np.ptp(true[rows]) > 0 and np.ptp(pred[rows]) > 0:
-            scores.append(spearmanr(true[rows], pred[rows]).statistic)
+        if len(rows) >= 3 and np.ptp(true[rows]) > 0:
+            scores.append(spearmanr(true[rows], pred[rows]).statistic if np.ptp(pred[rows]) > 0 else 0.0)
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
-    """Geometric mean over groups of at least 2 rows of (the true best / the true value of the model's pick): 1.0
-    is a perfect pick everywhere, 0.9 a pick 11% slower on a typical shape; NaN when no group has 2 rows (a model
-    cannot pick wrong among one)."""
+def pick_ratios(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> list[float]:
+    """Per group of at least 2 rows: the true best / the true value of the model's pick. Where several rows tie
+    for the best prediction the pick is any of them at random, so the ratio is its expectation (the geometric
+    mean over the tied rows), not the first row's, which flattered a model that ties (the analytic and classic
+    models tie at their best on most problems) by the data's order."""
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    ratios = [
-        true[rows].min() / true[rows][np.argmin(pred[rows])]
-        for rows in _by_group(groups).values()
-        if len(rows) >= 2
-    ]
+    ratios = []
+    for rows in _by_group(groups).values():
+        if len(rows) >= 2:
+            tied = rows[pred[rows] == pred[rows].min()]
+            ratios.append(float(np.exp(np.mean(np.log(true[rows].min() / true[tied])))))
+    return ratios
+
+
+def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
+    """Geometric mean over groups of at least 2 rows of (the true best / the true value of the model's pick,
+    `pick_ratios`): 1.0 is a perfect pick everywhere, 0.9 a pick 11% slower on a typical shape; NaN when no
+    group has 2 rows (a model cannot pick wrong among one)."""
+    ratios = pick_ratios(true, pred, groups)
     return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
 
 
 def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: int = 5) -> float:
     """Mean over groups of at least 2 rows of the share of the true best k that the model also puts in its best
-    k; NaN when no group has 2 rows."""
+    k; NaN when no group has 2 rows. Rows tied at the model's k-th value share its remaining places at random:
+    each counts with the chance it gets one."""
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     scores = []
     for rows in _by_group(groups).values():
@@ -88,8 +99,11 @@ def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: in
             continue
         kk = min(k, len(rows))
         best_true = set(rows[np.argsort(true[rows], kind="stable")[:kk]])
-        best_pred = set(rows[np.argsort(pred[rows], kind="stable")[:kk]])
-        scores.append(len(best_true & best_pred) / kk)
+        cut = np.sort(pred[rows])[kk - 1]
+        inside, tied = rows[pred[rows] < cut], rows[pred[rows] == cut]
+        chance = (kk - len(inside)) / len(tied)
+        hits = len(best_true & set(inside)) + chance * len(best_true & set(tied))
+        scores.append(hits / kk)
     return float(np.mean(scores)) if scores else float("nan")
 
 
