@@ -204,6 +204,20 @@ def test_baseline_passes_check_kernel(name):
 
 
 @case_ids(list(CASES))
+def test_autocast_changes_nothing_as_it_changes_nothing_in_a_generated_kernel(name):
+    """Under torch.autocast PyTorch's ops ran in its dtype: a float32 low-rank path refused its own out= ("dtype
+    BFloat16, but got float"), a float16 butterfly failed in autocast, a float32 Monarch ran in bfloat16."""
+    problem = CASES[name]
+    module = baseline_module(problem)
+    args = problem.random_args(3)
+    plain = module.kernel(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = module.kernel(*args)
+        assert torch.is_autocast_enabled("cpu"), "the caller's autocast is restored"
+    assert under.dtype == plain.dtype and torch.equal(under, plain)
+
+
+@case_ids(list(CASES))
 def test_kernel_without_out_returns_the_kernels_output_type(name):
     problem = CASES[name]
     module = baseline_module(problem)
@@ -537,7 +551,7 @@ def test_source_imports_only_torch_and_the_standard_library(name):
         if isinstance(node, ast.Import)
         for alias in node.names
     } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"torch", "contextlib", "weakref"}
+    assert imported <= {"torch", "contextlib", "functools", "weakref"}
     doc = ast.get_docstring(tree)
     assert doc.startswith("PyTorch baseline candidate_zero: ")
     assert "PyTorch's own path, not a kt kernel" in doc

@@ -161,7 +161,9 @@ def test_gpus_needs_the_cuda_backend_and_bad_values_exit_2_in_one_line(tmp_path)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
-    result = CliRunner().invoke(main, ["collect", str(spec), "--all", "--gpus", "all", "--backend", "interpret"])
+    result = CliRunner().invoke(
+        main, ["collect", str(spec), "--all", "--gpus", "all", "--backend", "interpret"]
+    )
     assert result.exit_code == 2 and "--gpus needs --backend cuda" in result.output, result.output
 
 

@@ -675,6 +675,75 @@ def test_a_kernel_as_op_compiles_with_dynamic_shapes_forward_and_backward(spec):
             torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: knn.DenseLinear(16, 8),
+        lambda: knn.LowRankLinear(16, 8, rank=3),
+        lambda: knn.MonarchLinear(16, 16, nblocks=4),
+        lambda: knn.Sum(
+            knn.LowRankLinear(16, 16, rank=2, bias=False), knn.LowRankLinear(16, 16, rank=3, bias=False)
+        ),
+    ],
+    ids=["dense", "lowrank", "monarch", "sum"],
+)
+def test_training_under_dynamic_shapes_compiles_once_per_bucket_not_per_batch_size(make):
+    """The weight gradient's op names K's bucket; computing it with bit_length fixed the exact row count in the
+    traced backward (a guard Eq(rows, 2)), so every batch size recompiled and fullgraph failed at the 9th."""
+    torch.manual_seed(0)
+    layer = make()
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, inputs)
+
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend=backend, fullgraph=True, dynamic=True)
+    for rows in [*range(2, 13), 3, 20, 31]:  # 2-16: bucket 16; 20 and 31: bucket 32
+        x = torch.randn(rows, 16, requires_grad=True)
+        compiled(x).sum().backward()
+        reference = x.detach().requires_grad_()
+        layer(reference).sum().backward()
+        torch.testing.assert_close(x.grad, reference.grad)
+    assert len(graphs) <= 3, f"{len(graphs)} compiles for two buckets"
+
+
+def test_a_dense_ops_fake_shape_is_the_kernels_for_a_shared_operand_and_for_sizes_off_the_spec():
+    """The fake implementation gave (5, 6) where the kernel gives (3, 5, 6) (a 2-D operand shared by a batch
+    of 3), and the spec's n where the kernel, which takes any sizes, used b's: compile failed or mis-shaped."""
+    batched = kt.parse_spec(
+        {"op": "dense", "dtype": "float32", "shape": {"m": 5, "n": 6, "k": 4, "batch": 3}}
+    )
+    small = kt.parse_spec({"op": "dense", "dtype": "float32", "shape": {"m": 8, "n": 4, "k": 4}})
+    for spec, (a, b) in (
+        (batched, (torch.randn(5, 4), torch.randn(3, 4, 6))),
+        (small, (torch.randn(3, 5), torch.randn(5, 6))),
+    ):
+        op = kt.build(spec, "pytorch").as_op()
+        assert op(a.to("meta"), b.to("meta")).shape == op(a, b).shape
+        eager = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+        traced = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+        y = op(*eager)
+        compiled = torch.compile(op, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(*traced), y)
+        dy = torch.randn_like(y)
+        for ours, theirs in zip(
+            torch.autograd.grad(compiled(*traced), traced, dy), torch.autograd.grad(y, eager, dy)
+        ):
+            torch.testing.assert_close(ours, theirs)
+
+
+def test_apply_with_an_op_mapping_compiles_with_fullgraph():
+    """apply(x, weights, op) takes a mapping or its text; torch.compile could not trace the mapping's json.dumps."""
+    op = {"op": "lowrank", "dtype": "float32", "shape": {"dims": [5, 2, 6]}}
+    x, f1, f2 = torch.randn(3, 5), torch.randn(5, 2), torch.randn(2, 6)
+    compiled = torch.compile(
+        lambda x, f1, f2: knn.apply(x, [f1, f2], op), backend="aot_eager", fullgraph=True
+    )
+    torch.testing.assert_close(compiled(x, f1, f2), x @ f1 @ f2)
+
+
 @pytest.mark.parametrize("interpret", [False, True])
 def test_a_sum_whose_term_is_replaced_runs_the_new_terms_op(monkeypatch, interpret):
     """The op text was remade only when the dtype changed: after `sum.terms[0] = ...` the backward ran the old
@@ -844,6 +913,9 @@ def test_a_layer_given_x_of_another_dtype_names_itself_and_x():
         TypeError, match=r"DenseLinear: x.dtype is torch.float16, but the layer's weights are "
     ):
         knn.DenseLinear(5, 7)(torch.randn(3, 5, dtype=torch.float16))
+    with pytest.raises(TypeError) as error:  # it suggested .to(torch.float64), which kt then refuses
+        knn.DenseLinear(5, 7)(torch.randn(3, 5, dtype=torch.float64))
+    assert str(error.value).endswith("pass x.to(torch.float32)"), error.value
 
 
 def test_a_block_sparse_layer_holds_its_pattern_after_to_empty_alone():

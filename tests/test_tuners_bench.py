@@ -190,7 +190,9 @@ def test_the_side_by_side_benchmark_writes_each_run_and_resumes_from_its_csv(tmp
     )
     twice = tmp_path / "twice.csv"  # a budget or strategy named twice ran (and counted) every repeat twice
     args = ["--spaces", "convolution_A100", "--budgets", "12,12", "--repeats", "2", "--csv", str(twice)]
-    assert bench.main([*args, "--strategies", "kt random,kt random"]) == 0 and len(bench.read_done(twice)) == 2
+    assert (
+        bench.main([*args, "--strategies", "kt random,kt random"]) == 0 and len(bench.read_done(twice)) == 2
+    )
 
 
 def test_the_verdicts_say_ahead_level_or_behind_from_each_cells_interval():

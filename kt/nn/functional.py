@@ -35,6 +35,7 @@ from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
 
+@torch.compiler.assume_constant_result  # torch.compile cannot trace json.dumps; the text is a trace constant
 def op_text(op: dict[str, Any]) -> str:
     """The canonical text of an op mapping: equal ops give equal text (one kernel cache entry)."""
     return json.dumps(op, sort_keys=True, separators=(",", ":"))
@@ -98,6 +99,9 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
         if spec["dtype"] == "float32":
             return x.new_empty(x.shape, dtype=torch.complex64)
         return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
+    if spec["op"] == "dense":  # any sizes, as the kernel takes them; a batch from either operand
+        (b,) = weights
+        return x.new_empty((*(x.shape[:-2] if x.dim() == 3 else b.shape[:-2]), x.shape[-2], b.shape[-1]))
     return x.new_empty((*x.shape[:-1], _out_features(spec)))
 
 

@@ -35,6 +35,15 @@ def _kt_dtype(dtype: torch.dtype, who: str) -> str:
         ) from None
 
 
+def _takes(dtype: torch.dtype) -> bool:
+    """Whether kt's kernels take `dtype` (a layer can be converted to it)."""
+    try:
+        dtype_name(dtype)
+    except KeyError:
+        return False
+    return True
+
+
 def _count(value: Any, name: str, who: str) -> int:
     """A positive integer argument (numpy's included), or a ValueError naming it: 0, -4, 4.0 or True reached
     torch or numpy (a ZeroDivisionError, "empty() takes 1 positional argument")."""
@@ -104,9 +113,10 @@ class _KtLinear(nn.Module, ABC):
         _check_features(type(self).__name__, x, self.in_features)
         dtype = self._autocast_dtype(x)
         if dtype is None and x.dtype != self.dtype:
+            convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
             raise TypeError(
                 f"{type(self).__name__}: x.dtype is {x.dtype}, but the layer's weights are {self.dtype}; pass "
-                f"x.to({self.dtype}), or convert the layer (.to({x.dtype}))"
+                f"x.to({self.dtype}){convert}"
             )
         if dtype is None:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias

@@ -147,8 +147,13 @@ def parsed_op(text: str) -> dict[str, Any]:
 
 
 def bucket(rows: int) -> int:
-    """The power of two (at least MIN_BUCKET) that `rows` rounds up to."""
-    return max(MIN_BUCKET, 1 << max(0, rows - 1).bit_length())
+    """The power of two (at least MIN_BUCKET) that `rows` rounds up to. By comparisons, not bit_length: under
+    torch.compile's dynamic shapes `rows` may be a SymInt, and comparisons guard on the bucket's range where
+    bit_length fixed the exact value (a backward pass recompiled for every batch size)."""
+    size = MIN_BUCKET
+    while size < rows:
+        size *= 2
+    return size
 
 
 def use_artifacts(*directories: str | os.PathLike) -> None:
