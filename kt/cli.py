@@ -1259,7 +1259,7 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     per_round = 1e3 * result.decision_s / max(1, result.rounds)
     out.print(
         f"decision time: {per_eval:.1f} ms per evaluation, {per_round:.0f} ms per round "
-        f"({result.evaluations} evaluations in {result.rounds} rounds)"
+        f"({result.evaluations} evaluations in {result.rounds} round{'s' if result.rounds != 1 else ''})"
     )
     if csv_path is not None:
         write_trace(result, csv_path)

@@ -218,6 +218,18 @@ def test_autocast_changes_nothing_as_it_changes_nothing_in_a_generated_kernel(na
 
 
 @case_ids(list(CASES))
+def test_a_kernel_takes_its_tensors_by_keyword(name):
+    """The autocast wrapper read args[0]: kernel(a=a, b=b) was an IndexError (a generated kernel takes it)."""
+    import inspect
+
+    problem = CASES[name]
+    module = baseline_module(problem)
+    args = problem.random_args(4)
+    names = list(inspect.signature(module.kernel).parameters)
+    assert torch.equal(module.kernel(**dict(zip(names, args))), module.kernel(*args))
+
+
+@case_ids(list(CASES))
 def test_kernel_without_out_returns_the_kernels_output_type(name):
     problem = CASES[name]
     module = baseline_module(problem)

@@ -644,7 +644,7 @@ def test_inspect_scores_structured_ops_by_their_stored_predictions_and_the_fores
     database and an artifact alike; its shapes line counted problems."""
     result = kt("inspect", H200_ROWS, "--plots", tmp_path / "all")
     assert result.exit_code == 0, result.stderr
-    assert "284 measured rows of 29 problems on NVIDIA H200 (target h200)" in result.stdout
+    assert "284 measured rows of 37 problems on NVIDIA H200 (target h200)" in result.stdout
     assert (
         "note: the forest scores the 237 GEMM rows; the 47 rows of structured ops time whole ops"
         in result.stdout
@@ -670,6 +670,35 @@ def test_inspect_scores_structured_ops_by_their_stored_predictions_and_the_fores
         result = kt(*command, "--data", structured, "--device", "h200")
         assert_one_line_error(result, "time whole structured ops, and the forest learns single GEMM launches")
     assert not (tmp_path / "m.skops").exists()
+
+
+def test_inspect_ranks_each_structured_problem_within_itself(tmp_path):
+    """A structured config's own `group` field (blocks per program) overwrote the record's group (its problem):
+    a Monarch of 16384 rows was ranked with a butterfly of 8192, each problem split by that field."""
+    import numpy as np
+
+    from kt.autotune.inspection import inspect_tune
+    from kt.costmodel.evaluate import Report
+
+    with H200_ROWS.open(newline="") as handle:
+        rows = [
+            r
+            for r in csv.DictReader(handle)
+            if r["runner"] == "cuda"
+            and r["status"] == "ok"
+            and r["runtime_ms"]
+            and r["config_key"] != "pytorch"
+        ]
+    stored = [r for r in rows if r["predicted_ms"]]
+    expected = Report(
+        np.array([float(r["runtime_ms"]) for r in stored]),
+        np.array([float(r["predicted_ms"]) for r in stored]),
+        [r["problem_key"] for r in stored],
+    ).metrics
+    result = inspect_tune(H200_ROWS, plots_dir=tmp_path)
+    assert result.tuner.metrics["problems"] == expected["problems"]
+    for name in ("spearman_within_shape", "top1_score", "top5_recall", "runtime_mape"):
+        assert result.tuner.metrics[name] == pytest.approx(expected[name]), name
 
 
 def test_a_model_scored_on_data_of_another_target_names_its_device_not_the_device_option(tmp_path):

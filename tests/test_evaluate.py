@@ -75,6 +75,18 @@ def test_a_model_that_ties_is_scored_as_picking_any_of_its_tied_best_not_the_fir
     assert topk_recall(true, [1, 2, 2, 3], groups, k=2) == pytest.approx((1 + 0.5) / 2)
 
 
+def test_a_nan_prediction_ranks_last_and_measured_ties_share_their_places():
+    true, groups = np.array([1.0, 2.0, 3.0]), [0, 0, 0]
+    nan_first = np.array([np.nan, 1.0, 2.0])  # the best row unpredicted: ranked last, as argsort put it
+    assert topk_recall(true, nan_first, groups, k=1) == 0 and top1_score(true, nan_first, groups) == 0.5
+    assert spearman_within(true, nan_first, groups) == pytest.approx(-0.5)
+    # three rows tie at the second-best time: the true best two are row 0 and any one of them
+    tied = np.array([1.0, 2.0, 2.0, 2.0, 3.0])
+    pred = np.arange(5.0)
+    assert topk_recall(tied, pred, [0] * 5, k=2) == topk_recall(tied[::-1], pred[::-1], [0] * 5, k=2)
+    assert topk_recall(tied, pred, [0] * 5, k=2) == pytest.approx((1 + 1 / 3) / 2)
+
+
 def test_ranking_metrics_skip_groups_of_one_row_and_are_nan_without_a_group_of_two():
     # c has one row: the model cannot pick wrong among one, so it must not count as a perfect pick.
     true, pred, groups = [4, 2, 3, 7], [1, 2, 3, 0], ["a", "a", "a", "c"]

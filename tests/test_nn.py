@@ -716,6 +716,37 @@ def test_structurize_refuses_a_pattern_that_matches_nothing_and_leaves_the_model
         assert [(name, type(m)) for name, m in model.named_modules()] == before
 
 
+def test_structurize_refuses_a_model_that_is_a_linear_and_names_a_subclass_it_leaves_alone():
+    """A bare nn.Linear (named "", which "*" matches) was reported replaced while a child module named "" was
+    added to it; a weight-normed Linear was "no nn.Linear"."""
+    from torch.nn.utils import parametrizations
+
+    lowrank = lambda linear: LowRankLinear.from_dense(linear, rank=1)  # noqa: E731
+    bare = nn.Linear(4, 4)
+    with pytest.raises(
+        ValueError, match="the model is itself an nn.Linear, which cannot be replaced in place"
+    ):
+        knn.structurize(bare, {"*": lowrank})
+    assert dict(bare.named_children()) == {} and len(bare.state_dict()) == 2
+    normed = nn.Sequential(nn.Linear(8, 8), parametrizations.weight_norm(nn.Linear(8, 6)))
+    with pytest.raises(
+        ValueError, match=r"'1' is a ParametrizedLinear: a subclass of nn.Linear, whose forward may"
+    ):
+        knn.structurize(normed, {"1": lowrank})
+    assert knn.structurize(normed, {"*": lowrank}) == ["0"]  # the subclass stays as it is
+
+
+def test_a_model_wide_conversion_to_a_dtype_kt_refuses_says_how_to_restore_the_converted_modules():
+    model = nn.Sequential(nn.Linear(8, 8), LowRankLinear(8, 8, rank=2))
+    with pytest.raises(
+        TypeError, match=r"converted the modules before this layer: .to\(torch.float32\) restores"
+    ):
+        model.double()
+    assert model[0].weight.dtype == torch.float64  # PyTorch converted it before the kt layer refused
+    model.to(torch.float32)
+    assert model(torch.randn(2, 8)).dtype == torch.float32
+
+
 # -- kernel selection -----------------------------------------------------------------------------------------
 
 

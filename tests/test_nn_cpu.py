@@ -722,6 +722,11 @@ def test_a_dense_ops_fake_shape_is_the_kernels_for_a_shared_operand_and_for_size
     ):
         op = kt.build(spec, "pytorch").as_op()
         assert op(a.to("meta"), b.to("meta")).shape == op(a, b).shape
+        four = (
+            a.reshape(1, *a.shape) if a.dim() == 3 else a.reshape(1, 1, *a.shape)
+        )  # refused, as by the kernel
+        with pytest.raises(ValueError, match="must be 2-D or 3-D"):
+            op(four.to("meta"), b.to("meta"))
         eager = [a.clone().requires_grad_(), b.clone().requires_grad_()]
         traced = [a.clone().requires_grad_(), b.clone().requires_grad_()]
         y = op(*eager)

@@ -319,6 +319,7 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     assert lines[-1] == "exhaustive budget 500: mean score 1.000, p10 1.000, over 1 repeat"
     whole = replay_file(space, "exhaustive", "100%", repeats=1)
     assert whole.evaluations == 192 and whole.scores == [1.0]
+    assert replay_file(space, "exhaustive", "99.9%", repeats=1).evaluations == 192  # rounds up to the whole
 
 
 def test_kt_replay_refuses_a_file_that_is_no_space(tmp_path):

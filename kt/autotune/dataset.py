@@ -277,8 +277,10 @@ def to_record(row: dict[str, Any], where: str | None = None) -> dict[str, Any]:
     """The cost-model record of one measured row, checked first (`check_row`; `where` names the row in the
     error, by default its id)."""
     return {
-        **baseline_record(row, where),
         **row["config"],
+        # after the config: a structured family's config has a `group` field of its own (blocks per program),
+        # which overwrote the record's group (its problem) and mixed problems in the ranking metrics
+        **baseline_record(row, where),
         "power_w": row.get("power_w"),
         "config_key": row["config_key"],
     }

@@ -113,6 +113,7 @@ def _measured(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             **to_record(r),
+            "config": r["config"],  # as the row holds it (an artifact's meta.json names the same mapping)
             "target": r["target"],
             "predicted_ms": r.get("predicted_ms"),
             "created_at": r.get("created_at"),
@@ -199,7 +200,7 @@ def _artifact_rows(
     records = [r for r in records if r["target"] == target and r["device"] == gpu]
     training = _measured(find_rows(db_path, "db", runner="cuda", family="gemm", device=gpu, target=target))
     training = [r for r in training if holdout_key(r) != shape_key(problem)]
-    chosen = next((r["config_key"] for r in records if _config_of(r) == meta.get("config")), None)
+    chosen = next((r["config_key"] for r in records if r["config"] == meta.get("config")), None)
     result = InspectResult(
         path, db_path, gpu, target, records, chosen, tuner_model=(meta.get("prediction") or {}).get("model")
     )
@@ -256,12 +257,6 @@ def _data_rows(
     records = [r for r in records if r["target"] == target]
     result = InspectResult(path, path, records[0]["device"], target, records)
     return result, profile, []
-
-
-def _config_of(record: dict[str, Any]) -> dict[str, Any]:
-    from kt.costmodel.features import CONFIG_KEYS
-
-    return {k: record[k] for k in CONFIG_KEYS}
 
 
 # -- predictions ------------------------------------------------------------------------------------------

@@ -313,7 +313,8 @@ def _unique(names: list[str]) -> list[str]:
 def _check_foreign(strategy: str, count: int | None, fraction: float | None, space: TuningSpace) -> None:
     """top and exhaustive go in a cost model's order, which a Kernel Tuner space has none of (kt's models know
     kt's GEMM configs): below the whole space they would take the file's first points."""
-    whole = fraction == 1 or (count is not None and count >= len(space))
+    asked = count if fraction is None else math.ceil(fraction * len(space))
+    whole = asked >= len(space)
     if strategy == "top" or (strategy == "exhaustive" and not whole):
         raise KtError(
             f"strategy: {strategy} goes in a cost model's order, and a Kernel Tuner space has no model before "

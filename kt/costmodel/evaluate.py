@@ -55,10 +55,15 @@ def _by_group(groups: Sequence[Any]) -> dict[Any, np.ndarray]:
     return {g: np.array(rows) for g, rows in index.items()}
 
 
+def _nan_last(pred: np.ndarray) -> np.ndarray:
+    """Predictions with a NaN (a model that could not predict a row) ranked after every number."""
+    return np.where(np.isnan(pred), np.inf, pred)
+
+
 def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
     """Mean Spearman rank correlation of predicted and true within each group of at least 3 rows whose measured
     values are not all equal. A group the model predicts all equal counts 0 (it ranks nothing), not left out."""
-    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    true, pred = np.asarray(true, dtype=np.float64), _nan_last(np.asarray(pred, dtype=np.float64))
     scores = []
     for rows in _by_group(groups).values():
         if len(rows) >= 3 and np.ptp(true[rows]) > 0:
@@ -71,13 +76,21 @@ def pick_ratios(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> li
     for the best prediction the pick is any of them at random, so the ratio is its expectation (the geometric
     mean over the tied rows), not the first row's, which flattered a model that ties (the analytic and classic
     models tie at their best on most problems) by the data's order."""
-    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    true, pred = np.asarray(true, dtype=np.float64), _nan_last(np.asarray(pred, dtype=np.float64))
     ratios = []
     for rows in _by_group(groups).values():
         if len(rows) >= 2:
             tied = rows[pred[rows] == pred[rows].min()]
             ratios.append(float(np.exp(np.mean(np.log(true[rows].min() / true[tied])))))
     return ratios
+
+
+def _top_chances(values: np.ndarray, k: int) -> np.ndarray:
+    """Each row's chance of being among the k smallest `values` when ties are broken at random: 1 below the k-th
+    value, the places left over shared among the rows tied at it, 0 above."""
+    cut = np.sort(values)[k - 1]
+    below, tied = values < cut, values == cut
+    return np.where(below, 1.0, np.where(tied, (k - below.sum()) / tied.sum(), 0.0))
 
 
 def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
@@ -91,19 +104,15 @@ def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> flo
 def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: int = 5) -> float:
     """Mean over groups of at least 2 rows of the share of the true best k that the model also puts in its best
     k; NaN when no group has 2 rows. Rows tied at the model's k-th value share its remaining places at random:
-    each counts with the chance it gets one."""
-    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    each counts with the chance it gets one (and so do measured ties at the k-th best time)."""
+    true, pred = np.asarray(true, dtype=np.float64), _nan_last(np.asarray(pred, dtype=np.float64))
     scores = []
     for rows in _by_group(groups).values():
         if len(rows) < 2:
             continue
         kk = min(k, len(rows))
-        best_true = set(rows[np.argsort(true[rows], kind="stable")[:kk]])
-        cut = np.sort(pred[rows])[kk - 1]
-        inside, tied = rows[pred[rows] < cut], rows[pred[rows] == cut]
-        chance = (kk - len(inside)) / len(tied)
-        hits = len(best_true & set(inside)) + chance * len(best_true & set(tied))
-        scores.append(hits / kk)
+        picked, measured = _top_chances(pred[rows], kk), _top_chances(true[rows], kk)
+        scores.append(float(picked @ measured) / kk)
     return float(np.mean(scores)) if scores else float("nan")
 
 

@@ -101,12 +101,17 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
         return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
     if spec["op"] == "dense":  # any sizes, as the kernel takes them; a batch from either operand
         (b,) = weights
+        if x.dim() not in (2, 3) or b.dim() not in (2, 3):  # as the kernel refuses them
+            raise ValueError(f"kernel(a, b): a and b must be 2-D or 3-D, got {x.dim()}-D and {b.dim()}-D")
         return x.new_empty((*(x.shape[:-2] if x.dim() == 3 else b.shape[:-2]), x.shape[-2], b.shape[-1]))
     return x.new_empty((*x.shape[:-1], _out_features(spec)))
 
 
 def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str) -> torch.Tensor:
     """Run the op on x (and the weights) with its selected kernel; differentiable, compilable, exportable.
+
+    `op` is a mapping or its text (`op_text`). Under torch.compile with dynamic shapes, a mapping whose sizes
+    come from tensors' shapes cannot be traced (they are symbolic): give the text of one made from ints.
 
     torch.compile and torch.export see the custom op. In eager mode the custom op's dispatch would add its cost
     (about 75 microseconds a call on a CPU, with grad; more without) and nothing else, which is most of a small

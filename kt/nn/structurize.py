@@ -21,25 +21,46 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     factory's layer must be an nn.Module that takes the linear's in_features and gives its out_features. Every
     layer is made and checked before any is swapped in: on an error the model is left as it was.
 
+    Only modules of type nn.Linear itself are replaced: a subclass (weight_norm's ParametrizedLinear, an
+    adapter's) may compute something else, and a pattern that matches only such a module says so. A model that
+    is itself an nn.Linear is refused (it cannot be replaced in place).
+
     An nn.Linear held under several names (`model.b = model.a`) is replaced under all of them by one layer,
     made by the rule of the first of its names (in `named_modules()` order) that a rule matches, so they stay
     one layer; all those names are returned. Two nn.Linear modules that share a weight tensor (a tied head) are
     two layers: each new layer is made from its own (`from_dense` copies), so they are no longer tied.
     """
+    if isinstance(model, nn.Linear):  # its name is "", which "*" matches: setattr(model, "", layer) added one
+        raise ValueError(
+            "structurize: the model is itself an nn.Linear, which cannot be replaced in place; make the layer "
+            "directly (e.g. LowRankLinear.from_dense(linear, rank=...)), or wrap it (nn.Sequential(linear))"
+        )
     aliases: dict[int, list[str]] = {}  # every name of each nn.Linear
     linears: dict[int, nn.Linear] = {}
+    subclassed: dict[str, str] = {}  # name -> class of each nn.Linear subclass (left alone)
     for name, module in model.named_modules(remove_duplicate=False):
         if type(module) is nn.Linear:
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
+        elif isinstance(
+            module, nn.Linear
+        ):  # its forward may differ (weight_norm's parametrization, an adapter)
+            subclassed[name] = type(module).__name__
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
         names = [name for names in aliases.values() for name in names]
         for pattern, _ in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                others = [f"{n!r} is a {c}" for n, c in subclassed.items() if fnmatch.fnmatchcase(n, pattern)]
+                skipped = (
+                    f" ({', '.join(others[:3])}: a subclass of nn.Linear, whose forward may differ, which "
+                    "structurize leaves alone; make its layer with from_dense yourself)"
+                    if others
+                    else ""
+                )
                 raise ValueError(
-                    f"structurize: the pattern {pattern!r} matches no nn.Linear of the model; "
+                    f"structurize: the pattern {pattern!r} matches no nn.Linear of the model{skipped}; "
                     + (f"its nn.Linear layers: {listing}" if names else "it has no nn.Linear")
                 )
 
