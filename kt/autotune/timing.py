@@ -246,7 +246,7 @@ def energy_cuda(
     try:
         if flush is None:
             joules, seconds, calls, graph = _loop_energy(meter, fn, runtime_ms, settings.energy_s)
-            flush_joules = 0.0
+            flush_joules = flush_ms = 0.0
         else:
             flush_ms = _flush_ms(flush)
             pair_j, pair_s, calls, graph = _loop_energy(
@@ -262,9 +262,12 @@ def energy_cuda(
         if joules <= 0:  # the counter did not move, or the flush's energy swamped the kernel's
             return {**values, "energy_status": "no energy figure: the counter moved too little over the loop"}
         energy_mj = joules * 1000.0 / calls
+        # a call's time in the loop: a second of back-to-back calls can run slower than the timed ones (the
+        # power cap's clocks), and the timed runtime then overstated the power (831 W on a 700 W H200)
+        loop_ms = seconds * 1000.0 / calls - flush_ms
         values.update(
             energy_mj=energy_mj,
-            power_w=energy_mj / runtime_ms,  # mJ per ms: the kernel's average power while it runs
+            power_w=energy_mj / max(runtime_ms, loop_ms),  # mJ per ms: the average power while it runs
             sm_clock_mhz=meter.sm_clock_mhz(),
             temperature_c=meter.temperature_c(),
             energy_status="ok",
