@@ -678,7 +678,16 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
         raise KtError(
             f"update: {path} is a dry run's report or holds no quick tune: only GPU runs go into {benchmarks}"
         )
+    if not benchmarks.parent.is_dir():
+        raise KtError(f"update: the folder of {str(benchmarks)!r} does not exist")
     text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
+    if text.count(BEGIN) + text.count(END) and (
+        text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END)
+    ):
+        raise KtError(
+            f"update: {str(benchmarks)!r} holds {text.count(BEGIN)} {BEGIN!r} and {text.count(END)} {END!r} "
+            "markers; it needs one of each, begin first (or none: the table is then appended)"
+        )
     atomic_write_text(
         benchmarks,
         merge_table(text, rows[0]["device"], [_benchmarks_line(r) for r in rows]),
@@ -696,7 +705,8 @@ TABLE_HEAD = (
 
 def merge_table(text: str, device: str, lines: list[str]) -> str:
     """`text` (BENCHMARKS.md) with `lines` as `device`'s rows of the table between the kt bench markers: that
-    device's earlier rows replaced, other devices' kept; the markers and table appended when missing."""
+    device's earlier rows of the same cases replaced, its other cases' rows (a run with --only) and other
+    devices' kept; the markers and table appended when missing (update_benchmarks refuses malformed ones)."""
     old: list[str] = []
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -704,8 +714,15 @@ def merge_table(text: str, device: str, lines: list[str]) -> str:
         old = [line for line in body.splitlines() if line.startswith("| ") and line not in TABLE_HEAD]
     else:
         head, tail = text.rstrip("\n") + "\n\n", "\n"
-    kept = [line for line in old if not line.startswith(f"| {device} |")]
+    new = {_row_key(line) for line in lines}
+    kept = [line for line in old if _row_key(line) not in new]
     return head + BEGIN + "\n".join(["", *TABLE_HEAD, *kept, *lines, ""]) + END + tail
+
+
+def _row_key(line: str) -> tuple[str, str]:
+    """A kt bench table row's (device, case): its first and third cells."""
+    cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+    return cells[0], cells[2] if len(cells) > 2 else ""
 
 
 def _benchmarks_line(r: dict[str, str]) -> str:

@@ -87,16 +87,51 @@ def test_a_dry_runs_report_never_goes_into_benchmarks_md(smoke_run, tmp_path):
     assert target.read_text() == "# Benchmarks\n"
 
 
-def test_merging_keeps_other_devices_rows_and_replaces_this_devices():
-    """Table rows are opaque text here (no figures): what is checked is which rows survive a merge."""
-    first = merge_table("# Benchmarks\n\nintro\n", "gpu-a", ["| gpu-a | row 1 |"])
+def test_merging_replaces_this_devices_rows_of_the_same_cases_and_keeps_the_rest():
+    """Table rows are opaque text here (no figures): what is checked is which rows survive a merge. A row is
+    (device, date, case, ...); a run with --only replaced all of its device's rows, the other cases' too."""
+    first = merge_table(
+        "# Benchmarks\n\nintro\n", "gpu-a", ["| gpu-a | day 1 | dense |", "| gpu-a | day 1 | fft |"]
+    )
     assert first.startswith("# Benchmarks\n\nintro\n\n" + BEGIN) and first.rstrip().endswith(END)
-    second = merge_table(first, "gpu-b", ["| gpu-b | row 1 |"])
-    third = merge_table(second, "gpu-a", ["| gpu-a | row 2 |", "| gpu-a | row 3 |"])
+    second = merge_table(first, "gpu-b", ["| gpu-b | day 1 | dense |"])
+    third = merge_table(second, "gpu-a", ["| gpu-a | day 2 | dense |", "| gpu-a | day 2 | monarch |"])
     body = third.split(BEGIN)[1].split(END)[0]
     rows = [line for line in body.splitlines() if line.startswith("| ") and line not in TABLE_HEAD]
-    assert rows == ["| gpu-b | row 1 |", "| gpu-a | row 2 |", "| gpu-a | row 3 |"]
+    assert rows == [
+        "| gpu-a | day 1 | fft |",
+        "| gpu-b | day 1 | dense |",
+        "| gpu-a | day 2 | dense |",
+        "| gpu-a | day 2 | monarch |",
+    ]
     assert third.count(TABLE_HEAD[0]) == 1 and third.startswith("# Benchmarks\n\nintro")
+
+
+H200_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "h200-2026-11-30"
+
+
+def test_the_committed_gpu_run_merges_into_benchmarks_md_unchanged_and_malformed_markers_are_refused(
+    tmp_path,
+):
+    """BENCHMARKS.md's table is what merging the first H200 run gives (a hand-edited row came back as the
+    report had it); misplaced markers crashed the merge (ValueError) or, after an orphan begin marker, lost
+    the text between it and the next table."""
+    benchmarks = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(benchmarks.read_text())
+    done = kt_cli("bench", "--from", str(H200_RUN), "--update", str(copy))
+    assert done.returncode == 0, done.stderr
+    assert copy.read_text() == benchmarks.read_text()
+    for text in (f"# B\n{END}\nx\n{BEGIN}\n", f"# B\n{BEGIN}\nkeep me\n## Other\nkeep me too\n"):
+        target = tmp_path / "bad.md"
+        target.write_text(text)
+        done = kt_cli("bench", "--from", str(H200_RUN), "--update", str(target))
+        assert done.returncode == 2 and "markers; it needs one of each, begin first" in done.stderr, (
+            done.stderr
+        )
+        assert "Traceback" not in done.stderr and target.read_text() == text
+    done = kt_cli("bench", "--from", str(H200_RUN), "--update", str(tmp_path / "missing" / "B.md"))
+    assert done.returncode == 2 and "update: the folder of" in done.stderr and "does not exist" in done.stderr
 
 
 def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path):
