@@ -515,15 +515,14 @@ def _model_noun(name: str, figures: bool = False) -> str:
 
 
 def _gpus(text: str | None, backend: str, ray: str | None = None) -> list[int] | None:
-    """--gpus as indices (None: the default, every visible GPU of GPU 0's model). Given at all, "all" too, it
-    must name GPUs something measures on (check_gpus)."""
+    """--gpus as indices (None: the default, every visible GPU of GPU 0's model). "all" too must name GPUs
+    something measures on (check_gpus, which make_runner calls for indices)."""
     from kt.autotune.gpuinfo import parse_gpus
     from kt.autotune.runners import check_gpus
 
-    if text is None:
-        return None
-    indices = parse_gpus(text)
-    check_gpus(backend, [] if indices is None else indices, ray)  # "all" is the default, but asked for
+    indices = None if text is None else parse_gpus(text)
+    if text is not None and indices is None:  # "all": the default, but asked for (indices are checked later)
+        check_gpus(backend, [], ray)
     return indices
 
 

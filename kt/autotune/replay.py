@@ -362,9 +362,13 @@ def replay_file(
         ]
     )
     result = ReplayResult(
-        str(path), strategy, budget if fraction is not None else int(count), names, [len(s) for s in spaces]
+        str(path),
+        strategy,
+        budget if fraction is not None else int(count),
+        names,
+        [len(s) for s in spaces],
+        repeats=repeats,
     )
-    result.repeats = repeats
     total, done = repeats * len(spaces), 0
     for space, name in zip(spaces, names):
         n = count if fraction is None else max(1, math.ceil(fraction * len(space)))

@@ -165,14 +165,14 @@ class _KtLinear(nn.Module, ABC):
 
     def _apply(self, fn, *args, **kwargs):
         probe = fn(self._weights()[-1].detach()[:0])  # what the conversion would make of a weight, on no data
-        if (probe.is_floating_point() or probe.is_complex()) and not _takes(probe.dtype):
-            # refused before any of this layer's parameters is converted; but model.to() converts the modules in
-            # order, and those before this one have their new dtype already
-            raise TypeError(
-                f"{type(self).__name__}: dtype {probe.dtype} is not one that kt's kernels take; use "
-                f"{', '.join(DTYPES)} (a model-wide conversion may have converted the modules before this layer: "
-                f".to({self.dtype}) restores them)"
-            )
+        if probe.is_floating_point() or probe.is_complex():
+            try:  # refused before any of this layer's parameters is converted
+                _kt_dtype(probe.dtype, type(self).__name__)
+            except TypeError as error:  # model.to() converts the modules in order: those before this one are
+                raise TypeError(
+                    f"{error} (a model-wide conversion may have converted the modules before this layer: "
+                    f".to({self.dtype}) restores them)"
+                ) from None
         result = super()._apply(fn, *args, **kwargs)
         self._refresh()
         return result
