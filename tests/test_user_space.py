@@ -265,3 +265,12 @@ def test_a_structure_value_the_problem_does_not_offer_is_refused_by_the_family()
         raised.value.field == "tune.space.levels"
         and "9 is not a value of this axis; allowed: 1, 2" in str(raised.value)
     )
+
+
+def test_a_budget_over_the_legal_space_is_planned_as_what_the_search_can_spend():
+    """meta.json's tuning.budget recorded 20 (or the spec's 64 under exhaustive) where 12 configs were legal."""
+    spec = spec_with({"space": {"block_m": [64], "block_n": [64], "block_k": [64], "num_stages": [3]}})
+    legal = len(kt.space(spec).legal)
+    for strategy in ("top", "exhaustive", "guided"):
+        plan = kt.plan(spec, budget=legal + 20, strategy=strategy, measures_time=False)
+        assert plan.budget == legal and len(plan.chosen) == legal, (strategy, plan.budget, legal)

@@ -253,6 +253,7 @@ def plan_tuning(
     ):  # without timing it only checks configs
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
     note = note or listed_note
+    budget = min(budget, len(space.legal))  # what the search can spend (meta.json's tuning.budget says it)
     state = SearchState(values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed)
     chosen = strategy.propose(state)[:budget]
     return Plan(
