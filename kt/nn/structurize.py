@@ -42,10 +42,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         if type(module) is nn.Linear:
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
-        elif isinstance(
-            module, nn.Linear
-        ):  # its forward may differ (weight_norm's parametrization, an adapter)
-            subclassed[name] = type(module).__name__
+        elif isinstance(module, nn.Linear):
+            subclassed[name] = type(module).__name__  # its forward may differ (weight_norm's, an adapter's)
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
         names = [name for names in aliases.values() for name in names]
