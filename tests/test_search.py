@@ -13,6 +13,7 @@ from kt.autotune.search import (
     RandomSearch,
     SearchState,
     TopSearch,
+    expected_improvement,
     make_strategy,
     run_search,
 )
@@ -179,3 +180,43 @@ def test_guided_search_polishes_the_best_measured_among_its_neighbours():
     assert picks[1] == int(order[0]), "the rest of the exploiting picks are the model's best"
     without = GuidedSearch(round_size=4, local=0).propose(state)
     assert not {best - 1, best + 1} & set(without[:2])
+
+
+def test_predictions_of_another_quantity_than_the_measurements_rank_alone_and_never_stop_the_search():
+    """An energy search ranked by a model that predicts only time: expected improvement over the best measured
+    (in mJ) would compare joules with seconds, so it is the prediction's own ranking, and cannot stop."""
+    measured = {int(i): float(COST[i]) for i in range(20)}
+    state = SearchState(COST.copy(), np.full(N, 0.1), np.argsort(COST), measured, 50, 5, 0, comparable=False)
+    candidates = np.arange(20, N)
+    ei = expected_improvement(state, candidates)
+    assert np.array_equal(np.argsort(-ei, kind="stable"), np.argsort(COST[candidates], kind="stable"))
+    strategy = GuidedSearch(patience=1)
+    strategy._size, strategy._budget, strategy._best_history = 2, 70, [1.0] * 10  # long stalled
+    assert len(strategy.propose(state)) == 2, "no stop on an improvement it cannot compute"
+
+
+def test_a_replay_of_a_kt_sweep_compares_predictions_and_measurements_in_the_same_units(monkeypatch):
+    """kt replay of a recorded kt sweep (the H200 run's measured rows, in the repository): the sweep answers in
+    ms, so the model's predictions reach the search in ms too (they were in s: 1000x apart)."""
+    from pathlib import Path
+
+    import kt.autotune.search as search_module
+    from kt.autotune.dataset import read_rows
+    from kt.autotune.replay import replay, sweeps_from_rows
+    from kt.device import get_profile
+
+    csv = Path(__file__).parents[1] / "benchmarks/results/h200-2026-11-30/measurements.csv"
+    sweep = next(s for s in sweeps_from_rows(read_rows(csv), min_configs=20) if "4096x4096x4096" in s.shape)
+    seen = []
+    real = search_module.expected_improvement
+
+    def spy(state, candidates):
+        if state.best is not None:
+            seen.append(
+                np.median([state.objective[i] / v for i, v in state.measured.items() if v is not None])
+            )
+        return real(state, candidates)
+
+    monkeypatch.setattr(search_module, "expected_improvement", spy)
+    replay(sweep, "guided", get_profile("h200"), 16, seed=0)
+    assert seen and all(0.1 < ratio < 10 for ratio in seen), seen

@@ -263,3 +263,36 @@ def test_a_structured_tune_refits_between_rounds_on_its_own_rows(monkeypatch, tm
     assert result.trace.models[0] == "analytic"
     assert result.trace.models[1] == "analytic corrected by a parameter forest on 8 measured points"
     assert len(result.trace.measured) == len(set(result.trace.measured)) <= 16
+
+
+@pytest.mark.parametrize("objective", ["time", "energy", "edp"])
+def test_the_search_compares_predictions_and_measurements_in_the_same_units(
+    runner, tmp_path, monkeypatch, objective
+):
+    """Expected improvement is log(best measured) - log(predicted): the two must be in the same units. The
+    stand-in answers with the analytic model's own prediction (ms, and mJ from the datasheet power), so a
+    measured config's prediction equals its measurement once both are in objective_value's units; they once
+    were 1000x apart (s against ms), so every candidate looked 1000x better than the best and the search
+    never stopped early."""
+    import kt.autotune.search as search_module
+
+    _, power = runner
+    power["w"] = H100.tdp_w if objective != "time" else None
+    seen = []
+    real = search_module.expected_improvement
+
+    def spy(state, candidates):
+        if state.best is not None:
+            measured = {i: v for i, v in state.measured.items() if v is not None}
+            seen.append((state.comparable, [state.objective[i] / v for i, v in measured.items()]))
+        return real(state, candidates)
+
+    monkeypatch.setattr(search_module, "expected_improvement", spy)
+    kt.tune({**SPEC, "tune": {"objective": objective}}, budget=14, db=tmp_path / "t.db", progress=False)
+    assert seen, "the search ranked a round after measuring"
+    if objective == "time":  # before any refit: the analytic model, the stand-in's own figures
+        assert seen[0][0] and np.allclose(seen[0][1], 1.0)
+    assert any(comparable for comparable, _ in seen), "the refits learn the power readings"
+    for comparable, ratios in seen:
+        if comparable:
+            assert 0.2 < np.median(ratios) < 5, ratios

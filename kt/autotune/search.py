@@ -60,6 +60,9 @@ class SearchState:
     fail: np.ndarray | None = None  # the model's chance that each candidate fails (None: not modelled)
     # distance(i): how many parameters every candidate differs from candidate i in (None: no structure known)
     distance: Callable[[int], np.ndarray] | None = None
+    # False: the predictions are of another quantity than the measured values (a tune for energy ranked by a
+    # model that predicts no power): expected improvement then ranks by the prediction alone, and never stops
+    comparable: bool = True
 
     def unmeasured(self) -> list[int]:
         """The candidates not measured yet, in model order."""
@@ -85,8 +88,9 @@ class SearchStrategy(ABC):
 def expected_improvement(state: SearchState, candidates: np.ndarray) -> np.ndarray:
     """Expected improvement of log(objective) over the best measured, per candidate, with the prediction's
     spread as a normal's standard deviation (0 spread: the plain predicted improvement). Times the chance the
-    candidate runs at all, when failures are modelled."""
-    best = state.best
+    candidate runs at all, when failures are modelled. The predictions and the measured values must be in the
+    same units (run_search's `objective`)."""
+    best = state.best if state.comparable else None
     mu = np.log(np.maximum(state.objective[candidates], 1e-300))
     if best is None:
         return -mu  # nothing ran yet: the best predicted
@@ -154,7 +158,7 @@ class GuidedSearch(SearchStrategy):
             return []
         ei = expected_improvement(state, todo)
         self._best_history.append(state.best)
-        if self._stalled() and float(ei.max(initial=0.0)) < STOP_GAIN:
+        if state.comparable and self._stalled() and float(ei.max(initial=0.0)) < STOP_GAIN:
             return []
         n_explore = int(size * self.explore) if size >= 2 else 0
         runs = np.ones(len(todo), dtype=bool) if state.fail is None else state.fail[todo] < FAILING
@@ -278,6 +282,7 @@ def run_search(
     out_of_time: Callable[[], bool] | None = None,
     size: int | None = None,
     distance: Callable[[int], np.ndarray] | None = None,
+    comparable: Callable[[Prediction], bool] | None = None,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
@@ -286,7 +291,8 @@ def run_search(
     `measure(indices)` measures them and returns index -> objective value (None when failed);
     `refit()` (adaptive strategies only) refits the model on what has been measured, True when it did;
     `known` holds values measured before (a resumed tune): they count against the budget and are never
-    measured again. `objective` maps a Prediction to the values to minimise (default: runtime), `order` turns
+    measured again. `objective` maps a Prediction to the values to minimise, in the units `measure` answers in
+    (default: runtime in seconds; `comparable(prediction)` False: not comparable at all), `order` turns
     those values into a best-first ordering (default: argsort), `spread` gives the objective's relative
     uncertainty (default: the runtime's). `out_of_time()` true ends the search before its next round (a
     time-boxed run); `measure` may then leave indices out of its answer, and those count as not measured.
@@ -325,6 +331,7 @@ def run_search(
                 seed,
                 fail=prediction.fail_prob,
                 distance=distance,
+                comparable=comparable is None or comparable(prediction),
             )
         if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break

@@ -373,6 +373,9 @@ class TuneResult:
         return save_artifact(self, path)
 
 
+ROW_UNITS = {"time": 1e3, "energy": 1e3, "edp": 1e6}  # Prediction.objective's s, J, J*s -> ms, mJ, mJ*ms
+
+
 def objective_value(row: dict[str, Any], objective: str, power_cap_w: float | None = None) -> float | None:
     """The measured number to minimise for `objective`, or None when the row lacks it (failed, no power
     reading) or drew more than `power_cap_w` watts."""
@@ -962,7 +965,11 @@ class _Tuner:
                 self.seed,
                 refit=self.refit if self.runner.measures_time else None,
                 known=known,
-                objective=lambda p: p.objective(self.plan.objective, self.plan.power_cap_w),
+                # the prediction in objective_value's units (ms, mJ, mJ*ms), the units `measure` answers in
+                objective=lambda p: (
+                    p.objective(self.plan.objective, self.plan.power_cap_w) * ROW_UNITS[self.plan.objective]
+                ),
+                comparable=lambda p: self.plan.objective == "time" or p.power_w is not None,
                 spread=lambda p: p.spread(self.plan.objective),
                 order=lambda values: rank(self.plan.records, values),
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
