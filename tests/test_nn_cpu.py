@@ -388,6 +388,32 @@ def test_under_autocast_a_float32_layer_runs_in_autocasts_dtype_like_nn_linear(n
 
 
 @pytest.mark.parametrize("name", list(SMALL_LAYERS))
+def test_under_autocast_a_layer_already_in_autocasts_dtype_takes_float32_input_and_refuses_the_rest(name):
+    """A bfloat16 layer under bfloat16 autocast with float32 input (a residual stream, a LayerNorm's output)
+    runs as nn.Linear does: on x cast to bfloat16. It was refused (x.dtype is float32, the weights bfloat16),
+    while a float16 layer took it. Integer, bool, complex and float64 input, which autocast does not cast
+    and nn.Linear refuses, were cast silently (complex lost its imaginary part): refused as outside autocast."""
+    layer = SMALL_LAYERS[name]().to(torch.bfloat16)
+    x = torch.randn(3, 5, layer.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        for dtype in (torch.int64, torch.bool, torch.complex64, torch.float64):
+            with pytest.raises(TypeError, match=f"x.dtype is {dtype}"):
+                layer(torch.ones(3, layer.in_features, dtype=dtype))
+    torch.testing.assert_close(y, layer(x.to(torch.bfloat16)), rtol=0, atol=0)
+
+
+def test_one_dim_input_to_a_dense_op_or_a_half_fft_is_the_kernels_own_error():
+    """_row_count read x.shape[-2] (a dense as_op) and x[0][..., 0] (a planar half FFT) before the kernel's
+    argument checks: an IndexError, not the one line that names the shape."""
+    with pytest.raises(ValueError, match=r"planar complex \(2, \.\.\., 64\).*got shape \(64,\)"):
+        knn.FFT(64, dtype=torch.float16)(torch.randn(64).half())
+    with pytest.raises(ValueError, match=r"2-D or 3-D.*\(64,\)"):
+        op = {"op": "dense", "dtype": "float32", "shape": {"n": 48, "k": 64}, "layout": {"a": "row", "b": "row"}}
+        knn.apply(torch.randn(64), [torch.randn(64, 48)], op)
+
+
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
 def test_a_layer_built_on_the_meta_device_is_whole_after_to_empty_and_reset_parameters(name):
     """The large-model recipe: build on the meta device, `to_empty()`, then each module's `reset_parameters()`
     (as nn.Linear has). A block-sparse layer's pattern (its index buffers) comes back from its layout, and the

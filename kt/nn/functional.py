@@ -78,12 +78,13 @@ def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tenso
 
 
 def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
-    """The rows the op's bucket is chosen by: a GEMM's M, else the rows of x (one plane of planar complex)."""
+    """The rows the op's bucket is chosen by: a GEMM's M, else the rows of x (one plane of planar complex). 0
+    for an x of too few dims, which the kernel then refuses in its own words."""
     if spec["op"] == "dense":
-        return x.shape[-2]
+        return x.shape[-2] if x.dim() >= 2 else 0
     if _planar_input(spec):
-        return x[0][..., 0].numel()
-    return x[..., 0].numel()
+        return x[0][..., 0].numel() if x.dim() >= 2 else 0
+    return x[..., 0].numel() if x.dim() else 0
 
 
 def _planar_input(spec: dict[str, Any]) -> bool:

@@ -112,19 +112,23 @@ class _KtLinear(nn.Module, ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(type(self).__name__, x, self.in_features)
         dtype = self._autocast_dtype(x)
-        if dtype is None and x.dtype != self.dtype:
+        if (
+            dtype is not None
+        ):  # torch.autocast: as nn.Linear does, the op runs on a copy of x in autocast's dtype
+            x = x.to(dtype)
+        if x.dtype != self.dtype and dtype is None:
             convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
             raise TypeError(
                 f"{type(self).__name__}: x.dtype is {x.dtype}, but the layer's weights are {self.dtype}; pass "
                 f"x.to({self.dtype}){convert}"
             )
-        if dtype is None:
+        if dtype is None or dtype == self.dtype:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias
         else:
-            # torch.autocast: as nn.Linear does, the op runs in autocast's dtype on copies of x, the weights and
-            # the bias cast to it (the gradients reach the parameters in their own dtype)
+            # and on copies of the weights and the bias cast to it (the gradients reach the parameters in their
+            # own dtype)
             weights = [w.to(dtype) if w.is_floating_point() else w for w in self._weights()]
-            y = self._forward(x.to(dtype), weights, self._op_text_in(dtype))
+            y = self._forward(x, weights, self._op_text_in(dtype))
             bias = None if self.bias is None else self.bias.to(dtype)
         return y + bias if bias is not None else y
 
@@ -132,9 +136,11 @@ class _KtLinear(nn.Module, ABC):
         return apply(x, weights, text)
 
     def _autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """The dtype torch.autocast runs this layer in on x's device, where it is on and not the layer's own."""
-        dtype = autocast_dtype(x)
-        return None if dtype == self.dtype else dtype
+        """The dtype torch.autocast runs this layer in on x's device, where it is on and x is a tensor it casts
+        (floating point, not float64: nn.Linear refuses the others under autocast too)."""
+        if not x.is_floating_point() or x.dtype == torch.float64:
+            return None
+        return autocast_dtype(x)
 
     def _op_text_in(self, dtype: torch.dtype) -> str:
         """`op_text` with the op's dtype changed to `dtype` (made once per dtype, like `op_text`)."""
