@@ -78,11 +78,18 @@ CASES = {
 
 
 def _print(case: str, rows: list[dict]) -> None:
-    print(f"\n| {case}: config | legal now | status | ms | PyTorch ms / kt ms |\n|---|---|---|---|---|")
+    print(
+        f"\n| {case}: config | legal now | status | ms | PyTorch ms / kt ms | build+check s |\n"
+        "|---|---|---|---|---|---|"
+    )
     for row in rows:
         ms = f"{row['runtime_ms']:.4f}" if row.get("runtime_ms") else "-"
         ratio = f"{row['ratio']:.2f}x" if row.get("ratio") else "-"
-        print(f"| {row['config']} | {row['legal']} | {row.get('status', '-')} | {ms} | {ratio} |", flush=True)
+        wall = f"{row['wall_s']:.1f}" if row.get("wall_s") is not None else "-"
+        print(
+            f"| {row['config']} | {row['legal']} | {row.get('status', '-')} | {ms} | {ratio} | {wall} |",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     status=r.status if r.status == "ok" else f"{r.status}: {r.message}"[:120],
                     runtime_ms=ms,
                     rel_err=r.values.get("rel_err"),
-                    wall_s=r.values.get("wall_s"),
+                    wall_s=round(r.wall_s, 2),
                     ratio=base_ms / ms if ms and base_ms else None,
                 )
             _print(name, [row for row in rows if row["case"] == name])  # each case as it ends

@@ -279,8 +279,11 @@ def _runner(settings: _Settings):
     import kt
     from kt.autotune.runners import make_runner
 
+    # one GPU, cuda:0: on a machine of several the pool would time kt's kernel and PyTorch's side by side on
+    # two cards, where the report says same GPU
+    gpus = [0] if settings.backend == "cuda" else None
     return make_runner(
-        settings.backend, kt.resolve_profile("auto"), workers=settings.workers, timeout_s=120.0
+        settings.backend, kt.resolve_profile("auto"), gpus=gpus, workers=settings.workers, timeout_s=120.0
     )
 
 
@@ -608,7 +611,9 @@ def render_report(result: BenchResult) -> str:
         "kt's winner and PyTorch's own path are timed back to back after the tune: L2 flushed before every run, "
         "median of CUDA-event timings, then NVML energy over (flush, call) loops with the flush's energy taken off. "
         "PyTorch's side is its own library call (cuBLAS, cuFFT, ...) with no warm-up beyond the timer's own; "
-        "kt's side is the tuned kernel, its configs chosen by a short tune of the same run."
+        "kt's side is the tuned kernel, its configs chosen by a short tune of the same run. What each side "
+        "keeps between calls differs: kt's butterfly module builds its dense blocks once per twiddle tensor "
+        "(and version) and reuses them, where the per-level loop does all of its work on every call."
         + (f" **{DRY}: no figure below is a measurement.**" if dry else ""),
         "",
         "| case | dtype | PyTorch baseline | kt ms | TFLOP/s | W | mJ/call | SM MHz | PyTorch ms | PyTorch W "

@@ -190,3 +190,18 @@ def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypa
     assert row["status"].startswith("failed (past its time share): KtError: none of the 3 candidates passed")
     line = bench._benchmarks_line({**row, "device": "GPU", "date": "d", "command": "c", "gpu_run": "True"})
     assert "| failed (past its time share)" in line and "| - | - | `c` |" in line
+
+
+def test_kt_bench_measures_on_one_gpu_so_both_sides_share_it(monkeypatch):
+    """The cuda runner takes every visible GPU of cuda:0's model by default: on a machine of several, kt bench's
+    pool timed kt's kernel and PyTorch's side by side on two cards, where its report says same GPU."""
+    from types import SimpleNamespace
+
+    import kt.autotune.runners as runners
+    from kt import bench
+
+    asked = []
+    monkeypatch.setattr(runners, "make_runner", lambda backend, profile, **options: asked.append(options))
+    bench._runner(SimpleNamespace(backend="cuda", workers=1))
+    bench._runner(SimpleNamespace(backend="dryrun", workers=1))
+    assert asked[0]["gpus"] == [0] and asked[1]["gpus"] is None

@@ -61,6 +61,7 @@ def test_the_probe_checks_every_named_config_through_the_dry_run(tmp_path):
     _, keys = probe.CASES["fft fp16 n=1024 rows=1000"]
     assert [r["config"] for r in rows] == [*keys, "pytorch"]
     assert not any(r["runtime_ms"] for r in rows)
+    assert all(float(r["wall_s"]) > 0 for r in rows if r["config"] != "pytorch"), "the build-and-check time"
     # a config legal today builds and checks; one the rules now refuse may fail to build (that is the probe's point)
     assert all(r["status"] == "ok" for r in rows if r["legal"] == "yes"), rows
     assert {r["status"].split(":")[0] for r in rows} <= {"ok", "out_of_resources"}, rows

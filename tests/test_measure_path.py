@@ -192,6 +192,23 @@ def test_an_energy_counter_that_cannot_be_read_is_found_once_and_said_not_raised
     assert here.handle is None and here.reason.startswith("NVML unavailable")
 
 
+class MigNvml(VgpuNvml):
+    """One board in MIG mode, whose counter must not be read: the GPU torch names is a slice of it."""
+
+    def nvmlDeviceGetMigMode(self, handle):
+        return (1, 1)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        raise AssertionError("the board's counter was taken for a MIG slice's")
+
+
+def test_a_mig_slice_gets_no_energy_figure_from_the_whole_boards_counter():
+    """A MIG slice's UUID matches none of NVML's devices; with one board, its counter (every slice's work) was
+    taken for the slice's."""
+    meter = Nvml("MIG-1234", nvml=MigNvml())
+    assert meter.handle is None and "MIG slice" in meter.reason, meter.reason
+
+
 def test_the_parent_names_the_gpu_through_nvml_and_never_opens_cuda(monkeypatch):
     """A GPU in exclusive-process mode takes one context: the tune's own process must not create one."""
     from kt.autotune import gpuinfo
@@ -378,3 +395,40 @@ def test_the_cli_offers_the_dry_run_and_says_what_pytorch_did(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.endswith("PyTorch (torch.linalg.multi_dot): checked, not timed (no GPU)"), last
+
+
+def test_the_sm_clock_and_temperature_are_read_while_the_kernels_energy_loop_runs(monkeypatch):
+    """A row's sm_clock_mhz and temperature_c were read after the flush-only loop (or an idle card), so every
+    H200 row said the maximum clock: they are read once the kernel's loop is queued, before it is waited for.
+    The order of calls is what is checked (no GPU here): the meter's counter never moves, so no figure comes
+    out, and the clock is read all the same."""
+    from kt.autotune import timing
+
+    calls = []
+
+    class Meter:
+        handle, reason = object(), ""
+
+        def energy_mj(self):
+            calls.append("counter")
+            return 0
+
+        def sm_clock_mhz(self):
+            calls.append("clock")
+
+        def temperature_c(self):
+            calls.append("temperature")
+
+        def is_nvml_error(self, exc):
+            return False
+
+    def no_graph():
+        raise RuntimeError("no CUDA graph here")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("sync"))
+    settings = timing.TimingSettings(regime="l2_warm", energy_s=0.01)
+    values = timing.energy_cuda(lambda: calls.append("kernel"), 1.0, Meter(), settings)
+    assert "counter moved too little" in values["energy_status"]
+    last_kernel = max(i for i, call in enumerate(calls) if call == "kernel")
+    assert calls[last_kernel + 1 : last_kernel + 4] == ["clock", "temperature", "sync"], calls

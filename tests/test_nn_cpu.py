@@ -409,7 +409,12 @@ def test_one_dim_input_to_a_dense_op_or_a_half_fft_is_the_kernels_own_error():
     with pytest.raises(ValueError, match=r"planar complex \(2, \.\.\., 64\).*got shape \(64,\)"):
         knn.FFT(64, dtype=torch.float16)(torch.randn(64).half())
     with pytest.raises(ValueError, match=r"2-D or 3-D.*\(64,\)"):
-        op = {"op": "dense", "dtype": "float32", "shape": {"n": 48, "k": 64}, "layout": {"a": "row", "b": "row"}}
+        op = {
+            "op": "dense",
+            "dtype": "float32",
+            "shape": {"n": 48, "k": 64},
+            "layout": {"a": "row", "b": "row"},
+        }
         knn.apply(torch.randn(64), [torch.randn(64, 48)], op)
 
 

@@ -170,6 +170,17 @@ def test_energy_under_a_cap_without_any_power_reading_falls_back_to_time(runner,
     assert result.table(3), "the table falls back to time as the best did"
 
 
+def test_an_energy_tune_says_which_configs_it_could_not_rank_for_lack_of_an_energy_reading(runner, tmp_path):
+    """Rows of an earlier runtime-only run (no energy loop) in the same database were left out of an energy
+    tune's choice without a word, though one of them may be the fastest config of all."""
+    _, power = runner
+    first = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False)
+    power["w"] = H100.tdp_w  # the datasheet figure, standing in for every later config's reading
+    result = kt.tune(SPEC, budget=16, db=tmp_path / "t.db", progress=False, objective="energy")
+    (note,) = [n for n in result.notes if "no energy reading" in n]
+    assert note.startswith(f"{len(first.rows)} of {len(result.rows)} passing configs") and "energy" in note
+
+
 def test_the_python_api_checks_the_power_cap(runner, tmp_path):
     with pytest.raises(kt.SpecError, match="power_cap_w: must be a number of watts"):
         kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, power_cap_w=0)

@@ -133,6 +133,14 @@ def _summary(times_ms: list[float], prefix: str) -> dict[str, Any]:
     }
 
 
+def _mig_enabled(nvml, handle) -> bool:
+    """Whether MIG mode is on for the board `handle` (False where NVML cannot say: no MIG on that card)."""
+    try:
+        return bool(nvml.nvmlDeviceGetMigMode(handle)[0])
+    except Exception:
+        return False
+
+
 class Nvml:
     """NVML for one GPU, probed once: `reason` says why its energy cannot be read (no NVML, no matching device,
     or a counter that refuses to be read, as on a vGPU or a MIG slice), else it is empty.
@@ -154,7 +162,14 @@ class Nvml:
                 if uuid and uuid.lower() in _text(nvml.nvmlDeviceGetUUID(handle)).lower():
                     self.handle = handle
             if self.handle is None and count == 1:
-                self.handle = nvml.nvmlDeviceGetHandleByIndex(0)
+                only = nvml.nvmlDeviceGetHandleByIndex(0)
+                if uuid and _mig_enabled(nvml, only):  # a MIG slice's UUID is none of NVML's devices'
+                    self.reason = (
+                        f"the GPU (UUID {uuid}) is a MIG slice: NVML's only energy counter is the whole "
+                        "board's, other slices' work included"
+                    )
+                    return
+                self.handle = only
             if self.handle is None:
                 self.reason = f"no NVML device matches the GPU (UUID {uuid})"
                 return
@@ -216,9 +231,10 @@ def _replayer(step: Callable[[], None], reps: int) -> tuple[Callable[[], None], 
 
 
 def _loop_energy(
-    meter, step: Callable[[], None], step_ms: float, seconds: float
+    meter, step: Callable[[], None], step_ms: float, seconds: float, during: Callable[[], None] | None = None
 ) -> tuple[float, float, int, bool]:
-    """(joules, seconds, calls, graph used) of `step` repeated for about `seconds`, from the energy counter."""
+    """(joules, seconds, calls, graph used) of `step` repeated for about `seconds`, from the energy counter.
+    `during()` runs once the loop is queued and before it ends: while the GPU runs it (its clock, say)."""
     import torch
 
     reps = max(1, min(2000, int(10.0 / max(step_ms, 1e-3))))  # one replay is about 10 ms of work
@@ -228,6 +244,8 @@ def _loop_energy(
     e0, t0 = meter.energy_mj(), time.perf_counter()
     for _ in range(replays):
         replay()
+    if during is not None:
+        during()
     torch.cuda.synchronize()
     e1, t1 = meter.energy_mj(), time.perf_counter()
     return (e1 - e0) / 1000.0, t1 - t0, replays * per_replay, graph
@@ -243,14 +261,23 @@ def energy_cuda(
     if meter.handle is None:
         return {"energy_status": meter.reason or "no energy counter"}
     flush = torch.empty(settings.flush_bytes, dtype=torch.int8, device="cuda") if settings.flushed else None
+    state: dict[str, Any] = {}
+
+    def read_state() -> None:  # while the kernel's loop runs: not the flush loop's (or an idle card's) clock
+        state.update(sm_clock_mhz=meter.sm_clock_mhz(), temperature_c=meter.temperature_c())
+
     try:
         if flush is None:
-            joules, seconds, calls, graph = _loop_energy(meter, fn, runtime_ms, settings.energy_s)
+            joules, seconds, calls, graph = _loop_energy(meter, fn, runtime_ms, settings.energy_s, read_state)
             flush_joules = flush_ms = 0.0
         else:
             flush_ms = _flush_ms(flush)
             pair_j, pair_s, calls, graph = _loop_energy(
-                meter, lambda: (flush.zero_(), fn()), runtime_ms + flush_ms, settings.energy_s / 2
+                meter,
+                lambda: (flush.zero_(), fn()),
+                runtime_ms + flush_ms,
+                settings.energy_s / 2,
+                read_state,
             )
             only_j, _, flushes, flush_graph = _loop_energy(
                 meter, flush.zero_, flush_ms, settings.energy_s / 2
@@ -268,8 +295,7 @@ def energy_cuda(
         values.update(
             energy_mj=energy_mj,
             power_w=energy_mj / max(runtime_ms, loop_ms),  # mJ per ms: the average power while it runs
-            sm_clock_mhz=meter.sm_clock_mhz(),
-            temperature_c=meter.temperature_c(),
+            **state,
             energy_status="ok",
         )
         if flush is not None:

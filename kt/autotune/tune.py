@@ -1092,6 +1092,15 @@ def choose_best(
             objective = "time"
             scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
             scored = [(v, r) for v, r in scored if v is not None]
+        elif objective != "time" and len(scored) < len(passing):
+            unread = [r for r in passing if r.get("energy_mj") is None]
+            if unread:  # an earlier run's runtime-only rows, or a counter that moved too little
+                fastest = min(unread, key=lambda r: r["runtime_ms"])
+                notes.append(
+                    f"{len(unread)} of {len(passing)} passing configs have no energy reading and are not "
+                    f"ranked by {objective} (the fastest of them: {fastest['config_key']}, "
+                    f"{fastest['runtime_ms']:.4g} ms)"
+                )
         theirs = objective_value(baseline, objective, power_cap_w) if baseline else None
         best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
         if theirs is not None and (best_value is None or theirs <= best_value):
