@@ -397,7 +397,8 @@ def evaluate_model(
     from kt.errors import DatabaseError, ModelError
 
     if model is not None:
-        forest = ForestModel.load(model, resolve_profile(device) if device else None)
+        # a model of the same architecture stands in for another card, as the shipped H100 one does in a tune
+        forest = ForestModel.load(model, resolve_profile(device) if device else None, stand_in=True)
         records, dropped_rows, dropped_shapes = unseen(
             forest, _measured_records(data, forest.device, gpu, model)
         )

@@ -672,6 +672,20 @@ def test_inspect_scores_structured_ops_by_their_stored_predictions_and_the_fores
     assert not (tmp_path / "m.skops").exists()
 
 
+def test_the_shipped_h100_forest_is_scored_on_h200_rows_as_a_tune_uses_it(tmp_path):
+    """kt tune ranks an H200's configs with the H100's forest (same architecture, the H200's own roofline), but
+    `kt costmodel eval --model` and `kt inspect --model` refused that file for h200 rows (fitted for h100), so
+    the model a tune uses could not be scored on the only GPU rows kt has of its own kernels."""
+    shipped = Path(__file__).resolve().parents[1] / "kt" / "costmodel" / "models" / "h100.skops"
+    result = kt("costmodel", "eval", "--data", H200_ROWS, "--model", shipped, "--device", "h200")
+    assert result.exit_code == 0, result.stderr
+    assert "237 rows, 14 problems, 11 shapes" in result.stdout, result.stdout
+    result = kt("inspect", H200_ROWS, "--model", shipped, "--plots", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    refused = kt("costmodel", "eval", "--data", H200_ROWS, "--model", shipped, "--device", "a100")
+    assert_one_line_error(refused, "h100")  # another architecture: no stand-in
+
+
 def test_inspect_ranks_each_structured_problem_within_itself(tmp_path):
     """A structured config's own `group` field (blocks per program) overwrote the record's group (its problem):
     a Monarch of 16384 rows was ranked with a butterfly of 8192, each problem split by that field."""

@@ -96,6 +96,15 @@ def test_ranking_metrics_skip_groups_of_one_row_and_are_nan_without_a_group_of_t
     assert math.isnan(topk_recall([1, 2], [2, 1], ["a", "b"]))
 
 
+def test_top_k_recall_skips_groups_of_k_rows_or_fewer_where_any_model_scores_one():
+    """A problem of 5 or fewer configs (a small tune, a `tune.configs` list) gave top-5 recall 1.0 to a model
+    that ranked it exactly backwards."""
+    true, groups = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 4.0, 5.0], list("aaabbbbb")
+    backwards = [-t for t in true]
+    assert math.isnan(topk_recall(true, backwards, groups, k=5))
+    assert topk_recall(true + [6.0], backwards + [-6.0], groups + ["b"], k=5) == pytest.approx(4 / 5)
+
+
 def test_a_report_prints_a_dash_for_a_metric_it_cannot_measure():
     report = Report(np.array([1.0, 2.0]), np.array([1.5, 2.5]), ["a", "b"])
     assert math.isnan(report.metrics["top1_score"]) and math.isnan(report.metrics["spearman_within_shape"])
@@ -112,7 +121,8 @@ def test_topk_recall_is_the_share_of_the_true_best_k_that_the_model_also_puts_fi
     groups = ["a", "a", "a", "a", "b"]
     # a: true best 2 are rows 0 and 1, predicted best 2 rows 0 and 2: 1/2; b has one row and is left out.
     assert topk_recall(true, pred, groups, k=2) == pytest.approx(0.5)
-    assert topk_recall(true, pred, groups, k=4) == pytest.approx(4 / 4)
+    assert topk_recall(true, pred, groups, k=3) == pytest.approx(3 / 3)
+    assert math.isnan(topk_recall(true, pred, groups, k=4)), "a's best 4 are all its rows, whatever the model"
 
 
 SHAPES = [(4096, 4096, 4096), (1024, 4096, 512), (300, 2000, 1000), (64, 8192, 4096), (2048, 512, 8192)]

@@ -317,7 +317,7 @@ def _forest_report(
         records = [r for r, g in zip(records, gemm) if g]
     runtime, power, groups = measured_arrays(records)
     if model_path is not None:
-        model = ForestModel.load(model_path, profile)
+        model = ForestModel.load(model_path, profile, stand_in=True)  # as a tune uses it (H100 for H200)
         if model.device.key != result.target:
             raise ModelError(
                 f"model: {str(model_path)!r} was fitted for device {model.device.key}, and these rows were "

@@ -164,7 +164,7 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
         )
     if str(model) == "analytic":
         return AnalyticModel(profile)
-    return ForestModel.load(model, profile)
+    return ForestModel.load(model, profile, stand_in=True)  # same architecture: as kt's own model
 
 
 _SHIPPED: dict[tuple, Any] = {}  # (file, its mtime and size, profile key) -> the loaded ForestModel

@@ -102,17 +102,17 @@ def top1_score(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> flo
 
 
 def topk_recall(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], k: int = 5) -> float:
-    """Mean over groups of at least 2 rows of the share of the true best k that the model also puts in its best
-    k; NaN when no group has 2 rows. Rows tied at the model's k-th value share its remaining places at random:
-    each counts with the chance it gets one (and so do measured ties at the k-th best time)."""
+    """Mean over groups of more than k rows of the share of the true best k that the model also puts in its best
+    k; NaN when no group has more than k rows (in a group of k or fewer both best k are every row: any model
+    scores 1). Rows tied at the model's k-th value share its remaining places at random: each counts with the
+    chance it gets one (and so do measured ties at the k-th best time)."""
     true, pred = np.asarray(true, dtype=np.float64), _nan_last(np.asarray(pred, dtype=np.float64))
     scores = []
     for rows in _by_group(groups).values():
-        if len(rows) < 2:
+        if len(rows) <= k:
             continue
-        kk = min(k, len(rows))
-        picked, measured = _top_chances(pred[rows], kk), _top_chances(true[rows], kk)
-        scores.append(float(picked @ measured) / kk)
+        picked, measured = _top_chances(pred[rows], k), _top_chances(true[rows], k)
+        scores.append(float(picked @ measured) / k)
     return float(np.mean(scores)) if scores else float("nan")
 
 
