@@ -292,3 +292,22 @@ def test_the_tma_kernel_builds_with_tma_and_wgmma_within_its_shared_memory_estim
         values = outcome.values
         assert values["tma"] == 1 and values["mma_kind"] == "wgmma" and values["local_bytes"] == 0, values
         assert shared_memory(problem, config) - 128 < values["smem_bytes"] <= shared_memory(problem, config)
+
+
+# Every build converts its output tile's layout through shared memory before the store: A100 float16
+# m128n128k16 w8 s2 keeps one 8 KiB pipeline stage and allocates 32 KiB (the estimate counted 8 KiB before). A
+# K that is no multiple of 16 elements makes the loads scalar: m128n128k64 w4 spills on (4096, 4100, 4104).
+def test_the_estimate_bounds_the_output_tile_scratch_and_unaligned_rows_spill_as_legality_says(pool):
+    odd, config = GemmProblem(4096, 4100, 4104), GemmConfig(128, 128, 64, num_warps=4, num_stages=3)
+    scratch = GemmConfig(128, 128, 16, num_warps=8, num_stages=2)
+    tasks = [compile_task(0, GemmProblem(4096, 4096, 4096), scratch, A100.smem_per_block, 80)]
+    tasks.append(compile_task(1, odd, config))
+    built, spilled = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    assert built.status == "ok", built.message
+    assert (
+        built.values["smem_bytes"]
+        == 32768
+        <= built_shared_memory(GemmProblem(4096, 4096, 4096), scratch, A100)
+    )
+    assert spilled.status == "out_of_resources" and "spills registers" in spilled.message
+    assert "unaligned operand tiles" in gemm_illegal_reason(odd, config, H100)

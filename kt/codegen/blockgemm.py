@@ -179,14 +179,19 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
     # A launch whose tiles are thin in K can need more for its epilogue: storing a (BLOCK_B, BLOCK_N) tile to a
     # feature-major intermediate converts its layout through shared memory (b256n64k16 builds took 32 KiB
     # where the pipelined tiles held 30).
-    # A complex launch over several blocks held one more x tile (FFT fp16 b64n64k32g4w8s2: 36 KiB for 32).
+    # A complex launch over several blocks held one more x tile (FFT fp16 b64n64k32g4w8s2: 36 KiB for 32); in one
+    # block, sampled sm_90 wgmma builds (Triton 3.9, 2026-12-03) held up to 4096 bytes more than their pipelined
+    # tiles, with 64 rows (b64n128k64g1w8s3: 151552 built, 147456 in the tiles; b64n32k32g1w8s3, b64n64k64g1w8s3
+    # and b64n128k128g1w8s2 alike), none with 128 or 256.
     tiles = config.num_stages * (config.block_b + config.block_n) * config.block_k
     smem = max(tiles, config.block_b * config.block_n) * planes * size
-    if planes == 2 and config.group > 1:
-        smem += config.block_b * config.block_k * size
+    if planes == 2:
+        smem += config.block_b * config.block_k * size if config.group > 1 else COMPLEX_SCRATCH
     return smem, config.block_b * config.block_n * planes // threads
 
 
+COMPLEX_SCRATCH = 4096  # bytes a complex launch in one block held beyond its tiles (resources)
+COMPLEX_DEEP_K_REGS = 112  # a 16-bit complex launch in one block, K steps over 32 (illegal_reason)
 MAX_GRID_YZ = 65535  # CUDA's gridDim.y and gridDim.z (the interpreter has no such limit)
 
 
@@ -218,6 +223,25 @@ def illegal_reason(
         return (
             f"K step over {2 * MIN_DOT} for complex dots over several blocks (a sampled sm_90 build spilled)"
         )
+    # In one block too, a complex launch's deep K steps keep its four operand tiles (16-bit, two to a register)
+    # beside the two accumulators: sampled float16 builds with K steps of 64 and 128 (Triton 3.9, 2026-12-03,
+    # sm_80 and sm_90, n = 4096, real and complex input, 48 of them) spilled at all 255 registers over 112
+    # registers per thread of accumulator and operands (b64n64k64g1w4: 64 + 64; b128n32k64g1w4: 64 + 80;
+    # b16n128k128g1w4: 32 + 144; b256n16k64g1w4: 64 + 136), and never at or below it (b128n32k128g1w8: 32 + 80;
+    # b128n64k64g1w8: 64 + 48), but for A100 b64n64k128g1w8 (32 + 64). K steps of 32 built clean past it.
+    if (
+        is_complex(problem)
+        and config.group == 1
+        and config.block_k > 2 * MIN_DOT
+        and itemsize(problem.dtype) == 2
+    ):
+        threads = config.num_warps * device.warp_size
+        operands = 2 * (config.block_b + config.block_n) * config.block_k // (2 * threads)
+        if acc + operands > COMPLEX_DEEP_K_REGS:
+            return (
+                f"accumulator and operand tiles over {COMPLEX_DEEP_K_REGS} registers per thread for complex dots "
+                f"with a K step over {2 * MIN_DOT}"
+            )
     # A complex launch's four dots keep two accumulators and four operand tiles beside them: in the sm_90
     # builds every such config with 128 accumulator registers per thread spilled at all 255 registers (`kt show
     # --ptx`; the FFT's b256n64k32g1w8s4, a 120 s compile timeout on the first H200 run, among them), none with

@@ -15,7 +15,7 @@ from typing import Any
 
 from kt.axes import BSR_GRAD_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import accumulator_reason, config_from_mapping, padded
+from kt.codegen.gemm import accumulator_reason, config_from_mapping, output_tile_bytes, padded
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BsrGradProblem
@@ -57,9 +57,12 @@ class BsrGradConfig:
 
 
 def resources(problem: BsrGradProblem, config: BsrGradConfig, device: DeviceProfile) -> tuple[int, int]:
-    """Shared-memory bytes (pipelined dy and x tiles) and fp32 accumulator registers per thread of a program."""
+    """Shared-memory bytes (every pipeline stage's dy and x tiles, or the output tile's layout conversion before
+    its store when that is larger: `kt.codegen.gemm.output_tile_bytes`, fp32 for a split's partial sums) and
+    fp32 accumulator registers per thread of a program."""
     smem = config.num_stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
-    return smem, config.block_m * config.block_n // (config.num_warps * device.warp_size)
+    out = output_tile_bytes(config.block_m, config.block_n, problem.dtype, config.split > 1)
+    return max(smem, out), config.block_m * config.block_n // (config.num_warps * device.warp_size)
 
 
 def illegal_reason(problem: BsrGradProblem, config: BsrGradConfig, device: DeviceProfile) -> str | None:

@@ -96,20 +96,29 @@ def wgmma_build(problem: GemmProblem, config: GemmConfig, device: DeviceProfile)
     )
 
 
+def output_tile_bytes(block_m: int, block_n: int, dtype: str, fp32_out: bool) -> int:
+    """Bytes of the scratch a build converts its (block_m, block_n) output tile's layout through before the
+    store (the dot's accumulator layout to the store's): the tile in the stored dtype, fp32 for a split's
+    partial sums (`fp32_out`). Sampled sm_80 and sm_90 builds (Triton 3.9, 2026-12-03) allocated up to this much
+    where the pipeline's tiles were smaller (A100 float16 m128n128k16 w8 s2: 32768 bytes built, 8192 in its one
+    kept stage; m64n32k16 split 16: 8192, an fp32 tile)."""
+    return block_m * block_n * (4 if fp32_out else itemsize(dtype))
+
+
 def built_shared_memory(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> int:
-    """Bytes of shared memory a build of `config` for `device` allocates, for legality (`shared_memory`, the
-    cost model's feature, stays as the forests were fitted). Sampled sm_80 and sm_90 builds (Triton 3.9,
+    """Bytes of shared memory a build of `config` for `device` allocates at most, for legality (`shared_memory`,
+    the cost model's feature, stays as the forests were fitted). Sampled sm_80 and sm_90 builds (Triton 3.9,
     2026-12-02, tests/test_compile_target.py) keep every pipeline stage only with wgmma; mma.sync and FMA
-    builds keep stages - 1 (at least one), and a wgmma split-K build converts its fp32 tile through shared
-    memory (BM x BN x 4 bytes, reusing the pipeline's). The TMA kernel keeps `shared_memory`'s figure."""
+    builds keep stages - 1 (at least one). Every build also converts its C tile's layout through shared memory
+    before the store (`output_tile_bytes`: BM x BN in C's dtype, fp32 with split-K), reusing the pipeline's,
+    so a build allocates the larger of the two. The TMA kernel keeps `shared_memory`'s figure (its C tile is
+    staged there already)."""
     if config.tma:
         return shared_memory(problem, config)
     wgmma = wgmma_build(problem, config, device)
     stages = config.num_stages if wgmma else max(1, config.num_stages - 1)
     smem = stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
-    if wgmma and config.split_k > 1:
-        smem = max(smem, config.block_m * config.block_n * 4)
-    return smem
+    return max(smem, output_tile_bytes(config.block_m, config.block_n, problem.dtype, config.split_k > 1))
 
 
 def tma_reason(problem: GemmProblem, config: GemmConfig) -> str | None:
@@ -183,6 +192,53 @@ def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
     return None
 
 
+DIVISIBILITY = 16  # elements: Triton specialises an integer argument divisible by 16 (tt.divisibility)
+
+
+def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
+    """Whether A's and B's rows (along their unit-stride dim) are, as the classic kernel's launch sees them, not
+    known to be 16-element aligned: the leading stride (the problem's contiguous layouts give it: K or M for A,
+    N or K for B), and the mask's bound along the same dim must be a multiple of 16 (then a batch's stride is too), or
+    Triton cannot vectorise the loads (no cp.async: each element is loaded on its own, through registers)."""
+
+    a_lead = problem.m if problem.a_layout == "col" else problem.k
+    b_lead = problem.k if problem.b_layout == "col" else problem.n
+    return a_lead % DIVISIBILITY != 0, b_lead % DIVISIBILITY != 0
+
+
+def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
+    """Why a 16-bit classic-kernel build whose operand rows are not 16-element aligned would spill, or None.
+
+    Such a build loads the unaligned operand's tile element by element into registers (no cp.async, no
+    software pipeline: the stage count made no difference), so its tile counts beside the accumulator: `acc +
+    BM*BK/threads` (A unaligned) `+ BK*BN/threads` (B unaligned). A designed sample of 351 sm_80 and sm_90
+    builds (Triton 3.9, 2026-12-03: float16 and bfloat16, 4096 x {4096, 4100} x {4096, 4104}, 11 tiles, K steps
+    of 32 to 128, stages 2 to 5) spilled at all 255 registers over 192 (sm_90, wgmma), 144 (sm_80, four or eight
+    warps) and 224 (two warps) and never at or below them (m256n128k64 w8: 128 + 64 + 32 = 224 with K and N
+    unaligned; m128n128k64 w4: 256); clean builds reached 192 (m64n256k32 w4, N unaligned, wgmma)."""
+    if config.tma or itemsize(problem.dtype) != 2:
+        return None
+    a_unaligned, b_unaligned = unaligned_operands(problem)
+    if not (a_unaligned or b_unaligned):
+        return None
+    threads = config.num_warps * device.warp_size
+    regs = accumulator_registers(config, device.warp_size)
+    regs += config.block_m * config.block_k // threads if a_unaligned else 0
+    regs += config.block_k * config.block_n // threads if b_unaligned else 0
+    if config.num_warps < 4:
+        limit = 7 * device.acc_regs_limit // 4  # 224 of 128
+    elif device.compute_capability >= 90:
+        limit = 3 * device.acc_regs_limit // 2  # 192
+    else:
+        limit = 9 * device.acc_regs_limit // 8  # 144
+    if regs > limit:
+        return (
+            f"accumulator and unaligned operand tiles over {limit} registers per thread (rows not 16-element "
+            "aligned: scalar loads)"
+        )
+    return None
+
+
 def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
     """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
     if config.tma:
@@ -209,7 +265,7 @@ def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfi
         return "tile larger than the padded problem"
     if config.split_k > 1 and config.split_k > -(-problem.k // config.block_k):
         return "more K splits than K tiles"
-    return None
+    return unaligned_reason(problem, config, device)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from kt.axes import TILE_AXES, TILE_FIELDS
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import accumulator_reason, config_from_mapping, padded
+from kt.codegen.gemm import accumulator_reason, config_from_mapping, output_tile_bytes, padded, wgmma_build
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
@@ -148,17 +148,25 @@ def _bsr_terms(problem: TileSumProblem) -> list[BlockSparseProblem]:
 
 
 def resources(problem: TileSumProblem, config: TileConfig, device: DeviceProfile) -> tuple[int, int]:
-    """Estimated shared-memory bytes (pipelined tiles) and fp32 accumulator registers per thread of a program."""
+    """Shared-memory bytes a build allocates at most, and fp32 accumulator registers per thread of a program.
+
+    Pipelined tiles as the dense GEMM's builds keep them (`kt.codegen.gemm.built_shared_memory`): every stage
+    with wgmma, stages - 1 (at least one) with mma.sync and FMA dots, where sampled Triton 3.9 builds kept at
+    most that many (block-sparse float16 m256n32k128 w8 s3 on the A100: 73736 bytes built, 221184 by every
+    stage's count; float32 low-rank m128n32k32 w8 s3: 40960, two stages). The output tile's layout conversion
+    before the store reuses them (`output_tile_bytes`; fp32 for a split's workspace): low-rank bfloat16
+    m256n64k16 w8 s2 split 2 on the H100 built 65536 bytes where its pipelined tiles held 20480."""
     size = itemsize(problem.dtype)
     threads = config.num_warps * device.warp_size
+    stages = config.num_stages if wgmma_build(problem, config, device) else max(1, config.num_stages - 1)
     if config.fused and isinstance(problem, ChainProblem):
         rank = padded(problem.dims[1])
-        smem = (
-            config.num_stages * (config.block_m + rank) * config.block_k * size + rank * config.block_n * size
-        )
-        return smem, config.block_m * (rank + config.block_n) // threads
-    smem = config.num_stages * (config.block_m + config.block_n) * config.block_k * size
-    return smem, config.block_m * config.block_n // threads
+        smem = stages * (config.block_m + rank) * config.block_k * size + rank * config.block_n * size
+        out = output_tile_bytes(config.block_m, config.block_n, problem.dtype, False)
+        return max(smem, out), config.block_m * (rank + config.block_n) // threads
+    smem = stages * (config.block_m + config.block_n) * config.block_k * size
+    out = output_tile_bytes(config.block_m, config.block_n, problem.dtype, config.split > 1)
+    return max(smem, out), config.block_m * config.block_n // threads
 
 
 FUSED_FMA_W2 = 2048  # the W2 tile (rank x block_n) of a fused float32 FMA chain whose builds did not spill
