@@ -70,3 +70,20 @@ def test_a_line_cut_short_is_ended_before_more_are_appended(tmp_path):
     assert path.read_text().splitlines() == ['{"a": 1}', '{"a": 2, "b"', '{"a": 3}']
     end_line(path)  # a whole last line is left as it is
     assert path.read_text().endswith('{"a": 3}\n')
+
+
+@pytest.mark.shipped_models
+def test_the_cost_model_on_kts_own_gpu_rows_is_the_table_in_benchmarks_md():
+    """benchmarks/costmodel_kt_rows.py scores the models a tune ranks with on the H200 run's rows (in this
+    repository): its figures are BENCHMARKS.md's, digit for digit."""
+    from conftest import benchmark_module
+
+    lines, _ = benchmark_module("costmodel_kt_rows").score(
+        ROOT / "benchmarks/results/h200-2026-11-30/measurements.csv"
+    )
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    rows = [line for line in lines if line.startswith("| ") and "%" in line]
+    assert len(rows) == 3
+    for row in rows:
+        figures = row.split(" | ", 1)[1]  # the model's label is shortened in the doc
+        assert figures in text, row

@@ -21,6 +21,7 @@ from conftest import GPPERF, benchmark_module
 from conftest import stand_in_records as shared_stand_in_records
 from sklearn.ensemble import RandomForestRegressor
 
+import kt
 from kt.costmodel.evaluate import ape, cross_validate, r2
 from kt.costmodel.features import FEATURE_NAMES
 from kt.costmodel.forest import (
@@ -381,6 +382,26 @@ def test_a_forest_says_what_of_a_problem_or_device_it_never_saw(fitted, saved):
     assert "dtype float64 (it learned" in note and "\n" not in note
     borrowed = ForestModel.load(saved, H200, stand_in=True)
     assert "device h200 (fitted for h100" in borrowed.unseen({"family": "gemm", "dtype": seen})
+
+
+def test_a_forest_names_the_split_and_launch_order_values_it_never_saw():
+    """The shipped forests learned Inductor's template, which never splits K and launches in groups of 8, yet
+    ranked kt's split-K and other-group configs without a word (on kt's H200 rows it favoured split-K)."""
+    import kt.costmodel.models as models
+
+    shipped = ForestModel.load(Path(models.__file__).parent / "h100.skops")
+    assert shipped.seen_values() == {"split_k": [1], "group_m": [8]}
+    base = {"family": "gemm", "m": 64, "n": 64, "k": 64, "block_m": 32, "block_n": 32, "block_k": 32}
+    records = [{**base, "split_k": s, "group_m": g} for s, g in ((1, 8), (1, 4), (4, 8), (2, 1))]
+    note = shipped.unseen_configs(records)
+    assert "split_k other than 1 (2) or group_m other than 8 (2) of these 4 configs" in note
+    assert shipped.unseen_configs(records[:1]) is None
+
+
+@pytest.mark.shipped_models
+def test_a_tune_from_the_shipped_forest_notes_the_configs_it_extrapolates_to(tmp_path):
+    plan = kt.plan({"op": "dense", "shape": {"m": 256, "n": 256, "k": 4096}, "device": "h100"})
+    assert "the forest never saw split_k other than 1" in plan.model_note
 
 
 def test_kt_predict_warns_in_one_line_for_a_problem_the_model_never_saw(saved, tmp_path):

@@ -271,14 +271,19 @@ def plan_tuning(
         budget,
         note,
         getattr(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, "origin", None),
-        _unseen(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, problem),
+        _unseen(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, problem, records),
     )
 
 
-def _unseen(model, problem: Problem) -> str | None:
-    """ForestModel.unseen for the problem (None for the analytic model, which has no training data)."""
-    unseen = getattr(model, "unseen", None)
-    return unseen(problem.to_record()) if unseen is not None else None
+def _unseen(model, problem: Problem, records: list[dict[str, Any]]) -> str | None:
+    """ForestModel.unseen for the problem and unseen_configs for its legal configs, one line (None for the
+    analytic model, which has no training data)."""
+    if not hasattr(model, "unseen"):
+        return None
+    found = [model.unseen(problem.to_record())]
+    if problem.family == "gemm":  # a structured op's records are its own configs, not GEMM launches
+        found.append(model.unseen_configs(records))
+    return "; ".join(n for n in found if n) or None
 
 
 @dataclass(frozen=True)

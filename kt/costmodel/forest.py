@@ -189,6 +189,10 @@ class ForestModel:
             "shape_keys": shape_keys([r for _, rows in sets for r in rows]),
             "other_devices": [{"device": p.key, "rows": len(rows)} for p, rows in others],
             "baseline_rows": len(baseline) if self.baseline_forest is not None else 0,
+            # the values of the launch-order and split axes it saw (unseen_configs names configs beyond them)
+            "config_values": {
+                key: sorted({int(r[key]) for _, rows in sets for r in rows}) for key in SEEN_AXES
+            },
             "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": source,
         }
@@ -262,6 +266,34 @@ class ForestModel:
         if not new:
             return None
         return f"the cost model never saw this {'; '.join(new)}: its predictions here are extrapolations"
+
+    def seen_values(self) -> dict[str, list[int]]:
+        """The values of SEEN_AXES in the training rows; for a file fitted before kt recorded them, those of its
+        origin where that is known: PyTorch Inductor's mm template (kt's shipped files) never splits K and
+        launches in groups of 8 (kt.autotune.inductor)."""
+        recorded = self.trained.get("config_values")
+        if isinstance(recorded, dict):
+            return {key: list(recorded.get(key) or []) for key in SEEN_AXES}
+        if "Inductor" in str(self.origin or ""):
+            return {"split_k": [1], "group_m": [8]}
+        return {}
+
+    def unseen_configs(self, records: Sequence[dict[str, Any]]) -> str | None:
+        """How many of `records` (candidate configs) have a split or launch order the forest never saw in
+        training, as one line (its predictions for them extrapolate); None when it saw them all."""
+        seen = self.seen_values()
+        parts = []
+        for key, values in seen.items():
+            if values:
+                beyond = sum(1 for r in records if int(r.get(key, values[0])) not in values)
+                if beyond:
+                    parts.append(f"{key} other than {', '.join(map(str, values))} ({beyond})")
+        if not parts:
+            return None
+        return (
+            f"the forest never saw {' or '.join(parts)} of these {len(records)} configs: it extrapolates "
+            "there (BENCHMARKS.md, 'The shipped forest on kt's own GPU rows')"
+        )
 
     def describe(self) -> str:
         t = self.trained
@@ -434,6 +466,9 @@ class ForestModel:
             raise fail from None
         if not records or not same:
             raise fail
+
+
+SEEN_AXES = ("split_k", "group_m")  # config axes a training set may never vary (Inductor's: 1 and 8)
 
 
 def shape_keys(records: Sequence[dict[str, Any]]) -> list[str]:
