@@ -14,7 +14,8 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
   mat1_stride_1), B (k x n) (mat2_stride_0, mat2_stride_1). An operand is `row` when its column stride is 1,
   `col` when its row stride is 1; a leading dimension wider than the matrix (a slice of a wider tensor, as in
   the timm logs) is read as the same layout, since kt's problems carry no leading dimension (the summary counts
-  those lines). An operand with a size-1 dimension is a vector, one contiguous run whatever its other stride,
+  those lines); a problem logged both padded and not becomes one problem, its configs' repeats pooled into one
+  median (h100_timm_train_mm's 25088x80x240 with A's leading dimension 80 and 160: 913 logged, 912 read). An operand with a size-1 dimension is a vector, one contiguous run whatever its other stride,
   so it is `row`: Inductor logged some such vectors under several strides, and their timings agree within
   noise. Any other strides (a broadcast, a strided slice) are an error naming the line.
 - The config is kt's `GemmConfig` with Inductor's blocks, stages and warps, GROUP_M 8 and split-K 1 (Inductor's
