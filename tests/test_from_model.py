@@ -188,6 +188,23 @@ def test_layers_called_with_keywords_or_under_autocast_are_found_as_they_run():
     assert found.modules["linear_b32"] == ["linear", "dense"]
 
 
+def test_a_float64_linear_under_autocast_is_not_recorded_in_autocasts_dtype():
+    """Autocast casts no float64 input: a float64 nn.Linear runs in float64 under it, and was recorded as a
+    bfloat16 op (float64 is no kt dtype: it is skipped, as outside autocast)."""
+
+    class Double(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(32, 48).double()
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.linear(x)
+
+    found = model_ops(Double(), torch.randn(20, 32, dtype=torch.float64))
+    assert not found.specs and "float64" in found.skipped[0][1]
+
+
 def test_names_start_with_the_factory_and_stay_within_100_characters():
     """Two models' nn.Sequential both gave 0_b32 (one tune replaced the other's artifact in a shared folder); a
     long module path at a bucket of seven digits, or its -2 twin, passed 100 characters (a SpecError blamed on the

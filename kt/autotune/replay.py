@@ -161,7 +161,7 @@ def replay(
         objective=lambda p: (
             p.runtime_s * 1e3
         ),  # in the sweep's units (ms): expected improvement compares them
-        order=lambda values: rank(sweep.records, values),
+        order=lambda values: rank(sweep.records, values / 1e3),  # in s, as kt tune ranks
     )
 
 

@@ -244,7 +244,8 @@ def _loop_energy(
     e0, t0 = meter.energy_mj(), time.perf_counter()
     for _ in range(replays):
         replay()
-    if during is not None:
+    if during is not None:  # queued in microseconds from CUDA graphs: wait until the loop is about half run
+        time.sleep(max(0.0, replays * per_replay * step_ms / 2000.0 - (time.perf_counter() - t0)))
         during()
     torch.cuda.synchronize()
     e1, t1 = meter.energy_mj(), time.perf_counter()

@@ -976,7 +976,8 @@ class _Tuner:
                 ),
                 comparable=lambda p: self.plan.objective == "time" or p.power_w is not None,
                 spread=lambda p: p.spread(self.plan.objective),
-                order=lambda values: rank(self.plan.records, values),
+                # ranked as plan_tuning ranks (in s, J, J*s): rank's near-tie buckets are not scale-free
+                order=lambda values: rank(self.plan.records, values / ROW_UNITS[self.plan.objective]),
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
                 distance=self.distance,
             )

@@ -211,11 +211,13 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
 
     Such a build loads the unaligned operand's tile element by element into registers (no cp.async, no
     software pipeline: the stage count made no difference), so its tile counts beside the accumulator: `acc +
-    BM*BK/threads` (A unaligned) `+ BK*BN/threads` (B unaligned). A designed sample of 351 sm_80 and sm_90
-    builds (Triton 3.9, 2026-12-03: float16 and bfloat16, 4096 x {4096, 4100} x {4096, 4104}, 11 tiles, K steps
+    BM*BK/threads` (A unaligned) `+ BK*BN/threads` (B unaligned). The 323 unaligned builds of a designed sample of
+    sm_80 and sm_90 builds (Triton 3.9, 2026-12-03: float16 and bfloat16, 4096 x {4096, 4100} x {4096, 4104}, 11 tiles, K steps
     of 32 to 128, stages 2 to 5) spilled at all 255 registers over 192 (sm_90, wgmma), 144 (sm_80, four or eight
     warps) and 224 (two warps) and never at or below them (m256n128k64 w8: 128 + 64 + 32 = 224 with K and N
-    unaligned; m128n128k64 w4: 256); clean builds reached 192 (m64n256k32 w4, N unaligned, wgmma)."""
+    unaligned; m128n128k64 w4: 256); clean builds reached 192 (m64n256k32 w4, N unaligned, wgmma). Only 16-bit
+    types: unaligned tf32 builds spill too (H100 m128n128k64 w4, A100 m128n64k64 w4 on 4096 x 4100 x 4104), but
+    H100 m64n256k32 w4 (208 by this count) builds clean, so they await their own sample."""
     if config.tma or itemsize(problem.dtype) != 2:
         return None
     a_unaligned, b_unaligned = unaligned_operands(problem)

@@ -70,8 +70,9 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
                 found.skipped.append((path or "(model)", why))
                 return
             weight_dtype = (
-                autocast_dtype(x) or module.weight.dtype
-            )  # F.linear runs in autocast's dtype under it
+                (autocast_dtype(x) if x.is_floating_point() and x.dtype != torch.float64 else None)
+                or module.weight.dtype
+            )  # F.linear runs in autocast's dtype under it (which casts no float64 or integer input)
             try:
                 dtype = dtype_name(weight_dtype)
             except KeyError:
