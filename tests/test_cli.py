@@ -44,7 +44,7 @@ def test_space_prints_sizes_before_and_after_legality_and_a_sample():
         "tune.configs: a field left out takes its default (group_m 8, num_warps 4, num_stages 3, split_k 1, "
         "tma 0); give block_m, block_n, block_k\n"
     ) in done.stdout
-    assert "dropped 1845: shared memory over 227 KiB" in done.stdout
+    assert "dropped 1989: shared memory over 227 KiB" in done.stdout
     # the space says which configs the model expects off Hopper's warpgroup MMA, and why
     assert "MMA of the legal configs: 9984 mma.sync, 7674 wgmma" in done.stdout
     assert "4395 off wgmma: a tile of 16 rows (wgmma needs 64)" in done.stdout
