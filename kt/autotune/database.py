@@ -67,10 +67,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("runtime_p20_ms", "REAL"),
     ("runtime_p80_ms", "REAL"),
     ("runs", "INTEGER"),
-    (
-        "power_w",
-        "REAL",
-    ),  # the call's energy over the longer of its runtime and its time in the loop (the flush's energy taken out)
+    # the call's energy over the longer of its runtime and its time in the loop (the flush's energy taken out)
+    ("power_w", "REAL"),
     ("energy_mj", "REAL"),  # per call
     ("energy_loop_s", "REAL"),
     ("energy_status", "TEXT"),  # ok, or why there is no energy figure (no NVML, a vGPU's counter, ...)

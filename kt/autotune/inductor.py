@@ -15,7 +15,8 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
   `col` when its row stride is 1; a leading dimension wider than the matrix (a slice of a wider tensor, as in
   the timm logs) is read as the same layout, since kt's problems carry no leading dimension (the summary counts
   those lines); a problem logged both padded and not becomes one problem, its configs' repeats pooled into one
-  median (h100_timm_train_mm's 25088x80x240 with A's leading dimension 80 and 160: 913 logged, 912 read). An operand with a size-1 dimension is a vector, one contiguous run whatever its other stride,
+  median (h100_timm_train_mm's 25088x80x240 with A's leading dimension 80 and 160: 913 logged, 912 read).
+  An operand with a size-1 dimension is a vector, one contiguous run whatever its other stride,
   so it is `row`: Inductor logged some such vectors under several strides, and their timings agree within
   noise. Any other strides (a broadcast, a strided slice) are an error naming the line.
 - The config is kt's `GemmConfig` with Inductor's blocks, stages and warps, GROUP_M 8 and split-K 1 (Inductor's

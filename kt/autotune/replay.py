@@ -158,9 +158,7 @@ def replay(
         budget,
         seed,
         refit=refit_,
-        objective=lambda p: (
-            p.runtime_s * 1e3
-        ),  # in the sweep's units (ms): expected improvement compares them
+        objective=lambda p: p.runtime_s * 1e3,  # the sweep's units (ms): expected improvement compares them
         order=lambda values: rank(sweep.records, values / 1e3),  # in s, as kt tune ranks
     )
 

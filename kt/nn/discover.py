@@ -59,7 +59,7 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
             return
         if isinstance(module, (_KtLinear, FFT)):
             op = dict(parsed_op(module.op_text))
-            if isinstance(module, _KtLinear) and (autocast := module._autocast_dtype(x)) is not None:
+            if isinstance(module, _KtLinear) and (autocast := autocast_dtype(x)) is not None:
                 op["dtype"] = dtype_name(autocast)  # the dtype the layer runs in under torch.autocast
             # a DenseLinear multiplies x's rows (all leading dims) as one matrix; _row_count reads a dense op's
             # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
@@ -70,9 +70,8 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
                 found.skipped.append((path or "(model)", why))
                 return
             weight_dtype = (
-                (autocast_dtype(x) if x.is_floating_point() and x.dtype != torch.float64 else None)
-                or module.weight.dtype
-            )  # F.linear runs in autocast's dtype under it (which casts no float64 or integer input)
+                autocast_dtype(x) or module.weight.dtype
+            )  # F.linear runs in autocast's dtype under it
             try:
                 dtype = dtype_name(weight_dtype)
             except KeyError:

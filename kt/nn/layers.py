@@ -60,7 +60,10 @@ def _check_features(who: str, x: torch.Tensor, expected: int) -> None:
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype torch.autocast runs a linear layer in on x's device, or None where autocast is off."""
+    """The dtype torch.autocast runs a linear layer on x in, on x's device: None where autocast is off, or x is
+    a tensor it does not cast (not floating point, or float64: nn.Linear refuses those under autocast)."""
+    if not x.is_floating_point() or x.dtype == torch.float64:
+        return None
     device = x.device.type
     # the meta device has no autocast (asking about it is an error there)
     if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
@@ -111,10 +114,8 @@ class _KtLinear(nn.Module, ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(type(self).__name__, x, self.in_features)
-        dtype = self._autocast_dtype(x)
-        if (
-            dtype is not None
-        ):  # torch.autocast: as nn.Linear does, the op runs on a copy of x in autocast's dtype
+        dtype = autocast_dtype(x)
+        if dtype is not None:  # torch.autocast: as nn.Linear does, the op runs on a copy of x in its dtype
             x = x.to(dtype)
         if x.dtype != self.dtype and dtype is None:
             convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
@@ -134,13 +135,6 @@ class _KtLinear(nn.Module, ABC):
 
     def _forward(self, x: torch.Tensor, weights: list[torch.Tensor], text: str) -> torch.Tensor:
         return apply(x, weights, text)
-
-    def _autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """The dtype torch.autocast runs this layer in on x's device, where it is on and x is a tensor it casts
-        (floating point, not float64: nn.Linear refuses the others under autocast too)."""
-        if not x.is_floating_point() or x.dtype == torch.float64:
-            return None
-        return autocast_dtype(x)
 
     def _op_text_in(self, dtype: torch.dtype) -> str:
         """`op_text` with the op's dtype changed to `dtype` (made once per dtype, like `op_text`)."""
