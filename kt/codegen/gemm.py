@@ -121,6 +121,14 @@ def built_shared_memory(problem: GemmProblem, config: GemmConfig, device: Device
     return max(smem, output_tile_bytes(config.block_m, config.block_n, problem.dtype, config.split_k > 1))
 
 
+def leading_dims(problem: GemmProblem) -> tuple[int, int]:
+    """A's and B's row lengths along their unit-stride dim in the problem's contiguous layouts: K (M when A is
+    column-major) and N (K when B is column-major)."""
+    a_lead = problem.m if problem.a_layout == "col" else problem.k
+    b_lead = problem.k if problem.b_layout == "col" else problem.n
+    return a_lead, b_lead
+
+
 def tma_reason(problem: GemmProblem, config: GemmConfig) -> str | None:
     """Why the persistent TMA kernel cannot run `problem` with `config`, or None. It is built for half-precision
     wgmma (four or eight warps, a warpgroup each), one product (no batch) and no split-K, and every row of A, B
@@ -137,9 +145,7 @@ def tma_reason(problem: GemmProblem, config: GemmConfig) -> str | None:
     if config.tma == 2 and config.block_n < 2 * MIN_DOT:
         return f"TMA kernel: a subtiled epilogue needs BLOCK_N of at least {2 * MIN_DOT}"
     size = itemsize(problem.dtype)
-    a_lead = problem.m if problem.a_layout == "col" else problem.k
-    b_lead = problem.k if problem.b_layout == "col" else problem.n
-    if any(dim * size % TMA_ALIGN for dim in (a_lead, b_lead, problem.n)):
+    if any(dim * size % TMA_ALIGN for dim in (*leading_dims(problem), problem.n)):
         return "TMA kernel: rows not 16-byte aligned"
     return None
 
@@ -200,9 +206,7 @@ def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
     known to be 16-element aligned: the leading stride (the problem's contiguous layouts give it: K or M for A,
     N or K for B), and the mask's bound along the same dim must be a multiple of 16 (then a batch's stride is too), or
     Triton cannot vectorise the loads (no cp.async: each element is loaded on its own, through registers)."""
-
-    a_lead = problem.m if problem.a_layout == "col" else problem.k
-    b_lead = problem.k if problem.b_layout == "col" else problem.n
+    a_lead, b_lead = leading_dims(problem)
     return a_lead % DIVISIBILITY != 0, b_lead % DIVISIBILITY != 0
 
 
