@@ -449,7 +449,9 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
     # the model file lists the 8 shapes it was fitted on: only the other 4 are scored
     assert "4 rows, 4 shapes (8 rows of 8 shapes the model was fitted on left out)" in result.stdout
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model, "--device", "h100")
-    assert_one_line_error(result, f"was fitted for device {RTX4070_PROFILE.key}, not h100")
+    assert_one_line_error(
+        result, f"was fitted for {RTX4070_PROFILE.key} (sm_89), which cannot stand in for h100 (sm_90)"
+    )
     # data of nothing but its training shapes: nothing left to score
     result = kt("costmodel", "eval", "--data", gpperf["train"], "--model", model)
     assert_one_line_error(
@@ -629,7 +631,9 @@ def test_predict_with_a_forest_shows_spread_and_power(gpperf, tmp_path):
     )
     assert re.search(r"\d+%", result.stdout), "a spread across trees"
     refused = kt("predict", DENSE, "--model", model, "--device", "h100")
-    assert_one_line_error(refused, f"was fitted for device {RTX4070_PROFILE.key}, not h100")
+    assert_one_line_error(
+        refused, f"was fitted for {RTX4070_PROFILE.key} (sm_89), which cannot stand in for h100 (sm_90)"
+    )
 
 
 # -- kt's own GPU measurements: the first H200 run's rows, structured ops among them ----------------------
