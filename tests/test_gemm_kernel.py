@@ -23,7 +23,10 @@ def poisoned(*shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 100, 129), (100, 17, 1), (129, 65, 33), (64, 64, 64)])
+# (64, 64, 40): M and N fill whole tiles, K does not (the unmasked EVEN path must not take it)
+@pytest.mark.parametrize(
+    "m,n,k", [(1, 1, 1), (17, 100, 129), (100, 17, 1), (129, 65, 33), (64, 64, 64), (64, 64, 40)]
+)
 def test_gemm_matches_float64_matmul_for_odd_sizes(dtype, m, n, k):
     module = gemm_module(GemmProblem(m, n, k, dtype=dtype), SMALL)
     a, b = randn(m, k, dtype=dtype, seed=m), randn(k, n, dtype=dtype, seed=n + 1)
@@ -190,6 +193,10 @@ def test_out_may_alias_an_input_and_an_expanded_out_is_refused():
     module = gemm_module(GemmProblem(64, 64, 64), SMALL)
     assert module.kernel(a, b, out=a) is a
     assert rel_err(a, expected) < tolerance("float16")
+    a = randn(64, 64, dtype="float16", seed=19)
+    assert module.kernel(a, b, out=b) is b  # B too (a guard that only looked at A passed this)
+    assert rel_err(b, expected) < tolerance("float16")
+    b = randn(64, 64, dtype="float16", seed=20)
     with pytest.raises(ValueError, match="out overlaps itself"):
         module.kernel(b, b, out=torch.zeros(1, 64, dtype=torch.float16, device=DEVICE).expand(64, 64))
 

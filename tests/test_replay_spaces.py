@@ -370,3 +370,15 @@ def test_sweeps_that_differ_only_in_layout_precision_or_target_have_their_own_na
         "64x32x16 float16 a:row b:row on h100",
     ]
     assert _unique(["a", "b", "a", "a"]) == ["a", "b", "a #2", "a #3"]
+
+
+def test_a_repeat_whose_budget_found_nothing_that_ran_scores_zero(tmp_path):
+    """Most of this space fails: a random repeat of budget 1 that lands on a failure found no kernel, and scores
+    0 (not 1, as if it had found the optimum), in the mean and in its trace row alike."""
+    params = {"a": list(range(1, 21))}
+    space = write_cache(tmp_path / "mostly_failing.json", params, lambda a: 1.0 if a == 1 else None)
+    result = replay_file(space, "random", 1, repeats=12, seed=0)
+    assert len(result.scores) == len(result.rows) == 12
+    for score, row in zip(result.scores, result.rows):
+        assert score == row["score"] == (1.0 if row["value"] == 1.0 else 0.0), row
+    assert 0.0 in result.scores and result.mean < 0.5

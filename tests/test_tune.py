@@ -64,6 +64,12 @@ def test_artifact_round_trip_and_meta(tuned, tmp_path):
     assert meta["measured"] is False and meta["runtime_ms"] is None and meta["power_w"] is None
     assert meta["config"] == result.best.config.to_dict() and meta["spec"]["name"] == "tiny"
     assert meta["device"]["target"] == "h100" and meta["software"]["triton"]
+    # the check that passed it: its row's float64 relative error, on the problem it ran
+    assert meta["checked"]["rel_err"] == result.best.row["rel_err"] < result.problem.tolerance()
+    # the interpreter checked reduced problems (as small as the config's tiles allow): meta names them
+    checked = meta["checked"]["problems"]
+    assert checked == result.best.row["checked_problems"] and checked != [result.problem.to_dict()]
+    assert all(c["m"] <= 70 and c["n"] <= 45 and c["k"] <= 90 and c["dtype"] == "float16" for c in checked)
     kernel = kt.load(path)
     a, b = kt.random_args(SPEC, seed=5)
     assert rel_err(kernel(a, b), a.double() @ b.double()) < 2e-3
