@@ -95,3 +95,15 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_write_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
     atomic_write(path, lambda handle: handle.write("new\n"))
     assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_the_checker_catches_one_wrong_element_a_norm_would_miss():
+    def nearly_right(a, b, out=None):
+        out.copy_(a.float() @ b.float())
+        out[3, 4] += 8.0  # one element off by about 8% of the largest result: 0.14% of the norm
+        return out
+
+    problem = GemmProblem(256, 256, 512)
+    result = check_kernel(_module(nearly_right), problem, seed=0, device="cpu")
+    assert not result.ok and "an element is off by" in result.message
+    assert result.rel_err < 2e-3, "the Frobenius error alone would have passed it"

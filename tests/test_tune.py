@@ -64,7 +64,7 @@ def test_artifact_round_trip_and_meta(tuned, tmp_path):
     assert meta["measured"] is False and meta["runtime_ms"] is None and meta["power_w"] is None
     assert meta["config"] == result.best.config.to_dict() and meta["spec"]["name"] == "tiny"
     assert meta["device"]["target"] == "h100" and meta["software"]["triton"]
-    # the check that passed it: its row's float64 relative error, on the problem it ran
+    # the check that passed it: its row's float64 relative error
     assert meta["checked"]["rel_err"] == result.best.row["rel_err"] < result.problem.tolerance()
     # the interpreter checked reduced problems (as small as the config's tiles allow): meta names them
     checked = meta["checked"]["problems"]
@@ -335,20 +335,3 @@ def test_an_artifact_is_world_readable_and_loads_from_any_directory(tuned, tmp_p
     profile.unlink()
     monkeypatch.chdir("/")
     assert kt.load(path).spec.device == str(profile)
-
-
-def test_the_checker_catches_one_wrong_element_a_norm_would_miss():
-    import types
-
-    from kt.autotune.checking import check_kernel
-    from kt.ir import GemmProblem
-
-    def nearly_right(a, b, out=None):
-        out.copy_(a.float() @ b.float())
-        out[3, 4] += 8.0  # one element off by about 8% of the largest result: 0.14% of the norm
-        return out
-
-    problem = GemmProblem(256, 256, 512)
-    result = check_kernel(types.SimpleNamespace(kernel=nearly_right), problem, seed=0, device="cpu")
-    assert not result.ok and "an element is off by" in result.message
-    assert result.rel_err < 2e-3, "the Frobenius error alone would have passed it"
