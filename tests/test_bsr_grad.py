@@ -131,6 +131,15 @@ def test_configs_and_splits_compute_the_same_gradient(config, rows):
     assert relative_error(grad, problem.reference(dy, x, w)) < problem.tolerance()
 
 
+def test_a_block_of_several_tiles_each_way_writes_each_tile_once():
+    """A 32x32 block in 16x16 tiles is two tiles down and two across: a tile's row and column must both come
+    from its index (every other case has one tile in a direction, where a wrong map still covers the block)."""
+    problem = grad_problem(45, 96, 64, (32, 32), "random", "float32", seed=8)
+    dy, x, w = problem.random_args(seed=9)
+    grad = run_poisoned(module_for(problem, cfg()), problem, (dy, x, w))
+    assert relative_error(grad, problem.reference(dy, x, w)) < problem.tolerance()
+
+
 def test_more_splits_than_row_steps_leave_empty_runs_that_add_zero():
     problem = grad_problem(20, 64, 32, (16, 16), "random", "float32", seed=7)
     dy, x, w = problem.random_args(seed=8)

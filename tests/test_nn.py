@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -889,6 +890,20 @@ def test_artifact_in_kt_artifacts_is_picked_and_another_bucket_is_not(artifacts,
     assert artifact_selection(layer, 31).source == "artifact"  # 31 rows: the same bucket as 20
     selection._SELECTED.clear()
     assert artifact_selection(layer, 40).source == "cost model"  # bucket 64: not tuned
+
+
+def test_an_artifact_of_another_template_version_is_not_picked(artifacts, tmp_path, monkeypatch):
+    """An artifact tuned under another version of the family's template (its config may not be legal, or not
+    best, now) is passed over: the layer falls back to the cost model."""
+    directory, make = artifacts["dense"]
+    stale = tmp_path / "dense"
+    shutil.copytree(directory / "dense", stale)
+    monkeypatch.setenv("KT_ARTIFACTS", str(tmp_path))
+    assert artifact_selection(make(), 20).source == "artifact"  # the copy as it was tuned
+    selection._SELECTED.clear()
+    meta = json.loads((stale / "meta.json").read_text())
+    (stale / "meta.json").write_text(json.dumps({**meta, "family_version": "0"}))
+    assert artifact_selection(make(), 20).source == "cost model"
 
 
 def test_use_artifacts_makes_earlier_selections_again_and_lists_them_until_then(artifacts):

@@ -403,6 +403,14 @@ def test_under_autocast_a_layer_already_in_autocasts_dtype_takes_float32_input_a
     torch.testing.assert_close(y, layer(x.to(torch.bfloat16)), rtol=0, atol=0)
 
 
+def test_a_planar_half_fft_is_bucketed_by_the_rows_of_one_plane():
+    """A float16 FFT takes planar complex (2, rows, n): its bucket is that of `rows`, not of both planes."""
+    layer = knn.FFT(16, dtype=torch.float16)
+    with torch.no_grad():
+        layer(torch.randn(2, 16, 16).half())
+    assert knn.selections()[-1].spec.shape.batch == 16
+
+
 def test_one_dim_input_to_a_dense_op_or_a_half_fft_is_the_kernels_own_error():
     """_row_count read x.shape[-2] (a dense as_op) and x[0][..., 0] (a planar half FFT) before the kernel's
     argument checks: an IndexError, not the one line that names the shape."""
@@ -1043,3 +1051,9 @@ def test_a_layer_takes_no_database_row_measured_under_another_triton(tmp_path, m
     monkeypatch.setenv("KT_DB", str(path))
     best = selection._best_row(node.problem, family, gpu)
     assert best is not None and best["config_key"] == "m16n16k16g1w4s2x1"
+    with Database(path) as db:  # of the rows it may take, the fastest; none of another template version
+        db.insert(row("m32n16k16g1w4s2x1", software_versions()["triton"], 0.3))
+        db.insert(row("m64n16k16g1w4s2x1", software_versions()["triton"], 0.4))
+        db.insert({**row("m16n32k16g1w4s2x1", software_versions()["triton"], 0.05), "family_version": "0"})
+    best = selection._best_row(node.problem, family, gpu)
+    assert best is not None and best["config_key"] == "m32n16k16g1w4s2x1"

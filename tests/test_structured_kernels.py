@@ -310,6 +310,16 @@ def test_space_holds_every_structure_choice_and_only_legal_tiles():
     assert not any(c.fused for c in FAMILIES["monarch"].space(odd, H100).legal)
 
 
+def test_check_problems_keep_a_whole_and_a_ragged_row_tile():
+    """The interpreter checks a structured problem with its rows cut to one full tile and a ragged one, so the
+    row mask runs; the structure (the blocks) is the problem's own."""
+    problem = MonarchProblem(4096, (4, 6, 3), (8, 5, 3), "float16")
+    (checked,) = FAMILIES["monarch"].check_problems(problem, BlockGemmConfig(64, 16, 16))
+    assert checked.rows == 64 + 32 + 1 and (checked.w1, checked.w2) == (problem.w1, problem.w2)
+    tiny = MonarchProblem(5, (4, 6, 3), (8, 5, 3), "float16")
+    assert FAMILIES["monarch"].check_problems(tiny, BlockGemmConfig(64, 16, 16)) == [tiny]
+
+
 def test_staged_prediction_is_the_sum_of_the_launches():
     problem = MonarchProblem(4096, (16, 16, 16), (16, 16, 16), "float16")
     family = FAMILIES["monarch"]
@@ -340,6 +350,11 @@ def test_a_program_takes_its_blocks_one_at_a_time_and_only_the_fused_kernel_keep
     narrow = MonarchProblem(256, (4, 16, 16), (4, 16, 16), "float16")  # 4 blocks in each factor
     fused = BlockGemmConfig(16, 16, 16, 1, 8, 2, fused=1)
     assert illegal_reason(narrow, fused, H100, stages_for(narrow, fused)) == WARPS_OVER_BATCH
+    # a rectangular Monarch: the factor with fewer blocks (2 of 64x16, against 8 of 16x16) bounds the warps
+    rect = MonarchProblem(256, (2, 64, 16), (8, 16, 16), "float16")
+    for warps, reason in ((2, None), (4, WARPS_OVER_BATCH)):
+        fused = BlockGemmConfig(16, 16, 16, 1, warps, 2, fused=1)
+        assert illegal_reason(rect, fused, H100, stages_for(rect, fused)) == reason
 
 
 def test_a_strided_stage_costs_whole_sectors_until_a_program_spans_them():
