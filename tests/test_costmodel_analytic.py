@@ -1,6 +1,7 @@
 """The analytic model: its roofline on hand-computed numbers, and a ranking that is sane on known shapes."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -34,6 +35,25 @@ def test_terms_count_programs_waves_and_padding():
     assert terms["programs"][0] == 8 * 8
     assert terms["padding_waste"][0] == pytest.approx(1 - 1000 * 1000 / (1024 * 1024))
     assert terms["waves"][0] == pytest.approx(64 / (132 * terms["blocks_per_sm"][0]))
+
+
+def test_dram_traffic_of_split_k_and_grouping_and_the_k_steps_of_a_split():
+    """Split-K's partial sums cost DRAM only when K is split; ungrouped tiles re-read A and B from DRAM (the
+    model's 1.3x on both operands); each split runs ceil(steps / split) K steps."""
+    one = GemmConfig(128, 128, 32)
+    small = gemm_terms([record(GemmProblem(256, 256, 256), one)], H100)
+    assert small["t_dram_s"][0] == pytest.approx(3 * 256 * 256 * 2 / H100.dram_bandwidth)
+    big = GemmProblem(8192, 8192, 8192)
+    grouped = gemm_terms([record(big, replace(one, group_m=g)) for g in (1, 8)], H100)["t_dram_s"]
+    assert grouped[0] / grouped[1] == pytest.approx((1.3 * 2 + 1) / 3)
+    split = gemm_terms([record(GemmProblem(256, 256, 4096), GemmConfig(128, 128, 64, split_k=3))], H100)
+    assert split["k_steps"][0] == 22  # 64 steps over 3 splits
+
+
+def test_equal_predictions_are_broken_in_favour_of_group_m_8():
+    configs = [GemmConfig(128, 128, 32, group_m=4), GemmConfig(128, 128, 32, group_m=8)]
+    rows = [record(GemmProblem(4096, 4096, 4096), c) for c in configs]
+    assert list(rank(rows, np.array([1.0, 1.0]))) == [1, 0]
 
 
 def test_wave_quantisation_penalises_a_nearly_empty_last_wave():

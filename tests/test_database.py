@@ -138,6 +138,32 @@ def test_export_writes_every_column_of_the_matching_rows(tmp_path):
     assert json.loads(third["checked_problems"]) == [{"m": 2}, {"m": 3}], "list columns are JSON too"
 
 
+def test_export_since_keeps_a_row_created_at_that_very_second(tmp_path):
+    """`since` keeps the rows created then or later: a bug comparing with `>` drops the rows stamped exactly at
+    `since`, the first second of the window a user asked for."""
+    import csv
+
+    with Database(tmp_path / "t.db") as db:
+        db.insert(row(config_key="before", created_at="2024-05-01T11:59:59+00:00"))
+        db.insert(row(config_key="at", created_at="2024-05-01T12:00:00+00:00"))
+        db.insert(row(config_key="after", created_at="2024-05-01T12:00:01+00:00"))
+        assert db.export_csv(tmp_path / "since.csv", since="2024-05-01T12:00:00+00:00") == 2
+    with open(tmp_path / "since.csv") as handle:
+        assert [r["config_key"] for r in csv.DictReader(handle)] == ["at", "after"]
+
+
+def test_a_query_naming_an_unknown_column_is_refused_by_name(tmp_path):
+    """find and count check the columns they are given: a bug that passed them to SQL unchecked gives SQLite's
+    own "no such column" error (or runs whatever the name holds) instead of kt's ValueError."""
+    with Database(tmp_path / "t.db") as db:
+        db.insert(row())
+        with pytest.raises(ValueError, match=r"unknown measurement columns: \['bogus'\]"):
+            db.find(bogus=1)
+        with pytest.raises(ValueError, match="unknown measurement columns"):
+            db.count(status="ok", bogus=1)
+        assert db.count(status="ok") == 1 and len(db.find(id=1)) == 1
+
+
 def test_a_read_only_open_reads_and_never_writes(tmp_path):
     path = tmp_path / "t.db"
     with Database(path) as db:

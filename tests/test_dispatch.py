@@ -1,6 +1,7 @@
 """One worker pool serving several threads' runs at once (kt.autotune.dispatch): each thread gets its own
 outcomes and follow-ups, the workers are shared in turn, deadlines are per run, and an abort stops them all."""
 
+import textwrap
 import threading
 import time
 
@@ -8,10 +9,38 @@ import pytest
 
 from kt.autotune.dispatch import Dispatcher, DispatcherStopped
 from kt.autotune.pool import Task, WorkerPool
+from kt.ir import GemmProblem
 
 
 def describe(tag: str, number: int, group: str = "first") -> Task:
     return Task(number, "describe", {"tag": tag}, group, context=(tag, number))
+
+
+LOGGED = textwrap.dedent("""
+    import time
+
+    def kernel(a, b, out=None):
+        time.sleep({sleep})
+        with open({log!r}, "a") as handle:
+            handle.write({tag!r} + "\\n")
+        out.copy_(a @ b)
+        return out
+""")
+
+
+def logged(folder, tag: str, number: int, sleep: float = 0.0) -> Task:
+    """A check task whose kernel waits `sleep` seconds, then writes `tag` to folder/order.log: the order in
+    which the worker ran the tasks, as the worker itself saw it."""
+    source = folder / f"{tag}.py"
+    source.write_text(LOGGED.format(sleep=sleep, log=str(folder / "order.log"), tag=tag))
+    payload = {
+        "family": "gemm",
+        "problems": [GemmProblem(40, 30, 20).to_dict()],
+        "source_path": str(source),
+        "device": "cpu",
+        "seed": 0,
+    }
+    return Task(number, "check", payload, "first", context=tag)
 
 
 def test_threads_share_the_workers_and_each_gets_only_its_own_outcomes_and_follow_ups():
@@ -57,12 +86,73 @@ def test_a_run_past_its_deadline_drops_what_waits_and_the_others_go_on():
 
 
 def test_unknown_groups_are_refused_before_anything_runs():
+    """A task for a group the pool lacks is refused as it is submitted: no worker would ever take it, so a bug
+    that let it through waited for it forever (here, until the deadline bounding the wait)."""
     with (
         WorkerPool({"first": (1, {})}, timeout_s=60) as pool,
         Dispatcher(pool) as dispatcher,
         pytest.raises(ValueError, match="unknown worker groups"),
     ):
-        list(dispatcher.run([describe("x", 0, group="nowhere")]))
+        list(dispatcher.run([describe("x", 0, group="nowhere")], deadline=time.monotonic() + 5))
+
+
+def test_a_free_worker_takes_the_runs_in_turn(tmp_path):
+    """Round-robin: with one worker, a run of one task submitted after a run of three goes second, not last; a
+    bug that always started from the first run served every task of a run before any of the next run's."""
+    held = threading.Event()
+
+    def occupy(dispatcher):
+        # keeps the worker busy while both runs submit, and stays a run (its outcome read, its end not yet)
+        outcomes = dispatcher.run([logged(tmp_path, "busy", 0, sleep=2.0)])
+        next(outcomes)
+        held.wait(timeout=60)
+        list(outcomes)
+
+    def one_run(dispatcher, tag, count):
+        list(dispatcher.run([logged(tmp_path, f"{tag}{i}", i) for i in range(count)]))
+
+    def registered(dispatcher, count):
+        # each run is registered (its tasks queued) before the next one starts
+        limit = time.monotonic() + 30
+        while len(dispatcher._jobs) < count and time.monotonic() < limit:
+            time.sleep(0.01)
+        assert len(dispatcher._jobs) == count
+
+    with WorkerPool({"first": (1, {})}, timeout_s=60) as pool, Dispatcher(pool) as dispatcher:
+        occupier = threading.Thread(target=occupy, args=(dispatcher,))
+        occupier.start()
+        registered(dispatcher, 1)
+        runs = [
+            threading.Thread(target=one_run, args=(dispatcher, tag, count))
+            for tag, count in (("a", 3), ("b", 1))
+        ]
+        for count, thread in enumerate(runs, start=2):
+            thread.start()
+            registered(dispatcher, count)
+        for thread in runs:
+            thread.join(timeout=60)
+        held.set()
+        occupier.join(timeout=60)
+        assert not any(thread.is_alive() for thread in [occupier, *runs])
+    assert (tmp_path / "order.log").read_text().split() == ["busy", "a0", "b0", "a1", "a2"]
+
+
+def test_a_candidates_next_stage_goes_before_the_runs_new_candidates(tmp_path):
+    """A follow-up (a candidate's next stage) goes to the front of its run's queue: a bug appending it behind
+    the run's new candidates finishes no candidate until every one has started."""
+
+    def follow_up(outcome):
+        if outcome.task.context == "s0":
+            return [logged(tmp_path, "s0-second", 0)]
+        return []
+
+    with WorkerPool({"first": (1, {})}, timeout_s=60) as pool, Dispatcher(pool) as dispatcher:
+        # each first stage takes long enough for s0's follow-up to be submitted while s1 runs
+        tasks = [logged(tmp_path, f"s{i}", i, sleep=1.0) for i in range(3)]
+        outcomes = list(dispatcher.run(tasks, follow_up))
+    assert sorted(o.task.context for o in outcomes) == ["s0", "s0-second", "s1", "s2"]
+    assert all(o.status == "ok" for o in outcomes), [(o.task.context, o.status, o.message) for o in outcomes]
+    assert (tmp_path / "order.log").read_text().split() == ["s0", "s1", "s0-second", "s2"]
 
 
 def test_an_abort_stops_every_waiting_run_at_once():

@@ -2,12 +2,14 @@
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import kt.costmodel.features as features_module
-from kt.costmodel.features import FEATURE_NAMES, bound_by, features
+from kt.costmodel.features import FEATURE_NAMES, bound_by, features, problem_features
+from kt.costmodel.roofline import gemm_terms, roofline_time
 from kt.device import H100
 
 
@@ -67,6 +69,48 @@ def test_a_small_square_fp16_gemm_has_the_hand_computed_features():
     assert f["padding_waste"] == 0
     assert (f["tensor_cores"], f["itemsize"], f["a_col"], f["out_read"]) == (1, 2, 0, 0)
     assert (f["block_m"], f["block_k"], f["num_warps"], f["num_stages"]) == (128, 32, 4, 3)
+
+
+def test_a_ragged_batched_transposed_gemm_has_the_hand_computed_features():
+    """Every other case is square, unbatched and row-major with K a multiple of block_k: a feature reading M for
+    N, the row-major stride for a column-major operand, or a tile's other side would pass them."""
+    odd = record(m=100, n=3000, k=77, batch=4, a_col=1, b_col=1, block_m=64, block_n=128, block_k=32)
+    f, g = ({name: column[i] for name, column in named([odd, record()]).items()} for i in (0, 1))
+    assert f["log2_tiles_m"] == 1 and f["log2_tiles_n"] == pytest.approx(math.log2(24))  # 2 and 24 tiles
+    assert f["log2_batch"] == 2
+    # leading strides in bytes: A column-major is M (200: 8), B column-major is K (154: 2); row-major K, N (512)
+    assert (f["a_align"], f["b_align"], g["a_align"], g["b_align"]) == (8, 2, 16, 16)
+    # a tile row along the contiguous side: A^T block_m, B^T block_k; row-major A block_k, B block_n (2 bytes)
+    assert (f["a_load_bytes"], f["b_load_bytes"], g["a_load_bytes"], g["b_load_bytes"]) == (128, 64, 64, 256)
+    assert f["k_tail"] == pytest.approx(13 / 32) and g["k_tail"] == 1  # 77 = 2 * 32 + 13
+    terms = gemm_terms([odd], H100)
+    expected = math.log2(terms["predicted_s"][0] / roofline_time([odd], H100)[0])
+    assert f["log2_analytic"] == pytest.approx(expected)
+
+
+def test_shared_memory_bounds_the_blocks_per_sm_and_wgmma_needs_64_rows_and_whole_warpgroups():
+    # 4 stages of a 64x64 A tile and a 64x64 B tile in fp16: 64 KiB, three of them in the H100's 228 KiB
+    f = named([record(block_m=64, block_n=64, block_k=64, num_stages=4)])
+    assert f["blocks_per_sm"][0] == 3
+    f = named([record(block_m=64, num_warps=4), record(block_m=32, num_warps=4), record(num_warps=2)])
+    assert list(f["mma_kind"]) == [2, 1, 1]  # wgmma, then mma.sync for 32 rows and for half a warpgroup
+
+
+@pytest.mark.shipped_models
+@pytest.mark.parametrize("name", ["h100", "a100"])
+def test_the_shipped_forests_reproduce_their_saved_predictions_from_these_features(name):
+    """A shipped forest was fitted on the features as they were; a change to what a feature computes (its name
+    unchanged) would feed it values it never saw, and every ranking would quietly go wrong. Each file keeps a
+    few records and its predictions for them: the features computed now must reproduce them."""
+    from kt.costmodel.forest import ForestModel
+
+    model = ForestModel.load(Path(features_module.__file__).parent / "models" / f"{name}.skops")
+    check = model.self_check
+    assert len(check["records"]) >= 4
+    runtime = model.runtime_forest.predict(features(check["records"], model.device))
+    assert np.allclose(runtime, check["runtime"], rtol=0, atol=1e-9)
+    baseline = model.baseline_forest.predict(problem_features(check["records"], model.device))
+    assert np.allclose(baseline, check["baseline"], rtol=0, atol=1e-9)
 
 
 def test_a_ragged_shape_wastes_the_padded_part_of_its_last_tile():

@@ -102,6 +102,22 @@ def test_power_is_predicted_only_with_enough_power_rows():
     assert np.allclose(enough.predict(stand_in_records()[:3]).power_w, H100.tdp_w)
 
 
+def test_the_power_forest_learns_from_this_gpus_rows_only():
+    """Power is this GPU's alone, so the power forest fits on the own records' features: a bug taking the
+    feature rows of another GPU's records (stacked after the own ones) pairs each power with some other
+    config and predicts the wrong watts for this GPU's own configs."""
+    records = stand_in_records()
+    for record in records:
+        # the datasheet's board power for 8 warps and half of it for 4, standing in as a target (not a reading)
+        record["power_w"] = H100.tdp_w if record["num_warps"] == 8 else H100.tdp_w / 2
+    # H100 rows standing in for another GPU's, listed in reverse: row i there is a config of the other warps
+    others = list(reversed(stand_in_records()))
+    model = ForestModel(H100, n_estimators=16, n_jobs=1).fit(records, others=[(H200, others)])
+    assert model.predicts_power and model.trained["power_rows"] == len(records)
+    power = np.array([r["power_w"] for r in records])
+    assert np.allclose(model.predict(records).power_w, power, rtol=0.1)
+
+
 def test_fit_refuses_too_few_rows():
     with pytest.raises(ValueError, match=f"at least {MIN_ROWS} measured records, got {MIN_ROWS - 1}"):
         ForestModel(H100).fit(stand_in_records()[: MIN_ROWS - 1])
@@ -161,6 +177,21 @@ def test_a_model_from_another_scikit_learn_version_is_refused_when_its_predictio
     rewrite(saved, drifted)
     with pytest.raises(
         ModelError, match=r"fitted with scikit-learn \d+\.\d+\.0 \(this setup has .*does not reproduce"
+    ):
+        ForestModel.load(saved, H100)
+
+
+def test_a_model_whose_saved_predictions_the_features_here_do_not_reproduce_is_refused(saved):
+    """Under the same library versions, a file whose forests no longer give its saved predictions was fitted on
+    features that computed otherwise (an older kt, the names unchanged): it is refused, not ranked with."""
+
+    def refitted_elsewhere(payload):
+        payload["self_check"]["runtime"] = [v + 1e-6 for v in payload["self_check"]["runtime"]]
+
+    rewrite(saved, refitted_elsewhere)
+    with pytest.raises(
+        ModelError,
+        match=r"does not reproduce its saved predictions from the features this kt computes.*refit",
     ):
         ForestModel.load(saved, H100)
 

@@ -1051,9 +1051,12 @@ def test_a_layer_takes_no_database_row_measured_under_another_triton(tmp_path, m
     monkeypatch.setenv("KT_DB", str(path))
     best = selection._best_row(node.problem, family, gpu)
     assert best is not None and best["config_key"] == "m16n16k16g1w4s2x1"
-    with Database(path) as db:  # of the rows it may take, the fastest; none of another template version
+    with Database(
+        path
+    ) as db:  # of the rows it may take, the fastest; none of another template version or GPU
         db.insert(row("m32n16k16g1w4s2x1", software_versions()["triton"], 0.3))
         db.insert(row("m64n16k16g1w4s2x1", software_versions()["triton"], 0.4))
         db.insert({**row("m16n32k16g1w4s2x1", software_versions()["triton"], 0.05), "family_version": "0"})
+        db.insert({**row("m16n64k16g1w4s2x1", software_versions()["triton"], 0.01), "device": "NVIDIA A100"})
     best = selection._best_row(node.problem, family, gpu)
     assert best is not None and best["config_key"] == "m32n16k16g1w4s2x1"

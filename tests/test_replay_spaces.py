@@ -227,6 +227,18 @@ def test_the_parameter_forest_learns_on_top_of_an_offset_and_predicts_failures()
     assert "failed" in model.describe()
 
 
+def test_the_parameter_forest_needs_three_points_that_ran():
+    """Failed points do not count: a bug letting fewer than three points that ran through fits trees on one
+    or two values, whose spread is no uncertainty the search could explore with."""
+    x = np.arange(10, dtype=np.float64).reshape(5, 2)
+    two = np.array([1.0, 2.0, np.nan, np.nan, np.nan])
+    with pytest.raises(ValueError, match="at least 3 points that ran, got 2"):
+        ParamForest(seed=0).fit(x, two)
+    three = np.array([1.0, 2.0, 4.0, np.nan, np.nan])
+    model = ParamForest(seed=0).fit(x, three)
+    assert model.rows == 3 and model.failed_rows == 2
+
+
 @pytest.mark.parametrize("text, parsed", [("100", (100, None)), ("5%", (None, 0.05)), (" 7 ", (7, None))])
 def test_budgets_are_counts_or_percentages(text, parsed):
     assert parse_budget(text) == parsed

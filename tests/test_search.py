@@ -220,3 +220,14 @@ def test_a_replay_of_a_kt_sweep_compares_predictions_and_measurements_in_the_sam
     monkeypatch.setattr(search_module, "expected_improvement", spy)
     replay(sweep, "guided", get_profile("h200"), 16, seed=0)
     assert seen and all(0.1 < ratio < 10 for ratio in seen), seen
+
+
+def test_a_power_cap_ranks_configs_over_it_last_and_edp_doubles_the_runtime_spread():
+    """Predicted over the cap, the faster config goes behind the slower one under it; an EDP's uncertainty
+    counts the runtime's twice (runtime squared), plus the power's."""
+    predicted = Prediction(np.array([1.0, 2.0]), np.array([0.1, 0.1]), np.array([400.0, 200.0]), np.zeros(2))
+    assert list(np.argsort(predicted.objective("time"))) == [0, 1]
+    assert list(np.argsort(predicted.objective("time", power_cap_w=300))) == [1, 0]
+    assert list(np.argsort(predicted.objective("energy", power_cap_w=500))) == [0, 1]
+    assert predicted.spread("edp") == pytest.approx([0.2, 0.2])
+    assert predicted.spread("energy") == pytest.approx([0.1, 0.1])

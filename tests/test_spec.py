@@ -141,6 +141,39 @@ def test_each_bad_field_gets_one_line_naming_it(path, value, message):
     assert "\n" not in str(info.value)
 
 
+def test_limits_at_their_edges_in_the_words_of_the_field():
+    """Each bound at and past its edge: a field's range, and the 128 GiB over all operands (each element at
+    its dtype's size, the output counted)."""
+    assert parse_spec(mutate("tune.power_cap_w", 2000)).tune.power_cap_w == 2000.0
+    with pytest.raises(
+        SpecError, match=r"^tune.power_cap_w: must be a number of watts from 1 to 2000, got 2001"
+    ):
+        parse_spec(mutate("tune.power_cap_w", 2001))
+    vector = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 8, "n": 2}}
+    assert parse_spec(vector).shape.n == 2
+    with pytest.raises(SpecError, match=r"^shape.n: must be an integer from 2 to 16777216, got 1"):
+        parse_spec({**vector, "shape": {"batch": 8, "n": 1}})
+    sparse = {"op": "blocksparse", "dtype": "float16", "shape": {"batch": 8, "in": 64, "out": 64}}
+    seeded = parse_spec({**sparse, "sparsity": {"block": [16, 16], "density": 0.5, "seed": 2**32 - 1}})
+    assert seeded.sparsity.seed == 2**32 - 1
+    with pytest.raises(
+        SpecError, match=r"^sparsity.seed: must be an integer from 0 to 4294967295, got 4294967296"
+    ):
+        parse_spec({**sparse, "sparsity": {"block": [16, 16], "density": 0.5, "seed": 2**32}})
+    banded = {"block": [16, 16], "pattern": "banded"}
+    assert parse_spec({**sparse, "sparsity": {**banded, "width": 4}}).sparsity.width == 4  # a 4x4 grid
+    with pytest.raises(SpecError, match=r"^sparsity.width: must be an integer from 0 to 4, got 5"):
+        parse_spec({**sparse, "sparsity": {**banded, "width": 5}})
+    # 3 * 2^34 float32 elements (192 GiB) are refused, as float16 (96 GiB) they are not
+    cube = {"m": 1 << 17, "n": 1 << 17, "k": 1 << 17}
+    assert parse_spec({**mutate("shape", cube), "dtype": "float16"}).shape.m == 1 << 17
+    with pytest.raises(SpecError, match=r"^shape: the operands need 192.0 GiB; kt allows at most 128 GiB"):
+        parse_spec({**mutate("shape", cube), "dtype": "float32"})
+    # an output of 2^38 float16 elements (512 GiB) from inputs of 2 MiB
+    with pytest.raises(SpecError, match=r"^shape: the operands need 512.0 GiB"):
+        parse_spec(mutate("shape", {"m": 1 << 19, "n": 1 << 19, "k": 1}))
+
+
 def test_a_power_cap_is_kept_in_watts():
     assert parse_spec(mutate("tune.power_cap_w", 450)).tune.power_cap_w == 450.0
     assert parse_spec(mutate("tune.power_cap_w", None)).tune.power_cap_w is None

@@ -236,6 +236,25 @@ def test_a_corrected_forest_corrects_its_power_instead_of_replacing_it():
     assert np.allclose(corrected.predict(records).power_w, start.predict(records).power_w, rtol=1e-9)
 
 
+def test_a_corrected_forest_keeps_the_forests_own_spread():
+    """The corrected spread combines the starting model's spread with the correction's: a bug keeping the
+    correction's alone makes a corrected forest certain (spread 0) wherever the correction learned nothing,
+    and the guided search stops exploring what the forest itself was unsure of."""
+    from conftest import stand_in_records
+
+    shapes, configs = [(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 8, 4)]
+    start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(stand_in_records(shapes, configs * 2))
+    records = stand_in_records(shapes, configs * 2)
+    before = start.predict(records)
+    for record, seconds in zip(records, before.runtime_s):
+        # the start's own prediction, standing in as a target: the correction learns a factor of 1 everywhere
+        record["runtime_ms"] = float(seconds) * 1e3
+    after = refit(start, records).predict(records)
+    assert before.runtime_spread.max() > 0
+    assert np.allclose(after.runtime_s, before.runtime_s, rtol=1e-9)
+    assert np.allclose(after.runtime_spread, before.runtime_spread, rtol=1e-6, atol=1e-12)
+
+
 class StructuredStandIn(StandInRunner):
     """Answers a structured op's candidates with the analytic model's prediction of its launches (a model's
     output, not a timing: see the module docstring)."""

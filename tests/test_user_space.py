@@ -136,6 +136,16 @@ def test_space_and_configs_round_trip_and_stay_out_of_the_signature():
     assert "space" not in spec_with({}).to_dict()["tune"] and "configs" not in spec_with({}).to_dict()["tune"]
 
 
+def test_a_config_listed_twice_is_kept_once_and_the_rest_counted_as_not_listed():
+    """The not-listed count is the legal configs left out: a bug counting the list's entries instead of its
+    distinct configs undercounts by one for each repeat, and the space's counts no longer add up."""
+    full = kt.space(spec_with({}))
+    listed = kt.space(spec_with({"configs": [LISTED[0], LISTED[1], LISTED[0]]}))
+    assert [c.key() for c in listed.legal] == ["m128n128k64g8w8s3x1", "m64n64k32g8w4s3x1"]
+    assert listed.dropped[NOT_LISTED] == len(full.legal) - 2
+    assert len(listed.legal) + sum(listed.dropped.values()) == len(full.legal) + sum(full.dropped.values())
+
+
 def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
     spec = kt.parse_spec(
         {

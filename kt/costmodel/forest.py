@@ -441,19 +441,23 @@ class ForestModel:
                 _check_forest(forest, where, len(FEATURE_NAMES))
         if model.baseline_forest is not None:
             _check_forest(model.baseline_forest, where, len(PROBLEM_FEATURE_NAMES))
-        if drift:
+        if drift or model.self_check:
             model._verify_self_check(where, drift)
         if borrowed:
             model.device, model.fitted_device = device, profile
         return model
 
     def _verify_self_check(self, where: str, drift: list[str]) -> None:
-        """Under other library versions than the file was fitted with, the forests must still predict what they
-        predicted when saved (to the last bit that matters), else the file is refused."""
+        """The forests must still predict what they predicted when saved (to the last bit that matters), else the
+        file is refused: under other library versions (tree files do not always carry across), and under a kt
+        whose features compute otherwise than the one that fitted it (the names alone are checked above)."""
         check = self.self_check
         fail = ModelError(
             f"{where} was fitted with {', '.join(drift)} and does not reproduce its saved predictions here; "
             "refit it with `kt costmodel fit` (tree files do not always carry across versions)"
+            if drift
+            else f"{where} does not reproduce its saved predictions from the features this kt computes (a kt "
+            "whose features differ fitted it); refit it with `kt costmodel fit`"
         )
         try:
             records = check["records"]
