@@ -137,6 +137,35 @@ def test_a_free_worker_takes_the_runs_in_turn(tmp_path):
     assert (tmp_path / "order.log").read_text().split() == ["busy", "a0", "b0", "a1", "a2"]
 
 
+def test_a_run_that_joins_goes_next_not_after_another_turn_of_the_run_before_it(tmp_path):
+    """A run that registers while the only other run's task is running is served next: the turn after the last
+    run pointed back at the first (modulo one run), so a newcomer waited for another of its tasks."""
+
+    def one_run(dispatcher, tag, count, sleep):
+        list(
+            dispatcher.run([logged(tmp_path, f"{tag}{i}", i, sleep if i == 0 else 0.0) for i in range(count)])
+        )
+
+    def until(condition):
+        limit = time.monotonic() + 30
+        while not condition() and time.monotonic() < limit:
+            time.sleep(0.01)
+        assert condition()
+
+    with WorkerPool({"first": (1, {})}, timeout_s=60) as pool, Dispatcher(pool) as dispatcher:
+        first = threading.Thread(target=one_run, args=(dispatcher, "a", 3, 2.0))
+        first.start()
+        # a0 is taken while run a is alone, and runs for two seconds
+        until(lambda: len(dispatcher._jobs) == 1 and dispatcher._running)
+        second = threading.Thread(target=one_run, args=(dispatcher, "b", 1, 0.0))
+        second.start()
+        until(lambda: len(dispatcher._jobs) == 2)
+        for thread in (first, second):
+            thread.join(timeout=60)
+        assert not first.is_alive() and not second.is_alive()
+    assert (tmp_path / "order.log").read_text().split() == ["a0", "b0", "a1", "a2"]
+
+
 def test_a_candidates_next_stage_goes_before_the_runs_new_candidates(tmp_path):
     """A follow-up (a candidate's next stage) goes to the front of its run's queue: a bug appending it behind
     the run's new candidates finishes no candidate until every one has started."""

@@ -55,7 +55,7 @@ class Dispatcher:
         self.open, self.aborted = True, False
         self._lock = threading.Lock()
         self._jobs: list[_Job] = []
-        self._turn = 0  # where the round-robin over jobs starts next
+        self._turn = 0  # where the round-robin over jobs starts next (the index after the last job served)
         self._running: dict[int, tuple[_Job, Task]] = {}  # pool task id -> (job, the job's own task)
         self._ids = itertools.count()
         self._reader, self._writer = Pipe(duplex=False)
@@ -77,7 +77,9 @@ class Dispatcher:
 
     def take(self, group: str) -> Task | None:
         with self._lock:
-            jobs = self._jobs[self._turn :] + self._jobs[: self._turn]
+            # _turn may point one past the last job: a job that registers since goes next, else the first does
+            start = self._turn % len(self._jobs) if self._jobs else 0
+            jobs = self._jobs[start:] + self._jobs[:start]
             for offset, job in enumerate(jobs):
                 if job.expired():
                     if job.waiting:
@@ -88,7 +90,7 @@ class Dispatcher:
                 if task is None:
                     continue
                 job.waiting.remove(task)
-                self._turn = (self._turn + offset + 1) % len(self._jobs)
+                self._turn = (start + offset) % len(self._jobs) + 1
                 number = next(self._ids)
                 self._running[number] = (job, task)
                 return Task(number, task.kind, task.payload, task.group)
@@ -167,8 +169,10 @@ class Dispatcher:
         finally:
             with self._lock:
                 if job in self._jobs:
+                    # the job due next keeps its turn when one before it leaves
+                    if self._jobs.index(job) < self._turn:
+                        self._turn -= 1
                     self._jobs.remove(job)
-                    self._turn = 0
                 job.waiting.clear()
 
     def _submit(self, job: _Job, tasks: list[Task], register: bool = False, front: bool = False) -> None:
