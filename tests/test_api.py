@@ -174,3 +174,27 @@ def test_plan_and_random_args_name_a_bad_seed_or_device():
             kt.random_weights(SPEC, device="cuda")
     with pytest.raises(kt.ArtifactError, match="expected an artifact folder's path .* got NoneType"):
         kt.load(None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the default without a GPU")
+def test_plan_without_a_gpu_plans_what_a_tune_here_would_do():
+    """kt.plan's default is whether this machine can time: without a GPU a tune checks the model's top
+    configs, and a plan that assumed timing showed a guided first round no tune here would measure."""
+    plan = kt.plan(SPEC, budget=16, seed=3)
+    assert plan.strategy == "top" and plan.chosen == plan.ranked[:16]
+
+
+def test_plan_names_an_unsupported_objective_as_a_spec_error():
+    """An unknown objective is the caller's mistake in one line (SpecError), as op.yaml's tune.objective."""
+    with pytest.raises(kt.SpecError, match="objective: 'speed' is not supported; allowed: time, energy, edp"):
+        kt.plan(SPEC, objective="speed")
+
+
+def test_a_built_kernel_is_generated_and_unmeasured_and_says_its_config():
+    """kt.build's kernel is a generated one: `pytorch` false, `measured` false, and its repr names the config
+    (a `pytorch` test that read any kernel but a "generated" one as PyTorch's made repr fail on it)."""
+    kernel = kt.build(SPEC)
+    assert not kernel.pytorch and not kernel.measured
+    assert kernel.config.key() in repr(kernel) and "PyTorch" not in repr(kernel)
+    baseline = kt.build(SPEC, "pytorch")
+    assert baseline.pytorch and not baseline.measured and "PyTorch: " in repr(baseline)

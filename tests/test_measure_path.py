@@ -3,6 +3,7 @@ the device, the wall-clock timer in place of CUDA events), the dry-run runner's 
 and the bugs a first GPU run would have hit (each test here failed on the code before its fix)."""
 
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -432,3 +433,63 @@ def test_the_sm_clock_and_temperature_are_read_while_the_kernels_energy_loop_run
     assert "counter moved too little" in values["energy_status"]
     last_kernel = max(i for i, call in enumerate(calls) if call == "kernel")
     assert calls[last_kernel + 1 : last_kernel + 4] == ["clock", "temperature", "sync"], calls
+
+
+def test_the_timing_summary_is_the_median_min_and_20th_80th_percentiles_of_the_runs():
+    """time_cuda's row figures come from _summary, checked elsewhere only on a GPU (and there only for their
+    order): a p20 taken from the 40th percentile, a min from the unsorted list, or a mean for the median
+    would pass that order check on most runs and go into every row. The numbers are a plain list handed to the
+    statistics function, not measurements."""
+    from kt.autotune import timing
+
+    values = [9.0, 1.0, 7.0, 3.0, 5.0, 2.0, 8.0, 4.0, 6.0, 100.0]
+    q = statistics.quantiles(sorted(values), n=5)
+    summary = timing._summary(values, "runtime")
+    assert summary == {
+        "runtime_ms": 5.5,
+        "runtime_min_ms": 1.0,
+        "runtime_p20_ms": q[0],
+        "runtime_p80_ms": q[3],
+        "runs": 10,
+    }
+    assert q[0] < q[1] and q[2] < q[3], "the percentiles asked for are distinct ones"
+    # one run: every figure is that run
+    assert timing._summary([2.5], "energy") == {
+        "energy_ms": 2.5,
+        "energy_min_ms": 2.5,
+        "energy_p20_ms": 2.5,
+        "energy_p80_ms": 2.5,
+        "runs": 1,
+    }
+
+
+def test_timing_settings_refuse_a_negative_energy_time_and_an_unknown_regime():
+    """A negative energy_s made the energy loops run once each (max(1, ...)) and report a figure from a single
+    replay; an unknown regime was timed as l2_warm."""
+    from kt.autotune.timing import TimingSettings
+
+    with pytest.raises(ValueError, match="cooldown_ms and energy_s must be at least 0"):
+        TimingSettings(energy_s=-1.0)
+    with pytest.raises(ValueError, match="cooldown_ms and energy_s must be at least 0"):
+        TimingSettings(cooldown_ms=-1.0)
+    with pytest.raises(ValueError, match="timing regime: 'l2_cold' is not supported"):
+        TimingSettings(regime="l2_cold")
+    assert TimingSettings(energy_s=0.0, cooldown_ms=0.0).energy_s == 0.0
+
+
+def test_the_wall_clock_timer_calls_the_function_min_runs_times_after_one_warm_up():
+    """time_wall ran a single call whatever min_runs asked, so a dry run with more runs reported one."""
+    from kt.autotune import timing
+    from kt.autotune.timing import TimingSettings
+
+    calls = []
+    values = timing.time_wall(lambda: calls.append(1), TimingSettings(min_runs=4, energy_s=0.0))
+    assert len(calls) == 1 + 4 and values["wall_runs"] == 4
+    assert values["timer"] == WALL_TIMER and "runtime_ms" not in values
+
+
+def test_an_nvml_of_several_gpus_none_of_them_torchs_gives_no_energy_counter():
+    """With several GPUs and a UUID matching none of them, NVML's first device was taken for torch's GPU, and
+    its energy counter (another card's work) for the kernel's."""
+    meter = Nvml("GPU-ffff", nvml=TwoGpuNvml())
+    assert meter.handle is None and meter.reason.startswith("no NVML device matches the GPU (UUID GPU-ffff)")

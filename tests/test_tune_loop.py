@@ -50,6 +50,8 @@ class StandInRunner(Runner):
         self.batches.append(len(candidates))
         if zero:
             yield self.answer_zero(zero[0])
+        if not candidates:  # candidate zero alone
+            return
         records = [{**c.problem.to_record(), **c.config.to_dict()} for c in candidates]
         for candidate, seconds in zip(candidates, gemm_terms(records, self.profile)["predicted_s"]):
             yield self.answer(candidate, float(seconds))
@@ -337,3 +339,97 @@ def test_a_guided_tunes_first_round_is_the_plans(runner, tmp_path):
         plan = kt.plan(spec, budget=budget, measures_time=True)
         result = kt.tune(spec, budget=budget, db=tmp_path / f"{budget}.db", progress=False)
         assert result.trace.first_proposal == plan.chosen, budget
+
+
+def test_an_energy_tunes_note_names_the_fastest_config_without_an_energy_reading(runner, tmp_path):
+    """The note on configs left out of an energy tune names the fastest of them (the one a user may want to
+    time again with energy); taking the max named the slowest, which the count alone does not show."""
+    _, power = runner
+    kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False)
+    power["w"] = H100.tdp_w  # the datasheet figure, standing in for every later config's reading
+    result = kt.tune(SPEC, budget=16, db=tmp_path / "t.db", progress=False, objective="energy")
+    unread = [r for r in result.rows if r["status"] == "ok" and r.get("energy_mj") is None]
+    fastest = min(unread, key=lambda r: r["runtime_ms"])
+    slowest = max(unread, key=lambda r: r["runtime_ms"])
+    assert fastest["runtime_ms"] < slowest["runtime_ms"], "the unread configs differ in runtime"
+    (note,) = [n for n in result.notes if "no energy reading" in n]
+    assert f"the fastest of them: {fastest['config_key']}, {fastest['runtime_ms']:.4g} ms" in note, note
+
+
+def test_the_specs_own_power_cap_and_objective_apply_when_the_call_gives_none(runner, tmp_path):
+    """kt.tune without power_cap_w or objective takes op.yaml's tune.power_cap_w and tune.objective; a tune
+    that dropped them chose by time with no cap, silently."""
+    _, power = runner
+    power["w"] = H100.tdp_w  # the datasheet figure, standing in for every config's reading
+    capped = {**SPEC, "tune": {"power_cap_w": 300}}
+    with pytest.raises(KtError, match="power_cap_w: every passing config drew more than 300 W"):
+        kt.tune(capped, budget=8, db=tmp_path / "t.db", progress=False)
+    result = kt.tune(
+        {**SPEC, "tune": {"objective": "energy"}}, budget=8, db=tmp_path / "t.db", progress=False
+    )
+    assert result.objective == "energy" and result.best.energy_mj is not None
+    assert result.plan.objective == "energy"
+
+
+def test_a_timed_tunes_note_counts_its_measurements_and_rounds(runner, tmp_path):
+    """The note "N new measurements in R rounds" under the table; an off-by-one said 0 rounds for a
+    single-round tune, and one round fewer for every guided one."""
+    made, _ = runner
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False, strategy="top")
+    (stand_in,) = made
+    assert len(stand_in.batches) == 1
+    assert any(n.startswith("8 new measurements in 1 round, ranked by: analytic") for n in result.notes), (
+        result.notes
+    )
+    guided = kt.tune(SPEC, budget=24, db=tmp_path / "g.db", progress=False, strategy="guided")
+    rounds = len(made[1].batches)
+    assert any(f"new measurements in {rounds} rounds" in n for n in guided.notes), guided.notes
+
+
+@pytest.mark.parametrize("status", ["timeout", "crash"])
+def test_retry_failed_runs_candidate_zero_again_when_it_timed_out_or_crashed(monkeypatch, tmp_path, status):
+    """--retry-failed reruns what timed out or crashed (both can be transient), candidate zero (PyTorch's path)
+    included: a tune that deleted only the configs' rows, or only timeouts, kept PyTorch's failure for good,
+    and no later tune compared against it."""
+    made = []
+
+    class ZeroTimesOutOnce(StandInRunner):
+        def answer_zero(self, candidate):
+            if not made[:-1]:
+                return Result(candidate, status, {}, f"{status} (the stand-in's)")
+            return super().answer_zero(candidate)
+
+    def make(backend, profile, **options):
+        made.append(ZeroTimesOutOnce(profile, pytorch_as="slowest"))
+        return made[-1]
+
+    monkeypatch.setattr(tune_module, "make_runner", make)
+    first = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False)
+    assert first.baseline["status"] == status and first.baseline_ratio is None
+    kept = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False)
+    assert kept.baseline["status"] == status, "without --retry-failed the failure is kept"
+    # the same budget: no config is due, so candidate zero runs alone (it was deleted and never run again)
+    retried = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, retry_failed=True)
+    assert made[-1].batches == [0], "candidate zero alone"
+    assert retried.baseline["status"] == "ok" and retried.baseline_ratio > 1
+    # with a larger budget it goes with the round of new configs
+    more = kt.tune(SPEC, budget=8, db=tmp_path / "u.db", progress=False)
+    assert more.baseline["status"] == "ok" and made[-1].batches[0] == 8
+
+
+def test_a_timed_tunes_table_is_its_rows_by_measured_objective_best_first(runner, tmp_path):
+    """`kt tune` prints table(): the passing rows by the measured objective, the best first; a table left in
+    rank order put the model's favourite on top even where it measured slower. The tune ranks with a small
+    forest (on the conftest's stand-in rows), so its ranks and the stand-in's analytic figures disagree."""
+    from conftest import stand_in_records
+
+    start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(
+        stand_in_records([(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 4, 4)] * 2)
+    )
+    result = kt.tune(SPEC, budget=12, db=tmp_path / "t.db", progress=False, model=start)
+    table = result.table(5)
+    runtimes = [r["runtime_ms"] for r in table]
+    assert len(table) == 5 and runtimes == sorted(runtimes)
+    assert table[0]["config_key"] == result.best.row["config_key"]
+    assert runtimes[-1] <= sorted(r["runtime_ms"] for r in result.rows)[4]
+    assert [r["rank"] for r in table] != sorted(r["rank"] for r in table), "rank order differs here"

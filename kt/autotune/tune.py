@@ -981,6 +981,10 @@ class _Tuner:
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
                 distance=self.distance,
             )
+            if zero and (deadline is None or time.monotonic() < deadline):
+                # no config was due (the budget spent by known ones, --retry-failed's rerun of a failed
+                # candidate zero among them): candidate zero runs alone
+                run([])
         finally:
             reporter.stop()
         return trace, fresh
