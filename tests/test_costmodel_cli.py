@@ -13,14 +13,17 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import GPPERF, benchmark_module
 
 from kt.autotune.database import CSV_COLUMNS, Database
+from kt.autotune.inspection import inspect_tune, pareto_front
 from kt.cli import main
+from kt.costmodel.evaluate import assign_folds, holdout_key
 from kt.costmodel.forest import ForestModel
-from kt.device import save_profile
+from kt.device import load_profile, save_profile
 from kt.ir import GemmProblem
 
 GPPERF_CSV = GPPERF / "cutlass_results_flat.csv"
@@ -726,3 +729,70 @@ def test_a_model_scored_on_data_of_another_target_names_its_device_not_the_devic
         result, f"for target h100, the device of model {str(h100)!r}; it holds some for h200"
     )
     assert "score a model fitted for that target" in result.stderr
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_and_ties():
+    """A point is off the front only when another is at least as fast and as frugal and strictly better in one:
+    with <= for 'strictly better' every point beat itself and the front came out empty."""
+    runtime = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
+    power = np.array([300.0, 200.0, 250.0, 200.0, 300.0])
+    # the third is slower and hungrier than the second; the ties (first and last, second and fourth) both stay
+    assert pareto_front(runtime, power).tolist() == [True, True, False, True, True]
+    assert pareto_front(np.array([5.0]), np.array([100.0])).tolist() == [True]
+
+
+def test_inspect_forests_never_see_the_shapes_they_predict_and_rank_importances(gpperf, tmp_path):
+    """Each shape is predicted by a forest fitted on the other folds' shapes only (a forest that also saw the
+    shape it predicts scores its own training data); the mean importances print most important first."""
+    result = inspect_tune(gpperf["db"], device=str(gpperf["profile"]), plots_dir=tmp_path)
+    records = result.records
+    fold_of = assign_folds({holdout_key(r) for r in records}, 5, 0)
+    test = [r for r in records if fold_of[holdout_key(r)] == 0]
+    train = [r for r in records if fold_of[holdout_key(r)] != 0]
+    expected = ForestModel(load_profile(gpperf["profile"]), seed=0).fit(train).predict(test).runtime_s * 1e3
+    rows = [i for i, r in enumerate(records) if fold_of[holdout_key(r)] == 0]
+    np.testing.assert_allclose(result.forest.predicted_ms[rows], expected)
+    values = list(result.importances["runtime"].values())
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+
+
+def test_inspect_dates_span_the_first_and_the_last_measurement(gpperf, tmp_path):
+    """The header's 'measured FIRST to LAST' is the earliest and the latest day of the rows inspected (GPPerf's
+    runs span several days)."""
+    result = inspect_tune(gpperf["db"], device=str(gpperf["profile"]), plots_dir=tmp_path)
+    days = sorted(str(r["created_at"])[:10] for r in result.records)
+    assert days[0] < days[-1]
+    assert result.dates == (days[0], days[-1])
+
+
+def test_inspect_refuses_a_model_fitted_for_another_target(gpperf, tmp_path):
+    """Without a profile for the rows' calibrated target the model file is loaded as it is: one fitted for
+    h100 must be refused for rtx4070 rows, not score them with another GPU's roofline."""
+    shipped = Path(__file__).resolve().parents[1] / "kt" / "costmodel" / "models" / "h100.skops"
+    result = kt("inspect", gpperf["db"], "--model", shipped, "--plots", tmp_path / "none")
+    assert_one_line_error(
+        result, f"was fitted for device h100, and these rows were tuned for {RTX4070_PROFILE.key}"
+    )
+    assert not (tmp_path / "none").exists()
+
+
+def test_inspect_gpu_and_device_must_name_what_the_data_holds(tmp_path):
+    """--gpu keeps only that GPU's rows and --device picks a target the rows were tuned for: a filter that was
+    ignored inspected another GPU's rows under the name asked for, and an absent target crashed on no rows."""
+    result = kt("inspect", H200_ROWS, "--gpu", RTX4070, "--plots", tmp_path / "none")
+    assert_one_line_error(result, f"holds no GPU-measured passing rows on {RTX4070!r}")
+    result = kt("inspect", H200_ROWS, "--device", "h100", "--plots", tmp_path / "none")
+    assert_one_line_error(result, "holds no rows for target h100; it holds h200 (284 rows)")
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_power_zero_reading_is_data_and_a_negative_one_is_refused(gpperf):
+    """power_w is 'a finite number of watts >= 0': a row whose meter read 0 W is kept (refusing it made a
+    whole data file unreadable), a negative reading is refused naming the column."""
+    from kt.autotune.dataset import check_row
+    from kt.errors import DatabaseError
+
+    row = dict(gpperf["rows"][0], id=1)
+    check_row({**row, "power_w": 0.0}, "data: row id 1")
+    with pytest.raises(DatabaseError, match="column power_w is -1.0; allowed: a finite number of watts >= 0"):
+        check_row({**row, "power_w": -1.0}, "data: row id 1")

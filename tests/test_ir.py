@@ -1,8 +1,11 @@
 """The IR: factors' dense forms and transposes, linear maps, the dense op and its kernel graph."""
 
+import pytest
 import torch
 
 from kt.ir import Dense, DenseOp, LinearMap, op_from_spec
+from kt.ir.graph import KernelGraph, KernelNode
+from kt.ir.problems import GemmProblem, TensorType
 from kt.spec import parse_spec
 
 
@@ -83,3 +86,15 @@ def test_kernel_graph_prints_like_a_jaxpr():
         "    y:bf16[2,3] = gemm[m=2 n=3 k=4 bf16 a:row b:col] x b\n"
         "  in (y) }"
     )
+
+
+def test_kernel_graph_refuses_a_tensor_nothing_produces_and_an_output_no_kernel_makes():
+    """A kernel that reads a tensor which is neither a graph input nor an earlier kernel's output, or a graph
+    output no kernel writes, is a broken op: it must be refused where the graph is built, naming the tensor."""
+    inputs = {"x": TensorType((2, 4), "float16"), "b": TensorType((4, 3), "float16")}
+    gemm = GemmProblem(2, 3, 4)
+    with pytest.raises(ValueError, match="kernel mm reads 'w', which nothing produces"):
+        KernelGraph(inputs, [KernelNode("mm", gemm, ("x", "w"), "y")], ("y",))
+    with pytest.raises(ValueError, match=r"graph outputs \['z'\] are produced by no kernel"):
+        KernelGraph(inputs, [KernelNode("mm", gemm, ("x", "b"), "y")], ("y", "z"))
+    assert len(KernelGraph(inputs, [KernelNode("mm", gemm, ("x", "b"), "y")], ("y",))) == 1

@@ -23,6 +23,7 @@ from kt.ir import (
     monarch_square_map,
     realify,
 )
+from kt.ir.factors import ButterflyGroup
 from kt.ir.monarch import project
 
 F64, C128 = torch.float64, torch.complex128
@@ -292,3 +293,15 @@ def test_projection_of_a_dense_matrix_beats_perturbed_factors_and_zero():
 def test_projection_names_the_bad_block_counts():
     with pytest.raises(ValueError, match="in=10 is not a multiple of k=4"):
         project(randn(8, 10, seed=0), 4, 2)
+
+
+def test_butterfly_factor_and_group_refuse_levels_past_log2_n():
+    """n=8 has levels 0..2: a level 3 (stride 8, pairs past the end) or a group running past level 2 must be
+    refused where it is built, not fail later with an index error or a block of the wrong features."""
+    with pytest.raises(ValueError, match="level=3: allowed 0..2"):
+        ButterflyFactor(8, 3)
+    with pytest.raises(ValueError, match="levels 2..3: n=8 has 0..2"):
+        ButterflyGroup(8, 2, 2)
+    with pytest.raises(ValueError, match="levels 0..3: n=8 has 0..2"):
+        ButterflyGroup(8, 0, 4)
+    assert ButterflyGroup(8, 0, 3).nblocks == 1 and ButterflyGroup(8, 2, 1).positions().shape == (4, 2)

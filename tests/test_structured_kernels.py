@@ -15,7 +15,16 @@ from kt.costmodel import AnalyticModel
 from kt.costmodel.staged import predict_records
 from kt.device import get_profile
 from kt.errors import SpecError
-from kt.ir import butterfly_map, fft_map, monarch_map, op_from_spec
+from kt.ir import (
+    BlockDiag,
+    ButterflyFactor,
+    Diag,
+    LinearMap,
+    butterfly_map,
+    fft_map,
+    monarch_map,
+    op_from_spec,
+)
 from kt.ir.lowering import IndexMap, LoweringError, apply_stages, group_butterfly, lower
 from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem
 from kt.ir.structured import fft_weights
@@ -535,3 +544,66 @@ def test_64_bit_offsets_give_the_same_result(problem, structure):
         assert torch.equal(module.kernel(*args), expected)
     finally:
         module.INDEX_64_SPAN = 2**31
+
+
+def test_a_monarchs_middle_permutation_fuses_into_the_second_stages_loads():
+    """_between's rule: the permutation between two block factors goes into the next stage's loads where that
+    stays a strided map, and only otherwise into the previous stage's stores; a forward Monarch's can go into
+    the loads, so the first stage stores contiguously. A lowering that tried the stores first computed the
+    same y with the strided access on the other side (in a square Monarch's)."""
+    for k, q, p, l, s, r in [(4, 6, 3, 8, 5, 3), (4, 4, 4, 4, 4, 4)]:  # noqa: E741
+        first, second = lower(monarch_map(k, q, p, l, s, r))
+        assert first.out_map == IndexMap.fit(torch.arange(k * q).view(k, q))
+        assert second.in_map != IndexMap.fit(torch.arange(l * r).view(l, r))
+
+
+def test_each_stage_reads_the_width_the_previous_one_wrote():
+    """A stage's in_features is the width of the tensor it reads (the kernel's row stride): the second stage of
+    a rectangular Monarch reads the first one's k*q features, not the map's k*p inputs."""
+    k, q, p, l, s, r = 4, 6, 3, 8, 5, 3  # noqa: E741
+    stages = lower(monarch_map(k, q, p, l, s, r))
+    assert [(st.in_features, st.out_features) for st in stages] == [(k * p, k * q), (k * q, l * s)]
+
+
+def test_a_second_diagonal_after_a_block_factor_is_refused_not_dropped():
+    """Only one Diag fuses into a stage's epilogue: a second one overwrote the first, and the stages silently
+    computed a map without the first scale."""
+    linear_map = LinearMap((BlockDiag(2, 3, 3), Diag(6, weight="d1"), Diag(6, weight="d2")))
+    with pytest.raises(LoweringError, match="must follow a block factor"):
+        lower(linear_map)
+
+
+def test_group_butterfly_refuses_zero_levels_per_stage():
+    """levels=0 is no grouping at all: it must be refused, not taken as 'every level in one stage'."""
+    with pytest.raises(ValueError, match="levels per stage must be >= 1"):
+        group_butterfly(butterfly_map(16), 0)
+
+
+def test_grouping_keeps_factors_between_butterfly_levels_in_their_place():
+    """A Diag between two levels ends the run before it: a grouping that appended it first and then went on
+    with the run moved the Diag past later levels and computed another map."""
+    linear_map = LinearMap(
+        (
+            ButterflyFactor(16, 0),
+            ButterflyFactor(16, 1),
+            Diag(16),
+            ButterflyFactor(16, 2),
+            ButterflyFactor(16, 3),
+        )
+    )
+    w = {"twiddles": torch.randn(4, 8, 2, 2, dtype=torch.float64), "d": torch.randn(16, dtype=torch.float64)}
+    x = torch.randn(3, 16, dtype=torch.float64)
+    grouped = group_butterfly(linear_map, 3)
+    assert isinstance(grouped.factors[1], Diag) and len(grouped.factors) == 3
+    torch.testing.assert_close(grouped.apply_dense(x, w), linear_map.apply_dense(x, w))
+
+
+def test_grouping_never_joins_a_transposed_level_with_a_forward_one():
+    """A transposed level 1 followed by a forward level 2 are not one run (each 2x2 reads differently): joining
+    them made one group with a single transposed flag and changed the map."""
+    linear_map = LinearMap((ButterflyFactor(8, 1, transposed=True), ButterflyFactor(8, 2)))
+    w = {"twiddles": torch.randn(3, 4, 2, 2, dtype=torch.float64)}
+    x = torch.randn(3, 8, dtype=torch.float64)
+    grouped = group_butterfly(linear_map, 2)
+    assert len(grouped.factors) == 2
+    torch.testing.assert_close(apply_stages(lower(grouped), x, w), linear_map.apply_dense(x, w))
