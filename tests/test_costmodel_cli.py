@@ -8,6 +8,7 @@ interpreter's). The success paths use GPPerf's CUTLASS SGEMM measurements on an 
 import csv
 import json
 import re
+import shutil
 import sqlite3
 import statistics
 from datetime import datetime, timezone
@@ -784,6 +785,25 @@ def test_inspect_gpu_and_device_must_name_what_the_data_holds(tmp_path):
     result = kt("inspect", H200_ROWS, "--device", "h100", "--plots", tmp_path / "none")
     assert_one_line_error(result, "holds no rows for target h100; it holds h200 (284 rows)")
     assert not (tmp_path / "none").exists()
+
+
+def test_inspect_refuses_rows_of_two_gpus_until_gpu_picks_one(gpperf, tmp_path):
+    """GPPerf's RTX 4070 rows and kt's H200 rows in one database: inspect names both GPUs and asks for --gpu (a
+    check that let two GPUs through scored one GPU's timings with the other's model), and --gpu picks one."""
+    from kt.autotune.dataset import read_rows
+
+    both = tmp_path / "both.db"
+    shutil.copy(gpperf["db"], both)
+    with Database(both) as db:
+        for row in read_rows(H200_ROWS):
+            db.insert({k: v for k, v in row.items() if k != "id"})
+    result = kt("inspect", both, "--plots", tmp_path / "none")
+    assert_one_line_error(
+        result, f"holds measurements from several GPUs: 'NVIDIA H200' (284 rows), {RTX4070!r}"
+    )
+    assert "pick one with --gpu" in result.output and not (tmp_path / "none").exists()
+    result = kt("inspect", both, "--gpu", RTX4070, "--device", gpperf["profile"], "--plots", tmp_path / "p")
+    assert result.exit_code == 0, result.output
 
 
 def test_a_power_zero_reading_is_data_and_a_negative_one_is_refused(gpperf):
