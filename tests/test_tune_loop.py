@@ -433,3 +433,22 @@ def test_a_timed_tunes_table_is_its_rows_by_measured_objective_best_first(runner
     assert table[0]["config_key"] == result.best.row["config_key"]
     assert runtimes[-1] <= sorted(r["runtime_ms"] for r in result.rows)[4]
     assert [r["rank"] for r in table] != sorted(r["rank"] for r in table), "rank order differs here"
+
+
+def test_a_top_tunes_rows_rank_from_one(runner, tmp_path):
+    """A row's rank is its place in the model's ranking counted from 1, as the table prints it: the top
+    strategy measures ranks 1 to budget."""
+    result = kt.tune(SPEC, budget=6, db=tmp_path / "t.db", progress=False, strategy="top")
+    assert sorted(r["rank"] for r in result.rows) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_power_cap_note_names_the_configs_an_earlier_tune_measured_without_power(runner, tmp_path):
+    """Rows from a tune without power readings cannot be held to a later tune's cap: the later tune says so
+    when some of its rows lack a reading, not only when all do."""
+    _, power = runner
+    kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False)
+    power["w"] = H100.tdp_w  # the datasheet figure, standing in for every later config's reading
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False, power_cap_w=1000)
+    unread = [r for r in result.rows if r["status"] == "ok" and r.get("power_w") is None]
+    assert 0 < len(unread) < len(result.rows)
+    assert "some configs have no power reading, so the 1000 W cap was not checked for them" in result.notes
