@@ -198,3 +198,16 @@ def test_a_built_kernel_is_generated_and_unmeasured_and_says_its_config():
     assert kernel.config.key() in repr(kernel) and "PyTorch" not in repr(kernel)
     baseline = kt.build(SPEC, "pytorch")
     assert baseline.pytorch and not baseline.measured and "PyTorch: " in repr(baseline)
+
+
+def test_collect_checks_its_sample_and_never_runs_pytorchs_path(tmp_path):
+    """kt.collect gathers the cost model's data: the sampled configs of the space, and not candidate zero (a
+    collect that ran PyTorch's path spent a worker's time on a row no model trains on)."""
+    from kt.autotune.database import Database
+
+    spec = {"op": "dense", "name": "sweep", "dtype": "float32", "shape": {"m": 20, "n": 16, "k": 24}}
+    kt.collect(spec, sample=2, backend="interpret", db=tmp_path / "c.db", progress=False)
+    with Database(tmp_path / "c.db", readonly=True) as db:
+        rows = db.find()
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), [r["message"] for r in rows]
+    assert "pytorch" not in {r["config_key"] for r in rows}

@@ -493,3 +493,18 @@ def test_an_nvml_of_several_gpus_none_of_them_torchs_gives_no_energy_counter():
     its energy counter (another card's work) for the kernel's."""
     meter = Nvml("GPU-ffff", nvml=TwoGpuNvml())
     assert meter.handle is None and meter.reason.startswith("no NVML device matches the GPU (UUID GPU-ffff)")
+
+
+def test_the_tunes_seed_reaches_the_measuring_and_the_checking_workers():
+    """The seed (kt tune's tune.seed) draws a worker's random inputs: a measure payload that carried 0 instead
+    checked every tune on the same inputs whatever seed it was given."""
+    from kt.autotune.runners import InterpretRunner
+    from kt.ir import GemmProblem
+
+    problem = GemmProblem(40, 30, 20)
+    config = FAMILIES["gemm"].space(problem, H100).legal[0]
+    candidate = Candidate(problem, config, "unused.py")
+    measuring = DryRunner(H100, workers=1, seed=7, compile_target=False)
+    assert measuring.payload(Stage("measure", "measure"), candidate)["seed"] == 7
+    checking = InterpretRunner(H100, workers=1, seed=7, compile_target=False)
+    assert checking.payload(Stage("interpret", "check"), candidate)["seed"] == 7
