@@ -806,6 +806,29 @@ def test_inspect_refuses_rows_of_two_gpus_until_gpu_picks_one(gpperf, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_row_is_refused_for_a_zero_prediction_or_a_float_size_and_kept_for_the_longest_chain(gpperf):
+    """A prediction is a runtime (> 0 ms); a problem's sizes are integers (64.0 is text someone edited); a low-rank
+    problem of MAX_CHAIN factors (MAX_CHAIN + 1 sizes), which op.yaml allows, is data."""
+    from kt.autotune.dataset import _check_problem, check_row
+    from kt.errors import DatabaseError
+    from kt.spec import MAX_CHAIN
+
+    row = dict(gpperf["rows"][0], id=1)
+    check_row({**row, "predicted_ms": 0.5}, "data: row id 1")
+    with pytest.raises(
+        DatabaseError, match="column predicted_ms is 0.0; allowed: a finite number of milliseconds"
+    ):
+        check_row({**row, "predicted_ms": 0.0}, "data: row id 1")
+    with pytest.raises(
+        DatabaseError, match="column problem: m is 64.0; allowed: an integer from 1 to 16777216"
+    ):
+        check_row({**row, "problem": {**row["problem"], "m": 64.0}}, "data: row id 1")
+    chain = {"rows": 8, "dims": [16] * (MAX_CHAIN + 1), "dtype": "float16"}
+    _check_problem("lowrank", chain, "data: row id 2")
+    with pytest.raises(DatabaseError, match=f"dims is .*; allowed: a list of 3 to {MAX_CHAIN + 1} integers"):
+        _check_problem("lowrank", {**chain, "dims": [16] * (MAX_CHAIN + 2)}, "data: row id 2")
+
+
 def test_a_power_zero_reading_is_data_and_a_negative_one_is_refused(gpperf):
     """power_w is 'a finite number of watts >= 0': a row whose meter read 0 W is kept (refusing it made a
     whole data file unreadable), a negative reading is refused naming the column."""
