@@ -43,6 +43,20 @@ def logged(folder, tag: str, number: int, sleep: float = 0.0) -> Task:
     return Task(number, "check", payload, "first", context=tag)
 
 
+def logged_run(dispatcher, folder, tag: str, count: int, first_sleep: float = 0.0) -> None:
+    """One run of `count` logged tasks tagged tag0, tag1, ... (the first waiting `first_sleep` seconds)."""
+    tasks = [logged(folder, f"{tag}{i}", i, first_sleep if i == 0 else 0.0) for i in range(count)]
+    list(dispatcher.run(tasks))
+
+
+def until(condition, seconds: float = 30.0) -> None:
+    """Wait until `condition()` holds (the dispatcher's state as another thread changes it), at most `seconds`."""
+    limit = time.monotonic() + seconds
+    while not condition() and time.monotonic() < limit:
+        time.sleep(0.01)
+    assert condition()
+
+
 def test_threads_share_the_workers_and_each_gets_only_its_own_outcomes_and_follow_ups():
     seen: dict[str, list] = {}
     pids: dict[str, set] = {}
@@ -108,27 +122,18 @@ def test_a_free_worker_takes_the_runs_in_turn(tmp_path):
         held.wait(timeout=60)
         list(outcomes)
 
-    def one_run(dispatcher, tag, count):
-        list(dispatcher.run([logged(tmp_path, f"{tag}{i}", i) for i in range(count)]))
-
-    def registered(dispatcher, count):
-        # each run is registered (its tasks queued) before the next one starts
-        limit = time.monotonic() + 30
-        while len(dispatcher._jobs) < count and time.monotonic() < limit:
-            time.sleep(0.01)
-        assert len(dispatcher._jobs) == count
-
     with WorkerPool({"first": (1, {})}, timeout_s=60) as pool, Dispatcher(pool) as dispatcher:
         occupier = threading.Thread(target=occupy, args=(dispatcher,))
         occupier.start()
-        registered(dispatcher, 1)
+        # each run is registered (its tasks queued) before the next one starts
+        until(lambda: len(dispatcher._jobs) == 1)
         runs = [
-            threading.Thread(target=one_run, args=(dispatcher, tag, count))
+            threading.Thread(target=logged_run, args=(dispatcher, tmp_path, tag, count))
             for tag, count in (("a", 3), ("b", 1))
         ]
         for count, thread in enumerate(runs, start=2):
             thread.start()
-            registered(dispatcher, count)
+            until(lambda count=count: len(dispatcher._jobs) == count)
         for thread in runs:
             thread.join(timeout=60)
         held.set()
@@ -141,23 +146,12 @@ def test_a_run_that_joins_goes_next_not_after_another_turn_of_the_run_before_it(
     """A run that registers while the only other run's task is running is served next: the turn after the last
     run pointed back at the first (modulo one run), so a newcomer waited for another of its tasks."""
 
-    def one_run(dispatcher, tag, count, sleep):
-        list(
-            dispatcher.run([logged(tmp_path, f"{tag}{i}", i, sleep if i == 0 else 0.0) for i in range(count)])
-        )
-
-    def until(condition):
-        limit = time.monotonic() + 30
-        while not condition() and time.monotonic() < limit:
-            time.sleep(0.01)
-        assert condition()
-
     with WorkerPool({"first": (1, {})}, timeout_s=60) as pool, Dispatcher(pool) as dispatcher:
-        first = threading.Thread(target=one_run, args=(dispatcher, "a", 3, 2.0))
+        first = threading.Thread(target=logged_run, args=(dispatcher, tmp_path, "a", 3, 2.0))
         first.start()
         # a0 is taken while run a is alone, and runs for two seconds
         until(lambda: len(dispatcher._jobs) == 1 and dispatcher._running)
-        second = threading.Thread(target=one_run, args=(dispatcher, "b", 1, 0.0))
+        second = threading.Thread(target=logged_run, args=(dispatcher, tmp_path, "b", 1))
         second.start()
         until(lambda: len(dispatcher._jobs) == 2)
         for thread in (first, second):
