@@ -452,3 +452,24 @@ def test_a_power_cap_note_names_the_configs_an_earlier_tune_measured_without_pow
     unread = [r for r in result.rows if r["status"] == "ok" and r.get("power_w") is None]
     assert 0 < len(unread) < len(result.rows)
     assert "some configs have no power reading, so the 1000 W cap was not checked for them" in result.notes
+
+
+def test_rows_an_earlier_tune_measured_show_this_tunes_prediction(runner, tmp_path):
+    """The table and the artifact name this tune's model: a row an earlier tune wrote (under the analytic model
+    here) shows what this tune's forest predicts for its config, not the prediction stored with it."""
+    from conftest import stand_in_records
+
+    earlier = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, strategy="top")
+    earlier_keys = {r["config_key"] for r in earlier.rows}
+    start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(
+        stand_in_records([(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 4, 4)] * 2)
+    )
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False, strategy="top", model=start)
+    stored = {r["config_key"]: r["predicted_ms"] for r in earlier.rows}
+    shown = {r["config_key"]: r for r in result.rows}
+    assert earlier_keys < set(shown)
+    for key in earlier_keys:
+        row = shown[key]
+        record = {**result.problem.to_record(), **row["config"]}
+        forest_ms = float(start.predict([record]).runtime_s[0]) * 1e3
+        assert row["predicted_ms"] == pytest.approx(forest_ms) and row["predicted_ms"] != stored[key]
