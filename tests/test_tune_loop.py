@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import refitted_from
+from conftest import refitted_from, stand_in_records
 
 import kt
 import kt.autotune.tune as tune_module
@@ -72,6 +72,13 @@ class StandInRunner(Runner):
         predicted = gemm_terms(records, self.profile)["predicted_s"]
         pick = max if self.pytorch_as == "slowest" else min
         return self.answer(candidate, float(pick(predicted)))
+
+
+def small_forest() -> ForestModel:
+    """An 8-tree forest fitted on the conftest's stand-in rows (the analytic model's outputs, not timings) of two
+    shapes: its ranking disagrees with the stand-in runner's analytic answers."""
+    shapes, configs = [(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 4, 4)]
+    return ForestModel(H100, n_estimators=8, n_jobs=1).fit(stand_in_records(shapes, configs * 2))
 
 
 @pytest.fixture
@@ -189,19 +196,13 @@ def test_the_python_api_checks_the_power_cap(runner, tmp_path):
 
 
 def test_a_tune_from_a_forest_keeps_it_and_corrects_it(runner, tmp_path):
-    from conftest import stand_in_records
-
-    start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(
-        stand_in_records([(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 4, 4)] * 2)
-    )
+    start = small_forest()
     result = kt.tune(SPEC, budget=16, db=tmp_path / "t.db", progress=False, model=start)
     assert result.trace.models[0] == start.describe()
     assert result.trace.models[1] == f"{start.describe()} corrected on 8 measured rows"
 
 
 def test_a_correction_fitted_on_what_the_start_already_predicts_changes_nothing():
-    from conftest import stand_in_records
-
     records = stand_in_records(
         [(512, 512, 512), (300, 700, 200)], [(64, 64, 32, 4, 3), (128, 128, 64, 8, 4)] * 3
     )
@@ -221,8 +222,6 @@ def test_a_correction_fitted_on_what_the_start_already_predicts_changes_nothing(
 
 
 def test_a_corrected_forest_corrects_its_power_instead_of_replacing_it():
-    from conftest import stand_in_records
-
     shapes, configs = (
         [(512, 512, 512), (1024, 256, 384), (300, 700, 200)],
         [(64, 64, 32, 4, 3), (128, 64, 64, 8, 4)],
@@ -242,8 +241,6 @@ def test_a_corrected_forest_keeps_the_forests_own_spread():
     """The corrected spread combines the starting model's spread with the correction's: a bug keeping the
     correction's alone makes a corrected forest certain (spread 0) wherever the correction learned nothing,
     and the guided search stops exploring what the forest itself was unsure of."""
-    from conftest import stand_in_records
-
     shapes, configs = [(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 8, 4)]
     start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(stand_in_records(shapes, configs * 2))
     records = stand_in_records(shapes, configs * 2)
@@ -421,11 +418,7 @@ def test_a_timed_tunes_table_is_its_rows_by_measured_objective_best_first(runner
     """`kt tune` prints table(): the passing rows by the measured objective, the best first; a table left in
     rank order put the model's favourite on top even where it measured slower. The tune ranks with a small
     forest (on the conftest's stand-in rows), so its ranks and the stand-in's analytic figures disagree."""
-    from conftest import stand_in_records
-
-    start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(
-        stand_in_records([(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 4, 4)] * 2)
-    )
+    start = small_forest()
     result = kt.tune(SPEC, budget=12, db=tmp_path / "t.db", progress=False, model=start)
     table = result.table(5)
     runtimes = [r["runtime_ms"] for r in table]
@@ -457,13 +450,9 @@ def test_a_power_cap_note_names_the_configs_an_earlier_tune_measured_without_pow
 def test_rows_an_earlier_tune_measured_show_this_tunes_prediction(runner, tmp_path):
     """The table and the artifact name this tune's model: a row an earlier tune wrote (under the analytic model
     here) shows what this tune's forest predicts for its config, not the prediction stored with it."""
-    from conftest import stand_in_records
-
     earlier = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, strategy="top")
     earlier_keys = {r["config_key"] for r in earlier.rows}
-    start = ForestModel(H100, n_estimators=8, n_jobs=1).fit(
-        stand_in_records([(512, 512, 512), (1024, 256, 384)], [(64, 64, 32, 4, 3), (128, 64, 64, 4, 4)] * 2)
-    )
+    start = small_forest()
     result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False, strategy="top", model=start)
     stored = {r["config_key"]: r["predicted_ms"] for r in earlier.rows}
     shown = {r["config_key"]: r for r in result.rows}
