@@ -1,5 +1,7 @@
 """kt's public API: build, reference, random weights, plan and space, on specs given as files, dicts or OpSpecs."""
 
+import time
+
 import pytest
 import torch
 from conftest import rel_err
@@ -158,6 +160,15 @@ def test_tune_refuses_a_bad_option_before_anything_is_stored(tmp_path, options, 
     with pytest.raises(kt.SpecError, match=words):
         kt.tune(SPEC, **{"db": db, "progress": False, "budget": 1, **options})
     assert not db.exists() or options.get("db") is not None  # nothing written
+
+
+def test_tune_refuses_a_deadline_of_now_it_leaves_no_time(tmp_path):
+    """The deadline check's boundary: a deadline that is the current time (or a moment ago) has passed, not
+    only one long past."""
+    db = tmp_path / "t.db"
+    with pytest.raises(kt.SpecError, match="deadline: .* has passed"):
+        kt.tune(SPEC, db=db, progress=False, budget=1, deadline=time.monotonic())
+    assert not db.exists()
 
 
 def test_plan_and_random_args_name_a_bad_seed_or_device():
