@@ -400,6 +400,110 @@ def test_export_has_a_kt_apply_node_and_matches_eager(name):
 # -- state_dict and dtype changes -----------------------------------------------------------------------------
 
 
+# -- torch.func transforms --------------------------------------------------------------------------------------
+
+
+def inner(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """<y, dy>, complex values as pairs of reals: a scalar loss whose gradient in y is dy."""
+    return (torch.view_as_real(y) * torch.view_as_real(dy)).sum() if y.is_complex() else (y * dy).sum()
+
+
+FUNC_CASES = [
+    "dense-3d",
+    "lowrank-chain-strided",
+    "blocksparse-gaps-3d",
+    "monarch-up-3d",
+    "butterfly-transposed-x",
+    "sum-blocksparse-lowrank-3d",
+    "fft-real",
+    "fft-f16-planar",
+]
+
+
+@pytest.mark.parametrize("name", FUNC_CASES)
+def test_torch_func_grad_vmap_and_per_sample_grads_match_the_float64_reference(name, monkeypatch):
+    check_torch_func(name, monkeypatch)
+
+
+def check_torch_func(name, monkeypatch):
+    """torch.func.grad (every parameter and x), vmap of the layer over x's batch, and per-sample gradients
+    (vmap of grad) against the same transforms of the float64 plain-torch reference."""
+    layer, leaf, view, tol = make_case(name)
+    x = view(leaf)
+    f16_fft = isinstance(layer, FFT) and layer.float_dtype == torch.float16
+    x_dim = 1 if f16_fft and layer.input == "complex" else 0  # planar x is (2, batch, n)
+    y_dim = 1 if f16_fft else 0  # and so is a half FFT's y
+    params = {n: p.detach() for n, p in layer.named_parameters()}
+    with torch.no_grad():
+        y = layer(x)
+    dy = torch.randn(y.shape, dtype=y.dtype)
+    p64, x64, dy64 = {n: wide(p) for n, p in params.items()}, wide(x), wide(dy)
+
+    def loss(p, x, dy):
+        return inner(torch.func.functional_call(layer, p, (x,)), dy)
+
+    def loss64(p, x, dy):
+        return inner(reference(layer, x, p), dy)
+
+    for transform, batched in ((torch.func.grad, False), (torch.func.grad, True)):
+        f, f64 = transform(loss, argnums=(0, 1)), transform(loss64, argnums=(0, 1))
+        if batched:  # one gradient per sample of x
+            f = torch.func.vmap(f, in_dims=(None, x_dim, y_dim))
+            f64 = torch.func.vmap(f64, in_dims=(None, x_dim, y_dim))
+        (dp, dx), (dp64, dx64) = f(params, x, dy), f64(p64, x64, dy64)
+        assert dx.shape == dx64.shape and rel(dx, dx64) < tol, (batched, "dx", rel(dx, dx64))
+        for n in params:
+            assert dp[n].shape == dp64[n].shape and rel(dp[n], dp64[n]) < tol, (
+                batched,
+                n,
+                rel(dp[n], dp64[n]),
+            )
+    if name == "dense-3d":  # the per-sample weight gradients ran as one batched product, selected as such
+        assert any(s.spec.op == "dense" and s.spec.shape.batch == x.shape[0] for s in knn.selections())
+    calls = []
+    run = knn.functional._run
+    monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+    yv = torch.func.vmap(layer, in_dims=x_dim, out_dims=y_dim)(x)
+    y64 = torch.func.vmap(lambda x: reference(layer, x, p64), in_dims=x_dim, out_dims=y_dim)(x64)
+    assert yv.shape == y64.shape and rel(yv, y64) < tol
+    # the batch joins x's leading dims: one kernel call per op, not one per sample
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: LowRankLinear(24, 40, (5, 7)), (24,)),
+        (lambda: MonarchLinear(32, 48, 4), (32,)),
+        (lambda: BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=1), (32,)),
+        (lambda: ButterflyLinear(16), (16,)),
+    ],
+    ids=["lowrank", "monarch", "blocksparse", "butterfly"],
+)
+def test_torch_func_jacrev_and_a_vmapped_ensemble_match_the_float64_reference(make, shape):
+    """jacrev of a layer at one x (the layer's matrix, transposed: vmap over the cotangents of its backward),
+    and an ensemble of two layers of one pattern vmapped over their stacked parameters (batched weights)."""
+    layers = [make(), make()]
+    with torch.no_grad():  # a different ensemble member, same structure
+        for p in layers[1].parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.randn(shape)
+    p64 = {n: wide(p) for n, p in layers[0].named_parameters()}
+    jac = torch.func.jacrev(layers[0])(x)
+    jac64 = torch.func.jacrev(lambda x: reference(layers[0], x, p64))(wide(x))
+    assert jac.shape == jac64.shape and rel(jac, jac64) < F32
+    params, buffers = torch.func.stack_module_state(layers)
+    xs = torch.randn(5, *shape)
+
+    def member(p, b, x):
+        return torch.func.functional_call(layers[0], (p, b), (x,))
+
+    ys = torch.func.vmap(member, in_dims=(0, 0, None))(params, buffers, xs)
+    for i, one in enumerate(layers):
+        ref = reference(one, wide(xs), {n: wide(p) for n, p in one.named_parameters()})
+        assert rel(ys[i], ref) < F32, i
+
+
 def fresh_like(layer: nn.Module) -> nn.Module:
     """A layer of the same shapes (and block pattern), differently initialised."""
     torch.manual_seed(123)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import kt
 import kt.nn as knn
 from kt.nn import selection
-from tests.test_nn import CASES, check_against_reference, make_case
+from tests.test_nn import CASES, FUNC_CASES, check_against_reference, check_torch_func, make_case
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta state:UserWarning"),
@@ -74,6 +74,13 @@ def _step_ms(fs, x, dy, reps=20) -> list[float]:
             f(x).backward(dy)
             spent.append(time.perf_counter() - started)
     return [min(spent) * 1e3 for spent in times]
+
+
+@pytest.mark.parametrize("name", FUNC_CASES)
+def test_torch_func_on_the_cpu_path_matches_float64_reference(name, monkeypatch):
+    """test_nn's torch.func checks (grad, vmap, per-sample gradients) on the PyTorch path."""
+    check_torch_func(name, monkeypatch)
+    assert_all_pytorch()
 
 
 @pytest.mark.parametrize("kind", ["monarch", "lowrank"])

@@ -128,12 +128,85 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
         or x.is_meta
     ):  # a trace (its tensors are fake or functional subclasses), or shapes only (the fake implementation)
         return torch.ops.kt.apply(x, weights, text)
+    if _in_func_transform():  # torch.func.grad, vmap, jacrev, ...
+        return _FuncApply.apply(x, text, *weights)
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return _EagerApply.apply(x, text, *weights)
     return _run(x, weights, text)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _in_func_transform() -> bool:
+    """Inside a torch.func transform (grad, vmap, jacrev, ...): its tensors are wrappers whose type is still
+    torch.Tensor, and autograd.Functions must keep their setup_context apart from forward there."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+class _FuncApply(torch.autograd.Function):
+    """The op under torch.func transforms: forward(x, op, *weights) is the custom op (whose vmap rule, `_vmap`,
+    batches it), backward the same formulas. Its own Function, because the one torch.library makes for
+    `register_autograd` has no separate setup_context, which functorch requires (pytorch/pytorch#168393)."""
+
+    generate_vmap_rule = True  # forward and backward are kt ops and torch ops, each with its vmap rule
+
+    @staticmethod
+    def forward(x, op, *weights):
+        return torch.ops.kt.apply(x, list(weights), op)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, op, *weights = inputs
+        _setup_context(ctx, (x, weights, op), output)
+
+    @staticmethod
+    def backward(ctx, dy):
+        need = ctx.needs_input_grad  # (x, op, *weights)
+        dx, dweights = _gradients(ctx, dy, bool(need[0]), [bool(n) for n in need[2:]])
+        return (dx, None, *dweights)
+
+
+@torch.library.register_vmap("kt::apply")
+def _vmap(info, in_dims, x, weights, op):
+    """torch.func.vmap of the op. Only x batched: one call, the batch as one more leading dim of x (the op maps
+    the last dim; a dense product's batch joins its rows). A dense product of two batched 2-D operands: one
+    batched product. Anything else (batched weights, a batch of products or of BSR gradients): one call per
+    batch entry, stacked."""
+    x_dim, weight_dims, _ = in_dims
+    spec, size = _parsed(op), info.batch_size
+    if spec["op"] == "dense":
+        (b,), (b_dim,) = weights, weight_dims
+        per_x, per_b = x.dim() - (x_dim is not None), b.dim() - (b_dim is not None)
+        if per_x == 2 and per_b == 2 and (x_dim is not None or b_dim is not None):
+            if b_dim is None:  # rows of x: (B*M, K) @ (K, N)
+                a = x.movedim(x_dim, 0)
+                y = torch.ops.kt.apply(a.reshape(-1, a.shape[-1]), [b], op)
+                return y.reshape(size, a.shape[1], -1), 0
+            a = x.movedim(x_dim, 0) if x_dim is not None else x.expand(size, *x.shape)
+            return torch.ops.kt.apply(
+                a.contiguous(), [b.movedim(b_dim, 0).contiguous()], _batched(op, size)
+            ), 0
+    elif spec["op"] != "blocksparse_grad" and all(d is None for d in weight_dims):
+        planar = _planar_input(spec)  # x is (2, ..., n): the batch goes after the planes
+        y = torch.ops.kt.apply(x.movedim(x_dim, 1 if planar else 0), list(weights), op)
+        return y, 1 if spec["op"] == "fft" and spec["dtype"] == "float16" else 0  # planar out: (2, B, ..., n)
+
+    def take(t, dim, i):
+        return t if dim is None else t.select(dim, i)
+
+    outs = [
+        torch.ops.kt.apply(take(x, x_dim, i), [take(w, d, i) for w, d in zip(weights, weight_dims)], op)
+        for i in range(size)
+    ]
+    return torch.stack(outs), 0
+
+
+@functools.lru_cache(maxsize=256)
+def _batched(op: str, size: int) -> str:
+    """A dense op's text as a batch of `size` products of contiguous (row) operands."""
+    spec = json.loads(op)
+    return op_text({**spec, "shape": {**spec["shape"], "batch": size}, "layout": {"a": "row", "b": "row"}})
 
 
 def _kernel_weights(
@@ -462,7 +535,7 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
         pairs = a.view(-1, n // (2 * s), 2, s)  # [b, group, half, j]
         t = t32[f].view(n // (2 * s), s, 2, 2)  # [group, j, out, in]
         a = torch.einsum("gjoi,bgij->bgoj", t, pairs).reshape(-1, n)
-    grads = torch.empty_like(t32)
+    grads = [None] * levels  # stacked at the end, not written in place: under torch.func.vmap only dy is batched
     g = _rows(dy).float()
     for f in reversed(range(levels)):
         s = 1 << f
@@ -470,7 +543,7 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
         pa = inputs[f].view(-1, n // (2 * s), 2, s)
         grads[f] = torch.einsum("bgoj,bgij->gjoi", pg, pa).reshape(n // 2, 2, 2)
         g = torch.einsum("gjoi,bgoj->bgij", t32[f].view(n // (2 * s), s, 2, 2), pg).reshape(-1, n)
-    return dx, [grads.to(twiddles.dtype)]
+    return dx, [torch.stack(grads).to(twiddles.dtype)]
 
 
 def _transposable(grads):
