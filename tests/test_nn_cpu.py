@@ -83,6 +83,28 @@ def test_torch_func_on_the_cpu_path_matches_float64_reference(name, monkeypatch)
     assert_all_pytorch()
 
 
+def test_torch_compile_of_a_torch_func_transform_runs_it_eagerly_or_names_why_under_fullgraph():
+    """Traced, a kt op under a torch.func transform has no path (the custom op's torch.library autograd is
+    refused by functorch): kt raises its own reason there, so torch.compile breaks the graph and the transform
+    runs eagerly (same gradients), and fullgraph=True names it."""
+    torch._dynamo.reset()
+    layer = knn.LowRankLinear(24, 16, 8)
+    params = {n: p.detach() for n, p in layer.named_parameters()}
+    x = torch.randn(5, 24)
+
+    def loss(p, x):
+        return torch.func.functional_call(layer, p, (x,)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))
+    eager = per_sample(params, x)
+    compiled = torch.compile(per_sample)(params, x)
+    for name in params:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=0, atol=0)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="torch.func transform .* not supported .*pytorch/pytorch#168393"):
+        torch.compile(per_sample, fullgraph=True)(params, x)
+
+
 @pytest.mark.parametrize("kind", ["monarch", "lowrank"])
 def test_a_cpu_layer_runs_at_torch_speed(kind):
     """Forward+backward of a 512-feature layer at batch 64 against the plain torch formula of its structure. The

@@ -121,6 +121,11 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     op's own backward (`_backward`, the same formulas)."""
     weights = list(weights)
     text = op if isinstance(op, str) else op_text(op)
+    if torch.compiler.is_compiling() and _in_func_transform():
+        raise RuntimeError(
+            "kt.nn: torch.compile of a torch.func transform (grad, vmap, jacrev) over a kt op is not supported "
+            "(PyTorch's custom ops lack it: pytorch/pytorch#168393); run the transform without torch.compile"
+        )
     if (
         type(x) not in _PLAIN
         or any(type(w) not in _PLAIN for w in weights)
@@ -535,7 +540,9 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
         pairs = a.view(-1, n // (2 * s), 2, s)  # [b, group, half, j]
         t = t32[f].view(n // (2 * s), s, 2, 2)  # [group, j, out, in]
         a = torch.einsum("gjoi,bgij->bgoj", t, pairs).reshape(-1, n)
-    grads = [None] * levels  # stacked at the end, not written in place: under torch.func.vmap only dy is batched
+    grads = [
+        None
+    ] * levels  # stacked at the end, not written in place: under torch.func.vmap only dy is batched
     g = _rows(dy).float()
     for f in reversed(range(levels)):
         s = 1 << f
