@@ -121,7 +121,11 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     op's own backward (`_backward`, the same formulas)."""
     weights = list(weights)
     text = op if isinstance(op, str) else op_text(op)
-    if torch.compiler.is_compiling() and _in_func_transform():
+    if torch.compiler.is_compiling() and torch._C._functorch.maybe_current_level() is not None:
+        # traced inside a torch.func transform: no path (functorch refuses the custom op's torch.library
+        # autograd, pytorch/pytorch#168393, and dynamo fails on _FuncApply). dynamo cannot trace the query
+        # above there (outside a transform it is None), so it breaks the graph before this line and the
+        # transform runs eagerly; under fullgraph=True that break is the error. Reached otherwise, say so
         raise RuntimeError(
             "kt.nn: torch.compile of a torch.func transform (grad, vmap, jacrev) over a kt op is not supported "
             "(PyTorch's custom ops lack it: pytorch/pytorch#168393); run the transform without torch.compile"
@@ -144,9 +148,19 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _in_func_transform() -> bool:
-    """Inside a torch.func transform (grad, vmap, jacrev, ...): its tensors are wrappers whose type is still
-    torch.Tensor, and autograd.Functions must keep their setup_context apart from forward there."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    """Inside a torch.func transform (grad, vmap, jvp and those built on them): its tensors are wrappers whose
+    type is still torch.Tensor, and autograd.Functions must keep their setup_context apart from forward there.
+    Functionalization alone (what torch.compile's AOT autograd runs) is no such transform."""
+    if torch._C._functorch.peek_interpreter_stack() is None:  # the common case, ~50 ns
+        return False
+    return any(level.key() in _FUNC_TRANSFORMS for level in torch._C._functorch.get_interpreter_stack())
+
+
+_FUNC_TRANSFORMS = (
+    torch._C._functorch.TransformType.Grad,
+    torch._C._functorch.TransformType.Vmap,
+    torch._C._functorch.TransformType.Jvp,
+)
 
 
 class _FuncApply(torch.autograd.Function):
