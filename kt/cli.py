@@ -961,7 +961,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     budget = budget or spec.tune.budget
     if plan.strategy != "guided":
         first = f"it checks the model's best {len(plan.chosen)} (nothing is timed without a GPU)"
-    elif len(plan.chosen) < min(budget, len(space_.legal)):
+    elif len(plan.chosen) < plan.budget:
         first = (
             f"its first round measures {len(plan.chosen)} of a budget of {budget}; later rounds follow the "
             "model refitted on those measurements"
@@ -981,7 +981,17 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     roofline_s, bounds = roofline_and_bound(records, space_.device)
     roofline_ms = roofline_s * 1e3
     chosen = set(plan.chosen)
-    exploit = set(plan.ranked[: len(plan.chosen)])
+    # the first config of each program, best first: the model's own picks (exploit); `twin_of` the rank of the
+    # program a config runs, when a better-ranked config runs it too (Plan.alias)
+    programs: dict[int, int] = {}
+    twin_of: dict[int, int] = {}
+    for position, index in enumerate(plan.ranked):
+        program = index if plan.alias is None else int(plan.alias[index])
+        if program in programs:
+            twin_of[index] = programs[program]
+        else:
+            programs[program] = position + 1
+    exploit = set(plan.ranked_programs[: len(plan.chosen)])
     ranked_by = plan.objective if prediction.power_w is not None else "time"
     table = Table(
         title=f"best {len(rows)} of {len(space_.legal)} by predicted {ranked_by} (predictions, not measurements)"
@@ -1010,6 +1020,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         measures = "-" if index not in chosen else "yes" if plan.strategy != "guided" else "round 1"
         if index in chosen and index not in exploit:
             measures += " (explores)"
+        if index in twin_of:
+            measures = f"no: rank {twin_of[index]}'s program"
         table.add_row(
             str(position + 1),
             plan.config(index).key(),
@@ -1049,8 +1061,9 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             + (" or the ratio to PyTorch" if plan.baseline_ratio is not None else ""),
             style="yellow",
         )
-    if plan.budget_note:
-        out.print(f"note: {plan.budget_note}", style="yellow")
+    for note in (plan.budget_note, plan.twin_note):
+        if note:
+            out.print(f"note: {note}", style="yellow")
     if prediction.power_w is not None and plan.power_cap_w is not None:
         over = int(np.sum(prediction.power_w > plan.power_cap_w))
         if over:

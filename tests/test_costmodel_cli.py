@@ -606,6 +606,25 @@ def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
     assert "the tune also takes 44 configs ranked below the table (ranks 21-64)" in top20.stdout, top20.stdout
 
 
+def test_predict_marks_configs_that_run_a_better_ranked_configs_program(tmp_path):
+    """On a 40x24 output, group_m orders no tiles for most configs: the table says which rank's program each
+    such config runs (a tune does not measure it), and the note counts them."""
+    spec = tmp_path / "skinny.yaml"
+    spec.write_text("op: dense\ndtype: float16\nshape: {m: 40, n: 24, k: 32}\n")
+    result = kt("predict", spec, "--top", "30", "--gpu", "--budget", "64", "--model", "analytic")
+    assert result.exit_code == 0, result.stderr
+    rows = re.findall(r"│\s+(\d+) │ (\S+)\s+│.*│ ([^│]*?)\s*│\n", result.stdout)
+    assert len(rows) == 30
+    twins = [
+        (int(rank), int(m.group(1))) for rank, _, cell in rows if (m := re.match(r"no: rank (\d+)'s", cell))
+    ]
+    assert twins and all(first < rank for rank, first in twins)
+    keys = {int(rank): key for rank, key, _ in rows}
+    for rank, first in twins:  # the same config but for group_m
+        assert re.sub(r"g\d+", "", keys[rank]) == re.sub(r"g\d+", "", keys[first]), (keys[rank], keys[first])
+    assert "legal configs run the same program as another" in result.stdout
+
+
 def test_rank_runs_are_joined():
     from kt.cli import _runs
 

@@ -231,3 +231,24 @@ def test_a_power_cap_ranks_configs_over_it_last_and_edp_doubles_the_runtime_spre
     assert list(np.argsort(predicted.objective("energy", power_cap_w=500))) == [0, 1]
     assert predicted.spread("edp") == pytest.approx([0.2, 0.2])
     assert predicted.spread("energy") == pytest.approx([0.1, 0.1])
+
+
+def test_of_candidates_that_run_one_program_the_best_ranked_is_proposed_and_none_once_one_ran():
+    """SearchState.alias (a GEMM's group_m where it orders no tiles): one candidate per class, in model order,
+    and no class of which a member was measured (a row of an earlier tune)."""
+    alias = np.array([0, 0, 1, 2, 1, 3])
+    order = np.array([1, 0, 4, 2, 3, 5])
+    state = SearchState(np.ones(6), np.zeros(6), order, {}, 6, 0, 0, alias=alias)
+    assert state.unmeasured() == [1, 4, 3, 5]
+    state.measured = {2: 1.0}  # class 1, through its second-ranked member
+    assert state.unmeasured() == [1, 3, 5]
+    cost = np.array([3.0, 3.0, 1.0, 2.0, 1.0, 4.0])
+    trace = run_search(
+        ExhaustiveSearch(),
+        lambda: (Prediction(cost.copy(), np.zeros(6)), "m"),
+        lambda batch: {i: float(cost[i]) for i in batch},
+        budget=6,
+        alias=alias,
+    )
+    # one of each class, the first in model order (by cost, ties stable): 2 (not 4), 3, 0 (not 1), 5
+    assert trace.measured == [2, 3, 0, 5]

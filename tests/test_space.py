@@ -1,10 +1,13 @@
 """The GEMM search space: hardware legality rules on hand-computed cases."""
 
 import dataclasses
+import itertools
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+import kt.codegen
 from kt.codegen import FAMILIES, GemmConfig, illegal_reason
 from kt.codegen.gemm import AXES, accumulator_registers, built_shared_memory, padded, shared_memory
 from kt.device import H100
@@ -180,3 +183,44 @@ def test_a_refit_learns_how_the_tma_kernel_differs_from_its_classic_twin():
     _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 2}, "row 1")  # the subtiled one
     with pytest.raises(Exception, match="tma is 3; allowed: an integer from 0 to 2"):
         _check_config("gemm", {**GemmConfig(64, 64, 32).to_dict(), "tma": 3}, "row 1")
+
+
+def tile_order(tiles_m: int, tiles_n: int, group_m: int) -> list[tuple[int, int]]:
+    """The output tile (row, column) each program takes: gemm.py.j2's swizzle (checked below), in Python."""
+    order = []
+    for pid in range(tiles_m * tiles_n):
+        per_group = group_m * tiles_n
+        first_m = (pid // per_group) * group_m
+        rows = min(tiles_m - first_m, group_m)
+        t = pid % per_group
+        order.append((first_m + t % rows, t // rows))
+    return order
+
+
+def test_two_gemm_configs_run_one_program_exactly_when_their_group_m_gives_one_tile_order():
+    """GemmFamily.same_program, against the template's tile order on every grid up to 7x7 (ragged sizes):
+    configs differing only in group_m run one program exactly when the order is the same; other fields differ."""
+    source = (Path(kt.codegen.__file__).parent / "templates" / "gemm.py.j2").read_text()
+    for line in (
+        "tiles_per_group = GROUP_M * tiles_n",
+        "first_m = (pid // tiles_per_group) * GROUP_M",
+        "rows = tl.minimum(tiles_m - first_m, GROUP_M)",
+        "t = pid % tiles_per_group",
+        "pid_m = first_m + t % rows",
+        "pid_n = t // rows",
+        "first_m = (tile // tiles_per_group) * GROUP_M",  # the persistent TMA kernel: the same swizzle
+    ):
+        assert line in source, line
+    family, groups = FAMILIES["gemm"], (1, 2, 4, 8, 16)
+    for tiles_m, tiles_n in itertools.product(range(1, 8), range(1, 8)):
+        problem = GemmProblem(16 * tiles_m - 3, 32 * tiles_n - 5, 64)
+        configs = [GemmConfig(16, 32, 32, group_m=g, tma=1) for g in groups]
+        for a, b in itertools.combinations(configs, 2):
+            same = family.same_program(problem, a) == family.same_program(problem, b)
+            orders = tile_order(tiles_m, tiles_n, a.group_m) == tile_order(tiles_m, tiles_n, b.group_m)
+            assert same == orders, (tiles_m, tiles_n, a.group_m, b.group_m)
+    problem = GemmProblem(40, 24, 32)  # one tile: every group_m alike, nothing else
+    base = GemmConfig(64, 32, 32, group_m=8)
+    assert family.same_program(problem, replace(base, group_m=1)) == family.same_program(problem, base)
+    for change in ({"num_warps": 8}, {"num_stages": 4}, {"block_k": 16}, {"split_k": 2}, {"tma": 1}):
+        assert family.same_program(problem, replace(base, **change)) != family.same_program(problem, base)

@@ -462,3 +462,43 @@ def test_rows_an_earlier_tune_measured_show_this_tunes_prediction(runner, tmp_pa
         record = {**result.problem.to_record(), **row["config"]}
         forest_ms = float(start.predict([record]).runtime_s[0]) * 1e3
         assert row["predicted_ms"] == pytest.approx(forest_ms) and row["predicted_ms"] != stored[key]
+
+
+SKINNY = {"op": "dense", "name": "skinny", "shape": {"m": 40, "n": 24, "k": 32}, "device": "h100"}
+
+
+def programs(spec, configs) -> set:
+    family, problem = kt.codegen.FAMILIES["gemm"], kt.plan(spec, budget=1).problem
+    return {family.same_program(problem, c) for c in configs}
+
+
+def test_a_tune_measures_each_program_once_where_group_m_orders_no_tiles(runner, tmp_path):
+    """On a 40x24 output most tiles cover it in one or two row-tiles: every group_m at or above those gives one
+    kernel. A tune measures one config of each program, its budget capped at their number, and says why."""
+    legal = kt.space(SKINNY).legal
+    distinct = len(programs(SKINNY, legal))
+    assert distinct < len(legal) / 2  # the premise: most legal configs are another's twin here
+    plan = kt.plan(SKINNY, budget=10**4, measures_time=True)
+    assert plan.budget == distinct and len(programs(SKINNY, [plan.config(i) for i in plan.chosen])) == len(
+        plan.chosen
+    )
+    assert f"{len(legal) - distinct} of the {len(legal)} legal configs run the same program" in plan.twin_note
+    result = kt.tune(SKINNY, budget=10**4, db=tmp_path / "t.db", progress=False, strategy="random")
+    measured = [r["config"] for r in result.rows]
+    assert (
+        len(measured)
+        == distinct
+        == len(programs(SKINNY, [kt.codegen.GemmConfig.from_dict(c) for c in measured]))
+    )
+    assert plan.twin_note in result.notes
+
+
+def test_listed_configs_and_a_collect_measure_every_config_twins_included(runner, tmp_path):
+    """tune.configs lists exactly what to measure, and `kt collect --all` sweeps every legal config (rows for a
+    cost model): neither skips a config that runs another's program."""
+    twins = [{"block_m": 64, "block_n": 32, "block_k": 32, "group_m": g} for g in (1, 4, 8)]
+    listed = {**SKINNY, "tune": {"configs": twins}}
+    result = kt.tune(listed, budget=1, db=tmp_path / "t.db", progress=False)
+    assert len(result.rows) == 3 and result.plan.twin_note is None
+    session = kt.collect(SKINNY, backend="interpret", db=tmp_path / "c.db", progress=False)
+    assert len(session.rows) == len(kt.space(SKINNY).legal) and session.plan.alias is None

@@ -63,11 +63,21 @@ class SearchState:
     # False: the predictions are of another quantity than the measured values (a tune for energy ranked by a
     # model that predicts no power): expected improvement then ranks by the prediction alone, and never stops
     comparable: bool = True
+    # alias[i]: the class of candidate i, candidates of one class being the same program (a GEMM's group_m
+    # where it orders no tiles): one of each is measured (None: every candidate is its own)
+    alias: np.ndarray | None = None
 
     def unmeasured(self) -> list[int]:
-        """The candidates not measured yet, in model order."""
+        """The candidates not measured yet, in model order: of candidates of one class (`alias`), the first
+        in model order, and none of a class with a measured member."""
         measured = np.fromiter(self.measured, dtype=np.int64, count=len(self.measured))
-        return self.order[~np.isin(self.order, measured)].astype(np.int64).tolist()
+        todo = self.order[~np.isin(self.order, measured)].astype(np.int64)
+        if self.alias is not None and len(todo):
+            classes = self.alias[todo]
+            first = np.zeros(len(todo), dtype=bool)
+            first[np.unique(classes, return_index=True)[1]] = True
+            todo = todo[first & ~np.isin(classes, self.alias[measured])]
+        return todo.tolist()
 
     @property
     def best(self) -> float | None:
@@ -283,6 +293,7 @@ def run_search(
     size: int | None = None,
     distance: Callable[[int], np.ndarray] | None = None,
     comparable: Callable[[Prediction], bool] | None = None,
+    alias: np.ndarray | None = None,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
@@ -296,6 +307,7 @@ def run_search(
     those values into a best-first ordering (default: argsort), `spread` gives the objective's relative
     uncertainty (default: the runtime's). `out_of_time()` true ends the search before its next round (a
     time-boxed run); `measure` may then leave indices out of its answer, and those count as not measured.
+    `alias` (SearchState.alias): candidates of one class are one program, measured once.
     """
     objective = objective or (lambda p: p.runtime_s)
     spread = spread or (lambda p: p.runtime_spread)
@@ -318,6 +330,7 @@ def run_search(
                 seed,
                 informed=False,
                 distance=distance,
+                alias=alias,
             )
         else:
             values = objective(prediction)
@@ -332,6 +345,7 @@ def run_search(
                 fail=prediction.fail_prob,
                 distance=distance,
                 comparable=comparable is None or comparable(prediction),
+                alias=alias,
             )
         if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break

@@ -75,10 +75,33 @@ class Plan:
     model_note: str | None = (
         None  # what of the problem or device the ranking forest never saw (ForestModel.unseen)
     )
+    # the class of each legal config, configs of one class running one program (SearchState.alias): a tune
+    # measures one of each; None: each its own (no family rule, a listed tune.configs, an exhaustive search)
+    alias: np.ndarray | None = None
 
     @property
     def predicted_s(self) -> np.ndarray:
         return self.prediction.runtime_s
+
+    @property
+    def ranked_programs(self) -> list[int]:
+        """`ranked` with one config per program (`alias`): the best ranked of each, the ones a tune measures."""
+        if self.alias is None:
+            return list(self.ranked)
+        seen: set[int] = set()
+        return [i for i in self.ranked if not (self.alias[i] in seen or seen.add(self.alias[i]))]
+
+    @property
+    def twin_note(self) -> str | None:
+        """How many legal configs run another's program (`alias`), which the tune does not measure again."""
+        if self.alias is None:
+            return None
+        legal = len(self.space.legal)
+        twins = legal - (int(self.alias.max()) + 1)
+        return (
+            f"{twins} of the {legal} legal configs run the same program as another (group_m only orders the "
+            "output tiles, and on this grid several values give one order): one of each is measured"
+        )
 
     def config(self, index: int) -> Config:
         return self.space.legal[index]
@@ -253,8 +276,14 @@ def plan_tuning(
     ):  # without timing it only checks configs
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
     note = note or listed_note
-    budget = min(budget, len(space.legal))  # what the search can spend (meta.json's tuning.budget says it)
-    state = SearchState(values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed)
+    alias = (
+        None if listed_note is not None or strategy.name == "exhaustive" else aliases(family, problem, space)
+    )
+    programs = len(space.legal) if alias is None else int(alias.max()) + 1
+    budget = min(budget, programs)  # what the search can spend (meta.json's tuning.budget says it)
+    state = SearchState(
+        values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed, alias=alias
+    )
     chosen = strategy.propose(state)[:budget]
     return Plan(
         problem,
@@ -272,7 +301,19 @@ def plan_tuning(
         note,
         getattr(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, "origin", None),
         _unseen(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, problem, records),
+        alias,
     )
+
+
+def aliases(family, problem: Problem, space: SearchSpace) -> np.ndarray | None:
+    """SearchState.alias for the legal configs: the class of each by the family's `same_program` (a GEMM's
+    group_m where it orders no tiles), numbered in space order; None when every config is its own."""
+    same_program = getattr(family, "same_program", None)
+    if same_program is None:
+        return None
+    classes: dict[Any, int] = {}
+    alias = np.array([classes.setdefault(same_program(problem, c), len(classes)) for c in space.legal])
+    return alias if len(classes) < len(space.legal) else None
 
 
 def _unseen(model, problem: Problem, records: list[dict[str, Any]]) -> str | None:
@@ -421,7 +462,7 @@ def tune(
         **options,
     )
     plan, runner, profile = session.plan, session.runner, session.profile
-    notes = [note for note in (plan.budget_note, plan.model_note) if note]
+    notes = [note for note in (plan.budget_note, plan.model_note, plan.twin_note) if note]
     if not runner.measures_time:
         compiled = (
             f"compiled for sm_{profile.compute_capability}"
@@ -980,6 +1021,7 @@ class _Tuner:
                 order=lambda values: rank(self.plan.records, values / ROW_UNITS[self.plan.objective]),
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
                 distance=self.distance,
+                alias=self.plan.alias,
             )
             if zero and (deadline is None or time.monotonic() < deadline):
                 # no config was due (the budget spent by known ones, --retry-failed's rerun of a failed

@@ -327,6 +327,15 @@ class GemmFamily:
         judged = ((config, illegal_reason(problem, config, device)) for config in self.all_configs())
         return SearchSpace.of(problem, device, judged)
 
+    def same_program(self, problem: GemmProblem, config: GemmConfig) -> GemmConfig:
+        """The config whose kernel runs `config`'s program on `problem`, tile for tile: group_m only orders the
+        output tiles (gemm.py.j2: groups of group_m row-tiles, column by column), so every group_m at or above
+        the grid's row-tiles gives one column-major order, and any group_m the row-major order of a grid one
+        tile wide. Configs with the same answer are one kernel: a tune measures one of them."""
+        rows = -(-problem.m // config.block_m)
+        columns = -(-problem.n // config.block_n)
+        return replace(config, group_m=1 if columns == 1 else min(config.group_m, rows))
+
     def records(self, problem: GemmProblem, configs) -> list[dict[str, Any]]:
         """The cost model's record of each config: the problem's numbers and the config's."""
         base = problem.to_record()
