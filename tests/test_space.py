@@ -10,6 +10,7 @@ import pytest
 import kt.codegen
 from kt.codegen import FAMILIES, GemmConfig, illegal_reason
 from kt.codegen.gemm import AXES, accumulator_registers, built_shared_memory, padded, shared_memory
+from kt.codegen.tilesum import launches
 from kt.device import H100
 from kt.ir import GemmProblem
 
@@ -224,3 +225,37 @@ def test_two_gemm_configs_run_one_program_exactly_when_their_group_m_gives_one_t
     assert family.same_program(problem, replace(base, group_m=1)) == family.same_program(problem, base)
     for change in ({"num_warps": 8}, {"num_stages": 4}, {"block_k": 16}, {"split_k": 2}, {"tma": 1}):
         assert family.same_program(problem, replace(base, **change)) != family.same_program(problem, base)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {
+            "op": "blocksparse",
+            "shape": {"batch": 40, "in": 256, "out": 192},
+            "sparsity": {"block": [32, 32], "density": 0.5},
+        },
+        {"op": "lowrank", "shape": {"batch": 40, "dims": [256, 16, 192]}},
+        # f1 @ f2 first, of more rows (112) than x has (64)
+        {"op": "lowrank", "shape": {"batch": 64, "dims": [112, 1024, 112]}},
+    ],
+    ids=["blocksparse", "lowrank", "lowrank-weights-first"],
+)
+def test_tile_sum_configs_said_to_run_one_program_order_every_launchs_tiles_alike(spec):
+    """TileSumFamily.same_program: configs of one class give each launch the same tile order (tilesum.py.j2's
+    swizzle, whatever its column tiles), and the class is every config's but group_m."""
+    source = (Path(kt.codegen.__file__).parent / "templates" / "tilesum.py.j2").read_text()
+    for line in ("tiles_per_group = GROUP_M * tiles_n", "pid_m = first_m + t % rows", "pid_n = t // rows"):
+        assert line in source, line
+    plan = kt.plan({"dtype": "float16", **spec}, budget=1, measures_time=True, model="analytic")
+    family, problem = FAMILIES[plan.problem.family], plan.problem
+    classes: dict = {}
+    for config in plan.space.legal:
+        classes.setdefault(family.same_program(problem, config), []).append(config)
+    assert any(len(members) > 1 for members in classes.values())  # the premise: twins exist here
+    for members in classes.values():
+        assert len({replace(c, group_m=1) for c in members}) == 1
+        for launch in launches(problem, members[0]):
+            tiles_m = -(-launch.m // members[0].block_m)
+            for tiles_n in range(1, 5):
+                assert len({tuple(tile_order(tiles_m, tiles_n, c.group_m)) for c in members}) == 1

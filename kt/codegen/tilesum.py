@@ -265,6 +265,15 @@ class TileSumFamily(StructuredFamily):
             for launch in launches(problem, config)
         ]
 
+    def same_program(self, problem: TileSumProblem, config: TileConfig) -> tuple[TileConfig, tuple[int, ...]]:
+        """What `config`'s launches run on `problem`, tile for tile (kt.codegen.gemm's `same_program`): every
+        launch orders its output tiles in groups of group_m row-tiles (tilesum.py.j2), so every group_m at or
+        above a launch's row-tiles gives it one order. Configs with the same answer are one program."""
+        orders = tuple(
+            min(config.group_m, -(-launch.m // config.block_m)) for launch in launches(problem, config)
+        )
+        return TileConfig(**{**asdict(config), "group_m": 1}), orders
+
     def check_problems(self, problem: TileSumProblem, config: TileConfig) -> list[TileSumProblem]:
         """Problems for the interpreter: rows cut to one full tile and a ragged one, and a block-sparse op's
         pattern cut to a few block-rows (an empty one when it has one) and block-columns."""
