@@ -460,6 +460,19 @@ def check_torch_func(name, monkeypatch):
             )
     if name == "dense-3d":  # the per-sample weight gradients ran as one batched product, selected as such
         assert any(s.spec.op == "dense" and s.spec.shape.batch == x.shape[0] for s in knn.selections())
+    # forward mode: the output's tangent for tangents of every parameter and of x
+    tangents = ({n: torch.randn_like(p) for n, p in params.items()}, torch.randn_like(x))
+
+    def out(p, x):
+        return torch.func.functional_call(layer, p, (x,))
+
+    _, y_t = torch.func.jvp(out, (params, x), tangents)
+    _, y_t64 = torch.func.jvp(
+        lambda p, x: reference(layer, x, p),
+        (p64, x64),
+        ({n: wide(t) for n, t in tangents[0].items()}, wide(tangents[1])),
+    )
+    assert y_t.shape == y_t64.shape and rel(y_t, y_t64) < tol, ("jvp", rel(y_t, y_t64))
     calls = []
     run = knn.functional._run
     monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
@@ -480,9 +493,10 @@ def check_torch_func(name, monkeypatch):
     ],
     ids=["lowrank", "monarch", "blocksparse", "butterfly"],
 )
-def test_torch_func_jacrev_and_a_vmapped_ensemble_match_the_float64_reference(make, shape):
+def test_torch_func_jacrev_an_ensemble_and_hessians_match_the_float64_reference(make, shape):
     """jacrev of a layer at one x (the layer's matrix, transposed: vmap over the cotangents of its backward),
-    and an ensemble of two layers of one pattern vmapped over their stacked parameters (batched weights)."""
+    an ensemble of two layers of one pattern vmapped over their stacked parameters (batched weights), and
+    Hessians (forward mode over the backward) in x and in the first weight."""
     layers = [make(), make()]
     with torch.no_grad():  # a different ensemble member, same structure
         for p in layers[1].parameters():
@@ -502,6 +516,29 @@ def test_torch_func_jacrev_and_a_vmapped_ensemble_match_the_float64_reference(ma
     for i, one in enumerate(layers):
         ref = reference(one, wide(xs), {n: wide(p) for n, p in one.named_parameters()})
         assert rel(ys[i], ref) < F32, i
+    # second order through the backward's own ops, in forward mode over reverse mode: the Hessian of a loss in
+    # x, and its product with a direction in the first weight (a BSR weight's values: their gradient op depends
+    # on their pattern, not on their values)
+    first = next(n for n in p64 if n != "bias")
+
+    def loss(p, x, layer=layers[0]):
+        return torch.tanh(torch.func.functional_call(layer, p, (x,))).square().sum()
+
+    def loss64(p, x):
+        return torch.tanh(reference(layers[0], x, p)).square().sum()
+
+    p32 = {n: p.detach() for n, p in layers[0].named_parameters()}
+    hx, hx64 = (
+        torch.func.hessian(loss, argnums=1)(p32, x),
+        torch.func.hessian(loss64, argnums=1)(p64, wide(x)),
+    )
+    assert hx.shape == hx64.shape and rel(hx, hx64) < F32
+    v = torch.randn_like(p32[first])
+    _, hv = torch.func.jvp(torch.func.grad(lambda w: loss({**p32, first: w}, x)), (p32[first],), (v,))
+    _, hv64 = torch.func.jvp(
+        torch.func.grad(lambda w: loss64({**p64, first: w}, wide(x))), (p64[first],), (wide(v),)
+    )
+    assert hv.shape == hv64.shape and rel(hv, hv64) < F32, rel(hv, hv64)
 
 
 def fresh_like(layer: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import kt
 import kt.nn as knn
+from kt.ir.structured import monarch_reference
 from kt.nn import selection
 from tests.test_nn import CASES, FUNC_CASES, check_against_reference, check_torch_func, make_case
 
@@ -81,6 +82,21 @@ def test_torch_func_on_the_cpu_path_matches_float64_reference(name, monkeypatch)
     """test_nn's torch.func checks (grad, vmap, per-sample gradients) on the PyTorch path."""
     check_torch_func(name, monkeypatch)
     assert_all_pytorch()
+
+
+def test_forward_mode_ad_with_dual_tensors_gives_the_layers_tangent():
+    """torch.autograd.forward_ad (dual tensors, no torch.func): a layer's output tangent is the map applied to
+    x's tangent (the layer is linear in x), against the float64 formula."""
+    import torch.autograd.forward_ad as fwAD
+
+    layer = knn.MonarchLinear(32, 48, 4)
+    x, t = torch.randn(5, 32), torch.randn(5, 32)
+    with fwAD.dual_level():
+        y = layer(fwAD.make_dual(x, t))
+        tangent = fwAD.unpack_dual(y).tangent
+    w1, w2 = (p.detach().double() for p in (layer.w1, layer.w2))
+    expected = monarch_reference(t.double(), w1, w2)
+    assert tangent is not None and float((tangent.double() - expected).norm() / expected.norm()) < 1e-5
 
 
 def test_torch_compile_of_a_torch_func_transform_runs_it_eagerly_or_names_why_under_fullgraph():

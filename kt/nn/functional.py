@@ -137,7 +137,7 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
         or x.is_meta
     ):  # a trace (its tensors are fake or functional subclasses), or shapes only (the fake implementation)
         return torch.ops.kt.apply(x, weights, text)
-    if _in_func_transform():  # torch.func.grad, vmap, jacrev, ...
+    if _in_func_transform() or torch.autograd.forward_ad._current_level >= 0:  # torch.func, or dual tensors
         return _FuncApply.apply(x, text, *weights)
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return _EagerApply.apply(x, text, *weights)
@@ -178,12 +178,44 @@ class _FuncApply(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, op, *weights = inputs
         _setup_context(ctx, (x, weights, op), output)
+        ctx.save_for_forward(x, *weights)
 
     @staticmethod
     def backward(ctx, dy):
         need = ctx.needs_input_grad  # (x, op, *weights)
         dx, dweights = _gradients(ctx, dy, bool(need[0]), [bool(n) for n in need[2:]])
         return (dx, None, *dweights)
+
+    @staticmethod
+    def jvp(ctx, x_t, op_t, *weights_t):
+        x, *weights = ctx.saved_tensors
+        return _tangent(ctx.op, x, weights, x_t, weights_t)
+
+
+def _tangent(op: str, x: torch.Tensor, weights: list, x_t, weights_t) -> torch.Tensor:
+    """Forward mode: the op's output tangent for tangents of x and the weights (None: none). Every op is linear
+    in x and affine in each weight tensor (a butterfly in each level of its twiddles), so each tangent's share is
+    the op with that input replaced by its tangent: for a sum of terms, less the op with that weight zeroed (the
+    other terms), and for a BSR weight's gradient nothing from the forward weight's values (only its pattern)."""
+    kind = _parsed(op)["op"]
+    shares = [] if x_t is None else [apply(x_t, weights, op)]
+    for i, t in enumerate(weights_t):
+        if t is None or (kind == "blocksparse_grad" and i == 3):
+            continue
+        if kind == "butterfly":  # level by level: the product of the others and this level's tangent
+            level = torch.arange(t.shape[0], device=t.device).view(-1, 1, 1, 1)
+            shares += [apply(x, [torch.where(level == f, t, weights[i])], op) for f in range(t.shape[0])]
+            continue
+        swapped = [t if j == i else w for j, w in enumerate(weights)]
+        share = apply(x, swapped, op)
+        if kind == "sum":
+            share = share - apply(
+                x, [torch.zeros_like(t) if j == i else w for j, w in enumerate(weights)], op
+            )
+        shares.append(share)
+    if not shares:
+        return torch.zeros_like(apply(x, weights, op))
+    return functools.reduce(torch.add, shares)
 
 
 @torch.library.register_vmap("kt::apply")
