@@ -320,9 +320,9 @@ def test_kt_bench_times_a_case_against_pytorch_and_writes_its_report(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("kind", ["dense", "lowrank", "monarch"])
-def test_kt_nn_per_sample_gradients_on_the_gpu_match_float64(kind, dtype):
-    """torch.func.vmap(grad) over a kt.nn layer on the GPU (the batched products of its vmap rule run kt's
-    generated kernels, native bf16 dots included) against the same transform of the float64 formula."""
+def test_kt_nn_per_sample_gradients_and_tangents_on_the_gpu_match_float64(kind, dtype):
+    """torch.func.vmap(grad) and jvp over a kt.nn layer on the GPU (the batched products of its vmap rule run
+    kt's generated kernels, native bf16 dots included) against the same transforms of the float64 formula."""
     import kt.nn
     from kt.ir.structured import monarch_reference
 
@@ -353,8 +353,18 @@ def test_kt_nn_per_sample_gradients_on_the_gpu_match_float64(kind, dtype):
     per_sample = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, 0, 0))
     per_sample64 = torch.func.vmap(torch.func.grad(loss64, argnums=(0, 1)), in_dims=(None, 0, 0))
     (dp, dx) = per_sample(params, x, dy)
-    (dp64, dx64) = per_sample64({n: p.double() for n, p in params.items()}, x.double(), dy.double())
+    params64 = {n: p.double() for n, p in params.items()}
+    (dp64, dx64) = per_sample64(params64, x.double(), dy.double())
     limit = 5e-3 if dtype == torch.float16 else 2e-2
     assert dx.shape == x.shape and rel_err(dx, dx64) < limit
     for name in params:
         assert dp[name].shape == (8, *params[name].shape) and rel_err(dp[name], dp64[name]) < limit, name
+    # forward mode: the tangent of every parameter and of x
+    tangents = ({n: torch.randn_like(p) for n, p in params.items()}, torch.randn_like(x))
+    _, y_t = torch.func.jvp(lambda p, x: torch.func.functional_call(layer, p, (x,)), (params, x), tangents)
+    _, y_t64 = torch.func.jvp(
+        formula,
+        (params64, x.double()),
+        ({n: t.double() for n, t in tangents[0].items()}, tangents[1].double()),
+    )
+    assert rel_err(y_t, y_t64) < limit
