@@ -5,6 +5,7 @@ bucket (cost-model fallback logged once, artifacts), and the layers' argument er
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -445,12 +446,17 @@ def check_torch_func(name, monkeypatch):
     def loss64(p, x, dy):
         return inner(reference(layer, x, p), dy)
 
+    calls = {}
+    run = knn.functional._run
     for transform, batched in ((torch.func.grad, False), (torch.func.grad, True)):
         f, f64 = transform(loss, argnums=(0, 1)), transform(loss64, argnums=(0, 1))
         if batched:  # one gradient per sample of x
             f = torch.func.vmap(f, in_dims=(None, x_dim, y_dim))
             f64 = torch.func.vmap(f64, in_dims=(None, x_dim, y_dim))
+        calls[batched] = []
+        monkeypatch.setattr(knn.functional, "_run", lambda *args, c=calls[batched]: c.append(1) or run(*args))
         (dp, dx), (dp64, dx64) = f(params, x, dy), f64(p64, x64, dy64)
+        monkeypatch.setattr(knn.functional, "_run", run)
         assert dx.shape == dx64.shape and rel(dx, dx64) < tol, (batched, "dx", rel(dx, dx64))
         for n in params:
             assert dp[n].shape == dp64[n].shape and rel(dp[n], dp64[n]) < tol, (
@@ -458,6 +464,9 @@ def check_torch_func(name, monkeypatch):
                 n,
                 rel(dp[n], dp64[n]),
             )
+    if "blocksparse" not in name:  # per-sample gradients cost the kernel calls of one gradient, not one per
+        # sample (a BSR weight's gradient op goes sample by sample)
+        assert len(calls[True]) == len(calls[False]), (len(calls[True]), len(calls[False]))
     if name == "dense-3d":  # the per-sample weight gradients ran as one batched product, selected as such
         assert any(s.spec.op == "dense" and s.spec.shape.batch == x.shape[0] for s in knn.selections())
     # forward mode: the output's tangent for tangents of every parameter and of x
@@ -481,6 +490,43 @@ def check_torch_func(name, monkeypatch):
     assert yv.shape == y64.shape and rel(yv, y64) < tol
     # the batch joins x's leading dims: one kernel call per op, not one per sample
     assert len(calls) == 1
+
+
+DENSE_VMAP_CASES = [
+    (a3, b3, a_batched, b_batched)
+    for a3, b3, a_batched, b_batched in itertools.product([False, True], repeat=4)
+    if a_batched or b_batched
+]
+
+
+@pytest.mark.parametrize(
+    "a3, b3, a_batched, b_batched",
+    DENSE_VMAP_CASES,
+    ids=[
+        f"{'G' if a3 else ''}a{'[S]' if ab else ''}@{'G' if b3 else ''}b{'[S]' if bb else ''}"
+        for a3, b3, ab, bb in DENSE_VMAP_CASES
+    ],
+)
+def test_vmap_of_a_dense_product_is_one_kernel_call_for_every_operand_batched_or_shared(
+    a3, b3, a_batched, b_batched, monkeypatch
+):
+    check_vmap_dense(a3, b3, a_batched, b_batched, monkeypatch)
+
+
+def check_vmap_dense(a3, b3, a_batched, b_batched, monkeypatch):
+    """kt's dense op (the products of every layer's backward) vmapped over 3 samples, each operand 2-D or a
+    batch of 4 products, batched or shared: one kernel call (the samples join rows, columns or the product
+    batch), equal to torch.matmul vmapped in float64."""
+    S, G, M, K, N = 3, 4, 5, 6, 7
+    a = torch.randn(*((S,) if a_batched else ()), *((G,) if a3 else ()), M, K)
+    b = torch.randn(*((S,) if b_batched else ()), *((G,) if b3 else ()), K, N)
+    calls = []
+    run = knn.functional._run
+    monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+    dims = (0 if a_batched else None, 0 if b_batched else None)
+    y = torch.func.vmap(knn.functional.matmul, in_dims=dims)(a, b)
+    y64 = torch.func.vmap(torch.matmul, in_dims=dims)(wide(a), wide(b))
+    assert y.shape == y64.shape and rel(y, y64) < F32 and len(calls) == 1
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,15 @@ import kt
 import kt.nn as knn
 from kt.ir.structured import monarch_reference
 from kt.nn import selection
-from tests.test_nn import CASES, FUNC_CASES, check_against_reference, check_torch_func, make_case
+from tests.test_nn import (
+    CASES,
+    DENSE_VMAP_CASES,
+    FUNC_CASES,
+    check_against_reference,
+    check_torch_func,
+    check_vmap_dense,
+    make_case,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta state:UserWarning"),
@@ -82,6 +90,11 @@ def test_torch_func_on_the_cpu_path_matches_float64_reference(name, monkeypatch)
     """test_nn's torch.func checks (grad, vmap, per-sample gradients) on the PyTorch path."""
     check_torch_func(name, monkeypatch)
     assert_all_pytorch()
+
+
+@pytest.mark.parametrize("a3, b3, a_batched, b_batched", DENSE_VMAP_CASES)
+def test_vmap_of_a_dense_product_on_the_cpu_path_is_one_call(a3, b3, a_batched, b_batched, monkeypatch):
+    check_vmap_dense(a3, b3, a_batched, b_batched, monkeypatch)
 
 
 def test_forward_mode_ad_with_dual_tensors_gives_the_layers_tangent():

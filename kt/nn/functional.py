@@ -221,24 +221,17 @@ def _tangent(op: str, x: torch.Tensor, weights: list, x_t, weights_t) -> torch.T
 @torch.library.register_vmap("kt::apply")
 def _vmap(info, in_dims, x, weights, op):
     """torch.func.vmap of the op. Only x batched: one call, the batch as one more leading dim of x (the op maps
-    the last dim; a dense product's batch joins its rows). A dense product of two batched 2-D operands: one
-    batched product. Anything else (batched weights, a batch of products or of BSR gradients): one call per
-    batch entry, stacked."""
+    the last dim). A dense product (`_vmap_dense`): one call too. Anything else (batched weights, a BSR
+    gradient): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
     if spec["op"] == "dense":
         (b,), (b_dim,) = weights, weight_dims
-        per_x, per_b = x.dim() - (x_dim is not None), b.dim() - (b_dim is not None)
-        if per_x == 2 and per_b == 2 and (x_dim is not None or b_dim is not None):
-            if b_dim is None:  # rows of x: (B*M, K) @ (K, N)
-                a = x.movedim(x_dim, 0)
-                y = torch.ops.kt.apply(a.reshape(-1, a.shape[-1]), [b], op)
-                return y.reshape(size, a.shape[1], -1), 0
-            a = x.movedim(x_dim, 0) if x_dim is not None else x.expand(size, *x.shape)
-            return torch.ops.kt.apply(
-                a.contiguous(), [b.movedim(b_dim, 0).contiguous()], _batched(op, size)
-            ), 0
-    elif spec["op"] != "blocksparse_grad" and all(d is None for d in weight_dims):
+        a = x if x_dim is None else x.movedim(x_dim, 0)
+        return _vmap_dense(
+            a, x_dim is not None, b if b_dim is None else b.movedim(b_dim, 0), b_dim is not None, op, size
+        ), 0
+    if spec["op"] != "blocksparse_grad" and all(d is None for d in weight_dims):
         planar = _planar_input(spec)  # x is (2, ..., n): the batch goes after the planes
         y = torch.ops.kt.apply(x.movedim(x_dim, 1 if planar else 0), list(weights), op)
         return y, 1 if spec["op"] == "fft" and spec["dtype"] == "float16" else 0  # planar out: (2, B, ..., n)
@@ -251,6 +244,48 @@ def _vmap(info, in_dims, x, weights, op):
         for i in range(size)
     ]
     return torch.stack(outs), 0
+
+
+def _vmap_dense(a, a_batched: bool, b, b_batched: bool, op: str, size: int) -> torch.Tensor:
+    """S = `size` dense products a @ b, each a (M, K) or a batch (G, M, K) and b (K, N) or (G, K, N), the batched
+    operands with S in front, as one kernel call: with b shared, S joins a's rows (per group); with a shared,
+    S joins b's columns; with both batched, S joins the product batch. Returns (S, [G,] M, N). Only per-sample
+    data is copied, never a shared operand S times."""
+    if not b_batched:  # (S, [G,] M, K) @ b: the samples' rows in one operand
+        if b.dim() == 2:  # every row of every sample (and group) against b: one 2-D product
+            rows = a.reshape(-1, a.shape[-1])
+            return torch.ops.kt.apply(rows, [b], _unbatched(op)).reshape(*a.shape[:-1], b.shape[-1])
+        rows = a.movedim(0, -3) if a.dim() == 4 else a  # (G, S, M, K), or (S, M, K) against every group
+        y = torch.ops.kt.apply(rows.reshape(*rows.shape[:-3], -1, a.shape[-1]), [b], op)  # (G, S*M, N)
+        y = y.unflatten(-2, (size, a.shape[-2]))  # (G, S, M, N)
+        return y.movedim(-3, 0)
+    if not a_batched:  # a @ (S, [G,] K, N): the samples' columns in one operand (the op's n is S*N)
+        n = b.shape[-1]
+        cols = b.movedim(0, -2).reshape(*b.shape[1:-1], size * n)  # ([G,] K, S*N)
+        y = torch.ops.kt.apply(a, [cols], _widened(op, size * n))  # ([G,] M, S*N)
+        return y.unflatten(-1, (size, n)).movedim(-2, 0)
+    groups = max(a.dim(), b.dim()) == 4
+    if groups:  # one operand per group, the other shared by a sample's groups
+        g = a.shape[1] if a.dim() == 4 else b.shape[1]
+        a = a if a.dim() == 4 else a.unsqueeze(1).expand(size, g, *a.shape[1:])
+        b = b if b.dim() == 4 else b.unsqueeze(1).expand(size, g, *b.shape[1:])
+    flat_a, flat_b = a.reshape(-1, *a.shape[-2:]).contiguous(), b.reshape(-1, *b.shape[-2:]).contiguous()
+    y = torch.ops.kt.apply(flat_a, [flat_b], _batched(op, flat_a.shape[0]))
+    return y.unflatten(0, a.shape[:2]) if groups else y
+
+
+@functools.lru_cache(maxsize=256)
+def _unbatched(op: str) -> str:
+    """A dense op's text as one product (no batch)."""
+    spec = json.loads(op)
+    return op_text({**spec, "shape": {k: v for k, v in spec["shape"].items() if k != "batch"}})
+
+
+@functools.lru_cache(maxsize=256)
+def _widened(op: str, n: int) -> str:
+    """A dense op's text with `n` columns and a contiguous (row) B."""
+    spec = json.loads(op)
+    return op_text({**spec, "shape": {**spec["shape"], "n": n}, "layout": {**spec["layout"], "b": "row"}})
 
 
 @functools.lru_cache(maxsize=256)
