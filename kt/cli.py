@@ -983,15 +983,17 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     chosen = set(plan.chosen)
     # the first config of each program, best first: the model's own picks (exploit); `twin_of` the rank of the
     # program a config runs, when a better-ranked config runs it too (Plan.alias)
-    programs: dict[int, int] = {}
+    firsts = plan.ranked_programs
+    exploit = set(firsts[: len(plan.chosen)])
     twin_of: dict[int, int] = {}
-    for position, index in enumerate(plan.ranked):
-        program = index if plan.alias is None else int(plan.alias[index])
-        if program in programs:
-            twin_of[index] = programs[program]
-        else:
-            programs[program] = position + 1
-    exploit = set(plan.ranked_programs[: len(plan.chosen)])
+    if plan.alias is not None:
+        rank_of = {index: position + 1 for position, index in enumerate(plan.ranked)}
+        program_rank = {int(plan.alias[i]): rank_of[i] for i in firsts}
+        twin_of = {
+            i: program_rank[int(plan.alias[i])]
+            for i in plan.ranked
+            if program_rank[int(plan.alias[i])] != rank_of[i]
+        }
     ranked_by = plan.objective if prediction.power_w is not None else "time"
     table = Table(
         title=f"best {len(rows)} of {len(space_.legal)} by predicted {ranked_by} (predictions, not measurements)"

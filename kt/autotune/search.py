@@ -73,16 +73,21 @@ class SearchState:
         measured = np.fromiter(self.measured, dtype=np.int64, count=len(self.measured))
         todo = self.order[~np.isin(self.order, measured)].astype(np.int64)
         if self.alias is not None and len(todo):
-            classes = self.alias[todo]
-            first = np.zeros(len(todo), dtype=bool)
-            first[np.unique(classes, return_index=True)[1]] = True
-            todo = todo[first & ~np.isin(classes, self.alias[measured])]
+            todo = first_of_each(todo, self.alias)
+            todo = todo[~np.isin(self.alias[todo], self.alias[measured])]
         return todo.tolist()
 
     @property
     def best(self) -> float | None:
         values = [v for v in self.measured.values() if v is not None]
         return min(values) if values else None
+
+
+def first_of_each(order: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """The candidates of `order` that come first of their class (`alias[i]`: candidate i's class), in order."""
+    first = np.zeros(len(order), dtype=bool)
+    first[np.unique(alias[order], return_index=True)[1]] = True
+    return order[first]
 
 
 class SearchStrategy(ABC):

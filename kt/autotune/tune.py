@@ -35,6 +35,7 @@ from kt.autotune.search import (
     SearchStrategy,
     SearchTrace,
     TopSearch,
+    first_of_each,
     make_strategy,
     run_search,
 )
@@ -88,8 +89,7 @@ class Plan:
         """`ranked` with one config per program (`alias`): the best ranked of each, the ones a tune measures."""
         if self.alias is None:
             return list(self.ranked)
-        seen: set[int] = set()
-        return [i for i in self.ranked if not (self.alias[i] in seen or seen.add(self.alias[i]))]
+        return first_of_each(np.array(self.ranked, dtype=np.int64), self.alias).tolist()
 
     @property
     def twin_note(self) -> str | None:

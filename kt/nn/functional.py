@@ -121,7 +121,8 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     op's own backward (`_backward`, the same formulas)."""
     weights = list(weights)
     text = op if isinstance(op, str) else op_text(op)
-    if torch.compiler.is_compiling() and torch._C._functorch.maybe_current_level() is not None:
+    compiling = torch.compiler.is_compiling()
+    if compiling and torch._C._functorch.maybe_current_level() is not None:
         # traced inside a torch.func transform: no path (functorch refuses the custom op's torch.library
         # autograd, pytorch/pytorch#168393, and dynamo fails on _FuncApply). dynamo cannot trace the query
         # above there (outside a transform it is None), so it breaks the graph before this line and the
@@ -131,10 +132,7 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
             "(PyTorch's custom ops lack it: pytorch/pytorch#168393); run the transform without torch.compile"
         )
     if (
-        type(x) not in _PLAIN
-        or any(type(w) not in _PLAIN for w in weights)
-        or torch.compiler.is_compiling()
-        or x.is_meta
+        type(x) not in _PLAIN or any(type(w) not in _PLAIN for w in weights) or compiling or x.is_meta
     ):  # a trace (its tensors are fake or functional subclasses), or shapes only (the fake implementation)
         return torch.ops.kt.apply(x, weights, text)
     if _in_func_transform() or torch.autograd.forward_ad._current_level >= 0:  # torch.func, or dual tensors
