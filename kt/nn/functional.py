@@ -180,9 +180,7 @@ class _FuncApply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        need = ctx.needs_input_grad  # (x, op, *weights)
-        dx, dweights = _gradients(ctx, dy, bool(need[0]), [bool(n) for n in need[2:]])
-        return (dx, None, *dweights)
+        return _function_backward(ctx, dy)
 
     @staticmethod
     def jvp(ctx, x_t, op_t, *weights_t):
@@ -407,9 +405,14 @@ class _EagerApply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        need = ctx.needs_input_grad  # (x, op, *weights)
-        dx, dweights = _gradients(ctx, dy, bool(need[0]), [bool(n) for n in need[2:]])
-        return (dx, None, *dweights)
+        return _function_backward(ctx, dy)
+
+
+def _function_backward(ctx, dy):
+    """The backward of the autograd.Functions taking (x, op, *weights): _EagerApply's and _FuncApply's."""
+    need = ctx.needs_input_grad
+    dx, dweights = _gradients(ctx, dy, bool(need[0]), [bool(n) for n in need[2:]])
+    return (dx, None, *dweights)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor:
@@ -619,9 +622,8 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
         pairs = a.view(-1, n // (2 * s), 2, s)  # [b, group, half, j]
         t = t32[f].view(n // (2 * s), s, 2, 2)  # [group, j, out, in]
         a = torch.einsum("gjoi,bgij->bgoj", t, pairs).reshape(-1, n)
-    grads = [
-        None
-    ] * levels  # stacked at the end, not written in place: under torch.func.vmap only dy is batched
+    # stacked at the end, not written in place: under torch.func.vmap only dy is batched
+    grads = [None] * levels
     g = _rows(dy).float()
     for f in reversed(range(levels)):
         s = 1 << f
