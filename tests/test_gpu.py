@@ -319,7 +319,7 @@ def test_kt_bench_times_a_case_against_pytorch_and_writes_its_report(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("kind", ["dense", "lowrank", "monarch"])
+@pytest.mark.parametrize("kind", ["dense", "lowrank", "monarch", "blocksparse"])
 def test_kt_nn_per_sample_gradients_and_tangents_on_the_gpu_match_float64(kind, dtype):
     """torch.func.vmap(grad) and jvp over a kt.nn layer on the GPU (the batched products of its vmap rule run
     kt's generated kernels, native bf16 dots included) against the same transforms of the float64 formula."""
@@ -332,6 +332,8 @@ def test_kt_nn_per_sample_gradients_and_tangents_on_the_gpu_match_float64(kind, 
         "dense": lambda: kt.nn.DenseLinear(1000, 777, **opts),
         "lowrank": lambda: kt.nn.LowRankLinear(1024, 768, 64, **opts),
         "monarch": lambda: kt.nn.MonarchLinear(1024, 1024, 32, **opts),
+        # the 8 samples' gradient blocks in one call, their patterns on the diagonal of a larger one
+        "blocksparse": lambda: kt.nn.BlockSparseLinear(1024, 768, (32, 32), density=0.25, seed=0, **opts),
     }[kind]()
     x = torch.randn(8, 33, layer.in_features, **opts)
     dy = torch.randn(8, 33, layer.out_features, **opts)
@@ -342,7 +344,15 @@ def test_kt_nn_per_sample_gradients_and_tangents_on_the_gpu_match_float64(kind, 
             return torch.nn.functional.linear(x, p["weight"]) + p["bias"]
         if kind == "lowrank":
             return x @ p["factors.0"] @ p["factors.1"] + p["bias"]
-        return monarch_reference(x, p["w1"], p["w2"]) + p["bias"]
+        if kind == "monarch":
+            return monarch_reference(x, p["w1"], p["w2"]) + p["bias"]
+        mask = torch.from_numpy(layer.mask()).to(x.device)
+        w = (
+            p["values"]
+            .new_zeros(*mask.shape, *layer.block)
+            .index_put(mask.nonzero(as_tuple=True), p["values"])
+        )
+        return torch.nn.functional.linear(x, w.transpose(1, 2).reshape(768, 1024)) + p["bias"]
 
     def loss(p, x, dy):
         return (torch.func.functional_call(layer, p, (x,)).float() * dy.float()).sum()

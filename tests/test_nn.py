@@ -464,9 +464,8 @@ def check_torch_func(name, monkeypatch):
                 n,
                 rel(dp[n], dp64[n]),
             )
-    if "blocksparse" not in name:  # per-sample gradients cost the kernel calls of one gradient, not one per
-        # sample (a BSR weight's gradient op goes sample by sample)
-        assert len(calls[True]) == len(calls[False]), (len(calls[True]), len(calls[False]))
+    # per-sample gradients cost the kernel calls of one gradient, not one per sample
+    assert len(calls[True]) == len(calls[False]), (len(calls[True]), len(calls[False]))
     if name == "dense-3d":  # the per-sample weight gradients ran as one batched product, selected as such
         assert any(s.spec.op == "dense" and s.spec.shape.batch == x.shape[0] for s in knn.selections())
     # forward mode: the output's tangent for tangents of every parameter and of x
@@ -529,6 +528,81 @@ def check_vmap_dense(a3, b3, a_batched, b_batched, monkeypatch):
     assert y.shape == y64.shape and rel(y, y64) < F32 and len(calls) == 1
 
 
+# (the batched operands of the block-sparse op's vmap): for the forward y = F.linear(x, W) "x" and/or "W" (its
+# values, as in an ensemble), for the weight gradient dy.T @ x on W's blocks "dy" and/or "x", or "W" alone (an
+# ensemble's indices: one gradient for all)
+BLOCKSPARSE_VMAP_CASES = [
+    ("forward", ("W",)),
+    ("forward", ("x", "W")),
+    ("forward", ("x",)),
+    ("grad", ("dy", "x")),
+    ("grad", ("dy",)),
+    ("grad", ("x",)),
+    ("grad", ("W",)),
+]
+
+
+@pytest.mark.parametrize(
+    "kind, batched", BLOCKSPARSE_VMAP_CASES, ids=[f"{k}-{'+'.join(b)}" for k, b in BLOCKSPARSE_VMAP_CASES]
+)
+def test_vmap_of_a_block_sparse_op_is_one_kernel_call_per_stack_of_samples(kind, batched, monkeypatch):
+    check_vmap_blocksparse(kind, batched, monkeypatch)
+
+
+def check_vmap_blocksparse(kind, batched, monkeypatch):
+    """A block-sparse op (or its weight gradient) vmapped over 5 samples, batched at dim 1, with a pattern that
+    has an empty block-row and block-column, odd rows and strided x: equal to the float64 formula of each
+    sample, in one kernel call, and, with STACK_BITS lowered to hold 4 copies of the pattern, in 3 calls when
+    both sides are batched (2 + 2 + 1 samples on the diagonal: the last a single copy) or 2 when one is shared
+    (4 + 1 stacked)."""
+    S, rows, block, grid = 5, 3, (8, 4), (3, 5)
+    layer = BlockSparseLinear(20, 24, block, mask=mask_with_gaps(grid, 1, 2), bias=False)
+    spec, (crow, col, values) = layer.op(), (layer.crow_indices, layer.col_indices, layer.values.detach())
+    mask, nnz = torch.from_numpy(layer.mask()), layer.values.shape[0]
+    leaf = {"x": torch.randn(rows, S, 40), "dy": torch.randn(rows, S, 24), "W": torch.randn(nnz, S, *block)}
+    ops = {  # (the operands, sample dim 1 when batched), each sample's float64 result
+        "x": leaf["x"][..., ::2] if "x" in batched else leaf["x"][:, 0, ::2],
+        "dy": leaf["dy"] if "dy" in batched else leaf["dy"][:, 0],
+        "W": leaf["W"] if "W" in batched else values,
+    }
+    dims = tuple(1 if name in batched else None for name in ("x", "dy", "W"))
+
+    def sample(name, i):
+        return wide(ops[name].select(1, i) if name in batched else ops[name])
+
+    def expected(i):
+        w = torch.zeros(grid[0], grid[1], *block, dtype=torch.float64)
+        w[mask] = sample("W", i)
+        dense = w.permute(0, 2, 1, 3).reshape(24, 20)
+        if kind == "forward":
+            return F.linear(sample("x", i), dense)
+        full = sample("dy", i).T @ sample("x", i)  # (24, 20)
+        return full.reshape(grid[0], block[0], grid[1], block[1]).permute(0, 2, 1, 3)[mask]
+
+    if kind == "forward":
+
+        def f(x, dy, w):
+            return knn.functional.apply(x, [crow, col, w], spec)
+    else:
+
+        def f(x, dy, w):
+            return knn.functional.bsr_grad(dy, x, crow, col, w, spec)
+
+    want = torch.stack([expected(i) for i in range(S)])
+    calls, run = [], knn.functional._run
+    monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+    stacked = set(batched) & ({"x", "W"} if kind == "forward" else {"dy", "x"})
+    if kind == "forward" and "W" not in batched:  # one W: the samples join x's rows, nothing is stacked
+        stacked = set()
+    lowered = {0: 1, 1: 2, 2: 3}[len(stacked)]  # 5 samples, 4 a call or 2 a call (on the diagonal)
+    for stack_bits, count in ((knn.functional.STACK_BITS, 1), (grid[0] * grid[1] * 4, lowered)):
+        monkeypatch.setattr(knn.functional, "STACK_BITS", stack_bits)
+        calls.clear()
+        got = torch.func.vmap(f, in_dims=dims, out_dims=0)(ops["x"], ops["dy"], ops["W"])
+        assert got.shape == want.shape and rel(got, want) < F32, (stack_bits, rel(got, want))
+        assert len(calls) == count, (stack_bits, len(calls))
+
+
 @pytest.mark.parametrize(
     "make, shape",
     [
@@ -558,7 +632,12 @@ def test_torch_func_jacrev_an_ensemble_and_hessians_match_the_float64_reference(
     def member(p, b, x):
         return torch.func.functional_call(layers[0], (p, b), (x,))
 
-    ys = torch.func.vmap(member, in_dims=(0, 0, None))(params, buffers, xs)
+    calls, run = [], knn.functional._run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+        ys = torch.func.vmap(member, in_dims=(0, 0, None))(params, buffers, xs)
+    if isinstance(layers[0], BlockSparseLinear):  # the members' patterns stacked: one call
+        assert len(calls) == 1, len(calls)
     for i, one in enumerate(layers):
         ref = reference(one, wide(xs), {n: wide(p) for n, p in one.named_parameters()})
         assert rel(ys[i], ref) < F32, i

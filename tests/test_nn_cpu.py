@@ -21,11 +21,13 @@ import kt.nn as knn
 from kt.ir.structured import monarch_reference
 from kt.nn import selection
 from tests.test_nn import (
+    BLOCKSPARSE_VMAP_CASES,
     CASES,
     DENSE_VMAP_CASES,
     FUNC_CASES,
     check_against_reference,
     check_torch_func,
+    check_vmap_blocksparse,
     check_vmap_dense,
     make_case,
 )
@@ -95,6 +97,13 @@ def test_torch_func_on_the_cpu_path_matches_float64_reference(name, monkeypatch)
 @pytest.mark.parametrize("a3, b3, a_batched, b_batched", DENSE_VMAP_CASES)
 def test_vmap_of_a_dense_product_on_the_cpu_path_is_one_call(a3, b3, a_batched, b_batched, monkeypatch):
     check_vmap_dense(a3, b3, a_batched, b_batched, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "kind, batched", BLOCKSPARSE_VMAP_CASES, ids=[f"{k}-{'+'.join(b)}" for k, b in BLOCKSPARSE_VMAP_CASES]
+)
+def test_vmap_of_a_block_sparse_op_on_the_cpu_path_stacks_the_samples(kind, batched, monkeypatch):
+    check_vmap_blocksparse(kind, batched, monkeypatch)
 
 
 def test_forward_mode_ad_with_dual_tensors_gives_the_layers_tangent():

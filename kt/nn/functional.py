@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -217,17 +218,20 @@ def _tangent(op: str, x: torch.Tensor, weights: list, x_t, weights_t) -> torch.T
 @torch.library.register_vmap("kt::apply")
 def _vmap(info, in_dims, x, weights, op):
     """torch.func.vmap of the op. Only x batched: one call, the batch as one more leading dim of x (the op maps
-    the last dim). A dense product (`_vmap_dense`): one call too. Anything else (batched weights, a BSR
-    gradient): one call per batch entry, stacked."""
+    the last dim). A dense product (`_vmap_dense`) and a block-sparse op or its weight gradient
+    (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern). Anything else (batched
+    weights of the other ops: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
+    if spec["op"] in ("blocksparse", "blocksparse_grad"):
+        return _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size)
     if spec["op"] == "dense":
         (b,), (b_dim,) = weights, weight_dims
         a = x if x_dim is None else x.movedim(x_dim, 0)
         return _vmap_dense(
             a, x_dim is not None, b if b_dim is None else b.movedim(b_dim, 0), b_dim is not None, op, size
         ), 0
-    if spec["op"] != "blocksparse_grad" and all(d is None for d in weight_dims):
+    if all(d is None for d in weight_dims):
         planar = _planar_input(spec)  # x is (2, ..., n): the batch goes after the planes
         y = torch.ops.kt.apply(x.movedim(x_dim, 1 if planar else 0), list(weights), op)
         return y, 1 if spec["op"] == "fft" and spec["dtype"] == "float16" else 0  # planar out: (2, B, ..., n)
@@ -268,6 +272,98 @@ def _vmap_dense(a, a_batched: bool, b, b_batched: bool, op: str, size: int) -> t
     flat_a, flat_b = a.reshape(-1, *a.shape[-2:]).contiguous(), b.reshape(-1, *b.shape[-2:]).contiguous()
     y = torch.ops.kt.apply(flat_a, [flat_b], _batched(op, flat_a.shape[0]))
     return y.unflatten(0, a.shape[:2]) if groups else y
+
+
+# The most blocks a sample-stacked BSR pattern may have (its hex mask is in the op's text, 32 KiB at this size):
+# more samples than fit go in several calls
+STACK_BITS = 2**18
+
+
+def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
+    """vmap of a block-sparse op y = F.linear(x, W), or of its weight gradient dy.T @ x on W's blocks, in one
+    call whatever is batched (a few for many samples of a large pattern). The op's text fixes W's pattern, so
+    its indices come from there (an ensemble batches them too). A product with both sides batched (a sample's
+    x and its own W; a per-sample gradient's dy and x) is one product of the samples' operands side by side
+    in the features with a pattern that holds W's once per sample on its diagonal (copy i at block (i*gr + r,
+    i*gc + c)); with one side shared, the copies are stacked along that side's features alone and the shared
+    operand is read once, not copied. STACK_BITS bounds the larger pattern (its mask is in the op's text)."""
+    shape, block = spec["shape"], tuple(spec["sparsity"]["block"])
+    grid = (shape["out"] // block[0], shape["in"] // block[1])
+    a = x if x_dim is None else x.movedim(x_dim, 0)
+    if spec["op"] == "blocksparse":
+        values, values_dim = weights[2], weight_dims[2]
+        if values_dim is None:  # one W: the samples join x's leading dims
+            return _stacked_call(spec, a, [], values, grid, 1, 1), (None if x_dim is None else 0)
+        sides = (True, x_dim is not None)  # (the out side, W's: batched; the in side, x's)
+        values = values.movedim(values_dim, 0)
+    else:  # y is dy, weights[0] the forward's x; the forward weight's values are never read
+        b = weights[0] if weight_dims[0] is None else weights[0].movedim(weight_dims[0], 0)
+        sides = (x_dim is not None, weight_dims[0] is not None)
+        if not any(sides):  # only the forward weight is batched: one gradient for every sample
+            return _stacked_call(spec, a, [b], weights[3], grid, 1, 1)[0], None
+    per_call = STACK_BITS // (grid[0] * grid[1])
+    per_call = max(1, math.isqrt(per_call) if all(sides) else per_call)
+    outs = []
+    for lo in range(0, size, per_call):
+        count = min(per_call, size - lo)
+        down, across = (count if side else 1 for side in sides)
+        if spec["op"] == "blocksparse":  # (..., count * out) back to (count, ..., out)
+            xs = _side_by_side(a[lo : lo + count]) if sides[1] else a
+            y = _stacked_call(spec, xs, [], values[lo : lo + count], grid, down, across)
+            outs.append(y.unflatten(-1, (count, shape["out"])).movedim(-2, 0))
+        else:  # (count, nnz, *block), each sample's blocks in W's order
+            dy = _side_by_side(a[lo : lo + count]) if sides[0] else a
+            xs = _side_by_side(b[lo : lo + count]) if sides[1] else b
+            outs.append(_stacked_call(spec, dy, [xs], weights[3], grid, down, across))
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)), 0
+
+
+def _side_by_side(t: torch.Tensor) -> torch.Tensor:
+    """Samples (S, ..., f) as one operand (..., S*f): sample i's features at columns i*f .. (i+1)*f."""
+    return t.movedim(0, -2).reshape(*t.shape[1:-1], t.shape[0] * t.shape[-1])
+
+
+def _stacked_call(spec, x, operands, values, grid, down, across):
+    """The op (blocksparse, or blocksparse_grad with `operands` = [its x]) on x for `down` x `across` copies of
+    W's pattern (`_stacked_pattern`). `values`: a forward's W blocks, (copies, nnz, *block) or (nnz, *block)
+    for one copy; a gradient's forward values, of which only the dtype is read. A gradient comes back as
+    (copies, nnz, *block), each copy's blocks in W's own order."""
+    shape, sparsity = spec["shape"], spec["sparsity"]
+    block = tuple(sparsity["block"])
+    layout, crow, col, order = _stacked_pattern(sparsity["layout"], grid, down, across)
+    crow, col = torch.from_numpy(crow).to(x.device), torch.from_numpy(col).to(x.device)
+    if (down, across) == (1, 1):
+        text = op_text(spec)
+    else:
+        stacked = {"out": shape["out"] * down, "in": shape["in"] * across}
+        text = op_text({**spec, "shape": stacked, "sparsity": {**sparsity, "layout": layout}})
+    if spec["op"] == "blocksparse":  # a copy's blocks follow the previous copy's (sample-major order)
+        return torch.ops.kt.apply(x, [crow, col, values.reshape(-1, *block)], text)
+    pattern = torch.empty((), dtype=values.dtype, device=x.device).expand(order.size, *block)
+    grads = torch.ops.kt.apply(x, [*operands, crow, col, pattern], text)
+    return grads[torch.from_numpy(order).to(x.device)]
+
+
+@functools.lru_cache(maxsize=64)
+def _stacked_pattern(
+    layout: str, grid: tuple[int, int], down: int, across: int
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """W's pattern (`layout` over `grid`) copied for S = max(down, across) samples, copy i moved i block-grids
+    down (when `down` > 1) and across (when `across` > 1): on the diagonal of a (down*gr, across*gc) grid when
+    both are S, stacked when one is 1. Returns its hex layout, crow and col indices, and for each copy the
+    index of each of its blocks (in W's own order) among the larger pattern's, (S, nnz)."""
+    from kt.sparsity import mask_to_hex
+
+    rows, cols = np.nonzero(hex_to_mask(layout, grid))  # W's blocks in its own (row-major) order
+    copy = np.arange(max(down, across))[:, None]
+    rows = rows[None] + (copy * grid[0] if down > 1 else 0)
+    cols = cols[None] + (copy * grid[1] if across > 1 else 0)
+    mask = np.zeros((grid[0] * down, grid[1] * across), dtype=bool)
+    mask[rows, cols] = True
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(int(mask.sum()))
+    crow, col = bsr_index_arrays(mask)
+    return mask_to_hex(mask), crow, col, index[rows, cols]
 
 
 @functools.lru_cache(maxsize=256)
