@@ -428,7 +428,8 @@ def test_torch_func_grad_vmap_and_per_sample_grads_match_the_float64_reference(n
 
 def check_torch_func(name, monkeypatch):
     """torch.func.grad (every parameter and x), vmap of the layer over x's batch, and per-sample gradients
-    (vmap of grad) against the same transforms of the float64 plain-torch reference."""
+    (vmap of grad) against the same transforms of the float64 plain-torch reference; both over an empty
+    batch too."""
     layer, leaf, view, tol = make_case(name)
     x = view(leaf)
     f16_fft = isinstance(layer, FFT) and layer.float_dtype == torch.float16
@@ -489,6 +490,15 @@ def check_torch_func(name, monkeypatch):
     assert yv.shape == y64.shape and rel(yv, y64) < tol
     # the batch joins x's leading dims: one kernel call per op, not one per sample
     assert len(calls) == 1
+    # an empty batch (plain torch allows it): the shapes of the results, and no kernel call
+    calls.clear()
+    empty = x.narrow(x_dim, 0, 0)
+    assert torch.func.vmap(layer, in_dims=x_dim, out_dims=y_dim)(empty).shape == y.narrow(y_dim, 0, 0).shape
+    dp, dx = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, x_dim, y_dim))(
+        params, empty, dy.narrow(y_dim, 0, 0)
+    )
+    assert dx.shape == empty.movedim(x_dim, 0).shape and not calls
+    assert all(dp[n].shape == (0, *p.shape) for n, p in params.items())
 
 
 DENSE_VMAP_CASES = [

@@ -223,6 +223,16 @@ def _vmap(info, in_dims, x, weights, op):
     weights of the other ops: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
+    if (
+        size == 0
+    ):  # no samples (as plain torch allows): no kernel, a sample's shape from the fake implementation
+
+        def sample(t, dim):
+            shape = t.shape if dim is None else t.shape[:dim] + t.shape[dim + 1 :]
+            return torch.empty(shape, dtype=t.dtype, device="meta")
+
+        one = torch.ops.kt.apply(sample(x, x_dim), [sample(w, d) for w, d in zip(weights, weight_dims)], op)
+        return torch.empty((0, *one.shape), dtype=one.dtype, device=x.device), 0
     if spec["op"] in ("blocksparse", "blocksparse_grad"):
         return _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size)
     if spec["op"] == "dense":
@@ -549,8 +559,8 @@ def _dense_grads(spec, a, weights, dy, need_dx, need_w):
     if need_dx:
         if a.dim() == 2 and b.dim() == 3:
             # sum_i dy_i @ b_i.T = [dy_1 .. dy_B] (M, B*N) @ [b_1.T; ..; b_B.T] (B*N, K)
-            rows = dy.permute(1, 0, 2).reshape(a.shape[0], -1)
-            da = matmul(rows, b.transpose(1, 2).reshape(-1, a.shape[1]), deep=True)
+            rows = dy.permute(1, 0, 2).reshape(a.shape[0], dy.shape[0] * dy.shape[2])
+            da = matmul(rows, b.transpose(1, 2).reshape(b.shape[0] * b.shape[2], a.shape[1]), deep=True)
         else:
             da = matmul(dy, b.transpose(-1, -2))
     if need_w[0]:
@@ -562,7 +572,9 @@ def _dense_grads(spec, a, weights, dy, need_dx, need_w):
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
+    """t (..., f) as (rows, f). Not reshape(-1, f): under torch.func.vmap over an empty batch that is
+    ambiguous (vmap puts the batch's 0 in front); nor the rows' count, which torch.compile specializes."""
+    return t.flatten(0, -2) if t.dim() > 1 else t.unsqueeze(0)
 
 
 def _lowrank_grads(spec, x, factors, dy, need_dx, need_w):
@@ -712,21 +724,22 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
         return dx, [None]
     t32 = twiddles.float()
     inputs, a = [], _rows(x).float()
+    rows = a.shape[0]
     for f in range(levels):  # the forward, level by level (ARCHITECTURE.md's butterfly convention)
         inputs.append(a)
         s = 1 << f
-        pairs = a.view(-1, n // (2 * s), 2, s)  # [b, group, half, j]
+        pairs = a.view(rows, n // (2 * s), 2, s)  # [b, group, half, j]
         t = t32[f].view(n // (2 * s), s, 2, 2)  # [group, j, out, in]
-        a = torch.einsum("gjoi,bgij->bgoj", t, pairs).reshape(-1, n)
+        a = torch.einsum("gjoi,bgij->bgoj", t, pairs).reshape(rows, n)
     # stacked at the end, not written in place: under torch.func.vmap only dy is batched
     grads = [None] * levels
     g = _rows(dy).float()
     for f in reversed(range(levels)):
         s = 1 << f
-        pg = g.view(-1, n // (2 * s), 2, s)
-        pa = inputs[f].view(-1, n // (2 * s), 2, s)
+        pg = g.view(rows, n // (2 * s), 2, s)
+        pa = inputs[f].view(rows, n // (2 * s), 2, s)
         grads[f] = torch.einsum("bgoj,bgij->gjoi", pg, pa).reshape(n // 2, 2, 2)
-        g = torch.einsum("gjoi,bgoj->bgij", t32[f].view(n // (2 * s), s, 2, 2), pg).reshape(-1, n)
+        g = torch.einsum("gjoi,bgoj->bgij", t32[f].view(n // (2 * s), s, 2, 2), pg).reshape(rows, n)
     return dx, [torch.stack(grads).to(twiddles.dtype)]
 
 

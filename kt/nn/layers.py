@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
-from kt.nn.functional import apply, op_text
+from kt.nn.functional import _rows, apply, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
 from kt.spec import MAX_DIM
 
@@ -231,7 +231,7 @@ class DenseLinear(_KtLinear):
         return [self.weight]
 
     def _forward(self, x: torch.Tensor, weights: list[torch.Tensor], text: str) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
+        x2 = _rows(x)
         y = apply(x2, [weights[0].t()], text)
         return y.reshape(*x.shape[:-1], self.out_features)
 
