@@ -284,7 +284,7 @@ def _vmap_dense(a, a_batched: bool, b, b_batched: bool, op: str, size: int) -> t
     return y.unflatten(0, a.shape[:2]) if groups else y
 
 
-# The most blocks a sample-stacked BSR pattern may have (its hex mask is in the op's text, 32 KiB at this size):
+# The most blocks a sample-stacked BSR pattern may have (its mask is in the op's text: 64 KiB of hex at this size):
 # more samples than fit go in several calls
 STACK_BITS = 2**18
 
