@@ -5,6 +5,7 @@ bucket (cost-model fallback logged once, artifacts), and the layers' argument er
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -611,6 +612,57 @@ def check_vmap_blocksparse(kind, batched, monkeypatch):
         got = torch.func.vmap(f, in_dims=dims, out_dims=0)(ops["x"], ops["dy"], ops["W"])
         assert got.shape == want.shape and rel(got, want) < F32, (stack_bits, rel(got, want))
         assert len(calls) == count, (stack_bits, len(calls))
+
+
+# (which of x, F1, F2, F3 are batched; x's sample shape)
+LOWRANK_VMAP_CASES = [
+    ((True, True, True, True), (3, 2)),
+    ((False, True, False, True), (4,)),
+    ((True, False, True, False), ()),
+    ((False, False, False, True), (3,)),
+]
+
+
+@pytest.mark.parametrize(
+    "batched, rows",
+    LOWRANK_VMAP_CASES,
+    ids=["all", "x-shared", "1d-x-F1-shared", "last-factor-only"],
+)
+def test_vmap_of_a_low_rank_chain_with_batched_factors_is_one_call_per_factor(batched, rows, monkeypatch):
+    check_vmap_lowrank(batched, rows, monkeypatch)
+
+
+def check_vmap_lowrank(batched, rows, monkeypatch):
+    """x @ F1 @ F2 @ F3 vmapped with batched factors (an ensemble, an adapter per sample), at dim 1 where
+    batched, x strided: 5 samples in one dense call per factor, 2 samples (fewer than the factors) one fused
+    call per sample; both equal to the float64 chain of each sample."""
+    layer = LowRankLinear(24, 40, (5, 7), bias=False)
+    calls, run = [], knn.functional._run
+    monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+    for size, count in ((5, 3), (2, 2)):
+        leaf = torch.randn(*rows, size, 48)[..., ::2]  # strided
+        operands = [leaf if batched[0] else leaf.select(-2, 0)]
+        for a, b, on in zip(layer.dims, layer.dims[1:], batched[1:]):
+            operands.append(torch.randn(a, size, b) if on else torch.randn(a, b))
+        dims = tuple(-2 if on and i == 0 else 1 if on else None for i, on in enumerate(batched))
+
+        def sample(i, t=None, on=None, dim=None):
+            return wide(t.select(dim, i) if on else t)
+
+        want = torch.stack(
+            [
+                functools.reduce(
+                    torch.matmul, [sample(i, t, on, d) for t, on, d in zip(operands, batched, dims)]
+                )
+                for i in range(size)
+            ]
+        )
+        calls.clear()
+        got = torch.func.vmap(lambda x, *f: knn.functional.apply(x, list(f), layer.op_text), in_dims=dims)(
+            *operands
+        )
+        assert got.shape == want.shape and rel(got, want) < F32, (size, rel(got, want))
+        assert len(calls) == count, (size, len(calls))
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,12 @@ from tests.test_nn import (
     CASES,
     DENSE_VMAP_CASES,
     FUNC_CASES,
+    LOWRANK_VMAP_CASES,
     check_against_reference,
     check_torch_func,
     check_vmap_blocksparse,
     check_vmap_dense,
+    check_vmap_lowrank,
     make_case,
 )
 
@@ -104,6 +106,11 @@ def test_vmap_of_a_dense_product_on_the_cpu_path_is_one_call(a3, b3, a_batched, 
 )
 def test_vmap_of_a_block_sparse_op_on_the_cpu_path_stacks_the_samples(kind, batched, monkeypatch):
     check_vmap_blocksparse(kind, batched, monkeypatch)
+
+
+@pytest.mark.parametrize("batched, rows", LOWRANK_VMAP_CASES)
+def test_vmap_of_a_low_rank_chain_on_the_cpu_path_is_one_call_per_factor(batched, rows, monkeypatch):
+    check_vmap_lowrank(batched, rows, monkeypatch)
 
 
 def test_forward_mode_ad_with_dual_tensors_gives_the_layers_tangent():

@@ -219,8 +219,9 @@ def _tangent(op: str, x: torch.Tensor, weights: list, x_t, weights_t) -> torch.T
 def _vmap(info, in_dims, x, weights, op):
     """torch.func.vmap of the op. Only x batched: one call, the batch as one more leading dim of x (the op maps
     the last dim). A dense product (`_vmap_dense`) and a block-sparse op or its weight gradient
-    (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern). Anything else (batched
-    weights of the other ops: an ensemble): one call per batch entry, stacked."""
+    (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern); a low-rank chain with
+    batched factors one call per factor (`_vmap_chain`) when the samples outnumber them. Anything else
+    (batched weights of the other ops: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
     if (
@@ -245,6 +246,8 @@ def _vmap(info, in_dims, x, weights, op):
         planar = _planar_input(spec)  # x is (2, ..., n): the batch goes after the planes
         y = torch.ops.kt.apply(x.movedim(x_dim, 1 if planar else 0), list(weights), op)
         return y, 1 if spec["op"] == "fft" and spec["dtype"] == "float16" else 0  # planar out: (2, B, ..., n)
+    if spec["op"] == "lowrank" and size > len(weights):  # batched factors: fewer calls as a chain of products
+        return _vmap_chain(x, x_dim, weights, weight_dims, size), 0
 
     def take(t, dim, i):
         return t if dim is None else t.select(dim, i)
@@ -326,6 +329,23 @@ def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
             xs = _side_by_side(b[lo : lo + count]) if sides[1] else b
             outs.append(_stacked_call(spec, dy, [xs], weights[3], grid, down, across))
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), 0
+
+
+def _vmap_chain(x, x_dim, factors, factor_dims, size: int) -> torch.Tensor:
+    """A low-rank chain x @ F1 @ ... @ Fk whose factors are batched (an ensemble; an adapter per sample) as k
+    dense products, each one call for every sample (`_vmap_dense`), not one fused call per sample: the rule
+    takes it when the samples outnumber the factors. The products between the factors are rounded to the
+    dtype, as in the chain's backward. Returns (S, ..., out)."""
+    batched = x_dim is not None
+    a = x.movedim(x_dim, 0) if batched else x
+    lead = a.shape[1:-1] if batched else a.shape[:-1]  # a sample's leading dims
+    h = a.reshape(*((size,) if batched else ()), math.prod(lead), a.shape[-1])
+    for f, dim in zip(factors, factor_dims):
+        f = f if dim is None else f.movedim(dim, 0)
+        text = _dense_text(f.dtype, int(f.shape[-1]), int(f.shape[-2]), None, _layout(h), _layout(f))
+        h = _vmap_dense(h, batched, f, dim is not None, text, size)  # both shared: one product for all
+        batched = batched or dim is not None
+    return h.reshape(size, *lead, h.shape[-1])
 
 
 def _side_by_side(t: torch.Tensor) -> torch.Tensor:
