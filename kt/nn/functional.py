@@ -224,9 +224,7 @@ def _vmap(info, in_dims, x, weights, op):
     (batched weights of the other ops: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
-    if (
-        size == 0
-    ):  # no samples (as plain torch allows): no kernel, a sample's shape from the fake implementation
+    if size == 0:  # no samples (plain torch allows it): no kernel, a sample's shape from the fake op
 
         def sample(t, dim):
             shape = t.shape if dim is None else t.shape[:dim] + t.shape[dim + 1 :]
