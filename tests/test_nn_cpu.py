@@ -113,6 +113,29 @@ def test_vmap_of_a_low_rank_chain_on_the_cpu_path_is_one_call_per_factor(batched
     check_vmap_lowrank(batched, rows, monkeypatch)
 
 
+def test_a_block_sparse_backward_makes_its_transposed_pattern_indices_once_per_device(monkeypatch):
+    """dx of a block-sparse layer runs the op of W.T's pattern, whose index tensors kt derives: made on the
+    first backward, then reused (torch.tensor(..., device="cuda") from host memory waits for the stream: a
+    device sync in each backward)."""
+    layer = knn.BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=1)
+    layout = layer.op()["sparsity"]["layout"]
+    knn.functional._kept_indices.cache_clear()
+    seen, run = [], knn.functional._run
+
+    def spy(x, weights, op):
+        if layout not in op:  # the transposed pattern's op
+            seen.append(weights)
+        return run(x, weights, op)
+
+    monkeypatch.setattr(knn.functional, "_run", spy)
+    for _ in range(2):
+        x = torch.randn(5, 32, requires_grad=True)
+        layer(x).sum().backward()
+    first, second = seen  # the transposed op's (crow, col, values) of each backward
+    assert first[0] is second[0] and first[1] is second[1]
+    assert knn.functional._kept_indices.cache_info().currsize == 1
+
+
 def test_forward_mode_ad_with_dual_tensors_gives_the_layers_tangent():
     """torch.autograd.forward_ad (dual tensors, no torch.func): a layer's output tangent is the map applied to
     x's tangent (the layer is linear in x), against the float64 formula."""

@@ -358,8 +358,8 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
     (copies, nnz, *block), each copy's blocks in W's own order."""
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
-    layout, crow, col, order = _stacked_pattern(sparsity["layout"], grid, down, across)
-    crow, col = torch.from_numpy(crow).to(x.device), torch.from_numpy(col).to(x.device)
+    layout = _stacked_pattern(sparsity["layout"], grid, down, across)[0]
+    crow, col, order = _index_tensors(_stacked_pattern, (sparsity["layout"], grid, down, across), x)
     if (down, across) == (1, 1):
         text = op_text(spec)
     else:
@@ -367,9 +367,30 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
         text = op_text({**spec, "shape": stacked, "sparsity": {**sparsity, "layout": layout}})
     if spec["op"] == "blocksparse":  # a copy's blocks follow the previous copy's (sample-major order)
         return torch.ops.kt.apply(x, [crow, col, values.reshape(-1, *block)], text)
-    pattern = torch.empty((), dtype=values.dtype, device=x.device).expand(order.size, *block)
+    pattern = torch.empty((), dtype=values.dtype, device=x.device).expand(order.numel(), *block)
     grads = torch.ops.kt.apply(x, [*operands, crow, col, pattern], text)
-    return grads[torch.from_numpy(order).to(x.device)]
+    return grads[order]
+
+
+def _index_tensors(pattern, args: tuple, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The index arrays of `pattern(*args)` (all it returns after the layout) as int64 tensors on `like`'s
+    device, made once per device and kept (`_kept_indices`): torch.tensor(..., device="cuda") copies from
+    pageable memory, which first waits for the stream (CUDA's API synchronization behavior), so making them in
+    each backward of a block-sparse layer stalled the host on the GPU there. While torch.compile traces (or
+    `like` is a fake or functional tensor), they are made in the trace, as the graph's constants: a real tensor
+    kept here cannot enter a trace, nor a traced one leave it."""
+    if type(like) not in _PLAIN or torch.compiler.is_compiling():
+        return _as_indices(pattern(*args)[1:], like.device)
+    return _kept_indices(pattern, args, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _kept_indices(pattern, args: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return _as_indices(pattern(*args)[1:], device)
+
+
+def _as_indices(arrays, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(a, dtype=torch.int64, device=device) for a in arrays)
 
 
 @functools.lru_cache(maxsize=64)
@@ -625,8 +646,8 @@ def transposed_pattern(
     layout: str, grid: tuple[int, int]
 ) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """The pattern of W.T for W's pattern `layout` over `grid`: its hex layout, crow and col indices, and for
-    each of its blocks the index of the W block it is the transpose of. Plain integers, cached: the tensors are
-    made on each use (under torch.compile's tracing they must be made inside the trace). Numpy only: this runs
+    each of its blocks the index of the W block it is the transpose of. Plain integers, cached; their tensors
+    come from `_index_tensors` (kept per device, made in the trace under torch.compile). Numpy only: this runs
     inside the trace of a backward pass, where a torch op's `.tolist()` would give symbolic integers, which the
     cache would then keep."""
     from kt.sparsity import mask_to_hex
@@ -651,9 +672,8 @@ def _blocksparse_dx(spec, values, dy):
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
-    layout_t, crow_t, col_t, order = transposed_pattern(sparsity["layout"], grid)
-    device = values.device
-    crow_t, col_t, order = (torch.tensor(v, dtype=torch.int64, device=device) for v in (crow_t, col_t, order))
+    layout_t = transposed_pattern(sparsity["layout"], grid)[0]
+    crow_t, col_t, order = _index_tensors(transposed_pattern, (sparsity["layout"], grid), values)
     values_t = values[order].transpose(1, 2).contiguous()  # the stored blocks only
     transposed = {
         **spec,
