@@ -378,3 +378,50 @@ def test_kt_nn_per_sample_gradients_and_tangents_on_the_gpu_match_float64(kind, 
         ({n: t.double() for n, t in tangents[0].items()}, tangents[1].double()),
     )
     assert rel_err(y_t, y_t64) < limit
+
+
+@pytest.mark.parametrize("kind", ["dense", "lowrank", "blocksparse", "monarch"])
+def test_a_kt_nn_training_step_replays_in_a_cuda_graph(kind):
+    """A kt.nn layer's forward and backward captured in one CUDA graph (whole-network capture, as
+    torch.compile's mode="reduce-overhead" and serving stacks use graphs) replay to eager's output and
+    gradients for new inputs: nothing in a call syncs with the host, copies from it or allocates outside the
+    graph's pool once the kernels are chosen (a block-sparse backward's index tensors were made in each call)."""
+    import kt.nn
+
+    torch.manual_seed(0)
+    opts = dict(dtype=torch.float16, device="cuda")
+    layer = {
+        "dense": lambda: kt.nn.DenseLinear(1024, 768, **opts),
+        "lowrank": lambda: kt.nn.LowRankLinear(1024, 768, 64, **opts),
+        "blocksparse": lambda: kt.nn.BlockSparseLinear(1024, 768, (32, 32), density=0.25, seed=0, **opts),
+        "monarch": lambda: kt.nn.MonarchLinear(1024, 1024, 32, **opts),
+    }[kind]()
+    leaves = [torch.randn(64, layer.in_features, **opts).requires_grad_(), *layer.parameters()]
+    static_x, static_dy = leaves[0], torch.randn(64, layer.out_features, **opts)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # kernels chosen and compiled before the capture, as PyTorch's docs ask
+        for _ in range(3):
+            for leaf in leaves:
+                leaf.grad = None
+            layer(static_x).backward(static_dy)
+    torch.cuda.current_stream().wait_stream(side)
+    for leaf in leaves:
+        leaf.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = layer(static_x)
+        static_y.backward(static_dy)
+    for _ in range(2):
+        x, dy = torch.randn_like(static_x), torch.randn_like(static_dy)
+        with torch.no_grad():
+            static_x.copy_(x)
+            static_dy.copy_(dy)
+        graph.replay()
+        torch.cuda.synchronize()
+        x.requires_grad_()
+        y = layer(x)
+        want = torch.autograd.grad(y, [x, *leaves[1:]], dy)
+        assert rel_err(static_y, y) < 1e-3
+        for leaf, grad in zip(leaves, want):
+            assert rel_err(leaf.grad, grad) < 1e-3
