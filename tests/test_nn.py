@@ -665,6 +665,53 @@ def check_vmap_lowrank(batched, rows, monkeypatch):
         assert len(calls) == count, (size, len(calls))
 
 
+MONARCH_VMAP_CASES = [(True, True, True), (False, True, True), (True, False, True), (True, True, False)]
+
+
+@pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=["all", "x-shared", "w1-shared", "w2-shared"])
+def test_vmap_of_a_monarch_op_with_batched_weights_is_one_call_per_block_product(batched, monkeypatch):
+    check_vmap_monarch(batched, monkeypatch)
+
+
+def check_vmap_monarch(batched, monkeypatch):
+    """Monarch(w1, w2) x vmapped with batched weights (an ensemble), at dim 1 where batched, x (3, 2, n) per
+    sample and strided: 5 samples in one dense call per block product (2), and the transposed op (y = x @ M)
+    one fused call per sample; both equal to the float64 reference of each sample."""
+    layer = MonarchLinear(32, 48, 4, bias=False)
+    (k, q, p), (l, s, r) = layer.w1.shape, layer.w2.shape  # noqa: E741
+    calls, run = [], knn.functional._run
+    monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+    for transposed, size, count in ((False, 5, 2), (True, 3, 3)):
+        n_in = l * s if transposed else k * p
+        leaf = torch.randn(3, 2, size, 2 * n_in)[..., ::2]  # strided
+        w1 = torch.randn(k, size, q, p) if batched[1] else torch.randn(k, q, p)
+        w2 = torch.randn(l, size, s, r) if batched[2] else torch.randn(l, s, r)
+        x = leaf if batched[0] else leaf.select(-2, 0)
+        dims = (-2 if batched[0] else None, 1 if batched[1] else None, 1 if batched[2] else None)
+
+        def sample(t, on, dim, i):
+            return wide(t.select(dim, i) if on else t)
+
+        def reference(x, w1, w2, transposed=transposed):
+            if not transposed:
+                return monarch_reference(x, w1, w2)
+            return x @ monarch_reference(torch.eye(k * p, dtype=x.dtype), w1, w2).T  # x @ M, M (l*s, k*p)
+
+        want = torch.stack(
+            [
+                reference(*(sample(t, on, d, i) for t, on, d in zip((x, w1, w2), batched, dims)))
+                for i in range(size)
+            ]
+        )
+        text = knn.functional.op_text({**layer.op(), **({"transposed": True} if transposed else {})})
+        calls.clear()
+        got = torch.func.vmap(
+            lambda x, w1, w2, text=text: knn.functional.apply(x, [w1, w2], text), in_dims=dims
+        )(x, w1, w2)
+        assert got.shape == want.shape and rel(got, want) < F32, (transposed, rel(got, want))
+        assert len(calls) == count, (transposed, len(calls))
+
+
 @pytest.mark.parametrize(
     "make, shape",
     [

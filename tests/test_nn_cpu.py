@@ -26,11 +26,13 @@ from tests.test_nn import (
     DENSE_VMAP_CASES,
     FUNC_CASES,
     LOWRANK_VMAP_CASES,
+    MONARCH_VMAP_CASES,
     check_against_reference,
     check_torch_func,
     check_vmap_blocksparse,
     check_vmap_dense,
     check_vmap_lowrank,
+    check_vmap_monarch,
     make_case,
 )
 
@@ -108,9 +110,16 @@ def test_vmap_of_a_block_sparse_op_on_the_cpu_path_stacks_the_samples(kind, batc
     check_vmap_blocksparse(kind, batched, monkeypatch)
 
 
-@pytest.mark.parametrize("batched, rows", LOWRANK_VMAP_CASES)
+@pytest.mark.parametrize(
+    "batched, rows", LOWRANK_VMAP_CASES, ids=["all", "x-shared", "1d-x-F1-shared", "last-factor-only"]
+)
 def test_vmap_of_a_low_rank_chain_on_the_cpu_path_is_one_call_per_factor(batched, rows, monkeypatch):
     check_vmap_lowrank(batched, rows, monkeypatch)
+
+
+@pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=["all", "x-shared", "w1-shared", "w2-shared"])
+def test_vmap_of_a_monarch_op_on_the_cpu_path_is_one_call_per_block_product(batched, monkeypatch):
+    check_vmap_monarch(batched, monkeypatch)
 
 
 def test_a_block_sparse_backward_makes_its_transposed_pattern_indices_once_per_device(monkeypatch):

@@ -219,9 +219,10 @@ def _tangent(op: str, x: torch.Tensor, weights: list, x_t, weights_t) -> torch.T
 def _vmap(info, in_dims, x, weights, op):
     """torch.func.vmap of the op. Only x batched: one call, the batch as one more leading dim of x (the op maps
     the last dim). A dense product (`_vmap_dense`) and a block-sparse op or its weight gradient
-    (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern); a low-rank chain with
-    batched factors one call per factor (`_vmap_chain`) when the samples outnumber them. Anything else
-    (batched weights of the other ops: an ensemble): one call per batch entry, stacked."""
+    (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern); a low-rank chain or a
+    Monarch op with batched weights one call per product (`_vmap_chain`, `_vmap_monarch`) when the samples
+    outnumber them. Anything else (batched weights of the other ops, or of a transposed Monarch: an ensemble):
+    one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
     if size == 0:  # no samples (plain torch allows it): no kernel, a sample's shape from the fake op
@@ -246,6 +247,8 @@ def _vmap(info, in_dims, x, weights, op):
         return y, 1 if spec["op"] == "fft" and spec["dtype"] == "float16" else 0  # planar out: (2, B, ..., n)
     if spec["op"] == "lowrank" and size > len(weights):  # batched factors: fewer calls as a chain of products
         return _vmap_chain(x, x_dim, weights, weight_dims, size), 0
+    if spec["op"] == "monarch" and not spec.get("transposed") and size > 2:  # as its two block products
+        return _vmap_monarch(x, x_dim, weights, weight_dims, size), 0
 
     def take(t, dim, i):
         return t if dim is None else t.select(dim, i)
@@ -344,6 +347,30 @@ def _vmap_chain(x, x_dim, factors, factor_dims, size: int) -> torch.Tensor:
         h = _vmap_dense(h, batched, f, dim is not None, text, size)  # both shared: one product for all
         batched = batched or dim is not None
     return h.reshape(size, *lead, h.shape[-1])
+
+
+def _vmap_monarch(x, x_dim, weights, weight_dims, size: int) -> torch.Tensor:
+    """A Monarch op y = Monarch(w1, w2) x whose weights are batched (an ensemble) as its two block products
+    (monarch_reference's steps 1 and 3, the permutations between them as views), each one call for every
+    sample (`_vmap_dense`), not one fused call per sample: the rule takes it for more than two samples. The
+    product between them is rounded to the dtype, as in the op's backward. Returns (S, ..., s*l)."""
+    (w1, w2), (dim1, dim2) = weights, weight_dims
+    w1 = w1 if dim1 is None else w1.movedim(dim1, 0)
+    w2 = w2 if dim2 is None else w2.movedim(dim2, 0)
+    (k, q, p), (l, s, r) = w1.shape[-3:], w2.shape[-3:]  # noqa: E741
+    batched = x_dim is not None
+    a = x.movedim(x_dim, 0) if batched else x
+    lead = a.shape[1:-1] if batched else a.shape[:-1]  # a sample's leading dims
+    rows = math.prod(lead)
+    xb = a.reshape(*((size,) if batched else ()), rows, k, p).transpose(-3, -2)  # ([S,] k, B, p): x's blocks
+    w1t, w2t = w1.transpose(-1, -2), w2.transpose(-1, -2)
+    text = _dense_text(w1.dtype, q, p, k, _layout(xb), _layout(w1t))
+    u = _vmap_dense(xb, batched, w1t, dim1 is not None, text, size)  # (S, k, B, q): u_i = x_i @ w1[i].T
+    # (S, l, B, r): the stride permutation
+    v = u.transpose(1, 2).reshape(size, rows, r, l).permute(0, 3, 1, 2)
+    text = _dense_text(w2.dtype, s, r, l, _layout(v), _layout(w2t))
+    z = _vmap_dense(v, True, w2t, dim2 is not None, text, size)  # (S, l, B, s): z_j = v_j @ w2[j].T
+    return z.permute(0, 2, 3, 1).reshape(size, *lead, s * l)  # y[b, c*l + j] = z[j, b, c]
 
 
 def _side_by_side(t: torch.Tensor) -> torch.Tensor:
