@@ -712,6 +712,61 @@ def check_vmap_monarch(batched, monkeypatch):
         assert len(calls) == count, (transposed, len(calls))
 
 
+# (x batched, the block-sparse term's W batched, the low-rank term's factors batched)
+SUM_VMAP_CASES = [
+    (True, True, True),
+    (False, True, True),
+    (True, False, True),
+    (False, False, True),
+    (False, True, False),
+]
+SUM_VMAP_IDS = ["all", "x-shared", "bsr-w-shared", "only-low-rank", "only-bsr"]
+
+
+@pytest.mark.parametrize("x_batched, w_batched, f_batched", SUM_VMAP_CASES, ids=SUM_VMAP_IDS)
+def test_vmap_of_a_sum_with_batched_weights_runs_each_term_by_its_rule(
+    x_batched, w_batched, f_batched, monkeypatch
+):
+    check_vmap_sum(x_batched, w_batched, f_batched, monkeypatch)
+
+
+def check_vmap_sum(x_batched, w_batched, f_batched, monkeypatch):
+    """A sum of a block-sparse and a low-rank term vmapped over 5 members' weights (at dim 1; x strided): each
+    term by its own rule, 1 call for the block-sparse term (stacked patterns, or the samples joining x's rows,
+    or one product for all when nothing of it is batched) and one per factor for a batched low-rank chain (one
+    fused call when nothing of it is batched); equal to the float64 sum of each member's terms."""
+    S = 5
+    layer = Sum(
+        BlockSparseLinear(32, 48, (16, 8), mask=mask_with_gaps((3, 4), 1, 2), bias=False),
+        LowRankLinear(32, 48, 4, bias=False),
+    )
+    bsr, lowrank = layer.terms
+    crow, col, nnz = bsr.crow_indices, bsr.col_indices, bsr.values.shape[0]
+    values = torch.randn(nnz, S, 16, 8) if w_batched else bsr.values.detach()
+    f1, f2 = (
+        (torch.randn(32, S, 4), torch.randn(4, S, 48))
+        if f_batched
+        else (torch.randn(32, 4), torch.randn(4, 48))
+    )
+    leaf = torch.randn(3, S, 64)[..., ::2]
+    x = leaf if x_batched else leaf[:, 0]
+    dims = (1 if x_batched else None, 1 if w_batched else None, *([1 if f_batched else None] * 2))
+
+    def member(i):
+        pairs = ((x, x_batched), (values, w_batched), (f1, f_batched), (f2, f_batched))
+        xi, vi, f1i, f2i = (wide(t.select(1, i) if on else t) for t, on in pairs)
+        return F.linear(xi, bsr_dense(bsr, vi)) + xi @ f1i @ f2i
+
+    want = torch.stack([member(i) for i in range(S)])
+    calls, run = [], knn.functional._run
+    monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
+    got = torch.func.vmap(
+        lambda x, v, f1, f2: knn.functional.apply(x, [crow, col, v, f1, f2], layer.op_text), in_dims=dims
+    )(x, values, f1, f2)
+    assert got.shape == want.shape and rel(got, want) < F32, rel(got, want)
+    assert len(calls) == (3 if f_batched else 2), len(calls)
+
+
 @pytest.mark.parametrize(
     "make, shape",
     [

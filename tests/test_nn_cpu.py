@@ -27,12 +27,15 @@ from tests.test_nn import (
     FUNC_CASES,
     LOWRANK_VMAP_CASES,
     MONARCH_VMAP_CASES,
+    SUM_VMAP_CASES,
+    SUM_VMAP_IDS,
     check_against_reference,
     check_torch_func,
     check_vmap_blocksparse,
     check_vmap_dense,
     check_vmap_lowrank,
     check_vmap_monarch,
+    check_vmap_sum,
     make_case,
 )
 
@@ -120,6 +123,13 @@ def test_vmap_of_a_low_rank_chain_on_the_cpu_path_is_one_call_per_factor(batched
 @pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=["all", "x-shared", "w1-shared", "w2-shared"])
 def test_vmap_of_a_monarch_op_on_the_cpu_path_is_one_call_per_block_product(batched, monkeypatch):
     check_vmap_monarch(batched, monkeypatch)
+
+
+@pytest.mark.parametrize("x_batched, w_batched, f_batched", SUM_VMAP_CASES, ids=SUM_VMAP_IDS)
+def test_vmap_of_a_sum_on_the_cpu_path_runs_each_term_by_its_rule(
+    x_batched, w_batched, f_batched, monkeypatch
+):
+    check_vmap_sum(x_batched, w_batched, f_batched, monkeypatch)
 
 
 def test_a_block_sparse_backward_makes_its_transposed_pattern_indices_once_per_device(monkeypatch):

@@ -215,14 +215,13 @@ def _tangent(op: str, x: torch.Tensor, weights: list, x_t, weights_t) -> torch.T
     return functools.reduce(torch.add, shares)
 
 
-@torch.library.register_vmap("kt::apply")
 def _vmap(info, in_dims, x, weights, op):
     """torch.func.vmap of the op. Only x batched: one call, the batch as one more leading dim of x (the op maps
     the last dim). A dense product (`_vmap_dense`) and a block-sparse op or its weight gradient
     (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern); a low-rank chain or a
-    Monarch op with batched weights one call per product (`_vmap_chain`, `_vmap_monarch`) when the samples
-    outnumber them. Anything else (batched weights of the other ops, or of a transposed Monarch: an ensemble):
-    one call per batch entry, stacked."""
+    Monarch op with batched weights one call per product (`_vmap_chain`, `_vmap_monarch`), and a sum each
+    term by its rule (`_vmap_sum`), when the samples outnumber the products or terms. Anything else (batched
+    weights of a butterfly or a transposed Monarch: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
     if size == 0:  # no samples (plain torch allows it): no kernel, a sample's shape from the fake op
@@ -249,6 +248,8 @@ def _vmap(info, in_dims, x, weights, op):
         return _vmap_chain(x, x_dim, weights, weight_dims, size), 0
     if spec["op"] == "monarch" and not spec.get("transposed") and size > 2:  # as its two block products
         return _vmap_monarch(x, x_dim, weights, weight_dims, size), 0
+    if spec["op"] == "sum" and size > len(spec["terms"]):  # each term by its own rule, added
+        return _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size), 0
 
     def take(t, dim, i):
         return t if dim is None else t.select(dim, i)
@@ -258,6 +259,9 @@ def _vmap(info, in_dims, x, weights, op):
         for i in range(size)
     ]
     return torch.stack(outs), 0
+
+
+torch.library.register_vmap("kt::apply", _vmap)  # (the function stays callable: `_vmap_sum` recurses)
 
 
 def _vmap_dense(a, a_batched: bool, b, b_batched: bool, op: str, size: int) -> torch.Tensor:
@@ -347,6 +351,24 @@ def _vmap_chain(x, x_dim, factors, factor_dims, size: int) -> torch.Tensor:
         h = _vmap_dense(h, batched, f, dim is not None, text, size)  # both shared: one product for all
         batched = batched or dim is not None
     return h.reshape(size, *lead, h.shape[-1])
+
+
+def _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size: int) -> torch.Tensor:
+    """A sum of ops with batched weights (an ensemble) as its terms, each vmapped by its own rule (a block-sparse
+    term stacked, a low-rank chain per factor, ...), added: the rule takes it when the samples outnumber the
+    terms. Returns (S, ..., out)."""
+    total, at = None, 0
+    for term in spec["terms"]:
+        count, text = _weight_count(term), op_text(_term_spec(spec, term))
+        term_weights, term_dims = weights[at : at + count], weight_dims[at : at + count]
+        at += count
+        if x_dim is None and all(d is None for d in term_dims):  # nothing of this term batched: one product
+            y, dim = torch.ops.kt.apply(x, term_weights, text), None
+        else:
+            y, dim = _vmap(info, (x_dim, term_dims, None), x, term_weights, text)
+        y = y.expand(size, *y.shape) if dim is None else y.movedim(dim, 0)
+        total = y if total is None else total + y
+    return total
 
 
 def _vmap_monarch(x, x_dim, weights, weight_dims, size: int) -> torch.Tensor:
@@ -720,18 +742,22 @@ def _sum_grads(spec, x, weights, dy, need_dx, need_w):
     dx, grads, at = None, [], 0
     for term in spec["terms"]:
         count = _weight_count(term)
-        term_spec = {
-            **term,
-            "dtype": spec["dtype"],
-            **({"precision": spec["precision"]} if "precision" in spec else {}),
-        }
         term_dx, term_grads = GRADIENTS[term["op"]](
-            term_spec, x, weights[at : at + count], dy, need_dx, need_w[at : at + count]
+            _term_spec(spec, term), x, weights[at : at + count], dy, need_dx, need_w[at : at + count]
         )
         dx = term_dx if dx is None else dx + term_dx
         grads += term_grads
         at += count
     return dx, grads
+
+
+def _term_spec(spec, term) -> dict[str, Any]:
+    """A sum's term as an op of its own: the term with the sum's dtype and precision."""
+    return {
+        **term,
+        "dtype": spec["dtype"],
+        **({"precision": spec["precision"]} if "precision" in spec else {}),
+    }
 
 
 def _conj(spec, t: torch.Tensor) -> torch.Tensor:
