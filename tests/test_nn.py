@@ -675,13 +675,13 @@ def test_vmap_of_a_monarch_op_with_batched_weights_is_one_call_per_block_product
 
 def check_vmap_monarch(batched, monkeypatch):
     """Monarch(w1, w2) x vmapped with batched weights (an ensemble), at dim 1 where batched, x (3, 2, n) per
-    sample and strided: 5 samples in one dense call per block product (2), and the transposed op (y = x @ M)
-    one fused call per sample; both equal to the float64 reference of each sample."""
+    sample and strided: 5 samples in one dense call per block product (2), the transposed op (y = x @ M) too,
+    and 2 samples in one fused call each; all equal to the float64 reference of each sample."""
     layer = MonarchLinear(32, 48, 4, bias=False)
     (k, q, p), (l, s, r) = layer.w1.shape, layer.w2.shape  # noqa: E741
     calls, run = [], knn.functional._run
     monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
-    for transposed, size, count in ((False, 5, 2), (True, 3, 3)):
+    for transposed, size, count in ((False, 5, 2), (True, 5, 2), (True, 2, 2)):
         n_in = l * s if transposed else k * p
         leaf = torch.randn(3, 2, size, 2 * n_in)[..., ::2]  # strided
         w1 = torch.randn(k, size, q, p) if batched[1] else torch.randn(k, q, p)

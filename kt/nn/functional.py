@@ -221,7 +221,7 @@ def _vmap(info, in_dims, x, weights, op):
     (`_vmap_blocksparse`): one call too (a few for many samples of a large pattern); a low-rank chain or a
     Monarch op with batched weights one call per product (`_vmap_chain`, `_vmap_monarch`), and a sum each
     term by its rule (`_vmap_sum`), when the samples outnumber the products or terms. Anything else (batched
-    weights of a butterfly or a transposed Monarch: an ensemble): one call per batch entry, stacked."""
+    weights of a butterfly: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
     if size == 0:  # no samples (plain torch allows it): no kernel, a sample's shape from the fake op
@@ -246,8 +246,8 @@ def _vmap(info, in_dims, x, weights, op):
         return y, 1 if spec["op"] == "fft" and spec["dtype"] == "float16" else 0  # planar out: (2, B, ..., n)
     if spec["op"] == "lowrank" and size > len(weights):  # batched factors: fewer calls as a chain of products
         return _vmap_chain(x, x_dim, weights, weight_dims, size), 0
-    if spec["op"] == "monarch" and not spec.get("transposed") and size > 2:  # as its two block products
-        return _vmap_monarch(x, x_dim, weights, weight_dims, size), 0
+    if spec["op"] == "monarch" and size > 2:  # as its two block products
+        return _vmap_monarch(x, x_dim, weights, weight_dims, size, spec.get("transposed", False)), 0
     if spec["op"] == "sum" and size > len(spec["terms"]):  # each term by its own rule, added
         return _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size), 0
 
@@ -371,11 +371,12 @@ def _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size: int) -> torch.Te
     return total
 
 
-def _vmap_monarch(x, x_dim, weights, weight_dims, size: int) -> torch.Tensor:
-    """A Monarch op y = Monarch(w1, w2) x whose weights are batched (an ensemble) as its two block products
-    (monarch_reference's steps 1 and 3, the permutations between them as views), each one call for every
-    sample (`_vmap_dense`), not one fused call per sample: the rule takes it for more than two samples. The
-    product between them is rounded to the dtype, as in the op's backward. Returns (S, ..., s*l)."""
+def _vmap_monarch(x, x_dim, weights, weight_dims, size: int, transposed: bool) -> torch.Tensor:
+    """A Monarch op whose weights are batched (an ensemble) as its two block products (monarch_reference's
+    steps 1 and 3; for a transposed op, y = x @ M, their adjoints in reverse order, as the op's backward
+    computes dx), the permutations between them as views, each product one call for every sample
+    (`_vmap_dense`), not one fused call per sample: the rule takes it for more than two samples. The product
+    between them is rounded to the dtype, as in the op's backward. Returns (S, ..., out)."""
     (w1, w2), (dim1, dim2) = weights, weight_dims
     w1 = w1 if dim1 is None else w1.movedim(dim1, 0)
     w2 = w2 if dim2 is None else w2.movedim(dim2, 0)
@@ -384,7 +385,17 @@ def _vmap_monarch(x, x_dim, weights, weight_dims, size: int) -> torch.Tensor:
     a = x.movedim(x_dim, 0) if batched else x
     lead = a.shape[1:-1] if batched else a.shape[:-1]  # a sample's leading dims
     rows = math.prod(lead)
-    xb = a.reshape(*((size,) if batched else ()), rows, k, p).transpose(-3, -2)  # ([S,] k, B, p): x's blocks
+    front = (size,) if batched else ()
+    if transposed:
+        # x (B, s*l): z_j = x[:, c*l + j]; v_j = z_j @ w2[j]; u, v's blocks put back; y_i = u_i @ w1[i]
+        z = a.reshape(*front, rows, s, l).movedim(-1, -3)  # ([S,] l, B, s)
+        text = _dense_text(w2.dtype, r, s, l, _layout(z), _layout(w2))
+        v = _vmap_dense(z, batched, w2, dim2 is not None, text, size)  # (S, l, B, r)
+        u = v.permute(0, 2, 3, 1).reshape(size, rows, k, q).transpose(1, 2)  # (S, k, B, q)
+        text = _dense_text(w1.dtype, p, q, k, _layout(u), _layout(w1))
+        y = _vmap_dense(u, True, w1, dim1 is not None, text, size)  # (S, k, B, p)
+        return y.transpose(1, 2).reshape(size, *lead, k * p)  # y[b, i*p + c] = y_i[b, c]
+    xb = a.reshape(*front, rows, k, p).transpose(-3, -2)  # ([S,] k, B, p): x's blocks
     w1t, w2t = w1.transpose(-1, -2), w2.transpose(-1, -2)
     text = _dense_text(w1.dtype, q, p, k, _layout(xb), _layout(w1t))
     u = _vmap_dense(xb, batched, w1t, dim1 is not None, text, size)  # (S, k, B, q): u_i = x_i @ w1[i].T
