@@ -731,40 +731,40 @@ def test_vmap_of_a_sum_with_batched_weights_runs_each_term_by_its_rule(
 
 
 def check_vmap_sum(x_batched, w_batched, f_batched, monkeypatch):
-    """A sum of a block-sparse and a low-rank term vmapped over 5 members' weights (at dim 1; x strided): each
-    term by its own rule, 1 call for the block-sparse term (stacked patterns, or the samples joining x's rows,
-    or one product for all when nothing of it is batched) and one per factor for a batched low-rank chain (one
-    fused call when nothing of it is batched); equal to the float64 sum of each member's terms."""
-    S = 5
+    """A sum of a block-sparse and a 3-factor low-rank term vmapped over members' weights (at dim 1; x
+    strided): at 5 members (more than the 4 calls of its terms' rules) each term by its own rule, 1 call for
+    the block-sparse term (stacked patterns, or the samples joining x's rows, or one product for all when
+    nothing of it is batched) and one per factor for a batched chain (one fused call when nothing of it is
+    batched); at 3 the fused sum once per member (the terms' rules would take 4: the chain goes sample by
+    sample at 3). Equal to the float64 sum of each member's terms."""
     layer = Sum(
         BlockSparseLinear(32, 48, (16, 8), mask=mask_with_gaps((3, 4), 1, 2), bias=False),
-        LowRankLinear(32, 48, 4, bias=False),
+        LowRankLinear(32, 48, (4, 6), bias=False),
     )
-    bsr, lowrank = layer.terms
+    bsr = layer.terms[0]
     crow, col, nnz = bsr.crow_indices, bsr.col_indices, bsr.values.shape[0]
-    values = torch.randn(nnz, S, 16, 8) if w_batched else bsr.values.detach()
-    f1, f2 = (
-        (torch.randn(32, S, 4), torch.randn(4, S, 48))
-        if f_batched
-        else (torch.randn(32, 4), torch.randn(4, 48))
-    )
-    leaf = torch.randn(3, S, 64)[..., ::2]
-    x = leaf if x_batched else leaf[:, 0]
-    dims = (1 if x_batched else None, 1 if w_batched else None, *([1 if f_batched else None] * 2))
-
-    def member(i):
-        pairs = ((x, x_batched), (values, w_batched), (f1, f_batched), (f2, f_batched))
-        xi, vi, f1i, f2i = (wide(t.select(1, i) if on else t) for t, on in pairs)
-        return F.linear(xi, bsr_dense(bsr, vi)) + xi @ f1i @ f2i
-
-    want = torch.stack([member(i) for i in range(S)])
     calls, run = [], knn.functional._run
     monkeypatch.setattr(knn.functional, "_run", lambda *args: calls.append(1) or run(*args))
-    got = torch.func.vmap(
-        lambda x, v, f1, f2: knn.functional.apply(x, [crow, col, v, f1, f2], layer.op_text), in_dims=dims
-    )(x, values, f1, f2)
-    assert got.shape == want.shape and rel(got, want) < F32, rel(got, want)
-    assert len(calls) == (3 if f_batched else 2), len(calls)
+    for size, count in ((5, 4 if f_batched else 2), (3, 3)):
+        values = torch.randn(nnz, size, 16, 8) if w_batched else bsr.values.detach()
+        shapes = ((32, 4), (4, 6), (6, 48))
+        factors = [torch.randn(a, size, b) if f_batched else torch.randn(a, b) for a, b in shapes]
+        leaf = torch.randn(3, size, 64)[..., ::2]
+        x = leaf if x_batched else leaf[:, 0]
+        dims = (1 if x_batched else None, 1 if w_batched else None, *([1 if f_batched else None] * 3))
+
+        def member(i, x=x, values=values, factors=factors):
+            pairs = ((x, x_batched), (values, w_batched), *((f, f_batched) for f in factors))
+            xi, vi, *fi = (wide(t.select(1, i) if on else t) for t, on in pairs)
+            return F.linear(xi, bsr_dense(bsr, vi)) + functools.reduce(torch.matmul, [xi, *fi])
+
+        want = torch.stack([member(i) for i in range(size)])
+        calls.clear()
+        got = torch.func.vmap(
+            lambda x, v, *f: knn.functional.apply(x, [crow, col, v, *f], layer.op_text), in_dims=dims
+        )(x, values, *factors)
+        assert got.shape == want.shape and rel(got, want) < F32, (size, rel(got, want))
+        assert len(calls) == count, (size, len(calls))
 
 
 @pytest.mark.parametrize(

@@ -248,7 +248,7 @@ def _vmap(info, in_dims, x, weights, op):
         return _vmap_chain(x, x_dim, weights, weight_dims, size), 0
     if spec["op"] == "monarch" and size > 2:  # as its two block products
         return _vmap_monarch(x, x_dim, weights, weight_dims, size, spec.get("transposed", False)), 0
-    if spec["op"] == "sum" and size > len(spec["terms"]):  # each term by its own rule, added
+    if spec["op"] == "sum" and size > _products(spec):  # each term by its own rule, added
         return _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size), 0
 
     def take(t, dim, i):
@@ -353,10 +353,17 @@ def _vmap_chain(x, x_dim, factors, factor_dims, size: int) -> torch.Tensor:
     return h.reshape(size, *lead, h.shape[-1])
 
 
+def _products(spec) -> int:
+    """The calls a sum's terms take under vmap with batched weights: a block-sparse term's one (its patterns
+    stacked), a low-rank chain's one per factor. More samples than that: each term by its rule is fewer calls
+    than the fused sum once per sample (with fewer, a chain would go sample by sample itself)."""
+    return sum(1 if term["op"] == "blocksparse" else _weight_count(term) for term in spec["terms"])
+
+
 def _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size: int) -> torch.Tensor:
     """A sum of ops with batched weights (an ensemble) as its terms, each vmapped by its own rule (a block-sparse
-    term stacked, a low-rank chain per factor, ...), added: the rule takes it when the samples outnumber the
-    terms. Returns (S, ..., out)."""
+    term stacked, a low-rank chain per factor), added: the rule takes it when the samples outnumber the calls
+    that takes (`_products`). Returns (S, ..., out)."""
     total, at = None, 0
     for term in spec["terms"]:
         count, text = _weight_count(term), op_text(_term_spec(spec, term))
