@@ -138,7 +138,7 @@ def test_a_block_sparse_backward_makes_its_transposed_pattern_indices_once_per_d
     device sync in each backward)."""
     layer = knn.BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=1)
     layout = layer.op()["sparsity"]["layout"]
-    knn.functional._kept_indices.cache_clear()
+    knn.functional._transposed_indices.cache_clear()
     seen, run = [], knn.functional._run
 
     def spy(x, weights, op):
@@ -152,7 +152,7 @@ def test_a_block_sparse_backward_makes_its_transposed_pattern_indices_once_per_d
         layer(x).sum().backward()
     first, second = seen  # the transposed op's (crow, col, values) of each backward
     assert first[0] is second[0] and first[1] is second[1]
-    assert knn.functional._kept_indices.cache_info().currsize == 1
+    assert knn.functional._transposed_indices.cache_info().currsize == 1
 
 
 def test_forward_mode_ad_with_dual_tensors_gives_the_layers_tangent():

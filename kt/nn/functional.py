@@ -426,7 +426,7 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
     layout = _stacked_pattern(sparsity["layout"], grid, down, across)[0]
-    crow, col, order = _index_tensors(_stacked_pattern, (sparsity["layout"], grid, down, across), x)
+    crow, col, order = _index_tensors(_stacked_indices, (sparsity["layout"], grid, down, across), x)
     if (down, across) == (1, 1):
         text = op_text(spec)
     else:
@@ -439,21 +439,26 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
     return grads[order]
 
 
-def _index_tensors(pattern, args: tuple, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The index arrays of `pattern(*args)` (all it returns after the layout) as int64 tensors on `like`'s
-    device, made once per device and kept (`_kept_indices`): torch.tensor(..., device="cuda") copies from
-    pageable memory, which first waits for the stream (CUDA's API synchronization behavior), so making them in
-    each backward of a block-sparse layer stalled the host on the GPU there. While torch.compile traces (or
-    `like` is a fake or functional tensor), they are made in the trace, as the graph's constants: a real tensor
-    kept here cannot enter a trace, nor a traced one leave it."""
+def _index_tensors(kept, args: tuple, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A pattern's index arrays as int64 tensors on `like`'s device, made once per device and kept (`kept`:
+    `_transposed_indices` or `_stacked_indices`, of the pattern `args` name): torch.tensor(..., device="cuda")
+    copies from pageable memory, which first waits for the stream (CUDA's API synchronization behavior), so
+    making them in each backward of a block-sparse layer stalled the host on the GPU there. While
+    torch.compile traces (or `like` is a fake or functional tensor), they are made in the trace, as the graph's
+    constants, not kept: a real tensor kept here cannot enter a trace, nor a traced one leave it."""
     if type(like) not in _PLAIN or torch.compiler.is_compiling():
-        return _as_indices(pattern(*args)[1:], like.device)
-    return _kept_indices(pattern, args, like.device)
+        return kept.__wrapped__(args, like.device)
+    return kept(args, like.device)
 
 
-@functools.lru_cache(maxsize=256)
-def _kept_indices(pattern, args: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return _as_indices(pattern(*args)[1:], device)
+@functools.lru_cache(maxsize=4096)  # one per block-sparse layer and device: three nnz-long tensors each
+def _transposed_indices(args: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return _as_indices(transposed_pattern(*args)[1:], device)
+
+
+@functools.lru_cache(maxsize=32)  # vmap's stacked patterns: up to STACK_BITS blocks each
+def _stacked_indices(args: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return _as_indices(_stacked_pattern(*args)[1:], device)
 
 
 def _as_indices(arrays, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -740,7 +745,7 @@ def _blocksparse_dx(spec, values, dy):
     block = tuple(sparsity["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
     layout_t = transposed_pattern(sparsity["layout"], grid)[0]
-    crow_t, col_t, order = _index_tensors(transposed_pattern, (sparsity["layout"], grid), values)
+    crow_t, col_t, order = _index_tensors(_transposed_indices, (sparsity["layout"], grid), values)
     values_t = values[order].transpose(1, 2).contiguous()  # the stored blocks only
     transposed = {
         **spec,
