@@ -224,6 +224,8 @@ def _vmap(info, in_dims, x, weights, op):
     weights of a butterfly: an ensemble): one call per batch entry, stacked."""
     x_dim, weight_dims, _ = in_dims
     spec, size = _parsed(op), info.batch_size
+    if x_dim is None and all(d is None for d in weight_dims):  # (a sum's term, `_vmap_sum`): one product
+        return torch.ops.kt.apply(x, list(weights), op), None
     if size == 0:  # no samples (plain torch allows it): no kernel, a sample's shape from the fake op
 
         def sample(t, dim):
@@ -236,9 +238,8 @@ def _vmap(info, in_dims, x, weights, op):
         return _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size)
     if spec["op"] == "dense":
         (b,), (b_dim,) = weights, weight_dims
-        a = x if x_dim is None else x.movedim(x_dim, 0)
         return _vmap_dense(
-            a, x_dim is not None, b if b_dim is None else b.movedim(b_dim, 0), b_dim is not None, op, size
+            _front(x, x_dim), x_dim is not None, _front(b, b_dim), b_dim is not None, op, size
         ), 0
     if all(d is None for d in weight_dims):
         planar = _planar_input(spec)  # x is (2, ..., n): the batch goes after the planes
@@ -307,7 +308,7 @@ def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
     operand is read once, not copied. STACK_BITS bounds the larger pattern (its mask is in the op's text)."""
     shape, block = spec["shape"], tuple(spec["sparsity"]["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
-    a = x if x_dim is None else x.movedim(x_dim, 0)
+    a = _front(x, x_dim)
     if spec["op"] == "blocksparse":
         values, values_dim = weights[2], weight_dims[2]
         if values_dim is None:  # one W: the samples join x's leading dims
@@ -315,7 +316,7 @@ def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
         sides = (True, x_dim is not None)  # (the out side, W's: batched; the in side, x's)
         values = values.movedim(values_dim, 0)
     else:  # y is dy, weights[0] the forward's x; the forward weight's values are never read
-        b = weights[0] if weight_dims[0] is None else weights[0].movedim(weight_dims[0], 0)
+        b = _front(weights[0], weight_dims[0])
         sides = (x_dim is not None, weight_dims[0] is not None)
         if not any(sides):  # only the forward weight is batched: one gradient for every sample
             return _stacked_call(spec, a, [b], weights[3], grid, 1, 1)[0], None
@@ -341,12 +342,11 @@ def _vmap_chain(x, x_dim, factors, factor_dims, size: int) -> torch.Tensor:
     dense products, each one call for every sample (`_vmap_dense`), not one fused call per sample: the rule
     takes it when the samples outnumber the factors. The products between the factors are rounded to the
     dtype, as in the chain's backward. Returns (S, ..., out)."""
-    batched = x_dim is not None
-    a = x.movedim(x_dim, 0) if batched else x
+    batched, a = x_dim is not None, _front(x, x_dim)
     lead = a.shape[1:-1] if batched else a.shape[:-1]  # a sample's leading dims
     h = a.reshape(*((size,) if batched else ()), math.prod(lead), a.shape[-1])
     for f, dim in zip(factors, factor_dims):
-        f = f if dim is None else f.movedim(dim, 0)
+        f = _front(f, dim)
         text = _dense_text(f.dtype, int(f.shape[-1]), int(f.shape[-2]), None, _layout(h), _layout(f))
         h = _vmap_dense(h, batched, f, dim is not None, text, size)  # both shared: one product for all
         batched = batched or dim is not None
@@ -369,10 +369,7 @@ def _vmap_sum(info, spec, x, x_dim, weights, weight_dims, size: int) -> torch.Te
         count, text = _weight_count(term), op_text(_term_spec(spec, term))
         term_weights, term_dims = weights[at : at + count], weight_dims[at : at + count]
         at += count
-        if x_dim is None and all(d is None for d in term_dims):  # nothing of this term batched: one product
-            y, dim = torch.ops.kt.apply(x, term_weights, text), None
-        else:
-            y, dim = _vmap(info, (x_dim, term_dims, None), x, term_weights, text)
+        y, dim = _vmap(info, (x_dim, term_dims, None), x, term_weights, text)
         y = y.expand(size, *y.shape) if dim is None else y.movedim(dim, 0)
         total = y if total is None else total + y
     return total
@@ -385,11 +382,9 @@ def _vmap_monarch(x, x_dim, weights, weight_dims, size: int, transposed: bool) -
     (`_vmap_dense`), not one fused call per sample: the rule takes it for more than two samples. The product
     between them is rounded to the dtype, as in the op's backward. Returns (S, ..., out)."""
     (w1, w2), (dim1, dim2) = weights, weight_dims
-    w1 = w1 if dim1 is None else w1.movedim(dim1, 0)
-    w2 = w2 if dim2 is None else w2.movedim(dim2, 0)
+    w1, w2 = _front(w1, dim1), _front(w2, dim2)
     (k, q, p), (l, s, r) = w1.shape[-3:], w2.shape[-3:]  # noqa: E741
-    batched = x_dim is not None
-    a = x.movedim(x_dim, 0) if batched else x
+    batched, a = x_dim is not None, _front(x, x_dim)
     lead = a.shape[1:-1] if batched else a.shape[:-1]  # a sample's leading dims
     rows = math.prod(lead)
     front = (size,) if batched else ()
@@ -411,6 +406,11 @@ def _vmap_monarch(x, x_dim, weights, weight_dims, size: int, transposed: bool) -
     text = _dense_text(w2.dtype, s, r, l, _layout(v), _layout(w2t))
     z = _vmap_dense(v, True, w2t, dim2 is not None, text, size)  # (S, l, B, s): z_j = v_j @ w2[j].T
     return z.permute(0, 2, 3, 1).reshape(size, *lead, s * l)  # y[b, c*l + j] = z[j, b, c]
+
+
+def _front(t: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """A vmap rule's operand with its batch dim (if it has one) moved to the front."""
+    return t if dim is None else t.movedim(dim, 0)
 
 
 def _side_by_side(t: torch.Tensor) -> torch.Tensor:
