@@ -380,12 +380,38 @@ def test_kt_nn_per_sample_gradients_and_tangents_on_the_gpu_match_float64(kind, 
     assert rel_err(y_t, y_t64) < limit
 
 
-@pytest.mark.parametrize("kind", ["dense", "lowrank", "blocksparse", "monarch"])
+class _BlockSparseAsOp(torch.nn.Module):
+    """A block-sparse kernel from kt.build through Kernel.as_op, its BSR weight as the three parts."""
+
+    def __init__(self, rows: int, device: str = "cuda"):
+        super().__init__()
+        spec = kt.parse_spec(
+            {
+                "name": "bsr_as_op",
+                "op": "blocksparse",
+                "dtype": "float16",
+                "shape": {"batch": rows, "in": 1024, "out": 768},
+                "sparsity": {"block": [32, 32], "density": 0.25, "seed": 0},
+            }
+        )
+        self.op = kt.build(spec, device="h100").as_op()
+        _, w = kt.random_args(spec, seed=1, device=device)
+        self.register_buffer("crow", w.crow_indices())
+        self.register_buffer("col", w.col_indices())
+        self.values = torch.nn.Parameter(w.values())
+        self.in_features, self.out_features = 1024, 768
+
+    def forward(self, x):
+        return self.op(x, self.crow, self.col, self.values)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lowrank", "blocksparse", "monarch", "blocksparse-as_op"])
 def test_a_kt_nn_training_step_replays_in_a_cuda_graph(kind):
     """A kt.nn layer's forward and backward captured in one CUDA graph (whole-network capture, as
     torch.compile's mode="reduce-overhead" and serving stacks use graphs) replay to eager's output and
     gradients for new inputs: nothing in a call syncs with the host, copies from it or allocates outside the
-    graph's pool once the kernels are chosen (a block-sparse backward's index tensors were made in each call)."""
+    graph's pool once the kernels are chosen (a block-sparse backward's index tensors were made in each call;
+    a block-sparse Kernel.as_op read the weight's indices back to check its pattern in each call)."""
     import kt.nn
 
     torch.manual_seed(0)
@@ -395,6 +421,7 @@ def test_a_kt_nn_training_step_replays_in_a_cuda_graph(kind):
         "lowrank": lambda: kt.nn.LowRankLinear(1024, 768, 64, **opts),
         "blocksparse": lambda: kt.nn.BlockSparseLinear(1024, 768, (32, 32), density=0.25, seed=0, **opts),
         "monarch": lambda: kt.nn.MonarchLinear(1024, 1024, 32, **opts),
+        "blocksparse-as_op": lambda: _BlockSparseAsOp(64),
     }[kind]()
     leaves = [torch.randn(64, layer.in_features, **opts).requires_grad_(), *layer.parameters()]
     static_x, static_dy = leaves[0], torch.randn(64, layer.out_features, **opts)

@@ -406,6 +406,70 @@ def test_a_blocksparse_kernel_as_op_refuses_a_weight_of_another_shape_or_pattern
         op(x, f1, f2, moved)
 
 
+def test_a_blocksparse_kernel_as_op_reads_a_weights_indices_once_until_they_are_written(monkeypatch):
+    """as_op compares a user's BSR indices with the op's pattern, which reads them back from the GPU (a sync) on
+    every call. Indices found equal are remembered by their memory and version counter: read again when other
+    tensors or an in-place write (through any alias) could hold another pattern, each time for inference
+    tensors, and never accepted from memory a tensor has reused after the one checked was freed."""
+    from kt.nn import functional
+
+    reads = []
+    real = functional.np.array_equal
+    monkeypatch.setattr(functional.np, "array_equal", lambda a, b: reads.append(1) or real(a, b))
+    functional._CHECKED.clear()
+    spec = kt.parse_spec(
+        {
+            "name": "b",
+            "op": "blocksparse",
+            "dtype": "float32",
+            "shape": {"batch": 8, "in": 64, "out": 48},
+            "sparsity": {"block": [16, 16], "density": 0.5, "seed": 0},
+        }
+    )
+    op = kt.build(spec).as_op()
+    x, w = kt.random_args(spec, seed=3, device="cpu")
+    expected = F.linear(x.double(), w.to_dense().double())
+    moved_col = (w.col_indices() + 1) % 4  # the same count of blocks per row, at other columns
+
+    def count(*weight):
+        before = len(reads)
+        torch.testing.assert_close(op(x, *weight).double(), expected, rtol=1e-5, atol=1e-5)
+        return len(reads) - before
+
+    assert count(w) == 2  # crow, then col
+    assert count(w) == 0 and count(w.crow_indices(), w.col_indices(), w.values()) == 0
+    copied = torch.sparse_bsr_tensor(w.crow_indices().clone(), w.col_indices().clone(), w.values(), w.shape)
+    assert count(copied) == 2 and count(copied) == 0
+    w.col_indices().copy_(w.col_indices().clone())  # the same pattern, written: read again
+    assert count(w) == 2 and count(w) == 0
+    saved = w.col_indices().clone()
+    w.col_indices().copy_(moved_col)  # another pattern written in place: refused, not remembered as good
+    with pytest.raises(ValueError, match="w stores its blocks at other places"):
+        op(x, w)
+    w.col_indices().copy_(saved)
+    assert count(w) == 2
+    with torch.inference_mode():
+        frozen = torch.sparse_bsr_tensor(
+            w.crow_indices().clone(), w.col_indices().clone(), w.values(), w.shape
+        )
+        assert count(frozen) == 2 and count(frozen) == 2
+        frozen.col_indices().copy_(moved_col)
+        with pytest.raises(ValueError, match="w stores its blocks at other places"):
+            op(x, frozen)
+    crow, col = w.crow_indices().clone(), w.col_indices().clone()
+    assert count(crow, col, w.values()) == 2
+    del crow, col  # its memory stays the memo's: no pair of another pattern can be made at its addresses
+    for key, kept in functional._CHECKED.items():
+        for (_, address, *_), storage in zip(key[2:], kept):
+            assert storage.data_ptr() <= address < storage.data_ptr() + storage.nbytes()
+    with pytest.raises(ValueError, match="w stores its blocks at other places"):
+        op(x, w.crow_indices().clone(), moved_col.clone(), w.values())
+    assert count(w) == 0 and count(copied) == 0
+    monkeypatch.setattr(functional, "_CHECKED_SIZE", 1)
+    assert count(w.crow_indices().clone(), w.col_indices().clone(), w.values()) == 2  # the others go
+    assert len(functional._CHECKED) == 1 and count(w) == 2 and count(copied) == 2 and count(copied) == 0
+
+
 @pytest.mark.parametrize(
     "name", ["monarch-up-3d", "blocksparse-gaps-3d", "lowrank-chain-strided", "fft-real"]
 )

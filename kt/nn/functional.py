@@ -22,9 +22,11 @@ The backward of every op is again kt ops, so each product it runs is a kernel kt
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -556,12 +558,12 @@ def _pattern(layout: str, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
 def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> None:
     """Refuse a BSR weight whose shape or pattern is not the op's: the kernel would read past its indices (a
     smaller weight), and the backward's dx is built from the op's pattern (kt.nn's layers own their indices; a
-    user's weight given to `Kernel.as_op` is checked, which reads the indices back from the GPU: a sync)."""
+    user's weight given to `Kernel.as_op` is checked). Comparing the indices reads them back from the GPU (a
+    sync), so index tensors found equal are remembered (`_same_pattern`) and not read again until written."""
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
-    want_crow, want_col = _pattern(sparsity["layout"], grid)
-    nnz = len(want_col)
+    nnz = len(_pattern(sparsity["layout"], grid)[1])
     what = f"a {shape['out']}x{shape['in']} BSR weight in {block[0]}x{block[1]} blocks"
     got = (tuple(crow.shape), tuple(col.shape), tuple(values.shape))
     if got != ((grid[0] + 1,), (nnz,), (nnz, *block)):
@@ -570,12 +572,48 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
             f"col_indices ({nnz},), values {(nnz, *block)}); got crow_indices {got[0]}, col_indices {got[1]}, "
             f"values {got[2]}"
         )
-    if not (np.array_equal(crow.cpu().numpy(), want_crow) and np.array_equal(col.cpu().numpy(), want_col)):
+    if not _same_pattern(sparsity["layout"], grid, crow, col):
         raise ValueError(
             f"kernel(x, w): w stores its blocks at other places than the pattern this kernel was built for "
             f"({what}, {nnz} of {grid[0] * grid[1]} stored); its backward is built from that pattern, so w must "
             f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros)"
         )
+
+
+# Index tensors found to hold an op's pattern, by what identifies their memory and its contents: (layout, grid,
+# then for crow and col their address, dtype, shape, strides and version counter, which every in-place write
+# through any alias of the tensor advances). Each entry keeps the two storages alive, so no other tensor can
+# take their addresses while it is here. Bounded: the oldest go first.
+_CHECKED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+_CHECKED_SIZE = 256
+_CHECKED_LOCK = threading.Lock()
+
+
+def _same_pattern(layout: str, grid: tuple[int, int], crow: torch.Tensor, col: torch.Tensor) -> bool:
+    """Whether crow and col (shapes already checked) are the indices of `layout` over `grid`. A pair already
+    found equal and not written since is not read again: `Kernel.as_op` on a GPU then makes no sync after its
+    first call with a weight (writes through `.data` or from outside PyTorch do not advance the version
+    counter and go unseen, as they do for autograd). Inference tensors have no version counter: read each time."""
+    key = None  # inference tensors have no version counter
+    if not (crow.is_inference() or col.is_inference()):
+        key = (
+            layout,
+            grid,
+            *((t.device, t.data_ptr(), t.dtype, t.shape, t.stride(), t._version) for t in (crow, col)),
+        )
+    with _CHECKED_LOCK:
+        if key in _CHECKED:
+            _CHECKED.move_to_end(key)
+            return True
+    want_crow, want_col = _pattern(layout, grid)
+    if not (np.array_equal(crow.cpu().numpy(), want_crow) and np.array_equal(col.cpu().numpy(), want_col)):
+        return False
+    if key is not None:
+        with _CHECKED_LOCK:
+            _CHECKED[key] = (crow.untyped_storage(), col.untyped_storage())
+            while len(_CHECKED) > _CHECKED_SIZE:
+                _CHECKED.popitem(last=False)
+    return True
 
 
 # -- autograd ------------------------------------------------------------------------------------------------
@@ -904,7 +942,7 @@ def kernel_op(kernel):
     torch.compile and torch.export. It runs this kernel for any number of rows. Weights as the kernel takes them;
     a BSR weight either as a sparse BSR tensor or as its three parts `crow_indices, col_indices, values`, which
     is how a compiled function must take it (torch.compile takes no sparse tensor as an input). A BSR weight
-    must have the spec's shape and pattern (checked on every call: `_check_pattern`)."""
+    must have the spec's shape and pattern (`_check_pattern`: the indices are read once, again after a write)."""
     from kt.nn.selection import Selection, pin
 
     where = str(kernel.path) if kernel.path else "kt.build"
