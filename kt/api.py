@@ -21,7 +21,7 @@ from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.codegen.baseline import baseline_kernel
 from kt.codegen.restrict import illegal_config, restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
-from kt.errors import DeviceError, KtError, SpecError
+from kt.errors import DeviceError, KtError, SpecError, one_line
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
 from kt.spec import (
@@ -157,12 +157,21 @@ def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
 
 
 def build(
-    spec: SpecLike, config: Config | Mapping[str, int] | str | None = None, device: str | None = None
+    spec: SpecLike,
+    config: Config | Mapping[str, int] | str | None = None,
+    device: str | None = None,
+    compile_check: bool = False,
 ) -> Kernel:
     """The kernel for `spec` with `config` (default: the cost model's top-ranked legal config), untuned;
     `config="pytorch"` gives PyTorch's own path for the op (what a tune times as candidate zero). A config
     written as a mapping is checked as op.yaml's `tune.configs` are: integer fields on their axes, and one the
-    space of this problem on the device leaves out (it cannot run there) is refused with the rule it breaks."""
+    space of this problem on the device leaves out (it cannot run there) is refused with the rule it breaks.
+
+    `compile_check` (with no config; what kt.nn does on a GPU): the best-ranked config whose build for the
+    device's architecture neither spills registers nor needs more shared memory than it has, as a tune refuses
+    its candidates (legality admits a few builds that spill: unaligned tf32 GEMMs, above all on sm_80).
+    Compiled here, a second or so each, at most COMPILE_TRIES; the configs passed over are in the kernel's
+    meta (`refused`); when none of them builds, or Triton has no ptxas here, the first-ranked."""
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
     profile = resolve_profile(device or spec.device)
@@ -170,9 +179,12 @@ def build(
     if config == BASELINE_KEY:
         return baseline_kernel(spec, profile.name)
     written = isinstance(config, Mapping)
+    refused: list[list[str]] = []
     if config is None:
         ranking = plan_tuning(node.problem, profile, budget=1, spec=spec)
         config = ranking.config(ranking.ranked[0])
+        if compile_check and _can_compile():
+            config, refused = _first_building(ranking, node.problem, profile, spec.name)
     elif isinstance(config, (Mapping, family.config_type)):
         # written by hand: checked as op.yaml's tune.configs are. A config object made in code is checked on
         # its axes too (GemmConfig(-16, 16, 16) built a kernel whose results were 1e34 off); whether it can run
@@ -197,7 +209,60 @@ def build(
     illegal = written and illegal_config(family, node.problem, config, profile)
     if illegal:
         raise SpecError("config", f"{config} cannot run {node.problem} on {profile.name}: {illegal}")
-    return Kernel(load_source(source), spec, config, {"measured": False})
+    return Kernel(
+        load_source(source), spec, config, {"measured": False, **({"refused": refused} if refused else {})}
+    )
+
+
+COMPILE_TRIES = (
+    8  # the most configs `build(compile_check=True)` compiles (a tune's `kt show --ptx` tries as many)
+)
+
+
+def _can_compile() -> bool:
+    """Whether this process can compile kernels for a GPU target: Triton's ptxas is here and Triton's
+    interpreter is not switched on for the whole process."""
+    from kt.autotune.compile import target_compiler_available
+
+    return target_compiler_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _first_building(ranking, problem, profile: DeviceProfile, name: str) -> tuple[Config, list[list[str]]]:
+    """The best-ranked config whose build passes `_build_refusal` (at most COMPILE_TRIES compiled; one that
+    differs from a refused config only in its tile order, group_m, builds the same and is passed over unbuilt),
+    else the first-ranked; and [config key, why] of each refused."""
+    refused, seen = [], []
+    for index in ranking.ranked:
+        config = ranking.config(index)
+        tile = {k: v for k, v in config.to_dict().items() if k != "group_m"}
+        if tile in seen:
+            continue
+        if len(seen) == COMPILE_TRIES:
+            break
+        seen.append(tile)
+        reason = _build_refusal(problem, config, profile, name)
+        if reason is None:
+            return config, refused
+        refused.append([config.key(), reason])
+    return ranking.config(ranking.ranked[0]), refused
+
+
+def _build_refusal(problem, config: Config, profile: DeviceProfile, name: str) -> str | None:
+    """Why `config`'s build of `problem` for the profile's architecture would not run well there (a tune's
+    compile stage, in this process), or None."""
+    from kt.autotune.compile import compile_for_target
+    from kt.autotune.worker import build_refusal
+    from kt.codegen import import_kernel_file, write_source
+
+    source = family_for(problem).render(
+        problem, config, name=name, device=profile.name, kt_version=software_versions()["kt"]
+    )
+    module = import_kernel_file(write_source(source), interpret=False, private=True)
+    try:
+        builds = compile_for_target(module, problem.meta_args(), profile.compute_capability)
+    except Exception as exc:  # the compiler's own error, as a tune's compile_error
+        return f"does not compile for sm_{profile.compute_capability}: {one_line(exc)}"
+    return build_refusal(builds, profile.smem_per_block)
 
 
 def reference(spec: SpecLike) -> Callable[..., torch.Tensor]:

@@ -311,3 +311,83 @@ def test_the_estimate_bounds_the_output_tile_scratch_and_unaligned_rows_spill_as
     )
     assert spilled.status == "out_of_resources" and "spills registers" in spilled.message
     assert "unaligned operand tiles" in gemm_illegal_reason(odd, config, H100)
+
+
+# An unaligned tf32 GEMM on the A100: legality admits builds of it that spill (docs/architecture.md), and the
+# shipped forest ranks two of them (m128n256k32 w8, stages 4 and 3) first.
+UNALIGNED_TF32 = {
+    "name": "unaligned_tf32",
+    "op": "dense",
+    "dtype": "float32",
+    "precision": "tf32",
+    "shape": {"m": 256, "k": 1000, "n": 4100},
+}
+
+
+@pytest.mark.shipped_models
+def test_build_with_compile_check_passes_over_the_ranked_configs_that_spill_on_the_device():
+    """kt.nn's untuned fallback (a GPU, no tuned row) ran the model's first-ranked config, unchecked: here a
+    build that spills at all 255 registers on sm_80. With compile_check, the first config that builds clean,
+    and each one passed over with why."""
+    from kt.autotune.compile import compile_for_target
+    from kt.autotune.worker import build_refusal
+    from kt.codegen.emit import import_kernel_file
+
+    plain = kt.build(UNALIGNED_TF32, device="a100")
+    checked = kt.build(UNALIGNED_TF32, device="a100", compile_check=True)
+    refused = checked.meta["refused"]
+    assert refused and refused[0][0] == plain.config.key() and checked.config != plain.config
+    assert all("spills registers" in why and "at all 255 registers" in why for _, why in refused), refused
+    plan = kt.plan(UNALIGNED_TF32, device="a100")
+    ranked = [plan.config(i).key() for i in plan.ranked]
+    assert ranked.index(checked.config.key()) > max(ranked.index(key) for key, _ in refused)
+    problem = GemmProblem(256, 4100, 1000, dtype="float32", precision="tf32")
+    module = import_kernel_file(checked.module.__file__, interpret=False, private=True)
+    assert build_refusal(compile_for_target(module, problem.meta_args(), 80), A100.smem_per_block) is None
+    # a config that builds clean is the first-ranked, compiled once
+    aligned = {**UNALIGNED_TF32, "shape": {"m": 256, "k": 1024, "n": 4096}}
+    first = kt.build(aligned, device="a100", compile_check=True)
+    assert first.config == kt.build(aligned, device="a100").config and "refused" not in first.meta
+
+
+def test_build_with_compile_check_builds_at_most_the_tries_and_not_a_tile_order_twin(monkeypatch):
+    """group_m only orders the tiles: a config that differs from a refused one in nothing else builds the same
+    and is not compiled again; after COMPILE_TRIES refusals the first-ranked config is kept."""
+    from kt import api
+
+    built = []
+    monkeypatch.setattr(api, "_build_refusal", lambda p, config, *a: built.append(config) or "spills (test)")
+    kernel = kt.build(UNALIGNED_TF32, device="a100", compile_check=True)
+    plan = kt.plan(UNALIGNED_TF32, device="a100")
+    assert kernel.config == plan.space.legal[plan.ranked[0]]
+    assert len(built) == api.COMPILE_TRIES == len(kernel.meta["refused"])
+    tiles = [tuple(v for k, v in c.to_dict().items() if k != "group_m") for c in built]
+    assert len(set(tiles)) == len(tiles)
+    firsts = [plan.space.legal[i] for i in plan.ranked[:40]]
+    skipped = [c for c in firsts[: firsts.index(built[-1])] if c not in built]
+    assert skipped and all(
+        any(c.to_dict() | {"group_m": 0} == b.to_dict() | {"group_m": 0} for b in built) for c in skipped
+    )
+
+
+@pytest.mark.shipped_models
+def test_kt_nn_on_a_gpu_without_a_tuned_row_runs_the_best_ranked_config_that_builds_clean(monkeypatch):
+    """kt.nn's choice on a CUDA device with nothing tuned (the GPU's name and its empty database row stood in
+    for here): the compile-checked config, the refused ones named in the selection; Triton's interpreter (CPU
+    tensors with KT_INTERPRET=1) has no registers to spill and keeps the first-ranked config uncompiled."""
+    import torch
+
+    from kt.nn import selection
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(selection, "_best_row", lambda problem, family, gpu: None)
+    op = {k: v for k, v in UNALIGNED_TF32.items() if k != "name"} | {"shape": {"k": 1000, "n": 4100}}
+    spec = selection.bucket_spec(op | {"device": "a100"}, 200)  # the bucket of 256 rows
+    chosen = selection._select(spec, torch.device("cuda"))
+    assert chosen.source == "cost model" and chosen.kernel.config != kt.build(spec).config
+    assert chosen.kernel.config == kt.build(spec, compile_check=True).config
+    assert (
+        "better-ranked configs refused when compiled" in chosen.where and "spills registers" in chosen.where
+    )
+    interpreted = selection._select(spec, torch.device("cpu"))
+    assert interpreted.kernel.config == kt.build(spec).config and "refused" not in interpreted.where

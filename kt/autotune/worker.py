@@ -136,13 +136,16 @@ def _compile(payload: dict[str, Any]) -> Reply:
         for index, build in enumerate(builds):
             atomic_write_text(Path(payload["ptx_dir"]) / f"launch{index}_{build.kernel}.ptx", build.ptx)
     values = evidence(builds)
-    if values["smem_bytes"] > payload["smem_limit"]:
-        return (
-            "out_of_resources",
-            values,
-            f"needs {values['smem_bytes']} bytes of shared memory, the device has {payload['smem_limit']}",
-            False,
-        )
+    refused = build_refusal(builds, payload["smem_limit"])
+    return ("out_of_resources", values, refused, False) if refused else ("ok", values, "", False)
+
+
+def build_refusal(builds, smem_limit: int) -> str | None:
+    """Why a candidate's builds (compile_for_target) cannot run well on a device of `smem_limit` bytes of
+    shared memory per block, or None: more shared memory than that, or a launch that spills registers."""
+    smem = max((b.shared_bytes for b in builds), default=0)
+    if smem > smem_limit:
+        return f"needs {smem} bytes of shared memory, the device has {smem_limit}"
     spilling = [
         b
         for b in builds
@@ -156,12 +159,9 @@ def _compile(payload: dict[str, Any]) -> Reply:
             else f"at {worst.registers} registers, over the {MAX_LOCAL_BYTES} bytes a few kept values take"
         )
         return (
-            "out_of_resources",
-            values,
-            f"spills registers: {worst.local_bytes} bytes of local memory per thread {where} ({worst.kernel})",
-            False,
+            f"spills registers: {worst.local_bytes} bytes of local memory per thread {where} ({worst.kernel})"
         )
-    return "ok", values, "", False
+    return None
 
 
 # A launch that holds all 255 registers a thread may have and still keeps values in local memory spills under

@@ -43,8 +43,12 @@ def interpreter_wanted() -> bool:
     return not torch.cuda.is_available()
 
 
-def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -> ModuleType:
+def import_kernel_file(
+    path: str | os.PathLike, interpret: bool | None = None, private: bool = False
+) -> ModuleType:
     """Import a generated kernel module from `path`, for the GPU or (interpret=True) for Triton's interpreter.
+    One module per file and mode, shared by every caller; `private`: a module of its own (compile_for_target
+    swaps a module's kernels for recorders while it compiles, which a thread running the shared one would hit).
 
     Choosing the interpreter changes nothing for the rest of the process: TRITON_INTERPRET=1 is set only while
     the module's `@triton.jit` functions are made and while its kernels run (kt.codegen.compat), so kernels
@@ -65,7 +69,7 @@ def import_kernel_file(path: str | os.PathLike, interpret: bool | None = None) -
     else:
         importing = contextlib.nullcontext()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-    name = f"kt_kernel_{'interp' if interpret else 'cuda'}_{digest}"
+    name = f"kt_kernel_{'interp' if interpret else 'cuda'}_{digest}{'_private' if private else ''}"
     # A module is in sys.modules from before its code runs (Triton's jit looks it up) until it has run: a second
     # thread importing the same kernel then got it half made (no `kernel` yet). The lock makes it wait.
     with _IMPORT_LOCK:

@@ -11,6 +11,8 @@ and the bucket only names the shape that was (or can be) tuned. For a bucket's s
    `use_artifacts()`, whose problem is this bucket's (an artifact whose kernel.py calls PyTorch runs PyTorch;
    one tuned without a GPU, `measured: false`, is used with a warning);
 3. the cost model's top-ranked legal config (`kt.build`), which is never silent: a warning says it is untuned.
+   On a GPU, the best-ranked one whose build for it neither spills registers nor exceeds its shared memory, as
+   a tune's compile stage holds its candidates (`kt.build(compile_check=True)`).
 
 On CPU tensors none of that runs: a layer runs the op's PyTorch path (the module a tune times as candidate zero:
 two torch.bmm for Monarch, F.linear on the BSR weight, torch.linalg.multi_dot, torch.fft.fft, the butterfly's
@@ -310,8 +312,17 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 and meta.get("problem") == wanted
             ):
                 return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
-    kernel = kt.build(spec)
-    return Selection(spec, kernel, "cost model", f"ranked for {kt.resolve_profile(spec.device).name}")
+    # on a GPU, the best-ranked config that builds for it without spilling registers (legality admits a few
+    # that spill, which a tune's compile stage refuses); the interpreter has no registers to spill
+    kernel = kt.build(spec, compile_check=device.type == "cuda")
+    where = f"ranked for {kt.resolve_profile(spec.device).name}"
+    refused = kernel.meta.get("refused", [])
+    if refused:
+        where += (
+            f"; {len(refused)} better-ranked config{'s' if len(refused) != 1 else ''} refused when compiled "
+            f"({refused[0][0]}: {refused[0][1]})"
+        )
+    return Selection(spec, kernel, "cost model", where)
 
 
 def _artifact_dirs() -> list[Path]:
