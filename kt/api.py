@@ -220,11 +220,15 @@ COMPILE_TRIES = (
 
 
 def _can_compile() -> bool:
-    """Whether this process can compile kernels for a GPU target: Triton's ptxas is here and Triton's
-    interpreter is not switched on for the whole process."""
+    """Whether this process can compile kernels for a GPU target: Triton's ptxas is here, Triton's interpreter
+    is not switched on for the whole process and has not left `triton.language` patched (Triton 3.6 does after
+    any interpreted launch)."""
     from kt.autotune.compile import target_compiler_available
+    from kt.codegen.compat import language_patched
 
-    return target_compiler_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    return (
+        target_compiler_available() and os.environ.get("TRITON_INTERPRET") != "1" and not language_patched()
+    )
 
 
 def _first_building(ranking, problem, profile: DeviceProfile, name: str) -> tuple[Config, list[list[str]]]:

@@ -313,6 +313,51 @@ def test_the_estimate_bounds_the_output_tile_scratch_and_unaligned_rows_spill_as
     assert "unaligned operand tiles" in gemm_illegal_reason(odd, config, H100)
 
 
+def test_unaligned_float32_fma_builds_at_the_accumulator_limit_with_k_steps_of_32_spill_on_sm80(pool):
+    """The sm_80 rule of fma_unaligned_reason, built: the refused config spills, its K16 neighbour builds clean
+    and stays legal, and neither the aligned problem nor sm_90 is ruled."""
+    odd = GemmProblem(4096, 4104, 4096, dtype="float32")  # B's rows (N) not 16-element aligned
+    refused, neighbour = (
+        GemmConfig(128, 64, 32, num_warps=4, num_stages=3),
+        GemmConfig(128, 64, 16, num_warps=4, num_stages=2),
+    )
+    tasks = [compile_task(i, odd, c, A100.smem_per_block, 80) for i, c in enumerate((refused, neighbour))]
+    spilled, clean = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    assert spilled.status == "out_of_resources" and "at all 255 registers" in spilled.message, spilled.message
+    assert clean.status == "ok", clean.message
+    assert "FMA dot at 64 accumulator registers" in gemm_illegal_reason(odd, refused, A100)
+    assert gemm_illegal_reason(odd, neighbour, A100) is None
+    assert gemm_illegal_reason(GemmProblem(4096, 4096, 4096, dtype="float32"), refused, A100) is None
+    assert gemm_illegal_reason(odd, refused, H100) is None
+    tf32 = GemmProblem(4096, 4104, 4096, dtype="float32", precision="tf32")
+    assert "FMA" not in (gemm_illegal_reason(tf32, refused, A100) or "")
+
+
+def test_an_interpreted_kernel_leaves_triton_language_as_it_was_so_the_process_still_compiles(monkeypatch):
+    """An interpreted kernel's device call (tl.cdiv: a compiled-mode helper, see kt.codegen.compat) left
+    triton.language patched for the interpreter (Triton 3.9 drops the scope that undoes it), and every later
+    compile of the process failed ('block_argument' object has no attribute 'dtype'): kt.build's compile check
+    refused every config as not compiling."""
+    import torch
+
+    from kt.autotune.compile import compile_for_target
+    from kt.codegen.compat import language_patched
+    from kt.codegen.emit import import_kernel_file
+
+    monkeypatch.setenv("KT_INTERPRET", "1")
+    spec = {"name": "d", "op": "dense", "dtype": "float32", "shape": {"m": 40, "k": 24, "n": 33}}
+    a, b = kt.random_args(spec, seed=1, device="cpu")
+    torch.testing.assert_close(kt.build(spec, device="h100")(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    assert not language_patched()
+    monkeypatch.delenv("KT_INTERPRET")
+    problem, config = GemmProblem(256, 4096, 1024), GemmConfig(128, 128, 32, num_warps=4, num_stages=3)
+    module = import_kernel_file(
+        generated_candidate(problem, config).source_path, interpret=False, private=True
+    )
+    (build,) = compile_for_target(module, problem.meta_args(), 90)
+    assert build.uses_wgmma and build.local_bytes == 0
+
+
 # An unaligned tf32 GEMM on the A100: legality admits builds of it that spill (docs/architecture.md), and the
 # shipped forest ranks two of them (m128n256k32 w8, stages 4 and 3) first.
 UNALIGNED_TF32 = {

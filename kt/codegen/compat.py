@@ -18,6 +18,11 @@ kt turns TRITON_INTERPRET on only while it imports a kernel module for the inter
 an interpreted kernel runs (`patch_interpreter` wraps the interpreter's launch), and puts back what was there:
 one kernel loaded for the interpreter must not make every later kernel of the process an interpreted one.
 
+An interpreted device call (`tl.cdiv` in a kernel) patches `triton.language` for the interpreter and, in
+Triton 3.9, drops the scope that would undo it: the process's later GPU compiles then failed (`'block_argument'
+object has no attribute 'dtype'`, torch.compile's kernels included). `patch_interpreter` undoes each device
+call's patches when it returns; Triton 3.6 restores none, even after a launch (`language_patched`).
+
 Triton's interpreter keeps global state (the grid index of the program it runs, the patched language module),
 and TRITON_INTERPRET is the process's: interpreted launches and the switches of TRITON_INTERPRET take one lock
 (`INTERPRETER_LOCK`), so threads that share a layer run its interpreted kernels one at a time. Without it, four
@@ -107,12 +112,38 @@ def _interpret_device_calls() -> None:
 
     original = jit.JITFunction.__call__
     interpreted: dict = {}
+    patch_lang = interpreter._patch_lang
+    scopes: list = []  # the language patches of the device calls running (under INTERPRETER_LOCK)
+
+    def kept_patch_lang(fn):
+        scope = patch_lang(fn)
+        scopes.append(scope)
+        return scope
 
     def call(self, *args, **kwargs):
         if os.environ.get("TRITON_INTERPRET") != "1":
             return original(self, *args, **kwargs)
         if self.fn not in interpreted:
             interpreted[self.fn] = interpreter.InterpretedFunction(self.fn)
-        return interpreted[self.fn](*args, **kwargs)
+        depth = len(scopes)
+        try:
+            return interpreted[self.fn](*args, **kwargs)
+        finally:  # InterpretedFunction drops the scope its _patch_lang returns (Triton 3.9): undone here
+            while len(scopes) > depth:
+                scope = scopes.pop()
+                if scope is not None:  # Triton < 3.9 returns none and restores nothing, launches included
+                    scope.restore()
 
+    interpreter._patch_lang = kept_patch_lang
     jit.JITFunction.__call__ = call
+
+
+def language_patched() -> bool:
+    """Whether Triton's interpreter has left `triton.language` patched in this process (Triton < 3.9 never
+    restores it after a launch): Triton then cannot compile a kernel for a GPU here (its builtins call the
+    interpreter's semantics), so kt compiles in a worker process or not at all."""
+    import triton.language as tl
+
+    return any(getattr(v, "__name__", "") == "<lambda>" for v in vars(tl.core).values()) or (
+        getattr(tl.core.tensor.__add__, "__name__", "") == "<lambda>"
+    )

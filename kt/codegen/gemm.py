@@ -224,11 +224,13 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     H100 m64n256k32 w4 (208 by this count) builds clean; a designed tf32 sample (358 builds, 2026-12-03) found
     no count that refuses no clean build and catches most spills (their loads stay cp.async), so tf32 is not
     ruled (docs/architecture.md)."""
-    if config.tma or itemsize(problem.dtype) != 2:
+    if config.tma or problem.dtype not in ("float16", "bfloat16", "float32"):
         return None
     a_unaligned, b_unaligned = unaligned_operands(problem)
     if not (a_unaligned or b_unaligned):
         return None
+    if problem.dtype == "float32":
+        return fma_unaligned_reason(problem, config, device)
     threads = config.num_warps * device.warp_size
     regs = accumulator_registers(config, device.warp_size)
     regs += config.block_m * config.block_k // threads if a_unaligned else 0
@@ -243,6 +245,24 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
         return (
             f"accumulator and unaligned operand tiles over {limit} registers per thread (rows not 16-element "
             "aligned: scalar loads)"
+        )
+    return None
+
+
+def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
+    """Why a float32 FMA build (precision ieee) with an operand's rows not 16-element aligned would spill on
+    sm_80, or None. Four warps holding the FMA accumulator limit (64 registers per thread) with K steps of 32
+    spilled at all 255 registers in 85 of 86 sampled sm_80 builds (Triton 3.9, 2026-12-03: 8 shapes with K or N
+    unaligned, 410 builds in all; the clean one, m32n256k32, spilled 144 bytes on two other shapes); eight warps
+    at 64 and every count at 32 registers were mixed, and on sm_90 1 of 5 such builds was clean, so neither is
+    ruled. tf32 is not ruled either (`unaligned_reason`)."""
+    if problem.precision != "ieee" or device.compute_capability >= 90 or config.num_warps != 4:
+        return None
+    limit, _ = accumulator_limit(device, problem.dtype, problem.precision, config.num_warps)
+    if accumulator_registers(config, device.warp_size) >= limit and config.block_k > MIN_DOT:
+        return (
+            f"FMA dot at {limit} accumulator registers with K steps over {MIN_DOT} and rows not 16-element "
+            f"aligned (spills on sm_{device.compute_capability})"
         )
     return None
 
