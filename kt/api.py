@@ -214,9 +214,8 @@ def build(
     )
 
 
-COMPILE_TRIES = (
-    8  # the most configs `build(compile_check=True)` compiles (a tune's `kt show --ptx` tries as many)
-)
+# the most configs `build(compile_check=True)` compiles (`kt show --ptx` tries as many)
+COMPILE_TRIES = 8
 
 
 def _can_compile() -> bool:

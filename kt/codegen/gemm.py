@@ -211,7 +211,8 @@ def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
 
 
 def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
-    """Why a 16-bit classic-kernel build whose operand rows are not 16-element aligned would spill, or None.
+    """Why a 16-bit classic-kernel build whose operand rows are not 16-element aligned would spill, or None
+    (a float32 one: `fma_unaligned_reason`).
 
     Such a build loads the unaligned operand's tile element by element into registers (no cp.async, no
     software pipeline: the stage count made no difference), so its tile counts beside the accumulator: `acc +
