@@ -397,8 +397,12 @@ def test_build_with_compile_check_passes_over_the_ranked_configs_that_spill_on_t
 
 def test_build_with_compile_check_builds_at_most_the_tries_and_not_a_tile_order_twin(monkeypatch):
     """group_m only orders the tiles: a config that differs from a refused one in nothing else builds the same
-    and is not compiled again; after COMPILE_TRIES refusals the first-ranked config is kept."""
+    and is not compiled again; after COMPILE_TRIES refusals the first-ranked config is kept, and kt.nn's
+    selection says none built clean (it said "8 better-ranked configs refused", the first of them running)."""
+    import torch
+
     from kt import api
+    from kt.nn import selection
 
     built = []
     monkeypatch.setattr(api, "_build_refusal", lambda p, config, *a: built.append(config) or "spills (test)")
@@ -408,6 +412,11 @@ def test_build_with_compile_check_builds_at_most_the_tries_and_not_a_tile_order_
     assert len(built) == api.COMPILE_TRIES == len(kernel.meta["refused"])
     tiles = [tuple(v for k, v in c.to_dict().items() if k != "group_m") for c in built]
     assert len(set(tiles)) == len(tiles)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(selection, "_best_row", lambda problem, family, gpu: None)
+    chosen = selection._select(kt.parse_spec(UNALIGNED_TF32 | {"device": "a100"}), torch.device("cuda"))
+    assert chosen.kernel.config == kernel.config
+    assert "none of the 8 best-ranked configs built clean (spills (test))" in chosen.where
     firsts = [plan.space.legal[i] for i in plan.ranked[:40]]
     skipped = [c for c in firsts[: firsts.index(built[-1])] if c not in built]
     assert skipped and all(

@@ -317,7 +317,9 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     kernel = kt.build(spec, compile_check=device.type == "cuda")
     where = f"ranked for {kt.resolve_profile(spec.device).name}"
     refused = kernel.meta.get("refused", [])
-    if refused:
+    if refused and refused[0][0] == kernel.config.key():  # none built clean: the first-ranked runs
+        where += f"; none of the {len(refused)} best-ranked configs built clean ({refused[0][1]})"
+    elif refused:
         where += (
             f"; {len(refused)} better-ranked config{'s' if len(refused) != 1 else ''} refused when compiled "
             f"({refused[0][0]}: {refused[0][1]})"
