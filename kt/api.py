@@ -220,8 +220,7 @@ COMPILE_TRIES = 8
 
 def _can_compile() -> bool:
     """Whether this process can compile kernels for a GPU target: Triton's ptxas is here, Triton's interpreter
-    is not switched on for the whole process and has not left `triton.language` patched (Triton 3.6 does after
-    any interpreted launch)."""
+    is not switched on for the whole process and has not left `triton.language` patched (kt.codegen.compat)."""
     from kt.autotune.compile import target_compiler_available
     from kt.codegen.compat import language_patched
 

@@ -18,10 +18,12 @@ kt turns TRITON_INTERPRET on only while it imports a kernel module for the inter
 an interpreted kernel runs (`patch_interpreter` wraps the interpreter's launch), and puts back what was there:
 one kernel loaded for the interpreter must not make every later kernel of the process an interpreted one.
 
-An interpreted device call (`tl.cdiv` in a kernel) patches `triton.language` for the interpreter and, in
-Triton 3.9, drops the scope that would undo it: the process's later GPU compiles then failed (`'block_argument'
-object has no attribute 'dtype'`, torch.compile's kernels included). `patch_interpreter` undoes each device
-call's patches when it returns; Triton 3.6 restores none, even after a launch (`language_patched`).
+An interpreted device call (`tl.cdiv` in a kernel) patches `triton.language` for the interpreter and drops
+the scope that would undo it (Triton 3.6 and 3.9 alike; a launch undoes its own patches): the process's later
+GPU compiles then failed (`'block_argument' object has no attribute 'dtype'`, torch.compile's kernels
+included). `patch_interpreter` undoes each device call's patches when it returns. `language_patched` tells
+whether something else (a kernel interpreted in a process that had TRITON_INTERPRET set when it imported
+Triton, whose helpers are then the interpreter's own) left the language patched.
 
 Triton's interpreter keeps global state (the grid index of the program it runs, the patched language module),
 and TRITON_INTERPRET is the process's: interpreted launches and the switches of TRITON_INTERPRET take one lock
@@ -33,9 +35,10 @@ TRITON_INTERPRET=1 set for the rest of the process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import threading
-from importlib import metadata
 
 _patched = False
 # reentrant: a launch inside an import's switch, a switch inside a launch
@@ -58,14 +61,22 @@ def triton_interpret(on: bool):
                 os.environ["TRITON_INTERPRET"] = saved
 
 
+@functools.cache
+def triton_version() -> tuple[int, int]:
+    """The installed Triton's (major, minor): its compiler decides which builds spill (kt.codegen.gemm)."""
+    import triton
+
+    major, minor = re.match(r"(\d+)\.(\d+)", triton.__version__).groups()
+    return int(major), int(minor)
+
+
 def _needs_index_fix() -> bool:
     import numpy as np
 
     try:
         int(np.array([1]))
     except TypeError:
-        major, minor = (int(x) for x in metadata.version("triton").split(".")[:2])
-        return (major, minor) < (3, 9)
+        return triton_version() < (3, 9)
     return False
 
 
@@ -114,10 +125,12 @@ def _interpret_device_calls() -> None:
     interpreted: dict = {}
     patch_lang = interpreter._patch_lang
     scopes: list = []  # the language patches of the device calls running (under INTERPRETER_LOCK)
+    calls = [0]  # how many device calls are running: a launch's own patches are the launch's to undo
 
     def kept_patch_lang(fn):
         scope = patch_lang(fn)
-        scopes.append(scope)
+        if calls[0]:
+            scopes.append(scope)
         return scope
 
     def call(self, *args, **kwargs):
@@ -126,22 +139,22 @@ def _interpret_device_calls() -> None:
         if self.fn not in interpreted:
             interpreted[self.fn] = interpreter.InterpretedFunction(self.fn)
         depth = len(scopes)
+        calls[0] += 1
         try:
             return interpreted[self.fn](*args, **kwargs)
-        finally:  # InterpretedFunction drops the scope its _patch_lang returns (Triton 3.9): undone here
+        finally:  # InterpretedFunction drops the scope its _patch_lang returns: undone here
+            calls[0] -= 1
             while len(scopes) > depth:
-                scope = scopes.pop()
-                if scope is not None:  # Triton < 3.9 returns none and restores nothing, launches included
-                    scope.restore()
+                scopes.pop().restore()
 
     interpreter._patch_lang = kept_patch_lang
     jit.JITFunction.__call__ = call
 
 
 def language_patched() -> bool:
-    """Whether Triton's interpreter has left `triton.language` patched in this process (Triton < 3.9 never
-    restores it after a launch): Triton then cannot compile a kernel for a GPU here (its builtins call the
-    interpreter's semantics), so kt compiles in a worker process or not at all."""
+    """Whether Triton's interpreter has left `triton.language` patched in this process (a device call kt did
+    not wrap, see the module's docstring): Triton then cannot compile a kernel for a GPU here (its builtins
+    call the interpreter's semantics), so kt compiles in a worker process or not at all."""
     import triton.language as tl
 
     return any(getattr(v, "__name__", "") == "<lambda>" for v in vars(tl.core).values()) or (
