@@ -33,10 +33,13 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
             "--budgets",
         ),
         (["ship_costmodels.py", "--data", tmp / "none", "--out", tmp / "ship"], "h100_mm.txt.gz' not found"),
+        (["unaligned_builds.py", "--per-shape", "0", "--jsonl", tmp / "u.jsonl"], "--per-shape: 0; give 1"),
+        (["unaligned_builds.py", "--jsonl", db], "--jsonl: '"),
+        (["unaligned_builds.py", "--shapes", "768x1032"], "give fit, held-out or MxNxK"),
     ]
 
 
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(14))
 def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index):
     db = tmp_path / "t.db"
     sqlite3.connect(db).execute("CREATE TABLE kept (x)").connection.close()
@@ -87,3 +90,29 @@ def test_the_cost_model_on_kts_own_gpu_rows_is_the_table_in_benchmarks_md():
     for row in rows:
         figures = row.split(" | ", 1)[1]  # the model's label is shortened in the doc
         assert figures in text, row
+
+
+def test_unaligned_builds_compiles_its_sample_and_scores_the_rule_on_it(tmp_path):
+    """benchmarks/unaligned_builds.py: two sm_90 builds of an unaligned float16 shape, compiled by kt's workers,
+    written as JSON lines, then scored: kt's rule and the unweighted count, over the spills the builds had."""
+    import json
+
+    out = tmp_path / "u.jsonl"
+    script = [sys.executable, str(ROOT / "benchmarks" / "unaligned_builds.py")]
+    build = [*script, "--arch", "90", "--seed", "3", "--per-shape", "2", "--shapes", "768x1032x1000"]
+    done = subprocess.run(
+        [*build, "--jsonl", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["arch"] == 90 and r["status"] in ("ok", "out_of_resources") for r in rows)
+    assert all(isinstance(r["registers"], int) and r["shape"] == [768, 1032, 1000] for r in rows)
+    spills = sum(r["status"] != "ok" for r in rows)
+    scored = subprocess.run(
+        [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert scored.returncode == 0, scored.stderr
+    lines = scored.stdout.splitlines()
+    assert len(lines) == 2 and all(
+        "2 builds" in line and f"of {spills} spills caught" in line for line in lines
+    )

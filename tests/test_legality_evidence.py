@@ -30,7 +30,8 @@ def test_alignment_is_read_from_the_layouts_and_the_batch():
     assert unaligned_operands(GemmProblem(4096, 4100, 4096, batch=2)) == (False, True)
 
 
-# (device, problem, config, spilled): builds of the designed sample. Spilled: all 255 registers and local memory.
+# (device, problem, config, spilled): builds of the designed samples. Spilled: all 255 registers and local memory.
+SMALL = GemmProblem(768, 1032, 1000)  # K and N unaligned, M small
 UNALIGNED = [
     (H100, ODD, GemmConfig(256, 128, 64, 8, 8, 3), True),  # 376 B/thread: the forest's top config
     (H100, ODD, GemmConfig(128, 128, 64, 8, 4, 3), True),  # 608 B
@@ -45,6 +46,22 @@ UNALIGNED = [
     (H100, ODD, GemmConfig(32, 128, 128, 8, 4, 2), False),  # mma.sync, 255
     (A100, ODD_K, GemmConfig(128, 64, 64, 8, 4, 4), False),  # 192
     (A100, ODD, GemmConfig(256, 64, 32, 8, 8, 3), False),  # 255
+    # held-out builds of the weighted count (kt.codegen.gemm.unaligned_reason; benchmarks/unaligned_builds.py):
+    # spills the unweighted count (acc + A's + B's tile elements per thread) let in, clean builds it refused
+    (H100, SMALL, GemmConfig(256, 64, 16, 4, 4, 5), True),  # 88 B; unweighted 64 + 32 + 8 = 104
+    (H100, SMALL, GemmConfig(128, 128, 32, 4, 4, 3, split_k=8), True),  # 160 B; unweighted 192
+    (H100, GemmProblem(256, 4100, 1000), GemmConfig(128, 64, 64, 8, 4, 4), True),  # 136 B; 160
+    (A100, SMALL, GemmConfig(256, 64, 64, 4, 8, 2, split_k=4), True),  # 440 B; unweighted 144
+    (A100, SMALL, GemmConfig(256, 128, 16, 8, 8, 3, split_k=8), False),  # 252; unweighted 152
+    (A100, SMALL, GemmConfig(16, 256, 128, 1, 8, 2, split_k=2), False),  # 219; unweighted 152
+    (A100, SMALL, GemmConfig(128, 128, 16, 8, 4, 5, split_k=4), False),  # 253; unweighted 160
+]
+# Spills the weighted count lets in (the compile stage refuses them): the shipped A100 forest's first-ranked
+# config of this op (376 B; 64 + 1.5 * 64 + 0.75 * 8 = 166 by the count) and its first-ranked of 4096 x 4104 x
+# 4100 (M x N x K), a tile at K steps of 16 (32 B; 164), which builds clean at other shapes and split-K (253 to 255 registers)
+MISSED = [
+    (A100, GemmProblem(256, 4100, 1000), GemmConfig(256, 32, 32, 8, 4, 4)),
+    (A100, GemmProblem(4096, 4104, 4100), GemmConfig(128, 128, 16, 8, 4, 4)),
 ]
 
 
@@ -58,6 +75,11 @@ def test_unaligned_rows_count_the_scalar_loaded_tiles_beside_the_accumulator(
         assert illegal_reason(EVEN, config, device) is None, "the same tile builds clean on 4096^3"
     else:
         assert reason is None, (device.name, config.key(), reason)
+
+
+@pytest.mark.parametrize("device, problem, config", MISSED)
+def test_the_weighted_count_lets_in_some_spills(device, problem, config):
+    assert illegal_reason(problem, config, device) is None
 
 
 # FFT n=4096 float16, one block per program, K steps of 64 and 128 (real or complex input: the same verdicts).

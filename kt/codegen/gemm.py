@@ -202,6 +202,12 @@ def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
 DIVISIBILITY = 16  # elements: Triton specialises an integer argument divisible by 16 (tt.divisibility)
 
 
+# `unaligned_reason` for four- and eight-warp programs: what an unaligned A's and B's tile element weighs in
+# registers per thread, and the limit by compute capability
+UNALIGNED_WEIGHTS = (1.5, 0.75)
+UNALIGNED_LIMITS = {90: 176, 80: 168}
+
+
 def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
     """Whether A's and B's rows (along their unit-stride dim) are, as the classic kernel's launch sees them, not
     known to be 16-element aligned: the leading stride (the problem's contiguous layouts give it: K or M for A,
@@ -216,16 +222,21 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     (a float32 one: `fma_unaligned_reason`).
 
     Such a build loads the unaligned operand's tile element by element into registers (no cp.async, no
-    software pipeline: the stage count made no difference), so its tile counts beside the accumulator: `acc +
-    BM*BK/threads` (A unaligned) `+ BK*BN/threads` (B unaligned). The 323 unaligned builds of a designed sample of
-    sm_80 and sm_90 builds (Triton 3.9, 2026-12-03: float16 and bfloat16, 4096 x {4096, 4100} x {4096, 4104}, 11 tiles, K steps
-    of 32 to 128, stages 2 to 5) spilled at all 255 registers over 192 (sm_90, wgmma), 144 (sm_80, four or eight
-    warps) and 224 (two warps) and never at or below them (m256n128k64 w8: 128 + 64 + 32 = 224 with K and N
-    unaligned; m128n128k64 w4: 256); clean builds reached 192 (m64n256k32 w4, N unaligned, wgmma). Only 16-bit
-    types: unaligned tf32 builds spill too (H100 m128n128k64 w4, A100 m128n64k64 w4 on 4096 x 4100 x 4104), but
-    H100 m64n256k32 w4 (208 by this count) builds clean; a designed tf32 sample (358 builds, 2026-12-03) found
-    no count that refuses no clean build and catches most spills (their loads stay cp.async), so tf32 is not
-    ruled (docs/architecture.md)."""
+    software pipeline), so its tile counts beside the accumulator, per thread: `acc + wa * BM*BK/threads` (A
+    unaligned) `+ wb * BK*BN/threads` (B unaligned), refused over `limit` (four or eight warps: A's elements
+    weigh 1.5, B's 0.75, `UNALIGNED_WEIGHTS`; limits 176 on sm_90 and 168 on sm_80, `UNALIGNED_LIMITS`;
+    two-warp programs 1, 1 and 224). The weights and limits were fitted on 630 sm_80 and sm_90 builds of 7
+    unaligned float16 shapes (Triton 3.9, 2026-12-03; the tiles, warps, stages and splits legality admits
+    otherwise, with the unweighted count between 96 and 400) as the rule that refuses no clean build and
+    catches the most spills, and checked on 630 builds of 7 other shapes: no clean build refused, 130 of 186
+    sm_80 spills and 92 of 111 sm_90 spills caught (the unweighted count with limits 144 and 192, the rule
+    before: 15 clean sm_80 builds refused, 141 and 55 spills caught). Builds of the held-out shapes under
+    Triton 3.6: 130 of 181 and 91 of 114 caught, 2 clean sm_90 builds refused (m128n16k128 w4 at 254
+    registers; 632 bytes of local memory under Triton 3.9). `benchmarks/unaligned_builds.py` draws, builds
+    and scores such samples. Only 16-bit types: unaligned tf32 builds spill too (H100 m128n128k64 w4, A100 m128n64k64 w4
+    on 4096 x 4100 x 4104), but a designed tf32 sample (358 builds, 2026-12-03) found no count that refuses no
+    clean build and catches most spills (their loads stay cp.async), so tf32 is not ruled
+    (docs/architecture.md)."""
     if config.tma or problem.dtype not in ("float16", "bfloat16", "float32"):
         return None
     a_unaligned, b_unaligned = unaligned_operands(problem)
@@ -234,19 +245,17 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     if problem.dtype == "float32":
         return fma_unaligned_reason(problem, config, device)
     threads = config.num_warps * device.warp_size
-    regs = accumulator_registers(config, device.warp_size)
-    regs += config.block_m * config.block_k // threads if a_unaligned else 0
-    regs += config.block_k * config.block_n // threads if b_unaligned else 0
     if config.num_warps < 4:
-        limit = 7 * device.acc_regs_limit // 4  # 224 of 128
-    elif device.compute_capability >= 90:
-        limit = 3 * device.acc_regs_limit // 2  # 192
+        wa, wb, limit = 1, 1, 7 * device.acc_regs_limit // 4  # 224 of 128
     else:
-        limit = 9 * device.acc_regs_limit // 8  # 144
+        (wa, wb), limit = UNALIGNED_WEIGHTS, UNALIGNED_LIMITS[90 if device.compute_capability >= 90 else 80]
+    regs = accumulator_registers(config, device.warp_size)
+    regs += wa * config.block_m * config.block_k / threads if a_unaligned else 0
+    regs += wb * config.block_k * config.block_n / threads if b_unaligned else 0
     if regs > limit:
         return (
-            f"accumulator and unaligned operand tiles over {limit} registers per thread (rows not 16-element "
-            "aligned: scalar loads)"
+            f"accumulator and unaligned operand tiles over {limit} registers per thread (A's elements weigh "
+            f"{wa}, B's {wb}; rows not 16-element aligned: scalar loads)"
         )
     return None
 

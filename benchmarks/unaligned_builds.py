@@ -1,0 +1,208 @@
+"""Compile unaligned 16-bit GEMM builds for sm_80 or sm_90 with Triton's bundled ptxas (no GPU) and judge the
+16-bit unaligned rule of legality against them: the evidence behind `kt.codegen.gemm.unaligned_reason`.
+
+A sample: for each shape (float16, rows not 16-element aligned), the configs that every other legality rule
+admits (four and eight warps, no TMA) whose unweighted count `acc + BM*BK/threads (A unaligned) + BK*BN/threads
+(B unaligned)` lies between 96 and 400, `--per-shape` of them drawn with `--seed`; each is compiled by kt's
+compile workers and labelled as the compile stage labels it (ok, or refused: spills, shared memory). One JSON
+line per build goes to --jsonl, with the Triton version.
+
+`--score FILE...` prints, for the rule kt has now and for the unweighted count (limits 144 on sm_80, 192 on
+sm_90), how many clean builds each refuses and how many spills it catches; `--fit FILE...` lists the weights
+and limits that refuse no clean build of the files, fewest spills missed first.
+
+    python benchmarks/unaligned_builds.py --arch 80 --seed 21 --jsonl /tmp/fit80.jsonl
+    python benchmarks/unaligned_builds.py --arch 80 --seed 31 --shapes held-out --jsonl /tmp/held80.jsonl
+    python benchmarks/unaligned_builds.py --fit /tmp/fit80.jsonl
+    python benchmarks/unaligned_builds.py --score /tmp/held80.jsonl
+
+(2026-12-03, Triton 3.9: fit on seeds 21 (sm_80) and 22 (sm_90), checked on seeds 31 and 32 with
+`--shapes held-out`, 45 builds per shape; Triton 3.6 in a second environment, seed 31 for both.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+from pathlib import Path
+
+FIT_SHAPES = [
+    (4096, 4104, 4096),
+    (256, 4100, 1000),
+    (1000, 999, 77),
+    (4096, 4096, 4100),
+    (512, 1030, 2050),
+    (2048, 2056, 2048),
+    (384, 1000, 3000),
+]  # (M, N, K)
+HELD_OUT_SHAPES = [
+    (768, 1032, 1000),
+    (3000, 2000, 1000),
+    (128, 8200, 520),
+    (1536, 3080, 777),
+    (640, 1000, 1000),
+    (2048, 4100, 2048),
+    (1024, 1024, 1030),
+]
+OLD_LIMITS = {80: 144, 90: 192}  # the unweighted count's limits (the rule before 2026-12-03)
+
+
+def sample(arch: int, seed: int, per_shape: int, shapes) -> list[dict]:
+    import triton
+
+    from kt.autotune.pool import Task, WorkerPool
+    from kt.autotune.runners import compile_payload
+    from kt.autotune.tune import generated_candidate
+    from kt.codegen import gemm
+    from kt.device import A100, H100
+    from kt.ir import GemmProblem
+
+    device = A100 if arch == 80 else H100
+    rng = random.Random(seed)
+    tasks, rows = [], []
+    for m, n, k in shapes:
+        problem = GemmProblem(m, n, k)
+        a_unaligned, b_unaligned = gemm.unaligned_operands(problem)
+        admitted = []
+        for config in gemm.GemmFamily().all_configs():
+            if config.tma or config.num_warps < 4:
+                continue
+            reason = gemm.illegal_reason(problem, config, device)
+            if reason is not None and reason != gemm.unaligned_reason(problem, config, device):
+                continue  # refused by another rule
+            threads = config.num_warps * 32
+            tiles = dict(
+                acc=gemm.accumulator_registers(config, 32),
+                a_tile=config.block_m * config.block_k // threads if a_unaligned else 0,
+                b_tile=config.block_k * config.block_n // threads if b_unaligned else 0,
+            )
+            if 96 <= sum(tiles.values()) <= 400:
+                admitted.append((config, tiles))
+        for config, tiles in rng.sample(admitted, min(per_shape, len(admitted))):
+            payload = compile_payload(generated_candidate(problem, config), arch, device.smem_per_block)
+            tasks.append(Task(len(tasks), "compile", payload, "compile"))
+            rows.append(dict(shape=[m, n, k], config=config.to_dict(), key=config.key(), **tiles))
+    print(f"compiling {len(tasks)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
+    with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=900) as pool:
+        outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    for row, outcome in zip(rows, outcomes):
+        values = outcome.values or {}
+        row.update(
+            triton=triton.__version__,
+            arch=arch,
+            status=outcome.status,
+            registers=values.get("registers"),
+            local=values.get("local_bytes"),
+        )
+    return rows
+
+
+def load(paths) -> list[dict]:
+    rows = []
+    for path in paths:
+        with open(path) as lines:
+            rows += [json.loads(line) for line in lines]
+    for row in rows:
+        row["spilled"] = row["status"] != "ok"
+    return rows
+
+
+def judged(rows, refuses) -> tuple[int, int, int]:
+    """(clean builds refused, spills caught, spills) of a rule `refuses(row)`."""
+    clean_refused = sum(not r["spilled"] and refuses(r) for r in rows)
+    caught = sum(r["spilled"] and refuses(r) for r in rows)
+    return clean_refused, caught, sum(r["spilled"] for r in rows)
+
+
+def score(paths) -> None:
+    from kt.codegen import GemmConfig
+    from kt.codegen.gemm import illegal_reason
+    from kt.device import A100, H100
+    from kt.ir import GemmProblem
+
+    devices = {80: A100, 90: H100}
+
+    def now(r):
+        problem, config = GemmProblem(*r["shape"]), GemmConfig(**r["config"])
+        return illegal_reason(problem, config, devices[r["arch"]]) is not None
+
+    def before(r):
+        return r["acc"] + r["a_tile"] + r["b_tile"] > OLD_LIMITS[r["arch"]]
+
+    for path in paths:
+        rows = load([path])
+        for name, rule in (("kt's rule", now), ("unweighted count", before)):
+            clean_refused, caught, spills = judged(rows, rule)
+            print(
+                f"{path}: {len(rows)} builds, {name}: {clean_refused} clean builds refused, "
+                f"{caught} of {spills} spills caught"
+            )
+
+
+def fit(paths, top: int = 8) -> None:
+    rows = load(paths)
+    weights = (0.5, 0.75, 1, 1.5, 2, 2.5, 3)
+    found = []
+    for wa, wb in itertools.product(weights, weights):
+        for limit in range(96, 480, 8):
+            clean_refused, caught, spills = judged(
+                rows,
+                lambda r, wa=wa, wb=wb, limit=limit: r["acc"] + wa * r["a_tile"] + wb * r["b_tile"] > limit,
+            )
+            if clean_refused == 0:
+                found.append((spills - caught, wa, wb, limit))
+    print(f"{len(rows)} builds, {sum(r['spilled'] for r in rows)} spills; no clean build refused by:")
+    for missed, wa, wb, limit in sorted(found)[:top]:
+        print(f"  acc + {wa} * a_tile + {wb} * b_tile > {limit}: {missed} spills missed")
+
+
+def shape_list(text: str):
+    """'fit', 'held-out', or shapes 'MxNxK,...'."""
+    if text in ("fit", "held-out"):
+        return FIT_SHAPES if text == "fit" else HELD_OUT_SHAPES
+    try:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give fit, held-out or MxNxK[,MxNxK...]")
+    return shapes
+
+
+def main(argv=None) -> int:
+    from kt.autotune.figures import check_outputs
+    from kt.files import atomic_write_text
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
+    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--per-shape", type=int, default=45)
+    parser.add_argument("--shapes", type=shape_list, default="fit", help="fit, held-out or MxNxK[,MxNxK...]")
+    parser.add_argument("--jsonl", help="write the sampled builds here")
+    parser.add_argument("--score", nargs="+", metavar="FILE")
+    parser.add_argument("--fit", nargs="+", metavar="FILE")
+    args = parser.parse_args(argv)
+    for path in args.score or args.fit or ():
+        if not Path(path).is_file():
+            parser.error(f"{path!r} not found")
+    if args.score:
+        score(args.score)
+    elif args.fit:
+        fit(args.fit)
+    else:
+        if not args.jsonl:
+            parser.error("--jsonl: where to write the builds (or --score / --fit FILE)")
+        if args.per_shape < 1:
+            parser.error(f"--per-shape: {args.per_shape}; give 1 or more")
+        check_outputs(parser, {"--jsonl": args.jsonl})
+        rows = sample(args.arch, args.seed, args.per_shape, args.shapes)
+        atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
+        print(f"{len(rows)} builds, {sum(r['status'] != 'ok' for r in rows)} refused: {args.jsonl}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
