@@ -7,9 +7,14 @@ admits (four and eight warps, no TMA) whose unweighted count `acc + BM*BK/thread
 compile workers and labelled as the compile stage labels it (ok, or refused: spills, shared memory). One JSON
 line per build goes to --jsonl, with the Triton version.
 
-`--score FILE...` prints, for the rule kt has now and for the unweighted count (limits 144 on sm_80, 192 on
-sm_90), how many clean builds each refuses and how many spills it catches; `--fit FILE...` lists the weights
-and limits that refuse no clean build of the files, fewest spills missed first.
+`--dtype float32 --arch 80` samples the float32 (ieee) configs that the sm_80 FMA rule alone refuses
+(`fma_unaligned_reason`, judged as under Triton 3.9 whatever is installed, so that each Triton builds the same
+sample).
+
+`--score FILE...` prints, for the rule kt has now (under the Triton installed) and, for float16 builds, the
+unweighted count (limits 144 on sm_80, 192 on sm_90), how many clean builds each refuses and how many spills it
+catches; `--fit FILE...` lists the weights and limits that refuse no clean build of the files, fewest spills
+missed first.
 
     python benchmarks/unaligned_builds.py --arch 80 --seed 21 --jsonl /tmp/fit80.jsonl
     python benchmarks/unaligned_builds.py --arch 80 --seed 31 --shapes held-out --jsonl /tmp/held80.jsonl
@@ -17,7 +22,8 @@ and limits that refuse no clean build of the files, fewest spills missed first.
     python benchmarks/unaligned_builds.py --score /tmp/held80.jsonl
 
 (2026-12-03, Triton 3.9: fit on seeds 21 (sm_80) and 22 (sm_90), checked on seeds 31 and 32 with
-`--shapes held-out`, 45 builds per shape; Triton 3.6 in a second environment, seed 31 for both.)
+`--shapes held-out`, 45 builds per shape; Triton 3.6 in a second environment, seed 31 for both. The FMA rule:
+`--dtype float32 --arch 80 --seed 5 --per-shape 10` under each Triton.)
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ HELD_OUT_SHAPES = [
 OLD_LIMITS = {80: 144, 90: 192}  # the unweighted count's limits (the rule before 2026-12-03)
 
 
-def sample(arch: int, seed: int, per_shape: int, shapes) -> list[dict]:
+def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16") -> list[dict]:
     import triton
 
     from kt.autotune.pool import Task, WorkerPool
@@ -64,14 +70,14 @@ def sample(arch: int, seed: int, per_shape: int, shapes) -> list[dict]:
     rng = random.Random(seed)
     tasks, rows = [], []
     for m, n, k in shapes:
-        problem = GemmProblem(m, n, k)
+        problem = GemmProblem(m, n, k, dtype=dtype)
         a_unaligned, b_unaligned = gemm.unaligned_operands(problem)
         admitted = []
-        for config in gemm.GemmFamily().all_configs():
+        for config in fma_refused(problem, device) if dtype == "float32" else gemm.GemmFamily().all_configs():
             if config.tma or config.num_warps < 4:
                 continue
             reason = gemm.illegal_reason(problem, config, device)
-            if reason is not None and reason != gemm.unaligned_reason(problem, config, device):
+            if dtype == "float16" and reason not in (None, gemm.unaligned_reason(problem, config, device)):
                 continue  # refused by another rule
             threads = config.num_warps * 32
             tiles = dict(
@@ -79,12 +85,14 @@ def sample(arch: int, seed: int, per_shape: int, shapes) -> list[dict]:
                 a_tile=config.block_m * config.block_k // threads if a_unaligned else 0,
                 b_tile=config.block_k * config.block_n // threads if b_unaligned else 0,
             )
-            if 96 <= sum(tiles.values()) <= 400:
+            if dtype == "float32" or 96 <= sum(tiles.values()) <= 400:
                 admitted.append((config, tiles))
         for config, tiles in rng.sample(admitted, min(per_shape, len(admitted))):
             payload = compile_payload(generated_candidate(problem, config), arch, device.smem_per_block)
             tasks.append(Task(len(tasks), "compile", payload, "compile"))
-            rows.append(dict(shape=[m, n, k], config=config.to_dict(), key=config.key(), **tiles))
+            rows.append(
+                dict(shape=[m, n, k], dtype=dtype, config=config.to_dict(), key=config.key(), **tiles)
+            )
     print(f"compiling {len(tasks)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
     with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=900) as pool:
         outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
@@ -98,6 +106,24 @@ def sample(arch: int, seed: int, per_shape: int, shapes) -> list[dict]:
             local=values.get("local_bytes"),
         )
     return rows
+
+
+def fma_refused(problem, device) -> list:
+    """The configs of a float32 (ieee) problem that the sm_80 FMA rule alone refuses (`fma_unaligned_reason`),
+    judged as under the Triton the rule holds for, whatever Triton is installed: the same sample under each."""
+    from kt.codegen import gemm
+
+    installed = gemm.triton_version
+    gemm.triton_version = lambda: gemm.FMA_SPILL_TRITON
+    try:
+        return [
+            config
+            for config in gemm.GemmFamily().all_configs()
+            if (reason := gemm.fma_unaligned_reason(problem, config, device))
+            and gemm.illegal_reason(problem, config, device) == reason
+        ]
+    finally:
+        gemm.triton_version = installed
 
 
 def load(paths) -> list[dict]:
@@ -126,7 +152,8 @@ def score(paths) -> None:
     devices = {80: A100, 90: H100}
 
     def now(r):
-        problem, config = GemmProblem(*r["shape"]), GemmConfig(**r["config"])
+        problem = GemmProblem(*r["shape"], dtype=r.get("dtype", "float16"))
+        config = GemmConfig(**r["config"])
         return illegal_reason(problem, config, devices[r["arch"]]) is not None
 
     def before(r):
@@ -134,7 +161,10 @@ def score(paths) -> None:
 
     for path in paths:
         rows = load([path])
-        for name, rule in (("kt's rule", now), ("unweighted count", before)):
+        rules = [("kt's rule", now)] + [("unweighted count", before)] * all(
+            r.get("dtype", "float16") == "float16" for r in rows
+        )
+        for name, rule in rules:
             clean_refused, caught, spills = judged(rows, rule)
             print(
                 f"{path}: {len(rows)} builds, {name}: {clean_refused} clean builds refused, "
@@ -180,6 +210,12 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--per-shape", type=int, default=45)
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="float32: the sm_80 FMA rule's configs",
+    )
     parser.add_argument("--shapes", type=shape_list, default="fit", help="fit, held-out or MxNxK[,MxNxK...]")
     parser.add_argument("--jsonl", help="write the sampled builds here")
     parser.add_argument("--score", nargs="+", metavar="FILE")
@@ -195,10 +231,12 @@ def main(argv=None) -> int:
     else:
         if not args.jsonl:
             parser.error("--jsonl: where to write the builds (or --score / --fit FILE)")
+        if args.dtype == "float32" and args.arch != 80:
+            parser.error("--dtype float32: the FMA rule is sm_80's; give --arch 80")
         if args.per_shape < 1:
             parser.error(f"--per-shape: {args.per_shape}; give 1 or more")
         check_outputs(parser, {"--jsonl": args.jsonl})
-        rows = sample(args.arch, args.seed, args.per_shape, args.shapes)
+        rows = sample(args.arch, args.seed, args.per_shape, args.shapes, args.dtype)
         atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
         print(f"{len(rows)} builds, {sum(r['status'] != 'ok' for r in rows)} refused: {args.jsonl}")
     return 0

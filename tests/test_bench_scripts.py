@@ -36,10 +36,11 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["unaligned_builds.py", "--per-shape", "0", "--jsonl", tmp / "u.jsonl"], "--per-shape: 0; give 1"),
         (["unaligned_builds.py", "--jsonl", db], "--jsonl: '"),
         (["unaligned_builds.py", "--shapes", "768x1032"], "give fit, held-out or MxNxK"),
+        (["unaligned_builds.py", "--dtype", "float32", "--jsonl", tmp / "u.jsonl"], "give --arch 80"),
     ]
 
 
-@pytest.mark.parametrize("index", range(14))
+@pytest.mark.parametrize("index", range(15))
 def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index):
     db = tmp_path / "t.db"
     sqlite3.connect(db).execute("CREATE TABLE kept (x)").connection.close()

@@ -270,10 +270,11 @@ def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: Devic
     spilled at all 255 registers in 85 of 86 sampled sm_80 builds (Triton 3.9, 2026-12-03: 8 shapes with K or N
     unaligned, 410 builds in all; the clean one, m32n256k32, spilled 144 bytes on two other shapes); eight warps
     at 64 and every count at 32 registers were mixed, and on sm_90 1 of 5 such builds was clean, so neither is
-    ruled. tf32 is not ruled either (`unaligned_reason`). The spills are Triton 3.9's: of another 50 such
-    builds over 5 shapes, 46 spilled under Triton 3.9 and 19 under Triton 3.6 (m256n32 spilled, m32n256 and
-    m64n128 built clean, m128n64 mixed; 2026-12-03), so the rule holds where the installed Triton is 3.9 or
-    later (`FMA_SPILL_TRITON`)."""
+    ruled. tf32 is not ruled either (`unaligned_reason`). The spills are Triton 3.9's: of another 70 such
+    builds over 7 shapes (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`,
+    2026-12-03), 65 spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled
+    under both; m32n256 and m64n128 built clean under 3.6, m128n64 in 10 of 13), so the rule holds where the
+    installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
     if problem.precision != "ieee" or device.compute_capability >= 90 or config.num_warps != 4:
         return None
     if triton_version() < FMA_SPILL_TRITON:
