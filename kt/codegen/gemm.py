@@ -233,9 +233,9 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     before: 15 clean sm_80 builds refused, 141 and 55 spills caught). Builds of the held-out shapes under
     Triton 3.6: 130 of 181 and 91 of 114 caught, 2 clean sm_90 builds refused (m128n16k128 w4 at 254
     registers; 632 bytes of local memory under Triton 3.9). `benchmarks/unaligned_builds.py` draws, builds
-    and scores such samples. Only 16-bit types: unaligned tf32 builds spill too (H100 m128n128k64 w4, A100 m128n64k64 w4
-    on 4096 x 4100 x 4104), but a designed tf32 sample (358 builds, 2026-12-03) found no count that refuses no
-    clean build and catches most spills (their loads stay cp.async), so tf32 is not ruled
+    and scores such samples. Only 16-bit types: unaligned tf32 builds spill too (H100 m128n128k64 w4, A100
+    m128n64k64 w4 on 4096 x 4100 x 4104), but a designed tf32 sample (358 builds, 2026-12-03) found no count
+    that refuses no clean build and catches most spills (their loads stay cp.async), so tf32 is not ruled
     (docs/architecture.md)."""
     if config.tma or problem.dtype not in ("float16", "bfloat16", "float32"):
         return None
@@ -273,8 +273,8 @@ def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: Devic
     ruled. tf32 is not ruled either (`unaligned_reason`). The spills are Triton 3.9's: of another 70 such
     builds over 7 shapes (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`,
     2026-12-03), 65 spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled
-    under both; m32n256 and m64n128 built clean under 3.6, m128n64 in 10 of 13), so the rule holds where the
-    installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
+    under both; m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13), so the rule holds where
+    the installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
     if problem.precision != "ieee" or device.compute_capability >= 90 or config.num_warps != 4:
         return None
     if triton_version() < FMA_SPILL_TRITON:
