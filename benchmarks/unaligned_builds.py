@@ -8,7 +8,7 @@ compile workers and labelled as the compile stage labels it (ok, or refused: spi
 line per build goes to --jsonl, with the Triton version.
 
 `--dtype float32 --arch 80` samples the float32 (ieee) configs that the sm_80 FMA rule alone refuses
-(`fma_unaligned_reason`, judged as under Triton 3.9 whatever is installed, so that each Triton builds the same
+(`fma_unaligned_spills`: judged as under Triton 3.9 whatever is installed, so that each Triton builds the same
 sample).
 
 `--score FILE...` prints, for the rule kt has now (under the Triton installed) and, for float16 builds, the
@@ -74,10 +74,11 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
         a_unaligned, b_unaligned = gemm.unaligned_operands(problem)
         admitted = []
         for config in fma_refused(problem, device) if dtype == "float32" else gemm.GemmFamily().all_configs():
-            if config.tma or config.num_warps < 4:
-                continue
-            reason = gemm.illegal_reason(problem, config, device)
-            if dtype == "float16" and reason not in (None, gemm.unaligned_reason(problem, config, device)):
+            if (
+                config.tma
+                or config.num_warps < 4
+                or not admitted_besides(gemm.unaligned_reason, problem, config, device)
+            ):
                 continue  # refused by another rule
             threads = config.num_warps * 32
             tiles = dict(
@@ -108,22 +109,24 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
     return rows
 
 
-def fma_refused(problem, device) -> list:
-    """The configs of a float32 (ieee) problem that the sm_80 FMA rule alone refuses (`fma_unaligned_reason`),
-    judged as under the Triton the rule holds for, whatever Triton is installed: the same sample under each."""
-    from kt.codegen import gemm
+def admitted_besides(rule, problem, config, device) -> bool:
+    """Whether every legality rule but `rule` admits `config` (it is legal, or refused by `rule`'s reason)."""
+    from kt.codegen.gemm import illegal_reason
 
-    installed = gemm.triton_version
-    gemm.triton_version = lambda: gemm.FMA_SPILL_TRITON
-    try:
-        return [
-            config
-            for config in gemm.GemmFamily().all_configs()
-            if (reason := gemm.fma_unaligned_reason(problem, config, device))
-            and gemm.illegal_reason(problem, config, device) == reason
-        ]
-    finally:
-        gemm.triton_version = installed
+    return illegal_reason(problem, config, device) in (None, rule(problem, config, device))
+
+
+def fma_refused(problem, device) -> list:
+    """The configs of a float32 (ieee) problem that the sm_80 FMA rule alone refuses, judged as under the
+    Triton the rule holds for whatever Triton is installed (`fma_unaligned_spills`): the same sample under each."""
+    from kt.codegen.gemm import GemmFamily, fma_unaligned_spills
+
+    return [
+        config
+        for config in GemmFamily().all_configs()
+        if fma_unaligned_spills(problem, config, device)
+        and admitted_besides(fma_unaligned_spills, problem, config, device)
+    ]
 
 
 def load(paths) -> list[dict]:

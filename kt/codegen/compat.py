@@ -125,25 +125,26 @@ def _interpret_device_calls() -> None:
     interpreted: dict = {}
     patch_lang = interpreter._patch_lang
     scopes: list = []  # the language patches of the device calls running (under INTERPRETER_LOCK)
-    calls = [0]  # how many device calls are running: a launch's own patches are the launch's to undo
+    calls = 0  # how many device calls are running: a launch's own patches are the launch's to undo
 
     def kept_patch_lang(fn):
         scope = patch_lang(fn)
-        if calls[0]:
+        if calls:
             scopes.append(scope)
         return scope
 
     def call(self, *args, **kwargs):
+        nonlocal calls
         if os.environ.get("TRITON_INTERPRET") != "1":
             return original(self, *args, **kwargs)
         if self.fn not in interpreted:
             interpreted[self.fn] = interpreter.InterpretedFunction(self.fn)
         depth = len(scopes)
-        calls[0] += 1
+        calls += 1
         try:
             return interpreted[self.fn](*args, **kwargs)
         finally:  # InterpretedFunction drops the scope its _patch_lang returns: undone here
-            calls[0] -= 1
+            calls -= 1
             while len(scopes) > depth:
                 scopes.pop().restore()
 

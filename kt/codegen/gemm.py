@@ -275,9 +275,12 @@ def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: Devic
     2026-12-03), 65 spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled
     under both; m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13), so the rule holds where
     the installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
+    return fma_unaligned_spills(problem, config, device) if triton_version() >= FMA_SPILL_TRITON else None
+
+
+def fma_unaligned_spills(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
+    """`fma_unaligned_reason` whatever Triton is installed: what Triton 3.9's sm_80 builds showed."""
     if problem.precision != "ieee" or device.compute_capability >= 90 or config.num_warps != 4:
-        return None
-    if triton_version() < FMA_SPILL_TRITON:
         return None
     limit, _ = accumulator_limit(device, problem.dtype, problem.precision, config.num_warps)
     if accumulator_registers(config, device.warp_size) >= limit and config.block_k > MIN_DOT:
