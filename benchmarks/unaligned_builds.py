@@ -9,21 +9,25 @@ line per build goes to --jsonl, with the Triton version.
 
 `--dtype float32 --arch 80` samples the float32 (ieee) configs that the sm_80 FMA rule alone refuses
 (`fma_unaligned_spills`: judged as under Triton 3.9 whatever is installed, so that each Triton builds the same
-sample).
+sample). `--dtype tf32` samples float32 problems with `precision: tf32` as float16 ones are sampled (no rule of
+kt's refuses unaligned tf32 builds: this is the evidence for leaving them unruled).
 
 `--score FILE...` prints, for the rule kt has now (under the Triton installed) and, for float16 builds, the
-unweighted count (limits 144 on sm_80, 192 on sm_90), how many clean builds each refuses and how many spills it
-catches; `--fit FILE...` lists the weights and limits that refuse no clean build of the files, fewest spills
-missed first.
+unweighted count (limits 144 on sm_80, 192 on sm_90; for tf32 builds, the float16 rule's weights and limits),
+how many clean builds each refuses and how many spills it catches; `--fit FILE...` lists weightings of the
+tiles, one for every architecture in the files, each with the lowest limit per architecture that refuses no clean
+build of them, fewest spills missed first, and with `--check FILE...` how each does on other builds (held-out
+shapes).
 
     python benchmarks/unaligned_builds.py --arch 80 --seed 21 --jsonl /tmp/fit80.jsonl
     python benchmarks/unaligned_builds.py --arch 80 --seed 31 --shapes held-out --jsonl /tmp/held80.jsonl
-    python benchmarks/unaligned_builds.py --fit /tmp/fit80.jsonl
+    python benchmarks/unaligned_builds.py --fit /tmp/fit80.jsonl --check /tmp/held80.jsonl
     python benchmarks/unaligned_builds.py --score /tmp/held80.jsonl
 
 (2026-12-03, Triton 3.9: fit on seeds 21 (sm_80) and 22 (sm_90), checked on seeds 31 and 32 with
 `--shapes held-out`, 45 builds per shape; Triton 3.6 in a second environment, seed 31 for both. The FMA rule:
-`--dtype float32 --arch 80 --seed 5 --per-shape 10` under each Triton.)
+`--dtype float32 --arch 80 --seed 5 --per-shape 10` under each Triton. tf32, Triton 3.9: `--dtype tf32`, fit
+on seeds 41 (sm_80) and 42 (sm_90), checked on seeds 51 and 52 with `--shapes held-out`.)
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -57,6 +62,8 @@ OLD_LIMITS = {80: 144, 90: 192}  # the unweighted count's limits (the rule befor
 
 
 def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16") -> list[dict]:
+    """`per_shape` builds of each shape's configs (module docstring), compiled and labelled; `dtype` float16,
+    float32 (the FMA rule's configs) or tf32 (float32 operands, precision tf32)."""
     import triton
 
     from kt.autotune.pool import Task, WorkerPool
@@ -64,13 +71,12 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
     from kt.autotune.tune import generated_candidate
     from kt.codegen import gemm
     from kt.device import A100, H100
-    from kt.ir import GemmProblem
 
     device = A100 if arch == 80 else H100
     rng = random.Random(seed)
     tasks, rows = [], []
     for m, n, k in shapes:
-        problem = GemmProblem(m, n, k, dtype=dtype)
+        problem = problem_of([m, n, k], dtype)
         a_unaligned, b_unaligned = gemm.unaligned_operands(problem)
         admitted = []
         for config in fma_refused(problem, device) if dtype == "float32" else gemm.GemmFamily().all_configs():
@@ -92,7 +98,14 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
             payload = compile_payload(generated_candidate(problem, config), arch, device.smem_per_block)
             tasks.append(Task(len(tasks), "compile", payload, "compile"))
             rows.append(
-                dict(shape=[m, n, k], dtype=dtype, config=config.to_dict(), key=config.key(), **tiles)
+                dict(
+                    shape=[m, n, k],
+                    dtype=problem.dtype,
+                    precision=problem.precision,
+                    config=config.to_dict(),
+                    key=config.key(),
+                    **tiles,
+                )
             )
     print(f"compiling {len(tasks)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
     with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=900) as pool:
@@ -107,6 +120,15 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
             local=values.get("local_bytes"),
         )
     return rows
+
+
+def problem_of(shape, dtype: str, precision: str = "ieee"):
+    """The GemmProblem of a sampled shape: `dtype` tf32 is float32 with precision tf32."""
+    from kt.ir import GemmProblem
+
+    if dtype == "tf32":
+        dtype, precision = "float32", "tf32"
+    return GemmProblem(*shape, dtype=dtype, precision=precision)
 
 
 def admitted_besides(rule, problem, config, device) -> bool:
@@ -139,6 +161,11 @@ def load(paths) -> list[dict]:
     return rows
 
 
+def weighted(wa: float, wb: float, limit: float):
+    """The rule `acc + wa * a_tile + wb * b_tile > limit` on a sampled build."""
+    return lambda r: r["acc"] + wa * r["a_tile"] + wb * r["b_tile"] > limit
+
+
 def judged(rows, refuses) -> tuple[int, int, int]:
     """(clean builds refused, spills caught, spills) of a rule `refuses(row)`."""
     clean_refused = sum(not r["spilled"] and refuses(r) for r in rows)
@@ -148,25 +175,30 @@ def judged(rows, refuses) -> tuple[int, int, int]:
 
 def score(paths) -> None:
     from kt.codegen import GemmConfig
-    from kt.codegen.gemm import illegal_reason
+    from kt.codegen.gemm import UNALIGNED_LIMITS, UNALIGNED_WEIGHTS, illegal_reason
     from kt.device import A100, H100
-    from kt.ir import GemmProblem
 
     devices = {80: A100, 90: H100}
 
     def now(r):
-        problem = GemmProblem(*r["shape"], dtype=r.get("dtype", "float16"))
+        problem = problem_of(r["shape"], r.get("dtype", "float16"), r.get("precision", "ieee"))
         config = GemmConfig(**r["config"])
         return illegal_reason(problem, config, devices[r["arch"]]) is not None
 
     def before(r):
         return r["acc"] + r["a_tile"] + r["b_tile"] > OLD_LIMITS[r["arch"]]
 
+    def as_16_bit(r):
+        return weighted(*UNALIGNED_WEIGHTS, UNALIGNED_LIMITS[r["arch"]])(r)
+
     for path in paths:
         rows = load([path])
-        rules = [("kt's rule", now)] + [("unweighted count", before)] * all(
-            r.get("dtype", "float16") == "float16" for r in rows
-        )
+        kinds = {(r.get("dtype", "float16"), r.get("precision", "ieee")) for r in rows}
+        rules = [("kt's rule", now)]
+        if kinds == {("float16", "ieee")}:
+            rules.append(("unweighted count", before))
+        elif kinds == {("float32", "tf32")}:
+            rules.append(("float16's weighted count", as_16_bit))
         for name, rule in rules:
             clean_refused, caught, spills = judged(rows, rule)
             print(
@@ -175,21 +207,41 @@ def score(paths) -> None:
             )
 
 
-def fit(paths, top: int = 8) -> None:
-    rows = load(paths)
-    weights = (0.5, 0.75, 1, 1.5, 2, 2.5, 3)
+WEIGHTS = (0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4)  # the weights `--fit` tries for A's and B's elements
+
+
+def fit(paths, check=(), top: int = 8) -> None:
+    """Weightings of the unaligned tiles, one for every architecture in the files, each with the lowest limit
+    per architecture (a multiple of 8, at least 96) that refuses no clean build of `paths`; fewest spills
+    missed first, each judged with its limits on the builds of `check` too, when given."""
+    rows, held = load(paths), load(check) if check else []
+    archs = sorted({r["arch"] for r in rows})
     found = []
-    for wa, wb in itertools.product(weights, weights):
-        for limit in range(96, 480, 8):
-            clean_refused, caught, spills = judged(
-                rows,
-                lambda r, wa=wa, wb=wb, limit=limit: r["acc"] + wa * r["a_tile"] + wb * r["b_tile"] > limit,
-            )
-            if clean_refused == 0:
-                found.append((spills - caught, wa, wb, limit))
-    print(f"{len(rows)} builds, {sum(r['spilled'] for r in rows)} spills; no clean build refused by:")
-    for missed, wa, wb, limit in sorted(found)[:top]:
-        print(f"  acc + {wa} * a_tile + {wb} * b_tile > {limit}: {missed} spills missed")
+    for wa, wb in itertools.product(WEIGHTS, WEIGHTS):
+        limits, missed = {}, 0
+        for arch in archs:
+            mine = [r for r in rows if r["arch"] == arch]
+            clean = [r["acc"] + wa * r["a_tile"] + wb * r["b_tile"] for r in mine if not r["spilled"]]
+            limits[arch] = max(96, 8 * math.ceil(max(clean, default=0) / 8))
+            _, caught, spills = judged(mine, weighted(wa, wb, limits[arch]))
+            missed += spills - caught
+        found.append((missed, wa, wb, limits))
+    print(
+        f"{len(rows)} builds, {sum(r['spilled'] for r in rows)} spills; the lowest limits that refuse no clean "
+        "build:"
+    )
+    for missed, wa, wb, limits in sorted(found, key=lambda f: f[0])[:top]:
+        bounds = ", ".join(f"{limit} (sm_{arch})" for arch, limit in limits.items())
+        line = f"  acc + {wa} * a_tile + {wb} * b_tile > {bounds}: {missed} spills missed"
+        for arch, limit in limits.items():
+            mine = [r for r in held if r["arch"] == arch]
+            if mine:
+                clean_refused, caught, spills = judged(mine, weighted(wa, wb, limit))
+                line += (
+                    f"; sm_{arch}'s {len(mine)} other builds: {clean_refused} clean refused, "
+                    f"{caught} of {spills} spills caught"
+                )
+        print(line)
 
 
 def shape_list(text: str):
@@ -215,22 +267,27 @@ def main(argv=None) -> int:
     parser.add_argument("--per-shape", type=int, default=45)
     parser.add_argument(
         "--dtype",
-        choices=("float16", "float32"),
+        choices=("float16", "float32", "tf32"),
         default="float16",
-        help="float32: the sm_80 FMA rule's configs",
+        help="float32: the sm_80 FMA rule's configs; tf32: float32 operands, precision tf32",
     )
     parser.add_argument("--shapes", type=shape_list, default="fit", help="fit, held-out or MxNxK[,MxNxK...]")
     parser.add_argument("--jsonl", help="write the sampled builds here")
     parser.add_argument("--score", nargs="+", metavar="FILE")
     parser.add_argument("--fit", nargs="+", metavar="FILE")
+    parser.add_argument(
+        "--check", nargs="+", metavar="FILE", help="with --fit: judge its weightings on these"
+    )
     args = parser.parse_args(argv)
-    for path in args.score or args.fit or ():
+    if args.check and not args.fit:
+        parser.error("--check: judges --fit's weightings; give --fit FILE too")
+    for path in [*(args.score or args.fit or ()), *(args.check or ())]:
         if not Path(path).is_file():
             parser.error(f"{path!r} not found")
     if args.score:
         score(args.score)
     elif args.fit:
-        fit(args.fit)
+        fit(args.fit, args.check or ())
     else:
         if not args.jsonl:
             parser.error("--jsonl: where to write the builds (or --score / --fit FILE)")

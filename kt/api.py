@@ -169,7 +169,7 @@ def build(
 
     `compile_check` (with no config; what kt.nn does on a GPU): the best-ranked config whose build for the
     device's architecture neither spills registers nor needs more shared memory than it has, as a tune refuses
-    its candidates (legality admits a few builds that spill: unaligned tf32 GEMMs, above all on sm_80).
+    its candidates (legality admits a few builds that spill: unaligned 16-bit and tf32 GEMMs on sm_80 above all).
     Compiled here, a second or so each, at most COMPILE_TRIES; the configs passed over are in the kernel's
     meta (`refused`); when none of them builds, or Triton has no ptxas here, the first-ranked."""
     spec = as_spec(spec)
@@ -233,20 +233,29 @@ def _first_building(ranking, problem, profile: DeviceProfile, name: str) -> tupl
     """The best-ranked config whose build passes `_build_refusal` (at most COMPILE_TRIES compiled; one that
     differs from a refused config only in its tile order, group_m, builds the same and is passed over unbuilt),
     else the first-ranked; and [config key, why] of each refused."""
-    refused, seen = [], []
-    for index in ranking.ranked:
-        config = ranking.config(index)
-        tile = {k: v for k, v in config.to_dict().items() if k != "group_m"}
-        if tile in seen:
-            continue
-        if len(seen) == COMPILE_TRIES:
-            break
-        seen.append(tile)
+    refused = []
+    for config in distinct_tiles(ranking):
         reason = _build_refusal(problem, config, profile, name)
         if reason is None:
             return config, refused
         refused.append([config.key(), reason])
     return ranking.config(ranking.ranked[0]), refused
+
+
+def distinct_tiles(ranking, tries: int = COMPILE_TRIES) -> list[Config]:
+    """The best-ranked `tries` configs of a plan (`plan`, `plan_tuning`) that differ from every better-ranked one
+    in more than their tile order, group_m: a group_m twin builds as its tile does, so the compile checks
+    (`build(compile_check=True)`, `kt show --ptx`) build one of each."""
+    configs, seen = [], []
+    for index in ranking.ranked:
+        config = ranking.config(index)
+        tile = {k: v for k, v in config.to_dict().items() if k != "group_m"}
+        if tile not in seen:
+            seen.append(tile)
+            configs.append(config)
+            if len(configs) == tries:
+                break
+    return configs
 
 
 def _build_refusal(problem, config: Config, profile: DeviceProfile, name: str) -> str | None:

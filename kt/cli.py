@@ -782,9 +782,10 @@ def show(spec, device, ptx_dir):
         _show_ptx(spec, device, ptx_dir)
 
 
-def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
+def _show_ptx(spec, device, ptx_dir: Path) -> None:
     """`kt show --ptx`: compile the model's first configs in workers (Triton's compiler, not its interpreter) and
     keep the first that builds within the device (no spills, shared memory within the limit), as a tune would."""
+    from kt.api import distinct_tiles
     from kt.autotune.compile import target_compiler_available
     from kt.autotune.pool import Task, WorkerPool
     from kt.autotune.runners import compile_payload
@@ -795,7 +796,7 @@ def _show_ptx(spec, device, ptx_dir: Path, tries: int = 8) -> None:
             "--ptx: Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled"
         )
     plan = kt.plan(spec, budget=1, device=device)
-    configs = [plan.space.legal[i] for i in plan.ranked[:tries]]
+    configs = distinct_tiles(plan)  # as many as kt.build's compile check tries; group_m twins build alike
     arch = plan.space.device.compute_capability
     ptx_dir.mkdir(parents=True, exist_ok=True)
     tasks = []

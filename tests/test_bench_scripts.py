@@ -37,10 +37,15 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["unaligned_builds.py", "--jsonl", db], "--jsonl: '"),
         (["unaligned_builds.py", "--shapes", "768x1032"], "give fit, held-out or MxNxK"),
         (["unaligned_builds.py", "--dtype", "float32", "--jsonl", tmp / "u.jsonl"], "give --arch 80"),
+        (["unaligned_builds.py", "--check", data], "--check: judges --fit's weightings"),
+        (["unaligned_builds.py", "--fit", data, "--check", tmp / "none.jsonl"], "none.jsonl' not found"),
+        (["first_builds.py", "--top", "0", "--jsonl", tmp / "f.jsonl"], "--top: 0; give 1 or more"),
+        (["first_builds.py", "--jsonl", db], "--jsonl: '"),
+        (["first_builds.py", "--dtypes", "int8"], "invalid choice: 'int8'"),
     ]
 
 
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(len(cases(Path(".")))))
 def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index):
     db = tmp_path / "t.db"
     sqlite3.connect(db).execute("CREATE TABLE kept (x)").connection.close()
@@ -117,3 +122,80 @@ def test_unaligned_builds_compiles_its_sample_and_scores_the_rule_on_it(tmp_path
     assert len(lines) == 2 and all(
         "2 builds" in line and f"of {spills} spills caught" in line for line in lines
     )
+
+
+def test_unaligned_builds_samples_tf32_and_judges_the_16_bit_count_and_a_fit_on_it(tmp_path):
+    """`--dtype tf32`: float32 problems with precision tf32, compiled like the float16 sample; `--score` judges
+    kt's rule (which refuses no unaligned tf32 build) and the float16 rule's weighted count on them, and `--fit`
+    with `--check` judges its weightings on the builds given."""
+    import json
+
+    out = tmp_path / "t.jsonl"
+    script = [sys.executable, str(ROOT / "benchmarks" / "unaligned_builds.py")]
+    build = [*script, "--dtype", "tf32", "--arch", "90", "--seed", "4", "--per-shape", "1"]
+    done = subprocess.run(
+        [*build, "--shapes", "640x1000x1000", "--jsonl", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (row["dtype"], row["precision"], row["arch"]) == ("float32", "tf32", 90)
+    assert row["status"] in ("ok", "out_of_resources") and isinstance(row["registers"], int)
+    spills = int(row["status"] != "ok")
+    scored = subprocess.run(
+        [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert scored.returncode == 0, scored.stderr
+    now, as_16_bit = scored.stdout.splitlines()
+    assert f"kt's rule: 0 clean builds refused, 0 of {spills} spills caught" in now
+    assert "1 builds, float16's weighted count: " in as_16_bit
+    fitted = subprocess.run(
+        [*script, "--fit", str(out), "--check", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert fitted.returncode == 0, fitted.stderr
+    lines = fitted.stdout.splitlines()
+    assert lines[0] == f"1 builds, {spills} spills; the lowest limits that refuse no clean build:"
+    # judged on the builds it was fitted on, a weighting refuses no clean build there either
+    assert len(lines) == 9 and all(" (sm_90): " in line for line in lines[1:])
+    assert all("; sm_90's 1 other builds: 0 clean refused, " in line for line in lines[1:])
+
+
+@pytest.mark.shipped_models
+def test_first_builds_compiles_the_ranked_configs_as_kt_build_checks_them(tmp_path):
+    """benchmarks/first_builds.py: the unaligned float16 GEMMs on the A100, compiled in rank order until one
+    builds clean; the clean one is the config `kt.build(compile_check=True)` chooses in its own process."""
+    import json
+
+    import kt
+    from kt.api import COMPILE_TRIES
+
+    out = tmp_path / "f.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "first_builds.py"), "--ops", "dense-unaligned",
+         "--dtypes", "float16", "--devices", "a100", "--jsonl", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["model"].startswith("forest for a100") for r in rows)
+    assert [r["op"] for r in rows] == [
+        "dense_m256_n4100_k1000",
+        "dense_m2048_n2056_k2048",
+        "dense_m4096_n4104_k4100",
+    ]
+    for row in rows:
+        statuses = [b["status"] for b in row["builds"]]
+        assert set(statuses) <= {"ok", "out_of_resources"} and 1 <= len(statuses) <= COMPILE_TRIES
+        assert "ok" not in statuses[:-1]  # it stops at the first clean build
+    assert done.stdout.splitlines()[-1].startswith("a100: 3 ops, first-ranked refused in ")
+    m, n, k = 256, 4100, 1000  # the A100 forest ranks a spilling build first here (docs/architecture.md)
+    (row,) = [r for r in rows if r["op"] == f"dense_m{m}_n{n}_k{k}"]
+    assert row["builds"][0]["status"] == "out_of_resources" and row["builds"][-1]["status"] == "ok"
+    spec = {"op": "dense", "name": row["op"], "dtype": "float16", "shape": {"m": m, "n": n, "k": k}}
+    kernel = kt.build(spec, device="a100", compile_check=True)
+    assert kernel.config.key() == row["builds"][-1]["key"]
+    assert [key for key, _ in kernel.meta["refused"]] == [b["key"] for b in row["builds"][:-1]]

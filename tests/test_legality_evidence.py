@@ -82,6 +82,59 @@ def test_the_weighted_count_lets_in_some_spills(device, problem, config):
     assert illegal_reason(problem, config, device) is None
 
 
+def tf32(m: int, n: int, k: int) -> GemmProblem:
+    return GemmProblem(m, n, k, dtype="float32", precision="tf32")
+
+
+# tf32 (float32 operands on tensor cores) with rows not 16-element aligned, held-out builds of the tf32 count
+# (acc + 2.5 * A's + 0.25 * B's tile elements per thread, over 224; benchmarks/unaligned_builds.py --dtype tf32)
+TF32_UNALIGNED = [
+    (
+        A100,
+        tf32(768, 1032, 1000),
+        GemmConfig(256, 32, 32, 4, 4, 4, split_k=8),
+        True,
+    ),  # 200 B; 226 by the count
+    (A100, tf32(3000, 2000, 1000), GemmConfig(256, 64, 32, 1, 4, 2, split_k=2), True),  # 360 B; 288
+    (A100, tf32(1536, 3080, 777), GemmConfig(256, 128, 64, 4, 8, 2, split_k=4), True),  # 424 B; 296
+    (H100, tf32(768, 1032, 1000), GemmConfig(256, 16, 64, 8, 4, 2), True),  # 288 B; 354
+    (A100, tf32(3000, 2000, 1000), GemmConfig(256, 32, 32, 1, 4, 4, split_k=4), False),  # 212 registers; 224
+    (H100, tf32(3000, 2000, 1000), GemmConfig(128, 64, 64, 8, 4, 2, split_k=16), False),  # 176; 224
+    (H100, tf32(640, 1000, 1000), GemmConfig(128, 128, 32, 1, 4, 4, split_k=16), False),  # 255; 216
+    (H100, tf32(768, 1032, 1000), GemmConfig(64, 64, 128, 1, 4, 2), False),  # 255; 208
+]
+# Spills the tf32 count lets in: the shipped A100 forest's first-ranked configs of two unaligned tf32 ops
+# (benchmarks/first_builds.py: 104 B, 184 by the count; 32 B, 172)
+TF32_MISSED = [
+    (A100, tf32(256, 4100, 1000), GemmConfig(128, 256, 32, 8, 8, 4, split_k=2)),
+    (A100, tf32(4096, 4104, 4100), GemmConfig(128, 128, 16, 8, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("device, problem, config, spilled", TF32_UNALIGNED)
+def test_unaligned_tf32_rows_count_the_tiles_copied_four_bytes_at_a_time(device, problem, config, spilled):
+    reason = illegal_reason(problem, config, device)
+    if spilled:
+        assert reason and "unaligned operand tiles" in reason and "4-byte copies" in reason, config.key()
+        assert illegal_reason(tf32(4096, 4096, 4096), config, device) is None, "aligned, the tile is legal"
+    else:
+        assert reason is None, (device.name, config.key(), reason)
+
+
+@pytest.mark.parametrize("device, problem, config", TF32_MISSED)
+def test_the_tf32_count_lets_in_some_spills(device, problem, config):
+    assert illegal_reason(problem, config, device) is None
+
+
+def test_two_warp_tf32_programs_are_not_counted():
+    """No two-warp tf32 build was sampled, so the tf32 count leaves them be (16-bit ones have a rule of their
+    own); a four-warp program of the same tile and count is refused."""
+    odd = tf32(768, 1032, 1000)
+    two = GemmConfig(64, 32, 128, 8, 2, 2)  # 32 + 2.5 * 128 + 0.25 * 64 = 368 by the count
+    assert illegal_reason(odd, two, H100) is None
+    assert "4-byte copies" in illegal_reason(odd, GemmConfig(128, 64, 128, 8, 4, 2), H100)
+
+
 # FFT n=4096 float16, one block per program, K steps of 64 and 128 (real or complex input: the same verdicts).
 FFT = [
     (H100, BlockGemmConfig(128, 32, 128, 1, 4, 2, split=128), True),  # 944 B

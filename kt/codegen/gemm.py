@@ -206,6 +206,9 @@ DIVISIBILITY = 16  # elements: Triton specialises an integer argument divisible 
 # registers per thread, and the limit by compute capability
 UNALIGNED_WEIGHTS = (1.5, 0.75)
 UNALIGNED_LIMITS = {90: 176, 80: 168}
+# the same for tf32 (float32 operands on tensor cores), one limit for sm_80 and sm_90
+TF32_UNALIGNED_WEIGHTS = (2.5, 0.25)
+TF32_UNALIGNED_LIMIT = 224
 
 
 def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
@@ -218,8 +221,8 @@ def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
 
 
 def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
-    """Why a 16-bit classic-kernel build whose operand rows are not 16-element aligned would spill, or None
-    (a float32 one: `fma_unaligned_reason`).
+    """Why a 16-bit or tf32 classic-kernel build whose operand rows are not 16-element aligned would spill, or
+    None (a float32 ieee one: `fma_unaligned_reason`).
 
     Such a build loads the unaligned operand's tile element by element into registers (no cp.async, no
     software pipeline), so its tile counts beside the accumulator, per thread: `acc + wa * BM*BK/threads` (A
@@ -233,19 +236,28 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     before: 15 clean sm_80 builds refused, 141 and 55 spills caught). Builds of the held-out shapes under
     Triton 3.6: 130 of 181 and 91 of 114 caught, 2 clean sm_90 builds refused (m128n16k128 w4 at 254
     registers; 632 bytes of local memory under Triton 3.9). `benchmarks/unaligned_builds.py` draws, builds
-    and scores such samples. Only 16-bit types: unaligned tf32 builds spill too (H100 m128n128k64 w4, A100
-    m128n64k64 w4 on 4096 x 4100 x 4104), but a designed tf32 sample (358 builds, 2026-12-03) found no count
-    that refuses no clean build and catches most spills (their loads stay cp.async), so tf32 is not ruled
-    (docs/architecture.md)."""
+    and scores such samples.
+
+    tf32 builds load unaligned rows with 4-byte cp.async copies, an address each, so they weigh differently:
+    A's elements 2.5, B's 0.25, over 224 on sm_80 and sm_90 (`TF32_UNALIGNED_WEIGHTS`, `TF32_UNALIGNED_LIMIT`;
+    four or eight warps only, none of two was sampled). `--fit`'s first weighting on 420 tf32 builds of the 7
+    fit shapes (`--dtype tf32`, Triton 3.9, 2026-12-03), checked on 420 builds of the 7 held-out shapes: no
+    clean build refused, 46 of 115 sm_80 and 21 of 27 sm_90 spills caught (Triton 3.6: 45 of 102 and 21 of
+    25, 1 clean sm_80 build refused, which spills under 3.9; docs/architecture.md)."""
     if config.tma or problem.dtype not in ("float16", "bfloat16", "float32"):
         return None
     a_unaligned, b_unaligned = unaligned_operands(problem)
     if not (a_unaligned or b_unaligned):
         return None
-    if problem.dtype == "float32":
+    tf32 = problem.dtype == "float32" and problem.precision == "tf32"
+    if problem.dtype == "float32" and not tf32:
         return fma_unaligned_reason(problem, config, device)
     threads = config.num_warps * device.warp_size
-    if config.num_warps < 4:
+    if tf32:
+        if config.num_warps < 4:
+            return None  # no sample of two-warp tf32 builds
+        (wa, wb), limit = TF32_UNALIGNED_WEIGHTS, TF32_UNALIGNED_LIMIT
+    elif config.num_warps < 4:
         wa, wb, limit = 1, 1, 7 * device.acc_regs_limit // 4  # 224 of 128
     else:
         (wa, wb), limit = UNALIGNED_WEIGHTS, UNALIGNED_LIMITS[90 if device.compute_capability >= 90 else 80]
@@ -255,7 +267,8 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     if regs > limit:
         return (
             f"accumulator and unaligned operand tiles over {limit} registers per thread (A's elements weigh "
-            f"{wa}, B's {wb}; rows not 16-element aligned: scalar loads)"
+            f"{wa}, B's {wb}; rows not 16-element aligned: "
+            + ("4-byte copies, an address each)" if tf32 else "scalar loads)")
         )
     return None
 
@@ -267,11 +280,9 @@ FMA_SPILL_TRITON = (3, 9)
 def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
     """Why a float32 FMA build (precision ieee) with an operand's rows not 16-element aligned would spill on
     sm_80, or None. Four warps holding the FMA accumulator limit (64 registers per thread) with K steps of 32
-    spilled at all 255 registers in 85 of 86 sampled sm_80 builds (Triton 3.9, 2026-12-03: 8 shapes with K or N
-    unaligned, 410 builds in all; the clean one, m32n256k32, spilled 144 bytes on two other shapes); eight warps
-    at 64 and every count at 32 registers were mixed, and on sm_90 1 of 5 such builds was clean, so neither is
-    ruled. tf32 is not ruled either (`unaligned_reason`). The spills are Triton 3.9's: of another 70 such
-    builds over 7 shapes (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`,
+    spill at all 255 registers under Triton 3.9; eight warps at 64 and every count at 32 registers were mixed
+    in a first probe (2026-12-03, no script), and so was sm_90, so neither is ruled. tf32 has a rule of its
+    own (`unaligned_reason`). The spills are Triton 3.9's: of 70 such builds over 7 shapes (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`,
     2026-12-03), 65 spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled
     under both; m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13), so the rule holds where
     the installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
