@@ -9,8 +9,8 @@ line per build goes to --jsonl, with the Triton version.
 
 `--dtype float32 --arch 80` samples the float32 (ieee) configs that the sm_80 FMA rule alone refuses
 (`fma_unaligned_spills`: judged as under Triton 3.9 whatever is installed, so that each Triton builds the same
-sample). `--dtype tf32` samples float32 problems with `precision: tf32` as float16 ones are sampled (no rule of
-kt's refuses unaligned tf32 builds: this is the evidence for leaving them unruled).
+sample). `--dtype tf32` samples float32 problems with `precision: tf32` as float16 ones are sampled: the
+evidence behind the tf32 count (`TF32_UNALIGNED_WEIGHTS`).
 
 `--score FILE...` prints, for the rule kt has now (under the Triton installed) and, for float16 builds, the
 unweighted count (limits 144 on sm_80, 192 on sm_90; for tf32 builds, the float16 rule's weights and limits),

@@ -282,10 +282,11 @@ def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: Devic
     sm_80, or None. Four warps holding the FMA accumulator limit (64 registers per thread) with K steps of 32
     spill at all 255 registers under Triton 3.9; eight warps at 64 and every count at 32 registers were mixed
     in a first probe (2026-12-03, no script), and so was sm_90, so neither is ruled. tf32 has a rule of its
-    own (`unaligned_reason`). The spills are Triton 3.9's: of 70 such builds over 7 shapes (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`,
-    2026-12-03), 65 spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled
-    under both; m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13), so the rule holds where
-    the installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
+    own (`unaligned_reason`). The spills are Triton 3.9's: of 70 such builds over 7 shapes
+    (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`, 2026-12-03), 65
+    spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled under both;
+    m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13), so the rule holds where the
+    installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
     return fma_unaligned_spills(problem, config, device) if triton_version() >= FMA_SPILL_TRITON else None
 
 
