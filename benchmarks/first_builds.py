@@ -57,11 +57,9 @@ def specs(ops: str, dtypes: list[str]) -> list[dict]:
     out = []
     for base in bases:
         for dtype in dtypes:
-            data = {**base, "dtype": "float32" if dtype == "tf32" else dtype, "precision": "ieee"}
-            if dtype == "tf32":
-                data["precision"] = "tf32"
-            if data["dtype"] != "float32":
-                del data["precision"]
+            data = {**base, "dtype": dtype}
+            if dtype in ("float32", "tf32"):
+                data.update(dtype="float32", precision=dtype.replace("float32", "ieee"))
             try:
                 parse_spec(data)
             except SpecError:
