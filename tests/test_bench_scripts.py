@@ -126,13 +126,18 @@ def test_unaligned_builds_compiles_its_sample_and_scores_the_rule_on_it(tmp_path
 
 def test_unaligned_builds_samples_tf32_and_judges_the_16_bit_count_and_a_fit_on_it(tmp_path):
     """`--dtype tf32`: float32 problems with precision tf32, compiled like the float16 sample; `--score` judges
-    kt's rule (which refuses no unaligned tf32 build) and the float16 rule's weighted count on them, and `--fit`
-    with `--check` judges its weightings on the builds given."""
+    kt's rule (the tf32 count, read from the row's precision) and the float16 rule's weighted count on them, and
+    `--fit` with `--check` judges its weightings on the builds given."""
     import json
+
+    from kt.codegen import GemmConfig
+    from kt.codegen.gemm import illegal_reason
+    from kt.device import H100
+    from kt.ir import GemmProblem
 
     out = tmp_path / "t.jsonl"
     script = [sys.executable, str(ROOT / "benchmarks" / "unaligned_builds.py")]
-    build = [*script, "--dtype", "tf32", "--arch", "90", "--seed", "4", "--per-shape", "1"]
+    build = [*script, "--dtype", "tf32", "--arch", "90", "--seed", "175", "--per-shape", "1"]
     done = subprocess.run(
         [*build, "--shapes", "640x1000x1000", "--jsonl", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -147,7 +152,12 @@ def test_unaligned_builds_samples_tf32_and_judges_the_16_bit_count_and_a_fit_on_
     )
     assert scored.returncode == 0, scored.stderr
     now, as_16_bit = scored.stdout.splitlines()
-    assert f"kt's rule: 0 clean builds refused, 0 of {spills} spills caught" in now
+    problem = GemmProblem(640, 1000, 1000, dtype="float32", precision="tf32")
+    config = GemmConfig(**row["config"])
+    refused = int(illegal_reason(problem, config, H100) is not None)
+    # seed 175 draws a config the tf32 count refuses and legality admits for float32 ieee (m256n32k32 w4)
+    assert refused and illegal_reason(GemmProblem(640, 1000, 1000, dtype="float32"), config, H100) is None
+    assert f"kt's rule: {refused * (1 - spills)} clean builds refused, {refused * spills} of {spills}" in now
     assert "1 builds, float16's weighted count: " in as_16_bit
     fitted = subprocess.run(
         [*script, "--fit", str(out), "--check", str(out)],
