@@ -77,7 +77,6 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
     tasks, rows = [], []
     for m, n, k in shapes:
         problem = problem_of([m, n, k], dtype)
-        a_unaligned, b_unaligned = gemm.unaligned_operands(problem)
         admitted = []
         for config in fma_refused(problem, device) if dtype == "float32" else gemm.GemmFamily().all_configs():
             if (
@@ -86,12 +85,7 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
                 or not admitted_besides(gemm.unaligned_reason, problem, config, device)
             ):
                 continue  # refused by another rule
-            threads = config.num_warps * 32
-            tiles = dict(
-                acc=gemm.accumulator_registers(config, 32),
-                a_tile=config.block_m * config.block_k // threads if a_unaligned else 0,
-                b_tile=config.block_k * config.block_n // threads if b_unaligned else 0,
-            )
+            tiles = dict(zip(("acc", "a_tile", "b_tile"), gemm.unaligned_tiles(problem, config, 32)))
             if dtype == "float32" or 96 <= sum(tiles.values()) <= 400:
                 admitted.append((config, tiles))
         for config, tiles in rng.sample(admitted, min(per_shape, len(admitted))):

@@ -220,6 +220,19 @@ def unaligned_operands(problem: GemmProblem) -> tuple[bool, bool]:
     return a_lead % DIVISIBILITY != 0, b_lead % DIVISIBILITY != 0
 
 
+def unaligned_tiles(problem: GemmProblem, config: GemmConfig, warp_size: int) -> tuple[int, int, int]:
+    """What `unaligned_reason` weighs, per thread: the accumulator's registers, and A's and B's tile elements
+    where that operand's rows are not 16-element aligned (0 where they are). Every tile holds 256 elements or
+    more and a program at most 256 threads, so the divisions are exact."""
+    a_unaligned, b_unaligned = unaligned_operands(problem)
+    threads = config.num_warps * warp_size
+    return (
+        accumulator_registers(config, warp_size),
+        config.block_m * config.block_k // threads if a_unaligned else 0,
+        config.block_k * config.block_n // threads if b_unaligned else 0,
+    )
+
+
 def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
     """Why a 16-bit or tf32 classic-kernel build whose operand rows are not 16-element aligned would spill, or
     None (a float32 ieee one: `fma_unaligned_reason`).
@@ -252,7 +265,6 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
     tf32 = problem.dtype == "float32" and problem.precision == "tf32"
     if problem.dtype == "float32" and not tf32:
         return fma_unaligned_reason(problem, config, device)
-    threads = config.num_warps * device.warp_size
     if tf32:
         if config.num_warps < 4:
             return None  # no sample of two-warp tf32 builds
@@ -261,10 +273,8 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
         wa, wb, limit = 1, 1, 7 * device.acc_regs_limit // 4  # 224 of 128
     else:
         (wa, wb), limit = UNALIGNED_WEIGHTS, UNALIGNED_LIMITS[90 if device.compute_capability >= 90 else 80]
-    regs = accumulator_registers(config, device.warp_size)
-    regs += wa * config.block_m * config.block_k / threads if a_unaligned else 0
-    regs += wb * config.block_k * config.block_n / threads if b_unaligned else 0
-    if regs > limit:
+    acc, a_tile, b_tile = unaligned_tiles(problem, config, device.warp_size)
+    if acc + wa * a_tile + wb * b_tile > limit:
         return (
             f"accumulator and unaligned operand tiles over {limit} registers per thread (A's elements weigh "
             f"{wa}, B's {wb}; rows not 16-element aligned: "
