@@ -66,15 +66,14 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
     float32 (the FMA rule's configs) or tf32 (float32 operands, precision tf32)."""
     import triton
 
-    from kt.autotune.pool import Task, WorkerPool
-    from kt.autotune.runners import compile_payload
+    from kt.autotune.runners import compile_builds
     from kt.autotune.tune import generated_candidate
     from kt.codegen import gemm
     from kt.device import A100, H100
 
     device = A100 if arch == 80 else H100
     rng = random.Random(seed)
-    tasks, rows = [], []
+    jobs, rows = [], []
     for m, n, k in shapes:
         problem = problem_of([m, n, k], dtype)
         admitted = []
@@ -89,8 +88,7 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
             if dtype == "float32" or 96 <= sum(tiles.values()) <= 400:
                 admitted.append((config, tiles))
         for config, tiles in rng.sample(admitted, min(per_shape, len(admitted))):
-            payload = compile_payload(generated_candidate(problem, config), arch, device.smem_per_block)
-            tasks.append(Task(len(tasks), "compile", payload, "compile"))
+            jobs.append((generated_candidate(problem, config), device))
             rows.append(
                 dict(
                     shape=[m, n, k],
@@ -101,10 +99,8 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
                     **tiles,
                 )
             )
-    print(f"compiling {len(tasks)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
-    with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=900) as pool:
-        outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
-    for row, outcome in zip(rows, outcomes):
+    print(f"compiling {len(jobs)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
+    for row, outcome in zip(rows, compile_builds(jobs)):
         values = outcome.values or {}
         row.update(
             triton=triton.__version__,
@@ -126,10 +122,14 @@ def problem_of(shape, dtype: str, precision: str = "ieee"):
 
 
 def admitted_besides(rule, problem, config, device) -> bool:
-    """Whether every legality rule but `rule` admits `config` (it is legal, or refused by `rule`'s reason)."""
-    from kt.codegen.gemm import illegal_reason
+    """Whether every legality rule but `rule` and the deep-K rule (`deep_k_spills`, which came after these
+    samples were first drawn; judged as under Triton 3.9 whatever is installed) admits `config`: it is legal, or
+    refused by one of those two."""
+    from kt.codegen.gemm import accumulator_registers, deep_k_spills, illegal_reason
 
-    return illegal_reason(problem, config, device) in (None, rule(problem, config, device))
+    acc = accumulator_registers(config, device.warp_size)
+    allowed = (None, rule(problem, config, device), deep_k_spills(problem, config, device, acc))
+    return illegal_reason(problem, config, device) in allowed
 
 
 def fma_refused(problem, device) -> list:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from kt.autotune.figures import end_line, write_csv
+from kt.codegen.compat import triton_version
+from kt.codegen.gemm import DEEP_K_TRITON
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,13 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["first_builds.py", "--top", "0", "--jsonl", tmp / "f.jsonl"], "--top: 0; give 1 or more"),
         (["first_builds.py", "--jsonl", db], "--jsonl: '"),
         (["first_builds.py", "--dtypes", "int8"], "invalid choice: 'int8'"),
+        (["stage_builds.py", "--sample", "-1", "--jsonl", tmp / "s.jsonl"], "--sample: -1; give 0"),
+        (["stage_builds.py", "--shape", "64x64", "--jsonl", tmp / "s.jsonl"], "give MxNxK, three positive"),
+        (["stage_builds.py", "--jsonl", db], "--jsonl: '"),
+        (["deep_k_builds.py", "--per-group", "0", "--jsonl", tmp / "d.jsonl"], "--per-group: 0; give 1"),
+        (["deep_k_builds.py", "--ops", "held", "--jsonl", tmp / "d.jsonl"], "give fit, held-out or MxNxK"),
+        (["deep_k_builds.py", "--jsonl", db], "--jsonl: '"),
+        (["deep_k_builds.py", "--score", tmp / "none.jsonl"], "none.jsonl' not found"),
     ]
 
 
@@ -209,3 +218,75 @@ def test_first_builds_compiles_the_ranked_configs_as_kt_build_checks_them(tmp_pa
     kernel = kt.build(spec, device="a100", compile_check=True)
     assert kernel.config.key() == row["builds"][-1]["key"]
     assert [key for key, _ in kernel.meta["refused"]] == [b["key"] for b in row["builds"][:-1]]
+
+
+def test_stage_builds_counts_the_configs_legal_by_the_stages_a_build_keeps_and_compiles_some(tmp_path):
+    """benchmarks/stage_builds.py: the A100 float16 configs that legality admits only because it counts the
+    stages a build keeps; two of them compiled, each within the A100's shared memory and kt's bound."""
+    import json
+
+    from kt.codegen.gemm import GemmConfig, built_shared_memory, illegal_reason, shared_memory
+    from kt.device import A100
+    from kt.ir import GemmProblem
+
+    out = tmp_path / "s.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "stage_builds.py"), "--devices", "a100", "--dtypes", "float16",
+         "--sample", "2", "--seed", "3", "--jsonl", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    problem = GemmProblem(4096, 4096, 4096)
+    assert row["legal"] == sum(illegal_reason(problem, c, A100) is None for c in _gemm_configs())
+    # 750 before the deep-K rule, which holds from Triton 3.9
+    assert (
+        row["newly_legal"] == (705 if triton_version() >= DEEP_K_TRITON else 750) and len(row["builds"]) == 2
+    )
+    for build in row["builds"]:
+        config = GemmConfig.from_dict(build["config"])
+        assert config.key() == build["key"]
+        assert illegal_reason(problem, config, A100) is None
+        assert shared_memory(problem, config) > A100.smem_per_block == row["smem_limit"]
+        assert build["bound"] == built_shared_memory(problem, config, A100)
+        assert 0 < build["built"] <= build["bound"] <= A100.smem_per_block
+    assert done.stdout.splitlines()[-1].startswith("2 builds: 0 allocate more shared memory than kt's bound")
+
+
+def _gemm_configs():
+    from kt.codegen.gemm import GemmFamily
+
+    return list(GemmFamily().all_configs())
+
+
+def test_deep_k_builds_compiles_its_groups_and_scores_kts_legality_on_them(tmp_path):
+    """benchmarks/deep_k_builds.py: one four-warp build per group at 128 accumulator registers on the A100, in
+    float16 and tf32; the builds over 192 tile elements per thread, which spill, are those kt's legality now
+    refuses."""
+    import json
+
+    out = tmp_path / "d.jsonl"
+    script = [sys.executable, str(ROOT / "benchmarks" / "deep_k_builds.py")]
+    done = subprocess.run(
+        [*script, "--ops", "1024x1024x1024", "--dtypes", "float16", "tf32", "--acc", "128", "--warps", "4",
+         "--per-group", "1", "--seed", "5", "--jsonl", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["per_thread"] for r in rows) == sorted([32, 40, 64, 80, 128, 160, 256, 320] * 2)
+    assert {r["spec"].get("precision", "ieee") for r in rows} == {"ieee", "tf32"}
+    assert all(r["acc"] == 128 and r["warps"] == 4 and r["arch"] == 80 and not r["wgmma"] for r in rows)
+    deep = [r for r in rows if r["per_thread"] > 192]
+    last = done.stdout.splitlines()[-1]
+    spills = sum(r["status"] != "ok" for r in rows)
+    caught = 0  # the rule holds from Triton 3.9; under 3.6 the dense 16-bit ones may build clean
+    if triton_version() >= DEEP_K_TRITON:
+        assert all(r["status"] == "out_of_resources" and r["registers"] == 255 for r in deep)
+        caught = 4
+    says = f"sm_80: 16 builds (2 ops), kt's legality refuses 0 clean builds and catches {caught} of {spills} spills"
+    assert last == says
+    scored = subprocess.run(
+        [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert scored.returncode == 0 and scored.stdout.splitlines()[-1] == last, scored.stderr

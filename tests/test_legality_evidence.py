@@ -7,12 +7,15 @@ from kt.codegen import GemmConfig
 from kt.codegen.blockgemm import BlockGemmConfig, stages_for
 from kt.codegen.blockgemm import illegal_reason as block_reason
 from kt.codegen.blockgemm import resources as block_resources
-from kt.codegen.gemm import built_shared_memory, illegal_reason, unaligned_operands
+from kt.codegen.gemm import GemmFamily, built_shared_memory, illegal_reason, unaligned_operands
 from kt.codegen.tilesum import TileConfig
+from kt.codegen.tilesum import illegal_reason as tile_reason
 from kt.codegen.tilesum import resources as tile_resources
 from kt.device import A100, H100
 from kt.ir import GemmProblem
+from kt.ir.ops import op_from_spec
 from kt.ir.problems import ChainProblem, FFTProblem
+from kt.spec import parse_spec
 
 ODD = GemmProblem(4096, 4100, 4104)  # neither K nor N a multiple of 16 elements
 ODD_K = GemmProblem(4096, 4096, 4104)
@@ -133,6 +136,111 @@ def test_two_warp_tf32_programs_are_not_counted():
     two = GemmConfig(64, 32, 128, 8, 2, 2)  # 32 + 2.5 * 128 + 0.25 * 64 = 368 by the count
     assert illegal_reason(odd, two, H100) is None
     assert "4-byte copies" in illegal_reason(odd, GemmConfig(128, 64, 128, 8, 4, 2), H100)
+
+
+def problem_of(**data):
+    """The one kernel's problem of an op.yaml mapping (float32 is tf32 here)."""
+    if data["dtype"] == "float32":
+        data["precision"] = "tf32"
+    (node,) = op_from_spec(parse_spec(data)).kernel_graph().kernels
+    return node.problem
+
+
+def dense(m: int, n: int, k: int, dtype: str):
+    return problem_of(op="dense", dtype=dtype, shape={"m": m, "n": n, "k": k})
+
+
+def blocksparse(dtype: str):
+    sparsity = {"block": [128, 128], "density": 0.1, "seed": 0}
+    return problem_of(
+        op="blocksparse", dtype=dtype, shape={"batch": 4096, "in": 4096, "out": 4096}, sparsity=sparsity
+    )
+
+
+def lowrank(dtype: str):
+    return problem_of(op="lowrank", dtype=dtype, shape={"batch": 8192, "dims": [4096, 64, 4096]})
+
+
+def legality(problem, config, device):
+    return (illegal_reason if isinstance(config, GemmConfig) else tile_reason)(problem, config, device)
+
+
+# mma.sync programs (sm_80) with the accumulator at 128 registers per thread and deep K steps: held-out sm_80
+# builds (benchmarks/deep_k_builds.py --ops held-out --seed 2), (problem, config, spilled). Over 192 A and B tile
+# elements per thread in a K step at four warps every sampled build spilled; at 160 and at eight warps' 192 some
+# did not.
+DEEP_K = [
+    (dense(768, 4096, 1024, "bfloat16"), GemmConfig(128, 128, 128, 1, 4, 2, split_k=4), True),  # 256; 8 B
+    (blocksparse("float32"), TileConfig(128, 128, 128, 1, 4, 2, 4), True),  # 256; 488 B
+    (blocksparse("bfloat16"), TileConfig(256, 64, 128, 1, 4, 2, 1), True),  # 320; 168 B
+    (lowrank("float32"), TileConfig(256, 64, 128, 1, 4, 2, 4), True),  # 320; 448 B
+    (
+        dense(3072, 1536, 2560, "float16"),
+        GemmConfig(256, 64, 64, 1, 4, 3, split_k=16),
+        False,
+    ),  # 160; 249 regs
+    (dense(3072, 1536, 2560, "bfloat16"), GemmConfig(128, 256, 128, 1, 8, 2, split_k=4), False),  # 192; 254
+    (lowrank("float16"), TileConfig(256, 128, 128, 1, 8, 2, 2), False),  # eight warps, 192; 255, no local
+]
+# Spills it lets in: the same held-out sample, 160 elements at four warps and 192 at eight
+DEEP_K_MISSED = [
+    (dense(768, 4096, 1024, "float32"), GemmConfig(256, 64, 64, 1, 4, 2, split_k=2)),  # 216 B
+    (lowrank("float16"), TileConfig(256, 128, 128, 1, 8, 2, 1)),  # 56 B
+]
+
+
+@pytest.fixture
+def triton_39(monkeypatch):
+    """The deep-K rule as it holds: from Triton 3.9 (`DEEP_K_TRITON`), whatever Triton is installed."""
+    from kt.codegen import gemm
+
+    monkeypatch.setattr(gemm, "triton_version", lambda: gemm.DEEP_K_TRITON)
+
+
+@pytest.mark.usefixtures("triton_39")
+@pytest.mark.parametrize("problem, config, spilled", DEEP_K)
+def test_mma_sync_programs_at_the_accumulator_limit_count_a_k_steps_operand_tiles(problem, config, spilled):
+    reason = legality(problem, config, A100)
+    if spilled:
+        assert reason and "A and B tile elements a K step" in reason, (str(problem), config.key(), reason)
+        # the same program on the H100 is built with wgmma: the rule is mma.sync's
+        assert "tile elements" not in (legality(problem, config, H100) or ""), config.key()
+    else:
+        assert reason is None, (str(problem), config.key(), reason)
+
+
+@pytest.mark.usefixtures("triton_39")
+@pytest.mark.parametrize("problem, config", DEEP_K_MISSED)
+def test_the_deep_k_count_lets_in_some_spills(problem, config):
+    assert legality(problem, config, A100) is None
+
+
+def test_the_deep_k_rule_is_off_below_triton_3_9(monkeypatch):
+    """Under Triton 3.6 (the GPU machines') dense 16-bit programs the rule refuses built clean in 17 of 24
+    held-out builds: there it refuses nothing."""
+    from kt.codegen import gemm
+
+    monkeypatch.setattr(gemm, "triton_version", lambda: (3, 6))
+    for problem, config, _ in DEEP_K:
+        assert legality(problem, config, A100) is None, config.key()
+    assert gemm.deep_k_spills(*DEEP_K[0][:2], A100, 128)  # the rule itself, as Triton 3.9 builds showed
+
+
+@pytest.mark.usefixtures("triton_39")
+def test_the_deep_k_rule_refuses_what_stages_minus_one_let_in_and_nothing_built_with_wgmma():
+    """Tile-sum m256n64k128g1w4s3 on the A100 spilled (block-sparse 160 bytes, low-rank 136) once shared memory
+    counted the stages the build keeps; no H100 program of four or eight warps reaches 128 accumulator
+    registers off wgmma (that takes 64 rows or more), so no H100 config is refused by the rule."""
+    assert "tile elements" in tile_reason(lowrank("float16"), TileConfig(256, 64, 128, 1, 4, 3), A100)
+    assert "tile elements" in tile_reason(blocksparse("float16"), TileConfig(256, 64, 128, 1, 4, 3), A100)
+    for dtype in ("float16", "float32"):
+        problem = dense(4096, 4096, 4096, dtype)
+        reasons = [reason for _, reason in GemmFamily().judged(problem, H100)]
+        assert not any("tile elements" in (reason or "") for reason in reasons)
+        a100 = [reason for _, reason in GemmFamily().judged(problem, A100)]
+        assert (
+            sum("tile elements" in (reason or "") for reason in a100) == {"float16": 90, "float32": 45}[dtype]
+        )
 
 
 # FFT n=4096 float16, one block per program, K steps of 64 and 128 (real or complex input: the same verdicts).

@@ -74,6 +74,22 @@ def compile_payload(candidate: Candidate, arch: int, smem_limit: int) -> dict[st
     }
 
 
+def compile_builds(
+    jobs: list[tuple[Candidate, DeviceProfile]], workers: int = 2, timeout_s: float = 900.0
+) -> list[Outcome]:
+    """Compile each candidate for its profile's architecture in kt's compile workers, held to the profile's
+    shared memory and refused if it spills, as a tune's compile stage does; the outcomes in the order of `jobs`
+    (`values` has the evidence: smem_bytes, registers, local_bytes). For studies of builds, no GPU needed."""
+    tasks = [
+        Task(index, "compile", compile_payload(candidate, p.compute_capability, p.smem_per_block), "compile")
+        for index, (candidate, p) in enumerate(jobs)
+    ]
+    if not tasks:
+        return []
+    with WorkerPool({"compile": (workers, {"TRITON_INTERPRET": "0"})}, timeout_s=timeout_s) as pool:
+        return sorted(pool.run(tasks), key=lambda outcome: outcome.task.id)
+
+
 class Runner(ABC):
     name: str
     measures_time: bool

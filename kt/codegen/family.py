@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kt.codegen.gemm import SearchSpace
@@ -73,15 +73,16 @@ class StructuredFamily(ABC):
             **self.variables(problem, config),
         )
 
-    def space(self, problem, device: DeviceProfile) -> SearchSpace:
-        def judged():
-            for structure in problem.structures():
-                reason = self.judge(problem, structure, device)
-                for values in itertools.product(*self.axes.values()):
-                    config = self.config_type(**dict(zip(self.axes, values)), **structure)
-                    yield config, reason(config)
+    def judged(self, problem, device: DeviceProfile) -> Iterator[tuple[Any, str | None]]:
+        """Every point of the axes in each structure `problem` offers, with why it cannot run (None: it can)."""
+        for structure in problem.structures():
+            reason = self.judge(problem, structure, device)
+            for values in itertools.product(*self.axes.values()):
+                config = self.config_type(**dict(zip(self.axes, values)), **structure)
+                yield config, reason(config)
 
-        return SearchSpace.of(problem, device, judged())
+    def space(self, problem, device: DeviceProfile) -> SearchSpace:
+        return SearchSpace.of(problem, device, self.judged(problem, device))
 
     def check_structure(self, problem, config) -> None:
         """ValueError unless `config`'s structure choice is one `problem` offers (a fused form it cannot run,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -192,6 +193,46 @@ def accumulator_reason(
     return None
 
 
+# `deep_k_reason`: the elements of one K step's A and B tiles per thread that an mma.sync program with its
+# accumulator at the limit held without spilling (benchmarks/deep_k_builds.py), and the Triton it holds from
+DEEP_K_ELEMENTS = 192
+DEEP_K_TRITON = (3, 9)
+
+
+def stage_elements(config, warp_size: int) -> int:
+    """Elements of one K step's A and B tiles, (block_m + block_n) x block_k, per thread of a program."""
+    return (config.block_m + config.block_n) * config.block_k // (config.num_warps * warp_size)
+
+
+def deep_k_reason(problem, config, device: DeviceProfile, acc: int) -> str | None:
+    """Why a tensor-core program of four or eight warps built with mma.sync (not wgmma: sm_80, or narrow tiles)
+    would spill, or None: its accumulator at the limit (`accumulator_limit`, 128 registers per thread) with more
+    than DEEP_K_ELEMENTS of A and B tile elements per thread in a K step; where the installed Triton is 3.9 or
+    later (`DEEP_K_TRITON`). In sampled sm_80 builds (2026-12-03, `benchmarks/deep_k_builds.py`) four-warp
+    programs with 256 and 320 spilled under Triton 3.9, in 16-bit and tf32 alike (K steps of 128; of 64 too in
+    tf32), dense GEMMs and tile sums; those with 128 and 160, and eight-warp ones with 192, mostly built clean.
+    Under Triton 3.6 the dense 16-bit ones with 256 and 320 built clean as often as not, so the rule is off
+    there. FMA dots (float32 ieee) have accumulator_reason's K-step rule."""
+    reason = deep_k_spills(problem, config, device, acc)  # first: most configs are not ruled, and Triton's
+    return reason if reason and triton_version() >= DEEP_K_TRITON else None  # version costs its import
+
+
+def deep_k_spills(problem, config, device: DeviceProfile, acc: int) -> str | None:
+    """`deep_k_reason` whatever Triton is installed: what Triton 3.9's sm_80 builds showed."""
+    if problem.dtype == "float32" and problem.precision == "ieee":
+        return None
+    if config.num_warps < 4 or wgmma_build(problem, config, device):
+        return None
+    limit, _ = accumulator_limit(device, problem.dtype, problem.precision, config.num_warps)
+    elements = stage_elements(config, device.warp_size)
+    if acc >= limit and elements > DEEP_K_ELEMENTS:
+        return (
+            f"accumulator at {limit} registers per thread with {elements} A and B tile elements a K step per "
+            f"thread (mma.sync), over {DEEP_K_ELEMENTS}"
+        )
+    return None
+
+
 def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
     """A two-warp program's K step over 32: its operand fragments spilled in sampled builds (see above)."""
     if num_warps < 4 and block_k > 2 * MIN_DOT:
@@ -339,7 +380,7 @@ def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfi
         return "tile larger than the padded problem"
     if config.split_k > 1 and config.split_k > -(-problem.k // config.block_k):
         return "more K splits than K tiles"
-    return unaligned_reason(problem, config, device)
+    return unaligned_reason(problem, config, device) or deep_k_reason(problem, config, device, acc)
 
 
 @dataclass(frozen=True)
@@ -389,9 +430,12 @@ class GemmFamily:
                 yield replace(config, tma=1)
                 yield replace(config, tma=2)
 
+    def judged(self, problem: GemmProblem, device: DeviceProfile) -> Iterator[tuple[GemmConfig, str | None]]:
+        """Every config (`all_configs`) with why it cannot run `problem` on `device` (None: it can)."""
+        return ((config, illegal_reason(problem, config, device)) for config in self.all_configs())
+
     def space(self, problem: GemmProblem, device: DeviceProfile) -> SearchSpace:
-        judged = ((config, illegal_reason(problem, config, device)) for config in self.all_configs())
-        return SearchSpace.of(problem, device, judged)
+        return SearchSpace.of(problem, device, self.judged(problem, device))
 
     def same_program(self, problem: GemmProblem, config: GemmConfig) -> GemmConfig:
         """The config whose kernel runs `config`'s program on `problem`, tile for tile: group_m only orders the

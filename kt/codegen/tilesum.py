@@ -18,7 +18,14 @@ import numpy as np
 
 from kt.axes import TILE_AXES, TILE_FIELDS
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import accumulator_reason, config_from_mapping, output_tile_bytes, padded, wgmma_build
+from kt.codegen.gemm import (
+    accumulator_reason,
+    config_from_mapping,
+    deep_k_reason,
+    output_tile_bytes,
+    padded,
+    wgmma_build,
+)
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
@@ -206,7 +213,10 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
-    return accumulator_reason(acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k)
+    fused_chain = config.fused and isinstance(problem, ChainProblem)  # two dots: its own accumulator count
+    return accumulator_reason(
+        acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k
+    ) or (None if fused_chain else deep_k_reason(problem, config, device, acc))
 
 
 # -- the family ----------------------------------------------------------------------------------------------
