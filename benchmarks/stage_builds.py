@@ -11,9 +11,11 @@ compile stage labels them: the shared memory each build allocates (against the d
 kt's bound) and its registers and local memory (a spill is refused). `--jsonl` keeps every build.
 
     python benchmarks/stage_builds.py
-    python benchmarks/stage_builds.py --sample 12 --seed 7 --jsonl /tmp/stages.jsonl
+    python benchmarks/stage_builds.py --sample 30 --seed 7 --jsonl /tmp/stages.jsonl
 
-Nothing here is timed.
+(2026-12-03, Triton 3.9: the second command gives docs/architecture.md's and BENCHMARKS.md's figures.) A build
+the compile stage refuses is compiled again at the most stages the every-stage count admits, where the stage
+axis has such a count, to tell a spill of the stages from a spill of the tile. Nothing here is timed.
 """
 
 from __future__ import annotations
