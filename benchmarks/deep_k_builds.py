@@ -1,11 +1,11 @@
 """Compile tensor-core programs of four and eight warps whose fp32 accumulator holds 64 or 128 registers per
 thread, for sm_80 or sm_90 with Triton's bundled ptxas (no GPU), and judge kt's deep-K rule against them: the
 evidence behind `kt.codegen.gemm.deep_k_reason` (an mma.sync program with its accumulator at the limit, 128,
-spills when one K step's A and B tiles exceed `DEEP_K_BYTES` per thread).
+spills when one K step's A and B tiles exceed `DEEP_K_ELEMENTS` elements per thread).
 
 A sample: for each op and dtype, the configs that every other legality rule admits (no TMA, four or eight
 warps, 64 or more accumulator registers), one of each group_m twin, grouped by (accumulator registers, warps,
-bytes of A and B tiles per thread in a K step); `--per-group` of each group drawn with `--seed`, compiled by kt's
+A and B tile elements per thread in a K step); `--per-group` of each group drawn with `--seed`, compiled by kt's
 compile workers and labelled as the compile stage labels them (ok, or refused: spills). `--ops fit` are dense
 GEMMs at three aligned shapes; `--ops held-out` two other dense shapes and the tile-sum families' GEMMs
 (block-sparse with 128 x 128 blocks, low-rank), which the rule covers too. One JSON line per build (--jsonl).
@@ -157,16 +157,14 @@ def refused_now(row: dict) -> bool:
     """Whether kt's legality, as it is now under the Triton installed, refuses the row's config on the row's
     architecture."""
     from kt.codegen import family_for
-    from kt.codegen.gemm import GemmFamily, illegal_reason
+    from kt.codegen.restrict import illegal_config
     from kt.device import get_profile
 
     problem = problem_of(row["spec"])
     family = family_for(problem)
     config = family.config_type.from_dict(row["config"])
     profile = get_profile("a100" if row["arch"] == 80 else "h100")
-    if isinstance(family, GemmFamily):
-        return illegal_reason(problem, config, profile) is not None
-    return family.judge(problem, config.structure(), profile)(config) is not None
+    return illegal_config(family, problem, config, profile) is not None
 
 
 def load(paths) -> list[dict]:

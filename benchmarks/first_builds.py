@@ -75,7 +75,7 @@ def first_builds(specs_: list[dict], devices: list[str], top: int | None) -> lis
 
     import kt
     from kt.api import COMPILE_TRIES, distinct_tiles
-    from kt.autotune.runners import compile_builds
+    from kt.autotune.runners import compile_builds, compile_pool
     from kt.autotune.tune import generated_candidate
 
     pairs = []
@@ -86,32 +86,33 @@ def first_builds(specs_: list[dict], devices: list[str], top: int | None) -> lis
             pairs.append(dict(spec=data, device=device, plan=plan, configs=configs, builds=[]))
     total = sum(len(p["configs"]) for p in pairs) if top else len(pairs)
     print(f"{len(pairs)} (op, device) pairs, {total}+ builds (Triton {triton.__version__})", file=sys.stderr)
-    while True:  # a round: each waiting pair's next config
-        waiting = [
-            p
-            for p in pairs
-            if len(p["builds"]) < len(p["configs"])
-            and (top or not any(b["status"] == "ok" for b in p["builds"]))
-        ]
-        if not waiting:
-            break
-        jobs = []
-        for pair in waiting:
-            plan, config = pair["plan"], pair["configs"][len(pair["builds"])]
-            jobs.append(
-                (generated_candidate(plan.problem, config, name=pair["spec"]["name"]), plan.space.device)
-            )
-        for pair, outcome in zip(waiting, compile_builds(jobs)):
-            values = outcome.values or {}
-            pair["builds"].append(
-                dict(
-                    key=pair["configs"][len(pair["builds"])].key(),
-                    status=outcome.status,
-                    message=None if outcome.status == "ok" else outcome.message,
-                    registers=values.get("registers"),
-                    local=values.get("local_bytes"),
+    with compile_pool() as pool:  # kept across the rounds
+        while True:  # a round: each waiting pair's next config
+            waiting = [
+                p
+                for p in pairs
+                if len(p["builds"]) < len(p["configs"])
+                and (top or not any(b["status"] == "ok" for b in p["builds"]))
+            ]
+            if not waiting:
+                break
+            jobs = []
+            for pair in waiting:
+                plan, config = pair["plan"], pair["configs"][len(pair["builds"])]
+                jobs.append(
+                    (generated_candidate(plan.problem, config, name=pair["spec"]["name"]), plan.space.device)
                 )
-            )
+            for pair, outcome in zip(waiting, compile_builds(jobs, pool)):
+                values = outcome.values or {}
+                pair["builds"].append(
+                    dict(
+                        key=pair["configs"][len(pair["builds"])].key(),
+                        status=outcome.status,
+                        message=None if outcome.status == "ok" else outcome.message,
+                        registers=values.get("registers"),
+                        local=values.get("local_bytes"),
+                    )
+                )
     rows = []
     for pair in pairs:
         data = pair["spec"]

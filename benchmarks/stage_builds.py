@@ -37,7 +37,7 @@ def newly_legal(shape, dtype: str, device: str) -> tuple[int, list]:
 
     profile = get_profile(device)
     problem = problem_of(shape, dtype)
-    legal = [c for c in gemm.GemmFamily().all_configs() if gemm.illegal_reason(problem, c, profile) is None]
+    legal = gemm.GemmFamily().space(problem, profile).legal
     return len(legal), [c for c in legal if gemm.shared_memory(problem, c) > profile.smem_per_block]
 
 

@@ -787,8 +787,8 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
     keep the first that builds within the device (no spills, shared memory within the limit), as a tune would."""
     from kt.api import distinct_tiles
     from kt.autotune.compile import target_compiler_available
-    from kt.autotune.pool import Task, WorkerPool
-    from kt.autotune.runners import compile_payload
+    from kt.autotune.pool import Task
+    from kt.autotune.runners import compile_builds, compile_pool
     from kt.autotune.tune import generated_candidate
 
     if not target_compiler_available():
@@ -799,13 +799,11 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
     configs = distinct_tiles(plan)  # as many as kt.build's compile check tries; group_m twins build alike
     arch = plan.space.device.compute_capability
     ptx_dir.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for index, config in enumerate(configs):
-        candidate = generated_candidate(plan.problem, config, name=spec.name)
-        payload = compile_payload(candidate, arch, plan.space.device.smem_per_block)
-        tasks.append(Task(index, "compile", payload, "compile"))
-    with WorkerPool({"compile": (2, {"TRITON_INTERPRET": "0"})}, timeout_s=600) as pool:
-        outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    jobs = [
+        (generated_candidate(plan.problem, config, name=spec.name), plan.space.device) for config in configs
+    ]
+    with compile_pool(timeout_s=600) as pool:
+        outcomes = compile_builds(jobs, pool)
         chosen = next((o for o in outcomes if o.status == "ok"), None)
         for outcome in outcomes[: chosen.task.id if chosen else len(outcomes)]:
             out.print(f"skipped {configs[outcome.task.id].key()}: {outcome.status}: {outcome.message}")

@@ -74,20 +74,28 @@ def compile_payload(candidate: Candidate, arch: int, smem_limit: int) -> dict[st
     }
 
 
+def compile_pool(workers: int = 2, timeout_s: float = 900.0) -> WorkerPool:
+    """Compile workers for `compile_builds` (Triton's interpreter off), to keep across several calls."""
+    return WorkerPool({"compile": (workers, {"TRITON_INTERPRET": "0"})}, timeout_s=timeout_s)
+
+
 def compile_builds(
-    jobs: list[tuple[Candidate, DeviceProfile]], workers: int = 2, timeout_s: float = 900.0
+    jobs: list[tuple[Candidate, DeviceProfile]], pool: WorkerPool | None = None
 ) -> list[Outcome]:
-    """Compile each candidate for its profile's architecture in kt's compile workers, held to the profile's
-    shared memory and refused if it spills, as a tune's compile stage does; the outcomes in the order of `jobs`
-    (`values` has the evidence: smem_bytes, registers, local_bytes). For studies of builds, no GPU needed."""
+    """Compile each candidate for its profile's architecture in kt's compile workers (`pool`, else a
+    `compile_pool` of its own), held to the profile's shared memory and refused if it spills, as a tune's compile
+    stage does; the outcomes in the order of `jobs` (`values` has the evidence: smem_bytes, registers,
+    local_bytes). For studies of builds, no GPU needed."""
     tasks = [
         Task(index, "compile", compile_payload(candidate, p.compute_capability, p.smem_per_block), "compile")
         for index, (candidate, p) in enumerate(jobs)
     ]
     if not tasks:
         return []
-    with WorkerPool({"compile": (workers, {"TRITON_INTERPRET": "0"})}, timeout_s=timeout_s) as pool:
-        return sorted(pool.run(tasks), key=lambda outcome: outcome.task.id)
+    if pool is None:
+        with compile_pool() as own:
+            return compile_builds(jobs, own)
+    return sorted(pool.run(tasks), key=lambda outcome: outcome.task.id)
 
 
 class Runner(ABC):
