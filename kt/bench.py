@@ -485,6 +485,7 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
         )
         row[f"{prefix}_ms"] = values.get("runtime_ms")
         row[f"{prefix}_power_w"] = values.get("power_w")
+        row[f"{prefix}_loop_power_w"] = values.get("loop_power_w")  # the energy loop's, flushes included
         row[f"{prefix}_energy_mj"] = values.get("energy_mj")
         row[f"{prefix}_sm_clock_mhz"] = values.get("sm_clock_mhz")
         row[f"{prefix}_rel_err"] = values.get("rel_err")

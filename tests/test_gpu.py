@@ -55,10 +55,10 @@ def test_the_cuda_runner_checks_then_times_with_a_spread_and_energy():
         assert v["energy_status"] == "ok" or "power_w" not in v, v["energy_status"]
         if "power_w" in v:  # NVML energy counter present
             assert 30 < v["power_w"] < 1500 and v["energy_mj"] > 0 and v["sm_clock_mhz"] > 0
-            # the average over the energy loop's own time: within the card's limit (the first H200 run
-            # reported 831 W at 700 W, power over the timed runtime of calls the cap had slowed)
+            # the loop's own average, flushes included, is what the card's limit holds; the kernel's own power
+            # may pass it (836 W on a 700 W H200, 2026-12-04: the flushes between the calls draw less)
             limit = _power_limit_w()
-            assert limit is None or v["power_w"] <= 1.05 * limit, (v["power_w"], limit)
+            assert 30 < v["loop_power_w"] <= (1.05 * limit if limit else 1500), (v["loop_power_w"], limit)
             assert v["cuda_graph"] in (0, 1) and v["flush_energy_mj"] > 0
 
 
@@ -74,8 +74,9 @@ def _power_limit_w() -> float | None:
 
 
 def test_compile_workers_fork_from_the_zygote_on_a_gpu_machine_and_gpu_workers_start_fresh():
-    """The zygote imports torch and Triton where a GPU is: if that loaded the CUDA driver, it would refuse to serve
-    (and workers would start fresh, slower). A forked compile worker and a fresh GPU worker both answer."""
+    """The zygote imports torch and Triton where a GPU is: if that initialized the CUDA driver, it would refuse to
+    serve (and workers would start fresh, slower; on the H200 of 2026-12-04 it refused when the check was whether
+    libcuda was loaded at all). A forked compile worker and a fresh GPU worker both answer."""
     import subprocess
 
     from kt.autotune.pool import Task, WorkerPool

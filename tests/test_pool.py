@@ -3,6 +3,8 @@
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from kt.autotune.pool import Task, WorkerPool
 from kt.autotune.runners import Candidate, InterpretRunner
 from kt.codegen import FAMILIES, GemmConfig, write_source
@@ -291,3 +293,42 @@ def test_a_zygote_that_dies_before_forking_costs_no_task_and_workers_then_start_
         assert isinstance(pool.slots[0].process, subprocess.Popen)
     assert "exited with code -9" in Zygote._broken
     assert "workers start as fresh processes" in caplog.text
+
+
+_STAND_IN_DRIVER = """
+static int initialized;
+int cuInit(unsigned int flags) { initialized = 1; return 0; }
+int cuCtxGetCurrent(void **ctx) { if (!initialized) return 3; *ctx = 0; return 0; }
+"""
+
+
+def test_the_zygote_forks_beside_a_loaded_cuda_driver_but_not_an_initialized_one(tmp_path):
+    """Where a GPU is, importing torch can load libcuda without initializing it (the H200 machines, 2026-12-04):
+    forking is safe until cuInit has run. There is no driver here, so a stand-in library named libcuda.so.1 with
+    the two entry points the check touches (cuCtxGetCurrent answers 3, CUDA_ERROR_NOT_INITIALIZED, before cuInit,
+    as the driver API documents) is loaded in a fresh interpreter, and the check is asked before and after
+    cuInit, and of a process with none loaded."""
+    import shutil
+    import subprocess
+    import sys
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the stand-in libcuda.so.1")
+    (tmp_path / "driver.c").write_text(_STAND_IN_DRIVER)
+    library = tmp_path / "libcuda.so.1"
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-o", str(library), str(tmp_path / "driver.c")], check=True, timeout=60
+    )
+    probe = (
+        "import ctypes, sys\n"
+        "from kt.autotune.zygote import _cuda_driver_initialized as init\n"
+        "before = init()\n"
+        f"lib = ctypes.CDLL({str(library)!r})\n"
+        "loaded = init()\n"
+        "lib.cuInit(0)\n"
+        "print(before, loaded, init())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True"]

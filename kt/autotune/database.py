@@ -25,8 +25,9 @@ from typing import IO, Any
 from kt.errors import DatabaseError
 from kt.files import atomic_write, existing_file, unmakeable
 
-SCHEMA_VERSION = 4  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
-# 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine
+SCHEMA_VERSION = 5  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
+# 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine;
+# 5: the energy loop's own average power
 # config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
 BASELINE_KEY = "pytorch"
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
@@ -70,6 +71,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     # the call's energy over the longer of its runtime and its time in the loop (the flush's energy taken out)
     ("power_w", "REAL"),
     ("energy_mj", "REAL"),  # per call
+    # the energy loop's own average power (l2_flushed: flushes included), what the card's power limit governs
+    ("loop_power_w", "REAL"),
     ("energy_loop_s", "REAL"),
     ("energy_status", "TEXT"),  # ok, or why there is no energy figure (no NVML, a vGPU's counter, ...)
     ("cuda_graph", "INTEGER"),  # 1: the energy loop replayed a CUDA graph; 0: a Python loop (capture failed)

@@ -7,6 +7,7 @@ Runtime and energy are measured under one regime, named in every row (`timing_re
   is the figure, min / p20 / p80 the spread. Energy: NVML's total-energy counter (millijoules since driver
   load) read around a loop of (flush, call) pairs and around a loop of flushes alone, half the energy time
   each; a call's energy is the difference per call, so the flush's own energy is not charged to the kernel.
+  `loop_power_w` is the (flush, call) loop's own average power, the flushes' included.
 - `l2_warm`: back-to-back calls, nothing flushed, for both.
 
 Each loop is replayed from a CUDA graph when the kernel can be captured (no launch gaps between calls); when
@@ -271,6 +272,7 @@ def energy_cuda(
         if flush is None:
             joules, seconds, calls, graph = _loop_energy(meter, fn, runtime_ms, settings.energy_s, read_state)
             flush_joules = flush_ms = 0.0
+            loop_joules = joules
         else:
             flush_ms = _flush_ms(flush)
             pair_j, pair_s, calls, graph = _loop_energy(
@@ -286,6 +288,7 @@ def energy_cuda(
             graph = graph and flush_graph
             flush_joules = only_j / flushes
             joules, seconds = pair_j - flush_joules * calls, pair_s
+            loop_joules = pair_j
         values: dict[str, Any] = {"cuda_graph": int(graph), "energy_loop_s": seconds}
         if joules <= 0:  # the counter did not move, or the flush's energy swamped the kernel's
             return {**values, "energy_status": "no energy figure: the counter moved too little over the loop"}
@@ -296,6 +299,10 @@ def energy_cuda(
         values.update(
             energy_mj=energy_mj,
             power_w=energy_mj / max(runtime_ms, loop_ms),  # mJ per ms: the average power while it runs
+            # the whole loop's average, flushes and all: what the card's power limit governs. The kernel's own
+            # figure above can pass the limit (836 W on a 700 W H200, 2026-12-04) while the loop stays under it:
+            # the limit holds an average over many calls, and the flushes between them draw less
+            loop_power_w=loop_joules / seconds if seconds > 0 else None,
             **state,
             energy_status="ok",
         )

@@ -7,8 +7,8 @@ a fraction of a second. The worker is then the same code as a fresh one (`kt.aut
 two pipes), with its environment, working folder and log set before it says ready.
 
 Only the interpreter's and the compiler's workers come from here. The zygote never creates a CUDA context (it
-refuses to serve if the CUDA driver is loaded in it after its imports), and GPU workers are fresh processes as
-before: a CUDA context must not be copied.
+refuses to serve if the CUDA driver was initialized in it by its imports; the library being loaded is fine), and
+GPU workers are fresh processes as before: a CUDA context must not be copied.
 
 The protocol: the kt process sends one SOCK_SEQPACKET message per worker, a JSON {env, cwd} with four file
 descriptors (the worker's two pipe ends, its log, and a status socket). The zygote forks, writes the child's pid
@@ -211,9 +211,25 @@ def spawn_worker(env: dict[str, str], to_child: int, from_child: int, log: int) 
 # ---- the zygote process ---------------------------------------------------------------------------------------
 
 
-def _cuda_driver_loaded() -> bool:
+_CUDA_ERROR_NOT_INITIALIZED = 3
+
+
+def _cuda_driver_initialized() -> bool:
+    """Whether this process has initialized the CUDA driver (cuInit): a forked child must not inherit that. The
+    library only being loaded is harmless, and on the H200 machines (torch 2.11, Triton 3.6; 2026-12-04) the
+    imports load it: the copy already loaded is asked for the current context, which answers "not initialized"
+    until cuInit has run. When it cannot be asked, the answer is yes (the zygote then refuses, as is safe)."""
     with open("/proc/self/maps") as maps:
-        return any("libcuda.so" in line for line in maps)
+        paths = sorted({line.split(None, 5)[-1].strip() for line in maps if "libcuda.so" in line})
+    if not paths:
+        return False
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL(paths[0], mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        return driver.cuCtxGetCurrent(ctypes.byref(ctypes.c_void_p())) != _CUDA_ERROR_NOT_INITIALIZED
+    except (OSError, AttributeError):
+        return True
 
 
 def serve(sock: socket.socket) -> None:
@@ -225,8 +241,10 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the kt process's to handle, and stops it, not us
     for name in PRELOAD:
         importlib.import_module(name)
-    if sys.platform.startswith("linux") and _cuda_driver_loaded():
-        print("kt zygote: the CUDA driver was loaded by the imports; workers must start fresh", flush=True)
+    if sys.platform.startswith("linux") and _cuda_driver_initialized():
+        print(
+            "kt zygote: the CUDA driver was initialized by the imports; workers must start fresh", flush=True
+        )
         raise SystemExit(3)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
