@@ -7,6 +7,9 @@
 #   device run, carry [".whl"]:  bash benchmarks/gpu_session.sh 4        (about 7 minutes)
 #   then, at once (the machine is let go after 30 s idle):  bash benchmarks/gpu_session.sh tests   (5 at most)
 #
+# or both in one call, tests first (2026-12-04: 479 s in all, the tests cut after 17 of 37):
+#   KT_TESTS_S=210 KT_PROBE_S=60 bash benchmarks/gpu_session.sh tests; bash benchmarks/gpu_session.sh 3.5
+#
 # A lease is 15 minutes, the machine's start included. The first call: the machine's record, MINUTES of kt bench
 # (it cuts its parts to fit), the probe (150 s at most): machine.txt, report.md, results.csv, bench.tgz,
 # probe.txt, probe.csv. The second: the GPU tests (300 s at most), gpu-tests.txt. One call did both until the
@@ -25,7 +28,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ "$part" = tests ]; then
-    timeout "${KT_TESTS_S:-300}" python3 -m pytest -q -rfE -m gpu tests/test_gpu.py -k "not kt_bench" \
+    # -v: a line per test as it ends, so a call cut at its limit still says which failed (-q's dots did not)
+    timeout "${KT_TESTS_S:-300}" python3 -m pytest -v --tb=short -rfE -m gpu tests/test_gpu.py -k "not kt_bench" \
         -p no:cacheprovider >"$out/gpu-tests.txt" 2>&1
     tail -40 "$out/gpu-tests.txt"
     exit 0

@@ -107,13 +107,13 @@ def test_merging_replaces_this_devices_rows_of_the_same_cases_and_keeps_the_rest
     assert third.count(TABLE_HEAD[0]) == 1 and third.startswith("# Benchmarks\n\nintro")
 
 
-H200_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "h200-2026-11-30"
+H200_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "h200-2026-12-04"  # the latest
 
 
 def test_the_committed_gpu_run_merges_into_benchmarks_md_unchanged_and_malformed_markers_are_refused(
     tmp_path,
 ):
-    """BENCHMARKS.md's table is what merging the first H200 run gives (a hand-edited row came back as the
+    """BENCHMARKS.md's table is what merging the latest H200 run gives (a hand-edited row came back as the
     report had it); misplaced markers crashed the merge (ValueError) or, after an orphan begin marker, lost
     the text between it and the next table."""
     benchmarks = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
