@@ -4,7 +4,8 @@ Three parts, each with its own share of the time and each cut (not failed) when 
 case that fails is recorded and the run goes on:
 
 1. smoke: every family in every dtype on a full problem, the cost model's first config and PyTorch's own path,
-   checked against float64 and timed once (the measure path end to end);
+   checked against float64 and timed once (the measure path end to end); a config the compiler refuses (a
+   spill) sends the next ranked one, up to `SMOKE_TRIES`;
 2. tunes: quick tunes (a small budget, runtime only) of the cases below, each against its PyTorch baseline
    (candidate zero), then the winner and the baseline timed again back to back with energy;
 3. collect: with the time left, runtime-only `kt collect` samples of dense shapes for the cost model.
@@ -34,6 +35,9 @@ log = logging.getLogger("kt.bench")
 
 # The share of the run's time of each part; what a part leaves unused goes to the next.
 SHARES = {"smoke": 0.15, "tunes": 0.6, "collect": 0.25}
+# configs the smoke tries per family and dtype, in the model's order: the next is built only when the one before
+# was refused at its compile (out_of_resources: legality let in a build that spills)
+SMOKE_TRIES = 3
 DRY = "dry run, nothing timed on a GPU"
 MAX_FILE_BYTES = 16 * 1024 * 1024  # every file of a report stays small enough to commit
 
@@ -346,31 +350,45 @@ def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, repor
     from kt.codegen import family_for
     from kt.ir import op_from_spec
 
-    candidates, specs = [], {}
+    candidates, specs, next_configs = [], {}, {}
     for data in smoke_specs(settings.smoke):
         spec = kt.parse_spec(data)
         (node,) = op_from_spec(spec).kernel_graph().kernels
         plan = kt.plan(spec, budget=1, measures_time=not settings.smoke)
+        first, *others = plan.ranked_programs[:SMOKE_TRIES]
         candidates += [
-            generated_candidate(node.problem, plan.config(plan.ranked[0]), name=spec.name),
+            generated_candidate(node.problem, plan.config(first), name=spec.name),
             pytorch_candidate(node.problem, name=spec.name),
         ]
         specs[node.problem.key()] = spec
+        next_configs[node.problem.key()] = [plan.config(i) for i in others]
     settings.timing(target_ms=50.0, min_runs=5, energy_s=0.0, cooldown_ms=50.0)
     runner, profile = settings.runner, settings.runner.profile
     reporter.part("smoke", len(candidates), deadline)
-    reached = set()
+    reached, queued, batch = set(), list(candidates), candidates
     with Database(settings.db) as database:
-        for item in runner.run(candidates, deadline):
-            problem = item.candidate.problem
-            spec, pytorch = specs[problem.key()], isinstance(item.candidate.config, PyTorchPath)
-            key = row_key(runner, profile, problem, pytorch)
-            database.insert(measurement_row(item, spec, runner, key, family_for(problem)))
-            result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
-            reached.add(id(item.candidate))
-            reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
-            _say(settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}")
-    for candidate in candidates:
+        while batch:
+            retry = []
+            for item in runner.run(batch, deadline):
+                problem = item.candidate.problem
+                spec, pytorch = specs[problem.key()], isinstance(item.candidate.config, PyTorchPath)
+                key = row_key(runner, profile, problem, pytorch)
+                database.insert(measurement_row(item, spec, runner, key, family_for(problem)))
+                result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
+                reached.add(id(item.candidate))
+                reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
+                _say(
+                    settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}"
+                )
+                if not pytorch and item.status == "out_of_resources" and next_configs[problem.key()]:
+                    # a build legality let in but the compiler refused (a spill): the next ranked config,
+                    # so the family and dtype still get their float64 check
+                    config = next_configs[problem.key()].pop(0)
+                    retry.append(generated_candidate(problem, config, name=spec.name))
+            reporter.grow(len(retry))
+            queued += retry
+            batch = retry if time.monotonic() < deadline else []
+    for candidate in queued:
         if id(candidate) not in reached:
             spec = specs[candidate.problem.key()]
             why = "the part's time share ran out first"

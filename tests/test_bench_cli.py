@@ -205,3 +205,49 @@ def test_kt_bench_measures_on_one_gpu_so_both_sides_share_it(monkeypatch):
     bench._runner(SimpleNamespace(backend="cuda", workers=1))
     bench._runner(SimpleNamespace(backend="dryrun", workers=1))
     assert asked[0]["gpus"] == [0] and asked[1]["gpus"] is None
+
+
+def test_the_smoke_builds_the_next_ranked_config_when_the_compiler_refuses_one(tmp_path, monkeypatch):
+    """On the H200 (2026-12-04) the smoke's first-ranked dense fp16 and bf16 configs spilled (legality let them
+    in), and those families had no float64 check. A refused build now sends the next ranked config, up to
+    SMOKE_TRIES. Here a dense fp16 problem with odd row strides lists two configs that spill on sm_90 (the model
+    the tests use, the analytic one, ranks them first) and one that builds; the dry run compiles each for sm_90
+    before its check."""
+    import time
+
+    from kt import bench
+    from kt.autotune.progress import BenchProgress
+    from kt.autotune.runners import DryRunner, target_compiler_available
+    from kt.device import H100
+
+    if not target_compiler_available():
+        pytest.skip("needs Triton's bundled ptxas to compile for sm_90")
+    tiles = [(64, 64, 128, 8, 4, 3), (64, 64, 128, 1, 4, 4), (128, 128, 32, 1, 8, 2)]
+    configs = [
+        dict(block_m=m, block_n=n, block_k=k, group_m=g, num_warps=w, num_stages=s)
+        for m, n, k, g, w, s in tiles
+    ]
+    spec = {
+        "op": "dense",
+        "name": "smoke_dense_float16",
+        "dtype": "float16",
+        "shape": {"m": 65, "n": 67, "k": 129},
+        "tune": {"configs": configs},
+    }
+    monkeypatch.setattr(bench, "smoke_specs", lambda smoke: [spec])
+    settings = bench._Settings(smoke=True, backend="dryrun", db=tmp_path / "t.db", workers=1, budget=1)
+    settings.runner = DryRunner(H100, workers=1, timeout_s=300.0)
+    result = bench.BenchResult(tmp_path)
+    with settings.runner:
+        reached = bench._smoke_part(
+            settings, time.monotonic() + 600, result, BenchProgress(False, True), only=""
+        )
+    rows = [(r["kernel"], r["status"]) for r in result.rows if not r["kernel"].startswith("PyTorch")]
+    assert rows == [
+        ("m64n64k128g8w4s3x1", "out_of_resources"),
+        ("m64n64k128g1w4s4x1", "out_of_resources"),
+        ("m128n128k32g1w8s2x1", "ok"),
+    ], result.rows
+    assert reached == 4 and all(r["status"] == "ok" for r in result.rows if r["kernel"].startswith("PyTorch"))
+    (checked,) = (r for r in result.rows if r["kernel"] == "m128n128k32g1w8s2x1")
+    assert checked["rel_err"] < 1e-2

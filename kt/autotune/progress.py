@@ -222,6 +222,13 @@ class BenchProgress:
             label, total=total, part_deadline=deadline, run_deadline=self.run_deadline
         )
 
+    def grow(self, items: int) -> None:
+        """The part's total raised by `items` found on the way (the smoke's next config after a refused build)."""
+        if self.progress is None or self.task is None or not items:
+            return
+        (task,) = (t for t in self.progress.tasks if t.id == self.task)
+        self.progress.update(self.task, total=(task.total or 0) + items)
+
     def advance(self, line: str) -> None:
         if self.progress is None or self.task is None:
             return
