@@ -39,15 +39,16 @@ DTYPES = ["float16", "bfloat16", "float32", "tf32"]
 DEVICES = {"a100": 80, "h100": 90}
 
 
-def specs(ops: str, dtypes: list[str]) -> list[dict]:
+def specs(ops: str, dtypes: list[str], shapes=None) -> list[dict]:
     """op.yaml mappings of the chosen ops in each dtype (tf32: float32 with precision tf32), those an op does
-    not offer left out."""
+    not offer left out; `shapes` (M, N, K) in place of DENSE_SHAPES for the dense ops."""
     from kt.errors import SpecError
     from kt.spec import parse_spec
 
     bases = []
     if ops in ("all", "dense", "dense-unaligned"):
-        for m, n, k in DENSE_SHAPES[3:] if ops == "dense-unaligned" else DENSE_SHAPES:
+        dense = shapes or (DENSE_SHAPES[3:] if ops == "dense-unaligned" else DENSE_SHAPES)
+        for m, n, k in dense:
             bases.append({"op": "dense", "name": f"dense_m{m}_n{n}_k{k}", "shape": {"m": m, "n": n, "k": k}})
     if ops in ("all", "examples"):
         for name in EXAMPLES:
@@ -168,6 +169,8 @@ def report(rows: list[dict], top: int | None) -> None:
 
 
 def main(argv=None) -> int:
+    from stage_builds import shape_of  # beside this script
+
     from kt.autotune.compile import target_compiler_available
     from kt.autotune.figures import check_outputs
     from kt.files import atomic_write_text
@@ -180,13 +183,20 @@ def main(argv=None) -> int:
         "--top", type=int, help="compile the N best-ranked of every op (default: until one builds)"
     )
     parser.add_argument("--jsonl", help="write every (op, device) pair's builds here")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=shape_of,
+        metavar="MxNxK",
+        help="the dense ops' shapes (default: the six in DENSE_SHAPES)",
+    )
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error(f"--top: {args.top}; give 1 or more")
     check_outputs(parser, {"--jsonl": args.jsonl})
     if not target_compiler_available():
         parser.error("Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled")
-    rows = first_builds(specs(args.ops, args.dtypes), args.devices, args.top)
+    rows = first_builds(specs(args.ops, args.dtypes, args.shapes), args.devices, args.top)
     if args.jsonl:
         atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
     report(rows, args.top)

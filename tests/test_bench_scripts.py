@@ -44,6 +44,7 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["first_builds.py", "--top", "0", "--jsonl", tmp / "f.jsonl"], "--top: 0; give 1 or more"),
         (["first_builds.py", "--jsonl", db], "--jsonl: '"),
         (["first_builds.py", "--dtypes", "int8"], "invalid choice: 'int8'"),
+        (["first_builds.py", "--shapes", "10x10"], "give MxNxK, three positive integers"),
         (["stage_builds.py", "--sample", "-1", "--jsonl", tmp / "s.jsonl"], "--sample: -1; give 0"),
         (["stage_builds.py", "--shape", "64x64", "--jsonl", tmp / "s.jsonl"], "give MxNxK, three positive"),
         (["stage_builds.py", "--jsonl", db], "--jsonl: '"),
