@@ -980,9 +980,14 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     roofline_s, bounds = roofline_and_bound(records, space_.device)
     roofline_ms = roofline_s * 1e3
     chosen = set(plan.chosen)
-    # the first config of each program, best first: the model's own picks (exploit); `twin_of` the rank of the
+    # the first config of each program, best first (for a guided tune, the best of each tile before the rest,
+    # as its first round takes them: Plan.variant): the model's own picks (exploit); `twin_of` the rank of the
     # program a config runs, when a better-ranked config runs it too (Plan.alias)
     firsts = plan.ranked_programs
+    if plan.strategy == "guided" and plan.variant is not None:
+        from kt.autotune.search import one_per_tile
+
+        firsts = one_per_tile(firsts, plan.variant, set())
     exploit = set(firsts[: len(plan.chosen)])
     twin_of: dict[int, int] = {}
     if plan.alias is not None:

@@ -252,3 +252,38 @@ def test_of_candidates_that_run_one_program_the_best_ranked_is_proposed_and_none
     )
     # one of each class, the first in model order (by cost, ties stable): 2 (not 4), 3, 0 (not 1), 5
     assert trace.measured == [2, 3, 0, 5]
+
+
+def test_a_guided_first_round_takes_one_candidate_per_tile_and_later_rounds_any():
+    """SearchState.variant (a GEMM's tile: configs differing only in group_m and TMA, which the starting models
+    cannot rank): an 8-config tune on the H200 (2026-12-04) measured 3 group_m x 3 TMA variants of one tile.
+    Round 0 takes the best of each tile first, exploit and explore alike; a later round may take a variant."""
+    variant = np.array([0, 0, 0, 1, 1, 2, 3, 3, 4, 5])  # ten candidates of six tiles
+    objective = np.arange(1.0, 11.0)  # the model ranks them in index order
+    spread = np.full(10, 0.1)
+    first = SearchState(objective, spread, np.arange(10), {}, 8, 0, 0, variant=variant)
+    picks = GuidedSearch(initial=4, explore=0.5, local=0).propose(first)
+    assert len(picks) == 4 and len({variant[i] for i in picks}) == 4, picks
+    assert picks[:2] == [0, 3], "exploit: the best of the two best tiles"
+    without = GuidedSearch(initial=4, explore=0.5, local=0).propose(
+        SearchState(objective, spread, np.arange(10), {}, 8, 0, 0)
+    )
+    assert len({variant[i] for i in without}) < 4, "without variant the same search repeats tiles"
+    later = SearchState(objective, spread, np.arange(10), {0: 1.0, 3: 4.0}, 8, 1, 0, variant=variant)
+    strategy = GuidedSearch(initial=4, round_size=2, explore=0.0, local=0)
+    strategy.propose(first)  # sizes the rounds
+    assert strategy.propose(later)[0] == 1, "round 1: the model's next best, a variant of a measured tile"
+
+
+def test_the_planned_first_round_of_a_gpu_tune_covers_distinct_gemm_tiles():
+    """kt.plan with a GPU's strategy (guided) for a dense 4096^3 float16 GEMM on the H100: the shipped forest
+    ranks group_m and TMA variants of two tiles first; the first round of 8 holds 8 tiles."""
+    import kt
+    from kt.codegen import FAMILIES
+
+    spec = kt.parse_spec({"op": "dense", "shape": {"m": 4096, "n": 4096, "k": 4096}, "dtype": "float16"})
+    plan = kt.plan(spec, budget=8, device="h100", measures_time=True)
+    tile = FAMILIES["gemm"].tile_of
+    assert plan.strategy == "guided" and len(plan.chosen) == 8
+    assert len({tile(plan.problem, plan.config(i)) for i in plan.chosen}) == 8
+    assert len({tile(plan.problem, plan.config(i)) for i in plan.ranked[:8]}) < 8

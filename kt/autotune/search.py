@@ -66,6 +66,9 @@ class SearchState:
     # alias[i]: the class of candidate i, candidates of one class being the same program (a GEMM's group_m
     # where it orders no tiles): one of each is measured (None: every candidate is its own)
     alias: np.ndarray | None = None
+    # variant[i]: the tile of candidate i, candidates of one tile differing only in what the starting model
+    # cannot rank (a GEMM's group_m and TMA): a model-guided first round takes one of each (None: no tiles)
+    variant: np.ndarray | None = None
 
     def unmeasured(self) -> list[int]:
         """The candidates not measured yet, in model order: of candidates of one class (`alias`), the first
@@ -88,6 +91,20 @@ def first_of_each(order: np.ndarray, alias: np.ndarray) -> np.ndarray:
     first = np.zeros(len(order), dtype=bool)
     first[np.unique(alias[order], return_index=True)[1]] = True
     return order[first]
+
+
+def one_per_tile(order: list[int], tiles: np.ndarray, taken: set[int]) -> list[int]:
+    """`order` with the first candidate of each tile (`tiles[i]`) not in `taken` moved to the front, the rest
+    after them, each part in its order."""
+    first, rest = [], []
+    for i in order:
+        tile = int(tiles[i])
+        if tile in taken:
+            rest.append(i)
+        else:
+            taken.add(tile)
+            first.append(i)
+    return first + rest
 
 
 class SearchStrategy(ABC):
@@ -180,6 +197,12 @@ class GuidedSearch(SearchStrategy):
         if not runs.any():
             runs[:] = True
         likely = todo[runs]  # in model order
+        tiles = state.variant if state.round == 0 else None
+        if tiles is not None:
+            # One config per tile first: the model ranks a tile's group_m and TMA variants side by side, and an
+            # 8-config tune on the H200 (2026-12-04) spent all 8 on one tile's 3 group_m x 3 TMA variants.
+            # The polish of later rounds (`local`) tries the best tile's other variants.
+            likely = np.array(one_per_tile([int(i) for i in likely], tiles, set()), dtype=np.int64)
         n_exploit = size - n_explore
         exploit: list[int] = []
         if self.local and state.distance is not None and state.best is not None:
@@ -200,8 +223,10 @@ class GuidedSearch(SearchStrategy):
             # A model with no uncertainty (the analytic one) cannot say where it may be wrong: explore at
             # random, so the forest refitted after this round sees more than the model's own favourites.
             candidates = np.random.default_rng(state.seed + state.round).permutation(len(todo))
-        explore = list(islice((int(todo[j]) for j in candidates if int(todo[j]) not in chosen), n_explore))
-        return exploit + explore
+        fresh = [int(todo[j]) for j in candidates if int(todo[j]) not in chosen]
+        if tiles is not None:
+            fresh = one_per_tile(fresh, tiles, {int(tiles[i]) for i in exploit})
+        return exploit + fresh[:n_explore]
 
     def _stalled(self) -> bool:
         """True when the best measured has not improved by 0.5% over the last `patience` rounds, nor over the
@@ -299,6 +324,7 @@ def run_search(
     distance: Callable[[int], np.ndarray] | None = None,
     comparable: Callable[[Prediction], bool] | None = None,
     alias: np.ndarray | None = None,
+    variant: np.ndarray | None = None,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
@@ -312,7 +338,8 @@ def run_search(
     those values into a best-first ordering (default: argsort), `spread` gives the objective's relative
     uncertainty (default: the runtime's). `out_of_time()` true ends the search before its next round (a
     time-boxed run); `measure` may then leave indices out of its answer, and those count as not measured.
-    `alias` (SearchState.alias): candidates of one class are one program, measured once.
+    `alias` (SearchState.alias): candidates of one class are one program, measured once; `variant`
+    (SearchState.variant): a guided first round takes one config per tile.
     """
     objective = objective or (lambda p: p.runtime_s)
     spread = spread or (lambda p: p.runtime_spread)
@@ -336,6 +363,7 @@ def run_search(
                 informed=False,
                 distance=distance,
                 alias=alias,
+                variant=variant,
             )
         else:
             values = objective(prediction)
@@ -351,6 +379,7 @@ def run_search(
                 distance=distance,
                 comparable=comparable is None or comparable(prediction),
                 alias=alias,
+                variant=variant,
             )
         if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break

@@ -79,6 +79,9 @@ class Plan:
     # the class of each legal config, configs of one class running one program (SearchState.alias): a tune
     # measures one of each; None: each its own (no family rule, a listed tune.configs, an exhaustive search)
     alias: np.ndarray | None = None
+    # the tile of each legal config (SearchState.variant): a guided first round takes one config per tile;
+    # None: no family rule, or a listed tune.configs (the user chose them)
+    variant: np.ndarray | None = None
 
     @property
     def predicted_s(self) -> np.ndarray:
@@ -279,10 +282,19 @@ def plan_tuning(
     alias = (
         None if listed_note is not None or strategy.name == "exhaustive" else aliases(family, problem, space)
     )
+    variant = None if listed_note is not None else _classes(family, "tile_of", problem, space)
     programs = len(space.legal) if alias is None else int(alias.max()) + 1
     budget = min(budget, programs)  # what the search can spend (meta.json's tuning.budget says it)
     state = SearchState(
-        values, prediction.spread(objective), np.array(ranked), {}, budget, 0, seed, alias=alias
+        values,
+        prediction.spread(objective),
+        np.array(ranked),
+        {},
+        budget,
+        0,
+        seed,
+        alias=alias,
+        variant=variant,
     )
     chosen = strategy.propose(state)[:budget]
     return Plan(
@@ -302,18 +314,25 @@ def plan_tuning(
         getattr(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, "origin", None),
         _unseen(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, problem, records),
         alias,
+        variant,
     )
 
 
 def aliases(family, problem: Problem, space: SearchSpace) -> np.ndarray | None:
     """SearchState.alias for the legal configs: the class of each by the family's `same_program` (a GEMM's
     group_m where it orders no tiles), numbered in space order; None when every config is its own."""
-    same_program = getattr(family, "same_program", None)
-    if same_program is None:
+    return _classes(family, "same_program", problem, space)
+
+
+def _classes(family, method: str, problem: Problem, space: SearchSpace) -> np.ndarray | None:
+    """The class of each legal config by the family's `method` (problem, config) -> key, numbered in space
+    order; None when the family has no such method or every config is its own class."""
+    key_of = getattr(family, method, None)
+    if key_of is None:
         return None
     classes: dict[Any, int] = {}
-    alias = np.array([classes.setdefault(same_program(problem, c), len(classes)) for c in space.legal])
-    return alias if len(classes) < len(space.legal) else None
+    found = np.array([classes.setdefault(key_of(problem, c), len(classes)) for c in space.legal])
+    return found if len(classes) < len(space.legal) else None
 
 
 def _unseen(model, problem: Problem, records: list[dict[str, Any]]) -> str | None:
@@ -1022,6 +1041,7 @@ class _Tuner:
                 out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
                 distance=self.distance,
                 alias=self.plan.alias,
+                variant=self.plan.variant,
             )
             if zero and (deadline is None or time.monotonic() < deadline):
                 # no config was due (the budget spent by known ones, --retry-failed's rerun of a failed

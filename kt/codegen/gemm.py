@@ -446,6 +446,12 @@ class GemmFamily:
         columns = -(-problem.n // config.block_n)
         return replace(config, group_m=1 if columns == 1 else min(config.group_m, rows))
 
+    def tile_of(self, problem: GemmProblem, config: GemmConfig) -> GemmConfig:
+        """`config` with what the starting models cannot rank within a tile left out: group_m (it orders the
+        tiles; the forests were fitted on group_m 8 alone) and TMA (not a feature of theirs). A guided tune's
+        first round takes one config per tile (kt.autotune.search.GuidedSearch)."""
+        return replace(config, group_m=1, tma=0)
+
     def records(self, problem: GemmProblem, configs) -> list[dict[str, Any]]:
         """The cost model's record of each config: the problem's numbers and the config's."""
         base = problem.to_record()
