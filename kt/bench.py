@@ -33,10 +33,9 @@ from kt.files import atomic_write_text, make_folder
 
 log = logging.getLogger("kt.bench")
 
-# The share of the run's time of each part; what a part leaves unused goes to the next.
-# each part's share of what is left when it starts (what a part leaves unused goes to the later ones). The smoke's
-# was 0.15: a 3.5-minute run on the H200 (2026-12-04) gave it 31 s and it reached 2 of its 46 rows, where the
-# 7-minute run's (2026-11-30) took 67 s for 45; its rows are the GPU's correctness check of every family
+# Each part's share of what is left of the run's time when it starts (what a part leaves unused goes to the later
+# ones). The smoke's was 0.15: a 3.5-minute run on the H200 (2026-12-04) gave it 31 s and it reached 2 of its 46
+# rows, where the 7-minute run's (2026-11-30) took 67 s for 45; its rows are the GPU's check of every family
 SHARES = {"smoke": 0.3, "tunes": 0.5, "collect": 0.2}
 # configs the smoke tries per family and dtype, in the model's order: the next is built only when the one before
 # was refused at its compile (out_of_resources: legality let in a build that spills)
