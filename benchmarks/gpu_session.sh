@@ -7,8 +7,10 @@
 #   device run, carry [".whl"]:  bash benchmarks/gpu_session.sh 4        (about 7 minutes)
 #   then, at once (the machine is let go after 30 s idle):  bash benchmarks/gpu_session.sh tests   (5 at most)
 #
-# or both in one call, tests first (2026-12-04: 479 s in all, the tests cut after 17 of 37):
-#   KT_TESTS_S=210 KT_PROBE_S=60 bash benchmarks/gpu_session.sh tests; bash benchmarks/gpu_session.sh 3.5
+# or both in one call, tests first, which needs no quick second call (2026-12-04, by hand: 479 s in all, the
+# tests cut after 17 of 37, a second call ran the rest):
+#   device run, carry [".whl"], timeout_s 590:  bash benchmarks/gpu_session.sh all 3
+#     = KT_TESTS_S=240 (the tests) + 3 minutes of kt bench + KT_PROBE_S=60 (the probe): about 9 minutes
 #
 # A lease is 15 minutes, the machine's start included. The first call: the machine's record, MINUTES of kt bench
 # (it cuts its parts to fit), the probe (150 s at most): machine.txt, report.md, results.csv, bench.tgz,
@@ -19,6 +21,20 @@
 # forests were saved with); docs/architecture.md ("GPU sessions") says how to fetch them.
 set -u
 part=${1:-4}
+minutes_or_die() {
+    case "$1" in
+    '' | *[!0-9.]*)
+        echo "gpu_session.sh: give the minutes of kt bench (e.g. 4), 'tests', or 'all MINUTES', got '$1'" >&2
+        exit 2
+        ;;
+    esac
+}
+if [ "$part" = all ]; then
+    minutes_or_die "${2:-3}"
+    KT_TESTS_S=${KT_TESTS_S:-240} bash "$0" tests
+    KT_PROBE_S=${KT_PROBE_S:-60} exec bash "$0" "${2:-3}"
+fi
+[ "$part" = tests ] || minutes_or_die "$part"
 out=${OUT:-/tmp/kt-gpu-out}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -34,12 +50,6 @@ if [ "$part" = tests ]; then
     tail -40 "$out/gpu-tests.txt"
     exit 0
 fi
-case "$part" in
-'' | *[!0-9.]*)
-    echo "gpu_session.sh: give the minutes of kt bench (e.g. 4) or 'tests', got '$part'" >&2
-    exit 2
-    ;;
-esac
 kt() { python3 -m kt.cli "$@"; }
 {
     date -u

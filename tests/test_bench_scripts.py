@@ -3,6 +3,7 @@ database or their own input with a CSV, exit 0; or failed with a traceback after
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -291,3 +292,20 @@ def test_deep_k_builds_compiles_its_groups_and_scores_kts_legality_on_them(tmp_p
         [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert scored.returncode == 0 and scored.stdout.splitlines()[-1] == last, scored.stderr
+
+
+@pytest.mark.parametrize("args", [["bogus"], ["all", "3m"], ["-1"]])
+def test_the_gpu_session_script_refuses_a_bad_part_before_it_installs_anything(args, tmp_path):
+    """benchmarks/gpu_session.sh's argument is checked first: a bad one costs a lent machine's call nothing but
+    the line (it once reached the wheel install first)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "OUT": str(tmp_path / "out")},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "give the minutes of kt bench (e.g. 4), 'tests', or 'all MINUTES'" in done.stderr
+    assert not (tmp_path / "out").exists()
