@@ -269,6 +269,9 @@ def test_a_guided_first_round_takes_one_candidate_per_tile_and_later_rounds_any(
         SearchState(objective, spread, np.arange(10), {}, 8, 0, 0)
     )
     assert len({variant[i] for i in without}) < 4, "without variant the same search repeats tiles"
+    resumed = SearchState(objective, spread, np.arange(10), {0: 1.0}, 8, 0, 0, variant=variant)
+    picks = GuidedSearch(initial=4, explore=0.5, local=0).propose(resumed)
+    assert {variant[i] for i in picks} == {1, 2, 3, 4}, "a resumed tune's measured tile has its config"
     later = SearchState(objective, spread, np.arange(10), {0: 1.0, 3: 4.0}, 8, 1, 0, variant=variant)
     strategy = GuidedSearch(initial=4, round_size=2, explore=0.0, local=0)
     strategy.propose(first)  # sizes the rounds

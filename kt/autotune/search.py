@@ -202,7 +202,9 @@ class GuidedSearch(SearchStrategy):
             # One config per tile first: the model ranks a tile's group_m and TMA variants side by side, and an
             # 8-config tune on the H200 (2026-12-04) spent all 8 on one tile's 3 group_m x 3 TMA variants.
             # The polish of later rounds (`local`) tries the best tile's other variants.
-            likely = np.array(one_per_tile([int(i) for i in likely], tiles, set()), dtype=np.int64)
+            # (a resumed tune's rows count: their tiles have one)
+            seen = {int(tiles[i]) for i in state.measured}
+            likely = np.array(one_per_tile([int(i) for i in likely], tiles, set(seen)), dtype=np.int64)
         n_exploit = size - n_explore
         exploit: list[int] = []
         if self.local and state.distance is not None and state.best is not None:
@@ -225,7 +227,7 @@ class GuidedSearch(SearchStrategy):
             candidates = np.random.default_rng(state.seed + state.round).permutation(len(todo))
         fresh = [int(todo[j]) for j in candidates if int(todo[j]) not in chosen]
         if tiles is not None:
-            fresh = one_per_tile(fresh, tiles, {int(tiles[i]) for i in exploit})
+            fresh = one_per_tile(fresh, tiles, seen | {int(tiles[i]) for i in exploit})
         return exploit + fresh[:n_explore]
 
     def _stalled(self) -> bool:
