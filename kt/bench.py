@@ -341,6 +341,7 @@ def run_context(smoke: bool, command: str) -> dict[str, Any]:
 
 def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, reporter, only: str) -> int:
     import kt
+    from kt.api import distinct_tiles
     from kt.autotune.database import Database
     from kt.autotune.tune import (
         PyTorchPath,
@@ -357,13 +358,13 @@ def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, repor
         spec = kt.parse_spec(data)
         (node,) = op_from_spec(spec).kernel_graph().kernels
         plan = kt.plan(spec, budget=1, measures_time=not settings.smoke)
-        first, *others = plan.ranked_programs[:SMOKE_TRIES]
+        first, *others = distinct_tiles(plan, SMOKE_TRIES)  # a group_m twin of a refused build spills too
         candidates += [
-            generated_candidate(node.problem, plan.config(first), name=spec.name),
+            generated_candidate(node.problem, first, name=spec.name),
             pytorch_candidate(node.problem, name=spec.name),
         ]
         specs[node.problem.key()] = spec
-        next_configs[node.problem.key()] = [plan.config(i) for i in others]
+        next_configs[node.problem.key()] = others
     settings.timing(target_ms=50.0, min_runs=5, energy_s=0.0, cooldown_ms=50.0)
     runner, profile = settings.runner, settings.runner.profile
     reporter.part("smoke", len(candidates), deadline)
