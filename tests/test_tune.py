@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +56,19 @@ def test_a_second_tune_measures_nothing_again(tuned):
     assert again.newly_measured == 0
     assert [r["id"] for r in again.rows] == [r["id"] for r in result.rows]
     assert again.best.config == result.best.config
+    # its artifact says so: this run's search ran nothing, the rows it chose among are the first run's
+    first, second = (
+        json.loads((r.save(Path(d) / "tiny") / "meta.json").read_text())["tuning"]
+        for r, d in ((result, db.parent / "one"), (again, db.parent / "two"))
+    )
+    assert (first["new"], first["rounds"], second["new"], second["rounds"], second["models"]) == (
+        6,
+        1,
+        0,
+        0,
+        [],
+    )
+    assert first["checked"] == second["checked"] == 6 and second["first_model"] == first["first_model"]
 
 
 def test_artifact_round_trip_and_meta(tuned, tmp_path):

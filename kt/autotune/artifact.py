@@ -134,7 +134,10 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
             "budget": result.plan.budget,  # the one the search spent (--budget overrides the spec's tune.budget)
             "strategy": result.plan.strategy,
             "first_model": result.plan.model,
-            "models": list(dict.fromkeys(result.trace.models)),  # the models that ranked, round by round
+            # this run's own search: the configs it ran, its rounds and the models that ranked them, round by
+            # round (a rerun whose budget earlier runs' rows already cover runs none: 0, 0 and [])
+            "new": result.newly_measured,
+            "models": list(dict.fromkeys(result.trace.models)),
             "rounds": max(result.trace.rounds, default=-1) + 1,
             "objective": result.objective,
             "power_cap_w": result.plan.power_cap_w,
