@@ -66,3 +66,27 @@ def test_ops_tuned_at_once_overlap_and_store_what_one_after_the_other_stores(tmp
     order = sorted(spans_apart.values())
     assert all(before[1] <= after[0] for before, after in zip(order, order[1:]))
     assert sorted(ended) == sorted(ended_apart) == sorted("dlxm") and ended_apart == list("dlxm")
+
+
+def test_the_board_written_to_a_log_keeps_each_row_whole(capfd, monkeypatch):
+    """Piped (a log, no COLUMNS), rich fitted the bars to 80 columns: the run's row lost the end of its
+    description and its status ("all 2 ops · interpret on cpu (Triton interpreter) + sm_90 compi… 2 done · 0 to …")."""
+    from kt.autotune.progress import BenchProgress, TuneBoard
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    board = TuneBoard(True, 2)
+    label = "interpret on cpu (Triton interpreter) + sm_90 compile"
+    names = [f"a_rather_long_operation_name_for_the_board_number_{i}" for i in range(2)]
+    for name in names:
+        board.add(name, label, total=3, done=3)
+        board.finished(name, "done")
+    board.stop()
+    bench = BenchProgress(True, dry=True, run_deadline=time.monotonic() + 600)
+    bench.part("tunes: kt's winner against PyTorch's path, case by case", 1, time.monotonic() + 300)
+    bench.advance("dense fp16 4096^3: " + "x" * 120)
+    bench.stop()
+    err = capfd.readouterr().err
+    assert "…" not in err, err
+    assert f"all 2 ops · {label}" in err and "2 done · 0 to go" in err, err
+    assert all(f"{name} " in err for name in names) and "x" * 120 in err
+    assert "tunes: kt's winner against PyTorch's path, case by case (dry run: nothing timed on a GPU)" in err

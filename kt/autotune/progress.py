@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,6 +20,16 @@ from rich.progress import (
 from rich.text import Text
 
 from kt.autotune.runners import Result
+
+# columns a bar's row may take when stderr is a file or a pipe: wide enough never to cut it
+PIPED_WIDTH = 1000
+
+
+def _console() -> Console:
+    """stderr as wide as the terminal, or, written to a log (piped, no COLUMNS set), as wide as each row needs:
+    rich would otherwise fit a bar's row to 80 columns, cutting its description and dropping its status."""
+    piped = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=True, soft_wrap=True, width=PIPED_WIDTH if piped else None)
 
 
 def _tune_bars(console: Console) -> Progress:
@@ -46,7 +58,7 @@ class TuneProgress:
     ):
         self.enabled, self.measures_time = enabled, measures_time
         self.board, self.name = board, name
-        self.console = board.console if board is not None else console or Console(stderr=True, soft_wrap=True)
+        self.console = board.console if board is not None else console or _console()
         self.counts: Counter = Counter()
         self.best_ms: float | None = None
         self.progress: Progress | None = None
@@ -126,7 +138,7 @@ class TuneBoard:
 
     def __init__(self, enabled: bool, ops: int, console: Console | None = None):
         self.enabled, self.ops = enabled, ops
-        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.console = console or _console()
         self.lock = threading.Lock()
         self.states: Counter = Counter()
         self.running: set[str] = set()
@@ -197,7 +209,7 @@ class BenchProgress:
         self, enabled: bool, dry: bool, run_deadline: float | None = None, console: Console | None = None
     ):
         self.enabled, self.dry, self.run_deadline = enabled, dry, run_deadline
-        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.console = console or _console()
         self.progress: Progress | None = None
         self.task = None
         if enabled:
