@@ -10,11 +10,12 @@
 # or both in one call, tests first, which needs no quick second call (2026-12-04, by hand: 479 s in all, the
 # tests cut after 17 of 37, a second call ran the rest):
 #   device run, carry [".whl"], timeout_s 590:  bash benchmarks/gpu_session.sh all 3
-#     = KT_TESTS_S=240 (the tests) + 3 minutes of kt bench + KT_PROBE_S=60 (the probe): about 9 minutes
+#     = KT_TESTS_S=240 (the tests) + 3 minutes of kt bench + KT_LAYOUT_S=60 (the layout probe) + KT_PROBE_S=45
+#       (the structured probe): about 9.5 minutes
 #
 # A lease is 15 minutes, the machine's start included. The first call: the machine's record, MINUTES of kt bench
-# (it cuts its parts to fit), the probe (150 s at most): machine.txt, report.md, results.csv, bench.tgz,
-# probe.txt, probe.csv. The second: the GPU tests (300 s at most), gpu-tests.txt. One call did both until the
+# (it cuts its parts to fit), the layout probe (90 s at most) and the structured probe (150 s at most):
+# machine.txt, report.md, results.csv, bench.tgz, probe.txt (both probes' lines), layout.csv, probe.csv. The second: the GPU tests (300 s at most), gpu-tests.txt. One call did both until the
 # first H200 run, where the tests were cut after 10 of 24 and their output lost to the call's limit.
 #
 # .whl holds the wheels the lent image lacks (skops, prettytable, wcwidth, and the scikit-learn the shipped
@@ -32,7 +33,7 @@ minutes_or_die() {
 if [ "$part" = all ]; then
     minutes_or_die "${2:-3}"
     KT_TESTS_S=${KT_TESTS_S:-240} bash "$0" tests
-    KT_PROBE_S=${KT_PROBE_S:-60} exec bash "$0" "${2:-3}"
+    KT_LAYOUT_S=${KT_LAYOUT_S:-60} KT_PROBE_S=${KT_PROBE_S:-45} exec bash "$0" "${2:-3}"
 fi
 [ "$part" = tests ] || minutes_or_die "$part"
 out=${OUT:-/tmp/kt-gpu-out}
@@ -64,7 +65,10 @@ for f in report.md results.csv; do
     [ -f "$bench/$f" ] && cp "$bench/$f" "$out/"
 done
 tar czf "$out/bench.tgz" -C "$(dirname "$bench")" "$(basename "$bench")" # bench.log, artifacts, the database
-# the configs the last bench showed slow against the kernels changed since (benchmarks/structured_probe.py)
-timeout "${KT_PROBE_S:-150}" python3 benchmarks/structured_probe.py --csv "$out/probe.csv" >"$out/probe.txt" 2>&1
+# whether x and y in the caller's row-major layout make the FFT and Monarch slow (benchmarks/layout_probe.py),
+# then the configs the last bench showed slow against the kernels changed since (benchmarks/structured_probe.py);
+# both print into probe.txt (8 files come back at most)
+timeout "${KT_LAYOUT_S:-90}" python3 benchmarks/layout_probe.py --csv "$out/layout.csv" >"$out/probe.txt" 2>&1
+timeout "${KT_PROBE_S:-150}" python3 benchmarks/structured_probe.py --csv "$out/probe.csv" >>"$out/probe.txt" 2>&1
 grep -v -i "warn" "$out/probe.txt"
 exit 0

@@ -29,6 +29,7 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["search_efficiency.py", "--gpperf-tiled", data, "--seeds", "0"], "--seeds: 0; give 1 or more"),
         (["costmodel_h100.py", "--folds", "0"], "--folds must be 2 or more"),
         (["structured_probe.py"], "structured_probe: needs a CUDA GPU"),
+        (["layout_probe.py"], "layout_probe: needs a CUDA GPU"),
         (["search_vs_tuners.py", "--budgets", "0"], "--budgets: budget: '0' is not a count"),
         (["search_vs_tuners.py", "--strategies", "nosuch"], "--strategies: nosuch unknown"),
         (

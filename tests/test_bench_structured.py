@@ -3,6 +3,7 @@
 every step). Here both runs are checked to compute the op, and the uncached one to rebuild its blocks every call.
 Nothing is timed."""
 
+import pytest
 from conftest import benchmark_module
 
 import kt
@@ -65,3 +66,37 @@ def test_the_probe_checks_every_named_config_through_the_dry_run(tmp_path):
     # a config legal today builds and checks; one the rules now refuse may fail to build (that is the probe's point)
     assert all(r["status"] == "ok" for r in rows if r["legal"] == "yes"), rows
     assert {r["status"].split(":")[0] for r in rows} <= {"ok", "out_of_resources"}, rows
+
+
+def test_the_layout_probe_checks_both_layouts_agree_in_the_interpreter(tmp_path):
+    """benchmarks/layout_probe.py --smoke: the same kernel on x and out stored row-major and feature-major gives
+    the same values, and matches PyTorch's path (nothing timed)."""
+    import csv
+
+    probe = benchmark_module("layout_probe")
+    out = tmp_path / "layout.csv"
+    assert probe.main(["--smoke", "--only", "n=1024", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [r["config"] for r in rows] == probe.CASES["fft fp16 n=1024 rows=1000"][2]
+    assert all(float(r["rel_err_layouts"]) == 0 and float(r["rel_err_pytorch"]) < 2e-3 for r in rows), rows
+    assert not any("ms" in key for key in rows[0])
+
+
+def test_the_layout_probe_shows_row_major_stores_scalar_and_feature_major_ones_whole(tmp_path):
+    """benchmarks/layout_probe.py --ptx: Monarch's last launch stores y through a strided map; row-major, its
+    sm_90 build stores 2-byte scalars, feature-major 16-byte vectors (the evidence BENCHMARKS.md cites)."""
+    import csv
+
+    from kt.autotune.compile import target_compiler_available
+
+    if not target_compiler_available():
+        pytest.skip("needs Triton's NVIDIA backend (ptxas)")
+    probe = benchmark_module("layout_probe")
+    out = tmp_path / "ptx.csv"
+    assert probe.main(["--ptx", "--only", "monarch", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    last = {(r["config"], r["layout"]): r["global_ops"] for r in rows if r["launch"] == "1"}
+    for config in probe.CASES["monarch n=4096 nb=64"][2]:
+        assert "st.global.b16" in last[config, "row-major"], last
+        assert "st.global.v4.b32" in last[config, "feature-major"], last
+        assert "st.global.b16" not in last[config, "feature-major"], last
