@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -509,3 +510,47 @@ def test_the_tunes_seed_reaches_the_measuring_and_the_checking_workers():
     assert measuring.payload(Stage("measure", "measure"), candidate)["seed"] == 7
     checking = InterpretRunner(H100, workers=1, seed=7, compile_target=False)
     assert checking.payload(Stage("interpret", "check"), candidate)["seed"] == 7
+
+
+def test_each_timed_run_holds_the_gpu_until_the_host_has_queued_the_whole_call(monkeypatch):
+    """A run's CUDA events timed the host's launches too whenever queueing them took longer than the flush
+    before them: the H200's split-K configs (kernel, sum, copy) of a skinny problem spread 30% to 350% from min
+    to p80, its classic single-launch ones 2% and 5%.
+    Each run now queues a GPU hold (`torch.cuda._sleep`) before its start event, longer than the host's
+    longest queueing of one call. The order of calls is what is checked (no GPU here); the stand-in events
+    return no time, so no figure comes out."""
+    from kt.autotune import timing
+
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self):
+            calls.append("event")
+
+        def elapsed_time(self, other):
+            return 0.0
+
+    def kernel():
+        time.sleep(0.004)  # the host's queueing of a call of several launches
+        calls.append("kernel")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append(("hold", cycles)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setitem(timing._CYCLES_PER_S, 0, 1e9)  # a 1 GHz clock, as if measured
+    settings = timing.TimingSettings(
+        target_ms=0.0, min_runs=3, max_runs=3, warmup_ms=0.0, energy_s=0.0, regime="l2_warm", cooldown_ms=0.0
+    )
+    values = timing.time_cuda(kernel, settings)
+    assert values["runs"] == 3 and values["timer"] == "cuda_events"
+    timed = calls[next(i for i, call in enumerate(calls) if isinstance(call, tuple)) :]
+    holds = [c for c in timed if isinstance(c, tuple)]
+    assert timed == [holds[0], "event", "kernel", "event"] * 3, calls
+    # the hold covers twice the longest queueing seen (4 ms or more) and the margin, at 1e9 cycles per second
+    assert holds[0][1] >= 1e9 * (2 * 0.004 + timing.QUEUE_EXTRA_S)
+    # a call that synchronizes inside (seconds on the host) is held no more than QUEUE_MAX_S twice over
+    assert timing.queue_hold(3.0) == int(1e9 * (2 * timing.QUEUE_MAX_S + timing.QUEUE_EXTRA_S))

@@ -4,7 +4,9 @@ Runtime and energy are measured under one regime, named in every row (`timing_re
 
 - `l2_flushed` (the default): every call starts with L2 holding none of its data. Runtime: warm-up, then many
   runs each preceded by an L2 flush (writing a buffer larger than L2), each timed with CUDA events; the median
-  is the figure, min / p20 / p80 the spread. Energy: NVML's total-energy counter (millijoules since driver
+  is the figure, min / p20 / p80 the spread. Before each run's start event the GPU holds until the host has
+  queued the whole call (`queue_hold`), so a run times the GPU's work, not the host's launches (since
+  2026-12-04; before, a call whose launches took the host longer than the flush was timed with its gaps). Energy: NVML's total-energy counter (millijoules since driver
   load) read around a loop of (flush, call) pairs and around a loop of flushes alone, half the energy time
   each; a call's energy is the difference per call, so the flush's own energy is not charged to the kernel.
   `loop_power_w` is the (flush, call) loop's own average power, the flushes' included.
@@ -75,7 +77,9 @@ DRY_RUN_TIMING = TimingSettings(
 
 def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMING) -> dict[str, Any]:
     """Median runtime of `fn` in ms over many runs (L2 flushed before each under `l2_flushed`), with min, p20,
-    p80 and the run count."""
+    p80 and the run count. Each run is the GPU's work for one call, queued whole before it starts: the GPU
+    holds (`torch.cuda._sleep`) while the host queues the start event, the call's launches and the end event,
+    so the host's launch time is not in the figure, as under a CUDA graph (`queue_hold`)."""
     import torch
 
     flush = torch.empty(settings.flush_bytes, dtype=torch.int8, device="cuda") if settings.flushed else None
@@ -87,10 +91,13 @@ def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMIN
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    queue_s = 0.0  # the longest the host took to queue one call
     start.record()
     for _ in range(5):
         prepare()
+        began = time.perf_counter()
         fn()
+        queue_s = max(queue_s, time.perf_counter() - began)
     end.record()
     torch.cuda.synchronize()
     estimate = max(
@@ -98,16 +105,49 @@ def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMIN
     )  # flush included: it bounds how many runs fit the target
     for _ in range(max(1, int(settings.warmup_ms / estimate))):
         fn()
+    hold = queue_hold(queue_s)
     runs = int(min(settings.max_runs, max(settings.min_runs, settings.target_ms / estimate)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     for i in range(runs):
         prepare()
+        torch.cuda._sleep(hold)
         starts[i].record()
         fn()
         ends[i].record()
     torch.cuda.synchronize()
     return {**_summary([s.elapsed_time(e) for s, e in zip(starts, ends)], "runtime"), "timer": CUDA_TIMER}
+
+
+QUEUE_MARGIN = (
+    2.0  # the hold lasts this many times the host's longest queueing of one call, plus QUEUE_EXTRA_S
+)
+QUEUE_EXTRA_S = 20e-6
+QUEUE_MAX_S = 0.05  # a call that takes the host longer synchronizes inside it: holding longer gains nothing
+_CYCLES_PER_S: dict[int, float] = {}
+
+
+def queue_hold(queue_s: float) -> int:
+    """GPU clock cycles of `torch.cuda._sleep` that outlast the host's queueing of one call (`queue_s` seconds,
+    the longest of the first calls), with a margin for a slower queueing or a faster clock.
+
+    Without it, a run's events also timed the host's launches whenever they took longer than the flush before
+    them (about 55 us for 256 MB on an H200): on the 2026-12-04 H200 run's skinny m=16 problem, the split-K
+    configs (a kernel, a sum and a copy) spread 30% to 350% from min to p80, its two classic single-launch
+    configs 2% and 5%. The cycles per second are measured once per device (a sleep timed by events)."""
+    import torch
+
+    device = torch.cuda.current_device()
+    if device not in _CYCLES_PER_S:
+        cycles = 1_000_000
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(cycles)  # once to start the GPU's clock up
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        torch.cuda.synchronize()
+        _CYCLES_PER_S[device] = cycles / max(start.elapsed_time(end) / 1000.0, 1e-6)
+    return int(_CYCLES_PER_S[device] * (QUEUE_MARGIN * min(queue_s, QUEUE_MAX_S) + QUEUE_EXTRA_S))
 
 
 def time_wall(fn: Callable[[], object], settings: TimingSettings = DRY_RUN_TIMING) -> dict[str, Any]:
