@@ -79,6 +79,7 @@ def test_the_layout_probe_checks_both_layouts_agree_in_the_interpreter(tmp_path)
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["config"] for r in rows] == probe.CASES["fft fp16 n=1024 rows=1000"][2]
     assert all(float(r["rel_err_layouts"]) == 0 and float(r["rel_err_pytorch"]) < 2e-3 for r in rows), rows
+    assert all(r["out_in_place"] == "True" for r in rows), "a feature-major out is written, not copied into"
     assert not any("ms" in key for key in rows[0])
 
 
