@@ -36,9 +36,21 @@ from structured_probe import cfg  # noqa: E402  beside this script: 'b32n32k32g8
 # case: (op, shape, configs): the slow structured cases of the 2026-12-04 H200 run (BENCHMARKS.md), with the
 # structured probe's best configs there and the model's first picks since
 CASES = {
-    "fft fp16 n=4096": ("fft", {"rows": 16384, "n": 4096}, ["b32n32k32g8w8s3-s32", "b16n64k32g16w8s3-s64"]),
-    "monarch n=4096 nb=64": ("monarch", {"rows": 16384}, ["b16n64k64g16w4s2", "b64n32k64g8w8s3"]),
-    "fft fp16 n=1024 rows=1000": ("fft", {"rows": 1000, "n": 1024}, ["b32n32k32g8w8s3-s32"]),
+    "fft fp16 n=4096": (
+        "fft",
+        {"rows": 16384, "n": 4096},
+        ["b32n32k32g8w8s3-s32", "b16n64k32g16w8s3-s64", "b32n32k32g8w8s3-s32-fm", "b16n64k32g16w8s3-s64-fm"],
+    ),
+    "monarch n=4096 nb=64": (
+        "monarch",
+        {"rows": 16384},
+        ["b16n64k64g16w4s2", "b64n32k64g8w8s3", "b16n64k64g16w4s2-fm", "b64n32k64g8w8s3-fm"],
+    ),
+    "fft fp16 n=1024 rows=1000": (
+        "fft",
+        {"rows": 1000, "n": 1024},
+        ["b32n32k32g8w8s3-s32", "b32n32k32g8w8s3-s32-fm"],
+    ),
 }
 GLOBAL_OPS = re.compile(
     r"\b(ld\.global(?:\.nc)?(?:\.v[248])?\.b\d+|cp\.async\.c[ag]\.shared\.global|st\.global(?:\.v[248])?\.b\d+)"

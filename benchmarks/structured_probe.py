@@ -28,10 +28,12 @@ from kt.ir.problems import FFTProblem, MonarchProblem
 
 
 def cfg(key: str) -> BlockGemmConfig:
-    """'b128n64k64g1w8s3' (optionally '-s64' for an FFT split) as a config."""
-    main, _, structure = key.partition("-")
+    """'b128n64k64g1w8s3' (optionally '-s64' for an FFT split, '-l5' for butterfly levels, '-fm' for
+    feature-major ends) as a config."""
+    main, *parts = key.split("-")
     values = dict(zip("bnkgws", (int(v) for v in re.findall(r"\d+", main))))
-    extra = {"split": int(structure[1:])} if structure.startswith("s") else {}
+    extra = {"ends": 1} if "fm" in parts else {}
+    extra.update({"split" if p[0] == "s" else "levels": int(p[1:]) for p in parts if p[0] in "sl"})
     return BlockGemmConfig(
         values["b"], values["n"], values["k"], values["g"], values["w"], values["s"], **extra
     )

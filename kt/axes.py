@@ -76,8 +76,11 @@ BLOCK_GEMM_FIELDS: dict[str, tuple[int, ...] | None] = {
     "fused": None,
     "levels": None,
     "split": None,
+    "ends": (0, 1),
 }
 TILE_FIELDS: dict[str, tuple[int, ...] | None] = {**TILE_AXES, "fused": (0, 1)}
+# config fields beside a family's axes and structure choice that `tune.space` may name (kt.codegen.blockgemm)
+FLAG_AXES = ("ends",)
 # family -> its config's fields; the first REQUIRED fields (the tile) have no default
 CONFIG_FIELDS: dict[str, dict[str, tuple[int, ...] | None]] = {
     "gemm": GEMM_FIELDS,
@@ -153,6 +156,7 @@ def check_op_space(op: str, space: tuple[tuple[str, tuple[int, ...]], ...]) -> N
     the values its config's fields take (CONFIG_FIELDS); the values a problem offers wait for the problem."""
     family, axes, structure = OP_AXES[op]
     fields = CONFIG_FIELDS[family]
-    known = {axis: fields[axis] for axis in (*axes, *([structure] if structure else []))}
+    flags = [flag for flag in FLAG_AXES if flag in fields]  # a block-GEMM family's feature-major ends
+    known = {axis: fields[axis] for axis in (*axes, *([structure] if structure else []), *flags)}
     for axis, values in space:
         check_axis(family, known, axis, values)

@@ -85,7 +85,8 @@ def test_the_layout_probe_checks_both_layouts_agree_in_the_interpreter(tmp_path)
 
 def test_the_layout_probe_shows_row_major_stores_scalar_and_feature_major_ones_whole(tmp_path):
     """benchmarks/layout_probe.py --ptx: Monarch's last launch stores y through a strided map; row-major, its
-    sm_90 build stores 2-byte scalars, feature-major 16-byte vectors (the evidence BENCHMARKS.md cites)."""
+    sm_90 build stores 2-byte scalars, feature-major 16-byte vectors, and with feature-major ends (`-fm`) so do
+    the kernel's launches on row-major x and y (the evidence BENCHMARKS.md cites)."""
     import csv
 
     from kt.autotune.compile import target_compiler_available
@@ -97,7 +98,15 @@ def test_the_layout_probe_shows_row_major_stores_scalar_and_feature_major_ones_w
     assert probe.main(["--ptx", "--only", "monarch", "--csv", str(out)]) == 0
     rows = list(csv.DictReader(out.read_text().splitlines()))
     last = {(r["config"], r["layout"]): r["global_ops"] for r in rows if r["launch"] == "1"}
-    for config in probe.CASES["monarch n=4096 nb=64"][2]:
-        assert "st.global.b16" in last[config, "row-major"], last
+    copies = {r["config"]: r["global_ops"] for r in rows if r["launch"] == "2" and r["layout"] == "row-major"}
+    configs = probe.CASES["monarch n=4096 nb=64"][2]
+    assert any(c.endswith("-fm") for c in configs) and any(not c.endswith("-fm") for c in configs)
+    for config in configs:
+        # feature-major ends: from row-major x and y too, the last stage stores whole vectors, and its copy
+        # into y (a third launch) loads and stores them
+        scalar = not config.endswith("-fm")
+        assert ("st.global.b16" in last[config, "row-major"]) == scalar, last
         assert "st.global.v4.b32" in last[config, "feature-major"], last
         assert "st.global.b16" not in last[config, "feature-major"], last
+        assert (config in copies) == (not scalar), copies
+        assert scalar or "b16" not in copies[config] and "st.global.v4.b32" in copies[config], copies

@@ -278,6 +278,27 @@ def test_a_guided_first_round_takes_one_candidate_per_tile_and_later_rounds_any(
     assert strategy.propose(later)[0] == 1, "round 1: the model's next best, a variant of a measured tile"
 
 
+def test_the_polish_tries_the_best_tiles_other_variants_before_its_other_neighbours():
+    """The polish (`local`) takes the model's best among the incumbent's neighbours: a variant the model ranks
+    below them (a structured op's feature-major ends, priced by their copies) was never measured, though the
+    model cannot rank variants. The incumbent's own tile now goes first."""
+    variant = np.array([0, 1, 2, 3, 0, 4])  # candidate 4: candidate 0's other variant, ranked below 1, 2, 3
+    objective = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    spread = np.zeros(6)
+    distance = lambda i: np.array([0 if j == i else 1 for j in range(6)])  # noqa: E731  every other config near
+    first = SearchState(objective, spread, np.arange(6), {}, 6, 0, 0, distance=distance, variant=variant)
+    strategy = GuidedSearch(initial=2, round_size=2, explore=0.0, local=1)
+    assert strategy.propose(first) == [0, 1]
+    later = SearchState(
+        objective, spread, np.arange(6), {0: 1.0, 1: 2.0}, 4, 1, 0, distance=distance, variant=variant
+    )
+    assert strategy.propose(later) == [4, 2], (
+        "round 1's polish: the incumbent's variant, then the model's next"
+    )
+    plain = SearchState(objective, spread, np.arange(6), {0: 1.0, 1: 2.0}, 4, 1, 0, distance=distance)
+    assert strategy.propose(plain) == [2, 3], "without variants the polish follows the model"
+
+
 def test_the_planned_first_round_of_a_gpu_tune_covers_distinct_gemm_tiles():
     """kt.plan with a GPU's strategy (guided) for a dense 4096^3 float16 GEMM on the H100: the shipped forest
     ranks group_m and TMA variants of two tiles first; the first round of 8 holds 8 tiles."""

@@ -1,6 +1,7 @@
 """Monarch, butterfly and FFT end to end: op.yaml, the lowering passes, the block-GEMM kernels in the interpreter
 (against float64 references and the IR's dense matrix), the search space, the staged cost model, `kt tune`."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,37 @@ def test_a_strided_stage_costs_whole_sectors_until_a_program_spans_them():
     assert predicted[0] >= floor and predicted[0] > 2 * predicted[1]
 
 
+def test_feature_major_ends_are_priced_as_whole_sectors_plus_their_copies():
+    """ends=1: the strided end (Monarch's y) moves whole sectors in the stage, and the copy into y reads and
+    writes y once more (`copy_bytes`, at the DRAM bandwidth); the space holds both sides of each config
+    with a strided end, one tile (`tile_of`), and never with the fused kernel."""
+    problem = MonarchProblem(16384, (64, 64, 64), (64, 64, 64), "float16")
+    family = FAMILIES["monarch"]
+    one = BlockGemmConfig(64, 64, 64, 1, 4, 3)
+    ends = BlockGemmConfig(64, 64, 64, 1, 4, 3, ends=1)
+    records = family.records(problem, [one, ends])
+    tensor = 16384 * 4096 * 2
+    assert [s["dram_bytes"] for s in records[1]["stages"]] == [2 * tensor, 2 * tensor]
+    assert records[1]["copy_bytes"] == 2 * tensor and "copy_bytes" not in records[0]
+    model = AnalyticModel(H100)
+    predicted = predict_records(model, records).runtime_s
+    stages = model.predict(records[1]["stages"]).runtime_s
+    floors = [2 * tensor / H100.dram_bandwidth] * 2
+    assert predicted[1] == pytest.approx(sum(map(max, stages, floors)) + 2 * tensor / H100.dram_bandwidth)
+    assert ends.key() == "b64n64k64g1w4s3-fm" and config_from_dict("monarch", ends.to_dict()) == ends
+    assert "ends" not in one.to_dict(), "written only when set: earlier rows and records keep their keys"
+    legal = family.space(MonarchProblem(64, (4, 16, 16), (16, 4, 4)), H100).legal
+    assert {c.ends for c in legal if not c.fused} == {0, 1} and not any(c.ends for c in legal if c.fused)
+    assert {c for c in legal if c.ends} == {replace(c, ends=1) for c in legal if not c.fused}
+    assert family.tile_of(problem, ends) == one
+    fused = BlockGemmConfig(16, 16, 16, 1, 4, 2, fused=1, ends=1)
+    small = MonarchProblem(64, (4, 16, 16), (4, 16, 16))
+    assert (
+        illegal_reason(small, fused, H100, stages_for(small, fused))
+        == "feature-major ends with the fused kernel"
+    )
+
+
 def test_intermediates_between_launches_are_feature_major():
     problem = MonarchProblem(40, (4, 16, 16), (4, 16, 16), "float16")
     module = kernel_module(problem, config(problem, group=1))
@@ -607,3 +639,61 @@ def test_grouping_never_joins_a_transposed_level_with_a_forward_one():
     grouped = group_butterfly(linear_map, 2)
     assert len(grouped.factors) == 2
     torch.testing.assert_close(apply_stages(lower(grouped), x, w), linear_map.apply_dense(x, w))
+
+
+# -- feature-major ends ------------------------------------------------------------------------------------------
+
+
+def _feature_major(t):
+    """The same values stored feature-major: (..., rows, features) with rows adjacent, features outermost."""
+    lead, (rows, features) = tuple(t.shape[:-2]), tuple(t.shape[-2:])
+    stored = torch.empty((features, *lead, rows), dtype=t.dtype, device=t.device)
+    return stored.permute(*range(1, len(lead) + 2), 0).copy_(t)
+
+
+ENDS_CASES = [
+    (FFTProblem(37, 64, "float16", "complex"), {"split": 8}),
+    (FFTProblem(37, 64, "float16", "real"), {"split": 4}),
+    (FFTProblem(37, 48, "float32", "complex"), {"split": 4}),
+    (MonarchProblem(37, (4, 16, 16), (16, 4, 4)), {}),
+    (MonarchProblem(37, (4, 16, 16), (16, 4, 4), transposed=True), {}),
+    (ButterflyProblem(37, 64, "bfloat16"), {"levels": 2}),
+]
+
+
+@pytest.mark.parametrize("problem, structure", ENDS_CASES, ids=str)
+def test_feature_major_ends_copy_x_in_and_y_out_and_compute_the_same(problem, structure, monkeypatch):
+    """ends=1: where the first launch reads x through a strided map, it reads a feature-major copy of x, and
+    where the last launch writes y through one, it writes a feature-major tensor copied into y (one transpose
+    launch per plane). Checked against the dense matrix of the IR, into a NaN-poisoned out, on 37 rows, with x
+    a non-contiguous view; and with x and out already feature-major, no copy is made."""
+    plain = kernel_module(problem, config(problem, **structure))
+    ends = kernel_module(problem, config(problem, ends=1, **structure))
+    stages = stages_for(problem, config(problem, **structure))
+    strided_in, strided_out = stages[0].in_map.elem != 1, stages[-1].out_map.elem != 1
+    assert strided_in or strided_out, "every structured op here has a strided end"
+    copies = []
+    copy = ends._copy
+    monkeypatch.setattr(
+        ends, "_copy", lambda src, dst: copies.append("in" if dst.stride(0) == 1 else "out") or copy(src, dst)
+    )
+    args = problem.random_args(7)
+    x = args[0]
+    view = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]  # every other element
+    expected = problem.reference(*args)
+    assert relative_error(dense_of(problem, args), expected) < 1e-9  # the IR's dense matrix agrees
+    for module in (plain, ends):
+        out = torch.full_like(expected, float("nan"), dtype=plain.kernel(x, *args[1:]).dtype)
+        assert module.kernel(view, *args[1:], out=out) is out
+        assert not (torch.view_as_real(out) if out.is_complex() else out).isnan().any()
+        assert relative_error(out, expected) < problem.tolerance(), module is ends
+    fft = problem.family == "fft"
+    x_planes = 1 if not fft or problem.input == "real" else 2
+    assert copies == ["in"] * x_planes * strided_in + ["out"] * (2 if fft else 1) * strided_out, copies
+    copies.clear()
+    if fft and problem.dtype == "float32":
+        return  # complex64 planes are interleaved: no feature-major layout of them to pass
+    fm_x, fm_out = _feature_major(x), _feature_major(out)
+    fm_out.fill_(float("nan"))
+    assert ends.kernel(fm_x, *args[1:], out=fm_out) is fm_out
+    assert copies == [] and relative_error(fm_out, expected) < problem.tolerance(), copies

@@ -236,7 +236,7 @@ def test_the_axes_a_spec_is_checked_against_are_its_familys(op):
     through is judged by the family alone on the structure's values and on legality."""
     from dataclasses import MISSING, fields
 
-    from kt.axes import CONFIG_FIELDS, GEMM_STRUCTURE_AXES, OP_AXES, REQUIRED
+    from kt.axes import CONFIG_FIELDS, FLAG_AXES, GEMM_STRUCTURE_AXES, OP_AXES, REQUIRED
     from kt.codegen import family_for
     from kt.codegen.restrict import user_axes
     from kt.ir import op_from_spec
@@ -246,10 +246,13 @@ def test_the_axes_a_spec_is_checked_against_are_its_familys(op):
     family = family_for(node.problem)
     name, axes, structure = OP_AXES[spec.op]
     offered = user_axes(family, node.problem)
-    assert family.name == name and list(offered) == [*axes, *([structure] if structure else [])]
+    flags = [flag for flag in FLAG_AXES if flag in CONFIG_FIELDS[name]]  # feature-major ends
+    assert family.name == name and list(offered) == [*axes, *flags, *([structure] if structure else [])]
     assert all(offered[axis] == values for axis, values in axes.items())
     if name == "gemm":
         assert offered["tma"] == GEMM_STRUCTURE_AXES["tma"]
+    if flags:
+        assert name in ("monarch", "butterfly", "fft") and offered["ends"] == (0, 1)
     config_fields = CONFIG_FIELDS[name]
     assert list(config_fields) == [f.name for f in fields(family.config_type)]
     assert list(config_fields)[:REQUIRED] == [
@@ -284,3 +287,19 @@ def test_a_budget_over_the_legal_space_is_planned_as_what_the_search_can_spend()
     for strategy in ("top", "exhaustive", "guided"):
         plan = kt.plan(spec, budget=legal + 20, strategy=strategy, measures_time=False)
         assert plan.budget == legal and len(plan.chosen) == legal, (strategy, plan.budget, legal)
+
+
+def test_tune_space_names_feature_major_ends_like_an_axis():
+    """`ends` (feature-major ends, a block-GEMM config field beside the axes) can be kept or left out with
+    tune.space, like a GEMM's `tma`; a value off it, or the field on a family without it, is refused."""
+    fft = {"op": "fft", "dtype": "float16", "shape": {"batch": 40, "n": 64}}
+    only = kt.space(spec_with({"space": {"ends": [1]}}, fft))
+    assert only.legal and all(c.ends == 1 and c.key().endswith("-fm") for c in only.legal)
+    without = kt.space(spec_with({"space": {"ends": [0]}}, fft))
+    assert len(without.legal) == len(only.legal) and not any(c.ends for c in without.legal)
+    with pytest.raises(SpecError) as raised:
+        spec_with({"space": {"ends": [2]}}, fft)
+    assert raised.value.field == "tune.space.ends" and "allowed: 0, 1" in raised.value.reason
+    with pytest.raises(SpecError) as raised:
+        spec_with({"space": {"ends": [1]}})  # a dense op has no such field
+    assert raised.value.field == "tune.space.ends"

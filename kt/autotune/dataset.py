@@ -30,6 +30,7 @@ from kt.autotune.database import (
     export_text,
     named,
 )
+from kt.axes import BLOCK_GEMM_FIELDS
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
 from kt.codegen.gemm import STRUCTURE_AXES as GEMM_STRUCTURE_AXES
@@ -212,23 +213,29 @@ def _check_config(family: str, config: Any, where: str) -> None:
         raise DatabaseError(
             f"{where}: column config is {_show(config)}; allowed: a JSON object with {', '.join(keys)}"
         )
-    optional = ("tma",) if family == "gemm" else ()  # the TMA kernel's flag, written only when set
+    # flags written only when set: the TMA kernel's (0, 1 or 2: its subtiled epilogue) and feature-major ends
+    if family == "gemm":
+        optional = {"tma": max(GEMM_STRUCTURE_AXES["tma"])}
+    else:
+        optional = {key: max(BLOCK_GEMM_FIELDS[key]) for key in ("ends",) if key in keys}
     unknown = sorted(set(config) - set(keys) - set(optional))
     if unknown:
         raise DatabaseError(f"{where}: column config: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")
-    missing = [key for key in keys if key not in config]
+    missing = [key for key in keys if key not in config and key not in optional]
     if missing:
         raise DatabaseError(
             f"{where}: column config lacks {', '.join(missing)}; a config needs {', '.join(keys)}"
         )
     for key in keys:
+        if key in optional:
+            continue
         low = (
             0 if key in STRUCTURE_AXES + TILE_STRUCTURE_AXES else 1
         )  # a structure choice the family does not use is 0
         _check_int(config[key], key, low, MAX_CONFIG_VALUE, where, "config")
-    for key in optional:  # 0, 1 (the TMA kernel) or 2 (its subtiled epilogue)
+    for key, top in optional.items():
         if key in config:
-            _check_int(config[key], key, 0, max(GEMM_STRUCTURE_AXES[key]), where, "config")
+            _check_int(config[key], key, 0, top, where, "config")
 
 
 def check_row(row: dict[str, Any], where: str) -> None:

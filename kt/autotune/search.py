@@ -213,6 +213,9 @@ class GuidedSearch(SearchStrategy):
             n_local = n_exploit // 2 + (n_exploit % 2 if state.round % 2 else 0)
             incumbent = min((i for i, v in state.measured.items() if v is not None), key=state.measured.get)
             near = likely[state.distance(incumbent)[likely] <= self.local]
+            if state.variant is not None:  # the best tile's other variants first: the model cannot rank them
+                same = state.variant[near] == state.variant[incumbent]
+                near = np.concatenate([near[same], near[~same]])
             exploit = [int(i) for i in near[:n_local]]
         taken = set(exploit)
         exploit += islice((int(i) for i in likely if int(i) not in taken), n_exploit - len(exploit))

@@ -38,6 +38,9 @@ class BlockGemmConfig:
     fused: int = 0  # monarch: 1 runs both factors in one kernel
     levels: int = 0  # butterfly: levels multiplied out into each stage
     split: int = 0  # fft: n1 of the four-step split n = n1 * n2
+    # 1: x and y cross a strided end map (the first launch's loads, the last one's stores) through feature-major
+    # copies, each one transpose launch, where the caller's row-major layout would move them as scalars
+    ends: int = 0
 
     def structure(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in STRUCTURE_AXES if getattr(self, name)}
@@ -48,11 +51,14 @@ class BlockGemmConfig:
             structure = "fused"
         return (
             f"b{self.block_b}n{self.block_n}k{self.block_k}g{self.group}"
-            f"w{self.num_warps}s{self.num_stages}{'-' + structure if structure else ''}"
+            f"w{self.num_warps}s{self.num_stages}{'-' + structure if structure else ''}{'-fm' if self.ends else ''}"
         )
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.ends:  # written only when set: configs without it keep their records, rows and dicts
+            del data["ends"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BlockGemmConfig:
@@ -65,6 +71,14 @@ class BlockGemmConfig:
 def stages_for(problem: StructuredProblem, config: BlockGemmConfig) -> list[Stage]:
     """The launches `config` runs (for a fused Monarch: the two it replaces)."""
     return lower(problem.linear_map(config.structure()))
+
+
+def strided_ends(stages: list[Stage]) -> tuple[bool, bool]:
+    """Whether the first launch reads x, and the last writes y, through a strided map: a block's elements lie
+    apart (elem > 1), so in the caller's row-major layout a tile's elements are a map stride apart and the sm_90
+    build moves them as 2-byte scalars (benchmarks/layout_probe.py --ptx). `ends` = 1 sends those ends
+    through feature-major copies."""
+    return stages[0].in_map.elem != 1, stages[-1].out_map.elem != 1
 
 
 def stage_transposed(factor) -> bool:
@@ -114,7 +128,8 @@ def dram_bytes(
 ) -> int:
     """Launch `index` of `count`'s DRAM traffic for its input and output, each access rounded up to whole
     sectors. Intermediates between launches are stored feature-major (the kernel's `_scratch`), so a program's
-    BLOCK_B rows are adjacent there whatever the map; x and y keep the caller's row-major layout, where a strided
+    BLOCK_B rows are adjacent there whatever the map, as are x and y where feature-major ends copy them; else x
+    and y keep the caller's row-major layout, where a strided
     map moves whole sectors unless a program spans GROUP adjacent blocks (taken one after the other, so the
     sectors one block's loads bring into L2 serve the next blocks'; the first H200 run's Monarch, one or
     two blocks per program on its strided factor, ran 4 to 11 times slower than two torch.bmm)."""
@@ -123,9 +138,12 @@ def dram_bytes(
     real_input = isinstance(problem, FFTProblem) and problem.input == "real" and index == 0
     block_n, block_k = stage_tiles(stage, config)
     total = 0
+    # with `ends`, x and y at a strided end are feature-major copies (their traffic: the record's `copy_bytes`)
+    x_copied = bool(config.ends) and index == 0 and stage.in_map.elem != 1
+    y_copied = bool(config.ends) and index == count - 1 and stage.out_map.elem != 1
     for features, index_map, tile, scratch, tensors in (
-        (stage.in_features, stage.in_map, block_k, index > 0, 1 if real_input else planes),
-        (stage.out_features, stage.out_map, block_n, index < count - 1, planes),
+        (stage.in_features, stage.in_map, block_k, index > 0 or x_copied, 1 if real_input else planes),
+        (stage.out_features, stage.out_map, block_n, index < count - 1 or y_copied, planes),
     ):
         if scratch:
             run = min(config.block_b, problem.rows) * size
@@ -133,6 +151,19 @@ def dram_bytes(
             run = run_bytes(index_map, config.group, tile, size)
         total += tensors * problem.rows * features * size * SECTOR_BYTES // min(SECTOR_BYTES, run)
     return total
+
+
+def copy_bytes(problem: StructuredProblem, stages: list[Stage]) -> int:
+    """DRAM traffic of feature-major ends: each strided end's tensor read and written once by its transpose
+    launch (x before the first launch, y after the last)."""
+    size = itemsize(problem.dtype)
+    planes = 2 if is_complex(problem) else 1
+    x_planes = 1 if isinstance(problem, FFTProblem) and problem.input == "real" else planes
+    first, last = strided_ends(stages)
+    features = (stages[0].in_features * x_planes if first else 0) + (
+        stages[-1].out_features * planes if last else 0
+    )
+    return 2 * problem.rows * features * size
 
 
 def _pow2(value: int) -> bool:
@@ -202,7 +233,13 @@ def illegal_reason(
     if config.block_b > padded(problem.rows):
         return "tile larger than the padded problem"
     if config.fused:
-        return fused_reason(problem, config, device)
+        return (
+            "feature-major ends with the fused kernel"
+            if config.ends
+            else fused_reason(problem, config, device)
+        )
+    if config.ends and not any(strided_ends(stages)):
+        return "feature-major ends where no end map is strided (x and y already move in whole runs)"
     biggest_in = max(s.blk_in for s in stages)
     biggest_out = max(s.blk_out for s in stages)
     if config.block_n > padded(biggest_out) or config.block_k > padded(biggest_in):
@@ -282,12 +319,26 @@ class BlockGemmFamily(StructuredFamily):
     template = "blockgemm.py.j2"
     axes = AXES
     config_type = BlockGemmConfig
+    structure_axes = {"ends": BLOCK_GEMM_FIELDS["ends"]}  # what `tune.space` may name beside the axes
 
     resources = staticmethod(resources)
 
     def judge(self, problem: StructuredProblem, structure: dict[str, int], device: DeviceProfile):
         stages = lower(problem.linear_map(structure))  # once per structure choice, for all its configs
         return lambda config: illegal_reason(problem, config, device, stages)
+
+    def extras(self, problem: StructuredProblem, structure: dict[str, int]) -> tuple[dict[str, int], ...]:
+        """Each config of a structure choice as it is, and with feature-major ends (`ends` = 1) where an end map
+        of that structure is strided and the kernel is not the fused one."""
+        if structure.get("fused") or not any(strided_ends(lower(problem.linear_map(structure)))):
+            return ({},)
+        return ({}, {"ends": 1})
+
+    def tile_of(self, problem: StructuredProblem, config: BlockGemmConfig) -> BlockGemmConfig:
+        """The config without its ends: the cost model's DRAM terms cannot say whether a strided end's scalars or
+        the copies cost more, so a guided first round takes one of each pair and a later round measures the
+        other side of the best (kt.autotune.search, `variant`)."""
+        return replace(config, ends=0)
 
     launch_legend = "load/store maps: inner, outer, inner_stride, elem"
 
@@ -356,6 +407,8 @@ class BlockGemmFamily(StructuredFamily):
             if config.fused:
                 (k, q, _), _ = problem.w1, problem.w2
                 record["fused_bytes"] = 2 * problem.rows * k * q * itemsize(problem.dtype)
+            if config.ends:
+                record["copy_bytes"] = copy_bytes(problem, lowered[structure])
             out.append(record)
         return out
 
@@ -418,4 +471,4 @@ class BlockGemmFamily(StructuredFamily):
                 op_doc=f"FFT over n={problem.n} as dense DFT blocks (four-step, n = {n1} x {problem.n // n1})",
                 call_doc="kernel(x) = torch.fft.fft(x) over the last dim (complex format: see kernel()).",
             )
-        return {**variables, "fused": bool(config.fused), "stages": stages}
+        return {**variables, "fused": bool(config.fused), "ends": bool(config.ends), "stages": stages}

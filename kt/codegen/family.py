@@ -73,13 +73,20 @@ class StructuredFamily(ABC):
             **self.variables(problem, config),
         )
 
+    def extras(self, problem, structure: dict[str, int]) -> tuple[dict[str, int], ...]:
+        """The further fields each point of the axes takes in `structure`, one config per entry (default: none)."""
+        return ({},)
+
     def judged(self, problem, device: DeviceProfile) -> Iterator[tuple[Any, str | None]]:
-        """Every point of the axes in each structure `problem` offers, with why it cannot run (None: it can)."""
+        """Every point of the axes in each structure `problem` offers (with each of the family's `extras`), with
+        why it cannot run (None: it can)."""
         for structure in problem.structures():
             reason = self.judge(problem, structure, device)
+            extras = self.extras(problem, structure)
             for values in itertools.product(*self.axes.values()):
-                config = self.config_type(**dict(zip(self.axes, values)), **structure)
-                yield config, reason(config)
+                for extra in extras:
+                    config = self.config_type(**dict(zip(self.axes, values)), **structure, **extra)
+                    yield config, reason(config)
 
     def space(self, problem, device: DeviceProfile) -> SearchSpace:
         return SearchSpace.of(problem, device, self.judged(problem, device))

@@ -3,6 +3,7 @@
 Each launch of a structured op is a batched GEMM (one product per block), so any GEMM cost model predicts it:
 a record with `stages` is predicted launch by launch and summed. A fused kernel saves the DRAM traffic of the
 intermediate it keeps on chip (`fused_bytes`), taken off the sum but never below the slowest launch alone.
+Feature-major ends add their transpose launches' traffic (`copy_bytes`) at the DRAM bandwidth.
 
 A launch that reads or writes through a strided map can move far more than its bytes: a program touching one
 or two adjacent elements still moves whole sectors. Its `dram_bytes` (kt.codegen.blockgemm.dram_bytes) floors
@@ -46,6 +47,10 @@ def predict_records(model, records: Sequence[dict[str, Any]]) -> Prediction:
         np.array([r.get("fused_bytes", 0) for r in records], dtype=np.float64) / model.device.dram_bandwidth
     )
     runtime = np.maximum(runtime - saved, slowest)
+    # feature-major ends: the transpose launches' traffic at the DRAM bandwidth
+    runtime += (
+        np.array([r.get("copy_bytes", 0) for r in records], dtype=np.float64) / model.device.dram_bandwidth
+    )
     # relative spreads of the launches combine like independent errors of their times
     absolute = np.sqrt(np.bincount(owner, (parts.runtime_s * parts.runtime_spread) ** 2, minlength=n))
     spread = absolute / np.maximum(runtime, 1e-12)
