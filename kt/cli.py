@@ -778,6 +778,8 @@ def show(spec, device, ptx_dir):
         for structure in structures():
             choice = " ".join(f"{k}={v}" for k, v in structure.items()) or "(one form)"
             out.print(f"  {choice}: " + " ; ".join(family.launch_texts(node.problem, structure)))
+        if getattr(family, "launch_note", None):
+            out.print(f"  {family.launch_note}")
     if ptx_dir is not None:
         _show_ptx(spec, device, ptx_dir)
 

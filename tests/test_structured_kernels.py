@@ -495,6 +495,7 @@ def test_kt_show_prints_the_launches_of_each_structure_choice():
     assert result.exit_code == 0, result.output
     assert "fused=0: stage[BlockDiag[w1](64x 64<-64)" in result.output
     assert "fused=1: one launch" in result.output
+    assert "ends=1 (config key -fm), beside each choice but the fused one" in result.output
     bad = CliRunner().invoke(main, ["tune", str(EXAMPLES / "monarch.yaml"), "--budget", "0"])
     assert bad.exit_code == 2
 

@@ -341,6 +341,11 @@ class BlockGemmFamily(StructuredFamily):
         return replace(config, ends=0)
 
     launch_legend = "load/store maps: inner, outer, inner_stride, elem"
+    launch_note = (
+        "ends=1 (config key -fm), beside each choice but the fused one: where the first launch's load map is strided "
+        "(elem > 1), x is first copied feature-major, and where the last launch's store map is, y is written "
+        "feature-major and copied into place: one transpose launch per plane and copy"
+    )
 
     def launch_texts(self, problem: StructuredProblem, structure: dict[str, int]) -> list[str]:
         """What each launch of a structure choice runs, for `kt show`."""
