@@ -367,19 +367,20 @@ def test_a_program_takes_its_blocks_one_at_a_time_and_only_the_fused_kernel_keep
         assert illegal_reason(rect, fused, H100, stages_for(rect, fused)) == reason
 
 
-def test_a_strided_stage_costs_whole_sectors_until_a_program_spans_them():
-    """x and y keep the caller's layout (a strided map there moves whole sectors unless GROUP adjacent blocks
-    fill them); the intermediate is feature-major, so both launches touch it in whole sectors."""
+def test_a_strided_end_costs_a_sector_per_element_whatever_the_blocks_per_program():
+    """x and y keep the caller's layout, where a strided map moves a whole sector per element, however many
+    adjacent blocks a program spans (the second H200 run's Monarch took 3.10 to 3.60 ms over GROUP 1 to 16,
+    where pricing GROUP 16 as filling the sectors predicted it 2.4 times faster than GROUP 1); the intermediate
+    is feature-major, so both launches touch it in whole sectors."""
     problem = MonarchProblem(16384, (64, 64, 64), (64, 64, 64), "float16")
     family = FAMILIES["monarch"]
     one, sixteen = BlockGemmConfig(64, 64, 64, 1, 4, 3), BlockGemmConfig(16, 64, 64, 16, 4, 2)
     stages = {c: family.records(problem, [c])[0]["stages"] for c in (one, sixteen)}
     tensor = 16384 * 4096 * 2  # bytes of x, of the intermediate and of y
-    assert [s["dram_bytes"] for s in stages[sixteen]] == [2 * tensor, 2 * tensor]
-    assert [s["dram_bytes"] for s in stages[one]] == [2 * tensor, 17 * tensor]  # y: 2 of every 32 bytes used
+    for config in (one, sixteen):  # y: 2 of every 32 bytes used
+        assert [s["dram_bytes"] for s in stages[config]] == [2 * tensor, 17 * tensor], config
     predicted = predict_records(AnalyticModel(H100), family.records(problem, [one, sixteen])).runtime_s
-    floor = 19 * tensor / H100.dram_bandwidth
-    assert predicted[0] >= floor and predicted[0] > 2 * predicted[1]
+    assert min(predicted) >= 19 * tensor / H100.dram_bandwidth
 
 
 def test_feature_major_ends_are_priced_as_whole_sectors_plus_their_copies():

@@ -112,15 +112,17 @@ WARPS_OVER_BATCH = (
 SECTOR_BYTES = 32  # the unit DRAM and L2 move: a scattered 2-byte load still costs a whole sector
 
 
-def run_bytes(index_map, group: int, tile: int, size: int) -> int:
-    """Contiguous bytes a program touches per row through `index_map`: its tile of a block's elements when they
-    are adjacent (elem 1), else the `group` blocks side by side at each element (blocks adjacent: inner
-    stride 1), else one element."""
-    if index_map.elem == 1:
-        return tile * size
-    if index_map.inner_stride == 1:
-        return min(group, index_map.inner) * size
-    return size
+def run_bytes(index_map, tile: int, size: int) -> int:
+    """Contiguous bytes a program touches per row of the caller's row-major x or y through `index_map`: its
+    tile of a block's elements when they are adjacent (elem 1), else one element.
+
+    Until 2026-12-04 a program spanning GROUP adjacent blocks was priced as filling the sectors (the blocks'
+    loads following each other, L2 serving the next block). The second H200 run's probe (benchmarks/results/
+    h200-2026-12-04/probe.csv) did not bear it out: Monarch n = 4096 took 3.10 to 3.60 ms over groups 1 to 16
+    where this model had predicted 0.26 to 0.83 ms, the one-block configs the slowest; the FFT n = 4096 took
+    6.8 to 15.0 ms, its one-block configs 10.1 to 11.0 among them. And the sm_90 builds move such elements as
+    2-byte scalars whatever the group (benchmarks/layout_probe.py --ptx)."""
+    return tile * size if index_map.elem == 1 else size
 
 
 def dram_bytes(
@@ -129,10 +131,8 @@ def dram_bytes(
     """Launch `index` of `count`'s DRAM traffic for its input and output, each access rounded up to whole
     sectors. Intermediates between launches are stored feature-major (the kernel's `_scratch`), so a program's
     BLOCK_B rows are adjacent there whatever the map, as are x and y where feature-major ends copy them; else x
-    and y keep the caller's row-major layout, where a strided
-    map moves whole sectors unless a program spans GROUP adjacent blocks (taken one after the other, so the
-    sectors one block's loads bring into L2 serve the next blocks'; the first H200 run's Monarch, one or
-    two blocks per program on its strided factor, ran 4 to 11 times slower than two torch.bmm)."""
+    and y keep the caller's row-major layout, where a strided map moves a whole sector per element
+    (`run_bytes`; the first H200 run's Monarch ran 4 to 11 times slower than two torch.bmm)."""
     size = itemsize(problem.dtype)
     planes = 2 if is_complex(problem) else 1
     real_input = isinstance(problem, FFTProblem) and problem.input == "real" and index == 0
@@ -145,10 +145,7 @@ def dram_bytes(
         (stage.in_features, stage.in_map, block_k, index > 0 or x_copied, 1 if real_input else planes),
         (stage.out_features, stage.out_map, block_n, index < count - 1 or y_copied, planes),
     ):
-        if scratch:
-            run = min(config.block_b, problem.rows) * size
-        else:
-            run = run_bytes(index_map, config.group, tile, size)
+        run = min(config.block_b, problem.rows) * size if scratch else run_bytes(index_map, tile, size)
         total += tensors * problem.rows * features * size * SECTOR_BYTES // min(SECTOR_BYTES, run)
     return total
 
@@ -335,10 +332,12 @@ class BlockGemmFamily(StructuredFamily):
         return ({}, {"ends": 1})
 
     def tile_of(self, problem: StructuredProblem, config: BlockGemmConfig) -> BlockGemmConfig:
-        """The config without its ends: the cost model's DRAM terms cannot say whether a strided end's scalars or
-        the copies cost more, so a guided first round takes one of each pair and a later round measures the
-        other side of the best (kt.autotune.search, `variant`)."""
-        return replace(config, ends=0)
+        """The config without its blocks per program and its ends, which the cost model cannot rank: each launch
+        is predicted as a GEMM that has no GROUP (the second H200 run's eleven Monarch configs, GROUP 1 to 16,
+        took 3.10 to 3.60 ms: `run_bytes`), and whether the copies of feature-major ends cost less than the
+        scalars they replace is a GPU's to say. A guided first round takes one config per tile, and the polish
+        of later rounds tries the best measured tile's other variants first (kt.autotune.search, `variant`)."""
+        return replace(config, group=1, ends=0)
 
     launch_legend = "load/store maps: inner, outer, inner_stride, elem"
     launch_note = (
