@@ -30,7 +30,7 @@ from kt.autotune.database import (
     export_text,
     named,
 )
-from kt.axes import BLOCK_GEMM_FIELDS
+from kt.axes import BLOCK_GEMM_FIELDS, FLAG_AXES
 from kt.codegen import FAMILIES
 from kt.codegen.blockgemm import STRUCTURE_AXES
 from kt.codegen.gemm import STRUCTURE_AXES as GEMM_STRUCTURE_AXES
@@ -217,7 +217,7 @@ def _check_config(family: str, config: Any, where: str) -> None:
     if family == "gemm":
         optional = {"tma": max(GEMM_STRUCTURE_AXES["tma"])}
     else:
-        optional = {key: max(BLOCK_GEMM_FIELDS[key]) for key in ("ends",) if key in keys}
+        optional = {key: max(BLOCK_GEMM_FIELDS[key]) for key in FLAG_AXES if key in keys}
     unknown = sorted(set(config) - set(keys) - set(optional))
     if unknown:
         raise DatabaseError(f"{where}: column config: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")

@@ -6,9 +6,9 @@ Runtime and energy are measured under one regime, named in every row (`timing_re
   runs each preceded by an L2 flush (writing a buffer larger than L2), each timed with CUDA events; the median
   is the figure, min / p20 / p80 the spread. Before each run's start event the GPU holds until the host has
   queued the whole call (`queue_hold`), so a run times the GPU's work, not the host's launches (since
-  2026-12-04; before, a call whose launches took the host longer than the flush was timed with its gaps). Energy: NVML's total-energy counter (millijoules since driver
-  load) read around a loop of (flush, call) pairs and around a loop of flushes alone, half the energy time
-  each; a call's energy is the difference per call, so the flush's own energy is not charged to the kernel.
+  2026-12-04; before, a call whose launches took the host longer than the flush was timed with its gaps).
+  Energy: NVML's total-energy counter (millijoules since driver load) read around a loop of (flush, call)
+  pairs and around a loop of flushes alone, half the energy time each; a call's energy is the difference per call, so the flush's own energy is not charged to the kernel.
   `loop_power_w` is the (flush, call) loop's own average power, the flushes' included.
 - `l2_warm`: back-to-back calls, nothing flushed, for both.
 
@@ -119,9 +119,8 @@ def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMIN
     return {**_summary([s.elapsed_time(e) for s, e in zip(starts, ends)], "runtime"), "timer": CUDA_TIMER}
 
 
-QUEUE_MARGIN = (
-    2.0  # the hold lasts this many times the host's longest queueing of one call, plus QUEUE_EXTRA_S
-)
+# the hold lasts QUEUE_MARGIN times the host's longest queueing of one call, plus QUEUE_EXTRA_S
+QUEUE_MARGIN = 2.0
 QUEUE_EXTRA_S = 20e-6
 QUEUE_MAX_S = 0.05  # a call that takes the host longer synchronizes inside it: holding longer gains nothing
 _CYCLES_PER_S: dict[int, float] = {}

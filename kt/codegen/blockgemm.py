@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from kt.axes import BLOCK_GEMM_AXES, BLOCK_GEMM_FIELDS
+from kt.axes import BLOCK_GEMM_AXES, BLOCK_GEMM_FIELDS, FLAG_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded, two_warp_k_reason
 from kt.device import DeviceProfile
@@ -316,7 +316,7 @@ class BlockGemmFamily(StructuredFamily):
     template = "blockgemm.py.j2"
     axes = AXES
     config_type = BlockGemmConfig
-    structure_axes = {"ends": BLOCK_GEMM_FIELDS["ends"]}  # what `tune.space` may name beside the axes
+    structure_axes = {flag: BLOCK_GEMM_FIELDS[flag] for flag in FLAG_AXES}  # `tune.space` names them too
 
     resources = staticmethod(resources)
 
