@@ -67,7 +67,8 @@ class SearchState:
     # where it orders no tiles): one of each is measured (None: every candidate is its own)
     alias: np.ndarray | None = None
     # variant[i]: the tile of candidate i, candidates of one tile differing only in what the starting model
-    # cannot rank (a GEMM's group_m and TMA): a model-guided first round takes one of each (None: no tiles)
+    # cannot rank (a GEMM's group_m and TMA, a block-GEMM's GROUP and feature-major ends): a model-guided first
+    # round takes one of each, and the polish tries the best measured tile's others first (None: no tiles)
     variant: np.ndarray | None = None
 
     def unmeasured(self) -> list[int]:
@@ -199,8 +200,9 @@ class GuidedSearch(SearchStrategy):
         likely = todo[runs]  # in model order
         tiles = state.variant if state.round == 0 else None
         if tiles is not None:
-            # One config per tile first: the model ranks a tile's group_m and TMA variants side by side, and an
-            # 8-config tune on the H200 (2026-12-04) spent all 8 on one tile's 3 group_m x 3 TMA variants.
+            # One config per tile first: the model ranks a tile's variants (a GEMM's group_m and TMA) side by
+            # side, and an 8-config tune on the H200 (2026-12-04) spent all 8 on one tile's 3 group_m x 3 TMA
+            # variants.
             # The polish of later rounds (`local`) tries the best tile's other variants.
             # (a resumed tune's rows count: their tiles have one)
             seen = {int(tiles[i]) for i in state.measured}
