@@ -110,3 +110,30 @@ def test_the_layout_probe_shows_row_major_stores_scalar_and_feature_major_ones_w
         assert "st.global.b16" not in last[config, "feature-major"], last
         assert (config in copies) == (not scalar), copies
         assert scalar or "b16" not in copies[config] and "st.global.v4.b32" in copies[config], copies
+
+
+def test_the_layout_probe_shows_padded_intermediates_move_vectors_at_a_row_count_not_a_multiple_of_16(
+    tmp_path,
+):
+    """benchmarks/layout_probe.py --ptx on the 1000-row FFT: intermediates' rows are padded to 1008, so the
+    second launch reads the first's output with cp.async alone (1000-row intermediates were read and written
+    with 2-byte scalars); with feature-major ends no launch moves a scalar from row-major x to row-major y."""
+    import csv
+
+    from kt.autotune.compile import target_compiler_available
+
+    if not target_compiler_available():
+        pytest.skip("needs Triton's NVIDIA backend (ptxas)")
+    probe = benchmark_module("layout_probe")
+    out = tmp_path / "ptx.csv"
+    assert probe.main(["--ptx", "--only", "rows=1000", "--csv", str(out)]) == 0
+    rows = [r for r in csv.DictReader(out.read_text().splitlines()) if r["layout"] == "row-major"]
+    plain, ends = probe.CASES["fft fp16 n=1024 rows=1000"][2]
+    ops = {(r["config"], int(r["launch"])): r["global_ops"] for r in rows}
+    # plain: launch 0 reads x through its strided map (scalars) and writes the intermediate in vectors;
+    # launch 1 reads it in vectors and writes y through its strided map (scalars)
+    assert "ld.global.b16" in ops[plain, 0] and "st.global.b16" not in ops[plain, 0], ops
+    assert "ld.global" not in ops[plain, 1] and "cp.async" in ops[plain, 1], ops
+    launches = [ops[key] for key in ops if key[0] == ends]
+    assert len(launches) == 6, ops  # two stages, two planes copied in, two out
+    assert not any(".b16" in launch for launch in launches), ops

@@ -414,11 +414,14 @@ def test_feature_major_ends_are_priced_as_whole_sectors_plus_their_copies():
     )
 
 
-def test_intermediates_between_launches_are_feature_major():
+def test_intermediates_between_launches_are_feature_major_with_rows_padded_to_16():
+    """Triton vectorizes a load or store along rows only where the feature stride and the row bound are
+    multiples of 16 (its integer specialization): an intermediate for 40 rows has 48."""
     problem = MonarchProblem(40, (4, 16, 16), (4, 16, 16), "float16")
     module = kernel_module(problem, config(problem, group=1))
     scratch = module._scratch(40, 64, torch.device("cpu"))
-    assert scratch.shape == (40, 64) and scratch.stride() == (1, 40)
+    assert scratch.shape == (48, 64) and scratch.stride() == (1, 48)
+    assert module._scratch(32, 64, torch.device("cpu")).stride() == (1, 32)
 
 
 # -- the CLI on the examples ----------------------------------------------------------------------------------
