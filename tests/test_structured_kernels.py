@@ -405,6 +405,10 @@ def test_feature_major_ends_are_priced_as_whole_sectors_plus_their_copies():
     legal = family.space(MonarchProblem(64, (4, 16, 16), (16, 4, 4)), H100).legal
     assert {c.ends for c in legal if not c.fused} == {0, 1} and not any(c.ends for c in legal if c.fused)
     assert {c for c in legal if c.ends} == {replace(c, ends=1) for c in legal if not c.fused}
+    single = family.space(MonarchProblem(1, (4, 16, 16), (16, 4, 4)), H100).legal
+    assert single and not any(c.ends for c in single), (
+        "one row: the kernel copies nothing, no twin to measure"
+    )
     assert family.tile_of(problem, ends) == one
     fused = BlockGemmConfig(16, 16, 16, 1, 4, 2, fused=1, ends=1)
     small = MonarchProblem(64, (4, 16, 16), (4, 16, 16))
@@ -663,6 +667,9 @@ ENDS_CASES = [
     (MonarchProblem(37, (4, 16, 16), (16, 4, 4)), {}),
     (MonarchProblem(37, (4, 16, 16), (16, 4, 4), transposed=True), {}),
     (ButterflyProblem(37, 64, "bfloat16"), {"levels": 2}),
+    # intermediates padded from 1 row to 16, and 16 rows that need no padding
+    (FFTProblem(1, 64, "float16", "complex"), {"split": 8}),
+    (MonarchProblem(16, (4, 16, 16), (16, 4, 4)), {}),
 ]
 
 
@@ -670,8 +677,8 @@ ENDS_CASES = [
 def test_feature_major_ends_copy_x_in_and_y_out_and_compute_the_same(problem, structure, monkeypatch):
     """ends=1: where the first launch reads x through a strided map, it reads a feature-major copy of x, and
     where the last launch writes y through one, it writes a feature-major tensor copied into y (one transpose
-    launch per plane). Checked against the dense matrix of the IR, into a NaN-poisoned out, on 37 rows, with x
-    a non-contiguous view; and with x and out already feature-major, no copy is made."""
+    launch per plane). Checked against the dense matrix of the IR, into a NaN-poisoned out, on 37 rows (1, 16), with x
+    a non-contiguous view; and with x and out already feature-major, or a single row, no copy is made."""
     plain = kernel_module(problem, config(problem, **structure))
     ends = kernel_module(problem, config(problem, ends=1, **structure))
     stages = stages_for(problem, config(problem, **structure))
@@ -694,7 +701,10 @@ def test_feature_major_ends_copy_x_in_and_y_out_and_compute_the_same(problem, st
         assert relative_error(out, expected) < problem.tolerance(), module is ends
     fft = problem.family == "fft"
     x_planes = 1 if not fft or problem.input == "real" else 2
-    assert copies == ["in"] * x_planes * strided_in + ["out"] * (2 if fft else 1) * strided_out, copies
+    planes = x_planes * strided_in, (2 if fft else 1) * strided_out
+    if problem.rows == 1:  # a single row is adjacent to itself: no copy
+        planes = 0, 0
+    assert copies == ["in"] * planes[0] + ["out"] * planes[1], copies
     copies.clear()
     if fft and problem.dtype == "float32":
         return  # complex64 planes are interleaved: no feature-major layout of them to pass

@@ -326,8 +326,13 @@ class BlockGemmFamily(StructuredFamily):
 
     def extras(self, problem: StructuredProblem, structure: dict[str, int]) -> tuple[dict[str, int], ...]:
         """Each config of a structure choice as it is, and with feature-major ends (`ends` = 1) where an end map
-        of that structure is strided and the kernel is not the fused one."""
-        if structure.get("fused") or not any(strided_ends(lower(problem.linear_map(structure)))):
+        of that structure is strided, the kernel is not the fused one and there is more than one row (a single
+        row is adjacent to itself: the kernel copies nothing, so the twin would run the same launches)."""
+        if (
+            structure.get("fused")
+            or problem.rows == 1
+            or not any(strided_ends(lower(problem.linear_map(structure))))
+        ):
             return ({},)
         return ({}, {"ends": 1})
 
@@ -341,9 +346,9 @@ class BlockGemmFamily(StructuredFamily):
 
     launch_legend = "load/store maps: inner, outer, inner_stride, elem"
     launch_note = (
-        "ends=1 (config key -fm), beside each choice but the fused one: where the first launch's load map is strided "
-        "(elem > 1), x is first copied feature-major, and where the last launch's store map is, y is written "
-        "feature-major and copied into place: one transpose launch per plane and copy"
+        "ends=1 (config key -fm), beside each choice but the fused one at more than one row: where the first "
+        "launch's load map is strided (elem > 1), x is first copied feature-major, and where the last launch's "
+        "store map is, y is written feature-major and copied into place: one transpose launch per plane and copy"
     )
 
     def launch_texts(self, problem: StructuredProblem, structure: dict[str, int]) -> list[str]:
