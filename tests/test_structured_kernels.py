@@ -677,8 +677,8 @@ ENDS_CASES = [
 def test_feature_major_ends_copy_x_in_and_y_out_and_compute_the_same(problem, structure, monkeypatch):
     """ends=1: where the first launch reads x through a strided map, it reads a feature-major copy of x, and
     where the last launch writes y through one, it writes a feature-major tensor copied into y (one transpose
-    launch per plane). Checked against the dense matrix of the IR, into a NaN-poisoned out, on 37 rows (1, 16), with x
-    a non-contiguous view; and with x and out already feature-major, or a single row, no copy is made."""
+    launch per plane). Checked against the dense matrix of the IR, into a NaN-poisoned out, on 37 rows (1, 16),
+    with x a non-contiguous view; and with x and out already feature-major, or a single row, no copy is made."""
     plain = kernel_module(problem, config(problem, **structure))
     ends = kernel_module(problem, config(problem, ends=1, **structure))
     stages = stages_for(problem, config(problem, **structure))

@@ -8,7 +8,8 @@ Runtime and energy are measured under one regime, named in every row (`timing_re
   queued the whole call (`queue_hold`), so a run times the GPU's work, not the host's launches (since
   2026-12-04; before, a call whose launches took the host longer than the flush was timed with its gaps).
   Energy: NVML's total-energy counter (millijoules since driver load) read around a loop of (flush, call)
-  pairs and around a loop of flushes alone, half the energy time each; a call's energy is the difference per call, so the flush's own energy is not charged to the kernel.
+  pairs and around a loop of flushes alone, half the energy time each; a call's energy is the difference per
+  call, so the flush's own energy is not charged to the kernel.
   `loop_power_w` is the (flush, call) loop's own average power, the flushes' included.
 - `l2_warm`: back-to-back calls, nothing flushed, for both.
 
