@@ -665,10 +665,20 @@ def check_vmap_lowrank(batched, rows, monkeypatch):
         assert len(calls) == count, (size, len(calls))
 
 
-MONARCH_VMAP_CASES = [(True, True, True), (False, True, True), (True, False, True), (True, True, False)]
+# (x, w1, w2) batched; in "only-w1" and "only-w2" the first block product of the forward or the transposed op
+# has nothing batched (jacfwd or an ensemble of one weight, x shared): one call that the samples share
+MONARCH_VMAP_CASES = [
+    (True, True, True),
+    (False, True, True),
+    (True, False, True),
+    (True, True, False),
+    (False, True, False),
+    (False, False, True),
+]
+MONARCH_VMAP_IDS = ["all", "x-shared", "w1-shared", "w2-shared", "only-w1", "only-w2"]
 
 
-@pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=["all", "x-shared", "w1-shared", "w2-shared"])
+@pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=MONARCH_VMAP_IDS)
 def test_vmap_of_a_monarch_op_with_batched_weights_is_one_call_per_block_product(batched, monkeypatch):
     check_vmap_monarch(batched, monkeypatch)
 

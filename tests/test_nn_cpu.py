@@ -24,11 +24,14 @@ from tests.test_nn import (
     BLOCKSPARSE_VMAP_CASES,
     CASES,
     DENSE_VMAP_CASES,
+    F32,
     FUNC_CASES,
     LOWRANK_VMAP_CASES,
     MONARCH_VMAP_CASES,
+    MONARCH_VMAP_IDS,
     SUM_VMAP_CASES,
     SUM_VMAP_IDS,
+    bsr_dense,
     check_against_reference,
     check_torch_func,
     check_vmap_blocksparse,
@@ -37,6 +40,7 @@ from tests.test_nn import (
     check_vmap_monarch,
     check_vmap_sum,
     make_case,
+    rel,
 )
 
 pytestmark = [
@@ -120,7 +124,7 @@ def test_vmap_of_a_low_rank_chain_on_the_cpu_path_is_one_call_per_factor(batched
     check_vmap_lowrank(batched, rows, monkeypatch)
 
 
-@pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=["all", "x-shared", "w1-shared", "w2-shared"])
+@pytest.mark.parametrize("batched", MONARCH_VMAP_CASES, ids=MONARCH_VMAP_IDS)
 def test_vmap_of_a_monarch_op_on_the_cpu_path_is_one_call_per_block_product(batched, monkeypatch):
     check_vmap_monarch(batched, monkeypatch)
 
@@ -152,6 +156,39 @@ def test_a_block_sparse_backward_makes_its_transposed_pattern_indices_once_per_d
         layer(x).sum().backward()
     first, second = seen  # the transposed op's (crow, col, values) of each backward
     assert first[0] is second[0] and first[1] is second[1]
+    assert knn.functional._transposed_indices.cache_info().currsize == 1
+
+
+def test_a_nested_transform_over_a_block_sparse_layer_leaves_later_transforms_working():
+    """jacfwd over the stored blocks of grad over x (a gradient penalty's mixed derivative) makes dx's transposed
+    pattern indices inside grad; kept as grad's wrappers, they broke every later torch.func call on the layer
+    (PyTorch's internal assert on the transform level). Kept plain, the same calls work again: against
+    float64, twice."""
+    layer = knn.BlockSparseLinear(12, 8, (4, 4), density=0.5, seed=3)
+    params = {n: p.detach() for n, p in layer.named_parameters()}
+    buffers = dict(layer.named_buffers())
+    x = torch.randn(3, 12)
+    knn.functional._transposed_indices.cache_clear()
+
+    def dx(values):  # d(sum y^2)/dx as a function of the stored blocks
+        def loss(x):
+            return (
+                torch.func.functional_call(layer, ({**params, "values": values}, buffers), (x,))
+                .square()
+                .sum()
+            )
+
+        return torch.func.grad(loss)(x)
+
+    def dx_reference(values):  # the same in float64 on the dense weight
+        dense = bsr_dense(layer, values)
+        return 2 * (x.double() @ dense.T + params["bias"].double()) @ dense
+
+    values = params["values"]
+    want_jacobian, want_dx = torch.func.jacrev(dx_reference)(values.double()), dx_reference(values.double())
+    for _ in range(2):
+        assert rel(torch.func.jacfwd(dx)(values), want_jacobian) < F32
+        assert rel(torch.func.grad(lambda x: layer(x).square().sum())(x), want_dx) < F32
     assert knn.functional._transposed_indices.cache_info().currsize == 1
 
 

@@ -381,32 +381,42 @@ def _vmap_monarch(x, x_dim, weights, weight_dims, size: int, transposed: bool) -
     """A Monarch op whose weights are batched (an ensemble) as its two block products (monarch_reference's
     steps 1 and 3; for a transposed op, y = x @ M, their adjoints in reverse order, as the op's backward
     computes dx), the permutations between them as views, each product one call for every sample
-    (`_vmap_dense`), not one fused call per sample: the rule takes it for more than two samples. The product
-    between them is rounded to the dtype, as in the op's backward. Returns (S, ..., out)."""
+    (`_vmap_dense`), not one fused call per sample: the rule takes it for more than two samples. Where neither
+    x nor the first product's weight is batched (only the second's: jacfwd of w2), that product is one call
+    shared by the samples. The product between them is rounded to the dtype, as in the op's backward. Returns
+    (S, ..., out)."""
     (w1, w2), (dim1, dim2) = weights, weight_dims
     w1, w2 = _front(w1, dim1), _front(w2, dim2)
     (k, q, p), (l, s, r) = w1.shape[-3:], w2.shape[-3:]  # noqa: E741
     batched, a = x_dim is not None, _front(x, x_dim)
     lead = a.shape[1:-1] if batched else a.shape[:-1]  # a sample's leading dims
     rows = math.prod(lead)
+
+    def first(a, b, b_batched, text):  # ([S,] groups, B, f) and whether S is there
+        if batched or b_batched:
+            return _vmap_dense(a, batched, b, b_batched, text, size), True
+        return torch.ops.kt.apply(a, [b], text), False  # nothing of it batched: one product for all samples
+
     front = (size,) if batched else ()
     if transposed:
         # x (B, s*l): z_j = x[:, c*l + j]; v_j = z_j @ w2[j]; u, v's blocks put back; y_i = u_i @ w1[i]
         z = a.reshape(*front, rows, s, l).movedim(-1, -3)  # ([S,] l, B, s)
-        text = _dense_text(w2.dtype, r, s, l, _layout(z), _layout(w2))
-        v = _vmap_dense(z, batched, w2, dim2 is not None, text, size)  # (S, l, B, r)
-        u = v.permute(0, 2, 3, 1).reshape(size, rows, k, q).transpose(1, 2)  # (S, k, B, q)
+        v, v_batched = first(z, w2, dim2 is not None, _dense_text(w2.dtype, r, s, l, _layout(z), _layout(w2)))
+        front = (size,) if v_batched else ()
+        u = v.movedim(-3, -1).reshape(*front, rows, k, q).transpose(-3, -2)  # ([S,] k, B, q)
         text = _dense_text(w1.dtype, p, q, k, _layout(u), _layout(w1))
-        y = _vmap_dense(u, True, w1, dim1 is not None, text, size)  # (S, k, B, p)
+        y = _vmap_dense(u, v_batched, w1, dim1 is not None, text, size)  # (S, k, B, p)
         return y.transpose(1, 2).reshape(size, *lead, k * p)  # y[b, i*p + c] = y_i[b, c]
     xb = a.reshape(*front, rows, k, p).transpose(-3, -2)  # ([S,] k, B, p): x's blocks
     w1t, w2t = w1.transpose(-1, -2), w2.transpose(-1, -2)
     text = _dense_text(w1.dtype, q, p, k, _layout(xb), _layout(w1t))
-    u = _vmap_dense(xb, batched, w1t, dim1 is not None, text, size)  # (S, k, B, q): u_i = x_i @ w1[i].T
-    # (S, l, B, r): the stride permutation
-    v = u.transpose(1, 2).reshape(size, rows, r, l).permute(0, 3, 1, 2)
+    u, u_batched = first(xb, w1t, dim1 is not None, text)  # ([S,] k, B, q): u_i = x_i @ w1[i].T
+    front = (size,) if u_batched else ()
+    v = (
+        u.transpose(-3, -2).reshape(*front, rows, r, l).movedim(-1, -3)
+    )  # ([S,] l, B, r): the stride permutation
     text = _dense_text(w2.dtype, s, r, l, _layout(v), _layout(w2t))
-    z = _vmap_dense(v, True, w2t, dim2 is not None, text, size)  # (S, l, B, s): z_j = v_j @ w2[j].T
+    z = _vmap_dense(v, u_batched, w2t, dim2 is not None, text, size)  # (S, l, B, s): z_j = v_j @ w2[j].T
     return z.permute(0, 2, 3, 1).reshape(size, *lead, s * l)  # y[b, c*l + j] = z[j, b, c]
 
 
@@ -464,7 +474,10 @@ def _stacked_indices(args: tuple, device: torch.device) -> tuple[torch.Tensor, .
 
 
 def _as_indices(arrays, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.as_tensor(a, dtype=torch.int64, device=device) for a in arrays)
+    """Plain tensors even inside a torch.func transform: made under grad (a nested transform's dx), they would
+    be its wrappers, and one kept by `_index_tensors` would then break every later transform of the layer."""
+    with torch._C._DisableFuncTorch():
+        return tuple(torch.as_tensor(a, dtype=torch.int64, device=device) for a in arrays)
 
 
 @functools.lru_cache(maxsize=64)
