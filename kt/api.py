@@ -359,7 +359,8 @@ def collect(
             strategy="exhaustive",
             **options,
         )
-    return run_session(spec, budget=_budget(sample), backend=backend, db=db, strategy="random", **options)
+    sample = check_int(sample, "sample", 1, MAX_BUDGET)  # as --sample names it
+    return run_session(spec, budget=sample, backend=backend, db=db, strategy="random", **options)
 
 
 def load(path: str | os.PathLike, verify: bool = True) -> Kernel:
@@ -427,15 +428,16 @@ def fit_model(
     the profile `device` (default: auto), only those measured on the GPU named `gpu` when given; save it to
     `out` (a .skops file, written atomically). The data's timed baseline rows (PyTorch's own path of dense
     GEMMs) fit the model's baseline forest. Returns the model and the number of rows it was fitted on."""
-    from kt.costmodel.forest import MIN_ROWS, ForestModel
+    from kt.costmodel.forest import MIN_ROWS, MODEL_SUFFIX, ForestModel
     from kt.errors import DatabaseError, ModelError
-    from kt.files import check_not_input, check_writable
+    from kt.files import MODEL_NAMES, check_not_input, check_suffix, check_writable
 
     out = Path(out)
     if out.is_dir():
         raise ModelError(f"out: {str(out)!r} is a directory; give a model file such as model.skops")
     check_writable(out, "out")  # before the fit, not after it
     check_not_input(out, [data], "out", "--data")
+    check_suffix(out, "out", MODEL_SUFFIX, MODEL_NAMES)
     profile = resolve_profile(device)
     records = _measured_records(data, profile, gpu)
     if len(records) < MIN_ROWS:

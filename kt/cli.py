@@ -27,14 +27,19 @@ from kt.errors import DatabaseError, KtError
 from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
+    MODEL_NAMES,
     check_cache_dir,
     check_not_input,
+    check_suffix,
     check_writable,
     existing_file,
     existing_path,
     make_folder,
     model_file,
 )
+
+# kt.spec.MAX_BUDGET (tune.budget's most), not imported for it: kt.spec loads yaml. test_cli checks they agree
+MAX_BUDGET = 100_000
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
 # soft_wrap: a long line stays one line (tables still fit the width).
@@ -283,7 +288,7 @@ RETRY = click.option(
 )
 BUDGET = click.option(
     "--budget",
-    type=click.IntRange(1, 100_000),
+    type=click.IntRange(1, MAX_BUDGET),
     default=None,
     help="Configs to measure (default: the spec's).",
 )
@@ -401,7 +406,12 @@ def _ray_address(ctx, param, value):
 @click.option(
     "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
-@click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="No progress bar and no progress notes: the results only (several ops: each named as it starts "
+    "and ends, with how many are still to go, to say whose results follow).",
+)
 @STRATEGY
 @MODEL
 @POWER_CAP
@@ -1101,7 +1111,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
 @SPEC
 @click.option("--all", "everything", is_flag=True, help="Measure every legal config.")
 @click.option(
-    "--sample", type=click.IntRange(1, 1_000_000), default=None, help="Measure N random legal configs."
+    "--sample", type=click.IntRange(1, MAX_BUDGET), default=None, help="Measure N random legal configs."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 @TIMEOUT
@@ -1162,11 +1172,7 @@ def calibrate(out_path, name):
 def _export_target(value: Path) -> Path:
     """kt export's output: a .csv (every reader of kt's files takes any other suffix for a database)."""
     value = check_writable(value, "OUT.csv", make_parent=False)
-    if value.suffix.lower() != ".csv":
-        raise KtError(
-            f"OUT.csv: {str(value)!r} must end in .csv; kt reads any other file as a tuning database"
-        )
-    return value
+    return check_suffix(value, "OUT.csv", ".csv", "kt reads any other file as a tuning database")
 
 
 @main.command()
@@ -1260,8 +1266,9 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
 
     SPACE is a Kernel Tuner cache file (.json, .json.gz: every valid configuration timed, as in
     ../shared/data/kerneltuner) or a kt tuning database / `kt export` CSV of finished `kt collect --all`
-    sweeps (each problem one space). A configuration that failed on the GPU is a spent evaluation that
-    returned a failure. A repeat's score is optimum time / best time found within the budget."""
+    sweeps (each problem one space; rows of a tune make a space of only the configs it measured). A
+    configuration that failed on the GPU is a spent evaluation that returned a failure. A repeat's score is
+    optimum time / best time found within the budget."""
     from kt.autotune.spaces import check_space_file, parse_budget
 
     # what can be refused without reading the space is refused before the search's model stack loads
@@ -1270,11 +1277,12 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     if csv_path is not None:
         check_writable(csv_path, "csv", make_parent=False)
         check_not_input(csv_path, [space_path], "csv", "SPACE")
+        check_suffix(csv_path, "csv", ".csv", "the trace is CSV, and `--csv op.yaml` would replace the spec")
     from kt.autotune.replay import replay_file, write_trace
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
         result = replay_file(space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress)
-    out.print(f"space: {_listed(result.spaces)} ({result.source})")
+    out.print(_space_line(result))
     per_eval = 1e3 * result.decision_s / max(1, result.evaluations)
     per_round = 1e3 * result.decision_s / max(1, result.rounds)
     out.print(
@@ -1293,6 +1301,16 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
                 f"note: budget {result.budget} is over the points of {_listed(small)}: a search there measured them all"
             )
     out.print(result.line())
+
+
+def _space_line(result) -> str:
+    """kt replay's first line: the space(s) and their sizes. A tune's few rows of a problem are a space too,
+    of only the configs it measured (a model's picks: `top` scores 1.000 there); the counts show it."""
+    low, high = min(result.sizes), max(result.sizes)
+    configs = f"{low} configs" if low == high else f"{low} to {high} configs"
+    if len(result.spaces) == 1:
+        return f"space: {result.spaces[0]} ({configs}; {result.source})"
+    return f"space: {len(result.spaces)} problems of {configs}: {_listed(result.spaces)} ({result.source})"
 
 
 def _listed(items: list[str], most: int = 3) -> str:
@@ -1497,6 +1515,8 @@ def costmodel():
 @MODEL_SEED
 def fit(data, out_path, device, gpu, seed):
     """Fit the forest on every GPU-measured passing row of --data for the device, and save it."""
+    check_not_input(out_path, [data], "out", "--data")  # as fit_model checks, before scikit-learn loads
+    check_suffix(out_path, "out", ".skops", MODEL_NAMES)
     from kt.api import fit_model
 
     model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -78,25 +77,23 @@ class DeviceProfile:
         if not isinstance(peaks, dict) or set(peaks) != set(PEAK_KEYS):
             raise ProfileError(f"{where}: peak_flops must map exactly {', '.join(PEAK_KEYS)} to FLOP/s")
         for key, value in peaks.items():
-            if not _positive(value):
-                raise ProfileError(
-                    f"{where}: peak_flops.{key} must be a finite positive number, got {value!r}"
-                )
+            if not _in_range(value):
+                raise ProfileError(f"{where}: peak_flops.{key} must be a number {RANGE}, got {value!r}")
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 continue
             value = data[f.name]
-            if f.type == "int" and not (_positive(value) and isinstance(value, int)):
-                raise ProfileError(f"{where}: {f.name} must be a positive integer, got {value!r}")
-            if f.type == "float" and not _positive(value):
-                raise ProfileError(f"{where}: {f.name} must be a finite positive number, got {value!r}")
+            if f.type == "int" and not (_in_range(value) and isinstance(value, int)):
+                raise ProfileError(f"{where}: {f.name} must be an integer {RANGE}, got {value!r}")
+            if f.type == "float" and not _in_range(value):
+                raise ProfileError(f"{where}: {f.name} must be a number {RANGE}, got {value!r}")
             if f.type == "str" and (not isinstance(value, str) or not value):
                 raise ProfileError(f"{where}: {f.name} must be a non-empty string, got {value!r}")
         capability = data.get("compute_capability", 90)
-        if not MIN_CAPABILITY <= capability <= MAX_CAPABILITY:
+        if capability not in CAPABILITIES:
             raise ProfileError(
                 f"{where}: compute_capability must be 10 * major + minor of an NVIDIA GPU (80 for sm_80, 90 for "
-                f"sm_90), from {MIN_CAPABILITY} to {MAX_CAPABILITY}: the architectures whose MMA kt's legality "
+                f"sm_90), one of {', '.join(map(str, CAPABILITIES))}: the architectures whose MMA kt's legality "
                 f"and cost model know (mma.sync, wgmma); got {capability!r}"
             )
         return cls(**data)
@@ -104,13 +101,20 @@ class DeviceProfile:
 
 # Ampere (sm_80, sm_86, sm_87), Ada (sm_89) and Hopper (sm_90): kt reads tensor-core use as mma.sync below
 # sm_90 and wgmma at sm_90. Blackwell (sm_100) builds use tcgen05.mma, which neither legality nor the cost
-# model knows, and Triton gives sm_75 no mma.sync: profiles of those would be labelled wrong.
-MIN_CAPABILITY, MAX_CAPABILITY = 80, 90
+# model knows, and Triton gives sm_75 no mma.sync: profiles of those would be labelled wrong. The numbers
+# between name no GPU (ptxas has no sm_85): a profile of one passed, then every build crashed.
+CAPABILITIES = (80, 86, 87, 89, 90)
 
 
-def _positive(value) -> bool:
-    """A positive finite number (Infinity in a profile's JSON passed, then broke the cost model's features)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+# Every number of a profile (counts, bytes, B/s, FLOP/s, W) lies in this range. Infinity passed once, then broke
+# the cost model's features with a traceback; so did 1e40 SMs (over float32's range there), and 1e-300 B/s made
+# every prediction inf. Real GPUs sit far inside it (an H100's fp16 peak: 9.9e14 FLOP/s).
+LOWEST, HIGHEST = 1, 10**18
+RANGE = f"from {LOWEST} to 1e18"
+
+
+def _in_range(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and LOWEST <= value <= HIGHEST
 
 
 def _required(f: dataclasses.Field) -> bool:

@@ -122,6 +122,20 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
     return path
 
 
+MODEL_NAMES = "kt writes and reads models as .skops files (skops' zip archives)"
+
+
+def check_suffix(path: str | os.PathLike, field: str, suffix: str, why: str) -> Path:
+    """Refuse, naming `field`, an output whose name does not end in `suffix` (`why`: what kt makes of any other
+    name): `--out op.yaml` would replace the spec with a model."""
+    from kt.errors import KtError
+
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise KtError(f"{field}: {str(path)!r} must end in {suffix}; {why}")
+    return path
+
+
 def check_not_input(path: str | os.PathLike, inputs, field: str, what: str) -> None:
     """Refuse, naming `field`, an output that is one of the command's input files (`what` names them): it would
     be replaced by the output before anything else could read it (`kt import inductor log --out log`)."""

@@ -1008,7 +1008,7 @@ def _int(value: Any, path: str, low: int, high: int) -> int:
     # numbers.Integral: numpy's integers too (a shape computed with numpy); never a bool
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if real and math.isfinite(value) and float(value).is_integer():
+        if real and math.isfinite(value) and float(value).is_integer() and low <= value <= high:
             raise SpecError(path, f"must be an integer (write {int(value)}, not {value!r})")
         raise SpecError(path, f"must be an integer from {low} to {high}, got {_kind(value)}")
     value = int(value)

@@ -223,3 +223,6 @@ def test_collect_checks_its_sample_and_never_runs_pytorchs_path(tmp_path):
         rows = db.find()
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), [r["message"] for r in rows]
     assert "pytorch" not in {r["config_key"] for r in rows}
+    # named as the argument is (it said `budget:`, which collect has not), with tune.budget's range
+    with pytest.raises(kt.SpecError, match="^sample: must be an integer from 1 to 100000, got 100001$"):
+        kt.collect(spec, sample=100_001, backend="interpret", db=tmp_path / "c.db", progress=False)

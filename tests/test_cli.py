@@ -103,6 +103,17 @@ assert not loaded, f"a refusal loaded {loaded}"
 """
 
 
+def test_the_clis_budget_and_sample_ranges_are_the_specs():
+    """`--budget` and `--sample` take what op.yaml's tune.budget takes (kt.cli keeps its own copy of the bound,
+    so as not to load kt.spec for --help; `--sample` said 1,000,000 while the API refused over 100,000)."""
+    import kt.cli
+    from kt.spec import MAX_BUDGET
+
+    for command, name in ((kt.cli.tune, "budget"), (kt.cli.collect, "sample"), (kt.cli.predict, "budget")):
+        (option,) = [p for p in command.params if p.name == name]
+        assert (option.type.min, option.type.max) == (1, MAX_BUDGET) == (1, kt.cli.MAX_BUDGET), command.name
+
+
 def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     """A bad spec, an unknown device, a bad budget or a missing file is refused before torch, Triton or
     scikit-learn load (seconds of imports), so the one-line error comes at once."""
@@ -125,7 +136,14 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     (unmeasured / "kernel.py").write_text("# inspect reads meta.json and the database\n")
     kt_db = tmp_path / "cpu.db"
     Database(kt_db).close()
-    meta = {"format": 1, "family": "gemm", "measured": False, "tuning": {"db": str(kt_db)}}
+    meta = {
+        "format": 1,
+        "family": "gemm",
+        "problem": {"m": 16, "n": 16, "k": 16},
+        "measured": False,
+        "device": {"target": "h100", "ran_on": "cpu (Triton interpreter)", "runner": "interpret"},
+        "tuning": {"db": str(kt_db)},
+    }
     (unmeasured / "meta.json").write_text(json.dumps(meta))
     junk = tmp_path / "junk.db"  # opened read-only as the command line is read: sqlite3 alone says it is none
     junk.write_bytes(b"not SQLite" * 100)
@@ -174,6 +192,17 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["export", tmp_path / "no" / "x.csv", "--db", kt_db], "OUT.csv: the folder '"),
         # written, but every reader took it for a database ("is not a kt tuning database")
         (["export", tmp_path / "rows.txt", "--db", kt_db], "rows.txt' must end in .csv; kt reads any other"),
+        # written over whatever the name held, an op.yaml included
+        (
+            ["costmodel", "fit", "--data", kt_db, "--out", tmp_path / "op.yaml"],
+            "op.yaml' must end in .skops; ",
+        ),
+        (
+            ["replay", space, "--budget", "5", "--csv", tmp_path / "op.yaml"],
+            "op.yaml' must end in .csv; the ",
+        ),
+        # --help said up to 1,000,000, and the error named `budget`
+        (["collect", EXAMPLE, "--sample", "100001"], "'--sample': 100001 is not in the range 1<=x<=100000"),
         (
             ["inspect", kt_db, "--plots", bad / "plots"],
             "plots: the folder '",

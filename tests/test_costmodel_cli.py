@@ -254,6 +254,33 @@ def test_a_csv_that_is_not_utf8_is_refused_in_one_line_naming_the_line(tmp_path)
     assert not (tmp_path / "m.skops").exists()
 
 
+def test_a_cut_off_or_damaged_csv_row_is_refused_not_read_with_empty_cells(tmp_path):
+    """A `kt export` CSV cut off in its last row (a copy stopped part-way) was read as one more measured row
+    whose missing cells were empty; so was a row with a cell too few or too many."""
+    from kt.autotune.dataset import read_rows
+
+    data, _ = malformed_data(tmp_path, "csv", "spec_name", "x")
+    whole = data.read_text()
+    assert len(read_rows(data)) == 2  # as exported: read
+    header, first, second = whole.splitlines(keepends=True)
+    columns = len(next(csv.reader([header])))
+    cut = header + first + second[: second.rindex(",", 0, len(second) - 100)]  # mid-row
+    data.write_text(cut)
+    for command in (("costmodel", "eval", "--data"), ("inspect",)):
+        assert_one_line_error(
+            kt(*command, data),
+            "data.csv' line 3: the file ends without a line break, so its last row may be cut",
+        )
+    data.write_text(cut + "\n")  # the row's line ended: its cells are too few
+    cells = len(next(csv.reader([cut.splitlines()[-1]])))
+    assert cells < columns
+    message = f"data.csv' line 3: {cells} cells, the header has {columns}: a cut-off or damaged row"
+    assert_one_line_error(kt("costmodel", "eval", "--data", data), message)
+    data.write_text(header + first.rstrip("\r\n") + ",extra\r\n" + second)  # a cell too many
+    message = f"data.csv' line 2: {columns + 1} cells, the header has {columns}: a cut-off or damaged row"
+    assert_one_line_error(kt("costmodel", "eval", "--data", data), message)
+
+
 def test_read_only_commands_never_turn_a_file_into_a_database(tmp_path):
     empty = tmp_path / "empty.db"
     empty.touch()

@@ -88,22 +88,34 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
     [
         (lambda d: d.update(bogus=1), "unknown key 'bogus'"),
         (lambda d: d.pop("sm_count"), "missing key 'sm_count'"),
-        (lambda d: d.update(sm_count=-4), "sm_count must be a positive integer, got -4"),
+        (lambda d: d.update(sm_count=-4), "sm_count must be an integer from 1 to 1e18, got -4"),
         # each of these passed, then failed later: in the cost model's features (a traceback) or in every compile
-        (lambda d: d.update(sm_count=1.5), "sm_count must be a positive integer, got 1.5"),
+        (lambda d: d.update(sm_count=1.5), "sm_count must be an integer from 1 to 1e18, got 1.5"),
         (
             lambda d: d.update(dram_bandwidth=math.inf),
-            "dram_bandwidth must be a finite positive number, got inf",
+            "dram_bandwidth must be a number from 1 to 1e18, got inf",
         ),
-        (lambda d: d.update(tdp_w=math.nan), "tdp_w must be a finite positive number, got nan"),
-        (lambda d: d["peak_flops"].update(tf32=math.inf), "peak_flops.tf32 must be a finite positive number"),
+        (lambda d: d.update(tdp_w=math.nan), "tdp_w must be a number from 1 to 1e18, got nan"),
+        (lambda d: d["peak_flops"].update(tf32=math.inf), "peak_flops.tf32 must be a number from 1 to 1e18"),
+        # a traceback from float32 features (1e40 SMs), and a prediction of inf for every config (1e-300 B/s)
+        (lambda d: d.update(sm_count=10**40), "sm_count must be an integer from 1 to 1e18, got 10+$"),
+        (
+            lambda d: d.update(dram_bandwidth=1e-300),
+            "dram_bandwidth must be a number from 1 to 1e18, got 1e-300",
+        ),
+        (
+            lambda d: d["peak_flops"].update(float16=1e308),
+            "peak_flops.float16 must be a number from 1 to 1e18",
+        ),
         (
             lambda d: d.update(compute_capability=7),
             "compute_capability must be 10 \\* major \\+ minor .* got 7$",
         ),
-        (lambda d: d.update(compute_capability=1000), "from 80 to 90: .* got 1000"),
-        (lambda d: d.update(compute_capability=100), "from 80 to 90: .*wgmma.*; got 100"),
-        (lambda d: d.update(compute_capability=75), "from 80 to 90: .* got 75"),
+        (lambda d: d.update(compute_capability=1000), "one of 80, 86, 87, 89, 90: .* got 1000"),
+        (lambda d: d.update(compute_capability=100), "one of 80, 86, 87, 89, 90: .*wgmma.*; got 100"),
+        (lambda d: d.update(compute_capability=75), "one of 80, 86, 87, 89, 90: .* got 75"),
+        # no GPU is sm_85: the profile passed, then ptxas refused every build ("not a recognized processor")
+        (lambda d: d.update(compute_capability=85), "one of 80, 86, 87, 89, 90: .* got 85"),
         (
             lambda d: d["peak_flops"].pop("tf32"),
             "peak_flops must map exactly float16, bfloat16, tf32, float32",

@@ -10,6 +10,7 @@ from conftest import GPPERF, benchmark_module
 from kt.autotune.database import CSV_COLUMNS
 from kt.autotune.replay import Sweep, reached, replay, sweeps_from_rows
 from kt.autotune.search import SearchTrace
+from kt.cli import _space_line
 from kt.ir.problems import GemmProblem
 
 TILED = GPPERF / "execution_times_all.csv"
@@ -136,6 +137,9 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     result = replay_module.replay_file(path, "guided", 2, repeats=2, seed=1, min_configs=3)
     assert len(result.spaces) == 6 and len(result.scores) == 12 and all(0 < s <= 1 for s in result.scores)
     assert result.line().endswith("over 2 repeats x 6 problems")
+    low, high = min(len(s) for s in sweeps[:6]), max(len(s) for s in sweeps[:6])
+    sizes = f"{low} configs" if low == high else f"{low} to {high} configs"
+    assert _space_line(result).startswith(f"space: 6 problems of {sizes}: ")  # a tune's rows show few
     with pytest.raises(replay_module.KtError, match="holds no exhaustive sweep"):
         replay_module.replay_file(path, "guided", 2, min_configs=50)
 

@@ -326,7 +326,7 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith("space: BOWL (")
+    assert lines[0].startswith("space: BOWL (192 configs; ")
     assert lines[-2] == "note: budget 500 is over the points of BOWL (192): a search there measured them all"
     assert lines[-1] == "exhaustive budget 500: mean score 1.000, p10 1.000, over 1 repeat"
     whole = replay_file(space, "exhaustive", "100%", repeats=1)

@@ -95,6 +95,9 @@ def mutate(path, value):
         ("shape.m", 0, "shape.m: must be an integer from 1 to 16777216, got 0"),
         ("shape.n", "4096", "shape.n: must be an integer from 1 to 16777216, got '4096' (str)"),
         ("shape.k", 64.0, "shape.k: must be an integer (write 64, not 64.0)"),
+        # the hint named a value that is refused too ("write 0, not 0.0"; a hundred-digit integer for 1e100)
+        ("shape.m", 0.0, "shape.m: must be an integer from 1 to 16777216, got 0.0 (float)"),
+        ("shape.m", 1e100, "shape.m: must be an integer from 1 to 16777216, got 1e+100 (float)"),
         ("shape.k", True, "shape.k: must be an integer from 1 to 16777216, got True (bool)"),
         ("shape.k", KeyError, "shape.k: is required"),
         ("shape.batch", 70000, "shape.batch: must be an integer from 1 to 65535, got 70000"),

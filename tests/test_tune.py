@@ -163,8 +163,29 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         ({"config": {"block_m": "big"}}, "is damaged: config: block_m: must be an integer, got 'big'$"),
         ({"spec": None}, "is damaged: spec: "),
         ("family", "is damaged: it has no 'family'$"),
+        # a KeyError's or TypeError's own text ("'zzz'", "'NoneType' object is not subscriptable") in `kt
+        # inspect`, and a string taken for true
+        ({"family": "zzz"}, r"is damaged: family 'zzz' is not one of gemm, "),
+        (
+            {"device": None},
+            "is damaged: device must be a mapping whose target and ran_on are strings, got None$",
+        ),
+        ({"measured": "yes"}, "is damaged: measured must be true or false, got 'yes'$"),
+        ({"problem": [16]}, r"is damaged: problem must be a mapping, got \[16\]$"),
     ],
-    ids=["not-utf8", "config-int", "family-list", "config-null", "config-field", "spec-null", "no-family"],
+    ids=[
+        "not-utf8",
+        "config-int",
+        "family-list",
+        "config-null",
+        "config-field",
+        "spec-null",
+        "no-family",
+        "family-unknown",
+        "device-null",
+        "measured-text",
+        "problem-list",
+    ],
 )
 def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_path, damage, words):
     """Each of these was a raw TypeError, AttributeError (on repr, for a null config) or UnicodeDecodeError."""
@@ -178,6 +199,9 @@ def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_p
         (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(kt.ArtifactError, match=words):
         kt.load(path)
+    if isinstance(damage, dict) and set(damage) & {"family", "device", "measured", "problem"}:
+        with pytest.raises(kt.ArtifactError, match=words):  # kt inspect reads them the same way
+            kt.inspect(path)
 
 
 def test_a_candidate_that_crashes_its_worker_is_recorded_and_the_tune_goes_on(tmp_path, monkeypatch):

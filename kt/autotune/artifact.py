@@ -330,7 +330,31 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
             f"{path / 'meta.json'} has format {meta.get('format') if isinstance(meta, dict) else '?'}; "
             f"this kt reads format {FORMAT}"
         )
+    _check_meta(meta, f"{path / 'meta.json'} is damaged")
     return meta, files["kernel.py"]
+
+
+def _check_meta(meta: dict[str, Any], damaged: str) -> None:
+    """The fields every reader of meta.json goes by, each refused by name when a hand edit broke it (a family
+    of another name or a device of null came out as Python's KeyError or TypeError text; "measured": "yes"
+    passed as true)."""
+    from kt.axes import CONFIG_FIELDS as FAMILIES  # the family names, without kt.codegen's torch
+
+    for key in ("family", "measured", "device", "problem"):
+        if key not in meta:
+            raise ArtifactError(f"{damaged}: it has no {key!r}")
+    family = meta.get("family")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ArtifactError(f"{damaged}: family {family!r} is not one of {', '.join(FAMILIES)}")
+    if not isinstance(meta.get("measured"), bool):
+        raise ArtifactError(f"{damaged}: measured must be true or false, got {meta.get('measured')!r}")
+    device = meta.get("device")
+    if not isinstance(device, dict) or not all(isinstance(device.get(k), str) for k in ("target", "ran_on")):
+        raise ArtifactError(
+            f"{damaged}: device must be a mapping whose target and ran_on are strings, got {device!r}"
+        )
+    if not isinstance(meta.get("problem"), dict):
+        raise ArtifactError(f"{damaged}: problem must be a mapping, got {meta.get('problem')!r}")
 
 
 def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
@@ -371,7 +395,7 @@ def _replaced(path: Path, folder: int) -> bool:
 
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     """The artifact's kernel as a callable; `verify=False` accepts a hand-edited kernel.py."""
-    from kt.codegen import FAMILIES, config_from_dict, import_kernel_file, load_source
+    from kt.codegen import config_from_dict, import_kernel_file, load_source
     from kt.kernel import Kernel
     from kt.spec import parse_spec
 
@@ -395,9 +419,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
             raise ArtifactError(f"{damaged}: config is null, but kernel.py is a generated kernel")
         config = None  # PyTorch's path
     else:
-        family, data = meta["family"], meta["config"]
-        if not isinstance(family, str) or family not in FAMILIES:
-            raise ArtifactError(f"{damaged}: family {family!r} is not one of {', '.join(FAMILIES)}")
+        family, data = meta["family"], meta["config"]  # the family checked by `_read`
         if not isinstance(data, dict):
             raise ArtifactError(
                 f"{damaged}: config must be a mapping of the {family} config's fields, got {data!r}"

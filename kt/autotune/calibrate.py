@@ -12,7 +12,7 @@ from datetime import date
 
 import torch
 
-from kt.device import MAX_CAPABILITY, MIN_CAPABILITY, DeviceProfile, match_gpu
+from kt.device import CAPABILITIES, DeviceProfile, match_gpu
 from kt.errors import DeviceError
 
 COPY_BYTES = 1 << 30
@@ -74,10 +74,11 @@ def calibrate(name: str | None = None) -> DeviceProfile:
         raise DeviceError("calibrate measures a GPU and this machine has none")
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     capability = 10 * props.major + props.minor
-    if not MIN_CAPABILITY <= capability <= MAX_CAPABILITY:  # refused before minutes of measuring
+    if capability not in CAPABILITIES:  # refused before minutes of measuring
         raise DeviceError(
-            f"calibrate: {props.name} is sm_{capability}; kt knows sm_{MIN_CAPABILITY} to sm_{MAX_CAPABILITY} "
-            "(Ampere, Ada, Hopper), whose MMA its legality and cost model read"
+            f"calibrate: {props.name} is sm_{capability}; kt knows "
+            f"{', '.join(f'sm_{c}' for c in CAPABILITIES)} (Ampere, Ada, Hopper), whose MMA its legality and "
+            "cost model read"
         )
     builtin = match_gpu(props.name)
     fallback = builtin.to_dict() if builtin else {}

@@ -76,8 +76,18 @@ def find_rows(path: str | os.PathLike, field: str = "data", **where: Any) -> lis
 
 
 def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
-    reader = csv.DictReader(io.StringIO(export_text(path, field), newline=""))
+    """The rows of a `kt export` CSV. A row with fewer or more cells than the header, or a last row without its
+    line break (`kt export` ends every row with one), is a cut-off or damaged file: refused, not read as a row
+    whose missing cells are empty."""
+    text = export_text(path, field)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
+    if text and not text.endswith("\n"):
+        line = text.count("\n") + 1
+        raise DatabaseError(
+            f"{field}: {str(path)!r} line {line}: the file ends without a line break, so its last row may be "
+            "cut off (`kt export` ends every row with one); export it again, or end the line if the row is whole"
+        )
     while True:
         try:
             raw = next(reader)
@@ -88,6 +98,11 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
                 f"{field}: {str(path)!r} line {reader.line_num}: not valid CSV ({exc})"
             ) from None
         where = f"{field}: {str(path)!r} line {reader.line_num}"
+        if None in raw or None in raw.values():  # DictReader's marks of extra and of missing cells
+            cells = len(reader.fieldnames) + len(raw.get(None, ())) - list(raw.values()).count(None)
+            raise DatabaseError(
+                f"{where}: {cells} cells, the header has {len(reader.fieldnames)}: a cut-off or damaged row"
+            )
         row = {k: _cell(k, v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
         try:
             row = decode_row(row)

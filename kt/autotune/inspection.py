@@ -158,11 +158,13 @@ def _artifact_rows(
     from kt.costmodel.evaluate import holdout_key
     from kt.ir.problems import problem_from_dict
 
+    ran_on, target_name = meta["device"]["ran_on"], meta["device"]["target"]  # checked by read_meta
     try:
         problem = problem_from_dict(meta["family"], meta["problem"])
-        ran_on, target_name = meta["device"]["ran_on"], meta["device"]["target"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path / 'meta.json'} is damaged: {exc}") from None
+    except KeyError as exc:
+        raise ArtifactError(f"{path / 'meta.json'} is damaged: problem: it has no {exc} field") from None
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path / 'meta.json'} is damaged: problem: {exc}") from None
     rows = [
         r
         for r in find_rows(db_path, "db", runner="cuda", problem_key=problem.key())  # read-only
