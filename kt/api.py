@@ -428,9 +428,9 @@ def fit_model(
     the profile `device` (default: auto), only those measured on the GPU named `gpu` when given; save it to
     `out` (a .skops file, written atomically). The data's timed baseline rows (PyTorch's own path of dense
     GEMMs) fit the model's baseline forest. Returns the model and the number of rows it was fitted on."""
-    from kt.costmodel.forest import MIN_ROWS, MODEL_SUFFIX, ForestModel
+    from kt.costmodel.forest import MIN_ROWS, ForestModel
     from kt.errors import DatabaseError, ModelError
-    from kt.files import MODEL_NAMES, check_not_input, check_suffix, check_writable
+    from kt.files import MODEL_NAMES, MODEL_SUFFIX, check_not_input, check_suffix, check_writable
 
     out = Path(out)
     if out.is_dir():

@@ -28,6 +28,7 @@ from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
     MODEL_NAMES,
+    MODEL_SUFFIX,
     check_cache_dir,
     check_not_input,
     check_suffix,
@@ -1516,7 +1517,7 @@ def costmodel():
 def fit(data, out_path, device, gpu, seed):
     """Fit the forest on every GPU-measured passing row of --data for the device, and save it."""
     check_not_input(out_path, [data], "out", "--data")  # as fit_model checks, before scikit-learn loads
-    check_suffix(out_path, "out", ".skops", MODEL_NAMES)
+    check_suffix(out_path, "out", MODEL_SUFFIX, MODEL_NAMES)
     from kt.api import fit_model
 
     model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)

@@ -122,7 +122,8 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
     return path
 
 
-MODEL_NAMES = "kt writes and reads models as .skops files (skops' zip archives)"
+MODEL_SUFFIX = ".skops"
+MODEL_NAMES = f"kt writes and reads models as {MODEL_SUFFIX} files (skops' zip archives)"
 
 
 def check_suffix(path: str | os.PathLike, field: str, suffix: str, why: str) -> Path:

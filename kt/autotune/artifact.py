@@ -407,7 +407,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
             "re-run `kt tune`, or load with verify=False to use it as it is"
         )
     damaged = f"{path / 'meta.json'} is damaged"
-    for key in ("spec", "family", "config"):
+    for key in ("spec", "config"):  # the family: `_read` checked it
         if key not in meta:
             raise ArtifactError(f"{damaged}: it has no {key!r}")
     try:

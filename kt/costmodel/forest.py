@@ -57,7 +57,6 @@ FORMAT = "kt-costmodel"
 FORMAT_VERSION = 2
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 MIN_ROWS = 4  # fewer measured rows than this fit no forest
-MODEL_SUFFIX = ".skops"
 PAYLOAD_KEYS = (
     "device",
     "device_key",
