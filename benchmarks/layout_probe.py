@@ -116,11 +116,11 @@ def ptx_rows(name: str, problem, key: str) -> list[dict]:
     kernel._output = lambda out, *rest: (out, out) if out is not None else written(out, *rest)
     x, *weights = meta_args(problem)
     rows = []
-    for layout, args in (
-        ("row-major", (x, *weights)),
-        ("feature-major", (feature_major(x), *weights, feature_major(x))),
+    for layout, args, out in (
+        ("row-major", (x, *weights), None),
+        ("feature-major", (feature_major(x), *weights), feature_major(x)),
     ):
-        for launch, build in enumerate(compile_for_target(kernel, args, 90)):
+        for launch, build in enumerate(compile_for_target(kernel, args, 90, {"out": out})):
             ops: dict[str, int] = {}
             for op in GLOBAL_OPS.findall(build.ptx):
                 ops[op] = ops.get(op, 0) + 1

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kt.errors import KtError, one_line
-from kt.files import atomic_write_text, make_folder
+from kt.errors import KtError, counted, one_line
+from kt.files import atomic_write_text, check_not_input, csv_records, make_folder
 
 log = logging.getLogger("kt.bench")
 
@@ -249,11 +249,11 @@ def _run_part(part: str, run, clock: _Clock, settings, result: BenchResult, repo
     try:
         items = run(settings, deadline, result, reporter, only)
         status = "done" if time.monotonic() <= deadline + 1.0 else "over its share"
-        note = f"{items} items"
+        note = counted(items, "item")
         # a part whose share ran out before some of its items started is cut, not done (its rows say which)
         cut = sum(str(row.get("status", "")).startswith("not reached") for row in result.rows[before:])
         if cut:
-            status, note = "cut short", f"{items} items, {cut} not reached: its time share ran out"
+            status, note = "cut short", f"{counted(items, 'item')}, {cut} not reached: its time share ran out"
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # the other parts still run
@@ -438,7 +438,10 @@ def _tune_part(settings: _Settings, deadline: float, result: BenchResult, report
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one case failing (no config passes, an error) never stops the others
-            log.exception("tune case %s failed", case.name)
+            if isinstance(exc, KtError):  # kt's own word (no config passed, time ran out): one line
+                log.warning("tune case %s failed: %s", case.name, one_line(exc))
+            else:  # anything else is a defect: its traceback is what a report of it needs
+                log.exception("tune case %s failed", case.name)
             # A case that raised failed, also when it overran its share: "not reached" is only for a case that
             # never started (the first GPU run's FFT case, three 120 s compile timeouts, was misreported so).
             over = " (past its time share)" if time.monotonic() > started + share else ""
@@ -699,8 +702,10 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
     path = report_dir / CSV_NAME
     if not path.is_file():
         raise KtError(f"update: {path} not found; run `kt bench --out {report_dir}` first")
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("part") == "tunes"]
+    check_not_input(
+        benchmarks, [path, report_dir / REPORT_NAME, report_dir / EXPORT_NAME], "update", "the report"
+    )
+    rows = _report_rows(path)
     if not rows or any(r.get("gpu_run") != "True" for r in rows):
         raise KtError(
             f"update: {path} is a dry run's report or holds no quick tune: only GPU runs go into {benchmarks}"
@@ -708,6 +713,7 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
     if not benchmarks.parent.is_dir():
         raise KtError(f"update: the folder of {str(benchmarks)!r} does not exist")
     text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
+    _check_not_older(text, rows, path, benchmarks)
     if text.count(BEGIN) + text.count(END) and (
         text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END)
     ):
@@ -721,6 +727,68 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
         make_parent=False,
     )
     return len(rows)
+
+
+# the report's columns a BENCHMARKS.md row is made of: text every report has, and numbers (a column absent,
+# as from a dry run's report, or a cell empty where not measured)
+REPORT_TEXT = ("part", "gpu_run", "device", "date", "case", "dtype", "command")
+REPORT_NUMBERS = ("kt_ms", "kt_tflops", "kt_power_w", "kt_energy_mj", "baseline_ms", "ratio", "tune_s")
+
+
+def _report_rows(path: Path) -> list[dict[str, str]]:
+    """The quick-tune rows of a bench report's results.csv, each checked: a damaged file (not UTF-8, cut off,
+    a column missing, a figure that is not a finite number, a date that is not YYYY-MM-DD) is refused in one
+    line naming the line and the column, before BENCHMARKS.md is touched."""
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise KtError(f"update: {path} is not UTF-8 text (damaged); run `kt bench` again") from None
+    header = next(csv.reader([text.partition("\n")[0]]), [])
+    missing = [c for c in REPORT_TEXT if c not in header]
+    if missing:
+        raise KtError(
+            f"update: {path} has no {', '.join(missing)} column: not a kt bench report's results.csv"
+        )
+    rows = []
+    for where, row in csv_records(text, f"update: {path}", KtError):
+        if row["part"] != "tunes":
+            continue
+        for key in REPORT_NUMBERS:
+            try:
+                value = float(row[key]) if row.get(key) else 0.0
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value < 0:
+                raise KtError(f"{where}: {key} is {row[key]!r}, not a finite number >= 0 (or empty)")
+        if not _iso_date(row["date"]):
+            raise KtError(f"{where}: date is {row['date']!r}, not YYYY-MM-DD")
+        rows.append(row)
+    return rows
+
+
+def _iso_date(text: str) -> bool:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").strftime("%Y-%m-%d") == text
+    except ValueError:
+        return False
+
+
+def _check_not_older(text: str, rows: list[dict[str, str]], path: Path, benchmarks: Path) -> None:
+    """Refuse a report older than the rows of its device and cases that BENCHMARKS.md already holds: merging
+    it replaced a newer run's rows without a word."""
+    incoming = {(r["device"], r["case"]): r["date"] for r in rows}
+    if BEGIN not in text or END not in text:
+        return
+    for line in text.split(BEGIN, 1)[1].split(END, 1)[0].splitlines():
+        if not line.startswith("| ") or line in TABLE_HEAD:
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        date = incoming.get(_row_key(line))
+        if date is not None and _iso_date(cells[1]) and cells[1] > date:  # ISO dates order as text
+            raise KtError(
+                f"update: {benchmarks} holds {cells[0]}'s {cells[2]} from {cells[1]}, newer than {path}'s "
+                f"{date}; merge the newest run (or remove those rows by hand to go back)"
+            )
 
 
 TABLE_HEAD = (
@@ -758,10 +826,11 @@ def _benchmarks_line(r: dict[str, str]) -> str:
 
     ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else r.get("status", "-")
     runs = {"pytorch": "PyTorch", "generated": "kt"}.get(r.get("kernel") or "", "-")
+    command = r["command"].replace("|", "\\|")  # a pipe ends a Markdown table cell, in a code span too (GFM)
     return (
         f"| {r['device']} | {r['date']} | {r['case']} | {r['dtype']} | {r.get('baseline_impl') or '-'} | "
         f"{num('kt_ms', '.4f')} | {num('kt_tflops', '.1f')} | {num('kt_power_w', '.0f')} | {num('kt_energy_mj', '.3f')} | "
-        f"{num('baseline_ms', '.4f')} | {ratio} | {runs} | {num('tune_s', '.0f')} | `{r['command']}` |"
+        f"{num('baseline_ms', '.4f')} | {ratio} | {runs} | {num('tune_s', '.0f')} | `{command}` |"
     )
 
 

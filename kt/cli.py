@@ -23,7 +23,7 @@ from rich.text import Text
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.autotune.database import STATUSES, check_data, check_file, named  # the standard library only
-from kt.errors import DatabaseError, KtError
+from kt.errors import DatabaseError, KtError, counted
 from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
@@ -914,7 +914,8 @@ def space(spec, sample, seed, device):
     if not picks:
         return
     table = Table(
-        title=f"{len(picks)} legal configs, sampled with seed {seed}, in the order of {_model_noun(plan.model)}"
+        title=f"{counted(len(picks), 'legal config')}, sampled with seed {seed}, in the order of "
+        f"{_model_noun(plan.model)}"
     )
     columns = ("rank", "config", "smem KiB", "acc regs/thread", "MMA", f"predicted ms ({space_.device.name})")
     for name in columns:
@@ -1260,8 +1261,15 @@ def inductor(files, out_path, origin, quiet):
     default=None,
     help="Write every evaluation of every repeat (config, value, best so far, score so far) to this CSV.",
 )
+@click.option(
+    "--device",
+    default=None,
+    metavar="PROFILE.json",
+    callback=_device_name,
+    help="The calibrated profile kt sweeps were measured for (their rows name it; built-in ones need nothing).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
-def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
+def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet):
     """Replay a search strategy on a space measured whole, answering each evaluation from the measurements
     instead of a GPU.
 
@@ -1282,7 +1290,9 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, quiet):
     from kt.autotune.replay import replay_file, write_trace
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
-        result = replay_file(space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress)
+        result = replay_file(
+            space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress, device=device
+        )
     out.print(_space_line(result))
     per_eval = 1e3 * result.decision_s / max(1, result.evaluations)
     per_round = 1e3 * result.decision_s / max(1, result.rounds)
@@ -1415,6 +1425,8 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
     and cost-model samples with the time left."""
     from kt.bench import run_bench, update_benchmarks
 
+    if update_path is not None:
+        check_suffix(update_path, "update", ".md", "it names the Markdown file (BENCHMARKS.md) kt edits")
     if from_dir is not None:
         if update_path is None or out_dir is not None:
             raise click.UsageError(

@@ -96,6 +96,17 @@ class DeviceProfile:
                 f"sm_90), one of {', '.join(map(str, CAPABILITIES))}: the architectures whose MMA kt's legality "
                 f"and cost model know (mma.sync, wgmma); got {capability!r}"
             )
+        regs = data.get("max_regs_per_thread", 255)
+        if not 32 <= regs <= 255:  # 1 passed: "an accumulator over 0 registers per thread"
+            raise ProfileError(
+                f"{where}: max_regs_per_thread must be from 32 to 255 (255 on every GPU kt knows), got {regs!r}"
+            )
+        block, per_sm = data.get("smem_per_block"), data.get("smem_per_sm")
+        if block is not None and per_sm is not None and block > per_sm:  # made 240 KiB tiles legal
+            raise ProfileError(
+                f"{where}: smem_per_block ({block}) must not exceed smem_per_sm ({per_sm}): one program's "
+                "shared memory lives on one SM"
+            )
         return cls(**data)
 
 

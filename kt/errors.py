@@ -51,3 +51,8 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """`Type: message` on one line (its whitespace runs joined), at most `limit` characters: how kt words an
     exception it reports rather than raises (a part of a bench, a worker's candidate, a user's factory)."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+
+
+def counted(count: int, noun: str) -> str:
+    """`count noun`, the noun in the plural but for one: "1 config", "3 configs"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -6,10 +6,12 @@ the readers."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -234,3 +236,30 @@ def atomic_write(
 
 def atomic_write_text(path: str | os.PathLike, text: str, make_parent: bool = True) -> None:
     atomic_write(path, lambda handle: handle.write(text), make_parent=make_parent)
+
+
+def csv_records(text: str, where: str, error: type[Exception]) -> Iterator[tuple[str, dict[str, str]]]:
+    """The rows of CSV `text` (a file kt wrote, whose every row ends with a line break), each with where it
+    is (`where` and its line). A row with fewer or more cells than the header, or a last row without its
+    line break, is a cut-off or damaged file: refused as an `error` naming the line, not read as a row whose
+    missing cells are empty."""
+    if text and not text.endswith("\n"):
+        raise error(
+            f"{where} line {text.count(chr(10)) + 1}: the file ends without a line break, so its last row may "
+            "be cut off (kt ends every row with one); write it again, or end the line if the row is whole"
+        )
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise error(f"{where} line {reader.line_num}: not valid CSV ({exc})") from None
+        at = f"{where} line {reader.line_num}"
+        if None in raw or None in raw.values():  # DictReader's marks of extra and of missing cells
+            cells = len(reader.fieldnames) + len(raw.get(None, ())) - list(raw.values()).count(None)
+            raise error(
+                f"{at}: {cells} cells, the header has {len(reader.fieldnames)}: a cut-off or damaged row"
+            )
+        yield at, raw

@@ -2,6 +2,7 @@
 time box, and merging a report into BENCHMARKS.md."""
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,84 @@ def test_the_committed_gpu_run_merges_into_benchmarks_md_unchanged_and_malformed
     assert done.returncode == 2 and "update: the folder of" in done.stderr and "does not exist" in done.stderr
 
 
+def _damaged_report(tmp_path, name: str, edit) -> Path:
+    """A copy of the committed H200 run whose results.csv text `edit` changes."""
+    report = tmp_path / name
+    shutil.copytree(H200_RUN, report)
+    text = (report / "results.csv").read_text()
+    data = edit(text)
+    (report / "results.csv").write_bytes(data if isinstance(data, bytes) else data.encode())
+    return report
+
+
+def _tune_line(text: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), start=1) if ",tunes," in line)
+
+
+def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md_is_left_as_it_was(tmp_path):
+    """A bad figure (0.23x), a missing column, non-UTF-8 text: tracebacks (exit 1). A results.csv cut off in
+    its last quick-tune row merged a row of "None" cells with exit 0; nan went in as "nan". An older report
+    replaced a newer run's rows without a word, and --update naming the report's own results.csv wrote the
+    table into it."""
+    target = tmp_path / "BENCHMARKS.md"
+    original = (Path(__file__).resolve().parents[1] / "BENCHMARKS.md").read_text()
+    header = (H200_RUN / "results.csv").read_text().splitlines()[0].split(",")
+
+    def set_cell(column: str, value: str):
+        def edit(text: str) -> str:
+            lines = text.splitlines(keepends=True)
+            line = _tune_line(text) - 1
+            cells = lines[line].rstrip("\r\n").split(",")
+            assert len(cells) == len(header)  # no quoted comma in the first quick-tune row
+            cells[header.index(column)] = value
+            lines[line] = ",".join(cells) + "\n"
+            return "".join(lines)
+
+        return edit
+
+    line = _tune_line((H200_RUN / "results.csv").read_text())
+    cases = {
+        "bad-number": (
+            set_cell("kt_ms", "0.23x"),
+            f"line {line}: kt_ms is '0.23x', not a finite number >= 0",
+        ),
+        "nan": (set_cell("ratio", "nan"), f"line {line}: ratio is 'nan', not a finite number"),
+        "bad-date": (set_cell("date", "04/12/2026"), f"line {line}: date is '04/12/2026', not YYYY-MM-DD"),
+        "no-device": (
+            lambda text: text.replace(",device,", ",gpu,", 1),
+            "has no device column: not a kt bench report's results.csv",
+        ),
+        "latin-1": (lambda text: text.encode() + b"\xe9\n", "is not UTF-8 text (damaged)"),
+        "cut-off": (lambda text: text.rstrip("\n")[:-40], "the file ends without a line break"),
+        "short-row": (
+            lambda text: "".join(
+                ln if n != line else ",".join(ln.split(",")[:16]) + "\n"
+                for n, ln in enumerate(text.splitlines(keepends=True), start=1)
+            ),
+            f"line {line}: 16 cells, the header has {len(header)}: a cut-off or damaged row",
+        ),
+        "older": (
+            lambda text: text.replace("2026-12-04,", "2026-11-30,"),
+            "holds NVIDIA H200's dense fp16 4096^3 from 2026-12-04, newer than",
+        ),
+    }
+    for name, (edit, message) in cases.items():
+        target.write_text(original)
+        done = kt_cli("bench", "--from", str(_damaged_report(tmp_path, name, edit)), "--update", str(target))
+        assert done.returncode == 2 and message in done.stderr, (name, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, (name, done.stderr)
+        assert target.read_text() == original, name
+    report = _damaged_report(tmp_path, "self", lambda text: text)
+    before = (report / "results.csv").read_bytes()
+    for path, message in (
+        (report / "results.csv", "must end in .md"),
+        (report / "report.md", "is the report itself; give another file"),
+    ):
+        done = kt_cli("bench", "--from", str(report), "--update", str(path))
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert (report / "results.csv").read_bytes() == before
+
+
 def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path):
     done = kt_cli("bench", "--out", str(tmp_path / "x"), timeout=120)
     assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and "--smoke" in done.stderr
@@ -163,8 +242,9 @@ def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp
         assert f"{part} cut short in" in header and f"{part} done in" not in header, header[:600]
 
 
-def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypatch):
-    """The first H200 run's FFT case (three candidates, each past the 120 s timeout) read "not reached"."""
+def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypatch, caplog):
+    """The first H200 run's FFT case (three candidates, each past the 120 s timeout) read "not reached"; kt's
+    own error (a KtError) was logged with a full traceback."""
     import time
 
     import kt.bench as bench
@@ -184,8 +264,11 @@ def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypa
     monkeypatch.setattr(bench, "_tune_case", overrunning)
     settings = bench._Settings(smoke=True, backend="dryrun", db=Path("unused.db"), workers=1, budget=1)
     result = bench.BenchResult(Path("unused"))
-    done = bench._tune_part(settings, time.monotonic() + 0.01, result, Reporter(), "fft")
+    with caplog.at_level("WARNING", logger="kt.bench"):
+        done = bench._tune_part(settings, time.monotonic() + 0.01, result, Reporter(), "fft")
     assert done == 1
+    (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert record.exc_info is None and "KtError: none of the 3 candidates passed" in record.getMessage()
     (row,) = result.rows
     assert row["status"].startswith("failed (past its time share): KtError: none of the 3 candidates passed")
     line = bench._benchmarks_line({**row, "device": "GPU", "date": "d", "command": "c", "gpu_run": "True"})
@@ -251,3 +334,14 @@ def test_the_smoke_builds_the_next_ranked_config_when_the_compiler_refuses_one(t
     assert reached == 4 and all(r["status"] == "ok" for r in result.rows if r["kernel"].startswith("PyTorch"))
     (checked,) = (r for r in result.rows if r["kernel"] == "m128n128k32g1w8s2x1")
     assert checked["rel_err"] < 1e-2
+
+
+def test_a_pipe_in_the_bench_command_stays_inside_its_table_cell():
+    """`kt bench ... | tee log` put a bare | in the command cell, which split the row into one cell more."""
+    import kt.bench as bench
+
+    row = {"device": "GPU", "date": "2026-12-04", "case": "dense", "dtype": "float16", "status": "ok"}
+    line = bench._benchmarks_line({**row, "command": "kt bench --out r | tee log", "gpu_run": "True"})
+    assert line.endswith("| `kt bench --out r \\| tee log` |")
+    cells = [cell for cell in line.replace("\\|", "").strip().strip("|").split("|")]
+    assert len(cells) == TABLE_HEAD[0].strip().strip("|").count("|") + 1

@@ -116,6 +116,13 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
         (lambda d: d.update(compute_capability=75), "one of 80, 86, 87, 89, 90: .* got 75"),
         # no GPU is sm_85: the profile passed, then ptxas refused every build ("not a recognized processor")
         (lambda d: d.update(compute_capability=85), "one of 80, 86, 87, 89, 90: .* got 85"),
+        # legality then spoke of "an accumulator over 0 registers per thread", and made 240 KiB tiles legal
+        (lambda d: d.update(max_regs_per_thread=1), "max_regs_per_thread must be from 32 to 255 .* got 1$"),
+        (lambda d: d.update(max_regs_per_thread=256), "max_regs_per_thread must be from 32 to 255"),
+        (
+            lambda d: d.update(smem_per_block=245760),
+            "smem_per_block .245760. must not exceed smem_per_sm .233472.",
+        ),
         (
             lambda d: d["peak_flops"].pop("tf32"),
             "peak_flops must map exactly float16, bfloat16, tf32, float32",

@@ -370,3 +370,24 @@ def test_an_artifact_whose_meta_json_names_another_config_is_refused(tmp_path):
     with pytest.raises(kt.ArtifactError, match=r"its config m32.* is not the one kernel.py was built with"):
         kt.load(target)
     assert kt.load(target, verify=False).module.BLOCK_M == 16  # as it is, when asked
+
+
+def test_an_edited_artifact_that_does_not_import_names_its_own_file_and_line(tmp_path):
+    """kt.load(..., verify=False), which the checksum's error advises, gave a raw SyntaxError in kt's kernel
+    cache (~/.cache/kt/kernels/k_<hash>.py), not the artifact's kernel.py; an error raised by the module's
+    code passed through as it was."""
+    target = tmp_path / "art" / "edited"
+    save_artifact_report(_tuned(tmp_path, {"block_m": 16, "block_n": 16, "block_k": 16}), target)
+    source = (target / "kernel.py").read_text()
+    lines = source.splitlines()
+    line = next(n for n, text in enumerate(lines, start=1) if text.startswith("BLOCK_M = "))
+    (target / "kernel.py").write_text(source.replace("BLOCK_M = 16", "BLOCK_M = 16 +", 1))
+    with pytest.raises(
+        kt.ArtifactError, match=rf"^{re.escape(str(target / 'kernel.py'))}, line {line}: invalid"
+    ):
+        kt.load(target, verify=False)
+    (target / "kernel.py").write_text(source.replace("BLOCK_M = 16", "BLOCK_M = undefined_name", 1))
+    with pytest.raises(
+        kt.ArtifactError, match=r"kernel.py failed to import: NameError: name 'undefined_name'"
+    ):
+        kt.load(target, verify=False)

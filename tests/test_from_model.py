@@ -257,3 +257,14 @@ def test_a_model_file_imports_the_modules_beside_it_and_a_script_that_exits_is_o
     (folder / "exits.py").write_text("import sys\ndef f():\n    sys.exit(3)\n")
     with pytest.raises(KtError, match="f\\(\\) raised SystemExit\\(3\\)"):
         load_factory(f"{folder / 'exits.py'}:f")
+
+
+def test_a_linear_past_kts_limits_is_skipped_with_why_and_the_others_are_found():
+    """A model that ran had its nn.Linear(64, 20_000_000) reported as "the model failed on its example
+    input" (kt's own shape limit, raised in the hook), and none of its other ops was tuned. Built on meta."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 20_000_000))
+        found = model_ops(model, torch.empty(8, 64))
+    assert [s.name for s in found.specs] == ["0_b16"]
+    ((path, why),) = found.skipped
+    assert path == "2" and why.startswith("beyond kt's limits: shape.n: must be an integer from 1 to "), why

@@ -15,6 +15,15 @@ BUTTERFLY = {"op": "butterfly", "dtype": "float32", "shape": {"batch": 3, "n": 1
 LOWRANK = {"op": "lowrank", "dtype": "float32", "shape": {"batch": 7, "dims": [13, 5, 7]}}
 FFT = {"op": "fft", "dtype": "float32", "input": "real", "shape": {"batch": 3, "n": 12}}
 SPECS = {"dense": DENSE, "monarch": MONARCH, "butterfly": BUTTERFLY, "lowrank": LOWRANK}
+BSR = {"block": [8, 8], "density": 0.5, "seed": 1}
+BSR_TERM = {"op": "blocksparse", "shape": {"batch": 5, "in": 32, "out": 24}, "sparsity": BSR}
+BLOCKSPARSE = {**BSR_TERM, "dtype": "float32"}
+SUM = {
+    "op": "sum",
+    "dtype": "float32",
+    "terms": [BSR_TERM, {"op": "lowrank", "shape": {"batch": 5, "dims": [32, 4, 24]}}],
+}
+EVERY_FAMILY = {**SPECS, "fft": FFT, "blocksparse": BLOCKSPARSE, "sum": SUM}
 
 
 def negated(t: torch.Tensor) -> torch.Tensor:
@@ -103,3 +112,27 @@ def test_pytorchs_path_takes_inputs_that_require_grad_as_a_generated_kernel_does
     y = pytorch(x, *weights)
     assert not y.requires_grad and not generated(x, *weights).requires_grad
     torch.testing.assert_close(y, generated(x, *weights), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["generated", "pytorch"])
+@pytest.mark.parametrize("name", list(EVERY_FAMILY))
+def test_a_tensor_too_many_is_refused_not_written_as_out_and_a_sparse_tensor_is_named(name, kind):
+    """`out` could be passed by position: kernel(x, w, w) returned w overwritten by the product, and
+    kernel(x, w, bias) wrote it into the bias. A sparse COO x or out reached torch's internals
+    ("Cannot access storage of SparseTensorImpl")."""
+    spec = EVERY_FAMILY[name]
+    kernel = kt.build(spec, *(["pytorch"] if kind == "pytorch" else []), device="h100")
+    args = kt.random_args(spec, seed=8, device="cpu")
+    expected = kernel(*args)
+    spare = torch.zeros_like(expected)
+    with pytest.raises(TypeError, match="positional argument"):
+        kernel(*args, spare)
+    assert not spare.any()
+    x, *weights = args
+    if not x.is_complex():  # a complex x has no sparse COO form that keeps its layout
+        with pytest.raises(TypeError, match=r"must be a dense \(strided\) tensor, got torch.sparse_coo"):
+            kernel(x.to_sparse(), *weights)
+    if not expected.is_complex():
+        with pytest.raises(TypeError, match=r"out must be a dense .*tensor.*torch.sparse_coo"):
+            kernel(*args, out=spare.to_sparse())
+    torch.testing.assert_close(kernel(*args), expected, rtol=0, atol=0)

@@ -1346,6 +1346,37 @@ def test_an_artifact_of_another_template_version_is_not_picked(artifacts, tmp_pa
     assert artifact_selection(make(), 20).source == "cost model"
 
 
+def test_a_relative_use_artifacts_folder_holds_after_a_chdir_and_a_damaged_meta_json_is_skipped_with_a_word(
+    artifacts, tmp_path, monkeypatch, caplog
+):
+    """A relative folder was kept relative: after os.chdir the layer silently fell back to the cost model. A
+    meta.json that is JSON but not an object ([1, 2], null) beside a good artifact made every forward fail
+    ('list' object has no attribute 'get')."""
+    directory, make = artifacts["dense"]
+    shutil.copytree(directory / "dense", tmp_path / "kept" / "dense")
+    for name, text in (("a-list", "[1, 2]"), ("b-null", "null"), ("c-cut", '{"family": ')):  # before "dense"
+        (tmp_path / "kept" / name).mkdir()
+        (tmp_path / "kept" / name / "meta.json").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(selection, "_ARTIFACT_DIRS", [])
+    monkeypatch.setattr(selection, "_MISSING_DIRS", set())
+    knn.use_artifacts("kept")
+    monkeypatch.chdir(directory)
+    caplog.set_level(logging.WARNING, logger="kt.nn")
+    chosen = artifact_selection(make(), 20)
+    assert (chosen.source, chosen.where) == ("artifact", str(tmp_path / "kept" / "dense"))
+    damaged = [r.getMessage() for r in caplog.records if "is not a kt artifact's meta.json" in r.getMessage()]
+    assert sorted(damaged) == [
+        f"kt.nn: {tmp_path / 'kept' / name / 'meta.json'} is not a kt artifact's meta.json (a JSON object); "
+        "skipped"
+        for name in ("a-list", "b-null", "c-cut")
+    ]
+    selection._SELECTED.clear()
+    caplog.clear()
+    assert artifact_selection(make(), 20).source == "artifact"
+    assert "is not a kt artifact" not in caplog.text  # once each
+
+
 def test_use_artifacts_makes_earlier_selections_again_and_lists_them_until_then(artifacts):
     """use_artifacts() forgot every earlier choice: selections() (and write_yaml) missed those ops until they
     ran again."""

@@ -1277,3 +1277,73 @@ def test_a_layer_takes_no_database_row_measured_under_another_triton(tmp_path, m
         db.insert({**row("m16n64k16g1w4s2x1", software_versions()["triton"], 0.01), "device": "NVIDIA A100"})
     best = selection._best_row(node.problem, family, gpu)
     assert best is not None and best["config_key"] == "m32n16k16g1w4s2x1"
+
+
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
+def test_a_checkpoint_assigned_in_a_dtype_kt_refuses_or_in_two_dtypes_leaves_the_layer_as_it_was(name):
+    """load_state_dict(..., assign=True) of a float64 checkpoint raised, but only after the layer held its
+    float64 tensors, and forward then advised x.to(torch.float64), which kt refuses too. A float16 bias beside
+    float32 weights was taken, and the output silently became float32."""
+    layer = SMALL_LAYERS[name]()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(3, layer.in_features)
+    expected = layer(x)
+    double = {k: v.double() if v.is_floating_point() else v for k, v in before.items()}
+    with pytest.raises(TypeError, match=r"load_state_dict\(assign=True\): .* is torch.float64, which kt's"):
+        layer.load_state_dict(double, assign=True)
+    mixed = {k: v.half() if k.endswith("bias") and v is not None else v for k, v in before.items()}
+    if any(k.endswith("bias") for k in before):
+        with pytest.raises(TypeError, match="would be of different dtypes"):
+            layer.load_state_dict(mixed, assign=True)
+    for key, value in layer.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    layer.load_state_dict(double)  # copied into the layer's own tensors, in their dtype
+    assert layer.dtype == torch.float32
+
+
+def test_a_layer_whose_weights_were_assigned_float64_says_to_convert_the_layer_not_x():
+    layer = knn.DenseLinear(5, 7)
+    layer.weight = torch.nn.Parameter(layer.weight.detach().double())
+    with pytest.raises(
+        TypeError, match=r"which kt's kernels do not take; convert the layer \(.to\(torch.float32"
+    ):
+        layer(torch.randn(3, 5))
+
+
+def test_module_type_of_a_half_dtype_keeps_the_block_sparse_indices_integer():
+    """The legacy Module.type(dtype) casts every tensor: the index buffers became float16, and forward failed
+    ("convert_indices_from_csr_to_coo_cpu" not implemented for 'Half')."""
+    layer = SMALL_LAYERS["sum"]()
+    halved = copy.deepcopy(layer).half()
+    model = torch.nn.Sequential(layer).type(torch.float16)
+    bsr = layer.terms[0]
+    assert bsr.crow_indices.dtype == bsr.col_indices.dtype == torch.int64
+    assert bsr.values.dtype == torch.float16 and layer.dtype == torch.float16
+    x = torch.randn(3, 32, dtype=torch.float16)
+    torch.testing.assert_close(model(x), halved(x), rtol=0, atol=0)
+
+
+def test_from_dense_of_a_block_sparse_layer_on_meta_says_it_needs_the_weights():
+    with torch.device("meta"):
+        linear = torch.nn.Linear(32, 32)
+    with pytest.raises(
+        ValueError, match="on the meta device .no values to prune by.; load its weights first"
+    ):
+        knn.BlockSparseLinear.from_dense(linear, block=(8, 8), density=0.5)
+
+
+def test_structurize_keeps_the_models_mode_and_frozen_parameters_and_warns_of_hooks():
+    """A frozen model in eval mode came back with trainable layers in training mode, and hooks on a replaced
+    nn.Linear were silently no longer called."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    model.requires_grad_(False).eval()
+    model[2].bias.requires_grad_(True)  # a head whose bias alone trains
+    model[0].register_forward_hook(lambda module, inputs, output: None)
+    with pytest.warns(UserWarning, match=r"structurize: '0' has forward hooks, which stay on the replaced"):
+        knn.structurize(model, {"*": lambda linear: knn.LowRankLinear.from_dense(linear, rank=4)})
+    assert not any(m.training for m in model.modules())
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["2.bias"]
+    fresh = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    knn.structurize(fresh, {"*": lambda linear: knn.DenseLinear.from_dense(linear)})
+    assert fresh[0].training and all(p.requires_grad for p in fresh.parameters())

@@ -169,3 +169,41 @@ def test_sweeps_of_one_problem_on_two_gpus_are_two_spaces_each_with_its_own_gpus
     assert len(result.spaces) == 4 and sum(name.endswith("(GPU two)") for name in result.spaces) == 1
     assert priors[("GPU two", sweeps[0].key)] == 0, "the other card's sweeps are not its prior"
     assert priors[("GPU one", sweeps[0].key)] > 0
+
+
+def test_sweeps_for_a_calibrated_profile_need_its_file_and_random_fits_no_forest(
+    sweeps, monkeypatch, tmp_path
+):
+    """Rows tuned with --device gpu.json name the profile's key (rtx4070-<hash>): kt replay read it as a profile
+    name or a file (a ProfileError traceback, exit 1). A random replay of a kt CSV fitted a forest on every other
+    problem's rows per problem and repeat, which random never reads (318 problems: hours)."""
+    import json
+
+    import kt.autotune.replay as replay_module
+    from kt.costmodel.forest import ForestModel
+    from kt.device import BUILTIN, load_profile
+
+    profile_file = tmp_path / "rtx4070.json"
+    profile_file.write_text(
+        json.dumps({**BUILTIN["h100"].to_dict(), "name": "rtx4070", "compute_capability": 89})
+    )
+    key = load_profile(profile_file).key
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**BUILTIN["h100"].to_dict(), "name": "rtx4070", "compute_capability": 86}))
+    rows = [{**row, "target": key} for sweep in sweeps[:4] for row in sweep_rows(sweep)]
+    monkeypatch.setattr(replay_module, "read_rows", lambda path, field="data": rows)
+    path = tmp_path / "sweeps.csv"
+    path.write_text(",".join(CSV_COLUMNS) + "\n")
+    with pytest.raises(replay_module.KtError, match=rf"device profile '{key}', a calibrated one; give that"):
+        replay_module.replay_file(path, "guided", 2, repeats=1, min_configs=3)
+    with pytest.raises(replay_module.KtError, match=r"a calibrated one \(--device gives 'rtx4070-"):
+        replay_module.replay_file(path, "guided", 2, repeats=1, min_configs=3, device=other)
+    guided = replay_module.replay_file(path, "guided", 2, repeats=1, min_configs=3, device=profile_file)
+    assert len(guided.scores) == 4
+
+    def no_forest(*args, **kwargs):
+        raise AssertionError("a random replay fitted a forest")
+
+    monkeypatch.setattr(ForestModel, "fit", no_forest)
+    random = replay_module.replay_file(path, "random", 2, repeats=2, min_configs=3, device=profile_file)
+    assert len(random.scores) == 8 and all(0 < s <= 1 for s in random.scores)

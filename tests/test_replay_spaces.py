@@ -147,6 +147,17 @@ def test_a_broken_cache_file_is_one_clear_error(tmp_path, content, message):
         load_kernel_tuner(path)
 
 
+def test_a_gzip_cache_damaged_inside_its_compressed_data_is_one_clear_error(tmp_path):
+    """Bytes flipped inside the deflate stream raised zlib.error, which the reader did not catch (a traceback,
+    exit 1); a cut-off file (EOFError) and a non-gzip one (OSError) were already one line."""
+    data = bytearray(write_cache(tmp_path / "bowl.json.gz", gz=True).read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 64] = b"x" * 64
+    path = tmp_path / "damaged.json.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SpaceError, match="damaged.json.gz: not a Kernel Tuner cache file .JSON.: Error -3"):
+        load_kernel_tuner(path)
+
+
 def test_a_cache_tuned_for_another_objective_replays_its_times(tmp_path):
     path = tmp_path / "gflops.json"
     cache = {str(a): {"a": a, "time": float(a), "GFLOP/s": 100.0 / a} for a in (1, 2, 4)}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kt.autotune.versions import software_versions
 from kt.costmodel.prediction import model_noun
-from kt.errors import ArtifactError, KtError
+from kt.errors import ArtifactError, KtError, counted, one_line
 from kt.files import umask, unmakeable
 
 if TYPE_CHECKING:
@@ -73,13 +73,13 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         )
     elif best.measured:
         provenance = (
-            f"the best {result.objective} of {len(result.rows)} configs measured on {result.ran_on}, "
+            f"the best {result.objective} of {counted(len(result.rows), 'config')} measured on {result.ran_on}, "
             f"{best.runtime_ms:.4f} ms"
         )
     else:
         provenance = (
-            f"not measured; the best prediction of {model_noun(result.plan.model)} among {len(result.rows)} "
-            "configs checked in Triton's interpreter"
+            f"not measured; the best prediction of {model_noun(result.plan.model)} among "
+            f"{counted(len(result.rows), 'config')} checked in Triton's interpreter"
         )
     render = render_baseline if best.pytorch else partial(family.render, config=best.config)
     source = render(
@@ -437,9 +437,18 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     # imported from kt's kernel cache, where a file is named by its hash and never changes: the artifact's own
     # kernel.py may be replaced while Triton reads the source it imported
     try:
-        module = load_source(text)
-    except OSError:  # no kernel cache to write (a read-only home): the artifact's own file, as it is now
-        module = import_kernel_file(path / "kernel.py")
+        try:
+            module = load_source(text)
+        except OSError:  # no kernel cache to write (a read-only home): the artifact's own file, as it is now
+            module = import_kernel_file(path / "kernel.py")
+    except SyntaxError as exc:  # named by the artifact's file and line, not by the cache's copy
+        raise ArtifactError(
+            f"{path / 'kernel.py'}, line {exc.lineno}: {exc.msg} (edited or damaged); re-run `kt tune`"
+        ) from None
+    except Exception as exc:  # its code raised while it was imported (an edit, or a damaged file)
+        raise ArtifactError(
+            f"{path / 'kernel.py'} failed to import: {one_line(exc)}; re-run `kt tune`"
+        ) from None
     # the config kernel.py was rendered with (an older one may lack it): the checksum covers kernel.py only, and
     # an edited meta.json named a config its module does not run
     built = getattr(module, "CONFIG", None)

@@ -150,9 +150,11 @@ def _specialise(jit_function, args: tuple, kwargs: dict):
     return signature, constexprs, attrs, options
 
 
-def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[TargetBuild]:
-    """Compile every kernel `module.kernel(*args)` launches for CUDA compute capability `arch` (90 = Hopper);
-    none for a module without Triton kernels."""
+def compile_for_target(
+    module: ModuleType, args: tuple, arch: int, kwargs: dict | None = None
+) -> list[TargetBuild]:
+    """Compile every kernel `module.kernel(*args, **kwargs)` launches for CUDA compute capability `arch` (90 =
+    Hopper); none for a module without Triton kernels."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -161,7 +163,7 @@ def compile_for_target(module: ModuleType, args: tuple, arch: int) -> list[Targe
     builds = []
     if not _triton_kernels(module):  # PyTorch's own path (candidate zero): nothing of kt's to compile
         return builds
-    launches = capture_launches(module, args)
+    launches = capture_launches(module, args, kwargs)
     with triton_interpret(False):  # Triton consults it while compiling too
         for name, fn, launch_args, launch_kwargs in launches:
             jit_function = JITFunction(fn)

@@ -11,8 +11,6 @@ row id, the column and what it may hold.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections import Counter
@@ -38,7 +36,7 @@ from kt.codegen.tilesum import STRUCTURE_AXES as TILE_STRUCTURE_AXES
 from kt.costmodel.features import CONFIG_KEYS
 from kt.dtypes import DTYPES
 from kt.errors import DatabaseError
-from kt.files import DATA_HINT, existing_file
+from kt.files import DATA_HINT, csv_records, existing_file
 from kt.ir.problems import PROBLEMS, SUM_TERMS, problem_from_dict
 from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_CHAIN, MAX_DIM, PRECISIONS
 
@@ -79,30 +77,8 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
     """The rows of a `kt export` CSV. A row with fewer or more cells than the header, or a last row without its
     line break (`kt export` ends every row with one), is a cut-off or damaged file: refused, not read as a row
     whose missing cells are empty."""
-    text = export_text(path, field)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
-    if text and not text.endswith("\n"):
-        line = text.count("\n") + 1
-        raise DatabaseError(
-            f"{field}: {str(path)!r} line {line}: the file ends without a line break, so its last row may be "
-            "cut off (`kt export` ends every row with one); export it again, or end the line if the row is whole"
-        )
-    while True:
-        try:
-            raw = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DatabaseError(
-                f"{field}: {str(path)!r} line {reader.line_num}: not valid CSV ({exc})"
-            ) from None
-        where = f"{field}: {str(path)!r} line {reader.line_num}"
-        if None in raw or None in raw.values():  # DictReader's marks of extra and of missing cells
-            cells = len(reader.fieldnames) + len(raw.get(None, ())) - list(raw.values()).count(None)
-            raise DatabaseError(
-                f"{where}: {cells} cells, the header has {len(reader.fieldnames)}: a cut-off or damaged row"
-            )
+    for where, raw in csv_records(export_text(path, field), f"{field}: {str(path)!r}", DatabaseError):
         row = {k: _cell(k, v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
         try:
             row = decode_row(row)

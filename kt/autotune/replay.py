@@ -35,7 +35,7 @@ from kt.costmodel.evaluate import shape_of
 from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.costmodel.paramforest import MIN_ROWS as SPACE_MIN_ROWS
 from kt.costmodel.paramforest import ParamForest
-from kt.device import DeviceProfile, get_profile
+from kt.device import BUILTIN, DeviceProfile, get_profile
 from kt.errors import KtError
 from kt.files import atomic_write
 from kt.ir.problems import problem_from_dict
@@ -132,11 +132,12 @@ def replay(
     """Search `sweep` with `strategy`, answering measurements from the sweep, the way `kt tune` searches.
 
     The tune's starting model is a forest fitted on `prior` (measured records of other shapes: what kt would
-    ship) when there are enough, else the analytic model; after each round it is refitted on what the search
-    measured with kt.costmodel.correction.refit, the routine the tune loop calls.
+    ship) when there are enough and the strategy ranks by it, else the analytic model; after each round it is
+    refitted on what the search measured with kt.costmodel.correction.refit, the routine the tune loop calls.
     """
     strategy = make_strategy(strategy)
-    if len(prior) >= MIN_ROWS:
+    # a random search's picks need no forest: fitting one on every other problem's rows took seconds a space
+    if strategy.ranked and len(prior) >= MIN_ROWS:
         start = ForestModel(device, n_estimators=n_estimators, seed=seed).fit(prior)
     else:
         start = AnalyticModel(device)
@@ -328,6 +329,27 @@ def _check_foreign(strategy: str, count: int | None, fraction: float | None, spa
         )
 
 
+def _sweep_profiles(sweeps: list[Sweep], device: str | Path | None) -> dict[str | None, DeviceProfile]:
+    """The device profile each sweep was measured for, by its rows' target: a built-in one by name, a
+    calibrated one (name-hash) only from the profile file given as `device`, whose key must be the target (the
+    forest's features are that profile's). A target is never read as a file: it was a traceback (an unknown
+    profile), or a file of that name read from the current folder."""
+    given = get_profile(device) if device is not None else None
+    profiles: dict[str | None, DeviceProfile] = {}
+    for target in sorted({s.target for s in sweeps}, key=str):
+        if target is None or target.lower() in BUILTIN:
+            profiles[target] = get_profile(target)
+        elif given is not None and given.key == target:
+            profiles[target] = given
+        else:
+            got = f" (--device gives {given.key!r})" if given is not None else ""
+            raise KtError(
+                f"space: its rows were measured for the device profile {target!r}, a calibrated one{got}; give "
+                "that profile's .json with --device"
+            )
+    return profiles
+
+
 def replay_file(
     path: str | Path,
     strategy: str,
@@ -336,10 +358,12 @@ def replay_file(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     min_configs: int = 20,
+    device: str | Path | None = None,
 ) -> ReplayResult:
     """Replay `strategy` `repeats` times (seeds seed, seed+1, ...) on the space(s) of `path`: a Kernel Tuner
     cache file (one space) or a kt tuning database/CSV of finished `kt collect --all` sweeps (each problem is
-    a space; the guided search starts from a forest fitted on the other problems' sweeps, as kt ships)."""
+    a space; the guided search starts from a forest fitted on the other problems' sweeps, as kt ships).
+    `device`: the calibrated profile (its .json) that sweeps measured for one were tuned for."""
     path = Path(path)
     count, fraction = parse_budget(budget)
     make_strategy(strategy)  # an unknown name fails before any reading
@@ -355,6 +379,7 @@ def replay_file(
             )
     if is_kernel_tuner_file(path):
         _check_foreign(strategy, count, fraction, spaces[0])
+    profiles = _sweep_profiles([s for s in spaces if isinstance(s, Sweep)], device)
     gpus = {s.gpu for s in spaces if isinstance(s, Sweep)}
     names = _unique(
         [
@@ -384,7 +409,7 @@ def replay_file(
                 if other.shape != space.shape and other.gpu == space.gpu  # what kt ships: one GPU's forest
                 for r in other.measured_records(range(len(other)))
             ]
-            device = get_profile(space.target)
+            profile = profiles[space.target]
             points = [r["config_key"] for r in space.records]
             optimum = space.best
         for repeat in range(repeats):
@@ -392,7 +417,7 @@ def replay_file(
             if isinstance(space, TuningSpace):
                 trace = replay_space(space, strategy, n, seed + repeat, features=x)
             else:
-                trace = replay(space, strategy, device, n, seed + repeat, prior=prior)
+                trace = replay(space, strategy, profile, n, seed + repeat, prior=prior)
             result.add(name, repeat, seed + repeat, trace, points, optimum, time.perf_counter() - started)
             done += 1
             if progress is not None:

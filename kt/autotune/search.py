@@ -112,6 +112,7 @@ class SearchStrategy(ABC):
     name: str
     description: str  # what it measures, for progress lines
     adaptive = False  # True: the loop refits the model between rounds
+    ranked = True  # False: its picks are a uniform sample whatever the model predicts (a replay fits none)
 
     @abstractmethod
     def propose(self, state: SearchState) -> list[int]:
@@ -270,6 +271,7 @@ class RandomSearch(OneShotSearch):
 
     name = "random"
     description = "a random sample"
+    ranked = False
 
     def pick(self, todo, state):
         rng = np.random.default_rng(state.seed)

@@ -18,6 +18,7 @@ import gzip
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             data = json.load(handle)
     except FileNotFoundError:
         raise SpaceError(f"space: {str(path)!r} not found") from None
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON): {error}") from None
     if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
         raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")

@@ -83,11 +83,17 @@ class Launch:
     m: int
     n: int
     k: int
+    a_cols: int | None = None  # the columns of x it reads, where not k (a BSR source: every block's columns)
 
 
 def _bsr_depth(term: BlockSparseProblem) -> int:
     """The mean depth an output element of the block-sparse product sums over."""
     return max(1, round(term.nnz * term.block[0] * term.block[1] / term.out_features))
+
+
+def _bsr_width(term: BlockSparseProblem) -> int:
+    """The columns of x the block-sparse product reads: those of every block-column holding a stored block."""
+    return int(term.mask().any(axis=0).sum()) * term.block[1]
 
 
 def _chain_launches(rows: int, dims: tuple[int, ...], last: str) -> list[Launch]:
@@ -118,7 +124,15 @@ def launches(problem: TileSumProblem, config: TileConfig) -> list[Launch]:
     """The launches `config` runs on `problem`, in order."""
     rows = problem.rows
     if isinstance(problem, BlockSparseProblem):
-        return [Launch("x @ W.T (non-zero blocks)", rows, problem.out_features, _bsr_depth(problem))]
+        return [
+            Launch(
+                "x @ W.T (non-zero blocks)",
+                rows,
+                problem.out_features,
+                _bsr_depth(problem),
+                _bsr_width(problem),
+            )
+        ]
     if isinstance(problem, ChainProblem):
         if config.fused:
             d0, r, d2 = problem.dims
@@ -133,7 +147,15 @@ def launches(problem: TileSumProblem, config: TileConfig) -> list[Launch]:
         if isinstance(term, BlockSparseProblem):
             depth = _bsr_depth(term)
             if not config.fused:
-                out.append(Launch(f"term {i}: x @ W{i}.T (non-zero blocks)", rows, term.out_features, depth))
+                out.append(
+                    Launch(
+                        f"term {i}: x @ W{i}.T (non-zero blocks)",
+                        rows,
+                        term.out_features,
+                        depth,
+                        _bsr_width(term),
+                    )
+                )
         elif config.fused:
             out += _chain_launches(rows, term.dims[:-1], f"term {i}: u{i}")
             depth = term.dims[-2]
@@ -315,6 +337,7 @@ class TileSumFamily(StructuredFamily):
                     num_stages=config.num_stages,
                     split_k=1 if config.fused and isinstance(problem, ChainProblem) else config.split,
                 )
+                | ({} if launch.a_cols is None else {"a_cols": launch.a_cols})
                 for launch in cache[config.fused]
             ]
             if config.fused and isinstance(problem, ChainProblem):

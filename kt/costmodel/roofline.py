@@ -45,6 +45,13 @@ def out_read(records: Sequence[dict[str, Any]]) -> np.ndarray:
     return np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
 
 
+def a_columns(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """The columns of A each row reads from DRAM: the optional `a_cols` key, else k. A block-sparse launch
+    sums over its blocks' mean depth (k) but reads every column of x that a stored block meets: at 10% density
+    its x is 1/density times the k columns' bytes, and a roofline of k columns lay below the DRAM floor."""
+    return np.array([r.get("a_cols", r["k"]) for r in records], dtype=np.float64)
+
+
 def tensor_cores(records: Sequence[dict[str, Any]]) -> np.ndarray:
     """True where the math runs on tensor cores: every dtype but float32, which needs precision tf32."""
     return np.array([r["dtype"] != "float32" or r["precision"] == "tf32" for r in records])
@@ -53,15 +60,14 @@ def tensor_cores(records: Sequence[dict[str, Any]]) -> np.ndarray:
 def roofline_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict[str, np.ndarray]:
     """FLOPs, the least DRAM bytes, and the roofline's math and memory times (seconds) per record.
 
-    The least bytes: each operand read once and the output written once (and read too when the record's
-    optional `out_read` is 1, as in C = A @ B + beta * C).
+    The least bytes: each operand read once (A's `a_columns`) and the output written once (and read too when
+    the record's optional `out_read` is 1, as in C = A @ B + beta * C).
     """
     c = columns(records, ("m", "n", "k", "batch", "itemsize"))
     reads_out = out_read(records)
     flops = 2 * c["batch"] * c["m"] * c["n"] * c["k"]
-    nbytes = (
-        c["batch"] * (c["m"] * c["k"] + c["k"] * c["n"] + (1 + reads_out) * c["m"] * c["n"]) * c["itemsize"]
-    )
+    a_bytes = c["m"] * a_columns(records)
+    nbytes = c["batch"] * (a_bytes + c["k"] * c["n"] + (1 + reads_out) * c["m"] * c["n"]) * c["itemsize"]
     peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
     return {
         "flops": flops,
@@ -180,7 +186,7 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     l2_bytes = programs * (bm + bn) * k_per_split * eb
     t_l2 = l2_bytes / (L2_OVER_DRAM * device.dram_bandwidth)
 
-    operand_bytes = batch * (m * k + k * n) * eb
+    operand_bytes = batch * (m * a_columns(records) + k * n) * eb
     # Without grouping, a B tile is evicted before the next row of tiles reuses it once operands outgrow L2.
     reuse_penalty = np.where((c["group_m"] == 1) & (operand_bytes > device.l2_bytes), 1.3, 1.0)
     out_bytes = (1 + out_read(records)) * batch * m * n * eb

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
-from kt.errors import KtError, one_line
+from kt.errors import KtError, SpecError, one_line
 from kt.spec import OpSpec
 
 
@@ -91,7 +91,11 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
             found.skipped.append((path or "(model)", "its example input has no rows (an empty batch)"))
             return
         name = _name(name_prefix, path, bucket(rows))
-        spec = bucket_spec({**op, "name": name}, rows)
+        try:
+            spec = bucket_spec({**op, "name": name}, rows)
+        except SpecError as exc:  # past kt's limits (2**24 features or rows): the model ran; skip this op
+            found.skipped.append((path or "(model)", f"beyond kt's limits: {exc}"))
+            return
         signature = json.dumps(spec.signature(), sort_keys=True)
         if signature in by_signature:
             paths = found.modules[by_signature[signature]]

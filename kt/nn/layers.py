@@ -76,6 +76,34 @@ def _refresh_after_load(module: _KtLinear, incompatible_keys) -> None:
     module._refresh()
 
 
+def _check_before_load(module: _KtLinear, state_dict, prefix: str, local_metadata, *args) -> None:
+    """load_state_dict(..., assign=True) gives the layer the checkpoint's tensors, dtype and all: one that
+    kt's kernels do not take (float64), or a mix of two, is refused before any of the layer's tensors is
+    replaced (the layer was left holding float64 weights that no forward took)."""
+    if not local_metadata.get("assign_to_params_buffers", False):
+        return  # copied into the layer's own tensors, in their dtype
+    # the layer's tensors and those of its parts (a low-rank layer's factor list, a sum's terms)
+    own = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    dtypes = {}
+    for name, current in own.items():
+        value = state_dict.get(prefix + name, current)
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            dtypes[name] = value.dtype
+    who = type(module).__name__
+    for name, dtype in dtypes.items():
+        if not _takes(dtype):
+            raise TypeError(
+                f"{who}.load_state_dict(assign=True): {prefix + name} is {dtype}, which kt's kernels do not "
+                f"take ({', '.join(DTYPES)}); convert the checkpoint's tensors first, or load without assign"
+            )
+    if len(set(dtypes.values())) > 1:
+        mix = ", ".join(f"{prefix + name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(
+            f"{who}.load_state_dict(assign=True): the layer's tensors would be of different dtypes ({mix}); "
+            "convert the checkpoint's tensors to one dtype first, or load without assign"
+        )
+
+
 class _KtLinear(nn.Module, ABC):
     """What the layers share: features, bias, dtype, the op text, and the forward over any leading dims."""
 
@@ -93,6 +121,7 @@ class _KtLinear(nn.Module, ABC):
         self._factory = factory
         # load_state_dict(..., assign=True) of another dtype changes the weights without _apply: the op text is
         # remade right after (in eager code), not in the next forward, which torch.compile would trace
+        self.register_load_state_dict_pre_hook(_check_before_load)
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _init_bias(self, fan_in: int) -> None:
@@ -118,11 +147,13 @@ class _KtLinear(nn.Module, ABC):
         if dtype is not None:  # torch.autocast: as nn.Linear does, the op runs on a copy of x in its dtype
             x = x.to(dtype)
         if x.dtype != self.dtype and dtype is None:
+            who = f"{type(self).__name__}: x.dtype is {x.dtype}, but the layer's weights are {self.dtype}"
+            if not _takes(self.dtype):  # assigned a parameter of a dtype kt does not take: x cannot follow it
+                raise TypeError(
+                    f"{who}, which kt's kernels do not take; convert the layer (.to(torch.float32))"
+                )
             convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
-            raise TypeError(
-                f"{type(self).__name__}: x.dtype is {x.dtype}, but the layer's weights are {self.dtype}; pass "
-                f"x.to({self.dtype}){convert}"
-            )
+            raise TypeError(f"{who}; pass x.to({self.dtype}){convert}")
         if dtype is None or dtype == self.dtype:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias
         else:
@@ -173,7 +204,17 @@ class _KtLinear(nn.Module, ABC):
                     f"{error} (a model-wide conversion may have converted the modules before this layer: "
                     f".to({self.dtype}) restores them)"
                 ) from None
-        result = super()._apply(fn, *args, **kwargs)
+
+        def keep_indices(t: torch.Tensor) -> torch.Tensor:
+            # Module.type(torch.float16) casts every tensor: BSR indices stay integer, as .half() keeps them
+            result = fn(t)
+            if not (t.is_floating_point() or t.is_complex()) and (
+                result.is_floating_point() or result.is_complex()
+            ):
+                return t.to(device=result.device)
+            return result
+
+        result = super()._apply(keep_indices, *args, **kwargs)
         self._refresh()
         return result
 
@@ -297,6 +338,9 @@ class BlockSparseLinear(_KtLinear):
     The pattern is a boolean mask over the block grid (out/bo, in/bi): pass `mask`, or `density` (and `seed`)
     for a random one. The stored blocks are the parameter `values` (nnz, bo, bi), in the order of the BSR
     indices `crow_indices`/`col_indices` (buffers); `weight_bsr()` is W as a torch sparse BSR tensor.
+
+    `torch.nn.utils.parametrize` cannot wrap `values`: it keeps its parametrizations in a ModuleDict, which
+    takes no key named as one of its methods (pytorch/pytorch#71203), and deletes the parameter as it fails.
     """
 
     def __init__(
@@ -407,6 +451,11 @@ class BlockSparseLinear(_KtLinear):
         """Keep the `density` fraction of `linear`'s blocks with the largest norms (kt.ir.prune_blocks)."""
         from kt.ir.projections import prune_blocks
 
+        if linear.weight.is_meta:  # which blocks to keep depends on the weight's values
+            raise ValueError(
+                "BlockSparseLinear.from_dense: the nn.Linear is on the meta device (no values to prune by); "
+                "load its weights first, or build BlockSparseLinear(..., density=...) or (mask=...) on meta"
+            )
         pruned = prune_blocks(linear.weight.detach(), block, density)
         return cls._from_linear(linear, block, mask=layout_mask(pruned), weights={"values": pruned.values()})
 

@@ -161,7 +161,8 @@ def bucket(rows: int) -> int:
 def use_artifacts(*directories: str | os.PathLike) -> None:
     """Also look for tuned kernels in these directories (each holding `kt tune --out` artifacts). A directory
     that does not exist is a FileNotFoundError (a typo would otherwise leave every layer on the cost model)."""
-    paths = [Path(directory) for directory in directories]
+    # absolute now: a relative folder is the caller's, not that of whatever cwd a later forward runs in
+    paths = [Path(directory).absolute() for directory in directories]
     for path in paths:
         if not path.is_dir():
             what = "a file, not a folder" if path.exists() else "not there"
@@ -305,6 +306,13 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             try:
                 meta = json.loads(meta_path.read_text())
             except (OSError, json.JSONDecodeError):
+                meta = None
+            if not isinstance(meta, dict):
+                if meta_path not in _MISSING_DIRS:
+                    _MISSING_DIRS.add(meta_path)
+                    log.warning(
+                        "kt.nn: %s is not a kt artifact's meta.json (a JSON object); skipped", meta_path
+                    )
                 continue
             if (
                 meta.get("family") == family.name
@@ -333,6 +341,10 @@ def _artifact_dirs() -> list[Path]:
         if not path.is_dir() and path not in _MISSING_DIRS:
             _MISSING_DIRS.add(path)
             log.warning("kt.nn: $KT_ARTIFACTS names %s, which is not a folder; it is skipped", path)
+    for path in _ARTIFACT_DIRS:
+        if not path.is_dir() and path not in _MISSING_DIRS:
+            _MISSING_DIRS.add(path)
+            log.warning("kt.nn: %s (kt.nn.use_artifacts) is no longer a folder; it is skipped", path)
     return [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
 
 
@@ -343,7 +355,7 @@ def _artifact_metas(folder: Path) -> list[Path]:
     return [own] if own.is_file() else sorted(folder.glob("*/meta.json"))
 
 
-_MISSING_DIRS: set[Path] = set()  # the $KT_ARTIFACTS entries already warned about
+_MISSING_DIRS: set[Path] = set()  # folders and meta.json files already warned about (each once)
 
 
 def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping
 
 from torch import nn
@@ -29,6 +30,10 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     made by the rule of the first of its names (in `named_modules()` order) that a rule matches, so they stay
     one layer; all those names are returned. Two nn.Linear modules that share a weight tensor (a tied head) are
     two layers: each new layer is made from its own (`from_dense` copies), so they are no longer tied.
+
+    A new layer takes the replaced one's mode (`model.eval()` stays in force) and freezing: a frozen weight
+    freezes the layer's weights, a frozen bias its bias. Hooks registered on an nn.Linear stay on it and are
+    no longer called: a warning names each such layer (register them again on the new one).
     """
     if isinstance(model, nn.Linear):  # its name is "", which "*" matches: setattr(model, "", layer) added one
         raise ValueError(
@@ -98,9 +103,41 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         chosen.append((key, layer))
     replaced = []
     for key, layer in chosen:
+        _carry_state(linears[key], layer, aliases[key][0])
+    for key, layer in chosen:
         for alias in aliases[key]:
             parent_name, _, child = alias.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, layer)
             replaced.append(alias)
     return replaced
+
+
+def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
+    """What `linear` held beyond its tensors that its replacement `layer` must keep: its mode, its frozen
+    parameters (a frozen model came back trainable); its hooks are named (they cannot move with it)."""
+    layer.train(linear.training)
+    for param_name, param in layer.named_parameters():
+        source = (
+            linear.bias
+            if param_name.rpartition(".")[2] == "bias" and linear.bias is not None
+            else linear.weight
+        )
+        if not source.requires_grad:
+            param.requires_grad_(False)
+    hooks = [
+        kind
+        for kind, table in (
+            ("forward", linear._forward_hooks),
+            ("forward pre-", linear._forward_pre_hooks),
+            ("backward", linear._backward_hooks),
+            ("backward pre-", linear._backward_pre_hooks),
+        )
+        if table
+    ]
+    if hooks:
+        warnings.warn(
+            f"structurize: {name!r} has {' and '.join(hooks)} hooks, which stay on the replaced nn.Linear "
+            "and are no longer called; register them on the new layer",
+            stacklevel=3,
+        )
