@@ -18,6 +18,13 @@ class Kernel:
         self.path = path
 
     def __call__(self, *args, **kwargs):
+        if not self.pytorch and any(getattr(t, "is_meta", False) for t in (*args, *kwargs.values())):
+            # PyTorch's path gives shapes on meta tensors; a Triton kernel reads memory they do not have (the
+            # interpreter failed deep inside Triton: "Cannot copy out of meta tensor; no data!")
+            raise ValueError(
+                "kernel: a meta tensor holds no data for a Triton kernel to read; kernel.as_op() gives the output's "
+                "shape on meta tensors (as kt.nn layers do)"
+            )
         return self.module.kernel(*args, **kwargs)
 
     def as_op(self):

@@ -136,3 +136,20 @@ def test_a_tensor_too_many_is_refused_not_written_as_out_and_a_sparse_tensor_is_
         with pytest.raises(TypeError, match=r"out must be a dense .*tensor.*torch.sparse_coo"):
             kernel(*args, out=spare.to_sparse())
     torch.testing.assert_close(kernel(*args), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(EVERY_FAMILY))
+def test_a_generated_kernel_given_meta_tensors_points_to_as_op(name):
+    """Meta tensors reached Triton's interpreter, which failed deep inside ("Cannot copy out of meta tensor; no
+    data!"); as_op gives the shape there, as PyTorch's path does when called directly."""
+    spec = EVERY_FAMILY[name]
+    kernel = kt.build(spec, device="h100")
+    args = kt.random_args(spec, seed=9, device="cpu")
+    on_meta = [t.to("meta") for t in args]
+    with pytest.raises(ValueError, match=r"a meta tensor holds no data .* kernel.as_op\(\) gives the output"):
+        kernel(*on_meta)
+    with pytest.raises(ValueError, match="a meta tensor holds no data"):
+        kernel(*args, out=kernel(*args).to("meta"))
+    if name == "dense":
+        pytorch = kt.build(spec, "pytorch", device="h100")
+        assert pytorch(*on_meta).shape == pytorch(*args).shape
