@@ -104,7 +104,6 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     replaced = []
     for key, layer in chosen:
         _carry_state(linears[key], layer, aliases[key][0])
-    for key, layer in chosen:
         for alias in aliases[key]:
             parent_name, _, child = alias.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
