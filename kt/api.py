@@ -342,7 +342,8 @@ def collect(
     db: str | os.PathLike | None = None,
     **options: Any,
 ) -> Session:
-    """Measure every legal config (or a random `sample` of them) into the database, for the cost model's data."""
+    """Measure every legal config (or random ones until `sample` configs of the problem are in the database:
+    rows measured before, a tune's included, count) into the database, for the cost model's data."""
     spec = as_spec(spec)
     if backend == "auto" and not torch.cuda.is_available():
         raise DeviceError(

@@ -1113,7 +1113,11 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
 @SPEC
 @click.option("--all", "everything", is_flag=True, help="Measure every legal config.")
 @click.option(
-    "--sample", type=click.IntRange(1, MAX_BUDGET), default=None, help="Measure N random legal configs."
+    "--sample",
+    type=click.IntRange(1, MAX_BUDGET),
+    default=None,
+    help="Measure random legal configs until N of this problem are in the database (rows measured before, "
+    "a tune's included, count: for a uniform sample, use a --db of its own).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 @TIMEOUT
