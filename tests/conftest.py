@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# Keep Triton's current default and silence its warning about 3.10 changing it.
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
 from kt.codegen import FAMILIES, GemmConfig, load_source  # noqa: E402
 from kt.ir import GemmProblem  # noqa: E402
 

@@ -486,3 +486,72 @@ def test_kt_nn_on_a_gpu_without_a_tuned_row_runs_the_best_ranked_config_that_bui
     )
     interpreted = selection._select(spec, torch.device("cpu"))
     assert interpreted.kernel.config == kt.build(spec).config and "refused" not in interpreted.where
+
+
+def test_every_launch_asks_for_fused_multiply_add_so_tritons_default_cannot_change_a_tuned_kernel(
+    monkeypatch,
+):
+    """kt measures its kernels with fused multiply-add on, Triton's default up to 3.9; Triton 3.10 turns the
+    default off (3.9 warns about it at every compile without TRITON_DEFAULT_FP_FUSION). Every launch of every
+    template asks for it, so a kernel builds as it was measured whatever the default: with the default off,
+    `kt show examples/fft.yaml --ptx` (its complex twiddles) had 2,048 FMAs, not 2,080."""
+    import numpy as np
+
+    from kt.autotune.compile import capture_launches, compile_for_target
+    from kt.codegen.bsrgrad import BsrGradConfig
+    from kt.codegen.emit import import_kernel_file
+    from kt.ir.problems import BsrGradProblem
+    from kt.sparsity import mask_to_hex
+
+    cases = [
+        (GemmProblem(256, 256, 256), GemmConfig(128, 128, 64, num_warps=4, num_stages=3, tma=1)),
+        (GemmProblem(256, 256, 256), GemmConfig(64, 64, 32, num_warps=4, num_stages=3, split_k=2)),
+        (
+            BsrGradProblem(
+                64, 32, 32, (16, 16), mask_to_hex(np.array([[1, 0], [1, 1]], dtype=bool)), "float16"
+            ),
+            BsrGradConfig(16, 16, 16, split=2),
+        ),
+    ]
+    small_monarch = {"name": "m", "op": "monarch", "shape": {"batch": 64, "n": 256, "nblocks": 16}}  # fusable
+    specs = [kt.load_spec(EXAMPLES / f"{example}.yaml") for example in FAMILY_EXAMPLES]
+    for spec in [
+        *specs,
+        small_monarch,
+    ]:  # the first legal config of each structure: every kernel of a template
+        plan = kt.plan(spec, budget=1, device="h100")
+        shapes = {}
+        for config in plan.space.legal:
+            shape = tuple(
+                getattr(config, axis, None) for axis in ("fused", "levels", "split", "ends", "split_k")
+            )
+            shapes.setdefault(shape, config)
+        cases += [(plan.problem, config) for config in shapes.values()]
+    kernels = set()
+    for problem, config in cases:
+        module = import_kernel_file(
+            generated_candidate(problem, config).source_path, interpret=False, private=True
+        )
+        launches = capture_launches(module, problem.meta_args())
+        assert launches, (problem, config.key())
+        for name, _, _, kwargs in launches:
+            assert kwargs.get("enable_fp_fusion") is True, (problem, config.key(), name)
+            kernels.add(name)
+    assert {
+        "gemm_kernel", "gemm_tma_kernel", "bsr_grad_kernel", "stage_kernel", "transpose_kernel",
+        "monarch_fused_kernel", "lowrank_fused_kernel",
+    } <= kernels, kernels  # fmt: skip
+
+    spec = kt.load_spec(EXAMPLES / "fft.yaml")
+    plan = kt.plan(spec, budget=1, device="h100")
+    config = next(c for c in plan.space.legal if not getattr(c, "ends", 0))
+    module = import_kernel_file(
+        generated_candidate(plan.problem, config).source_path, interpret=False, private=True
+    )
+    fmas = {}
+    for default in ("0", "1"):
+        monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", default)
+        fmas[default] = [
+            b.ptx.count("fma.rn") for b in compile_for_target(module, plan.problem.meta_args(), 90)
+        ]
+    assert fmas["0"] == fmas["1"] and sum(fmas["1"]) > 0, fmas

@@ -120,7 +120,9 @@ def _specialise(jit_function, args: tuple, kwargs: dict):
     """Triton's launch-time specialisation of a kernel's arguments: (signature, constexprs, attrs, options)."""
     fn = jit_function.fn
     kwargs = dict(kwargs)
-    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    options = {
+        key: kwargs.pop(key) for key in ("num_warps", "num_stages", "enable_fp_fusion") if key in kwargs
+    }
     bound = inspect.signature(fn).bind(*args, **kwargs).arguments
     constexpr_names = {p.name for p in jit_function.params if p.is_constexpr}
     signature, constexprs, attrs = {}, {}, {}

@@ -32,8 +32,6 @@ from kt.ir.problems import Problem
 
 INTERPRETER_DEVICE = "cpu (Triton interpreter)"
 DRY_RUN_DEVICE = "cpu (Triton interpreter, dry run of the GPU measure path)"
-# Keep Triton's current default and silence its warning about the default changing in 3.10.
-_QUIET = {"TRITON_DEFAULT_FP_FUSION": "1"}
 
 
 @dataclass
@@ -237,9 +235,9 @@ class InterpretRunner(Runner):
         return check + [Stage("compile", "compile")] if self.compile_target else check
 
     def groups(self):
-        groups = {"interpret": (self.workers, {"TRITON_INTERPRET": "1", **_QUIET})}
+        groups = {"interpret": (self.workers, {"TRITON_INTERPRET": "1"})}
         if self.compile_target:
-            groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0", **_QUIET})
+            groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0"})
         return groups
 
     def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
@@ -283,7 +281,7 @@ class MeasureRunner(Runner):
         return [Stage("compile", "compile"), *measure] if self.compiles else measure
 
     def measure_env(self) -> dict[str, str]:
-        return {"TRITON_INTERPRET": "0", "KT_WORKER_GPU": "1", **_QUIET}
+        return {"TRITON_INTERPRET": "0", "KT_WORKER_GPU": "1"}
 
     def measure_envs(self) -> list[dict[str, str]]:
         """One environment per measuring worker (one worker unless a runner measures on several GPUs)."""
@@ -293,7 +291,7 @@ class MeasureRunner(Runner):
         envs = self.measure_envs()
         groups = {"measure": (len(envs), envs)}
         if self.compiles:
-            groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0", **_QUIET})
+            groups["compile"] = (self.workers, {"TRITON_INTERPRET": "0"})
         return groups
 
     def payload(self, stage: Stage, candidate: Candidate) -> dict[str, Any]:
@@ -389,7 +387,7 @@ class DryRunner(MeasureRunner):
         return self.compiles
 
     def measure_env(self) -> dict[str, str]:
-        return {"TRITON_INTERPRET": "1", **_QUIET}
+        return {"TRITON_INTERPRET": "1"}
 
 
 BACKENDS = ("auto", "cuda", "interpret", "dryrun")
