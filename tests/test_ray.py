@@ -126,6 +126,26 @@ def test_without_ray_the_option_says_how_to_get_it(monkeypatch):
         raypool._ray()
 
 
+def test_a_broken_ray_install_is_one_line_not_a_traceback(monkeypatch):
+    import builtins
+
+    from kt.autotune import raypool
+    from kt.errors import KtError
+
+    real = builtins.__import__
+
+    def broken_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise AttributeError("module 'grpc' has no attribute 'aio'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken_ray)
+    with pytest.raises(
+        KtError, match=r"--ray: Ray did not import \(AttributeError: module 'grpc' has no attribute 'aio'\)"
+    ):
+        raypool._ray()
+
+
 def test_a_ray_actor_killed_mid_tune_costs_its_candidate_only_and_the_rerun_measures_just_that(
     local_ray, tmp_path, monkeypatch
 ):
@@ -220,6 +240,7 @@ def test_on_a_cluster_with_fewer_cpus_than_actors_every_actor_runs(local_ray):
         ("", "--ray: '' is not a Ray address"),
         ("garbage", "--ray: 'garbage' is not a Ray address"),
         ("127.0.0.1:1", "--ray: nothing answers at '127.0.0.1:1'"),  # it retried for minutes
+        ("http://127.0.0.1:1", "--ray: 'http://127.0.0.1:1' is not a Ray address"),  # was probed as a host
     ],
 )
 def test_a_bad_or_dead_ray_address_is_one_line(tmp_path, address, says):
@@ -231,3 +252,69 @@ def test_a_bad_or_dead_ray_address_is_one_line(tmp_path, address, says):
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert says in done.stderr, done.stderr
+
+
+def test_an_actor_that_dies_before_it_starts_is_no_crash_of_its_task(local_ray, tmp_path, monkeypatch):
+    """An actor killed as it started (by hand, or short of memory), before it answered `ready`, was recorded as
+    a `crash` of the task queued behind that answer, kept by every rerun. Its task now waits for the restart.
+    (Killed inside its __init__, Ray holds the tasks queued on it until it has restarted.)"""
+    from kt.autotune import raypool
+
+    marker = tmp_path / "died"
+
+    class DiesOnce(raypool._Actor):  # made here, so that Ray sends the class itself, not its module's name
+        def ready(self):
+            import os
+
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+            return super().ready()
+
+    monkeypatch.setattr(raypool, "_Actor", DiesOnce)
+    with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=120, startup_s=120) as pool:
+        outcomes = list(pool.run([_task(0)]))
+    assert marker.exists()
+    assert [o.status for o in outcomes] == ["ok"], [o.message for o in outcomes]
+
+
+class _Http:
+    """An HTTP/1 server on a free port of this machine (Ray's dashboard answers so, on 8265)."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+def test_a_port_that_answers_but_not_as_ray_is_one_line_in_seconds(local_ray, tmp_path):
+    """The dashboard's port given for the cluster's (an HTTP server) kept ray.init waiting without end, with
+    Ray's warnings, and signals took half a minute. A gRPC server (the running cluster's GCS) passes the probe."""
+    import time
+
+    from kt.autotune import raypool
+    from kt.errors import KtError
+
+    raypool.probe(ray.get_runtime_context().gcs_address)
+    (tmp_path / "d.yaml").write_text(OPS["d"])
+    with _Http() as address:
+        with pytest.raises(KtError, match="answers, but not as a Ray cluster"):
+            raypool.probe(address)
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "kt.cli", "tune", str(tmp_path / "d.yaml"), "--db", str(tmp_path / "t.db"),
+             "--out", str(tmp_path / "art"), "--ray", address],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 2 and time.monotonic() - started < 120
+    assert done.stderr.strip().splitlines() == [
+        f"kt: error: --ray: '{address}' answers, but not as a Ray cluster (no gRPC there); give the cluster's "
+        "GCS address (HOST:6379 by default), not its dashboard's"
+    ]
+    assert not (tmp_path / "art").exists()

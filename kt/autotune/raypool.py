@@ -34,6 +34,10 @@ def _ray():
         import ray
     except ImportError:
         raise KtError('--ray needs Ray: pip install -e ".[ray]" (or pip install ray)') from None
+    except Exception as exc:  # an install that is there but broken
+        from kt.errors import one_line
+
+        raise KtError(f"--ray: Ray did not import ({one_line(exc)}); reinstall it: pip install ray") from None
     return ray
 
 
@@ -174,6 +178,9 @@ class RayPool:
             for ref in ready:
                 slot, task, sent = busy.pop(ref)
                 outcome = self._outcome(ray, ref, slot, task, now - sent)
+                if outcome is None:  # its actor died before it started: not the task's doing, so again
+                    pending.appendleft(task)
+                    continue
                 yield from self._with_follow_up(outcome, follow_up, pending)
             for ref, (slot, task, sent) in list(busy.items()):
                 if not slot["ready"]:
@@ -196,6 +203,20 @@ class RayPool:
                 self._restarted(slot)
                 yield from self._with_follow_up(Outcome(task, "timeout", message=message, wall_s=now - sent),
                                                 follow_up, pending)  # fmt: skip
+
+    @staticmethod
+    def _started(ray, slot) -> bool:
+        """Whether the slot's actor answered `ready` (it had started) before it died."""
+        if slot["ready"]:
+            return True
+        done, _ = ray.wait([slot["started"]], timeout=0)
+        if not done:
+            return False
+        try:
+            ray.get(done[0])
+        except ray.exceptions.RayError:  # it died before `ready` answered
+            return False
+        return True
 
     @staticmethod
     def _restarted(slot) -> None:
@@ -228,16 +249,23 @@ class RayPool:
         yield outcome
 
     @staticmethod
-    def _outcome(ray, ref, slot, task: Task, elapsed: float) -> Outcome:
+    def _outcome(ray, ref, slot, task: Task, elapsed: float) -> Outcome | None:
+        """The task's Outcome, or None where its actor died before it started (killed, or short of memory,
+        while it imported torch and Triton): the task is sent again, up to STARTS_BEFORE_CRASH starts."""
         try:
             status, values, message, fatal = ray.get(ref)
         except ray.exceptions.RayActorError as exc:  # the candidate took its actor down: Ray restarts it
+            started = RayPool._started(ray, slot)
             RayPool._restarted(slot)
+            if not started:
+                slot["unborn"] = slot.get("unborn", 0) + 1
+                if slot["unborn"] < STARTS_BEFORE_CRASH:
+                    return None
             return Outcome(task, "crash", message=f"the Ray actor died: {str(exc).splitlines()[0][:300]}",
                            wall_s=elapsed)  # fmt: skip
         except ray.exceptions.RayError as exc:
             return Outcome(task, "crash", message=str(exc).splitlines()[0][:300], wall_s=elapsed)
-        slot["ready"] = True
+        slot["ready"], slot["unborn"] = True, 0
         if fatal:  # the actor's CUDA context is unusable: a fresh process for the next task
             ray.kill(slot["actor"], no_restart=False)
             RayPool._restarted(slot)
@@ -246,6 +274,10 @@ class RayPool:
 
 ADDRESS_HELP = "local, auto, HOST:PORT (a cluster's GCS address) or ray://HOST:PORT (Ray Client)"
 CONNECT_S = 5.0  # how long a HOST:PORT has to accept a connection before --ray says nothing answers there
+STARTS_BEFORE_CRASH = 3  # an actor that dies this many times before it starts costs its task a crash
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, a Ray Client server) answers
+# with a frame of its own, where an HTTP/1 server (Ray's dashboard on 8265) answers with text or hangs up
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 def check_address(address: str) -> None:
@@ -254,7 +286,7 @@ def check_address(address: str) -> None:
     if address in ("local", "auto"):
         return
     host, port = _host_port(address)
-    if not host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or "/" in host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise KtError(f"--ray: {address!r} is not a Ray address; allowed: {ADDRESS_HELP}")
 
 
@@ -265,19 +297,10 @@ def _host_port(address: str) -> tuple[str, str]:
 
 
 def _connect(ray, address: str) -> None:
-    """ray.init for `address`, every failure one KtError naming --ray. A HOST:PORT must accept a TCP connection
-    within CONNECT_S first: ray.init retries an address where nothing listens for minutes."""
-    import socket
-
+    """ray.init for `address`, every failure one KtError naming --ray. A HOST:PORT is probed first (`probe`):
+    ray.init retries an address where nothing listens, or where something else does, for minutes or forever."""
     if address not in ("local", "auto"):
-        host, port = _host_port(address)
-        try:
-            socket.create_connection((host, int(port)), timeout=CONNECT_S).close()
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise KtError(
-                f"--ray: nothing answers at {address!r} ({why}); give a running cluster's address"
-            ) from None
+        probe(address)
     try:
         if (
             address == "local"
@@ -289,6 +312,33 @@ def _connect(ray, address: str) -> None:
         from kt.errors import one_line
 
         raise KtError(f"--ray {address}: Ray could not connect ({one_line(exc)})") from None
+
+
+def probe(address: str) -> None:
+    """A KtError unless HOST:PORT (or ray://HOST:PORT) accepts a TCP connection within CONNECT_S and speaks
+    gRPC, as Ray's GCS and Ray Client servers do: the dashboard's port (8265, HTTP) kept ray.init waiting
+    without end, printing Ray's warnings, and a signal took half a minute to stop it."""
+    import socket
+
+    host, port = _host_port(address)
+    try:
+        connection = socket.create_connection((host, int(port)), timeout=CONNECT_S)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise KtError(
+            f"--ray: nothing answers at {address!r} ({why}); give a running cluster's address"
+        ) from None
+    with connection:
+        try:
+            connection.sendall(_HTTP2_HELLO)
+            answer = connection.recv(9)
+        except OSError:  # silence, or a server that hangs up
+            answer = b""
+    if len(answer) < 9 or answer[3] != 4:  # no SETTINGS frame back
+        raise KtError(
+            f"--ray: {address!r} answers, but not as a Ray cluster (no gRPC there); give the cluster's GCS "
+            "address (HOST:6379 by default), not its dashboard's"
+        )
 
 
 def _cpu_share(ray, actors: int) -> float:
