@@ -90,3 +90,23 @@ def test_the_board_written_to_a_log_keeps_each_row_whole(capfd, monkeypatch):
     assert f"all 2 ops · {label}" in err and "2 done · 0 to go" in err, err
     assert all(f"{name} " in err for name in names) and "x" * 120 in err
     assert "tunes: kt's winner against PyTorch's path, case by case (dry run: nothing timed on a GPU)" in err
+
+
+def test_a_tune_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeypatch):
+    """Off a terminal rich draws a bar only when it stops: `kt collect OP --all 2> log` of a 360-config sweep
+    wrote nothing to the log for its whole length. The bar is now also a line every LOG_EVERY_S."""
+    from kt.autotune import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    reporter = progress.TuneProgress(True, measures_time=False)
+    reporter.start(total=3, done=0, label="interpret on cpu")
+    reporter.advance_row({"status": "ok"})
+    reporter.advance_row({"status": "timeout"})
+    err = capfd.readouterr().err  # the bar has not stopped
+    assert "interpret on cpu: 1/3 · 1 ok · 0:00\n" in err, err
+    assert "interpret on cpu: 2/3 · 1 ok · 1 timeout · 0:00\n" in err, err
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 3600.0)
+    reporter.advance_row({"status": "ok"})
+    assert "3/3" not in capfd.readouterr().err  # at most a line per LOG_EVERY_S
+    reporter.stop()
+    assert "3/3" in capfd.readouterr().err  # the bar itself, as it stops

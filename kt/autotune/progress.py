@@ -23,6 +23,8 @@ from kt.autotune.runners import Result
 
 # columns a bar's row may take when stderr is a file or a pipe: wide enough never to cut it
 PIPED_WIDTH = 1000
+# off a terminal rich draws a bar only when it stops, so a tune's bar is written as a line this often instead
+LOG_EVERY_S = 30.0
 
 
 def _console() -> Console:
@@ -63,6 +65,7 @@ class TuneProgress:
         self.best_ms: float | None = None
         self.progress: Progress | None = None
         self.baseline_result: Result | None = None
+        self.logged = time.monotonic()
 
     def start(self, total: int, done: int, label: str, summary: str = "") -> None:
         if not self.enabled:
@@ -109,6 +112,16 @@ class TuneProgress:
         self.progress.update(self.task, advance=1, status=" · ".join(parts))
         if self.board is not None:
             self.board.advance()
+        if not self.progress.console.is_terminal and time.monotonic() - self.logged >= LOG_EVERY_S:
+            self.logged = time.monotonic()
+            (task,) = (task for task in self.progress.tasks if task.id == self.task)
+            elapsed = int(task.elapsed or 0)
+            self.progress.console.print(
+                f"{task.description}: {task.completed:.0f}/{task.total:.0f} · {task.fields['status']} · "
+                f"{elapsed // 60}:{elapsed % 60:02d}",
+                highlight=False,
+                markup=False,
+            )
 
     def baseline(self, result: Result) -> None:
         """One line for candidate zero, PyTorch's own path: its time, or that it was only checked."""
