@@ -84,6 +84,37 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left
 
 
+def test_an_artifact_tuned_for_another_device_profile_is_kept_as_prev_and_names_its_profile(tmp_path):
+    """`kt tune OP --device gpu.json` over an artifact tuned for the spec's own device (h100) said "same spec,
+    kernel and config" and removed it; and meta.json did not say which calibrated profile the tune was for."""
+    from kt.device import H100
+
+    profile = tmp_path / "mine.json"
+    profile.write_text(json.dumps({**H100.to_dict(), "name": "mine", "smem_per_block": 200 * 1024}))
+    config = {"block_m": 16, "block_n": 16, "block_k": 16}
+    spec = kt.parse_spec({"name": "same", **SMALL, "device": "h100", "tune": {"configs": [config]}})
+    target = tmp_path / "art" / "same"
+    save_artifact_report(
+        kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1),
+        target,
+    )
+    assert json.loads((target / "meta.json").read_text())["device"]["key"] == "h100"
+    result = kt.tune(
+        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1,
+        device=str(profile),
+    )  # fmt: skip
+    _, report = save_artifact_report(result, target)
+    previous = tmp_path / "art" / "same.prev"
+    assert report == f"replaced the artifact there (target differs); the previous one is kept as {previous}"
+    device = json.loads((target / "meta.json").read_text())["device"]
+    assert (
+        device["target"] == "mine"
+        and device["key"] == result.target.key
+        and device["key"].startswith("mine-")
+    )
+    assert json.loads((previous / "meta.json").read_text())["device"]["key"] == "h100"
+
+
 def test_ctrl_c_between_the_exchange_and_the_rename_still_keeps_the_previous_artifact(tmp_path, monkeypatch):
     """The old artifact sits in the staging folder from the exchange until it is renamed to `.prev`: Ctrl-C
     there removed it with the staging folder (6 times in 45 real interrupts), though a replaced artifact that

@@ -118,7 +118,13 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
             "runtime_ms": best.predicted_ms,
             "device": result.target.name,
         },
-        "device": {"target": result.target.name, "ran_on": result.ran_on, "runner": result.runner},
+        # key: the profile's, as the rows' target column (a calibrated profile's name plus a hash of its fields)
+        "device": {
+            "target": result.target.name,
+            "key": result.target.key,
+            "ran_on": result.ran_on,
+            "runner": result.runner,
+        },
         "checked": {
             "rel_err": row.get("rel_err"),
             "problems": row.get("checked_problems") or [problem.to_dict()],
@@ -209,9 +215,17 @@ def _changes(old_meta: Path, meta: dict[str, Any]) -> str:
     except (OSError, json.JSONDecodeError):
         return "its meta.json was unreadable"
     changed = [what for what in ("spec", "kernel", "config") if old.get(what) != meta.get(what)]
+    if _target(old) != _target(meta):  # `--device` tunes one spec for another GPU
+        changed.append("target")
     if not changed:
         return ""
     return f"{' and '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}"
+
+
+def _target(meta: dict[str, Any]) -> Any:
+    """The device profile an artifact was tuned for: its key (artifacts before it was recorded: the name)."""
+    device = meta.get("device")
+    return (device.get("key") or device.get("target")) if isinstance(device, dict) else None
 
 
 def _baseline_meta(result) -> dict[str, Any] | None:
