@@ -101,6 +101,11 @@ class DeviceProfile:
             raise ProfileError(
                 f"{where}: max_regs_per_thread must be from 32 to 255 (255 on every GPU kt knows), got {regs!r}"
             )
+        if data.get("warp_size", 32) != 32:  # 64 passed: legality then counted half the registers per thread
+            raise ProfileError(
+                f"{where}: warp_size must be 32 (every NVIDIA GPU of {', '.join(map(str, CAPABILITIES))}; kt "
+                f"compiles for 32-thread warps), got {data['warp_size']!r}"
+            )
         block, per_sm = data.get("smem_per_block"), data.get("smem_per_sm")
         if block is not None and per_sm is not None and block > per_sm:  # made 240 KiB tiles legal
             raise ProfileError(

@@ -119,6 +119,8 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
         # legality then spoke of "an accumulator over 0 registers per thread", and made 240 KiB tiles legal
         (lambda d: d.update(max_regs_per_thread=1), "max_regs_per_thread must be from 32 to 255 .* got 1$"),
         (lambda d: d.update(max_regs_per_thread=256), "max_regs_per_thread must be from 32 to 255"),
+        # an AMD wavefront's 64 passed: legality then counted half the accumulator registers per thread
+        (lambda d: d.update(warp_size=64), "warp_size must be 32 .* got 64$"),
         (
             lambda d: d.update(smem_per_block=245760),
             "smem_per_block .245760. must not exceed smem_per_sm .233472.",
