@@ -318,3 +318,33 @@ def test_a_port_that_answers_but_not_as_ray_is_one_line_in_seconds(local_ray, tm
         "GCS address (HOST:6379 by default), not its dashboard's"
     ]
     assert not (tmp_path / "art").exists()
+
+
+def test_ctrl_c_while_ray_shuts_down_waits_for_the_shutdown_then_interrupts(tmp_path):
+    """A Ray instance kt started was shut down by Ray's atexit hook as kt ended: Ctrl-C there printed a
+    traceback, exited 0 and left Ray's agents running for minutes. The pool now shuts it down on close, with
+    Ctrl-C held until the shutdown is over."""
+    script = tmp_path / "close.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "import ray\n"
+        "from kt.autotune.raypool import RayPool\n"
+        "real, state = ray.shutdown, {}\n"
+        "def shutdown(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as Ray shuts down\n"
+        "    time.sleep(0.5)\n"
+        "    real(*args, **kwargs)\n"
+        "    state['done'] = True\n"
+        "ray.shutdown = shutdown\n"
+        "pool = RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
+        "try:\n"
+        "    pool.close()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted after the shutdown:', state.get('done'), ray.is_initialized())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "interrupted after the shutdown: True False" in done.stdout, (done.stdout, done.stderr[-2000:])

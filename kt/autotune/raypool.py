@@ -79,7 +79,8 @@ class RayPool:
     ):
         ray = _ray()
         check_address(address)
-        if not ray.is_initialized():
+        self.owned = not ray.is_initialized()  # kt started it (or connected): kt shuts it down on close
+        if self.owned:
             _connect(ray, address)
         self.timeout_s, self.startup_s = timeout_s, startup_s
         remote = ray.remote(max_restarts=-1, max_task_retries=0)(_Actor)
@@ -127,6 +128,10 @@ class RayPool:
             with contextlib.suppress(Exception):  # an actor already gone
                 ray.kill(slot["actor"], no_restart=True)
         self.slots = []
+        if self.owned:
+            self.owned = False
+            with _ctrl_c_held():
+                ray.shutdown()
 
     def run(
         self,
@@ -270,6 +275,30 @@ class RayPool:
             ray.kill(slot["actor"], no_restart=False)
             RayPool._restarted(slot)
         return Outcome(task, status, values, message, elapsed)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """Ctrl-C caught in the main thread and raised when the block ends: Ctrl-C while Ray shut down (in
+    its atexit hook, as kt ended) printed a traceback, exited 0 and left Ray's agents running for minutes.
+    SIGTERM still stops a shutdown that hangs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    before = signal.signal(signal.SIGINT, lambda number, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if caught:
+        if callable(before):
+            before(signal.SIGINT, caught[0])
+        elif before != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 ADDRESS_HELP = "local, auto, HOST:PORT (a cluster's GCS address) or ray://HOST:PORT (Ray Client)"
