@@ -1344,12 +1344,21 @@ class _LateProgress:
     def __enter__(self):
         import time
 
-        self.started = time.monotonic()
+        self.started = self.logged = time.monotonic()
         return self if self.enabled else None
 
     def __call__(self, done: int, total: int) -> None:
         import time
 
+        if not err.is_terminal:  # rich draws no bar off a terminal: a line now and then, for a log
+            from kt.autotune.progress import LOG_EVERY_S
+
+            now = time.monotonic()
+            if now - self.started >= self.after_s and now - self.logged >= LOG_EVERY_S:
+                self.logged = now
+                amount = f"{done}/{total}" if self.counts else f"{100 * done // max(1, total)}%"
+                err.print(f"{self.label}: {amount}", highlight=False, markup=False)
+            return
         if self.bar is None:
             if time.monotonic() - self.started < self.after_s:
                 return

@@ -110,3 +110,19 @@ def test_a_tune_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeyp
     assert "3/3" not in capfd.readouterr().err  # at most a line per LOG_EVERY_S
     reporter.stop()
     assert "3/3" in capfd.readouterr().err  # the bar itself, as it stops
+
+
+def test_a_replay_or_an_import_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeypatch):
+    """`kt replay` and `kt import inductor` show a bar once they have run a second; off a terminal rich drew
+    none, so a log held nothing until the result. They now write a line every LOG_EVERY_S there."""
+    from kt import cli
+    from kt.autotune import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    with cli._LateProgress(True, "replaying guided", after_s=0.0, counts=True) as replaying:
+        replaying(3, 20)
+    with cli._LateProgress(True, "reading Inductor logs", after_s=0.0) as reading:
+        reading(512, 2048)
+    with cli._LateProgress(True, "replaying random", after_s=3600.0, counts=True) as quick:
+        quick(1, 20)  # a quick job prints nothing but its result
+    assert capfd.readouterr().err == "replaying guided: 3/20\nreading Inductor logs: 25%\n"
