@@ -149,6 +149,37 @@ def test_when_nothing_generated_beats_pytorch_the_artifact_calls_pytorch(runner,
     assert "PyTorch: torch.matmul" in repr(kernel)
 
 
+class NothingGeneratedRuns(StandInRunner):
+    """Every generated config is out of resources; candidate zero is answered as the stand-in answers it."""
+
+    def run(self, candidates, deadline=None):
+        for candidate in candidates:
+            if isinstance(candidate.config, PyTorchPath):
+                yield self.answer_zero(candidate)
+            else:
+                yield Result(
+                    candidate, "out_of_resources", {}, "stand-in: refused as the GPU would refuse it"
+                )
+
+
+def test_when_only_pytorch_passes_the_artifact_is_saved_and_calls_pytorch(monkeypatch, tmp_path):
+    """No generated config passed (all spilled or out of resources, as top-ranked 16-bit GEMMs did on the H200)
+    and PyTorch's path did: saving the result raised AttributeError in best_model ('NoneType' has no 'key')
+    after the whole tune, and no artifact was written."""
+    monkeypatch.setattr(
+        tune_module,
+        "make_runner",
+        lambda backend, profile, **o: NothingGeneratedRuns(profile, pytorch_as="fastest"),
+    )
+    result = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, model="analytic")
+    assert result.best.pytorch and result.best.config is None
+    assert result.best_model == result.plan.model
+    kernel = kt.load(result.save(tmp_path / "a"))
+    assert kernel.pytorch and kernel.meta["kernel"] == "pytorch" and kernel.meta["config"] is None
+    a, b = kt.random_args(SPEC, seed=3, device="cpu")
+    assert torch.equal(kernel(a, b), torch.matmul(a, b))
+
+
 def test_a_resumed_guided_tune_refits_first_and_measures_only_what_is_new(runner, tmp_path):
     made, _ = runner
     first = kt.tune(SPEC, budget=12, db=tmp_path / "t.db", progress=False)

@@ -425,7 +425,10 @@ class TuneResult:
 
     @property
     def best_model(self) -> str:
-        """The model that ranked the round in which the best was measured (or "an earlier run")."""
+        """The model that ranked the round in which the best was measured (or "an earlier run"); the plan's
+        where PyTorch's path is the best and no generated config passed (no config to name a round by)."""
+        if self.best.config is None:
+            return self.plan.model
         key = self.best.config.key()
         for index, round_ in zip(self.trace.measured, self.trace.rounds):
             if self.plan.config(index).key() == key:
