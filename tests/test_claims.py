@@ -80,6 +80,19 @@ def test_two_tunes_of_one_process_do_not_share_their_claims(tmp_path):
         assert second.claim([g]) == ["mine"]
 
 
+def test_a_tune_releasing_a_batch_leaves_the_claims_another_tune_of_its_process_holds(tmp_path):
+    """A tune releases its whole batch as it ends (a deadline, an error, Ctrl-C), the configs it waited for
+    included: the claim rows another op of the process held on them were deleted, and a third tune then
+    measured a config beside the op still measuring it."""
+    f, g = ({**KEY, "config_key": name} for name in "fg")
+    with Database(tmp_path / "t.db") as a, Database(tmp_path / "t.db") as b, Database(tmp_path / "t.db") as c:
+        assert a.claim([f]) == ["mine"]
+        assert b.claim([f, g]) == ["theirs", "mine"]
+        b.release([f, g])
+        assert [r["claim_key"] for r in a.claims()] == [claim_key(f)]
+        assert c.claim([f, g]) == ["theirs", "mine"]
+
+
 def test_a_claim_from_another_host_is_held_until_it_is_stale(tmp_path, monkeypatch):
     e = {**KEY, "config_key": "e"}
     with Database(tmp_path / "t.db") as db:

@@ -451,9 +451,16 @@ class Database:
         a claim left behind is taken over once this process is gone)."""
         if not keys or self.readonly:
             return
-        names = [claim_key(key) for key in keys]
+        token, db_file = self.__dict__.get("_token"), str(self.path.resolve())
         try:
-            with self.conn:
+            with self.conn, _HELD_LOCK:
+                # not another tune's of this process (a batch's keys it waited for): its claim row names the
+                # same process, and deleting it let a third tune measure that config beside it
+                names = [
+                    name
+                    for name in (claim_key(key) for key in keys)
+                    if _HELD.get((db_file, name), token) == token
+                ]
                 self.conn.execute("BEGIN")
                 self.conn.executemany(
                     "DELETE FROM claims WHERE claim_key = ? AND pid = ? AND host = ?",
