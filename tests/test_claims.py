@@ -170,3 +170,41 @@ def test_a_tune_waits_for_a_config_another_process_is_measuring(tmp_path, sleepe
     assert {r["config_key"] for r in result.rows} == {A, B}
     assert result.newly_measured == 1  # B is the other process's
     assert next(r for r in result.rows if r["config_key"] == B)["message"] == "measured by the other process"
+
+
+def test_ctrl_c_stops_an_op_that_waits_for_another_processs_claims(tmp_path, sleeper):
+    """Several ops at once: Ctrl-C aborted the dispatcher, but an op waiting for configs another kt process
+    claimed only polled the database, so kt waited for that process (a claim from another host counts for 6
+    hours) before it said "interrupted". The waiting op now stops with the others."""
+    import json
+    import os
+    import signal
+
+    db_path = tmp_path / "t.db"
+    with Database(db_path) as db:
+        hold(db, {**_key(tmp_path), "config_key": B}, sleeper.pid)
+    ops = tmp_path / "ops.yaml"
+    other = {"name": "other", "op": "dense", "dtype": "float16", "shape": {"m": 16, "n": 16, "k": 16}}
+    ops.write_text(f"{json.dumps(SPEC)}\n---\n{json.dumps(other)}\n")
+    log = tmp_path / "err.txt"
+    with open(log, "w") as err:
+        tune = subprocess.Popen(
+            [sys.executable, "-m", "kt.cli", "tune", str(ops), "--backend", "interpret", "--concurrent", "2",
+             "--workers", "1", "--db", str(db_path), "--out", str(tmp_path / "art")],
+            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "waiting for 1 config" not in log.read_text():
+            assert time.monotonic() < deadline and tune.poll() is None, log.read_text()
+            time.sleep(0.2)
+        tune.send_signal(signal.SIGINT)
+        assert tune.wait(timeout=30) == 130, log.read_text()
+    finally:
+        tune.kill()
+        tune.wait()
+    assert "kt: interrupted" in log.read_text()
+    with Database(db_path) as db:  # the waiting op's claims were let go; the other process's stays
+        assert [(r["claim_key"], r["pid"]) for r in db.claims()] == [
+            (claim_key({**_key(tmp_path), "config_key": B}), sleeper.pid)
+        ]

@@ -147,7 +147,7 @@ class Dispatcher:
                 try:
                     item = job.outcomes.get(timeout=POLL_S)
                 except queue.Empty:
-                    self._check_alive()
+                    self.check_alive()
                     if job.expired():
                         with self._lock:
                             outstanding -= len(job.waiting)
@@ -156,7 +156,7 @@ class Dispatcher:
                 if isinstance(item, tuple):
                     kind, count = item
                     if kind == "stopped":
-                        self._check_alive()
+                        self.check_alive()
                         raise DispatcherStopped("the worker pool stopped while this tune waited for it")
                     outstanding -= count
                     continue
@@ -181,7 +181,7 @@ class Dispatcher:
             raise ValueError(
                 f"tasks for unknown worker groups {sorted(unknown)}; groups: {sorted(self.groups)}"
             )
-        self._check_alive()
+        self.check_alive()
         with self._lock:
             if register:
                 self._jobs.append(job)
@@ -191,7 +191,9 @@ class Dispatcher:
                 job.waiting.extend(tasks)
         self._wake()
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
+        """DispatcherStopped (its cause: the pool's own error, if it failed) once the dispatcher is stopped: a
+        tune's thread that waits on something else (another tune's claims) asks, so Ctrl-C stops it too."""
         if self._error is not None:
             raise DispatcherStopped(f"the worker pool failed: {self._error}") from self._error
         if self.aborted or not self._thread.is_alive():

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, Database
+from kt.autotune.dispatch import DispatcherStopped
 from kt.autotune.pool import default_workers
 from kt.autotune.progress import TuneBoard, TuneProgress
 from kt.autotune.runners import Candidate, Result, Runner, make_runner
@@ -666,12 +667,18 @@ def tune_each(
                 ):
                     futures = [threads.submit(one, number, spec) for number, spec in enumerate(specs, 1)]
                     try:
+                        # an error that is no KtError (a bug, the pool's failure) stops the run as it happens,
+                        # not once the ops before it in the list have ended (one may wait on another process)
+                        for future in wait(futures, return_when=FIRST_EXCEPTION).done:
+                            future.result()
                         for future in futures:
-                            future.result()  # an error that is no KtError (a bug) stops the run
-                    except BaseException:  # Ctrl-C or a bug: every op stops now, not after its whole tune
+                            future.result()
+                    except BaseException as exc:  # Ctrl-C or a bug: every op stops now, not after its tune
                         for future in futures:
                             future.cancel()
                         dispatcher.abort()
+                        if isinstance(exc, DispatcherStopped) and exc.__cause__ is not None:
+                            raise exc.__cause__ from None  # the pool's own error, as one op's tune raises it
                         raise
         finally:
             if board is not None:
@@ -1019,6 +1026,9 @@ class _Tuner:
                             f"{'measuring' if self.runner.measures_time else 'checking'} in {self.database.path}"
                         )
                         announced = True
+                    stopped = getattr(self.runner.pool, "check_alive", None)  # a dispatcher's: ops at once
+                    if stopped is not None:
+                        stopped()  # Ctrl-C or another op's failure stopped the run: stop waiting too
                     time.sleep(CLAIM_POLL_S)
             finally:  # a crash or Ctrl-C: what this process claimed and did not finish is free again
                 self.database.release(list(keys.values()), quiet=True)
