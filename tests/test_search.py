@@ -161,6 +161,16 @@ def test_an_unknown_strategy_names_the_allowed_ones():
         make_strategy("annealing")
 
 
+def test_each_search_gets_its_own_copy_of_a_strategy_object():
+    """A guided search keeps its history and budget on itself: tunes at once given one object shared them."""
+    given = GuidedSearch(explore=0.25)
+    first, second = make_strategy(given), make_strategy(given)
+    assert first is not given and second is not first and first.explore == given.explore == 0.25
+    a, _ = search(first, budget=40, seed=1)
+    b, _ = search(second, budget=20, seed=1)
+    assert first._budget == 40 and second._budget == 20 and given._budget == 0 and given._best_history == []
+
+
 def test_guided_search_polishes_the_best_measured_among_its_neighbours():
     # candidates on a line: neighbours differ in one "parameter" (their position, one step apart)
     prediction, _ = Oracle(spread=0.1).predict()

@@ -28,6 +28,7 @@ Without a GPU nothing is timed, so there is nothing to refit on: the first round
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -294,8 +295,11 @@ STRATEGIES: dict[str, type[SearchStrategy]] = {
 
 
 def make_strategy(strategy: str | SearchStrategy) -> SearchStrategy:
+    """A new strategy of that name, or a copy of the one given: a strategy keeps its search's state on itself
+    (the guided one's best-so-far history and budget), and the ops of `kt.tune([...], strategy=s)` tuned at
+    once shared one object, resetting each other's history and round sizes."""
     if isinstance(strategy, SearchStrategy):
-        return strategy
+        return copy.deepcopy(strategy)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: {strategy!r} is not supported; allowed: {', '.join(STRATEGIES)}")
     return STRATEGIES[strategy]()
