@@ -108,7 +108,18 @@ def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(
         assert after[0].status == "ok", after[0].message
 
 
-def test_without_ray_the_option_says_how_to_get_it(monkeypatch):
+@pytest.mark.parametrize(
+    ("failure", "says"),
+    [
+        (ImportError("no ray here"), r'--ray needs Ray: pip install -e "\.\[ray\]"'),
+        # a broken install was a traceback
+        (
+            AttributeError("module 'grpc' has no attribute 'aio'"),
+            r"--ray: Ray did not import \(AttributeError: module 'grpc' has no attribute 'aio'\)",
+        ),
+    ],
+)
+def test_without_a_working_ray_the_option_says_how_to_get_it(monkeypatch, failure, says):
     import builtins
 
     from kt.autotune import raypool
@@ -118,31 +129,11 @@ def test_without_ray_the_option_says_how_to_get_it(monkeypatch):
 
     def no_ray(name, *args, **kwargs):
         if name == "ray":
-            raise ImportError("no ray here")
+            raise failure
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(KtError, match=r'--ray needs Ray: pip install -e "\.\[ray\]"'):
-        raypool._ray()
-
-
-def test_a_broken_ray_install_is_one_line_not_a_traceback(monkeypatch):
-    import builtins
-
-    from kt.autotune import raypool
-    from kt.errors import KtError
-
-    real = builtins.__import__
-
-    def broken_ray(name, *args, **kwargs):
-        if name == "ray":
-            raise AttributeError("module 'grpc' has no attribute 'aio'")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", broken_ray)
-    with pytest.raises(
-        KtError, match=r"--ray: Ray did not import \(AttributeError: module 'grpc' has no attribute 'aio'\)"
-    ):
+    with pytest.raises(KtError, match=says):
         raypool._ray()
 
 
