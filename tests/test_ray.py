@@ -297,6 +297,9 @@ def test_a_port_that_answers_but_not_as_ray_is_one_line_in_seconds(local_ray, tm
     with _Http() as address:
         with pytest.raises(KtError, match="answers, but not as a Ray cluster"):
             raypool.probe(address)
+        with pytest.MonkeyPatch.context() as patch:  # a TLS cluster's handshake is Ray's: only the connection
+            patch.setenv("RAY_USE_TLS", "1")
+            raypool.probe(address)
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "kt.cli", "tune", str(tmp_path / "d.yaml"), "--db", str(tmp_path / "t.db"),

@@ -345,8 +345,10 @@ def _connect(ray, address: str) -> None:
 
 def probe(address: str) -> None:
     """A KtError unless HOST:PORT (or ray://HOST:PORT) accepts a TCP connection within CONNECT_S and speaks
-    gRPC, as Ray's GCS and Ray Client servers do: the dashboard's port (8265, HTTP) kept ray.init waiting
-    without end, printing Ray's warnings, and a signal took half a minute to stop it."""
+    gRPC, as Ray's GCS and Ray Client servers do (in the clear; with RAY_USE_TLS only the connection is
+    checked): the dashboard's port (8265, HTTP) kept ray.init waiting without end, printing Ray's warnings, and
+    a signal took half a minute to stop it."""
+    import os
     import socket
 
     host, port = _host_port(address)
@@ -358,6 +360,8 @@ def probe(address: str) -> None:
             f"--ray: nothing answers at {address!r} ({why}); give a running cluster's address"
         ) from None
     with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a TLS handshake first: Ray's to do
+            return
         try:
             connection.sendall(_HTTP2_HELLO)
             answer = connection.recv(9)
