@@ -259,3 +259,24 @@ def test_tile_sum_configs_said_to_run_one_program_order_every_launchs_tiles_alik
             tiles_m = -(-launch.m // members[0].block_m)
             for tiles_n in range(1, 5):
                 assert len({tuple(tile_order(tiles_m, tiles_n, c.group_m)) for c in members}) == 1
+
+
+def test_a_block_sparse_step_is_no_deeper_than_a_padded_block():
+    """A BSR launch steps through one stored block's columns at a time: a block_k past the padded block width
+    only masks (block_k 128 on 16-wide blocks did 8 times the dots' work), yet legality let block_k grow to
+    the blocks' mean depth, and the cost model priced it as fewer full steps (block_k 32 as fast as 16). A sum
+    with a dense term keeps the deeper steps its dense launches use."""
+    import kt
+
+    sparse = {"op": "blocksparse", "name": "b", "dtype": "float16", "shape": {"batch": 256, "in": 512, "out": 512},
+              "sparsity": {"block": [16, 16], "density": 0.25, "seed": 0}}  # fmt: skip
+    assert {c.block_k for c in kt.space(sparse, "h100").legal} == {16}
+    narrow = {**sparse, "shape": {"batch": 256, "in": 480, "out": 512},
+              "sparsity": {"block": [32, 24], "density": 0.25, "seed": 0}}  # fmt: skip
+    assert {c.block_k for c in kt.space(narrow, "h100").legal} == {16, 32}  # 24 pads to 32
+    mixed = {"op": "sum", "name": "s", "dtype": "float16", "terms": [
+        {"op": "blocksparse", "shape": {"batch": 256, "in": 512, "out": 512},
+         "sparsity": {"block": [16, 16], "density": 0.25, "seed": 0}},
+        {"op": "lowrank", "shape": {"batch": 256, "dims": [512, 64, 512]}},
+    ]}  # fmt: skip
+    assert max(c.block_k for c in kt.space(mixed, "h100").legal) > 16

@@ -227,7 +227,14 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
     else:
         heights = [t.block[0] for t in _bsr_terms(problem)]
         widest = min([padded(h) for h in heights] + [padded(max(s.n for s in steps))])
-        deepest = max([padded(t.block[1]) for t in _bsr_terms(problem)] + [padded(s.k) for s in steps if s.k])
+        # a BSR launch steps through one stored block's columns at a time (KSTEPS per block), so a block_k past
+        # the padded block width only masks: its depth (the blocks' mean) does not widen the step. Such configs
+        # did 2 to 8 times the dots' work, priced as fewer full steps of the mean depth (16x16 blocks: block_k
+        # 32 predicted as fast as 16, and 23 of the analytic model's top 50)
+        deepest = max(
+            [padded(t.block[1]) for t in _bsr_terms(problem)]
+            + [padded(s.k) for s in steps if s.k and s.a_cols is None]
+        )
         if config.block_n > widest or config.block_k > deepest:
             return "tile larger than the padded problem"
         if config.split > 1 and config.split > max(-(-s.k // config.block_k) for s in steps):
