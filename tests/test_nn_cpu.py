@@ -1347,3 +1347,20 @@ def test_structurize_keeps_the_models_mode_and_frozen_parameters_and_warns_of_ho
     fresh = torch.nn.Sequential(torch.nn.Linear(16, 16))
     knn.structurize(fresh, {"*": lambda linear: knn.DenseLinear.from_dense(linear)})
     assert fresh[0].training and all(p.requires_grad for p in fresh.parameters())
+
+
+def test_each_gpu_of_a_process_gets_its_own_kernel_choice(monkeypatch):
+    """kt.nn chose a layer's kernel once per device type: in a process with two GPU models (an A100 beside an
+    H100), the second ran the first one's database row or artifact, compile-checked for the first one."""
+    layer = knn.DenseLinear(32, 48)
+    chosen = []
+
+    def select(spec, device):
+        chosen.append(device)
+        return selection.Selection(spec, selection._pytorch_kernel(spec), "cost model", "stand-in")
+
+    monkeypatch.setattr(selection, "_select", select)
+    monkeypatch.setattr(selection, "_SELECTED", {})
+    for device in ("cuda:0", "cuda:1", "cuda:0", "cuda:1"):
+        selection.kernel_for(layer.op_text, 16, torch.device(device))
+    assert chosen == [torch.device("cuda:0"), torch.device("cuda:1")]

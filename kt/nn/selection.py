@@ -120,8 +120,12 @@ class Selections(list):
         return "\n".join(lines)
 
 
-_SELECTED: dict[tuple[str, int, str, bool], Selection] = {}
-_STALE: set[tuple[str, int, str, bool]] = set()  # choices made before use_artifacts() added folders
+# (op, bucket, device type, device index, PyTorch's path): a GPU's own choice, as each GPU model has its rows
+# and its compile check (one choice for every CUDA device gave a second GPU model the first one's)
+_SELECTED: dict[tuple[str, int, str, int | None, bool], Selection] = {}
+_STALE: set[tuple[str, int, str, int | None, bool]] = (
+    set()
+)  # choices made before use_artifacts() added folders
 _ROLE = contextvars.ContextVar("kt_nn_role", default="forward")
 
 
@@ -219,7 +223,7 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         if op["pin"] not in _PINNED_CPU:
             _PINNED_CPU[op["pin"]] = _pytorch_kernel(pinned.spec)
         return _PINNED_CPU[op["pin"]]
-    key = (op_text, bucket(rows), device.type, torch_path)
+    key = (op_text, bucket(rows), device.type, device.index, torch_path)
     selected = _SELECTED.get(key)
     if selected is None or key in _STALE:
         _STALE.discard(key)
