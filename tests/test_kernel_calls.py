@@ -153,3 +153,28 @@ def test_a_generated_kernel_given_meta_tensors_points_to_as_op(name):
     if name == "dense":
         pytorch = kt.build(spec, "pytorch", device="h100")
         assert pytorch(*on_meta).shape == pytorch(*args).shape
+
+
+@pytest.mark.parametrize(
+    ("spec", "config", "out_is_x"),
+    [
+        ({**DENSE, "shape": {"m": 13, "n": 11, "k": 40}}, {"block_m": 16, "block_n": 16, "block_k": 16, "split_k": 2},
+         False),  # split-K's copy
+        (DENSE, {"block_m": 16, "block_n": 16, "block_k": 16, "split_k": 1}, False),
+        (MONARCH, None, True),  # an out that is x is written through a copy
+        (LOWRANK, None, False),
+        (DENSE, "pytorch", False),
+    ],
+    ids=["dense-split-k", "dense", "monarch-out-is-x", "lowrank", "pytorch"],
+)  # fmt: skip
+def test_an_out_that_requires_grad_is_written_whatever_the_config(spec, config, out_is_x):
+    """PyTorch's path wrote an out that requires grad (it runs under no_grad), and so did a generated kernel
+    that writes out in place; one that copies into it (split-K's sum, an out that is an input) raised "a leaf
+    Variable that requires grad is being used in an in-place operation". Which one ran was the tuned config's
+    choice, not the caller's."""
+    kernel = kt.build(spec, config, device="h100") if config else kt.build(spec, device="h100")
+    x, *weights = kt.random_args(spec, seed=2, device="cpu")
+    expected = kernel(x, *weights)
+    out = (x.clone() if out_is_x else torch.zeros_like(expected)).requires_grad_()
+    assert kernel(out if out_is_x else x, *weights, out=out) is out
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
