@@ -19,7 +19,7 @@ import torch
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 from kt.autotune.timing import Nvml, energy_cuda, time_cuda
 from kt.dtypes import tolerance
 
@@ -105,7 +105,7 @@ def main() -> int:
         print("dense_vs_cublas: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
     nvml = Nvml.for_torch_device(torch.cuda.current_device())
-    context = run_context()
+    context = run_context(command=command_line("benchmarks/dense_vs_cublas.py"))
     rows = []
     for dtype in args.dtypes.split(","):
         for shape in args.shapes.split(","):
@@ -120,9 +120,7 @@ def main() -> int:
                 )
     if args.csv and rows:
         write_csv(args.csv, rows)
-    print(
-        f"\n{context['device']}, {context['date']}, `python benchmarks/dense_vs_cublas.py --budget {args.budget}`\n"
-    )
+    print(f"\n{context['device']}, {context['date']}, `{context['command']}`\n")
     print(
         "| shape (MxNxK) | dtype | kt TFLOP/s | cuBLAS TFLOP/s | kt / cuBLAS | kt W | cuBLAS W | tuning s | "
         "measured / legal |"

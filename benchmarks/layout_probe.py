@@ -28,7 +28,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from kt.autotune.figures import check_outputs, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from structured_probe import cfg  # noqa: E402  beside this script: 'b32n32k32g8w8s3-s32' as a config
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print("layout_probe: --ptx needs Triton's NVIDIA backend (its ptxas)", file=sys.stderr)
             return 2
     context = run_context() if gpu else {"device": "none (cpu)", "date": "-"}
-    context["command"] = "python benchmarks/layout_probe.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    context["command"] = command_line("benchmarks/layout_probe.py", argv)
     rows: list[dict] = []
     for name, (kind, shape, keys) in CASES.items():
         if args.only not in name:

@@ -256,14 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.db:
         os.environ["KT_DB"] = str(Path(args.db).absolute())
-    from kt.autotune.figures import run_context, write_csv
+    from kt.autotune.figures import command_line, run_context, write_csv
 
-    context = run_context(_cpu_name() if args.device == "cpu" else None)
+    context = run_context(
+        _cpu_name() if args.device == "cpu" else None, command_line("benchmarks/nn_layers.py", argv)
+    )
     rows = [{**context, **bench(case, args.budget, args.device)} for case in chosen]
     if args.csv:
         write_csv(args.csv, rows)
-    command = "--device cpu" if args.device == "cpu" else f"--budget {args.budget}"
-    print(f"\n{context['device']}, {context['date']}, `python benchmarks/nn_layers.py {command}`\n")
+    print(f"\n{context['device']}, {context['date']}, `{context['command']}`\n")
     print("| layer (fwd+bwd) | kt ms | nn.Linear ms | linear / kt | baseline | baseline ms | baseline / kt |")
     print("|---|---|---|---|---|---|---|")
 

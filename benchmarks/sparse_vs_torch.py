@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.autotune.tune import objective_value
 from kt.ir import op_from_spec
@@ -258,9 +258,7 @@ def summary_line(row: dict) -> str:
 
 
 def print_tables(rows: list[dict], context: dict, budget: int) -> None:
-    print(
-        f"\n{context['device']}, {context['date']}, `python benchmarks/sparse_vs_torch.py --budget {budget}`\n"
-    )
+    print(f"\n{context['device']}, {context['date']}, `{context['command']}`\n")
     print(
         "| op | dtype | baseline | kt ms | baseline ms | baseline / kt | kt config | tuning s | measured / legal |"
     )
@@ -321,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sparse_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
-    context = run_context()
+    context = run_context(command=command_line("benchmarks/sparse_vs_torch.py", argv))
     rows = []
     for case in args.cases:
         for row in bench_case(case, args.budget, args.db):

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import kt
-from kt.autotune.figures import check_outputs, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 from kt.autotune.runners import DRY_RUN_DEVICE, make_runner
 from kt.autotune.timing import DEFAULT_TIMING, DRY_RUN_TIMING
 from kt.autotune.tune import PyTorchPath, generated_candidate, pytorch_candidate
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         context = {"device": DRY_RUN_DEVICE, "date": "-", "torch_version": "-", "triton_version": "-"}
     else:
         context = run_context()
-    context["command"] = "python benchmarks/structured_probe.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    context["command"] = command_line("benchmarks/structured_probe.py", argv)
     rows = []
     backend = "dryrun" if args.smoke else "cuda"
     with make_runner(backend, profile, workers=args.workers, timeout_s=240.0) as runner:

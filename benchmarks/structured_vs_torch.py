@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.ir import op_from_spec
 from kt.ir.structured import butterfly_reference, monarch_reference
@@ -208,7 +208,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("structured_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
-    context = run_context()
+    context = run_context(command=command_line("benchmarks/structured_vs_torch.py"))
     rows = []
     for case in cases():
         if args.only not in case.name:
@@ -220,9 +220,7 @@ def main() -> int:
             )
     if args.csv and rows:
         write_csv(args.csv, rows)
-    print(
-        f"\n{context['device']}, {context['date']}, `python benchmarks/structured_vs_torch.py --budget {args.budget}`\n"
-    )
+    print(f"\n{context['device']}, {context['date']}, `{context['command']}`\n")
     print(
         "| op | dtype | baseline | kt ms | kt ms, blocks rebuilt every call | baseline ms | baseline / kt | "
         "baseline / kt, blocks rebuilt | kt config | tuning s | measured / legal |"

@@ -45,8 +45,13 @@ def test_cpu_run_times_every_layer_against_its_formula(bench, capsys, tmp_path):
     out = tmp_path / "rows.csv"
     assert bench.main(["--device", "cpu", "--only", "r=64", "--csv", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "`python benchmarks/nn_layers.py --device cpu`" in printed and "cores" in printed
+    # the whole command: a caption rebuilt from --device alone dropped --only
+    assert (
+        f"`python benchmarks/nn_layers.py --device cpu --only r=64 --csv {out}`" in printed
+        and "cores" in printed
+    )
     (row,) = list(csv.DictReader(out.open()))
+    assert row["command"] == f"python benchmarks/nn_layers.py --device cpu --only r=64 --csv {out}"
     assert row["layer"] == "lowrank r=64" and float(row["rel_err"]) < 1e-5
     assert float(row["kt_ms"]) > 0 and float(row["baseline_ms"]) > 0 and float(row["linear_ms"]) > 0
     assert "cores" in row["device"]

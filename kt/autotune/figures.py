@@ -13,14 +13,25 @@ from typing import Any
 from kt.autotune.versions import software_versions
 
 
-def run_context(device: str | None = None) -> dict[str, Any]:
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """`python SCRIPT ARGS...`: the command that ran a benchmark, every argument it was given (`argv`, or this
+    process's own) quoted as a shell needs them. Captions rebuilt from one option dropped the others
+    (`--only fft` printed the whole suite's command)."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_context(device: str | None = None, command: str | None = None) -> dict[str, Any]:
     """The stamp of a run on this machine's GPU (or on `device`, named by the caller: a CPU run): its name,
-    today's date (UTC) and `<package>_version`s."""
+    today's date (UTC), the `command` that ran it (`command_line`) and `<package>_version`s."""
     import torch
 
     return {
         "device": device or torch.cuda.get_device_name(),
         "date": datetime.now(timezone.utc).date().isoformat(),
+        **({"command": command} if command is not None else {}),
         **{f"{key}_version": value for key, value in software_versions().items()},
     }
 
