@@ -22,6 +22,7 @@ from kt.autotune.checking import relative_error
 from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 from kt.autotune.timing import Nvml, energy_cuda, time_cuda
 from kt.dtypes import tolerance
+from kt.errors import KtError
 
 SHAPES = [
     "4096x4096x4096",
@@ -53,7 +54,10 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
     started = time.monotonic()
     result = kt.tune(spec, db=db, progress=False)
     tune_s = time.monotonic() - started
-    kernel = kt.build(spec, result.best.config)
+    # no generated config passed and PyTorch's path did: what kt gives is that path (kt.build(spec, None)
+    # would have built the cost model's untuned first choice)
+    config = result.best.config if result.best.config is not None else "pytorch"
+    kernel = kt.build(spec, config)
     a, b = kt.random_args(spec, seed=123, device="cuda")
     ours = torch.empty(m, n, dtype=a.dtype, device="cuda")
     theirs = torch.empty(m, n, dtype=a.dtype, device="cuda")
@@ -84,7 +88,7 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
         "ratio": cublas_time["runtime_ms"] / kt_time["runtime_ms"],
         "kt_power_w": kt_energy.get("power_w"),
         "cublas_power_w": cublas_energy.get("power_w"),
-        "kt_config": result.best.config.key(),
+        "kt_config": config if isinstance(config, str) else config.key(),
         "tune_s": tune_s,
         "measured": len(result.rows),
         "legal": len(result.plan.space.legal),
@@ -110,7 +114,11 @@ def main() -> int:
     for dtype in args.dtypes.split(","):
         for shape in args.shapes.split(","):
             m, n, k = map(int, shape.split("x"))
-            row = bench_case(m, n, k, dtype, args.budget, args.db, nvml)
+            try:
+                row = bench_case(m, n, k, dtype, args.budget, args.db, nvml)
+            except KtError as exc:  # one shape's failed tune: the others go on, and what ran is kept
+                print(f"{shape} {dtype}: failed: {exc}", file=sys.stderr)
+                continue
             if row is not None:
                 rows.append({**context, **row})
                 print(
@@ -131,6 +139,11 @@ def main() -> int:
         print(
             f"| {r['shape']} | {r['dtype']} | {r['kt_tflops']:.0f} | {r['cublas_tflops']:.0f} | {r['ratio']:.2f}x | "
             f"{watts[0]} | {watts[1]} | {r['tune_s']:.0f} | {r['measured']} / {r['legal']} |"
+        )
+    if rows:
+        worst = min(rows, key=lambda r: r["ratio"])
+        print(
+            f"\nWorst case: {worst['ratio']:.2f}x ({worst['shape']} {worst['dtype']}), over {len(rows)} shapes"
         )
     return 0
 

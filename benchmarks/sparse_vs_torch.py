@@ -35,6 +35,7 @@ from kt.autotune.checking import relative_error
 from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.autotune.tune import objective_value
+from kt.errors import KtError
 from kt.ir import op_from_spec
 
 FEATURES = 4096
@@ -170,13 +171,15 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
     tolerance = problem.tolerance()
     args = kt.random_args(spec, seed=123, device="cuda")
     expected = problem.reference(*args)  # float64
+    # no generated config passed and PyTorch's path did: what kt gives is that path (best.config is None)
+    config = result.best.config
     common = {
         "case": case.name,
         "op": case.op,
         "dtype": spec.dtype,
-        "kt_config": result.best.config.key(),
-        "kt_structure": ("fused" if result.best.config.fused else "two launches")
-        if case.op == "lowrank"
+        "kt_config": config.key() if config is not None else "pytorch",
+        "kt_structure": ("fused" if config.fused else "two launches")
+        if case.op == "lowrank" and config is not None
         else "",
         "tune_s": tune_s,
         "measured": len(result.rows),
@@ -185,7 +188,7 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
         "tolerance": tolerance,
     }
     if result.best.measured:
-        kernel = kt.build(spec, result.best.config)
+        kernel = kt.build(spec, config if config is not None else "pytorch")
         mine = check(lambda: lambda: kernel(*args), expected, tolerance)
     else:  # every config the tune tried failed: nothing of kt's to time
         mine = Checked(None, None, f"unavailable: the tune timed no config ({'; '.join(result.notes)})")
@@ -200,7 +203,7 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
         for fused, row in sorted(best_rows_by_structure(result.rows).items()):
             name = "fused" if fused else "unfused"
             structures[f"best_{name}_config"] = row["config_key"]
-            if row["config_key"] == result.best.config.key():
+            if config is not None and row["config_key"] == config.key():
                 structures[f"best_{name}_ms"] = kt_ms
                 continue
             other = kt.build(spec, row["config"])
@@ -269,6 +272,15 @@ def print_tables(rows: list[dict], context: dict, budget: int) -> None:
             f"{_ratio(r)} | {r['kt_config']} | {r['tune_s']:.0f} | "
             f"{r['measured']} ({r['newly_measured']} new) / {r['legal']} |"
         )
+    timed = [r for r in rows if r["ratio"] is not None]
+    if timed:
+        worst = min(timed, key=lambda r: r["ratio"])
+        untimed = len(rows) - len(timed)
+        print(
+            f"\nWorst case: {worst['ratio']:.2f}x ({worst['case']} {worst['dtype']} over {worst['baseline']}), "
+            f"over {len(timed)} rows"
+            + (f"; {untimed} more have no ratio (a check or tune failed, above)" if untimed else "")
+        )
     lowrank = {r["case"]: r for r in rows if r["op"] == "lowrank"}
     if lowrank:
         print(
@@ -322,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     context = run_context(command=command_line("benchmarks/sparse_vs_torch.py", argv))
     rows = []
     for case in args.cases:
-        for row in bench_case(case, args.budget, args.db):
+        try:
+            case_rows = bench_case(case, args.budget, args.db)
+        except KtError as exc:  # one case's failed tune: the others go on, and what ran is kept
+            print(f"{case.name}: failed: {exc}", file=sys.stderr)
+            continue
+        for row in case_rows:
             rows.append({**context, **row})
             print(summary_line(row), file=sys.stderr)
     if args.csv and rows:
