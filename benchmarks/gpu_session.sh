@@ -60,6 +60,7 @@ kt() { python3 -m kt.cli "$@"; }
 bench=/tmp/kt-bench
 rm -rf "$bench"
 kt bench --out "$bench" --minutes "$part" --quiet 2>&1 | tee /tmp/bench-stdout.txt
+bench_rc=${PIPESTATUS[0]} # kt bench's own status, not tee's: the call's exit code says whether it failed
 cp /tmp/bench-stdout.txt "$bench/" 2>/dev/null
 for f in report.md results.csv; do
     [ -f "$bench/$f" ] && cp "$bench/$f" "$out/"
@@ -71,4 +72,4 @@ tar czf "$out/bench.tgz" -C "$(dirname "$bench")" "$(basename "$bench")" # bench
 timeout "${KT_LAYOUT_S:-90}" python3 benchmarks/layout_probe.py --csv "$out/layout.csv" >"$out/probe.txt" 2>&1
 timeout "${KT_PROBE_S:-150}" python3 benchmarks/structured_probe.py --csv "$out/probe.csv" >>"$out/probe.txt" 2>&1
 grep -v -i "warn" "$out/probe.txt"
-exit 0
+exit "$bench_rc"

@@ -659,13 +659,17 @@ def render_report(result: BenchResult) -> str:
             f"{'PyTorch' if r['kernel'] == 'pytorch' else 'kt'} | {r.get('kt_config') or '-'} | "
             f"{_fmt(r.get('tune_s'), '.0f')} | {r['measured']} / {r['legal']} |"
         )
-    ratios = [r["ratio"] for r in result.rows if r["part"] == "tunes" and r.get("ratio")]
+    tunes = [r for r in result.rows if r["part"] == "tunes"]
+    ratios = [r["ratio"] for r in tunes if r.get("ratio")]
     if ratios:
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        # a case with no ratio (its tune or re-timing failed) cannot be the worst here: say how many there are
+        untimed = len(tunes) - len(ratios)
         lines += [
             "",
             f"Worst case {min(ratios):.2f}x, best {max(ratios):.2f}x, geometric mean {geo:.2f}x over "
-            f"{len(ratios)} cases (baseline time / kt time: above 1, kt is faster).",
+            f"{len(ratios)} cases (baseline time / kt time: above 1, kt is faster)"
+            + (f"; {untimed} more {'has' if untimed == 1 else 'have'} no ratio (above)." if untimed else "."),
         ]
     lines += [
         "",

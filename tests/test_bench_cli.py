@@ -345,3 +345,24 @@ def test_a_pipe_in_the_bench_command_stays_inside_its_table_cell():
     assert line.endswith("| `kt bench --out r \\| tee log` |")
     cells = [cell for cell in line.replace("\\|", "").strip().strip("|").split("|")]
     assert len(cells) == TABLE_HEAD[0].strip().strip("|").count("|") + 1
+
+
+def test_the_worst_case_line_says_how_many_cases_have_no_ratio():
+    """The report's worst case is the least ratio of the cases that have one: a case whose tune or re-timing
+    failed dropped out without a word, so the stated worst could be better than the run's."""
+    import kt.bench as bench
+
+    context = {"gpu_run": True, "device": "GPU", "date": "d", "started_at": "s", "command": "kt bench",
+               **{f"{p}_version": "-" for p in ("kt", "torch", "triton", "cuda", "python")}}  # fmt: skip
+
+    def case(name, ratio):
+        return {"part": "tunes", "status": "ok", "case": name, "dtype": "float16", "ratio": ratio,
+                "kernel": "generated", "measured": 4, "legal": 9, "baseline_impl": "torch.matmul"}  # fmt: skip
+
+    failed = {"part": "tunes", "status": "failed", "case": "c", "dtype": "float16"}
+    text = bench.render_report(
+        bench.BenchResult(Path("."), [case("a", 1.5), case("b", 0.8), failed], context)
+    )
+    (line,) = [line for line in text.splitlines() if line.startswith("Worst case")]
+    assert line.startswith("Worst case 0.80x, best 1.50x") and line.endswith("over 2 cases (baseline time / "
+                                                                              "kt time: above 1, kt is faster); 1 more has no ratio (above).")  # fmt: skip
