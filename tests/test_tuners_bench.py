@@ -289,3 +289,13 @@ def test_against_pairs_kt_guided_on_space_budget_and_seed_and_ignores_the_rest(t
     with pytest.raises(SystemExit):
         bench.main(["--repeats", "0", "--against", str(tmp_path / "missing.csv")])
     assert "--against: " in capsys.readouterr().err
+
+
+def test_kts_decision_time_counts_the_encoding_of_the_space(convolution):
+    """kt's runs were timed after `space.features()`, made once per space outside the timer, while Kernel
+    Tuner's runs count building their space: each kt run now counts that encoding too."""
+    bench = benchmark_module("search_vs_tuners")
+    features = convolution.features()
+    _, plain = bench.run_one(convolution, "kt random", 5, 0, features)
+    _, counted = bench.run_one(convolution, "kt random", 5, 0, features, features_s=30.0)
+    assert plain < 30.0 <= counted
