@@ -91,6 +91,7 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
         "kt_config": config if isinstance(config, str) else config.key(),
         "tune_s": tune_s,
         "measured": len(result.rows),
+        "newly_measured": result.newly_measured,  # a rerun on the same --db resumes: tune_s is this run's
         "legal": len(result.plan.space.legal),
         "kt_rel_err": err,
     }
@@ -138,7 +139,7 @@ def main() -> int:
         watts = ["-" if w is None else f"{w:.0f}" for w in (r["kt_power_w"], r["cublas_power_w"])]
         print(
             f"| {r['shape']} | {r['dtype']} | {r['kt_tflops']:.0f} | {r['cublas_tflops']:.0f} | {r['ratio']:.2f}x | "
-            f"{watts[0]} | {watts[1]} | {r['tune_s']:.0f} | {r['measured']} / {r['legal']} |"
+            f"{watts[0]} | {watts[1]} | {r['tune_s']:.0f} | {r['measured']} ({r['newly_measured']} new) / {r['legal']} |"
         )
     if rows:
         worst = min(rows, key=lambda r: r["ratio"])

@@ -208,6 +208,7 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
                 else None,
                 "tune_s": tune_s,
                 "measured": len(result.rows),
+                "newly_measured": result.newly_measured,  # a rerun on the same --db resumes: tune_s is this run's
                 "legal": len(result.plan.space.legal),
                 "target": case.target,
             }
@@ -255,7 +256,7 @@ def main() -> int:
         print(
             f"| {r['case']} | {r['dtype']} | {r['baseline']} | {r['kt_ms']:.4f} | {uncached_ms} | "
             f"{r['baseline_ms']:.4f} | {r['ratio']:.2f}x | {uncached_ratio} | {r['kt_config']} | "
-            f"{r['tune_s']:.0f} | {r['measured']} / {r['legal']} |"
+            f"{r['tune_s']:.0f} | {r['measured']} ({r['newly_measured']} new) / {r['legal']} |"
         )
     if rows:
         worst = min(rows, key=lambda r: r["ratio"])
