@@ -9,7 +9,8 @@ each round on what it measured; `guided-analytic` starts from the analytic model
 tune with no model and a fresh database); `random` samples. Each "measurement" is answered from the
 sweep, so the strategies are compared on the same real runtimes. What this does not cover: a tune whose database
 already holds other shapes of the device, which `kt tune` also learns from. For each budget (a fraction of the shape's measured configs) the figure is the exhaustive best
-runtime over the best the search found (100% = found the best), averaged over shapes and seeds.
+runtime over the best the search found (100% = found the best), averaged over problems (a shape in one dtype
+and layout: an fp16 and a bf16 sweep of one size are two) and seeds; the worst is a problem's.
 
     python benchmarks/search_efficiency.py --data data/dense_h100.csv --csv benchmarks/results/search_h100.csv
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in fractions
     )
     print(
-        f"search efficiency ({len(sweeps)} shapes, {gpu}): share of the exhaustive best reached after measuring {figures}"
+        f"search efficiency ({len(sweeps)} problems, {gpu}): share of the exhaustive best reached after measuring {figures}"
     )
     return 0
 
