@@ -19,10 +19,9 @@ import torch
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, each_case, run_context, write_csv
 from kt.autotune.timing import Nvml, energy_cuda, time_cuda
 from kt.dtypes import tolerance
-from kt.errors import KtError
 
 SHAPES = [
     "4096x4096x4096",
@@ -112,21 +111,20 @@ def main() -> int:
     nvml = Nvml.for_torch_device(torch.cuda.current_device())
     context = run_context(command=command_line("benchmarks/dense_vs_cublas.py"))
     rows = []
-    for dtype in args.dtypes.split(","):
-        for shape in args.shapes.split(","):
-            m, n, k = map(int, shape.split("x"))
-            try:
-                row = bench_case(m, n, k, dtype, args.budget, args.db, nvml)
-            except KtError as exc:  # one shape's failed tune: the others go on, and what ran is kept
-                print(f"{shape} {dtype}: failed: {exc}", file=sys.stderr)
-                continue
-            if row is not None:
-                rows.append({**context, **row})
-                print(
-                    f"{shape} {dtype}: kt {row['kt_tflops']:.0f} TFLOP/s, cuBLAS {row['cublas_tflops']:.0f} "
-                    f"TFLOP/s, ratio {row['ratio']:.2f}x",
-                    file=sys.stderr,
-                )
+    cases = [(shape, dtype) for dtype in args.dtypes.split(",") for shape in args.shapes.split(",")]
+
+    def bench(case):
+        m, n, k = map(int, case[0].split("x"))
+        return bench_case(m, n, k, case[1], args.budget, args.db, nvml)
+
+    for row in each_case(cases, bench, " ".join):
+        if row is not None:
+            rows.append({**context, **row})
+            print(
+                f"{row['shape']} {row['dtype']}: kt {row['kt_tflops']:.0f} TFLOP/s, cuBLAS "
+                f"{row['cublas_tflops']:.0f} TFLOP/s, ratio {row['ratio']:.2f}x",
+                file=sys.stderr,
+            )
     if args.csv and rows:
         write_csv(args.csv, rows)
     print(f"\n{context['device']}, {context['date']}, `{context['command']}`\n")

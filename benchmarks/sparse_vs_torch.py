@@ -32,10 +32,9 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, each_case, run_context, write_csv
 from kt.autotune.timing import time_cuda
 from kt.autotune.tune import objective_value
-from kt.errors import KtError
 from kt.ir import op_from_spec
 
 FEATURES = 4096
@@ -333,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
     context = run_context(command=command_line("benchmarks/sparse_vs_torch.py", argv))
     rows = []
-    for case in args.cases:
-        try:
-            case_rows = bench_case(case, args.budget, args.db)
-        except KtError as exc:  # one case's failed tune: the others go on, and what ran is kept
-            print(f"{case.name}: failed: {exc}", file=sys.stderr)
-            continue
+    for case_rows in each_case(args.cases, lambda c: bench_case(c, args.budget, args.db), lambda c: c.name):
         for row in case_rows:
             rows.append({**context, **row})
             print(summary_line(row), file=sys.stderr)

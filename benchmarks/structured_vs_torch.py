@@ -38,9 +38,8 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, run_context, write_csv
+from kt.autotune.figures import check_outputs, command_line, each_case, run_context, write_csv
 from kt.autotune.timing import time_cuda
-from kt.errors import KtError
 from kt.ir import op_from_spec
 from kt.ir.structured import butterfly_reference, monarch_reference
 
@@ -229,14 +228,8 @@ def main() -> int:
         return 2
     context = run_context(command=command_line("benchmarks/structured_vs_torch.py"))
     rows = []
-    for case in cases():
-        if args.only not in case.name:
-            continue
-        try:
-            case_rows = bench_case(case, args.budget, args.db)
-        except KtError as exc:  # one case's failed tune: the others go on, and what ran is kept
-            print(f"{case.name}: failed: {exc}", file=sys.stderr)
-            continue
+    chosen = [case for case in cases() if args.only in case.name]
+    for case_rows in each_case(chosen, lambda c: bench_case(c, args.budget, args.db), lambda c: c.name):
         for row in case_rows:
             rows.append({**context, **row})
             print(

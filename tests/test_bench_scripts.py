@@ -329,3 +329,20 @@ def test_the_gpu_session_script_exits_with_kt_benchs_status(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
     assert (tmp_path / "out" / "machine.txt").exists() and (tmp_path / "out" / "probe.txt").exists()
+
+
+def test_a_benchmark_case_whose_tune_fails_is_named_and_the_others_go_on(capsys):
+    """dense_vs_cublas, structured_vs_torch and sparse_vs_torch write their CSV at the end: one case's failed
+    tune (a KtError) lost every earlier case of the run. `each_case` reports it and goes on."""
+    from kt.autotune.figures import each_case
+    from kt.errors import KtError
+
+    def bench(case):
+        if case == 2:
+            raise KtError("none of the 6 candidates passed (6 compile_error)")
+        return case * 10
+
+    assert list(each_case([1, 2, 3], bench, lambda case: f"case {case}")) == [10, 30]
+    assert capsys.readouterr().err == "case 2: failed: none of the 6 candidates passed (6 compile_error)\n"
+    with pytest.raises(ValueError):  # a bug is no failed tune: it stops the run
+        list(each_case([1], lambda case: int("x"), str))

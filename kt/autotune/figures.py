@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,20 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     import sys
 
     return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def each_case(cases: Iterable[Any], bench: Callable[[Any], Any], name: Callable[[Any], str]) -> Iterator[Any]:
+    """`bench(case)` for each case, going on past a case whose tune fails (its KtError on stderr, named by
+    `name(case)`): one failure lost a whole GPU run, since the scripts write their CSV at the end."""
+    import sys
+
+    from kt.errors import KtError
+
+    for case in cases:
+        try:
+            yield bench(case)
+        except KtError as exc:
+            print(f"{name(case)}: failed: {exc}", file=sys.stderr)
 
 
 def run_context(device: str | None = None, command: str | None = None) -> dict[str, Any]:
