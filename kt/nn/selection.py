@@ -123,9 +123,8 @@ class Selections(list):
 # (op, bucket, device type, device index, PyTorch's path): a GPU's own choice, as each GPU model has its rows
 # and its compile check (one choice for every CUDA device gave a second GPU model the first one's)
 _SELECTED: dict[tuple[str, int, str, int | None, bool], Selection] = {}
-_STALE: set[tuple[str, int, str, int | None, bool]] = (
-    set()
-)  # choices made before use_artifacts() added folders
+# choices made before use_artifacts() added folders
+_STALE: set[tuple[str, int, str, int | None, bool]] = set()
 _ROLE = contextvars.ContextVar("kt_nn_role", default="forward")
 
 
