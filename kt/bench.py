@@ -36,7 +36,14 @@ log = logging.getLogger("kt.bench")
 # Each part's share of what is left of the run's time when it starts (what a part leaves unused goes to the later
 # ones). The smoke's was 0.15: a 3.5-minute run on the H200 (2026-12-04) gave it 31 s and it reached 2 of its 46
 # rows, where the 7-minute run's (2026-11-30) took 67 s for 45; its rows are the GPU's check of every family
-SHARES = {"smoke": 0.3, "tunes": 0.5, "collect": 0.2}
+SHARES = {"smoke": 0.3, "tunes": 0.6, "collect": 0.1}
+# the quick tunes' was 0.5 (and collect's 0.2): a 3-minute run on the H200 (2026-12-04) gave them 90 s for 9
+# cases of about 12.5 s each, and its last two measured no generated config
+# A quick tune's first guess at what its case takes after the tune: its winner and PyTorch's path timed again
+# back to back, with energy (3.3 to 3.6 s a case on the H200, 2026-12-04). Each case's tune gets its share less
+# this (less what the case before took, once there is one), so that the tunes before it do not eat the time of
+# the last cases; never less than half its share.
+RETIME_S = 4.0
 # configs the smoke tries per family and dtype, in the model's order: the next is built only when the one before
 # was refused at its compile (out_of_resources: legality let in a build that spills)
 SMOKE_TRIES = 3
@@ -425,7 +432,7 @@ def _smoke_row(spec, candidate, status: str, message: str, values: dict[str, Any
 def _tune_part(settings: _Settings, deadline: float, result: BenchResult, reporter, only: str) -> int:
     cases = [c for c in tune_cases(settings.smoke) if only in c.name]
     reporter.part("tunes", len(cases), deadline)
-    done = 0
+    done, after = 0, RETIME_S
     for position, case in enumerate(cases):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -433,8 +440,8 @@ def _tune_part(settings: _Settings, deadline: float, result: BenchResult, report
             continue
         share = left / (len(cases) - position)  # an equal share of what is left, so no case starves the rest
         started = time.monotonic()
-        try:
-            row = _tune_case(case, settings, time.monotonic() + share, result.out)
+        try:  # the tune stops in time for the timing after it (RETIME_S)
+            row = _tune_case(case, settings, started + max(share - after, share / 2), result.out)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one case failing (no config passes, an error) never stops the others
@@ -447,6 +454,8 @@ def _tune_part(settings: _Settings, deadline: float, result: BenchResult, report
             over = " (past its time share)" if time.monotonic() > started + share else ""
             row = _skipped(case, f"failed{over}: {one_line(exc)}")
         row["bench_s"] = round(time.monotonic() - started, 1)
+        if row.get("tune_s") is not None:  # what this case took after its tune: the next one's guess
+            after = max(0.0, time.monotonic() - started - row["tune_s"])
         result.rows.append(row)
         done += 1
         reporter.advance(f"{case.name}: {_ratio_text(row)}")
@@ -497,6 +506,12 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
     candidates = [pytorch_candidate(problem, name=spec.name)]
     if tuned.best.config is not None:
         candidates.insert(0, generated_candidate(problem, tuned.best.config, name=spec.name))
+    else:  # why the kt side has no time (the report and BENCHMARKS.md say it where the ratio goes)
+        row["kt_status"] = (
+            f"none of its {len(tuned.rows)} generated configs passed"
+            if tuned.rows
+            else "no generated config measured in its time share"
+        )
     settings.timing()
     again = {isinstance(r.candidate.config, PyTorchPath): r for r in settings.runner.run(candidates)}
     for pytorch, prefix in ((False, "kt"), (True, "baseline")):
@@ -519,6 +534,14 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
     return row
 
 
+def _no_ratio(r: dict[str, Any]) -> str:
+    """What a quick-tune row without a ratio shows in its place: why kt's side has no time (no generated
+    config passed, or none was measured in the case's share), or that nothing was timed (a dry run)."""
+    if r.get("kt_config") in (None, "") and r.get("kt_status") and r.get("status") == "ok":
+        return r["kt_status"]
+    return "not timed" if r.get("status") == "ok" else r.get("status") or "-"
+
+
 def _slug(text: str) -> str:
     return "bench_" + "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
@@ -529,6 +552,9 @@ def _ratio_text(row: dict[str, Any]) -> str:
         return f"{row['ratio']:.2f}x vs PyTorch ({row['baseline_impl']}){won}"
     if row["status"] != "ok":
         return row["status"]
+    if row.get("kt_config") is None and row.get("kt_status"):
+        pytorch = f" ({_fmt(row.get('baseline_ms'), '.4f')} ms)" if row.get("baseline_ms") else ""
+        return f"{row['kt_status']}; PyTorch's path is the artifact{pytorch}"
     return f"checked, not timed ({row.get('kt_config')} and PyTorch's {row.get('baseline_impl')})"
 
 
@@ -655,7 +681,7 @@ def render_report(result: BenchResult) -> str:
             f"{_fmt(r.get('kt_energy_mj'), '.3f')} | {_fmt(r.get('kt_sm_clock_mhz'), '.0f')} | "
             f"{_fmt(r.get('baseline_ms'), '.4f')} | "
             f"{_fmt(r.get('baseline_power_w'), '.0f')} | "
-            f"{_fmt(r.get('ratio'), '.2f') + 'x' if r.get('ratio') else 'not timed' + mark} | "
+            f"{_fmt(r.get('ratio'), '.2f') + 'x' if r.get('ratio') else _no_ratio(r) + mark} | "
             f"{'PyTorch' if r['kernel'] == 'pytorch' else 'kt'} | {r.get('kt_config') or '-'} | "
             f"{_fmt(r.get('tune_s'), '.0f')} | {r['measured']} / {r['legal']} |"
         )
@@ -828,7 +854,7 @@ def _benchmarks_line(r: dict[str, str]) -> str:
     def num(key: str, spec: str) -> str:
         return format(float(r[key]), spec) if r.get(key) else "-"
 
-    ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else r.get("status", "-")
+    ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else _no_ratio(r)
     runs = {"pytorch": "PyTorch", "generated": "kt"}.get(r.get("kernel") or "", "-")
     command = r["command"].replace("|", "\\|")  # a pipe ends a Markdown table cell, in a code span too (GFM)
     return (

@@ -172,6 +172,17 @@ def test_tune_refuses_a_deadline_of_now_it_leaves_no_time(tmp_path):
     assert not db.exists()
 
 
+def test_a_deadline_that_passes_before_anything_is_checked_says_so(tmp_path):
+    """A tune whose deadline passed before the first config came back said "none of the 0 candidates passed
+    (nothing measured)", as if every config had failed (the H200's `kt bench` at 3 minutes, 2026-12-04, whose
+    last quick tunes started with a few seconds left). It names the deadline."""
+    db = tmp_path / "t.db"
+    with pytest.raises(
+        kt.KtError, match=r"^deadline: it passed before any of the \d+ legal configs was checked"
+    ):
+        kt.tune(SPEC, db=db, progress=False, budget=1, deadline=time.monotonic() + 0.05)
+
+
 def test_plan_and_random_args_name_a_bad_seed_or_device():
     with pytest.raises(kt.SpecError, match="seed: must be an integer"):
         kt.plan(SPEC, seed="x")  # numpy's SeedSequence TypeError

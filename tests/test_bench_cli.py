@@ -285,7 +285,8 @@ def test_kt_bench_measures_on_one_gpu_so_both_sides_share_it(monkeypatch):
     pool timed kt's kernel and PyTorch's side by side on two cards, where its report says same GPU."""
     from types import SimpleNamespace
 
-    import kt.autotune.runners as runners
+    import kt.api  # noqa: F401  imported now, not under the patch: kt.autotune.tune binds make_runner as it
+    import kt.autotune.runners as runners  # loads, and kept the stand-in for every later tune of the process
     from kt import bench
 
     asked = []
@@ -371,3 +372,72 @@ def test_the_worst_case_line_says_how_many_cases_have_no_ratio():
     (line,) = [line for line in text.splitlines() if line.startswith("Worst case")]
     assert line.startswith("Worst case 0.80x, best 1.50x") and line.endswith("over 2 cases (baseline time / "
                                                                               "kt time: above 1, kt is faster); 1 more has no ratio (above).")  # fmt: skip
+
+
+def test_a_case_whose_tune_measured_no_generated_config_says_why_where_its_ratio_goes():
+    """The H200's `kt bench --minutes 3` (2026-12-04) reached its FFT case with seconds left: PyTorch's path was
+    measured, no generated config was. Its log said "checked, not timed (None and PyTorch's torch.fft.fft)",
+    the report "not timed", and BENCHMARKS.md's line would have said "ok" in the ratio's place."""
+    import kt.bench as bench
+
+    context = {"gpu_run": True, "device": "GPU", "date": "d", "started_at": "s", "command": "kt bench",
+               **{f"{p}_version": "-" for p in ("kt", "torch", "triton", "cuda", "python")}}  # fmt: skip
+    row = {"part": "tunes", "status": "ok", "case": "fft fp16 n=4096", "dtype": "float16", "kernel": "pytorch",
+           "kt_config": None, "kt_status": "no generated config measured in its time share", "measured": 0,
+           "legal": 19334, "baseline_impl": "torch.fft.fft", "baseline_ms": 0.6036, "op": "fft"}  # fmt: skip
+    why = "no generated config measured in its time share"
+    assert bench._ratio_text(row) == f"{why}; PyTorch's path is the artifact (0.6036 ms)"
+    (line,) = [
+        line
+        for line in bench.render_report(bench.BenchResult(Path("."), [row], context)).splitlines()
+        if line.startswith("| fft fp16")
+    ]
+    assert f"| 0.6036 | - | {why} | PyTorch | - |" in line
+    csv_row = {k: "" if v is None else str(v) for k, v in row.items()}  # as results.csv gives it back
+    line = bench._benchmarks_line(
+        {**csv_row, "device": "GPU", "date": "d", "command": "c", "gpu_run": "True"}
+    )
+    assert f"| 0.6036 | {why} | PyTorch |" in line
+
+
+def test_each_quick_tune_stops_in_time_for_the_timing_after_it(monkeypatch):
+    """Each case's tune got the whole of its share as its deadline, then ran its winner and PyTorch's path again
+    (3.3 to 3.6 s a case on the H200, 2026-12-04), so every case overran and the 3-minute run's last two cases
+    started with seconds left. The tune's deadline now leaves RETIME_S for the first case, then what the case
+    before took after its tune, and never less than half the share."""
+    import time
+
+    import kt.bench as bench
+
+    asked = []
+
+    def case(case, settings, deadline, out):
+        asked.append((time.monotonic(), deadline))
+        time.sleep(0.2)  # 0.1 s of "tune", then 0.1 s of timing after it
+        return {"part": "tunes", "case": case.name, "status": "ok", "ratio": 1.0, "kernel": "generated",
+                "baseline_impl": "torch.matmul", "tune_s": 0.1}  # fmt: skip
+
+    class Reporter:
+        def part(self, *args):
+            pass
+
+        def advance(self, *args):
+            pass
+
+    monkeypatch.setattr(bench, "_tune_case", case)
+    monkeypatch.setattr(bench, "RETIME_S", 0.9)
+    settings = bench._Settings(smoke=True, backend="dryrun", db=Path("unused.db"), workers=1, budget=1)
+    cases = [c.name for c in bench.tune_cases(True)]
+    part = time.monotonic() + 2.0 * len(cases)  # a share of about 2 s a case
+    done = bench._tune_part(settings, part, bench.BenchResult(Path("unused")), Reporter(), "")
+    assert done == len(cases) == len(asked) > 2
+    (start1, deadline1), (start2, deadline2) = asked[:2]
+    share1, share2 = (part - start1) / len(cases), (part - start2) / (len(cases) - 1)
+    assert abs(deadline1 - start1 - (share1 - 0.9)) < 0.01  # the first guess held back
+    after = deadline2 - start2 - share2  # then what the first case took after its tune (0.1 s and a little)
+    assert -0.15 < after < -0.09, after
+    monkeypatch.setattr(bench, "RETIME_S", 100.0)
+    asked.clear()
+    bench._tune_part(settings, time.monotonic() + 2.0, bench.BenchResult(Path("unused")), Reporter(), "fft")
+    ((start, deadline),) = asked
+    assert 0.95 < deadline - start < 1.05  # never less than half the share

@@ -527,6 +527,22 @@ def tune(
             notes.append(
                 f"some configs have no power reading, so the {power_cap_w:g} W cap was not checked for them"
             )
+    deadline = options.get("deadline")
+    if deadline is not None and not session.rows and time.monotonic() > deadline:
+        # the search stopped at the deadline before the first generated config came back: say so, not "none
+        # of the 0 candidates passed" (2026-12-04, the H200's `kt bench` at 3 minutes: its last quick tunes)
+        legal = len(plan.space.legal)
+        baseline_ok = session.baseline is not None and session.baseline.get("status") == "ok"
+        if not (runner.measures_time and baseline_ok):  # without a GPU, PyTorch's path is never the choice
+            verb = "measured" if runner.measures_time else "checked"
+            raise KtError(
+                f"deadline: it passed before any of the {legal} legal configs was {verb}; give the tune more "
+                "time"
+            )
+        notes.append(
+            f"the deadline passed before any of the {legal} legal configs was measured: PyTorch's path is the "
+            "only candidate measured"
+        )
     best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
     return TuneResult(
         spec,
