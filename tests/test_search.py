@@ -321,3 +321,19 @@ def test_the_planned_first_round_of_a_gpu_tune_covers_distinct_gemm_tiles():
     assert plan.strategy == "guided" and len(plan.chosen) == 8
     assert len({tile(plan.problem, plan.config(i)) for i in plan.chosen}) == 8
     assert len({tile(plan.problem, plan.config(i)) for i in plan.ranked[:8]}) < 8
+
+
+@pytest.mark.parametrize("op", ["blocksparse", "lowrank"])
+def test_the_planned_first_round_of_a_gpu_tune_covers_distinct_tilesum_tiles(op):
+    """The H200's quick tunes (2026-12-04) measured group_m twins: the block-sparse first round of 8 held 3
+    tiles (m256n64k32 w8 s4 as g8, g1 and g4 among them), the low-rank one 5. The block-sparse, low-rank and sum
+    family now has `tile_of` as the GEMM's, so the first round holds 8 tiles."""
+    import kt
+    from kt.bench import tune_cases
+    from kt.codegen import family_for
+
+    (case,) = [c for c in tune_cases(False) if c.spec["op"] == op]
+    plan = kt.plan(kt.parse_spec({**case.spec, "name": "x"}), budget=8, device="h200", measures_time=True)
+    tile = family_for(plan.problem).tile_of
+    assert plan.strategy == "guided" and len(plan.chosen) == 8
+    assert len({tile(plan.problem, plan.config(i)) for i in plan.chosen}) == 8

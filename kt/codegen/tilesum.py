@@ -11,7 +11,7 @@ column tiles), warps and pipeline depth. None of it changes what is computed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -312,6 +312,13 @@ class TileSumFamily(StructuredFamily):
             min(config.group_m, -(-launch.m // config.block_m)) for launch in launches(problem, config)
         )
         return TileConfig(**{**asdict(config), "group_m": 1}), orders
+
+    def tile_of(self, problem: TileSumProblem, config: TileConfig) -> TileConfig:
+        """`config` without its group_m, which the cost model cannot rank within a tile (each launch is priced as
+        the GEMM it resembles, and the forests were fitted on group_m 8 alone), as kt.codegen.gemm's `tile_of`.
+        A guided tune's first round takes one config per tile: the H200's quick tunes (2026-12-04) spent their
+        first round's measurements on group_m twins (block-sparse 8 configs of 3 tiles, low-rank 8 of 5)."""
+        return replace(config, group_m=1)
 
     def check_problems(self, problem: TileSumProblem, config: TileConfig) -> list[TileSumProblem]:
         """Problems for the interpreter: rows cut to one full tile and a ragged one, and a block-sparse op's
