@@ -129,12 +129,15 @@ def bsr_tensor(
     crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int], check: bool = False
 ) -> torch.Tensor:
     """torch.sparse_bsr_tensor on values' device, without torch's "BSR support is in beta" warning (which it
-    gives on every construction); `check` runs torch's invariant checks (a device sync: not in a hot path)."""
+    gives on every construction) or its "Sparse invariant checks are implicitly disabled" (torch 2.11 on the
+    H200, 2026-12-04, once a process, with `check_invariants` given); `check` runs torch's invariant checks (a
+    device sync: not in a hot path). kt builds crow and col from a checked pattern."""
     import torch
 
     device = values.device
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         return torch.sparse_bsr_tensor(
             crow.to(device), col.to(device), values, size=tuple(size), check_invariants=check
         )
