@@ -8,7 +8,7 @@
 #   then, at once (the machine is let go after 30 s idle):  bash benchmarks/gpu_session.sh tests   (5 at most)
 #
 # or both in one call, tests first, which needs no quick second call (2026-12-04, by hand: 479 s in all, the
-# tests cut after 17 of 37, a second call ran the rest):
+# tests cut after 17 of 37, a second call ran the rest; at 18:20 the same day, as below: 501 s, cut after 23):
 #   device run, carry [".whl"], timeout_s 590:  bash benchmarks/gpu_session.sh all 3
 #     = KT_TESTS_S=240 (the tests) + 3 minutes of kt bench + KT_LAYOUT_S=60 (the layout probe) + KT_PROBE_S=45
 #       (the structured probe): about 9.5 minutes
