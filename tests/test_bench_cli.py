@@ -247,6 +247,16 @@ def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp
         assert f"{part} cut short in" in header and f"{part} done in" not in header, header[:600]
 
 
+class _QuietReporter:
+    """A bench part's reporter that shows nothing (the parts call these two)."""
+
+    def part(self, *args):
+        pass
+
+    def advance(self, *args):
+        pass
+
+
 def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypatch, caplog):
     """The first H200 run's FFT case (three candidates, each past the 120 s timeout) read "not reached"; kt's
     own error (a KtError) was logged with a full traceback."""
@@ -259,18 +269,11 @@ def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypa
         time.sleep(0.05)
         raise KtError("none of the 3 candidates passed (3 timeout)")
 
-    class Reporter:
-        def part(self, *args):
-            pass
-
-        def advance(self, *args):
-            pass
-
     monkeypatch.setattr(bench, "_tune_case", overrunning)
     settings = bench._Settings(smoke=True, backend="dryrun", db=Path("unused.db"), workers=1, budget=1)
     result = bench.BenchResult(Path("unused"))
     with caplog.at_level("WARNING", logger="kt.bench"):
-        done = bench._tune_part(settings, time.monotonic() + 0.01, result, Reporter(), "fft")
+        done = bench._tune_part(settings, time.monotonic() + 0.01, result, _QuietReporter(), "fft")
     assert done == 1
     (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
     assert record.exc_info is None and "KtError: none of the 3 candidates passed" in record.getMessage()
@@ -417,19 +420,12 @@ def test_each_quick_tune_stops_in_time_for_the_timing_after_it(monkeypatch):
         return {"part": "tunes", "case": case.name, "status": "ok", "ratio": 1.0, "kernel": "generated",
                 "baseline_impl": "torch.matmul", "tune_s": 0.1}  # fmt: skip
 
-    class Reporter:
-        def part(self, *args):
-            pass
-
-        def advance(self, *args):
-            pass
-
     monkeypatch.setattr(bench, "_tune_case", case)
     monkeypatch.setattr(bench, "RETIME_S", 0.9)
     settings = bench._Settings(smoke=True, backend="dryrun", db=Path("unused.db"), workers=1, budget=1)
     cases = [c.name for c in bench.tune_cases(True)]
     part = time.monotonic() + 2.0 * len(cases)  # a share of about 2 s a case
-    done = bench._tune_part(settings, part, bench.BenchResult(Path("unused")), Reporter(), "")
+    done = bench._tune_part(settings, part, bench.BenchResult(Path("unused")), _QuietReporter(), "")
     assert done == len(cases) == len(asked) > 2
     (start1, deadline1), (start2, deadline2) = asked[:2]
     share1, share2 = (part - start1) / len(cases), (part - start2) / (len(cases) - 1)
@@ -438,6 +434,8 @@ def test_each_quick_tune_stops_in_time_for_the_timing_after_it(monkeypatch):
     assert -0.15 < after < -0.09, after
     monkeypatch.setattr(bench, "RETIME_S", 100.0)
     asked.clear()
-    bench._tune_part(settings, time.monotonic() + 2.0, bench.BenchResult(Path("unused")), Reporter(), "fft")
+    bench._tune_part(
+        settings, time.monotonic() + 2.0, bench.BenchResult(Path("unused")), _QuietReporter(), "fft"
+    )
     ((start, deadline),) = asked
     assert 0.95 < deadline - start < 1.05  # never less than half the share
