@@ -375,29 +375,30 @@ def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, repor
     settings.timing(target_ms=50.0, min_runs=5, energy_s=0.0, cooldown_ms=50.0)
     runner, profile = settings.runner, settings.runner.profile
     reporter.part("smoke", len(candidates), deadline)
-    reached, queued, batch = set(), list(candidates), candidates
+    reached, queued = set(), list(candidates)
+
+    def retry(candidate, status: str):
+        """A build legality let in but the compiler refused (a spill): the next ranked config, so that the family
+        and dtype still get their float64 check. It joins the run at once, compiled beside the first builds
+        (until 2026-12-04 it waited for the whole first batch, and the H200's 54 s smoke never reached it)."""
+        others = next_configs[candidate.problem.key()]
+        if isinstance(candidate.config, PyTorchPath) or status != "out_of_resources" or not others:
+            return None
+        name = specs[candidate.problem.key()].name
+        queued.append(generated_candidate(candidate.problem, others.pop(0), name=name))
+        reporter.grow(1)
+        return queued[-1]
+
     with Database(settings.db) as database:
-        while batch:
-            retry = []
-            for item in runner.run(batch, deadline):
-                problem = item.candidate.problem
-                spec, pytorch = specs[problem.key()], isinstance(item.candidate.config, PyTorchPath)
-                key = row_key(runner, profile, problem, pytorch)
-                database.insert(measurement_row(item, spec, runner, key, family_for(problem)))
-                result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
-                reached.add(id(item.candidate))
-                reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
-                _say(
-                    settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}"
-                )
-                if not pytorch and item.status == "out_of_resources" and next_configs[problem.key()]:
-                    # a build legality let in but the compiler refused (a spill): the next ranked config,
-                    # so the family and dtype still get their float64 check
-                    config = next_configs[problem.key()].pop(0)
-                    retry.append(generated_candidate(problem, config, name=spec.name))
-            reporter.grow(len(retry))
-            queued += retry
-            batch = retry if time.monotonic() < deadline else []
+        for item in runner.run(candidates, deadline, retry):
+            problem = item.candidate.problem
+            spec, pytorch = specs[problem.key()], isinstance(item.candidate.config, PyTorchPath)
+            key = row_key(runner, profile, problem, pytorch)
+            database.insert(measurement_row(item, spec, runner, key, family_for(problem)))
+            result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
+            reached.add(id(item.candidate))
+            reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
+            _say(settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}")
     for candidate in queued:
         if id(candidate) not in reached:
             spec = specs[candidate.problem.key()]

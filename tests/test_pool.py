@@ -64,6 +64,26 @@ def test_crash_hang_wrong_and_broken_candidates_are_recorded_and_good_ones_still
     assert results[id(candidates[0])].values["rel_err"] < 2e-3
 
 
+def test_a_retry_joins_the_run_in_place_of_a_candidate_that_ends_at_its_first_stage():
+    """`Runner.run(..., retry=)`: a candidate ending at its first stage (here a source that does not compile)
+    is offered to `retry`, whose candidate joins the same run and yields its own result. Without a compile
+    target the interpreter's check is the only stage, so every candidate ends there and is offered (the
+    retry's own, passing, too): `retry` decides by the status."""
+    asked = []
+
+    def retry(candidate, status):
+        asked.append(status)
+        return good_candidate() if len(asked) == 1 else None
+
+    broken = candidate_from(BROKEN)
+    runner = InterpretRunner(H100, workers=2, timeout_s=60, compile_target=False)
+    results = list(runner.run([broken, candidate_from(BROKEN)], retry=retry))
+    assert sorted(r.status for r in results) == ["compile_error", "compile_error", "ok"]
+    assert asked == ["compile_error", "compile_error", "ok"]
+    (passed,) = [r for r in results if r.status == "ok"]
+    assert passed.candidate.config == GOOD and passed.values["rel_err"] < 2e-3
+
+
 def test_follow_up_tasks_run_in_their_own_group_with_its_environment():
     groups = {"interp": (1, {"TRITON_INTERPRET": "1"}), "compile": (1, {"TRITON_INTERPRET": "0"})}
     source = write_source(FAMILIES["gemm"].render(PROBLEM, GOOD))

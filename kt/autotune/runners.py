@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,11 +133,21 @@ class Runner(ABC):
     # stage before any starts the next (so nothing compiles on the host while the GPU is being timed).
     pipelined = True
 
-    def run(self, candidates: list[Candidate], deadline: float | None = None) -> Iterator[Result]:
+    def run(
+        self,
+        candidates: list[Candidate],
+        deadline: float | None = None,
+        retry: Callable[[Candidate, str], Candidate | None] | None = None,
+    ) -> Iterator[Result]:
         """Yield each candidate's final Result as soon as it is known. After `deadline` (time.monotonic())
-        nothing new starts, and candidates not finished by then get no Result."""
+        nothing new starts, and candidates not finished by then get no Result.
+
+        `retry(candidate, status)`, asked when a candidate ends at its first stage (its build refused, say), may
+        give a candidate to run in its place: it joins this run at once, its first stage beside the others',
+        and yields its own Result (`kt bench`'s smoke: the next ranked config after a spill)."""
         if not candidates:
             return
+        candidates = list(candidates)  # a retry's candidate is added to the run's
         merged: dict[int, Result] = {i: Result(c, "ok") for i, c in enumerate(candidates)}
         last = len(self.stages) - 1
 
@@ -147,6 +157,12 @@ class Runner(ABC):
         def follow_up(outcome: Outcome) -> list[Task]:
             if self.pipelined and passed_on(outcome):
                 return [self._task(outcome.task.id, outcome.task.context + 1, candidates[outcome.task.id])]
+            if retry is not None and outcome.task.context == 0 and not passed_on(outcome):
+                again = retry(candidates[outcome.task.id], outcome.status)
+                if again is not None:
+                    merged[len(candidates)] = Result(again, "ok")
+                    candidates.append(again)
+                    return [self._task(len(candidates) - 1, 0, again)]
             return []
 
         with contextlib.ExitStack() as stack:
@@ -332,10 +348,15 @@ class CudaRunner(MeasureRunner):
             for gpu in self.gpus
         ]
 
-    def run(self, candidates: list[Candidate], deadline: float | None = None) -> Iterator[Result]:
+    def run(
+        self,
+        candidates: list[Candidate],
+        deadline: float | None = None,
+        retry: Callable[[Candidate, str], Candidate | None] | None = None,
+    ) -> Iterator[Result]:
         """As Runner.run, and under Ray the cluster's GPUs must be one model: Ray places each GPU actor on any
         node, so the first GPU that measures sets the model and one of another model stops the tune."""
-        for result in super().run(candidates, deadline):
+        for result in super().run(candidates, deadline, retry):
             if self.ray is not None:
                 self.cluster_gpu = same_gpu_model(self.cluster_gpu, result)
             yield result
