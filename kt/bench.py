@@ -455,8 +455,9 @@ def _tune_part(settings: _Settings, deadline: float, result: BenchResult, report
             over = " (past its time share)" if time.monotonic() > started + share else ""
             row = _skipped(case, f"failed{over}: {one_line(exc)}")
         row["bench_s"] = round(time.monotonic() - started, 1)
-        if row.get("tune_s") is not None:  # what this case took after its tune: the next one's guess
-            after = max(0.0, time.monotonic() - started - row["tune_s"])
+        if row.get("tune_s") is not None:  # what this case took after its tune: the next one's guess (a case
+            # that timed PyTorch's path alone took about half, so not less than half the first guess)
+            after = max(RETIME_S / 2, time.monotonic() - started - row["tune_s"])
         result.rows.append(row)
         done += 1
         reporter.advance(f"{case.name}: {_ratio_text(row)}")
@@ -508,7 +509,7 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
     if tuned.best.config is not None:
         candidates.insert(0, generated_candidate(problem, tuned.best.config, name=spec.name))
     else:  # why the kt side has no time (the report and BENCHMARKS.md say it where the ratio goes)
-        row["kt_status"] = (
+        row["kt_missing"] = (
             f"none of its {len(tuned.rows)} generated configs passed"
             if tuned.rows
             else "no generated config measured in its time share"
@@ -538,8 +539,8 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
 def _no_ratio(r: dict[str, Any]) -> str:
     """What a quick-tune row without a ratio shows in its place: why kt's side has no time (no generated
     config passed, or none was measured in the case's share), or that nothing was timed (a dry run)."""
-    if r.get("kt_config") in (None, "") and r.get("kt_status") and r.get("status") == "ok":
-        return r["kt_status"]
+    if r.get("kt_config") in (None, "") and r.get("kt_missing") and r.get("status") == "ok":
+        return r["kt_missing"]
     return "not timed" if r.get("status") == "ok" else r.get("status") or "-"
 
 
@@ -553,9 +554,9 @@ def _ratio_text(row: dict[str, Any]) -> str:
         return f"{row['ratio']:.2f}x vs PyTorch ({row['baseline_impl']}){won}"
     if row["status"] != "ok":
         return row["status"]
-    if row.get("kt_config") is None and row.get("kt_status"):
+    if row.get("kt_config") is None and row.get("kt_missing"):
         pytorch = f" ({_fmt(row.get('baseline_ms'), '.4f')} ms)" if row.get("baseline_ms") else ""
-        return f"{row['kt_status']}; PyTorch's path is the artifact{pytorch}"
+        return f"{row['kt_missing']}; PyTorch's path is the artifact{pytorch}"
     return f"checked, not timed ({row.get('kt_config')} and PyTorch's {row.get('baseline_impl')})"
 
 

@@ -326,7 +326,10 @@ def test_the_smoke_builds_the_next_ranked_config_when_the_compiler_refuses_one(t
         "shape": {"m": 65, "n": 67, "k": 129},
         "tune": {"configs": configs},
     }
-    monkeypatch.setattr(bench, "smoke_specs", lambda smoke: [spec])
+    # a second family and dtype after it, whose build passes: the fallback is measured before it
+    after = {"op": "dense", "name": "smoke_dense_float32", "dtype": "float32", "shape": {"m": 33, "n": 17, "k": 16},
+             "tune": {"configs": [dict(block_m=32, block_n=32, block_k=16, num_warps=4, num_stages=2)]}}  # fmt: skip
+    monkeypatch.setattr(bench, "smoke_specs", lambda smoke: [spec, after])
     settings = bench._Settings(smoke=True, backend="dryrun", db=tmp_path / "t.db", workers=1, budget=1)
     settings.runner = DryRunner(H100, workers=1, timeout_s=300.0)
     result = bench.BenchResult(tmp_path)
@@ -334,18 +337,19 @@ def test_the_smoke_builds_the_next_ranked_config_when_the_compiler_refuses_one(t
         reached = bench._smoke_part(
             settings, time.monotonic() + 600, result, BenchProgress(False, True), only=""
         )
-    rows = [(r["kernel"], r["status"]) for r in result.rows if not r["kernel"].startswith("PyTorch")]
+    rows = [(r["case"], r["kernel"], r["status"]) for r in result.rows]
+    # the next config is built as soon as one is refused, and measured in the place of the refused one, before
+    # the families after it: it waited for the whole first batch, and the H200's 54 s smoke of 46 rows
+    # (2026-12-04) never reached it
     assert rows == [
-        ("m64n64k128g8w4s3x1", "out_of_resources"),
-        ("m64n64k128g1w4s4x1", "out_of_resources"),
-        ("m128n128k32g1w8s2x1", "ok"),
+        ("dense float16", "m64n64k128g8w4s3x1", "out_of_resources"),
+        ("dense float16", "m64n64k128g1w4s4x1", "out_of_resources"),
+        ("dense float16", "m128n128k32g1w8s2x1", "ok"),
+        ("dense float16", "PyTorch: torch.matmul", "ok"),
+        ("dense float32", "m32n32k16g8w4s2x1", "ok"),
+        ("dense float32", "PyTorch: torch.matmul", "ok"),
     ], result.rows
-    assert reached == 4 and all(r["status"] == "ok" for r in result.rows if r["kernel"].startswith("PyTorch"))
-    # the next config is built as soon as one is refused, beside the first builds and before anything is
-    # measured: it waited for the whole first batch (PyTorch's path timed first), and the H200's 54 s smoke of
-    # 46 rows (2026-12-04) never reached it
-    statuses = [r["status"] for r in result.rows]
-    assert statuses == ["out_of_resources", "out_of_resources", "ok", "ok"], result.rows
+    assert reached == 6
     (checked,) = (r for r in result.rows if r["kernel"] == "m128n128k32g1w8s2x1")
     assert checked["rel_err"] < 1e-2
 
@@ -391,7 +395,7 @@ def test_a_case_whose_tune_measured_no_generated_config_says_why_where_its_ratio
     context = {"gpu_run": True, "device": "GPU", "date": "d", "started_at": "s", "command": "kt bench",
                **{f"{p}_version": "-" for p in ("kt", "torch", "triton", "cuda", "python")}}  # fmt: skip
     row = {"part": "tunes", "status": "ok", "case": "fft fp16 n=4096", "dtype": "float16", "kernel": "pytorch",
-           "kt_config": None, "kt_status": "no generated config measured in its time share", "measured": 0,
+           "kt_config": None, "kt_missing": "no generated config measured in its time share", "measured": 0,
            "legal": 19334, "baseline_impl": "torch.fft.fft", "baseline_ms": 0.6036, "op": "fft"}  # fmt: skip
     why = "no generated config measured in its time share"
     assert bench._ratio_text(row) == f"{why}; PyTorch's path is the artifact (0.6036 ms)"
@@ -412,31 +416,40 @@ def test_each_quick_tune_stops_in_time_for_the_timing_after_it(monkeypatch):
     """Each case's tune got the whole of its share as its deadline, then ran its winner and PyTorch's path again
     (3.3 to 3.6 s a case on the H200, 2026-12-04), so every case overran and the 3-minute run's last two cases
     started with seconds left. The tune's deadline now leaves RETIME_S for the first case, then what the case
-    before took after its tune, and never less than half the share."""
+    before took after its tune (not less than half RETIME_S), and never less than half the share."""
     import time
 
     import kt.bench as bench
 
-    asked = []
+    asked, after_tune = [], [0.5]
 
     def case(case, settings, deadline, out):
         asked.append((time.monotonic(), deadline))
-        time.sleep(0.2)  # 0.1 s of "tune", then 0.1 s of timing after it
+        time.sleep(0.1 + after_tune[0])  # 0.1 s of "tune", then the timing after it
         return {"part": "tunes", "case": case.name, "status": "ok", "ratio": 1.0, "kernel": "generated",
                 "baseline_impl": "torch.matmul", "tune_s": 0.1}  # fmt: skip
 
+    def held_back(retime_s: float) -> list[float]:
+        """What each case's deadline kept from its share, the part's time 2 s a case (the 4 dense cases)."""
+        monkeypatch.setattr(bench, "RETIME_S", retime_s)
+        asked.clear()
+        cases = [c.name for c in bench.tune_cases(True) if "dense" in c.name]
+        part = time.monotonic() + 2.0 * len(cases)
+        bench._tune_part(settings, part, bench.BenchResult(Path("unused")), _QuietReporter(), "dense")
+        assert len(asked) == len(cases) == 4
+        return [
+            (part - start) / (len(cases) - n) - (deadline - start)
+            for n, (start, deadline) in enumerate(asked)
+        ]
+
     monkeypatch.setattr(bench, "_tune_case", case)
-    monkeypatch.setattr(bench, "RETIME_S", 0.9)
     settings = bench._Settings(smoke=True, backend="dryrun", db=Path("unused.db"), workers=1, budget=1)
-    cases = [c.name for c in bench.tune_cases(True)]
-    part = time.monotonic() + 2.0 * len(cases)  # a share of about 2 s a case
-    done = bench._tune_part(settings, part, bench.BenchResult(Path("unused")), _QuietReporter(), "")
-    assert done == len(cases) == len(asked) > 2
-    (start1, deadline1), (start2, deadline2) = asked[:2]
-    share1, share2 = (part - start1) / len(cases), (part - start2) / (len(cases) - 1)
-    assert abs(deadline1 - start1 - (share1 - 0.9)) < 0.01  # the first guess held back
-    after = deadline2 - start2 - share2  # then what the first case took after its tune (0.1 s and a little)
-    assert -0.15 < after < -0.09, after
+    first, second, *_ = held_back(0.2)
+    assert abs(first - 0.2) < 0.01  # the first guess
+    assert 0.5 <= second < 0.8, second  # then what the case before took after its tune (0.5 s and a little)
+    after_tune[0] = 0.0
+    first, second, *_ = held_back(0.6)
+    assert abs(first - 0.6) < 0.01 and abs(second - 0.3) < 0.01  # not less than half the first guess
     monkeypatch.setattr(bench, "RETIME_S", 100.0)
     asked.clear()
     bench._tune_part(

@@ -9,6 +9,7 @@ config the test names (the slowest or the fastest of the space), or, by default,
 """
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -160,6 +161,35 @@ class NothingGeneratedRuns(StandInRunner):
                 yield Result(
                     candidate, "out_of_resources", {}, "stand-in: refused as the GPU would refuse it"
                 )
+
+
+class DeadlineAfterZero(StandInRunner):
+    """Candidate zero is answered; the deadline then passes before any generated config comes back."""
+
+    def run(self, candidates, deadline=None):
+        for candidate in candidates:
+            if isinstance(candidate.config, PyTorchPath):
+                yield self.answer_zero(candidate)
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+
+
+def test_a_deadline_that_passes_after_pytorchs_path_leaves_it_the_artifact_and_says_why(
+    monkeypatch, tmp_path
+):
+    """On a GPU, the H200's 3-minute `kt bench` (2026-12-04) reached its FFT case with seconds left: PyTorch's
+    path was measured, no generated config was. The tune says the deadline passed, and not also that no
+    generated kernel beat PyTorch's path (none ran)."""
+    monkeypatch.setattr(
+        tune_module,
+        "make_runner",
+        lambda backend, profile, **o: DeadlineAfterZero(profile, pytorch_as="slowest"),
+    )
+    result = kt.tune(
+        SPEC, budget=4, db=tmp_path / "t.db", progress=False, model="analytic", deadline=time.monotonic() + 3
+    )
+    assert result.best.pytorch and result.best.config is None and not result.rows
+    assert any(n.startswith("the deadline passed before any of the") for n in result.notes), result.notes
+    assert not any("no generated kernel beat" in n for n in result.notes), result.notes
 
 
 def test_when_only_pytorch_passes_the_artifact_is_saved_and_calls_pytorch(monkeypatch, tmp_path):

@@ -142,13 +142,19 @@ class Runner(ABC):
         """Yield each candidate's final Result as soon as it is known. After `deadline` (time.monotonic())
         nothing new starts, and candidates not finished by then get no Result.
 
-        `retry(candidate, status)`, asked when a candidate ends at its first stage (its build refused, say), may
-        give a candidate to run in its place: it joins this run at once, its first stage beside the others',
-        and yields its own Result (`kt bench`'s smoke: the next ranked config after a spill)."""
+        `retry(candidate, status)`, asked when a candidate ends at its first stage (its build refused, say; not
+        at a later one, which a run that finishes each stage first could not go back to), may give a candidate
+        to run in its place: it joins this run at once, its first stage queued with the others', its later
+        stages in the place of the candidate it replaces, and yields its own Result (`kt bench`'s smoke: the
+        next ranked config after a spill). A stage that every candidate finishes before the next starts
+        (`pipelined` False) takes them in the order given, not in the order the stage before ended them."""
         if not candidates:
             return
         candidates = list(candidates)  # a retry's candidate is added to the run's
         merged: dict[int, Result] = {i: Result(c, "ok") for i, c in enumerate(candidates)}
+        place = list(
+            range(len(candidates))
+        )  # each candidate's place in the order given (a retry: its origin's)
         last = len(self.stages) - 1
 
         def passed_on(outcome: Outcome) -> bool:
@@ -161,6 +167,7 @@ class Runner(ABC):
                 again = retry(candidates[outcome.task.id], outcome.status)
                 if again is not None:
                     merged[len(candidates)] = Result(again, "ok")
+                    place.append(place[outcome.task.id])
                     candidates.append(again)
                     return [self._task(len(candidates) - 1, 0, again)]
             return []
@@ -169,6 +176,7 @@ class Runner(ABC):
             pool = self.pool or stack.enter_context(self.start_pool())
             active = list(range(len(candidates)))
             for stage_index in range(len(self.stages)) if not self.pipelined else [0]:
+                active.sort(key=lambda i: (place[i], i))
                 tasks = [self._task(i, stage_index, candidates[i]) for i in active]
                 active = []
                 for outcome in pool.run(tasks, follow_up, deadline):

@@ -540,8 +540,8 @@ def tune(
                 "time"
             )
         notes.append(
-            f"the deadline passed before any of the {legal} legal configs was measured: PyTorch's path is the "
-            "only candidate measured"
+            f"the deadline passed before any of the {legal} legal configs was measured: PyTorch's path, the "
+            "only candidate measured, is the artifact's kernel.py"
         )
     best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
     return TuneResult(
@@ -1206,10 +1206,11 @@ def choose_best(
         best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
         if theirs is not None and (best_value is None or theirs <= best_value):
             impl = baseline_impl(plan.problem)
-            notes.append(
-                f"no generated kernel beat PyTorch's own path ({impl}) on the measured {objective}: "
-                "the artifact's kernel.py calls PyTorch"
-            )
+            if rows:  # with none (a deadline passed first), tune's note says so: nothing had a chance to beat it
+                notes.append(
+                    f"no generated kernel beat PyTorch's own path ({impl}) on the measured {objective}: "
+                    "the artifact's kernel.py calls PyTorch"
+                )
             generated = config_from_dict(plan.problem.family, row["config"]) if row else None
             return Best(
                 generated,
