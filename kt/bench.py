@@ -379,8 +379,9 @@ def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, repor
 
     def retry(candidate, status: str):
         """A build legality let in but the compiler refused (a spill): the next ranked config, so that the family
-        and dtype still get their float64 check. It joins the run at once, compiled beside the first builds
-        (until 2026-12-04 it waited for the whole first batch, and the H200's 54 s smoke never reached it)."""
+        and dtype still get their float64 check. It joins the run at once: built with the first builds, measured
+        in the refused one's place (until 2026-12-04 it waited for the whole first batch, and the H200's 54 s
+        smoke never reached it)."""
         others = next_configs[candidate.problem.key()]
         if isinstance(candidate.config, PyTorchPath) or status != "out_of_resources" or not others:
             return None

@@ -152,9 +152,8 @@ class Runner(ABC):
             return
         candidates = list(candidates)  # a retry's candidate is added to the run's
         merged: dict[int, Result] = {i: Result(c, "ok") for i, c in enumerate(candidates)}
-        place = list(
-            range(len(candidates))
-        )  # each candidate's place in the order given (a retry: its origin's)
+        # each candidate's place in the order given (a retry's: the place of the candidate it replaces)
+        place = list(range(len(candidates)))
         last = len(self.stages) - 1
 
         def passed_on(outcome: Outcome) -> bool:

@@ -1206,7 +1206,9 @@ def choose_best(
         best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
         if theirs is not None and (best_value is None or theirs <= best_value):
             impl = baseline_impl(plan.problem)
-            if rows:  # with none (a deadline passed first), tune's note says so: nothing had a chance to beat it
+            if (
+                rows
+            ):  # with none (a deadline passed first), tune's note says so: nothing had a chance to beat it
                 notes.append(
                     f"no generated kernel beat PyTorch's own path ({impl}) on the measured {objective}: "
                     "the artifact's kernel.py calls PyTorch"
