@@ -186,7 +186,11 @@ class Runner(ABC):
                     if passed_on(outcome):
                         active.append(outcome.task.id)
                     else:
+                        self.ended(result)
                         yield result
+
+    def ended(self, result: Result) -> None:  # noqa: B027  a hook: most runners check nothing
+        """A candidate's final Result, as `run` is about to yield it: a runner's check of what came back."""
 
     def __enter__(self) -> Runner:
         self.pool = self.start_pool()
@@ -355,18 +359,11 @@ class CudaRunner(MeasureRunner):
             for gpu in self.gpus
         ]
 
-    def run(
-        self,
-        candidates: list[Candidate],
-        deadline: float | None = None,
-        retry: Callable[[Candidate, str], Candidate | None] | None = None,
-    ) -> Iterator[Result]:
-        """As Runner.run, and under Ray the cluster's GPUs must be one model: Ray places each GPU actor on any
-        node, so the first GPU that measures sets the model and one of another model stops the tune."""
-        for result in super().run(candidates, deadline, retry):
-            if self.ray is not None:
-                self.cluster_gpu = same_gpu_model(self.cluster_gpu, result)
-            yield result
+    def ended(self, result: Result) -> None:
+        """Under Ray the cluster's GPUs must be one model: Ray places each GPU actor on any node, so the first
+        GPU that measures sets the model and one of another model stops the tune."""
+        if self.ray is not None:
+            self.cluster_gpu = same_gpu_model(self.cluster_gpu, result)
 
 
 def same_gpu_model(expected: str | None, result: Result) -> str | None:
