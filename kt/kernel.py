@@ -6,9 +6,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 
 class Kernel:
-    """`kernel(*args, out=None)` runs the generated Triton kernel; `.source` is the module a person can read."""
+    """`kernel(*args, out=None)` runs the generated Triton kernel; `.source` is the module a person can read.
+
+    Given inputs that require grad (grad mode on, no `out`), the call goes through `as_op()` with this kernel as
+    its forward, so the result is differentiable; else it is the module's `kernel`, which records no graph."""
 
     def __init__(
         self, module: ModuleType, spec, config, meta: dict[str, Any] | None = None, path: Path | None = None
@@ -16,6 +21,7 @@ class Kernel:
         self.module, self.spec, self.config = module, spec, config
         self.meta = meta or {}
         self.path = path
+        self._op = None  # as_op's function for calls whose inputs require grad (`__call__`), made once
 
     def __call__(self, *args, **kwargs):
         if not self.pytorch and any(getattr(t, "is_meta", False) for t in (*args, *kwargs.values())):
@@ -25,6 +31,24 @@ class Kernel:
                 "kernel: a meta tensor holds no data for a Triton kernel to read; kernel.as_op() gives the output's "
                 "shape on meta tensors (as kt.nn layers do)"
             )
+        if (
+            kwargs.keys() <= {"out"}
+            and kwargs.get("out") is None
+            and torch.is_grad_enabled()
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+        ):
+            # as a PyTorch op: the result is differentiable (the module's kernel records no graph: the weights'
+            # gradients lacked its part, silently). This kernel runs the forward, on CPU tensors too. A call
+            # with out= writes it and records no graph, as the module's kernel does
+            if self._op is None:
+                from kt.nn.functional import kernel_op
+
+                self._op = kernel_op(self, exact=True)
+            return self._op(*args)
+        return self.module.kernel(*args, **kwargs)
+
+    def launch(self, *args, **kwargs):
+        """The generated module's `kernel`, as is: no autograd graph, whatever the inputs (kt.nn's ops call it)."""
         return self.module.kernel(*args, **kwargs)
 
     def as_op(self):

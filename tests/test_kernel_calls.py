@@ -1,6 +1,6 @@
 """Generated kernels called directly, as a user calls `kt.build` or `kt.load` kernels: a negated view (which a
 kernel cannot see), writes through `out=` that autograd and kt's own caches must see, `as_op`'s weight count, and
-PyTorch's path given inputs that require grad. Triton's interpreter on the CPU (the GPU where there is one)."""
+inputs that require grad (a differentiable result). Triton's interpreter on the CPU (the GPU where there is one)."""
 
 from __future__ import annotations
 
@@ -105,13 +105,67 @@ def test_as_op_refuses_a_weight_too_many_and_leaves_it_as_it_was():
 @pytest.mark.parametrize("spec", [DENSE, LOWRANK], ids=["dense", "lowrank"])
 def test_pytorchs_path_takes_inputs_that_require_grad_as_a_generated_kernel_does(spec):
     """Its torch.matmul(out=...) and mm(out=...) refused any input that required grad (an nn.Parameter weight),
-    so code worked or failed by which kernel won the tune."""
+    so code worked or failed by which kernel won the tune. Both now give a differentiable result."""
     pytorch, generated = kt.build(spec, "pytorch", device="h100"), kt.build(spec, device="h100")
     x, *weights = kt.random_args(spec, seed=7, device="cpu")
     weights = [torch.nn.Parameter(w) for w in weights]
     y = pytorch(x, *weights)
-    assert not y.requires_grad and not generated(x, *weights).requires_grad
+    assert y.requires_grad and generated(x, *weights).requires_grad
     torch.testing.assert_close(y, generated(x, *weights), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert not pytorch(x, *weights).requires_grad and not generated(x, *weights).requires_grad
+
+
+def _double(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.complex128 if t.is_complex() else torch.float64)
+
+
+@pytest.mark.parametrize("name", list(EVERY_FAMILY))
+def test_a_kernel_called_on_inputs_that_require_grad_gives_a_differentiable_result(name, monkeypatch):
+    """`kernel(x, w)` with inputs that require grad gave a result with no graph, silently: a weight's gradient
+    lacked the kernel's part (or backward failed far from the call). It now runs as `as_op()` with this
+    generated kernel as the forward (on CPU tensors too), its gradients those of the float64 reference; with
+    out= or under no_grad it records no graph, as before."""
+    spec = EVERY_FAMILY[name]
+    kernel = kt.build(spec, device="h100")
+    args = kt.random_args(spec, seed=10, device="cpu")
+    dense = [t.layout == torch.strided for t in args]  # a BSR weight stays as it is (test below)
+    inputs = [t.detach().clone().requires_grad_(True) if d else t for t, d in zip(args, dense)]
+    calls = []
+    generated = kernel.module.kernel
+    monkeypatch.setattr(kernel.module, "kernel", lambda *a, **k: calls.append(1) or generated(*a, **k))
+    y = kernel(*inputs)
+    assert calls and y.grad_fn is not None
+    torch.testing.assert_close(y.detach(), generated(*args), rtol=0, atol=0)  # the generated kernel's result
+    cotangent = torch.randn_like(y)
+    y.backward(cotangent)
+    references = [_double(t).requires_grad_(True) if d else _double(t) for t, d in zip(args, dense)]
+    expected = kt.reference(spec)(*references)
+    expected.backward(_double(cotangent))
+    for got, want in [(t.grad, r.grad) for t, r, d in zip(inputs, references, dense) if d]:
+        assert (_double(got) - want).norm() / want.norm() < 1e-5
+    with torch.no_grad():
+        assert kernel(*inputs).grad_fn is None
+    out = torch.empty_like(y)
+    assert kernel(*inputs, out=out) is out and out.grad_fn is None
+    torch.testing.assert_close(out, y.detach(), rtol=0, atol=0)
+
+
+def test_a_bsr_weight_that_requires_grad_is_refused_at_the_call_not_in_the_backward():
+    """PyTorch's backward of a BSR tensor's values() fails ("Sparse BSR tensors do not have is_contiguous"):
+    the call says so, naming the parts as_op takes; with the values requiring grad they get their gradient."""
+    kernel = kt.build(BLOCKSPARSE, device="h100")
+    x, w = kt.random_args(BLOCKSPARSE, seed=11, device="cpu")
+    with pytest.raises(
+        ValueError, match=r"a sparse BSR weight that requires grad .* kernel.as_op\(\) its parts"
+    ):
+        kernel(x, w.detach().clone().requires_grad_(True))
+    values = w.values().detach().clone().requires_grad_(True)
+    kernel.as_op()(x, w.crow_indices(), w.col_indices(), values).sum().backward()
+    dense = w.to_dense().requires_grad_(True)
+    torch.nn.functional.linear(x, dense).sum().backward()
+    blocks = torch.sparse_bsr_tensor(w.crow_indices(), w.col_indices(), values.grad, w.shape).to_dense()
+    torch.testing.assert_close(blocks, dense.grad * (w.to_dense() != 0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["generated", "pytorch"])

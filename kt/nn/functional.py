@@ -72,7 +72,7 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     # torch.compile traces (is_neg() returns no tensor)
     x = x.resolve_neg() if x.is_neg() else x
     weights = [w.resolve_neg() if w.is_neg() else w for w in weights]
-    return kernel(x, *_kernel_weights(spec, weights, check="pin" in spec))
+    return kernel.launch(x, *_kernel_weights(spec, weights, check="pin" in spec))
 
 
 @torch.library.custom_op("kt::apply", mutates_args=())
@@ -949,18 +949,20 @@ def op_of_spec(spec) -> dict[str, Any]:
     return op
 
 
-def kernel_op(kernel):
+def kernel_op(kernel, exact: bool = False):
     """A kernel from `kt.load` or `kt.build` as a function `f(x, *weights)` through `torch.ops.kt.apply`:
     differentiable (the op's backward, whose kernels are selected as usual), and one opaque node under
     torch.compile and torch.export. It runs this kernel for any number of rows. Weights as the kernel takes them;
     a BSR weight either as a sparse BSR tensor or as its three parts `crow_indices, col_indices, values`, which
     is how a compiled function must take it (torch.compile takes no sparse tensor as an input). A BSR weight
-    must have the spec's shape and pattern (`_check_pattern`: the indices are read once, again after a write)."""
+    must have the spec's shape and pattern (`_check_pattern`: the indices are read once, again after a write).
+    `exact`: the forward runs this kernel on CPU tensors too (`Kernel.__call__` with inputs that require grad),
+    where as_op runs the op's PyTorch path there unless $KT_INTERPRET=1, as kt.nn does."""
     from kt.nn.selection import Selection, pin
 
     where = str(kernel.path) if kernel.path else "kt.build"
     op = op_of_spec(kernel.spec)
-    text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where))})
+    text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where), exact)})
     count = _part_count(op)
     bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
 
@@ -969,6 +971,14 @@ def kernel_op(kernel):
             raise ValueError("kernel(x, *weights): x is a 0-d tensor; it needs its features in its last dim")
         parts = []
         for w in weights:
+            if w.layout == torch.sparse_bsr and w.requires_grad and torch.is_grad_enabled():
+                # autograd cannot reach a sparse BSR tensor through its values (PyTorch's backward of values()
+                # fails: "Sparse BSR tensors do not have is_contiguous"); said here, not in the backward
+                raise ValueError(
+                    "kernel(x, *weights): a sparse BSR weight that requires grad gets no gradient; give "
+                    "kernel.as_op() its parts crow_indices, col_indices, values, with values requiring grad (as "
+                    "kt.nn.BlockSparseLinear does)"
+                )
             parts += [w.crow_indices(), w.col_indices(), w.values()] if w.layout == torch.sparse_bsr else [w]
         if len(parts) != count:
             raise TypeError(

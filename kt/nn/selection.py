@@ -187,12 +187,16 @@ def selections() -> Selections:
 
 _PINNED: dict[str, Selection] = {}
 _PINNED_CPU: dict[str, Kernel] = {}
+_EXACT: set[str] = set()  # pins whose kernel runs on CPU tensors too
 
 
-def pin(selection: Selection) -> str:
-    """A name for `selection` that an op can carry (`"pin"`) to run that kernel whatever its rows."""
+def pin(selection: Selection, exact: bool = False) -> str:
+    """A name for `selection` that an op can carry (`"pin"`) to run that kernel whatever its rows; `exact`: on CPU
+    tensors too (else they run the op's PyTorch path unless $KT_INTERPRET=1)."""
     name = f"{len(_PINNED)}:{selection.where}"
     _PINNED[name] = selection
+    if exact:
+        _EXACT.add(name)
     return name
 
 
@@ -217,7 +221,7 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     torch_path = device.type == "cpu" and not interpreting()
     if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
         pinned = _PINNED[op["pin"]]
-        if not torch_path or pinned.kernel.pytorch:
+        if not torch_path or pinned.kernel.pytorch or op["pin"] in _EXACT:
             return pinned.kernel
         if op["pin"] not in _PINNED_CPU:
             _PINNED_CPU[op["pin"]] = _pytorch_kernel(pinned.spec)
