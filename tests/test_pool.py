@@ -315,6 +315,29 @@ def test_a_zygote_that_dies_before_forking_costs_no_task_and_workers_then_start_
     assert "workers start as fresh processes" in caplog.text
 
 
+def test_a_zygote_that_dies_after_serving_is_replaced_and_its_socket_and_log_are_closed(monkeypatch):
+    """A zygote that had forked workers and then died was replaced, but the kt process kept its socket and log
+    open: 2 file descriptors for every replacement."""
+    import os
+    import signal
+
+    from kt.autotune.zygote import Zygote
+
+    monkeypatch.setattr(Zygote, "_shared", None)
+    monkeypatch.setattr(Zygote, "_broken", "")
+    with WorkerPool({"cpu": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=120) as pool:
+        assert [o.status for o in pool.run([Task(0, "describe", {}, "cpu")])] == ["ok"]
+        first = Zygote._shared
+        assert pool.slots[0].process.pid is not None and first.proven  # it forked the worker
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(timeout=30)
+        assert Zygote.shared() is not first and not Zygote._broken
+        assert first.sock.fileno() == -1 and first.log.closed
+        pool.slots[0].restart()  # the next worker comes from the new zygote
+        assert [o.status for o in pool.run([Task(1, "describe", {}, "cpu")])] == ["ok"]
+    Zygote._shared.sock.close()  # this test's zygote goes (the process-wide one was put back by monkeypatch)
+
+
 _STAND_IN_DRIVER = """
 static int initialized;
 int cuInit(unsigned int flags) { initialized = 1; return 0; }

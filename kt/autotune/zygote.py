@@ -164,7 +164,9 @@ class Zygote:
                         "workers start as fresh processes (slower): %s", cls._broken
                     )
                     return None
-                usable = False  # it served, then died: start another
+                usable = False  # it served, then died: start another, closing its socket and log (only this
+                # lock's holder reads them; a worker it forked keeps its own status socket)
+                zygote.close()
             if not usable:
                 # Triton decides at import whether its own helpers are interpreted: they must not be here, since
                 # compile workers come from this process too (interpreted kernels call them through
@@ -188,6 +190,12 @@ class Zygote:
         worker = ForkedWorker(self, ours)
         worker.poll()
         return worker
+
+    def close(self) -> None:
+        """Let go of a zygote that has died: its socket (a spawn still holding it gets an OSError, as from a dead
+        zygote) and its log."""
+        self.sock.close()
+        self.log.close()
 
     def failure_message(self) -> str:
         code = self.process.poll()
