@@ -1,9 +1,11 @@
 """kt's tuned dense GEMM against torch.matmul (cuBLAS): same GPU, same run, same timer.
 
 For each shape and dtype: tune with kt (its wall time and configs measured are part of the result), then time
-kt's best kernel and torch.matmul back to back with kt's CUDA timer (L2 flushed before every run, median of
-many CUDA-event timings) and NVML energy, after checking kt's output against torch's. Prints a markdown table
-for BENCHMARKS.md and writes every figure to --csv with the device, date and software versions.
+kt's best kernel and torch.matmul side by side with kt's CUDA timer (L2 flushed before every run, median of
+many CUDA-event timings; `time_cuda_each`: the GPU idles before each side, as before every candidate of a
+tune, and each side is timed twice, first and second in turn, its lower median the figure) and NVML energy,
+after checking kt's output against torch's. Prints a markdown table for BENCHMARKS.md and writes every figure
+to --csv with the device, date and software versions.
 
     python benchmarks/dense_vs_cublas.py --budget 64 --csv benchmarks/results/dense_h100.csv
 """
@@ -19,8 +21,8 @@ import torch
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, each_case, run_context, write_csv
-from kt.autotune.timing import Nvml, energy_cuda, time_cuda
+from kt.autotune.figures import check_outputs, command_line, each_case, rounds_ms, run_context, write_csv
+from kt.autotune.timing import DEFAULT_TIMING, Nvml, energy_cuda, time_cuda_each
 from kt.dtypes import tolerance
 
 SHAPES = [
@@ -40,7 +42,7 @@ def tflops(m: int, n: int, k: int, ms: float) -> float:
 
 
 def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, nvml: Nvml) -> dict | None:
-    """Tune one shape with kt, then time kt's best and torch.matmul back to back."""
+    """Tune one shape with kt, then time kt's best and torch.matmul side by side."""
     spec = kt.parse_spec(
         {
             "op": "dense",
@@ -74,8 +76,11 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
             f"{m}x{n}x{k} {dtype}: kt's result is wrong (relative error {err:.2e}); skipped", file=sys.stderr
         )
         return None
-    kt_time, cublas_time = time_cuda(run_kt), time_cuda(run_cublas)
+    timed = time_cuda_each({"kt": run_kt, "cublas": run_cublas})  # an idle before each, the order alternated
+    kt_time, cublas_time = timed["kt"], timed["cublas"]
+    time.sleep(DEFAULT_TIMING.cooldown_ms / 1e3)
     kt_energy = energy_cuda(run_kt, kt_time["runtime_ms"], nvml)
+    time.sleep(DEFAULT_TIMING.cooldown_ms / 1e3)
     cublas_energy = energy_cuda(run_cublas, cublas_time["runtime_ms"], nvml)
     return {
         "shape": f"{m}x{n}x{k}",
@@ -85,6 +90,8 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
         "cublas_ms": cublas_time["runtime_ms"],
         "cublas_tflops": tflops(m, n, k, cublas_time["runtime_ms"]),
         "ratio": cublas_time["runtime_ms"] / kt_time["runtime_ms"],
+        "kt_rounds_ms": rounds_ms(kt_time),  # each round's median; the figure is the lowest
+        "cublas_rounds_ms": rounds_ms(cublas_time),
         "kt_power_w": kt_energy.get("power_w"),
         "cublas_power_w": cublas_energy.get("power_w"),
         "kt_config": config if isinstance(config, str) else config.key(),

@@ -9,10 +9,12 @@
   best two-launch configs among those the tune measured are both timed again here, so the fused-or-separate
   question is answered with this run's figures.
 
-Each case is tuned with kt first (its wall time, configs measured and legal space are reported), then kt's best
-kernel and each baseline are checked against a float64 reference before anything is timed, and timed back to
-back with kt's CUDA timer (L2 flushed before every run, median of many CUDA-event timings). Prints a markdown
-table for BENCHMARKS.md and writes every figure to --csv with the device, date and software versions.
+Each case is tuned with kt first (its wall time, configs measured and legal space are reported), then kt's
+best kernel and each baseline are checked against a float64 reference before anything is timed, and timed side
+by side with kt's CUDA timer (L2 flushed before every run, median of many CUDA-event timings;
+`time_cuda_each`: the GPU idles before each, as before every candidate of a tune, and each is timed twice, the
+order reversed the second time, its lower median the figure). Prints a markdown table for BENCHMARKS.md and
+writes every figure to --csv with the device, date and software versions.
 
     python benchmarks/sparse_vs_torch.py --budget 64 --csv benchmarks/results/sparse_h100.csv
 """
@@ -32,8 +34,8 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, each_case, run_context, write_csv
-from kt.autotune.timing import time_cuda
+from kt.autotune.figures import check_outputs, command_line, each_case, rounds_ms, run_context, write_csv
+from kt.autotune.timing import time_cuda_each
 from kt.autotune.tune import objective_value
 from kt.ir import op_from_spec
 
@@ -195,25 +197,33 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
         name: check(lambda f=factory: f(args), expected, tolerance)
         for name, factory in case.baselines.items()
     }
-    kt_ms = time_cuda(mine.run)["runtime_ms"] if mine.run else None
-
+    runs = {"kt": mine.run} if mine.run else {}
     structures: dict[str, object] = {}
+    timed_as: dict[str, str] = {}  # fused / unfused: the run whose figure is its best config's
     if case.op == "lowrank":  # the fastest fused and two-launch configs the tune measured, timed again here
         for fused, row in sorted(best_rows_by_structure(result.rows).items()):
             name = "fused" if fused else "unfused"
             structures[f"best_{name}_config"] = row["config_key"]
             if config is not None and row["config_key"] == config.key():
-                structures[f"best_{name}_ms"] = kt_ms
+                timed_as[name] = "kt"
                 continue
             other = kt.build(spec, row["config"])
             checked = check(lambda k=other: lambda: k(*args), expected, tolerance)
             if checked.run is None:
                 structures[f"best_{name}_config"] += f" ({checked.status})"
-            structures[f"best_{name}_ms"] = time_cuda(checked.run)["runtime_ms"] if checked.run else None
+            else:
+                timed_as[name], runs[f"best {name}"] = f"best {name}", checked.run
+    if "kt" in runs:  # nothing of kt's to time: the baselines are not timed either
+        runs.update({f"baseline {name}": baseline.run for name, baseline in theirs.items() if baseline.run})
+    timed = time_cuda_each(runs) if runs else {}
+    kt_ms = timed["kt"]["runtime_ms"] if "kt" in timed else None
+    for name, run in timed_as.items():
+        structures[f"best_{name}_ms"] = timed[run]["runtime_ms"] if run in timed else None
 
     rows = []
     for name, baseline in theirs.items():
-        baseline_ms = time_cuda(baseline.run)["runtime_ms"] if baseline.run and kt_ms else None
+        baseline_timed = timed.get(f"baseline {name}")
+        baseline_ms = baseline_timed["runtime_ms"] if baseline_timed else None
         ratio = baseline_ms / kt_ms if baseline_ms and kt_ms else None
         target = case.targets.get(name)
         rows.append(
@@ -222,6 +232,8 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
                 "baseline": name,
                 "kt_ms": kt_ms,
                 "baseline_ms": baseline_ms,
+                "kt_rounds_ms": rounds_ms(timed["kt"]) if "kt" in timed else None,  # each round's median
+                "baseline_rounds_ms": rounds_ms(baseline_timed) if baseline_timed else None,
                 "ratio": ratio,
                 "kt_status": mine.status,
                 "kt_rel_err": mine.rel_err,

@@ -8,9 +8,11 @@
   cuFFT supports for powers of two; target: faster than torch.fft in fp16).
 
 Each case is tuned with kt first (its wall time and configs measured are reported), then kt's best kernel and
-each baseline are checked against a float64 reference and timed back to back with kt's CUDA timer (L2 flushed
-before every run, median of many CUDA-event timings). Prints a markdown table for BENCHMARKS.md and writes every
-figure to --csv with the device, date and software versions.
+each baseline are checked against a float64 reference and timed side by side with kt's CUDA timer (L2 flushed
+before every run, median of many CUDA-event timings; `time_cuda_each`: the GPU idles before each, as before
+every candidate of a tune, and each is timed twice, the order reversed the second time, its lower median the
+figure). Prints a markdown table for BENCHMARKS.md and writes every figure to --csv with the device, date and
+software versions.
 
 kt's butterfly kernel multiplies the twiddles out into dense blocks (`butterfly_blocks` in the generated module)
 and caches them per twiddle tensor and its version counter, so back-to-back calls on the same twiddles (as the
@@ -38,8 +40,8 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, each_case, run_context, write_csv
-from kt.autotune.timing import time_cuda
+from kt.autotune.figures import check_outputs, command_line, each_case, rounds_ms, run_context, write_csv
+from kt.autotune.timing import time_cuda_each
 from kt.ir import op_from_spec
 from kt.ir.structured import butterfly_reference, monarch_reference
 
@@ -181,12 +183,13 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
             file=sys.stderr,
         )
         return []
-    kt_time = time_cuda(runs["kt"])
-    kt_uncached = time_cuda(runs["kt uncached"])["runtime_ms"] if "kt uncached" in runs else None
+    baselines = {name: factory(args) for name, factory in case.baselines.items()}
+    timed = time_cuda_each({**runs, **{f"baseline {name}": run for name, run in baselines.items()}})
+    kt_time = timed["kt"]
+    kt_uncached = timed["kt uncached"]["runtime_ms"] if "kt uncached" in runs else None
     rows = []
     for name, factory in case.baselines.items():
-        run = factory(args)
-        baseline = time_cuda(run)
+        run, baseline = baselines[name], timed[f"baseline {name}"]
         theirs = run()
         if theirs.is_complex() and not expected.is_complex():  # kt's fp16 FFT output is planar
             theirs = torch.stack([theirs.real, theirs.imag])
@@ -198,6 +201,8 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
                 "kt_ms": kt_time["runtime_ms"],
                 "baseline_ms": baseline["runtime_ms"],
                 "ratio": baseline["runtime_ms"] / kt_time["runtime_ms"],
+                "kt_rounds_ms": rounds_ms(kt_time),  # each round's median; the figure is the lowest
+                "baseline_rounds_ms": rounds_ms(baseline),
                 "kt_uncached_ms": kt_uncached,
                 "ratio_uncached": baseline["runtime_ms"] / kt_uncached if kt_uncached is not None else None,
                 "kt_config": config if isinstance(config, str) else config.key(),

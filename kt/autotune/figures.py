@@ -50,6 +50,11 @@ def run_context(device: str | None = None, command: str | None = None) -> dict[s
     }
 
 
+def rounds_ms(timed: dict[str, Any]) -> str:
+    """Every round's median of a `time_cuda_each` figure, for a CSV cell (the figure is the lowest)."""
+    return " ".join(f"{ms:.4f}" for ms in timed["round_ms"])
+
+
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """`rows` as a CSV at `path` (its folder made), columns in the order the rows first name them; written
     beside it and renamed into place (kt.files.atomic_write, which leaves nothing behind when that fails), so a

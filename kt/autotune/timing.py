@@ -120,6 +120,27 @@ def time_cuda(fn: Callable[[], object], settings: TimingSettings = DEFAULT_TIMIN
     return {**_summary([s.elapsed_time(e) for s, e in zip(starts, ends)], "runtime"), "timer": CUDA_TIMER}
 
 
+def time_cuda_each(
+    runs: dict[str, Callable[[], object]], settings: TimingSettings = DEFAULT_TIMING, rounds: int = 2
+) -> dict[str, dict[str, Any]]:
+    """Each of `runs` (a name: a call) timed by `time_cuda`, side by side as a comparison needs: each timing
+    after the GPU idled `settings.cooldown_ms`, as the worker path idles before every candidate, in `rounds`
+    rounds, the given order then reversed, so no side is always the first timed after a tune's heat or always
+    the one timed right after another. A side's figure is its round with the lowest median; `round_ms` lists
+    every round's median. The standalone benchmark scripts time their two sides with it (until 2026-12-05 they
+    timed kt first, right after its tune, and the baseline right after kt, with no idle)."""
+    names = list(runs)
+    timed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for index in range(max(1, rounds)):
+        for name in names if index % 2 == 0 else reversed(names):
+            time.sleep(settings.cooldown_ms / 1e3)
+            timed[name].append(time_cuda(runs[name], settings))
+    return {
+        name: {**min(each, key=lambda t: t["runtime_ms"]), "round_ms": [t["runtime_ms"] for t in each]}
+        for name, each in timed.items()
+    }
+
+
 # the hold lasts QUEUE_MARGIN times the host's longest queueing of one call, plus QUEUE_EXTRA_S
 QUEUE_MARGIN = 2.0
 QUEUE_EXTRA_S = 20e-6
