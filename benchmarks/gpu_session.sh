@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU lease, two calls: the prepared benchmark (`kt bench`, then the structured probe), and the GPU tests,
+# One GPU lease, two calls: the prepared benchmark (`kt bench`, then two standalone comparisons), and the GPU tests,
 # each on the lent machine's own python3 (its torch and triton), with kt from this checkout. Everything goes to
 # $OUT as it is written (a call past the device's 600 s limit still returns what is there; at most 8 files come
 # back, so the report's directory also travels as one tarball).
@@ -8,15 +8,18 @@
 #   then, at once (the machine is let go after 30 s idle):  bash benchmarks/gpu_session.sh tests   (5 at most)
 #
 # or both in one call, tests first, which needs no quick second call (2026-12-04, by hand: 479 s in all, the
-# tests cut after 17 of 37, a second call ran the rest; at 18:20 the same day, as below: 501 s, cut after 23):
+# tests cut after 17 of 37, a second call ran the rest; at 18:20 the same day, with the layout and structured
+# probes after kt bench: 501 s, the tests cut after 23):
 #   device run, carry [".whl"], timeout_s 590:  bash benchmarks/gpu_session.sh all 3
-#     = KT_TESTS_S=240 (the tests) + 3 minutes of kt bench + KT_LAYOUT_S=60 (the layout probe) + KT_PROBE_S=45
-#       (the structured probe): about 9.5 minutes
+#     = KT_TESTS_S=210 (the tests) + 3 minutes of kt bench (about 195 s) + KT_DENSE_S=70 (dense_vs_cublas.py on
+#       4096^3 fp16) + KT_STRUCTURED_S=70 (structured_vs_torch.py on the Monarch): about 9.3 minutes; then at once,
+#       while the machine is warm, the GPU tests the first call did not reach (`-k`, by name)
 #
 # A lease is 15 minutes, the machine's start included. The first call: the machine's record, MINUTES of kt bench
-# (it cuts its parts to fit), the layout probe (90 s at most) and the structured probe (150 s at most):
-# machine.txt, report.md, results.csv, bench.tgz, probe.txt (both probes' lines), layout.csv, probe.csv. The second: the GPU tests (300 s at most), gpu-tests.txt. One call did both until the
-# first H200 run, where the tests were cut after 10 of 24 and their output lost to the call's limit.
+# (it cuts its parts to fit) and the two comparisons (120 s at most each): machine.txt, report.md,
+# results.csv, bench.tgz, probe.txt (both comparisons' lines and tables), dense.csv, structured.csv. The
+# second: the GPU tests (300 s at most), gpu-tests.txt. One call did both until the first H200 run, where the
+# tests were cut after 10 of 24 and their output lost to the call's limit.
 #
 # .whl holds the wheels the lent image lacks (skops, prettytable, wcwidth, and the scikit-learn the shipped
 # forests were saved with); docs/architecture.md ("GPU sessions") says how to fetch them.
@@ -32,8 +35,8 @@ minutes_or_die() {
 }
 if [ "$part" = all ]; then
     minutes_or_die "${2:-3}"
-    KT_TESTS_S=${KT_TESTS_S:-240} bash "$0" tests
-    KT_LAYOUT_S=${KT_LAYOUT_S:-60} KT_PROBE_S=${KT_PROBE_S:-45} exec bash "$0" "${2:-3}"
+    KT_TESTS_S=${KT_TESTS_S:-210} bash "$0" tests
+    KT_DENSE_S=${KT_DENSE_S:-70} KT_STRUCTURED_S=${KT_STRUCTURED_S:-70} exec bash "$0" "${2:-3}"
 fi
 [ "$part" = tests ] || minutes_or_die "$part"
 out=${OUT:-/tmp/kt-gpu-out}
@@ -66,10 +69,15 @@ for f in report.md results.csv; do
     [ -f "$bench/$f" ] && cp "$bench/$f" "$out/"
 done
 tar czf "$out/bench.tgz" -C "$(dirname "$bench")" "$(basename "$bench")" # bench.log, artifacts, the database
-# whether x and y in the caller's row-major layout make the FFT and Monarch slow (benchmarks/layout_probe.py),
-# then the configs the last bench showed slow against the kernels changed since (benchmarks/structured_probe.py);
-# both print into probe.txt (8 files come back at most)
-timeout "${KT_LAYOUT_S:-90}" python3 benchmarks/layout_probe.py --csv "$out/layout.csv" >"$out/probe.txt" 2>&1
-timeout "${KT_PROBE_S:-150}" python3 benchmarks/structured_probe.py --csv "$out/probe.csv" >>"$out/probe.txt" 2>&1
+# the standalone comparisons, never run on a GPU until now, each on its first case and a small budget, resuming
+# from kt bench's database (its quick tunes of the same problems): kt's dense 4096^3 fp16 against cuBLAS, and the
+# Monarch n=4096 against two torch.bmm and dense F.linear, both sides timed by time_cuda_each (an idle before
+# each, two rounds in reversed order). Both print into probe.txt; their CSVs beside it (8 files come back at
+# most). The layout and structured probes answered their questions in the 2026-12-04 18:20 run (BENCHMARKS.md):
+# run them by hand, `python3 benchmarks/layout_probe.py` and `benchmarks/structured_probe.py`.
+timeout "${KT_DENSE_S:-120}" python3 benchmarks/dense_vs_cublas.py --shapes 4096x4096x4096 --dtypes float16 \
+    --budget 16 --db "$bench/tuning.db" --csv "$out/dense.csv" >"$out/probe.txt" 2>&1
+timeout "${KT_STRUCTURED_S:-120}" python3 benchmarks/structured_vs_torch.py --only monarch --budget 16 \
+    --db "$bench/tuning.db" --csv "$out/structured.csv" >>"$out/probe.txt" 2>&1
 grep -v -i "warn" "$out/probe.txt"
 exit "$bench_rc"

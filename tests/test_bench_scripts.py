@@ -314,7 +314,7 @@ def test_the_gpu_session_script_refuses_a_bad_part_before_it_installs_anything(a
 
 def test_the_gpu_session_script_exits_with_kt_benchs_status(tmp_path):
     """`kt bench ... | tee` gave tee's status: a failed kt bench ended the call with 0, and only its output said
-    so. The script now runs the probes and exits with kt bench's status (here: no GPU, exit 2)."""
+    so. The script now runs the comparisons after it and exits with kt bench's status (here: no GPU, exit 2)."""
     if list((ROOT / ".whl").glob("*.whl")):  # the lent machine's wheels would be installed into /tmp/site
         pytest.skip("a checkout holding .whl/ (for the GPU machines) would install them here")
     bin_dir = Path(sys.executable).parent  # the script runs python3: this interpreter, with kt's dependencies
@@ -325,7 +325,7 @@ def test_the_gpu_session_script_exits_with_kt_benchs_status(tmp_path):
         timeout=300,
         cwd=ROOT,
         env={**os.environ, "OUT": str(tmp_path / "out"), "PATH": f"{bin_dir}:{os.environ['PATH']}",
-             "KT_LAYOUT_S": "60", "KT_PROBE_S": "60"},
+             "KT_DENSE_S": "60", "KT_STRUCTURED_S": "60"},
     )  # fmt: skip
     assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
     assert (tmp_path / "out" / "machine.txt").exists() and (tmp_path / "out" / "probe.txt").exists()
