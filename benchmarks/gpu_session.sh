@@ -4,7 +4,7 @@
 # $OUT as it is written (a call past the device's 600 s limit still returns what is there; at most 8 files come
 # back, so the report's directory also travels as one tarball).
 #
-#   device run, carry [".whl"]:  bash benchmarks/gpu_session.sh 4        (about 7 minutes)
+#   device run, carry [".whl"]:  bash benchmarks/gpu_session.sh 4        (about 8.5 minutes)
 #   then, at once (the machine is let go after 30 s idle):  bash benchmarks/gpu_session.sh tests   (5 at most)
 #
 # or both in one call, tests first, which needs no quick second call (2026-12-04, by hand: 479 s in all, the

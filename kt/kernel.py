@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,19 +33,31 @@ class Kernel:
                 "shape on meta tensors (as kt.nn layers do)"
             )
         if (
-            kwargs.keys() <= {"out"}
-            and kwargs.get("out") is None
+            kwargs.get("out") is None
             and torch.is_grad_enabled()
-            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (*args, *kwargs.values()))
         ):
             # as a PyTorch op: the result is differentiable (the module's kernel records no graph: the weights'
             # gradients lacked its part, silently). This kernel runs the forward, on CPU tensors too. A call
-            # with out= writes it and records no graph, as the module's kernel does
+            # with out= writes it and records no graph, as the module's kernel does. Inputs given by name are
+            # put in their places (a wrong call is the kernel's own TypeError)
+            signature = inspect.signature(self.module.kernel)
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:  # a wrong call: the kernel's own error, in its words
+                return self.module.kernel(*args, **kwargs)
+            inputs = []
+            for name, value in bound.arguments.items():  # in the signature's order; `out` is keyword-only
+                kind = signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_POSITIONAL:
+                    inputs += value
+                elif kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                    inputs.append(value)
             if self._op is None:
                 from kt.nn.functional import kernel_op
 
                 self._op = kernel_op(self, exact=True)
-            return self._op(*args)
+            return self._op(*inputs)
         return self.module.kernel(*args, **kwargs)
 
     def launch(self, *args, **kwargs):

@@ -151,6 +151,28 @@ def test_a_kernel_called_on_inputs_that_require_grad_gives_a_differentiable_resu
     torch.testing.assert_close(out, y.detach(), rtol=0, atol=0)
 
 
+def test_a_kernel_called_with_grad_by_argument_names_is_differentiable_and_not_kept_alive():
+    """Inputs given by name took the module's kernel (no graph) past a check that looked at positional ones; and
+    the op a call with grad makes pins its kernel: held strongly, every such kernel lived as long as the
+    process."""
+    import gc
+    import weakref
+
+    kernel = kt.build(DENSE, device="h100")
+    a, b = kt.random_args(DENSE, seed=12, device="cpu")
+    w = torch.nn.Parameter(b.clone())
+    y = kernel(a=a, b=w)
+    assert y.grad_fn is not None
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, a.t() @ torch.ones(13, 11), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="positional argument"):
+        kernel(a, w, torch.empty(13, 11))  # out is keyword-only, as in the module's kernel
+    alive = weakref.ref(kernel)
+    del kernel, y
+    gc.collect()
+    assert alive() is None
+
+
 def test_a_bsr_weight_that_requires_grad_is_refused_at_the_call_not_in_the_backward():
     """PyTorch's backward of a BSR tensor's values() fails ("Sparse BSR tensors do not have is_contiguous"):
     the call says so, naming the parts as_op takes; with the values requiring grad they get their gradient."""

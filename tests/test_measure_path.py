@@ -516,29 +516,33 @@ def test_a_side_by_side_timing_idles_before_each_side_and_alternates_their_order
     """The standalone benchmark scripts timed kt right after its tune and the baseline right after kt, with no
     idle between, where a tune idles `cooldown_ms` before every candidate. `time_cuda_each` idles before each
     timing and reverses the order in the second round. A stand-in for time_cuda records what it was asked (no
-    GPU here; its figures are the call's index, not a runtime) and time.sleep records the idles."""
+    GPU here; its figures are set numbers, not runtimes) and time.sleep records the idles."""
     from kt.autotune import timing
 
     events = []
     monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(("idle", s)))
+    called = []
+    runs = {name: (lambda name=name: called.append(name)) for name in ("kt", "torch", "other")}
+    # what the stand-in gives each side's rounds, in order: kt's second round, torch's first, other's first
+    # are the lower ones
+    figures = {"kt": iter([3.0, 2.0]), "torch": iter([4.0, 5.0]), "other": iter([6.0, 7.0])}
 
     def stand_in(fn, settings):
         fn()
         events.append(("timed", settings.cooldown_ms))
-        return {"runtime_ms": float(len(events)), "timer": "stand-in"}
+        return {"runtime_ms": next(figures[called[-1]]), "timer": "stand-in"}
 
     monkeypatch.setattr(timing, "time_cuda", stand_in)
-    called = []
-    runs = {name: (lambda name=name: called.append(name)) for name in ("kt", "torch", "other")}
     settings = timing.TimingSettings(cooldown_ms=150.0)
     result = timing.time_cuda_each(runs, settings)
     assert called == ["kt", "torch", "other", "other", "torch", "kt"]
     assert events[0::2] == [("idle", 0.15)] * 6 and events[1::2] == [("timed", 150.0)] * 6
     assert {name: figures["round_ms"] for name, figures in result.items()} == {
-        "kt": [2.0, 12.0], "torch": [4.0, 10.0], "other": [6.0, 8.0]
+        "kt": [3.0, 2.0], "torch": [4.0, 5.0], "other": [6.0, 7.0]
     }  # fmt: skip
     assert [result[name]["runtime_ms"] for name in runs] == [2.0, 4.0, 6.0]  # the lower of its rounds
-    assert timing.time_cuda_each({"one": runs["kt"]}, settings, rounds=1)["one"]["round_ms"] == [14.0]
+    figures["kt"] = iter([1.0])
+    assert timing.time_cuda_each({"kt": runs["kt"]}, settings, rounds=1)["kt"]["round_ms"] == [1.0]
 
 
 def test_each_timed_run_holds_the_gpu_until_the_host_has_queued_the_whole_call(monkeypatch):

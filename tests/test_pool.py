@@ -335,7 +335,9 @@ def test_a_zygote_that_dies_after_serving_is_replaced_and_its_socket_and_log_are
         assert first.sock.fileno() == -1 and first.log.closed
         pool.slots[0].restart()  # the next worker comes from the new zygote
         assert [o.status for o in pool.run([Task(1, "describe", {}, "cpu")])] == ["ok"]
-    Zygote._shared.sock.close()  # this test's zygote goes (the process-wide one was put back by monkeypatch)
+    second = Zygote._shared
+    second.close()  # this test's zygote goes (the process-wide one is put back by monkeypatch)
+    assert second.process.wait(timeout=30) == 0
 
 
 _STAND_IN_DRIVER = """

@@ -29,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import itertools
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -187,16 +189,20 @@ def selections() -> Selections:
 
 _PINNED: dict[str, Selection] = {}
 _PINNED_CPU: dict[str, Kernel] = {}
-_EXACT: set[str] = set()  # pins whose kernel runs on CPU tensors too
+# pins whose kernel runs on CPU tensors too (`Kernel.__call__` with inputs that require grad): held weakly, as
+# the kernel holds its op, so a kernel dropped is not kept for the process's life
+_EXACT: weakref.WeakValueDictionary[str, Kernel] = weakref.WeakValueDictionary()
+_PIN_NUMBERS = itertools.count()  # next() is atomic: two threads pinning at once get two names
 
 
 def pin(selection: Selection, exact: bool = False) -> str:
     """A name for `selection` that an op can carry (`"pin"`) to run that kernel whatever its rows; `exact`: on CPU
-    tensors too (else they run the op's PyTorch path unless $KT_INTERPRET=1)."""
-    name = f"{len(_PINNED)}:{selection.where}"
-    _PINNED[name] = selection
+    tensors too (else they run the op's PyTorch path unless $KT_INTERPRET=1), the kernel held weakly."""
+    name = f"{next(_PIN_NUMBERS)}:{selection.where}"
     if exact:
-        _EXACT.add(name)
+        _EXACT[name] = selection.kernel
+    else:
+        _PINNED[name] = selection
     return name
 
 
@@ -220,8 +226,11 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     op = parsed_op(op_text)
     torch_path = device.type == "cpu" and not interpreting()
     if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
+        exact = _EXACT.get(op["pin"])
+        if exact is not None:
+            return exact
         pinned = _PINNED[op["pin"]]
-        if not torch_path or pinned.kernel.pytorch or op["pin"] in _EXACT:
+        if not torch_path or pinned.kernel.pytorch:
             return pinned.kernel
         if op["pin"] not in _PINNED_CPU:
             _PINNED_CPU[op["pin"]] = _pytorch_kernel(pinned.spec)
