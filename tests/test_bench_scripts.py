@@ -94,13 +94,14 @@ def test_a_line_cut_short_is_ended_before_more_are_appended(tmp_path):
 
 
 @pytest.mark.shipped_models
-def test_the_cost_model_on_kts_own_gpu_rows_is_the_table_in_benchmarks_md():
-    """benchmarks/costmodel_kt_rows.py scores the models a tune ranks with on the H200 run's rows (in this
+@pytest.mark.parametrize("run", ["h200-2026-11-30", "h200-2026-12-04", "h200-2026-12-04-1820"])
+def test_the_cost_model_on_kts_own_gpu_rows_is_the_table_in_benchmarks_md(run):
+    """benchmarks/costmodel_kt_rows.py scores the models a tune ranks with on each H200 run's rows (in this
     repository): its figures are BENCHMARKS.md's, digit for digit."""
     from conftest import benchmark_module
 
     lines, _ = benchmark_module("costmodel_kt_rows").score(
-        ROOT / "benchmarks/results/h200-2026-11-30/measurements.csv"
+        ROOT / f"benchmarks/results/{run}/measurements.csv"
     )
     text = (ROOT / "BENCHMARKS.md").read_text()
     rows = [line for line in lines if line.startswith("| ") and "%" in line]
