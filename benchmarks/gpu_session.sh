@@ -11,15 +11,17 @@
 # tests cut after 17 of 37, a second call ran the rest; at 18:20 the same day, with the layout and structured
 # probes after kt bench: 501 s, the tests cut after 23):
 #   device run, carry [".whl"], timeout_s 590:  bash benchmarks/gpu_session.sh all 3
-#     = KT_TESTS_S=210 (the tests) + 3 minutes of kt bench (about 195 s) + KT_DENSE_S=70 (dense_vs_cublas.py on
-#       4096^3 fp16) + KT_STRUCTURED_S=70 (structured_vs_torch.py on the Monarch): about 9.3 minutes; then at once,
-#       while the machine is warm, the GPU tests the first call did not reach (`-k`, by name)
+#     = KT_TESTS_S=210 (the tests) + kt calibrate (about 10 s) + 3 minutes of kt bench (about 195 s) +
+#       KT_DENSE_S=70 (dense_vs_cublas.py on 4096^3 fp16) + KT_STRUCTURED_S=70 (structured_vs_torch.py on the
+#       Monarch): about 9.5 minutes; then at once, while the machine is warm, the GPU tests the first call did
+#       not reach (`-k`, by name)
 #
-# A lease is 15 minutes, the machine's start included. The first call: the machine's record, MINUTES of kt bench
-# (it cuts its parts to fit) and the two comparisons (120 s at most each): machine.txt, report.md,
-# results.csv, bench.tgz, probe.txt (both comparisons' lines and tables), dense.csv, structured.csv. The
-# second: the GPU tests (300 s at most), gpu-tests.txt. One call did both until the first H200 run, where the
-# tests were cut after 10 of 24 and their output lost to the call's limit.
+# A lease is 15 minutes, the machine's start included. The first call: the machine's record and `kt calibrate`
+# (40 s at most), MINUTES of kt bench (it cuts its parts to fit) and the two comparisons (120 s at most each):
+# machine.txt (with the calibrated profile), report.md, results.csv, bench.tgz, probe.txt (both comparisons'
+# lines and tables), dense.csv, structured.csv. The second: the GPU tests (300 s at most), gpu-tests.txt. One
+# call did both until the first H200 run, where the tests were cut after 10 of 24 and their output lost to the
+# call's limit.
 #
 # .whl holds the wheels the lent image lacks (skops, prettytable, wcwidth, and the scikit-learn the shipped
 # forests were saved with); docs/architecture.md ("GPU sessions") says how to fetch them.
@@ -60,6 +62,12 @@ kt() { python3 -m kt.cli "$@"; }
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv
     python3 -c "import torch, triton, sklearn; print('torch', torch.__version__, 'triton', triton.__version__, 'sklearn', sklearn.__version__)"
 } 2>&1 | tee "$out/machine.txt"
+# kt calibrate, never run on a GPU before: the measured copy bandwidth and matmul ceilings, and the profile it
+# writes, go into machine.txt (about 10 s)
+{
+    timeout "${KT_CALIBRATE_S:-40}" python3 -m kt.cli calibrate --out /tmp/kt-calibrated.json &&
+        cat /tmp/kt-calibrated.json
+} >>"$out/machine.txt" 2>&1
 bench=/tmp/kt-bench
 rm -rf "$bench"
 kt bench --out "$bench" --minutes "$part" --quiet 2>&1 | tee /tmp/bench-stdout.txt
