@@ -443,6 +443,80 @@ def test_a_blocksparse_kernel_as_op_refuses_a_weight_of_another_shape_or_pattern
         op(x, f1, f2, moved)
 
 
+def test_block_sparse_weights_of_another_pattern_are_refused_under_vmap_and_functional_call():
+    """The op's text fixes a block-sparse weight's pattern. An ensemble of layers with their own patterns
+    (stack_module_state, vmap) ran every member with the first one's (relative errors 0.94 and 1.48), as_op
+    under vmap with batched indices did the same, and a layer given another layer's index buffers through
+    functional_call ran that layer's forward but built dx from its own pattern (relative error 1.09): each is
+    now refused. Members of one pattern still run as one call, and match each layer."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    def ensemble(seeds):
+        layers = [knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=s) for s in seeds]
+        params, buffers = stack_module_state(layers)
+        base = copy.deepcopy(layers[0]).to("meta")
+        x = torch.randn(5, 32)
+        ys = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(
+            params, buffers, x
+        )
+        for y, layer in zip(ys, layers):
+            torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+
+    ensemble([1, 1, 1])
+    with pytest.raises(ValueError, match="vmap of a block-sparse op: each weight must store its blocks"):
+        ensemble([0, 1, 2])
+    spec = kt.parse_spec(
+        {
+            "name": "b",
+            "op": "blocksparse",
+            "dtype": "float32",
+            "shape": {"batch": 4, "in": 32, "out": 16},
+            "sparsity": {"block": [8, 8], "density": 0.5, "seed": 0},
+        }
+    )
+    op = kt.build(spec).as_op()
+    x, w = kt.random_args(spec, seed=1, device="cpu")
+    other = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=1)
+    crows = torch.stack([w.crow_indices(), other.crow_indices])
+    cols = torch.stack([w.col_indices(), other.col_indices])
+    values = torch.stack([w.values(), w.values()])
+    with pytest.raises(ValueError, match="vmap of a block-sparse op"):
+        vmap(op, in_dims=(None, 0, 0, 0))(x, crows, cols, values)
+    with pytest.raises(ValueError, match="vmap of a block-sparse op"):  # one index pair, not the op's
+        vmap(op, in_dims=(0, None, None, None))(x[None], other.crow_indices, other.col_indices, w.values())
+    same = vmap(op, in_dims=(None, 0, 0, 0))(x, crows[:1].expand(2, -1), cols[:1].expand(2, -1), values)
+    torch.testing.assert_close(same[1], F.linear(x, w.to_dense()), rtol=1e-5, atol=1e-5)
+    mine = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=0)
+    xr = torch.randn(4, 32, requires_grad=True)
+    with pytest.raises(ValueError, match="a layer takes only its own"):
+        functional_call(mine, {**dict(other.named_parameters()), **dict(other.named_buffers())}, (xr,))
+
+
+def test_a_block_sparse_layer_built_under_inference_mode_runs_outside_it():
+    """Its values and index buffers were inference tensors, which have no version counter: outside inference
+    mode every forward failed ("Cannot set version_counter for inference tensor", from the sparse tensor the
+    kernel takes), where nn.Linear built the same way runs. They are now made as normal tensors."""
+    with torch.inference_mode():
+        layer = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=3)
+        summed = knn.Sum(
+            knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, bias=False),
+            knn.LowRankLinear(32, 16, 4, bias=False),
+        )
+        inside = layer(torch.ones(2, 32))
+    assert not layer.crow_indices.is_inference() and not layer.values.is_inference()
+    x = torch.randn(4, 32, requires_grad=True)
+    y = layer(x)
+    expected = F.linear(x.detach().double(), layer.weight_bsr().to_dense().double(), layer.bias.double())
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(layer(torch.ones(2, 32)), inside)
+        assert summed(x).shape == (4, 16)
+
+
 def test_a_blocksparse_kernel_as_op_reads_a_weights_indices_once_until_they_are_written(monkeypatch):
     """as_op compares a user's BSR indices with the op's pattern, which reads them back from the GPU (a sync) on
     every call. Indices found equal are remembered by their memory and version counter: read again when other

@@ -72,7 +72,7 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     # torch.compile traces (is_neg() returns no tensor)
     x = x.resolve_neg() if x.is_neg() else x
     weights = [w.resolve_neg() if w.is_neg() else w for w in weights]
-    return kernel.launch(x, *_kernel_weights(spec, weights, check="pin" in spec))
+    return kernel.launch(x, *_kernel_weights(spec, weights))
 
 
 @torch.library.custom_op("kt::apply", mutates_args=())
@@ -307,9 +307,22 @@ def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
     x and its own W; a per-sample gradient's dy and x) is one product of the samples' operands side by side
     in the features with a pattern that holds W's once per sample on its diagonal (copy i at block (i*gr + r,
     i*gc + c)); with one side shared, the copies are stacked along that side's features alone and the shared
-    operand is read once, not copied. STACK_BITS bounds the larger pattern (its mask is in the op's text)."""
+    operand is read once, not copied. STACK_BITS bounds the larger pattern (its mask is in the op's text). Every
+    member's indices must hold that pattern (checked: once per index tensors until they are written)."""
     shape, block = spec["shape"], tuple(spec["sparsity"]["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
+    at = 0 if spec["op"] == "blocksparse" else 1  # W's crow and col: the indices the op's text fixes
+    crow, col = (
+        t if d is None else _front(t, d) for t, d in zip(weights[at : at + 2], weight_dims[at : at + 2])
+    )
+    if not _same_pattern(spec["sparsity"]["layout"], grid, crow, col):
+        # the calls below take the pattern from the op's text: members of another pattern (an ensemble of
+        # layers with their own masks) ran with the first's, silently
+        raise ValueError(
+            "vmap of a block-sparse op: each weight must store its blocks where the op's pattern has them (a "
+            f"{shape['out']}x{shape['in']} weight in {block[0]}x{block[1]} blocks); an ensemble's layers must "
+            "share one pattern (the same mask, or the same density and seed)"
+        )
     a = _front(x, x_dim)
     if spec["op"] == "blocksparse":
         values, values_dim = weights[2], weight_dims[2]
@@ -523,22 +536,24 @@ def _batched(op: str, size: int) -> str:
     return op_text({**spec, "shape": {**spec["shape"], "batch": size}, "layout": {"a": "row", "b": "row"}})
 
 
-def _kernel_weights(
-    spec: dict[str, Any], weights: list[torch.Tensor], check: bool = False
-) -> list[torch.Tensor]:
-    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts. `check`: the
-    parts come from a user (`Kernel.as_op`), so each BSR weight must have the op's pattern (_check_pattern)."""
+def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts, each checked to
+    have the op's pattern (`_check_pattern`: once per index tensors until they are written). A user's weight
+    given to `Kernel.as_op`, and a layer's given other indices than its own (torch.func.functional_call with
+    another layer's buffers), must hold that pattern: the kernel reads the weight's own indices, but the
+    backward's dx is built from the op's (with another layer's buffers, the forward was that layer's and dx
+    this one's, silently)."""
     if spec["op"] == "blocksparse":
-        if check:
-            _check_pattern(spec, *weights)
+        _check_pattern(spec, *weights)
         return [_bsr(spec, *weights)]
     if spec["op"] == "blocksparse_grad":  # (x, crow, col, values): x, then the forward weight
+        _check_pattern(spec, *weights[1:])
         return [weights[0], _bsr(spec, *weights[1:])]
     if spec["op"] == "sum":
         out, at = [], 0
         for term in spec["terms"]:
             count = _weight_count(term)
-            out += _kernel_weights(term, weights[at : at + count], check)
+            out += _kernel_weights(term, weights[at : at + count])
             at += count
         return out
     return list(weights)
@@ -589,7 +604,8 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
         raise ValueError(
             f"kernel(x, w): w stores its blocks at other places than the pattern this kernel was built for "
             f"({what}, {nnz} of {grid[0] * grid[1]} stored); its backward is built from that pattern, so w must "
-            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros)"
+            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros; a "
+            f"layer takes only its own, not another layer's through torch.func.functional_call)"
         )
 
 
@@ -598,12 +614,15 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
 # through any alias of the tensor advances). Each entry keeps the two storages alive, so no other tensor can
 # take their addresses while it is here. Bounded: the oldest go first.
 _CHECKED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
-_CHECKED_SIZE = 256
+_CHECKED_SIZE = (
+    4096  # two entries a block-sparse layer (its indices, its dx's transposed ones), and a few more
+)
 _CHECKED_LOCK = threading.Lock()
 
 
 def _same_pattern(layout: str, grid: tuple[int, int], crow: torch.Tensor, col: torch.Tensor) -> bool:
-    """Whether crow and col (shapes already checked) are the indices of `layout` over `grid`. A pair already
+    """Whether crow and col are the indices of `layout` over `grid` (with leading dims: each entry's, as a
+    vmap's batched indices). A pair already
     found equal and not written since is not read again: `Kernel.as_op` on a GPU then makes no sync after its
     first call with a weight (writes through `.data` or from outside PyTorch do not advance the version
     counter and go unseen, as they do for autograd). Inference tensors have no version counter: read each time."""
@@ -619,7 +638,13 @@ def _same_pattern(layout: str, grid: tuple[int, int], crow: torch.Tensor, col: t
             _CHECKED.move_to_end(key)
             return True
     want_crow, want_col = _pattern(layout, grid)
-    if not (np.array_equal(crow.cpu().numpy(), want_crow) and np.array_equal(col.cpu().numpy(), want_col)):
+    got_crow, got_col = crow.cpu().numpy(), col.cpu().numpy()  # with leading dims: every member's (vmap)
+    if got_crow.shape[-1:] != want_crow.shape or got_col.shape[-1:] != want_col.shape:
+        return False
+    if not (
+        np.array_equal(got_crow, np.broadcast_to(want_crow, got_crow.shape))
+        and np.array_equal(got_col, np.broadcast_to(want_col, got_col.shape))
+    ):
         return False
     if key is not None:
         with _CHECKED_LOCK:

@@ -381,9 +381,13 @@ class BlockSparseLinear(_KtLinear):
         self.block = (bo, bi)
         self.layout = mask_to_hex(mask)
         index = {"dtype": torch.int64, "device": device}  # filled from the layout by reset_parameters
-        self.register_buffer("crow_indices", torch.empty(grid[0] + 1, **index))
-        self.register_buffer("col_indices", torch.empty(int(mask.sum()), **index))
-        self.values = nn.Parameter(torch.empty(int(mask.sum()), bo, bi, **self._factory))
+        # made as normal tensors under torch.inference_mode too: inference tensors have no version counter,
+        # which the sparse tensor the kernel takes needs ("Cannot set version_counter for inference tensor":
+        # such a layer ran only inside inference mode), and whose indices would be read back every call
+        with torch.inference_mode(False):
+            self.register_buffer("crow_indices", torch.empty(grid[0] + 1, **index))
+            self.register_buffer("col_indices", torch.empty(int(mask.sum()), **index))
+            self.values = nn.Parameter(torch.empty(int(mask.sum()), bo, bi, **self._factory))
         self.reset_parameters()
         self._refresh()
 
