@@ -494,6 +494,16 @@ def test_block_sparse_weights_of_another_pattern_are_refused_under_vmap_and_func
         functional_call(mine, {**dict(other.named_parameters()), **dict(other.named_buffers())}, (xr,))
 
 
+def test_a_layer_whose_op_kt_cannot_build_is_refused_where_it_is_made():
+    """FFT(4099) and a low-rank chain of 9 factors were made, and refused at their first forward in the words of
+    an op.yaml's fields (SpecError: shape.n ...)."""
+    with pytest.raises(ValueError, match=r"^FFT: 4099 is not a product n1 \* n2 .* \(shape.n of its op\)$"):
+        knn.FFT(4099)
+    with pytest.raises(ValueError, match=r"^LowRankLinear: must be a list of 3 to 9 integers .*shape.dims"):
+        knn.LowRankLinear(16, 16, rank=(3, 4, 5, 6, 7, 8, 2, 3))
+    assert knn.FFT(4096).n == 4096 and knn.LowRankLinear(16, 16, rank=(3, 4, 5, 6, 7, 8, 2)).dims[-1] == 16
+
+
 def test_a_block_sparse_layer_built_under_inference_mode_runs_outside_it():
     """Its values and index buffers were inference tensors, which have no version counter: outside inference
     mode every forward failed ("Cannot set version_counter for inference tensor", from the sparse tensor the

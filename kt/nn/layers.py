@@ -71,6 +71,18 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device)
 
 
+def _check_op(op: dict[str, Any], who: str) -> None:
+    """A layer whose op kt cannot build is refused where it is made (an FFT of n = 4099, a low-rank chain of 9
+    factors were refused at their first forward, in the words of an op.yaml's fields)."""
+    from kt.errors import SpecError
+    from kt.nn.selection import MIN_BUCKET, bucket_spec
+
+    try:
+        bucket_spec(op, MIN_BUCKET)
+    except SpecError as error:
+        raise ValueError(f"{who}: {error.reason} ({error.field} of its op)") from None
+
+
 def _refresh_after_load(module: _KtLinear, incompatible_keys) -> None:
     """A module-level function (a lambda would make the layer unpicklable)."""
     module._refresh()
@@ -190,6 +202,8 @@ class _KtLinear(nn.Module, ABC):
         return False
 
     def _refresh(self) -> None:
+        if "_op_text" not in self.__dict__:  # the layer being made (later: a dtype, a Sum's terms mid-change)
+            _check_op(self.op(), type(self).__name__)
         self.__dict__["_op_text"] = op_text(self.op())
         self.__dict__["_op_dtype"] = self.dtype
         self.__dict__["_op_texts"] = {}
@@ -657,9 +671,9 @@ class FFT(nn.Module):
         if not 2 <= n <= MAX_DIM:
             raise ValueError(f"FFT: n must be an integer from 2 to {MAX_DIM}, got {n}")
         self.n, self.input, self.float_dtype = n, input, dtype
-        self.__dict__["op_text"] = op_text(
-            {"op": "fft", "dtype": dtype_name(dtype), "shape": {"n": n}, "input": input}
-        )
+        op = {"op": "fft", "dtype": dtype_name(dtype), "shape": {"n": n}, "input": input}
+        _check_op(op, "FFT")
+        self.__dict__["op_text"] = op_text(op)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features("FFT", x, self.n)
