@@ -437,10 +437,16 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if name is None:
         name = default_name(op, shape, dtype, transposed)
     elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        # a name YAML read as a number or a boolean (4096, 2024_01 as 202401, no, on): quoting keeps its text
+        quote = (
+            '; YAML read it as a value, not text: quote the name as you wrote it (name: "...")'
+            if isinstance(name, (bool, int, float))
+            else ""
+        )
         raise SpecError(
             "name",
             f"must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit (no spaces or "
-            f"'/'), got {_kind(name)}",
+            f"'/'), got {_kind(name)}{quote}",
         )
     elif name.endswith(".prev"):
         raise SpecError(
@@ -1081,7 +1087,7 @@ class _StrictLoader(yaml.SafeLoader):
                 None,
                 None,
                 f"{text} has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write "
-                f"{int(text, 10)}{octal}",
+                f'{int(text, 10)}{octal}, or "{text}" (quoted) for text such as a name',
                 node.start_mark,
             )
         return int(text, 10)

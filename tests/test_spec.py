@@ -365,6 +365,25 @@ def test_numbers_that_yaml_1_1_read_otherwise_are_refused(tmp_path, shape, words
         assert "0o" not in str(raised.value)  # 08 has no octal reading
 
 
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("4096", "got 4096 (int); YAML read it as a value, not text: quote the name as you wrote it"),
+        ("2024_01", "got 202401 (int); YAML read it as a value"),  # the underscore is YAML's digit separator
+        ("no", "got False (bool); YAML read it as a value"),
+        ("0100", 'write 100, or 0o100 for octal, or "0100" (quoted) for text such as a name'),
+    ],
+)
+def test_a_name_yaml_reads_as_a_number_or_a_boolean_is_told_to_be_quoted(tmp_path, name, words):
+    """The errors said "got 202401 (int)" for a name written 2024_01, or advised 100 for 0100, with no word of
+    quoting, which keeps the text (the README allows a name starting with a digit)."""
+    with pytest.raises(SpecError) as raised:
+        load_spec(write(tmp_path, f"name: {name}\nop: dense\nshape: {{m: 16, n: 16, k: 16}}\n"))
+    assert words in str(raised.value)
+    quoted = load_spec(write(tmp_path, f'name: "{name}"\nop: dense\nshape: {{m: 16, n: 16, k: 16}}\n'))
+    assert quoted.name == name
+
+
 def test_merge_keys_work_and_a_key_beside_them_overrides(tmp_path):
     from kt.spec import load_specs
 
