@@ -320,11 +320,37 @@ def tune(
     TuneResult, or the KtError that stopped it (the others go on). Ops that target one device share one
     runner (its workers start once) and up to `concurrent` of them (default 4) are tuned at once, sharing its
     workers; `on_done(number, spec, outcome)` is called as each ends (kt.autotune.tune.tune_each)."""
+    _check_tune_options(options, several=isinstance(spec, (list, tuple)))
     if isinstance(spec, (list, tuple)):
         return _tune_each([as_spec(s) for s in spec], budget, objective, backend, db, options)
     return _tune(
         as_spec(spec), budget=_budget(budget), objective=objective, backend=backend, db=db, **options
     )
+
+
+def _check_tune_options(options: dict[str, Any], several: bool) -> None:
+    """An unknown keyword of kt.tune is named with the ones it takes: it reached run_session, whose TypeError
+    named that internal function and not what to write (`timeout=` for `timeout_s=`)."""
+    import inspect
+
+    from kt.autotune.tune import tune_each
+
+    allowed = set(inspect.signature(run_session).parameters) - {
+        "spec",
+        "budget",
+        "objective",
+        "backend",
+        "db",
+    }
+    allowed.add("power_cap_w")
+    if several:
+        allowed |= set(inspect.signature(tune_each).parameters) - {"specs", "tune_one", "options", "backend"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(
+            f"kt.tune() got an unexpected keyword argument {unknown[0]!r}; beside budget, objective, backend and "
+            f"db it takes {', '.join(sorted(allowed))}"
+        )
 
 
 def _tune_each(specs, budget, objective, backend, db, options) -> list[TuneResult | KtError]:

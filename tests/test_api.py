@@ -237,3 +237,14 @@ def test_collect_checks_its_sample_and_never_runs_pytorchs_path(tmp_path):
     # named as the argument is (it said `budget:`, which collect has not), with tune.budget's range
     with pytest.raises(kt.SpecError, match="^sample: must be an integer from 1 to 100000, got 100001$"):
         kt.collect(spec, sample=100_001, backend="interpret", db=tmp_path / "c.db", progress=False)
+
+
+def test_an_unknown_keyword_of_kt_tune_is_named_with_the_ones_it_takes():
+    """kt.tune(spec, timeout=0.5) raised "run_session() got an unexpected keyword argument 'timeout'": an
+    internal function's name, and not the option's (timeout_s)."""
+    with pytest.raises(
+        TypeError, match=r"^kt.tune\(\) got an unexpected keyword argument 'timeout'; .*timeout_s"
+    ):
+        kt.tune(SPEC, timeout=0.5)
+    with pytest.raises(TypeError, match=r"'foo'; .* concurrent, .*on_done"):
+        kt.tune([SPEC], foo=1)

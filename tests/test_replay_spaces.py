@@ -257,7 +257,9 @@ def test_budgets_are_counts_or_percentages(text, parsed):
 
 @pytest.mark.parametrize("text", ["0", "-3", "abc", "0%", "150%", "2.5"])
 def test_a_bad_budget_names_the_field_and_the_allowed_values(text):
-    with pytest.raises(KtError, match="budget: .* integer >= 1.* percentage such as 5%"):
+    with pytest.raises(
+        KtError, match="budget: .* integer >= 1.* percentage of the space above 0% and at most 100%"
+    ):
         parse_budget(text)
 
 

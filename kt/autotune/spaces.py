@@ -214,7 +214,8 @@ def parse_budget(text: str | int) -> tuple[int | None, float | None]:
         return count, None
     except ValueError:
         raise SpaceError(
-            f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage such as 5%"
+            f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage of the space "
+            "above 0% and at most 100%, such as 5%"
         ) from None
 
 
