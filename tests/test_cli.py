@@ -560,3 +560,21 @@ def test_an_empty_path_and_a_device_for_a_file_are_named_as_such(tmp_path):
         done = CliRunner().invoke(main, list(map(str, args)))
         assert done.exit_code == 2 and message in done.output, (args, done.output)
         assert len(done.output.strip().splitlines()) == 1, done.output
+
+
+@pytest.mark.shipped_models  # the baseline forest predicts PyTorch's path
+@pytest.mark.parametrize(
+    "shape, says",
+    [({"m": 1, "n": 1, "k": 1}, r"not timed \(predicted under one launch\)"), ({"m": 2048, "n": 2048, "k": 2048},
+     r"\d+\.\d\dx predicted")],
+)  # fmt: skip
+def test_the_several_ops_summary_prints_no_ratio_from_a_prediction_under_one_launch(tmp_path, shape, says):
+    """A tune of several ops without a GPU summed up a 1x1x1 op as "0.17x predicted" against PyTorch, a ratio
+    kt predict calls meaningless there (the forest predicts less than one kernel launch)."""
+    import kt
+    from kt.cli import _versus
+
+    spec = kt.parse_spec({"name": "x", "op": "dense", "dtype": "float16", "shape": shape})
+    result = kt.tune(spec, budget=1, progress=False, db=tmp_path / "t.db")
+    assert not result.best.measured
+    assert re.fullmatch(says, _versus(result)), _versus(result)
