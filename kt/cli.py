@@ -556,6 +556,13 @@ def _model_specs(target: str, taken: set[str]) -> list:
     clash = sorted(taken & {spec.name for spec in found.specs})
     if clash:
         raise KtError(f"--from-model: an OP_YAML already has an op named {clash[0]!r}; rename it")
+    if not found.specs:  # one line, no empty table before it
+        skipped = (
+            f" ({len(found.skipped)} skipped, e.g. {found.skipped[0][0]}: {found.skipped[0][1]})"
+            if found.skipped
+            else ""
+        )
+        raise KtError(f"--from-model: {target} runs no nn.Linear or kt.nn layer kt can tune{skipped}")
     # a Text, so that neither `:factory:` (an emoji code) nor brackets in the path are read as markup
     table = Table(title=Text(f"{target}: {len(found.specs)} ops to tune"))
     for name in ("op", "what", "modules"):
@@ -565,8 +572,6 @@ def _model_specs(target: str, taken: set[str]) -> list:
     for path, why in found.skipped:
         table.add_row(path, f"skipped: {why}", path, style="yellow")
     out.print(table)
-    if not found.specs:
-        raise KtError(f"--from-model: {target} runs no nn.Linear or kt.nn layer kt can tune")
     return found.specs
 
 

@@ -268,3 +268,20 @@ def test_a_linear_past_kts_limits_is_skipped_with_why_and_the_others_are_found()
     assert [s.name for s in found.specs] == ["0_b16"]
     ((path, why),) = found.skipped
     assert path == "2" and why.startswith("beyond kt's limits: shape.n: must be an integer from 1 to "), why
+
+
+def test_a_model_with_nothing_to_tune_is_one_line_with_no_empty_table_before_it(tmp_path):
+    """It printed the table's header (op | what | modules), then the error."""
+    (tmp_path / "relu.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef nolinear():\n    return nn.ReLU(), torch.randn(2, 3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", "--from-model", f"{tmp_path / 'relu.py'}:nolinear", "--out",
+         str(tmp_path / "art"), "--db", str(tmp_path / "t.db")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"kt: error: --from-model: {tmp_path / 'relu.py'}:nolinear runs no nn.Linear or kt.nn layer kt can tune"
+    ]
+    assert not (tmp_path / "art").exists()
