@@ -70,7 +70,7 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     path, report = save_artifact_report(_tuned(tmp_path, first), target)
     assert path == target and report is None
     _, report = save_artifact_report(_tuned(tmp_path, first), target)
-    assert report == "replaced the artifact there (same spec, kernel and config)"
+    assert report == "replaced the artifact there (same spec, kernel, config, target and objective)"
     assert not (tmp_path / "art" / "same.prev").exists()
     _, report = save_artifact_report(_tuned(tmp_path, second), target)
     previous = tmp_path / "art" / "same.prev"
@@ -82,6 +82,36 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     assert json.loads((target / "meta.json").read_text())["config"]["block_m"] == 32
     assert kt.load(previous).config.block_m == 16  # a whole, loadable artifact
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no staging left
+
+
+def test_an_artifact_tuned_for_another_objective_or_power_cap_is_kept_as_prev(tmp_path):
+    """A retune with only `--objective energy` or `--power-cap` changed said "same spec, kernel and config" and
+    removed the artifact, whose meta.json held the other objective (the spec's own stays as written)."""
+    config = {"block_m": 16, "block_n": 16, "block_k": 16}
+    spec = kt.parse_spec({"name": "same", **SMALL, "tune": {"configs": [config]}})
+    target, previous = tmp_path / "art" / "same", tmp_path / "art" / "same.prev"
+
+    def save(**options):
+        result = kt.tune(
+            spec,
+            backend="interpret",
+            db=tmp_path / "t.db",
+            progress=False,
+            baseline=False,
+            workers=1,
+            **options,
+        )
+        return save_artifact_report(result, target)[1]
+
+    save()
+    assert save(objective="energy") == (
+        f"replaced the artifact there (objective differs); the previous one is kept as {previous}"
+    )
+    assert json.loads((previous / "meta.json").read_text())["tuning"]["objective"] == "time"
+    assert save(objective="energy", power_cap_w=300) == (
+        f"replaced the artifact there (power cap differs); the previous one is kept as {previous}"
+    )
+    assert save(objective="energy", power_cap_w=300).startswith("replaced the artifact there (same spec")
 
 
 def test_an_artifact_tuned_for_another_device_profile_is_kept_as_prev_and_names_its_profile(tmp_path):

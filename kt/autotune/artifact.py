@@ -56,8 +56,8 @@ def previous_path(path: str | os.PathLike) -> Path:
 
 def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | None]:
     """`save_artifact`, and what became of an artifact already at `path` (None when there was none): when its
-    spec, kernel or config differ from the new one's, it is kept as `<path>.prev/` (replacing an older one);
-    else it is replaced."""
+    spec, kernel, config, target, objective or power cap differ from the new one's, it is kept as
+    `<path>.prev/` (replacing an older one); else it is replaced."""
     from kt.codegen import family_for  # torch and triton: reading an artifact's meta.json needs neither
     from kt.codegen.baseline import render_baseline
 
@@ -185,7 +185,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
                 os.replace(staging, previous)
                 report = f"replaced the artifact there ({changed}); the previous one is kept as {previous}"
             else:
-                report = "replaced the artifact there (same spec, kernel and config)"
+                report = "replaced the artifact there (same spec, kernel, config, target and objective)"
     finally:
         if changed and _holds_another(staging, text):
             # stopped (Ctrl-C) between the exchange and the rename: staging holds the old artifact, which the
@@ -217,6 +217,9 @@ def _changes(old_meta: Path, meta: dict[str, Any]) -> str:
     changed = [what for what in ("spec", "kernel", "config") if old.get(what) != meta.get(what)]
     if _target(old) != _target(meta):  # `--device` tunes one spec for another GPU
         changed.append("target")
+    for what in ("objective", "power_cap_w"):  # `--objective`, `--power-cap`: the spec's own stays as it was
+        if (old.get("tuning") or {}).get(what) != meta["tuning"].get(what):
+            changed.append(what.removesuffix("_w").replace("_", " "))
     if not changed:
         return ""
     return f"{' and '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}"
