@@ -13,6 +13,7 @@ import pytest
 
 import kt
 from kt.autotune.artifact import kept_artifact, save_artifact_report
+from kt.errors import KtError
 
 SMALL = {"op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}
 
@@ -112,6 +113,12 @@ def test_an_artifact_tuned_for_another_objective_or_power_cap_is_kept_as_prev(tm
         f"replaced the artifact there (power cap differs); the previous one is kept as {previous}"
     )
     assert save(objective="energy", power_cap_w=300).startswith("replaced the artifact there (same spec")
+    result = kt.tune(
+        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
+    )
+    with pytest.raises(KtError, match=r"a folder named '\*\.prev' is where kt keeps the artifact"):
+        result.save(tmp_path / "art" / "mine.prev")  # as kt tune refuses a name ending in .prev
+    assert not (tmp_path / "art" / "mine.prev").exists()
 
 
 def test_an_artifact_tuned_for_another_device_profile_is_kept_as_prev_and_names_its_profile(tmp_path):
@@ -194,8 +201,11 @@ def test_a_prev_that_kt_did_not_keep_is_never_replaced(tmp_path):
     other = kt.parse_spec({"name": "other", **SMALL, "tune": {"configs": [second]}})
     save_artifact_report(
         kt.tune(other, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1),
-        previous,
-    )  # another op's artifact saved there (by a kt that allowed the name, or by hand)
+        tmp_path / "other",
+    )
+    (tmp_path / "other").rename(
+        previous
+    )  # another op's artifact put there (by a kt that allowed it, or by hand)
     with pytest.raises(kt.ArtifactError, match="a folder kt did not keep there"):
         save_artifact_report(results[1], target)
     assert json.loads((previous / "meta.json").read_text())["name"] == "other"

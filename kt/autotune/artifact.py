@@ -62,6 +62,11 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     from kt.codegen.baseline import render_baseline
 
     path = _artifact_path(path)
+    if path.name.endswith(PREVIOUS_SUFFIX):  # as kt tune refuses a spec's name ending so
+        raise ArtifactError(
+            f"{path}: a folder named '*{PREVIOUS_SUFFIX}' is where kt keeps the artifact that a new one at "
+            f"{path.with_name(path.name[: -len(PREVIOUS_SUFFIX)])} replaces; save to another path"
+        )
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
     if best.pytorch:
