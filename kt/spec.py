@@ -725,6 +725,15 @@ def _read_mask(file_path: str, path: str, grid: tuple[int, int]):
     import numpy as np
 
     try:
+        with open(file_path, "rb") as file:
+            header = file.read(6)
+    except OSError as exc:
+        raise SpecError(path, f"{file_path!r} is not a readable .npy array ({_first_line(exc)})") from None
+    # np.load takes a file without .npy's header for a pickle ("contains pickled (object) data"), and an .npz
+    # archive for a dict of arrays
+    if header != b"\x93NUMPY":
+        raise SpecError(path, f"{file_path!r} is not a .npy file (np.save(path, mask) writes one)")
+    try:
         mask = np.load(file_path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise SpecError(path, f"{file_path!r} is not a readable .npy array ({_first_line(exc)})") from None

@@ -705,6 +705,20 @@ def test_mask_and_prune_files_are_read_relative_to_the_op_yaml(tmp_path):
         parse_spec(data)
 
 
+def test_a_mask_file_that_is_no_npy_array_says_so(tmp_path):
+    """A text file named .npy was "pickled (object) data" (np.load's guess for a file without .npy's header),
+    and an .npz archive (np.savez) gave a dict where kt read an array."""
+    (tmp_path / "text.npy").write_text("hello\n")
+    np.savez(tmp_path / "arch.npz", mask=np.ones((6, 4), dtype=bool))
+    (tmp_path / "arch.npz").rename(tmp_path / "arch.npy")  # an archive by its content, an .npy by its name
+    for name in ("text.npy", "arch.npy"):
+        (tmp_path / "m.yaml").write_text(
+            f"op: blocksparse\nshape: {{batch: 8, in: 64, out: 96}}\nsparsity: {{block: [16, 16], mask: {name}}}\n"
+        )
+        with pytest.raises(SpecError, match=rf"sparsity.mask: .*{name}' is not a .npy file \(np.save"):
+            load_spec(tmp_path / "m.yaml")
+
+
 @pytest.mark.parametrize(
     "data",
     [
