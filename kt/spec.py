@@ -439,7 +439,7 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         # a name YAML read as a number or a boolean (4096, 2024_01 as 202401, no, on): quoting keeps its text
         quote = (
-            '; YAML read it as a value, not text: quote the name as you wrote it (name: "...")'
+            '; a name is text: in YAML, quote it as you wrote it (name: "..."), in Python pass a str'
             if isinstance(name, (bool, int, float))
             else ""
         )

@@ -490,8 +490,60 @@ def test_block_sparse_weights_of_another_pattern_are_refused_under_vmap_and_func
     torch.testing.assert_close(same[1], F.linear(x, w.to_dense()), rtol=1e-5, atol=1e-5)
     mine = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=0)
     xr = torch.randn(4, 32, requires_grad=True)
-    with pytest.raises(ValueError, match="a layer takes only its own"):
+    with pytest.raises(ValueError, match="BlockSparseLinear: its crow_indices .* a layer takes only its own"):
         functional_call(mine, {**dict(other.named_parameters()), **dict(other.named_buffers())}, (xr,))
+    summed = knn.Sum(
+        knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=0, bias=False),
+        knn.LowRankLinear(32, 16, 4, bias=False),
+    )
+    with pytest.raises(ValueError, match="a layer takes only its own"):
+        functional_call(summed, {"terms.0.crow_indices": other.crow_indices, "terms.0.col_indices": other.col_indices},
+                        (xr,))  # fmt: skip
+
+
+def test_block_sparse_ensembles_nest_and_a_compiled_layer_reads_its_indices_back_once():
+    """The pattern checks above read indices back from the GPU (a sync) once per index tensor. A first version
+    also checked the indices kt derives for dx, which a compiled backward makes afresh: a read every step. And
+    under vmap in vmap (an ensemble's per-sample gradients) the inner rule's indices are the outer level's
+    wrappers, whose memory cannot be read ("Cannot access data pointer")."""
+    import copy
+
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    from kt.nn import functional
+
+    reads = []
+    real = functional.np.array_equal
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(functional.np, "array_equal", lambda a, b: reads.append(1) or real(a, b))
+        layer = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=5)
+        torch._dynamo.reset()
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        for _ in range(3):
+            compiled(torch.randn(4, 32, requires_grad=True)).sum().backward()
+        for _ in range(3):
+            layer(torch.randn(4, 32, requires_grad=True)).sum().backward()
+    assert len(reads) <= 2, len(reads)  # crow, then col, once
+    members = [knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=1) for _ in range(3)]
+    for member in members[1:]:
+        with torch.no_grad():
+            member.values.normal_()
+    params, buffers = stack_module_state(members)
+    base = copy.deepcopy(members[0]).to("meta")
+    x = torch.randn(5, 2, 32)
+    ys = vmap(lambda p, b: vmap(lambda xi: functional_call(base, (p, b), (xi,)))(x))(params, buffers)
+    for y, member in zip(ys, members):
+        torch.testing.assert_close(y, member(x), rtol=1e-5, atol=1e-5)
+
+    def loss(p, b, xi):
+        return functional_call(base, (p, b), (xi,)).square().sum()
+
+    grads = vmap(vmap(grad(loss), in_dims=(None, None, 0)), in_dims=(0, 0, None))(params, buffers, x[:, 0])
+    assert grads["values"].shape == (3, 5, *members[0].values.shape)
+    others = [knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=s) for s in range(3)]
+    params, buffers = stack_module_state(others)
+    with pytest.raises(ValueError, match="vmap of a block-sparse op"):
+        vmap(lambda p, b: vmap(lambda xi: functional_call(base, (p, b), (xi,)))(x))(params, buffers)
 
 
 def test_a_layer_whose_op_kt_cannot_build_is_refused_where_it_is_made():
@@ -525,6 +577,15 @@ def test_a_block_sparse_layer_built_under_inference_mode_runs_outside_it():
     with torch.no_grad():
         torch.testing.assert_close(layer(torch.ones(2, 32)), inside)
         assert summed(x).shape == (4, 16)
+    torch.optim.SGD(layer.parameters(), lr=0.1).step()  # its bias too is a normal tensor
+    layer.reset_parameters()
+    loaded = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=3)
+    with (
+        torch.inference_mode()
+    ):  # a serving loader's assign-load: the checkpoint's tensors are inference ones
+        loaded.load_state_dict(copy.deepcopy(layer.state_dict()), assign=True)
+        assert not loaded.crow_indices.is_inference() and not loaded.col_indices.is_inference()
+        torch.testing.assert_close(loaded(torch.ones(2, 32)), layer(torch.ones(2, 32)))
 
 
 def test_a_blocksparse_kernel_as_op_reads_a_weights_indices_once_until_they_are_written(monkeypatch):

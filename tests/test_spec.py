@@ -368,9 +368,9 @@ def test_numbers_that_yaml_1_1_read_otherwise_are_refused(tmp_path, shape, words
 @pytest.mark.parametrize(
     "name, words",
     [
-        ("4096", "got 4096 (int); YAML read it as a value, not text: quote the name as you wrote it"),
-        ("2024_01", "got 202401 (int); YAML read it as a value"),  # the underscore is YAML's digit separator
-        ("no", "got False (bool); YAML read it as a value"),
+        ("4096", "got 4096 (int); a name is text: in YAML, quote it as you wrote it"),
+        ("2024_01", "got 202401 (int); a name is text"),  # the underscore is YAML's digit separator
+        ("no", "got False (bool); a name is text"),
         ("0100", 'write 100, or 0o100 for octal, or "0100" (quoted) for text such as a name'),
     ],
 )

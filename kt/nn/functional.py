@@ -72,7 +72,7 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     # torch.compile traces (is_neg() returns no tensor)
     x = x.resolve_neg() if x.is_neg() else x
     weights = [w.resolve_neg() if w.is_neg() else w for w in weights]
-    return kernel.launch(x, *_kernel_weights(spec, weights))
+    return kernel.launch(x, *_kernel_weights(spec, weights, check="pin" in spec))
 
 
 @torch.library.custom_op("kt::apply", mutates_args=())
@@ -312,9 +312,7 @@ def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
     shape, block = spec["shape"], tuple(spec["sparsity"]["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
     at = 0 if spec["op"] == "blocksparse" else 1  # W's crow and col: the indices the op's text fixes
-    crow, col = (
-        t if d is None else _front(t, d) for t, d in zip(weights[at : at + 2], weight_dims[at : at + 2])
-    )
+    crow, col = (_unwrapped(_front(t, d)) for t, d in zip(weights[at : at + 2], weight_dims[at : at + 2]))
     if not _same_pattern(spec["sparsity"]["layout"], grid, crow, col):
         # the calls below take the pattern from the op's text: members of another pattern (an ensemble of
         # layers with their own masks) ran with the first's, silently
@@ -350,6 +348,19 @@ def _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size):
             xs = _side_by_side(b[lo : lo + count]) if sides[1] else b
             outs.append(_stacked_call(spec, dy, [xs], weights[3], grid, down, across))
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), 0
+
+
+def _unwrapped(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s values as a plain tensor: under nested transforms (an ensemble's per-sample gradients, vmap in
+    vmap) an inner rule's operands are the outer levels' wrappers, whose memory cannot be read; each batched
+    level's dim goes in front (the last dim stays last)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        bdim = functorch.maybe_get_bdim(t) if functorch.is_batchedtensor(t) else None
+        t = functorch.get_unwrapped(t)
+        if bdim is not None:
+            t = t.movedim(bdim, 0)
+    return t
 
 
 def _vmap_chain(x, x_dim, factors, factor_dims, size: int) -> torch.Tensor:
@@ -536,24 +547,28 @@ def _batched(op: str, size: int) -> str:
     return op_text({**spec, "shape": {**spec["shape"], "batch": size}, "layout": {"a": "row", "b": "row"}})
 
 
-def _kernel_weights(spec: dict[str, Any], weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts, each checked to
-    have the op's pattern (`_check_pattern`: once per index tensors until they are written). A user's weight
-    given to `Kernel.as_op`, and a layer's given other indices than its own (torch.func.functional_call with
-    another layer's buffers), must hold that pattern: the kernel reads the weight's own indices, but the
-    backward's dx is built from the op's (with another layer's buffers, the forward was that layer's and dx
-    this one's, silently)."""
+def _kernel_weights(
+    spec: dict[str, Any], weights: list[torch.Tensor], check: bool = False
+) -> list[torch.Tensor]:
+    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts. `check`: the
+    parts come from a user (`Kernel.as_op`), so each BSR weight must have the op's pattern (_check_pattern). A
+    layer checks its own indices in its forward (`BlockSparseLinear._check_weights`: torch.func.functional_call
+    can give it another layer's), and indices kt derives (dx's transposed pattern, vmap's stacked ones) hold
+    the op's pattern by construction: checking them here read them back from the GPU on every compiled
+    backward, where the graph makes them afresh."""
     if spec["op"] == "blocksparse":
-        _check_pattern(spec, *weights)
+        if check:
+            _check_pattern(spec, *weights)
         return [_bsr(spec, *weights)]
     if spec["op"] == "blocksparse_grad":  # (x, crow, col, values): x, then the forward weight
-        _check_pattern(spec, *weights[1:])
+        if check:
+            _check_pattern(spec, *weights[1:])
         return [weights[0], _bsr(spec, *weights[1:])]
     if spec["op"] == "sum":
         out, at = [], 0
         for term in spec["terms"]:
             count = _weight_count(term)
-            out += _kernel_weights(term, weights[at : at + count])
+            out += _kernel_weights(term, weights[at : at + count], check)
             at += count
         return out
     return list(weights)
@@ -604,8 +619,7 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
         raise ValueError(
             f"kernel(x, w): w stores its blocks at other places than the pattern this kernel was built for "
             f"({what}, {nnz} of {grid[0] * grid[1]} stored); its backward is built from that pattern, so w must "
-            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros; a "
-            f"layer takes only its own, not another layer's through torch.func.functional_call)"
+            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros)"
         )
 
 
@@ -614,9 +628,8 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
 # through any alias of the tensor advances). Each entry keeps the two storages alive, so no other tensor can
 # take their addresses while it is here. Bounded: the oldest go first.
 _CHECKED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
-_CHECKED_SIZE = (
-    4096  # two entries a block-sparse layer (its indices, its dx's transposed ones), and a few more
-)
+# an entry for each block-sparse layer's indices (`BlockSparseLinear._check_weights`), and as_op's weights
+_CHECKED_SIZE = 4096
 _CHECKED_LOCK = threading.Lock()
 
 

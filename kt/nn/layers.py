@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
-from kt.nn.functional import _rows, apply, op_text
+from kt.nn.functional import _rows, _same_pattern, apply, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
 from kt.spec import MAX_DIM
 
@@ -84,7 +84,11 @@ def _check_op(op: dict[str, Any], who: str) -> None:
 
 
 def _refresh_after_load(module: _KtLinear, incompatible_keys) -> None:
-    """A module-level function (a lambda would make the layer unpicklable)."""
+    """A module-level function (a lambda would make the layer unpicklable). A block-sparse layer's index
+    buffers written again, as normal tensors (an assign-load under torch.inference_mode gave it inference
+    tensors, read back on every forward)."""
+    if isinstance(module, BlockSparseLinear):
+        module._write_indices()
     module._refresh()
 
 
@@ -153,8 +157,12 @@ class _KtLinear(nn.Module, ABC):
     def _weights(self) -> list[torch.Tensor]:
         """The op's weight tensors, in the kernel's order (a BSR weight as crow, col, values)."""
 
+    def _check_weights(self) -> None:
+        """Refuse weights the op cannot take as they are (a block-sparse layer's: another pattern's indices)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(type(self).__name__, x, self.in_features)
+        self._check_weights()
         dtype = autocast_dtype(x)
         if dtype is not None:  # torch.autocast: as nn.Linear does, the op runs on a copy of x in its dtype
             x = x.to(dtype)
@@ -369,7 +377,8 @@ class BlockSparseLinear(_KtLinear):
         device=None,
         dtype=None,
     ):
-        super().__init__(in_features, out_features, bias, device, dtype)
+        with torch.inference_mode(False):  # its tensors normal ones, as below
+            super().__init__(in_features, out_features, bias, device, dtype)
         in_features, out_features = self.in_features, self.out_features
         if not isinstance(block, (tuple, list)) or len(block) != 2:
             raise ValueError(
@@ -414,11 +423,39 @@ class BlockSparseLinear(_KtLinear):
         self._init_bias(fan_in)
 
     def _write_indices(self) -> None:
-        """The index buffers written from `layout`, which alone says what they hold."""
+        """The index buffers written from `layout`, which alone says what they hold; as normal tensors, also
+        after a move under torch.inference_mode (inference tensors have no version counter, so their pattern
+        would be read back from the GPU on every forward, `_check_weights`)."""
         crow, col = bsr_indices(self.mask())
+        with torch.inference_mode(False):
+            for name in ("crow_indices", "col_indices"):
+                if getattr(self, name).is_inference():
+                    setattr(self, name, getattr(self, name).clone())
         with torch.no_grad():
             self.crow_indices.copy_(crow)
             self.col_indices.copy_(col)
+
+    def _check_weights(self) -> None:
+        """The index buffers must hold the layer's pattern: torch.func.functional_call can give it another
+        layer's, whose forward the kernel would run (it reads the indices it is given) while dx came from this
+        layer's pattern (relative error 1.09). Read back once per buffer until it is written (`_same_pattern`);
+        not while torch.compile traces, nor under a torch.func transform (vmap's rule checks every member; the
+        indices may be a transform's wrappers, whose memory cannot be read)."""
+        crow, col = self.crow_indices, self.col_indices
+        if (
+            torch.compiler.is_compiling()
+            or torch._C._functorch.peek_interpreter_stack() is not None  # a torch.func transform
+            or crow.is_meta
+            or col.is_meta
+        ):
+            return
+        grid = (self.out_features // self.block[0], self.in_features // self.block[1])
+        if not _same_pattern(self.layout, grid, crow, col):
+            raise ValueError(
+                f"{type(self).__name__}: its crow_indices and col_indices are not those of its own pattern "
+                f"({self.out_features}x{self.in_features} in {self.block[0]}x{self.block[1]} blocks): a layer "
+                "takes only its own (not another layer's, given through torch.func.functional_call)"
+            )
 
     def _apply(self, fn, *args, **kwargs):
         # after to_empty() (a model built on the meta device) the index buffers would hold whatever the memory
@@ -590,6 +627,10 @@ class Sum(_KtLinear):
 
     def _weights(self) -> list[torch.Tensor]:
         return [w for t in self.terms for w in t._weights()]
+
+    def _check_weights(self) -> None:
+        for term in self.terms:
+            term._check_weights()
 
     def _stale(self) -> bool:
         """The terms changed since the op text was made, in a way that did not remake it at once: the old
