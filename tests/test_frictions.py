@@ -59,9 +59,15 @@ def test_a_file_of_several_ops_is_refused_by_commands_that_take_one(tmp_path):
     ]
 
 
+def _interpreted(spec, tmp_path, **options):
+    """A tune of `spec` in the interpreter on tmp_path's database, quietly, without PyTorch's path."""
+    return kt.tune(
+        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1, **options
+    )
+
+
 def _tuned(tmp_path, config):
-    spec = kt.parse_spec({"name": "same", **SMALL, "tune": {"configs": [config]}})
-    return kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1)
+    return _interpreted(kt.parse_spec({"name": "same", **SMALL, "tune": {"configs": [config]}}), tmp_path)
 
 
 def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_path):
@@ -93,16 +99,7 @@ def test_an_artifact_tuned_for_another_objective_or_power_cap_is_kept_as_prev(tm
     target, previous = tmp_path / "art" / "same", tmp_path / "art" / "same.prev"
 
     def save(**options):
-        result = kt.tune(
-            spec,
-            backend="interpret",
-            db=tmp_path / "t.db",
-            progress=False,
-            baseline=False,
-            workers=1,
-            **options,
-        )
-        return save_artifact_report(result, target)[1]
+        return save_artifact_report(_interpreted(spec, tmp_path, **options), target)[1]
 
     save()
     assert save(objective="energy") == (
@@ -113,9 +110,7 @@ def test_an_artifact_tuned_for_another_objective_or_power_cap_is_kept_as_prev(tm
         f"replaced the artifact there (power cap differs); the previous one is kept as {previous}"
     )
     assert save(objective="energy", power_cap_w=300).startswith("replaced the artifact there (same spec")
-    result = kt.tune(
-        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
-    )
+    result = _interpreted(spec, tmp_path)
     with pytest.raises(KtError, match=r"a folder named '\*\.prev' is where kt keeps the artifact"):
         result.save(tmp_path / "art" / "mine.prev")  # as kt tune refuses a name ending in .prev
     assert not (tmp_path / "art" / "mine.prev").exists()
@@ -131,15 +126,9 @@ def test_an_artifact_tuned_for_another_device_profile_is_kept_as_prev_and_names_
     config = {"block_m": 16, "block_n": 16, "block_k": 16}
     spec = kt.parse_spec({"name": "same", **SMALL, "device": "h100", "tune": {"configs": [config]}})
     target = tmp_path / "art" / "same"
-    save_artifact_report(
-        kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1),
-        target,
-    )
+    save_artifact_report(_interpreted(spec, tmp_path), target)
     assert json.loads((target / "meta.json").read_text())["device"]["key"] == "h100"
-    result = kt.tune(
-        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1,
-        device=str(profile),
-    )  # fmt: skip
+    result = _interpreted(spec, tmp_path, device=str(profile))
     _, report = save_artifact_report(result, target)
     previous = tmp_path / "art" / "same.prev"
     assert report == f"replaced the artifact there (target differs); the previous one is kept as {previous}"
@@ -199,10 +188,7 @@ def test_a_prev_that_kt_did_not_keep_is_never_replaced(tmp_path):
     with pytest.raises(kt.SpecError, match="ends in '.prev'"):  # no op may take that name now
         kt.parse_spec({"name": "same.prev", **SMALL, "tune": {"configs": [second]}})
     other = kt.parse_spec({"name": "other", **SMALL, "tune": {"configs": [second]}})
-    save_artifact_report(
-        kt.tune(other, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1),
-        tmp_path / "other",
-    )
+    save_artifact_report(_interpreted(other, tmp_path), tmp_path / "other")
     (tmp_path / "other").rename(
         previous
     )  # another op's artifact put there (by a kt that allowed it, or by hand)
@@ -386,19 +372,9 @@ def test_a_power_cap_without_a_gpu_says_it_was_not_applied(tmp_path):
     spec = kt.parse_spec(
         {"name": "capped", **SMALL, "tune": {"configs": [{"block_m": 16, "block_n": 16, "block_k": 16}]}}
     )
-    result = kt.tune(
-        spec,
-        backend="interpret",
-        db=tmp_path / "t.db",
-        progress=False,
-        baseline=False,
-        workers=1,
-        power_cap_w=100,
-    )
+    result = _interpreted(spec, tmp_path, power_cap_w=100)
     assert any("the 100 W power cap was not applied" in note for note in result.notes), result.notes
-    plain = kt.tune(
-        spec, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
-    )
+    plain = _interpreted(spec, tmp_path)
     assert not any("power cap" in note for note in plain.notes), plain.notes
 
 
