@@ -127,7 +127,7 @@ def time_cuda_each(
     after the GPU idled `settings.cooldown_ms`, as the worker path idles before every candidate, in `rounds`
     rounds, the given order then reversed, so no side is always the first timed after a tune's heat or always
     the one timed right after another. A side's figure is its round with the lowest median; `round_ms` lists
-    every round's median. The standalone benchmark scripts time their two sides with it (until 2026-12-05 they
+    every round's median. The standalone benchmark scripts time their two sides with it (until 2026-12-04 they
     timed kt first, right after its tune, and the baseline right after kt, with no idle)."""
     names = list(runs)
     timed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
