@@ -23,6 +23,7 @@ class Kernel:
         self.meta = meta or {}
         self.path = path
         self._op = None  # as_op's function for calls whose inputs require grad (`__call__`), made once
+        self._signature = None  # the module kernel's, to put inputs given by name in their places
 
     def __call__(self, *args, **kwargs):
         if not self.pytorch and any(getattr(t, "is_meta", False) for t in (*args, *kwargs.values())):
@@ -41,7 +42,12 @@ class Kernel:
             # gradients lacked its part, silently). This kernel runs the forward, on CPU tensors too. A call
             # with out= writes it and records no graph, as the module's kernel does. Inputs given by name are
             # put in their places (a wrong call is the kernel's own TypeError)
-            signature = inspect.signature(self.module.kernel)
+            if self._op is None:  # made once: a training loop calls this every step
+                from kt.nn.functional import kernel_op
+
+                self._signature = inspect.signature(self.module.kernel)
+                self._op = kernel_op(self, exact=True)
+            signature = self._signature
             try:
                 bound = signature.bind(*args, **kwargs)
             except TypeError:  # a wrong call: the kernel's own error, in its words
@@ -53,10 +59,6 @@ class Kernel:
                     inputs += value
                 elif kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
                     inputs.append(value)
-            if self._op is None:
-                from kt.nn.functional import kernel_op
-
-                self._op = kernel_op(self, exact=True)
             return self._op(*inputs)
         return self.module.kernel(*args, **kwargs)
 
