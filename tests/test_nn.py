@@ -1449,8 +1449,11 @@ def test_wrong_in_features_is_a_one_line_value_error(make):
         (lambda: LowRankLinear(24, 40, ()), "rank"),
         (lambda: FFT(16, dtype=torch.bfloat16), "dtype"),
         (lambda: FFT(16, input="imaginary"), "input"),
-        (lambda: Sum(LowRankLinear(32, 48, 4, bias=False)), "2 or more"),
-        (lambda: Sum(LowRankLinear(32, 48, 4, bias=False), DenseLinear(32, 48, bias=False)), "2 or more"),
+        (lambda: Sum(LowRankLinear(32, 48, 4, bias=False)), "Sum: has 1 term; a Sum takes 2 to 8"),
+        (
+            lambda: Sum(LowRankLinear(32, 48, 4, bias=False), DenseLinear(32, 48, bias=False)),
+            "Sum: term 1 is a DenseLinear",
+        ),
         (lambda: Sum(LowRankLinear(32, 48, 4, bias=False), LowRankLinear(32, 40, 4, bias=False)), "same"),
         (
             lambda: Sum(

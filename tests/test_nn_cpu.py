@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -1300,9 +1301,9 @@ def test_a_sum_follows_its_terms_however_they_are_changed(how):
 
 def test_a_sum_refuses_terms_it_cannot_run_and_names_terms_of_mixed_dtypes():
     layer = _two_term_sum()
-    with pytest.raises(ValueError, match="2 or more"):
+    with pytest.raises(ValueError, match="Sum: has 1 term; a Sum takes 2 to 8"):
         layer.terms = torch.nn.ModuleList([_other_pattern()])
-    with pytest.raises(ValueError, match="same in_features"):
+    with pytest.raises(ValueError, match="Sum: term 1 maps 32 -> 16 features but term 0 maps 32 -> 32"):
         layer.terms = [_other_pattern(), knn.LowRankLinear(32, 16, rank=4, bias=False)]
     other = _two_term_sum()
     other.terms = layer.terms  # another Sum's list is copied, so both keep hearing of their own changes
@@ -1509,3 +1510,41 @@ def test_each_gpu_of_a_process_gets_its_own_kernel_choice(monkeypatch):
     for device in ("cuda:0", "cuda:1", "cuda:0", "cuda:1"):
         selection.kernel_for(layer.op_text, 16, torch.device(device))
     assert chosen == [torch.device("cuda:0"), torch.device("cuda:1")]
+
+
+def test_a_sum_edited_into_terms_it_cannot_run_says_so_at_its_forward():
+    """`sum.terms` may be edited in steps, so the list is checked in the forward: a term with a bias, appended or
+    given one afterwards, was left out of the sum silently (relative error 0.22); one term left, or a layer of
+    another kind, failed in op.yaml's words (`terms[2].op`)."""
+    x = torch.randn(3, 32)
+    with_bias = _two_term_sum()
+    with_bias.terms.append(knn.LowRankLinear(32, 32, rank=4, bias=True))
+    given_bias = _two_term_sum()
+    given_bias.terms[1].bias = torch.nn.Parameter(torch.zeros(32))
+    one_left = _two_term_sum()
+    del one_left.terms[1]
+    too_many = knn.Sum(*(knn.LowRankLinear(32, 32, rank=4, bias=False) for _ in range(8)))
+    too_many.terms.append(knn.LowRankLinear(32, 32, rank=4, bias=False))
+    other_kind = _two_term_sum()
+    other_kind.terms.append(knn.MonarchLinear(32, 32, 4, bias=False))
+    other_shape = _two_term_sum()
+    other_shape.terms[1] = knn.LowRankLinear(32, 48, rank=4, bias=False)
+    for layer, message in [
+        (with_bias, "Sum: term 2 has a bias after sum.terms was changed; build the terms with bias=False"),
+        (given_bias, "Sum: term 1 has a bias after sum.terms was changed"),
+        (one_left, "Sum: has 1 term after sum.terms was changed; a Sum takes 2 to 8"),
+        (too_many, "Sum: has 9 terms after sum.terms was changed; a Sum takes 2 to 8"),
+        (other_kind, "Sum: term 2 is a MonarchLinear after sum.terms was changed"),
+        (
+            other_shape,
+            "Sum: term 1 maps 32 -> 48 features but term 0 maps 32 -> 32 after sum.terms was changed",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)) as error:
+            layer(x)
+        assert "\n" not in str(error.value)
+    given_bias.terms[1].bias = None  # put right, the sum runs
+    with torch.no_grad():
+        terms = given_bias.terms
+        expected = terms[0](x) + terms[1](x) + given_bias.bias
+        torch.testing.assert_close(given_bias(x), expected, rtol=1e-4, atol=1e-4)

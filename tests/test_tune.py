@@ -148,9 +148,12 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         kt.load(tmp_path / "nometa")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
-    with pytest.raises(kt.ArtifactError, match="exists and is not a kt artifact"):
-        result.save(tmp_path / "mine")
+    with pytest.raises(kt.ArtifactError, match="exists and is not a kt artifact; save to another path$"):
+        result.save(tmp_path / "mine")  # Python's save was told to choose another --out, kt tune's flag
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(kt.ArtifactError, match="is a file, not an artifact directory; save to another path$"):
+        result.save(tmp_path / "file")
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kernel_sha256": hashlib.sha256(source.encode()).hexdigest(),
     }
-    check_target(path)
+    check_target(path, "save to another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     report = None
@@ -254,16 +254,16 @@ def _baseline_meta(result) -> dict[str, Any] | None:
     }
 
 
-def check_target(path: str | os.PathLike) -> None:
+def check_target(path: str | os.PathLike, instead: str = "choose another --out") -> None:
     """Refuse, before any work, a destination that is a file, a directory kt did not write, or a place where no
-    folder can be made."""
+    folder can be made. `instead`: what the message tells the user to do (kt tune's flag; `save`'s path)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ArtifactError(f"{path} exists and is a file, not an artifact directory; choose another --out")
+        raise ArtifactError(f"{path} exists and is a file, not an artifact directory; {instead}")
     if path.is_dir() and not (path / "meta.json").exists() and any(path.iterdir()):
-        raise ArtifactError(f"{path} exists and is not a kt artifact; choose another directory")
+        raise ArtifactError(f"{path} exists and is not a kt artifact; {instead}")
     if why := unmakeable(path):
-        raise ArtifactError(f"{path} cannot be created: {why}; choose another --out")
+        raise ArtifactError(f"{path} cannot be created: {why}; {instead}")
     previous = previous_path(path)
     if path.is_dir() and (previous.exists() or previous.is_symlink()) and not kept_artifact(previous):
         what = (
@@ -271,7 +271,7 @@ def check_target(path: str | os.PathLike) -> None:
         )
         raise ArtifactError(
             f"{previous} is where kt keeps the artifact that a new one at {path} replaces, but it is {what}; "
-            "move it, or choose another --out"
+            f"move it, or {instead}"
         )
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from kt.dtypes import DTYPES, dtype_name
 from kt.nn.functional import _rows, _same_pattern, apply, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
-from kt.spec import MAX_DIM
+from kt.spec import MAX_DIM, MAX_TERMS
 
 
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
@@ -556,16 +556,39 @@ class _Terms(nn.ModuleList):
         self._changed()
 
 
-def _check_terms(terms) -> None:
-    """A Sum's terms: two or more bias-free BlockSparseLinear / LowRankLinear of one shape and dtype."""
-    if len(terms) < 2 or not all(isinstance(t, (BlockSparseLinear, LowRankLinear)) for t in terms):
-        raise ValueError("Sum: give 2 or more BlockSparseLinear / LowRankLinear terms")
-    if any(t.bias is not None for t in terms):
-        raise ValueError("Sum: build its terms with bias=False; the sum has one bias of its own")
+def _check_terms(terms, changed: bool = False) -> None:
+    """A Sum's terms: 2 to 8 bias-free BlockSparseLinear / LowRankLinear of one shape and dtype. Checked when
+    the terms are given, and (`changed`) in every forward, since `sum.terms` may be edited in steps (`del`,
+    `append`) and a term's bias set afterwards: a term's bias would be left out of the sum."""
+    terms = list(terms)  # a slice of a _Terms would be a new _Terms, counted as a change
+    after = " after sum.terms was changed" if changed else ""
+    if not 2 <= len(terms) <= MAX_TERMS:
+        raise ValueError(
+            f"Sum: has {len(terms)} term{'s' if len(terms) != 1 else ''}{after}; a Sum takes 2 to {MAX_TERMS} "
+            "BlockSparseLinear / LowRankLinear terms"
+        )
+    for i, t in enumerate(terms):
+        if not isinstance(t, (BlockSparseLinear, LowRankLinear)):
+            raise ValueError(
+                f"Sum: term {i} is a {type(t).__name__}{after}; a Sum takes BlockSparseLinear / LowRankLinear terms"
+            )
+        if t.bias is not None:
+            raise ValueError(
+                f"Sum: term {i} has a bias{after}; build the terms with bias=False (or set term.bias = None): "
+                "the sum has one bias of its own"
+            )
     first = terms[0]
-    for t in terms[1:]:
-        if (t.in_features, t.out_features, t.dtype) != (first.in_features, first.out_features, first.dtype):
-            raise ValueError("Sum: every term needs the same in_features, out_features and dtype")
+    for i, t in enumerate(terms[1:], start=1):
+        if (t.in_features, t.out_features) != (first.in_features, first.out_features):
+            raise ValueError(
+                f"Sum: term {i} maps {t.in_features} -> {t.out_features} features but term 0 maps "
+                f"{first.in_features} -> {first.out_features}{after}; every term needs the same shape"
+            )
+        if t.dtype != first.dtype and not changed:  # in a forward, Sum.dtype names every term's dtype
+            raise ValueError(
+                f"Sum: term {i} holds {t.dtype} but term 0 holds {first.dtype}{after}; every term needs the "
+                "same dtype (convert the whole Sum with .to(dtype), not one term)"
+            )
 
 
 class Sum(_KtLinear):
@@ -629,6 +652,7 @@ class Sum(_KtLinear):
         return [w for t in self.terms for w in t._weights()]
 
     def _check_weights(self) -> None:
+        _check_terms(self.terms, changed=True)
         for term in self.terms:
             term._check_weights()
 
