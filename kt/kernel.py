@@ -73,6 +73,16 @@ class Kernel:
 
         return kernel_op(self)
 
+    def __reduce__(self):
+        # a module cannot be pickled (copy.deepcopy of a model holding a kernel, torch.save of it failed with
+        # "cannot pickle 'module' object"): the kernel is imported again from its source, as kt.load does
+        return _rebuild, (self.source, self.spec, self.config, self.meta, self.path)
+
+    def __deepcopy__(self, memo) -> Kernel:
+        return (
+            self  # nothing in it changes once made: a deep copy of a model shares its kernels, as torch ops
+        )
+
     @property
     def source(self) -> str:
         return Path(self.module.__file__).read_text()
@@ -90,3 +100,10 @@ class Kernel:
         where = f" from {self.path}" if self.path else ""
         what = f"PyTorch: {self.module.IMPLEMENTATION}" if self.pytorch else self.config.key()
         return f"Kernel({self.spec.name}: {self.spec.op} {self.spec.dtype}, {what}{where})"
+
+
+def _rebuild(source: str, spec, config, meta: dict[str, Any], path: Path | None) -> Kernel:
+    """A pickled Kernel: its module imported from `source` through kt's kernel cache (`load_source`)."""
+    from kt.codegen.emit import load_source
+
+    return Kernel(load_source(source), spec, config, meta, path)

@@ -330,7 +330,7 @@ def test_a_wrong_dtype_is_a_one_line_error(name):
         changed = [t.to(wrong) if i == index else t for i, t in enumerate(args)]
         with pytest.raises(TypeError) as error:
             module.kernel(*changed)
-        assert f".dtype is {wrong}, but this module was built for" in one_line(error)
+        assert f".dtype is {wrong}, but this kernel was built for" in one_line(error)
 
 
 @pytest.mark.parametrize(

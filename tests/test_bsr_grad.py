@@ -252,6 +252,12 @@ def test_bad_arguments_are_refused_in_one_line():
             "overlaps itself",
         ),
         ((dy, x, w), {"out": [0]}, TypeError, "out must be a torch.Tensor"),
+        (  # parts that disagree (torch builds them unless asked to check): dw was read past its end
+            (dy, x, torch.sparse_bsr_tensor(w.crow_indices(), w.col_indices(), w.values()[1:], w.shape)),
+            {},
+            ValueError,
+            f"w's parts disagree: {nnz - 1} blocks in values, {nnz} col_indices",
+        ),
     ]
     for args, kwargs, error, words in cases:
         with pytest.raises(error) as info:

@@ -269,3 +269,29 @@ def test_a_float16_fft_given_complex_values_says_how_to_make_them_planar(kind):
     expected = torch.fft.fft(x.to(torch.complex128))
     got = torch.complex(y[0].double(), y[1].double())
     assert (got - expected).norm() / expected.norm() < 1e-2
+
+
+def test_a_kernel_pickles_and_a_deep_copy_of_a_model_shares_it(kernels, tmp_path):
+    """A Kernel held a module: copy.deepcopy of a model keeping one (an EMA copy) and torch.save of it failed
+    with "cannot pickle 'module' object"."""
+    import copy
+    import pickle
+
+    kernel = kernels["lowrank"]
+    x, *weights = kt.random_args(LOWRANK, seed=2, device="cpu")
+    again = pickle.loads(pickle.dumps(kernel))
+    assert again is not kernel and again.source == kernel.source and again.config == kernel.config
+    assert again.spec == kernel.spec and repr(again) == repr(kernel)
+    torch.testing.assert_close(again(x, *weights), kernel(x, *weights), rtol=0, atol=0)
+
+    model = torch.nn.Module()
+    model.kernel, model.w = kernel, torch.nn.ParameterList(weights)
+    assert copy.deepcopy(model).kernel is kernel  # nothing in a kernel changes: shared, as torch ops are
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    torch.testing.assert_close(loaded.kernel(x, *loaded.w), kernel(x, *weights), rtol=0, atol=0)
+
+    pytorch_path = kt.build(LOWRANK, config="pytorch")  # PyTorch's own path, made from a template too
+    torch.testing.assert_close(
+        pickle.loads(pickle.dumps(pytorch_path))(x, *weights), pytorch_path(x, *weights)
+    )

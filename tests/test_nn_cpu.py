@@ -1548,3 +1548,27 @@ def test_a_sum_edited_into_terms_it_cannot_run_says_so_at_its_forward():
         terms = given_bias.terms
         expected = terms[0](x) + terms[1](x) + given_bias.bias
         torch.testing.assert_close(given_bias(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_and_bias_a_layer_cannot_run_are_refused_in_its_words():
+    """Assigned parameters of another shape or dtype: a BlockSparseLinear with a block too few read past the end
+    of its values (its output changed with the memory beyond them), one too many was dropped silently; a
+    DenseLinear's weight of another out_features failed in a reshape; a float64 bias made a float64 output."""
+    x = torch.randn(5, 32)
+    sparse = knn.BlockSparseLinear(32, 16, block=(8, 8), density=0.5, bias=False)
+    nnz = sparse.values.shape[0]
+    for count in (nnz - 1, nnz + 1):
+        sparse.values = torch.nn.Parameter(torch.randn(count, 8, 8))
+        with pytest.raises(ValueError, match=re.escape(f"values must have shape ({nnz}, 8, 8) (a 8x8 block")):
+            sparse(x)
+    dense = knn.DenseLinear(24, 20)
+    dense.weight = torch.nn.Parameter(torch.randn(30, 24))
+    with pytest.raises(
+        ValueError, match=re.escape("weight must have shape (out_features, in_features) = (20, 24)")
+    ):
+        dense(torch.randn(5, 24))
+    for dtype in (torch.float64, torch.float16):
+        layer = knn.LowRankLinear(24, 20, rank=4)
+        layer.bias = torch.nn.Parameter(torch.zeros(20, dtype=dtype))
+        with pytest.raises(TypeError, match=f"LowRankLinear: bias is {dtype}, but the layer's weights are "):
+            layer(torch.randn(5, 24))

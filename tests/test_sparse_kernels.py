@@ -188,12 +188,40 @@ def test_blocksparse_kernel_refuses_wrong_weights_in_one_line():
         ((x[:, :32], w), ValueError, "48 features"),
         ((x, "w"), TypeError, "sparse BSR"),
     ]
+    # torch builds a BSR tensor whose parts disagree unless asked to check: a block too few in values was read
+    # past its end, a block too many ignored (shapes compared only: no sync)
+    crow, col, values = w.crow_indices(), w.col_indices(), w.values()
+    parts = [
+        (crow, col, values[:-1], "11 blocks in values, 12 col_indices"),
+        (crow, col, torch.cat([values, values[:1]]), "13 blocks in values, 12 col_indices"),
+        (
+            crow[:-1],
+            col,
+            values,
+            r"12 blocks in values, 12 col_indices, crow_indices of \(4,\) \(needs \(5,\)\)",
+        ),
+    ]
+    for c, i, v, words in parts:
+        bad = torch.sparse_bsr_tensor(c, i, v, (64, 48), check_invariants=False)
+        cases.append(((x, bad), ValueError, "kernel: w's parts disagree: " + words))
     for args, kind, words in cases:
         with pytest.raises(kind, match=words) as info:
             module.kernel(*args)
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="out must be"):
         module.kernel(x, w, out=torch.empty(9, 63))
+    pytorch_path = kt.build(
+        {
+            "op": "blocksparse",
+            "dtype": "float32",
+            "shape": {"batch": 9, "in": 48, "out": 64},
+            "sparsity": {"block": [16, 16], "density": 1.0},
+        },
+        config="pytorch",
+    )
+    for args, kind, words in cases[-len(parts) :]:  # PyTorch's path checks the same
+        with pytest.raises(kind, match=words):
+            pytorch_path(*args)
 
 
 # -- low-rank chains -------------------------------------------------------------------------------------------

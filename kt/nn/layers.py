@@ -174,6 +174,11 @@ class _KtLinear(nn.Module, ABC):
                 )
             convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
             raise TypeError(f"{who}; pass x.to({self.dtype}){convert}")
+        if self.bias is not None and self.bias.dtype != self.dtype:  # y + bias would promote y to its dtype
+            raise TypeError(
+                f"{type(self).__name__}: bias is {self.bias.dtype}, but the layer's weights are {self.dtype}; "
+                f"convert the layer (.to({self.dtype})), not its bias alone"
+            )
         if dtype is None or dtype == self.dtype:
             y, bias = self._forward(x, self._weights(), self.op_text), self.bias
         else:
@@ -292,6 +297,16 @@ class DenseLinear(_KtLinear):
 
     def _weights(self) -> list[torch.Tensor]:
         return [self.weight]
+
+    def _check_weights(self) -> None:
+        want = (self.out_features, self.in_features)
+        if (
+            tuple(self.weight.shape) != want
+        ):  # the dense kernel takes any n and k: it would make (..., n) rows
+            raise ValueError(
+                f"DenseLinear: weight must have shape (out_features, in_features) = {want}, "
+                f"got {tuple(self.weight.shape)}"
+            )
 
     def _forward(self, x: torch.Tensor, weights: list[torch.Tensor], text: str) -> torch.Tensor:
         x2 = _rows(x)
@@ -441,6 +456,14 @@ class BlockSparseLinear(_KtLinear):
         layer's pattern (relative error 1.09). Read back once per buffer until it is written (`_same_pattern`);
         not while torch.compile traces, nor under a torch.func transform (vmap's rule checks every member; the
         indices may be a transform's wrappers, whose memory cannot be read)."""
+        # a block for each column index (which, outside a trace, must be the pattern's, below): else the kernel
+        # would read past fewer blocks, or skip more; shapes only, so also while torch.compile traces
+        want = (self.col_indices.shape[0], *self.block)
+        if tuple(self.values.shape) != want:
+            raise ValueError(
+                f"{type(self).__name__}: values must have shape {want} (a {self.block[0]}x{self.block[1]} block "
+                f"for each of the pattern's {want[0]} stored blocks), got {tuple(self.values.shape)}"
+            )
         crow, col = self.crow_indices, self.col_indices
         if (
             torch.compiler.is_compiling()
