@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -795,6 +796,8 @@ def _report_rows(path: Path) -> list[dict[str, str]]:
                 raise KtError(f"{where}: {key} is {row[key]!r}, not a finite number >= 0 (or empty)")
         if not _iso_date(row["date"]):
             raise KtError(f"{where}: date is {row['date']!r}, not YYYY-MM-DD")
+        if row.get("started_at") and _started(row["started_at"]) is None:
+            raise KtError(f"{where}: started_at is {row['started_at']!r}, not an ISO date and time")
         rows.append(row)
     return rows
 
@@ -806,21 +809,52 @@ def _iso_date(text: str) -> bool:
         return False
 
 
+def _started(text: str) -> datetime | None:
+    """A report's started_at (ISO 8601, UTC offset included), or None when it is not one."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _when(row: dict[str, str]) -> str:
+    """A report row's date cell in BENCHMARKS.md: its start to the minute in UTC ("2026-12-04 18:27"), so that
+    runs of one day keep their order; the date alone for a report that did not record its start."""
+    started = _started(row.get("started_at") or "")
+    if started is None or started.tzinfo is None:
+        return row["date"]
+    return started.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _newer(cell: str, incoming: str) -> bool:
+    """Whether a table row's date cell is later than an incoming row's (each a date, or a date and a UTC time
+    as `_when` writes them): by time where both have one, else by date (one day's runs without a time are not
+    ordered, so they merge). False for a cell that is neither."""
+    if not (_iso_date(cell) or (_WHEN.fullmatch(cell) and _iso_date(cell[:10]))):
+        return False
+    if len(cell) > 10 and len(incoming) > 10:
+        return cell > incoming  # ISO dates and times order as text
+    return cell[:10] > incoming[:10]
+
+
+_WHEN = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
+
+
 def _check_not_older(text: str, rows: list[dict[str, str]], path: Path, benchmarks: Path) -> None:
     """Refuse a report older than the rows of its device and cases that BENCHMARKS.md already holds: merging
-    it replaced a newer run's rows without a word."""
-    incoming = {(r["device"], r["case"]): r["date"] for r in rows}
+    it replaced a newer run's rows without a word (one day's runs by their start, to the minute)."""
+    incoming = {(r["device"], r["case"]): _when(r) for r in rows}
     if BEGIN not in text or END not in text:
         return
     for line in text.split(BEGIN, 1)[1].split(END, 1)[0].splitlines():
         if not line.startswith("| ") or line in TABLE_HEAD:
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        date = incoming.get(_row_key(line))
-        if date is not None and _iso_date(cells[1]) and cells[1] > date:  # ISO dates order as text
+        when = incoming.get(_row_key(line))
+        if when is not None and _newer(cells[1], when):
             raise KtError(
                 f"update: {benchmarks} holds {cells[0]}'s {cells[2]} from {cells[1]}, newer than {path}'s "
-                f"{date}; merge the newest run (or remove those rows by hand to go back)"
+                f"{when}; merge the newest run (or remove those rows by hand to go back)"
             )
 
 
@@ -861,7 +895,7 @@ def _benchmarks_line(r: dict[str, str]) -> str:
     runs = {"pytorch": "PyTorch", "generated": "kt"}.get(r.get("kernel") or "", "-")
     command = r["command"].replace("|", "\\|")  # a pipe ends a Markdown table cell, in a code span too (GFM)
     return (
-        f"| {r['device']} | {r['date']} | {r['case']} | {r['dtype']} | {r.get('baseline_impl') or '-'} | "
+        f"| {r['device']} | {_when(r)} | {r['case']} | {r['dtype']} | {r.get('baseline_impl') or '-'} | "
         f"{num('kt_ms', '.4f')} | {num('kt_tflops', '.1f')} | {num('kt_power_w', '.0f')} | {num('kt_energy_mj', '.3f')} | "
         f"{num('baseline_ms', '.4f')} | {ratio} | {runs} | {num('tune_s', '.0f')} | `{command}` |"
     )

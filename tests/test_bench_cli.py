@@ -123,7 +123,8 @@ def test_the_committed_gpu_run_merges_into_benchmarks_md_unchanged_and_malformed
     the text between it and the next table."""
     benchmarks = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
     copy = tmp_path / "BENCHMARKS.md"
-    copy.write_text(benchmarks.read_text())
+    head, rest = benchmarks.read_text().split(BEGIN)
+    copy.write_text(head + BEGIN + "\n" + END + rest.split(END)[1])  # the table's rows all come from the runs
     for run in H200_MERGES:
         done = kt_cli("bench", "--from", str(run), "--update", str(copy))
         assert done.returncode == 0, done.stderr
@@ -197,8 +198,18 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
             f"line {line}: 16 cells, the header has {len(header)}: a cut-off or damaged row",
         ),
         "older": (
-            lambda text: text.replace("2026-12-04,", "2026-11-30,"),
-            "holds NVIDIA H200's dense fp16 4096^3 from 2026-12-04, newer than",
+            lambda text: text.replace("2026-12-04", "2026-11-30"),
+            "holds NVIDIA H200's dense fp16 4096^3 from 2026-12-04 18:20, newer than",
+        ),
+        # the same day, earlier: the whole run (18:20) over the butterfly case run alone after it (18:27)
+        # replaced that case's 22.13x with the whole run's failure (dates alone were compared)
+        "same-day": (
+            lambda text: text,
+            "holds NVIDIA H200's butterfly n=1024 from 2026-12-04 18:27, newer than",
+        ),
+        "bad-start": (
+            set_cell("started_at", "yesterday"),
+            f"line {line}: started_at is 'yesterday', not an ISO date and time",
         ),
     }
     for name, (edit, message) in cases.items():
