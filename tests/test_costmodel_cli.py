@@ -360,6 +360,16 @@ def test_an_artifact_records_its_database_by_absolute_path_so_inspect_finds_it_f
     assert_one_line_error(
         kt("inspect", art), f"inspect: {tmp_path / 'work' / 't.db'} holds no GPU-measured rows"
     )
+    # gone: inspect read kt's default database without a word ("db: '.../tuning.db' not found")
+    (tmp_path / "work" / "t.db").rename(tmp_path / "work" / "moved.db")
+    gone = f"inspect: {tmp_path / 'work' / 't.db'}, the database {art} was tuned into, is gone; pass"
+    assert_one_line_error(kt("inspect", art), gone)
+    monkeypatch.setenv("KT_DB", str(tmp_path / "work" / "moved.db"))  # kt's default database: read then,
+    assert_one_line_error(  # and named with the one that is gone
+        kt("inspect", art),
+        f"inspect: {tmp_path / 'work' / 'moved.db'} (the tune's own, {tmp_path / 'work' / 't.db'}, is gone) "
+        "holds no GPU-measured",
+    )
 
 
 # -- real measurements: GPPerf's RTX 4070 CUTLASS SGEMM rows ------------------------------------------------

@@ -156,6 +156,44 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         result.save(tmp_path / "file")
 
 
+def _as_user(code: str) -> subprocess.CompletedProcess:
+    """`code` run by Python where file permissions apply: as root, with the capabilities that override them
+    dropped (setpriv); skipped where root has no setpriv."""
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        import shutil
+
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions do not apply")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(tuned, tmp_path):
+    """kt tune replaced it, then failed writing the kept mark into the old folder: exit 2 with a bare
+    "Permission denied", the old artifact left in a hidden staging folder instead of <name>.prev."""
+    result, _ = tuned
+    path = result.save(tmp_path / "ro")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    path.chmod(0o555)
+    try:
+        done = _as_user(
+            "import kt.autotune.artifact as a\n"
+            "try:\n"
+            f"    a.check_target({str(path)!r})\n"
+            "except a.ArtifactError as e:\n"
+            "    print(e)\n"
+        )
+    finally:
+        path.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"{path} is a read-only folder, so the artifact there cannot be replaced; make it writable "
+        f"(chmod u+w {path}) or choose another --out"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize(
     "damage, words",
     [
@@ -175,6 +213,9 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         ),
         ({"measured": "yes"}, "is damaged: measured must be true or false, got 'yes'$"),
         ({"problem": [16]}, r"is damaged: problem must be a mapping, got \[16\]$"),
+        # kt inspect's TypeError and AttributeError
+        ({"tuning": "x"}, "is damaged: tuning must be a mapping, got 'x'$"),
+        ({"tuning": {"db": 12}}, "is damaged: tuning.db must be the database's path, got 12$"),
     ],
     ids=[
         "not-utf8",
@@ -188,6 +229,8 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         "device-null",
         "measured-text",
         "problem-list",
+        "tuning-text",
+        "tuning-db-int",
     ],
 )
 def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_path, damage, words):
@@ -202,7 +245,7 @@ def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_p
         (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(kt.ArtifactError, match=words):
         kt.load(path)
-    if isinstance(damage, dict) and set(damage) & {"family", "device", "measured", "problem"}:
+    if isinstance(damage, dict) and set(damage) & {"family", "device", "measured", "problem", "tuning"}:
         with pytest.raises(kt.ArtifactError, match=words):  # kt inspect reads them the same way
             kt.inspect(path)
 
@@ -376,3 +419,17 @@ def test_an_artifact_is_world_readable_and_loads_from_any_directory(tuned, tmp_p
     profile.unlink()
     monkeypatch.chdir("/")
     assert kt.load(path).spec.device == str(profile)
+
+
+@pytest.mark.parametrize("damage", [{"tuning": "x"}, [1, 2]], ids=["tuning-text", "json-list"])
+def test_a_save_over_a_hand_damaged_artifact_keeps_it_as_prev(tuned, tmp_path, damage):
+    """Reading what changed in the old meta.json raised AttributeError ('str' object has no attribute 'get')."""
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, **damage} if isinstance(damage, dict) else damage))
+    result.save(path)
+    assert kt.load(path).config == result.best.config
+    assert json.loads((tmp_path / "tiny.prev" / "meta.json").read_text()) == (
+        {**meta, **damage} if isinstance(damage, dict) else damage
+    )

@@ -217,13 +217,16 @@ def _changes(old_meta: Path, meta: dict[str, Any]) -> str:
     """What differs between the artifact recorded in `old_meta` and `meta`: "" when nothing that matters."""
     try:
         old = json.loads(old_meta.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return "its meta.json was unreadable"
+    if not isinstance(old, dict):
         return "its meta.json was unreadable"
     changed = [what for what in ("spec", "kernel", "config") if old.get(what) != meta.get(what)]
     if _target(old) != _target(meta):  # `--device` tunes one spec for another GPU
         changed.append("target")
+    tuning = old.get("tuning") if isinstance(old.get("tuning"), dict) else {}  # a hand edit: differs
     for what in ("objective", "power_cap_w"):  # `--objective`, `--power-cap`: the spec's own stays as it was
-        if (old.get("tuning") or {}).get(what) != meta["tuning"].get(what):
+        if tuning.get(what) != meta["tuning"].get(what):
             changed.append(what.removesuffix("_w").replace("_", " "))
     if not changed:
         return ""
@@ -264,6 +267,13 @@ def check_target(path: str | os.PathLike, instead: str = "choose another --out")
         raise ArtifactError(f"{path} exists and is not a kt artifact; {instead}")
     if why := unmakeable(path):
         raise ArtifactError(f"{path} cannot be created: {why}; {instead}")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        # the new artifact would take its place, and then the old one could not be marked as kept (it was left
+        # in a hidden staging folder, and the save failed after the replacement)
+        raise ArtifactError(
+            f"{path} is a read-only folder, so the artifact there cannot be replaced; make it writable "
+            f"(chmod u+w {path}) or {instead}"
+        )
     previous = previous_path(path)
     if path.is_dir() and (previous.exists() or previous.is_symlink()) and not kept_artifact(previous):
         what = (
@@ -377,6 +387,11 @@ def _check_meta(meta: dict[str, Any], damaged: str) -> None:
         )
     if not isinstance(meta.get("problem"), dict):
         raise ArtifactError(f"{damaged}: problem must be a mapping, got {meta.get('problem')!r}")
+    tuning = meta.get("tuning", {})  # an artifact's own tune (where its rows are: kt inspect)
+    if not isinstance(tuning, dict):
+        raise ArtifactError(f"{damaged}: tuning must be a mapping, got {tuning!r}")
+    if not isinstance(tuning.get("db", ""), str):
+        raise ArtifactError(f"{damaged}: tuning.db must be the database's path, got {tuning['db']!r}")
 
 
 def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:

@@ -142,12 +142,21 @@ def _artifact_rows(
     path: Path, db: str | os.PathLike | None, device: str | None
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
     meta = read_meta(path)
+    recorded = (meta.get("tuning") or {}).get("db")  # a string, checked by read_meta
+    gone = ""
     if db is not None:
         db_path = Path(db)
-    elif (meta.get("tuning") or {}).get("db") and Path(meta["tuning"]["db"]).is_file():
-        db_path = Path(meta["tuning"]["db"])  # the database the tune wrote
+    elif recorded and Path(recorded).is_file():
+        db_path = Path(recorded)  # the database the tune wrote
     else:
         db_path = default_path()
+        if recorded and Path(recorded) != db_path:
+            if meta.get("measured") and not db_path.is_file():  # (not measured: said below, whatever the db)
+                raise ArtifactError(
+                    f"inspect: {recorded}, the database {path} was tuned into, is gone; pass the database that "
+                    "holds its rows with --db"
+                )
+            gone = f" (the tune's own, {recorded}, is gone)"
     unmeasured = (
         f"inspect: {path} was tuned without a GPU (measured: false), so nothing was timed and there is nothing "
         f"to compare predictions with; {MEASURE_HINT}, then inspect that artifact"
@@ -176,7 +185,7 @@ def _artifact_rows(
         raise ArtifactError(
             unmeasured
             if not meta.get("measured")
-            else f"inspect: {db_path} holds no GPU-measured rows of {path}'s problem on {ran_on}; "
+            else f"inspect: {db_path}{gone} holds no GPU-measured rows of {path}'s problem on {ran_on}; "
             "pass the database the tune wrote with --db"
         )
     given = _profile(device, explicit=True)
