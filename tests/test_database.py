@@ -325,6 +325,31 @@ def test_a_database_damaged_or_failing_once_open_is_one_line_not_a_traceback(tmp
         assert says in failure(exc, tmp_path / "t.db")
 
 
+def test_a_database_locked_past_the_wait_mid_tune_says_so_and_that_a_rerun_goes_on(tmp_path, monkeypatch):
+    """Another process holding the write lock past the busy timeout while a tune wrote its rows: "SQLite failed
+    (database is locked)", with no word of the wait or of the rows kept."""
+    import kt.autotune.database as database
+
+    monkeypatch.setattr(database, "LOCKED_WAIT_S", 0.2)  # the wait, not the lock, made short
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        db.insert(row(config_key="kept"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(sqlite3.OperationalError) as error:
+                db.insert(row(config_key="later"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert database.failure(error.value, path) == (
+        f"db: {str(path)!r} stayed locked by another process for the 0.2 s kt waits (database is locked); the "
+        "rows already committed are kept, and the same command run again goes on from them"
+    )
+    with Database(path) as db:
+        assert [r["config_key"] for r in db.all_rows()] == ["kept"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
 def test_a_claim_whose_pid_now_names_a_later_process_is_stale(tmp_path):
     """A killed tune's claims name its pid; once the system gives that pid to another process (a container

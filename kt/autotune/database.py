@@ -226,6 +226,9 @@ _KINDS = {
     # no room to grow the -shm file beside the database as it opens: the disk is full (it read "the disk failed")
     "SQLITE_IOERR_SHMSIZE": "full",
     "SQLITE_IOERR": "disk",
+    # another process held the write lock past the connection's busy timeout (LOCKED_WAIT_S)
+    "SQLITE_BUSY": "locked",
+    "SQLITE_LOCKED": "locked",
 }
 
 
@@ -255,6 +258,11 @@ def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
         return f"{where} cannot be written ({exc}); give a --db where kt may write"
     if kind == "disk":
         return f"{where}: the disk failed ({exc})"
+    if kind == "locked":
+        return (
+            f"{where} stayed locked by another process for the {LOCKED_WAIT_S:g} s kt waits ({exc}); the rows "
+            "already committed are kept, and the same command run again goes on from them"
+        )
     return f"{where}: SQLite failed ({exc})"
 
 
