@@ -499,7 +499,7 @@ class Database:
         rows = []
         for r in cursor:
             try:
-                rows.append(decode_row(dict(r)))
+                rows.append(_check_numbers(decode_row(dict(r))))
             except ValueError as exc:
                 raise DatabaseError(f"db: {str(self.path)!r} row id {r['id']}: {exc}") from None
         return rows
@@ -601,6 +601,19 @@ def _where(where: dict[str, Any]) -> str:
 def _encode(value: Any) -> Any:
     """Stored form of a value: the JSON columns (problem, config, checked_problems) as JSON text."""
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+NUMERIC_COLUMNS = tuple(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))
+
+
+def _check_numbers(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row whose numeric columns hold numbers (or NULL): SQLite keeps text that is no number in a REAL
+    column as text, which an edit or damage can put there (the results table then raised a TypeError)."""
+    for name in NUMERIC_COLUMNS:
+        value = row.get(name)
+        if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, (int, float))):
+            raise ValueError(f"column {name} is {value!r}, not a number (the row was edited or damaged)")
+    return row
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
