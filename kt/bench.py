@@ -746,7 +746,12 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
         )
     if not benchmarks.parent.is_dir():
         raise KtError(f"update: the folder of {str(benchmarks)!r} does not exist")
-    text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
+    try:
+        text = benchmarks.read_bytes().decode() if benchmarks.is_file() else "# Benchmarks\n"
+    except UnicodeDecodeError as exc:
+        raise KtError(
+            f"update: {benchmarks} is not UTF-8 text (at offset {exc.start}); give a Markdown file kt may rewrite"
+        ) from None
     _check_not_older(text, rows, path, benchmarks)
     if text.count(BEGIN) + text.count(END) and (
         text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END)

@@ -10,6 +10,7 @@ import csv
 import errno
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,16 +218,30 @@ def atomic_write(
     path = Path(os.path.realpath(path))
     if why := not_a_file(path):
         raise OSError(errno.EINVAL, f"{why}; give a file path", str(path))
+    mode = 0o666 & ~umask()
+    if path.exists():  # replaced as an editor saves it: refused where it could not be written, its mode kept
+        if not os.access(path, os.W_OK):
+            raise PermissionError(
+                errno.EACCES, "the file is read-only (chmod u+w it, or give another path)", str(path)
+            )
+        mode = stat.S_IMODE(path.stat().st_mode)
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # named by the file the user gave, not by the temporary one beside it
+        raise OSError(
+            exc.errno,
+            f"{exc.strerror or exc} (nothing can be written in its folder, {path.parent})",
+            str(path),
+        ) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as handle:
             result = write(handle)
             if sync:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -210,3 +210,16 @@ def stand_in_records(shapes, configs, power_rows: int = 0) -> list[dict]:
         record["runtime_ms"] = float(seconds) * 1e3
         record["power_w"] = H100.tdp_w if i < power_rows else None
     return records
+
+
+def run_as_user(command: list[str], timeout: int = 300):
+    """`command` run where file permissions apply: as root, with the capabilities that override them dropped
+    (setpriv); skipped where root has no setpriv."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions do not apply")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_as_user
 
 from kt.bench import BEGIN, END, TABLE_HEAD, merge_table, smoke_specs, tune_cases
 
@@ -468,3 +469,49 @@ def test_each_quick_tune_stops_in_time_for_the_timing_after_it(monkeypatch):
     )
     ((start, deadline),) = asked
     assert 0.95 < deadline - start < 1.05  # never less than half the share
+
+
+def test_update_keeps_the_files_mode_and_refuses_a_read_only_file_or_one_not_utf8(tmp_path):
+    """A read-only (0444) FILE.md was replaced and came back 0644; one in a read-only folder was refused as
+    "Permission denied: .../.B.md.x8fk.tmp" (the temporary file's name); a Latin-1 one was a traceback."""
+    import stat
+
+    target = tmp_path / "B.md"
+    target.write_text("# B\n")
+    target.chmod(0o640)
+    done = kt_cli("bench", "--from", str(H200_MERGES[-1]), "--update", str(target))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and "| fft fp16 n=4096 |" in target.read_text()
+    target.write_bytes(b"# B\n\xe9t\xe9\n")
+    done = kt_cli("bench", "--from", str(H200_MERGES[-1]), "--update", str(target))
+    assert done.returncode == 2 and done.stderr == (
+        f"kt: error: update: {target} is not UTF-8 text (at offset 4); give a Markdown file kt may rewrite\n"
+    )
+    target.write_text("# B\n")
+    target.chmod(0o444)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "B.md").write_text("# B\n")
+    folder.chmod(0o555)
+    try:
+        for path, says in (
+            (target, f"the file is read-only (chmod u+w it, or give another path): {target}"),
+            (folder / "B.md", f"(nothing can be written in its folder, {folder}): {folder / 'B.md'}"),
+        ):
+            done = run_as_user(
+                [
+                    sys.executable,
+                    "-m",
+                    "kt.cli",
+                    "bench",
+                    "--from",
+                    str(H200_MERGES[-1]),
+                    "--update",
+                    str(path),
+                ]
+            )
+            assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+            assert path.read_text() == "# B\n"
+    finally:
+        folder.chmod(0o755)
+    assert sorted(p.name for p in folder.iterdir()) == ["B.md"]

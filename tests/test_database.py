@@ -263,7 +263,6 @@ def test_a_row_whose_json_column_is_not_json_is_named_by_its_id(tmp_path):
         db.find()
 
 
-
 @pytest.mark.parametrize("column, value", [("rel_err", "x"), ("smem_bytes", "big"), ("runtime_ms", b"\x00")])
 def test_a_row_with_text_in_a_numeric_column_is_named_by_its_id(tmp_path, column, value):
     """SQLite keeps text that is no number in a REAL or INTEGER column: kt tune's results table then raised a
@@ -275,7 +274,9 @@ def test_a_row_with_text_in_a_numeric_column_is_named_by_its_id(tmp_path, column
         db.conn.execute(f"UPDATE measurements SET {column} = ? WHERE id = 2", [value])
     with (
         Database(path, create=False, readonly=True) as db,
-        pytest.raises(DatabaseError, match=rf"t\.db' row id 2: column {column} is .*, not a number \(the row"),
+        pytest.raises(
+            DatabaseError, match=rf"t\.db' row id 2: column {column} is .*, not a number \(the row"
+        ),
     ):
         db.find()
 

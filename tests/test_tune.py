@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, run_as_user
 
 import kt
 from kt.codegen.gemm import GemmConfig, GemmFamily
@@ -156,19 +156,6 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         result.save(tmp_path / "file")
 
 
-def _as_user(code: str) -> subprocess.CompletedProcess:
-    """`code` run by Python where file permissions apply: as root, with the capabilities that override them
-    dropped (setpriv); skipped where root has no setpriv."""
-    command = [sys.executable, "-c", code]
-    if os.geteuid() == 0:
-        import shutil
-
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: file permissions do not apply")
-        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
 def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(tuned, tmp_path):
     """kt tune replaced it, then failed writing the kept mark into the old folder: exit 2 with a bare
     "Permission denied", the old artifact left in a hidden staging folder instead of <name>.prev."""
@@ -177,12 +164,15 @@ def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(
     before = sorted(p.name for p in tmp_path.iterdir())
     path.chmod(0o555)
     try:
-        done = _as_user(
-            "import kt.autotune.artifact as a\n"
-            "try:\n"
-            f"    a.check_target({str(path)!r})\n"
-            "except a.ArtifactError as e:\n"
-            "    print(e)\n"
+        done = run_as_user(
+            [sys.executable, "-c"]
+            + [
+                "import kt.autotune.artifact as a\n"
+                "try:\n"
+                f"    a.check_target({str(path)!r})\n"
+                "except a.ArtifactError as e:\n"
+                "    print(e)\n"
+            ]
         )
     finally:
         path.chmod(0o755)
