@@ -690,6 +690,8 @@ def _sparsity(
             else:
                 weight = _read_weight(file_path, f"{path}.prune", (shape.out_features, shape.in_features))
                 mask = patterns.prune_mask(weight, block, density)
+        elif Path(file_path).is_dir():
+            raise SpecError(f"{path}.{kind}", f"{file_path!r} is a folder; give the {kind} file in it")
         elif check_files or "layout" not in value:
             raise SpecError(f"{path}.{kind}", f"file {file_path!r} not found")
         else:
@@ -741,8 +743,17 @@ def _read_mask(file_path: str, path: str, grid: tuple[int, int]):
         raise SpecError(
             path, f"{file_path!r} holds a {mask.shape} array; the block grid (out/bo, in/bi) is {grid}"
         )
-    if mask.dtype != bool and not (np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all()):
-        raise SpecError(path, f"{file_path!r} must hold booleans or 0/1 values, got {mask.dtype} values")
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.number):
+            raise SpecError(path, f"{file_path!r} must hold booleans or 0/1 values, got {mask.dtype} values")
+        other = mask[~np.isin(mask, (0, 1))]
+        if other.size:  # the value, not the dtype, is what is wrong (a float64 0/1 mask is taken)
+            where = tuple(int(i) for i in np.argwhere(~np.isin(mask, (0, 1)))[0])
+            raise SpecError(
+                path,
+                f"{file_path!r} must hold booleans or 0/1 values, got {other.flat[0].item()!r} at {where} "
+                f"({other.size} such value{'s' if other.size != 1 else ''})",
+            )
     return mask.astype(bool)
 
 

@@ -565,6 +565,10 @@ def write_files(directory: Path) -> None:
     np.save(directory / "wrong_shape.npy", np.ones((4, 4), dtype=bool))
     np.save(directory / "twos.npy", np.full((6, 4), 2))
     np.save(directory / "halves.npy", np.full((6, 4), 0.5))
+    one_half = np.eye(6, 4)  # a float64 0/1 mask is taken: the one 0.5 is what is wrong, not the dtype
+    one_half[4, 2] = 0.5
+    np.save(directory / "one_half.npy", one_half)
+    (directory / "folder.npy").mkdir(exist_ok=True)
     np.save(directory / "zeros.npy", np.zeros((6, 4), dtype=bool))
     torch.save(torch.randn(10, 10), directory / "wrong_shape.pt")
     torch.save({"w": torch.randn(96, 64)}, directory / "dict.pt")
@@ -611,7 +615,21 @@ SPEC_ERRORS = [
     (blocksparse_spec({"block": [16, 16], "density": 0.5, "colour": 1}), "sparsity.colour", "unknown key"),
     (blocksparse_spec({"block": [16, 16], "mask": "wrong_shape.npy"}), "sparsity.mask", "block grid"),
     (blocksparse_spec({"block": [16, 16], "mask": "twos.npy"}), "sparsity.mask", "0/1 values"),
-    (blocksparse_spec({"block": [16, 16], "mask": "halves.npy"}), "sparsity.mask", "0/1 values"),
+    (
+        blocksparse_spec({"block": [16, 16], "mask": "halves.npy"}),
+        "sparsity.mask",
+        "0/1 values, got 0.5 at (0, 0)",
+    ),
+    (
+        blocksparse_spec({"block": [16, 16], "mask": "one_half.npy"}),
+        "sparsity.mask",
+        "0/1 values, got 0.5 at (4, 2) (1 such value)",
+    ),
+    (
+        blocksparse_spec({"block": [16, 16], "mask": "folder.npy"}),
+        "sparsity.mask",
+        "is a folder; give the mask",
+    ),
     (blocksparse_spec({"block": [16, 16], "mask": "zeros.npy"}), "sparsity", "no non-zero block"),
     (blocksparse_spec({"block": [16, 16], "mask": "missing.npy"}), "sparsity.mask", "not found"),
     (blocksparse_spec({"block": [16, 16], "mask": "mask.txt"}), "sparsity.mask", ".npy file"),
