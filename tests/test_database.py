@@ -387,3 +387,36 @@ def test_a_claim_whose_pid_now_names_a_later_process_is_stale(tmp_path):
         later.kill()
         later.wait()
     assert _alive(os.getpid(), _host(), now.isoformat(timespec="seconds"), now)  # this process: the holder
+
+
+def test_a_database_in_a_folder_where_no_file_can_be_made_is_refused_before_a_tune(tmp_path):
+    """SQLite opens -wal and -shm files beside the database as it writes: a writable file in a read-only folder
+    was "a readonly database (attempt to write a readonly database)", after the op's heading."""
+    import sys
+
+    from conftest import run_as_user
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with Database(folder / "t.db") as db:
+        db.insert(row())
+    folder.chmod(0o555)
+    try:
+        code = (
+            "from pathlib import Path\nfrom kt.autotune.database import DatabaseError, check_file\n"
+            "for create in (True, False):\n"
+            "    try:\n"
+            f"        check_file(Path({str(folder / 't.db')!r}), create=create)\n"
+            "        print('ok')\n"
+            "    except DatabaseError as e:\n"
+            "        print(e)\n"
+        )
+        done = run_as_user([sys.executable, "-c", code])
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [  # a tune is refused; reading it (kt inspect, export) is not
+        f"db: {str(folder / 't.db')!r} is in a folder where no file can be made ({folder}), and SQLite makes its "
+        "-wal and -shm files beside the database as it writes; move it to a writable folder or give another --db",
+        "ok",
+    ]

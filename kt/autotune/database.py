@@ -194,6 +194,16 @@ def check_path(path: Path, create: bool = True) -> bool:
         existing_file(path, "db", "give a file path", DatabaseError)
         return True
     if path.exists():
+        folder = path.absolute().parent
+        side = [path.with_name(path.name + end) for end in ("-wal", "-shm")]
+        if not os.access(folder, os.W_OK | os.X_OK) and not all(p.exists() for p in side):
+            # SQLite's write-ahead log opens -wal and -shm files beside the database: a writable file in a
+            # read-only folder was said to be "a readonly database", after the op's heading
+            raise DatabaseError(
+                f"db: {str(path)!r} is in a folder where no file can be made ({folder}), and SQLite makes its "
+                f"-wal and -shm files beside the database as it writes; move it to a writable folder or give "
+                "another --db"
+            )
         return True
     if why := unmakeable(path):
         raise DatabaseError(f"db: {str(path)!r} cannot be created there ({why})")
