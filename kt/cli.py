@@ -5,6 +5,7 @@ Every error a user can cause prints one line and exits with code 2; an interrupt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -410,8 +411,9 @@ def _ray_address(ctx, param, value):
 @click.option(
     "--quiet",
     is_flag=True,
-    help="No progress bar and no progress notes: the results only (several ops: each named as it starts "
-    "and ends, with how many are still to go, to say whose results follow).",
+    help="No progress bar: the results only, with the notes that say what they are (no GPU here, what the "
+    "cost model never saw); several ops: each named as it starts and ends, with how many are still to go, to "
+    "say whose results follow.",
 )
 @STRATEGY
 @MODEL
@@ -1402,6 +1404,23 @@ class _LateProgress:
             self.bar.stop()
 
 
+@contextlib.contextmanager
+def _working(label: str):
+    """A spinner with the time spent, on a terminal, while a job with no count of its own runs (a forest's
+    fit, a cross-validation: 20 s to minutes with nothing on the screen); gone when it ends. Off a terminal,
+    nothing (the result follows)."""
+    if not err.is_terminal:
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn(label), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        bar.add_task(label, total=None)
+        yield
+
+
 @main.command()
 @click.option(
     "--out",
@@ -1559,7 +1578,8 @@ def fit(data, out_path, device, gpu, seed):
     check_suffix(out_path, "out", MODEL_SUFFIX, MODEL_NAMES)
     from kt.api import fit_model
 
-    model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)
+    with _working(f"fitting the forest on {data}"):
+        model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)
     out.print(f"{model.describe()} from {data} -> {out_path}")
 
 
@@ -1612,7 +1632,9 @@ def evaluate(data, model, folds, device, gpu, seed):
     """Predicted against measured: cross-validated with whole shapes held out, or a model file's score."""
     from kt.api import evaluate_model
 
-    report = evaluate_model(data, device=device, gpu=gpu, folds=folds, seed=seed, model=model)
+    doing = f"scoring {model} on {data}" if model is not None else f"cross-validating a forest on {data}"
+    with _working(doing):
+        report = evaluate_model(data, device=device, gpu=gpu, folds=folds, seed=seed, model=model)
     title = (
         f"model {model} on the shapes of {data} it was not fitted on"
         if model is not None
@@ -1667,7 +1689,8 @@ def inspect(path, db, model, plots_dir, device, gpu):
 
     if plots_dir is not None and not plots_dir.is_dir() and (why := unmakeable(plots_dir)):
         raise KtError(f"plots: the folder {str(plots_dir)!r} cannot be made: {why}")
-    result = inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
+    with _working(f"inspecting {path}: fitting forests, scoring, plotting"):
+        result = inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
     first, last = result.dates
     when = (
         "no measurement dates recorded" if first == "?" else first if first == last else f"{first} to {last}"

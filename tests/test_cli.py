@@ -578,3 +578,23 @@ def test_the_several_ops_summary_prints_no_ratio_from_a_prediction_under_one_lau
     result = kt.tune(spec, budget=1, progress=False, db=tmp_path / "t.db")
     assert not result.best.measured
     assert re.fullmatch(says, _versus(result)), _versus(result)
+
+
+def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch):
+    """`kt costmodel fit` ran 19 s to 2 minutes (and eval, inspect likewise) with nothing on the screen."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    import kt.cli as cli
+
+    for terminal in (True, False):
+        screen = io.StringIO()
+        monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=terminal, width=100))
+        with cli._working("fitting the forest on data.csv"):
+            time.sleep(0.4)
+        if terminal:
+            assert "fitting the forest on data.csv" in screen.getvalue() and "0:00:0" in screen.getvalue()
+        else:
+            assert screen.getvalue() == ""
