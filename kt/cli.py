@@ -673,7 +673,7 @@ def _tuned(result, path, replaced: str | None) -> None:
         out.print(f"note: {replaced}", style="yellow")
     out.print(
         f"artifact: {path} (measured: {str(best.measured).lower()}) · "
-        f"{result.newly_measured} new {'measurements' if best.measured else 'checks'} in {result.db_path} · "
+        f"{counted(result.newly_measured, 'new measurement' if best.measured else 'new check')} in {result.db_path} · "
         f"{result.wall_s:.1f} s · {baseline_summary(result)}"
     )
 

@@ -369,7 +369,7 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
         keys = conn.execute("SELECT problem_key, config_key FROM measurements").fetchall()
     assert len(set(keys)) == total
     assert after[: len(before)] == before, "rows written before the stop are kept as they were"
-    fresh = [int(n) for n in re.findall(r"(\d+) new checks", second.stdout)]
+    fresh = [int(n) for n in re.findall(r"(\d+) new checks?\b", second.stdout)]
     configs_before = sum(key != "pytorch" for _, key, _ in before)  # "new checks" counts configs only
     assert len(fresh) == ops and sum(fresh) == budget * ops - configs_before
 
