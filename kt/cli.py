@@ -58,7 +58,7 @@ _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 class _Group(click.Group):
     def main(self, *args, **kwargs):
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
         handler.setFormatter(logging.Formatter("kt: warning: %(message)s"))
         logging.getLogger("kt").addHandler(handler)
@@ -95,6 +95,22 @@ class _Group(click.Group):
         given = args[0] if args else kwargs.get("args")
         words = sys.argv[1:] if given is None else list(given)
         return next((word for word in words if word in self.commands), None)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record, not as it was when made: a rich progress display
+    (`_working`'s spinner) swaps sys.stderr while it runs, and warnings written past it landed on its line."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it; the current sys.stderr is used instead
+        pass
 
 
 def _cache_hint(filename) -> str:

@@ -219,12 +219,17 @@ def atomic_write(
     if why := not_a_file(path):
         raise OSError(errno.EINVAL, f"{why}; give a file path", str(path))
     mode = 0o666 & ~umask()
-    if path.exists():  # replaced as an editor saves it: refused where it could not be written, its mode kept
-        if not os.access(path, os.W_OK):
-            raise PermissionError(
-                errno.EACCES, "the file is read-only (chmod u+w it, or give another path)", str(path)
-            )
+    try:  # a file replaced as an editor saves it: refused where it could not be written, its mode kept
         mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        pass
+    else:
+        if not os.access(path, os.W_OK):
+            if os.statvfs(path).f_flag & os.ST_RDONLY:
+                why = errno.EROFS, "the file is on a read-only file system; give another path"
+            else:
+                why = errno.EACCES, "the file is read-only (chmod u+w it, or give another path)"
+            raise PermissionError(*why, str(path))
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -22,6 +22,9 @@ class Kernel:
         self.module, self.spec, self.config = module, spec, config
         self.meta = meta or {}
         self.path = path
+        # the text the module was imported from, read now: its file may be an artifact's kernel.py (a read-only
+        # kernel cache) that a later tune replaces, and a pickle carries this text
+        self._source = Path(module.__file__).read_text()
         self._op = None  # as_op's function for calls whose inputs require grad (`__call__`), made once
         self._signature = None  # the module kernel's, to put inputs given by name in their places
 
@@ -85,7 +88,7 @@ class Kernel:
 
     @property
     def source(self) -> str:
-        return Path(self.module.__file__).read_text()
+        return self._source
 
     @property
     def measured(self) -> bool:
@@ -103,7 +106,14 @@ class Kernel:
 
 
 def _rebuild(source: str, spec, config, meta: dict[str, Any], path: Path | None) -> Kernel:
-    """A pickled Kernel: its module imported from `source` through kt's kernel cache (`load_source`)."""
-    from kt.codegen.emit import load_source
+    """A pickled Kernel: its module imported from `source` through kt's kernel cache (`load_source`), or, where
+    that cannot be written (a read-only home), from a file of a temporary folder (`import_kernel_file`)."""
+    from kt.codegen.emit import import_kernel_file, load_source, write_source
 
-    return Kernel(load_source(source), spec, config, meta, path)
+    try:
+        module = load_source(source)
+    except OSError:
+        import tempfile
+
+        module = import_kernel_file(write_source(source, Path(tempfile.mkdtemp(prefix="kt-kernel-"))))
+    return Kernel(module, spec, config, meta, path)

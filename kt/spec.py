@@ -690,8 +690,9 @@ def _sparsity(
             else:
                 weight = _read_weight(file_path, f"{path}.prune", (shape.out_features, shape.in_features))
                 mask = patterns.prune_mask(weight, block, density)
-        elif Path(file_path).is_dir():
-            raise SpecError(f"{path}.{kind}", f"{file_path!r} is a folder; give the {kind} file in it")
+        elif Path(file_path).is_dir() and (check_files or "layout" not in value):
+            what = "mask (.npy)" if kind == "mask" else "weight (.pt)"
+            raise SpecError(f"{path}.{kind}", f"{file_path!r} is a folder; give the {what} file in it")
         elif check_files or "layout" not in value:
             raise SpecError(f"{path}.{kind}", f"file {file_path!r} not found")
         else:

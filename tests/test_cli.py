@@ -583,6 +583,7 @@ def test_the_several_ops_summary_prints_no_ratio_from_a_prediction_under_one_lau
 def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch):
     """`kt costmodel fit` ran 19 s to 2 minutes (and eval, inspect likewise) with nothing on the screen."""
     import io
+    import logging
     import time
 
     from rich.console import Console
@@ -592,9 +593,17 @@ def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch
     for terminal in (True, False):
         screen = io.StringIO()
         monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=terminal, width=100))
-        with cli._working("fitting the forest on data.csv"):
-            time.sleep(0.4)
-        if terminal:
+        handler = cli._StderrHandler()  # as kt's CLI logs warnings: to the stderr of the moment
+        logging.getLogger("kt").addHandler(handler)
+        try:
+            with cli._working("fitting the forest on data.csv"):
+                time.sleep(0.2)
+                logging.getLogger("kt.test").warning("a warning while it spins")
+                time.sleep(0.2)
+        finally:
+            logging.getLogger("kt").removeHandler(handler)
+        if terminal:  # the warning printed above the spinner by rich, not over its line on the real stderr
             assert "fitting the forest on data.csv" in screen.getvalue() and "0:00:0" in screen.getvalue()
+            assert "a warning while it spins" in screen.getvalue()
         else:
             assert screen.getvalue() == ""

@@ -275,7 +275,8 @@ def test_a_row_with_text_in_a_numeric_column_is_named_by_its_id(tmp_path, column
     with (
         Database(path, create=False, readonly=True) as db,
         pytest.raises(
-            DatabaseError, match=rf"t\.db' row id 2: column {column} is .*, not a number \(the row"
+            DatabaseError,
+            match=rf"t\.db' row id 2: column {column} is .*, not a number \(the row .*WHERE id = 2` in sqlite3",
         ),
     ):
         db.find()
@@ -361,8 +362,8 @@ def test_a_database_locked_past_the_wait_mid_tune_says_so_and_that_a_rerun_goes_
             other.execute("ROLLBACK")
             other.close()
     assert database.failure(error.value, path) == (
-        f"db: {str(path)!r} stayed locked by another process for the 0.2 s kt waits (database is locked); the "
-        "rows already committed are kept, and the same command run again goes on from them"
+        f"db: {str(path)!r} stayed locked by another process for the 0.2 s kt waits (database is locked); what "
+        "was already committed is kept (a tune run again goes on from its rows)"
     )
     with Database(path) as db:
         assert [r["config_key"] for r in db.all_rows()] == ["kept"]
@@ -396,27 +397,38 @@ def test_a_database_in_a_folder_where_no_file_can_be_made_is_refused_before_a_tu
 
     from conftest import run_as_user
 
-    folder = tmp_path / "ro"
+    folder, writable = tmp_path / "ro", tmp_path / "rw"
     folder.mkdir()
-    with Database(folder / "t.db") as db:
-        db.insert(row())
+    writable.mkdir()
+    for where in (folder / "t.db", writable / "t.db"):
+        with Database(where) as db:
+            db.insert(row())
+    # SQLite writes beside the file a link names: a link into the read-only folder is refused, one from it is not
+    (writable / "into.db").symlink_to(folder / "t.db")
+    (folder / "out.db").symlink_to(writable / "t.db")
     folder.chmod(0o555)
     try:
         code = (
-            "from pathlib import Path\nfrom kt.autotune.database import DatabaseError, check_file\n"
-            "for create in (True, False):\n"
+            "import sys\nfrom pathlib import Path\nfrom kt.autotune.database import DatabaseError, check_file\n"
+            "for path, create in zip(sys.argv[1::2], sys.argv[2::2]):\n"
             "    try:\n"
-            f"        check_file(Path({str(folder / 't.db')!r}), create=create)\n"
+            "        check_file(Path(path), create=create == 'create')\n"
             "        print('ok')\n"
             "    except DatabaseError as e:\n"
             "        print(e)\n"
         )
-        done = run_as_user([sys.executable, "-c", code])
+        cases = [folder / "t.db", "create", folder / "t.db", "read", writable / "into.db", "create"]
+        done = run_as_user([sys.executable, "-c", code, *map(str, cases), folder / "out.db", "create"])
     finally:
         folder.chmod(0o755)
     assert done.returncode == 0, done.stderr
+    refused = (
+        "is in a folder where no file can be made ({}), and SQLite makes its -wal and -shm files beside the "
+        "database as it writes; move it to a writable folder or give another --db"
+    )
     assert done.stdout.splitlines() == [  # a tune is refused; reading it (kt inspect, export) is not
-        f"db: {str(folder / 't.db')!r} is in a folder where no file can be made ({folder}), and SQLite makes its "
-        "-wal and -shm files beside the database as it writes; move it to a writable folder or give another --db",
+        f"db: {str(folder / 't.db')!r} " + refused.format(folder),
+        "ok",
+        f"db: {str(writable / 'into.db')!r} " + refused.format(folder),
         "ok",
     ]

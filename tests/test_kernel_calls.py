@@ -295,3 +295,25 @@ def test_a_kernel_pickles_and_a_deep_copy_of_a_model_shares_it(kernels, tmp_path
     torch.testing.assert_close(
         pickle.loads(pickle.dumps(pytorch_path))(x, *weights), pytorch_path(x, *weights)
     )
+
+    # in another process, where kt's kernel cache cannot be written (a file in its place): the kernel is imported
+    # from a temporary folder instead (it failed there with the cache's OSError)
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "saved.pt").write_bytes(pickle.dumps((kernel, x, weights, kernel(x, *weights))))
+    (tmp_path / "no-cache").write_text("")
+    code = (
+        "import pickle, sys, torch\n"
+        "kernel, x, weights, expected = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "torch.testing.assert_close(kernel(x, *weights), expected, rtol=0, atol=0)\n"
+        "print(kernel.module.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "saved.pt")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KT_CACHE_DIR": str(tmp_path / "no-cache")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kt-kernel-" in done.stdout, done.stdout

@@ -1530,14 +1530,23 @@ def test_a_sum_edited_into_terms_it_cannot_run_says_so_at_its_forward():
     other_shape = _two_term_sum()
     other_shape.terms[1] = knn.LowRankLinear(32, 48, rank=4, bias=False)
     for layer, message in [
-        (with_bias, "Sum: term 2 has a bias after sum.terms was changed; build the terms with bias=False"),
-        (given_bias, "Sum: term 1 has a bias after sum.terms was changed"),
-        (one_left, "Sum: has 1 term after sum.terms was changed; a Sum takes 2 to 8"),
-        (too_many, "Sum: has 9 terms after sum.terms was changed; a Sum takes 2 to 8"),
-        (other_kind, "Sum: term 2 is a MonarchLinear after sum.terms was changed"),
+        (
+            with_bias,
+            "Sum: term 2 has a bias (the Sum or its terms were changed after it was made); build the terms with bias=False",
+        ),
+        (given_bias, "Sum: term 1 has a bias (the Sum or its terms were changed after it was made)"),
+        (
+            one_left,
+            "Sum: has 1 term (the Sum or its terms were changed after it was made); a Sum takes 2 to 8",
+        ),
+        (
+            too_many,
+            "Sum: has 9 terms (the Sum or its terms were changed after it was made); a Sum takes 2 to 8",
+        ),
+        (other_kind, "Sum: term 2 is a MonarchLinear (the Sum or its terms were changed after it was made)"),
         (
             other_shape,
-            "Sum: term 1 maps 32 -> 48 features but term 0 maps 32 -> 32 after sum.terms was changed",
+            "Sum: term 1 maps 32 -> 48 features but term 0 maps 32 -> 32 (the Sum or its terms were changed after it was made)",
         ),
     ]:
         with pytest.raises(ValueError, match=re.escape(message)) as error:
@@ -1572,3 +1581,5 @@ def test_weights_and_bias_a_layer_cannot_run_are_refused_in_its_words():
         layer.bias = torch.nn.Parameter(torch.zeros(20, dtype=dtype))
         with pytest.raises(TypeError, match=f"LowRankLinear: bias is {dtype}, but the layer's weights are "):
             layer(torch.randn(5, 24))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # both cast to autocast's dtype: no promotion
+            assert layer(torch.randn(5, 24)).dtype == torch.bfloat16

@@ -749,6 +749,10 @@ def test_mask_and_prune_files_are_read_relative_to_the_op_yaml(tmp_path):
     assert parse_spec(data, check_files=False).sparsity.layout == pruned.sparsity.layout
     with pytest.raises(SpecError, match="not found"):
         parse_spec(data)
+    (tmp_path / "weight.pt").mkdir()  # or a folder in its place: the layout still, the folder named otherwise
+    assert parse_spec(data, check_files=False).sparsity.layout == pruned.sparsity.layout
+    with pytest.raises(SpecError, match=r"weight.pt' is a folder; give the weight \(.pt\) file in it"):
+        parse_spec(data)
 
 
 def test_a_mask_file_that_is_no_npy_array_says_so(tmp_path):

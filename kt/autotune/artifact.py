@@ -267,7 +267,7 @@ def check_target(path: str | os.PathLike, instead: str = "choose another --out")
         raise ArtifactError(f"{path} exists and is not a kt artifact; {instead}")
     if why := unmakeable(path):
         raise ArtifactError(f"{path} cannot be created: {why}; {instead}")
-    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+    if (path / "meta.json").exists() and not os.access(path, os.W_OK | os.X_OK):
         # the new artifact would take its place, and then the old one could not be marked as kept (it was left
         # in a hidden staging folder, and the save failed after the replacement)
         raise ArtifactError(

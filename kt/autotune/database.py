@@ -194,8 +194,9 @@ def check_path(path: Path, create: bool = True) -> bool:
         existing_file(path, "db", "give a file path", DatabaseError)
         return True
     if path.exists():
-        folder = path.absolute().parent
-        side = [path.with_name(path.name + end) for end in ("-wal", "-shm")]
+        real = path.resolve()  # SQLite writes beside the file a symbolic link names, not beside the link
+        folder = real.parent
+        side = [real.with_name(real.name + end) for end in ("-wal", "-shm")]
         if not os.access(folder, os.W_OK | os.X_OK) and not all(p.exists() for p in side):
             # SQLite's write-ahead log opens -wal and -shm files beside the database: a writable file in a
             # read-only folder was said to be "a readonly database", after the op's heading
@@ -236,10 +237,10 @@ _KINDS = {
     # no room to grow the -shm file beside the database as it opens: the disk is full (it read "the disk failed")
     "SQLITE_IOERR_SHMSIZE": "full",
     "SQLITE_IOERR": "disk",
-    # another process held the write lock past the connection's busy timeout (LOCKED_WAIT_S)
-    "SQLITE_BUSY": "locked",
-    "SQLITE_LOCKED": "locked",
 }
+# another process held the write lock past the connection's busy timeout (LOCKED_WAIT_S); not SQLITE_BUSY's
+# other extended codes (BUSY_SNAPSHOT does not wait) nor SQLITE_LOCKED (a conflict within one connection)
+_WAITED = ("SQLITE_BUSY", "SQLITE_BUSY_TIMEOUT")
 
 
 def _kind(exc: sqlite3.Error) -> str | None:
@@ -253,7 +254,7 @@ def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
     committed stay."""
     path = path or (_OPENED[0] if _OPENED else None)
     where = f"db: {str(path)!r}" if path else "db"
-    kind = _kind(exc)
+    kind = "locked" if getattr(exc, "sqlite_errorname", None) in _WAITED else _kind(exc)
     if kind == "full":
         return (
             f"{where}: the disk is full ({exc}); free space there and run the command again (committed rows "
@@ -270,8 +271,8 @@ def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
         return f"{where}: the disk failed ({exc})"
     if kind == "locked":
         return (
-            f"{where} stayed locked by another process for the {LOCKED_WAIT_S:g} s kt waits ({exc}); the rows "
-            "already committed are kept, and the same command run again goes on from them"
+            f"{where} stayed locked by another process for the {LOCKED_WAIT_S:g} s kt waits ({exc}); what was "
+            "already committed is kept (a tune run again goes on from its rows)"
         )
     return f"{where}: SQLite failed ({exc})"
 
@@ -621,8 +622,11 @@ def _check_numbers(row: dict[str, Any]) -> dict[str, Any]:
     column as text, which an edit or damage can put there (the results table then raised a TypeError)."""
     for name in NUMERIC_COLUMNS:
         value = row.get(name)
-        if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, (int, float))):
-            raise ValueError(f"column {name} is {value!r}, not a number (the row was edited or damaged)")
+        if value is not None and not isinstance(value, (int, float)):
+            raise ValueError(
+                f"column {name} is {value!r}, not a number (the row was edited or damaged; `DELETE FROM "
+                f"measurements WHERE id = {row.get('id')}` in sqlite3 removes it)"
+            )
     return row
 
 

@@ -174,7 +174,8 @@ class _KtLinear(nn.Module, ABC):
                 )
             convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
             raise TypeError(f"{who}; pass x.to({self.dtype}){convert}")
-        if self.bias is not None and self.bias.dtype != self.dtype:  # y + bias would promote y to its dtype
+        # y + bias would promote y to the bias's dtype (under autocast both are cast to autocast's)
+        if dtype is None and self.bias is not None and self.bias.dtype != self.dtype:
             raise TypeError(
                 f"{type(self).__name__}: bias is {self.bias.dtype}, but the layer's weights are {self.dtype}; "
                 f"convert the layer (.to({self.dtype})), not its bias alone"
@@ -584,7 +585,7 @@ def _check_terms(terms, changed: bool = False) -> None:
     the terms are given, and (`changed`) in every forward, since `sum.terms` may be edited in steps (`del`,
     `append`) and a term's bias set afterwards: a term's bias would be left out of the sum."""
     terms = list(terms)  # a slice of a _Terms would be a new _Terms, counted as a change
-    after = " after sum.terms was changed" if changed else ""
+    after = " (the Sum or its terms were changed after it was made)" if changed else ""
     if not 2 <= len(terms) <= MAX_TERMS:
         raise ValueError(
             f"Sum: has {len(terms)} term{'s' if len(terms) != 1 else ''}{after}; a Sum takes 2 to {MAX_TERMS} "
