@@ -502,15 +502,18 @@ class Database:
             self.conn.execute("BEGIN")
             self.conn.executemany("DELETE FROM measurements WHERE id = ?", [(i,) for i in ids])
 
-    def find(self, **where: Any) -> list[dict[str, Any]]:
-        """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first."""
+    def find(self, *, numbers: bool = True, **where: Any) -> list[dict[str, Any]]:
+        """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first; with
+        `numbers`, a row with text in a numeric column is refused (the dataset reader, which checks each
+        row's figures and their ranges itself, reads without)."""
         cursor = self.conn.execute(
             f"SELECT * FROM measurements WHERE {_where(where)} ORDER BY id", [*where.values()]
         )
         rows = []
         for r in cursor:
             try:
-                rows.append(_check_numbers(decode_row(dict(r))))
+                row = decode_row(dict(r))
+                rows.append(_check_numbers(row) if numbers else row)
             except ValueError as exc:
                 raise DatabaseError(f"db: {str(self.path)!r} row id {r['id']}: {exc}") from None
         return rows

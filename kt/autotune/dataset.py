@@ -67,7 +67,7 @@ def find_rows(path: str | os.PathLike, field: str = "data", **where: Any) -> lis
     """The rows of the database at `path` whose columns equal `where`, read without writing the file (it is
     opened read-only, never created or migrated), each checked (`check_row`); errors name `field`."""
     with named(field), Database(path, create=False, readonly=True) as database:
-        rows = database.find(**where)
+        rows = database.find(numbers=False, **where)  # check_row below names the allowed range too
     for row in rows:
         check_row(row, f"{field}: {str(path)!r} row id {row.get('id')}")
     return rows
