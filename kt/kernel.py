@@ -82,9 +82,8 @@ class Kernel:
         return _rebuild, (self.source, self.spec, self.config, self.meta, self.path)
 
     def __deepcopy__(self, memo) -> Kernel:
-        return (
-            self  # nothing in it changes once made: a deep copy of a model shares its kernels, as torch ops
-        )
+        # nothing in it changes once made: a deep copy of a model shares its kernels, as it shares torch ops
+        return self
 
     @property
     def source(self) -> str:

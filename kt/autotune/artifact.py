@@ -218,7 +218,7 @@ def _changes(old_meta: Path, meta: dict[str, Any]) -> str:
     try:
         old = json.loads(old_meta.read_text())
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        return "its meta.json was unreadable"
+        old = None
     if not isinstance(old, dict):
         return "its meta.json was unreadable"
     changed = [what for what in ("spec", "kernel", "config") if old.get(what) != meta.get(what)]

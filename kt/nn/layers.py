@@ -300,10 +300,9 @@ class DenseLinear(_KtLinear):
         return [self.weight]
 
     def _check_weights(self) -> None:
+        # the dense kernel takes any n and k: a weight of another shape made rows of another width
         want = (self.out_features, self.in_features)
-        if (
-            tuple(self.weight.shape) != want
-        ):  # the dense kernel takes any n and k: it would make (..., n) rows
+        if tuple(self.weight.shape) != want:
             raise ValueError(
                 f"DenseLinear: weight must have shape (out_features, in_features) = {want}, "
                 f"got {tuple(self.weight.shape)}"
