@@ -747,13 +747,14 @@ def _read_mask(file_path: str, path: str, grid: tuple[int, int]):
     if mask.dtype != bool:
         if not np.issubdtype(mask.dtype, np.number):
             raise SpecError(path, f"{file_path!r} must hold booleans or 0/1 values, got {mask.dtype} values")
-        other = mask[~np.isin(mask, (0, 1))]
-        if other.size:  # the value, not the dtype, is what is wrong (a float64 0/1 mask is taken)
-            where = tuple(int(i) for i in np.argwhere(~np.isin(mask, (0, 1)))[0])
+        other = ~np.isin(mask, (0, 1))
+        if other.any():  # the value, not the dtype, is what is wrong (a float64 0/1 mask is taken)
+            where = tuple(int(i) for i in np.argwhere(other)[0])
+            count = int(other.sum())
             raise SpecError(
                 path,
-                f"{file_path!r} must hold booleans or 0/1 values, got {other.flat[0].item()!r} at {where} "
-                f"({other.size} such value{'s' if other.size != 1 else ''})",
+                f"{file_path!r} must hold booleans or 0/1 values, got {mask[where].item()!r} at {where} "
+                f"({count} such value{'s' if count != 1 else ''})",
             )
     return mask.astype(bool)
 
