@@ -1377,6 +1377,35 @@ def test_a_relative_use_artifacts_folder_holds_after_a_chdir_and_a_damaged_meta_
     assert "is not a kt artifact" not in caplog.text  # once each
 
 
+def test_an_edited_or_damaged_artifact_beside_a_good_one_is_skipped_with_a_word(
+    artifacts, tmp_path, monkeypatch, caplog
+):
+    """A copy whose kernel.py was edited (or is missing, or whose config is damaged) and whose meta.json names
+    the layer's problem made every forward fail with kt.load's ArtifactError, whose remedy (verify=False)
+    kt.nn cannot give."""
+    directory, make = artifacts["dense"]
+    for name in ("a-edited", "b-no-kernel", "c-bad-config", "dense"):  # the three sort before the good one
+        shutil.copytree(directory / "dense", tmp_path / name)
+    with open(tmp_path / "a-edited" / "kernel.py", "a") as handle:
+        handle.write("\n# an edit\n")
+    (tmp_path / "b-no-kernel" / "kernel.py").unlink()
+    meta = json.loads((tmp_path / "c-bad-config" / "meta.json").read_text())
+    (tmp_path / "c-bad-config" / "meta.json").write_text(json.dumps({**meta, "config": {"block_m": 7}}))
+    monkeypatch.setenv("KT_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(selection, "_MISSING_DIRS", set())
+    caplog.set_level(logging.WARNING, logger="kt.nn")
+    chosen = artifact_selection(make(), 20)
+    assert (chosen.source, chosen.where) == ("artifact", str(tmp_path / "dense"))
+    skipped = sorted(r.getMessage() for r in caplog.records if r.getMessage().endswith("; skipped"))
+    assert len(skipped) == 3, skipped
+    for says in (
+        "a-edited/kernel.py does not match the checksum in meta.json (edited or damaged); skipped",
+        "b-no-kernel has no kernel.py",
+        "c-bad-config/meta.json is damaged: config: block_m: 7 is not allowed",
+    ):
+        assert any(says in message for message in skipped), (says, skipped)
+
+
 def test_use_artifacts_makes_earlier_selections_again_and_lists_them_until_then(artifacts):
     """use_artifacts() forgot every earlier choice: selections() (and write_yaml) missed those ops until they
     ran again."""

@@ -335,7 +335,12 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 and meta.get("family_version") == family.version
                 and meta.get("problem") == wanted
             ):
-                return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
+                try:
+                    return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
+                except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
+                    if meta_path not in _MISSING_DIRS:
+                        _MISSING_DIRS.add(meta_path)
+                        log.warning("kt.nn: %s; skipped", str(exc).split("; re-run")[0])
     # on a GPU, the best-ranked config that builds for it without spilling registers (legality admits a few
     # that spill, which a tune's compile stage refuses); the interpreter has no registers to spill
     kernel = kt.build(spec, compile_check=device.type == "cuda")
