@@ -306,6 +306,27 @@ def test_selections_write_the_specs_to_give_kt_tune(tmp_path):
     assert not (tmp_path / "none.yaml").exists()
 
 
+def test_specs_written_by_two_processes_never_give_two_ops_one_name():
+    """Named after the shape alone, a low-rank layer's weight gradient (dense 32x4x16, b: row) and a dense
+    layer's forward (dense 32x4x16, b: col) were both dense_32x4x16_float32: tuned into one folder, the second
+    replaced the first's artifact (kept as .prev, which kt.nn passes over)."""
+
+    def names(run) -> dict[str, str]:
+        selection._SELECTED.clear()  # as in a process of its own
+        run()
+        chosen = selection.Selections(s for s in knn.selections() if "32x4x16" in s.spec.summary())
+        return {spec.name: spec.summary() for spec in chosen.specs()}
+
+    lowrank = knn.LowRankLinear(16, 24, rank=4)
+    training = names(lambda: lowrank(torch.randn(20, 16)).sum().backward())
+    dense = knn.DenseLinear(16, 4)
+    inference = names(lambda: dense(torch.randn(20, 16)))
+    assert len(training) == len(inference) == 1
+    assert set(training).isdisjoint(inference), (training, inference)
+    assert names(lambda: dense(torch.randn(20, 16))) == inference  # the same op: the same name, every time
+    assert re.fullmatch(r"dense_32x4x16_float32_[0-9a-f]{6}", next(iter(inference)))
+
+
 def test_a_loaded_kernel_as_op_runs_pytorch_on_cpu_unless_asked(monkeypatch):
     spec = kt.parse_spec(
         {"name": "m", "op": "monarch", "dtype": "float32", "shape": {"batch": 16, "n": 32, "nblocks": 4}}

@@ -81,7 +81,12 @@ class Selections(list):
 
     def specs(self) -> list[OpSpec]:
         """The distinct specs of these selections (one per op and batch bucket, in order), each named after its
-        shape (with `_2`, `_3` where two would share a name): what `kt tune` takes to tune them."""
+        shape and six hex digits of its whole signature (a dense op's layout, a block-sparse pattern, an FFT's
+        input: what the shape does not show), so that the files two processes write never give two ops one
+        name (tuned into one folder, the second replaced the first's artifact, which kt.nn then passed over);
+        `_2`, `_3` where two would still share one. What `kt tune` takes to tune them."""
+        import hashlib
+
         from kt.spec import default_name
 
         specs: dict[str, OpSpec] = {}
@@ -90,7 +95,8 @@ class Selections(list):
             key = json.dumps(s.spec.signature(), sort_keys=True)
             if key in specs:
                 continue
-            base = default_name(s.spec.op, s.spec.shape, s.spec.dtype, s.spec.transposed)
+            digest = hashlib.sha256(key.encode()).hexdigest()[:6]
+            base = f"{default_name(s.spec.op, s.spec.shape, s.spec.dtype, s.spec.transposed)}_{digest}"
             name, number = base, 1
             while name in names:
                 number += 1
@@ -101,8 +107,8 @@ class Selections(list):
 
     def write_yaml(self, path: str | os.PathLike) -> int:
         """Write `specs()` to `path` as one op.yaml of several YAML documents, for `kt tune PATH`; returns how
-        many. Filter the list first to tune only some, e.g. `Selections(s for s in kt.nn.selections() if
-        s.source == "cost model")`."""
+        many. Filter the list first to tune only some, e.g. `kt.nn.selection.Selections(s for s in
+        kt.nn.selections() if s.source == "cost model")`."""
         from kt.files import atomic_write_text
         from kt.spec import dump_yaml
 
