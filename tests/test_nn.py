@@ -1177,6 +1177,27 @@ def test_structurize_refuses_a_model_that_is_a_linear_and_names_a_subclass_it_le
     assert knn.structurize(normed, {"*": lowrank}) == ["0"]  # the subclass stays as it is
 
 
+def test_structurize_names_the_layer_a_rule_failed_for_and_why_it_leaves_lazy_and_attention_linears():
+    """A factory's error did not say which layer it was making; an nn.LazyLinear not run yet and an attention's
+    out_proj were "a subclass of nn.Linear ... make its layer with from_dense yourself", which fails on the
+    first (no weight yet) and would never run for the second (the attention reads out_proj.weight itself)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 6))
+    with pytest.raises(ValueError) as error:
+        knn.structurize(model, {"*": lambda linear: MonarchLinear.from_dense(linear, 4)})
+    assert str(error.value) == (
+        "structurize: the rule for '1': MonarchLinear: nblocks=4 must divide in_features=8 and out_features=6"
+    )
+    assert all(type(m) is nn.Linear for m in model)  # nothing replaced
+    dense = lambda linear: DenseLinear.from_dense(linear)  # noqa: E731
+    with pytest.raises(ValueError, match=r"'0' is an nn.LazyLinear not run yet, .* run the model once"):
+        knn.structurize(nn.Sequential(nn.LazyLinear(8)), {"*": dense})
+    attention = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    with pytest.raises(
+        ValueError, match=r"'self_attn.out_proj' is an nn.MultiheadAttention's out_proj, .* never"
+    ):
+        knn.structurize(attention, {"self_attn.out_proj": dense})
+
+
 def test_a_model_wide_conversion_to_a_dtype_kt_refuses_says_how_to_restore_the_converted_modules():
     model = nn.Sequential(nn.Linear(8, 8), LowRankLinear(8, 8, rank=2))
     with pytest.raises(

@@ -48,20 +48,15 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
-            subclassed[name] = type(module).__name__  # its forward may differ (weight_norm's, an adapter's)
+            subclassed[name] = _left_alone(module)  # its forward may differ (weight_norm's, an adapter's)
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
         names = [name for names in aliases.values() for name in names]
         for pattern, _ in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-                others = [f"{n!r} is a {c}" for n, c in subclassed.items() if fnmatch.fnmatchcase(n, pattern)]
-                skipped = (
-                    f" ({', '.join(others[:3])}: a subclass of nn.Linear, whose forward may differ, which "
-                    "structurize leaves alone; make its layer with from_dense yourself)"
-                    if others
-                    else ""
-                )
+                others = [f"{n!r} {why}" for n, why in subclassed.items() if fnmatch.fnmatchcase(n, pattern)]
+                skipped = f" ({'; '.join(others[:3])})" if others else ""
                 raise ValueError(
                     f"structurize: the pattern {pattern!r} matches no nn.Linear of the model{skipped}; "
                     + (f"its nn.Linear layers: {listing}" if names else "it has no nn.Linear")
@@ -82,7 +77,10 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     chosen = []
     for key, linear in linears.items():
         for name in aliases[key]:
-            layer = choose(name, linear)
+            try:
+                layer = choose(name, linear)
+            except (ValueError, TypeError) as exc:  # a factory's refusal, named by the layer it was making
+                raise type(exc)(f"structurize: the rule for {name!r}: {exc}") from None
             if layer is not None:
                 break
         else:
@@ -140,3 +138,23 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
             "and are no longer called; register them on the new layer",
             stacklevel=3,
         )
+
+
+def _left_alone(module: nn.Linear) -> str:
+    """Why structurize leaves an nn.Linear subclass alone, and what to do instead."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        return (
+            "is an nn.LazyLinear not run yet, with no weight to build from; run the model once (its first "
+            "forward makes it an nn.Linear), then structurize"
+        )
+    if type(module).__name__ == "NonDynamicallyQuantizableLinear":
+        return (
+            "is an nn.MultiheadAttention's out_proj, whose weight the attention reads itself without calling it, "
+            "so a layer put in its place would never run"
+        )
+    return (
+        f"is a {type(module).__name__}: a subclass of nn.Linear, whose forward may differ, which structurize "
+        "leaves alone; make its layer with from_dense yourself"
+    )
