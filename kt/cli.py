@@ -1095,8 +1095,9 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     beyond = sorted(plan.ranked.index(i) + 1 for i in chosen - set(rows))
     if beyond:
         out.print(
-            f"{'round 1 also measures' if plan.strategy == 'guided' else 'the tune also takes'} {len(beyond)} "
-            f"configs ranked below the table (ranks {_runs(beyond)})"
+            f"{'round 1 also measures' if plan.strategy == 'guided' else 'the tune also takes'} "
+            f"{counted(len(beyond), 'config')} ranked below the table "
+            f"({'rank' if len(beyond) == 1 else 'ranks'} {_runs(beyond)})"
         )
     if plan.baseline_ratio is not None:
         out.print(
@@ -1284,7 +1285,8 @@ def inductor(files, out_path, origin, quiet):
 @click.option(
     "--budget",
     required=True,
-    help="Evaluations per search: a count (100) or a percentage of each space's valid points (5%).",
+    help="Evaluations per search: a count (100) or a percentage of each space's valid points, those that "
+    "failed on the GPU included (5%).",
 )
 @click.option("--repeats", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @click.option(

@@ -159,7 +159,8 @@ H100 = DeviceProfile(
 
 # NVIDIA H200 SXM 141GB datasheet: the H100's compute with HBM3e at 4.8 TB/s. The L2 size is an assumption:
 # NVIDIA's H200 datasheet does not state it; 60 MB is what CUDA's device properties are commonly reported to give
-# for an H200 (no GPU has run on this project to confirm it). Used only by the analytic model's reuse term.
+# for an H200 (the three H200 sessions of this project did not record it; `kt calibrate`, which reads it, has not
+# run on one yet). Used only by the analytic model's reuse term.
 H200 = dataclasses.replace(
     H100,
     name="h200",

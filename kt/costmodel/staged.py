@@ -63,8 +63,9 @@ def predict_records(model, records: Sequence[dict[str, Any]]) -> Prediction:
 
 
 def roofline_and_bound(records: Sequence[dict[str, Any]], device) -> tuple[np.ndarray, list[str]]:
-    """Each record's roofline time (seconds, summed over its launches) and what bounds it (for a staged record,
-    what bounds its slowest launch)."""
+    """Each record's roofline time (seconds, summed over its launches, with the traffic a fused kernel keeps on
+    chip taken off and an end's transposes added, as `predict_records` does) and what bounds it (for a staged
+    record, what bounds its slowest launch)."""
     from kt.costmodel.features import bound_by
     from kt.costmodel.roofline import roofline_time
 
@@ -73,6 +74,8 @@ def roofline_and_bound(records: Sequence[dict[str, Any]], device) -> tuple[np.nd
     times, bounds = [], []
     for record in records:
         stage_times = roofline_time(record["stages"], device)
-        times.append(stage_times.sum())
+        saved = record.get("fused_bytes", 0) / device.dram_bandwidth  # a fused config's one kernel
+        copies = record.get("copy_bytes", 0) / device.dram_bandwidth
+        times.append(max(stage_times.sum() - saved, stage_times.max()) + copies)
         bounds.append(bound_by(record["stages"], device)[int(np.argmax(stage_times))])
     return np.array(times), bounds
