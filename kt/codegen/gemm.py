@@ -119,7 +119,18 @@ def built_shared_memory(problem: GemmProblem, config: GemmConfig, device: Device
         return shared_memory(problem, config)
     wgmma = wgmma_build(problem, config, device)
     stages = config.num_stages if wgmma else max(1, config.num_stages - 1)
-    smem = stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
+    a_buffers = b_buffers = stages
+    if itemsize(problem.dtype) == 2:
+        # a 16-bit operand whose rows are not 16-element aligned is loaded element by element (no cp.async), so
+        # its tile has one buffer, not a pipeline's: sm_80 and sm_90 builds (Triton 3.9, 2026-12-04) of
+        # 1000^3 and 1000x1024x1000 float16 and bfloat16, either or both operands unaligned, allocate exactly
+        # that, where a buffer per stage for both said 3 to 5 times as much and dropped configs that build
+        # (tests/test_compile_target.py). float32 loads its rows with 4-byte copies and keeps its pipeline.
+        a_unaligned, b_unaligned = unaligned_operands(problem)
+        a_buffers, b_buffers = (1 if a_unaligned else stages), (1 if b_unaligned else stages)
+    smem = (
+        (a_buffers * config.block_m + b_buffers * config.block_n) * config.block_k * itemsize(problem.dtype)
+    )
     return max(smem, output_tile_bytes(config.block_m, config.block_n, problem.dtype, config.split_k > 1))
 
 
