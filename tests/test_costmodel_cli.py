@@ -362,6 +362,7 @@ def test_an_artifact_records_its_database_by_absolute_path_so_inspect_finds_it_f
     )
     # gone: inspect read kt's default database without a word ("db: '.../tuning.db' not found")
     (tmp_path / "work" / "t.db").rename(tmp_path / "work" / "moved.db")
+    monkeypatch.setenv("KT_DB", str(tmp_path / "work" / "absent.db"))  # kt's default database, none here
     gone = f"inspect: {tmp_path / 'work' / 't.db'}, the database {art} was tuned into, is gone; pass"
     assert_one_line_error(kt("inspect", art), gone)
     monkeypatch.setenv("KT_DB", str(tmp_path / "work" / "moved.db"))  # kt's default database: read then,
