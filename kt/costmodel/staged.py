@@ -43,14 +43,7 @@ def predict_records(model, records: Sequence[dict[str, Any]]) -> Prediction:
     runtime = np.bincount(owner, parts.runtime_s, minlength=n)
     slowest = np.zeros(n)
     np.maximum.at(slowest, owner, parts.runtime_s)
-    saved = (
-        np.array([r.get("fused_bytes", 0) for r in records], dtype=np.float64) / model.device.dram_bandwidth
-    )
-    runtime = np.maximum(runtime - saved, slowest)
-    # feature-major ends: the transpose launches' traffic at the DRAM bandwidth
-    runtime += (
-        np.array([r.get("copy_bytes", 0) for r in records], dtype=np.float64) / model.device.dram_bandwidth
-    )
+    runtime = _combined(records, runtime, slowest, model.device)
     # relative spreads of the launches combine like independent errors of their times
     absolute = np.sqrt(np.bincount(owner, (parts.runtime_s * parts.runtime_spread) ** 2, minlength=n))
     spread = absolute / np.maximum(runtime, 1e-12)
@@ -62,20 +55,29 @@ def predict_records(model, records: Sequence[dict[str, Any]]) -> Prediction:
     return Prediction(runtime, spread, power, power_spread)
 
 
+def _combined(
+    records: Sequence[dict[str, Any]], total: np.ndarray, slowest: np.ndarray, device
+) -> np.ndarray:
+    """Staged records' times from their launches' sum and slowest launch: the intermediate a fused kernel keeps
+    on chip (`fused_bytes`) taken off, never below the slowest launch, and feature-major ends' transposes
+    (`copy_bytes`) added, both at the DRAM bandwidth."""
+    saved = np.array([r.get("fused_bytes", 0) for r in records], dtype=np.float64) / device.dram_bandwidth
+    copies = np.array([r.get("copy_bytes", 0) for r in records], dtype=np.float64) / device.dram_bandwidth
+    return np.maximum(total - saved, slowest) + copies
+
+
 def roofline_and_bound(records: Sequence[dict[str, Any]], device) -> tuple[np.ndarray, list[str]]:
-    """Each record's roofline time (seconds, summed over its launches, with the traffic a fused kernel keeps on
-    chip taken off and an end's transposes added, as `predict_records` does) and what bounds it (for a staged
-    record, what bounds its slowest launch)."""
+    """Each record's roofline time (seconds; a staged record's launches `_combined` as `predict_records` does)
+    and what bounds it (for a staged record, what bounds its slowest launch)."""
     from kt.costmodel.features import bound_by
     from kt.costmodel.roofline import roofline_time
 
     if not is_staged(records):
         return roofline_time(records, device), bound_by(records, device)
-    times, bounds = [], []
+    totals, slowest, bounds = [], [], []
     for record in records:
         stage_times = roofline_time(record["stages"], device)
-        saved = record.get("fused_bytes", 0) / device.dram_bandwidth  # a fused config's one kernel
-        copies = record.get("copy_bytes", 0) / device.dram_bandwidth
-        times.append(max(stage_times.sum() - saved, stage_times.max()) + copies)
+        totals.append(stage_times.sum())
+        slowest.append(stage_times.max())
         bounds.append(bound_by(record["stages"], device)[int(np.argmax(stage_times))])
-    return np.array(times), bounds
+    return _combined(records, np.array(totals), np.array(slowest), device), bounds
