@@ -523,6 +523,53 @@ def test_block_sparse_weights_of_another_pattern_are_refused_under_vmap_and_func
                         (xr,))  # fmt: skip
 
 
+def test_block_sparse_indices_of_another_pattern_are_refused_under_torch_compile_and_by_apply():
+    """A layer's eager forward refuses index buffers that are not its pattern's, but not while torch.compile
+    traces (it cannot read them): compiled, a layer given another layer's buffers through functional_call, or
+    whose col_indices were moved in place, ran the forward on those indices and built dx from its own pattern
+    (relative errors 1.06 and 0.62 in dx). `kt.nn.functional.apply` did the same in eager code (1.19). The op
+    now checks any BSR weight it is given, but the indices kt derives itself."""
+    from torch.func import functional_call
+
+    from kt.nn import functional
+
+    mine = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=0)
+    other = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=1)
+    theirs = {**dict(other.named_parameters()), **dict(other.named_buffers())}
+    torch._dynamo.reset()
+    call = torch.compile(lambda p, x: functional_call(mine, p, (x,)), fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 32, requires_grad=True)
+    with pytest.raises(
+        ValueError, match="w stores its blocks at other places .* a kt.nn.BlockSparseLinear takes only"
+    ):
+        call(theirs, x)
+    compiled = torch.compile(mine, fullgraph=True, backend="aot_eager")
+    compiled(x).sum().backward()
+    saved = mine.col_indices.clone()
+    with torch.no_grad():
+        mine.col_indices.copy_((saved + 1) % 4)  # the same count of blocks per row, at other columns
+    with pytest.raises(ValueError, match="w stores its blocks at other places"):
+        compiled(x)
+    with torch.no_grad():
+        mine.col_indices.copy_(saved)
+    y = compiled(x)
+    (dx,) = torch.autograd.grad(y.square().sum(), x)
+    dense = mine.weight_bsr().to_dense().detach()
+    xd = x.detach().double().requires_grad_()
+    expected = F.linear(xd, dense.double(), mine.bias.detach().double())
+    (want,) = torch.autograd.grad(expected.square().sum(), xd)
+    torch.testing.assert_close(dx.double(), want, rtol=1e-5, atol=1e-5)
+    values = other.values.detach().clone().requires_grad_()
+    with pytest.raises(ValueError, match="w stores its blocks at other places"):
+        functional.apply(x, [other.crow_indices, other.col_indices, values], mine.op())
+    with pytest.raises(ValueError, match=r"w must be a 16x32 BSR weight .* got crow_indices \(2,\)"):
+        functional.apply(x, [other.crow_indices[:2], other.col_indices, values], mine.op())
+    y = functional.apply(x, [mine.crow_indices, mine.col_indices, mine.values], mine.op())
+    torch.testing.assert_close(
+        y.double(), F.linear(x.detach().double(), dense.double()), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_block_sparse_ensembles_nest_and_a_compiled_layer_reads_its_indices_back_once():
     """The pattern checks above read indices back from the GPU (a sync) once per index tensor. A first version
     also checked the indices kt derives for dx, which a compiled backward makes afresh: a read every step. And
@@ -608,6 +655,31 @@ def test_a_block_sparse_layer_built_under_inference_mode_runs_outside_it():
         loaded.load_state_dict(copy.deepcopy(layer.state_dict()), assign=True)
         assert not loaded.crow_indices.is_inference() and not loaded.col_indices.is_inference()
         torch.testing.assert_close(loaded(torch.ones(2, 32)), layer(torch.ones(2, 32)))
+
+
+def test_a_checkpoint_converted_whole_keeps_a_block_sparse_layers_indices_integers():
+    """{k: v.half() for k, v in state_dict.items()} casts the index buffers too. Loaded with assign=True, the
+    layer kept float16 indices for good (.float() made them float32), and every forward failed deep in torch
+    ("convert_indices_from_csr_to_coo_cpu" not implemented for 'Half'). Indices that hold the pattern exactly
+    are now taken into integer buffers; others (bfloat16 holds integers exactly only up to 256) are refused by
+    their dtype, not as another pattern."""
+    layer = knn.BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=2)
+    x = torch.randn(4, 32)
+    expected = layer.half()(x.half())
+    for assign in (True, False):
+        loaded = knn.BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=2).half()
+        loaded.load_state_dict({k: v.half() for k, v in layer.state_dict().items()}, assign=assign)
+        assert loaded.crow_indices.dtype == loaded.col_indices.dtype == torch.int64
+        torch.testing.assert_close(loaded(x.half()), expected)
+        assert loaded.float()(x).dtype == torch.float32
+    wide = knn.BlockSparseLinear(1040, 16, (1, 2), density=1.0, bias=False)  # crow_indices up to 8320
+    state = {k: v.bfloat16() for k, v in wide.state_dict().items()}
+    with pytest.raises(TypeError, match=r"^BlockSparseLinear: the state_dict's crow_indices is torch.bfloat16, "
+                       r"which does not hold the block pattern's indices exactly; keep"):  # fmt: skip
+        wide.load_state_dict(state, assign=True)
+    assert wide.col_indices.dtype == torch.int64 and wide.values.dtype == torch.float32  # left as it was
+    with pytest.raises(TypeError, match=r"crow_indices is torch.complex64; index tensors must be integers"):
+        layer.load_state_dict({**layer.state_dict(), "crow_indices": layer.crow_indices.to(torch.complex64)})
 
 
 def test_a_blocksparse_kernel_as_op_reads_a_weights_indices_once_until_they_are_written(monkeypatch):
@@ -1604,3 +1676,34 @@ def test_weights_and_bias_a_layer_cannot_run_are_refused_in_its_words():
             layer(torch.randn(5, 24))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # both cast to autocast's dtype: no promotion
             assert layer(torch.randn(5, 24)).dtype == torch.bfloat16
+
+
+def test_fft_dtype_errors_and_apply_arguments_are_named_in_the_callers_words():
+    """kt.nn.FFT's wrong dtypes were told in its kernel's words ("kernel: ... this kernel was built for"), where
+    the other layers name themselves; kt.nn.apply with an op without its shape raised a bare KeyError, and with
+    one weight tensor in place of the list took the tensor's rows as 33 weights."""
+    with pytest.raises(
+        TypeError, match=r"^FFT: x.dtype is torch.float32, but this layer takes torch.complex64"
+    ):
+        knn.FFT(64)(torch.randn(4, 64))
+    with pytest.raises(TypeError, match=r"^FFT: x.dtype is torch.complex64, .* torch.float32 \(real input\)"):
+        knn.FFT(64, input="real")(torch.randn(4, 64, dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"^FFT: x.dtype is torch.float32, .* torch.float16 \(planar complex"):
+        knn.FFT(64, dtype=torch.float16)(torch.randn(2, 4, 64))
+    dense = {"op": "dense", "dtype": "float32", "shape": {"n": 48, "k": 32}}
+    x, b = torch.randn(5, 32), torch.randn(32, 48)
+    with pytest.raises(ValueError, match=r"^kt.nn.apply: op: shape: is required"):
+        knn.apply(x, [b], {"op": "dense", "dtype": "float32"})
+    with pytest.raises(ValueError, match=r"^kt.nn.apply: op: op: 'fancy' .* allowed: dense"):
+        knn.apply(x, [], {"op": "fancy"})
+    with pytest.raises(
+        TypeError, match=r"^kt.nn.apply: weights must be a list .* got one tensor; pass \[w\]$"
+    ):
+        knn.apply(x, b, dense)
+    with pytest.raises(TypeError, match=r"^kt.nn.apply: the dense op takes 1 weight tensor\(s\), got 2$"):
+        knn.apply(x, [b, b], dense)
+    bsr = {"op": "blocksparse", "dtype": "float32", "shape": {"in": 32, "out": 16},
+           "sparsity": {"block": [8, 8], "pattern": "diagonal"}}  # fmt: skip
+    with pytest.raises(TypeError, match=r"takes 3 weight tensor\(s\) \(a BSR weight as its crow_indices"):
+        knn.apply(x, [b], bsr)
+    torch.testing.assert_close(knn.apply(x, [b], dense), x @ b, rtol=1e-5, atol=1e-5)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from kt.dtypes import dtype_name
-from kt.nn.selection import backward_role, kernel_for
+from kt.nn.selection import TRUSTED, backward_role, kernel_for
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
@@ -72,7 +72,7 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     # torch.compile traces (is_neg() returns no tensor)
     x = x.resolve_neg() if x.is_neg() else x
     weights = [w.resolve_neg() if w.is_neg() else w for w in weights]
-    return kernel.launch(x, *_kernel_weights(spec, weights, check="pin" in spec))
+    return kernel.launch(x, *_kernel_weights(spec, weights, check=not spec.get(TRUSTED)))
 
 
 @torch.library.custom_op("kt::apply", mutates_args=())
@@ -122,9 +122,22 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     layer's time on the CPU: there the kernel is called directly when nothing is to be differentiated
     (inference, and the products of a backward pass), else through a torch.autograd.Function with the custom
     op's own backward (`_backward`, the same formulas)."""
+    if isinstance(weights, torch.Tensor):  # list() would take its rows as the weights
+        raise TypeError(
+            "kt.nn.apply: weights must be a list of the op's weight tensors, got one tensor; pass [w]"
+        )
     weights = list(weights)
     text = op if isinstance(op, str) else op_text(op)
     compiling = torch.compiler.is_compiling()
+    if not compiling:  # the op's text is checked once (a trace would inline the parse)
+        count = _checked_op(text)
+        if count is not None and len(weights) != count:
+            sparse = "blocksparse" in text  # a BSR weight, its own or a sum's term's
+            raise TypeError(
+                f"kt.nn.apply: the {_parsed(text)['op']} op takes {count} weight tensor(s)"
+                + (" (a BSR weight as its crow_indices, col_indices and values)" if sparse else "")
+                + f", got {len(weights)}"
+            )
     if compiling and torch._C._functorch.maybe_current_level() is not None:
         # traced inside a torch.func transform: no path (functorch refuses the custom op's torch.library
         # autograd, pytorch/pytorch#168393, and dynamo fails on _FuncApply). dynamo cannot trace the query
@@ -146,6 +159,31 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_op(text: str) -> int | None:
+    """How many weight tensors the op of `text` takes; an op that is no valid op.yaml mapping (less its batch)
+    is refused in op.yaml's words (a mapping without `shape` was a bare KeyError). None for a loaded kernel's
+    pinned op (`kernel_op`, which `Kernel.as_op` checks itself)."""
+    from kt.nn.selection import MIN_BUCKET, bucket_spec
+    from kt.spec import SpecError
+
+    try:
+        op = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"kt.nn.apply: op must be an op.yaml mapping or its JSON text ({error})") from None
+    if not isinstance(op, dict):
+        raise ValueError(
+            f"kt.nn.apply: op must be an op.yaml mapping or its JSON text, got {type(op).__name__}"
+        )
+    if "pin" in op:
+        return None
+    try:
+        bucket_spec(op, MIN_BUCKET)
+    except SpecError as error:
+        raise ValueError(f"kt.nn.apply: op: {error}") from None
+    return _part_count(op)
 
 
 def _in_func_transform() -> bool:
@@ -464,10 +502,10 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
     layout = _stacked_pattern(sparsity["layout"], grid, down, across)[0]
     crow, col, order = _index_tensors(_stacked_indices, (sparsity["layout"], grid, down, across), x)
     if (down, across) == (1, 1):
-        text = op_text(spec)
+        text = op_text(_trusted(spec))  # W's pattern, which `_vmap_blocksparse` checked
     else:
         stacked = {"out": shape["out"] * down, "in": shape["in"] * across}
-        text = op_text({**spec, "shape": stacked, "sparsity": {**sparsity, "layout": layout}})
+        text = op_text(_trusted({**spec, "shape": stacked, "sparsity": {**sparsity, "layout": layout}}))
     if spec["op"] == "blocksparse":  # a copy's blocks follow the previous copy's (sample-major order)
         return torch.ops.kt.apply(x, [crow, col, values.reshape(-1, *block)], text)
     pattern = torch.empty((), dtype=values.dtype, device=x.device).expand(order.numel(), *block)
@@ -547,15 +585,19 @@ def _batched(op: str, size: int) -> str:
     return op_text({**spec, "shape": {**spec["shape"], "batch": size}, "layout": {"a": "row", "b": "row"}})
 
 
+def _trusted(spec: dict[str, Any]) -> dict[str, Any]:
+    return {**spec, TRUSTED: True}
+
+
 def _kernel_weights(
     spec: dict[str, Any], weights: list[torch.Tensor], check: bool = False
 ) -> list[torch.Tensor]:
-    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts. `check`: the
-    parts come from a user (`Kernel.as_op`), so each BSR weight must have the op's pattern (_check_pattern). A
-    layer checks its own indices in its forward (`BlockSparseLinear._check_weights`: torch.func.functional_call
-    can give it another layer's), and indices kt derives (dx's transposed pattern, vmap's stacked ones) hold
-    the op's pattern by construction: checking them here read them back from the GPU on every compiled
-    backward, where the graph makes them afresh."""
+    """The kernel's weight arguments: BSR weights rebuilt from their (crow, col, values) parts. `check`: each
+    BSR weight must have the op's pattern (_check_pattern), as the kernel reads the indices it is given while
+    the backward's dx is built from the op's pattern: torch.func.functional_call can give a layer another
+    layer's indices (its eager forward refuses them itself, `BlockSparseLinear._check_weights`, but not while
+    torch.compile traces), and `apply` or `Kernel.as_op` any. Checked once per index tensors until they are
+    written (`_same_pattern`)."""
     if spec["op"] == "blocksparse":
         if check:
             _check_pattern(spec, *weights)
@@ -600,8 +642,7 @@ def _pattern(layout: str, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
 
 def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> None:
     """Refuse a BSR weight whose shape or pattern is not the op's: the kernel would read past its indices (a
-    smaller weight), and the backward's dx is built from the op's pattern (kt.nn's layers own their indices; a
-    user's weight given to `Kernel.as_op` is checked). Comparing the indices reads them back from the GPU (a
+    smaller weight), and the backward's dx is built from the op's pattern. Comparing the indices reads them back from the GPU (a
     sync), so index tensors found equal are remembered (`_same_pattern`) and not read again until written."""
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
@@ -619,7 +660,8 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
         raise ValueError(
             f"kernel(x, w): w stores its blocks at other places than the pattern this kernel was built for "
             f"({what}, {nnz} of {grid[0] * grid[1]} stored); its backward is built from that pattern, so w must "
-            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros)"
+            f"have the spec's crow_indices and col_indices (W.to_sparse_bsr drops a block that is all zeros; a "
+            "kt.nn.BlockSparseLinear takes only its own, also under torch.compile)"
         )
 
 
@@ -841,7 +883,7 @@ def _blocksparse_dx(spec, values, dy):
         "shape": {"in": shape["out"], "out": shape["in"]},
         "sparsity": {"block": [block[1], block[0]], "layout": layout_t},
     }
-    return apply(dy, [crow_t, col_t, values_t], transposed)
+    return apply(dy, [crow_t, col_t, values_t], _trusted(transposed))
 
 
 def bsr_grad(dy, x, crow, col, values, spec) -> torch.Tensor:

@@ -103,6 +103,8 @@ def _check_before_load(module: _KtLinear, state_dict, prefix: str, local_metadat
     dtypes = {}
     for name, current in own.items():
         value = state_dict.get(prefix + name, current)
+        if not (current.is_floating_point() or current.is_complex()):
+            continue  # a block-sparse layer's index buffers: integers, kept so (BlockSparseLinear)
         if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
             dtypes[name] = value.dtype
     who = type(module).__name__
@@ -444,8 +446,14 @@ class BlockSparseLinear(_KtLinear):
         crow, col = bsr_indices(self.mask())
         with torch.inference_mode(False):
             for name in ("crow_indices", "col_indices"):
-                if getattr(self, name).is_inference():
-                    setattr(self, name, getattr(self, name).clone())
+                index = getattr(self, name)
+                if index.dtype not in (
+                    torch.int64,
+                    torch.int32,
+                ):  # an assign-load's float copy of the pattern
+                    setattr(self, name, torch.empty(index.shape, dtype=torch.int64, device=index.device))
+                elif index.is_inference():
+                    setattr(self, name, index.clone())
         with torch.no_grad():
             self.crow_indices.copy_(crow)
             self.col_indices.copy_(col)
@@ -512,16 +520,31 @@ class BlockSparseLinear(_KtLinear):
         # the layer's pattern from its layout, which a layer built on the meta device knows too (its buffers hold
         # no data there: a model built on meta is loaded with assign=True); each index tensor the state_dict
         # holds is checked (a checkpoint with only one of them paired it with another pattern's)
-        given = [state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")]
-        own = bsr_indices(self.mask())
-        if any(
-            index is not None and not index.is_meta and not torch.equal(index.cpu().long(), mine)
-            for index, mine in zip(given, own)
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: the state_dict's block pattern differs from this layer's; build the layer "
-                "with that pattern (mask=...) first"
-            )
+        # A checkpoint converted whole ({k: v.half() ...}) has float indices: taken where they hold the pattern
+        # exactly (the buffers stay integers, `_write_indices`), else refused by their dtype, not as another
+        # pattern (float16 holds integers exactly up to 2048, bfloat16 up to 256)
+        who = type(self).__name__
+        names = ("crow_indices", "col_indices")
+        for name, mine in zip(names, bsr_indices(self.mask())):
+            index = state_dict.get(prefix + name)
+            if not isinstance(index, torch.Tensor) or index.is_meta:
+                continue
+            if index.is_complex() or index.dtype == torch.bool:
+                raise TypeError(
+                    f"{who}: the state_dict's {prefix}{name} is {index.dtype}; index tensors must be integers "
+                    "(torch.int64 or torch.int32)"
+                )
+            if not torch.equal(index.cpu().to(torch.float64), mine.to(torch.float64)):
+                if index.is_floating_point():
+                    raise TypeError(
+                        f"{who}: the state_dict's {prefix}{name} is {index.dtype}, which does not hold the block "
+                        "pattern's indices exactly; keep a checkpoint's index tensors integers (convert only its "
+                        "floating-point tensors)"
+                    )
+                raise ValueError(
+                    f"{who}: the state_dict's block pattern differs from this layer's; build the layer with that "
+                    "pattern (mask=...) first"
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
@@ -765,6 +788,19 @@ class FFT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features("FFT", x, self.n)
+        half, real = self.float_dtype == torch.float16, self.input == "real"
+        want = self.float_dtype if half or real else torch.complex64
+        if x.dtype != want:  # in the layer's words, not its kernel's
+            form = (
+                "real input"
+                if real
+                else "planar complex: (2, ..., n), real parts in [0]"
+                if half
+                else "complex"
+            )
+            raise TypeError(
+                f"FFT: x.dtype is {x.dtype}, but this layer takes {want} ({form}); pass x.to({want})"
+            )
         return apply(x, [], self.op_text)
 
     def extra_repr(self) -> str:

@@ -212,17 +212,26 @@ def pin(selection: Selection, exact: bool = False) -> str:
     return name
 
 
+# The key of an op's mapping that marks a call kt makes itself with index tensors it derived from the op's
+# pattern (dx's transposed pattern, a weight gradient's, vmap's stacked ones): not checked against the pattern,
+# which they hold by construction (kt.nn.functional._kernel_weights). Under torch.compile the graph makes them
+# afresh on every call, so checking them read them back from the GPU on every compiled backward. Every other
+# call's BSR weight is checked: a layer's indices under torch.compile (whose trace cannot read them), and those
+# given to `apply` or `Kernel.as_op`. Not part of the op's spec (`bucket_spec` leaves it out).
+TRUSTED = "kt_derived_indices"
+
+
 def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
     """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows`."""
-    data = json.loads(json.dumps(op))
+    data = json.loads(json.dumps({key: value for key, value in op.items() if key != TRUSTED}))
     size = bucket(rows)
-    if data["op"] == "dense":
-        data["shape"]["m"] = size
-    elif data["op"] == "sum":
-        for term in data["terms"]:
-            term["shape"]["batch"] = size
-    else:
-        data["shape"]["batch"] = size
+    # an op without its shape (or terms) is left for parse_spec to name the field
+    shapes = [data.get("shape")]
+    if data.get("op") == "sum" and isinstance(data.get("terms"), list):
+        shapes = [term.get("shape") if isinstance(term, dict) else None for term in data["terms"]]
+    for shape in shapes:
+        if isinstance(shape, dict):
+            shape["m" if data.get("op") == "dense" else "batch"] = size
     data.setdefault("name", f"{data['op']}_nn")
     return parse_spec(data, check_files=False)
 
