@@ -402,7 +402,7 @@ def _measured_records(
     is scored); a DatabaseError saying what is there instead."""
     from collections import Counter
 
-    from kt.autotune.dataset import is_measured, measured_records, read_rows
+    from kt.autotune.dataset import is_measured, measured_records, read_rows, untimed
     from kt.errors import DatabaseError
 
     records = measured_records(data, target=profile.key, device=gpu)
@@ -431,16 +431,8 @@ def _measured_records(
         )
     if Path(data).suffix.lower() == ".csv" and rows and all("runtime_ms" not in r for r in rows):
         raise DatabaseError(f"{where}: it has no runtime_ms column (a `kt export` CSV has one)")
-    runners = Counter(r["runner"] for r in rows)
-    kinds = [
-        f"{runners[name]} from {what}"
-        for name, what in (
-            ("interpret", "Triton's interpreter"),
-            ("dryrun", "the dry run (--backend dryrun)"),
-        )
-        if runners[name]
-    ]
-    seen = f" (only rows that check but never time: {', '.join(kinds)})" if kinds else ""
+    kinds = untimed(rows)
+    seen = f" (only rows that check but never time: {kinds})" if kinds else ""
     raise DatabaseError(f"{where}{seen}; measure some with `kt collect` on a GPU")
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class DeviceProfile:
     l2_bytes: int
     dram_bandwidth: float  # bytes/s
     peak_flops: dict[str, float] = field(default_factory=dict)  # FLOP/s per PEAK_KEYS entry (dense math)
-    tdp_w: float = 0.0
+    tdp_w: float = 0.0  # W; 0: not known (a calibrated card whose NVML reports no power limit)
     compute_capability: int = 90  # 10 * major + minor: 90 is Hopper (sm_90)
     warp_size: int = 32
     source: str = "datasheet"  # "datasheet" or "calibrated on <date> with <command>"
@@ -83,6 +84,9 @@ class DeviceProfile:
             if f.name not in data:
                 continue
             value = data[f.name]
+            if f.name == "tdp_w" and value == 0 and not isinstance(value, bool):
+                continue  # not known: what `kt calibrate` records where NVML gives no power limit (it wrote 0.0,
+                # which this check then refused: the calibration was lost)
             if f.type == "int" and not (_in_range(value) and isinstance(value, int)):
                 raise ProfileError(f"{where}: {f.name} must be an integer {RANGE}, got {value!r}")
             if f.type == "float" and not _in_range(value):
@@ -100,6 +104,24 @@ class DeviceProfile:
         if not 32 <= regs <= 255:  # 1 passed: "an accumulator over 0 registers per thread"
             raise ProfileError(
                 f"{where}: max_regs_per_thread must be from 32 to 255 (255 on every GPU kt knows), got {regs!r}"
+            )
+        name = data.get("name")
+        if isinstance(name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            # it names kt's model files (`<key>.skops`): a "/" reached into other folders
+            raise ProfileError(
+                f"{where}: name must be a letter or digit, then up to 63 letters, digits, _ . -, got {name!r}"
+            )
+        threads, regs_per_sm = data.get("max_threads_per_sm"), data.get("regs_per_sm")
+        if isinstance(threads, int) and not (1024 <= threads <= 2048 and threads % 32 == 0):
+            # 1 passed (less than a warp), and the occupancy estimate then ran one program per SM
+            raise ProfileError(
+                f"{where}: max_threads_per_sm must be a multiple of 32 from 1024 to 2048 (1536 or 2048 on every "
+                f"GPU of {', '.join(map(str, CAPABILITIES))}), got {threads!r}"
+            )
+        if isinstance(regs_per_sm, int) and isinstance(threads, int) and regs_per_sm < 32 * threads:
+            raise ProfileError(
+                f"{where}: regs_per_sm must be at least 32 per thread of max_threads_per_sm ({32 * threads}; "
+                f"65536 on every GPU of {', '.join(map(str, CAPABILITIES))}), got {regs_per_sm!r}"
             )
         if data.get("warp_size", 32) != 32:  # 64 passed: legality then counted half the registers per thread
             raise ProfileError(

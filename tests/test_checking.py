@@ -97,6 +97,26 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_write_fails(tmp_path):
     assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
 
 
+def test_a_write_that_fails_for_want_of_space_names_the_users_file(tmp_path):
+    """A full disk fails the write itself, with an OSError that names no file: `kt export`, `kt import
+    inductor`, `kt costmodel fit --out` and `kt replay --csv` printed only "kt: error: No space left on
+    device". The error now names the file that was being written (the old one is left whole)."""
+    import errno
+
+    path = tmp_path / "t.csv"
+    path.write_text("old\n")
+
+    def full(handle):
+        handle.write("new")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a flush to a full file system raises it
+
+    with pytest.raises(OSError) as raised:
+        atomic_write(path, full)
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
+    assert str(raised.value) == f"[Errno {errno.ENOSPC}] No space left on device: '{path}'"
+    assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+
+
 def test_the_checker_catches_one_wrong_element_a_norm_would_miss():
     def nearly_right(a, b, out=None):
         out.copy_(a.float() @ b.float())

@@ -121,6 +121,11 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
         )
     result = kt("costmodel", "fit", "--data", db, "--out", tmp_path / "m.skops")
     assert "2 from Triton's interpreter, 1 from the dry run (--backend dryrun))" in result.stderr
+    # kt inspect counted only the interpreter's rows
+    result = kt("inspect", db)
+    assert_one_line_error(
+        result, "(its rows were checked, never timed: 2 from Triton's interpreter, 1 from the dry"
+    )
     # a CSV without the runtime_ms column says so (it said only that nothing was measured on a GPU)
     exported = tmp_path / "rows.csv"
     with Database(db, create=False, readonly=True) as database:

@@ -432,3 +432,33 @@ def test_a_database_in_a_folder_where_no_file_can_be_made_is_refused_before_a_tu
         f"db: {str(writable / 'into.db')!r} " + refused.format(folder),
         "ok",
     ]
+
+
+def test_a_database_named_csv_is_refused_where_made_and_read_as_a_database_where_one_exists(tmp_path):
+    """`kt collect --db sweep.csv` made an SQLite file that kt costmodel, inspect and replay then read as a CSV
+    of `kt export` ("line 2: not UTF-8 text"). Such a path is refused where a database would be made; one made
+    before is read as the database it is."""
+    from click.testing import CliRunner
+
+    from kt.autotune.database import check_data
+    from kt.autotune.dataset import read_rows
+    from kt.cli import main
+
+    made = tmp_path / "sweep.csv"
+    with pytest.raises(
+        DatabaseError, match=r"^db: '.*sweep.csv' ends in .csv, which kt costmodel, inspect and"
+    ):
+        check_file(made)
+    result = CliRunner().invoke(
+        main, ["tune", "examples/dense.yaml", "--db", str(made), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "ends in .csv" in result.stderr and result.stderr.count("\n") == 1
+    assert not made.exists()
+    with Database(tmp_path / "sweep.db") as db:
+        db.insert(row())
+    (tmp_path / "sweep.db").rename(made)  # as kt made it before
+    check_data(made)
+    with pytest.raises(
+        DatabaseError, match="sweep.csv' row id 1: column family"
+    ):  # read as a database's rows
+        read_rows(made)  # (this file's row() has placeholder values, which the reader then checks)

@@ -96,6 +96,23 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
             "dram_bandwidth must be a number from 1 to 1e18, got inf",
         ),
         (lambda d: d.update(tdp_w=math.nan), "tdp_w must be a number from 1 to 1e18, got nan"),
+        (lambda d: d.update(tdp_w=-1), "tdp_w must be a number from 1 to 1e18, got -1"),
+        # less than a warp, and a register file too small for the threads: accepted, and the occupancy estimate
+        # then ran one program per SM; a name with "/" went into the model files' folder path
+        (
+            lambda d: d.update(max_threads_per_sm=1),
+            "max_threads_per_sm must be a multiple of 32 from 1024 to 2048",
+        ),
+        (
+            lambda d: d.update(max_threads_per_sm=1000),
+            "max_threads_per_sm must be a multiple of 32 .* got 1000$",
+        ),
+        (
+            lambda d: d.update(regs_per_sm=1),
+            r"regs_per_sm must be at least 32 per thread .* \(65536; .* got 1$",
+        ),
+        (lambda d: d.update(name="../h100"), "name must be a letter or digit, then .* got '../h100'$"),
+        (lambda d: d.update(name="lab h100"), "name must be a letter or digit"),
         (lambda d: d["peak_flops"].update(tf32=math.inf), "peak_flops.tf32 must be a number from 1 to 1e18"),
         # a traceback from float32 features (1e40 SMs), and a prediction of inf for every config (1e-300 B/s)
         (lambda d: d.update(sm_count=10**40), "sm_count must be an integer from 1 to 1e18, got 10+$"),
@@ -138,6 +155,22 @@ def test_malformed_profiles_are_refused_with_the_key_named(tmp_path, change, mes
     path.write_text(json.dumps(data))
     with pytest.raises(ProfileError, match=message):
         load_profile(path)
+
+
+def test_a_profile_whose_power_limit_is_not_known_loads(tmp_path):
+    """`kt calibrate` on a card without a built-in profile whose NVML gives no power limit (an L40S, a MIG
+    slice) wrote tdp_w 0.0, which loading then refused ("tdp_w must be a number from 1 to 1e18"): the minutes
+    of calibration were lost. 0 means not known, as a profile that leaves tdp_w out already loaded."""
+    unknown = dataclasses.replace(H100, name="l40s-lab", tdp_w=0.0, source="calibrated on 2026-12-05")
+    assert load_profile(save_profile(unknown, tmp_path / "l40s.json")) == unknown
+    data = unknown.to_dict()
+    del data["tdp_w"]
+    (tmp_path / "bare.json").write_text(json.dumps(data))
+    assert load_profile(tmp_path / "bare.json").tdp_w == 0.0
+    data["tdp_w"] = False  # not a number, though it equals 0
+    (tmp_path / "bool.json").write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match="tdp_w must be a number from 1 to 1e18, got False"):
+        load_profile(tmp_path / "bool.json")
 
 
 def test_profile_file_errors(tmp_path):

@@ -112,8 +112,8 @@ def test_rows_name_problem_and_config_as_kt_does_and_summarise_every_repeat(tmp_
     assert row["triton_version"] and row["created_at"] == "" and row["rel_err"] == ""
     out = tmp_path / "out.csv"
     assert result.stdout.count("\n") == 1
-    assert "read 8 timing lines of 1 file: 1 problems, 1 Triton configs, 0 failed" in result.stdout
-    assert f"1 cuBLAS baseline rows, on {H100_NAME} (target h100) -> 2 rows in {out}" in result.stdout
+    assert "read 8 timing lines of 1 file: 1 problem, 1 Triton config, 0 failed" in result.stdout
+    assert f"1 cuBLAS baseline row, on {H100_NAME} (target h100) -> 2 rows in {out}" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -273,6 +273,23 @@ def test_a_malformed_line_is_one_error_naming_file_and_line_and_nothing_is_writt
     result = kt("import", "inductor", log, "--out", tmp_path / "x.csv")
     assert_one_line_error(result, f"'{log}' {message}")
     assert list(tmp_path.iterdir()) == [log]  # no output, no temporary file
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_a_log_whose_last_row_is_cut_off_is_refused_not_read_as_a_shorter_number(tmp_path, zipped):
+    """A copy of a log cut off mid-row (a partial download, a full disk) ended in `extern_mm,1` where the log
+    had 10.269248008728027: imported as a 1.0 ms timing. The last row must end with its line break."""
+    text = "\n".join([json.dumps(H100), ",".join(COLUMNS), GOOD, line(64, 32, 16, "extern_mm", "1")])
+    log = tmp_path / ("log.txt.gz" if zipped else "log.txt")
+    log.write_bytes(gzip.compress(text.encode()) if zipped else text.encode())
+    result = kt("import", "inductor", log, "--out", tmp_path / "x.csv")
+    assert_one_line_error(
+        result, f"'{log}' line 4: the file ends without a line break, so its last row may be"
+    )
+    assert list(tmp_path.iterdir()) == [log]
+    log.write_bytes(gzip.compress((text + "\r\n").encode()) if zipped else (text + "\n").encode())
+    rows, _ = import_rows(tmp_path, log)
+    assert [float(r["runtime_ms"]) for r in rows] == [0.6]  # whole: the median of its two repeats, 0.2 and 1
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,15 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     assert _space_line(result).startswith(f"space: 6 problems of {sizes}: ")  # a tune's rows show few
     with pytest.raises(replay_module.KtError, match="holds no exhaustive sweep"):
         replay_module.replay_file(path, "guided", 2, min_configs=50)
+    # sweeps made without a GPU: the refusal said nothing of their rows never being timed
+    rows[:] = [
+        {**r, "runner": runner, "runtime_ms": None} for r in rows[:6] for runner in ("interpret", "dryrun")
+    ]
+    with pytest.raises(
+        replay_module.KtError,
+        match=r"writes there\): its rows were checked, never timed \(6 from Triton's interpreter, 6 from the dry run",
+    ):
+        replay_module.replay_file(path, "guided", 2, min_configs=3)
 
 
 def test_sweeps_of_one_problem_on_two_gpus_are_two_spaces_each_with_its_own_gpus_prior(
@@ -165,7 +174,7 @@ def test_sweeps_of_one_problem_on_two_gpus_are_two_spaces_each_with_its_own_gpus
     monkeypatch.setattr(replay_module, "replay", spy)
     path = tmp_path / "sweeps.csv"
     path.write_text(",".join(CSV_COLUMNS) + "\n")
-    result = replay_module.replay_file(path, "random", 2, repeats=1, min_configs=3)
+    result = replay_module.replay_file(path, "guided", 2, repeats=1, min_configs=3)
     assert len(result.spaces) == 4 and sum(name.endswith("(GPU two)") for name in result.spaces) == 1
     assert priors[("GPU two", sweeps[0].key)] == 0, "the other card's sweeps are not its prior"
     assert priors[("GPU one", sweeps[0].key)] > 0
@@ -205,5 +214,11 @@ def test_sweeps_for_a_calibrated_profile_need_its_file_and_random_fits_no_forest
         raise AssertionError("a random replay fitted a forest")
 
     monkeypatch.setattr(ForestModel, "fit", no_forest)
+    # nor gathers the other problems' rows (316 problems took 10.7 s to start, Inductor's 4,765 over 5 minutes)
+    priors, real = [], replay_module.replay
+    monkeypatch.setattr(
+        replay_module, "replay", lambda *args, prior=(), **kw: priors.append(len(prior)) or real(*args, **kw)
+    )
     random = replay_module.replay_file(path, "random", 2, repeats=2, min_configs=3, device=profile_file)
     assert len(random.scores) == 8 and all(0 < s <= 1 for s in random.scores)
+    assert priors == [0] * 8

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kt.errors import DatabaseError
-from kt.files import atomic_write, existing_file, unmakeable
+from kt.files import atomic_write, existing_file, is_sqlite, unmakeable
 
 SCHEMA_VERSION = 5  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
 # 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine;
@@ -193,6 +193,13 @@ def check_path(path: Path, create: bool = True) -> bool:
     if not create or path.is_dir():  # a file to read, or a folder in its place: kt.files words both
         existing_file(path, "db", "give a file path", DatabaseError)
         return True
+    if (
+        path.suffix.lower() == ".csv"
+    ):  # made as SQLite, then read as CSV by every reader (kt.autotune.dataset)
+        raise DatabaseError(
+            f"db: {str(path)!r} ends in .csv, which kt costmodel, inspect and replay read as a CSV of `kt export`, "
+            "not as a tuning database; give a path such as tuning.db"
+        )
     if path.exists():
         real = path.resolve()  # SQLite writes beside the file a symbolic link names, not beside the link
         folder = real.parent
@@ -584,7 +591,7 @@ def check_data(path: Path, field: str = "data") -> None:
     export` CSV's text and header (`export_text`), else a tuning database, opened read-only and closed
     (`check_file`). The standard library only, so the CLI asks it as the command line is read. An error names
     `field`, the option or argument that gave the file."""
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() == ".csv" and not is_sqlite(path):
         export_text(path, field)
         return
     with named(field):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from kt.codegen.tilesum import STRUCTURE_AXES as TILE_STRUCTURE_AXES
 from kt.costmodel.features import CONFIG_KEYS
 from kt.dtypes import DTYPES
 from kt.errors import DatabaseError
-from kt.files import DATA_HINT, csv_records, existing_file
+from kt.files import DATA_HINT, csv_records, existing_file, is_sqlite
 from kt.ir.problems import PROBLEMS, SUM_TERMS, problem_from_dict
 from kt.spec import FFT_INPUTS, LAYOUTS, MAX_BATCH, MAX_CHAIN, MAX_DIM, PRECISIONS
 
@@ -53,12 +54,26 @@ MEASUREMENT_CHECKS = (
 )
 
 
+def untimed(rows: Iterable[dict[str, Any]]) -> str:
+    """How many of `rows` were checked without a GPU, by runner, in words ("30 from Triton's interpreter, 30
+    from the dry run (--backend dryrun)"); "" when none: why a file of them holds nothing to fit or replay."""
+    runners = Counter(r.get("runner") for r in rows)
+    return ", ".join(
+        f"{runners[name]} from {what}"
+        for name, what in (
+            ("interpret", "Triton's interpreter"),
+            ("dryrun", "the dry run (--backend dryrun)"),
+        )
+        if runners[name]
+    )
+
+
 def read_rows(source: str | os.PathLike, field: str = "data") -> list[dict[str, Any]]:
     """Every row of a tuning database (.db, SQLite, opened read-only) or of a CSV written by `kt export`, each
     checked (`check_row`): a malformed one is a DatabaseError naming `field` (the option or argument that gave
     the file), the file, its row id or line, and the column."""
     path = existing_file(source, field, DATA_HINT, DatabaseError)
-    if path.suffix.lower() != ".csv":
+    if path.suffix.lower() != ".csv" or is_sqlite(path):  # a database named .csv (kt before it refused one)
         return find_rows(path, field=field)
     return _csv_rows(path, field)
 

@@ -57,7 +57,7 @@ from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES
 from kt.autotune.dataset import MAX_CONFIG_VALUE, check_row
 from kt.codegen.gemm import GemmConfig
 from kt.device import BUILTIN
-from kt.errors import DatabaseError
+from kt.errors import DatabaseError, counted
 from kt.files import atomic_write, check_not_input, check_writable
 from kt.ir.problems import GemmProblem
 from kt.spec import MAX_DIM
@@ -198,7 +198,14 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         try:
             target, device = _header(text.readline(), name)
-            reader = csv.reader(text)
+            ended = [True]  # whether the last line read ended with its line break
+
+            def lines():
+                for read in text:
+                    ended[0] = read.endswith(("\n", "\r"))
+                    yield read
+
+            reader = csv.reader(lines())
             line = 2
             header = next(reader, None)
             if header is None or tuple(header) != COLUMNS:
@@ -242,6 +249,12 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                 padded += problem.padded
                 if progress is not None and lines % PROGRESS_ROWS == 0:
                     progress(done + raw.tell(), total)
+            if lines and not ended[0]:  # a copy cut off mid-row: its last timing cut too (10.269 read as 1)
+                raise DatabaseError(
+                    f"inductor: {name!r} line {line}: the file ends without a line break, so its last row may be "
+                    "cut off (Inductor ends every row with one); copy the log again, or end the line if the row "
+                    "is whole"
+                )
             log.lines += lines
             log.padded += padded
         except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
@@ -487,9 +500,10 @@ class Summary:
             else ""
         )
         return (
-            f"read {self.lines} timing lines of {self.files} file{'s' * (self.files != 1)}: {self.problems} "
-            f"problems, {self.configs} Triton configs, {self.failed} failed, {self.baseline} cuBLAS baseline "
-            f"rows, on {gpus}{padded} -> {self.rows} rows in {self.out}"
+            f"read {counted(self.lines, 'timing line')} of {counted(self.files, 'file')}: "
+            f"{counted(self.problems, 'problem')}, {counted(self.configs, 'Triton config')}, {self.failed} failed, "
+            f"{counted(self.baseline, 'cuBLAS baseline row')}, on {gpus}{padded} -> {counted(self.rows, 'row')} in "
+            f"{self.out}"
         )
 
 
@@ -517,7 +531,8 @@ def import_inductor(
     log = read_logs(paths, progress)
     if not log.measurements:
         raise DatabaseError(
-            f"inductor: {', '.join(repr(str(p)) for p in log.files)} hold no timing lines; nothing to write"
+            f"inductor: {', '.join(repr(str(p)) for p in log.files)} "
+            f"{'holds' if len(log.files) == 1 else 'hold'} no timing lines; nothing to write"
         )
     rows = log.rows(origin)
     write_rows(out, rows)

@@ -232,13 +232,13 @@ def _gpu_rows(db_path: Path, family: str | None) -> bool:
 def _data_rows(
     path: Path, device: str | None, gpu: str | None
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
-    from kt.autotune.dataset import read_rows
+    from kt.autotune.dataset import read_rows, untimed
 
     rows = read_rows(path, "inspect")
     records = [r for r in _measured(rows) if gpu is None or r["device"] == gpu]
     if not records:
-        interpreted = sum(r["runner"] == "interpret" for r in rows)
-        seen = f" (its {interpreted} interpreter rows were checked, never timed)" if interpreted else ""
+        kinds = untimed(rows)
+        seen = f" (its rows were checked, never timed: {kinds})" if kinds else ""
         on = f" on {gpu!r}" if gpu else ""
         raise DatabaseError(
             f"inspect: {path} holds no GPU-measured passing rows{on}{seen}, so there is nothing to compare "

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.autotune.dataset import read_rows
+from kt.autotune.dataset import read_rows, untimed
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
 from kt.autotune.spaces import (
     TuningSpace,
@@ -366,16 +366,19 @@ def replay_file(
     `device`: the calibrated profile (its .json) that sweeps measured for one were tuned for."""
     path = Path(path)
     count, fraction = parse_budget(budget)
-    make_strategy(strategy)  # an unknown name fails before any reading
+    ranked = make_strategy(strategy).ranked  # an unknown name fails before any reading
     check_space_file(path)
     if is_kernel_tuner_file(path):
         spaces: list[Any] = [load_kernel_tuner(path)]
     else:
-        spaces = sweeps_from_rows(read_rows(path, "space"), min_configs=min_configs)
+        rows = read_rows(path, "space")
+        spaces = sweeps_from_rows(rows, min_configs=min_configs)
         if not spaces:
+            kinds = untimed(rows) if not any(r.get("runtime_ms") is not None for r in rows) else ""
             raise KtError(
                 f"space: {str(path)!r} holds no exhaustive sweep (a problem with {min_configs} or more GEMM configs "
-                "measured on a GPU, as `kt collect --all` writes)"
+                "measured on a GPU, as `kt collect --all` writes there)"
+                + (f": its rows were checked, never timed ({kinds})" if kinds else "")
             )
     if is_kernel_tuner_file(path):
         _check_foreign(strategy, count, fraction, spaces[0])
@@ -396,6 +399,9 @@ def replay_file(
         repeats=repeats,
     )
     total, done = repeats * len(spaces), 0
+    # each sweep's measured records, made once: remade for every other space, a database of 316 problems took
+    # 10.7 s to start, the 4,765 of Inductor's four logs more than 5 minutes (even for random, which needs none)
+    records = {id(s): s.measured_records(range(len(s))) for s in spaces if ranked and isinstance(s, Sweep)}
     for space, name in zip(spaces, names):
         n = count if fraction is None else max(1, math.ceil(fraction * len(space)))
         if isinstance(space, TuningSpace):
@@ -403,11 +409,13 @@ def replay_file(
             points = [",".join(map(str, p)) for p in space.points]
             optimum = space.best
         else:
-            prior = [
+            prior = [  # a strategy that ranks starts from a forest of these (`replay`); others need none
                 r
                 for other in spaces
-                if other.shape != space.shape and other.gpu == space.gpu  # what kt ships: one GPU's forest
-                for r in other.measured_records(range(len(other)))
+                if ranked
+                and other.shape != space.shape
+                and other.gpu == space.gpu  # kt ships one GPU's forest
+                for r in records[id(other)]
             ]
             profile = profiles[space.target]
             points = [r["config_key"] for r in space.records]

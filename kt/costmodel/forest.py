@@ -50,7 +50,7 @@ from kt.costmodel.features import (
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
 from kt.device import DeviceProfile
-from kt.errors import ModelError
+from kt.errors import ModelError, counted
 from kt.files import atomic_write, cache_dir, model_file
 
 FORMAT = "kt-costmodel"
@@ -298,7 +298,7 @@ class ForestModel:
         t = self.trained
         shapes = f", {t['shapes']} shape{'s' if t['shapes'] != 1 else ''}" if t.get("shapes") else ""
         if t.get("problems") and t.get("shapes") and t["problems"] != t["shapes"]:
-            shapes = f", {t['problems']} problems of {t['shapes']} shapes"
+            shapes = f", {counted(t['problems'], 'problem')} of {counted(t['shapes'], 'shape')}"
         power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (
