@@ -142,6 +142,14 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     assert _space_line(result).startswith(f"space: 6 problems of {sizes}: ")  # a tune's rows show few
     with pytest.raises(replay_module.KtError, match="holds no exhaustive sweep"):
         replay_module.replay_file(path, "guided", 2, min_configs=50)
+    # a --device that no sweep was measured for was ignored without a word
+    with pytest.raises(
+        replay_module.KtError, match=r"^device: the sweeps were measured for 'h100', not for 'a100'"
+    ):
+        replay_module.replay_file(path, "random", 2, repeats=1, min_configs=3, device="a100")
+    assert (
+        len(replay_module.replay_file(path, "random", 2, repeats=1, min_configs=3, device="h100").scores) == 6
+    )
     # sweeps made without a GPU: the refusal said nothing of their rows never being timed
     rows[:] = [
         {**r, "runner": runner, "runtime_ms": None} for r in rows[:6] for runner in ("interpret", "dryrun")

@@ -322,6 +322,11 @@ def test_kt_replay_prints_the_score_line_last_and_writes_the_trace(bowl, tmp_pat
             ["--budget", "50%", "--strategy", "exhaustive"],
             "or exhaustive with the whole space (--budget 100% or",
         ),
+        # a foreign space reads no device profile: --device was ignored without a word
+        (
+            ["--budget", "5", "--device", "a100"],
+            "device: a Kernel Tuner cache is searched on its own parameters",
+        ),
     ],
 )
 def test_kt_replay_refuses_bad_input_in_one_line_with_exit_2(bowl, args, message):

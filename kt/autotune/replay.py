@@ -347,6 +347,12 @@ def _sweep_profiles(sweeps: list[Sweep], device: str | Path | None) -> dict[str 
                 f"space: its rows were measured for the device profile {target!r}, a calibrated one{got}; give "
                 "that profile's .json with --device"
             )
+    if given is not None and all(p.key != given.key for p in profiles.values()):  # was ignored without a word
+        measured = ", ".join(repr(p.key) for p in profiles.values())
+        raise KtError(
+            f"device: the sweeps were measured for {measured}, not for {given.key!r}; --device names the "
+            "calibrated profile that sweeps tuned with `--device gpu.json` were measured for: leave it out here"
+        )
     return profiles
 
 
@@ -382,6 +388,11 @@ def replay_file(
             )
     if is_kernel_tuner_file(path):
         _check_foreign(strategy, count, fraction, spaces[0])
+        if device is not None:  # a foreign space's search reads its own parameters, never a device profile
+            raise KtError(
+                "device: a Kernel Tuner cache is searched on its own parameters, with no device profile; "
+                "--device is for kt sweeps measured for a calibrated profile: leave it out here"
+            )
     profiles = _sweep_profiles([s for s in spaces if isinstance(s, Sweep)], device)
     gpus = {s.gpu for s in spaces if isinstance(s, Sweep)}
     names = _unique(
