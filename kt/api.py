@@ -21,7 +21,7 @@ from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.codegen.baseline import baseline_kernel
 from kt.codegen.restrict import illegal_config, restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
-from kt.errors import DeviceError, KtError, SpecError, one_line
+from kt.errors import DeviceError, KtError, SpecError, counted, one_line
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
 from kt.spec import (
@@ -433,6 +433,15 @@ def _measured_records(
         raise DatabaseError(f"{where}: it has no runtime_ms column (a `kt export` CSV has one)")
     kinds = untimed(rows)
     seen = f" (only rows that check but never time: {kinds})" if kinds else ""
+    baselines = sum(
+        r["config_key"] == BASELINE_KEY and r["runner"] == "cuda" and r.get("runtime_ms") is not None
+        for r in rows
+    )
+    if baselines and not kinds:  # an import of Inductor's cuBLAS rows alone: "no passing rows" was untrue
+        seen = (
+            f" (only {counted(baselines, 'timed baseline row')}, PyTorch's own path: the forest learns "
+            "generated kernels' configs)"
+        )
     raise DatabaseError(f"{where}{seen}; measure some with `kt collect` on a GPU")
 
 

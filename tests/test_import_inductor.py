@@ -384,3 +384,17 @@ def test_costmodel_eval_runs_on_an_imported_slice_of_the_real_h100_log(tmp_path)
     assert re.search(r"\b20 problems, \d+ shapes, 3 folds", result.stdout), result.stdout
     shapes = len({tuple(line.split(",")[:3]) for line in part.read_text().splitlines()[2:]})
     assert result.stdout.strip().endswith(f"| shapes {shapes}"), result.stdout
+
+
+def test_fitting_on_an_import_of_cublas_rows_alone_says_that_is_all_it_holds(tmp_path):
+    """An import whose problems were timed only by cuBLAS (extern_mm) was told it "holds no GPU-measured
+    passing rows", though it holds passing GPU timings: those of the baseline, which the forest does not learn."""
+    log = write_log(
+        tmp_path / "log.txt", [line(64, 32, 16, "extern_mm", "0.2"), line(64, 64, 16, "extern_mm", "0.3")]
+    )
+    rows, _ = import_rows(tmp_path, log)
+    result = kt("costmodel", "fit", "--data", tmp_path / "out.csv", "--out", tmp_path / "m.skops")
+    assert_one_line_error(
+        result, "(only 2 timed baseline rows, PyTorch's own path: the forest learns generated"
+    )
+    assert not (tmp_path / "m.skops").exists()
