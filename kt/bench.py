@@ -167,6 +167,7 @@ class BenchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"seconds", "status", "note"}
+    interrupted: str = ""  # the part a Ctrl-C or SIGTERM stopped ("" when the run was not stopped)
 
     @property
     def report(self) -> Path:
@@ -237,10 +238,22 @@ def run_bench(
     )
     reporter = BenchProgress(progress, smoke, clock.end)
     settings.runner = _runner(settings)
+    parts = (("smoke", _smoke_part), ("tunes", _tune_part), ("collect", _collect_part))
     try:
         with settings.runner:  # one set of workers for the whole run: each start costs seconds
-            for part, run in (("smoke", _smoke_part), ("tunes", _tune_part), ("collect", _collect_part)):
+            for part, run in parts:
                 result.parts[part] = _run_part(part, run, clock, settings, result, reporter, only)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in kt's CLI: the report says so, and what never ran
+        stopped = (part for part, info in result.parts.items() if info["status"] == "interrupted")
+        # none: it came between parts, as the workers started or stopped
+        result.interrupted = next(stopped, "the workers' start or shutdown")
+        for part, _ in parts:
+            result.parts.setdefault(
+                part, {"seconds": 0.0, "status": "not run", "note": "the run was stopped"}
+            )
+        never = [part for part, info in result.parts.items() if info["status"] == "not run"]
+        _say(settings, f"interrupted during {result.interrupted}; never ran: {', '.join(never) or 'none'}")
+        raise
     finally:
         reporter.stop()
         _write_outputs(result, settings)
@@ -263,6 +276,10 @@ def _run_part(part: str, run, clock: _Clock, settings, result: BenchResult, repo
         if cut:
             status, note = "cut short", f"{counted(items, 'item')}, {cut} not reached: its time share ran out"
     except KeyboardInterrupt:
+        seconds = round(time.monotonic() - started, 1)
+        note = f"stopped after {counted(len(result.rows) - before, 'row')}"
+        result.parts[part] = {"seconds": seconds, "status": "interrupted", "note": note}
+        _say(settings, f"part {part}: interrupted in {seconds:.0f} s ({note})")
         raise
     except Exception as exc:  # the other parts still run
         status, note = "failed", one_line(exc)
@@ -639,6 +656,19 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
             )
 
 
+def _interruption(result: BenchResult) -> list[str]:
+    """The report's line saying that the run was stopped, where, and what never ran (none when it was not)."""
+    if not result.interrupted:
+        return []
+    never = [part for part, info in result.parts.items() if info["status"] == "not run"]
+    where = f"the {result.interrupted} part" if result.interrupted in result.parts else result.interrupted
+    return [
+        f"- **interrupted** (Ctrl-C or SIGTERM) during {where}: this report holds only what finished before; "
+        + (f"never ran: {', '.join(never)}" if never else "every part had started")
+        + ". Rows and cases missing below were not reached, not failed."
+    ]
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or value == "" else format(value, spec)
 
@@ -658,8 +688,12 @@ def render_report(result: BenchResult) -> str:
         f"- date: {c['date']} (started {c['started_at']}) · command: `{c['command']}`",
         "- parts: "
         + ", ".join(
-            f"{p} {v['status']} in {v['seconds']:.0f} s ({v['note']})" for p, v in result.parts.items()
+            f"{p} {v['status']} in {v['seconds']:.0f} s ({v['note']})"
+            if v["status"] != "not run"
+            else f"{p} not run"
+            for p, v in result.parts.items()
         ),
+        *_interruption(result),
         "",
         "## Quick tunes against PyTorch (same run, same GPU, same timer)",
         "",

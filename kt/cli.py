@@ -11,8 +11,10 @@ import logging
 import math
 import os
 import random
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -55,6 +57,17 @@ err = Console(
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`), raised where Ctrl-C raises KeyboardInterrupt: every
+    cleanup Ctrl-C runs (a save's `.prev`, the claims, the workers) runs for it too."""
+
+
+def _terminate(signum, frame) -> None:
+    # a second SIGTERM must not cut the cleanup short (a no-op, not SIG_IGN, which workers started now would keep)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    raise _Terminated
+
+
 class _Group(click.Group):
     def main(self, *args, **kwargs):
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
@@ -62,13 +75,20 @@ class _Group(click.Group):
         handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
         handler.setFormatter(logging.Formatter("kt: warning: %(message)s"))
         logging.getLogger("kt").addHandler(handler)
+        # only the main thread may set a handler (click's CliRunner may call this from another)
+        sigterm = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, _terminate) if sigterm else None
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except KtError as exc:
             err.print(f"kt: error: {exc}", style="red")
             sys.exit(2)
-        except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort; kt never prompts
-            err.print(f"kt: interrupted{INTERRUPTED.get(self._command(args, kwargs), '')}")
+        except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
+            kept = INTERRUPTED.get(self._command(args, kwargs), "")
+            if isinstance(exc, _Terminated) or isinstance(exc.__cause__, _Terminated):
+                err.print(f"kt: terminated (SIGTERM){kept}")
+                sys.exit(128 + signal.SIGTERM)
+            err.print(f"kt: interrupted{kept}")
             sys.exit(130)
         except _NO_ARGS as exc:  # `kt` or `kt costmodel` alone: the help, as it is
             err.print(exc.format_message())
@@ -89,6 +109,9 @@ class _Group(click.Group):
         except click.ClickException as exc:
             err.print(f"kt: error: {exc.format_message()}", style="red")
             sys.exit(exc.exit_code)
+        finally:
+            if sigterm:  # None: a handler set outside Python
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
     def _command(self, args, kwargs) -> str | None:
         """The subcommand on the command line (click's own context is gone once the exception is out)."""
@@ -1439,6 +1462,14 @@ def _working(label: str):
         yield
 
 
+def _bench_db(ctx, param, value):
+    """kt bench's --db, checked as the command line is read. Not `DB`: a bench's default is OUT/tuning.db, beside
+    its report, so $KT_DB is neither used nor checked (a bad one refused a run that would not open it)."""
+    if value is not None:
+        check_file(value, True)
+    return value
+
+
 @main.command()
 @click.option(
     "--out",
@@ -1482,7 +1513,14 @@ def _working(label: str):
     help="Run nothing: merge the report already in this directory (with --update).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars and no progress notes: the results only.")
-@DB
+@click.option(
+    "--db",
+    type=_Path(path_type=Path),
+    default=None,
+    callback=_bench_db,
+    help="Tuning database (SQLite) the run writes. Default: tuning.db in the --out folder, beside the report "
+    "($KT_DB is not used).",
+)
 @WORKERS
 def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, db, workers):
     """One time-boxed run that fills BENCHMARKS.md: a smoke check of every family, quick tunes against PyTorch,

@@ -515,3 +515,62 @@ def test_update_keeps_the_files_mode_and_refuses_a_read_only_file_or_one_not_utf
     finally:
         folder.chmod(0o755)
     assert sorted(p.name for p in folder.iterdir()) == ["B.md"]
+
+
+def test_bench_neither_uses_nor_checks_kt_db_and_its_help_names_the_out_folders_database(tmp_path):
+    """`kt bench --help` said --db defaults to $KT_DB (else the cache's tuning.db), but a bench writes
+    OUT/tuning.db; and a $KT_DB naming a file that is no database still refused the run it would not touch."""
+    import os
+
+    shown = " ".join(kt_cli("bench", "--help", timeout=120).stdout.split())
+    assert "Default: tuning.db in the --out folder, beside the report ($KT_DB is not used)" in shown, shown
+    assert "Default: $KT_DB" not in shown
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("text, not sqlite " * 20)
+    # a run stopped by its own next check (no such case), after the command line: past $KT_DB's old refusal
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "bench", "--smoke", "--out", str(tmp_path / "out"), "--only", "nosuch"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "KT_DB": str(not_a_db)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("kt: error: only: 'nosuch' is in no quick-tune case's name"), done.stderr
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "out"), "--db", str(not_a_db), timeout=120)
+    assert done.returncode == 2 and "notes.db" in done.stderr and "kt: error: db:" in done.stderr, done.stderr
+
+
+def test_a_bench_stopped_by_ctrl_c_says_so_in_its_report_and_names_the_parts_that_never_ran(tmp_path):
+    """The report written as a Ctrl-C stopped the run read like a complete one: its parts line left out the part
+    that was running and those never started, and nothing said the run was interrupted."""
+    import re
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kt.cli", "bench", "--smoke", "--quiet", "--out", str(out), "--workers", "1",
+         "--minutes", "0.5", "--only", "dense"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    log = out / "bench.log"
+    while child.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and "tune dense fp16:" in log.read_text():  # the quick tunes are under way
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the bench finished before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("kt: interrupted; the report in its --out folder")
+    header = (out / "report.md").read_text().split("## Quick tunes")[0]
+    said = re.search(
+        r"^- \*\*interrupted\*\* \(Ctrl-C or SIGTERM\) during the (\w+) part: (.*)$", header, re.M
+    )
+    assert said, header
+    stopped = said.group(1)
+    assert stopped in ("tunes", "collect"), header  # the signal came after the first quick tune
+    assert re.search(rf"{stopped} interrupted in \d+ s \(stopped after \d+ rows?\)", header), header
+    if stopped == "tunes":
+        assert "collect not run" in header and "never ran: collect." in said.group(2), header
+    assert "interrupted during " in log.read_text()

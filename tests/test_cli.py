@@ -607,3 +607,111 @@ def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch
             assert "a warning while it spins" in screen.getvalue()
         else:
             assert screen.getvalue() == ""
+
+
+def test_ctrl_c_while_the_kt_command_imports_its_cli_prints_one_line_not_a_traceback(tmp_path):
+    """kt.cli's own imports (click, rich) run before kt's error handling: a Ctrl-C in a command's first ~0.15 s
+    printed a traceback from the `kt` script's `from kt.cli import main`. The entry point in pyproject.toml
+    imports kt.cli inside its own handling; here a real SIGINT arrives while rich loads."""
+    script = (
+        "import os, signal, sys\n"
+        "from importlib.metadata import entry_points\n"
+        "fired = []\n"
+        "def interrupt_once(event, args):\n"
+        "    if event == 'import' and args[0] == 'rich.console' and not fired:\n"
+        "        fired.append(True)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.addaudithook(interrupt_once)\n"
+        "(script,) = [e for e in entry_points(group='console_scripts') if e.name == 'kt']\n"
+        "sys.argv = ['kt', 'devices']\n"
+        "sys.exit(script.load()())\n"  # as the generated `kt` script does
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr == "kt: interrupted\n" and done.stdout == ""
+
+
+def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_released(tmp_path):
+    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`) had no handler: the tune died with no `kt:` line and
+    left its claims in the database (another tune then waited for configs nobody was checking)."""
+    import signal
+    import sqlite3
+    import time
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text(
+        "op: dense\nname: w\ndtype: float32\nshape: {m: 128, n: 128, k: 128}\ntune: {budget: 40}\n"
+    )
+    db = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kt.cli", "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
+         "--workers", "1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def claims() -> int:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+                return connection.execute("SELECT count(*) FROM claims").fetchone()[0]
+        except sqlite3.Error:  # not made yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline and not claims():
+        time.sleep(0.1)
+    assert child.poll() is None, "the tune finished before it could be stopped"
+    assert claims(), "the tune claimed nothing in time"
+    child.send_signal(signal.SIGTERM)  # mid-round: its configs claimed, being checked
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "kt: terminated (SIGTERM); every finished measurement is in the database, and running the same command "
+        "again resumes where this one stopped"
+    )
+    assert claims() == 0
+
+
+def test_sigterm_during_an_artifact_save_still_keeps_the_replaced_artifact_as_prev(tmp_path):
+    """SIGTERM between the exchange and the rename (as Ctrl-C in test_frictions) killed kt outright: the replaced
+    artifact was left in a hidden `.same.tmp-*` folder, no `same.prev` was made, and later saves never cleaned
+    it up. kt's main process now handles SIGTERM like Ctrl-C; here a real SIGTERM arrives at that moment."""
+    target = tmp_path / "art" / "same"
+    script = f"""
+import os, signal
+import kt
+from kt import cli
+from kt.autotune import artifact
+
+def tuned(block_m):
+    spec = kt.parse_spec({{"name": "same", "op": "dense", "dtype": "float16", "shape": {{"m": 24, "n": 40, "k": 32}},
+                          "tune": {{"configs": [{{"block_m": block_m, "block_n": 16, "block_k": 16}}]}}}})
+    return kt.tune(spec, backend="interpret", db={str(tmp_path / "t.db")!r}, progress=False, baseline=False,
+                   workers=1)
+
+first, second = tuned(16), tuned(32)
+first.save({str(target)!r})
+exchange = artifact._exchange
+
+def exchange_then_sigterm(a, b):
+    exchange(a, b)
+    os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` would, at the worst moment
+
+artifact._exchange = exchange_then_sigterm
+
+@cli.main.command("save-again")
+def save_again():
+    second.save({str(target)!r})
+
+cli.main(["save-again"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == "kt: terminated (SIGTERM)"
+    import kt
+    from kt.autotune.artifact import kept_artifact
+
+    previous = tmp_path / "art" / "same.prev"
+    assert kt.load(target).config.block_m == 32 and kt.load(previous).config.block_m == 16
+    assert kept_artifact(previous)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["same", "same.prev"]  # no staging left

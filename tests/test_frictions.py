@@ -210,6 +210,107 @@ def test_a_prev_that_kt_did_not_keep_is_never_replaced(tmp_path):
     assert kept_artifact(previous) and not kept_artifact(target)  # kt.nn's lookup skips the kept one
 
 
+def _save_in_children_at_once(results, target) -> list[str]:
+    """Save each of `results` to `target` from its own forked process, all released at one moment (two `kt tune`
+    of one op finishing together); what each save said: "ok" or its exception."""
+    import os
+
+    go_read, go_write = os.pipe()
+    children = []
+    for result in results:
+        said_read, said_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the start, save, say how it went
+            try:
+                os.close(go_write)
+                os.read(go_read, 1)  # returns when the parent closes its end: every child at once
+                try:
+                    save_artifact_report(result, target)
+                    said = "ok"
+                except BaseException as exc:  # noqa: BLE001 - the parent's assertion shows it
+                    said = f"{type(exc).__name__}: {exc}"
+                os.write(said_write, said.encode()[:4000])
+            finally:
+                os._exit(0)
+        os.close(said_write)
+        children.append((pid, said_read))
+    os.close(go_read)
+    os.close(go_write)
+    said = []
+    for pid, said_read in children:
+        os.waitpid(pid, 0)
+        said.append(os.read(said_read, 4096).decode() or "the child said nothing")
+        os.close(said_read)
+    return said
+
+
+def test_two_saves_of_one_artifact_at_once_both_succeed_and_the_replaced_one_is_kept_as_prev(tmp_path):
+    """Two saves of one artifact at once (two `kt tune` of one op into one --out finishing together): one failed
+    with "Directory not empty: .same.tmp-..." or called kt's own same.prev "a folder kt did not keep there" (18
+    of 20 racing pairs), and the artifact it replaced was removed instead of kept as `.prev`."""
+    results = [
+        _tuned(tmp_path, {"block_m": m, "block_n": n, "block_k": 16})
+        for m, n in ((16, 16), (32, 16), (16, 32))
+    ]
+    target, previous = tmp_path / "art" / "same", tmp_path / "art" / "same.prev"
+    failed = []
+    for _ in range(8):
+        shutil.rmtree(tmp_path / "art", ignore_errors=True)
+        save_artifact_report(results[0], target)
+        save_artifact_report(results[1], target)  # same (32) and same.prev (16), as after two tunes
+        said = _save_in_children_at_once([results[0], results[2]], target)
+        failed += [message for message in said if message != "ok"]
+        # the last save wins, and the one before it (the other racer's) is kept whole as .prev
+        now, before = (kt.load(path).config for path in (target, previous))
+        assert {(now.block_m, now.block_n), (before.block_m, before.block_n)} == {(16, 16), (16, 32)}, said
+        assert kept_artifact(previous)
+        assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]  # no lock left
+    assert not failed, failed[:3]
+    # the lock file of a save killed while it held it (SIGKILL) neither stops the next save nor stays
+    (tmp_path / "art" / ".same.lock").write_text("")
+    save_artifact_report(results[1], target)
+    assert kt.load(target).config.block_m == 32
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]
+
+
+def test_a_save_to_a_symlinked_artifact_replaces_the_folder_it_leads_to_and_keeps_prev_beside_it(tmp_path):
+    """`out/same -> ../real/same`: the save replaced the link itself with a folder and left a stray link in a
+    `.same.tmp-*` name; a differing save made `same.prev` a link and wrote `.kt-kept` into the real artifact
+    (kt.nn's lookup then skipped it), and the next save was refused calling that link "a file"."""
+    import os
+
+    first, second, third = (
+        _tuned(tmp_path, {"block_m": m, "block_n": n, "block_k": 16})
+        for m, n in ((16, 16), (32, 16), (16, 32))
+    )
+    real, out = tmp_path / "real", tmp_path / "out"
+    save_artifact_report(first, real / "same")
+    out.mkdir()
+    link = out / "same"
+    link.symlink_to(Path("..") / "real" / "same")
+    path, report = save_artifact_report(second, link)
+    kept = real / "same.prev"
+    assert path == link
+    assert (
+        report == f"replaced the artifact there (spec and config differ); the previous one is kept as {kept}"
+    )
+    assert link.is_symlink() and os.readlink(link) == str(Path("..") / "real" / "same")  # the link stays
+    assert kt.load(link).config.block_m == 32 and kt.load(kept).config.block_m == 16
+    assert not kept_artifact(real / "same") and kept_artifact(kept)  # kt.nn's lookup takes the new one
+    assert sorted(p.name for p in out.iterdir()) == ["same"]  # no stray link, no .prev beside the link
+    assert sorted(p.name for p in real.iterdir()) == ["same", "same.prev"]
+    save_artifact_report(third, link)  # the next save is not refused
+    assert kt.load(link).config.block_n == 32 and kt.load(kept).config.block_m == 32
+    # a `.prev` that is a link kt did not make is named as one, not as "a file"
+    shutil.rmtree(kept)
+    kept.symlink_to(out)
+    with pytest.raises(
+        kt.ArtifactError, match=f"but it is a symbolic link \\(to {re.escape(str(out))}\\); move it"
+    ):
+        save_artifact_report(first, link)
+    assert kt.load(link).config.block_n == 32 and kept.is_symlink()
+
+
 def test_export_refuses_a_missing_folder_and_an_unknown_status_and_keeps_the_umask(tmp_path):
     import os
 

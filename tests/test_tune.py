@@ -69,6 +69,21 @@ def test_a_second_tune_measures_nothing_again(tuned):
         [],
     )
     assert first["checked"] == second["checked"] == 6 and second["first_model"] == first["first_model"]
+    # with another strategy and model, what chose the best was the first run's: said in the result's notes
+    # (it was said only in the progress output, which --quiet drops, and meta.json credits the new ones)
+    other = kt.tune(SPEC, db=db, workers=2, progress=False, strategy="random", model="analytic")
+    assert other.newly_measured == 0 and other.best.config == result.best.config
+    assert any(
+        note.startswith(
+            "nothing new was checked: earlier runs had checked 6 configs of this problem, which fill"
+        )
+        for note in other.notes
+    ), other.notes
+    assert not any(note.startswith("nothing new") for note in result.notes)
+    # an energy objective without a GPU or a model of power: the choice is by predicted time, now said
+    energy = kt.tune(SPEC, db=db, workers=2, progress=False, objective="energy")
+    assert any("the energy objective was not applied: nothing was measured and" in n for n in energy.notes)
+    assert not any("objective was not applied" in n for n in result.notes)
 
 
 def test_artifact_round_trip_and_meta(tuned, tmp_path):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -62,11 +64,13 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     from kt.codegen.baseline import render_baseline
 
     path = _artifact_path(path)
-    if path.name.endswith(PREVIOUS_SUFFIX):  # as kt tune refuses a spec's name ending so
-        raise ArtifactError(
-            f"{path}: a folder named '*{PREVIOUS_SUFFIX}' is where kt keeps the artifact that a new one at "
-            f"{path.with_name(path.name[: -len(PREVIOUS_SUFFIX)])} replaces; save to another path"
-        )
+    real = _followed(path)
+    for named in dict.fromkeys((path, real)):
+        if named.name.endswith(PREVIOUS_SUFFIX):  # as kt tune refuses a spec's name ending so
+            raise ArtifactError(
+                f"{named}: a folder named '*{PREVIOUS_SUFFIX}' is where kt keeps the artifact that a new one at "
+                f"{named.with_name(named.name[: -len(PREVIOUS_SUFFIX)])} replaces; save to another path"
+            )
     spec, problem, best = result.spec, result.problem, result.best
     family = family_for(problem)
     if best.pytorch:
@@ -161,8 +165,21 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kernel_sha256": hashlib.sha256(source.encode()).hexdigest(),
     }
-    check_target(path, "save to another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        check_target(real, "save to another path")  # says why in one line
+        raise
+    # another save of this artifact (two `kt tune` of one op into one --out) waits until this one is done: a
+    # save between this one's exchange and its rename saw a half-made `.prev`, or renamed onto it, and failed
+    with _locked(real):
+        check_target(real, "save to another path")
+        return path, _swap_in(real, source, meta)
+
+
+def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
+    """Write the artifact into a staging folder beside `path` and swap it in (the old one kept as `.prev` when
+    it differs); what became of the old one, in words, or None when there was none."""
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     report = None
     text = json.dumps(meta, indent=2) + "\n"
@@ -179,7 +196,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not path.is_dir():
                     raise
             else:
-                return path, None
+                return None
         if path.exists():
             changed = _changes(path / "meta.json", meta)
             _exchange(staging, path)  # staging now holds the old artifact: kept, or removed below
@@ -193,15 +210,15 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
                 report = "replaced the artifact there (same spec, kernel, config, target and objective)"
     finally:
         if changed and _holds_another(staging, text):
-            # stopped (Ctrl-C) between the exchange and the rename: staging holds the old artifact, which the
-            # user was promised as <name>.prev, not its removal
+            # stopped (Ctrl-C, SIGTERM) between the exchange and the rename: staging holds the old artifact,
+            # which the user was promised as <name>.prev, not its removal
             with contextlib.suppress(OSError):
                 previous = previous_path(path)
                 _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
                 shutil.rmtree(previous, ignore_errors=True)
                 os.replace(staging, previous)
         shutil.rmtree(staging, ignore_errors=True)
-    return path, report
+    return report
 
 
 def _holds_another(staging: Path, text: str) -> bool:
@@ -259,8 +276,16 @@ def _baseline_meta(result) -> dict[str, Any] | None:
 
 def check_target(path: str | os.PathLike, instead: str = "choose another --out") -> None:
     """Refuse, before any work, a destination that is a file, a directory kt did not write, or a place where no
-    folder can be made. `instead`: what the message tells the user to do (kt tune's flag; `save`'s path)."""
-    path = Path(path)
+    folder can be made. `instead`: what the message tells the user to do (kt tune's flag; `save`'s path). A
+    symbolic link is followed: the folder it leads to is checked, as a save writes there."""
+    path = _followed(Path(path), instead)
+    # a save of this artifact running now is waited for: between its exchange and its rename, its `.prev` is
+    # half made and read as a folder kt did not keep
+    with _locked(path) if path.parent.is_dir() else contextlib.nullcontext():
+        _check_target(path, instead)
+
+
+def _check_target(path: Path, instead: str) -> None:
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"{path} exists and is a file, not an artifact directory; {instead}")
     if path.is_dir() and not (path / "meta.json").exists() and any(path.iterdir()):
@@ -276,13 +301,75 @@ def check_target(path: str | os.PathLike, instead: str = "choose another --out")
         )
     previous = previous_path(path)
     if path.is_dir() and (previous.exists() or previous.is_symlink()) and not kept_artifact(previous):
-        what = (
-            "a file" if not previous.is_dir() or previous.is_symlink() else "a folder kt did not keep there"
-        )
+        if previous.is_symlink():  # kt never makes one: replacing it would replace the folder it leads to
+            what = f"a symbolic link (to {os.readlink(previous)})"
+        else:
+            what = "a folder kt did not keep there" if previous.is_dir() else "a file"
         raise ArtifactError(
             f"{previous} is where kt keeps the artifact that a new one at {path} replaces, but it is {what}; "
             f"move it, or {instead}"
         )
+
+
+def _followed(path: Path, instead: str = "save to another path") -> Path:
+    """Where a save to `path` writes: `path`, or the folder the symbolic link `path` leads to (the link stays and
+    shows the new artifact, and the replaced one is kept as `.prev` beside that folder). Replacing the link
+    itself left it a plain folder, a stray link in a staging name, and `.kt-kept` in the folder it led to."""
+    if not path.is_symlink():
+        return path
+    real = Path(os.path.realpath(path))
+    if real.is_symlink():  # realpath stops where links go round in a loop
+        raise ArtifactError(f"{path} is a symbolic link that leads round in a loop; remove it, or {instead}")
+    return real
+
+
+_HELD = threading.local()  # the artifact locks this thread holds: a save's own check_target takes its lock
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold the lock of the artifact at `path` (flock on `<parent>/.<name>.lock`, removed when released): one save
+    or check of one artifact at a time, across processes and threads. Where no lock file can be made (a read-only
+    folder, where no save can write either) or the file system has no flock, it goes on unlocked."""
+    lock = path.with_name(f".{path.name}.lock")
+    held = _HELD.__dict__.setdefault("locks", set())
+    key = os.path.abspath(lock)
+    handle = None if key in held else _acquire(lock)
+    if handle is None:
+        yield
+        return
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        # removed while still held: a save waiting on this file then finds it gone and locks a new one
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(handle)
+
+
+def _acquire(lock: Path) -> int | None:
+    """A descriptor of `lock` holding its exclusive flock, or None where it cannot be had."""
+    while True:
+        try:
+            handle = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            opened, named = os.fstat(handle), os.stat(lock)
+            if (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino):
+                return handle
+        except FileNotFoundError:  # its holder removed it as it let go: lock the one there now
+            pass
+        except OSError:  # no flock on this file system
+            os.close(handle)
+            return None
+        except BaseException:
+            os.close(handle)
+            raise
+        os.close(handle)  # the file was replaced while this one waited: lock the one there now
 
 
 def kept_artifact(folder: str | os.PathLike) -> bool:

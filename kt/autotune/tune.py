@@ -50,7 +50,7 @@ from kt.costmodel.models import shipped_model_path
 from kt.costmodel.prediction import Prediction, model_noun
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
-from kt.errors import KtError, ModelError, SpecError
+from kt.errors import KtError, ModelError, SpecError, counted
 from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, power_cap
 
@@ -507,6 +507,11 @@ def tune(
                 f"the {power_cap_w:g} W power cap was not applied: nothing was measured and "
                 f"{model_noun(plan.model)} predicts no power"
             )
+        if objective != "time" and session.final_prediction.power_w is None:
+            notes.append(  # meta.json said `objective: energy` of a choice made by predicted time
+                f"the {objective} objective was not applied: nothing was measured and {model_noun(plan.model)} "
+                "predicts no power, so the choice is by predicted time"
+            )
     else:
         rounds = max(session.trace.rounds, default=-1) + 1
         if rounds:
@@ -527,6 +532,14 @@ def tune(
             notes.append(
                 f"some configs have no power reading, so the {power_cap_w:g} W cap was not checked for them"
             )
+    if session.fresh == 0 and session.rows:
+        # a rerun with another --strategy or --model: meta.json credits them, yet they chose nothing
+        verb = "measured" if runner.measures_time else "checked"
+        notes.append(
+            f"nothing new was {verb}: earlier runs had {verb} {counted(len(session.rows), 'config')} of this "
+            f"problem, which fill the budget whatever strategy and model chose them; raise --budget to "
+            f"{'measure' if runner.measures_time else 'check'} more"
+        )
     deadline = options.get("deadline")
     if deadline is not None and not session.rows and time.monotonic() > deadline:
         # the search stopped at the deadline before the first generated config came back: say so, not "none

@@ -21,6 +21,7 @@ def serve(conn_in, conn_out) -> None:
     """Say ready, then serve tasks until told to stop (None), the parent goes away, or a task leaves the process
     unusable."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the kt process's handler: the pool stops us so
     try:
         conn_out.send(("ready", _warm_up()))
     except (BrokenPipeError, OSError):
