@@ -225,8 +225,16 @@ def _model_file(ctx, param, value):
     """A model file is checked as the command line is read, before torch or scikit-learn load."""
     if value is not None and not str(value).strip():
         raise click.BadParameter("an empty path; give a model file or analytic", ctx, param)
-    if value is not None and str(value) != "analytic":
-        model_file(value)
+    if value is not None and str(value).lower() == "analytic":
+        return "analytic"  # `ANALYTIC` was read as a file's name
+    if value is not None:
+        try:
+            model_file(value)
+        except KtError as exc:  # "model: ... not found" named neither the option nor the other choice
+            why = str(exc).removeprefix("model: ")  # click names the option
+            raise click.BadParameter(
+                f"{why}; allowed: a model file from `kt costmodel fit`, or analytic"
+            ) from None
     return value
 
 
@@ -264,7 +272,7 @@ def _db_option(
 
     return click.option(
         "--db",
-        type=_Path(path_type=Path),
+        type=_Path(path_type=Path, noun="a database file, such as tuning.db"),
         default=None,
         callback=check,
         help=help,
@@ -275,9 +283,16 @@ class _Path(click.Path):
     """click.Path that refuses an empty path, which pathlib reads as "." (`--out ''` wrote artifacts into the
     current folder, `--db ''` said "'.' is a directory")."""
 
+    def __init__(self, *args, noun: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # what to give instead (a database option takes a file, though click.Path leaves folders to kt's check)
+        self.noun = noun or (
+            "a folder" if not self.file_okay else "a file" if not self.dir_okay else "a path"
+        )
+
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
-            self.fail("an empty path; give a file or folder name", param, ctx)
+            self.fail(f"an empty path; give {self.noun}", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -366,9 +381,19 @@ WORKERS = click.option(
 )
 
 
+def _gpus_text(ctx, param, value: str | None) -> str | None:
+    """--gpus's form, checked as the command line is read (it was parsed after torch loaded, 1.9 s)."""
+    if value is not None:
+        from kt.autotune.gpuinfo import parse_gpus  # the standard library only
+
+        parse_gpus(value)
+    return value
+
+
 GPUS = click.option(
     "--gpus",
     default=None,
+    callback=_gpus_text,
     metavar="all|I,J,...",
     help="The GPUs to measure on, one GPU worker each (indices as torch numbers them, after "
     "CUDA_VISIBLE_DEVICES; all of one model). Default: every visible GPU of the model of GPU 0.",
@@ -451,8 +476,8 @@ def _ray_address(ctx, param, value):
     "--quiet",
     is_flag=True,
     help="No progress bar: the results only, with the notes that say what they are (no GPU here, what the "
-    "cost model never saw); several ops: each named as it starts and ends, with how many are still to go, to "
-    "say whose results follow.",
+    "cost model never saw); several ops: each named as it ends (and as it starts with --concurrent 1), with "
+    "how many are still to go, to say whose results follow.",
 )
 @STRATEGY
 @MODEL
@@ -585,6 +610,11 @@ def _one_model(values: tuple[str, ...]) -> str | None:
             "model's ops with kt.nn.selections().write_yaml() and tune the files together",
             param_hint="'--from-model'",
         )
+    where, _, attr = values[0].rpartition(":") if values else ("", "", "")
+    if values and not (where and attr):  # as kt.nn.discover.load_factory says, before torch loads (3.5 s)
+        raise click.BadParameter(
+            f"{values[0]!r} must be MODULE:FACTORY or path/to/file.py:FACTORY", param_hint="'--from-model'"
+        )
     return values[0] if values else None
 
 
@@ -605,7 +635,7 @@ def _model_specs(target: str, taken: set[str]) -> list:
         )
         raise KtError(f"--from-model: {target} runs no nn.Linear or kt.nn layer kt can tune{skipped}")
     # a Text, so that neither `:factory:` (an emoji code) nor brackets in the path are read as markup
-    table = Table(title=Text(f"{target}: {len(found.specs)} ops to tune"))
+    table = Table(title=Text(f"{target}: {counted(len(found.specs), 'op')} to tune"))
     for name in ("op", "what", "modules"):
         table.add_column(name)
     for spec in found.specs:
@@ -1515,7 +1545,7 @@ def _bench_db(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bars and no progress notes: the results only.")
 @click.option(
     "--db",
-    type=_Path(path_type=Path),
+    type=_Path(path_type=Path, noun="a database file, such as tuning.db"),
     default=None,
     callback=_bench_db,
     help="Tuning database (SQLite) the run writes. Default: tuning.db in the --out folder, beside the report "

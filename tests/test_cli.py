@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,14 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
             ["tune", listed],
             "tune.configs[0]: missing block_n, block_k (a lowrank config has block_m, block_n, ",
         ),
-        (["tune", EXAMPLE, "--model", tmp_path / "none.skops"], "model: '"),
+        (  # it named neither the option nor the other choice
+            ["tune", EXAMPLE, "--model", tmp_path / "none.skops"],
+            "Invalid value for '--model': '",
+        ),
+        (
+            ["tune", EXAMPLE, "--model", tmp_path / "none.skops"],
+            "allowed: a model file from `kt costmodel fit`, or",
+        ),
         (
             ["predict", EXAMPLE, "--model", tmp_path],
             "is a directory; give a model file written by `kt costmodel",
@@ -550,12 +558,12 @@ def test_an_empty_path_and_a_device_for_a_file_are_named_as_such(tmp_path):
     from kt.cli import main
 
     for args, message in [
-        (["tune", EXAMPLE, "--out", ""], "Invalid value for '--out': an empty path"),
-        (["tune", EXAMPLE, "--db", ""], "Invalid value for '--db': an empty path"),
+        (["tune", EXAMPLE, "--out", ""], "Invalid value for '--out': an empty path; give a folder"),
+        (["tune", EXAMPLE, "--db", ""], "Invalid value for '--db': an empty path; give a database file"),
         (["show", EXAMPLE, "--ptx", ""], "Invalid value for '--ptx': an empty path"),
         (["predict", EXAMPLE, "--model", ""], "Invalid value for '--model': an empty path"),
         (["tune", EXAMPLE, "--db", os.devnull], f"db: '{os.devnull}' is not a regular file"),
-        (["predict", EXAMPLE, "--model", os.devnull], f"model: '{os.devnull}' is not a regular file"),
+        (["predict", EXAMPLE, "--model", os.devnull], f"'--model': '{os.devnull}' is not a regular file"),
     ]:
         done = CliRunner().invoke(main, list(map(str, args)))
         assert done.exit_code == 2 and message in done.output, (args, done.output)
@@ -715,3 +723,26 @@ cli.main(["save-again"])
     assert kt.load(target).config.block_m == 32 and kt.load(previous).config.block_m == 16
     assert kept_artifact(previous)
     assert sorted(p.name for p in target.parent.iterdir()) == ["same", "same.prev"]  # no staging left
+
+
+def test_from_model_and_gpus_are_checked_before_torch_loads_and_analytic_is_read_in_any_case(tmp_path):
+    """`--from-model nocolon.py` and `--gpus x,y` were refused 2 to 3.5 s after the command started (after torch
+    loaded); `--model ANALYTIC` was read as a file's name."""
+    for args, message in [
+        (
+            ["--from-model", "nocolon.py"],
+            "'--from-model': 'nocolon.py' must be MODULE:FACTORY or path/to/file.py:",
+        ),
+        (["--from-model", ":f"], "':f' must be MODULE:FACTORY"),
+        (["--gpus", "x,y"], "--gpus: 'x,y' is not allowed; give all, or GPU indices such as 0,1,3"),
+    ]:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "kt", "tune", EXAMPLE, *args], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert time.perf_counter() - started < 1.5, "refused before torch loads"
+        assert len(done.stderr.strip().splitlines()) == 1
+    from kt.cli import _model_file
+
+    assert _model_file(None, None, "ANALYTIC") == "analytic"

@@ -151,7 +151,7 @@ def test_op_yaml_files_and_a_model_tune_together(tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert "mdl.py:factory: 1 ops to tune" in done.stdout and "2 sources: 2 ops, tuned" in done.stdout
+    assert "mdl.py:factory: 1 op to tune" in done.stdout and "2 sources: 2 ops, tuned" in done.stdout
     assert (
         sorted(p.name for p in (tmp_path / "art").iterdir()) == ["d", "factory_b16"]
         or len(list((tmp_path / "art").iterdir())) == 2

@@ -71,8 +71,13 @@ def test_a_second_tune_measures_nothing_again(tuned):
     assert first["checked"] == second["checked"] == 6 and second["first_model"] == first["first_model"]
     # with another strategy and model, what chose the best was the first run's: said in the result's notes
     # (it was said only in the progress output, which --quiet drops, and meta.json credits the new ones)
-    other = kt.tune(SPEC, db=db, workers=2, progress=False, strategy="random", model="analytic")
+    other = kt.tune(SPEC, db=db, workers=2, progress=False, strategy="random", model="analytic", seed=7)
     assert other.newly_measured == 0 and other.best.config == result.best.config
+    # the seed is recorded (meta.json had none: a random search's artifact could not be reproduced from it)
+    assert (
+        first["seed"],
+        json.loads((other.save(db.parent / "three") / "meta.json").read_text())["tuning"]["seed"],
+    ) == (1, 7)
     assert any(
         note.startswith(
             "nothing new was checked: earlier runs had checked 6 configs of this problem, which fill"

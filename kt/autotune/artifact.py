@@ -148,6 +148,7 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
             "timed": sum(1 for r in result.rows if r.get("runtime_ms") is not None),
             "budget": result.plan.budget,  # the one the search spent (--budget overrides the spec's tune.budget)
             "strategy": result.plan.strategy,
+            "seed": result.seed,  # --seed, else the spec's: a random search's picks follow it
             "first_model": result.plan.model,
             # this run's own search: the configs it ran, its rounds and the models that ranked them, round by
             # round (a rerun whose budget earlier runs' rows already cover runs none: 0, 0 and [])

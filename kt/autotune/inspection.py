@@ -23,7 +23,7 @@ import numpy as np
 
 from kt.autotune.artifact import read_meta
 from kt.autotune.database import Database, default_path
-from kt.device import DeviceProfile
+from kt.device import BUILTIN, DeviceProfile
 from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
 from kt.files import INSPECT_HINT, atomic_write, existing_path
 
@@ -189,7 +189,9 @@ def _artifact_rows(
             "pass the database the tune wrote with --db"
         )
     given = _profile(device, explicit=True)
-    profile = given or _profile((meta.get("spec") or {}).get("device")) or _profile(target_name)
+    # the target the tune ran for first: the spec's device is the file's, which `--device` overrides
+    built_in = target_name if target_name in BUILTIN else None
+    profile = given or _profile(built_in) or _profile((meta.get("spec") or {}).get("device"))
     targets = {r["target"] for r in records}
     if given is not None and given.key not in targets:
         raise ArtifactError(

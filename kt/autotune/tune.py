@@ -392,6 +392,7 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     trace: SearchTrace = field(default_factory=SearchTrace)
     baseline: dict[str, Any] | None = None  # candidate zero's row: PyTorch's own path
+    seed: int | None = None  # the search's and the check inputs' (--seed, else the spec's tune.seed)
 
     @property
     def measured(self) -> bool:
@@ -573,6 +574,7 @@ def tune(
         notes,
         session.trace,
         session.baseline,
+        spec.tune.seed if options.get("seed") is None else options["seed"],
     )
 
 
