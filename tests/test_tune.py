@@ -443,3 +443,24 @@ def test_a_save_over_a_hand_damaged_artifact_keeps_it_as_prev(tuned, tmp_path, d
     assert json.loads((tmp_path / "tiny.prev" / "meta.json").read_text()) == (
         {**meta, **damage} if isinstance(damage, dict) else damage
     )
+
+
+def test_a_cooldown_asked_of_the_interpret_backend_is_said_to_be_unused(tmp_path, caplog):
+    """`--cooldown-ms 60000` without a GPU was dropped without a word (a --power-cap there gets a note)."""
+    from kt.autotune.timing import TimingSettings
+
+    spec = {**SPEC, "tune": {"configs": [{"block_m": 16, "block_n": 16, "block_k": 16}]}}
+    with caplog.at_level("WARNING", logger="kt"):
+        kt.tune(
+            spec,
+            db=tmp_path / "t.db",
+            workers=1,
+            progress=False,
+            baseline=False,
+            timing=TimingSettings(cooldown_ms=500),
+        )
+    assert "--cooldown-ms is not used by the interpret backend" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kt"):
+        kt.tune(spec, db=tmp_path / "t.db", workers=1, progress=False, baseline=False)
+    assert "cooldown" not in caplog.text

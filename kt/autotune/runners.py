@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -468,6 +469,9 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
         cooldown = timing.cooldown_ms if timing is not None else DRY_RUN_TIMING.cooldown_ms
         return DryRunner(profile, timing=dataclasses.replace(DRY_RUN_TIMING, cooldown_ms=cooldown), **options)
     if backend == "interpret":
-        options.pop("timing", None)
+        if options.pop("timing", None) is not None:  # --cooldown-ms was dropped without a word
+            logging.getLogger("kt").warning(
+                "--cooldown-ms is not used by the interpret backend: nothing is timed without a GPU"
+            )
         return InterpretRunner(profile, **options)
     raise DeviceError(f"backend: {backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
