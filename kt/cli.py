@@ -1237,6 +1237,15 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
     )
 
 
+def _profile_name(ctx, param, value):
+    """--name, checked before minutes of measuring (a profile so named did not load back)."""
+    from kt.device import name_problem
+
+    if value is not None and (why := name_problem(value)):
+        raise click.BadParameter(why.removeprefix("name "))
+    return value
+
+
 @main.command()
 @click.option(
     "--out",
@@ -1246,7 +1255,12 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
     callback=lambda ctx, param, value: check_writable(value, "out"),  # before the GPU is measured
     help="Profile JSON to write.",
 )
-@click.option("--name", default=None, help="Profile name (default: the matching built-in's, e.g. h100).")
+@click.option(
+    "--name",
+    default=None,
+    callback=_profile_name,
+    help="Profile name: letters, digits, _ . - (default: the matching built-in's, e.g. h100).",
+)
 def calibrate(out_path, name):
     """Measure this machine's GPU (copy bandwidth, matmul throughput, limits) into a device profile."""
     from kt.autotune.calibrate import calibrate as run_calibration

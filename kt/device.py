@@ -106,11 +106,8 @@ class DeviceProfile:
                 f"{where}: max_regs_per_thread must be from 32 to 255 (255 on every GPU kt knows), got {regs!r}"
             )
         name = data.get("name")
-        if isinstance(name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-            # it names kt's model files (`<key>.skops`): a "/" reached into other folders
-            raise ProfileError(
-                f"{where}: name must be a letter or digit, then up to 63 letters, digits, _ . -, got {name!r}"
-            )
+        if isinstance(name, str) and (why := name_problem(name)):
+            raise ProfileError(f"{where}: {why}")
         threads, regs_per_sm = data.get("max_threads_per_sm"), data.get("regs_per_sm")
         if isinstance(threads, int) and not (1024 <= threads <= 2048 and threads % 32 == 0):
             # 1 passed (less than a warp), and the occupancy estimate then ran one program per SM
@@ -317,8 +314,18 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
     return DeviceProfile.from_dict(data, where=str(path))
 
 
+def name_problem(name: str) -> str | None:
+    """What is wrong with a profile's name, or None: it names kt's model files (`<key>.skops`), where a "/"
+    reached into other folders. `kt calibrate --name` is checked before it measures."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        return None
+    return f"name must be a letter or digit, then up to 63 letters, digits, _ . -, got {name!r}"
+
+
 def save_profile(profile: DeviceProfile, path: str | os.PathLike) -> Path:
-    """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+    """Write atomically: a crash leaves either the old file or the new one, never half of one. A profile that
+    would not load back is refused first (minutes of `kt calibrate` were lost to one)."""
+    DeviceProfile.from_dict(profile.to_dict(), f"{path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -901,3 +901,38 @@ def test_a_power_zero_reading_is_data_and_a_negative_one_is_refused(gpperf):
     check_row({**row, "power_w": 0.0}, "data: row id 1")
     with pytest.raises(DatabaseError, match="column power_w is -1.0; allowed: a finite number of watts >= 0"):
         check_row({**row, "power_w": -1.0}, "data: row id 1")
+
+
+def test_inspect_takes_a_calibrated_tunes_own_profile_though_it_bears_a_built_in_name(tmp_path):
+    """`kt calibrate` names a profile after its built-in (h100): inspect must go by the recorded key (h100-<hash>),
+    not the name, else it took the built-in h100 and compared the wrong target's rows (a first version of
+    preferring the recorded target over the spec's device did)."""
+    import dataclasses
+
+    from kt.autotune.inspection import _artifact_rows
+
+    if not GPPERF_CSV.is_file():
+        pytest.skip(f"GPPerf measurements not found at {GPPERF_CSV} (set KT_GPPERF_DIR)")
+    calibrated = dataclasses.replace(RTX4070_PROFILE, name="h100")
+    profile_file = save_profile(calibrated, tmp_path / "gpu.json")
+    rows = gpperf_rows()
+    with Database(tmp_path / "d.db") as db:
+        for row in rows:
+            db.insert({**row, "target": calibrated.key})
+    row = next(r for r in rows if r["problem"]["m"] == 128256 and r["problem"]["k"] == 1024)
+    device = {"target": "h100", "key": calibrated.key, "ran_on": RTX4070, "runner": "cuda"}
+    tuned = artifact(
+        tmp_path / "a",
+        GemmProblem(**row["problem"]),
+        CUTLASS_CONFIG,
+        tmp_path / "d.db",
+        True,
+        device,
+        family_version=row["family_version"],
+        spec={"device": str(profile_file)},
+        runtime_ms=row["runtime_ms"],
+    )
+    with Database(tmp_path / "d.db") as db:  # the same problem measured for the built-in h100 too
+        db.insert({**row, "target": "h100"})
+    result, profile, _ = _artifact_rows(tuned, None, None)
+    assert (result.target, profile.key) == (calibrated.key, calibrated.key)

@@ -446,7 +446,8 @@ def test_a_database_named_csv_is_refused_where_made_and_read_as_a_database_where
 
     made = tmp_path / "sweep.csv"
     with pytest.raises(
-        DatabaseError, match=r"^db: '.*sweep.csv' ends in .csv, which kt costmodel, inspect and"
+        DatabaseError,
+        match=r"^db: '.*sweep.csv' ends in .csv, the suffix of `kt export`'s CSV files, not of a tuning database",
     ):
         check_file(made)
     result = CliRunner().invoke(
@@ -458,6 +459,9 @@ def test_a_database_named_csv_is_refused_where_made_and_read_as_a_database_where
         db.insert(row())
     (tmp_path / "sweep.db").rename(made)  # as kt made it before
     check_data(made)
+    check_file(made)  # one made before is still written: a tune may add to it
+    with Database(made) as db:
+        db.insert(row(config_key="m64n32k32g8w4s3x1"))
     with pytest.raises(
         DatabaseError, match="sweep.csv' row id 1: column family"
     ):  # read as a database's rows

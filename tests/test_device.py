@@ -199,3 +199,16 @@ def test_profile_file_errors(tmp_path):
         kt.parse_spec(
             {"op": "dense", "shape": {"m": 1, "n": 1, "k": 1}, "device": str(tmp_path / "profiles.json")}
         )
+
+
+def test_a_profile_that_would_not_load_back_is_refused_before_minutes_of_calibration(tmp_path):
+    """`kt calibrate --name "lab h100"` measured for minutes, then wrote a profile that every command refused."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    result = CliRunner().invoke(main, ["calibrate", "--out", str(tmp_path / "p.json"), "--name", "lab h100"])
+    assert result.exit_code == 2 and "Invalid value for '--name': must be a letter or digit" in result.stderr
+    with pytest.raises(ProfileError, match="name must be a letter or digit"):
+        save_profile(dataclasses.replace(H100, name="lab h100"), tmp_path / "p.json")
+    assert not (tmp_path / "p.json").exists()

@@ -678,6 +678,11 @@ def test_a_checkpoint_converted_whole_keeps_a_block_sparse_layers_indices_intege
                        r"which does not hold the block pattern's indices exactly; keep"):  # fmt: skip
         wide.load_state_dict(state, assign=True)
     assert wide.col_indices.dtype == torch.int64 and wide.values.dtype == torch.float32  # left as it was
+    other = knn.BlockSparseLinear(
+        32, 48, (16, 8), density=0.75, seed=1
+    )  # another pattern, held exactly in half
+    with pytest.raises(ValueError, match="the state_dict's block pattern differs from this layer's"):
+        layer.load_state_dict({k: v.half() for k, v in other.state_dict().items()})
     with pytest.raises(TypeError, match=r"crow_indices is torch.complex64; index tensors must be integers"):
         layer.load_state_dict({**layer.state_dict(), "crow_indices": layer.crow_indices.to(torch.complex64)})
 

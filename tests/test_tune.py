@@ -80,7 +80,7 @@ def test_a_second_tune_measures_nothing_again(tuned):
     ) == (1, 7)
     assert any(
         note.startswith(
-            "nothing new was checked: earlier runs had checked 6 configs of this problem, which fill"
+            "nothing new was checked: the database held 6 configs of this problem checked by earlier runs or by"
         )
         for note in other.notes
     ), other.notes

@@ -193,12 +193,12 @@ def check_path(path: Path, create: bool = True) -> bool:
     if not create or path.is_dir():  # a file to read, or a folder in its place: kt.files words both
         existing_file(path, "db", "give a file path", DatabaseError)
         return True
-    if (
-        path.suffix.lower() == ".csv"
-    ):  # made as SQLite, then read as CSV by every reader (kt.autotune.dataset)
+    if path.suffix.lower() == ".csv" and not path.exists():
+        # a new one: kt's readers took a database so named for a `kt export` CSV (they now look at its first
+        # bytes, so one made before is still read and written)
         raise DatabaseError(
-            f"db: {str(path)!r} ends in .csv, which kt costmodel, inspect and replay read as a CSV of `kt export`, "
-            "not as a tuning database; give a path such as tuning.db"
+            f"db: {str(path)!r} ends in .csv, the suffix of `kt export`'s CSV files, not of a tuning database "
+            "(SQLite); give a path such as tuning.db"
         )
     if path.exists():
         real = path.resolve()  # SQLite writes beside the file a symbolic link names, not beside the link

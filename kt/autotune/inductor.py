@@ -200,12 +200,12 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
             target, device = _header(text.readline(), name)
             ended = [True]  # whether the last line read ended with its line break
 
-            def lines():
+            def text_lines():
                 for read in text:
                     ended[0] = read.endswith(("\n", "\r"))
                     yield read
 
-            reader = csv.reader(lines())
+            reader = csv.reader(text_lines())
             line = 2
             header = next(reader, None)
             if header is None or tuple(header) != COLUMNS:

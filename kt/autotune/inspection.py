@@ -190,7 +190,9 @@ def _artifact_rows(
         )
     given = _profile(device, explicit=True)
     # the target the tune ran for first: the spec's device is the file's, which `--device` overrides
-    built_in = target_name if target_name in BUILTIN else None
+    # by its key: a calibrated profile keeps its built-in's name (`kt calibrate` names it so) and adds a hash
+    key = (meta.get("device") or {}).get("key") or target_name
+    built_in = key if key in BUILTIN else None
     profile = given or _profile(built_in) or _profile((meta.get("spec") or {}).get("device"))
     targets = {r["target"] for r in records}
     if given is not None and given.key not in targets:

@@ -536,10 +536,15 @@ def tune(
     if session.fresh == 0 and session.rows:
         # a rerun with another --strategy or --model: meta.json credits them, yet they chose nothing
         verb = "measured" if runner.measures_time else "checked"
+        more = (
+            f"; raise --budget to {'measure' if runner.measures_time else 'check'} more"
+            if len(session.rows) < len(plan.space.legal)
+            else ""
+        )
         notes.append(
-            f"nothing new was {verb}: earlier runs had {verb} {counted(len(session.rows), 'config')} of this "
-            f"problem, which fill the budget whatever strategy and model chose them; raise --budget to "
-            f"{'measure' if runner.measures_time else 'check'} more"
+            f"nothing new was {verb}: the database held {counted(len(session.rows), 'config')} of this problem "
+            f"{verb} by earlier runs or by another tune at the same time, which fill the budget whatever "
+            f"strategy and model chose them{more}"
         )
     deadline = options.get("deadline")
     if deadline is not None and not session.rows and time.monotonic() > deadline:

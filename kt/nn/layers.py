@@ -535,7 +535,14 @@ class BlockSparseLinear(_KtLinear):
                     "(torch.int64 or torch.int32)"
                 )
             if not torch.equal(index.cpu().to(torch.float64), mine.to(torch.float64)):
-                if index.is_floating_point():
+                exact = (
+                    2 ** (1 - int(math.log2(torch.finfo(index.dtype).eps)))
+                    if index.is_floating_point()
+                    else 0
+                )
+                # blamed on the dtype only where it cannot hold the pattern's indices (another pattern's, held
+                # exactly, is another pattern)
+                if index.shape == mine.shape and (int(mine.max()) if mine.numel() else 0) > exact > 0:
                     raise TypeError(
                         f"{who}: the state_dict's {prefix}{name} is {index.dtype}, which does not hold the block "
                         "pattern's indices exactly; keep a checkpoint's index tensors integers (convert only its "
