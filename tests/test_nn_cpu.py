@@ -1712,3 +1712,18 @@ def test_fft_dtype_errors_and_apply_arguments_are_named_in_the_callers_words():
     with pytest.raises(TypeError, match=r"takes 3 weight tensor\(s\) \(a BSR weight as its crow_indices"):
         knn.apply(x, [b], bsr)
     torch.testing.assert_close(knn.apply(x, [b], dense), x @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_of_a_block_sparse_layer_runs_the_layers_own_selection():
+    """vmap over x of a block-sparse layer made its call under a marked op text (kt's derived indices), which
+    selected the layer's kernel a second time (on a GPU: a second choice and log line for one op)."""
+    from kt.nn import selection
+
+    layer = knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=11)
+    x = torch.randn(3, 5, 32)
+    layer(x[0])
+    keys = [key for key in selection._SELECTED if key[0] == layer.op_text]
+    before = len(selection._SELECTED)
+    ys = torch.func.vmap(layer)(x)
+    assert keys and len(selection._SELECTED) == before
+    torch.testing.assert_close(ys, torch.stack([layer(xi) for xi in x]), rtol=1e-5, atol=1e-5)

@@ -502,7 +502,9 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
     layout = _stacked_pattern(sparsity["layout"], grid, down, across)[0]
     crow, col, order = _index_tensors(_stacked_indices, (sparsity["layout"], grid, down, across), x)
     if (down, across) == (1, 1):
-        text = op_text(_trusted(spec))  # W's pattern, which `_vmap_blocksparse` checked
+        # W's own op and pattern: unmarked, so it is the layer's selection, not a second one of the same op (its
+        # indices, kept by `_index_tensors`, are read back once)
+        text = op_text(spec)
     else:
         stacked = {"out": shape["out"] * down, "in": shape["in"] * across}
         text = op_text(_trusted({**spec, "shape": stacked, "sparsity": {**sparsity, "layout": layout}}))
