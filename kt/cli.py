@@ -256,15 +256,18 @@ def _db_option(
     create: bool,
     help: str = "Tuning database (SQLite). Default: $KT_DB, else tuning.db in kt's cache folder ($KT_CACHE_DIR, else "
     "~/.cache/kt).",
+    kt_db: bool = True,
 ):
     """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
     folder in its place, a missing file (a command that only reads, `create` False), a new file where none can
-    be made, or a file there that is not a kt database (kt.autotune.database.check_file)."""
+    be made, or a file there that is not a kt database (kt.autotune.database.check_file). `kt_db`: the default
+    is $KT_DB's, checked too (kt bench's is its --out folder's: a bad $KT_DB refused a run that would not open
+    it)."""
 
     def check(ctx, param, value):
         if value is not None:
             check_file(value, create)
-        elif create and os.environ.get("KT_DB"):
+        elif create and kt_db and os.environ.get("KT_DB"):
             # the default's setting, named as such (it said db: after the op's heading and the imports)
             with named("KT_DB"):
                 check_file(Path(os.environ["KT_DB"]), create)
@@ -1506,14 +1509,6 @@ def _working(label: str):
         yield
 
 
-def _bench_db(ctx, param, value):
-    """kt bench's --db, checked as the command line is read. Not `DB`: a bench's default is OUT/tuning.db, beside
-    its report, so $KT_DB is neither used nor checked (a bad one refused a run that would not open it)."""
-    if value is not None:
-        check_file(value, True)
-    return value
-
-
 @main.command()
 @click.option(
     "--out",
@@ -1557,13 +1552,11 @@ def _bench_db(ctx, param, value):
     help="Run nothing: merge the report already in this directory (with --update).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars and no progress notes: the results only.")
-@click.option(
-    "--db",
-    type=_Path(path_type=Path, noun="a database file, such as tuning.db"),
-    default=None,
-    callback=_bench_db,
-    help="Tuning database (SQLite) the run writes. Default: tuning.db in the --out folder, beside the report "
+@_db_option(
+    True,
+    "Tuning database (SQLite) the run writes. Default: tuning.db in the --out folder, beside the report "
     "($KT_DB is not used).",
+    kt_db=False,
 )
 @WORKERS
 def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, db, workers):

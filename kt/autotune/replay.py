@@ -420,14 +420,17 @@ def replay_file(
             points = [",".join(map(str, p)) for p in space.points]
             optimum = space.best
         else:
-            prior = [  # a strategy that ranks starts from a forest of these (`replay`); others need none
-                r
-                for other in spaces
+            # a strategy that ranks starts from a forest of these (`replay`); others need none
+            prior = (
+                [
+                    r
+                    for other in spaces
+                    if other.shape != space.shape and other.gpu == space.gpu  # kt ships one GPU's forest
+                    for r in records[id(other)]
+                ]
                 if ranked
-                and other.shape != space.shape
-                and other.gpu == space.gpu  # kt ships one GPU's forest
-                for r in records[id(other)]
-            ]
+                else []
+            )
             profile = profiles[space.target]
             points = [r["config_key"] for r in space.records]
             optimum = space.best

@@ -579,7 +579,7 @@ def tune(
         notes,
         session.trace,
         session.baseline,
-        spec.tune.seed if options.get("seed") is None else options["seed"],
+        session.seed,
     )
 
 
@@ -597,6 +597,7 @@ class Session:
     final_prediction: Prediction | None = None  # the last model's, after any refits
     skipped_rows: int = 0  # malformed database rows that refits left out
     baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
+    seed: int = 0  # the search's (`_session_options`: the one given, else the spec's tune.seed)
 
 
 # run_session's options that make its runner: what a runner shared by several tunes is made from
@@ -810,6 +811,7 @@ def run_session(
                 tuner.prediction,
                 tuner.skipped_rows,
                 tuner.baseline_row() if baseline else None,
+                seed,
             )
 
 
