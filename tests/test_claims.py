@@ -208,3 +208,43 @@ def test_ctrl_c_stops_an_op_that_waits_for_another_processs_claims(tmp_path, sle
         assert [(r["claim_key"], r["pid"]) for r in db.claims()] == [
             (claim_key({**_key(tmp_path), "config_key": B}), sleeper.pid)
         ]
+
+
+def test_a_stop_just_after_candidate_zero_is_claimed_leaves_no_claim_behind(tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) landing between candidate zero's claim and the code that releases it left its claim
+    row in the database (seen in CI: a tune stopped by SIGTERM kept one claim). The claim is now made inside
+    the block that releases it."""
+    real = Database.claim
+
+    def claim(self, keys):
+        states = real(self, keys)
+        if keys and keys[0]["config_key"] == dbmod.BASELINE_KEY:
+            raise KeyboardInterrupt  # the signal's handler runs as soon as the claim returns
+        return states
+
+    monkeypatch.setattr(Database, "claim", claim)
+    db_path = tmp_path / "t.db"
+    with pytest.raises(KeyboardInterrupt):
+        kt.tune(kt.parse_spec(SPEC), backend="interpret", db=db_path, progress=False, baseline=True)
+    with Database(db_path) as db:
+        assert db.claims() == []
+
+
+def test_a_stop_that_cuts_candidate_zeros_release_short_still_leaves_no_claim(tmp_path, monkeypatch):
+    """The second SIGTERM is ignored, but the first can land inside the release in candidate zero's `finally`
+    (rolled back): the tune releases candidate zero's claim once more on its way out."""
+    real, stopped = Database.release, []
+
+    def release(self, keys, quiet=False):
+        if not stopped and keys and keys[0]["config_key"] == dbmod.BASELINE_KEY:
+            stopped.append(True)
+            raise KeyboardInterrupt
+        return real(self, keys, quiet)
+
+    monkeypatch.setattr(Database, "release", release)
+    db_path = tmp_path / "t.db"
+    with pytest.raises(KeyboardInterrupt):
+        kt.tune(kt.parse_spec(SPEC), backend="interpret", db=db_path, progress=False, baseline=True)
+    assert stopped
+    with Database(db_path) as db:
+        assert db.claims() == []

@@ -982,6 +982,7 @@ class _Tuner:
     ):
         known = self.known(retry_failed)
         zero = [self.baseline_candidate()] if baseline and self.baseline_row() is None else []
+        zero_key, zero_due = {**self.baseline_key, "config_key": BASELINE_KEY}, bool(zero)
         if self.runner.measures_time and strategy.adaptive:
             self.refit()  # rank the first round with what the database knows of this device already
         total = min(budget, len(self.plan.space.legal))
@@ -1015,13 +1016,14 @@ class _Tuner:
                 )
                 for index in batch
             ]
-            zero_key = {**self.baseline_key, "config_key": BASELINE_KEY}
-            claimed = [zero_key] if zero and self.database.claim([zero_key]) == ["mine"] else []
-            if claimed:
-                todo[:0] = zero  # candidate zero goes with the first round (unless another tune runs it)
-            zero[:] = []
+            # released whether or not this tune got it (release drops only this tune's own claim): a stop
+            # (Ctrl-C, SIGTERM) just after the claim, before it was known to be ours, left it in the database
+            claimed = [zero_key] if zero else []
             values = {}
             try:
+                if claimed and self.database.claim(claimed) == ["mine"]:
+                    todo[:0] = zero  # candidate zero goes with the first round (unless another tune runs it)
+                zero[:] = []
                 for result in self.runner.run(todo, deadline):  # each row committed as its result comes
                     if isinstance(result.candidate.config, PyTorchPath):
                         row = measurement_row(result, self.spec, self.runner, self.baseline_key, self.family)
@@ -1099,6 +1101,8 @@ class _Tuner:
                 # candidate zero among them): candidate zero runs alone
                 run([])
         finally:
+            if zero_due:  # again, for a stop that cut short run()'s own release
+                self.database.release([zero_key], quiet=True)
             reporter.stop()
         return trace, fresh
 
