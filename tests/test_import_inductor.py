@@ -318,6 +318,23 @@ def test_a_bad_header_is_one_error_and_nothing_is_written(tmp_path, text, messag
     assert list(tmp_path.iterdir()) == [log]
 
 
+def test_a_gzipped_log_damaged_mid_file_is_called_damaged_not_a_malformed_row(tmp_path):
+    """Bytes damaged inside a .gz (a bad copy) decompress into rows that look malformed; gzip's checksum, read
+    only at the end, tells the two apart. The error said "line 3: 13 columns" of a row Inductor wrote right."""
+    log = write_log(tmp_path / "log.txt", [GOOD, line(64, 32, 16, "extern_mm", "1.5")])
+    packed = gzip.compress(log.read_bytes(), compresslevel=0)  # stored: each byte of the text as it is
+    at = packed.index(b",extern_mm,")
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(packed[:at] + b";" + packed[at + 1 :])
+    result = kt("import", "inductor", broken, "--out", tmp_path / "x.csv")
+    assert_one_line_error(result, f"'{broken}' is damaged (CRC check failed")
+    assert "rows from about line 3 on are not what Inductor wrote; copy the log again" in result.stderr
+    assert not (tmp_path / "x.csv").exists()
+    whole = tmp_path / "whole.txt.gz"  # the same row malformed in an intact file: the row is blamed
+    whole.write_bytes(gzip.compress(log.read_text().replace(",extern_mm,", ";extern_mm,").encode()))
+    assert_one_line_error(kt("import", "inductor", whole, "--out", tmp_path / "x.csv"), "line 3: 13 columns")
+
+
 def test_unreadable_input_and_a_bad_out_path_are_one_line_errors(tmp_path):
     log = write_log(tmp_path / "log.txt", [GOOD])
     broken = tmp_path / "broken.gz"

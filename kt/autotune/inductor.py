@@ -257,10 +257,29 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                 )
             log.lines += lines
             log.padded += padded
+        except DatabaseError:
+            damage = _gzip_damage(stream) if zipped else None
+            if damage is not None:  # bytes damaged mid-file decompress into rows that look malformed
+                raise DatabaseError(
+                    f"inductor: {name!r} is damaged ({damage}), so its rows from about line {line} on are not "
+                    "what Inductor wrote; copy the log again"
+                ) from None
+            raise
         except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
             # gzip's errors (not gzip, truncated) and text that is not UTF-8: where the reading stopped
             reason = str(exc) or type(exc).__name__
             raise DatabaseError(f"inductor: {name!r} near line {line}: cannot read it ({reason})") from None
+
+
+def _gzip_damage(stream: gzip.GzipFile) -> str | None:
+    """What is wrong with the rest of a gzip stream (its checksum, a cut-off end), read to its end; None when
+    it is whole."""
+    try:
+        while stream.read(1 << 20):
+            pass
+    except (OSError, EOFError, zlib.error) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _header(text: str, name: str) -> tuple[str, str]:
