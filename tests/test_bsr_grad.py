@@ -237,6 +237,12 @@ def test_bad_arguments_are_refused_in_one_line():
         ((dy.numpy(), x, w), {}, TypeError, "dy must be a torch.Tensor"),
         ((dy.float(), x, w), {}, TypeError, "dy.dtype is torch.float32"),
         ((dy, x.float(), w), {}, TypeError, "x.dtype is torch.float32"),
+        (
+            (dy, x.to(torch.complex64), w),
+            {},
+            TypeError,
+            "takes no complex values (x.to(torch.float16) would drop",
+        ),
         ((dy, x, w.to_dense()), {}, TypeError, "w must be a sparse BSR tensor"),
         ((dy, x, w.to_dense().to_sparse_bsr((8, 8))), {}, ValueError, "w must be 2-D in blocks (16, 16)"),
         ((dy[:, :48], x, w), {}, ValueError, "dy must have 64 features"),

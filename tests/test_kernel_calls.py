@@ -271,6 +271,25 @@ def test_a_float16_fft_given_complex_values_says_how_to_make_them_planar(kind):
     assert (got - expected).norm() / expected.norm() < 1e-2
 
 
+@pytest.mark.parametrize("kind", ["generated", "pytorch"])
+@pytest.mark.parametrize("name", list(EVERY_FAMILY))
+def test_complex_input_to_a_real_kernel_is_not_told_to_cast_away_its_imaginary_part(name, kind):
+    """Every kernel of real values said "pass x.to(torch.float32)" to complex x: a real-input FFT then gave
+    the transform of x.real, 0.71 from torch.fft.fft(x). A real dtype of the wrong width still gets the cast."""
+    spec = EVERY_FAMILY[name]
+    kernel = kt.build(spec, *(["pytorch"] if kind == "pytorch" else []), device="h100")
+    x, *weights = kt.random_args(spec, seed=2, device="cpu")
+    first = "a" if name == "dense" else "x"
+    with pytest.raises(
+        TypeError, match=rf"takes no complex values \({first}.to\(torch.float32\) would drop {first}.imag\)"
+    ):
+        kernel(x.to(torch.complex64), *weights)
+    with pytest.raises(
+        TypeError, match=rf"but this kernel was built for torch.float32; pass {first}.to\(torch.float32\)$"
+    ):
+        kernel(x.double(), *weights)
+
+
 def test_a_kernel_pickles_and_a_deep_copy_of_a_model_shares_it(kernels, tmp_path):
     """A Kernel held a module: copy.deepcopy of a model keeping one (an EMA copy) and torch.save of it failed
     with "cannot pickle 'module' object"."""
