@@ -1,6 +1,7 @@
 """kt.tune end to end on the CPU: checks, the database, resume after a kill, artifacts that need only torch + triton."""
 
 import ast
+import copy
 import json
 import os
 import re
@@ -226,6 +227,23 @@ def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(
         # kt inspect's TypeError and AttributeError
         ({"tuning": "x"}, "is damaged: tuning must be a mapping, got 'x'$"),
         ({"tuning": {"db": 12}}, "is damaged: tuning.db must be the database's path, got 12$"),
+        # an AttributeError in repr() and in kt.nn's forward (a generated kernel.py taken for PyTorch's path)
+        (
+            {"kernel": "pytorch"},
+            "is damaged: its kernel is 'pytorch', but kernel.py is a generated kernel; re-run",
+        ),
+        ({"kernel": 3}, "is damaged: kernel must be one of generated, pytorch, got 3$"),
+        # a Kernel that said float32 and ran float16; a problem kt.nn would pick for another shape
+        (
+            lambda meta: meta["spec"].update(dtype="float32"),
+            "is damaged: its spec's dtype is float32, but kernel.py was built for float16; re-run",
+        ),
+        (
+            lambda meta: meta["problem"].update(m=999),
+            r"is damaged: its problem is not the one its spec makes \(m 999 where its spec makes 70\); re-run",
+        ),
+        ({"format": "1"}, "has format '1'; this kt reads format 1$"),  # "has format 1; ... reads format 1"
+        (b"[]", "is not a JSON object \\(it is a list\\)$"),
     ],
     ids=[
         "not-utf8",
@@ -241,6 +259,12 @@ def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(
         "problem-list",
         "tuning-text",
         "tuning-db-int",
+        "kernel-pytorch",
+        "kernel-int",
+        "spec-dtype",
+        "problem-shape",
+        "format-text",
+        "not-an-object",
     ],
 )
 def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_path, damage, words):
@@ -250,6 +274,9 @@ def test_a_damaged_meta_json_is_one_artifact_error_naming_the_field(tuned, tmp_p
     meta = json.loads((path / "meta.json").read_text())
     if isinstance(damage, bytes):
         (path / "meta.json").write_bytes(damage)
+    elif callable(damage):
+        damage(meta)
+        (path / "meta.json").write_text(json.dumps(meta))
     else:
         meta.pop(damage) if isinstance(damage, str) else meta.update(damage)
         (path / "meta.json").write_text(json.dumps(meta))
@@ -422,7 +449,11 @@ def test_an_artifact_is_world_readable_and_loads_from_any_directory(tuned, tmp_p
     result, _ = tuned
     profile = save_profile(dataclasses.replace(H100, name="lab"), tmp_path / "specs" / "lab.json")
     spec_file = tmp_path / "specs" / "op.yaml"
-    spec_file.write_text("op: dense\nname: labbed\nshape: {m: 70, n: 45, k: 90}\ndevice: lab.json\n")
+    spec_file.write_text(
+        "op: dense\nname: labbed\ndtype: float16\nshape: {m: 70, n: 45, k: 90}\nlayout: {a: row, b: col}\n"
+        "device: lab.json\n"
+    )
+    result = copy.copy(result)  # not the module's shared result, which later tests save as it was
     result.spec = kt.load_spec(spec_file)
     path = result.save(tmp_path / "out" / "labbed")
     assert stat.S_IMODE(path.stat().st_mode) & 0o055 == 0o055 & ~os.umask(os.umask(0))

@@ -39,6 +39,7 @@ def save_artifact(result, path: str | os.PathLike) -> Path:
 
 
 PREVIOUS_SUFFIX = ".prev"
+KERNELS = ("generated", "pytorch")  # meta.json's kernel: what kernel.py runs
 KEPT = ".kt-kept"  # in a `<name>.prev/` that kt made: what it may replace with a newer previous artifact
 
 
@@ -445,10 +446,11 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
         meta = json.loads(files["meta.json"].decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path / 'meta.json'} is not a JSON object (it is a {type(meta).__name__})")
+    if meta.get("format") != FORMAT:
         raise ArtifactError(
-            f"{path / 'meta.json'} has format {meta.get('format') if isinstance(meta, dict) else '?'}; "
-            f"this kt reads format {FORMAT}"
+            f"{path / 'meta.json'} has format {meta.get('format')!r}; this kt reads format {FORMAT}"
         )
     _check_meta(meta, f"{path / 'meta.json'} is damaged")
     return meta, files["kernel.py"]
@@ -475,11 +477,43 @@ def _check_meta(meta: dict[str, Any], damaged: str) -> None:
         )
     if not isinstance(meta.get("problem"), dict):
         raise ArtifactError(f"{damaged}: problem must be a mapping, got {meta.get('problem')!r}")
+    if meta.get("kernel", "generated") not in KERNELS:  # absent from the first artifacts kt wrote
+        raise ArtifactError(f"{damaged}: kernel must be one of {', '.join(KERNELS)}, got {meta['kernel']!r}")
     tuning = meta.get("tuning", {})  # an artifact's own tune (where its rows are: kt inspect)
     if not isinstance(tuning, dict):
         raise ArtifactError(f"{damaged}: tuning must be a mapping, got {tuning!r}")
     if not isinstance(tuning.get("db", ""), str):
         raise ArtifactError(f"{damaged}: tuning.db must be the database's path, got {tuning['db']!r}")
+
+
+def _check_built_for(meta: dict[str, Any], spec, module, damaged: str) -> None:
+    """meta.json's spec and problem are what kernel.py was built for: its dtype, and the problem the spec makes
+    (kt.nn picks an artifact by its problem; an edited one picked a kernel of another shape)."""
+    import torch
+
+    from kt.ir import op_from_spec
+
+    built = getattr(module, "DTYPE", None)
+    if isinstance(built, torch.dtype) and built != getattr(torch, spec.dtype, None):
+        raise ArtifactError(
+            f"{damaged}: its spec's dtype is {spec.dtype}, but kernel.py was built for {str(built).removeprefix('torch.')}; "
+            "re-run `kt tune`, or load with verify=False to use it as it is"
+        )
+    try:
+        (node,) = op_from_spec(spec).kernel_graph().kernels
+    except (KtError, ValueError, TypeError, OSError):  # a pattern file on another machine: nothing to compare
+        return
+    made, said = json.loads(json.dumps(node.problem.to_dict())), meta["problem"]
+    if made != said:
+        differ = "; ".join(
+            f"{key} {said.get(key)!r} where its spec makes {made.get(key)!r}"
+            for key in sorted(set(made) | set(said), key=str)
+            if made.get(key) != said.get(key)
+        )
+        raise ArtifactError(
+            f"{damaged}: its problem is not the one its spec makes ({differ}); re-run `kt tune`, or load with "
+            "verify=False to use it as it is"
+        )
 
 
 def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
@@ -574,6 +608,19 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         raise ArtifactError(
             f"{path / 'kernel.py'} failed to import: {one_line(exc)}; re-run `kt tune`"
         ) from None
+    # what kernel.py is and runs, as meta.json says: the checksum covers kernel.py only, and an edited meta.json
+    # made a Kernel that contradicted itself (kernel "pytorch" over a generated kernel.py crashed kt.nn's forward)
+    runs = "pytorch" if hasattr(module, "IMPLEMENTATION") else "generated"  # PyTorch's path names its call
+    said = meta.get("kernel", "pytorch" if meta["config"] is None else "generated")
+    what = "PyTorch's path" if runs == "pytorch" else "a generated kernel"
+    if said != runs:
+        raise ArtifactError(f"{damaged}: its kernel is {said!r}, but kernel.py is {what}; re-run `kt tune`")
+    if (runs == "pytorch") != (meta["config"] is None):
+        config = "null" if meta["config"] is None else f"a generated kernel's ({meta['config']})"
+        raise ArtifactError(f"{damaged}: its config is {config}, but kernel.py is {what}; re-run `kt tune`")
+    meta = {**meta, "kernel": runs}
+    if verify:
+        _check_built_for(meta, spec, module, damaged)
     # the config kernel.py was rendered with (an older one may lack it): the checksum covers kernel.py only, and
     # an edited meta.json named a config its module does not run
     built = getattr(module, "CONFIG", None)
