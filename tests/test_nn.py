@@ -1353,18 +1353,31 @@ def test_artifact_in_kt_artifacts_is_picked_and_another_bucket_is_not(artifacts,
     assert artifact_selection(layer, 40).source == "cost model"  # bucket 64: not tuned
 
 
-def test_an_artifact_of_another_template_version_is_not_picked(artifacts, tmp_path, monkeypatch):
+def test_an_artifact_of_another_template_version_is_not_picked(artifacts, tmp_path, monkeypatch, caplog):
     """An artifact tuned under another version of the family's template (its config may not be legal, or not
-    best, now) is passed over: the layer falls back to the cost model."""
+    best, now) is passed over: the layer falls back to the cost model, and says why (it said nothing, and its
+    note on the cost model's pick told the user to point $KT_ARTIFACTS at what it already named)."""
     directory, make = artifacts["dense"]
     stale = tmp_path / "dense"
     shutil.copytree(directory / "dense", stale)
     monkeypatch.setenv("KT_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(selection, "_MISSING_DIRS", set())
     assert artifact_selection(make(), 20).source == "artifact"  # the copy as it was tuned
     selection._SELECTED.clear()
     meta = json.loads((stale / "meta.json").read_text())
     (stale / "meta.json").write_text(json.dumps({**meta, "family_version": "0"}))
-    assert artifact_selection(make(), 20).source == "cost model"
+    with caplog.at_level("WARNING", logger="kt"):
+        assert artifact_selection(make(), 20).source == "cost model"
+    assert (
+        f"kt.nn: {stale} was tuned for this layer under another version of kt's gemm kernel template; "
+        in (caplog.text)
+    )
+    caplog.clear()
+    selection._SELECTED.clear()
+    shutil.copytree(directory / "dense", tmp_path / "fresh")  # a current one beside it: picked, no word
+    with caplog.at_level("WARNING", logger="kt"):
+        assert artifact_selection(make(), 20).source == "artifact"
+    assert "another version" not in caplog.text
 
 
 def test_a_relative_use_artifacts_folder_holds_after_a_chdir_and_a_damaged_meta_json_is_skipped_with_a_word(

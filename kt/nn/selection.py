@@ -324,6 +324,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     from kt.autotune.artifact import kept_artifact
 
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
+    stale: list[Path] = []  # artifacts of this problem tuned under another template version
     for directory in _artifact_dirs():
         metas = _artifact_metas(directory)
         if not metas and directory not in _MISSING_DIRS:
@@ -345,17 +346,26 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                         "kt.nn: %s is not a kt artifact's meta.json (a JSON object); skipped", meta_path
                     )
                 continue
-            if (
-                meta.get("family") == family.name
-                and meta.get("family_version") == family.version
-                and meta.get("problem") == wanted
-            ):
-                try:
-                    return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
-                except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
-                    if meta_path not in _MISSING_DIRS:
-                        _MISSING_DIRS.add(meta_path)
-                        log.warning("kt.nn: %s; skipped", str(exc).split("; re-run")[0])
+            if meta.get("family") != family.name or meta.get("problem") != wanted:
+                continue
+            if meta.get("family_version") != family.version:  # its config may be illegal, or not best, now
+                stale.append(meta_path)
+                continue
+            try:
+                return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
+            except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
+                if meta_path not in _MISSING_DIRS:
+                    _MISSING_DIRS.add(meta_path)
+                    log.warning("kt.nn: %s; skipped", str(exc).split("; re-run")[0])
+    for meta_path in stale:  # the layer's own artifacts, passed over without a word before
+        if meta_path not in _MISSING_DIRS:
+            _MISSING_DIRS.add(meta_path)
+            log.warning(
+                "kt.nn: %s was tuned for this layer under another version of kt's %s kernel template; skipped "
+                "(run `kt tune` on its op again to use a tuned kernel)",
+                meta_path.parent,
+                family.name,
+            )
     # on a GPU, the best-ranked config that builds for it without spilling registers (legality admits a few
     # that spill, which a tune's compile stage refuses); the interpreter has no registers to spill
     kernel = kt.build(spec, compile_check=device.type == "cuda")
