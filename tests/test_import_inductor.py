@@ -213,6 +213,12 @@ def test_several_files_merge_repeats_of_one_gpu_and_keep_gpus_apart(tmp_path):
     assert (other["target"], other["device"], other["runs"]) == ("a100", A100_NAME, "2")
     assert "2 problems" in result.stdout and f"{H100_NAME} (target h100), {A100_NAME}" in result.stdout
     assert_one_line_error(kt("import", "inductor", one, one, "--out", tmp_path / "x.csv"), "given twice")
+    copy = tmp_path / "copy.txt"  # the same log under another name: every repeat counted twice (runs 2 of 1)
+    copy.write_bytes(one.read_bytes())
+    assert_one_line_error(
+        kt("import", "inductor", one, copy, "--out", tmp_path / "x.csv"),
+        f"'{copy}' holds the same bytes as '{one}'; its repeats would count twice, so give one of them",
+    )
 
 
 def test_origin_names_where_the_logs_came_from(tmp_path):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -178,6 +179,15 @@ def read_logs(paths: Sequence[str | os.PathLike], progress: Progress | None = No
                 "count twice"
             )
         seen[path.resolve()] = path
+    copies: dict[str, Path] = {}
+    for path in files:  # a copy under another name (a download kept twice) counted every repeat twice too
+        digest = _digest(path)
+        if digest in copies:
+            raise DatabaseError(
+                f"inductor: {str(path)!r} holds the same bytes as {str(copies[digest])!r}; its repeats would "
+                "count twice, so give one of them"
+            )
+        copies[digest] = path
     log = Log({}, files)
     total, done = sum(p.stat().st_size for p in files), 0
     for path in files:
@@ -186,6 +196,18 @@ def read_logs(paths: Sequence[str | os.PathLike], progress: Progress | None = No
     if progress is not None:
         progress(total, total)
     return log
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DatabaseError(f"inductor: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
 
 
 def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total: int) -> None:
