@@ -1368,9 +1368,8 @@ def test_an_artifact_of_another_template_version_is_not_picked(artifacts, tmp_pa
     (stale / "meta.json").write_text(json.dumps({**meta, "family_version": "0"}))
     with caplog.at_level("WARNING", logger="kt"):
         assert artifact_selection(make(), 20).source == "cost model"
-    assert (
-        f"kt.nn: {stale} was tuned for this layer under another version of kt's gemm kernel template; "
-        in (caplog.text)
+    assert f"{stale} was tuned for this layer under another version of kt's gemm kernel template; " in (
+        caplog.text
     )
     caplog.clear()
     selection._SELECTED.clear()
@@ -1401,8 +1400,7 @@ def test_a_relative_use_artifacts_folder_holds_after_a_chdir_and_a_damaged_meta_
     assert (chosen.source, chosen.where) == ("artifact", str(tmp_path / "kept" / "dense"))
     damaged = [r.getMessage() for r in caplog.records if "is not a kt artifact's meta.json" in r.getMessage()]
     assert sorted(damaged) == [
-        f"kt.nn: {tmp_path / 'kept' / name / 'meta.json'} is not a kt artifact's meta.json (a JSON object); "
-        "skipped"
+        f"{tmp_path / 'kept' / name / 'meta.json'} is not a kt artifact's meta.json (a JSON object); skipped"
         for name in ("a-list", "b-null", "c-cut")
     ]
     selection._SELECTED.clear()
@@ -1464,7 +1462,7 @@ def test_kt_artifacts_may_name_one_artifact_and_a_folder_of_none_warns(
     monkeypatch.setattr(selection, "_MISSING_DIRS", set())
     with caplog.at_level(logging.WARNING, logger="kt.nn"):
         assert artifact_selection(make(), 20).source == "cost model"
-    assert f"kt.nn: {tmp_path} holds no artifact (no <name>/meta.json)" in caplog.text
+    assert f"{tmp_path} holds no artifact (no <name>/meta.json)" in caplog.text
 
 
 # -- argument errors ------------------------------------------------------------------------------------------

@@ -980,7 +980,7 @@ def test_use_artifacts_refuses_a_folder_that_is_not_there_and_kt_artifacts_warns
             assert tmp_path in dirs and gone not in dirs
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     # (that a folder of no artifact warns as a layer looks in it: test_nn's test of $KT_ARTIFACTS)
-    assert warnings == [f"kt.nn: $KT_ARTIFACTS names {gone}, which is not a folder; it is skipped"]
+    assert warnings == [f"$KT_ARTIFACTS names {gone}, which is not a folder; it is skipped"]
     # a $KT_DB that names nothing was silently no database
     monkeypatch.setenv("KT_DB", str(tmp_path / "typo.db"))
     caplog.clear()

@@ -45,7 +45,7 @@ from kt.autotune.database import BASELINE_KEY
 from kt.kernel import Kernel
 from kt.spec import OpSpec, parse_spec
 
-log = logging.getLogger("kt.nn")
+log = logging.getLogger("kt.nn")  # its name says where a message comes from: messages do not repeat it
 MIN_BUCKET = 16
 _ARTIFACT_DIRS: list[Path] = []
 
@@ -329,9 +329,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
         metas = _artifact_metas(directory)
         if not metas and directory not in _MISSING_DIRS:
             _MISSING_DIRS.add(directory)
-            log.warning(
-                "kt.nn: %s holds no artifact (no <name>/meta.json); nothing is looked up there", directory
-            )
+            log.warning("%s holds no artifact (no <name>/meta.json); nothing is looked up there", directory)
         for meta_path in metas:
             if kept_artifact(meta_path.parent) or meta_path.parent.name.startswith("."):
                 continue  # the artifact a later tune replaced (kt tune keeps it), or a save's staging folder
@@ -342,9 +340,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             if not isinstance(meta, dict):
                 if meta_path not in _MISSING_DIRS:
                     _MISSING_DIRS.add(meta_path)
-                    log.warning(
-                        "kt.nn: %s is not a kt artifact's meta.json (a JSON object); skipped", meta_path
-                    )
+                    log.warning("%s is not a kt artifact's meta.json (a JSON object); skipped", meta_path)
                 continue
             if meta.get("family") != family.name or meta.get("problem") != wanted:
                 continue
@@ -356,12 +352,12 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
                 if meta_path not in _MISSING_DIRS:
                     _MISSING_DIRS.add(meta_path)
-                    log.warning("kt.nn: %s; skipped", str(exc).split("; re-run")[0])
+                    log.warning("%s; skipped", str(exc).split("; re-run")[0])
     for meta_path in stale:  # the layer's own artifacts, passed over without a word before
         if meta_path not in _MISSING_DIRS:
             _MISSING_DIRS.add(meta_path)
             log.warning(
-                "kt.nn: %s was tuned for this layer under another version of kt's %s kernel template; skipped "
+                "%s was tuned for this layer under another version of kt's %s kernel template; skipped "
                 "(run `kt tune` on its op again to use a tuned kernel)",
                 meta_path.parent,
                 family.name,
@@ -386,11 +382,11 @@ def _artifact_dirs() -> list[Path]:
     for path in extra:
         if not path.is_dir() and path not in _MISSING_DIRS:
             _MISSING_DIRS.add(path)
-            log.warning("kt.nn: $KT_ARTIFACTS names %s, which is not a folder; it is skipped", path)
+            log.warning("$KT_ARTIFACTS names %s, which is not a folder; it is skipped", path)
     for path in _ARTIFACT_DIRS:
         if not path.is_dir() and path not in _MISSING_DIRS:
             _MISSING_DIRS.add(path)
-            log.warning("kt.nn: %s (kt.nn.use_artifacts) is no longer a folder; it is skipped", path)
+            log.warning("%s (kt.nn.use_artifacts) is no longer a folder; it is skipped", path)
     return [d for d in [*_ARTIFACT_DIRS, *extra] if d.is_dir()]
 
 
@@ -417,7 +413,7 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
         if os.environ.get("KT_DB") and path not in _MISSING_DIRS:  # a typo would leave every layer untuned
             _MISSING_DIRS.add(path)
             what = "a folder" if path.is_dir() else "not there"
-            log.warning("kt.nn: $KT_DB names %s, which is %s; no tuning database is read", path, what)
+            log.warning("$KT_DB names %s, which is %s; no tuning database is read", path, what)
         return None
     triton = software_versions()["triton"]  # part of a row's identity: another Triton compiles other code
     try:
@@ -426,7 +422,7 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
                 problem_key=problem.key(), status="ok", runner="cuda", device=gpu, triton_version=triton
             )
     except DatabaseError as exc:
-        log.warning("kt.nn: cannot read the tuning database: %s", exc)
+        log.warning("cannot read the tuning database: %s", exc)
         return None
     current = {family.version, baseline_version()}
     rows = [r for r in rows if r.get("runtime_ms") and r["family_version"] in current]
