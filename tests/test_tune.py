@@ -154,6 +154,17 @@ def test_kernel_py_imports_only_torch_and_triton_and_runs_without_kt(tuned, tmp_
     assert float(done.stdout.strip()) < 2e-3
 
 
+def test_a_tune_result_prints_as_a_summary_not_its_whole_search_space(tuned):
+    """print(result) wrote 3.2 MB: the plan's every legal config and record, through the dataclass repr."""
+    result, _ = tuned
+    text = repr(result)
+    assert text.startswith(f"TuneResult(tiny: dense float16, best {result.best.config.key()}, not measured (")
+    assert text.endswith(f"; {len(result.rows)} rows, {result.newly_measured} new)") and len(text) < 300
+    legal = len(result.plan.space.legal)
+    assert f": {legal} legal of {result.plan.space.total} configs, ranked by " in repr(result.plan)
+    assert len(repr(result.plan)) < 400 and len(repr(result.plan.space)) < 200
+
+
 def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
     result, _ = tuned
     path = result.save(tmp_path / "tiny")

@@ -110,6 +110,12 @@ class Plan:
     def config(self, index: int) -> Config:
         return self.space.legal[index]
 
+    def __repr__(self) -> str:  # the dataclass's own listed every legal config and record (megabytes)
+        return (
+            f"Plan({self.problem}: {len(self.space.legal)} legal of {self.space.total} configs, ranked by "
+            f"{self.model}; {len(self.chosen)} in the first round)"
+        )
+
     @property
     def baseline_ratio(self) -> float | None:
         """The predicted PyTorch time over the best predicted config's (> 1: kt predicted faster); None
@@ -413,6 +419,17 @@ class TuneResult:
 
     def statuses(self) -> Counter:
         return Counter(row["status"] for row in self.rows)
+
+    def __repr__(self) -> str:  # the dataclass's own printed the plan's every legal config: 3 MB of text
+        best = "PyTorch's path" if self.best.pytorch or self.best.config is None else self.best.config.key()
+        if self.best.measured and self.best.runtime_ms is not None:
+            how = f"measured {self.best.runtime_ms:.4g} ms on {self.ran_on}"
+        else:
+            how = f"not measured ({self.ran_on})"
+        return (
+            f"TuneResult({self.spec.name}: {self.spec.op} {self.spec.dtype}, best {best}, {how}; "
+            f"{counted(len(self.rows), 'row')}, {self.newly_measured} new)"
+        )
 
     def table(self, top: int = 10) -> list[dict[str, Any]]:
         """The best rows: by the objective when measured, else by the model's rank (passing rows first)."""

@@ -405,6 +405,9 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.legal)
 
+    def __repr__(self) -> str:  # not every legal config
+        return f"SearchSpace({self.problem} on {self.device.name}: {len(self.legal)} legal of {self.total})"
+
     @classmethod
     def of(cls, problem, device: DeviceProfile, judged) -> SearchSpace:
         """The space from every point of the axes with why it is illegal (None when it is legal)."""
