@@ -688,17 +688,17 @@ def _versus(result) -> str:
     """kt against PyTorch's path for the summary: measured on the GPU, else the cost model's prediction."""
     from kt.costmodel.roofline import LAUNCH_S
 
-    if result.best.measured and result.baseline_ratio:
-        return f"{result.baseline_ratio:.2f}x measured"
+    if result.best.measured:
+        return f"{result.baseline_ratio:.2f}x measured" if result.baseline_ratio else "-"
     predicted = result.plan.baseline_ratio
-    if not predicted:
-        return "-"
+    if not predicted:  # a family whose PyTorch path the model does not predict: "-" read as a failure
+        return "not timed (no GPU)"
     # a prediction under one kernel launch is a forest far outside its rows (kt predict says so): its ratio is
     # no figure to print (a 1x1x1 op read "0.17x predicted")
     times = [result.plan.baseline_s, result.best.predicted_ms / 1e3 if result.best.predicted_ms else None]
     if min(t for t in times if t is not None) < LAUNCH_S:
-        return "not timed (predicted under one launch)"
-    return f"{predicted:.2f}x predicted"
+        return "not timed (no GPU; predicted under one launch)"
+    return f"{predicted:.2f}x predicted (no GPU)"
 
 
 def _tuned_summary(outcomes: list[tuple[str, str, str, str]]) -> None:

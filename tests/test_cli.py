@@ -573,8 +573,8 @@ def test_an_empty_path_and_a_device_for_a_file_are_named_as_such(tmp_path):
 @pytest.mark.shipped_models  # the baseline forest predicts PyTorch's path
 @pytest.mark.parametrize(
     "shape, says",
-    [({"m": 1, "n": 1, "k": 1}, r"not timed \(predicted under one launch\)"), ({"m": 2048, "n": 2048, "k": 2048},
-     r"\d+\.\d\dx predicted")],
+    [({"m": 1, "n": 1, "k": 1}, r"not timed \(no GPU; predicted under one launch\)"),
+     ({"m": 2048, "n": 2048, "k": 2048}, r"\d+\.\d\dx predicted \(no GPU\)")],
 )  # fmt: skip
 def test_the_several_ops_summary_prints_no_ratio_from_a_prediction_under_one_launch(tmp_path, shape, says):
     """A tune of several ops without a GPU summed up a 1x1x1 op as "0.17x predicted" against PyTorch, a ratio
@@ -586,6 +586,20 @@ def test_the_several_ops_summary_prints_no_ratio_from_a_prediction_under_one_lau
     result = kt.tune(spec, budget=1, progress=False, db=tmp_path / "t.db")
     assert not result.best.measured
     assert re.fullmatch(says, _versus(result)), _versus(result)
+
+
+def test_the_several_ops_summary_says_a_structured_op_was_not_timed_rather_than_a_dash(tmp_path):
+    """Without a GPU, dense ops read "not timed (...)" and every structured op "-", which reads as a failure:
+    the model predicts no PyTorch path for them, and nothing was timed."""
+    import kt
+    from kt.cli import _versus
+
+    spec = kt.parse_spec(
+        {"name": "x", "op": "lowrank", "dtype": "float32", "shape": {"batch": 4, "dims": [16, 2, 8]}}
+    )
+    result = kt.tune(spec, budget=1, progress=False, db=tmp_path / "t.db", backend="interpret")
+    assert not result.best.measured and result.plan.baseline_ratio is None
+    assert _versus(result) == "not timed (no GPU)"
 
 
 def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch):
