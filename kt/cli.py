@@ -206,7 +206,7 @@ def _spec_paths(ctx, param, values):
     return specs
 
 
-SPECS = click.argument("specs", metavar="OP_YAML...", nargs=-1, callback=_spec_paths)
+SPECS = click.argument("specs", metavar="[OP_YAML]...", nargs=-1, callback=_spec_paths)  # or --from-model
 
 
 def _device_name(ctx, param, value):
@@ -255,7 +255,7 @@ def _measurements(path: Path, field: str) -> Path:
 def _db_option(
     create: bool,
     help: str = "Tuning database (SQLite). Default: $KT_DB, else tuning.db in kt's cache folder ($KT_CACHE_DIR, else "
-    "~/.cache/kt).",
+    "$XDG_CACHE_HOME/kt, else ~/.cache/kt).",
     kt_db: bool = True,
 ):
     """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
@@ -469,7 +469,7 @@ def _ray_address(ctx, param, value):
     type=_Path(file_okay=False, path_type=Path),
     default=Path("artifacts"),
     show_default=True,
-    help="Directory that receives artifacts/<name>/.",
+    help="Directory that receives each op's artifact, as DIR/<name>/.",
 )
 @SEED
 @click.option(
@@ -516,7 +516,7 @@ def tune(
     workers,
     gpus,
 ):
-    """Tune each OP_YAML's kernel and write artifacts/<name>/ (kernel.py + meta.json). Several files, a folder
+    """Tune each OP_YAML's kernel (or --from-model's) and write OUT/<name>/ (kernel.py + meta.json). Several files, a folder
     of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op,
     several at once (--concurrent), one artifact each; an op that fails is reported and the others go on."""
     if not specs and not from_model:

@@ -54,3 +54,14 @@ def test_every_command_and_option_is_in_the_readmes_command_table():
         if absent:
             missing[path] = absent
     assert not missing, missing
+
+
+def test_kt_tunes_help_says_what_the_readme_says_of_its_files_and_out_folder():
+    """Its usage line made OP_YAML look required (--from-model alone works), and --out's help put artifacts in
+    DIR/artifacts/<name>/ where they go to DIR/<name>/; the cache folder's $XDG_CACHE_HOME step was left out."""
+    from click.testing import CliRunner
+
+    text = " ".join(CliRunner().invoke(main, ["tune", "--help"], terminal_width=200).output.split())
+    assert text.startswith("Usage: kt tune [OPTIONS] [OP_YAML]...")
+    assert "receives each op's artifact, as DIR/<name>/" in text and "artifacts/<name>" not in text
+    assert "else $XDG_CACHE_HOME/kt, else ~/.cache/kt" in text
