@@ -61,7 +61,9 @@ def test_kt_tunes_help_says_what_the_readme_says_of_its_files_and_out_folder():
     DIR/artifacts/<name>/ where they go to DIR/<name>/; the cache folder's $XDG_CACHE_HOME step was left out."""
     from click.testing import CliRunner
 
-    text = " ".join(CliRunner().invoke(main, ["tune", "--help"], terminal_width=200).output.split())
+    text = " ".join(
+        CliRunner().invoke(main, ["tune", "--help"], prog_name="kt", terminal_width=200).output.split()
+    )
     assert text.startswith("Usage: kt tune [OPTIONS] [OP_YAML]...")
     assert "receives each op's artifact, as DIR/<name>/" in text and "artifacts/<name>" not in text
     assert "else $XDG_CACHE_HOME/kt, else ~/.cache/kt" in text
