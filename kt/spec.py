@@ -322,12 +322,16 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
             field = f"document {number + 1}" + (f": {exc.field}" if exc.field else "")
             raise SpecError(field, exc.reason, exc.source) from None
     names: dict[str, int] = {}
+    given = [d.get("name") for d in documents if isinstance(d, Mapping) and isinstance(d.get("name"), str)]
     for index, spec in enumerate(specs):
         if spec.name in names:
+            # a name the file never wrote: the default made from op, shape and dtype, the same for both
+            made = not any(spec.name.startswith(name) for name in given)
             raise SpecError(
                 "name",
-                f"ops {names[spec.name] + 1} and {index + 1} of the file are both named {spec.name!r}; "
-                "each needs its own name (its artifact's folder)",
+                f"ops {names[spec.name] + 1} and {index + 1} of the file are both named {spec.name!r}"
+                f"{' (the name kt gives an op that has none)' if made else ''}; each needs its own name (its "
+                "artifact's folder)",
                 source=str(path),
             )
         names[spec.name] = index

@@ -267,7 +267,11 @@ def test_a_file_of_several_ops_gives_one_spec_each_named_apart(tmp_path):
         ("op: lowrank\nshape: {batch: [], dims: [4, 2, 4]}\n", "shape.batch: is an empty list"),
         (
             "name: x\nop: dense\nshape: {m: 4, n: 4, k: 4}\n---\nname: x\nop: dense\nshape: {m: 8, n: 4, k: 4}\n",
-            "name: ops 1 and 2 of the file are both named 'x'",
+            "name: ops 1 and 2 of the file are both named 'x'; each needs",
+        ),
+        (  # a name the file never wrote was blamed without a word on where it came from
+            "op: dense\nshape: {m: 4, n: 4, k: 4}\n---\nop: dense\nshape: {m: 4, n: 4, k: 4}\n",
+            "are both named 'dense_4x4x4_float16' (the name kt gives an op that has none); each needs",
         ),
     ],
 )

@@ -174,6 +174,12 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
     assert kt.load(path, verify=False).config == result.best.config
     with pytest.raises(kt.ArtifactError, match="not found"):
         kt.load(tmp_path / "missing")
+    with pytest.raises(
+        kt.ArtifactError, match=f"is a file of an artifact; give the artifact's folder, {path}$"
+    ):
+        kt.load(path / "meta.json")  # "is not a directory"
+    with pytest.raises(kt.ArtifactError, match="got an empty one$"):
+        kt.load("")  # read as the working folder
     (tmp_path / "nometa").mkdir()
     (tmp_path / "nometa" / "kernel.py").write_text("")
     with pytest.raises(kt.ArtifactError, match="has no meta.json"):

@@ -48,6 +48,8 @@ def _artifact_path(path: Any) -> Path:
         raise ArtifactError(
             f"expected an artifact folder's path (a str or os.PathLike), got {type(path).__name__}"
         )
+    if not os.fspath(path):  # Path("") is the working folder
+        raise ArtifactError("expected an artifact folder's path, got an empty one")
     return Path(path)
 
 
@@ -437,6 +439,8 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     with the kernel of the other). Read through the folder's descriptor, both come from the folder opened.
     """
     path = _artifact_path(path)
+    if path.is_file() and path.name in ("meta.json", "kernel.py"):
+        raise ArtifactError(f"{path} is a file of an artifact; give the artifact's folder, {path.parent}")
     if not path.is_dir():
         raise ArtifactError(
             f"artifact {str(path)!r} not found" if not path.exists() else f"{path} is not a directory"
