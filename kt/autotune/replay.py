@@ -257,7 +257,7 @@ class ReplayResult:
     @property
     def p10(self) -> float:
         """The 10th percentile of the scores, interpolated linearly between the two nearest (numpy's default):
-        with 20 repeats, 0.1 of the way from the second-worst score to the third-worst."""
+        with 20 repeats, 0.9 of the way from the second-worst score to the third-worst (position 0.1 * 19)."""
         return float(np.percentile(self.scores, 10))
 
     def line(self) -> str:
