@@ -219,8 +219,9 @@ COMPILE_TRIES = 8
 
 
 def _can_compile() -> bool:
-    """Whether this process can compile kernels for a GPU target: Triton's ptxas is here, Triton's interpreter
-    is not switched on for the whole process and has not left `triton.language` patched (kt.codegen.compat)."""
+    """Whether this process can compile kernels for a GPU target: Triton's ptxas programs and the cuobjdump
+    that reads a build's spills are here, Triton's interpreter is not switched
+    on for the whole process and has not left `triton.language` patched (kt.codegen.compat)."""
     from kt.autotune.compile import target_compiler_available
     from kt.codegen.compat import language_patched
 

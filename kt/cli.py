@@ -555,7 +555,7 @@ def tune(
     )
     if len(specs) == 1:
         _header(specs[0])
-        _checks_only_note(checks_only)
+        _checks_only_note(checks_only, specs, device)
         result = kt.tune(specs[0], **options)
         _report_one(result, out_dir, top)
         return
@@ -566,7 +566,7 @@ def tune(
     where = sources[0] if len(sources) == 1 else f"{len(sources)} {'sources' if from_model else 'files'}"
     how = "one after the other" if concurrent == 1 else f"up to {concurrent} at once"
     out.print(f"{where}: {len(specs)} ops, tuned {how}", style="bold")
-    _checks_only_note(checks_only)
+    _checks_only_note(checks_only, specs, device)
     started = time.monotonic()
     outcomes: dict[int, tuple[str, str, str, str]] = {}
 
@@ -649,14 +649,32 @@ def _model_specs(target: str, taken: set[str]) -> list:
     return found.specs
 
 
-def _checks_only_note(checks_only: bool) -> None:
-    if checks_only:
-        out.print(
-            "note: no GPU here: each config is checked in Triton's interpreter and compiled for the target, "
-            "nothing is timed, and the choice is the cost model's best prediction; a larger budget only "
-            "checks more configs",
-            style="yellow",
-        )
+def _checks_only_note(checks_only: bool, specs, device: str | None) -> None:
+    """The tune's first note without a GPU: configs are checked in the interpreter, and compiled for the
+    targets' architectures where Triton's tools are here (else why not, in the tune's closing note's words)."""
+    if not checks_only:
+        return
+    from kt.api import resolve_profile
+    from kt.autotune.compile import target_compiler_missing
+
+    archs = set()
+    for spec in specs:
+        try:
+            archs.add(resolve_profile(device or spec.device).compute_capability)
+        except KtError:  # the op's own tune says what is wrong with its device
+            continue
+    missing = target_compiler_missing()
+    if missing:
+        compiled = f"not compiled for the GPU ({missing})"
+    elif archs:
+        compiled = f"compiled for {' and '.join(f'sm_{arch}' for arch in sorted(archs))}"
+    else:
+        compiled = "compiled for the target"
+    out.print(
+        f"note: no GPU here: each config is checked in Triton's interpreter and {compiled}, nothing is timed, "
+        "and the choice is the cost model's best prediction; a larger budget only checks more configs",
+        style="yellow",
+    )
 
 
 def _report_one(result, out_dir, top) -> tuple[str, str, str, str]:
@@ -885,20 +903,23 @@ def show(spec, device, ptx_dir):
 
 def _show_ptx(spec, device, ptx_dir: Path) -> None:
     """`kt show --ptx`: compile the model's first configs in workers (Triton's compiler, not its interpreter) and
-    keep the first that builds within the device (no spills, shared memory within the limit), as a tune would."""
-    from kt.api import distinct_tiles
-    from kt.autotune.compile import target_compiler_available
+    keep the first that builds within the device (no spills, shared memory within the limit), as a tune would.
+    The PTX files an earlier run wrote into the folder (launch<i>_<kernel>.ptx) are removed before the chosen
+    config's are written; nothing else there is touched."""
+    import re
+
+    from kt.api import distinct_tiles, resolve_profile
+    from kt.autotune.compile import target_compiler_missing
     from kt.autotune.pool import Task
     from kt.autotune.runners import compile_builds, compile_pool
     from kt.autotune.tune import generated_candidate
 
-    if not target_compiler_available():
-        raise KtError(
-            "--ptx: Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled"
-        )
+    arch = resolve_profile(device or spec.device).compute_capability
+    missing = target_compiler_missing()
+    if missing:
+        raise KtError(f"--ptx: nothing is compiled for sm_{arch}: {missing}")
     plan = kt.plan(spec, budget=1, device=device)
     configs = distinct_tiles(plan)  # as many as kt.build's compile check tries; group_m twins build alike
-    arch = plan.space.device.compute_capability
     ptx_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
         (generated_candidate(plan.problem, config, name=spec.name), plan.space.device) for config in configs
@@ -911,16 +932,19 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
         if chosen is None:
             raise KtError(f"--ptx: none of the model's first {len(configs)} configs builds for sm_{arch}")
         rank = chosen.task.id
+        for old in ptx_dir.iterdir():  # an earlier run's launches, which this one's would sit beside
+            if re.fullmatch(r"launch\d+_\w+\.ptx", old.name) and (old.is_file() or old.is_symlink()):
+                old.unlink()
         # once more, writing its PTX (Triton caches the compile, so this is quick)
         (chosen,) = pool.run(
             [Task(0, "compile", {**chosen.task.payload, "ptx_dir": str(ptx_dir)}, "compile")]
         )
+    launches = chosen.values.get("launch_evidence", [])
     title = f"{configs[rank].key()} (rank {rank + 1} of {plan.model}) "
     table = Table(title=title + f"compiled for sm_{arch}: PTX in {ptx_dir}")
     for name in ("launch", "kernel", "MMA", "TMA", "registers", "spill bytes", "shared KiB", "why not wgmma"):
         table.add_column(name, justify="left" if name in ("kernel", "MMA", "why not wgmma") else "right")
-    why = _why_not_wgmma(plan, configs[rank])
-    for index, launch in enumerate(chosen.values.get("launch_evidence", [])):
+    for index, (launch, why) in enumerate(zip(launches, _why_not_wgmma(plan, configs[rank], launches))):
         table.add_row(
             str(index),
             launch["kernel"],
@@ -929,14 +953,16 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
             _fmt(launch["registers"], "d"),
             _fmt(launch["local_bytes"], "d"),
             _fmt(launch["smem_bytes"] / 1024, ".0f"),
-            "" if launch["mma"] == "wgmma" else why(index),
+            why,
         )
     out.print(table)
 
 
-def _why_not_wgmma(plan, config):
-    """launch index -> why the model expects that launch of `config` off Hopper's warpgroup MMA (a launch per
-    stage record where the counts agree, else the config's first reason)."""
+def _why_not_wgmma(plan, config, launches) -> list[str]:
+    """Why each of `config`'s launches (their evidence, in call order) is off Hopper's warpgroup MMA: nothing
+    for a wgmma launch; "no matrix product" for one without a dot (a transpose); for the others, the model's
+    reason for its stage record: the stage records are the launches with a dot, in order, where the counts
+    agree, else the config's first reason."""
     from kt.codegen import family_for
     from kt.costmodel.roofline import launch_wgmma_reasons
 
@@ -944,7 +970,17 @@ def _why_not_wgmma(plan, config):
     reasons = launch_wgmma_reasons(record, plan.space.device)
     unexpected = "the compiler's choice (the tile allows wgmma)"
     first = next((r for r in reasons if r), unexpected)
-    return lambda index: (reasons[index] or unexpected) if index < len(reasons) else first
+    dots = [i for i, launch in enumerate(launches) if launch.get("dot") is not False]  # None: not known
+    by_launch = dict(zip(dots, reasons)) if len(dots) == len(reasons) else {}
+    why = []
+    for index, launch in enumerate(launches):
+        if launch["mma"] == "wgmma":
+            why.append("")
+        elif launch.get("dot") is False:
+            why.append("no matrix product in this launch")
+        else:
+            why.append((by_launch[index] or unexpected) if index in by_launch else first)
+    return why
 
 
 @main.command()

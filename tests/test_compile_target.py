@@ -607,3 +607,189 @@ def test_every_launch_asks_for_fused_multiply_add_so_tritons_default_cannot_chan
             b.ptx.count("fma.rn") for b in compile_for_target(module, plan.problem.meta_args(), 90)
         ]
     assert fmas["0"] == fmas["1"] and sum(fmas["1"]) > 0, fmas
+
+
+TRANSPOSED_MONARCH = {  # its feature-major ends: x is copied feature-major before the stages read it
+    "name": "mon_t",
+    "op": "monarch",
+    "dtype": "float16",
+    "shape": {"batch": 64, "n": 256, "nblocks": 16},
+    "transposed": True,
+    "device": "h100",
+    "tune": {
+        "configs": [dict(block_b=64, block_n=16, block_k=16, group=2, num_warps=4, num_stages=3, ends=1)]
+    },
+}
+
+
+def test_launches_are_captured_in_the_order_the_kernel_makes_them():
+    """The recorders kept a list each, so the launches came back grouped by kernel: the transposed Monarch's
+    transpose (its first launch) came last."""
+    from kt.autotune.compile import capture_launches
+    from kt.codegen.emit import import_kernel_file
+
+    plan = kt.plan(TRANSPOSED_MONARCH, budget=1)
+    module = import_kernel_file(
+        generated_candidate(plan.problem, plan.config(plan.ranked[0])).source_path,
+        interpret=False,
+        private=True,
+    )
+    launches = capture_launches(module, plan.problem.meta_args())
+    assert [name for name, *_ in launches] == ["transpose_kernel", "stage_kernel", "stage_kernel"]
+
+
+def test_kt_show_ptx_numbers_launches_in_call_order_and_replaces_an_earlier_runs_files_alone(
+    tmp_path, monkeypatch
+):
+    """The transposed Monarch's launches as it makes them (transpose, stage, stage: kt said stage, stage,
+    transpose), the transpose's "why not wgmma" that it has no matrix product (it read "the compiler's choice
+    (the tile allows wgmma)"), and the PTX of an earlier run removed from the folder, nothing else there."""
+    import yaml
+    from click.testing import CliRunner
+
+    from kt import cli
+
+    monkeypatch.setattr(cli.out, "width", 250)  # a row of the table on one line
+    spec = tmp_path / "mon_t.yaml"
+    spec.write_text(yaml.safe_dump(TRANSPOSED_MONARCH))
+    out = tmp_path / "ptx"
+    out.mkdir()
+    for kept in ("notes.txt", "launch.ptx", "launch0_stage_kernel.txt", "mine.ptx"):
+        (out / kept).write_text("the user's\n")
+    (out / "launch3_gemm_kernel.ptx").write_text("an earlier run's\n")
+    result = CliRunner().invoke(cli.main, ["show", str(spec), "--ptx", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "launch.ptx", "launch0_stage_kernel.txt", "launch0_transpose_kernel.ptx", "launch1_stage_kernel.ptx",
+        "launch2_stage_kernel.ptx", "mine.ptx", "notes.txt",
+    ]  # fmt: skip
+    assert (out / "notes.txt").read_text() == "the user's\n"
+    assert "wgmma.mma_async" not in (out / "launch0_transpose_kernel.ptx").read_text()
+    rows = [line for line in result.output.splitlines() if "_kernel" in line]
+    assert [row.split("│")[2].strip() for row in rows] == ["transpose_kernel", "stage_kernel", "stage_kernel"]
+    assert "no matrix product in this launch" in rows[0]
+    assert "the compiler's choice" not in result.output
+
+
+def triton_without(root: Path, tool: str) -> Path:
+    """A folder to put first on PYTHONPATH: the installed triton package linked entry by entry, but for `tool` in
+    its backends/nvidia/bin (what a Triton install without that binary looks like)."""
+    import triton
+
+    real, copy = Path(triton.__file__).parent, root / "triton"
+    for inner in ("", "backends", "backends/nvidia", "backends/nvidia/bin"):
+        (copy / inner).mkdir(parents=True, exist_ok=True)
+        skip = {"": "backends", "backends": "nvidia", "backends/nvidia": "bin", "backends/nvidia/bin": tool}
+        for entry in (real / inner).iterdir():
+            if entry.name != skip[inner]:
+                (copy / inner / entry.name).symlink_to(entry)
+    return root
+
+
+def without_env(overlay: Path, tmp_path: Path) -> dict:
+    """The environment of a kt command run with `overlay`'s triton, and no cuobjdump on PATH either."""
+    import os
+
+    path = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "cuobjdump").exists()]
+    python_path = [str(overlay), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
+    return {**env, "PATH": os.pathsep.join(path), "KT_DB": str(tmp_path / "t.db"), "PYTHONWARNINGS": "ignore"}
+
+
+def run(args: list[str], env: dict, cwd: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
+
+
+def test_the_compile_stage_looks_for_the_ptxas_triton_runs_for_the_target(tmp_path):
+    """Triton 3.9 builds sm_90 with ptxas-blackwell: kt looked for bin/ptxas alone, said the compile stage
+    would run, and every config crashed ("Cannot find ptxas-blackwell"). Without the ptxas Triton's own
+    get_ptxas(90) names, `kt show --ptx` now says which is missing before compiling anything."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    tool = Path(get_ptxas(90).path).name  # ptxas-blackwell under Triton 3.9, ptxas under 3.6
+    env = without_env(triton_without(tmp_path / "overlay", tool), tmp_path)
+    probe = run(["-c", "from triton.backends.nvidia.compiler import get_ptxas; get_ptxas(90)"], env, tmp_path)
+    assert f"Cannot find {tool}" in probe.stderr, probe.stderr[-2000:]  # the copy lacks it, as Triton sees
+    shown = run(["-m", "kt.cli", "show", str(EXAMPLES / "dense.yaml"), "--ptx", "ptx"], env, tmp_path)
+    assert shown.returncode == 2, shown.stdout[-2000:] + shown.stderr[-2000:]
+    assert shown.stderr.strip().splitlines()[-1] == (
+        f"kt: error: --ptx: nothing is compiled for sm_90: Triton's {tool}, which builds GPU code, is not "
+        "installed here"
+    )
+    assert "skipped" not in shown.stdout
+
+
+def test_without_cuobjdump_no_build_passes_as_spill_free_and_the_notes_name_it(tmp_path):
+    """cuobjdump reads a build's registers and spills: without it a build that spills came back ok (its
+    registers None) and the tune's notes said it was compiled for sm_90. The compile stage is now off, and the
+    first and last notes of the tune and `kt show --ptx` say why; a compile task asked for all the same fails."""
+    env = without_env(triton_without(tmp_path / "overlay", "cuobjdump"), tmp_path)
+    why = "Triton's cuobjdump, which reads a build's registers and spills, is not installed here"
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "name: tiny\nop: dense\ndtype: float16\nshape: {m: 24, n: 40, k: 32}\ntune: {budget: 1}\n"
+    )
+    options = ["--out", "art", "--quiet", "--workers", "1", "--backend", "interpret"]
+    tuned = run(["-m", "kt.cli", "tune", str(spec), *options], env, tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    notes = [line for line in tuned.stdout.splitlines() if line.startswith("note: no GPU here")]
+    assert len(notes) == 2 and all(f"not compiled for the GPU ({why})" in note for note in notes), notes
+    assert "compiled for the target" not in tuned.stdout and "compiled for sm_90" not in tuned.stdout
+    shown = run(["-m", "kt.cli", "show", str(spec), "--ptx", "ptx"], env, tmp_path)
+    assert shown.returncode == 2 and shown.stderr.strip().endswith(why), shown.stderr[-2000:]
+    script = (
+        "import kt\n"
+        "from kt.autotune.runners import compile_builds\n"
+        "from kt.autotune.tune import generated_candidate\n"
+        f"plan = kt.plan({str(spec)!r}, budget=1)\n"
+        "candidate = generated_candidate(plan.problem, plan.config(plan.ranked[0]))\n"
+        "(o,) = compile_builds([(candidate, plan.space.device)])\n"
+        "print(o.status, '|', o.message, '|', o.values.get('registers'))\n"
+    )
+    built = run(["-c", script], env, tmp_path)
+    assert built.returncode == 0, built.stderr[-3000:]
+    status, message, _ = built.stdout.strip().splitlines()[-1].split(" | ")
+    assert status == "crash" and message.endswith(why), built.stdout
+
+
+def test_a_ptxas_path_naming_no_program_falls_back_to_the_bundled_one_as_triton_does(monkeypatch):
+    """TRITON_PTXAS_PATH=/nonexistent: Triton still finds its bundled ptxas (it tries the variable's path, then
+    its own), but kt said ptxas was not installed and left the compile stage out."""
+    from triton import knobs
+
+    from kt.autotune.compile import target_compiler_available
+
+    for variable in ("TRITON_PTXAS_PATH", "TRITON_PTXAS_BLACKWELL_PATH"):
+        monkeypatch.setenv(variable, "/nonexistent")
+    assert target_compiler_available()
+    from kt.autotune.compile import tool_path
+
+    for name in ("ptxas", "ptxas-blackwell"):
+        if hasattr(knobs.nvidia, name.replace("-", "_")):  # what Triton itself runs
+            assert tool_path(name) == getattr(knobs.nvidia, name.replace("-", "_")).path
+
+
+def test_the_cuda_backend_without_tritons_compiler_tools_is_refused_before_it_starts(monkeypatch):
+    """Every candidate's compile then failed, each a crash row with a hint to retry what cannot pass. A GPU is
+    present (as torch says) but cuobjdump is not; under Ray the nodes have their own tools."""
+    import torch
+
+    from kt.autotune import runners
+    from kt.autotune.compile import CUOBJDUMP_MISSING
+    from kt.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runners, "target_compiler_missing", lambda: CUOBJDUMP_MISSING)
+    for backend in ("cuda", "auto"):
+        with pytest.raises(
+            DeviceError,
+            match=rf"^backend: cuda compiles each candidate before it times it, and {CUOBJDUMP_MISSING}; reinstall",
+        ):
+            runners.check_gpus(backend, None)
+    runners.check_gpus("cuda", None, ray="auto")
+    runners.check_gpus("interpret", None)

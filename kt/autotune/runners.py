@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kt.autotune.compile import target_compiler_available
+from kt.autotune.compile import (
+    target_compiler_available,  # noqa: F401 - tests import it from here
+    target_compiler_missing,
+)
 from kt.autotune.pool import Outcome, Task, WorkerPool, default_workers
 from kt.autotune.timing import DEFAULT_TIMING, DRY_RUN_TIMING, TimingSettings
 from kt.codegen import Config, family_for
@@ -252,7 +255,9 @@ class InterpretRunner(Runner):
         compile_target: bool = True,
     ):
         super().__init__(profile, workers, seed, timeout_s)
-        self.compile_target = compile_target and target_compiler_available()
+        # why the compile stage cannot run here (a tool Triton or kt needs for the target), for the tune's notes
+        self.compile_missing = target_compiler_missing() if compile_target else None
+        self.compile_target = compile_target and self.compile_missing is None
         # Rows checked with and without the target compile are different evidence: keep them apart.
         suffix = f" + sm_{profile.compute_capability} compile" if self.compile_target else ""
         self.device = INTERPRETER_DEVICE + suffix
@@ -384,7 +389,8 @@ def same_gpu_model(expected: str | None, result: Result) -> str | None:
 
 class DryRunner(MeasureRunner):
     """The `cuda` runner's pipeline on a machine without a GPU: candidates compile for the target's
-    architecture (when Triton's ptxas is installed, unless `compile_target` is False, as InterpretRunner's),
+    architecture (when Triton's ptxas and cuobjdump are installed, unless `compile_target` is False, as
+    InterpretRunner's),
     then one worker checks each on the full problem in Triton's interpreter and runs the measure step with the
     wall-clock timer (kt.autotune.timing.time_wall).
     Nothing it produces is a runtime: its rows carry no runtime_ms, and a tune through it is `measured: false`."""
@@ -404,7 +410,8 @@ class DryRunner(MeasureRunner):
     ):
         super().__init__(profile, *args, timing=timing, **kwargs)
         self.arch = profile.compute_capability
-        self.compiles = compile_target and target_compiler_available()
+        self.compile_missing = target_compiler_missing() if compile_target else None
+        self.compiles = compile_target and self.compile_missing is None
         if self.compiles:  # rows checked with and without the target compile are different evidence
             self.device = f"{DRY_RUN_DEVICE} + sm_{self.arch} compile"
 
@@ -420,15 +427,22 @@ BACKENDS = ("auto", "cuda", "interpret", "dryrun")
 
 
 def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> None:
-    """Refuse the cuda backend on a machine without a GPU, and `gpus` (--gpus) where nothing measures on named
-    GPUs: a backend other than cuda (auto resolved as make_runner resolves it) or a Ray cluster, where Ray
-    places the GPU actors."""
+    """Refuse the cuda backend on a machine without a GPU or without Triton's compiler tools (outside Ray), and
+    `gpus` (--gpus) where nothing measures on named GPUs: a backend other than cuda (auto resolved as
+    make_runner resolves it) or a Ray cluster, where Ray places the GPU actors."""
     import torch
 
     from kt.errors import DeviceError
 
     if backend == "cuda" and not torch.cuda.is_available():
         raise DeviceError("backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret")
+    measures = backend == "cuda" or (backend == "auto" and torch.cuda.is_available())
+    missing = target_compiler_missing() if measures and ray is None else None  # Ray's nodes have their own
+    if missing:  # else every candidate's compile failed, each reported as a crash to retry
+        raise DeviceError(
+            f"backend: cuda compiles each candidate before it times it, and {missing}; reinstall triton (its "
+            "wheel ships ptxas and cuobjdump)"
+        )
     if gpus is None:
         return
     if ray is not None:

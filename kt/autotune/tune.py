@@ -505,10 +505,13 @@ def tune(
     plan, runner, profile = session.plan, session.runner, session.profile
     notes = [note for note in (plan.budget_note, plan.model_note, plan.twin_note) if note]
     if not runner.measures_time:
+        missing = getattr(runner, "compile_missing", None)  # None: the compile stage was switched off
         compiled = (
             f"compiled for sm_{profile.compute_capability}"
             if runner.compile_target
-            else "not compiled for the GPU (Triton's ptxas is not installed)"
+            else f"not compiled for the GPU ({missing})"
+            if missing
+            else "not compiled for the GPU"
         )
         checked = (
             "on the full problem through the GPU's measure path (a dry run: its wall clock is no runtime)"

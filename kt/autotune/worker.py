@@ -120,9 +120,11 @@ def _check(payload: dict[str, Any]) -> Reply:
 
 def _compile(payload: dict[str, Any]) -> Reply:
     """Compile for the target GPU architecture (no GPU needed) and hold the build to the device: shared memory
-    within its limit, no register spills. Records the evidence (shared memory, registers, spills, MMA kind,
-    TMA) and, with `ptx_dir`, writes each launch's PTX there. A module with no Triton kernel (PyTorch's own
-    path, candidate zero) has nothing to compile."""
+    within its limit, no register spills (read by Triton's cuobjdump: without it the task fails, as no spill
+    could be seen). Records the evidence (shared memory, registers, spills, MMA kind, whether each launch has a
+    matrix product, TMA) and, with `ptx_dir`, writes each launch's PTX there, numbered in the order the kernel
+    launches them (launch0_<kernel>.ptx, ...). A module with no Triton kernel (PyTorch's own path, candidate
+    zero) has nothing to compile."""
     from kt.autotune.compile import compile_for_target, meta_args
 
     module = _load(payload, interpret=False)
@@ -192,6 +194,7 @@ def evidence(builds) -> dict[str, Any]:
             {
                 "kernel": b.kernel,
                 "mma": b.mma_kind,
+                "dot": b.dots,
                 "tma": b.tma,
                 "registers": b.registers,
                 "local_bytes": b.local_bytes,
