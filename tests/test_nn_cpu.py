@@ -1727,3 +1727,25 @@ def test_vmap_of_a_block_sparse_layer_runs_the_layers_own_selection():
     ys = torch.func.vmap(layer)(x)
     assert keys and len(selection._SELECTED) == before
     torch.testing.assert_close(ys, torch.stack([layer(xi) for xi in x]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_takes_more_rows_than_a_spec_may_have_as_nn_linear_does():
+    """DenseLinear(16, 16) on 16,777,217 rows (CPU) failed with "shape.m: must be an integer from 1 to 16777216,
+    got 33554432": the bucket's spec, a field and a number the user never wrote. The bucket is now the largest a
+    spec can have (the kernel takes any rows); an op refused at any row count keeps its own error."""
+    from kt.errors import SpecError
+    from kt.nn.selection import bucket_spec, kernel_for
+
+    dense = knn.DenseLinear(16, 16, dtype=torch.float16)
+    assert bucket_spec(dense.op(), 16_777_217).shape.m == 16_777_216
+    wide = knn.DenseLinear(
+        8192, 8192, dtype=torch.float16, device="meta"
+    )  # x and y 32 GiB: 128.1 at the bucket
+    assert bucket_spec(wide.op(), 2_097_153).shape.m == 2_097_152
+    low = knn.LowRankLinear(16, 16, rank=4)
+    assert bucket_spec(low.op(), 16_777_217).shape.batch == 16_777_216
+    kernel = kernel_for(dense.op_text, 16_777_217, torch.device("cpu"))
+    x = torch.randn(40, 16, dtype=torch.float16)  # the kernel chosen for them runs any rows
+    torch.testing.assert_close(kernel(x, dense.weight.detach().t()), x @ dense.weight.detach().t())
+    with pytest.raises(SpecError, match="dtype"):
+        bucket_spec({**dense.op(), "dtype": "float8"}, 16_777_217)

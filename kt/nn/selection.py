@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from kt.autotune.database import BASELINE_KEY
+from kt.errors import SpecError
 from kt.kernel import Kernel
 from kt.spec import OpSpec, parse_spec
 
@@ -222,18 +223,38 @@ TRUSTED = "kt_derived_indices"
 
 
 def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
-    """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows`."""
+    """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows`; where a spec cannot
+    have that many rows (a batch over the spec's limit, or operands over its size limit), the largest bucket
+    below it that one can: its kernel takes any number of rows, and a larger problem only fits its tiles
+    better. A layer of nn.Linear's any rows failed past 2**24 of them, blamed on a spec field never written."""
     data = json.loads(json.dumps({key: value for key, value in op.items() if key != TRUSTED}))
     size = bucket(rows)
     # an op without its shape (or terms) is left for parse_spec to name the field
     shapes = [data.get("shape")]
     if data.get("op") == "sum" and isinstance(data.get("terms"), list):
         shapes = [term.get("shape") if isinstance(term, dict) else None for term in data["terms"]]
-    for shape in shapes:
-        if isinstance(shape, dict):
-            shape["m" if data.get("op") == "dense" else "batch"] = size
     data.setdefault("name", f"{data['op']}_nn")
-    return parse_spec(data, check_files=False)
+
+    def at(size: int) -> OpSpec:
+        for shape in shapes:
+            if isinstance(shape, dict):
+                shape["m" if data.get("op") == "dense" else "batch"] = size
+        return parse_spec(data, check_files=False)
+
+    try:
+        return at(size)
+    except SpecError as refused:
+        try:
+            at(MIN_BUCKET)
+        except SpecError:
+            raise refused from None  # refused with the fewest rows too: the rows are not what is wrong
+    while size > MIN_BUCKET:
+        size //= 2
+        try:
+            return at(size)
+        except SpecError:
+            continue
+    return at(MIN_BUCKET)
 
 
 def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
