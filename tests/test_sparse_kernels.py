@@ -996,3 +996,21 @@ def test_an_artifact_of_mask_and_prune_patterns_loads_where_the_files_are_gone(t
     args = kt.random_args(kernel.spec, seed=3, device="cpu")
     ref = kt.reference(kernel.spec)(*(a.to(torch.float64) for a in args))
     assert relative_error(kernel(*args), ref) < tolerance_of(kernel.spec)
+
+
+def test_no_legal_block_sparse_config_launches_more_programs_than_cudas_grid_x_axis_takes():
+    """A block-sparse layer of 1x16 blocks, 2**20 rows and 32,768 outputs: 27 of 135 legal configs launched 2**31
+    programs (a row tile times out // 1 block-rows times one column tile each), one more than CUDA's gridDim.x
+    allows. The grid is worked out as the generated module's `_launch` makes it."""
+    from kt.codegen.tilesum import MAX_GRID_X
+
+    rows, out = 1_048_576, 32_768
+    spec = parse_spec(
+        {"op": "blocksparse", "dtype": "float16", "shape": {"batch": rows, "in": 16, "out": out},
+         "sparsity": {"block": [1, 16], "density": 1.0}}
+    )  # fmt: skip
+    space = kt.space(spec)
+    assert space.dropped[f"a launch grid over CUDA's {MAX_GRID_X} programs on its x axis"] == 27
+    assert space.legal
+    for config in space.legal:
+        assert -(-rows // config.block_m) * out * -(-1 // config.block_n) <= MAX_GRID_X

@@ -198,6 +198,25 @@ def resources(problem: TileSumProblem, config: TileConfig, device: DeviceProfile
     return max(smem, out), config.block_m * config.block_n // threads
 
 
+MAX_GRID_X = 2**31 - 1  # CUDA's gridDim.x (the interpreter has no such limit)
+
+
+def programs(problem: TileSumProblem, config: TileConfig) -> int:
+    """The most programs on axis 0 of any of `config`'s launches on `problem`: a row tile times the column
+    tiles, which a block-sparse source tiles block-row by block-row (out // height blocks of
+    ceil(height / block_n) tiles each); a fused chain's programs are its row tiles."""
+    rows = -(-problem.rows // config.block_m)
+    if config.fused and isinstance(problem, ChainProblem):
+        return rows
+    heights = [t.block[0] for t in _bsr_terms(problem)]
+    most = 0
+    for launch in launches(problem, config):
+        columns = [-(-launch.n // config.block_n)]
+        columns += [(launch.n // h) * -(-h // config.block_n) for h in heights if launch.n % h == 0]
+        most = max(most, rows * max(columns))
+    return most
+
+
 FUSED_FMA_W2 = 2048  # the W2 tile (rank x block_n) of a fused float32 FMA chain whose builds did not spill
 
 
@@ -239,6 +258,8 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
             return "tile larger than the padded problem"
         if config.split > 1 and config.split > max(-(-s.k // config.block_k) for s in steps):
             return "more splits than steps"
+    if programs(problem, config) > MAX_GRID_X:
+        return f"a launch grid over CUDA's {MAX_GRID_X} programs on its x axis"
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_per_block // 1024} KiB"
