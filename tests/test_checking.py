@@ -127,3 +127,37 @@ def test_the_checker_catches_one_wrong_element_a_norm_would_miss():
     result = check_kernel(_module(nearly_right), problem, seed=0, device="cpu")
     assert not result.ok and "an element is off by" in result.message
     assert result.rel_err < 2e-3, "the Frobenius error alone would have passed it"
+
+
+def test_a_kernel_that_writes_a_row_past_its_output_is_refused():
+    """A generated GEMM whose store mask lets row M through (`<= M`) passed its check: the extra row landed in
+    memory the check did not own (in float16, heap corruption in the interpreter; on a GPU another tensor).
+    The check's `out` now sits between guards, which the stray row changes."""
+    import kt
+    from kt.codegen import load_source
+
+    spec = {"op": "dense", "dtype": "float32", "shape": {"m": 40, "n": 24, "k": 16}}
+    kernel = kt.build(spec, {"block_m": 16, "block_n": 16, "block_k": 16}, device="h100")
+    problem = GemmProblem(40, 24, 16, dtype="float32")
+    assert check_kernel(kernel.module, problem, seed=0, device="cpu").ok
+    mask = "mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))"
+    assert kernel.source.count(mask) == 1
+    stray = load_source(kernel.source.replace(mask, mask.replace("< M", "<= M")), interpret=True)
+    result = check_kernel(stray, problem, seed=0, device="cpu")
+    assert not result.ok and result.message.startswith("the kernel wrote 24 elements outside `out`")
+
+
+def test_the_reduced_gemm_problem_gives_m_n_and_k_different_sizes_where_the_problem_allows():
+    """With equal tiles M, N and K were one size (49 x 49 x 49 for 32 x 32 x 32 tiles), so a kernel masking B's
+    columns by K instead of N passed its check and was 0.4 off on the tuned problem."""
+    from kt.codegen import family_for
+    from kt.device import get_profile
+
+    problem = GemmProblem(1000, 900, 800, dtype="float16")  # room for a tile more in each
+    family = family_for(problem)
+    legal = family.space(problem, get_profile("h100")).legal
+    assert any(c.block_m == c.block_n == c.block_k for c in legal[::7])
+    for config in legal[::7]:
+        ragged = family.check_problems(problem, config)[0]
+        assert len({ragged.m, ragged.n, ragged.k}) == 3, (config.key(), ragged)
+        assert ragged.m % config.block_m and ragged.n % config.block_n

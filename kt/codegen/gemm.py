@@ -479,7 +479,7 @@ class GemmFamily:
         """Small problems for the interpreter that still run every code path the real problem takes.
 
         Always a ragged one: M and N keep one full tile and a ragged one (edge masks and the tile-order swizzle
-        run), unless the real problem is smaller; K gives every split two K steps, the last one ragged, so the
+        run), unless the real problem is smaller, and M, N and K differ where the real problem lets them; K gives every split two K steps, the last one ragged, so the
         loop, the masks and the split-K sum all run. When the real problem is a whole number of tiles, its
         launch takes the unmasked EVEN path, so a problem of whole tiles is checked too. The batch keeps two
         entries; layouts and dtype are unchanged.
@@ -490,13 +490,16 @@ class GemmFamily:
         # the TMA kernel runs only where every row is 16-byte aligned: its ragged edges are half a tile (a
         # multiple of 8 elements) instead of half a tile and one
         edge = 0 if config.tma else 1
-        ragged = replace(
-            problem,
-            m=min(problem.m, bm + bm // 2 + edge),
-            n=min(problem.n, bn + bn // 2 + edge),
-            k=min(problem.k, (split - 1) * 2 * bk + bk + bk // 2 + edge),
-            batch=batch,
-        )
+        m = min(problem.m, bm + bm // 2 + edge)
+        # M, N and K of different sizes (a tile more where they would meet, as ragged as before): with equal
+        # tiles they were one size, and a kernel that took one for another passed its check
+        n = min(problem.n, bn + bn // 2 + edge)
+        if n == m and n + bn <= problem.n:
+            n += bn
+        k = min(problem.k, (split - 1) * 2 * bk + bk + bk // 2 + edge)
+        while k in (m, n) and k + bk <= problem.k:
+            k += bk
+        ragged = replace(problem, m=m, n=n, k=k, batch=batch)
         if problem.m % bm or problem.n % bn or problem.k % bk:
             return [ragged]
         whole = replace(
