@@ -615,13 +615,12 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     # what kernel.py is and runs, as meta.json says: the checksum covers kernel.py only, and an edited meta.json
     # made a Kernel that contradicted itself (kernel "pytorch" over a generated kernel.py crashed kt.nn's forward)
     runs = "pytorch" if hasattr(module, "IMPLEMENTATION") else "generated"  # PyTorch's path names its call
-    said = meta.get("kernel", "pytorch" if meta["config"] is None else "generated")
+    said = meta.get("kernel", runs)  # absent from the first artifacts kt wrote
     what = "PyTorch's path" if runs == "pytorch" else "a generated kernel"
     if said != runs:
         raise ArtifactError(f"{damaged}: its kernel is {said!r}, but kernel.py is {what}; re-run `kt tune`")
-    if (runs == "pytorch") != (meta["config"] is None):
-        config = "null" if meta["config"] is None else f"a generated kernel's ({meta['config']})"
-        raise ArtifactError(f"{damaged}: its config is {config}, but kernel.py is {what}; re-run `kt tune`")
+    if runs == "generated" and meta["config"] is None:  # PyTorch's path keeps the best generated config
+        raise ArtifactError(f"{damaged}: config is null, but kernel.py is a generated kernel")
     meta = {**meta, "kernel": runs}
     if verify:
         _check_built_for(meta, spec, module, damaged)
