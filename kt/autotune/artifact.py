@@ -578,9 +578,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
     except (KtError, ValueError, TypeError) as exc:
         raise ArtifactError(f"{damaged}: spec: {exc}") from None
     if meta["config"] is None:
-        if meta.get("kernel") == "generated":
-            raise ArtifactError(f"{damaged}: config is null, but kernel.py is a generated kernel")
-        config = None  # PyTorch's path
+        config = None  # PyTorch's path (a generated kernel.py without a config is refused once imported)
     else:
         family, data = meta["family"], meta["config"]  # the family checked by `_read`
         if not isinstance(data, dict):

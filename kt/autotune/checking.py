@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -35,9 +36,7 @@ def _guarded(shape, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Ten
     of another value on either side (at least a row of `out` and 64, a multiple of 64 so that `out` stays as
     aligned as a fresh tensor). A write past either end of `out` (a row mask off by one) changes them; in a
     tensor of its own it went unseen, into memory the check did not own."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     row = shape[-1] if len(shape) else 1
     guard = 64 * -(-max(row, 64) // 64)
     buffer = torch.full((numel + 2 * guard,), 1234.0, dtype=dtype, device=device)
