@@ -132,6 +132,13 @@ def test_build_checks_a_config_object_on_its_axes_too():
     with pytest.raises(kt.SpecError, match="config: group: 0 is not allowed"):
         kt.build(monarch, dataclasses.replace(legal, group=0))
     assert kt.build(monarch, legal).config == legal
+    # the fused kernel needs power-of-two blocks of at least 16: a config object asking for it on other blocks
+    # built and failed on its first call in Triton ("arange's range must be a power of 2")
+    odd = {"op": "monarch", "dtype": "float32", "shape": {"batch": 16, "w1": [2, 6, 3], "w2": [4, 5, 3]}}
+    with pytest.raises(
+        kt.SpecError, match=r"^config: structure fused=1 is not offered .*; allowed: fused=0$"
+    ):
+        kt.build(odd, dataclasses.replace(kt.space(odd).legal[0], fused=1))
     np = pytest.importorskip("numpy")
     built = kt.build(
         SPEC, {"block_m": np.int64(16), "block_n": 16, "block_k": 16}

@@ -1423,6 +1423,23 @@ def test_a_layer_given_x_of_another_dtype_names_itself_and_x():
     assert str(error.value).endswith("pass x.to(torch.float32)"), error.value
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: knn.DenseLinear(8, 6),
+        lambda: knn.MonarchLinear(8, 8, nblocks=2),
+        lambda: knn.ButterflyLinear(8),
+        lambda: knn.LowRankLinear(8, 6, rank=2),
+    ],
+)
+def test_a_layer_of_real_weights_given_complex_x_is_not_told_to_cast_away_x_imag(layer):
+    """The layers said "pass x.to(torch.float32)" to complex x, which drops x.imag (the kernels say not)."""
+    with pytest.raises(
+        TypeError, match=r"takes no complex values \(x.to\(torch.float32\) would drop x.imag\)$"
+    ):
+        layer()(torch.randn(3, 8, dtype=torch.complex64))
+
+
 def test_a_block_sparse_layer_holds_its_pattern_after_to_empty_alone():
     """to_empty() left the index buffers holding whatever the memory held; a checkpoint loaded non-strictly
     without them then ran the kernel on those offsets (a segfault in half the runs)."""

@@ -163,20 +163,14 @@ def copy_bytes(problem: StructuredProblem, stages: list[Stage]) -> int:
     return 2 * problem.rows * features * size
 
 
-def _pow2(value: int) -> bool:
-    return value & (value - 1) == 0
-
-
 def fused_reason(problem: MonarchProblem, config: BlockGemmConfig, device: DeviceProfile) -> str | None:
-    """Why the fused Monarch kernel cannot run `problem` with `config`, or None.
+    """Why the fused Monarch kernel cannot run `problem` with `config`, or None (the problem's shape rule,
+    `MonarchProblem.fusable`, decides whether its space has a fused form at all).
 
-    It holds a (BLOCK_B, n) slab of x, the whole intermediate and both weights on chip, and its register
-    tensors need power-of-two sizes (blocks of at least 16 for the dots)."""
-    (k, q, p), (l, s, r) = problem.w1, problem.w2  # noqa: E741
+    It holds a (BLOCK_B, n) slab of x, the whole intermediate and both weights on chip."""
+    k, l = problem.w1[0], problem.w2[0]  # noqa: E741
     if (config.block_n, config.block_k, config.group) != (MIN_DOT, MIN_DOT, 1):
         return "tile choices unused by the fused kernel"
-    if not all(_pow2(v) for v in (k, q, p, l, s, r)) or min(p, q, r, s) < MIN_DOT:
-        return "fused Monarch needs power-of-two blocks of at least 16"
     if min(k, l) < config.num_warps:
         return WARPS_OVER_BATCH
     working_set, acc = resources(problem, config, device)

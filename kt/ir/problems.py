@@ -288,9 +288,16 @@ class MonarchProblem(StructuredProblem):
         return monarch_reference(x.double(), w1.double(), w2.double())
 
     def structures(self) -> tuple[dict[str, int], ...]:
-        if self.transposed:  # the fused kernel runs the forward map only
+        """Two launches, and one fused kernel for the forward map (its register tensors need power-of-two
+        sizes, and its dots blocks of at least 16): the fused form is offered only where it can run."""
+        if self.transposed or not self.fusable():
             return ({"fused": 0},)
         return ({"fused": 0}, {"fused": 1})
+
+    def fusable(self) -> bool:
+        """Whether the fused kernel's shape rule holds: power-of-two blocks, p, q, r and s of at least 16."""
+        (k, q, p), (l, s, r) = self.w1, self.w2  # noqa: E741
+        return all(v & (v - 1) == 0 for v in (k, q, p, l, s, r)) and min(p, q, r, s) >= 16
 
     def linear_map(self, structure: dict[str, int] | None = None):
         from kt.ir.structured import monarch_map

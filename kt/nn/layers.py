@@ -174,6 +174,10 @@ class _KtLinear(nn.Module, ABC):
                 raise TypeError(
                     f"{who}, which kt's kernels do not take; convert the layer (.to(torch.float32))"
                 )
+            if x.is_complex() and not self.dtype.is_complex:  # x.to(self.dtype) would drop x.imag
+                raise TypeError(
+                    f"{who}; the layer takes no complex values (x.to({self.dtype}) would drop x.imag)"
+                )
             convert = f", or convert the layer (.to({x.dtype}))" if _takes(x.dtype) else ""
             raise TypeError(f"{who}; pass x.to({self.dtype}){convert}")
         # y + bias would promote y to the bias's dtype (under autocast both are cast to autocast's)
