@@ -78,7 +78,7 @@ def score(data: Path) -> tuple[list[str], dict]:
             figures[(target, name)] = {**m, "bias": bias}
             label = f"{name} ({model.describe()})" if hasattr(model, "describe") else name
             lines.append(
-                f"| {label} | {m['runtime_mape']:.1f}% | {m['spearman_within_shape']:.3f} | "
+                f"| {label} | {m['runtime_mape']:.1f}% | {m['spearman_within_problem']:.3f} | "
                 f"{m['top1_score']:.3f} | {m['top1_worst']:.3f} | "
                 + ", ".join(f"{s}: {b:.2f}" for s, b in bias.items())
                 + " |"

@@ -8,7 +8,7 @@ to a kt record and measures how well kt's ForestModel predicts the runtimes of w
 
 What this file can show: regression across shapes (one kernel, many shapes). What it cannot: how well the model
 ranks configs within a shape, which is the cost model's real job in a tune, because every row of a shape ran the
-same kernel; so Spearman within shape, top-1 and top-5 are not reported here.
+same kernel; so Spearman within problem, top-1 and top-5 are not reported here.
 
 The forest's hyperparameters are chosen inside the training folds, never on the shapes reported (nested
 cross-validation): in each outer fold of whole shapes held out, min_samples_leaf and max_features are chosen by an
@@ -315,7 +315,7 @@ def main() -> int:
     print(
         "what this file measures: regression across shapes (one kernel per shape). Not the ranking of configs "
         "within a shape (the cost model's job in a tune): within a shape only the layout and beta vary, so "
-        "Spearman within shape, top-1 and top-5 are not reported"
+        "Spearman within problem, top-1 and top-5 are not reported"
     )
     print(
         f"nested cross-validation, seed {args.seed}: {args.folds} outer folds of whole shapes held out; in each, "

@@ -507,7 +507,7 @@ def evaluate_model(
         # a model of the same architecture stands in for another card, as the shipped H100 one does in a tune
         forest = ForestModel.load(model, resolve_profile(device) if device else None, stand_in=True)
         records, dropped_rows, dropped_shapes = unseen(
-            forest, _measured_records(data, forest.device, gpu, model)
+            forest, _measured_records(data, forest.device, gpu, model), repr(str(model))
         )
         if not records:
             raise DatabaseError(

@@ -30,6 +30,7 @@ from kt.errors import DatabaseError, KtError, counted
 from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
+    MODEL_HINT,
     MODEL_NAMES,
     MODEL_SUFFIX,
     check_cache_dir,
@@ -231,7 +232,7 @@ def _model_file(ctx, param, value):
         try:
             model_file(value)
         except KtError as exc:  # "model: ... not found" named neither the option nor the other choice
-            why = str(exc).removeprefix("model: ")  # click names the option
+            why = str(exc).removeprefix("model: ").removesuffix(f"; {MODEL_HINT}")  # click names the option
             raise click.BadParameter(
                 f"{why}; allowed: a model file from `kt costmodel fit`, or analytic"
             ) from None
@@ -1729,7 +1730,7 @@ def _metric_rows(report) -> list[tuple[str, str]]:
         ("runtime MAPE %", _value(m["runtime_mape"], ".1f")),
         ("runtime median APE %", _value(m["runtime_median_ape"], ".1f")),
         ("power median APE %", _value(m.get("power_median_ape"), ".1f")),
-        ("Spearman within shape", _value(m["spearman_within_shape"], ".3f")),
+        ("Spearman within problem", _value(m["spearman_within_problem"], ".3f")),
         ("top-1 (best / pick, 1 = best)", _value(m["top1_score"] if ranked else None, ".3f")),
         ("top-5 recall", _value(m["top5_recall"] if ranked else None, ".2f")),
         ("rows", str(m["rows"])),

@@ -471,7 +471,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
         "runtime R2",
         "runtime MAPE %",
         "power median APE %",
-        "Spearman within shape",
+        "Spearman within problem",
         "top-5 recall",
     ):
         assert name in result.stdout
@@ -479,7 +479,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
     assert "ranking metrics say nothing" in result.stdout  # one config per problem in this data
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"MAPE [\d.]+% \| median APE [\d.]+% \| Spearman within shape - \| top-1 - \| top-5 recall - \| "
+        r"MAPE [\d.]+% \| median APE [\d.]+% \| Spearman within problem - \| top-1 - \| top-5 recall - \| "
         r"shapes 12",
         last,
     ), last
@@ -561,7 +561,7 @@ def test_inspect_a_database_writes_both_plots_and_prints_the_metrics(gpperf, tmp
         f"12 measured rows of 12 problems on {RTX4070} (target {RTX4070_PROFILE.key}), 2024-11-"
         in result.stdout
     )
-    assert "runtime R2" in result.stdout and "Spearman within shape" in result.stdout
+    assert "runtime R2" in result.stdout and "Spearman within problem" in result.stdout
     assert "forests fitted in 5 folds, each predicting shapes it never saw" in result.stdout
     assert "feature importances (runtime forest): " in result.stdout
     for name in ("predicted_vs_measured.png", "pareto.png"):
@@ -610,6 +610,13 @@ def test_inspect_an_artifact_tuned_without_a_gpu_finds_gpu_rows_of_its_problem_i
     result = kt("inspect", art)
     assert result.exit_code == 0, result.stderr
     assert f"1 measured row of 1 problem on {RTX4070}" in result.stdout
+    # --gpu was never passed on for an artifact: any name inspected the first row's GPU, exit 0
+    assert kt("inspect", art, "--gpu", RTX4070).exit_code == 0
+    assert_one_line_error(
+        kt("inspect", art, "--gpu", "NVIDIA H200"),
+        f"gpu: {gpperf['db']} holds no measured rows of {art}'s problem on 'NVIDIA H200'; allowed: "
+        f"{RTX4070!r} (1 row)",
+    )
     other = GemmProblem(64, 64, 64, dtype="float32")  # the database has GPU rows, none of this problem
     art = artifact(tmp_path / "other", other, CUTLASS_CONFIG, gpperf["db"], False, device, **fields)
     assert_one_line_error(kt("inspect", art), "was tuned without a GPU (measured: false)")
@@ -781,7 +788,7 @@ def test_inspect_ranks_each_structured_problem_within_itself(tmp_path):
     ).metrics
     result = inspect_tune(H200_ROWS, plots_dir=tmp_path)
     assert result.tuner.metrics["problems"] == expected["problems"]
-    for name in ("spearman_within_shape", "top1_score", "top5_recall", "runtime_mape"):
+    for name in ("spearman_within_problem", "top1_score", "top5_recall", "runtime_mape"):
         assert result.tuner.metrics[name] == pytest.approx(expected[name]), name
 
 
@@ -847,6 +854,25 @@ def test_inspect_gpu_and_device_must_name_what_the_data_holds(tmp_path):
     result = kt("inspect", H200_ROWS, "--device", "h100", "--plots", tmp_path / "none")
     assert_one_line_error(result, "holds no rows for target h100; it holds h200 (284 rows)")
     assert not (tmp_path / "none").exists()
+
+
+def test_an_artifact_tuned_without_a_gpu_is_inspected_on_the_gpu_named_or_the_only_one():
+    """The first row's GPU stood in for an artifact tuned without a GPU, whatever --gpu said, and a database
+    with its problem's rows from two GPUs was scored on one of them without a word of the other."""
+    from kt.autotune.inspection import _artifact_gpu
+    from kt.errors import ArtifactError
+
+    rows = [{"device": "NVIDIA H100 PCIe"}, {"device": "NVIDIA H100 80GB HBM3"}] * 2
+    rows.append({"device": "NVIDIA H100 80GB HBM3"})
+    where = Path("art"), Path("t.db")
+    assert _artifact_gpu(*where, rows, None, "NVIDIA H100 PCIe") == "NVIDIA H100 PCIe"
+    assert _artifact_gpu(*where, rows[1:2], None, None) == "NVIDIA H100 80GB HBM3"
+    with pytest.raises(
+        ArtifactError,
+        match=r"^inspect: t.db holds measurements of art's problem from several GPUs: 'NVIDIA H100 80GB HBM3' "
+        r"\(3 rows\), 'NVIDIA H100 PCIe' \(2 rows\); pick one with --gpu$",
+    ):
+        _artifact_gpu(*where, rows, None, None)
 
 
 def test_inspect_refuses_rows_of_two_gpus_until_gpu_picks_one(gpperf, tmp_path):

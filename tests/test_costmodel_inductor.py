@@ -57,7 +57,7 @@ def test_import_then_eval_prints_the_headline_line(tmp_path):
     assert result.exit_code == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     match = re.fullmatch(
-        r"MAPE ([\d.]+)% \| median APE ([\d.]+)% \| Spearman within shape ([\d.]+) \| top-1 ([\d.]+) \| "
+        r"MAPE ([\d.]+)% \| median APE ([\d.]+)% \| Spearman within problem ([\d.]+) \| top-1 ([\d.]+) \| "
         r"top-5 recall ([\d.]+) \| shapes (\d+)",
         last,
     )
@@ -189,6 +189,21 @@ def test_without_a_model_file_kt_ranks_with_the_analytic_model(tmp_path, monkeyp
 
     monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path))
     assert shipped_model_path(H100) is None and resolve_model(H200).name == "analytic"
+
+
+def test_a_damaged_model_in_the_users_models_dir_is_not_called_kts_own(tmp_path, monkeypatch, caplog):
+    """The warning said "kt's own h100 model is not usable here" of the user's file in $KT_MODELS_DIR."""
+    import logging
+
+    from kt.autotune.tune import resolve_model
+
+    (tmp_path / "h100.skops").write_bytes(b"PK\x03\x04 not a whole zip")
+    monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="kt"):
+        assert resolve_model(H100).name == "analytic"
+    (warned,) = [r.getMessage() for r in caplog.records if r.name == "kt"]
+    assert warned.startswith("$KT_MODELS_DIR's h100 model is not usable here (model: "), warned
+    assert warned.endswith("; ranking with the analytic model"), warned
 
 
 def test_a_models_dir_that_is_no_folder_is_warned_of_once(tmp_path, monkeypatch, caplog):

@@ -27,6 +27,7 @@ from kt.costmodel.evaluate import (
 )
 from kt.costmodel.forest import ForestModel
 from kt.device import H100
+from kt.errors import ModelError
 
 
 def test_r2_is_one_minus_residual_over_total_sum_of_squares():
@@ -107,11 +108,11 @@ def test_top_k_recall_skips_groups_of_k_rows_or_fewer_where_any_model_scores_one
 
 def test_a_report_prints_a_dash_for_a_metric_it_cannot_measure():
     report = Report(np.array([1.0, 2.0]), np.array([1.5, 2.5]), ["a", "b"])
-    assert math.isnan(report.metrics["top1_score"]) and math.isnan(report.metrics["spearman_within_shape"])
+    assert math.isnan(report.metrics["top1_score"]) and math.isnan(report.metrics["spearman_within_problem"])
     summary = report.summary()
     assert (
         summary
-        == "MAPE 37.5% | median APE 37.5% | Spearman within shape - | top-1 - | top-5 recall - | shapes 2"
+        == "MAPE 37.5% | median APE 37.5% | Spearman within problem - | top-1 - | top-5 recall - | shapes 2"
     )
 
 
@@ -200,8 +201,11 @@ def test_a_model_is_scored_only_on_shapes_it_was_not_fitted_on():
     kept, rows, shapes = unseen(model, records)
     assert {r["group"] for r in kept} == {r["group"] for r in records} - first
     assert rows == sum(r["group"] in first for r in records) and shapes == len(first)
-    model.trained.pop("shape_keys")  # a file from before models listed them: nothing can be left out
-    assert unseen(model, records) == (records, 0, 0)
+    # a file from before models listed them, or a forest fitted on records without shape or group: nothing can
+    # be left out, and it was scored on its own training rows under "the shapes it was not fitted on"
+    model.trained.pop("shape_keys")
+    with pytest.raises(ModelError, match=r"^model: 'm.skops' lists no shapes it was fitted on, .* refit it"):
+        unseen(model, records, "'m.skops'")
 
 
 def test_cross_validation_refuses_what_cannot_hold_a_shape_out():

@@ -138,6 +138,21 @@ def test_an_unfitted_model_refuses_to_predict_or_save(tmp_path):
         ForestModel(H100).save(tmp_path / "m.skops")
 
 
+def test_a_model_says_where_its_rows_came_from(fitted):
+    """`kt predict` named the training data of kt's shipped models only (their `origin`); a model of
+    `kt costmodel fit` records its data file as `source`, and said nothing of it."""
+    trained = dict(fitted.trained)
+    try:
+        fitted.trained = {**trained, "source": "/data/sweep.db", "origin": None}
+        assert fitted.origin == "the rows of /data/sweep.db"
+        fitted.trained = {**trained, "source": "/data/sweep.db", "origin": "PyTorch Inductor's H100 timings"}
+        assert fitted.origin == "PyTorch Inductor's H100 timings"
+        fitted.trained = {**trained, "source": None}
+        assert fitted.origin is None
+    finally:
+        fitted.trained = trained
+
+
 def test_load_refuses_a_model_fitted_for_another_device(saved):
     with pytest.raises(ModelError, match=r"fitted for device h100, not h200"):
         ForestModel.load(saved, H200)

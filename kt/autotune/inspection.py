@@ -24,7 +24,7 @@ import numpy as np
 from kt.autotune.artifact import read_meta
 from kt.autotune.database import Database, default_path
 from kt.device import BUILTIN, DeviceProfile
-from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError
+from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError, counted
 from kt.files import INSPECT_HINT, atomic_write, existing_path
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def inspect_tune(
     """Inspect an artifact directory (its problem's rows in the tuning database) or a whole data file."""
     path = Path(path)
     if path.is_dir():
-        result, profile, training = _artifact_rows(path, db, device)
+        result, profile, training = _artifact_rows(path, db, device, gpu)
         default_plots = path
     elif path.is_file():
         if db is not None:
@@ -139,7 +139,7 @@ def _profile(name: str | None, explicit: bool = False) -> DeviceProfile | None:
 
 
 def _artifact_rows(
-    path: Path, db: str | os.PathLike | None, device: str | None
+    path: Path, db: str | os.PathLike | None, device: str | None, gpu: str | None = None
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
     meta = read_meta(path)
     recorded = (meta.get("tuning") or {}).get("db")  # a string, checked by read_meta
@@ -211,8 +211,9 @@ def _artifact_rows(
                 "pick the tune's with --device"
             )
         target, profile = named[0], None
-    gpu = records[0]["device"] if not meta.get("measured") else ran_on
-    records = [r for r in records if r["target"] == target and r["device"] == gpu]
+    records = [r for r in records if r["target"] == target]
+    gpu = _artifact_gpu(path, db_path, records, ran_on if meta.get("measured") else None, gpu)
+    records = [r for r in records if r["device"] == gpu]
     training = _measured(find_rows(db_path, "db", runner="cuda", family="gemm", device=gpu, target=target))
     training = [r for r in training if holdout_key(r) != shape_key(problem)]
     chosen = next((r["config_key"] for r in records if r["config"] == meta.get("config")), None)
@@ -233,6 +234,30 @@ def _gpu_rows(db_path: Path, family: str | None) -> bool:
         return database.count(runner="cuda", family=family, status="ok") > 0
 
 
+def _artifact_gpu(
+    path: Path, db_path: Path, records: list[dict[str, Any]], ran_on: str | None, gpu: str | None
+) -> str:
+    """The GPU whose rows of the artifact's problem are inspected: `gpu` where given (it must have rows), else
+    the one the tune ran on (`ran_on`, a measured tune's), else the only one with rows; the database holding
+    rows from several GPUs, one must be named (the first row's stood in, whatever --gpu said)."""
+    gpus = Counter(r["device"] for r in records)
+    listing = ", ".join(f"{name!r} ({counted(n, 'row')})" for name, n in gpus.most_common())
+    if gpu is not None:
+        if gpu not in gpus:
+            raise ArtifactError(
+                f"gpu: {db_path} holds no measured rows of {path}'s problem on {gpu!r}; allowed: {listing}"
+            )
+        return gpu
+    if ran_on is not None:
+        return ran_on
+    if len(gpus) > 1:
+        raise ArtifactError(
+            f"inspect: {db_path} holds measurements of {path}'s problem from several GPUs: {listing}; pick one "
+            "with --gpu"
+        )
+    return next(iter(gpus))
+
+
 def _data_rows(
     path: Path, device: str | None, gpu: str | None
 ) -> tuple[InspectResult, DeviceProfile | None, list[dict[str, Any]]]:
@@ -250,7 +275,7 @@ def _data_rows(
         )
     gpus = Counter(r["device"] for r in records)
     if len(gpus) > 1:
-        listing = ", ".join(f"{name!r} ({n} rows)" for name, n in gpus.most_common())
+        listing = ", ".join(f"{name!r} ({counted(n, 'row')})" for name, n in gpus.most_common())
         raise DatabaseError(
             f"inspect: {path} holds measurements from several GPUs: {listing}; pick one with --gpu"
         )
@@ -338,11 +363,11 @@ def _forest_report(
                 f"model: {str(model_path)!r} was fitted for device {model.device.key}, and these rows were "
                 f"tuned for {result.target}; fit one for it with `kt costmodel fit --device`"
             )
-        scored, dropped_rows, dropped_shapes = unseen(model, records)
+        scored, dropped_rows, dropped_shapes = unseen(model, records, repr(str(model_path)))
         if not scored:
             raise ModelError(
                 f"model: {str(model_path)!r}: every row's shape was in the model's training data "
-                f"({dropped_rows} rows of {dropped_shapes} shapes); evaluate it on other shapes"
+                f"({counted(dropped_rows, 'row')} of {counted(dropped_shapes, 'shape')}); evaluate it on other shapes"
             )
         scored_ids = {id(r) for r in scored}
         keep = np.array([id(r) in scored_ids for r in records]) if dropped_rows else None
@@ -360,7 +385,7 @@ def _forest_report(
         result.forest_from = f"model file {model_path} ({model.describe()})"
         if dropped_rows:
             result.notes.append(
-                f"the model file was fitted on {dropped_shapes} of these shapes: their {dropped_rows} rows are "
+                f"the model file was fitted on {dropped_shapes} of these shapes: their {counted(dropped_rows, 'row')} are "
                 f"left out of its scores ({len(scored)} rows scored)"
             )
         result.importances = model.feature_importances()

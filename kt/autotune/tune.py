@@ -187,8 +187,14 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
         try:
             return _load_shipped(shipped, profile)
         except (ModelError, OSError) as exc:  # e.g. another scikit-learn that predicts otherwise
+            from kt.costmodel.models import MODELS_DIR
+
+            whose = "kt's own" if shipped.parent == MODELS_DIR else "$KT_MODELS_DIR's"  # the user's, not kt's
             logging.getLogger("kt").warning(
-                "kt's own %s model is not usable here (%s); ranking with the analytic model", profile.key, exc
+                "%s %s model is not usable here (%s); ranking with the analytic model",
+                whose,
+                profile.key,
+                exc,
             )
             return AnalyticModel(profile)
     if not isinstance(model, (str, os.PathLike)):

@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 from kt.costmodel.features import column
 from kt.costmodel.forest import ForestModel
 from kt.device import DeviceProfile
+from kt.errors import counted
 
 
 def r2(true: np.ndarray, pred: np.ndarray) -> float:
@@ -144,7 +145,7 @@ class Report:
             "runtime_log_r2": r2(np.log(t), np.log(p)),
             "runtime_mape": float(errors.mean()),
             "runtime_median_ape": float(np.median(errors)),
-            "spearman_within_shape": spearman_within(t, p, g),
+            "spearman_within_problem": spearman_within(t, p, g),
             "top1_score": top1_score(t, p, g),
             "top5_recall": topk_recall(t, p, g, 5),
         }
@@ -162,13 +163,14 @@ class Report:
         power = f", power median APE {_fmt(m['power_median_ape'], '.1f')}%" if "power_median_ape" in m else ""
         held = f", {self.folds} folds of whole shapes held out" if self.folds else ""
         dropped = (
-            f" ({self.dropped_rows} rows of {self.dropped_shapes} shapes the model was fitted on left out)"
+            f" ({counted(self.dropped_rows, 'row')} of {counted(self.dropped_shapes, 'shape')} the model was "
+            "fitted on left out)"
             if self.dropped_rows
             else ""
         )
-        problems = f", {m['problems']} problems" if m["problems"] != m["shapes"] else ""
+        problems = f", {counted(m['problems'], 'problem')}" if m["problems"] != m["shapes"] else ""
         return (
-            f"{m['rows']} rows{problems}, {m['shapes']} shapes{held}{dropped}: runtime R2 "
+            f"{counted(m['rows'], 'row')}{problems}, {counted(m['shapes'], 'shape')}{held}{dropped}: runtime R2 "
             f"{_fmt(m['runtime_r2'], '.3f')}, "
             f"log R2 {_fmt(m['runtime_log_r2'], '.3f')}{power}"
         )
@@ -179,7 +181,7 @@ class Report:
         m = self.metrics
         return (
             f"MAPE {_fmt(m['runtime_mape'], '.1f')}% | median APE {_fmt(m['runtime_median_ape'], '.1f')}% | "
-            f"Spearman within shape {_fmt(m['spearman_within_shape'], '.3f')} | top-1 "
+            f"Spearman within problem {_fmt(m['spearman_within_problem'], '.3f')} | top-1 "
             f"{_fmt(m['top1_score'], '.3f')} | top-5 recall {_fmt(m['top5_recall'], '.2f')} | shapes {m['shapes']}"
         )
 
@@ -210,10 +212,21 @@ def report(model: ForestModel, records: Sequence[dict[str, Any]]) -> Report:
     return Report(runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w, held=held)
 
 
-def unseen(model: ForestModel, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+def unseen(
+    model: ForestModel, records: Sequence[dict[str, Any]], source: str = "the model"
+) -> tuple[list[dict[str, Any]], int, int]:
     """The records whose shape (`holdout_key`) `model` was not fitted on (its `trained["shape_keys"]`), and how
-    many rows and shapes were left out. A model file from before kt recorded them leaves nothing out."""
+    many rows and shapes were left out. A model that lists no shapes (a file from before kt recorded them, or
+    fitted on records with neither `shape` nor `group`) is refused: it left nothing out, and was scored on its
+    own training rows as if they were new."""
+    from kt.errors import ModelError
+
     trained = set(model.trained.get("shape_keys") or ())
+    if not trained:
+        raise ModelError(
+            f"model: {source} lists no shapes it was fitted on, so its training rows cannot be told from new "
+            "ones; refit it with `kt costmodel fit`"
+        )
     kept = [r for r in records if str(holdout_key(r)) not in trained]
     seen = {holdout_key(r) for r in records if str(holdout_key(r)) in trained}
     return kept, len(records) - len(kept), len(seen)

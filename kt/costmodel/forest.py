@@ -273,7 +273,7 @@ class ForestModel:
         recorded = self.trained.get("config_values")
         if isinstance(recorded, dict):
             return {key: list(recorded.get(key) or []) for key in SEEN_AXES}
-        if "Inductor" in str(self.origin or ""):
+        if "Inductor" in str(self.trained.get("origin") or ""):
             return {"split_k": [1], "group_m": [8]}
         return {}
 
@@ -310,8 +310,11 @@ class ForestModel:
 
     @property
     def origin(self) -> str | None:
-        """Where the training rows came from, for a model that records it (kt's shipped ones do)."""
-        return self.trained.get("origin")
+        """Where the training rows came from: what kt's shipped models record of it, else the data file a
+        `kt costmodel fit` read (its `source`); None for a model that records neither."""
+        if self.trained.get("origin"):
+            return self.trained["origin"]
+        return f"the rows of {self.trained['source']}" if self.trained.get("source") else None
 
     def _self_check_rows(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         keep = [{k: r[k] for k in (*PROBLEM_KEYS, *CONFIG_KEYS)} for r in records[:SELF_CHECK_ROWS]]
