@@ -443,6 +443,28 @@ def test_fft_of_no_rows_is_empty(name):
     assert "Inconsistent configuration" not in str(getattr(module, "_REFUSED", {}))
 
 
+def test_a_half_fft_prints_no_complex_half_warning_of_torchs():
+    """A float16 FFT on the CPU printed torch's "ComplexHalf support is experimental" (once a process, pointing
+    at the generated file), though the FFT then ran in complex64. In a fresh process: torch warns only once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch, kt\n"
+        "warnings.simplefilter('error')\n"
+        "spec = {'op': 'fft', 'dtype': 'float16', 'shape': {'batch': 3, 'n': 16}}\n"
+        "kernel = kt.build(spec, 'pytorch', device='h100')\n"
+        "x = torch.randn(2, 3, 16).half()\n"
+        "y = kernel(x)\n"
+        "z = torch.fft.fft(torch.complex(x[0].double(), x[1].double()))\n"
+        "got = torch.complex(y[0].double(), y[1].double())\n"
+        "print(float((got - z).norm() / z.norm()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-2
+
+
 def test_half_fft_says_which_complex_dtype_ran():
     x = CASES["fft-float16-complex-16"].random_args(0)[0]
     said = baseline_module(CASES["fft-float16-complex-16"]).implementation(x)
@@ -563,7 +585,7 @@ def test_source_imports_only_torch_and_the_standard_library(name):
         if isinstance(node, ast.Import)
         for alias in node.names
     } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"torch", "contextlib", "functools", "weakref"}
+    assert imported <= {"torch", "contextlib", "functools", "warnings", "weakref"}
     doc = ast.get_docstring(tree)
     assert doc.startswith("PyTorch baseline candidate_zero: ")
     assert "PyTorch's own path, not a kt kernel" in doc

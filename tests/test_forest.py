@@ -153,6 +153,29 @@ def test_a_model_says_where_its_rows_came_from(fitted):
         fitted.trained = trained
 
 
+def _load_and_fit_warning_free(path: str) -> None:
+    import warnings
+
+    warnings.simplefilter("error")  # joblib's warning raised instead of printed
+    model = ForestModel.load(path, H100)
+    model.predict(stand_in_records()[:5])
+    ForestModel(H100, n_estimators=4).fit(stand_in_records())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_model_loads_and_fits_in_a_daemon_process_without_joblibs_warning(saved):
+    """In a DataLoader worker (a daemon process), each op's first kernel selection printed sklearn's
+    "Loky-backed parallel loops cannot be called in a multiprocessing, setting n_jobs=1" to the user."""
+    import multiprocessing
+
+    worker = multiprocessing.get_context("fork").Process(
+        target=_load_and_fit_warning_free, args=(str(saved),), daemon=True
+    )
+    worker.start()
+    worker.join(120)
+    assert worker.exitcode == 0
+
+
 def test_load_refuses_a_model_fitted_for_another_device(saved):
     with pytest.raises(ModelError, match=r"fitted for device h100, not h200"):
         ForestModel.load(saved, H200)

@@ -83,6 +83,19 @@ def test_cpu_path_matches_float64_reference(name):
     assert roles == ({"forward"} if complex_fft else {"forward", "backward"})
 
 
+def test_a_compiled_models_backward_selections_are_listed_and_logged_as_backward(caplog):
+    """The compiled backward graph calls kt's ops outside `backward_role` (it was active only while the graph
+    was traced): each backward selection was listed with role forward and logged at INFO as a forward op."""
+    caplog.set_level(logging.DEBUG, logger="kt.nn")
+    layer = knn.MonarchLinear(64, 64, nblocks=4)
+    torch.compile(layer, backend="aot_eager")(torch.randn(8, 64, requires_grad=True)).sum().backward()
+    roles = [(s.role, s.spec.op) for s in knn.selections()]
+    assert roles[0] == ("forward", "monarch") and len(roles) >= 3, roles
+    assert all(role == "backward" for role, _ in roles[1:]), roles
+    loud = [r.getMessage() for r in caplog.records if r.name == "kt.nn" and r.levelno >= logging.INFO]
+    assert len(loud) == 1 and loud[0].startswith("monarch 16 rows"), loud
+
+
 def _step_ms(fs, x, dy, reps=20) -> list[float]:
     """Each function's fastest forward+backward in ms, the functions taking turns rep by rep, so that a burst of
     load from another process on a shared machine lands on both sides (one side timed after the other once

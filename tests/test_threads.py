@@ -60,6 +60,39 @@ def test_switching_the_interpreter_from_two_threads_leaves_the_environment_as_it
     assert "TRITON_INTERPRET" not in os.environ
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+@pytest.mark.parametrize("held", ["launch", "import"])
+def test_a_fork_while_another_thread_runs_an_interpreted_kernel_gives_a_child_that_can_run_one(
+    held, monkeypatch
+):
+    """A DataLoader worker forked while another thread ran an interpreted kernel inherited INTERPRETER_LOCK held
+    by a thread it does not have (and TRITON_INTERPRET as the launch set it): its first kernel waited forever
+    (4 of 4 runs). The fork now waits for the launch (or the kernel import) to end."""
+    from kt.codegen import emit
+    from kt.codegen.compat import INTERPRETER_LOCK
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    inside, done = threading.Event(), threading.Event()
+
+    def busy():  # the two locks as a launch (triton_interpret) and a kernel import hold them
+        with triton_interpret(True) if held == "launch" else emit._IMPORT_LOCK:
+            inside.set()
+            time.sleep(0.5)
+        done.set()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    inside.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: both locks free, the environment as it was before the launch
+        free = all(lock.acquire(timeout=5) for lock in (emit._IMPORT_LOCK, INTERPRETER_LOCK))
+        os._exit(0 if free and "TRITON_INTERPRET" not in os.environ else 1)
+    assert done.is_set(), "the fork did not wait for the other thread to let go"
+    _, status = os.waitpid(pid, 0)
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_threads_sharing_an_interpreted_kernel_get_the_single_thread_results(monkeypatch):
     """Triton's interpreter keeps global state: threads at once failed inside it ('Did you forget to add
     @triton.jit ?', 'x >= grid_dim[0]')."""

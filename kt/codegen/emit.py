@@ -34,6 +34,30 @@ def write_source(source: str, directory: Path | None = None) -> Path:
 _IMPORT_LOCK = threading.RLock()  # one import at a time: no thread gets a module another is still running
 
 
+def _locks_across_fork() -> None:
+    """A fork waits for the kernel import and the interpreted launch under way in other threads, holding both
+    locks across it (as `logging` does with its own), and the child starts with both free. A child forked
+    mid-launch (a DataLoader worker, while another thread ran an interpreted kernel) inherited
+    INTERPRETER_LOCK held by a thread it does not have, and TRITON_INTERPRET as the launch had set it: its
+    first kernel waited forever. The import lock comes first, as an import takes both in that order."""
+    from kt.codegen.compat import INTERPRETER_LOCK
+
+    locks = (_IMPORT_LOCK, INTERPRETER_LOCK)
+
+    def take() -> None:
+        for lock in locks:
+            lock.acquire()
+
+    def give() -> None:  # in the child too: its one thread is the thread that forked, which holds both
+        for lock in reversed(locks):
+            lock.release()
+
+    os.register_at_fork(before=take, after_in_parent=give, after_in_child=give)
+
+
+_locks_across_fork()
+
+
 def interpreter_wanted() -> bool:
     """Run kernels in Triton's interpreter when asked to (TRITON_INTERPRET=1) or when there is no GPU."""
     if os.environ.get("TRITON_INTERPRET") == "1":

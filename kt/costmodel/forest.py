@@ -141,7 +141,7 @@ class ForestModel:
         return self.power_forest is not None
 
     def _forest(self) -> RandomForestRegressor:
-        return RandomForestRegressor(**self.params, n_jobs=self.n_jobs)
+        return RandomForestRegressor(**self.params, n_jobs=1 if _daemon() else self.n_jobs)
 
     def fit(
         self,
@@ -436,6 +436,13 @@ class ForestModel:
             raise ModelError(f"{where} has malformed forest parameters ({exc})") from None
         model.runtime_forest, model.power_forest = payload["runtime_forest"], payload["power_forest"]
         model.baseline_forest = payload["baseline_forest"]
+        for forest in (model.runtime_forest, model.power_forest, model.baseline_forest):
+            if isinstance(
+                forest, RandomForestRegressor
+            ):  # its own predict runs only the self-check's few rows
+                forest.n_jobs = (
+                    1  # (`per_tree` predicts the rest): no thread pool, nor joblib's daemon warning
+                )
         model.trained, model.versions = payload["trained"], payload["versions"]
         model.self_check = payload["self_check"] if isinstance(payload["self_check"], dict) else {}
         for forest in (model.runtime_forest, model.power_forest):
@@ -494,8 +501,18 @@ def _number(value: Any) -> float:
 def fit_jobs(rows: int) -> int:
     """`n_jobs` for fitting a forest on `rows` rows: THREADS, one below PARALLEL_FIT_ROWS (48 trees
     on 100 rows fit in 65 ms on one thread and 88 ms on two, on a 2-core machine; on 400 rows, 150 and 113 ms).
-    A fit's trees are the same for any `n_jobs`: each tree's seed is drawn before they are built."""
-    return 1 if rows < PARALLEL_FIT_ROWS else THREADS
+    A fit's trees are the same for any `n_jobs`: each tree's seed is drawn before they are built. One in a
+    daemon process too (`_daemon`)."""
+    return 1 if rows < PARALLEL_FIT_ROWS or _daemon() else THREADS
+
+
+def _daemon() -> bool:
+    """Whether this is a daemon process (a DataLoader worker), where joblib runs one job and warns
+    ("Loky-backed parallel loops cannot be called in a multiprocessing, setting n_jobs=1") to the user's
+    output, once per op a worker selects a kernel for."""
+    import multiprocessing
+
+    return multiprocessing.current_process().daemon
 
 
 def per_tree(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:

@@ -153,6 +153,15 @@ def backward_role() -> Iterator[None]:
         _ROLE.reset(token)
 
 
+def _role() -> str:
+    """The pass a selection is made for: the backward's inside `backward_role`, or wherever autograd's engine
+    runs a node. A compiled model's backward graph calls the ops outside `backward_role` (it was active only
+    while the graph was traced), so its selections were listed and logged as the forward's."""
+    if _ROLE.get() == "backward" or torch._C._current_autograd_node() is not None:
+        return "backward"
+    return "forward"
+
+
 @functools.lru_cache(maxsize=1024)
 def parsed_op(text: str) -> dict[str, Any]:
     """An op's JSON text as a mapping, parsed once per text (every forward call names its op by text). Shared:
@@ -285,7 +294,7 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
             )
         else:
             selected = _select(spec, device)
-        selected = replace(selected, device=device.type, role=_ROLE.get())
+        selected = replace(selected, device=device.type, role=_role())
         _SELECTED[key] = selected
         _log(selected)
     return selected.kernel
