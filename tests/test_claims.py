@@ -103,6 +103,35 @@ def test_a_claim_from_another_host_is_held_until_it_is_stale(tmp_path, monkeypat
         assert db.claim([e]) == ["mine"]
 
 
+def test_a_dead_holders_claim_on_a_measured_config_is_dropped(tmp_path, sleeper):
+    """`claim` answered "measured" before it looked at the claim: every kill -9 left claims on configs another
+    tune then measured, which nothing ever removed. A live holder's stays (it releases its own)."""
+    a, b = ({**KEY, "config_key": name} for name in "ab")
+    with Database(tmp_path / "t.db") as db:
+        for key in (a, b):
+            db.insert({**key, "status": "ok", "problem": "{}", "config": "{}"})
+        hold(db, a, gone_pid())
+        hold(db, b, sleeper.pid)
+        assert db.claim([a, b]) == ["measured", "measured"]
+        assert [r["claim_key"] for r in db.claims()] == [claim_key(b)]
+
+
+def test_a_tune_waiting_on_claims_is_told_who_holds_them_and_how_to_free_another_hosts(tmp_path, sleeper):
+    """The wait said only "another tune ... is checking": after a kill -9 on another host (a container on a
+    shared file system) the next tune waited 6 hours without a word of whose claims or how to free them."""
+    e, f, g = ({**KEY, "config_key": name} for name in "efg")
+    with Database(tmp_path / "t.db") as db:
+        hold(db, e, 4321, host="container-a", at="2026-12-05T10:00:00+00:00")
+        hold(db, f, sleeper.pid, at="2026-12-05T11:00:00+00:00")
+        assert db.holders([e, f, g]) == (
+            "pid 4321 on host 'container-a', since 2026-12-05 10:00:00 UTC (kt takes over another host's claims "
+            f'6 h after they were made; if that tune is gone, `sqlite3 {db.path} "DELETE FROM claims WHERE '
+            f"host = 'container-a'\"` frees them now); pid {sleeper.pid} on this host, since 2026-12-05 11:00:00 "
+            "UTC"
+        )
+        assert db.holders([g]) == ""
+
+
 SPEC = {
     "name": "claimed",
     "op": "dense",

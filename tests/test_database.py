@@ -434,6 +434,68 @@ def test_a_database_in_a_folder_where_no_file_can_be_made_is_refused_before_a_tu
     ]
 
 
+def test_a_read_only_file_a_link_loop_and_a_link_to_nothing_are_answered_before_a_tune(tmp_path):
+    """A read-only database file and a link loop were refused only after the op's heading, by SQLite ("attempt to
+    write a readonly database", "unable to open database file"); a link into a folder not yet made failed
+    there too, where a plain path into one is made."""
+    import sys
+
+    from conftest import run_as_user
+
+    readonly = tmp_path / "ro.db"
+    with Database(readonly) as db:
+        db.insert(row())
+    readonly.chmod(0o444)
+    (tmp_path / "loop.db").symlink_to("loop.db")
+    (tmp_path / "to-nothing.db").symlink_to(tmp_path / "later" / "t.db")
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom kt.autotune.database import DatabaseError, check_file\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        check_file(Path(path))\n"
+        "        print('ok')\n"
+        "    except DatabaseError as e:\n"
+        "        print(e)\n"
+    )
+    done = run_as_user([sys.executable, "-c", code, str(readonly), str(tmp_path / "loop.db")])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"db: {str(readonly)!r} is a read-only file; make it writable or give another --db",
+        f"db: {str(tmp_path / 'loop.db')!r} is a symbolic link that leads round in a loop",
+    ]
+    with Database(tmp_path / "to-nothing.db") as db:  # the folder the link names is made, as for a path
+        db.insert(row())
+    assert (tmp_path / "later" / "t.db").is_file()
+
+
+def test_a_cut_off_database_is_damaged_and_a_damaged_space_is_named_as_the_argument(tmp_path):
+    """A kt database cut to half its size was "not a kt tuning database"; `kt replay DAMAGED.db` said "db: ...
+    or give another --db" of its SPACE argument (replay has no --db)."""
+    from kt.autotune.dataset import read_rows
+
+    path = tmp_path / "big.db"
+    with Database(path) as db:
+        for i in range(600):
+            db.insert(row(config_key=f"c{i}", message="x" * 200))
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        DatabaseError, match=r"cut.db' is damaged \(database disk image is malformed\); `sqlite3"
+    ):
+        Database(cut).close()
+    pages = len(data) // 4096
+    with path.open("r+b") as handle:  # a page of rows overwritten: it opens, and fails as its rows are read
+        handle.seek(4096 * (pages // 2) + 8)
+        handle.write(b"\xa5" * 4000)
+    with pytest.raises(
+        DatabaseError,
+        match=r"^space: '.*big.db' is damaged .* \.recover` may save its rows, or give another file$",
+    ):
+        read_rows(path, "space")
+
+
 def test_a_database_named_csv_is_refused_where_made_and_read_as_a_database_where_one_exists(tmp_path):
     """`kt collect --db sweep.csv` made an SQLite file that kt costmodel, inspect and replay then read as a CSV
     of `kt export` ("line 2: not UTF-8 text"). Such a path is refused where a database would be made; one made

@@ -178,6 +178,32 @@ def test_an_artifact_saved_again_while_it_loads_loads(tmp_path, monkeypatch):
     assert saved and loaded.config.block_m == loaded.module.BLOCK_M == 16
 
 
+def test_the_kept_previous_artifact_is_whole_at_every_moment_of_a_save(tmp_path, monkeypatch):
+    """The save removed the older `<name>.prev` in place before renaming the replaced artifact there: a kill -9
+    during the removal (1 of 14 racing kills) left a `.prev` without its files, which every later save refused
+    as "a folder kt did not keep there". A dead save's hidden staging folders are removed by the next save."""
+    target = tmp_path / "art" / "same"
+    previous = artifact.previous_path(target)
+    save_artifact(_tuned(tmp_path, 16), target)
+    save_artifact(_tuned(tmp_path, 32), target)  # 16's artifact kept as .prev
+    dead = target.with_name(".same.tmp-killed")  # what a killed save leaves
+    dead.mkdir()
+    (dead / "meta.json").write_text("{}")
+    real_rmtree = artifact.shutil.rmtree
+    removed = []
+
+    def check_then_remove(path, *args, **kwargs):
+        removed.append(Path(path).name)
+        assert Path(path) != previous, "the kept artifact was removed in place"
+        assert artifact.kept_artifact(previous) and (previous / "kernel.py").is_file()
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(artifact.shutil, "rmtree", check_then_remove)
+    save_artifact(_tuned(tmp_path, 16), target)  # 32's artifact replaces 16's as .prev
+    assert removed and kt.load(previous).config.block_m == 32 and kt.load(target).config.block_m == 16
+    assert sorted(p.name for p in target.parent.iterdir()) == ["same", "same.prev"]
+
+
 def test_two_saves_of_a_new_artifact_at_once_both_land(tmp_path, monkeypatch):
     """Both saw no artifact there and renamed their staging folder onto the name: the second failed with
     "OSError: [Errno 39] Directory not empty" (2 of 200 racing pairs), and wrote nothing."""

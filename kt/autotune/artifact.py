@@ -176,9 +176,21 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         raise
     # another save of this artifact (two `kt tune` of one op into one --out) waits until this one is done: a
     # save between this one's exchange and its rename saw a half-made `.prev`, or renamed onto it, and failed
-    with _locked(real):
+    with _locked(real) as held:
         check_target(real, "save to another path")
+        if held:
+            _sweep(real)
         return path, _swap_in(real, source, meta)
+
+
+def _sweep(path: Path) -> None:
+    """Remove the hidden staging folders of saves of `path` that were killed (`kill -9`, a lost machine): saves
+    of one artifact take turns (`_locked`), so while this one holds the lock any such folder is a dead save's."""
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(prefixes) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
@@ -188,6 +200,7 @@ def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
     report = None
     text = json.dumps(meta, indent=2) + "\n"
     changed = ""
+    kept = False
     try:
         # mkdtemp makes 0700; an artifact is as readable as any other new directory
         os.chmod(staging, 0o777 & ~umask())
@@ -207,22 +220,31 @@ def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
             if changed:
                 previous = previous_path(path)  # check_target: absent, or one kt kept
                 _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
-                shutil.rmtree(previous, ignore_errors=True)
-                os.replace(staging, previous)
+                _keep(staging, previous)
+                kept = True
                 report = f"replaced the artifact there ({changed}); the previous one is kept as {previous}"
             else:
                 report = "replaced the artifact there (same spec, kernel, config, target and objective)"
     finally:
-        if changed and _holds_another(staging, text):
+        if changed and not kept and _holds_another(staging, text):
             # stopped (Ctrl-C, SIGTERM) between the exchange and the rename: staging holds the old artifact,
             # which the user was promised as <name>.prev, not its removal
             with contextlib.suppress(OSError):
                 previous = previous_path(path)
                 _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
-                shutil.rmtree(previous, ignore_errors=True)
-                os.replace(staging, previous)
-        shutil.rmtree(staging, ignore_errors=True)
+                _keep(staging, previous)
+        shutil.rmtree(staging, ignore_errors=True)  # (after `_keep`: the older `.prev`, exchanged out)
     return report
+
+
+def _keep(staging: Path, previous: Path) -> None:
+    """Make `staging` (the replaced artifact, marked KEPT) `previous` in one step: an older kept artifact there is
+    exchanged into `staging`, which the caller removes. Removing it first, in place, and being killed meanwhile
+    left a half-removed `.prev` (no KEPT file) that every later save refused as a folder kt did not keep."""
+    if previous.is_dir() and not previous.is_symlink():
+        _exchange(staging, previous)
+    else:
+        os.replace(staging, previous)
 
 
 def _holds_another(staging: Path, text: str) -> bool:
@@ -334,17 +356,18 @@ _HELD = threading.local()  # the artifact locks this thread holds: a save's own 
 def _locked(path: Path):
     """Hold the lock of the artifact at `path` (flock on `<parent>/.<name>.lock`, removed when released): one save
     or check of one artifact at a time, across processes and threads. Where no lock file can be made (a read-only
-    folder, where no save can write either) or the file system has no flock, it goes on unlocked."""
+    folder, where no save can write either) or the file system has no flock, it goes on unlocked. Yields whether
+    the lock is held."""
     lock = path.with_name(f".{path.name}.lock")
     held = _HELD.__dict__.setdefault("locks", set())
     key = os.path.abspath(lock)
     handle = None if key in held else _acquire(lock)
     if handle is None:
-        yield
+        yield key in held  # held already by this thread (a save's own check), or no lock to be had
         return
     held.add(key)
     try:
-        yield
+        yield True
     finally:
         held.discard(key)
         # removed while still held: a save waiting on this file then finds it gone and locks a new one

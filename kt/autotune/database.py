@@ -212,7 +212,23 @@ def check_path(path: Path, create: bool = True) -> bool:
                 f"-wal and -shm files beside the database as it writes; move it to a writable folder or give "
                 "another --db"
             )
+        if not os.access(real, os.W_OK):  # refused after the op's heading, by SQLite, as it first wrote
+            raise DatabaseError(
+                f"db: {str(path)!r} is a read-only file; make it writable or give another --db"
+            )
         return True
+    if (
+        path.is_symlink()
+    ):  # a link to nothing: SQLite makes the file it names, so that is what must be makeable
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a loop
+            raise DatabaseError(f"db: {str(path)!r} is a symbolic link that leads round in a loop") from None
+        if why := unmakeable(target):
+            raise DatabaseError(
+                f"db: {str(path)!r} is a symbolic link to {str(target)!r}, which cannot be created there ({why})"
+            )
+        return False
     if why := unmakeable(path):
         raise DatabaseError(f"db: {str(path)!r} cannot be created there ({why})")
     return False
@@ -284,6 +300,16 @@ def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
     return f"{where}: SQLite failed ({exc})"
 
 
+def _sqlite_header(path: Path) -> bool:
+    """Whether the file at `path` begins as every SQLite database does: one that then fails as malformed is a
+    database damaged (a cut-off copy said "not a kt tuning database"), not some other file."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 class _Blank(DatabaseError):
     """A readable file that holds no tables: not a kt database yet (a tune would make its tables there)."""
 
@@ -314,8 +340,8 @@ class Database:
                 self.conn.row_factory = sqlite3.Row
                 self._check()
             else:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:  # through a symbolic link to nothing, the folder of the file it names
+                    self.path.resolve().parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:  # a file where a folder should be, a read-only place, ...
                     why = unmakeable(self.path) or exc.strerror or exc
                     raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({why})") from None
@@ -339,6 +365,8 @@ class Database:
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
                 raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
             if _kind(exc) in ("full", "read-only", "disk"):  # a kt database all the same, which kt cannot use
+                raise DatabaseError(failure(exc, self.path)) from None
+            if _kind(exc) == "damaged" and _sqlite_header(self.path):  # one cut short, or written over
                 raise DatabaseError(failure(exc, self.path)) from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
 
@@ -449,14 +477,16 @@ class Database:
             for key in keys:
                 where = " AND ".join(f"{k} = ?" for k in KEY_COLUMNS)
                 values = [key[k] for k in KEY_COLUMNS]
-                if self.conn.execute(f"SELECT 1 FROM measurements WHERE {where}", values).fetchone():
-                    states.append("measured")
-                    continue
                 name = claim_key(key)
                 held = self.conn.execute(
                     "SELECT pid, host, claimed_at FROM claims WHERE claim_key = ?", [name]
                 )
                 held = held.fetchone()
+                if self.conn.execute(f"SELECT 1 FROM measurements WHERE {where}", values).fetchone():
+                    if held is not None and not _alive(*held, now):  # a killed tune's, left after its row
+                        self.conn.execute("DELETE FROM claims WHERE claim_key = ?", [name])
+                    states.append("measured")
+                    continue
                 if held is not None and (held["pid"], held["host"]) != (me, host) and _alive(*held, now):
                     states.append("theirs")
                     continue
@@ -496,6 +526,35 @@ class Database:
         except sqlite3.Error:
             if not quiet:
                 raise
+
+    def holders(self, keys: list[dict[str, Any]]) -> str:
+        """Who holds the claims on `keys`, in words: each process (pid, host, since when), and for one on another
+        host when kt takes its claims over and how to free them sooner."""
+        names = [claim_key(key) for key in keys]
+        found: dict[tuple[int, str], list[str]] = {}
+        for start in range(0, len(names), 500):  # SQLite's limit on a statement's variables
+            chunk = names[start : start + 500]
+            rows = self.conn.execute(
+                f"SELECT pid, host, claimed_at FROM claims WHERE claim_key IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                found.setdefault((row["pid"], row["host"]), []).append(row["claimed_at"])
+        here = _host()
+        parts = []
+        for (pid, host), times in sorted(found.items(), key=lambda item: min(item[1])):
+            since = f"since {min(times).replace('T', ' ').replace('+00:00', ' UTC')}"
+            if (pid, host) == (os.getpid(), here):
+                parts.append(f"another op of this kt process, {since}")
+            elif host == here:
+                parts.append(f"pid {pid} on this host, {since}")
+            else:
+                parts.append(
+                    f"pid {pid} on host {host!r}, {since} (kt takes over another host's claims "
+                    f"{CLAIM_STALE_S // 3600} h after they were made; if that tune is gone, `sqlite3 "
+                    f"{self.path} \"DELETE FROM claims WHERE host = '{host}'\"` frees them now)"
+                )
+        return "; ".join(parts)
 
     def claims(self) -> list[dict[str, Any]]:
         """Every claim held now (claim_key, pid, host, claimed_at)."""
@@ -609,6 +668,11 @@ def named(field: str) -> Iterator[None]:
         if field == "db" or not text.startswith("db: "):
             raise
         raise DatabaseError(f"{field}: {text.removeprefix('db: ')}") from None
+    except sqlite3.Error as exc:  # a page found damaged as the rows are read: named here, not as --db
+        text = failure(exc)
+        if field != "db":
+            text = f"{field}: " + text.removeprefix("db: ").replace("give another --db", "give another file")
+        raise DatabaseError(text) from None
 
 
 def _where(where: dict[str, Any]) -> str:

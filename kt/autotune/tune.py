@@ -1087,9 +1087,11 @@ class _Tuner:
                     if not pending or (deadline is not None and time.monotonic() > deadline):
                         break
                     if not announced:
+                        holders = self.database.holders([keys[i] for i in pending])
                         reporter.note(
                             f"waiting for {len(pending)} configs that another tune (kt process or op) is "
                             f"{'measuring' if self.runner.measures_time else 'checking'} in {self.database.path}"
+                            + (f": held by {holders}" if holders else "")
                         )
                         announced = True
                     stopped = getattr(self.runner.pool, "check_alive", None)  # a dispatcher's: ops at once
