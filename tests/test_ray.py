@@ -342,3 +342,26 @@ def test_ctrl_c_while_ray_shuts_down_waits_for_the_shutdown_then_interrupts(tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "interrupted after the shutdown: True False" in done.stdout, (done.stdout, done.stderr[-2000:])
+
+
+def test_starting_kts_local_ray_does_not_print_rays_token_notice_but_keeps_its_warning(caplog):
+    """`kt tune --ray local --quiet` printed Ray's "Token authentication is enabled for this Ray cluster. Set
+    RAY_AUTH_MODE=disabled to opt out" into kt's output where a token exists; Ray's warning that
+    authentication is off stays."""
+    import logging
+
+    from kt.autotune.raypool import _quiet_token_notice
+
+    setup = pytest.importorskip("ray._private.authentication.authentication_token_setup")  # Ray 2.5x's
+    if not hasattr(setup, "_warn_token_auth_enabled"):
+        pytest.skip("this Ray has no token notice")
+
+    with caplog.at_level(logging.WARNING, logger=setup.logger.name), _quiet_token_notice():
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("Token authentication is disabled"), said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=setup.logger.name):
+        setup._warn_token_auth_enabled()  # outside kt's start: Ray's own
+    assert len(caplog.records) == 1

@@ -325,6 +325,25 @@ def _host_port(address: str) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
+@contextlib.contextmanager
+def _quiet_token_notice() -> Iterator[None]:
+    """Ray's notice, as it starts kt's own local instance where a token exists (~/.ray/auth_token), that token
+    authentication is on and how to opt out: printed through logging's last resort into kt's output, --quiet
+    included. Its warning that authentication is off (no token) is left to say."""
+    import logging
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def notice(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def _connect(ray, address: str) -> None:
     """ray.init for `address`, every failure one KtError naming --ray. A HOST:PORT is probed first (`probe`):
     ray.init retries an address where nothing listens, or where something else does, for minutes or forever."""
@@ -334,7 +353,10 @@ def _connect(ray, address: str) -> None:
         if (
             address == "local"
         ):  # a new instance of this process's own, even where a cluster runs on this machine
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+            with _quiet_token_notice():
+                ray.init(
+                    address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
+                )
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's own words, on one line
