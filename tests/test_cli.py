@@ -171,7 +171,7 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         ),
         (
             ["predict", EXAMPLE, "--model", tmp_path],
-            "is a directory; give a model file written by `kt costmodel",
+            "is a directory; allowed: a model file from `kt costmodel fit`, or analytic",
         ),
         (["costmodel", "fit", "--data", tmp_path / "none.csv", "--out", tmp_path / "m.skops"], "data: '"),
         (["costmodel", "eval", "--data", kt_db, "--model", tmp_path / "none.skops"], "none.skops' not found"),
