@@ -137,8 +137,7 @@ def plan(
 def _profile_for_model(spec: OpSpec, device: str | None, model: Any) -> tuple[DeviceProfile, Any]:
     """The target profile and the model to rank with; with a model file and nothing that names a device (no
     --device, `device: auto`, no GPU here), the model's own device, and the file loaded once."""
-    named = device is not None or spec.device != "auto" or torch.cuda.is_available()
-    if not named and isinstance(model, (str, os.PathLike)) and str(model) != "analytic":
+    if not _names_device(spec, device) and isinstance(model, (str, os.PathLike)) and str(model) != "analytic":
         from kt.costmodel.forest import ForestModel
 
         loaded = ForestModel.load(model)
@@ -322,11 +321,31 @@ def tune(
     runner (its workers start once) and up to `concurrent` of them (default 4) are tuned at once, sharing its
     workers; `on_done(number, spec, outcome)` is called as each ends (kt.autotune.tune.tune_each)."""
     _check_tune_options(options, several=isinstance(spec, (list, tuple)))
+    specs = [as_spec(s) for s in spec] if isinstance(spec, (list, tuple)) else [as_spec(spec)]
+    device = _model_device(specs, options.get("device"), options.get("model"))
+    if device is not None:
+        options = {**options, "device": device}
     if isinstance(spec, (list, tuple)):
-        return _tune_each([as_spec(s) for s in spec], budget, objective, backend, db, options)
-    return _tune(
-        as_spec(spec), budget=_budget(budget), objective=objective, backend=backend, db=db, **options
-    )
+        return _tune_each(specs, budget, objective, backend, db, options)
+    return _tune(specs[0], budget=_budget(budget), objective=objective, backend=backend, db=db, **options)
+
+
+def _model_device(specs: list[OpSpec], device: str | None, model: Any) -> str | None:
+    """The device a tune targets where only its model file names one, as `kt.plan` (and `kt predict`) rank for
+    it (`_profile_for_model`): the model's built-in profile's name; None where the specs, `device` or a GPU
+    here name the target. A tune without a GPU targeted h100 there, and refused an A100 model that `kt predict`
+    had ranked with, or took a Hopper model of another card as a stand-in for h100."""
+    if any(_names_device(spec, device) for spec in specs):
+        return None
+    if not isinstance(model, (str, os.PathLike)) or str(model) == "analytic":
+        return None
+    profile, _ = _profile_for_model(specs[0], device, model)
+    return profile.name if BUILTIN.get(profile.name) == profile else None
+
+
+def _names_device(spec: OpSpec, device: str | None) -> bool:
+    """Whether the target is named otherwise than by a model file: `device`, the spec's, or a GPU here."""
+    return device is not None or spec.device != "auto" or torch.cuda.is_available()
 
 
 def _check_tune_options(options: dict[str, Any], several: bool) -> None:

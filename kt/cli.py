@@ -410,9 +410,10 @@ STRATEGY = click.option(
     default="guided",
     show_default=True,
     help="guided: rounds ranked by the cost model, refitted on what each round measured (what `kt tune` and "
-    "`kt replay` run); top: the first model's best, never refitted; random: a random sample; exhaustive: "
-    "every legal config, best predicted first, as far as the budget goes (below the space's size that is top; "
-    "give the budget of the space, or 100% in `kt replay`, for all).",
+    "`kt replay` run); top: the first model's best, never refitted, one config of each program (group_m "
+    "twins that order no tiles differently run one); random: a random sample; exhaustive: every legal "
+    "config, twins included, best predicted first, as far as the budget goes (give the budget of the space, "
+    "or 100% in `kt replay`, for all).",
 )
 
 
@@ -1096,7 +1097,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     )
     _header(spec)
     prediction, space_ = plan.prediction, plan.space
-    budget = budget or spec.tune.budget
+    budget = plan.budget  # what the tune spends: the one asked for, sized or capped (a note below says why)
     if plan.strategy != "guided":
         first = f"it checks the model's best {len(plan.chosen)} (nothing is timed without a GPU)"
     elif len(plan.chosen) < plan.budget:

@@ -194,7 +194,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),
         (["replay", table, "--budget", "5"], "error: space: '"),  # a CSV's header said data: for all
         (["inspect", table], "error: inspect: '"),
-        (["predict", EXAMPLE, "--model", table], "table.csv' is not a skops file (not a zip archive); allowed: "),
+        (
+            ["predict", EXAMPLE, "--model", table],
+            "table.csv' is not a skops file (not a zip archive); allowed: ",
+        ),
         (["tune", EXAMPLE, "--model", tmp_path / "empty.skops"], "empty.skops' is empty (0 bytes)"),
         (["export", bad / "x.csv", "--db", kt_db], "OUT.csv: '"),
         (["export", tmp_path / "no" / "x.csv", "--db", kt_db], "OUT.csv: the folder '"),

@@ -656,6 +656,35 @@ def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
     assert "the tune also takes 44 configs ranked below the table (ranks 21-64)" in top20.stdout, top20.stdout
 
 
+def test_a_tune_without_a_gpu_targets_the_device_of_the_model_it_is_given_as_predict_ranks_for_it(tmp_path):
+    """With nothing naming a device (device: auto, no GPU here), `kt predict --model a100.skops` ranked for the
+    A100 and `kt tune` with the same model targeted h100 and refused the model (sm_80 cannot stand in)."""
+    import kt as kt_api
+    from kt.costmodel.models import MODELS_DIR
+
+    if (MODELS_DIR / "a100.skops").stat().st_size < 1024:
+        pytest.skip("the shipped A100 model is a Git LFS pointer here")
+    spec = {"op": "dense", "name": "on_a100", "dtype": "float16", "shape": {"m": 32, "n": 32, "k": 32}}
+    options = {"model": MODELS_DIR / "a100.skops", "progress": False, "baseline": False, "workers": 1}
+    result = kt_api.tune(spec, budget=1, backend="interpret", db=tmp_path / "t.db", **options)
+    assert result.plan.space.device.name == "a100"
+    assert kt_api.plan(spec, budget=1, model=MODELS_DIR / "a100.skops").space.device.name == "a100"
+
+
+def test_predict_says_the_budget_the_tune_spends_not_the_one_asked_for(tmp_path):
+    """It said "its one round measures 3 of a budget of 1, all of it" of three listed configs (all measured
+    whatever the budget) and "1 of a budget of 4" where the space held one program."""
+    spec = tmp_path / "listed.yaml"
+    spec.write_text(
+        "op: dense\ndtype: float16\nshape: {m: 64, n: 64, k: 64}\ntune:\n  budget: 1\n  configs:\n"
+        "    - {block_m: 16, block_n: 16, block_k: 16}\n    - {block_m: 32, block_n: 32, block_k: 32}\n"
+        "    - {block_m: 64, block_n: 64, block_k: 64}\n"
+    )
+    result = kt("predict", spec, "--gpu", "--model", "analytic")
+    assert result.exit_code == 0, result.stderr
+    assert "its one round measures 3 of a budget of 3, all of it" in result.stdout, result.stdout
+
+
 def test_predict_marks_configs_that_run_a_better_ranked_configs_program(tmp_path):
     """On a 40x24 output, group_m orders no tiles for most configs: the table says which rank's program each
     such config runs (a tune does not measure it), and the note counts them."""

@@ -156,6 +156,17 @@ def test_random_search_follows_its_seed_and_exhaustive_takes_everything():
     assert sorted(c.measured) == list(range(N))
 
 
+def test_a_random_search_resumed_or_given_more_budget_goes_on_with_its_sample():
+    """Only the unmeasured candidates were shuffled: a tune stopped after 3 of 6 and run again, or run with
+    budget 2 and then 4, drew another sample than one run of budget 6 (or 4) with the same seed."""
+    whole, _ = search(RandomSearch(), budget=12, seed=3)
+    first, _ = search(RandomSearch(), budget=5, seed=3)
+    assert first.measured == whole.measured[:5]
+    known = {int(i): 1.0 for i in first.measured}  # a rerun: those rows are in the database
+    rest, _ = search(RandomSearch(), budget=12, seed=3, known=known)
+    assert first.measured + rest.measured == whole.measured
+
+
 def test_an_unknown_strategy_names_the_allowed_ones():
     with pytest.raises(ValueError, match="allowed: guided, top, random, exhaustive"):
         make_strategy("annealing")

@@ -64,6 +64,11 @@ def test_space_may_restrict_a_structure_choice():
             "tune.space",
             "leaves none of the",
         ),
+        (  # every value legal alone: the listing of legal values blamed none
+            {"space": {"block_m": [256], "block_n": [256], "num_warps": [2]}},
+            "tune.space",
+            "the values asked for are each legal, but no legal config has them together; legal values: ",
+        ),
         ({"configs": [{"block_n": 64}]}, "tune.configs[0]", "missing block_m, block_k (a gemm config has"),
         (
             {"configs": [{"block_m": 64, "block_n": 64, "block_k": 32, "tile": 2}]},
@@ -169,6 +174,28 @@ def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
         meta["tuning"]["checked"] == 2 and meta["tuning"]["timed"] == 0 and "measured" not in meta["tuning"]
     )
     assert meta["spec"]["tune"]["configs"][0] == LISTED[1]
+
+
+@pytest.mark.parametrize("measures_time", [False, True])
+def test_listed_configs_are_all_measured_when_the_budget_is_their_count_group_m_twins_included(measures_time):
+    """With `budget` equal to the number listed, the usual budget rules ran: of two listed configs that differ
+    only in a group_m that orders no tiles, one was left out, and on a GPU the budget was sized down (8 listed,
+    7 measured); with any other budget all were."""
+    twins = [{"block_m": 64, "block_n": 64, "block_k": 64, "group_m": g} for g in (8, 1)]
+    listed = [*twins, {"block_m": 32, "block_n": 32, "block_k": 32}]
+    spec = {"op": "dense", "dtype": "float16", "shape": {"m": 64, "n": 64, "k": 64}}
+    plan = kt.plan({**spec, "tune": {"budget": 3, "configs": listed}}, measures_time=measures_time)
+    assert plan.budget == 3 and sorted(plan.chosen) == [0, 1, 2], (plan.chosen, plan.budget_note)
+    configs = [
+        {"block_m": b, "block_n": 128, "block_k": 64, "group_m": g} for b in (64, 128) for g in (1, 4, 8)
+    ]
+    configs += [
+        {"block_m": 128, "block_n": 256, "block_k": 64, "num_warps": 8},
+        {"block_m": 256, "block_n": 128, "block_k": 64, "num_warps": 8},
+    ]
+    big = {"op": "dense", "dtype": "float16", "shape": {"m": 4096, "n": 4096, "k": 4096}}
+    plan = kt.plan({**big, "tune": {"budget": 8, "configs": configs}}, measures_time=measures_time)
+    assert plan.budget == 8 and len(plan.chosen) == 8 and plan.budget_note is None, plan.budget_note
 
 
 def test_a_listed_config_that_cannot_run_is_refused_before_the_model_loads_or_the_database_opens(

@@ -275,15 +275,23 @@ class RandomSearch(OneShotSearch):
     ranked = False
 
     def pick(self, todo, state):
-        rng = np.random.default_rng(state.seed)
-        return [todo[i] for i in rng.permutation(len(todo))]
+        """The sample a fresh search of this seed draws, less what is measured: a rerun after a stop, or with a
+        larger budget, goes on with that sample (shuffling only what was left drew another one). Candidates
+        are shuffled in model order, one per class, as on a fresh start: a model whose order moved (refitted
+        on a GPU's rows before the rerun) moves the sample too."""
+        everything = np.asarray(state.order, dtype=np.int64)
+        if state.alias is not None and len(everything):
+            everything = first_of_each(everything, state.alias)
+        wanted = set(todo)
+        shuffled = everything[np.random.default_rng(state.seed).permutation(len(everything))]
+        return [int(i) for i in shuffled if int(i) in wanted]
 
 
 class ExhaustiveSearch(OneShotSearch):
     """Every candidate, best predicted first (for `kt collect --all`)."""
 
     name = "exhaustive"
-    description = "every legal config"
+    description = "legal configs in the model's order, group_m twins included"
 
     def propose(self, state):
         return state.unmeasured() if state.round == 0 else []

@@ -271,13 +271,15 @@ def plan_tuning(
         space = tuning_space(problem, profile, spec)
     from kt.costmodel.correction import CorrectedModel, model_name  # scikit-learn: once the space is sound
 
+    listed = spec is not None and bool(spec.tune.configs)  # all measured: no sizing, no twins left out
     listed_note = None
-    if spec is not None and spec.tune.configs and budget != len(space.legal):
+    if listed and budget != len(space.legal):
         count = len(space.legal)  # configs listed twice (the same once defaults are filled in) count once
         listed_note = (
             f"tune.configs lists {count} distinct config{'s' if count != 1 else ''}: all are measured "
             f"(budget {budget} ignored)"
         )
+    if listed:
         budget = len(space.legal)
     strategy = search_strategy(strategy, measures_time)
     cost_model = resolve_model(profile, model)
@@ -287,15 +289,13 @@ def plan_tuning(
     ranked = [int(i) for i in rank(records, values)]
     baseline_s = predicted_baseline_s(cost_model, problem)
     note = None
-    if (
-        measures_time and baseline_s is not None and listed_note is None
-    ):  # without timing it only checks configs
+    if measures_time and baseline_s is not None and not listed:  # without timing it only checks configs
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
     note = note or listed_note
-    alias = (
-        None if listed_note is not None or strategy.name == "exhaustive" else aliases(family, problem, space)
-    )
-    variant = None if listed_note is not None else _classes(family, "tile_of", problem, space)
+    # listed configs are each measured, group_m twins included (the user named them); the exhaustive search
+    # leaves none out either (`--strategy exhaustive`: every legal config as far as the budget goes)
+    alias = None if listed or strategy.name == "exhaustive" else aliases(family, problem, space)
+    variant = None if listed else _classes(family, "tile_of", problem, space)
     programs = len(space.legal) if alias is None else int(alias.max()) + 1
     budget = min(budget, programs)  # what the search can spend (meta.json's tuning.budget says it)
     state = SearchState(

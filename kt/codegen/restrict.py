@@ -61,9 +61,12 @@ def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], .
     if not kept:
         legal = {axis: sorted({getattr(c, axis) for c in space.legal}) for axis in keep}
         listing = "; ".join(f"{axis} {', '.join(map(str, values))}" for axis, values in legal.items())
+        alone = all(set(values) & set(legal[axis]) for axis, values in keep.items())
+        # each value asked for is legal somewhere, but not together: say so (the listing blamed no value)
+        why = "; the values asked for are each legal, but no legal config has them together" if alone else ""
         raise SpecError(
             "tune.space",
-            f"leaves none of the {len(space.legal)} legal configs for {problem}; legal values: {listing}",
+            f"leaves none of the {len(space.legal)} legal configs for {problem}{why}; legal values: {listing}",
         )
     return replace(space, legal=kept, dropped={**space.dropped, OUTSIDE_SPACE: len(space.legal) - len(kept)})
 
