@@ -332,6 +332,47 @@ def _check_out(out: Path) -> None:
         and not (out / "bench.log").exists()
     ):
         raise KtError(f"out: {out} holds files that are not a kt bench report; choose another directory")
+    gpu_run = _gpu_run(out / CSV_NAME)
+    if gpu_run is not None:  # a dry run (--smoke) wrote over a GPU run's report, without a word
+        raise KtError(
+            f"out: {out} holds the report of a GPU run ({gpu_run}), which kt bench never writes over; choose "
+            "another directory"
+        )
+
+
+def _gpu_run(path: Path) -> str | None:
+    """The device and start of the GPU run whose results.csv `path` is, or None (none there, or a dry run's)."""
+    try:
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("gpu_run") == "True":
+                    return f"{row.get('device') or '?'}, {row.get('started_at') or row.get('date') or '?'}"
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None  # unreadable: a report being made, or damaged; it is no GPU run kt can tell
+    return None
+
+
+def _commit() -> str | None:
+    """The git commit kt runs from (with "+changes" where tracked files differ from it), or None outside a
+    checkout: every run recorded kt_version 0.1.0, so a report could not be tied to the code that made it."""
+    import subprocess
+
+    here = str(Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        changed = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 def run_context(smoke: bool, command: str) -> dict[str, Any]:
@@ -345,6 +386,7 @@ def run_context(smoke: bool, command: str) -> dict[str, Any]:
         "command": command or "kt bench",
         "gpu_run": not smoke,
         **{f"{key}_version": value for key, value in software_versions().items()},
+        "kt_commit": _commit(),
     }
     if smoke:
         context.update(device=DRY_RUN_DEVICE, driver=None, max_sm_clock_mhz=None, power_limit_w=None)
@@ -683,8 +725,9 @@ def render_report(result: BenchResult) -> str:
         f"- device: {c['device']}{mark}",
         f"- driver: {c.get('driver') or '-'} · max SM clock: {_fmt(c.get('max_sm_clock_mhz'), 'd')} MHz · power "
         f"limit: {_fmt(c.get('power_limit_w'), '.0f')} W (read, never changed)",
-        f"- versions: kt {c['kt_version']}, torch {c['torch_version']}, triton {c['triton_version']}, "
-        f"CUDA {c['cuda_version']}, Python {c['python_version']}",
+        f"- versions: kt {c['kt_version']} (commit {c.get('kt_commit') or 'unknown: not run from a git checkout'})"
+        f", torch {c['torch_version']}, triton {c['triton_version']}, CUDA {c['cuda_version']}, Python "
+        f"{c['python_version']}",
         f"- date: {c['date']} (started {c['started_at']}) · command: `{c['command']}`",
         "- parts: "
         + ", ".join(
@@ -837,8 +880,44 @@ def _report_rows(path: Path) -> list[dict[str, str]]:
             raise KtError(f"{where}: date is {row['date']!r}, not YYYY-MM-DD")
         if row.get("started_at") and _started(row["started_at"]) is None:
             raise KtError(f"{where}: started_at is {row['started_at']!r}, not an ISO date and time")
+        for key in REPORT_IDENTITY:  # every figure names its device, date and command
+            if not row.get(key):
+                raise KtError(f"{where}: {key} is empty; a figure must name its device and command")
         rows.append(row)
+    _one_run(path, rows)
     return rows
+
+
+# what makes a report one run: every row's the same (rows of two runs appended, or of another GPU, were merged
+# under the first row's device)
+REPORT_RUN = (
+    "device",
+    "started_at",
+    "command",
+    "kt_version",
+    "kt_commit",
+    "torch_version",
+    "triton_version",
+    "date",
+)
+REPORT_IDENTITY = ("device", "command", "case", "dtype")
+
+
+def _one_run(path: Path, rows: list[dict[str, str]]) -> None:
+    """Refuse a results.csv whose quick-tune rows are not of one run, or that holds a case twice."""
+    for key in REPORT_RUN:
+        values = sorted({row.get(key) or "" for row in rows})
+        if len(values) > 1:
+            raise KtError(
+                f"update: {path} holds rows of more than one run ({key}: {', '.join(map(repr, values))}); "
+                "give one run's report"
+            )
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        case = (row["case"], row["dtype"])
+        if case in seen:
+            raise KtError(f"update: {path} holds the case {' '.join(case)} twice; give one run's report")
+        seen.add(case)
 
 
 def _iso_date(text: str) -> bool:

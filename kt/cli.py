@@ -1574,7 +1574,11 @@ def _working(label: str):
     default=None,
     help="Configs per quick tune (default 8; smoke 1).",
 )
-@click.option("--only", default="", help="Run only the quick-tune cases whose name contains this text.")
+@click.option(
+    "--only",
+    default="",
+    help="Of the quick-tune cases, run only those whose name contains this text (the smoke and collect parts run as always).",
+)
 @click.option(
     "--update",
     "update_path",
@@ -1610,7 +1614,7 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
                 "--from DIR merges an existing report: give it with --update FILE and no --out"
             )
         count = update_benchmarks(from_dir, update_path)
-        out.print(f"{count} rows of {from_dir} merged into {update_path}")
+        out.print(f"{counted(count, 'row')} of {from_dir} merged into {update_path}")
         return
     if out_dir is None:
         raise click.UsageError("give --out DIR (or --from DIR with --update FILE)")
@@ -1638,7 +1642,7 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
         out.print(f"{prefix}{part}: {info['status']} in {info['seconds']:.0f} s ({info['note']})")
     if update_path is not None:
         count = update_benchmarks(out_dir, update_path)
-        out.print(f"{count} rows merged into {update_path}")
+        out.print(f"{counted(count, 'row')} merged into {update_path}")
     out.print(f"{prefix}report: {result.report}")
 
 

@@ -212,6 +212,17 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
             set_cell("started_at", "yesterday"),
             f"line {line}: started_at is 'yesterday', not an ISO date and time",
         ),
+        # rows of another GPU, of two runs appended, or without a device or command went in without a word,
+        # under the first row's device
+        "another-gpu": (
+            set_cell("device", "NVIDIA H100"),
+            "holds rows of more than one run (device: 'NVIDIA H100', 'NVIDIA H200'); give one run's report",
+        ),
+        "appended": (
+            lambda text: text + text.splitlines(keepends=True)[_tune_line(text) - 1],
+            "holds the case dense fp16 4096^3 float16 twice; give one run's report",
+        ),
+        "no-command": (set_cell("command", ""), f"line {line}: command is empty; a figure must name its"),
     }
     for name, (edit, message) in cases.items():
         target.write_text(original)
@@ -228,6 +239,18 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
         done = kt_cli("bench", "--from", str(report), "--update", str(path))
         assert done.returncode == 2 and message in done.stderr, done.stderr
     assert (report / "results.csv").read_bytes() == before
+
+
+def test_a_dry_run_never_writes_over_a_gpu_runs_report(tmp_path):
+    """`kt bench --smoke --out` into the folder of a GPU run's report replaced its report.md, results.csv and
+    measurements.csv with the dry run's, exit 0. A dry run's own report may be written over."""
+    report = tmp_path / "h200"
+    shutil.copytree(H200_RUN, report)
+    before = {p.name: p.read_bytes() for p in report.iterdir() if p.is_file()}
+    done = kt_cli("bench", "--smoke", "--out", str(report), timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "holds the report of a GPU run (NVIDIA H200, 2026-12-04T18:20:25+00:00)" in done.stderr
+    assert {p.name: p.read_bytes() for p in report.iterdir() if p.is_file()} == before
 
 
 def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path):
@@ -574,3 +597,21 @@ def test_a_bench_stopped_by_ctrl_c_says_so_in_its_report_and_names_the_parts_tha
     if stopped == "tunes":
         assert "collect not run" in header and "never ran: collect." in said.group(2), header
     assert "interrupted during " in log.read_text()
+
+
+def test_a_report_records_the_commit_kt_ran_from():
+    """Every committed run recorded kt_version 0.1.0 alone: the figures could not be tied to the code that made
+    them (feature-major ends arrived between two runs)."""
+    import re
+    import subprocess
+
+    from kt.bench import run_context
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    commit = run_context(True, "kt bench --smoke")["kt_commit"]
+    assert re.fullmatch(r"[0-9a-f]{12}(\+changes)?", commit) and commit.startswith(head.stdout.strip())
