@@ -428,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
     if args.compare:
-        print(compare(read(args.jsonl)))
+        runs = read(args.jsonl)
+        if not runs:  # a mistyped path printed an empty table, exit 0
+            parser.error(
+                f"--compare: {args.jsonl} holds no runs" + ("" if args.jsonl.is_file() else " (not found)")
+            )
+        print(compare(runs))
     return 0
 
 

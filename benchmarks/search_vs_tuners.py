@@ -489,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if handle is not None:
             handle.close()
+    if (args.markdown or args.verdicts or args.overall) and not rows:  # max() of nothing: a traceback
+        parser.error(f"--csv: {args.csv} holds no runs to tabulate" if args.csv else "no runs to tabulate")
     if args.markdown:
         print(markdown(rows, budgets))
     if args.verdicts:
