@@ -13,6 +13,7 @@ first module's name. A module kt cannot tune (an nn.Linear in float64, say) is l
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -90,13 +91,17 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         if rows == 0:
             found.skipped.append((path or "(model)", "its example input has no rows (an empty batch)"))
             return
-        name = _name(name_prefix, path, bucket(rows))
         try:
-            spec = bucket_spec({**op, "name": name}, rows)
+            spec = bucket_spec({**op, "name": "op"}, rows)
         except SpecError as exc:  # past kt's limits (2**24 features or rows): the model ran; skip this op
             found.skipped.append((path or "(model)", f"beyond kt's limits: {exc}"))
             return
         signature = json.dumps(spec.signature(), sort_keys=True)
+        # six hex digits of the whole op, as `selections().specs()` names them: two models whose factories
+        # share a name (the README's example_model) tuned into one folder replaced each other's artifacts
+        digest = hashlib.sha256(signature.encode()).hexdigest()[:6]
+        name = _name(name_prefix, path, bucket(rows), digest)
+        spec = bucket_spec({**op, "name": name}, rows)
         if signature in by_signature:
             paths = found.modules[by_signature[signature]]
             if (
@@ -107,7 +112,7 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         taken, count = name, 1
         while taken in found.modules:  # another op's name ("a b" and "a_b" both give a_b; cut long paths)
             count += 1
-            taken = _name(name_prefix, path, bucket(rows), count)
+            taken = _name(name_prefix, path, bucket(rows), digest, count)
         if taken != name:
             spec = bucket_spec({**op, "name": taken}, rows)
         by_signature[signature] = spec.name
@@ -132,13 +137,14 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
     return found
 
 
-def _name(prefix: str, path: str, rows: int, count: int = 1) -> str:
-    """An artifact name for the module at `path` (dots kept) after `prefix`, and its bucket (and `-count` for the
-    count-th op of that name): letters, digits, _ . - only, 100 at most (the path is cut, never the ends)."""
+def _name(prefix: str, path: str, rows: int, digest: str, count: int = 1) -> str:
+    """An artifact name for the module at `path` (dots kept) after `prefix`, its bucket and `digest` (and
+    `-count` for the count-th op of that name): letters, digits, _ . - only, 100 at most (the path is cut,
+    never the ends)."""
     base = re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(p for p in (prefix, path) if p)) or "model"
     if not base[0].isalnum():
         base = f"m{base}"
-    tail = f"_b{rows}" + (f"-{count}" if count > 1 else "")
+    tail = f"_b{rows}_{digest}" + (f"-{count}" if count > 1 else "")
     return f"{base[: 100 - len(tail)]}{tail}"
 
 
