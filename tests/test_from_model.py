@@ -43,6 +43,16 @@ def plain(name: str) -> str:
     return re.sub(r"_[0-9a-f]{6}(-\d+)?$", lambda m: m.group(1) or "", name)
 
 
+def test_the_example_trains_the_model_its_factory_gives_kt_tune_from_model():
+    """main() drew the teacher before the student, so the student's block-sparse layer kept other blocks than
+    example_model()'s: the artifact `kt tune --from-model` made for it was never selected."""
+    model, _, _ = load_factory(f"{ROOT / 'examples' / 'structurize_mlp.py'}:example_model")
+    example = sys.modules["kt_model_structurize_mlp"]
+    student, _, _ = example.student_and_teacher(64, 32)
+    ours, theirs = model.state_dict(), student.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_two_models_of_one_factory_name_give_their_ops_their_own_names():
     """Ops were named after the factory and the module alone: two models whose factories were both
     `example_model` (the README's name) tuned into one folder replaced each other's artifacts, and kt.nn then
