@@ -405,6 +405,74 @@ def test_kt_nn_reads_the_artifacts_of_every_bucket_a_file_tuned(tmp_path, monkey
         selection._ARTIFACT_DIRS[:] = saved
 
 
+def test_a_relative_kt_artifacts_folder_stays_where_it_was_when_the_process_changes_folder(
+    tmp_path, monkeypatch
+):
+    """A relative $KT_ARTIFACTS was looked up from the current folder at each layer's first call: after a chdir
+    the next layer warned that the folder "is not a folder" and ran the cost model's pick."""
+    import torch
+
+    import kt.nn as knn
+    from kt.nn import selection
+
+    path = tmp_path / "layer.yaml"
+    path.write_text("name: mon\nop: monarch\ndtype: float32\nshape: {batch: [16, 64], n: 32, nblocks: 4}\n")
+    for spec in kt.load_specs(path):
+        kt.tune(spec, budget=1, backend="interpret", db=tmp_path / "t.db", progress=False).save(
+            tmp_path / "art" / spec.name
+        )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KT_INTERPRET", "1")
+    monkeypatch.setenv("KT_ARTIFACTS", "art")
+    saved = list(selection._ARTIFACT_DIRS)
+    selection._SELECTED.clear()
+    selection._ARTIFACT_DIRS.clear()
+    try:
+        layer = knn.MonarchLinear(32, 32, 4)
+        with torch.no_grad():
+            layer(torch.randn(10, 32))  # bucket 16
+            monkeypatch.chdir(tmp_path / "elsewhere")
+            layer(torch.randn(50, 32))  # bucket 64
+        assert [(s.source, s.where) for s in knn.selections()] == [
+            ("artifact", str(tmp_path / "art" / "mon_b16")),
+            ("artifact", str(tmp_path / "art" / "mon_b64")),
+        ]
+    finally:
+        selection._SELECTED.clear()
+        selection._ARTIFACT_DIRS[:] = saved
+
+
+def test_kt_nn_prefers_a_measured_artifact_of_an_op_to_one_only_checked(tmp_path, monkeypatch):
+    """One op tuned twice into one folder under two names (a --from-model tune and a write_yaml one): the first
+    by name ran, a tune without a GPU (measured: false) over the measured one beside it."""
+    import torch
+
+    import kt.nn as knn
+    from kt.nn import selection
+
+    spec = kt.parse_spec({"op": "monarch", "dtype": "float32", "shape": {"batch": 16, "n": 32, "nblocks": 4}})
+    result = kt.tune(spec, budget=1, backend="interpret", db=tmp_path / "t.db", progress=False)
+    for name in ("a_laptop", "b_gpu"):
+        result.save(tmp_path / "art" / name)
+    meta_path = tmp_path / "art" / "b_gpu" / "meta.json"  # the flag alone: no figure is made up
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "measured": True}))
+    monkeypatch.setenv("KT_INTERPRET", "1")
+    monkeypatch.delenv("KT_ARTIFACTS", raising=False)
+    saved = list(selection._ARTIFACT_DIRS)
+    selection._SELECTED.clear()
+    try:
+        knn.use_artifacts(tmp_path / "art")
+        with torch.no_grad():
+            knn.MonarchLinear(32, 32, 4)(torch.randn(10, 32))
+        (chosen,) = knn.selections()
+        assert (chosen.source, chosen.where) == ("artifact", str(tmp_path / "art" / "b_gpu"))
+    finally:
+        selection._SELECTED.clear()
+        selection._ARTIFACT_DIRS[:] = saved
+
+
 def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_stop_the_others(tmp_path):
     ops = tmp_path / "ops"
     ops.mkdir()

@@ -259,7 +259,7 @@ def test_names_start_with_the_factory_and_stay_within_100_characters():
 
 
 def test_a_model_file_imports_the_modules_beside_it_and_a_script_that_exits_is_one_line(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
     """A model split over files failed (No module named 'helper'), as did MODULE:FACTORY of a module in the
     current folder; a file running argparse at its top level printed argparse's usage as if it were kt's, and a
@@ -279,8 +279,11 @@ def test_a_model_file_imports_the_modules_beside_it_and_a_script_that_exits_is_o
         "import argparse\nargparse.ArgumentParser().add_argument('--w', required=True)\n"
         "argparse.ArgumentParser().parse_args(['--nope'])\n"
     )
-    with pytest.raises(KtError, match="argp.py' failed to load: SystemExit\\(2\\): it exited"):
+    with pytest.raises(KtError, match="argp.py' failed to load: SystemExit\\(2\\): it exited") as raised:
         load_factory(f"{folder / 'argp.py'}:f")
+    # argparse's usage and error lines printed under kt's name before kt's own: now its last line is in kt's
+    assert str(raised.value).endswith(": error: unrecognized arguments: --nope)"), raised.value
+    assert capsys.readouterr().err == ""
     (folder / "exits.py").write_text("import sys\ndef f():\n    sys.exit(3)\n")
     with pytest.raises(KtError, match="f\\(\\) raised SystemExit\\(3\\)"):
         load_factory(f"{folder / 'exits.py'}:f")

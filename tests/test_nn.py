@@ -1274,6 +1274,8 @@ def test_cost_model_fallback_warns_once_per_op_and_bucket(caplog):
     assert "\n" not in message and "{" not in message  # one line, no JSON
     assert "cost model" in message and "untuned" in message and "kt tune" in message
     assert "kt.nn.selections()" in message
+    # CPU tensors never read the database (its rows are GPU timings): it pointed at $KT_DB, which did nothing
+    assert message.endswith("(then point $KT_ARTIFACTS (`kt tune --out`) at the result)"), message
     spec = selection.bucket_spec(json.loads(layer.op_text), 20)
     assert message.startswith(spec.summary())
     assert "monarch 32 rows" in message

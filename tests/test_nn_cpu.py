@@ -83,6 +83,16 @@ def test_cpu_path_matches_float64_reference(name):
     assert roles == ({"forward"} if complex_fft else {"forward", "backward"})
 
 
+def test_write_yaml_of_a_filtered_list_that_kept_nothing_says_so():
+    """It said "no kernel selected yet; run the model first" of a filter that kept none, the model having run
+    (on CPU tensors every source is PyTorch's path, so the docstring's `source == "cost model"` filter kept none)."""
+    with torch.no_grad():
+        knn.MonarchLinear(32, 32, 4)(torch.randn(8, 32))
+    kept = selection.Selections(s for s in knn.selections() if s.source == "cost model")
+    with pytest.raises(ValueError, match=r"^Selections.write_yaml: this list is empty$"):
+        kept.write_yaml("never.yaml")
+
+
 def test_a_compiled_models_backward_selections_are_listed_and_logged_as_backward(caplog):
     """The compiled backward graph calls kt's ops outside `backward_role` (it was active only while the graph
     was traced): each backward selection was listed with role forward and logged at INFO as a forward op."""

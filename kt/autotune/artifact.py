@@ -560,9 +560,14 @@ def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
                 except (FileNotFoundError, IsADirectoryError):
                     if attempt + 1 < tries and _replaced(path, folder):
                         break
-                    raise ArtifactError(
-                        f"artifact {path} has no {name}; it was not written by `kt tune`"
-                    ) from None
+                    other = "kernel.py" if name == "meta.json" else "meta.json"
+                    # with the other file there, it is kt's artifact missing one (a copy or a removal cut short)
+                    why = (
+                        "a copy or a removal cut it short; re-run `kt tune` to write it again"
+                        if os.path.exists(os.path.join(path, other))
+                        else "it was not written by `kt tune`"
+                    )
+                    raise ArtifactError(f"artifact {path} has no {name}; {why}") from None
             else:
                 return files
         finally:

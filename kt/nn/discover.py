@@ -13,14 +13,17 @@ first module's name. A module kt cannot tune (an nn.Linear in float64, say) is l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import math
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,17 +167,19 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         try:
-            spec.loader.exec_module(module)
+            with _said() as said:
+                spec.loader.exec_module(module)
         except (Exception, SystemExit) as exc:  # a syntax error, an import that fails, argparse: one line
-            raise KtError(f"--from-model: {where!r} failed to load: {_why(exc)}") from None
+            raise KtError(f"--from-model: {where!r} failed to load: {_why(exc, said)}") from None
     else:
         _importable(os.getcwd())  # as `python -m` runs a module: the current folder first on sys.path
         try:
-            module = importlib.import_module(where)
+            with _said() as said:
+                module = importlib.import_module(where)
         except ImportError as exc:
             raise KtError(f"--from-model: cannot import {where!r} ({exc})") from None
         except (Exception, SystemExit) as exc:
-            raise KtError(f"--from-model: {where!r} failed to load: {_why(exc)}") from None
+            raise KtError(f"--from-model: {where!r} failed to load: {_why(exc, said)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise KtError(f"--from-model: {where!r} has no function {attr!r}")
@@ -204,8 +209,28 @@ def _importable(folder: str) -> None:
         sys.path.insert(0, folder)
 
 
-def _why(exc: BaseException) -> str:
-    """`one_line`, and for a SystemExit (argparse at a script's top level, sys.exit) what it exited with."""
+def _why(exc: BaseException, said: io.StringIO | None = None) -> str:
+    """`one_line`, and for a SystemExit (argparse at a script's top level, sys.exit) what it exited with and the
+    last line it wrote to stderr."""
     if isinstance(exc, SystemExit):
-        return f"SystemExit({exc.code!r}): it exited (argparse reading kt's command line, or sys.exit)"
+        last = [line for line in (said.getvalue() if said is not None else "").splitlines() if line.strip()]
+        words = f" ({last[-1].strip()})" if last else ""
+        return f"SystemExit({exc.code!r}): it exited (argparse reading kt's command line, or sys.exit){words}"
     return one_line(exc)
+
+
+@contextlib.contextmanager
+def _said() -> Iterator[io.StringIO]:
+    """The model file's stderr while it loads, kept: written out as it was when it loads, and only its last line
+    in kt's one-line error when it exits (argparse printed its usage and an error under kt's name first)."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            yield said
+    except SystemExit:
+        raise
+    except BaseException:
+        sys.stderr.write(said.getvalue())
+        raise
+    else:
+        sys.stderr.write(said.getvalue())

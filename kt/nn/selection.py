@@ -114,8 +114,9 @@ class Selections(list):
         from kt.spec import dump_yaml
 
         specs = self.specs()
-        if not specs:
-            raise ValueError("Selections.write_yaml: no kernel selected yet; run the model first")
+        if not specs:  # a filter that kept none is not a model that never ran
+            why = "no kernel selected yet; run the model first" if not selections() else "this list is empty"
+            raise ValueError(f"Selections.write_yaml: {why}")
         atomic_write_text(path, dump_yaml([spec.to_dict() for spec in specs]))
         return len(specs)
 
@@ -315,15 +316,20 @@ def _log(selected: Selection) -> None:
     elif selected.source == "artifact" and not selected.kernel.measured:
         log.warning(
             "%s from %s; not measured: the artifact was tuned without a GPU (the cost model's pick, checked in "
-            "Triton's interpreter); tune it on this GPU with `kt tune` for a measured choice",
+            "Triton's interpreter); %s",
             message,
             selected.where,
+            "tune it on this GPU with `kt tune` for a measured choice"
+            if selected.device == "cuda"
+            else "a tune on a GPU makes a measured choice",  # (there is none here)
         )
     elif selected.source == "cost model":
+        # the database is read for a GPU's choices only (its rows are GPU timings): on CPU tensors, artifacts
         log.warning(
             "%s; untuned: kt.nn.selections().write_yaml('ops.yaml') writes the specs for `kt tune ops.yaml` "
-            "(then point $KT_DB or $KT_ARTIFACTS at the result)",
+            "(then point %s at the result)",
             message,
+            "$KT_DB or $KT_ARTIFACTS" if selected.device == "cuda" else "$KT_ARTIFACTS (`kt tune --out`)",
         )
     else:
         log.info("%s (%s)", message, selected.where)
@@ -335,6 +341,14 @@ def _pytorch_kernel(spec: OpSpec) -> Kernel:
     from kt.codegen.baseline import baseline_kernel
 
     return baseline_kernel(spec, "cpu", provenance="PyTorch's own path, which kt.nn runs on CPU tensors")
+
+
+def _tier(meta: dict[str, Any], gpu: str | None) -> int:
+    """An artifact's rank among those of one op: 0 measured on `gpu` (this GPU), 1 measured, 2 not measured."""
+    if not meta.get("measured"):
+        return 2
+    device = meta.get("device") if isinstance(meta.get("device"), dict) else {}
+    return 0 if gpu is not None and device.get("ran_on") == gpu else 1
 
 
 def _select(spec: OpSpec, device: torch.device) -> Selection:
@@ -355,6 +369,8 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     stale: list[Path] = []  # artifacts of this problem tuned under another template version
+    found: list[tuple[int, int, Path]] = []  # (tier, order, folder) of each artifact of this problem
+    here = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     for directory in _artifact_dirs():
         metas = _artifact_metas(directory)
         if not metas and directory not in _MISSING_DIRS:
@@ -377,12 +393,28 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             if meta.get("family_version") != family.version:  # its config may be illegal, or not best, now
                 stale.append(meta_path)
                 continue
-            try:
-                return Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
-            except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
-                if meta_path not in _MISSING_DIRS:
-                    _MISSING_DIRS.add(meta_path)
-                    log.warning("%s; skipped", str(exc).split("; re-run")[0])
+            found.append((_tier(meta, here), len(found), meta_path))
+    # measured on this GPU first, then measured on another, then checked only (a tune without a GPU), each in
+    # the order of the folders and names: the first by name was taken, a laptop's unmeasured artifact over a
+    # measured one beside it (one op tuned twice under two names)
+    for _, _, meta_path in sorted(found):
+        try:
+            selected = Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
+        except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
+            if meta_path not in _MISSING_DIRS:
+                _MISSING_DIRS.add(meta_path)
+                log.warning("%s; skipped", str(exc).split("; re-run")[0])
+            continue
+        if len(found) > 1:
+            others = ", ".join(str(p.parent) for _, _, p in sorted(found) if p != meta_path)
+            log.info(
+                "%s: %d artifacts hold this op; %s runs (also: %s)",
+                spec.summary(),
+                len(found),
+                meta_path.parent,
+                others,
+            )
+        return selected
     for meta_path in stale:  # the layer's own artifacts, passed over without a word before
         if meta_path not in _MISSING_DIRS:
             _MISSING_DIRS.add(meta_path)
@@ -408,7 +440,11 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
 
 def _artifact_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("KT_ARTIFACTS", "").split(os.pathsep) if p]
+    value = os.environ.get("KT_ARTIFACTS", "")
+    if value not in _ENV_DIRS:  # relative folders from where the process was when it first read the value, as
+        # use_artifacts makes its own absolute: a chdir made later layers look for them elsewhere, and skip them
+        _ENV_DIRS[value] = [Path(os.path.abspath(p)) for p in value.split(os.pathsep) if p]
+    extra = _ENV_DIRS[value]
     for path in extra:
         if not path.is_dir() and path not in _MISSING_DIRS:
             _MISSING_DIRS.add(path)
@@ -428,6 +464,7 @@ def _artifact_metas(folder: Path) -> list[Path]:
 
 
 _MISSING_DIRS: set[Path] = set()  # folders and meta.json files already warned about (each once)
+_ENV_DIRS: dict[str, list[Path]] = {}  # $KT_ARTIFACTS's value -> its folders, made absolute when first read
 
 
 def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
