@@ -322,25 +322,25 @@ def tune(
     workers; `on_done(number, spec, outcome)` is called as each ends (kt.autotune.tune.tune_each)."""
     _check_tune_options(options, several=isinstance(spec, (list, tuple)))
     specs = [as_spec(s) for s in spec] if isinstance(spec, (list, tuple)) else [as_spec(spec)]
-    device = _model_device(specs, options.get("device"), options.get("model"))
-    if device is not None:
-        options = {**options, "device": device}
+    found = _model_device(specs, options.get("device"), options.get("model"))
+    if found is not None:  # the model loaded once, for the device and to rank with
+        options = {**options, "device": found[0], "model": found[1]}
     if isinstance(spec, (list, tuple)):
         return _tune_each(specs, budget, objective, backend, db, options)
     return _tune(specs[0], budget=_budget(budget), objective=objective, backend=backend, db=db, **options)
 
 
-def _model_device(specs: list[OpSpec], device: str | None, model: Any) -> str | None:
+def _model_device(specs: list[OpSpec], device: str | None, model: Any) -> tuple[str, Any] | None:
     """The device a tune targets where only its model file names one, as `kt.plan` (and `kt predict`) rank for
-    it (`_profile_for_model`): the model's built-in profile's name; None where the specs, `device` or a GPU
-    here name the target. A tune without a GPU targeted h100 there, and refused an A100 model that `kt predict`
-    had ranked with, or took a Hopper model of another card as a stand-in for h100."""
+    it (`_profile_for_model`): the model's built-in profile's name, and the model loaded; None where the specs,
+    `device` or a GPU here name the target. A tune without a GPU targeted h100 there, and refused an A100 model
+    that `kt predict` had ranked with, or took a Hopper model of another card as a stand-in for h100."""
     if any(_names_device(spec, device) for spec in specs):
         return None
     if not isinstance(model, (str, os.PathLike)) or str(model) == "analytic":
         return None
-    profile, _ = _profile_for_model(specs[0], device, model)
-    return profile.name if BUILTIN.get(profile.name) == profile else None
+    profile, loaded = _profile_for_model(specs[0], device, model)
+    return (profile.name, loaded) if BUILTIN.get(profile.name) == profile else None
 
 
 def _names_device(spec: OpSpec, device: str | None) -> bool:

@@ -324,8 +324,11 @@ def test_selections_write_the_specs_to_give_kt_tune(tmp_path):
     assert {json.dumps(s.signature(), sort_keys=True) for s in specs} == distinct
     assert {s.op for s in specs} == {"lowrank", "monarch", "dense"}  # dense: the backward's weight gradients
     assert any(s.transposed for s in specs)  # the Monarch layer's dx
-    with pytest.raises(ValueError, match="no kernel selected yet"):
+    with pytest.raises(ValueError, match="this list is empty"):  # the model ran: kernels were selected
         selection.Selections().write_yaml(tmp_path / "none.yaml")
+    selection._SELECTED.clear()
+    with pytest.raises(ValueError, match="no kernel selected yet; run the model first"):
+        knn.selections().write_yaml(tmp_path / "none.yaml")
     assert not (tmp_path / "none.yaml").exists()
 
 

@@ -357,13 +357,13 @@ def _locked(path: Path):
     """Hold the lock of the artifact at `path` (flock on `<parent>/.<name>.lock`, removed when released): one save
     or check of one artifact at a time, across processes and threads. Where no lock file can be made (a read-only
     folder, where no save can write either) or the file system has no flock, it goes on unlocked. Yields whether
-    the lock is held."""
+    this call took the lock (not where this thread held it already)."""
     lock = path.with_name(f".{path.name}.lock")
     held = _HELD.__dict__.setdefault("locks", set())
     key = os.path.abspath(lock)
     handle = None if key in held else _acquire(lock)
-    if handle is None:
-        yield key in held  # held already by this thread (a save's own check), or no lock to be had
+    if handle is None:  # held already by this thread (an outer save's, whose staging folder is live), or no
+        yield False  # lock to be had: not this call's to say that no other save is under way
         return
     held.add(key)
     try:

@@ -540,6 +540,8 @@ class Database:
             )
             for row in rows:
                 found.setdefault((row["pid"], row["host"]), []).append(row["claimed_at"])
+        import shlex
+
         here = _host()
         parts = []
         for (pid, host), times in sorted(found.items(), key=lambda item: min(item[1])):
@@ -549,10 +551,11 @@ class Database:
             elif host == here:
                 parts.append(f"pid {pid} on this host, {since}")
             else:
+                free = f"\"DELETE FROM claims WHERE host = '{host}'\""  # (a host name has no " or $)
                 parts.append(
                     f"pid {pid} on host {host!r}, {since} (kt takes over another host's claims "
                     f"{CLAIM_STALE_S // 3600} h after they were made; if that tune is gone, `sqlite3 "
-                    f"{self.path} \"DELETE FROM claims WHERE host = '{host}'\"` frees them now)"
+                    f"{shlex.quote(str(self.path))} {free}` frees them now)"
                 )
         return "; ".join(parts)
 
