@@ -371,6 +371,26 @@ def _check_tune_options(options: dict[str, Any], several: bool) -> None:
             f"kt.tune() got an unexpected keyword argument {unknown[0]!r}; beside budget, objective, backend and "
             f"db it takes {', '.join(sorted(allowed))}"
         )
+    # the options the CLI's parser checks: given by type, they failed deep inside (an AttributeError at a Ray
+    # address of 3, a runner of "x"), or, on_done, after the first op's tune had finished
+    if options.get("ray") is not None and not isinstance(options["ray"], str):
+        raise SpecError(
+            "ray", f"must be 'local', 'auto' or an address (text), got {type(options['ray']).__name__}"
+        )
+    if options.get("concurrent") is not None:
+        check_int(options["concurrent"], "concurrent", 1, 64)
+    for name in ("on_done", "on_start"):
+        if options.get(name) is not None and not callable(options[name]):
+            raise SpecError(name, f"must be a function or None, got {type(options[name]).__name__}")
+    if options.get("runner") is not None:
+        from kt.autotune.runners import Runner
+
+        if not isinstance(options["runner"], Runner):
+            raise SpecError(
+                "runner",
+                f"must be a kt.autotune.runners.Runner (kt.autotune.tune.shared_runner makes one), got "
+                f"{type(options['runner']).__name__}",
+            )
 
 
 def _tune_each(specs, budget, objective, backend, db, options) -> list[TuneResult | KtError]:

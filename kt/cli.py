@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -48,9 +49,18 @@ MAX_BUDGET = 100_000
 
 # Markup off: IR text such as Dense[b] and gemm[m=...] must print as it is. Wider than 80 when piped.
 # soft_wrap: a long line stays one line (tables still fit the width).
-out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+# NO_COLOR (no-color.org): no escape codes at all (rich drops only the colours, and printed bold and italic).
+_STYLES = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+out = Console(
+    highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120, **_STYLES
+)
 err = Console(
-    stderr=True, highlight=False, markup=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120
+    stderr=True,
+    highlight=False,
+    markup=False,
+    soft_wrap=True,
+    width=None if sys.stderr.isatty() else 120,
+    **_STYLES,
 )
 
 
@@ -759,6 +769,15 @@ def _tuned(result, path, replaced: str | None) -> None:
             f"{result.target.name} by {_model_noun(result.plan.model, figures=True)})",
             style="yellow",
         )
+        from kt.costmodel.roofline import LAUNCH_S
+
+        if best.predicted_ms is not None and best.predicted_ms < LAUNCH_S * 1e3:  # as kt predict says it
+            out.print(
+                f"note: that prediction is less than one kernel launch ({_ms(LAUNCH_S * 1e3)} ms), which no "
+                "measured kernel took: outside what the model was fitted on, so read it as the order of the "
+                "configs, not a time",
+                style="yellow",
+            )
     for note in result.notes:
         out.print(f"note: {note}", style="yellow")
     if replaced:
@@ -801,7 +820,7 @@ def _results_table(result, top: int) -> None:
         f"({', '.join(f'{n} {s}' for s, n in result.statuses().most_common())})"
     )
     table.add_column("rank", justify="right")
-    table.add_column("config")
+    table.add_column("config", **_whole("config", "config", (row["config_key"] for row in result.table(top))))
     table.add_column("status")
     if measured:
         for name in ("ms", "TFLOP/s", "W", "mJ"):
@@ -844,7 +863,8 @@ def _ms(value) -> str:
     prediction printed as 0.0000 beside a ratio computed from it)."""
     if value is None:
         return "-"
-    return f"{value:.4f}" if abs(value) >= 0.1 else f"{value:#.3g}"
+    # by the rounded value: 0.09996 printed "0.100" (three figures past 0.1) beside 0.1554
+    return f"{value:.4f}" if abs(float(f"{value:#.3g}")) >= 0.1 else f"{value:#.3g}"
 
 
 def _runs(numbers: list[int]) -> str:
@@ -1043,9 +1063,20 @@ def space(spec, sample, seed, device):
         title=f"{counted(len(picks), 'legal config')}, sampled with seed {seed}, in the order of "
         f"{_model_noun(plan.model)}"
     )
-    columns = ("rank", "config", "smem KiB", "acc regs/thread", "MMA", f"predicted ms ({space_.device.name})")
+    columns = (
+        "rank",
+        "config",
+        "smem KiB (at most)",
+        "acc regs/thread",
+        "MMA",
+        f"predicted ms ({space_.device.name})",
+    )
     for name in columns:
-        table.add_column(name, justify="left" if name in ("config", "MMA") else "right")
+        table.add_column(
+            name,
+            justify="left" if name in ("config", "MMA") else "right",
+            **_whole(name, "config", (space_.legal[i].key() for i in picks)),
+        )
     for index in picks:
         config = space_.legal[index]
         smem, acc = family.resources(space_.problem, config, space_.device)
@@ -1140,23 +1171,28 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         }
     ranked_by = plan.objective if prediction.power_w is not None else "time"
     table = Table(
-        title=f"best {len(rows)} of {len(space_.legal)} by predicted {ranked_by} (predictions, not measurements)"
+        title=f"best {len(rows)} of {len(space_.legal)} by predicted {ranked_by} (predictions, not measurements; "
+        "within 0.1% a tie, in the tuner's preferred order)"
     )
+    powered = prediction.power_w is not None  # W and mJ only where the model predicts power (else all "-")
     columns = (
         "rank",
         "config",
         "ms",
         "+-",
         "TFLOP/s",
-        "W",
-        "mJ",
+        *(("W", "mJ") if powered else ()),
         "roofline ms",
         "config bound",
         "tune measures",
     )
     for name in columns:
+        text = name in ("config bound", "tune measures")  # these wrap; a number or a config is never cut
         table.add_column(
-            name, justify="left" if name in ("config", "config bound", "tune measures") else "right"
+            name,
+            justify="left" if text or name == "config" else "right",
+            overflow="fold" if text else "ellipsis",
+            **{"no_wrap": not text, **_whole(name, "config", (space_.legal[i].key() for i in rows))},
         )
     flops = space_.problem.flops
     for position, index in enumerate(rows):
@@ -1174,8 +1210,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             _ms(ms),
             f"{100 * (np.exp(spread) - 1):.0f}%" if spread > 0 else "-",
             f"{flops / (ms * 1e-3) / 1e12:.1f}",
-            _fmt(power, ".0f"),
-            _fmt(None if power is None else power * ms, ".3f"),
+            *((_fmt(power, ".0f"), _fmt(None if power is None else power * ms, ".3f")) if powered else ()),
             _ms(roofline_ms[position]),
             bounds[position],
             measures,
@@ -1646,6 +1681,14 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
     out.print(f"{prefix}report: {result.report}")
 
 
+def _whole(name: str, key: str, values) -> dict[str, Any]:
+    """add_column's options that keep column `key` whole (its values name each row: at 80 columns rich cut
+    three configs to one "m128n1…"), other columns giving up the width."""
+    if name != key:
+        return {}
+    return {"no_wrap": True, "min_width": max((len(str(v)) for v in values), default=0)}
+
+
 @main.command()
 def devices():
     """List the built-in device profiles."""
@@ -1653,7 +1696,7 @@ def devices():
 
     table = Table(title="built-in device profiles (datasheet figures)")
     for name in ("name", "GPU", "SMs", "smem/block KiB", "L2 MiB", "DRAM TB/s", "fp16 TFLOP/s", "TDP W"):
-        table.add_column(name)
+        table.add_column(name, **_whole(name, "name", BUILTIN))
     for p in BUILTIN.values():
         table.add_row(
             p.name,

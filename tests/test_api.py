@@ -161,6 +161,9 @@ def test_build_checks_a_config_object_on_its_axes_too():
         ({"model": 3}, "model: expected a model file's path, 'analytic' or a cost model, got int"),
         ({"db": 5}, "db: expected a database file's path, got int"),
         ({"budget": 10**9}, "budget: must be an integer from 1 to 100000"),
+        # an AttributeError deep in kt (a Ray address of 3, a runner of "x")
+        ({"ray": 3}, "ray: must be 'local', 'auto' or an address \\(text\\), got int"),
+        ({"runner": "x"}, "runner: must be a kt.autotune.runners.Runner"),
     ],
 )
 def test_tune_refuses_a_bad_option_before_anything_is_stored(tmp_path, options, words):
@@ -168,6 +171,20 @@ def test_tune_refuses_a_bad_option_before_anything_is_stored(tmp_path, options, 
     with pytest.raises(kt.SpecError, match=words):
         kt.tune(SPEC, **{"db": db, "progress": False, "budget": 1, **options})
     assert not db.exists() or options.get("db") is not None  # nothing written
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"concurrent": "x"}, "concurrent: must be an integer from 1 to 64"),  # a TypeError inside
+        ({"on_done": 3}, "on_done: must be a function or None, got int"),  # raised after the first op's tune
+    ],
+)
+def test_tune_of_several_ops_refuses_a_bad_option_before_any_is_tuned(tmp_path, options, words):
+    db = tmp_path / "t.db"
+    with pytest.raises(kt.SpecError, match=words):
+        kt.tune([SPEC, SPEC], **{"db": db, "progress": False, "budget": 1, **options})
+    assert not db.exists()
 
 
 def test_tune_refuses_a_deadline_of_now_it_leaves_no_time(tmp_path):

@@ -763,3 +763,33 @@ def test_from_model_and_gpus_are_checked_before_torch_loads_and_analytic_is_read
     from kt.cli import _model_file
 
     assert _model_file(None, None, "ANALYTIC") == "analytic"
+
+
+def test_printed_milliseconds_a_config_column_kept_whole_and_no_color():
+    """0.09996 ms printed as "0.100" beside 0.1554; at 80 columns rich cut three configs to one "m128n1…";
+    NO_COLOR=1 on a terminal still printed bold and italic codes (rich drops only the colours)."""
+    import os
+    import subprocess
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from kt.cli import _ms, _whole
+
+    assert [_ms(v) for v in (0.09996, 0.1554, 0.0999, 2.7e-6)] == ["0.1000", "0.1554", "0.0999", "2.70e-06"]
+    keys = ["m128n128k64g8w4s3x1", "m128n128k64g8w4s3x1t", "m128n128k64g8w4s3x1t2"]
+    table = Table()
+    for name in ("rank", "config", "ms", "TFLOP/s", "roofline ms", "config bound", "tune measures", "more"):
+        table.add_column(name, **_whole(name, "config", keys))
+    for rank, key in enumerate(keys, start=1):
+        table.add_row(str(rank), key, "0.2386", "575.9", "0.1389", "l2", "yes", "-")
+    console = Console(width=80, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    assert all(key + " " in text for key in keys), text
+    done = subprocess.run(
+        [sys.executable, "-c", "import kt.cli as c; print(c.out.color_system, c.err.color_system)"],
+        capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert done.stdout.split() == ["None", "None"], done.stderr

@@ -336,3 +336,55 @@ def test_a_kernel_pickles_and_a_deep_copy_of_a_model_shares_it(kernels, tmp_path
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kt-kernel-" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("kind", ["generated", "pytorch"])
+@pytest.mark.parametrize("name", list(EVERY_FAMILY))
+def test_an_out_whose_rows_overlap_is_refused_and_one_with_gaps_is_written(name, kind):
+    """Only a stride of 0 was refused: an out of shape (rows, n) and strides (n // 2, 1) was written over itself,
+    1.1 to 1.3 off, without a word (torch.matmul(out=) does the same; torch.add refuses it)."""
+    spec = EVERY_FAMILY[name]
+    kernel = kt.build(spec, *(["pytorch"] if kind == "pytorch" else []), device="h100")
+    args = kt.random_args(spec, seed=8, device="cpu")
+    expected = kernel(*args)
+    rows, n = expected.reshape(-1, expected.shape[-1]).shape
+    shape, (row, col) = expected.shape, expected.stride()[-2:]
+    stride = (*expected.stride()[:-2], row, col)
+    storage = torch.zeros(2 * expected.numel() + 64, dtype=expected.dtype)
+    overlapping = storage.as_strided(shape, (*stride[:-2], max(1, n // 2), 1))
+    with pytest.raises(ValueError, match="out overlaps itself"):
+        kernel(*args, out=overlapping)
+    padded = storage.as_strided(shape, (*(s * 2 for s in stride[:-2]), n + 3, 1))  # gaps, no overlap
+    torch.testing.assert_close(kernel(*args, out=padded), expected)
+
+
+def test_as_op_refuses_bsr_indices_that_are_not_integers():
+    """Float, int16 or uint8 index tensors ran the forward and failed in the backward's blocksparse_grad kernel
+    ("repeat_interleave_cpu" not implemented for 'Float')."""
+    f = kt.build(BLOCKSPARSE, device="h100").as_op()
+    x, w = kt.random_args(BLOCKSPARSE, seed=3, device="cpu")
+    for dtype in (torch.float32, torch.int16, torch.uint8):
+        with pytest.raises(
+            TypeError, match=rf"w's crow_indices must be torch.int64 or torch.int32, got {dtype}"
+        ):
+            f(x, w.crow_indices().to(dtype), w.col_indices(), w.values())
+    y = f(x, w.crow_indices().int(), w.col_indices().int(), w.values())
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w.to_dense()))
+
+
+def test_a_layer_apply_and_as_op_given_no_tensor_name_the_argument():
+    """layer(None), layer(numpy array), kt.nn.apply(None, ...) and as_op()(x, None) failed with an
+    AttributeError deep in kt ('dim', 'layout') or torch's dispatcher's multi-line words."""
+    import kt.nn as knn
+
+    layer = knn.LowRankLinear(13, 7, rank=5)
+    for x in (None, torch.randn(3, 13).numpy()):
+        with pytest.raises(TypeError, match=r"^LowRankLinear: x must be a torch.Tensor, got "):
+            layer(x)
+    x, *weights = kt.random_args(LOWRANK, seed=1, device="cpu")
+    with pytest.raises(TypeError, match=r"^kt.nn.apply: x must be a torch.Tensor, got NoneType$"):
+        knn.apply(None, weights, LOWRANK)
+    with pytest.raises(TypeError, match=r"^kt.nn.apply: weights\[1\] must be a torch.Tensor, got NoneType$"):
+        knn.apply(x, [weights[0], None], LOWRANK)
+    with pytest.raises(TypeError, match=r"^kernel\(x, \*weights\): weights\[0\] must be a torch.Tensor, got"):
+        kt.build(LOWRANK, device="h100").as_op()(x, None, weights[1])

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,25 @@ def test_cpu_path_matches_float64_reference(name):
     roles = {s.role for s in knn.selections()}
     complex_fft = name.startswith("fft") and "real" not in name  # its backward is the same op: conj F conj
     assert roles == ({"forward"} if complex_fft else {"forward", "backward"})
+
+
+def test_a_block_sparse_layers_seed_and_a_bucket_are_checked():
+    """BlockSparseLinear's seed went to numpy unchecked (-1: numpy's error; None: another pattern each time);
+    kt.nn.bucket(float('inf')) never returned."""
+    for seed in (-1, None, 1.5, "x", True, 2**40):
+        with pytest.raises(
+            ValueError, match=r"^BlockSparseLinear: seed: must be an integer from 0 to 4294967295"
+        ):
+            knn.BlockSparseLinear(32, 32, block=(16, 16), density=0.5, seed=seed)
+    grid = np.ones((2, 2))
+    for mask in (grid * np.nan, grid * 0.1, np.full((2, 2), "0"), torch.ones(2, 2, device="meta")):
+        with pytest.raises(ValueError, match=r"^BlockSparseLinear: mask "):  # NaN, 0.1, "0": all blocks kept
+            knn.BlockSparseLinear(32, 32, block=(16, 16), mask=mask)
+    assert knn.BlockSparseLinear(32, 32, block=(16, 16), mask=np.eye(2, dtype=int)).mask().sum() == 2
+    for rows in (float("inf"), float("nan"), 3.5, None, "64", True):
+        with pytest.raises(TypeError, match=r"^bucket: rows must be an integer"):
+            selection.bucket(rows)
+    assert selection.bucket(17) == 32 and selection.bucket(torch.tensor(100).item()) == 128
 
 
 def test_write_yaml_of_a_filtered_list_that_kept_nothing_says_so():

@@ -142,7 +142,7 @@ def launches(problem: TileSumProblem, config: TileConfig) -> list[Launch]:
             ]
         return _chain_launches(rows, problem.dims, "y")
     out = []
-    fused_depth = 0
+    fused_depth = fused_cols = 0  # the accumulation's depth, and the columns of its A it reads from DRAM
     for i, term in enumerate(problem.terms):
         if isinstance(term, BlockSparseProblem):
             depth = _bsr_depth(term)
@@ -156,15 +156,21 @@ def launches(problem: TileSumProblem, config: TileConfig) -> list[Launch]:
                         _bsr_width(term),
                     )
                 )
+            fused_cols += _bsr_width(term)  # x's columns its blocks meet
         elif config.fused:
             out += _chain_launches(rows, term.dims[:-1], f"term {i}: u{i}")
             depth = term.dims[-2]
+            fused_cols += depth
         else:
             out += _chain_launches(rows, term.dims, f"term {i}: y{i}")
             depth = 0
         fused_depth += depth
     if config.fused:
-        out.append(Launch("y = sum of terms (one accumulation)", rows, problem.out_features, fused_depth))
+        # its A is x (every column a block-sparse term's blocks meet) and each u_i: counted as k columns alone,
+        # x's bytes were left out and the fused sum's roofline lay below its DRAM floor
+        out.append(
+            Launch("y = sum of terms (one accumulation)", rows, problem.out_features, fused_depth, fused_cols)
+        )
     return out
 
 
@@ -351,7 +357,8 @@ class TileSumFamily(StructuredFamily):
 
     def records(self, problem: TileSumProblem, configs) -> list[dict[str, Any]]:
         """The cost model's record of each config: the problem, the config, and its launches as `stages` (each
-        the GEMM it resembles); `fused_bytes` is the DRAM traffic a fused kernel saves."""
+        the GEMM it resembles); `fused_bytes` is the DRAM traffic a fused chain saves, `copy_bytes` the partial
+        outputs' round trip of a sum's separate launches (kt.costmodel.staged)."""
         base = problem.to_record()
         cache: dict[int, list[Launch]] = {}
         out = []
@@ -378,15 +385,20 @@ class TileSumFamily(StructuredFamily):
             if config.fused and isinstance(problem, ChainProblem):
                 stages[0]["m"] *= config.split  # each of a slab's SPLIT programs reads x and computes t again
             record = {**base, **config.to_dict(), "split_k": config.split, "stages": stages}
-            if config.fused:
+            if config.fused and isinstance(problem, ChainProblem):
                 record["fused_bytes"] = self._fused_bytes(problem)
+            elif isinstance(problem, SumProblem) and not config.fused:
+                # the separate launches' fp32 partial outputs, written and read back by the final sum: traffic
+                # the fused sum does not have (taken off the fused record's launches instead, which never had
+                # it, it put the fused form below its DRAM floor and first in every ranking)
+                record["copy_bytes"] = self._fused_bytes(problem)
             out.append(record)
         return out
 
     @staticmethod
     def _fused_bytes(problem: TileSumProblem) -> int:
-        """A fused chain keeps x @ F1 on chip (written and read back otherwise); a fused sum saves each term's
-        fp32 partial output, written and read back by the final sum."""
+        """A fused chain keeps x @ F1 on chip (written and read back otherwise); separate launches of a sum
+        write each term's fp32 partial output, read back by the final sum."""
         if isinstance(problem, ChainProblem):
             return 2 * problem.rows * problem.dims[1] * itemsize(problem.dtype)
         return 2 * 4 * len(problem.terms) * problem.rows * problem.out_features

@@ -3,7 +3,8 @@
 Each launch of a structured op is a batched GEMM (one product per block), so any GEMM cost model predicts it:
 a record with `stages` is predicted launch by launch and summed. A fused kernel saves the DRAM traffic of the
 intermediate it keeps on chip (`fused_bytes`), taken off the sum but never below the slowest launch alone.
-Feature-major ends add their transpose launches' traffic (`copy_bytes`) at the DRAM bandwidth.
+Feature-major ends add their transpose launches' traffic (`copy_bytes`) at the DRAM bandwidth, as separate
+launches of a sum add their fp32 partial outputs' round trip.
 
 A launch that reads or writes through a strided map can move far more than its bytes: a program touching one
 or two adjacent elements still moves whole sectors. Its `dram_bytes` (kt.codegen.blockgemm.dram_bytes) floors
@@ -60,7 +61,7 @@ def _combined(
 ) -> np.ndarray:
     """Staged records' times from their launches' sum and slowest launch: the intermediate a fused kernel keeps
     on chip (`fused_bytes`) taken off, never below the slowest launch, and feature-major ends' transposes
-    (`copy_bytes`) added, both at the DRAM bandwidth."""
+    (`copy_bytes`, or a sum's partial outputs) added, both at the DRAM bandwidth."""
     saved = np.array([r.get("fused_bytes", 0) for r in records], dtype=np.float64) / device.dram_bandwidth
     copies = np.array([r.get("copy_bytes", 0) for r in records], dtype=np.float64) / device.dram_bandwidth
     return np.maximum(total - saved, slowest) + copies

@@ -127,6 +127,9 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
             "kt.nn.apply: weights must be a list of the op's weight tensors, got one tensor; pass [w]"
         )
     weights = list(weights)
+    for name, value in (("x", x), *((f"weights[{i}]", w) for i, w in enumerate(weights))):
+        if not isinstance(value, torch.Tensor):  # an AttributeError, or torch's dispatcher's words, before
+            raise TypeError(f"kt.nn.apply: {name} must be a torch.Tensor, got {type(value).__name__}")
     text = op if isinstance(op, str) else op_text(op)
     compiling = torch.compiler.is_compiling()
     if not compiling:  # the op's text is checked once (a trace would inline the parse)
@@ -651,6 +654,9 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
     grid = (shape["out"] // block[0], shape["in"] // block[1])
     nnz = len(_pattern(sparsity["layout"], grid)[1])
     what = f"a {shape['out']}x{shape['in']} BSR weight in {block[0]}x{block[1]} blocks"
+    for name, index in (("crow_indices", crow), ("col_indices", col)):  # as torch's BSR tensors take them
+        if index.dtype not in (torch.int64, torch.int32):  # (a float one ran forward, and failed in backward)
+            raise TypeError(f"kernel(x, w): w's {name} must be torch.int64 or torch.int32, got {index.dtype}")
     got = (tuple(crow.shape), tuple(col.shape), tuple(values.shape))
     if got != ((grid[0] + 1,), (nnz,), (nnz, *block)):
         raise ValueError(
@@ -1049,7 +1055,12 @@ def kernel_op(kernel, exact: bool = False):
     bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
 
     def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, torch.Tensor) and x.dim() == 0:
+        for name, value in (("x", x), *((f"weights[{i}]", w) for i, w in enumerate(weights))):
+            if not isinstance(value, torch.Tensor):  # (w.layout: an AttributeError)
+                raise TypeError(
+                    f"kernel(x, *weights): {name} must be a torch.Tensor, got {type(value).__name__}"
+                )
+        if x.dim() == 0:
             raise ValueError("kernel(x, *weights): x is a 0-d tensor; it needs its features in its last dim")
         parts = []
         for w in weights:

@@ -22,7 +22,7 @@ from torch import nn
 from kt.dtypes import DTYPES, dtype_name
 from kt.nn.functional import _rows, _same_pattern, apply, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
-from kt.spec import MAX_DIM, MAX_TERMS
+from kt.spec import MAX_DIM, MAX_TERMS, SpecError, check_seed
 
 
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
@@ -54,6 +54,8 @@ def _count(value: Any, name: str, who: str) -> int:
 
 def _check_features(who: str, x: torch.Tensor, expected: int) -> None:
     """x's last dim holds `expected` features (a 0-d x, which has none, named as such), else a ValueError."""
+    if not isinstance(x, torch.Tensor):  # as nn.Linear refuses one (a numpy array or None: an AttributeError)
+        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != expected:
         got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
         raise ValueError(f"{who}: x {got}, expected {expected}")
@@ -375,6 +377,26 @@ class LowRankLinear(_KtLinear):
         return f"dims={self.dims}, bias={self.bias is not None}"
 
 
+def _block_mask(mask: Any) -> np.ndarray:
+    """A block mask as booleans: bools, or numbers each 0 or 1 (np.asarray(mask, bool) took NaN, 0.1 or the
+    text "0" as a kept block)."""
+    if isinstance(mask, torch.Tensor):
+        if mask.is_meta:
+            raise ValueError("BlockSparseLinear: mask is on the meta device, which holds no values")
+        mask = mask.detach().cpu().numpy()
+    values = np.asarray(mask)
+    if values.dtype == bool:
+        return values
+    if values.dtype.kind not in "iuf" or not np.isin(values, (0, 1)).all():
+        raise ValueError(
+            f"BlockSparseLinear: mask must hold booleans or 0/1 numbers (1: the block is kept), got "
+            f"{values.dtype} values such as {values.flat[0]!r}"
+            if values.size
+            else "BlockSparseLinear: mask is empty"
+        )
+    return values.astype(bool)
+
+
 class BlockSparseLinear(_KtLinear):
     """y = F.linear(x, W) + b with W (out, in) block-sparse: only the blocks of a fixed pattern are stored.
 
@@ -416,8 +438,12 @@ class BlockSparseLinear(_KtLinear):
         if mask is None:
             if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
                 raise ValueError(f"BlockSparseLinear: density must be in (0, 1], got {density!r}")
+            try:  # as op.yaml's sparsity.seed: None drew another pattern each time, -1 failed inside numpy
+                seed = check_seed(seed)
+            except SpecError as exc:
+                raise ValueError(f"BlockSparseLinear: {exc}") from None
             mask = random_mask(grid, density, seed)
-        mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+        mask = _block_mask(mask)
         if mask.shape != grid:
             raise ValueError(f"BlockSparseLinear: mask has shape {mask.shape}; the block grid is {grid}")
         if not mask.any():

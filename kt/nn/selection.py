@@ -32,6 +32,7 @@ import functools
 import itertools
 import json
 import logging
+import numbers
 import os
 import weakref
 from collections.abc import Iterator
@@ -174,6 +175,8 @@ def bucket(rows: int) -> int:
     """The power of two (at least MIN_BUCKET) that `rows` rounds up to. By comparisons, not bit_length: under
     torch.compile's dynamic shapes `rows` may be a SymInt, and comparisons guard on the bucket's range where
     bit_length fixed the exact value (a backward pass recompiled for every batch size)."""
+    if isinstance(rows, bool) or not isinstance(rows, (numbers.Integral, torch.SymInt)):  # inf looped forever
+        raise TypeError(f"bucket: rows must be an integer, got {type(rows).__name__} {rows!r}")
     size = MIN_BUCKET
     while size < rows:
         size *= 2
