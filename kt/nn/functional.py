@@ -127,9 +127,7 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
             "kt.nn.apply: weights must be a list of the op's weight tensors, got one tensor; pass [w]"
         )
     weights = list(weights)
-    for name, value in (("x", x), *((f"weights[{i}]", w) for i, w in enumerate(weights))):
-        if not isinstance(value, torch.Tensor):  # an AttributeError, or torch's dispatcher's words, before
-            raise TypeError(f"kt.nn.apply: {name} must be a torch.Tensor, got {type(value).__name__}")
+    _require_tensors("kt.nn.apply", x, weights)
     text = op if isinstance(op, str) else op_text(op)
     compiling = torch.compiler.is_compiling()
     if not compiling:  # the op's text is checked once (a trace would inline the parse)
@@ -162,6 +160,14 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _require_tensors(who: str, x: Any, weights) -> None:
+    """A TypeError naming the argument that is no tensor: None or a numpy array failed with an AttributeError
+    deep in kt (`dim`, `layout`) or with torch's dispatcher's multi-line words."""
+    for name, value in (("x", x), *((f"weights[{i}]", w) for i, w in enumerate(weights))):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1055,11 +1061,7 @@ def kernel_op(kernel, exact: bool = False):
     bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
 
     def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        for name, value in (("x", x), *((f"weights[{i}]", w) for i, w in enumerate(weights))):
-            if not isinstance(value, torch.Tensor):  # (w.layout: an AttributeError)
-                raise TypeError(
-                    f"kernel(x, *weights): {name} must be a torch.Tensor, got {type(value).__name__}"
-                )
+        _require_tensors("kernel(x, *weights)", x, weights)
         if x.dim() == 0:
             raise ValueError("kernel(x, *weights): x is a 0-d tensor; it needs its features in its last dim")
         parts = []

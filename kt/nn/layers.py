@@ -387,12 +387,12 @@ def _block_mask(mask: Any) -> np.ndarray:
     values = np.asarray(mask)
     if values.dtype == bool:
         return values
-    if values.dtype.kind not in "iuf" or not np.isin(values, (0, 1)).all():
+    numeric = values.dtype.kind in "iuf"
+    wrong = values[~np.isin(values, (0, 1))] if numeric else values.ravel()
+    if wrong.size:
         raise ValueError(
             f"BlockSparseLinear: mask must hold booleans or 0/1 numbers (1: the block is kept), got "
-            f"{values.dtype} values such as {values.flat[0]!r}"
-            if values.size
-            else "BlockSparseLinear: mask is empty"
+            f"{values.dtype} values such as {wrong[0]!r}"
         )
     return values.astype(bool)
 
