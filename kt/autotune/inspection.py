@@ -241,7 +241,7 @@ def _artifact_gpu(
     the one the tune ran on (`ran_on`, a measured tune's), else the only one with rows; the database holding
     rows from several GPUs, one must be named (the first row's stood in, whatever --gpu said)."""
     gpus = Counter(r["device"] for r in records)
-    listing = ", ".join(f"{name!r} ({counted(n, 'row')})" for name, n in gpus.most_common())
+    listing = _listing(gpus)
     if gpu is not None:
         if gpu not in gpus:
             raise ArtifactError(
@@ -256,6 +256,11 @@ def _artifact_gpu(
             "with --gpu"
         )
     return next(iter(gpus))
+
+
+def _listing(gpus: Counter) -> str:
+    """Each GPU named with its rows, most first: 'NVIDIA H100 PCIe' (3 rows), 'NVIDIA H200' (1 row)."""
+    return ", ".join(f"{name!r} ({counted(n, 'row')})" for name, n in gpus.most_common())
 
 
 def _data_rows(
@@ -275,7 +280,7 @@ def _data_rows(
         )
     gpus = Counter(r["device"] for r in records)
     if len(gpus) > 1:
-        listing = ", ".join(f"{name!r} ({counted(n, 'row')})" for name, n in gpus.most_common())
+        listing = _listing(gpus)
         raise DatabaseError(
             f"inspect: {path} holds measurements from several GPUs: {listing}; pick one with --gpu"
         )

@@ -400,7 +400,8 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     # measured on this GPU first, then measured on another, then checked only (a tune without a GPU), each in
     # the order of the folders and names: the first by name was taken, a laptop's unmeasured artifact over a
     # measured one beside it (one op tuned twice under two names)
-    for _, _, meta_path in sorted(found):
+    ranked = [meta_path for _, _, meta_path in sorted(found)]
+    for meta_path in ranked:
         try:
             selected = Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
         except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
@@ -409,7 +410,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 log.warning("%s; skipped", str(exc).split("; re-run")[0])
             continue
         if len(found) > 1:
-            others = ", ".join(str(p.parent) for _, _, p in sorted(found) if p != meta_path)
+            others = ", ".join(str(p.parent) for p in ranked if p != meta_path)
             log.info(
                 "%s: %d artifacts hold this op; %s runs (also: %s)",
                 spec.summary(),
