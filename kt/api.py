@@ -28,6 +28,7 @@ from kt.spec import (
     MAX_BUDGET,
     OBJECTIVES,
     OpSpec,
+    check_bool,
     check_int,
     check_seed,
     load_spec,
@@ -116,7 +117,7 @@ def plan(
     """
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
-    objective = objective or spec.tune.objective
+    objective = spec.tune.objective if objective is None else objective  # "" is refused, not the spec's
     if objective not in OBJECTIVES:
         raise SpecError("objective", f"{objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
     profile, model = _profile_for_model(spec, device, model)
@@ -129,7 +130,7 @@ def plan(
         model,
         objective,
         power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w,
-        torch.cuda.is_available() if measures_time is None else measures_time,
+        torch.cuda.is_available() if measures_time is None else check_bool(measures_time, "measures_time"),
         spec,
     )
 
@@ -303,6 +304,8 @@ def _device(device: Any) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):  # meta, mps, ...: torch's random draw or kt's kernels fail there
+        raise ValueError(f"device: {device} is not supported; allowed: cpu, cuda, cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device: {device} asked for, but this machine has no CUDA GPU")
     return device

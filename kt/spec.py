@@ -926,6 +926,15 @@ def check_seed(value: Any, path: str = "seed") -> int:
     return _int(value, path, 0, 2**32 - 1)
 
 
+def check_bool(value: Any, path: str) -> bool:
+    """A yes/no option: True or False (numpy's too), never a value taken by its truthiness ("no" is true)."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise SpecError(path, f"must be True or False, got {_kind(value)}")
+    return bool(value)
+
+
 def check_seconds(value: Any, path: str, high: float = 86400.0) -> float:
     """A number of seconds in (0, high]: not nan (a nan timeout made the worker pool busy-wait), not a bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= high:

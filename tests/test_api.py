@@ -231,6 +231,23 @@ def test_plan_without_a_gpu_plans_what_a_tune_here_would_do():
     assert plan.strategy == "top" and plan.chosen == plan.ranked_programs[:16]
 
 
+def test_api_options_refuse_meta_devices_non_booleans_and_an_empty_objective(tmp_path):
+    """From an API fuzz: random_args(device="meta") failed in torch's words; measures_time="no" and
+    retry_failed="no" counted as true by their truthiness; objective="" fell back to the spec's."""
+    with pytest.raises(ValueError, match="^device: meta is not supported; allowed: cpu, cuda, cuda:N$"):
+        kt.random_args(SPEC, device="meta")
+    with pytest.raises(kt.SpecError, match="measures_time: must be True or False, got 'no' .str."):
+        kt.plan(SPEC, measures_time="no")
+    with pytest.raises(kt.SpecError, match="objective: '' is not supported"):
+        kt.plan(SPEC, objective="")
+    with pytest.raises(kt.KtError, match="objective: '' is not supported"):
+        kt.tune(SPEC, db=tmp_path / "t.db", progress=False, budget=1, objective="")
+    for name in ("retry_failed", "baseline", "progress"):
+        with pytest.raises(kt.SpecError, match=f"{name}: must be True or False, got 1 .int."):
+            kt.tune(SPEC, db=tmp_path / "t.db", budget=1, **{"progress": False, name: 1})
+    assert not (tmp_path / "t.db").exists()
+
+
 def test_plan_names_an_unsupported_objective_as_a_spec_error():
     """An unknown objective is the caller's mistake in one line (SpecError), as op.yaml's tune.objective."""
     with pytest.raises(kt.SpecError, match="objective: 'speed' is not supported; allowed: time, energy, edp"):

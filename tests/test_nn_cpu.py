@@ -1631,6 +1631,25 @@ def test_module_type_of_a_half_dtype_keeps_the_block_sparse_indices_integer():
     torch.testing.assert_close(model(x), halved(x), rtol=0, atol=0)
 
 
+def test_from_dense_and_structurize_name_an_argument_that_is_no_module():
+    """From an API fuzz: a tensor given for the nn.Linear, or a state_dict for the model, failed with an
+    AttributeError on its first missing attribute."""
+    weight = torch.randn(16, 16)
+    for make in (
+        lambda: knn.DenseLinear.from_dense(weight),
+        lambda: knn.LowRankLinear.from_dense(weight, rank=2),
+        lambda: knn.BlockSparseLinear.from_dense(weight, block=(8, 8), density=0.5),
+        lambda: knn.MonarchLinear.from_dense(weight, nblocks=4),
+        lambda: knn.ButterflyLinear.from_dense(weight),
+    ):
+        with pytest.raises(
+            TypeError, match=r"^\w+Linear.from_dense: linear must be an nn.Linear, got Tensor$"
+        ):
+            make()
+    with pytest.raises(TypeError, match="^structurize: model must be an nn.Module, got OrderedDict$"):
+        knn.structurize(torch.nn.Linear(4, 4).state_dict(), {"*": knn.DenseLinear.from_dense})
+
+
 def test_from_dense_of_a_block_sparse_layer_on_meta_says_it_needs_the_weights():
     with torch.device("meta"):
         linear = torch.nn.Linear(32, 32)

@@ -52,7 +52,7 @@ from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
 from kt.errors import KtError, ModelError, SpecError, counted
 from kt.ir.problems import Problem
-from kt.spec import OBJECTIVES, OpSpec, power_cap
+from kt.spec import OBJECTIVES, OpSpec, check_bool, power_cap
 
 
 @dataclass
@@ -497,7 +497,7 @@ def tune(
     retry_failed).
     """
     started = time.monotonic()
-    objective = objective or spec.tune.objective
+    objective = spec.tune.objective if objective is None else objective  # "" is refused, not the spec's
     if objective not in OBJECTIVES:
         raise KtError(f"objective: {objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
     power_cap_w = power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w
@@ -790,6 +790,9 @@ def run_session(
     from kt.ir import op_from_spec
 
     seed, timeout_s = _session_options(spec, seed, timeout_s, workers, deadline)
+    retry_failed, baseline = check_bool(retry_failed, "retry_failed"), check_bool(baseline, "baseline")
+    if not isinstance(progress, TuneBoard):
+        progress = check_bool(progress, "progress")
     if db is not None and not isinstance(db, (str, os.PathLike)):
         raise SpecError("db", f"expected a database file's path, got {type(db).__name__}")
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel

@@ -258,6 +258,15 @@ class _KtLinear(nn.Module, ABC):
         return {"op": op, "dtype": _kt_dtype(self.dtype, type(self).__name__)}
 
     @classmethod
+    def _linear(cls, linear: Any) -> None:
+        """from_dense's argument is an nn.Linear (a subclass too), refused in one line otherwise: a tensor or a
+        Conv1d failed with an AttributeError on its first missing attribute."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(
+                f"{cls.__name__}.from_dense: linear must be an nn.Linear, got {type(linear).__name__}"
+            )
+
+    @classmethod
     def _from_linear(cls, linear: nn.Linear, *args: Any, weights: dict[str, torch.Tensor], **kwargs: Any):
         """A layer of `linear`'s features, bias, device and dtype (built with `args`, `kwargs`), its parameters
         named in `weights` set to those values and its bias to `linear`'s."""
@@ -324,6 +333,7 @@ class DenseLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> DenseLinear:
         """The same weight and bias as `linear`."""
+        cls._linear(linear)
         return cls._from_linear(linear, weights={"weight": linear.weight.detach()})
 
 
@@ -368,6 +378,7 @@ class LowRankLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
         """The best rank-`rank` approximation of `linear` (truncated SVD, kt.ir.truncated_svd)."""
+        cls._linear(linear)
         from kt.ir.projections import truncated_svd
 
         f1, f2 = truncated_svd(linear.weight.detach(), rank)
@@ -587,6 +598,7 @@ class BlockSparseLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear, block: tuple[int, int], density: float) -> BlockSparseLinear:
         """Keep the `density` fraction of `linear`'s blocks with the largest norms (kt.ir.prune_blocks)."""
+        cls._linear(linear)
         from kt.ir.projections import prune_blocks
 
         if linear.weight.is_meta:  # which blocks to keep depends on the weight's values
@@ -786,6 +798,7 @@ class MonarchLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear, nblocks: int) -> MonarchLinear:
         """The Monarch matrix closest to `linear`'s weight in Frobenius norm (kt.ir.monarch.project)."""
+        cls._linear(linear)
         from kt.ir.monarch import project
 
         nblocks = _count(nblocks, "nblocks", "MonarchLinear")
@@ -876,6 +889,7 @@ class ButterflyLinear(_KtLinear):
     def from_dense(cls, linear: nn.Linear) -> ButterflyLinear:
         """A butterfly close to `linear`'s square weight (kt.ir.project_butterfly: level by level from the top,
         each level's 2x2 twiddles by rank-1 fits; exact when the weight is a butterfly)."""
+        cls._linear(linear)
         from kt.ir.projections import project_butterfly
 
         return cls._from_linear(linear, weights={"twiddles": project_butterfly(linear.weight.detach())})

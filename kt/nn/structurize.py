@@ -35,6 +35,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     freezes the layer's weights, a frozen bias its bias. Hooks registered on an nn.Linear stay on it and are
     no longer called: a warning names each such layer (register them again on the new one).
     """
+    if not isinstance(model, nn.Module):  # a state_dict or a tensor failed on named_modules' AttributeError
+        raise TypeError(f"structurize: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Linear):  # its name is "", which "*" matches: setattr(model, "", layer) added one
         raise ValueError(
             "structurize: the model is itself an nn.Linear, which cannot be replaced in place; make the layer "
