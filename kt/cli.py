@@ -658,6 +658,14 @@ def _model_specs(target: str, taken: set[str]) -> list:
     for path, why in found.skipped:
         table.add_row(path, f"skipped: {why}", path, style="yellow")
     out.print(table)
+    if found.plain:  # tuned for a DenseLinear made from them: torch's nn.Linear never reads an artifact
+        shown_paths = ", ".join(found.plain[:3]) + (", ..." if len(found.plain) > 3 else "")
+        out.print(
+            f"note: {counted(len(found.plain), 'plain nn.Linear layer')} ({shown_paths}): torch runs them and "
+            "reads no artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "
+            '(kt.nn.structurize(model, {"*": kt.nn.DenseLinear.from_dense}), or a rule per name)',
+            markup=False,
+        )
     return found.specs
 
 

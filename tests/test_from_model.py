@@ -156,6 +156,10 @@ def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(t
     ops = [json.loads((tmp_path / "art" / name / "meta.json").read_text())["op"] for name in made]
     assert ops == ["dense", "lowrank", "blocksparse", "monarch", "dense"]
     assert done.stdout.count("checked") >= 5  # CPU: every op checked, none timed
+    # the two dense ops are plain nn.Linear layers, which kt.nn never used: the tune said nothing of it
+    assert "note: 2 plain nn.Linear layers (0, 8): torch runs them and reads no artifact" in " ".join(
+        done.stdout.split()
+    )
 
 
 def test_kt_tune_without_ops_is_a_usage_error():
@@ -210,6 +214,7 @@ def test_layers_called_with_keywords_or_under_autocast_are_found_as_they_run():
     float32 was tuned while the layers ran in bfloat16 (the artifact was never used)."""
     found = model_ops(_Keywords(), torch.randn(20, 8))
     assert [(plain(s.name), s.shape.n) for s in found.specs] == [("linear_b32", 8), ("dense_b32", 16)]
+    assert found.plain == ["linear"]  # torch runs it: kt.nn reads its artifact only as a DenseLinear
     found = model_ops(_Autocast(), torch.randn(20, 32))
     assert [(plain(s.name), s.dtype) for s in found.specs] == [("linear_b32", "bfloat16")]  # one op: one math
     assert found.modules[found.specs[0].name] == ["linear", "dense"]

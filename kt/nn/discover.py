@@ -7,7 +7,7 @@ or the `input=` / `x=` keyword) gives its rows (all leading dims), rounded up to
 Only forward ops are found: a training model's backward kernels (a Monarch's transpose, the weight gradients)
 are what `kt.nn.selections().write_yaml()` adds after a training step. An nn.Linear becomes a dense op with
 its weight as B stored transposed (`layout: {a: row, b: col}`, what `F.linear` multiplies by), a kt.nn layer its
-own op. Ops with equal math (the same op, shape and bucket: a repeated block, say) are tuned once, under the
+own op. torch runs an nn.Linear, so its artifact serves a kt.nn.DenseLinear made from it (the CLI says so). Ops with equal math (the same op, shape and bucket: a repeated block, say) are tuned once, under the
 first module's name. A module kt cannot tune (an nn.Linear in float64, say) is listed with why.
 """
 
@@ -43,6 +43,9 @@ class ModelOps:
     specs: list[OpSpec] = field(default_factory=list)
     modules: dict[str, list[str]] = field(default_factory=dict)  # spec name -> the module paths that run it
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (module path, why)
+    # the plain nn.Linear modules among those tuned: torch runs them, so kt.nn never reads their artifacts until
+    # they are kt.nn.DenseLinear layers
+    plain: list[str] = field(default_factory=list)
 
 
 def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any) -> ModelOps:
@@ -99,6 +102,8 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         except SpecError as exc:  # past kt's limits (2**24 features or rows): the model ran; skip this op
             found.skipped.append((path or "(model)", f"beyond kt's limits: {exc}"))
             return
+        if not isinstance(module, (_KtLinear, FFT)) and (path or "(model)") not in found.plain:
+            found.plain.append(path or "(model)")  # once, though it is called twice
         signature = json.dumps(spec.signature(), sort_keys=True)
         # six hex digits of the whole op, as `selections().specs()` names them: two models whose factories
         # share a name (the README's example_model) tuned into one folder replaced each other's artifacts
