@@ -1531,3 +1531,53 @@ def test_bad_constructor_arguments_are_one_line_value_errors(make, match):
     with pytest.raises(ValueError, match=match) as info:
         make()
     assert "\n" not in str(info.value)
+
+
+_EXPORT_AS_OP = """
+import sys, torch, kt, kt.nn
+spec = kt.parse_spec({"op": "monarch", "dtype": "float32", "shape": {"batch": 16, "n": 64, "nblocks": 4}})
+f = kt.build(spec).as_op()
+
+
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(4, 16, 16))
+        self.w2 = torch.nn.Parameter(torch.randn(4, 16, 16))
+
+    def forward(self, x):
+        return f(x, self.w1, self.w2)
+
+
+m = M()
+torch.export.save(torch.export.export(m, (torch.randn(16, 64),)), sys.argv[1])
+torch.save({"w1": m.w1.detach(), "w2": m.w2.detach()}, sys.argv[2])
+"""
+
+
+def test_an_exported_as_op_program_loaded_in_another_process_runs_its_own_op(tmp_path, caplog):
+    """A program saved by torch.export with a kernel's as_op() carries the kernel's pin, a name that meant
+    something in the process that made it only: loaded in another, it raised a bare KeyError, or, where that
+    process had pinned a kernel of its own (the same counter, from 0), ran that kernel (a transposed Monarch's:
+    relative error 1.37). The op's kernel is now selected as a layer's is, with a warning."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "export.py"
+    script.write_text(_EXPORT_AS_OP)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "p.pt2"), str(tmp_path / "w.pt")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = kt.parse_spec({"op": "monarch", "dtype": "float32", "shape": {"batch": 16, "n": 64, "nblocks": 4}})
+    transposed = kt.parse_spec({**spec.signature(), "transposed": True})
+    kt.build(transposed).as_op()  # this process's own pin, of another op
+    weights = torch.load(tmp_path / "w.pt")
+    program = torch.export.load(tmp_path / "p.pt2").module()
+    x = torch.randn(16, 64)
+    with caplog.at_level(logging.WARNING, logger="kt.nn"):
+        y = program(x)
+    assert rel(y, kt.reference(spec)(x, weights["w1"], weights["w2"])) < 1e-4
+    assert "an op pinned to a kernel (kt.build's, by as_op()) that this process did not make" in caplog.text

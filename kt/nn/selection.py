@@ -34,6 +34,7 @@ import json
 import logging
 import numbers
 import os
+import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -213,12 +214,17 @@ _PINNED_CPU: dict[str, Kernel] = {}
 # the kernel holds its op, so a kernel dropped is not kept for the process's life
 _EXACT: weakref.WeakValueDictionary[str, Kernel] = weakref.WeakValueDictionary()
 _PIN_NUMBERS = itertools.count()  # next() is atomic: two threads pinning at once get two names
+# this process's pins' prefix: a program saved by torch.export carries its op's pin into another process, whose
+# own counter started at 0 too, so "0:kt.build" named that process's first pinned kernel (another op's)
+_PIN_PROCESS = uuid.uuid4().hex[:12]
+_FOREIGN_PINS: set[str] = set()  # pins of other processes already warned about (each once)
 
 
 def pin(selection: Selection, exact: bool = False) -> str:
     """A name for `selection` that an op can carry (`"pin"`) to run that kernel whatever its rows; `exact`: on CPU
-    tensors too (else they run the op's PyTorch path unless $KT_INTERPRET=1), the kernel held weakly."""
-    name = f"{next(_PIN_NUMBERS)}:{selection.where}"
+    tensors too (else they run the op's PyTorch path unless $KT_INTERPRET=1), the kernel held weakly. The name
+    is this process's own: no other process's pin has it."""
+    name = f"{_PIN_PROCESS}.{next(_PIN_NUMBERS)}:{selection.where}"
     if exact:
         _EXACT[name] = selection.kernel
     else:
@@ -274,6 +280,12 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     """The kernel for the op `op_text` (JSON of an op.yaml mapping without its batch) at `rows` rows."""
     op = parsed_op(op_text)
     torch_path = device.type == "cpu" and not interpreting()
+    if "pin" in op and op["pin"] not in _PINNED and op["pin"] not in _EXACT:
+        # a pin of another process (a program torch.export saved there), or whose kernel was dropped: the op
+        # in its own words still says what to compute, so its kernel is selected as a layer's is
+        _foreign_pin(op["pin"])
+        op = {key: value for key, value in op.items() if key != "pin"}
+        op_text = json.dumps(op, sort_keys=True, separators=(",", ":"))
     if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
         exact = _EXACT.get(op["pin"])
         if exact is not None:
@@ -302,6 +314,20 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         _SELECTED[key] = selected
         _log(selected)
     return selected.kernel
+
+
+def _foreign_pin(name: str) -> None:
+    """Warn once that an op's pinned kernel is not this process's, and what runs instead."""
+    if name in _FOREIGN_PINS:
+        return
+    _FOREIGN_PINS.add(name)
+    where = name.partition(":")[2]
+    log.warning(
+        "an op pinned to a kernel (%s's, by as_op()) that this process did not make (a program saved by "
+        "torch.export in another process, say): its kernel is selected as a kt.nn layer's is; call as_op() on a "
+        "kernel loaded here to run that one",
+        where,
+    )
 
 
 def _log(selected: Selection) -> None:
