@@ -1581,3 +1581,22 @@ def test_an_exported_as_op_program_loaded_in_another_process_runs_its_own_op(tmp
         y = program(x)
     assert rel(y, kt.reference(spec)(x, weights["w1"], weights["w2"])) < 1e-4
     assert "an op pinned to a kernel (kt.build's, by as_op()) that this process did not make" in caplog.text
+
+
+def test_a_meta_json_edited_to_the_transposed_op_is_refused(artifacts, tmp_path):
+    """kt.load compared kernel.py's dtype with meta.json's spec, not its transpose: a meta.json whose spec and
+    problem both said `transposed: true` over a kernel built for M loaded, computed M (relative error 1.35
+    against its spec's reference), and kt.nn took it for a MonarchLinear's backward dx."""
+    directory, _ = artifacts["monarch"]
+    copy = tmp_path / "monarch"
+    shutil.copytree(directory / "monarch", copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    assert "transposed" not in meta["spec"] and "transposed" not in meta["problem"]  # written when true only
+    meta["spec"]["transposed"] = meta["problem"]["transposed"] = True
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        kt.ArtifactError,
+        match="is damaged: its spec's transposed is True, but kernel.py was built with transposed False",
+    ):
+        kt.load(copy)
+    assert kt.load(copy, verify=False).spec.transposed  # as it is, when asked

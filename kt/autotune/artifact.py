@@ -514,7 +514,7 @@ def _check_meta(meta: dict[str, Any], damaged: str) -> None:
 
 
 def _check_built_for(meta: dict[str, Any], spec, module, damaged: str) -> None:
-    """meta.json's spec and problem are what kernel.py was built for: its dtype, and the problem the spec makes
+    """meta.json's spec and problem are what kernel.py was built for: its dtype and transpose, and the problem the spec makes
     (kt.nn picks an artifact by its problem; an edited one picked a kernel of another shape)."""
     import torch
 
@@ -525,6 +525,14 @@ def _check_built_for(meta: dict[str, Any], spec, module, damaged: str) -> None:
         raise ArtifactError(
             f"{damaged}: its spec's dtype is {spec.dtype}, but kernel.py was built for {str(built).removeprefix('torch.')}; "
             "re-run `kt tune`, or load with verify=False to use it as it is"
+        )
+    # a Monarch or butterfly kernel multiplies by M or by its transpose: a meta.json whose spec and problem
+    # both said the other ran this kernel for it (relative error 1.35, and kt.nn took it for a backward's dx)
+    built = getattr(module, "TRANSPOSED", None)
+    if isinstance(built, bool) and built != bool(getattr(spec, "transposed", False)):
+        raise ArtifactError(
+            f"{damaged}: its spec's transposed is {bool(getattr(spec, 'transposed', False))}, but kernel.py was "
+            f"built with transposed {built}; re-run `kt tune`, or load with verify=False to use it as it is"
         )
     try:
         (node,) = op_from_spec(spec).kernel_graph().kernels
