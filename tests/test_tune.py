@@ -172,6 +172,13 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
     with pytest.raises(kt.ArtifactError, match="does not match the checksum"):
         kt.load(path)
     assert kt.load(path, verify=False).config == result.best.config
+    # renamed or cut off: it loaded, and its first call failed naming kt's cache module
+    for text in ((path / "kernel.py").read_text().replace("def kernel(", "def my_kernel("), ""):
+        (path / "kernel.py").write_text(text)
+        with pytest.raises(
+            kt.ArtifactError, match=r"kernel.py defines no kernel\(\) function \(edited or damaged\)"
+        ):
+            kt.load(path, verify=False)
     with pytest.raises(kt.ArtifactError, match="not found"):
         kt.load(tmp_path / "missing")
     with pytest.raises(

@@ -646,6 +646,13 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         raise ArtifactError(
             f"{path / 'kernel.py'} failed to import: {one_line(exc)}; re-run `kt tune`"
         ) from None
+    if not callable(
+        getattr(module, "kernel", None)
+    ):  # an edit or a cut-off file: its first call failed, naming
+        # kt's cache module and not the artifact's file
+        raise ArtifactError(
+            f"{path / 'kernel.py'} defines no kernel() function (edited or damaged); re-run `kt tune`"
+        )
     # what kernel.py is and runs, as meta.json says: the checksum covers kernel.py only, and an edited meta.json
     # made a Kernel that contradicted itself (kernel "pytorch" over a generated kernel.py crashed kt.nn's forward)
     runs = "pytorch" if hasattr(module, "IMPLEMENTATION") else "generated"  # PyTorch's path names its call
