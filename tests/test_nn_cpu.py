@@ -1831,3 +1831,18 @@ def test_a_layer_takes_more_rows_than_a_spec_may_have_as_nn_linear_does():
     torch.testing.assert_close(kernel(x, dense.weight.detach().t()), x @ dense.weight.detach().t())
     with pytest.raises(SpecError, match="dtype"):
         bucket_spec({**dense.op(), "dtype": "float8"}, 16_777_217)
+
+
+def test_torchscript_is_refused_in_one_line_naming_what_works():
+    """torch.jit.trace failed with "bucket: rows must be an integer, got Tensor" (kt's internals) and
+    torch.jit.script with a dump of TorchScript's compile error; the README says TorchScript is unsupported."""
+    for layer, x in (
+        (knn.MonarchLinear(64, 64, nblocks=4), torch.randn(8, 64)),
+        (knn.FFT(16), torch.randn(8, 16, dtype=torch.complex64)),
+    ):
+        with pytest.raises(
+            TypeError, match=r"^kt.nn: TorchScript \(torch.jit.script, torch.jit.trace\) is not"
+        ):
+            torch.jit.trace(layer, (x,))
+        with pytest.raises(TypeError, match=rf"^{type(layer).__name__}: TorchScript .* torch.compile and"):
+            torch.jit.script(torch.nn.Sequential(layer))

@@ -126,6 +126,10 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
         raise TypeError(
             "kt.nn.apply: weights must be a list of the op's weight tensors, got one tensor; pass [w]"
         )
+    if torch.jit.is_tracing():  # sizes are tensors there: kt failed on "bucket: rows must be an integer"
+        from kt.nn.layers import NO_TORCHSCRIPT
+
+        raise TypeError(f"kt.nn: {NO_TORCHSCRIPT}")
     weights = list(weights)
     _require_tensors("kt.nn.apply", x, weights)
     text = op if isinstance(op, str) else op_text(op)

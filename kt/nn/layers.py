@@ -124,7 +124,21 @@ def _check_before_load(module: _KtLinear, state_dict, prefix: str, local_metadat
         )
 
 
-class _KtLinear(nn.Module, ABC):
+NO_TORCHSCRIPT = (
+    "TorchScript (torch.jit.script, torch.jit.trace) is not supported by kt.nn layers; torch.compile and "
+    "torch.export are (one kt.apply node per layer)"
+)
+
+
+class _NoTorchScript:
+    """torch.jit.script calls this first: refused in one line, not a dump of TorchScript's failure to compile
+    the layer's forward (torch.jit.trace is refused by kt.nn.functional.apply)."""
+
+    def __prepare_scriptable__(self):
+        raise TypeError(f"{type(self).__name__}: {NO_TORCHSCRIPT}")
+
+
+class _KtLinear(_NoTorchScript, nn.Module, ABC):
     """What the layers share: features, bias, dtype, the op text, and the forward over any leading dims."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
@@ -814,7 +828,7 @@ class MonarchLinear(_KtLinear):
         return f"{super().extra_repr()}, w1={tuple(self.w1.shape)}, w2={tuple(self.w2.shape)}"
 
 
-class FFT(nn.Module):
+class FFT(_NoTorchScript, nn.Module):
     """y = torch.fft.fft(x) over the last dim (n features) by kt's FFT kernels (dense DFT blocks on tensor cores).
 
     float32: x complex64 (or float32 with input="real"), y complex64. float16: complex values are planar,
