@@ -151,6 +151,23 @@ def test_a_kernel_called_on_inputs_that_require_grad_gives_a_differentiable_resu
     torch.testing.assert_close(out, y.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("k, n", [(0, 11), (9, 0)], ids=["k0", "n0"])
+def test_a_dense_kernel_with_k_or_n_of_0_has_torchs_gradients(k, n):
+    """The forward took K or N of 0 (zeros, or an empty result, as torch gives); its backward failed with
+    "kt.nn.apply: op: shape.n: must be an integer from 1 ...", an op the user never wrote."""
+    kernel = kt.build(DENSE, device="h100")
+    a = torch.randn(13, k, requires_grad=True)
+    b = torch.randn(k, n, requires_grad=True)
+    y = kernel(a, b)
+    assert y.shape == (13, n) and not y.abs().sum()
+    cotangent = torch.randn(13, n)
+    y.backward(cotangent)
+    a2, b2 = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    (a2 @ b2).backward(cotangent)
+    torch.testing.assert_close(a.grad, a2.grad, rtol=0, atol=0)
+    torch.testing.assert_close(b.grad, b2.grad, rtol=0, atol=0)
+
+
 def test_a_kernel_called_with_grad_by_argument_names_is_differentiable_and_not_kept_alive():
     """Inputs given by name took the module's kernel (no graph) past a check that looked at positional ones; and
     the op a call with grad makes pins its kernel: held strongly, every such kernel lived as long as the
