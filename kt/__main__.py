@@ -1,13 +1,23 @@
-"""The `kt` command's entry point (and `python -m kt`): kt.cli's `main`, with a Ctrl-C during its imports said.
+"""The `kt` command's entry point (and `python -m kt`): kt.cli's `main`, with a Ctrl-C or a SIGTERM during its
+imports said.
 
-kt.cli's own imports (click, rich) take the command's first ~0.15 s; a Ctrl-C there printed a traceback, where
-one a moment later prints one line. Only the standard library is imported here.
+kt.cli's own imports (click, rich) take the command's first ~0.15 s; a Ctrl-C there printed a traceback, and a
+SIGTERM killed the command without a word, where either a moment later prints one line. Only the standard
+library is imported here.
 """
 
+import signal
 import sys
 
 
+def _terminated(signum, frame):
+    # until kt.cli's own handler is in place (it says what a command kept, too)
+    print("kt: terminated (SIGTERM)", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
+
+
 def main():
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         from kt.cli import main as cli
 

@@ -634,10 +634,17 @@ def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch
             assert screen.getvalue() == ""
 
 
-def test_ctrl_c_while_the_kt_command_imports_its_cli_prints_one_line_not_a_traceback(tmp_path):
+@pytest.mark.parametrize(
+    "signal_name, code, line",
+    [("SIGINT", 130, "kt: interrupted\n"), ("SIGTERM", 143, "kt: terminated (SIGTERM)\n")],
+)
+def test_a_signal_while_the_kt_command_imports_its_cli_prints_one_line_not_a_traceback(
+    signal_name, code, line
+):
     """kt.cli's own imports (click, rich) run before kt's error handling: a Ctrl-C in a command's first ~0.15 s
-    printed a traceback from the `kt` script's `from kt.cli import main`. The entry point in pyproject.toml
-    imports kt.cli inside its own handling; here a real SIGINT arrives while rich loads."""
+    printed a traceback from the `kt` script's `from kt.cli import main`, and a SIGTERM killed it without a
+    word. The entry point in pyproject.toml imports kt.cli inside its own handling; here a real signal arrives
+    while rich loads."""
     script = (
         "import os, signal, sys\n"
         "from importlib.metadata import entry_points\n"
@@ -645,15 +652,15 @@ def test_ctrl_c_while_the_kt_command_imports_its_cli_prints_one_line_not_a_trace
         "def interrupt_once(event, args):\n"
         "    if event == 'import' and args[0] == 'rich.console' and not fired:\n"
         "        fired.append(True)\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        f"        os.kill(os.getpid(), signal.{signal_name})\n"
         "sys.addaudithook(interrupt_once)\n"
         "(script,) = [e for e in entry_points(group='console_scripts') if e.name == 'kt']\n"
         "sys.argv = ['kt', 'devices']\n"
         "sys.exit(script.load()())\n"  # as the generated `kt` script does
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 130, done.stderr[-2000:]
-    assert done.stderr == "kt: interrupted\n" and done.stdout == ""
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stderr == line and done.stdout == ""
 
 
 def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_released(tmp_path):
