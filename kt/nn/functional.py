@@ -26,6 +26,7 @@ import collections
 import functools
 import json
 import math
+import sys
 import threading
 from typing import Any
 
@@ -38,7 +39,18 @@ from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
 
-@torch.compiler.assume_constant_result  # torch.compile cannot trace json.dumps; the text is a trace constant
+def _constant_result(fn):
+    """torch.compiler.assume_constant_result without importing torch._dynamo where nothing has yet: that import
+    made `import kt.nn` take a second or more (seven times the rest of it). The decorator only sets the mark
+    that torch.compile's tracer reads when it meets `fn`, by then imported (tests/test_nn_cpu.py checks that
+    torch's decorator still sets it)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_result  # torch.compile cannot trace json.dumps; the text is a trace constant
 def op_text(op: dict[str, Any]) -> str:
     """The canonical text of an op mapping: equal ops give equal text (one kernel cache entry)."""
     return json.dumps(op, sort_keys=True, separators=(",", ":"))
