@@ -139,7 +139,8 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
-    assert_one_line_error(result, "for target h100: it has no runtime_ms column (a `kt export` CSV has one)")
+    assert_one_line_error(result, "rows.csv' is not a `kt export` CSV (no runtime_ms column)")
+    assert_one_line_error(kt("replay", exported, "--budget", "5"), "(no runtime_ms column)")  # "no sweep"
     # a status kt never writes (the database's own CHECK refuses one) left the row out of every fit in silence
     rows[1]["status"] = "weird"
     with open(exported, "w", newline="") as handle:
@@ -148,6 +149,20 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
         writer.writerows(rows)
     result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
     assert_one_line_error(result, "rows.csv' line 3: column status is 'weird'; allowed: ok, compile_error, ")
+    # nor a runner (a GPU's row as "CUDA" was left out of every fit and replay), nor a number with an
+    # underscore, which int() and float() read ("1_0" as 10)
+    for column, value, words in (
+        ("runner", "CUDA", "column runner is 'CUDA'; allowed: cuda, interpret, dryrun"),
+        ("runtime_ms", "1_0", "column runtime_ms is '1_0'; allowed: a finite number of milliseconds > 0"),
+    ):
+        changed = [dict(row) for row in rows]
+        changed[1].update(status="ok", **{column: value})
+        with open(exported, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(changed)
+        result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
+        assert_one_line_error(result, f"rows.csv' line 3: {words}")
 
 
 def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):
@@ -157,7 +172,7 @@ def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):
     assert_one_line_error(result, "is not a `kt export` CSV")
     if GPPERF_CSV.is_file():  # real measurements, but not in kt's format
         result = kt("costmodel", "fit", "--data", GPPERF_CSV, "--out", tmp_path / "m.skops")
-        assert_one_line_error(result, "is not a `kt export` CSV (no config, device, family")
+        assert_one_line_error(result, "is not a `kt export` CSV (no config, config_key, device, family")
     assert not (tmp_path / "m.skops").exists()
 
 

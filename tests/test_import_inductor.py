@@ -217,7 +217,13 @@ def test_several_files_merge_repeats_of_one_gpu_and_keep_gpus_apart(tmp_path):
     copy.write_bytes(one.read_bytes())
     assert_one_line_error(
         kt("import", "inductor", one, copy, "--out", tmp_path / "x.csv"),
-        f"'{copy}' holds the same bytes as '{one}'; its repeats would count twice, so give one of them",
+        f"'{copy}' holds the same log as '{one}'; its repeats would count twice, so give one of them",
+    )
+    zipped = tmp_path / "one.txt.gz"  # the log and its gzip: different bytes, one log (runs 4 of 2)
+    zipped.write_bytes(gzip.compress(one.read_bytes()))
+    assert_one_line_error(
+        kt("import", "inductor", one, zipped, "--out", tmp_path / "x.csv"),
+        f"'{zipped}' holds the same log as '{one}'; its repeats would count twice, so give one of them",
     )
 
 

@@ -3,6 +3,8 @@
 Skipped where that public data is absent (it is evaluation data kept outside this repository).
 """
 
+import re
+
 import numpy as np
 import pytest
 from conftest import GPPERF, benchmark_module
@@ -159,6 +161,25 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
         match=r"writes there\): its rows were checked, never timed \(6 from Triton's interpreter, 6 from the dry run",
     ):
         replay_module.replay_file(path, "guided", 2, min_configs=3)
+
+
+def test_a_config_measured_twice_in_one_space_is_refused_naming_both_rows(sweeps, monkeypatch, tmp_path):
+    """Two exports joined into one CSV: the last row of a config was kept without a word (its optimum 100
+    times slower, and a replay that searched the whole space still scored 1.000 against it)."""
+    import kt.autotune.replay as replay_module
+
+    rows = [{**row, "id": i} for i, row in enumerate(r for sweep in sweeps[:2] for r in sweep_rows(sweep))]
+    timed = next(i for i, row in enumerate(rows) if row.get("runtime_ms"))
+    again = {**rows[timed], "id": 99, "runtime_ms": rows[timed]["runtime_ms"] * 100}
+    monkeypatch.setattr(replay_module, "read_rows", lambda path, field="data": [*rows, again])
+    path = tmp_path / "sweeps.csv"
+    path.write_text(",".join(CSV_COLUMNS) + "\n")
+    with pytest.raises(
+        replay_module.KtError,
+        match=rf"^space: two rows measure config {re.escape(rows[timed]['config_key'])} of problem .* \(row ids "
+        rf"{timed} and 99\); a replayed space holds one time per config: keep one of them$",
+    ):
+        replay_module.replay_file(path, "random", 2, repeats=1, min_configs=3)
 
 
 def test_sweeps_of_one_problem_on_two_gpus_are_two_spaces_each_with_its_own_gpus_prior(

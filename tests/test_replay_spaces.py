@@ -147,6 +147,16 @@ def test_a_broken_cache_file_is_one_clear_error(tmp_path, content, message):
         load_kernel_tuner(path)
 
 
+def test_a_cache_nested_too_deeply_is_one_clear_error(tmp_path):
+    """JSON arrays nested past Python's recursion limit: a RecursionError traceback, exit 1."""
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(
+        SpaceError, match=r"deep.json: not a Kernel Tuner cache file \(JSON nested too deeply"
+    ):
+        load_kernel_tuner(path)
+
+
 def test_a_gzip_cache_damaged_inside_its_compressed_data_is_one_clear_error(tmp_path):
     """Bytes flipped inside the deflate stream raised zlib.error, which the reader did not catch (a traceback,
     exit 1); a cut-off file (EOFError) and a non-gzip one (OSError) were already one line."""

@@ -619,7 +619,18 @@ class Database:
         return len(rows)
 
 
-CSV_COLUMNS = ("runner", "device", "target", "family", "problem", "config", "status")  # what a reader needs
+# what a reader needs (without runtime_ms, a file of GPU rows was "no exhaustive sweep" to kt replay)
+CSV_COLUMNS = (
+    "runner",
+    "device",
+    "target",
+    "family",
+    "problem",
+    "config_key",
+    "config",
+    "status",
+    "runtime_ms",
+)
 
 
 def export_text(path: Path, field: str = "data") -> str:

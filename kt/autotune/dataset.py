@@ -45,6 +45,7 @@ LIST_FIELDS = {"w1": (3, 3), "w2": (3, 3), "block": (2, 2), "dims": (3, MAX_CHAI
 
 NUMERIC_COLUMNS = frozenset(["id", *(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))])
 TEXT_COLUMNS = ("runner", "device", "target", "status", "config_key")  # each must be non-empty text
+RUNNERS = ("cuda", "interpret", "dryrun")  # kt.autotune.runners' names
 MAX_CONFIG_VALUE = 1 << 20
 # (column, what a value must be, test): the measurement columns the cost model and `kt inspect` read
 MEASUREMENT_CHECKS = (
@@ -110,6 +111,8 @@ def _cell(column: str, text: str | None) -> Any:
     if text is None or text == "":
         return None
     if column not in NUMERIC_COLUMNS:
+        return text
+    if "_" in text:  # int() and float() read "1_0" as 10: no number kt writes has one
         return text
     try:
         return int(text)
@@ -252,6 +255,10 @@ def check_row(row: dict[str, Any], where: str) -> None:
         value = row.get(column)
         if not isinstance(value, str) or not value:
             raise DatabaseError(f"{where}: column {column} is {_show(value)}; allowed: non-empty text")
+    if row["runner"] not in RUNNERS:  # "CUDA": a GPU's row silently left out of every fit and replay
+        raise DatabaseError(
+            f"{where}: column runner is {_show(row['runner'])}; allowed: {', '.join(RUNNERS)}"
+        )
     if row["status"] not in STATUSES:  # an unknown status was a row silently left out of every fit
         raise DatabaseError(
             f"{where}: column status is {_show(row['status'])}; allowed: {', '.join(STATUSES)}"

@@ -184,7 +184,7 @@ def read_logs(paths: Sequence[str | os.PathLike], progress: Progress | None = No
         digest = _digest(path)
         if digest in copies:
             raise DatabaseError(
-                f"inductor: {str(path)!r} holds the same bytes as {str(copies[digest])!r}; its repeats would "
+                f"inductor: {str(path)!r} holds the same log as {str(copies[digest])!r}; its repeats would "
                 "count twice, so give one of them"
             )
         copies[digest] = path
@@ -199,14 +199,26 @@ def read_logs(paths: Sequence[str | os.PathLike], progress: Progress | None = No
 
 
 def _digest(path: Path) -> str:
-    """SHA-256 of the file's bytes."""
-    digest = hashlib.sha256()
+    """SHA-256 of the log's text: a gzip file's once decompressed, so that a log and its .gz are one log (each
+    of their repeats counted twice); a damaged gzip's own bytes (the reader names the damage)."""
     try:
         with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+            if handle.read(2) == b"\x1f\x8b":
+                try:
+                    return _hash(gzip.GzipFile(fileobj=handle, mode="rb"), handle)
+                except (OSError, EOFError, zlib.error):
+                    pass
+            return _hash(handle, handle)
     except OSError as exc:
         raise DatabaseError(f"inductor: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+
+
+def _hash(stream: IO[bytes], handle: IO[bytes]) -> str:
+    """SHA-256 of what `stream` reads from `handle`'s start."""
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

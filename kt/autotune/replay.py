@@ -101,6 +101,15 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
                 row.get("family_version"),
                 row.get("triton_version"),
             )
+            earlier = groups[identity].get(row["config_key"])
+            if earlier is not None:  # two files joined, say: the last one's time was kept, without a word
+                ids = (
+                    f" (row ids {earlier.get('id')} and {row.get('id')})" if row.get("id") is not None else ""
+                )
+                raise KtError(
+                    f"space: two rows measure config {row['config_key']} of problem {row['problem_key']} on "
+                    f"{row.get('device')}{ids}; a replayed space holds one time per config: keep one of them"
+                )
             groups[identity][row["config_key"]] = row
     sweeps = []
     for (key, target, gpu, *_), by_config in sorted(

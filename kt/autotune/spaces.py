@@ -248,6 +248,8 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
         raise SpaceError(f"space: {str(path)!r} not found") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON): {error}") from None
+    except RecursionError:  # arrays or objects nested past Python's recursion limit: a traceback
+        raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
         raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")
     tune_params, cache = data["tune_params"], data["cache"]
