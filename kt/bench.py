@@ -220,9 +220,59 @@ def run_bench(
                 "dry run (nothing is timed)"
             )
     make_folder(out, "out")
+    lock = _lock_out(out)
+    try:
+        return _run(out, minutes, smoke, budget, db, workers, progress, command, only)
+    finally:
+        lock.close()  # the lock goes with its descriptor
+
+
+def _lock_out(out: Path):
+    """The open lock file of `out`, held (flock) while this run writes there: two runs into one folder garbled
+    bench.log and left one run's report under the other's, both saying nothing."""
+    import fcntl
+    import os
+
+    handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 (held open for the run: the lock is its descriptor)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise KtError(
+            f"out: another kt bench (pid {holder}) is writing its report to {out}; wait for it to end, or "
+            "choose another directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class _BenchLog(logging.FileHandler):
+    """bench.log, which says once on the terminal that it cannot be written (a full disk) and then goes quiet:
+    logging printed a traceback for every record after the first failed."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            import sys
+
+            error = sys.exc_info()[1]
+            print(
+                f"kt: warning: {self.baseFilename} cannot be written ({one_line(error)}); the run goes on without it",
+                file=sys.stderr,
+            )
+
+
+def _run(out, minutes, smoke, budget, db, workers, progress, command, only) -> BenchResult:
     from kt.autotune.progress import BenchProgress
 
-    handler = logging.FileHandler(out / "bench.log", mode="w")
+    handler = _BenchLog(out / "bench.log", mode="w")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("kt").addHandler(handler)  # kt's warnings and this module's lines (it propagates)
@@ -237,9 +287,10 @@ def run_bench(
         budget=budget or (1 if smoke else 8),
     )
     reporter = BenchProgress(progress, smoke, clock.end)
-    settings.runner = _runner(settings)
     parts = (("smoke", _smoke_part), ("tunes", _tune_part), ("collect", _collect_part))
     try:
+        # inside: a Ctrl-C as torch and Triton load (seconds) wrote no report, and the message said it had
+        settings.runner = _runner(settings)
         with settings.runner:  # one set of workers for the whole run: each start costs seconds
             for part, run in parts:
                 result.parts[part] = _run_part(part, run, clock, settings, result, reporter, only)
@@ -283,7 +334,7 @@ def _run_part(part: str, run, clock: _Clock, settings, result: BenchResult, repo
         raise
     except Exception as exc:  # the other parts still run
         status, note = "failed", one_line(exc)
-        log.exception("part %s failed", part)
+        log.error("part %s failed: %s", part, note, exc_info=True)  # the traceback to bench.log only
     clock.done.add(part)
     seconds = round(time.monotonic() - started, 1)
     _say(settings, f"part {part}: {status} in {seconds:.0f} s ({note})")
@@ -330,6 +381,7 @@ def _check_out(out: Path) -> None:
         and any(out.iterdir())
         and not (out / "report.md").exists()
         and not (out / "bench.log").exists()
+        and [path.name for path in out.iterdir()] != [LOCK_NAME]  # a run killed as it began
     ):
         raise KtError(f"out: {out} holds files that are not a kt bench report; choose another directory")
     gpu_run = _gpu_run(out / CSV_NAME)
@@ -510,7 +562,7 @@ def _tune_part(settings: _Settings, deadline: float, result: BenchResult, report
             if isinstance(exc, KtError):  # kt's own word (no config passed, time ran out): one line
                 log.warning("tune case %s failed: %s", case.name, one_line(exc))
             else:  # anything else is a defect: its traceback is what a report of it needs
-                log.exception("tune case %s failed", case.name)
+                log.error("tune case %s failed: %s", case.name, one_line(exc), exc_info=True)
             # A case that raised failed, also when it overran its share: "not reached" is only for a case that
             # never started (the first GPU run's FFT case, three 120 s compile timeouts, was misreported so).
             over = " (past its time share)" if time.monotonic() > started + share else ""
@@ -654,7 +706,7 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            log.exception("collect %sx%sx%s failed", m, n, k)
+            log.error("collect %sx%sx%s failed: %s", m, n, k, one_line(exc), exc_info=True)
             status = f"failed: {one_line(exc)}"
         result.rows.append(
             {
@@ -675,6 +727,7 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
 # -- the report -----------------------------------------------------------------------------------------------
 
 CSV_NAME, REPORT_NAME, EXPORT_NAME = "results.csv", "report.md", "measurements.csv"
+LOCK_NAME = ".kt-bench.lock"  # held by the run writing to the folder (`_lock_out`)
 
 
 def _write_outputs(result: BenchResult, settings: _Settings) -> None:
@@ -683,7 +736,9 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
 
     context = result.context
     rows = [{**context, **row} for row in result.rows]
-    write_csv(result.out / CSV_NAME, rows)
+    # its columns even without a row (a run stopped before its first): a file of no header was refused by
+    # `kt bench --from` as no bench report's
+    write_csv(result.out / CSV_NAME, rows, columns=[*context, "part", "case", "dtype"])
     if settings.db.is_file():
         with Database(settings.db, create=False, readonly=True) as database:
             database.export_csv(result.out / EXPORT_NAME, since=context["started_at"])  # this run's rows

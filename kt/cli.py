@@ -84,7 +84,7 @@ class _Group(click.Group):
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
         handler = _StderrHandler()
         handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
-        handler.setFormatter(logging.Formatter("kt: warning: %(message)s"))
+        handler.setFormatter(_OneLine("kt: warning: %(message)s"))
         logging.getLogger("kt").addHandler(handler)
         # only the main thread may set a handler (click's CliRunner may call this from another)
         sigterm = threading.current_thread() is threading.main_thread()
@@ -129,6 +129,14 @@ class _Group(click.Group):
         given = args[0] if args else kwargs.get("args")
         words = sys.argv[1:] if given is None else list(given)
         return next((word for word in words if word in self.commands), None)
+
+
+class _OneLine(logging.Formatter):
+    """A record as its one line, without the traceback of a record logged with one (a bench part that failed:
+    its traceback is for bench.log; on the terminal it was one per failure, 22 on a full disk)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._style.format(logging.makeLogRecord({**record.__dict__, "message": record.getMessage()}))
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,12 +324,9 @@ def name_problem(name: str) -> str | None:
 def save_profile(profile: DeviceProfile, path: str | os.PathLike) -> Path:
     """Write atomically: a crash leaves either the old file or the new one, never half of one. A profile that
     would not load back is refused first (minutes of `kt calibrate` were lost to one)."""
+    from kt.files import atomic_write  # as every file kt writes for a user: the temporary file removed on an
+    # error (ENOSPC left it, and named no file), the user's umask (mkstemp's 0600 stayed), a link written through
+
     DeviceProfile.from_dict(profile.to_dict(), f"{path}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(profile.to_dict(), handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    atomic_write(path, lambda handle: handle.write(json.dumps(profile.to_dict(), indent=2) + "\n"))
+    return Path(path)

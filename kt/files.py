@@ -10,8 +10,10 @@ import csv
 import errno
 import io
 import os
+import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -248,6 +250,7 @@ def atomic_write(
                 os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        _sweep_temporaries(path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.filename is None and exc.errno is not None:  # ENOSPC while writing: named by the user's file
@@ -257,6 +260,27 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     return result
+
+
+STALE_TEMPORARY_S = 3600.0  # a temporary file this old beside its file is a dead writer's (a kill -9)
+
+
+def _sweep_temporaries(path: Path) -> None:
+    """Remove the temporary files that writers of `path` killed mid-write left beside it (mkstemp's names:
+    `.<name>.` and eight characters, `.tmp`), once an hour old: each stayed for good (60 MB for a model
+    cache's pickle). A live writer's is minutes old at most; one of another file's name is never matched."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    try:
+        with os.scandir(path.parent) as entries:
+            for entry in entries:
+                if pattern.fullmatch(entry.name):
+                    try:
+                        if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_S:
+                            os.unlink(entry.path)
+                    except OSError:  # gone already (another sweep), or not ours to remove
+                        continue
+    except OSError:  # the file is written; what is left of others' is no error of this write
+        return
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, make_parent: bool = True) -> None:

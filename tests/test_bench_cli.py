@@ -615,3 +615,77 @@ def test_a_report_records_the_commit_kt_ran_from():
         pytest.skip("not a git checkout")
     commit = run_context(True, "kt bench --smoke")["kt_commit"]
     assert re.fullmatch(r"[0-9a-f]{12}(\+changes)?", commit) and commit.startswith(head.stdout.strip())
+
+
+def test_a_bench_stopped_as_its_workers_start_writes_the_report_it_says_it_wrote(tmp_path, monkeypatch):
+    """A Ctrl-C while torch and Triton loaded for the workers (seconds) left --out empty, and kt said that the
+    report in its --out folder held the parts that finished; results.csv of a run without a row had no header,
+    which `kt bench --from` refused as no bench report's."""
+    import kt.bench as bench
+
+    def interrupted(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "_runner", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(out, smoke=True, progress=False)
+    report = (out / "report.md").read_text()
+    assert "**interrupted** (Ctrl-C or SIGTERM) during the workers' start or shutdown" in report
+    assert "never ran: smoke, tunes, collect" in report
+    with open(out / "results.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert {"part", "gpu_run", "device", "date", "case", "dtype", "command"} <= set(header)
+
+
+def test_two_benches_into_one_folder_are_refused_and_a_dead_ones_lock_is_not(tmp_path):
+    """Two runs into one --out garbled bench.log (both opened it to write) and left one run's report under the
+    other's, both exit 0."""
+    import os
+
+    import kt.bench as bench
+    from kt.errors import KtError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = bench._lock_out(out)
+    try:
+        with pytest.raises(
+            KtError, match=rf"^out: another kt bench \(pid {os.getpid()}\) is writing its report to "
+        ):
+            bench.run_bench(out, smoke=True, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [bench.LOCK_NAME]
+    finally:
+        held.close()
+    bench._check_out(out)  # the lock file of a run killed as it began: no foreign file
+    bench._lock_out(out).close()
+
+
+def test_bench_log_that_cannot_be_written_is_said_once_and_tracebacks_stay_off_the_terminal(tmp_path, capsys):
+    """On a full disk every record to bench.log printed logging's traceback (22 of them, with the terminal
+    handler's own for each failed part): bench.log's failure is one line, and the terminal shows a record logged
+    with its traceback as its one line."""
+    import logging
+
+    import kt.bench as bench
+    from kt.cli import _OneLine
+
+    handler = bench._BenchLog(tmp_path / "bench.log", mode="w")
+    handler.stream.close()  # every write now fails
+    logger = logging.getLogger("kt.test_bench_log")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for number in range(3):
+            logger.warning("line %d", number)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bench.log cannot be written (" in err and "Traceback" not in err
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "kt", logging.ERROR, __file__, 1, "part %s failed: %s", ("p", "boom"), sys.exc_info()
+        )
+    assert _OneLine("kt: warning: %(message)s").format(record) == "kt: warning: part p failed: boom"

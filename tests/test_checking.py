@@ -97,6 +97,25 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_write_fails(tmp_path):
     assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
 
 
+def test_atomic_write_removes_temporaries_that_killed_writers_of_the_file_left_an_hour_ago(tmp_path):
+    """A kill -9 mid-write left `.<name>.XXXXXXXX.tmp` beside the file for good (60 MB for a model cache's
+    pickle). A live writer's (fresh) and another file's are left alone."""
+    import os
+    import time
+
+    path = tmp_path / "a.csv"
+    stale, fresh, other = (
+        tmp_path / name for name in (".a.csv.3posnqf_.tmp", ".a.csv.1lc62b2p.tmp", ".a.csv.b.x1y2z3w4.tmp")
+    )
+    for temporary in (stale, fresh, other):
+        temporary.write_text("half")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    atomic_write(path, lambda handle: handle.write("new\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.csv", fresh.name, other.name])
+
+
 def test_a_write_that_fails_for_want_of_space_names_the_users_file(tmp_path):
     """A full disk fails the write itself, with an OSError that names no file: `kt export`, `kt import
     inductor`, `kt costmodel fit --out` and `kt replay --csv` printed only "kt: error: No space left on

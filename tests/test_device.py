@@ -77,6 +77,13 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
     )
     path = save_profile(mine, tmp_path / "lab.json")
     assert load_profile(path) == mine
+    # written as every file kt writes (atomic_write): with the user's umask, not mkstemp's 0600
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nshape: {m: 64, n: 64, k: 64}\ndevice: lab.json\n")
     assert kt.resolve_profile(kt.load_spec(spec).device) == mine

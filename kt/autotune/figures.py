@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,13 +55,13 @@ def rounds_ms(timed: dict[str, Any]) -> str:
     return " ".join(f"{ms:.4f}" for ms in timed["round_ms"])
 
 
-def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """`rows` as a CSV at `path` (its folder made), columns in the order the rows first name them; written
-    beside it and renamed into place (kt.files.atomic_write, which leaves nothing behind when that fails), so a
-    reader never sees half a file."""
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: Sequence[str] = ()) -> None:
+    """`rows` as a CSV at `path` (its folder made), columns in the order the rows first name them (`columns`
+    where there is no row: a header alone); written beside it and renamed into place (kt.files.atomic_write,
+    which leaves nothing behind when that fails), so a reader never sees half a file."""
     from kt.files import atomic_write
 
-    fields = list(dict.fromkeys(key for row in rows for key in row))
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or list(columns)
 
     def write(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
