@@ -53,7 +53,9 @@ def as_spec(spec: SpecLike) -> OpSpec:
         return parse_spec(spec)
     if isinstance(spec, (str, os.PathLike)):
         return load_spec(spec)
-    raise SpecError("", f"expected an OpSpec, a mapping or a path to an op.yaml, got {type(spec).__name__}")
+    raise SpecError(
+        "spec", f"expected an OpSpec, a mapping or a path to an op.yaml, got {type(spec).__name__}"
+    )
 
 
 def resolve_profile(name: str | None = "auto") -> DeviceProfile:
@@ -172,6 +174,7 @@ def build(
     its candidates (legality admits a few builds that spill: unaligned 16-bit and tf32 GEMMs on sm_80 above all).
     Compiled here, a second or so each, at most COMPILE_TRIES; the configs passed over are in the kernel's
     meta (`refused`); when none of them builds, or Triton has no ptxas here, the first-ranked."""
+    compile_check = check_bool(compile_check, "compile_check")  # "no" was true
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
     profile = resolve_profile(device or spec.device)
@@ -368,12 +371,21 @@ def _check_tune_options(options: dict[str, Any], several: bool) -> None:
     allowed.add("power_cap_w")
     if several:
         allowed |= set(inspect.signature(tune_each).parameters) - {"specs", "tune_one", "options", "backend"}
+    _refuse_unknown("kt.tune", options, allowed, "budget, objective, backend and db")
+    _check_run_options(options)
+
+
+def _refuse_unknown(who: str, options: dict[str, Any], allowed: set[str], named: str) -> None:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise TypeError(
-            f"kt.tune() got an unexpected keyword argument {unknown[0]!r}; beside budget, objective, backend and "
-            f"db it takes {', '.join(sorted(allowed))}"
+            f"{who}() got an unexpected keyword argument {unknown[0]!r}; beside {named} it takes "
+            f"{', '.join(sorted(allowed))}"
         )
+
+
+def _check_run_options(options: dict[str, Any]) -> None:
+    """The options of a tune or collect that the CLI's parser checks, checked by type before anything runs."""
     # the options the CLI's parser checks: given by type, they failed deep inside (an AttributeError at a Ray
     # address of 3, a runner of "x"), or, on_done, after the first op's tune had finished
     if options.get("ray") is not None and not isinstance(options["ray"], str):
@@ -413,11 +425,18 @@ def collect(
 ) -> Session:
     """Measure every legal config (or random ones until `sample` configs of the problem are in the database:
     rows measured before, a tune's included, count) into the database, for the cost model's data."""
+    import inspect
+
+    # what run_session takes but these (collect sets its strategy and budget): an unknown or doubled keyword
+    # failed in run_session's words ("got multiple values for keyword argument 'strategy'")
+    allowed = set(inspect.signature(run_session).parameters) - {"spec", "budget", "backend", "db", "strategy"}
+    _refuse_unknown("kt.collect", options, allowed, "sample, backend and db")
+    _check_run_options(options)
     spec = as_spec(spec)
     if backend == "auto" and not torch.cuda.is_available():
         raise DeviceError(
             "collect measures runtimes and needs a CUDA GPU; this machine has none "
-            "(use --backend interpret to sweep correctness only)"
+            '(backend="interpret", or --backend interpret, sweeps correctness only)'
         )
     options.setdefault("baseline", False)  # the cost model's data: PyTorch's path is no config of the space
     if sample is None:
@@ -435,7 +454,7 @@ def collect(
 
 def load(path: str | os.PathLike, verify: bool = True) -> Kernel:
     """The tuned kernel saved by `kt tune` in the artifact directory `path`."""
-    return load_artifact(path, verify=verify)
+    return load_artifact(path, verify=check_bool(verify, "verify"))  # "no" was true: it verified
 
 
 def _measured_records(

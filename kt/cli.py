@@ -785,15 +785,6 @@ def _tuned(result, path, replaced: str | None) -> None:
             f"{result.target.name} by {_model_noun(result.plan.model, figures=True)})",
             style="yellow",
         )
-        from kt.costmodel.roofline import LAUNCH_S
-
-        if best.predicted_ms is not None and best.predicted_ms < LAUNCH_S * 1e3:  # as kt predict says it
-            out.print(
-                f"note: that prediction is less than one kernel launch ({_ms(LAUNCH_S * 1e3)} ms), which no "
-                "measured kernel took: outside what the model was fitted on, so read it as the order of the "
-                "configs, not a time",
-                style="yellow",
-            )
     for note in result.notes:
         out.print(f"note: {note}", style="yellow")
     if replaced:

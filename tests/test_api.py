@@ -240,12 +240,45 @@ def test_api_options_refuse_meta_devices_non_booleans_and_an_empty_objective(tmp
         kt.plan(SPEC, measures_time="no")
     with pytest.raises(kt.SpecError, match="objective: '' is not supported"):
         kt.plan(SPEC, objective="")
-    with pytest.raises(kt.KtError, match="objective: '' is not supported"):
+    with pytest.raises(kt.SpecError, match="objective: '' is not supported"):
         kt.tune(SPEC, db=tmp_path / "t.db", progress=False, budget=1, objective="")
     for name in ("retry_failed", "baseline", "progress"):
         with pytest.raises(kt.SpecError, match=f"{name}: must be True or False, got 1 .int."):
             kt.tune(SPEC, db=tmp_path / "t.db", budget=1, **{"progress": False, name: 1})
     assert not (tmp_path / "t.db").exists()
+
+
+def test_result_objects_compare_print_short_and_take_checked_arguments(tmp_path):
+    """From a pass over the API's results: Plan == Plan raised numpy's "truth value of an array is ambiguous";
+    a collect Session printed 33 kB and an InspectResult 134 kB; kt.collect passed an unknown or doubled
+    keyword to run_session ("got multiple values for keyword argument 'strategy'"); load(verify="no") verified,
+    build(compile_check=5) was taken, table(top=-1) dropped the last row; kt.tune(3) said "expected an OpSpec"
+    without naming the argument."""
+    plan = kt.plan(SPEC, budget=2)
+    assert plan == plan and (plan == kt.plan(SPEC, budget=2)) is False and plan in [plan]
+    assert len(repr(plan.prediction)) < 100 and repr(plan.prediction).startswith(
+        f"Prediction({len(plan.prediction)} configs"
+    )
+    session = kt.collect(SPEC, sample=1, backend="interpret", db=tmp_path / "c.db", progress=False)
+    assert repr(session).startswith("Session(") and "1 row, 1 new, database " in repr(session)
+    assert len(repr(session)) < 300
+    with pytest.raises(
+        TypeError, match=r"^kt.collect\(\) got an unexpected keyword argument 'timeout'; beside sample"
+    ):
+        kt.collect(SPEC, sample=1, backend="interpret", timeout=5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'strategy'"):
+        kt.collect(SPEC, sample=1, backend="interpret", strategy="top")
+    result = kt.tune(SPEC, budget=1, db=tmp_path / "t.db", progress=False)
+    for top in (-1, 0, "2"):
+        with pytest.raises(kt.SpecError, match="^top: must be an integer from 1"):
+            result.table(top)
+    artifact = result.save(tmp_path / "art")
+    with pytest.raises(kt.SpecError, match="^verify: must be True or False, got 'no'"):
+        kt.load(artifact, verify="no")
+    with pytest.raises(kt.SpecError, match="^compile_check: must be True or False, got 5"):
+        kt.build(SPEC, compile_check=5)
+    with pytest.raises(kt.SpecError, match="^spec: expected an OpSpec, a mapping or a path"):
+        kt.tune(3)
 
 
 def test_plan_names_an_unsupported_objective_as_a_spec_error():

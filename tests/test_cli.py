@@ -190,7 +190,7 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["replay", junk, "--budget", "5"], "junk.db' is not a kt tuning database"),
         (["replay", junk, "--budget", "5"], "error: space: '"),
         (["costmodel", "eval", "--data", table, "--model", tmp_path / "m.skops"], "is not a `kt export` CSV"),
-        (["inspect", table], "table.csv' is not a `kt export` CSV (no config, device, family, problem, "),
+        (["inspect", table], "table.csv' is not a `kt export` CSV (no config, config_key, device, family, problem, "),
         (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),
         (["replay", table, "--budget", "5"], "error: space: '"),  # a CSV's header said data: for all
         (["inspect", table], "error: inspect: '"),
@@ -589,6 +589,9 @@ def test_the_several_ops_summary_prints_no_ratio_from_a_prediction_under_one_lau
     result = kt.tune(spec, budget=1, progress=False, db=tmp_path / "t.db")
     assert not result.best.measured
     assert re.fullmatch(says, _versus(result)), _versus(result)
+    # the note kt tune printed is the result's and meta.json's too (it was the CLI's alone)
+    under = any(note.startswith("that prediction is less than one kernel launch") for note in result.notes)
+    assert under == (shape["m"] == 1)
 
 
 def test_the_several_ops_summary_says_a_structured_op_was_not_timed_rather_than_a_dash(tmp_path):

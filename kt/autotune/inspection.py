@@ -38,7 +38,7 @@ PLOT_NAMES = ("predicted_vs_measured.png", "pareto.png")
 MEASURE_HINT = "measure on a GPU with `kt tune OP_YAML --backend cuda` or `kt collect`"
 
 
-@dataclass
+@dataclass(eq=False)  # it holds numpy arrays (== raised)
 class InspectResult:
     """What `kt inspect` found: the measured rows and how far each model's predictions were from them."""
 
@@ -59,8 +59,15 @@ class InspectResult:
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:  # the dataclass's own printed every record: 134 kB for 117 rows
+        return (
+            f"InspectResult({self.source}: {counted(len(self.records), 'measured row')} of "
+            f"{counted(self.shapes, 'problem')} on {self.gpu} (target {self.target}))"
+        )
+
     @property
     def shapes(self) -> int:
+        """How many problems the rows measure (the CLI's "N problems")."""
         return len({r["group"] for r in self.records})
 
     @property

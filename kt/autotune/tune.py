@@ -48,6 +48,7 @@ from kt.codegen.restrict import restrict
 from kt.costmodel import AnalyticModel, rank
 from kt.costmodel.models import shipped_model_path
 from kt.costmodel.prediction import Prediction, model_noun
+from kt.costmodel.roofline import LAUNCH_S
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
 from kt.errors import KtError, ModelError, SpecError, counted
@@ -55,7 +56,7 @@ from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, check_bool, power_cap
 
 
-@dataclass
+@dataclass(eq=False)  # == compared numpy arrays (a ValueError): a plan equals itself only
 class Plan:
     """What a tune would do first: the legal space, the model's predictions and ranking, the first round."""
 
@@ -387,7 +388,7 @@ class Best:
     pytorch: bool = False  # True: no generated kernel beat PyTorch's own path, which is the best
 
 
-@dataclass
+@dataclass(eq=False)  # it holds a Plan (== raised)
 class TuneResult:
     spec: OpSpec
     problem: Problem
@@ -396,7 +397,7 @@ class TuneResult:
     ran_on: str  # the GPU's name or the interpreter
     objective: str
     plan: Plan
-    rows: list[dict[str, Any]]  # one per chosen config, in plan order, each with its rank
+    rows: list[dict[str, Any]]  # one per checked config, by the model's rank (best first), with that rank
     best: Best
     newly_measured: int
     wall_s: float
@@ -439,6 +440,9 @@ class TuneResult:
 
     def table(self, top: int = 10) -> list[dict[str, Any]]:
         """The best rows: by the objective when measured, else by the model's rank (passing rows first)."""
+        from kt.spec import check_int
+
+        top = check_int(top, "top", 1, 1 << 30)  # -1 dropped the last row, "2" failed in a slice
         if self.measured:
             objective = self.objective if any(self.value(r) is not None for r in self.rows) else "time"
             ok = [r for r in self.rows if objective_value(r, objective, self.plan.power_cap_w) is not None]
@@ -498,8 +502,8 @@ def tune(
     """
     started = time.monotonic()
     objective = spec.tune.objective if objective is None else objective  # "" is refused, not the spec's
-    if objective not in OBJECTIVES:
-        raise KtError(f"objective: {objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
+    if objective not in OBJECTIVES:  # a SpecError, as kt.plan's (the caller's mistake)
+        raise SpecError("objective", f"{objective!r} is not supported; allowed: {', '.join(OBJECTIVES)}")
     power_cap_w = power_cap(power_cap_w, "power_cap_w") if power_cap_w is not None else spec.tune.power_cap_w
     session = run_session(
         spec,
@@ -589,6 +593,13 @@ def tune(
             "only candidate measured, is the artifact's kernel.py"
         )
     best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
+    if not runner.measures_time and best.predicted_ms is not None and best.predicted_ms < LAUNCH_S * 1e3:
+        notes.insert(  # first, right under the best line (the CLI's alone said it: not meta.json, not .notes)
+            0,
+            f"that prediction is less than one kernel launch ({LAUNCH_S * 1e3:.5f} ms), which no measured "
+            "kernel took: outside what the model was fitted on, so read it as the order of the configs, not a "
+            "time",
+        )
     return TuneResult(
         spec,
         plan.problem,
@@ -609,7 +620,7 @@ def tune(
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """One search over a problem's legal space: what `kt tune` and `kt collect` share."""
 
@@ -624,6 +635,12 @@ class Session:
     skipped_rows: int = 0  # malformed database rows that refits left out
     baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
     seed: int = 0  # the search's (`_session_options`: the one given, else the spec's tune.seed)
+
+    def __repr__(self) -> str:  # the dataclass's own printed its plan, rows and trace: tens of kB
+        return (
+            f"Session({self.plan.problem} on {self.runner.name}: {counted(len(self.rows), 'row')}, "
+            f"{self.fresh} new, database {self.db_path})"
+        )
 
 
 # run_session's options that make its runner: what a runner shared by several tunes is made from
