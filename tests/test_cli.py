@@ -190,7 +190,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["replay", junk, "--budget", "5"], "junk.db' is not a kt tuning database"),
         (["replay", junk, "--budget", "5"], "error: space: '"),
         (["costmodel", "eval", "--data", table, "--model", tmp_path / "m.skops"], "is not a `kt export` CSV"),
-        (["inspect", table], "table.csv' is not a `kt export` CSV (no config, config_key, device, family, problem, "),
+        (
+            ["inspect", table],
+            "table.csv' is not a `kt export` CSV (no config, config_key, device, family, problem, ",
+        ),
         (["replay", table, "--budget", "5"], "table.csv' is not a `kt export` CSV"),
         (["replay", table, "--budget", "5"], "error: space: '"),  # a CSV's header said data: for all
         (["inspect", table], "error: inspect: '"),

@@ -152,7 +152,7 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
     # nor a runner (a GPU's row as "CUDA" was left out of every fit and replay), nor a number with an
     # underscore, which int() and float() read ("1_0" as 10)
     for column, value, words in (
-        ("runner", "CUDA", "column runner is 'CUDA'; allowed: cuda, interpret, dryrun"),
+        ("runner", "CUDA", "column runner is 'CUDA'; kt's runners are cuda, interpret, dryrun"),
         ("runtime_ms", "1_0", "column runtime_ms is '1_0'; allowed: a finite number of milliseconds > 0"),
     ):
         changed = [dict(row) for row in rows]

@@ -45,7 +45,7 @@ LIST_FIELDS = {"w1": (3, 3), "w2": (3, 3), "block": (2, 2), "dims": (3, MAX_CHAI
 
 NUMERIC_COLUMNS = frozenset(["id", *(name for name, kind in COLUMNS if kind.startswith(("REAL", "INTEGER")))])
 TEXT_COLUMNS = ("runner", "device", "target", "status", "config_key")  # each must be non-empty text
-RUNNERS = ("cuda", "interpret", "dryrun")  # kt.autotune.runners' names
+RUNNERS = ("cuda", "interpret", "dryrun")  # kt.autotune.runners' names (a caller's own Runner has another)
 MAX_CONFIG_VALUE = 1 << 20
 # (column, what a value must be, test): the measurement columns the cost model and `kt inspect` read
 MEASUREMENT_CHECKS = (
@@ -255,9 +255,11 @@ def check_row(row: dict[str, Any], where: str) -> None:
         value = row.get(column)
         if not isinstance(value, str) or not value:
             raise DatabaseError(f"{where}: column {column} is {_show(value)}; allowed: non-empty text")
-    if row["runner"] not in RUNNERS:  # "CUDA": a GPU's row silently left out of every fit and replay
+    # "CUDA": a GPU's row silently left out of every fit and replay. Other names pass: a Runner of the
+    # caller's own (kt.tune(runner=...)) names its rows, which nothing reading GPU rows takes
+    if row["runner"] not in RUNNERS and row["runner"].strip().lower() in RUNNERS:
         raise DatabaseError(
-            f"{where}: column runner is {_show(row['runner'])}; allowed: {', '.join(RUNNERS)}"
+            f"{where}: column runner is {_show(row['runner'])}; kt's runners are {', '.join(RUNNERS)}"
         )
     if row["status"] not in STATUSES:  # an unknown status was a row silently left out of every fit
         raise DatabaseError(

@@ -298,6 +298,10 @@ def plan_tuning(
     alias = None if listed or strategy.name == "exhaustive" else aliases(family, problem, space)
     variant = None if listed else _classes(family, "tile_of", problem, space)
     programs = len(space.legal) if alias is None else int(alias.max()) + 1
+    if budget > programs and not listed:  # the budget shrank without a word (5000 asked, 18 spent)
+        distinct = "legal configs" if alias is None else "legal configs that run differently"
+        verb = "measured" if measures_time else "checked"
+        note = note or f"the budget ({budget}) is more than the {programs} {distinct}: all of them are {verb}"
     budget = min(budget, programs)  # what the search can spend (meta.json's tuning.budget says it)
     state = SearchState(
         values,
