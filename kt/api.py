@@ -61,7 +61,7 @@ def as_spec(spec: SpecLike) -> OpSpec:
 def resolve_profile(name: str | None = "auto") -> DeviceProfile:
     """The device profile for `name`: auto picks the GPU present (or the default, h100, with none). The GPU is
     identified through NVML (kt.autotune.gpuinfo), so this process takes no CUDA context of its own."""
-    if name in (None, "auto"):
+    if name is None or (isinstance(name, str) and name.lower() == "auto"):  # as op.yaml's `device: AUTO`
         if not torch.cuda.is_available():
             return get_profile(DEFAULT)
         from kt.autotune.gpuinfo import visible_gpu
@@ -346,7 +346,17 @@ def _model_device(specs: list[OpSpec], device: str | None, model: Any) -> tuple[
     if not isinstance(model, (str, os.PathLike)) or str(model) == "analytic":
         return None
     profile, loaded = _profile_for_model(specs[0], device, model)
-    return (profile.name, loaded) if BUILTIN.get(profile.name) == profile else None
+    if BUILTIN.get(profile.name) == profile:
+        return profile.name, loaded
+    # a calibrated card's model (`kt costmodel fit --device gpu.json`) holds its profile, not the file: kept in
+    # kt's cache under its key, so the tune targets it by path (it targeted h100, and refused an sm_80 model)
+    from kt.device import save_profile
+    from kt.files import cache_dir
+
+    path = cache_dir() / "profiles" / f"{profile.key}.json"
+    if not path.is_file():
+        save_profile(profile, path)
+    return str(path), loaded
 
 
 def _names_device(spec: OpSpec, device: str | None) -> bool:

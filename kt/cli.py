@@ -230,7 +230,9 @@ SPECS = click.argument("specs", metavar="[OP_YAML]...", nargs=-1, callback=_spec
 
 def _device_name(ctx, param, value):
     """A named or calibrated profile is checked as the command line is read, before anything loads torch."""
-    if value not in (None, "auto"):
+    if value is not None and value.lower() == "auto":  # as op.yaml's `device: AUTO` (and --device H100)
+        return "auto"
+    if value is not None:
         from kt.device import ProfileError, get_profile
 
         try:
@@ -555,6 +557,11 @@ def tune(
     from kt.autotune.runners import check_gpus
 
     check_gpus(backend, gpus, ray)  # before the first op's heading
+    from kt.api import _model_device
+
+    found = _model_device(specs, device, model)  # a model file that alone names the device: its device, as
+    if found is not None:  # kt predict's; the first note named sm_90 over an A100 model's sm_80 tune
+        device, model = found
     options = dict(
         budget=budget,
         objective=objective,

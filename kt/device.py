@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kt.errors import shown
+
 # Peak keys: one per math path a kernel can take. "tf32" is fp32 operands on the tensor cores; "float32" the
 # plain FMA path (what `input_precision="ieee"` gets).
 PEAK_KEYS = ("float16", "bfloat16", "tf32", "float32")
@@ -263,15 +265,35 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
     """A built-in profile by name (`h100`, `h200`) or a calibrated one from a JSON file; None gives the default."""
     if name_or_path is None:
         return BUILTIN[DEFAULT]
+    if isinstance(name_or_path, DeviceProfile):  # one made in code (kt.build(spec, device=profile))
+        return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ProfileError(
+            f"expected {', '.join(BUILTIN)}, a profile .json file's path or a DeviceProfile, got "
+            f"{type(name_or_path).__name__}"
+        )
     key = str(name_or_path)
     if key.lower() in BUILTIN:
         return BUILTIN[key.lower()]
+    if key.lstrip().startswith("{"):  # a profile written inline: its text was taken for a file's name
+        raise ProfileError(
+            "a profile is read from a .json file, not from the command line: write the JSON to gpu.json and "
+            "give gpu.json"
+        )
     path = Path(key)
-    if key == "" or path.is_dir():  # Path("") is ".", a folder that exists
+    try:
+        folder, there = path.is_dir(), path.exists()
+    except (
+        OSError
+    ) as exc:  # a name past the file system's limit (ENAMETOOLONG): an OSError traceback in Python
+        raise ProfileError(
+            f"{shown(key)} is no profile ({exc.strerror}); allowed: {', '.join(BUILTIN)} or a profile .json file"
+        ) from None
+    if key == "" or folder:  # Path("") is ".", a folder that exists
         raise ProfileError(
             f"{key!r} is {'empty' if key == '' else 'a folder'}; give {', '.join(BUILTIN)} or a profile .json file"
         )
-    if key.endswith(".json") or path.exists():
+    if key.endswith(".json") or there:
         return load_profile(path)
     raise ProfileError(
         f"unknown device profile {key!r}; allowed: {', '.join(BUILTIN)} or a profile .json file"

@@ -478,6 +478,34 @@ def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
     assert not (tmp_path / "h100.skops").exists()
 
 
+def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(
+    gpperf, tmp_path, monkeypatch
+):
+    """With nothing else naming the device, `kt predict --model` ranked for the model's card (an RTX 4070,
+    sm_89), and `kt tune --model` targeted h100 (refusing the model, or naming sm_90 in its first note): only a
+    built-in card's model gave the tune its device."""
+    import kt as api
+
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "m.skops"
+    assert (
+        kt(
+            "costmodel", "fit", "--data", gpperf["db"], "--out", model, "--device", gpperf["profile"]
+        ).exit_code
+        == 0
+    )
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: c\nshape: {m: 64, n: 64, k: 64}\n")
+    predicted = kt("predict", spec, "--model", model, "--top", "1")
+    assert predicted.exit_code == 0 and "target rtx4070" in " ".join(predicted.stdout.split())
+    tuned = kt("tune", spec, "--model", model, "--budget", "1", "--out", tmp_path / "art", "--db", tmp_path / "t.db",
+               "--backend", "interpret", "--workers", "1", "--quiet")  # fmt: skip
+    assert tuned.exit_code == 0, tuned.stderr
+    text = " ".join(tuned.stdout.split())
+    assert "predicted ms (rtx4070)" in text and "sm_90" not in text and "compiled for sm_89" in text, text
+    assert api.load(tmp_path / "art" / "c").meta["device"]["key"] == RTX4070_PROFILE.key
+
+
 def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file(gpperf, tmp_path):
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--device", gpperf["profile"], "--folds", "3")
     assert result.exit_code == 0, result.stderr

@@ -219,3 +219,42 @@ def test_a_profile_that_would_not_load_back_is_refused_before_minutes_of_calibra
     with pytest.raises(ProfileError, match="name must be a letter or digit"):
         save_profile(dataclasses.replace(H100, name="lab h100"), tmp_path / "p.json")
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_device_too_long_for_a_file_name_inline_json_or_a_profile_object_is_handled_in_one_line(tmp_path):
+    """A device string past the file system's name limit raised a bare OSError ("File name too long") from
+    kt.space and printed it under the CLI naming no field; inline JSON (README's --device NAME|JSON) was taken
+    for a file name; a DeviceProfile made in code was refused the same way; --device AUTO was unknown."""
+    import subprocess
+    import sys
+
+    spec = {"op": "dense", "shape": {"m": 16, "n": 16, "k": 16}}
+    with pytest.raises(
+        kt.DeviceError, match=r"^device: 'yyy.*' is no profile \(File name too long\); allowed: h100"
+    ):
+        kt.space(spec, device="y" * 300)
+    with pytest.raises(kt.SpecError, match=r"^device: 'zzz.*' is no profile file \(File name too long\)$"):
+        kt.space({**spec, "device": "z" * 300 + ".json"})
+    with pytest.raises(
+        kt.DeviceError, match="^device: a profile is read from a .json file, not from the command"
+    ):
+        kt.space(spec, device='{"name": "a100"}')
+    assert kt.space(spec, device=BUILTIN["a100"]).device == BUILTIN["a100"]
+    op = tmp_path / "op.yaml"
+    op.write_text("op: dense\nshape: {m: 16, n: 16, k: 16}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "space", str(op), "--device", "x" * 300 + ".json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (
+        done.returncode == 2
+        and done.stderr.startswith("kt: error: device: 'xxx")
+        and done.stderr.count("\n") == 1
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "space", str(op), "--device", "AUTO"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
