@@ -789,7 +789,7 @@ def _tuned(result, path, replaced: str | None) -> None:
     else:
         out.print(
             f"best: {best.config.key()} · not measured (predicted {_ms(best.predicted_ms)} ms on "
-            f"{result.target.name} by {_model_noun(result.plan.model, figures=True)})",
+            f"{result.target.label} by {_model_noun(result.plan.model, figures=True)})",
             style="yellow",
         )
     for note in result.notes:
@@ -839,7 +839,7 @@ def _results_table(result, top: int) -> None:
     if measured:
         for name in ("ms", "TFLOP/s", "W", "mJ"):
             table.add_column(name, justify="right")
-    table.add_column(f"predicted ms ({result.target.name})", justify="right")
+    table.add_column(f"predicted ms ({result.target.label})", justify="right")
     table.add_column("rel err", justify="right")
     table.add_column("smem KiB", justify="right")
     flops = result.problem.flops
@@ -1039,7 +1039,7 @@ def space(spec, sample, seed, device):
     # the schedule's axes and the op's structure choice (tma, fused, levels, split): what tune.space may name
     every = user_axes(family, space_.problem)
     axes = " x ".join(f"{name} {'|'.join(map(str, values))}" for name, values in every.items())
-    out.print(f"search space of {space_.problem} on {space_.device.name}", style="bold")
+    out.print(f"search space of {space_.problem} on {space_.device.label}", style="bold")
     defaults, required = [], []
     for f in dataclasses.fields(family.config_type):
         if f.name not in every:
@@ -1083,7 +1083,7 @@ def space(spec, sample, seed, device):
         "smem KiB (at most)",
         "acc regs/thread",
         "MMA",
-        f"predicted ms ({space_.device.name})",
+        f"predicted ms ({space_.device.label})",
     )
     for name in columns:
         table.add_column(
@@ -1153,7 +1153,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     else:  # the first round is the whole budget (or space): no refit follows
         first = f"its one round measures {len(plan.chosen)} of a budget of {budget}, all of it, so nothing is refitted"
     out.print(
-        f"model: {plan.model} · target {space_.device.name} · {len(space_.legal)} legal of {space_.total} "
+        f"model: {plan.model} · target {space_.device.label} · {len(space_.legal)} legal of {space_.total} "
         f"configs · {plan.strategy} tune: {first}"
     )
     if plan.model_origin:

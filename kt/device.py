@@ -59,6 +59,19 @@ class DeviceProfile:
         return dataclasses.asdict(self)
 
     @property
+    def smem_limit_text(self) -> str:
+        """The per-program shared-memory limit in words: whole KiB, else bytes (100000 read "97 KiB")."""
+        limit = self.smem_per_block
+        return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+    @property
+    def label(self) -> str:
+        """The name to show: the key where a calibrated profile bears a built-in's name (an A100 profile named
+        h100 showed as "h100" in every heading, "h100 is sm_80" among them), else the name."""
+        builtin = BUILTIN.get(self.name)
+        return self.key if builtin is not None and builtin != self else self.name
+
+    @property
     def key(self) -> str:
         """The name for a built-in profile, else the name plus a hash of every field (calibrated ones differ)."""
         if BUILTIN.get(self.name) == self:

@@ -258,3 +258,19 @@ def test_a_device_too_long_for_a_file_name_inline_json_or_a_profile_object_is_ha
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_calibrated_profile_with_a_built_in_name_shows_its_key_and_odd_limits_show_in_bytes():
+    """An A100 profile named h100 showed as "h100" in every heading ("TMA kernel: ...; h100 is sm_80"); a limit
+    of 100000 bytes read "shared memory over 97 KiB"."""
+    from kt.codegen.gemm import GemmConfig, illegal_reason
+    from kt.ir.problems import GemmProblem
+
+    renamed = dataclasses.replace(BUILTIN["a100"], name="h100")
+    assert renamed.label == renamed.key != "h100" and BUILTIN["h100"].label == "h100"
+    problem = GemmProblem(m=256, n=256, k=256, dtype="float16")
+    tma = GemmConfig(64, 64, 32, 8, 4, 3, 1, 1)
+    assert illegal_reason(problem, tma, renamed).endswith(f"; {renamed.key} is sm_80")
+    small = dataclasses.replace(BUILTIN["h100"], smem_per_block=100000)
+    big = GemmConfig(256, 256, 128, 8, 8, 5, 1, 0)
+    assert illegal_reason(problem, big, small) == "shared memory over 100000 bytes"

@@ -243,7 +243,7 @@ def illegal_reason(
             return f"a launch grid over CUDA's {MAX_GRID_YZ} programs on its y or z axis"
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
-        return f"shared memory over {device.smem_per_block // 1024} KiB"
+        return f"shared memory over {device.smem_limit_text}"
     # A complex launch that takes several blocks in one flattened loop keeps its four operand tiles live
     # across the loop: sm_90 builds with K steps of 128 spilled at all 255 registers (FFT fp16
     # b64n64k128g4w4s3), as the batched 3D dots it replaced did with K steps over 32.

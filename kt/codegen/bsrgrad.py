@@ -79,7 +79,7 @@ def illegal_reason(problem: BsrGradProblem, config: BsrGradConfig, device: Devic
         return "more splits than steps"
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
-        return f"shared memory over {device.smem_per_block // 1024} KiB"
+        return f"shared memory over {device.smem_limit_text}"
     return accumulator_reason(acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k)
 
 

@@ -369,13 +369,13 @@ def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfi
     """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
     if config.tma:
         if device.compute_capability < 90:  # tensor descriptors then compile to plain loads: no TMA, no wgmma
-            return f"TMA kernel: Hopper (sm_90) or newer; {device.name} is sm_{device.compute_capability}"
+            return f"TMA kernel: Hopper (sm_90) or newer; {device.label} is sm_{device.compute_capability}"
         reason = tma_reason(problem, config)
         if reason:
             return reason
     smem = built_shared_memory(problem, config, device)
     if smem > device.smem_per_block:
-        return f"shared memory over {device.smem_per_block // 1024} KiB"
+        return f"shared memory over {device.smem_limit_text}"
     acc = accumulator_registers(config, device.warp_size)
     too_many = accumulator_reason(
         acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k, two_warp_k=False

@@ -268,7 +268,7 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
         return f"a launch grid over CUDA's {MAX_GRID_X} programs on its x axis"
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
-        return f"shared memory over {device.smem_per_block // 1024} KiB"
+        return f"shared memory over {device.smem_limit_text}"
     fused_chain = config.fused and isinstance(problem, ChainProblem)  # two dots: its own accumulator count
     return accumulator_reason(
         acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k
