@@ -305,6 +305,13 @@ def _run(out, minutes, smoke, budget, db, workers, progress, command, only) -> B
         never = [part for part, info in result.parts.items() if info["status"] == "not run"]
         _say(settings, f"interrupted during {result.interrupted}; never ran: {', '.join(never) or 'none'}")
         raise
+    except Exception as exc:  # the workers did not start (the parts record their own failures): the report
+        # said "parts: " over empty tables
+        for part, _ in parts:
+            result.parts.setdefault(
+                part, {"seconds": 0.0, "status": "not run", "note": f"the workers failed: {one_line(exc)}"}
+            )
+        raise
     finally:
         reporter.stop()
         _write_outputs(result, settings)

@@ -288,20 +288,21 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
     key = str(name_or_path)
     if key.lower() in BUILTIN:
         return BUILTIN[key.lower()]
-    if key.lstrip().startswith("{"):  # a profile written inline: its text was taken for a file's name
+    path = Path(key)
+    try:
+        folder, there = path.is_dir(), path.exists()
+    except OSError as exc:  # a name past the file system's limit (ENAMETOOLONG): a bare OSError in Python
+        folder, there, why = False, False, exc.strerror
+    else:
+        why = None
+    if key.lstrip().startswith("{") and not there:  # a profile written inline: taken for a file's name
         raise ProfileError(
             "a profile is read from a .json file, not from the command line: write the JSON to gpu.json and "
             "give gpu.json"
         )
-    path = Path(key)
-    try:
-        folder, there = path.is_dir(), path.exists()
-    except (
-        OSError
-    ) as exc:  # a name past the file system's limit (ENAMETOOLONG): an OSError traceback in Python
-        raise ProfileError(
-            f"{shown(key)} is no profile ({exc.strerror}); allowed: {', '.join(BUILTIN)} or a profile .json file"
-        ) from None
+    if why is not None:
+        allowed = f"{', '.join(BUILTIN)} or a profile .json file"
+        raise ProfileError(f"{shown(key)} is no profile ({why}); allowed: {allowed}")
     if key == "" or folder:  # Path("") is ".", a folder that exists
         raise ProfileError(
             f"{key!r} is {'empty' if key == '' else 'a folder'}; give {', '.join(BUILTIN)} or a profile .json file"

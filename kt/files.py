@@ -263,12 +263,17 @@ def atomic_write(
 
 
 STALE_TEMPORARY_S = 3600.0  # a temporary file this old beside its file is a dead writer's (a kill -9)
+_SWEPT: set[Path] = set()  # the folders where this process looked for dead writers' temporaries
 
 
 def _sweep_temporaries(path: Path) -> None:
     """Remove the temporary files that writers of `path` killed mid-write left beside it (mkstemp's names:
     `.<name>.` and eight characters, `.tmp`), once an hour old: each stayed for good (60 MB for a model
-    cache's pickle). A live writer's is minutes old at most; one of another file's name is never matched."""
+    cache's pickle). A live writer's is minutes old at most; one of another file's name is never matched. Once
+    per folder and process: the first file written there (a model cache's pickle, an export) is swept."""
+    if path.parent in _SWEPT:  # once per folder and process: a scan of a kernel cache's thousands of files on
+        return  # every write made each write sixty times slower
+    _SWEPT.add(path.parent)
     pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
     try:
         with os.scandir(path.parent) as entries:

@@ -637,6 +637,14 @@ def test_a_bench_stopped_as_its_workers_start_writes_the_report_it_says_it_wrote
         header = next(csv.reader(handle))
     assert {"part", "gpu_run", "device", "date", "case", "dtype", "command"} <= set(header)
 
+    def broken(settings):  # not a Ctrl-C: the report said "parts: " over empty tables
+        raise OSError("no workers")
+
+    monkeypatch.setattr(bench, "_runner", broken)
+    with pytest.raises(OSError):
+        bench.run_bench(out, smoke=True, progress=False)
+    assert "- parts: smoke not run, tunes not run, collect not run" in (out / "report.md").read_text()
+
 
 def test_two_benches_into_one_folder_are_refused_and_a_dead_ones_lock_is_not(tmp_path):
     """Two runs into one --out garbled bench.log (both opened it to write) and left one run's report under the

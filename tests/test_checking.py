@@ -114,6 +114,10 @@ def test_atomic_write_removes_temporaries_that_killed_writers_of_the_file_left_a
     os.utime(other, (hours_ago, hours_ago))
     atomic_write(path, lambda handle: handle.write("new\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.csv", fresh.name, other.name])
+    # once per folder and process: a kernel cache's thousands of files were scanned on every write
+    os.utime(fresh, (hours_ago, hours_ago))
+    atomic_write(path, lambda handle: handle.write("again\n"))
+    assert fresh.exists()
 
 
 def test_a_write_that_fails_for_want_of_space_names_the_users_file(tmp_path):

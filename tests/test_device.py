@@ -240,6 +240,12 @@ def test_a_device_too_long_for_a_file_name_inline_json_or_a_profile_object_is_ha
     ):
         kt.space(spec, device='{"name": "a100"}')
     assert kt.space(spec, device=BUILTIN["a100"]).device == BUILTIN["a100"]
+    braced = tmp_path / "{lab}.json"  # a real file whose name starts with a brace is no inline JSON
+    save_profile(BUILTIN["a100"], braced)
+    assert get_profile(str(braced)) == BUILTIN["a100"]
+    from kt.autotune.inspection import _profile
+
+    assert _profile("AUTO") is None and _profile("auto") is None  # "AUTO" took h100 without a GPU
     op = tmp_path / "op.yaml"
     op.write_text("op: dense\nshape: {m: 16, n: 16, k: 16}\n")
     done = subprocess.run(

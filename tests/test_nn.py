@@ -1580,7 +1580,7 @@ def test_an_exported_as_op_program_loaded_in_another_process_runs_its_own_op(tmp
     with caplog.at_level(logging.WARNING, logger="kt.nn"):
         y = program(x)
     assert rel(y, kt.reference(spec)(x, weights["w1"], weights["w2"])) < 1e-4
-    assert "an op pinned to a kernel (kt.build's, by as_op()) that this process did not make" in caplog.text
+    assert "an op pinned to a kernel (kt.build's, by as_op()) that this process does not hold" in caplog.text
 
 
 def test_a_meta_json_edited_to_the_transposed_op_is_refused(artifacts, tmp_path):

@@ -1861,3 +1861,21 @@ def test_importing_kt_nn_leaves_torch_dynamo_unimported_and_op_text_marked_const
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_forked_child_names_its_pins_apart_from_its_parents():
+    """The pins' random prefix was drawn at import: a forked child continued the parent's prefix and counter,
+    so parent and child named two kernels alike (a program exported in one ran the other's kernel)."""
+    import types
+
+    made = types.SimpleNamespace(where="kt.build", kernel=None)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, selection.pin(made).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    parent = selection.pin(made)
+    assert child.split(".")[0] != parent.split(".")[0], (child, parent)
+    selection._PINNED.pop(parent)

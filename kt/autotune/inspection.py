@@ -135,7 +135,7 @@ def _profile(name: str | None, explicit: bool = False) -> DeviceProfile | None:
     data cannot be had here (a calibrated profile's file on another machine). A name the user gave must resolve."""
     from kt.api import resolve_profile
 
-    if not name or name == "auto":
+    if not name or name.lower() == "auto":  # as resolve_profile reads it ("AUTO" took h100 there)
         return None
     try:
         return resolve_profile(name)

@@ -217,6 +217,15 @@ _PIN_NUMBERS = itertools.count()  # next() is atomic: two threads pinning at onc
 # this process's pins' prefix: a program saved by torch.export carries its op's pin into another process, whose
 # own counter started at 0 too, so "0:kt.build" named that process's first pinned kernel (another op's)
 _PIN_PROCESS = uuid.uuid4().hex[:12]
+
+
+def _new_pin_prefix() -> None:
+    """A forked child's own prefix: it continued the parent's, counter and all, so both named two kernels alike."""
+    global _PIN_PROCESS
+    _PIN_PROCESS = uuid.uuid4().hex[:12]
+
+
+os.register_at_fork(after_in_child=_new_pin_prefix)
 _FOREIGN_PINS: set[str] = set()  # pins of other processes already warned about (each once)
 
 
@@ -280,17 +289,18 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     """The kernel for the op `op_text` (JSON of an op.yaml mapping without its batch) at `rows` rows."""
     op = parsed_op(op_text)
     torch_path = device.type == "cpu" and not interpreting()
-    if "pin" in op and op["pin"] not in _PINNED and op["pin"] not in _EXACT:
-        # a pin of another process (a program torch.export saved there), or whose kernel was dropped: the op
-        # in its own words still says what to compute, so its kernel is selected as a layer's is
-        _foreign_pin(op["pin"])
-        op = {key: value for key, value in op.items() if key != "pin"}
-        op_text = json.dumps(op, sort_keys=True, separators=(",", ":"))
     if "pin" in op:  # a kernel the user loaded (kt.nn.functional.kernel_op)
-        exact = _EXACT.get(op["pin"])
+        exact = _EXACT.get(op["pin"])  # read once: a weak value may go between a test and a read
         if exact is not None:
             return exact
-        pinned = _PINNED[op["pin"]]
+        pinned = _PINNED.get(op["pin"])
+        if pinned is None:
+            # a pin of another process (a program torch.export saved there), or whose kernel was dropped: the
+            # op in its own words still says what to compute, so its kernel is selected as a layer's is
+            _foreign_pin(op["pin"])
+            op = {key: value for key, value in op.items() if key != "pin"}
+            op_text = json.dumps(op, sort_keys=True, separators=(",", ":"))
+    if "pin" in op:
         if not torch_path or pinned.kernel.pytorch:
             return pinned.kernel
         if op["pin"] not in _PINNED_CPU:
@@ -323,9 +333,9 @@ def _foreign_pin(name: str) -> None:
     _FOREIGN_PINS.add(name)
     where = name.partition(":")[2]
     log.warning(
-        "an op pinned to a kernel (%s's, by as_op()) that this process did not make (a program saved by "
-        "torch.export in another process, say): its kernel is selected as a kt.nn layer's is; call as_op() on a "
-        "kernel loaded here to run that one",
+        "an op pinned to a kernel (%s's, by as_op()) that this process does not hold (a program saved by "
+        "torch.export in another process, or a kernel since dropped): its kernel is selected as a kt.nn layer's "
+        "is; call as_op() on a kernel loaded here to run that one",
         where,
     )
 
