@@ -64,6 +64,20 @@ def test_crash_hang_wrong_and_broken_candidates_are_recorded_and_good_ones_still
     assert results[id(candidates[0])].values["rel_err"] < 2e-3
 
 
+def test_a_candidate_whose_cache_file_was_deleted_under_the_run_is_written_again_not_a_crash(tmp_path):
+    """`kernels/` of kt's cache deleted while a tune ran (the README: safe to delete): every candidate was
+    stored as a crash (FileNotFoundError), which later tunes skipped for good. A candidate carries its source,
+    and the worker writes it again."""
+    from kt.autotune.tune import generated_candidate
+
+    candidate = generated_candidate(PROBLEM, GOOD)
+    Path(candidate.source_path).unlink()
+    runner = InterpretRunner(H100, workers=1, timeout_s=60, compile_target=False)
+    (result,) = runner.run([candidate])
+    assert result.status == "ok", result.message
+    assert Path(candidate.source_path).read_text() == candidate.source
+
+
 def test_a_retry_joins_the_run_in_place_of_a_candidate_that_ends_at_its_first_stage():
     """`Runner.run(..., retry=)`: a candidate ending at its first stage (here a source that does not compile)
     is offered to `retry`, whose candidate joins the same run and yields its own result. Without a compile

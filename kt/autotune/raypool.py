@@ -408,6 +408,6 @@ def _cpu_share(ray, actors: int) -> float:
 def _portable(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload with the generated module's text instead of a path on this machine."""
     path = payload.get("source_path")
-    if path is None:
+    if path is None or payload.get("source") is not None:  # a candidate's payload carries its text
         return payload
     return {**payload, "source": Path(path).read_text()}

@@ -46,6 +46,9 @@ class Candidate:
     predicted_ms: float | None = None
     # the reduced problems the interpreter checks (default: the family's for this config)
     checks: list[Problem] | None = None
+    # the module's text: a worker writes it again where the cache's file is gone (kernels/ may be deleted while
+    # a tune runs; every candidate was stored as a crash that no later tune retried)
+    source: str | None = None
 
 
 @dataclass
@@ -70,6 +73,7 @@ def compile_payload(candidate: Candidate, arch: int, smem_limit: int) -> dict[st
     return {
         "family": problem.family,
         "source_path": candidate.source_path,
+        "source": candidate.source,
         "problem": problem.to_dict(),
         "arch": arch,
         "smem_limit": smem_limit,
@@ -281,6 +285,7 @@ class InterpretRunner(Runner):
         return {
             "family": problem.family,
             "source_path": candidate.source_path,
+            "source": candidate.source,
             "problems": [p.to_dict() for p in small],
             "device": "cpu",
             "seed": self.seed,
@@ -334,6 +339,7 @@ class MeasureRunner(Runner):
         return {
             "family": problem.family,
             "source_path": candidate.source_path,
+            "source": candidate.source,
             "problem": problem.to_dict(),
             "seed": self.seed,
             "timing": asdict(self.timing),

@@ -1204,13 +1204,14 @@ def generated_candidate(
 ) -> Candidate:
     """A generated kernel of `problem` with `config` as a runner's candidate (its source in kt's cache)."""
     source = family_for(problem).render(problem, config, kt_version=software_versions()["kt"], **render)
-    return Candidate(problem, config, str(write_source(source)), predicted_ms)
+    return Candidate(problem, config, str(write_source(source)), predicted_ms, source=source)
 
 
 def pytorch_candidate(problem: Problem, checks: list[Problem] | None = None, **render: str) -> Candidate:
     """Candidate zero of `problem`: PyTorch's own path (kt.codegen.baseline) as a runner's candidate."""
     source = render_baseline(problem, kt_version=software_versions()["kt"], **render)
-    return Candidate(problem, PyTorchPath(baseline_impl(problem)), str(write_source(source)), None, checks)
+    path = str(write_source(source))
+    return Candidate(problem, PyTorchPath(baseline_impl(problem)), path, None, checks, source=source)
 
 
 def measurement_row(

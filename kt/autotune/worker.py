@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from kt.errors import one_line
@@ -89,10 +90,20 @@ def run_task(kind: str, payload: dict[str, Any]) -> Reply:
 def _load(payload: dict[str, Any], interpret: bool):
     from kt.codegen.emit import import_kernel_file
 
-    try:
-        return import_kernel_file(payload["source_path"], interpret=interpret)
-    except SyntaxError as exc:
-        raise _Compile(exc) from exc
+    path, source = Path(payload["source_path"]), payload.get("source")
+    for attempt in range(3):
+        if source is not None and not path.exists():  # the cache's kernels/ deleted under a running tune
+            from kt.files import atomic_write_text
+
+            atomic_write_text(path, source)
+        try:
+            return import_kernel_file(path, interpret=interpret)
+        except SyntaxError as exc:
+            raise _Compile(exc) from exc
+        except FileNotFoundError:  # gone again between the write and the import
+            if source is None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _problem(payload: dict[str, Any]):
