@@ -105,14 +105,8 @@ class Kernel:
 
 
 def _rebuild(source: str, spec, config, meta: dict[str, Any], path: Path | None) -> Kernel:
-    """A pickled Kernel: its module imported from `source` through kt's kernel cache (`load_source`), or, where
-    that cannot be written (a read-only home), from a file of a temporary folder (`import_kernel_file`)."""
-    from kt.codegen.emit import import_kernel_file, load_source, write_source
+    """A pickled Kernel: its module imported from `source` through kt's kernel cache (`load_source`, which takes
+    a temporary folder where the cache cannot be written: a read-only home)."""
+    from kt.codegen.emit import load_source
 
-    try:
-        module = load_source(source)
-    except OSError:
-        import tempfile
-
-        module = import_kernel_file(write_source(source, Path(tempfile.mkdtemp(prefix="kt-kernel-"))))
-    return Kernel(module, spec, config, meta, path)
+    return Kernel(load_source(source), spec, config, meta, path)

@@ -1879,3 +1879,30 @@ def test_a_forked_child_names_its_pins_apart_from_its_parents():
     parent = selection.pin(made)
     assert child.split(".")[0] != parent.split(".")[0], (child, parent)
     selection._PINNED.pop(parent)
+
+
+def test_layers_and_build_run_where_kts_cache_cannot_be_written_and_leave_no_folder(tmp_path):
+    """A read-only cache (here: a path under a file, which root cannot write either): kt.load fell back to a
+    temporary file, but kt.nn's layers and kt.build failed with a 20-frame OSError traceback, and each
+    unpickled kernel left a /tmp/kt-kernel-* folder of its own."""
+    (tmp_path / "file").write_text("")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    script = (
+        "import pickle, torch, kt, kt.nn\n"
+        "layer = kt.nn.DenseLinear(8, 4)\n"
+        "x = torch.randn(3, 8)\n"
+        "assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)\n"
+        "spec = {'op': 'dense', 'dtype': 'float32', 'shape': {'m': 5, 'n': 6, 'k': 7}}\n"
+        "kernel = kt.build(spec, device='h100')\n"
+        "a, b = kt.random_args(spec, device='cpu')\n"
+        "for k in (kernel, pickle.loads(pickle.dumps(kernel)), pickle.loads(pickle.dumps(kernel))):\n"
+        "    assert torch.allclose(k(a, b), a @ b, atol=1e-4)\n"
+    )
+    env = {**os.environ, "KT_CACHE_DIR": str(tmp_path / "file" / "cache"), "TMPDIR": str(temporary)}
+    env.pop("KT_INTERPRET", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("kt-kernel-")] == []  # removed at exit

@@ -111,5 +111,22 @@ def import_kernel_file(
         return module
 
 
+_FALLBACK: list[Path] = []  # this process's folder for sources kt's cache cannot take (removed at exit)
+
+
 def load_source(source: str, interpret: bool | None = None) -> ModuleType:
-    return import_kernel_file(write_source(source), interpret)
+    """The module of `source`, imported from its file in kt's kernel cache; where that cannot be written (a
+    read-only home or cache), from one temporary folder of this process, removed at its exit: kt.nn's layers
+    and kt.build failed there with a traceback, and each unpickled kernel left a folder of its own in /tmp."""
+    try:
+        path = write_source(source)
+    except OSError:
+        if not _FALLBACK:
+            import atexit
+            import shutil
+            import tempfile
+
+            _FALLBACK.append(Path(tempfile.mkdtemp(prefix="kt-kernel-")))
+            atexit.register(shutil.rmtree, _FALLBACK[0], True)
+        path = write_source(source, _FALLBACK[0])
+    return import_kernel_file(path, interpret)
