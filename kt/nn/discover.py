@@ -7,8 +7,9 @@ or the `input=` / `x=` keyword) gives its rows (all leading dims), rounded up to
 Only forward ops are found: a training model's backward kernels (a Monarch's transpose, the weight gradients)
 are what `kt.nn.selections().write_yaml()` adds after a training step. An nn.Linear becomes a dense op with
 its weight as B stored transposed (`layout: {a: row, b: col}`, what `F.linear` multiplies by), a kt.nn layer its
-own op. torch runs an nn.Linear, so its artifact serves a kt.nn.DenseLinear made from it (the CLI says so). Ops with equal math (the same op, shape and bucket: a repeated block, say) are tuned once, under the
-first module's name. A module kt cannot tune (an nn.Linear in float64, say) is listed with why.
+own op. torch runs an nn.Linear, so its artifact serves a kt.nn.DenseLinear made from it (the CLI says so).
+Ops with equal math (the same op, shape and bucket: a repeated block, say) are tuned once, under the first
+module's name. A module kt cannot tune (an nn.Linear in float64, say) is listed with why.
 """
 
 from __future__ import annotations

@@ -798,10 +798,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor
     (a weight gradient), so the op names K's bucket, not K, and a new batch size reuses its bucket's kernel."""
     from kt.nn.selection import bucket
 
-    if (
-        a.shape[-1] == 0 or b.shape[-1] == 0
-    ):  # a kernel called with K or N of 0 (its product is zeros or empty):
-        # no kt op has a size of 0, and its backward failed naming an op's shape.n the user never wrote
+    # a kernel called with K or N of 0 (its product is zeros or empty): no kt op has a size of 0, and its
+    # backward failed naming an op's shape.n the user never wrote
+    if a.shape[-1] == 0 or b.shape[-1] == 0:
         return torch.matmul(a, b)
     k = bucket(a.shape[-1]) if deep else a.shape[-1]
     batch = a.shape[0] if a.dim() == 3 else b.shape[0] if b.dim() == 3 else None  # a batch of block products

@@ -294,18 +294,17 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         if exact is not None:
             return exact
         pinned = _PINNED.get(op["pin"])
-        if pinned is None:
-            # a pin of another process (a program torch.export saved there), or whose kernel was dropped: the
-            # op in its own words still says what to compute, so its kernel is selected as a layer's is
-            _foreign_pin(op["pin"])
-            op = {key: value for key, value in op.items() if key != "pin"}
-            op_text = json.dumps(op, sort_keys=True, separators=(",", ":"))
-    if "pin" in op:
-        if not torch_path or pinned.kernel.pytorch:
-            return pinned.kernel
-        if op["pin"] not in _PINNED_CPU:
-            _PINNED_CPU[op["pin"]] = _pytorch_kernel(pinned.spec)
-        return _PINNED_CPU[op["pin"]]
+        if pinned is not None:
+            if not torch_path or pinned.kernel.pytorch:
+                return pinned.kernel
+            if op["pin"] not in _PINNED_CPU:
+                _PINNED_CPU[op["pin"]] = _pytorch_kernel(pinned.spec)
+            return _PINNED_CPU[op["pin"]]
+        # a pin of another process (a program torch.export saved there), or whose kernel was dropped: the op in
+        # its own words still says what to compute, so its kernel is selected as a layer's is
+        _foreign_pin(op["pin"])
+        op = {key: value for key, value in op.items() if key != "pin"}
+        op_text = json.dumps(op, sort_keys=True, separators=(",", ":"))  # kt.nn.functional.op_text's form
     key = (op_text, bucket(rows), device.type, device.index, torch_path)
     selected = _SELECTED.get(key)
     if selected is None or key in _STALE:
