@@ -514,8 +514,8 @@ def _check_meta(meta: dict[str, Any], damaged: str) -> None:
 
 
 def _check_built_for(meta: dict[str, Any], spec, module, damaged: str) -> None:
-    """meta.json's spec and problem are what kernel.py was built for: its dtype and transpose, and the problem the spec makes
-    (kt.nn picks an artifact by its problem; an edited one picked a kernel of another shape)."""
+    """meta.json's spec and problem are what kernel.py was built for: its dtype and transpose, and the problem
+    the spec makes (kt.nn picks an artifact by its problem; an edited one picked a kernel of another shape)."""
     import torch
 
     from kt.ir import op_from_spec
@@ -646,10 +646,8 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         raise ArtifactError(
             f"{path / 'kernel.py'} failed to import: {one_line(exc)}; re-run `kt tune`"
         ) from None
-    if not callable(
-        getattr(module, "kernel", None)
-    ):  # an edit or a cut-off file: its first call failed, naming
-        # kt's cache module and not the artifact's file
+    # an edit or a cut-off file: its first call failed, naming kt's cache module and not the artifact's file
+    if not callable(getattr(module, "kernel", None)):
         raise ArtifactError(
             f"{path / 'kernel.py'} defines no kernel() function (edited or damaged); re-run `kt tune`"
         )

@@ -91,7 +91,8 @@ def _load(payload: dict[str, Any], interpret: bool):
     from kt.codegen.emit import import_kernel_file
 
     path, source = Path(payload["source_path"]), payload.get("source")
-    for attempt in range(3):
+    tries = 0
+    while True:
         if source is not None and not path.exists():  # the cache's kernels/ deleted under a running tune
             from kt.files import atomic_write_text
 
@@ -101,9 +102,9 @@ def _load(payload: dict[str, Any], interpret: bool):
         except SyntaxError as exc:
             raise _Compile(exc) from exc
         except FileNotFoundError:  # gone again between the write and the import
-            if source is None or attempt == 2:
+            tries += 1
+            if source is None or tries == 3:
                 raise
-    raise AssertionError("unreachable")
 
 
 def _problem(payload: dict[str, Any]):
