@@ -966,10 +966,12 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
     if not path.is_absolute() and source is not None:
         path = Path(source).parent / path  # relative to the op.yaml, as a reader of the file expects
     path = path.absolute()  # so the spec means the same file from any directory (artifacts store it)
-    try:
-        folder, there = path.is_dir(), path.is_file()
-    except OSError as exc:  # a name past the file system's limit: "File name too long", naming no field
-        raise SpecError("device", f"{shown(value)} is no profile file ({exc.strerror})") from None
+    folder = there = False
+    if check_files:  # (an artifact's spec names a file of the machine that tuned it: not looked at)
+        try:
+            folder, there = path.is_dir(), path.is_file()
+        except OSError as exc:  # a name past the file system's limit: "File name too long", naming no field
+            raise SpecError("device", f"{shown(value)} is no profile file ({exc.strerror})") from None
     if check_files and folder:
         raise SpecError(
             "device", f"profile file {str(path)!r} is a folder; give the profile .json file in it"
