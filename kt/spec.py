@@ -688,19 +688,21 @@ def _sparsity(
             mask_file = file_path
         else:
             prune_file = file_path
-        if Path(file_path).is_file():
+        if not check_files and "layout" in value:
+            # a spec read back from an artifact: its layout is the pattern its kernel was built for, whether the
+            # file is gone or was changed since (an edited mask.npy called the intact meta.json "damaged")
+            layout_only = True
+        elif Path(file_path).is_file():
             if kind == "mask":
                 mask = _read_mask(file_path, f"{path}.mask", grid)
             else:
                 weight = _read_weight(file_path, f"{path}.prune", (shape.out_features, shape.in_features))
                 mask = patterns.prune_mask(weight, block, density)
-        elif Path(file_path).is_dir() and (check_files or "layout" not in value):
+        elif Path(file_path).is_dir():
             what = "mask (.npy)" if kind == "mask" else "weight (.pt)"
             raise SpecError(f"{path}.{kind}", f"{file_path!r} is a folder; give the {what} file in it")
-        elif check_files or "layout" not in value:
-            raise SpecError(f"{path}.{kind}", f"file {file_path!r} not found")
         else:
-            layout_only = True  # a spec read back from an artifact made where the file was
+            raise SpecError(f"{path}.{kind}", f"file {file_path!r} not found")
     if "layout" in value:
         try:
             stored = patterns.hex_to_mask(value["layout"], grid) if isinstance(value["layout"], str) else None

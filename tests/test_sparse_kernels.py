@@ -718,6 +718,28 @@ def test_spec_errors_name_the_field_in_one_line(tmp_path, data, field, words):
     assert "\n" not in str(info.value)
 
 
+def test_an_artifacts_spec_keeps_its_layout_when_its_mask_file_changed_since_the_tune(tmp_path):
+    """A spec read back from an artifact (files not checked) named the mask file it was tuned from: once that file
+    was edited, kt.load called the intact meta.json "damaged ... does not match the pattern that mask gives;
+    remove it"; once it was moved, it loaded. The stored layout is what the kernel was built for, either way."""
+    mask = np.eye(4, dtype=np.int64)
+    np.save(tmp_path / "mask.npy", mask)
+    data = {
+        "op": "blocksparse",
+        "shape": {"batch": 8, "in": 64, "out": 64},
+        "sparsity": {"block": [16, 16], "mask": "mask.npy"},
+    }
+    tuned = parse_spec(data, source=str(tmp_path / "op.yaml"))
+    stored = {
+        **data,
+        "sparsity": {**data["sparsity"], "mask": tuned.sparsity.mask, "layout": tuned.sparsity.layout},
+    }
+    np.save(tmp_path / "mask.npy", np.ones((4, 4), dtype=np.int64))  # edited since
+    assert parse_spec(stored, check_files=False).sparsity.layout == tuned.sparsity.layout
+    with pytest.raises(SpecError, match="sparsity.layout: does not match the pattern that mask gives"):
+        parse_spec(stored)  # an op.yaml whose file and layout disagree is still refused
+
+
 def test_mask_and_prune_files_are_read_relative_to_the_op_yaml(tmp_path):
     mask = np.zeros((6, 4), dtype=np.int8)  # 0/1 integers are a mask too
     mask[[0, 2, 5], [1, 3, 0]] = 1
