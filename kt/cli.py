@@ -1275,14 +1275,8 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             "(`kt collect` on a GPU, then `kt costmodel fit`); W and mJ need it",
             style="yellow",
         )
-        asked = [plan.objective] if plan.objective != "time" else []
-        asked += ["the power cap"] if plan.power_cap_w is not None else []
-        if asked:
-            out.print(
-                f"note: so the ranking is by predicted time; {' and '.join(asked)} "
-                f"{'apply' if len(asked) > 1 else 'applies'} only to measured configs",
-                style="yellow",
-            )
+        if plan.unapplied:
+            out.print(f"note: so {plan.unapplied}", style="yellow")
 
 
 @main.command()

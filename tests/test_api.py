@@ -281,6 +281,19 @@ def test_result_objects_compare_print_short_and_take_checked_arguments(tmp_path)
         kt.tune(3)
 
 
+def test_a_plan_says_what_its_ranking_cannot_apply_without_predicted_power():
+    """kt predict noted that energy and a power cap apply only to measured configs; kt.plan said nothing, and a
+    tune's first line named the objective only."""
+    plan = kt.plan(SPEC, budget=2, objective="energy", power_cap_w=300, model="analytic")
+    assert plan.unapplied == (
+        "the ranking is by predicted time; energy and the power cap apply only to measured configs"
+    )
+    assert kt.plan(SPEC, budget=2, power_cap_w=300, model="analytic").unapplied.endswith(
+        "; the power cap applies only to measured configs"
+    )
+    assert kt.plan(SPEC, budget=2, model="analytic").unapplied is None
+
+
 def test_plan_names_an_unsupported_objective_as_a_spec_error():
     """An unknown objective is the caller's mistake in one line (SpecError), as op.yaml's tune.objective."""
     with pytest.raises(kt.SpecError, match="objective: 'speed' is not supported; allowed: time, energy, edp"):

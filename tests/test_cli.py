@@ -426,7 +426,7 @@ def test_an_energy_tune_says_its_model_ranks_by_time(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "on predicted time (it predicts no power, so energy counts only where measured)" in done.stderr
+    assert "(the ranking is by predicted time; energy applies only to measured configs)" in done.stderr
 
 
 def test_devices_lists_the_builtin_profiles():

@@ -118,6 +118,21 @@ class Plan:
         )
 
     @property
+    def unapplied(self) -> str | None:
+        """What the ranking cannot apply, in words, or None: without predicted power, an energy or edp objective
+        and a power cap count only where measured (`kt predict`'s note; a tune's first line said so of the
+        objective, not of the cap, and kt.plan of neither)."""
+        if self.prediction.power_w is not None:
+            return None
+        asked = ([self.objective] if self.objective != "time" else []) + (
+            ["the power cap"] if self.power_cap_w is not None else []
+        )
+        if not asked:
+            return None
+        verb = "apply" if len(asked) > 1 else "applies"
+        return f"the ranking is by predicted time; {' and '.join(asked)} {verb} only to measured configs"
+
+    @property
     def baseline_ratio(self) -> float | None:
         """The predicted PyTorch time over the best predicted config's (> 1: kt predicted faster); None
         without a baseline prediction."""
@@ -1042,13 +1057,13 @@ class _Tuner:
             reporter = TuneProgress(progress, self.runner.measures_time)
         verb = "measuring" if self.runner.measures_time else "checking"
         ranked = f"first ranked by {model_noun(self.plan.model)}"
-        if self.plan.objective != "time" and self.plan.prediction.power_w is None:
-            ranked += f" on predicted time (it predicts no power, so {self.plan.objective} counts only where measured)"
+        if self.plan.unapplied:  # it predicts no power
+            ranked += f" ({self.plan.unapplied})"
         reporter.start(
             total,
             min(len(known), total),
             f"{self.runner.name} on {self.runner.device}",
-            summary=f"target {self.profile.name} · space: {self.plan.space.total} configs, "
+            summary=f"target {self.profile.label} · space: {self.plan.space.total} configs, "
             f"{len(self.plan.space.legal)} legal · {verb} up to {total}: {strategy.description}, {ranked}",
         )
         fresh = 0
