@@ -462,6 +462,13 @@ def gpperf(tmp_path_factory):
     }
 
 
+def fit_model(gpperf, data: str, out: Path) -> Path:
+    """`kt costmodel fit` of the gpperf fixture's `data` ("db": all 12 shapes, "train": 8) for its profile."""
+    fitted = kt("costmodel", "fit", "--data", gpperf[data], "--out", out, "--device", gpperf["profile"])
+    assert fitted.exit_code == 0, fitted.stderr
+    return out
+
+
 def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
     out_path = tmp_path / "m.skops"
     result = kt("costmodel", "fit", "--data", gpperf["db"], "--out", out_path, "--device", gpperf["profile"])
@@ -487,13 +494,7 @@ def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(
     import kt as api
 
     monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
-    model = tmp_path / "m.skops"
-    assert (
-        kt(
-            "costmodel", "fit", "--data", gpperf["db"], "--out", model, "--device", gpperf["profile"]
-        ).exit_code
-        == 0
-    )
+    model = fit_model(gpperf, "db", tmp_path / "m.skops")
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: c\nshape: {m: 64, n: 64, k: 64}\n")
     predicted = kt("predict", spec, "--model", model, "--top", "1")
@@ -527,13 +528,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
         last,
     ), last
 
-    model = tmp_path / "m.skops"
-    assert (
-        kt(
-            "costmodel", "fit", "--data", gpperf["train"], "--out", model, "--device", gpperf["profile"]
-        ).exit_code
-        == 0
-    )
+    model = fit_model(gpperf, "train", tmp_path / "m.skops")
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model)
     assert result.exit_code == 0, result.stderr
     # the model file lists the 8 shapes it was fitted on: only the other 4 are scored
@@ -551,9 +546,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
 
 
 def test_inspect_with_a_model_scores_only_shapes_it_was_not_fitted_on(gpperf, tmp_path):
-    model = tmp_path / "m.skops"
-    fitted = kt("costmodel", "fit", "--data", gpperf["train"], "--out", model, "--device", gpperf["profile"])
-    assert fitted.exit_code == 0, fitted.stderr
+    model = fit_model(gpperf, "train", tmp_path / "m.skops")
     plots = tmp_path / "plots"
     result = kt("inspect", gpperf["db"], "--model", model, "--device", gpperf["profile"], "--plots", plots)
     assert result.exit_code == 0, result.stderr
@@ -761,13 +754,7 @@ def test_predict_refuses_a_missing_or_foreign_model_file_in_one_line(tmp_path):
 
 
 def test_predict_with_a_forest_shows_spread_and_power(gpperf, tmp_path):
-    model = tmp_path / "m.skops"
-    assert (
-        kt(
-            "costmodel", "fit", "--data", gpperf["db"], "--out", model, "--device", gpperf["profile"]
-        ).exit_code
-        == 0
-    )
+    model = fit_model(gpperf, "db", tmp_path / "m.skops")
     result = kt("predict", DENSE, "--top", "3", "--model", model, "--device", gpperf["profile"], "--no-gpu")
     assert result.exit_code == 0, result.stderr
     assert (

@@ -303,8 +303,10 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         # a pin of another process (a program torch.export saved there), or whose kernel was dropped: the op in
         # its own words still says what to compute, so its kernel is selected as a layer's is
         _foreign_pin(op["pin"])
+        from kt.nn.functional import op_text as canonical  # loaded by now: it imports this module
+
         op = {key: value for key, value in op.items() if key != "pin"}
-        op_text = json.dumps(op, sort_keys=True, separators=(",", ":"))  # kt.nn.functional.op_text's form
+        op_text = canonical(op)
     key = (op_text, bucket(rows), device.type, device.index, torch_path)
     selected = _SELECTED.get(key)
     if selected is None or key in _STALE:
