@@ -959,15 +959,17 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
         )
     if value.lower() in BUILTIN_DEVICES:
         return value.lower()
-    if not value.endswith(".json"):
-        raise SpecError(
-            "device",
-            f"unknown device {shown(value)}; allowed: {', '.join(BUILTIN_DEVICES)} or a profile .json",
-        )
     path = Path(value)
     if not path.is_absolute() and source is not None:
         path = Path(source).parent / path  # relative to the op.yaml, as a reader of the file expects
     path = path.absolute()  # so the spec means the same file from any directory (artifacts store it)
+    # A profile file not named .json is taken as `--device` takes it (an artifact's spec stores its absolute path)
+    named = _is_file(path) if check_files else Path(value).is_absolute()
+    if not value.endswith(".json") and not named:
+        raise SpecError(
+            "device",
+            f"unknown device {shown(value)}; allowed: {', '.join(BUILTIN_DEVICES)} or a profile .json",
+        )
     folder = there = False
     if check_files:  # (an artifact's spec names a file of the machine that tuned it: not looked at)
         try:
@@ -983,6 +985,13 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
             "device", f"profile file {str(path)!r} not found (make one with `kt calibrate --out`)"
         )
     return str(path)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name past the file system's limit: refused as an unknown device
+        return False
 
 
 def _check_memory(

@@ -229,6 +229,20 @@ def test_a_profile_path_is_stored_absolute_and_may_be_absent_when_reading_back(t
     assert parse_spec(spec.to_dict(), check_files=False).device == spec.device
 
 
+def test_a_profile_file_not_named_json_is_taken_as_the_command_line_takes_it(tmp_path):
+    """`--device gpu-profile` reads an existing file whatever its name; op.yaml's `device:` refused it as an
+    unknown device. A name that is no file is still refused, and an artifact's stored path reads back."""
+    (tmp_path / "gpu-profile").write_text("{}")
+    spec = load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 1, k: 1}\ndevice: gpu-profile\n"))
+    assert spec.device == str(tmp_path / "gpu-profile")
+    (tmp_path / "gpu-profile").unlink()
+    assert parse_spec(spec.to_dict(), check_files=False).device == spec.device
+    with pytest.raises(SpecError, match=r"^device: unknown device '.*gpu-profile'; allowed: auto, h100"):
+        parse_spec(spec.to_dict())
+    with pytest.raises(SpecError, match=r"^device: unknown device 'h300'"):
+        parse_spec({**VALID, "device": "h300"}, check_files=False)
+
+
 def test_a_file_of_several_ops_gives_one_spec_each_named_apart(tmp_path):
     from kt.spec import load_specs, parse_specs
 
