@@ -9,7 +9,7 @@ kernel = kt.load("artifacts/name")
 
 __version__ = "0.1.0"
 
-from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, SpecError  # noqa: E402, F401
+from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError, SpecError  # noqa: E402, F401
 
 # The rest loads on first use (PEP 562), so `import kt` and the CLI's --help pay for torch and scikit-learn only
 # when a command needs them.
@@ -53,4 +53,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted(["ArtifactError", "DatabaseError", "DeviceError", "KtError", "SpecError", *_LAZY])
+__all__ = sorted(
+    ["ArtifactError", "DatabaseError", "DeviceError", "KtError", "ModelError", "SpecError", *_LAZY]
+)

@@ -22,6 +22,7 @@ from kt.codegen.baseline import baseline_kernel
 from kt.codegen.restrict import illegal_config, restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
 from kt.errors import DeviceError, KtError, SpecError, counted, one_line
+from kt.files import ranking_model
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
 from kt.spec import (
@@ -118,6 +119,7 @@ def plan(
     `measures_time`: whether a GPU would time the candidates (default: whether this machine has one).
     """
     spec = as_spec(spec)
+    model = ranking_model(model)
     (node,) = op_from_spec(spec).kernel_graph().kernels
     objective = spec.tune.objective if objective is None else objective  # "" is refused, not the spec's
     if objective not in OBJECTIVES:
@@ -328,6 +330,8 @@ def tune(
     workers; `on_done(number, spec, outcome)` is called as each ends (kt.autotune.tune.tune_each)."""
     _check_tune_options(options, several=isinstance(spec, (list, tuple)))
     specs = [as_spec(s) for s in spec] if isinstance(spec, (list, tuple)) else [as_spec(spec)]
+    if "model" in options:
+        options = {**options, "model": ranking_model(options["model"])}
     found = _model_device(specs, options.get("device"), options.get("model"))
     if found is not None:  # the model loaded once, for the device and to rank with
         options = {**options, "device": found[0], "model": found[1]}

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sqlite3
 import sys
@@ -1269,11 +1270,17 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
                 style="yellow",
             )
     if prediction.power_w is None:
+        few = re.search(r"no power \(read in (\d+) rows?; a power forest needs (\d+)\)", plan.model)
+        why = (  # a forest fitted on the user's GPU rows, too few of them with a reading: not "no public data"
+            f"its data held a power reading in only {few[1]} rows, and a power forest needs {few[2]}, so "
+            "power predictions stay untrained until more are measured (`kt collect` on a GPU, then "
+            "`kt costmodel fit`)"
+            if few
+            else "no public data measures power during Triton kernels, so power predictions stay untrained "
+            "until a forest is fitted on kt's own GPU rows (`kt collect` on a GPU, then `kt costmodel fit`)"
+        )
         out.print(
-            f"note: {_model_noun(plan.model)} predicts no power: no public data measures power during Triton "
-            "kernels, so power predictions stay untrained until a forest is fitted on kt's own GPU rows "
-            "(`kt collect` on a GPU, then `kt costmodel fit`); W and mJ need it",
-            style="yellow",
+            f"note: {_model_noun(plan.model)} predicts no power: {why}; W and mJ need it", style="yellow"
         )
         if plan.unapplied:
             out.print(f"note: so {plan.unapplied}", style="yellow")

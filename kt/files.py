@@ -94,6 +94,26 @@ def model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def ranking_model(model: Any) -> Any:
+    """The `model` that ranks candidates as kt.plan and kt.tune take it, read as `--model` reads it: any case of
+    "analytic" is the analytic model, and a path is a model file (`model_file`), refused in one line naming
+    both choices ("" was read as the folder '.', and `ANALYTIC` as a missing file). Other values (None, a
+    loaded model) pass through."""
+    from kt.errors import ModelError
+
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    if not str(model).strip():
+        raise ModelError("model: an empty path; give a model file written by `kt costmodel fit`, or analytic")
+    if str(model).lower() == "analytic":
+        return "analytic"
+    try:
+        model_file(model)
+    except ModelError as exc:
+        raise ModelError(f"{str(exc).removesuffix(f'; {MODEL_HINT}')}; {MODEL_HINT}, or analytic") from None
+    return model
+
+
 def existing_path(path: str | os.PathLike, field: str, hint: str) -> Path:
     """A file or folder the user named, or a KtError: `<field>: 'path' not found; <hint>`."""
     from kt.errors import KtError

@@ -212,6 +212,14 @@ def test_plan_and_random_args_name_a_bad_seed_or_device():
         kt.plan(SPEC, seed="x")  # numpy's SeedSequence TypeError
     with pytest.raises(kt.SpecError, match="model: expected a model file's path"):
         kt.plan(SPEC, model=5)
+    # read as --model reads them: "" was the folder '.', and ANALYTIC a missing file naming no other choice
+    with pytest.raises(kt.ModelError, match=r"^model: an empty path; give a model file .*, or analytic$"):
+        kt.plan(SPEC, model="")
+    with pytest.raises(
+        kt.ModelError, match=r"^model: 'none.skops' not found; give a model file .*, or analytic$"
+    ):
+        kt.plan(SPEC, model="none.skops")
+    assert kt.plan(SPEC, model="ANALYTIC", budget=1).model == "analytic"
     with pytest.raises(kt.SpecError, match="seed: must be an integer"):
         kt.random_args(SPEC, seed=1.5)
     with pytest.raises(ValueError, match="device: 'bogus' is not a torch device"):

@@ -176,6 +176,27 @@ def test_fit_refuses_a_csv_that_kt_did_not_write(tmp_path):
     assert not (tmp_path / "m.skops").exists()
 
 
+def test_another_tools_measurements_given_as_data_name_the_command_that_reads_them(tmp_path):
+    """An Inductor log (a source the README names) or a Kernel Tuner cache given to --data was only "not a kt
+    tuning database". The files here hold the two formats' headers, no measurement."""
+    import gzip
+
+    log = tmp_path / "h100_mm.txt.gz"
+    with gzip.open(log, "wt") as file:
+        file.write('{"name": "mm", "numerical_features": ["m", "k", "n"]}\nm,k,n,choice,feedback\n')
+    cache = tmp_path / "gemm.json"
+    cache.write_text('{"device_name": "x", "tune_params_keys": ["MWG"], "tune_params": {"MWG": [16]}}')
+    result = kt("costmodel", "fit", "--data", log, "--out", tmp_path / "m.skops")
+    assert_one_line_error(
+        result, "it is a PyTorch Inductor autoheuristic log, which `kt import inductor` turns"
+    )
+    result = kt("costmodel", "eval", "--data", cache)
+    assert_one_line_error(result, "it is a Kernel Tuner cache, which `kt replay` replays")
+    plain = tmp_path / "notes.txt"
+    plain.write_text("m,k,n\n")
+    assert "it is" not in kt("costmodel", "eval", "--data", plain).stderr
+
+
 def test_eval_refuses_a_file_that_is_not_a_model(tmp_path):
     bogus = tmp_path / "model.skops"
     bogus.write_text("not a model\n")
@@ -485,6 +506,27 @@ def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
     assert not (tmp_path / "h100.skops").exists()
 
 
+def test_a_fit_with_too_few_power_readings_says_so_and_predict_gives_that_reason(gpperf, tmp_path):
+    """Three of the rows read power, one short of a power forest: the fit said `no power` and `kt predict`
+    blamed the lack of public power data, telling the user to do what they had just done."""
+    data = tmp_path / "three.db"
+    with Database(data) as db:
+        for row in gpperf["rows"][4:]:  # rows 4 to 6 hold power, the rest none
+            assert db.insert(row)
+    assert sum(r["power_w"] is not None for r in gpperf["rows"][4:]) == 3
+    fitted = kt(
+        "costmodel", "fit", "--data", data, "--out", tmp_path / "m.skops", "--device", gpperf["profile"]
+    )
+    assert fitted.exit_code == 0, fitted.stderr
+    assert "no power (read in 3 rows; a power forest needs 4)" in " ".join(fitted.stdout.split())
+    result = kt(
+        "predict", DENSE, "--top", "1", "--model", tmp_path / "m.skops", "--device", gpperf["profile"]
+    )
+    text = " ".join(result.stdout.split())
+    assert result.exit_code == 0 and "held a power reading in only 3 rows, and a power forest needs 4" in text
+    assert "no public data" not in text
+
+
 def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(
     gpperf, tmp_path, monkeypatch
 ):
@@ -505,6 +547,28 @@ def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(
     text = " ".join(tuned.stdout.split())
     assert "predicted ms (rtx4070)" in text and "sm_90" not in text and "compiled for sm_89" in text, text
     assert api.load(tmp_path / "art" / "c").meta["device"]["key"] == RTX4070_PROFILE.key
+
+
+def test_a_power_cap_no_config_is_predicted_under_is_said_by_a_tune_without_a_gpu(
+    gpperf, tmp_path, monkeypatch
+):
+    """Every config predicted over the cap: `kt predict` said so, and a tune without a GPU chose one without a
+    word, in its output or in meta.json (a tune on a GPU refuses when every config drew more)."""
+    import kt as api
+
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+    model = fit_model(gpperf, "db", tmp_path / "m.skops")
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: c\nshape: {m: 64, n: 64, k: 64}\n")
+    predicted = kt("predict", spec, "--model", model, "--top", "1", "--power-cap", "1")
+    assert predicted.exit_code == 0 and re.search(r"(\d+) of \1 configs are predicted to draw more than 1 W",
+                                                  " ".join(predicted.stdout.split()))  # fmt: skip
+    tuned = kt("tune", spec, "--model", model, "--budget", "1", "--out", tmp_path / "art", "--db", tmp_path / "t.db",
+               "--backend", "interpret", "--workers", "1", "--quiet", "--power-cap", "1")  # fmt: skip
+    assert tuned.exit_code == 0, tuned.stderr
+    note = "the 1 W power cap could not be met: the forest for " + RTX4070_PROFILE.key
+    assert note in " ".join(tuned.stdout.split()), tuned.stdout
+    assert any(n.startswith(note) for n in api.load(tmp_path / "art" / "c").meta["notes"])
 
 
 def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file(gpperf, tmp_path):
@@ -909,7 +973,9 @@ def test_inspect_gpu_and_device_must_name_what_the_data_holds(tmp_path):
     """--gpu keeps only that GPU's rows and --device picks a target the rows were tuned for: a filter that was
     ignored inspected another GPU's rows under the name asked for, and an absent target crashed on no rows."""
     result = kt("inspect", H200_ROWS, "--gpu", RTX4070, "--plots", tmp_path / "none")
-    assert_one_line_error(result, f"holds no GPU-measured passing rows on {RTX4070!r}")
+    assert_one_line_error(
+        result, f"holds no GPU-measured passing rows on {RTX4070!r}; allowed: 'NVIDIA H200'"
+    )
     result = kt("inspect", H200_ROWS, "--device", "h100", "--plots", tmp_path / "none")
     assert_one_line_error(result, "holds no rows for target h100; it holds h200 (284 rows)")
     assert not (tmp_path / "none").exists()

@@ -251,6 +251,12 @@ def test_a_power_cap_ranks_configs_over_it_last_and_edp_doubles_the_runtime_spre
     assert list(np.argsort(predicted.objective("time", power_cap_w=300))) == [1, 0]
     assert list(np.argsort(predicted.objective("energy", power_cap_w=500))) == [0, 1]
     assert predicted.spread("edp") == pytest.approx([0.2, 0.2])
+    # an edp under the cap a million times the one over it still ranks first (a fixed 1e6 factor did not)
+    spread = Prediction(
+        np.array([1e-3, 1.5, 2e-3]), np.zeros(3), np.array([400.0, 300.0, 500.0]), np.zeros(3)
+    )
+    assert list(np.argsort(spread.objective("edp", power_cap_w=350))) == [1, 0, 2]
+    assert list(np.argsort(spread.objective("edp", power_cap_w=1))) == [0, 2, 1]
     assert predicted.spread("energy") == pytest.approx([0.1, 0.1])
 
 

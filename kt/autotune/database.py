@@ -668,7 +668,36 @@ def check_data(path: Path, field: str = "data") -> None:
         export_text(path, field)
         return
     with named(field):
-        check_file(path, create=False)
+        try:
+            check_file(path, create=False)
+        except DatabaseError as exc:
+            other = foreign_measurements(path)
+            if other is None:
+                raise
+            raise DatabaseError(f"{exc}: {other}") from None
+
+
+def foreign_measurements(path: Path) -> str | None:
+    """What to do with another tool's measurements that kt reads through another command, by the file's first
+    bytes (gzipped or not), or None: `--data` called Inductor's log, a source the README names, only "not a kt
+    tuning database"."""
+    import gzip
+    import zlib
+
+    try:
+        with open(path, "rb") as file:
+            zipped = file.read(2) == b"\x1f\x8b"
+        with (gzip.open if zipped else open)(path, "rb") as file:
+            text = file.read(4096).decode("utf-8", "replace")
+    except (OSError, EOFError, zlib.error):
+        return None
+    if '"numerical_features"' in text and "feedback" in text:
+        return "it is a PyTorch Inductor autoheuristic log, which `kt import inductor` turns into kt's rows"
+    if '"tune_params_keys"' in text or '"tune_params"' in text:
+        return (
+            "it is a Kernel Tuner cache, which `kt replay` replays; a cost model is fitted on kt's own rows"
+        )
+    return None
 
 
 @contextlib.contextmanager

@@ -276,7 +276,13 @@ def _data_rows(
     from kt.autotune.dataset import read_rows, untimed
 
     rows = read_rows(path, "inspect")
-    records = [r for r in _measured(rows) if gpu is None or r["device"] == gpu]
+    measured = _measured(rows)
+    records = [r for r in measured if gpu is None or r["device"] == gpu]
+    if not records and measured:  # --gpu named a GPU the data holds none of: it said "measure on a GPU"
+        raise DatabaseError(
+            f"gpu: {path} holds no GPU-measured passing rows on {gpu!r}; allowed: "
+            f"{_listing(Counter(r['device'] for r in measured))}"
+        )
     if not records:
         kinds = untimed(rows)
         seen = f" (its rows were checked, never timed: {kinds})" if kinds else ""

@@ -52,6 +52,7 @@ from kt.costmodel.roofline import LAUNCH_S
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
 from kt.errors import KtError, ModelError, SpecError, counted
+from kt.files import ranking_model
 from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, check_bool, power_cap
 
@@ -217,7 +218,7 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
         raise SpecError(
             "model", f"expected a model file's path, 'analytic' or a cost model, got {type(model).__name__}"
         )
-    if str(model) == "analytic":
+    if ranking_model(model) == "analytic":
         return AnalyticModel(profile)
     return ForestModel.load(model, profile, stand_in=True)  # same architecture: as kt's own model
 
@@ -556,6 +557,18 @@ def tune(
             notes.append(  # --power-cap was silently ignored: no reading, and no model of power
                 f"the {power_cap_w:g} W power cap was not applied: nothing was measured and "
                 f"{model_noun(plan.model)} predicts no power"
+            )
+        predicted_w = session.final_prediction.power_w
+        if (
+            power_cap_w is not None
+            and predicted_w is not None
+            and len(predicted_w)
+            and (float(np.min(predicted_w)) > power_cap_w)
+        ):  # the choice went over the cap without a word (a GPU's tune refuses: every config drew more)
+            notes.append(
+                f"the {power_cap_w:g} W power cap could not be met: {model_noun(plan.model)} predicts every "
+                f"config to draw more (the least: {float(np.min(predicted_w)):.0f} W), so the choice is the "
+                "best prediction as if there were no cap"
             )
         if objective != "time" and session.final_prediction.power_w is None:
             notes.append(  # meta.json said `objective: energy` of a choice made by predicted time

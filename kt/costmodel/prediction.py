@@ -46,7 +46,13 @@ class Prediction:
             elif name == "edp":
                 value = self.runtime_s**2 * self.power_w
             if power_cap_w is not None:
-                value = np.where(self.power_w > power_cap_w, value * OVER_CAP_PENALTY, value)
+                over = self.power_w > power_cap_w
+                # past every config under the cap whatever their spread (a fixed 1e6 let an edp of an
+                # under-cap config 1000 times slower rank first), over-cap ones kept in their own order
+                factor = OVER_CAP_PENALTY
+                if over.any() and not over.all():
+                    factor = max(factor, 2.0 * float(np.max(value[~over]) / max(np.min(value[over]), 1e-300)))
+                value = np.where(over, value * factor, value)
         return value
 
     def spread(self, name: str) -> np.ndarray:
