@@ -2,8 +2,9 @@
 imports said.
 
 kt.cli's own imports (click, rich) take the command's first ~0.15 s; a Ctrl-C there printed a traceback, and a
-SIGTERM killed the command without a word, where either a moment later prints one line. Only the standard
-library is imported here.
+SIGTERM killed the command without a word, where either a moment later prints one line. A Ctrl-C that breaks a
+module's import later on (numpy's) is said as one too, whatever error that import leaves behind. Only the
+standard library is imported here.
 """
 
 import signal
@@ -16,8 +17,20 @@ def _terminated(signum, frame):
     sys.exit(128 + signal.SIGTERM)
 
 
+_interrupted = []  # set by a Ctrl-C, which then goes on as Python's own handler goes (KeyboardInterrupt)
+
+
+def _interrupt(signum, frame):
+    _interrupted.append(signum)
+    raise KeyboardInterrupt
+
+
 def main():
     signal.signal(signal.SIGTERM, _terminated)
+    if (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):  # not where Ctrl-C is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         from kt.cli import main as cli
 
@@ -25,6 +38,14 @@ def main():
     except KeyboardInterrupt:
         print("kt: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception:
+        # a Ctrl-C inside a module's import (numpy's, as a command's first use of kt.api loads it) leaves it
+        # half made: what fails next is a RecursionError, an AttributeError or an ImportError, not the
+        # KeyboardInterrupt, and printed a traceback of 60 lines
+        if _interrupted:
+            print("kt: interrupted", file=sys.stderr)
+            sys.exit(130)
+        raise
 
 
 if __name__ == "__main__":

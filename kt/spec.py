@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -769,7 +770,11 @@ def _read_weight(file_path: str, path: str, shape: tuple[int, int]):
     import torch
 
     try:
-        weight = torch.load(file_path, map_location="cpu", weights_only=True)
+        with (
+            warnings.catch_warnings()
+        ):  # "Sparse BSR tensor support is in beta" for a sparse tensor, refused below
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch.load(file_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds for a file that is not a tensor
         if "Weights only load failed" in str(exc):  # a pickle of objects weights_only=True will not run
             reason = "holds objects other than tensors; save the weight alone with torch.save(W, path)"
@@ -778,11 +783,21 @@ def _read_weight(file_path: str, path: str, shape: tuple[int, int]):
         raise SpecError(path, f"{file_path!r} {reason}") from None
     if not isinstance(weight, torch.Tensor):
         raise SpecError(path, f"{file_path!r} must hold one tensor (out, in), got {type(weight).__name__}")
-    if tuple(weight.shape) != shape or not weight.is_floating_point() or weight.layout != torch.strided:
+    floating = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # float8's isfinite raised
+    if weight.is_meta:  # Tensor.item() cannot be called on meta tensors
+        raise SpecError(
+            path, f"{file_path!r} holds a meta tensor, which has no values; save the weight itself"
+        )
+    if weight.layout != torch.strided:  # refused naming only a dtype and shape that were right
+        layout = str(weight.layout).removeprefix("torch.")
+        raise SpecError(
+            path, f"{file_path!r} holds a {layout} tensor; expected a dense one: save W.to_dense()"
+        )
+    if tuple(weight.shape) != shape or weight.dtype not in floating:
         raise SpecError(
             path,
             f"{file_path!r} holds a {weight.dtype} tensor of shape {tuple(weight.shape)}; "
-            f"expected a dense floating tensor of shape (out, in) = {shape}",
+            f"expected a dense tensor of shape (out, in) = {shape}, of float16, bfloat16, float32 or float64",
         )
     if not torch.isfinite(weight).all():
         raise SpecError(path, f"{file_path!r} holds NaN or infinite values")

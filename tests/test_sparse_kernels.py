@@ -3,6 +3,7 @@ float64 references (and PyTorch's own BSR matmul), their argument handling, samp
 check_kernel, op.yaml validation of sparsity patterns and terms, and `kt tune` / `predict` / `show` on the CPU."""
 
 import random
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -576,6 +577,13 @@ def write_files(directory: Path) -> None:
     nan[3, 5] = float("nan")
     torch.save(nan, directory / "nan.pt")
     torch.save(torch.randn(96, 64), directory / "weight.pt")
+    # a traceback each (Tensor.item() on meta; isfinite on float8), and the sparse ones refused naming only
+    # the dtype and shape they had right, after torch's "Sparse BSR tensor support is in beta" warning
+    torch.save(torch.empty(96, 64, device="meta"), directory / "meta.pt")
+    torch.save(torch.randn(96, 64).to(torch.float8_e4m3fn), directory / "float8.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(torch.randn(96, 64).to_sparse_bsr((16, 16)), directory / "bsr.pt")
 
 
 SPEC_ERRORS = [
@@ -645,6 +653,22 @@ SPEC_ERRORS = [
     ),
     (blocksparse_spec({"block": [16, 16], "prune": "nan.pt", "density": 0.5}), "sparsity.prune", "NaN"),
     (
+        blocksparse_spec({"block": [16, 16], "prune": "meta.pt", "density": 0.5}),
+        "sparsity.prune",
+        "a meta tensor",
+    ),
+    (
+        blocksparse_spec({"block": [16, 16], "prune": "float8.pt", "density": 0.5}),
+        "sparsity.prune",
+        "torch.float8_e4m3fn tensor of shape (96, 64); expected a dense tensor of shape (out, in) = (96, 64), of "
+        "float16, bfloat16, float32 or float64",
+    ),
+    (
+        blocksparse_spec({"block": [16, 16], "prune": "bsr.pt", "density": 0.5}),
+        "sparsity.prune",
+        "holds a sparse_bsr tensor; expected a dense one: save W.to_dense()",
+    ),
+    (
         blocksparse_spec({"block": [16, 16], "prune": "missing.pt", "density": 0.5}),
         "sparsity.prune",
         "not found",
@@ -711,7 +735,8 @@ SPEC_ERRORS = [
 @pytest.mark.parametrize("data, field, words", SPEC_ERRORS, ids=lambda v: v if isinstance(v, str) else "")
 def test_spec_errors_name_the_field_in_one_line(tmp_path, data, field, words):
     write_files(tmp_path)
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(SpecError) as info, warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own warnings are kt's to keep from the user
         parse_spec(data, source=str(tmp_path / "op.yaml"))
     assert info.value.field == field, str(info.value)
     assert words in info.value.reason
@@ -1036,3 +1061,27 @@ def test_no_legal_block_sparse_config_launches_more_programs_than_cudas_grid_x_a
     assert space.legal
     for config in space.legal:
         assert -(-rows // config.block_m) * out * -(-1 // config.block_n) <= MAX_GRID_X
+
+
+def test_splits_are_bounded_by_the_fullest_block_rows_steps_not_the_blocks_mean(tmp_path):
+    """Only block-row 0 of a 4x4 grid stored: its run is 4 steps at block_k 16, the blocks' mean depth one. Split
+    4 was refused as "more splits than steps" on a pattern it evens out; it runs, and split 5 is refused."""
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[0] = True
+    np.save(tmp_path / "row0.npy", mask)
+    spec = parse_spec(
+        {"op": "blocksparse", "dtype": "float32", "shape": {"batch": 5, "in": 64, "out": 64},
+         "sparsity": {"block": [16, 16], "mask": "row0.npy"}},
+        source=str(tmp_path / "op.yaml"),
+    )  # fmt: skip
+    space = kt.space(spec)
+    family = family_for(space.problem)
+    config = TileConfig(16, 16, 16, 1, 4, 2, 4, 0)
+    assert family.illegal_reason(space.problem, config, space.device) is None
+    assert (
+        family.illegal_reason(space.problem, replace(config, split=5), space.device)
+        == "more splits than steps"
+    )
+    kernel = kt.build(spec, {"block_m": 16, "block_n": 16, "block_k": 16, "split": 4})
+    x, weight = kt.random_args(spec, seed=3)
+    assert relative_error(kernel(x, weight), F.linear(x.double(), weight.to_dense().double())) < 1e-5

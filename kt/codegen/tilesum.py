@@ -262,7 +262,12 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
         )
         if config.block_n > widest or config.block_k > deepest:
             return "tile larger than the padded problem"
-        if config.split > 1 and config.split > max(-(-s.k // config.block_k) for s in steps):
+        # a BSR source's run is its block-row's blocks times the steps per block: the fullest block-row's, not
+        # the blocks' mean depth (a skewed pattern lost exactly the splits that even out its load)
+        runs = [-(-s.k // config.block_k) for s in steps] + [
+            int(t.mask().sum(axis=1).max()) * -(-t.block[1] // config.block_k) for t in _bsr_terms(problem)
+        ]
+        if config.split > 1 and config.split > max(runs):
             return "more splits than steps"
     if programs(problem, config) > MAX_GRID_X:
         return f"a launch grid over CUDA's {MAX_GRID_X} programs on its x axis"
