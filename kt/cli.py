@@ -1500,13 +1500,19 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet)
         write_trace(result, csv_path)
         out.print(f"trace: {csv_path} ({len(result.rows)} evaluations)")
     if isinstance(result.budget, int):
-        small = [
-            f"{name} ({size})" for name, size in zip(result.spaces, result.sizes) if size < result.budget
-        ]
+        small = {name: size for name, size in zip(result.spaces, result.sizes) if size < result.budget}
         if small:
-            out.print(
-                f"note: budget {result.budget} is over the points of {_listed(small)}: a search there measured them all"
+            # guided stops where nothing left is expected to beat its best: "measured them all" was not so
+            spent = Counter((r["space"], r["repeat"]) for r in result.rows if r["space"] in small)
+            short = [n for (name, _), n in spent.items() if n < small[name]]
+            what = (
+                "a search there measured them all"
+                if not short
+                else f"a search there could measure them all ({result.strategy} stopped after as few as "
+                f"{min(short)}, expecting nothing left to beat its best)"
             )
+            listed = _listed([f"{name} ({size})" for name, size in small.items()])
+            out.print(f"note: budget {result.budget} is over the points of {listed}: {what}")
     out.print(result.line())
 
 

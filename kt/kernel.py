@@ -36,20 +36,29 @@ class Kernel:
                 "kernel: a meta tensor holds no data for a Triton kernel to read; kernel.as_op() gives the output's "
                 "shape on meta tensors (as kt.nn layers do)"
             )
+        if torch.compiler.is_compiling() and kwargs.get("out") is not None:
+            # written in place: no op of torch's to trace
+            return _outside_graph(_eager)(self.module.kernel, *args, **kwargs)
         if (
             kwargs.get("out") is None
-            and torch.is_grad_enabled()
-            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (*args, *kwargs.values()))
+            and (
+                torch.compiler.is_compiling()  # traced into Triton's interpreter on the CPU: KeyError(torch.uint64)
+                or (
+                    torch.is_grad_enabled()
+                    and any(
+                        isinstance(t, torch.Tensor) and t.requires_grad for t in (*args, *kwargs.values())
+                    )
+                )
+            )
         ):
             # as a PyTorch op: the result is differentiable (the module's kernel records no graph: the weights'
             # gradients lacked its part, silently). This kernel runs the forward, on CPU tensors too. A call
             # with out= writes it and records no graph, as the module's kernel does. Inputs given by name are
             # put in their places (a wrong call is the kernel's own TypeError)
             if self._op is None:  # made once: a training loop calls this every step
-                from kt.nn.functional import kernel_op
-
-                self._signature = inspect.signature(self.module.kernel)
-                self._op = kernel_op(self, exact=True)
+                # under torch.compile on a first call there: dynamo cannot trace the op text's json.dumps
+                made = _outside_graph(_made_op) if torch.compiler.is_compiling() else _made_op
+                self._signature, self._op = made(self)
             signature = self._signature
             try:
                 bound = signature.bind(*args, **kwargs)
@@ -102,6 +111,29 @@ class Kernel:
         where = f" from {self.path}" if self.path else ""
         what = f"PyTorch: {self.module.IMPLEMENTATION}" if self.pytorch else self.config.key()
         return f"Kernel({self.spec.name}: {self.spec.op} {self.spec.dtype}, {what}{where})"
+
+
+def _made_op(kernel: Kernel):
+    """The module kernel's signature, and the kernel as a PyTorch op (kt.nn.functional.kernel_op)."""
+    from kt.nn.functional import kernel_op
+
+    return inspect.signature(kernel.module.kernel), kernel_op(kernel, exact=True)
+
+
+def _eager(kernel, *args, **kwargs):
+    return kernel(*args, **kwargs)
+
+
+_OUTSIDE: dict[Any, Any] = {}
+
+
+def _outside_graph(function):
+    """`function` as torch.compile runs it: outside its graph, as it is (a graph break). Wrapped on first use,
+    under torch.compile: torch.compiler.disable imports torch._dynamo, which `import kt.nn` leaves out."""
+    wrapped = _OUTSIDE.get(function)
+    if wrapped is None:
+        wrapped = _OUTSIDE[function] = torch.compiler.disable(function)
+    return wrapped
 
 
 def _rebuild(source: str, spec, config, meta: dict[str, Any], path: Path | None) -> Kernel:

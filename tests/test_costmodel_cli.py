@@ -1054,6 +1054,29 @@ def test_a_power_zero_reading_is_data_and_a_negative_one_is_refused(gpperf):
         check_row({**row, "power_w": -1.0}, "data: row id 1")
 
 
+def test_a_passing_gpu_row_without_a_runtime_is_refused_not_taken_for_a_failure(tmp_path):
+    """kt replay read an edited database's passing GPU row with runtime_ms NULL as a failed config (the optimum
+    it scored against moved), and every fit left it out, while a 0 there was refused naming the row."""
+    from kt.autotune.dataset import read_rows
+    from kt.autotune.replay import replay_file
+    from kt.errors import DatabaseError
+
+    rows = list(csv.DictReader(H200_ROWS.open(newline="")))
+    line = next(i for i, r in enumerate(rows) if r["runner"] == "cuda" and r["status"] == "ok")
+    rows[line]["runtime_ms"] = ""
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    message = f"edited.csv' line {line + 2}: column runtime_ms is null in a passing GPU row"
+    with pytest.raises(DatabaseError, match=message):
+        read_rows(edited)
+    with pytest.raises(DatabaseError, match=message):
+        replay_file(edited, "random", 1, repeats=1)
+    assert len(read_rows(H200_ROWS)) == len(rows)
+
+
 def test_inspect_takes_a_calibrated_tunes_own_profile_though_it_bears_a_built_in_name(tmp_path):
     """`kt calibrate` names a profile after its built-in (h100): inspect must go by the recorded key (h100-<hash>),
     not the name, else it took the built-in h100 and compared the wrong target's rows (a first version of

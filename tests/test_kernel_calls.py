@@ -405,3 +405,28 @@ def test_a_layer_apply_and_as_op_given_no_tensor_name_the_argument():
         knn.apply(x, [weights[0], None], LOWRANK)
     with pytest.raises(TypeError, match=r"^kernel\(x, \*weights\): weights\[0\] must be a torch.Tensor, got"):
         kt.build(LOWRANK, device="h100").as_op()(x, None, weights[1])
+
+
+def test_a_kernel_called_inside_torch_compile_runs_as_its_op_and_out_calls_run_eagerly(monkeypatch):
+    """Called inside a compiled function, dynamo traced into the Triton interpreter's launch and failed there
+    ("KeyError(torch.uint64)", 150 lines); the README points at as_op() for one node, and a plain call must run."""
+    monkeypatch.setenv("KT_INTERPRET", "1")  # the generated kernel, not PyTorch's path, on CPU tensors
+    torch._dynamo.reset()
+    kernel = kt.build(DENSE, device="h100")
+    a, b = kt.random_args(DENSE, seed=5, device="cpu")
+    twice = torch.compile(lambda a, b: kernel(a, b) * 2, backend="aot_eager")
+    torch.testing.assert_close(twice(a, b), 2 * (a @ b), rtol=1e-5, atol=1e-5)
+    out = torch.full((13, 11), float("nan"))
+
+    def into(a, b):
+        kernel(a, b, out=out)
+        return out + 1
+
+    torch.testing.assert_close(
+        torch.compile(into, backend="aot_eager")(a, b), a @ b + 1, rtol=1e-5, atol=1e-5
+    )
+    w = b.clone().requires_grad_(True)
+    torch.compile(lambda a, w: kernel(a, w).sum(), backend="aot_eager")(a, w).backward()
+    torch.testing.assert_close(w.grad, a.t() @ torch.ones(13, 11), rtol=1e-5, atol=1e-5)
+    # made on the first call, the op is one node of a whole graph from then on
+    assert torch._dynamo.explain(lambda a, b: kernel(a, b) * 2)(a, b).graph_break_count == 0

@@ -918,6 +918,18 @@ def test_a_planar_half_fft_is_bucketed_by_the_rows_of_one_plane():
     assert knn.selections()[-1].spec.shape.batch == 16
 
 
+def test_a_half_fft_of_one_plane_is_refused_in_the_layers_words_compiled_with_grad_too():
+    """Compiled with grad, the backward's conjugate indexed x[1] while tracing: a bare IndexError, where eager
+    and no-grad calls named the planar form."""
+    layer = knn.FFT(32, dtype=torch.float16)
+    x = torch.randn(1, 9, 32).half().requires_grad_(True)
+    torch._dynamo.reset()
+    with pytest.raises(
+        ValueError, match=r"^FFT: x must be planar complex \(2, \.\.\., 32\).*got shape \(1, 9, 32\)"
+    ):
+        torch.compile(layer, backend="aot_eager")(x)
+
+
 def test_one_dim_input_to_a_dense_op_or_a_half_fft_is_the_kernels_own_error():
     """_row_count read x.shape[-2] (a dense as_op) and x[0][..., 0] (a planar half FFT) before the kernel's
     argument checks: an IndexError, not the one line that names the shape."""
@@ -1192,6 +1204,21 @@ def test_opcheck_passes_on_kts_custom_op_dynamic_shapes_included(name):
         torch.ops.kt.apply.default, (x, weights, layer.op_text), raise_exception=False
     )
     assert all(result == "SUCCESS" for result in results.values()), results
+
+
+def test_the_custom_op_returns_the_contiguous_output_its_fake_promises_for_a_permuted_fft_input():
+    """torch.fft.fft (the float32 FFT's PyTorch path) strides its output as x: with x's leading dims permuted,
+    inductor stopped on "expected size 4==4, stride 32==64 at dim=1" (its fake is contiguous)."""
+    layer = knn.FFT(32)
+    x = torch.randn(3, 2, 4, 32, dtype=torch.complex64).transpose(1, 2)
+    results = torch.library.opcheck(
+        torch.ops.kt.apply.default,
+        (x, [], layer.op_text),
+        test_utils=("test_faketensor",),
+        raise_exception=False,
+    )
+    assert results == {"test_faketensor": "SUCCESS"}, results
+    torch.testing.assert_close(torch.ops.kt.apply(x, [], layer.op_text), torch.fft.fft(x))
 
 
 @pytest.mark.parametrize(

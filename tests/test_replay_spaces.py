@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -357,6 +358,17 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     assert lines[0].startswith("space: BOWL (192 configs; ")
     assert lines[-2] == "note: budget 500 is over the points of BOWL (192): a search there measured them all"
     assert lines[-1] == "exhaustive budget 500: mean score 1.000, p10 1.000, over 1 repeat"
+    # guided stops early there: "measured them all" was said of it too
+    done = run_kt(
+        "replay", str(space), "--strategy", "guided", "--budget", "500", "--repeats", "2", "--quiet"
+    )
+    assert done.returncode == 0, done.stderr
+    note = re.fullmatch(
+        r"note: budget 500 is over the points of BOWL \(192\): a search there could measure them all \(guided "
+        r"stopped after as few as (\d+), expecting nothing left to beat its best\)",
+        done.stdout.strip().splitlines()[-2],
+    )
+    assert note and int(note[1]) < 192, done.stdout
     whole = replay_file(space, "exhaustive", "100%", repeats=1)
     assert whole.evaluations == 192 and whole.scores == [1.0]
     assert replay_file(space, "exhaustive", "99.9%", repeats=1).evaluations == 192  # rounds up to the whole

@@ -282,6 +282,12 @@ def check_row(row: dict[str, Any], where: str) -> None:
             continue
         if not (_is_number(value) and math.isfinite(value) and in_range(value)):
             raise DatabaseError(f"{where}: column {column} is {_show(value)}; allowed: {allowed}")
+    if row["runner"] == "cuda" and row["status"] == "ok" and row.get("runtime_ms") is None:
+        # a GPU times every config it passes: kt replay took this one for a failure (its optimum lost), and
+        # every fit left it out, without a word, where a 0 was refused
+        raise DatabaseError(
+            f"{where}: column runtime_ms is null in a passing GPU row; allowed: a finite number of milliseconds > 0"
+        )
 
 
 def is_measured(row: dict[str, Any]) -> bool:

@@ -89,7 +89,9 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
 
 @torch.library.custom_op("kt::apply", mutates_args=())
 def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
-    return _run(x, weights, op)
+    # contiguous, as the fake below promises: torch.fft.fft (a float32 FFT's PyTorch path) strides its output as
+    # x, and inductor then stopped on "expected ... stride 32==64" for a transposed x
+    return _run(x, weights, op).contiguous()
 
 
 def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:

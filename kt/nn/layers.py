@@ -865,6 +865,12 @@ class FFT(_NoTorchScript, nn.Module):
             raise TypeError(
                 f"FFT: x.dtype is {x.dtype}, but this layer takes {want} ({form}); pass x.to({want})"
             )
+        if half and not real and (x.dim() < 2 or x.shape[0] != 2):
+            # the kernel says so too, but a compiled backward indexed x[1] first: a bare IndexError
+            raise ValueError(
+                f"FFT: x must be planar complex (2, ..., {self.n}) (real parts in x[0], imaginary in x[1]), got "
+                f"shape {tuple(x.shape)}"
+            )
         return apply(x, [], self.op_text)
 
     def extra_repr(self) -> str:
