@@ -52,13 +52,20 @@ MAX_BUDGET = 100_000
 # soft_wrap: a long line stays one line (tables still fit the width).
 # NO_COLOR (no-color.org): no escape codes at all (rich drops only the colours, and printed bold and italic).
 _STYLES = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+# Emoji off: ':b:' in a user's text ('a:b:c:1') printed as an emoji
 out = Console(
-    highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120, **_STYLES
+    highlight=False,
+    markup=False,
+    emoji=False,
+    soft_wrap=True,
+    width=None if sys.stdout.isatty() else 120,
+    **_STYLES,
 )
 err = Console(
     stderr=True,
     highlight=False,
     markup=False,
+    emoji=False,
     soft_wrap=True,
     width=None if sys.stderr.isatty() else 120,
     **_STYLES,

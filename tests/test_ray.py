@@ -365,3 +365,54 @@ def test_starting_kts_local_ray_does_not_print_rays_token_notice_but_keeps_its_w
     with caplog.at_level(logging.WARNING, logger=setup.logger.name):
         setup._warn_token_auth_enabled()  # outside kt's start: Ray's own
     assert len(caplog.records) == 1
+
+
+def test_starting_ray_keeps_kts_sigterm_handler_and_a_ctrl_c_there_shuts_ray_down(tmp_path):
+    """ray.init put in Ray's own SIGTERM handler: a SIGTERM during a `--ray` tune printed Ray's stack dump,
+    exited 134 or 15 without kt's line, and left Ray's agents running. A Ctrl-C inside ray.init left no pool to
+    close, and Ray's agents ran on for a minute: it is held until Ray is up, which is then shut down."""
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "import ray\n"
+        "from kt.autotune.raypool import RayPool\n"
+        "def mine(number, frame):\n"
+        "    raise SystemExit('terminated')\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "pool = RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
+        "print('handler kept:', signal.getsignal(signal.SIGTERM) is mine)\n"
+        "pool.close()\n"
+        "real = ray.init\n"
+        "def init(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as Ray starts\n"
+        "    time.sleep(0.5)\n"
+        "    return real(*args, **kwargs)\n"
+        "ray.init = init\n"
+        "try:\n"
+        "    RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted, Ray left running:', ray.is_initialized())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "handler kept: True" in done.stdout, (done.stdout, done.stderr[-2000:])
+    assert "interrupted, Ray left running: False" in done.stdout, (done.stdout, done.stderr[-2000:])
+
+
+def test_a_refused_connection_where_a_ray_token_exists_names_ray_auth_mode(tmp_path, monkeypatch):
+    """`ray start --head` turns token authentication on where ~/.ray/auth_token exists; `--ray HOST:PORT`
+    without RAY_AUTH_MODE=token then failed with Ray's "could not connect" alone (the reason in its log lines)."""
+    from kt.autotune.raypool import _token_hint
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert _token_hint("10.0.0.1:6379") == ""
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("secret")
+    assert _token_hint("10.0.0.1:6379").endswith("asks for that token: set RAY_AUTH_MODE=token")
+    assert _token_hint("local") == ""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert _token_hint("10.0.0.1:6379") == ""

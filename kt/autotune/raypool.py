@@ -347,22 +347,58 @@ def _quiet_token_notice() -> Iterator[None]:
 def _connect(ray, address: str) -> None:
     """ray.init for `address`, every failure one KtError naming --ray. A HOST:PORT is probed first (`probe`):
     ray.init retries an address where nothing listens, or where something else does, for minutes or forever."""
+    import signal
+    import threading
+
     if address not in ("local", "auto"):
         probe(address)
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        if (
-            address == "local"
-        ):  # a new instance of this process's own, even where a cluster runs on this machine
-            with _quiet_token_notice():
-                ray.init(
-                    address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
-                )
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        # Ctrl-C held: one inside ray.init left no pool to close, and Ray's agents ran on for a minute
+        with _ctrl_c_held():
+            try:
+                if address == "local":  # a new instance of this process's own, even where a cluster runs here
+                    with _quiet_token_notice():
+                        ray.init(
+                            address="local",
+                            include_dashboard=False,
+                            log_to_driver=False,
+                            configure_logging=False,
+                        )
+                else:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+            finally:
+                # ray.init puts in its own SIGTERM handler (sys.exit, a stack dump from Ray's C++, agents left
+                # running): kt's says `kt: terminated`, releases its claims and shuts down the Ray it started
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
+    except KeyboardInterrupt:  # a Ctrl-C held above, or kt's SIGTERM: the Ray started is shut down first
+        if ray.is_initialized():
+            with _ctrl_c_held():
+                ray.shutdown()
+        raise
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's own words, on one line
         from kt.errors import one_line
 
-        raise KtError(f"--ray {address}: Ray could not connect ({one_line(exc)})") from None
+        raise KtError(
+            f"--ray {address}: Ray could not connect ({one_line(exc)}){_token_hint(address)}"
+        ) from None
+
+
+def _token_hint(address: str) -> str:
+    """Where a token exists (~/.ray/auth_token), `ray start --head` turns token authentication on, and a
+    HOST:PORT connection without RAY_AUTH_MODE=token is refused ("InvalidAuthToken", in Ray's log lines only)."""
+    import os
+    from pathlib import Path
+
+    if address in ("local", "auto") or os.environ.get("RAY_AUTH_MODE") == "token":
+        return ""
+    if not (Path.home() / ".ray" / "auth_token").is_file():
+        return ""
+    return (
+        "; a cluster started where ~/.ray/auth_token exists asks for that token: set RAY_AUTH_MODE=token"
+    )
 
 
 def probe(address: str) -> None:
