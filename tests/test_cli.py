@@ -444,6 +444,8 @@ def test_path_problems_are_one_line_errors_before_any_work(tmp_path):
     assert not (tmp_path / "t.db").exists(), "refused before tuning"
     done = kt_cli("export", tmp_path / "x.csv", "--db", tmp_path / "typo.db")
     assert done.returncode == 2 and "typo.db' not found" in done.stderr
+    done = kt_cli("show", "x:b:y.yaml")  # rich printed ':b:' as an emoji
+    assert done.returncode == 2 and done.stderr == "kt: error: x:b:y.yaml: file not found\n"
     done = kt_cli("tune", spec, "--db", spec / "t.db")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert f"t.db' cannot be created there ('{spec}' is a file, not a folder)" in done.stderr
