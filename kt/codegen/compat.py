@@ -88,6 +88,7 @@ def patch_interpreter() -> None:
         return
     _interpret_device_calls()
     _interpret_while_running()
+    _round_bfloat16()
     _patched = True
     if not _needs_index_fix():
         return
@@ -100,6 +101,32 @@ def patch_interpreter() -> None:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
 
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+def _round_bfloat16() -> None:
+    """float32 -> bfloat16 in the interpreter rounds to nearest even, as the GPU's cvt.rn.bf16.f32 and torch do:
+    Triton's interpreter (3.6 to 3.9) cuts the low bits off (toward zero), twice the error of a rounded result,
+    and nearly every |y| at most the exact one's."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    original = getattr(builder, "cast_impl", None)
+    if original is None:  # another interpreter: left as it is
+        return
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return original(self, src, dst_type)
+        values = np.asarray(src.data, dtype=np.float32)
+        bits = values.view(np.uint32)
+        rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+        quiet = ((bits >> 16) | 0x40).astype(np.uint16)  # a NaN stays a NaN (its rounding could carry to inf)
+        data = np.where(np.isnan(values), quiet, rounded)
+        return interpreter.TensorHandle(data.view(interpreter._get_np_dtype(dst_type)), dst_type.scalar)
+
+    builder.cast_impl = cast_impl
 
 
 def _interpret_while_running() -> None:
