@@ -928,6 +928,11 @@ def test_a_half_fft_of_one_plane_is_refused_in_the_layers_words_compiled_with_gr
         ValueError, match=r"^FFT: x must be planar complex \(2, \.\.\., 32\).*got shape \(1, 9, 32\)"
     ):
         torch.compile(layer, backend="aot_eager")(x)
+    torch._dynamo.reset()  # through the op itself (kt.nn.apply, as_op, a kernel under compile): its fake says so
+    with pytest.raises(
+        Exception, match=r"x must be planar complex \(2, \.\.\., 32\).*got shape \(1, 9, 32\)"
+    ):
+        torch.compile(lambda x: knn.apply(x, [], layer.op_text), backend="aot_eager")(x)
 
 
 def test_one_dim_input_to_a_dense_op_or_a_half_fft_is_the_kernels_own_error():

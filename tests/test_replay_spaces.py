@@ -434,3 +434,16 @@ def test_a_repeat_whose_budget_found_nothing_that_ran_scores_zero(tmp_path):
     for score, row in zip(result.scores, result.rows):
         assert score == row["score"] == (1.0 if row["value"] == 1.0 else 0.0), row
     assert 0.0 in result.scores and result.mean < 0.5
+
+
+def test_a_kernel_tuner_cache_named_db_is_told_to_be_named_json(tmp_path):
+    """kt replay said of a Kernel Tuner cache named .db that it is 'a Kernel Tuner cache, which `kt replay`
+    replays': the command it was running. It reads caches by their name."""
+    cache = write_cache(tmp_path / "space.json")
+    renamed = cache.rename(tmp_path / "space.db")
+    done = run_kt("replay", str(renamed), "--budget", "5")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert (
+        "it is a Kernel Tuner cache: name it .json (or .json.gz, gzipped) for kt replay to read it"
+        in done.stderr
+    )

@@ -1,6 +1,7 @@
 """Monarch, butterfly and FFT end to end: op.yaml, the lowering passes, the block-GEMM kernels in the interpreter
 (against float64 references and the IR's dense matrix), the search space, the staged cost model, `kt tune`."""
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -680,7 +681,8 @@ def test_feature_major_ends_copy_x_in_and_y_out_and_compute_the_same(problem, st
     launch per plane). Checked against the dense matrix of the IR, into a NaN-poisoned out, on 37 rows (1, 16),
     with x a non-contiguous view; and with x and out already feature-major, or a single row, no copy is made."""
     plain = kernel_module(problem, config(problem, **structure))
-    ends = kernel_module(problem, config(problem, ends=1, **structure))
+    # a single row's ends=1 is out of the space (the same launches as without), and still computes the same
+    ends = kernel_module(problem, replace(config(problem, **structure), ends=1))
     stages = stages_for(problem, config(problem, **structure))
     strided_in, strided_out = stages[0].in_map.elem != 1, stages[-1].out_map.elem != 1
     assert strided_in or strided_out, "every structured op here has a strided end"
@@ -712,3 +714,21 @@ def test_feature_major_ends_copy_x_in_and_y_out_and_compute_the_same(problem, st
     fm_out.fill_(float("nan"))
     assert ends.kernel(fm_x, *args[1:], out=fm_out) is fm_out
     assert copies == [] and relative_error(fm_out, expected) < problem.tolerance(), copies
+
+
+def test_feature_major_ends_of_one_row_are_refused_by_build_as_tune_configs_refuses_them():
+    """A single row is adjacent to itself: the space leaves out `ends` = 1 there, and `tune.configs` refused it as
+    "not in the legal space", naming no rule, while kt.build ran it."""
+    spec = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 1, "n": 64}}
+    space = kt.space(spec)
+    config = next(c for c in space.legal if c.levels == 1 and not c.fused)
+    twin = replace(config, ends=1).to_dict()
+    rule = "feature-major ends of one row (a row is adjacent to itself: the same launches as without)"
+    with pytest.raises(
+        SpecError, match=r"cannot run butterfly\[rows=1 n=64 f16\] on h100: " + re.escape(rule)
+    ):
+        kt.build(spec, twin)
+    with pytest.raises(SpecError, match=re.escape(rule)):
+        parse_spec({**spec, "tune": {"configs": [twin]}}) and kt.space({**spec, "tune": {"configs": [twin]}})
+    wider = kt.space({**spec, "shape": {"batch": 2, "n": 64}})
+    assert any(c.ends for c in wider.legal) and not any(c.ends for c in space.legal)

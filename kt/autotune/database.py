@@ -674,6 +674,10 @@ def check_data(path: Path, field: str = "data") -> None:
             other = foreign_measurements(path)
             if other is None:
                 raise
+            if (
+                field == "space" and "Kernel Tuner" in other
+            ):  # kt replay itself: it reads caches by their name
+                other = "it is a Kernel Tuner cache: name it .json (or .json.gz, gzipped) for kt replay to read it"
             raise DatabaseError(f"{exc}: {other}") from None
 
 

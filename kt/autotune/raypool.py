@@ -354,9 +354,12 @@ def _connect(ray, address: str) -> None:
         probe(address)
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    # Ctrl-C held while kt starts a Ray of its own: one inside ray.init left no pool to close, and Ray's agents
+    # ran on for a minute. Joining a cluster starts none, and ray.init may retry one that does not answer
+    # (`auto`, not probed) for good: Ctrl-C stops that as it comes
+    held = _ctrl_c_held() if address == "local" else contextlib.nullcontext()
     try:
-        # Ctrl-C held: one inside ray.init left no pool to close, and Ray's agents ran on for a minute
-        with _ctrl_c_held():
+        with held:
             try:
                 if address == "local":  # a new instance of this process's own, even where a cluster runs here
                     with _quiet_token_notice():
@@ -369,10 +372,7 @@ def _connect(ray, address: str) -> None:
                 else:
                     ray.init(address=address, log_to_driver=False, configure_logging=False)
             finally:
-                # ray.init puts in its own SIGTERM handler (sys.exit, a stack dump from Ray's C++, agents left
-                # running): kt's says `kt: terminated`, releases its claims and shuts down the Ray it started
-                if sigterm is not None:
-                    signal.signal(signal.SIGTERM, sigterm)
+                _restore_sigterm(signal, sigterm)
     except KeyboardInterrupt:  # a Ctrl-C held above, or kt's SIGTERM: the Ray started is shut down first
         if ray.is_initialized():
             with _ctrl_c_held():
@@ -386,19 +386,27 @@ def _connect(ray, address: str) -> None:
         ) from None
 
 
+def _restore_sigterm(signal, before) -> None:
+    """ray.init puts in Ray's own SIGTERM handler (sys.exit: a stack dump from Ray's C++, exit 15 or 134, the
+    agents left running) over kt's, which says `kt: terminated`, releases its claims and shuts down the Ray it
+    started: kt's (any handler of the caller's own) is put back. Only over Ray's: a default the caller had is
+    left to Ray (which exits, its agents stopped), and a handler kt's SIGTERM left as it ran stays."""
+    current = signal.getsignal(signal.SIGTERM)
+    if callable(before) and callable(current) and getattr(current, "__module__", "").startswith("ray"):
+        signal.signal(signal.SIGTERM, before)
+
+
 def _token_hint(address: str) -> str:
     """Where a token exists (~/.ray/auth_token), `ray start --head` turns token authentication on, and a
     HOST:PORT connection without RAY_AUTH_MODE=token is refused ("InvalidAuthToken", in Ray's log lines only)."""
     import os
     from pathlib import Path
 
-    if address in ("local", "auto") or os.environ.get("RAY_AUTH_MODE") == "token":
+    if address in ("local", "auto") or os.environ.get("RAY_AUTH_MODE"):  # set to token, or opted out
         return ""
     if not (Path.home() / ".ray" / "auth_token").is_file():
         return ""
-    return (
-        "; a cluster started where ~/.ray/auth_token exists asks for that token: set RAY_AUTH_MODE=token"
-    )
+    return "; a cluster started where ~/.ray/auth_token exists asks for that token: set RAY_AUTH_MODE=token"
 
 
 def probe(address: str) -> None:

@@ -558,18 +558,6 @@ def tune(
                 f"the {power_cap_w:g} W power cap was not applied: nothing was measured and "
                 f"{model_noun(plan.model)} predicts no power"
             )
-        predicted_w = session.final_prediction.power_w
-        if (
-            power_cap_w is not None
-            and predicted_w is not None
-            and len(predicted_w)
-            and (float(np.min(predicted_w)) > power_cap_w)
-        ):  # the choice went over the cap without a word (a GPU's tune refuses: every config drew more)
-            notes.append(
-                f"the {power_cap_w:g} W power cap could not be met: {model_noun(plan.model)} predicts every "
-                f"config to draw more (the least: {float(np.min(predicted_w)):.0f} W), so the choice is the "
-                "best prediction as if there were no cap"
-            )
         if objective != "time" and session.final_prediction.power_w is None:
             notes.append(  # meta.json said `objective: energy` of a choice made by predicted time
                 f"the {objective} objective was not applied: nothing was measured and {model_noun(plan.model)} "
@@ -625,6 +613,8 @@ def tune(
             "only candidate measured, is the artifact's kernel.py"
         )
     best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
+    if not runner.measures_time and power_cap_w is not None:
+        _over_cap_note(plan, session.final_prediction, best, power_cap_w, notes)
     if not runner.measures_time and best.predicted_ms is not None and best.predicted_ms < LAUNCH_S * 1e3:
         notes.insert(  # first, right under the best line (the CLI's alone said it: not meta.json, not .notes)
             0,
@@ -1270,6 +1260,31 @@ def measurement_row(
         row["checked_problems"] = [p.to_dict() for p in checks]
     row.update({k: v for k, v in result.values.items() if k in COLUMN_NAMES and v is not None})
     return row
+
+
+def _over_cap_note(
+    plan: Plan, prediction: Prediction | None, best: Best, power_cap_w: float, notes: list[str]
+) -> None:
+    """Without a GPU the choice is the best ranked config that passed its check: one predicted over the power
+    cap was chosen without a word (a GPU's tune refuses when every config drew more)."""
+    if prediction is None or prediction.power_w is None or best.config is None:
+        return
+    try:
+        chosen = float(prediction.power_w[plan.space.legal.index(best.config)])
+    except ValueError:  # not a config of the space (none is): nothing to say
+        return
+    if chosen <= power_cap_w:
+        return
+    least = float(np.min(prediction.power_w))
+    why = (
+        f"{model_noun(plan.model)} predicts every config to draw more (the least: {least:.0f} W)"
+        if least > power_cap_w
+        else "none of the configs predicted under it passed its check"
+    )
+    notes.append(
+        f"the {power_cap_w:g} W power cap could not be met: {why}, so the choice, predicted to draw "
+        f"{chosen:.0f} W, is the best prediction as if there were no cap"
+    )
 
 
 def choose_best(

@@ -231,6 +231,10 @@ def illegal_reason(
         )
     if config.ends and not any(strided_ends(stages)):
         return "feature-major ends where no end map is strided (x and y already move in whole runs)"
+    if (
+        config.ends and problem.rows == 1
+    ):  # as `extras` leaves it out: kt.build took what tune.configs refused
+        return "feature-major ends of one row (a row is adjacent to itself: the same launches as without)"
     biggest_in = max(s.blk_in for s in stages)
     biggest_out = max(s.blk_out for s in stages)
     if config.block_n > padded(biggest_out) or config.block_k > padded(biggest_in):

@@ -301,7 +301,7 @@ class ForestModel:
             shapes = f", {counted(t['problems'], 'problem')} of {counted(t['shapes'], 'shape')}"
         power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
         if not self.predicts_power and t.get("power_rows"):  # read, but too few to fit (the fit said nothing)
-            power = f", no power (read in {t['power_rows']} rows; a power forest needs {MIN_ROWS})"
+            power = f", no power (read in {counted(t['power_rows'], 'row')}; a power forest needs {MIN_ROWS})"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (
             f"forest for {self.fitted_device.key} predicting {self.device.key} with its own roofline"

@@ -116,6 +116,12 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     if spec["op"] == "fft":  # complex64 out, or planar (2, ..., n) half out
         if spec["dtype"] == "float32":
             return x.new_empty(x.shape, dtype=torch.complex64)
+        if _planar_input(spec) and (x.dim() < 2 or x.shape[0] != 2):  # as the kernel refuses it: a compiled
+            n = spec["shape"]["n"]  # backward indexed x[1] first, a bare IndexError
+            raise ValueError(
+                f"kernel(x): x must be planar complex (2, ..., {n}) (real parts in x[0], imaginary in x[1]), got "
+                f"shape {tuple(x.shape)}"
+            )
         return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
     if spec["op"] == "dense":  # any sizes, as the kernel takes them; a batch from either operand
         (b,) = weights
