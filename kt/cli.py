@@ -42,7 +42,7 @@ from kt.files import (
     existing_file,
     existing_path,
     make_folder,
-    model_file,
+    ranking_model,
 )
 
 # kt.spec.MAX_BUDGET (tune.budget's most), not imported for it: kt.spec loads yaml. test_cli checks they agree
@@ -251,20 +251,15 @@ def _device_name(ctx, param, value):
 
 
 def _model_file(ctx, param, value):
-    """A model file is checked as the command line is read, before torch or scikit-learn load."""
-    if value is not None and not str(value).strip():
-        raise click.BadParameter("an empty path; give a model file or analytic", ctx, param)
-    if value is not None and str(value).lower() == "analytic":
-        return "analytic"  # `ANALYTIC` was read as a file's name
-    if value is not None:
-        try:
-            model_file(value)
-        except KtError as exc:  # "model: ... not found" named neither the option nor the other choice
-            why = str(exc).removeprefix("model: ").removesuffix(f"; {MODEL_HINT}")  # click names the option
-            raise click.BadParameter(
-                f"{why}; allowed: a model file from `kt costmodel fit`, or analytic"
-            ) from None
-    return value
+    """A ranking model is checked as the command line is read, before torch or scikit-learn load, as kt.plan and
+    kt.tune check theirs (`ranking_model`: any case of analytic, or a model file)."""
+    try:
+        return ranking_model(value)
+    except KtError as exc:  # "model: ... not found" named neither the option nor the other choice
+        why = str(exc).removeprefix("model: ").removesuffix(f"; {MODEL_HINT}, or analytic")  # click names it
+        raise click.BadParameter(
+            f"{why}; allowed: a model file from `kt costmodel fit`, or analytic"
+        ) from None
 
 
 def _data_file(ctx, param, value):
