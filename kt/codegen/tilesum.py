@@ -11,6 +11,7 @@ column tiles), warps and pipeline depth. None of it changes what is computed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -89,6 +90,13 @@ class Launch:
 def _bsr_depth(term: BlockSparseProblem) -> int:
     """The mean depth an output element of the block-sparse product sums over."""
     return max(1, round(term.nnz * term.block[0] * term.block[1] / term.out_features))
+
+
+@functools.lru_cache(maxsize=64)
+def _fullest_row(term: BlockSparseProblem) -> int:
+    """The stored blocks of the term's fullest block-row, worked out once per problem (its layout decoded), not
+    once for each of its space's configs."""
+    return int(term.mask().sum(axis=1).max())
 
 
 def _bsr_width(term: BlockSparseProblem) -> int:
@@ -265,7 +273,7 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
         # a BSR source's run is its block-row's blocks times the steps per block: the fullest block-row's, not
         # the blocks' mean depth (a skewed pattern lost exactly the splits that even out its load)
         runs = [-(-s.k // config.block_k) for s in steps] + [
-            int(t.mask().sum(axis=1).max()) * -(-t.block[1] // config.block_k) for t in _bsr_terms(problem)
+            _fullest_row(t) * -(-t.block[1] // config.block_k) for t in _bsr_terms(problem)
         ]
         if config.split > 1 and config.split > max(runs):
             return "more splits than steps"

@@ -104,6 +104,15 @@ def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
     return x[..., 0].numel() if x.dim() else 0
 
 
+def check_planar(x: torch.Tensor, n: int, who: str) -> None:
+    """A half FFT's x is planar complex (2, ..., n): else a ValueError in `who`'s words, as the kernel words it."""
+    if x.dim() < 2 or x.shape[0] != 2:
+        raise ValueError(
+            f"{who}: x must be planar complex (2, ..., {n}) (real parts in x[0], imaginary in x[1]), got shape "
+            f"{tuple(x.shape)}"
+        )
+
+
 def _planar_input(spec: dict[str, Any]) -> bool:
     return spec["op"] == "fft" and spec["dtype"] == "float16" and spec.get("input", "complex") == "complex"
 
@@ -116,12 +125,10 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     if spec["op"] == "fft":  # complex64 out, or planar (2, ..., n) half out
         if spec["dtype"] == "float32":
             return x.new_empty(x.shape, dtype=torch.complex64)
-        if _planar_input(spec) and (x.dim() < 2 or x.shape[0] != 2):  # as the kernel refuses it: a compiled
-            n = spec["shape"]["n"]  # backward indexed x[1] first, a bare IndexError
-            raise ValueError(
-                f"kernel(x): x must be planar complex (2, ..., {n}) (real parts in x[0], imaginary in x[1]), got "
-                f"shape {tuple(x.shape)}"
-            )
+        if _planar_input(
+            spec
+        ):  # as the kernel refuses it: a compiled backward indexed x[1] first (IndexError)
+            check_planar(x, spec["shape"]["n"], "kernel(x)")
         return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
     if spec["op"] == "dense":  # any sizes, as the kernel takes them; a batch from either operand
         (b,) = weights

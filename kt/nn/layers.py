@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
-from kt.nn.functional import _rows, _same_pattern, apply, op_text
+from kt.nn.functional import _rows, _same_pattern, apply, check_planar, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
 from kt.spec import MAX_DIM, MAX_TERMS, SpecError, check_seed
 
@@ -865,12 +865,8 @@ class FFT(_NoTorchScript, nn.Module):
             raise TypeError(
                 f"FFT: x.dtype is {x.dtype}, but this layer takes {want} ({form}); pass x.to({want})"
             )
-        if half and not real and (x.dim() < 2 or x.shape[0] != 2):
-            # the kernel says so too, but a compiled backward indexed x[1] first: a bare IndexError
-            raise ValueError(
-                f"FFT: x must be planar complex (2, ..., {self.n}) (real parts in x[0], imaginary in x[1]), got "
-                f"shape {tuple(x.shape)}"
-            )
+        if half and not real:  # in the layer's words (the kernel and the op's fake refuse it in theirs)
+            check_planar(x, self.n, "FFT")
         return apply(x, [], self.op_text)
 
     def extra_repr(self) -> str:
