@@ -280,3 +280,16 @@ def test_a_block_sparse_step_is_no_deeper_than_a_padded_block():
         {"op": "lowrank", "shape": {"batch": 256, "dims": [512, 64, 512]}},
     ]}  # fmt: skip
     assert max(c.block_k for c in kt.space(mixed, "h100").legal) > 16
+
+
+@pytest.mark.parametrize("nblocks", [3, 4])
+def test_a_block_gemm_group_past_every_block_is_dropped(nblocks):
+    """GROUP blocks per program, masked past the last (blockgemm.py.j2's `live`): once one program takes every
+    block, a larger GROUP only adds masked iterations. The bound was the block count padded to at least 16, so
+    a Monarch of 4 blocks kept GROUP 8 and 16 (108 of its 288 configs at n = 64)."""
+    import kt
+
+    spec = {"op": "monarch", "dtype": "float16", "shape": {"batch": 64, "n": 16 * nblocks, "nblocks": nblocks}}
+    legal = kt.space(spec, "h100").legal
+    cover = 1 << (nblocks - 1).bit_length()
+    assert {c.group for c in legal} == {g for g in (1, 2, 4, 8, 16) if g <= cover}

@@ -239,8 +239,11 @@ def illegal_reason(
     biggest_out = max(s.blk_out for s in stages)
     if config.block_n > padded(biggest_out) or config.block_k > padded(biggest_in):
         return "tile larger than the padded problem"
-    if config.group > padded(max(s.nblocks for s in stages)):
-        return "more blocks per program than blocks"
+    most = max(s.nblocks for s in stages)
+    if (
+        config.group > 1 << (most - 1).bit_length()
+    ):  # a smaller GROUP already takes every block in one program
+        return f"more blocks per program than the {most} blocks (GROUP {1 << (most - 1).bit_length()} takes them all)"
     for stage in stages:  # the launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n)
         block_n, _ = stage_tiles(stage, config)
         if -(-stage.nblocks // config.group) > MAX_GRID_YZ or -(-stage.blk_out // block_n) > MAX_GRID_YZ:
