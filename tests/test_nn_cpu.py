@@ -1938,3 +1938,13 @@ def test_layers_and_build_run_where_kts_cache_cannot_be_written_and_leave_no_fol
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [p.name for p in temporary.iterdir() if p.name.startswith("kt-kernel-")] == []  # removed at exit
+
+
+def test_a_second_reverse_derivative_through_block_sparse_weight_gradients_names_the_way_that_works():
+    """A penalty on dL/dvalues of a block-sparse layer differentiates its weight-gradient op again, which has no
+    reverse-mode gradient (README): the error named kt's internal op only. It names what it is and
+    torch.func.hessian, which computes it."""
+    layer = knn.BlockSparseLinear(12, 8, (4, 4), density=0.5, seed=3)
+    (grad,) = torch.autograd.grad(layer(torch.randn(3, 12)).square().sum(), [layer.values], create_graph=True)
+    with pytest.raises(RuntimeError, match=r"block-sparse weight's gradient .*torch\.func\.hessian"):
+        grad.square().sum().backward()

@@ -778,7 +778,10 @@ def _gradients(ctx, dy: torch.Tensor, need_dx: bool, need_w: list[bool]):
     # the backward's ops select their own kernels: a pinned forward kernel is not theirs
     spec = {key: value for key, value in _parsed(ctx.op).items() if key != "pin"}
     if spec["op"] not in GRADIENTS:
-        raise RuntimeError(f"kt: the {spec['op']} op has no gradient (it is itself a gradient)")
+        raise RuntimeError(  # only blocksparse_grad: a block-sparse weight's gradient, differentiated again
+            f"kt: a block-sparse weight's gradient ({spec['op']}) has no gradient of its own in reverse mode; "
+            "torch.func.hessian (forward over reverse) differentiates it"
+        )
     with backward_role():
         return GRADIENTS[spec["op"]](spec, x, weights, dy.contiguous(), need_dx, need_w)
 
