@@ -60,6 +60,44 @@ def test_a_database_with_an_older_key_is_rekeyed_so_rows_of_a_new_triton_are_sto
         assert db.count() == 2
 
 
+def first_schema_db(path):
+    """A database as kt's first schema made it: checked_problem (one problem, later renamed to a list,
+    checked_problems), and none of the columns added since."""
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE measurements (id INTEGER PRIMARY KEY, runner TEXT, device TEXT, target TEXT, family TEXT, "
+        "family_version TEXT, problem_key TEXT, config_key TEXT, created_at TEXT, problem TEXT, config TEXT, "
+        "status TEXT, checked_problem TEXT, triton_version TEXT)"
+    )
+    conn.execute(
+        "INSERT INTO measurements VALUES (1, 'interpret', 'cpu', 'h100', 'gemm', 'v1', '{}', "
+        "'m16n16k16g8w8s2x4', '2026-11-23T14:00:00+00:00', '{\"m\": 64}', '{\"block_m\": 16}', 'ok', "
+        "'{\"m\": 25}', '3.9.0')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("migrated", [False, True], ids=["as-read", "migrated"])
+def test_a_first_schema_database_exports_and_keeps_its_checked_problem(tmp_path, migrated):
+    """Its renamed column stayed in its table after migration, and export's CSV writer refused the unknown field
+    (a traceback, before and after a tune had migrated the file); the checked problem is read as the list the
+    column became, read-only (export) and migrated alike."""
+    import csv
+    import json
+
+    path = first_schema_db(tmp_path / "old.db")
+    if migrated:
+        Database(path).close()
+    with Database(path, create=False, readonly=True) as db:
+        assert db.export_csv(tmp_path / "old.csv") == 1
+        assert db.find()[0]["checked_problems"] == [{"m": 25}]
+    (exported,) = csv.DictReader((tmp_path / "old.csv").open())
+    assert json.loads(exported["checked_problems"]) == [{"m": 25}] and "checked_problem" not in exported
+
+
 def test_bad_rows_are_refused_whole(tmp_path):
     with Database(tmp_path / "t.db") as db:
         with pytest.raises(ValueError, match="unknown measurement columns"):

@@ -402,6 +402,12 @@ class Database:
                 for name, kind in COLUMNS:
                     if name not in have:
                         self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {kind}")
+                if "checked_problem" in have and "checked_problems" not in have:
+                    # the first schema's one checked problem (JSON), renamed to a list of them
+                    self.conn.execute(
+                        "UPDATE measurements SET checked_problems = '[' || checked_problem || ']' "
+                        "WHERE checked_problem IS NOT NULL"
+                    )
             indexed = [r[2] for r in self.conn.execute("PRAGMA index_info(measurement_key)")]
             if indexed and indexed != list(KEY_COLUMNS):
                 # an older key (schema 1's lacked triton_version): kept, it made every row of another Triton
@@ -571,12 +577,22 @@ class Database:
             self.conn.execute("BEGIN")
             self.conn.executemany("DELETE FROM measurements WHERE id = ?", [(i,) for i in ids])
 
+    def _columns(self) -> str:
+        """The SELECT list of today's columns that the table has: a column an older schema had and renamed stays
+        in its table (schema 1's checked_problem, which export's CSV writer refused), and a database opened for
+        reading only is not migrated, so it may lack today's (its rows read them as missing)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
+        names = ["id", *(name for name in COLUMN_NAMES if name in have)]
+        if "checked_problems" not in have and "checked_problem" in have:
+            names.append("'[' || checked_problem || ']' AS checked_problems")
+        return ", ".join(names)
+
     def find(self, *, numbers: bool = True, **where: Any) -> list[dict[str, Any]]:
         """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first; with
         `numbers`, a row with text in a numeric column is refused (the dataset reader, which checks each
         row's figures and their ranges itself, reads without)."""
         cursor = self.conn.execute(
-            f"SELECT * FROM measurements WHERE {_where(where)} ORDER BY id", [*where.values()]
+            f"SELECT {self._columns()} FROM measurements WHERE {_where(where)} ORDER BY id", [*where.values()]
         )
         rows = []
         for r in cursor:
