@@ -428,6 +428,26 @@ def test_a_claim_whose_pid_now_names_a_later_process_is_stale(tmp_path):
     assert _alive(os.getpid(), _host(), now.isoformat(timespec="seconds"), now)  # this process: the holder
 
 
+def test_a_dead_tunes_claim_is_dropped_though_its_key_is_never_asked_for_again(tmp_path):
+    """A tune killed after candidate zero's row went in left its claim: later tunes never claim a measured
+    candidate zero, and a dead holder's claim was only dropped when its own key was claimed."""
+    import subprocess
+
+    from kt.autotune.database import _host, claim_key
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with Database(tmp_path / "t.db") as db:
+        db.insert(row(config_key="zero"))
+        zero = {**{k: f"{k}-value" for k in KEY_COLUMNS}, "config_key": "zero"}
+        db.conn.execute(
+            "INSERT INTO claims VALUES (?, ?, ?, '2026-12-05T10:00:00+00:00')",
+            [claim_key(zero), gone.pid, _host()],
+        )
+        assert db.claim([{**zero, "config_key": "next"}]) == ["mine"]
+        assert [c["claim_key"] for c in db.claims()] == [claim_key({**zero, "config_key": "next"})]
+
+
 def test_a_database_in_a_folder_where_no_file_can_be_made_is_refused_before_a_tune(tmp_path):
     """SQLite opens -wal and -shm files beside the database as it writes: a writable file in a read-only folder
     was "a readonly database (attempt to write a readonly database)", after the op's heading."""

@@ -480,6 +480,14 @@ class Database:
         states = []
         with self.conn, _HELD_LOCK:
             self.conn.execute("BEGIN IMMEDIATE")
+            # every dead holder's claim goes, not only those of the keys asked for now: a tune killed while
+            # measuring candidate zero left a claim no later tune asks for (its row is in, so it is not claimed)
+            dead = [
+                (r["claim_key"],)
+                for r in self.conn.execute("SELECT claim_key, pid, host, claimed_at FROM claims")
+                if not _alive(r["pid"], r["host"], r["claimed_at"], now)
+            ]
+            self.conn.executemany("DELETE FROM claims WHERE claim_key = ?", dead)
             for key in keys:
                 where = " AND ".join(f"{k} = ?" for k in KEY_COLUMNS)
                 values = [key[k] for k in KEY_COLUMNS]
@@ -489,8 +497,6 @@ class Database:
                 )
                 held = held.fetchone()
                 if self.conn.execute(f"SELECT 1 FROM measurements WHERE {where}", values).fetchone():
-                    if held is not None and not _alive(*held, now):  # a killed tune's, left after its row
-                        self.conn.execute("DELETE FROM claims WHERE claim_key = ?", [name])
                     states.append("measured")
                     continue
                 if held is not None and (held["pid"], held["host"]) != (me, host) and _alive(*held, now):
