@@ -289,7 +289,24 @@ def test_a_block_gemm_group_past_every_block_is_dropped(nblocks):
     a Monarch of 4 blocks kept GROUP 8 and 16 (108 of its 288 configs at n = 64)."""
     import kt
 
-    spec = {"op": "monarch", "dtype": "float16", "shape": {"batch": 64, "n": 16 * nblocks, "nblocks": nblocks}}
+    spec = {
+        "op": "monarch",
+        "dtype": "float16",
+        "shape": {"batch": 64, "n": 16 * nblocks, "nblocks": nblocks},
+    }
     legal = kt.space(spec, "h100").legal
     cover = 1 << (nblocks - 1).bit_length()
     assert {c.group for c in legal} == {g for g in (1, 2, 4, 8, 16) if g <= cover}
+
+
+def test_the_fused_monarch_has_one_config_per_rows_and_warps():
+    """monarch_fused_kernel has no loop, so NUM_STAGES pipelines nothing: its configs of 2, 3 and 4 stages built
+    the same sm_90 PTX, yet each was a config of the space (a guided first round measured two of them)."""
+    import kt
+
+    spec = {"op": "monarch", "dtype": "float16", "shape": {"batch": 64, "n": 64, "nblocks": 4}}
+    fused = [c for c in kt.space(spec, "h100").legal if c.fused]
+    assert fused and {(c.block_n, c.block_k, c.group, c.num_stages) for c in fused} == {(16, 16, 1, 2)}
+    assert len({(c.block_b, c.num_warps) for c in fused}) == len(fused)
+    with pytest.raises(kt.SpecError, match=r"unused by the fused kernel \(it takes .* 2 stages\)"):
+        kt.build(spec, {**fused[0].to_dict(), "num_stages": 3})  # written by hand: checked as tune.configs

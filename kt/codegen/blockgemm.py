@@ -163,14 +163,21 @@ def copy_bytes(problem: StructuredProblem, stages: list[Stage]) -> int:
     return 2 * problem.rows * features * size
 
 
+FUSED_FIXED = (MIN_DOT, MIN_DOT, 1, min(AXES["num_stages"]))  # block_n, block_k, group, num_stages
+
+
 def fused_reason(problem: MonarchProblem, config: BlockGemmConfig, device: DeviceProfile) -> str | None:
     """Why the fused Monarch kernel cannot run `problem` with `config`, or None (the problem's shape rule,
     `MonarchProblem.fusable`, decides whether its space has a fused form at all).
 
     It holds a (BLOCK_B, n) slab of x, the whole intermediate and both weights on chip."""
     k, l = problem.w1[0], problem.w2[0]  # noqa: E741
-    if (config.block_n, config.block_k, config.group) != (MIN_DOT, MIN_DOT, 1):
-        return "tile choices unused by the fused kernel"
+    # Its kernel has no loop (whole blocks in one dot each), so NUM_STAGES pipelines nothing: configs of other
+    # stages built to the same sm_90 PTX, and the forest ranked the copies apart (a guided first round took two)
+    if (config.block_n, config.block_k, config.group, config.num_stages) != FUSED_FIXED:
+        return "tile choices unused by the fused kernel (it takes block_n {}, block_k {}, group {}, {} stages)".format(
+            *FUSED_FIXED
+        )
     if min(k, l) < config.num_warps:
         return WARPS_OVER_BATCH
     working_set, acc = resources(problem, config, device)
