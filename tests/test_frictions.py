@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -68,6 +69,27 @@ def _interpreted(spec, tmp_path, **options):
 
 def _tuned(tmp_path, config):
     return _interpreted(kt.parse_spec({"name": "same", **SMALL, "tune": {"configs": [config]}}), tmp_path)
+
+
+def test_a_full_disk_under_an_artifact_names_the_artifact(tmp_path, monkeypatch):
+    """ENOSPC as kernel.py is written carries no file name: the CLI said only "kt: error: No space left on
+    device". It names the artifact, and leaves no staging folder."""
+    import errno
+
+    import kt.autotune.artifact as artifact
+
+    result = _tuned(tmp_path, {"block_m": 16, "block_n": 16, "block_k": 16})
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(artifact, "_write", full)
+    target = tmp_path / "art" / "same"
+    with pytest.raises(
+        kt.ArtifactError, match=rf"^{re.escape(str(target))} cannot be written \(No space left"
+    ):
+        save_artifact_report(result, target)
+    assert os.listdir(tmp_path / "art") == []
 
 
 def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_path):

@@ -180,7 +180,12 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         check_target(real, "save to another path")
         if held:
             _sweep(real)
-        return path, _swap_in(real, source, meta)
+        try:
+            return path, _swap_in(real, source, meta)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # named by the artifact
+                raise ArtifactError(f"{path} cannot be written ({exc.strerror})") from None
+            raise
 
 
 def _sweep(path: Path) -> None:
