@@ -492,6 +492,43 @@ def test_a_database_in_a_folder_where_no_file_can_be_made_is_refused_before_a_tu
     ]
 
 
+def test_a_database_with_its_log_in_a_read_only_folder_is_not_told_to_be_written(tmp_path):
+    """A copy taken while a tune wrote keeps its newest rows in the -wal beside it. SQLite reads such a file only
+    where it can make a -shm file (its own shell fails too): a read-only command said the file "cannot be
+    written ... give a --db where kt may write"."""
+    import shutil
+    import sys
+
+    from conftest import run_as_user
+
+    source, folder = tmp_path / "src", tmp_path / "ro"
+    source.mkdir()
+    folder.mkdir()
+    with Database(source / "t.db") as db:
+        db.conn.execute("PRAGMA wal_autocheckpoint=0")
+        db.insert(row())
+        for name in ("t.db", "t.db-wal"):  # copied as the writer holds them open: the row is in the log only
+            shutil.copy(source / name, folder / name)
+    folder.chmod(0o555)
+    try:
+        code = (
+            "import sys\nfrom kt.autotune.database import Database, DatabaseError\n"
+            "try:\n    Database(sys.argv[1], create=False, readonly=True)\n"
+            "except DatabaseError as e:\n    print(e)\n"
+        )
+        done = run_as_user([sys.executable, "-c", code, str(folder / "t.db")])
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"db: {str(folder / 't.db')!r} has a write-ahead log beside it (t.db-wal), which SQLite reads only where "
+        "it may create its -shm file, and this folder is read-only; copy the file and its -wal to a folder kt "
+        "may write, or open it once where it lies from an account that may write"
+    )
+    with Database(folder / "t.db", create=False, readonly=True) as db:  # where it may: the row is there
+        assert db.count() == 1
+
+
 def test_a_read_only_file_a_link_loop_and_a_link_to_nothing_are_answered_before_a_tune(tmp_path):
     """A read-only database file and a link loop were refused only after the op's heading, by SQLite ("attempt to
     write a readonly database", "unable to open database file"); a link into a folder not yet made failed

@@ -364,6 +364,15 @@ class Database:
                 ) from None
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
                 raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
+            wal = self.path.resolve().with_name(self.path.resolve().name + "-wal")
+            if readonly and _kind(exc) == "read-only" and wal.exists() and not os.access(wal.parent, os.W_OK):
+                # even a reader of a file with a writer's log beside it makes a -shm file there (SQLite's own
+                # shell cannot open it either): "give a --db where kt may write" misled a command that reads
+                raise DatabaseError(
+                    f"db: {str(self.path)!r} has a write-ahead log beside it ({wal.name}), which SQLite reads "
+                    "only where it may create its -shm file, and this folder is read-only; copy the file and its "
+                    "-wal to a folder kt may write, or open it once where it lies from an account that may write"
+                ) from None
             if _kind(exc) in ("full", "read-only", "disk"):  # a kt database all the same, which kt cannot use
                 raise DatabaseError(failure(exc, self.path)) from None
             if _kind(exc) == "damaged" and _sqlite_header(self.path):  # one cut short, or written over
