@@ -623,3 +623,23 @@ def test_a_database_named_csv_is_refused_where_made_and_read_as_a_database_where
         DatabaseError, match="sweep.csv' row id 1: column family"
     ):  # read as a database's rows
         read_rows(made)  # (this file's row() has placeholder values, which the reader then checks)
+
+
+def test_a_write_that_waits_for_another_process_says_so(tmp_path, caplog):
+    """A tune whose database another process held for writing waited up to a minute after its heading without
+    a word. Past LOCK_NOTE_S it says that it waits, then goes on once the lock is free."""
+    import threading
+
+    from kt.autotune.database import LOCK_NOTE_S
+
+    path = tmp_path / "t.db"
+    Database(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    threading.Timer(LOCK_NOTE_S + 1.0, holder.rollback).start()
+    with caplog.at_level("WARNING", logger="kt.db"), Database(path) as db:
+        assert db.insert(row())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"db: {str(path)!r} is held by another process's write; waiting up to 60 s for it"
+    ]
+    holder.close()

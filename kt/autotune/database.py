@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -172,6 +173,27 @@ def default_path() -> Path:
 
 
 LOCKED_WAIT_S = 60.0  # how long opening a database waits for another writer (SQLite's busy timeout too)
+
+
+LOCK_NOTE_S = 2.0  # how long a write waits for another process's lock before saying that it waits
+
+
+def _begin_immediate(conn: sqlite3.Connection, path: Path) -> None:
+    """BEGIN IMMEDIATE (the write lock, taken before anything is read), saying so when another process holds
+    it for more than LOCK_NOTE_S: a tune waited up to a minute after its heading without a word."""
+    conn.execute(f"PRAGMA busy_timeout = {int(LOCK_NOTE_S * 1000)}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        logging.getLogger("kt.db").warning(
+            "db: %r is held by another process's write; waiting up to %g s for it", str(path), LOCKED_WAIT_S
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int((LOCKED_WAIT_S - LOCK_NOTE_S) * 1000)}")
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(LOCKED_WAIT_S * 1000)}")
 
 
 def _retry_locked(step):
@@ -402,7 +424,7 @@ class Database:
             # IMMEDIATE: the write lock is taken (waiting its turn, up to the connection's timeout) before
             # anything is read, so tunes opening a new database at once create it one after the other instead
             # of one failing with "database is locked" when its read lock cannot be upgraded
-            self.conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(self.conn, self.path)
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS measurements (\n  id INTEGER PRIMARY KEY,\n  {columns})"
             )
@@ -488,7 +510,7 @@ class Database:
         db_file = str(self.path.resolve())
         states = []
         with self.conn, _HELD_LOCK:
-            self.conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(self.conn, self.path)
             # every dead holder's claim goes, not only those of the keys asked for now: a tune killed while
             # measuring candidate zero left a claim no later tune asks for (its row is in, so it is not claimed)
             dead = [
