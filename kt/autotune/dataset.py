@@ -52,6 +52,12 @@ MEASUREMENT_CHECKS = (
     ("runtime_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
     ("power_w", "a finite number of watts >= 0", lambda v: v >= 0),
     ("predicted_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+    # the spread a tune records beside the median, and the energy an energy or edp objective ranks by
+    ("runtime_min_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+    ("runtime_p20_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+    ("runtime_p80_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+    ("energy_mj", "a finite number of millijoules >= 0", lambda v: v >= 0),
+    ("runs", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
 )
 
 
@@ -112,7 +118,8 @@ def _cell(column: str, text: str | None) -> Any:
         return None
     if column not in NUMERIC_COLUMNS:
         return text
-    if "_" in text:  # int() and float() read "1_0" as 10: no number kt writes has one
+    # int() and float() read "1_0" as 10, " 1" as 1 and full-width digits as digits: no number kt writes has one
+    if "_" in text or not text.isascii() or text != text.strip():
         return text
     try:
         return int(text)
