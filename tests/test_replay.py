@@ -97,6 +97,11 @@ def test_database_rows_become_sweeps_with_failures_as_missing_values(sweeps):
     assert len(rebuilt) == len(sweep) and np.isnan(rebuilt.runtime_ms).sum() == 1
     assert sweeps_from_rows(rows, min_configs=len(sweep) + 1) == []
     assert sweeps_from_rows([{**r, "runner": "interpret"} for r in rows], min_configs=2) == []
+    # PyTorch's own path, candidate zero, in the same template version (an edited database): it has no config
+    # fields to replay (a traceback, "record lacks block_m"), and is no config of the space
+    zero = {**rows[0], "config": {}, "config_key": "pytorch", "runtime_ms": 0.001, "status": "ok"}
+    (with_zero,) = sweeps_from_rows([*rows, zero], min_configs=2)
+    assert len(with_zero) == len(sweep) and with_zero.best == rebuilt.best
 
 
 def test_the_benchmark_refuses_bad_arguments_in_one_line(bench, capsys, tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kt.autotune.database import BASELINE_KEY
 from kt.autotune.dataset import read_rows, untimed
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
 from kt.autotune.spaces import (
@@ -93,7 +94,9 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
     Triton version) with at least `min_configs` configs and one that passed."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
-        if row["runner"] == "cuda" and row["family"] == "gemm":  # the GEMM launches the models learn
+        # the GEMM launches the models learn; PyTorch's own path (candidate zero) is no config of the space,
+        # whatever template version an edited database gives its row
+        if row["runner"] == "cuda" and row["family"] == "gemm" and row["config_key"] != BASELINE_KEY:
             identity = (
                 row["problem_key"],
                 row.get("target"),
