@@ -38,19 +38,26 @@ _LAZY = {
 }
 
 
+# kt's packages, as attributes too: `import kt` then kt.ir.prune_blocks (README) worked only once something else
+# had imported kt.ir
+_PACKAGES = ("autotune", "codegen", "costmodel", "ir", "nn")
+
+
 def __getattr__(name: str):
+    import importlib
+
+    if name in _PACKAGES:
+        return importlib.import_module(f"kt.{name}")  # the import binds it as kt's attribute
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kt' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # once loaded, a plain attribute
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_PACKAGES))
 
 
 __all__ = sorted(

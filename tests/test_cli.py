@@ -497,6 +497,14 @@ def test_kt_still_offers_every_name_lazily():
         kt.nonexistent  # noqa: B018
 
 
+def test_kts_packages_are_attributes_of_kt_alone():
+    """README: `import kt` then kt.ir.prune_blocks(...), which was an AttributeError unless something had
+    imported kt.ir before (in a fresh interpreter: kt's own tests import it)."""
+    code = "import kt\nprint(kt.ir.prune_blocks.__name__, kt.nn.MonarchLinear.__name__, 'ir' in dir(kt))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["prune_blocks", "MonarchLinear", "True"], done.stderr[-2000:]
+
+
 @pytest.mark.skipif(
     not os.path.exists("/proc/self/maps"), reason="watches the child's mapped libraries (Linux)"
 )
