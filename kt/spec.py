@@ -55,7 +55,8 @@ class DenseShape:
 
 @dataclass(frozen=True)
 class MonarchShape:
-    """x (batch, k*p) -> y (batch, l*s) through w1 (k, q, p) and w2 (l, s, r), with l*r = k*q (ARCHITECTURE.md)."""
+    """x (batch, k*p) -> y (batch, l*s) through w1 (k, q, p) and w2 (l, s, r), with l*r = k*q
+    (docs/architecture.md)."""
 
     batch: int
     w1: tuple[int, int, int]  # (k, q, p)

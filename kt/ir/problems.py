@@ -234,7 +234,7 @@ def _times_map(x: torch.Tensor, linear_map, weights: dict[str, torch.Tensor]) ->
 
 @dataclass(frozen=True)
 class MonarchProblem(StructuredProblem):
-    """y (rows, l*s) = Monarch(w1 (k, q, p), w2 (l, s, r)) x (rows, k*p), the convention of ARCHITECTURE.md.
+    """y (rows, l*s) = Monarch(w1 (k, q, p), w2 (l, s, r)) x (rows, k*p) (docs/architecture.md).
 
     `transposed`: y (rows, k*p) = x (rows, l*s) @ M for the forward map's (out, in) matrix M, on the same
     weights (what the backward pass applies to dy)."""
@@ -321,7 +321,7 @@ class MonarchProblem(StructuredProblem):
 
 @dataclass(frozen=True)
 class ButterflyProblem(StructuredProblem):
-    """y = B_{L-1} ... B_0 x over n = 2**L features, twiddles (L, n/2, 2, 2) (ARCHITECTURE.md).
+    """y = B_{L-1} ... B_0 x over n = 2**L features, twiddles (L, n/2, 2, 2) (docs/architecture.md).
 
     `transposed`: y = x @ B for that map's (n, n) matrix B, on the same twiddles (the backward pass's map)."""
 

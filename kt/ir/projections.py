@@ -73,8 +73,8 @@ def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
 
 @torch.no_grad()
 def project_butterfly(weight: torch.Tensor) -> torch.Tensor:
-    """Twiddles (L, n/2, 2, 2) of a butterfly (ARCHITECTURE.md's convention) close to a square W (n, n), exact
-    when W is a butterfly matrix.
+    """Twiddles (L, n/2, 2, 2) of a butterfly (docs/architecture.md's convention) close to a square W (n, n),
+    exact when W is a butterfly matrix.
 
     Levels 0 .. L-2 mix only the low bits, so B = B_{L-1} · diag(M0, M1) with M0, M1 butterflies of half size.
     Then for each j < n/2 the (2, n/2) matrix of rows j and j + n/2 of W's left half is the outer product of the

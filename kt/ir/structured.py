@@ -1,6 +1,7 @@
 """Monarch, butterfly and FFT as products of factors, each with an independent plain-torch reference.
 
-The conventions are those of ARCHITECTURE.md ("The IR"); each map's docstring says which factor does which step.
+The conventions are those of docs/architecture.md ("Math conventions"); each map's docstring says which factor
+does which step.
 The references never touch the factors: they are written from the convention, so map == reference checks both.
 """
 

@@ -986,8 +986,8 @@ def _fft_grads(spec, x, weights, dy, need_dx, need_w):
 
 
 def _monarch_grads(spec, x, weights, dy, need_dx, need_w):
-    """Monarch y = P2 L P1 R x (ARCHITECTURE.md): dx is the transposed Monarch op on dy; dw1 and dw2 are per-block
-    outer products summed over the rows, batched GEMMs over the blocks (no dense matrix)."""
+    """Monarch y = P2 L P1 R x (docs/architecture.md): dx is the transposed Monarch op on dy; dw1 and dw2 are
+    per-block outer products summed over the rows, batched GEMMs over the blocks (no dense matrix)."""
     w1, w2 = weights
     (k, q, p), (l, s, r) = w1.shape, w2.shape  # noqa: E741
     lead = x.shape[:-1]
@@ -1022,7 +1022,7 @@ def _butterfly_grads(spec, x, weights, dy, need_dx, need_w):
     t32 = twiddles.float()
     inputs, a = [], _rows(x).float()
     rows = a.shape[0]
-    for f in range(levels):  # the forward, level by level (ARCHITECTURE.md's butterfly convention)
+    for f in range(levels):  # the forward, level by level (the butterfly convention of docs/architecture.md)
         inputs.append(a)
         s = 1 << f
         pairs = a.view(rows, n // (2 * s), 2, s)  # [b, group, half, j]

@@ -777,7 +777,7 @@ class Sum(_KtLinear):
 
 
 class MonarchLinear(_KtLinear):
-    """y = Monarch(w1, w2) x + b (ARCHITECTURE.md): w1 (k, q, p), w2 (l, s, r) with k = l = `nblocks`,
+    """y = Monarch(w1, w2) x + b (docs/architecture.md): w1 (k, q, p), w2 (l, s, r) with k = l = `nblocks`,
     p = in / k, s = out / l and the middle width k*q = in (q = r = p)."""
 
     def __init__(
@@ -874,8 +874,8 @@ class FFT(_NoTorchScript, nn.Module):
 
 
 class ButterflyLinear(_KtLinear):
-    """y = B_{L-1} ... B_0 x + b over n = 2**L features, twiddles (L, n/2, 2, 2) (ARCHITECTURE.md), by kt's
-    butterfly kernels (levels multiplied out into block-diagonal stages, a tuning choice)."""
+    """y = B_{L-1} ... B_0 x + b over n = 2**L features, twiddles (L, n/2, 2, 2) (docs/architecture.md), by
+    kt's butterfly kernels (levels multiplied out into block-diagonal stages, a tuning choice)."""
 
     def __init__(
         self, in_features: int, out_features: int | None = None, bias: bool = True, device=None, dtype=None
