@@ -104,7 +104,8 @@ class DeviceProfile:
             if f.type == "int" and not (_in_range(value) and isinstance(value, int)):
                 raise ProfileError(f"{where}: {f.name} must be an integer {RANGE}, got {value!r}")
             if f.type == "float" and not _in_range(value):
-                raise ProfileError(f"{where}: {f.name} must be a number {RANGE}, got {value!r}")
+                unknown = " (or 0: not known)" if f.name == "tdp_w" else ""
+                raise ProfileError(f"{where}: {f.name} must be a number {RANGE}{unknown}, got {value!r}")
             if f.type == "str" and (not isinstance(value, str) or not value):
                 raise ProfileError(f"{where}: {f.name} must be a non-empty string, got {value!r}")
         capability = data.get("compute_capability", 90)

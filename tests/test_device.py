@@ -102,8 +102,11 @@ def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
             lambda d: d.update(dram_bandwidth=math.inf),
             "dram_bandwidth must be a number from 1 to 1e18, got inf",
         ),
-        (lambda d: d.update(tdp_w=math.nan), "tdp_w must be a number from 1 to 1e18, got nan"),
-        (lambda d: d.update(tdp_w=-1), "tdp_w must be a number from 1 to 1e18, got -1"),
+        (
+            lambda d: d.update(tdp_w=math.nan),
+            "tdp_w must be a number from 1 to 1e18 \\(or 0: not known\\), got nan",
+        ),
+        (lambda d: d.update(tdp_w=-1), "tdp_w must be a number from 1 to 1e18 \\(or 0: not known\\), got -1"),
         # less than a warp, and a register file too small for the threads: accepted, and the occupancy estimate
         # then ran one program per SM; a name with "/" went into the model files' folder path
         (
@@ -176,7 +179,9 @@ def test_a_profile_whose_power_limit_is_not_known_loads(tmp_path):
     assert load_profile(tmp_path / "bare.json").tdp_w == 0.0
     data["tdp_w"] = False  # not a number, though it equals 0
     (tmp_path / "bool.json").write_text(json.dumps(data))
-    with pytest.raises(ProfileError, match="tdp_w must be a number from 1 to 1e18, got False"):
+    with pytest.raises(
+        ProfileError, match="tdp_w must be a number from 1 to 1e18 \\(or 0: not known\\), got False"
+    ):
         load_profile(tmp_path / "bool.json")
 
 
