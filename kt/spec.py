@@ -371,7 +371,12 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
         try:
             specs.append(parse_spec(variant, source, check_files))
         except SpecError as exc:  # name the list entry: shape[1].n, shape.batch[2]
-            if exc.field == "name" and NAME_PATTERN.fullmatch(name) and len(name + suffix) > MAX_NAME:
+            if (  # a name that is no text is refused as one op's is (fullmatch of an int: a TypeError)
+                exc.field == "name"
+                and isinstance(name, str)
+                and NAME_PATTERN.fullmatch(name)
+                and len(name + suffix) > MAX_NAME
+            ):
                 raise SpecError(
                     "name",
                     f"{shown(name)} and the {suffix!r} kt appends for {indexed} pass {MAX_NAME} characters; "
@@ -1101,7 +1106,8 @@ def _choice(value: Any, path: str, allowed: tuple[str, ...], required: bool = Fa
     return value
 
 
-_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")
+# a digit after 0o and 0x (0x_ read as an integer, then int() failed with a traceback): without one it is text
+_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o_*[0-7][0-7_]*|0x_*[0-9a-fA-F][0-9a-fA-F_]*)$")
 _FLOAT = re.compile(
     r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )

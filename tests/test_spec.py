@@ -283,6 +283,11 @@ def test_a_file_of_several_ops_gives_one_spec_each_named_apart(tmp_path):
             "name: x\nop: dense\nshape: {m: 4, n: 4, k: 4}\n---\nname: x\nop: dense\nshape: {m: 8, n: 4, k: 4}\n",
             "name: ops 1 and 2 of the file are both named 'x'; each needs",
         ),
+        (  # a name that is no text, in a file of several ops: a TypeError (one op's was refused in one line)
+            "name: 5\nop: dense\nshape: {m: [16, 32], n: 64, k: 64}\n",
+            "name: must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit (no spaces or "
+            "'/'), got 5 (int); a name is text",
+        ),
         (  # a name the file never wrote was blamed without a word on where it came from
             "op: dense\nshape: {m: 4, n: 4, k: 4}\n---\nop: dense\nshape: {m: 4, n: 4, k: 4}\n",
             "are both named 'dense_4x4x4_float16' (the name kt gives an op that has none); each needs",
@@ -373,6 +378,9 @@ def test_numbers_are_read_as_yaml_1_2_writes_them(tmp_path, value, expected):
         ("{m: 08, n: 64, k: 64}", "write 8 ("),
         ("{m: 64, n: 64, k: 1:00}", "shape.k: must be an integer from 1 to 16777216, got '1:00'"),  # was 60
         ("{m: 1e3, n: 64, k: 64}", "shape.m: must be an integer (write 1000, not 1000.0)"),  # was text
+        # a prefix with no digit after it was an integer to the reader, then int() failed (a traceback)
+        ("{m: 0x_, n: 64, k: 64}", "shape.m: must be an integer from 1 to 16777216, got '0x_'"),
+        ("{m: 64, n: 0o_, k: 64}", "shape.n: must be an integer from 1 to 16777216, got '0o_'"),
     ],
 )
 def test_numbers_that_yaml_1_1_read_otherwise_are_refused(tmp_path, shape, words):
