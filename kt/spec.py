@@ -616,6 +616,9 @@ def _chain_shape(value: Any, path: str) -> ChainShape:
 
 
 SOURCES = ("density", "pattern", "mask", "prune")  # where a block pattern comes from
+# blocks in a pattern's grid: its mask is a boolean per block, and its layout (hex, a bit per block) travels in
+# every problem key, database row and artifact (2**24 blocks: a 16 MiB mask, 4 MiB of hex)
+MAX_BLOCK_GRID = 2**24
 
 
 def _sparsity(
@@ -647,6 +650,14 @@ def _sparsity(
             hint = f" (e.g. {', '.join(map(str, divisors))})" if divisors else ""
             raise SpecError(f"{path}.block[{index}]", f"must divide {name}={dim}, got {size}{hint}")
     grid = (shape.out_features // block[0], shape.in_features // block[1])
+    if (
+        grid[0] * grid[1] > MAX_BLOCK_GRID
+    ):  # before the mask is made (1x1 blocks of a 2**24-square W: 256 TiB)
+        raise SpecError(
+            f"{path}.block",
+            f"{list(block)} cuts W ({shape.out_features}, {shape.in_features}) into {grid[0]} x {grid[1]} = "
+            f"{grid[0] * grid[1]:,} blocks; kt allows at most {MAX_BLOCK_GRID:,} (2**24): give larger blocks",
+        )
     given = [key for key in ("pattern", "mask", "prune") if key in value]
     if len(given) > 1:
         raise SpecError(f"{path}.{given[1]}", f"give one pattern source, not both {given[0]} and {given[1]}")

@@ -167,6 +167,23 @@ def test_limits_at_their_edges_in_the_words_of_the_field():
     assert parse_spec({**sparse, "sparsity": {**banded, "width": 4}}).sparsity.width == 4  # a 4x4 grid
     with pytest.raises(SpecError, match=r"^sparsity.width: must be an integer from 0 to 4, got 5"):
         parse_spec({**sparse, "sparsity": {**banded, "width": 5}})
+    # a pattern's grid of blocks: 2**24 at the edge; past it, refused before its mask is made (a MemoryError
+    # traceback at 1x1 blocks of a 2**24-square W)
+    edge = {
+        **sparse,
+        "shape": {"batch": 1, "in": 4096, "out": 4096},
+        "sparsity": {"block": [1, 1], "density": 0.5},
+    }
+    assert parse_spec(edge).sparsity.block == (1, 1)
+    past = {
+        **edge,
+        "shape": {"batch": 1, "in": 1 << 24, "out": 1 << 24},
+        "sparsity": {"block": [1, 1], "pattern": "diagonal"},
+    }
+    with pytest.raises(
+        SpecError, match=r"^sparsity.block: \[1, 1\] cuts W \(16777216, 16777216\) into .* at most 16,777,216"
+    ):
+        parse_spec(past)
     # 3 * 2^34 float32 elements (192 GiB) are refused, as float16 (96 GiB) they are not
     cube = {"m": 1 << 17, "n": 1 << 17, "k": 1 << 17}
     assert parse_spec({**mutate("shape", cube), "dtype": "float16"}).shape.m == 1 << 17
