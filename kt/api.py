@@ -488,6 +488,11 @@ def _measured_records(
     where = f"data: {str(data)!r} holds no GPU-measured passing rows for target {profile.key}"
     where += f" on {gpu!r}" if gpu else ""
     measured = [r for r in rows if is_measured(r) and gpu in (None, r["device"])]
+    if gpu and not measured:  # none on that GPU: its name, not the data, is what to look at
+        gpus = Counter(r["device"] for r in rows if is_measured(r))
+        if gpus:
+            listing = ", ".join(f"{name!r} ({n} rows)" for name, n in gpus.most_common())
+            raise DatabaseError(f"{where}; its GPU-measured rows are on {listing}: pass one of those names")
     other = Counter(r["target"] for r in measured if r["family"] == "gemm")
     if other and model is not None:
         listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())

@@ -514,6 +514,14 @@ def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
     result = kt("costmodel", "fit", "--data", gpperf["db"], "--out", tmp_path / "h100.skops")
     assert_one_line_error(result, f"it holds some for {RTX4070_PROFILE.key} (12 rows)")
     assert not (tmp_path / "h100.skops").exists()
+    # a --gpu that names none of its GPUs: said to hold "only timed baseline rows" or nothing, not which GPUs
+    result = kt(
+        "costmodel", "fit", "--data", gpperf["db"], "--out", tmp_path / "x.skops", "--device", gpperf["profile"],
+        "--gpu", "NVIDIA H100 80GB HBM3",
+    )  # fmt: skip
+    assert_one_line_error(
+        result, f"its GPU-measured rows are on '{RTX4070}' (12 rows): pass one of those names"
+    )
 
 
 def test_a_fit_with_too_few_power_readings_says_so_and_predict_gives_that_reason(gpperf, tmp_path):
