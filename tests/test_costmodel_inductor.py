@@ -223,7 +223,18 @@ def test_a_models_dir_that_is_no_folder_is_warned_of_once(tmp_path, monkeypatch,
         "unset it for the models kt ships"
     ]
     caplog.clear()
-    monkeypatch.setenv("KT_MODELS_DIR", str(tmp_path))  # a folder without a model for the device: no warning
+    monkeypatch.setenv(
+        "KT_MODELS_DIR", str(tmp_path)
+    )  # an empty folder, how one asks for no forest: no warning
     with caplog.at_level(logging.WARNING, logger="kt"):
         assert shipped_model_path(H100) is None
     assert not caplog.records
+    # models of the user's, none for this device (or its architecture's stand-in): said only "model: analytic"
+    (tmp_path / "a100.skops").write_bytes(b"PK\x03\x04")
+    with caplog.at_level(logging.WARNING, logger="kt"):
+        assert shipped_model_path(H200) is None and shipped_model_path(H200) is None
+    assert [r.getMessage() for r in caplog.records if r.name == "kt"] == [
+        f"KT_MODELS_DIR: {str(tmp_path)!r} holds a100.skops but no h200.skops or h100.skops, so kt uses none of "
+        "its forests for h200 (the analytic model ranks); fit one with `kt costmodel fit --device h200 --out "
+        f"{tmp_path / 'h200.skops'}`, or unset it for the models kt ships"
+    ]

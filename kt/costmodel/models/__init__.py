@@ -25,7 +25,8 @@ STAND_INS = {90: "h100", 80: "a100"}  # compute capability -> the model file of 
 def models_dir() -> Path:
     """Where kt looks for its own models: $KT_MODELS_DIR when set (a folder of `<device key>.skops` files, e.g.
     ones fitted with `kt costmodel fit`), else the ones kt ships. A $KT_MODELS_DIR that is no folder is warned
-    of once (it leaves no model of kt's: the analytic model ranks), not passed over in silence."""
+    of once (it leaves no model of kt's: the analytic model ranks), not passed over in silence; so is a folder
+    of models none of which is for the device (`shipped_model_path`). An empty folder asks for no forest."""
     override = os.environ.get("KT_MODELS_DIR")
     if not override:
         return MODELS_DIR
@@ -40,7 +41,7 @@ def models_dir() -> Path:
     return path
 
 
-_WARNED: set[str] = set()
+_WARNED: set = set()  # what was warned of: a $KT_MODELS_DIR, or one and a device key
 
 
 def shipped_model_path(profile: DeviceProfile) -> Path | None:
@@ -51,4 +52,23 @@ def shipped_model_path(profile: DeviceProfile) -> Path | None:
         return own
     stand_in = STAND_INS.get(profile.compute_capability)
     path = folder / f"{stand_in}.skops" if stand_in else None
-    return path if path is not None and path.is_file() else None
+    if path is not None and path.is_file():
+        return path
+    override = os.environ.get("KT_MODELS_DIR")
+    others = sorted(p.name for p in folder.glob("*.skops")) if override and folder.is_dir() else []
+    if others and (override, profile.key) not in _WARNED:
+        # the user's models, none of them for this device: the analytic model ranks, as for a folder that is
+        # none, and that was said only as "model: analytic" (an empty folder is how one asks for no forest)
+        _WARNED.add((override, profile.key))
+        names = " or ".join(dict.fromkeys(f"{name}.skops" for name in (profile.key, stand_in) if name))
+        logging.getLogger("kt").warning(
+            "KT_MODELS_DIR: %r holds %s but no %s, so kt uses none of its forests for %s (the analytic model "
+            "ranks); fit one with `kt costmodel fit --device %s --out %s`, or unset it for the models kt ships",
+            override,
+            ", ".join(others),
+            names,
+            profile.key,
+            profile.key,
+            folder / f"{profile.key}.skops",
+        )
+    return None
