@@ -1159,6 +1159,12 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         f"model: {plan.model} · target {space_.device.label} · {len(space_.legal)} legal of {space_.total} "
         f"configs · {plan.strategy} tune: {first}"
     )
+    # a tune counts the rows its database already holds for the op against its budget, and measures only what is
+    # missing: predict said which configs a tune "measures" where that tune then measured none
+    out.print(
+        "(as a tune on an empty database: a tune counts the rows its database holds for this op against the "
+        "budget, and runs only configs not yet there)"
+    )
     if plan.model_origin:
         out.print(f"the forest was fitted on {plan.model_origin}")
     if plan.model_note:

@@ -768,6 +768,8 @@ def test_predict_lists_the_analytic_ranking_and_what_a_tune_would_measure():
     assert whole.exit_code == 0, whole.stderr
     # it said "later rounds follow the model refitted", of a round that is the whole budget
     assert "its one round measures 8 of a budget of 8, all of it, so nothing is refitted" in whole.stdout
+    # a tune on a database with rows of the op runs only what is missing: predict reads none, and says so
+    assert "(as a tune on an empty database: a tune counts the rows its database holds" in whole.stdout
     top20 = kt("predict", DENSE, "--top", "20", "--no-gpu", "--budget", "64")
     assert top20.exit_code == 0, top20.stderr
     # the no-GPU tune takes the best 64: the 44 beyond a table of 20 print as one run of ranks
