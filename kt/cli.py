@@ -543,7 +543,8 @@ def tune(
 ):
     """Tune each OP_YAML's kernel (or --from-model's) and write OUT/<name>/ (kernel.py + meta.json). Several files, a folder
     of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op,
-    several at once (--concurrent), one artifact each; an op that fails is reported and the others go on."""
+    several at once (--concurrent), one artifact each; an op that fails as it is tuned is reported and the others go
+    on (a spec error or an unusable --out in any of them stops the command before any op is tuned)."""
     if not specs and not from_model:
         raise click.UsageError("give OP_YAML files or folders, or --from-model FILE.py:FACTORY")
     from kt.autotune.artifact import check_target
