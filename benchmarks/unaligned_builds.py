@@ -61,9 +61,12 @@ HELD_OUT_SHAPES = [
 OLD_LIMITS = {80: 144, 90: 192}  # the unweighted count's limits (the rule before 2026-12-03)
 
 
-def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16") -> list[dict]:
+def sample(
+    arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16", two_warps: bool = False
+) -> list[dict]:
     """`per_shape` builds of each shape's configs (module docstring), compiled and labelled; `dtype` float16,
-    float32 (the FMA rule's configs) or tf32 (float32 operands, precision tf32)."""
+    float32 (the FMA rule's configs) or tf32 (float32 operands, precision tf32); `two_warps`: two-warp programs
+    (whose rule has weights of its own) in place of four- and eight-warp ones."""
     import triton
 
     from kt.autotune.runners import compile_builds
@@ -80,7 +83,7 @@ def sample(arch: int, seed: int, per_shape: int, shapes, dtype: str = "float16")
         for config in fma_refused(problem, device) if dtype == "float32" else gemm.GemmFamily().all_configs():
             if (
                 config.tma
-                or config.num_warps < 4
+                or (config.num_warps == 2) != two_warps
                 or not admitted_besides(gemm.unaligned_reason, problem, config, device)
             ):
                 continue  # refused by another rule
@@ -265,6 +268,11 @@ def main(argv=None) -> int:
         default="float16",
         help="float32: the sm_80 FMA rule's configs; tf32: float32 operands, precision tf32",
     )
+    parser.add_argument(
+        "--two-warps",
+        action="store_true",
+        help="sample two-warp programs (their rule: weights 1 and 1 over 7/4 of the accumulator limit)",
+    )
     parser.add_argument("--shapes", type=shape_list, default="fit", help="fit, held-out or MxNxK[,MxNxK...]")
     parser.add_argument("--jsonl", help="write the sampled builds here")
     parser.add_argument("--score", nargs="+", metavar="FILE")
@@ -290,7 +298,7 @@ def main(argv=None) -> int:
         if args.per_shape < 1:
             parser.error(f"--per-shape: {args.per_shape}; give 1 or more")
         check_outputs(parser, {"--jsonl": args.jsonl})
-        rows = sample(args.arch, args.seed, args.per_shape, args.shapes, args.dtype)
+        rows = sample(args.arch, args.seed, args.per_shape, args.shapes, args.dtype, args.two_warps)
         atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
         print(f"{len(rows)} builds, {sum(r['status'] != 'ok' for r in rows)} refused: {args.jsonl}")
     return 0
