@@ -340,6 +340,11 @@ def test_a_wrong_dtype_is_a_one_line_error(name):
         ("monarch-float32", lambda x, w1, w2: (x[:, :-1], w1, w2), "15 features"),
         ("blocksparse-float32-4x4", lambda x, w: (x, w.to_dense()), "sparse BSR"),
         ("blocksparse-float32-4x4", lambda x, w: (x, w.to_dense().to_sparse_bsr((2, 2))), "in blocks (4, 4)"),
+        (  # a batched weight: its blocks were said to be (stored blocks, 4), from values' shape past the batch
+            "blocksparse-float32-4x4",
+            lambda x, w: (x, torch.stack([w.to_dense()] * 2).to_sparse_bsr((4, 4))),
+            "got (2, 12, 16) in blocks (4, 4)",
+        ),
         ("lowrank-float32-2", lambda x, f1, f2: (x, f1), "missing"),
         ("bsr_grad-float32-4x4", lambda dy, x, w: (dy[:-1], x, w), "same leading dims"),
         ("gemm-float16-ieee", lambda a, b: (a, b[:-1]), "inner dimensions differ"),
