@@ -448,7 +448,7 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if name is None:
         name = default_name(op, shape, dtype, transposed)
     elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        # a name YAML read as a number or a boolean (4096, 2024_01 as 202401, no, on): quoting keeps its text
+        # a name YAML read as a number or a boolean (4096, 2024_01 as 202401, false): quoting keeps its text
         quote = (
             '; a name is text: in YAML, quote it as you wrote it (name: "..."), in Python pass a str'
             if isinstance(name, (bool, int, float))
@@ -1122,17 +1122,21 @@ _INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o_*[0-7][0-7_]*|0x_*[0-9a-fA-F][0-9a-
 _FLOAT = re.compile(
     r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
-_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")  # YAML 1.2's: yes, no, on and off are text
+_INT_TAG, _FLOAT_TAG, _BOOL_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
 
 
 def _yaml_12_numbers(cls) -> None:
-    """Give a loader or dumper class YAML 1.2's numbers in place of PyYAML's YAML 1.1 ones: 5e-1 and 1e3 are
-    numbers (1.1 reads them as text), 1:00 is text (1.1: 60 in base 60), 0o17 is octal. A decimal with a
-    leading zero (0100: octal 64 in 1.1, 100 in 1.2) is refused as ambiguous. Underscores (1_024) stay."""
+    """Give a loader or dumper class YAML 1.2's numbers and booleans in place of PyYAML's YAML 1.1 ones: 5e-1 and
+    1e3 are numbers (1.1 reads them as text), 1:00 is text (1.1: 60 in base 60), 0o17 is octal. A decimal with a
+    leading zero (0100: octal 64 in 1.1, 100 in 1.2) is refused as ambiguous. Underscores (1_024) stay. Only
+    true and false are booleans: yes, no, on and off are text (`transposed: yes` was read as true, and
+    `name: no` refused as a boolean)."""
     cls.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    cls.add_implicit_resolver(_BOOL_TAG, _BOOL, list("tTfF"))
     cls.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))  # before floats: _FLOAT matches 64 too
     cls.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+.0123456789"))
 

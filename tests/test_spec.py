@@ -408,12 +408,24 @@ def test_numbers_that_yaml_1_1_read_otherwise_are_refused(tmp_path, shape, words
         assert "0o" not in str(raised.value)  # 08 has no octal reading
 
 
+def test_only_true_and_false_are_booleans_as_in_yaml_1_2(tmp_path):
+    """YAML 1.1 reads yes, no, on and off as booleans: `transposed: yes` was true without a word, and a name
+    such as `no` was refused as a boolean. They are text, as YAML 1.2 reads them."""
+    spec = "op: monarch\nshape: {batch: 8, n: 64, nblocks: 4}\n"
+    assert load_spec(write(tmp_path, spec + "transposed: true\n")).transposed is True
+    assert load_spec(write(tmp_path, spec + "transposed: False\n")).transposed is False
+    for word in ("yes", "no", "on", "off", "y"):
+        with pytest.raises(SpecError, match=rf"^.*transposed: must be true or false, got '{word}' \(str\)$"):
+            load_spec(write(tmp_path, spec + f"transposed: {word}\n"))
+    assert load_spec(write(tmp_path, spec + "name: no\n")).name == "no"
+
+
 @pytest.mark.parametrize(
     "name, words",
     [
         ("4096", "got 4096 (int); a name is text: in YAML, quote it as you wrote it"),
         ("2024_01", "got 202401 (int); a name is text"),  # the underscore is YAML's digit separator
-        ("no", "got False (bool); a name is text"),
+        ("false", "got False (bool); a name is text"),
         ("0100", 'write 100, or 0o100 for octal, or "0100" (quoted) for text such as a name'),
     ],
 )
