@@ -3,7 +3,7 @@
 
 A sample: for each shape (float16, rows not 16-element aligned), the configs that every other legality rule
 admits (four and eight warps, no TMA) whose unweighted count `acc + BM*BK/threads (A unaligned) + BK*BN/threads
-(B unaligned)` lies between 96 and 400, `--per-shape` of them drawn with `--seed`; each is compiled by kt's
+(B unaligned)` lies between 96 and 400 (two-warp ones with `--two-warps`), `--per-shape` of them drawn with `--seed`; each is compiled by kt's
 compile workers and labelled as the compile stage labels it (ok, or refused: spills, shared memory). One JSON
 line per build goes to --jsonl, with the Triton version.
 
@@ -23,6 +23,10 @@ shapes).
     python benchmarks/unaligned_builds.py --arch 80 --seed 31 --shapes held-out --jsonl /tmp/held80.jsonl
     python benchmarks/unaligned_builds.py --fit /tmp/fit80.jsonl --check /tmp/held80.jsonl
     python benchmarks/unaligned_builds.py --score /tmp/held80.jsonl
+
+Two-warp programs, which have weights and a limit of their own: `--two-warps --per-shape 20`, fit on seeds 61
+(sm_80) and 62 (sm_90), checked on seeds 71 and 72 with `--shapes held-out` (2026-12-05, Triton 3.9; the
+held-out seeds under Triton 3.6 too).
 
 (2026-12-03, Triton 3.9: fit on seeds 21 (sm_80) and 22 (sm_90), checked on seeds 31 and 32 with
 `--shapes held-out`, 45 builds per shape; Triton 3.6 in a second environment, seed 31 for both. The FMA rule:
@@ -192,7 +196,11 @@ def score(paths) -> None:
         rows = load([path])
         kinds = {(r.get("dtype", "float16"), r.get("precision", "ieee")) for r in rows}
         rules = [("kt's rule", now)]
-        if kinds == {("float16", "ieee")}:
+        if all(r["config"].get("num_warps") == 2 for r in rows):  # --two-warps
+            rules.append(
+                ("the two-warp rule before 2026-12-05 (weights 1 and 1 over 224)", weighted(1, 1, 224))
+            )
+        elif kinds == {("float16", "ieee")}:
             rules.append(("unweighted count", before))
         elif kinds == {("float32", "tf32")}:
             rules.append(("float16's weighted count", as_16_bit))

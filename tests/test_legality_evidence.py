@@ -58,6 +58,13 @@ UNALIGNED = [
     (A100, SMALL, GemmConfig(256, 128, 16, 8, 8, 3, split_k=8), False),  # 252; unweighted 152
     (A100, SMALL, GemmConfig(16, 256, 128, 1, 8, 2, split_k=2), False),  # 219; unweighted 152
     (A100, SMALL, GemmConfig(128, 128, 16, 8, 4, 5, split_k=4), False),  # 253; unweighted 160
+    # two-warp programs (held-out builds of `--two-warps`, 2026-12-05): spills the rule before (acc + A's + B's
+    # over 224) let in, and clean builds at the new limit (acc + 0.75 * A's + 0.25 * B's over 112)
+    (A100, SMALL, GemmConfig(64, 16, 128, 8, 2, 5, split_k=2), True),  # 136 B; 120 by the count, 176 before
+    (A100, SMALL, GemmConfig(128, 32, 64, 1, 2, 5), True),  # 1088 B; 168, 224 before
+    (H100, SMALL, GemmConfig(128, 16, 64, 4, 2, 3, split_k=16), True),  # 752 B; 132, 176 before
+    (A100, SMALL, GemmConfig(32, 64, 128, 1, 2, 2, split_k=8), False),  # 255 registers; 112
+    (H100, SMALL, GemmConfig(32, 64, 128, 8, 2, 5), False),  # 255; 112
 ]
 # Spills the weighted count lets in (the compile stage refuses them): the shipped A100 forest's first-ranked
 # config of this op (376 B; 64 + 1.5 * 64 + 0.75 * 8 = 166 by the count) and its first-ranked of 4096 x 4104 x
