@@ -310,3 +310,20 @@ def test_the_fused_monarch_has_one_config_per_rows_and_warps():
     assert len({(c.block_b, c.num_warps) for c in fused}) == len(fused)
     with pytest.raises(kt.SpecError, match=r"unused by the fused kernel \(it takes .* 2 stages\)"):
         kt.build(spec, {**fused[0].to_dict(), "num_stages": 3})  # written by hand: checked as tune.configs
+
+
+def test_a_structure_choice_is_lowered_once_for_the_space_and_its_records(monkeypatch):
+    """Lowering builds index tables over every feature: legality, the cost model's records and `kt show` each
+    lowered every structure choice again (a butterfly over n = 2**16 took seconds per pass)."""
+    import kt
+    import kt.codegen.blockgemm as blockgemm
+
+    calls = []
+    real = blockgemm.lower
+    monkeypatch.setattr(blockgemm, "lower", lambda linear_map: calls.append(1) or real(linear_map))
+    if hasattr(blockgemm, "_lowered"):
+        blockgemm._lowered.cache_clear()
+    spec = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 64, "n": 1024}}
+    plan = kt.plan(spec, budget=4, model="analytic")
+    structures = {tuple(sorted(c.structure().items())) for c in plan.space.legal}
+    assert len(calls) == len(structures) == 8  # levels 1 to 8, each once

@@ -11,6 +11,7 @@ transposed (a transposed view of w1, w2; transposed blocks built from the same t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -70,7 +71,19 @@ class BlockGemmConfig:
 
 def stages_for(problem: StructuredProblem, config: BlockGemmConfig) -> list[Stage]:
     """The launches `config` runs (for a fused Monarch: the two it replaces)."""
-    return lower(problem.linear_map(config.structure()))
+    return lowered(problem, config.structure())
+
+
+def lowered(problem: StructuredProblem, structure: dict[str, int]) -> list[Stage]:
+    """The launches of a structure choice, lowered once per (problem, choice): the index tables behind them hold
+    every feature, and legality, the cost model's records, `kt show` and rendering each asked again (a butterfly
+    over n = 2**16 took seconds per pass)."""
+    return list(_lowered(problem, tuple(sorted(structure.items()))))
+
+
+@functools.lru_cache(maxsize=64)
+def _lowered(problem: StructuredProblem, structure: tuple) -> tuple[Stage, ...]:
+    return tuple(lower(problem.linear_map(dict(structure))))
 
 
 def strided_ends(stages: list[Stage]) -> tuple[bool, bool]:
@@ -329,18 +342,14 @@ class BlockGemmFamily(StructuredFamily):
     resources = staticmethod(resources)
 
     def judge(self, problem: StructuredProblem, structure: dict[str, int], device: DeviceProfile):
-        stages = lower(problem.linear_map(structure))  # once per structure choice, for all its configs
+        stages = lowered(problem, structure)  # once per structure choice, for all its configs
         return lambda config: illegal_reason(problem, config, device, stages)
 
     def extras(self, problem: StructuredProblem, structure: dict[str, int]) -> tuple[dict[str, int], ...]:
         """Each config of a structure choice as it is, and with feature-major ends (`ends` = 1) where an end map
         of that structure is strided, the kernel is not the fused one and there is more than one row (a single
         row is adjacent to itself: the kernel copies nothing, so the twin would run the same launches)."""
-        if (
-            structure.get("fused")
-            or problem.rows == 1
-            or not any(strided_ends(lower(problem.linear_map(structure))))
-        ):
+        if structure.get("fused") or problem.rows == 1 or not any(strided_ends(lowered(problem, structure))):
             return ({},)
         return ({}, {"ends": 1})
 
@@ -368,7 +377,7 @@ class BlockGemmFamily(StructuredFamily):
                 "one launch, the intermediate kept on chip (where it fits); batched 3D dots on mma.sync, "
                 "kept for the DRAM round trip it saves"
             ]
-        return [str(stage) for stage in lower(problem.linear_map(structure))]
+        return [str(stage) for stage in lowered(problem, structure)]
 
     def check_problems(self, problem: StructuredProblem, config: BlockGemmConfig) -> list[StructuredProblem]:
         """Problems for the interpreter: the same features (the structure is the problem) with rows cut to one
