@@ -109,12 +109,14 @@ def kernel_module(problem, config):
 
 def block_config(problem, block_b=16, block_n=16, block_k=16, group=None, num_warps=None, **structure):
     """A legal block-GEMM config (asserted): 4 warps unless given; two blocks per program unless given, one for
-    the float32 FFT."""
+    the float32 FFT and where every launch is one block."""
     from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, stages_for
     from kt.device import get_profile
 
-    if group is None:
-        group = 1 if problem.family == "fft" and problem.dtype == "float32" else 2
+    if group is None:  # (one when every launch is a single block: a second would run masked)
+        one = problem.family == "fft" and problem.dtype == "float32"
+        probe = BlockGemmConfig(block_b, block_n, block_k, 1, num_warps or 4, 2, **structure)
+        group = 1 if one or max(s.nblocks for s in stages_for(problem, probe)) == 1 else 2
 
     warps = num_warps or 4
     c = BlockGemmConfig(block_b, block_n, block_k, group, warps, 2, **structure)
