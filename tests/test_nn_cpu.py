@@ -1682,6 +1682,38 @@ def test_from_dense_and_structurize_name_an_argument_that_is_no_module():
         knn.structurize(torch.nn.Linear(4, 4).state_dict(), {"*": knn.DenseLinear.from_dense})
 
 
+def test_structurize_names_a_pattern_that_is_no_string():
+    with pytest.raises(TypeError, match=r"^structurize: a rule's pattern must be a str .*, got int 0$"):
+        knn.structurize(torch.nn.Sequential(torch.nn.Linear(4, 4)), {0: knn.DenseLinear.from_dense})
+
+
+def test_a_structurized_transformer_encoder_runs_kts_layers_in_eval_mode(monkeypatch):
+    """PyTorch's fused inference path of nn.TransformerEncoderLayer reads linear1.weight and linear2.weight
+    itself: after structurize, eval mode was an AttributeError for a low-rank layer and passed over a
+    DenseLinear without a word. structurize switches that path off for the layers it changes."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+    x, mask = torch.randn(2, 5, 32), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    knn.structurize(
+        encoder, {"layers.*.linear*": lambda linear: knn.LowRankLinear.from_dense(linear, rank=8)}
+    )
+    trained = encoder(x, src_key_padding_mask=mask)  # training mode: the plain path
+    encoder.eval()
+    with torch.no_grad():
+        inferred = encoder(x, src_key_padding_mask=mask)
+    kept = ~mask
+    torch.testing.assert_close(inferred[kept], trained.detach()[kept], rtol=1e-5, atol=1e-5)
+    calls = []
+    real = knn.DenseLinear.forward
+    monkeypatch.setattr(knn.DenseLinear, "forward", lambda self, x: calls.append(1) or real(self, x))
+    dense = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    knn.structurize(dense, {"linear*": knn.DenseLinear.from_dense})
+    with torch.no_grad():
+        dense(x)
+    assert len(calls) == 2  # linear1 and linear2, each once
+
+
 def test_from_dense_of_a_block_sparse_layer_on_meta_says_it_needs_the_weights():
     with torch.device("meta"):
         linear = torch.nn.Linear(32, 32)

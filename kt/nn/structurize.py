@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -53,6 +54,12 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             subclassed[name] = _left_alone(module)  # its forward may differ (weight_norm's, an adapter's)
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
+        for pattern, _ in patterns:
+            if not isinstance(pattern, str):
+                raise TypeError(
+                    f"structurize: a rule's pattern must be a str (a glob over module names such as "
+                    f"'blocks.*.mlp.fc1'), got {type(pattern).__name__} {pattern!r}"
+                )
         names = [name for names in aliases.values() for name in names]
         for pattern, _ in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
@@ -109,7 +116,27 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, layer)
             replaced.append(alias)
+            if isinstance(parent, nn.TransformerEncoderLayer) and child in ("linear1", "linear2"):
+                _off_fast_path(model, parent, parent_name)
     return replaced
+
+
+def _off_fast_path(model: nn.Module, layer: nn.TransformerEncoderLayer, name: str) -> None:
+    """Switch off PyTorch's fused inference path for an encoder layer whose linear1 or linear2 kt replaced. In
+    eval mode that path reads linear1.weight and linear2.weight itself, never calling the layers: a structured
+    layer without a `weight` was an AttributeError at the first inference, and a DenseLinear was passed over
+    without a word. Its check `activation_relu_or_gelu` is the layer's own switch (the activation itself is
+    `layer.activation`); an nn.TransformerEncoder holding the layer no longer packs its input as a nested
+    tensor, which the path alone reads (`use_nested_tensor`)."""
+    layer.activation_relu_or_gelu = False
+    for encoder in model.modules():
+        if isinstance(encoder, nn.TransformerEncoder) and any(m is layer for m in encoder.layers):
+            encoder.use_nested_tensor = False
+    logging.getLogger("kt.nn").info(
+        "structurize: %s is an nn.TransformerEncoderLayer: its fused inference path, which reads linear1 and "
+        "linear2's weights itself, is switched off so that kt's layers run",
+        name or "the model",
+    )
 
 
 def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
