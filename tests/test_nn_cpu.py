@@ -1980,3 +1980,30 @@ def test_a_second_reverse_derivative_through_block_sparse_weight_gradients_names
     (grad,) = torch.autograd.grad(layer(torch.randn(3, 12)).square().sum(), [layer.values], create_graph=True)
     with pytest.raises(RuntimeError, match=r"block-sparse weight's gradient .*torch\.func\.hessian"):
         grad.square().sum().backward()
+
+
+def test_threads_making_a_layers_first_call_at_once_select_its_kernel_once(monkeypatch):
+    """Each of four threads selected (and logged) the kernel of a layer's first call: on a GPU each would
+    compile-check the fallback's configs. One selects; the others take its choice."""
+    import threading
+
+    chosen = []
+    original = selection._log
+    monkeypatch.setattr(selection, "_log", lambda selected: chosen.append(selected) or original(selected))
+    layer = knn.DenseLinear(24, 40)
+    x = torch.randn(13, 24)
+    barrier, out = threading.Barrier(4), {}
+
+    def first_call(i):
+        barrier.wait()
+        with torch.no_grad():
+            out[i] = layer(x)
+
+    threads = [threading.Thread(target=first_call, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reference = F.linear(x, layer.weight, layer.bias)
+    assert all(torch.equal(out[i], out[0]) for i in range(4)) and torch.allclose(out[0], reference)
+    assert len(chosen) == 1

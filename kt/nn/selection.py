@@ -34,6 +34,7 @@ import json
 import logging
 import numbers
 import os
+import threading
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -310,21 +311,29 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     key = (op_text, bucket(rows), device.type, device.index, torch_path)
     selected = _SELECTED.get(key)
     if selected is None or key in _STALE:
-        _STALE.discard(key)
-        spec = bucket_spec(op, rows)
-        if torch_path:
-            selected = Selection(
-                spec,
-                _pytorch_kernel(spec),
-                CPU_SOURCE,
-                f"CPU tensors; {INTERPRET_ENV}=1 runs kt's kernels",
-            )
-        else:
-            selected = _select(spec, device)
-        selected = replace(selected, device=device.type, role=_role())
-        _SELECTED[key] = selected
-        _log(selected)
+        # one thread selects, the others wait for its choice: threads making a layer's first call at once each
+        # selected (on a GPU, each compile-checking the fallback's configs) and each logged it
+        with _SELECTING:
+            selected = _SELECTED.get(key)
+            if selected is None or key in _STALE:
+                _STALE.discard(key)
+                spec = bucket_spec(op, rows)
+                if torch_path:
+                    selected = Selection(
+                        spec,
+                        _pytorch_kernel(spec),
+                        CPU_SOURCE,
+                        f"CPU tensors; {INTERPRET_ENV}=1 runs kt's kernels",
+                    )
+                else:
+                    selected = _select(spec, device)
+                selected = replace(selected, device=device.type, role=_role())
+                _SELECTED[key] = selected
+                _log(selected)
     return selected.kernel
+
+
+_SELECTING = threading.RLock()  # held while a kernel is selected (`kernel_for`)
 
 
 def _foreign_pin(name: str) -> None:
