@@ -447,22 +447,24 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     # the order of the folders and names: the first by name was taken, a laptop's unmeasured artifact over a
     # measured one beside it (one op tuned twice under two names)
     ranked = [meta_path for _, _, meta_path in sorted(found)]
+    refused: set[Path] = set()
     for meta_path in ranked:
         try:
             selected = Selection(spec, kt.load(meta_path.parent), "artifact", str(meta_path.parent))
         except kt.ArtifactError as exc:  # an edited kernel.py, a damaged config: the others may do
+            refused.add(meta_path)
             if meta_path not in _MISSING_DIRS:
                 _MISSING_DIRS.add(meta_path)
                 log.warning("%s; skipped", str(exc).split("; re-run")[0])
             continue
-        if len(found) > 1:
-            others = ", ".join(str(p.parent) for p in ranked if p != meta_path)
+        others = [str(p.parent) for p in ranked if p != meta_path and p not in refused]  # (refused: not one)
+        if others:
             log.info(
                 "%s: %d artifacts hold this op; %s runs (also: %s)",
                 spec.summary(),
-                len(found),
+                len(others) + 1,
                 meta_path.parent,
-                others,
+                ", ".join(others),
             )
         return selected
     for meta_path in stale:  # the layer's own artifacts, passed over without a word before
