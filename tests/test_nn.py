@@ -1467,6 +1467,18 @@ def test_kt_artifacts_may_name_one_artifact_and_a_folder_of_none_warns(
     with caplog.at_level(logging.WARNING, logger="kt.nn"):
         assert artifact_selection(make(), 20).source == "cost model"
     assert f"{tmp_path} holds no artifact (no <name>/meta.json)" in caplog.text
+    # the `.prev` folder `kt tune` printed, named itself: skipped as kt's kept artifact, without a word before
+    kept = tmp_path / "dense.prev"
+    shutil.copytree(directory / "dense", kept)
+    (kept / ".kt-kept").write_text("the artifact dense that a later save replaced\n")
+    selection._SELECTED.clear()
+    monkeypatch.setenv("KT_ARTIFACTS", str(kept))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kt.nn"):
+        assert artifact_selection(make(), 20).source == "cost model"
+    assert (
+        f"{kept} is the artifact kt kept when a later tune replaced it ({tmp_path / 'dense'})" in caplog.text
+    )
 
 
 # -- argument errors ------------------------------------------------------------------------------------------

@@ -427,6 +427,15 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             log.warning("%s holds no artifact (no <name>/meta.json); nothing is looked up there", directory)
         for meta_path in metas:
             if kept_artifact(meta_path.parent) or meta_path.parent.name.startswith("."):
+                named = meta_path.parent == directory  # the folder given is itself the kept artifact
+                if named and kept_artifact(directory) and directory not in _MISSING_DIRS:
+                    _MISSING_DIRS.add(directory)
+                    log.warning(
+                        "%s is the artifact kt kept when a later tune replaced it (%s); kt.nn uses no kept "
+                        "artifact: copy it to another folder to run it",
+                        directory,
+                        directory.with_name(directory.name.removesuffix(".prev")),
+                    )
                 continue  # the artifact a later tune replaced (kt tune keeps it), or a save's staging folder
             try:
                 meta = json.loads(meta_path.read_text())
