@@ -367,7 +367,8 @@ TIMEOUT = click.option(
 RETRY = click.option(
     "--retry-failed",
     is_flag=True,
-    help="Measure again the configs whose earlier attempt timed out or crashed.",
+    help="Measure again the configs whose earlier attempt timed out or crashed, first and best ranked first, as many "
+    "as the budget leaves room for beside the rows that stay (the others keep their rows, and a note says so).",
 )
 BUDGET = click.option(
     "--budget",

@@ -475,6 +475,55 @@ def test_retry_failed_runs_candidate_zero_again_when_it_timed_out_or_crashed(mon
     assert more.baseline["status"] == "ok" and made[-1].batches[0] == 8
 
 
+def test_retry_failed_runs_the_failed_configs_first_and_keeps_those_the_budget_has_no_room_for(
+    monkeypatch, tmp_path
+):
+    """--retry-failed deleted every failed row, and the search then spent the budget on what it chose: a guided
+    rerun at the same budget ran 2 of 5 crashed configs again, and 3 were left with no row at all; at a budget
+    spent by passing rows, every failed row was deleted and none run again, without a word."""
+    from kt.autotune.database import Database
+
+    class CrashesEveryThird(StandInRunner):
+        seen = 0
+
+        def answer(self, candidate, seconds):
+            CrashesEveryThird.seen += 1
+            if first_run and CrashesEveryThird.seen % 3 == 0:
+                return Result(candidate, "crash", {}, "crash (the stand-in's)")
+            return super().answer(candidate, seconds)
+
+    monkeypatch.setattr(tune_module, "make_runner", lambda backend, profile, **o: CrashesEveryThird(profile))
+    first_run = True
+    kt.tune(SPEC, budget=20, db=tmp_path / "t.db", progress=False, strategy="guided")
+    with Database(tmp_path / "t.db") as db:
+        before = {r["config_key"]: r["status"] for r in db.all_rows() if r["config_key"] != "pytorch"}
+    crashed = {key for key, status in before.items() if status == "crash"}
+    assert len(crashed) >= 3
+    first_run = False
+    retried = kt.tune(
+        SPEC, budget=20, db=tmp_path / "t.db", progress=False, strategy="guided", retry_failed=True
+    )
+    with Database(tmp_path / "t.db") as db:
+        after = {r["config_key"]: r["status"] for r in db.all_rows() if r["config_key"] != "pytorch"}
+    assert set(before) <= set(after) and all(after[key] == "ok" for key in crashed)  # each ran again
+    assert retried.newly_measured == len(after) - len(before) + len(crashed)
+    # the budget spent by the passing rows: the failures keep their rows, and the tune says so
+    first_run = True
+    kt.tune(SPEC, budget=24, db=tmp_path / "u.db", progress=False, strategy="guided")
+    first_run = False
+    with Database(tmp_path / "u.db") as db:
+        failed = sum(r["status"] == "crash" for r in db.all_rows())
+        passing = sum(r["status"] == "ok" and r["config_key"] != "pytorch" for r in db.all_rows())
+    kept = kt.tune(SPEC, budget=passing, db=tmp_path / "u.db", progress=False, retry_failed=True)
+    with Database(tmp_path / "u.db") as db:
+        assert sum(r["status"] == "crash" for r in db.all_rows()) == failed
+    assert any(
+        f"--retry-failed: {failed} failed configs keep their rows: the budget ({passing}) leaves room to run 0 "
+        "of them again" in note
+        for note in kept.notes
+    ), kept.notes
+
+
 def test_a_timed_tunes_table_is_its_rows_by_measured_objective_best_first(runner, tmp_path):
     """`kt tune` prints table(): the passing rows by the measured objective, the best first; a table left in
     rank order put the model's favourite on top even where it measured slower. The tune ranks with a small

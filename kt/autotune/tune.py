@@ -533,7 +533,7 @@ def tune(
         **options,
     )
     plan, runner, profile = session.plan, session.runner, session.profile
-    notes = [note for note in (plan.budget_note, plan.model_note, plan.twin_note) if note]
+    notes = [note for note in (plan.budget_note, plan.model_note, plan.twin_note, session.retry_note) if note]
     if not runner.measures_time:
         missing = getattr(runner, "compile_missing", None)  # None: the compile stage was switched off
         compiled = (
@@ -657,6 +657,7 @@ class Session:
     skipped_rows: int = 0  # malformed database rows that refits left out
     baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
     seed: int = 0  # the search's (`_session_options`: the one given, else the spec's tune.seed)
+    retry_note: str = ""  # --retry-failed's failed configs the budget left no room to run again
 
     def __repr__(self) -> str:  # the dataclass's own printed its plan, rows and trace: tens of kB
         return (
@@ -880,6 +881,7 @@ def run_session(
                 tuner.skipped_rows,
                 tuner.baseline_row() if baseline else None,
                 seed,
+                tuner.retry_note,
             )
 
 
@@ -925,6 +927,7 @@ class _Tuner:
         self.rank_of = {index: position for position, index in enumerate(plan.ranked)}
         self.skipped_rows = 0  # malformed database rows left out of refits
         self.inserted: set[str] = set()  # the config keys whose rows this tune wrote
+        self.retry_note = ""  # `search`: failed configs --retry-failed leaves as they are, in words
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked
         self._legal_space = None  # the legal configs as a space's (parameters, points), once asked
@@ -932,15 +935,33 @@ class _Tuner:
     def value(self, row: dict[str, Any]) -> float | None:
         return objective_value(row, self.plan.objective, self.plan.power_cap_w)
 
-    def known(self, retry_failed: bool) -> dict[int, float | None]:
-        """Values of this problem's configs already in the database (they count against the budget)."""
+    def known(self, retry_failed: bool, budget: int) -> tuple[dict[int, float | None], list[int], int]:
+        """Values of this problem's configs already in the database (they count against the budget); with
+        `retry_failed`, the failed (timed-out, crashed) configs to run again, best ranked first, as many as the
+        budget leaves room for beside the rows that stay (their rows are deleted: they run first), and how many
+        failed ones stay. Every failed row was deleted, and the search then spent the budget on what it chose:
+        failures went without a row and without a word."""
         known = self.database.measured_configs(**self.key)
+        retry: list[int] = []
+        failed_count = 0
         if retry_failed:
-            stale = [row["id"] for row in known.values() if row["status"] in RETRYABLE]
+            failed = sorted(
+                (
+                    self.index_of[k]
+                    for k, row in known.items()
+                    if k in self.index_of and row["status"] in RETRYABLE
+                ),
+                key=self.rank_of.__getitem__,
+            )
+            staying = sum(k in self.index_of for k in known) - len(failed)
+            retry = failed[: max(0, budget - staying)]
+            failed_count = len(failed) - len(retry)
+            stale = [known[self.plan.config(index).key()]["id"] for index in retry]
             stale += [row["id"] for row in [self.baseline_row()] if row and row["status"] in RETRYABLE]
             self.database.delete(stale)
             known = self.database.measured_configs(**self.key)
-        return {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
+        values = {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
+        return values, retry, failed_count
 
     def baseline_row(self) -> dict[str, Any] | None:
         """Candidate zero's row in the database (PyTorch's own path for this problem), if it has run."""
@@ -1048,7 +1069,7 @@ class _Tuner:
         deadline: float | None = None,
         baseline: bool = True,
     ):
-        known = self.known(retry_failed)
+        known, retry, unretried = self.known(retry_failed, budget)
         zero = [self.baseline_candidate()] if baseline and self.baseline_row() is None else []
         zero_key, zero_due = {**self.baseline_key, "config_key": BASELINE_KEY}, bool(zero)
         if self.runner.measures_time and strategy.adaptive:
@@ -1144,7 +1165,15 @@ class _Tuner:
                 self.database.release(list(keys.values()), quiet=True)
             return values
 
+        if unretried:
+            self.retry_note = (
+                f"--retry-failed: {counted(unretried, 'failed config')} keep their rows: the budget ({budget}) "
+                f"leaves room to run {len(retry)} of them again beside the rows that stay; raise --budget for more"
+            )
+            reporter.note(self.retry_note)
         try:
+            if retry:  # the failed configs asked for again run first, counted against the budget
+                known.update(measure(retry))
             trace = run_search(
                 strategy,
                 self.predict,
