@@ -305,7 +305,7 @@ def plan_tuning(
     values = prediction.objective(objective, power_cap_w)
     ranked = [int(i) for i in rank(records, values)]
     baseline_s = predicted_baseline_s(cost_model, problem)
-    note = None
+    note, asked = None, budget
     if measures_time and baseline_s is not None and not listed:  # without timing it only checks configs
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
     note = note or listed_note
@@ -317,7 +317,8 @@ def plan_tuning(
     if budget > programs and not listed:  # the budget shrank without a word (5000 asked, 18 spent)
         distinct = "legal configs" if alias is None else "legal configs that run differently"
         verb = "measured" if measures_time else "checked"
-        note = note or f"the budget ({budget}) is more than the {programs} {distinct}: all of them are {verb}"
+        # what is spent, in place of a sizing note's "measures 22 candidates, not 64" that was never true here
+        note = f"the budget ({asked}) is more than the {programs} {distinct}: all of them are {verb}"
     budget = min(budget, programs)  # what the search can spend (meta.json's tuning.budget says it)
     state = SearchState(
         values,
