@@ -519,3 +519,25 @@ def test_a_cooldown_asked_of_the_interpret_backend_is_said_to_be_unused(tmp_path
     with caplog.at_level("WARNING", logger="kt"):
         kt.tune(spec, db=tmp_path / "t.db", workers=1, progress=False, baseline=False)
     assert "cooldown" not in caplog.text
+
+
+def test_a_rerun_that_checked_every_distinct_program_does_not_ask_for_a_larger_budget(tmp_path):
+    """Every config that runs differently already checked: "raise --budget to check more" was said where a
+    larger budget finds nothing else to run (the space's 15 legal configs are 7 programs)."""
+    space = {
+        "block_m": [16],
+        "block_n": [16, 32],
+        "block_k": [16],
+        "num_warps": [4],
+        "num_stages": [2],
+        "split_k": [1],
+    }
+    spec = {"op": "dense", "dtype": "float16", "shape": {"m": 32, "n": 32, "k": 32}, "tune": {"space": space}}
+    options = dict(
+        budget=64, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
+    )
+    first = kt.tune(spec, **options)
+    assert len(first.rows) == 7
+    again = kt.tune(spec, **options)
+    (nothing,) = [note for note in again.notes if note.startswith("nothing new was checked")]
+    assert "raise --budget" not in nothing

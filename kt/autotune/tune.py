@@ -587,9 +587,11 @@ def tune(
     if session.fresh == 0 and session.rows:
         # a rerun with another --strategy or --model: meta.json credits them, yet they chose nothing
         verb = "measured" if runner.measures_time else "checked"
+        # (only where configs that run differently are left: a larger budget finds nothing else to run)
+        programs = len(plan.space.legal) if plan.alias is None else int(plan.alias.max()) + 1
         more = (
             f"; raise --budget to {'measure' if runner.measures_time else 'check'} more"
-            if len(session.rows) < len(plan.space.legal)
+            if len(session.rows) < programs
             else ""
         )
         notes.append(
