@@ -210,6 +210,19 @@ def test_when_only_pytorch_passes_the_artifact_is_saved_and_calls_pytorch(monkey
     assert torch.equal(kernel(a, b), torch.matmul(a, b))
 
 
+def test_a_best_measured_by_an_earlier_run_names_the_model_whose_prediction_it_shows(runner, tmp_path):
+    """A rerun with nothing new to measure shows this run's prediction for the best (an earlier run measured
+    it), and meta.json named the model "a model of an earlier run" beside that figure."""
+    kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False)
+    again = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, model="analytic")
+    assert again.newly_measured == 0 and again.best.measured
+    assert again.best_model == again.plan.model == "analytic"
+    index = [c.key() for c in again.plan.space.legal].index(again.best.config.key())
+    assert again.best.predicted_ms == pytest.approx(float(again.plan.predicted_s[index]) * 1e3)
+    meta = kt.load(again.save(tmp_path / "a")).meta
+    assert meta["prediction"]["model"] == "analytic"
+
+
 def test_a_resumed_guided_tune_refits_first_and_measures_only_what_is_new(runner, tmp_path):
     made, _ = runner
     first = kt.tune(SPEC, budget=12, db=tmp_path / "t.db", progress=False)

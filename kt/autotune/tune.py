@@ -475,15 +475,17 @@ class TuneResult:
 
     @property
     def best_model(self) -> str:
-        """The model that ranked the round in which the best was measured (or "an earlier run"); the plan's
-        where PyTorch's path is the best and no generated config passed (no config to name a round by)."""
+        """The model whose prediction the best's row shows: the one that ranked the round in which this tune
+        measured it; else the plan's, whose prediction `_Tuner.rows` gives a row an earlier run measured (it was
+        "a model of an earlier run" beside this plan's figure), and where PyTorch's path is the best and no
+        generated config passed (no config to name a round by)."""
         if self.best.config is None:
             return self.plan.model
         key = self.best.config.key()
         for index, round_ in zip(self.trace.measured, self.trace.rounds):
             if self.plan.config(index).key() == key:
                 return self.trace.models[round_]
-        return self.plan.model if not self.best.measured else "a model of an earlier run"
+        return self.plan.model
 
     def save(self, path: str | Path) -> Path:
         from kt.autotune.artifact import save_artifact
