@@ -454,7 +454,12 @@ def test_a_timed_tunes_note_counts_its_measurements_and_rounds(runner, tmp_path)
     )
     guided = kt.tune(SPEC, budget=24, db=tmp_path / "g.db", progress=False, strategy="guided")
     rounds = len(made[1].batches)
-    assert any(f"new measurements in {rounds} rounds" in n for n in guided.notes), guided.notes
+    (note,) = [n for n in guided.notes if f"new measurements in {rounds} rounds" in n]
+    # the first model, the count of refits and the last: every refit's name was listed (2,210 characters)
+    models = list(dict.fromkeys(guided.trace.models))
+    assert len(models) > 3 and note.endswith(
+        f"ranked by: {models[0]} -> {len(models) - 2} refits -> {models[-1]}"
+    )
 
 
 @pytest.mark.parametrize("status", ["timeout", "crash"])

@@ -493,6 +493,15 @@ class TuneResult:
         return save_artifact(self, path)
 
 
+def _models_text(models: list[str]) -> str:
+    """The models that ranked a search's rounds, in order: the first, the refits between, the last (each refit's
+    name differs by its row count, so every round's was listed: 22 names, 2,210 characters, in one note)."""
+    names = list(dict.fromkeys(models))
+    if len(names) <= 3:
+        return " -> ".join(names)
+    return f"{names[0]} -> {len(names) - 2} refits -> {names[-1]}"
+
+
 ROW_UNITS = {"time": 1e3, "energy": 1e3, "edp": 1e6}  # Prediction.objective's s, J, J*s -> ms, mJ, mJ*ms
 
 
@@ -571,7 +580,7 @@ def tune(
         if rounds:
             notes.append(
                 f"{len(session.trace.measured)} new measurements in {rounds} round"
-                f"{'s' if rounds != 1 else ''}, ranked by: {' -> '.join(dict.fromkeys(session.trace.models))}"
+                f"{'s' if rounds != 1 else ''}, ranked by: {_models_text(session.trace.models)}"
             )
         if session.skipped_rows:
             notes.append(f"{session.skipped_rows} malformed rows of the database were left out of the refits")
