@@ -145,8 +145,8 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         "tuning": {
             "space": result.plan.space.total,
             "legal": len(result.plan.space.legal),
-            # configs run for this problem, earlier runs' included: each checked against float64, and those of
-            # them with a GPU runtime (none without a GPU)
+            # configs run for this problem, earlier runs' included (each checked against float64 unless it
+            # failed first: statuses below), and those of them with a GPU runtime (none without a GPU)
             "checked": len(result.rows),
             "timed": sum(1 for r in result.rows if r.get("runtime_ms") is not None),
             "budget": result.plan.budget,  # the one the search spent (--budget overrides the spec's tune.budget)
