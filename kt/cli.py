@@ -1679,6 +1679,18 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
             raise click.UsageError(
                 "--from DIR merges an existing report: give it with --update FILE and no --out"
             )
+        # a run's options, which a merge would pass over without a word (--only merged every case)
+        context = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("minutes", "smoke", "budget", "only", "quiet", "db", "workers")
+            if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"--from DIR merges an existing report, whole: {', '.join(given)} "
+                f"{'is' if len(given) == 1 else 'are'} for a run (--out DIR); drop {'it' if len(given) == 1 else 'them'}"
+            )
         count = update_benchmarks(from_dir, update_path)
         out.print(f"{counted(count, 'row')} of {from_dir} merged into {update_path}")
         return

@@ -140,6 +140,11 @@ def test_the_committed_gpu_run_merges_into_benchmarks_md_unchanged_and_malformed
         assert "Traceback" not in done.stderr and target.read_text() == text
     done = kt_cli("bench", "--from", str(H200_RUN), "--update", str(tmp_path / "missing" / "B.md"))
     assert done.returncode == 2 and "update: the folder of" in done.stderr and "does not exist" in done.stderr
+    # a run's options beside --from were passed over: --only merged every case
+    before = copy.read_text()
+    done = kt_cli("bench", "--from", str(H200_RUN), "--update", str(copy), "--only", "butterfly", "--quiet")
+    assert done.returncode == 2 and copy.read_text() == before
+    assert "--only, --quiet are for a run (--out DIR); drop them" in done.stderr, done.stderr
 
 
 def _damaged_report(tmp_path, name: str, edit) -> Path:
