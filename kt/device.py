@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kt.errors import shown
 
@@ -336,15 +337,33 @@ def guess_gpu(gpu_name: str) -> DeviceProfile | None:
     return None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a key given twice (json.loads keeps the last one)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
 def load_profile(path: str | os.PathLike) -> DeviceProfile:
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "not found"
         raise ProfileError(f"device profile file {str(path)!r} {what}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProfileError(f"device profile {str(path)!r} is not valid JSON ({exc})") from None
+    except _DuplicateKey as exc:  # json keeps the last value without a word, as op.yaml's reader does not
+        raise ProfileError(
+            f"device profile {str(path)!r}: {exc.args[0]!r} is given twice; give it once"
+        ) from None
     if not isinstance(data, dict):
         raise ProfileError(f"device profile {str(path)!r} must hold a JSON object")
     return DeviceProfile.from_dict(data, where=str(path))

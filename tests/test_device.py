@@ -194,6 +194,11 @@ def test_profile_file_errors(tmp_path):
     (tmp_path / "binary.json").write_bytes(bytes(range(256)))
     with pytest.raises(ProfileError, match="is not valid JSON"):
         load_profile(tmp_path / "binary.json")
+    # a key given twice: json keeps the last value (sm_count 132, then 1 loaded as 1), without a word
+    data = json.dumps(dataclasses.asdict(dataclasses.replace(H100, name="dup")))
+    (tmp_path / "dup.json").write_text(data[:-1] + ', "sm_count": 1}')
+    with pytest.raises(ProfileError, match=r"dup.json': 'sm_count' is given twice; give it once$"):
+        load_profile(tmp_path / "dup.json")
     with pytest.raises(kt.DeviceError, match="unknown device profile 'b200'"):
         kt.resolve_profile("b200")
     # a folder, or nothing (Path("") is "."), was "not found": both exist
