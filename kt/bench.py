@@ -945,6 +945,9 @@ def _report_rows(path: Path) -> list[dict[str, str]]:
         for key in REPORT_IDENTITY:  # every figure names its device, date and command
             if not row.get(key):
                 raise KtError(f"{where}: {key} is empty; a figure must name its device and command")
+        for key, value in row.items():  # (a quoted one is valid CSV: each merge split the table's rows)
+            if value and ("\n" in value or "\r" in value):
+                raise KtError(f"{where}: {key} holds a line break; each cell of a table row is one line")
         rows.append(row)
     _one_run(path, rows)
     return rows
@@ -1071,11 +1074,14 @@ def _benchmarks_line(r: dict[str, str]) -> str:
     def num(key: str, spec: str) -> str:
         return format(float(r[key]), spec) if r.get(key) else "-"
 
-    ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else _no_ratio(r)
+    def text(key: str) -> str:  # a pipe ends a Markdown table cell, in a code span too (GFM)
+        return (r.get(key) or "-").replace("|", "\\|")
+
+    ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else _no_ratio(r).replace("|", "\\|")
     runs = {"pytorch": "PyTorch", "generated": "kt"}.get(r.get("kernel") or "", "-")
-    command = r["command"].replace("|", "\\|")  # a pipe ends a Markdown table cell, in a code span too (GFM)
+    command = text("command")
     return (
-        f"| {r['device']} | {_when(r)} | {r['case']} | {r['dtype']} | {r.get('baseline_impl') or '-'} | "
+        f"| {text('device')} | {_when(r)} | {text('case')} | {text('dtype')} | {text('baseline_impl')} | "
         f"{num('kt_ms', '.4f')} | {num('kt_tflops', '.1f')} | {num('kt_power_w', '.0f')} | {num('kt_energy_mj', '.3f')} | "
         f"{num('baseline_ms', '.4f')} | {ratio} | {runs} | {num('tune_s', '.0f')} | `{command}` |"
     )

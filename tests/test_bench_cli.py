@@ -228,6 +228,11 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
             "holds the case dense fp16 4096^3 float16 twice; give one run's report",
         ),
         "no-command": (set_cell("command", ""), f"line {line}: command is empty; a figure must name its"),
+        # a quoted line break is valid CSV: each merge split the table's row in two and kept the old halves
+        "line-break": (
+            set_cell("case", '"dense\nfp16"'),
+            f"line {line + 1}: case holds a line break; each cell of a table row is one line",  # (its last line)
+        ),
     }
     for name, (edit, message) in cases.items():
         target.write_text(original)
@@ -702,3 +707,14 @@ def test_bench_log_that_cannot_be_written_is_said_once_and_tracebacks_stay_off_t
             "kt", logging.ERROR, __file__, 1, "part %s failed: %s", ("p", "boom"), sys.exc_info()
         )
     assert _OneLine("kt: warning: %(message)s").format(record) == "kt: warning: part p failed: boom"
+
+
+def test_a_pipe_in_any_text_cell_of_a_report_row_is_escaped_in_the_table():
+    """Only the command's pipes were escaped: one in a case, device or baseline cut the table's row apart."""
+    from kt.bench import _benchmarks_line
+
+    row = {"device": "GPU|x", "date": "2026-12-05", "case": "a|b", "dtype": "float16", "baseline_impl": "c|d",
+           "command": "kt bench | tee", "status": "ok"}  # fmt: skip
+    line = _benchmarks_line(row)
+    assert line.count("|") - line.count("\\|") == 15  # the 14 cells' own borders
+    assert "GPU\\|x" in line and "a\\|b" in line and "c\\|d" in line and "kt bench \\| tee" in line
