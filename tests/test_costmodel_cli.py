@@ -730,6 +730,15 @@ def test_inspect_an_artifact_tuned_without_a_gpu_finds_gpu_rows_of_its_problem_i
     assert f"1 measured row of 1 problem on {RTX4070}" in result.stdout
     # --gpu was never passed on for an artifact: any name inspected the first row's GPU, exit 0
     assert kt("inspect", art, "--gpu", RTX4070).exit_code == 0
+    # GPU rows of its problem, but of another template version: "tuned without a GPU ... nothing to compare"
+    other = artifact(
+        tmp_path / "new", problem, CUTLASS_CONFIG, gpperf["db"], False, device, family_version="new"
+    )
+    assert_one_line_error(
+        kt("inspect", other, "--db", gpperf["db"]),
+        f"holds GPU-measured rows of {other}'s problem only from other versions of kt's gemm template "
+        f"({row['family_version']}), not this artifact's (new)",
+    )
     assert_one_line_error(
         kt("inspect", art, "--gpu", "NVIDIA H200"),
         f"gpu: {gpperf['db']} holds no measured rows of {art}'s problem on 'NVIDIA H200'; allowed: "

@@ -170,7 +170,7 @@ def _artifact_rows(
     )
     if not meta.get("measured") and db is None and not _gpu_rows(db_path, meta.get("family")):
         raise ArtifactError(unmeasured)
-    from kt.autotune.dataset import find_rows, shape_key
+    from kt.autotune.dataset import find_rows, is_measured, shape_key
     from kt.costmodel.evaluate import holdout_key
     from kt.ir.problems import problem_from_dict
 
@@ -181,13 +181,24 @@ def _artifact_rows(
         raise ArtifactError(f"{path / 'meta.json'} is damaged: problem: it has no {exc} field") from None
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path / 'meta.json'} is damaged: problem: {exc}") from None
-    rows = [
+    of_problem = [
         r
         for r in find_rows(db_path, "db", runner="cuda", problem_key=problem.key())  # read-only
-        if r["family_version"] == meta.get("family_version", r["family_version"])
-        and (not meta.get("measured") or r["device"] == ran_on)
+        if not meta.get("measured") or r["device"] == ran_on
     ]
+    rows = [r for r in of_problem if r["family_version"] == meta.get("family_version", r["family_version"])]
     records = _measured(rows)
+    others = sorted(
+        {r["family_version"] for r in of_problem if is_measured(r)} - {meta.get("family_version")}
+    )
+    if (
+        not records and others
+    ):  # "tuned without a GPU" or "no rows" misled: they are there, of other templates
+        raise ArtifactError(
+            f"inspect: {db_path}{gone} holds GPU-measured rows of {path}'s problem only from other versions of "
+            f"kt's {meta['family']} template ({', '.join(others)}), not this artifact's "
+            f"({meta.get('family_version')}): a tune with this kt measures them again"
+        )
     if not records:
         raise ArtifactError(
             unmeasured
