@@ -1139,3 +1139,16 @@ def test_inspect_takes_a_calibrated_tunes_own_profile_though_it_bears_a_built_in
         db.insert({**row, "target": "h100"})
     result, profile, _ = _artifact_rows(tuned, None, None)
     assert (result.target, profile.key) == (calibrated.key, calibrated.key)
+
+
+def test_the_plots_legend_names_the_tuners_model_in_two_short_lines():
+    """The shipped forest's description (its rows, shapes, stand-in) made a legend entry wider than the figure:
+    the axes were squeezed into its right 40% and the legend ran off the left edge."""
+    from kt.autotune.inspection import tuner_label
+
+    model = (
+        "forest for h100 predicting h200 with its own roofline: 34188 rows, 1234 problems of 917 shapes, no "
+        "power, at selection"
+    )
+    lines = tuner_label(model).splitlines()
+    assert len(lines) == 2 and max(map(len, lines)) <= 50 and lines[1].startswith("(forest for h100")

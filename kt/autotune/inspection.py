@@ -13,6 +13,7 @@ replaces the old one.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -504,6 +505,13 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def tuner_label(model: str | None) -> str:
+    """The plot's legend entry for the tuner's stored predictions. The model's description runs to a line or
+    more (the shipped forest's names its rows, shapes and stand-in): whole, it pushed the axes into a corner."""
+    shown = textwrap.shorten(model or "ranking model", 48, placeholder=" ...")
+    return f"tuner's prediction at selection\n({shown})"
+
+
 def write_plots(result: InspectResult, directory: Path) -> list[Path]:
     """predicted_vs_measured.png, and pareto.png when any row has a power reading; returns their paths."""
     from kt.costmodel.evaluate import targets as measured_arrays
@@ -512,14 +520,21 @@ def write_plots(result: InspectResult, directory: Path) -> list[Path]:
     records = result.records
     runtime, power, groups = measured_arrays(records)
     chosen = np.array([r["config_key"] == result.chosen for r in records]) if result.chosen else None
-    where = f"{result.gpu} (target {result.target})\nmeasured {first} to {last}"
+    when = (
+        "no measurement dates recorded"
+        if first == "?"
+        else f"measured {first}"
+        if first == last
+        else f"measured {first} to {last}"
+    )  # as the CLI says it ("measured ? to ?" where no row records its date: kt import inductor's)
+    where = f"{result.gpu} (target {result.target})\n{when}"
 
     figure = _figure()
     ax = figure.add_subplot()
     shown = []
     series = []  # (label, marker, measured, predicted, chosen)
     if result.tuner is not None:
-        label = f"tuner's prediction ({result.tuner_model or 'ranking model'}, at selection)"
+        label = tuner_label(result.tuner_model)
         stored = np.array([bool(r.get("predicted_ms")) for r in records])  # the rows _tuner_report kept
         picked = chosen[stored] if chosen is not None else None
         series.append((label, "o", result.tuner.runtime_ms, result.tuner.predicted_ms, picked))
