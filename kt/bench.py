@@ -517,8 +517,9 @@ def _smoke_part(settings: _Settings, deadline: float, result: BenchResult, repor
             database.insert(measurement_row(item, spec, runner, key, family_for(problem)))
             result.rows.append(_smoke_row(spec, item.candidate, item.status, item.message, item.values))
             reached.add(id(item.candidate))
-            reporter.advance(f"{spec.op} {spec.dtype}: {item.status}")
-            _say(settings, f"smoke {spec.op} {spec.dtype} {'PyTorch' if pytorch else 'kt'}: {item.status}")
+            side = "PyTorch" if pytorch else "kt"  # (each op's two lines read alike on the console)
+            reporter.advance(f"{spec.op} {spec.dtype} {side}: {item.status}")
+            _say(settings, f"smoke {spec.op} {spec.dtype} {side}: {item.status}")
     for candidate in queued:
         if id(candidate) not in reached:
             spec = specs[candidate.problem.key()]

@@ -38,6 +38,9 @@ def test_the_smoke_run_exits_0_and_every_line_says_nothing_was_timed(smoke_run):
     assert lines and all(line.startswith("dry run, nothing timed on a GPU") for line in lines), lines
     progress = [line for line in done.stderr.splitlines() if line.strip() and "━" not in line]
     assert all("nothing timed on a GPU" in line for line in progress), progress
+    # each op's two smoke lines say whose they are (they read alike: "dense float16: ok" twice)
+    said = " ".join(lines + progress)
+    assert "dense float16 kt: ok" in said and "dense float16 PyTorch: ok" in said, said[-3000:]
     report = (out / "report.md").read_text()
     assert report.startswith("# kt bench (dry run, nothing timed on a GPU)")
     for line in report.splitlines():
