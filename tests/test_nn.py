@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -961,7 +962,12 @@ def test_lowrank_from_dense_error_is_the_eckart_young_bound(rank):
 
 def test_lowrank_from_dense_at_full_rank_reproduces_the_linear():
     linear = nn.Linear(40, 24)
-    layer = LowRankLinear.from_dense(linear, 24)
+    # 24 * (40 + 24) weights, more than the dense 960: said, as a layer that saves nothing (it was silent)
+    with pytest.warns(UserWarning, match=r"rank 24 gives 1536 weights, no fewer than the dense layer's 960 "):
+        layer = LowRankLinear.from_dense(linear, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LowRankLinear.from_dense(linear, 14)  # 14 * 64 = 896 weights: fewer
     x = torch.randn(5, 3, 40)
     with torch.no_grad():
         assert rel(layer(x), linear(x)) < F32

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -396,6 +397,17 @@ class LowRankLinear(_KtLinear):
         from kt.ir.projections import truncated_svd
 
         f1, f2 = truncated_svd(linear.weight.detach(), rank)
+        size, dense = (
+            rank * (linear.in_features + linear.out_features),
+            linear.in_features * linear.out_features,
+        )
+        if size >= dense:  # legal, and no smaller: the point of a low-rank layer is lost without a word
+            warnings.warn(
+                f"LowRankLinear.from_dense: rank {rank} gives {size} weights, no fewer than the dense layer's "
+                f"{dense} ({linear.in_features} x {linear.out_features}); a rank under "
+                f"{-(-dense // (linear.in_features + linear.out_features))} saves memory",
+                stacklevel=2,
+            )
         return cls._from_linear(linear, rank, weights={"factors.0": f1, "factors.1": f2})
 
     def extra_repr(self) -> str:
