@@ -1552,6 +1552,28 @@ def test_structurize_replaces_a_shared_linear_under_all_its_names():
     assert type(model.head) is torch.nn.Linear
 
 
+def test_structurize_warns_that_a_weight_tied_to_another_module_is_no_longer_tied():
+    """An output head tied to the embedding (head.weight = embed.weight) was untied without a word: the model
+    doubled those weights. A layer shared under two names (one module) is no tie, and is not warned of."""
+    import warnings
+
+    model = torch.nn.Module()
+    model.embed, model.head = torch.nn.Embedding(50, 32), torch.nn.Linear(32, 50, bias=False)
+    model.head.weight = model.embed.weight
+    model.again = model.head
+    with pytest.warns(
+        UserWarning, match=r"^structurize: 'head''s weight is also 'embed.weight'; the new layer"
+    ):
+        knn.structurize(model, {"head": knn.DenseLinear.from_dense})
+    assert model.head is model.again and model.head.weight is not model.embed.weight
+    shared = torch.nn.Module()
+    shared.a = torch.nn.Linear(8, 8)
+    shared.b = shared.a
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        knn.structurize(shared, {"a": knn.DenseLinear.from_dense})
+
+
 def test_a_butterfly_kernel_leaves_its_twiddles_swappable(monkeypatch):
     """The generated kernel's block cache held the twiddles weakly, and torch.utils.swap_tensors (which
     `.to()` and `load_state_dict` use for tensor subclasses, or when asked to) refuses a tensor held weakly."""

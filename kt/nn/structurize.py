@@ -108,8 +108,19 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
             )
         chosen.append((key, layer))
+    holders: dict[int, list[str]] = {}  # every name of each parameter: a weight tied to another module's
+    for name, param in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(param), []).append(name)
     replaced = []
     for key, layer in chosen:
+        own = {f"{alias}.weight" if alias else "weight" for alias in aliases[key]}
+        tied = [name for name in holders.get(id(linears[key].weight), []) if name not in own]
+        if tied:  # (an embedding shared with an output head, say): the new layer has weights of its own
+            warnings.warn(
+                f"structurize: {aliases[key][0]!r}'s weight is also {', '.join(map(repr, tied))}; the new layer "
+                "holds weights of its own, so the two are no longer tied",
+                stacklevel=2,
+            )
         _carry_state(linears[key], layer, aliases[key][0])
         for alias in aliases[key]:
             parent_name, _, child = alias.rpartition(".")
