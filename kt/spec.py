@@ -1187,10 +1187,17 @@ _StrictLoader.add_constructor(_INT_TAG, _StrictLoader.construct_yaml_int)
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that quotes every string `_StrictLoader` would read as a number (a name such as 1e3)."""
+    """SafeDumper that quotes every string a reader of either YAML would take for something else: a number or a
+    boolean to `_StrictLoader` (YAML 1.2: a name such as 1e3) or to PyYAML's own YAML 1.1 reader, which an older
+    kt and other tools use (yes, on, 0x_ and 1:00 were written bare once the dumper resolved as 1.2 alone)."""
 
 
-_yaml_12_numbers(_Dumper)
+for _tag, _regexp, _first in (
+    (_BOOL_TAG, _BOOL, "tTfF"),
+    (_INT_TAG, _INT, "-+0123456789"),
+    (_FLOAT_TAG, _FLOAT, "-+.0123456789"),
+):
+    _Dumper.add_implicit_resolver(_tag, _regexp, list(_first))  # beside SafeDumper's YAML 1.1 resolvers
 
 
 def dump_yaml(documents: list[Any]) -> str:

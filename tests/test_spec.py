@@ -408,6 +408,28 @@ def test_numbers_that_yaml_1_1_read_otherwise_are_refused(tmp_path, shape, words
         assert "0o" not in str(raised.value)  # 08 has no octal reading
 
 
+def test_what_kt_writes_reads_back_as_text_under_either_yaml():
+    """kt's writer resolved as YAML 1.2 alone: yes, on, 0x_ and 1:00 went out bare, which PyYAML's own reader
+    (YAML 1.1: an older kt, other tools) took for True, an int (a ValueError for 0x_) and 60."""
+    import yaml
+
+    from kt.spec import _StrictLoader, dump_yaml
+
+    data = {
+        "a": "yes",
+        "b": "on",
+        "c": "0x_",
+        "d": "1:00",
+        "e": "1e3",
+        "f": "no",
+        "g": "name",
+        "h": True,
+        "i": 5,
+    }
+    text = dump_yaml([data])
+    assert yaml.safe_load(text) == data and yaml.load(text, Loader=_StrictLoader) == data
+
+
 def test_only_true_and_false_are_booleans_as_in_yaml_1_2(tmp_path):
     """YAML 1.1 reads yes, no, on and off as booleans: `transposed: yes` was true without a word, and a name
     such as `no` was refused as a boolean. They are text, as YAML 1.2 reads them."""
