@@ -80,16 +80,22 @@ def first_schema_db(path):
     return path
 
 
-@pytest.mark.parametrize("migrated", [False, True], ids=["as-read", "migrated"])
+@pytest.mark.parametrize("migrated", ["as-read", "migrated", "older-kt", "older-kt-then-this"])
 def test_a_first_schema_database_exports_and_keeps_its_checked_problem(tmp_path, migrated):
     """Its renamed column stayed in its table after migration, and export's CSV writer refused the unknown field
     (a traceback, before and after a tune had migrated the file); the checked problem is read as the list the
-    column became, read-only (export) and migrated alike."""
+    column became, read-only (export) and migrated alike, also where an older kt's migration had added the new
+    column empty beside it."""
     import csv
     import json
 
     path = first_schema_db(tmp_path / "old.db")
-    if migrated:
+    if migrated.startswith("older-kt"):  # what kt before 2026-12-05 did: the column added, nothing copied
+        conn = sqlite3.connect(path)
+        conn.execute("ALTER TABLE measurements ADD COLUMN checked_problems TEXT")
+        conn.commit()
+        conn.close()
+    if migrated in ("migrated", "older-kt-then-this"):
         Database(path).close()
     with Database(path, create=False, readonly=True) as db:
         assert db.export_csv(tmp_path / "old.csv") == 1

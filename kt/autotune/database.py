@@ -433,11 +433,12 @@ class Database:
                 for name, kind in COLUMNS:
                     if name not in have:
                         self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {kind}")
-                if "checked_problem" in have and "checked_problems" not in have:
-                    # the first schema's one checked problem (JSON), renamed to a list of them
+                if "checked_problem" in have:
+                    # the first schema's one checked problem (JSON), renamed to a list of them; a kt before
+                    # 2026-12-05 added the new column empty beside it
                     self.conn.execute(
                         "UPDATE measurements SET checked_problems = '[' || checked_problem || ']' "
-                        "WHERE checked_problem IS NOT NULL"
+                        "WHERE checked_problem IS NOT NULL AND checked_problems IS NULL"
                     )
             indexed = [r[2] for r in self.conn.execute("PRAGMA index_info(measurement_key)")]
             if indexed and indexed != list(KEY_COLUMNS):
@@ -620,8 +621,12 @@ class Database:
         reading only is not migrated, so it may lack today's (its rows read them as missing)."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
         names = ["id", *(name for name in COLUMN_NAMES if name in have)]
-        if "checked_problems" not in have and "checked_problem" in have:
-            names.append("'[' || checked_problem || ']' AS checked_problems")
+        if "checked_problem" in have:  # (beside an empty checked_problems an older kt's migration added)
+            names = [name for name in names if name != "checked_problems"]
+            listed = "'[' || checked_problem || ']'"
+            if "checked_problems" in have:
+                listed = f"COALESCE(checked_problems, {listed})"
+            names.append(f"{listed} AS checked_problems")
         return ", ".join(names)
 
     def find(self, *, numbers: bool = True, **where: Any) -> list[dict[str, Any]]:
