@@ -1033,7 +1033,7 @@ def _check_not_older(text: str, rows: list[dict[str, str]], path: Path, benchmar
     for line in text.split(BEGIN, 1)[1].split(END, 1)[0].splitlines():
         if not line.startswith("| ") or line in TABLE_HEAD:
             continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        cells = _cells(line)
         when = incoming.get(_row_key(line))
         if when is not None and _newer(cells[1], when):
             raise KtError(
@@ -1065,9 +1065,15 @@ def merge_table(text: str, device: str, lines: list[str]) -> str:
     return head + BEGIN + "\n".join(["", *TABLE_HEAD, *kept, *lines, ""]) + END + tail
 
 
+def _cells(line: str) -> list[str]:
+    """A BENCHMARKS.md table row's cells, as written: split at the pipes that end cells, not at the escaped ones
+    (`\\|`) that `_benchmarks_line` writes for a pipe in a cell's text."""
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+
 def _row_key(line: str) -> tuple[str, str]:
     """A kt bench table row's (device, case): its first and third cells."""
-    cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+    cells = _cells(line)
     return cells[0], cells[2] if len(cells) > 2 else ""
 
 

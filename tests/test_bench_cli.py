@@ -714,10 +714,13 @@ def test_bench_log_that_cannot_be_written_is_said_once_and_tracebacks_stay_off_t
 
 def test_a_pipe_in_any_text_cell_of_a_report_row_is_escaped_in_the_table():
     """Only the command's pipes were escaped: one in a case, device or baseline cut the table's row apart."""
-    from kt.bench import _benchmarks_line
+    from kt.bench import _benchmarks_line, _cells, _row_key
 
     row = {"device": "GPU|x", "date": "2026-12-05", "case": "a|b", "dtype": "float16", "baseline_impl": "c|d",
            "command": "kt bench | tee", "status": "ok"}  # fmt: skip
     line = _benchmarks_line(row)
     assert line.count("|") - line.count("\\|") == 15  # the 14 cells' own borders
     assert "GPU\\|x" in line and "a\\|b" in line and "c\\|d" in line and "kt bench \\| tee" in line
+    # read back cell by cell as written (the readers split at every pipe: the device cell was 'GPU\\')
+    assert _row_key(line) == ("GPU|x", "a|b")
+    assert _cells(line)[:5] == ["GPU|x", "2026-12-05", "a|b", "float16", "c|d"]
