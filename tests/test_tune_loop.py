@@ -525,6 +525,16 @@ def test_retry_failed_runs_the_failed_configs_first_and_keeps_those_the_budget_h
         after = {r["config_key"]: r["status"] for r in db.all_rows() if r["config_key"] != "pytorch"}
     assert set(before) <= set(after) and all(after[key] == "ok" for key in crashed)  # each ran again
     assert retried.newly_measured == len(after) - len(before) + len(crashed)
+    # the rerun is the search's first round: counted in its note, and its configs named by the model that ran it
+    assert set(retried.trace.measured[: len(crashed)]) == {
+        retried.plan.space.legal.index(kt_config)
+        for kt_config in retried.plan.space.legal
+        if kt_config.key() in crashed
+    }
+    assert len(retried.trace.measured) == retried.newly_measured
+    assert any(n.startswith(f"{retried.newly_measured} new measurements in ") for n in retried.notes), (
+        retried.notes
+    )
     # the budget spent by the passing rows: the failures keep their rows, and the tune says so
     first_run = True
     kt.tune(SPEC, budget=24, db=tmp_path / "u.db", progress=False, strategy="guided")

@@ -1186,8 +1186,10 @@ class _Tuner:
             )
             reporter.note(self.retry_note)
         try:
+            retried: dict[int, float | None] = {}
             if retry:  # the failed configs asked for again run first, counted against the budget
-                known.update(measure(retry))
+                retried, retry_model = measure(retry), self.model_name
+                known.update(retried)
             trace = run_search(
                 strategy,
                 self.predict,
@@ -1209,6 +1211,12 @@ class _Tuner:
                 alias=self.plan.alias,
                 variant=self.plan.variant,
             )
+            if retried:  # the rerun is this search's first round: its notes, rounds and the best's model
+                again = [index for index in retry if index in retried]
+                trace.measured[:0] = again
+                trace.values[:0] = [retried[index] for index in again]
+                trace.rounds[:] = [0] * len(again) + [r + 1 for r in trace.rounds]
+                trace.models.insert(0, retry_model)
             if zero and (deadline is None or time.monotonic() < deadline):
                 # no config was due (the budget spent by known ones, --retry-failed's rerun of a failed
                 # candidate zero among them): candidate zero runs alone
