@@ -646,6 +646,6 @@ def test_a_write_that_waits_for_another_process_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="kt.db"), Database(path) as db:
         assert db.insert(row())
     assert [r.getMessage() for r in caplog.records] == [
-        f"db: {str(path)!r} is held by another process's write; waiting up to 60 s for it"
+        f"db: {str(path)!r} is locked by another writer (a kt, or any SQLite connection); waiting up to 60 s for it"
     ]
     holder.close()

@@ -188,7 +188,9 @@ def _begin_immediate(conn: sqlite3.Connection, path: Path) -> None:
         if "locked" not in str(exc):
             raise
         logging.getLogger("kt.db").warning(
-            "db: %r is held by another process's write; waiting up to %g s for it", str(path), LOCKED_WAIT_S
+            "db: %r is locked by another writer (a kt, or any SQLite connection); waiting up to %g s for it",
+            str(path),
+            LOCKED_WAIT_S,
         )
         conn.execute(f"PRAGMA busy_timeout = {int((LOCKED_WAIT_S - LOCK_NOTE_S) * 1000)}")
         conn.execute("BEGIN IMMEDIATE")
