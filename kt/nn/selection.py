@@ -314,6 +314,8 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         # one thread selects, the others wait for its choice: threads making a layer's first call at once each
         # selected (on a GPU, each compile-checking the fallback's configs) and each logged it
         with _SELECTING:
+            lock = _SELECTING_KEY.setdefault(key, threading.RLock())
+        with lock:  # per key: a layer's compile-checked selection does not hold up other layers' first calls
             selected = _SELECTED.get(key)
             if selected is None or key in _STALE:
                 _STALE.discard(key)
@@ -333,7 +335,8 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
     return selected.kernel
 
 
-_SELECTING = threading.RLock()  # held while a kernel is selected (`kernel_for`)
+_SELECTING = threading.Lock()  # guards _SELECTING_KEY
+_SELECTING_KEY: dict[tuple, threading.RLock] = {}  # held while a key's kernel is selected (`kernel_for`)
 
 
 def _foreign_pin(name: str) -> None:
