@@ -53,9 +53,10 @@ MEASUREMENT_CHECKS = (
     ("power_w", "a finite number of watts >= 0", lambda v: v >= 0),
     ("predicted_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
     # the spread a tune records beside the median, and the energy an energy or edp objective ranks by
-    ("runtime_min_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
-    ("runtime_p20_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
-    ("runtime_p80_ms", "a finite number of milliseconds > 0", lambda v: v > 0),
+    # (>= 0: a log that rounds its repeats may hold a 0 beside a positive median)
+    ("runtime_min_ms", "a finite number of milliseconds >= 0", lambda v: v >= 0),
+    ("runtime_p20_ms", "a finite number of milliseconds >= 0", lambda v: v >= 0),
+    ("runtime_p80_ms", "a finite number of milliseconds >= 0", lambda v: v >= 0),
     ("energy_mj", "a finite number of millijoules >= 0", lambda v: v >= 0),
     ("runs", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
 )
