@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--two-warps",
         action="store_true",
-        help="sample two-warp programs (their rule: weights 1 and 1 over 7/4 of the accumulator limit)",
+        help="sample two-warp programs, which have a rule of their own (TWO_WARP_UNALIGNED_WEIGHTS, _LIMIT)",
     )
     parser.add_argument("--shapes", type=shape_list, default="fit", help="fit, held-out or MxNxK[,MxNxK...]")
     parser.add_argument("--jsonl", help="write the sampled builds here")
