@@ -101,6 +101,25 @@ def pytest_collection_modifyitems(config, items):
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# A dense op whose tune.space holds 15 legal configs that are 7 distinct programs (group_m twins): a budget over
+# them is capped, and a rerun finds nothing new to run
+SEVEN_PROGRAMS = {
+    "op": "dense",
+    "dtype": "float16",
+    "shape": {"m": 32, "n": 32, "k": 32},
+    "tune": {
+        "space": {
+            "block_m": [16],
+            "block_n": [16, 32],
+            "block_k": [16],
+            "num_warps": [4],
+            "num_stages": [2],
+            "split_k": [1],
+        }  # fmt: skip
+    },
+}
+
+
 def kernel_module(problem, config):
     """The generated module for (problem, config) of any family, imported for this machine (interpreter without a
     GPU)."""

@@ -852,17 +852,10 @@ def test_a_budget_over_the_distinct_programs_says_what_is_spent_not_the_sized_bu
     """A forest sizing the budget (64 -> 22: kt's best predicted at 0.30x PyTorch's) and the space holding 7
     distinct programs: the note said "this tune measures 22 candidates, not 64" beside "measures 7 of a budget
     of 7". It says what the tune spends."""
+    from conftest import SEVEN_PROGRAMS as spec
+
     import kt
 
-    space = {
-        "block_m": [16],
-        "block_n": [16, 32],
-        "block_k": [16],
-        "num_warps": [4],
-        "num_stages": [2],
-        "split_k": [1],
-    }
-    spec = {"op": "dense", "dtype": "float16", "shape": {"m": 32, "n": 32, "k": 32}, "tune": {"space": space}}
     plan = kt.plan(spec, budget=64, measures_time=True, device="h100")
     assert plan.budget == 7
     assert (

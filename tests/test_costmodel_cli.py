@@ -162,7 +162,11 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
         ),
         ("runtime_ms", " 0.5", "column runtime_ms is ' 0.5'; allowed: a finite number of milliseconds > 0"),
         ("energy_mj", "nan", "column energy_mj is nan; allowed: a finite number of millijoules >= 0"),
-        ("runtime_min_ms", "-1", "column runtime_min_ms is -1; allowed: a finite number of milliseconds >= 0"),
+        (
+            "runtime_min_ms",
+            "-1",
+            "column runtime_min_ms is -1; allowed: a finite number of milliseconds >= 0",
+        ),
         ("runs", "many", "column runs is 'many'; allowed: an integer >= 1"),
     ):
         changed = [dict(row) for row in rows]

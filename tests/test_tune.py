@@ -524,15 +524,8 @@ def test_a_cooldown_asked_of_the_interpret_backend_is_said_to_be_unused(tmp_path
 def test_a_rerun_that_checked_every_distinct_program_does_not_ask_for_a_larger_budget(tmp_path):
     """Every config that runs differently already checked: "raise --budget to check more" was said where a
     larger budget finds nothing else to run (the space's 15 legal configs are 7 programs)."""
-    space = {
-        "block_m": [16],
-        "block_n": [16, 32],
-        "block_k": [16],
-        "num_warps": [4],
-        "num_stages": [2],
-        "split_k": [1],
-    }
-    spec = {"op": "dense", "dtype": "float16", "shape": {"m": 32, "n": 32, "k": 32}, "tune": {"space": space}}
+    from conftest import SEVEN_PROGRAMS as spec
+
     options = dict(
         budget=64, backend="interpret", db=tmp_path / "t.db", progress=False, baseline=False, workers=1
     )
