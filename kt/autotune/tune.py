@@ -91,6 +91,11 @@ class Plan:
         return self.prediction.runtime_s
 
     @property
+    def programs(self) -> int:
+        """How many legal configs run differently (one per `alias` class): what a budget can spend at most."""
+        return programs_of(self.space.legal, self.alias)
+
+    @property
     def ranked_programs(self) -> list[int]:
         """`ranked` with one config per program (`alias`): the best ranked of each, the ones a tune measures."""
         if self.alias is None:
@@ -103,7 +108,7 @@ class Plan:
         if self.alias is None:
             return None
         legal = len(self.space.legal)
-        twins = legal - (int(self.alias.max()) + 1)
+        twins = legal - self.programs
         return (
             f"{twins} of the {legal} legal configs run the same program as another (group_m only orders the "
             "output tiles, and on this grid several values give one order): one of each is measured"
@@ -313,7 +318,7 @@ def plan_tuning(
     # leaves none out either (`--strategy exhaustive`: every legal config as far as the budget goes)
     alias = None if listed or strategy.name == "exhaustive" else aliases(family, problem, space)
     variant = None if listed else _classes(family, "tile_of", problem, space)
-    programs = len(space.legal) if alias is None else int(alias.max()) + 1
+    programs = programs_of(space.legal, alias)
     if budget > programs and not listed:  # the budget shrank without a word (5000 asked, 18 spent)
         distinct = "legal configs" if alias is None else "legal configs that run differently"
         verb = "measured" if measures_time else "checked"
@@ -493,6 +498,11 @@ class TuneResult:
         return save_artifact(self, path)
 
 
+def programs_of(legal: list, alias: np.ndarray | None) -> int:
+    """How many of the `legal` configs run differently: one per class of `alias` (SearchState.alias)."""
+    return len(legal) if alias is None else int(alias.max()) + 1
+
+
 def _models_text(models: list[str]) -> str:
     """The models that ranked a search's rounds, in order: the first, the refits between, the last (each refit's
     name differs by its row count, so every round's was listed: 22 names, 2,210 characters, in one note)."""
@@ -599,10 +609,9 @@ def tune(
         # a rerun with another --strategy or --model: meta.json credits them, yet they chose nothing
         verb = "measured" if runner.measures_time else "checked"
         # (only where configs that run differently are left: a larger budget finds nothing else to run)
-        programs = len(plan.space.legal) if plan.alias is None else int(plan.alias.max()) + 1
         more = (
             f"; raise --budget to {'measure' if runner.measures_time else 'check'} more"
-            if len(session.rows) < programs
+            if len(session.rows) < plan.programs
             else ""
         )
         notes.append(
