@@ -175,12 +175,12 @@ def default_path() -> Path:
 LOCKED_WAIT_S = 60.0  # how long opening a database waits for another writer (SQLite's busy timeout too)
 
 
-LOCK_NOTE_S = 2.0  # how long a write waits for another process's lock before saying that it waits
+LOCK_NOTE_S = 2.0  # how long a write waits for another writer's lock before saying that it waits
 
 
 def _begin_immediate(conn: sqlite3.Connection, path: Path) -> None:
-    """BEGIN IMMEDIATE (the write lock, taken before anything is read), saying so when another process holds
-    it for more than LOCK_NOTE_S: a tune waited up to a minute after its heading without a word."""
+    """BEGIN IMMEDIATE (the write lock, taken before anything is read), saying so when another writer holds it
+    for more than LOCK_NOTE_S: a tune waited up to a minute after its heading without a word."""
     conn.execute(f"PRAGMA busy_timeout = {int(LOCK_NOTE_S * 1000)}")
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -388,7 +388,8 @@ class Database:
                 ) from None
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
                 raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
-            wal = self.path.resolve().with_name(self.path.resolve().name + "-wal")
+            real = self.path.resolve()
+            wal = real.with_name(real.name + "-wal")
             if readonly and _kind(exc) == "read-only" and wal.exists() and not os.access(wal.parent, os.W_OK):
                 # even a reader of a file with a writer's log beside it makes a -shm file there (SQLite's own
                 # shell cannot open it either): "give a --db where kt may write" misled a command that reads

@@ -128,7 +128,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             setattr(parent, child, layer)
             replaced.append(alias)
             if isinstance(parent, nn.TransformerEncoderLayer) and child in ("linear1", "linear2"):
-                _off_fast_path(model, parent, parent_name)
+                if parent.activation_relu_or_gelu:  # (once: its linear2 may follow its linear1)
+                    _off_fast_path(model, parent, parent_name)
     return replaced
 
 
