@@ -127,9 +127,14 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, layer)
             replaced.append(alias)
-            if isinstance(parent, nn.TransformerEncoderLayer) and child in ("linear1", "linear2"):
-                if parent.activation_relu_or_gelu:  # (once: its linear2 may follow its linear1)
-                    _off_fast_path(model, parent, parent_name)
+            encoder_linear = isinstance(parent, nn.TransformerEncoderLayer) and child in (
+                "linear1",
+                "linear2",
+            )
+            if (
+                encoder_linear and parent.activation_relu_or_gelu
+            ):  # (once: its linear2 may follow its linear1)
+                _off_fast_path(model, parent, parent_name)
     return replaced
 
 
