@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from kt.dtypes import dtype_name
-from kt.nn.selection import TRUSTED, backward_role, kernel_for
+from kt.nn.selection import DEEP, TRUSTED, backward_role, bucket, kernel_for
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
@@ -78,6 +78,9 @@ def _out_features(op: dict[str, Any]) -> int:
 def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     """What the op computes: the selected kernel on x and the weights (the custom op's implementation)."""
     spec = _parsed(op)
+    if spec.get(DEEP):  # a weight gradient's product: K's bucket is x's columns', here where they are ints
+        op = _deep_text(op, bucket(x.shape[-1]))
+        spec = _parsed(op)
     kernel = kernel_for(op, _row_count(spec, x), x.device)
     # a negated view (as x.conj().imag makes) is resolved: a kernel reads the memory, not the sign bit (and
     # refuses one). Here, in the custom op's implementation and the eager paths, not in `apply`, which
@@ -812,31 +815,46 @@ def _function_backward(ctx, dy):
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor:
-    """a (M, K) @ b (K, N), or a batch of them (a 3-D operand), by kt's dense op (any strides: transposes are views). `deep`: K is the batch's rows
-    (a weight gradient), so the op names K's bucket, not K, and a new batch size reuses its bucket's kernel."""
-    from kt.nn.selection import bucket
-
+    """a (M, K) @ b (K, N), or a batch of them (a 3-D operand), by kt's dense op (any strides: transposes are
+    views). `deep`: K is the batch's rows (a weight gradient): the op names K's bucket, not K, so a new batch
+    size reuses its bucket's kernel, and the bucket is taken from `a` when the op runs (`DEEP`), not here."""
     # a kernel called with K or N of 0 (its product is zeros or empty): no kt op has a size of 0, and its
     # backward failed naming an op's shape.n the user never wrote
     if a.shape[-1] == 0 or b.shape[-1] == 0:
         return torch.matmul(a, b)
-    k = bucket(a.shape[-1]) if deep else a.shape[-1]
     batch = a.shape[0] if a.dim() == 3 else b.shape[0] if b.dim() == 3 else None  # a batch of block products
     # plain ints: under torch.compile(dynamic=True) a shape is a SymInt, which the op text's cache cannot hash;
-    # the text names each size, so the compiled graph is specialised on it (a weight's sizes, a block count)
-    n, k, batch = int(b.shape[-1]), int(k), None if batch is None else int(batch)
+    # the text names each size, so the compiled graph is specialised on it (a weight's sizes, a block count).
+    # Not K's bucket: the rows vary with the batch, and a bucket computed here guarded the compiled graph on its
+    # range, so each new bucket recompiled it (past torch's limit of 8: eager, or an error under fullgraph=True)
+    k = None if deep else int(a.shape[-1])
+    n, batch = int(b.shape[-1]), None if batch is None else int(batch)
     return apply(a, [b], _dense_text(a.dtype, n, k, batch, _layout(a), _layout(b)))
 
 
 @functools.lru_cache(maxsize=1024)
-def _dense_text(dtype: torch.dtype, n: int, k: int, batch: int | None, a: str, b: str) -> str:
-    """The op text of a dense product (made once: a backward pass makes several per layer and step)."""
-    shape = {"n": n, "k": k}
+def _dense_text(dtype: torch.dtype, n: int, k: int | None, batch: int | None, a: str, b: str) -> str:
+    """The op text of a dense product (made once: a backward pass makes several per layer and step); `k` None:
+    K is the bucket of a's columns, taken when the op runs (`DEEP`)."""
+    from kt.nn.selection import MIN_BUCKET
+
+    shape = {"n": n, "k": MIN_BUCKET if k is None else k}
     if batch is not None:  # a batch of products (one per block)
         shape["batch"] = batch
     op = {"op": "dense", "dtype": dtype_name(dtype), "shape": shape, "layout": {"a": a, "b": b}}
     if op["dtype"] == "float32":
         op["precision"] = "ieee"
+    if k is None:
+        op[DEEP] = True
+    return op_text(op)
+
+
+@functools.lru_cache(maxsize=1024)
+def _deep_text(text: str, k: int) -> str:
+    """A `DEEP` op's text with K's bucket `k` (that of the rows a weight gradient sums over)."""
+    op = json.loads(text)
+    del op[DEEP]
+    op["shape"]["k"] = k
     return op_text(op)
 
 

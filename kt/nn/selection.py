@@ -249,6 +249,11 @@ def pin(selection: Selection, exact: bool = False) -> str:
 # call's BSR weight is checked: a layer's indices under torch.compile (whose trace cannot read them), and those
 # given to `apply` or `Kernel.as_op`. Not part of the op's spec (`bucket_spec` leaves it out).
 TRUSTED = "kt_derived_indices"
+# The key of a dense op's mapping that marks a weight gradient's product, whose K (the batch's rows) is named by
+# its bucket: the op's shape.k is a placeholder, and `kt.nn.functional._run` puts the bucket of its operand's
+# columns there when it runs (inside the custom op, so a graph torch.compile traces does not guard on it). Not
+# part of the op's spec either.
+DEEP = "kt_rows_deep"
 
 
 def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
@@ -256,7 +261,7 @@ def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
     have that many rows (a batch over the spec's limit, or operands over its size limit), the largest bucket
     below it that one can: its kernel takes any number of rows, and a larger problem only fits its tiles
     better. A layer of nn.Linear's any rows failed past 2**24 of them, blamed on a spec field never written."""
-    data = json.loads(json.dumps({key: value for key, value in op.items() if key != TRUSTED}))
+    data = json.loads(json.dumps({key: value for key, value in op.items() if key not in (TRUSTED, DEEP)}))
     size = bucket(rows)
     # an op without its shape (or terms) is left for parse_spec to name the field
     shapes = [data.get("shape")]
