@@ -327,6 +327,12 @@ def test_a_kernel_pickles_and_a_deep_copy_of_a_model_shares_it(kernels, tmp_path
     loaded = torch.load(tmp_path / "model.pt", weights_only=False)
     torch.testing.assert_close(loaded.kernel(x, *loaded.w), kernel(x, *weights), rtol=0, atol=0)
 
+    # a model keeping the kernel's op (README's `as_op()` pattern) pickles too: it failed on the local function
+    model.op = kernel.as_op()
+    torch.save(model, tmp_path / "op.pt")
+    loaded = torch.load(tmp_path / "op.pt", weights_only=False)
+    torch.testing.assert_close(loaded.op(x, *loaded.w), model.op(x, *weights), rtol=0, atol=0)
+
     pytorch_path = kt.build(LOWRANK, config="pytorch")  # PyTorch's own path, made from a template too
     torch.testing.assert_close(
         pickle.loads(pickle.dumps(pytorch_path))(x, *weights), pytorch_path(x, *weights)

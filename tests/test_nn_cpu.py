@@ -1541,6 +1541,12 @@ def test_a_block_sparse_checkpoint_with_one_index_of_another_pattern_is_refused(
     state = {k: v for k, v in other.state_dict().items() if k != "crow_indices"}
     with pytest.raises(ValueError, match="block pattern differs"):
         layer.load_state_dict(state, strict=False)
+    # in a model, the error names the layer's key and what differs (it said only "differs")
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), layer)
+    denser = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 1], [0, 1]])
+    with pytest.raises(ValueError, match=r"\(1\.crow_indices: 3 stored blocks in 2 block-rows, where this layer's "
+                       r"has 2 stored blocks in 2 block-rows\)"):  # fmt: skip
+        model.load_state_dict(torch.nn.Sequential(torch.nn.Linear(32, 32), denser).state_dict())
 
 
 def test_structurize_replaces_a_shared_linear_under_all_its_names():

@@ -1108,15 +1108,28 @@ def kernel_op(kernel, exact: bool = False):
     must have the spec's shape and pattern (`_check_pattern`: the indices are read once, again after a write).
     `exact`: the forward runs this kernel on CPU tensors too (`Kernel.__call__` with inputs that require grad),
     where as_op runs the op's PyTorch path there unless $KT_INTERPRET=1, as kt.nn does."""
-    from kt.nn.selection import Selection, pin
+    return KernelOp(kernel, exact)
 
-    where = str(kernel.path) if kernel.path else "kt.build"
-    op = op_of_spec(kernel.spec)
-    text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where), exact)})
-    count = _part_count(op)
-    bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
 
-    def run(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+class KernelOp:
+    """`kernel_op`'s function of a kernel: called as `f(x, *weights)`; pickled as its kernel (a module keeping
+    one is saved by torch.save), and pinned again where it is loaded."""
+
+    def __init__(self, kernel, exact: bool = False):
+        from kt.nn.selection import Selection, pin
+
+        self.kernel, self.exact = kernel, exact
+        where = str(kernel.path) if kernel.path else "kt.build"
+        op = op_of_spec(kernel.spec)
+        self.text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where), exact)})
+        self.count = _part_count(op)
+        self.op = op["op"]
+        self.bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
+
+    def __reduce__(self):
+        return KernelOp, (self.kernel, self.exact)
+
+    def __call__(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         _require_tensors("kernel(x, *weights)", x, weights)
         if x.dim() == 0:
             raise ValueError("kernel(x, *weights): x is a 0-d tensor; it needs its features in its last dim")
@@ -1131,18 +1144,17 @@ def kernel_op(kernel, exact: bool = False):
                     "kt.nn.BlockSparseLinear does)"
                 )
             parts += [w.crow_indices(), w.col_indices(), w.values()] if w.layout == torch.sparse_bsr else [w]
-        if len(parts) != count:
+        if len(parts) != self.count:
             raise TypeError(
-                f"kernel(x, *weights): the {op['op']} op takes {count} weight tensor{'s' if count != 1 else ''}"
+                f"kernel(x, *weights): the {self.op} op takes {self.count} weight "
+                f"tensor{'s' if self.count != 1 else ''}"
                 + (
                     ", a BSR weight counting as its 3 parts (crow_indices, col_indices, values, or the sparse BSR "
                     "tensor itself)"
-                    if bsr
+                    if self.bsr
                     else ""
                 )
                 + f"; got {len(parts)}"
                 + (f" from {len(weights)} arguments" if len(parts) != len(weights) else "")
             )
-        return apply(x, parts, text)
-
-    return run
+        return apply(x, parts, self.text)

@@ -434,6 +434,14 @@ def _block_mask(mask: Any) -> np.ndarray:
     return values.astype(bool)
 
 
+def _pattern_words(name: str, index: torch.Tensor) -> str:
+    """What a BSR index tensor says of its pattern: crow_indices its stored blocks and block-rows, col_indices
+    its stored blocks (its block-columns)."""
+    if name == "crow_indices" and index.dim() == 1 and index.numel():
+        return f"{int(index[-1])} stored blocks in {index.numel() - 1} block-rows"
+    return f"{index.numel()} stored blocks" + (f", columns {index.tolist()}" if index.numel() <= 8 else "")
+
+
 class BlockSparseLinear(_KtLinear):
     """y = F.linear(x, W) + b with W (out, in) block-sparse: only the blocks of a fixed pattern are stored.
 
@@ -616,8 +624,9 @@ class BlockSparseLinear(_KtLinear):
                         "floating-point tensors)"
                     )
                 raise ValueError(
-                    f"{who}: the state_dict's block pattern differs from this layer's; build the layer with that "
-                    "pattern (mask=...) first"
+                    f"{who}: the state_dict's block pattern differs from this layer's ({prefix}{name}: "
+                    f"{_pattern_words(name, index)}, where this layer's has {_pattern_words(name, mine)}); build "
+                    "the layer with that pattern (mask=...) first"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
