@@ -46,6 +46,12 @@ def main():
             print("kt: interrupted", file=sys.stderr)
             sys.exit(130)
         raise
+    finally:
+        # the command has ended, and Python's exit runs its atexit callbacks (torch's among them): a Ctrl-C or
+        # SIGTERM now was raised inside one, a traceback after the command's last line (exit code 0)
+        if signal.getsignal(signal.SIGINT) is _interrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

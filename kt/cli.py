@@ -52,13 +52,21 @@ MAX_BUDGET = 100_000
 # soft_wrap: a long line stays one line (tables still fit the width).
 # NO_COLOR (no-color.org): no escape codes at all (rich drops only the colours, and printed bold and italic).
 _STYLES = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+
+
+def _terminal(stream) -> bool:
+    """Whether `stream` is a terminal: None, as Python leaves sys.stdout with its descriptor closed (`kt ... >&-`),
+    is not (every command, `kt --help` too, failed on `None.isatty()` as this module loaded)."""
+    return stream is not None and stream.isatty()
+
+
 # Emoji off: ':b:' in a user's text ('a:b:c:1') printed as an emoji
 out = Console(
     highlight=False,
     markup=False,
     emoji=False,
     soft_wrap=True,
-    width=None if sys.stdout.isatty() else 120,
+    width=None if _terminal(sys.stdout) else 120,
     **_STYLES,
 )
 err = Console(
@@ -67,7 +75,7 @@ err = Console(
     markup=False,
     emoji=False,
     soft_wrap=True,
-    width=None if sys.stderr.isatty() else 120,
+    width=None if _terminal(sys.stderr) else 120,
     **_STYLES,
 )
 
@@ -722,8 +730,14 @@ def _report_one(result, out_dir, top) -> tuple[str, str, str, str]:
     artifact, PyTorch / kt)."""
     from kt.autotune.artifact import save_artifact_report
 
+    # saved before the table is printed: a reader gone (`kt tune ... | head`) stops the command at the first
+    # print (rich's broken-pipe exit), and the finished tune's artifact was never written
+    try:
+        path, replaced = save_artifact_report(result, out_dir / result.spec.name)
+    except Exception:
+        _results_table(result, top)  # what was measured, before the error says why it was not saved
+        raise
     _results_table(result, top)
-    path, replaced = save_artifact_report(result, out_dir / result.spec.name)
     _tuned(result, path, replaced)
     best = result.best
     what = "PyTorch's path" if best.pytorch else best.config.key()

@@ -862,3 +862,45 @@ def test_a_budget_over_the_distinct_programs_says_what_is_spent_not_the_sized_bu
         plan.budget_note
         == "the budget (64) is more than the 7 legal configs that run differently: all of them are measured"
     )
+
+
+def test_a_closed_stdout_or_stderr_does_not_stop_a_command():
+    """Python leaves sys.stdout (or sys.stderr) None with its descriptor closed: every command, `kt --help` too,
+    failed on None.isatty() as kt.cli loaded; with stderr closed, the device table never reached stdout."""
+    for redirect, table in ((">&-", False), ("2>&-", True)):
+        done = subprocess.run(
+            ["bash", "-c", f'"$0" -m kt.cli devices {redirect}', sys.executable],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert ("built-in device profiles" in done.stdout) == table, done.stdout
+
+
+def test_a_ctrl_c_while_kt_exits_is_no_traceback():
+    """The entry point's Ctrl-C handler stayed in place after the command: a Ctrl-C during Python's exit (its
+    atexit callbacks, torch's among them) was raised inside a callback, a traceback after the last line."""
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "from importlib.metadata import entry_points\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "(script,) = [e for e in entry_points(group='console_scripts') if e.name == 'kt']\n"
+        "sys.argv = ['kt', 'devices']\n"
+        "sys.exit(script.load()())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+
+
+def test_a_reader_gone_before_the_results_table_leaves_the_artifact_saved(tmp_path):
+    """`kt tune ... | head -2` (the heading and the first note, printed before the tune): the table's print ended
+    the command (rich's broken-pipe exit) before the artifact was saved, without a word; the tune's rows were in
+    the database, its artifact nowhere."""
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: piped\nshape: {m: 16, n: 16, k: 16}\n")
+    env = {**os.environ, "KT_CACHE_DIR": str(tmp_path / "c"), "KT_DB": str(tmp_path / "kt.db")}
+    command = f'"$0" -m kt.cli tune {spec} --out {tmp_path / "art"} --budget 1 --workers 1 | head -2'
+    done = subprocess.run(
+        ["bash", "-c", command, sys.executable], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.stdout.startswith("piped:"), done.stdout + done.stderr[-2000:]
+    assert (tmp_path / "art" / "piped" / "kernel.py").is_file(), done.stderr[-2000:]

@@ -30,7 +30,9 @@ LOG_EVERY_S = 30.0
 def _console() -> Console:
     """stderr as wide as the terminal, or, written to a log (piped, no COLUMNS set), as wide as each row needs:
     rich would otherwise fit a bar's row to 80 columns, cutting its description and dropping its status."""
-    piped = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+    piped = (
+        not (sys.stderr is not None and sys.stderr.isatty()) and "COLUMNS" not in os.environ
+    )  # None: closed
     # emoji off: a path holding ':b:' printed as an emoji
     return Console(stderr=True, soft_wrap=True, emoji=False, width=PIPED_WIDTH if piped else None)
 
