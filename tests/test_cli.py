@@ -794,6 +794,42 @@ cli.main(["save-again"])
     assert sorted(p.name for p in target.parent.iterdir()) == ["same", "same.prev"]  # no staging left
 
 
+def test_a_ctrl_c_during_an_artifact_saves_clean_up_leaves_no_staging_folder(tmp_path):
+    """A Ctrl-C that landed in the save's last step, removing its staging folder, left `.NAME.tmp-*` beside the
+    artifact (swept only by a later save of that name). Signals are now held while a save writes and swaps."""
+    target = tmp_path / "art" / "op"
+    script = f"""
+import os, shutil, signal
+import kt
+from kt import cli
+from kt.autotune import artifact
+
+spec = kt.parse_spec({{"name": "op", "op": "dense", "dtype": "float16", "shape": {{"m": 24, "n": 40, "k": 32}},
+                      "tune": {{"configs": [{{"block_m": 16, "block_n": 16, "block_k": 16}}]}}}})
+result = kt.tune(spec, backend="interpret", db={str(tmp_path / "t.db")!r}, progress=False, baseline=False,
+                 workers=1)
+
+def interrupted_rmtree(path, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the staging folder is removed
+    shutil.rmtree(path, **kwargs)
+
+artifact.shutil = type("shutil", (), {{"rmtree": staticmethod(interrupted_rmtree)}})
+
+@cli.main.command("save")
+def save():
+    result.save({str(target)!r})
+
+cli.main(["save"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("kt: interrupted")
+    import kt
+
+    assert kt.load(target).config.block_m == 16
+    assert sorted(p.name for p in target.parent.iterdir()) == ["op"]  # no staging left
+
+
 def test_from_model_and_gpus_are_checked_before_torch_loads_and_analytic_is_read_in_any_case(tmp_path):
     """`--from-model nocolon.py` and `--gpus x,y` were refused 2 to 3.5 s after the command started (after torch
     loaded); `--model ANALYTIC` was read as a file's name."""

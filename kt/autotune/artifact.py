@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from datetime import datetime, timezone
@@ -181,7 +182,8 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
         if held:
             _sweep(real)
         try:
-            return path, _swap_in(real, source, meta)
+            with _signals_held():
+                return path, _swap_in(real, source, meta)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # named by the artifact
                 raise ArtifactError(f"{path} cannot be written ({exc.strerror})") from None
@@ -196,6 +198,26 @@ def _sweep(path: Path) -> None:
         for entry in os.scandir(path.parent):
             if entry.name.startswith(prefixes) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM held for the milliseconds a save writes and swaps its folders (in the main thread: no
+    other may set a handler), then raised as it ends: one that landed in the clean-up left the staging folder
+    beside the artifact (`.NAME.tmp-*`, swept only by a later save of the same name)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():  # None: a handler set outside Python, left to the default
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])  # as it would have landed: its handler raises, or the default acts
 
 
 def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
