@@ -795,8 +795,9 @@ cli.main(["save-again"])
 
 
 def test_a_ctrl_c_during_an_artifact_saves_clean_up_leaves_no_staging_folder(tmp_path):
-    """A Ctrl-C that landed in the save's last step, removing its staging folder, left `.NAME.tmp-*` beside the
-    artifact (swept only by a later save of that name). Signals are now held while a save writes and swaps."""
+    """A Ctrl-C that landed in a save's last step, removing the staging folder that holds the artifact it
+    replaced, left `.NAME.tmp-*` beside the artifact (swept only by a later save of that name). Signals are now
+    held while a save writes and swaps."""
     target = tmp_path / "art" / "op"
     script = f"""
 import os, shutil, signal
@@ -808,6 +809,8 @@ spec = kt.parse_spec({{"name": "op", "op": "dense", "dtype": "float16", "shape":
                       "tune": {{"configs": [{{"block_m": 16, "block_n": 16, "block_k": 16}}]}}}})
 result = kt.tune(spec, backend="interpret", db={str(tmp_path / "t.db")!r}, progress=False, baseline=False,
                  workers=1)
+
+result.save({str(target)!r})  # saved again below: the staging folder then holds the one it replaces
 
 def interrupted_rmtree(path, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the staging folder is removed
