@@ -107,9 +107,7 @@ def candidates(problem, profile, accs=(64, 128), warps=(4, 8)) -> list:
 def sample(
     arch: int, ops, dtypes: list[str], per_group: int, seed: int, accs=(64, 128), warps=(4, 8)
 ) -> list[dict]:
-    import triton
-
-    from kt.autotune.runners import compile_builds
+    from kt.autotune.runners import labelled_builds
     from kt.autotune.tune import generated_candidate
     from kt.codegen import family_for
     from kt.codegen.gemm import stage_elements, wgmma_build
@@ -140,17 +138,7 @@ def sample(
                         wgmma=wgmma_build(problem, config, profile),
                     )
                 )
-    print(f"compiling {len(jobs)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
-    for row, outcome in zip(rows, compile_builds(jobs)):
-        values = outcome.values or {}
-        row.update(
-            triton=triton.__version__,
-            arch=arch,
-            status=outcome.status,
-            registers=values.get("registers"),
-            local=values.get("local_bytes"),
-        )
-    return rows
+    return labelled_builds(jobs, rows, arch)
 
 
 def refused_now(row: dict) -> bool:

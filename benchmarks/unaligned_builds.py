@@ -71,9 +71,7 @@ def sample(
     """`per_shape` builds of each shape's configs (module docstring), compiled and labelled; `dtype` float16,
     float32 (the FMA rule's configs) or tf32 (float32 operands, precision tf32); `two_warps`: two-warp programs
     (whose rule has weights of its own) in place of four- and eight-warp ones."""
-    import triton
-
-    from kt.autotune.runners import compile_builds
+    from kt.autotune.runners import labelled_builds
     from kt.autotune.tune import generated_candidate
     from kt.codegen import gemm
     from kt.device import A100, H100
@@ -106,17 +104,7 @@ def sample(
                     **tiles,
                 )
             )
-    print(f"compiling {len(jobs)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
-    for row, outcome in zip(rows, compile_builds(jobs)):
-        values = outcome.values or {}
-        row.update(
-            triton=triton.__version__,
-            arch=arch,
-            status=outcome.status,
-            registers=values.get("registers"),
-            local=values.get("local_bytes"),
-        )
-    return rows
+    return labelled_builds(jobs, rows, arch)
 
 
 def problem_of(shape, dtype: str, precision: str = "ieee"):

@@ -104,6 +104,27 @@ def compile_builds(
     return sorted(pool.run(tasks), key=lambda outcome: outcome.task.id)
 
 
+def labelled_builds(jobs: list[tuple[Candidate, DeviceProfile]], rows: list[dict], arch: int) -> list[dict]:
+    """`compile_builds` of `jobs`, each build's outcome added to its row of `rows` (a study's record of one build:
+    benchmarks/*_builds.py): the Triton version, `arch`, the compile stage's status, registers and local memory
+    bytes. Says on stderr how many it compiles."""
+    import sys
+
+    import triton
+
+    print(f"compiling {len(jobs)} builds for sm_{arch} (Triton {triton.__version__})", file=sys.stderr)
+    for row, outcome in zip(rows, compile_builds(jobs)):
+        values = outcome.values or {}
+        row.update(
+            triton=triton.__version__,
+            arch=arch,
+            status=outcome.status,
+            registers=values.get("registers"),
+            local=values.get("local_bytes"),
+        )
+    return rows
+
+
 class Runner(ABC):
     name: str
     measures_time: bool
