@@ -54,6 +54,13 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["deep_k_builds.py", "--ops", "held", "--jsonl", tmp / "d.jsonl"], "give fit, held-out or MxNxK"),
         (["deep_k_builds.py", "--jsonl", db], "--jsonl: '"),
         (["deep_k_builds.py", "--score", tmp / "none.jsonl"], "none.jsonl' not found"),
+        (["two_warp_k_builds.py", "--per-bin", "0", "--jsonl", tmp / "w.jsonl"], "--per-bin: 0; give 1"),
+        (["two_warp_k_builds.py", "--ops", "held", "--jsonl", tmp / "w.jsonl"], "invalid choice: 'held'"),
+        (["two_warp_k_builds.py", "--jsonl", db], "--jsonl: '"),
+        (["two_warp_k_builds.py"], "--jsonl: where to write the builds"),
+        (["two_warp_k_builds.py", "--check", data], "--check: judges --fit's limits"),
+        (["two_warp_k_builds.py", "--score", tmp / "none.jsonl"], "none.jsonl' not found"),
+        (["two_warp_k_builds.py", "--score", data, "--fit", data], "--score and --fit: give one of them"),
     ]
 
 
@@ -347,3 +354,38 @@ def test_a_benchmark_case_whose_tune_fails_is_named_and_the_others_go_on(capsys)
     assert capsys.readouterr().err == "case 2: failed: none of the 6 candidates passed (6 compile_error)\n"
     with pytest.raises(ValueError):  # a bug is no failed tune: it stops the run
         list(each_case([1], lambda case: int("x"), str))
+
+
+def test_the_two_warp_limits_are_those_the_committed_builds_give():
+    """kt's two-warp K-step limits are `--fit`'s on the committed fit and held-out builds (a sum's fused
+    accumulation on sm_90 capped at a single source's), and kt's legality judges the committed check builds as
+    BENCHMARKS.md says."""
+    from conftest import benchmark_module
+
+    from kt.codegen.gemm import TWO_WARP_K_LIMITS
+    from kt.codegen.tilesum import FUSED_SUM_TWO_WARP_K_LIMITS
+
+    study = benchmark_module("two_warp_k_builds")
+    runs = ROOT / "benchmarks" / "results" / "two-warp-k-2026-12-05"
+    fitted = study.fitted_limits(study.load(sorted(runs.glob("fit-*")) + sorted(runs.glob("held-out-*"))))
+    assert fitted == {
+        (80, "fused sum"): FUSED_SUM_TWO_WARP_K_LIMITS[80],
+        (80, "one source"): TWO_WARP_K_LIMITS[80],
+        (90, "fused sum"): 192,
+        (90, "one source"): TWO_WARP_K_LIMITS[90],
+    }
+    assert FUSED_SUM_TWO_WARP_K_LIMITS[90] == min(192, TWO_WARP_K_LIMITS[90])
+    for name, refused_clean, caught, spills in [
+        ("check-sm80-seed101-triton3.9", 57, 49, 51),
+        ("check-sm90-seed102-triton3.9", 77, 65, 65),
+    ]:
+        rows = study.load([runs / f"{name}.jsonl.gz"])
+        refused = [study.refused_now(row) for row in rows]
+        assert sum(r and not row["spilled"] for r, row in zip(refused, rows)) == refused_clean, name
+        assert (
+            sum(r and row["spilled"] for r, row in zip(refused, rows)),
+            sum(row["spilled"] for row in rows),
+        ) == (
+            caught,
+            spills,
+        ), name

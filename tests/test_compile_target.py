@@ -793,3 +793,20 @@ def test_the_cuda_backend_without_tritons_compiler_tools_is_refused_before_it_st
             runners.check_gpus(backend, None)
     runners.check_gpus("cuda", None, ray="auto")
     runners.check_gpus("interpret", None)
+
+
+def test_two_warp_programs_with_deep_k_steps_that_legality_admits_build_clean(pool):
+    """The two-warp K-step count (kt.codegen.gemm.two_warp_k_reason) admits these near its limits, which the
+    rule before it refused for their K step alone (benchmarks/two_warp_k_builds.py's samples built them clean).
+    """
+    from test_legality_evidence import TWO_WARP_K
+
+    cases = [(device, problem, config) for device, problem, config, spilled in TWO_WARP_K if not spilled]
+    tasks = [
+        compile_task(i, problem, config, device.smem_per_block, device.compute_capability)
+        for i, (device, problem, config) in enumerate(cases)
+    ]
+    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    assert [o.status for o in outcomes] == ["ok"] * len(cases), [o.message for o in outcomes]
+    for outcome, (_, _, config) in zip(outcomes, cases):
+        assert outcome.values["local_bytes"] == 0, (config.key(), outcome.values)

@@ -318,3 +318,85 @@ def test_structured_estimates_bound_their_builds_and_keep_stages_as_the_build_do
     # FFT float16 b64n128k64g1w8s3 split 4 on the H100 (wgmma): 151552 bytes built
     fft = FFTProblem(49152, 4096, "float16")
     assert block_resources(fft, BlockGemmConfig(64, 128, 64, 1, 8, 3, split=4), H100)[0] >= 151552
+
+
+# Two-warp programs of the structured families with K steps over 32 (benchmarks/two_warp_k_builds.py,
+# 2026-12-05, Triton 3.9): refused whatever their size until then; now by a count of accumulator and one K
+# step's operand registers per thread (`kt.codegen.gemm.two_warp_k_reason`)
+def monarch_128(dtype: str):
+    return problem_of(op="monarch", dtype=dtype, shape={"batch": 4096, "n": 8192, "nblocks": 64})
+
+
+def example_sum(dtype: str):
+    banded = {"block": [64, 64], "pattern": "banded", "width": 1}
+    terms = [
+        {"op": "blocksparse", "shape": {"batch": 4096, "in": 1024, "out": 1024}, "sparsity": banded},
+        {"op": "lowrank", "shape": {"batch": 4096, "dims": [1024, 32, 1024]}},
+    ]
+    return problem_of(op="sum", dtype=dtype, terms=terms)
+
+
+def bsr_64x128(dtype: str):
+    sparsity = {"block": [64, 128], "density": 0.3, "seed": 3}
+    return problem_of(
+        op="blocksparse", dtype=dtype, shape={"batch": 2048, "in": 2048, "out": 1024}, sparsity=sparsity
+    )
+
+
+FUSED_SUM = TileConfig(128, 16, 128, 1, 2, 3, 2, fused=1)  # 32 accumulator + 144 operand registers
+TWO_WARP_K = [  # (device, problem, config, spilled)
+    (H100, monarch_128("float16"), BlockGemmConfig(128, 16, 128, 1, 2, 2), False),  # 184 registers; 32 + 144
+    # over several blocks the next block's operands are live too: 32 + 2 * 96 (16 bytes of local memory)
+    (H100, monarch_128("float16"), BlockGemmConfig(32, 64, 128, 4, 2, 2), True),
+    (A100, lowrank("float16"), TileConfig(64, 64, 128, 4, 2, 4), False),  # 226 registers; 64 + 128
+    (A100, example_sum("float16"), FUSED_SUM, True),  # 72 B: a fused sum's limit is lower on sm_80
+    (H100, example_sum("bfloat16"), FUSED_SUM, False),  # 190 registers
+    # the first spills of the fit and held-out samples, just over each limit (184 and 216)
+    (H100, problem_of(op="monarch", dtype="float32", shape={"batch": 16384, "n": 4096, "nblocks": 64}),
+     BlockGemmConfig(64, 64, 64, 1, 2, 3), True),  # tf32, 64 + 128 = 192: 24 B
+    (A100, problem_of(op="blocksparse", dtype="float32", shape={"batch": 4096, "in": 2048, "out": 2048},
+                      sparsity={"block": [128, 128], "density": 0.2, "seed": 1}),
+     TileConfig(32, 128, 64, 8, 2, 3, 4), True),  # tf32, 64 + 160 = 224: 48 B
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("device, problem, config, spilled", TWO_WARP_K)
+def test_two_warp_programs_with_deep_k_steps_count_accumulator_and_operand_registers(
+    device, problem, config, spilled
+):
+    reason = (block_reason if isinstance(config, BlockGemmConfig) else tile_reason)(
+        problem,
+        config,
+        device,
+        *([stages_for(problem, config)] if isinstance(config, BlockGemmConfig) else []),
+    )
+    if spilled:
+        assert reason and "K-step operand registers over" in reason, (config.key(), reason)
+    else:
+        assert reason is None, (config.key(), reason)
+
+
+def test_the_two_warp_count_lets_in_some_spills():
+    """The check sample's two spills it lets in: tf32 block-sparse at 192 on the A100 (8 bytes of local memory),
+    where the fit samples' tf32 builds at 192 were clean."""
+    assert tile_reason(bsr_64x128("float32"), TileConfig(64, 64, 64, 8, 2, 2, 4), A100) is None
+
+
+def test_complex_and_fma_two_warp_programs_keep_k_steps_of_32():
+    """No such builds were sampled: any K step over 32 is refused, as before."""
+    import dataclasses
+
+    fft = problem_of(op="fft", dtype="float16", shape={"batch": 64, "n": 4096})
+    config = BlockGemmConfig(16, 16, 64, 1, 2, 2, split=64)
+    assert block_reason(fft, config, H100, stages_for(fft, config)) == "K step over 32 in a two-warp program"
+    tf32_chain = problem_of(op="lowrank", dtype="float32", shape={"batch": 64, "dims": [256, 16, 256]})
+    fma = dataclasses.replace(tf32_chain, precision="ieee")
+    small = TileConfig(16, 16, 64, 1, 2, 2)
+    assert tile_reason(tf32_chain, small, H100) is None  # 4 + 32 registers
+    assert "K step over 32" in tile_reason(fma, small, H100)
+    monarch = problem_of(op="monarch", dtype="float32", shape={"batch": 64, "n": 256, "nblocks": 4})
+    fma_monarch = dataclasses.replace(monarch, precision="ieee")
+    small = BlockGemmConfig(16, 16, 64, 1, 2, 2)  # FMA dots: 4 + 32 registers, within their own limit
+    assert block_reason(monarch, small, H100, stages_for(monarch, small)) is None
+    reason = block_reason(fma_monarch, small, H100, stages_for(fma_monarch, small))
+    assert reason == "K step over 32 in a two-warp program"

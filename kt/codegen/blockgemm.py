@@ -17,7 +17,7 @@ from typing import Any
 
 from kt.axes import BLOCK_GEMM_AXES, BLOCK_GEMM_FIELDS, FLAG_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import MIN_DOT, config_from_mapping, padded, two_warp_k_reason
+from kt.codegen.gemm import MIN_DOT, config_from_mapping, k_step_registers, padded, two_warp_k_reason
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.factors import ButterflyGroup
@@ -309,26 +309,27 @@ def illegal_reason(
     if acc > limit:
         why = " (complex, two-warp or several-block dots)" if tight else ""
         return f"accumulator over {limit} registers per thread{why}"
-    deep = two_warp_k_reason(config.num_warps, config.block_k)
-    if deep:
-        return deep
+    threads = config.num_warps * device.warp_size
+    planes = 2 if is_complex(problem) else 1
     if problem.dtype == "float32" and problem.precision == "ieee":
         # Without tensor cores a dot runs as FMAs on operand tiles held in registers: those count too. Sampled
         # sm_90 builds that spilled at all 255 registers held 112 (Triton 3.6) to 224 accumulator and operand
         # registers per thread, or, for the FFT's four complex dots, 56 to 128, every K step over 16 and every
         # batched one; none within 96 (real) or 64 in one block with K steps of 16 (complex) did, on either
         # Triton.
-        planes = 2 if is_complex(problem) else 1
         if planes == 2 and config.block_k > MIN_DOT:
             return f"complex FMA dots need K steps of {MIN_DOT} (their operands spill)"
         # Over several blocks the next step's operand tiles are live beside these (b256n16k16g16w4 spilled).
-        threads = config.num_warps * device.warp_size
         operands = planes * (config.block_b + config.block_n) * config.block_k // threads
         operands *= 2 if config.group > 1 else 1
         fma_limit = 3 * device.acc_regs_limit // 4 if planes == 1 else device.acc_regs_limit // 2
         if acc + operands > fma_limit:
             return f"accumulator and operand tiles over {fma_limit} registers per thread (FMA dots)"
-    return None
+    # a loop over several blocks keeps the next block's operand tiles live beside these: counted twice (sm_90
+    # builds of Monarch's 128-wide blocks spilled at 32 accumulator and 96 operand registers, GROUP 4 and 8)
+    operands = k_step_registers(problem.dtype, config.block_b, config.block_n, config.block_k, threads)
+    operands *= 2 if config.group > 1 else 1
+    return two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands, planes)
 
 
 class BlockGemmFamily(StructuredFamily):

@@ -15,7 +15,14 @@ from typing import Any
 
 from kt.axes import BSR_GRAD_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import accumulator_reason, config_from_mapping, output_tile_bytes, padded
+from kt.codegen.gemm import (
+    accumulator_reason,
+    config_from_mapping,
+    k_step_registers,
+    output_tile_bytes,
+    padded,
+    two_warp_k_reason,
+)
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BsrGradProblem
@@ -80,7 +87,11 @@ def illegal_reason(problem: BsrGradProblem, config: BsrGradConfig, device: Devic
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_limit_text}"
-    return accumulator_reason(acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k)
+    threads = config.num_warps * device.warp_size
+    operands = k_step_registers(problem.dtype, config.block_m, config.block_n, config.block_k, threads)
+    return accumulator_reason(
+        acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k
+    ) or two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands)
 
 
 # -- the family ----------------------------------------------------------------------------------------------

@@ -181,24 +181,14 @@ def accumulator_limit(device: DeviceProfile, dtype: str, precision: str, num_war
 
 
 def accumulator_reason(
-    acc: int,
-    device: DeviceProfile,
-    dtype: str,
-    precision: str,
-    num_warps: int,
-    block_k: int,
-    two_warp_k: bool = True,
+    acc: int, device: DeviceProfile, dtype: str, precision: str, num_warps: int, block_k: int
 ) -> str | None:
     """Why a program's registers would spill, or None: its accumulator over `accumulator_limit`, or a K step
-    over 32 in an FMA dot or (`two_warp_k`) a two-warp program: sampled such builds with K steps of 64 and 128
-    spilled at every accumulator size allowed, their operand fragments in registers. The plain GEMM template's
-    two-warp programs did not (its m16n256k128 w2 ran the first H200 run's skinny case), so it passes False."""
+    over 32 in an FMA dot. The structured families add `two_warp_k_reason` last; the plain GEMM template's
+    two-warp programs take any K step (its m16n256k128 w2 ran the first H200 run's skinny case)."""
     limit, why = accumulator_limit(device, dtype, precision, num_warps)
     if acc > limit:
         return f"accumulator over {limit} registers per thread{why}"
-    deep = two_warp_k_reason(num_warps, block_k) if two_warp_k else None
-    if deep:
-        return deep
     if dtype == "float32" and precision == "ieee" and block_k > 2 * MIN_DOT:  # spilled under Triton 3.6
         return f"K step over {2 * MIN_DOT} for FMA dots"
     return None
@@ -244,10 +234,47 @@ def deep_k_spills(problem, config, device: DeviceProfile, acc: int) -> str | Non
     return None
 
 
-def two_warp_k_reason(num_warps: int, block_k: int) -> str | None:
-    """A two-warp program's K step over 32: its operand fragments spilled in sampled builds (see above)."""
-    if num_warps < 4 and block_k > 2 * MIN_DOT:
+# `two_warp_k_reason`: a real two-warp tensor-core program (16-bit or tf32) of a structured family with a K
+# step over 32 spills past this count of accumulator registers and operand registers of one K step per thread
+# (`k_step_registers`; a block-GEMM loop over several blocks counts its operands twice), by compute capability
+# (sm_90's for later ones, sm_80's for earlier); a sum's fused accumulation over its terms has limits of its own
+# (`kt.codegen.tilesum.FUSED_SUM_TWO_WARP_K_LIMITS`). Each is the highest count at which no build of the fit and
+# held-out samples spilled (2026-12-05, Triton 3.9; `benchmarks/two_warp_k_builds.py`, BENCHMARKS.md): sm_90
+# builds spilled from 192 (tf32 Monarch b64n64k64 w2, float16 sums m64n64k128 w2), sm_80 ones from 224. Until
+# then every such program was refused for its K step alone, which no recorded sample supported.
+TWO_WARP_K_LIMITS = {90: 184, 80: 216}
+
+
+def k_step_registers(dtype: str, rows: int, cols: int, block_k: int, threads: int) -> int:
+    """Registers per thread one K step's operand tiles take, `rows x block_k` and `block_k x cols` over
+    `threads` threads: 16-bit elements two to a register."""
+    return (rows + cols) * block_k * itemsize(dtype) // (4 * threads)
+
+
+def two_warp_k_reason(
+    problem,
+    device: DeviceProfile,
+    num_warps: int,
+    block_k: int,
+    acc: int,
+    operands: int,
+    planes: int = 1,
+    limits: dict[int, int] = TWO_WARP_K_LIMITS,
+) -> str | None:
+    """Why a structured family's two-warp program with a K step over 32 would spill, or None: real tensor-core
+    dots (16-bit or tf32) whose accumulator and one K step's operand registers (`operands`, from
+    `k_step_registers`) pass the device's limit in `limits`; any K step over 32 for complex dots and FMA dots
+    (float32 ieee), as no such builds were sampled."""
+    if num_warps >= 4 or block_k <= 2 * MIN_DOT:
+        return None
+    if planes > 1 or (problem.dtype == "float32" and problem.precision == "ieee"):
         return f"K step over {2 * MIN_DOT} in a two-warp program"
+    limit = limits[90 if device.compute_capability >= 90 else 80]
+    if acc + operands > limit:
+        return (
+            f"accumulator and K-step operand registers over {limit} per thread in a two-warp program "
+            f"(K step over {2 * MIN_DOT})"
+        )
     return None
 
 
@@ -388,7 +415,7 @@ def illegal_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfi
         return f"shared memory over {device.smem_limit_text}"
     acc = accumulator_registers(config, device.warp_size)
     too_many = accumulator_reason(
-        acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k, two_warp_k=False
+        acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k
     )
     if too_many:
         return too_many

@@ -20,11 +20,14 @@ import numpy as np
 from kt.axes import TILE_AXES, TILE_FIELDS
 from kt.codegen.family import StructuredFamily, gemm_stage
 from kt.codegen.gemm import (
+    TWO_WARP_K_LIMITS,
     accumulator_reason,
     config_from_mapping,
     deep_k_reason,
+    k_step_registers,
     output_tile_bytes,
     padded,
+    two_warp_k_reason,
     wgmma_build,
 )
 from kt.device import DeviceProfile
@@ -231,6 +234,10 @@ def programs(problem: TileSumProblem, config: TileConfig) -> int:
     return most
 
 
+# `two_warp_k_reason`'s limits for a sum's fused accumulation, whose loops over every term's sources spilled at
+# lower counts than a single source's on sm_80: from 176 (m128n16k128 w2, 32 + 144; benchmarks/two_warp_k_builds.py);
+# sm_90's no higher than a single source's
+FUSED_SUM_TWO_WARP_K_LIMITS = {90: 184, 80: 168}
 FUSED_FMA_W2 = 2048  # the W2 tile (rank x block_n) of a fused float32 FMA chain whose builds did not spill
 
 
@@ -283,9 +290,24 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_limit_text}"
     fused_chain = config.fused and isinstance(problem, ChainProblem)  # two dots: its own accumulator count
-    return accumulator_reason(
-        acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k
-    ) or (None if fused_chain else deep_k_reason(problem, config, device, acc))
+    fused_sum = config.fused and isinstance(problem, SumProblem)
+    # a K step's tiles: x's and W1's (block_k x rank) in a fused chain, else a source's and the weight's
+    cols = padded(problem.dims[1]) if fused_chain else config.block_n
+    threads = config.num_warps * device.warp_size
+    operands = k_step_registers(problem.dtype, config.block_m, cols, config.block_k, threads)
+    return (
+        accumulator_reason(acc, device, problem.dtype, problem.precision, config.num_warps, config.block_k)
+        or (None if fused_chain else deep_k_reason(problem, config, device, acc))
+        or two_warp_k_reason(
+            problem,
+            device,
+            config.num_warps,
+            config.block_k,
+            acc,
+            operands,
+            limits=FUSED_SUM_TWO_WARP_K_LIMITS if fused_sum else TWO_WARP_K_LIMITS,
+        )
+    )
 
 
 # -- the family ----------------------------------------------------------------------------------------------

@@ -1,0 +1,353 @@
+"""Compile two-warp programs of the structured families (block-GEMM: Monarch, butterfly; tile-sum: block-sparse,
+low-rank, sums; the block-sparse weight gradient) with K steps of 64 and 128, for sm_80 or sm_90 with Triton's
+bundled ptxas (no GPU), and judge the two-warp K-step rule against them: the evidence behind
+`kt.codegen.gemm.two_warp_k_reason` (a real tensor-core two-warp program spills when its accumulator and one K
+step's operand registers per thread pass `TWO_WARP_K_LIMITS`, a sum's fused accumulation
+`kt.codegen.tilesum.FUSED_SUM_TWO_WARP_K_LIMITS`).
+
+A sample: for each op and dtype (float16, bfloat16 and tf32: the rule's real tensor-core dots), the configs that
+every other legality rule admits (two warps, K step 64 or 128), grouped in bins of `BIN` registers of `acc +
+operands` (`acc`: the family's fp32 accumulator registers per thread; `operands`: one K step's two operand tiles
+per thread, `kt.codegen.gemm.k_step_registers`, 16-bit elements two to a register; binned undoubled, as the
+samples below were drawn, though kt's count, `count`, doubles a block-GEMM loop's over several blocks);
+`--per-bin` of each bin drawn with `--seed`, compiled by kt's compile workers and labelled as the compile stage
+labels them (ok, or refused: spills). `--ops fit` are the examples' ops; `--ops held-out` and `--ops check`
+other shapes, block sizes and ranks. One JSON line per build (--jsonl).
+
+`--score FILE...` prints each bin's builds and spills, and per architecture how many clean builds kt's legality
+(as it is now) refuses and how many spills it catches. `--fit FILE...` gives, for each architecture and kind of
+program (a sum's fused accumulation over its terms, or one source), the highest limit of the count at or below
+which no build of the files spilled (`fitted_limits`), and with `--check FILE...` how it does on other builds.
+Files may be gzipped.
+
+The limits kt has (2026-12-05, Triton 3.9; the check configs again under Triton 3.6, BENCHMARKS.md):
+
+    python benchmarks/two_warp_k_builds.py --arch 80 --ops fit --seed 81 --per-bin 2 --jsonl fit80.jsonl
+    python benchmarks/two_warp_k_builds.py --arch 90 --ops fit --seed 82 --per-bin 2 --jsonl fit90.jsonl
+    python benchmarks/two_warp_k_builds.py --arch 80 --ops held-out --seed 91 --per-bin 2 --jsonl held80.jsonl
+    python benchmarks/two_warp_k_builds.py --arch 90 --ops held-out --seed 92 --per-bin 2 --jsonl held90.jsonl
+    python benchmarks/two_warp_k_builds.py --arch 80 --ops check --seed 101 --per-bin 2 --jsonl check80.jsonl
+    python benchmarks/two_warp_k_builds.py --arch 90 --ops check --seed 102 --per-bin 2 --jsonl check90.jsonl
+    python benchmarks/two_warp_k_builds.py --fit fit80.jsonl fit90.jsonl held80.jsonl held90.jsonl \
+        --check check80.jsonl check90.jsonl
+    python benchmarks/two_warp_k_builds.py --score check80.jsonl
+
+The builds are in benchmarks/results/two-warp-k-2026-12-05/.
+
+Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+DTYPES = ["float16", "bfloat16", "tf32"]
+BIN = 32  # registers per thread: the width of a sampling bin of `acc + operands`
+OPS = {
+    "fit": [
+        {"op": "monarch", "shape": {"batch": 16384, "n": 4096, "nblocks": 64}},
+        {"op": "monarch", "shape": {"batch": 8192, "w1": [16, 96, 64], "w2": [32, 48, 48]}},
+        {"op": "butterfly", "shape": {"batch": 8192, "n": 1024}},
+        {"op": "lowrank", "shape": {"batch": 8192, "dims": [4096, 64, 4096]}},
+        {
+            "op": "blocksparse",
+            "shape": {"batch": 8192, "in": 4096, "out": 4096},
+            "sparsity": {"block": [64, 64], "density": 0.1, "seed": 0},
+        },
+        {
+            "op": "sum",
+            "terms": [
+                {
+                    "op": "blocksparse",
+                    "shape": {"batch": 4096, "in": 1024, "out": 1024},
+                    "sparsity": {"block": [64, 64], "pattern": "banded", "width": 1},
+                },
+                {"op": "lowrank", "shape": {"batch": 4096, "dims": [1024, 32, 1024]}},
+            ],
+        },
+    ],
+    "held-out": [
+        {"op": "monarch", "shape": {"batch": 4096, "n": 8192, "nblocks": 64}},
+        {"op": "butterfly", "shape": {"batch": 4096, "n": 256}},
+        {"op": "lowrank", "shape": {"batch": 4096, "dims": [2048, 128, 1024]}},
+        {
+            "op": "blocksparse",
+            "shape": {"batch": 4096, "in": 2048, "out": 2048},
+            "sparsity": {"block": [128, 128], "density": 0.2, "seed": 1},
+        },
+        {
+            "op": "sum",
+            "terms": [
+                {
+                    "op": "blocksparse",
+                    "shape": {"batch": 4096, "in": 2048, "out": 2048},
+                    "sparsity": {"block": [32, 32], "pattern": "banded", "width": 2},
+                },
+                {"op": "lowrank", "shape": {"batch": 4096, "dims": [2048, 64, 2048]}},
+            ],
+        },
+        {
+            "op": "blocksparse_grad",
+            "shape": {"batch": 4096, "in": 2048, "out": 2048},
+            "sparsity": {"block": [64, 64], "density": 0.2, "seed": 2},
+        },
+    ],
+    "check": [
+        {"op": "monarch", "shape": {"batch": 2048, "n": 2048, "nblocks": 16}},
+        {"op": "butterfly", "shape": {"batch": 2048, "n": 512}},
+        {"op": "lowrank", "shape": {"batch": 2048, "dims": [1024, 256, 512]}},
+        {
+            "op": "blocksparse",
+            "shape": {"batch": 2048, "in": 2048, "out": 1024},
+            "sparsity": {"block": [64, 128], "density": 0.3, "seed": 3},
+        },
+        {
+            "op": "sum",
+            "terms": [
+                {
+                    "op": "blocksparse",
+                    "shape": {"batch": 2048, "in": 1024, "out": 1024},
+                    "sparsity": {"block": [64, 64], "density": 0.2, "seed": 4},
+                },
+                {"op": "lowrank", "shape": {"batch": 2048, "dims": [1024, 128, 1024]}},
+            ],
+        },
+        {
+            "op": "blocksparse_grad",
+            "shape": {"batch": 2048, "in": 1024, "out": 1024},
+            "sparsity": {"block": [128, 128], "density": 0.3, "seed": 5},
+        },
+    ],
+}
+
+
+def specs(ops: str, dtypes: list[str]) -> list[dict]:
+    """op.yaml mappings of the chosen ops in each dtype (tf32: float32 with precision tf32)."""
+    out = []
+    for index, base in enumerate(OPS[ops]):
+        for dtype in dtypes:
+            data = {**base, "name": f"{base['op']}_{ops}_{index}", "dtype": dtype}
+            if dtype == "tf32":
+                data.update(dtype="float32", precision="tf32")
+            out.append(data)
+    return out
+
+
+def problems_of(data: dict) -> list:
+    """The problems of an op's kernels (one each but where a sum's graph has several)."""
+    from kt.ir.ops import op_from_spec
+    from kt.spec import parse_spec
+
+    return [node.problem for node in op_from_spec(parse_spec(data)).kernel_graph().kernels]
+
+
+def counted(family, problem, config, profile) -> dict:
+    """The rule's count of `config`: accumulator registers (the family's `resources`), one K step's operand
+    registers (a fused low-rank chain's tiles are x's and W1's, block_k x rank) and its elements per thread."""
+    from kt.codegen.gemm import k_step_registers, padded
+    from kt.dtypes import itemsize
+    from kt.ir.problems import ChainProblem
+
+    acc = family.resources(problem, config, profile)[1]
+    rows = getattr(config, "block_b", None) or config.block_m
+    fused_chain = getattr(config, "fused", 0) and isinstance(problem, ChainProblem)
+    cols = padded(problem.dims[1]) if fused_chain else config.block_n
+    threads = config.num_warps * profile.warp_size
+    operands = k_step_registers(problem.dtype, rows, cols, config.block_k, threads)
+    return dict(acc=acc, operands=operands, elements=operands * 4 // itemsize(problem.dtype))
+
+
+RULE_REASON = "accumulator and K-step operand registers over"  # two_warp_k_reason's count (not its fallback)
+
+
+def candidates(problem, profile) -> list:
+    """The configs of `problem` that the two-warp K-step count refuses or every rule admits, of two warps and
+    a K step over 32 (the rule is legality's last, so every other rule admits them)."""
+    from kt.codegen import family_for
+
+    out = []
+    for config, reason in family_for(problem).judged(problem, profile):
+        if config.num_warps != 2 or config.block_k <= 32:
+            continue
+        if reason is None or reason.startswith(RULE_REASON):
+            out.append(config)
+    return out
+
+
+def sample(arch: int, ops: str, dtypes: list[str], per_bin: int, seed: int) -> list[dict]:
+    from kt.autotune.runners import labelled_builds
+    from kt.autotune.tune import generated_candidate
+    from kt.codegen import family_for
+    from kt.device import get_profile
+
+    profile = get_profile("a100" if arch == 80 else "h100")
+    rng = random.Random(seed)
+    jobs, rows = [], []
+    for data in specs(ops, dtypes):
+        for problem in problems_of(data):
+            family = family_for(problem)
+            bins = defaultdict(list)
+            for config in candidates(problem, profile):
+                count = counted(family, problem, config, profile)
+                bins[(count["acc"] + count["operands"]) // BIN].append((config, count))
+            for _, configs in sorted(bins.items()):
+                for config, count in rng.sample(configs, min(per_bin, len(configs))):
+                    jobs.append((generated_candidate(problem, config), profile))
+                    rows.append(
+                        dict(
+                            spec=data,
+                            family=family.name,
+                            problem=str(problem),
+                            config=config.to_dict(),
+                            key=config.key(),
+                            dtype=problem.dtype,
+                            precision=problem.precision,
+                            **count,
+                        )
+                    )
+    return labelled_builds(jobs, rows, arch)
+
+
+def refused_now(row: dict) -> bool:
+    """Whether kt's legality, as it is now, refuses the row's config on the row's architecture."""
+    from kt.codegen import family_for
+    from kt.codegen.restrict import illegal_config
+    from kt.device import get_profile
+
+    profile = get_profile("a100" if row["arch"] == 80 else "h100")
+    for problem in problems_of(row["spec"]):
+        if str(problem) == row["problem"]:
+            family = family_for(problem)
+            config = family.config_type.from_dict(row["config"])
+            return illegal_config(family, problem, config, profile) is not None
+    raise SystemExit(f"{row['problem']}: not a problem of {row['spec']['name']} (the ops changed)")
+
+
+def load(paths) -> list[dict]:
+    """The builds of --jsonl files (gzipped ones too: benchmarks/results/two-warp-k-2026-12-05/)."""
+    rows = []
+    for path in paths:
+        with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as lines:
+            rows += [json.loads(line) for line in lines]
+    for row in rows:
+        row["spilled"] = row["status"] != "ok"
+    return rows
+
+
+def score(rows: list[dict]) -> None:
+    """Each bin's builds and spills, and per architecture what kt's legality now refuses of them."""
+    bins = defaultdict(lambda: [0, 0])
+    for row in rows:
+        kind = "tf32" if row["precision"] == "tf32" else "16-bit"
+        group = bins[(row["arch"], kind, count(row) // BIN * BIN)]
+        group[0] += 1
+        group[1] += row["spilled"]
+    print("sm   dtype   count           builds  spills")
+    for (arch, kind, low), (builds, spills) in sorted(bins.items()):
+        print(f"{arch:<4} {kind:<7} {low:>5} to {low + BIN - 1:<5} {builds:>7} {spills:>7}")
+    for arch in sorted({r["arch"] for r in rows}):
+        mine = [r for r in rows if r["arch"] == arch]
+        spills = [r for r in mine if r["spilled"]]
+        caught = sum(refused_now(r) for r in spills)
+        clean_refused = sum(refused_now(r) for r in mine if not r["spilled"])
+        print(
+            f"sm_{arch}: {len(mine)} builds ({len({r['problem'] for r in mine})} problems), kt's legality refuses "
+            f"{clean_refused} clean builds and catches {caught} of {len(spills)} spills (the rule before "
+            f"2026-12-05, any K step over 32, refused all {len(mine)})"
+        )
+
+
+def kind(row: dict) -> str:
+    """A sum's fused accumulation over its terms (limits of its own), or a program over one source."""
+    return "fused sum" if row["family"] == "sum" and row["config"].get("fused") else "one source"
+
+
+def count(row: dict) -> int:
+    """The rule's count of a build: a block-GEMM program over several blocks (GROUP over 1) counts its operand
+    registers twice, as kt does (the next block's tiles are live beside them)."""
+    several = "block_b" in row["config"] and row["config"].get("group", 1) > 1
+    return row["acc"] + row["operands"] * (2 if several else 1)
+
+
+def fitted_limits(rows: list[dict]) -> dict[tuple[int, str], int]:
+    """For each (architecture, kind) of `rows`, the highest limit (a multiple of 8) at or below which no build
+    spilled: the largest count when none did."""
+    limits = {}
+    for arch, which in sorted({(r["arch"], kind(r)) for r in rows}):
+        mine = [r for r in rows if r["arch"] == arch and kind(r) == which]
+        first = min((count(r) for r in mine if r["spilled"]), default=None)
+        limits[arch, which] = max(count(r) for r in mine) if first is None else 8 * ((first - 1) // 8)
+    return limits
+
+
+def fit(paths, check=()) -> None:
+    """`fitted_limits` of the builds of `paths`, with the clean builds each refuses of them; and of `check`'s
+    builds, the clean ones it refuses and the spills it lets in."""
+    rows, held = load(paths), load(check) if check else []
+    print(
+        "sm   kind        builds  spills  limit  clean refused  | other builds  clean refused  spills let in"
+    )
+    for (arch, which), limit in fitted_limits(rows).items():
+        mine = [r for r in rows if r["arch"] == arch and kind(r) == which]
+        refused = sum(not r["spilled"] and count(r) > limit for r in mine)
+        line = f"{arch:<4} {which:<10} {len(mine):>7} {sum(r['spilled'] for r in mine):>7} {limit:>6} {refused:>14}"
+        other = [r for r in held if r["arch"] == arch and kind(r) == which]
+        if other:
+            clean_refused = sum(not r["spilled"] and count(r) > limit for r in other)
+            let_in = sum(r["spilled"] and count(r) <= limit for r in other)
+            line += f"  | {len(other):>12} {clean_refused:>14} {let_in:>14}"
+        print(line)
+
+
+def main(argv=None) -> int:
+    from kt.autotune.compile import target_compiler_available
+    from kt.autotune.figures import check_outputs
+    from kt.files import atomic_write_text
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
+    parser.add_argument("--ops", choices=sorted(OPS), default="fit")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=DTYPES)
+    parser.add_argument("--per-bin", type=int, default=1, help="builds drawn from each bin (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jsonl", help="write one line per build here")
+    parser.add_argument(
+        "--score", nargs="+", metavar="FILE", help="judge kt's legality on earlier --jsonl files"
+    )
+    parser.add_argument("--fit", nargs="+", metavar="FILE", help="fit the rule's limits to these")
+    parser.add_argument("--check", nargs="+", metavar="FILE", help="with --fit: judge its limits on these")
+    args = parser.parse_args(argv)
+    if args.check and not args.fit:
+        parser.error("--check: judges --fit's limits; give --fit FILE too")
+    if args.score and args.fit:
+        parser.error("--score and --fit: give one of them")
+    for path in [*(args.score or args.fit or ()), *(args.check or ())]:
+        if not Path(path).is_file():
+            parser.error(f"{path!r} not found")
+    if args.score:
+        score(load(args.score))
+        return 0
+    if args.fit:
+        fit(args.fit, args.check or ())
+        return 0
+    if not args.jsonl:
+        parser.error("--jsonl: where to write the builds (or --score / --fit FILE)")
+    if args.per_bin < 1:
+        parser.error(f"--per-bin: {args.per_bin}; give 1 or more")
+    check_outputs(parser, {"--jsonl": args.jsonl})
+    if not target_compiler_available():
+        parser.error("Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled")
+    rows = sample(args.arch, args.ops, args.dtypes, args.per_bin, args.seed)
+    atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
+    score(load([args.jsonl]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
