@@ -329,6 +329,7 @@ def test_a_kernel_pickles_and_a_deep_copy_of_a_model_shares_it(kernels, tmp_path
 
     # a model keeping the kernel's op (README's `as_op()` pattern) pickles too: it failed on the local function
     model.op = kernel.as_op()
+    assert copy.deepcopy(model).op is model.op  # shared, as the kernel is (a copy pinned the kernel again)
     torch.save(model, tmp_path / "op.pt")
     loaded = torch.load(tmp_path / "op.pt", weights_only=False)
     torch.testing.assert_close(loaded.op(x, *loaded.w), model.op(x, *weights), rtol=0, atol=0)

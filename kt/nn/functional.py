@@ -26,8 +26,10 @@ import collections
 import functools
 import json
 import math
+import pickle
 import sys
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -1113,12 +1115,15 @@ def kernel_op(kernel, exact: bool = False):
 
 class KernelOp:
     """`kernel_op`'s function of a kernel: called as `f(x, *weights)`; pickled as its kernel (a module keeping
-    one is saved by torch.save), and pinned again where it is loaded."""
+    one is saved by torch.save), and pinned again where it is loaded. Copies are itself, as a Kernel's are (a
+    deep copy of a model pinned the kernel again, for good). An `exact` op is the kernel's own (`Kernel._op`):
+    it holds the kernel weakly, so that a kernel dropped is freed at once, not by a cycle collection."""
 
     def __init__(self, kernel, exact: bool = False):
         from kt.nn.selection import Selection, pin
 
-        self.kernel, self.exact = kernel, exact
+        self._kernel = weakref.ref(kernel) if exact else kernel
+        self.exact = exact
         where = str(kernel.path) if kernel.path else "kt.build"
         op = op_of_spec(kernel.spec)
         self.text = op_text({**op, "pin": pin(Selection(kernel.spec, kernel, "loaded", where), exact)})
@@ -1127,7 +1132,18 @@ class KernelOp:
         self.bsr = op["op"] in ("blocksparse", "blocksparse_grad", "sum")
 
     def __reduce__(self):
-        return KernelOp, (self.kernel, self.exact)
+        kernel = self._kernel() if self.exact else self._kernel
+        if kernel is None:
+            raise pickle.PicklingError(
+                "kt: this kernel op's kernel is gone; keep the Kernel to pickle its op"
+            )
+        return KernelOp, (kernel, self.exact)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
 
     def __call__(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         _require_tensors("kernel(x, *weights)", x, weights)
