@@ -1547,6 +1547,9 @@ def test_a_block_sparse_checkpoint_with_one_index_of_another_pattern_is_refused(
     with pytest.raises(ValueError, match=r"\(1\.crow_indices: 3 stored blocks in 2 block-rows, where this layer's "
                        r"has 2 stored blocks in 2 block-rows\)"):  # fmt: skip
         model.load_state_dict(torch.nn.Sequential(torch.nn.Linear(32, 32), denser).state_dict())
+    moved = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [1, 0]])  # as many blocks, elsewhere
+    with pytest.raises(ValueError, match=r"\(1\.col_indices\[1\] is 0, where this layer's is 1\)"):
+        model.load_state_dict(torch.nn.Sequential(torch.nn.Linear(32, 32), moved).state_dict())
 
 
 def test_structurize_replaces_a_shared_linear_under_all_its_names():

@@ -434,12 +434,21 @@ def _block_mask(mask: Any) -> np.ndarray:
     return values.astype(bool)
 
 
-def _pattern_words(name: str, index: torch.Tensor) -> str:
-    """What a BSR index tensor says of its pattern: crow_indices its stored blocks and block-rows, col_indices
-    its stored blocks (its block-columns)."""
-    if name == "crow_indices" and index.dim() == 1 and index.numel():
-        return f"{int(index[-1])} stored blocks in {index.numel() - 1} block-rows"
-    return f"{index.numel()} stored blocks" + (f", columns {index.tolist()}" if index.numel() <= 8 else "")
+def _pattern_difference(name: str, theirs: torch.Tensor, mine: torch.Tensor) -> str:
+    """How a checkpoint's BSR index tensor `name` differs from this layer's: what each says of its pattern
+    (crow_indices: stored blocks and block-rows; col_indices: stored blocks), or, where that is alike, the first
+    entry that differs."""
+
+    def words(index: torch.Tensor) -> str:
+        if name == "crow_indices" and index.dim() == 1 and index.numel():
+            return f"{int(index[-1])} stored blocks in {index.numel() - 1} block-rows"
+        return f"{index.numel()} stored blocks"
+
+    if words(theirs) != words(mine) or theirs.shape != mine.shape:
+        return f"{name}: {words(theirs)}, where this layer's has {words(mine)}"
+    differs = (theirs.cpu().to(torch.float64) != mine.to(torch.float64)).flatten().nonzero()
+    at = int(differs[0]) if differs.numel() else 0
+    return f"{name}[{at}] is {theirs.flatten()[at].item():g}, where this layer's is {mine.flatten()[at].item():g}"
 
 
 class BlockSparseLinear(_KtLinear):
@@ -624,9 +633,8 @@ class BlockSparseLinear(_KtLinear):
                         "floating-point tensors)"
                     )
                 raise ValueError(
-                    f"{who}: the state_dict's block pattern differs from this layer's ({prefix}{name}: "
-                    f"{_pattern_words(name, index)}, where this layer's has {_pattern_words(name, mine)}); build "
-                    "the layer with that pattern (mask=...) first"
+                    f"{who}: the state_dict's block pattern differs from this layer's ({prefix}"
+                    f"{_pattern_difference(name, index, mine)}); build the layer with that pattern (mask=...) first"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
