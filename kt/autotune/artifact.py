@@ -209,13 +209,14 @@ def _signals_held():
         yield
         return
     caught = []
-    held = (signal.SIGINT, signal.SIGTERM)
+    # not one whose handler was set outside Python (getsignal None): it could not be put back
+    held = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is not None]
     before = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
     try:
         yield
     finally:
-        for signum, handler in before.items():  # None: a handler set outside Python, left to the default
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
         if caught:
             signal.raise_signal(caught[0])  # as it would have landed: its handler raises, or the default acts
 

@@ -174,9 +174,10 @@ def parsed_op(text: str) -> dict[str, Any]:
 
 
 def bucket(rows: int) -> int:
-    """The power of two (at least MIN_BUCKET) that `rows` rounds up to. By comparisons, not bit_length: under
-    torch.compile's dynamic shapes `rows` may be a SymInt, and comparisons guard on the bucket's range where
-    bit_length fixed the exact value (a backward pass recompiled for every batch size)."""
+    """The power of two (at least MIN_BUCKET) that `rows` rounds up to. By comparisons, not bit_length, should
+    `rows` be a SymInt of torch.compile's dynamic shapes: they guard a graph on the bucket's range, bit_length
+    on the exact value. Not called in traced code: even the range's guard recompiles a graph per bucket (a
+    weight gradient's bucket is taken inside the op, `DEEP`)."""
     if isinstance(rows, bool) or not isinstance(rows, (numbers.Integral, torch.SymInt)):  # inf looped forever
         raise TypeError(f"bucket: rows must be an integer, got {type(rows).__name__} {rows!r}")
     size = MIN_BUCKET
