@@ -47,10 +47,10 @@ def main():
             sys.exit(130)
         raise
     finally:
-        # the command has ended, and Python's exit runs its atexit callbacks (torch's among them): a Ctrl-C now
-        # was raised inside one, a traceback after the command's last line (exit code 0). Ctrl-C is ignored from
-        # here; SIGTERM takes its default action (the process ends at once, 143, no traceback: it still stops an
-        # exit that hangs)
+        # the command has ended, and Python's exit runs its atexit callbacks (torch's among them): a Ctrl-C
+        # now was raised inside one, a traceback after the command's last line (exit code 0). Ctrl-C is
+        # ignored from here; SIGTERM takes its default action (the process ends at once, 143, no
+        # traceback: it still stops an exit that hangs)
         if signal.getsignal(signal.SIGINT) is _interrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

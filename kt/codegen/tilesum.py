@@ -235,8 +235,8 @@ def programs(problem: TileSumProblem, config: TileConfig) -> int:
 
 
 # `two_warp_k_reason`'s limits for a sum's fused accumulation, whose loops over every term's sources spilled at
-# lower counts than a single source's on sm_80: from 176 (m128n16k128 w2, 32 + 144; benchmarks/two_warp_k_builds.py);
-# sm_90's no higher than a single source's
+# lower counts than a single source's on sm_80: from 176 (m128n16k128 w2, 32 + 144;
+# benchmarks/two_warp_k_builds.py); sm_90's no higher than a single source's
 FUSED_SUM_TWO_WARP_K_LIMITS = {90: 184, 80: 168}
 FUSED_FMA_W2 = 2048  # the W2 tile (rank x block_n) of a fused float32 FMA chain whose builds did not spill
 
