@@ -468,7 +468,7 @@ class BlockGemmFamily(StructuredFamily):
                 w1=problem.w1,
                 w2=problem.w2,
                 transposed=True,
-                op_doc="transposed Monarch y = x @ M = M^T x for the Monarch M = P L P^T R (same w1, w2)",
+                op_doc="transposed Monarch y = x @ M = M^T x, M = Perm(l, s) BlockDiag(w2) Perm(r, l) BlockDiag(w1)",
                 call_doc="kernel(x, w1, w2): x (..., l*s), w1 (k, q, p), w2 (l, s, r) -> y (..., k*p).",
             )
         elif isinstance(problem, MonarchProblem):
@@ -476,7 +476,7 @@ class BlockGemmFamily(StructuredFamily):
                 w1=problem.w1,
                 w2=problem.w2,
                 transposed=False,
-                op_doc="Monarch y = P L P^T R x (two block-diagonal factors and stride permutations)",
+                op_doc="Monarch y = Perm(l, s) BlockDiag(w2) Perm(r, l) BlockDiag(w1) x",
                 call_doc="kernel(x, w1, w2): x (..., k*p), w1 (k, q, p), w2 (l, s, r) -> y (..., l*s).",
             )
         elif isinstance(problem, ButterflyProblem):
