@@ -172,6 +172,12 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
     with pytest.raises(kt.ArtifactError, match="does not match the checksum"):
         kt.load(path)
     assert kt.load(path, verify=False).config == result.best.config
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["kernel_sha256"]  # said a kernel.py "does not match" a checksum that is not there
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(kt.ArtifactError, match=r"meta.json is damaged: it has no 'kernel_sha256' to check"):
+        kt.load(path)
+    assert kt.load(path, verify=False).config == result.best.config
     # renamed or cut off: it loaded, and its first call failed naming kt's cache module
     for text in ((path / "kernel.py").read_text().replace("def kernel(", "def my_kernel("), ""):
         (path / "kernel.py").write_text(text)

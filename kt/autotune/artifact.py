@@ -628,7 +628,12 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
 
     path = _artifact_path(path)
     meta, source = _read(path)
-    if verify and hashlib.sha256(source).hexdigest() != meta.get("kernel_sha256"):
+    if verify and "kernel_sha256" not in meta:  # no checksum for kernel.py to differ from
+        raise ArtifactError(
+            f"{path / 'meta.json'} is damaged: it has no 'kernel_sha256' to check kernel.py by; re-run `kt tune`, "
+            "or load with verify=False to use it as it is"
+        )
+    if verify and hashlib.sha256(source).hexdigest() != meta["kernel_sha256"]:
         raise ArtifactError(
             f"{path / 'kernel.py'} does not match the checksum in meta.json (edited or damaged); "
             "re-run `kt tune`, or load with verify=False to use it as it is"
