@@ -2040,3 +2040,29 @@ def test_threads_making_a_layers_first_call_at_once_select_its_kernel_once(monke
     reference = F.linear(x, layer.weight, layer.bias)
     assert all(torch.equal(out[i], out[0]) for i in range(4)) and torch.allclose(out[0], reference)
     assert len(chosen) == 1
+
+
+def test_a_dense_layers_parameters_are_in_nn_linears_order_so_an_optimizers_state_carries_over():
+    """DenseLinear registered its bias first: Adam's state_dict saved for the nn.Linear model that structurize
+    replaced (matched by position on load) gave the bias the weight's moments, and the next step failed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x = torch.randn(5, 8)
+    model(x).square().sum().backward()
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    twin = copy.deepcopy(model)
+    twin_optimizer = torch.optim.Adam(twin.parameters(), lr=0.01)
+    twin_optimizer.load_state_dict(copy.deepcopy(saved))  # (a loaded state's tensors are the dict's own)
+
+    knn.structurize(model, lambda name, linear: knn.DenseLinear.from_dense(linear))
+    assert [name for name, _ in model.named_parameters()] == [name for name, _ in twin.named_parameters()]
+    resumed = torch.optim.Adam(model.parameters(), lr=0.01)
+    resumed.load_state_dict(copy.deepcopy(saved))
+    for net, opt in ((model, resumed), (twin, twin_optimizer)):
+        opt.zero_grad()
+        net(x).square().sum().backward()
+        opt.step()
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(mine, theirs, msg=name)

@@ -313,6 +313,11 @@ class DenseLinear(_KtLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **self._factory))
+        # nn.Linear's parameter order (weight, bias): an optimizer's state_dict is matched by position, so Adam's
+        # state saved for the nn.Linear that `structurize` replaced gave the bias the weight's moments, and the
+        # next step failed on their shapes. (The other layers keep theirs, bias first.)
+        if "bias" in self._parameters:
+            self._parameters["bias"] = self._parameters.pop("bias")
         self.reset_parameters()
         self._refresh()
 
