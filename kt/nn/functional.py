@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from kt.dtypes import dtype_name
-from kt.nn.selection import DEEP, TRUSTED, backward_role, bucket, kernel_for
+from kt.nn.selection import DEEP, MIN_BUCKET, TRUSTED, backward_role, bucket, kernel_for
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
@@ -211,7 +211,7 @@ def _checked_op(text: str) -> int | None:
     """How many weight tensors the op of `text` takes; an op that is no valid op.yaml mapping (less its batch)
     is refused in op.yaml's words (a mapping without `shape` was a bare KeyError). None for a loaded kernel's
     pinned op (`kernel_op`, which `Kernel.as_op` checks itself)."""
-    from kt.nn.selection import MIN_BUCKET, bucket_spec
+    from kt.nn.selection import bucket_spec
     from kt.spec import SpecError
 
     try:
@@ -838,8 +838,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor
 def _dense_text(dtype: torch.dtype, n: int, k: int | None, batch: int | None, a: str, b: str) -> str:
     """The op text of a dense product (made once: a backward pass makes several per layer and step); `k` None:
     K is the bucket of a's columns, taken when the op runs (`DEEP`)."""
-    from kt.nn.selection import MIN_BUCKET
-
     shape = {"n": n, "k": MIN_BUCKET if k is None else k}
     if batch is not None:  # a batch of products (one per block)
         shape["batch"] = batch
