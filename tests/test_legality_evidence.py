@@ -376,6 +376,13 @@ def test_two_warp_programs_with_deep_k_steps_count_accumulator_and_operand_regis
         assert reason is None, (config.key(), reason)
 
 
+def test_a_fused_sums_refusal_names_its_own_limit():
+    reason = tile_reason(example_sum("float16"), FUSED_SUM, A100)
+    assert reason == (
+        "accumulator and K-step operand registers over 168 per thread in a two-warp fused sum (K step over 32)"
+    )
+
+
 def test_the_two_warp_count_lets_in_some_spills():
     """The check sample's two spills it lets in: tf32 block-sparse at 192 on the A100 (8 bytes of local memory),
     where the fit samples' tf32 builds at 192 were clean."""

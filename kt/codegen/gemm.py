@@ -239,7 +239,9 @@ def deep_k_spills(problem, config, device: DeviceProfile, acc: int) -> str | Non
 # (`k_step_registers`; a block-GEMM loop over several blocks counts its operands twice), by compute capability
 # (sm_90's for later ones, sm_80's for earlier); a sum's fused accumulation over its terms has limits of its own
 # (`kt.codegen.tilesum.FUSED_SUM_TWO_WARP_K_LIMITS`). Each is the highest count at which no build of the fit and
-# held-out samples spilled (2026-12-05, Triton 3.9; `benchmarks/two_warp_k_builds.py`, BENCHMARKS.md): sm_90
+# held-out samples spilled, as the compile stage judges it (`kt.autotune.worker.MAX_LOCAL_BYTES`: some admitted
+# builds keep 8 bytes of stack below 255 registers) (2026-12-05, Triton 3.9; `benchmarks/two_warp_k_builds.py`,
+# BENCHMARKS.md): sm_90
 # builds spilled from 192 (tf32 Monarch b64n64k64 w2, float16 sums m64n64k128 w2), sm_80 ones from 224. Until
 # then every such program was refused for its K step alone, which no recorded sample supported.
 TWO_WARP_K_LIMITS = {90: 184, 80: 216}
@@ -260,11 +262,12 @@ def two_warp_k_reason(
     operands: int,
     planes: int = 1,
     limits: dict[int, int] = TWO_WARP_K_LIMITS,
+    what: str = "a two-warp program",
 ) -> str | None:
     """Why a structured family's two-warp program with a K step over 32 would spill, or None: real tensor-core
     dots (16-bit or tf32) whose accumulator and one K step's operand registers (`operands`, from
-    `k_step_registers`) pass the device's limit in `limits`; any K step over 32 for complex dots and FMA dots
-    (float32 ieee), as no such builds were sampled."""
+    `k_step_registers`) pass the device's limit in `limits` (`what` names the program in the reason); any K
+    step over 32 for complex dots and FMA dots (float32 ieee), as no such builds were sampled."""
     if num_warps >= 4 or block_k <= 2 * MIN_DOT:
         return None
     if planes > 1 or (problem.dtype == "float32" and problem.precision == "ieee"):
@@ -272,7 +275,7 @@ def two_warp_k_reason(
     limit = limits[90 if device.compute_capability >= 90 else 80]
     if acc + operands > limit:
         return (
-            f"accumulator and K-step operand registers over {limit} per thread in a two-warp program "
+            f"accumulator and K-step operand registers over {limit} per thread in {what} "
             f"(K step over {2 * MIN_DOT})"
         )
     return None

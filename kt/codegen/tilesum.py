@@ -306,6 +306,7 @@ def illegal_reason(problem: TileSumProblem, config: TileConfig, device: DevicePr
             acc,
             operands,
             limits=FUSED_SUM_TWO_WARP_K_LIMITS if fused_sum else TWO_WARP_K_LIMITS,
+            what="a two-warp fused sum" if fused_sum else "a two-warp program",
         )
     )
 
