@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -147,7 +148,7 @@ def _profile_for_model(spec: OpSpec, device: str | None, model: Any) -> tuple[De
 
         loaded = ForestModel.load(model)
         return loaded.device, loaded
-    return resolve_profile(device or spec.device), model
+    return resolve_profile(spec.device if device is None else device), model
 
 
 def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
@@ -155,7 +156,7 @@ def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
     `tune.configs`, when it has one)."""
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
-    profile = resolve_profile(device or spec.device)
+    profile = resolve_profile(spec.device if device is None else device)  # "" is refused, not the spec's
     family = family_for(node.problem)
     return restrict(family.space(node.problem, profile), family, node.problem, profile, spec)
 
@@ -177,9 +178,13 @@ def build(
     Compiled here, a second or so each, at most COMPILE_TRIES; the configs passed over are in the kernel's
     meta (`refused`); when none of them builds, or Triton has no ptxas here, the first-ranked."""
     compile_check = check_bool(compile_check, "compile_check")  # "no" was true
+    if compile_check and config is not None:  # it was passed over without a word
+        raise SpecError(
+            "compile_check", "checks the ranking's configs when no config is given; this call gives one"
+        )
     spec = as_spec(spec)
     (node,) = op_from_spec(spec).kernel_graph().kernels
-    profile = resolve_profile(device or spec.device)
+    profile = resolve_profile(spec.device if device is None else device)  # "" is refused, not the spec's
     family = family_for(node.problem)
     if config == BASELINE_KEY:
         return baseline_kernel(spec, profile.name)
@@ -539,6 +544,7 @@ def fit_model(
     from kt.errors import DatabaseError, ModelError
     from kt.files import MODEL_NAMES, MODEL_SUFFIX, check_not_input, check_suffix, check_writable
 
+    seed = check_seed(seed)  # "x" failed inside the forest, -1 became 2**32 - 1
     out = Path(out)
     if out.is_dir():
         raise ModelError(f"out: {str(out)!r} is a directory; give a model file such as model.skops")
@@ -598,8 +604,10 @@ def evaluate_model(
             raise ModelError(f"eval: {_one_line(exc)}") from None
         scored.dropped_rows, scored.dropped_shapes = dropped_rows, dropped_shapes
         return scored
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ModelError(f"folds: must be an integer of at least 2, got {folds!r}")
+    seed = check_seed(seed)  # "x" failed inside the forest, -1 inside numpy
+    if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or not 2 <= folds <= 100:
+        raise ModelError(f"folds: must be an integer from 2 to 100, got {folds!r}")  # as --folds
+    folds = int(folds)
     profile = resolve_profile(device)
     records = _measured_records(data, profile, gpu)
     shapes = len({holdout_key(r) for r in records})

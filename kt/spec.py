@@ -396,6 +396,11 @@ def parse_spec(data: Any, source: str | None = None, check_files: bool = True) -
     `check_files=False` accepts a device profile path that does not exist here (a spec read back from an
     artifact made on another machine); everything else is validated as usual.
     """
+    check_files = check_bool(check_files, "check_files")  # "no" was true
+    if source is not None and not isinstance(source, str):  # it hid the spec's own error behind a TypeError
+        raise SpecError(
+            "source", f"must be text (where the spec came from) or None, got {type(source).__name__}"
+        )
     try:
         return _parse(data, source, check_files)
     except SpecError as exc:

@@ -164,13 +164,51 @@ def test_build_checks_a_config_object_on_its_axes_too():
         # an AttributeError deep in kt (a Ray address of 3, a runner of "x")
         ({"ray": 3}, "ray: must be 'local', 'auto' or an address \\(text\\), got int"),
         ({"runner": "x"}, "runner: must be a kt.autotune.runners.Runner"),
+        (
+            {"timing": 5},
+            "timing: must be a kt.autotune.timing.TimingSettings or None, got int",
+        ),  # after workers
+        ({"device": ""}, None),  # "" was the spec's device (kt.resolve_profile refuses it)
     ],
 )
 def test_tune_refuses_a_bad_option_before_anything_is_stored(tmp_path, options, words):
     db = tmp_path / "t.db"
-    with pytest.raises(kt.SpecError, match=words):
+    error = (kt.SpecError, "") if words else (kt.DeviceError, "device: '' is empty")
+    with pytest.raises(error[0], match=words or error[1]):
         kt.tune(SPEC, **{"db": db, "progress": False, "budget": 1, **options})
     assert not db.exists() or options.get("db") is not None  # nothing written
+
+
+def test_api_arguments_taken_by_truthiness_or_passed_over_are_refused(tmp_path):
+    """check_files="no" was true; source=5 hid the spec's own error behind a TypeError; device="" was the
+    spec's device; compile_check with a config was passed over; fit and eval took any seed (-1 as 2**32 - 1,
+    "x" failing inside the forest) and any number of folds; saving to "." raised pathlib's ValueError."""
+    with pytest.raises(kt.SpecError, match="check_files: must be True or False, got 'no'"):
+        kt.parse_spec(SPEC, check_files="no")
+    with pytest.raises(kt.SpecError, match="source: must be text"):
+        kt.parse_spec({"op": "dense"}, source=5)
+    for call in (
+        lambda: kt.plan(SPEC, device=""),
+        lambda: kt.build(SPEC, device=""),
+        lambda: kt.space(SPEC, ""),
+    ):
+        with pytest.raises(kt.DeviceError, match="device: '' is empty"):
+            call()
+    with pytest.raises(
+        kt.SpecError, match="compile_check: checks the ranking's configs when no config is given"
+    ):
+        kt.build(SPEC, {"block_m": 16, "block_n": 16, "block_k": 16}, compile_check=True)
+    data = tmp_path / "none.csv"
+    with pytest.raises(kt.SpecError, match="seed: must be an integer from 0"):
+        kt.fit_model(data, tmp_path / "m.skops", seed=-1)
+    with pytest.raises(kt.SpecError, match="seed: must be an integer from 0"):
+        kt.evaluate_model(data, seed="x")
+    with pytest.raises(kt.ModelError, match="folds: must be an integer from 2 to 100, got 1000000000"):
+        kt.evaluate_model(data, folds=10**9)
+    result = kt.tune(SPEC, db=tmp_path / "t.db", progress=False, budget=1)
+    for where in (".", "/"):
+        with pytest.raises(kt.ArtifactError, match=f"'{where}' names no artifact folder of its own"):
+            result.save(where)
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,10 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     from kt.codegen.baseline import render_baseline
 
     path = _artifact_path(path)
+    if path.name in ("", ".."):  # ".", "/" or "x/..": pathlib could not name its `.prev` (a bare ValueError)
+        raise ArtifactError(
+            f"{str(path)!r} names no artifact folder of its own; give the folder to save into"
+        )
     real = _followed(path)
     for named in dict.fromkeys((path, real)):
         if named.name.endswith(PREVIOUS_SUFFIX):  # as kt tune refuses a spec's name ending so

@@ -695,7 +695,7 @@ RUNNER_OPTIONS = ("device", "workers", "seed", "timeout_s", "timing", "ray", "gp
 
 def shares_runner(specs: list[OpSpec], device: str | None = None) -> bool:
     """Whether tuning `specs` together shares one runner: several ops, all for one device."""
-    return len(specs) > 1 and len({device or spec.device for spec in specs}) == 1
+    return len(specs) > 1 and len({spec.device if device is None else device for spec in specs}) == 1
 
 
 def shared_runner(
@@ -716,7 +716,7 @@ def shared_runner(
 
     if not shares_runner(specs, device):
         return contextlib.nullcontext(None)
-    targets = {device or spec.device for spec in specs}
+    targets = {spec.device if device is None else device for spec in specs}
     extra = {"timing": timing} if timing is not None else {}
     return make_runner(
         backend,
@@ -859,8 +859,12 @@ def run_session(
     if db is not None and not isinstance(db, (str, os.PathLike)):
         raise SpecError("db", f"expected a database file's path, got {type(db).__name__}")
     (node,) = op_from_spec(spec).kernel_graph().kernels  # dense lowers to one kernel
-    profile = resolve_profile(device or spec.device)
+    profile = resolve_profile(spec.device if device is None else device)  # "" is refused, not the spec's
     search = search_strategy(strategy, measures_time=True)  # refuse an unknown name before any runner starts
+    if timing is not None and not isinstance(timing, TimingSettings):  # it failed after the workers started
+        raise SpecError(
+            "timing", f"must be a kt.autotune.timing.TimingSettings or None, got {type(timing).__name__}"
+        )
     owned = runner is None
     if owned:
         extra = {"timing": timing} if timing is not None else {}
