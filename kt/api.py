@@ -545,6 +545,8 @@ def fit_model(
     from kt.files import MODEL_NAMES, MODEL_SUFFIX, check_not_input, check_suffix, check_writable
 
     seed = check_seed(seed)  # "x" failed inside the forest, -1 became 2**32 - 1
+    _check_path(data, "data")
+    _check_path(out, "out")  # None was pathlib's TypeError, naming neither
     out = Path(out)
     if out.is_dir():
         raise ModelError(f"out: {str(out)!r} is a directory; give a model file such as model.skops")
@@ -587,6 +589,7 @@ def evaluate_model(
     from kt.costmodel.forest import ForestModel
     from kt.errors import DatabaseError, ModelError
 
+    _check_path(data, "data")
     if model is not None:
         # a model of the same architecture stands in for another card, as the shipped H100 one does in a tune
         forest = ForestModel.load(model, resolve_profile(device) if device else None, stand_in=True)
@@ -622,6 +625,12 @@ def evaluate_model(
         raise ModelError(f"eval: {_one_line(exc)}") from None
 
 
+def _check_path(value: Any, name: str) -> None:
+    """A path argument is a str or os.PathLike: None gave pathlib's TypeError, which names no argument."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise SpecError(name, f"expected a path (a str or os.PathLike), got {type(value).__name__}")
+
+
 def _one_line(exc: BaseException) -> str:
     """An exception's message on one line."""
     return " ".join(str(exc).split())
@@ -642,6 +651,10 @@ def inspect(
     <db stem>-inspect/ next to the database). `device` names the target profile when the data cannot."""
     from kt.autotune.inspection import inspect_tune
 
+    _check_path(path, "path")
+    for name, value in (("db", db), ("plots_dir", plots_dir)):
+        if value is not None:
+            _check_path(value, name)
     return inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
 
 

@@ -205,6 +205,18 @@ def test_api_arguments_taken_by_truthiness_or_passed_over_are_refused(tmp_path):
         kt.evaluate_model(data, seed="x")
     with pytest.raises(kt.ModelError, match="folds: must be an integer from 2 to 100, got 1000000000"):
         kt.evaluate_model(data, folds=10**9)
+    # a plain KtError, not the ValueError the other arguments' are; pathlib's TypeError naming no argument
+    with pytest.raises(ValueError, match="strategy: 'nosuch' is not supported; allowed: guided"):
+        kt.plan(SPEC, strategy="nosuch")
+    for call, name in (
+        (lambda: kt.fit_model(None, tmp_path / "m.skops"), "data"),
+        (lambda: kt.fit_model(data, None), "out"),
+        (lambda: kt.evaluate_model(None), "data"),
+        (lambda: kt.inspect(None), "path"),
+        (lambda: kt.inspect(data, db=5), "db"),
+    ):
+        with pytest.raises(kt.SpecError, match=f"^{name}: expected a path"):
+            call()
     result = kt.tune(SPEC, db=tmp_path / "t.db", progress=False, budget=1)
     for where in (".", "/"):
         with pytest.raises(kt.ArtifactError, match=f"'{where}' names no artifact folder of its own"):

@@ -246,12 +246,12 @@ def _load_shipped(path: Path, profile: DeviceProfile):
 
 
 def search_strategy(strategy: str | SearchStrategy, measures_time: bool) -> SearchStrategy:
-    """The strategy named (one-line KtError for an unknown name); without timing there is nothing to refit
-    on, so an adaptive strategy becomes the model's top candidates."""
+    """The strategy named (a SpecError, a ValueError as the other arguments' are, for an unknown name); without
+    timing there is nothing to refit on, so an adaptive strategy becomes the model's top candidates."""
     try:
         strategy = make_strategy(strategy)
     except ValueError as exc:
-        raise KtError(str(exc)) from None
+        raise SpecError("strategy", str(exc).removeprefix("strategy: ")) from None
     return TopSearch() if strategy.adaptive and not measures_time else strategy
 
 
