@@ -40,12 +40,13 @@ Nothing here is timed.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import random
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_study import highest_clean_limit, load, missing_files, refused_now, sample  # noqa: E402
 
 DTYPES = ["float16", "bfloat16", "tf32"]
 BIN = 32  # registers per thread: the width of a sampling bin of `acc + operands`
@@ -139,14 +140,6 @@ def specs(ops: str, dtypes: list[str]) -> list[dict]:
     return out
 
 
-def problems_of(data: dict) -> list:
-    """The problems of an op's kernels (one each but where a sum's graph has several)."""
-    from kt.ir.ops import op_from_spec
-    from kt.spec import parse_spec
-
-    return [node.problem for node in op_from_spec(parse_spec(data)).kernel_graph().kernels]
-
-
 def counted(family, problem, config, profile) -> dict:
     """The rule's count of `config`: accumulator registers (the family's `resources`), one K step's operand
     registers (a fused low-rank chain's tiles are x's and W1's, block_k x rank) and its elements per thread."""
@@ -178,66 +171,6 @@ def candidates(problem, profile) -> list:
         if reason is None or reason.startswith(RULE_REASON):
             out.append(config)
     return out
-
-
-def sample(arch: int, ops: str, dtypes: list[str], per_bin: int, seed: int) -> list[dict]:
-    from kt.autotune.runners import labelled_builds
-    from kt.autotune.tune import generated_candidate
-    from kt.codegen import family_for
-    from kt.device import get_profile
-
-    profile = get_profile("a100" if arch == 80 else "h100")
-    rng = random.Random(seed)
-    jobs, rows = [], []
-    for data in specs(ops, dtypes):
-        for problem in problems_of(data):
-            family = family_for(problem)
-            bins = defaultdict(list)
-            for config in candidates(problem, profile):
-                count = counted(family, problem, config, profile)
-                bins[(count["acc"] + count["operands"]) // BIN].append((config, count))
-            for _, configs in sorted(bins.items()):
-                for config, count in rng.sample(configs, min(per_bin, len(configs))):
-                    jobs.append((generated_candidate(problem, config), profile))
-                    rows.append(
-                        dict(
-                            spec=data,
-                            family=family.name,
-                            problem=str(problem),
-                            config=config.to_dict(),
-                            key=config.key(),
-                            dtype=problem.dtype,
-                            precision=problem.precision,
-                            **count,
-                        )
-                    )
-    return labelled_builds(jobs, rows, arch)
-
-
-def refused_now(row: dict) -> bool:
-    """Whether kt's legality, as it is now, refuses the row's config on the row's architecture."""
-    from kt.codegen import family_for
-    from kt.codegen.restrict import illegal_config
-    from kt.device import get_profile
-
-    profile = get_profile("a100" if row["arch"] == 80 else "h100")
-    for problem in problems_of(row["spec"]):
-        if str(problem) == row["problem"]:
-            family = family_for(problem)
-            config = family.config_type.from_dict(row["config"])
-            return illegal_config(family, problem, config, profile) is not None
-    raise SystemExit(f"{row['problem']}: not a problem of {row['spec']['name']} (the ops changed)")
-
-
-def load(paths) -> list[dict]:
-    """The builds of --jsonl files (gzipped ones too: benchmarks/results/two-warp-k-2026-12-05/)."""
-    rows = []
-    for path in paths:
-        with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as lines:
-            rows += [json.loads(line) for line in lines]
-    for row in rows:
-        row["spilled"] = row["status"] != "ok"
-    return rows
 
 
 def score(rows: list[dict]) -> None:
@@ -278,12 +211,10 @@ def count(row: dict) -> int:
 def fitted_limits(rows: list[dict]) -> dict[tuple[int, str], int]:
     """For each (architecture, kind) of `rows`, the highest limit (a multiple of 8) at or below which no build
     spilled: the largest count when none did."""
-    limits = {}
-    for arch, which in sorted({(r["arch"], kind(r)) for r in rows}):
-        mine = [r for r in rows if r["arch"] == arch and kind(r) == which]
-        first = min((count(r) for r in mine if r["spilled"]), default=None)
-        limits[arch, which] = max(count(r) for r in mine) if first is None else 8 * ((first - 1) // 8)
-    return limits
+    return {
+        (arch, which): highest_clean_limit([r for r in rows if r["arch"] == arch and kind(r) == which], count)
+        for arch, which in sorted({(r["arch"], kind(r)) for r in rows})
+    }
 
 
 def fit(paths, check=()) -> None:
@@ -327,9 +258,9 @@ def main(argv=None) -> int:
         parser.error("--check: judges --fit's limits; give --fit FILE too")
     if args.score and args.fit:
         parser.error("--score and --fit: give one of them")
-    for path in [*(args.score or args.fit or ()), *(args.check or ())]:
-        if not Path(path).is_file():
-            parser.error(f"{path!r} not found")
+    missing = missing_files([*(args.score or args.fit or ()), *(args.check or ())])
+    if missing:
+        parser.error(f"{missing} not found")
     if args.score:
         score(load(args.score))
         return 0
@@ -343,7 +274,7 @@ def main(argv=None) -> int:
     check_outputs(parser, {"--jsonl": args.jsonl})
     if not target_compiler_available():
         parser.error("Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled")
-    rows = sample(args.arch, args.ops, args.dtypes, args.per_bin, args.seed)
+    rows = sample(args.arch, specs(args.ops, args.dtypes), args.per_bin, args.seed, candidates, counted, BIN)
     atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
     score(load([args.jsonl]))
     return 0

@@ -1,5 +1,5 @@
-"""The `kt` command's entry point (and `python -m kt`): kt.cli's `main`, with a Ctrl-C or a SIGTERM during its
-imports said.
+"""The `kt` command's entry point (and `python -m kt`): kt.cli's `main`, with a Ctrl-C, a SIGTERM or a SIGHUP
+during its imports said.
 
 kt.cli's own imports (click, rich) take the command's first ~0.15 s; a Ctrl-C there printed a traceback, and a
 SIGTERM killed the command without a word, where either a moment later prints one line. A Ctrl-C that breaks a
@@ -7,14 +7,17 @@ module's import later on (numpy's) is said as one too, whatever error that impor
 standard library is imported here.
 """
 
+import contextlib
 import signal
 import sys
 
 
 def _terminated(signum, frame):
-    # until kt.cli's own handler is in place (it says what a command kept, too)
-    print("kt: terminated (SIGTERM)", file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
+    # until kt.cli's own handler is in place (it says what a command kept, too); a hung-up terminal may no
+    # longer take the line
+    with contextlib.suppress(OSError, ValueError):
+        print(f"kt: terminated ({signal.Signals(signum).name})", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 _interrupted = []  # set by a Ctrl-C, which then goes on as Python's own handler goes (KeyboardInterrupt)
@@ -27,6 +30,9 @@ def _interrupt(signum, frame):
 
 def main():
     signal.signal(signal.SIGTERM, _terminated)
+    hangup = signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN  # nohup ignores it: so do we
+    if hangup:
+        signal.signal(signal.SIGHUP, _terminated)
     if (
         signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ):  # not where Ctrl-C is ignored (nohup, &)
@@ -54,6 +60,8 @@ def main():
         if signal.getsignal(signal.SIGINT) is _interrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if hangup:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -85,14 +85,31 @@ _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`), raised where Ctrl-C raises KeyboardInterrupt: every
-    cleanup Ctrl-C runs (a save's `.prev`, the claims, the workers) runs for it too."""
+    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`) or SIGHUP (the terminal closed, an ssh session lost),
+    raised where Ctrl-C raises KeyboardInterrupt: every cleanup Ctrl-C runs (a save's `.prev`, the claims, the
+    workers) runs for it too."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# the signals that end a command as SIGTERM does; SIGHUP only where it is not ignored (nohup ignores it); the compile and GPU workers ignore it (kt.autotune.worker): their parent stops them
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum, frame) -> None:
-    # a second SIGTERM must not cut the cleanup short (a no-op, not SIG_IGN, which workers started now would keep)
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    raise _Terminated
+    # a second signal must not cut the cleanup short (a no-op, not SIG_IGN, which workers started now would keep)
+    for each in _TERMINATING:
+        if signal.getsignal(each) is _terminate:
+            signal.signal(each, lambda *_: None)
+    raise _Terminated(signum)
+
+
+def _said(line: str) -> None:
+    """`line` on stderr, where a hung-up terminal (EIO) or a closed one may no longer take it."""
+    with contextlib.suppress(OSError, ValueError):
+        err.print(line)
 
 
 class _Group(click.Group):
@@ -103,8 +120,13 @@ class _Group(click.Group):
         handler.setFormatter(_OneLine("kt: warning: %(message)s"))
         logging.getLogger("kt").addHandler(handler)
         # only the main thread may set a handler (click's CliRunner may call this from another)
-        sigterm = threading.current_thread() is threading.main_thread()
-        before = signal.signal(signal.SIGTERM, _terminate) if sigterm else None
+        main_thread = threading.current_thread() is threading.main_thread()
+        before = {}
+        if main_thread:
+            for signum in _TERMINATING:
+                current = signal.getsignal(signum)
+                if signum == signal.SIGTERM or current is not signal.SIG_IGN:
+                    before[signum] = signal.signal(signum, _terminate)
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except KtError as exc:
@@ -112,10 +134,11 @@ class _Group(click.Group):
             sys.exit(2)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
             kept = INTERRUPTED.get(self._command(args, kwargs), "")
-            if isinstance(exc, _Terminated) or isinstance(exc.__cause__, _Terminated):
-                err.print(f"kt: terminated (SIGTERM){kept}")
-                sys.exit(128 + signal.SIGTERM)
-            err.print(f"kt: interrupted{kept}")
+            terminated = exc if isinstance(exc, _Terminated) else exc.__cause__
+            if isinstance(terminated, _Terminated):
+                _said(f"kt: terminated ({signal.Signals(terminated.signum).name}){kept}")
+                sys.exit(128 + terminated.signum)
+            _said(f"kt: interrupted{kept}")
             sys.exit(130)
         except _NO_ARGS as exc:  # `kt` or `kt costmodel` alone: the help, as it is
             err.print(exc.format_message())
@@ -137,8 +160,8 @@ class _Group(click.Group):
             err.print(f"kt: error: {exc.format_message()}", style="red")
             sys.exit(exc.exit_code)
         finally:
-            if sigterm:  # None: a handler set outside Python
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+            for signum, handler in before.items():  # None: a handler set outside Python
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def _command(self, args, kwargs) -> str | None:
         """The subcommand on the command line (click's own context is gone once the exception is out)."""

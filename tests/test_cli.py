@@ -749,6 +749,46 @@ def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_relea
     assert claims() == 0
 
 
+def test_a_closed_terminal_sighup_stops_a_tune_like_sigterm_and_its_workers_leave_no_crash_rows(tmp_path):
+    """A closed terminal (SIGHUP to the whole foreground process group: kt and its workers) killed the tune
+    like kill -9: no `kt:` line, its claims left in the database, and a worker killed mid-check could be
+    recorded as a crash. The kt process now stops as for SIGTERM, and its workers ignore the hangup."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text(
+        "op: dense\nname: w\ndtype: float32\nshape: {m: 128, n: 128, k: 128}\ntune: {budget: 40}\n"
+    )
+    db = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kt", "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
+         "--workers", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+    def count(query: str) -> int:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+                return connection.execute(query).fetchone()[0]
+        except sqlite3.Error:  # not made yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline and not count("SELECT count(*) FROM claims"):
+        time.sleep(0.1)
+    assert child.poll() is None, "the tune finished before it could be stopped"
+    os.killpg(child.pid, signal.SIGHUP)  # as a closing terminal does: kt and every worker of its group
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGHUP, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("kt: terminated (SIGHUP); every finished measurement")
+    assert count("SELECT count(*) FROM claims") == 0
+    assert count("SELECT count(*) FROM measurements WHERE status != 'ok'") == 0
+
+
 def test_sigterm_during_an_artifact_save_still_keeps_the_replaced_artifact_as_prev(tmp_path):
     """SIGTERM between the exchange and the rename (as Ctrl-C in test_frictions) killed kt outright: the replaced
     artifact was left in a hidden `.same.tmp-*` folder, no `same.prev` was made, and later saves never cleaned

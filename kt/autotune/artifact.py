@@ -206,7 +206,7 @@ def _sweep(path: Path) -> None:
 
 @contextlib.contextmanager
 def _signals_held():
-    """Ctrl-C and SIGTERM held for the milliseconds a save writes and swaps its folders (in the main thread: no
+    """Ctrl-C, SIGTERM and SIGHUP held for the milliseconds a save writes and swaps its folders (in the main thread: no
     other may set a handler), then raised as it ends: one that landed in the clean-up left the staging folder
     beside the artifact (`.NAME.tmp-*`, swept only by a later save of the same name)."""
     if threading.current_thread() is not threading.main_thread():
@@ -214,7 +214,11 @@ def _signals_held():
         return
     caught = []
     # not one whose handler was set outside Python (getsignal None): it could not be put back
-    held = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is not None]
+    held = [
+        signum
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(signum) not in (None, signal.SIG_IGN)
+    ]
     before = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
     try:
         yield

@@ -271,13 +271,6 @@ def illegal_reason(
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
         return f"shared memory over {device.smem_limit_text}"
-    # A complex launch that takes several blocks in one flattened loop keeps its four operand tiles live
-    # across the loop: sm_90 builds with K steps of 128 spilled at all 255 registers (FFT fp16
-    # b64n64k128g4w4s3), as the batched 3D dots it replaced did with K steps over 32.
-    if config.group > 1 and is_complex(problem) and config.block_k > 2 * MIN_DOT:
-        return (
-            f"K step over {2 * MIN_DOT} for complex dots over several blocks (a sampled sm_90 build spilled)"
-        )
     # In one block too, a complex launch's deep K steps keep its four operand tiles (16-bit, two to a register)
     # beside the two accumulators: sampled float16 builds with K steps of 64 and 128 (Triton 3.9, 2026-12-03,
     # sm_80 and sm_90, n = 4096, real and complex input, 48 of them) spilled at all 255 registers over 112
@@ -329,7 +322,17 @@ def illegal_reason(
     # builds of Monarch's 128-wide blocks spilled at 32 accumulator and 96 operand registers, GROUP 4 and 8)
     operands = k_step_registers(problem.dtype, config.block_b, config.block_n, config.block_k, threads)
     operands *= 2 if config.group > 1 else 1
-    return two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands, planes)
+    why = two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands, planes)
+    if why:
+        return why
+    # A complex launch that takes several blocks in one flattened loop keeps its four operand tiles live
+    # across the loop: sm_90 builds with K steps of 128 spilled at all 255 registers (FFT fp16
+    # b64n64k128g4w4s3), as the batched 3D dots it replaced did with K steps over 32.
+    if config.group > 1 and is_complex(problem) and config.block_k > 2 * MIN_DOT:
+        return (
+            f"K step over {2 * MIN_DOT} for complex dots over several blocks (a sampled sm_90 build spilled)"
+        )
+    return None
 
 
 class BlockGemmFamily(StructuredFamily):
