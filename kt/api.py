@@ -22,7 +22,7 @@ from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.codegen.baseline import baseline_kernel
 from kt.codegen.restrict import illegal_config, restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
-from kt.errors import DeviceError, KtError, SpecError, counted, one_line
+from kt.errors import DeviceError, KtError, SpecError, counted, one_line, option
 from kt.files import ranking_model
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
@@ -507,7 +507,9 @@ def _measured_records(
         )
     if other:
         listing = ", ".join(f"{target} ({n} rows)" for target, n in other.most_common())
-        raise DatabaseError(f"{where}; it holds some for {listing}: pass that target's profile with --device")
+        raise DatabaseError(
+            f"{where}; it holds some for {listing}: pass that target's profile as {option('device')}"
+        )
     structured = Counter(r["family"] for r in measured)
     if structured:
         listing = ", ".join(f"{n} {family}" for family, n in structured.most_common())

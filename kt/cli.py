@@ -127,6 +127,9 @@ class _Group(click.Group):
                 current = signal.getsignal(signum)
                 if signum == signal.SIGTERM or current is not signal.SIG_IGN:
                     before[signum] = signal.signal(signum, _terminate)
+        import kt.errors
+
+        on_command_line, kt.errors._command_line = kt.errors._command_line, True
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except KtError as exc:
@@ -160,6 +163,7 @@ class _Group(click.Group):
             err.print(f"kt: error: {exc.format_message()}", style="red")
             sys.exit(exc.exit_code)
         finally:
+            kt.errors._command_line = on_command_line
             for signum, handler in before.items():  # None: a handler set outside Python
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 

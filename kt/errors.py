@@ -14,6 +14,23 @@ def shown(value) -> str:
     return _SHORT.repr(value)
 
 
+# Whether kt's command line is running a command (kt.cli sets it): how an error names an argument (`option`)
+_command_line = False
+
+
+def option(name: str, value=None) -> str:
+    """An argument as the user gave it: `--name VALUE` while kt's command line runs a command, `name=VALUE`
+    (the value's repr) through the Python API, where the command line's flags named options nobody passed."""
+    if _command_line:
+        return f"--{name.replace('_', '-')}" + ("" if value is None else f" {value}")
+    return name + ("" if value is None else f"={value!r}")
+
+
+def on_command_line() -> bool:
+    """Whether kt's command line is running a command (its errors name options as flags)."""
+    return _command_line
+
+
 class KtError(Exception):
     """Base of every user-facing kt error: the CLI prints its message on one line and exits with code 2."""
 

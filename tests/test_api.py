@@ -393,3 +393,35 @@ def test_an_unknown_keyword_of_kt_tune_is_named_with_the_ones_it_takes():
         kt.tune(SPEC, timeout=0.5)
     with pytest.raises(TypeError, match=r"'foo'; .* concurrent, .*on_done"):
         kt.tune([SPEC], foo=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusals of a machine without a GPU")
+def test_the_python_api_names_its_arguments_where_the_command_line_names_its_flags(tmp_path):
+    """Errors through kt.tune told a Python caller to "use --backend interpret" or "drop --gpus": flags of a
+    command nobody ran. Each names the keyword argument there, and the flag on kt's command line."""
+    import subprocess
+    import sys
+
+    from kt.errors import DeviceError
+
+    with pytest.raises(DeviceError, match=r"^backend: cuda needs a CUDA GPU .*; use backend='interpret'$"):
+        kt.tune(SPEC, backend="cuda", db=tmp_path / "t.db")
+    with pytest.raises(DeviceError, match=r"^gpus: with ray, Ray chooses each GPU actor's GPU; drop gpus$"):
+        kt.tune(SPEC, gpus=[0], ray="local", db=tmp_path / "t.db")
+    with pytest.raises(
+        DeviceError, match=r"^gpus: the interpret backend measures on no GPU; gpus needs backend='cuda'$"
+    ):
+        kt.tune(SPEC, gpus=[0], backend="interpret", db=tmp_path / "t.db")
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: w\ndtype: float32\nshape: {m: 32, n: 32, k: 32}\n")
+    for flags, says in [
+        (["--backend", "cuda"], "kt: error: backend: cuda needs a CUDA GPU and this machine has none; use "
+         "--backend interpret"),
+        (["--gpus", "0", "--backend", "interpret"], "kt: error: --gpus: the interpret backend measures on no "
+         "GPU; --gpus needs --backend cuda"),
+    ]:  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "kt", "tune", str(spec), "--db", str(tmp_path / "t.db"), *flags],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.strip() == says, done.stderr

@@ -111,11 +111,11 @@ def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(
 @pytest.mark.parametrize(
     ("failure", "says"),
     [
-        (ImportError("no ray here"), r'--ray needs Ray: pip install -e "\.\[ray\]"'),
+        (ImportError("no ray here"), r'^ray needs Ray: pip install -e "\.\[ray\]"'),
         # a broken install was a traceback
         (
             AttributeError("module 'grpc' has no attribute 'aio'"),
-            r"--ray: Ray did not import \(AttributeError: module 'grpc' has no attribute 'aio'\)",
+            r"^ray: Ray did not import \(AttributeError: module 'grpc' has no attribute 'aio'\)",
         ),
     ],
 )

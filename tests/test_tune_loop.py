@@ -546,7 +546,7 @@ def test_retry_failed_runs_the_failed_configs_first_and_keeps_those_the_budget_h
     with Database(tmp_path / "u.db") as db:
         assert sum(r["status"] == "crash" for r in db.all_rows()) == failed
     assert any(
-        f"--retry-failed: {failed} failed configs keep their rows: the budget ({passing}) leaves room to run 0 "
+        f"retry_failed: {failed} failed configs keep their rows: the budget ({passing}) leaves room to run 0 "
         "of them again" in note
         for note in kept.notes
     ), kept.notes

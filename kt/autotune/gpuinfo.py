@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from kt.errors import DeviceError
+from kt.errors import DeviceError, option
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
     for index in chosen:
         if index >= len(entries):
             raise DeviceError(
-                f"--gpus: GPU {index} is not visible here; allowed: 0 to {len(entries) - 1}"
+                f"{option('gpus')}: GPU {index} is not visible here; allowed: 0 to {len(entries) - 1}"
                 + (" (after CUDA_VISIBLE_DEVICES)" if "CUDA_VISIBLE_DEVICES" in os.environ else "")
             )
     slots = []
@@ -108,7 +108,7 @@ def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
     models = {slot.info.name for slot in slots}
     if len(models) > 1:
         named = ", ".join(f"{slot.index} ({slot.info.name})" for slot in slots)
-        raise DeviceError(f"--gpus: GPUs {named} are not one model; give GPUs of one model")
+        raise DeviceError(f"{option('gpus')}: GPUs {named} are not one model; give GPUs of one model")
     return slots
 
 

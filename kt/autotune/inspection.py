@@ -25,7 +25,7 @@ import numpy as np
 from kt.autotune.artifact import read_meta
 from kt.autotune.database import Database, default_path
 from kt.device import BUILTIN, DeviceProfile
-from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError, counted
+from kt.errors import ArtifactError, DatabaseError, DeviceError, KtError, ModelError, counted, option
 from kt.files import INSPECT_HINT, atomic_write, existing_path
 
 if TYPE_CHECKING:
@@ -94,7 +94,9 @@ def inspect_tune(
         default_plots = path
     elif path.is_file():
         if db is not None:
-            raise KtError(f"db: {path} is already the data to inspect; --db is for an artifact directory")
+            raise KtError(
+                f"db: {path} is already the data to inspect; {option('db')} is for an artifact directory"
+            )
         result, profile, training = _data_rows(path, device, gpu)
         default_plots = path.parent / f"{path.stem}-inspect"
     else:

@@ -26,18 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from kt.autotune.pool import INBOX_POLL_S, STARTUP_S, Inbox, Outcome, Task, slot_envs
-from kt.errors import KtError
+from kt.errors import KtError, option
 
 
 def _ray():
     try:
         import ray
     except ImportError:
-        raise KtError('--ray needs Ray: pip install -e ".[ray]" (or pip install ray)') from None
+        raise KtError(f'{option("ray")} needs Ray: pip install -e ".[ray]" (or pip install ray)') from None
     except Exception as exc:  # an install that is there but broken
         from kt.errors import one_line
 
-        raise KtError(f"--ray: Ray did not import ({one_line(exc)}); reinstall it: pip install ray") from None
+        raise KtError(
+            f"{option('ray')}: Ray did not import ({one_line(exc)}); reinstall it: pip install ray"
+        ) from None
     return ray
 
 
@@ -316,7 +318,7 @@ def check_address(address: str) -> None:
         return
     host, port = _host_port(address)
     if not host or "/" in host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise KtError(f"--ray: {address!r} is not a Ray address; allowed: {ADDRESS_HELP}")
+        raise KtError(f"{option('ray')}: {address!r} is not a Ray address; allowed: {ADDRESS_HELP}")
 
 
 def _host_port(address: str) -> tuple[str, str]:
@@ -382,7 +384,7 @@ def _connect(ray, address: str) -> None:
         from kt.errors import one_line
 
         raise KtError(
-            f"--ray {address}: Ray could not connect ({one_line(exc)}){_token_hint(address)}"
+            f"{option('ray', address)}: Ray could not connect ({one_line(exc)}){_token_hint(address)}"
         ) from None
 
 
@@ -423,7 +425,7 @@ def probe(address: str) -> None:
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise KtError(
-            f"--ray: nothing answers at {address!r} ({why}); give a running cluster's address"
+            f"{option('ray')}: nothing answers at {address!r} ({why}); give a running cluster's address"
         ) from None
     with connection:
         if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a TLS handshake first: Ray's to do
@@ -435,7 +437,7 @@ def probe(address: str) -> None:
             answer = b""
     if len(answer) < 9 or answer[3] != 4:  # no SETTINGS frame back
         raise KtError(
-            f"--ray: {address!r} answers, but not as a Ray cluster (no gRPC there); give the cluster's GCS "
+            f"{option('ray')}: {address!r} answers, but not as a Ray cluster (no gRPC there); give the cluster's GCS "
             "address (HOST:6379 by default), not its dashboard's"
         )
 

@@ -459,10 +459,12 @@ def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> 
     make_runner resolves it) or a Ray cluster, where Ray places the GPU actors."""
     import torch
 
-    from kt.errors import DeviceError
+    from kt.errors import DeviceError, option
 
     if backend == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("backend: cuda needs a CUDA GPU and this machine has none; use --backend interpret")
+        raise DeviceError(
+            f"backend: cuda needs a CUDA GPU and this machine has none; use {option('backend', 'interpret')}"
+        )
     measures = backend == "cuda" or (backend == "auto" and torch.cuda.is_available())
     missing = target_compiler_missing() if measures and ray is None else None  # Ray's nodes have their own
     if missing:  # else every candidate's compile failed, each reported as a crash to retry
@@ -473,11 +475,16 @@ def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> 
     if gpus is None:
         return
     if ray is not None:
-        raise DeviceError("--gpus: with --ray, Ray chooses each GPU actor's GPU; drop --gpus")
+        raise DeviceError(
+            f"{option('gpus')}: with {option('ray')}, Ray chooses each GPU actor's GPU; drop {option('gpus')}"
+        )
     if backend == "auto":
         backend = "cuda" if torch.cuda.is_available() else "interpret"
     if backend != "cuda":
-        raise DeviceError(f"--gpus: the {backend} backend measures on no GPU; --gpus needs --backend cuda")
+        raise DeviceError(
+            f"{option('gpus')}: the {backend} backend measures on no GPU; {option('gpus')} needs "
+            f"{option('backend', 'cuda')}"
+        )
 
 
 def make_runner(
@@ -510,9 +517,12 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
         cooldown = timing.cooldown_ms if timing is not None else DRY_RUN_TIMING.cooldown_ms
         return DryRunner(profile, timing=dataclasses.replace(DRY_RUN_TIMING, cooldown_ms=cooldown), **options)
     if backend == "interpret":
+        from kt.errors import on_command_line
+
         if options.pop("timing", None) is not None:  # --cooldown-ms was dropped without a word
             logging.getLogger("kt").warning(
-                "--cooldown-ms is not used by the interpret backend: nothing is timed without a GPU"
+                f"{'--cooldown-ms' if on_command_line() else 'timing'} is not used by the interpret "
+                "backend: nothing is timed without a GPU"
             )
         return InterpretRunner(profile, **options)
     raise DeviceError(f"backend: {backend!r} is not supported; allowed: {', '.join(BACKENDS)}")

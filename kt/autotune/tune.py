@@ -51,7 +51,7 @@ from kt.costmodel.prediction import Prediction, model_noun
 from kt.costmodel.roofline import LAUNCH_S
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
-from kt.errors import KtError, ModelError, SpecError, counted
+from kt.errors import KtError, ModelError, SpecError, counted, option
 from kt.files import ranking_model
 from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, check_bool, power_cap
@@ -610,7 +610,7 @@ def tune(
         verb = "measured" if runner.measures_time else "checked"
         # (only where configs that run differently are left: a larger budget finds nothing else to run)
         more = (
-            f"; raise --budget to {'measure' if runner.measures_time else 'check'} more"
+            f"; raise {option('budget')} to {'measure' if runner.measures_time else 'check'} more"
             if len(session.rows) < plan.programs
             else ""
         )
@@ -1194,8 +1194,9 @@ class _Tuner:
 
         if unretried:
             self.retry_note = (
-                f"--retry-failed: {counted(unretried, 'failed config')} keep their rows: the budget ({budget}) "
-                f"leaves room to run {len(retry)} of them again beside the rows that stay; raise --budget for more"
+                f"{option('retry_failed')}: {counted(unretried, 'failed config')} keep their rows: the budget "
+                f"({budget}) leaves room to run {len(retry)} of them again beside the rows that stay; raise "
+                f"{option('budget')} for more"
             )
             reporter.note(self.retry_note)
         try:
