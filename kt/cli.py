@@ -482,6 +482,14 @@ def main():
     """kt: tune structured matmul kernels (Triton) for your GPU."""
 
 
+def _spread(spread: float) -> str:
+    """A predicted time's spread (the standard deviation of the trees' log times) as the percentages one standard
+    deviation moves it up and down: "+107%/-52%", where a symmetric "+-107%" read as a negative time."""
+    if not spread > 0:
+        return "-"
+    return f"+{100 * math.expm1(spread):.0f}%/-{-100 * math.expm1(-spread):.0f}%"
+
+
 def _header(spec) -> None:
     out.print(f"{spec.name}: {spec.summary()}", style="bold")
 
@@ -1245,7 +1253,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         "rank",
         "config",
         "ms",
-        "+-",
+        "spread",
         "TFLOP/s",
         *(("W", "mJ") if powered else ()),
         "roofline ms",
@@ -1274,7 +1282,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             str(position + 1),
             plan.config(index).key(),
             _ms(ms),
-            f"{100 * (np.exp(spread) - 1):.0f}%" if spread > 0 else "-",
+            _spread(spread),
             f"{flops / (ms * 1e-3) / 1e12:.1f}",
             *((_fmt(power, ".0f"), _fmt(None if power is None else power * ms, ".3f")) if powered else ()),
             _ms(roofline_ms[position]),
@@ -1299,11 +1307,16 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             f"predicted best: {plan.baseline_ratio:.2f}x {_baseline_name(space_.problem)} (the baseline forest "
             f"predicts PyTorch's path at {_ms(plan.baseline_s * 1e3)} ms; > 1 means kt is predicted faster)"
         )
-    fastest = [float(np.min(prediction.runtime_s))] if len(prediction.runtime_s) else []
-    fastest += [plan.baseline_s] if plan.baseline_s is not None else []
-    if fastest and min(fastest) < LAUNCH_S:  # a forest far outside its rows (a tiny problem)
+    # a forest far outside its rows (a tiny problem): say which prediction is under a launch, with its figure
+    under = []
+    if len(prediction.runtime_s) and float(np.min(prediction.runtime_s)) < LAUNCH_S:
+        best = float(np.min(prediction.runtime_s))
+        under.append(f"{_model_noun(plan.model)} predicts the best config at {_ms(best * 1e3)} ms")
+    if plan.baseline_s is not None and plan.baseline_s < LAUNCH_S:
+        under.append(f"the baseline forest predicts PyTorch's path at {_ms(plan.baseline_s * 1e3)} ms")
+    if under:
         out.print(
-            f"note: {_model_noun(plan.model)} predicts {_ms(min(fastest) * 1e3)} ms, less than one kernel launch "
+            f"note: {' and '.join(under)}, less than one kernel launch "
             f"({_ms(LAUNCH_S * 1e3)} ms), which no measured kernel took: outside what it was fitted on, so read "
             "the order of its configs, not their times"
             + (" or the ratio to PyTorch" if plan.baseline_ratio is not None else ""),
@@ -1322,11 +1335,18 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             )
     if prediction.power_w is None:
         few = re.search(r"no power \(read in (\d+) rows?; a power forest needs (\d+)\)", plan.model)
+        other = re.search(
+            r"no power for \S+ \(its power forest is (\S+)'s: board limits ([^)]*)\)", plan.model
+        )
         why = (  # a forest fitted on the user's GPU rows, too few of them with a reading: not "no public data"
             f"its data held a power reading in only {few[1]} rows, and a power forest needs {few[2]}, so "
             "power predictions stay untrained until more are measured (`kt collect` on a GPU, then "
             "`kt costmodel fit`)"
             if few
+            else f"its power forest was fitted on {other[1]}, whose board power limit is not this card's "
+            f"({other[2]}), so its watts are not this card's; fit one on this card's rows (`kt collect` on it, "
+            "then `kt costmodel fit`)"
+            if other
             else "no public data measures power during Triton kernels, so power predictions stay untrained "
             "until a forest is fitted on kt's own GPU rows (`kt collect` on a GPU, then `kt costmodel fit`)"
         )

@@ -510,3 +510,35 @@ def test_a_forests_trees_do_not_depend_on_how_many_threads_fit_them():
     assert fit_jobs(PARALLEL_FIT_ROWS - 1) == 1
     fits = [RandomForestRegressor(9, random_state=3, n_jobs=jobs).fit(x, y) for jobs in (1, 2)]
     assert np.array_equal(per_tree(fits[0], x), per_tree(fits[1], x))
+
+
+def test_a_power_forest_standing_in_for_a_card_of_another_board_limit_predicts_no_power(saved, tmp_path):
+    """The H100 SXM's forest standing in for the 350 W H100 PCIe predicted the SXM's watts (585 W at its best
+    configs), and a 350 W cap then held every config over it. Its time is rescaled by the PCIe card's own
+    roofline; its watts cannot be: a card of another board power limit gets no power from it."""
+    import subprocess
+    import sys
+
+    records = stand_in_records()[:3]
+    assert ForestModel.load(saved, H100).predict(records).power_w is not None
+    same_limit = ForestModel.load(saved, H200, stand_in=True)  # 700 W, as the H100 SXM
+    assert H200.tdp_w == H100.tdp_w and same_limit.predict(records).power_w is not None
+    pcie = get_profile("h100-pcie")
+    borrowed = ForestModel.load(saved, pcie, stand_in=True)
+    assert not borrowed.predicts_power and borrowed.predict(records).power_w is None
+    assert borrowed.describe().endswith(", no power for h100-pcie (its power forest is h100's: board limits 700 W "
+                                        "and 350 W)")  # fmt: skip
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: d\ndtype: float16\nshape: {m: 512, n: 512, k: 512}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt", "predict", str(spec), "--model", str(saved), "--device", "h100-pcie",
+         "--objective", "energy", "--power-cap", "350", "--top", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert (
+        "its power forest was fitted on h100, whose board power limit is not this card's (700 W and 350 W)"
+        in text
+    )
+    assert "predicted to draw more than 350 W" not in text

@@ -138,7 +138,15 @@ class ForestModel:
 
     @property
     def predicts_power(self) -> bool:
-        return self.power_forest is not None
+        return self.power_forest is not None and self._power_carries()
+
+    def _power_carries(self) -> bool:
+        """Whether the power forest predicts for `device`: its own card's, or a card standing in with the same
+        known board power limit. Standing in for another (the H100 SXM's forest, rows drawing up to 690 W, for
+        the 350 W H100 PCIe) it predicted watts the board cannot draw, and a power cap then held every config
+        over it."""
+        fitted = self.fitted_device
+        return fitted is None or (fitted.tdp_w > 0 and fitted.tdp_w == self.device.tdp_w)
 
     def _forest(self) -> RandomForestRegressor:
         return RandomForestRegressor(**self.params, n_jobs=1 if _daemon() else self.n_jobs)
@@ -214,7 +222,7 @@ class ForestModel:
         roof = roofline_time(records, self.device)
         runtime = roof * np.exp(trees.mean(axis=0))
         power = spread = None
-        if self.power_forest is not None:
+        if self.predicts_power:
             per_tree_power = per_tree(self.power_forest, x)
             power, spread = per_tree_power.mean(axis=0), per_tree_power.std(axis=0)
         return Prediction(runtime, trees.std(axis=0), power, spread)
@@ -300,7 +308,17 @@ class ForestModel:
         if t.get("problems") and t.get("shapes") and t["problems"] != t["shapes"]:
             shapes = f", {counted(t['problems'], 'problem')} of {counted(t['shapes'], 'shape')}"
         power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
-        if not self.predicts_power and t.get("power_rows"):  # read, but too few to fit (the fit said nothing)
+        if self.power_forest is not None and not self.predicts_power:
+            limits = " and ".join(
+                f"{p.tdp_w:g} W" if p.tdp_w > 0 else "unknown" for p in (self.fitted_device, self.device)
+            )
+            power = (
+                f", no power for {self.device.key} (its power forest is {self.fitted_device.key}'s: board limits "
+                f"{limits})"
+            )
+        elif not self.predicts_power and t.get(
+            "power_rows"
+        ):  # read, but too few to fit (the fit said nothing)
             power = f", no power (read in {counted(t['power_rows'], 'row')}; a power forest needs {MIN_ROWS})"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (
