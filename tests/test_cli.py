@@ -983,3 +983,29 @@ def test_a_reader_gone_before_the_results_table_leaves_the_artifact_saved(tmp_pa
     )
     assert done.stdout.startswith("piped:"), done.stdout + done.stderr[-2000:]
     assert (tmp_path / "art" / "piped" / "kernel.py").is_file(), done.stderr[-2000:]
+
+
+@pytest.mark.shipped_models
+def test_predict_shows_a_wide_spread_up_and_down_and_says_which_prediction_is_under_a_launch(tmp_path):
+    """kt predict showed a spread of 0.728 (log time) as "+- 107%", read as a negative lower bound, and its
+    note on a 1x1x1 op quoted the baseline forest's PyTorch figure as the forest's best config's."""
+    import re
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: t\ndtype: float16\nshape: {m: 1, n: 1, k: 1}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt", "predict", str(spec), "--device", "h100", "--top", "3"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spreads = re.findall(r"\+(\d+)%/-(\d+)%", done.stdout)
+    assert spreads and all(0 < int(down) < 100 for _, down in spreads), done.stdout
+    up, down = map(int, spreads[0])
+    assert abs((1 + up / 100) * (1 - down / 100) - 1) < 0.02  # one log step up and down
+    text = " ".join(done.stdout.split())
+    best = re.search(r"│\s+1 │ \S+\s+│\s+(\S+) │", done.stdout)
+    assert best and f"predicts the best config at {best[1]} ms" in text, text
+    torch_ms = re.search(r"predicts PyTorch's path at (\S+) ms;", text)[1]
+    assert (
+        f"the baseline forest predicts PyTorch's path at {torch_ms} ms, less than one kernel launch" in text
+    )
