@@ -411,17 +411,29 @@ def _gpu_run(path: Path) -> str | None:
     return None
 
 
-def _commit() -> str | None:
+def _commit(package: Path | None = None) -> str | None:
     """The git commit kt runs from (with "+changes" where tracked files differ from it), or None outside a
-    checkout: every run recorded kt_version 0.1.0, so a report could not be tied to the code that made it."""
+    checkout of kt: every run recorded kt_version 0.1.0, so a report could not be tied to the code that made it.
+    `package`: kt's folder (this file's). An installed kt inside a user's own repository (a .venv in the
+    project) is no checkout of kt: its package must be the checkout's top-level `kt`, tracked there (the user's
+    commit was recorded as kt's)."""
     import subprocess
 
-    here = str(Path(__file__).resolve().parent)
+    here = str((package or Path(__file__).parent).resolve())
     try:
-        head = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        head, top = (
+            subprocess.run(
+                ["git", "-C", here, "rev-parse", *args], capture_output=True, text=True, timeout=10
+            )
+            for args in (["--short=12", "HEAD"], ["--show-toplevel"])
         )
-        if head.returncode != 0:
+        if head.returncode != 0 or top.returncode != 0:
+            return None
+        commit, top = head.stdout.strip(), top.stdout.strip()
+        tracked = subprocess.run(
+            ["git", "-C", here, "ls-files", "--error-unmatch", "__init__.py"], capture_output=True, timeout=10
+        )
+        if Path(top).resolve() / "kt" != Path(here) or tracked.returncode != 0:
             return None
         changed = subprocess.run(
             ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
@@ -431,7 +443,7 @@ def _commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+    return commit + ("+changes" if changed.stdout.strip() else "")
 
 
 def run_context(smoke: bool, command: str) -> dict[str, Any]:

@@ -724,3 +724,70 @@ def test_a_pipe_in_any_text_cell_of_a_report_row_is_escaped_in_the_table():
     # read back cell by cell as written (the readers split at every pipe: the device cell was 'GPU\\')
     assert _row_key(line) == ("GPU|x", "a|b")
     assert _cells(line)[:5] == ["GPU|x", "2026-12-05", "a|b", "float16", "c|d"]
+
+
+def test_a_kt_installed_inside_another_repository_records_no_commit(tmp_path):
+    """kt installed in a .venv inside a user's own project recorded the project's commit (and its changes) as
+    kt's: git found the repository around site-packages."""
+    import shutil
+    import subprocess
+
+    from kt.bench import _commit
+
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    project = tmp_path / "project"
+    package = project / ".venv" / "site-packages" / "kt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (project / ".gitignore").write_text(".venv/\n")
+    (project / "train.py").write_text("print('the user's code')\n")
+    git = ["git", "-C", str(project), "-c", "user.name=u", "-c", "user.email=u@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "the user's project"], check=True)
+    (project / "train.py").write_text("changed\n")
+    assert _commit(package) is None
+    # a checkout of kt itself: its top-level kt folder, tracked
+    checkout = tmp_path / "kt-checkout"
+    (checkout / "kt").mkdir(parents=True)
+    (checkout / "kt" / "__init__.py").write_text("")
+    git = ["git", "-C", str(checkout), "-c", "user.name=u", "-c", "user.email=u@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "kt"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+    )
+    assert _commit(checkout / "kt") == head.stdout.strip()
+
+
+def test_the_source_distribution_holds_what_the_readme_points_to_and_kts_version(tmp_path):
+    """The sdist held tests that could not run (no conftest.py, no benchmarks/) and lacked the examples, the docs
+    and BENCHMARKS.md that the README points to; its version was written twice (pyproject.toml and
+    kt.__version__), kept alike by hand."""
+    import shutil
+    import tarfile
+
+    import kt
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("kt", "examples", "docs", "tests"):
+        shutil.copytree(root / name, source / name, ignore=ignore)
+    for name in ("README.md", "BENCHMARKS.md", "pyproject.toml", "MANIFEST.in"):
+        shutil.copy(root / name, source / name)
+    done = subprocess.run(
+        [sys.executable, "-c", "from setuptools import build_meta; print(build_meta.build_sdist('dist'))"],
+        cwd=source, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    name = done.stdout.strip().splitlines()[-1]
+    with tarfile.open(source / "dist" / name) as archive:
+        members = {member.split("/", 1)[1] for member in archive.getnames() if "/" in member}
+        info = archive.extractfile(f"{name.removesuffix('.tar.gz')}/PKG-INFO").read().decode()
+    assert {"examples/dense.yaml", "docs/architecture.md", "BENCHMARKS.md", "README.md"} <= members
+    assert {"kt/codegen/templates/gemm.py.j2", "kt/costmodel/models/h100.skops"} <= members
+    assert not [m for m in members if m.startswith(("tests/", "benchmarks/")) or "__pycache__" in m]
+    assert f"\nVersion: {kt.__version__}\n" in info

@@ -93,9 +93,7 @@ def test_gpus_are_numbered_after_cuda_visible_devices(machine):
 
 def test_gpus_of_two_models_are_refused_with_each_named(machine):
     machine([H100, PCIE])
-    with pytest.raises(
-        DeviceError, match=r"gpus: GPUs 0 \(NVIDIA H100 80GB HBM3\), 1 \(NVIDIA H100 PCIe\)"
-    ):
+    with pytest.raises(DeviceError, match=r"gpus: GPUs 0 \(NVIDIA H100 80GB HBM3\), 1 \(NVIDIA H100 PCIe\)"):
         gpuinfo.machine_gpus([0, 1])
     assert [s.index for s in gpuinfo.machine_gpus([1])] == [1]
 

@@ -111,7 +111,10 @@ def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(
 @pytest.mark.parametrize(
     ("failure", "says"),
     [
-        (ImportError("no ray here"), r'^ray needs Ray: pip install -e "\.\[ray\]"'),
+        (
+            ImportError("no ray here"),
+            r'^ray needs Ray: pip install ray \(in a checkout of kt: pip install -e "\.\[ray\]"\)$',
+        ),
         # a broken install was a traceback
         (
             AttributeError("module 'grpc' has no attribute 'aio'"),

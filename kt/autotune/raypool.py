@@ -33,7 +33,9 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise KtError(f'{option("ray")} needs Ray: pip install -e ".[ray]" (or pip install ray)') from None
+        raise KtError(
+            f'{option("ray")} needs Ray: pip install ray (in a checkout of kt: pip install -e ".[ray]")'
+        ) from None
     except Exception as exc:  # an install that is there but broken
         from kt.errors import one_line
 
