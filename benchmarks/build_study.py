@@ -6,6 +6,8 @@ Nothing here is timed."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import gzip
 import json
 import random
@@ -113,3 +115,136 @@ def missing_files(paths) -> str | None:
         if not Path(path).is_file():
             return repr(str(path))
     return None
+
+
+def dtype_kind(row: dict) -> str:
+    """tf32 (four-byte operands, one to a register) or 16-bit (two to a register)."""
+    return "tf32" if row["precision"] == "tf32" else "16-bit"
+
+
+@dataclasses.dataclass
+class Study:
+    """A legality build study: the ops it draws from (`ops[name]`: op.yaml mappings without a dtype), its dtypes
+    (tf32: float32 with precision tf32), the configs it draws (`candidates(problem, profile)`), its count of each
+    (`counted(family, problem, config, profile)`: a dict of acc, operands, elements, binned by `bin_width` of acc
+    + operands), the rule's count of a build row (`count`) and the kinds of program it fits a limit for each
+    (`kind`); `before`: what kt refused before the rule counted."""
+
+    ops: dict[str, list[dict]]
+    dtypes: list[str]
+    bin_width: int
+    candidates: Callable
+    counted: Callable
+    count: Callable[[dict], int]
+    kind: Callable[[dict], str]
+    before: str
+
+    def specs(self, ops: str, dtypes: list[str]) -> list[dict]:
+        """op.yaml mappings of the chosen ops in each dtype."""
+        out = []
+        for index, base in enumerate(self.ops[ops]):
+            for dtype in dtypes:
+                data = {**base, "name": f"{base['op']}_{ops}_{index}", "dtype": dtype}
+                if dtype == "tf32":
+                    data.update(dtype="float32", precision="tf32")
+                out.append(data)
+        return out
+
+    def score(self, rows: list[dict]) -> None:
+        """Each bin's builds and spills, and per architecture what kt's legality now refuses of them."""
+        width = self.bin_width
+        bins = defaultdict(lambda: [0, 0])
+        for row in rows:
+            group = bins[(row["arch"], dtype_kind(row), self.count(row) // width * width)]
+            group[0] += 1
+            group[1] += row["spilled"]
+        print("sm   dtype   count           builds  spills")
+        for (arch, kind, low), (builds, spills) in sorted(bins.items()):
+            print(f"{arch:<4} {kind:<7} {low:>5} to {low + width - 1:<5} {builds:>7} {spills:>7}")
+        for arch in sorted({r["arch"] for r in rows}):
+            mine = [r for r in rows if r["arch"] == arch]
+            spills = [r for r in mine if r["spilled"]]
+            caught = sum(refused_now(r) for r in spills)
+            clean_refused = sum(refused_now(r) for r in mine if not r["spilled"])
+            print(
+                f"sm_{arch}: {len(mine)} builds ({len({r['problem'] for r in mine})} problems), kt's legality "
+                f"refuses {clean_refused} clean builds and catches {caught} of {len(spills)} spills (the rule "
+                f"before 2026-12-05, {self.before}, refused all {len(mine)})"
+            )
+
+    def fitted_limits(self, rows: list[dict]) -> dict[tuple[int, str], int]:
+        """For each (architecture, kind) of `rows`, the highest limit (a multiple of 8) at or below which no
+        build spilled: the largest count when none did."""
+        return {
+            (arch, which): highest_clean_limit(
+                [r for r in rows if r["arch"] == arch and self.kind(r) == which], self.count
+            )
+            for arch, which in sorted({(r["arch"], self.kind(r)) for r in rows})
+        }
+
+    def fit(self, paths, check=()) -> None:
+        """`fitted_limits` of the builds of `paths`, with the clean builds each refuses of them; and of `check`'s
+        builds, the clean ones it refuses and the spills it lets in."""
+        rows, held = load(paths), load(check) if check else []
+        print(
+            "sm   kind        builds  spills  limit  clean refused  | other builds  clean refused  spills let in"
+        )
+        for (arch, which), limit in self.fitted_limits(rows).items():
+            mine = [r for r in rows if r["arch"] == arch and self.kind(r) == which]
+            refused = sum(not r["spilled"] and self.count(r) > limit for r in mine)
+            spills = sum(r["spilled"] for r in mine)
+            line = f"{arch:<4} {which:<10} {len(mine):>7} {spills:>7} {limit:>6} {refused:>14}"
+            other = [r for r in held if r["arch"] == arch and self.kind(r) == which]
+            if other:
+                clean_refused = sum(not r["spilled"] and self.count(r) > limit for r in other)
+                let_in = sum(r["spilled"] and self.count(r) <= limit for r in other)
+                line += f"  | {len(other):>12} {clean_refused:>14} {let_in:>14}"
+            print(line)
+
+    def main(self, argv, description: str) -> int:
+        from kt.autotune.compile import target_compiler_available
+        from kt.autotune.figures import check_outputs
+        from kt.files import atomic_write_text
+
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
+        parser.add_argument("--ops", choices=sorted(self.ops), default="fit")
+        parser.add_argument("--dtypes", nargs="+", choices=self.dtypes, default=self.dtypes)
+        parser.add_argument("--per-bin", type=int, default=1, help="builds drawn from each bin (default 1)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--jsonl", help="write one line per build here")
+        parser.add_argument(
+            "--score", nargs="+", metavar="FILE", help="judge kt's legality on earlier --jsonl files"
+        )
+        parser.add_argument("--fit", nargs="+", metavar="FILE", help="fit the rule's limits to these")
+        parser.add_argument(
+            "--check", nargs="+", metavar="FILE", help="with --fit: judge its limits on these"
+        )
+        args = parser.parse_args(argv)
+        if args.check and not args.fit:
+            parser.error("--check: judges --fit's limits; give --fit FILE too")
+        if args.score and args.fit:
+            parser.error("--score and --fit: give one of them")
+        missing = missing_files([*(args.score or args.fit or ()), *(args.check or ())])
+        if missing:
+            parser.error(f"{missing} not found")
+        if args.score:
+            self.score(load(args.score))
+            return 0
+        if args.fit:
+            self.fit(args.fit, args.check or ())
+            return 0
+        if not args.jsonl:
+            parser.error("--jsonl: where to write the builds (or --score / --fit FILE)")
+        if args.per_bin < 1:
+            parser.error(f"--per-bin: {args.per_bin}; give 1 or more")
+        check_outputs(parser, {"--jsonl": args.jsonl})
+        if not target_compiler_available():
+            parser.error("Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled")
+        specs = self.specs(args.ops, args.dtypes)
+        rows = sample(
+            args.arch, specs, args.per_bin, args.seed, self.candidates, self.counted, self.bin_width
+        )
+        atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
+        self.score(load([args.jsonl]))
+        return 0

@@ -21,14 +21,11 @@ Nothing here is timed.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_study import highest_clean_limit, load, missing_files, refused_now, sample  # noqa: E402
+from build_study import Study, dtype_kind, load, refused_now  # noqa: E402, F401 (the tests read them here)
 
 DTYPES = ["float16", "tf32"]
 BIN = 16  # registers per thread: the width of a sampling bin of `acc + operands`
@@ -51,18 +48,6 @@ RULE_REASONS = (
     "accumulator and K-step operand registers over",
     "K step over 32 for complex dots over several",
 )
-
-
-def specs(ops: str, dtypes: list[str]) -> list[dict]:
-    """op.yaml mappings of the chosen ops in each dtype (tf32: float32 with precision tf32)."""
-    out = []
-    for index, base in enumerate(OPS[ops]):
-        for dtype in dtypes:
-            data = {**base, "name": f"fft_{ops}_{index}", "dtype": dtype}
-            if dtype == "tf32":
-                data.update(dtype="float32", precision="tf32")
-            out.append(data)
-    return out
 
 
 def counted(family, problem, config, profile) -> dict:
@@ -89,105 +74,17 @@ def candidates(problem, profile) -> list:
     ]
 
 
-def kind(row: dict) -> str:
-    return "tf32" if row["precision"] == "tf32" else "16-bit"
-
-
 def count(row: dict) -> int:
     """The rule's count of a build: the accumulator and twice one K step's operand registers."""
     return row["acc"] + 2 * row["operands"]
 
 
-def score(rows: list[dict]) -> None:
-    """Each bin's builds and spills, and per architecture what kt's legality now refuses of them."""
-    bins = defaultdict(lambda: [0, 0])
-    for row in rows:
-        group = bins[(row["arch"], kind(row), count(row) // BIN * BIN)]
-        group[0] += 1
-        group[1] += row["spilled"]
-    print("sm   dtype   count           builds  spills")
-    for (arch, which, low), (builds, spills) in sorted(bins.items()):
-        print(f"{arch:<4} {which:<7} {low:>5} to {low + BIN - 1:<5} {builds:>7} {spills:>7}")
-    for arch in sorted({r["arch"] for r in rows}):
-        mine = [r for r in rows if r["arch"] == arch]
-        spills = [r for r in mine if r["spilled"]]
-        caught = sum(refused_now(r) for r in spills)
-        clean_refused = sum(refused_now(r) for r in mine if not r["spilled"])
-        print(
-            f"sm_{arch}: {len(mine)} builds ({len({r['problem'] for r in mine})} problems), kt's legality refuses "
-            f"{clean_refused} clean builds and catches {caught} of {len(spills)} spills (the rule before "
-            f"2026-12-05, any K step over 32, refused all {len(mine)})"
-        )
-
-
-def fitted_limits(rows: list[dict]) -> dict[tuple[int, str], int]:
-    """For each (architecture, kind) of `rows`, the highest limit (a multiple of 8) at or below which no build
-    spilled: the largest count when none did."""
-    return {
-        (arch, which): highest_clean_limit([r for r in rows if r["arch"] == arch and kind(r) == which], count)
-        for arch, which in sorted({(r["arch"], kind(r)) for r in rows})
-    }
-
-
-def fit(paths, check=()) -> None:
-    """`fitted_limits` of the builds of `paths`, with the clean builds each refuses of them; and of `check`'s
-    builds, the clean ones it refuses and the spills it lets in."""
-    rows, held = load(paths), load(check) if check else []
-    print("sm   kind     builds  spills  limit  clean refused  | other builds  clean refused  spills let in")
-    for (arch, which), limit in fitted_limits(rows).items():
-        mine = [r for r in rows if r["arch"] == arch and kind(r) == which]
-        refused = sum(not r["spilled"] and count(r) > limit for r in mine)
-        line = f"{arch:<4} {which:<7} {len(mine):>7} {sum(r['spilled'] for r in mine):>7} {limit:>6} {refused:>14}"
-        other = [r for r in held if r["arch"] == arch and kind(r) == which]
-        if other:
-            clean_refused = sum(not r["spilled"] and count(r) > limit for r in other)
-            let_in = sum(r["spilled"] and count(r) <= limit for r in other)
-            line += f"  | {len(other):>12} {clean_refused:>14} {let_in:>14}"
-        print(line)
+STUDY = Study(OPS, DTYPES, BIN, candidates, counted, count, dtype_kind, before="any K step over 32")
+fitted_limits = STUDY.fitted_limits
 
 
 def main(argv=None) -> int:
-    from kt.autotune.compile import target_compiler_available
-    from kt.autotune.figures import check_outputs
-    from kt.files import atomic_write_text
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
-    parser.add_argument("--ops", choices=sorted(OPS), default="fit")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=DTYPES)
-    parser.add_argument("--per-bin", type=int, default=1, help="builds drawn from each bin (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jsonl", help="write one line per build here")
-    parser.add_argument(
-        "--score", nargs="+", metavar="FILE", help="judge kt's legality on earlier --jsonl files"
-    )
-    parser.add_argument("--fit", nargs="+", metavar="FILE", help="fit the rule's limits to these")
-    parser.add_argument("--check", nargs="+", metavar="FILE", help="with --fit: judge its limits on these")
-    args = parser.parse_args(argv)
-    if args.check and not args.fit:
-        parser.error("--check: judges --fit's limits; give --fit FILE too")
-    if args.score and args.fit:
-        parser.error("--score and --fit: give one of them")
-    missing = missing_files([*(args.score or args.fit or ()), *(args.check or ())])
-    if missing:
-        parser.error(f"{missing} not found")
-    if args.score:
-        score(load(args.score))
-        return 0
-    if args.fit:
-        fit(args.fit, args.check or ())
-        return 0
-    if not args.jsonl:
-        parser.error("--jsonl: where to write the builds (or --score / --fit FILE)")
-    if args.per_bin < 1:
-        parser.error(f"--per-bin: {args.per_bin}; give 1 or more")
-    check_outputs(parser, {"--jsonl": args.jsonl})
-    if not target_compiler_available():
-        parser.error("Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled")
-    rows = sample(args.arch, specs(args.ops, args.dtypes), args.per_bin, args.seed, candidates, counted, BIN)
-    atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
-    score(load([args.jsonl]))
-    return 0
+    return STUDY.main(argv, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
