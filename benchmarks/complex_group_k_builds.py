@@ -5,8 +5,8 @@ builds: the evidence behind `kt.codegen.blockgemm.complex_several_k_reason`.
 A sample: for each op and dtype (float16, and float32 with tf32: the FFT's tensor-core dots), the configs of
 four or eight warps (two-warp complex programs keep K steps of 32) that every other legality rule admits, grouped
 in bins of `BIN` registers of `acc + operands` (`acc`: the launch's fp32 accumulator registers per thread, real
-and imaginary; `operands`: one K step's operand tiles per thread, real and imaginary planes, doubled as the next
-block's are live beside them: `count`); `--per-bin` of each bin drawn with `--seed`, compiled by kt's compile
+and imaginary; `operands`: one K step's operand registers per thread, real and imaginary planes, undoubled; the
+rule's count, `count`, doubles them, the next block's tiles being live beside them); `--per-bin` of each bin drawn with `--seed`, compiled by kt's compile
 workers and labelled as the compile stage labels them (ok, or refused: spills). `--ops fit` are the examples'
 n = 4096 (real and complex input); `--ops held-out` and `--ops check` other sizes, so other four-step splits.
 One JSON line per build (--jsonl).
@@ -15,6 +15,20 @@ One JSON line per build (--jsonl).
 (as it is now) refuses and how many spills it catches. `--fit FILE...` gives, for each architecture and kind of
 dot (16-bit or tf32), the highest limit of the count at or below which no build of the files spilled
 (`fitted_limits`), and with `--check FILE...` how it does on other builds. Files may be gzipped.
+
+The limits kt has (2026-12-05, Triton 3.9; the check configs again under Triton 3.6, BENCHMARKS.md):
+
+    python benchmarks/complex_group_k_builds.py --arch 90 --ops fit --seed 190 --per-bin 2 --jsonl fit90.jsonl
+    python benchmarks/complex_group_k_builds.py --arch 80 --ops fit --seed 180 --per-bin 2 --jsonl fit80.jsonl
+    python benchmarks/complex_group_k_builds.py --arch 90 --ops held-out --seed 290 --per-bin 2 --jsonl held90.jsonl
+    python benchmarks/complex_group_k_builds.py --arch 80 --ops held-out --seed 280 --per-bin 2 --jsonl held80.jsonl
+    python benchmarks/complex_group_k_builds.py --arch 90 --ops check --seed 390 --per-bin 2 --jsonl check90.jsonl
+    python benchmarks/complex_group_k_builds.py --arch 80 --ops check --seed 380 --per-bin 2 --jsonl check80.jsonl
+    python benchmarks/complex_group_k_builds.py --fit fit80.jsonl fit90.jsonl held80.jsonl held90.jsonl \
+        --check check80.jsonl check90.jsonl
+    python benchmarks/complex_group_k_builds.py --score check90.jsonl
+
+The builds are in benchmarks/results/complex-group-k-2026-12-05/.
 
 Nothing here is timed.
 """
@@ -28,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_study import Study, dtype_kind, load, refused_now  # noqa: E402, F401 (the tests read them here)
 
 DTYPES = ["float16", "tf32"]
-BIN = 16  # registers per thread: the width of a sampling bin of `acc + operands`
+BIN = 16  # registers per thread: the width of a sampling bin of `acc + operands` (undoubled)
 OPS = {
     "fit": [
         {"op": "fft", "shape": {"batch": 49152, "n": 4096}, "input": "real"},

@@ -389,3 +389,31 @@ def test_the_two_warp_limits_are_those_the_committed_builds_give():
             caught,
             spills,
         ), name
+
+
+def test_the_complex_several_block_limits_are_those_the_committed_builds_give():
+    """kt's limits for the FFT's complex launches over several blocks with K steps over 32 are `--fit`'s on the
+    committed fit and held-out builds, and kt's legality judges the committed check builds (Triton 3.9 and 3.6)
+    as BENCHMARKS.md says: every spill caught."""
+    from conftest import benchmark_module
+
+    from kt.codegen.blockgemm import COMPLEX_SEVERAL_K_LIMITS
+
+    study = benchmark_module("complex_group_k_builds")
+    runs = ROOT / "benchmarks" / "results" / "complex-group-k-2026-12-05"
+    fitted = study.fitted_limits(study.load(sorted(runs.glob("fit-*")) + sorted(runs.glob("held-out-*"))))
+    sizes = {"16-bit": 2, "tf32": 4}
+    assert {(arch, sizes[kind]): limit for (arch, kind), limit in fitted.items()} == COMPLEX_SEVERAL_K_LIMITS
+    for name, refused_clean, spills in [
+        ("check-sm80-seed380-triton3.9", 29, 4),
+        ("check-sm90-seed390-triton3.9", 41, 19),
+        ("check-sm80-seed380-triton3.6", 23, 10),
+        ("check-sm90-seed390-triton3.6", 47, 13),
+    ]:
+        rows = study.load([runs / f"{name}.jsonl.gz"])
+        refused = [study.refused_now(row) for row in rows]
+        assert sum(r and not row["spilled"] for r, row in zip(refused, rows)) == refused_clean, name
+        assert sum(r and row["spilled"] for r, row in zip(refused, rows)) == sum(
+            row["spilled"] for row in rows
+        )
+        assert sum(row["spilled"] for row in rows) == spills, name

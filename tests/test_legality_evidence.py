@@ -407,3 +407,36 @@ def test_complex_and_fma_two_warp_programs_keep_k_steps_of_32():
     assert block_reason(monarch, small, H100, stages_for(monarch, small)) is None
     reason = block_reason(fma_monarch, small, H100, stages_for(fma_monarch, small))
     assert reason == "K step over 32 in a two-warp program"
+
+
+# The FFT's complex launches over several blocks with K steps over 32 (benchmarks/complex_group_k_builds.py,
+# 2026-12-05, Triton 3.9): refused whatever their size until then; now by a count of the accumulator and twice
+# one K step's operand registers of both planes per thread (`kt.codegen.blockgemm.complex_several_k_reason`)
+def fft(n: int, batch: int, dtype: str, input: str = "complex"):
+    extra = {"dtype": "float32", "precision": "tf32"} if dtype == "tf32" else {"dtype": dtype}
+    return problem_of(op="fft", shape={"batch": batch, "n": n}, input=input, **extra)
+
+
+COMPLEX_SEVERAL_K = [  # (device, problem, config, spilled): builds of the fit and held-out samples
+    # sm_90, 16-bit: 16 + 2 * 64 = 144 over 136 (24 bytes of local memory); 32 + 2 * 48 = 128 clean
+    (H100, fft(1024, 16384, "float16"), BlockGemmConfig(32, 32, 128, 2, 4, 4, split=4, ends=1), True),
+    (H100, fft(4096, 49152, "float16", "real"), BlockGemmConfig(32, 64, 64, 16, 4, 4, split=8), False),
+    # sm_90, tf32: 8 + 2 * 32 = 72 over 64 (8 bytes); 4 + 2 * 24 = 52 clean
+    (H100, fft(1024, 16384, "tf32"), BlockGemmConfig(32, 32, 64, 16, 8, 2, split=64), True),
+    (H100, fft(4096, 49152, "tf32"), BlockGemmConfig(32, 16, 64, 4, 8, 2, split=4, ends=1), False),
+    # sm_80: 16-bit 32 + 2 * 64 = 160 over 152 (544 bytes); tf32 8 + 2 * 64 = 136 over 128 (288 bytes)
+    (A100, fft(4096, 49152, "float16"), BlockGemmConfig(64, 64, 128, 8, 8, 2, split=16, ends=1), True),
+    (A100, fft(1024, 16384, "tf32"), BlockGemmConfig(32, 32, 128, 2, 8, 2, split=8), True),
+]
+
+
+@pytest.mark.parametrize("device, problem, config, spilled", COMPLEX_SEVERAL_K)
+def test_complex_launches_over_several_blocks_with_deep_k_steps_count_their_registers(
+    device, problem, config, spilled
+):
+    reason = block_reason(problem, config, device, stages_for(problem, config))
+    if spilled:
+        assert reason and reason.startswith("accumulator and K-step operand registers over"), (config, reason)
+        assert "in a complex program over several blocks (K step over 32)" in reason
+    else:
+        assert reason is None, (config.key(), reason)

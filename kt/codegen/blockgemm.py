@@ -325,12 +325,37 @@ def illegal_reason(
     why = two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands, planes)
     if why:
         return why
-    # A complex launch that takes several blocks in one flattened loop keeps its four operand tiles live
-    # across the loop: sm_90 builds with K steps of 128 spilled at all 255 registers (FFT fp16
-    # b64n64k128g4w4s3), as the batched 3D dots it replaced did with K steps over 32.
-    if config.group > 1 and is_complex(problem) and config.block_k > 2 * MIN_DOT:
+    return complex_several_k_reason(problem, config, device, acc, threads)
+
+
+# `complex_several_k_reason`: a complex launch (the FFT's) over several blocks with a K step over 32 spills past
+# this count of accumulator registers and twice one K step's operand registers per thread (both planes: the
+# next block's tiles are live beside them), by compute capability (sm_90's for later ones) and operand size
+# (tf32's four-byte elements take a register each). Each is the highest count at which no build of the fit and
+# held-out samples spilled, as the compile stage judges it (2026-12-05, Triton 3.9;
+# `benchmarks/complex_group_k_builds.py`, BENCHMARKS.md). The count is a coarse one: Triton spreads the warps
+# over a tile's rows or columns (warpsPerCTA) as it chooses, and where a tile has fewer rows or columns than
+# its warps take, operands are held in several warps at once; so builds spilled well below counts at which
+# others were clean (sm_90 tf32 b32n32k64g16w8s2 at 72 against clean ones at 224). Until then every such
+# launch was refused for its K step alone, after one sm_90 build spilled (FFT fp16 b64n64k128g4w4s3, at 320).
+COMPLEX_SEVERAL_K_LIMITS = {(90, 2): 136, (90, 4): 64, (80, 2): 152, (80, 4): 128}
+
+
+def complex_several_k_reason(
+    problem: StructuredProblem, config: BlockGemmConfig, device: DeviceProfile, acc: int, threads: int
+) -> str | None:
+    """Why a complex launch over several blocks (GROUP over 1) with a K step over 32 would spill, or None: its
+    accumulator and twice one K step's operand registers of both planes per thread pass
+    `COMPLEX_SEVERAL_K_LIMITS` (by compute capability and operand bytes)."""
+    if config.group == 1 or not is_complex(problem) or config.block_k <= 2 * MIN_DOT:
+        return None
+    size = 4 if problem.precision == "tf32" else itemsize(problem.dtype)
+    limit = COMPLEX_SEVERAL_K_LIMITS[(90 if device.compute_capability >= 90 else 80, size)]
+    operands = 2 * k_step_registers(problem.dtype, config.block_b, config.block_n, config.block_k, threads)
+    if acc + 2 * operands > limit:
         return (
-            f"K step over {2 * MIN_DOT} for complex dots over several blocks (a sampled sm_90 build spilled)"
+            f"accumulator and K-step operand registers over {limit} per thread in a complex program over "
+            f"several blocks (K step over {2 * MIN_DOT})"
         )
     return None
 
