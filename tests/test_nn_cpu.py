@@ -2066,3 +2066,31 @@ def test_a_dense_layers_parameters_are_in_nn_linears_order_so_an_optimizers_stat
         opt.step()
     for (name, mine), (_, theirs) in zip(model.named_parameters(), twin.named_parameters()):
         torch.testing.assert_close(mine, theirs, msg=name)
+
+
+@pytest.mark.parametrize(
+    "make, name, shape, says",
+    [
+        (lambda: knn.LowRankLinear(24, 16, rank=4), "factors.0", (24, 5), "LowRankLinear: factors.0 must have shape (24, 4)"),
+        (lambda: knn.LowRankLinear(24, 16, rank=4), "bias", (15,), "LowRankLinear: bias must have shape (16,)"),
+        (lambda: knn.MonarchLinear(16, 16, nblocks=4), "w2", (4, 4, 3), "MonarchLinear: w2 must have shape (4, 4, 4)"),
+        (lambda: knn.ButterflyLinear(16), "twiddles", (4, 8, 2, 3), "ButterflyLinear: twiddles must have shape (4, 8, 2, 2)"),
+        (lambda: knn.Sum(knn.LowRankLinear(16, 16, rank=2, bias=False), knn.LowRankLinear(16, 16, rank=3, bias=False)),
+         "terms.1.factors.1", (4, 16), "LowRankLinear: factors.1 must have shape (3, 16)"),
+    ],
+)  # fmt: skip
+def test_a_parameter_of_another_shape_through_functional_call_is_named_by_the_layer(make, name, shape, says):
+    """torch.func.functional_call can pass any tensor for a parameter: the kernel's own check named its argument
+    ("kernel: f1 must have shape (64, 8)"), not the layer's factors.0, and a bias of another shape failed in
+    torch's broadcast ("The size of tensor a (32) must match ...")."""
+    layer = make()
+    params = dict(layer.named_parameters())
+    params[name] = torch.randn(*shape)
+    x = torch.randn(3, layer.in_features)
+    with pytest.raises(ValueError) as caught:
+        torch.func.functional_call(layer, params, (x,))
+    assert str(caught.value) == f"{says}, got {shape}"
+    assert torch.func.functional_call(layer, dict(layer.named_parameters()), (x,)).shape == (
+        3,
+        layer.out_features,
+    )

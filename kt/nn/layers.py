@@ -179,8 +179,25 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
     def _check_weights(self) -> None:
         """Refuse weights the op cannot take as they are (a block-sparse layer's: another pattern's indices)."""
 
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape each weight parameter must have, by its name in `named_parameters` (none where the layer
+        checks its own)."""
+        return {}
+
+    def _check_shapes(self) -> None:
+        """Weights and bias of other shapes (torch.func.functional_call can pass any) are refused by the
+        parameter's name: the kernel's own check named its argument (`kernel: f1 must have shape ...`), not
+        `factors.0`, and a bias of another shape failed in torch's broadcast."""
+        want = {**self._shapes(), **({"bias": (self.out_features,)} if self.bias is not None else {})}
+        for name, tensor in self.named_parameters():
+            if name in want and tuple(tensor.shape) != want[name]:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} must have shape {want[name]}, got {tuple(tensor.shape)}"
+                )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(type(self).__name__, x, self.in_features)
+        self._check_shapes()
         self._check_weights()
         dtype = autocast_dtype(x)
         if dtype is not None:  # torch.autocast: as nn.Linear does, the op runs on a copy of x in its dtype
@@ -394,6 +411,9 @@ class LowRankLinear(_KtLinear):
 
     def _weights(self) -> list[torch.Tensor]:
         return list(self.factors)
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"factors.{i}": (a, b) for i, (a, b) in enumerate(zip(self.dims, self.dims[1:]))}
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
@@ -797,6 +817,7 @@ class Sum(_KtLinear):
     def _check_weights(self) -> None:
         _check_terms(self.terms, changed=True)
         for term in self.terms:
+            term._check_shapes()
             term._check_weights()
 
     def _stale(self) -> bool:
@@ -829,8 +850,16 @@ class MonarchLinear(_KtLinear):
         q = r = p
         self.w1 = nn.Parameter(torch.empty(k, q, p, **self._factory))
         self.w2 = nn.Parameter(torch.empty(l, s, r, **self._factory))
+        self.nblocks = nblocks
         self.reset_parameters()
         self._refresh()
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        k = self.__dict__.get("nblocks")  # not in a layer pickled by an earlier kt
+        if k is None:
+            return {}
+        p, s = self.in_features // k, self.out_features // k
+        return {"w1": (k, p, p), "w2": (k, s, p)}
 
     def reset_parameters(self) -> None:
         for w in (self.w1, self.w2):  # each block keeps its input's scale, like nn.Linear per product
@@ -946,3 +975,6 @@ class ButterflyLinear(_KtLinear):
 
     def _weights(self) -> list[torch.Tensor]:
         return [self.twiddles]
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"twiddles": (self.in_features.bit_length() - 1, self.in_features // 2, 2, 2)}
