@@ -2094,3 +2094,40 @@ def test_a_parameter_of_another_shape_through_functional_call_is_named_by_the_la
         3,
         layer.out_features,
     )
+
+
+def _first_call_in_a_child(layer, x):
+    return layer(x).shape
+
+
+def test_a_child_forked_while_another_thread_selects_a_kernel_makes_its_own_first_call():
+    """A fork (a DataLoader worker, a fork Pool) while another thread held kt.nn's selection lock left the
+    child's lock held by a thread it does not have: the child's first call of a layer waited forever. Here a
+    thread holds the lock across the fork, as a slow selection (an interpreted artifact's import, a GPU's
+    compile checks) does."""
+    import multiprocessing
+    import threading
+
+    from kt.nn import selection
+
+    layer = knn.LowRankLinear(24, 16, rank=4)  # never called here: the child makes the first call
+    held, release = threading.Event(), threading.Event()
+
+    def select_slowly():
+        with selection._SELECTING:
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=select_slowly)
+    thread.start()
+    held.wait(10)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(_first_call_in_a_child, (layer, torch.randn(3, 24)))
+            try:
+                assert child.get(timeout=60) == (3, 16)
+            finally:
+                pool.terminate()
+    finally:
+        release.set()
+        thread.join()

@@ -232,6 +232,16 @@ _SHIPPED: dict[tuple, Any] = {}  # (file, its mtime and size, profile key) -> th
 _SHIPPED_LOCK = threading.Lock()  # ops tuned at once load it once between them, not once each
 
 
+def _shipped_lock_in_child() -> None:
+    """A forked child's own lock, free: a fork while another thread loaded a shipped forest under it (seconds)
+    left the child's held by a thread it does not have, and its first load waited forever."""
+    global _SHIPPED_LOCK
+    _SHIPPED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_shipped_lock_in_child)
+
+
 def _load_shipped(path: Path, profile: DeviceProfile):
     """kt's own model for `profile`, loaded once per process (kt.nn builds a kernel per layer and bucket; a
     model never changes once loaded: refits wrap it in a CorrectedModel)."""

@@ -26,6 +26,7 @@ import collections
 import functools
 import json
 import math
+import os
 import pickle
 import sys
 import threading
@@ -723,6 +724,15 @@ _CHECKED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
 # an entry for each block-sparse layer's indices (`BlockSparseLinear._check_weights`), and as_op's weights
 _CHECKED_SIZE = 4096
 _CHECKED_LOCK = threading.Lock()
+
+
+def _checked_lock_in_child() -> None:
+    """A forked child's own lock, free (a fork while another thread held it left the child's held forever)."""
+    global _CHECKED_LOCK
+    _CHECKED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_checked_lock_in_child)
 
 
 def _same_pattern(layout: str, grid: tuple[int, int], crow: torch.Tensor, col: torch.Tensor) -> bool:

@@ -345,6 +345,20 @@ _SELECTING = threading.Lock()  # guards _SELECTING_KEY
 _SELECTING_KEY: dict[tuple, threading.RLock] = {}  # held while a key's kernel is selected (`kernel_for`)
 
 
+def _selection_locks_in_child() -> None:
+    """A forked child's own selection locks, all free: a child forked while another thread was selecting a
+    kernel (a DataLoader worker or a fork Pool started beside a layer's first call) inherited that key's lock,
+    held by a thread it does not have, and its own first call of the layer waited forever. The parent's
+    selection under way is not the child's: the child selects for itself. (Taking the locks across the fork,
+    as kt.codegen.emit does for its own, would make a fork wait out a selection's compile checks, and could
+    deadlock with the import lock a selection takes inside.)"""
+    global _SELECTING, _SELECTING_KEY
+    _SELECTING, _SELECTING_KEY = threading.Lock(), {}
+
+
+os.register_at_fork(after_in_child=_selection_locks_in_child)
+
+
 def _foreign_pin(name: str) -> None:
     """Warn once that an op's pinned kernel is not this process's, and what runs instead."""
     if name in _FOREIGN_PINS:
