@@ -202,8 +202,18 @@ def build(
         data = dict(config) if isinstance(config, Mapping) else config.to_dict()
         try:
             config = family.config_type.from_dict(data)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise SpecError("config", str(exc).removeprefix("config: ").removeprefix("config.")) from None
+        except TypeError:  # a field without a default left out: as op.yaml's tune.configs say it (not the
+            # dataclass's "__init__() missing 2 required positional arguments")
+            import dataclasses
+
+            from kt.axes import missing_fields
+
+            names = [f.name for f in dataclasses.fields(family.config_type)]
+            raise SpecError(
+                "config", missing_fields(family.name, names, data) or "fields of another kind"
+            ) from None
     if not isinstance(config, family.config_type):
         raise SpecError(
             "config",
@@ -455,7 +465,7 @@ def collect(
     if backend == "auto" and not torch.cuda.is_available():
         raise DeviceError(
             "collect measures runtimes and needs a CUDA GPU; this machine has none "
-            '(backend="interpret", or --backend interpret, sweeps correctness only)'
+            f"({option('backend', 'interpret')} checks correctness only, timing nothing)"
         )
     options.setdefault("baseline", False)  # the cost model's data: PyTorch's path is no config of the space
     if sample is None:

@@ -1,5 +1,6 @@
 """The errors kt raises for things a user can fix. Each carries one line that names the field."""
 
+import re
 import reprlib
 
 _SHORT = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
@@ -10,8 +11,9 @@ _SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfr
 def shown(value) -> str:
     """`repr(value)` cut short (nested containers at most two levels and four items deep, long strings and
     numbers elided): how an error message quotes what a user gave, whatever its size. YAML aliases can make a
-    300-byte file a value whose whole repr takes gigabytes."""
-    return _SHORT.repr(value)
+    300-byte file a value whose whole repr takes gigabytes. On one line: a numpy array's repr breaks its rows over
+    several."""
+    return re.sub(r"\n\s*", " ", _SHORT.repr(value))  # a str's repr escapes its own line breaks
 
 
 # Whether kt's command line is running a command (kt.cli sets it): how an error names an argument (`option`)

@@ -23,7 +23,7 @@ import yaml
 from kt.axes import check_op_configs, check_op_space
 from kt.device import BUILTIN
 from kt.dtypes import DTYPES, itemsize
-from kt.errors import SpecError, shown
+from kt.errors import SpecError, on_command_line, shown
 
 OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum", "blocksparse_grad")
 SUM_TERMS = ("blocksparse", "lowrank")  # the ops a sum's terms may be
@@ -275,7 +275,11 @@ def load_spec(path: str | os.PathLike) -> OpSpec:
         raise SpecError(
             "",
             f"describes {len(specs)} ops (a list of shapes or batches, or several YAML documents): "
-            "`kt tune` and kt.load_specs() read them all, this reads one",
+            + (
+                "this command takes one; give each op a file of its own (`kt tune` takes them all)"
+                if on_command_line()
+                else "kt.load_spec reads one; kt.load_specs reads them all"
+            ),
             source=str(path),
         )
     return specs[0]

@@ -425,3 +425,20 @@ def test_the_python_api_names_its_arguments_where_the_command_line_names_its_fla
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 2 and done.stderr.strip() == says, done.stderr
+
+
+def test_api_arguments_of_the_wrong_form_are_named_in_one_line(tmp_path):
+    """A config mapping missing fields gave the dataclass's "__init__() missing 2 required positional arguments",
+    a list as strategy "unhashable type: 'list'", kt.load(None) named no argument, and kt.collect without a GPU
+    spoke of backend="interpret" and --backend interpret at once."""
+    with pytest.raises(
+        kt.SpecError, match=r"^config: missing block_n, block_k \(a gemm config has block_m, "
+    ):
+        kt.build(SPEC, config={"block_m": 16})
+    with pytest.raises(kt.SpecError, match=r"^strategy: \['guided'\] is not supported; allowed: guided, "):
+        kt.plan(SPEC, strategy=["guided"])
+    with pytest.raises(kt.ArtifactError, match=r"^path: expected an artifact folder's path"):
+        kt.load(None)
+    if not torch.cuda.is_available():
+        with pytest.raises(kt.DeviceError, match=r"has none \(backend='interpret' checks correctness only"):
+            kt.collect(SPEC, db=tmp_path / "t.db")

@@ -56,8 +56,12 @@ def test_a_file_of_several_ops_is_refused_by_commands_that_take_one(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"kt: error: {path}: describes 2 ops (a list of shapes or batches, or several YAML documents): "
-        "`kt tune` and kt.load_specs() read them all, this reads one"
+        "this command takes one; give each op a file of its own (`kt tune` takes them all)"
     ]
+    with pytest.raises(
+        kt.SpecError, match=r"describes 2 ops .*: kt.load_spec reads one; kt.load_specs reads"
+    ):
+        kt.load_spec(path)
 
 
 def _interpreted(spec, tmp_path, **options):

@@ -1350,7 +1350,7 @@ def test_a_sum_whose_term_is_replaced_runs_the_new_terms_op(monkeypatch, interpr
 
 def test_a_0d_input_is_named_not_an_index_error():
     for layer in (knn.DenseLinear(4, 4), knn.FFT(4)):
-        with pytest.raises(ValueError, match="x is a 0-d tensor, expected 4"):
+        with pytest.raises(ValueError, match="x is a 0-d tensor; expected 4 features in its last dim"):
             layer(torch.tensor(1.0))
     kernel = kt.build(kt.parse_spec({"op": "dense", "shape": {"m": 4, "n": 4, "k": 4}, "dtype": "float32"}))
     with pytest.raises(ValueError, match="x is a 0-d tensor"):
@@ -2131,3 +2131,38 @@ def test_a_child_forked_while_another_thread_selects_a_kernel_makes_its_own_firs
     finally:
         release.set()
         thread.join()
+
+
+@pytest.mark.parametrize(
+    "make, error, says",
+    [
+        (lambda: knn.DenseLinear(8, 8, dtype="float16"), TypeError,
+         "DenseLinear: dtype must be a torch.dtype (torch.float16, torch.bfloat16, torch.float32), got 'float16' (str)"),
+        (lambda: knn.DenseLinear(8, 8, dtype=torch.float64), TypeError,
+         "DenseLinear: dtype torch.float64 is not one that kt's kernels take; allowed: torch.float16, "
+         "torch.bfloat16, torch.float32"),
+        (lambda: knn.FFT(8, dtype="float16"), ValueError,
+         "FFT: dtype must be torch.float32 or torch.float16, got 'float16' (str)"),
+        (lambda: knn.FFT(8, input=np.array([1, 2])), ValueError,
+         "FFT: input must be 'complex' or 'real', got array([1, 2])"),
+        (lambda: knn.LowRankLinear.from_dense(torch.nn.Linear(8, 8), rank=9), ValueError,
+         "LowRankLinear.from_dense: rank=9 must be an integer in 1..8 for a 8x8 weight"),
+        (lambda: knn.BlockSparseLinear.from_dense(torch.nn.Linear(8, 8), block=(3, 3), density=0.5), ValueError,
+         "BlockSparseLinear.from_dense: block 3x3 does not divide the weight shape (8, 8)"),
+        (lambda: knn.DenseLinear(2**25, 1), ValueError, "DenseLinear: in_features must be at most 16777216, got 33554432"),
+        (lambda: knn.DenseLinear(np.array([[8, 8], [8, 8]]), 8), ValueError,
+         "DenseLinear: in_features must be a positive integer, got array([[8, 8], [8, 8]])"),
+        (lambda: knn.Sum(1, 2), ValueError, "Sum: term 0 is an int; a Sum takes BlockSparseLinear / LowRankLinear terms"),
+        (lambda: knn.use_artifacts(["a"]), TypeError,
+         "kt.nn.use_artifacts: each folder must be a path (str or os.PathLike), got list; pass folders as separate "
+         "arguments, use_artifacts(*folders)"),
+    ],
+)  # fmt: skip
+def test_a_layers_bad_argument_is_one_line_naming_it_and_what_is_allowed(make, error, says):
+    """A dtype given by name was refused as "dtype float16 is not one that kt's kernels take; use float16, ...";
+    from_dense named kt.ir's functions (truncated_svd, prune_blocks); 2**25 features allocated 8 GiB before any
+    check, 10**30 gave torch's TypeError; a numpy array printed over several lines; "a int"; a list of folders
+    gave os.fspath's TypeError."""
+    with pytest.raises(error) as caught:
+        make()
+    assert str(caught.value) == says

@@ -209,7 +209,9 @@ def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(SpecError, match="two.yaml: document 2: shape: is required"):
         load_spec(write(tmp_path, "op: dense\nshape: {m: 1, n: 2, k: 3}\n---\nop: dense\n", "two.yaml"))
     two = "op: dense\nshape: {m: 1, n: 2, k: 3}\n---\nop: dense\nshape: {m: 4, n: 2, k: 3}\n"
-    with pytest.raises(SpecError, match=r"describes 2 ops .* `kt tune` and kt.load_specs\(\) read them all"):
+    with pytest.raises(
+        SpecError, match=r"describes 2 ops .*: kt.load_spec reads one; kt.load_specs reads them all"
+    ):
         load_spec(write(tmp_path, two, "two.yaml"))
     with pytest.raises(SpecError, match="empty.yaml: is empty"):
         load_spec(write(tmp_path, "# nothing\n", "empty.yaml"))

@@ -47,7 +47,7 @@ KEPT = ".kt-kept"  # in a `<name>.prev/` that kt made: what it may replace with 
 def _artifact_path(path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
         raise ArtifactError(
-            f"expected an artifact folder's path (a str or os.PathLike), got {type(path).__name__}"
+            f"path: expected an artifact folder's path (a str or os.PathLike), got {type(path).__name__}"
         )
     if not os.fspath(path):  # Path("") is the working folder
         raise ArtifactError("expected an artifact folder's path, got an empty one")

@@ -39,6 +39,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from kt.costmodel.prediction import Prediction
+from kt.errors import shown
 
 FAILING = (
     0.5  # a candidate the model gives this chance of failing or more is not proposed while others remain
@@ -308,8 +309,8 @@ def make_strategy(strategy: str | SearchStrategy) -> SearchStrategy:
     once shared one object, resetting each other's history and round sizes."""
     if isinstance(strategy, SearchStrategy):
         return copy.deepcopy(strategy)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy: {strategy!r} is not supported; allowed: {', '.join(STRATEGIES)}")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:  # a list: "unhashable type: 'list'"
+        raise ValueError(f"strategy: {shown(strategy)} is not supported; allowed: {', '.join(STRATEGIES)}")
     return STRATEGIES[strategy]()
 
 

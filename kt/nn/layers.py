@@ -21,19 +21,31 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
+from kt.errors import shown
 from kt.nn.functional import _rows, _same_pattern, apply, check_planar, op_text
 from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
 from kt.spec import MAX_DIM, MAX_TERMS, SpecError, check_seed
 
 
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
-    """kt's name of `dtype`, or a TypeError naming the dtypes kt's kernels take."""
+    """kt's name of `dtype`, or a TypeError naming the dtypes kt's kernels take (a dtype given by name, "float16",
+    was refused as "not one that kt's kernels take; use float16, ...")."""
+    allowed = ", ".join(f"torch.{name}" for name in DTYPES)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"{who}: dtype must be a torch.dtype ({allowed}), got {shown(dtype)} ({type(dtype).__name__})"
+        )
     try:
         return dtype_name(dtype)
     except KeyError:
         raise TypeError(
-            f"{who}: dtype {dtype} is not one that kt's kernels take; use {', '.join(DTYPES)}"
+            f"{who}: dtype {dtype} is not one that kt's kernels take; allowed: {allowed}"
         ) from None
+
+
+def _a(noun: str) -> str:
+    """`noun` with its article: "an int", "a float"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _takes(dtype: torch.dtype) -> bool:
@@ -49,7 +61,11 @@ def _count(value: Any, name: str, who: str) -> int:
     """A positive integer argument (numpy's included), or a ValueError naming it: 0, -4, 4.0 or True reached
     torch or numpy (a ZeroDivisionError, "empty() takes 1 positional argument")."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{who}: {name} must be a positive integer, got {shown(value)}")
+    if (
+        value > MAX_DIM
+    ):  # before any tensor is made (2**25 features took 8 GiB first, 10**30 a torch TypeError)
+        raise ValueError(f"{who}: {name} must be at most {MAX_DIM}, got {value}")
     return int(value)
 
 
@@ -59,7 +75,7 @@ def _check_features(who: str, x: torch.Tensor, expected: int) -> None:
         raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != expected:
         got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
-        raise ValueError(f"{who}: x {got}, expected {expected}")
+        raise ValueError(f"{who}: x {got}; expected {expected} features in its last dim")
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -421,7 +437,10 @@ class LowRankLinear(_KtLinear):
         cls._linear(linear)
         from kt.ir.projections import truncated_svd
 
-        f1, f2 = truncated_svd(linear.weight.detach(), rank)
+        try:
+            f1, f2 = truncated_svd(linear.weight.detach(), rank)
+        except ValueError as exc:  # named kt.ir's function, which the caller never called
+            raise ValueError(f"LowRankLinear.from_dense: {str(exc).partition(': ')[2]}") from None
         size, dense = (
             rank * (linear.in_features + linear.out_features),
             linear.in_features * linear.out_features,
@@ -674,7 +693,10 @@ class BlockSparseLinear(_KtLinear):
                 "BlockSparseLinear.from_dense: the nn.Linear is on the meta device (no values to prune by); "
                 "load its weights first, or build BlockSparseLinear(..., density=...) or (mask=...) on meta"
             )
-        pruned = prune_blocks(linear.weight.detach(), block, density)
+        try:
+            pruned = prune_blocks(linear.weight.detach(), block, density)
+        except ValueError as exc:  # named kt.ir's function, which the caller never called
+            raise ValueError(f"BlockSparseLinear.from_dense: {str(exc).partition(': ')[2]}") from None
         return cls._from_linear(linear, block, mask=layout_mask(pruned), weights={"values": pruned.values()})
 
     def extra_repr(self) -> str:
@@ -733,7 +755,7 @@ def _check_terms(terms, changed: bool = False) -> None:
     for i, t in enumerate(terms):
         if not isinstance(t, (BlockSparseLinear, LowRankLinear)):
             raise ValueError(
-                f"Sum: term {i} is a {type(t).__name__}{after}; a Sum takes BlockSparseLinear / LowRankLinear terms"
+                f"Sum: term {i} is {_a(type(t).__name__)}{after}; a Sum takes BlockSparseLinear / LowRankLinear terms"
             )
         if t.bias is not None:
             raise ValueError(
@@ -901,10 +923,11 @@ class FFT(_NoTorchScript, nn.Module):
 
     def __init__(self, n: int, dtype: torch.dtype = torch.float32, input: str = "complex"):
         super().__init__()
-        if dtype not in (torch.float32, torch.float16):
-            raise ValueError(f"FFT: dtype must be torch.float32 or torch.float16, got {dtype}")
-        if input not in ("complex", "real"):
-            raise ValueError(f"FFT: input must be 'complex' or 'real', got {input!r}")
+        if not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float16):
+            got = dtype if isinstance(dtype, torch.dtype) else f"{shown(dtype)} ({type(dtype).__name__})"
+            raise ValueError(f"FFT: dtype must be torch.float32 or torch.float16, got {got}")
+        if not isinstance(input, str) or input not in ("complex", "real"):
+            raise ValueError(f"FFT: input must be 'complex' or 'real', got {shown(input)}")
         n = _count(n, "n", "FFT")
         if not 2 <= n <= MAX_DIM:
             raise ValueError(f"FFT: n must be an integer from 2 to {MAX_DIM}, got {n}")

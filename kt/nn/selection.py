@@ -189,6 +189,12 @@ def bucket(rows: int) -> int:
 def use_artifacts(*directories: str | os.PathLike) -> None:
     """Also look for tuned kernels in these directories (each holding `kt tune --out` artifacts). A directory
     that does not exist is a FileNotFoundError (a typo would otherwise leave every layer on the cost model)."""
+    for directory in directories:  # a list or None gave os.fspath's TypeError, naming neither
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                f"kt.nn.use_artifacts: each folder must be a path (str or os.PathLike), got "
+                f"{type(directory).__name__}; pass folders as separate arguments, use_artifacts(*folders)"
+            )
     # absolute now: a relative folder is the caller's, not that of whatever cwd a later forward runs in
     paths = [Path(directory).absolute() for directory in directories]
     for path in paths:
