@@ -90,16 +90,51 @@ def refused_now(row: dict) -> bool:
     raise SystemExit(f"{row['problem']}: not a problem of {row['spec']['name']} (the ops changed)")
 
 
-def load(paths) -> list[dict]:
+class BuildsError(Exception):
+    """A file given to --score, --fit or --check that is not JSON lines of a study's builds."""
+
+    def __init__(self, path, why: str):
+        super().__init__(f"{str(path)!r} is not a file of builds ({why})")
+        self.path = path
+
+
+def load(paths, fields=("status",)) -> list[dict]:
     """The builds of --jsonl files, gzipped ones too (benchmarks/results/*-k-2026-12-05/); a build that did not
-    compile clean (refused: spills) is `spilled`."""
+    compile clean (refused: spills) is `spilled`. A file that is not JSON lines of objects with every field of
+    `fields` raises BuildsError (it was a JSONDecodeError or KeyError traceback)."""
+    import zlib
+
     rows = []
     for path in paths:
-        with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as lines:
-            rows += [json.loads(line) for line in lines]
+        try:
+            with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as lines:
+                found = [json.loads(line) for line in lines]
+        except json.JSONDecodeError as exc:
+            raise BuildsError(path, f"a line that is not JSON: {exc.msg}") from None
+        except UnicodeDecodeError:
+            raise BuildsError(path, "not text") from None
+        except (OSError, EOFError, zlib.error) as exc:  # a gzip cut short, or not gzip
+            raise BuildsError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        if not all(isinstance(row, dict) for row in found):
+            raise BuildsError(path, "a line that is not a JSON object")
+        missing = [field for field in fields if any(field not in row for row in found)]
+        if missing:
+            raise BuildsError(path, f"lines without {', '.join(missing)}")
+        rows += found
     for row in rows:
         row["spilled"] = row["status"] != "ok"
     return rows
+
+
+def checked_load(parser, args, fields=("status",)) -> None:
+    """Every --score, --fit and --check file of `args` read once before the work, a BuildsError refused in one
+    line naming its option (`parser.error`)."""
+    for flag in ("--score", "--fit", "--check"):
+        paths = getattr(args, flag.removeprefix("--"), None)
+        try:
+            load(paths or (), fields)
+        except BuildsError as exc:
+            parser.error(f"{flag}: {exc}")
 
 
 def highest_clean_limit(rows: list[dict], count: Callable[[dict], int]) -> int:
@@ -228,6 +263,7 @@ class Study:
         missing = missing_files([*(args.score or args.fit or ()), *(args.check or ())])
         if missing:
             parser.error(f"{missing} not found")
+        checked_load(parser, args, ("arch", "status", "spec", "config", "acc", "operands", "precision"))
         if args.score:
             self.score(load(args.score))
             return 0

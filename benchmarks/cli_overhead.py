@@ -1,6 +1,7 @@
 """How long kt makes a user wait on the CPU: start-up of the CLI and of `import kt`, and the README's `kt tune`.
 
-Each row runs a fresh process (wall clock, the median of `--repeats` runs). The tunes write into a new database
+Each row runs a fresh process (wall clock, the median of `--repeats` runs; the warm `--budget 1` tune at most 3,
+and the two cold tunes and the 64-config warm tune one run each). The tunes write into a new database
 and artifact folder each time, so every config is checked again, and run with a new kt cache folder ("cold": a
 new user's first tune, which compiles every config for sm_90 and reads the shipped cost model with skops) and
 then with that folder again ("warm": Triton's compile cache and kt's model cache filled).
@@ -63,7 +64,12 @@ def cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs per row (the tunes: 3 at most)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="runs per row (the warm --budget 1 tune: 3 at most; the cold tunes and the 64-config warm tune: one)",
+    )
     parser.add_argument("--skip-full", action="store_true", help="leave out the 64-config tune")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -90,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as cold:
             rows.append(("`kt tune examples/dense.yaml` (64 configs), cold cache", tune(None, 1, cold), ""))
             rows.append(("the same, warm cache", tune(None, 1, cold), ""))
+    from kt.autotune.figures import command_line  # every option given (--repeats was dropped)
+
     print(f"\n{cpu_name()}, Python {sys.version.split()[0]}, {datetime.now(timezone.utc).date().isoformat()}, "
-          f"`python benchmarks/cli_overhead.py{' --skip-full' if args.skip_full else ''}`\n")  # fmt: skip
+          f"`{command_line('benchmarks/cli_overhead.py', argv)}`\n")  # fmt: skip
     print("| what | wall s | beyond `import torch` s |")
     print("|---|---|---|")
     for what, seconds, note in rows:

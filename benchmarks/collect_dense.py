@@ -75,10 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", default=",".join(DTYPES), help=f"comma-separated, from {', '.join(DTYPES)}"
     )
     parser.add_argument(
-        "--target-ms", type=float, default=DEFAULT_TIMING.target_ms, help="timed runs per config"
+        "--target-ms",
+        type=float,
+        default=None,
+        help=f"timed runs per config (default {DEFAULT_TIMING.target_ms}; not used by --backend interpret)",
     )
     parser.add_argument(
-        "--energy-s", type=float, default=DEFAULT_TIMING.energy_s, help="energy loop (0: none)"
+        "--energy-s",
+        type=float,
+        default=None,
+        help=f"energy loop (0: none; default {DEFAULT_TIMING.energy_s}; not used by --backend interpret)",
     )
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one config may take")
@@ -87,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = args.dtypes.split(",")
     if not set(dtypes) <= set(DTYPES) or (args.sample is not None and args.sample < 1):
         parser.error(f"--dtypes must be from {', '.join(DTYPES)} and --sample at least 1")
-    if not args.target_ms > 0 or not args.energy_s >= 0:  # nan fails both
+    given = [
+        flag
+        for flag, value in (("--target-ms", args.target_ms), ("--energy-s", args.energy_s))
+        if value is not None
+    ]
+    target_ms = DEFAULT_TIMING.target_ms if args.target_ms is None else args.target_ms
+    energy_s = DEFAULT_TIMING.energy_s if args.energy_s is None else args.energy_s
+    if not target_ms > 0 or not energy_s >= 0:  # nan fails both
         parser.error("--target-ms must be > 0 and --energy-s >= 0")
     if args.limit is not None and args.limit < 1:  # a negative slice ran all but the last shapes
         parser.error(f"--limit: {args.limit} shapes; give 1 or more")
@@ -95,7 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--timeout: {args.timeout} s; give a number of seconds from 1 to 86400")
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers: {args.workers}; give 1 or more")
-    timing = TimingSettings(target_ms=args.target_ms, energy_s=args.energy_s)
+    if args.backend == "interpret":  # the interpreter checks configs and times nothing: no timing to pass
+        timed = {}
+        if given:
+            print(
+                f"collect_dense: {' and '.join(given)} not used by the interpret backend: nothing is timed "
+                "without a GPU",
+                file=sys.stderr,
+            )
+    else:
+        timed = {"timing": TimingSettings(target_ms=target_ms, energy_s=energy_s)}
     suite = [(shape, dtype) for shape in SHAPES[: args.limit] for dtype in dtypes]
     started = time.monotonic()
     try:
@@ -110,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 progress=False,
                 timeout_s=args.timeout,
-                timing=timing,
+                **timed,
             )
             ok = sum(r["status"] == "ok" for r in session.rows)
             print(

@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"costmodel_kt_rows: --data: {args.data} is not a file", file=sys.stderr)
         return 2
+    from kt.errors import DatabaseError
+
     started = time.perf_counter()
-    lines, _ = score(args.data)
+    try:
+        lines, _ = score(args.data)
+    except DatabaseError as exc:  # not a tuning database or a `kt export` CSV: one line, not a traceback
+        parser.error(f"--data: {str(exc).removeprefix('data: ')}")
     print("\n".join(lines))
     print(f"scored {args.data} in {time.perf_counter() - started:.1f} s")
     return 0

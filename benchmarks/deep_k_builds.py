@@ -32,6 +32,10 @@ import os
 import random
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_study import checked_load  # noqa: E402
 
 DTYPES = ["float16", "bfloat16", "tf32"]
 DENSE = {
@@ -155,12 +159,15 @@ def refused_now(row: dict) -> bool:
     return illegal_config(family, problem, config, profile) is not None
 
 
+FIELDS = ("arch", "status", "spec", "config", "acc", "warps", "per_thread", "wgmma")  # what --score reads
+
+
 def load(paths) -> list[dict]:
-    rows = []
-    for path in paths:
-        with open(path) as lines:
-            rows += [json.loads(line) for line in lines]
-    return rows
+    """The builds of --jsonl files, gzipped ones too (build_study.load: a build that did not compile clean is
+    `spilled`; a file that is not JSON lines of builds with every field of FIELDS raises BuildsError)."""
+    from build_study import load as load_builds
+
+    return load_builds(paths, FIELDS)
 
 
 def score(rows: list[dict]) -> None:
@@ -221,6 +228,7 @@ def main(argv=None) -> int:
         missing = [path for path in args.score if not os.path.isfile(path)]
         if missing:
             parser.error(f"--score: {missing[0]!r} not found")
+        checked_load(parser, args, FIELDS)
         score(load(args.score))
         return 0
     if args.per_group < 1:

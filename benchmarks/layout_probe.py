@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run the cases whose name contains this text")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
+    if not any(args.only in name for name in CASES):
+        parser.error(f"--only {args.only!r} matches no case (cases: {', '.join(CASES)})")
     check_outputs(parser, {"--csv": args.csv}, [])
     import torch
 

@@ -223,7 +223,7 @@ def bench(case: Case, budget: int, device: str = "cuda") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="run the layers whose name contains this text")
     parser.add_argument("--budget", type=int, default=32, help="configs to measure per kernel (0: no tuning)")
     parser.add_argument("--db", default=None, help="tuning database the layers read and the tunes write")

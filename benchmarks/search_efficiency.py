@@ -40,6 +40,11 @@ from kt.errors import KtError
 from kt.ir.problems import GemmProblem
 
 STRATEGIES = ("guided", "guided-analytic", "random")
+TILED_COLUMNS = ("M", "N", "K", "Tile Size", "Execution Time")  # what --gpperf-tiled reads of each row
+
+
+class DataError(Exception):
+    """The --gpperf-tiled file is not GPPerf's execution_times_all.csv."""
 
 
 def tiled_sweeps(path: Path) -> list[Sweep]:
@@ -49,10 +54,21 @@ def tiled_sweeps(path: Path) -> list[Sweep]:
     mapped onto kt's config fields as block_m = block_n = block_k = TILE, TILE*TILE/32 warps, one stage.
     """
     shapes: dict[tuple[int, int, int], list[tuple[int, float]]] = defaultdict(list)
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            key = (int(row["M"]), int(row["N"]), int(row["K"]))
-            shapes[key].append((int(row["Tile Size"]), float(row["Execution Time"])))
+    name = f"{str(path)!r} is not GPPerf's execution_times_all.csv"
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [column for column in TILED_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:  # the other GPPerf CSVs raised KeyError: 'Tile Size'
+                raise DataError(f"{name} (no {', '.join(missing)} column)")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    key = (int(row["M"]), int(row["N"]), int(row["K"]))
+                    shapes[key].append((int(row["Tile Size"]), float(row["Execution Time"])))
+                except (TypeError, ValueError) as exc:
+                    raise DataError(f"{str(path)!r} line {line}: {exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{name} ({exc})") from None
     sweeps = []
     for (m, n, k), points in sorted(shapes.items()):
         problem = GemmProblem(m, n, k, dtype="float32")
@@ -135,7 +151,7 @@ def summarise(results: list[dict], fractions: list[float]) -> dict[tuple[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data", type=Path, help="kt tuning DB or `kt export` CSV holding exhaustive GPU sweeps"
@@ -168,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--gpperf-tiled: {str(args.gpperf_tiled)!r} not found")
             from gpperf_costmodel import RTX4070
 
-            device, sweeps, gpu = RTX4070, tiled_sweeps(args.gpperf_tiled), "NVIDIA GeForce RTX 4070 (GPPerf)"
+            try:
+                sweeps = tiled_sweeps(args.gpperf_tiled)
+            except DataError as exc:
+                parser.error(f"--gpperf-tiled: {exc}")
+            device, gpu = RTX4070, "NVIDIA GeForce RTX 4070 (GPPerf)"
         else:
             rows = read_rows(args.data)
             sweeps = sweeps_from_rows(rows, args.min_configs)

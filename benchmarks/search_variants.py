@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 
-from kt.autotune.figures import end_line
+from kt.autotune.figures import check_outputs, end_line
 from kt.autotune.replay import parameter_forest, replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
 from kt.autotune.spaces import TuningSpace, _numeric, encode, load_kernel_tuner, varying
@@ -321,20 +321,39 @@ def seeds_of(text: str) -> list[int]:
     return list(range(int(lo), int(hi or lo) + 1))
 
 
-def read(path: Path) -> list[dict]:
+FIELDS = ("space", "variant", "budget", "seed", "score")  # what a run's line holds (and --compare reads)
+
+
+def read(path: Path, parser: argparse.ArgumentParser | None = None) -> list[dict]:
+    """The runs of a --jsonl file (none where it does not exist); a line cut short by a crash is skipped, and a
+    file that is not this script's JSON lines is refused in one line (through `parser`'s error, exit 2)."""
+
+    def refuse(why: str):
+        message = f"--jsonl: {path} is not this script's JSON lines ({why})"
+        if parser is not None:
+            parser.error(message)
+        sys.exit(f"search_variants: error: {message}")
+
     if not path.is_file():
         return []
     rows = []
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        sys.exit(f"search_variants: error: --jsonl: {path} is not this script's JSON lines (not text)")
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash: that run is simply redone
-                continue
+        refuse("not text")
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash: that run is simply redone
+            continue
+        if not isinstance(row, dict) or any(field not in row for field in FIELDS):
+            refuse(
+                f"a line without {', '.join(f for f in FIELDS if not isinstance(row, dict) or f not in row)}"
+            )
+        rows.append(row)
+    if lines and not rows:
+        refuse("no line is JSON")
     return rows
 
 
@@ -388,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error).split(": invalid literal")[0])
     if not budgets or min(budgets) < 1:  # -5 was run, and stored as a score of 0
         parser.error(f"--budgets: {args.budgets!r}; give counts of evaluations of 1 or more")
+    if args.jobs < 1:  # -4 ran as 1
+        parser.error(f"--jobs: {args.jobs}; give 1 or more")
+    check_outputs(parser, {"--jsonl": args.jsonl})
     if args.held_out is not None:
         known = {**HELD_OUT, **LATER_HELD_OUT}
         paths = {name: args.held_out / rel for name, rel in known.items()}
@@ -405,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no space found: {', '.join(str(paths[name]) for name in missing)}")
     for name in missing:
         print(f"skip {name}: {paths[name]} not found", file=sys.stderr)
-    done = {(r["space"], r["variant"], r["budget"], r["seed"]) for r in read(args.jsonl)}
+    done = {(r["space"], r["variant"], r["budget"], r["seed"]) for r in read(args.jsonl, parser)}
     jobs = [
         (name, str(path), variant, budget, seed)
         for name, path in paths.items()
@@ -418,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     if jobs:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         end_line(args.jsonl)  # a line cut short by a killed run is not continued by the next
-        with Pool(max(1, args.jobs)) as pool, args.jsonl.open("a") as handle:
+        with Pool(args.jobs) as pool, args.jsonl.open("a") as handle:
             for i, row in enumerate(pool.imap_unordered(run, jobs), 1):
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
@@ -428,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
     if args.compare:
-        runs = read(args.jsonl)
+        runs = read(args.jsonl, parser)
         if not runs:  # a mistyped path printed an empty table, exit 0
             parser.error(
                 f"--compare: {args.jsonl} holds no runs" + ("" if args.jsonl.is_file() else " (not found)")

@@ -153,21 +153,29 @@ def check_budgets(parser, text: str) -> list[str]:
     return list(dict.fromkeys(labels))  # a label given twice would run (and count) every repeat twice
 
 
-def read_done(path: Path | None) -> list[dict]:
-    """The runs of an earlier --csv (a rerun skips them); a row cut short (a run killed mid-write) is left out,
-    and a file that is not this script's CSV is refused in one line."""
+def read_done(
+    path: Path | None, flag: str = "--csv", parser: argparse.ArgumentParser | None = None
+) -> list[dict]:
+    """The runs of an earlier --csv (a rerun skips them) or of `flag`'s file; a row cut short (a run killed
+    mid-write) is left out, and a file that is not this script's CSV is refused in one line naming `flag`
+    (through `parser`'s error, exit 2, when given)."""
+
+    def refuse(why: str):
+        message = f"{flag}: {path} is not this script's CSV ({why})"
+        if parser is not None:
+            parser.error(message)
+        sys.exit(f"search_vs_tuners: error: {message}")
+
     if path is None or not path.is_file():
         return []
     try:
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames != COLUMNS:
-                sys.exit(
-                    f"search_vs_tuners: error: --csv: {path} is not this script's CSV (columns {COLUMNS})"
-                )
+                refuse(f"columns {COLUMNS}")
             return [row for row in reader if all(row.get(column) not in (None, "") for column in COLUMNS)]
     except (UnicodeDecodeError, csv.Error) as exc:
-        sys.exit(f"search_vs_tuners: error: --csv: {path} is not this script's CSV ({exc})")
+        refuse(str(exc))
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
@@ -355,12 +363,17 @@ def main(argv: list[str] | None = None) -> int:
         "--later", action="store_true", help="with --held-out: the later held-out spaces (LATER_HELD_OUT)"
     )
     parser.add_argument("--budgets", default="25,100,5%", help="evaluations, or a percentage of the space")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="runs of each strategy per space and budget (default 20; 0: run nothing, tabulate --csv)",
+    )
     parser.add_argument(
         "--slow-repeats",
         type=int,
         default=5,
-        help=f"repeats for {SLOW[0]} (26 s per run at 100 evaluations here) and for "
+        help=f"repeats (0 or more) for {SLOW[0]} (26 s per run at 100 evaluations here) and for "
         f"{', '.join(SLOW[1:])} at budgets over 200 (a minute per run)",
     )
     parser.add_argument("--strategies", default=None, help="comma-separated subset (default: all available)")
@@ -392,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         help="print kt guided against kt guided in CSV (before a change), paired on space, budget and seed",
     )
     args = parser.parse_args(argv)
+    for flag, value, zero in (
+        ("--repeats", args.repeats, "run nothing, tabulate --csv"),
+        ("--slow-repeats", args.slow_repeats, "run none of the slow strategies"),
+    ):
+        if value < 0:  # range() of a negative count ran nothing and exited 0
+            parser.error(f"{flag}: {value}; give 0 ({zero}) or more")
     if args.against is not None and not args.against.is_file():
         parser.error(f"--against: {args.against} is not a file")
     hub = LATER_HELD_OUT if args.later else HELD_OUT
@@ -412,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     budgets = check_budgets(parser, args.budgets)
     check_outputs(parser, {"--csv": args.csv}, [args.against])
-    done = read_done(args.csv)
+    before = read_done(args.against, "--against", parser) if args.against is not None else None
+    done = read_done(args.csv, "--csv", parser)
     have = {(r["space"], r["strategy"], r["budget_label"], int(r["repeat"])) for r in done}
     rows = list(done)
     handle = writer = None
@@ -498,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.overall:
         print(overall(rows, budgets))
     if args.against is not None:
-        print(paired(rows, read_done(args.against), budgets))
+        print(paired(rows, before, budgets))
     return 0
 
 

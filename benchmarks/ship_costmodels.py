@@ -116,12 +116,19 @@ def ship(key: str, args) -> Path:
                 f"log-MSE {scores[(leaf, mf)]:.4f} ({time.monotonic() - t1:.0f} s)",
                 flush=True,
             )
+    if not scores:  # min() of an empty grid was a traceback after the probe fits
+        from kt.errors import KtError
+
+        raise KtError(
+            f"--cap-mib {args.cap_mib:g} / --max-trees {args.max_trees}: no combination of the grid fits 4 trees "
+            "(see the lines above); give a larger --cap-mib or --max-trees"
+        )
     leaf, mf = min(scores, key=scores.get)
     trees = sizes[(leaf, mf)]
     origin = f"PyTorch Inductor max-autotune logs ({ORIGIN}: {', '.join(n + '.txt.gz' for n in names)})"
     model = ForestModel(device, trees, leaf, mf, args.seed).fit(records, source=origin, baseline=baseline)
     if key == "h100" and args.figures:
-        figures = json.loads(args.figures.read_text())
+        figures = args.figures_read
         evaluation = {
             "how": "benchmarks/costmodel_h100.py: h100_mm held out by shape in 5 folds, trained on the other "
             "folds plus h100_timm_train_mm, 100 trees, hyperparameters chosen inside the training folds",
@@ -165,16 +172,53 @@ def ship(key: str, args) -> Path:
     return path
 
 
+def read_figures(parser, path: Path) -> dict:
+    """costmodel_h100.py's --json output, checked before the fits (a missing or malformed file was a traceback
+    after minutes of them)."""
+    try:
+        figures = json.loads(path.read_text())
+        results = figures["results"]
+        for name in ("kt forest", "cublas forest"):
+            {k: float(v) for k, v in results[name].items()}
+    except OSError as exc:
+        parser.error(f"--figures: {str(path)!r} cannot be read ({exc.strerror or exc})")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parser.error(f"--figures: {str(path)!r} is not JSON ({exc})")
+    except (KeyError, TypeError, AttributeError, ValueError):
+        parser.error(
+            f"--figures: {str(path)!r} is not costmodel_h100.py's --json output (no results of 'kt forest' and "
+            "'cublas forest' with numeric figures)"
+        )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, default=MODELS_DIR)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=MODELS_DIR,
+        help="folder to write h100.skops and a100.skops to (default: the shipped models folder, "
+        "kt/costmodel/models/, whose files it overwrites)",
+    )
     parser.add_argument("--figures", type=Path, default=None, help="costmodel_h100.py --json output")
     parser.add_argument("--only", choices=sorted(FILES), default=None)
-    parser.add_argument("--cap-mib", type=float, default=20.0)
-    parser.add_argument("--max-trees", type=int, default=100)
+    parser.add_argument(
+        "--cap-mib", type=float, default=20.0, help="size cap of each file in MiB (default 20)"
+    )
+    parser.add_argument(
+        "--max-trees", type=int, default=100, help="most trees per forest, 4 or more (default 100)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.cap_mib > 0:  # nan fails too
+        parser.error(f"--cap-mib: {args.cap_mib}; give a size in MiB above 0")
+    if args.max_trees < 4:  # a fit of fewer trees is skipped: every one was, then min() of nothing
+        parser.error(f"--max-trees: {args.max_trees}; give 4 or more")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {str(args.out)!r} is not a folder")
+    args.figures_read = read_figures(parser, args.figures) if args.figures is not None else None
     from kt.errors import KtError
 
     try:

@@ -95,7 +95,7 @@ def _print(case: str, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="run the cases whose name contains this text")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--csv", type=Path, default=None)
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         help="no GPU: 24 rows each through the dry run (checks, times nothing)",
     )
     args = parser.parse_args(argv)
+    if not any(args.only in name for name in CASES):
+        parser.error(f"--only {args.only!r} matches no case (cases: {', '.join(CASES)})")
     check_outputs(parser, {"--csv": args.csv}, [])
     import torch
 

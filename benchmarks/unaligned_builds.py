@@ -44,6 +44,9 @@ import random
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_study import checked_load  # noqa: E402
+
 FIT_SHAPES = [
     (4096, 4104, 4096),
     (256, 4100, 1000),
@@ -140,14 +143,15 @@ def fma_refused(problem, device) -> list:
     ]
 
 
+FIELDS = ("arch", "status", "shape", "config", "acc", "a_tile", "b_tile")  # what --score and --fit read
+
+
 def load(paths) -> list[dict]:
-    rows = []
-    for path in paths:
-        with open(path) as lines:
-            rows += [json.loads(line) for line in lines]
-    for row in rows:
-        row["spilled"] = row["status"] != "ok"
-    return rows
+    """The builds of --jsonl files, gzipped ones too (build_study.load: a build that did not compile clean is
+    `spilled`; a file that is not JSON lines of builds with every field of FIELDS raises BuildsError)."""
+    from build_study import load as load_builds
+
+    return load_builds(paths, FIELDS)
 
 
 def weighted(wa: float, wb: float, limit: float):
@@ -282,6 +286,7 @@ def main(argv=None) -> int:
     for path in [*(args.score or args.fit or ()), *(args.check or ())]:
         if not Path(path).is_file():
             parser.error(f"{path!r} not found")
+    checked_load(parser, args, FIELDS)  # each file read before the work
     if args.score:
         score(args.score)
     elif args.fit:
