@@ -263,7 +263,9 @@ class Study:
         missing = missing_files([*(args.score or args.fit or ()), *(args.check or ())])
         if missing:
             parser.error(f"{missing} not found")
-        checked_load(parser, args, ("arch", "status", "spec", "config", "acc", "operands", "precision"))
+        checked_load(
+            parser, args, ("arch", "status", "spec", "family", "config", "acc", "operands", "precision")
+        )
         if args.score:
             self.score(load(args.score))
             return 0

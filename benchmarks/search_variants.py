@@ -325,8 +325,8 @@ FIELDS = ("space", "variant", "budget", "seed", "score")  # what a run's line ho
 
 
 def read(path: Path, parser: argparse.ArgumentParser | None = None) -> list[dict]:
-    """The runs of a --jsonl file (none where it does not exist); a line cut short by a crash is skipped, and a
-    file that is not this script's JSON lines is refused in one line (through `parser`'s error, exit 2)."""
+    """The runs of a --jsonl file (none where it does not exist); its last line cut short by a crash is skipped,
+    and a file that is not this script's JSON lines is refused in one line (through `parser`'s error, exit 2)."""
 
     def refuse(why: str):
         message = f"--jsonl: {path} is not this script's JSON lines ({why})"
@@ -342,18 +342,18 @@ def read(path: Path, parser: argparse.ArgumentParser | None = None) -> list[dict
     except UnicodeDecodeError:
         refuse("not text")
     lines = [line for line in text.splitlines() if line.strip()]
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash: that run is simply redone
-            continue
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, cut short by a crash: that run is simply redone
+                continue
+            refuse(f"line {number} is not JSON")
         if not isinstance(row, dict) or any(field not in row for field in FIELDS):
             refuse(
                 f"a line without {', '.join(f for f in FIELDS if not isinstance(row, dict) or f not in row)}"
             )
         rows.append(row)
-    if lines and not rows:
-        refuse("no line is JSON")
     return rows
 
 

@@ -167,7 +167,7 @@ class BenchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"seconds", "status", "note"}
-    interrupted: str = ""  # the part a Ctrl-C or SIGTERM stopped ("" when the run was not stopped)
+    interrupted: str = ""  # the part a Ctrl-C, SIGTERM or SIGHUP stopped ("" when the run was not stopped)
 
     @property
     def report(self) -> Path:
@@ -780,7 +780,7 @@ def _interruption(result: BenchResult) -> list[str]:
     never = [part for part, info in result.parts.items() if info["status"] == "not run"]
     where = f"the {result.interrupted} part" if result.interrupted in result.parts else result.interrupted
     return [
-        f"- **interrupted** (Ctrl-C or SIGTERM) during {where}: this report holds only what finished before; "
+        f"- **interrupted** (Ctrl-C, SIGTERM or SIGHUP) during {where}: this report holds only what finished before; "
         + (f"never ran: {', '.join(never)}" if never else "every part had started")
         + ". Rows and cases missing below were not reached, not failed."
     ]

@@ -98,18 +98,29 @@ class _Terminated(KeyboardInterrupt):
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
+_STOPPED: list[int] = []  # the signal that stopped the running command (`_terminate`), if one did
+
+
 def _terminate(signum, frame) -> None:
     # a second signal must not cut the cleanup short (a no-op, not SIG_IGN, which workers started now would keep)
     for each in _TERMINATING:
         if signal.getsignal(each) is _terminate:
             signal.signal(each, lambda *_: None)
+    _STOPPED.append(signum)
     raise _Terminated(signum)
 
 
 def _said(line: str) -> None:
-    """`line` on stderr, where a hung-up terminal (EIO) or a closed one may no longer take it."""
-    with contextlib.suppress(OSError, ValueError):
+    """`line` on stderr, where a hung-up terminal (EIO) or a closed one may no longer take it: then stdout and
+    stderr are pointed at /dev/null, so that the interpreter's last flush of them cannot fail too (exit 120).
+    rich turns a broken pipe into SystemExit(1) (`Console.on_broken_pipe`)."""
+    try:
         err.print(line)
+    except (OSError, ValueError, SystemExit):
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                os.dup2(null, fd)
 
 
 class _Group(click.Group):
@@ -130,6 +141,25 @@ class _Group(click.Group):
         import kt.errors
 
         on_command_line, kt.errors._command_line = kt.errors._command_line, True
+        _STOPPED.clear()
+        try:
+            return self._run(args, kwargs)
+        except BaseException as exc:
+            # stopped by a signal, then what click or kt wrote to a terminal already gone failed (EIO, a broken
+            # pipe), and that error took the signal's place: a hung-up kt exited 1 with a traceback's attempt
+            code = 128 + _STOPPED[0] if _STOPPED else None
+            if code is not None and not (isinstance(exc, SystemExit) and exc.code == code):
+                kept = INTERRUPTED.get(self._command(args, kwargs), "")
+                _said(f"kt: terminated ({signal.Signals(_STOPPED[0]).name}){kept}")
+                sys.exit(code)
+            raise
+        finally:
+            kt.errors._command_line = on_command_line
+            for signum, handler in before.items():  # None: a handler set outside Python
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def _run(self, args, kwargs):
+        """click's main, every error it lets out said in one line with its exit code."""
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except KtError as exc:
@@ -162,10 +192,6 @@ class _Group(click.Group):
         except click.ClickException as exc:
             err.print(f"kt: error: {exc.format_message()}", style="red")
             sys.exit(exc.exit_code)
-        finally:
-            kt.errors._command_line = on_command_line
-            for signum, handler in before.items():  # None: a handler set outside Python
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def _command(self, args, kwargs) -> str | None:
         """The subcommand on the command line (click's own context is gone once the exception is out)."""

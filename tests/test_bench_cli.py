@@ -601,7 +601,7 @@ def test_a_bench_stopped_by_ctrl_c_says_so_in_its_report_and_names_the_parts_tha
     assert stderr.strip().splitlines()[-1].startswith("kt: interrupted; the report in its --out folder")
     header = (out / "report.md").read_text().split("## Quick tunes")[0]
     said = re.search(
-        r"^- \*\*interrupted\*\* \(Ctrl-C or SIGTERM\) during the (\w+) part: (.*)$", header, re.M
+        r"^- \*\*interrupted\*\* \(Ctrl-C, SIGTERM or SIGHUP\) during the (\w+) part: (.*)$", header, re.M
     )
     assert said, header
     stopped = said.group(1)
@@ -644,7 +644,7 @@ def test_a_bench_stopped_as_its_workers_start_writes_the_report_it_says_it_wrote
     with pytest.raises(KeyboardInterrupt):
         bench.run_bench(out, smoke=True, progress=False)
     report = (out / "report.md").read_text()
-    assert "**interrupted** (Ctrl-C or SIGTERM) during the workers' start or shutdown" in report
+    assert "**interrupted** (Ctrl-C, SIGTERM or SIGHUP) during the workers' start or shutdown" in report
     assert "never ran: smoke, tunes, collect" in report
     with open(out / "results.csv", newline="") as handle:
         header = next(csv.reader(handle))
@@ -774,7 +774,7 @@ def test_the_source_distribution_holds_what_the_readme_points_to_and_kts_version
     root = Path(__file__).resolve().parents[1]
     source = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("kt", "examples", "docs", "tests"):
+    for name in ("kt", "examples", "docs", "tests", "benchmarks"):
         shutil.copytree(root / name, source / name, ignore=ignore)
     for name in ("README.md", "BENCHMARKS.md", "pyproject.toml", "MANIFEST.in"):
         shutil.copy(root / name, source / name)

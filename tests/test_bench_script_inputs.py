@@ -82,7 +82,10 @@ def cases(tmp: Path) -> list[tuple[list, str]]:
             ["search_variants.py", "--jsonl", tmp / "other.jsonl", "--compare"],
             "a line without space, variant",
         ),
-        (["search_variants.py", "--jsonl", tmp / "wrong.csv", "--compare"], "JSON lines (no line is JSON)"),
+        (
+            ["search_variants.py", "--jsonl", tmp / "wrong.csv", "--compare"],
+            "JSON lines (line 1 is not JSON)",
+        ),
         (
             ["search_variants.py", "--jsonl", tmp / "folder", "--variants", "base", "--seeds", "1"],
             "--jsonl: '" + str(tmp / "folder") + "' is a folder",
@@ -234,3 +237,20 @@ def test_the_build_scripts_score_a_gzipped_file_as_the_plain_one(tmp_path):
     )
     assert plain.returncode == zipped.returncode == 0, zipped.stderr
     assert "2 builds" in plain.stdout and zipped.stdout == plain.stdout.replace("b.jsonl", "b.jsonl.gz")
+
+
+def test_search_variants_skips_a_last_line_cut_short_by_a_crash_and_refuses_an_earlier_one(tmp_path):
+    """Its resume reads the runs so far: a run's line cut short by a kill is the last one, and is redone; a
+    line cut short before others is no file of this script's."""
+    from conftest import benchmark_module
+
+    study = benchmark_module("search_variants")
+    row = '{"space": "s", "variant": "base", "budget": 25, "seed": 1, "score": 0.9}'
+    path = tmp_path / "runs.jsonl"
+    path.write_text(f'{row}\n{{"space": "s", "vari\n')
+    assert [r["score"] for r in study.read(path)] == [0.9]
+    path.write_text(f'{{"space": "s", "vari\n{row}\n')
+    with pytest.raises(SystemExit, match=r"line 1 is not JSON"):
+        study.read(path)
+    path.write_text('{"space": "s", "vari\n')  # the first run's line, cut: nothing to resume from
+    assert study.read(path) == []

@@ -789,6 +789,70 @@ def test_a_closed_terminal_sighup_stops_a_tune_like_sigterm_and_its_workers_leav
     assert count("SELECT count(*) FROM measurements WHERE status != 'ok'") == 0
 
 
+@pytest.mark.parametrize("terminal", ["gone", "ignored"])
+def test_sighup_on_a_terminal_that_is_gone_still_exits_129_and_under_nohup_is_ignored(tmp_path, terminal):
+    """A tune writing to a terminal (a pty) that has gone away when SIGHUP comes: what click then writes fails
+    (EIO) and took the signal's place, exit 1. kt now exits 129, its claims released. Under nohup (SIGHUP
+    ignored) the hangup is ignored and the tune goes on to its end."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    spec = tmp_path / "op.yaml"
+    budget = 40 if terminal == "gone" else 2
+    spec.write_text(
+        f"op: dense\nname: w\ndtype: float32\nshape: {{m: 128, n: 128, k: 128}}\ntune: {{budget: {budget}}}\n"
+    )
+    db = tmp_path / "t.db"
+    master, slave = os.openpty()
+
+    def ignore_hangup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kt", "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
+         "--workers", "1"],
+        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=ignore_hangup if terminal == "ignored" else None,
+    )  # fmt: skip
+    os.close(slave)
+
+    def count(query: str) -> int:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+                return connection.execute(query).fetchone()[0]
+        except sqlite3.Error:  # not made yet
+            return 0
+
+    def drain() -> None:  # the terminal's reader, until it goes away
+        import select
+
+        while select.select([master], [], [], 0)[0]:
+            try:
+                os.read(master, 65536)
+            except OSError:
+                return
+
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline and not count("SELECT count(*) FROM claims"):
+        drain()
+        time.sleep(0.1)
+    assert child.poll() is None, "the tune finished before it could be stopped"
+    if terminal == "gone":
+        os.close(master)  # the terminal goes away: writes to it fail with EIO
+    os.killpg(child.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline:
+        if terminal == "ignored":
+            drain()
+        time.sleep(0.1)
+    if terminal == "ignored":
+        os.close(master)
+    assert child.wait(timeout=10) == (128 + signal.SIGHUP if terminal == "gone" else 0)
+    assert count("SELECT count(*) FROM claims") == 0
+
+
 def test_sigterm_during_an_artifact_save_still_keeps_the_replaced_artifact_as_prev(tmp_path):
     """SIGTERM between the exchange and the rename (as Ctrl-C in test_frictions) killed kt outright: the replaced
     artifact was left in a hidden `.same.tmp-*` folder, no `same.prev` was made, and later saves never cleaned

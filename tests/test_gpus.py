@@ -87,13 +87,13 @@ def test_gpus_are_numbered_after_cuda_visible_devices(machine):
     machine([H100, H100, H100, H100], visible="2,3")
     (slot,) = gpuinfo.machine_gpus([1])
     assert (slot.index, slot.visible, slot.info.uuid) == (1, "3", "GPU-30000000-aaaa")
-    with pytest.raises(DeviceError, match=r"gpus: GPU 2 is not visible here; allowed: 0 to 1"):
+    with pytest.raises(DeviceError, match=r"^gpus: GPU 2 is not visible here; allowed: 0 to 1"):
         gpuinfo.machine_gpus([2])
 
 
 def test_gpus_of_two_models_are_refused_with_each_named(machine):
     machine([H100, PCIE])
-    with pytest.raises(DeviceError, match=r"gpus: GPUs 0 \(NVIDIA H100 80GB HBM3\), 1 \(NVIDIA H100 PCIe\)"):
+    with pytest.raises(DeviceError, match=r"^gpus: GPUs 0 \(NVIDIA H100 80GB HBM3\), 1 \(NVIDIA H100 PCIe\)"):
         gpuinfo.machine_gpus([0, 1])
     assert [s.index for s in gpuinfo.machine_gpus([1])] == [1]
 

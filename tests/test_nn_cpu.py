@@ -2100,30 +2100,40 @@ def _first_call_in_a_child(layer, x):
     return layer(x).shape
 
 
-def test_a_child_forked_while_another_thread_selects_a_kernel_makes_its_own_first_call():
-    """A fork (a DataLoader worker, a fork Pool) while another thread held kt.nn's selection lock left the
-    child's lock held by a thread it does not have: the child's first call of a layer waited forever. Here a
-    thread holds the lock across the fork, as a slow selection (an interpreted artifact's import, a GPU's
-    compile checks) does."""
+def test_a_child_forked_while_another_thread_selects_a_kernel_makes_its_own_first_call(monkeypatch):
+    """A fork (a DataLoader worker, a fork Pool) while another thread selected a layer's kernel left the child
+    with that key's selection lock held by a thread it does not have: the child's first call of the layer
+    waited forever. Here the other thread's selection of the same layer is held up inside the lock (as an
+    interpreted artifact's import or a GPU's compile checks hold it), and the child calls the layer."""
     import multiprocessing
+    import os
     import threading
 
     from kt.nn import selection
 
-    layer = knn.LowRankLinear(24, 16, rank=4)  # never called here: the child makes the first call
-    held, release = threading.Event(), threading.Event()
+    layer = knn.LowRankLinear(24, 16, rank=4)  # never called before: its key's first selection
+    x = torch.randn(3, 24)
+    parent, held, release = os.getpid(), threading.Event(), threading.Event()
+    real = selection._pytorch_kernel  # what a first call on CPU tensors selects, inside its key's lock
 
-    def select_slowly():
-        with selection._SELECTING:
+    def slow_in_the_parent(*args, **kwargs):  # the child inherits the patch, and passes through
+        if os.getpid() == parent:
             held.set()
             release.wait(60)
+        return real(*args, **kwargs)
 
-    thread = threading.Thread(target=select_slowly)
+    monkeypatch.setattr(selection, "_pytorch_kernel", slow_in_the_parent)
+    thread = threading.Thread(target=layer, args=(x,))
     thread.start()
-    held.wait(10)
     try:
+        assert held.wait(30), "the thread did not reach the selection"
+        free = [lock.acquire(blocking=False) for lock in selection._SELECTING_KEY.values()]
+        assert not all(free), "no selection lock is held across the fork"
+        for lock, taken in zip(selection._SELECTING_KEY.values(), free):
+            if taken:
+                lock.release()
         with multiprocessing.get_context("fork").Pool(1) as pool:
-            child = pool.apply_async(_first_call_in_a_child, (layer, torch.randn(3, 24)))
+            child = pool.apply_async(_first_call_in_a_child, (layer, x))
             try:
                 assert child.get(timeout=60) == (3, 16)
             finally:
