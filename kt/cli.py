@@ -28,7 +28,7 @@ from rich.text import Text
 
 import kt  # its heavy parts (torch, scikit-learn) load when a command first uses them
 from kt.autotune.database import STATUSES, check_data, check_file, named  # the standard library only
-from kt.errors import DatabaseError, KtError, counted
+from kt.errors import DatabaseError, KtError, command_line, counted
 from kt.files import (
     DATA_HINT,
     INSPECT_HINT,
@@ -138,12 +138,10 @@ class _Group(click.Group):
                 current = signal.getsignal(signum)
                 if signum == signal.SIGTERM or current is not signal.SIG_IGN:
                     before[signum] = signal.signal(signum, _terminate)
-        import kt.errors
-
-        on_command_line, kt.errors._command_line = kt.errors._command_line, True
         _STOPPED.clear()
         try:
-            return self._run(args, kwargs)
+            with command_line():
+                return self._run(args, kwargs)
         except BaseException as exc:
             # stopped by a signal, then what click or kt wrote to a terminal already gone failed (EIO, a broken
             # pipe), and that error took the signal's place: a hung-up kt exited 1 with a traceback's attempt
@@ -154,7 +152,6 @@ class _Group(click.Group):
                 sys.exit(code)
             raise
         finally:
-            kt.errors._command_line = on_command_line
             for signum, handler in before.items():  # None: a handler set outside Python
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 

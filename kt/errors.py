@@ -1,5 +1,6 @@
 """The errors kt raises for things a user can fix. Each carries one line that names the field."""
 
+import contextlib
 import re
 import reprlib
 
@@ -26,6 +27,17 @@ def option(name: str, value=None) -> str:
     if _command_line:
         return f"--{name.replace('_', '-')}" + ("" if value is None else f" {value}")
     return name + ("" if value is None else f"={value!r}")
+
+
+@contextlib.contextmanager
+def command_line():
+    """While kt's CLI runs a command: errors name options as its flags (`option`)."""
+    global _command_line
+    before, _command_line = _command_line, True
+    try:
+        yield
+    finally:
+        _command_line = before
 
 
 def on_command_line() -> bool:
