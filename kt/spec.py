@@ -312,6 +312,8 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "'\\t'" in problem:  # PyYAML's "found character '\t' that cannot start any token"
+            problem += " (YAML indents with spaces, not tabs)"
         raise SpecError("", f"not valid YAML{where}: {problem}", source=str(path)) from None
     except UnicodeDecodeError as exc:
         raise SpecError("", f"is not UTF-8 text (byte {exc.start} is not)", source=str(path)) from None
@@ -417,12 +419,8 @@ COMMON_KEYS = ("op", "name", "dtype", "shape", "precision", "device", "tune")
 TOP_KEYS = (*COMMON_KEYS, "layout", "input", "sparsity", "terms", "transposed")  # with some ops' own
 
 
-def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
-    if not isinstance(data, Mapping):
-        raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
-    if "op" not in data:  # a misspelt `op` (Op, ops) is named as an unknown key, with the fix
-        _keys(data, "", allowed=TOP_KEYS)
-    op = _choice(data.get("op"), "op", OPS, required=True)
+def _top_keys(op: str) -> tuple[str, ...]:
+    """The top-level keys an op of kind `op` takes."""
     allowed = COMMON_KEYS
     allowed += {
         "dense": ("layout",),
@@ -435,6 +433,22 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
         allowed += ("transposed",)
     if op == "sum":
         allowed = tuple(key for key in allowed if key != "shape")
+    return allowed
+
+
+def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
+    if not isinstance(data, Mapping):
+        raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
+    if "op" not in data:  # a misspelt `op` (Op, ops) is named as an unknown key, with the fix
+        _keys(data, "", allowed=TOP_KEYS)
+    op = _choice(data.get("op"), "op", OPS, required=True)
+    allowed = _top_keys(op)
+    for key in data:  # a key of other ops: "unknown key" read as a typo (sparsity: on a dense op)
+        if key in TOP_KEYS and key not in allowed:
+            owners = [other for other in OPS if key in _top_keys(other)]
+            raise SpecError(
+                key, f"applies to {', '.join(owners)} ops only (op is {op}); allowed: {', '.join(allowed)}"
+            )
     _keys(data, "", allowed=allowed)
     dtype = _choice(data.get("dtype", "float16"), "dtype", FFT_DTYPES if op == "fft" else DTYPES)
     precision = _choice(data.get("precision", "ieee"), "precision", PRECISIONS)

@@ -680,7 +680,7 @@ SPEC_ERRORS = [
     (
         {"op": "lowrank", "shape": {"batch": 8, "dims": [64, 4, 96]}, "sparsity": {}},
         "sparsity",
-        "unknown key",
+        "applies to blocksparse, blocksparse_grad ops only (op is lowrank)",
     ),
     ({"op": "sum", "terms": [BSR_TERM_SPEC]}, "terms", "2 to 8 terms"),
     ({"op": "sum", "terms": BSR_TERM_SPEC}, "terms", "2 to 8 terms"),
@@ -728,7 +728,11 @@ SPEC_ERRORS = [
         "terms[1].sparsity.density",
         "in (0, 1]",
     ),
-    ({"op": "sum", "terms": [BSR_TERM_SPEC, LOWRANK_TERM_SPEC], "shape": LINEAR}, "shape", "unknown key"),
+    (
+        {"op": "sum", "terms": [BSR_TERM_SPEC, LOWRANK_TERM_SPEC], "shape": LINEAR},
+        "shape",
+        "ops only (op is sum)",
+    ),
 ]
 
 

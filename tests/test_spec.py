@@ -539,3 +539,23 @@ def test_written_yaml_reads_back_as_it_was(tmp_path):
     path = tmp_path / "back.yaml"
     path.write_text(dump_yaml([spec.to_dict() for spec in specs]))
     assert [s.name for s in load_specs(path)] == ["1e3", "0100", "1_0", "0x1f"]
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("op: dense\nshape: {m: 8, n: 8, k: 8}\nsparsity: {block: [4, 4], density: 0.5}\n",
+         "sparsity: applies to blocksparse, blocksparse_grad ops only (op is dense); allowed: op, name, dtype, "
+         "shape, precision, device, tune, layout"),
+        ("op: dense\nshape:\n\tm: 8\n", "not valid YAML (line 3, column 1): found character '\\t' that cannot start "
+         "any token (YAML indents with spaces, not tabs)"),
+    ],
+)  # fmt: skip
+def test_a_key_of_other_ops_and_a_tab_say_what_is_wrong(tmp_path, text, says):
+    """`sparsity:` on a dense op was an "unknown key", read as a typo of a key that exists; a tab gave PyYAML's
+    words alone."""
+    path = tmp_path / "op.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: {says}"

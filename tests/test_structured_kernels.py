@@ -86,13 +86,17 @@ def test_monarch_square_shorthand_and_general_form():
         (
             {"op": "monarch", "shape": {"batch": 8, "n": 64, "nblocks": 8}, "layout": {"a": "row"}},
             "layout",
-            "unknown key",
+            "applies to dense ops only (op is monarch)",
         ),
         ({"op": "butterfly", "shape": {"batch": 8, "n": 1000}}, "shape.n", "power of two"),
         ({"op": "butterfly", "shape": {"batch": 0, "n": 1024}}, "shape.batch", "from 1"),
         ({"op": "fft", "dtype": "bfloat16", "shape": {"batch": 8, "n": 64}}, "dtype", "float32, float16"),
         ({"op": "fft", "shape": {"batch": 8, "n": 64}, "input": "imaginary"}, "input", "complex, real"),
-        ({"op": "butterfly", "shape": {"batch": 8, "n": 64}, "input": "real"}, "input", "unknown key"),
+        (
+            {"op": "butterfly", "shape": {"batch": 8, "n": 64}, "input": "real"},
+            "input",
+            "applies to fft ops only",
+        ),
         # no split with both blocks up to 1024: one n x n DFT, 32 TiB at 2**21, which kt built and then failed
         (
             {"op": "fft", "shape": {"batch": 1, "n": 2**21}},

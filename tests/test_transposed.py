@@ -86,9 +86,12 @@ def test_transposed_butterfly_spec():
 @pytest.mark.parametrize(
     "data, words",
     [
-        ({"op": "dense", "shape": {"m": 8, "n": 8, "k": 8}, "transposed": True}, "unknown key"),
-        ({"op": "fft", "shape": {"batch": 8, "n": 64}, "transposed": True}, "unknown key"),
-        ({"op": "lowrank", "shape": {"batch": 8, "dims": [16, 4, 16]}, "transposed": False}, "unknown key"),
+        ({"op": "dense", "shape": {"m": 8, "n": 8, "k": 8}, "transposed": True}, "ops only (op is dense)"),
+        ({"op": "fft", "shape": {"batch": 8, "n": 64}, "transposed": True}, "ops only (op is fft)"),
+        (
+            {"op": "lowrank", "shape": {"batch": 8, "dims": [16, 4, 16]}, "transposed": False},
+            "ops only (op is lowrank)",
+        ),
         ({"op": "monarch", "shape": RECT, "transposed": "yes"}, "must be true or false, got 'yes' (str)"),
         ({"op": "monarch", "shape": RECT, "transposed": 1}, "must be true or false"),
         ({"op": "butterfly", "shape": {"batch": 8, "n": 64}, "transposed": None}, "must be true or false"),
