@@ -355,7 +355,8 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "not found"
-        raise ProfileError(f"device profile file {str(path)!r} {what}")
+        make = f" (make one with `kt calibrate --out {path}` on that GPU)" if not path.exists() else ""
+        raise ProfileError(f"device profile file {str(path)!r} {what}{make}")
     try:
         data = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

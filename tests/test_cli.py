@@ -251,7 +251,10 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         ),
         (["tune"], "give OP_YAML files"),
         (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
-        (["predict", EXAMPLE, "--device", "nope.json"], "nope.json"),
+        (
+            ["predict", EXAMPLE, "--device", "nope.json"],
+            "'nope.json' not found (make one with `kt calibrate --out",
+        ),
         (["replay", tmp_path / "none.json", "--budget", "5"], "not found"),
         (["replay", bad, "--budget", "5"], "neither a Kernel Tuner cache"),
         (["replay", EXAMPLE, "--budget", "0"], "budget: '0' is not a count"),
