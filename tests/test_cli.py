@@ -711,11 +711,21 @@ def test_a_ctrl_c_that_breaks_an_import_into_another_error_is_one_line(interrupt
         assert done.returncode == 1 and "ImportError: cannot load module more than once" in done.stderr
 
 
+def _count_in(db, query: str) -> int:
+    """`query`'s count in the database `db`, read-only; 0 before the tune has made it."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.Error:  # not made yet
+        return 0
+
+
 def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_released(tmp_path):
     """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`) had no handler: the tune died with no `kt:` line and
     left its claims in the database (another tune then waited for configs nobody was checking)."""
     import signal
-    import sqlite3
     import time
 
     spec = tmp_path / "op.yaml"
@@ -730,11 +740,7 @@ def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_relea
     )  # fmt: skip
 
     def claims() -> int:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-                return connection.execute("SELECT count(*) FROM claims").fetchone()[0]
-        except sqlite3.Error:  # not made yet
-            return 0
+        return _count_in(db, "SELECT count(*) FROM claims")
 
     deadline = time.monotonic() + 120
     while child.poll() is None and time.monotonic() < deadline and not claims():
@@ -758,7 +764,6 @@ def test_a_closed_terminal_sighup_stops_a_tune_like_sigterm_and_its_workers_leav
     recorded as a crash. The kt process now stops as for SIGTERM, and its workers ignore the hangup."""
     import os
     import signal
-    import sqlite3
     import time
 
     spec = tmp_path / "op.yaml"
@@ -773,11 +778,7 @@ def test_a_closed_terminal_sighup_stops_a_tune_like_sigterm_and_its_workers_leav
     )  # fmt: skip
 
     def count(query: str) -> int:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-                return connection.execute(query).fetchone()[0]
-        except sqlite3.Error:  # not made yet
-            return 0
+        return _count_in(db, query)
 
     deadline = time.monotonic() + 120
     while child.poll() is None and time.monotonic() < deadline and not count("SELECT count(*) FROM claims"):
@@ -799,7 +800,6 @@ def test_sighup_on_a_terminal_that_is_gone_still_exits_129_and_under_nohup_is_ig
     ignored) the hangup is ignored and the tune goes on to its end."""
     import os
     import signal
-    import sqlite3
     import time
 
     spec = tmp_path / "op.yaml"
@@ -822,11 +822,7 @@ def test_sighup_on_a_terminal_that_is_gone_still_exits_129_and_under_nohup_is_ig
     os.close(slave)
 
     def count(query: str) -> int:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-                return connection.execute(query).fetchone()[0]
-        except sqlite3.Error:  # not made yet
-            return 0
+        return _count_in(db, query)
 
     def drain() -> None:  # the terminal's reader, until it goes away
         import select
