@@ -23,9 +23,8 @@ def serve(conn_in, conn_out) -> None:
     unusable."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the kt process's handler: the pool stops us so
-    signal.signal(
-        signal.SIGHUP, signal.SIG_IGN
-    )  # a closed terminal is the kt process's to handle: it stops us
+    # a closed terminal is the kt process's to handle: it stops us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         conn_out.send(("ready", _warm_up()))
     except (BrokenPipeError, OSError):

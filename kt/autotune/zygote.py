@@ -248,9 +248,8 @@ def serve(sock: socket.socket) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the kt process's to handle, and stops it, not us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the kt process's handler, were it forked from it
-    signal.signal(
-        signal.SIGHUP, signal.SIG_IGN
-    )  # a closed terminal is the kt process's to handle: it stops us
+    # a closed terminal is the kt process's to handle: it stops us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for name in PRELOAD:
         importlib.import_module(name)
     if sys.platform.startswith("linux") and _cuda_driver_initialized():

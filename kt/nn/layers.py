@@ -62,9 +62,8 @@ def _count(value: Any, name: str, who: str) -> int:
     torch or numpy (a ZeroDivisionError, "empty() takes 1 positional argument")."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{who}: {name} must be a positive integer, got {shown(value)}")
-    if (
-        value > MAX_DIM
-    ):  # before any tensor is made (2**25 features took 8 GiB first, 10**30 a torch TypeError)
+    # before any tensor is made (2**25 features took 8 GiB first, 10**30 a torch TypeError)
+    if value > MAX_DIM:
         raise ValueError(f"{who}: {name} must be at most {MAX_DIM}, got {value}")
     return int(value)
 
