@@ -1243,6 +1243,17 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         out.print(f"the forest was fitted on {plan.model_origin}")
     if plan.model_note:
         err.print(f"warning: {plan.model_note}", style="yellow")
+    if model is None and plan.model == "analytic" and not os.environ.get("KT_MODELS_DIR"):
+        from kt.costmodel.models import STAND_INS, shipped_model_path
+
+        if shipped_model_path(space_.device) is None:  # "model: analytic" alone did not say why
+            shipped = " and ".join(f"sm_{cc}" for cc in sorted(STAND_INS))
+            out.print(
+                f"note: kt ships forests for {shipped} only, so {space_.device.label} "
+                f"(sm_{space_.device.compute_capability}) is ranked by the analytic model; fit a forest on its "
+                "own rows (`kt collect` on it, then `kt costmodel fit`)",
+                style="yellow",
+            )
     rows = plan.ranked[:top]
     records = [plan.records[i] for i in rows]
     roofline_s, bounds = roofline_and_bound(records, space_.device)

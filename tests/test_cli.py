@@ -1072,3 +1072,33 @@ def test_predict_shows_a_wide_spread_up_and_down_and_says_which_prediction_is_un
     assert (
         f"the baseline forest predicts PyTorch's path at {torch_ms} ms, less than one kernel launch" in text
     )
+
+
+@pytest.mark.shipped_models
+def test_predict_says_why_a_card_of_an_unsampled_architecture_gets_the_analytic_model(tmp_path):
+    """A calibrated sm_86 card got "model: analytic" with no word that kt ships forests for sm_80 and sm_90
+    only, nor how to get one."""
+    import json
+
+    from kt.device import get_profile
+
+    profile = {**get_profile("a100").to_dict(), "name": "rtx3090", "compute_capability": 86}
+    (tmp_path / "rtx.json").write_text(json.dumps(profile))
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: t\ndtype: float16\nshape: {m: 64, n: 64, k: 64}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt", "predict", str(spec), "--device", str(tmp_path / "rtx.json"), "--top", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "model: analytic" in text
+    assert (
+        "note: kt ships forests for sm_80 and sm_90 only, so rtx3090 (sm_86) is ranked by the analytic model"
+        in text
+    )
+    on_h100 = subprocess.run(
+        [sys.executable, "-m", "kt", "predict", str(spec), "--device", "h100", "--top", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "kt ships forests" not in on_h100.stdout
