@@ -330,10 +330,9 @@ def illegal_reason(
 
 # `complex_several_k_reason`: a complex launch (the FFT's) over several blocks with a K step over 32 spills past
 # this count of accumulator registers and twice one K step's operand registers per thread (both planes: the
-# next block's tiles are live beside them), by compute capability (sm_90's from 90 on, sm_80's below it: sm_86 and
-# sm_89 were not sampled) and operand size
-# (tf32's four-byte elements take a register each). Each is the highest count at which no build of the fit and
-# held-out samples spilled, as the compile stage judges it (2026-12-05, Triton 3.9;
+# next block's tiles are live beside them), by compute capability (sm_90's from 90 on, sm_80's below it: sm_86
+# and sm_89 were not sampled) and operand size (tf32's four-byte elements take a register each). Each is the
+# highest count at which no build of the fit and held-out samples spilled, as the compile stage judges it (2026-12-05, Triton 3.9;
 # `benchmarks/complex_group_k_builds.py`, BENCHMARKS.md). The count is a coarse one: Triton spreads the warps
 # over a tile's rows or columns (warpsPerCTA) as it chooses, and where a tile has fewer rows or columns than
 # its warps take, operands are held in several warps at once; so builds spilled well below counts at which

@@ -316,9 +316,8 @@ class ForestModel:
                 f", no power for {self.device.key} (its power forest is {self.fitted_device.key}'s: board limits "
                 f"{limits})"
             )
-        elif not self.predicts_power and t.get(
-            "power_rows"
-        ):  # read, but too few to fit (the fit said nothing)
+        elif not self.predicts_power and t.get("power_rows"):
+            # read, but too few to fit (the fit said nothing)
             power = f", no power (read in {counted(t['power_rows'], 'row')}; a power forest needs {MIN_ROWS})"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (
