@@ -722,31 +722,47 @@ def _count_in(db, query: str) -> int:
         return 0
 
 
+def _signalled_tune(tmp_path, *args, entry="kt", budget=40, workers=1, **popen):
+    """A tune (a 128^3 float32 GEMM, checked in the interpreter) started to be stopped by a signal mid-round:
+    the process and its database. `args`: more options; `popen`: how it is started."""
+    spec = tmp_path / "op.yaml"
+    spec.write_text(
+        f"op: dense\nname: w\ndtype: float32\nshape: {{m: 128, n: 128, k: 128}}\ntune: {{budget: {budget}}}\n"
+    )
+    db = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-m", entry, "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
+         "--workers", str(workers), *args],
+        **popen,
+    )  # fmt: skip
+    return child, db
+
+
+def _await_claims(child, db, tick=lambda: None) -> None:
+    """Wait until the tune has claimed configs (it is checking them), calling `tick` between looks; it must not
+    have ended by then."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline and not _count_in(db, CLAIMS):
+        tick()
+        time.sleep(0.1)
+    assert child.poll() is None, "the tune finished before it could be stopped"
+    assert _count_in(db, CLAIMS), "the tune claimed nothing in time"
+
+
+CLAIMS = "SELECT count(*) FROM claims"
+
+
 def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_released(tmp_path):
     """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`) had no handler: the tune died with no `kt:` line and
     left its claims in the database (another tune then waited for configs nobody was checking)."""
     import signal
-    import time
 
-    spec = tmp_path / "op.yaml"
-    spec.write_text(
-        "op: dense\nname: w\ndtype: float32\nshape: {m: 128, n: 128, k: 128}\ntune: {budget: 40}\n"
+    child, db = _signalled_tune(
+        tmp_path, "--quiet", entry="kt.cli", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    db = tmp_path / "t.db"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "kt.cli", "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
-         "--workers", "1", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-    def claims() -> int:
-        return _count_in(db, "SELECT count(*) FROM claims")
-
-    deadline = time.monotonic() + 120
-    while child.poll() is None and time.monotonic() < deadline and not claims():
-        time.sleep(0.1)
-    assert child.poll() is None, "the tune finished before it could be stopped"
-    assert claims(), "the tune claimed nothing in time"
+    _await_claims(child, db)
     child.send_signal(signal.SIGTERM)  # mid-round: its configs claimed, being checked
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 143, stderr[-2000:]
@@ -755,7 +771,7 @@ def test_sigterm_stops_a_tune_like_ctrl_c_one_line_exit_143_and_its_claims_relea
         "kt: terminated (SIGTERM); every finished measurement is in the database, and running the same command "
         "again resumes where this one stopped"
     )
-    assert claims() == 0
+    assert _count_in(db, CLAIMS) == 0
 
 
 def test_a_closed_terminal_sighup_stops_a_tune_like_sigterm_and_its_workers_leave_no_crash_rows(tmp_path):
@@ -764,33 +780,19 @@ def test_a_closed_terminal_sighup_stops_a_tune_like_sigterm_and_its_workers_leav
     recorded as a crash. The kt process now stops as for SIGTERM, and its workers ignore the hangup."""
     import os
     import signal
-    import time
 
-    spec = tmp_path / "op.yaml"
-    spec.write_text(
-        "op: dense\nname: w\ndtype: float32\nshape: {m: 128, n: 128, k: 128}\ntune: {budget: 40}\n"
-    )
-    db = tmp_path / "t.db"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "kt", "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
-         "--workers", "2", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    child, db = _signalled_tune(
+        tmp_path, "--quiet", workers=2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
-
-    def count(query: str) -> int:
-        return _count_in(db, query)
-
-    deadline = time.monotonic() + 120
-    while child.poll() is None and time.monotonic() < deadline and not count("SELECT count(*) FROM claims"):
-        time.sleep(0.1)
-    assert child.poll() is None, "the tune finished before it could be stopped"
+    _await_claims(child, db)
     os.killpg(child.pid, signal.SIGHUP)  # as a closing terminal does: kt and every worker of its group
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 128 + signal.SIGHUP, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("kt: terminated (SIGHUP); every finished measurement")
-    assert count("SELECT count(*) FROM claims") == 0
-    assert count("SELECT count(*) FROM measurements WHERE status != 'ok'") == 0
+    assert _count_in(db, CLAIMS) == 0
+    assert _count_in(db, "SELECT count(*) FROM measurements WHERE status != 'ok'") == 0
 
 
 @pytest.mark.parametrize("terminal", ["gone", "ignored"])
@@ -799,45 +801,29 @@ def test_sighup_on_a_terminal_that_is_gone_still_exits_129_and_under_nohup_is_ig
     (EIO) and took the signal's place, exit 1. kt now exits 129, its claims released. Under nohup (SIGHUP
     ignored) the hangup is ignored and the tune goes on to its end."""
     import os
+    import select
     import signal
     import time
 
-    spec = tmp_path / "op.yaml"
-    budget = 40 if terminal == "gone" else 2
-    spec.write_text(
-        f"op: dense\nname: w\ndtype: float32\nshape: {{m: 128, n: 128, k: 128}}\ntune: {{budget: {budget}}}\n"
-    )
-    db = tmp_path / "t.db"
     master, slave = os.openpty()
 
     def ignore_hangup():
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    child = subprocess.Popen(
-        [sys.executable, "-m", "kt", "tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(db),
-         "--workers", "1"],
-        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, start_new_session=True,
-        preexec_fn=ignore_hangup if terminal == "ignored" else None,
+    child, db = _signalled_tune(
+        tmp_path, budget=40 if terminal == "gone" else 2, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+        start_new_session=True, preexec_fn=ignore_hangup if terminal == "ignored" else None,
     )  # fmt: skip
     os.close(slave)
 
-    def count(query: str) -> int:
-        return _count_in(db, query)
-
     def drain() -> None:  # the terminal's reader, until it goes away
-        import select
-
         while select.select([master], [], [], 0)[0]:
             try:
                 os.read(master, 65536)
             except OSError:
                 return
 
-    deadline = time.monotonic() + 120
-    while child.poll() is None and time.monotonic() < deadline and not count("SELECT count(*) FROM claims"):
-        drain()
-        time.sleep(0.1)
-    assert child.poll() is None, "the tune finished before it could be stopped"
+    _await_claims(child, db, tick=drain)
     if terminal == "gone":
         os.close(master)  # the terminal goes away: writes to it fail with EIO
     os.killpg(child.pid, signal.SIGHUP)
@@ -849,7 +835,7 @@ def test_sighup_on_a_terminal_that_is_gone_still_exits_129_and_under_nohup_is_ig
     if terminal == "ignored":
         os.close(master)
     assert child.wait(timeout=10) == (128 + signal.SIGHUP if terminal == "gone" else 0)
-    assert count("SELECT count(*) FROM claims") == 0
+    assert _count_in(db, CLAIMS) == 0
 
 
 def test_sigterm_during_an_artifact_save_still_keeps_the_replaced_artifact_as_prev(tmp_path):
