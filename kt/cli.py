@@ -744,15 +744,31 @@ def _model_specs(target: str, taken: set[str]) -> list:
     for path, why in found.skipped:
         table.add_row(path, f"skipped: {why}", path, style="yellow")
     out.print(table)
-    if found.plain:  # tuned for a DenseLinear made from them: torch's nn.Linear never reads an artifact
-        shown_paths = ", ".join(found.plain[:3]) + (", ..." if len(found.plain) > 3 else "")
+    plain = [path for path in found.plain if path not in found.subclassed]
+    if plain:  # tuned for a DenseLinear made from them: torch's nn.Linear never reads an artifact
         out.print(
-            f"note: {counted(len(found.plain), 'plain nn.Linear layer')} ({shown_paths}): torch runs them and "
-            "reads no artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "
+            f"note: {counted(len(plain), 'plain nn.Linear layer')} ({_first_paths(plain)}): torch runs "
+            f"{_them(plain)} and reads no artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "
             '(kt.nn.structurize(model, {"*": kt.nn.DenseLinear.from_dense}), or a rule per name)',
             markup=False,
         )
+    if found.subclassed:  # which structurize leaves alone (their forward may differ from F.linear's)
+        out.print(
+            f"note: {counted(len(found.subclassed), 'layer')} of a subclass of nn.Linear "
+            f"({_first_paths(found.subclassed)}): torch runs {_them(found.subclassed)} and reads no artifact, and "
+            f"kt.nn.structurize leaves {_them(found.subclassed)} alone; where one computes F.linear(x, weight, "
+            "bias), set kt.nn.DenseLinear.from_dense(layer) in its place yourself",
+            markup=False,
+        )
     return found.specs
+
+
+def _first_paths(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def _them(paths: list[str]) -> str:
+    return "it" if len(paths) == 1 else "them"
 
 
 def _checks_only_note(checks_only: bool, specs, device: str | None) -> None:

@@ -121,11 +121,21 @@ def test_a_factory_is_loaded_from_a_file_or_a_module_and_bad_ones_are_one_line_e
     )
     broken = tmp_path / "broken.py"
     broken.write_text("def f(:\n")
+    (tmp_path / "models.txt").write_text("def f():\n    pass\n")
     for target, words in [
         ("nothing", "must be MODULE:FACTORY"),
         (f"{tmp_path / 'missing.py'}:f", "not found"),
         ("no_such_module_anywhere:f", "cannot import"),
-        (f"{ROOT / 'examples' / 'structurize_mlp.py'}:nope", "has no function 'nope'"),
+        # the file's own functions are listed (a typo named none)
+        (f"{ROOT / 'examples' / 'structurize_mlp.py'}:nope", "has no function 'nope'; its functions: "),
+        (
+            f"{wrong}:torch",
+            "'torch' in '.*wrong.py' is not callable \\(module\\); FACTORY must be a function",
+        ),
+        # a folder or a file of another kind was read as a module name ("cannot import '/tmp/...'")
+        (f"{tmp_path}:f", "is a folder; give path/to/file.py:FACTORY or package.module:FACTORY"),
+        (f"{tmp_path / 'models.txt'}:f", "is not a .py file; give path/to/file.py:FACTORY"),
+        (f"{tmp_path / 'nowhere'}:f", "nowhere' not found; give path/to/file.py:FACTORY"),
         (f"{wrong}:factory", "must return \\(model, example_input\\), model an nn.Module; got int$"),
         # each of these was a traceback (exit 1), or named the tuple where its first item was wrong
         (
@@ -320,3 +330,71 @@ def test_a_model_with_nothing_to_tune_is_one_line_with_no_empty_table_before_it(
         f"kt: error: --from-model: {tmp_path / 'relu.py'}:nolinear runs no nn.Linear or kt.nn layer kt can tune"
     ]
     assert not (tmp_path / "art").exists()
+
+
+def test_a_torchscript_model_is_one_line_asking_for_the_eager_module(tmp_path):
+    """A factory returning torch.jit.script's module was a 42-line traceback (register_forward_hook is not
+    supported on ScriptModules), and a traced one said the model "runs no nn.Linear"."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+    x = torch.randn(4, 8)
+    for made in (torch.jit.trace(model, x), torch.jit.script(model)):
+        with pytest.raises(
+            KtError, match=r"^--from-model: the model is a TorchScript module \(\w+, from torch.jit"
+        ):
+            model_ops(made, x)
+    factory = tmp_path / "scripted.py"
+    factory.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def f():\n    return torch.jit.script(nn.Sequential(nn.Linear(8, 8))), torch.randn(2, 8)\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kt.cli",
+            "tune",
+            "--from-model",
+            f"{factory}:f",
+            "--db",
+            str(tmp_path / "t.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("kt: error: --from-model: the model is a TorchScript")
+    )
+
+
+def test_a_subclass_of_linear_is_tuned_and_its_note_says_structurize_leaves_it_alone(tmp_path):
+    """weight_norm's ParametrizedLinear was tuned and listed among the plain nn.Linear layers, whose note says
+    kt.nn uses their artifacts once `structurize(model, {"*": DenseLinear.from_dense})` makes them DenseLinear:
+    structurize leaves a subclass alone, so that artifact was never used."""
+    model = nn.Sequential(
+        nn.utils.parametrizations.weight_norm(nn.Linear(32, 64)), nn.ReLU(), nn.Linear(64, 32)
+    )
+    found = model_ops(model, torch.randn(8, 32))
+    assert found.plain == ["0", "2"] and found.subclassed == ["0"]
+    factory = tmp_path / "wn.py"
+    factory.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def wn():\n"
+        "    m = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(32, 64)), nn.ReLU(), nn.Linear(64, 32))\n"
+        "    return m, torch.randn(8, 32)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", "--from-model", f"{factory}:wn", "--budget", "1", "--out",
+         str(tmp_path / "art"), "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = " ".join(done.stdout.split())
+    assert "note: 1 plain nn.Linear layer (2): torch runs it and reads no artifact" in said
+    assert (
+        "note: 1 layer of a subclass of nn.Linear (0): torch runs it and reads no artifact, and kt.nn.structurize "
+        "leaves it alone; where one computes F.linear(x, weight, bias), set kt.nn.DenseLinear.from_dense(layer)"
+    ) in said

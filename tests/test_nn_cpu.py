@@ -1573,7 +1573,7 @@ def test_structurize_warns_that_a_weight_tied_to_another_module_is_no_longer_tie
     model.head.weight = model.embed.weight
     model.again = model.head
     with pytest.warns(
-        UserWarning, match=r"^structurize: 'head''s weight is also 'embed.weight'; the new layer"
+        UserWarning, match=r"^structurize: the weight of 'head' is also 'embed.weight'; the new layer"
     ):
         knn.structurize(model, {"head": knn.DenseLinear.from_dense})
     assert model.head is model.again and model.head.weight is not model.embed.weight
@@ -1870,8 +1870,18 @@ def test_fft_dtype_errors_and_apply_arguments_are_named_in_the_callers_words():
         TypeError, match=r"^FFT: x.dtype is torch.float32, but this layer takes torch.complex64"
     ):
         knn.FFT(64)(torch.randn(4, 64))
-    with pytest.raises(TypeError, match=r"^FFT: x.dtype is torch.complex64, .* torch.float32 \(real input\)"):
-        knn.FFT(64, input="real")(torch.randn(4, 64, dtype=torch.complex64))
+    # complex x: the hint was x.to(torch.float32), which drops x.imag (torch only warns; max error 12.3)
+    z = torch.randn(4, 64, dtype=torch.complex64)
+    with pytest.raises(TypeError, match=r"^FFT: x.dtype is torch.complex64, but this layer takes torch.float32 "
+                       r"\(real input\) and no complex values \(x.to\(torch.float32\) would drop x.imag\); for "
+                       r"complex x use FFT\(n\)$"):  # fmt: skip
+        knn.FFT(64, input="real")(z)
+    with pytest.raises(TypeError, match=r"\(real input\) and no complex values .*; for complex x use FFT\(n, "
+                       r"dtype=torch.float16\), planar$"):  # fmt: skip
+        knn.FFT(64, dtype=torch.float16, input="real")(z)
+    with pytest.raises(TypeError, match=r"\(planar complex: .*\); pass torch.stack\(\[x.real, x.imag\]\)"
+                       r".to\(torch.float16\)$"):  # fmt: skip
+        knn.FFT(64, dtype=torch.float16)(z)
     with pytest.raises(TypeError, match=r"^FFT: x.dtype is torch.float32, .* torch.float16 \(planar complex"):
         knn.FFT(64, dtype=torch.float16)(torch.randn(2, 4, 64))
     dense = {"op": "dense", "dtype": "float32", "shape": {"n": 48, "k": 32}}
@@ -2176,3 +2186,127 @@ def test_a_layers_bad_argument_is_one_line_naming_it_and_what_is_allowed(make, e
     with pytest.raises(error) as caught:
         make()
     assert str(caught.value) == says
+
+
+def test_structurize_refuses_a_torchscript_model_and_says_what_its_patterns_left_alone():
+    """A scripted or traced model said "the pattern '*' matches no nn.Linear of the model; it has no nn.Linear".
+    An nn.Linear subclass that a pattern matched (weight_norm's ParametrizedLinear; an attention's out_proj) was
+    left dense without a word while the pattern matched other layers."""
+    import warnings
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    for scripted in (torch.jit.script(model), torch.jit.trace(model, torch.randn(2, 8))):
+        with pytest.raises(
+            TypeError, match=r"^structurize: the model is a TorchScript module \(\w+, from torch"
+        ):
+            knn.structurize(scripted, {"*": knn.DenseLinear.from_dense})
+    normed = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, 8)),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 8),
+    )
+    with pytest.warns(UserWarning, match=r"^structurize: left alone, though a rule's pattern matches: '0' is a "
+                      r"ParametrizedLinear: a subclass of nn.Linear"):  # fmt: skip
+        assert knn.structurize(normed, {"*": knn.DenseLinear.from_dense}) == ["2"]
+    encoder = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    with pytest.warns(UserWarning, match=r"'self_attn.out_proj' is an nn.MultiheadAttention's out_proj, whose "
+                      r"weight the attention reads itself without calling it \(as it does its packed in_proj"):  # fmt: skip
+        knn.structurize(encoder, {"*": knn.DenseLinear.from_dense})
+    again = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, 8)),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 8),
+    )
+    with warnings.catch_warnings():  # a pattern that does not match the subclass says nothing of it
+        warnings.simplefilter("error")
+        knn.structurize(again, {"2": knn.DenseLinear.from_dense})
+
+
+def test_structurize_warns_when_the_names_of_one_layer_match_different_rules():
+    """One nn.Linear held as `a` and `b` is made by the rule of its first name: an explicit rule for `b` after
+    `*` matched `a` was passed over without a word."""
+    model = torch.nn.Module()
+    model.a = torch.nn.Linear(8, 8)
+    model.b = model.a
+    rules = {
+        "b": lambda linear: knn.LowRankLinear.from_dense(linear, rank=2),
+        "*": knn.DenseLinear.from_dense,
+    }
+    with pytest.warns(UserWarning, match=r"^structurize: 'a' and 'b' are one layer; it is made by the rule '\*' "
+                      r"of its first name, 'a', and the rule 'b' \(for 'b'\) is not used"):  # fmt: skip
+        knn.structurize(model, rules)
+    assert isinstance(model.b, knn.DenseLinear) and model.a is model.b
+
+
+def test_structurize_of_a_weight_normed_linear_says_the_norm_split_is_gone():
+    """torch.nn.utils.weight_norm's forward pre-hook was named as a hook to register on the new layer, which
+    cannot take it (it reads weight_g and weight_v); the layer was made from the weight as last computed."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        model = torch.nn.Sequential(torch.nn.utils.weight_norm(torch.nn.Linear(8, 8)))
+    x = torch.randn(3, 8)
+    expected = model(x)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        knn.structurize(model, {"*": knn.DenseLinear.from_dense})
+    texts = [str(w.message) for w in said if str(w.message).startswith("structurize")]
+    assert texts == [
+        "structurize: '0' was under torch.nn.utils.weight_norm; the new layer was made from its weight as last "
+        "computed (weight_g * weight_v / ||weight_v||) and trains it directly, without the norm split"
+    ]
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_a_kt_layer_takes_its_input_by_nn_linears_keyword_too():
+    """`self.fc(input=x)` is a valid call of an nn.Linear: once structurize swapped fc, it was a TypeError."""
+    layer = knn.LowRankLinear(8, 6, rank=2)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(input=x), layer(x))
+    torch.testing.assert_close(layer(x=x), layer(x))
+    for args, kwargs, got in [((x,), {"input": x}, "both x and input"), ((), {}, "neither")]:
+        with pytest.raises(TypeError, match=rf"^LowRankLinear: give x once \(as layer\(x\), .*got {got}$"):
+            layer(*args, **kwargs)
+
+
+def test_butterfly_from_dense_names_itself_not_kt_ir():
+    with pytest.raises(
+        ValueError, match=r"^ButterflyLinear.from_dense: W must be square with a power-of-two"
+    ):
+        knn.ButterflyLinear.from_dense(torch.nn.Linear(96, 96))
+
+
+def test_a_block_sparse_layer_takes_a_checkpoints_pattern_before_loading_it():
+    """A checkpoint of a structurized model could not be loaded into the same model structurized afresh (from_dense
+    prunes by the weights, so the pattern differs) without rebuilding each mask from the indices by hand."""
+    torch.manual_seed(0)
+    saved = torch.nn.Sequential(knn.BlockSparseLinear(64, 32, (16, 16), density=0.5, seed=1))
+    state = saved.state_dict()
+    fresh = torch.nn.Sequential(knn.BlockSparseLinear(64, 32, (16, 16), density=0.25, seed=2))
+    with pytest.raises(ValueError, match=r"; take it first with model.get_submodule\('0'\).load_pattern\("
+                       r"state_dict\['0.crow_indices'\], state_dict\['0.col_indices'\]\), or build"):  # fmt: skip
+        fresh.load_state_dict(state)
+    fresh[0].load_pattern(state["0.crow_indices"], state["0.col_indices"].int())
+    assert fresh[0].layout == saved[0].layout and fresh[0].values.shape == saved[0].values.shape
+    fresh.load_state_dict(state)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(fresh(x), saved(x), rtol=0, atol=0)
+    assert fresh[0].op()["sparsity"]["layout"] == saved[0].layout  # the kernel's op is the new pattern's
+    crow, col = state["0.crow_indices"], state["0.col_indices"]
+    layer = fresh[0]
+    for args, error, words in [
+        ((crow[:-1], col), ValueError, r"not the BSR indices of a pattern of this layer's 2x4 block grid"),
+        (
+            (crow, col + 3),
+            ValueError,
+            r"not the BSR .*block columns from 0 to 3\); got 3 offsets and 4 columns",
+        ),
+        ((crow, torch.tensor([0, 0, 1, 2])), ValueError, r"col_indices names a block twice in one block-row"),
+        ((torch.zeros(3, dtype=torch.int64), col[:0]), ValueError, r"the pattern keeps no block"),
+        ((crow.float(), col), TypeError, r"crow_indices must hold integers \(torch.int64 or torch.int32\)"),
+        (([0, 2, 4], col), TypeError, r"crow_indices must be a 1-D tensor of integers with values, got list"),
+    ]:
+        with pytest.raises(error, match=rf"^BlockSparseLinear.load_pattern: {words}"):
+            layer.load_pattern(*args)
+    assert layer.layout == saved[0].layout  # a refused pattern leaves the layer as it was

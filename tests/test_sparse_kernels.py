@@ -184,7 +184,12 @@ def test_blocksparse_kernel_refuses_wrong_weights_in_one_line():
         ((x, dense.to_sparse_bsr((16, 8))), ValueError, r"blocks \(16, 16\)"),
         ((x, dense), TypeError, "sparse BSR"),
         ((x, dense.to_sparse_csr()), TypeError, "sparse BSR"),
-        ((x, w.to(torch.float16)), ValueError, "float32"),
+        # a TypeError with the cast, as every other tensor's dtype (a ValueError without it)
+        (
+            (x, w.to(torch.float64)),
+            TypeError,
+            r"^kernel: w.dtype is torch.float64, but this kernel was built for torch.float32; pass w.to\(torch.float32\)$",
+        ),
         ((x.half(), w), TypeError, "float32"),
         ((x[:, :32], w), ValueError, "48 features"),
         ((x, "w"), TypeError, "sparse BSR"),

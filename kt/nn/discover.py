@@ -47,6 +47,9 @@ class ModelOps:
     # the plain nn.Linear modules among those tuned: torch runs them, so kt.nn never reads their artifacts until
     # they are kt.nn.DenseLinear layers
     plain: list[str] = field(default_factory=list)
+    # those of them that are subclasses of nn.Linear (weight_norm's ParametrizedLinear, an adapter's), which
+    # kt.nn.structurize leaves alone: a DenseLinear is made from them by hand
+    subclassed: list[str] = field(default_factory=list)
 
 
 def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any) -> ModelOps:
@@ -105,6 +108,8 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
             return
         if not isinstance(module, (_KtLinear, FFT)) and (path or "(model)") not in found.plain:
             found.plain.append(path or "(model)")  # once, though it is called twice
+            if type(module) is not nn.Linear:
+                found.subclassed.append(path or "(model)")
         signature = json.dumps(spec.signature(), sort_keys=True)
         # six hex digits of the whole op, as `selections().specs()` names them: two models whose factories
         # share a name (the README's example_model) tuned into one folder replaced each other's artifacts
@@ -128,6 +133,10 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         found.modules[spec.name] = [path or "(model)"]
         found.specs.append(spec)
 
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks, and no nn.Linear: "runs no nn.Linear"
+        from kt.nn.structurize import scripted
+
+        raise KtError(f"--from-model: {scripted(model)}")
     handles = [
         module.register_forward_hook(lambda m, i, k, o, path=path: record(path, m, i, k), with_kwargs=True)
         for path, module in model.named_modules()
@@ -163,6 +172,18 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise KtError(f"--from-model: {target!r} must be MODULE:FACTORY or path/to/file.py:FACTORY")
+    if not where.endswith(".py") and ("/" in where or os.sep in where or Path(where).is_file()):
+        # a folder, or a file of another kind, was read as a module name ("cannot import '/tmp/models'")
+        what = (
+            "is a folder"
+            if Path(where).is_dir()
+            else "is not a .py file"
+            if Path(where).exists()
+            else "not found"
+        )
+        raise KtError(
+            f"--from-model: {where!r} {what}; give path/to/file.py:FACTORY or package.module:FACTORY"
+        )
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
@@ -187,8 +208,25 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
         except (Exception, SystemExit) as exc:
             raise KtError(f"--from-model: {where!r} failed to load: {_why(exc, said)}") from None
     factory = getattr(module, attr, None)
+    if factory is None:
+        names = sorted(
+            name
+            for name, value in vars(module).items()
+            if callable(value)
+            and not name.startswith("_")
+            and getattr(value, "__module__", None) == module.__name__
+        )
+        listing = (
+            f"; its functions: {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "")
+            if names
+            else ""
+        )
+        raise KtError(f"--from-model: {where!r} has no function {attr!r}{listing}")
     if not callable(factory):
-        raise KtError(f"--from-model: {where!r} has no function {attr!r}")
+        raise KtError(
+            f"--from-model: {attr!r} in {where!r} is not callable ({type(factory).__name__}); FACTORY must be a "
+            "function that returns (model, example_input)"
+        )
     try:
         made = factory()
     except (Exception, SystemExit) as exc:

@@ -210,7 +210,14 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
                     f"{type(self).__name__}: {name} must have shape {want[name]}, got {tuple(tensor.shape)}"
                 )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None = None, *, input: torch.Tensor | None = None) -> torch.Tensor:
+        # `input=` as nn.Linear names it (a model calling `self.fc(input=x)` failed once structurize swapped fc)
+        if (x is None) == (input is None):
+            raise TypeError(
+                f"{type(self).__name__}: give x once (as layer(x), layer(x=x) or, as nn.Linear names it, "
+                f"layer(input=x)), got {'both x and input' if x is not None else 'neither'}"
+            )
+        x = x if input is None else input
         _check_features(type(self).__name__, x, self.in_features)
         self._check_shapes()
         self._check_weights()
@@ -340,7 +347,9 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
 
 
 class DenseLinear(_KtLinear):
-    """y = x @ W.T + b with W (out, in), exactly nn.Linear, by kt's dense GEMM."""
+    """y = x @ W.T + b with W (out, in), nn.Linear's math, by kt's dense GEMM. The bias is added to the product
+    as rounded to the layer's dtype: in float32 the result is nn.Linear's, in float16 and bfloat16 it can differ
+    from nn.Linear's (whose bias is added before the one rounding) in the last bit."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
@@ -675,11 +684,65 @@ class BlockSparseLinear(_KtLinear):
                         "pattern's indices exactly; keep a checkpoint's index tensors integers (convert only its "
                         "floating-point tensors)"
                     )
+                layer = f"model.get_submodule({prefix[:-1]!r})" if prefix else "layer"
                 raise ValueError(
                     f"{who}: the state_dict's block pattern differs from this layer's ({prefix}"
-                    f"{_pattern_difference(name, index, mine)}); build the layer with that pattern (mask=...) first"
+                    f"{_pattern_difference(name, index, mine)}); take it first with {layer}.load_pattern("
+                    f"state_dict[{prefix + 'crow_indices'!r}], state_dict[{prefix + 'col_indices'!r}]), or build "
+                    "the layer with that pattern (mask=...)"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def load_pattern(self, crow_indices: torch.Tensor, col_indices: torch.Tensor) -> None:
+        """Take another block pattern of the same block grid, given as BSR indices (a checkpoint's
+        `crow_indices` and `col_indices`, whose pattern `from_dense` chose by the weights it pruned), so that
+        `load_state_dict` can then load that checkpoint. The stored blocks are drawn afresh (`values`, as
+        `reset_parameters` draws them; the bias is kept): a new parameter, so make an optimizer after this."""
+        who = f"{type(self).__name__}.load_pattern"
+        grid = (self.out_features // self.block[0], self.in_features // self.block[1])
+        rows = []
+        for name, index in (("crow_indices", crow_indices), ("col_indices", col_indices)):
+            if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_meta:
+                got = (
+                    f"shape {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+                )
+                raise TypeError(f"{who}: {name} must be a 1-D tensor of integers with values, got {got}")
+            if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+                raise TypeError(
+                    f"{who}: {name} must hold integers (torch.int64 or torch.int32), got {index.dtype}"
+                )
+            rows.append(index.detach().cpu().to(torch.int64).numpy())
+        crow, col = rows
+        if (
+            len(crow) != grid[0] + 1
+            or crow[0] != 0
+            or (np.diff(crow) < 0).any()
+            or crow[-1] != len(col)
+            or (len(col) and (col.min() < 0 or col.max() >= grid[1]))
+        ):
+            raise ValueError(
+                f"{who}: not the BSR indices of a pattern of this layer's {grid[0]}x{grid[1]} block grid "
+                f"(crow_indices: {grid[0] + 1} non-decreasing offsets from 0 to len(col_indices); col_indices: "
+                f"block columns from 0 to {grid[1] - 1}); got {len(crow)} offsets and {len(col)} columns"
+            )
+        mask = np.zeros(grid, dtype=bool)
+        mask[np.repeat(np.arange(grid[0]), np.diff(crow)), col] = True
+        if int(mask.sum()) != len(col):
+            raise ValueError(f"{who}: col_indices names a block twice in one block-row")
+        if not mask.any():
+            raise ValueError(f"{who}: the pattern keeps no block")
+        self.layout = mask_to_hex(mask)
+        with torch.inference_mode(False):
+            self.col_indices = torch.empty(
+                len(col), dtype=self.col_indices.dtype, device=self.col_indices.device
+            )
+            values = torch.empty(len(col), *self.block, dtype=self.values.dtype, device=self.values.device)
+            self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
+        self._write_indices()
+        fan_in = max(1, int(mask.sum(axis=1).max())) * self.block[1]
+        with torch.no_grad():
+            nn.init.uniform_(self.values, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        self._refresh()
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, block: tuple[int, int], density: float) -> BlockSparseLinear:
@@ -947,9 +1010,15 @@ class FFT(_NoTorchScript, nn.Module):
                 if half
                 else "complex"
             )
-            raise TypeError(
-                f"FFT: x.dtype is {x.dtype}, but this layer takes {want} ({form}); pass x.to({want})"
-            )
+            if x.is_complex() and real:  # x.to(want) would drop x.imag (torch only warns)
+                layer = "FFT(n)" if want == torch.float32 else "FFT(n, dtype=torch.float16), planar"
+                form += f") and no complex values (x.to({want}) would drop x.imag"
+                hint = f"for complex x use {layer}"
+            elif x.is_complex() and half:
+                hint = f"pass torch.stack([x.real, x.imag]).to({want})"
+            else:
+                hint = f"pass x.to({want})"
+            raise TypeError(f"FFT: x.dtype is {x.dtype}, but this layer takes {want} ({form}); {hint}")
         if half and not real:  # in the layer's words (the kernel and the op's fake refuse it in theirs)
             check_planar(x, self.n, "FFT")
         return apply(x, [], self.op_text)
@@ -993,7 +1062,11 @@ class ButterflyLinear(_KtLinear):
         cls._linear(linear)
         from kt.ir.projections import project_butterfly
 
-        return cls._from_linear(linear, weights={"twiddles": project_butterfly(linear.weight.detach())})
+        try:
+            twiddles = project_butterfly(linear.weight.detach())
+        except ValueError as exc:  # named kt.ir's function, which the caller never called
+            raise ValueError(f"ButterflyLinear.from_dense: {str(exc).partition(': ')[2]}") from None
+        return cls._from_linear(linear, weights={"twiddles": twiddles})
 
     def _weights(self) -> list[torch.Tensor]:
         return [self.twiddles]

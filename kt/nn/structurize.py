@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import nn
 
 Factory = Callable[[nn.Linear], nn.Module]
@@ -38,6 +39,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     """
     if not isinstance(model, nn.Module):  # a state_dict or a tensor failed on named_modules' AttributeError
         raise TypeError(f"structurize: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):  # its layers are no nn.Linear: "it has no nn.Linear"
+        raise TypeError(f"structurize: {scripted(model)}")
     if isinstance(model, nn.Linear):  # its name is "", which "*" matches: setattr(model, "", layer) added one
         raise ValueError(
             "structurize: the model is itself an nn.Linear, which cannot be replaced in place; make the layer "
@@ -71,11 +74,15 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                     + (f"its nn.Linear layers: {listing}" if names else "it has no nn.Linear")
                 )
 
+        def rule_of(name: str) -> tuple[str, Factory] | None:
+            return next(((p, f) for p, f in patterns if fnmatch.fnmatchcase(name, p)), None)
+
         def choose(name: str, linear: nn.Linear):
-            for pattern, factory in patterns:
-                if fnmatch.fnmatchcase(name, pattern):
-                    return factory(linear)
-            return None
+            rule = rule_of(name)
+            return None if rule is None else rule[1](linear)
+
+        _say_left_alone(subclassed, [p for p, _ in patterns])
+        _say_aliases(aliases, rule_of)
 
     elif callable(rules):
         choose = rules
@@ -117,8 +124,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         tied = [name for name in holders.get(id(linears[key].weight), []) if name not in own]
         if tied:  # (an embedding shared with an output head, say): the new layer has weights of its own
             warnings.warn(
-                f"structurize: {aliases[key][0]!r}'s weight is also {', '.join(map(repr, tied))}; the new layer "
-                "holds weights of its own, so the two are no longer tied",
+                f"structurize: the weight of {aliases[key][0]!r} is also {', '.join(map(repr, tied))}; the new "
+                "layer holds weights of its own, so the two are no longer tied",
                 stacklevel=2,
             )
         _carry_state(linears[key], layer, aliases[key][0])
@@ -151,7 +158,8 @@ def _off_fast_path(model: nn.Module, layer: nn.TransformerEncoderLayer, name: st
             encoder.use_nested_tensor = False
     logging.getLogger("kt.nn").info(
         "structurize: %s is an nn.TransformerEncoderLayer: its fused inference path, which reads linear1 and "
-        "linear2's weights itself, is switched off so that kt's layers run",
+        "linear2's weights itself, is switched off so that kt's layers run (with a src_key_padding_mask, the "
+        "outputs at padded positions are then computed like the others, where that path gave zeros)",
         name or "the model",
     )
 
@@ -168,11 +176,24 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
         )
         if not source.requires_grad:
             param.requires_grad_(False)
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    pre_hooks = dict(linear._forward_pre_hooks)
+    if any(isinstance(hook, WeightNorm) for hook in pre_hooks.values()):
+        # torch.nn.utils.weight_norm's hook recomputes the weight from weight_g and weight_v at each call; the
+        # new layer was made from the weight as last computed and holds it as plain weights
+        warnings.warn(
+            f"structurize: {name!r} was under torch.nn.utils.weight_norm; the new layer was made from its weight "
+            "as last computed (weight_g * weight_v / ||weight_v||) and trains it directly, without the norm "
+            "split",
+            stacklevel=3,
+        )
+        pre_hooks = {key: hook for key, hook in pre_hooks.items() if not isinstance(hook, WeightNorm)}
     hooks = [
         kind
         for kind, table in (
             ("forward", linear._forward_hooks),
-            ("forward pre-", linear._forward_pre_hooks),
+            ("forward pre-", pre_hooks),
             ("backward", linear._backward_hooks),
             ("backward pre-", linear._backward_pre_hooks),
         )
@@ -186,6 +207,47 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
         )
 
 
+def scripted(model: nn.Module) -> str:
+    """What to do with a TorchScript module (torch.jit.script or trace): its layers are no longer nn.Linear."""
+    return (
+        f"the model is a TorchScript module ({type(model).__name__}, from torch.jit.script or torch.jit.trace), "
+        "whose layers are no longer nn.Linear modules; give the eager nn.Module it was made from"
+    )
+
+
+def _say_left_alone(subclassed: dict[str, str], patterns: list[str]) -> None:
+    """One warning naming the nn.Linear subclasses a rule's pattern matched and structurize left alone (a "*"
+    left an attention's out_proj, or a weight-normed layer, dense without a word)."""
+    matched = [
+        f"{name!r} {why}"
+        for name, why in subclassed.items()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    ]
+    if matched:
+        more = f" (and {len(matched) - 3} more)" if len(matched) > 3 else ""
+        warnings.warn(
+            f"structurize: left alone, though a rule's pattern matches: {'; '.join(matched[:3])}{more}",
+            stacklevel=3,
+        )
+
+
+def _say_aliases(aliases: dict[int, list[str]], rule_of: Callable) -> None:
+    """A warning for each nn.Linear held under several names that rules of different patterns match: it is made
+    by the rule of its first name that one matches, and the others' rules are not used."""
+    for names in aliases.values():
+        rules = [(name, rule_of(name)) for name in names]
+        matched = [(name, rule[0]) for name, rule in rules if rule is not None]
+        if len({pattern for _, pattern in matched}) > 1:
+            (first, pattern), others = matched[0], [(n, p) for n, p in matched[1:] if p != matched[0][1]]
+            unused = ", ".join(f"{p!r} (for {n!r})" for n, p in others)
+            rule, verb = ("rules", "are") if len(others) > 1 else ("rule", "is")
+            warnings.warn(
+                f"structurize: {first!r} and {', '.join(repr(n) for n, _ in others)} are one layer; it is made by "
+                f"the rule {pattern!r} of its first name, {first!r}, and the {rule} {unused} {verb} not used",
+                stacklevel=3,
+            )
+
+
 def _left_alone(module: nn.Linear) -> str:
     """Why structurize leaves an nn.Linear subclass alone, and what to do instead."""
     from torch.nn.modules.lazy import LazyModuleMixin
@@ -197,8 +259,8 @@ def _left_alone(module: nn.Linear) -> str:
         )
     if type(module).__name__ == "NonDynamicallyQuantizableLinear":
         return (
-            "is an nn.MultiheadAttention's out_proj, whose weight the attention reads itself without calling it, "
-            "so a layer put in its place would never run"
+            "is an nn.MultiheadAttention's out_proj, whose weight the attention reads itself without calling it "
+            "(as it does its packed in_proj_weight), so a layer put in its place would never run"
         )
     return (
         f"is a {type(module).__name__}: a subclass of nn.Linear, whose forward may differ, which structurize "
