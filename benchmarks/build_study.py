@@ -221,14 +221,16 @@ class Study:
         """`fitted_limits` of the builds of `paths`, with the clean builds each refuses of them; and of `check`'s
         builds, the clean ones it refuses and the spills it lets in."""
         rows, held = load(paths), load(check) if check else []
+        limits = self.fitted_limits(rows)
+        width = max([10, *(len(which) for _, which in limits)])
         print(
-            "sm   kind        builds  spills  limit  clean refused  | other builds  clean refused  spills let in"
+            f"sm   {'kind':<{width}}  builds  spills  limit  clean refused  | other builds  clean refused  spills let in"
         )
-        for (arch, which), limit in self.fitted_limits(rows).items():
+        for (arch, which), limit in limits.items():
             mine = [r for r in rows if r["arch"] == arch and self.kind(r) == which]
             refused = sum(not r["spilled"] and self.count(r) > limit for r in mine)
             spills = sum(r["spilled"] for r in mine)
-            line = f"{arch:<4} {which:<10} {len(mine):>7} {spills:>7} {limit:>6} {refused:>14}"
+            line = f"{arch:<4} {which:<{width}} {len(mine):>7} {spills:>7} {limit:>6} {refused:>14}"
             other = [r for r in held if r["arch"] == arch and self.kind(r) == which]
             if other:
                 clean_refused = sum(not r["spilled"] and self.count(r) > limit for r in other)

@@ -123,6 +123,7 @@ def cases(tmp: Path) -> list[tuple[list, str]]:
         (["deep_k_builds.py", "--score", tmp / "other.jsonl"], "builds (lines without arch, status, spec"),
         (["two_warp_k_builds.py", "--score", tmp / "wrong.csv"], "--score: '"),
         (["complex_group_k_builds.py", "--fit", tmp / "other.jsonl"], "--fit: '"),
+        (["several_blocks_builds.py", "--score", tmp / "other.jsonl"], "--score: '"),
         # 10. --against: named --csv, and refused only after the runs
         (
             ["search_vs_tuners.py", "--repeats", "0", "--data", tmp / "none", "--against", tmp / "wrong.csv"],

@@ -417,3 +417,34 @@ def test_the_complex_several_block_limits_are_those_the_committed_builds_give():
             row["spilled"] for row in rows
         )
         assert sum(row["spilled"] for row in rows) == spills, name
+
+
+def test_the_several_block_limits_are_those_the_committed_builds_give():
+    """kt's limits for tensor-core launches over several blocks with more than 32 accumulator registers per
+    thread are `--fit`'s on the committed fit and held-out builds, and kt's legality judges the committed check
+    builds (Triton 3.9 and 3.6) as BENCHMARKS.md says."""
+    from conftest import benchmark_module
+
+    from kt.codegen.blockgemm import SEVERAL_BLOCKS_LIMITS
+
+    study = benchmark_module("several_blocks_builds")
+    runs = ROOT / "benchmarks" / "results" / "several-blocks-2026-12-05"
+    fitted = study.fitted_limits(study.load(sorted(runs.glob("fit-*")) + sorted(runs.glob("held-out-*"))))
+    sizes = {"16-bit": 2, "tf32": 4}
+
+    def key(arch, kind):
+        dots, size, ends = kind.split()
+        return arch, dots, sizes[size], ends == "strided"
+
+    assert {key(arch, kind): limit for (arch, kind), limit in fitted.items()} == SEVERAL_BLOCKS_LIMITS
+    for name, refused_clean, caught, spills in [
+        ("check-sm80-seed380-triton3.9", 39, 44, 48),
+        ("check-sm90-seed390-triton3.9", 33, 37, 39),
+        ("check-sm80-seed380-triton3.6", 55, 28, 29),
+        ("check-sm90-seed390-triton3.6", 53, 17, 18),
+    ]:
+        rows = study.load([runs / f"{name}.jsonl.gz"])
+        refused = [study.refused_now(row) for row in rows]
+        assert sum(r and not row["spilled"] for r, row in zip(refused, rows)) == refused_clean, name
+        assert sum(r and row["spilled"] for r, row in zip(refused, rows)) == caught, name
+        assert sum(row["spilled"] for row in rows) == spills, name

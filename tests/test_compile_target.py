@@ -249,12 +249,12 @@ def test_sampled_legal_configs_of_every_family_build_clean_for_sm90_and_use_wgmm
 
 def test_a_config_that_spills_under_register_pressure_is_refused_with_its_evidence(pool):
     """128 accumulator registers per thread in a loop over several blocks (within the limit of one block per
-    program): all 255 registers and local memory besides on Triton 3.6 and 3.9, so the build is refused as out
-    of resources, and the legal space leaves it out."""
+    program) with strided ends: all 255 registers and local memory besides on Triton 3.6 and 3.9, so the build
+    is refused as out of resources, and the legal space leaves it out (128 + 2 * 80 registers over 120)."""
     problem = MonarchProblem(16384, (64, 64, 64), (64, 64, 64))
     config = BlockGemmConfig(256, 64, 64, 4, 4, 3)
     assert illegal_reason(problem, config, H100, stages_for(problem, config)).startswith(
-        "accumulator over 32"
+        "accumulator and twice its K-step operand registers over 120 per thread in a program over several"
     )
     fft, timed_out = FFTProblem(16384, 4096, "float16"), BlockGemmConfig(256, 64, 32, 1, 8, 4, split=64)
     assert illegal_reason(fft, timed_out, H100, stages_for(fft, timed_out)).startswith("accumulator over 64")

@@ -1,6 +1,8 @@
 """Legality against sampled sm_80 / sm_90 builds (Triton 3.9's bundled ptxas, 2026-12-03): pure Python, each case
 a build that was compiled, with what it did."""
 
+import dataclasses
+
 import pytest
 
 from kt.codegen import GemmConfig
@@ -440,3 +442,50 @@ def test_complex_launches_over_several_blocks_with_deep_k_steps_count_their_regi
         assert "in a complex program over several blocks (K step over 32)" in reason
     else:
         assert reason is None, (config.key(), reason)
+
+
+# Tensor-core launches over several blocks with more than 32 accumulator registers per thread
+# (benchmarks/several_blocks_builds.py, 2026-12-05, Triton 3.9): refused whatever their registers until then; now
+# by a count of the accumulator and twice one K step's operand registers per thread, whose limit is far lower
+# where x or y moves through a strided end map (`kt.codegen.blockgemm.several_blocks_reason`)
+MONARCH = {"op": "monarch", "dtype": "float16", "shape": {"batch": 16384, "n": 4096, "nblocks": 64}}
+RECT = {"op": "monarch", "dtype": "float16", "shape": {"batch": 8192, "w1": [16, 96, 64], "w2": [32, 48, 48]}}
+SEVERAL_BLOCKS = [  # (device, op, config, spilled): builds of the fit and held-out samples
+    # sm_90, 16-bit, strided ends: 64 + 2 * 32 = 128 over 120 (a two-warp program); 64 + 2 * 20 = 104 clean
+    (H100, RECT, BlockGemmConfig(64, 64, 32, 4, 2, 4), True),
+    (H100, MONARCH, BlockGemmConfig(256, 64, 32, 2, 8, 2), False),
+    # feature-major ends: 128 + 2 * 80 = 288 clean (the same tile with strided ends spilled at all 255)
+    (H100, MONARCH, BlockGemmConfig(256, 64, 64, 2, 4, 2, ends=1), False),
+    (H100, MONARCH, BlockGemmConfig(256, 64, 64, 2, 4, 2), True),
+    # sm_80, 16-bit, strided ends: 64 + 2 * 18 = 100 over 96
+    (A100, MONARCH, BlockGemmConfig(256, 32, 16, 8, 4, 3), True),
+]
+
+
+@pytest.mark.parametrize("device, op, config, spilled", SEVERAL_BLOCKS)
+def test_launches_over_several_blocks_count_their_accumulator_and_operand_registers(
+    device, op, config, spilled
+):
+    problem = problem_of(**op)
+    reason = block_reason(problem, config, device, stages_for(problem, config))
+    if spilled:
+        ends = "contiguous" if config.ends else "strided"
+        assert reason and reason.startswith("accumulator and twice its K-step operand registers over"), reason
+        assert reason.endswith(f"in a program over several blocks with {ends} ends (accumulator over 32)")
+    else:
+        assert reason is None, (config.key(), reason)
+    # one block per program keeps the accumulator limit alone (128 registers; 64 for two-warp programs)
+    single = dataclasses.replace(config, group=1)
+    assert block_reason(problem, single, device, stages_for(problem, single)) is None
+
+
+def test_fma_dots_over_several_blocks_keep_32_accumulator_registers():
+    """float32 without tensor cores (FMA dots) was not sampled over several blocks: 32 stays its limit."""
+    problem = problem_of(**{**MONARCH, "dtype": "float32", "precision": "ieee"})
+    problem = dataclasses.replace(problem, precision="ieee")
+    config = BlockGemmConfig(128, 32, 16, 2, 4, 2)  # 32 accumulator registers: within
+    assert block_reason(problem, config, H100, stages_for(problem, config)) is None
+    wider = BlockGemmConfig(128, 64, 16, 2, 4, 2)  # 64
+    assert block_reason(problem, wider, H100, stages_for(problem, wider)) == (
+        "accumulator over 32 registers per thread (FMA dots over several blocks)"
+    )

@@ -294,13 +294,18 @@ def illegal_reason(
     # builds every such config with 128 accumulator registers per thread spilled at all 255 registers (`kt show
     # --ptx`; the FFT's b256n64k32g1w8s4, a 120 s compile timeout on the first H200 run, among them), none with
     # 64 did; so did two-warp programs. A loop over several blocks keeps the next step's operands live beside
-    # the accumulator: with 128 b256n64k64g4w4 spilled, and with 64 five of about 250 sampled builds on
-    # Triton 3.9 (b256n32k32g2w4, b128n16k32g2w2 complex, b64n128k32g2w8 complex), none with 32.
-    several = config.group > 1
-    tight = is_complex(problem) or config.num_warps < 4 or several
-    limit = device.acc_regs_limit // (4 if several else 2 if tight else 1)
+    # the accumulator: tensor-core dots over several blocks with more than 32 accumulator registers per thread
+    # are judged by a count of both (`several_blocks_reason`, last); FMA dots, not sampled, keep 32.
+    fma = problem.dtype == "float32" and problem.precision == "ieee"
+    tight = is_complex(problem) or config.num_warps < 4
+    if config.group > 1 and fma:
+        limit, why = device.acc_regs_limit // 4, " (FMA dots over several blocks)"
+    else:
+        limit, why = (
+            device.acc_regs_limit // (2 if tight else 1),
+            " (complex or two-warp dots)" if tight else "",
+        )
     if acc > limit:
-        why = " (complex, two-warp or several-block dots)" if tight else ""
         return f"accumulator over {limit} registers per thread{why}"
     threads = config.num_warps * device.warp_size
     planes = 2 if is_complex(problem) else 1
@@ -325,7 +330,10 @@ def illegal_reason(
     why = two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands, planes)
     if why:
         return why
-    return complex_several_k_reason(problem, config, device, acc, threads)
+    strided = not config.ends and any(strided_ends(stages))
+    return complex_several_k_reason(problem, config, device, acc, threads) or several_blocks_reason(
+        problem, config, device, acc, threads, strided
+    )
 
 
 # `complex_several_k_reason`: a complex launch (the FFT's) over several blocks with a K step over 32 spills past
@@ -356,6 +364,68 @@ def complex_several_k_reason(
         return (
             f"accumulator and K-step operand registers over {limit} per thread in a complex program over "
             f"several blocks (K step over {2 * MIN_DOT})"
+        )
+    return None
+
+
+# `several_blocks_reason`: a tensor-core launch over several blocks (GROUP over 1) with more than
+# `SEVERAL_BLOCKS_FREE_ACC` accumulator registers per thread spills past this count of accumulator registers and
+# twice one K step's operand registers per thread (both planes where complex; the next block's tiles are live
+# beside them), by compute capability (sm_90's from 90 on, sm_80's below it: sm_86 and sm_89 were not sampled),
+# real or complex dots, operand size (tf32's four-byte elements take a register each) and whether the launch
+# moves x or y through a strided end map (`strided_ends`, without feature-major ends: element by element, each
+# with its own address, so such launches spilled at far lower counts). Each is the highest count at which no
+# build of the fit and held-out samples spilled (2026-12-05, Triton 3.9; `benchmarks/several_blocks_builds.py`,
+# BENCHMARKS.md). The count is coarse (where a tile is narrower than its warps, each
+# warp holds the same operands): it refuses some clean builds and lets a few spills in, which the compile stage
+# then refuses. Until then every such launch was refused (an accumulator over 32 registers per thread).
+SEVERAL_BLOCKS_FREE_ACC = 32
+SEVERAL_BLOCKS_LIMITS = {  # (compute capability, dots, operand bytes, strided end map): count
+    (90, "real", 2, False): 440,
+    (90, "real", 2, True): 120,
+    (90, "real", 4, False): 440,
+    (90, "real", 4, True): 168,
+    (90, "complex", 2, False): 208,
+    (90, "complex", 2, True): 104,
+    (90, "complex", 4, False): 152,
+    (90, "complex", 4, True): 200,
+    (80, "real", 2, False): 248,
+    (80, "real", 2, True): 96,
+    (80, "real", 4, False): 192,
+    (80, "real", 4, True): 96,
+    (80, "complex", 2, False): 208,
+    (80, "complex", 2, True): 192,
+    (80, "complex", 4, False): 352,
+    (80, "complex", 4, True): 248,
+}
+
+
+def several_blocks_reason(
+    problem: StructuredProblem,
+    config: BlockGemmConfig,
+    device: DeviceProfile,
+    acc: int,
+    threads: int,
+    strided: bool,
+) -> str | None:
+    """Why a tensor-core launch over several blocks (GROUP over 1) with an accumulator over
+    `SEVERAL_BLOCKS_FREE_ACC` registers per thread would spill, or None: its accumulator and twice one K step's
+    operand registers per thread (both planes where complex) pass `SEVERAL_BLOCKS_LIMITS` (`strided`: x or y
+    moves through a strided end map)."""
+    if config.group == 1 or acc <= SEVERAL_BLOCKS_FREE_ACC:
+        return None
+    planes = 2 if is_complex(problem) else 1
+    size = 4 if problem.precision == "tf32" else itemsize(problem.dtype)
+    arch = 90 if device.compute_capability >= 90 else 80
+    limit = SEVERAL_BLOCKS_LIMITS[(arch, "complex" if planes == 2 else "real", size, strided)]
+    operands = planes * k_step_registers(
+        problem.dtype, config.block_b, config.block_n, config.block_k, threads
+    )
+    if acc + 2 * operands > limit:
+        ends = "strided" if strided else "contiguous"
+        return (
+            f"accumulator and twice its K-step operand registers over {limit} per thread in a program over "
+            f"several blocks with {ends} ends (accumulator over {SEVERAL_BLOCKS_FREE_ACC})"
         )
     return None
 
