@@ -155,6 +155,15 @@ class _Group(click.Group):
             for signum, handler in before.items():  # None: a handler set outside Python
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
+    def invoke(self, ctx):
+        # click's main writes a line break to stderr as it turns a KeyboardInterrupt into Abort (to end a
+        # terminal's ^C echo): a blank line above `kt: interrupted` off a terminal, and after SIGTERM. An Abort
+        # passes click's main as it is, and _run says the one line
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise click.exceptions.Abort() from exc
+
     def _run(self, args, kwargs):
         """click's main, every error it lets out said in one line with its exit code."""
         try:
@@ -168,7 +177,8 @@ class _Group(click.Group):
             if isinstance(terminated, _Terminated):
                 _said(f"kt: terminated ({signal.Signals(terminated.signum).name}){kept}")
                 sys.exit(128 + terminated.signum)
-            _said(f"kt: interrupted{kept}")
+            # a Ctrl-C on a terminal left its ^C echoed there: the line goes below it
+            _said(f"{chr(10) if err.is_terminal else ''}kt: interrupted{kept}")
             sys.exit(130)
         except _NO_ARGS as exc:  # `kt` or `kt costmodel` alone: the help, as it is
             err.print(exc.format_message())
@@ -1620,20 +1630,21 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet)
     if csv_path is not None:
         write_trace(result, csv_path)
         out.print(f"trace: {csv_path} ({len(result.rows)} evaluations)")
-    if isinstance(result.budget, int):
-        small = {name: size for name, size in zip(result.spaces, result.sizes) if size < result.budget}
-        if small:
-            # guided stops where nothing left is expected to beat its best: "measured them all" was not so
-            spent = Counter((r["space"], r["repeat"]) for r in result.rows if r["space"] in small)
-            short = [n for (name, _), n in spent.items() if n < small[name]]
-            what = (
-                "a search there measured them all"
-                if not short
-                else f"a search there could measure them all ({result.strategy} stopped after as few as "
-                f"{min(short)}, expecting nothing left to beat its best)"
-            )
-            listed = _listed([f"{name} ({size})" for name, size in small.items()])
-            out.print(f"note: budget {result.budget} is over the points of {listed}: {what}")
+    # each space's own evaluations (a percentage rounded up) against its size: at 100%, or a count equal to the
+    # size, guided stopped short without a word; a budget just the size, all of it spent, needs no note
+    small = {name: size for name, size, n in zip(result.spaces, result.sizes, result.counts) if size <= n}
+    # guided stops where nothing left is expected to beat its best: "measured them all" was not so
+    spent = Counter((r["space"], r["repeat"]) for r in result.rows if r["space"] in small)
+    short = [n for (name, _), n in spent.items() if n < small[name]]
+    if short or any(size < n for size, n in zip(result.sizes, result.counts)):
+        what = (
+            "a search there measured them all"
+            if not short
+            else f"a search there could measure them all ({result.strategy} stopped after as few as "
+            f"{min(short)}, expecting nothing left to beat its best)"
+        )
+        listed = _listed([f"{name} ({size})" for name, size in small.items()])
+        out.print(f"note: budget {result.budget} covers every point of {listed}: {what}")
     out.print(result.line())
 
 

@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,14 @@ import pytest
 
 from kt.autotune.replay import parse_budget, replay_file, replay_space
 from kt.autotune.search import GuidedSearch
-from kt.autotune.spaces import SpaceError, config_features, is_enumeration, load_kernel_tuner
+from kt.autotune.spaces import (
+    SpaceError,
+    budget_label,
+    check_space_file,
+    config_features,
+    is_enumeration,
+    load_kernel_tuner,
+)
 from kt.costmodel.paramforest import ParamForest
 from kt.errors import KtError
 
@@ -138,6 +146,59 @@ def test_a_kernel_tuner_cache_reads_as_a_space_with_its_failures(tmp_path, bowl)
         (
             '{"tune_params": {"a": [1]}, "objective": "GFLOP/s", "cache": {"1": {"a": 1, "GFLOP/s": 9.0}}}',
             "lacks time \\(kt replay compares times; this cache was tuned for 'GFLOP/s'\\)",
+        ),
+        # a parameter listed twice: accepted, and the features read the wrong columns
+        (
+            '{"tune_params_keys": ["a", "a", "b"], "tune_params": {"a": [1, 2], "b": [10, 20]}, '
+            '"cache": {"1,10": {"a": 1, "b": 10, "time": 4.0}}}',
+            "^[^ ]*bad.json: tune_params_keys names 'a' twice$",
+        ),
+        # whole numbers past int64: an OverflowError traceback in the features
+        (
+            '{"tune_params": {"n": [1, 1e19]}, "cache": {"1": {"n": 1, "time": 2.0}}}',
+            "tune_params.n holds 1e\\+19, a whole number past 64 bits",
+        ),
+        (
+            f'{{"tune_params": {{"n": [1, {2**70}]}}, "cache": {{"1": {{"n": 1, "time": 2.0}}}}}}',
+            "tune_params.n holds 1180591620717411303424, a whole number past 64 bits",
+        ),
+        # Infinity: a scikit-learn traceback; NaN never equals itself
+        (
+            '{"tune_params": {"x": [1.0, Infinity]}, "cache": {"1.0": {"x": 1.0, "time": 2.0}}}',
+            "tune_params.x holds inf, not a finite number",
+        ),
+        ('{"tune_params": {"x": [NaN]}, "cache": {}}', "tune_params.x holds nan, not a finite number"),
+        # a key named twice in a JSON object: json kept the last without a word (here the dropped one was the
+        # optimum)
+        (
+            '{"tune_params": {"a": [1, 2]}, "cache": {"1": {"a": 1, "time": 0.5}, "2": {"a": 2, "time": 2.0}, '
+            '"1": {"a": 1, "time": 9.0}}}',
+            "cache holds the key '1' twice; JSON keeps the last without a word",
+        ),
+        (
+            '{"tune_params": {"a": [1]}, "cache": {}, "cache": {"1": {"a": 1, "time": 1.0}}}',
+            "names the field 'cache' twice",
+        ),
+        ('{"tune_params": {"a": [1], "a": [2]}, "cache": {}}', "tune_params names 'a' twice"),
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": 1.0, "time": 2.0}}}',
+            "names 'time' twice",
+        ),
+        # a key that names another configuration: the trace wrote it for this one's time
+        (
+            '{"tune_params": {"a": [1, 2, 3]}, "cache": {"3": {"a": 1, "time": 0.5}, "1": {"a": 3, "time": 3.0}}}',
+            "cache entry '3' holds a=1, whose key is '1' \\(its values joined by ',' in tune_params_keys order\\): "
+            "the key names another configuration",
+        ),
+        (
+            '{"tune_params_keys": ["a", "b"], "tune_params": {"a": [1, 2], "b": [1, 2]}, '
+            '"cache": {"2,1": {"a": 1, "b": 2, "time": 1.0}}}',
+            "cache entry '2,1' holds a=1, b=2, whose key is '1,2'",
+        ),
+        # a time written as text: read as a failed configuration
+        (
+            '{"tune_params": {"a": [1, 2]}, "cache": {"1": {"a": 1, "time": "0.5"}, "2": {"a": 2, "time": 2.0}}}',
+            "cache entry '1': time is the text '0.5'; a time is a number \\(ms\\), and text the name of a failure",
         ),
     ],
 )
@@ -266,12 +327,29 @@ def test_budgets_are_counts_or_percentages(text, parsed):
     assert parse_budget(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["0", "-3", "abc", "0%", "150%", "2.5"])
+# int() and float() took these, and the last line echoed them as given
+@pytest.mark.parametrize(
+    "text",
+    ["0", "-3", "abc", "0%", "150%", "2.5", "2.5e1%", "1_0", "+10", "\uff11\uff10", "1e2", ".5%", "5.%"],
+)
 def test_a_bad_budget_names_the_field_and_the_allowed_values(text):
     with pytest.raises(
         KtError, match="budget: .* integer >= 1.* percentage of the space above 0% and at most 100%"
     ):
         parse_budget(text)
+
+
+@pytest.mark.parametrize(
+    "text, label", [("007", 7), (" 25 ", 25), ("025.50%", "25.5%"), ("100.0%", "100%"), ("0.5%", "0.5%")]
+)
+def test_a_budget_is_written_back_in_one_form(bowl, text, label):
+    assert budget_label(text) == label
+    if text == "025.50%":
+        result = replay_file(bowl, "random", text, repeats=1)
+        assert result.budget == "25.5%" and result.line().startswith("random budget 25.5%: ")
+        assert {row["budget"] for row in result.rows} == {"25.5%"} and len(result.rows) == math.ceil(
+            0.255 * 192
+        )
 
 
 def test_replay_file_repeats_with_consecutive_seeds_and_writes_its_trace(bowl):
@@ -356,7 +434,7 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("space: BOWL (192 configs; ")
-    assert lines[-2] == "note: budget 500 is over the points of BOWL (192): a search there measured them all"
+    assert lines[-2] == "note: budget 500 covers every point of BOWL (192): a search there measured them all"
     assert lines[-1] == "exhaustive budget 500: mean score 1.000, p10 1.000, over 1 repeat"
     # guided stops early there: "measured them all" was said of it too
     done = run_kt(
@@ -364,7 +442,7 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     )
     assert done.returncode == 0, done.stderr
     note = re.fullmatch(
-        r"note: budget 500 is over the points of BOWL \(192\): a search there could measure them all \(guided "
+        r"note: budget 500 covers every point of BOWL \(192\): a search there could measure them all \(guided "
         r"stopped after as few as (\d+), expecting nothing left to beat its best\)",
         done.stdout.strip().splitlines()[-2],
     )
@@ -381,6 +459,123 @@ def test_kt_replay_refuses_a_file_that_is_no_space(tmp_path):
     assert done.returncode == 2 and "neither a Kernel Tuner cache" in done.stderr
     done = run_kt("replay", str(tmp_path / "missing.json"), "--budget", "5")
     assert done.returncode == 2 and "not found" in done.stderr
+
+
+@pytest.mark.parametrize("budget", ["192", "100%"])
+def test_kt_replay_says_guided_stopped_short_at_a_budget_of_the_whole_space(bowl, budget):
+    """The note was printed only for a count over the space's size: at a budget of the space (or 100%) guided
+    stopped short of it without a word."""
+    done = run_kt(
+        "replay", str(bowl), "--strategy", "guided", "--budget", budget, "--repeats", "2", "--quiet"
+    )
+    assert done.returncode == 0, done.stderr
+    note = re.fullmatch(
+        rf"note: budget {budget} covers every point of bowl \(192\): a search there could measure them all "
+        r"\(guided stopped after as few as (\d+), expecting nothing left to beat its best\)",
+        done.stdout.strip().splitlines()[-2],
+    )
+    assert note and int(note[1]) < 192, done.stdout
+    # exhaustive spends the whole space there: nothing to say
+    done = run_kt(
+        "replay", str(bowl), "--strategy", "exhaustive", "--budget", budget, "--repeats", "1", "--quiet"
+    )
+    assert done.returncode == 0 and "note:" not in done.stdout, done.stdout
+
+
+def test_a_trace_names_each_point_by_its_own_cache_key(tmp_path):
+    """The trace's config joined a point's values in tune_params order; these keys join them in the records'
+    order (y, x), so "2,1" named the point the file keys "1,2", with another point's time."""
+    path = tmp_path / "order.json"
+    cache = {f"{y},{x}": {"y": y, "x": x, "time": float(1 + x + 3 * y)} for x in (1, 2) for y in (1, 2)}
+    cache["first"] = {"y": 3, "x": 1, "time": 20.0}  # a key that reads as no configuration: a name, kept
+    path.write_text(json.dumps({"tune_params": {"x": [1, 2], "y": [1, 2, 3]}, "cache": cache}))
+    trace = tmp_path / "trace.csv"
+    result = replay_file(path, "exhaustive", "100%", repeats=1)
+    assert {row["config"]: row["value"] for row in result.rows} == {
+        key: record["time"] for key, record in cache.items()
+    }
+    done = run_kt(
+        "replay", str(path), "--strategy", "random", "--budget", "3", "--repeats", "1", "--csv", str(trace)
+    )
+    assert done.returncode == 0, done.stderr
+    with trace.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and all(float(r["value"]) == cache[r["config"]]["time"] for r in rows)
+
+
+def test_a_space_that_is_no_regular_file_is_refused_not_read_forever(tmp_path):
+    """A pipe named .json was opened and read, and kt replay waited for a writer forever."""
+    fifo = tmp_path / "space.json"
+    os.mkfifo(fifo)
+    with pytest.raises(SpaceError, match=r"^space: '.*space.json' is not a regular file \(a device, a pipe"):
+        check_space_file(fifo)
+    with pytest.raises(SpaceError, match="is not a regular file"):
+        load_kernel_tuner(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "replay", str(fifo), "--budget", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a regular file" in done.stderr
+
+
+def test_a_kt_database_whose_sweeps_all_failed_says_so(monkeypatch, tmp_path):
+    """Problems swept with every config failed were said to be no exhaustive sweep (a problem with 20 or more
+    configs measured), which they are."""
+    import kt.autotune.replay as replay_module
+    from kt.autotune.database import CSV_COLUMNS
+    from kt.ir.problems import GemmProblem
+
+    rows = []
+    for m, statuses in ((64, ["compile_error"] * 3), (128, ["compile_error", "timeout", "timeout"])):
+        problem = GemmProblem(m, 64, 32, dtype="float16")
+        for block, status in zip((16, 32, 64), statuses):
+            rows.append(
+                {
+                    "runner": "cuda",
+                    "family": "gemm",
+                    "problem": problem.to_dict(),
+                    "problem_key": problem.key(),
+                    "config": {"block_m": block},
+                    "config_key": f"bm{block}",
+                    "status": status,
+                    "runtime_ms": None,
+                }
+            )
+    monkeypatch.setattr(replay_module, "read_rows", lambda path, field="data": rows)
+    path = tmp_path / "sweeps.csv"
+    path.write_text(",".join(CSV_COLUMNS) + "\n")
+    with pytest.raises(
+        KtError,
+        match=r"^space: '.*sweeps.csv' holds 2 problems swept \(3 or more GEMM configs measured on a GPU\) but "
+        r"none of them has a config that passed \(4 compile_error, 2 timeout\)",
+    ):
+        replay_file(path, "random", 2, min_configs=3)
+    with pytest.raises(KtError, match="holds no exhaustive sweep"):  # too few configs: no sweep indeed
+        replay_file(path, "random", 2, min_configs=4)
+
+
+@pytest.mark.parametrize(
+    "signal_name, code, line",
+    [("SIGINT", 130, "kt: interrupted\n"), ("SIGTERM", 143, "kt: terminated (SIGTERM)\n")],
+)
+def test_an_interrupted_replay_says_one_line_and_no_blank_one(bowl, signal_name, code, line):
+    """click wrote a line break (to end a terminal's ^C echo) before kt's line: off a terminal, and after
+    SIGTERM, a blank line. Here the signal arrives while the replay runs."""
+    script = (
+        "import os, signal, sys, time\n"
+        "import kt.autotune.replay as replay\n"
+        "def stop(*args, **kwargs):\n"
+        f"    os.kill(os.getpid(), signal.{signal_name})\n"
+        "    time.sleep(30)\n"
+        "replay.replay_file = stop\n"
+        "from kt.cli import main\n"
+        f"sys.argv = ['kt', 'replay', {str(bowl)!r}, '--budget', '5', '--quiet']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code and done.stderr == line, done.stderr[-2000:]
 
 
 @pytest.mark.skipif(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from kt.autotune.dataset import read_rows, untimed
 from kt.autotune.search import SearchStrategy, SearchTrace, make_strategy, run_search
 from kt.autotune.spaces import (
     TuningSpace,
+    budget_label,
     check_space_file,
     is_kernel_tuner_file,
     load_kernel_tuner,
@@ -37,7 +38,7 @@ from kt.costmodel.forest import MIN_ROWS, ForestModel
 from kt.costmodel.paramforest import MIN_ROWS as SPACE_MIN_ROWS
 from kt.costmodel.paramforest import ParamForest
 from kt.device import BUILTIN, DeviceProfile, get_profile
-from kt.errors import KtError
+from kt.errors import KtError, counted
 from kt.files import atomic_write
 from kt.ir.problems import problem_from_dict
 
@@ -92,6 +93,27 @@ class Sweep:
 def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> list[Sweep]:
     """GPU-measured GEMM rows (any status) grouped into one sweep per problem (and GPU, target, template and
     Triton version) with at least `min_configs` configs and one that passed."""
+    sweeps = []
+    for (key, target, gpu, *_), by_config in _swept(rows, min_configs).items():
+        records, values = [], []
+        for config_key, row in sorted(by_config.items()):
+            problem = problem_from_dict(row["family"], row["problem"])
+            records.append({**problem.to_record(), **row["config"], "config_key": config_key})
+            values.append(row["runtime_ms"] if _passed(row) else np.nan)
+        values = np.array(values, dtype=np.float64)
+        if np.isfinite(values).any():
+            sweeps.append(Sweep(key, records, values, target=target, gpu=gpu))
+    return sweeps
+
+
+def _passed(row: dict[str, Any]) -> bool:
+    """Whether a row measured its config: it ran, and has a time."""
+    return bool(row["status"] == "ok" and row.get("runtime_ms"))
+
+
+def _swept(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """GPU-measured GEMM rows by problem (and GPU, target, template and Triton version) and config, for each
+    problem with at least `min_configs` configs, whether any passed or not, in a stable order."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         # the GEMM launches the models learn; PyTorch's own path (candidate zero) is no config of the space,
@@ -114,22 +136,11 @@ def sweeps_from_rows(rows: Sequence[dict[str, Any]], min_configs: int = 20) -> l
                     f"{row.get('device')}{ids}; a replayed space holds one time per config: keep one of them"
                 )
             groups[identity][row["config_key"]] = row
-    sweeps = []
-    for (key, target, gpu, *_), by_config in sorted(
-        groups.items(), key=lambda item: tuple(map(str, item[0]))
-    ):
-        if len(by_config) < min_configs:
-            continue
-        records, values = [], []
-        for config_key, row in sorted(by_config.items()):
-            problem = problem_from_dict(row["family"], row["problem"])
-            records.append({**problem.to_record(), **row["config"], "config_key": config_key})
-            ok = row["status"] == "ok" and row.get("runtime_ms")
-            values.append(row["runtime_ms"] if ok else np.nan)
-        values = np.array(values, dtype=np.float64)
-        if np.isfinite(values).any():
-            sweeps.append(Sweep(key, records, values, target=target, gpu=gpu))
-    return sweeps
+    return {
+        identity: by_config
+        for identity, by_config in sorted(groups.items(), key=lambda item: tuple(map(str, item[0])))
+        if len(by_config) >= min_configs
+    }
 
 
 def replay(
@@ -255,6 +266,7 @@ class ReplayResult:
     budget: int | str  # a count, or "5%" of each space
     spaces: list[str]
     sizes: list[int] = field(default_factory=list)  # each space's points
+    counts: list[int] = field(default_factory=list)  # each space's evaluations per search (a % rounded up)
     scores: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)  # the per-evaluation trace (`kt replay --csv`)
     decision_s: float = 0.0  # the strategy's own time (model fits, ranking), all repeats together
@@ -392,6 +404,19 @@ def replay_file(
         rows = read_rows(path, "space")
         spaces = sweeps_from_rows(rows, min_configs=min_configs)
         if not spaces:
+            failed = _swept(rows, min_configs)
+            if failed:  # "holds no exhaustive sweep" was said of sweeps whose every config failed
+                statuses = Counter(
+                    row["status"] if row["status"] != "ok" else "ok without a time"
+                    for by_config in failed.values()
+                    for row in by_config.values()
+                )
+                listed = ", ".join(f"{n} {status}" for status, n in statuses.most_common())
+                raise KtError(
+                    f"space: {str(path)!r} holds {counted(len(failed), 'problem')} swept ({min_configs} or more "
+                    f"GEMM configs measured on a GPU) but none of them has a config that passed ({listed}): "
+                    "a replay scores a search against the best time of its space"
+                )
             kinds = untimed(rows) if not any(r.get("runtime_ms") is not None for r in rows) else ""
             raise KtError(
                 f"space: {str(path)!r} holds no exhaustive sweep (a problem with {min_configs} or more GEMM configs "
@@ -413,23 +438,25 @@ def replay_file(
             for s in spaces
         ]
     )
+    counts = [count if fraction is None else max(1, math.ceil(fraction * len(s))) for s in spaces]
     result = ReplayResult(
         str(path),
         strategy,
-        budget if fraction is not None else int(count),
+        budget_label(budget),
         names,
         [len(s) for s in spaces],
+        counts,
         repeats=repeats,
     )
     total, done = repeats * len(spaces), 0
     # each sweep's measured records, made once: remade for every other space, a database of 316 problems took
     # 10.7 s to start, the 4,765 of Inductor's four logs more than 5 minutes (even for random, which needs none)
     records = {id(s): s.measured_records(range(len(s))) for s in spaces if ranked and isinstance(s, Sweep)}
-    for space, name in zip(spaces, names):
-        n = count if fraction is None else max(1, math.ceil(fraction * len(space)))
+    for space, name, n in zip(spaces, names, counts):
         if isinstance(space, TuningSpace):
             x = space.features()
-            points = [",".join(map(str, p)) for p in space.points]
+            # the file's own keys: the values joined in tune_params order named another point where they differ
+            points = space.config_keys or [",".join(map(str, p)) for p in space.points]
             optimum = space.best
         else:
             # a strategy that ranks starts from a forest of these (`replay`); others need none

@@ -5,8 +5,8 @@ points) in which every valid point carries the objective a GPU measured for it (
 the GPU: a failed compile or launch, which still costs a search one evaluation). Two sources:
 
 - a Kernel Tuner cache file (`.json` / `.json.gz`, Kernel Tuner's format: `tune_params`, `tune_params_keys` and a
-  `cache` of records with `time`; a string in `time` is a failure), such as the brute-forced spaces of
-  `../shared/data/kerneltuner`;
+  `cache` of records with `time`, each keyed by its values joined by "," in `tune_params_keys` order; a string in
+  `time` is a failure), such as the brute-forced spaces of `../shared/data/kerneltuner`;
 - a kt tuning database or CSV of a finished `kt collect --all`: one space per problem (see kt.autotune.replay).
 
 Kernel Tuner's format is read here from its documented fields, without Kernel Tuner installed.
@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from kt.errors import KtError
+from kt.errors import KtError, shown
+from kt.files import existing_file
 
 
 class SpaceError(KtError):
@@ -44,6 +45,7 @@ class TuningSpace:
     device: str = ""
     records: list[dict[str, Any]] | None = None  # kt's feature records per point, where the space is kt's
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kernel Tuner's problem_size, kernel_name
+    config_keys: list[str] | None = None  # each point's own name in its file (a Kernel Tuner cache's key)
     _distance: Any = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -199,32 +201,43 @@ def is_kernel_tuner_file(path: Path) -> bool:
     return path.name.lower().endswith((".json", ".json.gz"))
 
 
+# ASCII digits only: int() and float() also took '1_0', '+10', '2.5e1%' and full-width digits, echoed as given
+_BUDGET = re.compile(r"(?P<count>[0-9]+)|(?P<whole>[0-9]+)(?:\.(?P<part>[0-9]+))?%")
+
+
 def parse_budget(text: str | int) -> tuple[int | None, float | None]:
     """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`)."""
     text = str(text).strip()
-    try:
-        if text.endswith("%"):
-            fraction = float(text[:-1]) / 100
-            if not 0 < fraction <= 1:
-                raise ValueError
-            return None, fraction
-        count = int(text)
-        if count < 1:
-            raise ValueError
-        return count, None
-    except ValueError:
-        raise SpaceError(
-            f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage of the space "
-            "above 0% and at most 100%, such as 5%"
-        ) from None
+    match = _BUDGET.fullmatch(text)
+    if match and match["count"] and int(text) >= 1:
+        return int(text), None
+    if match and not match["count"] and 0 < float(text[:-1]) / 100 <= 1:
+        return None, float(text[:-1]) / 100
+    raise SpaceError(
+        f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage of the space "
+        "above 0% and at most 100%, such as 5%"
+    )
+
+
+def budget_label(text: str | int) -> int | str:
+    """A valid `--budget` as kt writes it back (the last line, the trace): 25 for '025', '7.5%' for '07.50%'."""
+    parse_budget(text)
+    match = _BUDGET.fullmatch(str(text).strip())
+    if match["count"]:
+        return int(match["count"])
+    part = (match["part"] or "").rstrip("0")
+    return f"{int(match['whole'])}{'.' + part if part else ''}%"
+
+
+SPACE_HINT = "give a Kernel Tuner cache (.json, .json.gz) or a kt tuning database (.db) or `kt export` CSV"
 
 
 def check_space_file(path: Path) -> None:
     """What `kt replay` can tell of SPACE before reading it (and before loading the search's model stack): a
     path that is missing, of a kind that holds no space, or a database or CSV that is not kt's is a one-line
     error."""
-    if not path.exists():
-        raise SpaceError(f"space: {str(path)!r} not found")
+    # a pipe named .json was opened and read forever
+    existing_file(path, "space", SPACE_HINT, SpaceError)
     if is_kernel_tuner_file(path):
         return  # load_kernel_tuner says what is wrong with its content
     if path.suffix.lower() not in (".csv", ".db", ".sqlite", ".sqlite3"):
@@ -239,11 +252,11 @@ def check_space_file(path: Path) -> None:
 
 def load_kernel_tuner(path: str | Path) -> TuningSpace:
     """A Kernel Tuner cache file as a TuningSpace: its valid points are the cache's keys."""
-    path = Path(path)
+    path = existing_file(path, "space", SPACE_HINT, SpaceError)
     try:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rt") as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_pairs_hook=_json_object)
     except FileNotFoundError:
         raise SpaceError(f"space: {str(path)!r} not found") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -252,21 +265,48 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
         raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")
+    if _twice(data) is not None:
+        raise SpaceError(
+            f"{path}: names the field {_twice(data)!r} twice; JSON keeps the last without a word"
+        )
     tune_params, cache = data["tune_params"], data["cache"]
     if not isinstance(tune_params, dict) or not all(
         isinstance(v, list) and all(_scalar(x) for x in v) for v in tune_params.values()
     ):
         raise SpaceError(f"{path}: tune_params must map each parameter's name to the list of its values")
+    if _twice(tune_params) is not None:
+        raise SpaceError(f"{path}: tune_params names {_twice(tune_params)!r} twice")
     keys = data.get("tune_params_keys") or list(tune_params)
     if not isinstance(keys, list) or not all(isinstance(k, str) and k in tune_params for k in keys):
         raise SpaceError(f"{path}: tune_params_keys must list names of tune_params, got {keys!r}")
+    twice = next((k for j, k in enumerate(keys) if k in keys[:j]), None)
+    if twice is not None:  # each point held that parameter twice, and the features read the wrong columns
+        raise SpaceError(f"{path}: tune_params_keys names {twice!r} twice")
     empty = [k for k in keys if not tune_params[k]]
     if empty:
         raise SpaceError(f"{path}: tune_params.{empty[0]} lists no value; each parameter needs one or more")
+    for name in keys:
+        for x in tune_params[name]:
+            why = _unencodable(x)
+            if why:
+                raise SpaceError(f"{path}: tune_params.{name} holds {shown(x)}, {why}")
     allowed = {k: set(tune_params[k]) for k in keys}
     if not isinstance(cache, dict):
         raise SpaceError(f"{path}: cache must map each configuration's key to its record, got {_kind(cache)}")
+    if _twice(cache) is not None:  # the dropped entry may have been the optimum
+        raise SpaceError(
+            f"{path}: cache holds the key {_twice(cache)!r} twice; JSON keeps the last without a word: keep one"
+        )
     objective = data.get("objective") or "time"
+    # Kernel Tuner keys a record by its values joined by "," in tune_params_keys order: a key that, read so, names
+    # another configuration is refused (a trace names points by their keys). Without that list the order is the
+    # file's own (but for one parameter), and a key that reads as no configuration is a name, kept as it is
+    spelt: list[dict[str, set]] | None = None
+    if data.get("tune_params_keys") or len(keys) == 1:
+        spelt = [{} for _ in keys]
+        for spellings, name in zip(spelt, keys):
+            for x in tune_params[name]:
+                spellings.setdefault(str(x), set()).add(x)
     # kt replays times, whatever the cache was tuned for: a repeat's score is optimum time / best time found
     points, values, seen = [], [], {}
     for cache_key, record in cache.items():
@@ -274,6 +314,8 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             raise SpaceError(
                 f"{path}: cache entry {cache_key!r} must be a record (a mapping), got {_kind(record)}"
             )
+        if _twice(record) is not None:
+            raise SpaceError(f"{path}: cache entry {cache_key!r} names {_twice(record)!r} twice")
         missing = [k for k in (*keys, "time") if k not in record]
         if missing:
             tuned = (
@@ -296,6 +338,16 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
                     f"{path}: cache entry {cache_key!r}: {name} is {x!r}, which tune_params does not list "
                     f"(allowed: {listed})"
                 )
+        parts = cache_key.split(",")
+        if spelt is not None and len(parts) == len(keys):
+            named = [spellings.get(part) for part, spellings in zip(parts, spelt)]
+            if all(named) and not all(x in listed for x, listed in zip(point, named)):
+                held = ", ".join(f"{k}={x!r}" for k, x in zip(keys, point))
+                raise SpaceError(
+                    f"{path}: cache entry {cache_key!r} holds {held}, whose key is "
+                    f"{','.join(map(str, point))!r} (its values joined by ',' in tune_params_keys order): the key "
+                    "names another configuration"
+                )
         if point in seen:
             raise SpaceError(
                 f"{path}: cache entries {seen[point]!r} and {cache_key!r} hold the same configuration; "
@@ -304,6 +356,11 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
         seen[point] = cache_key
         points.append(point)
         value = record["time"]
+        if isinstance(value, str) and _number_text(value):  # read as a failure, its time lost
+            raise SpaceError(
+                f"{path}: cache entry {cache_key!r}: time is the text {value!r}; a time is a number (ms), and "
+                "text the name of a failure (CompilationFailedConfig, ...)"
+            )
         if isinstance(value, str):  # a configuration that failed on the GPU (CompilationFailedConfig, ...)
             values.append(math.nan)
         elif _numeric(value) and 0 < value < math.inf:
@@ -323,4 +380,51 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
         source=str(path),
         device=str(data.get("device_name", "")),
         meta={k: data[k] for k in ("kernel_name", "problem_size", "objective") if k in data},
+        config_keys=list(seen.values()),
     )
+
+
+class _Repeated(dict):
+    """A JSON object that names a key twice (`repeated`, the first such): json keeps the last without a word."""
+
+    repeated: str | None = None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: the object as a dict, marked where it names a key twice."""
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            break
+        seen.add(key)
+    marked = _Repeated(out)
+    marked.repeated = key
+    return marked
+
+
+def _twice(value: Any) -> str | None:
+    """The key a JSON object names twice, or None."""
+    return value.repeated if isinstance(value, _Repeated) else None
+
+
+def _unencodable(value: Any) -> str | None:
+    """Why a parameter's value is none a model can read, or None: inf and nan (nan never equals itself) are
+    no values to split on, and `features` reads whole numbers as int64."""
+    if not _numeric(value):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number: a parameter's value is a finite number or text"
+    if abs(value) >= 2**63 and (isinstance(value, int) or value.is_integer()):
+        return "a whole number past 64 bits (kt reads whole numbers as int64): give it as text"
+    return None
+
+
+def _number_text(text: str) -> bool:
+    """Whether `text` reads as a finite number ('0.5', ' 1e3')."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
