@@ -73,16 +73,11 @@ RULE_REASON = "accumulator and twice its K-step operand registers over"
 def counted(family, problem, config, profile) -> dict:
     """The rule's count of `config`: accumulator registers (the family's `resources`, both planes where complex),
     one K step's operand registers (both planes where complex, undoubled) and its operand elements per thread."""
-    from kt.codegen.blockgemm import is_complex
-    from kt.codegen.gemm import k_step_registers
+    from kt.codegen.blockgemm import k_step_operands
     from kt.dtypes import itemsize
 
     acc = family.resources(problem, config, profile)[1]
-    threads = config.num_warps * profile.warp_size
-    planes = 2 if is_complex(problem) else 1
-    operands = planes * k_step_registers(
-        problem.dtype, config.block_b, config.block_n, config.block_k, threads
-    )
+    operands = k_step_operands(problem, config, config.num_warps * profile.warp_size)
     return dict(acc=acc, operands=operands, elements=operands * 4 // itemsize(problem.dtype))
 
 
@@ -118,12 +113,12 @@ def kind(row: dict) -> str:
 @functools.cache
 def _strided(spec: str, problem: str, config: str) -> bool:
     from kt.codegen import family_for
-    from kt.codegen.blockgemm import stages_for, strided_ends
+    from kt.codegen.blockgemm import stages_for, strided_launch
 
     for found in problems_of(json.loads(spec)):
         if str(found) == problem:
             chosen = family_for(found).config_type.from_dict(json.loads(config))
-            return not chosen.ends and any(strided_ends(stages_for(found, chosen)))
+            return strided_launch(chosen, stages_for(found, chosen))
     raise SystemExit(f"{problem}: not a problem of {json.loads(spec)['name']} (the ops changed)")
 
 

@@ -337,6 +337,9 @@ def test_a_torchscript_model_is_one_line_asking_for_the_eager_module(tmp_path):
     supported on ScriptModules), and a traced one said the model "runs no nn.Linear"."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
     x = torch.randn(4, 8)
+    inside = nn.Sequential(torch.jit.script(nn.Sequential(nn.Linear(8, 8))), nn.Linear(8, 8))
+    with pytest.raises(KtError, match=r"^--from-model: the model's '0' is a TorchScript module"):
+        model_ops(inside, x)  # a RuntimeError traceback from register_forward_hook
     for made in (torch.jit.trace(model, x), torch.jit.script(model)):
         with pytest.raises(
             KtError, match=r"^--from-model: the model is a TorchScript module \(\w+, from torch.jit"
@@ -398,3 +401,27 @@ def test_a_subclass_of_linear_is_tuned_and_its_note_says_structurize_leaves_it_a
         "note: 1 layer of a subclass of nn.Linear (0): torch runs it and reads no artifact, and kt.nn.structurize "
         "leaves it alone; where one computes F.linear(x, weight, bias), set kt.nn.DenseLinear.from_dense(layer)"
     ) in said
+
+
+def test_a_module_target_imports_though_a_file_of_its_name_is_in_the_folder(tmp_path, monkeypatch):
+    """`bench:make` was refused as "not a .py file" where an extensionless script `bench` sat beside bench.py;
+    the file is named only when the import fails. A name set to None is no function, not "missing"."""
+    (tmp_path / "kt_target_mod.py").write_text(
+        "import torch\nfrom torch import nn\nnothing = None\n"
+        "class Helper:\n    pass\n"
+        "def make():\n    return nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4)\n"
+    )
+    (tmp_path / "kt_target_mod").write_text("#!/bin/sh\n")
+    (tmp_path / "notes.txt").write_text("x\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model, args, _ = load_factory("kt_target_mod:make")
+    assert isinstance(model, nn.Sequential) and args[0].shape == (2, 4)
+    with pytest.raises(
+        KtError, match=r"^--from-model: 'nothing' in 'kt_target_mod' is not callable \(NoneType\)"
+    ):
+        load_factory("kt_target_mod:nothing")
+    with pytest.raises(KtError, match=r"has no function 'nope'; its functions: make$"):  # no classes listed
+        load_factory("kt_target_mod:nope")
+    with pytest.raises(KtError, match=r"^--from-model: 'notes.txt' is not a .py file"):
+        load_factory("notes.txt:f")

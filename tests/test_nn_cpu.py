@@ -2200,6 +2200,11 @@ def test_structurize_refuses_a_torchscript_model_and_says_what_its_patterns_left
             TypeError, match=r"^structurize: the model is a TorchScript module \(\w+, from torch"
         ):
             knn.structurize(scripted, {"*": knn.DenseLinear.from_dense})
+    inside = torch.nn.Sequential(
+        torch.jit.script(torch.nn.Sequential(torch.nn.Linear(8, 8))), torch.nn.Linear(8, 8)
+    )
+    with pytest.raises(TypeError, match=r"^structurize: the model's '0' is a TorchScript module"):
+        knn.structurize(inside, {"*": knn.DenseLinear.from_dense})
     normed = torch.nn.Sequential(
         torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, 8)),
         torch.nn.ReLU(),
@@ -2225,6 +2230,8 @@ def test_structurize_refuses_a_torchscript_model_and_says_what_its_patterns_left
 def test_structurize_warns_when_the_names_of_one_layer_match_different_rules():
     """One nn.Linear held as `a` and `b` is made by the rule of its first name: an explicit rule for `b` after
     `*` matched `a` was passed over without a word."""
+    import warnings
+
     model = torch.nn.Module()
     model.a = torch.nn.Linear(8, 8)
     model.b = model.a
@@ -2233,9 +2240,31 @@ def test_structurize_warns_when_the_names_of_one_layer_match_different_rules():
         "*": knn.DenseLinear.from_dense,
     }
     with pytest.warns(UserWarning, match=r"^structurize: 'a' and 'b' are one layer; it is made by the rule '\*' "
-                      r"of its first name, 'a', and the rule 'b' \(for 'b'\) is not used"):  # fmt: skip
+                      r"for 'a', and the rule 'b' \(for 'b'\) is not used"):  # fmt: skip
         knn.structurize(model, rules)
     assert isinstance(model.b, knn.DenseLinear) and model.a is model.b
+    # a rule that keeps the layer (None) passes it to the next name's: that rule made it, and nothing is said
+    kept = torch.nn.Module()
+    kept.a = torch.nn.Linear(8, 8)
+    kept.b = kept.a
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        knn.structurize(kept, {"a": lambda linear: None, "b": knn.DenseLinear.from_dense})
+    assert isinstance(kept.a, knn.DenseLinear)
+    # and a structurize that fails (the model left as it was) warns of nothing
+    failing = torch.nn.Module()
+    failing.a = torch.nn.Linear(8, 8)
+    failing.b = failing.a
+    failing.attention = torch.nn.MultiheadAttention(8, 2)
+
+    def refuse(linear):
+        raise ValueError("no")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="the rule for 'a': no"):
+            knn.structurize(failing, {"a": refuse, "*": knn.DenseLinear.from_dense})
+    assert type(failing.a) is torch.nn.Linear
 
 
 def test_structurize_of_a_weight_normed_linear_says_the_norm_split_is_gone():
@@ -2253,10 +2282,25 @@ def test_structurize_of_a_weight_normed_linear_says_the_norm_split_is_gone():
         knn.structurize(model, {"*": knn.DenseLinear.from_dense})
     texts = [str(w.message) for w in said if str(w.message).startswith("structurize")]
     assert texts == [
-        "structurize: '0' was under torch.nn.utils.weight_norm; the new layer was made from its weight as last "
-        "computed (weight_g * weight_v / ||weight_v||) and trains it directly, without the norm split"
+        "structurize: '0' was under torch.nn.utils.weight_norm; the new layer was made from its weight "
+        "(weight_g * weight_v / ||weight_v||) and trains it directly, without the norm split"
     ]
     torch.testing.assert_close(model(x), expected)
+    # its weight is computed at each forward only: the layer was made from the last forward's (stale after a
+    # step) and, after a forward under torch.no_grad(), frozen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        stepped = torch.nn.Sequential(torch.nn.utils.weight_norm(torch.nn.Linear(8, 8)))
+    with torch.no_grad():
+        stepped(x)
+        stepped[0].weight_g.mul_(2)
+    g, v, bias = stepped[0].weight_g, stepped[0].weight_v, stepped[0].bias
+    now = torch.nn.functional.linear(x, g * v / v.norm(dim=1, keepdim=True), bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        knn.structurize(stepped, {"*": knn.DenseLinear.from_dense})
+    torch.testing.assert_close(stepped(x), now)
+    assert stepped[0].weight.requires_grad and stepped[0].bias.requires_grad
 
 
 def test_a_kt_layer_takes_its_input_by_nn_linears_keyword_too():
@@ -2302,10 +2346,13 @@ def test_a_block_sparse_layer_takes_a_checkpoints_pattern_before_loading_it():
             ValueError,
             r"not the BSR .*block columns from 0 to 3\); got 3 offsets and 4 columns",
         ),
-        ((crow, torch.tensor([0, 0, 1, 2])), ValueError, r"col_indices names a block twice in one block-row"),
+        ((crow, torch.tensor([0, 0, 1, 2])), ValueError, r"col_indices must increase within each block-row"),
+        # unsorted: taken, the buffers written sorted, and the checkpoint's own refused again by load_state_dict
+        ((crow, torch.tensor([3, 2, 1, 3])), ValueError, r"col_indices must increase within each block-row"),
+        ((crow.to("meta"), col), ValueError, r"crow_indices is on the meta device, which holds no values"),
         ((torch.zeros(3, dtype=torch.int64), col[:0]), ValueError, r"the pattern keeps no block"),
         ((crow.float(), col), TypeError, r"crow_indices must hold integers \(torch.int64 or torch.int32\)"),
-        (([0, 2, 4], col), TypeError, r"crow_indices must be a 1-D tensor of integers with values, got list"),
+        (([0, 2, 4], col), TypeError, r"crow_indices must be a 1-D tensor of integers, got list"),
     ]:
         with pytest.raises(error, match=rf"^BlockSparseLinear.load_pattern: {words}"):
             layer.load_pattern(*args)

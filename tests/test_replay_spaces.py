@@ -565,6 +565,8 @@ def test_an_interrupted_replay_says_one_line_and_no_blank_one(bowl, signal_name,
     SIGTERM, a blank line. Here the signal arrives while the replay runs."""
     script = (
         "import os, signal, sys, time\n"
+        # a process started with SIGINT ignored (nohup, `cmd &` in a script) would drop the signal
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import kt.autotune.replay as replay\n"
         "def stop(*args, **kwargs):\n"
         f"    os.kill(os.getpid(), signal.{signal_name})\n"

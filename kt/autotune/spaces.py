@@ -18,6 +18,7 @@ import gzip
 import json
 import math
 import re
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,8 @@ def _numeric(value: Any) -> bool:
 
 
 def _integer(value: Any) -> bool:
-    return _numeric(value) and float(value).is_integer()
+    # an int as it is: float() of one past 1e308 (JSON holds any) is an OverflowError
+    return _numeric(value) and (isinstance(value, int) or float(value).is_integer())
 
 
 def _hashable(value: Any) -> Any:
@@ -286,8 +288,9 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
     if empty:
         raise SpaceError(f"{path}: tune_params.{empty[0]} lists no value; each parameter needs one or more")
     for name in keys:
+        whole = all(_integer(v) for v in tune_params[name])  # `features` reads these as int64
         for x in tune_params[name]:
-            why = _unencodable(x)
+            why = _unencodable(x, whole)
             if why:
                 raise SpaceError(f"{path}: tune_params.{name} holds {shown(x)}, {why}")
     allowed = {k: set(tune_params[k]) for k in keys}
@@ -410,15 +413,17 @@ def _twice(value: Any) -> str | None:
     return value.repeated if isinstance(value, _Repeated) else None
 
 
-def _unencodable(value: Any) -> str | None:
+def _unencodable(value: Any, whole: bool) -> str | None:
     """Why a parameter's value is none a model can read, or None: inf and nan (nan never equals itself) are
-    no values to split on, and `features` reads whole numbers as int64."""
+    no values to split on, and `features` reads a parameter of whole numbers alone (`whole`) as int64."""
     if not _numeric(value):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return "not a finite number: a parameter's value is a finite number or text"
-    if abs(value) >= 2**63 and (isinstance(value, int) or value.is_integer()):
+    if whole and not -(2**63) <= value < 2**63:
         return "a whole number past 64 bits (kt reads whole numbers as int64): give it as text"
+    if isinstance(value, int) and abs(value) > sys.float_info.max:  # among fractions: read as float64
+        return "a number past float64's range (kt reads numbers as float64): give it as text"
     return None
 
 

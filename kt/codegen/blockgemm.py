@@ -309,7 +309,7 @@ def illegal_reason(
         return f"accumulator over {limit} registers per thread{why}"
     threads = config.num_warps * device.warp_size
     planes = 2 if is_complex(problem) else 1
-    if problem.dtype == "float32" and problem.precision == "ieee":
+    if fma:
         # Without tensor cores a dot runs as FMAs on operand tiles held in registers: those count too. Sampled
         # sm_90 builds that spilled at all 255 registers held 112 (Triton 3.6) to 224 accumulator and operand
         # registers per thread, or, for the FFT's four complex dots, 56 to 128, every K step over 16 and every
@@ -330,9 +330,8 @@ def illegal_reason(
     why = two_warp_k_reason(problem, device, config.num_warps, config.block_k, acc, operands, planes)
     if why:
         return why
-    strided = not config.ends and any(strided_ends(stages))
     return complex_several_k_reason(problem, config, device, acc, threads) or several_blocks_reason(
-        problem, config, device, acc, threads, strided
+        problem, config, device, acc, threads, strided_launch(config, stages)
     )
 
 
@@ -400,6 +399,18 @@ SEVERAL_BLOCKS_LIMITS = {  # (compute capability, dots, operand bytes, strided e
 }
 
 
+def strided_launch(config: BlockGemmConfig, stages: list[Stage]) -> bool:
+    """Whether the launches move x or y through a strided end map: one is strided (`strided_ends`) and the
+    config has no feature-major ends."""
+    return not config.ends and any(strided_ends(stages))
+
+
+def k_step_operands(problem: StructuredProblem, config: BlockGemmConfig, threads: int) -> int:
+    """Registers per thread one K step's operand tiles take, both planes where complex (`k_step_registers`)."""
+    planes = 2 if is_complex(problem) else 1
+    return planes * k_step_registers(problem.dtype, config.block_b, config.block_n, config.block_k, threads)
+
+
 def several_blocks_reason(
     problem: StructuredProblem,
     config: BlockGemmConfig,
@@ -414,14 +425,10 @@ def several_blocks_reason(
     moves through a strided end map)."""
     if config.group == 1 or acc <= SEVERAL_BLOCKS_FREE_ACC:
         return None
-    planes = 2 if is_complex(problem) else 1
     size = 4 if problem.precision == "tf32" else itemsize(problem.dtype)
     arch = 90 if device.compute_capability >= 90 else 80
-    limit = SEVERAL_BLOCKS_LIMITS[(arch, "complex" if planes == 2 else "real", size, strided)]
-    operands = planes * k_step_registers(
-        problem.dtype, config.block_b, config.block_n, config.block_k, threads
-    )
-    if acc + 2 * operands > limit:
+    limit = SEVERAL_BLOCKS_LIMITS[(arch, "complex" if is_complex(problem) else "real", size, strided)]
+    if acc + 2 * k_step_operands(problem, config, threads) > limit:
         ends = "strided" if strided else "contiguous"
         return (
             f"accumulator and twice its K-step operand registers over {limit} per thread in a program over "

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import math
@@ -133,10 +134,11 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         found.modules[spec.name] = [path or "(model)"]
         found.specs.append(spec)
 
-    if isinstance(model, torch.jit.ScriptModule):  # no hooks, and no nn.Linear: "runs no nn.Linear"
-        from kt.nn.structurize import scripted
+    from kt.nn.structurize import scripted
 
-        raise KtError(f"--from-model: {scripted(model)}")
+    why = scripted(model)  # no hooks, and no nn.Linear: a traceback, or "runs no nn.Linear"
+    if why:
+        raise KtError(f"--from-model: {why}")
     handles = [
         module.register_forward_hook(lambda m, i, k, o, path=path: record(path, m, i, k), with_kwargs=True)
         for path, module in model.named_modules()
@@ -172,7 +174,7 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise KtError(f"--from-model: {target!r} must be MODULE:FACTORY or path/to/file.py:FACTORY")
-    if not where.endswith(".py") and ("/" in where or os.sep in where or Path(where).is_file()):
+    if not where.endswith(".py") and ("/" in where or os.sep in where):
         # a folder, or a file of another kind, was read as a module name ("cannot import '/tmp/models'")
         what = (
             "is a folder"
@@ -204,17 +206,21 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
             with _said() as said:
                 module = importlib.import_module(where)
         except ImportError as exc:
+            if Path(where).is_file():  # a file of another kind, read as a module name
+                raise KtError(
+                    f"--from-model: {where!r} is not a .py file; give path/to/file.py:FACTORY or "
+                    "package.module:FACTORY"
+                ) from None
             raise KtError(f"--from-model: cannot import {where!r} ({exc})") from None
         except (Exception, SystemExit) as exc:
             raise KtError(f"--from-model: {where!r} failed to load: {_why(exc, said)}") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
+    missing = object()
+    factory = getattr(module, attr, missing)
+    if factory is missing:
         names = sorted(
             name
             for name, value in vars(module).items()
-            if callable(value)
-            and not name.startswith("_")
-            and getattr(value, "__module__", None) == module.__name__
+            if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == module.__name__
         )
         listing = (
             f"; its functions: {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "")

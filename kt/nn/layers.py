@@ -569,11 +569,14 @@ class BlockSparseLinear(_KtLinear):
 
     def reset_parameters(self) -> None:
         """The values and bias drawn afresh (and the pattern's index buffers rewritten from `layout`)."""
-        mask = self.mask()
         self._write_indices()
-        fan_in = max(1, int(mask.sum(axis=1).max())) * self.block[1]  # the inputs of the fullest block-row
+        self._init_bias(self._draw_values(self.mask()))
+
+    def _draw_values(self, mask: np.ndarray) -> int:
+        """The stored blocks drawn afresh, by the inputs of the fullest block-row (returned: the bias's fan-in)."""
+        fan_in = max(1, int(mask.sum(axis=1).max())) * self.block[1]
         nn.init.uniform_(self.values, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-        self._init_bias(fan_in)
+        return fan_in
 
     def _write_indices(self) -> None:
         """The index buffers written from `layout`, which alone says what they hold; as normal tensors, also
@@ -702,11 +705,13 @@ class BlockSparseLinear(_KtLinear):
         grid = (self.out_features // self.block[0], self.in_features // self.block[1])
         rows = []
         for name, index in (("crow_indices", crow_indices), ("col_indices", col_indices)):
-            if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_meta:
+            if not isinstance(index, torch.Tensor) or index.dim() != 1:
                 got = (
                     f"shape {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
                 )
-                raise TypeError(f"{who}: {name} must be a 1-D tensor of integers with values, got {got}")
+                raise TypeError(f"{who}: {name} must be a 1-D tensor of integers, got {got}")
+            if index.is_meta:
+                raise ValueError(f"{who}: {name} is on the meta device, which holds no values")
             if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
                 raise TypeError(
                     f"{who}: {name} must hold integers (torch.int64 or torch.int32), got {index.dtype}"
@@ -725,10 +730,11 @@ class BlockSparseLinear(_KtLinear):
                 f"(crow_indices: {grid[0] + 1} non-decreasing offsets from 0 to len(col_indices); col_indices: "
                 f"block columns from 0 to {grid[1] - 1}); got {len(crow)} offsets and {len(col)} columns"
             )
+        rows = np.repeat(np.arange(grid[0]), np.diff(crow))
+        if (np.diff(col)[rows[1:] == rows[:-1]] <= 0).any():  # the buffers, written sorted, would not be its
+            raise ValueError(f"{who}: col_indices must increase within each block-row (a BSR tensor's order)")
         mask = np.zeros(grid, dtype=bool)
-        mask[np.repeat(np.arange(grid[0]), np.diff(crow)), col] = True
-        if int(mask.sum()) != len(col):
-            raise ValueError(f"{who}: col_indices names a block twice in one block-row")
+        mask[rows, col] = True
         if not mask.any():
             raise ValueError(f"{who}: the pattern keeps no block")
         self.layout = mask_to_hex(mask)
@@ -739,9 +745,8 @@ class BlockSparseLinear(_KtLinear):
             values = torch.empty(len(col), *self.block, dtype=self.values.dtype, device=self.values.device)
             self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
         self._write_indices()
-        fan_in = max(1, int(mask.sum(axis=1).max())) * self.block[1]
         with torch.no_grad():
-            nn.init.uniform_(self.values, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+            self._draw_values(mask)
         self._refresh()
 
     @classmethod

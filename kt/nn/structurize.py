@@ -39,8 +39,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     """
     if not isinstance(model, nn.Module):  # a state_dict or a tensor failed on named_modules' AttributeError
         raise TypeError(f"structurize: model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(model, torch.jit.ScriptModule):  # its layers are no nn.Linear: "it has no nn.Linear"
-        raise TypeError(f"structurize: {scripted(model)}")
+    why = scripted(model)
+    if why:  # its layers are no nn.Linear: "it has no nn.Linear"
+        raise TypeError(f"structurize: {why}")
     if isinstance(model, nn.Linear):  # its name is "", which "*" matches: setattr(model, "", layer) added one
         raise ValueError(
             "structurize: the model is itself an nn.Linear, which cannot be replaced in place; make the layer "
@@ -81,17 +82,15 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             rule = rule_of(name)
             return None if rule is None else rule[1](linear)
 
-        _say_left_alone(subclassed, [p for p, _ in patterns])
-        _say_aliases(aliases, rule_of)
-
     elif callable(rules):
-        choose = rules
+        choose, rule_of = rules, None
     else:
         raise TypeError(
             f"structurize: rules must be a mapping of name patterns to factories or a function, got {type(rules).__name__}"
         )
-    chosen = []
+    chosen, said = [], []  # warnings said once every layer is made (none where a rule fails)
     for key, linear in linears.items():
+        _fresh_weight(linear)
         for name in aliases[key]:
             try:
                 layer = choose(name, linear)
@@ -101,6 +100,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 break
         else:
             continue
+        if rule_of is not None:
+            said += _unused_rules(aliases[key], name, rule_of)
         if not isinstance(layer, nn.Module):
             raise TypeError(
                 f"structurize: the rule for {name!r} returned a {type(layer).__name__}, not an nn.Module "
@@ -115,6 +116,10 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
             )
         chosen.append((key, layer))
+    if isinstance(rules, Mapping):
+        said = _left_alone_said(subclassed, [p for p, _ in rules.items()]) + said
+    for text in said:
+        warnings.warn(text, stacklevel=2)
     holders: dict[int, list[str]] = {}  # every name of each parameter: a weight tied to another module's
     for name, param in model.named_parameters(remove_duplicate=False):
         holders.setdefault(id(param), []).append(name)
@@ -168,27 +173,28 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
     """What `linear` held beyond its tensors that its replacement `layer` must keep: its mode, its frozen
     parameters (a frozen model came back trainable); its hooks are named (they cannot move with it)."""
     layer.train(linear.training)
+    normed = _weight_norm(linear)
+    # under weight_norm the weight is computed (with no grad after a forward under torch.no_grad()): the
+    # parameters it is computed from say whether it trains
+    trains = (
+        linear.weight.requires_grad
+        if normed is None
+        else any(getattr(linear, f"{normed.name}_{part}").requires_grad for part in "gv")
+    )
     for param_name, param in layer.named_parameters():
-        source = (
-            linear.bias
-            if param_name.rpartition(".")[2] == "bias" and linear.bias is not None
-            else linear.weight
-        )
-        if not source.requires_grad:
+        is_bias = param_name.rpartition(".")[2] == "bias" and linear.bias is not None
+        if not (linear.bias.requires_grad if is_bias else trains):
             param.requires_grad_(False)
-    from torch.nn.utils.weight_norm import WeightNorm
-
     pre_hooks = dict(linear._forward_pre_hooks)
-    if any(isinstance(hook, WeightNorm) for hook in pre_hooks.values()):
-        # torch.nn.utils.weight_norm's hook recomputes the weight from weight_g and weight_v at each call; the
-        # new layer was made from the weight as last computed and holds it as plain weights
+    if normed is not None:
+        # its hook computes the weight from weight_g and weight_v at each call: the new layer was made from them
+        # as they are (`_fresh_weight`) and holds the weight as plain weights
         warnings.warn(
             f"structurize: {name!r} was under torch.nn.utils.weight_norm; the new layer was made from its weight "
-            "as last computed (weight_g * weight_v / ||weight_v||) and trains it directly, without the norm "
-            "split",
+            "(weight_g * weight_v / ||weight_v||) and trains it directly, without the norm split",
             stacklevel=3,
         )
-        pre_hooks = {key: hook for key, hook in pre_hooks.items() if not isinstance(hook, WeightNorm)}
+        pre_hooks = {key: hook for key, hook in pre_hooks.items() if hook is not normed}
     hooks = [
         kind
         for kind, table in (
@@ -207,45 +213,64 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
         )
 
 
-def scripted(model: nn.Module) -> str:
-    """What to do with a TorchScript module (torch.jit.script or trace): its layers are no longer nn.Linear."""
-    return (
-        f"the model is a TorchScript module ({type(model).__name__}, from torch.jit.script or torch.jit.trace), "
-        "whose layers are no longer nn.Linear modules; give the eager nn.Module it was made from"
-    )
+def scripted(model: nn.Module) -> str | None:
+    """Why a model with a TorchScript module in it (torch.jit.script or trace) cannot be read, or None: its
+    layers are no longer nn.Linear modules, and it takes no forward hooks."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            where = f"the model's {name!r} is" if name else "the model is"
+            return (
+                f"{where} a TorchScript module ({type(module).__name__}, from torch.jit.script or torch.jit.trace), "
+                "whose layers are no longer nn.Linear modules; give the eager nn.Module it was made from"
+            )
+    return None
 
 
-def _say_left_alone(subclassed: dict[str, str], patterns: list[str]) -> None:
-    """One warning naming the nn.Linear subclasses a rule's pattern matched and structurize left alone (a "*"
+def _weight_norm(linear: nn.Linear):
+    """torch.nn.utils.weight_norm's hook on `linear`, or None."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return next((h for h in linear._forward_pre_hooks.values() if isinstance(h, WeightNorm)), None)
+
+
+def _fresh_weight(linear: nn.Linear) -> None:
+    """The weight of a layer under torch.nn.utils.weight_norm computed from weight_g and weight_v as they are
+    now: its hook computes it at each forward only, so the new layer was made from the last forward's (stale
+    after an optimizer step), and frozen after one under torch.no_grad()."""
+    hook = _weight_norm(linear)
+    if hook is not None:
+        with torch.no_grad():
+            setattr(linear, hook.name, hook.compute_weight(linear))
+
+
+def _left_alone_said(subclassed: dict[str, str], patterns: list[str]) -> list[str]:
+    """A warning naming the nn.Linear subclasses a rule's pattern matched and structurize left alone (a "*"
     left an attention's out_proj, or a weight-normed layer, dense without a word)."""
     matched = [
         f"{name!r} {why}"
         for name, why in subclassed.items()
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
     ]
-    if matched:
-        more = f" (and {len(matched) - 3} more)" if len(matched) > 3 else ""
-        warnings.warn(
-            f"structurize: left alone, though a rule's pattern matches: {'; '.join(matched[:3])}{more}",
-            stacklevel=3,
-        )
+    if not matched:
+        return []
+    more = f" (and {len(matched) - 3} more)" if len(matched) > 3 else ""
+    return [f"structurize: left alone, though a rule's pattern matches: {'; '.join(matched[:3])}{more}"]
 
 
-def _say_aliases(aliases: dict[int, list[str]], rule_of: Callable) -> None:
-    """A warning for each nn.Linear held under several names that rules of different patterns match: it is made
-    by the rule of its first name that one matches, and the others' rules are not used."""
-    for names in aliases.values():
-        rules = [(name, rule_of(name)) for name in names]
-        matched = [(name, rule[0]) for name, rule in rules if rule is not None]
-        if len({pattern for _, pattern in matched}) > 1:
-            (first, pattern), others = matched[0], [(n, p) for n, p in matched[1:] if p != matched[0][1]]
-            unused = ", ".join(f"{p!r} (for {n!r})" for n, p in others)
-            rule, verb = ("rules", "are") if len(others) > 1 else ("rule", "is")
-            warnings.warn(
-                f"structurize: {first!r} and {', '.join(repr(n) for n, _ in others)} are one layer; it is made by "
-                f"the rule {pattern!r} of its first name, {first!r}, and the {rule} {unused} {verb} not used",
-                stacklevel=3,
-            )
+def _unused_rules(names: list[str], maker: str, rule_of: Callable) -> list[str]:
+    """A warning where an nn.Linear held under several names was made by the rule of `maker` (the first of its
+    names whose rule made a layer) and later names match rules of other patterns, which are not used."""
+    pattern = rule_of(maker)[0]
+    later = names[names.index(maker) + 1 :]
+    others = [(n, rule_of(n)[0]) for n in later if rule_of(n) is not None and rule_of(n)[0] != pattern]
+    if not others:
+        return []
+    unused = ", ".join(f"{p!r} (for {n!r})" for n, p in others)
+    rule, verb = ("rules", "are") if len(others) > 1 else ("rule", "is")
+    return [
+        f"structurize: {maker!r} and {', '.join(repr(n) for n, _ in others)} are one layer; it is made by the rule "
+        f"{pattern!r} for {maker!r}, and the {rule} {unused} {verb} not used"
+    ]
 
 
 def _left_alone(module: nn.Linear) -> str:
