@@ -228,7 +228,7 @@ def build(
         raise SpecError("config", str(exc).removeprefix("config: ")) from None
     illegal = written and illegal_config(family, node.problem, config, profile)
     if illegal:
-        raise SpecError("config", f"{config} cannot run {node.problem} on {profile.name}: {illegal}")
+        raise SpecError("config", f"{config.key()} cannot run {node.problem} on {profile.name}: {illegal}")
     return Kernel(
         load_source(source), spec, config, {"measured": False, **({"refused": refused} if refused else {})}
     )
@@ -610,8 +610,8 @@ def evaluate_model(
         )
         if not records:
             raise DatabaseError(
-                f"data: {str(data)!r}: every row's shape was in the model's training data ({dropped_rows} rows "
-                f"of {dropped_shapes} shapes); evaluate it on other shapes"
+                f"data: {str(data)!r}: every row's shape was in the model's training data "
+                f"({counted(dropped_rows, 'row')} of {counted(dropped_shapes, 'shape')}); evaluate it on other shapes"
             )
         try:
             scored = report(forest, records)

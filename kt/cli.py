@@ -5,6 +5,7 @@ Every error a user can cause prints one line and exits with code 2; an interrupt
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import logging
@@ -123,8 +124,23 @@ def _said(line: str) -> None:
                 os.dup2(null, fd)
 
 
+def _lenient(stream) -> None:
+    """A stream whose encoding cannot write every character kt prints (ᵀ, ·, box lines: PYTHONIOENCODING=ascii,
+    a latin-1 locale) writes a replacement for them: each command ended in a UnicodeEncodeError traceback."""
+    encoding = getattr(stream, "encoding", None)
+    if (
+        encoding
+        and hasattr(stream, "reconfigure")
+        and codecs.lookup(encoding).name not in ("utf-8", "utf-16")
+    ):
+        with contextlib.suppress(ValueError, OSError):  # a stream closed or detached
+            stream.reconfigure(errors="replace")
+
+
 class _Group(click.Group):
     def main(self, *args, **kwargs):
+        for stream in (sys.stdout, sys.stderr):
+            _lenient(stream)
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
         handler = _StderrHandler()
         handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
@@ -184,7 +200,9 @@ class _Group(click.Group):
             err.print(exc.format_message())
             sys.exit(2)
         except click.UsageError as exc:
-            command = exc.ctx.command_path if exc.ctx else "kt"
+            # an option without its value has no context: the subcommand on the command line, as the others name
+            named = self._command(args, kwargs)
+            command = exc.ctx.command_path if exc.ctx else f"kt {named}" if named else "kt"
             err.print(f"kt: error: {exc.format_message()} (see `{command} --help`)", style="red")
             sys.exit(2)
         except sqlite3.Error as exc:  # a database that failed once open: damaged, the disk full, read-only
@@ -1079,7 +1097,10 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
             [Task(0, "compile", {**chosen.task.payload, "ptx_dir": str(ptx_dir)}, "compile")]
         )
     launches = chosen.values.get("launch_evidence", [])
-    title = f"{configs[rank].key()} (rank {rank + 1} of {plan.model}) "
+    # its rank as kt predict shows it (its place among the distinct tiles differs once one fails to build)
+    order = [plan.space.legal[i].key() for i in plan.ranked]
+    place = order.index(configs[rank].key()) + 1 if configs[rank].key() in order else rank + 1
+    title = f"{configs[rank].key()} (rank {place} by {_model_noun(plan.model)}) "
     table = Table(title=title + f"compiled for sm_{arch}: PTX in {ptx_dir}")
     for name in ("launch", "kernel", "MMA", "TMA", "registers", "spill bytes", "shared KiB", "why not wgmma"):
         table.add_column(name, justify="left" if name in ("kernel", "MMA", "why not wgmma") else "right")
@@ -1407,6 +1428,9 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             f"({other[2]}), so its watts are not this card's; fit one on this card's rows (`kt collect` on it, "
             "then `kt costmodel fit`)"
             if other
+            else "it is a roofline of time alone; a forest fitted on kt's own GPU rows predicts power (`kt "
+            "collect` on a GPU, then `kt costmodel fit`)"
+            if plan.model == "analytic"
             else "no public data measures power during Triton kernels, so power predictions stay untrained "
             "until a forest is fitted on kt's own GPU rows (`kt collect` on a GPU, then `kt costmodel fit`)"
         )

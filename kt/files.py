@@ -212,6 +212,8 @@ def make_folder(path: str | os.PathLike, field: str) -> Path:
     from kt.errors import KtError
 
     path = Path(path)
+    if path.exists() and not path.is_dir():  # /dev/null said "cannot be made (File exists)"
+        raise KtError(f"{field}: {str(path)!r} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -14,6 +14,7 @@ import torch
 from kt.autotune.database import Database
 
 EXAMPLE = "examples/dense.yaml"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def kt_cli(*args, cwd=None, timeout=300):
@@ -1088,3 +1089,64 @@ def test_predict_says_why_a_card_of_an_unsampled_architecture_gets_the_analytic_
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert "kt ships forests" not in on_h100.stdout
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_output_a_stream_cannot_encode_is_replaced_not_a_traceback(encoding):
+    """`kt show` of a sum (ᵀ, ·) and `kt space` ended in a UnicodeEncodeError traceback (exit 1) where the output
+    could not be UTF-8 (PYTHONIOENCODING=ascii, a latin-1 locale)."""
+    import os
+
+    for args in (
+        ["show", ROOT / "examples" / "sum.yaml"],
+        ["space", ROOT / "examples" / "monarch.yaml", "--sample", "1"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "kt.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            encoding=encoding,
+            errors="strict",
+            env={**os.environ, "PYTHONIOENCODING": encoding},
+            timeout=300,
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "y = (BSR[t0_w]" in done.stdout or "search space of monarch" in done.stdout
+
+
+def test_a_sums_formula_brackets_its_terms_and_an_option_without_its_value_names_its_command():
+    """`kt show` of a sum printed "y = BSR[...] + Dense[...] · Dense[...] · x", x applied to the last term alone;
+    an option given no value pointed at `kt --help`, where every other usage error names the command's."""
+    done = kt_cli("show", ROOT / "examples" / "sum.yaml")
+    assert (
+        "y = (BSR[t0_w](1024<-1024, 64x64 blocks, 46/256) + Dense[t1_f2](1024<-32) · Dense[t1_f1](32<-1024)) · x"
+        in (done.stdout)
+    )
+    for command, option in [("show", "--ptx"), ("predict", "--top"), ("space", "--device")]:
+        done = kt_cli(command, EXAMPLE, option)
+        assert done.returncode == 2
+        assert done.stderr.strip().endswith(f"(see `kt {command} --help`)"), done.stderr
+
+
+def test_a_folder_kt_is_to_make_that_exists_as_something_else_says_so(tmp_path):
+    """`kt show --ptx /dev/null` said "the folder '/dev/null' cannot be made (File exists)"."""
+    from kt.errors import KtError
+    from kt.files import make_folder
+
+    for path in ("/dev/null", tmp_path / "file"):
+        Path(path).touch() if path != "/dev/null" else None
+        with pytest.raises(KtError, match=rf"^--ptx: '{path}' exists and is not a folder$"):
+            make_folder(path, "--ptx")
+
+
+def test_the_analytic_models_power_note_is_its_own():
+    """`--model analytic` said that no public data measures power during Triton kernels, which is about forests."""
+    done = kt_cli(
+        "predict", EXAMPLE, "--model", "analytic", "--device", "a100", "--objective", "energy", "--top", "1"
+    )
+    said = " ".join(done.stdout.split())
+    assert (
+        "note: the analytic model predicts no power: it is a roofline of time alone; a forest fitted on kt's own GPU rows predicts power"
+        in said
+    )
+    assert "no public data" not in said

@@ -1153,3 +1153,19 @@ def test_the_plots_legend_names_the_tuners_model_in_two_short_lines():
     )
     lines = tuner_label(model).splitlines()
     assert len(lines) == 2 and max(map(len, lines)) <= 50 and lines[1].startswith("(forest for h100")
+
+
+def test_a_csv_that_holds_a_row_twice_is_refused_naming_both_lines(tmp_path):
+    """Two exports joined by hand (a database holds each row once) were read whole: a fit weighed their rows
+    twice, and an evaluation counted a config's two copies as two of a shape's top five."""
+    from kt.autotune.dataset import read_rows
+    from kt.errors import DatabaseError
+
+    data, _ = malformed_data(tmp_path, "csv", "spec_name", "x")
+    header, first, second = data.read_text().splitlines(keepends=True)
+    assert len(read_rows(data)) == 2
+    data.write_text(header + first + second + first)
+    with pytest.raises(DatabaseError, match=r"data.csv' line 4: id \d+ again \(line 2 has it\); a kt export CSV "
+                       r"holds each row once: keep one copy$"):  # fmt: skip
+        read_rows(data)
+    assert_one_line_error(kt("costmodel", "eval", "--data", data), "line 4: id ")

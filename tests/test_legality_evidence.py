@@ -489,3 +489,13 @@ def test_fma_dots_over_several_blocks_keep_32_accumulator_registers():
     assert block_reason(problem, wider, H100, stages_for(problem, wider)) == (
         "accumulator over 32 registers per thread (FMA dots over several blocks)"
     )
+
+
+def test_a_group_over_a_single_block_is_refused_in_the_singular():
+    """ "more blocks per program than the 1 blocks (GROUP 1 takes them all)"."""
+    from kt.codegen import family_for
+
+    problem = problem_of(op="butterfly", dtype="float16", shape={"batch": 512, "n": 256})
+    reasons = {reason for _, reason in family_for(problem).judged(problem, H100) if reason}
+    assert "more blocks per program than the 1 block a launch has (GROUP 1 takes it)" in reasons
+    assert not any("the 1 blocks" in reason for reason in reasons)

@@ -83,7 +83,7 @@ def test_space_may_restrict_a_structure_choice():
         (
             {"configs": [{"block_m": 256, "block_n": 256, "block_k": 128, "num_stages": 5}]},
             "tune.configs[0]",
-            "cannot run gemm[m=512 n=512 k=512 f16 a:row b:row] on h100: shared memory over",
+            "m256n256k128g8w4s5x1 cannot run gemm[m=512 n=512 k=512 f16 a:row b:row] on h100: shared memory over",
         ),
     ],
 )

@@ -100,7 +100,7 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
     """The rows of a `kt export` CSV. A row with fewer or more cells than the header, or a last row without its
     line break (`kt export` ends every row with one), is a cut-off or damaged file: refused, not read as a row
     whose missing cells are empty."""
-    rows = []
+    rows, seen = [], {}
     for where, raw in csv_records(export_text(path, field), f"{field}: {str(path)!r}", DatabaseError):
         row = {k: _cell(k, v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
         try:
@@ -108,6 +108,15 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
         except ValueError as exc:
             raise DatabaseError(f"{where}: {exc}") from None
         check_row(row, where)
+        # a database holds each row once: two exports joined by hand weighed their rows twice in a fit, and a
+        # config's two copies filled two of an evaluation's top five
+        if row.get("id") is not None:
+            if row["id"] in seen:
+                raise DatabaseError(
+                    f"{where}: id {row['id']} again (line {seen[row['id']]} has it); a kt export CSV holds each "
+                    "row once: keep one copy"
+                )
+            seen[row["id"]] = where.rpartition(" ")[2]
         rows.append(row)
     return rows
 

@@ -263,7 +263,10 @@ def illegal_reason(
     if (
         config.group > 1 << (most - 1).bit_length()
     ):  # a smaller GROUP already takes every block in one program
-        return f"more blocks per program than the {most} blocks (GROUP {1 << (most - 1).bit_length()} takes them all)"
+        takes = 1 << (most - 1).bit_length()
+        if most == 1:
+            return "more blocks per program than the 1 block a launch has (GROUP 1 takes it)"
+        return f"more blocks per program than the {most} blocks (GROUP {takes} takes them all)"
     for stage in stages:  # the launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n)
         block_n, _ = stage_tiles(stage, config)
         if -(-stage.nblocks // config.group) > MAX_GRID_YZ or -(-stage.blk_out // block_n) > MAX_GRID_YZ:

@@ -87,7 +87,9 @@ def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int],
         if config.key() not in legal:
             raise SpecError(
                 path,
-                f"{config} cannot run {problem} on {device.name}: {why_illegal(family, problem, config, device)}",
+                # by its key, as kt space and kt predict name it (its str listed every field of every family)
+                f"{config.key()} cannot run {problem} on {device.name}: "
+                f"{why_illegal(family, problem, config, device)}",
             )
         chosen.setdefault(config.key(), legal[config.key()])
     return replace(

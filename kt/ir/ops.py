@@ -16,7 +16,7 @@ import torch
 
 from kt.ir.factors import Dense
 from kt.ir.graph import KernelGraph, KernelNode
-from kt.ir.linear_map import LinearMap
+from kt.ir.linear_map import LinearMap, SumMap
 from kt.ir.problems import (
     BlockSparseProblem,
     BsrGradProblem,
@@ -51,9 +51,11 @@ class KernelOp(ABC):
     def map_text(self) -> tuple[str, str]:
         """(heading, formula) of what the op computes, for `kt show`."""
         m = self.linear_map
+        # a sum in brackets: "A + B · C · x" read as x applied to the last term alone
+        text = f"({m})" if isinstance(m, SumMap) else str(m)
         return (
             f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
-            f"y = {m} · x",
+            f"y = {text} · x",
         )
 
     def arg_types(self) -> dict[str, TensorType]:

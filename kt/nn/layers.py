@@ -154,6 +154,9 @@ class _NoTorchScript:
         raise TypeError(f"{type(self).__name__}: {NO_TORCHSCRIPT}")
 
 
+_NOT_GIVEN = object()  # an argument left out, as `forward` tells it from None
+
+
 class _KtLinear(_NoTorchScript, nn.Module, ABC):
     """What the layers share: features, bias, dtype, the op text, and the forward over any leading dims."""
 
@@ -210,14 +213,15 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
                     f"{type(self).__name__}: {name} must have shape {want[name]}, got {tuple(tensor.shape)}"
                 )
 
-    def forward(self, x: torch.Tensor | None = None, *, input: torch.Tensor | None = None) -> torch.Tensor:
-        # `input=` as nn.Linear names it (a model calling `self.fc(input=x)` failed once structurize swapped fc)
-        if (x is None) == (input is None):
+    def forward(self, x: Any = _NOT_GIVEN, *, input: Any = _NOT_GIVEN) -> torch.Tensor:
+        # `input=` as nn.Linear names it (a model calling `self.fc(input=x)` failed once structurize swapped fc);
+        # not given is not None (layer(None) is told that x must be a tensor)
+        if (x is _NOT_GIVEN) == (input is _NOT_GIVEN):
             raise TypeError(
                 f"{type(self).__name__}: give x once (as layer(x), layer(x=x) or, as nn.Linear names it, "
-                f"layer(input=x)), got {'both x and input' if x is not None else 'neither'}"
+                f"layer(input=x)), got {'neither' if x is _NOT_GIVEN else 'both x and input'}"
             )
-        x = x if input is None else input
+        x = x if input is _NOT_GIVEN else input
         _check_features(type(self).__name__, x, self.in_features)
         self._check_shapes()
         self._check_weights()
