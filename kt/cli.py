@@ -1226,7 +1226,7 @@ def space(spec, sample, seed, device):
             mma[index][0],
             _ms(plan.predicted_s[index] * 1e3),
         )
-    out.print(table)
+    _print_fitted(table, ("smem KiB (at most)", "acc regs/thread"))
 
 
 @main.command()
@@ -1370,12 +1370,13 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             bounds[position],
             measures,
         )
-    out.print(table)
-    out.print(  # the two columns come from two models: a reader took l2 for what bounds the roofline time
-        "roofline ms: max(FLOPs at peak, least bytes at DRAM bandwidth), summed over the launches; config "
-        "bound: what limits that config in the analytic model (math, smem, l2 or dram traffic)",
-        style="dim",
-    )
+    dropped = _print_fitted(table, ("spread", "TFLOP/s", "roofline ms", "config bound"))
+    if "config bound" not in dropped:
+        out.print(  # the two columns come from two models: a reader took l2 for what bounds the roofline time
+            "roofline ms: max(FLOPs at peak, least bytes at DRAM bandwidth), summed over the launches; config "
+            "bound: what limits that config in the analytic model (math, smem, l2 or dram traffic)",
+            style="dim",
+        )
     beyond = sorted(plan.ranked.index(i) + 1 for i in chosen - set(rows))
     if beyond:
         out.print(
@@ -1868,6 +1869,39 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
         count = update_benchmarks(out_dir, update_path)
         out.print(f"{counted(count, 'row')} merged into {update_path}")
     out.print(f"{prefix}report: {result.report}")
+
+
+def _print_fitted(table: Table, optional: tuple[str, ...]) -> list[str]:
+    """Print `table` with no value cut: each column at least as wide as its widest value (its longest word for
+    the text columns that wrap), and where the terminal is still too narrow the `optional` columns left out,
+    last first, with a note naming them (at 80 columns a "config bound" column came out empty and a number as
+    "0.0…")."""
+    for column in table.columns:
+        cells = [str(cell) for cell in column.cells]
+        words = [len(word) for text in (str(column.header), *cells) for word in text.split()]
+        if column.no_wrap:  # its values whole; its header wraps at spaces
+            column.min_width = max([column.min_width or 0, *map(len, cells), *words])
+        else:  # wraps at spaces, never inside a word
+            column.min_width = max([column.min_width or 0, *words])
+
+    def needed() -> int:  # each column's least width, its padding (1 each side) and the lines between them
+        return sum(column.min_width + 2 for column in table.columns) + len(table.columns) + 1
+
+    dropped = []
+    for name in reversed(optional):
+        if needed() <= out.width:
+            break
+        kept = [column for column in table.columns if column.header != name]
+        if len(kept) < len(table.columns):
+            table.columns[:] = kept
+            dropped.append(name)
+    out.print(table)
+    if dropped:
+        out.print(
+            f"(left out at {out.width} columns: {', '.join(reversed(dropped))}; a wider terminal shows them)",
+            style="dim",
+        )
+    return dropped
 
 
 def _whole(name: str, key: str, values) -> dict[str, Any]:

@@ -1150,3 +1150,37 @@ def test_the_analytic_models_power_note_is_its_own():
         in said
     )
     assert "no public data" not in said
+
+
+def test_a_table_too_wide_for_the_terminal_leaves_out_columns_and_cuts_no_value(monkeypatch):
+    """At 80 columns kt predict's "config bound" column came out empty, "tune measures" one letter a line, and at
+    60 a time read "0.0…": every value now keeps its width, and the optional columns go, with a note."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    import kt.cli as cli
+
+    def shown(width):
+        monkeypatch.setattr(
+            cli, "out", Console(file=io.StringIO(), width=width, highlight=False, emoji=False)
+        )
+        table = Table()
+        for name in ("rank", "config", "ms", "spread", "roofline ms", "config bound", "tune measures"):
+            text = name in ("config bound", "tune measures")
+            table.add_column(name, no_wrap=not text, overflow="fold" if text else "ellipsis")
+        table.add_row(
+            "1", "b64n128k64g8w4s3-fm", "0.0725", "+6%/-6%", "0.0427", "dram", "no: rank 3's program"
+        )
+        dropped = cli._print_fitted(table, ("spread", "roofline ms", "config bound"))
+        return dropped, cli.out.file.getvalue()
+
+    dropped, text = shown(120)
+    assert dropped == [] and "dram" in text and "…" not in text
+    assert shown(80)[0] == []  # just fits
+    for width in (70, 50):
+        dropped, text = shown(width)
+        assert "…" not in text and "b64n128k64g8w4s3-fm" in text and "0.0725" in text and "program" in text
+        assert all(len(line) <= width for line in text.splitlines()), text
+        assert dropped and f"(left out at {width} columns: " in " ".join(text.split())
