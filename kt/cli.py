@@ -775,7 +775,7 @@ def _model_specs(target: str, taken: set[str]) -> list:
     plain = [path for path in found.plain if path not in found.subclassed]
     if plain:  # tuned for a DenseLinear made from them: torch's nn.Linear never reads an artifact
         out.print(
-            f"note: {counted(len(plain), 'plain nn.Linear layer')} ({_first_paths(plain)}): torch runs "
+            f"note: {counted(len(plain), 'plain nn.Linear layer')} ({_listed(plain)}): torch runs "
             f"{_them(plain)} and reads no artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "
             '(kt.nn.structurize(model, {"*": kt.nn.DenseLinear.from_dense}), or a rule per name)',
             markup=False,
@@ -783,16 +783,12 @@ def _model_specs(target: str, taken: set[str]) -> list:
     if found.subclassed:  # which structurize leaves alone (their forward may differ from F.linear's)
         out.print(
             f"note: {counted(len(found.subclassed), 'layer')} of a subclass of nn.Linear "
-            f"({_first_paths(found.subclassed)}): torch runs {_them(found.subclassed)} and reads no artifact, and "
+            f"({_listed(found.subclassed)}): torch runs {_them(found.subclassed)} and reads no artifact, and "
             f"kt.nn.structurize leaves {_them(found.subclassed)} alone; where one computes F.linear(x, weight, "
             "bias), set kt.nn.DenseLinear.from_dense(layer) in its place yourself",
             markup=False,
         )
     return found.specs
-
-
-def _first_paths(paths: list[str]) -> str:
-    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
 def _them(paths: list[str]) -> str:

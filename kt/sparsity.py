@@ -109,11 +109,13 @@ def layout_mask(weight: torch.Tensor) -> np.ndarray:
     """The block mask of a torch sparse BSR tensor (its stored blocks, zero-valued or not)."""
     bo, bi = weight.values().shape[-2:]
     grid = (weight.shape[0] // bo, weight.shape[1] // bi)
-    crow = weight.crow_indices().cpu().numpy()
-    cols = weight.col_indices().cpu().numpy()
+    return indices_mask(weight.crow_indices().cpu().numpy(), weight.col_indices().cpu().numpy(), grid)
+
+
+def indices_mask(crow: np.ndarray, cols: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The block mask over `grid` of BSR indices (block-row offsets `crow`, block columns `cols`)."""
     mask = np.zeros(grid, dtype=bool)
-    rows = np.repeat(np.arange(grid[0]), np.diff(crow))
-    mask[rows, cols] = True
+    mask[np.repeat(np.arange(grid[0]), np.diff(crow)), cols] = True
     return mask
 
 

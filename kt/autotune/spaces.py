@@ -267,17 +267,15 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
         raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")
-    if _twice(data) is not None:
-        raise SpaceError(
-            f"{path}: names the field {_twice(data)!r} twice; JSON keeps the last without a word"
-        )
+    if (twice := _twice(data)) is not None:
+        raise SpaceError(f"{path}: names the field {twice!r} twice; JSON keeps the last without a word")
     tune_params, cache = data["tune_params"], data["cache"]
     if not isinstance(tune_params, dict) or not all(
         isinstance(v, list) and all(_scalar(x) for x in v) for v in tune_params.values()
     ):
         raise SpaceError(f"{path}: tune_params must map each parameter's name to the list of its values")
-    if _twice(tune_params) is not None:
-        raise SpaceError(f"{path}: tune_params names {_twice(tune_params)!r} twice")
+    if (twice := _twice(tune_params)) is not None:
+        raise SpaceError(f"{path}: tune_params names {twice!r} twice")
     keys = data.get("tune_params_keys") or list(tune_params)
     if not isinstance(keys, list) or not all(isinstance(k, str) and k in tune_params for k in keys):
         raise SpaceError(f"{path}: tune_params_keys must list names of tune_params, got {keys!r}")
@@ -296,9 +294,9 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
     allowed = {k: set(tune_params[k]) for k in keys}
     if not isinstance(cache, dict):
         raise SpaceError(f"{path}: cache must map each configuration's key to its record, got {_kind(cache)}")
-    if _twice(cache) is not None:  # the dropped entry may have been the optimum
+    if (twice := _twice(cache)) is not None:  # the dropped entry may have been the optimum
         raise SpaceError(
-            f"{path}: cache holds the key {_twice(cache)!r} twice; JSON keeps the last without a word: keep one"
+            f"{path}: cache holds the key {twice!r} twice; JSON keeps the last without a word: keep one"
         )
     objective = data.get("objective") or "time"
     # Kernel Tuner keys a record by its values joined by "," in tune_params_keys order: a key that, read so, names
@@ -317,8 +315,8 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             raise SpaceError(
                 f"{path}: cache entry {cache_key!r} must be a record (a mapping), got {_kind(record)}"
             )
-        if _twice(record) is not None:
-            raise SpaceError(f"{path}: cache entry {cache_key!r} names {_twice(record)!r} twice")
+        if (twice := _twice(record)) is not None:
+            raise SpaceError(f"{path}: cache entry {cache_key!r} names {twice!r} twice")
         missing = [k for k in (*keys, "time") if k not in record]
         if missing:
             tuned = (

@@ -263,10 +263,9 @@ def illegal_reason(
     if (
         config.group > 1 << (most - 1).bit_length()
     ):  # a smaller GROUP already takes every block in one program
-        takes = 1 << (most - 1).bit_length()
         if most == 1:
             return "more blocks per program than the 1 block a launch has (GROUP 1 takes it)"
-        return f"more blocks per program than the {most} blocks (GROUP {takes} takes them all)"
+        return f"more blocks per program than the {most} blocks (GROUP {1 << (most - 1).bit_length()} takes them all)"
     for stage in stages:  # the launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n)
         block_n, _ = stage_tiles(stage, config)
         if -(-stage.nblocks // config.group) > MAX_GRID_YZ or -(-stage.blk_out // block_n) > MAX_GRID_YZ:
@@ -361,8 +360,7 @@ def complex_several_k_reason(
         return None
     size = 4 if problem.precision == "tf32" else itemsize(problem.dtype)
     limit = COMPLEX_SEVERAL_K_LIMITS[(90 if device.compute_capability >= 90 else 80, size)]
-    operands = 2 * k_step_registers(problem.dtype, config.block_b, config.block_n, config.block_k, threads)
-    if acc + 2 * operands > limit:
+    if acc + 2 * k_step_operands(problem, config, threads) > limit:  # both planes
         return (
             f"accumulator and K-step operand registers over {limit} per thread in a complex program over "
             f"several blocks (K step over {2 * MIN_DOT})"

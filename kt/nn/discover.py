@@ -176,16 +176,7 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
         raise KtError(f"--from-model: {target!r} must be MODULE:FACTORY or path/to/file.py:FACTORY")
     if not where.endswith(".py") and ("/" in where or os.sep in where):
         # a folder, or a file of another kind, was read as a module name ("cannot import '/tmp/models'")
-        what = (
-            "is a folder"
-            if Path(where).is_dir()
-            else "is not a .py file"
-            if Path(where).exists()
-            else "not found"
-        )
-        raise KtError(
-            f"--from-model: {where!r} {what}; give path/to/file.py:FACTORY or package.module:FACTORY"
-        )
+        raise _not_a_module(where)
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
@@ -207,10 +198,7 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
                 module = importlib.import_module(where)
         except ImportError as exc:
             if Path(where).is_file():  # a file of another kind, read as a module name
-                raise KtError(
-                    f"--from-model: {where!r} is not a .py file; give path/to/file.py:FACTORY or "
-                    "package.module:FACTORY"
-                ) from None
+                raise _not_a_module(where) from None
             raise KtError(f"--from-model: cannot import {where!r} ({exc})") from None
         except (Exception, SystemExit) as exc:
             raise KtError(f"--from-model: {where!r} failed to load: {_why(exc, said)}") from None
@@ -252,6 +240,18 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     if args and isinstance(args[-1], dict):
         args, kwargs = args[:-1], args[-1]
     return model, args, kwargs
+
+
+def _not_a_module(where: str) -> KtError:
+    """The error for a --from-model target that names a path but no .py file."""
+    what = (
+        "is a folder"
+        if Path(where).is_dir()
+        else "is not a .py file"
+        if Path(where).exists()
+        else "not found"
+    )
+    return KtError(f"--from-model: {where!r} {what}; give path/to/file.py:FACTORY or package.module:FACTORY")
 
 
 def _importable(folder: str) -> None:

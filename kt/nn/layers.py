@@ -23,7 +23,15 @@ from torch import nn
 from kt.dtypes import DTYPES, dtype_name
 from kt.errors import shown
 from kt.nn.functional import _rows, _same_pattern, apply, check_planar, op_text
-from kt.sparsity import bsr_indices, bsr_tensor, hex_to_mask, layout_mask, mask_to_hex, random_mask
+from kt.sparsity import (
+    bsr_indices,
+    bsr_tensor,
+    hex_to_mask,
+    indices_mask,
+    layout_mask,
+    mask_to_hex,
+    random_mask,
+)
 from kt.spec import MAX_DIM, MAX_TERMS, SpecError, check_seed
 
 
@@ -737,8 +745,7 @@ class BlockSparseLinear(_KtLinear):
         rows = np.repeat(np.arange(grid[0]), np.diff(crow))
         if (np.diff(col)[rows[1:] == rows[:-1]] <= 0).any():  # the buffers, written sorted, would not be its
             raise ValueError(f"{who}: col_indices must increase within each block-row (a BSR tensor's order)")
-        mask = np.zeros(grid, dtype=bool)
-        mask[rows, col] = True
+        mask = indices_mask(crow, col, grid)
         if not mask.any():
             raise ValueError(f"{who}: the pattern keeps no block")
         self.layout = mask_to_hex(mask)
