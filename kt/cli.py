@@ -1209,7 +1209,7 @@ def space(spec, sample, seed, device):
         table.add_column(
             name,
             justify="left" if name in ("config", "MMA") else "right",
-            **_whole(name, "config", (space_.legal[i].key() for i in picks)),
+            no_wrap=name == "config",  # _print_fitted keeps it as wide as its widest config
         )
     for index in picks:
         config = space_.legal[index]
@@ -1343,7 +1343,7 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             name,
             justify="left" if text or name == "config" else "right",
             overflow="fold" if text else "ellipsis",
-            **{"no_wrap": not text, **_whole(name, "config", (space_.legal[i].key() for i in rows))},
+            no_wrap=not text,  # _print_fitted keeps each as wide as its widest value
         )
     flops = space_.problem.flops
     for position, index in enumerate(rows):

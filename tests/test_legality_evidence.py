@@ -438,7 +438,10 @@ def test_complex_launches_over_several_blocks_with_deep_k_steps_count_their_regi
 ):
     reason = block_reason(problem, config, device, stages_for(problem, config))
     if spilled:
-        assert reason and reason.startswith("accumulator and K-step operand registers over"), (config, reason)
+        assert reason and reason.startswith("accumulator and twice its K-step operand registers over"), (
+            config,
+            reason,
+        )
         assert "in a complex program over several blocks (K step over 32)" in reason
     else:
         assert reason is None, (config.key(), reason)

@@ -362,8 +362,8 @@ def complex_several_k_reason(
     limit = COMPLEX_SEVERAL_K_LIMITS[(90 if device.compute_capability >= 90 else 80, size)]
     if acc + 2 * k_step_operands(problem, config, threads) > limit:  # both planes
         return (
-            f"accumulator and K-step operand registers over {limit} per thread in a complex program over "
-            f"several blocks (K step over {2 * MIN_DOT})"
+            f"accumulator and twice its K-step operand registers over {limit} per thread in a complex "
+            f"program over several blocks (K step over {2 * MIN_DOT})"
         )
     return None
 
