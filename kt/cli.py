@@ -211,7 +211,8 @@ class _Group(click.Group):
             err.print(f"kt: error: {failure(exc)}", style="red")
             sys.exit(2)
         except OSError as exc:  # a path the user gave: unwritable, a file where a directory should be, ...
-            where = f": {exc.filename}" if exc.filename else ""
+            named = exc.filename or _console_written(exc)
+            where = f": {named}" if named else ""
             err.print(f"kt: error: {exc.strerror or exc}{where}{_cache_hint(exc.filename)}", style="red")
             sys.exit(2)
         except click.ClickException as exc:
@@ -223,6 +224,18 @@ class _Group(click.Group):
         given = args[0] if args else kwargs.get("args")
         words = sys.argv[1:] if given is None else list(given)
         return next((word for word in words if word in self.commands), None)
+
+
+def _console_written(exc: OSError) -> str | None:
+    """ "standard output" where `exc` came from writing `out` (a full disk or /dev/full behind `kt ... > file`:
+    the error said "No space left on device" and named nothing, as if a file kt writes were at fault), else None.
+    rich writes its console's stream from a method of the console, so the traceback holds a frame of `out`."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_locals.get("self") is out:
+            return "standard output"
+        tb = tb.tb_next
+    return None
 
 
 class _OneLine(logging.Formatter):

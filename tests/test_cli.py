@@ -492,6 +492,22 @@ def test_a_group_without_its_command_prints_its_help_not_an_error_line(args):
     assert "kt: error" not in done.stderr and "Commands:" in done.stderr and "(see `" not in done.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_standard_output_is_named_in_the_error():
+    """`kt devices > /dev/full` (or a full disk behind `> file`) said "kt: error: No space left on device" and
+    named nothing, as if a file kt writes were at fault."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "kt.cli", "devices"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "kt: error: No space left on device: standard output", done.stderr
+
+
 def test_kt_still_offers_every_name_lazily():
     import kt
 
