@@ -32,8 +32,9 @@ def kt_cli(*args, cwd=None, timeout=300):
 def test_show_prints_the_ir_and_the_kernel_graph():
     done = kt_cli("show", EXAMPLE)
     assert done.returncode == 0
-    assert "y = Dense[b](4096<-4096) · x" in done.stdout
-    assert "y:f16[4096,4096] = gemm[m=4096 n=4096 k=4096 f16 a:row b:col] x b" in done.stdout
+    assert "y:f16[4096,4096] = a:f16[4096,4096] @ b:f16[4096,4096] col-major" in done.stdout
+    assert "y = Dense[b](4096<-4096) · a" in done.stdout
+    assert "y:f16[4096,4096] = gemm[m=4096 n=4096 k=4096 f16 a:row b:col] a b" in done.stdout
 
 
 def test_space_prints_sizes_before_and_after_legality_and_a_sample():

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from kt.ir import Dense, DenseOp, LinearMap, op_from_spec
+from kt.ir.factors import BlockDiag, Diag, Perm
 from kt.ir.graph import KernelGraph, KernelNode
 from kt.ir.problems import GemmProblem, TensorType
+from kt.ir.structured import dft_matrix
 from kt.spec import parse_spec
 
 
@@ -82,8 +84,8 @@ def test_kernel_graph_prints_like_a_jaxpr():
     graph = op.kernel_graph()
     assert len(graph) == 1 and graph.kernels[0].family == "gemm"
     assert str(graph) == (
-        "{ lambda x:bf16[2,4] b:bf16[4,3]ᵀ .\n"
-        "    y:bf16[2,3] = gemm[m=2 n=3 k=4 bf16 a:row b:col] x b\n"
+        "{ lambda a:bf16[2,4] b:bf16[4,3] col-major .\n"
+        "    y:bf16[2,3] = gemm[m=2 n=3 k=4 bf16 a:row b:col] a b\n"
         "  in (y) }"
     )
 
@@ -98,3 +100,39 @@ def test_kernel_graph_refuses_a_tensor_nothing_produces_and_an_output_no_kernel_
     with pytest.raises(ValueError, match=r"graph outputs \['z'\] are produced by no kernel"):
         KernelGraph(inputs, [KernelNode("mm", gemm, ("x", "b"), "y")], ("y", "z"))
     assert len(KernelGraph(inputs, [KernelNode("mm", gemm, ("x", "b"), "y")], ("y",))) == 1
+
+
+@pytest.mark.parametrize("op", ["monarch", "butterfly"])
+def test_kt_shows_a_transposed_op_transposed_in_its_first_line(op):
+    """`transposed: true` (y = x @ M) showed as `y = monarch(x w1 w2)`, the kernel graph below as `monarchᵀ[...]`."""
+    shape = {"batch": 8, "n": 64, "nblocks": 4} if op == "monarch" else {"batch": 8, "n": 64}
+    for transposed, mark in ((True, "ᵀ"), (False, "")):
+        spec = parse_spec({"op": op, "dtype": "float16", "shape": shape, "transposed": transposed})
+        assert op_from_spec(spec).describe().startswith(f"y:f16[8,64] = {op}{mark}(x:f16[8,64] ")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Perm(-2, -3), "Perm rows=-2: must be a positive integer"),
+        (lambda: BlockDiag(2, -1, 3), "BlockDiag out_blk=-1: must be a positive integer"),
+        (lambda: Diag(0), "Diag n=0: must be a positive integer"),
+        (lambda: Dense(0, 4), "Dense in_features=0: must be a positive integer"),
+        (lambda: Dense(3, 4, batch=0), "Dense batch=0: must be a positive integer"),
+        (lambda: Dense(3, 4, storage="rows"), "Dense storage='rows'; allowed: out_in, in_out"),
+        (lambda: Perm(2.5, 2), "Perm rows=2.5: must be a positive integer"),
+        (lambda: dft_matrix(0), "dft_matrix n=0: must be a positive integer"),
+    ],
+)
+def test_a_factor_of_no_size_is_refused_where_it_is_made(make, message):
+    """Perm(-2, -3), BlockDiag(2, -1, 3), Diag(0) and Dense(0, 0) were made, and failed later in torch
+    ("invalid shape dimension -2"); dft_matrix(0) divided by zero."""
+    with pytest.raises(ValueError) as caught:
+        make()
+    assert str(caught.value) == message
+
+
+def test_a_factor_takes_numpy_integers():
+    import numpy as np
+
+    assert Perm(np.int64(2), np.int64(3)).in_features == 6

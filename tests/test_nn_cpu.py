@@ -1352,6 +1352,10 @@ def test_a_0d_input_is_named_not_an_index_error():
     for layer in (knn.DenseLinear(4, 4), knn.FFT(4)):
         with pytest.raises(ValueError, match="x is a 0-d tensor; expected 4 features in its last dim"):
             layer(torch.tensor(1.0))
+    with pytest.raises(
+        ValueError, match="x has 2 features in its last dim; expected 1 feature in its last dim"
+    ):
+        knn.DenseLinear(1, 2)(torch.ones(3, 2))  # "1 features" before
     kernel = kt.build(kt.parse_spec({"op": "dense", "shape": {"m": 4, "n": 4, "k": 4}, "dtype": "float32"}))
     with pytest.raises(ValueError, match="x is a 0-d tensor"):
         kernel.as_op()(torch.tensor(1.0), torch.randn(4, 4))

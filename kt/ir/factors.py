@@ -8,6 +8,7 @@ Factors describe the math only; how it is scheduled (tiles, stages) lives in cod
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,11 @@ class Dense(Factor):
     weight: str = "w"
     storage: str = "in_out"
     batch: int | None = None
+
+    def __post_init__(self):
+        if self.storage not in _STORAGES:
+            raise ValueError(f"Dense storage={self.storage!r}; allowed: {', '.join(_STORAGES)}")
+        _positive(self, in_features=self.in_features, out_features=self.out_features, batch=self.batch)
 
     def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         w = weights[self.weight]
@@ -94,6 +100,20 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> 
         raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {expected}")
 
 
+def _positive(factor: Factor, **sizes: int | None) -> None:
+    """Refuse a size that is no positive integer (None: not given), naming the factor and the field: Perm(-2, -3)
+    was made, and failed later as torch's "invalid shape dimension -2"."""
+    for name, size in sizes.items():
+        if size is None:
+            continue
+        try:
+            whole = not isinstance(size, bool) and operator.index(size) >= 1  # numpy's integers too
+        except TypeError:
+            whole = False
+        if not whole:
+            raise ValueError(f"{type(factor).__name__} {name}={size!r}: must be a positive integer")
+
+
 def _init_features(factor: Factor, in_features: int, out_features: int) -> None:
     object.__setattr__(factor, "in_features", in_features)
     object.__setattr__(factor, "out_features", out_features)
@@ -119,6 +139,7 @@ class BlockDiag(Factor):
     def __post_init__(self):
         if self.storage not in _STORAGES:
             raise ValueError(f"BlockDiag storage={self.storage!r}; allowed: {', '.join(_STORAGES)}")
+        _positive(self, nblocks=self.nblocks, out_blk=self.out_blk, in_blk=self.in_blk)
         _init_features(self, self.nblocks * self.in_blk, self.nblocks * self.out_blk)
 
     def blocks(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -159,6 +180,7 @@ class Perm(Factor):
     cols: int
 
     def __post_init__(self):
+        _positive(self, rows=self.rows, cols=self.cols)
         _init_features(self, self.rows * self.cols, self.rows * self.cols)
 
     def source_index(self) -> torch.Tensor:
@@ -189,6 +211,7 @@ class Diag(Factor):
     weight: str = "d"
 
     def __post_init__(self):
+        _positive(self, n=self.n)
         _init_features(self, self.n, self.n)
 
     def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:

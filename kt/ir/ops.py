@@ -55,7 +55,7 @@ class KernelOp(ABC):
         text = f"({m})" if isinstance(m, SumMap) else str(m)
         return (
             f"linear map ({m.in_features} -> {m.out_features}), factors applied right to left",
-            f"y = {text} · x",
+            f"y = {text} · {self.input_name}",
         )
 
     def arg_types(self) -> dict[str, TensorType]:
@@ -73,6 +73,7 @@ class KernelOp(ABC):
 
 
 class DenseOp(KernelOp):
+    input_name = "a"  # as the kernel names it (kernel(a, b)): `kt show` said x, and kernel(x=...) failed
     weight_names = ("b",)
 
     @classmethod
@@ -103,9 +104,9 @@ class DenseOp(KernelOp):
         return torch.matmul(x, b)
 
     def describe(self) -> str:
-        x, b = self.arg_types().values()
+        a, b = self.arg_types().values()
         y = self.problem.out_type()
-        return f"y:{y} = x:{x} @ b:{b}"
+        return f"y:{y} = a:{a} @ b:{b}"
 
 
 class StructuredOp(KernelOp):
@@ -123,7 +124,9 @@ class StructuredOp(KernelOp):
 
     def describe(self) -> str:
         args = " ".join(f"{name}:{t}" for name, t in self.arg_types().items())
-        return f"y:{self.problem.out_type()} = {self.problem.family}({args})"
+        # `transposed: true` (y = x @ M) marked as the kernel graph's line marks it
+        mark = "ᵀ" if getattr(self.problem, "transposed", False) else ""
+        return f"y:{self.problem.out_type()} = {self.problem.family}{mark}({args})"
 
 
 class MonarchOp(StructuredOp):

@@ -32,7 +32,9 @@ class TensorType:
         return x.transpose(-1, -2) if self.layout == "col" else x
 
     def __str__(self) -> str:
-        mark = {"col": "ᵀ", "bsr": " bsr"}.get(self.layout, "")
+        # a storage order, not a transpose: "x:f16[5,3]ᵀ @ b:f16[3,7]ᵀ" read as maths did not fit (the shape is
+        # the logical one either way)
+        mark = {"col": " col-major", "bsr": " bsr"}.get(self.layout, "")
         return f"{SHORT_NAMES[self.dtype]}[{','.join(map(str, self.shape))}]{mark}"
 
 

@@ -139,6 +139,7 @@ def fft_map(n: int, n1: int, n2: int) -> LinearMap:
 
 def dft_matrix(n: int, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
     """F[k, j] = exp(-2 pi i j k / n); the product j*k is reduced mod n first to keep the angle exact."""
+    _require(isinstance(n, int) and n >= 1, f"dft_matrix n={n!r}: must be a positive integer")
     idx = torch.arange(n)
     angle = (-2 * math.pi / n) * (torch.outer(idx, idx) % n).to(torch.float64)
     return torch.polar(torch.ones_like(angle), angle).to(dtype)

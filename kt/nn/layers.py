@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
-from kt.errors import shown
+from kt.errors import counted, shown
 from kt.nn.functional import _rows, _same_pattern, apply, check_planar, op_text
 from kt.sparsity import (
     bsr_indices,
@@ -81,8 +81,8 @@ def _check_features(who: str, x: torch.Tensor, expected: int) -> None:
     if not isinstance(x, torch.Tensor):  # as nn.Linear refuses one (a numpy array or None: an AttributeError)
         raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != expected:
-        got = "is a 0-d tensor" if x.dim() == 0 else f"has {x.shape[-1]} features in its last dim"
-        raise ValueError(f"{who}: x {got}; expected {expected} features in its last dim")
+        got = "is a 0-d tensor" if x.dim() == 0 else f"has {counted(x.shape[-1], 'feature')} in its last dim"
+        raise ValueError(f"{who}: x {got}; expected {counted(expected, 'feature')} in its last dim")
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
