@@ -570,7 +570,8 @@ def fit_model(
     if len(records) < MIN_ROWS:
         raise DatabaseError(
             f"data: {str(data)!r} holds {len(records)} GPU-measured passing rows for target {profile.key}; "
-            f"the forest needs at least {MIN_ROWS}: measure more with `kt collect` on a GPU"
+            f"the forest needs at least {MIN_ROWS} (on fewer every tree is one leaf, and the forest one constant): "
+            "measure more with `kt collect` on a GPU"
         )
     from kt.autotune.dataset import baseline_records
 

@@ -526,7 +526,7 @@ def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
 
 
 def test_a_fit_with_too_few_power_readings_says_so_and_predict_gives_that_reason(gpperf, tmp_path):
-    """Three of the rows read power, one short of a power forest: the fit said `no power` and `kt predict`
+    """Three of the rows read power, three short of a power forest: the fit said `no power` and `kt predict`
     blamed the lack of public power data, telling the user to do what they had just done."""
     data = tmp_path / "three.db"
     with Database(data) as db:
@@ -537,13 +537,44 @@ def test_a_fit_with_too_few_power_readings_says_so_and_predict_gives_that_reason
         "costmodel", "fit", "--data", data, "--out", tmp_path / "m.skops", "--device", gpperf["profile"]
     )
     assert fitted.exit_code == 0, fitted.stderr
-    assert "no power (read in 3 rows; a power forest needs 4)" in " ".join(fitted.stdout.split())
+    assert "no power (read in 3 rows; a power forest needs 6)" in " ".join(fitted.stdout.split())
     result = kt(
         "predict", DENSE, "--top", "1", "--model", tmp_path / "m.skops", "--device", gpperf["profile"]
     )
     text = " ".join(result.stdout.split())
-    assert result.exit_code == 0 and "held a power reading in only 3 rows, and a power forest needs 4" in text
+    assert result.exit_code == 0 and "held a power reading in only 3 rows, and a power forest needs 6" in text
     assert "no public data" not in text
+
+
+def test_a_fit_on_rows_too_few_for_a_tree_to_split_is_refused_and_a_barely_split_one_says_so(
+    gpperf, tmp_path
+):
+    """On 4 or 5 rows every tree of the forest (leaves of 3 rows) was one leaf, and `kt costmodel fit` saved
+    that constant as "forest for ...: 5 rows, 5 shapes, power from 5 rows" without a word."""
+    for count in (4, 5, 6):
+        data = tmp_path / f"{count}.db"
+        with Database(data) as db:
+            for row in gpperf["rows"][:count]:  # the first 7 rows read power
+                assert db.insert(row)
+        out = tmp_path / f"{count}.skops"
+        result = kt("costmodel", "fit", "--data", data, "--out", out, "--device", gpperf["profile"])
+        if count < 6:
+            assert_one_line_error(
+                result,
+                f"holds {count} GPU-measured passing rows for target {RTX4070_PROFILE.key}; the forest "
+                "needs at least 6 (on fewer every tree is one leaf, and the forest one constant)",
+            )
+            assert not out.exists()
+            continue
+        assert result.exit_code == 0, result.stderr
+        model = ForestModel.load(out, RTX4070_PROFILE)
+        split = sum(tree.tree_.node_count > 1 for tree in model.runtime_forest.estimators_)
+        assert 0 < split < 100, split
+        text = " ".join(result.stdout.split())
+        assert (
+            f"6 rows (only {split} of 200 trees split them: the rest predict one value for every config)"
+            in text
+        )
 
 
 def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(

@@ -76,7 +76,15 @@ def test_a_saved_model_loads_and_predicts_exactly_the_same(fitted, saved):
     assert np.array_equal(before.runtime_s, after.runtime_s)
     assert np.array_equal(before.runtime_spread, after.runtime_spread)
     assert np.array_equal(before.power_w, after.power_w)
-    assert loaded.describe() == fitted.describe() == "forest for h100: 60 rows, 5 shapes, power from 20 rows"
+    # the stand-in watts are one datasheet figure for every row, so no power tree splits, and it says so
+    assert (
+        loaded.describe()
+        == fitted.describe()
+        == (
+            "forest for h100: 60 rows, 5 shapes, power from 20 rows (none of its 16 trees splits them: it predicts "
+            "one value for every config)"
+        )
+    )
     assert ForestModel.load(saved).device == H100  # without a device to match, the file's own profile
 
 
@@ -121,6 +129,44 @@ def test_the_power_forest_learns_from_this_gpus_rows_only():
 def test_fit_refuses_too_few_rows():
     with pytest.raises(ValueError, match=f"at least {MIN_ROWS} measured records, got {MIN_ROWS - 1}"):
         ForestModel(H100).fit(stand_in_records()[: MIN_ROWS - 1])
+
+
+def test_no_forest_is_fitted_on_rows_too_few_for_any_tree_to_split():
+    """A tree splits only into leaves of min_samples_leaf (3) rows, so on 4 or 5 rows every tree of the runtime,
+    power and baseline forests was one leaf: a constant, fitted and saved as a model without a word."""
+    records = stand_in_records()
+    for rows in (4, 5):
+        with pytest.raises(
+            ValueError, match=f"at least 6 measured records, got {rows}: a tree splits only into "
+        ):
+            ForestModel(H100, n_estimators=8, n_jobs=1).fit(records[:rows])
+    model = ForestModel(H100, n_estimators=8, n_jobs=1).fit(records, baseline=records[:5])
+    assert model.baseline_forest is None, "5 baseline rows split no tree"
+    model = ForestModel(H100, n_estimators=8, n_jobs=1).fit(stand_in_records(power_rows=5))
+    assert model.power_forest is None and not model.predicts_power
+    assert "no power (read in 5 rows; a power forest needs 6)" in model.describe()
+    # the floor follows the leaf size: leaves of one row split two rows (where a bootstrap sample holds both)
+    tiny = ForestModel(H100, n_estimators=8, n_jobs=1, min_samples_leaf=1).fit(records[:2])
+    assert any(tree.tree_.node_count > 1 for tree in tiny.runtime_forest.estimators_)
+    with pytest.raises(
+        ValueError, match="at least 10 measured records, got 9: a tree splits only into leaves of 5"
+    ):
+        ForestModel(H100, min_samples_leaf=5).fit(records[:9])
+
+
+def test_a_forest_most_of_whose_trees_never_split_says_so():
+    """Just above the floor most trees still hold one leaf (6 rows under leaf 3: about 1 in 70 bootstrap samples
+    holds all 6 distinct rows), so the forest is nearly a constant; its description counts the trees that split."""
+    records = stand_in_records()
+    few = ForestModel(H100, n_jobs=1).fit(records[:6])
+    split = sum(tree.tree_.node_count > 1 for tree in few.runtime_forest.estimators_)
+    assert split < 20
+    words = "trees split them: the rest predict one value for every config)"
+    if split:
+        assert f"forest for h100: 6 rows (only {split} of 200 {words}, 1 shape" in few.describe()
+    else:
+        assert "6 rows (none of its 200 trees splits them: it predicts one value" in few.describe()
+    assert "trees split" not in ForestModel(H100, n_estimators=8, n_jobs=1).fit(records).describe()
 
 
 @pytest.mark.parametrize("runtime", [0.0, -1.0, None, float("nan"), float("inf"), "fast"])

@@ -290,6 +290,8 @@ def test_a_correction_fitted_on_what_the_start_already_predicts_changes_nothing(
         "log(measured / predicted) is 0 everywhere"
     )
     assert refit(analytic, records[:3]) is None, "too few rows to fit anything"
+    # nor 5: under leaves of 3 rows no tree splits them, and the "correction" was one constant factor
+    assert refit(analytic, records[:5]) is None
     assert refit(corrected, records).base is analytic, (
         "a refit restarts from the first model, not a correction"
     )

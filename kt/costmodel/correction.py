@@ -22,12 +22,13 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from kt.costmodel.features import column, features
-from kt.costmodel.forest import MIN_ROWS, ForestModel, fit_jobs, per_tree
+from kt.costmodel.forest import ForestModel, fit_jobs, min_rows, per_tree
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import AnalyticModel
 
 REFIT_TREES = 100  # fewer than a saved model: a refit runs between rounds while the GPU waits
 LEAF = 3  # rows per leaf: a handful of rows cannot split a shape's configs apart on noise
+MIN_ROWS = min_rows(LEAF)  # fewer rows than this split no tree: a correction of one constant factor
 
 
 class CorrectedModel:

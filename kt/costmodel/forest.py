@@ -56,7 +56,17 @@ from kt.files import atomic_write, cache_dir, model_file
 FORMAT = "kt-costmodel"
 FORMAT_VERSION = 2
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
-MIN_ROWS = 4  # fewer measured rows than this fit no forest
+LEAF = 3  # min_samples_leaf's default (ForestModel's docstring)
+
+
+def min_rows(leaf: int) -> int:
+    """The fewest rows a forest of leaves of at least `leaf` rows can split: a split leaves `leaf` rows on each
+    side, and a tree's bootstrap sample holds no more distinct rows than there are. On fewer every tree is one
+    leaf and the forest one constant (5 rows under leaf 3: 200 trees of one node each, all 200 unsplit)."""
+    return 2 * leaf
+
+
+MIN_ROWS = min_rows(LEAF)  # fewer measured rows than this fit no forest (of the default leaf size)
 PAYLOAD_KEYS = (
     "device",
     "device_key",
@@ -109,7 +119,7 @@ class ForestModel:
         self,
         device: DeviceProfile,
         n_estimators: int = 200,
-        min_samples_leaf: int = 3,
+        min_samples_leaf: int = LEAF,
         max_features: float = 0.5,
         seed: int = 0,
         n_jobs: int | None = None,
@@ -160,13 +170,19 @@ class ForestModel:
     ) -> ForestModel:
         """Fit on `records` measured on this model's device; `others`: (profile, records) measured on other GPUs,
         featurised on their own profile; `baseline`: problem records with the `runtime_ms` of PyTorch's own path
-        on this device (the baseline forest fits on them when there are at least MIN_ROWS)."""
+        on this device. Each forest needs `min_rows(min_samples_leaf)` rows (MIN_ROWS for the default leaf) to
+        split at all: the power and baseline forests are left out below it, and fewer rows in all are refused."""
         sets = [(self.device, records), *others]
         for _, rows in sets:
             _check_runtimes(rows)
         total = sum(len(rows) for _, rows in sets)
-        if total < MIN_ROWS:
-            raise ValueError(f"the forest needs at least {MIN_ROWS} measured records, got {total}")
+        leaf = self.params["min_samples_leaf"]
+        need = min_rows(leaf)
+        if total < need:
+            raise ValueError(
+                f"the forest needs at least {need} measured records, got {total}: a tree splits only into leaves "
+                f"of {leaf} rows or more, so on fewer every tree is one leaf and the forest predicts one constant"
+            )
         x = np.vstack([features(rows, profile) for profile, rows in sets if rows])
         target = np.concatenate([_log_over_roofline(rows, profile) for profile, rows in sets if rows])
         self.runtime_forest = self._forest().fit(x, target)
@@ -175,12 +191,12 @@ class ForestModel:
         has_power = np.isfinite(power) & (power > 0)
         own = x[: len(records)]
         self.power_forest = (
-            self._forest().fit(own[has_power], power[has_power]) if has_power.sum() >= MIN_ROWS else None
+            self._forest().fit(own[has_power], power[has_power]) if has_power.sum() >= need else None
         )
         self.baseline_forest = None
         if baseline:
             _check_runtimes(baseline)
-            if len(baseline) >= MIN_ROWS:
+            if len(baseline) >= need:
                 self.baseline_forest = self._forest().fit(
                     problem_features(baseline, self.device), _log_over_roofline(baseline, self.device)
                 )
@@ -307,7 +323,11 @@ class ForestModel:
         shapes = f", {t['shapes']} shape{'s' if t['shapes'] != 1 else ''}" if t.get("shapes") else ""
         if t.get("problems") and t.get("shapes") and t["problems"] != t["shapes"]:
             shapes = f", {counted(t['problems'], 'problem')} of {counted(t['shapes'], 'shape')}"
-        power = f", power from {t['power_rows']} rows" if self.predicts_power else ", no power"
+        power = (
+            f", power from {t['power_rows']} rows{_few_split(self.power_forest)}"
+            if self.predicts_power
+            else ", no power"
+        )
         if self.power_forest is not None and not self.predicts_power:
             limits = " and ".join(
                 f"{p.tdp_w:g} W" if p.tdp_w > 0 else "unknown" for p in (self.fitted_device, self.device)
@@ -318,14 +338,15 @@ class ForestModel:
             )
         elif not self.predicts_power and t.get("power_rows"):
             # read, but too few to fit (the fit said nothing)
-            power = f", no power (read in {counted(t['power_rows'], 'row')}; a power forest needs {MIN_ROWS})"
+            need = min_rows(self.params["min_samples_leaf"])
+            power = f", no power (read in {counted(t['power_rows'], 'row')}; a power forest needs {need})"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (
             f"forest for {self.fitted_device.key} predicting {self.device.key} with its own roofline"
             if self.fitted_device is not None
             else f"forest for {self.device.key}"
         )
-        return f"{where}: {t.get('rows', 0)} rows{shapes}{others}{power}"
+        return f"{where}: {t.get('rows', 0)} rows{_few_split(self.runtime_forest)}{shapes}{others}{power}"
 
     @property
     def origin(self) -> str | None:
@@ -508,6 +529,19 @@ def shape_keys(records: Sequence[dict[str, Any]]) -> list[str]:
     trained on, and what kt.costmodel.evaluate.holdout_key gives (as text) for a record."""
     keys = {record.get("shape", record.get("group")) for record in records}
     return sorted(str(key) for key in keys if key is not None)
+
+
+def _few_split(forest: RandomForestRegressor | None) -> str:
+    """' (only N of T trees split them: ...)' when at most half of `forest`'s trees split their rows at all,
+    else "". A tree of one leaf predicts one value for every config, and on a handful of rows most are: on 6 rows
+    under leaf 3, 3 of 200 trees split (on 8 of GPPerf's RTX 4070 rows 81, on 12 197)."""
+    trees = getattr(forest, "estimators_", None) or []
+    split = sum(tree.tree_.node_count > 1 for tree in trees)
+    if not trees or 2 * split > len(trees):
+        return ""
+    if not split:  # too few rows, or one target value for all (a power forest of one wattage)
+        return f" (none of its {len(trees)} trees splits them: it predicts one value for every config)"
+    return f" (only {split} of {len(trees)} trees split them: the rest predict one value for every config)"
 
 
 def _number(value: Any) -> float:
