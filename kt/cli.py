@@ -1434,6 +1434,11 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
             "power predictions stay untrained until more are measured (`kt collect` on a GPU, then "
             "`kt costmodel fit`)"
             if few
+            else "none of the rows it was fitted on held a power reading (kt's GPU rows hold one where NVML reads "
+            "the card's energy counter, and say why not in energy_status; Inductor's logs hold none), so power "
+            "predictions stay untrained until rows with one are measured (`kt collect` on such a GPU, then "
+            "`kt costmodel fit`)"
+            if "no power (none of its rows holds a power reading)" in plan.model
             else f"its power forest was fitted on {other[1]}, whose board power limit is not this card's "
             f"({other[2]}), so its watts are not this card's; fit one on this card's rows (`kt collect` on it, "
             "then `kt costmodel fit`)"

@@ -546,6 +546,40 @@ def test_a_fit_with_too_few_power_readings_says_so_and_predict_gives_that_reason
     assert "no public data" not in text
 
 
+def test_a_fit_on_rows_without_a_power_reading_says_so_and_predict_does_not_blame_public_data(
+    gpperf, tmp_path
+):
+    """A forest fitted on the user's rows, none with a power reading, was described as plain `no power`, and
+    `kt predict` said that no public data measures power, telling the user to fit a forest on their own GPU
+    rows: what they had just done. The rows are GPPerf's with their readings left out (nothing made up)."""
+    data = tmp_path / "unpowered.db"
+    with Database(data) as db:
+        for row in gpperf["rows"][:8]:
+            assert db.insert({**row, "power_w": None})
+    fitted = kt(
+        "costmodel", "fit", "--data", data, "--out", tmp_path / "m.skops", "--device", gpperf["profile"]
+    )
+    assert fitted.exit_code == 0, fitted.stderr
+    assert "no power (none of its rows holds a power reading)" in " ".join(fitted.stdout.split())
+    result = kt(
+        "predict", DENSE, "--top", "1", "--model", tmp_path / "m.skops", "--device", gpperf["profile"]
+    )
+    text = " ".join(result.stdout.split())
+    assert result.exit_code == 0, result.stderr
+    assert "predicts no power: none of the rows it was fitted on held a power reading" in text, text
+    assert "no public data" not in text
+    # kt's shipped forest, fitted on Inductor's logs, keeps its own reason
+    shipped = kt(
+        "predict",
+        DENSE,
+        "--top",
+        "1",
+        "--model",
+        DENSE.parents[1] / "kt" / "costmodel" / "models" / "h100.skops",
+    )
+    assert "predicts no power: no public data measures power" in " ".join(shipped.stdout.split())
+
+
 def test_a_fit_on_rows_too_few_for_a_tree_to_split_is_refused_and_a_barely_split_one_says_so(
     gpperf, tmp_path
 ):

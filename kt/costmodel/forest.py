@@ -340,6 +340,10 @@ class ForestModel:
             # read, but too few to fit (the fit said nothing)
             need = min_rows(self.params["min_samples_leaf"])
             power = f", no power (read in {counted(t['power_rows'], 'row')}; a power forest needs {need})"
+        elif not self.predicts_power and not t.get("origin"):
+            # fitted on rows of its own (not kt's shipped files, whose logs have no power column), none with a
+            # reading: `kt predict` blamed the lack of public power data
+            power = ", no power (none of its rows holds a power reading)"
         others = "".join(f", plus {o['rows']} rows of {o['device']}" for o in t.get("other_devices") or ())
         where = (
             f"forest for {self.fitted_device.key} predicting {self.device.key} with its own roofline"
