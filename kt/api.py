@@ -597,7 +597,8 @@ def evaluate_model(
     """How right the forest is on the measured rows of `data`. Without `model`: cross-validation in `folds`
     folds of whole shapes held out. With `model` (a file from `fit_model`): that model scored on every row,
     less the rows of shapes it was fitted on (the report counts them in `dropped_rows`); its device profile is
-    the default for `device`."""
+    the default for `device`, and a model of another card of the same architecture stands in for `device` as in
+    a tune, which the report's `notes` say."""
     from kt.costmodel.evaluate import cross_validate, holdout_key, report, unseen
     from kt.costmodel.forest import ForestModel
     from kt.errors import DatabaseError, ModelError
@@ -619,6 +620,9 @@ def evaluate_model(
         except ValueError as exc:
             raise ModelError(f"eval: {_one_line(exc)}") from None
         scored.dropped_rows, scored.dropped_shapes = dropped_rows, dropped_shapes
+        stand_in = forest.unseen()  # fitted for another card of its architecture, as a tune would use it
+        if stand_in:
+            scored.notes.append(stand_in)
         return scored
     seed = check_seed(seed)  # "x" failed inside the forest, -1 inside numpy
     if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or not 2 <= folds <= 100:

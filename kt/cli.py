@@ -2063,6 +2063,8 @@ def evaluate(data, model, folds, device, gpu, seed):
     table.add_row("folds", str(report.folds) if report.folds else "- (model file)")
     out.print(table)
     out.print(report.details())
+    for note in report.notes:
+        out.print(f"note: {note}", style="yellow")
     if not _ranked_shapes(report):
         out.print("note: no shape has 2 or more configs measured, so the ranking metrics say nothing")
     out.print(report.summary())

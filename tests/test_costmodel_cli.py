@@ -681,6 +681,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
     assert result.exit_code == 0, result.stderr
     # the model file lists the 8 shapes it was fitted on: only the other 4 are scored
     assert "4 rows, 4 shapes (8 rows of 8 shapes the model was fitted on left out)" in result.stdout
+    assert "never saw this device" not in result.stdout  # fitted for the card whose rows it scores
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model, "--device", "h100")
     assert_one_line_error(
         result, f"was fitted for {RTX4070_PROFILE.key} (sm_89), which cannot stand in for h100 (sm_90)"
@@ -979,6 +980,22 @@ def test_the_shipped_h100_forest_is_scored_on_h200_rows_as_a_tune_uses_it(tmp_pa
     assert result.exit_code == 0, result.stderr
     refused = kt("costmodel", "eval", "--data", H200_ROWS, "--model", shipped, "--device", "a100")
     assert_one_line_error(refused, "h100")  # another architecture: no stand-in
+
+
+def test_eval_of_a_model_standing_in_for_another_card_says_so_in_the_words_predict_uses():
+    """`kt costmodel eval --model` scored the H100's forest on H200 rows, as a tune uses it, without a word that
+    the forest was fitted for another card: its title named only the file. `kt predict` and `kt tune` say it
+    (ForestModel.unseen); eval now does in the same words."""
+    shipped = Path(__file__).resolve().parents[1] / "kt" / "costmodel" / "models" / "h100.skops"
+    stand_in = (
+        "the cost model never saw this device h200 (fitted for h100, predicting with h200's own roofline): its "
+        "predictions here are extrapolations"
+    )
+    result = kt("costmodel", "eval", "--data", H200_ROWS, "--model", shipped, "--device", "h200")
+    assert result.exit_code == 0, result.stderr
+    assert f"note: {stand_in}" in " ".join(result.stdout.split()), result.stdout
+    predicted = kt("predict", DENSE, "--top", "1", "--device", "h200", "--model", shipped)
+    assert f"warning: {stand_in}" in " ".join(predicted.stderr.split()), predicted.stderr
 
 
 def test_inspect_ranks_each_structured_problem_within_itself(tmp_path):

@@ -156,6 +156,8 @@ class Report:
     # database built over several tunes holds a config's repeats, which filled two of a shape's top five and
     # made its best the luckiest of noisy repeats); None: each row its own config
     configs: list[Any] | None = None
+    # what the scores must be read with: a model file standing in for another card (ForestModel.unseen)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         t, p, g = self.runtime_ms, self.predicted_ms, self.groups

@@ -270,15 +270,17 @@ class ForestModel:
                 out[label] = {name: float(value) for name, value in pairs}
         return out
 
-    def unseen(self, record: dict[str, Any]) -> str | None:
+    def unseen(self, record: dict[str, Any] | None = None) -> str | None:
         """What of a problem (its record: family, dtype) and of the device it predicts for this forest never
-        saw in training, as one line; None when it saw them all."""
+        saw in training, as one line; None when it saw them all. Without a record, the device alone (`kt costmodel
+        eval --model`, scoring a stand-in on another card's rows)."""
         t = self.trained
+        record = record if record is not None else {}
         new = []
         if self.fitted_device is not None:
             new.append(f"device {self.device.key} (fitted for {self.fitted_device.key}, predicting with "
                        f"{self.device.key}'s own roofline)")  # fmt: skip
-        families, dtypes = t.get("families") or [], t.get("dtypes") or []
+        families, dtypes = (t.get("families") or [], t.get("dtypes") or []) if record else ([], [])
         if families and record.get("family") not in families:
             new.append(
                 f"kernel family {record.get('family')} (it learned {', '.join(families)}; a structured op is "
