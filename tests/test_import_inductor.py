@@ -265,6 +265,24 @@ BAD_LINES = [
         "line 4: column choice is 'type=triton_BLOCK-M=64'",
     ),
     (GOOD.replace("extern_mm", TRITON.format(64, 0, 64, 3, 4)), "line 4: column choice: BLOCK-K is 0"),
+    # no Triton kernel has a block or warp count that is no power of two: they were imported as configs
+    (
+        GOOD.replace("extern_mm", TRITON.format(48, 32, 64, 3, 4)),
+        "line 4: column choice: BLOCK-M is 48; allowed: a power of two from 1 to 1048576 (the template's "
+        "tl.arange over a block takes only a power-of-two range)",
+    ),
+    (
+        GOOD.replace("extern_mm", TRITON.format(64, 32, 96, 3, 4)),
+        "line 4: column choice: BLOCK-N is 96; allowed: a",
+    ),
+    (
+        GOOD.replace("extern_mm", TRITON.format(64, 32, 64, 3, 6)),
+        "line 4: column choice: numwarps is 6; allowed: a power of two from 1 to 1048576 (Triton takes no other",
+    ),
+    (
+        GOOD.replace("extern_mm", TRITON.format(64, 32, 64, 0, 4)),
+        "line 4: column choice: numstages is 0; allowed: an integer from 1 to 1048576",
+    ),
     (GOOD.replace("0.2", "fast"), "line 4: column feedback is 'fast'; allowed: milliseconds > 0, or inf"),
     (GOOD.replace("0.2", "-0.2"), "line 4: column feedback is '-0.2'"),
     (GOOD.replace("not_float_32", "True"), "line 4: column using_tf32 is 'True' for torch.float16"),
@@ -285,6 +303,19 @@ def test_a_malformed_line_is_one_error_naming_file_and_line_and_nothing_is_writt
     result = kt("import", "inductor", log, "--out", tmp_path / "x.csv")
     assert_one_line_error(result, f"'{log}' {message}")
     assert list(tmp_path.iterdir()) == [log]  # no output, no temporary file
+
+
+def test_inductors_own_configs_off_kts_axes_are_kept_one_warp_one_stage_and_odd_stage_counts(tmp_path):
+    """What the power-of-two check must not refuse: Inductor's list has 1 warp, 1 stage and 5 stages (kt's own
+    space has none of them), and a stage count is any count."""
+    configs = [(16, 16, 32, 1, 1), (128, 64, 128, 5, 8), (32, 128, 16, 3, 2)]
+    lines = [line(64, 32, 16, TRITON.format(*config), f"0.{i + 2}") for i, config in enumerate(configs)]
+    rows, _ = import_rows(tmp_path, write_log(tmp_path / "log.txt", lines))
+    assert [r["config_key"] for r in rows] == [
+        "m16n32k16g8w1s1x1",
+        "m128n128k64g8w8s5x1",
+        "m32n16k128g8w2s3x1",
+    ]
 
 
 @pytest.mark.parametrize("zipped", [False, True])

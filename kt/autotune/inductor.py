@@ -20,7 +20,8 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
   so it is `row`: Inductor logged some such vectors under several strides, and their timings agree within
   noise. Any other strides (a broadcast, a strided slice) are an error naming the line.
 - The config is kt's `GemmConfig` with Inductor's blocks, stages and warps, GROUP_M 8 and split-K 1 (Inductor's
-  list has 1 warp and 1 stage, which kt's own search space does not).
+  list has 1 warp and 1 stage, which kt's own search space does not). A block or warp count that is not a power
+  of two (BLOCK-M=48) is no config Triton runs, so its line is malformed, like a block of 0.
 - `extern_mm` is the problem's baseline row, like a tune's candidate zero (`BASELINE_KEY`, config `{}`).
 - runtime_ms is the median of the finite repeats, with their min, 20th and 80th percentiles, and `runs`
   counts them; each repeat is already one Inductor benchmark (itself many launches). A choice whose every
@@ -95,6 +96,15 @@ EXTERN = "extern_mm"
 CHOICE = re.compile(r"type=triton_BLOCK-M=(\d+)_BLOCK-K=(\d+)_BLOCK-N=(\d+)_numstages=(\d+)_numwarps=(\d+)")
 CHOICE_FORM = f"{EXTERN} or type=triton_BLOCK-M=.._BLOCK-K=.._BLOCK-N=.._numstages=.._numwarps=.."
 GROUP_M, SPLIT_K = 8, 1  # Inductor's mm template: grouped launch order, no split-K
+# The choice's fields Triton takes only as powers of two, and why (triton/language/semantic.py: "arange's range
+# must be a power of 2"; backends/nvidia/compiler.py: "num_warps must be a power of 2"); any stage count runs
+_TILE = "the template's tl.arange over a block takes only a power-of-two range"
+POWERS_OF_TWO = {
+    "BLOCK-M": _TILE,
+    "BLOCK-K": _TILE,
+    "BLOCK-N": _TILE,
+    "numwarps": "Triton takes no other warp count",
+}
 FAILED = "Inductor logged inf (the config failed to run)"
 TIMER = "inductor_benchmarker"
 TRITON_VERSION = "unknown (inductor log)"  # part of a row's identity: the log does not record it
@@ -418,6 +428,11 @@ def _choice(choice: str, where: str) -> LoggedChoice:
         ("numstages", stages),
         ("numwarps", warps),
     ):
+        if name in POWERS_OF_TWO and (not 1 <= value <= MAX_CONFIG_VALUE or value & (value - 1)):
+            raise DatabaseError(
+                f"inductor: {where}: column choice: {name} is {value}; allowed: a power of two from 1 to "
+                f"{MAX_CONFIG_VALUE} ({POWERS_OF_TWO[name]})"
+            )
         if not 1 <= value <= MAX_CONFIG_VALUE:
             raise DatabaseError(
                 f"inductor: {where}: column choice: {name} is {value}; allowed: an integer from 1 to "
