@@ -227,6 +227,46 @@ def test_several_files_merge_repeats_of_one_gpu_and_keep_gpus_apart(tmp_path):
     )
 
 
+def autotune_run(rng, m, k, n, configs):
+    """One autotune run as Inductor logs it: every choice of one problem once, cuBLAS first."""
+    choices = ["extern_mm", *(TRITON.format(*config) for config in configs)]
+    return [line(m, k, n, choice, t) for choice, t in zip(choices, timings(rng, len(choices)))]
+
+
+def test_an_autotune_run_read_twice_counts_once_in_overlapping_logs_and_within_one(tmp_path):
+    """An older copy of a log Inductor appends to, read beside the newer one, counted every repeat of their
+    common runs twice (`runs` 2 where 1 was measured, and the percentiles over doubled repeats); a run is one
+    measurement however often it is logged."""
+    rng = random.Random(3)
+    configs = [(64, 32, 64, 3, 4), (128, 64, 128, 4, 8)]
+    first, second, third = (autotune_run(rng, 256, 128, 512, configs) for _ in range(3))
+    older = write_log(tmp_path / "older.txt", first + second)
+    newer = write_log(tmp_path / "newer.txt", first + second + third)  # the same log, grown by a run
+    rows, result = import_rows(tmp_path, older, newer)
+    alone, _ = import_rows(tmp_path, newer, out_name="alone.csv")
+    assert [{k: v for k, v in r.items() if k != "source"} for r in rows] == [
+        {k: v for k, v in r.items() if k != "source"} for r in alone
+    ]
+    assert {r["runs"] for r in rows} == {"3"}
+    assert (
+        "read 15 timing lines of 2 files: 1 problem, 2 Triton configs, 0 failed, 1 cuBLAS baseline row, on "
+        f"{H100_NAME} (target h100); 6 timing lines of 2 autotune runs repeat a run already read, every choice "
+        "and timing to the digit: counted once -> 3 rows"
+    ) in " ".join(result.stdout.split())
+    # within one file too: Inductor logs a run again as it was (its cached timings)
+    logged_again = write_log(tmp_path / "again.txt", first + second + first + third + second)
+    rows, result = import_rows(tmp_path, logged_again, out_name="again.csv")
+    assert {r["runs"] for r in rows} == {"3"} and "6 timing lines of 2 autotune runs repeat" in result.stdout
+    # a run that differs in one timing is another measurement, and a single line is no fingerprint (two runs
+    # time a config alike to the digit now and then): both count
+    changed = first[:-1] + [first[-1].rsplit(",", 1)[0] + ",0.5"]
+    single = [line(64, 64, 64, "extern_mm", "0.25")] * 2
+    rows, result = import_rows(
+        tmp_path, write_log(tmp_path / "d.txt", first + changed + single), out_name="d.csv"
+    )
+    assert {r["runs"] for r in rows} == {"2"} and "repeat a run" not in result.stdout
+
+
 def test_origin_names_where_the_logs_came_from(tmp_path):
     log = write_log(tmp_path / "mine.txt", [line(64, 64, 64, "extern_mm", "0.2")])
     result = kt("import", "inductor", log, "--origin", "my-sweep@2026-11", "--out", tmp_path / "o.csv")
@@ -416,6 +456,7 @@ def test_the_real_h100_log_imports_322_problems_that_the_cost_model_reads(tmp_pa
     result = kt("import", "inductor", real_log("h100_mm.txt.gz"), "--out", out)
     assert result.exit_code == 0, result.output
     assert "read 28344 timing lines of 1 file: 322 problems" in result.stdout
+    assert "repeat a run already read" not in result.stdout  # every run of h100_mm is its own
     rows = read_rows(out)
     assert len({r["problem_key"] for r in rows}) == 322
     assert sum(r["config_key"] == BASELINE_KEY for r in rows) == 322  # cuBLAS timed on every problem

@@ -33,6 +33,15 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
 - Several FILEs are read as one log: the same (GPU, problem, choice) in two files is one row with the repeats
   of both; the GPU comes from each file's header, so rows of different GPUs never merge. Blank lines are
   skipped (a100_mm has one).
+- One measurement counts once. An autotune run is a problem's consecutive lines, each choice once (Inductor
+  times every choice of a problem, then the next problem or the same one again). A run of two or more lines that
+  repeats one already read, in this file or an earlier one, every choice and timing to the digit, is that
+  measurement logged again, and its lines are left out (the summary counts them): an overlapping copy (an older
+  copy of a log Inductor appends to, read beside the newer one, counted its repeats twice), and Inductor's own
+  repeats (h100_timm_train_mm logs 4,770 of its 5,687 runs again, each of their 14 to 30 timings the same to
+  the digit, which no second benchmark gives: `runs` said about 6 where one run was measured; no median moves). A single line is no fingerprint, so a run of one always
+  counts: two runs can time a config alike to the digit (569 finite lines of h100_mm appear more than once,
+  none in a repeated run). The same file given twice, or under another name, is refused outright.
 
 Any malformed line is one DatabaseError naming the file and line, and no output is written; the CSV is written
 beside its path and renamed into place.
@@ -156,6 +165,9 @@ class Log:
     files: list[Path]
     lines: int = 0  # timing lines read (blank lines not counted)
     padded: int = 0  # lines with an operand whose leading dimension is wider than it
+    runs: set[bytes] = field(default_factory=set)  # a digest of each autotune run of two or more lines read
+    repeated_runs: int = 0  # runs that repeated one already read, to the digit: counted once
+    repeated_lines: int = 0  # their lines
 
     def rows(self, origin: str = ORIGIN) -> list[dict[str, Any]]:
         """One kt row per measurement (kt's columns, then EXTRA_COLUMNS); the first row of every problem and of
@@ -261,6 +273,35 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
             choices: dict[str, LoggedChoice] = {}
             measurements, file_name, width = log.measurements, path.name, len(COLUMNS)
             lines = padded = 0
+            # the autotune run being read: a problem's consecutive lines, each choice once (see the docstring)
+            run: list[tuple[LoggedProblem, LoggedChoice, str, str, int]] = []
+            run_key: tuple[str, ...] = ()
+            run_choices: set[str] = set()
+
+            def close_run(key: tuple[str, ...]) -> None:
+                """Add the run's timings to their measurements, unless it repeats a run already read."""
+                if len(run) >= 2:
+                    text = "\n".join(
+                        [device, *key, *(f"{logged},{feedback}" for _, _, logged, feedback, _ in run)]
+                    )
+                    fingerprint = hashlib.blake2b(text.encode(), digest_size=16).digest()
+                    if fingerprint in log.runs:
+                        log.repeated_runs += 1
+                        log.repeated_lines += len(run)
+                        run.clear()
+                        return
+                    log.runs.add(fingerprint)
+                for problem, choice, _, feedback, at in run:
+                    ident = (device, problem.key, choice.key)
+                    m = measurements.get(ident)
+                    if m is None:
+                        m = measurements[ident] = Measurement(
+                            target, device, problem, choice, f"{name!r} line {at}"
+                        )
+                    m.times.append(feedback)
+                    m.files[file_name] = None
+                run.clear()
+
             for cells in reader:
                 if not cells:
                     continue
@@ -281,14 +322,11 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                 feedback = cells[-1]
                 if feedback != "inf":
                     _check_feedback(feedback, f"{name!r} line {line}")
-                ident = (device, problem.key, choice.key)
-                m = measurements.get(ident)
-                if m is None:
-                    m = measurements[ident] = Measurement(
-                        target, device, problem, choice, f"{name!r} line {line}"
-                    )
-                m.times.append(feedback)
-                m.files[file_name] = None
+                if key != run_key or logged in run_choices:  # another problem, or this one timed again
+                    close_run(run_key)
+                    run_key, run_choices = key, set()
+                run_choices.add(logged)
+                run.append((problem, choice, logged, feedback, line))
                 lines += 1
                 padded += problem.padded
                 if progress is not None and lines % PROGRESS_ROWS == 0:
@@ -299,6 +337,7 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                     "cut off (Inductor ends every row with one); copy the log again, or end the line if the row "
                     "is whole"
                 )
+            close_run(run_key)
             log.lines += lines
             log.padded += padded
         except DatabaseError:
@@ -559,6 +598,8 @@ class Summary:
     devices: dict[str, str]  # GPU name -> profile key
     padded: int
     out: Path
+    repeated_runs: int = 0
+    repeated_lines: int = 0
 
     def __str__(self) -> str:
         gpus = ", ".join(f"{name} (target {key})" for name, key in self.devices.items())
@@ -567,6 +608,11 @@ class Summary:
             if self.padded
             else ""
         )
+        if self.repeated_runs:
+            padded += (
+                f"; {counted(self.repeated_lines, 'timing line')} of {counted(self.repeated_runs, 'autotune run')} "
+                "repeat a run already read, every choice and timing to the digit: counted once"
+            )
         return (
             f"read {counted(self.lines, 'timing line')} of {counted(self.files, 'file')}: "
             f"{counted(self.problems, 'problem')}, {counted(self.configs, 'Triton config')}, {self.failed} failed, "
@@ -615,4 +661,6 @@ def import_inductor(
         devices={r["device"]: r["target"] for r in rows},
         padded=log.padded,
         out=out,
+        repeated_runs=log.repeated_runs,
+        repeated_lines=log.repeated_lines,
     )
