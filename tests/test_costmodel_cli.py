@@ -609,6 +609,15 @@ def test_a_fit_on_rows_too_few_for_a_tree_to_split_is_refused_and_a_barely_split
             f"6 rows (only {split} of 200 trees split them: the rest predict one value for every config)"
             in text
         )
+    # cross-validation fits a forest per fold on the other folds' rows: 4 of these 6, and it said so of 4 rows
+    # the data does not hold (eval scored constants on them before)
+    result = kt("costmodel", "eval", "--data", tmp_path / "6.db", "--device", gpperf["profile"])
+    assert_one_line_error(
+        result,
+        "eval: holding out fold 1 of 5 (2 rows) leaves 4 rows of other shapes to fit on, and the forest "
+        "needs at least 6 (on fewer every tree is one leaf, and the forest one constant): measure more shapes, or "
+        "use fewer folds",
+    )
 
 
 def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(

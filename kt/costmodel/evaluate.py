@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from kt.costmodel.features import column
-from kt.costmodel.forest import ForestModel
+from kt.costmodel.forest import LEAF, ForestModel, min_rows
 from kt.device import DeviceProfile
 from kt.errors import counted
 
@@ -281,9 +281,16 @@ def cross_validate(
     fold = np.array([fold_of[h] for h in held])
     predicted = np.zeros(len(records))
     predicted_power = np.full(len(records), np.nan)
+    need = min_rows(params.get("min_samples_leaf", LEAF))
     for f in range(folds):
         test = np.flatnonzero(fold == f)
         train = np.flatnonzero(fold != f)
+        if len(train) < need:  # the forest's own refusal counted a fold's rows, not the data's
+            raise ValueError(
+                f"holding out fold {f + 1} of {folds} ({counted(len(test), 'row')}) leaves {len(train)} rows of "
+                f"other shapes to fit on, and the forest needs at least {need} (on fewer every tree is one leaf, "
+                "and the forest one constant): measure more shapes, or use fewer folds"
+            )
         model = ForestModel(device, seed=seed, **params).fit([records[i] for i in train])
         prediction = model.predict([records[i] for i in test])
         predicted[test] = prediction.runtime_s * 1e3
