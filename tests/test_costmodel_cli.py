@@ -248,6 +248,18 @@ MALFORMED = [
         '"split_k": 1}',
         ": num_stages is true; allowed: an integer from 1 to",
     ),
+    (  # no Triton kernel runs a tile of 48 rows: `kt import inductor` refused it, a CSV did not
+        "config",
+        '{"block_m": 48, "block_n": 16, "block_k": 32, "group_m": 1, "num_warps": 4, "num_stages": 2, '
+        '"split_k": 1}',
+        ": column config: block_m is 48; allowed: a power of two from 1 to",
+    ),
+    (
+        "config",
+        '{"block_m": 16, "block_n": 16, "block_k": 32, "group_m": 1, "num_warps": 6, "num_stages": 2, '
+        '"split_k": 1}',
+        ": column config: num_warps is 6; allowed: a power of two from 1 to",
+    ),
 ]
 
 

@@ -259,6 +259,13 @@ def _check_config(family: str, config: Any, where: str) -> None:
             0 if key in STRUCTURE_AXES + TILE_STRUCTURE_AXES else 1
         )  # a structure choice the family does not use is 0
         _check_int(config[key], key, low, MAX_CONFIG_VALUE, where, "config")
+        if (key.startswith("block_") or key == "num_warps") and config[key] & (config[key] - 1):
+            # no kernel runs one: tl.arange takes power-of-two ranges, Triton power-of-two warp counts (the
+            # Inductor importer refuses such a choice for the same reason)
+            raise DatabaseError(
+                f"{where}: column config: {key} is {config[key]}; allowed: a power of two from 1 to "
+                f"{MAX_CONFIG_VALUE}"
+            )
     for key, top in optional.items():
         if key in config:
             _check_int(config[key], key, 0, top, where, "config")
