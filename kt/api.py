@@ -339,10 +339,19 @@ def tune(
     db: str | os.PathLike | None = None,
     **options: Any,
 ) -> TuneResult | list[TuneResult | KtError]:
-    """Tune `spec` (see kt.autotune.tune.tune for the options). A list of specs gives a list: each op's
-    TuneResult, or the KtError that stopped it (the others go on). Ops that target one device share one
-    runner (its workers start once) and up to `concurrent` of them (default 4) are tuned at once, sharing its
-    workers; `on_done(number, spec, outcome)` is called as each ends (kt.autotune.tune.tune_each)."""
+    """Tune `spec`. A list of specs gives a list: each op's TuneResult, or the KtError that stopped it (the
+    others go on). Ops that target one device share one runner (its workers start once) and up to `concurrent`
+    of them (default 4) are tuned at once, sharing its workers; `on_done(number, spec, outcome)` is called as
+    each ends, `on_start(number, spec)` as each begins where they run one after the other
+    (kt.autotune.tune.tune_each).
+
+    The keywords beside budget, objective, backend and db, with the `kt tune` option each stands for (details in
+    kt.autotune.tune.run_session): device (--device), workers (--workers), strategy (--strategy), model
+    (--model: a file or a CostModel), seed (--seed), power_cap_w (--power-cap), progress (False: --quiet),
+    timeout_s (--timeout), retry_failed (--retry-failed), timing (a kt.autotune.timing.TimingSettings:
+    --cooldown-ms and the timing loop's lengths), ray (--ray), gpus (--gpus: a list of indices), deadline (a
+    time.monotonic() after which nothing new starts), baseline (False: PyTorch's path is not timed first) and
+    runner (a Runner already made, shared by several tunes)."""
     _check_tune_options(options, several=isinstance(spec, (list, tuple)))
     specs = [as_spec(s) for s in spec] if isinstance(spec, (list, tuple)) else [as_spec(spec)]
     if "model" in options:

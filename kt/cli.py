@@ -504,7 +504,8 @@ WORKERS = click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="Worker processes for compiling and checking (default: one per core, at most 8).",
+    help="Worker processes for compiling and checking (default: one per core, at most 8, and for one op at most "
+    "its budget + 1).",
 )
 
 

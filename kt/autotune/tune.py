@@ -503,6 +503,10 @@ class TuneResult:
         return self.plan.model
 
     def save(self, path: str | Path) -> Path:
+        """Write the best kernel as an artifact folder at `path` (kernel.py, and meta.json with the tuning record;
+        what `kt.load(path)` imports), and return its path. An artifact already there is kept as `<path>.prev`
+        where its spec, kernel, config, target, objective or power cap differ, else replaced
+        (kt.autotune.artifact.save_artifact_report)."""
         from kt.autotune.artifact import save_artifact
 
         return save_artifact(self, path)
@@ -550,7 +554,7 @@ def tune(
     """Tune `spec`'s kernel: measure up to `budget` configs chosen by the cost model, return the best.
 
     `options` go to `run_session` (backend, db, device, workers, strategy, model, seed, progress, timeout_s,
-    retry_failed).
+    retry_failed, timing, deadline, baseline, runner, ray, gpus: its docstring says what each does).
     """
     started = time.monotonic()
     objective = spec.tune.objective if objective is None else objective  # "" is refused, not the spec's
