@@ -13,7 +13,15 @@ kt's bound) and its registers and local memory (a spill is refused). `--jsonl` k
     python benchmarks/stage_builds.py
     python benchmarks/stage_builds.py --sample 30 --seed 7 --jsonl /tmp/stages.jsonl
 
-(2026-12-03, Triton 3.9: the second command gives docs/architecture.md's and BENCHMARKS.md's figures.) A build
+(2026-12-03, Triton 3.9: the second command gives docs/architecture.md's and BENCHMARKS.md's figures.)
+
+With `--family`, the block-GEMM examples instead (Monarch, butterfly, FFT; `kt.codegen.blockgemm.resources`):
+the configs of each example's space legality admits whose every pipeline stage would not fit, and with
+`--controls N` also N of the configs it refuses for shared memory that build with wgmma (every stage kept):
+
+    python benchmarks/stage_builds.py --family monarch butterfly fft_half fft_tf32 --sample 12 --controls 3 --seed 7
+
+A build
 the compile stage refuses is compiled again at the most stages the every-stage count admits, where the stage
 axis has such a count, to tell a spill of the stages from a spill of the tile. Nothing here is timed.
 """
@@ -27,6 +35,14 @@ import sys
 
 DTYPES = ["float16", "bfloat16", "tf32", "float32"]
 DEVICES = {"a100": 80, "h100": 90}
+# the block-GEMM examples --family takes: (spec file, fields it overrides); fft_tf32 is examples/fft.yaml in tf32
+FAMILIES = {
+    "monarch": ("examples/monarch.yaml", {}),
+    "butterfly": ("examples/butterfly.yaml", {}),
+    "fft_half": ("examples/fft_half.yaml", {}),
+    "fft": ("examples/fft.yaml", {}),
+    "fft_tf32": ("examples/fft.yaml", {"precision": "tf32"}),
+}
 
 
 def newly_legal(shape, dtype: str, device: str) -> tuple[int, list]:
@@ -50,6 +66,114 @@ def problem_of(shape, dtype: str):
     return GemmProblem(*shape, dtype=dtype)
 
 
+def example_problem(name: str):
+    """The structured problem of `--family` example `name` (FAMILIES), read from its spec file."""
+    from pathlib import Path
+
+    import yaml
+
+    from kt.ir.ops import op_from_spec
+    from kt.spec import parse_spec
+
+    path, fields = FAMILIES[name]
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / path).read_text())
+    return op_from_spec(parse_spec({**data, **fields})).problem
+
+
+def family_compiled(
+    names: list[str], devices: list[str], sample: int, controls: int, seed: int
+) -> list[dict]:
+    """One row per (example, device): how many configs legality admits, how many of them every pipeline stage
+    would not fit (`newly_legal`), and with `sample` and `controls` the sampled builds of those and of refused
+    wgmma configs, each with kt's every-stage count, its stages - 1 count and its bound (`resources`)."""
+    import triton
+
+    from kt.codegen import blockgemm, family_for
+    from kt.device import get_profile
+
+    rows, jobs = [], []
+    for name in names:
+        problem = example_problem(name)
+        family = family_for(problem)
+        for device in devices:
+            profile = get_profile(device)
+            limit = profile.smem_per_block
+            judged = list(family.judged(problem, profile))
+            legal = [c for c, why in judged if why is None]
+
+            def wgmma(c, problem=problem, profile=profile):
+                return blockgemm.wgmma_tile(problem, c.block_b, c.num_warps, profile)
+
+            over = [
+                c for c in legal if not c.fused and blockgemm.shared_memory(problem, c, c.num_stages) > limit
+            ]
+            refused = [c for c, why in judged if why and why.startswith("shared memory over") and wgmma(c)]
+            draw = random.Random(f"{seed}-{name}-{device}")
+            drawn = [(c, "newly legal") for c in draw.sample(over, min(sample, len(over)))]
+            drawn += [(c, "wgmma control") for c in draw.sample(refused, min(controls, len(refused)))]
+            builds = []
+            for config, kind in drawn:
+                jobs.append((problem, config, profile))
+                builds.append(
+                    dict(
+                        key=config.key(),
+                        kind=kind,
+                        config=config.to_dict(),
+                        wgmma=wgmma(config),
+                        every_stage=blockgemm.shared_memory(problem, config, config.num_stages),
+                        stages_less_one=blockgemm.shared_memory(
+                            problem, config, max(1, config.num_stages - 1)
+                        ),
+                        bound=blockgemm.resources(problem, config, profile)[0],
+                    )
+                )
+            rows.append(
+                dict(
+                    example=name,
+                    problem=str(problem),
+                    device=device,
+                    arch=profile.compute_capability,
+                    smem_limit=limit,
+                    legal=len(legal),
+                    newly_legal=len(over),
+                    newly_legal_wgmma=sum(map(wgmma, over)),
+                    refused_wgmma=len(refused),
+                    triton=triton.__version__,
+                    builds=builds,
+                )
+            )
+    if jobs:
+        print(f"compiling {len(jobs)} builds (Triton {triton.__version__})", file=sys.stderr)
+    builds = [b for row in rows for b in row["builds"]]
+    for build, outcome in zip(builds, compile_all(jobs)):
+        build.update(outcome)
+    return rows
+
+
+def family_report(rows: list[dict]) -> None:
+    print("block-GEMM examples: configs legality admits, those whose every stage would not fit, and builds")
+    for row in rows:
+        print(
+            f"{row['example']:<9} {row['device']:<5} {row['legal']:>6} legal, {row['newly_legal']:>5} only so "
+            f"({row['newly_legal_wgmma']} wgmma); {row['refused_wgmma']} wgmma configs refused for shared memory"
+        )
+        for b in row["builds"]:
+            built = "-" if b["built"] is None else b["built"]
+            print(
+                f"    {b['kind']:<13} {b['key']:<26} {'wgmma' if b['wgmma'] else 'mma.sync/FMA':<12} "
+                f"built {built:>6} / every stage {b['every_stage']:>6} / stages-1 {b['stages_less_one']:>6} / "
+                f"bound {b['bound']:>6}; {b['status']} {b['registers']} reg {b['local']} B local, {b['mma']}"
+            )
+    builds = [b for row in rows for b in row["builds"]]
+    newly = [b for b in builds if b["kind"] == "newly legal"]
+    if newly:
+        fits = sum(b["built"] is not None and b["built"] <= b["bound"] for b in newly)
+        clean = sum(b["status"] == "ok" for b in newly)
+        print(
+            f"{len(newly)} newly legal builds: {fits} within kt's bound, {clean} clean (no spill, within the limit)"
+        )
+
+
 def compile_all(jobs: list[tuple]) -> list[dict]:
     """Compile each (problem, config, profile) in kt's compile workers: its status as the compile stage gives it
     and its evidence (the shared memory built, registers, local memory)."""
@@ -64,6 +188,7 @@ def compile_all(jobs: list[tuple]) -> list[dict]:
             built=(o.values or {}).get("smem_bytes"),
             registers=(o.values or {}).get("registers"),
             local=(o.values or {}).get("local_bytes"),
+            mma=(o.values or {}).get("mma_kind"),
         )
         for o in outcomes
     ]
@@ -213,18 +338,30 @@ def main(argv=None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="compile N of each (device, dtype)'s configs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jsonl", help="write each (device, dtype)'s counts and builds here")
+    parser.add_argument(
+        "--family",
+        nargs="+",
+        choices=sorted(FAMILIES),
+        help="the block-GEMM examples instead of the dense GEMM",
+    )
+    parser.add_argument(
+        "--controls", type=int, default=0, help="with --family, also compile N refused wgmma configs of each"
+    )
     args = parser.parse_args(argv)
-    if args.sample < 0:
-        parser.error(f"--sample: {args.sample}; give 0 (count only) or more")
+    if args.sample < 0 or args.controls < 0:
+        parser.error(f"--sample {args.sample}, --controls {args.controls}: give 0 (count only) or more")
     check_outputs(parser, {"--jsonl": args.jsonl})
-    if args.sample and not target_compiler_available():
+    if (args.sample or args.controls) and not target_compiler_available():
         parser.error(
             "--sample: Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled"
         )
-    rows = compiled(args.shape, args.dtypes, args.devices, args.sample, args.seed)
+    if args.family:
+        rows = family_compiled(args.family, args.devices, args.sample, args.controls, args.seed)
+    else:
+        rows = compiled(args.shape, args.dtypes, args.devices, args.sample, args.seed)
     if args.jsonl:
         atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
-    report(rows)
+    (family_report if args.family else report)(rows)
     return 0
 
 

@@ -11,6 +11,7 @@ from kt.autotune.runners import compile_payload
 from kt.autotune.tune import generated_candidate
 from kt.codegen import GemmConfig
 from kt.codegen.blockgemm import BlockGemmConfig, illegal_reason, resources, stages_for
+from kt.codegen.blockgemm import shared_memory as block_shared_memory
 from kt.codegen.compat import triton_version
 from kt.codegen.gemm import (
     built_shared_memory,
@@ -22,7 +23,7 @@ from kt.codegen.gemm import (
 from kt.codegen.gemm import illegal_reason as gemm_illegal_reason
 from kt.device import A100, H100
 from kt.ir import GemmProblem
-from kt.ir.problems import FFTProblem, MonarchProblem
+from kt.ir.problems import ButterflyProblem, FFTProblem, MonarchProblem
 
 CASES = [
     (
@@ -193,6 +194,35 @@ def test_structured_kernels_run_wgmma_for_any_number_of_blocks_per_program(pool)
             assert not values["uses_wgmma"] and values["mma_sync"] > 0, (config.key(), values)
         # the legality estimate never undercounts what the compiler allocates
         assert values["smem_bytes"] <= resources(problem, config, H100)[0], (config.key(), values)
+
+
+# mma.sync block-GEMM builds keep stages - 1 pipeline stages, as the dense GEMM's do: two 16-bit configs that
+# every stage's count refused (benchmarks/stage_builds.py --family, Triton 3.9, 2026-12-05: 147456 and 200704
+# bytes built, 196608 and 299008 by every stage's count) build clean within kt's bound on sm_80 and sm_90
+STAGES_LESS_ONE = [
+    (A100, 80, ButterflyProblem(8192, 1024), BlockGemmConfig(128, 64, 128, 2, 8, 4, levels=8)),
+    (H100, 90, FFTProblem(49152, 4096, "float16", input="real"), BlockGemmConfig(16, 128, 128, 1, 8, 4, split=128)),
+]  # fmt: skip
+
+
+def test_mma_sync_block_gemm_builds_keep_stages_less_one_as_legality_counts(pool):
+    from kt.autotune.compile import target_compiler_available
+
+    if not target_compiler_available():
+        pytest.skip("Triton's NVIDIA backend (its ptxas) is not installed")
+    tasks = [
+        compile_task(i, problem, config, device.smem_per_block, arch)
+        for i, (device, arch, problem, config) in enumerate(STAGES_LESS_ONE)
+    ]
+    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    for outcome, (device, _, problem, config) in zip(outcomes, STAGES_LESS_ONE):
+        every_stage = block_shared_memory(problem, config, config.num_stages)
+        assert every_stage > device.smem_per_block, config.key()  # the count before 2026-12-05 refused it
+        assert illegal_reason(problem, config, device, stages_for(problem, config)) is None, config.key()
+        assert outcome.status == "ok", (config.key(), outcome.message)
+        values = outcome.values
+        assert values["mma_sync"] > 0 and not values["uses_wgmma"] and values["local_bytes"] == 0, values
+        assert values["smem_bytes"] <= resources(problem, config, device)[0] <= device.smem_per_block, values
 
 
 # -- every family, every dtype: sampled legal configs build clean, on wgmma where the tile allows --------------

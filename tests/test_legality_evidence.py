@@ -9,6 +9,7 @@ from kt.codegen import GemmConfig
 from kt.codegen.blockgemm import BlockGemmConfig, stages_for
 from kt.codegen.blockgemm import illegal_reason as block_reason
 from kt.codegen.blockgemm import resources as block_resources
+from kt.codegen.blockgemm import shared_memory as block_shared_memory
 from kt.codegen.gemm import GemmFamily, built_shared_memory, illegal_reason, unaligned_operands
 from kt.codegen.tilesum import TileConfig
 from kt.codegen.tilesum import illegal_reason as tile_reason
@@ -502,3 +503,31 @@ def test_a_group_over_a_single_block_is_refused_in_the_singular():
     reasons = {reason for _, reason in family_for(problem).judged(problem, H100) if reason}
     assert "more blocks per program than the 1 block a launch has (GROUP 1 takes it)" in reasons
     assert not any("the 1 blocks" in reason for reason in reasons)
+
+
+# benchmarks/stage_builds.py --family ... --sample 12 --controls 3 --seed 7 (Triton 3.9, 2026-12-05): 16-bit
+# block-GEMM configs that every stage's count refused, built with mma.sync within `stages - 1` stages' count and
+# clean (bytes built, every stage's count); tf32 ones of the same kind spilled in 13 of 24 builds and stay refused
+BLOCK_STAGES = [  # (device, problem, config, built or None where it spilled)
+    (A100, problem_of(op="butterfly", dtype="float16", shape={"batch": 8192, "n": 1024}),
+     BlockGemmConfig(128, 64, 128, 2, 8, 4, levels=8), 147456),  # 196608 every stage
+    (H100, FFTProblem(49152, 4096, "float16", input="real"),
+     BlockGemmConfig(32, 128, 128, 1, 8, 3, split=32), 163840),  # 249856
+    (A100, FFTProblem(49152, 4096, "float16", input="real"),
+     BlockGemmConfig(64, 32, 128, 2, 8, 4, split=1024, ends=1), 98304),  # 212992
+    (H100, FFTProblem(49152, 4096, "float32", precision="tf32"),
+     BlockGemmConfig(16, 128, 128, 1, 8, 2, split=256), None),  # 128 bytes of local memory; 299008
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("device, problem, config, built", BLOCK_STAGES)
+def test_mma_sync_block_gemm_configs_count_the_stages_a_16_bit_build_keeps(device, problem, config, built):
+    every_stage = block_shared_memory(problem, config, config.num_stages)
+    assert every_stage > device.smem_per_block  # the count before 2026-12-05 refused each
+    reason = block_reason(problem, config, device, stages_for(problem, config))
+    if built is None:
+        assert reason == f"shared memory over {device.smem_limit_text}"
+    else:
+        assert (
+            reason is None and built <= block_resources(problem, config, device)[0] <= device.smem_per_block
+        )

@@ -17,7 +17,15 @@ from typing import Any
 
 from kt.axes import BLOCK_GEMM_AXES, BLOCK_GEMM_FIELDS, FLAG_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
-from kt.codegen.gemm import MIN_DOT, config_from_mapping, k_step_registers, padded, two_warp_k_reason
+from kt.codegen.gemm import (
+    MIN_DOT,
+    config_from_mapping,
+    k_step_registers,
+    kept_stages,
+    padded,
+    two_warp_k_reason,
+    wgmma_tile,
+)
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.factors import ButterflyGroup
@@ -214,10 +222,26 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
         (k, q, p), (l, s, r) = problem.w1, problem.w2  # noqa: E741
         activations = config.block_b * (k * p * size + k * q * (4 + size) + l * s * 4)
         return activations + (k * q * p + l * s * r) * size, config.block_b * k * q // threads
+    # A build keeps every pipeline stage's tiles only with wgmma: 60 sampled mma.sync builds of the examples that
+    # every stage's count refused (Triton 3.9, 2026-12-05, sm_80 and sm_90; benchmarks/stage_builds.py --family)
+    # allocated no more than `stages - 1` stages' count, wgmma ones every stage's. Only 16-bit builds count so:
+    # 3 of those 36 spilled, of the 24 tf32 ones 13 (b16n128k128g1w8s2: 128 bytes of local memory), a register
+    # limit this count stood in for and the register rules below do not draw.
+    every = wgmma_tile(problem, config.block_b, config.num_warps, device) or size != 2
+    stages = kept_stages(config.num_stages, every)
     planes = 2 if is_complex(problem) else 1
-    # The stage kernel's dots are 2D and every pipeline stage's tiles stay in shared memory, however many blocks
-    # a program takes (its flattened loop pipelines across them: sm_90 builds under Triton 3.6 and 3.9,
-    # tests/test_compile_target.py).
+    return shared_memory(problem, config, stages), config.block_b * config.block_n * planes // threads
+
+
+def shared_memory(problem: StructuredProblem, config: BlockGemmConfig, stages: int) -> int:
+    """Bytes of shared memory a stage-kernel program of `config` holds with `stages` pipeline stages' tiles
+    (`resources` gives it the stages a build keeps; `config.num_stages`, every stage, was the rule until
+    2026-12-05 and is every 4-byte build's)."""
+    size = itemsize(problem.dtype)
+    planes = 2 if is_complex(problem) else 1
+    # The stage kernel's dots are 2D; with wgmma every pipeline stage's tiles stay in shared memory, however many
+    # blocks a program takes (its flattened loop pipelines across them: sm_90 wgmma builds under Triton 3.6 and
+    # 3.9, tests/test_compile_target.py), with mma.sync `stages - 1` (`resources`).
     # A launch whose tiles are thin in K can need more for its epilogue: storing a (BLOCK_B, BLOCK_N) tile to a
     # feature-major intermediate converts its layout through shared memory (b256n64k16 builds took 32 KiB
     # where the pipelined tiles held 30).
@@ -225,11 +249,11 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
     # block, sampled sm_90 wgmma builds (Triton 3.9, 2026-12-03) held up to 4096 bytes more than their pipelined
     # tiles, with 64 rows (b64n128k64g1w8s3: 151552 built, 147456 in the tiles; b64n32k32g1w8s3, b64n64k64g1w8s3
     # and b64n128k128g1w8s2 alike), none with 128 or 256.
-    tiles = config.num_stages * (config.block_b + config.block_n) * config.block_k
+    tiles = stages * (config.block_b + config.block_n) * config.block_k
     smem = max(tiles, config.block_b * config.block_n) * planes * size
     if planes == 2:
         smem += config.block_b * config.block_k * size if config.group > 1 else COMPLEX_SCRATCH
-    return smem, config.block_b * config.block_n * planes // threads
+    return smem
 
 
 COMPLEX_SCRATCH = 4096  # bytes a complex launch in one block held beyond its tiles (resources)

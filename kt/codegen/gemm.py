@@ -89,13 +89,20 @@ def shared_memory(problem: GemmProblem, config: GemmConfig) -> int:
 def wgmma_build(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> bool:
     """Whether Triton builds `config` with Hopper's warpgroup MMA: sm_90, tensor-core math (every dtype but
     float32 ieee), 64 rows or more and whole warpgroups (kt.costmodel.roofline.wgmma_tile's rule)."""
+    return wgmma_tile(problem, config.block_m, config.num_warps, device)
+
+
+def wgmma_tile(problem, block_m: int, num_warps: int, device: DeviceProfile) -> bool:
+    """`wgmma_build` for a 2D dot of `block_m` rows in `num_warps` warps of `problem`'s dtype and precision
+    (any family's problem: the block-GEMM kernel's launches take BLOCK_B rows)."""
     tensor_cores = problem.dtype != "float32" or problem.precision == "tf32"
-    return (
-        device.compute_capability >= 90
-        and tensor_cores
-        and config.block_m >= 64
-        and config.num_warps % 4 == 0
-    )
+    return device.compute_capability >= 90 and tensor_cores and block_m >= 64 and num_warps % 4 == 0
+
+
+def kept_stages(num_stages: int, wgmma: bool) -> int:
+    """Pipeline stages whose tiles a build keeps in shared memory: every stage with wgmma, stages - 1 (at
+    least one) with mma.sync and FMA dots (`built_shared_memory`)."""
+    return num_stages if wgmma else max(1, num_stages - 1)
 
 
 def output_tile_bytes(block_m: int, block_n: int, dtype: str, fp32_out: bool) -> int:
@@ -117,8 +124,7 @@ def built_shared_memory(problem: GemmProblem, config: GemmConfig, device: Device
     staged there already)."""
     if config.tma:
         return shared_memory(problem, config)
-    wgmma = wgmma_build(problem, config, device)
-    stages = config.num_stages if wgmma else max(1, config.num_stages - 1)
+    stages = kept_stages(config.num_stages, wgmma_build(problem, config, device))
     a_buffers = b_buffers = stages
     if itemsize(problem.dtype) == 2:
         # a 16-bit operand whose rows are not 16-element aligned is loaded element by element (no cp.async), so

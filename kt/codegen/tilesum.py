@@ -25,6 +25,7 @@ from kt.codegen.gemm import (
     config_from_mapping,
     deep_k_reason,
     k_step_registers,
+    kept_stages,
     output_tile_bytes,
     padded,
     two_warp_k_reason,
@@ -204,7 +205,7 @@ def resources(problem: TileSumProblem, config: TileConfig, device: DeviceProfile
     m256n64k16 w8 s2 split 2 on the H100 built 65536 bytes where its pipelined tiles held 20480."""
     size = itemsize(problem.dtype)
     threads = config.num_warps * device.warp_size
-    stages = config.num_stages if wgmma_build(problem, config, device) else max(1, config.num_stages - 1)
+    stages = kept_stages(config.num_stages, wgmma_build(problem, config, device))
     if config.fused and isinstance(problem, ChainProblem):
         rank = padded(problem.dims[1])
         smem = stages * (config.block_m + rank) * config.block_k * size + rank * config.block_n * size
