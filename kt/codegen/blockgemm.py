@@ -224,9 +224,10 @@ def resources(problem: StructuredProblem, config: BlockGemmConfig, device: Devic
         return activations + (k * q * p + l * s * r) * size, config.block_b * k * q // threads
     # A build keeps every pipeline stage's tiles only with wgmma: 60 sampled mma.sync builds of the examples that
     # every stage's count refused (Triton 3.9, 2026-12-05, sm_80 and sm_90; benchmarks/stage_builds.py --family)
-    # allocated no more than `stages - 1` stages' count, wgmma ones every stage's. Only 16-bit builds count so:
-    # 3 of those 36 spilled, of the 24 tf32 ones 13 (b16n128k128g1w8s2: 128 bytes of local memory), a register
-    # limit this count stood in for and the register rules below do not draw.
+    # allocated no more than `stages - 1` stages' count, wgmma ones up to every stage's. Only 16-bit builds count
+    # so: the compile stage refused 3 of those 36 for a spill, but 13 of the 24 tf32 ones (b16n128k128g1w8s2:
+    # 128 bytes of local memory), a register limit this count stood in for and the register rules below do not
+    # draw (BENCHMARKS.md, "Block-GEMM configs legal by the stages a build keeps").
     every = wgmma_tile(problem, config.block_b, config.num_warps, device) or size != 2
     stages = kept_stages(config.num_stages, every)
     planes = 2 if is_complex(problem) else 1
