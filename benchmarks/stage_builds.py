@@ -348,8 +348,10 @@ def main(argv=None) -> int:
         "--controls", type=int, default=0, help="with --family, also compile N refused wgmma configs of each"
     )
     args = parser.parse_args(argv)
-    if args.sample < 0 or args.controls < 0:
-        parser.error(f"--sample {args.sample}, --controls {args.controls}: give 0 (count only) or more")
+    if args.sample < 0:
+        parser.error(f"--sample: {args.sample}; give 0 (count only) or more")
+    if args.controls < 0:
+        parser.error(f"--controls: {args.controls}; give 0 (none) or more")
     check_outputs(parser, {"--jsonl": args.jsonl})
     if (args.sample or args.controls) and not target_compiler_available():
         parser.error(
