@@ -2361,3 +2361,40 @@ def test_a_block_sparse_layer_takes_a_checkpoints_pattern_before_loading_it():
         with pytest.raises(error, match=rf"^BlockSparseLinear.load_pattern: {words}"):
             layer.load_pattern(*args)
     assert layer.layout == saved[0].layout  # a refused pattern leaves the layer as it was
+
+
+@pytest.mark.parametrize("name", ["blocksparse", "sum"])
+def test_a_block_sparse_layer_gives_shapes_on_fake_and_functional_tensors(name):
+    """A block-sparse layer's forward read its index buffers' memory unless they were meta tensors or a torch.func
+    transform's: under FakeTensorMode (a layer built there, torch.func.functional_call with a fake state), make_fx's
+    fake and symbolic tracing and aot_export_module's joint graph it failed on ".numpy() is not supported for
+    tensor subclasses" or "Cannot access data pointer of Tensor"."""
+    from torch._functorch.aot_autograd import aot_export_module
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    layer = SMALL_LAYERS[name]()
+    x = torch.randn(5, 32)
+    eager = layer(x)
+    state = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+    mode = FakeTensorMode()
+    fake = {key: mode.from_tensor(value) for key, value in state.items()}
+    with mode:
+        assert functional_call(layer, fake, (mode.from_tensor(x),)).shape == eager.shape
+        assert SMALL_LAYERS[name]()(torch.randn(5, 32)).shape == eager.shape  # built in the mode
+    for tracing in ("fake", "symbolic"):
+        traced = make_fx(lambda s, x: functional_call(layer, s, (x,)), tracing_mode=tracing)(state, x)
+        torch.testing.assert_close(traced(state, x), eager)
+
+    class Loss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return (self.layer(x) ** 2).sum(), x
+
+    joint, _ = aot_export_module(Loss(), [x], trace_joint=True, output_loss_index=0)
+    targets = [str(n.target) for n in joint.graph.nodes if n.op == "call_function"]
+    assert targets.count("kt.apply.default") >= 2  # the forward and the backward's products

@@ -199,6 +199,14 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _readable(*tensors: torch.Tensor) -> bool:
+    """Whether kt may read these tensors' memory and keep tensors it makes for them: plain tensors (not a trace's
+    fake or functional subclasses) while no TorchDispatchMode is active (FakeTensorMode, make_fx's tracer,
+    FlopCounterMode: under a mode kt's own reads and tensors go through it too, and a FakeTensorMode refused a
+    plain tensor's `.cpu()`, or made a tensor kept for later calls a fake one)."""
+    return not torch._C._len_torch_dispatch_stack() and all(type(t) in _PLAIN for t in tensors)
+
+
 def _require_tensors(who: str, x: Any, weights) -> None:
     """A TypeError naming the argument that is no tensor: None or a numpy array failed with an AttributeError
     deep in kt (`dim`, `layout`) or with torch's dispatcher's multi-line words."""
@@ -567,8 +575,9 @@ def _index_tensors(kept, args: tuple, like: torch.Tensor) -> tuple[torch.Tensor,
     copies from pageable memory, which first waits for the stream (CUDA's API synchronization behavior), so
     making them in each backward of a block-sparse layer stalled the host on the GPU there. While
     torch.compile traces (or `like` is a fake or functional tensor), they are made in the trace, as the graph's
-    constants, not kept: a real tensor kept here cannot enter a trace, nor a traced one leave it."""
-    if type(like) not in _PLAIN or torch.compiler.is_compiling():
+    constants, not kept: a real tensor kept here cannot enter a trace, nor a traced one leave it (nor one made
+    under a TorchDispatchMode, `_readable`)."""
+    if not _readable(like) or torch.compiler.is_compiling():
         return kept.__wrapped__(args, like.device)
     return kept(args, like.device)
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from kt.dtypes import DTYPES, dtype_name
 from kt.errors import counted, shown
-from kt.nn.functional import _rows, _same_pattern, apply, check_planar, op_text
+from kt.nn.functional import _readable, _rows, _same_pattern, apply, check_planar, op_text
 from kt.sparsity import (
     bsr_indices,
     bsr_tensor,
@@ -614,7 +614,9 @@ class BlockSparseLinear(_KtLinear):
         layer's, whose forward the kernel would run (it reads the indices it is given) while dx came from this
         layer's pattern (relative error 1.09). Read back once per buffer until it is written (`_same_pattern`);
         not while torch.compile traces, nor under a torch.func transform (vmap's rule checks every member; the
-        indices may be a transform's wrappers, whose memory cannot be read)."""
+        indices may be a transform's wrappers, whose memory cannot be read), nor for fake or functional indices
+        or under a TorchDispatchMode (`_readable`: FakeTensorMode, functional_call with a fake state, make_fx,
+        aot_export_module failed on their data pointer; the op checks them where it runs on real ones)."""
         # a block for each column index (which, outside a trace, must be the pattern's, below): else the kernel
         # would read past fewer blocks, or skip more; shapes only, so also while torch.compile traces
         want = (self.col_indices.shape[0], *self.block)
@@ -627,6 +629,7 @@ class BlockSparseLinear(_KtLinear):
         if (
             torch.compiler.is_compiling()
             or torch._C._functorch.peek_interpreter_stack() is not None  # a torch.func transform
+            or not _readable(crow, col)
             or crow.is_meta
             or col.is_meta
         ):
