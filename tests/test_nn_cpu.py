@@ -2398,3 +2398,85 @@ def test_a_block_sparse_layer_gives_shapes_on_fake_and_functional_tensors(name):
     joint, _ = aot_export_module(Loss(), [x], trace_joint=True, output_loss_index=0)
     targets = [str(n.target) for n in joint.graph.nodes if n.op == "call_function"]
     assert targets.count("kt.apply.default") >= 2  # the forward and the backward's products
+
+
+def _traced_kt_only(layer, x):
+    """make_fx's graph of layer(x) (real tracing), checked to hold kt.apply nodes and no product of torch's."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    traced = make_fx(layer)(x)
+    targets = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
+    assert "kt.apply.default" in targets, targets
+    assert not {t for t in targets if re.search(r"mm|fft|einsum|matmul|linear|_to_copy|empty", t)}, targets
+    return traced
+
+
+@pytest.mark.parametrize("interpret", [False, True], ids=["pytorch-path", "interpreter"])
+def test_functionalize_make_fx_and_flop_counter_see_one_kt_op_per_layer(monkeypatch, interpret):
+    """`apply` ran the kernel itself whenever its tensors were plain and nothing compiled, so torch.func.functionalize
+    failed (with grad: "must override the setup_context"; without, on the PyTorch path "custom (non-ATen) operator
+    whose output has alias annotations: aten::matmul.out", under the interpreter "an invalid python storage"),
+    make_fx recorded the PyTorch path's own ops (or failed under the interpreter), and FlopCounterMode counted
+    that path's ops (the dense fallback of a block-sparse weight: twice its FLOPs) or, for a Triton kernel, none.
+    Now the op runs under each of them as one kt.apply, and FlopCounterMode counts the op's own FLOPs (kt.ir)."""
+    from torch.func import functionalize, grad
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if interpret:
+        monkeypatch.setenv("KT_INTERPRET", "1")
+    layers = {
+        **SMALL_LAYERS,
+        "fft": lambda: knn.FFT(16),
+        "fft-half": lambda: knn.FFT(16, dtype=torch.float16),
+    }
+    for name in ["dense", "blocksparse", "fft-half"] if interpret else layers:
+        layer = layers[name]()
+        if name == "fft":
+            x = torch.randn(5, 16, dtype=torch.complex64)
+        else:
+            x = torch.randn(2, 5, 16).half() if name == "fft-half" else torch.randn(5, layer.in_features)
+        with torch.no_grad():
+            eager = layer(x)
+        for grad_on in (False, True):
+            with torch.set_grad_enabled(grad_on):
+                y = functionalize(layer)(x)
+            torch.testing.assert_close(y, eager, msg=name)
+            assert y.requires_grad == (grad_on and name not in ("fft", "fft-half")), name
+        if name != "fft-half":  # gradients through functionalize: the parameters' and x's, as eager's
+            leaf, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+            functionalize(layer)(leaf).abs().sum().backward()
+            grads = [p.grad for p in layer.parameters()]
+            layer.zero_grad()
+            layer(reference).abs().sum().backward()
+            torch.testing.assert_close(leaf.grad, reference.grad, msg=name)
+            for ours, param in zip(grads, layer.parameters()):
+                torch.testing.assert_close(ours, param.grad, msg=name)
+        torch.testing.assert_close(_traced_kt_only(layer, x)(x), eager, msg=name)
+        with FlopCounterMode(display=False) as counter:
+            layer(x)
+        assert counter.get_total_flops() == _flops_of(name, layer, x), name
+    layer = knn.MonarchLinear(32, 48, nblocks=4)
+    with pytest.raises(RuntimeError, match=r"^kt.nn: torch.func.functionalize composed with grad or jvp"):
+        functionalize(grad(lambda x: layer(x).sum()))(torch.randn(5, 32))
+
+
+def _flops_of(name, layer, x) -> int:
+    """The FLOPs of SMALL_LAYERS' ops (and the FFTs') on x's rows, from their shapes (kt.ir's conventions)."""
+    rows = x.shape[-2]
+    if name == "dense":
+        return 2 * rows * layer.in_features * layer.out_features
+    if name == "lowrank":
+        return 2 * rows * sum(f.shape[0] * f.shape[1] for f in layer.factors)
+    if name in ("blocksparse", "sum"):
+        terms = layer.terms if name == "sum" else [layer]
+        return sum(
+            2 * rows * t.values.numel()
+            if isinstance(t, knn.BlockSparseLinear)
+            else _flops_of("lowrank", t, x)
+            for t in terms
+        )
+    if name == "monarch":
+        return 2 * rows * (layer.w1.numel() + layer.w2.numel())
+    if name == "butterfly":
+        return 6 * rows * layer.in_features * layer.twiddles.shape[0] // 2
+    return int(5 * rows * 16 * 4)  # an FFT: 5 n log2 n per row

@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from kt.dtypes import dtype_name
-from kt.nn.selection import DEEP, MIN_BUCKET, TRUSTED, backward_role, bucket, kernel_for
+from kt.nn.selection import DEEP, MIN_BUCKET, TRUSTED, backward_role, bucket, bucket_spec, kernel_for
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
@@ -144,6 +145,29 @@ def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], _out_features(spec)))
 
 
+@register_flop_formula(torch.ops.kt.apply, get_raw=True)
+def _flops(x: torch.Tensor, weights: list[torch.Tensor], op: str, *args, out_val=None, **kwargs) -> int:
+    """torch.utils.flop_counter.FlopCounterMode's count of one op (it counted none: the kernel runs outside the
+    mode): a dense product's from its operands, as torch counts a matmul's (the op takes any sizes), any other
+    op's its problem's (kt.ir's `flops`) at the rows of x."""
+    spec = _parsed(op)
+    if spec["op"] == "dense":
+        return 2 * out_val.numel() * x.shape[-1]
+    rows = _row_count(spec, x)
+    if not isinstance(rows, int):  # symbolic (inductor counts a graph's nodes on fake tensors): per row
+        return _problem_flops(op, MIN_BUCKET) * rows // MIN_BUCKET
+    return _problem_flops(op, rows) if rows else 0
+
+
+@functools.lru_cache(maxsize=1024)
+def _problem_flops(op: str, rows: int) -> int:
+    from kt.ir.ops import op_from_spec
+
+    spec = {key: value for key, value in _parsed(op).items() if key != "pin"}  # a loaded kernel's op
+    problem = op_from_spec(bucket_spec(spec, rows, exact=True)).problem
+    return problem.flops * rows // problem.rows  # past the rows a spec may have: the largest one's, scaled
+
+
 def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str) -> torch.Tensor:
     """Run the op on x (and the weights) with its selected kernel; differentiable, compilable, exportable.
 
@@ -189,8 +213,22 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
         type(x) not in _PLAIN or any(type(w) not in _PLAIN for w in weights) or compiling or x.is_meta
     ):  # a trace (its tensors are fake or functional subclasses), or shapes only (the fake implementation)
         return torch.ops.kt.apply(x, weights, text)
-    if _in_func_transform() or torch.autograd.forward_ad._current_level >= 0:  # torch.func, or dual tensors
+    transforms = _func_transforms()
+    if _FUNCTIONALIZE in transforms:  # torch.func.functionalize: its wrappers unwrapped by the custom op
+        if transforms & _DIFFERENTIATING:
+            raise RuntimeError(
+                "kt.nn: torch.func.functionalize composed with grad or jvp (jacrev, hessian, ...) over a kt op is "
+                "not supported (PyTorch has no functionalize rule for an autograd.Function, and functorch "
+                "refuses the custom op's own autograd: pytorch/pytorch#168393); run either transform alone"
+            )
+        return torch.ops.kt.apply(x, weights, text)
+    if transforms or torch.autograd.forward_ad._current_level >= 0:  # torch.func, or dual tensors
         return _FuncApply.apply(x, text, *weights)
+    if torch._C._len_torch_dispatch_stack():
+        # a TorchDispatchMode (make_fx's tracer, FlopCounterMode) sees the op, not the kernel's own torch ops
+        # (make_fx recorded those, or failed on the interpreter's storages; FlopCounterMode counted 0 FLOPs of a
+        # Triton kernel): the mode is off while the op runs
+        return torch.ops.kt.apply(x, weights, text)
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return _EagerApply.apply(x, text, *weights)
     return _run(x, weights, text)
@@ -220,7 +258,6 @@ def _checked_op(text: str) -> int | None:
     """How many weight tensors the op of `text` takes; an op that is no valid op.yaml mapping (less its batch)
     is refused in op.yaml's words (a mapping without `shape` was a bare KeyError). None for a loaded kernel's
     pinned op (`kernel_op`, which `Kernel.as_op` checks itself)."""
-    from kt.nn.selection import bucket_spec
     from kt.spec import SpecError
 
     try:
@@ -240,20 +277,22 @@ def _checked_op(text: str) -> int | None:
     return _part_count(op)
 
 
-def _in_func_transform() -> bool:
-    """Inside a torch.func transform (grad, vmap, jvp and those built on them): its tensors are wrappers whose
-    type is still torch.Tensor, and autograd.Functions must keep their setup_context apart from forward there.
-    Functionalization alone (what torch.compile's AOT autograd runs) is no such transform."""
+def _func_transforms() -> frozenset:
+    """The torch.func transforms (grad, vmap, jvp, functionalize and those built on them) this call is inside:
+    their tensors are wrappers whose type is still torch.Tensor, and autograd.Functions must keep their
+    setup_context apart from forward there (`_FuncApply`). Under functionalize alone the custom op itself runs:
+    PyTorch has no functionalize rule for an autograd.Function ("NYI: Functionalize rule for
+    custom_function_call"), and its wrappers cannot reach a kernel (the PyTorch path's `out=` ops were refused,
+    the interpreter found "an invalid python storage"). The functionalization torch.compile's AOT autograd
+    runs is no transform: its tensors are a subclass."""
     if torch._C._functorch.peek_interpreter_stack() is None:  # the common case, ~50 ns
-        return False
-    return any(level.key() in _FUNC_TRANSFORMS for level in torch._C._functorch.get_interpreter_stack())
+        return _NO_TRANSFORMS
+    return frozenset(level.key() for level in torch._C._functorch.get_interpreter_stack())
 
 
-_FUNC_TRANSFORMS = (
-    torch._C._functorch.TransformType.Grad,
-    torch._C._functorch.TransformType.Vmap,
-    torch._C._functorch.TransformType.Jvp,
-)
+_NO_TRANSFORMS: frozenset = frozenset()
+_FUNCTIONALIZE = torch._C._functorch.TransformType.Functionalize
+_DIFFERENTIATING = frozenset((torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp))
 
 
 class _FuncApply(torch.autograd.Function):

@@ -263,13 +263,14 @@ TRUSTED = "kt_derived_indices"
 DEEP = "kt_rows_deep"
 
 
-def bucket_spec(op: dict[str, Any], rows: int) -> OpSpec:
-    """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows`; where a spec cannot
-    have that many rows (a batch over the spec's limit, or operands over its size limit), the largest bucket
-    below it that one can: its kernel takes any number of rows, and a larger problem only fits its tiles
-    better. A layer of nn.Linear's any rows failed past 2**24 of them, blamed on a spec field never written."""
+def bucket_spec(op: dict[str, Any], rows: int, exact: bool = False) -> OpSpec:
+    """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows` (`exact`: for `rows`
+    itself, as a FLOP count needs); where a spec cannot have that many rows (a batch over the spec's limit, or
+    operands over its size limit), the largest bucket below it that one can: its kernel takes any number of
+    rows, and a larger problem only fits its tiles better. A layer of nn.Linear's any rows failed past 2**24 of
+    them, blamed on a spec field never written."""
     data = json.loads(json.dumps({key: value for key, value in op.items() if key not in (TRUSTED, DEEP)}))
-    size = bucket(rows)
+    size = rows if exact else bucket(rows)
     # an op without its shape (or terms) is left for parse_spec to name the field
     shapes = [data.get("shape")]
     if data.get("op") == "sum" and isinstance(data.get("terms"), list):
