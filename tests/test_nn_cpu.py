@@ -2480,3 +2480,24 @@ def _flops_of(name, layer, x) -> int:
     if name == "butterfly":
         return 6 * rows * layer.in_features * layer.twiddles.shape[0] // 2
     return int(5 * rows * 16 * 4)  # an FFT: 5 n log2 n per row
+
+
+def test_a_sum_follows_its_terms_new_pattern_in_every_sum_that_holds_the_term():
+    """A Sum remade its op only when its list of terms changed: after a term's load_pattern the term ran its new
+    pattern, while the Sum (one holding the term, another sharing it, a compiled one) kept the old pattern's op
+    and refused the term's indices ("w stores its blocks at other places than the pattern this kernel was built
+    for ... a kt.nn.BlockSparseLinear takes only its own")."""
+    from kt.sparsity import bsr_indices
+
+    torch._dynamo.reset()
+    term = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [0, 1]], bias=False)
+    first = knn.Sum(term, knn.LowRankLinear(32, 32, rank=4, bias=False))
+    second = knn.Sum(knn.LowRankLinear(32, 32, rank=2, bias=False), term)
+    compiled = torch.compile(first, fullgraph=True, backend="aot_eager")
+    x = torch.randn(6, 32)
+    compiled(x), first(x), second(x)
+    term.load_pattern(*bsr_indices(np.array([[0, 1], [1, 1]])))
+    torch.testing.assert_close(compiled(x), term(x) + first.terms[1](x) + first.bias)
+    for layer in (first, second):
+        layer.zero_grad(set_to_none=True)
+        check_against_reference(layer, x, lambda t: t, 1e-4)

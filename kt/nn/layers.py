@@ -295,6 +295,7 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         self.__dict__["_op_text"] = op_text(self.op())
         self.__dict__["_op_dtype"] = self.dtype
         self.__dict__["_op_texts"] = {}
+        self.__dict__["_op_number"] = next(_CHANGES)  # a Sum holding this layer remakes its op (`Sum._stale`)
 
     def _apply(self, fn, *args, **kwargs):
         probe = fn(self._weights()[-1].detach()[:0])  # what the conversion would make of a weight, on no data
@@ -925,13 +926,18 @@ class Sum(_KtLinear):
 
     def _stale(self) -> bool:
         """The terms changed since the op text was made, in a way that did not remake it at once: the old
-        terms' op ran the backward of the new ones (dx wrong by 120%) or refused their weights. An int
-        compared, so torch.compile guards on it and traces no JSON."""
-        return self.__dict__.get("_op_changes") != getattr(self.terms, "changes", 0)
+        terms' op ran the backward of the new ones (dx wrong by 120%) or refused their weights; or a term's own
+        op did (`load_pattern`: the term ran its new pattern, the sum refused it as another layer's). Ints
+        compared, so torch.compile guards on them and traces no JSON."""
+        return self.__dict__.get("_op_changes") != self._changes()
+
+    def _changes(self) -> tuple[int, ...]:
+        """The terms list's change number, and each term's op number (`_KtLinear._refresh`)."""
+        return (getattr(self.terms, "changes", 0), *(t.__dict__.get("_op_number", 0) for t in self.terms))
 
     def _refresh(self) -> None:
         super()._refresh()
-        self.__dict__["_op_changes"] = getattr(self.terms, "changes", 0)
+        self.__dict__["_op_changes"] = self._changes()
 
 
 class MonarchLinear(_KtLinear):
