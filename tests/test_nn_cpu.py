@@ -2501,3 +2501,98 @@ def test_a_sum_follows_its_terms_new_pattern_in_every_sum_that_holds_the_term():
     for layer in (first, second):
         layer.zero_grad(set_to_none=True)
         check_against_reference(layer, x, lambda t: t, 1e-4)
+
+
+def _outcome(run):
+    """What a call gives: its output's shape, strides and dtype, or its error's type and words."""
+    try:
+        y = run()
+    except (TypeError, ValueError) as error:
+        return type(error), str(error)
+    return tuple(y.shape), y.stride(), y.dtype
+
+
+def _real_fake_and_meta(x, weights, op):
+    """`_outcome` of the custom op on real tensors, on fake ones and on meta ones."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = _outcome(lambda: torch.ops.kt.apply(x, weights, op))
+    with FakeTensorMode() as mode:
+        fake = _outcome(
+            lambda: torch.ops.kt.apply(mode.from_tensor(x), [mode.from_tensor(w) for w in weights], op)
+        )
+    meta = _outcome(lambda: torch.ops.kt.apply(x.to("meta"), [w.to("meta") for w in weights], op))
+    return real, fake, meta
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values to real discards the imaginary part")
+def test_the_fake_implementation_refuses_what_the_kernel_refuses_in_its_words():
+    """The fake implementation gave an output for operands every kernel refuses (x of another width, a 0-d x, x
+    or a weight of another dtype, float64 out for float64 x, a dense op's operands of other K or batch, an FFT's
+    x of another n or dtype): torch.export exported such a program and a meta run shaped it; it failed only when
+    run. Now the op refuses them before any kernel, and its fake in the same words."""
+    cases = []  # (what, x, weights, op): every case but those named as the layer alone is refused
+    plain = {"lowrank", "blocksparse", "monarch", "butterfly", "sum", "dense", "fft"}
+    for name in ("lowrank", "blocksparse", "monarch", "butterfly", "sum"):
+        layer = SMALL_LAYERS[name]()
+        weights, n = [w.detach() for w in layer._weights()], layer.in_features
+        cases += [
+            (f"{name}", torch.randn(4, n), weights, layer.op_text),
+            (f"{name} wider x", torch.randn(4, n + 1), weights, layer.op_text),
+            (f"{name} 0-d x", torch.tensor(1.0), weights, layer.op_text),
+            (f"{name} half x", torch.randn(4, n).half(), weights, layer.op_text),
+            (f"{name} float64 x", torch.randn(4, n).double(), weights, layer.op_text),
+            (f"{name} complex x", torch.randn(4, n, dtype=torch.complex64), weights, layer.op_text),
+            (
+                f"{name} float64 weight",
+                torch.randn(4, n),
+                [*weights[:-1], weights[-1].double()],
+                layer.op_text,
+            ),
+        ]
+    lowrank = SMALL_LAYERS["lowrank"]()
+    f1, f2 = (f.detach() for f in lowrank.factors)
+    cases.append(
+        ("lowrank factor of another rank", torch.randn(4, 32), [f1, torch.randn(6, 24)], lowrank.op_text)
+    )
+    dense = SMALL_LAYERS["dense"]()
+    b = dense.weight.detach().t()
+    cases += [
+        ("dense", torch.randn(5, 24), [b], dense.op_text),
+        ("dense other K", torch.randn(5, 23), [b], dense.op_text),
+        ("dense batches differ", torch.randn(3, 5, 24), [torch.randn(2, 24, 40)], dense.op_text),
+        ("dense 1-D", torch.randn(24), [b], dense.op_text),
+        ("dense float64", torch.randn(5, 24).double(), [b.double()], dense.op_text),
+    ]
+    for kind in ({}, {"input": "real"}, {"dtype": torch.float16}, {"dtype": torch.float16, "input": "real"}):
+        layer = knn.FFT(16, **kind)
+        half, real = kind.get("dtype") == torch.float16, kind.get("input") == "real"
+        dtype = torch.float16 if half else torch.float32 if real else torch.complex64
+        lead = (2, 3) if half and not real else (3,)
+        other = torch.complex64 if dtype == torch.float32 else torch.float32
+        cases += [
+            ("fft", torch.randn(*lead, 16, dtype=dtype), [], layer.op_text),
+            (f"fft {kind} n 18", torch.randn(*lead, 18, dtype=dtype), [], layer.op_text),
+            (f"fft {kind} {other}", torch.randn(*lead, 16, dtype=other), [], layer.op_text),
+        ]
+    cases.append(
+        (
+            "planar fft of complex x",
+            torch.randn(3, 16, dtype=torch.complex64),
+            [],
+            knn.FFT(16, dtype=torch.float16).op_text,
+        )
+    )
+    for what, x, weights, op in cases:
+        real, fake, meta = _real_fake_and_meta(x, weights, op)
+        assert real == fake == meta, (what, real, fake, meta)
+        assert isinstance(real[0], type) == (what not in plain), (what, real)
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return knn.apply(x, [f1, f2], lowrank.op_text)
+
+    with pytest.raises(
+        TypeError, match=r"^kernel: x.dtype is torch.float64, but this kernel was built for torch.float32"
+    ):
+        torch.export.export(Model(), (torch.randn(4, 32).double(),))

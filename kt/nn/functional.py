@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from kt.dtypes import dtype_name
+from kt.dtypes import dtype_name, torch_dtype
 from kt.nn.selection import DEEP, MIN_BUCKET, TRUSTED, backward_role, bucket, bucket_spec, kernel_for
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
@@ -76,11 +76,27 @@ def _out_features(op: dict[str, Any]) -> int:
     return shape["out"]
 
 
+def _in_features(op: dict[str, Any]) -> int:
+    """The features of x's last dim (a weight gradient's: of dy, its x; a dense op's are any)."""
+    if op["op"] == "sum":  # every term has the sum's features
+        return _in_features(op["terms"][0])
+    shape = op["shape"]
+    if op["op"] == "lowrank":
+        return shape["dims"][0]
+    if op["op"] == "monarch":
+        (l, s, _), (k, _, p) = shape["w2"], shape["w1"]  # noqa: E741
+        return l * s if op.get("transposed") else k * p
+    if op["op"] in ("butterfly", "fft"):
+        return shape["n"]
+    return shape["out"] if op["op"] == "blocksparse_grad" else shape["in"]
+
+
 # -- the custom op -------------------------------------------------------------------------------------------
 
 
 def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     """What the op computes: the selected kernel on x and the weights (the custom op's implementation)."""
+    _check_operands(op, x, weights)
     spec = _parsed(op)
     if spec.get(DEEP):  # a weight gradient's product: K's bucket is x's columns', here where they are ints
         op = _deep_text(op, bucket(x.shape[-1]))
@@ -103,7 +119,7 @@ def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tenso
 
 def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
     """The rows the op's bucket is chosen by: a GEMM's M, else the rows of x (one plane of planar complex). 0
-    for an x of too few dims, which the kernel then refuses in its own words."""
+    for an x of too few dims (which `_check_operands` refuses first)."""
     if spec["op"] == "dense":
         return x.shape[-2] if x.dim() >= 2 else 0
     if _planar_input(spec):
@@ -111,9 +127,98 @@ def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
     return x[..., 0].numel() if x.dim() else 0
 
 
+def _check_operands(op: str, x: torch.Tensor, weights: list[torch.Tensor]) -> None:
+    """Refuse the operands the op's kernel refuses, in one set of words for `_run` (before a kernel is selected)
+    and the fake implementation, which gave an output for x of another width, a 0-d x, x of another dtype
+    (float64 out, where the kernel refuses float64), a dense op's operands that do not fit, and an FFT's x of
+    another n or dtype: torch.export exported such a program, and it failed only when run. Shapes and dtypes
+    only, which fake tensors have; a BSR weight's parts are `_check_pattern`'s."""
+    spec = _parsed(op)
+    dtype, kind = torch_dtype(spec["dtype"]), spec["op"]
+    if kind == "dense":  # any sizes, as the kernel takes them, if the operands fit
+        (b,) = weights
+        _check_dtype("a", x, dtype)
+        _check_dtype("b", b, dtype)
+        if x.dim() not in (2, 3) or b.dim() not in (2, 3):
+            raise ValueError(
+                f"kernel(a, b): a and b must be 2-D or 3-D (batch first), got {tuple(x.shape)} and {tuple(b.shape)}"
+            )
+        if x.shape[-1] != b.shape[-2]:
+            raise ValueError(
+                f"kernel(a, b): inner dimensions differ: a is {tuple(x.shape)} and b is {tuple(b.shape)}"
+            )
+        if x.dim() == 3 and b.dim() == 3 and x.shape[0] != b.shape[0]:
+            raise ValueError(f"kernel(a, b): batch sizes differ: a has {x.shape[0]}, b has {b.shape[0]}")
+        return
+    if _planar_input(spec):
+        if x.is_complex():  # x.to(torch.float16) would drop x.imag
+            raise TypeError(
+                f"kernel(x): x is {x.dtype}; a float16 FFT takes complex values planar, (2, ..., "
+                f"{spec['shape']['n']}): pass torch.stack([x.real, x.imag]).to(torch.float16)"
+            )
+        _check_dtype("x", x, dtype)
+        check_planar(x, spec["shape"]["n"], "kernel(x)")
+        return
+    if kind == "fft" and dtype == torch.float32 and spec.get("input", "complex") == "complex":
+        dtype = torch.complex64
+    _check_dtype("dy" if kind == "blocksparse_grad" else "x", x, dtype)
+    _check_last_dim("dy" if kind == "blocksparse_grad" else "x", x, _in_features(spec))
+    if kind == "blocksparse_grad":  # dy's rows against the forward's x's, one for one
+        forward = weights[0]
+        _check_dtype("x", forward, dtype)
+        _check_last_dim("x", forward, spec["shape"]["in"])
+        if x.shape[:-1] != forward.shape[:-1]:
+            raise ValueError(
+                f"kernel: dy and x must have the same leading dims (one dy row per x row), got {tuple(x.shape)} "
+                f"and {tuple(forward.shape)}"
+            )
+        return
+    for i, (w, shape) in enumerate(zip(weights, _weight_shapes(op))):
+        if w.is_floating_point() or w.is_complex():  # not a BSR weight's indices (`_check_pattern`)
+            _check_dtype(f"weights[{i}]", w, dtype)
+        if shape is not None and tuple(w.shape) != shape:
+            raise ValueError(f"kernel: weights[{i}] must have shape {shape}, got {tuple(w.shape)}")
+
+
+def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
+    if t.dtype != dtype:
+        hint = (
+            f"it takes no complex values ({name}.to({dtype}) would drop {name}.imag)"
+            if t.is_complex() and not dtype.is_complex
+            else f"pass {name}.to({dtype})"
+        )
+        raise TypeError(f"kernel: {name}.dtype is {t.dtype}, but this kernel was built for {dtype}; {hint}")
+
+
+def _check_last_dim(name: str, t: torch.Tensor, features: int) -> None:
+    if t.dim() < 1 or t.shape[-1] != features:
+        raise ValueError(
+            f"kernel: {name} must have {features} features in its last dim, got shape {tuple(t.shape)}"
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _weight_shapes(op: str) -> tuple[tuple[int, ...] | None, ...]:
+    """The shape of each weight tensor of a low-rank, Monarch, butterfly or sum op (None: a BSR weight's part)."""
+
+    def shapes(term: dict[str, Any]) -> list[tuple[int, ...] | None]:
+        shape = term.get("shape", {})
+        if term["op"] == "sum":
+            return [s for t in term["terms"] for s in shapes(t)]
+        if term["op"] == "lowrank":
+            return [(a, b) for a, b in zip(shape["dims"], shape["dims"][1:])]
+        if term["op"] == "monarch":
+            return [tuple(shape["w1"]), tuple(shape["w2"])]
+        if term["op"] == "butterfly":
+            return [(shape["n"].bit_length() - 1, shape["n"] // 2, 2, 2)]
+        return [None] * _part_count(term)
+
+    return tuple(shapes(_parsed(op)))
+
+
 def check_planar(x: torch.Tensor, n: int, who: str) -> None:
     """A half FFT's x is planar complex (2, ..., n): else a ValueError in `who`'s words, as the kernel words it."""
-    if x.dim() < 2 or x.shape[0] != 2:
+    if x.dim() < 2 or x.shape[0] != 2 or x.shape[-1] != n:
         raise ValueError(
             f"{who}: x must be planar complex (2, ..., {n}) (real parts in x[0], imaginary in x[1]), got shape "
             f"{tuple(x.shape)}"
@@ -126,21 +231,20 @@ def _planar_input(spec: dict[str, Any]) -> bool:
 
 @_apply.register_fake
 def _(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
+    # what `_run` refuses, refused here in its words (a planar FFT's x of one plane: a compiled backward indexed
+    # x[1] first, an IndexError), a BSR weight's parts by their shapes (fake indices hold no values)
+    _check_operands(op, x, weights)
     spec = _parsed(op)
+    if not spec.get(TRUSTED):
+        _check_bsr_weights(spec, weights, read=False)
     if spec["op"] == "blocksparse_grad":  # the stored blocks' gradient, shaped like the values
         return weights[3].new_empty(weights[3].shape)
     if spec["op"] == "fft":  # complex64 out, or planar (2, ..., n) half out
         if spec["dtype"] == "float32":
             return x.new_empty(x.shape, dtype=torch.complex64)
-        if _planar_input(
-            spec
-        ):  # as the kernel refuses it: a compiled backward indexed x[1] first (IndexError)
-            check_planar(x, spec["shape"]["n"], "kernel(x)")
         return x.new_empty(x.shape if _planar_input(spec) else (2, *x.shape))
     if spec["op"] == "dense":  # any sizes, as the kernel takes them; a batch from either operand
         (b,) = weights
-        if x.dim() not in (2, 3) or b.dim() not in (2, 3):  # as the kernel refuses them
-            raise ValueError(f"kernel(a, b): a and b must be 2-D or 3-D, got {x.dim()}-D and {b.dim()}-D")
         return x.new_empty((*(x.shape[:-2] if x.dim() == 3 else b.shape[:-2]), x.shape[-2], b.shape[-1]))
     return x.new_empty((*x.shape[:-1], _out_features(spec)))
 
@@ -694,22 +798,35 @@ def _kernel_weights(
     layer's indices (its eager forward refuses them itself, `BlockSparseLinear._check_weights`, but not while
     torch.compile traces), and `apply` or `Kernel.as_op` any. Checked once per index tensors until they are
     written (`_same_pattern`)."""
+    if check:
+        _check_bsr_weights(spec, weights)
     if spec["op"] == "blocksparse":
-        if check:
-            _check_pattern(spec, *weights)
         return [_bsr(spec, *weights)]
     if spec["op"] == "blocksparse_grad":  # (x, crow, col, values): x, then the forward weight
-        if check:
-            _check_pattern(spec, *weights[1:])
         return [weights[0], _bsr(spec, *weights[1:])]
     if spec["op"] == "sum":
         out, at = [], 0
         for term in spec["terms"]:
             count = _weight_count(term)
-            out += _kernel_weights(term, weights[at : at + count], check)
+            out += _kernel_weights(term, weights[at : at + count])
             at += count
         return out
     return list(weights)
+
+
+def _check_bsr_weights(spec: dict[str, Any], weights: list[torch.Tensor], read: bool = True) -> None:
+    """Each BSR weight of the op against the op's shape and pattern (`_check_pattern`; without `read`, shapes
+    only: the fake implementation's tensors hold no values)."""
+    if spec["op"] == "blocksparse":
+        _check_pattern(spec, *weights, read=read)
+    elif spec["op"] == "blocksparse_grad":  # (x, crow, col, values): x, then the forward weight
+        _check_pattern(spec, *weights[1:], read=read)
+    elif spec["op"] == "sum":
+        at = 0
+        for term in spec["terms"]:
+            count = _weight_count(term)
+            _check_bsr_weights(term, weights[at : at + count], read)
+            at += count
 
 
 def _part_count(op: dict[str, Any]) -> int:
@@ -736,10 +853,13 @@ def _pattern(layout: str, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     return bsr_index_arrays(hex_to_mask(layout, grid))
 
 
-def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor) -> None:
+def _check_pattern(
+    spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, read: bool = True
+) -> None:
     """Refuse a BSR weight whose shape or pattern is not the op's: the kernel would read past its indices (a
     smaller weight), and the backward's dx is built from the op's pattern. Comparing the indices reads them back from the GPU (a
-    sync), so index tensors found equal are remembered (`_same_pattern`) and not read again until written."""
+    sync), so index tensors found equal are remembered (`_same_pattern`) and not read again until written;
+    not `read`: the shapes only."""
     shape, sparsity = spec["shape"], spec["sparsity"]
     block = tuple(sparsity["block"])
     grid = (shape["out"] // block[0], shape["in"] // block[1])
@@ -755,7 +875,7 @@ def _check_pattern(spec: dict[str, Any], crow: torch.Tensor, col: torch.Tensor, 
             f"col_indices ({nnz},), values {(nnz, *block)}); got crow_indices {got[0]}, col_indices {got[1]}, "
             f"values {got[2]}"
         )
-    if not _same_pattern(sparsity["layout"], grid, crow, col):
+    if read and not _same_pattern(sparsity["layout"], grid, crow, col):
         raise ValueError(
             f"kernel(x, w): w stores its blocks at other places than the pattern this kernel was built for "
             f"({what}, {nnz} of {grid[0] * grid[1]} stored); its backward is built from that pattern, so w must "
