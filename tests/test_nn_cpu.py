@@ -2596,3 +2596,34 @@ def test_the_fake_implementation_refuses_what_the_kernel_refuses_in_its_words():
         TypeError, match=r"^kernel: x.dtype is torch.float64, but this kernel was built for torch.float32"
     ):
         torch.export.export(Model(), (torch.randn(4, 32).double(),))
+
+
+@pytest.mark.parametrize("name", [*SMALL_LAYERS, "fft", "fft-real", "fft-half", "fft-half-real"])
+def test_eager_fake_and_compiled_outputs_have_one_layout_for_permuted_input(name):
+    """The float32 FFT's PyTorch path (torch.fft.fft) strides its output as x: eager gave (16, 64, 1) for a
+    permuted x where the fake implementation (and so torch.compile) gives contiguous (48, 16, 1), so
+    `fft(x).view(-1, 16)` ran compiled and failed eager. Every layer's output is contiguous on each path."""
+    ffts = {
+        "fft": ({}, torch.complex64),
+        "fft-real": ({"input": "real"}, torch.float32),
+        "fft-half": ({"dtype": torch.float16}, torch.float16),
+        "fft-half-real": ({"dtype": torch.float16, "input": "real"}, torch.float16),
+    }
+    if name in ffts:
+        kind, dtype = ffts[name]
+        layer, n = knn.FFT(16, **kind), 16
+    else:
+        layer, dtype = SMALL_LAYERS[name](), torch.float32
+        n = layer.in_features
+    lead = (2, 4, 3) if name == "fft-half" else (4, 3)  # planes first, then the permuted leading dims
+    x = torch.randn(*lead[:-2], lead[-1], lead[-2], n, dtype=dtype).transpose(-3, -2)
+    assert not x.is_contiguous()
+    with torch.no_grad():
+        eager = layer(x)
+    grad = layer(x.clone().requires_grad_())  # through _EagerApply
+    meta = copy.deepcopy(layer).to("meta")(x.to("meta"))
+    torch._dynamo.reset()  # a fresh recompile budget: this file compiles these layers' forward often
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    assert eager.is_contiguous(), eager.stride()
+    assert eager.stride() == grad.stride() == meta.stride() == compiled.stride(), name
+    assert eager.view(-1, eager.shape[-1]).shape[0] == eager.numel() // eager.shape[-1]

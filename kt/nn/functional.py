@@ -95,7 +95,10 @@ def _in_features(op: dict[str, Any]) -> int:
 
 
 def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
-    """What the op computes: the selected kernel on x and the weights (the custom op's implementation)."""
+    """What the op computes: the selected kernel on x and the weights (the custom op's implementation, and the
+    eager paths'), contiguous as the fake implementation promises: torch.fft.fft (a float32 FFT's PyTorch path)
+    strides its output as x, so for a permuted x inductor stopped on "expected ... stride 32==64", and an
+    eager `fft(x).view(-1, n)` failed where the compiled one ran."""
     _check_operands(op, x, weights)
     spec = _parsed(op)
     if spec.get(DEEP):  # a weight gradient's product: K's bucket is x's columns', here where they are ints
@@ -107,14 +110,12 @@ def _run(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     # torch.compile traces (is_neg() returns no tensor)
     x = x.resolve_neg() if x.is_neg() else x
     weights = [w.resolve_neg() if w.is_neg() else w for w in weights]
-    return kernel.launch(x, *_kernel_weights(spec, weights, check=not spec.get(TRUSTED)))
+    return kernel.launch(x, *_kernel_weights(spec, weights, check=not spec.get(TRUSTED))).contiguous()
 
 
 @torch.library.custom_op("kt::apply", mutates_args=())
 def _apply(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
-    # contiguous, as the fake below promises: torch.fft.fft (a float32 FFT's PyTorch path) strides its output as
-    # x, and inductor then stopped on "expected ... stride 32==64" for a transposed x
-    return _run(x, weights, op).contiguous()
+    return _run(x, weights, op)
 
 
 def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
