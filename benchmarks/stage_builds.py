@@ -142,11 +142,7 @@ def family_compiled(
                     builds=builds,
                 )
             )
-    if jobs:
-        print(f"compiling {len(jobs)} builds (Triton {triton.__version__})", file=sys.stderr)
-    builds = [b for row in rows for b in row["builds"]]
-    for build, outcome in zip(builds, compile_all(jobs)):
-        build.update(outcome)
+    compile_rows(rows, jobs)
     return rows
 
 
@@ -172,6 +168,19 @@ def family_report(rows: list[dict]) -> None:
         print(
             f"{len(newly)} newly legal builds: {fits} within kt's bound, {clean} clean (no spill, within the limit)"
         )
+
+
+def compile_rows(rows: list[dict], jobs: list[tuple]) -> list[dict]:
+    """Compile `jobs` (one per build of `rows`, in the rows' order) and write each outcome into its build; the
+    builds."""
+    import triton
+
+    if jobs:
+        print(f"compiling {len(jobs)} builds (Triton {triton.__version__})", file=sys.stderr)
+    builds = [b for row in rows for b in row["builds"]]
+    for build, outcome in zip(builds, compile_all(jobs)):
+        build.update(outcome)
+    return builds
 
 
 def compile_all(jobs: list[tuple]) -> list[dict]:
@@ -249,11 +258,7 @@ def compiled(shape, dtypes: list[str], devices: list[str], sample: int, seed: in
                     builds=builds,
                 )
             )
-    if jobs:
-        print(f"compiling {len(jobs)} builds (Triton {triton.__version__})", file=sys.stderr)
-    builds = [b for row in rows for b in row["builds"]]
-    for build, outcome in zip(builds, compile_all(jobs)):
-        build.update(outcome)
+    builds = compile_rows(rows, jobs)
     again = [
         (build, twin, job)
         for build, job in zip(builds, jobs)
