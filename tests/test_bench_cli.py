@@ -280,9 +280,23 @@ def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path)
 
 
 def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp_path):
-    """Half a minute cannot hold the smoke run: what did not fit is recorded as not reached, nothing aborts."""
+    """Half a minute cannot hold the smoke run: what did not fit is recorded as not reached, nothing aborts. With
+    tunes of 64 configs each: at the smoke's budget of 1, a machine with warm caches and no other load ran every
+    part within its share (the whole file alone on a 2-core machine, 2026-12-06), so nothing was cut."""
     out = tmp_path / "short"
-    done = kt_cli("bench", "--smoke", "--out", str(out), "--workers", "1", "--minutes", "0.5", "--quiet")
+    done = kt_cli(
+        "bench",
+        "--smoke",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--minutes",
+        "0.5",
+        "--quiet",
+        "--budget",
+        "64",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
