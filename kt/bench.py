@@ -705,8 +705,14 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
     sample = 2 if settings.smoke else 24
     done = 0
     for m, n, k in shapes:
-        if time.monotonic() >= deadline:
-            break
+        row = {"part": "collect", "case": f"dense {m}x{n}x{k}", "op": "dense", "dtype": "float16"}
+        if (
+            time.monotonic() >= deadline
+        ):  # recorded, so that the part reads cut short (it read "done", 0 items)
+            result.rows.append(
+                {**row, "status": "not reached: the part's time share ran out first", "timed": False}
+            )
+            continue
         spec = kt.parse_spec(
             {"op": "dense", "name": f"collect_{m}x{n}x{k}", "shape": {"m": m, "n": n, "k": k}}
         )
@@ -728,16 +734,7 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
         except Exception as exc:
             log.error("collect %sx%sx%s failed: %s", m, n, k, one_line(exc), exc_info=True)
             status = f"failed: {one_line(exc)}"
-        result.rows.append(
-            {
-                "part": "collect",
-                "case": f"dense {m}x{n}x{k}",
-                "op": "dense",
-                "dtype": "float16",
-                "status": status,
-                "timed": not settings.smoke,
-            }
-        )
+        result.rows.append({**row, "status": status, "timed": not settings.smoke})
         done += 1
         reporter.advance(f"dense {m}x{n}x{k}: {status}")
         _say(settings, f"collect dense {m}x{n}x{k}: {status}")
