@@ -21,6 +21,11 @@ the configs of each example's space legality admits whose every pipeline stage w
 
     python benchmarks/stage_builds.py --family monarch butterfly fft_half fft_tf32 --sample 12 --controls 3 --seed 7
 
+With `--legal N`, also N of all the configs each example's space admits, to see how many build clean (a build
+that spills or overflows is refused at the compile stage, before it is timed):
+
+    python benchmarks/stage_builds.py --family monarch_tf32 monarch_rect_tf32 butterfly_tf32 fft_tf32 --legal 25 --seed 3
+
 A build
 the compile stage refuses is compiled again at the most stages the every-stage count admits, where the stage
 axis has such a count, to tell a spill of the stages from a spill of the tile. Nothing here is timed.
@@ -42,6 +47,10 @@ FAMILIES = {
     "fft_half": ("examples/fft_half.yaml", {}),
     "fft": ("examples/fft.yaml", {}),
     "fft_tf32": ("examples/fft.yaml", {"precision": "tf32"}),
+    "monarch_rect": ("examples/monarch_rect.yaml", {}),
+    "monarch_tf32": ("examples/monarch.yaml", {"dtype": "float32", "precision": "tf32"}),
+    "monarch_rect_tf32": ("examples/monarch_rect.yaml", {"dtype": "float32", "precision": "tf32"}),
+    "butterfly_tf32": ("examples/butterfly.yaml", {"dtype": "float32", "precision": "tf32"}),
 }
 
 
@@ -81,11 +90,12 @@ def example_problem(name: str):
 
 
 def family_compiled(
-    names: list[str], devices: list[str], sample: int, controls: int, seed: int
+    names: list[str], devices: list[str], sample: int, controls: int, seed: int, legal_sample: int = 0
 ) -> list[dict]:
     """One row per (example, device): how many configs legality admits, how many of them every pipeline stage
     would not fit (`newly_legal`), and with `sample` and `controls` the sampled builds of those and of refused
-    wgmma configs, each with kt's every-stage count, its stages - 1 count and its bound (`resources`)."""
+    wgmma configs, each with kt's every-stage count, its stages - 1 count and its bound (`resources`); with
+    `legal_sample`, that many of all the configs legality admits (do they build clean?)."""
     import triton
 
     from kt.codegen import blockgemm, family_for
@@ -111,6 +121,7 @@ def family_compiled(
             draw = random.Random(f"{seed}-{name}-{device}")
             drawn = [(c, "newly legal") for c in draw.sample(over, min(sample, len(over)))]
             drawn += [(c, "wgmma control") for c in draw.sample(refused, min(controls, len(refused)))]
+            drawn += [(c, "legal") for c in draw.sample(legal, min(legal_sample, len(legal)))]
             builds = []
             for config, kind in drawn:
                 jobs.append((problem, config, profile))
@@ -120,10 +131,12 @@ def family_compiled(
                         kind=kind,
                         config=config.to_dict(),
                         wgmma=wgmma(config),
-                        every_stage=blockgemm.shared_memory(problem, config, config.num_stages),
-                        stages_less_one=blockgemm.shared_memory(
-                            problem, config, max(1, config.num_stages - 1)
-                        ),
+                        every_stage=None
+                        if config.fused
+                        else blockgemm.shared_memory(problem, config, config.num_stages),
+                        stages_less_one=None
+                        if config.fused
+                        else blockgemm.shared_memory(problem, config, max(1, config.num_stages - 1)),
                         bound=blockgemm.resources(problem, config, profile)[0],
                     )
                 )
@@ -153,11 +166,21 @@ def family_report(rows: list[dict]) -> None:
             f"{row['example']:<9} {row['device']:<5} {row['legal']:>6} legal, {row['newly_legal']:>5} only so "
             f"({row['newly_legal_wgmma']} wgmma); {row['refused_wgmma']} wgmma configs refused for shared memory"
         )
+        legal = [b for b in row["builds"] if b["kind"] == "legal"]
+        if legal:
+            clean = sum(b["status"] == "ok" for b in legal)
+            print(
+                f"    {len(legal)} sampled legal builds: {clean} clean, {len(legal) - clean} refused at the compile"
+            )
         for b in row["builds"]:
-            built = "-" if b["built"] is None else b["built"]
+            if b["kind"] == "legal" and b["status"] == "ok":
+                continue  # the clean ones of the legal sample are counted above
+            built, every, less = (
+                "-" if b[k] is None else b[k] for k in ("built", "every_stage", "stages_less_one")
+            )
             print(
                 f"    {b['kind']:<13} {b['key']:<26} {'wgmma' if b['wgmma'] else 'mma.sync/FMA':<12} "
-                f"built {built:>6} / every stage {b['every_stage']:>6} / stages-1 {b['stages_less_one']:>6} / "
+                f"built {built:>6} / every stage {every:>6} / stages-1 {less:>6} / "
                 f"bound {b['bound']:>6}; {b['status']} {b['registers']} reg {b['local']} B local, {b['mma']}"
             )
     builds = [b for row in rows for b in row["builds"]]
@@ -352,18 +375,24 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--controls", type=int, default=0, help="with --family, also compile N refused wgmma configs of each"
     )
+    parser.add_argument(
+        "--legal", type=int, default=0, help="with --family, also compile N of all the configs each admits"
+    )
     args = parser.parse_args(argv)
     if args.sample < 0:
         parser.error(f"--sample: {args.sample}; give 0 (count only) or more")
-    if args.controls < 0:
-        parser.error(f"--controls: {args.controls}; give 0 (none) or more")
+    for option in ("controls", "legal"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option}: {getattr(args, option)}; give 0 (none) or more")
+    if (args.controls or args.legal) and not args.family:
+        parser.error("--controls and --legal sample the block-GEMM examples: give them with --family")
     check_outputs(parser, {"--jsonl": args.jsonl})
-    if (args.sample or args.controls) and not target_compiler_available():
+    if (args.sample or args.controls or args.legal) and not target_compiler_available():
         parser.error(
             "--sample: Triton's NVIDIA backend (its ptxas) is not installed here; nothing can be compiled"
         )
     if args.family:
-        rows = family_compiled(args.family, args.devices, args.sample, args.controls, args.seed)
+        rows = family_compiled(args.family, args.devices, args.sample, args.controls, args.seed, args.legal)
     else:
         rows = compiled(args.shape, args.dtypes, args.devices, args.sample, args.seed)
     if args.jsonl:

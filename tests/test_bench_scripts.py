@@ -50,6 +50,8 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["stage_builds.py", "--sample", "-1", "--jsonl", tmp / "s.jsonl"], "--sample: -1; give 0"),
         (["stage_builds.py", "--shape", "64x64", "--jsonl", tmp / "s.jsonl"], "give MxNxK, three positive"),
         (["stage_builds.py", "--jsonl", db], "--jsonl: '"),
+        (["stage_builds.py", "--family", "fft", "--legal", "-2"], "--legal: -2; give 0 (none) or more"),
+        (["stage_builds.py", "--legal", "3"], "--controls and --legal sample the block-GEMM examples"),
         (["deep_k_builds.py", "--per-group", "0", "--jsonl", tmp / "d.jsonl"], "--per-group: 0; give 1"),
         (["deep_k_builds.py", "--ops", "held", "--jsonl", tmp / "d.jsonl"], "give fit, held-out or MxNxK"),
         (["deep_k_builds.py", "--jsonl", db], "--jsonl: '"),
