@@ -2627,3 +2627,24 @@ def test_eager_fake_and_compiled_outputs_have_one_layout_for_permuted_input(name
     assert eager.is_contiguous(), eager.stride()
     assert eager.stride() == grad.stride() == meta.stride() == compiled.stride(), name
     assert eager.view(-1, eager.shape[-1]).shape[0] == eager.numel() // eager.shape[-1]
+
+
+@pytest.mark.parametrize("name", [*SMALL_LAYERS, "fft"])
+def test_pytorchs_legacy_vmap_is_refused_in_one_line_naming_torch_func(name):
+    """torch.autograd.grad(..., is_grads_batched=True), which torch.autograd.functional's jacobian and hessian
+    run with vectorize=True, batch dy with PyTorch's legacy vmap: every layer failed in its backward with
+    "Batching rule not implemented for aten::matmul.out" (or flatten, mm.out, copy_), and a generated kernel
+    with "Cannot access storage of BatchedTensorImpl". It is refused in kt's words, naming torch.func, which
+    works; vectorize=False still does."""
+    layer = knn.FFT(16) if name == "fft" else SMALL_LAYERS[name]()
+    n, dtype = (16, torch.complex64) if name == "fft" else (layer.in_features, torch.float32)
+    x = torch.randn(3, n, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    with pytest.raises(RuntimeError, match=r"legacy vmap .*is_grads_batched.*torch\.func"):
+        torch.autograd.grad(y, x, torch.randn(2, *y.shape, dtype=y.dtype), is_grads_batched=True)
+    if name == "fft":
+        return
+    with pytest.raises(RuntimeError, match=r"legacy vmap"):
+        torch.autograd.functional.jacobian(layer, x.detach()[:1], vectorize=True)
+    row = x.detach()[:1]
+    torch.testing.assert_close(torch.autograd.functional.jacobian(layer, row), torch.func.jacrev(layer)(row))

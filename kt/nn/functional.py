@@ -318,6 +318,7 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
         type(x) not in _PLAIN or any(type(w) not in _PLAIN for w in weights) or compiling or x.is_meta
     ):  # a trace (its tensors are fake or functional subclasses), or shapes only (the fake implementation)
         return torch.ops.kt.apply(x, weights, text)
+    _refuse_legacy_vmap(x, *weights)  # its batched tensors are plain ones to type()
     transforms = _func_transforms()
     if _FUNCTIONALIZE in transforms:  # torch.func.functionalize: its wrappers unwrapped by the custom op
         if transforms & _DIFFERENTIATING:
@@ -340,6 +341,25 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+LEGACY_VMAP = (
+    "kt.nn: PyTorch's legacy vmap (torch.autograd.grad(..., is_grads_batched=True), and "
+    "torch.autograd.functional.jacobian or hessian with vectorize=True) over a kt op is not supported; use "
+    "torch.func (jacrev, jacfwd, hessian, or vmap over vjp: each batch one kernel call), or vectorize=False"
+)
+
+
+def _refuse_legacy_vmap(*tensors: torch.Tensor) -> None:
+    """A tensor batched by PyTorch's legacy vmap (`torch._vmap_internals`, which is_grads_batched and
+    torch.autograd.functional's vectorize=True run, none of torch.func's transforms) is refused in one line: the
+    kernels read memory such a tensor has not, and the PyTorch paths' out= and view ops have no legacy batching
+    rule ("Batching rule not implemented for aten::matmul.out", "Cannot access storage of BatchedTensorImpl")."""
+    if not torch.compiler.is_compiling() and any(_is_legacy_batched(t) for t in tensors):  # dynamo skips it
+        raise RuntimeError(LEGACY_VMAP)
+
+
+_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
 
 
 def _readable(*tensors: torch.Tensor) -> bool:
@@ -959,6 +979,7 @@ def _gradients(ctx, dy: torch.Tensor, need_dx: bool, need_w: list[bool]):
     """(dx, dweights) of the op, only those autograd asks for: the first layer's dx (its input is data) and a
     frozen layer's weight gradients are not computed (None)."""
     x, *weights = ctx.saved_tensors
+    _refuse_legacy_vmap(dy)  # torch.autograd.grad(..., is_grads_batched=True) batches dy alone
     # the backward's ops select their own kernels: a pinned forward kernel is not theirs
     spec = {key: value for key, value in _parsed(ctx.op).items() if key != "pin"}
     if spec["op"] not in GRADIENTS:
