@@ -2648,3 +2648,21 @@ def test_pytorchs_legacy_vmap_is_refused_in_one_line_naming_torch_func(name):
         torch.autograd.functional.jacobian(layer, x.detach()[:1], vectorize=True)
     row = x.detach()[:1]
     torch.testing.assert_close(torch.autograd.functional.jacobian(layer, row), torch.func.jacrev(layer)(row))
+
+
+@pytest.mark.parametrize("name", list(SMALL_LAYERS))
+def test_a_layer_made_under_a_default_dtype_kt_refuses_names_the_default_and_how_to_pass_one(name):
+    """Under torch.set_default_dtype(torch.float64), a layer made without dtype= (as nn.Linear takes torch's
+    default) was told "dtype torch.float64 is not one that kt's kernels take", a dtype its caller never passed.
+    It names torch's default and the argument to give; given dtype=torch.float32 it runs there."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with pytest.raises(
+            TypeError, match=r"torch's default dtype is torch\.float64 .*dtype=torch\.float32"
+        ):
+            SMALL_LAYERS[name]()
+        layer = knn.DenseLinear(4, 3, dtype=torch.float32)
+        assert layer(torch.randn(2, 4, dtype=torch.float32)).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(before)

@@ -177,7 +177,13 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         )
         self.in_features, self.out_features = in_features, out_features
         factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-        _kt_dtype(factory["dtype"], type(self).__name__)
+        # none given: torch's default, as nn.Linear takes it (named as such, not as a dtype the caller passed)
+        if dtype is None and not _takes(factory["dtype"]):
+            raise TypeError(
+                f"{who}: torch's default dtype is {factory['dtype']} (torch.set_default_dtype), which kt's kernels "
+                "do not take; pass dtype=torch.float32 (or torch.float16, torch.bfloat16)"
+            )
+        _kt_dtype(factory["dtype"], who)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._factory = factory
         # load_state_dict(..., assign=True) of another dtype changes the weights without _apply: the op text is
