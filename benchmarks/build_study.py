@@ -163,7 +163,7 @@ class Study:
     (tf32: float32 with precision tf32), the configs it draws (`candidates(problem, profile)`), its count of each
     (`counted(family, problem, config, profile)`: a dict of acc, operands, elements, binned by `bin_width` of acc
     + operands), the rule's count of a build row (`count`) and the kinds of program it fits a limit for each
-    (`kind`); `before`: what kt refused before the rule counted."""
+    (`kind`); `before`: what kt refused before the rule counted ("" where no rule came of the study)."""
 
     ops: dict[str, list[dict]]
     dtypes: list[str]
@@ -201,10 +201,14 @@ class Study:
             spills = [r for r in mine if r["spilled"]]
             caught = sum(refused_now(r) for r in spills)
             clean_refused = sum(refused_now(r) for r in mine if not r["spilled"])
+            before = (
+                f" (the rule before 2026-12-05, {self.before}, refused all {len(mine)})"
+                if self.before
+                else ""
+            )
             print(
                 f"sm_{arch}: {len(mine)} builds ({len({r['problem'] for r in mine})} problems), kt's legality "
-                f"refuses {clean_refused} clean builds and catches {caught} of {len(spills)} spills (the rule "
-                f"before 2026-12-05, {self.before}, refused all {len(mine)})"
+                f"refuses {clean_refused} clean builds and catches {caught} of {len(spills)} spills{before}"
             )
 
     def fitted_limits(self, rows: list[dict]) -> dict[tuple[int, str], int]:

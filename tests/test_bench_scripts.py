@@ -421,6 +421,28 @@ def test_the_complex_several_block_limits_are_those_the_committed_builds_give():
         assert sum(row["spilled"] for row in rows) == spills, name
 
 
+def test_no_register_count_separates_the_committed_one_block_deep_k_tf32_fft_builds():
+    """BENCHMARKS.md's tf32 FFT launches in one block with K steps over 32: kt's legality admits all the committed
+    builds, spills among them, and a limit that no spill passes (72 on sm_90, 64 on sm_80) would refuse 9 clean
+    builds of each: the spills are left to the compile stage. A rule for them would change these counts."""
+    from conftest import benchmark_module
+
+    study = benchmark_module("complex_deep_k_builds")
+    runs = ROOT / "benchmarks" / "results" / "complex-deep-k-2026-12-06"
+    rows = study.load(sorted(runs.glob("fit-*")))
+    assert not any(study.refused_now(row) for row in rows)  # kt admits every one of them
+    assert study.STUDY.fitted_limits(rows) == {(80, "tf32"): 64, (90, "tf32"): 72}
+    for arch, clean, spills in [(80, 15, 5), (90, 17, 9)]:
+        mine = [row for row in rows if row["arch"] == arch]
+        assert (sum(not row["spilled"] for row in mine), sum(row["spilled"] for row in mine)) == (
+            clean,
+            spills,
+        )
+    spill_counts = [study.count(row) for row in rows if row["spilled"]]
+    clean_counts = [study.count(row) for row in rows if not row["spilled"]]
+    assert min(spill_counts) == 72 and max(clean_counts) == 224
+
+
 def test_the_several_block_limits_are_those_the_committed_builds_give():
     """kt's limits for tensor-core launches over several blocks with more than 32 accumulator registers per
     thread are `--fit`'s on the committed fit and held-out builds, and kt's legality judges the committed check
