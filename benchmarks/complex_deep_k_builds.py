@@ -29,23 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_study import Study, dtype_kind, load, refused_now  # noqa: E402, F401 (the tests read them here)
-from complex_group_k_builds import OPS  # noqa: E402 (the same ops: the FFT at three sets of sizes)
+from complex_group_k_builds import OPS, counted  # noqa: E402 (the same ops, and the same count of a config)
 
 DTYPES = ["float16", "tf32"]
 BIN = 16  # registers per thread: the width of a sampling bin of `acc + operands`
 RULE_REASONS = ("accumulator and operand tiles over",)  # the 16-bit rule's reason (`illegal_reason`)
-
-
-def counted(family, problem, config, profile) -> dict:
-    """The count of `config`: accumulator registers (the family's `resources`, both planes), one K step's operand
-    registers of both planes and its operand elements per thread."""
-    from kt.codegen.gemm import k_step_registers
-    from kt.dtypes import itemsize
-
-    acc = family.resources(problem, config, profile)[1]
-    threads = config.num_warps * profile.warp_size
-    operands = 2 * k_step_registers(problem.dtype, config.block_b, config.block_n, config.block_k, threads)
-    return dict(acc=acc, operands=operands, elements=operands * 4 // itemsize(problem.dtype))
 
 
 def candidates(problem, profile) -> list:
