@@ -9,6 +9,7 @@ parser can use it; torch is imported where a function makes tensors, so a spec i
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,15 @@ def hex_to_mask(text: str, grid: tuple[int, int]) -> np.ndarray:
     if bits[total:].any():
         raise ValueError("has bits set past the end of the block grid")
     return bits[:total].astype(bool).reshape(grid)
+
+
+@functools.lru_cache(maxsize=64)
+def layout_counts(text: str, grid: tuple[int, int]) -> tuple[int, int, int]:
+    """(stored blocks, those of the fullest block-row, block-columns holding one) of the layout `text`, decoded
+    once per layout: a space's legality and cost records ask for them for each of its configs, and decoding a
+    32768-square W's 16x16-block layout 19,444 times took 45 s of `kt space`'s 50."""
+    mask = hex_to_mask(text, grid)
+    return int(mask.sum()), int(mask.sum(axis=1).max()), int(mask.any(axis=0).sum())
 
 
 def bsr_index_arrays(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

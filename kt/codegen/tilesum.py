@@ -11,7 +11,6 @@ column tiles), warps and pipeline depth. None of it changes what is computed.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -35,6 +34,7 @@ from kt.device import DeviceProfile
 from kt.dtypes import itemsize
 from kt.ir.problems import BlockSparseProblem, ChainProblem, SumProblem
 from kt.ir.sparse import chain_order
+from kt.sparsity import layout_counts
 
 AXES = TILE_AXES  # kt.axes holds every family's axes
 STRUCTURE_AXES = ("fused",)
@@ -96,16 +96,14 @@ def _bsr_depth(term: BlockSparseProblem) -> int:
     return max(1, round(term.nnz * term.block[0] * term.block[1] / term.out_features))
 
 
-@functools.lru_cache(maxsize=64)
 def _fullest_row(term: BlockSparseProblem) -> int:
-    """The stored blocks of the term's fullest block-row, worked out once per problem (its layout decoded), not
-    once for each of its space's configs."""
-    return int(term.mask().sum(axis=1).max())
+    """The stored blocks of the term's fullest block-row (the layout decoded once, not for each config)."""
+    return layout_counts(term.layout, term.grid)[1]
 
 
 def _bsr_width(term: BlockSparseProblem) -> int:
     """The columns of x the block-sparse product reads: those of every block-column holding a stored block."""
-    return int(term.mask().any(axis=0).sum()) * term.block[1]
+    return layout_counts(term.layout, term.grid)[2] * term.block[1]
 
 
 def _chain_launches(rows: int, dims: tuple[int, ...], last: str) -> list[Launch]:

@@ -497,7 +497,9 @@ class BlockSparseProblem(StructuredProblem):
 
     @property
     def nnz(self) -> int:
-        return int(self.mask().sum())
+        from kt.sparsity import layout_counts
+
+        return layout_counts(self.layout, self.grid)[0]
 
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
@@ -783,7 +785,9 @@ class BsrGradProblem(StructuredProblem):
 
     @property
     def nnz(self) -> int:
-        return int(self.mask().sum())
+        from kt.sparsity import layout_counts
+
+        return layout_counts(self.layout, self.grid)[0]
 
     def arg_types(self) -> tuple[TensorType, ...]:
         return (

@@ -18,7 +18,7 @@ import torch
 
 from kt.ir.factors import Dense, Factor, _dense_dtype, _init_features
 from kt.ir.linear_map import LinearMap
-from kt.sparsity import hex_to_mask, layout_mask, mask_to_hex
+from kt.sparsity import hex_to_mask, layout_counts, layout_mask, mask_to_hex
 
 
 def _positive_int(value: object) -> bool:
@@ -88,7 +88,7 @@ class BSR(Factor):
     @property
     def nnz(self) -> int:
         """The number of stored blocks."""
-        return int(self.mask().sum())
+        return layout_counts(self.layout, self.grid)[0]
 
     def check_weight(self, w: torch.Tensor) -> None:
         """ValueError unless `w` is a sparse BSR (out, inp) tensor with blocks `block` stored exactly at `mask()`."""
