@@ -160,13 +160,18 @@ def lower(linear_map: LinearMap) -> list[Stage]:
             table = _natural(factor, "in")
             if stages:
                 previous = stages[-1]
-                previous["out"] = _natural(previous["factor"], "out")
+                store = _natural(previous["factor"], "out")
                 if pending is not None:
-                    table, previous["out"] = _between(pending, table, previous["out"])
+                    table, store = _between(pending, table, store)
+                previous["out"] = IndexMap.fit(store)
             elif pending is not None:
                 table = pending[table]
             pending = None
-            stages.append({"factor": factor, "in": table, "out": None, "diag": None, "in_features": width})
+            # each table is fitted once it is final and dropped: a table holds every feature, and keeping them
+            # all to the end held two per stage (a butterfly over n = 2**24: 24 stages, 6 GiB)
+            stages.append(
+                {"factor": factor, "in": IndexMap.fit(table), "out": None, "diag": None, "in_features": width}
+            )
             width = factor.out_features
         elif isinstance(factor, Diag):
             if not stages or pending is not None or stages[-1]["diag"] is not None:
@@ -182,12 +187,12 @@ def lower(linear_map: LinearMap) -> list[Stage]:
     out = _natural(last["factor"], "out")
     if pending is not None:  # trailing Perms: store each result where the permutation puts it
         out = _inverse(pending)[out]
-    last["out"] = out
+    last["out"] = IndexMap.fit(out)
     return [
         Stage(
             s["factor"],
-            IndexMap.fit(s["in"]),
-            IndexMap.fit(s["out"]),
+            s["in"],
+            s["out"],
             s["in_features"],
             s["factor"].out_features,
             s["diag"],
