@@ -11,6 +11,7 @@ column tiles), warps and pipeline depth. None of it changes what is computed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -108,6 +109,13 @@ def _bsr_width(term: BlockSparseProblem) -> int:
 
 def _chain_launches(rows: int, dims: tuple[int, ...], last: str) -> list[Launch]:
     """The products of x (rows, d0) @ F1 @ ... in the matrix-chain program's order."""
+    return list(_chain_program(rows, tuple(dims), last))
+
+
+@functools.lru_cache(maxsize=256)
+def _chain_program(rows: int, dims: tuple[int, ...], last: str) -> tuple[Launch, ...]:
+    """`_chain_launches`, worked out once per chain: legality and the cost records ask for a space's every config
+    (a sum of five low-rank chains: 209,290 chain orders for 11,616 configs)."""
     shapes = [(rows, dims[0]), *zip(dims, dims[1:])]
     launches = []
     for index, (left, right) in enumerate(_steps(chain_order((rows, *dims)))):
@@ -117,7 +125,7 @@ def _chain_launches(rows: int, dims: tuple[int, ...], last: str) -> list[Launch]
         text = f"{_operand(left)} @ {_operand(right)}"
         text = f"s{index} = {text}" if index < len(shapes) - 2 else f"{last} = {text}"
         launches.append(Launch(text, m, n, k))
-    return launches
+    return tuple(launches)
 
 
 def _operand(operand: tuple[str, int]) -> str:
