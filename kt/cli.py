@@ -758,6 +758,8 @@ def _one_model(values: tuple[str, ...]) -> str | None:
         raise click.BadParameter(
             f"{values[0]!r} must be MODULE:FACTORY or path/to/file.py:FACTORY", param_hint="'--from-model'"
         )
+    if where.endswith(".py") and not Path(where).is_file():  # as load_factory says it, 1.5 s later (torch)
+        raise KtError(f"--from-model: {where!r} not found")
     return values[0] if values else None
 
 
