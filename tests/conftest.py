@@ -1,7 +1,9 @@
+import ast
 import importlib.util
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,28 @@ def kernel_module(problem, config):
     """The generated module for (problem, config) of any family, imported for this machine (interpreter without a
     GPU)."""
     return load_source(FAMILIES[problem.family].render(problem, config))
+
+
+def unused_in_source(source: str) -> list[str]:
+    """What a reader of a generated module would strike out: an import never used, a module-level function that
+    nothing calls or names (`kernel`, the module's entry point, aside), a local assigned and never read, and a
+    run of more than two blank lines."""
+    tree = ast.parse(source)
+    loads = Counter(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    found = ["three blank lines in a row"] if "\n\n\n\n" in source else []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found += [f"import {a.name}" for a in node.names if not loads[(a.asname or a.name).split(".")[0]]]
+        elif isinstance(node, ast.FunctionDef) and node.name != "kernel":
+            own = sum(isinstance(n, ast.Name) and n.id == node.name for n in ast.walk(node))  # its recursion
+            if loads[node.name] == own:
+                found.append(f"def {node.name}")
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        names = [n for n in ast.walk(function) if isinstance(n, ast.Name)]
+        stored = {n.id for n in names if isinstance(n.ctx, ast.Store)}
+        read = {n.id for n in names if isinstance(n.ctx, ast.Load)}
+        found += [f"{function.name}: {name} is never read" for name in sorted(stored - read)]
+    return found
 
 
 def block_config(problem, block_b=16, block_n=16, block_k=16, group=None, num_warps=None, **structure):

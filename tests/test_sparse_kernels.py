@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import run_poisoned
+from conftest import run_poisoned, unused_in_source
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
@@ -370,6 +370,26 @@ def test_sum_in_half_precision_with_an_empty_block_row(dtype, fused):
     zeros = (args[0], args[1], torch.zeros_like(args[2]), args[3])
     y = run_poisoned(module, problem, zeros)
     assert (y[:, empty_columns(problem.terms[0])] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "problem, config",
+    [
+        (bsp(37, 64, 48, (16, 16), mask_of((4, 3), "random", seed=1)), cfg()),
+        (ChainProblem(37, (40, 17, 70)), cfg(split=2)),
+        (ChainProblem(37, (40, 17, 70)), cfg(fused=1)),
+        (SUMS["bsr+lowrank"], cfg(fused=1)),
+        (SUMS["bsr+lowrank"], cfg()),
+        (SUMS["lowrank+lowrank"], cfg(fused=1)),
+        (SUMS["bsr+bsr"], cfg(fused=1)),
+    ],
+    ids=str,
+)
+def test_a_generated_module_holds_only_what_its_launches_use(problem, config):
+    """A low-rank module carried the BSR helpers (`_bsr_args`, `_check_bsr`), a fused one the tile launcher it never
+    calls, a block-sparse one `_dense_args`; and without the fused low-rank kernel three blank lines followed the
+    last tile kernel: what `ruff check` flags in a kernel.py a user opens."""
+    assert unused_in_source(family_for(problem).render(problem, config)) == []
 
 
 # -- strides, views, leading dims, aliasing --------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import block_config, kernel_module
+from conftest import block_config, kernel_module, unused_in_source
 
 import kt
 from kt.autotune.checking import check_kernel, relative_error
@@ -453,6 +453,28 @@ def test_intermediates_between_launches_are_feature_major_with_rows_padded_to_16
     scratch = module._scratch(40, 64, torch.device("cpu"))
     assert scratch.shape == (48, 64) and scratch.stride() == (1, 48)
     assert module._scratch(32, 64, torch.device("cpu")).stride() == (1, 32)
+
+
+@pytest.mark.parametrize(
+    "problem, structure",
+    [
+        (MonarchProblem(21, (4, 16, 16), (4, 16, 16)), {}),
+        (MonarchProblem(21, (4, 16, 16), (4, 16, 16), "bfloat16"), {"fused": 1, "group": 1}),
+        (MonarchProblem(37, (4, 16, 16), (16, 4, 4), transposed=True), {"ends": 1}),
+        (ButterflyProblem(23, 32), {"levels": 2}),
+        (FFTProblem(13, 24, "float32", "complex"), {"split": 4}),
+        (FFTProblem(13, 24, "float32", "real"), {"split": 4, "ends": 1}),
+        (FFTProblem(9, 32, "float16", "complex"), {"split": 8}),
+        (FFTProblem(9, 32, "float16", "real"), {"split": 4}),
+    ],
+    ids=str,
+)
+def test_a_generated_module_holds_only_what_its_launches_use(problem, structure):
+    """Every module imported math, types and weakref (the FFT's and the butterfly's), a Monarch's carried the
+    fused kernel it never launched (and, fused, the stage kernel and its helpers), and the float32 FFT's
+    wrapper set a `lead` it never read: what `ruff check` flags in a kernel.py a user opens."""
+    source = FAMILIES[problem.family].render(problem, config(problem, **structure))
+    assert unused_in_source(source) == []
 
 
 # -- the CLI on the examples ----------------------------------------------------------------------------------
