@@ -207,6 +207,19 @@ def test_damaged_or_foreign_artifacts_are_refused(tuned, tmp_path):
         result.save(tmp_path / "file")
 
 
+def test_a_kernel_py_with_a_null_byte_is_named_without_a_line_it_does_not_have(tuned, tmp_path):
+    """Python's SyntaxError for a null byte has no line number: the error said "kernel.py, line None: ..."."""
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    (path / "kernel.py").write_bytes(
+        (path / "kernel.py").read_bytes().replace(b"import torch", b"import\0torch")
+    )
+    with pytest.raises(kt.ArtifactError) as refused:
+        kt.load(path, verify=False)
+    assert str(refused.value).startswith(f"{path / 'kernel.py'}") and "null bytes" in str(refused.value)
+    assert "None" not in str(refused.value)
+
+
 def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(tuned, tmp_path):
     """kt tune replaced it, then failed writing the kept mark into the old folder: exit 2 with a bare
     "Permission denied", the old artifact left in a hidden staging folder instead of <name>.prev."""

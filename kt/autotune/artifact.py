@@ -680,8 +680,9 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
         except OSError:  # no kernel cache to write (a read-only home): the artifact's own file, as it is now
             module = import_kernel_file(path / "kernel.py")
     except SyntaxError as exc:  # named by the artifact's file and line, not by the cache's copy
+        line = f", line {exc.lineno}" if exc.lineno else ""  # none for a null byte ("line None")
         raise ArtifactError(
-            f"{path / 'kernel.py'}, line {exc.lineno}: {exc.msg} (edited or damaged); re-run `kt tune`"
+            f"{path / 'kernel.py'}{line}: {exc.msg} (edited or damaged); re-run `kt tune`"
         ) from None
     except Exception as exc:  # its code raised while it was imported (an edit, or a damaged file)
         raise ArtifactError(
