@@ -1087,7 +1087,8 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
     missing = target_compiler_missing()
     if missing:
         raise KtError(f"--ptx: nothing is compiled for sm_{arch}: {missing}")
-    plan = kt.plan(spec, budget=1, device=device)
+    with _working(_planning(spec)):
+        plan = kt.plan(spec, budget=1, device=device)
     configs = distinct_tiles(plan)  # as many as kt.build's compile check tries; group_m twins build alike
     ptx_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
@@ -1169,7 +1170,8 @@ def space(spec, sample, seed, device):
     from kt.codegen.restrict import user_axes
     from kt.costmodel.roofline import expected_mma
 
-    plan = kt.plan(spec, budget=1, device=device)
+    with _working(_planning(spec)):
+        plan = kt.plan(spec, budget=1, device=device)
     space_ = plan.space
     family = family_for(space_.problem)
     # the schedule's axes and the op's structure choice (tma, fused, levels, split): what tune.space may name
@@ -1266,16 +1268,17 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
     from kt.costmodel.roofline import LAUNCH_S
     from kt.costmodel.staged import roofline_and_bound
 
-    plan = kt.plan(
-        spec,
-        budget=budget,
-        device=device,
-        seed=seed,
-        model=model,
-        objective=objective,
-        power_cap_w=power_cap_w,
-        measures_time=measures_time,
-    )
+    with _working(_planning(spec)):
+        plan = kt.plan(
+            spec,
+            budget=budget,
+            device=device,
+            seed=seed,
+            model=model,
+            objective=objective,
+            power_cap_w=power_cap_w,
+            measures_time=measures_time,
+        )
     _header(spec)
     prediction, space_ = plan.prediction, plan.space
     budget = plan.budget  # what the tune spends: the one asked for, sized or capped (a note below says why)
@@ -1758,6 +1761,12 @@ class _LateProgress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _planning(spec) -> str:
+    """The spinner's words while `kt.plan` runs (seconds: the space judged, every config predicted, the forests
+    loaded; for a large block-sparse layout or a deep butterfly, a minute or more)."""
+    return f"planning {spec.name}: judging its search space, predicting every legal config"
 
 
 @contextlib.contextmanager

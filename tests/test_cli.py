@@ -673,6 +673,24 @@ def test_long_jobs_without_a_count_show_a_spinner_on_a_terminal_only(monkeypatch
             assert screen.getvalue() == ""
 
 
+@pytest.mark.parametrize("command", ["space", "predict"])
+def test_space_and_predict_show_a_spinner_while_they_plan(monkeypatch, command):
+    """`kt space` and `kt predict` planned for 4 to 12 s with nothing on the screen (a large block-sparse layout
+    or a deep butterfly: a minute or more)."""
+    import io
+
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    import kt.cli as cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=120))
+    done = CliRunner().invoke(cli.main, [command, str(ROOT / "examples" / "dense.yaml"), "--device", "h100"])
+    assert done.exit_code == 0, done.output
+    assert "planning gemm_4096: judging its search space, predicting every legal config" in screen.getvalue()
+
+
 @pytest.mark.parametrize(
     "signal_name, code, line",
     [("SIGINT", 130, "kt: interrupted\n"), ("SIGTERM", 143, "kt: terminated (SIGTERM)\n")],
