@@ -1921,7 +1921,16 @@ def _print_fitted(table: Table, optional: tuple[str, ...]) -> list[str]:
         if len(kept) < len(table.columns):
             table.columns[:] = kept
             dropped.append(name)
-    out.print(table)
+    width = out.width
+    if needed() > width:
+        # narrower than the columns kept (a 40-column pane): rich gave a column no width at all ("tune measures"
+        # came out empty, at 20 columns "rank" too); the table is printed as wide as it needs, the terminal
+        # wrapping its lines
+        out.width = needed()
+    try:
+        out.print(table)
+    finally:
+        out.width = width
     if dropped:
         out.print(
             f"(left out at {out.width} columns: {', '.join(reversed(dropped))}; a wider terminal shows them)",

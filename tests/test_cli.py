@@ -1221,3 +1221,8 @@ def test_a_table_too_wide_for_the_terminal_leaves_out_columns_and_cuts_no_value(
         assert "…" not in text and "b64n128k64g8w4s3-fm" in text and "0.0725" in text and "program" in text
         assert all(len(line) <= width for line in text.splitlines()), text
         assert dropped and f"(left out at {width} columns: " in " ".join(text.split())
+    # narrower than the columns that stay (a 40-column pane): rich gave "tune measures", at 20 "rank" too, no width
+    for width in (40, 20):
+        dropped, text = shown(width)
+        assert "b64n128k64g8w4s3-fm" in text and "0.0725" in text and "program" in text and "measures" in text
+        assert "│ 1 " in text and "││" not in text, text
