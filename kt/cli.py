@@ -992,7 +992,8 @@ def _results_table(result, top: int) -> None:
             _fmt(row["smem_bytes"] / 1024 if row.get("smem_bytes") else None, ".0f"),
         ]
         table.add_row(*cells)
-    out.print(table)
+    # at 80 columns a GPU tune's table cut its times to "0.00…" (and at 60 a tune without a GPU)
+    _print_fitted(table, ("TFLOP/s", "W", "mJ", "rel err", "smem KiB"))
 
 
 def _baseline_name(problem) -> str:
@@ -1966,7 +1967,7 @@ def devices():
             f"{p.peak_flops['float16'] / 1e12:.0f}",
             f"{p.tdp_w:.0f}",
         )
-    out.print(table)
+    _print_fitted(table, ())  # at 80 columns the A100's GPU name came out as "A100-SX…"
 
 
 DATA = click.option(

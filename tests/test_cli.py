@@ -1057,6 +1057,24 @@ def test_a_ctrl_c_while_kt_exits_is_no_traceback():
     assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
 
 
+def test_devices_cuts_no_value_at_80_columns(monkeypatch):
+    """At 80 columns (a terminal's default) `kt devices` printed the A100's GPU as "A100-SX…" and its header
+    "smem/bl…"; below the table's least width rich gave columns no width at all."""
+    import io
+
+    from rich.console import Console
+
+    import kt.cli as cli
+
+    for width in (80, 30):
+        console = Console(file=io.StringIO(), width=width, highlight=False, emoji=False, soft_wrap=True)
+        monkeypatch.setattr(cli, "out", console)  # as kt's own: soft_wrap, a table's lines not cut
+        cli.devices.callback()
+        text = console.file.getvalue()
+        assert "…" not in text and "A100-SXM4-80GB" in text and "smem/block" in text, text
+        assert "│ 400 " in text and "││" not in text, text
+
+
 def test_a_reader_gone_before_the_results_table_leaves_the_artifact_saved(tmp_path):
     """`kt tune ... | head -2` (the heading and the first note, printed before the tune): the table's print ended
     the command (rich's broken-pipe exit) before the artifact was saved, without a word; the tune's rows were in
