@@ -44,6 +44,10 @@ def check_cache_dir() -> Path:
         raise KtError(f"{setting}: {str(path)!r} is a file; kt keeps generated kernels there: give a folder")
     if not path.exists() and (why := unmakeable(path)):
         raise KtError(f"{setting}: the folder {str(path)!r} cannot be made: {why}")
+    # a folder kt cannot write (read-only, another user's, /proc): the tune failed after its heading, having made
+    # its database, on "Permission denied: .../kernels"; the probe goes where the kernels go
+    if path.is_dir() and (why := unmakeable(path / "kernels" / "probe")):
+        raise KtError(f"{setting}: kt cannot write its kernels in {str(path)!r}: {why}")
     triton = os.environ.get("TRITON_CACHE_DIR")  # where the workers' Triton compiles go when it is set
     if triton:
         where = Path(triton)

@@ -362,6 +362,24 @@ def test_a_cache_folder_kt_cannot_use_is_named_before_the_work(tmp_path, monkeyp
     assert _cache_hint(str(tmp_path / "elsewhere")) == "" and _cache_hint(None) == ""
 
 
+def test_a_cache_folder_kt_cannot_write_in_is_named_before_the_work(tmp_path, monkeypatch):
+    """KT_CACHE_DIR an existing folder that takes no file (read-only, another user's; /proc here, as the tests run
+    as root too): the tune printed its heading, made its database, then failed on "No such file or directory:
+    /proc/kernels"."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nshape: {m: 16, n: 16, k: 16}\ntune: {budget: 1}\n")
+    monkeypatch.setenv("KT_CACHE_DIR", "/proc")
+    command = ["tune", str(spec), "--out", str(tmp_path / "art"), "--db", str(tmp_path / "t.db")]
+    done = CliRunner().invoke(main, command)
+    assert done.exit_code == 2, done.output
+    assert done.output.strip().startswith("kt: error: KT_CACHE_DIR: kt cannot write its kernels in '/proc': ")
+    assert not (tmp_path / "t.db").exists() and not (tmp_path / "art").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
 def test_gpu_only_commands_say_so_without_a_gpu(tmp_path):
     """In this process (torch is loaded already): each refusal is the one line printed, before any heading."""
