@@ -668,3 +668,33 @@ def test_a_write_that_waits_for_another_process_says_so(tmp_path, caplog):
         f"db: {str(path)!r} is locked by another writer (a kt, or any SQLite connection); waiting up to 60 s for it"
     ]
     holder.close()
+
+
+def test_a_new_database_on_a_full_disk_says_the_disk_is_full(tmp_path):
+    """A new --db on a full disk read "cannot be created there (disk I/O error)" (SQLite fails to grow the -shm
+    file as it opens), where an existing one said the disk is full. A real full disk: a 48 KiB tmpfs in a mount
+    namespace of its own (root or user namespaces needed; skipped where neither is allowed)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    full = tmp_path / "full"
+    full.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=48k tmpfs {full} || exit 77\n"
+        f"dd if=/dev/zero of={full}/pad bs=1k count=40 2>/dev/null\n"
+        f'"$0" -c "import sys; from kt.autotune.database import Database\n'
+        f"try: Database('{full}/t.db')\nexcept Exception as e: print(e)\"\n"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--map-root-user", "bash", "-c", script, sys.executable],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    if done.returncode == 77 or "unshare:" in done.stderr:
+        pytest.skip(f"no tmpfs can be mounted here: {done.stderr.strip()}")
+    assert done.stdout.strip() == (
+        f"db: '{full}/t.db' cannot be created there: the disk is full (disk I/O error); free space there or give "
+        "another --db"
+    ), done.stdout + done.stderr

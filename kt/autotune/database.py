@@ -387,6 +387,11 @@ class Database:
                     f"waited ({exc})"
                 ) from None
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
+                if _kind(exc) == "full":  # it read "cannot be created there (disk I/O error)"
+                    raise DatabaseError(
+                        f"db: {str(self.path)!r} cannot be created there: the disk is full ({exc}); free space "
+                        "there or give another --db"
+                    ) from None
                 raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({exc})") from None
             real = self.path.resolve()
             wal = real.with_name(real.name + "-wal")
