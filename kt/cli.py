@@ -419,6 +419,10 @@ class _Path(click.Path):
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail(f"an empty path; give {self.noun}", param, ctx)
+        if isinstance(value, str) and value.startswith("~"):
+            # the shell leaves `--out=~/art` (and a quoted '~/art') as it is: kt made a folder named '~' in the
+            # current one, which a later `rm -rf ~` to clean it up would have taken for the home folder
+            value = os.path.expanduser(value)
         return super().convert(value, param, ctx)
 
 

@@ -23,8 +23,8 @@ def cache_dir() -> Path:
     """kt's cache folder: $KT_CACHE_DIR, else $XDG_CACHE_HOME/kt, else ~/.cache/kt. It holds generated kernels
     (`kernels/`), Triton's compile cache for kt's workers (`triton/`) and loaded cost models (`models/`), each
     safe to delete at any time (made again on use), and the default tuning database (`tuning.db`)."""
-    if os.environ.get("KT_CACHE_DIR"):
-        return Path(os.environ["KT_CACHE_DIR"])
+    if os.environ.get("KT_CACHE_DIR"):  # '~/...' as a quoted setting leaves it (a .env file, docker -e)
+        return Path(os.environ["KT_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "kt"
 

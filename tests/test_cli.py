@@ -1262,3 +1262,15 @@ def test_a_table_too_wide_for_the_terminal_leaves_out_columns_and_cuts_no_value(
         dropped, text = shown(width)
         assert "b64n128k64g8w4s3-fm" in text and "0.0725" in text and "program" in text and "measures" in text
         assert "│ 1 " in text and "││" not in text, text
+
+
+def test_a_path_option_or_kt_cache_dir_starting_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """`kt tune --out=~/art` (the shell expands no ~ after `--out=`) or a quoted KT_CACHE_DIR='~/kt' made a folder
+    named '~' in the current one, which `rm -rf ~` would then have been asked to remove."""
+    from kt.cli import _Path
+    from kt.files import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _Path(file_okay=False).convert("~/art", None, None) == str(tmp_path / "art")
+    monkeypatch.setenv("KT_CACHE_DIR", "~/kt")
+    assert cache_dir() == tmp_path / "kt"
