@@ -706,9 +706,8 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
     done = 0
     for m, n, k in shapes:
         row = {"part": "collect", "case": f"dense {m}x{n}x{k}", "op": "dense", "dtype": "float16"}
-        if (
-            time.monotonic() >= deadline
-        ):  # recorded, so that the part reads cut short (it read "done", 0 items)
+        # a shape its share never reached is recorded, so that the part reads cut short (it read "done", 0 items)
+        if time.monotonic() >= deadline:
             result.rows.append(
                 {**row, "status": "not reached: the part's time share ran out first", "timed": False}
             )
