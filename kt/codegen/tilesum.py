@@ -594,7 +594,6 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
                 f"ws = torch.empty(({len(problem.terms)} * SPLIT, x2.shape[0], out_features), dtype=torch.float32, device=x.device)",
             )
             body.append("y2.copy_(ws.sum(dim=0))  # the terms' fp32 results, rounded once to DTYPE")
-    terms = problem.terms if isinstance(problem, SumProblem) else (problem,)
     return {
         "op_doc": op_doc,
         "call_doc": call_doc,
@@ -607,7 +606,7 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
         "chains": chains,
         "lowrank_fused": lowrank_fused,
         # a BSR weight to check and pass: the helpers for one are emitted only then
-        "bsr": any(isinstance(term, BlockSparseProblem) for term in terms),
+        "bsr": bool(_bsr_terms(problem)),
         "features": features,
         "signature": ", ".join(["x: torch.Tensor", *(f"{n}: torch.Tensor" for n in names)]),
         "weights": list(names),
