@@ -227,6 +227,38 @@ def benchmark_module(name: str):
     return module
 
 
+def run_script(*args):
+    """`python benchmarks/<script> args...`: its exit code, stdout and stderr (a SimpleNamespace like a
+    CompletedProcess's), from its `main` in this process, with its own argv, working folder and streams (a process
+    for each of the scripts' error cases cost the suite about three minutes); os.environ is as it was after it.
+    An exception other than SystemExit, the traceback the script would have printed, is raised."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    root = Path(__file__).resolve().parents[1]
+    name, argv = str(args[0]), list(map(str, args[1:]))
+    out, err = io.StringIO(), io.StringIO()
+    saved, cwd, environ = sys.argv, Path.cwd(), dict(os.environ)
+    sys.argv = [str(root / "benchmarks" / name), *argv]  # argparse names the script by it
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = benchmark_module(name.removesuffix(".py")).main(argv)
+            except SystemExit as exc:
+                code = exc.code
+    finally:  # a script's settings (nn_layers.py's KT_DB) stay in it, as in its own process
+        sys.argv = saved
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+    stderr = err.getvalue()
+    if isinstance(code, str):  # SystemExit("message"): Python prints it to stderr and exits with 1
+        stderr, code = stderr + code + "\n", 1
+    return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=stderr)
+
+
 def stand_in_records(shapes, configs, power_rows: int = 0) -> list[dict]:
     """H100 fp16 records, one per (shape, config), whose `runtime_ms` is the analytic model's prediction and whose
     first `power_rows` carry the datasheet's board power as `power_w`: a model's outputs and a datasheet figure

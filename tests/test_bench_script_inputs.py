@@ -6,45 +6,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from conftest import benchmark_module
+from conftest import run_script as script
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_WARP = ROOT / "benchmarks/results/two-warp-k-2026-12-05/fit-sm80-seed81-triton3.9.jsonl.gz"
-
-
-def script(*args) -> SimpleNamespace:
-    """`python benchmarks/<script> args...`: its exit code, stdout and stderr, from its `main` in this process (a
-    process for each case cost the suite about a minute and a half). An exception other than SystemExit, the
-    traceback the script would have printed, is raised."""
-    import contextlib
-    import io
-    import os
-
-    name, argv = str(args[0]), list(map(str, args[1:]))
-    out, err = io.StringIO(), io.StringIO()
-    saved, cwd, environ = sys.argv, Path.cwd(), dict(os.environ)
-    sys.argv = [str(ROOT / "benchmarks" / name), *argv]  # argparse names the script by it
-    os.chdir(ROOT)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = benchmark_module(name.removesuffix(".py")).main(argv)
-            except SystemExit as exc:
-                code = exc.code
-    finally:  # a script's settings stay in it, as in its own process
-        sys.argv = saved
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(environ)
-    stderr = err.getvalue()
-    if isinstance(code, str):  # SystemExit("message"): Python prints it to stderr and exits with 1
-        stderr, code = stderr + code + "\n", 1
-    return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=stderr)
 
 
 def files(folder: Path) -> dict[str, bytes]:

@@ -67,31 +67,17 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize("index", range(len(cases(Path(".")))))
-def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index, capsys, monkeypatch):
-    """Each script's `main` in this process, as `python benchmarks/<script>` runs it (a process for each of
-    these cases cost the suite about two minutes); an exception other than SystemExit is the traceback the
-    script would have printed."""
-    from conftest import benchmark_module
+def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index):
+    from conftest import run_script
 
     db = tmp_path / "t.db"
     sqlite3.connect(db).execute("CREATE TABLE kept (x)").connection.close()
     (tmp_path / "in.csv").write_text("a,b\n1,2\n")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     args, says = cases(tmp_path)[index]
-    monkeypatch.chdir(ROOT)
-    environ = dict(os.environ)
-    try:
-        code = benchmark_module(args[0].removesuffix(".py")).main(list(map(str, args[1:])))
-    except SystemExit as exc:
-        code = exc.code
-    finally:  # a script's settings (nn_layers.py's KT_DB) stay in it, as in its own process
-        os.environ.clear()
-        os.environ.update(environ)
-    stderr = capsys.readouterr().err
-    if isinstance(code, str):  # SystemExit("message"): Python prints it to stderr and exits with 1
-        stderr, code = stderr + code, 1
-    assert code not in (0, None), stderr
-    assert says in stderr, stderr
+    done = run_script(*args)  # in this process, as `python benchmarks/<script>` runs it
+    assert done.returncode != 0, done.stderr
+    assert says in done.stderr, done.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
