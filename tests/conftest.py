@@ -218,12 +218,21 @@ GPPERF = Path(os.environ.get("KT_GPPERF_DIR") or Path(__file__).resolve().parent
 
 
 def benchmark_module(name: str):
-    """The script benchmarks/<name>.py as a module (the tests reuse its readers and device profile)."""
+    """The script benchmarks/<name>.py as a module (the tests reuse its readers and device profile), loaded once
+    per process: a second load would replace sys.modules[name] under a module a test file holds, and pickling its
+    functions for a worker pool (search_variants.run) then fails, "not the same object"."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the script is being executed
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # not a half-run module for the next test
+        raise
     return module
 
 
