@@ -323,7 +323,38 @@ def test_a_structure_choice_is_lowered_once_for_the_space_and_its_records(monkey
     monkeypatch.setattr(blockgemm, "lower", lambda linear_map: calls.append(1) or real(linear_map))
     if hasattr(blockgemm, "_lowered"):
         blockgemm._lowered.cache_clear()
+    kt.codegen.gemm._SPACES.clear()  # a space an earlier test made for this op is kept in the process
     spec = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 64, "n": 1024}}
     plan = kt.plan(spec, budget=4, model="analytic")
     structures = {tuple(sorted(c.structure().items())) for c in plan.space.legal}
     assert len(calls) == len(structures) == 8  # levels 1 to 8, each once
+
+
+def test_a_space_is_made_once_per_process_for_its_problem_device_and_triton(monkeypatch):
+    """kt.nn planned every layer's space anew: a model of 24 blocks of one width judged the 25,200 GEMM configs
+    24 times (a third of a second each). A space is now made once per family, problem, device profile and
+    Triton version in a process; any of them changed makes another."""
+    import kt
+    import kt.codegen.gemm as gemm
+    from kt.autotune.tune import tuning_space
+    from kt.device import A100
+
+    made = []
+    real = gemm.SearchSpace.of
+    monkeypatch.setattr(gemm.SearchSpace, "of", lambda *a: made.append(a[0]) or real(*a))
+    monkeypatch.setattr(gemm, "_SPACES", type(gemm._SPACES)())
+    spec = {"op": "dense", "dtype": "float16", "shape": {"m": 1000, "n": 1032, "k": 1000}}
+    first = kt.space(spec, "h100")
+    assert kt.space(spec, "h100") is first and len(made) == 1
+    problem = first.problem
+    assert tuning_space(problem, H100) is first and len(made) == 1  # the tuner's and kt.nn's way in
+    assert kt.space(spec, "a100").legal != first.legal and len(made) == 2
+    monkeypatch.setattr(gemm, "triton_version", lambda: (3, 6))  # its compiler decides which builds spill
+    older = kt.space(spec, "h100")
+    assert len(made) == 3 and older is not first
+    assert tuning_space(problem, A100) is not None and len(made) == 4
+    butterfly = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 64, "n": 256}}
+    assert kt.space(butterfly, "h100") is kt.space(butterfly, "h100") and len(made) == 5
+    for _ in range(gemm.SPACES_KEPT + 1):  # the oldest goes once more than SPACES_KEPT are kept
+        kt.space({**spec, "shape": {"m": 1000 + len(made), "n": 64, "k": 64}}, "h100")
+    assert len(gemm._SPACES) == gemm.SPACES_KEPT

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kt.codegen.gemm import SearchSpace
+from kt.codegen.gemm import SearchSpace, cached_space
 from kt.codegen.render import render_template, template_version
 from kt.device import DeviceProfile
 from kt.ir.problems import GemmProblem
@@ -89,7 +89,7 @@ class StructuredFamily(ABC):
                     yield config, reason(config)
 
     def space(self, problem, device: DeviceProfile) -> SearchSpace:
-        return SearchSpace.of(problem, device, self.judged(problem, device))
+        return cached_space(self, problem, device)
 
     def check_structure(self, problem, config) -> None:
         """ValueError unless `config`'s structure choice is one `problem` offers (a fused form it cannot run,

@@ -6,7 +6,7 @@ A config is a schedule only: it never changes what is computed (the IR's GemmPro
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -467,6 +467,26 @@ class SearchSpace:
         return cls(problem, device, total, tuple(legal), dict(dropped.most_common()))
 
 
+# The spaces made in this process, the latest last: kt.nn plans each layer of a model, and a model repeats its
+# shapes (24 blocks of one width planned the 25,200 GEMM configs 24 times, a third of a second each). Legality is
+# a function of the family, the problem, the device profile and Triton's version alone; a SearchSpace is frozen.
+_SPACES: OrderedDict[tuple, SearchSpace] = OrderedDict()
+SPACES_KEPT = 16  # a block-sparse problem holds its layout: a few MiB each at most
+
+
+def cached_space(family, problem, device: DeviceProfile) -> SearchSpace:
+    """`family`'s space of `problem` on `device` (SearchSpace.of over `family.judged`), made once per process."""
+    key = (family.name, problem, repr(device), triton_version())
+    space = _SPACES.get(key)
+    if space is None:
+        space = _SPACES[key] = SearchSpace.of(problem, device, family.judged(problem, device))
+        while len(_SPACES) > SPACES_KEPT:
+            _SPACES.popitem(last=False)
+    else:
+        _SPACES.move_to_end(key)
+    return space
+
+
 class GemmFamily:
     name = "gemm"
     template = "gemm.py.j2"
@@ -495,7 +515,7 @@ class GemmFamily:
         return ((config, illegal_reason(problem, config, device)) for config in self.all_configs())
 
     def space(self, problem: GemmProblem, device: DeviceProfile) -> SearchSpace:
-        return SearchSpace.of(problem, device, self.judged(problem, device))
+        return cached_space(self, problem, device)
 
     def same_program(self, problem: GemmProblem, config: GemmConfig) -> GemmConfig:
         """The config whose kernel runs `config`'s program on `problem`, tile for tile: group_m only orders the
