@@ -41,33 +41,43 @@ def shipped_models(request, monkeypatch):
 
 
 # The README's `-n auto --dist loadfile` hands each worker whole files. pytest-xdist would hand out the files with
-# the most tests first, and some of the slowest hold few tests (test_ray: 4 tests, 147 s), so on a 2-core machine
-# one worker ran a slow file alone for the last ~50 s. The slowest files go first instead, longest first (a
-# longest-first schedule), then the rest in xdist's own order. Seconds per file, summed over its tests from
-# `--junitxml` in a clean clone of fab3eef on the 2-core CI-like machine (2026-12-02, pytest 800 s). A stale or
-# missing figure only costs speed: files not listed run after these.
+# the most tests first, and some of the slowest hold few tests (test_ray: 18 tests, minutes), so one worker ran a
+# slow file alone at the end. The slowest files go first instead, longest first (a longest-first schedule), then
+# the rest in xdist's own order. Seconds per file, summed over its tests from `--junitxml` of the whole suite at
+# 281dedd on the 2-core CI-like machine with three workers (2026-12-06, pytest 796 s): Ray's local cluster is
+# slow on a loaded machine (test_ray 154 s with two workers, 487 s with three). A stale or missing figure only
+# costs speed: files not listed run after these.
 SLOW_FILES = {
-    "test_nn.py": 174,
-    "test_structured_kernels.py": 153,
-    "test_ray.py": 190,  # 147 at fab3eef; four tests more since (timeouts, a small cluster, bad addresses)
-    "test_sparse_kernels.py": 146,
-    "test_compile_target.py": 136,  # 119 before the missing-tool and launch-order tests (2026-12-05)
-    "test_tune.py": 114,
-    "test_bench_cli.py": 110,
-    "test_bench_scripts.py": 107,  # alone, Triton's cache empty, at c9c6e1d (2026-12-03): it compiles builds now
-    "test_cli.py": 57,
-    "test_measure_path.py": 54,
-    "test_frictions.py": 51,
-    "test_transposed.py": 47,
-    "test_pool.py": 43,
-    "test_bench_structured.py": 41,
-    "test_tune_loop.py": 38,
-    "test_bsr_grad.py": 38,
-    "test_replay_spaces.py": 33,
-    "test_from_model.py": 25,
-    "test_gemm_kernel.py": 20,
-    "test_forest.py": 18,
+    "test_ray.py": 487,
+    "test_nn.py": 170,
+    "test_cli.py": 167,
+    "test_structured_kernels.py": 143,
+    "test_compile_target.py": 138,
+    "test_replay_spaces.py": 108,
+    "test_sparse_kernels.py": 91,
+    "test_tune.py": 88,
+    "test_bench_scripts.py": 83,
+    "test_frictions.py": 76,
+    "test_costmodel_cli.py": 73,
+    "test_bench_cli.py": 69,
+    "test_nn_cpu.py": 67,
+    "test_tune_loop.py": 62,
+    "test_transposed.py": 37,
+    "test_pool.py": 37,
+    "test_bench_structured.py": 37,
+    "test_from_model.py": 35,
+    "test_measure_path.py": 33,
+    "test_forest.py": 29,
 }
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker more than the CPUs. The suite waits much of its time (Ray's cluster, kt's worker
+    processes starting, tunes stopped mid-run, the signal tests). On the 2-core CI-like machine (2026-12-06): two workers
+    922 s at 281dedd; with the space cache of the next commit three 796 s, 1,044 CPU-seconds in 799 s (1.3 CPUs
+    busy), and four 771 s, and two Ray tests failed, their restarted actors' checks past the tests' short timeouts."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus + 1
 
 
 def pytest_configure(config):
