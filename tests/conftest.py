@@ -71,6 +71,7 @@ SLOW_FILES = {
 }
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (`-p no:xdist`) has no such hook
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker more than the CPUs. The suite waits much of its time (Ray's cluster, kt's worker
     processes starting, tunes stopped mid-run, the signal tests). On the 2-core CI-like machine (2026-12-06): two workers
