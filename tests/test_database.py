@@ -215,6 +215,30 @@ def test_export_since_keeps_a_row_created_at_that_very_second(tmp_path):
         assert [r["config_key"] for r in csv.DictReader(handle)] == ["at", "after"]
 
 
+def test_export_holds_one_row_at_a_time_and_a_bad_row_leaves_no_file(tmp_path):
+    """`kt export` read every matching row into memory before writing the first: a database of block-sparse
+    rows (each holding its layout, megabytes) needed all of them at once. Rows now go to the file as they are
+    read; a row found bad part way leaves no file (the rows before it are not a whole export)."""
+    import tracemalloc
+
+    layout = "f" * 400_000  # a block-sparse problem's layout, as hex: 400 kB a row
+    with Database(tmp_path / "t.db") as db:
+        for i in range(40):
+            db.insert(row(config_key=f"c{i}", problem={"m": 1, "layout": layout}))
+        tracemalloc.start()
+        try:
+            assert db.export_csv(tmp_path / "all.csv") == 40
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 * len(layout), peak  # 40 rows: 16 MB read at once before
+        db.conn.execute("UPDATE measurements SET config = '{oops' WHERE id = 30")
+        with pytest.raises(DatabaseError, match=r"row id 30: column config is not JSON"):
+            db.export_csv(tmp_path / "cut.csv")
+    assert not (tmp_path / "cut.csv").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nor its temporary file
+
+
 def test_a_query_naming_an_unknown_column_is_refused_by_name(tmp_path):
     """find and count check the columns they are given: a bug that passed them to SQL unchecked gives SQLite's
     own "no such column" error (or runs whatever the name holds) instead of kt's ValueError."""

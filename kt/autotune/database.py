@@ -645,17 +645,24 @@ class Database:
         """Rows whose columns equal the given values (e.g. problem_key=..., device=...), oldest first; with
         `numbers`, a row with text in a numeric column is refused (the dataset reader, which checks each
         row's figures and their ranges itself, reads without)."""
+        return list(self._rows(numbers, where))
+
+    def _rows(
+        self, numbers: bool, where: dict[str, Any], since: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """`find`'s rows one at a time (`since`: created then or later), read from the database as they are
+        taken: `kt export` of a database of block-sparse rows (each its layout, megabytes) held them all."""
+        since_sql = " AND created_at >= ?" if since is not None else ""
         cursor = self.conn.execute(
-            f"SELECT {self._columns()} FROM measurements WHERE {_where(where)} ORDER BY id", [*where.values()]
+            f"SELECT {self._columns()} FROM measurements WHERE {_where(where)}{since_sql} ORDER BY id",
+            [*where.values(), *([since] if since is not None else [])],
         )
-        rows = []
         for r in cursor:
             try:
                 row = decode_row(dict(r))
-                rows.append(_check_numbers(row) if numbers else row)
+                yield _check_numbers(row) if numbers else row
             except ValueError as exc:
                 raise DatabaseError(f"db: {str(self.path)!r} row id {r['id']}: {exc}") from None
-        return rows
 
     def measured_configs(self, **key: Any) -> dict[str, dict[str, Any]]:
         """config_key -> row for every row matching the identity columns given."""
@@ -675,18 +682,16 @@ class Database:
         ISO time, as created_at holds it) keeps only the rows created then or later."""
         import csv
 
-        rows = self.find(**where)
-        if since is not None:
-            rows = [row for row in rows if row["created_at"] >= since]
-
-        def write(handle: IO[str]) -> None:  # atomic_write opens text with newline="", as csv wants
+        def write(handle: IO[str]) -> int:  # atomic_write opens text with newline="", as csv wants
             writer = csv.DictWriter(handle, fieldnames=["id", *COLUMN_NAMES])
             writer.writeheader()
-            for row in rows:
+            count = 0
+            for row in self._rows(True, where, since):  # one row in memory at a time
                 writer.writerow({k: _encode(v) for k, v in row.items()})
+                count += 1
+            return count
 
-        atomic_write(path, write)
-        return len(rows)
+        return atomic_write(path, write)
 
 
 # what a reader needs (without runtime_ms, a file of GPU rows was "no exhaustive sweep" to kt replay)
