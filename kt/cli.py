@@ -423,7 +423,36 @@ class _Path(click.Path):
             # the shell leaves `--out=~/art` (and a quoted '~/art') as it is: kt made a folder named '~' in the
             # current one, which a later `rm -rf ~` to clean it up would have taken for the home folder
             value = os.path.expanduser(value)
+        if isinstance(value, (str, os.PathLike)) and (too_long := _name_too_long(os.fspath(value))):
+            self.fail(too_long, param, ctx)  # the OS's "File name too long" named no option
         return super().convert(value, param, ctx)
+
+
+def _name_too_long(path: str) -> str | None:
+    """Why the file system cannot hold `path`'s name (a name in it, or the whole, over its limits), or None."""
+    folder = os.path.dirname(os.path.abspath(path)) or "/"
+    while not os.path.isdir(folder) and folder != os.path.dirname(
+        folder
+    ):  # limits of the folder it would be in
+        folder = os.path.dirname(folder)
+    limits = {}
+    for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            limits[key] = os.pathconf(folder, key)
+        except (OSError, ValueError):
+            limits[key] = default
+    longest = max((os.fsencode(part) for part in Path(path).parts), key=len, default=b"")
+    if len(longest) > limits["PC_NAME_MAX"]:
+        shown = longest.decode(errors="replace")
+        return (
+            f"the name {shown[:24]}...{shown[-8:]} in it is {len(longest)} bytes; allowed: at most "
+            f"{limits['PC_NAME_MAX']} bytes per name here"
+        )
+    if len(os.fsencode(os.path.abspath(path))) >= limits["PC_PATH_MAX"]:
+        return (
+            f"the path is {len(os.fsencode(path))} bytes; allowed: under {limits['PC_PATH_MAX']} in all here"
+        )
+    return None
 
 
 class _FiniteRange(click.FloatRange):

@@ -326,6 +326,30 @@ def test_outputs_never_replace_their_inputs_a_pipe_or_a_link(tmp_path):
     assert link.is_symlink() and target.read_text() == header  # written through the link
 
 
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["export", "{tmp}/x.csv", "--db", "{tmp}/{long}.db"], "'--db'"),
+        (["tune", EXAMPLE, "--out", "{tmp}/{long}/art"], "'--out'"),
+        (["export", "{tmp}/{long}.csv", "--db", "{tmp}/t.db"], "'OUT.csv'"),
+    ],
+)
+def test_a_path_whose_name_the_file_system_cannot_hold_names_its_option(tmp_path, args, option):
+    """A --db (or any path option) with a name over the file system's 255 bytes said only "File name too long"
+    and the path, naming no option; now the option, the name's length and the limit."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    Database(tmp_path / "t.db").close()
+    long = "é" * 130  # 260 bytes in UTF-8, then its suffix
+    done = CliRunner().invoke(main, [a.format(tmp=tmp_path, long=long) for a in args])
+    assert done.exit_code == 2, done.output
+    said = rf"Invalid value for {option}: the name é+\.\.\.é+(\.db|\.csv)? in it is 26[034] bytes; allowed: at most 255"
+    assert re.search(said, done.output), done.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.db"]
+
+
 def test_a_cache_folder_kt_cannot_use_is_named_before_the_work(tmp_path, monkeypatch):
     """A tune failed after its first round, saying only "Not a directory: .../kernels" (or "No such file or
     directory: /proc/..."), without naming KT_CACHE_DIR."""
