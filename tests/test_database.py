@@ -239,6 +239,27 @@ def test_export_holds_one_row_at_a_time_and_a_bad_row_leaves_no_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nor its temporary file
 
 
+def test_a_database_path_too_long_for_sqlite_is_refused_naming_its_length(tmp_path):
+    """SQLite opens no file at a full path over 512 bytes, its journal's "-journal" included: a --db of 505 bytes
+    (names of 200 bytes each, every one within the file system's limit) failed after the op's heading with
+    "cannot be created there (unable to open database file)". It is now refused first, with its length."""
+    from kt.autotune.database import SQLITE_PATH_BYTES
+
+    folder = tmp_path / ("a" * 200) / ("b" * 200)
+    folder.mkdir(parents=True)
+    room = SQLITE_PATH_BYTES - len(os.fsencode(os.path.realpath(folder))) - 1  # the name that fills the limit
+    assert room > 3, "tmp_path is too long for this test"
+    with Database(folder / ("c" * room)) as db:  # at the limit: made, written and read
+        db.insert(row())
+        assert len(db.find()) == 1
+    too_long = folder / ("d" * (room + 1))
+    for create in (True, False):
+        with pytest.raises(DatabaseError, match=rf"is {SQLITE_PATH_BYTES + 1} bytes as a full path; SQLite opens a "
+                           rf"database only at a path of at most {SQLITE_PATH_BYTES} bytes"):  # fmt: skip
+            Database(too_long, create=create)
+    assert not too_long.exists()
+
+
 def test_a_query_naming_an_unknown_column_is_refused_by_name(tmp_path):
     """find and count check the columns they are given: a bug that passed them to SQL unchecked gives SQLite's
     own "no such column" error (or runs whatever the name holds) instead of kt's ValueError."""

@@ -210,10 +210,21 @@ def _retry_locked(step):
             time.sleep(0.02)
 
 
+# SQLite on Unix opens no file whose full path is over 512 bytes (MAX_PATHNAME in os_unix.c), its rollback
+# journal's ("<db>-journal") included: 505 bytes of database path said "unable to open database file"
+SQLITE_PATH_BYTES = 512 - len("-journal")
+
+
 def check_path(path: Path, create: bool = True) -> bool:
-    """Whether the database at `path` exists, after refusing what cannot be one in one line: a folder in its
-    place, a missing file (unless `create`), or a new file where none can be made. Whether an existing file is
-    a kt database is found on opening (`check_file` opens it)."""
+    """Whether the database at `path` exists, after refusing what cannot be one in one line: a path too long for
+    SQLite, a folder in its place, a missing file (unless `create`), or a new file where none can be made.
+    Whether an existing file is a kt database is found on opening (`check_file` opens it)."""
+    full = len(os.fsencode(os.path.realpath(path)))
+    if full > SQLITE_PATH_BYTES:
+        raise DatabaseError(
+            f"db: {str(path)!r} is {full} bytes as a full path; SQLite opens a database only at a path of at most "
+            f"{SQLITE_PATH_BYTES} bytes (512 with its journal's suffix); give a shorter path"
+        )
     if not create or path.is_dir():  # a file to read, or a folder in its place: kt.files words both
         existing_file(path, "db", "give a file path", DatabaseError)
         return True
