@@ -430,10 +430,11 @@ class _Path(click.Path):
 
 def _name_too_long(path: str) -> str | None:
     """Why the file system cannot hold `path`'s name (a name in it, or the whole, over its limits), or None."""
-    folder = os.path.dirname(os.path.abspath(path)) or "/"
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
     while not os.path.isdir(folder) and folder != os.path.dirname(
         folder
-    ):  # limits of the folder it would be in
+    ):  # the limits of the folder it is in
         folder = os.path.dirname(folder)
     limits = {}
     for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
@@ -448,10 +449,8 @@ def _name_too_long(path: str) -> str | None:
             f"the name {shown[:24]}...{shown[-8:]} in it is {len(longest)} bytes; allowed: at most "
             f"{limits['PC_NAME_MAX']} bytes per name here"
         )
-    if len(os.fsencode(os.path.abspath(path))) >= limits["PC_PATH_MAX"]:
-        return (
-            f"the path is {len(os.fsencode(path))} bytes; allowed: under {limits['PC_PATH_MAX']} in all here"
-        )
+    if len(os.fsencode(full)) >= limits["PC_PATH_MAX"]:
+        return f"the full path is {len(os.fsencode(full))} bytes; allowed: under {limits['PC_PATH_MAX']} here"
     return None
 
 

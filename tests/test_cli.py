@@ -350,6 +350,21 @@ def test_a_path_whose_name_the_file_system_cannot_hold_names_its_option(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.db"]
 
 
+def test_a_path_over_the_file_systems_whole_length_names_its_option(tmp_path):
+    """Names within 255 bytes each, 4,200 bytes in all (Linux's PATH_MAX is 4096): refused naming --out."""
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    deep = tmp_path.joinpath(*["a" * 200] * 21) / "art"
+    done = CliRunner().invoke(main, ["tune", EXAMPLE, "--out", str(deep)])
+    assert done.exit_code == 2, done.output
+    assert re.search(
+        r"Invalid value for '--out': the full path is \d{4} bytes; allowed: under 4096", done.output
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_cache_folder_kt_cannot_use_is_named_before_the_work(tmp_path, monkeypatch):
     """A tune failed after its first round, saying only "Not a directory: .../kernels" (or "No such file or
     directory: /proc/..."), without naming KT_CACHE_DIR."""

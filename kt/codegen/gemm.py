@@ -6,6 +6,7 @@ A config is a schedule only: it never changes what is computed (the IR's GemmPro
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
@@ -474,16 +475,20 @@ _SPACES: OrderedDict[tuple, SearchSpace] = OrderedDict()
 SPACES_KEPT = 16  # a block-sparse problem holds its layout: a few MiB each at most
 
 
+_SPACES_LOCK = threading.Lock()  # `kt tune` plans several ops at once, one thread each
+
+
 def cached_space(family, problem, device: DeviceProfile) -> SearchSpace:
     """`family`'s space of `problem` on `device` (SearchSpace.of over `family.judged`), made once per process."""
     key = (family.name, problem, repr(device), triton_version())
-    space = _SPACES.get(key)
-    if space is None:
-        space = _SPACES[key] = SearchSpace.of(problem, device, family.judged(problem, device))
-        while len(_SPACES) > SPACES_KEPT:
-            _SPACES.popitem(last=False)
-    else:
-        _SPACES.move_to_end(key)
+    with _SPACES_LOCK:
+        space = _SPACES.get(key)
+        if space is None:
+            space = _SPACES[key] = SearchSpace.of(problem, device, family.judged(problem, device))
+            while len(_SPACES) > SPACES_KEPT:
+                _SPACES.popitem(last=False)
+        else:
+            _SPACES.move_to_end(key)
     return space
 
 
