@@ -432,9 +432,7 @@ def _name_too_long(path: str) -> str | None:
     """Why the file system cannot hold `path`'s name (a name in it, or the whole, over its limits), or None."""
     full = os.path.abspath(path)
     folder = os.path.dirname(full)
-    while not os.path.isdir(folder) and folder != os.path.dirname(
-        folder
-    ):  # the limits of the folder it is in
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):  # the folder it would be made in
         folder = os.path.dirname(folder)
     limits = {}
     for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
@@ -449,8 +447,8 @@ def _name_too_long(path: str) -> str | None:
             f"the name {shown[:24]}...{shown[-8:]} in it is {len(longest)} bytes; allowed: at most "
             f"{limits['PC_NAME_MAX']} bytes per name here"
         )
-    if len(os.fsencode(full)) >= limits["PC_PATH_MAX"]:
-        return f"the full path is {len(os.fsencode(full))} bytes; allowed: under {limits['PC_PATH_MAX']} here"
+    if (size := len(os.fsencode(full))) >= limits["PC_PATH_MAX"]:
+        return f"the full path is {size} bytes; allowed: under {limits['PC_PATH_MAX']} here"
     return None
 
 

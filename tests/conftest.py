@@ -74,9 +74,10 @@ SLOW_FILES = {
 @pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (`-p no:xdist`) has no such hook
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker more than the CPUs. The suite waits much of its time (Ray's cluster, kt's worker
-    processes starting, tunes stopped mid-run, the signal tests). On the 2-core CI-like machine (2026-12-06): two workers
-    922 s at 281dedd; with the space cache of the next commit three 796 s, 1,044 CPU-seconds in 799 s (1.3 CPUs
-    busy), and four 771 s, and two Ray tests failed, their restarted actors' checks past the tests' short timeouts."""
+    processes starting, tunes stopped mid-run, the signal tests). On the 2-core CI-like machine (2026-12-06):
+    two workers 922 s at 281dedd; with the space cache of the next commit three 796 s, 1,044 CPU-seconds in
+    799 s (1.3 CPUs busy), and four 771 s, and two Ray tests failed, their restarted actors' checks past the
+    tests' short timeouts."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cpus + 1
 

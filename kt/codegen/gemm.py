@@ -473,8 +473,6 @@ class SearchSpace:
 # a function of the family, the problem, the device profile and Triton's version alone; a SearchSpace is frozen.
 _SPACES: OrderedDict[tuple, SearchSpace] = OrderedDict()
 SPACES_KEPT = 16  # a block-sparse problem holds its layout: a few MiB each at most
-
-
 _SPACES_LOCK = threading.Lock()  # `kt tune` plans several ops at once, one thread each
 
 
