@@ -255,10 +255,11 @@ def check_path(path: Path, create: bool = True) -> bool:
     if (
         path.is_symlink()
     ):  # a link to nothing: SQLite makes the file it names, so that is what must be makeable
-        try:
-            target = path.resolve()
-        except (OSError, RuntimeError):  # a loop
-            raise DatabaseError(f"db: {str(path)!r} is a symbolic link that leads round in a loop") from None
+        # realpath stops at the link where links go round in a loop, on every Python (Path.resolve raised on
+        # one before 3.13, and from 3.13 returns the link: this check passed, and SQLite failed after the heading)
+        target = Path(os.path.realpath(path))
+        if target.is_symlink():
+            raise DatabaseError(f"db: {str(path)!r} is a symbolic link that leads round in a loop")
         if why := unmakeable(target):
             raise DatabaseError(
                 f"db: {str(path)!r} is a symbolic link to {str(target)!r}, which cannot be created there ({why})"
