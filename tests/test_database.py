@@ -231,7 +231,9 @@ def test_export_holds_one_row_at_a_time_and_a_bad_row_leaves_no_file(tmp_path):
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert peak < 10 * len(layout), peak  # 40 rows: 16 MB read at once before
+        # 40 rows: 16 MB read at once before (19 MB at peak); a row's copies as it is read, decoded and written
+        # take 4 MB under Python 3.11 and 3.13, 4.1 MB under 3.10
+        assert peak < 20 * len(layout), peak
         db.conn.execute("UPDATE measurements SET config = '{oops' WHERE id = 30")
         with pytest.raises(DatabaseError, match=r"row id 30: column config is not JSON"):
             db.export_csv(tmp_path / "cut.csv")
@@ -747,3 +749,27 @@ def test_a_new_database_on_a_full_disk_says_the_disk_is_full(tmp_path):
         f"db: '{full}/t.db' cannot be created there: the disk is full (disk I/O error); free space there or give "
         "another --db"
     ), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "words, said",
+    [
+        ("database disk image is malformed", "is damaged (database disk image is malformed); `sqlite3 "),
+        ("file is not a database", "is damaged (file is not a database)"),
+        ("database or disk is full", ": the disk is full (database or disk is full); free space there"),
+        ("attempt to write a readonly database", "cannot be written (attempt to write a readonly database)"),
+        ("database is locked", "stayed locked by another process for the 60 s kt waits (database is locked)"),
+        ("disk I/O error", ": the disk failed (disk I/O error)"),
+        ("no such table: x", ": SQLite failed (no such table: x)"),
+    ],
+)
+def test_an_sqlite_error_without_its_code_is_told_by_sqlites_words(tmp_path, words, said):
+    """Python 3.10's sqlite3 errors carry no sqlite_errorname (3.11 added it): every one of them read "SQLite
+    failed (...)" or "not a kt tuning database", where 3.11 said the database is damaged, locked, read-only or
+    on a full disk (found running the suite on Python 3.10.13). An error as 3.10 raises it, made here."""
+    from kt.autotune.database import failure
+
+    exc = sqlite3.OperationalError(words)
+    assert not hasattr(exc, "sqlite_errorname")
+    assert failure(exc, tmp_path / "t.db").startswith(f"db: {str(tmp_path / 't.db')!r}")
+    assert said in failure(exc, tmp_path / "t.db")

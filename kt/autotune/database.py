@@ -302,9 +302,40 @@ _KINDS = {
 _WAITED = ("SQLITE_BUSY", "SQLITE_BUSY_TIMEOUT")
 
 
-def _kind(exc: sqlite3.Error) -> str | None:
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    return next((kind for code, kind in _KINDS.items() if name == code or name.startswith(code + "_")), None)
+# SQLite's own words for the result codes above (sqlite3_errstr), which Python before 3.11 gives in place of
+# sqlite_errorname; they tell no extended code (SQLITE_IOERR_SHMSIZE reads "disk I/O error" as every IOERR does)
+_WORDS = {
+    "database or disk is full": "SQLITE_FULL",
+    "database disk image is malformed": "SQLITE_CORRUPT",
+    "file is not a database": "SQLITE_NOTADB",
+    "attempt to write a readonly database": "SQLITE_READONLY",
+    "unable to open database file": "SQLITE_CANTOPEN",
+    "access permission denied": "SQLITE_PERM",
+    "disk I/O error": "SQLITE_IOERR",
+    "database is locked": "SQLITE_BUSY",
+}
+FULL_BELOW = 1 << 20  # a disk I/O error where fewer bytes than this are free there: the disk is full
+
+
+def _errorname(exc: sqlite3.Error) -> str:
+    """SQLite's result code for `exc` (sqlite_errorname, from Python 3.11; before it, from SQLite's words)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return name if name is not None else _WORDS.get(str(exc), "")
+
+
+def _kind(exc: sqlite3.Error, path: Path | None = None) -> str | None:
+    """What a user can do about `exc` (_KINDS), or None. Where only SQLite's words tell the code (Python 3.10),
+    a disk I/O error is the disk full where `path`'s folder has under FULL_BELOW bytes free."""
+    name = _errorname(exc)
+    kind = next((kind for code, kind in _KINDS.items() if name == code or name.startswith(code + "_")), None)
+    if kind == "disk" and path is not None and getattr(exc, "sqlite_errorname", None) is None:
+        import shutil
+
+        folder = next((p for p in (path.absolute(), *path.absolute().parents) if p.is_dir()), None)
+        with contextlib.suppress(OSError):
+            if folder is not None and shutil.disk_usage(folder).free < FULL_BELOW:
+                return "full"
+    return kind
 
 
 def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
@@ -313,7 +344,7 @@ def failure(exc: sqlite3.Error, path: Path | None = None) -> str:
     committed stay."""
     path = path or (_OPENED[0] if _OPENED else None)
     where = f"db: {str(path)!r}" if path else "db"
-    kind = "locked" if getattr(exc, "sqlite_errorname", None) in _WAITED else _kind(exc)
+    kind = "locked" if _errorname(exc) in _WAITED else _kind(exc, path)
     if kind == "full":
         return (
             f"{where}: the disk is full ({exc}); free space there and run the command again (committed rows "
@@ -399,7 +430,7 @@ class Database:
                     f"waited ({exc})"
                 ) from None
             if not existed and isinstance(exc, sqlite3.OperationalError):  # it was to be made here
-                if _kind(exc) == "full":  # it read "cannot be created there (disk I/O error)"
+                if _kind(exc, self.path) == "full":  # it read "cannot be created there (disk I/O error)"
                     raise DatabaseError(
                         f"db: {str(self.path)!r} cannot be created there: the disk is full ({exc}); free space "
                         "there or give another --db"

@@ -71,10 +71,14 @@ def triton_version() -> tuple[int, int]:
 
 
 def _needs_index_fix() -> bool:
+    import warnings
+
     import numpy as np
 
     try:
-        int(np.array([1]))
+        with warnings.catch_warnings():  # NumPy 1.25 to 2.3 warn (a user's filter may make it an error)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            int(np.array([1]))
     except TypeError:
         return triton_version() < (3, 9)
     return False
