@@ -26,6 +26,7 @@ numpy versions than it was fitted with, the model must reproduce them exactly, o
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
+from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.tree import DecisionTreeRegressor
 
 from kt.costmodel.features import (
@@ -417,7 +419,12 @@ class ForestModel:
             if untrusted:
                 raise ModelError(f"{where} holds types kt does not load: {', '.join(sorted(untrusted))}")
             try:
-                payload = skops.io.loads(data, trusted=TRUSTED_TYPES)
+                with warnings.catch_warnings():
+                    # scikit-learn warns of every estimator another version of it wrote ("might lead to breaking
+                    # code or invalid results"): kt's self-check answers that below, by predicting the rows the
+                    # file was saved with, and refuses a model that does not reproduce them
+                    warnings.simplefilter("ignore", InconsistentVersionWarning)
+                    payload = skops.io.loads(data, trusted=TRUSTED_TYPES)
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(f"{where} cannot be read ({type(exc).__name__}: {exc})") from None
             _cache_payload(data, payload)
