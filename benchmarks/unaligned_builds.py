@@ -30,7 +30,8 @@ held-out seeds under Triton 3.6 too).
 
 (2026-12-03, Triton 3.9: fit on seeds 21 (sm_80) and 22 (sm_90), checked on seeds 31 and 32 with
 `--shapes held-out`, 45 builds per shape; Triton 3.6 in a second environment, seed 31 for both. The FMA rule:
-`--dtype float32 --arch 80 --seed 5 --per-shape 10` under each Triton. tf32, Triton 3.9: `--dtype tf32`, fit
+`--dtype float32 --arch 80 --seed 5 --per-shape 10` under each Triton, and on 2026-12-06 under Triton 3.8.0
+(Python 3.10) and 3.7.1 (Python 3.13), each in an environment of its own. tf32, Triton 3.9: `--dtype tf32`, fit
 on seeds 41 (sm_80) and 42 (sm_90), checked on seeds 51 and 52 with `--shapes held-out`.)
 """
 

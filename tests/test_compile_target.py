@@ -405,9 +405,10 @@ def test_the_estimate_bounds_the_output_tile_scratch_and_unaligned_rows_spill_as
 def test_unaligned_float32_fma_builds_at_the_accumulator_limit_with_k_steps_of_32_spill_on_sm80(
     pool, monkeypatch
 ):
-    """The sm_80 rule of fma_unaligned_reason, built with the Triton installed: under Triton 3.9 or later the
-    refused config spills, under 3.6 it builds clean and the rule is off; its K16 neighbour builds clean and
-    stays legal, and neither the aligned problem nor sm_90 is ruled."""
+    """The sm_80 rule of fma_unaligned_reason, built with the Triton installed: under Triton 3.8 or later the
+    refused config spills, under 3.6 and 3.7 it builds clean and the rule is off (it was off under 3.8 too, and
+    this config spilled there); its K16 neighbour builds clean and stays legal, and neither the aligned problem
+    nor sm_90 is ruled."""
     from kt.codegen import gemm
 
     odd = GemmProblem(4096, 4104, 4096, dtype="float32")  # B's rows (N) not 16-element aligned

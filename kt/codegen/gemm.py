@@ -383,7 +383,7 @@ def unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DevicePro
 
 
 # The first Triton whose sm_80 builds of unaligned float32 FMA GEMMs spill as `fma_unaligned_reason` says
-FMA_SPILL_TRITON = (3, 9)
+FMA_SPILL_TRITON = (3, 8)
 
 
 def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: DeviceProfile) -> str | None:
@@ -394,8 +394,9 @@ def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: Devic
     own (`unaligned_reason`). The spills are Triton 3.9's: of 70 such builds over 7 shapes
     (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`, 2026-12-03), 65
     spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled under both;
-    m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13), so the rule holds where the
-    installed Triton is 3.9 or later (`FMA_SPILL_TRITON`)."""
+    m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13). The same sample (2026-12-06): 65
+    spilled under Triton 3.8.0, 22 under 3.7.1, so the rule holds where the installed Triton is 3.8 or later
+    (`FMA_SPILL_TRITON`)."""
     return fma_unaligned_spills(problem, config, device) if triton_version() >= FMA_SPILL_TRITON else None
 
 
