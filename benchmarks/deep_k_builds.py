@@ -11,7 +11,7 @@ GEMMs at three aligned shapes; `--ops held-out` two other dense shapes and the t
 (block-sparse with 128 x 128 blocks, low-rank), which the rule covers too. One JSON line per build (--jsonl).
 
 `--score FILE...` prints each group's builds and spills, and how many clean builds kt's legality (as it is now,
-under the Triton installed: the rule holds from Triton 3.9, `DEEP_K_TRITON`) refuses and how many spills it
+under the Triton installed: the rule holds from Triton 3.8, `DEEP_K_TRITON`) refuses and how many spills it
 catches.
 
     python benchmarks/deep_k_builds.py --arch 80 --ops fit --seed 1 --jsonl /tmp/deepk80.jsonl
@@ -19,7 +19,8 @@ catches.
     python benchmarks/deep_k_builds.py --score /tmp/deepk80.jsonl /tmp/deepk80h.jsonl
 
 (2026-12-03: fit seed 1, held-out seed 2, Triton 3.9; the held-out sample under Triton 3.6 in a second
-environment.)
+environment; 2026-12-06: the fit sample under Triton 3.8.0 (Python 3.10) and 3.7.1 (Python 3.13) too, each in
+an environment of its own.)
 
 Nothing here is timed.
 """
