@@ -221,7 +221,8 @@ def deep_k_reason(problem, config, device: DeviceProfile, acc: int) -> str | Non
     tf32), dense GEMMs and tile sums; those with 128 and 160, and eight-warp ones with 192, mostly built clean.
     Under Triton 3.6 the dense 16-bit ones with 256 and 320 built clean as often as not, so the rule is off
     there. The fit sample again (2026-12-06): under Triton 3.8.0 all 54 four-warp builds with 256 and 320
-    spilled, as under 3.9; under 3.7.1, 29 of the 54, as under 3.6. FMA dots (float32 ieee) have accumulator_reason's K-step rule."""
+    spilled, as under 3.9; under 3.7.1, 29 of the 54, as under 3.6. FMA dots (float32 ieee) have
+    accumulator_reason's K-step rule."""
     reason = deep_k_spills(problem, config, device, acc)  # first: most configs are not ruled, and Triton's
     return reason if reason and triton_version() >= DEEP_K_TRITON else None  # version costs its import
 
@@ -392,7 +393,7 @@ def fma_unaligned_reason(problem: GemmProblem, config: GemmConfig, device: Devic
     sm_80, or None. Four warps holding the FMA accumulator limit (64 registers per thread) with K steps of 32
     spill at all 255 registers under Triton 3.9; eight warps at 64 and every count at 32 registers were mixed
     in a first probe (2026-12-03, no script), and so was sm_90, so neither is ruled. tf32 has a rule of its
-    own (`unaligned_reason`). The spills are Triton 3.9's: of 70 such builds over 7 shapes
+    own (`unaligned_reason`). The spills are those of Triton 3.8 and later: of 70 such builds over 7 shapes
     (`benchmarks/unaligned_builds.py --dtype float32 --arch 80 --seed 5 --per-shape 10`, 2026-12-03), 65
     spilled under Triton 3.9 (the 5 clean: m32n256) and 22 under Triton 3.6 (m256n32 spilled under both;
     m32n256 and m64n128 built clean under 3.6, m128n64 clean in 10 of 13). The same sample (2026-12-06): 65
