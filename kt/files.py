@@ -196,10 +196,22 @@ def is_sqlite(path: str | os.PathLike) -> bool:
         return False
 
 
+def existing_parent(path: str | os.PathLike) -> Path:
+    """The nearest path above `path` that exists: a folder, or a file where one should be."""
+    return next(parent for parent in Path(path).absolute().parents if parent.exists())
+
+
+def link_target(path: str | os.PathLike) -> Path | None:
+    """Where the symbolic link `path` leads at last, or None where links go round in a loop. realpath stops at a
+    link of the loop on every Python; Path.resolve raised on one before 3.13, and from 3.13 returns it."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_symlink() else real
+
+
 def unmakeable(path: str | os.PathLike) -> str | None:
     """Why nothing can be made at `path`, in words, or None: its nearest existing folder is a file, or takes no
     new entry (a probe file is made and removed there: read-only places, /proc, ...)."""
-    where = next(parent for parent in Path(path).absolute().parents if parent.exists())
+    where = existing_parent(path)
     if not where.is_dir():
         return f"{str(where)!r} is a file, not a folder"
     try:

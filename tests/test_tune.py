@@ -248,6 +248,22 @@ def test_a_read_only_artifact_folder_is_refused_before_its_artifact_is_replaced(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_an_out_folder_that_is_a_link_loop_is_refused_before_a_tune(tmp_path):
+    """An artifact path whose symbolic links go round in a loop (one link, or two) is refused in one line, on
+    every Python (kt.files.link_target: Path.resolve changed on 3.13)."""
+    from kt.autotune.artifact import ArtifactError, check_target
+
+    (tmp_path / "self").symlink_to("self")
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    for name in ("self", "a"):
+        with pytest.raises(ArtifactError) as refused:
+            check_target(tmp_path / name)
+        assert str(refused.value) == (
+            f"{tmp_path / name} is a symbolic link that leads round in a loop; remove it, or choose another --out"
+        )
+
+
 @pytest.mark.parametrize(
     "damage, words",
     [

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kt.autotune.versions import software_versions
 from kt.costmodel.prediction import model_noun
 from kt.errors import ArtifactError, KtError, counted, one_line
-from kt.files import umask, unmakeable
+from kt.files import link_target, umask, unmakeable
 
 if TYPE_CHECKING:
     from kt.kernel import Kernel
@@ -379,8 +379,8 @@ def _followed(path: Path, instead: str = "save to another path") -> Path:
     itself left it a plain folder, a stray link in a staging name, and `.kt-kept` in the folder it led to."""
     if not path.is_symlink():
         return path
-    real = Path(os.path.realpath(path))
-    if real.is_symlink():  # realpath stops where links go round in a loop
+    real = link_target(path)
+    if real is None:
         raise ArtifactError(f"{path} is a symbolic link that leads round in a loop; remove it, or {instead}")
     return real
 

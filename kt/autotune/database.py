@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kt.errors import DatabaseError
-from kt.files import atomic_write, existing_file, is_sqlite, unmakeable
+from kt.files import atomic_write, existing_file, existing_parent, is_sqlite, link_target, unmakeable
 
 SCHEMA_VERSION = 5  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
 # 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine;
@@ -255,10 +255,10 @@ def check_path(path: Path, create: bool = True) -> bool:
     if (
         path.is_symlink()
     ):  # a link to nothing: SQLite makes the file it names, so that is what must be makeable
-        # realpath stops at the link where links go round in a loop, on every Python (Path.resolve raised on
-        # one before 3.13, and from 3.13 returns the link: this check passed, and SQLite failed after the heading)
-        target = Path(os.path.realpath(path))
-        if target.is_symlink():
+        target = link_target(
+            path
+        )  # (under Python 3.13 a loop passed here, and SQLite failed after the heading)
+        if target is None:
             raise DatabaseError(f"db: {str(path)!r} is a symbolic link that leads round in a loop")
         if why := unmakeable(target):
             raise DatabaseError(
@@ -331,9 +331,8 @@ def _kind(exc: sqlite3.Error, path: Path | None = None) -> str | None:
     if kind == "disk" and path is not None and getattr(exc, "sqlite_errorname", None) is None:
         import shutil
 
-        folder = next((p for p in (path.absolute(), *path.absolute().parents) if p.is_dir()), None)
         with contextlib.suppress(OSError):
-            if folder is not None and shutil.disk_usage(folder).free < FULL_BELOW:
+            if shutil.disk_usage(existing_parent(path)).free < FULL_BELOW:
                 return "full"
     return kind
 
