@@ -255,9 +255,8 @@ def check_path(path: Path, create: bool = True) -> bool:
     if (
         path.is_symlink()
     ):  # a link to nothing: SQLite makes the file it names, so that is what must be makeable
-        target = link_target(
-            path
-        )  # (under Python 3.13 a loop passed here, and SQLite failed after the heading)
+        # (under Python 3.13 a loop passed here, and SQLite failed after the heading)
+        target = link_target(path)
         if target is None:
             raise DatabaseError(f"db: {str(path)!r} is a symbolic link that leads round in a loop")
         if why := unmakeable(target):
