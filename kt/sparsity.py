@@ -2,9 +2,10 @@
 
 A pattern is a boolean mask over the block grid (out/bo, in/bi). It is made from a seed and a density, a named
 pattern (diagonal, banded), a mask file, or by keeping the largest blocks of a dense weight; kt stores it as the
-hex text of the mask's bits (row-major, padded to whole bytes), so a problem's pattern travels in its key, in
-the tuning database and in artifacts. Everything here is plain numpy and torch, with no kt imports, so the spec
-parser can use it; torch is imported where a function makes tensors, so a spec is read without it.
+hex text of the mask's bits (row-major, padded to whole bytes), so a problem's pattern travels in the problem,
+the tuning database and artifacts (a problem's key names a long one by its SHA-256: `kt.keys.layout_digest`).
+Everything here is plain numpy and torch, with no kt imports, so the spec parser can use it; torch is imported
+where a function makes tensors, so a spec is read without it.
 """
 
 from __future__ import annotations

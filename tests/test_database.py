@@ -123,6 +123,105 @@ def test_a_first_schema_database_exports_and_keeps_its_checked_problem(tmp_path,
     assert json.loads(exported["checked_problems"]) == [{"m": 25}] and "checked_problem" not in exported
 
 
+def _whole_layout_key(problem):
+    """The key a kt before schema 6 wrote for `problem`: every field, its whole layout included."""
+    import json
+
+    return json.dumps({"family": problem.family, **problem.to_dict()}, sort_keys=True, separators=(",", ":"))
+
+
+def _layout_problems(grid=(256, 256)):
+    """A block-sparse problem, a sum holding it beside a low-rank chain, and its weight gradient, with a layout
+    of `grid` blocks (16x16 each)."""
+    from kt.ir.problems import BlockSparseProblem, BsrGradProblem, ChainProblem, SumProblem
+    from kt.sparsity import mask_to_hex, random_mask
+
+    out, in_ = grid[0] * 16, grid[1] * 16
+    layout = mask_to_hex(random_mask(grid, 0.1, 0))
+    sparse = BlockSparseProblem(rows=8, in_features=in_, out_features=out, block=(16, 16), layout=layout)
+    summed = SumProblem(terms=(sparse, ChainProblem(rows=8, dims=(in_, 32, out))))
+    grad = BsrGradProblem(rows=8, in_features=in_, out_features=out, block=(16, 16), layout=layout)
+    return sparse, summed, grad
+
+
+def test_a_problem_key_names_a_long_layout_by_its_sha256_and_keeps_a_short_one_whole():
+    """The key is a database's identity column (in the row, both indexes and each claim) and held the whole
+    layout: 1.6 MB a row for a 16384-square W in 16x16 blocks (262,144 hex characters, four copies). A layout
+    longer than its digest is now named by `sha256:<hex>`; a short one (16x16 blocks: 64 characters) stays, so
+    its rows keep their keys. `compact_key` turns a key an older kt wrote into today's."""
+    import hashlib
+
+    from kt.keys import compact_key
+
+    for problem in _layout_problems():
+        layout = problem.terms[0].layout if hasattr(problem, "terms") else problem.layout
+        assert len(layout) == 16384  # 65,536 blocks, a bit each
+        key = problem.key()
+        assert f'"layout":"sha256:{hashlib.sha256(layout.encode()).hexdigest()}"' in key
+        assert layout not in key and len(key) < 400, key
+        assert compact_key(_whole_layout_key(problem)) == key
+        assert compact_key(key) == key
+    sparse = _layout_problems()[0]
+    flipped = sparse.layout[:-1] + ("0" if sparse.layout[-1] != "0" else "1")
+    assert type(sparse)(**{**sparse.__dict__, "layout": flipped}).key() != sparse.key()
+    for problem in _layout_problems(grid=(16, 16)):  # 256 blocks: 64 hex characters, no shorter as a digest
+        assert problem.key() == _whole_layout_key(problem)
+        assert "sha256" not in problem.key()
+
+
+def test_a_schema_5_database_of_whole_layout_keys_is_found_read_only_and_rekeyed_once_opened_to_write(
+    tmp_path,
+):
+    """A database of schema 5 or before holds whole layouts in its keys. Read-only (kt.nn's lookup, `kt
+    inspect`) it is not migrated, and a lookup by today's key compares each row's key as kt writes it now;
+    opened to write, its keys and claims are renamed once, so rows already measured are not measured again."""
+    import csv
+
+    from kt.autotune.database import claim_key, decode_row
+
+    sparse, summed, _ = _layout_problems()
+    path = tmp_path / "old.db"
+    ident = {k: f"{k}-value" for k in KEY_COLUMNS}
+    with Database(path) as db:
+        for problem in (sparse, summed):
+            for config in ("c1", "c2"):
+                assert db.insert(row(config, problem_key=_whole_layout_key(problem), runtime_ms=1.0))
+        assert db.insert(row("c1", problem_key="gemm-key"))
+        old_claim = claim_key({**ident, "config_key": "c3", "problem_key": _whole_layout_key(sparse)})
+        db.conn.execute("INSERT INTO claims VALUES (?, 1, 'host', '2026-12-06T00:00:00+00:00')", (old_claim,))
+        db.conn.execute("PRAGMA user_version = 5")
+    with Database(path, readonly=True) as db:
+        assert db.legacy_keys
+        found = db.find(problem_key=sparse.key(), status="ok")
+        assert [r["config_key"] for r in found] == ["c1", "c2"]
+        assert {r["problem_key"] for r in found} == {sparse.key()}
+        assert db.count(problem_key=summed.key()) == 2 and db.count(problem_key="gemm-key") == 1
+        db.export_csv(tmp_path / "old.csv")
+    with (tmp_path / "old.csv").open(newline="") as handle:  # kt export writes the keys as kt reads them now
+        assert {r["problem_key"] for r in csv.DictReader(handle)} == {sparse.key(), summed.key(), "gemm-key"}
+    assert (
+        decode_row({"problem_key": _whole_layout_key(summed)})["problem_key"] == summed.key()
+    )  # an old CSV's
+    conn = sqlite3.connect(path)  # the read left the file as it was
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert conn.execute("SELECT max(length(problem_key)) FROM measurements").fetchone()[0] > 16384
+    conn.close()
+
+    with Database(path) as db:
+        assert not db.legacy_keys
+        assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.conn.execute("SELECT max(length(problem_key)) FROM measurements").fetchone()[0] < 400
+        where = {k: v for k, v in ident.items() if k != "config_key"}
+        assert sorted(db.measured_configs(**{**where, "problem_key": sparse.key()})) == ["c1", "c2"]
+        assert not db.insert(row("c1", problem_key=sparse.key())), "already measured, under its old key"
+        assert db.insert(row("c3", problem_key=sparse.key()))
+        new_claim = claim_key({**ident, "config_key": "c3", "problem_key": sparse.key()})
+        assert [r[0] for r in db.conn.execute("SELECT claim_key FROM claims")] == [new_claim]
+        assert db.find(problem_key="gemm-key")[0]["config_key"] == "c1"
+    with Database(path, readonly=True) as db:
+        assert not db.legacy_keys and db.count(problem_key=sparse.key()) == 3
+
+
 def test_bad_rows_are_refused_whole(tmp_path):
     with Database(tmp_path / "t.db") as db:
         with pytest.raises(ValueError, match="unknown measurement columns"):

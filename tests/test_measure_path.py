@@ -349,7 +349,7 @@ def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
         assert row["config_key"] == "c" and row["timer"] is None and row["mma_kind"] is None
         assert row["gpu_index"] is None and row["gpu_uuid"] is None and row["loop_power_w"] is None
         version = db.conn.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
 
 
 def test_the_cooldown_is_recorded_in_each_row(tmp_path):

@@ -25,10 +25,12 @@ from typing import IO, Any
 
 from kt.errors import DatabaseError
 from kt.files import atomic_write, existing_file, existing_parent, is_sqlite, link_target, unmakeable
+from kt.keys import DIGEST, compact_key
 
-SCHEMA_VERSION = 5  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
+SCHEMA_VERSION = 6  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
 # 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine;
-# 5: the energy loop's own average power
+# 5: the energy loop's own average power; 6: a problem key names a long block-sparse layout by its SHA-256
+# (kt.keys.layout_digest) instead of holding it
 # config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
 BASELINE_KEY = "pytorch"
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
@@ -119,6 +121,21 @@ _TOKENS = itertools.count(1)
 def claim_key(key: dict[str, Any]) -> str:
     """The claims table's name for a measurement key."""
     return json.dumps([key[k] for k in KEY_COLUMNS])
+
+
+_PROBLEM_KEY_AT = KEY_COLUMNS.index("problem_key")
+# rows whose key may hold a whole layout (schema 5 and before): `"layout":"` is no GEMM's ("a_layout":"row")
+_LONG_LAYOUT = """problem_key LIKE '%"layout":"%'"""
+
+
+def _compact_claim(name: str) -> str:
+    """A claim's name (`claim_key`) with its problem key as kt writes it now (`compact_key`)."""
+    try:
+        values = json.loads(name)
+        values[_PROBLEM_KEY_AT] = compact_key(values[_PROBLEM_KEY_AT])
+    except (ValueError, TypeError, IndexError):  # not a claim kt wrote: left as it is
+        return name
+    return json.dumps(values)
 
 
 def _host() -> str:
@@ -380,6 +397,8 @@ class _Blank(DatabaseError):
 
 
 class Database:
+    legacy_keys = False  # a file of schema 5 or before, opened read-only: its problem keys were not migrated
+
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
         """Open (or, with `create`, make) the database at `path`, default `default_path()`.
 
@@ -464,6 +483,11 @@ class Database:
         if self.readonly and not tables:
             empty = "is empty" if self.path.stat().st_size == 0 else "holds no tables"
             raise _Blank(f"db: {str(self.path)!r} {empty}, so it is not a kt tuning database")
+        if self.readonly and version < 6:
+            # read as it stands (nothing migrated), its keys may hold whole layouts: a lookup by problem key
+            # compares each row's key as kt writes it now (every row read, where the index found the key)
+            self.legacy_keys = True
+            self.conn.create_function("kt_compact_key", 1, compact_key, deterministic=True)
         return tables
 
     def _migrate(self) -> None:
@@ -507,6 +531,20 @@ class Database:
                 "CREATE TABLE IF NOT EXISTS claims (claim_key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
                 "host TEXT NOT NULL, claimed_at TEXT NOT NULL)"
             )
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]  # under the lock: one migrates
+            if "measurements" in tables and version < 6:
+                # keys that hold a whole layout (megabytes for a large grid, in the row, both indexes and
+                # every claim) renamed as kt writes them now, so a lookup by today's key finds those rows
+                self.conn.create_function("kt_compact_key", 1, compact_key, deterministic=True)
+                self.conn.execute(
+                    f"UPDATE measurements SET problem_key = kt_compact_key(problem_key) WHERE {_LONG_LAYOUT}"
+                )
+                for (name,) in self.conn.execute("SELECT claim_key FROM claims").fetchall():
+                    renamed = _compact_claim(name)
+                    if renamed != name:  # a live older kt's claim stays one, under the key kt looks for now
+                        self.conn.execute(
+                            "UPDATE OR IGNORE claims SET claim_key = ? WHERE claim_key = ?", (renamed, name)
+                        )
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -695,7 +733,8 @@ class Database:
         taken: `kt export` of a database of block-sparse rows (each its layout, megabytes) held them all."""
         since_sql = " AND created_at >= ?" if since is not None else ""
         cursor = self.conn.execute(
-            f"SELECT {self._columns()} FROM measurements WHERE {_where(where)}{since_sql} ORDER BY id",
+            f"SELECT {self._columns()} FROM measurements WHERE {_where(where, self.legacy_keys)}{since_sql} "
+            "ORDER BY id",
             [*where.values(), *([since] if since is not None else [])],
         )
         for r in cursor:
@@ -712,7 +751,7 @@ class Database:
     def count(self, **where: Any) -> int:
         """How many rows have columns equal to the given values (all rows when none are given)."""
         return self.conn.execute(
-            f"SELECT COUNT(*) FROM measurements WHERE {_where(where)}", [*where.values()]
+            f"SELECT COUNT(*) FROM measurements WHERE {_where(where, self.legacy_keys)}", [*where.values()]
         ).fetchone()[0]
 
     def all_rows(self) -> Iterable[dict[str, Any]]:
@@ -838,12 +877,16 @@ def named(field: str) -> Iterator[None]:
         raise DatabaseError(text) from None
 
 
-def _where(where: dict[str, Any]) -> str:
-    """The SQL condition that each named column equals its value (given as parameters, in order)."""
+def _where(where: dict[str, Any], legacy_keys: bool = False) -> str:
+    """The SQL condition that each named column equals its value (given as parameters, in order); with
+    `legacy_keys`, the problem key as kt writes it now (`Database.legacy_keys`) where the key sought names a
+    layout by its digest (any other key reads the same in either schema, and its index finds it)."""
     unknown = set(where) - set(COLUMN_NAMES) - {"id"}
     if unknown:
         raise ValueError(f"unknown measurement columns: {sorted(unknown)}")
-    return " AND ".join(f"{k} = ?" for k in where) or "1"
+    digested = legacy_keys and f'"layout":"{DIGEST}' in str(where.get("problem_key", ""))
+    names = {"problem_key": "kt_compact_key(problem_key)"} if digested else {}
+    return " AND ".join(f"{names.get(k, k)} = ?" for k in where) or "1"
 
 
 def _encode(value: Any) -> Any:
@@ -868,7 +911,10 @@ def _check_numbers(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as stored (or exported) with its JSON columns parsed; ValueError when one is not valid JSON."""
+    """A row as stored (or exported) with its JSON columns parsed, and its problem key as kt writes it now
+    (`compact_key`: a file before schema 6 held whole layouts there); ValueError when one is not valid JSON."""
+    if isinstance(row.get("problem_key"), str):
+        row["problem_key"] = compact_key(row["problem_key"])
     for key in ("problem", "config", "checked_problems"):
         if isinstance(row.get(key), str):
             try:

@@ -177,7 +177,12 @@ class StructuredProblem:
         return replace(self, rows=rows)
 
     def key(self) -> str:
-        return json.dumps({"family": self.family, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """Canonical text that names this problem in the tuning database: its fields, a block-sparse layout
+        longer than 71 characters named by its SHA-256 (`kt.keys.layout_digest`)."""
+        from kt.keys import keyed_layouts
+
+        fields = keyed_layouts({"family": self.family, **self.to_dict()})
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     def weights_dict(self, weights: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         return dict(zip(self.weight_names, weights))

@@ -1,0 +1,53 @@
+"""Problem keys: the canonical text that names a problem in the tuning database (its identity column, indexed
+and held in every row and claim), and the one rule that keeps it short: a block-sparse layout longer than its
+digest is named by its SHA-256. Standard library only, so the database module (which the command line's help
+loads) does not import numpy."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import Any
+
+DIGEST = "sha256:"  # how a problem's key names a long layout: this, then the layout's SHA-256 in hex
+# a layout up to this long is named by itself (its digest would be no shorter)
+KEYED_LAYOUT_CHARS = len(DIGEST) + 64
+
+
+@functools.lru_cache(maxsize=64)
+def layout_digest(text: str) -> str:
+    """How a problem's key names the layout `text`: itself when it is no longer than its digest would be, else
+    `sha256:` and its SHA-256. A layout is a bit per block (a 2**24-block grid's is 4 MiB of hex), and the key
+    is a tuning database's identity column, indexed twice and held in every row and claim: a 16384-square W in
+    16x16 blocks took 1.6 MB a row when the key held the whole layout (the row's problem column still does)."""
+    if len(text) <= KEYED_LAYOUT_CHARS or text.startswith(DIGEST):
+        return text
+    return DIGEST + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def keyed_layouts(data: Any) -> Any:
+    """A problem's fields (`to_dict`; a sum's terms are nested in it) with each layout named by
+    `layout_digest`, for its key."""
+    if isinstance(data, dict):
+        return {
+            name: layout_digest(value)
+            if name == "layout" and isinstance(value, str)
+            else keyed_layouts(value)
+            for name, value in data.items()
+        }
+    if isinstance(data, (list, tuple)):
+        return [keyed_layouts(value) for value in data]
+    return data
+
+
+def compact_key(key: str) -> str:
+    """A problem key as kt writes it (`StructuredProblem.key`) from one written before layouts were named by
+    their digest (a database before schema 6, or a CSV it exported); other keys come back as they are."""
+    if '"layout":"' not in key:
+        return key
+    try:
+        data = json.loads(key)
+    except ValueError:  # not a key kt wrote: left for the row's own checks
+        return key
+    return json.dumps(keyed_layouts(data), sort_keys=True, separators=(",", ":"))
