@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 DIGEST = "sha256:"  # how a problem's key names a long layout: this, then the layout's SHA-256 in hex
@@ -26,18 +27,43 @@ def layout_digest(text: str) -> str:
     return DIGEST + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def split_layouts(data: Any) -> tuple[Any, dict[str, str]]:
+    """`data` (a problem's fields, as `to_dict` gives them or JSON holds them; a sum's terms are nested in it)
+    with each layout named by `layout_digest`, and the layouts so named, by digest."""
+    named: dict[str, str] = {}
+
+    def walk(value: Any, name: str | None = None) -> Any:
+        if name == "layout" and isinstance(value, str):
+            digest = layout_digest(value)
+            if digest != value:
+                named[digest] = value
+            return digest
+        if isinstance(value, dict):
+            return {key: walk(item, key) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(data), named
+
+
 def keyed_layouts(data: Any) -> Any:
-    """A problem's fields (`to_dict`; a sum's terms are nested in it) with each layout named by
-    `layout_digest`, for its key."""
+    """A problem's fields with each layout named by `layout_digest`, for its key."""
+    return split_layouts(data)[0]
+
+
+def joined_layouts(data: Any, layout_of: Callable[[str], str]) -> Any:
+    """`data` with each layout that a digest names given back: `layout_of(digest)` (the tuning database keeps
+    each layout once, in its layouts table)."""
     if isinstance(data, dict):
         return {
-            name: layout_digest(value)
-            if name == "layout" and isinstance(value, str)
-            else keyed_layouts(value)
-            for name, value in data.items()
+            key: layout_of(item)
+            if key == "layout" and isinstance(item, str) and item.startswith(DIGEST)
+            else joined_layouts(item, layout_of)
+            for key, item in data.items()
         }
-    if isinstance(data, (list, tuple)):
-        return [keyed_layouts(value) for value in data]
+    if isinstance(data, list):
+        return [joined_layouts(item, layout_of) for item in data]
     return data
 
 

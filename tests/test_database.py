@@ -1,5 +1,6 @@
 """The tuning database: one committed row per measurement, unique per identity, clear errors on bad files."""
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -169,12 +170,60 @@ def test_a_problem_key_names_a_long_layout_by_its_sha256_and_keeps_a_short_one_w
         assert "sha256" not in problem.key()
 
 
-def test_a_schema_5_database_of_whole_layout_keys_is_found_read_only_and_rekeyed_once_opened_to_write(
-    tmp_path,
-):
-    """A database of schema 5 or before holds whole layouts in its keys. Read-only (kt.nn's lookup, `kt
-    inspect`) it is not migrated, and a lookup by today's key compares each row's key as kt writes it now;
-    opened to write, its keys and claims are renamed once, so rows already measured are not measured again."""
+def test_a_long_layout_is_stored_once_and_every_row_reads_its_problem_whole(tmp_path):
+    """A row's problem (and the reduced problems checked) held its whole layout: 4 MiB of hex a row for a
+    2**24-block grid, 268 MB for a 64-config tune. The layouts table keeps each long one once; a row's problem
+    names it by digest, and every read (find, export) gives the problem back whole. A layout missing from the
+    table (an edited file) is refused by the row's id."""
+    import csv
+
+    sparse, summed, grad = _layout_problems()
+    path = tmp_path / "t.db"
+    with Database(path) as db:
+        for i, problem in enumerate((sparse, summed, grad, sparse)):
+            checked = [sparse.with_rows(3).to_dict()]
+            assert db.insert(
+                row(f"c{i}", problem_key=problem.key(), problem=problem.to_dict(), checked_problems=checked)
+            )
+        stored = db.conn.execute(
+            "SELECT max(length(problem)), max(length(checked_problems)) FROM measurements"
+        )
+        assert max(stored.fetchone()) < 1000
+        assert tuple(db.conn.execute("SELECT count(*), sum(length(layout)) FROM layouts").fetchone()) == (
+            1,
+            16384,
+        )
+        found = db.find()
+        assert [type(p).from_dict(r["problem"]) for p, r in zip((sparse, summed, grad, sparse), found)] == [
+            sparse,
+            summed,
+            grad,
+            sparse,
+        ]
+        assert all(r["checked_problems"] == [json_round(sparse.with_rows(3).to_dict())] for r in found)
+        assert db.export_csv(tmp_path / "t.csv") == 4
+    with (tmp_path / "t.csv").open(newline="") as handle:  # kt export writes whole problems, as before
+        exported = list(csv.DictReader(handle))
+    assert sparse.layout in exported[0]["problem"] and sparse.layout in exported[1]["problem"]
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM layouts")
+    conn.commit()
+    conn.close()
+    lacking = r"row id 1: its problem names layout sha256:.*layouts table lacks"
+    with Database(path, readonly=True) as db, pytest.raises(DatabaseError, match=lacking):
+        db.find()
+
+
+def json_round(value):
+    """`value` as JSON reads it back (tuples as lists)."""
+    return json.loads(json.dumps(value))
+
+
+def test_a_schema_5_database_of_whole_layouts_is_found_read_only_and_moved_once_opened_to_write(tmp_path):
+    """A database of schema 5 or before holds whole layouts in its keys and problems. Read-only (kt.nn's lookup,
+    `kt inspect`) it is not migrated, and a lookup by today's key compares each row's key as kt writes it now;
+    opened to write, its keys and claims are renamed and its layouts moved to the layouts table once, so rows
+    already measured are not measured again and every row reads as it did."""
     import csv
 
     from kt.autotune.database import claim_key, decode_row
@@ -182,26 +231,36 @@ def test_a_schema_5_database_of_whole_layout_keys_is_found_read_only_and_rekeyed
     sparse, summed, _ = _layout_problems()
     path = tmp_path / "old.db"
     ident = {k: f"{k}-value" for k in KEY_COLUMNS}
-    with Database(path) as db:
+    with Database(path) as db:  # rows as schema 5 wrote them: whole layouts in keys and problems, no layouts
         for problem in (sparse, summed):
             for config in ("c1", "c2"):
-                assert db.insert(row(config, problem_key=_whole_layout_key(problem), runtime_ms=1.0))
+                assert db.insert(row(config, problem_key=problem.key(), runtime_ms=1.0))
+                db.conn.execute(
+                    "UPDATE measurements SET problem_key = ?, problem = ? WHERE config_key = ? AND problem_key = ?",
+                    (
+                        _whole_layout_key(problem),
+                        json.dumps(problem.to_dict(), sort_keys=True),
+                        config,
+                        problem.key(),
+                    ),
+                )
         assert db.insert(row("c1", problem_key="gemm-key"))
         old_claim = claim_key({**ident, "config_key": "c3", "problem_key": _whole_layout_key(sparse)})
         db.conn.execute("INSERT INTO claims VALUES (?, 1, 'host', '2026-12-06T00:00:00+00:00')", (old_claim,))
+        db.conn.execute("DROP TABLE layouts")
         db.conn.execute("PRAGMA user_version = 5")
     with Database(path, readonly=True) as db:
         assert db.legacy_keys
         found = db.find(problem_key=sparse.key(), status="ok")
         assert [r["config_key"] for r in found] == ["c1", "c2"]
         assert {r["problem_key"] for r in found} == {sparse.key()}
+        assert all(r["problem"] == json_round(sparse.to_dict()) for r in found)
         assert db.count(problem_key=summed.key()) == 2 and db.count(problem_key="gemm-key") == 1
         db.export_csv(tmp_path / "old.csv")
     with (tmp_path / "old.csv").open(newline="") as handle:  # kt export writes the keys as kt reads them now
         assert {r["problem_key"] for r in csv.DictReader(handle)} == {sparse.key(), summed.key(), "gemm-key"}
-    assert (
-        decode_row({"problem_key": _whole_layout_key(summed)})["problem_key"] == summed.key()
-    )  # an old CSV's
+    old_csv_row = decode_row({"problem_key": _whole_layout_key(summed)})  # a CSV an older kt exported
+    assert old_csv_row["problem_key"] == summed.key()
     conn = sqlite3.connect(path)  # the read left the file as it was
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     assert conn.execute("SELECT max(length(problem_key)) FROM measurements").fetchone()[0] > 16384
@@ -210,9 +269,12 @@ def test_a_schema_5_database_of_whole_layout_keys_is_found_read_only_and_rekeyed
     with Database(path) as db:
         assert not db.legacy_keys
         assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert db.conn.execute("SELECT max(length(problem_key)) FROM measurements").fetchone()[0] < 400
+        sizes = db.conn.execute("SELECT max(length(problem_key)), max(length(problem)) FROM measurements")
+        assert max(sizes.fetchone()) < 1000
+        assert db.conn.execute("SELECT count(*) FROM layouts").fetchone()[0] == 1
         where = {k: v for k, v in ident.items() if k != "config_key"}
-        assert sorted(db.measured_configs(**{**where, "problem_key": sparse.key()})) == ["c1", "c2"]
+        measured = db.measured_configs(**{**where, "problem_key": sparse.key()})
+        assert sorted(measured) == ["c1", "c2"] and measured["c1"]["problem"] == json_round(sparse.to_dict())
         assert not db.insert(row("c1", problem_key=sparse.key())), "already measured, under its old key"
         assert db.insert(row("c3", problem_key=sparse.key()))
         new_claim = claim_key({**ident, "config_key": "c3", "problem_key": sparse.key()})
@@ -220,6 +282,7 @@ def test_a_schema_5_database_of_whole_layout_keys_is_found_read_only_and_rekeyed
         assert db.find(problem_key="gemm-key")[0]["config_key"] == "c1"
     with Database(path, readonly=True) as db:
         assert not db.legacy_keys and db.count(problem_key=sparse.key()) == 3
+        assert db.find(problem_key=summed.key())[0]["problem"] == json_round(summed.to_dict())
 
 
 def test_bad_rows_are_refused_whole(tmp_path):

@@ -25,12 +25,12 @@ from typing import IO, Any
 
 from kt.errors import DatabaseError
 from kt.files import atomic_write, existing_file, existing_parent, is_sqlite, link_target, unmakeable
-from kt.keys import DIGEST, compact_key
+from kt.keys import DIGEST, compact_key, joined_layouts, split_layouts
 
 SCHEMA_VERSION = 6  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
 # 3: the target build's registers, local memory (spills), MMA kind and TMA; 4: which GPU of the machine;
-# 5: the energy loop's own average power; 6: a problem key names a long block-sparse layout by its SHA-256
-# (kt.keys.layout_digest) instead of holding it
+# 5: the energy loop's own average power; 6: a problem key, problem and checked problems name a long block-sparse
+# layout by its SHA-256 (kt.keys.layout_digest) instead of holding it, and table layouts holds it once
 # config_key of candidate zero: PyTorch's own path for the problem (its config is {}), timed like any candidate
 BASELINE_KEY = "pytorch"
 STATUSES = ("ok", "compile_error", "wrong_result", "out_of_resources", "timeout", "crash")
@@ -105,6 +105,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("python_version", "TEXT"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+LAYOUT_COLUMNS = ("problem", "checked_problems")  # JSON columns whose problems may hold block-sparse layouts
 
 
 CLAIM_STALE_S = 6 * 3600  # a claim from another host (a shared file system) is dropped after this long
@@ -408,6 +409,7 @@ class Database:
         """
         self.path = Path(path) if path is not None else default_path()
         self.readonly = readonly
+        self._layouts: dict[str, str] = {}  # layouts stored or read through this object, by digest
         _OPENED[:] = [self.path]  # what `failure` names when SQLite fails later, outside this class
         existed = check_path(self.path, create and not readonly)
         try:
@@ -531,8 +533,14 @@ class Database:
                 "CREATE TABLE IF NOT EXISTS claims (claim_key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
                 "host TEXT NOT NULL, claimed_at TEXT NOT NULL)"
             )
+            # each long block-sparse layout once (schema 6), which a row's problem names by its digest: a row held
+            # its whole layout (4 MiB of hex for a 2**24-block grid) in its problem and, before, in its key
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS layouts (digest TEXT PRIMARY KEY, layout TEXT NOT NULL)"
+            )
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]  # under the lock: one migrates
             if "measurements" in tables and version < 6:
+                self._store_old_layouts()
                 # keys that hold a whole layout (megabytes for a large grid, in the row, both indexes and
                 # every claim) renamed as kt writes them now, so a lookup by today's key finds those rows
                 self.conn.create_function("kt_compact_key", 1, compact_key, deterministic=True)
@@ -546,6 +554,52 @@ class Database:
                             "UPDATE OR IGNORE claims SET claim_key = ? WHERE claim_key = ?", (renamed, name)
                         )
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _store_old_layouts(self) -> None:
+        """Move the long layouts of an older file's rows (their problem and checked problems) to the layouts
+        table, one row at a time (each may hold megabytes)."""
+        holding = " OR ".join(f'{column} LIKE \'%"layout": "%\'' for column in LAYOUT_COLUMNS)
+        ids = [r[0] for r in self.conn.execute(f"SELECT id FROM measurements WHERE {holding}")]
+        for row_id in ids:
+            values = self.conn.execute(
+                f"SELECT {', '.join(LAYOUT_COLUMNS)} FROM measurements WHERE id = ?", (row_id,)
+            ).fetchone()
+            changed = {}
+            for column, text in zip(LAYOUT_COLUMNS, values):
+                try:
+                    data = json.loads(text) if text is not None else None
+                except ValueError:  # damaged: left for the reader to refuse by its id
+                    continue
+                kept, named = split_layouts(data)
+                if named:
+                    self._put_layouts(named)
+                    changed[column] = _encode(kept)
+            if changed:
+                assignments = ", ".join(f"{column} = ?" for column in changed)
+                self.conn.execute(
+                    f"UPDATE measurements SET {assignments} WHERE id = ?", (*changed.values(), row_id)
+                )
+
+    def _put_layouts(self, named: dict[str, str]) -> None:
+        """Store layouts by digest, each once (inside the caller's transaction)."""
+        for digest, layout in named.items():
+            if digest not in self._layouts:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO layouts (digest, layout) VALUES (?, ?)", (digest, layout)
+                )
+
+    def _layout(self, digest: str) -> str:
+        """The layout a row's problem names by `digest` (read once per database object)."""
+        layout = self._layouts.get(digest)
+        if layout is None:
+            try:
+                found = self.conn.execute("SELECT layout FROM layouts WHERE digest = ?", (digest,)).fetchone()
+            except sqlite3.OperationalError:  # no layouts table: an older file, edited
+                found = None
+            if found is None:
+                raise ValueError(f"its problem names layout {digest[:23]}..., which the layouts table lacks")
+            layout = self._layouts[digest] = found[0]
+        return layout
 
     def close(self) -> None:
         self._let_go(None)
@@ -577,10 +631,16 @@ class Database:
         if missing:
             raise ValueError(f"a measurement needs {missing}")
         row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
+        named: dict[str, str] = {}
+        for column in LAYOUT_COLUMNS:  # a long layout is stored once, in the layouts table
+            if isinstance(row.get(column), (dict, list)):
+                row[column], layouts = split_layouts(row[column])
+                named.update(layouts)
         row = {k: _encode(v) for k, v in row.items()}
         names = list(row)
         try:
             with self.conn:
+                self._put_layouts(named)
                 self.conn.execute(
                     f"INSERT INTO measurements ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                     [row[n] for n in names],
@@ -589,6 +649,7 @@ class Database:
             if "UNIQUE" in str(exc):
                 return False
             raise
+        self._layouts.update(named)
         return True
 
     def claim(self, keys: list[dict[str, Any]]) -> list[str]:
@@ -739,7 +800,14 @@ class Database:
         )
         for r in cursor:
             try:
-                row = decode_row(dict(r))
+                stored = dict(r)
+                row = decode_row(dict(stored))
+                for (
+                    column
+                ) in LAYOUT_COLUMNS:  # a layout named by its digest, given back from the layouts table
+                    text = stored.get(column)
+                    if isinstance(text, str) and f'"layout": "{DIGEST}' in text:
+                        row[column] = joined_layouts(row[column], self._layout)
                 yield _check_numbers(row) if numbers else row
             except ValueError as exc:
                 raise DatabaseError(f"db: {str(self.path)!r} row id {r['id']}: {exc}") from None
