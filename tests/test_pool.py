@@ -30,6 +30,7 @@ SEGFAULT = textwrap.dedent("""
         print("about to die")
         os.kill(os.getpid(), signal.SIGSEGV)
 """)
+KILLED = SEGFAULT.replace("SIGSEGV", "SIGKILL")  # as the out-of-memory killer ends a worker
 HANG = textwrap.dedent("""
     import time
 
@@ -53,13 +54,18 @@ def test_crash_hang_wrong_and_broken_candidates_are_recorded_and_good_ones_still
         candidate_from(WRONG),
         candidate_from(BROKEN),
         good_candidate(GemmConfig(16, 16, 16, group_m=1, num_warps=2, num_stages=2, split_k=2)),
+        candidate_from(KILLED),
     ]
     runner = InterpretRunner(H100, workers=2, timeout_s=10, compile_target=False)
     results = {id(r.candidate): r for r in runner.run(candidates)}
     statuses = [results[id(c)].status for c in candidates]
-    assert statuses == ["ok", "crash", "timeout", "wrong_result", "compile_error", "ok"]
+    assert statuses == ["ok", "crash", "timeout", "wrong_result", "compile_error", "ok", "crash"]
     crash = results[id(candidates[1])]
     assert "SIGSEGV" in crash.message and "about to die" in crash.message, crash.message
+    # kt kills a worker only past its timeout (a timeout row): a SIGKILL came from elsewhere, the OOM killer
+    # most often (a butterfly over 2**24 features: "worker killed by SIGKILL" and no more)
+    killed = results[id(candidates[-1])].message
+    assert "SIGKILL, not by kt" in killed and "out-of-memory killer" in killed, killed
     assert "relative error" in results[id(candidates[3])].message
     assert results[id(candidates[0])].values["rel_err"] < 2e-3
 

@@ -180,6 +180,14 @@ def worker_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def _death_message(exitcode: int | None) -> str:
+    """Why a worker died, for its candidate's crash row. kt itself kills a worker only past its timeout (a
+    timeout row), so a SIGKILL came from elsewhere: on Linux most often the out-of-memory killer (a check of a
+    butterfly over 2**24 features held 16 GB when it struck)."""
+    if exitcode == -signal.SIGKILL:
+        return (
+            "worker killed by SIGKILL, not by kt (on Linux most often the out-of-memory killer: the check's "
+            "tensors outgrew this machine's memory)"
+        )
     if exitcode is not None and exitcode < 0:
         try:
             return f"worker killed by {signal.Signals(-exitcode).name}"

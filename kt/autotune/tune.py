@@ -1457,4 +1457,12 @@ def choose_best(
         if retry
         else ""
     )
+    if statuses["timeout"] and all(r.get("runner") == "interpret" for r in rows if r["status"] == "timeout"):
+        # not transient: a butterfly over 2**20 features timed out at the default 300 s on a 2-core machine
+        # every time (2**16: 50-57 s a check), and "a busy machine" sent the user to retry for nothing
+        hint += (
+            "; the timeouts ran in Triton's interpreter, on this machine's CPU, which checks a structured op at "
+            "its full width (only its rows are cut), minutes a check for a large one: give a longer --timeout, "
+            "or tune on a GPU"
+        )
     raise KtError(f"none of the {len(rows)} candidates passed ({summary}){example}{hint}")
