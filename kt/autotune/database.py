@@ -485,11 +485,12 @@ class Database:
         if self.readonly and not tables:
             empty = "is empty" if self.path.stat().st_size == 0 else "holds no tables"
             raise _Blank(f"db: {str(self.path)!r} {empty}, so it is not a kt tuning database")
+        # a stored problem key as kt writes it now: for the migration, and for lookups in a file read as it stands
+        self.conn.create_function("kt_compact_key", 1, compact_key, deterministic=True)
         if self.readonly and version < 6:
             # read as it stands (nothing migrated), its keys may hold whole layouts: a lookup by problem key
             # compares each row's key as kt writes it now (every row read, where the index found the key)
             self.legacy_keys = True
-            self.conn.create_function("kt_compact_key", 1, compact_key, deterministic=True)
         return tables
 
     def _migrate(self) -> None:
@@ -543,7 +544,6 @@ class Database:
                 self._store_old_layouts()
                 # keys that hold a whole layout (megabytes for a large grid, in the row, both indexes and
                 # every claim) renamed as kt writes them now, so a lookup by today's key finds those rows
-                self.conn.create_function("kt_compact_key", 1, compact_key, deterministic=True)
                 self.conn.execute(
                     f"UPDATE measurements SET problem_key = kt_compact_key(problem_key) WHERE {_LONG_LAYOUT}"
                 )
@@ -802,9 +802,8 @@ class Database:
             try:
                 stored = dict(r)
                 row = decode_row(dict(stored))
-                for (
-                    column
-                ) in LAYOUT_COLUMNS:  # a layout named by its digest, given back from the layouts table
+                # a layout named by its digest, given back from the layouts table
+                for column in LAYOUT_COLUMNS:
                     text = stored.get(column)
                     if isinstance(text, str) and f'"layout": "{DIGEST}' in text:
                         row[column] = joined_layouts(row[column], self._layout)
