@@ -401,6 +401,33 @@ def test_a_tune_whose_candidates_all_timed_out_before_suggests_retry_failed(tmp_
     assert again.best.config == result.best.config and again.newly_measured == 1
 
 
+def test_a_tune_whose_first_interpreter_checks_all_time_out_stops_there(tmp_path):
+    """The interpreter checks a structured op at its full width on the CPU: a butterfly over 2**20 features timed
+    out at the default 300 s in every check, so a 64-config tune spent hours on timeouts before its end said why.
+    Its first checks (one per worker) now run alone, and where all of them time out the tune stops: here a
+    40-config budget ends after 2 checks (a 1 s timeout against a butterfly over 16,384 features, 64 rows), and
+    PyTorch's path, checked beside them, has its row."""
+    import pytest
+
+    from kt.autotune.database import Database
+    from kt.errors import KtError
+
+    spec = kt.parse_spec(
+        {"name": "bf", "op": "butterfly", "dtype": "float16", "shape": {"batch": 64, "n": 16384}}
+    )
+    with pytest.raises(KtError, match=r"none of the 2 candidates passed \(2 timeout\)") as failed:
+        kt.tune(
+            spec, budget=40, backend="interpret", db=tmp_path / "t.db", progress=False, timeout_s=1, workers=2
+        )
+    assert "a tune stops once its first checks (one per worker) all time out there" in str(failed.value)
+    with Database(tmp_path / "t.db") as database:
+        rows = database.find()
+    assert sorted(r["status"] for r in rows if r["config_key"] != "pytorch") == ["timeout", "timeout"]
+    assert [r["config_key"] for r in rows].count(
+        "pytorch"
+    ) == 1  # its row, whatever a loaded machine made of it
+
+
 def test_kt_nn_reads_the_artifacts_of_every_bucket_a_file_tuned(tmp_path, monkeypatch):
     import torch
 

@@ -649,6 +649,12 @@ def tune(
             f"the deadline passed before any of the {legal} legal configs was measured: PyTorch's path, the "
             "only candidate measured, is the artifact's kernel.py"
         )
+    if session.stalled:
+        notes.append(
+            f"the tune stopped after its first {counted(session.stalled, 'check')} all timed out in Triton's "
+            f"interpreter (one per worker), where the rest of the budget would have too: give a longer "
+            "--timeout, or tune on a GPU"
+        )
     best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
     if not runner.measures_time and power_cap_w is not None:
         _over_cap_note(plan, session.final_prediction, best, power_cap_w, notes)
@@ -695,6 +701,7 @@ class Session:
     baseline: dict[str, Any] | None = None  # candidate zero's row (PyTorch's own path)
     seed: int = 0  # the search's (`_session_options`: the one given, else the spec's tune.seed)
     retry_note: str = ""  # --retry-failed's failed configs the budget left no room to run again
+    stalled: int = 0  # the first checks, all timed out in the interpreter, after which the tune stopped
 
     def __repr__(self) -> str:  # the dataclass's own printed its plan, rows and trace: tens of kB
         return (
@@ -923,6 +930,7 @@ def run_session(
                 tuner.baseline_row() if baseline else None,
                 seed,
                 tuner.retry_note,
+                tuner.stalled,
             )
 
 
@@ -969,6 +977,8 @@ class _Tuner:
         self.skipped_rows = 0  # malformed database rows left out of refits
         self.inserted: set[str] = set()  # the config keys whose rows this tune wrote
         self.retry_note = ""  # `search`: failed configs --retry-failed leaves as they are, in words
+        # the first checks in Triton's interpreter, one per worker, when every one timed out: the tune stops there
+        self.stalled = 0
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked
         self._legal_space = None  # the legal configs as a space's (parameters, points), once asked
@@ -1154,18 +1164,35 @@ class _Tuner:
                 if claimed and self.database.claim(claimed) == ["mine"]:
                     todo[:0] = zero  # candidate zero goes with the first round (unless another tune runs it)
                 zero[:] = []
-                for result in self.runner.run(todo, deadline):  # each row committed as its result comes
-                    if isinstance(result.candidate.config, PyTorchPath):
-                        row = measurement_row(result, self.spec, self.runner, self.baseline_key, self.family)
-                        self.database.insert(row)
-                        reporter.baseline(result)
-                        continue
-                    row = measurement_row(result, self.spec, self.runner, self.key, self.family)
-                    if self.database.insert(row):
-                        fresh += 1
-                        self.inserted.add(row["config_key"])
-                    values[self.index_of[result.candidate.config.key()]] = self.value(row)
-                    reporter.advance(result)
+                waves = [todo]
+                if self.runner.name == "interpret" and not fresh and not self.stalled:
+                    # The interpreter checks a structured op at its full width on the CPU: a butterfly over 2**20
+                    # features timed out at 300 s in every check, and a 64-config tune spent hours on timeouts
+                    # before its end said why. Its first checks (one per worker) run alone, and where every one
+                    # times out the tune stops there.
+                    first = self.runner.workers + len(todo) - len(batch)  # candidate zero's check beside them
+                    waves = [todo[:first], todo[first:]]
+                for wave in waves:
+                    if self.stalled or not wave:
+                        break
+                    statuses = []
+                    for result in self.runner.run(wave, deadline):  # each row committed as its result comes
+                        if isinstance(result.candidate.config, PyTorchPath):
+                            row = measurement_row(
+                                result, self.spec, self.runner, self.baseline_key, self.family
+                            )
+                            self.database.insert(row)
+                            reporter.baseline(result)
+                            continue
+                        row = measurement_row(result, self.spec, self.runner, self.key, self.family)
+                        if self.database.insert(row):
+                            fresh += 1
+                            self.inserted.add(row["config_key"])
+                        values[self.index_of[result.candidate.config.key()]] = self.value(row)
+                        statuses.append(result.status)
+                        reporter.advance(result)
+                    if len(waves) > 1 and statuses and set(statuses) == {"timeout"}:
+                        self.stalled = len(statuses)
             finally:
                 self.database.release(claimed, quiet=True)  # candidate zero's (the configs' go in measure())
             return values
@@ -1234,7 +1261,9 @@ class _Tuner:
                 spread=lambda p: p.spread(self.plan.objective),
                 # ranked as plan_tuning ranks (in s, J, J*s): rank's near-tie buckets are not scale-free
                 order=lambda values: rank(self.plan.records, values / ROW_UNITS[self.plan.objective]),
-                out_of_time=None if deadline is None else lambda: time.monotonic() > deadline,
+                out_of_time=lambda: (
+                    bool(self.stalled) or (deadline is not None and time.monotonic() > deadline)
+                ),
                 distance=self.distance,
                 alias=self.plan.alias,
                 variant=self.plan.variant,
@@ -1462,7 +1491,7 @@ def choose_best(
         # every time (2**16: 50-57 s a check), and "a busy machine" sent the user to retry for nothing
         hint += (
             "; the timeouts ran in Triton's interpreter, on this machine's CPU, which checks a structured op at "
-            "its full width (only its rows are cut), minutes a check for a large one: give a longer --timeout, "
-            "or tune on a GPU"
+            "its full width (only its rows are cut), minutes a check for a large one, and a tune stops once its "
+            "first checks (one per worker) all time out there: give a longer --timeout, or tune on a GPU"
         )
     raise KtError(f"none of the {len(rows)} candidates passed ({summary}){example}{hint}")
