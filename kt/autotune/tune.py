@@ -979,6 +979,7 @@ class _Tuner:
         self.retry_note = ""  # `search`: failed configs --retry-failed leaves as they are, in words
         # the first checks in Triton's interpreter, one per worker, when every one timed out: the tune stops there
         self.stalled = 0
+        self.probed = False  # those first checks have run (alone, before the rest of their round)
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked
         self._legal_space = None  # the legal configs as a space's (parameters, points), once asked
@@ -1165,13 +1166,13 @@ class _Tuner:
                     todo[:0] = zero  # candidate zero goes with the first round (unless another tune runs it)
                 zero[:] = []
                 waves = [todo]
-                if self.runner.name == "interpret" and not fresh and not self.stalled:
+                if self.runner.name == "interpret" and not self.probed:
                     # The interpreter checks a structured op at its full width on the CPU: a butterfly over 2**20
                     # features timed out at 300 s in every check, and a 64-config tune spent hours on timeouts
                     # before its end said why. Its first checks (one per worker) run alone, and where every one
                     # times out the tune stops there.
                     first = self.runner.workers + len(todo) - len(batch)  # candidate zero's check beside them
-                    waves = [todo[:first], todo[first:]]
+                    waves, self.probed = [todo[:first], todo[first:]], True
                 for wave in waves:
                     if self.stalled or not wave:
                         break
