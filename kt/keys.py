@@ -21,7 +21,8 @@ def layout_digest(text: str) -> str:
     """How a problem's key names the layout `text`: itself when it is no longer than its digest would be, else
     `sha256:` and its SHA-256. A layout is a bit per block (a 2**24-block grid's is 4 MiB of hex), and the key
     is a tuning database's identity column, indexed twice and held in every row and claim: a 16384-square W in
-    16x16 blocks took 1.6 MB a row when the key held the whole layout (the row's problem column still does)."""
+    16x16 blocks took 1.6 MB a row when the key held the whole layout (the database's layouts table now holds
+    it once)."""
     if len(text) <= KEYED_LAYOUT_CHARS or text.startswith(DIGEST):
         return text
     return DIGEST + hashlib.sha256(text.encode("ascii")).hexdigest()
@@ -67,6 +68,13 @@ def joined_layouts(data: Any, layout_of: Callable[[str], str]) -> Any:
     return data
 
 
+def problem_key(fields: dict[str, Any]) -> str:
+    """The key of a problem whose fields (its family among them) are `fields`: JSON, sorted, no spaces, each
+    layout named by `layout_digest`. `StructuredProblem.key` and `compact_key` both write it, so a migrated
+    key is the one kt looks up."""
+    return json.dumps(keyed_layouts(fields), sort_keys=True, separators=(",", ":"))
+
+
 def compact_key(key: str) -> str:
     """A problem key as kt writes it (`StructuredProblem.key`) from one written before layouts were named by
     their digest (a database before schema 6, or a CSV it exported); other keys come back as they are."""
@@ -76,4 +84,4 @@ def compact_key(key: str) -> str:
         data = json.loads(key)
     except ValueError:  # not a key kt wrote: left for the row's own checks
         return key
-    return json.dumps(keyed_layouts(data), sort_keys=True, separators=(",", ":"))
+    return problem_key(data)

@@ -179,10 +179,9 @@ class StructuredProblem:
     def key(self) -> str:
         """Canonical text that names this problem in the tuning database: its fields, a block-sparse layout
         longer than 71 characters named by its SHA-256 (`kt.keys.layout_digest`)."""
-        from kt.keys import keyed_layouts
+        from kt.keys import problem_key
 
-        fields = keyed_layouts({"family": self.family, **self.to_dict()})
-        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return problem_key({"family": self.family, **self.to_dict()})
 
     def weights_dict(self, weights: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         return dict(zip(self.weight_names, weights))
