@@ -170,6 +170,64 @@ def test_bsr_rejects_bad_construction():
         BSR(4, 6, (2, 2), "ff")  # a 2x3 grid has 6 bits
 
 
+class LargestTensor(TorchDispatchMode):
+    """The most elements any dense tensor an aten op returned held (sparse results not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("slab", [1 << 40, 4096, 1], ids=["whole", "a_few_block_rows", "one_block_row"])
+@pytest.mark.parametrize("kind", ["random", "empty_rows", "single"])
+def test_blocksparse_references_by_block_rows_equal_the_dense_formulas(monkeypatch, kind, slab):
+    """The forward and weight-gradient references work a few block-rows of W at a time: the same figures as
+    the formulas on W's whole dense form, whatever the runs (one, a few block-rows, one each; empty ones)."""
+    import kt.ir.problems as problems
+
+    monkeypatch.setattr(problems, "REFERENCE_SLAB_BYTES", slab)
+    out, inp, block = 48, 40, (4, 8)
+    layout = mask_to_hex(_mask(kind, (out // block[0], inp // block[1]), seed=5))
+    forward = problems.BlockSparseProblem(7, inp, out, block, layout, "float32")
+    x, w = forward.random_args(seed=1)
+    for xs in (x, x[::2], x[3]):  # strided rows, one row as a vector
+        expected = F.linear(xs.double(), w.to_dense().double())
+        assert torch.allclose(forward.reference(xs, w), expected, rtol=1e-12, atol=1e-12)
+    grad = problems.BsrGradProblem(7, inp, out, block, layout, "float32")
+    dy, x, w = grad.random_args(seed=2)
+    dense = (dy.double().T @ x.double()).reshape(out // block[0], block[0], inp // block[1], block[1])
+    rows = torch.repeat_interleave(torch.arange(out // block[0]), w.crow_indices().diff())
+    expected = dense.transpose(1, 2)[rows, w.col_indices()]
+    assert torch.allclose(grad.reference(dy, x, w), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_blocksparse_references_never_hold_the_whole_dense_weight(monkeypatch):
+    """A wide pattern's dense form is far larger than the op (65536 x 65536 in float64 is 32 GiB): the forward
+    and gradient references hold at most REFERENCE_SLAB_BYTES of it at once. Here W is 512 x 512 and a run
+    64 KiB (16 block-rows of 8 x 512 float64 elements): no tensor comes near W's 262,144 elements."""
+    import kt.ir.problems as problems
+
+    monkeypatch.setattr(problems, "REFERENCE_SLAB_BYTES", 1 << 16)
+    n, block = 512, (8, 8)
+    layout = mask_to_hex(_mask("random", (n // 8, n // 8), seed=0))
+    forward = problems.BlockSparseProblem(5, n, n, block, layout, "float16")
+    grad = problems.BsrGradProblem(5, n, n, block, layout, "float16")
+    for problem in (forward, grad):
+        args = problem.random_args(seed=0)
+        with LargestTensor() as largest:
+            problem.reference(*args)
+        nnz_elements = problem.nnz * 64  # the gradient's output, W's stored blocks
+        assert largest.numel <= max(16 * 8 * n, nnz_elements), (problem, largest.numel)
+        assert largest.numel < n * n // 2
+
+
 # ---- matrix chains ----------------------------------------------------------------------------------------------
 
 

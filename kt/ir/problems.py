@@ -473,6 +473,26 @@ class FFTProblem(StructuredProblem):
         return f"fft[rows={self.rows} n={self.n} {SHORT_NAMES[self.dtype]}{prec} {self.input}]"
 
 
+# How much of a block-sparse weight's float64 dense form a reference holds at once. The whole of it is often far
+# larger than the op: 65536 x 65536 is 32 GiB in float64 where 5% of its 16x16 blocks in fp16 are 0.4 GiB, and
+# at kt's limit of 2**24 blocks of 32x32 the dense form (128 GiB) outgrows every GPU's memory, so the full-problem
+# check of every candidate failed.
+REFERENCE_SLAB_BYTES = 1 << 28
+
+
+def _block_row_slabs(w: torch.Tensor, width: int, max_bytes: int | None = None):
+    """(first block-row, end block-row, first stored block, end stored block) of consecutive runs of the BSR
+    weight `w`'s block-rows, each run's dense float64 form (block-rows x bo x `width`) at most `max_bytes`
+    (REFERENCE_SLAB_BYTES by default), and at least one block-row."""
+    max_bytes = REFERENCE_SLAB_BYTES if max_bytes is None else max_bytes
+    bo = w.values().shape[-2]
+    crow = w.crow_indices().cpu().tolist()
+    step = max(1, max_bytes // (bo * width * 8))
+    for r0 in range(0, len(crow) - 1, step):
+        r1 = min(len(crow) - 1, r0 + step)
+        yield r0, r1, crow[r0], crow[r1]
+
+
 @dataclass(frozen=True)
 class BlockSparseProblem(StructuredProblem):
     """y (rows, out) = F.linear(x (rows, in), W) for W (out, in) given as a torch sparse BSR tensor with blocks
@@ -539,8 +559,20 @@ class BlockSparseProblem(StructuredProblem):
         return x.to(dtype), self.bsr(values.to(dtype))
 
     def reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """F.linear with W's dense form, in float64."""
-        return torch.nn.functional.linear(x.double(), w.to_dense().double())
+        """F.linear with W's dense form, in float64: a few block-rows of W at a time (`_block_row_slabs`), each
+        run's dense form by torch's own `to_dense` of the BSR tensor that holds just those block-rows."""
+        from kt.sparsity import bsr_tensor
+
+        x64 = x.double()
+        y = x64.new_empty((*x.shape[:-1], self.out_features))
+        bo = self.block[0]
+        crow, col, values = w.crow_indices(), w.col_indices(), w.values()
+        for r0, r1, lo, hi in _block_row_slabs(w, self.in_features):
+            rows = bsr_tensor(
+                crow[r0 : r1 + 1] - lo, col[lo:hi], values[lo:hi].double(), ((r1 - r0) * bo, self.in_features)
+            )
+            y[..., r0 * bo : r1 * bo] = torch.nn.functional.linear(x64, rows.to_dense())
+        return y
 
     def structures(self) -> tuple[dict[str, int], ...]:
         return ({"fused": 0},)
@@ -828,14 +860,18 @@ class BsrGradProblem(StructuredProblem):
 
     def reference(self, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The dense gradient dy.T @ x in float64, cut into (bo, bi) blocks, the stored ones gathered in w's
-        order."""
+        order; a few block-rows of it at a time (`_block_row_slabs`: the whole dense gradient is W's size)."""
         bo, bi = self.block
         out, inp = w.shape
-        dense = dy.reshape(-1, out).double().T @ x.reshape(-1, inp).double()
-        blocks = dense.reshape(out // bo, bo, inp // bi, bi).transpose(1, 2)  # (block-row, block-col, bo, bi)
+        dy64, x64 = dy.reshape(-1, out).double(), x.reshape(-1, inp).double()
         crow, col = w.crow_indices().long(), w.col_indices().long()
-        block_rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
-        return blocks[block_rows, col]
+        grad = dy64.new_empty((len(col), bo, bi))
+        for r0, r1, lo, hi in _block_row_slabs(w, inp):
+            dense = dy64[:, r0 * bo : r1 * bo].T @ x64  # (run's rows, in)
+            blocks = dense.reshape(r1 - r0, bo, inp // bi, bi).transpose(1, 2)  # (block-row, block-col, bo, bi)
+            block_rows = torch.repeat_interleave(torch.arange(r1 - r0, device=crow.device), crow[r0 : r1 + 1].diff())
+            grad[lo:hi] = blocks[block_rows, col[lo:hi]]
+        return grad
 
     def structures(self) -> tuple[dict[str, int], ...]:
         return ({},)  # one form: no structure choice
