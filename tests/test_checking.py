@@ -184,3 +184,34 @@ def test_the_reduced_gemm_problem_gives_m_n_and_k_different_sizes_where_the_prob
         ragged = family.check_problems(problem, config)[0]
         assert len({ragged.m, ragged.n, ragged.k}) == 3, (config.key(), ragged)
         assert ragged.m % config.block_m and ragged.n % config.block_n
+
+
+@pytest.mark.parametrize("fault", ["one element", "last rows", "NaN", "none"])
+def test_a_fault_in_the_last_run_of_rows_is_caught(fault, monkeypatch):
+    """The check compares a run of rows at a time, and counts non-finite elements a run at a time: a fault in
+    the last of them, and only there, fails as it did when the whole output was compared at once."""
+    import kt.autotune.checking as checking
+
+    problem = GemmProblem(64, 48, 32, dtype="float32")
+    monkeypatch.setattr(checking, "RUN_BYTES", 16 * (32 + 48) * 8)  # 8 rows a run, 640 elements a count
+
+    def kernel(a, b, out=None):
+        out.copy_(a.double() @ b.double())
+        if fault == "one element":
+            out[-1, -1] += 6 * problem.tolerance() * float(out.abs().max())  # a norm would pass it
+        elif fault == "last rows":
+            out[-8:] *= 1 + 8 * problem.tolerance()
+        elif fault == "NaN":
+            out[-1, -1] = float("nan")
+        return out
+
+    result = check_kernel(_module(kernel), problem, seed=0, device="cpu")
+    expected = {
+        "one element": "an element is off by",
+        "last rows": "relative error",
+        "NaN": "1 of 3072 output elements were not written",
+        "none": "",
+    }[fault]
+    assert result.ok == (fault == "none") and result.message.startswith(expected), result.message
+    if fault == "last rows":  # 8 of 64 rows off by 8 tolerances: the norm sees sqrt(8 / 64) of it
+        assert result.rel_err == pytest.approx(8 * problem.tolerance() * (8 / 64) ** 0.5, rel=0.2)

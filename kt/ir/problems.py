@@ -93,6 +93,12 @@ class GemmProblem:
         """float64 torch.matmul: the independent answer every GEMM kernel is checked against."""
         return torch.matmul(a.double(), b.double())
 
+    def row_dims(self) -> tuple[tuple[int | None, ...], int]:
+        """Which dim of each argument, and of the output, holds the rows whose outputs are independent (None:
+        every row reads all of it), so that `reference` of a run of rows is that run of its rows (the check
+        compares a few at a time): A's and the output's M."""
+        return (-2, None), -2
+
     def tolerance(self) -> float:
         """The relative error a correct kernel stays under (one rounding of the output)."""
         return tolerance(self.dtype, self.precision)
@@ -175,6 +181,12 @@ class StructuredProblem:
     def with_rows(self, rows: int):
         """The same map applied to `rows` rows of x (the interpreter checks a few rows of a large problem)."""
         return replace(self, rows=rows)
+
+    def row_dims(self) -> tuple[tuple[int | None, ...], int] | None:
+        """Which dim of each argument, and of the output, holds the rows whose outputs are independent (None:
+        every row reads all of it), so that `reference` of a run of rows is that run of its rows (the check
+        compares a few at a time): x's first, the weights none."""
+        return (0, *(None for _ in self.arg_types()[1:])), 0
 
     def key(self) -> str:
         """Canonical text that names this problem in the tuning database: its fields, a block-sparse layout
@@ -444,6 +456,11 @@ class FFTProblem(StructuredProblem):
             z = torch.complex(x[0].double(), x[1].double())
         y = torch.fft.fft(z)
         return y if self.dtype == "float32" else torch.stack([y.real, y.imag])
+
+    def row_dims(self) -> tuple[tuple[int | None, ...], int]:
+        """x's and y's rows: the middle dim of a planar (2, rows, n) tensor."""
+        planar = self.dtype != "float32"
+        return (1 if planar and self.input == "complex" else 0,), 1 if planar else 0
 
     def splits(self) -> list[int]:
         """The n1 of each four-step split n = n1 * n2 with both blocks at most MAX_BLOCK (else the direct DFT)."""
@@ -858,6 +875,10 @@ class BsrGradProblem(StructuredProblem):
         dy = dy / math.sqrt(max(1, self.rows))
         return dy.to(dtype), x.to(dtype), self.bsr(values.to(dtype))
 
+    def row_dims(self) -> None:
+        """None: every output element sums over all rows (the reference works a few block-rows at a time)."""
+        return None
+
     def reference(self, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The dense gradient dy.T @ x in float64, cut into (bo, bi) blocks, the stored ones gathered in w's
         order; a few block-rows of it at a time (`_block_row_slabs`: the whole dense gradient is W's size)."""
@@ -868,8 +889,11 @@ class BsrGradProblem(StructuredProblem):
         grad = dy64.new_empty((len(col), bo, bi))
         for r0, r1, lo, hi in _block_row_slabs(w, inp):
             dense = dy64[:, r0 * bo : r1 * bo].T @ x64  # (run's rows, in)
-            blocks = dense.reshape(r1 - r0, bo, inp // bi, bi).transpose(1, 2)  # (block-row, block-col, bo, bi)
-            block_rows = torch.repeat_interleave(torch.arange(r1 - r0, device=crow.device), crow[r0 : r1 + 1].diff())
+            # (block-row, block-col, bo, bi)
+            blocks = dense.reshape(r1 - r0, bo, inp // bi, bi).transpose(1, 2)
+            block_rows = torch.repeat_interleave(
+                torch.arange(r1 - r0, device=crow.device), crow[r0 : r1 + 1].diff()
+            )
             grad[lo:hi] = blocks[block_rows, col[lo:hi]]
         return grad
 
