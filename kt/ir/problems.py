@@ -586,9 +586,9 @@ class BlockSparseProblem(StructuredProblem):
         crow, col, values = w.crow_indices(), w.col_indices(), w.values()
         for r0, r1, lo, hi in _block_row_slabs(w, self.in_features):
             rows = bsr_tensor(
-                crow[r0 : r1 + 1] - lo, col[lo:hi], values[lo:hi].double(), ((r1 - r0) * bo, self.in_features)
+                crow[r0 : r1 + 1] - lo, col[lo:hi], values[lo:hi], ((r1 - r0) * bo, self.in_features)
             )
-            y[..., r0 * bo : r1 * bo] = torch.nn.functional.linear(x64, rows.to_dense())
+            y[..., r0 * bo : r1 * bo] = torch.nn.functional.linear(x64, rows.to_dense().double())
         return y
 
     def structures(self) -> tuple[dict[str, int], ...]:
