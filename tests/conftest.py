@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kt.codegen import FAMILIES, GemmConfig, load_source  # noqa: E402
 from kt.ir import GemmProblem  # noqa: E402
@@ -182,6 +183,23 @@ def block_config(problem, block_b=16, block_n=16, block_k=16, group=None, num_wa
 
 def gemm_module(problem: GemmProblem, config: GemmConfig):
     return kernel_module(problem, config)
+
+
+class LargestTensor(TorchDispatchMode):
+    """The most elements any dense tensor an aten op returned held (sparse results not counted), of `dtypes`
+    alone where given: how much memory a computation held at once, by its largest tensor."""
+
+    def __init__(self, dtypes: tuple[torch.dtype, ...] | None = None):
+        super().__init__()
+        self.dtypes, self.numel = dtypes, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            dense = isinstance(t, torch.Tensor) and t.layout == torch.strided
+            if dense and (self.dtypes is None or t.dtype in self.dtypes):
+                self.numel = max(self.numel, t.numel())
+        return out
 
 
 def randn(*shape, seed, dtype=torch.float64):

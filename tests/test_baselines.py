@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LargestTensor
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kt.autotune.checking import check_kernel, relative_error
 from kt.codegen import baseline_impl, baseline_version, render_baseline, write_source
@@ -205,21 +205,6 @@ def test_baseline_passes_check_kernel(name):
         assert result.ok, f"{name} seed {seed}: {result.message}"
 
 
-class LargestFloat64(TorchDispatchMode):
-    """The most elements any float64 or complex128 tensor an aten op returned held."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.dtype in (torch.float64, torch.complex128):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
 @case_ids(ONE_PER_FAMILY)
 def test_the_check_compares_a_run_of_rows_at_a_time_with_the_figures_of_the_whole(name, monkeypatch):
     """The check's float64 reference, the output in float64 and their difference took 6 to 10 times the op's
@@ -232,7 +217,7 @@ def test_the_check_compares_a_run_of_rows_at_a_time_with_the_figures_of_the_whol
     module = baseline_module(problem)
     whole = check_kernel(module, problem, 0, "cpu")
     monkeypatch.setattr(checking, "RUN_BYTES", 1)
-    with LargestFloat64() as largest:
+    with LargestTensor((torch.float64, torch.complex128)) as largest:
         runs = check_kernel(module, problem, 0, "cpu")
     assert whole.ok and runs.ok and runs.rel_err == pytest.approx(whole.rel_err, rel=1e-6)
     out = problem.out_type()

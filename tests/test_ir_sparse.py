@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, randn
+from conftest import LargestTensor, assert_close, randn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kt.ir import (
@@ -168,21 +168,6 @@ def test_bsr_rejects_bad_construction():
         BSR(8, 8, (2, 2), "ff")
     with pytest.raises(ValueError, match="has bits set past the end of the block grid"):
         BSR(4, 6, (2, 2), "ff")  # a 2x3 grid has 6 bits
-
-
-class LargestTensor(TorchDispatchMode):
-    """The most elements any dense tensor an aten op returned held (sparse results not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                self.numel = max(self.numel, t.numel())
-        return out
 
 
 @pytest.mark.parametrize("slab", [1 << 40, 4096, 1], ids=["whole", "a_few_block_rows", "one_block_row"])
