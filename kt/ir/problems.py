@@ -497,14 +497,13 @@ class FFTProblem(StructuredProblem):
 REFERENCE_SLAB_BYTES = 1 << 28
 
 
-def _block_row_slabs(w: torch.Tensor, width: int, max_bytes: int | None = None):
+def _block_row_slabs(w: torch.Tensor, width: int):
     """(first block-row, end block-row, first stored block, end stored block) of consecutive runs of the BSR
-    weight `w`'s block-rows, each run's dense float64 form (block-rows x bo x `width`) at most `max_bytes`
-    (REFERENCE_SLAB_BYTES by default), and at least one block-row."""
-    max_bytes = REFERENCE_SLAB_BYTES if max_bytes is None else max_bytes
+    weight `w`'s block-rows, each run's dense float64 form (block-rows x bo x `width`) at most
+    REFERENCE_SLAB_BYTES, and at least one block-row."""
     bo = w.values().shape[-2]
     crow = w.crow_indices().cpu().tolist()
-    step = max(1, max_bytes // (bo * width * 8))
+    step = max(1, REFERENCE_SLAB_BYTES // (bo * width * 8))
     for r0 in range(0, len(crow) - 1, step):
         r1 = min(len(crow) - 1, r0 + step)
         yield r0, r1, crow[r0], crow[r1]
