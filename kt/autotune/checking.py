@@ -139,8 +139,12 @@ def _runs_of_rows(problem, args, out: torch.Tensor):
     if step >= rows:
         yield problem.reference(*args), out
         return
-    # the weights in float64 once, not once a run (the references' own .double() then copies nothing)
-    args = [a.double() if d is None and a.is_floating_point() else a for a, d in zip(args, arg_dims)]
+    # dense weights in float64 once, not once a run (the references' own .double() then copies nothing); a
+    # block-sparse reference densifies its weight's slabs on every run whatever its dtype, so a BSR weight stays
+    args = [
+        a.double() if d is None and a.layout == torch.strided and a.is_floating_point() else a
+        for a, d in zip(args, arg_dims)
+    ]
     for start in range(0, rows, step):
         length = min(step, rows - start)
         run = (a if d is None else a.narrow(d, start, length) for a, d in zip(args, arg_dims))
