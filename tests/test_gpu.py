@@ -174,6 +174,41 @@ def test_structured_kernels_on_the_gpu_match_float64_for_sampled_legal_configs(p
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "gemm-bfloat16-ieee-batch",
+        "gemm-float16-ieee-col",
+        "monarchT-float16",
+        "butterfly-float32",
+        "fft-float16-real-12",
+        "fft-float16-complex-16",
+        "fft-float32-complex-16",
+        "blocksparse-float16-2x3",
+        "sum-bfloat16",
+        "bsr_grad-bfloat16-2x3",
+    ],
+)
+def test_the_check_on_the_gpu_gives_the_whole_outputs_figures_a_run_of_rows_at_a_time(name, monkeypatch):
+    """On CUDA, PyTorch's own path as the kernel: the check's runs of rows (one row a run here) and a
+    block-sparse reference's slabs of W (one block-row each) give the figures of one run of everything. On the
+    GPU's own problems one run holds every row: only this test runs the other path there."""
+    from test_baselines import CASES, baseline_module
+
+    import kt.autotune.checking as checking
+    import kt.ir.problems as problems
+    from kt.autotune.checking import check_kernel
+
+    problem = CASES[name]
+    module = baseline_module(problem)
+    whole = check_kernel(module, problem, 0, "cuda")
+    monkeypatch.setattr(checking, "RUN_BYTES", 1)
+    monkeypatch.setattr(problems, "REFERENCE_SLAB_BYTES", 1)
+    runs = check_kernel(module, problem, 0, "cuda")
+    assert whole.ok and runs.ok, (whole.message, runs.message)
+    assert runs.rel_err == pytest.approx(whole.rel_err, rel=1e-6)
+
+
+@pytest.mark.parametrize(
     "op", ["blocksparse:float16", "blocksparse:bfloat16", "lowrank:float16", "lowrank:float32", "sum:float16"]
 )
 def test_sparse_kernels_on_the_gpu_match_float64_for_sampled_legal_configs(op):
