@@ -208,7 +208,7 @@ def test_baseline_passes_check_kernel(name):
 @case_ids(ONE_PER_FAMILY)
 def test_the_check_compares_a_run_of_rows_at_a_time_with_the_figures_of_the_whole(name, monkeypatch):
     """The check's float64 reference, the output in float64 and their difference took 6 to 10 times the op's
-    own memory, so an op that fitted the GPU failed its check: it now compares a run of rows at a time. One row
+    own memory, so an op that fitted the GPU could fail its check: it now compares a run of rows at a time. One row
     a run: the same error as one run of every row, and no float64 tensor as large as the output (the
     weight gradient's rows are not independent: one run)."""
     import kt.autotune.checking as checking

@@ -493,7 +493,7 @@ class FFTProblem(StructuredProblem):
 # How much of a block-sparse weight's float64 dense form a reference holds at once. The whole of it is often far
 # larger than the op: 65536 x 65536 is 32 GiB in float64 where 5% of its 16x16 blocks in fp16 are 0.4 GiB, and
 # at kt's limit of 2**24 blocks of 32x32 the dense form (128 GiB) outgrows every GPU's memory, so the full-problem
-# check of every candidate failed.
+# check of every candidate would fail.
 REFERENCE_SLAB_BYTES = 1 << 28
 
 
