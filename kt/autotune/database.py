@@ -588,9 +588,10 @@ class Database:
 
     def _shrink(self) -> None:
         """After a migration moved long layouts out of the rows, give the pages they held back to the file
-        system when they are half of the file or more: SQLite keeps a file's size (9 rows of a 16384 x 16384 pattern
-        kept their 14.2 MB once migrated; 0.3 MB after VACUUM). A VACUUM that cannot run (another connection writing past the
-        lock's wait, no room for its copy) leaves the file as it is, whole and in use."""
+        system when they are half of the file or more: SQLite keeps a file's size (9 rows of a 16384 x 16384
+        pattern kept their 14.2 MB once migrated; 0.3 MB after VACUUM). A VACUUM that cannot run (another
+        connection writing past the lock's wait, no room for its copy) leaves the file as it is, whole and in
+        use."""
         free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
         if 2 * free < self.conn.execute("PRAGMA page_count").fetchone()[0]:
             return
