@@ -94,8 +94,8 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
         diff = got - ref
         err_sq += float(torch.linalg.vector_norm(diff)) ** 2
         ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
-        worst = max(worst, float(diff.abs().max())) if diff.numel() else worst
-        top = max(top, float(ref.abs().max())) if ref.numel() else top
+        worst = max(worst, float(diff.abs().max()))
+        top = max(top, float(ref.abs().max()))
         del ref, got, diff
     tiny = torch.finfo(torch.float64).tiny
     err = math.sqrt(err_sq) / max(math.sqrt(ref_sq), tiny)
@@ -128,15 +128,13 @@ def _runs_of_rows(problem, args, out: torch.Tensor):
     and result about RUN_BYTES at most (at least one row); the whole output at once for a problem whose rows
     are not independent (`row_dims` None)."""
     dims = problem.row_dims()
-    if dims is None:
-        yield problem.reference(*args), out
-        return
-    arg_dims, out_dim = dims
-    rows = out.shape[out_dim]
-    row_elements = sum(a.numel() // max(1, a.shape[d]) for a, d in zip(args, arg_dims) if d is not None)
-    row_elements += out.numel() // max(1, rows)
-    step = max(1, RUN_BYTES // (16 * max(1, row_elements)))  # 16: a complex128 element
-    if step >= rows:
+    if dims is not None:
+        arg_dims, out_dim = dims
+        rows = out.shape[out_dim]
+        row_elements = sum(a.numel() // max(1, a.shape[d]) for a, d in zip(args, arg_dims) if d is not None)
+        row_elements += out.numel() // max(1, rows)
+        step = max(1, RUN_BYTES // (16 * max(1, row_elements)))  # 16: a complex128 element
+    if dims is None or step >= rows:
         yield problem.reference(*args), out
         return
     # dense weights in float64 once, not once a run (the references' own .double() then copies nothing); a
