@@ -37,7 +37,9 @@ BUILTIN_DEVICES = ("auto", *BUILTIN)
 
 MAX_DIM = 1 << 24  # 16M rows or columns
 MAX_BATCH = 65535  # the CUDA grid's limit on its third axis
-MAX_OPERAND_BYTES = 1 << 37  # 128 GiB over all operands: more than any supported GPU holds
+# 128 GiB over all operands, whatever the device: a GPU tune also refuses an op whose operands exceed that GPU's
+# memory (CudaRunner.refuse_unfit)
+MAX_OPERAND_BYTES = 1 << 37
 MAX_BUDGET = 100_000
 MAX_NAME = 100
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

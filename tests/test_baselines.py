@@ -30,6 +30,7 @@ from kt.ir.problems import (
     GemmProblem,
     MonarchProblem,
     SumProblem,
+    operand_bytes,
 )
 from kt.sparsity import mask_to_hex
 
@@ -223,6 +224,23 @@ def test_the_check_compares_a_run_of_rows_at_a_time_with_the_figures_of_the_whol
     out = problem.out_type()
     if problem.row_dims() is not None:
         assert largest.numel < math.prod(out.shape), (largest.numel, out.shape)
+
+
+@case_ids(list(CASES))
+def test_operand_bytes_are_the_memory_of_the_arguments_and_output_a_check_allocates(name):
+    """What a GPU tune refuses an op for (its operands alone over the GPU's memory) counts every tensor a call
+    holds: the storages of the drawn arguments (a BSR weight's values and indices) and of the output."""
+    problem = CASES[name]
+    tensors = [
+        *problem.random_args(0),
+        torch.empty(problem.out_type().shape, dtype=torch_dtype(problem.out_type().dtype)),
+    ]
+    parts = [
+        p
+        for t in tensors
+        for p in ((t.crow_indices(), t.col_indices(), t.values()) if t.layout == torch.sparse_bsr else (t,))
+    ]
+    assert operand_bytes(problem) == sum(p.untyped_storage().nbytes() for p in parts)
 
 
 @case_ids(list(CASES))

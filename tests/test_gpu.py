@@ -91,6 +91,20 @@ def test_compile_workers_fork_from_the_zygote_on_a_gpu_machine_and_gpu_workers_s
     assert [o.status for o in outcomes] == ["ok", "ok"] and not Zygote._broken, Zygote._broken
 
 
+def test_nvml_and_torch_in_a_subprocess_both_give_the_gpus_memory_a_tune_holds_an_op_to():
+    """A GPU tune refuses an op whose operands alone exceed the GPU's memory (CudaRunner.refuse_unfit): the
+    memory comes from NVML where it answers, else from torch in a short-lived process; both must report it, and
+    agree with this process's torch."""
+    from kt.autotune import gpuinfo
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    probed = gpuinfo._from_subprocess()
+    assert probed.memory_bytes == total
+    nvml = gpuinfo._from_nvml()
+    if nvml is not None:
+        assert nvml.memory_bytes == pytest.approx(total, rel=0.05)
+
+
 def test_a_gpu_tune_writes_a_measured_artifact(tmp_path):
     spec = {
         "op": "dense",

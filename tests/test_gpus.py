@@ -3,6 +3,8 @@
 No GPU here: the GPUs come from a stand-in NVML library (the functions kt calls, answering for a machine of
 four cards), and the pool's per-worker environments are checked in real worker processes."""
 
+from types import SimpleNamespace
+
 import pytest
 from click.testing import CliRunner
 
@@ -15,8 +17,8 @@ from kt.errors import DeviceError
 class FourGpuNvml:
     """NVML of a machine with four GPUs (handles are (tag, index)); `names` sets each one's model."""
 
-    def __init__(self, names):
-        self.names = names
+    def __init__(self, names, memory=None):
+        self.names, self.memory = names, memory
 
     def nvmlInit(self):
         pass
@@ -45,6 +47,11 @@ class FourGpuNvml:
     def nvmlDeviceGetEnforcedPowerLimit(self, handle):
         raise RuntimeError("not reported")
 
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        if self.memory is None:
+            raise RuntimeError("not reported")
+        return SimpleNamespace(total=self.memory, free=self.memory, used=0)
+
     NVML_CLOCK_SM = 1
 
 
@@ -57,8 +64,8 @@ def machine(monkeypatch):
     """Point kt's NVML lookups at a stand-in machine; returns a setter for its GPUs' models."""
     real = gpuinfo._from_nvml
 
-    def use(names, visible=None, order="PCI_BUS_ID"):
-        fake = FourGpuNvml(names)
+    def use(names, visible=None, order="PCI_BUS_ID", memory=None):
+        fake = FourGpuNvml(names, memory)
         monkeypatch.setattr(gpuinfo, "_from_nvml", lambda nvml=None, *args: real(fake, *args))
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible or ",".join(str(i) for i in range(len(names))))
         monkeypatch.setenv("CUDA_DEVICE_ORDER", order)
@@ -186,3 +193,30 @@ def test_under_ray_a_gpu_of_another_model_stops_the_tune_with_both_named():
         DeviceError, match="GPU-7 is a NVIDIA A100-SXM4-80GB, earlier measurements ran on a NVIDIA H100"
     ):
         same_gpu_model(model, measured("NVIDIA A100-SXM4-80GB", "GPU-7"))
+
+
+def test_an_op_whose_operands_exceed_a_gpus_memory_is_refused_before_anything_runs(machine, tmp_path):
+    """Such an op passed the spec (up to 128 GiB), then every candidate was compiled and failed its check as
+    out_of_resources. Now a GPU tune refuses it at once: no worker started, no database written. A GPU whose
+    memory NVML does not report, and GPUs under Ray (the cluster's, not this machine's), refuse nothing."""
+    from kt.autotune.runners import CudaRunner
+    from kt.ir import GemmProblem
+    from kt.ir.problems import operand_bytes
+
+    machine([H100, H100], memory=1 << 30)
+    spec = {"name": "d", "op": "dense", "shape": {"m": 16384, "n": 16384, "k": 16384}}
+    assert operand_bytes(GemmProblem(16384, 16384, 16384)) == 3 << 29  # A, B and C in fp16: 1.5 GiB
+    runner = CudaRunner(kt.resolve_profile("h100"), gpus=[1], workers=1)
+    assert runner.gpus[0].info.memory_bytes == 1 << 30
+    with pytest.raises(DeviceError) as refused:
+        kt.tune(spec, runner=runner, db=tmp_path / "t.db", progress=False)
+    assert str(refused.value) == (
+        "shape: the op's inputs, weights and output take 1.5 GiB, more than the 1.0 GiB of GPU 1 "
+        "(NVIDIA H100 80GB HBM3), before any workspace or check; give a smaller shape"
+    )
+    assert runner.pool is None and not (tmp_path / "t.db").exists()
+    runner.refuse_unfit(GemmProblem(16384, 16384, 8192))  # 1.0 GiB: it fits
+    runner.ray = "auto"
+    runner.refuse_unfit(GemmProblem(16384, 16384, 16384))
+    machine([H100])  # no memory reported
+    CudaRunner(kt.resolve_profile("h100"), workers=1).refuse_unfit(GemmProblem(16384, 16384, 16384))

@@ -31,12 +31,14 @@ class GpuInfo:
     max_sm_clock_mhz: int | None = None
     power_limit_w: float | None = None
     source: str = "nvml"  # nvml | subprocess
+    memory_bytes: int | None = None  # the GPU's total memory, as NVML or torch reports it
 
 
 _PROBE = """
 import json, torch
 p = torch.cuda.get_device_properties(0)
-print(json.dumps({"name": p.name, "compute_capability": 10 * p.major + p.minor, "uuid": str(p.uuid)}))
+print(json.dumps({"name": p.name, "compute_capability": 10 * p.major + p.minor, "uuid": str(p.uuid),
+                  "memory_bytes": p.total_memory}))
 """
 
 
@@ -161,6 +163,7 @@ def _from_nvml(nvml=None, entry: str | None | object = _CUDA_0) -> GpuInfo | Non
             _text(nvml.nvmlSystemGetDriverVersion()),
             _optional(lambda: int(nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM))),
             _optional(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0),
+            memory_bytes=_optional(lambda: int(nvml.nvmlDeviceGetMemoryInfo(handle).total)),
         )
     except Exception:  # no NVML library, no driver, no permission: ask torch in a subprocess
         return None
@@ -180,7 +183,13 @@ def _from_subprocess(visible: str | None = None) -> GpuInfo:
         tail = " ".join(done.stderr.strip().splitlines()[-1:])
         raise DeviceError(f"device: torch cannot open the GPU: {tail}")
     data = json.loads(done.stdout.strip().splitlines()[-1])
-    return GpuInfo(data["name"], data["compute_capability"], data["uuid"], source="subprocess")
+    return GpuInfo(
+        data["name"],
+        data["compute_capability"],
+        data["uuid"],
+        source="subprocess",
+        memory_bytes=data.get("memory_bytes"),
+    )
 
 
 def _optional(read):

@@ -154,6 +154,11 @@ class Runner(ABC):
     def compile_payload(self, candidate: Candidate, arch: int) -> dict[str, Any]:
         return compile_payload(candidate, arch, self.profile.smem_per_block)
 
+    def refuse_unfit(self, problem: Problem) -> None:
+        """A DeviceError where `problem` cannot run where this runner runs it (CudaRunner: its operands alone
+        exceed a measuring GPU's memory); nothing here."""
+        return None
+
     def _task(self, index: int, stage_index: int, candidate: Candidate) -> Task:
         stage = self.stages[stage_index]
         return Task(index, stage.kind, self.payload(stage, candidate), stage.group, context=stage_index)
@@ -391,6 +396,27 @@ class CudaRunner(MeasureRunner):
             {**self.measure_env(), "CUDA_VISIBLE_DEVICES": gpu.visible, "KT_GPU_INDEX": str(gpu.index)}
             for gpu in self.gpus
         ]
+
+    def refuse_unfit(self, problem: Problem) -> None:
+        """A DeviceError where the problem's arguments and output alone (`operand_bytes`) take more than a
+        measuring GPU's whole memory: every candidate's check and run would fail for want of memory, each after
+        its compile. Where they fit, the kernel's workspace or the check's float64 reference can still exceed
+        what is free; that candidate is then out_of_resources. Under Ray the GPUs are the cluster's, unknown
+        here."""
+        from kt.errors import DeviceError
+        from kt.ir.problems import operand_bytes
+
+        if self.ray is not None:
+            return
+        need = operand_bytes(problem)
+        for gpu in self.gpus:
+            have = gpu.info.memory_bytes
+            if have is not None and need > have:
+                raise DeviceError(
+                    f"shape: the op's inputs, weights and output take {need / 2**30:.1f} GiB, more than the "
+                    f"{have / 2**30:.1f} GiB of GPU {gpu.index} ({gpu.info.name}), before any workspace or "
+                    "check; give a smaller shape"
+                )
 
     def ended(self, result: Result) -> None:
         """Under Ray the cluster's GPUs must be one model: Ray places each GPU actor on any node, so the first

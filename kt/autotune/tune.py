@@ -895,6 +895,7 @@ def run_session(
             backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, ray=ray, gpus=gpus, **extra
         )
     search = search_strategy(search, runner.measures_time)
+    runner.refuse_unfit(node.problem)  # before any worker starts or the database opens
     # the runner's workers start first, so their imports overlap making the space, loading the model and ranking
     with runner if owned else contextlib.nullcontext():
         # a listed config that cannot run is refused here, before the model loads or the database opens

@@ -51,6 +51,18 @@ def make_generator(seed: int, device: str | torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def operand_bytes(problem) -> int:
+    """Bytes of `problem`'s arguments and output as a kernel call holds them (a BSR weight: its values and
+    indices): what must be in the device's memory at once, before any workspace of the kernel or its check."""
+    return sum(_nbytes(t) for t in (*problem.meta_args(), problem.out_type().empty("meta")))
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    if t.layout == torch.sparse_bsr:
+        return sum(_nbytes(part) for part in (t.crow_indices(), t.col_indices(), t.values()))
+    return t.numel() * t.element_size()
+
+
 @dataclass(frozen=True)
 class GemmProblem:
     """C (M, N) = A (M, K) @ B (K, N) with fp32 accumulation; `batch` stacks independent products."""
