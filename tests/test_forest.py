@@ -507,6 +507,35 @@ def test_a_loaded_model_is_cached_and_the_cache_is_checked_against_the_file(
     assert forest._cached_payload(b"not a model") is None
 
 
+def test_the_model_cache_keeps_the_most_recently_used_payloads(saved, tmp_path, monkeypatch):
+    """Each payload is tens of MB (60 MB a shipped forest), and every model fitted or library upgraded added one
+    for good: the cache keeps the CACHED_MODELS most recently used, a read counting as a use."""
+    from kt.costmodel import forest
+
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(forest, "CACHED_MODELS", 2)
+    files = {}
+    for name in "abc":
+        files[name] = tmp_path / f"{name}.skops"
+        files[name].write_bytes(saved.read_bytes())
+        rewrite(files[name], lambda p, name=name: p["trained"].update(note=name))
+
+    def cached():
+        return {path.name for path in (tmp_path / "cache" / "models").iterdir()}
+
+    def entry(name):
+        return forest._payload_cache(files[name].read_bytes()).name
+
+    for name in "aba":  # a, b, then a again: read from the cache, now the most recent
+        ForestModel.load(files[name], H100)
+    assert cached() == {entry("a"), entry("b")}
+    ForestModel.load(files["c"], H100)
+    assert cached() == {entry("a"), entry("c")}
+    (tmp_path / "cache" / "models" / ".x.pickle.tmp").write_bytes(b"")  # another process's write: not counted
+    ForestModel.load(files["b"], H100)
+    assert cached() == {entry("b"), entry("c"), ".x.pickle.tmp"}
+
+
 def test_a_forest_says_what_of_a_problem_or_device_it_never_saw(fitted, saved):
     seen = fitted.trained["dtypes"][0]
     assert fitted.unseen({"family": "gemm", "dtype": seen}) is None

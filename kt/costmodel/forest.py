@@ -25,6 +25,7 @@ numpy versions than it was fitted with, the model must reproduce them exactly, o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import zipfile
@@ -84,6 +85,7 @@ PAYLOAD_KEYS = (
 SELF_CHECK_ROWS = 8
 THREADS = min(4, os.cpu_count() or 1)  # the most threads a forest fits or predicts on
 PARALLEL_ROWS = 2048  # per_tree splits the trees over threads from this many rows
+CACHED_MODELS = 6  # quick-loading model payloads kept in kt's cache (`_trim_payloads`), 60 MB each shipped
 PARALLEL_FIT_ROWS = 256  # fit_jobs: below this many rows joblib's threads cost more than they save
 
 
@@ -674,20 +676,35 @@ def _cached_payload(data: bytes) -> dict[str, Any] | None:
     skops takes 1.5 s for a shipped forest), or None. A cache file that cannot be read is ignored."""
     import pickle
 
+    path = _payload_cache(data)
     try:
-        with open(_payload_cache(data), "rb") as handle:
+        with open(path, "rb") as handle:
             payload = pickle.load(handle)  # noqa: S301 - written by kt, from a skops file checked as above
     except Exception:  # noqa: BLE001 - missing, partial (another process), or from another setup: read afresh
         return None
+    with contextlib.suppress(OSError):  # the most recently used: the last `_trim_payloads` removes
+        os.utime(path)
     return payload if isinstance(payload, dict) else None
 
 
 def _cache_payload(data: bytes, payload: dict[str, Any]) -> None:
     """Keep a checked payload for the next load; a cache that cannot be written (read-only home) is skipped."""
-    import contextlib
     import pickle
 
+    path = _payload_cache(data)
     with contextlib.suppress(OSError):
-        atomic_write(
-            _payload_cache(data), lambda handle: pickle.dump(payload, handle, protocol=5), binary=True
-        )
+        atomic_write(path, lambda handle: pickle.dump(payload, handle, protocol=5), binary=True)
+        _trim_payloads(path.parent)
+
+
+def _trim_payloads(folder: Path, keep: int | None = None) -> None:
+    """Remove all but the `keep` (default CACHED_MODELS) most recently used payloads in `folder`: each is tens
+    of MB, and every model file fitted, and every new scikit-learn, numpy or Python, added one for good."""
+    keep = CACHED_MODELS if keep is None else keep
+    found = []
+    for path in folder.glob("*.pickle"):
+        with contextlib.suppress(OSError):  # removed meanwhile by another process's trim
+            found.append((path.stat().st_mtime_ns, path))
+    for _, path in sorted(found, reverse=True)[keep:]:
+        with contextlib.suppress(OSError):  # an open reader keeps its copy (POSIX) or refuses (Windows)
+            path.unlink()
