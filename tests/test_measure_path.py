@@ -369,6 +369,40 @@ def test_the_cooldown_is_recorded_in_each_row(tmp_path):
         assert {row["cooldown_ms"] for row in db.find()} == {7.0}
 
 
+def test_a_dry_run_refuses_an_op_whose_operands_exceed_this_machines_memory(tmp_path):
+    """The dry run checks the full problem on the CPU: an op past the machine's memory (within the spec's 128 GiB)
+    had every candidate's worker killed. It is refused before any worker starts: one line, exit 2, no database."""
+    from click.testing import CliRunner
+
+    from kt.autotune.runners import physical_memory
+    from kt.cli import main
+
+    memory = physical_memory()
+    if memory is None or memory >= 96 << 30:
+        pytest.skip("the machine's memory is unknown or holds the 96 GiB op")
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: big\nshape: {m: 131072, n: 131072, k: 131072}\n")
+    args = [
+        "tune",
+        str(spec),
+        "--backend",
+        "dryrun",
+        "--db",
+        str(tmp_path / "t.db"),
+        "--out",
+        str(tmp_path / "a"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.endswith(
+        f"shape: the op's inputs, weights and output take 96.0 GiB, more than the {memory / 2**30:.1f} GiB of "
+        "this machine's memory (the dry run checks the full problem on the CPU), before any workspace or check; "
+        "give a smaller shape"
+    ), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "t.db").exists()
+
+
 def test_the_cli_offers_the_dry_run_and_says_what_pytorch_did(tmp_path):
     spec = Path(tmp_path / "op.yaml")
     spec.write_text("op: lowrank\nname: lr\ndtype: float32\nshape: {batch: 9, dims: [24, 5, 16]}\n")

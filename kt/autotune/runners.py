@@ -403,20 +403,10 @@ class CudaRunner(MeasureRunner):
         its compile. Where they fit, the kernel's workspace or the check's float64 reference can still exceed
         what is free; that candidate is then out_of_resources. Under Ray the GPUs are the cluster's, unknown
         here."""
-        from kt.errors import DeviceError
-        from kt.ir.problems import operand_bytes
-
         if self.ray is not None:
             return
-        need = operand_bytes(problem)
         for gpu in self.gpus:
-            have = gpu.info.memory_bytes
-            if have is not None and need > have:
-                raise DeviceError(
-                    f"shape: the op's inputs, weights and output take {need / 2**30:.1f} GiB, more than the "
-                    f"{have / 2**30:.1f} GiB of GPU {gpu.index} ({gpu.info.name}), before any workspace or "
-                    "check; give a smaller shape"
-                )
+            refuse_over(problem, gpu.info.memory_bytes, f"of GPU {gpu.index} ({gpu.info.name}),")
 
     def ended(self, result: Result) -> None:
         """Under Ray the cluster's GPUs must be one model: Ray places each GPU actor on any node, so the first
@@ -472,6 +462,13 @@ class DryRunner(MeasureRunner):
     def compile_target(self) -> bool:
         return self.compiles
 
+    def refuse_unfit(self, problem: Problem) -> None:
+        """A DeviceError where the problem's arguments and output alone take more than this machine's memory:
+        the dry run checks and runs the full problem on the CPU (a worker that ran out was killed, a crash)."""
+        if self.ray is None:  # under Ray the workers are the cluster's
+            where = "of this machine's memory (the dry run checks the full problem on the CPU),"
+            refuse_over(problem, physical_memory(), where)
+
     def measure_env(self) -> dict[str, str]:
         return {"TRITON_INTERPRET": "1"}
 
@@ -511,6 +508,30 @@ def check_gpus(backend: str, gpus: list[int] | None, ray: str | None = None) -> 
             f"{option('gpus')}: the {backend} backend measures on no GPU; {option('gpus')} needs "
             f"{option('backend', 'cuda')}"
         )
+
+
+def refuse_over(problem: Problem, have: int | None, where: str) -> None:
+    """The DeviceError of a runner's `refuse_unfit` where `problem`'s operands (`operand_bytes`) exceed `have`
+    bytes (None: not known, nothing refused), `where` naming that memory."""
+    from kt.errors import DeviceError
+    from kt.ir.problems import operand_bytes
+
+    need = operand_bytes(problem)
+    if have is not None and need > have:
+        raise DeviceError(
+            f"shape: the op's inputs, weights and output take {need / 2**30:.1f} GiB, more than the "
+            f"{have / 2**30:.1f} GiB {where} before any workspace or check; give a smaller shape"
+        )
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the OS does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows), or no such name
+        return None
 
 
 def make_runner(
