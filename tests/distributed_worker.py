@@ -1,6 +1,7 @@
-"""Two ranks on the CPU (gloo) training a model of kt.nn layers for STEPS steps under DDP or FSDP2's
-fully_shard; rank 0 saves the trained parameters. Run by tests/test_nn_distributed.py as
-`python distributed_worker.py MODE PORT OUT`; `model()` and `batch()` are that test's reference too."""
+"""Two ranks on the CPU (gloo) training a model of kt.nn layers for STEPS steps under DDP, DDP under
+torch.compile or FSDP2's fully_shard (MODE ddp, ddp-compiled, fsdp); rank 0 saves the trained parameters. Run
+by tests/test_nn_distributed.py as `python distributed_worker.py MODE PORT OUT`; `model()`, `batch()` and
+`loss()` are that test's reference too."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def _run(rank: int, mode: str, port: str, out: str) -> None:
     net = model()
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(net)
+    elif mode == "ddp-compiled":  # TorchDynamo's DDPOptimizer splits the graph at DDP's gradient buckets
+        wrapped = torch.compile(torch.nn.parallel.DistributedDataParallel(net))
     else:
         from torch.distributed.fsdp import fully_shard
 

@@ -1,4 +1,5 @@
-"""kt.nn layers train under DistributedDataParallel and FSDP2's fully_shard as they do alone: two ranks on the
+"""kt.nn layers train under DistributedDataParallel (eager and under torch.compile) and FSDP2's fully_shard as
+they do alone: two ranks on the
 CPU (gloo), two SGD steps, the same parameters as one process stepping on the mean of the ranks' losses. DDP
 averages the gradients through its hooks on the parameters; FSDP2 shards each layer's parameters as DTensors
 and swaps in gathered ones for each forward and backward, so a layer that held on to the weight tensors of
@@ -38,7 +39,7 @@ def reference() -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "ddp-compiled", "fsdp"])
 def test_kt_layers_train_under_ddp_and_fsdp_as_in_one_process(mode, tmp_path):
     if mode == "fsdp" and not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
         pytest.skip("FSDP2's fully_shard is in torch 2.6 and later")
@@ -52,7 +53,7 @@ def test_kt_layers_train_under_ddp_and_fsdp_as_in_one_process(mode, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     trained = torch.load(out)
     expected = reference()
-    names = {name.removeprefix("module."): name for name in trained}
+    names = {name.removeprefix("_orig_mod.").removeprefix("module."): name for name in trained}
     assert set(names) == set(expected)
     start = dict(worker.model().named_parameters())
     for name, value in expected.items():
