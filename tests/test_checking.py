@@ -79,6 +79,74 @@ def test_the_tolerance_is_the_line_between_passing_and_failing(dtype):
     assert failed.rel_err == pytest.approx(2 * limit, rel=0.3)
 
 
+def test_a_float32_kernel_that_sums_a_long_k_one_product_at_a_time_passes_its_check():
+    """A GPU's float32 (ieee) dot is an FMA k-loop: its sum of K products is off by about 0.32 * 2**-24 *
+    sqrt(K) of its size on random inputs. At K = 2**19 that is over the 1e-5 a float32 tolerance was, so a
+    correct kernel of such a problem failed its check; the tolerance now grows as
+    sqrt(K) past kt.dtypes.FP32_SUM products. Here the kernel emulates that loop exactly: each product exact in
+    float64, each step rounded once to float32."""
+    import numpy as np
+
+    from kt import dtypes
+
+    k = 1 << 19
+    problem = GemmProblem(8, 8, k, dtype="float32")
+
+    def kernel(a, b, out=None):
+        a64, b64 = a.double().numpy(), b.double().numpy()
+        acc = np.zeros((a.shape[0], b.shape[1]), np.float32)
+        for i in range(k):
+            acc = (acc + np.multiply.outer(a64[:, i], b64[i])).astype(np.float32)
+        out.copy_(torch.from_numpy(acc))
+        return out
+
+    result = check_kernel(_module(kernel), problem, seed=0, device="cpu")
+    assert result.ok, result.message
+    assert result.rel_err > dtypes.TOLERANCE["float32"]  # the tolerance before: it failed
+    assert problem.tolerance() == pytest.approx(1e-5 * (k / dtypes.FP32_SUM) ** 0.5)
+    assert GemmProblem(8, 8, dtypes.FP32_SUM, dtype="float32").tolerance() == dtypes.TOLERANCE["float32"]
+    assert GemmProblem(8, 8, k).tolerance() == dtypes.TOLERANCE["float16"]  # the output's rounding dominates
+
+
+def test_each_familys_float32_tolerance_follows_its_longest_sum():
+    """The longest sum a stage computes for one output element (`reduction`): a weight gradient's rows, the
+    fullest block-row's stored inputs, a chain's inner dims, a Monarch block's inputs, a butterfly stage's
+    multiplied-out levels (2**8 at most), a DFT block's real inputs; a sum's longest term. Only float32 grows."""
+    import numpy as np
+
+    from kt.ir.problems import (
+        BlockSparseProblem,
+        BsrGradProblem,
+        ButterflyProblem,
+        ChainProblem,
+        MonarchProblem,
+        SumProblem,
+    )
+    from kt.sparsity import mask_to_hex
+
+    mask = np.zeros((4, 64), dtype=bool)
+    mask[1, :40] = mask[2, 3] = True  # block-row 1 holds 40 blocks of 16 columns: 640 inputs
+    layout = mask_to_hex(mask)
+    sparse = BlockSparseProblem(8, 1024, 64, (16, 16), layout, "float32")
+    chain = ChainProblem(8, (16384, 64, 32), "float32")
+    cases = {
+        BsrGradProblem(1 << 18, 1024, 64, (16, 16), layout, "float32"): 1 << 18,
+        sparse: 640,
+        chain: 16384,
+        MonarchProblem(8, (2, 8192, 4), (4, 3, 2), "float32"): 8192,
+        ButterflyProblem(8, 1 << 20, "float32"): 256,
+        FFTProblem(8, 4096): 8192,
+        FFTProblem(8, 1 << 16): 2048,
+        SumProblem((sparse, chain), "float32"): 16384,
+    }
+    for problem, longest in cases.items():
+        assert problem.reduction == longest, problem
+        roundings = np.sqrt(problem.max_roundings)
+        assert problem.tolerance() == pytest.approx(1e-5 * max(1, (longest / 4096) ** 0.5) * roundings)
+    half = BsrGradProblem(1 << 18, 1024, 64, (16, 16), layout, "float16")
+    assert half.tolerance() == 2e-3
+
+
 def test_atomic_write_leaves_the_old_file_whole_when_the_write_fails(tmp_path):
     """Interrupted halfway (Ctrl-C, a full disk), the file keeps its old content and no temporary file stays."""
     path = tmp_path / "table.csv"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from kt.dtypes import SHORT_NAMES, itemsize, tolerance, torch_dtype
-from kt.spec import FFT_MAX_BLOCK
+from kt.spec import FFT_MAX_BLOCK, FFT_MAX_DIRECT
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,9 @@ class GemmProblem:
         return (-2, None), -2
 
     def tolerance(self) -> float:
-        """The relative error a correct kernel stays under (one rounding of the output)."""
-        return tolerance(self.dtype, self.precision)
+        """The relative error a correct kernel stays under (one rounding of the output; in float32, the
+        accumulation over k: kt.dtypes.FP32_SUM)."""
+        return tolerance(self.dtype, self.precision, self.k)
 
     @property
     def flops(self) -> int:
@@ -222,9 +223,16 @@ class StructuredProblem:
             "itemsize": itemsize(self.dtype),
         }
 
+    @property
+    def reduction(self) -> int:
+        """The most products any one stage sums for one output element (a float32 tolerance grows with it:
+        kt.dtypes.FP32_SUM): at most the input's width, unless a family knows better."""
+        return self.in_features
+
     def tolerance(self) -> float:
-        """Each stage rounds its output to the dtype: the error budget grows with the deepest chain of stages."""
-        return tolerance(self.dtype, self.precision) * math.sqrt(self.max_roundings)
+        """Each stage rounds its output to the dtype: the error budget grows with the deepest chain of stages
+        (and, in float32, with the longest sum, `reduction`)."""
+        return tolerance(self.dtype, self.precision, self.reduction) * math.sqrt(self.max_roundings)
 
     def _generator(self, seed: int, device) -> torch.Generator:
         return make_generator(seed, device)
@@ -283,6 +291,11 @@ class MonarchProblem(StructuredProblem):
     @property
     def in_features(self) -> int:
         return self.w2[0] * self.w2[1] if self.transposed else self.w1[0] * self.w1[2]
+
+    @property
+    def reduction(self) -> int:
+        """A block's inputs, forward or transposed."""
+        return max(*self.w1[1:], *self.w2[1:])
 
     @property
     def out_features(self) -> int:
@@ -375,6 +388,11 @@ class ButterflyProblem(StructuredProblem):
 
     in_features = out_features = property(lambda self: self.n)
 
+    @property
+    def reduction(self) -> int:
+        """A stage multiplies out at most MAX_LEVELS_PER_STAGE levels: blocks of 2**levels inputs."""
+        return 2 ** min(self.levels, self.MAX_LEVELS_PER_STAGE)
+
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
             TensorType((self.rows, self.n), self.dtype),
@@ -441,6 +459,12 @@ class FFTProblem(StructuredProblem):
     )
 
     in_features = out_features = property(lambda self: self.n)
+
+    @property
+    def reduction(self) -> int:
+        """A DFT block's inputs in real form (two per complex one): n where it may run as one direct DFT
+        (FFT_MAX_DIRECT), else at most MAX_BLOCK."""
+        return 2 * (self.n if self.n <= FFT_MAX_DIRECT else self.MAX_BLOCK)
 
     def _complex_type(self) -> TensorType:
         if self.dtype == "float32":
@@ -553,6 +577,13 @@ class BlockSparseProblem(StructuredProblem):
 
         return layout_counts(self.layout, self.grid)[0]
 
+    @property
+    def reduction(self) -> int:
+        """The inputs of the fullest block-row: its stored blocks' columns."""
+        from kt.sparsity import layout_counts
+
+        return layout_counts(self.layout, self.grid)[1] * self.block[1]
+
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
             TensorType((self.rows, self.in_features), self.dtype),
@@ -643,6 +674,11 @@ class ChainProblem(StructuredProblem):
         return self.dims[0]
 
     @property
+    def reduction(self) -> int:
+        """Each product's inner dim."""
+        return max(self.dims[:-1])
+
+    @property
     def out_features(self) -> int:
         return self.dims[-1]
 
@@ -725,6 +761,10 @@ class SumProblem(StructuredProblem):
     @property
     def in_features(self) -> int:
         return self.terms[0].in_features
+
+    @property
+    def reduction(self) -> int:
+        return max(term.reduction for term in self.terms)
 
     @property
     def out_features(self) -> int:
@@ -852,6 +892,11 @@ class BsrGradProblem(StructuredProblem):
         from kt.sparsity import layout_counts
 
         return layout_counts(self.layout, self.grid)[0]
+
+    @property
+    def reduction(self) -> int:
+        """Every gradient element sums over the rows."""
+        return self.rows
 
     def arg_types(self) -> tuple[TensorType, ...]:
         return (
