@@ -465,9 +465,10 @@ class DryRunner(MeasureRunner):
     def refuse_unfit(self, problem: Problem) -> None:
         """A DeviceError where the problem's arguments and output alone take more than this machine's memory:
         the dry run checks and runs the full problem on the CPU (a worker that ran out was killed, a crash)."""
-        if self.ray is None:  # under Ray the workers are the cluster's
-            where = "of this machine's memory (the dry run checks the full problem on the CPU),"
-            refuse_over(problem, physical_memory(), where)
+        if self.ray is not None:  # under Ray the workers are the cluster's
+            return
+        where = "of this machine's memory (the dry run checks the full problem on the CPU),"
+        refuse_over(problem, physical_memory(), where)
 
     def measure_env(self) -> dict[str, str]:
         return {"TRITON_INTERPRET": "1"}

@@ -697,14 +697,13 @@ def _cache_payload(data: bytes, payload: dict[str, Any]) -> None:
         _trim_payloads(path.parent)
 
 
-def _trim_payloads(folder: Path, keep: int | None = None) -> None:
-    """Remove all but the `keep` (default CACHED_MODELS) most recently used payloads in `folder`: each is tens
-    of MB, and every model file fitted, and every new scikit-learn, numpy or Python, added one for good."""
-    keep = CACHED_MODELS if keep is None else keep
+def _trim_payloads(folder: Path) -> None:
+    """Remove all but the CACHED_MODELS most recently used payloads in `folder`: each is tens of MB, and every
+    model file fitted, and every new scikit-learn, numpy or Python, added one for good."""
     found = []
     for path in folder.glob("*.pickle"):
         with contextlib.suppress(OSError):  # removed meanwhile by another process's trim
             found.append((path.stat().st_mtime_ns, path))
-    for _, path in sorted(found, reverse=True)[keep:]:
+    for _, path in sorted(found, reverse=True)[CACHED_MODELS:]:
         with contextlib.suppress(OSError):  # an open reader keeps its copy (POSIX) or refuses (Windows)
             path.unlink()
