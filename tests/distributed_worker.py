@@ -46,6 +46,10 @@ def loss(y: torch.Tensor) -> torch.Tensor:
 
 def _run(rank: int, mode: str, port: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    if sys.platform.startswith(
+        "linux"
+    ):  # gloo's own connections on the loopback too, whatever the hostname is
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     net = model()
