@@ -33,6 +33,32 @@ def test_native_dots_on_the_gpu_match_float64(dtype):
         assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"op": "dense", "shape": {"m": 300, "n": 200, "k": 100}},
+        {"op": "monarch", "shape": {"batch": 70, "n": 256, "nblocks": 16}},
+        {
+            "op": "blocksparse",
+            "shape": {"batch": 70, "in": 128, "out": 64},
+            "sparsity": {"block": [16, 16], "density": 0.5},
+        },
+    ],
+    ids=lambda spec: spec["op"],
+)
+def test_a_kernel_given_another_gpus_tensors_runs_there(spec):
+    """Triton launches on the current device: with cuda:0 current, tensors on cuda:1 were read from device 0
+    (an error, or garbage with peer access on). The generated kernel makes their GPU current for the call."""
+    torch.cuda.set_device(0)
+    kernel = kt.build(spec)
+    args = kt.random_args(spec, seed=5, device="cuda:1")
+    out = kernel(*args)
+    assert out.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+    same = kernel(*[a.to("cuda:0") for a in args])  # the same kernel on the current GPU: the same bits
+    assert torch.isfinite(out).all() and torch.equal(out.cpu(), same.cpu())
+
+
 def test_the_cuda_runner_checks_then_times_with_a_spread_and_energy():
     problem = GemmProblem(2048, 2048, 2048)
     configs = [

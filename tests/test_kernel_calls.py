@@ -437,3 +437,47 @@ def test_a_kernel_called_inside_torch_compile_runs_as_its_op_and_out_calls_run_e
     torch.testing.assert_close(w.grad, a.t() @ torch.ones(13, 11), rtol=1e-5, atol=1e-5)
     # made on the first call, the op is one node of a whole graph from then on
     assert torch._dynamo.explain(lambda a, b: kernel(a, b) * 2)(a, b).graph_break_count == 0
+
+
+GRAD = {
+    "op": "blocksparse_grad",
+    "dtype": "float32",
+    "shape": {"batch": 5, "in": 32, "out": 24},
+    "sparsity": BSR,
+}
+
+
+@pytest.mark.parametrize("name", [*EVERY_FAMILY, "blocksparse_grad"])
+def test_every_generated_kernel_runs_on_its_tensors_gpu(name):
+    """Triton launches on the current CUDA device, not the tensors': a model on cuda:1 while cuda:0 was current
+    had a kernel read another GPU's memory. Every generated module's `kernel` is wrapped to make the first
+    tensor's GPU current (tests/test_gpu.py runs it across two GPUs where there are two); its signature, which
+    kt.Kernel reads to place inputs given by name, stays the kernel's."""
+    import inspect
+
+    kernel = kt.build(EVERY_FAMILY.get(name, GRAD), device="h100")
+    module = kernel.module
+    guard = module._on_the_tensors_gpu
+    assert module.kernel.__code__ is guard(lambda: None).__code__, "kernel is not the guard's wrapper"
+    inner = inspect.unwrap(module.kernel)
+    assert inner.__name__ == "kernel" and inner is not module.kernel
+    assert inspect.signature(module.kernel) == inspect.signature(inner)
+    assert "out" in inspect.signature(module.kernel).parameters
+
+
+def test_a_templates_version_covers_the_templates_it_includes(tmp_path, monkeypatch):
+    """The guard lives in one template the others include: a change to it must change their versions, or rows
+    measured with the old code would be reused for the new."""
+    from kt.codegen import render
+
+    (tmp_path / "main.py.j2").write_text('x = 1\n{% include "part.py.j2" %}\n')
+    (tmp_path / "part.py.j2").write_text("y = 2\n")
+    monkeypatch.setattr(render, "TEMPLATES", tmp_path)
+    render.template_version.cache_clear()
+    try:
+        before = render.template_version("main.py.j2")
+        (tmp_path / "part.py.j2").write_text("y = 3\n")
+        render.template_version.cache_clear()
+        assert render.template_version("main.py.j2") != before
+    finally:
+        render.template_version.cache_clear()
