@@ -410,7 +410,6 @@ class Database:
         self.path = Path(path) if path is not None else default_path()
         self.readonly = readonly
         self._layouts: dict[str, str] = {}  # layouts stored or read through this object, by digest
-        self._moved_layouts = False  # this open moved an older file's long layouts out of its rows
         _OPENED[:] = [self.path]  # what `failure` names when SQLite fails later, outside this class
         existed = check_path(self.path, create and not readonly)
         try:
@@ -438,8 +437,7 @@ class Database:
                 # another tune is making the same file, try again (up to the connection's 60 s)
                 _retry_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
                 self.conn.execute("PRAGMA synchronous=FULL")
-                _retry_locked(self._migrate)
-                if self._moved_layouts:
+                if _retry_locked(self._migrate):  # it moved an older file's long layouts out of its rows
                     self._shrink()
         except (sqlite3.DatabaseError, DatabaseError) as exc:
             if getattr(self, "conn", None) is not None:
@@ -496,8 +494,10 @@ class Database:
             self.legacy_keys = True
         return tables
 
-    def _migrate(self) -> None:
+    def _migrate(self) -> bool:
+        """Create or bring the tables up to SCHEMA_VERSION; whether long layouts were moved out of rows."""
         tables = self._check()
+        moved = False
         columns = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
         with self.conn:
             # IMMEDIATE: the write lock is taken (waiting its turn, up to the connection's timeout) before
@@ -544,7 +544,7 @@ class Database:
             )
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]  # under the lock: one migrates
             if "measurements" in tables and version < 6:
-                self._moved_layouts = self._store_old_layouts()
+                moved = self._store_old_layouts()
                 # keys that hold a whole layout (megabytes for a large grid, in the row, both indexes and
                 # every claim) renamed as kt writes them now, so a lookup by today's key finds those rows
                 self.conn.execute(
@@ -557,6 +557,7 @@ class Database:
                             "UPDATE OR IGNORE claims SET claim_key = ? WHERE claim_key = ?", (renamed, name)
                         )
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return moved
 
     def _store_old_layouts(self) -> bool:
         """Move the long layouts of an older file's rows (their problem and checked problems) to the layouts
