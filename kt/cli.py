@@ -820,9 +820,10 @@ def _model_specs(target: str, taken: set[str]) -> list:
     out.print(table)
     plain = [path for path in found.plain if path not in found.subclassed]
     if plain:  # tuned for a DenseLinear made from them: torch's nn.Linear never reads an artifact
+        noun = "plain nn.Linear or Conv1D layer" if found.conv1d else "plain nn.Linear layer"
         out.print(
-            f"note: {counted(len(plain), 'plain nn.Linear layer')} ({_listed(plain)}): torch runs "
-            f"{_them(plain)} and reads no artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "
+            f"note: {counted(len(plain), noun)} ({_listed(plain)}): torch runs {_them(plain)} and reads no "
+            "artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "
             '(kt.nn.structurize(model, {"*": kt.nn.DenseLinear.from_dense}), or a rule per name)',
             markup=False,
         )

@@ -1712,7 +1712,8 @@ def test_from_dense_and_structurize_name_an_argument_that_is_no_module():
         lambda: knn.ButterflyLinear.from_dense(weight),
     ):
         with pytest.raises(
-            TypeError, match=r"^\w+Linear.from_dense: linear must be an nn.Linear, got Tensor$"
+            TypeError,
+            match=r"^\w+Linear.from_dense: linear must be an nn.Linear or a transformers Conv1D, got Tensor$",
         ):
             make()
     with pytest.raises(TypeError, match="^structurize: model must be an nn.Module, got OrderedDict$"):

@@ -1,4 +1,5 @@
-"""The ops a model runs that kt can tune: every nn.Linear and kt.nn layer it calls on an example input, as
+"""The ops a model runs that kt can tune: every nn.Linear (or transformers Conv1D, GPT-2's: an nn.Linear with
+its weight transposed, read as that nn.Linear) and kt.nn layer it calls on an example input, as
 op.yaml specs at the batch bucket kt.nn selects kernels by (`kt tune --from-model`, issue 18).
 
 The model runs once under `torch.no_grad()` with forward hooks on every module; a module's input (positional,
@@ -45,9 +46,10 @@ class ModelOps:
     specs: list[OpSpec] = field(default_factory=list)
     modules: dict[str, list[str]] = field(default_factory=dict)  # spec name -> the module paths that run it
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (module path, why)
-    # the plain nn.Linear modules among those tuned: torch runs them, so kt.nn never reads their artifacts until
-    # they are kt.nn.DenseLinear layers
+    # the plain nn.Linear (and transformers Conv1D) modules among those tuned: torch runs them, so kt.nn never
+    # reads their artifacts until they are kt.nn.DenseLinear layers
     plain: list[str] = field(default_factory=list)
+    conv1d: list[str] = field(default_factory=list)  # those of them that are transformers Conv1D modules
     # those of them that are subclasses of nn.Linear (weight_norm's ParametrizedLinear, an adapter's), which
     # kt.nn.structurize leaves alone: a DenseLinear is made from them by hand
     subclassed: list[str] = field(default_factory=list)
@@ -58,7 +60,7 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
     name is `name_prefix` (the factory's name, so that two models tuned into one folder keep their artifacts
     apart), the module's path and the bucket."""
     from kt.nn.functional import _row_count
-    from kt.nn.layers import FFT, _KtLinear, autocast_dtype
+    from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d
     from kt.nn.selection import bucket, bucket_spec, parsed_op
 
     found = ModelOps()
@@ -76,7 +78,11 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
             # a DenseLinear multiplies x's rows (all leading dims) as one matrix; _row_count reads a dense op's
             # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
             rows = math.prod(x.shape[:-1]) if op["op"] == "dense" else _row_count(op, x)
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Linear) or conv1d(module):
+            if conv1d(module):  # transformers' Conv1D: an nn.Linear with its weight transposed
+                if (path or "(model)") not in found.conv1d:
+                    found.conv1d.append(path or "(model)")
+                module = as_linear(module)
             if not module.in_features or not module.out_features:
                 why = f"no features ({module.in_features} in, {module.out_features} out): no kernel to tune"
                 found.skipped.append((path or "(model)", why))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from typing import Any
@@ -33,6 +34,26 @@ from kt.sparsity import (
     random_mask,
 )
 from kt.spec import MAX_DIM, MAX_TERMS, SpecError, check_seed
+
+
+def conv1d(module: Any) -> bool:
+    """Whether `module` is Hugging Face transformers' Conv1D (the projections of GPT-2, OpenAI GPT, ImageGPT and
+    a few more): y = x @ weight + bias, an nn.Linear's math with its weight stored (in, out), transposed. Looked
+    up in sys.modules: a model that holds one has imported transformers, which kt never imports itself."""
+    found = sys.modules.get("transformers.pytorch_utils")
+    return found is not None and type(module) is getattr(found, "Conv1D", None)
+
+
+def as_linear(module: nn.Module) -> nn.Linear:
+    """The nn.Linear that computes what the transformers Conv1D `module` does, for from_dense and structurize's
+    rules to read: its weight is a transposed view of the Conv1D's (no copy), its bias the Conv1D's, and it
+    takes the Conv1D's mode and freezing."""
+    weight = module.weight.detach()
+    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False, device="meta")  # allocates nothing
+    linear.weight = nn.Parameter(weight.t(), requires_grad=module.weight.requires_grad)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach(), requires_grad=module.bias.requires_grad)
+    return linear.train(module.training)
 
 
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
@@ -331,13 +352,18 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         return {"op": op, "dtype": _kt_dtype(self.dtype, type(self).__name__)}
 
     @classmethod
-    def _linear(cls, linear: Any) -> None:
-        """from_dense's argument is an nn.Linear (a subclass too), refused in one line otherwise: a tensor or a
-        Conv1d failed with an AttributeError on its first missing attribute."""
+    def _linear(cls, linear: Any) -> nn.Linear:
+        """from_dense's argument as an nn.Linear: an nn.Linear (a subclass too) as it is, a transformers Conv1D
+        as the nn.Linear it computes (`as_linear`); refused in one line otherwise: a tensor or a torch Conv1d
+        failed with an AttributeError on its first missing attribute."""
+        if conv1d(linear):
+            return as_linear(linear)
         if not isinstance(linear, nn.Linear):
             raise TypeError(
-                f"{cls.__name__}.from_dense: linear must be an nn.Linear, got {type(linear).__name__}"
+                f"{cls.__name__}.from_dense: linear must be an nn.Linear or a transformers Conv1D, got "
+                f"{type(linear).__name__}"
             )
+        return linear
 
     @classmethod
     def _from_linear(cls, linear: nn.Linear, *args: Any, weights: dict[str, torch.Tensor], **kwargs: Any):
@@ -413,7 +439,7 @@ class DenseLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> DenseLinear:
         """The same weight and bias as `linear`."""
-        cls._linear(linear)
+        linear = cls._linear(linear)
         return cls._from_linear(linear, weights={"weight": linear.weight.detach()})
 
 
@@ -461,7 +487,7 @@ class LowRankLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
         """The best rank-`rank` approximation of `linear` (truncated SVD, kt.ir.truncated_svd)."""
-        cls._linear(linear)
+        linear = cls._linear(linear)
         from kt.ir.projections import truncated_svd
 
         try:
@@ -773,7 +799,7 @@ class BlockSparseLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear, block: tuple[int, int], density: float) -> BlockSparseLinear:
         """Keep the `density` fraction of `linear`'s blocks with the largest norms (kt.ir.prune_blocks)."""
-        cls._linear(linear)
+        linear = cls._linear(linear)
         from kt.ir.projections import prune_blocks
 
         if linear.weight.is_meta:  # which blocks to keep depends on the weight's values
@@ -990,7 +1016,7 @@ class MonarchLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear, nblocks: int) -> MonarchLinear:
         """The Monarch matrix closest to `linear`'s weight in Frobenius norm (kt.ir.monarch.project)."""
-        cls._linear(linear)
+        linear = cls._linear(linear)
         from kt.ir.monarch import project
 
         nblocks = _count(nblocks, "nblocks", "MonarchLinear")
@@ -1090,7 +1116,7 @@ class ButterflyLinear(_KtLinear):
     def from_dense(cls, linear: nn.Linear) -> ButterflyLinear:
         """A butterfly close to `linear`'s square weight (kt.ir.project_butterfly: level by level from the top,
         each level's 2x2 twiddles by rank-1 fits; exact when the weight is a butterfly)."""
-        cls._linear(linear)
+        linear = cls._linear(linear)
         from kt.ir.projections import project_butterfly
 
         try:

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from kt.nn.layers import as_linear, conv1d
+
 Factory = Callable[[nn.Linear], nn.Module]
 Rules = Mapping[str, Factory] | Callable[[str, nn.Linear], nn.Module | None]
 
@@ -24,8 +26,10 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     factory's layer must be an nn.Module that takes the linear's in_features and gives its out_features. Every
     layer is made and checked before any is swapped in: on an error the model is left as it was.
 
-    Only modules of type nn.Linear itself are replaced: a subclass (weight_norm's ParametrizedLinear, an
-    adapter's) may compute something else, and a pattern that matches only such a module says so. A model that
+    Only modules of type nn.Linear itself are replaced, and Hugging Face transformers' Conv1D (GPT-2's
+    projections: an nn.Linear's math with the weight transposed), whose rule is given the nn.Linear it computes
+    (`kt.nn.layers.as_linear`). A subclass of nn.Linear (weight_norm's ParametrizedLinear, an adapter's) may
+    compute something else, and a pattern that matches only such a module says so. A model that
     is itself an nn.Linear is refused (it cannot be replaced in place).
 
     An nn.Linear held under several names (`model.b = model.a`) is replaced under all of them by one layer,
@@ -51,7 +55,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     linears: dict[int, nn.Linear] = {}
     subclassed: dict[str, str] = {}  # name -> class of each nn.Linear subclass (left alone)
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) is nn.Linear:
+        if type(module) is nn.Linear or conv1d(module):
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
@@ -89,8 +93,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             f"structurize: rules must be a mapping of name patterns to factories or a function, got {type(rules).__name__}"
         )
     chosen, said = [], []  # warnings said once every layer is made (none where a rule fails)
-    for key, linear in linears.items():
-        _fresh_weight(linear)
+    for key, module in linears.items():
+        _fresh_weight(module)
+        linear = as_linear(module) if conv1d(module) else module  # what the rules read: an nn.Linear
         for name in aliases[key]:
             try:
                 layer = choose(name, linear)

@@ -1,0 +1,150 @@
+"""Hugging Face transformers models: GPT-2's projections are transformers' Conv1D (y = x @ W + b, W stored
+(in, out)), not nn.Linear, so `kt tune --from-model` found only a GPT-2's lm_head and `kt.nn.structurize`
+replaced nothing else, without a word. kt reads a Conv1D as the nn.Linear it computes (`kt.nn.layers.as_linear`)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+
+import kt.cli as cli
+import kt.nn as knn
+from kt.nn.discover import model_ops
+from kt.nn.layers import as_linear, conv1d
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+PROJECTIONS = [
+    f"transformer.h.{i}.{p}"
+    for i in range(2)
+    for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+]
+
+
+def gpt2() -> tuple[GPT2LMHeadModel, torch.Tensor]:
+    """A two-block GPT-2 of random weights (nothing downloaded) and a batch of 2 x 9 tokens."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32, n_inner=80)
+    return GPT2LMHeadModel(config).eval(), torch.randint(0, 96, (2, 9))
+
+
+MAKERS = [
+    lambda lin: knn.DenseLinear.from_dense(lin),
+    lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
+    lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
+    lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+    lambda lin: knn.ButterflyLinear.from_dense(lin),
+]
+
+
+def linear_of(conv: Conv1D) -> nn.Linear:
+    """The nn.Linear a Conv1D computes, built by hand: its weight the transpose, copied."""
+    nx, nf = conv.weight.shape
+    linear = nn.Linear(nx, nf)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.t())
+        linear.bias.copy_(conv.bias)
+    return linear
+
+
+def test_a_conv1d_reads_as_the_linear_it_computes_without_a_copy():
+    torch.manual_seed(1)
+    conv = Conv1D(nf=24, nx=17)  # odd in-features
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(3, 5, 17)
+    assert conv1d(conv) and not conv1d(nn.Linear(17, 24)) and not conv1d(nn.Conv1d(17, 24, 1))
+    linear = as_linear(conv)
+    assert type(linear) is nn.Linear and (linear.in_features, linear.out_features) == (17, 24)
+    assert (
+        linear.weight.data_ptr() == conv.weight.data_ptr()
+    )  # a view: a large model's weights are not doubled
+    torch.testing.assert_close(linear(x), conv(x), rtol=1e-6, atol=1e-6)
+    conv.weight.requires_grad_(False)
+    conv.eval()
+    frozen = as_linear(conv)
+    assert not frozen.weight.requires_grad and frozen.bias.requires_grad and not frozen.training
+
+
+@pytest.mark.parametrize(
+    "make",
+    MAKERS,
+    ids=["dense", "lowrank", "blocksparse", "monarch", "butterfly"],
+)
+def test_from_dense_of_a_conv1d_equals_from_dense_of_its_linear(make):
+    """from_dense refused a Conv1D ("linear must be an nn.Linear, got Conv1D"); before that check, it read the
+    (in, out) weight as an (out, in) one."""
+    torch.manual_seed(2)
+    square = make is MAKERS[-1]  # a butterfly's weight is square: there only the values tell the transpose
+    conv = Conv1D(nf=16, nx=16) if square else Conv1D(nf=32, nx=16)
+    with torch.no_grad():
+        conv.bias.normal_()
+    ours, theirs = make(conv), make(linear_of(conv))
+    assert (ours.in_features, ours.out_features) == (16, 16 if square else 32)
+    mine, wanted = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == wanted.keys() and all(torch.equal(mine[k], wanted[k]) for k in mine)
+
+
+def test_structurize_replaces_every_conv1d_of_a_gpt2_and_keeps_its_logits():
+    model, ids = gpt2()
+    with torch.no_grad():
+        want = model(ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tied lm_head is left out: nothing to warn of
+        replaced = knn.structurize(model, {"transformer.*": knn.DenseLinear.from_dense})
+    assert replaced == PROJECTIONS  # it said "the pattern 'transformer.*' matches no nn.Linear of the model"
+    assert not any(isinstance(m, Conv1D) for m in model.modules())
+    assert all(not m.training for m in model.modules())  # model.eval() stays in force
+    with torch.no_grad():
+        got = model(ids).logits
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    # and it trains: every projection's weight gets a gradient
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert all(model.get_submodule(name).weight.grad is not None for name in PROJECTIONS)
+
+
+def test_structurize_makes_a_rule_of_a_conv1d_from_its_linear_and_carries_its_freezing():
+    model, _ = gpt2()
+    model.transformer.h[0].mlp.c_fc.weight.requires_grad_(False)
+    seen = {}
+
+    def rule(name, linear):
+        seen[name] = type(linear)
+        return knn.LowRankLinear.from_dense(linear, rank=4) if name.endswith("mlp.c_fc") else None
+
+    assert knn.structurize(model, rule) == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+    assert set(seen.values()) == {nn.Linear} and set(seen) == {*PROJECTIONS, "lm_head"}
+    first, second = model.transformer.h[0].mlp.c_fc, model.transformer.h[1].mlp.c_fc
+    assert all(not p.requires_grad for p in first.factors) and first.bias.requires_grad
+    assert all(p.requires_grad for p in second.parameters())
+
+
+def test_from_model_finds_a_gpt2s_conv1d_ops_and_says_torch_runs_them(monkeypatch):
+    """Only the lm_head was found: a GPT-2's eight projections were never tuned."""
+    model, ids = gpt2()
+    found = model_ops(model, ids, name_prefix="gpt2")
+    summaries = {spec.name.rsplit("_", 2)[0]: spec.summary() for spec in found.specs}
+    assert summaries == {  # n = the Conv1D's nf, k its nx, B as a DenseLinear made from it stores it
+        "gpt2.transformer.h.0.attn.c_attn": "dense 32x96x32 float32 (a: row, b: col)",
+        "gpt2.transformer.h.0.attn.c_proj": "dense 32x32x32 float32 (a: row, b: col)",
+        "gpt2.transformer.h.0.mlp.c_fc": "dense 32x80x32 float32 (a: row, b: col)",
+        "gpt2.transformer.h.0.mlp.c_proj": "dense 32x32x80 float32 (a: row, b: col)",
+    }  # block 1 and the lm_head (32 -> 96) have the same math as block 0's: tuned once, listed with them
+    assert found.conv1d == PROJECTIONS and found.plain == [*PROJECTIONS, "lm_head"] and not found.subclassed
+    assert found.modules[found.specs[0].name] == [
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.1.attn.c_attn",
+        "lm_head",
+    ]
+    factory = f"{__file__}:gpt2"
+    monkeypatch.setattr(cli, "out", Console(file=(said := io.StringIO()), width=400, markup=False))
+    assert [spec.summary() for spec in cli._model_specs(factory, set())] == list(summaries.values())
+    assert "note: 9 plain nn.Linear or Conv1D layers (transformer.h.0.attn.c_attn, " in said.getvalue()
