@@ -1051,6 +1051,75 @@ def test_butterfly_from_dense_is_exact_on_a_butterfly_weight():
         assert rel(layer(x), F.linear(x.double(), weight, linear.bias.double())) < F32
 
 
+def sum_matrix(layer: Sum) -> torch.Tensor:
+    """The (out, in) matrix a Sum's two terms multiply by, from their own weights (float64)."""
+    blocks, chain = layer.terms
+    low = (chain.factors[0] @ chain.factors[1]).detach().double().T
+    return blocks.weight_bsr().to_dense().detach().double() + low
+
+
+def planted_linear() -> nn.Linear:
+    """An nn.Linear (48 -> 32) whose weight is a rank-3 matrix plus one large 16x16 block, plus a little noise."""
+    torch.manual_seed(3)
+    linear = nn.Linear(48, 32)
+    with torch.no_grad():
+        weight = torch.randn(32, 3) @ torch.randn(3, 48)
+        weight[16:, 32:] += 6 * torch.randn(16, 16)
+        linear.weight.copy_(weight + 0.01 * torch.randn(32, 48))
+    return linear
+
+
+def test_sum_from_dense_fits_sparse_plus_low_rank_better_each_round():
+    linear = planted_linear()
+    weight = linear.weight.detach().double()
+    errors = []
+    for rounds in range(1, 7):
+        layer = Sum.from_dense(linear, (16, 16), density=1 / 6, rank=3, rounds=rounds)
+        errors.append(float((sum_matrix(layer) - weight).norm() / weight.norm()))
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(errors, errors[1:])), errors  # never worse
+    blocks_alone = (
+        BlockSparseLinear.from_dense(linear, (16, 16), density=1 / 6).weight_bsr().to_dense().double()
+    )
+    low_alone = LowRankLinear.from_dense(linear, 3)
+    low_alone = (low_alone.factors[0] @ low_alone.factors[1]).detach().double().T
+    assert errors[0] <= float((blocks_alone - weight).norm() / weight.norm())
+    # the planted structure is found: far closer than either kind alone (each leaves the other's part out)
+    assert errors[-1] < 0.02 < 0.3 < float((low_alone - weight).norm() / weight.norm())
+    assert layer.terms[0].mask().tolist() == [[False, False, False], [False, False, True]]
+    assert torch.equal(layer.bias, linear.bias) and all(t.bias is None for t in layer.terms)
+    x = torch.randn(5, 3, 48)
+    with torch.no_grad():
+        assert rel(layer(x), F.linear(x.double(), sum_matrix(layer), linear.bias.double())) < F32
+
+
+def test_sum_from_dense_keeps_the_dtype_and_refuses_in_its_own_name():
+    linear = planted_linear().half()
+    layer = Sum.from_dense(linear, (16, 16), density=1 / 3, rank=2)
+    assert layer.dtype == torch.float16 and all(p.dtype == torch.float16 for p in layer.parameters())
+    no_bias = nn.Linear(48, 32, bias=False)
+    assert Sum.from_dense(no_bias, (16, 16), density=1 / 3, rank=2).bias is None
+    for kwargs, said in [
+        ({"block": (5, 16), "density": 0.5, "rank": 2}, r"^Sum.from_dense: block 5x16 does not divide"),
+        (
+            {"block": (16, 16), "density": 0.5, "rank": 40},
+            r"^Sum.from_dense: rank=40 must be an integer in 1..32",
+        ),
+        ({"block": (16, 16), "density": 0.5, "rank": 2, "rounds": 0}, r"^Sum.from_dense: rounds=0 must be"),
+        (
+            {"block": (16, 16), "density": 0.5, "rank": 2, "rounds": True},
+            r"^Sum.from_dense: rounds=True must",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=said):
+            Sum.from_dense(linear, **kwargs)
+    with pytest.raises(ValueError, match="^Sum.from_dense: the nn.Linear is on the meta device"):
+        Sum.from_dense(nn.Linear(48, 32, device="meta"), (16, 16), density=0.5, rank=2)
+    with pytest.warns(
+        UserWarning, match=r"density 1.0 and rank 30 give 3936 weights, no fewer than the dense"
+    ):
+        Sum.from_dense(linear, (16, 16), density=1.0, rank=30)
+
+
 # -- structurize ----------------------------------------------------------------------------------------------
 
 

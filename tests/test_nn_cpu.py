@@ -1483,6 +1483,11 @@ def test_a_sum_follows_its_terms_however_they_are_changed(how):
 
 def test_a_sum_refuses_terms_it_cannot_run_and_names_terms_of_mixed_dtypes():
     layer = _two_term_sum()
+    for held in (list, tuple, torch.nn.ModuleList):  # it said "has 1 term", of a Sum given its two terms
+        with pytest.raises(
+            TypeError, match=f"^Sum: takes its terms as arguments, Sum\\(a, b\\), not one {held.__name__}"
+        ):
+            knn.Sum(held(list(layer.terms)))
     with pytest.raises(ValueError, match="Sum: has 1 term; a Sum takes 2 to 8"):
         layer.terms = torch.nn.ModuleList([_other_pattern()])
     with pytest.raises(ValueError, match="Sum: term 1 maps 32 -> 16 features but term 0 maps 32 -> 32"):

@@ -40,6 +40,7 @@ MAKERS = [
     lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
     lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
     lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+    lambda lin: knn.Sum.from_dense(lin, block=(8, 8), density=0.5, rank=2),
     lambda lin: knn.ButterflyLinear.from_dense(lin),
 ]
 
@@ -76,7 +77,7 @@ def test_a_conv1d_reads_as_the_linear_it_computes_without_a_copy():
 @pytest.mark.parametrize(
     "make",
     MAKERS,
-    ids=["dense", "lowrank", "blocksparse", "monarch", "butterfly"],
+    ids=["dense", "lowrank", "blocksparse", "monarch", "sum", "butterfly"],
 )
 def test_from_dense_of_a_conv1d_equals_from_dense_of_its_linear(make):
     """from_dense refused a Conv1D ("linear must be an nn.Linear, got Conv1D"); before that check, it read the

@@ -860,6 +860,11 @@ def _check_terms(terms, changed: bool = False) -> None:
     the terms are given, and (`changed`) in every forward, since `sum.terms` may be edited in steps (`del`,
     `append`) and a term's bias set afterwards: a term's bias would be left out of the sum."""
     terms = list(terms)  # a slice of a _Terms would be a new _Terms, counted as a change
+    if not changed and len(terms) == 1 and isinstance(terms[0], (list, tuple, nn.ModuleList)):
+        raise TypeError(
+            f"Sum: takes its terms as arguments, Sum(a, b), not one {type(terms[0]).__name__} of them "
+            "(Sum(*terms) spreads one)"
+        )
     after = " (the Sum or its terms were changed after it was made)" if changed else ""
     if not 2 <= len(terms) <= MAX_TERMS:
         raise ValueError(
@@ -927,6 +932,58 @@ class Sum(_KtLinear):
     def reset_parameters(self) -> None:
         """The sum's own bias (each term resets its own weights)."""
         self._init_bias(self.in_features)
+
+    @classmethod
+    def from_dense(
+        cls, linear: nn.Linear, block: tuple[int, int], density: float, rank: int, rounds: int = 4
+    ) -> Sum:
+        """A block-sparse term plus a rank-`rank` term close to `linear`'s weight W (sparse + low-rank), and
+        `linear`'s bias. Alternating projections, `rounds` times: S keeps the `density` fraction of the blocks
+        of W - L with the largest norms (L = 0 at first: BlockSparseLinear.from_dense's blocks), then L is the
+        best rank-`rank` fit of W - S (truncated SVD). Each step is the best for its term with the other held,
+        so the error never grows from round to round, and is at most BlockSparseLinear.from_dense's alone.
+        Computed in float64, the terms held in `linear`'s dtype."""
+        linear = cls._linear(linear)
+        from kt.ir.projections import prune_blocks, truncated_svd
+
+        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
+            raise ValueError(f"Sum.from_dense: rounds={rounds!r} must be a positive integer")
+        if linear.weight.is_meta:  # which blocks to keep depends on the weight's values
+            raise ValueError(
+                "Sum.from_dense: the nn.Linear is on the meta device (no values to fit); load its weights first"
+            )
+        weight = linear.weight.detach().to(torch.promote_types(linear.weight.dtype, torch.float64))
+        low = torch.zeros_like(weight)
+        try:
+            for _ in range(rounds):
+                sparse = prune_blocks(weight - low, block, density)
+                f1, f2 = truncated_svd(weight - sparse.to_dense(), rank)
+                low = (f1 @ f2).t()  # x @ f1 @ f2 = F.linear(x, (f1 @ f2).T)
+        except ValueError as exc:  # named kt.ir's function, which the caller never called
+            raise ValueError(f"Sum.from_dense: {str(exc).partition(': ')[2]}") from None
+        made = {"bias": False, "device": linear.weight.device, "dtype": linear.weight.dtype}
+        blocks = BlockSparseLinear(
+            linear.in_features, linear.out_features, block, mask=layout_mask(sparse), **made
+        )
+        chain = LowRankLinear(linear.in_features, linear.out_features, rank, **made)
+        layer = cls(blocks, chain, bias=linear.bias is not None)
+        with torch.no_grad():
+            blocks.values.copy_(sparse.values())
+            for factor, value in zip(chain.factors, (f1, f2)):
+                factor.copy_(value)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        size, dense = (
+            sparse.values().numel() + chain.factors[0].numel() + chain.factors[1].numel(),
+            linear.weight.numel(),
+        )
+        if size >= dense:  # legal, and no smaller: the point of a structured layer is lost without a word
+            warnings.warn(
+                f"Sum.from_dense: density {density} and rank {rank} give {size} weights, no fewer than the dense "
+                f"layer's {dense} ({linear.in_features} x {linear.out_features})",
+                stacklevel=2,
+            )
+        return layer
 
     @property
     def dtype(self) -> torch.dtype:
