@@ -81,7 +81,8 @@ class ModelError(KtError):
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """`Type: message` on one line (its whitespace runs joined), at most `limit` characters: how kt words an
     exception it reports rather than raises (a part of a bench, a worker's candidate, a user's factory)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+    said = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {said}" if said else type(exc).__name__)[:limit]  # not "AttributeError: "
 
 
 def counted(count: int, noun: str) -> str:

@@ -105,8 +105,26 @@ def test_a_dense_layer_counts_all_leading_dims_and_names_never_clash():
         "inner.a b",
         "its example input has no rows (an empty batch)",
     )
-    with pytest.raises(KtError, match="the model failed on its example input: RuntimeError: mat1 and mat2"):
+    with pytest.raises(
+        KtError, match="the model failed on its example input: RuntimeError: mat1 and mat2"
+    ) as e:
         model_ops(Two(), torch.randn(8, 17))
+    # and where: an exception without a message said "AttributeError: " and no more
+    assert re.search(
+        r"\(at modules/linear\.py:\d+: return F\.linear\(input, self\.weight, self\.bias\)\)$", str(e.value)
+    )
+
+    class Silent(nn.Module):
+        def forward(self, x):
+            raise AttributeError
+
+    with pytest.raises(KtError) as e:
+        model_ops(Silent(), torch.randn(8, 16))
+    assert re.fullmatch(
+        r"--from-model: the model failed on its example input: AttributeError \(at tests/test_from_model\.py:\d+: "
+        r"raise AttributeError\)",
+        str(e.value),
+    ), str(e.value)
 
 
 def test_a_factory_is_loaded_from_a_file_or_a_module_and_bad_ones_are_one_line_errors(tmp_path):

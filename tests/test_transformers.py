@@ -14,7 +14,7 @@ from torch import nn
 
 import kt.cli as cli
 import kt.nn as knn
-from kt.nn.discover import model_ops
+from kt.nn.discover import load_factory, model_ops
 from kt.nn.layers import as_linear, conv1d
 
 transformers = pytest.importorskip("transformers")
@@ -149,3 +149,17 @@ def test_from_model_finds_a_gpt2s_conv1d_ops_and_says_torch_runs_them(monkeypatc
     monkeypatch.setattr(cli, "out", Console(file=(said := io.StringIO()), width=400, markup=False))
     assert [spec.summary() for spec in cli._model_specs(factory, set())] == list(summaries.values())
     assert "note: 9 plain nn.Linear or Conv1D layers (transformer.h.0.attn.c_attn, " in said.getvalue()
+
+
+def gpt2_tokenized():
+    """The factory of a user who tokenized the example: a BatchEncoding, a mapping that is no dict."""
+    model, ids = gpt2()
+    return model, transformers.BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+
+def test_a_factorys_batch_encoding_is_read_as_keyword_arguments():
+    """It was passed as the model's one positional argument: "the model failed on its example input:
+    AttributeError: " (GPT-2 read it as input_ids)."""
+    model, args, kwargs = load_factory(f"{__file__}:gpt2_tokenized")
+    assert args == () and list(kwargs) == ["input_ids", "attention_mask"] and type(kwargs) is dict
+    assert len(model_ops(model, *args, **kwargs).specs) == 4

@@ -26,7 +26,8 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,11 +157,26 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
         Exception,
         SystemExit,
     ) as exc:  # the user's model on the user's input: one line, as any bad input is
-        raise KtError(f"--from-model: the model failed on its example input: {one_line(exc)}") from None
+        raise KtError(
+            f"--from-model: the model failed on its example input: {one_line(exc)}{_raised_at(exc)}"
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
     return found
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where `exc` was raised, for the one line that reports a model's failure: ` (at file.py:LINE: code)`, the
+    file named from its package on (an AttributeError with no message said nothing else)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    parts = Path(last.filename).parts
+    shown = "/".join(parts[-2:]) if len(parts) > 1 else last.filename
+    code = f": {' '.join(last.line.split())[:120]}" if last.line else ""
+    return f" (at {shown}:{last.lineno}{code})"
 
 
 def _name(prefix: str, path: str, rows: int, digest: str, count: int = 1) -> str:
@@ -176,7 +192,8 @@ def _name(prefix: str, path: str, rows: int, digest: str, count: int = 1) -> str
 
 def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     """`path/to/file.py:name` or `package.module:name`: call `name()`, which returns the model and an example
-    input (a tensor, or a tuple of positional args, optionally followed by a dict of keyword args)."""
+    input (a tensor, or a tuple of positional args, optionally followed by a dict of keyword args; a mapping
+    that is no dict, a tokenizer's BatchEncoding say, is read as keyword args too)."""
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise KtError(f"--from-model: {target!r} must be MODULE:FACTORY or path/to/file.py:FACTORY")
@@ -243,8 +260,8 @@ def load_factory(target: str) -> tuple[nn.Module, tuple, dict]:
     model, example = made
     args = example if isinstance(example, tuple) else (example,)
     kwargs: dict = {}
-    if args and isinstance(args[-1], dict):
-        args, kwargs = args[:-1], args[-1]
+    if args and isinstance(args[-1], Mapping):  # a BatchEncoding is a UserDict: it was passed as input_ids
+        args, kwargs = args[:-1], dict(args[-1])
     return model, args, kwargs
 
 
