@@ -2676,3 +2676,15 @@ def test_a_layer_made_under_a_default_dtype_kt_refuses_names_the_default_and_how
         assert layer(torch.randn(2, 4, dtype=torch.float32)).dtype == torch.float32
     finally:
         torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("make", [lambda: knn.LowRankLinear(16, 24, 4), lambda: knn.MonarchLinear(16, 24, 4)])
+def test_a_layer_whose_weights_are_on_meta_says_so_for_an_x_that_is_not(make):
+    """It failed in its kernel's words: "kernel: f1 is on meta but the first argument is on cpu"."""
+    layer = make().to("meta")
+    with pytest.raises(
+        ValueError,
+        match=r"^\w+Linear: its weights are on the meta device \(x is on cpu\), which holds no values",
+    ):
+        layer(torch.randn(3, 16))
+    assert layer(torch.randn(3, 16, device="meta")).shape == (3, 24)  # meta in, meta out: shapes only

@@ -56,6 +56,23 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return linear.train(module.training)
 
 
+# the kt.nn layers whose weights are held by submodules they never call (a LowRankLinear's factors, a Sum's
+# terms): accelerate's offloading loads such weights only for a class named in its preload_module_classes
+PRELOAD_MODULE_CLASSES = ["LowRankLinear", "Sum"]
+
+
+def _on_meta(who: str, device: torch.device) -> str:
+    """Why a layer whose weights are on the meta device cannot run on `device`'s x (it said only "kernel: f1
+    is on meta but the first argument is on cpu")."""
+    return (
+        f"{who}: its weights are on the meta device (x is on {device}), which holds no values: load them first "
+        "(layer.to_empty(device=...) then load_state_dict, or load_state_dict(..., assign=True)); under "
+        "accelerate's offloading (cpu_offload, disk_offload, dispatch_model with offloaded modules), pass "
+        f"preload_module_classes={PRELOAD_MODULE_CLASSES} (kt.nn.layers.PRELOAD_MODULE_CLASSES): those layers "
+        "read their factors' or terms' weights without calling them, so accelerate never loads them"
+    )
+
+
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
     """kt's name of `dtype`, or a TypeError naming the dtypes kt's kernels take (a dtype given by name, "float16",
     was refused as "not one that kt's kernels take; use float16, ...")."""
@@ -260,6 +277,8 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         _check_features(type(self).__name__, x, self.in_features)
         self._check_shapes()
         self._check_weights()
+        if not x.is_meta and any(w.is_meta for w in self._weights()):
+            raise ValueError(_on_meta(type(self).__name__, x.device))
         dtype = autocast_dtype(x)
         if dtype is not None:  # torch.autocast: as nn.Linear does, the op runs on a copy of x in its dtype
             x = x.to(dtype)

@@ -100,11 +100,20 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             try:
                 layer = choose(name, linear)
             except (ValueError, TypeError) as exc:  # a factory's refusal, named by the layer it was making
+                if hasattr(module, "_hf_hook"):  # (on its meta weight, say): why is the hook
+                    raise ValueError(_dispatched(name)) from None
                 raise type(exc)(f"structurize: the rule for {name!r}: {exc}") from None
             if layer is not None:
                 break
         else:
             continue
+        if hasattr(module, "_hf_hook"):
+            raise ValueError(_dispatched(name))
+        if "forward" in vars(module):
+            said.append(
+                f"structurize: {name!r} has its forward replaced on the module itself, which stays on the "
+                "replaced nn.Linear and is no longer called; replace the new layer's forward likewise if it must be"
+            )
         if rule_of is not None:
             said += _unused_rules(aliases[key], name, rule_of)
         if not isinstance(layer, nn.Module):
@@ -216,6 +225,18 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
             "and are no longer called; register them on the new layer",
             stacklevel=3,
         )
+
+
+def _dispatched(name: str) -> str:
+    """Why a layer under one of accelerate's hooks (a model loaded with `device_map=`, or given to
+    `cpu_offload` or `dispatch_model`) is not replaced: the hook, set on the module's forward, moves its
+    weight in at each call (an offloaded one is on the meta device between calls), and a new layer would have
+    neither the hook nor the weight."""
+    return (
+        f"structurize: {name!r} is under an accelerate hook (a model loaded with device_map=, or given to "
+        "cpu_offload or dispatch_model), which places its weight at each call; structurize the model before "
+        "dispatching it (load it without device_map, structurize, then dispatch)"
+    )
 
 
 def scripted(model: nn.Module) -> str | None:

@@ -1,6 +1,7 @@
-"""Hugging Face transformers models: GPT-2's projections are transformers' Conv1D (y = x @ W + b, W stored
+"""Hugging Face models and tools. GPT-2's projections are transformers' Conv1D (y = x @ W + b, W stored
 (in, out)), not nn.Linear, so `kt tune --from-model` found only a GPT-2's lm_head and `kt.nn.structurize`
-replaced nothing else, without a word. kt reads a Conv1D as the nn.Linear it computes (`kt.nn.layers.as_linear`)."""
+replaced nothing else, without a word: kt reads a Conv1D as the nn.Linear it computes (`kt.nn.layers.as_linear`).
+accelerate's offloading loads a module's weights as it is called: kt's layers under it, and a model under it."""
 
 from __future__ import annotations
 
@@ -163,3 +164,85 @@ def test_a_factorys_batch_encoding_is_read_as_keyword_arguments():
     model, args, kwargs = load_factory(f"{__file__}:gpt2_tokenized")
     assert args == () and list(kwargs) == ["input_ids", "attention_mask"] and type(kwargs) is dict
     assert len(model_ops(model, *args, **kwargs).specs) == 4
+
+
+LAYERS = {
+    "dense": knn.DenseLinear.from_dense,
+    "lowrank": lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
+    "blocksparse": lambda lin: knn.BlockSparseLinear.from_dense(lin, (8, 8), density=0.5),
+    "monarch": lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+    "butterfly": knn.ButterflyLinear.from_dense,
+    "sum": lambda lin: knn.Sum.from_dense(lin, (8, 8), density=0.5, rank=2),
+}
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_kt_layers_run_under_accelerates_offloading_with_the_classes_kt_names(kind, tmp_path):
+    """A LowRankLinear's factors and a Sum's terms sit in submodules the layer never calls, so accelerate never
+    loaded them: "kernel: f1 is on meta but the first argument is on cpu". Now that error names the fix,
+    PRELOAD_MODULE_CLASSES, with which every layer runs offloaded to the CPU or to disk."""
+    accelerate = pytest.importorskip("accelerate")
+    from kt.nn.layers import PRELOAD_MODULE_CLASSES
+
+    torch.manual_seed(4)
+    x = torch.randn(3, 5, 16)
+
+    def model():
+        torch.manual_seed(5)  # the same weights each time
+        made = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+        knn.structurize(made, {"*": LAYERS[kind]})
+        return made
+
+    want = model()
+    with torch.no_grad():
+        expected = want(x)
+    for offload in (
+        lambda m: accelerate.cpu_offload(
+            m, torch.device("cpu"), preload_module_classes=PRELOAD_MODULE_CLASSES
+        ),
+        lambda m: accelerate.disk_offload(
+            m, str(tmp_path / "disk"), torch.device("cpu"), preload_module_classes=PRELOAD_MODULE_CLASSES
+        ),
+    ):
+        offloaded = model()
+        offload(offloaded)
+        assert all(p.is_meta for p in offloaded.parameters())  # between calls the weights are elsewhere
+        with torch.no_grad():
+            assert torch.equal(offloaded(x), expected)
+    if kind in ("lowrank", "sum"):
+        plain = model()
+        accelerate.cpu_offload(plain, torch.device("cpu"))
+        with pytest.raises(
+            ValueError,
+            match=r"weights are on the meta device \(x is on cpu\).*preload_module_classes=\['LowRankLinear', 'Sum'\]",
+        ):
+            plain(x)
+
+
+def test_structurize_refuses_a_model_under_accelerates_hooks_and_says_to_structurize_first():
+    """Its weights are on the meta device between calls: structurize made meta layers from them, and the model
+    then failed at its first call ("kernel: b is on meta but the first argument is on cpu")."""
+    accelerate = pytest.importorskip("accelerate")
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    accelerate.cpu_offload(model, torch.device("cpu"))
+    before = [type(m) for m in model]
+    for rules in (
+        {"*": knn.DenseLinear.from_dense},
+        {"0": lambda lin: knn.BlockSparseLinear.from_dense(lin, (4, 4), density=0.5)},  # refuses meta itself
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"^structurize: '0' is under an accelerate hook .* structurize the model before dispatching it",
+        ):
+            knn.structurize(model, rules)
+    assert [type(m) for m in model] == before  # left as it was
+    assert (
+        knn.structurize(model, lambda name, lin: None) == []
+    )  # a rule that keeps every layer: nothing to refuse
+    patched = nn.Sequential(nn.Linear(8, 8))
+    patched[0].forward = lambda x: x  # a forward set on the instance (no accelerate): said, not refused
+    with pytest.warns(
+        UserWarning,
+        match="'0' has its forward replaced on the module itself, which stays on the replaced nn.Linear",
+    ):
+        assert knn.structurize(patched, {"*": knn.DenseLinear.from_dense}) == ["0"]
