@@ -2317,6 +2317,57 @@ def test_structurize_of_a_weight_normed_linear_says_the_norm_split_is_gone():
     assert stepped[0].weight.requires_grad and stepped[0].bias.requires_grad
 
 
+def test_structurize_of_a_pruned_or_spectral_normed_linear_uses_its_weight_as_now_and_says_what_is_gone():
+    """torch.nn.utils.prune and spectral_norm compute the weight at each forward, as weight_norm does: the new
+    layer was made from the weight of the last forward (stale after an optimizer step), and their hooks were
+    named as hooks to register on the new layer, which cannot take them."""
+    import warnings
+
+    from torch.nn.utils import prune, spectral_norm
+
+    torch.manual_seed(6)
+    pruned = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    prune.l1_unstructured(pruned[0], "weight", amount=0.5)
+    prune.l1_unstructured(pruned[0], "weight", amount=0.25)  # twice: a PruningContainer
+    prune.random_unstructured(pruned[0], "bias", amount=0.5)
+    pruned[1].weight.requires_grad_(False)
+    prune.l1_unstructured(
+        pruned[1], "weight", amount=0.5
+    )  # its weight_orig frozen: the new layer's weight too
+    torch.optim.SGD(pruned.parameters(), lr=1.0).zero_grad()
+    pruned(torch.randn(2, 8)).sum().backward()
+    torch.optim.SGD(pruned.parameters(), lr=1.0).step()  # weight_orig moved; weight is the last forward's
+    now = [(m.weight_orig * m.weight_mask).detach() for m in pruned]
+    bias_now = (pruned[0].bias_orig * pruned[0].bias_mask).detach()
+    assert not torch.equal(pruned[0].weight, now[0])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        knn.structurize(pruned, {"*": knn.DenseLinear.from_dense})
+    assert [str(w.message) for w in said] == [
+        "structurize: '0' was pruned by torch.nn.utils.prune; the new layer was made from its masked weight "
+        "(weight_orig * weight_mask) and trains it without the mask: pruned entries no longer stay zero",
+        "structurize: '0' was pruned by torch.nn.utils.prune; the new layer was made from its masked bias "
+        "(bias_orig * bias_mask) and trains it without the mask: pruned entries no longer stay zero",
+        "structurize: '1' was pruned by torch.nn.utils.prune; the new layer was made from its masked weight "
+        "(weight_orig * weight_mask) and trains it without the mask: pruned entries no longer stay zero",
+    ]
+    assert torch.equal(pruned[0].weight, now[0]) and torch.equal(pruned[0].bias, bias_now)
+    assert torch.equal(pruned[1].weight, now[1])
+    assert pruned[0].weight.requires_grad and pruned[0].bias.requires_grad
+    assert not pruned[1].weight.requires_grad and pruned[1].bias.requires_grad
+    normed = torch.nn.Sequential(spectral_norm(torch.nn.Linear(8, 6))).eval()
+    x = torch.randn(3, 8)
+    expected = normed(x)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        knn.structurize(normed, {"*": knn.DenseLinear.from_dense})
+    assert [str(w.message) for w in said] == [
+        "structurize: '0' was under torch.nn.utils.spectral_norm; the new layer was made from its weight "
+        "(weight_orig / sigma, its spectral norm as last estimated) and trains it directly, without the norm"
+    ]
+    torch.testing.assert_close(normed(x), expected)
+
+
 def test_a_kt_layer_takes_its_input_by_nn_linears_keyword_too():
     """`self.fc(input=x)` is a valid call of an nn.Linear: once structurize swapped fc, it was a TypeError."""
     layer = knn.LowRankLinear(8, 6, rank=2)

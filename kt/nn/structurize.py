@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -187,28 +190,27 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
     """What `linear` held beyond its tensors that its replacement `layer` must keep: its mode, its frozen
     parameters (a frozen model came back trainable); its hooks are named (they cannot move with it)."""
     layer.train(linear.training)
-    normed = _weight_norm(linear)
-    # under weight_norm the weight is computed (with no grad after a forward under torch.no_grad()): the
-    # parameters it is computed from say whether it trains
-    trains = (
-        linear.weight.requires_grad
-        if normed is None
-        else any(getattr(linear, f"{normed.name}_{part}").requires_grad for part in "gv")
-    )
+    computed = {c.tensor: c for c in _computed(linear)}
+
+    def trains(tensor: str) -> bool:
+        # a computed weight (with no grad after a forward under torch.no_grad()): the parameters it is computed
+        # from say whether it trains
+        c = computed.get(tensor)
+        return getattr(linear, tensor).requires_grad if c is None else any(t.requires_grad for t in c.sources)
+
     for param_name, param in layer.named_parameters():
         is_bias = param_name.rpartition(".")[2] == "bias" and linear.bias is not None
-        if not (linear.bias.requires_grad if is_bias else trains):
+        if not trains("bias" if is_bias else "weight"):
             param.requires_grad_(False)
-    pre_hooks = dict(linear._forward_pre_hooks)
-    if normed is not None:
-        # its hook computes the weight from weight_g and weight_v at each call: the new layer was made from them
-        # as they are (`_fresh_weight`) and holds the weight as plain weights
-        warnings.warn(
-            f"structurize: {name!r} was under torch.nn.utils.weight_norm; the new layer was made from its weight "
-            "(weight_g * weight_v / ||weight_v||) and trains it directly, without the norm split",
-            stacklevel=3,
-        )
-        pre_hooks = {key: hook for key, hook in pre_hooks.items() if hook is not normed}
+    for c in computed.values():
+        # its hook computes the tensor from others at each call: the new layer was made from them as they are
+        # (`_fresh_weight`) and holds it as plain weights
+        warnings.warn(f"structurize: {name!r} {c.said}", stacklevel=3)
+    pre_hooks = {
+        key: hook
+        for key, hook in linear._forward_pre_hooks.items()
+        if not any(hook is c.hook for c in computed.values())
+    }
     hooks = [
         kind
         for kind, table in (
@@ -252,21 +254,71 @@ def scripted(model: nn.Module) -> str | None:
     return None
 
 
-def _weight_norm(linear: nn.Linear):
-    """torch.nn.utils.weight_norm's hook on `linear`, or None."""
+@dataclass
+class _Computed:
+    """A tensor of an nn.Linear that a torch.nn.utils hook computes from other parameters at each forward."""
+
+    hook: Any
+    tensor: str  # "weight" or "bias"
+    sources: list[torch.Tensor]  # the parameters it is computed from
+    compute: Callable[[], torch.Tensor]
+    said: str  # the warning's words: what the new layer holds instead
+
+
+def _computed(linear: nn.Linear) -> list[_Computed]:
+    """The tensors of `linear` computed by weight_norm's, spectral_norm's and prune's forward pre-hooks
+    (torch.nn.utils.parametrize's make a subclass of nn.Linear instead, which structurize leaves alone)."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
-    return next((h for h in linear._forward_pre_hooks.values() if isinstance(h, WeightNorm)), None)
+    found = []
+    for hook in linear._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            found.append(
+                _Computed(
+                    hook,
+                    hook.name,
+                    [getattr(linear, f"{hook.name}_g"), getattr(linear, f"{hook.name}_v")],
+                    functools.partial(hook.compute_weight, linear),
+                    "was under torch.nn.utils.weight_norm; the new layer was made from its weight "
+                    "(weight_g * weight_v / ||weight_v||) and trains it directly, without the norm split",
+                )
+            )
+        elif isinstance(hook, SpectralNorm):
+            found.append(
+                _Computed(
+                    hook,
+                    hook.name,
+                    [getattr(linear, f"{hook.name}_orig")],
+                    functools.partial(hook.compute_weight, linear, do_power_iteration=False),
+                    "was under torch.nn.utils.spectral_norm; the new layer was made from its weight (weight_orig "
+                    "/ sigma, its spectral norm as last estimated) and trains it directly, without the norm",
+                )
+            )
+        elif isinstance(hook, BasePruningMethod):  # a PruningContainer too (pruned more than once)
+            tensor = hook._tensor_name
+            found.append(
+                _Computed(
+                    hook,
+                    tensor,
+                    [getattr(linear, f"{tensor}_orig")],
+                    functools.partial(hook.apply_mask, linear),
+                    f"was pruned by torch.nn.utils.prune; the new layer was made from its masked {tensor} "
+                    f"({tensor}_orig * {tensor}_mask) and trains it without the mask: pruned entries no longer "
+                    "stay zero",
+                )
+            )
+    return found
 
 
 def _fresh_weight(linear: nn.Linear) -> None:
-    """The weight of a layer under torch.nn.utils.weight_norm computed from weight_g and weight_v as they are
-    now: its hook computes it at each forward only, so the new layer was made from the last forward's (stale
-    after an optimizer step), and frozen after one under torch.no_grad()."""
-    hook = _weight_norm(linear)
-    if hook is not None:
+    """The tensors of a layer under weight_norm, spectral_norm or prune computed from their parameters as they
+    are now: the hook computes them at each forward only, so the new layer was made from the last forward's
+    (stale after an optimizer step), and frozen after one under torch.no_grad()."""
+    for c in _computed(linear):
         with torch.no_grad():
-            setattr(linear, hook.name, hook.compute_weight(linear))
+            setattr(linear, c.tensor, c.compute())
 
 
 def _left_alone_said(subclassed: dict[str, str], patterns: list[str]) -> list[str]:
