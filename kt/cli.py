@@ -610,6 +610,15 @@ def _ray_address(ctx, param, value):
     "it calls becomes an op at its batch bucket (kt.nn.discover).",
 )
 @click.option(
+    "--rows",
+    "extra_rows",
+    default=None,
+    callback=lambda ctx, param, value: _row_counts(value),
+    metavar="N,N,...",
+    help="With --from-model: tune each op at these row counts too (each at its batch bucket), beside the example's: "
+    "the rows a call runs that the example does not, such as a generation's decode steps (one row per sequence).",
+)
+@click.option(
     "--ray",
     default=None,
     callback=_ray_address,
@@ -660,6 +669,7 @@ def _ray_address(ctx, param, value):
 def tune(
     specs,
     from_model,
+    extra_rows,
     ray,
     concurrent,
     budget,
@@ -688,8 +698,10 @@ def tune(
         raise click.UsageError("give OP_YAML files or folders, or --from-model FILE.py:FACTORY")
     from kt.autotune.artifact import check_target
 
+    if extra_rows and not from_model:
+        raise click.UsageError("--rows adds row counts to --from-model's ops; an OP_YAML gives its own batch")
     if from_model:
-        specs = [*specs, *_model_specs(from_model, {spec.name for spec in specs})]
+        specs = [*specs, *_model_specs(from_model, {spec.name for spec in specs}, extra_rows or ())]
     for spec in specs:
         check_target(out_dir / spec.name)  # before any tune, not after it
     check_cache_dir()
@@ -776,6 +788,24 @@ def _gpus(text: str | None, backend: str, ray: str | None = None) -> list[int] |
     return indices
 
 
+def _row_counts(text: str | None) -> tuple[int, ...] | None:
+    """--rows as row counts: positive integers up to kt's limit, comma-separated."""
+    if text is None:
+        return None
+    from kt.spec import MAX_DIM
+
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()) or not 1 <= int(part) <= MAX_DIM:
+            raise click.BadParameter(
+                f"{part!r} is no row count: give integers from 1 to {MAX_DIM:,} separated by commas, e.g. 1,8,64",
+                param_hint="'--rows'",
+            )
+        counts.append(int(part))
+    return tuple(counts)
+
+
 def _one_model(values: tuple[str, ...]) -> str | None:
     if len(values) > 1:
         raise click.BadParameter(
@@ -793,12 +823,13 @@ def _one_model(values: tuple[str, ...]) -> str | None:
     return values[0] if values else None
 
 
-def _model_specs(target: str, taken: set[str]) -> list:
-    """The ops of --from-model's model (kt.nn.discover), listed as a table before they are tuned."""
+def _model_specs(target: str, taken: set[str], extra_rows: tuple[int, ...] = ()) -> list:
+    """The ops of --from-model's model (kt.nn.discover), listed as a table before they are tuned; each also at
+    the buckets of --rows."""
     from kt.nn.discover import load_factory, model_ops
 
     model, args, kwargs = load_factory(target)
-    found = model_ops(model, *args, name_prefix=target.rpartition(":")[2], **kwargs)
+    found = model_ops(model, *args, name_prefix=target.rpartition(":")[2], extra_rows=extra_rows, **kwargs)
     clash = sorted(taken & {spec.name for spec in found.specs})
     if clash:
         raise KtError(f"--from-model: an OP_YAML already has an op named {clash[0]!r}; rename it")

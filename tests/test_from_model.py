@@ -196,6 +196,45 @@ def test_kt_tune_without_ops_is_a_usage_error():
     assert "give OP_YAML files or folders, or --from-model FILE.py:FACTORY" in done.stderr
 
 
+def test_rows_add_buckets_the_example_does_not_reach(tmp_path, monkeypatch):
+    """A generation's decode steps run one row per sequence, which a prompt-sized example never reaches: its ops
+    were tuned at the prompt's bucket alone, and kt.nn ran the decode steps on the cost model's pick."""
+    model = nn.Sequential(nn.Linear(24, 32), nn.ReLU(), knn.MonarchLinear(32, 48, 4))
+    example = torch.randn(2, 50, 24)  # 100 rows: bucket 128
+    names = [plain(s.name) for s in model_ops(model, example, extra_rows=(1, 3, 100, 5000)).specs]
+    # 1 and 3 share bucket 16, 100 is the example's own: once each
+    assert names == ["0_b128", "0_b16", "0_b8192", "2_b128", "2_b16", "2_b8192"], names
+    summaries = [s.summary() for s in model_ops(model, example, extra_rows=(1,)).specs]
+    assert summaries == [
+        "dense 128x32x24 float32 (a: row, b: col)",
+        "dense 16x32x24 float32 (a: row, b: col)",
+        "monarch 128 rows, 32 -> 48 (w1 4x8x8, w2 4x12x8) float32",
+        "monarch 16 rows, 32 -> 48 (w1 4x8x8, w2 4x12x8) float32",
+    ]
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    (tmp_path / "mdl.py").write_text(
+        "import torch\n\ndef f():\n    return torch.nn.Linear(16, 8), torch.randn(4, 16)\n"
+    )
+    for rows, said in [
+        ("0", "'0' is no row count: give integers from 1 to 16,777,216 separated by commas, e.g. 1,8,64"),
+        ("1,x", "'x' is no row count"),
+        ("\u00b2", "'\u00b2' is no row count"),  # a digit to str.isdigit, not to int()
+        ("16777217", "'16777217' is no row count"),
+    ]:
+        done = CliRunner().invoke(main, ["tune", "--from-model", f"{tmp_path / 'mdl.py'}:f", "--rows", rows])
+        assert done.exit_code == 2 and said in " ".join(done.output.split()), done.output
+        assert "Traceback" not in done.output
+    (tmp_path / "d.yaml").write_text("name: d\nop: dense\nshape: {m: 16, n: 16, k: 16}\n")
+    done = CliRunner().invoke(main, ["tune", str(tmp_path / "d.yaml"), "--rows", "1"])
+    assert (
+        done.exit_code == 2
+        and "--rows adds row counts to --from-model's ops; an OP_YAML gives its own batch" in done.output
+    )
+
+
 def test_op_yaml_files_and_a_model_tune_together(tmp_path):
     """OP_YAML beside --from-model failed with a TypeError sorting the ops' sources (a model's ops have none);
     a factory named like an emoji code (`:factory:`) was printed as one."""

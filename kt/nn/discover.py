@@ -56,10 +56,13 @@ class ModelOps:
     subclassed: list[str] = field(default_factory=list)
 
 
-def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any) -> ModelOps:
+def model_ops(
+    model: nn.Module, *args: Any, name_prefix: str = "", extra_rows: tuple[int, ...] = (), **kwargs: Any
+) -> ModelOps:
     """Run `model(*args, **kwargs)` once and collect the ops kt can tune (see the module's docstring); each op's
     name is `name_prefix` (the factory's name, so that two models tuned into one folder keep their artifacts
-    apart), the module's path and the bucket."""
+    apart), the module's path and the bucket. Each op is also listed at the buckets of `extra_rows` (row counts
+    the example does not run: a generation's decode steps, one row per sequence)."""
     from kt.nn.functional import _row_count
     from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d
     from kt.nn.selection import bucket, bucket_spec, parsed_op
@@ -110,7 +113,7 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
             found.skipped.append((path or "(model)", "its example input has no rows (an empty batch)"))
             return
         try:
-            spec = bucket_spec({**op, "name": "op"}, rows)
+            bucket_spec({**op, "name": "op"}, rows)  # checked once here: `add` makes it again per bucket
         except SpecError as exc:  # past kt's limits (2**24 features or rows): the model ran; skip this op
             found.skipped.append((path or "(model)", f"beyond kt's limits: {exc}"))
             return
@@ -118,6 +121,12 @@ def model_ops(model: nn.Module, *args: Any, name_prefix: str = "", **kwargs: Any
             found.plain.append(path or "(model)")  # once, though it is called twice
             if type(module) is not nn.Linear:
                 found.subclassed.append(path or "(model)")
+        for count in (rows, *extra_rows):  # a bucket the example reaches, or a row count asked for
+            add(path, op, count)
+
+    def add(path: str, op: dict[str, Any], rows: int) -> None:
+        """The spec of `op` at the bucket of `rows`, named after `path`; once for ops of equal math."""
+        spec = bucket_spec({**op, "name": "op"}, rows)
         signature = json.dumps(spec.signature(), sort_keys=True)
         # six hex digits of the whole op, as `selections().specs()` names them: two models whose factories
         # share a name (the README's example_model) tuned into one folder replaced each other's artifacts
