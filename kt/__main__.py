@@ -44,6 +44,16 @@ def main():
     except KeyboardInterrupt:
         print("kt: interrupted", file=sys.stderr)
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        if _interrupted:
+            print("kt: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if (exc.name or "").partition(".")[0] != "triton":
+            raise
+        from kt.codegen.emit import no_triton  # a command that needs Triton where there is none (macOS)
+
+        print(f"kt: error: {no_triton('this command')}", file=sys.stderr)
+        sys.exit(2)
     except Exception:
         # a Ctrl-C inside a module's import (numpy's, as a command's first use of kt.api loads it) leaves it
         # half made: what fails next is a RecursionError, an AttributeError or an ImportError, not the

@@ -697,7 +697,10 @@ def tune(
     if not specs and not from_model:
         raise click.UsageError("give OP_YAML files or folders, or --from-model FILE.py:FACTORY")
     from kt.autotune.artifact import check_target
+    from kt.codegen.emit import no_triton, triton_installed
 
+    if ray is None and not triton_installed():  # before a model loads or a note is said (a Ray cluster's own)
+        raise KtError(no_triton("kt tune"))
     if extra_rows and not from_model:
         raise click.UsageError("--rows adds row counts to --from-model's ops; an OP_YAML gives its own batch")
     if from_model:

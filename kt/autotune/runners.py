@@ -541,6 +541,12 @@ def make_runner(
     """`backend`: cuda, interpret, dryrun, or auto (cuda when a GPU is present, else interpret). `ray`: run the
     workers as actors of that Ray cluster ("local": one started in this process; kt.autotune.raypool). `gpus`:
     the GPUs the cuda runner measures on (default: every visible GPU of cuda:0's model)."""
+    from kt.codegen.emit import no_triton, triton_installed
+
+    if ray is None and not triton_installed():  # (a Ray cluster's nodes have their own)
+        from kt.errors import DeviceError
+
+        raise DeviceError(no_triton("tuning"))
     check_gpus(backend, gpus, ray)
     if gpus is not None:
         options["gpus"] = gpus

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -58,6 +59,23 @@ def _locks_across_fork() -> None:
 _locks_across_fork()
 
 
+def no_triton(what: str) -> str:
+    """The one line that says `what` needs Triton where it is not installed: pip installs it on Linux only
+    (kt's dependency is marked so), and kt.nn's layers run their PyTorch path on CPU tensors without it."""
+    return (
+        f"{what} needs Triton, which is not installed here: it runs on Linux (pip install triton); without it "
+        "kt.nn's layers run their PyTorch path on CPU tensors, and kt tunes nothing"
+    )
+
+
+def triton_installed() -> bool:
+    """Whether Triton can be imported here (not on macOS or Windows, where pip has no Triton to install)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # blocked (None in sys.modules), or a module without a spec
+        return False
+
+
 def interpreter_wanted() -> bool:
     """Run kernels in Triton's interpreter when asked to (TRITON_INTERPRET=1) or when there is no GPU."""
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -79,21 +97,29 @@ def import_kernel_file(
     loaded later, or by other code, still compile for the GPU when there is one.
     """
     path = Path(path)
-    if interpret is None:
-        interpret = interpreter_wanted()
-    if interpret:
-        import triton.language  # noqa: F401 - before the switch, so Triton's own helpers stay compiled-mode
-
-        from kt.codegen.compat import patch_interpreter, triton_interpret
-
-        patch_interpreter()
-        importing = triton_interpret(True)
-    elif os.environ.get("TRITON_INTERPRET") == "1":
-        raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
+    source = path.read_bytes()
+    plain = not re.search(rb"^import triton\b", source, re.MULTILINE)
+    if plain:  # a PyTorch module (a baseline: what kt.nn runs on CPU tensors): no Triton function to switch
+        interpret, importing = False, contextlib.nullcontext()  # modes for; it runs where Triton is absent
+    elif not triton_installed():
+        raise ImportError(no_triton(f"{path.name} (a Triton kernel)"))
     else:
-        importing = contextlib.nullcontext()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-    name = f"kt_kernel_{'interp' if interpret else 'cuda'}_{digest}{'_private' if private else ''}"
+        if interpret is None:
+            interpret = interpreter_wanted()
+        if interpret:
+            import triton.language  # noqa: F401 - before the switch, so Triton's own helpers stay compiled-mode
+
+            from kt.codegen.compat import patch_interpreter, triton_interpret
+
+            patch_interpreter()
+            importing = triton_interpret(True)
+        elif os.environ.get("TRITON_INTERPRET") == "1":
+            raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
+        else:
+            importing = contextlib.nullcontext()
+    digest = hashlib.sha256(source).hexdigest()[:20]
+    mode = "torch" if plain else "interp" if interpret else "cuda"
+    name = f"kt_kernel_{mode}_{digest}{'_private' if private else ''}"
     # A module is in sys.modules from before its code runs (Triton's jit looks it up) until it has run: a second
     # thread importing the same kernel then got it half made (no `kernel` yet). The lock makes it wait.
     with _IMPORT_LOCK:
