@@ -1313,3 +1313,29 @@ def test_a_path_option_or_kt_cache_dir_starting_with_a_tilde_is_the_home_folder(
     assert _Path(file_okay=False).convert("~/art", None, None) == str(tmp_path / "art")
     monkeypatch.setenv("KT_CACHE_DIR", "~/kt")
     assert cache_dir() == tmp_path / "kt"
+
+
+def test_the_readmes_shell_completion_completes_commands_options_and_choices():
+    """README's `eval "$(_KT_COMPLETE=bash_source kt)"`: kt's entry point (kt.__main__, which wraps kt.cli's
+    group) must answer click's completion protocol, for every shell the README names. The `kt` script itself:
+    click names the variable after the program (`python -m kt` would be another)."""
+    kt = str(Path(sys.executable).with_name("kt"))
+    for shell in ("bash", "zsh", "fish"):
+        done = subprocess.run(
+            [kt], env={**os.environ, "_KT_COMPLETE": f"{shell}_source"},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0 and "_KT_COMPLETE" in done.stdout, done.stderr
+    for words, want in [
+        ("kt tu", "plain,tune"),
+        ("kt tune --backend ", "plain,dryrun"),
+        ("kt tune --ro", "plain,--rows"),
+    ]:
+        env = {
+            **os.environ,
+            "_KT_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split(" ")) - 1),
+        }
+        done = subprocess.run([kt], env=env, capture_output=True, text=True, timeout=120)
+        assert want in done.stdout.splitlines(), (words, done.stdout, done.stderr)
