@@ -482,3 +482,18 @@ def test_a_module_target_imports_though_a_file_of_its_name_is_in_the_folder(tmp_
         load_factory("kt_target_mod:nope")
     with pytest.raises(KtError, match=r"^--from-model: 'notes.txt' is not a .py file"):
         load_factory("notes.txt:f")
+
+
+def test_a_model_on_the_meta_device_gives_its_ops_without_its_weights():
+    """README: a factory may build its model on meta and give a meta example (a large model's ops, found
+    without its weights: these two layers would hold 2 GiB)."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(16384, 16384), nn.GELU(), knn.LowRankLinear(16384, 16384, rank=64))
+    found = model_ops(model, torch.zeros(4, 100, 16384, device="meta"), extra_rows=(1,))
+    assert [s.summary() for s in found.specs] == [
+        "dense 512x16384x16384 float32 (a: row, b: col)",
+        "dense 16x16384x16384 float32 (a: row, b: col)",
+        "lowrank 512 rows, 16384 -> 64 -> 16384 float32",
+        "lowrank 16 rows, 16384 -> 64 -> 16384 float32",
+    ], [s.summary() for s in found.specs]
+    assert all(p.is_meta for p in model.parameters())
