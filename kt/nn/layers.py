@@ -277,7 +277,8 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         _check_features(type(self).__name__, x, self.in_features)
         self._check_shapes()
         self._check_weights()
-        if not x.is_meta and any(w.is_meta for w in self._weights()):
+        weights = self._weights()
+        if not x.is_meta and any(w.is_meta for w in weights):
             raise ValueError(_on_meta(type(self).__name__, x.device))
         dtype = autocast_dtype(x)
         if dtype is not None:  # torch.autocast: as nn.Linear does, the op runs on a copy of x in its dtype
@@ -301,11 +302,11 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
                 f"convert the layer (.to({self.dtype})), not its bias alone"
             )
         if dtype is None or dtype == self.dtype:
-            y, bias = self._forward(x, self._weights(), self.op_text), self.bias
+            y, bias = self._forward(x, weights, self.op_text), self.bias
         else:
             # and on copies of the weights and the bias cast to it (the gradients reach the parameters in their
             # own dtype)
-            weights = [w.to(dtype) if w.is_floating_point() else w for w in self._weights()]
+            weights = [w.to(dtype) if w.is_floating_point() else w for w in weights]
             y = self._forward(x, weights, self._op_text_in(dtype))
             bias = None if self.bias is None else self.bias.to(dtype)
         return y + bias if bias is not None else y
