@@ -246,3 +246,30 @@ def test_structurize_refuses_a_model_under_accelerates_hooks_and_says_to_structu
         match="'0' has its forward replaced on the module itself, which stays on the replaced nn.Linear",
     ):
         assert knn.structurize(patched, {"*": knn.DenseLinear.from_dense}) == ["0"]
+
+
+def test_peft_lora_over_a_structurized_conv1d_base_merges_into_the_same_model():
+    """PEFT's LoRA layer over GPT-2's Conv1D has fan_in_fan_out=True: its merge transposes the adapter's delta
+    to the Conv1D's (in, out) weight. Once structurize put a DenseLinear (out, in) in as its base layer, the
+    merge failed for c_attn (64 x 192) and silently gave another model for the square attn.c_proj (its logits
+    0.8 off). Training the adapters over the structured base never needed the flag."""
+    peft = pytest.importorskip("peft")
+    model, ids = gpt2()
+    config = peft.LoraConfig(
+        r=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, init_lora_weights=False
+    )
+    tuned = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        want = tuned(ids).logits
+    with pytest.warns(
+        UserWarning,
+        match=r"structurize: '.*attn\.c_attn\.base_layer' was a Conv1D held by a Linear with fan_in_fan_out=True \(PEFT's LoRA layer\); it is now False",
+    ):
+        replaced = knn.structurize(tuned, {"*.base_layer": knn.DenseLinear.from_dense})
+    assert len(replaced) == 6  # c_attn, attn.c_proj and mlp.c_proj of two blocks
+    with torch.no_grad():
+        assert ((tuned(ids).logits - want).norm() / want.norm()).item() < 1e-5
+    merged = tuned.merge_and_unload()
+    assert type(merged.transformer.h[0].attn.c_proj) is knn.DenseLinear
+    with torch.no_grad():
+        assert ((merged(ids).logits - want).norm() / want.norm()).item() < 1e-5

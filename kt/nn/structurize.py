@@ -164,7 +164,23 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 encoder_linear and parent.activation_relu_or_gelu
             ):  # (once: its linear2 may follow its linear1)
                 _off_fast_path(model, parent, parent_name)
+            if conv1d(linears[key]) and getattr(parent, "fan_in_fan_out", None) is True:
+                _fan_in_fan_out_off(parent, alias)
     return replaced
+
+
+def _fan_in_fan_out_off(parent: nn.Module, name: str) -> None:
+    """A Conv1D's holder that says its weight is stored (in, out): PEFT's LoRA layer over GPT-2's Conv1D has
+    `fan_in_fan_out = True`, by which merge_and_unload transposes the adapter's delta before adding it to its
+    base layer's weight. The new layer stores (out, in), as nn.Linear does: the merge added a transposed delta
+    (an error for a layer that is not square, and a wrong model without a word for one that is). The holder
+    is told, as PEFT itself tells a LoRA layer over an nn.Linear (its forward does not read the flag)."""
+    parent.fan_in_fan_out = False
+    warnings.warn(
+        f"structurize: {name!r} was a Conv1D held by a {type(parent).__name__} with fan_in_fan_out=True (PEFT's "
+        "LoRA layer); it is now False, as for an nn.Linear: the new layer stores its weight (out, in)",
+        stacklevel=3,
+    )
 
 
 def _off_fast_path(model: nn.Module, layer: nn.TransformerEncoderLayer, name: str) -> None:
