@@ -2739,3 +2739,23 @@ def test_a_layer_whose_weights_are_on_meta_says_so_for_an_x_that_is_not(make):
     ):
         layer(torch.randn(3, 16))
     assert layer(torch.randn(3, 16, device="meta")).shape == (3, 24)  # meta in, meta out: shapes only
+
+
+def test_structurize_and_model_ops_see_through_torch_compiles_wrapper():
+    """Under torch.compile's wrapper every name begins with `_orig_mod.`: a rule for "0" matched no nn.Linear
+    ("its nn.Linear layers: _orig_mod.0, _orig_mod.2"), and --from-model named its ops `_orig_mod.0_b16_...`."""
+    from kt.nn.discover import model_ops
+
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    compiled = torch.compile(model)
+    x = torch.randn(2, 8)
+    dense = compiled(x)
+    found = model_ops(compiled, x)
+    assert found.plain == ["0", "2"] and [s.name.rsplit("_", 1)[0] for s in found.specs] == ["0_b16", "2_b16"]
+    assert knn.structurize(compiled, {"0": lambda lin: knn.LowRankLinear.from_dense(lin, rank=2)}) == ["0"]
+    assert type(model[0]) is knn.LowRankLinear
+    with torch.no_grad():  # the wrapper runs the new layer: it recompiled on the changed module
+        assert torch.allclose(compiled(x), model(x), atol=1e-6) and not torch.allclose(
+            compiled(x), dense, atol=1e-3
+        )

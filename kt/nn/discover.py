@@ -150,8 +150,9 @@ def model_ops(
         found.modules[spec.name] = [path or "(model)"]
         found.specs.append(spec)
 
-    from kt.nn.structurize import scripted
+    from kt.nn.structurize import scripted, uncompiled
 
+    model = uncompiled(model)  # its ops named by the user's module paths, not `_orig_mod.` ones
     why = scripted(model)  # no hooks, and no nn.Linear: a traceback, or "runs no nn.Linear"
     if why:
         raise KtError(f"--from-model: {why}")

@@ -46,6 +46,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     """
     if not isinstance(model, nn.Module):  # a state_dict or a tensor failed on named_modules' AttributeError
         raise TypeError(f"structurize: model must be an nn.Module, got {type(model).__name__}")
+    model = uncompiled(model)
     why = scripted(model)
     if why:  # its layers are no nn.Linear: "it has no nn.Linear"
         raise TypeError(f"structurize: {why}")
@@ -243,6 +244,19 @@ def _carry_state(linear: nn.Linear, layer: nn.Module, name: str) -> None:
             "and are no longer called; register them on the new layer",
             stacklevel=3,
         )
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module that torch.compile wrapped, or `model`: under the wrapper (an OptimizedModule) every name
+    begins with `_orig_mod.`, which no rule's pattern has ("matches no nn.Linear of the model"). A layer
+    replaced in it recompiles the wrapper at its next call (its guards see the new module)."""
+    while "_orig_mod" in model._modules:
+        from torch._dynamo.eval_frame import OptimizedModule
+
+        if not isinstance(model, OptimizedModule):
+            break
+        model = model._orig_mod
+    return model
 
 
 def _dispatched(name: str) -> str:
