@@ -1958,7 +1958,8 @@ def test_torchscript_is_refused_in_one_line_naming_what_works():
         (knn.FFT(16), torch.randn(8, 16, dtype=torch.complex64)),
     ):
         with pytest.raises(
-            TypeError, match=r"^kt.nn: TorchScript \(torch.jit.script, torch.jit.trace\) is not"
+            TypeError,
+            match=r"^kt.nn: TorchScript \(torch.jit.script, torch.jit.trace, torch.onnx.export\(\.\.\., dynamo=False\)\) is not",
         ):
             torch.jit.trace(layer, (x,))
         with pytest.raises(TypeError, match=rf"^{type(layer).__name__}: TorchScript .* torch.compile and"):

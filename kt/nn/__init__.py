@@ -11,6 +11,7 @@ from kt.nn.layers import (
     MonarchLinear,
     Sum,
 )
+from kt.nn.portable import decompose, decompositions
 from kt.nn.selection import bucket, selections, use_artifacts
 from kt.nn.structurize import structurize
 
@@ -24,6 +25,8 @@ __all__ = [
     "Sum",
     "apply",
     "bucket",
+    "decompose",
+    "decompositions",
     "selections",
     "structurize",
     "use_artifacts",

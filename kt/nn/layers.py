@@ -187,8 +187,9 @@ def _check_before_load(module: _KtLinear, state_dict, prefix: str, local_metadat
 
 
 NO_TORCHSCRIPT = (
-    "TorchScript (torch.jit.script, torch.jit.trace) is not supported by kt.nn layers; torch.compile and "
-    "torch.export are (one kt.apply node per layer)"
+    "TorchScript (torch.jit.script, torch.jit.trace, torch.onnx.export(..., dynamo=False)) is not supported by "
+    "kt.nn layers; torch.compile and torch.export are (one kt.apply node per layer), and for ONNX, "
+    "torch.onnx.export of torch.export.export(model, args).run_decompositions(kt.nn.decompositions())"
 )
 
 
@@ -265,15 +266,16 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
                     f"{type(self).__name__}: {name} must have shape {want[name]}, got {tuple(tensor.shape)}"
                 )
 
-    def forward(self, x: Any = _NOT_GIVEN, *, input: Any = _NOT_GIVEN) -> torch.Tensor:
+    def forward(self, x: Any = _NOT_GIVEN, input: Any = None) -> torch.Tensor:
         # `input=` as nn.Linear names it (a model calling `self.fc(input=x)` failed once structurize swapped fc);
-        # not given is not None (layer(None) is told that x must be a tensor)
-        if (x is _NOT_GIVEN) == (input is _NOT_GIVEN):
+        # x not given is not None (layer(None) is told that x must be a tensor). input's default is None, not
+        # _NOT_GIVEN: TorchScript's ONNX exporter passes a forward's defaults as positional inputs (an object failed)
+        if (x is _NOT_GIVEN) == (input is None):
             raise TypeError(
                 f"{type(self).__name__}: give x once (as layer(x), layer(x=x) or, as nn.Linear names it, "
                 f"layer(input=x)), got {'neither' if x is _NOT_GIVEN else 'both x and input'}"
             )
-        x = x if input is _NOT_GIVEN else input
+        x = x if input is None else input
         _check_features(type(self).__name__, x, self.in_features)
         self._check_shapes()
         self._check_weights()
