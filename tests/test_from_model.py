@@ -429,21 +429,23 @@ def test_a_torchscript_model_is_one_line_asking_for_the_eager_module(tmp_path):
 
 
 def test_a_subclass_of_linear_is_tuned_and_its_note_says_structurize_leaves_it_alone(tmp_path):
-    """weight_norm's ParametrizedLinear was tuned and listed among the plain nn.Linear layers, whose note says
-    kt.nn uses their artifacts once `structurize(model, {"*": DenseLinear.from_dense})` makes them DenseLinear:
-    structurize leaves a subclass alone, so that artifact was never used."""
-    model = nn.Sequential(
-        nn.utils.parametrizations.weight_norm(nn.Linear(32, 64)), nn.ReLU(), nn.Linear(64, 32)
-    )
-    found = model_ops(model, torch.randn(8, 32))
-    assert found.plain == ["0", "2"] and found.subclassed == ["0"]
+    """A subclass of nn.Linear was tuned and listed among the plain nn.Linear layers, whose note says kt.nn uses
+    their artifacts once `structurize(model, {"*": DenseLinear.from_dense})` makes them DenseLinear: structurize
+    leaves a subclass alone, so that artifact was never used. A Linear under torch.nn.utils.parametrize (its
+    ParametrizedLinear computes nn.Linear's math) is plain: structurize replaces it."""
     factory = tmp_path / "wn.py"
     factory.write_text(
         "import torch\nfrom torch import nn\n"
+        "class Scaled(nn.Linear):\n"
+        "    def forward(self, x):\n"
+        "        return 2 * super().forward(x)\n"
         "def wn():\n"
-        "    m = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(32, 64)), nn.ReLU(), nn.Linear(64, 32))\n"
+        "    m = nn.Sequential(Scaled(32, 64), nn.ReLU(), nn.utils.parametrizations.weight_norm(nn.Linear(64, 32)))\n"
         "    return m, torch.randn(8, 32)\n"
     )
+    model, args, _ = load_factory(f"{factory}:wn")
+    found = model_ops(model, *args)
+    assert found.plain == ["0", "2"] and found.subclassed == ["0"]
     done = subprocess.run(
         [sys.executable, "-m", "kt.cli", "tune", "--from-model", f"{factory}:wn", "--budget", "1", "--out",
          str(tmp_path / "art"), "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],

@@ -129,6 +129,29 @@ def test_structurize_makes_a_rule_of_a_conv1d_from_its_linear_and_carries_its_fr
     assert all(p.requires_grad for p in second.parameters())
 
 
+def test_a_parametrized_conv1d_is_read_as_the_linear_its_weight_computes():
+    """A Conv1D under torch.nn.utils.parametrize is a ParametrizedConv1D: it was neither a Conv1D to kt nor an
+    nn.Linear, so from_dense refused it and structurize passed over it."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(3)
+    conv = parametrizations.weight_norm(Conv1D(nf=24, nx=17), dim=1)
+    assert conv1d(conv) and type(conv).__name__ == "ParametrizedConv1D"
+    x = torch.randn(5, 17)
+    with torch.no_grad():
+        expected = conv(x)
+        torch.testing.assert_close(knn.DenseLinear.from_dense(conv)(x), expected)
+    model = nn.Sequential(conv)
+    with pytest.warns(
+        UserWarning, match=r"^structurize: '0' was under torch.nn.utils.parametrize \(WeightNorm\)"
+    ):
+        assert knn.structurize(
+            model, {"*": lambda linear: knn.LowRankLinear.from_dense(linear, rank=17)}
+        ) == ["0"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)  # full rank: the same map
+
+
 def test_from_model_finds_a_gpt2s_conv1d_ops_and_says_torch_runs_them(monkeypatch):
     """Only the lm_head was found: a GPT-2's eight projections were never tuned."""
     model, ids = gpt2()

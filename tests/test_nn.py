@@ -1236,7 +1236,7 @@ def test_structurize_refuses_a_pattern_that_matches_nothing_and_leaves_the_model
 
 def test_structurize_refuses_a_model_that_is_a_linear_and_names_a_subclass_it_leaves_alone():
     """A bare nn.Linear (named "", which "*" matches) was reported replaced while a child module named "" was
-    added to it; a weight-normed Linear was "no nn.Linear"."""
+    added to it; a subclass of nn.Linear was "no nn.Linear"."""
     from torch.nn.utils import parametrizations
 
     lowrank = lambda linear: LowRankLinear.from_dense(linear, rank=1)  # noqa: E731
@@ -1246,12 +1246,21 @@ def test_structurize_refuses_a_model_that_is_a_linear_and_names_a_subclass_it_le
     ):
         knn.structurize(bare, {"*": lowrank})
     assert dict(bare.named_children()) == {} and len(bare.state_dict()) == 2
+
+    class Scaled(nn.Linear):  # a forward of its own, as an adapter's
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    scaled = nn.Sequential(nn.Linear(8, 8), Scaled(8, 6))
+    with pytest.raises(ValueError, match=r"'1' is a Scaled: a subclass of nn.Linear, whose forward may"):
+        knn.structurize(scaled, {"1": lowrank})
+    assert knn.structurize(scaled, {"*": lowrank}) == ["0"]  # the subclass stays as it is
+    # a Linear under torch.nn.utils.parametrize (a ParametrizedLinear) computes nn.Linear's math: replaced
     normed = nn.Sequential(nn.Linear(8, 8), parametrizations.weight_norm(nn.Linear(8, 6)))
-    with pytest.raises(
-        ValueError, match=r"'1' is a ParametrizedLinear: a subclass of nn.Linear, whose forward may"
+    with pytest.warns(
+        UserWarning, match=r"^structurize: '1' was under torch.nn.utils.parametrize \(WeightNorm\)"
     ):
-        knn.structurize(normed, {"1": lowrank})
-    assert knn.structurize(normed, {"*": lowrank}) == ["0"]  # the subclass stays as it is
+        assert knn.structurize(normed, {"1": lowrank}) == ["1"]
 
 
 def test_structurize_names_the_layer_a_rule_failed_for_and_why_it_leaves_lazy_and_attention_linears():

@@ -2203,10 +2203,17 @@ def test_a_layers_bad_argument_is_one_line_naming_it_and_what_is_allowed(make, e
     assert str(caught.value) == says
 
 
+class Scaled(torch.nn.Linear):
+    """A subclass of nn.Linear with a forward of its own (as an adapter's), which structurize leaves alone."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
 def test_structurize_refuses_a_torchscript_model_and_says_what_its_patterns_left_alone():
     """A scripted or traced model said "the pattern '*' matches no nn.Linear of the model; it has no nn.Linear".
-    An nn.Linear subclass that a pattern matched (weight_norm's ParametrizedLinear; an attention's out_proj) was
-    left dense without a word while the pattern matched other layers."""
+    An nn.Linear subclass that a pattern matched (one with its own forward; an attention's out_proj) was left
+    dense without a word while the pattern matched other layers."""
     import warnings
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
@@ -2220,23 +2227,15 @@ def test_structurize_refuses_a_torchscript_model_and_says_what_its_patterns_left
     )
     with pytest.raises(TypeError, match=r"^structurize: the model's '0' is a TorchScript module"):
         knn.structurize(inside, {"*": knn.DenseLinear.from_dense})
-    normed = torch.nn.Sequential(
-        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, 8)),
-        torch.nn.ReLU(),
-        torch.nn.Linear(8, 8),
-    )
+    scaled = torch.nn.Sequential(Scaled(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
     with pytest.warns(UserWarning, match=r"^structurize: left alone, though a rule's pattern matches: '0' is a "
-                      r"ParametrizedLinear: a subclass of nn.Linear"):  # fmt: skip
-        assert knn.structurize(normed, {"*": knn.DenseLinear.from_dense}) == ["2"]
+                      r"Scaled: a subclass of nn.Linear"):  # fmt: skip
+        assert knn.structurize(scaled, {"*": knn.DenseLinear.from_dense}) == ["2"]
     encoder = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
     with pytest.warns(UserWarning, match=r"'self_attn.out_proj' is an nn.MultiheadAttention's out_proj, whose "
                       r"weight the attention reads itself without calling it \(as it does its packed in_proj"):  # fmt: skip
         knn.structurize(encoder, {"*": knn.DenseLinear.from_dense})
-    again = torch.nn.Sequential(
-        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, 8)),
-        torch.nn.ReLU(),
-        torch.nn.Linear(8, 8),
-    )
+    again = torch.nn.Sequential(Scaled(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
     with warnings.catch_warnings():  # a pattern that does not match the subclass says nothing of it
         warnings.simplefilter("error")
         knn.structurize(again, {"2": knn.DenseLinear.from_dense})
@@ -2316,6 +2315,56 @@ def test_structurize_of_a_weight_normed_linear_says_the_norm_split_is_gone():
         knn.structurize(stepped, {"*": knn.DenseLinear.from_dense})
     torch.testing.assert_close(stepped(x), now)
     assert stepped[0].weight.requires_grad and stepped[0].bias.requires_grad
+
+
+def test_structurize_replaces_a_parametrized_linear_with_the_weight_it_computes():
+    """torch.nn.utils.parametrize (parametrizations.weight_norm, which replaced the deprecated weight_norm,
+    orthogonal, a user's own) makes a subclass of nn.Linear, ParametrizedLinear, that computes nn.Linear's math:
+    structurize left it alone ("a subclass of nn.Linear, whose forward may differ"), so a weight-normed model
+    stayed dense. Now it is replaced from the weights as they compute now (after an optimizer step), freezing
+    follows the originals, and a warning says the parametrizations are gone."""
+    import warnings
+
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Halved(torch.nn.Module):
+        def forward(self, b):
+            return b / 2
+
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(
+        parametrizations.weight_norm(torch.nn.Linear(8, 8)),
+        torch.nn.Tanh(),
+        parametrizations.orthogonal(torch.nn.Linear(8, 8)),
+        torch.nn.Linear(8, 4),
+    )
+    parametrize.register_parametrization(model[0], "bias", Halved())
+    parametrize.register_parametrization(model[0], "bias", Halved())  # two on one tensor
+    model[2].parametrizations.weight.original.requires_grad_(False)
+    x = torch.randn(3, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).square().sum().backward()
+    optimizer.step()  # the originals moved; the parametrized tensors follow at their next read
+    with torch.no_grad():
+        expected = model(x)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert knn.structurize(model, {"*": knn.DenseLinear.from_dense}) == ["0", "2", "3"]
+    assert [type(m).__name__ for m in model] == ["DenseLinear", "Tanh", "DenseLinear", "DenseLinear"]
+    assert [str(w.message) for w in said] == [
+        "structurize: '0' was under torch.nn.utils.parametrize (WeightNorm); the new layer was made from the "
+        "weight it computes and trains it directly, without it",
+        "structurize: '0' was under torch.nn.utils.parametrize (Halved, Halved); the new layer was made from the "
+        "bias they compute and trains it directly, without them",
+        "structurize: '2' was under torch.nn.utils.parametrize (Orthogonal); the new layer was made from the "
+        "weight it computes and trains it directly, without it",
+    ]
+    torch.testing.assert_close(model(x), expected)
+    assert model[0].weight.requires_grad and model[0].bias.requires_grad
+    assert not model[2].weight.requires_grad and model[2].bias.requires_grad
+    torch.testing.assert_close(model[2].weight @ model[2].weight.T, torch.eye(8), atol=1e-5, rtol=0)
+    model(x).sum().backward()
+    assert model[0].weight.grad is not None and model[2].weight.grad is None
 
 
 def test_structurize_of_a_pruned_or_spectral_normed_linear_uses_its_weight_as_now_and_says_what_is_gone():

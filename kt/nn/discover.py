@@ -64,7 +64,7 @@ def model_ops(
     apart), the module's path and the bucket. Each op is also listed at the buckets of `extra_rows` (row counts
     the example does not run: a generation's decode steps, one row per sequence)."""
     from kt.nn.functional import _row_count
-    from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d
+    from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d, unparametrized
     from kt.nn.selection import bucket, bucket_spec, parsed_op
 
     found = ModelOps()
@@ -119,7 +119,7 @@ def model_ops(
             return
         if not isinstance(module, (_KtLinear, FFT)) and (path or "(model)") not in found.plain:
             found.plain.append(path or "(model)")  # once, though it is called twice
-            if type(module) is not nn.Linear:
+            if unparametrized(module) is not nn.Linear:
                 found.subclassed.append(path or "(model)")
         for count in (rows, *extra_rows):  # a bucket the example reaches, or a row count asked for
             add(path, op, count)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from kt.dtypes import DTYPES, dtype_name
 from kt.errors import counted, shown
@@ -41,7 +42,25 @@ def conv1d(module: Any) -> bool:
     a few more): y = x @ weight + bias, an nn.Linear's math with its weight stored (in, out), transposed. Looked
     up in sys.modules: a model that holds one has imported transformers, which kt never imports itself."""
     found = sys.modules.get("transformers.pytorch_utils")
-    return found is not None and type(module) is getattr(found, "Conv1D", None)
+    return found is not None and unparametrized(module) is getattr(found, "Conv1D", None)
+
+
+def unparametrized(module: Any) -> type:
+    """The class of `module`, or for a module under torch.nn.utils.parametrize (parametrizations.weight_norm,
+    orthogonal, spectral_norm, a user's own) the class it had: parametrize swaps in a subclass of it,
+    Parametrized<Class>, which computes the parametrized tensors where they are read and adds no forward, so a
+    ParametrizedLinear computes nn.Linear's math."""
+    cls = type(module)
+    bases = cls.__bases__
+    if (
+        len(bases) == 1
+        and cls.__name__ == f"Parametrized{bases[0].__name__}"
+        and "forward" not in vars(cls)
+        and isinstance(module, nn.Module)
+        and parametrize.is_parametrized(module)
+    ):
+        return bases[0]
+    return cls
 
 
 def as_linear(module: nn.Module) -> nn.Linear:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kt.nn.layers import as_linear, conv1d
+from kt.nn.layers import as_linear, conv1d, unparametrized
 
 Factory = Callable[[nn.Linear], nn.Module]
 Rules = Mapping[str, Factory] | Callable[[str, nn.Linear], nn.Module | None]
@@ -31,8 +31,10 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
 
     Only modules of type nn.Linear itself are replaced, and Hugging Face transformers' Conv1D (GPT-2's
     projections: an nn.Linear's math with the weight transposed), whose rule is given the nn.Linear it computes
-    (`kt.nn.layers.as_linear`). A subclass of nn.Linear (weight_norm's ParametrizedLinear, an adapter's) may
-    compute something else, and a pattern that matches only such a module says so. A model that
+    (`kt.nn.layers.as_linear`), each also under torch.nn.utils.parametrize (its ParametrizedLinear computes
+    nn.Linear's math on the weight its parametrizations compute: the new layer is made from that weight, with
+    a warning that they are gone). Another subclass of nn.Linear (an adapter's) may compute something else, and
+    a pattern that matches only such a module says so. A model that
     is itself an nn.Linear is refused (it cannot be replaced in place).
 
     An nn.Linear held under several names (`model.b = model.a`) is replaced under all of them by one layer,
@@ -59,7 +61,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     linears: dict[int, nn.Linear] = {}
     subclassed: dict[str, str] = {}  # name -> class of each nn.Linear subclass (left alone)
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) is nn.Linear or conv1d(module):
+        if unparametrized(module) is nn.Linear or conv1d(module):
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
@@ -288,16 +290,17 @@ def scripted(model: nn.Module) -> str | None:
 class _Computed:
     """A tensor of an nn.Linear that a torch.nn.utils hook computes from other parameters at each forward."""
 
-    hook: Any
+    hook: Any  # the forward pre-hook; None for parametrize
     tensor: str  # "weight" or "bias"
     sources: list[torch.Tensor]  # the parameters it is computed from
-    compute: Callable[[], torch.Tensor]
+    compute: Callable[[], torch.Tensor] | None  # None: parametrize's, computed where read
     said: str  # the warning's words: what the new layer holds instead
 
 
 def _computed(linear: nn.Linear) -> list[_Computed]:
-    """The tensors of `linear` computed by weight_norm's, spectral_norm's and prune's forward pre-hooks
-    (torch.nn.utils.parametrize's make a subclass of nn.Linear instead, which structurize leaves alone)."""
+    """The tensors of `linear` computed from other parameters: by weight_norm's, spectral_norm's and prune's
+    forward pre-hooks, or where they are read, by torch.nn.utils.parametrize's parametrizations (its
+    parametrizations.weight_norm, orthogonal, spectral_norm, a user's own)."""
     from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
@@ -339,6 +342,22 @@ def _computed(linear: nn.Linear) -> list[_Computed]:
                     "stay zero",
                 )
             )
+    for tensor, chain in getattr(linear, "parametrizations", {}).items():
+        kinds = ", ".join(type(p).__name__.lstrip("_") for p in chain)
+        found.append(
+            _Computed(
+                None,
+                tensor,
+                list(chain.parameters()),  # the original(s), and a parametrization's own parameters
+                None,  # computed afresh at each read: never stale
+                f"was under torch.nn.utils.parametrize ({kinds}); the new layer was made from the {tensor} "
+                + (
+                    "it computes and trains it directly, without it"
+                    if len(chain) == 1
+                    else "they compute and trains it directly, without them"
+                ),
+            )
+        )
     return found
 
 
@@ -347,8 +366,11 @@ def _fresh_weight(linear: nn.Linear) -> None:
     are now: the hook computes them at each forward only, so the new layer was made from the last forward's
     (stale after an optimizer step), and frozen after one under torch.no_grad()."""
     for c in _computed(linear):
-        with torch.no_grad():
-            setattr(linear, c.tensor, c.compute())
+        if (
+            c.compute is not None
+        ):  # (a parametrized tensor is computed where it is read: setattr would invert it)
+            with torch.no_grad():
+                setattr(linear, c.tensor, c.compute())
 
 
 def _left_alone_said(subclassed: dict[str, str], patterns: list[str]) -> list[str]:
