@@ -183,3 +183,31 @@ def test_a_loaded_kernels_op_decomposes_as_its_op():
     assert _kt_targets(decomposed) == []
     fresh = torch.randn(24, 48)  # (the program is specialised on its example's rows)
     assert rel(decomposed.module()(fresh), torch.nn.functional.linear(fresh, w.to_dense())) < 1e-5
+
+
+def test_an_aoti_package_of_the_decomposed_program_runs_without_kt(tmp_path):
+    """AOTInductor compiles the decomposed program into a package of inductor's own kernels, which a process
+    without kt loads and runs (one compiled from the program as exported keeps kt's op, whose Python custom op
+    AOTI runs only where kt is imported)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("AOTInductor needs a C++ compiler")
+    blocksparse = make_case("blocksparse-gaps-3d")[0]  # 32 -> 48, an empty block row
+    model = torch.nn.Sequential(blocksparse, torch.nn.ReLU(), knn.LowRankLinear(48, 24, 4)).eval()
+    x = torch.randn(5, 32)
+    program = torch.export.export(model, (x,)).run_decompositions(knn.decompositions())
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "model.pt2"))
+    torch.save({"x": x, "y": model(x).detach()}, tmp_path / "io.pt")
+    script = (
+        "import sys, torch\n"
+        "sys.modules['kt'] = None  # no kt in this process\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        f"run = torch._inductor.aoti_load_package({package!r})\n"
+        "print(float((run(io['x']) - io['y']).abs().max()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-5
