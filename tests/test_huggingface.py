@@ -296,3 +296,57 @@ def test_peft_lora_over_a_structurized_conv1d_base_merges_into_the_same_model():
     assert type(merged.transformer.h[0].attn.c_proj) is knn.DenseLinear
     with torch.no_grad():
         assert ((merged(ids).logits - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_a_trainer_resumes_a_structurized_model_from_its_checkpoint(tmp_path):
+    """Trainer.train(resume_from_checkpoint=...) into the model structurized afresh failed: from_dense chose the
+    block-sparse layers' patterns by their (new random) weights, and load_state_dict refused the checkpoint's
+    as another pattern. Now it resumes, and the resumed run ends where the uninterrupted one did, exactly."""
+    from transformers import Trainer, TrainingArguments
+
+    def structurized(seed):
+        model, _ = gpt2()
+        model.train()
+        if seed:  # other weights: from_dense keeps other blocks
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.normal_(0, 0.02)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            knn.structurize(
+                model,
+                {
+                    "*.mlp.c_proj": lambda lin: knn.BlockSparseLinear.from_dense(
+                        lin, block=(8, 8), density=0.5
+                    ),
+                    "*.mlp.c_fc": lambda lin: knn.Sum.from_dense(lin, block=(8, 8), density=0.5, rank=2),
+                },
+            )
+        return model
+
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            ids = torch.randint(0, 96, (9,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": ids, "labels": ids}
+
+    args = TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=2, max_steps=4, save_steps=2, report_to=[], use_cpu=True,
+        disable_tqdm=True, logging_strategy="no",
+    )  # fmt: skip
+    first = structurized(0)
+    Trainer(model=first, args=args, train_dataset=Tokens()).train()
+    resumed = structurized(1)
+    assert any(  # the patterns differ from the checkpoint's
+        not torch.equal(a, b)
+        for (name, a), b in zip(resumed.state_dict().items(), first.state_dict().values())
+        if name.endswith("col_indices")
+    )
+    Trainer(model=resumed, args=args, train_dataset=Tokens()).train(
+        resume_from_checkpoint=str(tmp_path / "checkpoint-2")
+    )
+    for (name, a), b in zip(first.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -882,14 +882,19 @@ def test_state_dict_round_trip_gives_identical_outputs(name):
         assert torch.equal(other(x), layer(x))
 
 
-def test_blocksparse_state_dict_with_another_pattern_raises():
+def test_blocksparse_state_dict_of_another_pattern_is_taken_or_refused_by_its_count():
+    """A checkpoint of another pattern with as many stored blocks is taken (kt's kernel then runs the new
+    pattern); one of another count is refused (its blocks cannot be copied into the layer's values)."""
     layer = BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=1)
     other_pattern = BlockSparseLinear(32, 48, (16, 8), density=0.5, seed=2)
     assert not np.array_equal(layer.mask(), other_pattern.mask())
-    with pytest.raises(ValueError, match="block pattern"):
-        other_pattern.load_state_dict(layer.state_dict())
+    other_pattern.load_state_dict(layer.state_dict())
+    assert np.array_equal(layer.mask(), other_pattern.mask())
+    x = torch.randn(7, 32)
+    torch.testing.assert_close(other_pattern(x), layer(x), rtol=0, atol=0)
+    torch.testing.assert_close(other_pattern(x), F.linear(x, layer.weight_bsr().to_dense(), layer.bias))
     denser = BlockSparseLinear(32, 48, (16, 8), density=0.75, seed=1)
-    with pytest.raises(ValueError, match="block pattern"):
+    with pytest.raises(ValueError, match="block pattern differs .* cannot be copied into this layer's"):
         denser.load_state_dict(layer.state_dict())
 
 

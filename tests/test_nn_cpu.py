@@ -1556,9 +1556,70 @@ def test_a_block_sparse_checkpoint_with_one_index_of_another_pattern_is_refused(
     with pytest.raises(ValueError, match=r"\(1\.crow_indices: 3 stored blocks in 2 block-rows, where this layer's "
                        r"has 2 stored blocks in 2 block-rows\)"):  # fmt: skip
         model.load_state_dict(torch.nn.Sequential(torch.nn.Linear(32, 32), denser).state_dict())
-    moved = knn.BlockSparseLinear(32, 32, block=(16, 16), mask=[[1, 0], [1, 0]])  # as many blocks, elsewhere
-    with pytest.raises(ValueError, match=r"\(1\.col_indices\[1\] is 0, where this layer's is 1\)"):
-        model.load_state_dict(torch.nn.Sequential(torch.nn.Linear(32, 32), moved).state_dict())
+    with pytest.raises(ValueError, match=r"its values \(3, 16, 16\) cannot be copied into this layer's \(2, 16, "
+                       r"16\) \(load with assign=True"):  # fmt: skip
+        model.load_state_dict(torch.nn.Sequential(torch.nn.Linear(32, 32), denser).state_dict())
+    assert layer.layout == knn.BlockSparseLinear(32, 32, (16, 16), mask=[[1, 0], [0, 1]]).layout  # unchanged
+
+
+def test_load_state_dict_takes_a_checkpoints_block_pattern_where_it_can():
+    """A checkpoint of a block-sparse layer whose pattern from_dense chose (by the weights it pruned) did not load
+    into the same model structurized afresh: refused as "another pattern", so a Trainer's resume_from_checkpoint
+    failed. Now a pattern of as many stored blocks is taken, its blocks copied into the layer's own `values`
+    (the parameter an optimizer holds), a Sum over the layer follows, and a compiled model runs the new op;
+    with assign=True any pattern of the grid is taken (the checkpoint's tensors become the layer's)."""
+    torch.manual_seed(0)
+    layer = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]])
+    moved = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[1, 1, 0, 0], [0, 0, 1, 1]])
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), layer)
+    values = layer.values
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(5, 32)
+    compiled = torch.compile(model, backend="aot_eager")
+    compiled(x)
+    saved = torch.nn.Sequential(torch.nn.Linear(32, 32), moved)
+    model.load_state_dict(saved.state_dict())
+    assert layer.layout == moved.layout and layer.values is values
+    assert torch.equal(layer.crow_indices, moved.crow_indices) and torch.equal(
+        layer.col_indices, moved.col_indices
+    )
+    torch.testing.assert_close(model(x), saved(x), rtol=0, atol=0)
+    torch.testing.assert_close(compiled(x), saved(x))
+    dense = layer.weight_bsr().to_dense()
+    assert torch.equal(dense, moved.weight_bsr().to_dense()) and dense[:16, 8:16].abs().sum() > 0
+    model(x).sum().backward()
+    optimizer.step()  # the optimizer's parameter is the layer's: the step moves the loaded blocks
+    assert not torch.equal(layer.values, moved.values)
+    # a Sum over a block-sparse term follows its new pattern
+    term = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]], bias=False)
+    summed = knn.Sum(term, knn.LowRankLinear(32, 32, 2, bias=False))
+    other = knn.Sum(
+        knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[0, 1, 1, 0], [1, 0, 0, 1]], bias=False),
+        knn.LowRankLinear(32, 32, 2, bias=False),
+    )
+    summed.load_state_dict(other.state_dict())
+    assert summed.op()["terms"][0]["sparsity"]["layout"] == other.terms[0].layout
+    torch.testing.assert_close(summed(x), other(x), rtol=0, atol=0)
+    # assign=True: a pattern of another count of blocks, on a model built on the meta device too
+    denser = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[1, 1, 1, 0], [0, 1, 1, 1]])
+    with torch.device("meta"):
+        empty = knn.BlockSparseLinear(32, 32, block=(16, 8), density=0.25)
+    empty.load_state_dict(denser.state_dict(), assign=True)
+    assert empty.layout == denser.layout and empty.values.shape == (6, 16, 8)
+    torch.testing.assert_close(empty(x), denser(x), rtol=0, atol=0)
+    # a checkpoint with only the indices, or indices that are no pattern of the grid, is refused as it was
+    fresh = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]])
+    partial = {k: v for k, v in moved.state_dict().items() if k != "values"}
+    with pytest.raises(
+        ValueError, match=r"; the state_dict has not all of its crow_indices, col_indices and values; take"
+    ):
+        fresh.load_state_dict(partial, strict=False)
+    unsorted = {**moved.state_dict(), "col_indices": torch.tensor([1, 0, 3, 2])}
+    with pytest.raises(
+        ValueError, match=r"^BlockSparseLinear: the state_dict's layer: col_indices must increase"
+    ):
+        fresh.load_state_dict(unsorted)
+    assert fresh.layout == knn.BlockSparseLinear(32, 32, (16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]]).layout
 
 
 def test_structurize_replaces_a_shared_linear_under_all_its_names():
@@ -2446,6 +2507,9 @@ def test_a_block_sparse_layer_takes_a_checkpoints_pattern_before_loading_it():
     with pytest.raises(ValueError, match=r"; take it first with model.get_submodule\('0'\).load_pattern\("
                        r"state_dict\['0.crow_indices'\], state_dict\['0.col_indices'\]\), or build"):  # fmt: skip
         fresh.load_state_dict(state)
+    assigned = torch.nn.Sequential(knn.BlockSparseLinear(64, 32, (16, 16), density=0.25, seed=2))
+    assigned.load_state_dict(state, assign=True)  # the checkpoint's tensors: any count of blocks
+    assert assigned[0].layout == saved[0].layout
     fresh[0].load_pattern(state["0.crow_indices"], state["0.col_indices"].int())
     assert fresh[0].layout == saved[0].layout and fresh[0].values.shape == saved[0].values.shape
     fresh.load_state_dict(state)

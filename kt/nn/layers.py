@@ -744,7 +744,7 @@ class BlockSparseLinear(_KtLinear):
             self.crow_indices, self.col_indices, self.values, (self.out_features, self.in_features)
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         # the layer's pattern from its layout, which a layer built on the meta device knows too (its buffers hold
         # no data there: a model built on meta is loaded with assign=True); each index tensor the state_dict
         # holds is checked (a checkpoint with only one of them paired it with another pattern's)
@@ -776,21 +776,71 @@ class BlockSparseLinear(_KtLinear):
                         "pattern's indices exactly; keep a checkpoint's index tensors integers (convert only its "
                         "floating-point tensors)"
                     )
-                layer = f"model.get_submodule({prefix[:-1]!r})" if prefix else "layer"
-                raise ValueError(
-                    f"{who}: the state_dict's block pattern differs from this layer's ({prefix}"
-                    f"{_pattern_difference(name, index, mine)}); take it first with {layer}.load_pattern("
-                    f"state_dict[{prefix + 'crow_indices'!r}], state_dict[{prefix + 'col_indices'!r}]), or build "
-                    "the layer with that pattern (mask=...)"
-                )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+                self._take_pattern(state_dict, prefix, local_metadata, _pattern_difference(name, index, mine))
+                break
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+    def _take_pattern(self, state_dict, prefix: str, local_metadata, difference: str) -> None:
+        """The checkpoint's block pattern taken as the layer's (its layout; the post-hook writes the index
+        buffers from it and remakes the op), so that a checkpoint of a layer whose pattern `from_dense` chose
+        loads into a model structurized afresh (a Trainer's resume). Where the stored blocks are copied into the
+        layer's own `values` (not `assign`), only a pattern of as many stored blocks: the parameter stays the
+        one an optimizer holds. With `assign` (the checkpoint's tensors become the layer's) any count: torch
+        assigns only tensors of the layer's shapes, so `values` and `col_indices` take the checkpoint's count
+        first. Else refused, the layer unchanged, saying to take the pattern first."""
+        who = type(self).__name__
+        tensors = [state_dict.get(prefix + name) for name in ("crow_indices", "col_indices", "values")]
+        assign = local_metadata.get("assign_to_params_buffers", False)
+        why = ""
+        if not all(isinstance(t, torch.Tensor) and not t.is_meta for t in tensors):
+            why = "; the state_dict has not all of its crow_indices, col_indices and values"
+        elif not assign and tuple(tensors[2].shape) != tuple(self.values.shape):
+            why = (
+                f"; its values {tuple(tensors[2].shape)} cannot be copied into this layer's "
+                f"{tuple(self.values.shape)} (load with assign=True, which takes the checkpoint's tensors)"
+            )
+        if not why:
+            crow, col = (
+                t.to(torch.int64) if t.is_floating_point() and torch.equal(t, t.round()) else t
+                for t in tensors[:2]
+            )
+            mask = self._pattern_of(crow, col, f"{who}: the state_dict's {prefix[:-1] or 'layer'}")
+            self.layout = mask_to_hex(mask)
+            nnz = int(mask.sum())
+            if nnz != self.values.shape[0]:  # (assign) torch assigns only tensors of the shapes the layer has
+                with torch.inference_mode(False):
+                    self.col_indices = self.col_indices.new_empty(nnz)
+                    values = self.values.new_empty(nnz, *self.block)
+                    self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
+            return
+        layer = f"model.get_submodule({prefix[:-1]!r})" if prefix else "layer"
+        raise ValueError(
+            f"{who}: the state_dict's block pattern differs from this layer's ({prefix}{difference}){why}; take "
+            f"it first with {layer}.load_pattern(state_dict[{prefix + 'crow_indices'!r}], "
+            f"state_dict[{prefix + 'col_indices'!r}]), or build the layer with that pattern (mask=...)"
+        )
 
     def load_pattern(self, crow_indices: torch.Tensor, col_indices: torch.Tensor) -> None:
         """Take another block pattern of the same block grid, given as BSR indices (a checkpoint's
-        `crow_indices` and `col_indices`, whose pattern `from_dense` chose by the weights it pruned), so that
-        `load_state_dict` can then load that checkpoint. The stored blocks are drawn afresh (`values`, as
-        `reset_parameters` draws them; the bias is kept): a new parameter, so make an optimizer after this."""
-        who = f"{type(self).__name__}.load_pattern"
+        `crow_indices` and `col_indices`, whose pattern `from_dense` chose by the weights it pruned). The stored
+        blocks are drawn afresh (`values`, as `reset_parameters` draws them; the bias is kept): a new parameter,
+        so make an optimizer after this. (`load_state_dict` takes a checkpoint's pattern itself where it can:
+        see `_load_from_state_dict`.)"""
+        mask = self._pattern_of(crow_indices, col_indices, f"{type(self).__name__}.load_pattern")
+        self.layout = mask_to_hex(mask)
+        nnz = int(mask.sum())
+        with torch.inference_mode(False):
+            self.col_indices = torch.empty(nnz, dtype=self.col_indices.dtype, device=self.col_indices.device)
+            values = torch.empty(nnz, *self.block, dtype=self.values.dtype, device=self.values.device)
+            self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
+        self._write_indices()
+        with torch.no_grad():
+            self._draw_values(mask)
+        self._refresh()
+
+    def _pattern_of(self, crow_indices: Any, col_indices: Any, who: str) -> np.ndarray:
+        """The block mask that BSR indices give over this layer's block grid; refused in `who`'s words where
+        they are no pattern of it."""
         grid = (self.out_features // self.block[0], self.in_features // self.block[1])
         rows = []
         for name, index in (("crow_indices", crow_indices), ("col_indices", col_indices)):
@@ -825,17 +875,7 @@ class BlockSparseLinear(_KtLinear):
         mask = indices_mask(crow, col, grid)
         if not mask.any():
             raise ValueError(f"{who}: the pattern keeps no block")
-        self.layout = mask_to_hex(mask)
-        with torch.inference_mode(False):
-            self.col_indices = torch.empty(
-                len(col), dtype=self.col_indices.dtype, device=self.col_indices.device
-            )
-            values = torch.empty(len(col), *self.block, dtype=self.values.dtype, device=self.values.device)
-            self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
-        self._write_indices()
-        with torch.no_grad():
-            self._draw_values(mask)
-        self._refresh()
+        return mask
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, block: tuple[int, int], density: float) -> BlockSparseLinear:
