@@ -242,6 +242,61 @@ def test_kt_layers_run_under_accelerates_offloading_with_the_classes_kt_names(ki
             plain(x)
 
 
+def test_load_checkpoint_and_dispatch_of_a_block_sparse_model_built_on_meta(tmp_path):
+    """accelerate's load_checkpoint_and_dispatch sets a checkpoint's tensors one by one, not by load_state_dict.
+    Into a model built under init_empty_weights (block patterns drawn at random), on one device it then moved
+    the model, whose move wrote the index buffers again from the layers' own patterns: the checkpoint's blocks
+    ran in other places, without a word (max error 0.96 here). Now a move takes a pattern set that way; split
+    over devices (CPU and disk here), the layers refuse the indices at their first call, and
+    kt.nn.load_patterns gives the model the checkpoint's patterns before dispatching."""
+    accelerate = pytest.importorskip("accelerate")
+    safetensors = pytest.importorskip("safetensors.torch")
+    from kt.nn.layers import PRELOAD_MODULE_CLASSES
+
+    def model(seed):
+        return nn.Sequential(
+            knn.BlockSparseLinear(32, 32, (8, 8), density=0.5, seed=seed),
+            nn.ReLU(),
+            knn.Sum(
+                knn.BlockSparseLinear(32, 16, (8, 8), density=0.5, seed=seed + 1, bias=False),
+                knn.LowRankLinear(32, 16, 2, bias=False),
+            ),
+        )
+
+    torch.manual_seed(0)
+    saved = model(7)
+    path = str(tmp_path / "model.safetensors")
+    safetensors.save_file(saved.state_dict(), path)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        expected = saved(x)
+    with accelerate.init_empty_weights():
+        one = model(1)
+    one = accelerate.load_checkpoint_and_dispatch(one, path, device_map={"": "cpu"})
+    assert one[0].layout == saved[0].layout and one[2].terms[0].layout == saved[2].terms[0].layout
+    with torch.no_grad():
+        assert torch.equal(one(x), expected)
+    split = {"0": "cpu", "1": "cpu", "2": "disk"}
+    for take in (False, True):
+        with accelerate.init_empty_weights():
+            spread = model(1)
+        if take:
+            indices = {k: v for k, v in safetensors.load_file(path).items() if k.endswith("_indices")}
+            assert knn.load_patterns(spread, indices) == ["0", "2.terms.0"]
+            assert knn.load_patterns(spread, indices) == []  # taken already
+        spread = accelerate.load_checkpoint_and_dispatch(
+            spread, path, device_map=split, offload_folder=str(tmp_path / f"off{take}"),
+            preload_module_classes=PRELOAD_MODULE_CLASSES,
+        )  # fmt: skip
+        with torch.no_grad():
+            if take:
+                assert torch.equal(spread(x), expected)
+            else:
+                with pytest.raises(ValueError, match=r"not those of its own pattern .* a checkpoint's pattern is "
+                                   r"taken by load_state_dict, or by layer.load_pattern"):  # fmt: skip
+                    spread(x)
+
+
 def test_structurize_refuses_a_model_under_accelerates_hooks_and_says_to_structurize_first():
     """Its weights are on the meta device between calls: structurize made meta layers from them, and the model
     then failed at its first call ("kernel: b is on meta but the first argument is on cpu")."""

@@ -1622,6 +1622,45 @@ def test_load_state_dict_takes_a_checkpoints_block_pattern_where_it_can():
     assert fresh.layout == knn.BlockSparseLinear(32, 32, (16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]]).layout
 
 
+def test_a_move_takes_index_buffers_set_to_another_pattern_and_load_patterns_checks_its_input():
+    """A move (.to, .float) wrote the index buffers again from the layer's own pattern, discarding a pattern
+    that a loader had set directly (with the values of its blocks): taken now where the buffers hold a pattern
+    of the grid with as many blocks as `values`; other contents (to_empty's memory) are written over as before.
+    load_patterns takes a state_dict's patterns by load_pattern, meta layers too."""
+    layer = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]])
+    other = knn.BlockSparseLinear(32, 32, block=(16, 8), mask=[[0, 1, 1, 0], [1, 0, 0, 1]])
+    layer.crow_indices = other.crow_indices.clone()
+    layer.col_indices = other.col_indices.clone()
+    layer.values = torch.nn.Parameter(other.values.detach().clone())
+    layer.bias = torch.nn.Parameter(other.bias.detach().clone())
+    x = torch.randn(3, 32)
+    with pytest.raises(ValueError, match="not those of its own pattern"):  # not moved: refused, as before
+        layer(x)
+    layer.float()
+    assert layer.layout == other.layout
+    torch.testing.assert_close(layer(x), other(x), rtol=0, atol=0)
+    with torch.no_grad():
+        layer.col_indices.copy_(torch.tensor([3, 2, 1, 0]))  # no pattern (unsorted): written over
+    layer.to("cpu")
+    assert layer.layout == other.layout and torch.equal(layer.col_indices, other.col_indices)
+    with torch.device("meta"):
+        model = torch.nn.Sequential(knn.BlockSparseLinear(32, 32, block=(16, 8), density=0.5))
+    assert knn.load_patterns(
+        model, {"0.crow_indices": other.crow_indices, "0.col_indices": other.col_indices}
+    ) == ["0"]
+    assert model[0].layout == other.layout and model[0].values.is_meta
+    for args, error, words in [
+        ((torch.zeros(3), {}), TypeError, r"^load_patterns: model must be an nn.Module, got Tensor$"),
+        ((model, [1]), TypeError, r"^load_patterns: state_dict must be a mapping of names to tensors"),
+        ((model, {"0.crow_indices": other.crow_indices}), ValueError,
+         r"^load_patterns: the state_dict holds 0.crow_indices but not 0.col_indices$"),
+        ((model, {"0.crow_indices": other.crow_indices, "0.col_indices": other.col_indices + 9}), ValueError,
+         r"^load_patterns: 0: not the BSR indices of a pattern of this layer's 2x4 block grid"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=words):
+            knn.load_patterns(*args)
+
+
 def test_structurize_replaces_a_shared_linear_under_all_its_names():
     """named_modules() lists a module once: `model.b = model.a` left b the old nn.Linear, no longer shared."""
     model = torch.nn.Module()

@@ -10,6 +10,7 @@ from kt.nn.layers import (
     LowRankLinear,
     MonarchLinear,
     Sum,
+    load_patterns,
 )
 from kt.nn.portable import decompose, decompositions
 from kt.nn.selection import bucket, selections, use_artifacts
@@ -27,6 +28,7 @@ __all__ = [
     "bucket",
     "decompose",
     "decompositions",
+    "load_patterns",
     "selections",
     "structurize",
     "use_artifacts",

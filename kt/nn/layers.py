@@ -15,6 +15,7 @@ import numbers
 import sys
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -713,15 +714,45 @@ class BlockSparseLinear(_KtLinear):
             raise ValueError(
                 f"{type(self).__name__}: its crow_indices and col_indices are not those of its own pattern "
                 f"({self.out_features}x{self.in_features} in {self.block[0]}x{self.block[1]} blocks): a layer "
-                "takes only its own (not another layer's, given through torch.func.functional_call)"
+                "takes only its own (not another layer's, given through torch.func.functional_call); a "
+                "checkpoint's pattern is taken by load_state_dict, or by layer.load_pattern(crow, col), not by "
+                "setting the buffers"
             )
 
     def _apply(self, fn, *args, **kwargs):
         # after to_empty() (a model built on the meta device) the index buffers would hold whatever the memory
         # held, and a kernel would read x and the blocks at those offsets: they are written again after any move
+        self._take_set_indices()
         result = super()._apply(fn, *args, **kwargs)
         self._write_indices()
         return result
+
+    def _take_set_indices(self) -> None:
+        """Before a move: index buffers set directly to another pattern of the block grid, with as many stored
+        blocks as `values` holds, are taken as the layer's pattern. accelerate's load_checkpoint_and_dispatch
+        sets a checkpoint's tensors one by one (not through load_state_dict) and then moves the model, whose
+        `_apply` wrote the buffers again from the layer's own pattern: the layer ran the checkpoint's blocks in
+        its own pattern's places (relative error near 1), without a word. Buffers that hold no such pattern
+        (to_empty's memory) are written from the layout as before."""
+        crow, col = self.crow_indices, self.col_indices
+        if (
+            crow.is_meta
+            or col.is_meta
+            or torch.compiler.is_compiling()
+            or not _readable(crow, col)
+            or crow.dtype not in (torch.int64, torch.int32)
+            or col.dtype not in (torch.int64, torch.int32)
+            or col.shape[0] != self.values.shape[0]
+        ):
+            return
+        grid = (self.out_features // self.block[0], self.in_features // self.block[1])
+        if _same_pattern(self.layout, grid, crow, col):
+            return
+        try:
+            mask = self._pattern_of(crow, col, type(self).__name__)
+        except (TypeError, ValueError):  # no pattern of the grid: memory to write over
+            return
+        self.layout = mask_to_hex(mask)
 
     def op(self) -> dict[str, Any]:
         return {
@@ -902,6 +933,42 @@ class BlockSparseLinear(_KtLinear):
 
 # one count over every Sum's terms: a list put in place of another never matches it
 _CHANGES = itertools.count(1)
+
+
+def load_patterns(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
+    """Give each BlockSparseLinear of `model` (a Sum's terms too) the block pattern `state_dict` holds for it
+    (its `<name>.crow_indices` and `<name>.col_indices`; nothing else is read), by `load_pattern`; returns the
+    names of the layers that took another pattern. For a checkpoint loaded other than by load_state_dict
+    (which takes the pattern itself): accelerate's load_checkpoint_and_dispatch sets the tensors one by one,
+    so a model built on the meta device (`init_empty_weights`, patterns drawn at random) must take the
+    checkpoint's patterns first. Works on meta layers; the stored blocks are drawn afresh, for the loader to
+    overwrite."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_patterns: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"load_patterns: state_dict must be a mapping of names to tensors (a state_dict, or "
+            f"safetensors' load_file), got {type(state_dict).__name__}"
+        )
+    taken = []
+    for name, module in model.named_modules():
+        if not isinstance(module, BlockSparseLinear):
+            continue
+        prefix = f"{name}." if name else ""
+        crow, col = state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")
+        if crow is None and col is None:
+            continue
+        if crow is None or col is None:
+            raise ValueError(
+                f"load_patterns: the state_dict holds {prefix}{'col' if crow is None else 'crow'}_indices but not "
+                f"{prefix}{'crow' if crow is None else 'col'}_indices"
+            )
+        grid = (module.out_features // module.block[0], module.in_features // module.block[1])
+        mask = module._pattern_of(crow, col, f"load_patterns: {name or 'the model'}")
+        if not np.array_equal(mask, hex_to_mask(module.layout, grid)):
+            module.load_pattern(crow, col)
+            taken.append(name)
+    return taken
 
 
 class _Terms(nn.ModuleList):
