@@ -57,9 +57,11 @@ def _term(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) ->
     if kind == "blocksparse":
         return _blocksparse(spec, x, weights)
     if kind == "sum":
+        from kt.nn.functional import _weight_count
+
         parts, at = [], 0
         for term in spec["terms"]:
-            count = 3 if term["op"] == "blocksparse" else len(term["shape"]["dims"]) - 1
+            count = _weight_count(term)
             parts.append(_term(term, x, weights[at : at + count]))
             at += count
         total = parts[0]
@@ -91,8 +93,9 @@ def _blocksparse(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tens
     (bo, bi), out = spec["sparsity"]["block"], spec["shape"]["out"]
     lead = x.shape[:-1]
     xb = x.reshape(-1, spec["shape"]["in"] // bi, bi)
-    gathered = xb[:, col.long()]  # (B, nnz, bi)
-    products = torch.einsum("bnj,nij->bni", gathered, values)  # (B, nnz, bo)
+    gathered = xb[:, col.long()].transpose(0, 1)  # (nnz, B, bi)
+    # a batched MatMul over the blocks (ONNX's MatMul, which every runtime has; an einsum left an Einsum node)
+    products = torch.matmul(gathered, values.transpose(1, 2)).transpose(0, 1)  # (B, nnz, bo)
     # block n lies in row r where crow[r] <= n < crow[r + 1]: the rows that end at or before n, counted
     stored = torch.arange(values.shape[0], device=x.device)
     rows = (stored[None, :] >= crow[1:, None].long()).sum(0)
