@@ -405,3 +405,48 @@ def test_a_trainer_resumes_a_structurized_model_from_its_checkpoint(tmp_path):
     )
     for (name, a), b in zip(first.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(tmp_path):
+    """A structurized model's checkpoint (save_pretrained) loaded only into the model structurized again with
+    the same rules, ranks and densities (from_dense run again on dense weights). structurize_as reads what each
+    layer is from the state_dict's keys and shapes: the fresh model, on the CPU or on the meta device, then
+    loads the checkpoint and gives the saved model's logits exactly. A Conv1D's DenseLinear is told by its
+    weight's (out, in) shape."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    model, ids = gpt2()
+    rules = {
+        "*.0.mlp.c_fc": lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
+        "*.1.mlp.c_fc": lambda lin: knn.Sum.from_dense(lin, block=(8, 8), density=0.5, rank=2),
+        "*.mlp.c_proj": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
+        "*.attn.c_proj": lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+        "*.0.attn.c_attn": knn.DenseLinear.from_dense,  # 32 -> 96: not square
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = knn.structurize(model, rules)
+    model.save_pretrained(tmp_path)
+    state = safetensors.load_file(str(tmp_path / "model.safetensors"))
+    with torch.no_grad():
+        want = model(ids).logits
+    fresh, _ = gpt2()
+    assert knn.structurize_as(fresh, state) == made
+    kinds = {name: type(fresh.get_submodule(name)).__name__ for name in made}
+    assert kinds == {name: type(model.get_submodule(name)).__name__ for name in made}
+    assert type(fresh.transformer.h[1].attn.c_attn).__name__ == "Conv1D"  # a weight of its own shape: kept
+    assert fresh.load_state_dict(state, strict=False).missing_keys == ["lm_head.weight"]  # tied to wte
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, want)
+    with torch.device("meta"):
+        empty = GPT2LMHeadModel(model.config).eval()
+    knn.structurize_as(empty, state)
+    empty.load_state_dict(model.state_dict(), assign=True)
+    with torch.no_grad():
+        assert torch.equal(empty(ids).logits, want)
+    wrong = {**state, "transformer.h.0.mlp.c_fc.factors.0": torch.zeros(31, 4)}
+    with pytest.raises(ValueError, match=r"^structurize_as: 'transformer.h.0.mlp.c_fc': the state_dict's "
+                       r"transformer.h.0.mlp.c_fc.factors.0 is \(31, 4\), where a LowRankLinear of its 32 -> 80 "
+                       r"features has \(32, 4\)$"):  # fmt: skip
+        knn.structurize_as(gpt2()[0], wrong)
+    with pytest.raises(TypeError, match=r"^structurize_as: state_dict must be a mapping of names to tensors"):
+        knn.structurize_as(gpt2()[0], [state])
