@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,6 +135,35 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_structure_kept(kind):
             want = model(x)
         assert got.shape == want.shape
         assert (torch.from_numpy(got) - want).norm() / want.norm() < 1e-5
+
+
+def test_onnx_export_of_float16_layers_runs_in_onnx_runtime():
+    """A float16 model's file runs in ONNX Runtime's CPU provider: a block-sparse layer's block rows were summed
+    by a ScatterND adding, which that provider takes no float16 for ("MLFloat16 data type is not supported with
+    ScatterND opset 16 when reduction is 'add'"); they are gathered and reduced now."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(3)
+    rows = [[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1]]  # an empty row, a full one
+    summed = knn.Sum(
+        knn.BlockSparseLinear(48, 16, (8, 8), density=0.5, bias=False),
+        knn.LowRankLinear(48, 16, 2, bias=False),
+    )
+    model = torch.nn.Sequential(
+        knn.LowRankLinear(32, 24, 4),
+        torch.nn.GELU(),
+        knn.BlockSparseLinear(24, 48, (8, 8), mask=rows),
+        knn.MonarchLinear(48, 48, 4),
+        summed,
+    )
+    model = model.half().eval()
+    x = torch.randn(5, 32).half()
+    session = ort.InferenceSession(_onnx(model, x).SerializeToString())
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = model(x).float()
+    assert got.dtype == np.float16
+    assert (torch.from_numpy(got).float() - want).norm() / want.norm() < 2e-3
 
 
 def test_onnx_export_of_a_half_planar_fft():

@@ -14,7 +14,7 @@ from kt.nn.layers import (
 )
 from kt.nn.portable import decompose, decompositions
 from kt.nn.selection import bucket, selections, use_artifacts
-from kt.nn.structurize import structurize
+from kt.nn.structurize import structurize, structurize_as
 
 __all__ = [
     "FFT",
@@ -31,5 +31,6 @@ __all__ = [
     "load_patterns",
     "selections",
     "structurize",
+    "structurize_as",
     "use_artifacts",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from kt.nn.selection import parsed_op
@@ -87,20 +88,29 @@ def _term(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) ->
 
 def _blocksparse(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     """y = F.linear(x, W) over W's stored blocks: x's block columns gathered for each stored block, multiplied
-    by the blocks in one batched product, added into their block rows. The indices are the weight's own
-    (tensors of the program: a constant made here is one no exporter takes), which kt checks are the op's."""
+    by the blocks in one batched product, then each block row's products summed: gathered into a table of
+    the row's blocks, padded to the fullest row's count with a zero block, and reduced. Gathers and sums, no
+    scatter (ONNX Runtime's CPU ScatterND adds no float16). The indices are the weight's own, tensors of the
+    program (a constant tensor made here is one torch.export's verifier refuses), which kt checks are the
+    op's; the fullest row's count is the op's, from its pattern."""
+    from kt.nn.functional import _pattern
+
     crow, col, values = weights
-    (bo, bi), out = spec["sparsity"]["block"], spec["shape"]["out"]
+    sparsity, shape = spec["sparsity"], spec["shape"]
+    (bo, bi), out = sparsity["block"], shape["out"]
+    grid = (out // bo, shape["in"] // bi)
+    widest = int(np.diff(_pattern(sparsity["layout"], grid)[0]).max())
     lead = x.shape[:-1]
-    xb = x.reshape(-1, spec["shape"]["in"] // bi, bi)
+    xb = x.reshape(-1, grid[1], bi)
     gathered = xb[:, col.long()].transpose(0, 1)  # (nnz, B, bi)
     # a batched MatMul over the blocks (ONNX's MatMul, which every runtime has; an einsum left an Einsum node)
     products = torch.matmul(gathered, values.transpose(1, 2)).transpose(0, 1)  # (B, nnz, bo)
-    # block n lies in row r where crow[r] <= n < crow[r + 1]: the rows that end at or before n, counted
-    stored = torch.arange(values.shape[0], device=x.device)
-    rows = (stored[None, :] >= crow[1:, None].long()).sum(0)
-    y = x.new_zeros(xb.shape[0], out // bo, bo).index_add(1, rows, products)
-    return y.reshape(*lead, out)
+    products = torch.cat([products, products.new_zeros(products.shape[0], 1, bo)], dim=1)  # block nnz: zeros
+    start, count = crow[:-1].long(), (crow[1:] - crow[:-1]).long()  # each block row's first block, and count
+    slot = torch.arange(widest, device=x.device)
+    table = torch.where(slot[None, :] < count[:, None], start[:, None] + slot[None, :], values.shape[0])
+    rows = products[:, table.reshape(-1)].reshape(products.shape[0], grid[0], widest, bo).sum(2)
+    return rows.reshape(*lead, out)
 
 
 def _fft(spec: dict[str, Any], x: torch.Tensor) -> torch.Tensor:

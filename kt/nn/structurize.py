@@ -172,6 +172,121 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     return replaced
 
 
+def structurize_as(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
+    """Replace each nn.Linear (or Conv1D) of `model` that `state_dict` holds as a kt layer by a layer of that
+    kind and shape, so that `model.load_state_dict(state_dict)` then loads it: a structurized model's
+    checkpoint (`save_pretrained`, `torch.save(model.state_dict())`) into the model built afresh, without
+    the rules, ranks and densities that made it, and without running from_dense on the dense weights.
+    Returns the replaced layers' names (as `structurize`, whose handling of shared layers, mode and freezing
+    applies). What each layer is, is read from the state_dict's keys and shapes under its name:
+    `factors.N` a LowRankLinear, `values` with `crow_indices` and `col_indices` a BlockSparseLinear of that
+    pattern, `w1` and `w2` a MonarchLinear, `twiddles` a ButterflyLinear, `terms.N.*` a Sum of those. A layer
+    whose state is a `weight` stays as it is (an nn.Linear's and a DenseLinear's states are alike), but for a
+    transformers Conv1D, which stores its weight (in, out): a weight (out, in) is a DenseLinear's. A square
+    one has the same shape either way, and nothing tells them apart: structurize those Conv1D layers with
+    DenseLinear.from_dense yourself before loading (else the weight is read transposed). The
+    new layers take the replaced layer's device and dtype (a model on the meta device gets meta layers: load
+    with assign=True); their weights are drawn, for load_state_dict to overwrite."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"structurize_as: state_dict must be a mapping of names to tensors (a state_dict, or safetensors' "
+            f"load_file), got {type(state_dict).__name__}"
+        )
+
+    model = uncompiled(model)
+
+    def rule(name: str, linear: nn.Linear) -> nn.Module | None:
+        prefix = f"{name}." if name else ""
+        try:
+            layer = _layer_of_state(state_dict, prefix, linear, bias=True)
+            weight = state_dict.get(prefix + "weight")
+            if (
+                layer is None
+                and conv1d(model.get_submodule(name))
+                and isinstance(weight, torch.Tensor)
+                and tuple(weight.shape)
+                == (linear.out_features, linear.in_features)
+                != (linear.in_features, linear.out_features)
+            ):  # a Conv1D's weight is (in, out): one of (out, in) is a DenseLinear's, made from it
+                from kt.nn.layers import DenseLinear
+
+                layer = DenseLinear(
+                    linear.in_features, linear.out_features, isinstance(state_dict.get(prefix + "bias"), torch.Tensor),
+                    device=linear.weight.device, dtype=linear.weight.dtype,
+                )  # fmt: skip
+        except (TypeError, ValueError) as exc:  # past structurize's wrapping, which names a rule
+            raise _StateError(f"structurize_as: {name!r}: {_own_words(exc)}") from None
+        for leaf, tensor in [] if layer is None else [*layer.named_parameters(), *layer.named_buffers()]:
+            theirs = state_dict.get(prefix + leaf)
+            if isinstance(theirs, torch.Tensor) and theirs.shape != tensor.shape:
+                raise _StateError(
+                    f"structurize_as: {name!r}: the state_dict's {prefix + leaf} is {tuple(theirs.shape)}, where "
+                    f"a {type(layer).__name__} of its {linear.in_features} -> {linear.out_features} features "
+                    f"has {tuple(tensor.shape)}"
+                )
+        return layer
+
+    try:
+        return structurize(model, rule)
+    except _StateError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _StateError(Exception):
+    """structurize_as's refusal of a layer's state, which structurize passes on unwrapped."""
+
+
+def _own_words(exc: BaseException) -> str:
+    """A layer's error without its own name (`BlockSparseLinear.load_pattern: ...`)."""
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    return rest if sep and " " not in head else text
+
+
+def _layer_of_state(
+    state_dict: Mapping[str, Any], prefix: str, linear: nn.Linear, bias: bool
+) -> nn.Module | None:
+    """The kt layer `state_dict` holds under `prefix` for an nn.Linear of `linear`'s features, device and dtype;
+    None where it holds none (a weight: an nn.Linear's or a DenseLinear's state)."""
+    from kt.nn.layers import BlockSparseLinear, ButterflyLinear, LowRankLinear, MonarchLinear, Sum
+
+    def get(leaf: str) -> Any:
+        return state_dict.get(prefix + leaf)
+
+    where = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+    shape = (linear.in_features, linear.out_features)
+    has_bias = bias and isinstance(get("bias"), torch.Tensor)
+    if isinstance(get("values"), torch.Tensor):
+        values, crow, col = get("values"), get("crow_indices"), get("col_indices")
+        block = tuple(values.shape[1:])
+        if values.dim() != 3 or not isinstance(crow, torch.Tensor) or not isinstance(col, torch.Tensor):
+            raise ValueError(
+                "a block-sparse layer's state is values (nnz, bo, bi), crow_indices and col_indices"
+            )
+        layer = BlockSparseLinear(*shape, block, density=1.0, bias=has_bias, **where)
+        layer.load_pattern(crow, col)
+        return layer
+    if isinstance(get("factors.0"), torch.Tensor):
+        factors = []
+        while isinstance(get(f"factors.{len(factors)}"), torch.Tensor):
+            factors.append(get(f"factors.{len(factors)}"))
+        ranks = tuple(int(f.shape[1]) for f in factors[:-1])
+        return LowRankLinear(*shape, ranks, bias=has_bias, **where)
+    if isinstance(get("w1"), torch.Tensor):
+        return MonarchLinear(*shape, int(get("w1").shape[0]), bias=has_bias, **where)
+    if isinstance(get("twiddles"), torch.Tensor):
+        return ButterflyLinear(*shape, bias=has_bias, **where)
+    if any(isinstance(k, str) and k.startswith(prefix + "terms.0.") for k in state_dict):
+        terms = []
+        while any(isinstance(k, str) and k.startswith(f"{prefix}terms.{len(terms)}.") for k in state_dict):
+            term = _layer_of_state(state_dict, f"{prefix}terms.{len(terms)}.", linear, bias=False)
+            if term is None:
+                raise ValueError(f"its terms.{len(terms)} is no kt layer kt can read")
+            terms.append(term)
+        return Sum(*terms, bias=has_bias)
+    return None
+
+
 def _fan_in_fan_out_off(parent: nn.Module, name: str) -> None:
     """A Conv1D's holder that says its weight is stored (in, out): PEFT's LoRA layer over GPT-2's Conv1D has
     `fan_in_fan_out = True`, by which merge_and_unload transposes the adapter's delta before adding it to its
