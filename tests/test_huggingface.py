@@ -450,3 +450,43 @@ def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(
         knn.structurize_as(gpt2()[0], wrong)
     with pytest.raises(TypeError, match=r"^structurize_as: state_dict must be a mapping of names to tensors"):
         knn.structurize_as(gpt2()[0], [state])
+
+
+def test_a_structurized_gpt2_exports_to_onnx_and_runs_in_onnx_runtime():
+    """The README's ONNX recipe on a Hugging Face model: torch.export of a structurized GPT-2 (batch and
+    sequence dims dynamic), kt's op decomposed, torch.onnx.export, then ONNX Runtime gives the model's logits
+    at other sizes."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model, ids = gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        knn.structurize(
+            model,
+            {
+                "*.mlp.c_fc": lambda lin: knn.LowRankLinear.from_dense(lin, rank=8),
+                "*.mlp.c_proj": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
+                "*.attn.c_proj": lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+            },
+        )
+
+    class Logits(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids):
+            return self.inner(input_ids=ids, use_cache=False).logits
+
+    wrapped = Logits(model).eval()
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=32)},)
+    program = torch.export.export(wrapped, (ids,), dynamic_shapes=dims, strict=False)
+    program = program.run_decompositions(knn.decompositions())
+    proto = torch.onnx.export(program, dynamo=True, verbose=False).model_proto
+    session = ort.InferenceSession(proto.SerializeToString())
+    for shape in [(2, 9), (1, 17)]:
+        tokens = torch.randint(0, 96, shape)
+        (got,) = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})
+        with torch.no_grad():
+            want = wrapped(tokens)
+        assert (torch.from_numpy(got) - want).norm() / want.norm() < 1e-5
