@@ -412,14 +412,15 @@ def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(
     the same rules, ranks and densities (from_dense run again on dense weights). structurize_as reads what each
     layer is from the state_dict's keys and shapes: the fresh model, on the CPU or on the meta device, then
     loads the checkpoint and gives the saved model's logits exactly. A Conv1D's DenseLinear is told by its
-    weight's (out, in) shape."""
+    weight's (out, in) shape, a square one by `dense`."""
     safetensors = pytest.importorskip("safetensors.torch")
     model, ids = gpt2()
     rules = {
         "*.0.mlp.c_fc": lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
         "*.1.mlp.c_fc": lambda lin: knn.Sum.from_dense(lin, block=(8, 8), density=0.5, rank=2),
         "*.mlp.c_proj": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
-        "*.attn.c_proj": lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+        "*.0.attn.c_proj": lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=4),
+        "*.1.attn.c_proj": knn.DenseLinear.from_dense,  # 32 -> 32: square, its weight alike in shape
         "*.0.attn.c_attn": knn.DenseLinear.from_dense,  # 32 -> 96: not square
     }
     with warnings.catch_warnings():
@@ -429,8 +430,15 @@ def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(
     state = safetensors.load_file(str(tmp_path / "model.safetensors"))
     with torch.no_grad():
         want = model(ids).logits
+    unnamed, _ = gpt2()  # without `dense`, the square DenseLinear's weight is read as its Conv1D's
+    assert knn.structurize_as(unnamed, state) == [
+        name for name in made if name != "transformer.h.1.attn.c_proj"
+    ]
+    unnamed.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(unnamed(ids).logits, want)
     fresh, _ = gpt2()
-    assert knn.structurize_as(fresh, state) == made
+    assert knn.structurize_as(fresh, state, dense="*.attn.c_proj") == made
     kinds = {name: type(fresh.get_submodule(name)).__name__ for name in made}
     assert kinds == {name: type(model.get_submodule(name)).__name__ for name in made}
     assert type(fresh.transformer.h[1].attn.c_attn).__name__ == "Conv1D"  # a weight of its own shape: kept
@@ -439,7 +447,7 @@ def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(
         assert torch.equal(fresh(ids).logits, want)
     with torch.device("meta"):
         empty = GPT2LMHeadModel(model.config).eval()
-    knn.structurize_as(empty, state)
+    knn.structurize_as(empty, state, dense=["transformer.h.1.attn.c_proj"])
     empty.load_state_dict(model.state_dict(), assign=True)
     with torch.no_grad():
         assert torch.equal(empty(ids).logits, want)
@@ -450,6 +458,10 @@ def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(
         knn.structurize_as(gpt2()[0], wrong)
     with pytest.raises(TypeError, match=r"^structurize_as: state_dict must be a mapping of names to tensors"):
         knn.structurize_as(gpt2()[0], [state])
+    with pytest.raises(
+        TypeError, match=r"^structurize_as: dense must be a glob pattern or a sequence of them"
+    ):
+        knn.structurize_as(gpt2()[0], state, dense=[3])
 
 
 def test_a_structurized_gpt2_exports_to_onnx_and_runs_in_onnx_runtime():

@@ -6,7 +6,7 @@ import fnmatch
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +172,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     return replaced
 
 
-def structurize_as(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
+def structurize_as(
+    model: nn.Module, state_dict: Mapping[str, Any], dense: str | Sequence[str] = ()
+) -> list[str]:
     """Replace each nn.Linear (or Conv1D) of `model` that `state_dict` holds as a kt layer by a layer of that
     kind and shape, so that `model.load_state_dict(state_dict)` then loads it: a structurized model's
     checkpoint (`save_pretrained`, `torch.save(model.state_dict())`) into the model built afresh, without
@@ -181,10 +183,10 @@ def structurize_as(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]
     applies). What each layer is, is read from the state_dict's keys and shapes under its name:
     `factors.N` a LowRankLinear, `values` with `crow_indices` and `col_indices` a BlockSparseLinear of that
     pattern, `w1` and `w2` a MonarchLinear, `twiddles` a ButterflyLinear, `terms.N.*` a Sum of those. A layer
-    whose state is a `weight` stays as it is (an nn.Linear's and a DenseLinear's states are alike), but for a
-    transformers Conv1D, which stores its weight (in, out): a weight (out, in) is a DenseLinear's. A square
-    one has the same shape either way, and nothing tells them apart: structurize those Conv1D layers with
-    DenseLinear.from_dense yourself before loading (else the weight is read transposed). The
+    whose state is a `weight` stays as it is (an nn.Linear's and a DenseLinear's states are alike), unless its
+    name matches a glob pattern of `dense` (a DenseLinear then), or it is a transformers Conv1D, which stores
+    its weight (in, out), and the weight is (out, in), a DenseLinear's. A square Conv1D's weight has one shape
+    either way: name DenseLinear ones in `dense` (else the weight is read as the Conv1D's, transposed). The
     new layers take the replaced layer's device and dtype (a model on the meta device gets meta layers: load
     with assign=True); their weights are drawn, for load_state_dict to overwrite."""
     if not isinstance(state_dict, Mapping):
@@ -192,7 +194,9 @@ def structurize_as(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]
             f"structurize_as: state_dict must be a mapping of names to tensors (a state_dict, or safetensors' "
             f"load_file), got {type(state_dict).__name__}"
         )
-
+    patterns = (dense,) if isinstance(dense, str) else tuple(dense)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"structurize_as: dense must be a glob pattern or a sequence of them, got {dense!r}")
     model = uncompiled(model)
 
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
@@ -200,14 +204,15 @@ def structurize_as(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]
         try:
             layer = _layer_of_state(state_dict, prefix, linear, bias=True)
             weight = state_dict.get(prefix + "weight")
-            if (
-                layer is None
-                and conv1d(model.get_submodule(name))
+            named = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+            transposed = (
+                conv1d(model.get_submodule(name))
                 and isinstance(weight, torch.Tensor)
                 and tuple(weight.shape)
                 == (linear.out_features, linear.in_features)
                 != (linear.in_features, linear.out_features)
-            ):  # a Conv1D's weight is (in, out): one of (out, in) is a DenseLinear's, made from it
+            )  # a Conv1D's weight is (in, out): one of (out, in) is a DenseLinear's, made from it
+            if layer is None and isinstance(weight, torch.Tensor) and (named or transposed):
                 from kt.nn.layers import DenseLinear
 
                 layer = DenseLinear(
