@@ -502,3 +502,22 @@ def test_a_structurized_gpt2_exports_to_onnx_and_runs_in_onnx_runtime():
         with torch.no_grad():
             want = wrapped(tokens)
         assert (torch.from_numpy(got) - want).norm() / want.norm() < 1e-5
+
+
+def test_structurizing_a_tied_output_layer_unties_the_config():
+    """GPT-2's lm_head shares the embedding's weight (config.tie_word_embeddings). Structurized, it holds
+    weights of its own, but the config still said tied: transformers' tie_weights (which
+    resize_token_embeddings calls) then hung the embedding's weight on the kt layer, a stray parameter, and the
+    kt head kept 96 outputs while the embedding grew to 100, without a word. The config now says untied, and
+    save_pretrained writes that."""
+    model, ids = gpt2()
+    with pytest.warns(UserWarning, match=r"no longer tied; model.config.tie_word_embeddings is now False"):
+        knn.structurize(model, {"lm_head": lambda lin: knn.LowRankLinear.from_dense(lin, rank=8)})
+    assert model.config.tie_word_embeddings is False
+    model.tie_weights()
+    assert [name for name, _ in model.lm_head.named_parameters()] == ["factors.0", "factors.1"]
+    with pytest.raises(AttributeError):  # loud: transformers resizes an output layer by its weight
+        model.resize_token_embeddings(100)
+    other, _ = gpt2()  # a layer other than the output embeddings: the config is left as it is
+    knn.structurize(other, {"*.0.mlp.c_fc": knn.DenseLinear.from_dense})
+    assert other.config.tie_word_embeddings is True

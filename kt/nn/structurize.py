@@ -150,7 +150,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         if tied:  # (an embedding shared with an output head, say): the new layer has weights of its own
             warnings.warn(
                 f"structurize: the weight of {aliases[key][0]!r} is also {', '.join(map(repr, tied))}; the new "
-                "layer holds weights of its own, so the two are no longer tied",
+                f"layer holds weights of its own, so the two are no longer tied{_untie_config(model, linears[key])}",
                 stacklevel=2,
             )
         _carry_state(linears[key], layer, aliases[key][0])
@@ -170,6 +170,27 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             if conv1d(linears[key]) and getattr(parent, "fan_in_fan_out", None) is True:
                 _fan_in_fan_out_off(parent, alias)
     return replaced
+
+
+def _untie_config(model: nn.Module, linear: nn.Module) -> str:
+    """Where `linear` is a transformers model's output embeddings tied by its config to the input embeddings,
+    the config says they are not (what the warning adds, else ""): its tie_weights (which
+    resize_token_embeddings calls) set the embedding's weight on the new layer, a stray parameter there, and a
+    kt output layer then kept its size while the embedding grew."""
+    config = getattr(model, "config", None)
+    outputs = getattr(model, "get_output_embeddings", None)
+    if getattr(config, "tie_word_embeddings", False) is not True or not callable(outputs):
+        return ""
+    try:
+        if outputs() is not linear:
+            return ""
+    except Exception:  # noqa: BLE001 - a model's own accessor may fail; then nothing is known of the tie
+        return ""
+    config.tie_word_embeddings = False
+    return (
+        "; model.config.tie_word_embeddings is now False, so that transformers does not tie them again (its "
+        "tie_weights would hang the embedding's weight on the new layer)"
+    )
 
 
 def structurize_as(
