@@ -507,9 +507,8 @@ def _fresh_weight(linear: nn.Linear) -> None:
     are now: the hook computes them at each forward only, so the new layer was made from the last forward's
     (stale after an optimizer step), and frozen after one under torch.no_grad()."""
     for c in _computed(linear):
-        if (
-            c.compute is not None
-        ):  # (a parametrized tensor is computed where it is read: setattr would invert it)
+        # a parametrized tensor is computed where it is read (and a setattr would run its right_inverse)
+        if c.compute is not None:
             with torch.no_grad():
                 setattr(linear, c.tensor, c.compute())
 
