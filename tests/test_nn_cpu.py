@@ -397,16 +397,17 @@ def test_a_loaded_kernel_as_op_runs_pytorch_on_cpu_unless_asked(monkeypatch):
     torch.testing.assert_close(op(x, w1, w2).double(), expected, rtol=1e-5, atol=1e-5)
 
 
+BLOCKSPARSE_SPEC = {  # a block-sparse op a kernel is built for (kt.build), as a user's op.yaml gives it
+    "name": "b",
+    "op": "blocksparse",
+    "dtype": "float32",
+    "shape": {"batch": 24, "in": 48, "out": 80},
+    "sparsity": {"block": [16, 16], "density": 0.4, "seed": 2},
+}
+
+
 def test_a_blocksparse_kernel_as_op_takes_the_bsr_weight_or_its_parts_and_compiles_with_the_parts():
-    spec = kt.parse_spec(
-        {
-            "name": "b",
-            "op": "blocksparse",
-            "dtype": "float32",
-            "shape": {"batch": 24, "in": 48, "out": 80},
-            "sparsity": {"block": [16, 16], "density": 0.4, "seed": 2},
-        }
-    )
+    spec = kt.parse_spec(BLOCKSPARSE_SPEC)
     x, w = kt.random_args(spec, seed=4, device="cpu")
     expected = F.linear(x.double(), w.to_dense().double())
     op = kt.build(spec).as_op()

@@ -13,7 +13,10 @@ import torch
 import kt.nn as knn
 from kt.nn.functional import _dense_text, _layout, op_text
 from tests.test_nn import CASES, make_case, rel
-from tests.test_nn_cpu import torch_path  # noqa: F401  (autouse: kt.nn's PyTorch path, no interpreter)
+from tests.test_nn_cpu import (
+    BLOCKSPARSE_SPEC,
+    torch_path,  # noqa: F401  (autouse: kt.nn's PyTorch path, no interpreter)
+)
 
 
 def _kt_targets(program) -> list[str]:
@@ -194,15 +197,7 @@ def test_a_loaded_kernels_op_decomposes_as_its_op():
     kernel was built for (a block-sparse one here, with its weight's three parts)."""
     import kt
 
-    spec = kt.parse_spec(
-        {
-            "name": "b",
-            "op": "blocksparse",
-            "dtype": "float32",
-            "shape": {"batch": 24, "in": 48, "out": 80},
-            "sparsity": {"block": [16, 16], "density": 0.4, "seed": 2},
-        }
-    )
+    spec = kt.parse_spec(BLOCKSPARSE_SPEC)
     x, w = kt.random_args(spec, seed=4, device="cpu")
     op = kt.build(spec).as_op()
 
