@@ -716,7 +716,8 @@ class BlockSparseLinear(_KtLinear):
                 f"({self.out_features}x{self.in_features} in {self.block[0]}x{self.block[1]} blocks): a layer "
                 "takes only its own (not another layer's, given through torch.func.functional_call); a "
                 "checkpoint's pattern is taken by load_state_dict, or by layer.load_pattern(crow, col), not by "
-                "setting the buffers"
+                "setting the buffers (for accelerate's load_checkpoint_and_dispatch, call "
+                "kt.nn.load_patterns(model, state_dict) on the model first)"
             )
 
     def _apply(self, fn, *args, **kwargs):
