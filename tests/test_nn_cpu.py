@@ -1623,7 +1623,7 @@ def test_load_state_dict_takes_a_checkpoints_block_pattern_where_it_can():
     assert fresh.layout == knn.BlockSparseLinear(32, 32, (16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]]).layout
 
 
-def test_a_move_takes_index_buffers_set_to_another_pattern_and_load_patterns_checks_its_input():
+def test_a_move_takes_index_buffers_set_to_another_pattern_and_load_patterns_checks_its_input(tmp_path):
     """A move (.to, .float) wrote the index buffers again from the layer's own pattern, discarding a pattern
     that a loader had set directly (with the values of its blocks): taken now where the buffers hold a pattern
     of the grid with as many blocks as `values`; other contents (to_empty's memory) are written over as before.
@@ -1650,8 +1650,32 @@ def test_a_move_takes_index_buffers_set_to_another_pattern_and_load_patterns_che
         model, {"0.crow_indices": other.crow_indices, "0.col_indices": other.col_indices}
     ) == ["0"]
     assert model[0].layout == other.layout and model[0].values.is_meta
+    # a checkpoint's path: a torch.save'd state_dict, and a save_pretrained folder of shards and their index
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with torch.device("meta"):
+        fresh = torch.nn.Sequential(knn.BlockSparseLinear(32, 32, block=(16, 8), density=0.5))
+    torch.save({f"0.{k}": v for k, v in other.state_dict().items()}, tmp_path / "whole.pt")
+    assert knn.load_patterns(fresh, tmp_path / "whole.pt") == ["0"] and fresh[0].layout == other.layout
+    safetensors = pytest.importorskip("safetensors.torch")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    safetensors.save_file({"0.values": other.values.detach()}, str(sharded / "a.safetensors"))
+    indices = {"0.crow_indices": other.crow_indices, "0.col_indices": other.col_indices}
+    safetensors.save_file(indices, str(sharded / "b.safetensors"))
+    weight_map = {
+        "0.values": "a.safetensors",
+        "0.crow_indices": "b.safetensors",
+        "0.col_indices": "b.safetensors",
+    }
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with torch.device("meta"):
+        fresh = torch.nn.Sequential(knn.BlockSparseLinear(32, 32, block=(16, 8), density=0.5))
+    assert knn.load_patterns(fresh, sharded) == ["0"] and fresh[0].layout == other.layout
     for args, error, words in [
         ((torch.zeros(3), {}), TypeError, r"^load_patterns: model must be an nn.Module, got Tensor$"),
+        ((model, tmp_path / "none"), FileNotFoundError, r"^load_patterns: .*none is no file or folder$"),
+        ((model, tmp_path), FileNotFoundError, r"holds neither model.safetensors nor model.safetensors.index"),
+        ((model, tmp_path / "junk.pt"), ValueError, r"^load_patterns: .*junk.pt is no state_dict torch.load reads"),
         ((model, [1]), TypeError, r"^load_patterns: state_dict must be a mapping of names to tensors"),
         ((model, {"0.crow_indices": other.crow_indices}), ValueError,
          r"^load_patterns: the state_dict holds 0.crow_indices but not 0.col_indices$"),

@@ -12,10 +12,12 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import os
 import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -936,20 +938,24 @@ class BlockSparseLinear(_KtLinear):
 _CHANGES = itertools.count(1)
 
 
-def load_patterns(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
+def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.PathLike) -> list[str]:
     """Give each BlockSparseLinear of `model` (a Sum's terms too) the block pattern `state_dict` holds for it
     (its `<name>.crow_indices` and `<name>.col_indices`; nothing else is read), by `load_pattern`; returns the
     names of the layers that took another pattern. For a checkpoint loaded other than by load_state_dict
     (which takes the pattern itself): accelerate's load_checkpoint_and_dispatch sets the tensors one by one,
     so a model built on the meta device (`init_empty_weights`, patterns drawn at random) must take the
     checkpoint's patterns first. Works on meta layers; the stored blocks are drawn afresh, for the loader to
-    overwrite."""
+    overwrite. `state_dict` may be the checkpoint itself, a path: a .safetensors file, a save_pretrained
+    folder (its model.safetensors, or the shards its model.safetensors.index.json names), or a torch.save'd
+    state_dict; only its index tensors are read (safetensors reads each one alone)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_patterns: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(state_dict, (str, os.PathLike)):
+        state_dict = _checkpoint_indices(Path(state_dict))
     if not isinstance(state_dict, Mapping):
         raise TypeError(
             f"load_patterns: state_dict must be a mapping of names to tensors (a state_dict, or "
-            f"safetensors' load_file), got {type(state_dict).__name__}"
+            f"safetensors' load_file) or a checkpoint's path, got {type(state_dict).__name__}"
         )
     taken = []
     for name, module in model.named_modules():
@@ -970,6 +976,59 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
             module.load_pattern(crow, col)
             taken.append(name)
     return taken
+
+
+def _checkpoint_indices(path: Path) -> dict[str, torch.Tensor]:
+    """The BSR index tensors (`*.crow_indices`, `*.col_indices`) of the checkpoint at `path`, read alone."""
+    wanted = ("crow_indices", "col_indices")
+    if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            import json
+
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"load_patterns: {index} is no safetensors index ({exc})") from None
+            files = sorted({file for key, file in weight_map.items() if key.endswith(wanted)})
+            found: dict[str, torch.Tensor] = {}
+            for file in files:
+                found.update(_checkpoint_indices(path / file))
+            return found
+        if (path / "model.safetensors").is_file():
+            return _checkpoint_indices(path / "model.safetensors")
+        raise FileNotFoundError(
+            f"load_patterns: {path} holds neither model.safetensors nor model.safetensors.index.json"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"load_patterns: {path} is no file or folder")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise ImportError(
+                "load_patterns: reading a .safetensors file needs safetensors (pip install safetensors)"
+            ) from None
+        try:
+            with safe_open(str(path), "pt") as handle:
+                keys = handle.keys()  # (a safe_open handle is no mapping)
+                return {key: handle.get_tensor(key) for key in keys if key.endswith(wanted)}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own kinds for a file it cannot read
+            raise ValueError(
+                f"load_patterns: {path} is no safetensors file ({type(exc).__name__}: {exc})"
+            ) from None
+    try:
+        try:  # mapped, not read whole: a model's checkpoint may be larger than memory
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file of torch's legacy format, which cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds for a file that is no state_dict
+        raise ValueError(
+            f"load_patterns: {path} is no state_dict torch.load reads ({type(exc).__name__})"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"load_patterns: {path} holds a {type(state).__name__}, not a state_dict")
+    return {key: value for key, value in state.items() if isinstance(key, str) and key.endswith(wanted)}
 
 
 class _Terms(nn.ModuleList):
