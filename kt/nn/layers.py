@@ -842,10 +842,7 @@ class BlockSparseLinear(_KtLinear):
             self.layout = mask_to_hex(mask)
             nnz = int(mask.sum())
             if nnz != self.values.shape[0]:  # (assign) torch assigns only tensors of the shapes the layer has
-                with torch.inference_mode(False):
-                    self.col_indices = self.col_indices.new_empty(nnz)
-                    values = self.values.new_empty(nnz, *self.block)
-                    self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
+                self._hold(nnz)
             return
         layer = f"model.get_submodule({prefix[:-1]!r})" if prefix else "layer"
         raise ValueError(
@@ -862,15 +859,19 @@ class BlockSparseLinear(_KtLinear):
         see `_load_from_state_dict`.)"""
         mask = self._pattern_of(crow_indices, col_indices, f"{type(self).__name__}.load_pattern")
         self.layout = mask_to_hex(mask)
-        nnz = int(mask.sum())
-        with torch.inference_mode(False):
-            self.col_indices = torch.empty(nnz, dtype=self.col_indices.dtype, device=self.col_indices.device)
-            values = torch.empty(nnz, *self.block, dtype=self.values.dtype, device=self.values.device)
-            self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
+        self._hold(int(mask.sum()))
         self._write_indices()
         with torch.no_grad():
             self._draw_values(mask)
         self._refresh()
+
+    def _hold(self, nnz: int) -> None:
+        """`col_indices` and `values` (a new parameter, as frozen as the old) of `nnz` stored blocks, unwritten;
+        normal tensors under torch.inference_mode too."""
+        with torch.inference_mode(False):
+            self.col_indices = self.col_indices.new_empty(nnz)
+            values = self.values.new_empty(nnz, *self.block)
+            self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
 
     def _pattern_of(self, crow_indices: Any, col_indices: Any, who: str) -> np.ndarray:
         """The block mask that BSR indices give over this layer's block grid; refused in `who`'s words where
@@ -970,9 +971,8 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
                 f"load_patterns: the state_dict holds {prefix}{'col' if crow is None else 'crow'}_indices but not "
                 f"{prefix}{'crow' if crow is None else 'col'}_indices"
             )
-        grid = (module.out_features // module.block[0], module.in_features // module.block[1])
         mask = module._pattern_of(crow, col, f"load_patterns: {name or 'the model'}")
-        if not np.array_equal(mask, hex_to_mask(module.layout, grid)):
+        if not np.array_equal(mask, module.mask()):
             module.load_pattern(crow, col)
             taken.append(name)
     return taken
