@@ -372,6 +372,7 @@ def _connect(ray, address: str) -> None:
                             include_dashboard=False,
                             log_to_driver=False,
                             configure_logging=False,
+                            _system_config=_local_config(),
                         )
                 else:
                     ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -388,6 +389,18 @@ def _connect(ray, address: str) -> None:
         raise KtError(
             f"{option('ray', address)}: Ray could not connect ({one_line(exc)}){_token_hint(address)}"
         ) from None
+
+
+def _local_config() -> dict:
+    """The Ray that kt starts runs its actors at kt's own priority, as kt's local workers run. Ray's default
+    raises a worker's niceness by 15 (`worker_niceness`, to keep its raylet responsive), and on a machine busy
+    with anything else the compiling and measuring actors got a few percent of a core: a tune that took 12 s
+    took 120 s beside three busy processes (one 2-core machine, 2026-12-06), and a measuring actor starved
+    between its launches can stretch what a timing holds. RAY_worker_niceness, where the user sets it, is Ray's
+    to read (a `_system_config` entry would override it)."""
+    import os
+
+    return {} if "RAY_worker_niceness" in os.environ else {"worker_niceness": 0}
 
 
 def _restore_sigterm(signal, before) -> None:
