@@ -854,7 +854,12 @@ def _model_specs(target: str, taken: set[str], extra_rows: tuple[int, ...] = ())
     out.print(table)
     plain = [path for path in found.plain if path not in found.subclassed]
     if plain:  # tuned for a DenseLinear made from them: torch's nn.Linear never reads an artifact
-        noun = "plain nn.Linear or Conv1D layer" if found.conv1d else "plain nn.Linear layer"
+        kinds = ["nn.Linear", *["Conv1D"] * bool(found.conv1d), *["1x1 convolution"] * bool(found.pointwise)]
+        noun = (
+            f"plain {', '.join(kinds[:-1])} or {kinds[-1]} layer"
+            if len(kinds) > 1
+            else "plain nn.Linear layer"
+        )
         out.print(
             f"note: {counted(len(plain), noun)} ({_listed(plain)}): torch runs {_them(plain)} and reads no "
             "artifact; kt.nn uses theirs once they are kt.nn.DenseLinear "

@@ -2937,3 +2937,169 @@ def test_structurize_and_model_ops_see_through_torch_compiles_wrapper():
         assert torch.allclose(compiled(x), model(x), atol=1e-6) and not torch.allclose(
             compiled(x), dense, atol=1e-3
         )
+
+
+# 1x1 convolutions (kt.nn.Pointwise): a CNN's pointwise convolutions are matmuls over their channels, and
+# structurize said "the pattern '*' matches no nn.Linear of the model; it has no nn.Linear" of a ConvNeXt-style
+# block (timm's convnext_atto: its MLPs are 1x1 Conv2d) or a ResNet bottleneck
+POINTWISE_MAKERS = {
+    "dense": knn.DenseLinear.from_dense,
+    "lowrank": lambda lin: knn.LowRankLinear.from_dense(lin, rank=3),
+    "blocksparse": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(4, 4), density=0.5),
+    "monarch": lambda lin: knn.MonarchLinear.from_dense(lin, nblocks=2),
+    "butterfly": knn.ButterflyLinear.from_dense,
+    "sum": lambda lin: knn.Sum.from_dense(lin, block=(4, 4), density=0.5, rank=2),
+}
+POINTWISE_CONVS = {  # (convolution, input): odd sizes, a stride, channels_last, unbatched, a strided view
+    "conv1d": (lambda: torch.nn.Conv1d(8, 8, 1), lambda: torch.randn(3, 8, 11)),
+    "conv2d-stride-channels-last": (
+        lambda: torch.nn.Conv2d(8, 8, 1, stride=(2, 1)),
+        lambda: torch.randn(2, 8, 7, 5).to(memory_format=torch.channels_last),
+    ),
+    "conv2d-strided-view": (
+        lambda: torch.nn.Conv2d(8, 8, (1, 1)),
+        lambda: torch.randn(2, 8, 9, 10)[:, :, 1:, ::2],
+    ),
+    "conv3d-unbatched-stride": (lambda: torch.nn.Conv3d(8, 8, 1, stride=2), lambda: torch.randn(8, 3, 5, 4)),
+}
+
+
+def dense_of(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (out, in) matrix and the bias that `layer` computes, read off its rows: layer(I) - layer(0)."""
+    with torch.no_grad():
+        zero = layer(torch.zeros(1, layer.in_features))
+        return (layer(torch.eye(layer.in_features)) - zero).t(), zero[0]
+
+
+@pytest.mark.parametrize("conv", POINTWISE_CONVS)
+@pytest.mark.parametrize("kind", POINTWISE_MAKERS)
+def test_a_structurized_1x1_convolution_computes_the_convolution_of_its_layers_matrix(kind, conv):
+    torch.manual_seed(0)
+    make_conv, make_input = POINTWISE_CONVS[conv]
+    model = torch.nn.Sequential(make_conv(), torch.nn.ReLU()).eval()
+    x = make_input()
+    before = model(x)
+    assert knn.structurize(model, {"0": POINTWISE_MAKERS[kind]}) == ["0"]
+    point = model[0]
+    assert (
+        type(point) is knn.Pointwise and point.in_channels == point.out_channels == 8 and not point.training
+    )
+    weight, bias = dense_of(point.layer)
+    conv_of = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[point.dims]
+    reference = conv_of(x, weight.reshape(8, 8, *[1] * point.dims), bias, stride=point.stride).relu()
+    out = model(x)
+    assert out.shape == before.shape and rel(out, reference) < 1e-5, rel(out, reference)
+    if kind == "dense":  # made from the convolution's own weight: its output
+        assert rel(out, before) < 1e-5
+    model(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in point.parameters() if p.requires_grad)
+
+
+def test_structurize_replaces_only_the_convolutions_that_are_matmuls_and_says_why_of_the_others():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1),  # 0: a 3x3
+        torch.nn.Conv2d(8, 8, 1, groups=2),  # 1: grouped
+        torch.nn.Conv2d(8, 8, 1, padding=1),  # 2: padded (its border is the bias)
+        torch.nn.Conv2d(8, 16, 1, padding="same"),  # 3: a kernel of 1 pads nothing
+        torch.nn.Conv2d(16, 8, 1, stride=2, dilation=3, bias=False),  # 4: dilation does nothing to a 1x1
+    ).eval()
+    model[4].requires_grad_(False)
+    x = torch.randn(2, 4, 7, 6)
+    before, dense = model(x), copy.deepcopy(model)
+    assert knn.structurize(model, {"*": knn.DenseLinear.from_dense}) == ["3", "4"]
+    assert [type(m).__name__ for m in model] == ["Conv2d", "Conv2d", "Conv2d", "Pointwise", "Pointwise"]
+    assert rel(model(x), before) < 1e-5 and model[4].stride == (2, 2) and model[4].layer.bias is None
+    assert not any(p.requires_grad for p in model[4].parameters()) and model[3].layer.weight.requires_grad
+    for pattern, why in [
+        ("0", r"'0' is a Conv2d of kernel \(3, 3\), padding \(1, 1\): no matmul over its channels"),
+        ("1", r"'1' is a Conv2d of groups=2: no matmul"),
+        ("2", r"'2' is a Conv2d of padding \(1, 1\): no matmul"),
+    ]:
+        with pytest.raises(ValueError, match=rf"matches no nn.Linear of the model \({why}.*; its nn.Linear layers "
+                                             r"and 1x1 convolutions: 3, 4$"):  # fmt: skip
+            knn.structurize(copy.deepcopy(dense), {pattern: knn.DenseLinear.from_dense})
+    with pytest.raises(
+        ValueError, match=r"'0' is a Conv2d of kernel \(3, 3\).*; it has no nn.Linear or 1x1 convolution$"
+    ):
+        knn.structurize(dense[:3], {"0": knn.DenseLinear.from_dense})
+
+
+def test_pointwise_from_dense_and_its_forward_refuse_in_one_line():
+    conv = torch.nn.Conv2d(8, 6, 1, stride=2)
+    point = knn.Pointwise.from_dense(conv, lambda lin: knn.LowRankLinear.from_dense(lin, rank=2))
+    assert (
+        point.stride == (2, 2)
+        and point.out_channels == 6
+        and point(torch.randn(1, 8, 5, 5)).shape == (1, 6, 3, 3)
+    )
+    with pytest.raises(TypeError, match=r"got Conv2d \(a 1x1 convolution: kt.nn.Pointwise.from_dense\(conv, lambda "
+                                        r"linear: LowRankLinear.from_dense\(linear, ...\)\)"):  # fmt: skip
+        knn.LowRankLinear.from_dense(conv, rank=2)
+    with pytest.raises(
+        ValueError, match=r"^Pointwise.from_dense: the Conv2d has kernel \(3, 3\): only a convolution"
+    ):
+        knn.Pointwise.from_dense(torch.nn.Conv2d(8, 6, 3), knn.DenseLinear.from_dense)
+    with pytest.raises(
+        TypeError, match=r"^Pointwise.from_dense: conv must be a torch Conv1d, Conv2d or Conv3d, got Linear$"
+    ):
+        knn.Pointwise.from_dense(torch.nn.Linear(8, 6), knn.DenseLinear.from_dense)
+    with pytest.raises(
+        ValueError, match=r"make returned a layer of 8 -> 8 features; the convolution maps 8 -> 6"
+    ):
+        knn.Pointwise.from_dense(conv, lambda lin: knn.DenseLinear(8, 8))
+    with pytest.raises(ValueError, match=r"^Pointwise: input must be \(N, C, H, W\) or unbatched \(C, H, W\) for its 2 "
+                                         r"spatial dim\(s\), got shape \(8, 5\)$"):  # fmt: skip
+        point(torch.randn(8, 5))
+    with pytest.raises(
+        ValueError, match=r"^Pointwise: input has 7 channels \(dim 1 of \(2, 7, 5, 5\)\), the layer takes 8$"
+    ):
+        point(torch.randn(2, 7, 5, 5))
+    with pytest.raises(ValueError, match=r"^Pointwise: stride must be a positive integer or 2 of them"):
+        knn.Pointwise(knn.DenseLinear(8, 6), stride=(1, 0))
+    with pytest.raises(TypeError, match=r"^Pointwise: layer must have a positive integer in_features"):
+        knn.Pointwise(torch.nn.ReLU())
+
+
+def test_a_structurized_cnn_checkpoint_reloads_by_structurize_as_compiles_and_exports_without_kt_ops():
+    def cnn():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 1), torch.nn.GELU(),
+            torch.nn.Conv2d(32, 16, 1, stride=2), torch.nn.Flatten(), torch.nn.Linear(16 * 9, 10),
+        ).eval()  # fmt: skip
+
+    model = cnn()
+    knn.structurize(model, {
+        "1": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
+        "3": lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
+        "5": knn.DenseLinear.from_dense,
+    })  # fmt: skip
+    x = torch.randn(2, 3, 6, 6)
+    out = model(x)
+    state = model.state_dict()
+    assert "1.layer.col_indices" in state and "3.layer.factors.1" in state and "1.weight" not in state
+    again = cnn()
+    assert knn.structurize_as(again, state, dense="5") == ["1", "3", "5"]
+    again.load_state_dict(state)
+    assert torch.equal(again(x), out) and type(again[3].layer) is knn.LowRankLinear
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert rel(compiled(x), out) < 1e-6
+    program = torch.export.export(model, (x,)).run_decompositions(knn.decompositions())
+    assert "kt.apply" not in str(program.graph) and rel(program.module()(x), out) < 1e-5
+
+
+def test_from_model_finds_1x1_convolutions_with_their_positions_as_rows_and_a_pointwise_layers_op():
+    from kt.nn.discover import model_ops
+    from kt.nn.selection import bucket
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 1, stride=2), torch.nn.Conv2d(32, 24, 1)
+    ).eval()  # fmt: skip
+    knn.structurize(model, {"2": lambda lin: knn.LowRankLinear.from_dense(lin, rank=4)})
+    found = model_ops(model, torch.randn(2, 3, 9, 8))  # the stride-2 conv's output: 2 x 5 x 4 positions
+    ops = {found.modules[spec.name][0]: spec.to_dict() for spec in found.specs}
+    assert sorted(ops) == ["1", "2.layer"] and found.pointwise == ["1"] and found.plain == ["1"]
+    assert ops["1"]["op"] == "dense" and ops["1"]["shape"] == {"m": bucket(40), "n": 32, "k": 16}
+    assert ops["2.layer"]["op"] == "lowrank" and ops["2.layer"]["shape"]["batch"] == bucket(40)

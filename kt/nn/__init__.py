@@ -9,6 +9,7 @@ from kt.nn.layers import (
     DenseLinear,
     LowRankLinear,
     MonarchLinear,
+    Pointwise,
     Sum,
     load_patterns,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "DenseLinear",
     "LowRankLinear",
     "MonarchLinear",
+    "Pointwise",
     "Sum",
     "apply",
     "bucket",

@@ -1,5 +1,6 @@
 """The ops a model runs that kt can tune: every nn.Linear (or transformers Conv1D, GPT-2's: an nn.Linear with
-its weight transposed, read as that nn.Linear) and kt.nn layer it calls on an example input, as
+its weight transposed, read as that nn.Linear; or a 1x1 convolution, whose positions are its rows: the
+nn.Linear `as_linear` reads) and kt.nn layer it calls on an example input, as
 op.yaml specs at the batch bucket kt.nn selects kernels by (`kt tune --from-model`, issue 18).
 
 The model runs once under `torch.no_grad()` with forward hooks on every module; a module's input (positional,
@@ -51,6 +52,7 @@ class ModelOps:
     # reads their artifacts until they are kt.nn.DenseLinear layers
     plain: list[str] = field(default_factory=list)
     conv1d: list[str] = field(default_factory=list)  # those of them that are transformers Conv1D modules
+    pointwise: list[str] = field(default_factory=list)  # those of them that are 1x1 convolutions
     # those of them that are subclasses of nn.Linear (weight_norm's ParametrizedLinear, an adapter's), which
     # kt.nn.structurize leaves alone: a DenseLinear is made from them by hand
     subclassed: list[str] = field(default_factory=list)
@@ -64,13 +66,13 @@ def model_ops(
     apart), the module's path and the bucket. Each op is also listed at the buckets of `extra_rows` (row counts
     the example does not run: a generation's decode steps, one row per sequence)."""
     from kt.nn.functional import _row_count
-    from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d, unparametrized
+    from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d, pointwise, unparametrized
     from kt.nn.selection import bucket, bucket_spec, parsed_op
 
     found = ModelOps()
     by_signature: dict[str, str] = {}
 
-    def record(path: str, module: nn.Module, inputs: tuple, keywords: dict) -> None:
+    def record(path: str, module: nn.Module, inputs: tuple, keywords: dict, output: Any) -> None:
         # a layer called as layer(x=...) or linear(input=...) was missed: its positional inputs are empty
         x = inputs[0] if inputs else keywords.get("input", keywords.get("x"))
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
@@ -82,8 +84,16 @@ def model_ops(
             # a DenseLinear multiplies x's rows (all leading dims) as one matrix; _row_count reads a dense op's
             # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
             rows = math.prod(x.shape[:-1]) if op["op"] == "dense" else _row_count(op, x)
-        elif isinstance(module, nn.Linear) or conv1d(module):
-            if conv1d(module):  # transformers' Conv1D: an nn.Linear with its weight transposed
+        elif isinstance(module, nn.Linear) or conv1d(module) or pointwise(module):
+            positions = None
+            if pointwise(module):  # a 1x1 convolution: its (strided) positions are the rows
+                if not isinstance(output, torch.Tensor) or not module.out_channels:
+                    return
+                positions = output.numel() // module.out_channels
+                if (path or "(model)") not in found.pointwise:
+                    found.pointwise.append(path or "(model)")
+                module = as_linear(module)
+            elif conv1d(module):  # transformers' Conv1D: an nn.Linear with its weight transposed
                 if (path or "(model)") not in found.conv1d:
                     found.conv1d.append(path or "(model)")
                 module = as_linear(module)
@@ -106,7 +116,8 @@ def model_ops(
                 "shape": {"n": module.out_features, "k": module.in_features},
                 "layout": {"a": "row", "b": "col"},
             }
-            rows = math.prod(x.shape[:-1])  # numel // in_features counted no rows when in_features is 0
+            # numel // in_features counted no rows when in_features is 0
+            rows = math.prod(x.shape[:-1]) if positions is None else positions
         else:
             return
         if rows == 0:
@@ -157,7 +168,7 @@ def model_ops(
     if why:
         raise KtError(f"--from-model: {why}")
     handles = [
-        module.register_forward_hook(lambda m, i, k, o, path=path: record(path, m, i, k), with_kwargs=True)
+        module.register_forward_hook(lambda m, i, k, o, path=path: record(path, m, i, k, o), with_kwargs=True)
         for path, module in model.named_modules()
     ]
     try:

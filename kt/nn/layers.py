@@ -66,11 +66,39 @@ def unparametrized(module: Any) -> type:
     return cls
 
 
+# torch's convolutions whose 1x1 instances are matmuls over their channels (`pointwise`)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def pointwise(module: Any) -> bool:
+    """Whether `module` is a torch Conv1d, Conv2d or Conv3d (under parametrize too) that is a matmul over its
+    channels at each position: kernel 1, no padding and one group (any stride: it keeps every stride-th
+    position; dilation does nothing to a kernel of 1). ConvNeXt's and MobileNet's pointwise convolutions, a
+    ResNet bottleneck's 1x1 ones."""
+    return unparametrized(module) in CONVOLUTIONS and not _not_pointwise(module)
+
+
+def _not_pointwise(conv: nn.Module) -> str:
+    """Why the convolution `conv` is no matmul over its channels ("" where it is one)."""
+    why = []
+    if any(k != 1 for k in conv.kernel_size):
+        why.append(f"kernel {tuple(conv.kernel_size)}")
+    padding = conv.padding
+    if not (padding in ("valid", "same") or all(p == 0 for p in padding)):  # "same" pads a kernel of 1 by 0
+        why.append(f"padding {tuple(padding)}")
+    if conv.groups != 1:
+        why.append(f"groups={conv.groups}")
+    return ", ".join(why)
+
+
 def as_linear(module: nn.Module) -> nn.Linear:
-    """The nn.Linear that computes what the transformers Conv1D `module` does, for from_dense and structurize's
-    rules to read: its weight is a transposed view of the Conv1D's (no copy), its bias the Conv1D's, and it
-    takes the Conv1D's mode and freezing."""
+    """The nn.Linear that computes what the transformers Conv1D `module` does, or a 1x1 convolution (`pointwise`)
+    at each position, for from_dense and structurize's rules to read: its weight is a view of the module's (the
+    Conv1D's transposed, the convolution's (out, in, 1, ...) as (out, in); no copy), its bias the module's, and
+    it takes the module's mode and freezing."""
     weight = module.weight.detach()
+    if pointwise(module):
+        weight = weight.reshape(weight.shape[0], weight.shape[1]).t()
     linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False, device="meta")  # allocates nothing
     linear.weight = nn.Parameter(weight.t(), requires_grad=module.weight.requires_grad)
     if module.bias is not None:
@@ -403,9 +431,15 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         if conv1d(linear):
             return as_linear(linear)
         if not isinstance(linear, nn.Linear):
+            hint = (
+                f" (a 1x1 convolution: kt.nn.Pointwise.from_dense(conv, lambda linear: {cls.__name__}."
+                "from_dense(linear, ...)) makes the layer and computes the convolution with it; structurize does too)"
+                if pointwise(linear)
+                else ""
+            )
             raise TypeError(
                 f"{cls.__name__}.from_dense: linear must be an nn.Linear or a transformers Conv1D, got "
-                f"{type(linear).__name__}"
+                f"{type(linear).__name__}{hint}"
             )
         return linear
 
@@ -1395,3 +1429,108 @@ class ButterflyLinear(_KtLinear):
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         return {"twiddles": (self.in_features.bit_length() - 1, self.in_features // 2, 2, 2)}
+
+
+class Pointwise(_NoTorchScript, nn.Module):
+    """A 1x1 convolution computed by a kt layer over its channels: y[..., :, p] = layer(x[..., :, p]) at each
+    (strided) position p of a (N, C, *spatial) or unbatched (C, *spatial) input, as torch's Conv1d, Conv2d or
+    Conv3d of kernel 1, no padding and one group computes with the layer's dense weight. `structurize` puts one
+    in place of each such convolution a rule replaces (the rule is given the nn.Linear the convolution computes,
+    `as_linear`), so a CNN's pointwise convolutions (ConvNeXt's and MobileNet's, a ResNet bottleneck's) can be
+    low-rank, block-sparse, Monarch or butterfly. The layer sees the positions as rows: the channels are moved
+    last (`movedim`, a view; a channels_last input needs no copy) and moved back in the output.
+
+    `layer`: any module with in_features and out_features (a kt layer); `dims`: the convolution's spatial dims
+    (1, 2 or 3); `stride`: an int or one per spatial dim. Its state is the layer's, under `layer.`."""
+
+    def __init__(self, layer: nn.Module, dims: int = 2, stride: int | tuple[int, ...] = 1):
+        super().__init__()
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"Pointwise: layer must be an nn.Module (a kt layer), got {type(layer).__name__}")
+        for attribute in ("in_features", "out_features"):
+            value = getattr(layer, attribute, None)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise TypeError(
+                    f"Pointwise: layer must have a positive integer {attribute} (a kt layer, or an nn.Linear), "
+                    f"got {type(layer).__name__} with {attribute}={shown(value)}"
+                )
+        if isinstance(dims, bool) or dims not in (1, 2, 3):
+            raise ValueError(
+                f"Pointwise: dims must be 1, 2 or 3 (a Conv1d's, Conv2d's or Conv3d's), got {shown(dims)}"
+            )
+        strides = (stride,) * dims if isinstance(stride, numbers.Integral) else stride
+        if (
+            not isinstance(strides, (tuple, list))
+            or len(strides) != dims
+            or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in strides)
+        ):
+            raise ValueError(
+                f"Pointwise: stride must be a positive integer or {dims} of them (one per spatial dim), got "
+                f"{shown(stride)}"
+            )
+        self.layer = layer
+        self.dims = int(dims)
+        self.stride = tuple(int(s) for s in strides)
+
+    @property
+    def in_channels(self) -> int:
+        return self.layer.in_features
+
+    @property
+    def out_channels(self) -> int:
+        return self.layer.out_features
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, make: Any) -> Pointwise:
+        """The Pointwise of the 1x1 convolution `conv` (a torch Conv1d, Conv2d or Conv3d of kernel 1, no padding,
+        one group), its layer `make(linear)` of the nn.Linear `conv` computes (e.g. `lambda linear:
+        LowRankLinear.from_dense(linear, rank=16)`), taking `conv`'s mode and stride."""
+        if unparametrized(conv) not in CONVOLUTIONS:
+            raise TypeError(
+                f"Pointwise.from_dense: conv must be a torch Conv1d, Conv2d or Conv3d, got {type(conv).__name__}"
+            )
+        why = _not_pointwise(conv)
+        if why:
+            raise ValueError(
+                f"Pointwise.from_dense: the {unparametrized(conv).__name__} has {why}: only a convolution of "
+                "kernel 1, no padding and one group is a matmul over its channels"
+            )
+        if not callable(make):
+            raise TypeError(
+                f"Pointwise.from_dense: make must be a function linear -> layer, got {type(make).__name__}"
+            )
+        linear = as_linear(conv)
+        layer = make(linear)
+        if getattr(layer, "in_features", None) != linear.in_features or getattr(
+            layer, "out_features", None
+        ) != (linear.out_features):
+            raise ValueError(
+                f"Pointwise.from_dense: make returned a layer of {getattr(layer, 'in_features', '?')} -> "
+                f"{getattr(layer, 'out_features', '?')} features; the convolution maps {linear.in_features} -> "
+                f"{linear.out_features} channels"
+            )
+        return cls(layer, dims=len(conv.kernel_size), stride=tuple(conv.stride)).train(conv.training)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"Pointwise: input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (self.dims + 1, self.dims + 2):
+            raise ValueError(
+                f"Pointwise: input must be (N, C, {self._spatial()}) or unbatched (C, {self._spatial()}) "
+                f"for its {self.dims} spatial dim(s), got shape {tuple(input.shape)}"
+            )
+        channel = input.dim() - self.dims - 1
+        if input.shape[channel] != self.in_channels:
+            raise ValueError(
+                f"Pointwise: input has {input.shape[channel]} channels (dim {channel} of {tuple(input.shape)}), "
+                f"the layer takes {self.in_channels}"
+            )
+        if any(s != 1 for s in self.stride):  # a kernel of 1 at stride s reads every s-th position
+            input = input[(slice(None),) * (channel + 1) + tuple(slice(None, None, s) for s in self.stride)]
+        return self.layer(input.movedim(channel, -1)).movedim(-1, channel)
+
+    def _spatial(self) -> str:
+        return ", ".join("DHW"[3 - self.dims :])
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, stride={self.stride}"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kt.nn.layers import as_linear, conv1d, unparametrized
+from kt.nn.layers import CONVOLUTIONS, Pointwise, _not_pointwise, as_linear, conv1d, pointwise, unparametrized
 
 Factory = Callable[[nn.Linear], nn.Module]
 Rules = Mapping[str, Factory] | Callable[[str, nn.Linear], nn.Module | None]
@@ -33,8 +33,12 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     projections: an nn.Linear's math with the weight transposed), whose rule is given the nn.Linear it computes
     (`kt.nn.layers.as_linear`), each also under torch.nn.utils.parametrize (its ParametrizedLinear computes
     nn.Linear's math on the weight its parametrizations compute: the new layer is made from that weight, with
-    a warning that they are gone). Another subclass of nn.Linear (an adapter's) may compute something else, and
-    a pattern that matches only such a module says so. A model that
+    a warning that they are gone). A torch Conv1d, Conv2d or Conv3d of kernel 1, no padding and one group (a
+    CNN's pointwise convolution, any stride) is a matmul over its channels: its rule is given the nn.Linear it
+    computes (`as_linear`), and the layer made goes in as a `kt.nn.Pointwise` around it (its state under
+    `layer.`); a pattern that matches only other convolutions says why they are none. Another subclass of
+    nn.Linear (an adapter's) may compute something else, and a pattern that matches only such a module says
+    so. A model that
     is itself an nn.Linear is refused (it cannot be replaced in place).
 
     An nn.Linear held under several names (`model.b = model.a`) is replaced under all of them by one layer,
@@ -60,12 +64,17 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     aliases: dict[int, list[str]] = {}  # every name of each nn.Linear
     linears: dict[int, nn.Linear] = {}
     subclassed: dict[str, str] = {}  # name -> class of each nn.Linear subclass (left alone)
+    convolutions: dict[str, str] = {}  # name -> why, of each convolution that is no matmul (a pattern's miss)
     for name, module in model.named_modules(remove_duplicate=False):
-        if unparametrized(module) is nn.Linear or conv1d(module):
+        if unparametrized(module) is nn.Linear or conv1d(module) or pointwise(module):
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
             subclassed[name] = _left_alone(module)  # its forward may differ (weight_norm's, an adapter's)
+        elif unparametrized(module) in CONVOLUTIONS:
+            convolutions[name] = (
+                f"is a {unparametrized(module).__name__} of {_not_pointwise(module)}: no matmul over its channels"
+            )
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
         for pattern, _ in patterns:
@@ -78,11 +87,24 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         for pattern, _ in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-                others = [f"{n!r} {why}" for n, why in subclassed.items() if fnmatch.fnmatchcase(n, pattern)]
+                others = [
+                    f"{n!r} {why}"
+                    for n, why in [*subclassed.items(), *convolutions.items()]
+                    if fnmatch.fnmatchcase(n, pattern)
+                ]
                 skipped = f" ({'; '.join(others[:3])})" if others else ""
+                kinds = (
+                    "nn.Linear layers and 1x1 convolutions"
+                    if any(map(pointwise, linears.values()))
+                    else ("nn.Linear layers")
+                )
                 raise ValueError(
                     f"structurize: the pattern {pattern!r} matches no nn.Linear of the model{skipped}; "
-                    + (f"its nn.Linear layers: {listing}" if names else "it has no nn.Linear")
+                    + (
+                        f"its {kinds}: {listing}"
+                        if names
+                        else "it has no nn.Linear" + (" or 1x1 convolution" if convolutions else "")
+                    )
                 )
 
         def rule_of(name: str) -> tuple[str, Factory] | None:
@@ -101,7 +123,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     chosen, said = [], []  # warnings said once every layer is made (none where a rule fails)
     for key, module in linears.items():
         _fresh_weight(module)
-        linear = as_linear(module) if conv1d(module) else module  # what the rules read: an nn.Linear
+        # what the rules read: an nn.Linear (a view of a Conv1D's or a 1x1 convolution's weight)
+        linear = as_linear(module) if conv1d(module) or pointwise(module) else module
         for name in aliases[key]:
             try:
                 layer = choose(name, linear)
@@ -135,6 +158,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"structurize: the layer made for {name!r} maps {getattr(layer, 'in_features', '?')} -> "
                 f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
             )
+        if pointwise(module):  # the layer computes the convolution over its channels
+            layer = Pointwise(layer, dims=len(module.kernel_size), stride=tuple(module.stride))
         chosen.append((key, layer))
     if isinstance(rules, Mapping):
         said = _left_alone_said(subclassed, [p for p, _ in rules.items()]) + said
@@ -203,7 +228,8 @@ def structurize_as(
     Returns the replaced layers' names (as `structurize`, whose handling of shared layers, mode and freezing
     applies). What each layer is, is read from the state_dict's keys and shapes under its name:
     `factors.N` a LowRankLinear, `values` with `crow_indices` and `col_indices` a BlockSparseLinear of that
-    pattern, `w1` and `w2` a MonarchLinear, `twiddles` a ButterflyLinear, `terms.N.*` a Sum of those. A layer
+    pattern, `w1` and `w2` a MonarchLinear, `twiddles` a ButterflyLinear, `terms.N.*` a Sum of those (under a
+    1x1 convolution's name, those of its `kt.nn.Pointwise`, under `layer.`, a `layer.weight` a DenseLinear's). A layer
     whose state is a `weight` stays as it is (an nn.Linear's and a DenseLinear's states are alike), unless its
     name matches a glob pattern of `dense` (a DenseLinear then), or it is a transformers Conv1D, which stores
     its weight (in, out), and the weight is (out, in), a DenseLinear's. A square Conv1D's weight has one shape
@@ -222,10 +248,15 @@ def structurize_as(
 
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
         prefix = f"{name}." if name else ""
+        convolution = pointwise(model.get_submodule(name))
+        if (
+            convolution
+        ):  # a Pointwise's state is its layer's, under `layer.` (the convolution's own weight is 4-D)
+            prefix += "layer."
         try:
             layer = _layer_of_state(state_dict, prefix, linear, bias=True)
             weight = state_dict.get(prefix + "weight")
-            named = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+            named = convolution or any(fnmatch.fnmatchcase(name, p) for p in patterns)
             transposed = (
                 conv1d(model.get_submodule(name))
                 and isinstance(weight, torch.Tensor)
