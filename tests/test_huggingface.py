@@ -522,3 +522,39 @@ def test_structurizing_a_tied_output_layer_unties_the_config():
     other, _ = gpt2()  # a layer other than the output embeddings: the config is left as it is
     knn.structurize(other, {"*.0.mlp.c_fc": knn.DenseLinear.from_dense})
     assert other.config.tie_word_embeddings is True
+
+
+def test_structurize_as_names_a_save_pretrained_file_whose_names_are_the_checkpoints_older_ones(tmp_path):
+    """transformers 5's save_pretrained writes a SegFormer under its checkpoints' older names (from_pretrained
+    renames them as it loads): structurize_as replaced nothing, without a word, and load_state_dict listed every
+    key. It now says so and how to save the model's own names; given those, the model comes back bit for bit."""
+    from safetensors.torch import load_file, save_file
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    def segformer():
+        torch.manual_seed(0)
+        config = SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+            decoder_hidden_size=32, num_labels=3, patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2],
+        )  # fmt: skip
+        return SegformerForSemanticSegmentation(config).eval()
+
+    model, x = segformer(), torch.randn(2, 3, 32, 32)
+    knn.structurize(model, lambda _, lin: knn.LowRankLinear.from_dense(lin, rank=4) if min(
+        lin.in_features, lin.out_features) >= 16 else None)  # fmt: skip
+    with torch.no_grad():
+        logits = model(x).logits
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    if all(key in model.state_dict() for key in saved):
+        pytest.skip("this transformers saves a SegFormer under its own module names")
+    with pytest.raises(ValueError, match=r"^structurize_as: the state_dict holds a kt layer's tensors under '[^']+' "
+                                         r"\('[^']+\.factors\.0', and \d+ more keys\), which is no module of the model; "
+                                         r".*save_pretrained.*safetensors.torch.save_file\(model.state_dict\(\), path\)"):  # fmt: skip
+        knn.structurize_as(segformer(), saved)
+    save_file(model.state_dict(), tmp_path / "own.safetensors")
+    again, own = segformer(), load_file(tmp_path / "own.safetensors")
+    assert knn.structurize_as(again, own)
+    again.load_state_dict(own)
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, logits)

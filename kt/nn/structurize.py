@@ -283,10 +283,44 @@ def structurize_as(
                 )
         return layer
 
+    _check_holders(model, state_dict)
     try:
         return structurize(model, rule)
     except _StateError as exc:
         raise ValueError(str(exc)) from None
+
+
+# the names under which a kt layer keeps its state (a Pointwise's `layer.` is followed through)
+_KT_LEAVES = {"factors", "values", "crow_indices", "col_indices", "w1", "w2", "twiddles", "terms"}
+
+
+def _check_holders(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """A ValueError where the state_dict holds a kt layer's tensors under a name that is no module of `model`:
+    structurize_as replaced nothing there, without a word, and load_state_dict then listed every key as missing
+    or unexpected. transformers' save_pretrained writes some models' weights under their checkpoints' older
+    names (SegFormer's, under transformers 5, which renames them as from_pretrained loads)."""
+    modules = dict(model.named_modules())
+    lost = []
+    for key in state_dict:
+        parts = key.split(".") if isinstance(key, str) else []
+        at = next((i for i, part in enumerate(parts) if part in _KT_LEAVES), None)
+        if at is None:
+            continue
+        path = parts[:at]
+        if path and path[-1] == "layer" and pointwise(modules.get(".".join(path[:-1]))):
+            path = path[:-1]  # a Pointwise's layer, where the model holds the 1x1 convolution
+        if ".".join(path) not in modules:
+            lost.append((key, ".".join(path)))
+    if lost:
+        key, path = lost[0]
+        raise ValueError(
+            f"structurize_as: the state_dict holds a kt layer's tensors under {path!r} ({key!r}"
+            + (f", and {len(lost) - 1} more keys" if len(lost) > 1 else "")
+            + "), which is no module of the model; a checkpoint of another model, or of other names: "
+            "transformers' save_pretrained writes some models under their checkpoints' older names (renamed "
+            "only by from_pretrained): save the structurized model's own with "
+            "safetensors.torch.save_file(model.state_dict(), path) or torch.save, and give structurize_as that"
+        )
 
 
 class _StateError(Exception):
