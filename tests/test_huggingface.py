@@ -552,6 +552,23 @@ def test_structurize_as_names_a_save_pretrained_file_whose_names_are_the_checkpo
                                          r"\('[^']+\.factors\.0', and \d+ more keys\), which is no module of the model; "
                                          r".*save_pretrained.*safetensors.torch.save_file\(model.state_dict\(\), path\)"):  # fmt: skip
         knn.structurize_as(segformer(), saved)
+    sparse = segformer()
+    knn.structurize(
+        sparse, {"*.mlp.fc1": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5)}
+    )
+    sparse.save_pretrained(tmp_path / "sparse")
+    drawn = segformer()  # another pattern drawn: load_patterns left it, without a word
+    knn.structurize(
+        drawn,
+        {
+            "*.mlp.fc1": lambda lin: knn.BlockSparseLinear(
+                lin.in_features, lin.out_features, block=(8, 8), density=0.5
+            )
+        },
+    )
+    with pytest.raises(ValueError, match=r"^load_patterns: the state_dict holds a block pattern under '[^']+' \(and "
+                                         r"\d+ more index tensors\), which is no BlockSparseLinear of the model; a checkpoint"):  # fmt: skip
+        knn.load_patterns(drawn, tmp_path / "sparse")
     save_file(model.state_dict(), tmp_path / "own.safetensors")
     again, own = segformer(), load_file(tmp_path / "own.safetensors")
     assert knn.structurize_as(again, own)

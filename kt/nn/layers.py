@@ -973,6 +973,14 @@ class BlockSparseLinear(_KtLinear):
 _CHANGES = itertools.count(1)
 
 
+# why a checkpoint holds a kt layer's tensors under a name the model lacks, and what to save instead
+OTHER_NAMES = (
+    "a checkpoint of another model, or of other names: transformers' save_pretrained writes some models under "
+    "their checkpoints' older names (renamed only by from_pretrained): save the structurized model's own with "
+    "safetensors.torch.save_file(model.state_dict(), path) or torch.save"
+)
+
+
 def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.PathLike) -> list[str]:
     """Give each BlockSparseLinear of `model` (a Sum's terms too) the block pattern `state_dict` holds for it
     (its `<name>.crow_indices` and `<name>.col_indices`; nothing else is read), by `load_pattern`; returns the
@@ -992,11 +1000,12 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
             f"load_patterns: state_dict must be a mapping of names to tensors (a state_dict, or "
             f"safetensors' load_file) or a checkpoint's path, got {type(state_dict).__name__}"
         )
-    taken = []
+    taken, read = [], set()
     for name, module in model.named_modules():
         if not isinstance(module, BlockSparseLinear):
             continue
         prefix = f"{name}." if name else ""
+        read |= {prefix + "crow_indices", prefix + "col_indices"}
         crow, col = state_dict.get(prefix + "crow_indices"), state_dict.get(prefix + "col_indices")
         if crow is None and col is None:
             continue
@@ -1009,6 +1018,19 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
         if not np.array_equal(mask, module.mask()):
             module.load_pattern(crow, col)
             taken.append(name)
+    # a pattern the model has no BlockSparseLinear for: a checkpoint of other names (transformers' save_pretrained
+    # writes some models under their checkpoints' older names) left every layer's drawn pattern, without a word
+    unread = [
+        key
+        for key in state_dict
+        if isinstance(key, str) and key.endswith(("crow_indices", "col_indices")) and key not in read
+    ]
+    if unread:
+        raise ValueError(
+            f"load_patterns: the state_dict holds a block pattern under {unread[0].rpartition('.')[0]!r}"
+            + (f" (and {len(unread) - 1} more index tensors)" if len(unread) > 1 else "")
+            + f", which is no BlockSparseLinear of the model; {OTHER_NAMES}"
+        )
     return taken
 
 

@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from kt.nn.layers import CONVOLUTIONS, Pointwise, _not_pointwise, as_linear, conv1d, pointwise, unparametrized
+from kt.nn.layers import (
+    CONVOLUTIONS,
+    OTHER_NAMES,
+    Pointwise,
+    _not_pointwise,
+    as_linear,
+    conv1d,
+    pointwise,
+    unparametrized,
+)
 
 Factory = Callable[[nn.Linear], nn.Module]
 Rules = Mapping[str, Factory] | Callable[[str, nn.Linear], nn.Module | None]
@@ -316,10 +325,7 @@ def _check_holders(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
         raise ValueError(
             f"structurize_as: the state_dict holds a kt layer's tensors under {path!r} ({key!r}"
             + (f", and {len(lost) - 1} more keys" if len(lost) > 1 else "")
-            + "), which is no module of the model; a checkpoint of another model, or of other names: "
-            "transformers' save_pretrained writes some models under their checkpoints' older names (renamed "
-            "only by from_pretrained): save the structurized model's own with "
-            "safetensors.torch.save_file(model.state_dict(), path) or torch.save, and give structurize_as that"
+            + f"), which is no module of the model; {OTHER_NAMES}, and give structurize_as that"
         )
 
 
