@@ -3103,3 +3103,36 @@ def test_from_model_finds_1x1_convolutions_with_their_positions_as_rows_and_a_po
     assert sorted(ops) == ["1", "2.layer"] and found.pointwise == ["1"] and found.plain == ["1"]
     assert ops["1"]["op"] == "dense" and ops["1"]["shape"] == {"m": bucket(40), "n": 32, "k": 16}
     assert ops["2.layer"]["op"] == "lowrank" and ops["2.layer"]["shape"]["batch"] == bucket(40)
+
+
+def test_a_compiled_models_state_dict_rebuilds_by_structurize_as_and_gives_load_patterns_its_patterns():
+    """torch.compile's wrapper names every key `_orig_mod.<name>`: structurize_as found no kt layer under the
+    model's names and replaced nothing, without a word, and load_patterns left every drawn pattern."""
+
+    def mlp():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+
+    model = mlp()
+    knn.structurize(model, {
+        "0": lambda lin: knn.LowRankLinear.from_dense(lin, rank=4),
+        "2": lambda lin: knn.BlockSparseLinear.from_dense(lin, block=(8, 8), density=0.5),
+    })  # fmt: skip
+    state, x = torch.compile(model, backend="eager").state_dict(), torch.randn(3, 16)
+    assert list(state)[0].startswith("_orig_mod.")
+    again = torch.compile(mlp(), backend="eager")
+    assert knn.structurize_as(again, state) == ["0", "2"]
+    again.load_state_dict(state)
+    assert torch.equal(again(x), model(x))
+    drawn = mlp()
+    knn.structurize(drawn, {"2": lambda lin: knn.BlockSparseLinear(32, 16, block=(8, 8), density=0.5)})
+    assert knn.load_patterns(drawn, state) == ["2"] and np.array_equal(drawn[2].mask(), model[2].mask())
+    with pytest.raises(ValueError, match=r"^load_patterns: the state_dict holds a block pattern under '9', which is "
+                                         r"no BlockSparseLinear of the model; a checkpoint of another model"):  # fmt: skip
+        knn.load_patterns(
+            drawn,
+            {
+                "9.crow_indices": state["_orig_mod.2.crow_indices"],
+                "9.col_indices": state["_orig_mod.2.col_indices"],
+            },
+        )

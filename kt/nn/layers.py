@@ -981,6 +981,17 @@ OTHER_NAMES = (
 )
 
 
+def own_names(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A torch.compile'd model's state_dict by the compiled model's own names: the wrapper names every key
+    `_orig_mod.<name>` (nested wrappers, several times over); any other state_dict as it is."""
+    prefix = "_orig_mod."
+    keys = [key for key in state_dict if isinstance(key, str)]
+    while keys and len(keys) == len(state_dict) and all(key.startswith(prefix) for key in keys):
+        state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
+        keys = list(state_dict)
+    return state_dict
+
+
 def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.PathLike) -> list[str]:
     """Give each BlockSparseLinear of `model` (a Sum's terms too) the block pattern `state_dict` holds for it
     (its `<name>.crow_indices` and `<name>.col_indices`; nothing else is read), by `load_pattern`; returns the
@@ -1000,6 +1011,9 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
             f"load_patterns: state_dict must be a mapping of names to tensors (a state_dict, or "
             f"safetensors' load_file) or a checkpoint's path, got {type(state_dict).__name__}"
         )
+    from kt.nn.structurize import uncompiled
+
+    state_dict, model = own_names(state_dict), uncompiled(model)  # a compiled model's names, `_orig_mod.` off
     taken, read = [], set()
     for name, module in model.named_modules():
         if not isinstance(module, BlockSparseLinear):
@@ -1020,15 +1034,17 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
             taken.append(name)
     # a pattern the model has no BlockSparseLinear for: a checkpoint of other names (transformers' save_pretrained
     # writes some models under their checkpoints' older names) left every layer's drawn pattern, without a word
-    unread = [
-        key
-        for key in state_dict
-        if isinstance(key, str) and key.endswith(("crow_indices", "col_indices")) and key not in read
-    ]
+    unread = list(  # the layers' names, in the state_dict's order
+        dict.fromkeys(
+            key.rpartition(".")[0]
+            for key in state_dict
+            if isinstance(key, str) and key.endswith(("crow_indices", "col_indices")) and key not in read
+        )
+    )
     if unread:
         raise ValueError(
-            f"load_patterns: the state_dict holds a block pattern under {unread[0].rpartition('.')[0]!r}"
-            + (f" (and {len(unread) - 1} more index tensors)" if len(unread) > 1 else "")
+            f"load_patterns: the state_dict holds a block pattern under {unread[0]!r}"
+            + (f" (and {counted(len(unread) - 1, 'more layer')})" if len(unread) > 1 else "")
             + f", which is no BlockSparseLinear of the model; {OTHER_NAMES}"
         )
     return taken

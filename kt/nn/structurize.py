@@ -20,6 +20,7 @@ from kt.nn.layers import (
     _not_pointwise,
     as_linear,
     conv1d,
+    own_names,
     pointwise,
     unparametrized,
 )
@@ -253,7 +254,7 @@ def structurize_as(
     patterns = (dense,) if isinstance(dense, str) else tuple(dense)
     if not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"structurize_as: dense must be a glob pattern or a sequence of them, got {dense!r}")
-    model = uncompiled(model)
+    model, state_dict = uncompiled(model), own_names(state_dict)  # a compiled model's state: `_orig_mod.` off
 
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
         prefix = f"{name}." if name else ""
