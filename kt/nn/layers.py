@@ -1539,9 +1539,8 @@ class Pointwise(_NoTorchScript, nn.Module):
             )
         linear = as_linear(conv)
         layer = make(linear)
-        if getattr(layer, "in_features", None) != linear.in_features or getattr(
-            layer, "out_features", None
-        ) != (linear.out_features):
+        made = (getattr(layer, "in_features", None), getattr(layer, "out_features", None))
+        if made != (linear.in_features, linear.out_features):
             raise ValueError(
                 f"Pointwise.from_dense: make returned a layer of {getattr(layer, 'in_features', '?')} -> "
                 f"{getattr(layer, 'out_features', '?')} features; the convolution maps {linear.in_features} -> "

@@ -103,10 +103,8 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                     if fnmatch.fnmatchcase(n, pattern)
                 ]
                 skipped = f" ({'; '.join(others[:3])})" if others else ""
-                kinds = (
-                    "nn.Linear layers and 1x1 convolutions"
-                    if any(map(pointwise, linears.values()))
-                    else ("nn.Linear layers")
+                kinds = "nn.Linear layers" + (
+                    " and 1x1 convolutions" if any(map(pointwise, linears.values())) else ""
                 )
                 raise ValueError(
                     f"structurize: the pattern {pattern!r} matches no nn.Linear of the model{skipped}; "
@@ -259,10 +257,8 @@ def structurize_as(
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
         prefix = f"{name}." if name else ""
         convolution = pointwise(model.get_submodule(name))
-        if (
-            convolution
-        ):  # a Pointwise's state is its layer's, under `layer.` (the convolution's own weight is 4-D)
-            prefix += "layer."
+        # a Pointwise's state is its layer's, under `layer.` (the convolution's own weight is 4-D)
+        prefix += "layer." if convolution else ""
         try:
             layer = _layer_of_state(state_dict, prefix, linear, bias=True)
             weight = state_dict.get(prefix + "weight")
