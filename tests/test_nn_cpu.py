@@ -3136,3 +3136,18 @@ def test_a_compiled_models_state_dict_rebuilds_by_structurize_as_and_gives_load_
                 "9.col_indices": state["_orig_mod.2.col_indices"],
             },
         )
+
+
+def test_a_1x1_convolution_of_a_subclass_is_left_alone_and_named_where_a_pattern_matches_it():
+    class Standardized(torch.nn.Conv2d):  # timm's StdConv2d: its forward standardizes the weight first
+        def forward(self, input):
+            weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / self.weight.std(
+                (1, 2, 3), keepdim=True
+            )
+            return F.conv2d(input, weight, self.bias, self.stride)
+
+    model = torch.nn.Sequential(Standardized(8, 8, 1), torch.nn.Conv2d(8, 4, 1))
+    with pytest.warns(UserWarning, match=r"left alone, though a rule's pattern matches: '0' is a Standardized: a "
+                                         r"subclass of Conv2d, whose forward may differ"):  # fmt: skip
+        assert knn.structurize(model, {"*": knn.DenseLinear.from_dense}) == ["1"]
+    assert type(model[0]) is Standardized

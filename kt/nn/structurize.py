@@ -81,6 +81,14 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
             subclassed[name] = _left_alone(module)  # its forward may differ (weight_norm's, an adapter's)
+        elif isinstance(module, CONVOLUTIONS) and unparametrized(module) not in CONVOLUTIONS:
+            base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
+            # a 1x1 convolution of a subclass (timm's StdConv2d standardizes its weight): named where matched
+            if not _not_pointwise(module):
+                subclassed[name] = (
+                    f"is a {type(module).__name__}: a subclass of {base}, whose forward may differ (timm's "
+                    "StdConv2d standardizes its weight), which structurize leaves alone"
+                )
         elif unparametrized(module) in CONVOLUTIONS:
             convolutions[name] = (
                 f"is a {unparametrized(module).__name__} of {_not_pointwise(module)}: no matmul over its channels"
