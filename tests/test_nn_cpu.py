@@ -2989,6 +2989,7 @@ def test_a_structurized_1x1_convolution_computes_the_convolution_of_its_layers_m
     reference = conv_of(x, weight.reshape(8, 8, *[1] * point.dims), bias, stride=point.stride).relu()
     out = model(x)
     assert out.shape == before.shape and rel(out, reference) < 1e-5, rel(out, reference)
+    assert out.stride() == before.stride()  # laid out as the convolution's output: `out.view(n, -1)` works
     if kind == "dense":  # made from the convolution's own weight: its output
         assert rel(out, before) < 1e-5
     model(x).square().sum().backward()

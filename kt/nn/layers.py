@@ -1476,7 +1476,8 @@ class Pointwise(_NoTorchScript, nn.Module):
     in place of each such convolution a rule replaces (the rule is given the nn.Linear the convolution computes,
     `as_linear`), so a CNN's pointwise convolutions (ConvNeXt's and MobileNet's, a ResNet bottleneck's) can be
     low-rank, block-sparse, Monarch or butterfly. The layer sees the positions as rows: the channels are moved
-    last (`movedim`, a view; a channels_last input needs no copy) and moved back in the output.
+    last (`movedim`, a view; a channels_last input needs no copy) and moved back in the output, which is laid
+    out as the convolution's (channels_last for a channels_last input, else contiguous: one copy).
 
     `layer`: any module with in_features and out_features (a kt layer); `dims`: the convolution's spatial dims
     (1, 2 or 3); `stride`: an int or one per spatial dim. Its state is the layer's, under `layer.`."""
@@ -1562,9 +1563,14 @@ class Pointwise(_NoTorchScript, nn.Module):
                 f"Pointwise: input has {input.shape[channel]} channels (dim {channel} of {tuple(input.shape)}), "
                 f"the layer takes {self.in_channels}"
             )
+        # the convolution's output is channels_last for a channels_last input (before its stride), else
+        # contiguous: laid out alike, a caller's `out.view(n, -1)` works where it did
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(input.dim())
+        last = fmt is not None and input.is_contiguous(memory_format=fmt) and not input.is_contiguous()
         if any(s != 1 for s in self.stride):  # a kernel of 1 at stride s reads every s-th position
             input = input[(slice(None),) * (channel + 1) + tuple(slice(None, None, s) for s in self.stride)]
-        return self.layer(input.movedim(channel, -1)).movedim(-1, channel)
+        out = self.layer(input.movedim(channel, -1)).movedim(-1, channel)  # channels_last-strided
+        return out if last else out.contiguous()
 
     def _spatial(self) -> str:
         return ", ".join("DHW"[3 - self.dims :])
