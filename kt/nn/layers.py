@@ -891,7 +891,10 @@ class BlockSparseLinear(_KtLinear):
         blocks are drawn afresh (`values`, as `reset_parameters` draws them; the bias is kept): a new parameter,
         so make an optimizer after this. (`load_state_dict` takes a checkpoint's pattern itself where it can:
         see `_load_from_state_dict`.)"""
-        mask = self._pattern_of(crow_indices, col_indices, f"{type(self).__name__}.load_pattern")
+        self._take_mask(self._pattern_of(crow_indices, col_indices, f"{type(self).__name__}.load_pattern"))
+
+    def _take_mask(self, mask: np.ndarray) -> None:
+        """load_pattern's work for a block mask `_pattern_of` already checked."""
         self.layout = mask_to_hex(mask)
         self._hold(int(mask.sum()))
         self._write_indices()
@@ -1030,7 +1033,7 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
             )
         mask = module._pattern_of(crow, col, f"load_patterns: {name or 'the model'}")
         if not np.array_equal(mask, module.mask()):
-            module.load_pattern(crow, col)
+            module._take_mask(mask)
             taken.append(name)
     # a pattern the model has no BlockSparseLinear for: a checkpoint of other names (transformers' save_pretrained
     # writes some models under their checkpoints' older names) left every layer's drawn pattern, without a word
