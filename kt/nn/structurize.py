@@ -76,12 +76,13 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     subclassed: dict[str, str] = {}  # name -> class of each nn.Linear subclass (left alone)
     convolutions: dict[str, str] = {}  # name -> why, of each convolution that is no matmul (a pattern's miss)
     for name, module in model.named_modules(remove_duplicate=False):
-        if unparametrized(module) is nn.Linear or conv1d(module) or pointwise(module):
+        cls = unparametrized(module)
+        if cls is nn.Linear or conv1d(module) or pointwise(module):
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
             subclassed[name] = _left_alone(module)  # its forward may differ (weight_norm's, an adapter's)
-        elif isinstance(module, CONVOLUTIONS) and unparametrized(module) not in CONVOLUTIONS:
+        elif isinstance(module, CONVOLUTIONS) and cls not in CONVOLUTIONS:
             base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
             # a 1x1 convolution of a subclass (timm's StdConv2d standardizes its weight): named where matched
             if not _not_pointwise(module):
@@ -89,9 +90,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                     f"is a {type(module).__name__}: a subclass of {base}, whose forward may differ (timm's "
                     "StdConv2d standardizes its weight), which structurize leaves alone"
                 )
-        elif unparametrized(module) in CONVOLUTIONS:
+        elif cls in CONVOLUTIONS:
             convolutions[name] = (
-                f"is a {unparametrized(module).__name__} of {_not_pointwise(module)}: no matmul over its channels"
+                f"is a {cls.__name__} of {_not_pointwise(module)}: no matmul over its channels"
             )
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
@@ -264,7 +265,8 @@ def structurize_as(
 
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
         prefix = f"{name}." if name else ""
-        convolution = pointwise(model.get_submodule(name))
+        module = model.get_submodule(name)
+        convolution = pointwise(module)
         # a Pointwise's state is its layer's, under `layer.` (the convolution's own weight is 4-D)
         prefix += "layer." if convolution else ""
         try:
@@ -272,7 +274,7 @@ def structurize_as(
             weight = state_dict.get(prefix + "weight")
             named = convolution or any(fnmatch.fnmatchcase(name, p) for p in patterns)
             transposed = (
-                conv1d(model.get_submodule(name))
+                conv1d(module)
                 and isinstance(weight, torch.Tensor)
                 and tuple(weight.shape)
                 == (linear.out_features, linear.in_features)
