@@ -1855,6 +1855,56 @@ def test_structurize_names_a_pattern_that_is_no_string():
         knn.structurize(torch.nn.Sequential(torch.nn.Linear(4, 4)), {0: knn.DenseLinear.from_dense})
 
 
+@pytest.mark.parametrize(
+    "factory, says",
+    [
+        (knn.DenseLinear, r"is the class DenseLinear; .*: give DenseLinear.from_dense$"),
+        (
+            knn.LowRankLinear,
+            r"is the class LowRankLinear; .*lambda l: LowRankLinear.from_dense\(l, rank=...\)$",
+        ),
+        (
+            knn.BlockSparseLinear,
+            r"is the class BlockSparseLinear; .*BlockSparseLinear.from_dense\(l, block=..., density=...\)$",
+        ),
+        (
+            torch.nn.Linear,
+            r"is the class Linear; .*: give a function that makes the layer from the nn.Linear$",
+        ),
+        (knn.DenseLinear(4, 4), r"is the layer DenseLinear, not a factory: give a function that takes"),
+        ("DenseLinear", r"is a str, not a factory"),
+        (None, r"is a NoneType, not a factory"),
+    ],
+)
+def test_structurize_names_a_rule_whose_factory_is_a_class_or_no_function(factory, says):
+    """`{"*": DenseLinear}` called DenseLinear(linear): "the rule for '0': DenseLinear.__init__() missing 1
+    required positional argument: 'out_features'"; a layer already made was called on the nn.Linear."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    before = model[0]
+    with pytest.raises(TypeError, match=r"^structurize: the rule for '\*' " + says):
+        knn.structurize(model, {"0": knn.DenseLinear.from_dense, "*": factory})
+    assert model[0] is before  # refused before any layer was made
+
+
+@pytest.mark.parametrize(
+    "rules, says",
+    [
+        (
+            knn.DenseLinear.from_dense,
+            r"a function that cannot take \(name, linear\): .*give \{'\*': factory\}$",
+        ),
+        (lambda linear: None, r"a function that cannot take \(name, linear\)"),
+        (knn.DenseLinear, r"the class DenseLinear, not a function of \(name, linear\) or a mapping"),
+        (knn.DenseLinear(4, 4), r"the layer DenseLinear, not a function"),
+    ],
+)
+def test_structurize_names_a_function_rule_that_cannot_take_a_name_and_a_linear(rules, says):
+    """structurize(model, DenseLinear.from_dense) said "the rule for '0': DenseLinear.from_dense() takes 2
+    positional arguments but 3 were given"."""
+    with pytest.raises(TypeError, match=r"^structurize: rules is " + says):
+        knn.structurize(torch.nn.Sequential(torch.nn.Linear(4, 4)), rules)
+
+
 def test_a_structurized_transformer_encoder_runs_kts_layers_in_eval_mode(monkeypatch):
     """PyTorch's fused inference path of nn.TransformerEncoderLayer reads linear1.weight and linear2.weight
     itself: after structurize, eval mode was an AttributeError for a low-rank layer and passed over a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,56 @@ Factory = Callable[[nn.Linear], nn.Module]
 Rules = Mapping[str, Factory] | Callable[[str, nn.Linear], nn.Module | None]
 
 
+def _check_factory(pattern: str, factory: object) -> None:
+    """Refuse a rule's factory that is no function of an nn.Linear, before any layer is made: a kt layer's
+    class (`{"*": DenseLinear}` called `DenseLinear(linear)`: "missing 1 required positional argument:
+    'out_features'") or a layer already made (called on the nn.Linear as its input)."""
+    if isinstance(factory, type) and issubclass(factory, nn.Module):
+        made = "a function that makes the layer from the nn.Linear"
+        params = inspect.signature(factory.from_dense).parameters if hasattr(factory, "from_dense") else {}
+        if list(params)[:1] == [
+            "linear"
+        ]:  # a kt layer's (Pointwise's takes a convolution: structurize wraps it)
+            given = ", ".join(f"{n}=..." for n, p in list(params.items())[1:] if p.default is p.empty)
+            made = f"{factory.__name__}.from_dense" + (
+                f" with its parameters, e.g. lambda l: {factory.__name__}.from_dense(l, {given})"
+                if given
+                else ""
+            )
+        raise TypeError(
+            f"structurize: the rule for {pattern!r} is the class {factory.__name__}; a rule's factory takes "
+            f"the nn.Linear and returns its layer: give {made}"
+        )
+    if isinstance(factory, nn.Module) or not callable(factory):
+        raise TypeError(
+            f"structurize: the rule for {pattern!r} is {'the layer' if isinstance(factory, nn.Module) else 'a'} "
+            f"{type(factory).__name__}, not a factory: give a function that takes the nn.Linear and returns its "
+            "layer (e.g. kt.nn.DenseLinear.from_dense, or lambda l: LowRankLinear.from_dense(l, rank=32))"
+        )
+
+
+def _check_rule_function(rules: Callable) -> None:
+    """Refuse a function rule that cannot take (name, linear): a factory of the nn.Linear alone
+    (`structurize(model, DenseLinear.from_dense)`: "from_dense() takes 2 positional arguments but 3 were given")
+    or a layer's class, which would be called as DenseLinear(name, linear)."""
+    one = "for one factory over every layer give {'*': factory}"
+    if (isinstance(rules, type) and issubclass(rules, nn.Module)) or isinstance(rules, nn.Module):
+        raise TypeError(
+            f"structurize: rules is the {'class' if isinstance(rules, type) else 'layer'} "
+            f"{getattr(rules, '__name__', type(rules).__name__)}, not a function of (name, linear) or a mapping "
+            f"of name patterns to factories; {one} (e.g. {{'*': kt.nn.DenseLinear.from_dense}})"
+        )
+    try:
+        inspect.signature(rules).bind("name", "linear")
+    except TypeError:
+        raise TypeError(
+            f"structurize: rules is a function that cannot take (name, linear): a function rule is called with "
+            f"each layer's name and nn.Linear and returns its layer or None; {one}"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): its call says
+        pass
+
+
 def structurize(model: nn.Module, rules: Rules) -> list[str]:
     """Replace, in place, each `nn.Linear` of `model` that a rule matches; returns the replaced layers' names.
 
@@ -37,7 +88,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     rank=32)`); the first pattern that matches wins, and a pattern that matches no nn.Linear is an error (a typo
     would otherwise replace nothing, silently). Or `rules` is a function `(name, linear) -> layer or None`. A
     factory's layer must be an nn.Module that takes the linear's in_features and gives its out_features. Every
-    layer is made and checked before any is swapped in: on an error the model is left as it was.
+    layer is made and checked before any is swapped in: on an error the model is left as it was. A factory that
+    is a layer's class (`DenseLinear` for `DenseLinear.from_dense`) or no function, and a function rule that
+    cannot take (name, linear), are refused first, naming what to give.
 
     Only modules of type nn.Linear itself are replaced, and Hugging Face transformers' Conv1D (GPT-2's
     projections: an nn.Linear's math with the weight transposed), whose rule is given the nn.Linear it computes
@@ -96,12 +149,13 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             )
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
-        for pattern, _ in patterns:
+        for pattern, factory in patterns:
             if not isinstance(pattern, str):
                 raise TypeError(
                     f"structurize: a rule's pattern must be a str (a glob over module names such as "
                     f"'blocks.*.mlp.fc1'), got {type(pattern).__name__} {pattern!r}"
                 )
+            _check_factory(pattern, factory)
         names = [name for names in aliases.values() for name in names]
         for pattern, _ in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
@@ -132,6 +186,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             return None if rule is None else rule[1](linear)
 
     elif callable(rules):
+        _check_rule_function(rules)
         choose, rule_of = rules, None
     else:
         raise TypeError(
