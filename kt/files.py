@@ -6,11 +6,13 @@ the readers."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -48,6 +50,7 @@ def check_cache_dir() -> Path:
     # its database, on "Permission denied: .../kernels"; the probe goes where the kernels go
     if path.is_dir() and (why := unmakeable(path / "kernels" / "probe")):
         raise KtError(f"{setting}: kt cannot write its kernels in {str(path)!r}: {why}")
+    triton_cache_limit()  # KT_TRITON_CACHE_MB, read as the workers start: refused before the work
     triton = os.environ.get("TRITON_CACHE_DIR")  # where the workers' Triton compiles go when it is set
     if triton:
         where = Path(triton)
@@ -59,6 +62,73 @@ def check_cache_dir() -> Path:
             # else every candidate's compile fails, and each is stored as a crash that later tunes skip
             raise KtError(f"TRITON_CACHE_DIR: the folder {triton!r} cannot be made: {why}")
     return path
+
+
+TRITON_CACHE_MB = 4096  # the default size kt trims its workers' Triton compile cache to (KT_TRITON_CACHE_MB)
+TRITON_CACHE_GRACE_S = 3600  # an entry written more recently is never trimmed: a running tune's
+TRIMMED = ".kt-trimmed"  # in kt's Triton cache: its time is the last trim's
+
+
+def triton_cache_limit() -> int | None:
+    """The size in bytes that `trim_triton_cache` keeps kt's Triton cache under (KT_TRITON_CACHE_MB, default
+    TRITON_CACHE_MB), None for 'unlimited'; a KtError naming the setting for any other value."""
+    from kt.errors import KtError
+
+    value = os.environ.get("KT_TRITON_CACHE_MB", "").strip()
+    if not value:
+        return TRITON_CACHE_MB << 20
+    if value.lower() == "unlimited":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise KtError(
+            f"KT_TRITON_CACHE_MB: {value!r} is no size; give the most MB kt keeps of its workers' Triton "
+            f"compile cache, a positive integer (default {TRITON_CACHE_MB}), or 'unlimited'"
+        )
+    return int(value) << 20
+
+
+def trim_triton_cache(limit: int | None, now: float | None = None) -> int:
+    """Trim the Triton compile cache of kt's workers (`<kt cache>/triton`) to `limit` bytes; returns the bytes
+    removed. Every kernel a tune or `kt collect` compiles leaves an entry there (hundreds of KB: GBs after a
+    `kt collect --all`), which serves its tune only (the measuring worker loads what the compiling one built,
+    minutes later; a kernel kt loads later compiles in the user's own Triton cache). Whole entries go, the least
+    recently written first, never one written in the last TRITON_CACHE_GRACE_S (a running tune's); at most once
+    in that time (the file TRIMMED holds the last trim's time). A TRITON_CACHE_DIR the user set is theirs:
+    never trimmed. Entries that vanish or cannot be removed meanwhile (another kt trimming, a read-only file)
+    are passed over."""
+    if limit is None or os.environ.get("TRITON_CACHE_DIR"):
+        return 0
+    now = time.time() if now is None else now
+    root = cache_dir() / "triton"
+    marker = root / TRIMMED  # once an hour at most: the scan takes 0.4 s at 10,000 entries
+    with contextlib.suppress(OSError):
+        if marker.stat().st_mtime > now - TRITON_CACHE_GRACE_S:
+            return 0
+    entries = []  # (written, size, path) of each entry folder
+    try:
+        listing = list(os.scandir(root))
+    except OSError:  # none yet, or unreadable: nothing to trim
+        return 0
+    for entry in listing:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            size = sum(f.stat(follow_symlinks=False).st_size for f in os.scandir(entry.path))
+            entries.append((entry.stat(follow_symlinks=False).st_mtime, size, entry.path))
+        except OSError:
+            continue
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for written, size, path in sorted(entries):
+        if total - removed <= limit or written > now - TRITON_CACHE_GRACE_S:
+            break
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed += size
+    with contextlib.suppress(OSError):  # a read-only cache: scanned each time
+        marker.touch()
+        os.utime(marker, (now, now))
+    return removed
 
 
 # what to give instead, for the files and folders a user names

@@ -171,7 +171,8 @@ class _Slot:
 
 def worker_env(extra: dict[str, str]) -> dict[str, str]:
     """A worker's environment: this process's, `extra`, and Triton's compile cache under kt's cache folder
-    (`<kt cache>/triton`, tens of MB per tune) unless TRITON_CACHE_DIR says where."""
+    (`<kt cache>/triton`, tens of MB per tune, trimmed as each pool starts: `kt.files.trim_triton_cache`) unless
+    TRITON_CACHE_DIR says where."""
     from kt.files import cache_dir
 
     env = {**os.environ, **extra}
@@ -222,8 +223,12 @@ class WorkerPool:
         timeout_s: float = 300.0,
         startup_s: float = STARTUP_S,
     ):
+        from kt.files import trim_triton_cache, triton_cache_limit
+
         self.timeout_s, self.startup_s = timeout_s, startup_s
         self.slots: list[_Slot] = []
+        # the compiles of tunes before (GBs after a `kt collect --all`), before this one's workers add theirs
+        trim_triton_cache(triton_cache_limit())
         try:
             for group, (workers, env) in groups.items():
                 self.slots += [_Slot(group, e) for e in slot_envs(group, workers, env)]

@@ -1,0 +1,126 @@
+"""kt trims the Triton compile cache its workers fill (`<kt cache>/triton`): every kernel a tune compiles left an
+entry of hundreds of KB there for good, GBs after a `kt collect --all`."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kt.errors import KtError
+from kt.files import TRIMMED, TRITON_CACHE_GRACE_S, trim_triton_cache, triton_cache_limit
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """kt's own Triton cache folder (the suite sets TRITON_CACHE_DIR, which kt never trims)."""
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "kt"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("KT_TRITON_CACHE_MB", raising=False)
+    root = tmp_path / "kt" / "triton"
+    root.mkdir(parents=True)
+    return root
+
+
+def entry(root, name, size, age_s):
+    """An entry folder as Triton writes one (its files, then the folder's time, its last write), `age_s` old."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "k.cubin").write_bytes(b"\0" * (size - 100))
+    (folder / "k.json").write_bytes(b"{" * 100)
+    then = time.time() - age_s
+    os.utime(folder, (then, then))
+    return folder
+
+
+def test_the_least_recently_written_entries_go_until_the_cache_is_under_its_limit(cache):
+    hour = TRITON_CACHE_GRACE_S
+    oldest, old, newer = (
+        entry(cache, n, 2 * MB, a) for n, a in [("A", 5 * hour), ("B", 3 * hour), ("C", 2 * hour)]
+    )
+    running = entry(cache, "D", 2 * MB, hour / 2)  # a running tune's: kept over the limit
+    (cache / "loose").write_bytes(b"\0" * MB)  # no entry of Triton's: left
+    assert trim_triton_cache(5 * MB) == 2 * 2 * MB
+    assert not oldest.exists() and not old.exists() and newer.exists() and running.exists()
+    assert (cache / "loose").exists() and (cache / TRIMMED).exists()
+    # once an hour at most: a second trim within it scans nothing
+    assert trim_triton_cache(1) == 0 and newer.exists()
+    # over an hour on: trimmed again, the least recently written first
+    later = time.time() + hour * 1.25
+    assert trim_triton_cache(5 * MB // 2, now=later) == 2 * MB and not newer.exists() and running.exists()
+
+
+def test_a_cache_under_its_limit_or_the_users_own_is_left_whole(cache, tmp_path, monkeypatch):
+    kept = entry(cache, "A", 2 * MB, 10 * TRITON_CACHE_GRACE_S)
+    assert trim_triton_cache(3 * MB) == 0 and kept.exists()
+    (cache / TRIMMED).unlink()
+    assert trim_triton_cache(None) == 0 and kept.exists()  # KT_TRITON_CACHE_MB=unlimited
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))  # the user's: theirs to keep
+    assert trim_triton_cache(1) == 0 and kept.exists()
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "elsewhere"))  # no Triton cache yet: nothing to do
+    assert trim_triton_cache(1) == 0
+
+
+@pytest.mark.parametrize(
+    "value, limit",
+    [(None, 4096 * MB), ("", 4096 * MB), ("100", 100 * MB), (" 7 ", 7 * MB), ("Unlimited", None)],
+)
+def test_kt_triton_cache_mb_is_a_size_in_mb_or_unlimited(value, limit, monkeypatch):
+    if value is None:
+        monkeypatch.delenv("KT_TRITON_CACHE_MB", raising=False)
+    else:
+        monkeypatch.setenv("KT_TRITON_CACHE_MB", value)
+    assert triton_cache_limit() == limit
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "2GB", "none"])
+def test_a_kt_triton_cache_mb_that_is_no_size_is_named(value, monkeypatch):
+    monkeypatch.setenv("KT_TRITON_CACHE_MB", value)
+    with pytest.raises(KtError, match=rf"^KT_TRITON_CACHE_MB: '{value}' is no size; give .* or 'unlimited'$"):
+        triton_cache_limit()
+
+
+def test_kts_workers_compile_into_the_cache_it_trims_and_a_pool_trims_it_as_it_starts(cache, monkeypatch):
+    """The workers' compiles are entry folders in `<kt cache>/triton` (Triton's layout, which the trim reads);
+    a new pool removes the old ones beyond KT_TRITON_CACHE_MB, and a worker compiles again after them."""
+    import kt
+    from kt.autotune.runners import compile_builds, compile_pool
+    from kt.autotune.tune import generated_candidate
+
+    monkeypatch.setenv("KT_TRITON_CACHE_MB", "1")
+    stale = entry(cache, "STALE", 2 * MB, 10 * TRITON_CACHE_GRACE_S)
+    plan = kt.plan(
+        {"name": "tiny", "op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}, budget=1
+    )
+    jobs = [(generated_candidate(plan.problem, plan.config(plan.ranked[0])), plan.space.device)]
+    with compile_pool(workers=1) as pool:
+        assert not stale.exists()
+        (built,) = compile_builds(jobs, pool)
+    assert built.status == "ok", built.message
+    compiled = [p for p in cache.iterdir() if p.is_dir()]
+    assert compiled and all(any(f.suffix == ".cubin" for f in p.iterdir()) for p in compiled)
+    then = time.time() - 2 * TRITON_CACHE_GRACE_S
+    for folder in compiled:  # its compiles, hours on, beside another tune's running now
+        os.utime(folder, (then, then))
+    running = entry(cache, "RUNNING", 2 * MB, 0)
+    (cache / TRIMMED).unlink()
+    with compile_pool(workers=1) as pool:
+        assert not any(p.exists() for p in compiled) and running.exists()
+        (again,) = compile_builds(jobs, pool)
+    assert again.status == "ok", again.message
+
+
+def test_a_kt_triton_cache_mb_that_is_no_size_is_refused_before_a_tune(tmp_path):
+    spec = tmp_path / "op.yaml"
+    spec.write_text("op: dense\nname: s\nshape: {m: 16, n: 16, k: 16}\n")
+    env = {**os.environ, "KT_TRITON_CACHE_MB": "2GB", "KT_CACHE_DIR": str(tmp_path / "c")}
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "tune", str(spec), "--out", str(tmp_path / "art"), "--budget", "1"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("kt: error: KT_TRITON_CACHE_MB: '2GB' is no size")
+    assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "art").exists(), done.stderr
