@@ -271,6 +271,49 @@ def existing_parent(path: str | os.PathLike) -> Path:
     return next(parent for parent in Path(path).absolute().parents if parent.exists())
 
 
+# Filesystems shared between hosts (or between a VM and its host), by their type in /proc/self/mountinfo. SQLite's
+# write-ahead log works only among processes of one host ("WAL does not work over a network filesystem",
+# sqlite.org/wal.html), and its -shm index needs shared memory that some of them lack (GPFS and Lustre fail it
+# with "locking protocol", 9p and vboxsf refuse MAP_SHARED).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "afs",
+        "panfs", "wekafs", "gfs2", "ocfs2", "9p", "vboxsf", "davfs", "fuse.sshfs", "fuse.glusterfs",
+        "fuse.ceph-fuse", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs", "fuse.beegfs",
+    }
+)  # fmt: skip
+
+
+def mount_type(path: str | os.PathLike, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem that holds `path` (a path yet to be made: the folder it would be made in), as
+    /proc/self/mountinfo lists it (`nfs4`, `ext4`, ...): the mount at the longest prefix of its real path, the
+    last one listed there where mounts are stacked. None where that file cannot be read (not Linux)."""
+    real = os.path.realpath(path)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    found, longest = None, -1
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[6:] or len(fields) < 5:
+            continue
+        # mount points escape a space, tab, newline and backslash as octal: \040, \011, \012, \134
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= longest:
+            found, longest = fields[fields.index("-", 6) + 1], len(point)
+    return found
+
+
+def network_filesystem(path: str | os.PathLike) -> str | None:
+    """The type of the filesystem holding `path` where it is one shared between hosts (NETWORK_FILESYSTEMS:
+    NFS, SMB, Lustre, GPFS, ...), else None."""
+    kind = mount_type(path)
+    return kind if kind in NETWORK_FILESYSTEMS else None
+
+
 def link_target(path: str | os.PathLike) -> Path | None:
     """Where the symbolic link `path` leads at last, or None where links go round in a loop. realpath stops at a
     link of the loop on every Python; Path.resolve raised on one before 3.13, and from 3.13 returns it."""

@@ -938,3 +938,78 @@ def test_an_sqlite_error_without_its_code_is_told_by_sqlites_words(tmp_path, wor
     assert not hasattr(exc, "sqlite_errorname")
     assert failure(exc, tmp_path / "t.db").startswith(f"db: {str(tmp_path / 't.db')!r}")
     assert said in failure(exc, tmp_path / "t.db")
+
+
+MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 27 0:50 / /home rw,relatime shared:12 - nfs4 server:/export/home rw,vers=4.2
+41 40 0:51 / /home/ann/scratch\040space rw,relatime - lustre 10.0.0.1@tcp:/scratch rw
+42 27 0:52 / /mnt/data rw - ext4 /dev/sdb1 rw
+43 27 0:53 / /mnt/data rw master:3 - cifs //nas/data rw
+"""
+
+
+def test_mount_type_is_the_type_of_the_longest_mount_holding_the_path(tmp_path):
+    from kt.files import mount_type
+
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    for path, kind in [
+        ("/home/ann/tuning.db", "nfs4"),
+        ("/home", "nfs4"),
+        ("/homework/t.db", "ext4"),  # a longer name, not a folder under /home
+        ("/home/ann/scratch space/kt/t.db", "lustre"),  # octal-escaped space in the mount point
+        ("/mnt/data/t.db", "cifs"),  # stacked mounts: the last one listed is the one seen
+        ("/var/t.db", "ext4"),
+    ]:
+        assert mount_type(path, mountinfo=str(info)) == kind, path
+    assert mount_type("/x", mountinfo=str(tmp_path / "absent")) is None
+
+
+@pytest.fixture
+def on_nfs(monkeypatch):
+    """Every database path on an NFS mount, as /proc/self/mountinfo would say of one."""
+    import kt.autotune.database as database
+
+    monkeypatch.setattr(database, "network_filesystem", lambda path: "nfs4")
+    monkeypatch.setattr(database, "_WARNED_SHARED", set())
+
+
+def test_a_database_on_a_network_filesystem_uses_a_rollback_journal_and_is_read_with_locks(tmp_path, on_nfs):
+    """SQLite's write-ahead log works only among processes of one host (sqlite.org/wal.html), and kt's claims
+    are made for tunes on several hosts sharing one database: on NFS, Lustre, GPFS, ... kt made it a WAL file."""
+    path = tmp_path / "t.db"
+    with Database(path) as writer:
+        assert writer.shared == "nfs4"
+        assert writer.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        writer.insert(row(rel_err=0.5))
+        assert not list(tmp_path.glob("t.db-*")), "no -wal or -shm file"
+        # a reader open beside a writer takes locks, and so sees what the writer commits after it opened (as
+        # immutable, which a file with no log beside it was opened as, it read the file as it first found it)
+        with Database(path, create=False, readonly=True) as reader:
+            assert [r["rel_err"] for r in reader.find()] == [0.5]
+            writer.insert(row(config_key="other", rel_err=0.25))
+            assert sorted(r["rel_err"] for r in reader.find()) == [0.25, 0.5]
+        with Database(path) as other:  # a second writer: the claims' case
+            assert other.insert(row(config_key="third")) and writer.count() == 3
+
+
+def test_a_wal_database_moved_to_a_network_filesystem_gets_a_rollback_journal_unless_another_holds_it(
+    tmp_path, monkeypatch, caplog
+):
+    import kt.autotune.database as database
+
+    path = tmp_path / "t.db"
+    with Database(path) as db:  # made on a local disk
+        db.insert(row())
+    held = sqlite3.connect(path)  # another process's WAL connection, open (a tune on another host, say)
+    held.execute("SELECT count(*) FROM measurements").fetchone()
+    monkeypatch.setattr(database, "network_filesystem", lambda path: "lustre")
+    monkeypatch.setattr(database, "_WARNED_SHARED", set())
+    with caplog.at_level("WARNING", logger="kt.db"), Database(path) as db:
+        assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(caplog.records) == 1, caplog.records
+    assert "lies on a lustre filesystem, where SQLite's write-ahead log is safe only" in caplog.text
+    held.close()
+    with Database(path) as db:
+        assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete" and db.count() == 1

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from kt.errors import DatabaseError
-from kt.files import atomic_write, existing_file, existing_parent, is_sqlite, link_target, unmakeable
+from kt.files import (
+    atomic_write,
+    existing_file,
+    existing_parent,
+    is_sqlite,
+    link_target,
+    network_filesystem,
+    unmakeable,
+)
 from kt.keys import DIGEST, compact_key, joined_layouts, split_layouts
 
 SCHEMA_VERSION = 6  # 2: the timer, regime, graph, cooldown, energy status and implementation columns;
@@ -393,6 +401,34 @@ def _sqlite_header(path: Path) -> bool:
         return False
 
 
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the database file says it is in WAL mode (its header's read and write versions, bytes 18 and 19,
+    are 2); False for rollback-journal mode (1) or a file that cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    return header[18:20] == b"\x02\x02"
+
+
+_WARNED_SHARED: set[str] = set()
+
+
+def _warn_shared_wal(path: Path, kind: str) -> None:
+    """Once per file: a database on a network filesystem stayed in WAL mode (another connection has it open)."""
+    if str(path) in _WARNED_SHARED:
+        return
+    _WARNED_SHARED.add(str(path))
+    logging.getLogger("kt.db").warning(
+        "db: %r lies on a %s filesystem, where SQLite's write-ahead log is safe only among processes of one "
+        "host; another connection has it open in WAL mode, so it stays so: use it from one host at a time, or "
+        "close the others and kt switches it to a rollback journal",
+        str(path),
+        kind,
+    )
+
+
 class _Blank(DatabaseError):
     """A readable file that holds no tables: not a kt database yet (a tune would make its tables there)."""
 
@@ -409,6 +445,7 @@ class Database:
         """
         self.path = Path(path) if path is not None else default_path()
         self.readonly = readonly
+        self.shared: str | None = None  # the network filesystem it lies on, where it does
         self._layouts: dict[str, str] = {}  # layouts stored or read through this object, by digest
         _OPENED[:] = [self.path]  # what `failure` names when SQLite fails later, outside this class
         existed = check_path(self.path, create and not readonly)
@@ -419,9 +456,12 @@ class Database:
                 # SQLite keeps the log beside the file itself: through a symbolic link, beside its target (looked
                 # for beside the link, it was never found, and a reader then took no locks while a writer wrote:
                 # stale rows, duplicates, "malformed")
+                # A file in rollback-journal mode (a database on a network filesystem) never has a log beside
+                # it, writer or not: it is read with locks.
                 real = self.path.resolve()
                 wal = real.with_name(real.name + "-wal")
-                uri = f"{real.as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+                immutable = _in_wal_mode(real) and not wal.exists()
+                uri = f"{real.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
                 self.conn = sqlite3.connect(uri, uri=True, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
                 self._check()
@@ -435,7 +475,11 @@ class Database:
                 self.conn.row_factory = sqlite3.Row
                 # switching a new file to WAL takes an exclusive lock for which SQLite does not wait: when
                 # another tune is making the same file, try again (up to the connection's 60 s)
-                _retry_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
+                self.shared = network_filesystem(self.path)
+                if self.shared:
+                    self._rollback_journal()
+                else:
+                    _retry_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
                 self.conn.execute("PRAGMA synchronous=FULL")
                 if _retry_locked(self._migrate):  # it moved an older file's long layouts out of its rows
                     self._shrink()
@@ -471,6 +515,25 @@ class Database:
             if _kind(exc) == "damaged" and _sqlite_header(self.path):  # one cut short, or written over
                 raise DatabaseError(failure(exc, self.path)) from None
             raise DatabaseError(f"db: {str(self.path)!r} is not a kt tuning database ({exc})") from None
+
+    def _rollback_journal(self) -> None:
+        """On a network filesystem: a rollback journal, not SQLite's write-ahead log, which works only among
+        processes of one host. A file already in WAL mode (made on a local disk, or by an older kt) switches
+        when no other connection has it open; while one does (it holds the log's index) the switch waits
+        LOCK_NOTE_S, then the file stays in WAL mode with a warning, where waiting the whole LOCKED_WAIT_S
+        would only fail the tune."""
+        if not _in_wal_mode(self.path):  # a new file, or one in rollback mode already: nothing to switch
+            self.conn.execute("PRAGMA journal_mode=DELETE")
+            return
+        self.conn.execute(f"PRAGMA busy_timeout = {int(LOCK_NOTE_S * 1000)}")
+        try:
+            self.conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            _warn_shared_wal(self.path, str(self.shared))
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(LOCKED_WAIT_S * 1000)}")
 
     def _check(self) -> set[str]:
         """The file's tables, after refusing a newer schema or an SQLite file of something else."""
