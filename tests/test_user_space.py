@@ -110,6 +110,30 @@ def test_a_listed_structured_config_the_op_does_not_offer_says_why():
 
 
 @pytest.mark.parametrize(
+    "op, structure",
+    [
+        ({"op": "butterfly", "shape": {"batch": 64, "n": 256}}, {"levels": 2}),
+        ({"op": "fft", "shape": {"batch": 64, "n": 256}}, {"split": 16}),
+        ({"op": "butterfly", "shape": {"batch": 64, "n": 256}}, {"levels": 2, "split": 4}),
+    ],
+)
+def test_a_listed_config_with_another_familys_structure_axis_is_refused_naming_it(op, structure):
+    """`fused: 1` (a Monarch's axis) in a butterfly's or an FFT's listed config passed the structure check, which
+    compared only the axes the op offers, and the fused kernel's rule then read Monarch factors: AttributeError
+    "'ButterflyProblem' object has no attribute 'w1'"."""
+    extra = {} if "split" in structure and "levels" in structure else {"fused": 1}
+    config = {"block_b": 16, "block_n": 16, "block_k": 16, **structure, **extra}
+    spec = {**op, "dtype": "float16", "device": "h100", "tune": {"configs": [config]}}
+    foreign = "split=4" if not extra else "fused=1"
+    with pytest.raises(
+        SpecError, match=rf"^tune.configs\[0\]: .*: structure .*{foreign} is not offered for .*; allowed: "
+    ):
+        kt.space(kt.parse_spec(spec))
+    del config[foreign.split("=")[0]]
+    assert len(kt.space(kt.parse_spec(spec)).legal) == 1
+
+
+@pytest.mark.parametrize(
     "tune, words",
     [
         ({"space": {}}, "tune.space: must name at least one axis"),

@@ -96,9 +96,12 @@ class StructuredFamily(ABC):
         say): the space never holds such a config, but a config given by hand might."""
         offered = problem.structures()
         structure = {key: getattr(config, key) for key in offered[0]}
-        if structure not in offered:
+        # a structure axis of another family's problem, set (a butterfly's config with fused=1: the fused Monarch
+        # kernel's rule then read the Monarch factors the butterfly lacks, an AttributeError)
+        foreign = {k: v for k, v in config.structure().items() if k not in structure and v}
+        if structure not in offered or foreign:
             listing = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in offered)
-            chosen = ", ".join(f"{k}={v}" for k, v in structure.items())
+            chosen = ", ".join(f"{k}={v}" for k, v in {**structure, **foreign}.items())
             raise ValueError(f"config: structure {chosen} is not offered for {problem}; allowed: {listing}")
 
 
