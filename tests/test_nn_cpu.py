@@ -2088,6 +2088,39 @@ def test_fft_dtype_errors_and_apply_arguments_are_named_in_the_callers_words():
     torch.testing.assert_close(knn.apply(x, [b], dense), x @ b, rtol=1e-5, atol=1e-5)
 
 
+def test_a_wrong_weight_count_is_refused_in_kts_words_under_torch_compile_and_by_the_op_itself():
+    """kt.nn.apply counted the weights only eagerly: under torch.compile four tensors for a block-sparse op said
+    "_check_pattern() got multiple values for argument 'read'", two "missing 1 required positional argument",
+    and a Monarch op's extra tensor went on to the kernel; torch.ops.kt.apply, called directly, counted none."""
+    layer = knn.BlockSparseLinear(32, 32, (16, 16), density=1.0, bias=False)
+    parts = [layer.crow_indices, layer.col_indices, layer.values]
+    monarch = knn.MonarchLinear(16, 16, 4, bias=False)
+    cases = [
+        (
+            torch.randn(4, 32),
+            layer.op_text,
+            [*parts, layer.values],
+            "the blocksparse op takes 3 weight tensor",
+        ),
+        (torch.randn(4, 32), layer.op_text, parts[:2], "the blocksparse op takes 3 weight tensor"),
+        (
+            torch.randn(3, 16),
+            monarch.op_text,
+            [monarch.w1, monarch.w2, torch.zeros(3, 16)],
+            "the monarch op takes 2",
+        ),
+    ]
+    for x, text, weights, says in cases:
+        with pytest.raises(TypeError, match=rf"^kt.nn.apply: {says}"):
+            torch.ops.kt.apply(x, [w.detach() for w in weights], text)
+        compiled = torch.compile(
+            lambda x, *w, t=text: knn.apply(x, list(w), t), backend="eager", fullgraph=True
+        )
+        with pytest.raises(Exception, match=rf"TypeError\('kt.nn.apply: {says}"):
+            compiled(x, *weights)
+        torch._dynamo.reset()
+
+
 def test_vmap_of_a_block_sparse_layer_runs_the_layers_own_selection():
     """vmap over x of a block-sparse layer made its call under a marked op text (kt's derived indices), which
     selected the layer's kernel a second time (on a GPU: a second choice and log line for one op)."""

@@ -574,7 +574,7 @@ def tune(
         missing = getattr(runner, "compile_missing", None)  # None: the compile stage was switched off
         compiled = (
             f"compiled for sm_{profile.compute_capability}"
-            if runner.compile_target
+            if getattr(runner, "compile_target", False)  # a Runner of the caller's own may have none
             else f"not compiled for the GPU ({missing})"
             if missing
             else "not compiled for the GPU"

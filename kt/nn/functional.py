@@ -128,6 +128,19 @@ def _row_count(spec: dict[str, Any], x: torch.Tensor) -> int:
     return x[..., 0].numel() if x.dim() else 0
 
 
+def _check_count(spec: dict[str, Any], weights: list[torch.Tensor], count: int) -> None:
+    """Refuse weights of another count than the op's (`_part_count`): `apply` counts them eagerly, and
+    `_check_operands` where it does not (under torch.compile, or torch.ops.kt.apply called directly), where four
+    tensors for a block-sparse op said "_check_pattern() got multiple values for argument 'read'"."""
+    if len(weights) != count:
+        sparse = "blocksparse" in json.dumps(spec)  # a BSR weight, its own or a sum's term's
+        raise TypeError(
+            f"kt.nn.apply: the {spec['op']} op takes {count} weight tensor(s)"
+            + (" (a BSR weight as its crow_indices, col_indices and values)" if sparse else "")
+            + f", got {len(weights)}"
+        )
+
+
 def _check_operands(op: str, x: torch.Tensor, weights: list[torch.Tensor]) -> None:
     """Refuse the operands the op's kernel refuses, in one set of words for `_run` (before a kernel is selected)
     and the fake implementation, which gave an output for x of another width, a 0-d x, x of another dtype
@@ -135,6 +148,8 @@ def _check_operands(op: str, x: torch.Tensor, weights: list[torch.Tensor]) -> No
     another n or dtype: torch.export exported such a program, and it failed only when run. Shapes and dtypes
     only, which fake tensors have; a BSR weight's parts are `_check_pattern`'s."""
     spec = _parsed(op)
+    if "pin" not in spec:  # (a loaded kernel's op: `Kernel.as_op` counts them)
+        _check_count(spec, weights, _part_count(spec))
     dtype, kind = torch_dtype(spec["dtype"]), spec["op"]
     if kind == "dense":  # any sizes, as the kernel takes them, if the operands fit
         (b,) = weights
@@ -298,13 +313,8 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     compiling = torch.compiler.is_compiling()
     if not compiling:  # the op's text is checked once (a trace would inline the parse)
         count = _checked_op(text)
-        if count is not None and len(weights) != count:
-            sparse = "blocksparse" in text  # a BSR weight, its own or a sum's term's
-            raise TypeError(
-                f"kt.nn.apply: the {_parsed(text)['op']} op takes {count} weight tensor(s)"
-                + (" (a BSR weight as its crow_indices, col_indices and values)" if sparse else "")
-                + f", got {len(weights)}"
-            )
+        if count is not None:
+            _check_count(_parsed(text), weights, count)
     if compiling and torch._C._functorch.maybe_current_level() is not None:
         # traced inside a torch.func transform: no path (functorch refuses the custom op's torch.library
         # autograd, pytorch/pytorch#168393, and dynamo fails on _FuncApply). dynamo cannot trace the query
