@@ -534,7 +534,8 @@ WORKERS = click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="Worker processes for compiling and checking (default: one per core, at most 8, and for one op at most "
+    help="Worker processes for compiling and checking (default: one per CPU this process may use, its affinity "
+    "and cgroup quota: a SLURM job's or a container's, at most 8, and for one op at most "
     "its budget + 1).",
 )
 

@@ -382,5 +382,9 @@ class WorkerPool:
 
 
 def default_workers() -> int:
-    """One per core, at most 8: a worker holds torch and Triton (about 350 MB), and runners use two groups."""
-    return max(1, min(os.cpu_count() or 1, 8))
+    """One per CPU this process may use (`kt.cpus.usable_cpus`: a SLURM job's or a container's, where
+    os.cpu_count() counts the machine's), at most 8: a worker holds torch and Triton (about 350 MB), and runners
+    use two groups."""
+    from kt.cpus import usable_cpus
+
+    return min(usable_cpus(), 8)

@@ -52,6 +52,7 @@ from kt.costmodel.features import (
 )
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import roofline_time
+from kt.cpus import usable_cpus
 from kt.device import DeviceProfile
 from kt.errors import ModelError, counted
 from kt.files import atomic_write, cache_dir, model_file
@@ -83,7 +84,7 @@ PAYLOAD_KEYS = (
     "self_check",
 )
 SELF_CHECK_ROWS = 8
-THREADS = min(4, os.cpu_count() or 1)  # the most threads a forest fits or predicts on
+THREADS = min(4, usable_cpus())  # the most threads a forest fits or predicts on
 PARALLEL_ROWS = 2048  # per_tree splits the trees over threads from this many rows
 CACHED_MODELS = 6  # quick-loading model payloads kept in kt's cache (`_trim_payloads`), 60 MB each shipped
 PARALLEL_FIT_ROWS = 256  # fit_jobs: below this many rows joblib's threads cost more than they save
