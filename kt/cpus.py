@@ -7,6 +7,10 @@ import math
 import os
 
 CGROUP = "/sys/fs/cgroup"
+# torch's threads in a CPU worker, its share of the CPUs (kt.autotune.pool sets it, the worker reads it): each took
+# one per core, so 2 workers on 2 cores ran 4 threads, and a tune's interpreter checks took 50 s where one
+# thread each took 33 s (examples/monarch.yaml, --budget 8 --workers 2, 2026-12-07)
+WORKER_THREADS_ENV = "KT_WORKER_THREADS"
 
 
 def usable_cpus(cgroup: str = CGROUP) -> int:

@@ -223,15 +223,18 @@ class WorkerPool:
         timeout_s: float = 300.0,
         startup_s: float = STARTUP_S,
     ):
+        from kt.cpus import WORKER_THREADS_ENV
         from kt.files import trim_triton_cache, triton_cache_limit
 
         self.timeout_s, self.startup_s = timeout_s, startup_s
         self.slots: list[_Slot] = []
         # the compiles of tunes before (GBs after a `kt collect --all`), before this one's workers add theirs
         trim_triton_cache(triton_cache_limit())
+        # torch's threads in each worker: the CPUs this process may use, shared among all the pool's workers
+        threads = {WORKER_THREADS_ENV: str(worker_threads(sum(workers for workers, _ in groups.values())))}
         try:
             for group, (workers, env) in groups.items():
-                self.slots += [_Slot(group, e) for e in slot_envs(group, workers, env)]
+                self.slots += [_Slot(group, {**threads, **e}) for e in slot_envs(group, workers, env)]
         except BaseException:
             self.close()
             raise
@@ -379,6 +382,13 @@ class WorkerPool:
         )
         slot.restart()
         return Outcome(task, "crash", message=message[:500], wall_s=elapsed)
+
+
+def worker_threads(workers: int) -> int:
+    """torch's threads for each of `workers` CPU workers: the CPUs this process may use, shared (at least 1)."""
+    from kt.cpus import usable_cpus
+
+    return max(1, usable_cpus() // max(1, workers))
 
 
 def default_workers() -> int:

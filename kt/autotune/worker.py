@@ -48,15 +48,25 @@ def serve(conn_in, conn_out) -> None:
 def _warm_up() -> dict[str, Any]:
     """Import what every task needs (torch, Triton, kt's checker) before saying ready, and in a GPU worker
     (KT_WORKER_GPU=1) create its CUDA context: the pool starts a task's clock only then, so a slow start on a
-    loaded machine is never taken for a slow candidate."""
+    loaded machine is never taken for a slow candidate. A CPU worker takes torch's threads from WORKER_THREADS_ENV
+    (forked from the zygote, its OpenMP read OMP_NUM_THREADS long before: set here, not through it)."""
     import importlib
 
     for name in PRELOAD:  # imported now so that their start-up is not charged to the first task
         importlib.import_module(name)
     import torch
 
+    from kt.cpus import WORKER_THREADS_ENV
+
     if os.environ.get("KT_WORKER_GPU") == "1" and torch.cuda.is_available():
         torch.cuda.init()
+    elif os.environ.get(WORKER_THREADS_ENV) and not os.environ.get("OMP_NUM_THREADS"):  # (the user's, if set)
+        from threadpoolctl import (
+            threadpool_limits,
+        )  # scikit-learn's: numpy's BLAS (the interpreter's dots) too
+
+        threadpool_limits(int(os.environ[WORKER_THREADS_ENV]))
+        torch.set_num_threads(int(os.environ[WORKER_THREADS_ENV]))
     return {"pid": os.getpid()}
 
 
