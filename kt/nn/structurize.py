@@ -37,9 +37,8 @@ def _check_factory(pattern: str, factory: object) -> None:
     if isinstance(factory, type) and issubclass(factory, nn.Module):
         made = "a function that makes the layer from the nn.Linear"
         params = inspect.signature(factory.from_dense).parameters if hasattr(factory, "from_dense") else {}
-        if list(params)[:1] == [
-            "linear"
-        ]:  # a kt layer's (Pointwise's takes a convolution: structurize wraps it)
+        # a kt layer's from_dense (Pointwise's takes a convolution, which structurize wraps itself)
+        if list(params)[:1] == ["linear"]:
             given = ", ".join(f"{n}=..." for n, p in list(params.items())[1:] if p.default is p.empty)
             made = f"{factory.__name__}.from_dense" + (
                 f" with its parameters, e.g. lambda l: {factory.__name__}.from_dense(l, {given})"
