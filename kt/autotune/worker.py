@@ -61,12 +61,12 @@ def _warm_up() -> dict[str, Any]:
     if os.environ.get("KT_WORKER_GPU") == "1" and torch.cuda.is_available():
         torch.cuda.init()
     elif os.environ.get(WORKER_THREADS_ENV) and not os.environ.get("OMP_NUM_THREADS"):  # (the user's, if set)
-        from threadpoolctl import (
-            threadpool_limits,
-        )  # scikit-learn's: numpy's BLAS (the interpreter's dots) too
+        # scikit-learn's threadpoolctl: numpy's BLAS (the interpreter's dots) too, which torch's setting leaves
+        from threadpoolctl import threadpool_limits
 
-        threadpool_limits(int(os.environ[WORKER_THREADS_ENV]))
-        torch.set_num_threads(int(os.environ[WORKER_THREADS_ENV]))
+        threads = int(os.environ[WORKER_THREADS_ENV])
+        threadpool_limits(threads)
+        torch.set_num_threads(threads)
     return {"pid": os.getpid()}
 
 
