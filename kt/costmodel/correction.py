@@ -16,15 +16,17 @@ so the benchmark scores the algorithm `kt tune` runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.ensemble import RandomForestRegressor
 
 from kt.costmodel.features import column, features
 from kt.costmodel.forest import ForestModel, fit_jobs, min_rows, per_tree
 from kt.costmodel.prediction import Prediction
 from kt.costmodel.roofline import AnalyticModel
+
+if TYPE_CHECKING:  # scikit-learn (a second to import) only where a forest is fitted
+    from sklearn.ensemble import RandomForestRegressor
 
 REFIT_TREES = 100  # fewer than a saved model: a refit runs between rounds while the GPU waits
 LEAF = 3  # rows per leaf: a handful of rows cannot split a shape's configs apart on noise
@@ -56,6 +58,8 @@ class CorrectedModel:
         runtime_s = column(records, "runtime_ms", 1e-3)
         if not np.all(np.isfinite(runtime_s) & (runtime_s > 0)):
             raise ValueError("every record needs a positive, finite runtime_ms")
+        from sklearn.ensemble import RandomForestRegressor
+
         x = self._features(records)
         start = self.base.predict(records)
         jobs = fit_jobs(len(records))

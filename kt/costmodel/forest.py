@@ -34,12 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.exceptions import InconsistentVersionWarning
-from sklearn.tree import DecisionTreeRegressor
 
 from kt.costmodel.features import (
     CONFIG_KEYS,
@@ -56,6 +53,9 @@ from kt.cpus import usable_cpus
 from kt.device import DeviceProfile
 from kt.errors import ModelError, counted
 from kt.files import atomic_write, cache_dir, model_file
+
+if TYPE_CHECKING:  # scikit-learn (a second to import) only where a forest is fitted or loaded
+    from sklearn.ensemble import RandomForestRegressor
 
 FORMAT = "kt-costmodel"
 FORMAT_VERSION = 2
@@ -164,6 +164,8 @@ class ForestModel:
         return fitted is None or (fitted.tdp_w > 0 and fitted.tdp_w == self.device.tdp_w)
 
     def _forest(self) -> RandomForestRegressor:
+        from sklearn.ensemble import RandomForestRegressor
+
         return RandomForestRegressor(**self.params, n_jobs=1 if _daemon() else self.n_jobs)
 
     def fit(
@@ -426,6 +428,8 @@ class ForestModel:
                     # scikit-learn warns of every estimator another version of it wrote ("might lead to breaking
                     # code or invalid results"): kt's self-check answers that below, by predicting the rows the
                     # file was saved with, and refuses a model that does not reproduce them
+                    from sklearn.exceptions import InconsistentVersionWarning
+
                     warnings.simplefilter("ignore", InconsistentVersionWarning)
                     payload = skops.io.loads(data, trusted=TRUSTED_TYPES)
             except Exception as exc:  # noqa: BLE001
@@ -492,6 +496,8 @@ class ForestModel:
             raise ModelError(f"{where} has malformed forest parameters ({exc})") from None
         model.runtime_forest, model.power_forest = payload["runtime_forest"], payload["power_forest"]
         model.baseline_forest = payload["baseline_forest"]
+        from sklearn.ensemble import RandomForestRegressor  # loaded with the file's trees
+
         for forest in (model.runtime_forest, model.power_forest, model.baseline_forest):
             if isinstance(
                 forest, RandomForestRegressor
@@ -628,6 +634,9 @@ def _check_forest(forest: Any, where: str, n_features: int) -> None:
     scikit-learn numbers a node after its parent, so every child index is larger than its parent's; a file
     where one is not could send predict round a cycle forever.
     """
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.tree import DecisionTreeRegressor
+
     if not isinstance(forest, RandomForestRegressor) or not getattr(forest, "estimators_", None):
         raise ModelError(f"{where} does not hold a fitted random forest")
     if getattr(forest, "n_outputs_", None) != 1:
