@@ -1178,9 +1178,10 @@ def test_structurize_model_still_trains():
     x = torch.randn(24, 16)
     with torch.no_grad():
         target = teacher(x)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # three steps in the interpreter: the worst loss ratio over 20 seeds (their PyTorch path) was 0.27
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
     losses = []
-    for _ in range(6):
+    for _ in range(3):
         loss = F.mse_loss(model(x), target)
         optimizer.zero_grad()
         loss.backward()

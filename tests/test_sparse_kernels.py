@@ -921,33 +921,7 @@ def test_kt_tune_on_a_bad_sparse_spec_exits_2_with_one_line_and_no_traceback(tmp
         )
 
 
-@pytest.mark.parametrize("example", ["blocksparse", "lowrank", "sum"])
-def test_kt_tune_on_cpu_works_for_each_example(example, tmp_path):
-    from kt.autotune.dataset import read_rows
-
-    db = tmp_path / "t.db"
-    options = ["--budget", 1, "--workers", 1, "--backend", "interpret", "--db", db, "--out", tmp_path / "art"]
-    result = invoke("tune", EXAMPLES / f"{example}.yaml", *options)
-    assert result.exit_code == 0, result.output
-    assert "measured: false" in result.output
-    (artifact,) = (tmp_path / "art").iterdir()
-    kernel = kt.load(artifact)
-    assert kernel.spec == load_spec(EXAMPLES / f"{example}.yaml")
-    spec = kernel.spec
-    if spec.op == "sum":
-        small = spec.replace(
-            terms=[{**t, "shape": {**t["shape"], "batch": 5}} for t in spec.to_dict()["terms"]]
-        )
-    else:
-        small = spec.replace(shape={**spec.to_dict()["shape"], "batch": 5})
-    args = kt.random_args(small, seed=1, device="cpu")
-    y = kernel(*args)
-    assert y.shape == (5, spec.out_features)
-    ref = kt.reference(small)(*(a.to(torch.float64) for a in args))
-    assert relative_error(y, ref) < tolerance_of(small)
-    rows = read_rows(db)  # every row the tune wrote passes the dataset's checks
-    assert [r["config_key"] == "pytorch" for r in rows] == [True, False], "candidate zero, then the config"
-    assert all(r["family"] == example and r["status"] == "ok" and r["runner"] == "interpret" for r in rows)
+# each example's `kt tune` on the CPU: tests/test_examples.py
 
 
 def test_a_small_sum_with_different_block_heights_tunes_unfused(tmp_path):
