@@ -1,7 +1,8 @@
 """Two ranks on the CPU (gloo) training a model of kt.nn layers for STEPS steps under DDP, DDP under
 torch.compile or FSDP2's fully_shard (MODE ddp, ddp-compiled, fsdp); rank 0 saves the trained parameters. Run
-by tests/test_nn_distributed.py as `python distributed_worker.py MODE PORT OUT`; `model()`, `batch()` and
-`loss()` are that test's reference too."""
+by tests/test_nn_distributed.py as `python distributed_worker.py MODES PORT OUT` (MODES: a comma-separated
+list, run one after the other by the same two ranks, each into OUT/MODE.pt); `model()`, `batch()` and `loss()`
+are that test's reference too."""
 
 from __future__ import annotations
 
@@ -44,14 +45,7 @@ def loss(y: torch.Tensor) -> torch.Tensor:
     return y.square().sum()
 
 
-def _run(rank: int, mode: str, port: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    if sys.platform.startswith(
-        "linux"
-    ):  # gloo's own connections on the loopback too, whatever the hostname is
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _train(mode: str, rank: int) -> dict[str, torch.Tensor]:
     net = model()
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(net)
@@ -73,12 +67,27 @@ def _run(rank: int, mode: str, port: str, out: str) -> None:
         name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
         for name, p in wrapped.named_parameters()
     }
-    if rank == 0:
-        torch.save(state, out)
-    # every collective done and its work released before the group goes: a gloo thread that freed a work
-    # object during the interpreter's exit aborted the process (1 run in 8)
+    # every collective done and its work released before the next mode (or the group) goes: a gloo thread
+    # that freed a work object during the interpreter's exit aborted the process (1 run in 8)
     dist.barrier()
-    del wrapped, net, optimizer, state
+    del wrapped, net, optimizer
+    return state
+
+
+def _run(rank: int, modes: str, port: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    if sys.platform.startswith(
+        "linux"
+    ):  # gloo's own connections on the loopback too, whatever the hostname is
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    for mode in modes.split(","):  # each mode on a model of its own, in one process group
+        state = _train(mode, rank)
+        if rank == 0:
+            torch.save(state, os.path.join(out, f"{mode}.pt"))
+        del state
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -29,10 +29,11 @@ PROJECTIONS = [
 ]
 
 
-def gpt2() -> tuple[GPT2LMHeadModel, torch.Tensor]:
-    """A two-block GPT-2 of random weights (nothing downloaded) and a batch of 2 x 9 tokens."""
+def gpt2(blocks: int = 2) -> tuple[GPT2LMHeadModel, torch.Tensor]:
+    """A GPT-2 of two blocks (or `blocks`) and random weights (nothing downloaded), and a batch of 2 x 9
+    tokens."""
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32, n_inner=80)
+    config = GPT2Config(vocab_size=96, n_embd=32, n_layer=blocks, n_head=4, n_positions=32, n_inner=80)
     return GPT2LMHeadModel(config).eval(), torch.randint(0, 96, (2, 9))
 
 
@@ -468,10 +469,11 @@ def test_structurize_as_rebuilds_a_saved_structurized_model_from_its_state_dict(
 def test_a_structurized_gpt2_exports_to_onnx_and_runs_in_onnx_runtime():
     """The README's ONNX recipe on a Hugging Face model: torch.export of a structurized GPT-2 (batch and
     sequence dims dynamic), kt's op decomposed, torch.onnx.export, then ONNX Runtime gives the model's logits
-    at other sizes."""
+    at other sizes. One block: the export's time grows with the graph, and one block holds each structurized
+    layer (the MLP's two, the attention's projection) as two do."""
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    model, ids = gpt2()
+    model, ids = gpt2(blocks=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         knn.structurize(

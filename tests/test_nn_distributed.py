@@ -39,19 +39,39 @@ def reference() -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("mode", ["ddp", "ddp-compiled", "fsdp"])
-def test_kt_layers_train_under_ddp_and_fsdp_as_in_one_process(mode, tmp_path):
-    if mode == "fsdp" and not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
-        pytest.skip("FSDP2's fully_shard is in torch 2.6 and later")
-    out = tmp_path / "state.pt"
+MODES = ["ddp", "ddp-compiled", "fsdp"]
+
+
+def has_fully_shard() -> bool:
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def trained_by_two_ranks(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The two ranks train every mode this torch has, one after the other, in one `distributed_worker.py` run
+    (each rank's process imports torch and kt once, not once a mode): the run and the folder of MODE.pt."""
+    out = tmp_path_factory.mktemp("distributed")
+    modes = [mode for mode in MODES if mode != "fsdp" or has_fully_shard()]
     done = subprocess.run(
-        [sys.executable, str(Path(worker.__file__)), mode, free_port(), str(out)],
+        [sys.executable, str(Path(worker.__file__)), ",".join(modes), free_port(), str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
+    return done, out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kt_layers_train_under_ddp_and_fsdp_as_in_one_process(mode, trained_by_two_ranks):
+    if mode == "fsdp" and not has_fully_shard():
+        pytest.skip("FSDP2's fully_shard is in torch 2.6 and later")
+    done, out = trained_by_two_ranks
     assert done.returncode == 0, done.stderr[-3000:]
-    trained = torch.load(out)
+    trained = torch.load(out / f"{mode}.pt")
     expected = reference()
     names = {name.removeprefix("_orig_mod.").removeprefix("module."): name for name in trained}
     assert set(names) == set(expected)

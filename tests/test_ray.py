@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -24,19 +25,30 @@ OPS = {
 }
 
 
-def tune(tmp_path: Path, where: str, *extra: str) -> subprocess.CompletedProcess:
+def tune(tmp_path: Path, where: str, *extra: str, in_process: bool = False) -> subprocess.CompletedProcess:
+    """`kt tune` of the three ops into tmp_path/where: a process of its own, or (`in_process`) click's CliRunner
+    in this one."""
     files = []
     for name, text in OPS.items():
         (tmp_path / f"{name}.yaml").write_text(text)
         files.append(str(tmp_path / f"{name}.yaml"))
+    args = ["tune", *files, "--out", str(tmp_path / where / "art"), "--db", str(tmp_path / where / "t.db"),
+            "--quiet", "--workers", "1", *extra]  # fmt: skip
+    if in_process:
+        from click.testing import CliRunner
+
+        from kt.cli import main
+
+        done = CliRunner().invoke(main, args)
+        failure = "".join(traceback.format_exception(done.exception)) if done.exception else ""
+        return subprocess.CompletedProcess(args, done.exit_code, done.stdout, done.stderr + failure)
     return subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", *files, "--out", str(tmp_path / where / "art"), "--db",
-         str(tmp_path / where / "t.db"), "--quiet", "--workers", "1", *extra],
+        [sys.executable, "-m", "kt.cli", *args],
         capture_output=True,
         text=True,
         timeout=900,
         env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
-    )  # fmt: skip
+    )
 
 
 def rows(db: Path) -> list[tuple]:
@@ -47,8 +59,23 @@ def rows(db: Path) -> list[tuple]:
             return []
 
 
-def test_three_ops_through_a_local_ray_cluster_match_a_local_run_and_a_rerun_measures_nothing(tmp_path):
-    local = tune(tmp_path, "local")
+@pytest.fixture(scope="module")
+def local_ray():
+    if (
+        not ray.is_initialized()
+    ):  # its actors at the tests' own priority, as in the Ray kt starts (_local_config)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=_local_config())
+    yield
+    ray.shutdown()
+
+
+def test_three_ops_through_a_local_ray_cluster_match_a_local_run_and_a_rerun_measures_nothing(
+    local_ray, tmp_path
+):
+    """The `--ray local` tune is a real `kt tune` process that starts (and shuts down) its own Ray instance; the
+    local run and the rerun need no process of their own (CliRunner, in this process). The rerun's `--ray local`
+    finds this module's Ray already up and uses it: what it shows is the resume, not a second Ray start."""
+    local = tune(tmp_path, "local", in_process=True)
     assert local.returncode == 0, local.stderr[-2000:]
     through_ray = tune(tmp_path, "ray", "--ray", "local")
     assert through_ray.returncode == 0, through_ray.stderr[-2000:]
@@ -61,18 +88,8 @@ def test_three_ops_through_a_local_ray_cluster_match_a_local_run_and_a_rerun_mea
             json.loads((tmp_path / w / "art" / name / "meta.json").read_text()) for w in ("ray", "local")
         )
         assert ours["config"] == theirs["config"] and ours["problem"] == theirs["problem"]
-    again = tune(tmp_path, "ray", "--ray", "local")
+    again = tune(tmp_path, "ray", "--ray", "local", in_process=True)
     assert again.returncode == 0 and again.stdout.count("0 new checks") == 3  # resumed: everything was there
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if (
-        not ray.is_initialized()
-    ):  # its actors at the tests' own priority, as in the Ray kt starts (_local_config)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=_local_config())
-    yield
-    ray.shutdown()
 
 
 def _task(index: int, path: Path | None = None) -> Task:
@@ -98,17 +115,18 @@ def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(
     crash.write_text("import os\nos._exit(3)\n")
     hang = tmp_path / "k_hang.py"
     hang.write_text("import time\ntime.sleep(600)\n")
-    # the hang is cut after 8 s; the real checks have minutes, as an interpreter check on a loaded 2-core
-    # machine (the suite's other workers, Ray's own processes) took longer than 8 s
+    # the hang is cut after 3 s (it sleeps for minutes: any cut shows the timeout); the real checks have
+    # minutes, as an interpreter check on a loaded 2-core machine (the suite's other workers, Ray's own
+    # processes) took longer than 8 s
     with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=300) as pool:
         first = list(pool.run([_task(0, crash)]))
         assert [o.status for o in first] == ["crash"] and "Ray actor died" in first[0].message
         later = list(pool.run([_task(1)]))  # the restarted actor takes the next task
         assert later[0].task.id == 1 and later[0].status == "ok", later[0].message
         assert later[0].values["rel_err"] < 1e-2
-        pool.timeout_s = 8
+        pool.timeout_s = 3
         slow = list(pool.run([_task(2, hang)]))
-        assert [o.status for o in slow] == ["timeout"] and slow[0].message == "no result after 8 s"
+        assert [o.status for o in slow] == ["timeout"] and slow[0].message == "no result after 3 s"
         pool.timeout_s = 300
         after = list(pool.run([_task(3)]))
         assert after[0].status == "ok", after[0].message
@@ -210,15 +228,15 @@ def test_a_first_task_times_out_after_the_timeout_not_after_the_actor_start_too(
 
     hang = tmp_path / "k_hang.py"
     hang.write_text("import time\ntime.sleep(600)\n")
-    with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=10, startup_s=120) as pool:
+    with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=3, startup_s=120) as pool:
         started = time.monotonic()
         first = list(pool.run([_task(0, hang)]))
-        assert [o.status for o in first] == ["timeout"] and first[0].message == "no result after 10 s"
-        assert time.monotonic() - started < 60, "cut after the actor's start and 10 s, not 130 s"
+        assert [o.status for o in first] == ["timeout"] and first[0].message == "no result after 3 s"
+        assert time.monotonic() - started < 60, "cut after the actor's start and 3 s, not 123 s"
         started = time.monotonic()
         again = list(pool.run([_task(1, hang)]))  # the restarted actor's first task
         assert [o.status for o in again] == ["timeout"] and time.monotonic() - started < 60
-        pool.timeout_s = 300  # a real check's time under load (the hangs above were cut after 10 s)
+        pool.timeout_s = 300  # a real check's time under load (the hangs above were cut after 3 s)
         assert list(pool.run([_task(2)]))[0].status == "ok"
 
 
@@ -324,32 +342,59 @@ def test_a_port_that_answers_but_not_as_ray_is_one_line_in_seconds(local_ray, tm
     assert not (tmp_path / "art").exists()
 
 
-def test_ctrl_c_while_ray_shuts_down_waits_for_the_shutdown_then_interrupts(tmp_path):
-    """A Ray instance kt started was shut down by Ray's atexit hook as kt ended: Ctrl-C there printed a
-    traceback, exited 0 and left Ray's agents running for minutes. The pool now shuts it down on close, with
-    Ctrl-C held until the shutdown is over."""
-    script = tmp_path / "close.py"
+@pytest.fixture(scope="module")
+def kts_own_ray_in_a_process(tmp_path_factory) -> subprocess.CompletedProcess:
+    """One process (under `nice -n 3`, without RAY_worker_niceness) that starts kt's own local Ray twice, for
+    the three tests below, each of which reads its lines: its SIGTERM handler kept through ray.init, its actor's
+    niceness, a Ctrl-C while the pool's close shuts Ray down, and a Ctrl-C inside ray.init. (Each start of Ray
+    takes seconds: one process for all of them, not one each.)"""
+    script = tmp_path_factory.mktemp("ray_process") / "own.py"
     script.write_text(
         "import os, signal, time\n"
         "import ray\n"
         "from kt.autotune.raypool import RayPool\n"
-        "real, state = ray.shutdown, {}\n"
+        "def mine(number, frame):\n"
+        "    raise SystemExit('terminated')\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "pool = RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
+        "print('handler kept:', signal.getsignal(signal.SIGTERM) is mine, flush=True)\n"
+        "pid = ray.get(pool.slots[0]['actor'].ready.remote())['pid']\n"
+        "print('niceness', os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, pid), flush=True)\n"
+        "real_shutdown, state = ray.shutdown, {}\n"
         "def shutdown(*args, **kwargs):\n"
         "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as Ray shuts down\n"
         "    time.sleep(0.5)\n"
-        "    real(*args, **kwargs)\n"
+        "    real_shutdown(*args, **kwargs)\n"
         "    state['done'] = True\n"
         "ray.shutdown = shutdown\n"
-        "pool = RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
         "try:\n"
         "    pool.close()\n"
         "except KeyboardInterrupt:\n"
-        "    print('interrupted after the shutdown:', state.get('done'), ray.is_initialized())\n"
+        "    print('interrupted after the shutdown:', state.get('done'), ray.is_initialized(), flush=True)\n"
+        "ray.shutdown = real_shutdown\n"
+        "real_init = ray.init\n"
+        "def init(*args, **kwargs):\n"
+        "    started = real_init(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as Ray is up, before ray.init returns\n"
+        "    time.sleep(0.5)\n"
+        "    return started\n"
+        "ray.init = init\n"
+        "try:\n"
+        "    RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted, Ray left running:', ray.is_initialized(), flush=True)\n"
     )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
-    )  # fmt: skip
+    env = {**__import__("os").environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_worker_niceness", None)
+    return subprocess.run(["nice", "-n", "3", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+
+
+def test_ctrl_c_while_ray_shuts_down_waits_for_the_shutdown_then_interrupts(kts_own_ray_in_a_process):
+    """A Ray instance kt started was shut down by Ray's atexit hook as kt ended: Ctrl-C there printed a
+    traceback, exited 0 and left Ray's agents running for minutes. The pool now shuts it down on close, with
+    Ctrl-C held until the shutdown is over."""
+    done = kts_own_ray_in_a_process
     assert done.returncode == 0, done.stderr[-2000:]
     assert "interrupted after the shutdown: True False" in done.stdout, (done.stdout, done.stderr[-2000:])
 
@@ -377,59 +422,21 @@ def test_starting_kts_local_ray_does_not_print_rays_token_notice_but_keeps_its_w
     assert len(caplog.records) == 1
 
 
-def test_starting_ray_keeps_kts_sigterm_handler_and_a_ctrl_c_there_shuts_ray_down(tmp_path):
+def test_starting_ray_keeps_kts_sigterm_handler_and_a_ctrl_c_there_shuts_ray_down(kts_own_ray_in_a_process):
     """ray.init put in Ray's own SIGTERM handler: a SIGTERM during a `--ray` tune printed Ray's stack dump,
     exited 134 or 15 without kt's line, and left Ray's agents running. A Ctrl-C inside ray.init left no pool to
     close, and Ray's agents ran on for a minute: it is held until Ray is up, which is then shut down."""
-    script = tmp_path / "start.py"
-    script.write_text(
-        "import os, signal, time\n"
-        "import ray\n"
-        "from kt.autotune.raypool import RayPool\n"
-        "def mine(number, frame):\n"
-        "    raise SystemExit('terminated')\n"
-        "signal.signal(signal.SIGTERM, mine)\n"
-        "pool = RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
-        "print('handler kept:', signal.getsignal(signal.SIGTERM) is mine)\n"
-        "pool.close()\n"
-        "real = ray.init\n"
-        "def init(*args, **kwargs):\n"
-        "    started = real(*args, **kwargs)\n"
-        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as Ray is up, before ray.init returns\n"
-        "    time.sleep(0.5)\n"
-        "    return started\n"
-        "ray.init = init\n"
-        "try:\n"
-        "    RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
-        "except KeyboardInterrupt:\n"
-        "    print('interrupted, Ray left running:', ray.is_initialized())\n"
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
-    )  # fmt: skip
+    done = kts_own_ray_in_a_process
     assert done.returncode == 0, done.stderr[-2000:]
     assert "handler kept: True" in done.stdout, (done.stdout, done.stderr[-2000:])
     assert "interrupted, Ray left running: False" in done.stdout, (done.stdout, done.stderr[-2000:])
 
 
-def test_the_ray_kt_starts_runs_its_actors_at_kts_own_priority(tmp_path, monkeypatch):
+def test_the_ray_kt_starts_runs_its_actors_at_kts_own_priority(kts_own_ray_in_a_process, monkeypatch):
     """Ray raises its workers' niceness by 15: kt's compiling and measuring actors got a few percent of a core
     beside any other busy process (a 12 s tune took 120 s beside three). The Ray kt starts runs them at kt's own
     priority (its local workers' too), under `nice` as well; RAY_worker_niceness, set by the user, is Ray's."""
-    script = tmp_path / "nice.py"
-    script.write_text(
-        "import os, ray\n"
-        "from kt.autotune.raypool import RayPool\n"
-        "pool = RayPool({'interpret': (1, {'TRITON_INTERPRET': '1'})}, address='local')\n"
-        "pid = ray.get(pool.slots[0]['actor'].ready.remote())['pid']\n"
-        "print('niceness', os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, pid))\n"
-        "pool.close()\n"
-    )
-    env = {**__import__("os").environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_worker_niceness", None)
-    done = subprocess.run(["nice", "-n", "3", sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=300, env=env)  # fmt: skip
+    done = kts_own_ray_in_a_process
     assert done.returncode == 0, done.stderr[-2000:]
     own = __import__("os").getpriority(__import__("os").PRIO_PROCESS, 0)
     assert f"niceness {own + 3} {own + 3}" in done.stdout, (done.stdout, done.stderr[-2000:])
