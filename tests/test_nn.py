@@ -1397,15 +1397,13 @@ def test_backward_selections_log_at_debug_and_are_listed_as_backward(caplog):
 @pytest.fixture(scope="module")
 def artifacts(interpreter, tmp_path_factory):
     """`kt tune` artifacts (interpreter-checked, cost-model chosen) for the 20-row bucket of a few layers' ops."""
+    makers = {"dense": lambda: DenseLinear(24, 40), "monarch": lambda: MonarchLinear(32, 48, 4)}
+    specs = [selection.bucket_spec(json.loads(make().op_text), 20) for make in makers.values()]
     made = {}
-    for name, make in {
-        "dense": lambda: DenseLinear(24, 40),
-        "monarch": lambda: MonarchLinear(32, 48, 4),
-    }.items():
-        layer = make()
-        spec = selection.bucket_spec(json.loads(layer.op_text), 20)
+    # one tune of both ops: one set of workers
+    for (name, make), result in zip(makers.items(), kt.tune(specs, budget=1, backend="interpret")):
         directory = tmp_path_factory.mktemp(f"artifacts-{name}")
-        kt.tune(spec, budget=1, backend="interpret").save(directory / name)
+        result.save(directory / name)
         made[name] = (directory, make)
     return made
 
