@@ -17,16 +17,26 @@ EXAMPLE = "examples/dense.yaml"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def kt_cli(*args, cwd=None, timeout=300):
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-    )
+def kt_cli(*args, cwd=None, env=None):
+    """`kt ARGS` run in this process with click's runner (a new Python would spend 2-3 s importing torch, Triton
+    and kt again): its exit code, stdout and stderr. Tests of what only a real process shows (signals, exit by a
+    signal, what it imports, its streams' encodings, a pipe's reader gone) start one themselves."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        done = CliRunner().invoke(main, list(map(str, args)), env=env)
+    finally:
+        os.chdir(here)
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
     assert "Traceback" not in done.stderr, done.stderr
-    return done
+    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 def test_show_prints_the_ir_and_the_kernel_graph():
@@ -95,14 +105,35 @@ def test_usage_errors_are_one_line_too(tmp_path):
 
 
 NO_TORCH = """
-import sys
+import json, os, sys, tempfile
 from kt.cli import main
-try:
-    main(sys.argv[1:], prog_name="kt")
-except SystemExit as exit:
-    assert exit.code == 2, exit.code
-loaded = sorted(m for m in ("torch", "triton", "sklearn") if m in sys.modules)
-assert not loaded, f"a refusal loaded {loaded}"
+# Each refusal runs in a child forked from this process, which has imported kt.cli and nothing heavier: each
+# starts as `python -c "from kt.cli import main; main(ARGS)"` would, at the cost of a fork, not of a new Python.
+said = []
+for args in json.loads(sys.argv[1]):
+    sys.stdout.flush(), sys.stderr.flush()
+    with tempfile.TemporaryFile() as err:
+        child = os.fork()
+        if child == 0:
+            os.dup2(err.fileno(), 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout carries the parent's answer alone
+            try:
+                try:
+                    main(args, prog_name="kt")
+                except SystemExit as exit:
+                    assert exit.code == 2, exit.code
+                loaded = sorted(m for m in ("torch", "triton", "sklearn") if m in sys.modules)
+                assert not loaded, f"a refusal loaded {loaded}"
+            except BaseException as error:
+                sys.stderr.write(f"[the check failed: {error!r}]")
+                sys.stderr.flush()
+                os._exit(1)
+            sys.stderr.flush()
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        err.seek(0)
+        said.append([os.waitstatus_to_exitcode(status), err.read().decode()])
+print(json.dumps(said))
 """
 
 
@@ -153,6 +184,7 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
     table = tmp_path / "table.csv"  # its header is read as the command line is read
     table.write_text("m,n,k,ms\n1,2,3,0.5\n")
     (tmp_path / "empty.skops").touch()
+    cases = []
     for args, message in [
         (["tune", bad], "dtype: 'int8' (str) is not supported"),
         (["show", bad], "dtype: 'int8'"),
@@ -266,11 +298,17 @@ def test_refusals_that_need_no_model_are_quick_and_load_no_torch(tmp_path):
         (["space", EXAMPLE, "--seed", "-3"], "'--seed': -3 is not in the range 0<=x<="),
         (["replay", tmp_path / "none.db", "--budget", "5"], "not found"),
     ]:
-        done = subprocess.run(
-            [sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, (args, done.stderr)
-        assert message in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)
+        cases.append((args, message))
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, json.dumps([list(map(str, args)) for args, _ in cases])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for (args, message), (code, stderr) in zip(cases, json.loads(done.stdout), strict=True):
+        assert code == 0, (args, stderr)
+        assert message in stderr and stderr.count("\n") == 1, (args, stderr)
     assert (
         Database(kt_db, create=False, readonly=True).find() == []
     )  # still the database, and nothing written
@@ -385,13 +423,7 @@ def test_a_cache_folder_kt_cannot_use_is_named_before_the_work(tmp_path, monkeyp
             ["tune", spec, "--out", tmp_path / "art"],
             ["bench", "--smoke", "--out", tmp_path / "b"],
         ):
-            done = subprocess.run(
-                [sys.executable, "-m", "kt.cli", *map(str, command), "--db", str(tmp_path / "t.db")],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={**os.environ, "KT_CACHE_DIR": str(place)},
-            )
+            done = kt_cli(*command, "--db", tmp_path / "t.db", env={"KT_CACHE_DIR": str(place)})
             assert done.returncode == 2 and done.stderr.strip() == f"kt: error: {message}", done.stderr
     assert not (tmp_path / "art").exists() and not (tmp_path / "b").exists()
     monkeypatch.setenv("KT_CACHE_DIR", str(blocker))  # any other error inside the cache folder names it too
@@ -635,11 +667,16 @@ def test_settings_that_name_a_file_kt_cannot_use_are_refused_before_any_work(tmp
         ({"TRITON_CACHE_DIR": str(tmp_path / "file" / "x")}, "TRITON_CACHE_DIR: the folder '"),
         ({"TRITON_CACHE_DIR": str(tmp_path / "file")}, "TRITON_CACHE_DIR: '"),
     ]:
-        done = subprocess.run(
-            [sys.executable, "-m", "kt.cli", "tune", str(spec), "--out", str(tmp_path / "art"), "--budget", "1"],
-            capture_output=True, text=True, timeout=300, env={**os.environ, **env, "KT_CACHE_DIR": str(tmp_path / "c")},
-        )  # fmt: skip
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        done = kt_cli(
+            "tune",
+            spec,
+            "--out",
+            tmp_path / "art",
+            "--budget",
+            "1",
+            env={**env, "KT_CACHE_DIR": str(tmp_path / "c")},
+        )
+        assert done.returncode == 2, done.stderr
         assert done.stderr.startswith(f"kt: error: {says}") and len(done.stderr.splitlines()) == 1, (
             done.stderr
         )
@@ -1155,10 +1192,7 @@ def test_predict_shows_a_wide_spread_up_and_down_and_says_which_prediction_is_un
 
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: t\ndtype: float16\nshape: {m: 1, n: 1, k: 1}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "kt", "predict", str(spec), "--device", "h100", "--top", "3"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+    done = kt_cli("predict", spec, "--device", "h100", "--top", "3", env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     spreads = re.findall(r"\+(\d+)%/-(\d+)%", done.stdout)
     assert spreads and all(0 < int(down) < 100 for _, down in spreads), done.stdout
@@ -1185,10 +1219,7 @@ def test_predict_says_why_a_card_of_an_unsampled_architecture_gets_the_analytic_
     (tmp_path / "rtx.json").write_text(json.dumps(profile))
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: t\ndtype: float16\nshape: {m: 64, n: 64, k: 64}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "kt", "predict", str(spec), "--device", str(tmp_path / "rtx.json"), "--top", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = kt_cli("predict", spec, "--device", tmp_path / "rtx.json", "--top", "1")
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
     assert "model: analytic" in text
@@ -1196,10 +1227,7 @@ def test_predict_says_why_a_card_of_an_unsampled_architecture_gets_the_analytic_
         "note: kt ships forests for sm_80 and sm_90 only, so rtx3090 (sm_86) is ranked by the analytic model"
         in text
     )
-    on_h100 = subprocess.run(
-        [sys.executable, "-m", "kt", "predict", str(spec), "--device", "h100", "--top", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    on_h100 = kt_cli("predict", spec, "--device", "h100", "--top", "1")
     assert "kt ships forests" not in on_h100.stdout
 
 

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,19 +17,37 @@ from kt.errors import KtError
 SMALL = {"op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}
 
 
+def kt_cli(*args):
+    """`kt ARGS` run in this process with click's runner, not a new Python (2-3 s of imports each): its exit
+    code, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    done = CliRunner().invoke(main, list(map(str, args)))
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
+    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
+
+
 def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_path):
     path = tmp_path / "ops.yaml"
     path.write_text(
         "name: g\nop: dense\ndtype: float16\nshape: {m: [16, 40], n: 48, k: 32}\ntune: {budget: 1}\n---\n"
         "name: r\nop: lowrank\nshape: {batch: 24, dims: [32, 8, 48]}\ntune: {budget: 1}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", str(path), "--out", str(tmp_path / "art"), "--db",
-         str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    done = kt_cli(
+        "tune",
+        str(path),
+        "--out",
+        str(tmp_path / "art"),
+        "--db",
+        str(tmp_path / "t.db"),
+        "--quiet",
+        "--workers",
+        "1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{path}: 3 ops, tuned up to 3 at once" in done.stdout
     # said once, before the first config is checked, not only in the end notes
@@ -50,9 +66,7 @@ def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_pat
 def test_a_file_of_several_ops_is_refused_by_commands_that_take_one(tmp_path):
     path = tmp_path / "ops.yaml"
     path.write_text("op: dense\nshape: {m: [16, 40], n: 48, k: 32}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "space", str(path)], capture_output=True, text=True
-    )
+    done = kt_cli("space", str(path))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"kt: error: {path}: describes 2 ops (a list of shapes or batches, or several YAML documents): "
@@ -351,13 +365,12 @@ def test_export_refuses_a_missing_folder_and_an_unknown_status_and_keeps_the_uma
         )  # fmt: skip
 
     def export(*args, umask=None):
-        preexec = (lambda: os.umask(umask)) if umask is not None else None
-        return subprocess.run(
-            [sys.executable, "-m", "kt.cli", "export", *args, "--db", str(db)],
-            capture_output=True,
-            text=True,
-            preexec_fn=preexec,
-        )
+        before = os.umask(umask) if umask is not None else None  # in this process: put back below
+        try:
+            return kt_cli("export", *args, "--db", db)
+        finally:
+            if before is not None:
+                os.umask(before)
 
     missing = export(str(tmp_path / "nope" / "rows.csv"))
     assert missing.returncode == 2 and "does not exist; create it first" in missing.stderr
@@ -538,13 +551,19 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
         "name: b\nop: dense\nshape: {m: 16, n: 16, k: 16}\ntune: {space: {block_m: [256], block_n: [256]}}\n"
     )
     (ops / "notes.txt").write_text("not an op")
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", str(ops), "--out", str(tmp_path / "art"), "--db",
-         str(tmp_path / "t.db"), "--quiet", "--workers", "1", "--concurrent", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    done = kt_cli(
+        "tune",
+        str(ops),
+        "--out",
+        str(tmp_path / "art"),
+        "--db",
+        str(tmp_path / "t.db"),
+        "--quiet",
+        "--workers",
+        "1",
+        "--concurrent",
+        "1",
+    )
     assert done.returncode == 2
     assert "2 files: 2 ops, tuned one after the other" in done.stdout
     assert "[1/2] a: dense 16x16x16" in done.stdout  # named as it starts
@@ -554,18 +573,14 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
     assert done.stderr.strip().splitlines()[-1] == "kt: error: 1 of 2 ops failed: b"
     assert (tmp_path / "art" / "a" / "meta.json").is_file() and not (tmp_path / "art" / "b").exists()
     assert "failed" in done.stdout and "checked" in done.stdout  # the summary table
-    again = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", str(ops / "a.yaml"), str(ops / "a.yaml"), "--quiet"],
-        capture_output=True,
-        text=True,
-    )
+    again = kt_cli("tune", str(ops / "a.yaml"), str(ops / "a.yaml"), "--quiet")
     assert again.returncode == 2 and "a.yaml' is given twice" in again.stderr
     (ops / "b.yml").unlink()
     (ops / ".#a.yaml").symlink_to("user@host.1234:1700000000")  # an editor's lock file: a dangling link
     (ops / "old.yaml").mkdir()
     (ops / "c.yaml").write_text("name: a\nop: dense\nshape: {m: 32, n: 16, k: 16}\n")
-    names = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", str(ops), "--quiet"], capture_output=True, text=True
+    names = kt_cli(
+        "tune", str(ops), "--quiet"
     )  # hidden files and folders named *.yaml are not ops; c.yaml's name is taken by a.yaml's op
     assert names.returncode == 2 and "name: 'a' is also the name of an op in" in names.stderr
 

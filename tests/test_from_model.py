@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +35,20 @@ class Net(nn.Module):
     def forward(self, x):
         self.side(x.double())
         return self.seq(x)
+
+
+def kt_cli(*args):
+    """`kt ARGS` run in this process with click's runner, not a new Python (2-3 s of imports each): its exit
+    code, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    done = CliRunner().invoke(main, list(map(str, args)))
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
+    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 def plain(name: str) -> str:
@@ -168,14 +181,20 @@ def test_a_factory_is_loaded_from_a_file_or_a_module_and_bad_ones_are_one_line_e
 
 
 def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", "--from-model",
-         str(ROOT / "examples" / "structurize_mlp.py") + ":example_model", "--budget", "1", "--out",
-         str(tmp_path / "art"), "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )  # fmt: skip
+    done = kt_cli(
+        "tune",
+        "--from-model",
+        str(ROOT / "examples" / "structurize_mlp.py") + ":example_model",
+        "--budget",
+        "1",
+        "--out",
+        str(tmp_path / "art"),
+        "--db",
+        str(tmp_path / "t.db"),
+        "--quiet",
+        "--workers",
+        "1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "example_model: 5 ops to tune" in done.stdout and "5 ops" in done.stdout
     assert "structurize_mlp.py:example_model: 5 ops, tuned" in done.stdout  # it said "None: 5 ops"
@@ -191,7 +210,7 @@ def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(t
 
 
 def test_kt_tune_without_ops_is_a_usage_error():
-    done = subprocess.run([sys.executable, "-m", "kt.cli", "tune"], capture_output=True, text=True)
+    done = kt_cli("tune")
     assert done.returncode == 2
     assert "give OP_YAML files or folders, or --from-model FILE.py:FACTORY" in done.stderr
 
@@ -242,12 +261,23 @@ def test_op_yaml_files_and_a_model_tune_together(tmp_path):
     (tmp_path / "mdl.py").write_text(
         "import torch\n\ndef factory():\n    return torch.nn.Linear(16, 8), torch.randn(4, 16)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", str(tmp_path / "d.yaml"), "--from-model",
-         f"{tmp_path / 'mdl.py'}:factory", "--budget", "1", "--backend", "dryrun", "--out", str(tmp_path / "art"),
-         "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = kt_cli(
+        "tune",
+        str(tmp_path / "d.yaml"),
+        "--from-model",
+        f"{tmp_path / 'mdl.py'}:factory",
+        "--budget",
+        "1",
+        "--backend",
+        "dryrun",
+        "--out",
+        str(tmp_path / "art"),
+        "--db",
+        str(tmp_path / "t.db"),
+        "--quiet",
+        "--workers",
+        "1",
+    )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "mdl.py:factory: 1 op to tune" in done.stdout and "2 sources: 2 ops, tuned" in done.stdout
     assert (
@@ -377,11 +407,15 @@ def test_a_model_with_nothing_to_tune_is_one_line_with_no_empty_table_before_it(
     (tmp_path / "relu.py").write_text(
         "import torch\nfrom torch import nn\n\ndef nolinear():\n    return nn.ReLU(), torch.randn(2, 3)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", "--from-model", f"{tmp_path / 'relu.py'}:nolinear", "--out",
-         str(tmp_path / "art"), "--db", str(tmp_path / "t.db")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = kt_cli(
+        "tune",
+        "--from-model",
+        f"{tmp_path / 'relu.py'}:nolinear",
+        "--out",
+        str(tmp_path / "art"),
+        "--db",
+        str(tmp_path / "t.db"),
+    )
     assert done.returncode == 2 and done.stdout == "", done.stdout
     assert done.stderr.strip().splitlines() == [
         f"kt: error: --from-model: {tmp_path / 'relu.py'}:nolinear runs no nn.Linear or kt.nn layer kt can tune"
@@ -407,21 +441,7 @@ def test_a_torchscript_model_is_one_line_asking_for_the_eager_module(tmp_path):
         "import torch\nfrom torch import nn\n"
         "def f():\n    return torch.jit.script(nn.Sequential(nn.Linear(8, 8))), torch.randn(2, 8)\n"
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kt.cli",
-            "tune",
-            "--from-model",
-            f"{factory}:f",
-            "--db",
-            str(tmp_path / "t.db"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = kt_cli("tune", "--from-model", f"{factory}:f", "--db", str(tmp_path / "t.db"))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert (
         done.stderr.strip().splitlines()[-1].startswith("kt: error: --from-model: the model is a TorchScript")
@@ -446,13 +466,20 @@ def test_a_subclass_of_linear_is_tuned_and_its_note_says_structurize_leaves_it_a
     model, args, _ = load_factory(f"{factory}:wn")
     found = model_ops(model, *args)
     assert found.plain == ["0", "2"] and found.subclassed == ["0"]
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "tune", "--from-model", f"{factory}:wn", "--budget", "1", "--out",
-         str(tmp_path / "art"), "--db", str(tmp_path / "t.db"), "--quiet", "--workers", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    done = kt_cli(
+        "tune",
+        "--from-model",
+        f"{factory}:wn",
+        "--budget",
+        "1",
+        "--out",
+        str(tmp_path / "art"),
+        "--db",
+        str(tmp_path / "t.db"),
+        "--quiet",
+        "--workers",
+        "1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     said = " ".join(done.stdout.split())
     assert "note: 1 plain nn.Linear layer (2): torch runs it and reads no artifact" in said

@@ -369,8 +369,18 @@ def test_the_largest_seed_the_cli_takes_runs_every_repeat(bowl):
     assert len(result.scores) == 2 and 0 < result.mean <= 1
 
 
-def run_kt(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kt.cli", *args], capture_output=True, text=True, cwd=cwd)
+def run_kt(*args):
+    """`kt ARGS` run in this process with click's runner, not a new Python (2-3 s of imports each): its exit
+    code, stdout and stderr. The interrupted replay below needs a process of its own and starts one."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    done = CliRunner().invoke(main, list(args))
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
+    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 def test_kt_replay_prints_the_score_line_last_and_writes_the_trace(bowl, tmp_path):
@@ -511,12 +521,7 @@ def test_a_space_that_is_no_regular_file_is_refused_not_read_forever(tmp_path):
         check_space_file(fifo)
     with pytest.raises(SpaceError, match="is not a regular file"):
         load_kernel_tuner(fifo)
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "replay", str(fifo), "--budget", "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_kt("replay", str(fifo), "--budget", "5")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a regular file" in done.stderr
 
 
