@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,16 +19,34 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def kt_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kt.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+def kt_cli(*args: str, env: dict | None = None) -> SimpleNamespace:
+    """`kt args...` in this process (click's runner): its exit code, stdout and stderr, like a CompletedProcess's
+    (a process for each of this file's refusals and merges cost CI an import of kt and torch). An exception kt
+    let out, the traceback its process would have printed, is raised."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from kt.cli import main
+
+    handlers = list(logging.getLogger("kt").handlers)
+    try:
+        done = CliRunner().invoke(main, list(args), env=env)
+    finally:  # the one-line warnings handler each command adds (its process would end with it)
+        logging.getLogger("kt").handlers[:] = handlers
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        raise done.exception
+    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The whole smoke run as a user starts it: its own process, its console output as a terminal-less one's."""
     out = tmp_path_factory.mktemp("bench") / "run"
-    done = kt_cli("bench", "--smoke", "--out", str(out), "--workers", "2", "--minutes", "20")
+    done = subprocess.run(
+        [sys.executable, "-m", "kt.cli", "bench", "--smoke", "--out", str(out), "--workers", "2", "--minutes", "20"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     return out, done
 
 
@@ -260,21 +279,21 @@ def test_a_dry_run_never_writes_over_a_gpu_runs_report(tmp_path):
     report = tmp_path / "h200"
     shutil.copytree(H200_RUN, report)
     before = {p.name: p.read_bytes() for p in report.iterdir() if p.is_file()}
-    done = kt_cli("bench", "--smoke", "--out", str(report), timeout=120)
+    done = kt_cli("bench", "--smoke", "--out", str(report))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "holds the report of a GPU run (NVIDIA H200, 2026-12-04T18:20:25+00:00)" in done.stderr
     assert {p.name: p.read_bytes() for p in report.iterdir() if p.is_file()} == before
 
 
 def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path):
-    done = kt_cli("bench", "--out", str(tmp_path / "x"), timeout=120)
+    done = kt_cli("bench", "--out", str(tmp_path / "x"))
     assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and "--smoke" in done.stderr
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine"), timeout=120)
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine"))
     assert done.returncode == 2 and "not a kt bench report" in done.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine" / "notes.txt" / "run"), timeout=120)
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine" / "notes.txt" / "run"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "out: the folder '" in done.stderr and "run' cannot be made (" in done.stderr
 
@@ -567,21 +586,19 @@ def test_update_keeps_the_files_mode_and_refuses_a_read_only_file_or_one_not_utf
 def test_bench_neither_uses_nor_checks_kt_db_and_its_help_names_the_out_folders_database(tmp_path):
     """`kt bench --help` said --db defaults to $KT_DB (else the cache's tuning.db), but a bench writes
     OUT/tuning.db; and a $KT_DB naming a file that is no database still refused the run it would not touch."""
-    import os
 
-    shown = " ".join(kt_cli("bench", "--help", timeout=120).stdout.split())
+    shown = " ".join(kt_cli("bench", "--help").stdout.split())
     assert "Default: tuning.db in the --out folder, beside the report ($KT_DB is not used)" in shown, shown
     assert "Default: $KT_DB" not in shown
     not_a_db = tmp_path / "notes.db"
     not_a_db.write_text("text, not sqlite " * 20)
     # a run stopped by its own next check (no such case), after the command line: past $KT_DB's old refusal
-    done = subprocess.run(
-        [sys.executable, "-m", "kt.cli", "bench", "--smoke", "--out", str(tmp_path / "out"), "--only", "nosuch"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "KT_DB": str(not_a_db)},
-    )  # fmt: skip
+    done = kt_cli(
+        "bench", "--smoke", "--out", str(tmp_path / "out"), "--only", "nosuch", env={"KT_DB": str(not_a_db)}
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("kt: error: only: 'nosuch' is in no quick-tune case's name"), done.stderr
-    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "out"), "--db", str(not_a_db), timeout=120)
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "out"), "--db", str(not_a_db))
     assert done.returncode == 2 and "notes.db" in done.stderr and "kt: error: db:" in done.stderr, done.stderr
 
 

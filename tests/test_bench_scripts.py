@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 from kt.autotune.figures import end_line, write_csv
 from kt.codegen.compat import triton_version
@@ -68,8 +69,6 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
 
 @pytest.mark.parametrize("index", range(len(cases(Path(".")))))
 def test_a_bad_argument_or_output_is_one_line_and_nothing_is_written(tmp_path, index):
-    from conftest import run_script
-
     db = tmp_path / "t.db"
     sqlite3.connect(db).execute("CREATE TABLE kept (x)").connection.close()
     (tmp_path / "in.csv").write_text("a,b\n1,2\n")
@@ -125,19 +124,15 @@ def test_unaligned_builds_compiles_its_sample_and_scores_the_rule_on_it(tmp_path
     import json
 
     out = tmp_path / "u.jsonl"
-    script = [sys.executable, str(ROOT / "benchmarks" / "unaligned_builds.py")]
-    build = [*script, "--arch", "90", "--seed", "3", "--per-shape", "2", "--shapes", "768x1032x1000"]
-    done = subprocess.run(
-        [*build, "--jsonl", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT
-    )
+    script = "unaligned_builds.py"  # run in this process, as `python benchmarks/<script>` runs it
+    build = [script, "--arch", "90", "--seed", "3", "--per-shape", "2", "--shapes", "768x1032x1000"]
+    done = run_script(*build, "--jsonl", out)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["arch"] == 90 and r["status"] in ("ok", "out_of_resources") for r in rows)
     assert all(isinstance(r["registers"], int) and r["shape"] == [768, 1032, 1000] for r in rows)
     spills = sum(r["status"] != "ok" for r in rows)
-    scored = subprocess.run(
-        [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
+    scored = run_script(script, "--score", out)
     assert scored.returncode == 0, scored.stderr
     lines = scored.stdout.splitlines()
     assert len(lines) == 2 and all(
@@ -157,20 +152,15 @@ def test_unaligned_builds_samples_tf32_and_judges_the_16_bit_count_and_a_fit_on_
     from kt.ir import GemmProblem
 
     out = tmp_path / "t.jsonl"
-    script = [sys.executable, str(ROOT / "benchmarks" / "unaligned_builds.py")]
-    build = [*script, "--dtype", "tf32", "--arch", "90", "--seed", "175", "--per-shape", "1"]
-    done = subprocess.run(
-        [*build, "--shapes", "640x1000x1000", "--jsonl", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    script = "unaligned_builds.py"  # run in this process, as `python benchmarks/<script>` runs it
+    build = [script, "--dtype", "tf32", "--arch", "90", "--seed", "175", "--per-shape", "1"]
+    done = run_script(*build, "--shapes", "640x1000x1000", "--jsonl", out)
     assert done.returncode == 0, done.stderr
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert (row["dtype"], row["precision"], row["arch"]) == ("float32", "tf32", 90)
     assert row["status"] in ("ok", "out_of_resources") and isinstance(row["registers"], int)
     spills = int(row["status"] != "ok")
-    scored = subprocess.run(
-        [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
+    scored = run_script(script, "--score", out)
     assert scored.returncode == 0, scored.stderr
     now, as_16_bit = scored.stdout.splitlines()
     problem = GemmProblem(640, 1000, 1000, dtype="float32", precision="tf32")
@@ -180,13 +170,7 @@ def test_unaligned_builds_samples_tf32_and_judges_the_16_bit_count_and_a_fit_on_
     assert refused and illegal_reason(GemmProblem(640, 1000, 1000, dtype="float32"), config, H100) is None
     assert f"kt's rule: {refused * (1 - spills)} clean builds refused, {refused * spills} of {spills}" in now
     assert "1 builds, float16's weighted count: " in as_16_bit
-    fitted = subprocess.run(
-        [*script, "--fit", str(out), "--check", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    fitted = run_script(script, "--fit", out, "--check", out)
     assert fitted.returncode == 0, fitted.stderr
     lines = fitted.stdout.splitlines()
     assert lines[0] == f"1 builds, {spills} spills; the lowest limits that refuse no clean build:"
@@ -205,10 +189,8 @@ def test_first_builds_compiles_the_ranked_configs_as_kt_build_checks_them(tmp_pa
     from kt.api import COMPILE_TRIES
 
     out = tmp_path / "f.jsonl"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "first_builds.py"), "--ops", "dense-unaligned",
-         "--dtypes", "float16", "--devices", "a100", "--jsonl", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    done = run_script(  # in this process, as `python benchmarks/<script>` runs it
+        "first_builds.py", "--ops", "dense-unaligned", "--dtypes", "float16", "--devices", "a100", "--jsonl", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -242,10 +224,8 @@ def test_stage_builds_counts_the_configs_legal_by_the_stages_a_build_keeps_and_c
     from kt.ir import GemmProblem
 
     out = tmp_path / "s.jsonl"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "stage_builds.py"), "--devices", "a100", "--dtypes", "float16",
-         "--sample", "2", "--seed", "3", "--jsonl", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    done = run_script(  # in this process, as `python benchmarks/<script>` runs it
+        "stage_builds.py", "--devices", "a100", "--dtypes", "float16", "--sample", "2", "--seed", "3", "--jsonl", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
@@ -278,11 +258,9 @@ def test_deep_k_builds_compiles_its_groups_and_scores_kts_legality_on_them(tmp_p
     import json
 
     out = tmp_path / "d.jsonl"
-    script = [sys.executable, str(ROOT / "benchmarks" / "deep_k_builds.py")]
-    done = subprocess.run(
-        [*script, "--ops", "1024x1024x1024", "--dtypes", "float16", "tf32", "--acc", "128", "--warps", "4",
-         "--per-group", "1", "--seed", "5", "--jsonl", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    done = run_script(  # in this process, as `python benchmarks/<script>` runs it
+        "deep_k_builds.py", "--ops", "1024x1024x1024", "--dtypes", "float16", "tf32", "--acc", "128",
+        "--warps", "4", "--per-group", "1", "--seed", "5", "--jsonl", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -298,9 +276,7 @@ def test_deep_k_builds_compiles_its_groups_and_scores_kts_legality_on_them(tmp_p
         caught = 4
     says = f"sm_80: 16 builds (2 ops), kt's legality refuses 0 clean builds and catches {caught} of {spills} spills"
     assert last == says
-    scored = subprocess.run(
-        [*script, "--score", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
+    scored = run_script("deep_k_builds.py", "--score", out)
     assert scored.returncode == 0 and scored.stdout.splitlines()[-1] == last, scored.stderr
 
 
