@@ -142,10 +142,14 @@ class _Group(click.Group):
         for stream in (sys.stdout, sys.stderr):
             _lenient(stream)
         # kt's warnings (e.g. its own model cannot load here) print as one line, like its errors
-        handler = _StderrHandler()
-        handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
-        handler.setFormatter(_OneLine("kt: warning: %(message)s"))
-        logging.getLogger("kt").addHandler(handler)
+        # once per process: main called again (click's CliRunner, a script running commands) printed each warning
+        # once per earlier call
+        logger = logging.getLogger("kt")
+        if not any(isinstance(known, _StderrHandler) for known in logger.handlers):
+            handler = _StderrHandler()
+            handler.setLevel(logging.WARNING)  # kt's info lines (a bench's log) go to files, not the terminal
+            handler.setFormatter(_OneLine("kt: warning: %(message)s"))
+            logger.addHandler(handler)
         # only the main thread may set a handler (click's CliRunner may call this from another)
         main_thread = threading.current_thread() is threading.main_thread()
         before = {}

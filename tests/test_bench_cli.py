@@ -23,17 +23,11 @@ def kt_cli(*args: str, env: dict | None = None) -> SimpleNamespace:
     """`kt args...` in this process (click's runner): its exit code, stdout and stderr, like a CompletedProcess's
     (a process for each of this file's refusals and merges cost CI an import of kt and torch). An exception kt
     let out, the traceback its process would have printed, is raised."""
-    import logging
-
     from click.testing import CliRunner
 
     from kt.cli import main
 
-    handlers = list(logging.getLogger("kt").handlers)
-    try:
-        done = CliRunner().invoke(main, list(args), env=env)
-    finally:  # the one-line warnings handler each command adds (its process would end with it)
-        logging.getLogger("kt").handlers[:] = handlers
+    done = CliRunner().invoke(main, list(args), env=env)
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
     return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)

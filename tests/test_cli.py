@@ -1367,3 +1367,20 @@ def test_the_readmes_shell_completion_completes_commands_options_and_choices():
         }
         done = subprocess.run([kt], env=env, capture_output=True, text=True, timeout=120)
         assert want in done.stdout.splitlines(), (words, done.stdout, done.stderr)
+
+
+def test_kts_warnings_print_once_however_often_its_cli_runs_in_one_process(capsys):
+    """Each call of kt's CLI added another one-line warnings handler to the "kt" logger: a script or test that
+    ran commands in one process (click's CliRunner) printed each later warning once per earlier command."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from kt.cli import _StderrHandler, main
+
+    for _ in range(3):
+        assert CliRunner().invoke(main, ["devices"]).exit_code == 0
+    assert sum(isinstance(h, _StderrHandler) for h in logging.getLogger("kt").handlers) == 1
+    capsys.readouterr()
+    logging.getLogger("kt.test_cli").warning("said once")
+    assert capsys.readouterr().err == "kt: warning: said once\n"
