@@ -45,30 +45,29 @@ def shipped_models(request, monkeypatch):
 # the most tests first, and some of the slowest hold few tests (test_ray: 18 tests, minutes), so one worker ran a
 # slow file alone at the end. The slowest files go first instead, longest first (a longest-first schedule), then
 # the rest in xdist's own order. Seconds per file, summed over its tests from `--junitxml` of the whole suite at
-# 281dedd on the 2-core CI-like machine with three workers (2026-12-06, pytest 796 s): Ray's local cluster is
-# slow on a loaded machine (test_ray 154 s with two workers, 487 s with three). A stale or missing figure only
-# costs speed: files not listed run after these.
+# 2e2bc5f on the 2-core CI-like machine with three workers (2026-12-07, pytest 608 s). A stale or missing figure
+# only costs speed: files not listed run after these.
 SLOW_FILES = {
-    "test_ray.py": 487,
-    "test_nn.py": 170,
-    "test_cli.py": 167,
-    "test_structured_kernels.py": 143,
-    "test_compile_target.py": 138,
-    "test_replay_spaces.py": 108,
-    "test_sparse_kernels.py": 91,
-    "test_tune.py": 88,
-    "test_bench_scripts.py": 83,
-    "test_frictions.py": 76,
-    "test_costmodel_cli.py": 73,
-    "test_bench_cli.py": 69,
-    "test_nn_cpu.py": 67,
-    "test_tune_loop.py": 62,
-    "test_transposed.py": 37,
-    "test_pool.py": 37,
-    "test_bench_structured.py": 37,
-    "test_from_model.py": 35,
-    "test_measure_path.py": 33,
-    "test_forest.py": 29,
+    "test_nn.py": 180,
+    "test_ray.py": 127,
+    "test_compile_target.py": 126,
+    "test_portable.py": 108,
+    "test_cli.py": 81,
+    "test_sparse_kernels.py": 76,
+    "test_examples.py": 72,
+    "test_costmodel_cli.py": 72,
+    "test_nn_cpu.py": 64,
+    "test_bench_cli.py": 62,
+    "test_frictions.py": 60,
+    "test_tune.py": 60,
+    "test_bench_scripts.py": 52,
+    "test_tune_loop.py": 51,
+    "test_structured_kernels.py": 50,
+    "test_replay_spaces.py": 41,
+    "test_pool.py": 33,
+    "test_bench_structured.py": 29,
+    "test_transposed.py": 26,
+    "test_measure_path.py": 26,
 }
 
 
