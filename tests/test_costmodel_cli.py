@@ -506,17 +506,25 @@ def gpperf(tmp_path_factory):
     }
 
 
-def fit_model(gpperf, data: str, out: Path) -> Path:
-    """`kt costmodel fit` of the gpperf fixture's `data` ("db": all 12 shapes, "train": 8) for its profile."""
-    fitted = kt("costmodel", "fit", "--data", gpperf[data], "--out", out, "--device", gpperf["profile"])
-    assert fitted.exit_code == 0, fitted.stderr
-    return out
+def fit(gpperf, data: str):
+    """`kt costmodel fit` of the gpperf fixture's `data` ("db": all 12 shapes, "train": 8) for its profile: the
+    model file and the command's result. Fitted once per module and shared by the tests that only read the
+    model (a fit and its skops save of 2 x 200 trees take seconds)."""
+    fitted = gpperf.setdefault("fitted", {})
+    if data not in fitted:
+        out = gpperf["home"] / f"{data}.skops"
+        result = kt("costmodel", "fit", "--data", gpperf[data], "--out", out, "--device", gpperf["profile"])
+        assert result.exit_code == 0, result.stderr
+        fitted[data] = (out, result)
+    return fitted[data]
+
+
+def fit_model(gpperf, data: str) -> Path:
+    return fit(gpperf, data)[0]
 
 
 def test_fit_writes_a_model_that_loads_for_its_device(gpperf, tmp_path):
-    out_path = tmp_path / "m.skops"
-    result = kt("costmodel", "fit", "--data", gpperf["db"], "--out", out_path, "--device", gpperf["profile"])
-    assert result.exit_code == 0, result.stderr
+    out_path, result = fit(gpperf, "db")
     with_power = sum(r["power_w"] is not None for r in gpperf["rows"])
     assert (
         f"forest for {RTX4070_PROFILE.key}: 12 rows, 12 shapes, power from {with_power} rows" in result.stdout
@@ -641,7 +649,7 @@ def test_a_tune_with_a_calibrated_cards_model_targets_that_card_as_predict_does(
     import kt as api
 
     monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
-    model = fit_model(gpperf, "db", tmp_path / "m.skops")
+    model = fit_model(gpperf, "db")
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: c\nshape: {m: 64, n: 64, k: 64}\n")
     predicted = kt("predict", spec, "--model", model, "--top", "1")
@@ -662,7 +670,7 @@ def test_a_power_cap_no_config_is_predicted_under_is_said_by_a_tune_without_a_gp
     import kt as api
 
     monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
-    model = fit_model(gpperf, "db", tmp_path / "m.skops")
+    model = fit_model(gpperf, "db")
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: c\nshape: {m: 64, n: 64, k: 64}\n")
     predicted = kt("predict", spec, "--model", model, "--top", "1", "--power-cap", "1")
@@ -697,7 +705,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
         last,
     ), last
 
-    model = fit_model(gpperf, "train", tmp_path / "m.skops")
+    model = fit_model(gpperf, "train")
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--model", model)
     assert result.exit_code == 0, result.stderr
     # the model file lists the 8 shapes it was fitted on: only the other 4 are scored
@@ -716,7 +724,7 @@ def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file
 
 
 def test_inspect_with_a_model_scores_only_shapes_it_was_not_fitted_on(gpperf, tmp_path):
-    model = fit_model(gpperf, "train", tmp_path / "m.skops")
+    model = fit_model(gpperf, "train")
     plots = tmp_path / "plots"
     result = kt("inspect", gpperf["db"], "--model", model, "--device", gpperf["profile"], "--plots", plots)
     assert result.exit_code == 0, result.stderr
@@ -935,7 +943,7 @@ def test_predict_refuses_a_missing_or_foreign_model_file_in_one_line(tmp_path):
 
 
 def test_predict_with_a_forest_shows_spread_and_power(gpperf, tmp_path):
-    model = fit_model(gpperf, "db", tmp_path / "m.skops")
+    model = fit_model(gpperf, "db")
     result = kt("predict", DENSE, "--top", "3", "--model", model, "--device", gpperf["profile"], "--no-gpu")
     assert result.exit_code == 0, result.stderr
     assert (
