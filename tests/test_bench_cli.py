@@ -10,27 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_as_user
+from conftest import kt_cli, run_as_user
 
 from kt.bench import BEGIN, END, TABLE_HEAD, merge_table, smoke_specs, tune_cases
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(), reason="the CPU's dry run (a GPU runs the real one)"
 )
-
-
-def kt_cli(*args: str, env: dict | None = None) -> SimpleNamespace:
-    """`kt args...` in this process (click's runner): its exit code, stdout and stderr, like a CompletedProcess's
-    (a process for each of this file's refusals and merges cost CI an import of kt and torch). An exception kt
-    let out, the traceback its process would have printed, is raised."""
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
-    done = CliRunner().invoke(main, list(args), env=env)
-    if done.exception is not None and not isinstance(done.exception, SystemExit):
-        raise done.exception
-    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +337,6 @@ def test_a_tune_case_that_raises_past_its_share_is_failed_not_unreached(monkeypa
 def test_kt_bench_measures_on_one_gpu_so_both_sides_share_it(monkeypatch):
     """The cuda runner takes every visible GPU of cuda:0's model by default: on a machine of several, kt bench's
     pool timed kt's kernel and PyTorch's side by side on two cards, where its report says same GPU."""
-    from types import SimpleNamespace
 
     import kt.api  # noqa: F401  imported now, not under the patch: kt.autotune.tune binds make_runner as it
     import kt.autotune.runners as runners  # loads, and kept the stand-in for every later tune of the process

@@ -10,33 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kt_cli
 
 from kt.autotune.database import Database
 
 EXAMPLE = "examples/dense.yaml"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def kt_cli(*args, cwd=None, env=None):
-    """`kt ARGS` run in this process with click's runner (a new Python would spend 2-3 s importing torch, Triton
-    and kt again): its exit code, stdout and stderr. Tests of what only a real process shows (signals, exit by a
-    signal, what it imports, its streams' encodings, a pipe's reader gone) start one themselves."""
-    from types import SimpleNamespace
-
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
-    here = os.getcwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        done = CliRunner().invoke(main, list(map(str, args)), env=env)
-    finally:
-        os.chdir(here)
-    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
-    assert "Traceback" not in done.stderr, done.stderr
-    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 def test_show_prints_the_ir_and_the_kernel_graph():

@@ -9,26 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import kt_cli
 
 import kt
 from kt.autotune.artifact import kept_artifact, save_artifact_report
 from kt.errors import KtError
 
 SMALL = {"op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}
-
-
-def kt_cli(*args):
-    """`kt ARGS` run in this process with click's runner, not a new Python (2-3 s of imports each): its exit
-    code, stdout and stderr."""
-    from types import SimpleNamespace
-
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
-    done = CliRunner().invoke(main, list(map(str, args)))
-    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
-    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kt_cli
 from torch import nn
 
 import kt.nn as knn
@@ -35,20 +36,6 @@ class Net(nn.Module):
     def forward(self, x):
         self.side(x.double())
         return self.seq(x)
-
-
-def kt_cli(*args):
-    """`kt ARGS` run in this process with click's runner, not a new Python (2-3 s of imports each): its exit
-    code, stdout and stderr."""
-    from types import SimpleNamespace
-
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
-    done = CliRunner().invoke(main, list(map(str, args)))
-    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
-    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
 
 
 def plain(name: str) -> str:
