@@ -360,3 +360,9 @@ def kt_cli(*args, cwd=None, env=None):
     assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
     assert "Traceback" not in done.stderr, done.stderr
     return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
+
+
+def quiet_tune_options(tmp_path) -> list:
+    """A test's `kt tune` options: artifacts in tmp_path/art, the database tmp_path/t.db, no progress, one
+    worker."""
+    return ["--out", tmp_path / "art", "--db", tmp_path / "t.db", "--quiet", "--workers", "1"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io
-from conftest import GPPERF, benchmark_module
+from conftest import GPPERF, benchmark_module, kt_cli
 from conftest import stand_in_records as shared_stand_in_records
 from sklearn.ensemble import RandomForestRegressor
 
@@ -567,14 +567,11 @@ def test_a_tune_from_the_shipped_forest_notes_the_configs_it_extrapolates_to(tmp
 
 
 def test_kt_predict_warns_in_one_line_for_a_problem_the_model_never_saw(saved, tmp_path):
-    from click.testing import CliRunner
-
-    from kt.cli import main
 
     spec = tmp_path / "m.yaml"
     spec.write_text("op: monarch\nshape: {batch: 64, n: 256, nblocks: 16}\ndevice: h100\n")
-    done = CliRunner().invoke(main, ["predict", str(spec), "--model", str(saved), "--top", "1"])
-    assert done.exit_code == 0, (done.exception, done.stderr)
+    done = kt_cli("predict", spec, "--model", saved, "--top", "1")
+    assert done.returncode == 0, done.stderr
     (warning,) = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert "never saw this kernel family monarch" in warning
 
@@ -606,9 +603,6 @@ def test_a_power_forest_standing_in_for_a_card_of_another_board_limit_predicts_n
     """The H100 SXM's forest standing in for the 350 W H100 PCIe predicted the SXM's watts (585 W at its best
     configs), and a 350 W cap then held every config over it. Its time is rescaled by the PCIe card's own
     roofline; its watts cannot be: a card of another board power limit gets no power from it."""
-    from click.testing import CliRunner
-
-    from kt.cli import main
 
     records = stand_in_records()[:3]
     assert ForestModel.load(saved, H100).predict(records).power_w is not None
@@ -621,12 +615,11 @@ def test_a_power_forest_standing_in_for_a_card_of_another_board_limit_predicts_n
                                         "and 350 W)")  # fmt: skip
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: d\ndtype: float16\nshape: {m: 512, n: 512, k: 512}\n")
-    done = CliRunner().invoke(  # in this process: what it prints, not how a process ends, is checked
-        main,
-        ["predict", str(spec), "--model", str(saved), "--device", "h100-pcie",
-         "--objective", "energy", "--power-cap", "350", "--top", "2"],
+    done = kt_cli(  # in this process: what it prints, not how a process ends, is checked
+        "predict", spec, "--model", saved, "--device", "h100-pcie", "--objective", "energy", "--power-cap", "350",
+        "--top", "2",
     )  # fmt: skip
-    assert done.exit_code == 0, (done.exception, done.stderr)
+    assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
     assert (
         "its power forest was fitted on h100, whose board power limit is not this card's (700 W and 350 W)"

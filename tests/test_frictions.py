@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import kt_cli
+from conftest import kt_cli, quiet_tune_options
 
 import kt
 from kt.autotune.artifact import kept_artifact, save_artifact_report
@@ -27,13 +27,7 @@ def test_kt_tune_takes_a_file_of_several_ops_and_writes_an_artifact_each(tmp_pat
     done = kt_cli(
         "tune",
         str(path),
-        "--out",
-        str(tmp_path / "art"),
-        "--db",
-        str(tmp_path / "t.db"),
-        "--quiet",
-        "--workers",
-        "1",
+        *quiet_tune_options(tmp_path),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{path}: 3 ops, tuned up to 3 at once" in done.stdout
@@ -541,13 +535,7 @@ def test_kt_tune_takes_several_files_or_a_folder_and_an_op_that_fails_does_not_s
     done = kt_cli(
         "tune",
         str(ops),
-        "--out",
-        str(tmp_path / "art"),
-        "--db",
-        str(tmp_path / "t.db"),
-        "--quiet",
-        "--workers",
-        "1",
+        *quiet_tune_options(tmp_path),
         "--concurrent",
         "1",
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kt_cli
+from conftest import kt_cli, quiet_tune_options
 from torch import nn
 
 import kt.nn as knn
@@ -174,13 +174,7 @@ def test_kt_tune_from_model_tunes_every_op_of_the_example_and_prints_a_summary(t
         str(ROOT / "examples" / "structurize_mlp.py") + ":example_model",
         "--budget",
         "1",
-        "--out",
-        str(tmp_path / "art"),
-        "--db",
-        str(tmp_path / "t.db"),
-        "--quiet",
-        "--workers",
-        "1",
+        *quiet_tune_options(tmp_path),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "example_model: 5 ops to tune" in done.stdout and "5 ops" in done.stdout
@@ -257,13 +251,7 @@ def test_op_yaml_files_and_a_model_tune_together(tmp_path):
         "1",
         "--backend",
         "dryrun",
-        "--out",
-        str(tmp_path / "art"),
-        "--db",
-        str(tmp_path / "t.db"),
-        "--quiet",
-        "--workers",
-        "1",
+        *quiet_tune_options(tmp_path),
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "mdl.py:factory: 1 op to tune" in done.stdout and "2 sources: 2 ops, tuned" in done.stdout
@@ -459,13 +447,7 @@ def test_a_subclass_of_linear_is_tuned_and_its_note_says_structurize_leaves_it_a
         f"{factory}:wn",
         "--budget",
         "1",
-        "--out",
-        str(tmp_path / "art"),
-        "--db",
-        str(tmp_path / "t.db"),
-        "--quiet",
-        "--workers",
-        "1",
+        *quiet_tune_options(tmp_path),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     said = " ".join(done.stdout.split())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kt_cli
 
 import kt
 from kt.autotune import worker
@@ -406,15 +407,10 @@ def test_a_dry_run_refuses_an_op_whose_operands_exceed_this_machines_memory(tmp_
 def test_the_cli_offers_the_dry_run_and_says_what_pytorch_did(tmp_path):
     spec = Path(tmp_path / "op.yaml")
     spec.write_text("op: lowrank\nname: lr\ndtype: float32\nshape: {batch: 9, dims: [24, 5, 16]}\n")
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
     args = ["tune", str(spec), "--budget", "1", "--backend", "dryrun", "--db", str(tmp_path / "t.db")]
     args += ["--out", str(tmp_path / "art"), "--quiet", "--workers", "1"]
-    done = CliRunner().invoke(main, args)  # in this process: a new Python spends 2-3 s importing torch again
-    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
-    assert done.exit_code == 0, done.stderr[-2000:]
+    done = kt_cli(*args)  # in this process: a new Python spends 2-3 s importing torch again
+    assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.endswith("PyTorch (torch.linalg.multi_dot): checked, not timed (no GPU)"), last
 

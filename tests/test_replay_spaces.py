@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import kt_cli
 
 from kt.autotune.replay import parse_budget, replay_file, replay_space
 from kt.autotune.search import GuidedSearch
@@ -369,23 +370,9 @@ def test_the_largest_seed_the_cli_takes_runs_every_repeat(bowl):
     assert len(result.scores) == 2 and 0 < result.mean <= 1
 
 
-def run_kt(*args):
-    """`kt ARGS` run in this process with click's runner, not a new Python (2-3 s of imports each): its exit
-    code, stdout and stderr. The interrupted replay below needs a process of its own and starts one."""
-    from types import SimpleNamespace
-
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
-    done = CliRunner().invoke(main, list(args))
-    assert done.exception is None or isinstance(done.exception, SystemExit), done.exc_info
-    return SimpleNamespace(returncode=done.exit_code, stdout=done.stdout, stderr=done.stderr)
-
-
 def test_kt_replay_prints_the_score_line_last_and_writes_the_trace(bowl, tmp_path):
     trace = tmp_path / "trace.csv"
-    done = run_kt(
+    done = kt_cli(
         "replay",
         str(bowl),
         "--strategy",
@@ -429,7 +416,7 @@ def test_kt_replay_prints_the_score_line_last_and_writes_the_trace(bowl, tmp_pat
     ],
 )
 def test_kt_replay_refuses_bad_input_in_one_line_with_exit_2(bowl, args, message):
-    done = run_kt("replay", str(bowl), *args)
+    done = kt_cli("replay", str(bowl), *args)
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -438,7 +425,7 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     tmp_path,
 ):
     space = write_cache(tmp_path / "BOWL.JSON.GZ", gz=True)
-    done = run_kt(
+    done = kt_cli(
         "replay", str(space), "--strategy", "exhaustive", "--budget", "500", "--repeats", "1", "--quiet"
     )
     assert done.returncode == 0, done.stderr
@@ -447,7 +434,7 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
     assert lines[-2] == "note: budget 500 covers every point of BOWL (192): a search there measured them all"
     assert lines[-1] == "exhaustive budget 500: mean score 1.000, p10 1.000, over 1 repeat"
     # guided stops early there: "measured them all" was said of it too
-    done = run_kt(
+    done = kt_cli(
         "replay", str(space), "--strategy", "guided", "--budget", "500", "--repeats", "2", "--quiet"
     )
     assert done.returncode == 0, done.stderr
@@ -465,9 +452,9 @@ def test_kt_replay_reads_an_upper_case_name_says_when_the_budget_is_the_whole_sp
 def test_kt_replay_refuses_a_file_that_is_no_space(tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello")
-    done = run_kt("replay", str(other), "--budget", "5")
+    done = kt_cli("replay", str(other), "--budget", "5")
     assert done.returncode == 2 and "neither a Kernel Tuner cache" in done.stderr
-    done = run_kt("replay", str(tmp_path / "missing.json"), "--budget", "5")
+    done = kt_cli("replay", str(tmp_path / "missing.json"), "--budget", "5")
     assert done.returncode == 2 and "not found" in done.stderr
 
 
@@ -475,7 +462,7 @@ def test_kt_replay_refuses_a_file_that_is_no_space(tmp_path):
 def test_kt_replay_says_guided_stopped_short_at_a_budget_of_the_whole_space(bowl, budget):
     """The note was printed only for a count over the space's size: at a budget of the space (or 100%) guided
     stopped short of it without a word."""
-    done = run_kt(
+    done = kt_cli(
         "replay", str(bowl), "--strategy", "guided", "--budget", budget, "--repeats", "2", "--quiet"
     )
     assert done.returncode == 0, done.stderr
@@ -486,7 +473,7 @@ def test_kt_replay_says_guided_stopped_short_at_a_budget_of_the_whole_space(bowl
     )
     assert note and int(note[1]) < 192, done.stdout
     # exhaustive spends the whole space there: nothing to say
-    done = run_kt(
+    done = kt_cli(
         "replay", str(bowl), "--strategy", "exhaustive", "--budget", budget, "--repeats", "1", "--quiet"
     )
     assert done.returncode == 0 and "note:" not in done.stdout, done.stdout
@@ -504,7 +491,7 @@ def test_a_trace_names_each_point_by_its_own_cache_key(tmp_path):
     assert {row["config"]: row["value"] for row in result.rows} == {
         key: record["time"] for key, record in cache.items()
     }
-    done = run_kt(
+    done = kt_cli(
         "replay", str(path), "--strategy", "random", "--budget", "3", "--repeats", "1", "--csv", str(trace)
     )
     assert done.returncode == 0, done.stderr
@@ -521,7 +508,7 @@ def test_a_space_that_is_no_regular_file_is_refused_not_read_forever(tmp_path):
         check_space_file(fifo)
     with pytest.raises(SpaceError, match="is not a regular file"):
         load_kernel_tuner(fifo)
-    done = run_kt("replay", str(fifo), "--budget", "5")
+    done = kt_cli("replay", str(fifo), "--budget", "5")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a regular file" in done.stderr
 
 
@@ -643,7 +630,7 @@ def test_a_kernel_tuner_cache_named_db_is_told_to_be_named_json(tmp_path):
     replays': the command it was running. It reads caches by their name."""
     cache = write_cache(tmp_path / "space.json")
     renamed = cache.rename(tmp_path / "space.db")
-    done = run_kt("replay", str(renamed), "--budget", "5")
+    done = kt_cli("replay", str(renamed), "--budget", "5")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert (
         "it is a Kernel Tuner cache: name it .json (or .json.gz, gzipped) for kt replay to read it"

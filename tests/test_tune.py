@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rel_err, run_as_user
+from conftest import kt_cli, rel_err, run_as_user
 
 import kt
 from kt.codegen.gemm import GemmConfig, GemmFamily
@@ -475,13 +475,8 @@ def test_a_tune_stopped_mid_run_resumes_without_losing_or_repeating_rows(tmp_pat
         assert first.returncode == -signal.SIGKILL
     # the resumed tune runs in this process (click's runner), at full speed: a new Python would spend 2-3 s
     # importing torch again, and what is checked of it is what it adds to the database and says
-    from click.testing import CliRunner
-
-    from kt.cli import main
-
-    second = CliRunner().invoke(main, command[3:])
-    assert second.exception is None or isinstance(second.exception, SystemExit), second.exc_info
-    assert second.exit_code == 0, second.stderr
+    second = kt_cli(*command[3:])
+    assert second.returncode == 0, second.stderr
     after = _rows(db)
     assert len(after) == total and len({(key, id_) for id_, key, _ in after}) == total
     with sqlite3.connect(db) as conn:  # no config of any op measured twice
