@@ -54,23 +54,6 @@ def interpreter():
             os.environ[name] = value
 
 
-@pytest.fixture(autouse=True, scope="module")
-def kept_search_spaces():
-    """kt keeps the 16 latest GEMM search spaces (legality of every config, a pure function of the problem):
-    this module's tests select afresh for a hundred-odd problems, most of them again in a later test (compile,
-    export, torch.func and state tests rerun the cases of the first), so it keeps them all while it runs (small
-    problems: kilobytes each) and gives kt's limit back after."""
-    from kt.codegen import gemm
-
-    kept = gemm.SPACES_KEPT
-    gemm.SPACES_KEPT = 1024
-    yield
-    gemm.SPACES_KEPT = kept
-    with gemm._SPACES_LOCK:
-        while len(gemm._SPACES) > kept:
-            gemm._SPACES.popitem(last=False)
-
-
 @pytest.fixture(autouse=True)
 def fresh_selection(monkeypatch):
     """Each test selects its kernels afresh, sees no $KT_ARTIFACTS and leaves the artifact directories as found."""

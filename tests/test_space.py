@@ -355,6 +355,67 @@ def test_a_space_is_made_once_per_process_for_its_problem_device_and_triton(monk
     assert tuning_space(problem, A100) is not None and len(made) == 4
     butterfly = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 64, "n": 256}}
     assert kt.space(butterfly, "h100") is kt.space(butterfly, "h100") and len(made) == 5
-    for _ in range(gemm.SPACES_KEPT + 1):  # the oldest goes once more than SPACES_KEPT are kept
-        kt.space({**spec, "shape": {"m": 1000 + len(made), "n": 64, "k": 64}}, "h100")
-    assert len(gemm._SPACES) == gemm.SPACES_KEPT
+
+
+def test_the_spaces_kept_are_bounded_by_what_they_hold_the_oldest_going_first(monkeypatch):
+    """A process keeps its spaces while they hold no more than SPACES_BYTES: a GEMM space's configs are the
+    family's own objects, shared (a reference each), a block-sparse problem carries its layout."""
+    import kt
+    import kt.codegen.gemm as gemm
+
+    monkeypatch.setattr(gemm, "_SPACES", type(gemm._SPACES)())
+    dense = [
+        {"op": "dense", "dtype": "float16", "shape": {"m": 1000 + i, "n": 512, "k": 512}} for i in range(6)
+    ]
+    spaces = [kt.space(spec, "h100") for spec in dense[:2]]
+    a, b = spaces
+    shared = set(map(id, a.legal)) & set(map(id, b.legal))
+    assert len(shared) > len(a.legal) // 2  # the same config objects, not copies
+    sizes = [size for _, size in gemm._SPACES.values()]
+    assert all(8 * len(s.legal) < size < 8 * len(s.legal) + 8192 for s, size in zip(spaces, sizes))
+    monkeypatch.setattr(gemm, "SPACES_BYTES", sum(sizes) * 2)  # about four such spaces
+    for spec in dense[2:]:
+        kt.space(spec, "h100")
+    kept = [space.problem.m for space, _ in gemm._SPACES.values()]
+    assert kept == [1002, 1003, 1004, 1005]  # the oldest two went
+    assert sum(size for _, size in gemm._SPACES.values()) <= gemm.SPACES_BYTES
+    made = []
+    real = gemm.SearchSpace.of
+    monkeypatch.setattr(gemm.SearchSpace, "of", lambda *a: made.append(a[0]) or real(*a))
+    kt.space(dense[3], "h100")  # kept: the latest now
+    assert not made and [s.problem.m for s, _ in gemm._SPACES.values()][-1] == 1003
+    # a block-sparse problem's layout counts: a 2048 x 2048 grid of blocks is a megabyte of hex
+    sparse = {
+        "op": "blocksparse",
+        "dtype": "float16",
+        "shape": {"batch": 16, "in": 32768, "out": 32768},
+        "sparsity": {"block": [16, 16], "density": 0.5, "seed": 1},
+    }
+    space = kt.space(sparse, "h100")
+    size = gemm._SPACES[next(reversed(gemm._SPACES))][1]
+    assert size > len(space.problem.layout) > 2048 * 2048 // 4 - 1
+    assert list(gemm._SPACES.values())[-1][0] is space  # kept alone though over the bound: the latest is kept
+
+
+@pytest.mark.parametrize("device", ["h100", "a100"])
+def test_judging_each_group_m_class_once_gives_every_configs_own_answer(device):
+    """GemmFamily.judged judges one config of each group_m class (legality never reads group_m): its answers
+    are those of `illegal_reason` on every config, for aligned and unaligned rows, column-major operands,
+    float32 ieee and tf32, batches, tiny and skinny problems."""
+    from kt.device import get_profile
+
+    profile = get_profile(device)
+    family = FAMILIES["gemm"]
+    problems = [
+        GemmProblem(1000, 1024, 768),
+        GemmProblem(5, 72, 40, dtype="float32", precision="tf32", a_layout="col"),
+        GemmProblem(4096, 4096, 4096, dtype="bfloat16", b_layout="col"),
+        GemmProblem(33, 1000, 1000, dtype="float32"),
+        GemmProblem(1, 4096, 11008, batch=3),
+        GemmProblem(8192, 16, 8192, dtype="float32", precision="tf32"),
+    ]
+    for problem in problems:
+        fast = list(family.judged(problem, profile))
+        slow = [(config, illegal_reason(problem, config, profile)) for config in family.all_configs()]
+        assert fast == slow, problem
+        assert len({reason for _, reason in fast}) > 2  # several rules at work

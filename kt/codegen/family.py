@@ -18,6 +18,7 @@ class StructuredFamily(ABC):
     """A family of one problem type; `judge` says, per structure choice, why a config is illegal (or None)."""
 
     template: str
+    shared_configs = False  # each space makes its configs (kt.codegen.gemm.space_bytes)
     axes: dict[str, tuple[int, ...]]
     config_type: type
     # illegal_reason(problem, config, device): why a config cannot run, or None; a family sets it or overrides judge
