@@ -193,7 +193,8 @@ def accumulator_reason(
     acc: int, device: DeviceProfile, dtype: str, precision: str, num_warps: int, block_k: int
 ) -> str | None:
     """Why a program's registers would spill, or None: its accumulator over `accumulator_limit`, or a K step
-    over 32 in an FMA dot. The structured families add `two_warp_k_reason` last; the plain GEMM template's
+    over 32 in an FMA dot. The tile-sum and BSR-gradient families add `two_warp_k_reason` (the block-GEMM ones
+    have their own limits); the plain GEMM template's
     two-warp programs take any K step (its m16n256k128 w2 ran the first H200 run's skinny case)."""
     limit, why = accumulator_limit(device, dtype, precision, num_warps)
     if acc > limit:
