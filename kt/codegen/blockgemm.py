@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from kt.axes import BLOCK_GEMM_AXES, BLOCK_GEMM_FIELDS, FLAG_AXES
 from kt.codegen.family import StructuredFamily, gemm_stage
@@ -262,10 +262,36 @@ COMPLEX_DEEP_K_REGS = 112  # a 16-bit complex launch in one block, K steps over 
 MAX_GRID_YZ = 65535  # CUDA's gridDim.y and gridDim.z (the interpreter has no such limit)
 
 
+class StageBounds(NamedTuple):
+    """What legality reads of a structure choice's launches, the same for each of its configs (`stage_bounds`)."""
+
+    padded_in: int  # the widest block's input, padded (`padded`)
+    padded_out: int  # and its output
+    most: int  # the most blocks a launch has
+    launches: tuple[tuple[int, int, int], ...]  # each launch's nblocks, blk_out and padded blk_out
+
+
+def stage_bounds(stages: list[Stage]) -> StageBounds:
+    """`stages`' StageBounds: worked out once per structure choice (`BlockGemmFamily.judge`), not once for each
+    of its thousands of configs (a butterfly's space read every stage's blocks for each config: 0.6 s)."""
+    return StageBounds(
+        padded(max(s.blk_in for s in stages)),
+        padded(max(s.blk_out for s in stages)),
+        max(s.nblocks for s in stages),
+        tuple((s.nblocks, s.blk_out, padded(s.blk_out)) for s in stages),
+    )
+
+
 def illegal_reason(
-    problem: StructuredProblem, config: BlockGemmConfig, device: DeviceProfile, stages: list[Stage]
+    problem: StructuredProblem,
+    config: BlockGemmConfig,
+    device: DeviceProfile,
+    stages: list[Stage],
+    bounds: StageBounds | None = None,
 ) -> str | None:
-    """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can."""
+    """Why `config` cannot (or cannot sensibly) run `problem` on `device`, or None when it can. `bounds`:
+    `stage_bounds(stages)`, given where many configs of one structure choice are judged."""
+    bounds = bounds or stage_bounds(stages)
     if config.block_b > padded(problem.rows):
         return "tile larger than the padded problem"
     if config.fused:
@@ -280,20 +306,20 @@ def illegal_reason(
         config.ends and problem.rows == 1
     ):  # as `extras` leaves it out: kt.build took what tune.configs refused
         return "feature-major ends of one row (a row is adjacent to itself: the same launches as without)"
-    biggest_in = max(s.blk_in for s in stages)
-    biggest_out = max(s.blk_out for s in stages)
-    if config.block_n > padded(biggest_out) or config.block_k > padded(biggest_in):
+    if config.block_n > bounds.padded_out or config.block_k > bounds.padded_in:
         return "tile larger than the padded problem"
-    most = max(s.nblocks for s in stages)
+    most = bounds.most
     if (
         config.group > 1 << (most - 1).bit_length()
     ):  # a smaller GROUP already takes every block in one program
         if most == 1:
             return "more blocks per program than the 1 block a launch has (GROUP 1 takes it)"
         return f"more blocks per program than the {most} blocks (GROUP {1 << (most - 1).bit_length()} takes them all)"
-    for stage in stages:  # the launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n)
-        block_n, _ = stage_tiles(stage, config)
-        if -(-stage.nblocks // config.group) > MAX_GRID_YZ or -(-stage.blk_out // block_n) > MAX_GRID_YZ:
+    # the launch grid is (rows / BLOCK_B, nblocks / GROUP, blk_out / block_n), block_n cut to the stage's padded
+    # block (`stage_tiles`)
+    for nblocks, blk_out, padded_out in bounds.launches:
+        block_n = min(config.block_n, padded_out)
+        if -(-nblocks // config.group) > MAX_GRID_YZ or -(-blk_out // block_n) > MAX_GRID_YZ:
             return f"a launch grid over CUDA's {MAX_GRID_YZ} programs on its y or z axis"
     smem, acc = resources(problem, config, device)
     if smem > device.smem_per_block:
@@ -475,7 +501,8 @@ class BlockGemmFamily(StructuredFamily):
 
     def judge(self, problem: StructuredProblem, structure: dict[str, int], device: DeviceProfile):
         stages = lowered(problem, structure)  # once per structure choice, for all its configs
-        return lambda config: illegal_reason(problem, config, device, stages)
+        bounds = stage_bounds(stages)
+        return lambda config: illegal_reason(problem, config, device, stages, bounds)
 
     def extras(self, problem: StructuredProblem, structure: dict[str, int]) -> tuple[dict[str, int], ...]:
         """Each config of a structure choice as it is, and with feature-major ends (`ends` = 1) where an end map
