@@ -447,3 +447,21 @@ def test_the_several_block_limits_are_those_the_committed_builds_give():
         assert sum(r and not row["spilled"] for r, row in zip(refused, rows)) == refused_clean, name
         assert sum(r and row["spilled"] for r, row in zip(refused, rows)) == caught, name
         assert sum(row["spilled"] for row in rows) == spills, name
+
+
+def test_space_time_times_each_examples_space_made_afresh_and_refuses_an_unknown_example():
+    done = run_script("space_time.py", "--repeats", "1", "--only", "dense", "monarch_rect")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rows = [line.split() for line in lines[1:-1]]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("dense", "h100"),
+        ("dense", "a100"),
+        ("monarch_rect", "h100"),
+        ("monarch_rect", "a100"),
+    ]
+    assert rows[0][2:4] == ["17658", "25200"]  # the README's space of examples/dense.yaml
+    assert all(0 < float(r[4]) < 60 for r in rows)
+    assert lines[-1].startswith("worst: ") and "median of 1" in lines[-1]
+    bad = run_script("space_time.py", "--only", "densee")
+    assert bad.returncode == 2 and "--only: no example densee; allowed: blocksparse" in bad.stderr
