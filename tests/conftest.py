@@ -7,8 +7,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+# One OpenMP thread per process. The suite runs one xdist worker more than the CPUs (pytest_xdist_auto_num_workers),
+# and each worker's torch ops and numpy's BLAS (the interpreter's dots) spread over every core: their threads spun
+# waiting for threads of other workers that were not running. On the 2-core machine (2026-12-07), test_nn_cpu,
+# test_portable and test_sparse_kernels with three workers took 226 s (199 CPU-seconds) with torch's two threads
+# each and 142 s (141) with one; a Monarch layer's 23 timed steps took 30 s in a full run, 0.6 s alone; the whole
+# suite 706 s with one, against 844 s at 9c95bdd (other work on the machine in both runs). Set
+# before torch is imported, so the processes the tests start (kt's CLI, its workers, Ray's actors) inherit it;
+# a value the caller set is kept. kt's workers take a set OMP_NUM_THREADS as the user's (kt.autotune.worker):
+# the test of their own share of the CPUs unsets it (test_pool).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from kt.codegen import FAMILIES, GemmConfig, load_source  # noqa: E402
 from kt.ir import GemmProblem  # noqa: E402
