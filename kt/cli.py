@@ -341,6 +341,13 @@ SPECS = click.argument("specs", metavar="[OP_YAML]...", nargs=-1, callback=_spec
 
 def _device_name(ctx, param, value):
     """A named or calibrated profile is checked as the command line is read, before anything loads torch."""
+    if ctx.command.name == "replay" and value is not None and value.lower() == "auto":
+        # replay's --device names the profile sweeps were measured for (a calibrated one): "auto" reached
+        # get_profile as a name, a traceback
+        raise click.BadParameter(
+            "auto names no profile sweeps were measured for; allowed: the calibrated profile's .json their "
+            "rows name, or a built-in profile name (`kt devices`)"
+        )
     if value is not None and value.lower() == "auto":  # as op.yaml's `device: AUTO` (and --device H100)
         return "auto"
     if value is not None:
@@ -363,6 +370,29 @@ def _model_file(ctx, param, value):
         raise click.BadParameter(
             f"{why}; allowed: a model file from `kt costmodel fit`, or analytic"
         ) from None
+
+
+def _forest_file(ctx, param, value):
+    """A forest model file (`kt costmodel eval --model`, `kt inspect --model`): `_model_file`'s check, without
+    analytic, which these commands cannot score (their refusal offered it, and taking it failed later with
+    "model: 'analytic' not found")."""
+    allowed = "allowed: a model file from `kt costmodel fit`"
+    if value is not None and str(value).lower() == "analytic":
+        raise click.BadParameter(f"analytic is no model file; {allowed}")
+    try:
+        return ranking_model(value)
+    except KtError as exc:
+        why = str(exc).removeprefix("model: ").removesuffix(f"; {MODEL_HINT}, or analytic")
+        raise click.BadParameter(f"{why}; {allowed}") from None
+
+
+def _gpu_name(ctx, param, value):
+    """--gpu: an empty name matched no row and was reported as the data holding no rows for the device."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "an empty name; allowed: a GPU's name as the driver gives it (`nvidia-smi -L`)"
+        )
+    return value
 
 
 def _data_file(ctx, param, value):
@@ -456,12 +486,31 @@ def _name_too_long(path: str) -> str | None:
     return None
 
 
-class _FiniteRange(click.FloatRange):
-    """click.FloatRange that refuses nan too: every comparison with nan is false, so FloatRange lets it by (a
-    --timeout of nan made the worker pool wait on nothing, busy, with no timeout)."""
+class _IntRange(click.IntRange):
+    """click.IntRange whose refusal of a value that is no integer names the range allowed (click's said only
+    "'abc' is not a valid integer range.")."""
 
     def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            if "not a valid" not in exc.message:
+                raise
+            self.fail(f"{value!r} is no integer; allowed: an integer in {self._describe_range()}", param, ctx)
+
+
+class _FiniteRange(click.FloatRange):
+    """click.FloatRange that refuses nan too: every comparison with nan is false, so FloatRange lets it by (a
+    --timeout of nan made the worker pool wait on nothing, busy, with no timeout); a value that is no number is
+    refused naming the range allowed."""
+
+    def convert(self, value, param, ctx):
+        try:
+            number = super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            if "not a valid" not in exc.message:
+                raise
+            self.fail(f"{value!r} is no number; allowed: a number in {self._describe_range()}", param, ctx)
         if math.isnan(number):
             self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
         return number
@@ -488,7 +537,7 @@ COOLDOWN = click.option(
     type=_FiniteRange(0, 60_000),
     default=None,
     help="GPU idle before each candidate is timed, so each starts from the same thermal state "
-    "(default: 200).",
+    "(default: 200; 0 with --backend dryrun).",
 )
 TIMEOUT = click.option(
     "--timeout",
@@ -505,7 +554,7 @@ RETRY = click.option(
 )
 BUDGET = click.option(
     "--budget",
-    type=click.IntRange(1, MAX_BUDGET),
+    type=_IntRange(1, MAX_BUDGET),
     default=None,
     help="Configs to measure (default: the spec's).",
 )
@@ -513,10 +562,11 @@ OBJECTIVE = click.option(
     "--objective",
     type=click.Choice(["time", "energy", "edp"]),
     default=None,
-    help="What the ranking and the best minimise (default: the spec's).",
+    help="What the best minimises, and the ranking where the cost model predicts power (kt's shipped models "
+    "and the analytic one do not: they rank by time) (default: the spec's).",
 )
 SEED = click.option(
-    "--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's)."
+    "--seed", type=_IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's)."
 )
 MODEL = click.option(
     "--model",
@@ -532,14 +582,15 @@ POWER_CAP = click.option(
     type=_FiniteRange(1, 2000),
     default=None,
     metavar="WATTS",
-    help="The best must draw at most this board power (default: the spec's tune.power_cap_w).",
+    help="The best must draw at most this board power, where its measurement read one (configs without a "
+    "reading, and a tune without a GPU, are not limited) (default: the spec's tune.power_cap_w).",
 )
 WORKERS = click.option(
     "--workers",
-    type=click.IntRange(1, 64),
+    type=_IntRange(1, 64),
     default=None,
     help="Worker processes for compiling and checking (default: one per CPU this process may use, its affinity "
-    "and cgroup quota: a SLURM job's or a container's, at most 8, and for one op at most "
+    "and cgroup quota: a SLURM job's or a container's, at most 8, and for `kt tune` of one op at most "
     "its budget + 1).",
 )
 
@@ -572,7 +623,7 @@ STRATEGY = click.option(
     "`kt replay` run); top: the first model's best, never refitted, one config of each program (group_m "
     "twins that order no tiles differently run one); random: a random sample; exhaustive: every legal "
     "config, twins included, best predicted first, as far as the budget goes (give the budget of the space, "
-    "or 100% in `kt replay`, for all).",
+    "or 100% in `kt replay`, for all). Without a GPU nothing is timed to refit on, so guided runs as top.",
 )
 
 
@@ -633,11 +684,12 @@ def _ray_address(ctx, param, value):
 )
 @click.option(
     "--concurrent",
-    type=click.IntRange(1, 64),
+    type=_IntRange(1, 64),
     default=None,
     metavar="N",
-    help="Ops tuned at once when several are given (default 4; 1: one after the other). They share the "
-    "compile and GPU workers; each keeps its own rounds, budget and artifact.",
+    help="Ops tuned at once when several are given for one device (default 4; 1: one after the other). They "
+    "share the compile and GPU workers; each keeps its own rounds, budget and artifact. Ops for several "
+    "devices are tuned one after the other, each with its own workers.",
 )
 @BUDGET
 @OBJECTIVE
@@ -651,7 +703,7 @@ def _ray_address(ctx, param, value):
 )
 @SEED
 @click.option(
-    "--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
+    "--top", type=_IntRange(1, 1000), default=10, show_default=True, help="Rows in the final table."
 )
 @click.option(
     "--quiet",
@@ -698,7 +750,8 @@ def tune(
     """Tune each OP_YAML's kernel (or --from-model's) and write OUT/<name>/ (kernel.py + meta.json). Several files, a folder
     of them, or a file of several ops (a list of shapes or batches, or several YAML documents) tune each op,
     several at once (--concurrent), one artifact each; an op that fails as it is tuned is reported and the others go
-    on (a spec error or an unusable --out in any of them stops the command before any op is tuned)."""
+    on (a spec error found as the files are read, or an unusable --out, stops the command before any op is
+    tuned; a tune.configs entry the device cannot run fails its own op)."""
     if not specs and not from_model:
         raise click.UsageError("give OP_YAML files or folders, or --from-model FILE.py:FACTORY")
     from kt.autotune.artifact import check_target
@@ -1114,7 +1167,8 @@ def _runs(numbers: list[int]) -> str:
     "memory). Needs no GPU.",
 )
 def show(spec, device, ptx_dir):
-    """Print OP_YAML's IR (the factor product) and its kernel graph (with --ptx, the chosen config's PTX)."""
+    """Print OP_YAML's IR (the factor product) and its kernel graph (with --ptx, the chosen config's PTX written
+    to DIR and summarised)."""
     if ptx_dir is not None:  # before any work: a folder that cannot be made is a usage error
         make_folder(ptx_dir, "--ptx")
     from kt.ir import op_from_spec
@@ -1235,9 +1289,9 @@ def _why_not_wgmma(plan, config, launches) -> list[str]:
 @main.command()
 @SPEC
 @click.option(
-    "--sample", type=click.IntRange(0, 1000), default=10, show_default=True, help="Legal configs to list."
+    "--sample", type=_IntRange(0, 1000), default=10, show_default=True, help="Legal configs to list."
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--seed", type=_IntRange(0, 2**32 - 1), default=0, show_default=True)
 @DEVICE
 def space(spec, sample, seed, device):
     """Print the search space's size before and after legality pruning, the MMA its configs get, and a
@@ -1322,7 +1376,7 @@ def space(spec, sample, seed, device):
 @main.command()
 @SPEC
 @click.option(
-    "--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Configs to list."
+    "--top", type=_IntRange(1, 100_000), default=20, show_default=True, help="Configs to list."
 )
 @BUDGET
 @OBJECTIVE
@@ -1540,10 +1594,12 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
 
 @main.command()
 @SPEC
-@click.option("--all", "everything", is_flag=True, help="Measure every legal config.")
+@click.option(
+    "--all", "everything", is_flag=True, help="Measure every legal config (within the spec's tune.space)."
+)
 @click.option(
     "--sample",
-    type=click.IntRange(1, MAX_BUDGET),
+    type=_IntRange(1, MAX_BUDGET),
     default=None,
     help="Measure random legal configs until N of this problem are in the database (rows measured before, "
     "a tune's included, count: for a uniform sample, use a --db of its own).",
@@ -1602,7 +1658,7 @@ def _profile_name(ctx, param, value):
     "--name",
     default=None,
     callback=_profile_name,
-    help="Profile name: letters, digits, _ . - (default: the matching built-in's, e.g. h100).",
+    help="Profile name: letters, digits, _ . - (default: the matching built-in's, e.g. h100, else gpu).",
 )
 def calibrate(out_path, name):
     """Measure this machine's GPU (copy bandwidth, matmul throughput, limits) into a device profile."""
@@ -1698,9 +1754,9 @@ def inductor(files, out_path, origin, quiet):
     help="Evaluations per search: a count (100) or a percentage of each space's valid points, those that "
     "failed on the GPU included (5%).",
 )
-@click.option("--repeats", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--repeats", type=_IntRange(1, 100_000), default=20, show_default=True)
 @click.option(
-    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Repeat r uses seed + r."
+    "--seed", type=_IntRange(0, 2**63 - 1), default=0, show_default=True, help="Repeat r uses seed + r."
 )
 @click.option(
     "--csv",
@@ -1714,7 +1770,8 @@ def inductor(files, out_path, origin, quiet):
     default=None,
     metavar="PROFILE.json",
     callback=_device_name,
-    help="The calibrated profile kt sweeps were measured for (their rows name it; built-in ones need nothing).",
+    help="The calibrated profile kt sweeps were measured for (their rows name it; built-in ones need nothing; "
+    "not auto).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar and no progress notes: the results only.")
 def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet):
@@ -1722,8 +1779,9 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet)
     instead of a GPU.
 
     SPACE is a Kernel Tuner cache file (.json, .json.gz: every valid configuration timed, as in
-    ../shared/data/kerneltuner) or a kt tuning database / `kt export` CSV of finished `kt collect --all`
-    sweeps (each problem one space; rows of a tune make a space of only the configs it measured). A
+    ../shared/data/kerneltuner; its strategies: guided or random, or exhaustive with 100%) or a kt tuning
+    database / `kt export` CSV of finished `kt collect --all` sweeps of dense ops (each problem with 20 or more
+    GEMM configs timed on a GPU is one space; a tune's rows count only where it timed 20 or more). A
     configuration that failed on the GPU is a spent evaluation that returned a failure. A repeat's score is
     optimum time / best time found within the budget."""
     from kt.autotune.spaces import check_space_file, parse_budget
@@ -1885,7 +1943,7 @@ def _working(label: str):
 )
 @click.option(
     "--budget",
-    type=click.IntRange(1, 10_000),
+    type=_IntRange(1, 10_000),
     default=None,
     help="Configs per quick tune (default 8; smoke 1).",
 )
@@ -2056,13 +2114,20 @@ MODEL_DEVICE = click.option(
     "--device",
     default=None,
     metavar="NAME|PROFILE.json",
-    help="Device profile the rows were tuned for (a name `kt devices` lists, or a calibrated JSON); default: auto.",
+    callback=_device_name,
+    help="Device profile the rows were tuned for (a name `kt devices` lists, or a calibrated JSON); default: "
+    "auto, the GPU here, else h100 (`kt costmodel eval --model`: the model's own; `kt inspect`: the artifact's "
+    "target, else the data's only one).",
 )
 GPU = click.option(
-    "--gpu", default=None, metavar="NAME", help="Only rows measured on this GPU (as the driver names it)."
+    "--gpu",
+    default=None,
+    metavar="NAME",
+    callback=_gpu_name,
+    help="Only rows measured on this GPU (as the driver names it).",
 )
 MODEL_SEED = click.option(
-    "--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the forests."
+    "--seed", type=_IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the forests."
 )
 
 
@@ -2085,7 +2150,8 @@ def costmodel():
 @GPU
 @MODEL_SEED
 def fit(data, out_path, device, gpu, seed):
-    """Fit the forest on every GPU-measured passing row of --data for the device, and save it."""
+    """Fit the forest on every GPU-measured passing row of dense GEMM configs in --data for the device, and
+    save it."""
     check_not_input(out_path, [data], "out", "--data")  # as fit_model checks, before scikit-learn loads
     check_suffix(out_path, "out", MODEL_SUFFIX, MODEL_NAMES)
     from kt.api import fit_model
@@ -2127,12 +2193,12 @@ def _metric_rows(report) -> list[tuple[str, str]]:
     "--model",
     type=_Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=_model_file,
+    callback=_forest_file,
     help="Score this model file on --data instead of cross-validating a fresh forest.",
 )
 @click.option(
     "--folds",
-    type=click.IntRange(2, 100),
+    type=_IntRange(2, 100),
     default=5,
     show_default=True,
     help="Folds of whole shapes held out.",
@@ -2178,13 +2244,14 @@ def evaluate(data, model, folds, device, gpu, seed):
 )
 @_db_option(
     create=False,
-    help="For an artifact: the tuning database with its rows (default: the tune's, else $KT_DB).",
+    help="For an artifact: the tuning database with its rows (default: the tune's, else $KT_DB, else tuning.db in "
+    "kt's cache folder).",
 )
 @click.option(
     "--model",
     type=_Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=_model_file,
+    callback=_forest_file,
     help="A forest model file (default: forests fitted on the data's other shapes).",
 )
 @click.option(

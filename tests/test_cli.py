@@ -16,6 +16,7 @@ from kt.autotune.database import Database
 
 EXAMPLE = "examples/dense.yaml"
 ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "benchmarks/results/h200-2026-12-04/measurements.csv"  # real H200 rows
 
 
 def test_show_prints_the_ir_and_the_kernel_graph():
@@ -77,10 +78,31 @@ def test_usage_errors_are_one_line_too(tmp_path):
         (["tune", EXAMPLE, "--device", "l40s"], "unknown device profile 'l40s'"),
         (["tune", tmp_path / "none.yaml"], "none.yaml: file not found"),
         (["collect", EXAMPLE], "give exactly one of --all or --sample N"),
+        # replay's --device names the profile sweeps were measured for: auto reached get_profile, a traceback
+        (
+            ["replay", MEASURED, "--budget", "5", "--device", "auto"],
+            "auto names no profile sweeps were measured",
+        ),
+        # these two score a model file: their refusal offered analytic, which then failed as "not found"
+        (
+            ["costmodel", "eval", "--data", MEASURED, "--model", "Analytic"],
+            "analytic is no model file; allowed: a",
+        ),
+        (
+            ["inspect", MEASURED, "--model", tmp_path / "no.skops"],
+            "found; allowed: a model file from `kt costmodel",
+        ),
+        # an empty GPU name matched no row: "holds no GPU-measured passing rows" named no option
+        (["costmodel", "eval", "--data", MEASURED, "--gpu", " "], "'--gpu': an empty name; allowed: a GPU's"),
+        (["inspect", MEASURED, "--device", ""], "device: '' is empty; give h100"),  # taken as no --device
+        # no number at all: click's "'abc' is not a valid integer range." named no range
+        (["bench", "--workers", "abc"], "'abc' is no integer; allowed: an integer in 1<=x<=64"),
+        (["bench", "--minutes", "soon"], "'soon' is no number; allowed: a number in 0.5<=x<=600"),
     ]:
         done = kt_cli(*args)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
-        assert message in done.stderr
+        assert message in done.stderr, (args, done.stderr)
+    assert "analytic" not in kt_cli("inspect", MEASURED, "--model", tmp_path / "no.skops").stderr
 
 
 NO_TORCH = """
