@@ -1706,6 +1706,9 @@ def export(csv_path, runner, status, db):
     from kt.autotune.database import Database
 
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
+    if db is None and os.environ.get("KT_DB"):  # the default's setting, named as such: "db:" named no option given
+        with named("KT_DB"):
+            check_file(Path(os.environ["KT_DB"]), False)
     with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)
         out.print(f"{count} rows from {database.path} -> {csv_path}")

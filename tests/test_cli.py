@@ -103,6 +103,9 @@ def test_usage_errors_are_one_line_too(tmp_path):
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
     assert "analytic" not in kt_cli("inspect", MEASURED, "--model", tmp_path / "no.skops").stderr
+    # kt export reads $KT_DB where no --db is given: its refusal said "db:", an option nobody gave
+    done = kt_cli("export", tmp_path / "e.csv", env={"KT_DB": str(tmp_path / "none.db")})
+    assert done.returncode == 2 and done.stderr == f"kt: error: KT_DB: '{tmp_path / 'none.db'}' not found\n"
 
 
 NO_TORCH = """
