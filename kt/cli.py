@@ -565,9 +565,7 @@ OBJECTIVE = click.option(
     help="What the best minimises, and the ranking where the cost model predicts power (kt's shipped models "
     "and the analytic one do not: they rank by time) (default: the spec's).",
 )
-SEED = click.option(
-    "--seed", type=_IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's)."
-)
+SEED = click.option("--seed", type=_IntRange(0, 2**32 - 1), default=None, help="Seed (default: the spec's).")
 MODEL = click.option(
     "--model",
     default=None,
@@ -1375,9 +1373,7 @@ def space(spec, sample, seed, device):
 
 @main.command()
 @SPEC
-@click.option(
-    "--top", type=_IntRange(1, 100_000), default=20, show_default=True, help="Configs to list."
-)
+@click.option("--top", type=_IntRange(1, 100_000), default=20, show_default=True, help="Configs to list.")
 @BUDGET
 @OBJECTIVE
 @click.option(
@@ -1706,7 +1702,8 @@ def export(csv_path, runner, status, db):
     from kt.autotune.database import Database
 
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
-    if db is None and os.environ.get("KT_DB"):  # the default's setting, named as such: "db:" named no option given
+    if db is None and os.environ.get("KT_DB"):
+        # the default's setting, named as such: "db:" named no option the user gave
         with named("KT_DB"):
             check_file(Path(os.environ["KT_DB"]), False)
     with Database(db, create=False, readonly=True) as database:

@@ -89,7 +89,8 @@ def pytest_xdist_auto_num_workers(config):
     processes starting, tunes stopped mid-run, the signal tests). On the 2-core CI-like machine (2026-12-06):
     two workers 922 s at 281dedd; with the space cache of the next commit three 796 s, 1,044 CPU-seconds in
     799 s (1.3 CPUs busy), and four 771 s, and two Ray tests failed, their restarted actors' checks past the
-    tests' short timeouts. At 7cd6a65 (2026-12-07): three 585 s, four 595 s."""
+    tests' short timeouts. At 7cd6a65 (2026-12-07): three 585 s, four 595 s. With one OpenMP thread per process
+    (OMP_NUM_THREADS, above), the 2-core AMD EPYC machine's suite took 706 s with three, 844 s before."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cpus + 1
 

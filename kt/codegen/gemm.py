@@ -194,8 +194,8 @@ def accumulator_reason(
 ) -> str | None:
     """Why a program's registers would spill, or None: its accumulator over `accumulator_limit`, or a K step
     over 32 in an FMA dot. The tile-sum and BSR-gradient families add `two_warp_k_reason` (the block-GEMM ones
-    have their own limits); the plain GEMM template's
-    two-warp programs take any K step (its m16n256k128 w2 ran the first H200 run's skinny case)."""
+    have their own limits); the plain GEMM template's two-warp programs take any K step (its m16n256k128 w2 ran
+    the first H200 run's skinny case)."""
     limit, why = accumulator_limit(device, dtype, precision, num_warps)
     if acc > limit:
         return f"accumulator over {limit} registers per thread{why}"
@@ -529,8 +529,8 @@ def gemm_configs() -> tuple[GemmConfig, ...]:
 
 @functools.cache
 def group_twins() -> tuple[int, ...]:
-    """For each of `gemm_configs`, the number of distinct configs before the first of its group_m twins (the
-    same config but for group_m): `GemmFamily.judged` judges each such class once, in order of first sight."""
+    """For each of `gemm_configs`, the index of its group_m class (the configs equal but for group_m), classes
+    numbered in order of first sight: `GemmFamily.judged` judges each class once, at its first config."""
     first: dict[GemmConfig, int] = {}
     return tuple(first.setdefault(replace(c, group_m=AXES["group_m"][0]), len(first)) for c in gemm_configs())
 
