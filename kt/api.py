@@ -298,7 +298,8 @@ def _build_refusal(problem, config: Config, profile: DeviceProfile, name: str) -
 
 
 def reference(spec: SpecLike) -> Callable[..., torch.Tensor]:
-    """The op in plain torch, with the kernel's signature: what a user would write without kt."""
+    """The op in plain torch, taking the kernel's positional inputs (no `out=`): what a user would write without
+    kt."""
     return op_from_spec(as_spec(spec)).reference
 
 

@@ -11,10 +11,12 @@ import torch
 
 
 class Kernel:
-    """`kernel(*args, out=None)` runs the generated Triton kernel; `.source` is the module a person can read.
+    """`kernel(*args, out=None)` runs the generated Triton kernel (PyTorch's own path where `.pytorch`); `.source`
+    is the module a person can read.
 
-    Given inputs that require grad (grad mode on, no `out`), the call goes through `as_op()` with this kernel as
-    its forward, so the result is differentiable; else it is the module's `kernel`, which records no graph."""
+    Without `out`, where an input requires grad (grad mode on) or under torch.compile, the call goes through a
+    `torch.ops.kt.apply` op as `as_op()`'s does, but one that runs this kernel as its forward on CPU tensors too,
+    so the result is differentiable; else it is the module's `kernel`, which records no graph."""
 
     def __init__(
         self, module: ModuleType, spec, config, meta: dict[str, Any] | None = None, path: Path | None = None

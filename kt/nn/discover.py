@@ -53,8 +53,9 @@ class ModelOps:
     plain: list[str] = field(default_factory=list)
     conv1d: list[str] = field(default_factory=list)  # those of them that are transformers Conv1D modules
     pointwise: list[str] = field(default_factory=list)  # those of them that are 1x1 convolutions
-    # those of them that are subclasses of nn.Linear (weight_norm's ParametrizedLinear, an adapter's), which
-    # kt.nn.structurize leaves alone: a DenseLinear is made from them by hand
+    # those of them that are subclasses of nn.Linear with a forward of their own (an adapter's; a parametrize'd
+    # layer's ParametrizedLinear is not one: structurize replaces it), which kt.nn.structurize leaves alone: a
+    # DenseLinear is made from them by hand
     subclassed: list[str] = field(default_factory=list)
 
 

@@ -522,7 +522,8 @@ class DenseLinear(_KtLinear):
 
 
 class LowRankLinear(_KtLinear):
-    """y = x @ F1 @ ... @ Fk + b: a chain through `ranks` (one rank: F1 (in, r), F2 (r, out))."""
+    """y = x @ F1 @ ... @ Fk + b: a chain through `rank` (an int: F1 (in, r), F2 (r, out); a tuple of ranks for a
+    longer chain)."""
 
     def __init__(
         self,

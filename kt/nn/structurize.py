@@ -133,7 +133,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             aliases.setdefault(id(module), []).append(name)
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
-            subclassed[name] = _left_alone(module)  # its forward may differ (weight_norm's, an adapter's)
+            subclassed[name] = _left_alone(module)  # its forward may differ (an adapter's)
         elif isinstance(module, CONVOLUTIONS) and cls not in CONVOLUTIONS:
             base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
             # a 1x1 convolution of a subclass (timm's StdConv2d standardizes its weight): named where matched
