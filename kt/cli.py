@@ -363,13 +363,16 @@ def _device_name(ctx, param, value):
 def _model_file(ctx, param, value):
     """A ranking model is checked as the command line is read, before torch or scikit-learn load, as kt.plan and
     kt.tune check theirs (`ranking_model`: any case of analytic, or a model file)."""
+    return _checked_model(value, "allowed: a model file from `kt costmodel fit`, or analytic")
+
+
+def _checked_model(value, allowed: str):
+    """`ranking_model(value)`, its refusal a click usage error ending in `allowed`."""
     try:
         return ranking_model(value)
     except KtError as exc:  # "model: ... not found" named neither the option nor the other choice
         why = str(exc).removeprefix("model: ").removesuffix(f"; {MODEL_HINT}, or analytic")  # click names it
-        raise click.BadParameter(
-            f"{why}; allowed: a model file from `kt costmodel fit`, or analytic"
-        ) from None
+        raise click.BadParameter(f"{why}; {allowed}") from None
 
 
 def _forest_file(ctx, param, value):
@@ -379,11 +382,7 @@ def _forest_file(ctx, param, value):
     allowed = "allowed: a model file from `kt costmodel fit`"
     if value is not None and str(value).lower() == "analytic":
         raise click.BadParameter(f"analytic is no model file; {allowed}")
-    try:
-        return ranking_model(value)
-    except KtError as exc:
-        why = str(exc).removeprefix("model: ").removesuffix(f"; {MODEL_HINT}, or analytic")
-        raise click.BadParameter(f"{why}; {allowed}") from None
+    return _checked_model(value, allowed)
 
 
 def _gpu_name(ctx, param, value):
@@ -418,14 +417,15 @@ def _db_option(
     """--db. The path is checked as the command line is read, before torch loads or anything is measured: a
     folder in its place, a missing file (a command that only reads, `create` False), a new file where none can
     be made, or a file there that is not a kt database (kt.autotune.database.check_file). `kt_db`: the default
-    is $KT_DB's, checked too (kt bench's is its --out folder's: a bad $KT_DB refused a run that would not open
-    it)."""
+    is $KT_DB's, checked too (kt bench's is its --out folder's, and kt inspect's an artifact's tune's first: a
+    bad $KT_DB refused a run that would not open it)."""
 
     def check(ctx, param, value):
         if value is not None:
             check_file(value, create)
-        elif create and kt_db and os.environ.get("KT_DB"):
-            # the default's setting, named as such (it said db: after the op's heading and the imports)
+        elif kt_db and os.environ.get("KT_DB"):
+            # the default's setting, named as such (it said db: after the op's heading and the imports, and
+            # `kt export`'s refusal of a missing one named db:, an option nobody gave)
             with named("KT_DB"):
                 check_file(Path(os.environ["KT_DB"]), create)
         return value
@@ -1702,10 +1702,6 @@ def export(csv_path, runner, status, db):
     from kt.autotune.database import Database
 
     where = {k: v for k, v in (("runner", runner), ("status", status)) if v is not None}
-    if db is None and os.environ.get("KT_DB"):
-        # the default's setting, named as such: "db:" named no option the user gave
-        with named("KT_DB"):
-            check_file(Path(os.environ["KT_DB"]), False)
     with Database(db, create=False, readonly=True) as database:
         count = database.export_csv(csv_path, **where)
         out.print(f"{count} rows from {database.path} -> {csv_path}")
@@ -2246,6 +2242,7 @@ def evaluate(data, model, folds, device, gpu, seed):
     create=False,
     help="For an artifact: the tuning database with its rows (default: the tune's, else $KT_DB, else tuning.db in "
     "kt's cache folder).",
+    kt_db=False,
 )
 @click.option(
     "--model",
