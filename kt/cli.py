@@ -341,13 +341,6 @@ SPECS = click.argument("specs", metavar="[OP_YAML]...", nargs=-1, callback=_spec
 
 def _device_name(ctx, param, value):
     """A named or calibrated profile is checked as the command line is read, before anything loads torch."""
-    if ctx.command.name == "replay" and value is not None and value.lower() == "auto":
-        # replay's --device names the profile sweeps were measured for (a calibrated one): "auto" reached
-        # get_profile as a name, a traceback
-        raise click.BadParameter(
-            "auto names no profile sweeps were measured for; allowed: the calibrated profile's .json their "
-            "rows name, or a built-in profile name (`kt devices`)"
-        )
     if value is not None and value.lower() == "auto":  # as op.yaml's `device: AUTO` (and --device H100)
         return "auto"
     if value is not None:
@@ -358,6 +351,17 @@ def _device_name(ctx, param, value):
         except ProfileError as exc:
             raise kt.DeviceError(f"device: {exc}") from None
     return value
+
+
+def _sweep_profile(ctx, param, value):
+    """`kt replay --device`: `_device_name`'s check, without auto: it names the profile sweeps were measured for
+    (a calibrated one), and "auto" reached get_profile as a name, a traceback."""
+    if value is not None and value.lower() == "auto":
+        raise click.BadParameter(
+            "auto names no profile sweeps were measured for; allowed: the calibrated profile's .json their "
+            "rows name, or a built-in profile name (`kt devices`)"
+        )
+    return _device_name(ctx, param, value)
 
 
 def _model_file(ctx, param, value):
@@ -486,9 +490,12 @@ def _name_too_long(path: str) -> str | None:
     return None
 
 
-class _IntRange(click.IntRange):
-    """click.IntRange whose refusal of a value that is no integer names the range allowed (click's said only
-    "'abc' is not a valid integer range.")."""
+class _NamedRange:
+    """A click number range whose refusal of a value that is no number names the range allowed (click's said
+    only "'abc' is not a valid integer range."); `kind` and `article` word what it takes."""
+
+    kind: str
+    article = "a"
 
     def convert(self, value, param, ctx):
         try:
@@ -496,21 +503,25 @@ class _IntRange(click.IntRange):
         except click.BadParameter as exc:
             if "not a valid" not in exc.message:
                 raise
-            self.fail(f"{value!r} is no integer; allowed: an integer in {self._describe_range()}", param, ctx)
+            self.fail(
+                f"{value!r} is no {self.kind}; allowed: {self.article} {self.kind} in {self._describe_range()}",
+                param,
+                ctx,
+            )
 
 
-class _FiniteRange(click.FloatRange):
-    """click.FloatRange that refuses nan too: every comparison with nan is false, so FloatRange lets it by (a
-    --timeout of nan made the worker pool wait on nothing, busy, with no timeout); a value that is no number is
-    refused naming the range allowed."""
+class _IntRange(_NamedRange, click.IntRange):
+    kind, article = "integer", "an"
+
+
+class _FiniteRange(_NamedRange, click.FloatRange):
+    """A number range that refuses nan too: every comparison with nan is false, so FloatRange lets it by (a
+    --timeout of nan made the worker pool wait on nothing, busy, with no timeout)."""
+
+    kind = "number"
 
     def convert(self, value, param, ctx):
-        try:
-            number = super().convert(value, param, ctx)
-        except click.BadParameter as exc:
-            if "not a valid" not in exc.message:
-                raise
-            self.fail(f"{value!r} is no number; allowed: a number in {self._describe_range()}", param, ctx)
+        number = super().convert(value, param, ctx)
         if math.isnan(number):
             self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
         return number
@@ -1765,7 +1776,7 @@ def inductor(files, out_path, origin, quiet):
     "--device",
     default=None,
     metavar="PROFILE.json",
-    callback=_device_name,
+    callback=_sweep_profile,
     help="The calibrated profile kt sweeps were measured for (their rows name it; built-in ones need nothing; "
     "not auto).",
 )
