@@ -50,7 +50,8 @@ def check_cache_dir() -> Path:
     # its database, on "Permission denied: .../kernels"; the probe goes where the kernels go
     if path.is_dir() and (why := unmakeable(path / "kernels" / "probe")):
         raise KtError(f"{setting}: kt cannot write its kernels in {str(path)!r}: {why}")
-    triton_cache_limit()  # KT_TRITON_CACHE_MB, read as the workers start: refused before the work
+    triton_cache_limit()  # KT_TRITON_CACHE_MB and KT_KERNEL_CACHE_MB, read as the workers start: refused
+    kernel_cache_limit()  # before the work
     triton = os.environ.get("TRITON_CACHE_DIR")  # where the workers' Triton compiles go when it is set
     if triton:
         where = Path(triton)
@@ -65,26 +66,47 @@ def check_cache_dir() -> Path:
 
 
 TRITON_CACHE_MB = 4096  # the default size kt trims its workers' Triton compile cache to (KT_TRITON_CACHE_MB)
-TRITON_CACHE_GRACE_S = 3600  # an entry written more recently is never trimmed: a running tune's
-TRIMMED = ".kt-trimmed"  # in kt's Triton cache: its time is the last trim's
+KERNEL_CACHE_MB = 512  # and its generated kernels' folder (KT_KERNEL_CACHE_MB): 15 KB a kernel, 30,000-odd
+TRITON_CACHE_GRACE_S = (
+    3600  # an entry written (a kernel: used) more recently is never trimmed: a running tune's
+)
+TRIMMED = ".kt-trimmed"  # in each folder kt trims: its time is the last trim's
 
 
 def triton_cache_limit() -> int | None:
     """The size in bytes that `trim_triton_cache` keeps kt's Triton cache under (KT_TRITON_CACHE_MB, default
     TRITON_CACHE_MB), None for 'unlimited'; a KtError naming the setting for any other value."""
+    return _size_setting("KT_TRITON_CACHE_MB", TRITON_CACHE_MB, "of its workers' Triton compile cache")
+
+
+def kernel_cache_limit() -> int | None:
+    """The size in bytes that `trim_kernel_cache` keeps kt's generated kernels under (KT_KERNEL_CACHE_MB,
+    default KERNEL_CACHE_MB), None for 'unlimited'; a KtError naming the setting for any other value."""
+    return _size_setting("KT_KERNEL_CACHE_MB", KERNEL_CACHE_MB, "of the kernels it generates")
+
+
+def _size_setting(setting: str, default_mb: int, what: str) -> int | None:
     from kt.errors import KtError
 
-    value = os.environ.get("KT_TRITON_CACHE_MB", "").strip()
+    value = os.environ.get(setting, "").strip()
     if not value:
-        return TRITON_CACHE_MB << 20
+        return default_mb << 20
     if value.lower() == "unlimited":
         return None
     if not value.isdigit() or int(value) < 1:
         raise KtError(
-            f"KT_TRITON_CACHE_MB: {value!r} is no size; give the most MB kt keeps of its workers' Triton "
-            f"compile cache, a positive integer (default {TRITON_CACHE_MB}), or 'unlimited'"
+            f"{setting}: {value!r} is no size; give the most MB kt keeps {what}, a positive integer (default "
+            f"{default_mb}), or 'unlimited'"
         )
     return int(value) << 20
+
+
+def trim_caches() -> None:
+    """Trim kt's Triton compile cache and its generated kernels to their limits, as a pool of workers starts:
+    the compiles and kernels of tunes before (GBs and hundreds of MB after `kt collect --all` runs), before
+    this one's add theirs."""
+    trim_triton_cache(triton_cache_limit())
+    trim_kernel_cache(kernel_cache_limit())
 
 
 def trim_triton_cache(limit: int | None, now: float | None = None) -> int:
@@ -98,32 +120,94 @@ def trim_triton_cache(limit: int | None, now: float | None = None) -> int:
     are passed over."""
     if limit is None or os.environ.get("TRITON_CACHE_DIR"):
         return 0
-    now = time.time() if now is None else now
-    root = cache_dir() / "triton"
-    marker = root / TRIMMED  # once an hour at most: the scan takes 0.4 s at 10,000 entries
-    with contextlib.suppress(OSError):
-        if marker.stat().st_mtime > now - TRITON_CACHE_GRACE_S:
-            return 0
-    entries = []  # (written, size, path) of each entry folder
-    try:
-        listing = list(os.scandir(root))
-    except OSError:  # none yet, or unreadable: nothing to trim
+    return _trim(cache_dir() / "triton", _triton_entries, limit, now)
+
+
+def trim_kernel_cache(limit: int | None, now: float | None = None) -> int:
+    """Trim kt's generated kernels (`<kt cache>/kernels`: each candidate a tune or `kt collect` generates, and
+    each kernel kt.nn or kt.load imports, is a module there, about 15 KB, with its bytecode in `__pycache__`)
+    to `limit` bytes; returns the bytes removed. Each is written again from its source where it is needed
+    (`kt.codegen.emit.write_source`; a worker from its task), so what goes is only disk. A kernel and its
+    bytecode go together, the least recently used first (`write_source` refreshes a module's time as it hands
+    it out), never one used in the last TRITON_CACHE_GRACE_S (Triton's interpreter reads a module's file again
+    at its first launch); at most once in that time, as `trim_triton_cache`."""
+    if limit is None:
         return 0
+    return _trim(cache_dir() / "kernels", _kernel_entries, limit, now)
+
+
+Entry = tuple[float, int, list[str]]  # (last written or used, bytes, its paths) of what a trim removes whole
+
+
+def _triton_entries(listing: list[os.DirEntry]) -> list[Entry]:
+    """Triton's cache entries: a folder each."""
+    entries = []
     for entry in listing:
         try:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             size = sum(f.stat(follow_symlinks=False).st_size for f in os.scandir(entry.path))
-            entries.append((entry.stat(follow_symlinks=False).st_mtime, size, entry.path))
+            entries.append((entry.stat(follow_symlinks=False).st_mtime, size, [entry.path]))
         except OSError:
             continue
+    return entries
+
+
+def _kernel_entries(listing: list[os.DirEntry]) -> list[Entry]:
+    """The generated kernels: `k_<hash>.py` with its bytecode, `__pycache__/k_<hash>.<tag>.pyc` (one a Python
+    version), or the bytecode alone where its module has gone."""
+    found: dict[str, Entry] = {}
+
+    def add(name: str, entry: os.DirEntry) -> None:
+        try:
+            status = entry.stat(follow_symlinks=False)
+        except OSError:
+            return
+        written, size, paths = found.get(name, (0.0, 0, []))
+        found[name] = (max(written, status.st_mtime), size + status.st_size, [*paths, entry.path])
+
+    for entry in listing:
+        if (
+            entry.name.startswith("k_")
+            and entry.name.endswith(".py")
+            and entry.is_file(follow_symlinks=False)
+        ):
+            add(entry.name.removesuffix(".py"), entry)
+        elif entry.name == "__pycache__" and entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                for compiled in os.scandir(entry.path):
+                    if compiled.name.startswith("k_") and compiled.name.endswith(".pyc"):
+                        add(compiled.name.split(".")[0], compiled)
+    return list(found.values())
+
+
+def _trim(
+    root: Path, entries_of: Callable[[list[os.DirEntry]], list[Entry]], limit: int, now: float | None
+) -> int:
+    """Remove `root`'s entries (`entries_of` its listing), the least recently written first, until they hold
+    `limit` bytes or less, none written in the last TRITON_CACHE_GRACE_S; at most once in that time."""
+    now = time.time() if now is None else now
+    marker = root / TRIMMED  # once an hour at most: the scan takes 0.4 s at 10,000 entries
+    with contextlib.suppress(OSError):
+        if marker.stat().st_mtime > now - TRITON_CACHE_GRACE_S:
+            return 0
+    try:
+        listing = list(os.scandir(root))
+    except OSError:  # none yet, or unreadable: nothing to trim
+        return 0
+    entries = entries_of(listing)
     total = sum(size for _, size, _ in entries)
     removed = 0
-    for written, size, path in sorted(entries):
+    for written, size, paths in sorted(entries):
         if total - removed <= limit or written > now - TRITON_CACHE_GRACE_S:
             break
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.exists(path):
+        for path in paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        if not any(os.path.lexists(path) for path in paths):
             removed += size
     with contextlib.suppress(OSError):  # a read-only cache: scanned each time
         marker.touch()

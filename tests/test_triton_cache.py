@@ -1,5 +1,6 @@
 """kt trims the Triton compile cache its workers fill (`<kt cache>/triton`): every kernel a tune compiles left an
-entry of hundreds of KB there for good, GBs after a `kt collect --all`."""
+entry of hundreds of KB there for good, GBs after a `kt collect --all`. And the kernels it generates
+(`<kt cache>/kernels`): about 15 KB each, with their bytecode, kept for good."""
 
 import os
 import subprocess
@@ -9,7 +10,14 @@ import time
 import pytest
 
 from kt.errors import KtError
-from kt.files import TRIMMED, TRITON_CACHE_GRACE_S, trim_triton_cache, triton_cache_limit
+from kt.files import (
+    TRIMMED,
+    TRITON_CACHE_GRACE_S,
+    kernel_cache_limit,
+    trim_kernel_cache,
+    trim_triton_cache,
+    triton_cache_limit,
+)
 
 MB = 1 << 20
 
@@ -20,6 +28,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "kt"))
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     monkeypatch.delenv("KT_TRITON_CACHE_MB", raising=False)
+    monkeypatch.delenv("KT_KERNEL_CACHE_MB", raising=False)
     root = tmp_path / "kt" / "triton"
     root.mkdir(parents=True)
     return root
@@ -65,23 +74,81 @@ def test_a_cache_under_its_limit_or_the_users_own_is_left_whole(cache, tmp_path,
     assert trim_triton_cache(1) == 0
 
 
+SETTINGS = [("KT_TRITON_CACHE_MB", triton_cache_limit, 4096), ("KT_KERNEL_CACHE_MB", kernel_cache_limit, 512)]
+
+
+@pytest.mark.parametrize("setting, limit_of, default", SETTINGS)
 @pytest.mark.parametrize(
     "value, limit",
-    [(None, 4096 * MB), ("", 4096 * MB), ("100", 100 * MB), (" 7 ", 7 * MB), ("Unlimited", None)],
+    [(None, "default"), ("", "default"), ("100", 100 * MB), (" 7 ", 7 * MB), ("Unlimited", None)],
 )
-def test_kt_triton_cache_mb_is_a_size_in_mb_or_unlimited(value, limit, monkeypatch):
-    if value is None:
-        monkeypatch.delenv("KT_TRITON_CACHE_MB", raising=False)
-    else:
-        monkeypatch.setenv("KT_TRITON_CACHE_MB", value)
-    assert triton_cache_limit() == limit
+def test_the_cache_sizes_are_sizes_in_mb_or_unlimited(setting, limit_of, default, value, limit, monkeypatch):
+    monkeypatch.delenv("KT_TRITON_CACHE_MB", raising=False)
+    monkeypatch.delenv("KT_KERNEL_CACHE_MB", raising=False)
+    if value is not None:
+        monkeypatch.setenv(setting, value)
+    assert limit_of() == (default * MB if limit == "default" else limit)
 
 
+@pytest.mark.parametrize("setting, limit_of, default", SETTINGS)
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", "2GB", "none"])
-def test_a_kt_triton_cache_mb_that_is_no_size_is_named(value, monkeypatch):
-    monkeypatch.setenv("KT_TRITON_CACHE_MB", value)
-    with pytest.raises(KtError, match=rf"^KT_TRITON_CACHE_MB: '{value}' is no size; give .* or 'unlimited'$"):
-        triton_cache_limit()
+def test_a_cache_size_that_is_no_size_is_named(setting, limit_of, default, value, monkeypatch):
+    monkeypatch.setenv(setting, value)
+    with pytest.raises(
+        KtError, match=rf"^{setting}: '{value}' is no size; give .* \(default {default}\), or 'unlimited'$"
+    ):
+        limit_of()
+
+
+def kernel(root, name, size, age_s, compiled=()):
+    """A generated kernel as kt writes one, `k_<name>.py`, with the bytecode of each Python tag in `compiled`
+    in `__pycache__`, all last written `age_s` ago."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [root / f"k_{name}.py"]
+    paths[0].write_bytes(b"#" * size)
+    for tag in compiled:
+        (root / "__pycache__").mkdir(exist_ok=True)
+        paths.append(root / "__pycache__" / f"k_{name}.{tag}.pyc")
+        paths[-1].write_bytes(b"\0" * 1000)
+    then = time.time() - age_s
+    for path in paths:
+        os.utime(path, (then, then))
+    return paths
+
+
+def test_the_least_recently_used_kernels_go_with_their_bytecode_until_the_folder_is_under_its_limit(cache):
+    hour = TRITON_CACHE_GRACE_S
+    root = cache.parent / "kernels"
+    oldest = kernel(root, "a", MB, 5 * hour, ["cpython-311", "cpython-312"])
+    newer = kernel(root, "b", MB, 3 * hour, ["cpython-311"])
+    running = kernel(root, "c", MB, hour / 2)  # used in the last hour: kept over the limit
+    orphan = root / "__pycache__" / "k_d.cpython-311.pyc"  # its module gone: the bytecode goes alone
+    orphan.write_bytes(b"\0" * MB)
+    os.utime(orphan, (time.time() - 9 * hour,) * 2)
+    (root / "notes.py").write_bytes(b"#" * MB)  # no kernel of kt's: left
+    assert trim_kernel_cache(1) == MB + (MB + 2000) + (MB + 1000)  # the oldest first, over the limit
+    assert not any(p.exists() for p in [orphan, *oldest, *newer]) and (root / TRIMMED).exists()
+    assert all(p.exists() for p in [*running, root / "notes.py"])  # in use, and not kt's
+    assert trim_kernel_cache(1) == 0  # once an hour at most
+    later = time.time() + 2 * hour
+    assert trim_kernel_cache(None, now=later) == 0 and running[0].exists()  # KT_KERNEL_CACHE_MB=unlimited
+    assert trim_kernel_cache(3 * MB, now=later) == 0 and running[0].exists()  # under its limit
+    (root / TRIMMED).unlink()
+    assert trim_kernel_cache(1, now=later) == MB and not running[0].exists()
+
+
+def test_a_kernel_handed_out_is_used_again_and_a_trimmed_one_is_written_again(cache):
+    """write_source refreshes a module's time (the trim goes by it) and writes one the trim removed."""
+    from kt.codegen.emit import load_source, write_source
+
+    source = "VALUE = 41 + 1\n"
+    path = write_source(source)
+    then = time.time() - 5 * TRITON_CACHE_GRACE_S
+    os.utime(path, (then, then))
+    assert write_source(source) == path and path.stat().st_mtime > then + TRITON_CACHE_GRACE_S
+    os.utime(path, (then, then))
+    assert trim_kernel_cache(1) == len(source) and not path.exists()
+    assert load_source(source).VALUE == 42 and path.read_text() == source
 
 
 def test_kts_workers_compile_into_the_cache_it_trims_and_a_pool_trims_it_as_it_starts(cache, monkeypatch):
@@ -92,13 +159,17 @@ def test_kts_workers_compile_into_the_cache_it_trims_and_a_pool_trims_it_as_it_s
     from kt.autotune.tune import generated_candidate
 
     monkeypatch.setenv("KT_TRITON_CACHE_MB", "1")
+    monkeypatch.setenv("KT_KERNEL_CACHE_MB", "1")
     stale = entry(cache, "STALE", 2 * MB, 10 * TRITON_CACHE_GRACE_S)
+    stale_kernels = kernel(
+        cache.parent / "kernels", "stale", 2 * MB, 10 * TRITON_CACHE_GRACE_S, ["cpython-311"]
+    )
     plan = kt.plan(
         {"name": "tiny", "op": "dense", "dtype": "float16", "shape": {"m": 24, "n": 40, "k": 32}}, budget=1
     )
     jobs = [(generated_candidate(plan.problem, plan.config(plan.ranked[0])), plan.space.device)]
     with compile_pool(workers=1) as pool:
-        assert not stale.exists()
+        assert not stale.exists() and not any(p.exists() for p in stale_kernels)
         (built,) = compile_builds(jobs, pool)
     assert built.status == "ok", built.message
     compiled = [p for p in cache.iterdir() if p.is_dir()]
@@ -114,13 +185,14 @@ def test_kts_workers_compile_into_the_cache_it_trims_and_a_pool_trims_it_as_it_s
     assert again.status == "ok", again.message
 
 
-def test_a_kt_triton_cache_mb_that_is_no_size_is_refused_before_a_tune(tmp_path):
+@pytest.mark.parametrize("setting", ["KT_TRITON_CACHE_MB", "KT_KERNEL_CACHE_MB"])
+def test_a_cache_size_that_is_no_size_is_refused_before_a_tune(setting, tmp_path):
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: s\nshape: {m: 16, n: 16, k: 16}\n")
-    env = {**os.environ, "KT_TRITON_CACHE_MB": "2GB", "KT_CACHE_DIR": str(tmp_path / "c")}
+    env = {**os.environ, setting: "2GB", "KT_CACHE_DIR": str(tmp_path / "c")}
     done = subprocess.run(
         [sys.executable, "-m", "kt.cli", "tune", str(spec), "--out", str(tmp_path / "art"), "--budget", "1"],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
-    assert done.returncode == 2 and done.stderr.startswith("kt: error: KT_TRITON_CACHE_MB: '2GB' is no size")
+    assert done.returncode == 2 and done.stderr.startswith(f"kt: error: {setting}: '2GB' is no size")
     assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "art").exists(), done.stderr

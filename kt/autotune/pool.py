@@ -171,7 +171,7 @@ class _Slot:
 
 def worker_env(extra: dict[str, str]) -> dict[str, str]:
     """A worker's environment: this process's, `extra`, and Triton's compile cache under kt's cache folder
-    (`<kt cache>/triton`, tens of MB per tune, trimmed as each pool starts: `kt.files.trim_triton_cache`) unless
+    (`<kt cache>/triton`, tens of MB per tune, trimmed as each pool starts: `kt.files.trim_caches`) unless
     TRITON_CACHE_DIR says where."""
     from kt.files import cache_dir
 
@@ -224,12 +224,11 @@ class WorkerPool:
         startup_s: float = STARTUP_S,
     ):
         from kt.cpus import WORKER_THREADS_ENV
-        from kt.files import trim_triton_cache, triton_cache_limit
+        from kt.files import trim_caches
 
         self.timeout_s, self.startup_s = timeout_s, startup_s
         self.slots: list[_Slot] = []
-        # the compiles of tunes before (GBs after a `kt collect --all`), before this one's workers add theirs
-        trim_triton_cache(triton_cache_limit())
+        trim_caches()  # the compiles and kernels of tunes before, before this one's workers add theirs
         # torch's threads in each worker: the CPUs this process may use, shared among all the pool's workers
         threads = {WORKER_THREADS_ENV: str(worker_threads(sum(workers for workers, _ in groups.values())))}
         try:

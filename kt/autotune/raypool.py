@@ -81,8 +81,11 @@ class RayPool:
         gpu_groups: Iterable[str] = (),
         startup_s: float = STARTUP_S,
     ):
+        from kt.files import kernel_cache_limit, trim_kernel_cache
+
         ray = _ray()
         check_address(address)
+        trim_kernel_cache(kernel_cache_limit())  # this machine's: a tune writes its candidates there
         self.owned = not ray.is_initialized()  # kt started it (or connected): kt shuts it down on close
         if self.owned:
             _connect(ray, address)

@@ -25,10 +25,15 @@ def source_hash(source: str) -> str:
 
 
 def write_source(source: str, directory: Path | None = None) -> Path:
-    """The source's file in the kernel cache, written atomically if it is not there yet."""
+    """The source's file in the kernel cache, written atomically if it is not there yet, its time refreshed if it
+    is (kt.files.trim_kernel_cache removes the least recently used first, none used in the last hour)."""
     path = (directory or cache_dir()) / "kernels" / f"k_{source_hash(source)}.py"
-    if not path.exists():  # named by its hash: a file already there holds this source
+    try:  # named by its hash: a file already there holds this source
+        os.utime(path)
+    except FileNotFoundError:
         atomic_write_text(path, source)  # creates the kernels directory
+    except OSError:  # another user's file in a shared cache, a read-only one: there, and used as it is
+        pass
     return path
 
 
