@@ -598,8 +598,8 @@ class BlockGemmFamily(StructuredFamily):
         return out
 
     def variables(self, problem: StructuredProblem, config: BlockGemmConfig) -> dict[str, Any]:
-        stages = []
-        for stage in stages_for(problem, config):
+        stages, launches = [], stages_for(problem, config)
+        for stage in launches:
             block_n, block_k = stage_tiles(stage, config)
             factor = stage.factor
             weight = (factor.first, factor.levels) if isinstance(problem, ButterflyProblem) else factor.weight
@@ -656,4 +656,19 @@ class BlockGemmFamily(StructuredFamily):
                 op_doc=f"FFT over n={problem.n} as dense DFT blocks (four-step, n = {n1} x {problem.n // n1})",
                 call_doc="kernel(x) = torch.fft.fft(x) over the last dim (complex format: see kernel()).",
             )
+        if config.ends:
+            variables["ends_doc"] = _ends_doc(*strided_ends(launches), planes=problem.family == "fft")
         return {**variables, "fused": bool(config.fused), "ends": bool(config.ends), "stages": stages}
+
+
+def _ends_doc(x: bool, y: bool, planes: bool) -> str:
+    """What feature-major ends copy, for a module's docstring: the ends whose map is strided, each where its
+    tensor's rows are not adjacent (`_run` in the template)."""
+    launch = "one transpose launch per plane: a complex tensor has two" if planes else "one transpose launch"
+    if x and y:
+        return (
+            "x and y, which the first launch reads and the last writes through strided end maps, go through "
+            f"feature-major copies ({launch}) where their rows are not adjacent."
+        )
+    which = "x, which the first launch reads" if x else "y, which the last launch writes"
+    return f"{which} through a strided end map, goes through a feature-major copy ({launch}) where its rows are not adjacent."

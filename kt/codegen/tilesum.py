@@ -496,8 +496,9 @@ def _plan(problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
             f"kernel(x, w): x (..., {problem.in_features}), w = W.to_sparse_bsr({tuple(problem.block)}) with W "
             f"({problem.out_features}, {problem.in_features}) -> y (..., {problem.out_features}) = F.linear(x, W); "
             "block-rows of W with no stored block give exact zeros. Any W in these blocks works; the config was "
-            "tuned for the shape and pattern below."
+            "tuned for the shape and pattern in the module's docstring."
         )
+        fused_doc = "one launch: a block-sparse layer has no fused form"
         features = "w.shape[1], w.shape[0]"
         bsr_check(problem, "w", "BLOCK")
         kernels.append({"name": "bsr_kernel", "sources": ["bsr"]})
