@@ -147,7 +147,7 @@ def check_axis(family: str, axes: dict[str, tuple[int, ...] | None], axis: str, 
     for value in values if allowed is not None else ():
         if value not in allowed:
             raise SpecError(
-                path, f"{value} is not a value of this axis; allowed: {', '.join(map(str, allowed))}"
+                path, f"{shown(value)} is not a value of this axis; allowed: {', '.join(map(str, allowed))}"
             )
 
 

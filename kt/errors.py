@@ -4,7 +4,16 @@ import contextlib
 import re
 import reprlib
 
-_SHORT = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
+
+class _Repr(reprlib.Repr):
+    def repr_int(self, x, level):
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more than Python's 4,300 digits: repr() refuses to make the text
+            return f"<an integer of {x.bit_length():,} bits>"
+
+
+_SHORT = _Repr()  # attributes, not keywords: Python 3.11's Repr takes none
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
 _SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
 

@@ -369,7 +369,7 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
         variants = [  # a value that is not an integer fails validation: its text (any size) is never built
             (f"shape.{axis}", f"shape.{axis}[{i}]", {**data, "shape": {**shape, axis: v}}, suffix)
             for i, v in enumerate(values)
-            for suffix in [f"_{tag}{v}" if isinstance(v, int) else ""]
+            for suffix in [f"_{tag}{v}" if isinstance(v, int) and 0 < v <= MAX_DIM else ""]
         ]
     specs = []
     name = data.get("name")
@@ -394,6 +394,8 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
             field = exc.field
             if field == prefix or field.startswith(prefix + "."):
                 field = indexed + field[len(prefix) :]
+            elif field == "shape" and prefix != "shape":  # the operands of this batch: too large
+                field = indexed
             raise SpecError(field, exc.reason, exc.source) from None
     return specs
 
@@ -537,7 +539,10 @@ def _monarch_shape(value: Any, path: str) -> MonarchShape:
         n = _int(value["n"], f"{path}.n", 1, MAX_DIM)
         nblocks = _int(value["nblocks"], f"{path}.nblocks", 1, n)
         if n % nblocks:
-            divisors = [d for d in range(2, min(n, 4096) + 1) if n % d == 0][:8]
+            divisors = [d for d in range(2, min(n, 4096) + 1) if n % d == 0][:8] or [
+                1,
+                n,
+            ]  # a prime n: 1 or n
             raise SpecError(
                 f"{path}.nblocks", f"must divide n={n}, got {nblocks} (e.g. {', '.join(map(str, divisors))})"
             )
@@ -568,13 +573,13 @@ def _triple(value: Any, path: str, names: str) -> tuple[int, int, int]:
     return tuple(_int(v, f"{path}[{i}]", 1, MAX_DIM) for i, v in enumerate(value))
 
 
-def _vector_shape(value: Any, path: str, power_of_two: bool) -> VectorShape:
+def _vector_shape(value: Any, path: str, power_of_two: bool, most: int = MAX_DIM) -> VectorShape:
     if value is None:
         raise SpecError(path, "is required: a mapping {batch: B, n: N}")
     _mapping(value, path)
     _keys(value, path, allowed=("batch", "n"), required=("batch", "n"))
     batch = _int(value["batch"], f"{path}.batch", 1, MAX_DIM)
-    n = _int(value["n"], f"{path}.n", 2, MAX_DIM)
+    n = _int(value["n"], f"{path}.n", 2, most)
     if power_of_two and n & (n - 1):
         below = 1 << (n.bit_length() - 1)
         raise SpecError(
@@ -593,7 +598,7 @@ FFT_MAX_DIRECT = 4096  # an n without such a split runs as one n x n DFT: 128 Mi
 def _fft_shape(value: Any, path: str) -> VectorShape:
     """An FFT's shape: n = n1 * n2 with both at most FFT_MAX_BLOCK (two DFT stages), or up to FFT_MAX_DIRECT
     (one DFT). Any other n fell back to one n x n DFT whose matrix no GPU holds (32 TiB at n = 2**21)."""
-    shape = _vector_shape(value, path, power_of_two=False)
+    shape = _vector_shape(value, path, power_of_two=False, most=FFT_MAX_BLOCK**2)
     n = shape.n
     if n > FFT_MAX_DIRECT and not any(
         n % n1 == 0 and n // n1 <= FFT_MAX_BLOCK for n1 in range(-(-n // FFT_MAX_BLOCK), FFT_MAX_BLOCK + 1)
@@ -655,7 +660,7 @@ def _sparsity(
     if value is None:
         raise SpecError(
             path,
-            "is required: {block: [bo, bi]} with one of density (and seed), pattern, mask or prune",
+            "is required: {block: [bo, bi]} with one of density (and seed), pattern, mask, prune or layout",
         )
     _mapping(value, path)
     _keys(value, path, allowed=("block", "density", "seed", "pattern", "width", "mask", "prune", "layout"))
@@ -689,11 +694,9 @@ def _sparsity(
     if not given and "density" not in value and "layout" not in value:
         raise SpecError(path, "needs a pattern: one of density (and seed), pattern, mask, prune or layout")
     kind = given[0] if given else "density" if "density" in value else "layout"
-    for key, allowed_with in (("seed", "density"), ("width", "pattern")):
-        if key in value and kind != allowed_with:
-            raise SpecError(
-                f"{path}.{key}", f"applies to {allowed_with} patterns only (this one is given by {kind})"
-            )
+    for key, allowed_with in (("seed", "random (density) patterns"), ("width", "the banded pattern")):
+        if key in value and kind != ("density" if key == "seed" else "pattern"):
+            raise SpecError(f"{path}.{key}", f"applies to {allowed_with} only (this one is given by {kind})")
     if "density" in value and kind not in ("density", "prune"):
         raise SpecError(
             f"{path}.density",
@@ -735,13 +738,13 @@ def _sparsity(
             # a spec read back from an artifact: its layout is the pattern its kernel was built for, whether the
             # file is gone or was changed since (an edited mask.npy called the intact meta.json "damaged")
             layout_only = True
-        elif Path(file_path).is_file():
+        elif _there(file_path, f"{path}.{kind}") == "file":
             if kind == "mask":
                 mask = _read_mask(file_path, f"{path}.mask", grid)
             else:
                 weight = _read_weight(file_path, f"{path}.prune", (shape.out_features, shape.in_features))
                 mask = patterns.prune_mask(weight, block, density)
-        elif Path(file_path).is_dir():
+        elif _there(file_path, f"{path}.{kind}") == "folder":
             what = "mask (.npy)" if kind == "mask" else "weight (.pt)"
             raise SpecError(f"{path}.{kind}", f"{file_path!r} is a folder; give the {what} file in it")
         else:
@@ -949,7 +952,8 @@ def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...
         values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
         if not isinstance(values, list) or not values:
             raise SpecError(where, f"must be a non-empty list of integers, got {_kind(values)}")
-        kept = tuple(dict.fromkeys(_int(v, f"{where}[{i}]", 0, 2**20) for i, v in enumerate(values)))
+        # any integer: the axis's name is checked first, then the values against its own (kt.axes)
+        kept = tuple(dict.fromkeys(_int(v, f"{where}[{i}]", None, None) for i, v in enumerate(values)))
         axes.append((axis, kept))
     return tuple(axes)
 
@@ -971,7 +975,8 @@ def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], .
             raise SpecError(
                 where, "must name the config's fields, e.g. {block_m: 128, block_n: 128, block_k: 64}"
             )
-        configs.append(tuple((str(key), _int(v, f"{where}.{key}", 0, 2**20)) for key, v in config.items()))
+        # any integer: the field's name is checked first, then the value against its own (kt.axes)
+        configs.append(tuple((str(key), _int(v, f"{where}.{key}", None, None)) for key, v in config.items()))
     return tuple(configs)
 
 
@@ -1062,7 +1067,7 @@ def _check_memory(
     total = elements * itemsize(dtype)
     if total > MAX_OPERAND_BYTES:
         raise SpecError(
-            "shape",
+            "shape" if terms is None else "terms",  # a sum has no shape of its own to write
             f"the operands need {total / 2**30:.1f} GiB; kt allows at most {MAX_OPERAND_BYTES / 2**30:.0f} GiB",
         )
 
@@ -1119,17 +1124,36 @@ def _keys(value: Mapping, path: str, allowed: tuple[str, ...], required: tuple[s
             raise SpecError(f"{path}.{key}" if path else key, "is required")
 
 
-def _int(value: Any, path: str, low: int, high: int) -> int:
+def _int(value: Any, path: str, low: int | None, high: int | None) -> int:
+    """An integer from `low` to `high`, or any integer where both are None (a value that the field's own
+    check then places: a tune.space axis's or a config field's allowed values)."""
     # numbers.Integral: numpy's integers too (a shape computed with numpy); never a bool
+    ranged = "" if low is None else f" from {low} to {high}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if real and math.isfinite(value) and float(value).is_integer() and low <= value <= high:
+        if (
+            real
+            and math.isfinite(value)
+            and float(value).is_integer()
+            and (low is None or low <= value <= high)
+        ):
             raise SpecError(path, f"must be an integer (write {int(value)}, not {value!r})")
-        raise SpecError(path, f"must be an integer from {low} to {high}, got {_kind(value)}")
+        raise SpecError(path, f"must be an integer{ranged}, got {_kind(value)}")
     value = int(value)
-    if not low <= value <= high:
+    if low is None and value.bit_length() > 64:  # its text (as part of a config's key) is past Python's limit
+        raise SpecError(path, f"{shown(value)} is larger than any value it takes")
+    if low is not None and not low <= value <= high:
         raise SpecError(path, f"must be an integer from {low} to {high}, got {shown(value)}")
     return value
+
+
+def _there(path: str, field: str) -> str | None:
+    """ "file", "folder" or None for a data file the spec names; a name past the file system's limit is refused
+    naming `field` (pathlib raised "File name too long" with the whole path and no field)."""
+    try:
+        return "file" if Path(path).is_file() else "folder" if Path(path).is_dir() else None
+    except OSError as exc:
+        raise SpecError(field, f"{shown(path)} is no file ({exc.strerror})") from None
 
 
 def _choice(value: Any, path: str, allowed: tuple[str, ...], required: bool = False) -> str:
@@ -1147,8 +1171,10 @@ _INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o_*[0-7][0-7_]*|0x_*[0-9a-fA-F][0-9a-
 _FLOAT = re.compile(
     r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
+MAX_DIGITS = 40  # an integer written with more (2**128 has 39 decimal digits) is refused as it is read
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")  # YAML 1.2's: yes, no, on and off are text
 _INT_TAG, _FLOAT_TAG, _BOOL_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
+_TIME_TAG = "tag:yaml.org,2002:timestamp"
 
 
 def _yaml_12_numbers(cls) -> None:
@@ -1156,9 +1182,14 @@ def _yaml_12_numbers(cls) -> None:
     1e3 are numbers (1.1 reads them as text), 1:00 is text (1.1: 60 in base 60), 0o17 is octal. A decimal with a
     leading zero (0100: octal 64 in 1.1, 100 in 1.2) is refused as ambiguous. Underscores (1_024) stay. Only
     true and false are booleans: yes, no, on and off are text (`transposed: yes` was read as true, and
-    `name: no` refused as a boolean)."""
+    `name: no` refused as a boolean). Dates are text too (YAML 1.2 has no timestamps: `name: 2024-01-01` was
+    refused as a date)."""
     cls.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)]
+        first: [
+            (tag, regexp)
+            for tag, regexp in resolvers
+            if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG, _TIME_TAG)
+        ]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
     cls.add_implicit_resolver(_BOOL_TAG, _BOOL, list("tTfF"))
@@ -1193,15 +1224,24 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node).replace("_", "")
         digits = text.lstrip("+-")
-        if digits.startswith(("0x", "0o")):
-            return int(text, 0)
-        if len(digits) > 1 and digits.startswith("0"):
-            octal = f", or 0o{digits.lstrip('0') or '0'} for octal" if set(digits) <= set("01234567") else ""
+        if len(digits) > MAX_DIGITS:  # past Python's 4,300 digits, int() and repr() raise ValueError
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"{text} has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write "
-                f'{int(text, 10)}{octal}, or "{text}" (quoted) for text such as a name',
+                f"a number of {len(digits):,} digits is larger than any field takes",
+                node.start_mark,
+            )
+        if digits.startswith(("0x", "0o")):
+            return int(text, 0)
+        if len(digits) > 1 and digits.startswith("0"):
+            octal = set(digits) <= set("01234567")  # 09: YAML 1.1 reads it as text
+            also = f", or 0o{digits.lstrip('0') or '0'} for octal" if octal else ""
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{text} has a leading zero, which YAML 1.1 reads as {'octal' if octal else 'text'} and YAML 1.2 "
+                "as decimal; write "
+                f'{int(text, 10)}{also}, or "{text}" (quoted) for text such as a name',
                 node.start_mark,
             )
         return int(text, 10)

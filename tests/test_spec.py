@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from kt.errors import SpecError
-from kt.spec import DenseShape, Layout, OpSpec, TuneOptions, load_spec, parse_spec
+from kt.errors import SpecError, shown
+from kt.spec import DenseShape, Layout, OpSpec, TuneOptions, load_spec, load_specs, parse_spec
 
 VALID = {
     "op": "dense",
@@ -559,3 +559,92 @@ def test_a_key_of_other_ops_and_a_tab_say_what_is_wrong(tmp_path, text, says):
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert str(caught.value) == f"{path}: {says}"
+
+
+BIG = "1" + "0" * 5000
+HEX = "0x" + "f" * 4000
+SPARSE = "op: blocksparse\nshape: {batch: 8, in: 64, out: 64}\n"
+DENSE = "op: dense\nshape: {m: 64, n: 64, k: 64}\n"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        # past Python's 4,300 digits int() and repr() raise ValueError: a traceback, naming no field
+        (
+            f"op: dense\nshape: {{m: 1, n: 1, k: {BIG}}}\n",
+            "line 2, column 24): a number of 5,001 digits is larger",
+        ),
+        (
+            f"op: dense\nshape: {{m: {HEX}, n: 1, k: 1}}\n",
+            "a number of 4,002 digits is larger than any field takes",
+        ),
+        (f"op: dense\nname: a\nshape: {{m: [{HEX}], n: 1, k: 1}}\n", "a number of 4,002 digits"),
+        # pathlib's "File name too long" with the whole path, naming no field
+        (SPARSE + f"sparsity: {{block: [8, 8], mask: {'a' * 300}.npy}}\n", "sparsity.mask: '"),
+        (SPARSE + f"sparsity: {{block: [8, 8], density: 0.5, prune: {'a' * 300}.pt}}\n", "sparsity.prune: '"),
+        # the range named an upper bound that the next check refused
+        ("op: fft\nshape: {batch: 1, n: 0}\n", "shape.n: must be an integer from 2 to 1048576, got 0"),
+        ("op: fft\nshape: {batch: 1, n: 16777216}\n", "shape.n: must be an integer from 2 to 1048576, got"),
+        # tune.space and tune.configs named a range of 0 to 2**20 that the axis's own values then refused
+        (
+            DENSE + "tune: {space: {block_m: [-1]}}\n",
+            "tune.space.block_m: -1 is not a value of this axis; allowed: 16,",
+        ),
+        (
+            DENSE + "tune: {space: {blockm: [-1]}}\n",
+            "tune.space.blockm: the gemm family has no axis 'blockm'",
+        ),
+        (
+            DENSE + "tune: {configs: [{block_m: 64, block_n: 64, block_k: 64, tma: 2000000}]}\n",
+            "tune.configs[0]: tma: 2000000 is not allowed; allowed: 0, 1, 2",
+        ),
+        # a sum has no shape to write; a batch list's entry is named
+        (
+            "op: sum\nterms:\n" + " - {op: lowrank, shape: {batch: 1048576, dims: [8192, 1, 8192]}}\n" * 2,
+            "terms: the operands need 160.0 GiB",
+        ),
+        (
+            "op: monarch\nname: x\nshape: {batch: [4, 16777216], n: 4096, nblocks: 1}\n",
+            "shape.batch[1]: the operands need",
+        ),
+        ("op: monarch\nshape: {batch: 4, n: 4099, nblocks: 2}\n", "must divide n=4099, got 2 (e.g. 1, 4099)"),
+        (
+            SPARSE + "sparsity: {block: [8, 8], density: 0.5, width: 2}\n",
+            "width: applies to the banded pattern only",
+        ),
+        (
+            SPARSE + "sparsity: {block: [8, 8], pattern: banded, seed: 2}\n",
+            "seed: applies to random (density)",
+        ),
+        (
+            SPARSE,
+            "sparsity: is required: {block: [bo, bi]} with one of density (and seed), pattern, mask, prune or",
+        ),
+        (
+            "op: dense\nshape: {m: 09, n: 64, k: 64}\n",
+            "09 has a leading zero, which YAML 1.1 reads as text and",
+        ),
+    ],
+)
+def test_what_an_audit_of_the_reader_found_is_one_line_naming_the_field(tmp_path, text, words):
+    with pytest.raises(SpecError) as raised:
+        load_specs(write(tmp_path, text))
+    assert words in str(raised.value) and "\n" not in str(raised.value)
+    assert len(str(raised.value)) < 400
+
+
+def test_a_name_written_as_a_date_is_text_as_in_yaml_1_2(tmp_path):
+    """PyYAML's YAML 1.1 reads 2024-01-01 as a date: the name was refused as one, with no hint."""
+    assert load_spec(write(tmp_path, "name: 2024-01-01\n" + DENSE)).name == "2024-01-01"
+
+
+def test_an_integer_too_large_to_print_is_quoted_by_its_bits():
+    assert shown(16**4000) == "<an integer of 16,001 bits>" and shown(12345) == "12345"
+    with pytest.raises(
+        SpecError, match=r"^shape.m: must be an integer from 1 to 16777216, got <an integer of"
+    ):
+        parse_spec({"op": "dense", "shape": {"m": 16**4000, "n": 1, "k": 1}})
+    configs = [{"block_b": 16, "block_n": 16, "block_k": 16, "levels": 16**4000}]
+    with pytest.raises(SpecError, match=r"^tune.configs\[0\].levels: <an integer of 16,001 bits> is larger"):
+        parse_spec({"op": "butterfly", "shape": {"batch": 64, "n": 256}, "tune": {"configs": configs}})
