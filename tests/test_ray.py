@@ -4,9 +4,11 @@ not installed (`pip install -e ".[ray]"`)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -130,6 +132,22 @@ def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(
         pool.timeout_s = 300
         after = list(pool.run([_task(3)]))
         assert after[0].status == "ok", after[0].message
+
+
+def test_each_actor_trims_its_nodes_generated_kernels_as_it_starts(local_ray, tmp_path):
+    """An actor writes each task's module into its node's kernel cache, which only the driver's own trim
+    reached: a node of a cluster kept every kernel of every tune."""
+    node = tmp_path / "node"  # the actor's kt cache: as another node's, which the driver does not trim
+    stale = node / "kernels" / "k_stale.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"#" * (2 << 20))
+    then = time.time() - 10 * 3600
+    os.utime(stale, (then, then))
+    env = {"TRITON_INTERPRET": "1", "KT_CACHE_DIR": str(node), "KT_KERNEL_CACHE_MB": "1"}
+    with RayPool({"interpret": (1, env)}, timeout_s=300) as pool:
+        (done,) = pool.run([_task(0)])
+    assert done.status == "ok", done.message
+    assert not stale.exists() and (node / "kernels" / ".kt-trimmed").exists()
 
 
 @pytest.mark.parametrize(

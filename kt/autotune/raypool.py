@@ -50,7 +50,15 @@ class _Actor:
 
     def __init__(self):
         from kt.autotune.worker import _warm_up
+        from kt.errors import KtError
+        from kt.files import kernel_cache_limit, trim_kernel_cache
 
+        with contextlib.suppress(
+            KtError, OSError
+        ):  # a node's KT_KERNEL_CACHE_MB that is no size: not trimmed
+            trim_kernel_cache(
+                kernel_cache_limit()
+            )  # its node's kernels, which its tasks write (once an hour)
         self.info = _warm_up()
 
     def ready(self) -> dict[str, Any]:
