@@ -219,6 +219,20 @@ def json_round(value):
     return json.loads(json.dumps(value))
 
 
+def test_a_row_refused_leaves_no_layout_of_its_own_behind(tmp_path):
+    """A row and the layouts it names are one transaction: the connection autocommits, so `with conn` began
+    none, and a row refused after its layout was stored left the layout in the table, named by no row."""
+    sparse = _layout_problems()[0]
+    flipped = sparse.layout[:-1] + ("0" if sparse.layout[-1] != "0" else "1")
+    other = type(sparse)(**{**sparse.__dict__, "layout": flipped})
+    with Database(tmp_path / "t.db") as db:
+        assert db.insert(row("c0", problem_key=sparse.key(), problem=sparse.to_dict()))
+        # the same key (a row already there), its problem naming a layout the table does not hold yet
+        assert not db.insert(row("c0", problem_key=sparse.key(), problem=other.to_dict()))
+        assert db.conn.execute("SELECT count(*) FROM layouts").fetchone()[0] == 1
+        assert not db.conn.in_transaction
+
+
 def test_a_schema_5_database_of_whole_layouts_is_found_read_only_and_moved_once_opened_to_write(tmp_path):
     """A database of schema 5 or before holds whole layouts in its keys and problems. Read-only (kt.nn's lookup,
     `kt inspect`) it is not migrated, and a lookup by today's key compares each row's key as kt writes it now;

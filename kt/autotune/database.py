@@ -722,6 +722,8 @@ class Database:
         names = list(row)
         try:
             with self.conn:
+                if named:  # the layouts and the row that names them, together (the connection autocommits)
+                    self.conn.execute("BEGIN")
                 self._put_layouts(named)
                 self.conn.execute(
                     f"INSERT INTO measurements ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
