@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -667,7 +668,9 @@ def test_a_layer_whose_op_kt_cannot_build_is_refused_where_it_is_made():
     an op.yaml's fields (SpecError: shape.n ...)."""
     with pytest.raises(ValueError, match=r"^FFT: 4099 is not a product n1 \* n2 .* \(shape.n of its op\)$"):
         knn.FFT(4099)
-    with pytest.raises(ValueError, match=r"^LowRankLinear: must be a list of 3 to 9 integers .*shape.dims"):
+    with pytest.raises(
+        ValueError, match=r"^LowRankLinear: rank takes at most 7 ranks \(a chain of 2 to 8 factors\), got 8$"
+    ):
         knn.LowRankLinear(16, 16, rank=(3, 4, 5, 6, 7, 8, 2, 3))
     assert knn.FFT(4096).n == 4096 and knn.LowRankLinear(16, 16, rank=(3, 4, 5, 6, 7, 8, 2)).dims[-1] == 16
 
@@ -2404,6 +2407,77 @@ def test_a_layers_bad_argument_is_one_line_naming_it_and_what_is_allowed(make, e
     with pytest.raises(error) as caught:
         make()
     assert str(caught.value) == says
+
+
+def _linear(poison: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.nn.Linear:
+    linear = torch.nn.Linear(8, 8).to(dtype)
+    if poison:
+        with torch.no_grad():
+            linear.weight[1, 2] = poison
+    return linear
+
+
+@pytest.mark.parametrize(
+    "make, error, says",
+    [
+        # an SVD of a weight holding inf made every factor NaN without a word; nan failed in torch's linalg
+        (lambda: knn.LowRankLinear.from_dense(_linear(math.inf), 2), ValueError,
+         "LowRankLinear.from_dense: linear's weight holds 1 non-finite value (inf at [1, 2]); a projection of it "
+         "needs finite values: fix or reinitialise them first"),
+        (lambda: knn.MonarchLinear.from_dense(_linear(math.inf), 2), ValueError, "MonarchLinear.from_dense: linear"),
+        (lambda: knn.ButterflyLinear.from_dense(_linear(math.nan)), ValueError, "ButterflyLinear.from_dense: linear"),
+        (lambda: knn.Sum.from_dense(_linear(math.nan), (2, 2), 0.5, 2), ValueError, "Sum.from_dense: linear's"),
+        (lambda: knn.BlockSparseLinear.from_dense(_linear(-math.inf), (2, 2), 0.5), ValueError, "(-inf at [1, 2])"),
+        # named the dtype the caller never passed, and Sum's as BlockSparseLinear's (after its SVD rounds)
+        (lambda: knn.Sum.from_dense(_linear(dtype=torch.float64), (2, 2), 0.5, 2), TypeError,
+         "Sum.from_dense: linear's weight is torch.float64, which kt's kernels do not take (allowed: torch.float16, "
+         "torch.bfloat16, torch.float32); convert the layer first, e.g. linear.float()"),
+        (lambda: knn.structurize_as(None, {}), TypeError, "structurize_as: model must be an nn.Module, got NoneType"),
+        (lambda: knn.structurize_as(torch.nn.Linear(8, 8), {}, dense=3), TypeError,
+         "structurize_as: dense must be a glob pattern or a sequence of them, got 3"),
+        (lambda: knn.structurize_as(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+                                    {"0.factors.0": torch.randn(8), "0.factors.1": torch.randn(2, 8)}), ValueError,
+         "structurize_as: '0': a low-rank layer's state is factors.0, factors.1, ..., each 2-D, got factors.0 (8,), "
+         "factors.1 (2, 8)"),
+        (lambda: knn.Pointwise(knn.LowRankLinear(8, 8, 2), 2.0), ValueError,
+         "Pointwise: dims must be 1, 2 or 3 (a Conv1d's, Conv2d's or Conv3d's), got 2.0"),
+        (lambda: knn.apply(torch.randn(2, 8), None, "{}"), TypeError,
+         "kt.nn.apply: weights must be a list of the op's weight tensors, got NoneType"),
+        (lambda: knn.apply(torch.randn(2, 8), [torch.randn(8, 8)], {"op": "dense", "dtype": torch.float32}),
+         TypeError, "kt.nn.apply: op must be an op.yaml mapping of text, numbers and lists (a dtype by name: "
+         "'float16'), or its JSON text; Object of type dtype is not JSON serializable"),
+        # the factors were made first: torch's overflow TypeError, or 512 GiB asked of the allocator
+        (lambda: knn.LowRankLinear(4, 3, 10**30), ValueError,
+         "LowRankLinear: rank must be at most 16777216, got 1000000000000000000000000000000"),
+        (lambda: knn.LowRankLinear(4096, 4096, (8, 2**25)), ValueError,
+         "LowRankLinear: rank[1] must be at most 16777216, got 33554432"),
+        (lambda: knn.LowRankLinear(4, 3, (2,) * 8), ValueError,
+         "LowRankLinear: rank takes at most 7 ranks (a chain of 2 to 8 factors), got 8"),
+        (lambda: knn.BlockSparseLinear(8, 4, (2, 2), mask=[[1, 0], [1]]), ValueError,
+         "BlockSparseLinear: mask must be a 2-D array of the block grid (rows of equal length), got rows of "
+         "different lengths"),
+        (lambda: knn.BlockSparseLinear(8, 4, (2, 2), mask=torch.ones(4, 2).to_sparse()), ValueError,
+         "BlockSparseLinear: mask must be a dense tensor or array of the block grid, got torch.sparse_coo (a "
+         "sparse one: pass mask.to_dense())"),
+        (lambda: knn.BlockSparseLinear(8, 4, (2, 2), mask=[[1, None], [1, 0], [1, 1], [0, 1]]), ValueError,
+         "BlockSparseLinear: mask must hold booleans or 0/1 numbers (1: the block is kept), got object values "
+         "such as None"),
+        (lambda: knn.BlockSparseLinear(8, 4, (2, 2), mask=[[1, 0], [1, 0], [1, 1], [0, 1]], seed=5), ValueError,
+         "BlockSparseLinear: seed draws a density's pattern; a mask gives it, got seed=5"),
+        (lambda: selection.bucket(-5), ValueError, "bucket: rows must be 0 or more, got -5"),
+    ],
+)  # fmt: skip
+def test_what_an_audit_of_kt_nn_found_is_one_line_naming_the_argument(make, error, says):
+    """What a read-only audit of kt.nn's arguments found: tracebacks from inside torch, numpy or json that named
+    nothing the caller passed, and layers made silently of NaN."""
+    with pytest.raises(error) as caught:
+        make()
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_dense_copy_of_a_weight_holding_inf_is_taken_as_nn_linear_holds_it():
+    layer = knn.DenseLinear.from_dense(_linear(math.inf))
+    assert layer.weight[1, 2] == math.inf
 
 
 class Scaled(torch.nn.Linear):

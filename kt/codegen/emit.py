@@ -30,10 +30,9 @@ def write_source(source: str, directory: Path | None = None) -> Path:
     path = (directory or cache_dir()) / "kernels" / f"k_{source_hash(source)}.py"
     try:  # named by its hash: a file already there holds this source
         os.utime(path)
-    except FileNotFoundError:
-        atomic_write_text(path, source)  # creates the kernels directory
-    except OSError:  # another user's file in a shared cache, a read-only one: there, and used as it is
-        pass
+    except OSError:  # not there (nor, perhaps, its folder), or there and not ours to touch: used as it is
+        if not path.is_file():
+            atomic_write_text(path, source)  # creates the kernels directory
     return path
 
 

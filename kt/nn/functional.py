@@ -307,9 +307,22 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
         from kt.nn.layers import NO_TORCHSCRIPT
 
         raise TypeError(f"kt.nn: {NO_TORCHSCRIPT}")
+    if not isinstance(weights, (list, tuple)):  # None: list()'s TypeError, naming nothing passed
+        raise TypeError(
+            f"kt.nn.apply: weights must be a list of the op's weight tensors, got {type(weights).__name__}"
+        )
     weights = list(weights)
     _require_tensors("kt.nn.apply", x, weights)
-    text = op if isinstance(op, str) else op_text(op)
+    if isinstance(op, str):
+        text = op
+    else:
+        try:
+            text = op_text(op)
+        except (TypeError, ValueError) as exc:  # a torch.float32 for a dtype: json's TypeError
+            raise TypeError(
+                f"kt.nn.apply: op must be an op.yaml mapping of text, numbers and lists (a dtype by name: "
+                f"'float16'), or its JSON text; {exc}"
+            ) from None
     compiling = torch.compiler.is_compiling()
     if not compiling:  # the op's text is checked once (a trace would inline the parse)
         count = _checked_op(text)

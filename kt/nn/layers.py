@@ -37,7 +37,7 @@ from kt.sparsity import (
     mask_to_hex,
     random_mask,
 )
-from kt.spec import MAX_DIM, MAX_TERMS, SpecError, check_seed
+from kt.spec import MAX_CHAIN, MAX_DIM, MAX_TERMS, SpecError, check_seed
 
 
 def conv1d(module: Any) -> bool:
@@ -424,13 +424,14 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         return {"op": op, "dtype": _kt_dtype(self.dtype, type(self).__name__)}
 
     @classmethod
-    def _linear(cls, linear: Any) -> nn.Linear:
+    def _linear(cls, linear: Any, projects: bool = True) -> nn.Linear:
         """from_dense's argument as an nn.Linear: an nn.Linear (a subclass too) as it is, a transformers Conv1D
         as the nn.Linear it computes (`as_linear`); refused in one line otherwise: a tensor or a torch Conv1d
-        failed with an AttributeError on its first missing attribute."""
+        failed with an AttributeError on its first missing attribute. Its weight's dtype must be one kt's
+        kernels take and, where the layer `projects` it (an SVD, block norms), its values finite."""
         if conv1d(linear):
-            return as_linear(linear)
-        if not isinstance(linear, nn.Linear):
+            linear = as_linear(linear)
+        elif not isinstance(linear, nn.Linear):
             hint = (
                 f" (a 1x1 convolution: kt.nn.Pointwise.from_dense(conv, lambda linear: {cls.__name__}."
                 "from_dense(linear, ...)) makes the layer and computes the convolution with it; structurize does too)"
@@ -441,6 +442,22 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
                 f"{cls.__name__}.from_dense: linear must be an nn.Linear or a transformers Conv1D, got "
                 f"{type(linear).__name__}{hint}"
             )
+        weight = linear.weight
+        if not _takes(weight.dtype):  # named as linear's: the caller passed no dtype (it said "dtype ...")
+            allowed = ", ".join(f"torch.{name}" for name in DTYPES)
+            raise TypeError(
+                f"{cls.__name__}.from_dense: linear's weight is {weight.dtype}, which kt's kernels do not take "
+                f"(allowed: {allowed}); convert the layer first, e.g. linear.float()"
+            )
+        if projects and weight.device.type != "meta":
+            bad = (~torch.isfinite(weight.detach())).nonzero()
+            if len(bad):  # an SVD of it failed inside torch, or made every factor NaN without a word
+                where = tuple(bad[0].tolist())
+                raise ValueError(
+                    f"{cls.__name__}.from_dense: linear's weight holds {len(bad)} non-finite "
+                    f"value{'s' if len(bad) > 1 else ''} ({weight[where].item()} at {list(where)}); a projection "
+                    "of it needs finite values: fix or reinitialise them first"
+                )
         return linear
 
     @classmethod
@@ -517,7 +534,7 @@ class DenseLinear(_KtLinear):
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> DenseLinear:
         """The same weight and bias as `linear`."""
-        linear = cls._linear(linear)
+        linear = cls._linear(linear, projects=False)  # a copy: inf stays inf, as in nn.Linear
         return cls._from_linear(linear, weights={"weight": linear.weight.detach()})
 
 
@@ -540,8 +557,15 @@ class LowRankLinear(_KtLinear):
             isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1 for r in ranks
         ):
             raise ValueError(
-                f"LowRankLinear: rank must be a positive integer or a tuple of them, got {rank!r}"
+                f"LowRankLinear: rank must be a positive integer or a tuple of them, got {shown(rank)}"
             )
+        if len(ranks) > MAX_CHAIN - 1:  # before any tensor is made, as the feature counts are (`_count`)
+            raise ValueError(
+                f"LowRankLinear: rank takes at most {MAX_CHAIN - 1} ranks (a chain of 2 to {MAX_CHAIN} factors), "
+                f"got {len(ranks)}"
+            )
+        for i, r in enumerate(ranks):
+            _count(r, "rank" if len(ranks) == 1 else f"rank[{i}]", "LowRankLinear")
         self.dims = (self.in_features, *map(int, ranks), self.out_features)
         self.factors = nn.ParameterList(
             nn.Parameter(torch.empty(a, b, **self._factory)) for a, b in zip(self.dims, self.dims[1:])
@@ -596,16 +620,28 @@ def _block_mask(mask: Any) -> np.ndarray:
     if isinstance(mask, torch.Tensor):
         if mask.is_meta:
             raise ValueError("BlockSparseLinear: mask is on the meta device, which holds no values")
+        if mask.layout != torch.strided:  # .numpy()'s TypeError, "can't convert Sparse layout tensor"
+            raise ValueError(
+                f"BlockSparseLinear: mask must be a dense tensor or array of the block grid, got {mask.layout} "
+                "(a sparse one: pass mask.to_dense())"
+            )
         mask = mask.detach().cpu().numpy()
-    values = np.asarray(mask)
+    try:
+        values = np.asarray(mask)
+    except ValueError:  # ragged rows: numpy's "setting an array element with a sequence"
+        raise ValueError(
+            "BlockSparseLinear: mask must be a 2-D array of the block grid (rows of equal length), got rows of "
+            "different lengths"
+        ) from None
     if values.dtype == bool:
         return values
     numeric = values.dtype.kind in "iuf"
-    wrong = values[~np.isin(values, (0, 1))] if numeric else values.ravel()
-    if wrong.size:
+    # the first value that is not 0 or 1 (an object array's 1 passed beside its None, and was named)
+    wrong = values[~np.isin(values, (0, 1))] if numeric else [v for v in values.ravel() if v not in (0, 1)]
+    if len(wrong):
         raise ValueError(
             f"BlockSparseLinear: mask must hold booleans or 0/1 numbers (1: the block is kept), got "
-            f"{values.dtype} values such as {wrong[0]!r}"
+            f"{values.dtype} values such as {shown(wrong[0])}"
         )
     return values.astype(bool)
 
@@ -665,6 +701,10 @@ class BlockSparseLinear(_KtLinear):
         grid = (out_features // bo, in_features // bi)
         if (mask is None) == (density is None):
             raise ValueError("BlockSparseLinear: give exactly one of density (with seed) or mask")
+        if mask is not None and not (isinstance(seed, numbers.Integral) and seed == 0):  # it was ignored
+            raise ValueError(
+                f"BlockSparseLinear: seed draws a density's pattern; a mask gives it, got seed={shown(seed)}"
+            )
         if mask is None:
             if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
                 raise ValueError(f"BlockSparseLinear: density must be in (0, 1], got {density!r}")
@@ -1497,7 +1537,9 @@ class Pointwise(_NoTorchScript, nn.Module):
                     f"Pointwise: layer must have a positive integer {attribute} (a kt layer, or an nn.Linear), "
                     f"got {type(layer).__name__} with {attribute}={shown(value)}"
                 )
-        if isinstance(dims, bool) or dims not in (1, 2, 3):
+        if (
+            isinstance(dims, bool) or not isinstance(dims, numbers.Integral) or dims not in (1, 2, 3)
+        ):  # 2.0 too
             raise ValueError(
                 f"Pointwise: dims must be 1, 2 or 3 (a Conv1d's, Conv2d's or Conv3d's), got {shown(dims)}"
             )

@@ -180,6 +180,8 @@ def bucket(rows: int) -> int:
     weight gradient's bucket is taken inside the op, `DEEP`)."""
     if isinstance(rows, bool) or not isinstance(rows, (numbers.Integral, torch.SymInt)):  # inf looped forever
         raise TypeError(f"bucket: rows must be an integer, got {type(rows).__name__} {rows!r}")
+    if isinstance(rows, numbers.Integral) and rows < 0:
+        raise ValueError(f"bucket: rows must be 0 or more, got {rows}")
     size = MIN_BUCKET
     while size < rows:
         size *= 2

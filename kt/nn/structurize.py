@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kt.errors import shown
 from kt.nn.layers import (
     CONVOLUTIONS,
     OTHER_NAMES,
@@ -307,14 +308,20 @@ def structurize_as(
     either way: name DenseLinear ones in `dense` (else the weight is read as the Conv1D's, transposed). The
     new layers take the replaced layer's device and dtype (a model on the meta device gets meta layers: load
     with assign=True); their weights are drawn, for load_state_dict to overwrite."""
+    if not isinstance(model, nn.Module):  # None or a tensor failed on `_modules`, an AttributeError
+        raise TypeError(f"structurize_as: model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(state_dict, Mapping):
         raise TypeError(
             f"structurize_as: state_dict must be a mapping of names to tensors (a state_dict, or safetensors' "
             f"load_file), got {type(state_dict).__name__}"
         )
-    patterns = (dense,) if isinstance(dense, str) else tuple(dense)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"structurize_as: dense must be a glob pattern or a sequence of them, got {dense!r}")
+    patterns = (
+        (dense,) if isinstance(dense, str) else tuple(dense) if isinstance(dense, (list, tuple)) else None
+    )
+    if patterns is None or not all(isinstance(p, str) for p in patterns):  # 3 or None: tuple()'s TypeError
+        raise TypeError(
+            f"structurize_as: dense must be a glob pattern or a sequence of them, got {shown(dense)}"
+        )
     model, state_dict = uncompiled(model), own_names(state_dict)  # a compiled model's state: `_orig_mod.` off
 
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
@@ -428,6 +435,11 @@ def _layer_of_state(
         factors = []
         while isinstance(get(f"factors.{len(factors)}"), torch.Tensor):
             factors.append(get(f"factors.{len(factors)}"))
+        if any(f.dim() != 2 for f in factors):
+            raise ValueError(
+                "a low-rank layer's state is factors.0, factors.1, ..., each 2-D, got "
+                + ", ".join(f"factors.{i} {tuple(f.shape)}" for i, f in enumerate(factors))
+            )
         ranks = tuple(int(f.shape[1]) for f in factors[:-1])
         return LowRankLinear(*shape, ranks, bias=has_bias, **where)
     if isinstance(get("w1"), torch.Tensor):
