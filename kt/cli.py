@@ -2294,8 +2294,11 @@ def inspect(path, db, model, plots_dir, device, gpu):
         row = min(
             (r for r in result.records if r["config_key"] == result.chosen), key=lambda r: r["runtime_ms"]
         )
-        faster = sum(r["runtime_ms"] < row["runtime_ms"] for r in result.records)
-        out.print(f"chosen: {result.chosen} · {_ms(row['runtime_ms'])} ms measured ({faster} rows faster)")
+        # configs, not rows: a database of several tunes holds a config's repeats
+        faster = len({r["config_key"] for r in result.records if r["runtime_ms"] < row["runtime_ms"]})
+        out.print(
+            f"chosen: {result.chosen} · {_ms(row['runtime_ms'])} ms measured ({counted(faster, 'config')} faster)"
+        )
     reports = [(f"tuner ({result.tuner_model or 'stored'})", result.tuner), ("forest", result.forest)]
     reports = [(name, report) for name, report in reports if report is not None]
     table = Table(title=f"predicted vs measured (top-k with k = 5) on {result.gpu}")
@@ -2306,6 +2309,11 @@ def inspect(path, db, model, plots_dir, device, gpu):
     for i, (name, _) in enumerate(columns[0]):
         table.add_row(name, *(rows[i][1] for rows in columns))
     out.print(table)
+    if result.tuner is not None:
+        out.print(
+            "tuner: each row's prediction as its tune stored it, by the model of its round (after the first, "
+            "refitted on the rows before it, this problem's among them: not held out)"
+        )
     if result.forest_from:
         out.print(f"forest: {result.forest_from}")
     for label, importances in result.importances.items():

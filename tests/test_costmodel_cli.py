@@ -137,7 +137,7 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
             handle, fieldnames=[k for k in rows[0] if k != "runtime_ms"], extrasaction="ignore"
         )
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "id": str(i)} for i, row in enumerate(rows, 1))  # one database's ids
     result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
     assert_one_line_error(result, "rows.csv' is not a `kt export` CSV (no runtime_ms column)")
     assert_one_line_error(kt("replay", exported, "--budget", "5"), "(no runtime_ms column)")  # "no sweep"
@@ -146,7 +146,7 @@ def test_fit_and_eval_refuse_data_without_gpu_measurements(tmp_path):
     with open(exported, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "id": str(i)} for i, row in enumerate(rows, 1))  # one database's ids
     result = kt("costmodel", "fit", "--data", exported, "--out", tmp_path / "m.skops")
     assert_one_line_error(result, "rows.csv' line 3: column status is 'weird'; allowed: ok, compile_error, ")
     # nor a runner (a GPU's row as "CUDA" was left out of every fit and replay), nor a number with an
@@ -1056,6 +1056,44 @@ def test_inspect_ranks_each_structured_problem_within_itself(tmp_path):
         assert result.tuner.metrics[name] == pytest.approx(expected[name]), name
 
 
+def test_inspect_ranks_a_configs_repeats_once_as_costmodel_eval_does(tmp_path):
+    """kt's three H200 runs in one file, as a database of several tunes holds them: kt costmodel eval took one
+    row per config of a problem for its ranking metrics, kt inspect counted each repeat as a config."""
+    import numpy as np
+
+    from kt.costmodel.evaluate import Report
+
+    rows, names = [], []
+    for path in sorted(H200_ROWS.parents[1].glob("h200-*/measurements.csv")):
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            names += [name for name in reader.fieldnames if name not in names]
+            rows += list(reader)
+    merged = tmp_path / "three.csv"
+    with merged.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, names, restval="")
+        writer.writeheader()
+        writer.writerows({**row, "id": str(i)} for i, row in enumerate(rows, 1))  # one database's ids
+    result = inspect_tune(merged, plots_dir=tmp_path)
+    stored = [
+        r
+        for r in rows
+        if r["runner"] == "cuda" and r["status"] == "ok" and r["runtime_ms"] and r["predicted_ms"]
+        and r["config_key"] != "pytorch"
+    ]  # fmt: skip
+    arrays = (
+        np.array([float(r["runtime_ms"]) for r in stored]),
+        np.array([float(r["predicted_ms"]) for r in stored]),
+        [r["problem_key"] for r in stored],
+    )
+    per_config = Report(*arrays, configs=[r["config_key"] for r in stored]).metrics
+    per_row = Report(*arrays).metrics
+    assert len({(r["problem_key"], r["config_key"]) for r in stored}) < len(stored)  # repeats there are
+    assert per_config["top1_score"] != pytest.approx(per_row["top1_score"])
+    for name in ("spearman_within_problem", "top1_score", "top5_recall"):
+        assert result.tuner.metrics[name] == pytest.approx(per_config[name]), name
+
+
 def test_a_model_scored_on_data_of_another_target_names_its_device_not_the_device_option(tmp_path):
     h100 = Path(__file__).resolve().parents[1] / "kt" / "costmodel" / "models" / "h100.skops"
     result = kt("costmodel", "eval", "--data", H200_ROWS, "--model", h100)
@@ -1209,7 +1247,7 @@ def test_a_passing_gpu_row_without_a_runtime_is_refused_not_taken_for_a_failure(
     with edited.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "id": str(i)} for i, row in enumerate(rows, 1))  # one database's ids
     message = f"edited.csv' line {line + 2}: column runtime_ms is null in a passing GPU row"
     with pytest.raises(DatabaseError, match=message):
         read_rows(edited)

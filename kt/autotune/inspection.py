@@ -341,6 +341,12 @@ def _held(records: Sequence[dict[str, Any]]) -> list[Any]:
     return [holdout_key(r) for r in records]
 
 
+def _configs(records: Sequence[dict[str, Any]]) -> list[Any]:
+    """Each record's config, by which a Report's ranking metrics take one row per config of a problem (its
+    median): `kt costmodel eval` did, `kt inspect` counted a database's repeats of a config as configs."""
+    return [r.get("config_key") for r in records]
+
+
 def _rows_of(records: Sequence[dict[str, Any]], ids: set[int]) -> np.ndarray:
     """Which of `records` (by identity) are among `ids`."""
     return np.array([id(r) in ids for r in records])
@@ -356,7 +362,8 @@ def _tuner_report(result: InspectResult) -> None:
         return
     runtime, _, groups = measured_arrays(stored)
     predicted = np.array([r["predicted_ms"] for r in stored], dtype=np.float64)
-    result.tuner = Report(runtime, predicted, groups, held=_held(stored))
+    # a database of several tunes holds a config's repeats, each with the prediction of its own tune
+    result.tuner = Report(runtime, predicted, groups, held=_held(stored), configs=_configs(stored))
     if len(stored) < len(result.records):
         result.notes.append(f"{len(result.records) - len(stored)} rows carry no tuner prediction")
 
@@ -408,7 +415,13 @@ def _forest_report(
             groups = [g for g, k in zip(groups, keep) if k]
         prediction = model.predict(scored)
         result.forest = Report(
-            runtime, prediction.runtime_s * 1e3, groups, power, prediction.power_w, held=_held(scored)
+            runtime,
+            prediction.runtime_s * 1e3,
+            groups,
+            power,
+            prediction.power_w,
+            held=_held(scored),
+            configs=_configs(scored),
         )
         result.forest.dropped_rows, result.forest.dropped_shapes = dropped_rows, dropped_shapes
         result.forest_rows = (
@@ -463,6 +476,7 @@ def _forest_report(
         predicted_power,
         folds=folds if folds > 1 else None,
         held=_held(records),
+        configs=_configs(records),
     )
     result.forest_rows = None if gemm.all() else gemm
     result.forest_from = (

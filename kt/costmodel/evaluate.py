@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 from kt.costmodel.features import column
 from kt.costmodel.forest import LEAF, ForestModel, min_rows
@@ -63,13 +63,27 @@ def _nan_last(pred: np.ndarray) -> np.ndarray:
 
 def spearman_within(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> float:
     """Mean Spearman rank correlation of predicted and true within each group of at least 3 rows whose measured
-    values are not all equal. A group the model predicts all equal counts 0 (it ranks nothing), not left out."""
+    values are not all equal. Tied predictions count as a random order among the tied rows (`_spearman`): a
+    group the model predicts all equal counts 0 (it ranks nothing), not left out."""
     true, pred = np.asarray(true, dtype=np.float64), _nan_last(np.asarray(pred, dtype=np.float64))
     scores = []
     for rows in _by_group(groups).values():
         if len(rows) >= 3 and np.ptp(true[rows]) > 0:
-            scores.append(spearmanr(true[rows], pred[rows]).statistic if np.ptp(pred[rows]) > 0 else 0.0)
+            scores.append(_spearman(true[rows], pred[rows]))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def _spearman(true: np.ndarray, pred: np.ndarray) -> float:
+    """Spearman's rho of `pred` against `true`, its expectation over a random order of tied predictions: the
+    correlation of the ranks, the predictions' ranks averaged over their ties (each tied row's expected rank)
+    with the variance of untied ranks, (n^2 - 1) / 12, which any order of them has. scipy's tie correction
+    shrinks that variance instead, which scored predictions that tie in part above any order of them (times
+    1..10 predicted [0, 1, 1, ..., 1]: 0.52, where a random order of the nine ties gives 0.27 on average).
+    Measured ties are ties: their average ranks, with their own variance. Untied, this is scipy's rho."""
+    rt, rp = rankdata(true), rankdata(pred)
+    n = len(rt)
+    spread = rt.std() * np.sqrt((n * n - 1) / 12)
+    return float(np.mean((rt - rt.mean()) * (rp - rp.mean())) / spread)
 
 
 def pick_ratios(true: np.ndarray, pred: np.ndarray, groups: Sequence[Any]) -> list[float]:
@@ -121,8 +135,8 @@ def one_per_config(
     true: np.ndarray, pred: np.ndarray, groups: Sequence[Any], configs: Sequence[Any] | None
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """(true, pred, groups) with one row per (group, config): the median measured value and the median
-    prediction of its rows (the same prediction, from the same features); as they are when `configs` is None
-    or names no config twice in a group."""
+    prediction of its rows (one model's is the same for each, from the same features; the tuner's stored ones
+    are each tune's own); as they are when `configs` is None or names no config twice in a group."""
     if configs is None or len(set(zip(groups, configs))) == len(configs):
         return np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64), list(groups)
     rows: dict[tuple[Any, Any], list[int]] = {}
@@ -176,7 +190,9 @@ class Report:
             "top5_recall": topk_recall(rt, rp, rg, 5),
         }
         if self.power_w is not None and self.predicted_power_w is not None:
-            have = np.isfinite(self.power_w) & np.isfinite(self.predicted_power_w)
+            # a reading of 0 W (the data checks allow it) is no reading: the forest trains on power > 0 only,
+            # and its relative error was inf
+            have = np.isfinite(self.power_w) & np.isfinite(self.predicted_power_w) & (self.power_w > 0)
             if have.any():
                 self.metrics["power_rows"] = int(have.sum())
                 self.metrics["power_median_ape"] = float(
