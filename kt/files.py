@@ -67,9 +67,7 @@ def check_cache_dir() -> Path:
 
 TRITON_CACHE_MB = 4096  # the default size kt trims its workers' Triton compile cache to (KT_TRITON_CACHE_MB)
 KERNEL_CACHE_MB = 512  # and its generated kernels' folder (KT_KERNEL_CACHE_MB): 15 KB a kernel, 30,000-odd
-TRITON_CACHE_GRACE_S = (
-    3600  # an entry written (a kernel: used) more recently is never trimmed: a running tune's
-)
+TRITON_CACHE_GRACE_S = 3600  # an entry written (a kernel: used) since is never trimmed: a running tune's
 TRIMMED = ".kt-trimmed"  # in each folder kt trims: its time is the last trim's
 
 

@@ -539,10 +539,8 @@ def _monarch_shape(value: Any, path: str) -> MonarchShape:
         n = _int(value["n"], f"{path}.n", 1, MAX_DIM)
         nblocks = _int(value["nblocks"], f"{path}.nblocks", 1, n)
         if n % nblocks:
-            divisors = [d for d in range(2, min(n, 4096) + 1) if n % d == 0][:8] or [
-                1,
-                n,
-            ]  # a prime n: 1 or n
+            # a prime n has no divisor from 2 up: 1 and n itself
+            divisors = [d for d in range(2, min(n, 4096) + 1) if n % d == 0][:8] or [1, n]
             raise SpecError(
                 f"{path}.nblocks", f"must divide n={n}, got {nblocks} (e.g. {', '.join(map(str, divisors))})"
             )
@@ -694,9 +692,12 @@ def _sparsity(
     if not given and "density" not in value and "layout" not in value:
         raise SpecError(path, "needs a pattern: one of density (and seed), pattern, mask, prune or layout")
     kind = given[0] if given else "density" if "density" in value else "layout"
-    for key, allowed_with in (("seed", "random (density) patterns"), ("width", "the banded pattern")):
-        if key in value and kind != ("density" if key == "seed" else "pattern"):
-            raise SpecError(f"{path}.{key}", f"applies to {allowed_with} only (this one is given by {kind})")
+    for key, given_by, applies in (
+        ("seed", "density", "random (density) patterns"),
+        ("width", "pattern", "the banded pattern"),
+    ):
+        if key in value and kind != given_by:
+            raise SpecError(f"{path}.{key}", f"applies to {applies} only (this one is given by {kind})")
     if "density" in value and kind not in ("density", "prune"):
         raise SpecError(
             f"{path}.density",

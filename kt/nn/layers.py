@@ -1537,9 +1537,8 @@ class Pointwise(_NoTorchScript, nn.Module):
                     f"Pointwise: layer must have a positive integer {attribute} (a kt layer, or an nn.Linear), "
                     f"got {type(layer).__name__} with {attribute}={shown(value)}"
                 )
-        if (
-            isinstance(dims, bool) or not isinstance(dims, numbers.Integral) or dims not in (1, 2, 3)
-        ):  # 2.0 too
+        # 2.0 is in (1, 2, 3): it failed later, in (stride,) * dims
+        if isinstance(dims, bool) or not isinstance(dims, numbers.Integral) or dims not in (1, 2, 3):
             raise ValueError(
                 f"Pointwise: dims must be 1, 2 or 3 (a Conv1d's, Conv2d's or Conv3d's), got {shown(dims)}"
             )
