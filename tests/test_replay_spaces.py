@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,10 @@ def test_a_kernel_tuner_cache_reads_as_a_space_with_its_failures(tmp_path, bowl)
         ),
         (
             '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": 0}}}',
+            "time must be a positive number",
+        ),
+        (  # an integer past the float range: float()'s OverflowError, a traceback
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": 1' + "0" * 400 + "}}}",
             "time must be a positive number",
         ),
         # another objective: kt compares times (a GFLOP/s objective was minimised, its slowest config the optimum)
@@ -323,9 +328,19 @@ def test_the_parameter_forest_needs_three_points_that_ran():
     assert model.rows == 3 and model.failed_rows == 2
 
 
-@pytest.mark.parametrize("text, parsed", [("100", (100, None)), ("5%", (None, 0.05)), (" 7 ", (7, None))])
+@pytest.mark.parametrize(
+    "text, parsed", [("100", (100, None)), ("5%", (None, Fraction(1, 20))), (" 7 ", (7, None))]
+)
 def test_budgets_are_counts_or_percentages(text, parsed):
     assert parse_budget(text) == parsed
+
+
+def test_a_percentage_budget_is_rounded_up_exactly(tmp_path):
+    """7% as a float, 0.07, times 100 points is 7.000000000000001: its ceiling gave 8 evaluations."""
+    line = {"a": list(range(100)), "b": [1]}
+    space = write_cache(tmp_path / "line.json", line, lambda a, b: 1.0 + abs(a - 50))
+    for percent, evaluations in (("7%", 7), ("14%", 14), ("55%", 55), ("7.5%", 8)):
+        assert replay_file(space, "random", percent, repeats=2).evaluations == 2 * evaluations, percent
 
 
 # int() and float() took these, and the last line echoed them as given

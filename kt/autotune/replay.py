@@ -15,6 +15,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _check_foreign(strategy: str, count: int | None, fraction: float | None, space: TuningSpace) -> None:
+def _check_foreign(strategy: str, count: int | None, fraction: Fraction | None, space: TuningSpace) -> None:
     """top and exhaustive go in a cost model's order, which a Kernel Tuner space has none of (kt's models know
     kt's GEMM configs): below the whole space they would take the file's first points."""
     asked = count if fraction is None else math.ceil(fraction * len(space))

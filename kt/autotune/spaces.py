@@ -21,6 +21,7 @@ import re
 import sys
 import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,15 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _float(value: int | float) -> float:
+    """`value` as a float, inf for an int past the float range (JSON holds any: float() of it is an
+    OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _integer(value: Any) -> bool:
     # an int as it is: float() of one past 1e308 (JSON holds any) is an OverflowError
     return _numeric(value) and (isinstance(value, int) or float(value).is_integer())
@@ -207,14 +217,15 @@ def is_kernel_tuner_file(path: Path) -> bool:
 _BUDGET = re.compile(r"(?P<count>[0-9]+)|(?P<whole>[0-9]+)(?:\.(?P<part>[0-9]+))?%")
 
 
-def parse_budget(text: str | int) -> tuple[int | None, float | None]:
-    """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`)."""
+def parse_budget(text: str | int) -> tuple[int | None, Fraction | None]:
+    """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`), as an
+    exact fraction: 7% of 100 points as a float, 0.07 * 100, is 7.000000000000001, which rounded up to 8."""
     text = str(text).strip()
     match = _BUDGET.fullmatch(text)
     if match and match["count"] and int(text) >= 1:
         return int(text), None
-    if match and not match["count"] and 0 < float(text[:-1]) / 100 <= 1:
-        return None, float(text[:-1]) / 100
+    if match and not match["count"] and 0 < Fraction(text[:-1]) / 100 <= 1:
+        return None, Fraction(text[:-1]) / 100
     raise SpaceError(
         f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage of the space "
         "above 0% and at most 100%, such as 5%"
@@ -364,7 +375,7 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             )
         if isinstance(value, str):  # a configuration that failed on the GPU (CompilationFailedConfig, ...)
             values.append(math.nan)
-        elif _numeric(value) and 0 < value < math.inf:
+        elif _numeric(value) and 0 < value < math.inf and _float(value) < math.inf:
             values.append(float(value))
         else:
             raise SpaceError(

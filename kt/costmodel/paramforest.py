@@ -6,8 +6,8 @@ It learns log(objective) from the numeric encoding of each point's parameters (k
 on top of a starting model's log prediction (`offset`: then it learns where that model is wrong, as
 kt.costmodel.correction does for GEMM launches). The trees' spread is the uncertainty the guided search explores
 with. Points that failed on the GPU are learned too: a classifier forest gives each candidate's chance of
-failing, and the search does not propose a candidate that is more likely to fail than to run.
-"""
+failing: the search's exploiting picks pass over a candidate more likely to fail than to run, and its exploring
+picks weigh each one's expected gain by its chance of running (kt.autotune.search)."""
 
 from __future__ import annotations
 
