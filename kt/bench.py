@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -414,11 +415,16 @@ def _gpu_run(path: Path) -> str | None:
 def _commit(package: Path | None = None) -> str | None:
     """The git commit kt runs from (with "+changes" where tracked files differ from it), or None outside a
     checkout of kt: every run recorded kt_version 0.1.0, so a report could not be tied to the code that made it.
+    $KT_COMMIT, where it is a commit's hex (and "+changes"), says it instead: a lent GPU machine runs a copy of
+    the working tree without .git, whose command names the commit (benchmarks/gpu_session.sh).
     `package`: kt's folder (this file's). An installed kt inside a user's own repository (a .venv in the
     project) is no checkout of kt: its package must be the checkout's top-level `kt`, tracked there (the user's
     commit was recorded as kt's)."""
     import subprocess
 
+    given = os.environ.get("KT_COMMIT", "").strip()
+    if re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", given):  # a copy without .git: a lent GPU machine's
+        return given
     here = str((package or Path(__file__).parent).resolve())
     try:
         head, top = (

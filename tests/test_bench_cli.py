@@ -769,6 +769,23 @@ def test_a_kt_installed_inside_another_repository_records_no_commit(tmp_path):
     assert _commit(checkout / "kt") == head.stdout.strip()
 
 
+def test_a_copy_without_git_records_the_commit_its_command_names(tmp_path, monkeypatch):
+    """A lent GPU machine runs a copy of the working tree without .git: its report said "commit unknown". The
+    session's command names the commit in KT_COMMIT; anything else there is not taken for one."""
+    from kt.bench import _commit
+
+    package = tmp_path / "copy" / "kt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.delenv("KT_COMMIT", raising=False)
+    assert _commit(package) is None
+    monkeypatch.setenv("KT_COMMIT", "109d100a3f2c+changes")
+    assert _commit(package) == "109d100a3f2c+changes"
+    for bogus in ("main", "$(git rev-parse HEAD)", "109d100 extra"):
+        monkeypatch.setenv("KT_COMMIT", bogus)
+        assert _commit(package) is None, bogus
+
+
 def test_the_source_distribution_holds_what_the_readme_points_to_and_kts_version(tmp_path):
     """The sdist held tests that could not run (no conftest.py, no benchmarks/) and lacked the examples, the docs
     and BENCHMARKS.md that the README points to; its version was written twice (pyproject.toml and

@@ -280,10 +280,13 @@ def test_deep_k_builds_compiles_its_groups_and_scores_kts_legality_on_them(tmp_p
     assert scored.returncode == 0 and scored.stdout.splitlines()[-1] == last, scored.stderr
 
 
-@pytest.mark.parametrize("args", [["bogus"], ["all", "3m"], ["-1"]])
+@pytest.mark.parametrize(
+    "args", [["bogus"], ["all", "3m"], ["-1"], ["0.25"], ["700"], ["1.2.3"], ["all", "0"], ["."]]
+)
 def test_the_gpu_session_script_refuses_a_bad_part_before_it_installs_anything(args, tmp_path):
     """benchmarks/gpu_session.sh's argument is checked first: a bad one costs a lent machine's call nothing but
-    the line (it once reached the wheel install first)."""
+    the line (it once reached the wheel install first; 0.25 and 700 minutes, which kt bench refuses, passed it
+    and failed after the 210 s of tests)."""
     done = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), *args],
         capture_output=True,
@@ -293,8 +296,59 @@ def test_the_gpu_session_script_refuses_a_bad_part_before_it_installs_anything(a
         env={**os.environ, "OUT": str(tmp_path / "out")},
     )
     assert done.returncode == 2, done.stderr
-    assert "give the minutes of kt bench (e.g. 4), 'tests', or 'all MINUTES'" in done.stderr
+    assert (
+        "give the minutes of kt bench (0.5 to 600, e.g. 4), 'tests', 'rest', or 'all MINUTES'" in done.stderr
+    )
     assert not (tmp_path / "out").exists()
+
+
+def _session(tmp_path, *args, **env):
+    bin_dir = Path(sys.executable).parent  # the script runs python3: this interpreter, with kt's dependencies
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "OUT": str(tmp_path / "out"), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+             "KT_TESTS_RAN": str(tmp_path / "ran.txt"), **env},
+    )  # fmt: skip
+
+
+def test_the_gpu_session_script_stops_at_once_where_kts_wheels_are_missing(tmp_path):
+    """Without the carried wheels (skops among them) every kt step failed, for the whole call: the script now
+    stops before the first, in one line saying what to carry."""
+    fake = tmp_path / "fake" / "skops"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no skops here')\n")
+    done = _session(tmp_path, "all", "3", PYTHONPATH=str(tmp_path / "fake"))
+    assert done.returncode == 3, (done.stdout[-2000:], done.stderr[-2000:])
+    assert done.stderr.startswith("gpu_session.sh: skops, prettytable or scikit-learn does not import")
+    assert "carry .whl" in done.stderr and "no skops here" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["imports.txt"]
+
+
+def test_the_gpu_session_scripts_rest_runs_the_gpu_tests_the_first_call_did_not_reach(tmp_path):
+    """The tests a call runs are listed on the machine; `rest` leaves them out (the second call was put
+    together by hand, test by test, within the 30 s the machine stays warm). Here every GPU test skips."""
+    if list((ROOT / ".whl").glob("*.whl")):
+        pytest.skip("a checkout holding .whl/ (for the GPU machines) would install them here")
+    first = _session(tmp_path, "tests")
+    assert first.returncode == 0, first.stderr
+    ran = (tmp_path / "ran.txt").read_text().splitlines()
+    assert len(ran) > 20 and all(line.startswith("tests/test_gpu.py::test_") for line in ran)
+    rest = _session(tmp_path, "rest")
+    assert rest.returncode == 0 and f"leaving out the {len(ran)} tests run before" in rest.stderr
+    assert f"{len(ran) + 1} deselected" in (tmp_path / "out" / "gpu-tests-rest.txt").read_text()
+
+
+def test_the_gpu_session_script_skips_a_step_past_the_calls_deadline(tmp_path):
+    """A step is cut at KT_END (the call's deadline, KT_BUDGET_S after an `all` call starts), and one with
+    under 20 s left is skipped: the steps' own caps added up to more than the device's 590 s."""
+    done = _session(tmp_path, "tests", KT_END="1")
+    assert done.returncode == 0, done.stderr
+    assert "skipped, " in (tmp_path / "out" / "gpu-tests.txt").read_text()
+    assert not (tmp_path / "ran.txt").exists() or not (tmp_path / "ran.txt").read_text()
 
 
 def test_the_gpu_session_script_exits_with_kt_benchs_status(tmp_path):
