@@ -42,6 +42,15 @@ CASES = [
 ]
 
 
+def ran(pool, tasks):
+    """Every task's outcome, by id: a pool that gave back fewer (past a deadline it drops the tasks still
+    waiting) would leave the checks over them unrun, and the test passing."""
+    tasks = list(tasks)
+    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    assert len(outcomes) == len(tasks), f"{len(outcomes)} of {len(tasks)} tasks came back"
+    return outcomes
+
+
 def compile_task(index, problem, config, smem_limit=H100.smem_per_block, arch=90):
     """The worker task a runner sends to build `config` of `problem` for sm_90 (kt.autotune.runners)."""
     candidate = generated_candidate(problem, config)
@@ -59,7 +68,7 @@ def pool():
 
 
 def test_generated_kernels_compile_for_sm90_and_use_exactly_the_estimated_shared_memory(pool):
-    outcomes = sorted(pool.run(compile_tasks(CASES)), key=lambda o: o.task.id)
+    outcomes = ran(pool, compile_tasks(CASES))
     for outcome, (problem, config) in zip(outcomes, CASES):
         assert outcome.status == "ok", outcome.message
         used = outcome.values["smem_bytes"]
@@ -101,7 +110,7 @@ def test_legality_counts_the_shared_memory_each_build_allocates_on_sm80_and_sm90
         compile_task(i, problem, config, device.smem_per_block, device.compute_capability)
         for i, (device, problem, config) in enumerate(BUILT)
     ]
-    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    outcomes = ran(pool, tasks)
     for outcome, (device, problem, config) in zip(outcomes, BUILT):
         where = (device.name, config.key())
         assert outcome.status == "ok", (where, outcome.message)
@@ -141,7 +150,7 @@ def test_legality_counts_one_buffer_for_an_unaligned_16_bit_operand(pool):
         compile_task(i, problem, config, device.smem_per_block, device.compute_capability)
         for i, (device, problem, config) in enumerate(UNALIGNED_16)
     ]
-    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    outcomes = ran(pool, tasks)
     compared = 0
     for outcome, (device, problem, config) in zip(outcomes, UNALIGNED_16):
         where = (device.name, str(problem), config.key())
@@ -183,7 +192,7 @@ def structured_task(index, problem, config):
 
 def test_structured_kernels_run_wgmma_for_any_number_of_blocks_per_program(pool):
     tasks = [structured_task(i, p, c) for i, (p, c) in enumerate(STRUCTURED)]
-    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    outcomes = ran(pool, tasks)
     for outcome, (problem, config) in zip(outcomes, STRUCTURED):
         assert illegal_reason(problem, config, H100, stages_for(problem, config)) is None, config.key()
         assert outcome.status == "ok", outcome.message
@@ -214,7 +223,7 @@ def test_mma_sync_block_gemm_builds_keep_stages_less_one_as_legality_counts(pool
         compile_task(i, problem, config, device.smem_per_block, arch)
         for i, (device, arch, problem, config) in enumerate(STAGES_LESS_ONE)
     ]
-    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    outcomes = ran(pool, tasks)
     for outcome, (device, _, problem, config) in zip(outcomes, STAGES_LESS_ONE):
         every_stage = block_shared_memory(problem, config, config.num_stages)
         assert every_stage > device.smem_per_block, config.key()  # the count before 2026-12-05 refused it
@@ -256,7 +265,7 @@ def test_sampled_legal_configs_of_every_family_build_clean_for_sm90_and_use_wgmm
             problem, configs = sampled(example, dtype, count=0 if dtype == "float32" else 1)
             cases += [(example, dtype, problem, config) for config in configs]
     tasks = [compile_task(index, problem, config) for index, (_, _, problem, config) in enumerate(cases)]
-    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    outcomes = ran(pool, tasks)
     bad = [
         ((example, dtype, config.key()), outcome.message)
         for outcome, (example, dtype, _, config) in zip(outcomes, cases)
@@ -376,7 +385,7 @@ def test_the_tma_kernel_builds_with_tma_and_wgmma_within_its_shared_memory_estim
         # the subtiled epilogue stages half the C tile: four stages of 128x256x64 fit in 227 KiB
         (GemmProblem(4096, 4096, 4096), GemmConfig(128, 256, 64, 8, 8, 4, tma=2)),
     ]
-    for outcome in sorted(pool.run(compile_tasks(cases)), key=lambda o: o.task.id):
+    for outcome in ran(pool, compile_tasks(cases)):
         problem, config = cases[outcome.task.id]
         assert outcome.status == "ok", outcome.message
         values = outcome.values
@@ -392,7 +401,7 @@ def test_the_estimate_bounds_the_output_tile_scratch_and_unaligned_rows_spill_as
     scratch = GemmConfig(128, 128, 16, num_warps=8, num_stages=2)
     tasks = [compile_task(0, GemmProblem(4096, 4096, 4096), scratch, A100.smem_per_block, 80)]
     tasks.append(compile_task(1, odd, config))
-    built, spilled = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    built, spilled = ran(pool, tasks)
     assert built.status == "ok", built.message
     assert (
         built.values["smem_bytes"]
@@ -418,7 +427,7 @@ def test_unaligned_float32_fma_builds_at_the_accumulator_limit_with_k_steps_of_3
         GemmConfig(128, 64, 16, num_warps=4, num_stages=2),
     )
     tasks = [compile_task(i, odd, c, A100.smem_per_block, 80) for i, c in enumerate((refused, neighbour))]
-    built, clean = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    built, clean = ran(pool, tasks)
     if gemm.fma_unaligned_reason(odd, refused, A100):
         assert built.status == "out_of_resources" and "at all 255 registers" in built.message, built.message
     else:
@@ -847,7 +856,7 @@ def test_two_warp_programs_with_deep_k_steps_that_legality_admits_build_clean(po
         compile_task(i, problem, config, device.smem_per_block, device.compute_capability)
         for i, (device, problem, config) in enumerate(cases)
     ]
-    outcomes = sorted(pool.run(tasks), key=lambda o: o.task.id)
+    outcomes = ran(pool, tasks)
     assert [o.status for o in outcomes] == ["ok"] * len(cases), [o.message for o in outcomes]
     for outcome, (_, _, config) in zip(outcomes, cases):
         assert outcome.values["local_bytes"] == 0, (config.key(), outcome.values)

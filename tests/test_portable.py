@@ -236,7 +236,13 @@ def test_an_aoti_package_of_the_decomposed_program_runs_without_kt(tmp_path):
     try:
         package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "model.pt2"))
     except Exception as exc:  # noqa: BLE001 - this machine's C++ toolchain (headers, OpenMP), not kt
-        if "compile" not in type(exc).__name__.lower() and "inductor" not in type(exc).__name__.lower():
+        from torch._inductor.exc import CppCompileError
+
+        # only the C++ build's own failure: InductorError wraps every failure of lowering too (kt's
+        # decompositions among the causes), which a skip on its name passed over
+        if not isinstance(exc, CppCompileError) and not isinstance(
+            getattr(exc, "inner_exception", None), CppCompileError
+        ):
             raise
         pytest.skip(f"AOTInductor could not build here: {type(exc).__name__}: {str(exc)[:200]}")
     torch.save({"x": x, "y": model(x).detach()}, tmp_path / "io.pt")
