@@ -635,7 +635,7 @@ SPEC_ERRORS = [
     (
         blocksparse_spec({"block": [16, 16], "pattern": "diagonal", "seed": 3}),
         "sparsity.seed",
-        "density patterns only (this one is given by pattern)",
+        "random (density) patterns only (this one is given by pattern)",
     ),
     (
         blocksparse_spec({"block": [16, 16], "pattern": "diagonal", "density": 0.5}),
