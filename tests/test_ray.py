@@ -134,6 +134,22 @@ def test_a_candidate_that_kills_its_actor_is_a_crash_and_ray_restarts_the_actor(
         assert after[0].status == "ok", after[0].message
 
 
+def test_an_actor_ray_is_restarting_holds_only_its_own_next_task(local_ray):
+    """A task for an actor Ray was restarting (after a crash or a timeout) waited for it in the dispatch loop,
+    up to the start-up bound, 5 s at a time: every other actor's results and timeouts waited with it. The slot
+    is now asked without waiting, and the other slots go on."""
+    with RayPool({"interpret": (2, {"TRITON_INTERPRET": "1"})}, timeout_s=300) as pool:
+        assert [o.status for o in pool.run([_task(0), _task(1)])] == ["ok", "ok"]
+        down, up = pool.slots
+        ray.kill(down["actor"], no_restart=False)  # Ray restarts it: a new process imports torch and Triton
+        pool._restarted(down)
+        asked = time.monotonic()
+        assert pool._restart_done(ray, down) is False and time.monotonic() - asked < 2
+        outcomes = list(pool.run([_task(2), _task(3), _task(4)]))
+        assert sorted(o.task.id for o in outcomes) == [2, 3, 4] and {o.status for o in outcomes} == {"ok"}
+        assert not down.get("restarting") or up["ready"]
+
+
 def test_each_actor_trims_its_nodes_generated_kernels_as_it_starts(local_ray, tmp_path):
     """An actor writes each task's module into its node's kernel cache, which only the driver's own trim
     reached: a node of a cluster kept every kernel of every tune."""

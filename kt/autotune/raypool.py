@@ -167,8 +167,14 @@ class RayPool:
                 if not busy:
                     break
             taken = {id(slot) for slot, _, _ in busy.values()}
+            waiting = (
+                False  # a slot whose actor Ray is restarting: its next task waits, the other slots go on
+            )
             for slot in self.slots:
                 if id(slot) in taken:
+                    continue
+                if slot.get("restarting") and not self._restart_done(ray, slot):
+                    waiting = True
                     continue
                 task = next((t for t in pending if t.group == slot["group"]), None)
                 if task is not None:
@@ -176,13 +182,14 @@ class RayPool:
                 elif inbox is not None:
                     task = inbox.take(slot["group"])
                 if task is not None:
-                    if slot.get("restarting"):
-                        self._await_restart(ray, slot)
                     busy[slot["actor"].run.remote(task.kind, _portable(task.payload))] = (
                         slot,
                         task,
                         time.monotonic(),
                     )
+            if not busy and waiting:  # every free slot's actor is restarting: look again shortly
+                time.sleep(RESTART_POLL_S)
+                continue
             if not busy:
                 if pending:
                     groups = sorted({t.group for t in pending})
@@ -240,27 +247,46 @@ class RayPool:
 
     @staticmethod
     def _restarted(slot) -> None:
-        """The slot's actor is being restarted: wait for it before the next task, and time that task from its
-        start again."""
+        """The slot's actor is being restarted: its next task waits until it answers again (`_restart_done`),
+        and is timed from then. The process that answered last is noted: a `ready` sent just after `ray.kill`
+        can still reach it, as it goes."""
+        slot["gone_pid"] = RayPool._pid(slot)
         slot["ready"], slot["restarting"] = False, True
+        slot["restart_began"] = time.monotonic()
         slot["started"] = slot["actor"].ready.remote()
 
-    def _await_restart(self, ray, slot) -> None:
-        """Wait (up to the start-up bound) until Ray has restarted the slot's actor: a task sent to an actor
-        that is still restarting fails without running."""
-        deadline = time.monotonic() + self.startup_s
-        while time.monotonic() < deadline:
-            try:
-                ray.get(slot["actor"].ready.remote(), timeout=5)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                time.sleep(0.2)
-                continue
-            except ray.exceptions.RayError:
-                time.sleep(0.2)
-                continue
-            slot["ready"] = True
-            break
+    @staticmethod
+    def _pid(slot) -> int | None:
+        """The process of the slot's actor that answered its last `ready`, where that answer is in."""
+        ray = _ray()
+        try:
+            if ray.wait([slot["started"]], timeout=0)[0]:
+                return ray.get(slot["started"], timeout=0).get("pid")
+        except ray.exceptions.RayError:  # it died before answering
+            pass
+        return None
+
+    def _restart_done(self, ray, slot) -> bool:
+        """Whether the slot's restarting actor answers again, without waiting: a task sent to an actor that is
+        still restarting fails without running, and a wait here (up to the start-up bound, 5 s at a time) held
+        every other actor's results and timeouts with it. A `ready` that failed (sent while the actor was
+        down) is sent again; past the start-up bound the task is sent anyway, timed as a first task is."""
+        done, _ = ray.wait([slot["started"]], timeout=0)
+        late = time.monotonic() - slot.get("restart_began", 0.0) > self.startup_s
+        if done:
+            try:  # back: a process other than the one killed answered
+                pid = ray.get(done[0]).get("pid")
+                back = pid is None or pid != slot.get("gone_pid")
+            except ray.exceptions.RayError:  # sent while it was down
+                back = False
+            if not back and not late:
+                slot["started"] = slot["actor"].ready.remote()  # ask again
+                return False
+            slot["ready"] = back
+        elif not late:
+            return False
         slot["restarting"] = False
+        return True
 
     @staticmethod
     def _with_follow_up(outcome, follow_up, pending) -> Iterator[Outcome]:
@@ -319,6 +345,7 @@ def _ctrl_c_held():
 ADDRESS_HELP = "local, auto, HOST:PORT (a cluster's GCS address) or ray://HOST:PORT (Ray Client)"
 CONNECT_S = 5.0  # how long a HOST:PORT has to accept a connection before --ray says nothing answers there
 STARTS_BEFORE_CRASH = 3  # an actor that dies this many times before it starts costs its task a crash
+RESTART_POLL_S = 0.2  # how often the dispatch looks again while every free actor is restarting
 # HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, a Ray Client server) answers
 # with a frame of its own, where an HTTP/1 server (Ray's dashboard on 8265) answers with text or hangs up
 _HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
