@@ -592,6 +592,9 @@ def fit_model(
         )
     except ValueError as exc:
         raise ModelError(f"fit: {str(data)!r}: {_one_line(exc)}") from None
+    # the GPUs the rows were measured on, beside the profile's card: rows tuned for --device h100 on another
+    # card were fitted as h100's model without a word (`kt costmodel fit` says so)
+    model.trained["measured_on"] = sorted({str(r["device"]) for r in records})
     model.save(out)
     return model, len(records)
 

@@ -2166,6 +2166,20 @@ def fit(data, out_path, device, gpu, seed):
     with _working(f"fitting the forest on {data}"):
         model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)
     out.print(f"{model.describe()} from {data} -> {out_path}")
+    measured_on = model.trained.get("measured_on") or []
+    if measured_on and model.device.gpu_name not in measured_on:
+        out.print(
+            f"note: the rows were measured on {', '.join(measured_on)}, and this is {model.device.key}'s model "
+            f"({model.device.gpu_name}): give --device the profile of the card they were measured on (kt "
+            "calibrate writes one)",
+            style="yellow",
+        )
+    if not model.predicts_baseline:  # its absence switched off kt predict's line and the tune's sizing unsaid
+        out.print(
+            "note: no baseline forest: the data holds no timed PyTorch rows (a tune's candidate zero; kt collect "
+            "times none), so this model neither predicts PyTorch's time nor sizes a tune's budget by it",
+            style="yellow",
+        )
 
 
 def _value(value, spec: str) -> str:

@@ -1056,6 +1056,38 @@ def test_inspect_ranks_each_structured_problem_within_itself(tmp_path):
         assert result.tuner.metrics[name] == pytest.approx(expected[name]), name
 
 
+def test_fit_says_what_its_model_lacks_and_whose_card_its_rows_came_from(tmp_path):
+    """A model fitted on rows without candidate zero's (kt collect times none) had no baseline forest, which
+    switched off kt predict's PyTorch line and the tune's sizing without a word; rows tuned for another
+    profile's card (--device h100 on this H200: the H200 run's rows, their target read as h100) were fitted as
+    that card's model without one either."""
+    with H200_ROWS.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        names, rows = reader.fieldnames, list(reader)
+
+    def written(path, kept):
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, names)
+            writer.writeheader()
+            writer.writerows(kept)
+        return path
+
+    whole = kt("costmodel", "fit", "--data", H200_ROWS, "--out", tmp_path / "a.skops", "--device", "h200")
+    assert whole.exit_code == 0 and "note:" not in whole.stdout, whole.stdout
+    collected = written(tmp_path / "collected.csv", [r for r in rows if r["config_key"] != "pytorch"])
+    fitted = kt("costmodel", "fit", "--data", collected, "--out", tmp_path / "b.skops", "--device", "h200")
+    text = " ".join(fitted.stdout.split())
+    assert fitted.exit_code == 0 and "note: no baseline forest: the data holds no timed PyTorch rows" in text
+    as_h100 = written(tmp_path / "as_h100.csv", [{**r, "target": "h100"} for r in rows])
+    fitted = kt("costmodel", "fit", "--data", as_h100, "--out", tmp_path / "c.skops", "--device", "h100")
+    text = " ".join(fitted.stdout.split())
+    assert fitted.exit_code == 0, fitted.stderr
+    assert (
+        "note: the rows were measured on NVIDIA H200, and this is h100's model (NVIDIA H100 80GB HBM3)"
+        in text
+    )
+
+
 def test_inspect_ranks_a_configs_repeats_once_as_costmodel_eval_does(tmp_path):
     """kt's three H200 runs in one file, as a database of several tunes holds them: kt costmodel eval took one
     row per config of a problem for its ranking metrics, kt inspect counted each repeat as a config."""
