@@ -167,9 +167,8 @@ class RayPool:
                 if not busy:
                     break
             taken = {id(slot) for slot, _, _ in busy.values()}
-            waiting = (
-                False  # a slot whose actor Ray is restarting: its next task waits, the other slots go on
-            )
+            # a slot whose actor Ray is restarting: its next task waits, the other slots go on
+            waiting = False
             for slot in self.slots:
                 if id(slot) in taken:
                     continue
