@@ -739,13 +739,13 @@ def _sparsity(
             # a spec read back from an artifact: its layout is the pattern its kernel was built for, whether the
             # file is gone or was changed since (an edited mask.npy called the intact meta.json "damaged")
             layout_only = True
-        elif _there(file_path, f"{path}.{kind}") == "file":
+        elif (found := _there(file_path, f"{path}.{kind}")) == "file":
             if kind == "mask":
                 mask = _read_mask(file_path, f"{path}.mask", grid)
             else:
                 weight = _read_weight(file_path, f"{path}.prune", (shape.out_features, shape.in_features))
                 mask = patterns.prune_mask(weight, block, density)
-        elif _there(file_path, f"{path}.{kind}") == "folder":
+        elif found == "folder":
             what = "mask (.npy)" if kind == "mask" else "weight (.pt)"
             raise SpecError(f"{path}.{kind}", f"{file_path!r} is a folder; give the {what} file in it")
         else:
@@ -1033,17 +1033,13 @@ def _device(value: Any, source: str | None, check_files: bool = True) -> str:
             "device",
             f"unknown device {shown(value)}; allowed: {', '.join(BUILTIN_DEVICES)} or a profile .json",
         )
-    folder = there = False
-    if check_files:  # (an artifact's spec names a file of the machine that tuned it: not looked at)
-        try:
-            folder, there = path.is_dir(), path.is_file()
-        except OSError as exc:  # a name past the file system's limit: "File name too long", naming no field
-            raise SpecError("device", f"{shown(value)} is no profile file ({exc.strerror})") from None
-    if check_files and folder:
+    # (an artifact's spec names a file of the machine that tuned it: not looked at)
+    found = _there(path, "device", "profile file", value) if check_files else "file"
+    if found == "folder":
         raise SpecError(
             "device", f"profile file {str(path)!r} is a folder; give the profile .json file in it"
         )
-    if check_files and not there:
+    if found is None:
         raise SpecError(
             "device", f"profile file {str(path)!r} not found (make one with `kt calibrate --out`)"
         )
@@ -1148,13 +1144,16 @@ def _int(value: Any, path: str, low: int | None, high: int | None) -> int:
     return value
 
 
-def _there(path: str, field: str) -> str | None:
-    """ "file", "folder" or None for a data file the spec names; a name past the file system's limit is refused
-    naming `field` (pathlib raised "File name too long" with the whole path and no field)."""
+def _there(path: str | Path, field: str, what: str = "file", given: str | None = None) -> str | None:
+    """What a file the spec names is: "file", "folder" or None (nothing there). A name past the file system's
+    limit is refused naming `field`, quoting `given` (what the user wrote) or the path: pathlib raised "File
+    name too long" with the whole path and no field."""
     try:
         return "file" if Path(path).is_file() else "folder" if Path(path).is_dir() else None
     except OSError as exc:
-        raise SpecError(field, f"{shown(path)} is no file ({exc.strerror})") from None
+        raise SpecError(
+            field, f"{shown(path if given is None else given)} is no {what} ({exc.strerror})"
+        ) from None
 
 
 def _choice(value: Any, path: str, allowed: tuple[str, ...], required: bool = False) -> str:

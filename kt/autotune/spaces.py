@@ -191,15 +191,6 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _float(value: int | float) -> float:
-    """`value` as a float, inf for an int past the float range (JSON holds any: float() of it is an
-    OverflowError)."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf
-
-
 def _integer(value: Any) -> bool:
     # an int as it is: float() of one past 1e308 (JSON holds any) is an OverflowError
     return _numeric(value) and (isinstance(value, int) or float(value).is_integer())
@@ -375,7 +366,7 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             )
         if isinstance(value, str):  # a configuration that failed on the GPU (CompilationFailedConfig, ...)
             values.append(math.nan)
-        elif _numeric(value) and 0 < value < math.inf and _float(value) < math.inf:
+        elif _numeric(value) and 0 < value <= sys.float_info.max:  # an int past it: float()'s OverflowError
             values.append(float(value))
         else:
             raise SpaceError(

@@ -123,10 +123,15 @@ def _on_meta(who: str, device: torch.device) -> str:
     )
 
 
+TORCH_DTYPES = ", ".join(
+    f"torch.{name}" for name in DTYPES
+)  # the dtypes kt's kernels take, as torch names them
+
+
 def _kt_dtype(dtype: torch.dtype, who: str) -> str:
     """kt's name of `dtype`, or a TypeError naming the dtypes kt's kernels take (a dtype given by name, "float16",
     was refused as "not one that kt's kernels take; use float16, ...")."""
-    allowed = ", ".join(f"torch.{name}" for name in DTYPES)
+    allowed = TORCH_DTYPES
     if not isinstance(dtype, torch.dtype):
         raise TypeError(
             f"{who}: dtype must be a torch.dtype ({allowed}), got {shown(dtype)} ({type(dtype).__name__})"
@@ -444,10 +449,9 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
             )
         weight = linear.weight
         if not _takes(weight.dtype):  # named as linear's: the caller passed no dtype (it said "dtype ...")
-            allowed = ", ".join(f"torch.{name}" for name in DTYPES)
             raise TypeError(
                 f"{cls.__name__}.from_dense: linear's weight is {weight.dtype}, which kt's kernels do not take "
-                f"(allowed: {allowed}); convert the layer first, e.g. linear.float()"
+                f"(allowed: {TORCH_DTYPES}); convert the layer first, e.g. linear.float()"
             )
         if projects and weight.device.type != "meta":
             bad = (~torch.isfinite(weight.detach())).nonzero()
