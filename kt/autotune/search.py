@@ -115,6 +115,9 @@ class SearchStrategy(ABC):
     description: str  # what it measures, for progress lines
     adaptive = False  # True: the loop refits the model between rounds
     ranked = True  # False: its picks are a uniform sample whatever the model predicts (a replay fits none)
+    # False: it spends the budget it is given, which a tune otherwise sizes by the predicted gap to PyTorch's
+    # path (`size_budget`): a random sample and an exhaustive sweep, kt collect's, are not the model's to cut
+    sized = True
 
     @abstractmethod
     def propose(self, state: SearchState) -> list[int]:
@@ -274,6 +277,7 @@ class RandomSearch(OneShotSearch):
     name = "random"
     description = "a random sample"
     ranked = False
+    sized = False
 
     def pick(self, todo, state):
         """The sample a fresh search of this seed draws, less what is measured: a rerun after a stop, or with a
@@ -293,6 +297,7 @@ class ExhaustiveSearch(OneShotSearch):
 
     name = "exhaustive"
     description = "legal configs in the model's order, group_m twins included"
+    sized = False
 
     def propose(self, state):
         return state.unmeasured() if state.round == 0 else []

@@ -321,11 +321,10 @@ def plan_tuning(
     ranked = [int(i) for i in rank(records, values)]
     baseline_s = predicted_baseline_s(cost_model, problem)
     note, asked = None, budget
-    # sized where the model leads (guided, top): a random or exhaustive search spends what it is given (kt
-    # collect's sweeps measured the forest's best 3,729 of 6,120 configs, a sample its first 15 of 24, where
-    # cuBLAS was predicted ahead); without timing it only checks configs
-    led = strategy.name in ("guided", "top")
-    if measures_time and baseline_s is not None and not listed and led:
+    # sized where the model leads (`strategy.sized`): kt collect's sweeps measured the forest's best 3,729 of
+    # 6,120 configs, a sample its first 15 of 24, where cuBLAS was predicted ahead; without timing it only
+    # checks configs
+    if measures_time and baseline_s is not None and not listed and strategy.sized:
         budget, note = size_budget(budget, baseline_s / float(prediction.runtime_s[ranked[0]]))
     note = note or listed_note
     # listed configs are each measured, group_m twins included (the user named them); the exhaustive search
