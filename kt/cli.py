@@ -1654,14 +1654,20 @@ def _profile_name(ctx, param, value):
     return value
 
 
+def _profile_target(value: Path) -> Path:
+    """kt calibrate's output: a .json file (any other name was written over, an op.yaml included)."""
+    value = check_writable(value, "out")
+    return check_suffix(value, "out", ".json", "a device profile is a JSON file that `device:` names")
+
+
 @main.command()
 @click.option(
     "--out",
     "out_path",
     type=_Path(path_type=Path),
     required=True,
-    callback=lambda ctx, param, value: check_writable(value, "out"),  # before the GPU is measured
-    help="Profile JSON to write.",
+    callback=lambda ctx, param, value: _profile_target(value),  # before the GPU is measured
+    help="Profile JSON to write (a .json file).",
 )
 @click.option(
     "--name",
@@ -1672,10 +1678,14 @@ def _profile_name(ctx, param, value):
 def calibrate(out_path, name):
     """Measure this machine's GPU (copy bandwidth, matmul throughput, limits) into a device profile."""
     from kt.autotune.calibrate import calibrate as run_calibration
-    from kt.device import save_profile
+    from kt.device import ProfileError, save_profile
+    from kt.errors import DeviceError
 
     profile = run_calibration(name)
-    save_profile(profile, out_path)
+    try:  # a driver's figure that a profile does not allow (refused before it was written)
+        save_profile(profile, out_path)
+    except ProfileError as exc:
+        raise DeviceError(f"calibrate: {exc}") from None
     out.print(
         f"{profile.gpu_name}: {profile.dram_bandwidth / 1e12:.2f} TB/s copy, "
         + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in profile.peak_flops.items())

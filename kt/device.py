@@ -155,6 +155,9 @@ class DeviceProfile:
 # model knows, and Triton gives sm_75 no mma.sync: profiles of those would be labelled wrong. The numbers
 # between name no GPU (ptxas has no sm_85): a profile of one passed, then every build crashed.
 CAPABILITIES = (80, 86, 87, 89, 90)
+# Resident thread blocks per SM, which the driver does not report (CUDA C Programming Guide, "Technical
+# Specifications per Compute Capability"): calibrate wrote 32 for every card it had no built-in of.
+MAX_BLOCKS_PER_SM = {80: 32, 86: 16, 87: 16, 89: 24, 90: 32}
 
 
 # Every number of a profile (counts, bytes, B/s, FLOP/s, W) lies in this range. Infinity passed once, then broke

@@ -220,3 +220,15 @@ def test_an_op_whose_operands_exceed_a_gpus_memory_is_refused_before_anything_ru
     runner.refuse_unfit(GemmProblem(16384, 16384, 16384))
     machine([H100])  # no memory reported
     CudaRunner(kt.resolve_profile("h100"), workers=1).refuse_unfit(GemmProblem(16384, 16384, 16384))
+
+
+def test_cuda_visible_devices_ends_at_its_first_entry_cuda_cannot_read(machine):
+    """CUDA shows the GPUs listed before an entry that is no index or UUID: `1,-1` is one GPU. kt planned two
+    workers, the second shown `-1` (no GPU at all) and labelled as NVML's GPU 0."""
+    machine([H100, H100, H100, H100], visible="1,-1,2")
+    assert [(s.index, s.visible, s.info.uuid) for s in gpuinfo.machine_gpus()] == [
+        (0, "1", "GPU-10000000-aaaa")
+    ]
+    with pytest.raises(DeviceError, match=r"^gpus: GPU 1 is not visible here; allowed: 0 to 0"):
+        gpuinfo.machine_gpus([1])
+    assert gpuinfo._from_nvml(FourGpuNvml([H100, H100]), "-1") is None  # not NVML's first GPU

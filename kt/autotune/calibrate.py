@@ -1,8 +1,10 @@
 """Calibration: measure a GPU's real ceilings once and store them as a device profile.
 
-Limits (SMs, shared memory, registers, L2) are read from the driver; the two ceilings the roofline needs are
-measured: copy bandwidth (a large device-to-device copy, bytes read plus bytes written) and matrix throughput
-(torch.matmul, i.e. cuBLAS, on large random operands) per math path. The power limit is read, never changed.
+Limits (SMs, shared memory, registers, L2) are read from the driver (resident blocks per SM, which it does not
+report, are the compute capability's); the two ceilings the roofline needs are measured: copy bandwidth (a
+large device-to-device copy, bytes read plus bytes written) and matrix throughput (torch.matmul, i.e. cuBLAS,
+on large random operands) per math path. The power limit is read, never changed (0, not known, where NVML
+cannot say).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from datetime import date
 
 import torch
 
-from kt.device import CAPABILITIES, DeviceProfile, match_gpu
-from kt.errors import DeviceError
+from kt.device import CAPABILITIES, MAX_BLOCKS_PER_SM, DeviceProfile, match_gpu
+from kt.errors import DeviceError, one_line
 
 COPY_BYTES = 1 << 30
 MATMUL_SIZE = 8192
@@ -56,16 +58,11 @@ def matmul_flops(dtype: torch.dtype, tf32: bool = False, size: int = MATMUL_SIZE
 
 
 def _power_limit_w() -> float:
-    """The enforced power limit in W (read, never changed), or 0.0 when NVML cannot say."""
+    """The enforced power limit in W (read, never changed), or 0.0 when NVML cannot say (a profile's "not
+    known", never a datasheet's figure: a card may be capped below it)."""
     from kt.autotune.timing import Nvml
 
-    nvml = Nvml.for_torch_device(torch.cuda.current_device())  # matched by UUID, not by index
-    if nvml.handle is None:
-        return 0.0
-    try:
-        return nvml.pynvml.nvmlDeviceGetEnforcedPowerLimit(nvml.handle) / 1000.0
-    except Exception:
-        return 0.0
+    return Nvml.for_torch_device(torch.cuda.current_device()).power_limit_w()  # matched by UUID, not index
 
 
 def calibrate(name: str | None = None) -> DeviceProfile:
@@ -94,12 +91,16 @@ def calibrate(name: str | None = None) -> DeviceProfile:
         from triton.runtime import driver
 
         smem_block = driver.active.utils.get_device_properties(torch.cuda.current_device())["max_shared_mem"]
-    peaks = {
-        "float16": matmul_flops(torch.float16),
-        "bfloat16": matmul_flops(torch.bfloat16),
-        "tf32": matmul_flops(torch.float32, tf32=True),
-        "float32": matmul_flops(torch.float32, tf32=False, size=4096),
-    }
+    try:  # 2 GiB of copy and three 8192^2 operands: a shared or small card may not hold them
+        peaks = {
+            "float16": matmul_flops(torch.float16),
+            "bfloat16": matmul_flops(torch.bfloat16),
+            "tf32": matmul_flops(torch.float32, tf32=True),
+            "float32": matmul_flops(torch.float32, tf32=False, size=4096),
+        }
+        bandwidth = copy_bandwidth()
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one; a busy exclusive-process card another
+        raise DeviceError(f"calibrate: measuring {props.name} failed: {one_line(exc)}") from None
     return DeviceProfile(
         name=name or (builtin.name if builtin else "gpu"),
         gpu_name=props.name,
@@ -109,11 +110,11 @@ def calibrate(name: str | None = None) -> DeviceProfile:
         regs_per_sm=int(read("regs_per_multiprocessor", "regs_per_sm")),
         max_regs_per_thread=int(fallback.get("max_regs_per_thread", 255)),
         max_threads_per_sm=int(read("max_threads_per_multi_processor", "max_threads_per_sm")),
-        max_blocks_per_sm=int(fallback.get("max_blocks_per_sm", 32)),
+        max_blocks_per_sm=MAX_BLOCKS_PER_SM[capability],  # the driver does not report it
         l2_bytes=int(read("L2_cache_size", "l2_bytes")),
-        dram_bandwidth=copy_bandwidth(),
+        dram_bandwidth=bandwidth,
         peak_flops=peaks,
-        tdp_w=_power_limit_w() or fallback.get("tdp_w", 0.0),
+        tdp_w=_power_limit_w(),
         compute_capability=capability,
         warp_size=int(getattr(props, "warp_size", 32)),
         source=f"calibrated on {date.today().isoformat()} with `kt calibrate` (torch {torch.__version__})",

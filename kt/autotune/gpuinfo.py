@@ -115,10 +115,18 @@ def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
 
 
 def _cuda_visible_devices() -> list[str] | None:
-    """CUDA_VISIBLE_DEVICES's entries (indices, GPU- or MIG- UUIDs), or None when it is unset."""
+    """CUDA_VISIBLE_DEVICES's entries (indices, GPU- or MIG- UUIDs), or None when it is unset. As CUDA reads it,
+    the list ends before its first entry that is none of those (`1,-1` shows one GPU: two workers were
+    planned, the second on no GPU)."""
     if "CUDA_VISIBLE_DEVICES" not in os.environ:
         return None
-    return [e.strip() for e in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+    entries = []
+    for entry in os.environ["CUDA_VISIBLE_DEVICES"].split(","):
+        entry = entry.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        entries.append(entry)
+    return entries
 
 
 def _visible_entry() -> str | None:
@@ -148,7 +156,9 @@ def _from_nvml(nvml=None, entry: str | None | object = _CUDA_0) -> GpuInfo | Non
         elif entry is not None and entry.startswith("MIG-"):
             return None  # a MIG slice: its profile is not the whole GPU's; ask torch
         else:
-            index = int(entry) if entry is not None and entry.isdigit() else 0
+            if entry is not None and not entry.isdigit():
+                return None  # no GPU CUDA would show (it was NVML's first)
+            index = int(entry) if entry is not None else 0
             names = {_text(nvml.nvmlDeviceGetName(h)) for h in handles}
             same_order = os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
             if index < len(handles) and (same_order or len(names) == 1):

@@ -63,6 +63,16 @@ class TimingSettings:
             )
         if self.cooldown_ms < 0 or self.energy_s < 0:
             raise ValueError("timing: cooldown_ms and energy_s must be at least 0")
+        if not (
+            isinstance(self.min_runs, int)
+            and isinstance(self.max_runs, int)
+            and 1 <= self.min_runs <= self.max_runs
+        ):
+            # max_runs 0 timed nothing, then failed indexing an empty list
+            raise ValueError(
+                f"timing: min_runs and max_runs must be integers with 1 <= min_runs <= max_runs, got "
+                f"{self.min_runs!r} and {self.max_runs!r}"
+            )
 
     @property
     def flushed(self) -> bool:
@@ -213,6 +223,7 @@ class Nvml:
 
     def __init__(self, uuid: str | None = None, nvml=None):
         self.handle, self.reason = None, ""
+        self.board = None  # the matched device's handle, whether or not its energy counter reads
         try:
             if nvml is None:
                 import pynvml as nvml
@@ -235,6 +246,7 @@ class Nvml:
             if self.handle is None:
                 self.reason = f"no NVML device matches the GPU (UUID {uuid})"
                 return
+            self.board = self.handle
         except Exception as exc:  # NVML missing, old driver, or no permission: time without energy
             self.handle, self.reason = None, f"NVML unavailable: {one_line(exc)}"
             return
@@ -262,6 +274,19 @@ class Nvml:
 
     def temperature_c(self) -> int:
         return self.pynvml.nvmlDeviceGetTemperature(self.handle, self.pynvml.NVML_TEMPERATURE_GPU)
+
+    def power_limit_w(self) -> float:
+        """The enforced power limit in W (read, never changed), or 0.0 when NVML cannot say (no matching
+        device, or a MIG slice, whose board's limit is not its own). Read from the device's handle even where
+        its energy counter is not readable (a vGPU): the limit is."""
+        if self.board is None:
+            return 0.0
+        try:
+            return self.pynvml.nvmlDeviceGetEnforcedPowerLimit(self.board) / 1000.0
+        except Exception as exc:
+            if self.is_nvml_error(exc):
+                return 0.0
+            raise
 
     def driver_version(self) -> str:
         return _text(self.pynvml.nvmlSystemGetDriverVersion())
