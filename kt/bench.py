@@ -675,12 +675,26 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
     return row
 
 
+def _retime_failed(r: dict[str, Any]) -> str | None:
+    """Why the re-timing after the tune gave a side no time (a wrong result, a timeout), or None: such a row
+    read "not timed", a dry run's words, with the failure in its status columns only."""
+    failed = [
+        f"{side}: {r[f'{prefix}_status']}"
+        for prefix, side in (("kt", "kt"), ("baseline", "PyTorch"))
+        if r.get(f"{prefix}_status") and r.get(f"{prefix}_ms") in (None, "")
+    ]
+    return f"re-time failed ({'; '.join(failed)})" if failed else None
+
+
 def _no_ratio(r: dict[str, Any]) -> str:
     """What a quick-tune row without a ratio shows in its place: why kt's side has no time (no generated
-    config passed, or none was measured in the case's share), or that nothing was timed (a dry run)."""
+    config passed, or none was measured in the case's share; the re-timing failed), or that nothing was timed
+    (a dry run)."""
     if r.get("kt_config") in (None, "") and r.get("kt_missing") and r.get("status") == "ok":
         return r["kt_missing"]
-    return "not timed" if r.get("status") == "ok" else r.get("status") or "-"
+    if r.get("status") != "ok":
+        return r.get("status") or "-"
+    return _retime_failed(r) or "not timed"
 
 
 def _slug(text: str) -> str:
@@ -696,6 +710,8 @@ def _ratio_text(row: dict[str, Any]) -> str:
     if row.get("kt_config") is None and row.get("kt_missing"):
         pytorch = f" ({_fmt(row.get('baseline_ms'), '.4f')} ms)" if row.get("baseline_ms") else ""
         return f"{row['kt_missing']}; PyTorch's path is the artifact{pytorch}"
+    if failed := _retime_failed(row):
+        return failed
     return f"checked, not timed ({row.get('kt_config')} and PyTorch's {row.get('baseline_impl')})"
 
 
@@ -852,7 +868,7 @@ def render_report(result: BenchResult) -> str:
         lines += [
             "",
             f"Worst case {min(ratios):.2f}x, best {max(ratios):.2f}x, geometric mean {geo:.2f}x over "
-            f"{len(ratios)} cases (baseline time / kt time: above 1, kt is faster)"
+            f"{counted(len(ratios), 'case')} (baseline time / kt time: above 1, kt is faster)"
             + (f"; {untimed} more {'has' if untimed == 1 else 'have'} no ratio (above)." if untimed else "."),
         ]
     lines += [
@@ -884,7 +900,8 @@ BEGIN, END = "<!-- kt bench: begin -->", "<!-- kt bench: end -->"
 
 def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
     """Merge a bench run's quick-tune rows into BENCHMARKS.md's kt bench table (a row per device and case; a new
-    run of the same device replaces its rows, other devices' stay). Refuses a dry run's report. Returns the rows
+    run of the same device replaces its rows of the cases it holds, in place, other cases' and devices' stay;
+    a case the run did not reach keeps its earlier row). Refuses a dry run's report. Returns the rows
     merged."""
     report_dir, benchmarks = Path(report_dir), Path(benchmarks)
     path = report_dir / CSV_NAME
@@ -914,12 +931,53 @@ def update_benchmarks(report_dir: str | Path, benchmarks: str | Path) -> int:
             f"update: {str(benchmarks)!r} holds {text.count(BEGIN)} {BEGIN!r} and {text.count(END)} {END!r} "
             "markers; it needs one of each, begin first (or none: the table is then appended)"
         )
+    table = _table_lines(text, benchmarks)
+    held = {_row_key(line) for line in table}
+    # a case the run never reached is no figure: it replaced the device's measured row of that case
+    rows = [r for r in rows if not (_not_reached(r) and (r["device"], r["case"]) in held)]
+    if not rows:
+        return 0
     atomic_write_text(
         benchmarks,
         merge_table(text, rows[0]["device"], [_benchmarks_line(r) for r in rows]),
         make_parent=False,
     )
     return len(rows)
+
+
+def _not_reached(row: dict[str, str]) -> bool:
+    return (row.get("status") or "").startswith("not reached")
+
+
+def _is_separator(line: str) -> bool:
+    """A Markdown table's separator row (`|---|:--:|`), however written."""
+    cells = _cells(line)
+    return bool(cells) and all(re.fullmatch(r":?-+:?", cell) for cell in cells)
+
+
+def _table_lines(text: str, benchmarks: Path | None = None) -> list[str]:
+    """The data rows of the kt bench table between the markers of `text` (none without markers): its header
+    and separator rows, however written, left out. With `benchmarks` (the file's name), a line there that is
+    no table row is refused: a note written inside the markers was dropped without a word, and a separator
+    written `| --- |` was kept as a row."""
+    if BEGIN not in text or END not in text:
+        return []
+    body = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    rows = []
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip() or line in TABLE_HEAD or (line.startswith("|") and _is_separator(line)):
+            continue
+        if not line.startswith("| "):
+            if benchmarks is not None:
+                raise KtError(
+                    f"update: {benchmarks}: line {number} of the kt bench table is no table row "
+                    f"({line.strip()[:60]!r}); kt rewrites the lines between {BEGIN} and {END}: move it out"
+                )
+            continue
+        if _cells(line)[0] == "device":  # a header, an older version's included
+            continue
+        rows.append(line)
+    return rows
 
 
 # the report's columns a BENCHMARKS.md row is made of: text every report has, and numbers (a column absent,
@@ -1042,11 +1100,7 @@ def _check_not_older(text: str, rows: list[dict[str, str]], path: Path, benchmar
     """Refuse a report older than the rows of its device and cases that BENCHMARKS.md already holds: merging
     it replaced a newer run's rows without a word (one day's runs by their start, to the minute)."""
     incoming = {(r["device"], r["case"]): _when(r) for r in rows}
-    if BEGIN not in text or END not in text:
-        return
-    for line in text.split(BEGIN, 1)[1].split(END, 1)[0].splitlines():
-        if not line.startswith("| ") or line in TABLE_HEAD:
-            continue
+    for line in _table_lines(text):
         cells = _cells(line)
         when = incoming.get(_row_key(line))
         if when is not None and _newer(cells[1], when):
@@ -1065,18 +1119,18 @@ TABLE_HEAD = (
 
 def merge_table(text: str, device: str, lines: list[str]) -> str:
     """`text` (BENCHMARKS.md) with `lines` as `device`'s rows of the table between the kt bench markers: that
-    device's earlier rows of the same cases replaced, its other cases' rows (a run with --only) and other
-    devices' kept; the markers and table appended when missing (update_benchmarks refuses malformed ones)."""
-    old: list[str] = []
+    device's earlier rows of the same cases replaced where they stand (a merge again of an earlier run moved
+    them to the end), its other cases' rows (a run with --only) and other devices' kept, new cases appended;
+    the markers and table appended when missing (update_benchmarks refuses malformed ones)."""
+    old = _table_lines(text)
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        body, tail = rest.split(END, 1)
-        old = [line for line in body.splitlines() if line.startswith("| ") and line not in TABLE_HEAD]
+        tail = rest.split(END, 1)[1]
     else:
         head, tail = text.rstrip("\n") + "\n\n", "\n"
-    new = {_row_key(line) for line in lines}
-    kept = [line for line in old if _row_key(line) not in new]
-    return head + BEGIN + "\n".join(["", *TABLE_HEAD, *kept, *lines, ""]) + END + tail
+    new = {_row_key(line): line for line in lines}
+    merged = [new.pop(_row_key(line), line) for line in old]
+    return head + BEGIN + "\n".join(["", *TABLE_HEAD, *merged, *new.values(), ""]) + END + tail
 
 
 def _cells(line: str) -> list[str]:

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import shlex
 import signal
 import sqlite3
 import sys
@@ -2029,7 +2030,7 @@ def bench(out_dir, minutes, smoke, budget, only, update_path, from_dir, quiet, d
             )
         check_writable(update_path, "update", make_parent=False)
     check_cache_dir()
-    command = " ".join(["kt", *sys.argv[1:]])
+    command = shlex.join(["kt", *sys.argv[1:]])  # runnable as written: `--only "dense fp16 skinny"`
     result = run_bench(
         out_dir,
         minutes=minutes,

@@ -93,7 +93,8 @@ def test_a_dry_runs_report_never_goes_into_benchmarks_md(smoke_run, tmp_path):
 
 def test_merging_replaces_this_devices_rows_of_the_same_cases_and_keeps_the_rest():
     """Table rows are opaque text here (no figures): what is checked is which rows survive a merge. A row is
-    (device, date, case, ...); a run with --only replaced all of its device's rows, the other cases' too."""
+    (device, date, case, ...); a run with --only replaced all of its device's rows, the other cases' too, and a
+    merge again of an earlier run moved its rows to the table's end: a replaced row keeps its place."""
     first = merge_table(
         "# Benchmarks\n\nintro\n", "gpu-a", ["| gpu-a | day 1 | dense |", "| gpu-a | day 1 | fft |"]
     )
@@ -103,11 +104,12 @@ def test_merging_replaces_this_devices_rows_of_the_same_cases_and_keeps_the_rest
     body = third.split(BEGIN)[1].split(END)[0]
     rows = [line for line in body.splitlines() if line.startswith("| ") and line not in TABLE_HEAD]
     assert rows == [
+        "| gpu-a | day 2 | dense |",
         "| gpu-a | day 1 | fft |",
         "| gpu-b | day 1 | dense |",
-        "| gpu-a | day 2 | dense |",
         "| gpu-a | day 2 | monarch |",
     ]
+    assert merge_table(third, "gpu-b", ["| gpu-b | day 1 | dense |"]) == third  # merged again: no change
     assert third.count(TABLE_HEAD[0]) == 1 and third.startswith("# Benchmarks\n\nintro")
 
 
@@ -213,7 +215,7 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
         # replaced that case's 22.13x with the whole run's failure (dates alone were compared)
         "same-day": (
             lambda text: text,
-            "holds NVIDIA H200's butterfly n=1024 from 2026-12-04 18:27, newer than",
+            "holds NVIDIA H200's fft fp16 n=4096 from 2026-12-04 18:28, newer than",
         ),
         "bad-start": (
             set_cell("started_at", "yesterday"),
@@ -815,3 +817,91 @@ def test_the_source_distribution_holds_what_the_readme_points_to_and_kts_version
     assert {"kt/codegen/templates/gemm.py.j2", "kt/costmodel/models/h100.skops"} <= members
     assert not [m for m in members if m.startswith(("tests/", "benchmarks/")) or "__pycache__" in m]
     assert f"\nVersion: {kt.__version__}\n" in info
+
+
+def _edited_run(source: Path, target: Path, **changes) -> Path:
+    """A copy of a committed report whose quick-tune rows take `changes` (a later start, another status)."""
+    shutil.copytree(source, target)
+    with open(source / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        if row["part"] == "tunes":
+            row.update(changes)
+    with open(target / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def _merged_table(tmp_path: Path) -> Path:
+    """BENCHMARKS.md with its kt bench table rebuilt from the committed H200 runs."""
+    benchmarks = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    head, rest = benchmarks.read_text().split(BEGIN)
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(head + BEGIN + "\n" + END + rest.split(END)[1])
+    for run in H200_MERGES:
+        assert kt_cli("bench", "--from", str(run), "--update", str(copy)).returncode == 0
+    return copy
+
+
+def test_a_case_a_later_run_did_not_reach_keeps_its_measured_row_and_a_failed_re_timing_says_so(tmp_path):
+    """A later run that never reached the butterfly put "not reached" over its measured 22.13x; a later run
+    whose re-timing of kt's kernel gave a wrong result read "not timed", a dry run's words."""
+    table = _merged_table(tmp_path)
+    before = table.read_text()
+    later = "2026-12-05T09:00:00+00:00"
+    unreached = _edited_run(
+        H200_MERGES[1], tmp_path / "unreached", started_at=later, date="2026-12-05",
+        status="not reached: the part's time share ran out first", kt_ms="", kt_status="", ratio="", kt_tflops="",
+    )  # fmt: skip
+    done = kt_cli("bench", "--from", str(unreached), "--update", str(table))
+    assert done.returncode == 0 and "0 rows of" in done.stdout, done.stderr
+    assert table.read_text() == before and "| 22.13x |" in before
+    wrong = _edited_run(
+        H200_MERGES[2], tmp_path / "wrong", started_at=later, date="2026-12-05",
+        kt_status="wrong_result", kt_ms="", ratio="", kt_tflops="", kt_power_w="", kt_energy_mj="",
+    )  # fmt: skip
+    assert kt_cli("bench", "--from", str(wrong), "--update", str(table)).returncode == 0
+    (line,) = [line for line in table.read_text().splitlines() if "2026-12-05 09:00 | fft" in line]
+    assert "| re-time failed (kt: wrong_result) |" in line, line
+    lines = table.read_text().splitlines()  # in the place of the row it replaced
+    assert lines.index(line) == before.splitlines().index(
+        next(old for old in before.splitlines() if "| fft fp16 n=4096 |" in old)
+    )
+
+
+def test_a_line_inside_the_table_markers_that_kt_did_not_write_is_refused_or_read_as_what_it_is(tmp_path):
+    """A note written between the markers was dropped by the next merge without a word, and a separator
+    written `| --- |` was kept as a data row under the header kt writes."""
+    table = _merged_table(tmp_path)
+    good = table.read_text()
+    table.write_text(good.replace(END, "Worst case 0.60x on the low-rank case.\n" + END))
+    noted = table.read_text()
+    done = kt_cli("bench", "--from", str(H200_MERGES[-1]), "--update", str(table))
+    assert done.returncode == 2 and "is no table row ('Worst case 0.60x" in done.stderr, done.stderr
+    assert "move it out" in done.stderr and table.read_text() == noted
+    table.write_text(good.replace(TABLE_HEAD[1], "| " + " | ".join(["---"] * 14) + " |"))
+    assert kt_cli("bench", "--from", str(H200_MERGES[-1]), "--update", str(table)).returncode == 0
+    assert table.read_text() == good
+
+
+def test_the_recorded_command_runs_as_written():
+    """`kt bench --only "dense fp16 skinny"` was recorded as `... --only dense fp16 skinny`, another command."""
+    import shlex
+
+    from kt import cli
+
+    seen = {}
+
+    def fake_run(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    argv = ["kt", "bench", "--out", "my out", "--only", "dense fp16 skinny", "--smoke"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        patch.setattr("kt.bench.run_bench", fake_run)
+        with pytest.raises(SystemExit):
+            cli.main.main(argv[1:])
+    assert shlex.split(seen["command"]) == argv, seen
