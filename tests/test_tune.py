@@ -308,6 +308,9 @@ def test_an_out_folder_that_is_a_link_loop_is_refused_before_a_tune(tmp_path):
             r"is damaged: its problem is not the one its spec makes \(m 999 where its spec makes 70\); re-run",
         ),
         ({"format": "1"}, "has format '1'; this kt reads format 1$"),  # "has format 1; ... reads format 1"
+        ({"format": True}, "has format True; this kt reads format 1$"),  # True == 1 passed
+        # GemmConfig.__init__()'s own words: "missing 3 required positional arguments"
+        ({"config": {}}, r"is damaged: config: missing block_m, block_n, block_k \(a gemm config has "),
         (b"[]", "is not a JSON object \\(it is a list\\)$"),
     ],
     ids=[
@@ -329,6 +332,8 @@ def test_an_out_folder_that_is_a_link_loop_is_refused_before_a_tune(tmp_path):
         "spec-dtype",
         "problem-shape",
         "format-text",
+        "format-true",
+        "config-empty",
         "not-an-object",
     ],
 )
@@ -577,3 +582,69 @@ def test_a_rerun_that_checked_every_distinct_program_does_not_ask_for_a_larger_b
     again = kt.tune(spec, **options)
     (nothing,) = [note for note in again.notes if note.startswith("nothing new was checked")]
     assert "raise --budget" not in nothing
+
+
+def test_a_damaged_kernel_cache_copy_of_an_artifacts_kernel_is_rewritten_not_run(tuned, tmp_path):
+    """kt.load checked kernel.py's checksum, then imported the kernel cache's file of the same hash unread: an
+    edited copy there ran (a result twice the product) and a truncated one was blamed on the artifact."""
+    from kt.codegen.emit import write_source
+
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    text = (path / "kernel.py").read_text()
+    cached = write_source(text)
+    for damaged in (text.replace("def kernel(", "def kernel_gone("), text[: len(text) // 2], ""):
+        cached.write_text(damaged)
+        kernel = kt.load(path)
+        assert kernel.source == text and cached.read_text() == text
+        a, b = kt.random_args(result.spec)  # its dense problem: two operands
+        assert rel_err(kernel(a, b), kt.reference(result.spec)(a, b)) < 2e-3
+
+
+def test_a_save_killed_mid_way_through_a_three_rename_exchange_gets_its_old_artifact_back(tuned, tmp_path):
+    """Without renameat2 (NFS, an old glibc) the exchange is three renames; a save killed after the first left
+    the old artifact only in `.NAME.old-*/NAME`, which the next save removed, then said there had been none."""
+    from kt.autotune.artifact import save_artifact_report
+
+    result, _ = tuned
+    path = result.save(tmp_path / "tiny")
+    meta = (path / "meta.json").read_text()
+    aside = (
+        tmp_path / ".tiny.old-k1ll3d00"
+    )  # as _exchange's fallback names it, killed after os.replace(b, aside)
+    aside.mkdir()
+    path.rename(aside / "tiny")
+    (tmp_path / ".tiny.tmp-k1ll3d00").mkdir()  # the new artifact's staging folder, left too
+    saved, report = save_artifact_report(result, path)
+    assert report is not None and report.startswith("replaced the artifact there"), report
+    assert (saved / "meta.json").read_text() == meta and kt.load(saved).config == result.best.config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_a_meta_json_edited_to_the_other_float32_precision_is_refused(tmp_path):
+    """A float32 kernel.py bakes its products (tf32 or ieee) into its tl.dot calls; a meta.json whose spec and
+    problem were edited to the other loaded as a Kernel that said ieee and ran TF32."""
+    spec = {**SPEC, "name": "tf", "dtype": "float32", "precision": "tf32", "tune": {"budget": 1, "seed": 1}}
+    result = kt.tune(spec, db=tmp_path / "t.db", workers=1, progress=False)
+    path = result.save(tmp_path / "tf")
+    assert kt.load(path).spec.precision == "tf32"
+    meta = json.loads((path / "meta.json").read_text())
+    meta["spec"]["precision"] = "ieee"
+    meta["problem"]["precision"] = "ieee"
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        kt.ArtifactError,
+        match="is damaged: its spec's precision is ieee, but kernel.py was built for tf32; re-run",
+    ):
+        kt.load(path)
+    assert kt.load(path, verify=False).spec.precision == "ieee"
+
+
+def test_a_save_path_too_long_for_the_file_system_is_one_line(tuned, tmp_path):
+    """A last name of 250 characters: the hidden staging folder beside it is 264, and the save failed with
+    OSError's "File name too long"; at 256 check_target passed it to the same error."""
+    result, _ = tuned
+    for path in (tmp_path / ("a" * 250), tmp_path / ("a" * 256), tmp_path / ("b" * 256) / "tiny"):
+        with pytest.raises(kt.ArtifactError, match="a name in it is too long for the file system"):
+            result.save(path)
+    assert list(tmp_path.iterdir()) == []

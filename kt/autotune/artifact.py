@@ -1,7 +1,9 @@
 """Artifacts: a tuned kernel as a directory with `kernel.py` (needs only torch and triton) and `meta.json`.
 
 Saving is atomic: everything is written into a temporary sibling directory, which then replaces the target
-in one rename, so a crash leaves the old artifact or the new one, never half of one. `meta.json` records the
+in one rename, so a crash leaves the old artifact or the new one, never half of one. Where the file system
+cannot exchange two folders in one step (NFS, an old glibc), the exchange is three renames: a save killed
+between them leaves the old artifact in a hidden folder beside it, which the next save of it puts back. `meta.json` records the
 SHA-256 of `kernel.py`; loading refuses a kernel.py that no longer matches.
 """
 
@@ -13,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -64,6 +67,14 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
     """`save_artifact`, and what became of an artifact already at `path` (None when there was none): when its
     spec, kernel, config, target, objective or power cap differ from the new one's, it is kept as
     `<path>.prev/` (replacing an older one); else it is replaced."""
+    try:
+        return _save_report(result, path)
+    except OSError as exc:
+        _too_long(Path(path), exc)
+        raise
+
+
+def _save_report(result, path: str | os.PathLike) -> tuple[Path, str | None]:
     from kt.codegen import family_for  # torch and triton: reading an artifact's meta.json needs neither
     from kt.codegen.baseline import render_baseline
 
@@ -194,14 +205,36 @@ def save_artifact_report(result, path: str | os.PathLike) -> tuple[Path, str | N
             raise
 
 
+def _too_long(path: Path, exc: OSError) -> None:
+    """A name the file system cannot hold, in one line (it was OSError's "File name too long", naming the
+    hidden staging folder, which adds 14 characters to the artifact's name)."""
+    if exc.errno == errno.ENAMETOOLONG:
+        raise ArtifactError(
+            f"{str(path)[:80]!r}{'...' if len(str(path)) > 80 else ''}: a name in it is too long for the file system (a save writes the artifact "
+            f"first into .{{name}}.tmp-XXXXXXXX beside it, 14 characters more); save to a shorter path"
+        ) from None
+
+
 def _sweep(path: Path) -> None:
     """Remove the hidden staging folders of saves of `path` that were killed (`kill -9`, a lost machine): saves
-    of one artifact take turns (`_locked`), so while this one holds the lock any such folder is a dead save's."""
-    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    of one artifact take turns (`_locked`), so while this one holds the lock any such folder is a dead save's.
+
+    Where `_exchange` had to rename three times (no renameat2: NFS, an old glibc), a save killed after its
+    first rename left the artifact (or its `.prev`) only in the exchange's aside folder, `.NAME.old-*/NAME`:
+    it is put back in its place, not removed with the folder (the old artifact was lost, and the next save
+    reported none there)."""
+    previous = previous_path(path)
+    asides = {f".{target.name}.old-": target for target in (path, previous)}
+    prefixes = (f".{path.name}.tmp-", *asides)
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
-            if entry.name.startswith(prefixes) and entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+            if not (entry.name.startswith(prefixes) and entry.is_dir(follow_symlinks=False)):
+                continue
+            target = next((t for prefix, t in asides.items() if entry.name.startswith(prefix)), None)
+            if target is not None and not os.path.lexists(target):
+                with contextlib.suppress(OSError):
+                    os.replace(os.path.join(entry.path, target.name), target)
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -511,7 +544,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
         raise ArtifactError(f"{path / 'meta.json'} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise ArtifactError(f"{path / 'meta.json'} is not a JSON object (it is a {type(meta).__name__})")
-    if meta.get("format") != FORMAT:
+    if type(meta.get("format")) is not int or meta["format"] != FORMAT:  # true and 1.0 passed for 1
         raise ArtifactError(
             f"{path / 'meta.json'} has format {meta.get('format')!r}; this kt reads format {FORMAT}"
         )
@@ -555,6 +588,7 @@ def _check_built_for(meta: dict[str, Any], spec, module, damaged: str) -> None:
     import torch
 
     from kt.ir import op_from_spec
+    from kt.spec import PRECISIONS
 
     built = getattr(module, "DTYPE", None)
     if isinstance(built, torch.dtype) and built != getattr(torch, spec.dtype, None):
@@ -569,6 +603,18 @@ def _check_built_for(meta: dict[str, Any], spec, module, damaged: str) -> None:
         raise ArtifactError(
             f"{damaged}: its spec's transposed is {bool(getattr(spec, 'transposed', False))}, but kernel.py was "
             f"built with transposed {built}; re-run `kt tune`, or load with verify=False to use it as it is"
+        )
+    # float32's products (tf32 or ieee) are baked into kernel.py's tl.dot calls: a meta.json edited to the
+    # other precision made a Kernel that said ieee and ran TF32. The generated module says them in its first
+    # line ("float32 (tf32 products)"), PyTorch's path in PRECISION.
+    built = getattr(module, "PRECISION", None)
+    if built is None:
+        said = re.search(r"\((\w+) products\)\.?$", (module.__doc__ or "").partition("\n")[0])
+        built = said and said.group(1)
+    if spec.dtype == "float32" and built in PRECISIONS and built != spec.precision:
+        raise ArtifactError(
+            f"{damaged}: its spec's precision is {spec.precision}, but kernel.py was built for {built}; re-run "
+            "`kt tune`, or load with verify=False to use it as it is"
         )
     try:
         (node,) = op_from_spec(spec).kernel_graph().kernels
@@ -662,9 +708,14 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Kernel:
             raise ArtifactError(
                 f"{damaged}: config must be a mapping of the {family} config's fields, got {data!r}"
             )
+        from kt.axes import CONFIG_FIELDS, missing_fields
+
         try:
             config = config_from_dict(family, data)
         except (ValueError, TypeError) as exc:
+            missing = isinstance(exc, TypeError) and missing_fields(family, list(CONFIG_FIELDS[family]), data)
+            if missing:  # not the dataclass's
+                raise ArtifactError(f"{damaged}: config: {missing}") from None  # "3 required positional"
             raise ArtifactError(
                 f"{damaged}: config: {str(exc).removeprefix('config: ').removeprefix('config.')}"
             ) from None

@@ -25,14 +25,25 @@ def source_hash(source: str) -> str:
 
 
 def write_source(source: str, directory: Path | None = None) -> Path:
-    """The source's file in the kernel cache, written atomically if it is not there yet, its time refreshed if it
-    is (kt.files.trim_kernel_cache removes the least recently used first, none used in the last hour)."""
+    """The source's file in the kernel cache, written atomically if it is not there yet or holds other bytes
+    than its name says, its time refreshed if it is (kt.files.trim_kernel_cache removes the least recently used
+    first, none used in the last hour).
+
+    A file there is read before it is used: named by its hash, it was taken for this source unread, so an
+    edited or damaged copy ran in place of a verified artifact's kernel.py (and a truncated one was blamed on
+    the artifact, which a new tune could not mend: it named the same file)."""
     path = (directory or cache_dir()) / "kernels" / f"k_{source_hash(source)}.py"
-    try:  # named by its hash: a file already there holds this source
-        os.utime(path)
-    except OSError:  # not there (nor, perhaps, its folder), or there and not ours to touch: used as it is
-        if not path.is_file():
-            atomic_write_text(path, source)  # creates the kernels directory
+    try:
+        same = path.read_bytes() == source.encode()
+    except OSError:  # not there (nor, perhaps, its folder)
+        same = False
+    if same:
+        with contextlib.suppress(OSError):  # there and not ours to touch: used as it is
+            os.utime(path)
+        return path
+    atomic_write_text(path, source)  # creates the kernels directory
+    with contextlib.suppress(OSError):  # bytecode of the bytes replaced (Python checks only time and size)
+        os.unlink(importlib.util.cache_from_source(str(path)))
     return path
 
 
