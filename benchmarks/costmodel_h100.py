@@ -6,7 +6,7 @@ template) timed on each problem, with cuBLAS beside it. kt measured none of it; 
 
 Scored on `h100_mm.txt.gz` (322 problems, 82 shapes over fp16/bf16/fp32 and four layouts) in 5 folds of whole
 shapes: every problem of a shape, whatever its dtype and layout, is held out together. Each fold's training set is
-the other folds' shapes plus every row of `h100_timm_train_mm.txt.gz` (913 timm training problems; no shape in
+the other folds' shapes plus every row of `h100_timm_train_mm.txt.gz` (912 timm training problems; no shape in
 common with h100_mm, which the script checks). Side by side, all scored on the same held-out rows:
 
 - kt forest: `ForestModel` with `min_samples_leaf` and `max_features` chosen by a 3-fold cross-validation over
@@ -37,19 +37,22 @@ import json
 import sys
 import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from kt.autotune.dataset import baseline_record, is_baseline, is_measured, to_record
-from kt.autotune.figures import check_outputs
+from kt.autotune.figures import check_outputs, command_line
 from kt.autotune.inductor import read_logs
+from kt.autotune.versions import software_versions
 from kt.costmodel.classic import ClassicTritonModel, MostCommonBestModel
 from kt.costmodel.evaluate import ape, assign_folds, pick_ratios, spearman_within, top1_score, topk_recall
 from kt.costmodel.forest import ForestModel
 from kt.costmodel.roofline import AnalyticModel
 from kt.device import A100, H100
+from kt.files import atomic_write_text
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "autoheuristic"
 LEAVES = (1, 3, 8)
@@ -263,7 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         results["transfer"] = transfer(scored, files, args)
     print(f"\ntotal {time.monotonic() - start:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"chosen": chosen, "results": results}, indent=1, default=str) + "\n")
+        # what made the figures, for the file that stores them (ship_costmodels.py named 5 folds and 100 trees
+        # whatever they were)
+        settings = {
+            "folds": args.folds,
+            "trees": args.trees,
+            "seed": args.seed,
+            "command": command_line("benchmarks/costmodel_h100.py", argv),
+            "date": datetime.now(timezone.utc).date().isoformat(),
+            "kt_version": software_versions()["kt"],
+        }
+        figures = {"settings": settings, "chosen": chosen, "results": results}
+        atomic_write_text(args.json, json.dumps(figures, indent=1, default=str) + "\n")
     return 0
 
 

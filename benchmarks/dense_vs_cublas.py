@@ -21,9 +21,17 @@ import torch
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, each_case, rounds_ms, run_context, write_csv
+from kt.autotune.figures import (
+    budget,
+    check_outputs,
+    command_line,
+    each_case,
+    rounds_ms,
+    run_context,
+    write_csv,
+)
 from kt.autotune.timing import DEFAULT_TIMING, Nvml, energy_cuda, time_cuda_each
-from kt.dtypes import tolerance
+from kt.dtypes import DTYPES, tolerance
 
 SHAPES = [
     "4096x4096x4096",
@@ -103,28 +111,35 @@ def bench_case(m: int, n: int, k: int, dtype: str, budget: int, db: str | None, 
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated MxNxK")
-    parser.add_argument("--dtypes", default="float16,bfloat16")
-    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument(
+        "--dtypes", default="float16,bfloat16", help=f"comma-separated, of {', '.join(DTYPES)}"
+    )
+    parser.add_argument("--budget", type=budget, default=64, help="configs kt measures per shape and dtype")
     parser.add_argument("--db", default=None, help="tuning database (default: kt's)")
     parser.add_argument("--csv", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_outputs(parser, {"--csv": args.csv}, [args.db])
+    # read before the GPU is asked for: a bad entry crashed mid-run, its earlier shapes' figures lost
+    shapes = [_shape(parser, text) for text in args.shapes.split(",")]
+    dtypes = args.dtypes.split(",")
+    if bad := [d for d in dtypes if d not in DTYPES]:
+        parser.error(f"--dtypes: {', '.join(map(repr, bad))} is not allowed; allowed: {', '.join(DTYPES)}")
     if not torch.cuda.is_available():
         print("dense_vs_cublas: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
     nvml = Nvml.for_torch_device(torch.cuda.current_device())
-    context = run_context(command=command_line("benchmarks/dense_vs_cublas.py"))
+    context = run_context(command=command_line("benchmarks/dense_vs_cublas.py", argv))
     rows = []
-    cases = [(shape, dtype) for dtype in args.dtypes.split(",") for shape in args.shapes.split(",")]
+    cases = [(shape, dtype) for dtype in dtypes for shape in shapes]
 
     def bench(case):
-        m, n, k = map(int, case[0].split("x"))
-        return bench_case(m, n, k, case[1], args.budget, args.db, nvml)
+        (m, n, k), dtype = case
+        return bench_case(m, n, k, dtype, args.budget, args.db, nvml)
 
-    for row in each_case(cases, bench, " ".join):
+    for row in each_case(cases, bench, lambda case: f"{'x'.join(map(str, case[0]))} {case[1]}"):
         if row is not None:
             rows.append({**context, **row})
             print(
@@ -151,7 +166,17 @@ def main() -> int:
         print(
             f"\nWorst case: {worst['ratio']:.2f}x ({worst['shape']} {worst['dtype']}), over {len(rows)} shapes"
         )
-    return 0
+    return 0 if rows else 1  # every case failed (each said why above)
+
+
+def _shape(parser: argparse.ArgumentParser, text: str) -> tuple[int, int, int]:
+    """One --shapes entry, MxNxK, or the parser's one-line error."""
+    sizes = text.strip().lower().split("x")
+    if len(sizes) != 3 or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        parser.error(
+            f"--shapes: {text!r} is not allowed; give MxNxK, three positive integers, e.g. 4096x4096x4096"
+        )
+    return tuple(map(int, sizes))
 
 
 if __name__ == "__main__":

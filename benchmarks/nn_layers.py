@@ -11,7 +11,8 @@ a BSR weight where PyTorch can differentiate it), each run as `y = f(x); y.backw
 kernel the layer runs (forward and backward, as `kt.nn.selections()` lists them after one warm-up step) is
 tuned first with `kt.tune` into the tuning database the layers read (`--db`, default kt's); with `--budget 0`
 the layers run the cost model's picks. Each layer's output is compared with the plain-torch formula's on the same
-inputs (`rel_err` in the CSV) before anything is timed.
+inputs (`rel_err` in the CSV) before anything is timed; a layer past its dtype's tolerance is named on stderr
+and the run exits 1.
 
     python benchmarks/nn_layers.py --budget 32 --csv benchmarks/results/nn_h100.csv
     python benchmarks/nn_layers.py --device cpu
@@ -187,6 +188,7 @@ def _tune_selected(budget: int) -> tuple[int, float]:
 
 def bench(case: Case, budget: int, device: str = "cuda") -> dict:
     from kt.autotune.checking import relative_error
+    from kt.dtypes import tolerance
 
     time_ms = _timer(device)
     torch.manual_seed(0)
@@ -206,6 +208,8 @@ def bench(case: Case, budget: int, device: str = "cuda") -> dict:
     with torch.no_grad():
         reference = baseline(x.detach())
         row["rel_err"] = relative_error(layer(x.detach()), reference)
+    real = x.real if x.is_complex() else x
+    row["tolerance"] = tolerance(str(real.dtype).removeprefix("torch."), reduction=real.shape[-1])
     row["kt_ms"] = time_ms(_step(layer, x, dy))
     if case.complex_input:
         row["linear_ms"] = None  # an FFT has no nn.Linear of the same type
@@ -277,7 +281,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{show(r['vs_linear'], '{:.2f}x')} | {r['baseline']} | {show(r['baseline_ms'], '{:.3f}')} | "
             f"{show(r['vs_baseline'], '{:.2f}x')} |"
         )
-    return 0
+    # a layer whose output is not the formula's was timed and tabled like any other, its error in the CSV alone
+    wrong = [r for r in rows if not r["rel_err"] <= r["tolerance"]]
+    for r in wrong:
+        print(
+            f"nn_layers: {r['layer']}: kt's output is off the formula's by a relative error of {r['rel_err']:.2e}, "
+            f"over the {r['tolerance']:.0e} a correct kernel stays under: its times above are of a wrong result",
+            file=sys.stderr,
+        )
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

@@ -446,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
     try:
         paths = (
-            {stem: args.held_out / hub[stem] for stem in (args.spaces or ",".join(hub)).split(",")}
+            {}  # --repeats 0 runs nothing: no space is loaded (it needed the spaces, or the hub, to tabulate)
+            if args.repeats == 0
+            else {stem: args.held_out / hub[stem] for stem in (args.spaces or ",".join(hub)).split(",")}
             if args.held_out is not None
             else {
                 stem: args.data / f"{stem}.json.gz" for stem in (args.spaces or ",".join(SPACES)).split(",")

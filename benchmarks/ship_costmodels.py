@@ -66,15 +66,25 @@ def cross_validate(records: list[dict], device, trees: int, leaf: int, mf: float
     return pred
 
 
-def held_out_h100(records: list[dict], names, trees: int, leaf: int, mf: float, args) -> dict:
+def held_out_h100(
+    records: list[dict],
+    names,
+    trees: int,
+    leaf: int,
+    mf: float,
+    args,
+    folds: int = 5,
+    fold_seed: int | None = None,
+) -> dict:
     """The shipped configuration scored as benchmarks/costmodel_h100.py scores kt's forest: h100_mm's shapes
-    held out in 5 folds (the same folds), trained on the other folds and every h100_timm row."""
+    held out in `folds` folds (the same folds: its --folds and --seed), trained on the other folds and every
+    h100_timm row."""
     scored = [r for r in records if r["source_file"] == f"{names[0]}.txt.gz"]
     extra = [r for r in records if r["source_file"] != f"{names[0]}.txt.gz"]
-    fold_of = assign_folds({r["shape"] for r in scored}, 5, args.seed)
+    fold_of = assign_folds({r["shape"] for r in scored}, folds, args.seed if fold_seed is None else fold_seed)
     fold = np.array([fold_of[r["shape"]] for r in scored])
     pred = np.zeros(len(scored))
-    for f in range(5):
+    for f in range(folds):
         held = np.flatnonzero(fold == f)
         model = ForestModel(PROFILES["h100"], trees, leaf, mf, args.seed)
         model.fit([scored[i] for i in np.flatnonzero(fold != f)] + extra)
@@ -129,15 +139,24 @@ def ship(key: str, args) -> Path:
     model = ForestModel(device, trees, leaf, mf, args.seed).fit(records, source=origin, baseline=baseline)
     if key == "h100" and args.figures:
         figures = args.figures_read
+        made = figures.get("settings")  # what costmodel_h100.py ran with (absent from files before it said)
+        ran = (
+            f"in {made['folds']} folds, trained on the other folds plus h100_timm_train_mm, {made['trees']} trees, "
+            f"seed {made['seed']}, hyperparameters chosen inside the training folds ({made['date']}, kt "
+            f"{made['kt_version']}: `{made['command']}`)"
+            if made
+            else "trained on the other folds plus h100_timm_train_mm, hyperparameters chosen inside the training "
+            "folds (its folds, trees and seed are not recorded in the figures file)"
+        )
         evaluation = {
-            "how": "benchmarks/costmodel_h100.py: h100_mm held out by shape in 5 folds, trained on the other "
-            "folds plus h100_timm_train_mm, 100 trees, hyperparameters chosen inside the training folds",
+            "how": f"benchmarks/costmodel_h100.py: h100_mm held out by shape {ran}",
             **{k: round(float(v), 4) for k, v in figures["results"]["kt forest"].items()},
             **{f"cublas_{k}": round(float(v), 4) for k, v in figures["results"]["cublas forest"].items()},
         }
-        shipped = held_out_h100(records, names, trees, leaf, mf, args)
+        folds = made["folds"] if made else 5
+        shipped = held_out_h100(records, names, trees, leaf, mf, args, folds, made["seed"] if made else None)
         evaluation["shipped_configuration"] = {
-            "how": f"the same 5 folds with this file's {trees} trees, leaf {leaf}, max_features {mf} (chosen "
+            "how": f"the same {folds} folds with this file's {trees} trees, leaf {leaf}, max_features {mf} (chosen "
             "under the size cap on every row, so slightly optimistic)",
             **{k: round(float(v), 4) for k, v in shipped.items()},
         }
@@ -189,7 +208,20 @@ def read_figures(parser, path: Path) -> dict:
             f"--figures: {str(path)!r} is not costmodel_h100.py's --json output (no results of 'kt forest' and "
             "'cublas forest' with numeric figures)"
         )
+    made = figures.get("settings")
+    if made is not None and not (isinstance(made, dict) and set(SETTINGS) <= set(made)):
+        parser.error(f"--figures: {str(path)!r}: settings must hold {', '.join(SETTINGS)}")
     return figures
+
+
+SETTINGS = (
+    "folds",
+    "trees",
+    "seed",
+    "command",
+    "date",
+    "kt_version",
+)  # what costmodel_h100.py's --json records
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,15 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, each_case, rounds_ms, run_context, write_csv
+from kt.autotune.figures import (
+    budget,
+    check_outputs,
+    command_line,
+    each_case,
+    rounds_ms,
+    run_context,
+    write_csv,
+)
 from kt.autotune.timing import time_cuda_each
 from kt.autotune.tune import objective_value
 from kt.ir import op_from_spec
@@ -314,7 +322,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="run the cases whose name contains this text: blocksparse, lowrank, '64x64', '->64->', ...",
     )
-    parser.add_argument("--budget", type=int, default=64, help="configs kt measures per case")
+    parser.add_argument("--budget", type=budget, default=64, help="configs kt measures per case")
     parser.add_argument("--db", default=None, help="tuning database (default: kt's)")
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument(
@@ -322,8 +330,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     check_outputs(parser, {"--csv": args.csv}, [args.db])
-    if args.budget < 1:
-        parser.error(f"--budget must be at least 1, got {args.budget}")
     args.cases = select(cases(), args.only)
     if not args.cases:
         parser.error(f"--only {args.only!r} matches no case (try blocksparse or lowrank)")
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv and rows:
         write_csv(args.csv, rows)
     print_tables(rows, context, args.budget)
-    return 0
+    return 0 if rows else 1  # every case failed or was skipped (each said why above)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,15 @@ import torch.nn.functional as F
 
 import kt
 from kt.autotune.checking import relative_error
-from kt.autotune.figures import check_outputs, command_line, each_case, rounds_ms, run_context, write_csv
+from kt.autotune.figures import (
+    budget,
+    check_outputs,
+    command_line,
+    each_case,
+    rounds_ms,
+    run_context,
+    write_csv,
+)
 from kt.autotune.timing import time_cuda_each
 from kt.ir import op_from_spec
 from kt.ir.structured import butterfly_reference, monarch_reference
@@ -220,20 +228,24 @@ def bench_case(case: Case, budget: int, db: str | None) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the cases whose name contains this text")
-    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--budget", type=budget, default=64, help="configs kt measures per case")
     parser.add_argument("--db", default=None, help="tuning database (default: kt's)")
     parser.add_argument("--csv", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_outputs(parser, {"--csv": args.csv}, [args.db])
+    chosen = [case for case in cases() if args.only in case.name]
+    if not chosen:  # an empty table and exit 0
+        parser.error(
+            f"--only {args.only!r} matches no case (names: {', '.join(dict.fromkeys(c.name for c in cases()))})"
+        )
     if not torch.cuda.is_available():
         print("structured_vs_torch: needs a CUDA GPU; this machine has none", file=sys.stderr)
         return 2
-    context = run_context(command=command_line("benchmarks/structured_vs_torch.py"))
+    context = run_context(command=command_line("benchmarks/structured_vs_torch.py", argv))
     rows = []
-    chosen = [case for case in cases() if args.only in case.name]
     for case_rows in each_case(chosen, lambda c: bench_case(c, args.budget, args.db), lambda c: c.name):
         for row in case_rows:
             rows.append({**context, **row})
@@ -260,7 +272,7 @@ def main() -> int:
         worst = min(rows, key=lambda r: r["ratio"])
         print(f"\nWorst case: {worst['ratio']:.2f}x ({worst['case']} {worst['dtype']} over {worst['baseline']}), "
               f"over {len(rows)} rows")  # fmt: skip
-    return 0
+    return 0 if rows else 1  # every case failed or was skipped (each said why above)
 
 
 if __name__ == "__main__":

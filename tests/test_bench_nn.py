@@ -71,3 +71,24 @@ def test_negative_budget_is_a_usage_error(bench):
     with pytest.raises(SystemExit) as exited:
         bench.main(["--budget", "-1"])
     assert exited.value.code == 2
+
+
+def test_a_layer_whose_output_is_not_its_formulas_is_named_and_the_run_exits_1(bench, capsys, monkeypatch):
+    """Its error went into the CSV alone: the layer was timed and tabled as any other, and the run exited 0."""
+    import dataclasses
+
+    cases = bench.cases
+
+    def doubled(device):  # the formula made twice the layer's output: the layer reads as wrong
+        return [
+            dataclasses.replace(c, baseline=lambda layer, made=c.baseline: lambda x: 2 * made(layer)(x))
+            for c in cases(device)
+        ]
+
+    monkeypatch.setattr(bench, "cases", doubled)
+    assert bench.main(["--device", "cpu", "--only", "r=64"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "nn_layers: lowrank r=64: kt's output is off the formula's by a relative error of 5.00e-01" in err
+    ), err
+    assert "its times above are of a wrong result" in err

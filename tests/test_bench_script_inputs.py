@@ -28,6 +28,8 @@ def inputs(tmp: Path) -> None:
     (tmp / "other.jsonl").write_text('{"a": 1}\n')
     (tmp / "notjson.json").write_text("nope\n")
     (tmp / "figures.json").write_text(json.dumps({"results": {"kt forest": {"mape": 1.0}}}))
+    both = {"kt forest": {"mape": 1.0}, "cublas forest": {"mape": 2.0}}
+    (tmp / "unsaid.json").write_text(json.dumps({"settings": {"folds": 5}, "results": both}))
     (tmp / "no-tile.csv").write_text("M,N,K,Execution Time\n64,64,64,0.1\n")
     (tmp / "folder").mkdir()
     with gzip.open(tmp / "cut.jsonl.gz", "wt") as handle:
@@ -47,6 +49,11 @@ def cases(tmp: Path) -> list[tuple[list, str]]:
         ),
         ([*ship, "--figures", tmp / "notjson.json"], "notjson.json' is not JSON"),
         ([*ship, "--figures", tmp / "figures.json"], "is not costmodel_h100.py's --json output"),
+        # the file's own folds and trees are named beside its figures (they were 5 and 100 whatever they were)
+        (
+            [*ship, "--figures", tmp / "unsaid.json"],
+            "unsaid.json': settings must hold folds, trees, seed, command",
+        ),
         ([*ship, "--max-trees", "0"], "--max-trees: 0; give 4 or more"),
         ([*ship, "--cap-mib", "0"], "--cap-mib: 0.0; give a size in MiB above 0"),
         (

@@ -4,6 +4,7 @@ database or their own input with a CSV, exit 0; or failed with a traceback after
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +65,25 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["two_warp_k_builds.py", "--check", data], "--check: judges --fit's limits"),
         (["two_warp_k_builds.py", "--score", tmp / "none.jsonl"], "none.jsonl' not found"),
         (["two_warp_k_builds.py", "--score", data, "--fit", data], "--score and --fit: give one of them"),
+        # each crashed mid-run (a traceback, the figures measured before it lost) or, on a GPU, ran every
+        # case to a failed tune and printed an empty table with exit 0
+        (["dense_vs_cublas.py", "--shapes", "64x64"], "--shapes: '64x64' is not allowed; give MxNxK, three"),
+        (["dense_vs_cublas.py", "--dtypes", "float8"], "--dtypes: 'float8' is not allowed; allowed: float16"),
+        (["dense_vs_cublas.py", "--budget", "-5"], "--budget: must be an integer from 1 to 100000, got '-5'"),
+        (
+            ["structured_vs_torch.py", "--budget", "0"],
+            "--budget: must be an integer from 1 to 100000, got '0'",
+        ),
+        (["structured_vs_torch.py", "--only", "nomatch"], "--only 'nomatch' matches no case (names: monarch"),
+        (
+            ["collect_dense.py", "--sample", "-5", "--db", db],
+            "--sample: -5; give 1 or more",
+        ),  # named --dtypes
+        (
+            ["collect_dense.py", "--sample", "2", "--db", db, "--dtypes", "int8"],
+            "--dtypes: 'int8' is not allowed",
+        ),
+        (["sparse_vs_torch.py", "--budget", "x"], "--budget: must be an integer from 1 to 100000, got 'x'"),
     ]
 
 
@@ -519,3 +539,18 @@ def test_space_time_times_each_examples_space_made_afresh_and_refuses_an_unknown
     assert lines[-1].startswith("worst: ") and "median of 1" in lines[-1]
     bad = run_script("space_time.py", "--only", "densee")
     assert bad.returncode == 2 and "--only: no example densee; allowed: blocksparse" in bad.stderr
+
+
+def test_search_vs_tuners_tabulates_a_csv_without_the_spaces_it_came_from(tmp_path):
+    """`--repeats 0` runs nothing and tabulates --csv: it loaded every space first, so the held-out table
+    could not be made again without the hub's checkout ("no space found")."""
+    csv_copy = tmp_path / "held_out.csv"
+    shutil.copy(
+        Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "search_held_out.csv", csv_copy
+    )
+    done = run_script(
+        "search_vs_tuners.py", "--held-out", tmp_path / "no-hub", "--repeats", "0", "--csv", csv_copy,
+        "--budgets", "25,100", "--overall",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| smac:rf | 100 |" in done.stdout, done.stdout

@@ -23,6 +23,22 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
+def budget(text: str) -> int:
+    """An argparse type: a script's `--budget`, the configs kt measures per case, 1 to tune.budget's most
+    (-5 passed the parser, and every case then failed its tune, leaving an empty table and exit 0)."""
+    import argparse
+
+    from kt.spec import MAX_BUDGET
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BUDGET:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_BUDGET}, got {text!r}")
+    return value
+
+
 def each_case(cases: Iterable[Any], bench: Callable[[Any], Any], name: Callable[[Any], str]) -> Iterator[Any]:
     """`bench(case)` for each case, going on past a case whose tune fails (its KtError on stderr, named by
     `name(case)`): one failure lost a whole GPU run, since the scripts write their CSV at the end."""
