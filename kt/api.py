@@ -69,23 +69,29 @@ def resolve_profile(name: str | None = "auto") -> DeviceProfile:
         from kt.autotune.gpuinfo import visible_gpu
 
         gpu = visible_gpu().name
-        profile = match_gpu(gpu)
+        profile = gpu_profile(gpu)
         if profile is None:
-            profile = guess_gpu(gpu)
-            if profile is None:
-                raise DeviceError(
-                    f"device: no built-in profile for {gpu!r}; run `kt calibrate --out gpu.json` and "
-                    f"pass --device gpu.json (or name one of {', '.join(BUILTIN)})"
-                )
-            _warn_once(
-                f"no built-in profile for {gpu!r}: using {profile.name}'s datasheet as a guess (limits and "
-                f"peaks may differ); `kt calibrate --out gpu.json` measures this card"
+            raise DeviceError(
+                f"device: no built-in profile for {gpu!r}; run `kt calibrate --out gpu.json` and "
+                f"pass --device gpu.json (or name one of {', '.join(BUILTIN)})"
             )
         return profile
     try:
         return get_profile(name)
     except ProfileError as exc:
         raise DeviceError(f"device: {exc}") from None
+
+
+def gpu_profile(gpu: str) -> DeviceProfile | None:
+    """The built-in profile of the GPU the driver names `gpu`, or the nearest for another H100/H200 variant
+    (said once, as a warning), or None for a card kt has no profile of."""
+    profile = match_gpu(gpu)
+    if profile is None and (profile := guess_gpu(gpu)) is not None:
+        _warn_once(
+            f"no built-in profile for {gpu!r}: using {profile.name}'s datasheet as a guess (limits and "
+            f"peaks may differ); `kt calibrate --out gpu.json` measures this card"
+        )
+    return profile
 
 
 @functools.cache

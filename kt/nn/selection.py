@@ -34,6 +34,7 @@ import json
 import logging
 import numbers
 import os
+import sqlite3
 import threading
 import uuid
 import weakref
@@ -56,13 +57,14 @@ _ARTIFACT_DIRS: list[Path] = []
 
 INTERPRET_ENV = "KT_INTERPRET"
 CPU_SOURCE = "pytorch (cpu)"
+NO_PROFILE = "pytorch (no profile)"  # a GPU kt has no profile of, whose database holds no row of the op
 
 
 @dataclass(frozen=True)
 class Selection:
     spec: OpSpec  # the bucket's spec: what to tune to replace a fallback
     kernel: Kernel
-    source: str  # "database", "artifact", "cost model", "loaded" (kernel_op) or CPU_SOURCE
+    source: str  # "database", "artifact", "cost model", "loaded" (kernel_op), CPU_SOURCE or NO_PROFILE
     where: str  # the database file, the artifact directory, the model that ranked, or why PyTorch runs
     device: str = ""  # the tensors' device type ("cuda", "cpu")
     role: str = "forward"  # "forward", or "backward" for a product the backward pass runs
@@ -333,7 +335,6 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         with lock:  # per key: a layer's compile-checked selection does not hold up other layers' first calls
             selected = _SELECTED.get(key)
             if selected is None or key in _STALE:
-                _STALE.discard(key)
                 spec = bucket_spec(op, rows)
                 if torch_path:
                     selected = Selection(
@@ -346,6 +347,9 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
                     selected = _select(spec, device)
                 selected = replace(selected, device=device.type, role=_role())
                 _SELECTED[key] = selected
+                # only now: a selection that raised left the key stale, so the next call selects again (it
+                # ran the choice made before the change without a word)
+                _STALE.discard(key)
                 _log(selected)
     return selected.kernel
 
@@ -404,6 +408,8 @@ def _log(selected: Selection) -> None:
             if selected.device == "cuda"
             else "a tune on a GPU makes a measured choice",  # (there is none here)
         )
+    elif selected.source == NO_PROFILE:
+        log.warning("%s; untuned: %s", message, selected.where)
     elif selected.source == "cost model":
         # the database is read for a GPU's choices only (its rows are GPU timings): on CPU tensors, artifacts
         log.warning(
@@ -439,18 +445,25 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
     (node,) = op_from_spec(spec).kernel_graph().kernels
     problem, family = node.problem, family_for(node.problem)
+    # the tensors' own GPU's profile (resolve_profile's auto is cuda:0's, and raised for a card without a
+    # built-in profile: every layer failed there, its database rows of that very card included)
+    auto = str(spec.device).lower() == "auto"
+    profile = _gpu_profile(device) if device.type == "cuda" and auto else None
     if device.type == "cuda":
+        # the profile names the module's device only: a row's config and PyTorch's path need none of its limits
+        label = profile or (_label_profile(torch.cuda.get_device_name(device)) if auto else spec.device)
         row = _best_row(problem, family, torch.cuda.get_device_name(device))
         if row is not None and row["config_key"] == BASELINE_KEY:  # no generated kernel beat PyTorch's path
-            return Selection(spec, kt.build(spec, config=BASELINE_KEY), "database", row["db"])
-        if row is not None:
+            return Selection(spec, kt.build(spec, config=BASELINE_KEY, device=label), "database", row["db"])
+        if row is not None:  # measured on this card: it runs here, whatever a profile's legality says
             config = config_from_dict(family.name, row["config"])
-            return Selection(spec, kt.build(spec, config=config), "database", row["db"])
+            return Selection(spec, kt.build(spec, config=config, device=label), "database", row["db"])
     from kt.autotune.artifact import kept_artifact
 
     wanted = json.loads(json.dumps(problem.to_dict()))  # as meta.json holds it (tuples become lists)
     stale: list[Path] = []  # artifacts of this problem tuned under another template version
     found: list[tuple[int, int, Path]] = []  # (tier, order, folder) of each artifact of this problem
+    near: list[tuple[Path, dict]] = []  # artifacts of this op at another row count or layout: said, not run
     here = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     for directory in _artifact_dirs():
         metas = _artifact_metas(directory)
@@ -479,6 +492,12 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                     log.warning("%s is not a kt artifact's meta.json (a JSON object); skipped", meta_path)
                 continue
             if meta.get("family") != family.name or meta.get("problem") != wanted:
+                if meta.get("family") == family.name and isinstance(meta.get("problem"), dict):
+                    differ = sorted(
+                        k for k in {*wanted, *meta["problem"]} if meta["problem"].get(k) != wanted.get(k)
+                    )
+                    if differ and set(differ) <= NEAR:  # another row count or layout of this op
+                        near.append((meta_path, {k: meta["problem"].get(k) for k in differ}))
                 continue
             if meta.get("family_version") != family.version:  # its config may be illegal, or not best, now
                 stale.append(meta_path)
@@ -508,6 +527,17 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 ", ".join(others),
             )
         return selected
+    for meta_path, held in near:  # the artifact the user pointed to, passed over without a word before
+        if meta_path not in _MISSING_DIRS:
+            _MISSING_DIRS.add(meta_path)
+            wants = ", ".join(f"{k}={wanted.get(k)}" for k in held)
+            log.warning(
+                "%s holds this op with %s, where this layer looks up %s (kt.nn looks up the rows' bucket and "
+                "its own layouts: tune the op `kt.nn.selections().write_yaml` writes); skipped",
+                meta_path.parent,
+                ", ".join(f"{k}={v}" for k, v in held.items()),
+                wants,
+            )
     for meta_path in stale:  # the layer's own artifacts, passed over without a word before
         if meta_path not in _MISSING_DIRS:
             _MISSING_DIRS.add(meta_path)
@@ -517,10 +547,23 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 meta_path.parent,
                 family.name,
             )
+    if (
+        device.type == "cuda" and auto and profile is None
+    ):  # nothing to rank its configs for, nor to check them by
+        name = torch.cuda.get_device_name(device)
+        kernel = kt.build(spec, config=BASELINE_KEY, device=_label_profile(name))
+        return Selection(
+            spec,
+            kernel,
+            NO_PROFILE,
+            f"no device profile for {name}, so the cost model has nothing to rank configs for; a tune with "
+            "`kt tune --device gpu.json` (kt calibrate) puts this card's rows in the database, which layers run",
+        )
     # on a GPU, the best-ranked config that builds for it without spilling registers (legality admits a few
     # that spill, which a tune's compile stage refuses); the interpreter has no registers to spill
-    kernel = kt.build(spec, compile_check=device.type == "cuda")
-    where = f"ranked for {kt.resolve_profile(spec.device).name}"
+    target = profile or kt.resolve_profile(spec.device)
+    kernel = kt.build(spec, compile_check=device.type == "cuda", device=target)
+    where = f"ranked for {target.name}"
     refused = kernel.meta.get("refused", [])
     if refused and refused[0][0] == kernel.config.key():  # none built clean: the first-ranked runs
         where += f"; none of the {len(refused)} best-ranked configs built clean ({refused[0][1]})"
@@ -530,6 +573,29 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             f"({refused[0][0]}: {refused[0][1]})"
         )
     return Selection(spec, kernel, "cost model", where)
+
+
+# problem fields in which an artifact of a layer's op may differ from what the layer looks up and still be that
+# op: its rows (m; batch for the block GEMMs) and the operands' layouts
+NEAR = {"m", "batch", "a_layout", "b_layout"}
+
+
+def _gpu_profile(device: torch.device):
+    """The profile of the GPU `device` names (kt.api.gpu_profile), or None for a card kt has none of."""
+    from kt.api import gpu_profile
+
+    return gpu_profile(torch.cuda.get_device_name(device))
+
+
+@functools.cache
+def _label_profile(gpu_name: str):
+    """A profile that only names a card without one in a module kt.nn builds from a database row (`on gpu`): a
+    row's config and PyTorch's path need no limits of it."""
+    from kt.device import get_profile
+
+    return replace(
+        get_profile("h100"), name="gpu", gpu_name=gpu_name, source="kt.nn: a card without a profile"
+    )
 
 
 def _artifact_dirs() -> list[Path]:
@@ -557,6 +623,7 @@ def _artifact_metas(folder: Path) -> list[Path]:
 
 
 _MISSING_DIRS: set[Path] = set()  # folders and meta.json files already warned about (each once)
+_UNREADABLE: set[tuple[Path, str]] = set()  # tuning databases (and why) already warned about
 _ENV_DIRS: dict[str, list[Path]] = {}  # $KT_ARTIFACTS's value -> its folders, made absolute when first read
 
 
@@ -581,8 +648,11 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
             rows = db.find(
                 problem_key=problem.key(), status="ok", runner="cuda", device=gpu, triton_version=triton
             )
-    except DatabaseError as exc:
-        log.warning("cannot read the tuning database: %s", exc)
+    except (DatabaseError, sqlite3.Error) as exc:  # damaged pages fail the query, not the open (a traceback)
+        message = str(exc) if isinstance(exc, DatabaseError) else f"{path}: {exc}"
+        if (path, message) not in _UNREADABLE:  # once, not once per layer, bucket and backward product
+            _UNREADABLE.add((path, message))
+            log.warning("cannot read the tuning database: %s", message)
         return None
     current = {family.version, baseline_version()}
     rows = [r for r in rows if r.get("runtime_ms") and r["family_version"] in current]
