@@ -2180,7 +2180,7 @@ def fit(data, out_path, device, gpu, seed):
         model, _ = fit_model(data, out_path, device=device, gpu=gpu, seed=seed)
     out.print(f"{model.describe()} from {data} -> {out_path}")
     measured_on = model.trained.get("measured_on") or []
-    if measured_on and model.device.gpu_name not in measured_on:
+    if any(not _the_profiles_card(gpu, model.device) for gpu in measured_on):
         out.print(
             f"note: the rows were measured on {', '.join(measured_on)}, and this is {model.device.key}'s model "
             f"({model.device.gpu_name}): give --device the profile of the card they were measured on (kt "
@@ -2193,6 +2193,18 @@ def fit(data, out_path, device, gpu, seed):
             "times none), so this model neither predicts PyTorch's time nor sizes a tune's budget by it",
             style="yellow",
         )
+
+
+def _the_profiles_card(gpu: str, profile) -> bool:
+    """Whether rows measured on the GPU the driver (or a log) names `gpu` are `profile`'s card's: its own name,
+    or a name no profile matches whose nearest is this profile (an Inductor log's "NVIDIA H100 (autoheuristic
+    log; variant not recorded)", for which `kt costmodel fit` advised a calibration nobody can run)."""
+    from kt.device import guess_gpu, match_gpu
+
+    if gpu == profile.gpu_name:
+        return True
+    card = match_gpu(gpu) or guess_gpu(gpu)
+    return card is not None and card.name == profile.name and match_gpu(gpu) is None
 
 
 def _value(value, spec: str) -> str:

@@ -267,6 +267,39 @@ def test_an_autotune_run_read_twice_counts_once_in_overlapping_logs_and_within_o
     assert {r["runs"] for r in rows} == {"2"} and "repeat a run" not in result.stdout
 
 
+def test_an_older_copy_cut_off_inside_a_run_counts_that_run_once(tmp_path):
+    """Inductor appends a run line by line: a copy taken mid-run ends in part of it, which matched no whole run
+    read, so its timings counted twice (runs 2 where 1 was measured)."""
+    rng = random.Random(5)
+    configs = [(64, 32, 64, 3, 4), (128, 64, 128, 4, 8), (64, 64, 64, 2, 4)]
+    first, second = (autotune_run(rng, 256, 128, 512, configs) for _ in range(2))
+    cut = write_log(tmp_path / "cut.txt", first + second[:2])  # two of the second run's four lines
+    whole = write_log(tmp_path / "whole.txt", first + second)
+    alone, _ = import_rows(tmp_path, whole, out_name="alone.csv")
+    for order in ((cut, whole), (whole, cut)):
+        rows, result = import_rows(tmp_path, *order)
+        assert [{k: v for k, v in r.items() if k != "source"} for r in rows] == [
+            {k: v for k, v in r.items() if k != "source"} for r in alone
+        ], order
+        assert "6 timing lines of 2 autotune runs repeat a run already read" in " ".join(
+            result.stdout.split()
+        )
+    # a file's last run that no other file holds counts, whole or cut
+    rows, _ = import_rows(tmp_path, cut, out_name="cut.csv")
+    assert {r["runs"] for r in rows} == {"1", "2"}
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_own_line(tmp_path):
+    """The text reader decoded ahead in chunks: a bad byte on line 1001 was "near line 957"."""
+    lines = [line(64, 64, 64, "extern_mm", f"0.{i + 1}") for i in range(1200)]
+    log = write_log(tmp_path / "log.txt", lines)
+    text = log.read_bytes().split(b"\n")
+    text[1000] = text[1000].replace(b"extern_mm", b"extern_\xffmm")
+    log.write_bytes(b"\n".join(text))
+    result = kt("import", "inductor", log, "--out", tmp_path / "o.csv")
+    assert_one_line_error(result, "log.txt' line 1001: not UTF-8 text (byte 0xff at column")
+
+
 def test_origin_names_where_the_logs_came_from(tmp_path):
     log = write_log(tmp_path / "mine.txt", [line(64, 64, 64, "extern_mm", "0.2")])
     result = kt("import", "inductor", log, "--origin", "my-sweep@2026-11", "--out", tmp_path / "o.csv")
@@ -325,6 +358,14 @@ BAD_LINES = [
     ),
     (GOOD.replace("0.2", "fast"), "line 4: column feedback is 'fast'; allowed: milliseconds > 0, or inf"),
     (GOOD.replace("0.2", "-0.2"), "line 4: column feedback is '-0.2'"),
+    # Python's int() and float() took forms Inductor never writes: 7_470 ms read as 7470, an Arabic-Indic 2
+    (GOOD.replace("0.2", "7_470"), "line 4: column feedback is '7_470'; allowed: milliseconds > 0"),
+    (GOOD.replace("0.2", " 0.5"), "line 4: column feedback is ' 0.5'; allowed: milliseconds > 0"),
+    (GOOD.replace("64,32", "1_152,32", 1), "line 4: column m is '1_152'; allowed: an integer from 1 to"),
+    (
+        GOOD.replace("extern_mm", TRITON.format(64, 32, 64, 3, "\u0662")),
+        "line 4: column choice is 'type=triton",
+    ),
     (GOOD.replace("not_float_32", "True"), "line 4: column using_tf32 is 'True' for torch.float16"),
     (
         line(64, 32, 16, "extern_mm", "0.2", strides=(0, 1, 16, 1)),
@@ -485,6 +526,10 @@ def test_costmodel_eval_runs_on_an_imported_slice_of_the_real_h100_log(tmp_path)
     assert re.search(r"\b20 problems, \d+ shapes, 3 folds", result.stdout), result.stdout
     shapes = len({tuple(line.split(",")[:3]) for line in part.read_text().splitlines()[2:]})
     assert result.stdout.strip().endswith(f"| shapes {shapes}"), result.stdout
+    # fitted as the h100's model, the log's own card: no note that it was measured on another (the log names
+    # no variant, "NVIDIA H100 (autoheuristic log; ...)", and nobody can calibrate the card a log came from)
+    fitted = kt("costmodel", "fit", "--data", out, "--out", tmp_path / "part.skops", "--device", "h100")
+    assert fitted.exit_code == 0 and "were measured on" not in fitted.stdout, fitted.stdout
 
 
 def test_fitting_on_an_import_of_cublas_rows_alone_says_that_is_all_it_holds(tmp_path):

@@ -39,7 +39,9 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
   measurement logged again, and its lines are left out (the summary counts them): an overlapping copy (an older
   copy of a log Inductor appends to, read beside the newer one, counted its repeats twice), and Inductor's own
   repeats (h100_timm_train_mm logs 4,770 of its 5,687 runs again, each of their 14 to 30 timings the same to
-  the digit, which no second benchmark gives: `runs` said about 6 where one run was measured; no median moves). A single line is no fingerprint, so a run of one always
+  the digit, which no second benchmark gives: `runs` said about 6 where one run was measured; no median moves).
+  A file's last run waits until every file is read: one that is the leading part of a run read (an older copy
+  taken while Inductor was writing that run, line by line) counts once too. A single line is no fingerprint, so a run of one always
   counts: two runs can time a config alike to the digit (569 finite lines of h100_mm appear more than once,
   none in a repeated run). The same file given twice, or under another name, is refused outright.
 
@@ -50,9 +52,9 @@ beside its path and renamed into place.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -102,7 +104,9 @@ DTYPES = {"torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float
 TF32 = {"True": "tf32", "False": "ieee"}  # fp32 only; other dtypes log not_float_32
 NOT_FP32 = "not_float_32"
 EXTERN = "extern_mm"
-CHOICE = re.compile(r"type=triton_BLOCK-M=(\d+)_BLOCK-K=(\d+)_BLOCK-N=(\d+)_numstages=(\d+)_numwarps=(\d+)")
+CHOICE = re.compile(  # ASCII digits: \\d took an Arabic-Indic 2 for num_warps=2
+    r"type=triton_BLOCK-M=([0-9]+)_BLOCK-K=([0-9]+)_BLOCK-N=([0-9]+)_numstages=([0-9]+)_numwarps=([0-9]+)"
+)
 CHOICE_FORM = f"{EXTERN} or type=triton_BLOCK-M=.._BLOCK-K=.._BLOCK-N=.._numstages=.._numwarps=.."
 GROUP_M, SPLIT_K = 8, 1  # Inductor's mm template: grouped launch order, no split-K
 # The choice's fields Triton takes only as powers of two, and why (triton/language/semantic.py: "arange's range
@@ -166,6 +170,8 @@ class Log:
     lines: int = 0  # timing lines read (blank lines not counted)
     padded: int = 0  # lines with an operand whose leading dimension is wider than it
     runs: set[bytes] = field(default_factory=set)  # a digest of each autotune run of two or more lines read
+    prefixes: set[bytes] = field(default_factory=set)  # and of every leading part of two or more of its lines
+    tails: list = field(default_factory=list)  # each file's last run, added once every file is read
     repeated_runs: int = 0  # runs that repeated one already read, to the digit: counted once
     repeated_lines: int = 0  # their lines
 
@@ -215,9 +221,37 @@ def read_logs(paths: Sequence[str | os.PathLike], progress: Progress | None = No
     for path in files:
         _read_file(path, log, progress, done, total)
         done += path.stat().st_size
+    _close_tails(log)
     if progress is not None:
         progress(total, total)
     return log
+
+
+def _fingerprints(device: str, key: tuple[str, ...], run: list) -> tuple[bytes, list[bytes]]:
+    """A run's digest (its GPU, problem, and every choice and timing in order), and that of each leading part
+    of two or more of its lines, the whole included."""
+    digest = hashlib.blake2b("\n".join([device, *key]).encode(), digest_size=16)
+    prefixes = []
+    for i, (_, _, logged, feedback, _) in enumerate(run, 1):
+        digest.update(f"\n{logged},{feedback}".encode())
+        if i >= 2:
+            prefixes.append(digest.copy().digest())
+    return prefixes[-1], prefixes
+
+
+def _close_tails(log: Log) -> None:
+    """Each file's last run, once every file is read, longest first: one that is a leading part of a run read
+    (or the whole of one) is an older copy's run cut off where Inductor was writing it, counted once (a copy
+    taken mid-run counted the timings it held twice, beside the newer copy's whole run)."""
+    for length, fingerprint, prefixes, add in sorted(log.tails, key=lambda tail: -tail[0]):
+        if fingerprint in log.prefixes:
+            log.repeated_runs += 1
+            log.repeated_lines += length
+            continue
+        log.runs.add(fingerprint)
+        log.prefixes.update(prefixes)
+        add()
+    log.tails.clear()
 
 
 def _digest(path: Path) -> str:
@@ -251,9 +285,22 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
         zipped = raw.read(2) == b"\x1f\x8b" or path.suffix.lower() == ".gz"
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if zipped else raw
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+
+        def decoded():
+            """The file's lines, each decoded alone: a byte that is not UTF-8 is named by its own line (a text
+            reader decoded ahead in chunks, and named a line before it, "near line 957" for line 1001)."""
+            for number, data in enumerate(stream, 1):
+                try:
+                    yield data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DatabaseError(
+                        f"inductor: {name!r} line {number}: not UTF-8 text (byte {data[exc.start]:#04x} at "
+                        f"column {exc.start + 1}); an Inductor log is UTF-8: copy the log again"
+                    ) from None
+
+        text = decoded()
         try:
-            target, device = _header(text.readline(), name)
+            target, device = _header(next(text, ""), name)
             ended = [True]  # whether the last line read ended with its line break
 
             def text_lines():
@@ -278,20 +325,8 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
             run_key: tuple[str, ...] = ()
             run_choices: set[str] = set()
 
-            def close_run(key: tuple[str, ...]) -> None:
-                """Add the run's timings to their measurements, unless it repeats a run already read."""
-                if len(run) >= 2:
-                    text = "\n".join(
-                        [device, *key, *(f"{logged},{feedback}" for _, _, logged, feedback, _ in run)]
-                    )
-                    fingerprint = hashlib.blake2b(text.encode(), digest_size=16).digest()
-                    if fingerprint in log.runs:
-                        log.repeated_runs += 1
-                        log.repeated_lines += len(run)
-                        run.clear()
-                        return
-                    log.runs.add(fingerprint)
-                for problem, choice, _, feedback, at in run:
+            def add(timed: list[tuple[LoggedProblem, LoggedChoice, str, str, int]]) -> None:
+                for problem, choice, _, feedback, at in timed:
                     ident = (device, problem.key, choice.key)
                     m = measurements.get(ident)
                     if m is None:
@@ -300,6 +335,25 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                         )
                     m.times.append(feedback)
                     m.files[file_name] = None
+
+            def close_run(key: tuple[str, ...], last: bool = False) -> None:
+                """Add the run's timings to their measurements, unless it repeats a run already read. A file's
+                `last` run may be cut short (a copy taken while Inductor appended to the log): it waits for
+                every file to be read (`_close_tails`)."""
+                if len(run) >= 2:
+                    fingerprint, prefixes = _fingerprints(device, key, run)
+                    if fingerprint in log.runs:
+                        log.repeated_runs += 1
+                        log.repeated_lines += len(run)
+                        run.clear()
+                        return
+                    if last:
+                        log.tails.append((len(run), fingerprint, prefixes, functools.partial(add, list(run))))
+                        run.clear()
+                        return
+                    log.runs.add(fingerprint)
+                    log.prefixes.update(prefixes)
+                add(run)
                 run.clear()
 
             for cells in reader:
@@ -337,7 +391,7 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                     "cut off (Inductor ends every row with one); copy the log again, or end the line if the row "
                     "is whole"
                 )
-            close_run(run_key)
+            close_run(run_key, last=True)
             log.lines += lines
             log.padded += padded
         except DatabaseError:
@@ -490,10 +544,8 @@ def _choice(choice: str, where: str) -> LoggedChoice:
 
 
 def _int(text: str, column: str, low: int, high: int, where: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    # as Inductor writes them: int() also took "1_152", " 1152" and other scripts' digits
+    value = int(text) if re.fullmatch(r"-?[0-9]+", text) else None
     if value is None or not low <= value <= high:
         raise DatabaseError(
             f"inductor: {where}: column {column} is {text[:40]!r}; allowed: an integer from {low} to {high}"
@@ -502,10 +554,8 @@ def _int(text: str, column: str, low: int, high: int, where: str) -> int:
 
 
 def _check_feedback(text: str, where: str) -> None:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    # as Inductor writes a float: float() also took "7_470" (7470 ms) and " 0.5"
+    value = float(text) if re.fullmatch(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?", text) else math.nan
     if not (math.isfinite(value) and value > 0):
         raise DatabaseError(
             f"inductor: {where}: column feedback is {text[:40]!r}; allowed: milliseconds > 0, or inf (failed)"
