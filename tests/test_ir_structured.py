@@ -1,10 +1,13 @@
 """Structured IR: BlockDiag, Perm, Diag and butterfly factors; Monarch, butterfly and FFT maps against independent
 torch references; Monarch projection; the butterfly twiddles that compute the DFT."""
 
+import re
+
 import pytest
 import torch
 from conftest import assert_close, randn
 
+import kt
 from kt.ir import (
     BlockDiag,
     ButterflyFactor,
@@ -333,3 +336,42 @@ def test_a_butterfly_groups_index_map_read_off_its_definition_is_the_one_fitted_
     for stage in lower(grouped):
         y = stage.apply(y, weights)
     assert_close(y, x @ op.to_dense(weights).T, 1e-12)
+
+
+def test_wrong_twiddles_and_sizes_are_one_valueerror_on_every_path():
+    """The transposed butterfly references took two levels of twiddles for n=8 as a shorter butterfly (and
+    ignored a fourth), where the forward one refused them; a float n and a zero block count were Python's
+    TypeError, AttributeError or ZeroDivisionError."""
+    from kt.ir.factors import ButterflyFactor, ButterflyGroup
+    from kt.ir.monarch import project
+    from kt.ir.problems import ButterflyProblem
+    from kt.ir.structured import monarch_square_map
+
+    x = torch.randn(3, 8)
+    transposed = kt.parse_spec(
+        {
+            "op": "butterfly",
+            "name": "bt",
+            "dtype": "float32",
+            "shape": {"batch": 3, "n": 8},
+            "transposed": True,
+        }
+    )
+    for levels in (2, 4):
+        twiddles = torch.randn(levels, 4, 2, 2)
+        for reference in (
+            kt.reference(transposed),
+            ButterflyProblem(3, 8, "float32", "ieee", True).reference,
+        ):
+            with pytest.raises(
+                ValueError, match=rf"^butterfly: twiddles have shape \({levels}, 4, 2, 2\), expected"
+            ):
+                reference(x, twiddles)
+    for call, words in [
+        (lambda: ButterflyFactor(8.0, 0), "ButterflyFactor n=8.0: must be a positive integer"),
+        (lambda: ButterflyGroup(8.0, 0, 1), "ButterflyGroup n=8.0: must be a positive integer"),
+        (lambda: monarch_square_map(6, 0), "monarch: n=6 and nblocks=0 must be positive integers"),
+        (lambda: project(torch.randn(4, 4), 0, 2), "project: k=0 must be a positive integer"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{re.escape(words)}$"):
+            call()

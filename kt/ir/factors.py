@@ -100,17 +100,19 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> 
         raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {expected}")
 
 
+def positive(value) -> bool:
+    """Whether `value` is a positive integer (numpy's integers too; not a bool or a float)."""
+    try:
+        return not isinstance(value, bool) and operator.index(value) >= 1
+    except TypeError:
+        return False
+
+
 def _positive(factor: Factor, **sizes: int | None) -> None:
     """Refuse a size that is no positive integer (None: not given), naming the factor and the field: Perm(-2, -3)
     was made, and failed later as torch's "invalid shape dimension -2"."""
     for name, size in sizes.items():
-        if size is None:
-            continue
-        try:
-            whole = not isinstance(size, bool) and operator.index(size) >= 1  # numpy's integers too
-        except TypeError:
-            whole = False
-        if not whole:
+        if size is not None and not positive(size):
             raise ValueError(f"{type(factor).__name__} {name}={size!r}: must be a positive integer")
 
 
@@ -247,6 +249,7 @@ class ButterflyFactor(Factor):
     transposed: bool = False
 
     def __post_init__(self):
+        _positive(self, n=self.n)  # 8.0 was Python's TypeError on `&`
         if self.n < 2 or self.n & (self.n - 1):
             raise ValueError(f"ButterflyFactor n={self.n}: must be a power of two >= 2")
         if not 0 <= self.level < self.n.bit_length() - 1:
@@ -319,6 +322,7 @@ class ButterflyGroup(Factor):
     transposed: bool = False
 
     def __post_init__(self):
+        _positive(self, n=self.n)  # 8.0 was an AttributeError on bit_length
         total = self.n.bit_length() - 1
         if self.n < 2 or self.n & (self.n - 1):
             raise ValueError(f"ButterflyGroup n={self.n}: must be a power of two >= 2")

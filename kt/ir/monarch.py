@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from kt.ir.factors import positive
 from kt.ir.structured import _log2, _require
 
 
@@ -24,6 +25,11 @@ def project(W: torch.Tensor, k: int, l: int, q: int | None = None) -> tuple[torc
     Works for real and complex W (the map is a plain product, no conjugates).
     """
     _require(W.dim() == 2, f"project: W has shape {tuple(W.shape)}, expected a 2-d (out, in) matrix")
+    for name, value in (("k", k), ("l", l), ("q", q)):  # 0 was a ZeroDivisionError
+        _require(
+            (value is None and name == "q") or positive(value),
+            f"project: {name}={value!r} must be a positive integer",
+        )
     out_features, in_features = W.shape
     _require(in_features % k == 0, f"project: in={in_features} is not a multiple of k={k}")
     _require(out_features % l == 0, f"project: out={out_features} is not a multiple of l={l}")

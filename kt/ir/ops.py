@@ -178,10 +178,12 @@ class ButterflyOp(StructuredOp):
     def transposed_reference(x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
         """y = x @ B for the forward butterfly's matrix B = B_{L-1} ... B_0, i.e. B_0^T ... B_{L-1}^T applied to
         each row: level L-1 first, each pair mapped by its 2x2 twiddle transposed."""
+        from kt.ir.structured import check_twiddles
+
         n = x.shape[-1]
         lead = x.shape[:-1]
         y = x.reshape(-1, n)
-        for f in reversed(range(twiddles.shape[0])):
+        for f in reversed(range(check_twiddles(n, twiddles))):
             s = 1 << f
             pairs = y.reshape(-1, n // (2 * s), 2, s)  # [b, g, half, j]
             t = twiddles[f].reshape(n // (2 * s), s, 2, 2)  # [g, j, out, in] of the forward level

@@ -411,9 +411,10 @@ class ButterflyProblem(StructuredProblem):
     def reference(self, x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
         """The per-level torch loop of the convention, in float64; transposed, x @ B level by level from the
         forward map's factors (`_times_map`)."""
-        from kt.ir.structured import butterfly_map, butterfly_reference
+        from kt.ir.structured import butterfly_map, butterfly_reference, check_twiddles
 
         if self.transposed:
+            check_twiddles(x.shape[-1], twiddles)  # as the forward reference checks them
             return _times_map(x.double(), butterfly_map(self.n), {"twiddles": twiddles.double()})
         return butterfly_reference(x.double(), twiddles.double())
 

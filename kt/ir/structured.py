@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from kt.ir.factors import BlockDiag, ButterflyFactor, Diag, Perm
+from kt.ir.factors import BlockDiag, ButterflyFactor, Diag, Perm, positive
 from kt.ir.linear_map import LinearMap
 
 
@@ -54,6 +54,10 @@ def monarch_map(k: int, q: int, p: int, l: int, s: int, r: int) -> LinearMap:  #
 
 def monarch_square_map(n: int, nblocks: int) -> LinearMap:
     """The spec's shorthand: k = l = nblocks, p = q = r = s = n / nblocks."""
+    _require(
+        positive(n) and positive(nblocks),
+        f"monarch: n={n!r} and nblocks={nblocks!r} must be positive integers",
+    )
     _require(n % nblocks == 0, f"monarch: n={n} is not a multiple of nblocks={nblocks}")
     b = n // nblocks
     return monarch_map(nblocks, b, b, nblocks, b, b)
@@ -88,15 +92,22 @@ def butterfly_map(n: int, weight: str = "twiddles") -> LinearMap:
     return LinearMap(tuple(ButterflyFactor(n, f, weight=weight) for f in range(levels)))
 
 
-def butterfly_reference(x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
-    """A per-factor torch loop: at level f (stride s) the pair (x[2sg + j], x[2sg + s + j]) is mapped by
-    twiddles[f, g*s + j]."""
-    n = x.shape[-1]
+def check_twiddles(n: int, twiddles: torch.Tensor) -> int:
+    """The levels of a butterfly on `n` features, whose twiddles must be (levels, n/2, 2, 2): one ValueError
+    naming both shapes (the transposed references took too few levels as a shorter butterfly, without a word)."""
     levels = _log2(n, "butterfly: n")
     _require(
         tuple(twiddles.shape) == (levels, n // 2, 2, 2),
         f"butterfly: twiddles have shape {tuple(twiddles.shape)}, expected {(levels, n // 2, 2, 2)}",
     )
+    return levels
+
+
+def butterfly_reference(x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
+    """A per-factor torch loop: at level f (stride s) the pair (x[2sg + j], x[2sg + s + j]) is mapped by
+    twiddles[f, g*s + j]."""
+    n = x.shape[-1]
+    levels = check_twiddles(n, twiddles)
     lead = x.shape[:-1]
     y = x.reshape(-1, n)
     for f in range(levels):
