@@ -159,10 +159,10 @@ def test_a_sums_rooflines_lie_above_its_dram_floor_fused_or_not():
 def test_a_block_sparse_launchs_x_is_aligned_by_the_columns_it_holds_not_its_mean_depth():
     """examples/blocksparse.yaml's launch sums over 410 columns (its blocks' mean depth) of an x 4096 wide:
     the forest read x's rows as 4 bytes aligned, where 4096 fp16 columns are 16."""
+    from pathlib import Path
+
     import kt
     from kt.costmodel.features import FEATURE_NAMES, features
-
-    from pathlib import Path
 
     example = Path(__file__).resolve().parents[1] / "examples" / "blocksparse.yaml"
     plan = kt.plan(kt.load_spec(example), device="h100")
