@@ -336,13 +336,21 @@ def test_the_fused_builds_that_spilled_are_illegal_and_their_clean_neighbours_le
     tf32 = ChainProblem(8192, (4096, 64, 4096), "float32", "tf32")  # tensor cores: no FMA operands held
     assert tilesum.illegal_reason(tf32, TileConfig(16, 64, 32, 1, 2, 2, 2, fused=1), H100) is None
 
-    def monarch(dtype, block_b):
-        problem = MonarchProblem(4096, (32, 16, 16), (32, 16, 16), dtype)
-        config = BlockGemmConfig(block_b, 16, 16, 1, 2, 2, fused=1)
-        return illegal_reason(problem, config, H100, stages_for(problem, config))
+    def monarch(dtype, block_b, nblocks=32, warps=2, device=H100):
+        width = 512 // nblocks
+        problem = MonarchProblem(4096, (nblocks, width, width), (nblocks, width, width), dtype)
+        config = BlockGemmConfig(block_b, 16, 16, 1, warps, 2, fused=1)
+        return illegal_reason(problem, config, device, stages_for(problem, config))
 
     assert monarch("float32", 16).startswith("fused Monarch in two warps spills")
     assert monarch("float16", 16) is None and monarch("bfloat16", 16) is None
+    # blocks 32 wide at 128 accumulator registers: all 255 registers and local memory on sm_80 and sm_90 in
+    # 16 bits too (n=512, 16 blocks, Triton 3.9); in four warps 85 registers, and 16 wide (above) 146
+    for device in (H100, A100):
+        for dtype in ("float16", "bfloat16"):
+            reason = monarch(dtype, 16, nblocks=16, device=device)
+            assert reason and reason.startswith("fused Monarch in two warps spills with blocks over 16 wide")
+            assert monarch(dtype, 16, nblocks=16, warps=4, device=device) is None
 
 
 def test_a_build_with_kilobytes_of_local_memory_below_255_registers_is_refused(pool):

@@ -210,6 +210,12 @@ def fused_reason(problem: MonarchProblem, config: BlockGemmConfig, device: Devic
     # registers, or 10 KB of local memory at 32); 16-bit ones did not (146 to 166 registers, sm_80 and sm_90).
     if config.num_warps < 4 and problem.dtype == "float32":
         return "fused Monarch in two warps spills in float32"
+    # 16-bit ones with blocks 32 wide did, at 128 accumulator registers (n=512, 16 blocks, b16: all 255 registers
+    # and 88 bytes of local memory on sm_90, 64 on sm_80, Triton 3.9, 2026-12-07), where 16 wide (32 blocks) took
+    # 146 and 64 accumulator registers (n=256, 8 blocks) 94
+    wide = max(*problem.w1[1:], *problem.w2[1:]) > 16
+    if config.num_warps < 4 and wide and acc > device.acc_regs_limit // 2:
+        return f"fused Monarch in two warps spills with blocks over 16 wide and over {device.acc_regs_limit // 2} accumulator registers"
     return None
 
 
