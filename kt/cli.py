@@ -1565,7 +1565,12 @@ def predict(spec, top, budget, objective, measures_time, seed, model, power_cap_
         if over:
             out.print(
                 f"note: {over} of {len(space_.legal)} configs are predicted to draw more than "
-                f"{plan.power_cap_w:g} W; they rank after all the others",
+                f"{plan.power_cap_w:g} W; "
+                + (
+                    "they rank after all the others"
+                    if over < len(space_.legal)
+                    else "so are all, which rank in their own order as without the cap"  # no others to follow
+                ),
                 style="yellow",
             )
     if prediction.power_w is None:

@@ -674,8 +674,12 @@ def test_a_power_cap_no_config_is_predicted_under_is_said_by_a_tune_without_a_gp
     spec = tmp_path / "op.yaml"
     spec.write_text("op: dense\nname: c\nshape: {m: 64, n: 64, k: 64}\n")
     predicted = kt("predict", spec, "--model", model, "--top", "1", "--power-cap", "1")
-    assert predicted.exit_code == 0 and re.search(r"(\d+) of \1 configs are predicted to draw more than 1 W",
-                                                  " ".join(predicted.stdout.split()))  # fmt: skip
+    said = " ".join(predicted.stdout.split())
+    assert predicted.exit_code == 0 and re.search(
+        r"(\d+) of \1 configs are predicted to draw more than 1 W", said
+    )
+    # none under the cap: "they rank after all the others" named others there were none of
+    assert "so are all, which rank in their own order as without the cap" in said, said
     tuned = kt("tune", spec, "--model", model, "--budget", "1", "--out", tmp_path / "art", "--db", tmp_path / "t.db",
                "--backend", "interpret", "--workers", "1", "--quiet", "--power-cap", "1")  # fmt: skip
     assert tuned.exit_code == 0, tuned.stderr
