@@ -549,7 +549,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
             )
     if (
         device.type == "cuda" and auto and profile is None
-    ):  # nothing to rank its configs for, nor to check them by
+    ):  # nothing to rank configs for, nor to check them by
         name = torch.cuda.get_device_name(device)
         kernel = kt.build(spec, config=BASELINE_KEY, device=_label_profile(name))
         return Selection(
