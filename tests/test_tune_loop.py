@@ -642,3 +642,51 @@ def test_listed_configs_and_a_collect_measure_every_config_twins_included(runner
     assert len(result.rows) == 3 and result.plan.twin_note is None
     session = kt.collect(SKINNY, backend="interpret", db=tmp_path / "c.db", progress=False)
     assert len(session.rows) == len(kt.space(SKINNY).legal) and session.plan.alias is None
+
+
+def test_a_listed_tune_configs_is_measured_whole_by_a_guided_search(runner, tmp_path):
+    """A guided search stopped early where nothing was expected to beat its best (the stand-in answers with the
+    model's own figures: nothing ever is), and a list of 60 configs got 38 measured, its note saying all were."""
+    made, _ = runner
+    legal = kt.space(SPEC).legal
+    listed = [c.to_dict() for c in legal[:: max(1, len(legal) // 40)]][:40]
+    spec = {**SPEC, "tune": {"configs": listed}}
+    result = kt.tune(spec, budget=5, db=tmp_path / "t.db", progress=False, strategy="guided")
+    assert result.newly_measured == len(result.rows) == len(listed) == sum(made[0].batches)
+    assert any(
+        f"tune.configs lists {len(listed)} distinct configs: all are measured" in n for n in result.notes
+    )
+
+
+def test_two_ops_of_one_problem_tuned_at_once_each_count_only_their_own_new_rows(tmp_path):
+    """The second op's search took the first's rows (database claims): its note said "6 new measurements in
+    1 round" beside "nothing new was measured"."""
+    import threading
+
+    class Slow(StandInRunner):  # the first op's rows land while the second's search waits on them
+        def run(self, candidates, deadline=None):
+            for result in super().run(candidates, deadline):
+                time.sleep(0.2)
+                yield result
+
+    results = {}
+
+    def one(name):
+        spec = kt.parse_spec({**SPEC, "name": name})
+        results[name] = tune_module.tune(
+            spec, budget=6, runner=Slow(H100), db=tmp_path / "t.db", model="analytic", progress=False
+        )
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert sum(r.newly_measured for r in results.values()) == 6
+    for result in results.values():
+        (counted,) = [n for n in result.notes if "new measurements" in n]
+        own = result.newly_measured
+        assert counted.startswith(f"{own} new measurements"), counted
+        if own < 6:
+            assert f"(and {6 - own} taken from another tune of this problem at the same time)" in counted

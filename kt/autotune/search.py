@@ -72,6 +72,8 @@ class SearchState:
     # cannot rank (a GEMM's group_m and TMA, a block-GEMM's GROUP and feature-major ends): a model-guided first
     # round takes one of each, and the polish tries the best measured tile's others first (None: no tiles)
     variant: np.ndarray | None = None
+    # False: the search may not end before its budget is spent (a listed tune.configs is measured whole)
+    stop: bool = True
 
     def unmeasured(self) -> list[int]:
         """The candidates not measured yet, in model order: of candidates of one class (`alias`), the first
@@ -197,7 +199,7 @@ class GuidedSearch(SearchStrategy):
             return []
         ei = expected_improvement(state, todo)
         self._best_history.append(state.best)
-        if state.comparable and self._stalled() and float(ei.max(initial=0.0)) < STOP_GAIN:
+        if state.stop and state.comparable and self._stalled() and float(ei.max(initial=0.0)) < STOP_GAIN:
             return []
         n_explore = int(size * self.explore) if size >= 2 else 0
         runs = np.ones(len(todo), dtype=bool) if state.fail is None else state.fail[todo] < FAILING
@@ -352,6 +354,7 @@ def run_search(
     comparable: Callable[[Prediction], bool] | None = None,
     alias: np.ndarray | None = None,
     variant: np.ndarray | None = None,
+    stop: bool = True,
 ) -> SearchTrace:
     """Run `strategy` over the candidates `predict` covers until it stops or `budget` measurements are spent.
 
@@ -366,7 +369,8 @@ def run_search(
     uncertainty (default: the runtime's). `out_of_time()` true ends the search before its next round (a
     time-boxed run); `measure` may then leave indices out of its answer, and those count as not measured.
     `alias` (SearchState.alias): candidates of one class are one program, measured once; `variant`
-    (SearchState.variant): a guided first round takes one config per tile.
+    (SearchState.variant): a guided first round takes one config per tile; `stop` False: no early stop
+    (SearchState.stop).
     """
     objective = objective or (lambda p: p.runtime_s)
     spread = spread or (lambda p: p.runtime_spread)
@@ -391,6 +395,7 @@ def run_search(
                 distance=distance,
                 alias=alias,
                 variant=variant,
+                stop=stop,
             )
         else:
             values = objective(prediction)
@@ -407,6 +412,7 @@ def run_search(
                 comparable=comparable is None or comparable(prediction),
                 alias=alias,
                 variant=variant,
+                stop=stop,
             )
         if state.budget_left <= 0 or (out_of_time is not None and out_of_time()):
             break

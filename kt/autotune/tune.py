@@ -85,6 +85,8 @@ class Plan:
     # the tile of each legal config (SearchState.variant): a guided first round takes one config per tile;
     # None: no family rule, or a listed tune.configs (the user chose them)
     variant: np.ndarray | None = None
+    # the spec lists its configs (tune.configs): every one is measured, so no strategy stops early
+    listed: bool = False
 
     @property
     def predicted_s(self) -> np.ndarray:
@@ -336,7 +338,12 @@ def plan_tuning(
         distinct = "legal configs" if alias is None else "legal configs that run differently"
         verb = "measured" if measures_time else "checked"
         # what is spent, in place of a sizing note's "measures 22 candidates, not 64" that was never true here
-        note = f"the budget ({asked}) is more than the {programs} {distinct}: all of them are {verb}"
+        note = f"the budget ({asked}) is more than the {programs} {distinct}: " + (
+            # a guided search may stop before them: 16 of 20 measured, the note saying all were
+            "the search measures at most all of them (it stops where nothing is expected to beat its best)"
+            if measures_time and strategy.adaptive
+            else f"all of them are {verb}"
+        )
     budget = min(budget, programs)  # what the search can spend (meta.json's tuning.budget says it)
     state = SearchState(
         values,
@@ -368,6 +375,7 @@ def plan_tuning(
         _unseen(cost_model.base if isinstance(cost_model, CorrectedModel) else cost_model, problem, records),
         alias,
         variant,
+        listed,
     )
 
 
@@ -605,8 +613,16 @@ def tune(
     else:
         rounds = max(session.trace.rounds, default=-1) + 1
         if rounds:
+            # this tune's own rows: a search's picks another tune of the problem measured at the same time (two
+            # ops of one problem) were counted as new beside "nothing new was measured"
+            others = len(session.trace.measured) - session.fresh
+            taken = (
+                f" (and {others} taken from another tune of this problem at the same time)"
+                if others > 0
+                else ""
+            )
             notes.append(
-                f"{len(session.trace.measured)} new measurements in {rounds} round"
+                f"{session.fresh} new measurements{taken} in {rounds} round"
                 f"{'s' if rounds != 1 else ''}, ranked by: {_models_text(session.trace.models)}"
             )
         if session.skipped_rows:
@@ -1272,6 +1288,9 @@ class _Tuner:
                 distance=self.distance,
                 alias=self.plan.alias,
                 variant=self.plan.variant,
+                # a listed tune.configs is measured whole: a guided search stopped when nothing was expected
+                # to beat its best (38 of 60 listed configs measured, its note saying all were)
+                stop=not self.plan.listed,
             )
             if retried:  # the rerun is this search's first round: its notes, rounds and the best's model
                 again = [index for index in retry if index in retried]
