@@ -204,6 +204,11 @@ def test_when_only_pytorch_passes_the_artifact_is_saved_and_calls_pytorch(monkey
     result = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, model="analytic")
     assert result.best.pytorch and result.best.config is None
     assert result.best_model == result.plan.model
+    # why, in words: none ran (it said "no generated kernel beat PyTorch's own path", none having run)
+    assert any(
+        n.startswith("none of the 4 generated configs passed (4 out_of_resources)") for n in result.notes
+    )
+    assert not any("no generated kernel beat" in n for n in result.notes), result.notes
     kernel = kt.load(result.save(tmp_path / "a"))
     assert kernel.pytorch and kernel.meta["kernel"] == "pytorch" and kernel.meta["config"] is None
     a, b = kt.random_args(SPEC, seed=3, device="cpu")
@@ -690,3 +695,29 @@ def test_two_ops_of_one_problem_tuned_at_once_each_count_only_their_own_new_rows
         assert counted.startswith(f"{own} new measurements"), counted
         if own < 6:
             assert f"(and {6 - own} taken from another tune of this problem at the same time)" in counted
+
+
+def test_a_power_cap_pytorchs_path_meets_makes_it_the_artifact_where_every_generated_config_is_over(
+    monkeypatch, tmp_path
+):
+    """Every generated config over a 200 W cap, PyTorch's path under it: the tune raised "every passing config
+    drew more than 200 W", though a measured, passing config under the cap was there to choose. (The stand-in's
+    wattages are a datasheet-like figure given by the test, not readings.)"""
+
+    class PyTorchUnderTheCap(StandInRunner):
+        def answer_zero(self, candidate):
+            return Result(
+                candidate, "ok", {"runtime_ms": 1.0, "rel_err": 0.0, "power_w": 100.0, "energy_mj": 0.1}
+            )
+
+    monkeypatch.setattr(
+        tune_module, "make_runner", lambda backend, profile, **o: PyTorchUnderTheCap(profile, power_w=400.0)
+    )
+    result = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, model="analytic", power_cap_w=200)
+    assert result.best.pytorch and result.best.power_w == 100.0
+    assert any(
+        n.startswith(
+            "every passing generated config drew more than 200 W (the least: 400 W) and PyTorch's own"
+        )
+        for n in result.notes
+    ), result.notes

@@ -1437,7 +1437,9 @@ def choose_best(
         passing = [r for r in rows if objective_value(r, "time") is not None]
         readings = [r["power_w"] for r in passing if r.get("power_w") is not None]
         every_read = passing and len(readings) == len(passing)
-        if not scored and power_cap_w is not None and every_read and min(readings) > power_cap_w:
+        theirs = objective_value(baseline, objective, power_cap_w) if baseline else None
+        over_cap = not scored and power_cap_w is not None and every_read and min(readings) > power_cap_w
+        if over_cap and theirs is None:  # PyTorch's path under the cap is the best, not an error
             raise KtError(
                 f"power_cap_w: every passing config drew more than {power_cap_w:g} W "
                 f"(the least: {min(readings):.0f} W)"
@@ -1456,11 +1458,23 @@ def choose_best(
                     f"ranked by {objective} (the fastest of them: {fastest['config_key']}, "
                     f"{fastest['runtime_ms']:.4g} ms)"
                 )
-        theirs = objective_value(baseline, objective, power_cap_w) if baseline else None
         best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
         if theirs is not None and (best_value is None or theirs <= best_value):
             impl = baseline_impl(plan.problem)
-            if (
+            failed = {s: n for s, n in statuses.items() if s != "ok"}
+            if over_cap:
+                notes.append(
+                    f"every passing generated config drew more than {power_cap_w:g} W (the least: "
+                    f"{min(readings):.0f} W) and PyTorch's own path ({impl}) did not: the artifact's kernel.py "
+                    "calls PyTorch"
+                )
+            elif rows and not passing:  # none ran correctly: none had a time to beat PyTorch's with
+                listing = ", ".join(f"{n} {s}" for s, n in sorted(failed.items()))
+                notes.append(
+                    f"none of the {len(rows)} generated configs passed ({listing}): the artifact's kernel.py "
+                    f"calls PyTorch's own path ({impl})"
+                )
+            elif (
                 rows
             ):  # with none (a deadline passed first), tune's note says so: nothing had a chance to beat it
                 notes.append(
