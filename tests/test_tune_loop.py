@@ -721,3 +721,34 @@ def test_a_power_cap_pytorchs_path_meets_makes_it_the_artifact_where_every_gener
         )
         for n in result.notes
     ), result.notes
+
+
+def test_a_tune_in_another_timing_regime_than_its_databases_rows_is_refused(tmp_path):
+    """A database keeps one row per config: a warm-L2 tune over flushed rows measured nothing and chose among
+    them, or, with a larger budget, mixed the two regimes in one ranking."""
+    from kt.autotune.timing import TimingSettings
+
+    class Warm(StandInRunner):
+        timing = TimingSettings(regime="l2_warm")
+
+        def answer(self, candidate, seconds):
+            result = super().answer(candidate, seconds)
+            result.values["timing_regime"] = "l2_warm"
+            return result
+
+    class Flushed(Warm):
+        timing = TimingSettings()
+
+        def answer(self, candidate, seconds):
+            result = StandInRunner.answer(self, candidate, seconds)
+            result.values["timing_regime"] = "l2_flushed"
+            return result
+
+    spec, db = kt.parse_spec(SPEC), tmp_path / "t.db"
+    tune_module.tune(spec, budget=4, runner=Flushed(H100), db=db, model="analytic", progress=False)
+    with pytest.raises(
+        KtError, match=r"^timing: .*t.db holds this problem's rows timed l2_flushed, and this tune"
+    ):
+        tune_module.tune(spec, budget=6, runner=Warm(H100), db=db, model="analytic", progress=False)
+    again = tune_module.tune(spec, budget=6, runner=Flushed(H100), db=db, model="analytic", progress=False)
+    assert again.newly_measured == 2

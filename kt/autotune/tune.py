@@ -1014,6 +1014,7 @@ class _Tuner:
         failed ones stay. Every failed row was deleted, and the search then spent the budget on what it chose:
         failures went without a row and without a word."""
         known = self.database.measured_configs(**self.key)
+        self._check_regime(known.values())
         retry: list[int] = []
         failed_count = 0
         if retry_failed:
@@ -1034,6 +1035,21 @@ class _Tuner:
             known = self.database.measured_configs(**self.key)
         values = {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
         return values, retry, failed_count
+
+    def _check_regime(self, rows) -> None:
+        """Refuse rows of this problem timed under another regime than this tune's (`TimingSettings.regime`):
+        a database keeps one row per config, so a warm-L2 tune counted, refitted on and chose among flushed
+        rows (or mixed the two) without a word. A row without a regime is the default's, l2_flushed."""
+        regime = getattr(getattr(self.runner, "timing", None), "regime", None)
+        if not (self.runner.measures_time and regime):
+            return
+        other = {r.get("timing_regime") or "l2_flushed" for r in rows if r["status"] == "ok"} - {regime}
+        if other:
+            raise KtError(
+                f"timing: {self.database.path} holds this problem's rows timed {' and '.join(sorted(other))}, and this "
+                f"tune times {regime}; a database keeps one row per config, so give another database (db) or "
+                "time as its rows were"
+            )
 
     def baseline_row(self) -> dict[str, Any] | None:
         """Candidate zero's row in the database (PyTorch's own path for this problem), if it has run."""
