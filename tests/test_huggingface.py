@@ -577,3 +577,19 @@ def test_structurize_as_names_a_save_pretrained_file_whose_names_are_the_checkpo
     again.load_state_dict(own)
     with torch.no_grad():
         assert torch.equal(again(x).logits, logits)
+
+
+def test_a_subclass_of_conv1d_is_left_alone_with_a_word_by_structurize_and_from_model():
+    """It was left alone without one (structurize), or said to match nothing, and `kt tune --from-model`
+    neither tuned it nor listed it as skipped."""
+
+    class Mine(Conv1D):
+        pass
+
+    model = nn.Sequential(Mine(8, 8), nn.Linear(8, 8))
+    with pytest.warns(
+        UserWarning, match=r"'0' is a Mine: a subclass of transformers' Conv1D, whose forward may"
+    ):
+        assert knn.structurize(model, {"*": knn.DenseLinear.from_dense}) == ["1"]
+    found = model_ops(nn.Sequential(Mine(8, 8)), torch.randn(2, 8))
+    assert found.skipped == [("0", "a Mine: a subclass of transformers' Conv1D, whose forward may differ")]

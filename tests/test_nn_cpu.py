@@ -1722,6 +1722,52 @@ def test_structurize_warns_that_a_weight_tied_to_another_module_is_no_longer_tie
         knn.structurize(shared, {"a": knn.DenseLinear.from_dense})
 
 
+@pytest.mark.parametrize("how", ["prune", "spectral_norm", "parametrizations.spectral_norm"])
+def test_a_tied_weight_under_prune_or_a_norm_is_said_to_be_untied_too(how):
+    """The tie check looked up `head.weight`, which prune and the norms compute afresh at each call: the
+    embedding's weight, tied as head.weight_orig (or the parametrization's original), was untied unsaid."""
+    import torch.nn.utils.prune  # noqa: F401 - torch.nn.utils.prune is not loaded by torch itself
+
+    model = torch.nn.Module()
+    model.embed, model.head = torch.nn.Embedding(50, 32), torch.nn.Linear(32, 50, bias=False)
+    model.head.weight = model.embed.weight
+    if how == "prune":
+        torch.nn.utils.prune.l1_unstructured(model.head, "weight", 0.3)
+    elif how == "spectral_norm":
+        torch.nn.utils.spectral_norm(model.head)
+    else:
+        torch.nn.utils.parametrizations.spectral_norm(model.head)
+    with pytest.warns(
+        UserWarning, match=r"^structurize: the weight of 'head' is also 'embed.weight'; the new"
+    ):
+        knn.structurize(model, {"head": knn.DenseLinear.from_dense})
+
+
+def test_a_rule_every_layer_of_which_an_earlier_pattern_takes_is_said_to_be_unused():
+    """{"*": ..., "0": ...}: layer 0 was made by "*" and the "0" rule did nothing, without a word (a pattern that
+    matches nothing is refused for that reason)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    with pytest.warns(
+        UserWarning, match=r"^structurize: the rule '0' is not used: every layer it matches is "
+    ):
+        made = knn.structurize(
+            model,
+            {"*": knn.DenseLinear.from_dense, "0": lambda layer: knn.LowRankLinear.from_dense(layer, rank=2)},
+        )
+    assert made == ["0", "1"] and all(isinstance(m, knn.DenseLinear) for m in model)
+
+
+def test_a_dense_pattern_of_structurize_as_that_matches_no_layer_is_refused():
+    """A typo in `dense` (`*.atn.c_proj`) read square DenseLinear weights as Conv1D ones, transposed, without a
+    word: GPT-2's logits were 0.14 off."""
+    state = torch.nn.Sequential(torch.nn.Linear(8, 8)).state_dict()
+    with pytest.raises(
+        ValueError, match=r"^structurize_as: the dense pattern 'typo' matches no nn.Linear, Conv1D"
+    ):
+        knn.structurize_as(torch.nn.Sequential(torch.nn.Linear(8, 8)), state, dense="typo")
+    assert knn.structurize_as(torch.nn.Sequential(torch.nn.Linear(8, 8)), state, dense="0") == ["0"]
+
+
 def test_a_butterfly_kernel_leaves_its_twiddles_swappable(monkeypatch):
     """The generated kernel's block cache held the twiddles weakly, and torch.utils.swap_tensors (which
     `.to()` and `load_state_dict` use for tensor subclasses, or when asked to) refuses a tensor held weakly."""

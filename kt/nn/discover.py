@@ -67,7 +67,16 @@ def model_ops(
     apart), the module's path and the bucket. Each op is also listed at the buckets of `extra_rows` (row counts
     the example does not run: a generation's decode steps, one row per sequence)."""
     from kt.nn.functional import _row_count
-    from kt.nn.layers import FFT, _KtLinear, as_linear, autocast_dtype, conv1d, pointwise, unparametrized
+    from kt.nn.layers import (
+        FFT,
+        _KtLinear,
+        as_linear,
+        autocast_dtype,
+        conv1d,
+        conv1d_subclass,
+        pointwise,
+        unparametrized,
+    )
     from kt.nn.selection import bucket, bucket_spec, parsed_op
 
     found = ModelOps()
@@ -85,6 +94,11 @@ def model_ops(
             # a DenseLinear multiplies x's rows (all leading dims) as one matrix; _row_count reads a dense op's
             # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
             rows = math.prod(x.shape[:-1]) if op["op"] == "dense" else _row_count(op, x)
+        elif conv1d_subclass(module):  # left alone by structurize: listed as skipped, not passed over unsaid
+            why = f"a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ"
+            if (path or "(model)", why) not in found.skipped:
+                found.skipped.append((path or "(model)", why))
+            return
         elif isinstance(module, nn.Linear) or conv1d(module) or pointwise(module):
             positions = None
             if pointwise(module):  # a 1x1 convolution: its (strided) positions are the rows

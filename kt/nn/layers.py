@@ -48,6 +48,14 @@ def conv1d(module: Any) -> bool:
     return found is not None and unparametrized(module) is getattr(found, "Conv1D", None)
 
 
+def conv1d_subclass(module: Any) -> bool:
+    """Whether `module` is a subclass of transformers' Conv1D (whose forward may differ): left alone by
+    structurize and by `kt tune --from-model`, each saying so."""
+    found = sys.modules.get("transformers.pytorch_utils")
+    base = getattr(found, "Conv1D", None) if found is not None else None
+    return base is not None and isinstance(module, base) and not conv1d(module)
+
+
 def unparametrized(module: Any) -> type:
     """The class of `module`, or for a module under torch.nn.utils.parametrize (parametrizations.weight_norm,
     orthogonal, spectral_norm, a user's own) the class it had: parametrize swaps in a subclass of it,

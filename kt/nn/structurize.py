@@ -22,6 +22,7 @@ from kt.nn.layers import (
     _not_pointwise,
     as_linear,
     conv1d,
+    conv1d_subclass,
     own_names,
     pointwise,
     unparametrized,
@@ -135,6 +136,11 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             linears[id(module)] = module
         elif isinstance(module, nn.Linear):
             subclassed[name] = _left_alone(module)  # its forward may differ (an adapter's)
+        elif conv1d_subclass(module):  # was left alone without a word, and a pattern of it "matched nothing"
+            subclassed[name] = (
+                f"is a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ, "
+                "which structurize leaves alone"
+            )
         elif isinstance(module, CONVOLUTIONS) and cls not in CONVOLUTIONS:
             base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
             # a 1x1 convolution of a subclass (timm's StdConv2d standardizes its weight): named where matched
@@ -181,18 +187,29 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         def rule_of(name: str) -> tuple[str, Factory] | None:
             return next(((p, f) for p, f in patterns if fnmatch.fnmatchcase(name, p)), None)
 
+        # a pattern every layer of which an earlier pattern takes first does nothing: said, as a pattern that
+        # matches nothing is refused ({"*": ..., "0": ...} made layer 0 by "*" without a word)
+        winners = {rule[0] for rule in map(rule_of, names) if rule is not None}
+        hidden = [p for p, _ in patterns if p not in winners]
+        early_said = [
+            f"structurize: the rule {p!r} is not used: every layer it matches is matched first by an earlier "
+            f"pattern ({', '.join(repr(q) for q in dict.fromkeys(rule_of(n)[0] for n in names if fnmatch.fnmatchcase(n, p)))}); "
+            "the first pattern that matches a name makes its layer"
+            for p in hidden
+        ]
+
         def choose(name: str, linear: nn.Linear):
             rule = rule_of(name)
             return None if rule is None else rule[1](linear)
 
     elif callable(rules):
         _check_rule_function(rules)
-        choose, rule_of = rules, None
+        choose, rule_of, early_said = rules, None, []
     else:
         raise TypeError(
             f"structurize: rules must be a mapping of name patterns to factories or a function, got {type(rules).__name__}"
         )
-    chosen, said = [], []  # warnings said once every layer is made (none where a rule fails)
+    chosen, said = [], list(early_said)  # warnings said once every layer is made (none where a rule fails)
     for key, module in linears.items():
         _fresh_weight(module)
         # what the rules read: an nn.Linear (a view of a Conv1D's or a 1x1 convolution's weight)
@@ -242,8 +259,13 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         holders.setdefault(id(param), []).append(name)
     replaced = []
     for key, layer in chosen:
-        own = {f"{alias}.weight" if alias else "weight" for alias in aliases[key]}
-        tied = [name for name in holders.get(id(linears[key].weight), []) if name not in own]
+        module = linears[key]
+        # its weight, or what prune, spectral_norm or a parametrization computes it from (`weight` is then a
+        # fresh tensor, held by nobody: a tied weight_orig was untied without a word)
+        watched = [module.weight, *(t for c in _computed(module) if c.tensor == "weight" for t in c.sources)]
+        names = [n for n, _ in module.named_parameters(remove_duplicate=False)]
+        own = {f"{alias}.{n}" if alias else n for alias in aliases[key] for n in names}
+        tied = list(dict.fromkeys(n for p in watched for n in holders.get(id(p), []) if n not in own))
         if tied:  # (an embedding shared with an output head, say): the new layer has weights of its own
             warnings.warn(
                 f"structurize: the weight of {aliases[key][0]!r} is also {', '.join(map(repr, tied))}; the new "
@@ -323,6 +345,21 @@ def structurize_as(
             f"structurize_as: dense must be a glob pattern or a sequence of them, got {shown(dense)}"
         )
     model, state_dict = uncompiled(model), own_names(state_dict)  # a compiled model's state: `_orig_mod.` off
+    layers = [
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if unparametrized(module) is nn.Linear
+        or conv1d(module)
+        or pointwise(module)
+        or type(module).__module__.startswith("kt.nn")  # made already (structurize_as run twice)
+    ]
+    for pattern in patterns:  # a typo read a square DenseLinear's weight as a Conv1D's, transposed, unsaid
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
+            listing = ", ".join(layers[:8]) + (f", ... ({len(layers)} in all)" if len(layers) > 8 else "")
+            raise ValueError(
+                f"structurize_as: the dense pattern {pattern!r} matches no nn.Linear, Conv1D or 1x1 convolution "
+                f"of the model; its layers: {listing or 'none'}"
+            )
 
     def rule(name: str, linear: nn.Linear) -> nn.Module | None:
         prefix = f"{name}." if name else ""
