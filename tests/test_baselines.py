@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import LargestTensor
 from torch.overrides import TorchFunctionMode
 
+import kt
 from kt.autotune.checking import check_kernel, relative_error
 from kt.codegen import baseline_impl, baseline_version, render_baseline, write_source
 from kt.codegen.render import template_version
@@ -630,7 +631,7 @@ def test_source_imports_only_torch_and_the_standard_library(name):
         if isinstance(node, ast.Import)
         for alias in node.names
     } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"torch", "contextlib", "functools", "warnings", "weakref"}
+    assert imported <= {"torch", "contextlib", "functools", "threading", "warnings", "weakref"}
     doc = ast.get_docstring(tree)
     assert doc.startswith("PyTorch baseline candidate_zero: ")
     assert "PyTorch's own path, not a kt kernel" in doc
@@ -644,3 +645,43 @@ def test_source_imports_only_torch_and_the_standard_library(name):
 def test_baseline_version_is_the_templates():
     assert baseline_version() == template_version("baseline.py.j2")
     assert len(baseline_version()) == 12 and int(baseline_version(), 16) >= 0
+
+
+def test_float32_calls_in_two_threads_each_run_at_their_own_precision_and_restore_the_callers(monkeypatch):
+    """The precision is the process's setting: a tf32 call and an ieee one at once ran the first's matmuls at
+    the second's precision, and the last to finish restored the other's setting, not the caller's."""
+    import threading
+    import time
+
+    spec = {"op": "dense", "name": "p", "dtype": "float32", "shape": {"m": 3, "n": 2, "k": 4}}
+    kernels = {p: kt.build({**spec, "precision": p}, "pytorch") for p in ("tf32", "ieee")}
+    matmul, seen = torch.matmul, {}
+
+    def slow(a, b, **kw):  # records the precision each call's product runs at, before and after a pause
+        name = threading.current_thread().name
+        seen.setdefault(name, []).append(torch.backends.cuda.matmul.fp32_precision)
+        time.sleep(0.2)
+        seen[name].append(torch.backends.cuda.matmul.fp32_precision)
+        return matmul(a, b, **kw)
+
+    monkeypatch.setattr(torch, "matmul", slow)
+    before = torch.backends.cuda.matmul.fp32_precision
+    a, b = kt.random_args(spec)
+    threads = [threading.Thread(target=kernels[p], args=(a, b), name=p) for p in ("tf32", "ieee")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert seen == {"tf32": ["tf32", "tf32"], "ieee": ["ieee", "ieee"]}, seen
+    assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+def test_implementation_of_an_input_without_rows_says_nothing_runs():
+    """kernel() of an fp16 FFT without rows returns its empty output; implementation() ran the FFT, which MKL
+    refuses for an empty batch (a RuntimeError)."""
+    spec = {"op": "fft", "name": "f", "dtype": "float16", "input": "real", "shape": {"batch": 4, "n": 16}}
+    kernel = kt.build(spec, "pytorch")
+    x = torch.zeros(0, 16, dtype=torch.float16)
+    assert kernel.module.kernel(x).shape == (2, 0, 16)
+    assert kernel.module.implementation(x) == "torch.fft.fft (no rows: nothing runs)"
