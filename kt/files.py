@@ -535,6 +535,9 @@ def csv_records(text: str, where: str, error: type[Exception]) -> Iterator[tuple
             f"{where} line {text.count(chr(10)) + 1}: the file ends without a line break, so its last row may "
             "be cut off (kt ends every row with one); write it again, or end the line if the row is whole"
         )
+    # a cell may be as long as kt writes it: csv's 131,072 characters refused the layout of a block-sparse W that
+    # `kt export` wrote (16384 square in 16x16 blocks: 262,144), whole, and a long message
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.DictReader(io.StringIO(text, newline=""))
     while True:
         try:

@@ -451,9 +451,10 @@ class Database:
         existed = check_path(self.path, create and not readonly)
         try:
             if readonly:
-                # With no write-ahead log beside it, no writer is active and the file is read as it stands
-                # (immutable): SQLite then creates no -wal/-shm files, and a read-only folder is no obstacle.
-                # SQLite keeps the log beside the file itself: through a symbolic link, beside its target (looked
+                # Read with SQLite's locks; only where they cannot be had (a WAL file without its log, in a
+                # folder where the log's shared memory cannot be made) read as it stands (immutable): with no log
+                # now, a writer may still start mid-read (an immutable read of a file a tune began writing gave
+                # duplicated and missing rows). SQLite keeps the log beside the file itself: through a symbolic link, beside its target (looked
                 # for beside the link, it was never found, and a reader then took no locks while a writer wrote:
                 # stale rows, duplicates, "malformed")
                 # A file in rollback-journal mode (a database on a network filesystem) never has a log beside
@@ -461,10 +462,16 @@ class Database:
                 real = self.path.resolve()
                 wal = real.with_name(real.name + "-wal")
                 immutable = _in_wal_mode(real) and not wal.exists()
-                uri = f"{real.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
-                self.conn = sqlite3.connect(uri, uri=True, timeout=LOCKED_WAIT_S, isolation_level=None)
-                self.conn.row_factory = sqlite3.Row
-                self._check()
+                try:  # with locks, as SQLite reads a live file: no log now is no writer in a second (a tune
+                    # starting mid-read checkpointed pages under an immutable reader: duplicated and missing rows,
+                    # or "malformed")
+                    self._connect_readonly(real, immutable=False)
+                except sqlite3.OperationalError:
+                    if not immutable:
+                        raise
+                    # a read-only folder, where SQLite cannot make the log's shared memory: read as it stands
+                    self.conn.close()
+                    self._connect_readonly(real, immutable=True)
             else:
                 try:  # through a symbolic link to nothing, the folder of the file it names
                     self.path.resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -534,6 +541,12 @@ class Database:
             _warn_shared_wal(self.path, str(self.shared))
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {int(LOCKED_WAIT_S * 1000)}")
+
+    def _connect_readonly(self, real: Path, immutable: bool) -> None:
+        uri = f"{real.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+        self.conn = sqlite3.connect(uri, uri=True, timeout=LOCKED_WAIT_S, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self._check()
 
     def _check(self) -> set[str]:
         """The file's tables, after refusing a newer schema or an SQLite file of something else."""
