@@ -1061,3 +1061,28 @@ def test_an_export_with_a_cell_over_csvs_default_limit_reads_back(tmp_path):
         assert db.export_csv(tmp_path / "out.csv") == 1
     ((_, record),) = list(csv_records((tmp_path / "out.csv").read_text(), "data", DatabaseError))
     assert record["message"] == "x" * 200_000
+
+
+def test_a_database_without_its_log_in_a_read_only_folder_is_read_as_it_stands(tmp_path):
+    """Where SQLite's locks cannot be had (no -shm file can be made beside a WAL file), the reader falls back to
+    reading the file as it stands, as every read did before it took locks."""
+    import sys
+
+    from conftest import run_as_user
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with Database(folder / "t.db") as db:
+        db.insert(row())
+    assert sorted(p.name for p in folder.iterdir()) == ["t.db"]
+    folder.chmod(0o555)
+    try:
+        code = (
+            "import sys\nfrom kt.autotune.database import Database\n"
+            "with Database(sys.argv[1], create=False, readonly=True) as db:\n    print(db.count())\n"
+        )
+        done = run_as_user([sys.executable, "-c", code, str(folder / "t.db")])
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0 and done.stdout.strip() == "1", (done.stdout, done.stderr)
+    assert sorted(p.name for p in folder.iterdir()) == ["t.db"]
