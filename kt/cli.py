@@ -1268,7 +1268,9 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
             _fmt(launch["smem_bytes"] / 1024, ".0f"),
             why,
         )
-    out.print(table)
+    _print_fitted(
+        table, ()
+    )  # a narrow terminal cut the kernel's name and its MMA kind: what the table is for
 
 
 def _why_not_wgmma(plan, config, launches) -> list[str]:
@@ -1646,7 +1648,7 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
     )
     counts = Counter(row["status"] for row in session.rows)
     out.print(
-        f"{spec.name}: {len(session.rows)} configs in {session.db_path} ({session.fresh} new; "
+        f"{spec.name}: {counted(len(session.rows), 'config')} in {session.db_path} ({session.fresh} new; "
         f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) on {session.runner.device}"
     )
 
@@ -2320,6 +2322,8 @@ def inspect(path, db, model, plots_dir, device, gpu):
     from kt.autotune.inspection import inspect_tune  # loads torch only past the refusals that need none
     from kt.files import unmakeable
 
+    if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():  # /dev/null: after the work
+        raise KtError(f"plots: {str(plots_dir)!r} exists and is not a folder")
     if plots_dir is not None and not plots_dir.is_dir() and (why := unmakeable(plots_dir)):
         raise KtError(f"plots: the folder {str(plots_dir)!r} cannot be made: {why}")
     with _working(f"inspecting {path}: fitting forests, scoring, plotting"):

@@ -856,6 +856,21 @@ def test_a_cut_off_database_is_damaged_and_a_damaged_space_is_named_as_the_argum
         DatabaseError, match=r"cut.db' is damaged \(database disk image is malformed\); `sqlite3"
     ):
         Database(cut).close()
+    # given as kt inspect's DB (no --db there): "or give another --db" sent it to inspect's --db refusal
+    from conftest import kt_cli
+
+    done = kt_cli("inspect", cut)
+    assert (
+        done.returncode == 2
+        and "is damaged" in done.stderr
+        and done.stderr.rstrip().endswith("may save its rows, or give another file")
+    ), done.stderr
+    # a --plots that is no folder is refused before the work (it failed after it, naming no option)
+    Database(tmp_path / "ok.db").close()
+    done = kt_cli("inspect", tmp_path / "ok.db", "--plots", os.devnull)
+    assert done.returncode == 2 and "plots: '/dev/null' exists and is not a folder" in done.stderr, (
+        done.stderr
+    )
     pages = len(data) // 4096
     with path.open("r+b") as handle:  # a page of rows overwritten: it opens, and fails as its rows are read
         handle.seek(4096 * (pages // 2) + 8)

@@ -1033,7 +1033,9 @@ def named(field: str) -> Iterator[None]:
         text = str(exc)
         if field == "db" or not text.startswith("db: "):
             raise
-        raise DatabaseError(f"{field}: {text.removeprefix('db: ')}") from None
+        # a file that is no --db here: "give another --db" sent `kt inspect X.db` to its own --db refusal
+        text = text.removeprefix("db: ").replace("give another --db", "give another file")
+        raise DatabaseError(f"{field}: {text}") from None
     except sqlite3.Error as exc:  # a page found damaged as the rows are read: named here, not as --db
         text = failure(exc)
         if field != "db":
