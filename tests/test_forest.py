@@ -298,6 +298,23 @@ def test_a_model_whose_saved_predictions_the_features_here_do_not_reproduce_is_r
         ForestModel.load(saved, H100)
 
 
+@pytest.mark.parametrize("edit", ["empty", "none", "power"])
+def test_a_model_whose_self_check_is_emptied_or_whose_power_forest_drifts_is_refused(saved, edit):
+    """An emptied self-check loaded unchecked (its trees edited or not), and the power forest was never in it:
+    power trees set to -5 W loaded under another scikit-learn and predicted -5 W."""
+
+    def damage(payload):
+        if edit == "power":
+            assert len(payload["self_check"]["power"]) == len(payload["self_check"]["runtime"])
+            payload["self_check"]["power"] = [v + 1.0 for v in payload["self_check"]["power"]]
+        else:
+            payload["self_check"] = {} if edit == "empty" else None
+
+    rewrite(saved, damage)
+    with pytest.raises(ModelError, match=r"does not reproduce its saved predictions"):
+        ForestModel.load(saved, H100)
+
+
 def test_a_model_stands_in_for_a_device_of_its_architecture_only_when_asked(saved):
     model = ForestModel.load(saved, H200, stand_in=True)
     assert model.device is H200 and model.fitted_device.key == "h100"

@@ -373,6 +373,8 @@ class ForestModel:
         keep = [{k: r[k] for k in (*PROBLEM_KEYS, *CONFIG_KEYS)} for r in records[:SELF_CHECK_ROWS]]
         x = features(keep, self.device)
         check = {"records": keep, "runtime": self.runtime_forest.predict(x).tolist()}
+        if self.power_forest is not None:  # (a power forest's trees went unchecked: -5 W loaded under drift)
+            check["power"] = self.power_forest.predict(x).tolist()
         if self.baseline_forest is not None:
             check["baseline"] = self.baseline_forest.predict(problem_features(keep, self.device)).tolist()
         return check
@@ -512,8 +514,8 @@ class ForestModel:
                 _check_forest(forest, where, len(FEATURE_NAMES))
         if model.baseline_forest is not None:
             _check_forest(model.baseline_forest, where, len(PROBLEM_FEATURE_NAMES))
-        if drift or model.self_check:
-            model._verify_self_check(where, drift)
+        # always: a file whose self-check was emptied loaded unchecked, its trees edited or not
+        model._verify_self_check(where, drift)
         if borrowed:
             model.device, model.fitted_device = device, profile
         return model
@@ -537,6 +539,9 @@ class ForestModel:
             if self.baseline_forest is not None:
                 baseline = self.baseline_forest.predict(problem_features(records, self.device))
                 same = same and np.allclose(baseline, check["baseline"], rtol=0, atol=1e-9)
+            if self.power_forest is not None and ("power" in check or drift):  # (files before it held none)
+                power = self.power_forest.predict(x)
+                same = same and np.allclose(power, check["power"], rtol=0, atol=1e-9)
         except Exception:  # noqa: BLE001 - a check that cannot even run is a failed check
             raise fail from None
         if not records or not same:
