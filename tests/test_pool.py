@@ -429,3 +429,55 @@ def test_cpu_workers_share_the_cpus_among_them_in_torchs_threads_and_numpys_blas
     for name in groups:
         torch_threads, blas = (tmp_path / name).read_text().split("|")
         assert torch_threads == "4" and set(ast.literal_eval(blas)) <= {4}, (name, torch_threads, blas)
+
+
+def _check_task(index: int, source: str) -> Task:
+    problem = GemmProblem(16, 16, 16)
+    payload = {"family": "gemm", "problems": [problem.to_dict()], "source_path": str(write_source(source)),
+               "device": "cpu", "seed": 0}  # fmt: skip
+    return Task(index, "check", payload, "default")
+
+
+FAST = "def kernel(a, b, out=None):\n    out.copy_(a @ b)\n    return out\n"
+SLOW = "import time\n\ndef kernel(a, b, out=None):\n    time.sleep(2)\n    out.copy_(a @ b)\n    return out\n"
+SLOW_WRONG = SLOW.replace("    return out", "    out[0, 0] += 100.0\n    return out")
+
+
+def test_a_run_its_caller_left_mid_loop_hands_its_running_task_to_no_later_run():
+    """A tune that raised over its first result (a database insert, say) left its other task running: the
+    pool's next run, another op's, yielded that task's result as its own task of the same number."""
+    import time
+
+    with WorkerPool({"default": (2, {"TRITON_INTERPRET": "1"})}, timeout_s=60) as pool:
+        with pytest.raises(RuntimeError):
+            for _ in pool.run([_check_task(0, FAST), _check_task(1, SLOW_WRONG)]):
+                raise RuntimeError("the caller's insert failed")
+        time.sleep(2.5)  # the abandoned task would have finished by now
+        outcomes = list(pool.run([_check_task(0, FAST), _check_task(1, FAST)]))
+    assert sorted((o.task.id, o.status) for o in outcomes) == [(0, "ok"), (1, "ok")], outcomes
+
+
+def test_a_result_that_came_while_the_caller_was_busy_is_no_timeout():
+    """The ready workers were read once per pass: a task that finished while the caller took 5 s over an
+    earlier result was past its 4 s deadline when its turn came, and was recorded a timeout."""
+    import time
+
+    with WorkerPool({"default": (2, {"TRITON_INTERPRET": "1"})}, timeout_s=4) as pool:
+        pool.warm()
+        seen = {}
+        for outcome in pool.run([_check_task(0, FAST), _check_task(1, SLOW)]):
+            seen[outcome.task.id] = outcome.status
+            if outcome.task.id == 0:
+                time.sleep(5)
+    assert seen == {0: "ok", 1: "ok"}, seen
+
+
+def test_a_crash_quotes_its_own_tasks_output_not_the_tasks_before():
+    """The crash message quoted the worker's whole log: a segfault that printed nothing read "worker killed by
+    SIGSEGV: hello from task A", the task before it on that worker."""
+    loud = FAST.replace("    out.copy_", "    print('hello from task A')\n    out.copy_")
+    silent = "import os, signal\n\ndef kernel(a, b, out=None):\n    os.kill(os.getpid(), signal.SIGSEGV)\n"
+    with WorkerPool({"default": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=60) as pool:
+        outcomes = {o.task.id: o for o in pool.run([_check_task(0, loud), _check_task(1, silent)])}
+    assert outcomes[0].status == "ok" and outcomes[1].status == "crash"
+    assert "task A" not in outcomes[1].message and outcomes[1].message.startswith("worker killed by SIGSEGV")

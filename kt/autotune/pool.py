@@ -83,6 +83,7 @@ class _Slot:
         self.spawned = 0.0
         self.ready = False
         self.info: dict[str, Any] = {}  # what the worker said when ready (its pid)
+        self.log_start = 0  # the log's size when the task was sent
         self.start()
 
     def start(self) -> None:
@@ -91,6 +92,7 @@ class _Slot:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in kill()
+        self.log_start = 0
         env = worker_env(self.env)
         try:
             self.process = spawn_worker(env, to_child_r, from_child_w, self.log.fileno()) or subprocess.Popen(
@@ -154,6 +156,8 @@ class _Slot:
         if self.process is None or self.process.poll() is not None:
             self.restart()
         self.task, self.started = task, time.monotonic()  # restarted when the worker says ready
+        # where this task's output starts in the worker's log (its size: no seek, the worker shares the offset)
+        self.log_start = os.fstat(self.log.fileno()).st_size if self.log is not None else 0
         # If it died since the poll, the closed pipe reads as a crash in the wait that follows.
         with contextlib.suppress(BrokenPipeError, OSError):
             self.conn_out.send(Task(task.id, task.kind, task.payload, task.group))  # the context stays here
@@ -164,7 +168,8 @@ class _Slot:
             return ""
         self.log.seek(0, os.SEEK_END)
         size = self.log.tell()
-        self.log.seek(max(0, size - 4096))
+        # this task's own output: a segfault that printed nothing quoted the task before it
+        self.log.seek(max(self.log_start, size - 4096))
         text = self.log.read().decode(errors="replace").strip().splitlines()
         return " | ".join(line.strip() for line in text[-lines:])
 
@@ -290,6 +295,18 @@ class WorkerPool:
         unknown = {task.group for task in pending} - groups
         if unknown:
             raise ValueError(f"tasks for unknown worker groups {sorted(unknown)}; groups: {sorted(groups)}")
+        try:
+            yield from self._run(pending, groups, follow_up, deadline, inbox)
+        except BaseException:
+            # closed early (its caller raised mid-loop) or failed: a task still running is this run's, and its
+            # result went to the pool's next run, under that run's task of the same number
+            for slot in self.slots:
+                if slot.task is not None:
+                    slot.task = None
+                    slot.kill()  # the next send starts it afresh
+            raise
+
+    def _run(self, pending, groups, follow_up, deadline, inbox) -> Iterator[Outcome]:
         while pending or any(slot.task for slot in self.slots) or (inbox is not None and inbox.open):
             if inbox is not None and inbox.aborted:
                 return
@@ -340,6 +357,10 @@ class WorkerPool:
 
     def _collect(self, slot: _Slot, ready: list) -> Outcome | None:
         task = slot.task
+        if slot.conn_in not in ready and slot.conn_in is not None and slot.conn_in.poll():
+            # done since the wait: the caller took a while over an earlier result (a database insert waiting
+            # on a lock), and a result there was taken for no result by its deadline, a timeout
+            ready = [*ready, slot.conn_in]
         try:
             if slot.conn_in in ready and not slot.ready:
                 self._read_ready(slot)
