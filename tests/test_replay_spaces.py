@@ -201,6 +201,22 @@ def test_a_kernel_tuner_cache_reads_as_a_space_with_its_failures(tmp_path, bowl)
             '"cache": {"2,1": {"a": 1, "b": 2, "time": 1.0}}}',
             "cache entry '2,1' holds a=1, b=2, whose key is '1,2'",
         ),
+        # the same, the key's number spelt otherwise ("2.0" for 2): it passed
+        (
+            '{"tune_params_keys": ["a", "b"], "tune_params": {"a": [1, 2], "b": [1, 2]}, '
+            '"cache": {"2.0,1": {"a": 1, "b": 1, "time": 1.0}}}',
+            "cache entry '2.0,1' holds a=1, b=1, whose key is '1,1'",
+        ),
+        # an integer past Python's 4,300 digits: json's ValueError, a traceback
+        (
+            '{"tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "time": 1' + "0" * 5000 + "}}}",
+            "not a Kernel Tuner cache file \\(JSON\\): Exceeds the limit \\(4300 digits\\)",
+        ),
+        # a lone surrogate (JSON's \ud800): `--csv` failed to write the trace after the whole replay
+        (
+            '{"tune_params": {"a": [1, "\\ud800"]}, "cache": {"1": {"a": 1, "time": 1.0}}}',
+            "holds text that is no Unicode \\('\\\\ud800', a lone surrogate\\)",
+        ),
         # a time written as text: read as a failed configuration
         (
             '{"tune_params": {"a": [1, 2]}, "cache": {"1": {"a": 1, "time": "0.5"}, "2": {"a": 2, "time": 2.0}}}',

@@ -254,6 +254,19 @@ def check_space_file(path: Path) -> None:
     check_data(path, "space")
 
 
+def _named_by(part: str, spellings: dict[str, set], listed: list) -> set | None:
+    """The listed values a key's part names: those spelt so, else those equal to the number it reads as ("2.0"
+    named 2, and a key spelt so passed the check that a key names its own configuration); None for neither."""
+    if part in spellings:
+        return spellings[part]
+    try:
+        number = float(part)
+    except ValueError:
+        return None
+    same = {x for x in listed if isinstance(x, (int, float)) and not isinstance(x, bool) and x == number}
+    return same or None
+
+
 def load_kernel_tuner(path: str | Path) -> TuningSpace:
     """A Kernel Tuner cache file as a TuningSpace: its valid points are the cache's keys."""
     path = existing_file(path, "space", SPACE_HINT, SpaceError)
@@ -263,10 +276,17 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             data = json.load(handle, object_pairs_hook=_json_object)
     except FileNotFoundError:
         raise SpaceError(f"space: {str(path)!r} not found") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as error:
+        # ValueError: json's own (JSONDecodeError) and Python's past 4,300 digits in an integer (a traceback)
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON): {error}") from None
     except RecursionError:  # arrays or objects nested past Python's recursion limit: a traceback
         raise SpaceError(f"{path}: not a Kernel Tuner cache file (JSON nested too deeply to read)") from None
+    try:  # JSON's \ud800 escapes decode to text no file can hold: `--csv` failed at the end of the replay
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        raise SpaceError(
+            f"{path}: holds text that is no Unicode ({error.object[error.start : error.end]!r}, a lone surrogate)"
+        ) from None
     if not isinstance(data, dict) or not {"tune_params", "cache"} <= data.keys():
         raise SpaceError(f"{path}: not a Kernel Tuner cache file: it needs the fields tune_params and cache")
     if (twice := _twice(data)) is not None:
@@ -343,7 +363,10 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
                 )
         parts = cache_key.split(",")
         if spelt is not None and len(parts) == len(keys):
-            named = [spellings.get(part) for part, spellings in zip(parts, spelt)]
+            named = [
+                _named_by(part, spellings, tune_params[name])
+                for part, spellings, name in zip(parts, spelt, keys)
+            ]
             if all(named) and not all(x in listed for x, listed in zip(point, named)):
                 held = ", ".join(f"{k}={x!r}" for k, x in zip(keys, point))
                 raise SpaceError(
