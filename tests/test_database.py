@@ -462,7 +462,8 @@ def test_a_read_only_open_reads_and_never_writes(tmp_path):
         assert [r["rel_err"] for r in db.find()] == [0.5]
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             db.insert(row(config_key="other"))
-    assert path.read_bytes() == before  # (the log's -wal and -shm files SQLite keeps its locks in may stay)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("t.db-*")), "no -wal or -shm file is left beside it"
     with pytest.raises(DatabaseError, match="not found"):
         Database(tmp_path / "absent.db", readonly=True)
     assert not (tmp_path / "absent.db").exists()

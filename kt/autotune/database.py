@@ -461,17 +461,22 @@ class Database:
                 # it, writer or not: it is read with locks.
                 real = self.path.resolve()
                 wal = real.with_name(real.name + "-wal")
-                immutable = _in_wal_mode(real) and not wal.exists()
+                in_wal = _in_wal_mode(real)
+                immutable = in_wal and not wal.exists()
+                # A WAL file kt may write is opened as a writer would be, writes refused (query_only): the last
+                # connection to close then removes the log's -wal and -shm files, which a mode=ro reader left
+                # beside the file for good
+                writable = in_wal and os.access(real, os.W_OK) and os.access(real.parent, os.W_OK)
                 try:  # with locks, as SQLite reads a live file: no log now is no writer in a second (a tune
                     # starting mid-read checkpointed pages under an immutable reader: duplicated and missing rows,
                     # or "malformed")
-                    self._connect_readonly(real, immutable=False)
+                    self._connect_readonly(real, "rw" if writable else "ro")
                 except sqlite3.OperationalError:
                     if not immutable:
                         raise
                     # a read-only folder, where SQLite cannot make the log's shared memory: read as it stands
                     self.conn.close()
-                    self._connect_readonly(real, immutable=True)
+                    self._connect_readonly(real, "immutable")
             else:
                 try:  # through a symbolic link to nothing, the folder of the file it names
                     self.path.resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -542,10 +547,15 @@ class Database:
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {int(LOCKED_WAIT_S * 1000)}")
 
-    def _connect_readonly(self, real: Path, immutable: bool) -> None:
-        uri = f"{real.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
-        self.conn = sqlite3.connect(uri, uri=True, timeout=LOCKED_WAIT_S, isolation_level=None)
+    def _connect_readonly(self, real: Path, how: str) -> None:
+        """A connection that reads `real`: "rw" (a writer's, refusing writes), "ro" or "immutable" (no locks)."""
+        query = {"rw": "mode=rw", "ro": "mode=ro", "immutable": "mode=ro&immutable=1"}[how]
+        self.conn = sqlite3.connect(
+            f"{real.as_uri()}?{query}", uri=True, timeout=LOCKED_WAIT_S, isolation_level=None
+        )
         self.conn.row_factory = sqlite3.Row
+        if how == "rw":
+            self.conn.execute("PRAGMA query_only=ON")
         self._check()
 
     def _check(self) -> set[str]:
