@@ -713,14 +713,19 @@ def test_a_power_cap_pytorchs_path_meets_makes_it_the_artifact_where_every_gener
     monkeypatch.setattr(
         tune_module, "make_runner", lambda backend, profile, **o: PyTorchUnderTheCap(profile, power_w=400.0)
     )
-    result = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, model="analytic", power_cap_w=200)
-    assert result.best.pytorch and result.best.power_w == 100.0
-    assert any(
-        n.startswith(
-            "every passing generated config drew more than 200 W (the least: 400 W) and PyTorch's own"
-        )
-        for n in result.notes
-    ), result.notes
+    for objective in ("time", "energy"):
+        result = kt.tune(
+            SPEC, budget=4, db=tmp_path / f"{objective}.db", progress=False, model="analytic", power_cap_w=200,
+            objective=objective,
+        )  # fmt: skip
+        assert result.best.pytorch and result.best.power_w == 100.0
+        assert any(
+            n.startswith(
+                "every passing generated config drew more than 200 W (the least: 400 W) and PyTorch's"
+            )
+            for n in result.notes
+        ), result.notes
+        assert not any("no power readings" in n for n in result.notes), result.notes
 
 
 def test_a_tune_in_another_timing_regime_than_its_databases_rows_is_refused(tmp_path):

@@ -1453,14 +1453,15 @@ def choose_best(
         passing = [r for r in rows if objective_value(r, "time") is not None]
         readings = [r["power_w"] for r in passing if r.get("power_w") is not None]
         every_read = passing and len(readings) == len(passing)
-        theirs = objective_value(baseline, objective, power_cap_w) if baseline else None
+        # PyTorch's path under the cap is the best where every generated config is over it, not an error
+        under_cap = baseline is not None and objective_value(baseline, objective, power_cap_w) is not None
         over_cap = not scored and power_cap_w is not None and every_read and min(readings) > power_cap_w
-        if over_cap and theirs is None:  # PyTorch's path under the cap is the best, not an error
+        if over_cap and not under_cap:
             raise KtError(
                 f"power_cap_w: every passing config drew more than {power_cap_w:g} W "
                 f"(the least: {min(readings):.0f} W)"
             )
-        if not scored and objective != "time":
+        if not scored and objective != "time" and not over_cap:  # (over the cap: readings, all too high)
             notes.append(f"no power readings, so the best is by time, not {objective}")
             objective = "time"
             scored = [(objective_value(r, objective, power_cap_w), r) for r in rows]
@@ -1474,10 +1475,12 @@ def choose_best(
                     f"ranked by {objective} (the fastest of them: {fastest['config_key']}, "
                     f"{fastest['runtime_ms']:.4g} ms)"
                 )
+        theirs = (
+            objective_value(baseline, objective, power_cap_w) if baseline else None
+        )  # (by time, if so above)
         best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
         if theirs is not None and (best_value is None or theirs <= best_value):
             impl = baseline_impl(plan.problem)
-            failed = {s: n for s, n in statuses.items() if s != "ok"}
             if over_cap:
                 notes.append(
                     f"every passing generated config drew more than {power_cap_w:g} W (the least: "
@@ -1485,7 +1488,7 @@ def choose_best(
                     "calls PyTorch"
                 )
             elif rows and not passing:  # none ran correctly: none had a time to beat PyTorch's with
-                listing = ", ".join(f"{n} {s}" for s, n in sorted(failed.items()))
+                listing = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()) if s != "ok")
                 notes.append(
                     f"none of the {len(rows)} generated configs passed ({listing}): the artifact's kernel.py "
                     f"calls PyTorch's own path ({impl})"
