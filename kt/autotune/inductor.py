@@ -104,7 +104,7 @@ DTYPES = {"torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float
 TF32 = {"True": "tf32", "False": "ieee"}  # fp32 only; other dtypes log not_float_32
 NOT_FP32 = "not_float_32"
 EXTERN = "extern_mm"
-CHOICE = re.compile(  # ASCII digits: \\d took an Arabic-Indic 2 for num_warps=2
+CHOICE = re.compile(  # ASCII digits: a regex \d took an Arabic-Indic 2 for num_warps=2
     r"type=triton_BLOCK-M=([0-9]+)_BLOCK-K=([0-9]+)_BLOCK-N=([0-9]+)_numstages=([0-9]+)_numwarps=([0-9]+)"
 )
 CHOICE_FORM = f"{EXTERN} or type=triton_BLOCK-M=.._BLOCK-K=.._BLOCK-N=.._numstages=.._numwarps=.."

@@ -83,7 +83,6 @@ class _Slot:
         self.spawned = 0.0
         self.ready = False
         self.info: dict[str, Any] = {}  # what the worker said when ready (its pid)
-        self.log_start = 0  # the log's size when the task was sent
         self.start()
 
     def start(self) -> None:
@@ -92,7 +91,7 @@ class _Slot:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in kill()
-        self.log_start = 0
+        self.log_start = 0  # the log's size when the task was sent (`send`)
         env = worker_env(self.env)
         try:
             self.process = spawn_worker(env, to_child_r, from_child_w, self.log.fileno()) or subprocess.Popen(
