@@ -451,14 +451,12 @@ class Database:
         existed = check_path(self.path, create and not readonly)
         try:
             if readonly:
-                # Read with SQLite's locks; only where they cannot be had (a WAL file without its log, in a
-                # folder where the log's shared memory cannot be made) read as it stands (immutable): with no log
-                # now, a writer may still start mid-read (an immutable read of a file a tune began writing gave
-                # duplicated and missing rows). SQLite keeps the log beside the file itself: through a symbolic link, beside its target (looked
-                # for beside the link, it was never found, and a reader then took no locks while a writer wrote:
-                # stale rows, duplicates, "malformed")
-                # A file in rollback-journal mode (a database on a network filesystem) never has a log beside
-                # it, writer or not: it is read with locks.
+                # Read with SQLite's locks, and as it stands (immutable, no locks) only where they cannot be had:
+                # a WAL file without its log in a folder where the log's shared memory cannot be made. SQLite
+                # keeps the log beside the file itself: through a symbolic link, beside its target (looked for
+                # beside the link, it was never found, and a reader then took no locks while a writer wrote:
+                # stale rows, duplicates, "malformed"). A file in rollback-journal mode (a database on a network
+                # filesystem) never has a log beside it, writer or not: it is read with locks.
                 real = self.path.resolve()
                 wal = real.with_name(real.name + "-wal")
                 in_wal = _in_wal_mode(real)
