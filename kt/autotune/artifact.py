@@ -494,8 +494,8 @@ def kept_artifact(folder: str | os.PathLike) -> bool:
 def _exchange(a: Path, b: Path) -> None:
     """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE): readers see one or the other.
 
-    Where the kernel or libc cannot, fall back to two renames, which leaves a moment with neither.
-    """
+    Where the kernel or libc cannot, fall back to three renames through an aside folder, which leave a moment
+    with neither (`_sweep` puts a killed save's old artifact back)."""
     try:
         import ctypes
 
