@@ -1268,9 +1268,8 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
             _fmt(launch["smem_bytes"] / 1024, ".0f"),
             why,
         )
-    _print_fitted(
-        table, ()
-    )  # a narrow terminal cut the kernel's name and its MMA kind: what the table is for
+    # every value whole: a narrow terminal cut the kernel's name and its MMA kind, what the table is for
+    _print_fitted(table, ())
 
 
 def _why_not_wgmma(plan, config, launches) -> list[str]:
@@ -2210,8 +2209,10 @@ def _the_profiles_card(gpu: str, profile) -> bool:
 
     if gpu == profile.gpu_name:
         return True
-    card = match_gpu(gpu) or guess_gpu(gpu)
-    return card is not None and card.name == profile.name and match_gpu(gpu) is None
+    if match_gpu(gpu) is not None:  # a card of its own profile (an H100 PCIe beside h100's SXM)
+        return False
+    card = guess_gpu(gpu)
+    return card is not None and card.name == profile.name
 
 
 def _value(value, spec: str) -> str:

@@ -12,52 +12,36 @@ from kt.autotune import calibrate as calibration
 from kt.autotune.timing import Nvml
 from kt.device import CAPABILITIES, MAX_BLOCKS_PER_SM, load_profile
 from kt.errors import DeviceError
+from tests.test_measure_path import VgpuNvml
 
 
-class NvmlError(Exception):
-    pass
-
-
-class BoardNvml:
-    """NVML of one GPU whose power limit reads and whose energy counter does not (a vGPU)."""
-
-    NVMLError = NvmlError
+class BoardNvml(VgpuNvml):
+    """tests/test_measure_path.py's vGPU NVML (its energy counter refuses), whose power limit reads, or (with
+    `limit_mw` None) refuses too; `energy`: a counter that reads."""
 
     def __init__(self, limit_mw=300_000, energy=False):
         self.limit_mw, self.energy = limit_mw, energy
 
-    def nvmlInit(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return ("gpu", index)
-
-    def nvmlDeviceGetUUID(self, handle):
-        return "GPU-12345678-aaaa"
-
     def nvmlDeviceGetTotalEnergyConsumption(self, handle):
         if not self.energy:
-            raise NvmlError("Not Supported")
+            raise self.NVMLError_NotSupported()
         return 1000
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle):
         if self.limit_mw is None:
-            raise NvmlError("Not Supported")
+            raise self.NVMLError_NotSupported()
         return self.limit_mw
 
 
 def test_the_power_limit_is_read_where_the_energy_counter_is_not():
     """A vGPU capped at 300 W: its energy counter refuses, its limit reads. The limit was lost with the
     counter, and calibrate wrote the datasheet's 700 W of an H100 SXM into a profile called calibrated."""
-    nvml = Nvml("GPU-12345678-aaaa", BoardNvml())
+    nvml = Nvml("GPU-0000", BoardNvml())
     assert nvml.handle is None and "energy counter not readable" in nvml.reason
     assert nvml.power_limit_w() == 300.0
-    assert Nvml("GPU-12345678-aaaa", BoardNvml(limit_mw=None)).power_limit_w() == 0.0  # not known
-    assert Nvml("GPU-87654321-bbbb", BoardNvml()).power_limit_w() == 300.0  # NVML's only GPU
-    assert Nvml("GPU-12345678-aaaa", BoardNvml(energy=True)).power_limit_w() == 300.0
+    assert Nvml("GPU-0000", BoardNvml(limit_mw=None)).power_limit_w() == 0.0  # not known
+    assert Nvml("GPU-9999", BoardNvml()).power_limit_w() == 300.0  # NVML's only GPU
+    assert Nvml("GPU-0000", BoardNvml(energy=True)).power_limit_w() == 300.0
 
 
 @pytest.fixture

@@ -209,9 +209,10 @@ def _too_long(path: Path, exc: OSError) -> None:
     """A name the file system cannot hold, in one line (it was OSError's "File name too long", naming the
     hidden staging folder, which adds 14 characters to the artifact's name)."""
     if exc.errno == errno.ENAMETOOLONG:
+        shown = repr(str(path)[:80]) + ("..." if len(str(path)) > 80 else "")
         raise ArtifactError(
-            f"{str(path)[:80]!r}{'...' if len(str(path)) > 80 else ''}: a name in it is too long for the file system (a save writes the artifact "
-            f"first into .{{name}}.tmp-XXXXXXXX beside it, 14 characters more); save to a shorter path"
+            f"{shown}: a name in it is too long for the file system (a save writes the artifact first into "
+            ".NAME.tmp-XXXXXXXX beside it, 14 characters more); save to a shorter path"
         ) from None
 
 

@@ -44,8 +44,13 @@ def conv1d(module: Any) -> bool:
     """Whether `module` is Hugging Face transformers' Conv1D (the projections of GPT-2, OpenAI GPT, ImageGPT and
     a few more): y = x @ weight + bias, an nn.Linear's math with its weight stored (in, out), transposed. Looked
     up in sys.modules: a model that holds one has imported transformers, which kt never imports itself."""
-    found = sys.modules.get("transformers.pytorch_utils")
-    return found is not None and unparametrized(module) is getattr(found, "Conv1D", None)
+    base = _conv1d_class()
+    return base is not None and unparametrized(module) is base
+
+
+def _conv1d_class() -> type | None:
+    """transformers' Conv1D, where a model has imported transformers (kt never imports it itself)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
 
 
 def _init_chain(weights: list[torch.Tensor], fan_ins: list[int]) -> None:
@@ -61,8 +66,7 @@ def _init_chain(weights: list[torch.Tensor], fan_ins: list[int]) -> None:
 def conv1d_subclass(module: Any) -> bool:
     """Whether `module` is a subclass of transformers' Conv1D (whose forward may differ): left alone by
     structurize and by `kt tune --from-model`, each saying so."""
-    found = sys.modules.get("transformers.pytorch_utils")
-    base = getattr(found, "Conv1D", None) if found is not None else None
+    base = _conv1d_class()
     return base is not None and isinstance(module, base) and not conv1d(module)
 
 

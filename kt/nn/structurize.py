@@ -190,13 +190,14 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         # a pattern every layer of which an earlier pattern takes first does nothing: said, as a pattern that
         # matches nothing is refused ({"*": ..., "0": ...} made layer 0 by "*" without a word)
         winners = {rule[0] for rule in map(rule_of, names) if rule is not None}
-        hidden = [p for p, _ in patterns if p not in winners]
-        early_said = [
-            f"structurize: the rule {p!r} is not used: every layer it matches is matched first by an earlier "
-            f"pattern ({', '.join(repr(q) for q in dict.fromkeys(rule_of(n)[0] for n in names if fnmatch.fnmatchcase(n, p)))}); "
-            "the first pattern that matches a name makes its layer"
-            for p in hidden
-        ]
+        early_said = []
+        for pattern in (p for p, _ in patterns if p not in winners):
+            earlier = dict.fromkeys(rule_of(n)[0] for n in names if fnmatch.fnmatchcase(n, pattern))
+            early_said.append(
+                f"structurize: the rule {pattern!r} is not used: every layer it matches is matched first by an "
+                f"earlier pattern ({', '.join(map(repr, earlier))}); the first pattern that matches a name makes "
+                "its layer"
+            )
 
         def choose(name: str, linear: nn.Linear):
             rule = rule_of(name)
