@@ -283,3 +283,60 @@ def test_a_fault_in_the_last_run_of_rows_is_caught(fault, monkeypatch):
     assert result.ok == (fault == "none") and result.message.startswith(expected), result.message
     if fault == "last rows":  # 8 of 64 rows off by 8 tolerances: the norm sees sqrt(8 / 64) of it
         assert result.rel_err == pytest.approx(8 * problem.tolerance() * (8 / 64) ** 0.5, rel=0.2)
+
+
+@pytest.mark.parametrize("write", ["zeroed a", "scaled b", "bsr values", "bsr indices"])
+def test_a_kernel_that_writes_into_its_inputs_is_refused(write):
+    """The reference is computed from the arguments after the call: a kernel that zeroed its input and wrote
+    zeros passed with error 0, and one that halved an input after using it passed as right (the audit's
+    `a.zero_()` in a generated GEMM). Each argument is fingerprinted before the call and after it."""
+    import numpy as np
+
+    from kt.ir.problems import BlockSparseProblem
+    from kt.sparsity import mask_to_hex
+
+    if write.startswith("bsr"):
+        mask = np.zeros((3, 4), dtype=bool)
+        mask[0, 1] = mask[2, 0] = mask[2, 3] = True
+        problem = BlockSparseProblem(5, 64, 48, (16, 16), mask_to_hex(mask), "float32")
+
+        def kernel(x, w, out=None):
+            out.copy_(torch.nn.functional.linear(x.double(), w.to_dense().double()))
+            if write == "bsr values":
+                w.values()[-1, -1, -1] += 1.0
+            else:
+                w.col_indices()[0] = 0
+            return out
+
+    else:
+        problem = GemmProblem(40, 24, 16, dtype="float32", b_layout="col")  # b a transposed view
+
+        def kernel(a, b, out=None):
+            if write == "zeroed a":
+                a.zero_()
+            out.copy_(a.double() @ b.double())
+            if write == "scaled b":
+                b.mul_(0.5)
+            return out
+
+    result = check_kernel(_module(kernel), problem, seed=0, device="cpu")
+    assert not result.ok and result.message.startswith("the kernel wrote into its input: argument"), result
+    assert ("argument 2 of 2" in result.message) == (write != "zeroed a")
+
+
+def test_an_arguments_fingerprint_is_the_same_in_any_pieces_and_sees_two_elements_swapped(monkeypatch):
+    """The fingerprint sums PRINT_ELEMENTS at a time, in any strides: pieces of any size give the same sums, and
+    two elements swapped (whose plain sum is unchanged) change the weighted one."""
+    import kt.autotune.checking as checking
+
+    x = torch.randn(7, 5, 3).transpose(0, 2)  # no view of it is flat
+    whole = checking.fingerprint(x)
+    for elements in (1, 4, 5, 16, 34):
+        monkeypatch.setattr(checking, "PRINT_ELEMENTS", elements)
+        assert checking.fingerprint(x) == whole
+        assert checking.fingerprint(torch.complex(x, -x)) == checking.fingerprint(
+            torch.complex(x, -x).clone()
+        )
+    swapped = x.clone()
+    swapped[0, 0, 0], swapped[1, 2, 3] = x[1, 2, 3], x[0, 0, 0]
+    assert checking.fingerprint(swapped)[0] == whole[0] and checking.fingerprint(swapped) != whole

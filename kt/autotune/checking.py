@@ -14,6 +14,11 @@ MAX_ERROR_FACTOR = 4  # the worst element may be off by this many tolerances of 
 # The check compares the output with its float64 reference a run of rows at a time, each run's float64 arguments
 # and result about this many bytes (and counts non-finite elements this many sixteenths at a time).
 RUN_BYTES = 1 << 29
+# An argument's fingerprint sums its bits as int64 this many elements at a time, weighted by their position modulo
+# a prime: each sum stays under 2**61 for 32-bit elements (2**31 * 251 * 2**22), so it does not wrap.
+PRINT_ELEMENTS = 1 << 22
+PRINT_PRIME = 251
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 @dataclass(frozen=True)
@@ -57,16 +62,24 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
     """Run `module.kernel` on fresh random inputs into a NaN-poisoned output and compare with the reference.
 
     Poisoning catches unwritten elements; the problem's tolerance (kt.dtypes.TOLERANCE, per dtype) catches wrong ones;
-    the guards around `out` catch writes past its ends. The comparison takes a run of rows at a time
+    the guards around `out` catch writes past its ends, and each argument's fingerprint writes into the inputs. The comparison takes a run of rows at a time
     (`_runs_of_rows`), so the check needs little more memory than the op's own operands.
     """
     args = problem.random_args(seed, device)
+    prints = [fingerprint(a) for a in args]
     out_type = problem.out_type()
     buffer, out, guard = _guarded(out_type.shape, torch_dtype(out_type.dtype), device)
     guards = (buffer[:guard].clone(), buffer[guard + out.numel() :].clone())
     result = module.kernel(*args, out=out)
     if result is not out:
         return CheckResult(False, None, "kernel did not return the `out` tensor it was given")
+    # The reference is computed from the arguments after the call: a kernel that wrote over an input (zeroed it,
+    # then wrote zeros) was compared with the reference of what it had left there, and passed with error 0.
+    changed = [i for i, (a, before) in enumerate(zip(args, prints)) if fingerprint(a) != before]
+    if changed:
+        types = problem.arg_types()
+        named = ", ".join(f"argument {i + 1} of {len(args)} ({types[i]})" for i in changed)
+        return CheckResult(False, None, f"the kernel wrote into its input: {named}")
     stray = sum(
         int((~_same(now, before)).sum())
         for now, before in zip((buffer[:guard], buffer[guard + out.numel() :]), guards)
@@ -113,6 +126,44 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
             f"(allowed {MAX_ERROR_FACTOR * limit:.0e})",
         )
     return CheckResult(True, err)
+
+
+def fingerprint(arg) -> tuple[int, ...]:
+    """Two integer sums of each of an argument's tensors' bits (a BSR tensor's indices and values), plain and
+    weighted by position: equal before and after a call unless the call wrote into it. Taken PRINT_ELEMENTS at a
+    time, so it needs little memory beside the argument, in any strides."""
+    if not isinstance(arg, torch.Tensor):
+        return (hash(repr(arg)),)
+    if arg.layout == torch.sparse_bsr:
+        return tuple(
+            s for part in (arg.crow_indices(), arg.col_indices(), arg.values()) for s in fingerprint(part)
+        )
+    t = torch.view_as_real(arg) if arg.is_complex() else arg
+    bits = t.view(torch.uint8) if t.dtype == torch.bool else t.view(_BITS[t.element_size()])
+    plain = weighted = position = 0
+    for piece in _pieces(bits.reshape(1) if bits.dim() == 0 else bits):
+        piece = piece.to(torch.int64)
+        weights = torch.arange(position, position + piece.numel(), device=piece.device) % PRINT_PRIME + 1
+        plain += int(piece.sum())
+        weighted += int((piece * weights).sum())
+        position += piece.numel()
+    return plain, weighted
+
+
+def _pieces(t: torch.Tensor):
+    """`t`'s elements in order as flat tensors of at most PRINT_ELEMENTS (each a copy only of itself)."""
+    if t.numel() <= PRINT_ELEMENTS:
+        yield t.reshape(-1)
+    elif t.dim() == 1:
+        for start in range(0, t.numel(), PRINT_ELEMENTS):
+            yield t[start : start + PRINT_ELEMENTS]
+    elif (row := t[0].numel()) <= PRINT_ELEMENTS:
+        rows = PRINT_ELEMENTS // max(1, row)
+        for start in range(0, t.shape[0], rows):
+            yield t.narrow(0, start, min(rows, t.shape[0] - start)).reshape(-1)
+    else:
+        for i in range(t.shape[0]):
+            yield from _pieces(t[i])
 
 
 def _non_finite(out: torch.Tensor) -> int:
