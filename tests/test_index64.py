@@ -42,8 +42,47 @@ y = kernel(x, w1, wide)
 print(((y.double() - expected).norm() / expected.norm()).item())
 """
 
+BSR_INT32 = """
+import torch, kt, torch.nn.functional as F
+spec = {"op": "blocksparse", "dtype": "float16", "shape": {"batch": 16, "in": 64, "out": 32},
+        "sparsity": {"block": [16, 16], "density": 1.0, "seed": 0}}
+config = next(c for c in kt.space(spec).legal if c.split == 1)
+kernel = kt.build(spec, config)
+torch.manual_seed(0)
+W, x = (torch.randn(32, 64) / 8).half(), torch.randn(16, 64).half()
+w = W.to_sparse_bsr((16, 16))  # int64 indices: the offset widened; torch's own BSR in int32 is kt.nn's too
+stride = 2**29  # the values' block stride: the last of 8 blocks lies 7 * 2**29 > 2**31 elements in
+values = torch.empty(7 * stride + 256, dtype=torch.float16).as_strided((8, 16, 16), (stride, 16, 1))
+values.copy_(w.values())
+wide = torch.sparse_bsr_tensor(w.crow_indices().int(), w.col_indices().int(), values, w.shape)
+expected = F.linear(x.double(), W.double())
+y = kernel(x, wide)
+print(((y.double() - expected).norm() / expected.norm()).item())
+"""
 
-@pytest.mark.parametrize("script", [LOWRANK, MONARCH], ids=["lowrank-fused-out", "monarch-fused-w2"])
+SPLIT_WORKSPACE = """
+import torch, kt
+spec = {"op": "lowrank", "dtype": "float32", "shape": {"batch": 32, "dims": [128, 16, 32]}}
+config = next(c for c in kt.space(spec).legal if c.split == 4 and not c.fused)
+module = kt.build(spec, config).module
+torch.manual_seed(0)
+a, b = torch.randn(32, 128), torch.randn(128, 32)
+# the (SPLIT, M, N) fp32 workspace the wrapper makes, with a split stride whose third split lies at 2**31: a
+# workspace of M * N under 2**31 elements, 3 * M * N over it, wrapped in 32 bits
+stride = 2**30
+workspace = torch.empty(3 * stride + 32 * 32).as_strided((4, 32, 32), (stride, 32, 1))
+workspace.fill_(float("nan"))
+module._launch(module.dense_kernel, workspace, 32, module._dense_args(a, b), {}, [a, b])
+expected = a.double() @ b.double()
+print(((workspace.sum(0).double() - expected).norm() / expected.norm()).item())
+"""
+
+
+@pytest.mark.parametrize(
+    "script",
+    [LOWRANK, MONARCH, BSR_INT32, SPLIT_WORKSPACE],
+    ids=["lowrank-fused-out", "monarch-fused-w2", "blocksparse-int32-values", "tile-split-workspace"],
+)
 def test_a_fused_kernel_reaches_an_operand_past_2_31_elements_through_a_large_stride(script, tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
