@@ -1626,6 +1626,31 @@ def test_load_state_dict_takes_a_checkpoints_block_pattern_where_it_can():
     assert fresh.layout == knn.BlockSparseLinear(32, 32, (16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]]).layout
 
 
+@pytest.mark.parametrize("checkpoint", ["another block shape", "values of another count"])
+def test_a_refused_assign_of_a_block_sparse_checkpoint_leaves_the_layer_as_it_was(checkpoint):
+    """A checkpoint whose indices fit the layer's block grid but whose values are no blocks of the layer's (a
+    (4, 8) layer's 6 x 2 grid fits a (4, 4) layer's 6 x 4 one): with assign=True its pattern was taken and
+    `values` emptied before torch refused the values' shape, and the layer returned 1e37 ever after. Refused
+    now before anything changes, naming the values."""
+    torch.manual_seed(0)
+    layer = knn.BlockSparseLinear(16, 24, block=(4, 4), density=0.5)
+    x = torch.randn(3, 16)
+    before, layout, values = layer(x), layer.layout, layer.values
+    if checkpoint == "another block shape":
+        state = knn.BlockSparseLinear(16, 24, block=(4, 8), density=0.5).state_dict()
+        message = (
+            r"^BlockSparseLinear: the state_dict's values \(6, 4, 8\) are not blocks of this layer's \(4, 4\)"
+        )
+    else:
+        state = knn.BlockSparseLinear(16, 24, block=(4, 4), density=0.25).state_dict()
+        state["values"] = torch.cat([state["values"], state["values"][:1]])
+        message = r"values \(7, 4, 4\) hold 7 blocks where its indices give 6"
+    with pytest.raises(ValueError, match=message):
+        layer.load_state_dict(state, assign=True)
+    assert layer.layout == layout and layer.values is values
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+
+
 def test_a_move_takes_index_buffers_set_to_another_pattern_and_load_patterns_checks_its_input(tmp_path):
     """A move (.to, .float) wrote the index buffers again from the layer's own pattern, discarding a pattern
     that a loader had set directly (with the values of its blocks): taken now where the buffers hold a pattern

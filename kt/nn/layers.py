@@ -939,8 +939,21 @@ class BlockSparseLinear(_KtLinear):
                 for t in tensors[:2]
             )
             mask = self._pattern_of(crow, col, f"{who}: the state_dict's {prefix[:-1] or 'layer'}")
-            self.layout = mask_to_hex(mask)
             nnz = int(mask.sum())
+            # checked before the layer changes: a refused assign had left the layer the checkpoint's pattern
+            # over unwritten values (garbage out, without a word)
+            values = tuple(tensors[2].shape)
+            if values[1:] != tuple(self.block):
+                raise ValueError(
+                    f"{who}: the state_dict's {prefix}values {values} are not blocks of this layer's "
+                    f"{tuple(self.block)}; a checkpoint loads into a layer of its own block shape (block=...)"
+                )
+            if values[0] != nnz:
+                raise ValueError(
+                    f"{who}: the state_dict's {prefix}values {values} hold {values[0]} blocks where its "
+                    f"indices give {nnz}; the checkpoint is not one layer's"
+                )
+            self.layout = mask_to_hex(mask)
             if nnz != self.values.shape[0]:  # (assign) torch assigns only tensors of the shapes the layer has
                 self._hold(nnz)
             return
