@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numbers
 
-from kt.errors import SpecError, shown
+from kt.errors import SpecError, key_text, shown
 
 GEMM_AXES: dict[str, tuple[int, ...]] = {
     "block_m": (16, 32, 64, 128, 256),
@@ -140,7 +140,7 @@ def check_op_configs(op: str, configs: tuple[tuple[tuple[str, int], ...], ...]) 
 def check_axis(family: str, axes: dict[str, tuple[int, ...] | None], axis: str, values) -> None:
     """`tune.space.<axis>: values` against a family's `axes` (name -> values, None where the values are not
     known yet): a SpecError naming the field and what is allowed."""
-    path = f"tune.space.{axis}"
+    path = f"tune.space.{key_text(axis)}"
     if axis not in axes:
         raise SpecError(path, f"the {family} family has no axis {shown(axis)}; allowed: {', '.join(axes)}")
     allowed = axes[axis]

@@ -26,6 +26,12 @@ def shown(value) -> str:
     return re.sub(r"\n\s*", " ", _SHORT.repr(value))  # a str's repr escapes its own line breaks
 
 
+def key_text(key) -> str:
+    """A user's key as a field path shows it (`shape.<key>`): as written where it is short printable text, else
+    quoted (a key with a line break split the one-line error in two)."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else shown(key)
+
+
 # Whether kt's command line is running a command (kt.cli sets it): how an error names an argument (`option`)
 _command_line = False
 

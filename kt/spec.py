@@ -23,7 +23,7 @@ import yaml
 from kt.axes import check_op_configs, check_op_space
 from kt.device import BUILTIN
 from kt.dtypes import DTYPES, itemsize
-from kt.errors import SpecError, on_command_line, shown
+from kt.errors import SpecError, key_text, on_command_line, shown
 
 OPS = ("dense", "monarch", "butterfly", "fft", "blocksparse", "lowrank", "sum", "blocksparse_grad")
 SUM_TERMS = ("blocksparse", "lowrank")  # the ops a sum's terms may be
@@ -319,11 +319,12 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
         raise SpecError("", f"not valid YAML{where}: {problem}", source=str(path)) from None
     except UnicodeDecodeError as exc:
         raise SpecError("", f"is not UTF-8 text (byte {exc.start} is not)", source=str(path)) from None
-    documents = [d for d in documents if d is not None]
+    numbered = [(number, d) for number, d in enumerate(documents) if d is not None]  # a file's own numbers
+    documents = [d for _, d in numbered]
     if not documents:
         raise SpecError("", "is empty; expected a mapping with at least `op` and `shape`", source=str(path))
     specs: list[OpSpec] = []
-    for number, document in enumerate(documents):
+    for number, document in numbered:
         try:
             specs += parse_specs(document, source=str(path))
         except SpecError as exc:
@@ -351,7 +352,8 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
 def parse_specs(data: Any, source: str | None = None, check_files: bool = True) -> list[OpSpec]:
     """`parse_spec` for a mapping whose `shape` may be a list of shapes, or whose batch (a dense op's `m`) may
     be a list of values: one spec each (see `load_specs` for their names)."""
-    if not isinstance(data, Mapping) or "shape" not in data:
+    if not isinstance(data, Mapping) or "shape" not in data or data.get("op") == "sum":
+        # an op without a shape (a sum) is refused as one: its variants named `shape.batch[0]`, no field of it
         return [parse_spec(data, source, check_files)]
     shape = data["shape"]
     if isinstance(shape, list):
@@ -373,6 +375,11 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
         ]
     specs = []
     name = data.get("name")
+    if name is not None:
+        try:
+            _check_name(name)  # as written: the suffix kt appends was quoted with it ('g g_m4')
+        except SpecError as exc:
+            raise SpecError(exc.field, exc.reason, source) from None
     for prefix, indexed, variant, suffix in variants:
         if isinstance(name, str):
             variant = {**variant, "name": f"{name}{suffix}"}
@@ -440,6 +447,22 @@ def _top_keys(op: str) -> tuple[str, ...]:
     return allowed
 
 
+def _check_name(name: Any) -> None:
+    """An op's name is 1-100 letters, digits, _ . or -, starting with a letter or digit."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        # a name YAML read as a number or a boolean (4096, 2024_01 as 202401, false): quoting keeps its text
+        quote = (
+            '; a name is text: in YAML, quote it as you wrote it (name: "..."), in Python pass a str'
+            if isinstance(name, (bool, int, float))
+            else ""
+        )
+        raise SpecError(
+            "name",
+            f"must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit (no spaces or "
+            f"'/'), got {_kind(name)}{quote}",
+        )
+
+
 def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     if not isinstance(data, Mapping):
         raise SpecError("", f"the top level must be a mapping, got {_kind(data)}")
@@ -474,19 +497,9 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     name = data.get("name")
     if name is None:
         name = default_name(op, shape, dtype, transposed)
-    elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        # a name YAML read as a number or a boolean (4096, 2024_01 as 202401, false): quoting keeps its text
-        quote = (
-            '; a name is text: in YAML, quote it as you wrote it (name: "..."), in Python pass a str'
-            if isinstance(name, (bool, int, float))
-            else ""
-        )
-        raise SpecError(
-            "name",
-            f"must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit (no spaces or "
-            f"'/'), got {_kind(name)}{quote}",
-        )
-    elif name.endswith(".prev"):
+    else:
+        _check_name(name)
+    if name.endswith(".prev"):
         raise SpecError(
             "name",
             f"{name!r} ends in '.prev', the folder where kt keeps the artifact that a new {name[:-5]!r} "
@@ -947,9 +960,10 @@ def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...
         raise SpecError(path, "must name at least one axis, e.g. {block_m: [64, 128]}")
     axes = []
     for axis, values in value.items():
-        where = f"{path}.{axis}"
+        where = f"{path}.{key_text(axis)}"
         if not isinstance(axis, str) or not axis:
-            raise SpecError(path, f"axis names must be strings, got {_kind(axis)}")
+            got = "an empty name" if axis == "" else _kind(axis)
+            raise SpecError(path, f"axis names must be non-empty strings, got {got}")
         values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
         if not isinstance(values, list) or not values:
             raise SpecError(where, f"must be a non-empty list of integers, got {_kind(values)}")
@@ -977,7 +991,9 @@ def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], .
                 where, "must name the config's fields, e.g. {block_m: 128, block_n: 128, block_k: 64}"
             )
         # any integer: the field's name is checked first, then the value against its own (kt.axes)
-        configs.append(tuple((str(key), _int(v, f"{where}.{key}", None, None)) for key, v in config.items()))
+        configs.append(
+            tuple((str(key), _int(v, f"{where}.{key_text(key)}", None, None)) for key, v in config.items())
+        )
     return tuple(configs)
 
 
@@ -1113,7 +1129,7 @@ def _keys(value: Mapping, path: str, allowed: tuple[str, ...], required: tuple[s
                     key, allowed, n=1
                 )
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            key = key if isinstance(key, str) and len(key) <= 60 else shown(key)
+            key = key_text(key)
             field_path = f"{path}.{key}" if path else key
             raise SpecError(field_path, f"unknown key{suggestion}; allowed: {', '.join(allowed)}")
     for key in required:
@@ -1221,8 +1237,26 @@ class _StrictLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)  # SafeLoader's: expands the merge keys first
 
+    def construct_object(self, node, deep=False):
+        """A value an explicit tag cannot make (`!!float ""`, `!!timestamp x`, `!!bool maybe`) is a YAML error
+        at its place: PyYAML's constructors raise ValueError, IndexError, AttributeError or KeyError there, which
+        came out as tracebacks."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError):
+            tag = node.tag.rsplit(":", 1)[-1]
+            what = shown(node.value) if isinstance(node, yaml.ScalarNode) else f"this {node.id}"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{what} cannot be read as !!{tag}", node.start_mark
+            ) from None
+
     def construct_yaml_int(self, node):
-        text = self.construct_scalar(node).replace("_", "")
+        scalar = self.construct_scalar(node)
+        if not _INT.match(scalar):  # an explicit !!int of any text: `!!int "0b101"`, `!!int "0x_"`
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown(scalar)} is not an integer (!!int)", node.start_mark
+            )
+        text = scalar.replace("_", "")
         digits = text.lstrip("+-")
         if len(digits) > MAX_DIGITS:  # past Python's 4,300 digits, int() and repr() raise ValueError
             raise yaml.constructor.ConstructorError(

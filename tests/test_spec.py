@@ -625,6 +625,34 @@ DENSE = "op: dense\nshape: {m: 64, n: 64, k: 64}\n"
             "op: dense\nshape: {m: 09, n: 64, k: 64}\n",
             "09 has a leading zero, which YAML 1.1 reads as text and",
         ),
+        # an explicit tag's value its constructor cannot read raised ValueError, IndexError, AttributeError or
+        # KeyError: a traceback (kt's own !!int built its message with int() of the text)
+        ('op: dense\nshape: {m: !!int "0x_", n: 4, k: 4}\n', "(line 2, column 12): '0x_' is not an integer"),
+        ('op: dense\nshape: {m: !!int "0b101", n: 4, k: 4}\n', "'0b101' is not an integer (!!int)"),
+        ('op: dense\nshape: {m: !!float "", n: 4, k: 4}\n', "'' cannot be read as !!float"),
+        ('op: dense\nshape: {m: !!timestamp "x", n: 4, k: 4}\n', "'x' cannot be read as !!timestamp"),
+        (
+            'op: butterfly\ntransposed: !!bool "maybe"\nshape: {batch: 4, n: 8}\n',
+            "'maybe' cannot be read as !!bool",
+        ),
+        # a key with a line break is quoted in the field's path (the error came on two lines)
+        ('op: dense\nshape: {m: 4, n: 4, k: 4, "a\\nb": 1}\n', "shape.'a\\nb': unknown key"),
+        (DENSE + 'tune: {space: {"blk\\nm": [16]}}\n', "tune.space.'blk\\nm': the gemm family has no axis"),
+        (DENSE + 'tune: {configs: [{"blk\\nm": x}]}\n', "tune.configs[0].'blk\\nm': must be an integer"),
+        (
+            DENSE + 'tune: {space: {"": [16]}}\n',
+            "tune.space: axis names must be non-empty strings, got an empty",
+        ),
+        # a sum's batch list: the sum takes no shape (it named shape.batch[0]); a bad name as written
+        (
+            "op: sum\nterms:\n"
+            + " - {op: lowrank, shape: {batch: 4, dims: [8, 2, 8]}}\n" * 2
+            + "shape: {batch: [4, 8]}\n",
+            "op.yaml: shape: applies to dense,",
+        ),
+        ('op: dense\nname: "g g"\nshape: {m: [4, 8], n: 4, k: 4}\n', "got 'g g' (str)"),
+        # an empty document counts: the bad op is the file's third (it said document 2)
+        ("---\n" + DENSE + "---\n---\nop: dense\nshape: {m: 8, n: 4}\n", "document 3: shape.k: is required"),
     ],
 )
 def test_what_an_audit_of_the_reader_found_is_one_line_naming_the_field(tmp_path, text, words):
