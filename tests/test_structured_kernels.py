@@ -573,6 +573,32 @@ def test_no_legal_config_launches_more_than_cudas_grid_limit_on_y_or_z():
             )
 
 
+def test_a_feature_major_ends_copy_of_2_22_features_launches_within_cudas_grid():
+    """`ends: 1` copies x in and y out with a transpose launch, whose grid had the feature tiles on its second
+    axis: 2**22 features are 65,536 tiles, one over CUDA's limit there, in a config legality let in. The copy
+    now runs on a 1-D grid. Every launch's grid is recorded (the kernels replaced; nothing is computed)."""
+    from kt.codegen.blockgemm import MAX_GRID_YZ
+
+    spec = {"op": "butterfly", "dtype": "float16", "shape": {"batch": 16, "n": 2**22}}
+    config = next(c for c in kt.space(spec).legal if c.ends)
+    module = kt.build(spec, config).module
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    module.stage_kernel = module.transpose_kernel = Recorder()
+    module.butterfly_blocks = lambda t, f, levels, transposed=False: torch.empty(
+        (module.N >> levels, 1 << levels, 1 << levels), dtype=torch.float16
+    )
+    twiddles = torch.zeros(1, dtype=torch.float16).expand(22, 2**21, 2, 2)
+    module.kernel(torch.zeros(16, 2**22, dtype=torch.float16), twiddles)
+    assert len(grids) > 1 and any(len(g) == 1 and g[0] >= 2**16 for g in grids), grids  # the copy's
+    assert all(g[0] < 2**31 and all(axis <= MAX_GRID_YZ for axis in g[1:]) for g in grids), grids
+
+
 def _far_apart(rows, features, dtype, seed):
     """x (rows, features) column-major, its features so far apart that the last is 2**31 elements in or more:
     only the pages the kernel touches are ever backed by memory."""
