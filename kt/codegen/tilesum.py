@@ -445,17 +445,26 @@ class TileSumFamily(StructuredFamily):
                 # the separate launches' fp32 partial outputs, written and read back by the final sum: traffic
                 # the fused sum does not have (taken off the fused record's launches instead, which never had
                 # it, it put the fused form below its DRAM floor and first in every ranking)
-                record["copy_bytes"] = self._fused_bytes(problem)
+                record["copy_bytes"] = self._sum_bytes(problem, config.split)
             out.append(record)
         return out
 
     @staticmethod
-    def _fused_bytes(problem: TileSumProblem) -> int:
-        """A fused chain keeps x @ F1 on chip (written and read back otherwise); separate launches of a sum
-        write each term's fp32 partial output, read back by the final sum."""
-        if isinstance(problem, ChainProblem):
-            return 2 * problem.rows * problem.dims[1] * itemsize(problem.dtype)
-        return 2 * 4 * len(problem.terms) * problem.rows * problem.out_features
+    def _fused_bytes(problem: ChainProblem) -> int:
+        """A fused chain keeps x @ F1 on chip (written and read back otherwise)."""
+        return 2 * problem.rows * problem.dims[1] * itemsize(problem.dtype)
+
+    @staticmethod
+    def _sum_bytes(problem: SumProblem, split: int) -> int:
+        """The traffic of a sum's separate launches that their records leave out. Each term's last launch
+        writes SPLIT fp32 slices of the workspace, which the final sum reads back (its fp32 result written and
+        read again) before writing y once. The records count each term's output written at the dtype's size, and
+        with SPLIT > 1 the split's fp32 round trip (`partial_bytes`): that round trip is counted here only at
+        SPLIT 1 (it was charged twice), and the terms' dtype-sized writes, which never happen, are taken off."""
+        cells = problem.rows * problem.out_features
+        size, terms = itemsize(problem.dtype), len(problem.terms)
+        round_trip = 2 * 4 * terms if split == 1 else 0
+        return max(0, cells * (round_trip + 2 * 4 + size - terms * size))
 
     def variables(self, problem: TileSumProblem, config: TileConfig) -> dict[str, Any]:
         plan = _plan(problem, config)
