@@ -5,7 +5,6 @@ fallbacks PyTorch's CPU build forces and what implementation() says about them, 
 itself (torch only, compiles, says what it is)."""
 
 import ast
-import gc
 import importlib.util
 import math
 import types
@@ -436,7 +435,11 @@ def test_half_blocksparse_on_cpu_falls_back_to_the_dense_form(dtype):
     assert "\n" not in said and said.endswith(")")
 
 
-def test_a_refusal_is_decided_once_and_the_dense_form_converted_once(monkeypatch):
+def test_a_refusal_is_decided_once_and_a_weight_written_through_its_tensors_is_read_again(monkeypatch):
+    """torch's BSR path is tried once per (device, dtype, block). The dense form is made on each call: a BSR
+    tensor made from tensors shares their memory but not their version counters, and a cache of its dense form
+    keyed by them gave the old weight's result after an optimizer's step wrote the values (3.44 off where the
+    generated kernel was right)."""
     problem = CASES["blocksparse-float16-4x4"]
     module = baseline_module(problem, fresh=True)
     tries = []
@@ -446,20 +449,92 @@ def test_a_refusal_is_decided_once_and_the_dense_form_converted_once(monkeypatch
         return F.linear(*args)
 
     monkeypatch.setattr(module, "F", types.SimpleNamespace(linear=linear))
-    x, w = problem.random_args(0)
+    x, w0 = problem.random_args(0)
+    values = w0.values().clone()
+    w = torch.sparse_bsr_tensor(w0.crow_indices(), w0.col_indices(), values, w0.shape)
     first = module.kernel(x, w)
     assert len(tries) == 1 and list(module._REFUSED) == [(x.device, torch.float16, (4, 4))]
-    dense = module._dense(w)
     again = module.kernel(x, w)
     assert len(tries) == 1, "tried torch's BSR path again after it refused"
-    assert module._dense(w) is dense and torch.equal(again, first)
-    assert torch.equal(dense, w.to_dense())
-    w.values().mul_(2)  # an in-place change: converted again
-    doubled = module.kernel(x, w)
-    assert module._dense(w) is not dense and torch.equal(doubled, 2 * first)
-    del w, dense, tries[:]
-    gc.collect()
-    assert module._DENSE == {}, "the dense form outlived its weight"
+    assert torch.equal(again, first)
+    values.mul_(2)  # written through the tensor the weight was made from: w's own counters do not move
+    assert torch.equal(module.kernel(x, w), 2 * first)
+    w.values().mul_(0.5)
+    assert torch.equal(module.kernel(x, w), first)
+
+
+def test_inference_tensors_are_taken_as_a_generated_kernel_takes_them():
+    """An `out` made under torch.inference_mode() was refused by every baseline ("Inplace update to inference
+    tensor outside InferenceMode"), and a BSR weight made there by the dense fallback, where the generated
+    kernels take both."""
+    gemm = CASES["gemm-float32-ieee"]
+    module = baseline_module(gemm)
+    a, b = gemm.random_args(0)
+    with torch.inference_mode():
+        out = torch.full((37, 23), float("nan"))
+    assert module.kernel(a, b, out=out) is out
+    torch.testing.assert_close(out, a @ b)
+    sparse = CASES["blocksparse-float16-4x4"]
+    module = baseline_module(sparse, fresh=True)
+    x, w = sparse.random_args(0)
+    with torch.inference_mode():
+        frozen = torch.sparse_bsr_tensor(
+            w.crow_indices().clone(), w.col_indices().clone(), w.values().clone(), w.shape
+        )
+        out = torch.empty(x.shape[0], w.shape[0], dtype=torch.float16)
+    assert torch.equal(module.kernel(x, frozen), module.kernel(x, w))
+    assert torch.equal(module.kernel(x, frozen, out=out), module.kernel(x, w))
+
+
+def test_implementation_checks_its_arguments_and_leaves_no_refusal_behind():
+    """implementation() ran torch's BSR F.linear itself, outside the kernel's autocast guard and checks: under
+    a bfloat16 autocast it recorded a refusal of float32 square blocks for good (kernel() then took the dense
+    path), and float64 x recorded one too instead of the kernel's one-line TypeError."""
+    problem = CASES["blocksparse-float32-4x4"]
+    module = baseline_module(problem, fresh=True)
+    x, w = problem.random_args(0)
+    if torch_bsr_refusal(x, w) is not None:
+        pytest.skip("this torch build refuses float32 BSR F.linear on the CPU")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module.implementation(x, w) == "torch BSR F.linear"
+    with pytest.raises(
+        TypeError, match=r"^kernel: x\.dtype is torch\.float64, but this kernel was built for"
+    ):
+        module.implementation(x.double(), w)
+    assert module._REFUSED == {} and module.implementation(x, w) == "torch BSR F.linear"
+
+
+def test_a_forked_child_runs_float32_matmuls_while_its_parent_held_the_precision_lock():
+    """The TF32 lock is the process's: a fork while another thread was inside a float32 matmul left the child's
+    lock held for good, and its first float32 call hung. A child gets a free lock of its own."""
+    import os
+    import signal
+    import threading
+
+    module = baseline_module(CASES["gemm-float32-ieee"])
+    lock = vars(torch.backends.cuda)["_kt_fp32_precision_lock"]
+    a, b = CASES["gemm-float32-ieee"].random_args(0)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: its kernel must return before the alarm
+        signal.alarm(10)
+        try:
+            module.kernel(a, b)
+        finally:
+            os._exit(0 if vars(torch.backends.cuda)["_kt_fp32_precision_lock"] is not lock else 3)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_float32_square_blocks_run_torchs_bsr_path(monkeypatch):
@@ -631,7 +706,7 @@ def test_source_imports_only_torch_and_the_standard_library(name):
         if isinstance(node, ast.Import)
         for alias in node.names
     } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"torch", "contextlib", "functools", "threading", "warnings", "weakref"}
+    assert imported <= {"torch", "contextlib", "functools", "os", "threading", "warnings"}
     doc = ast.get_docstring(tree)
     assert doc.startswith("PyTorch baseline candidate_zero: ")
     assert "PyTorch's own path, not a kt kernel" in doc
