@@ -286,3 +286,57 @@ def test_a_call_tma_cannot_take_runs_the_classic_kernel_and_is_still_right(view)
     a2, b2 = randn(48, 128, dtype="float16", seed=5), randn(128, 40, dtype="float16", seed=6)
     assert not module.uses_tma(a2, b2, out)
     assert rel_err(module.kernel(a2, b2, out=out), a2.double() @ b2.double()) < tolerance("float16")
+
+
+def test_uses_tma_without_an_out_asks_whether_the_new_outputs_rows_are_aligned():
+    """With N = 17 in fp16 the new output's rows are 34 bytes: the classic kernel runs, and uses_tma(a, b)
+    said True."""
+    module = gemm_module(GemmProblem(48, 17, 128, dtype="float16", b_layout="col"), TMA)
+    a = randn(48, 128, dtype="float16", seed=3)
+    b = randn(17, 128, dtype="float16", seed=4).t()  # B column-major, its rows of 128 aligned
+    assert not module.uses_tma(a, b)
+    assert rel_err(module.kernel(a, b), a.double() @ b.double()) < tolerance("float16")
+
+
+def test_the_tma_kernel_of_a_float32_problem_multiplies_at_its_precision():
+    """The TMA kernel's dot named no precision, so Triton's tf32 default ran a float32 ieee problem's products
+    (a config object passed to kt.build is checked on its axes, not by legality, which keeps TMA from float32)."""
+    from kt.codegen import FAMILIES
+
+    for precision in ("ieee", "tf32"):
+        source = FAMILIES["gemm"].render(GemmProblem(64, 64, 64, dtype="float32", precision=precision), TMA)
+        dots = [line for line in source.splitlines() if "tl.dot(" in line]
+        assert len(dots) == 2 and all(f'input_precision="{precision}"' in line for line in dots), dots
+
+
+@pytest.mark.parametrize("split_k, k", [(1, 64), (1, 0), (2, 64)])
+def test_an_out_made_in_inference_mode_is_written_whatever_the_config(split_k, k):
+    """A split's sum, K = 0's zero fill and an aliased out's copy are torch writes, which torch refuses into an
+    inference tensor outside inference mode: whether such an out was taken hung on the config and the shape."""
+    config = GemmConfig(16, 16, 16, group_m=1, num_warps=4, num_stages=2, split_k=split_k)
+    module = gemm_module(GemmProblem(33, 17, 64, dtype="float32"), config)
+    a, b = randn(33, k, dtype="float32", seed=1), randn(k, 17, dtype="float32", seed=2)
+    with torch.inference_mode():
+        out = torch.full((33, 17), float("nan"), device=DEVICE)
+    assert module.kernel(a, b, out=out) is out
+    assert rel_err(out, a.double() @ b.double()) < 1e-5 if k else not out.abs().sum()
+
+
+def test_an_out_whose_strides_interleave_without_sharing_memory_is_written():
+    """Strides (2, 3) over a (3, 2) out reach offsets 0, 2, 3, 4, 5 and 7, no two alike: refused as overlapping
+    itself (torch.matmul takes it); checked exactly now where the quick test cannot tell. Strides that do
+    share an offset are still refused."""
+    module = gemm_module(
+        GemmProblem(3, 2, 16, dtype="float32"), GemmConfig(16, 16, 16, group_m=1, num_warps=4)
+    )
+    a, b = randn(3, 16, dtype="float32", seed=1), randn(16, 2, dtype="float32", seed=2)
+    storage = torch.full((16,), float("nan"), device=DEVICE)
+    out = storage.as_strided((3, 2), (2, 3))
+    assert module.kernel(a, b, out=out) is out
+    assert rel_err(out, a.double() @ b.double()) < 1e-5 and storage.isnan().sum() == 10
+    for shared in [
+        storage.as_strided((3, 2), (2, 4)),
+        storage.as_strided((3, 2), (1, 1)),
+    ]:  # 4 twice; 1 twice
+        with pytest.raises(ValueError, match="out overlaps itself"):
+            module.kernel(a, b, out=shared)

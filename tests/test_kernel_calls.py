@@ -168,6 +168,22 @@ def test_a_dense_kernel_with_k_or_n_of_0_has_torchs_gradients(k, n):
     torch.testing.assert_close(b.grad, b2.grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "a_shape, b_shape", [((0, 13, 9), (9, 11)), ((13, 9), (0, 9, 11)), ((0, 13, 9), (0, 9, 11))]
+)
+def test_a_dense_kernel_with_a_batch_of_0_has_torchs_gradients(a_shape, b_shape):
+    """The forward took a batch of 0 (an empty result, as torch.matmul gives); its backward failed with
+    "kt.nn.apply: op: shape.batch: must be an integer from 1 to 65535, got 0"."""
+    kernel = kt.build(DENSE, device="h100")
+    a = torch.randn(a_shape, requires_grad=True)
+    b = torch.randn(b_shape, requires_grad=True)
+    y = kernel(a, b)
+    assert y.shape == torch.matmul(a, b).shape and y.numel() == 0
+    y.sum().backward()
+    assert a.grad.shape == a.shape and b.grad.shape == b.shape
+    assert not a.grad.abs().sum() and not b.grad.abs().sum()
+
+
 def test_a_kernel_called_with_grad_by_argument_names_is_differentiable_and_not_kept_alive():
     """Inputs given by name took the module's kernel (no graph) past a check that looked at positional ones; and
     the op a call with grad makes pins its kernel: held strongly, every such kernel lived as long as the
@@ -481,3 +497,27 @@ def test_a_templates_version_covers_the_templates_it_includes(tmp_path, monkeypa
         assert render.template_version("main.py.j2") != before
     finally:
         render.template_version.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"op": "lowrank", "dtype": "float32", "shape": {"batch": 5, "dims": [32, 4, 24]}},
+        {"op": "blocksparse", "dtype": "float32", "shape": {"batch": 5, "in": 32, "out": 32},
+         "sparsity": {"block": [16, 16], "density": 1.0, "seed": 0}},
+    ],
+    ids=["lowrank", "blocksparse"],
+)  # fmt: skip
+def test_a_split_kernel_writes_an_out_made_in_inference_mode(spec):
+    """A split config sums its fp32 slices into `out` with torch, which refuses to write an inference tensor
+    outside inference mode (one of split 1, stored by Triton, was taken): every generated kernel now writes such
+    an `out` in inference mode."""
+    space = kt.space(spec)
+    config = next(c for c in space.legal if c.split > 1 and not c.fused)
+    kernel = kt.build(spec, config)
+    args = kt.random_args(spec, seed=0, device="cpu")
+    expected = kernel(*args)
+    with torch.inference_mode():
+        out = torch.full_like(expected, float("nan"))
+    assert kernel(*args, out=out) is out
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

@@ -1043,9 +1043,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, deep: bool = False) -> torch.Tensor
     """a (M, K) @ b (K, N), or a batch of them (a 3-D operand), by kt's dense op (any strides: transposes are
     views). `deep`: K is the batch's rows (a weight gradient): the op names K's bucket, not K, so a new batch
     size reuses its bucket's kernel, and the bucket is taken from `a` when the op runs (`DEEP`), not here."""
-    # a kernel called with K or N of 0 (its product is zeros or empty): no kt op has a size of 0, and its
-    # backward failed naming an op's shape.n the user never wrote
-    if a.shape[-1] == 0 or b.shape[-1] == 0:
+    # a kernel called with K, N or a batch of 0 (its product is zeros or empty): no kt op has a size of 0, and
+    # its backward failed naming an op's shape.n or shape.batch the user never wrote
+    if a.shape[-1] == 0 or b.shape[-1] == 0 or any(t.dim() == 3 and t.shape[0] == 0 for t in (a, b)):
         return torch.matmul(a, b)
     batch = a.shape[0] if a.dim() == 3 else b.shape[0] if b.dim() == 3 else None  # a batch of block products
     # plain ints: under torch.compile(dynamic=True) a shape is a SymInt, which the op text's cache cannot hash;
