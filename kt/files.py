@@ -538,15 +538,30 @@ def csv_records(text: str, where: str, error: type[Exception]) -> Iterator[tuple
     # a cell may be as long as kt writes it: csv's 131,072 characters refused the layout of a block-sparse W that
     # `kt export` wrote (16384 square in 16x16 blocks: 262,144), whole, and a long message
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # a row is named by the line it starts on, lines counted by \n as editors and grep -n count them: csv's
+    # line_num is a row's last line, and it counted a lone \r in a cell (which kt export writes as it is) as one
+    lines_read = 0
+
+    def lines():
+        nonlocal lines_read
+        for line in io.StringIO(text, newline="\n"):  # split at \n only, nothing translated
+            lines_read += 1
+            yield line
+
+    reader = csv.DictReader(lines())
+    try:
+        _ = reader.fieldnames  # the header, read now: each row's start is then the line after those read
+    except csv.Error as exc:
+        raise error(f"{where} line 1: not valid CSV ({exc})") from None
     while True:
+        start = lines_read + 1
         try:
             raw = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise error(f"{where} line {reader.line_num}: not valid CSV ({exc})") from None
-        at = f"{where} line {reader.line_num}"
+            raise error(f"{where} line {start}: not valid CSV ({exc})") from None
+        at = f"{where} line {start}"
         if None in raw or None in raw.values():  # DictReader's marks of extra and of missing cells
             cells = len(reader.fieldnames) + len(raw.get(None, ())) - list(raw.values()).count(None)
             raise error(

@@ -1354,3 +1354,24 @@ def test_a_csv_that_holds_a_row_twice_is_refused_naming_both_lines(tmp_path):
                        r"holds each row once: keep one copy$"):  # fmt: skip
         read_rows(data)
     assert_one_line_error(kt("costmodel", "eval", "--data", data), "line 4: id ")
+
+
+def test_fit_refuses_data_of_two_timing_regimes(tmp_path):
+    """Times taken with a warm L2 are another quantity than flushed ones (the tune loop refuses to mix them in
+    one problem): `kt costmodel fit --data` learnt their mixture without a word. The H200 run's CSV with its
+    first GEMM problem's rows marked l2_warm is refused in one line, and fits as it was."""
+    with H200_ROWS.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    first = next(r["problem_key"] for r in rows if r["family"] == "gemm")
+    for row in rows:
+        if row["problem_key"] == first:
+            row["timing_regime"] = "l2_warm"
+    mixed = tmp_path / "mixed.csv"
+    with mixed.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = kt("costmodel", "fit", "--data", mixed, "--device", "h200", "--out", tmp_path / "m.skops")
+    assert_one_line_error(result, "holds times of several timing regimes: l2_flushed (")
+    assert "l2_warm (" in result.stderr and not (tmp_path / "m.skops").exists()

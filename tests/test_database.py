@@ -1079,6 +1079,21 @@ def test_an_export_with_a_cell_over_csvs_default_limit_reads_back(tmp_path):
     assert record["message"] == "x" * 200_000
 
 
+def test_a_csv_row_is_named_by_the_line_it_starts_on_counted_as_editors_count():
+    """`kt export` writes a message's line breaks as they are: csv named a row by its last line, and counted a
+    lone \\r inside a cell as a line of its own, so an error named the row after the bad one (line 6 for a row
+    starting on line 3). Lines are counted by \\n, a row by its first, as grep -n shows them."""
+    from kt.files import csv_records
+
+    text = 'id,message\n1,"one\ntwo\r\nthree\rfour"\n2,plain\n3,"a\rb"\n4,last\n'
+    where = [at for at, _ in csv_records(text, "data", DatabaseError)]
+    assert where == ["data line 2", "data line 5", "data line 6", "data line 7"]
+    records = [r["message"] for _, r in csv_records(text, "data", DatabaseError)]
+    assert records == ["one\ntwo\r\nthree\rfour", "plain", "a\rb", "last"]
+    with pytest.raises(DatabaseError, match=r"^data line 4: 3 cells, the header has 2"):
+        list(csv_records('id,message\n1,"x\ry\nz"\n2,a,b\n', "data", DatabaseError))
+
+
 def test_a_database_without_its_log_in_a_read_only_folder_is_read_as_it_stands(tmp_path):
     """Where SQLite's locks cannot be had (no -shm file can be made beside a WAL file), the reader falls back to
     reading the file as it stands, as every read did before it took locks."""

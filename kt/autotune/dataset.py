@@ -400,6 +400,15 @@ def _gemm_rows(
         raise DatabaseError(
             f"data: {str(source)!r} holds measurements from several GPUs: {listing}; pick one with --gpu"
         )
+    # a warm L2's times are another quantity than a flushed one's (the tune loop refuses to mix them in one
+    # problem): a model fitted on both learnt their mixture without a word. A row without one is l2_flushed's.
+    regimes = Counter(r.get("timing_regime") or "l2_flushed" for r in rows if r.get("runtime_ms") is not None)
+    if len(regimes) > 1:
+        listing = ", ".join(f"{name} ({n} rows)" for name, n in regimes.most_common())
+        raise DatabaseError(
+            f"data: {str(source)!r} holds times of several timing regimes: {listing}; a model learns one: give "
+            "data of one regime (`kt export` it to CSV and keep one regime's rows)"
+        )
     return rows
 
 
