@@ -62,8 +62,9 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
     """Run `module.kernel` on fresh random inputs into a NaN-poisoned output and compare with the reference.
 
     Poisoning catches unwritten elements; the problem's tolerance (kt.dtypes.TOLERANCE, per dtype) catches wrong ones;
-    the guards around `out` catch writes past its ends, and each argument's fingerprint writes into the inputs. The comparison takes a run of rows at a time
-    (`_runs_of_rows`), so the check needs little more memory than the op's own operands.
+    the guards around `out` catch writes past its ends, and each argument's fingerprint (before and after the call)
+    writes into the inputs. The comparison takes a run of rows at a time (`_runs_of_rows`), so the check needs
+    little more memory than the op's own operands.
     """
     args = problem.random_args(seed, device)
     prints = [fingerprint(a) for a in args]
