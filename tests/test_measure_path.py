@@ -460,7 +460,9 @@ def test_the_timing_summary_is_the_median_min_and_20th_80th_percentiles_of_the_r
     from kt.autotune import timing
 
     values = [9.0, 1.0, 7.0, 3.0, 5.0, 2.0, 8.0, 4.0, 6.0, 100.0]
-    q = statistics.quantiles(sorted(values), n=5)
+    q = statistics.quantiles(
+        sorted(values), n=5, method="inclusive"
+    )  # as kt import inductor's, within the data
     summary = timing._summary(values, "runtime")
     assert summary == {
         "runtime_ms": 5.5,
@@ -470,6 +472,11 @@ def test_the_timing_summary_is_the_median_min_and_20th_80th_percentiles_of_the_r
         "runs": 10,
     }
     assert q[0] < q[1] and q[2] < q[3], "the percentiles asked for are distinct ones"
+    # two or three runs (TimingSettings allows max_runs 2): the percentiles lie within them (the exclusive
+    # method extrapolated: p20 0.98 and p80 1.22 of runs 1.0, 1.1 and 1.2)
+    for runs in ([1.0, 1.2], [1.0, 1.1, 1.2]):
+        few = timing._summary(runs, "runtime")
+        assert min(runs) <= few["runtime_p20_ms"] <= few["runtime_p80_ms"] <= max(runs), few
     # one run: every figure is that run
     assert timing._summary([2.5], "energy") == {
         "energy_ms": 2.5,
@@ -602,3 +609,21 @@ def test_each_timed_run_holds_the_gpu_until_the_host_has_queued_the_whole_call(m
     assert holds[0][1] >= 1e9 * (2 * 0.004 + timing.QUEUE_EXTRA_S)
     # a call that synchronizes inside (seconds on the host) is held no more than QUEUE_MAX_S twice over
     assert timing.queue_hold(3.0) == int(1e9 * (2 * timing.QUEUE_MAX_S + timing.QUEUE_EXTRA_S))
+
+
+def test_the_dry_run_keeps_the_regime_and_compile_target_it_is_given():
+    """The dry run replaced the caller's timing settings with its own, keeping the cooldown: a tune asked for an
+    L2-warm regime recorded l2_flushed on every row, and compile_target=False (which DryRunner honours) was
+    dropped."""
+    from kt.autotune.runners import _make_runner
+    from kt.autotune.timing import TimingSettings
+    from kt.device import get_profile
+
+    runner = _make_runner(
+        "dryrun",
+        get_profile("h100"),
+        timing=TimingSettings(regime="l2_warm", cooldown_ms=5),
+        compile_target=False,
+    )
+    assert runner.timing.regime == "l2_warm" and runner.timing.cooldown_ms == 5
+    assert runner.timing.max_runs == DRY_RUN_TIMING.max_runs and not runner.compiles

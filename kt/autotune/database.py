@@ -55,7 +55,7 @@ KEY_COLUMNS = (
     "triton_version",
 )
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("runner", "TEXT NOT NULL"),  # cuda | interpret
+    ("runner", "TEXT NOT NULL"),  # cuda | interpret | dryrun
     ("device", "TEXT NOT NULL"),  # the GPU's name, or the interpreter
     # the device profile the candidates were legal for: h100, or name-hash for a calibrated one
     ("target", "TEXT NOT NULL"),

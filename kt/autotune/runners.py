@@ -565,11 +565,13 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     if backend == "cuda":  # check_gpus has refused it on a machine without a GPU
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
-    if backend == "dryrun":  # one call after one warm-up, whatever the GPU would do; a cooldown is kept
-        options.pop("compile_target", None)
-        timing = options.pop("timing", None)
-        cooldown = timing.cooldown_ms if timing is not None else DRY_RUN_TIMING.cooldown_ms
-        return DryRunner(profile, timing=dataclasses.replace(DRY_RUN_TIMING, cooldown_ms=cooldown), **options)
+    if (
+        backend == "dryrun"
+    ):  # one call after one warm-up, whatever the GPU would do; a cooldown and regime kept
+        # (and compile_target, which DryRunner honours: it was dropped, and the regime recorded l2_flushed always)
+        timing = options.pop("timing", None) or DRY_RUN_TIMING
+        kept = {"cooldown_ms": timing.cooldown_ms, "regime": timing.regime}
+        return DryRunner(profile, timing=dataclasses.replace(DRY_RUN_TIMING, **kept), **options)
     if backend == "interpret":
         from kt.errors import on_command_line
 
