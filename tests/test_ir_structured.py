@@ -375,3 +375,39 @@ def test_wrong_twiddles_and_sizes_are_one_valueerror_on_every_path():
     ]:
         with pytest.raises(ValueError, match=f"^{re.escape(words)}$"):
             call()
+
+
+def test_the_ir_helpers_take_what_their_neighbours_take():
+    """An audit of the IR's helpers: project_butterfly cast a complex W to float64 (a DFT butterfly came back
+    1.0 off, with torch's "casting complex values" warning only); prune_blocks refused numpy's 0.5 as out of
+    (0, 1], which BlockSparseLinear and op.yaml take; Monarch's project ran the SVD in W's dtype, which torch has
+    none of in float16; a Diag after a butterfly group lowered with its diagonal in BlockDiag order (3 to 5 off)."""
+    import warnings
+
+    import numpy as np
+
+    from kt.ir.factors import Diag
+    from kt.ir.linear_map import LinearMap
+    from kt.ir.lowering import LoweringError, lower
+    from kt.ir.monarch import butterfly_dft_twiddles
+    from kt.ir.projections import project_butterfly, prune_blocks
+    from kt.ir.structured import butterfly_map, monarch_map
+
+    dft = butterfly_map(8).to_dense({"twiddles": butterfly_dft_twiddles(8)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no complex value cast away
+        twiddles = project_butterfly(dft)
+    assert twiddles.dtype == torch.complex128
+    assert (butterfly_map(8).to_dense({"twiddles": twiddles}) - dft).abs().max() < 1e-12
+    weight = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    for density in (np.float32(0.5), torch.tensor(0.5)):
+        assert prune_blocks(weight, (2, 3), density).values().shape[0] == 4
+    square = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    w1, w2 = project(square.half(), 2, 2)
+    assert w1.dtype == w2.dtype == torch.float16
+    d1, d2 = project(square.half().double(), 2, 2)
+    monarch = monarch_map(2, 4, 4, 2, 4, 4)
+    half = monarch.to_dense({"w1": w1.double(), "w2": w2.double()})
+    assert (half - monarch.to_dense({"w1": d1, "w2": d2})).abs().max() < 1e-2
+    with pytest.raises(LoweringError, match="after a butterfly group"):
+        lower(LinearMap((ButterflyGroup(8, 1, 1), Diag(8, "d"))))

@@ -201,6 +201,10 @@ def lower(linear_map: LinearMap) -> list[Stage]:
         elif isinstance(factor, Diag):
             if not stages or pending is not None or stages[-1]["diag"] is not None:
                 raise LoweringError(f"{factor} must follow a block factor directly to fuse into its epilogue")
+            if isinstance(stages[-1]["factor"], ButterflyGroup):  # the epilogue indexes it in BlockDiag order
+                raise LoweringError(
+                    f"{factor} after a butterfly group has no epilogue lowering (its outputs lie apart)"
+                )
             stages[-1]["diag"] = factor
         elif isinstance(factor, ButterflyFactor):
             raise LoweringError(f"{factor}: group butterfly levels with group_butterfly() first")

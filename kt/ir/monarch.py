@@ -40,14 +40,15 @@ def project(W: torch.Tensor, k: int, l: int, q: int | None = None) -> tuple[torc
 
     # blocks[j, i] is the (s, p) block of W at rows c*l + j, columns i*p + e
     blocks = W.reshape(s, l, k, p).permute(1, 2, 0, 3)
-    U, S, Vh = torch.linalg.svd(blocks, full_matrices=False)
+    # in float64 (complex128) at least: torch has no float16 or bfloat16 SVD, and W comes back in its own dtype
+    U, S, Vh = torch.linalg.svd(blocks.to(torch.promote_types(W.dtype, torch.float64)), full_matrices=False)
     rank = math.ceil(q / l) + 1  # an upper bound on |T(i, j)|
     if S.shape[-1] < rank:  # a block's rank can not exceed min(s, p): the extra terms are zero
         extra = rank - S.shape[-1]
         U = torch.nn.functional.pad(U, (0, extra))
         S = torch.nn.functional.pad(S, (0, extra))
         Vh = torch.nn.functional.pad(Vh, (0, 0, 0, extra))
-    root = S.sqrt().to(W.dtype)
+    root = S.sqrt().to(U.dtype)
 
     # each middle index u = i*q + a = t*l + j takes the m-th singular triple of block (j, i), m counted from the
     # first t whose t*l + j lands in block i
@@ -56,8 +57,8 @@ def project(W: torch.Tensor, k: int, l: int, q: int | None = None) -> tuple[torc
     m = t + torch.div(j - i * q, l, rounding_mode="floor")
     w1 = torch.zeros(k, q, p, dtype=W.dtype, device=W.device)
     w2 = torch.zeros(l, s, r, dtype=W.dtype, device=W.device)
-    w1[i, a, :] = root[j, i, m, None] * Vh[j, i, m, :]
-    w2[j, :, t] = U[j, i, :, m] * root[j, i, m, None]
+    w1[i, a, :] = (root[j, i, m, None] * Vh[j, i, m, :]).to(W.dtype)
+    w2[j, :, t] = (U[j, i, :, m] * root[j, i, m, None]).to(W.dtype)
     return w1, w2
 
 

@@ -6,6 +6,8 @@ Both return new weights to initialise a structured layer from a trained dense on
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from kt.ir.sparse import _positive_int
@@ -36,7 +38,10 @@ def prune_blocks(weight: torch.Tensor, block: tuple[int, int], density: float) -
     out, inp = weight.shape
     if out % bo or inp % bi:
         raise ValueError(f"prune_blocks: block {bo}x{bi} does not divide the weight shape ({out}, {inp})")
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+    # numbers.Real: numpy's floats too, as BlockSparseLinear and op.yaml take them (np.float32(0.5) was "out of range")
+    if isinstance(density, torch.Tensor) and density.dim() == 0 and density.is_floating_point():
+        density = float(density)
+    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
         raise ValueError(f"prune_blocks: density={density!r} must be in (0, 1]")
     mask = prune_mask(weight, (bo, bi), density)
     crow, cols = bsr_indices(mask)
@@ -80,7 +85,8 @@ def project_butterfly(weight: torch.Tensor) -> torch.Tensor:
     Then for each j < n/2 the (2, n/2) matrix of rows j and j + n/2 of W's left half is the outer product of the
     2x2 twiddle's first column with row j of M0 (the right half likewise with M1): each is fitted by its best
     rank-1 approximation (an SVD), and M0, M1 recursively. The fit is greedy, level by level from the top: the
-    best at each level, not over all levels at once. Computed in float64, returned in W's dtype.
+    best at each level, not over all levels at once. Computed in float64 (complex128 for a complex W), returned
+    in W's dtype.
     """
     _check_weight(weight, "project_butterfly")
     n = weight.shape[0]
@@ -89,7 +95,9 @@ def project_butterfly(weight: torch.Tensor) -> torch.Tensor:
             f"project_butterfly: W must be square with a power-of-two size >= 2, got {tuple(weight.shape)}"
         )
     levels = n.bit_length() - 1
-    twiddles = torch.zeros(levels, n // 2, 2, 2, dtype=torch.float64, device=weight.device)
+    # float64, or complex128 for a complex W (its imaginary part was cast away: a DFT butterfly came back 1.0 off)
+    wide = torch.promote_types(weight.dtype, torch.float64)
+    twiddles = torch.zeros(levels, n // 2, 2, 2, dtype=wide, device=weight.device)
 
     def fit(matrix: torch.Tensor, base: int) -> None:
         size = matrix.shape[0]
@@ -110,5 +118,5 @@ def project_butterfly(weight: torch.Tensor) -> torch.Tensor:
         fit(m0, base)
         fit(m1, base + half)
 
-    fit(weight.double(), 0)
+    fit(weight.to(wide), 0)
     return twiddles.to(weight.dtype)
