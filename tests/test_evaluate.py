@@ -276,3 +276,18 @@ def test_a_reading_of_0_watts_is_no_reading_in_the_power_error():
         predicted_power_w=np.array([250.0, 260.0, 330.0]),
     )
     assert report.metrics["power_rows"] == 1 and report.metrics["power_median_ape"] == pytest.approx(10.0)
+
+
+def test_records_without_config_keys_are_each_their_own_config():
+    """`one_per_config` merges repeats of a config; records that carry no config_key (built by hand, as the
+    ForestModel docstring allows) were each problem's one median row, and every ranking metric came out blank."""
+    from kt.costmodel.evaluate import one_per_config
+
+    true, pred = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.5, 2.0, 5.0])
+    groups = ["a", "a", "a", "b"]
+    kept = one_per_config(true, pred, groups, [None] * 4)
+    assert kept[0].tolist() == true.tolist() and kept[2] == groups
+    merged = one_per_config(
+        true, pred, groups, ["x", "x", None, None]
+    )  # a named config's repeats still merge
+    assert merged[0].tolist() == [1.5, 3.0, 4.0] and merged[2] == ["a", "a", "b"]

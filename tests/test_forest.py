@@ -323,6 +323,10 @@ def test_a_model_stands_in_for_a_device_of_its_architecture_only_when_asked(save
 
     with pytest.raises(ModelError, match=r"h100 \(sm_90\), which cannot stand in for a100 \(sm_80\)"):
         ForestModel.load(saved, A100, stand_in=True)
+    # saved again it was labelled the H200's, whose features then failed its self-check as another kt's
+    with pytest.raises(ModelError, match=r"loaded to predict h200 \(stand_in\) is not saved again"):
+        model.save(saved.parent / "again.skops")
+    assert not (saved.parent / "again.skops").exists()
 
 
 def test_load_refuses_a_file_of_another_format_version(saved):

@@ -136,11 +136,17 @@ def one_per_config(
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """(true, pred, groups) with one row per (group, config): the median measured value and the median
     prediction of its rows (one model's is the same for each, from the same features; the tuner's stored ones
-    are each tune's own); as they are when `configs` is None or names no config twice in a group."""
-    if configs is None or len(set(zip(groups, configs))) == len(configs):
+    are each tune's own); as they are when `configs` is None or names no config twice in a group (a None in it
+    names a config of its own)."""
+    if configs is None:
+        return np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64), list(groups)
+    # a row that names no config (a record without config_key) is a config of its own: records without the key
+    # were each problem's one median row, and every ranking metric came out blank
+    keys = [(g, c if c is not None else ("row", i)) for i, (g, c) in enumerate(zip(groups, configs))]
+    if len(set(keys)) == len(keys):
         return np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64), list(groups)
     rows: dict[tuple[Any, Any], list[int]] = {}
-    for i, key in enumerate(zip(groups, configs)):
+    for i, key in enumerate(keys):
         rows.setdefault(key, []).append(i)
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     return (

@@ -386,6 +386,13 @@ class ForestModel:
         import skops.io
 
         self._require_fitted()
+        if (
+            self.fitted_device is not None
+        ):  # its file would name the borrowed card, whose features fail its check
+            raise ModelError(
+                f"a forest fitted for {self.fitted_device.key} and loaded to predict {self.device.key} "
+                "(stand_in) is not saved again: its own file is the one to keep"
+            )
         path = Path(path)
         payload = {
             "format": FORMAT,
