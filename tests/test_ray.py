@@ -494,3 +494,20 @@ def test_a_refused_connection_where_a_ray_token_exists_names_ray_auth_mode(tmp_p
     assert _token_hint("local") == ""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     assert _token_hint("10.0.0.1:6379") == ""
+
+
+def test_a_run_closed_early_leaves_no_task_running_for_the_next_run(local_ray, tmp_path):
+    """A run its caller leaves mid-loop (a tune that raised over one result) left its other task running on its
+    actor: the next run's task on that actor waited behind it (10 minutes here), and its timeout counted the
+    wait. The actor is restarted, and the next run's tasks are timed from its restart."""
+    hang = tmp_path / "k_hang.py"
+    hang.write_text("import time\ntime.sleep(600)\n")
+    with RayPool({"interpret": (2, {"TRITON_INTERPRET": "1"})}, timeout_s=300) as pool:
+        run = pool.run([_task(0), _task(1, hang)])
+        first = next(run)
+        assert first.task.id == 0 and first.status == "ok", first.message
+        run.close()  # the caller leaves: task 1 still sleeps on its actor
+        pool.timeout_s = 60
+        later = list(pool.run([_task(2), _task(3)]))
+        assert sorted(o.task.id for o in later) == [2, 3]
+        assert {o.status for o in later} == {"ok"}, [o.message for o in later]

@@ -157,8 +157,20 @@ class RayPool:
     ) -> Iterator[Outcome]:
         """Run `tasks` on the actors, yielding each Outcome as it completes (see WorkerPool.run)."""
         ray = _ray()
-        pending = deque(tasks)
         busy: dict[Any, tuple[dict[str, Any], Task, float]] = {}  # ref -> (slot, task, sent)
+        try:
+            yield from self._run(ray, deque(tasks), busy, follow_up, deadline, inbox)
+        except BaseException:
+            # closed early (its caller raised mid-loop) or failed: an actor still running this run's task would
+            # run the next run's after it, whose timeout counted the wait (a spurious timeout) and whose timing
+            # came after it; Ray restarts the actor, and its next task waits for the new one
+            for slot, _, _ in busy.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(slot["actor"], no_restart=False)
+                self._restarted(slot)
+            raise
+
+    def _run(self, ray, pending, busy, follow_up, deadline, inbox) -> Iterator[Outcome]:
         while pending or busy or (inbox is not None and inbox.open):
             if inbox is not None and inbox.aborted:
                 return
