@@ -209,6 +209,12 @@ def run_bench(
     contains it."""
     out = Path(out)
     _check_out(out)  # a wrong folder is refused before torch loads (seconds)
+    if db is not None:  # the run writes these: a database there was written over by its own report
+        own = {(out / name).resolve() for name in (REPORT_NAME, CSV_NAME, EXPORT_NAME, LOG_NAME, LOCK_NAME)}
+        if Path(db).resolve() in own:
+            raise KtError(
+                f"db: {str(db)!r} is a file the report in --out writes; give the database another name"
+            )
     cases = [case.name for case in tune_cases(smoke)]
     if not any(only in name for name in cases):  # a typo would run no quick tune, and say so only at the end
         raise KtError(f"only: {only!r} is in no quick-tune case's name; the cases: {', '.join(cases)}")
@@ -220,12 +226,21 @@ def run_bench(
                 "bench: no CUDA GPU here; `kt bench --smoke --out DIR` runs every part on tiny shapes through the "
                 "dry run (nothing is timed)"
             )
+    global WRITTEN
+    WRITTEN = None
+    # the run's stamp (torch's import, git: most of the start-up) before the folder and its lock: a signal here
+    # left a folder holding only the lock, and kt said its report held the parts that finished
+    context = run_context(smoke, command)
     make_folder(out, "out")
     lock = _lock_out(out)
     try:
-        return _run(out, minutes, smoke, budget, db, workers, progress, command, only)
+        return _run(out, minutes, smoke, budget, db, workers, progress, context, only)
     finally:
         lock.close()  # the lock goes with its descriptor
+
+
+# The report this process's last run wrote (kt's CLI says where an interrupted run's report is only when one is)
+WRITTEN: Path | None = None
 
 
 def _lock_out(out: Path):
@@ -270,15 +285,15 @@ class _BenchLog(logging.FileHandler):
             )
 
 
-def _run(out, minutes, smoke, budget, db, workers, progress, command, only) -> BenchResult:
+def _run(out, minutes, smoke, budget, db, workers, progress, context, only) -> BenchResult:
     from kt.autotune.progress import BenchProgress
 
-    handler = _BenchLog(out / "bench.log", mode="w")
+    handler = _BenchLog(out / LOG_NAME, mode="w")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("kt").addHandler(handler)  # kt's warnings and this module's lines (it propagates)
     log.setLevel(logging.INFO)
-    result = BenchResult(out, context=run_context(smoke, command))
+    result = BenchResult(out, context=context)
     clock = _Clock(minutes * 60.0)
     settings = _Settings(
         smoke=smoke,
@@ -381,14 +396,36 @@ def _say(settings: _Settings, message: str) -> None:
     log.info(f"{DRY}: {message}" if settings.smoke else message)
 
 
+def _bench_folder(out: Path) -> bool:
+    """Whether `out` holds a kt bench report, by what its files say (a user's own report.md or bench.log, by
+    name alone, was written over): a report.md of kt bench, or, a run killed before its report, a bench.log of
+    kt's lines (or empty)."""
+    report, logged = out / REPORT_NAME, out / LOG_NAME
+    if report.is_file():
+        return _first_line(report).startswith("# kt bench")
+    if logged.is_file():
+        first = _first_line(logged)
+        return (
+            not first or re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} kt[\w.]* [A-Z]+ ", first) is not None
+        )
+    return False
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(256).decode("utf-8", "replace").split("\n", 1)[0]
+    except OSError:
+        return ""
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise KtError(f"out: {out} exists and is a file; give a directory for the report")
     if (
         out.is_dir()
         and any(out.iterdir())
-        and not (out / "report.md").exists()
-        and not (out / "bench.log").exists()
+        and not _bench_folder(out)
         and [path.name for path in out.iterdir()] != [LOCK_NAME]  # a run killed as it began
     ):
         raise KtError(f"out: {out} holds files that are not a kt bench report; choose another directory")
@@ -678,10 +715,14 @@ def _tune_case(case: Case, settings: _Settings, deadline: float, out: Path) -> d
 def _retime_failed(r: dict[str, Any]) -> str | None:
     """Why the re-timing after the tune gave a side no time (a wrong result, a timeout), or None: such a row
     read "not timed", a dry run's words, with the failure in its status columns only."""
+    from kt.autotune.database import STATUSES
+
+    # a side's status is its measure's where that failed, else its energy reading's ("no energy counter" in a
+    # dry run, which times nothing: every smoke row read "re-time failed")
     failed = [
         f"{side}: {r[f'{prefix}_status']}"
         for prefix, side in (("kt", "kt"), ("baseline", "PyTorch"))
-        if r.get(f"{prefix}_status") and r.get(f"{prefix}_ms") in (None, "")
+        if r.get(f"{prefix}_status") in STATUSES[1:] and r.get(f"{prefix}_ms") in (None, "")
     ]
     return f"re-time failed ({'; '.join(failed)})" if failed else None
 
@@ -765,6 +806,7 @@ def _collect_part(settings: _Settings, deadline: float, result: BenchResult, rep
 # -- the report -----------------------------------------------------------------------------------------------
 
 CSV_NAME, REPORT_NAME, EXPORT_NAME = "results.csv", "report.md", "measurements.csv"
+LOG_NAME = "bench.log"
 LOCK_NAME = ".kt-bench.lock"  # held by the run writing to the folder (`_lock_out`)
 
 
@@ -781,6 +823,8 @@ def _write_outputs(result: BenchResult, settings: _Settings) -> None:
         with Database(settings.db, create=False, readonly=True) as database:
             database.export_csv(result.out / EXPORT_NAME, since=context["started_at"])  # this run's rows
     atomic_write_text(result.out / REPORT_NAME, render_report(result), make_parent=False)
+    global WRITTEN
+    WRITTEN = result.out / REPORT_NAME
     for path in result.out.iterdir():
         if path.is_file() and path.suffix != ".db" and path.stat().st_size > MAX_FILE_BYTES:
             log.warning(

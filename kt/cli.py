@@ -168,7 +168,7 @@ class _Group(click.Group):
             # pipe), and that error took the signal's place: a hung-up kt exited 1 with a traceback's attempt
             code = 128 + _STOPPED[0] if _STOPPED else None
             if code is not None and not (isinstance(exc, SystemExit) and exc.code == code):
-                kept = INTERRUPTED.get(self._command(args, kwargs), "")
+                kept = _kept(self._command(args, kwargs))
                 _said(f"kt: terminated ({signal.Signals(_STOPPED[0]).name}){kept}")
                 sys.exit(code)
             raise
@@ -193,7 +193,7 @@ class _Group(click.Group):
             err.print(f"kt: error: {exc}", style="red")
             sys.exit(2)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
-            kept = INTERRUPTED.get(self._command(args, kwargs), "")
+            kept = _kept(self._command(args, kwargs))
             terminated = exc if isinstance(exc, _Terminated) else exc.__cause__
             if isinstance(terminated, _Terminated):
                 _said(f"kt: terminated ({signal.Signals(terminated.signum).name}){kept}")
@@ -290,6 +290,16 @@ INTERRUPTED = {
 INTERRUPTED["bench"] = (
     "; the report in its --out folder holds the parts that finished (a bench writes it as it stops)"
 )
+
+
+def _kept(command: str | None) -> str:
+    """What an interrupted command kept: INTERRUPTED's words, a bench's only where it wrote its report (one
+    stopped as it started has none)."""
+    if command == "bench":
+        bench = sys.modules.get("kt.bench")
+        if bench is None or bench.WRITTEN is None:
+            return "; it was stopped as it started, before it wrote a report"
+    return INTERRUPTED.get(command, "")
 
 
 def _spec_path(ctx, param, value):

@@ -42,6 +42,9 @@ def test_the_smoke_run_exits_0_and_every_line_says_nothing_was_timed(smoke_run):
     assert "dense float16 kt: ok" in said and "dense float16 PyTorch: ok" in said, said[-3000:]
     report = (out / "report.md").read_text()
     assert report.startswith("# kt bench (dry run, nothing timed on a GPU)")
+    # a dry run's quick tunes are not timed, which their rows say (each read "re-time failed": its energy status,
+    # "no energy counter", was taken for a failed re-timing)
+    assert "re-time failed" not in report + done.stdout + done.stderr and "| not timed |" in report
     for line in report.splitlines():
         if line.startswith("| ") and not line.startswith(("| case", "| op", "|---")):
             assert "dry run, nothing timed on a GPU" in line, line
@@ -235,7 +238,7 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
         # a quoted line break is valid CSV: each merge split the table's row in two and kept the old halves
         "line-break": (
             set_cell("case", '"dense\nfp16"'),
-            f"line {line + 1}: case holds a line break; each cell of a table row is one line",  # (its last line)
+            f"line {line}: case holds a line break; each cell of a table row is one line",  # the line it starts on
         ),
     }
     for name, (edit, message) in cases.items():
@@ -278,6 +281,52 @@ def test_bench_refuses_a_gpu_run_without_a_gpu_and_a_foreign_directory(tmp_path)
     done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "mine" / "notes.txt" / "run"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "out: the folder '" in done.stderr and "run' cannot be made (" in done.stderr
+
+
+@pytest.mark.parametrize("theirs", ["report.md", "bench.log"])
+def test_a_folder_is_a_bench_report_by_what_its_files_say_not_their_names(tmp_path, theirs):
+    """A folder holding the user's own report.md (or bench.log) passed as a report's by its name, and the run
+    wrote over it and the user's other files' neighbours; a report is now known by its first line."""
+    from kt.bench import _check_out
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / theirs).write_text("my own notes\n")
+    (mine / "data.txt").write_text("precious")
+    with pytest.raises(Exception, match="holds files that are not a kt bench report"):
+        _check_out(mine)
+    (mine / theirs).write_text(
+        "# kt bench (dry run, nothing timed on a GPU)\n"
+        if theirs == "report.md"
+        else "2026-12-07 14:00:00,123 kt.bench INFO part smoke\n"
+    )
+    _check_out(mine)  # a report's, or the log of a run killed before its report
+
+
+def test_the_database_is_no_file_the_report_writes(tmp_path):
+    """`--db OUT/report.md` was accepted: the run's database was written over by its report."""
+    done = kt_cli("bench", "--smoke", "--out", str(tmp_path / "r"), "--db", str(tmp_path / "r" / "report.md"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "is a file the report in --out writes" in done.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_bench_stopped_as_it_starts_says_it_wrote_no_report(tmp_path, monkeypatch):
+    """A SIGTERM in the first seconds (torch's import, git) left a folder holding only the lock, and kt said
+    "the report in its --out folder holds the parts that finished". The stamp is now taken before the folder is
+    made, and the message says what is there."""
+    from click.testing import CliRunner
+
+    import kt.bench as bench
+    from kt.cli import main
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_context", interrupted)
+    result = CliRunner().invoke(main, ["bench", "--smoke", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 130
+    assert "it was stopped as it started, before it wrote a report" in result.output + (result.stderr or "")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_time_box_that_runs_out_cuts_the_parts_and_still_writes_the_report(tmp_path):
