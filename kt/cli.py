@@ -611,7 +611,7 @@ WORKERS = click.option(
     default=None,
     help="Worker processes for compiling and checking (default: one per CPU this process may use, its affinity "
     "and cgroup quota: a SLURM job's or a container's, at most 8, and for `kt tune` of one op at most "
-    "its budget + 1).",
+    "its budget + 1, or with `tune.configs` their count + 1).",
 )
 
 

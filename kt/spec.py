@@ -964,7 +964,8 @@ def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...
         if not isinstance(axis, str) or not axis:
             got = "an empty name" if axis == "" else _kind(axis)
             raise SpecError(path, f"axis names must be non-empty strings, got {got}")
-        values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+        # one integer, numpy's too (as `_int` takes it in a list and in a shape)
+        values = [values] if isinstance(values, numbers.Integral) and not isinstance(values, bool) else values
         if not isinstance(values, list) or not values:
             raise SpecError(where, f"must be a non-empty list of integers, got {_kind(values)}")
         # any integer: the axis's name is checked first, then the values against its own (kt.axes)

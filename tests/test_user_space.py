@@ -358,3 +358,37 @@ def test_tune_space_names_feature_major_ends_like_an_axis():
     with pytest.raises(SpecError) as raised:
         spec_with({"space": {"ends": [1]}})  # a dense op has no such field
     assert raised.value.field == "tune.space.ends"
+
+
+def test_listed_configs_set_the_workers_and_a_numpy_value_is_one_axis_value(monkeypatch, tmp_path):
+    """With `tune.configs` the budget is ignored (every listed config is measured), but the workers were counted
+    from it: 9 listed configs at budget 1 started 2 workers, one at budget 64 up to 8. And one numpy integer as
+    an axis's value was refused as "no list", where a list of them and a plain int are taken."""
+    import numpy as np
+
+    import kt
+    import kt.autotune.tune as tune
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def runner(backend, profile, **options):
+        seen.update(options)
+        raise Stop
+
+    monkeypatch.setattr(tune, "make_runner", runner)
+    monkeypatch.setattr(tune, "default_workers", lambda: 8)
+    configs = [{"block_m": b, "block_n": n, "block_k": 32} for b in (16, 32, 64) for n in (16, 32, 64)]
+    for budget, listed, workers in ((1, configs, 8), (64, configs[:1], 2)):
+        spec = kt.parse_spec(
+            {"op": "dense", "device": "h100", "shape": {"m": 256, "n": 256, "k": 256},
+             "tune": {"budget": budget, "configs": listed}}
+        )  # fmt: skip
+        with pytest.raises(Stop):
+            kt.tune(spec, backend="interpret", db=tmp_path / "t.db", progress=False)
+        assert seen["workers"] == workers, (budget, len(listed), seen["workers"])
+    base = {"op": "dense", "device": "h100", "shape": {"m": 256, "n": 256, "k": 256}}
+    spec = kt.parse_spec({**base, "tune": {"space": {"block_m": np.int64(64)}}})
+    assert dict(spec.tune.space)["block_m"] == (64,)

@@ -908,8 +908,10 @@ def run_session(
     owned = runner is None
     if owned:
         extra = {"timing": timing} if timing is not None else {}
-        # no more workers than candidates (the budget and candidate zero): each takes seconds to start
-        workers = workers or min(default_workers(), budget + 1)
+        # no more workers than candidates (the budget, or the listed configs, which are measured whatever the
+        # budget, and candidate zero): each takes seconds to start
+        candidates = len(spec.tune.configs) if spec.tune.configs else budget
+        workers = workers or min(default_workers(), candidates + 1)
         runner = make_runner(
             backend, profile, workers=workers, seed=seed, timeout_s=timeout_s, ray=ray, gpus=gpus, **extra
         )
