@@ -493,3 +493,34 @@ def test_a_model_on_the_meta_device_gives_its_ops_without_its_weights():
         "lowrank 16 rows, 16384 -> 64 -> 16384 float32",
     ], [s.summary() for s in found.specs]
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_discovery_lists_a_skip_once_notes_what_it_tuned_keeps_norm_statistics_and_names_the_specs_rows():
+    """An audit of model_ops: a float64 layer called three times was "3 skipped"; a skipped 1x1 convolution
+    made the note say "nn.Linear or 1x1 convolution layer" of no convolution tuned; a BatchNorm in training mode
+    kept the example's statistics; a layer past the rows a spec holds was named b33554432 for a spec of 2**24."""
+
+    class Thrice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = nn.Linear(8, 8).double()
+            self.c = nn.Conv2d(8, 8, 1).double()
+            self.f = nn.Linear(8, 8)
+            self.bn = nn.BatchNorm1d(8)
+
+        def forward(self, x):
+            y = x.double()
+            for _ in range(3):
+                y = self.d(y)
+            self.c(y[:, :, None, None])
+            return self.bn(self.f(x))
+
+    model = Thrice().train()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    found = model_ops(model, torch.randn(4, 8) * 10 + 5)
+    assert [path for path, _ in found.skipped] == ["d", "c"], found.skipped
+    assert found.plain == ["f"] and found.pointwise == [] and model.training
+    assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
+    big = model_ops(nn.Linear(16, 16, device="meta"), torch.empty(2**25, 16, device="meta"))
+    (spec,) = big.specs
+    assert spec.shape.m == 2**24 and f"_b{2**24}_" in spec.name, spec.name

@@ -77,16 +77,23 @@ def model_ops(
         pointwise,
         unparametrized,
     )
-    from kt.nn.selection import bucket, bucket_spec, parsed_op
+    from kt.nn.selection import bucket_spec, parsed_op
 
     found = ModelOps()
     by_signature: dict[str, str] = {}
+
+    def skip(path: str, why: str) -> None:
+        """A module listed as skipped once for each reason, however often it is called (a layer called three
+        times was "3 skipped")."""
+        if (path or "(model)", why) not in found.skipped:
+            found.skipped.append((path or "(model)", why))
 
     def record(path: str, module: nn.Module, inputs: tuple, keywords: dict, output: Any) -> None:
         # a layer called as layer(x=...) or linear(input=...) was missed: its positional inputs are empty
         x = inputs[0] if inputs else keywords.get("input", keywords.get("x"))
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
             return
+        kind = None  # the list of a 1x1 convolution's or a Conv1D's paths, where it is one
         if isinstance(module, (_KtLinear, FFT)):
             op = dict(parsed_op(module.op_text))
             if isinstance(module, _KtLinear) and (autocast := autocast_dtype(x)) is not None:
@@ -95,26 +102,28 @@ def model_ops(
             # x as that matrix (its M is shape[-2]), which a 3-D input's batch of rows is not
             rows = math.prod(x.shape[:-1]) if op["op"] == "dense" else _row_count(op, x)
         elif conv1d_subclass(module):  # left alone by structurize: listed as skipped, not passed over unsaid
-            why = f"a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ"
-            if (path or "(model)", why) not in found.skipped:
-                found.skipped.append((path or "(model)", why))
+            skip(
+                path,
+                f"a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ",
+            )
             return
         elif isinstance(module, nn.Linear) or conv1d(module) or pointwise(module):
             positions = None
+            # where a 1x1 convolution or a Conv1D is tuned, its kind is noted (with the plain layers, below):
+            # one skipped here made the note say "nn.Linear or 1x1 convolution layer" of no convolution tuned
+            kind = found.pointwise if pointwise(module) else found.conv1d if conv1d(module) else None
             if pointwise(module):  # a 1x1 convolution: its (strided) positions are the rows
                 if not isinstance(output, torch.Tensor) or not module.out_channels:
                     return
                 positions = output.numel() // module.out_channels
-                if (path or "(model)") not in found.pointwise:
-                    found.pointwise.append(path or "(model)")
                 module = as_linear(module)
             elif conv1d(module):  # transformers' Conv1D: an nn.Linear with its weight transposed
-                if (path or "(model)") not in found.conv1d:
-                    found.conv1d.append(path or "(model)")
                 module = as_linear(module)
             if not module.in_features or not module.out_features:
-                why = f"no features ({module.in_features} in, {module.out_features} out): no kernel to tune"
-                found.skipped.append((path or "(model)", why))
+                skip(
+                    path,
+                    f"no features ({module.in_features} in, {module.out_features} out): no kernel to tune",
+                )
                 return
             weight_dtype = (
                 autocast_dtype(x) or module.weight.dtype
@@ -122,8 +131,7 @@ def model_ops(
             try:
                 dtype = dtype_name(weight_dtype)
             except KeyError:
-                why = f"{weight_dtype} is not a kt dtype ({', '.join(DTYPES)})"
-                found.skipped.append((path or "(model)", why))
+                skip(path, f"{weight_dtype} is not a kt dtype ({', '.join(DTYPES)})")
                 return
             op = {
                 "op": "dense",
@@ -136,13 +144,15 @@ def model_ops(
         else:
             return
         if rows == 0:
-            found.skipped.append((path or "(model)", "its example input has no rows (an empty batch)"))
+            skip(path, "its example input has no rows (an empty batch)")
             return
         try:
             bucket_spec({**op, "name": "op"}, rows)  # checked once here: `add` makes it again per bucket
         except SpecError as exc:  # past kt's limits (2**24 features or rows): the model ran; skip this op
-            found.skipped.append((path or "(model)", f"beyond kt's limits: {exc}"))
+            skip(path, f"beyond kt's limits: {exc}")
             return
+        if kind is not None and (path or "(model)") not in kind:
+            kind.append(path or "(model)")
         if not isinstance(module, (_KtLinear, FFT)) and (path or "(model)") not in found.plain:
             found.plain.append(path or "(model)")  # once, though it is called twice
             if unparametrized(module) is not nn.Linear:
@@ -157,7 +167,10 @@ def model_ops(
         # six hex digits of the whole op, as `selections().specs()` names them: two models whose factories
         # share a name (the README's example_model) tuned into one folder replaced each other's artifacts
         digest = hashlib.sha256(signature.encode()).hexdigest()[:6]
-        name = _name(name_prefix, path, bucket(rows), digest)
+        # the spec's own rows: past a spec's limits bucket_spec takes a smaller bucket (b33554432 named a spec of
+        # 2**24 rows)
+        spec_rows = spec.shape.m if spec.op == "dense" else spec.shape.batch
+        name = _name(name_prefix, path, spec_rows, digest)
         spec = bucket_spec({**op, "name": name}, rows)
         if signature in by_signature:
             paths = found.modules[by_signature[signature]]
@@ -169,7 +182,7 @@ def model_ops(
         taken, count = name, 1
         while taken in found.modules:  # another op's name ("a b" and "a_b" both give a_b; cut long paths)
             count += 1
-            taken = _name(name_prefix, path, bucket(rows), digest, count)
+            taken = _name(name_prefix, path, spec_rows, digest, count)
         if taken != name:
             spec = bucket_spec({**op, "name": taken}, rows)
         by_signature[signature] = spec.name
@@ -186,6 +199,17 @@ def model_ops(
         module.register_forward_hook(lambda m, i, k, o, path=path: record(path, m, i, k, o), with_kwargs=True)
         for path, module in model.named_modules()
     ]
+    # a norm layer in training mode updates its running statistics from the example: put back after the run
+    # (eval() instead would take other paths, nn.TransformerEncoderLayer's fast one past its nn.Linear layers)
+    statistics = [
+        (buffer, buffer.clone())
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._NormBase)
+        and module.training
+        and module.track_running_stats
+        for buffer in module.buffers(recurse=False)
+        if buffer is not None
+    ]
     try:
         with torch.no_grad():
             model(*args, **kwargs)
@@ -199,6 +223,9 @@ def model_ops(
     finally:
         for handle in handles:
             handle.remove()
+        with torch.no_grad():
+            for buffer, kept in statistics:
+                buffer.copy_(kept)
     return found
 
 
