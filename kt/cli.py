@@ -837,15 +837,27 @@ def tune(
         out.print(f"\n[{number}/{len(specs)}] {spec.name}: {spec.summary()}", style="bold")
 
     def done(number: int, spec, outcome) -> None:
+        # the artifact first: a reader gone (`kt tune ... | head`) stops the command at the first print, and a
+        # finished op's artifact was lost to its "ended" line; a save refused (a `.prev` that is a file, a full
+        # disk) fails this op, not the others (it stopped every op mid-tune, and the summary never came)
+        saved = None
+        if not isinstance(outcome, KtError):
+            try:
+                saved = _save_one(outcome, out_dir)
+            except KtError as exc:
+                saved = exc
         line = _ops_line(number, specs, outcomes, time.monotonic() - started)
         out.print(f"{'' if concurrent == 1 else chr(10)}{line}", style="bold")
         if concurrent > 1:
             _header(spec)
+        if isinstance(saved, KtError):
+            _results_table(outcome, top)  # what was measured, before the error says why it was not saved
+            outcome = saved
         if isinstance(outcome, KtError):
             err.print(f"kt: error: {spec.name}: {outcome}", style="red")  # the other ops go on
             outcomes[number] = (spec.name, "failed", str(outcome), "-")
         else:
-            outcomes[number] = _report_one(outcome, out_dir, top)
+            outcomes[number] = _report_one(outcome, out_dir, top, saved)
 
     kt.tune(specs, concurrent=concurrent, on_done=done, on_start=begin, **options)
     _tuned_summary([outcomes[number] for number in sorted(outcomes)])
@@ -987,15 +999,20 @@ def _checks_only_note(checks_only: bool, specs, device: str | None) -> None:
     )
 
 
-def _report_one(result, out_dir, top) -> tuple[str, str, str, str]:
-    """An op's results table and artifact, and how it went for the summary: (name, measured | checked, best ->
-    artifact, PyTorch / kt)."""
+def _save_one(result, out_dir) -> tuple:
+    """An op's artifact saved: (its path, whether it replaced one)."""
     from kt.autotune.artifact import save_artifact_report
 
+    return save_artifact_report(result, out_dir / result.spec.name)
+
+
+def _report_one(result, out_dir, top, saved: tuple | None = None) -> tuple[str, str, str, str]:
+    """An op's results table and artifact (`saved`: already saved), and how it went for the summary: (name,
+    measured | checked, best -> artifact, PyTorch / kt)."""
     # saved before the table is printed: a reader gone (`kt tune ... | head`) stops the command at the first
     # print (rich's broken-pipe exit), and the finished tune's artifact was never written
     try:
-        path, replaced = save_artifact_report(result, out_dir / result.spec.name)
+        path, replaced = saved if saved is not None else _save_one(result, out_dir)
     except Exception:
         _results_table(result, top)  # what was measured, before the error says why it was not saved
         raise

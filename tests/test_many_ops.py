@@ -151,3 +151,74 @@ def test_a_worker_pool_failure_in_a_tune_of_several_ops_is_one_line_as_for_one_o
         done = kt_cli(*args)  # no traceback either
         assert done.returncode == 2, done.stderr[-3000:]
         assert done.stderr.strip().splitlines() == ["kt: error: No space left on device: /tmp"], done.stderr
+
+
+def test_ops_share_the_runner_the_caller_made_and_check_on_their_own_seeds(tmp_path, monkeypatch):
+    """`kt.tune([...], runner=R)`: each op's thread drove R's pool at once with no dispatcher (a hang, or a
+    worker's result read as None) while tune_each made a second runner; and on a shared runner every op's
+    checks drew the first op's inputs (its seed), though each recorded its own."""
+    import kt
+    from kt.autotune.runners import InterpretRunner
+    from kt.autotune.tune import shared_runner
+
+    seeds: dict[str, set[int]] = {}
+    payload = InterpretRunner.payload
+
+    def recorded(self, stage, candidate):
+        made = payload(self, stage, candidate)
+        if "seed" in made:  # a check's (a compile's payload has none)
+            seeds.setdefault(candidate.problem.key(), set()).add(made["seed"])
+        return made
+
+    monkeypatch.setattr(InterpretRunner, "payload", recorded)
+    specs = [
+        as_spec({"name": f"s{seed}", "op": "dense", "shape": {"m": 16 * (i + 1), "n": 16, "k": 16},
+                 "tune": {"seed": seed}})
+        for i, seed in enumerate((0, 7, 3))
+    ]  # fmt: skip
+    for entered in (True, False):
+        seeds.clear()
+        runner = shared_runner(specs, "interpret", workers=1)
+        db = tmp_path / f"{entered}.db"
+        options = {"budget": 1, "backend": "interpret", "db": db, "progress": False, "concurrent": 3}
+        if entered:
+            with runner:
+                results = kt.tune(specs, runner=runner, **options)
+        else:  # entered by the tunes, for them
+            results = kt.tune(specs, runner=runner, **options)
+            assert runner.pool is None
+        assert all(isinstance(r, TuneResult) for r in results), results
+        assert [r.seed for r in results] == [0, 7, 3]
+        by_problem = {r.plan.problem.key(): r.seed for r in results}
+        assert seeds == {key: {seed} for key, seed in by_problem.items()}, seeds
+
+
+def test_an_artifact_that_cannot_be_saved_fails_its_op_and_the_others_finish(tmp_path, monkeypatch):
+    """The CLI saves each op's artifact as it ends; a save refused (a `.prev` made a file mid-run, a full disk)
+    escaped the op's thread and stopped every op mid-tune, with no summary. It now fails that op alone."""
+    import json
+
+    import kt.autotune.artifact as artifact
+    from kt.errors import ArtifactError
+
+    save = artifact.save_artifact_report
+
+    def refusing(result, folder, *args, **kwargs):
+        if result.spec.name == "b":
+            raise ArtifactError(f"{folder}.prev is where kt keeps the artifact it replaces, but it is a file")
+        return save(result, folder, *args, **kwargs)
+
+    monkeypatch.setattr(artifact, "save_artifact_report", refusing)
+    files = []
+    for i, name in enumerate("abc"):
+        files.append(tmp_path / f"{name}.yaml")
+        op = {"name": name, "op": "dense", "dtype": "float32", "shape": {"m": 16 * (i + 1), "n": 16, "k": 16}}
+        files[-1].write_text(json.dumps(op) + "\n")
+    args = ["tune", *map(str, files), "--backend", "interpret", "--workers", "1", "--budget", "1"]
+    done = kt_cli(*args, "--db", str(tmp_path / "t.db"), "--out", str(tmp_path / "art"), "--concurrent", "3")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "kt: error: b: " in done.stderr and "is a file" in done.stderr
+    assert (tmp_path / "art" / "a" / "kernel.py").is_file() and (
+        tmp_path / "art" / "c" / "kernel.py"
+    ).is_file()
+    assert "3 ops" in done.stdout and "failed" in done.stdout, done.stdout[-2000:]

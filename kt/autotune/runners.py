@@ -49,6 +49,9 @@ class Candidate:
     # the module's text: a worker writes it again where the cache's file is gone (kernels/ may be deleted while
     # a tune runs; every candidate was stored as a crash that no later tune retried)
     source: str | None = None
+    # its check (and timing) inputs' seed: its tune's own, which a runner shared by several tunes has not (every
+    # op's checks drew the first op's inputs while each recorded its own seed); None: the runner's
+    seed: int | None = None
 
 
 @dataclass
@@ -314,7 +317,7 @@ class InterpretRunner(Runner):
             "source": candidate.source,
             "problems": [p.to_dict() for p in small],
             "device": "cpu",
-            "seed": self.seed,
+            "seed": self.seed if candidate.seed is None else candidate.seed,
         }
 
 
@@ -367,7 +370,7 @@ class MeasureRunner(Runner):
             "source_path": candidate.source_path,
             "source": candidate.source,
             "problem": problem.to_dict(),
-            "seed": self.seed,
+            "seed": self.seed if candidate.seed is None else candidate.seed,
             "timing": asdict(self.timing),
             "device": self.device_type,
         }

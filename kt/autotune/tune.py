@@ -762,7 +762,8 @@ def shared_runner(
         backend,
         resolve_profile(targets.pop()),
         workers=workers,
-        seed=specs[0].tune.seed if seed is None else seed,  # the seed of the check inputs
+        # the seed of a candidate's check inputs where it names none (each tune's candidates name their own)
+        seed=specs[0].tune.seed if seed is None else seed,
         timeout_s=timeout_s,
         ray=ray,
         gpus=gpus,
@@ -804,9 +805,17 @@ def tune_each(
     results: list[TuneResult | KtError | None] = [None] * len(specs)
     lock = threading.Lock()
     runner_options = {key: options[key] for key in RUNNER_OPTIONS if key in options}
-    with shared_runner(specs, backend, **runner_options) as runner:
+    # a runner the caller made is the one shared (entered here where it is not): each op's thread drove its
+    # pool at once, with no dispatcher between them (a hang, or a worker's result read as None), while this
+    # made a second runner for nobody
+    given = options.pop("runner", None)
+    if given is None:
+        context = shared_runner(specs, backend, **runner_options)
+    else:
+        context = given if given.pool is None else contextlib.nullcontext(given)
+    with context as runner:
         board = TuneBoard(progress, len(specs)) if concurrent > 1 else None
-        shared = {} if runner is None or "runner" in options else {"runner": runner}
+        shared = {} if runner is None else {"runner": runner}
 
         def one(number: int, spec: OpSpec) -> None:
             try:
@@ -1060,7 +1069,9 @@ class _Tuner:
     def baseline_candidate(self) -> Candidate:
         # the interpreter checks it on the reduced problems of the model's first choice
         checks = self.family.check_problems(self.plan.problem, self.plan.config(self.plan.ranked[0]))
-        return pytorch_candidate(self.plan.problem, checks, name=self.spec.name, device=self.profile.name)
+        return pytorch_candidate(
+            self.plan.problem, checks, seed=self.seed, name=self.spec.name, device=self.profile.name
+        )
 
     def predict(self) -> tuple[Prediction, str]:
         return self.prediction, self.model_name
@@ -1190,6 +1201,7 @@ class _Tuner:
                     self.plan.problem,
                     self.plan.config(index),
                     float(self.prediction.runtime_s[index]) * 1e3,
+                    seed=self.seed,
                     name=self.spec.name,
                     device=self.profile.name,
                 )
@@ -1368,18 +1380,26 @@ def row_key(
 
 
 def generated_candidate(
-    problem: Problem, config: Config, predicted_ms: float | None = None, **render: str
+    problem: Problem,
+    config: Config,
+    predicted_ms: float | None = None,
+    seed: int | None = None,
+    **render: str,
 ) -> Candidate:
-    """A generated kernel of `problem` with `config` as a runner's candidate (its source in kt's cache)."""
+    """A generated kernel of `problem` with `config` as a runner's candidate (its source in kt's cache; `seed`:
+    its check inputs', else the runner's)."""
     source = family_for(problem).render(problem, config, kt_version=software_versions()["kt"], **render)
-    return Candidate(problem, config, str(write_source(source)), predicted_ms, source=source)
+    return Candidate(problem, config, str(write_source(source)), predicted_ms, source=source, seed=seed)
 
 
-def pytorch_candidate(problem: Problem, checks: list[Problem] | None = None, **render: str) -> Candidate:
+def pytorch_candidate(
+    problem: Problem, checks: list[Problem] | None = None, seed: int | None = None, **render: str
+) -> Candidate:
     """Candidate zero of `problem`: PyTorch's own path (kt.codegen.baseline) as a runner's candidate."""
     source = render_baseline(problem, kt_version=software_versions()["kt"], **render)
     path = str(write_source(source))
-    return Candidate(problem, PyTorchPath(baseline_impl(problem)), path, None, checks, source=source)
+    config = PyTorchPath(baseline_impl(problem))
+    return Candidate(problem, config, path, None, checks, source=source, seed=seed)
 
 
 def measurement_row(
