@@ -27,8 +27,17 @@ def cache_dir() -> Path:
     safe to delete at any time (made again on use), and the default tuning database (`tuning.db`)."""
     if os.environ.get("KT_CACHE_DIR"):  # '~/...' as a quoted setting leaves it (a .env file, docker -e)
         return Path(os.environ["KT_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kt"
+    # '~/.cache' as a quoted setting is the home folder's (it made a folder named ~ in the current one), and a
+    # relative one is ignored, as the XDG spec says (it moved with the current folder)
+    base = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
+    return (base if base.is_absolute() else Path.home() / ".cache") / "kt"
+
+
+def _written_after(path: str, moment: float) -> bool:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime > moment
+    except OSError:
+        return False
 
 
 def check_cache_dir() -> Path:
@@ -91,7 +100,7 @@ def _size_setting(setting: str, default_mb: int, what: str) -> int | None:
         return default_mb << 20
     if value.lower() == "unlimited":
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:  # isdigit() took '²', which int() refuses
         raise KtError(
             f"{setting}: {value!r} is no size; give the most MB kt keeps {what}, a positive integer (default "
             f"{default_mb}), or 'unlimited'"
@@ -199,6 +208,8 @@ def _trim(
     for written, size, paths in sorted(entries):
         if total - removed <= limit or written > now - TRITON_CACHE_GRACE_S:
             break
+        if any(_written_after(path, now - TRITON_CACHE_GRACE_S) for path in paths):
+            continue  # used since the scan: write_source refreshes a module's time as another process takes it
         for path in paths:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -300,6 +311,8 @@ def check_writable(path: str | os.PathLike, field: str, make_parent: bool = True
         raise KtError(f"{field}: the folder {str(path.parent)!r} does not exist; create it first")
     if why := unmakeable(path):
         raise KtError(f"{field}: {str(path)!r} cannot be written: {why}")
+    if why := _unwritable(Path(os.path.realpath(path))):  # atomic_write refuses it: after the work, it was
+        raise KtError(f"{field}: {str(path)!r} cannot be written: {why[1]}")
     return path
 
 
@@ -438,6 +451,16 @@ def umask() -> int:
     return mask
 
 
+def _unwritable(path: Path) -> tuple[int, str] | None:
+    """(errno, why) where `path`, an existing file, cannot be written by this user; None where it can (or is
+    not there)."""
+    if not path.exists() or os.access(path, os.W_OK):
+        return None
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return errno.EROFS, "the file is on a read-only file system; give another path"
+    return errno.EACCES, "the file is read-only (chmod u+w it, or give another path)"
+
+
 def atomic_write(
     path: str | os.PathLike,
     write: Callable[[IO[Any]], Any],
@@ -453,17 +476,14 @@ def atomic_write(
     path = Path(os.path.realpath(path))
     if why := not_a_file(path):
         raise OSError(errno.EINVAL, f"{why}; give a file path", str(path))
-    mode = 0o666 & ~umask()
-    try:  # a file replaced as an editor saves it: refused where it could not be written, its mode kept
-        mode = stat.S_IMODE(path.stat().st_mode)
+    mode, owner = 0o666 & ~umask(), None
+    try:  # a file replaced as an editor saves it: refused where it could not be written, its mode and owner kept
+        info = path.stat()
     except FileNotFoundError:
         pass
     else:
-        if not os.access(path, os.W_OK):
-            if os.statvfs(path).f_flag & os.ST_RDONLY:
-                why = errno.EROFS, "the file is on a read-only file system; give another path"
-            else:
-                why = errno.EACCES, "the file is read-only (chmod u+w it, or give another path)"
+        mode, owner = stat.S_IMODE(info.st_mode), (info.st_uid, info.st_gid)
+        if why := _unwritable(path):
             raise PermissionError(*why, str(path))
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,7 +501,12 @@ def atomic_write(
             if sync:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            # a shared file keeps its owner and group (root, or a member of the group, may give them back): it
+            # came back the writer's, and its group could no longer write it
+            with contextlib.suppress(OSError):
+                os.chown(tmp, *owner)
+        os.chmod(tmp, mode)  # after chown, which clears setuid and setgid bits
         os.replace(tmp, path)
         _sweep_temporaries(path)
     except OSError as exc:

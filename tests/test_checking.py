@@ -340,3 +340,54 @@ def test_an_arguments_fingerprint_is_the_same_in_any_pieces_and_sees_two_element
     swapped = x.clone()
     swapped[0, 0, 0], swapped[1, 2, 3] = x[1, 2, 3], x[0, 0, 0]
     assert checking.fingerprint(swapped)[0] == whole[0] and checking.fingerprint(swapped) != whole
+
+
+def test_a_replaced_file_keeps_its_owner_and_a_read_only_one_is_refused_before_the_work(tmp_path):
+    """atomic_write kept a replaced file's mode but not its owner and group (a shared group-writable file came
+    back the writer's); check_writable let a read-only file through, which atomic_write then refused after the
+    work (a fit, an export)."""
+    import os
+    import sys
+
+    from conftest import run_as_user
+
+    from kt.files import atomic_write_text
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    shared = tmp_path / "shared.csv"
+    shared.write_text("old\n")
+    os.chown(shared, 65534, 65534)
+    shared.chmod(0o664)
+    atomic_write_text(shared, "new\n")
+    info = shared.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777, shared.read_text()) == (
+        65534,
+        65534,
+        0o664,
+        "new\n",
+    )
+    frozen = tmp_path / "frozen.csv"
+    frozen.write_text("x\n")
+    frozen.chmod(0o444)
+    code = f"from kt.files import check_writable; check_writable({str(frozen)!r}, 'csv')"
+    done = run_as_user([sys.executable, "-c", code])
+    assert done.returncode == 1 and "KtError: csv: " in done.stderr and "the file is read-only" in done.stderr
+
+
+def test_a_quoted_or_relative_xdg_cache_home_is_not_a_folder_in_the_current_one(monkeypatch, tmp_path):
+    """XDG_CACHE_HOME='~/.cache' (a quoted setting) made a folder named ~ in the current folder, and a relative
+    one moved kt's cache with it; the first is the home folder's, the second ignored (as the XDG spec says)."""
+    from pathlib import Path
+
+    from kt.files import cache_dir
+
+    monkeypatch.delenv("KT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for value, expected in (
+        ("~/.cache", tmp_path / ".cache"),
+        ("cache", tmp_path / ".cache"),
+        ("/x", Path("/x")),
+    ):
+        monkeypatch.setenv("XDG_CACHE_HOME", value)
+        assert cache_dir() == expected / "kt", value

@@ -91,7 +91,7 @@ def test_the_cache_sizes_are_sizes_in_mb_or_unlimited(setting, limit_of, default
 
 
 @pytest.mark.parametrize("setting, limit_of, default", SETTINGS)
-@pytest.mark.parametrize("value", ["0", "-5", "1.5", "2GB", "none"])
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "2GB", "none", "²"])  # '²' isdigit(), and int() raised
 def test_a_cache_size_that_is_no_size_is_named(setting, limit_of, default, value, monkeypatch):
     monkeypatch.setenv(setting, value)
     with pytest.raises(
@@ -196,3 +196,24 @@ def test_a_cache_size_that_is_no_size_is_refused_before_a_tune(setting, tmp_path
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.startswith(f"kt: error: {setting}: '2GB' is no size")
     assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "art").exists(), done.stderr
+
+
+def test_a_kernel_used_by_another_process_during_a_trim_is_kept(cache, monkeypatch):
+    """The trim read every entry's time once, then removed the old ones: a module another process took in
+    between (write_source refreshes its time) was removed under it. Each entry's time is read again as it goes."""
+    import kt.files as files
+    from kt.codegen.emit import import_kernel_file, write_source
+
+    source = "VALUE = 42\n"
+    path = write_source(source)
+    then = time.time() - 3 * TRITON_CACHE_GRACE_S
+    os.utime(path, (then, then))
+    scan = files._kernel_entries
+
+    def racing(listing):
+        entries = scan(listing)
+        write_source(source)  # another process takes the kernel mid-trim
+        return entries
+
+    monkeypatch.setattr(files, "_kernel_entries", racing)
+    assert trim_kernel_cache(1) == 0 and import_kernel_file(path).VALUE == 42

@@ -170,4 +170,7 @@ def load_source(source: str, interpret: bool | None = None) -> ModuleType:
             _FALLBACK.append(Path(tempfile.mkdtemp(prefix="kt-kernel-")))
             atexit.register(shutil.rmtree, _FALLBACK[0], True)
         path = write_source(source, _FALLBACK[0])
-    return import_kernel_file(path, interpret)
+    try:
+        return import_kernel_file(path, interpret)
+    except FileNotFoundError:  # trimmed from the cache by another process between the write and the import
+        return import_kernel_file(write_source(source, path.parent), interpret)
