@@ -1375,3 +1375,33 @@ def test_fit_refuses_data_of_two_timing_regimes(tmp_path):
     result = kt("costmodel", "fit", "--data", mixed, "--device", "h200", "--out", tmp_path / "m.skops")
     assert_one_line_error(result, "holds times of several timing regimes: l2_flushed (")
     assert "l2_warm (" in result.stderr and not (tmp_path / "m.skops").exists()
+
+
+def test_inspect_takes_the_rows_of_the_target_the_artifact_recorded(gpperf, tmp_path):
+    """inspect chose an artifact's target from its spec's device (the op file's, which --device overrides) or a
+    name's start: rows of another tune under a second key were read, or refused as two targets though the
+    artifact's key named one. The key it recorded is its own rows' target."""
+    from kt.autotune.dataset import read_rows
+
+    row = next(r for r in gpperf["rows"] if r["problem"]["m"] == 128256 and r["problem"]["k"] == 1024)
+    both = tmp_path / "both.db"
+    shutil.copy(gpperf["db"], both)
+    key = row["target"]
+    with Database(both) as db:  # the same rows under another calibrated key of the card
+        for other in read_rows(gpperf["db"]):
+            db.insert({**{k: v for k, v in other.items() if k != "id"}, "target": "rtx4070-deadbeef"})
+    with sqlite3.connect(both) as conn:  # the tune's own predictions: the tuner's column needs no profile
+        conn.execute("UPDATE measurements SET predicted_ms = runtime_ms * 1.1")
+    device = {"target": "rtx4070", "key": key, "ran_on": RTX4070, "runner": "cuda"}
+    art = artifact(
+        tmp_path / "gpc", GemmProblem(**row["problem"]), CUTLASS_CONFIG, both, True, device,
+        family_version=row["family_version"],
+        spec={"device": str(tmp_path / "on-another-machine.json")},  # its profile is not here
+    )  # fmt: skip
+    result = kt("inspect", art, "--plots", tmp_path / "plots")
+    assert result.exit_code == 0, result.stderr
+    assert f"1 measured row of 1 problem on {RTX4070} (target {key})" in result.stdout, result.stdout
+    meta = json.loads((art / "meta.json").read_text())
+    (art / "meta.json").write_text(json.dumps({**meta, "kernel": "pytorch"}))
+    said = kt("inspect", art, "--plots", tmp_path / "plots").stdout
+    assert "the artifact runs PyTorch's own path, which beat every generated config" in said, said

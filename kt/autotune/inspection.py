@@ -13,6 +13,7 @@ replaces the old one.
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
@@ -212,7 +213,8 @@ def _artifact_rows(
     given = _profile(device, explicit=True)
     # the target the tune ran for first: the spec's device is the file's, which `--device` overrides
     # by its key: a calibrated profile keeps its built-in's name (`kt calibrate` names it so) and adds a hash
-    key = (meta.get("device") or {}).get("key") or target_name
+    recorded = (meta.get("device") or {}).get("key")
+    key = recorded or target_name
     built_in = key if key in BUILTIN else None
     profile = given or _profile(built_in) or _profile((meta.get("spec") or {}).get("device"))
     targets = {r["target"] for r in records}
@@ -221,11 +223,19 @@ def _artifact_rows(
             f"inspect: the rows of {path}'s problem were tuned for {', '.join(sorted(targets))}, not "
             f"{given.key}; leave out --device, or give that target's profile"
         )
-    if profile is not None and profile.key in targets:
+    fits = profile is not None and profile.key in targets
+    if fits and (given is not None or recorded is None or recorded == profile.key):
         target = profile.key
+    elif given is None and recorded in targets:
+        # the key the artifact recorded: its own tune's rows (the spec's device, the op file's, named another
+        # tune's where --device had set a calibrated profile; or no profile resolved here, and rows of two
+        # targets were refused though the key named one)
+        target, profile = recorded, None  # its profile is not here (the forest needs --device)
     else:
-        # a calibrated target is the profile's name plus a hash of its fields
-        named = sorted(t for t in targets if t == target_name or t.startswith(f"{target_name}-"))
+        # a calibrated target is the profile's name plus a hash of its fields (DeviceProfile.key): not another
+        # built-in of that name's start (h200-nvl for h200)
+        calibrated = re.compile(rf"{re.escape(target_name)}-[0-9a-f]{{8}}")
+        named = sorted(t for t in targets if t == target_name or calibrated.fullmatch(t))
         if len(named) != 1:
             raise ArtifactError(
                 f"inspect: {db_path} holds rows of {path}'s problem for targets {', '.join(sorted(targets))}; "
@@ -243,6 +253,10 @@ def _artifact_rows(
     )
     if chosen is None:
         result.notes.append("the artifact's config has no measured row in the database")
+    if meta.get("kernel") == "pytorch":  # its config is the best generated one, which "chosen" names
+        result.notes.append(
+            "the artifact runs PyTorch's own path, which beat every generated config; chosen is the best of them"
+        )
     return result, profile, training
 
 
