@@ -19,6 +19,7 @@ timed on a GPU, and `update_benchmarks` refuses its report.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -228,10 +229,17 @@ def run_bench(
             )
     global WRITTEN
     WRITTEN = None
-    # the run's stamp (torch's import, git: most of the start-up) before the folder and its lock: a signal here
-    # left a folder holding only the lock, and kt said its report held the parts that finished
-    context = run_context(smoke, command)
-    make_folder(out, "out")
+    made = not out.exists()
+    make_folder(out, "out")  # refused (a file in its path) before torch loads
+    # the run's stamp (torch's import, git: most of the start-up) before the lock: a signal here left a folder
+    # holding only the lock, and kt said its report held the parts that finished; a folder made for it goes
+    try:
+        context = run_context(smoke, command)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     lock = _lock_out(out)
     try:
         return _run(out, minutes, smoke, budget, db, workers, progress, context, only)
