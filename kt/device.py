@@ -196,14 +196,15 @@ H100 = DeviceProfile(
 )
 
 # NVIDIA H200 SXM 141GB datasheet: the H100's compute with HBM3e at 4.8 TB/s. The L2 size is an assumption:
-# NVIDIA's H200 datasheet does not state it; 60 MB is what CUDA's device properties are commonly reported to give
-# for an H200 (the three H200 sessions of this project did not record it; `kt calibrate`, which reads it, has not
-# run on one yet). Used only by the analytic model's reuse term.
+# NVIDIA's H200 datasheet does not state it; CUDA's device properties are commonly reported to give 60 for an H200
+# in torch's print of them, whose "MB" is MiB (l2CacheSize / 2**20), as the H100's 50 is (52,428,800 bytes): it
+# was taken as 60,000,000 bytes (the three H200 sessions of this project did not record it; `kt calibrate`, which
+# reads it, has not run on one yet). Used only by the analytic model's reuse term.
 H200 = dataclasses.replace(
     H100,
     name="h200",
     gpu_name="NVIDIA H200",
-    l2_bytes=60 * 1000 * 1000,
+    l2_bytes=60 * _MIB,
     dram_bandwidth=4.8e12,
 )
 

@@ -3,6 +3,7 @@
 No GPU here: the GPUs come from a stand-in NVML library (the functions kt calls, answering for a machine of
 four cards), and the pool's per-worker environments are checked in real worker processes."""
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -232,3 +233,21 @@ def test_cuda_visible_devices_ends_at_its_first_entry_cuda_cannot_read(machine):
     with pytest.raises(DeviceError, match=r"^gpus: GPU 1 is not visible here; allowed: 0 to 0"):
         gpuinfo.machine_gpus([1])
     assert gpuinfo._from_nvml(FourGpuNvml([H100, H100]), "-1") is None  # not NVML's first GPU
+
+
+def test_a_board_in_mig_mode_is_named_by_torch_and_an_index_past_the_machines_gpus_ends_the_list(monkeypatch):
+    """A MIG container sets no CUDA_VISIBLE_DEVICES: NVML showed the whole board, which was taken for CUDA's
+    device (its exact profile, 80 GiB where the slice has 10) without asking torch; and `0,7` on a machine of
+    one GPU kept 7, which CUDA drops (its list ends at an index the machine has not), and the tune stopped."""
+
+    class MigNvml(FourGpuNvml):
+        def nvmlDeviceGetMigMode(self, handle):
+            return 1, 1
+
+    for entry in (None, "0", "GPU-00000000-aaaa"):
+        assert gpuinfo._from_nvml(MigNvml([H100]), entry) is None, entry
+    assert gpuinfo._from_nvml(FourGpuNvml([H100]), "0").name == H100  # no MIG mode: NVML names it
+    monkeypatch.setitem(sys.modules, "pynvml", FourGpuNvml([H100]))
+    for visible, entries in (("0,7", ["0"]), ("7", []), ("0,-1,7", ["0"]), ("GPU-0,0", ["GPU-0", "0"])):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert gpuinfo.visible_entries() == entries, visible

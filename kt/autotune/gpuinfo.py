@@ -63,16 +63,21 @@ def visible_entries() -> list[str]:
     """The machine's GPUs as CUDA_VISIBLE_DEVICES entries in torch's order: the variable's own entries when it
     is set, else one index per GPU NVML counts (["0"] when NVML cannot count them)."""
     entries = _cuda_visible_devices()
-    if entries is not None:
-        return entries
     try:
         import pynvml
 
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
     except Exception:  # no NVML: cuda:0 alone
-        count = 1
-    return [str(i) for i in range(max(1, count))]
+        count = None
+    if entries is None:
+        return [str(i) for i in range(max(1, count or 1))]
+    if (
+        count
+    ):  # as CUDA reads the list, it also ends at an index the machine has not (`0,7` on one GPU: GPU 0)
+        ending = next((i for i, e in enumerate(entries) if e.isdigit() and int(e) >= count), len(entries))
+        entries = entries[:ending]
+    return entries
 
 
 def parse_gpus(text: str) -> list[int] | None:
@@ -138,6 +143,14 @@ def _visible_entry() -> str | None:
 _CUDA_0 = object()  # _from_nvml's default entry: whatever torch calls cuda:0
 
 
+def mig_enabled(nvml, handle) -> bool:
+    """Whether MIG mode is on for the board `handle` (False where NVML cannot say: no MIG on that card)."""
+    try:
+        return bool(nvml.nvmlDeviceGetMigMode(handle)[0])
+    except Exception:
+        return False
+
+
 def _from_nvml(nvml=None, entry: str | None | object = _CUDA_0) -> GpuInfo | None:
     """The GPU from NVML, or None when NVML is missing or cannot tell which device it is: torch's cuda:0, or the
     one a CUDA_VISIBLE_DEVICES `entry` (an index in CUDA's order, or a UUID) names."""
@@ -163,7 +176,9 @@ def _from_nvml(nvml=None, entry: str | None | object = _CUDA_0) -> GpuInfo | Non
             same_order = os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
             if index < len(handles) and (same_order or len(names) == 1):
                 handle = handles[index]
-        if handle is None:
+        if handle is None or mig_enabled(nvml, handle):
+            # a board in MIG mode: CUDA's device is a slice of it (a MIG container sets no CUDA_VISIBLE_DEVICES),
+            # whose memory and profile are not the board's; torch names it
             return None
         major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
         return GpuInfo(

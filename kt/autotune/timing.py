@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kt.autotune.gpuinfo import mig_enabled as _mig_enabled
 from kt.errors import one_line
 
 FLUSH_BYTES = 256 * 1024 * 1024  # over 4x the L2 of an H100 (50 MB) or H200 (60 MB)
@@ -205,14 +206,6 @@ def _summary(times_ms: list[float], prefix: str) -> dict[str, Any]:
         f"{prefix}_p80_ms": q[3],
         "runs": len(times),
     }
-
-
-def _mig_enabled(nvml, handle) -> bool:
-    """Whether MIG mode is on for the board `handle` (False where NVML cannot say: no MIG on that card)."""
-    try:
-        return bool(nvml.nvmlDeviceGetMigMode(handle)[0])
-    except Exception:
-        return False
 
 
 class Nvml:
