@@ -362,8 +362,10 @@ def test_a_percentage_budget_is_rounded_up_exactly(tmp_path):
 # int() and float() took these, and the last line echoed them as given
 @pytest.mark.parametrize(
     "text",
-    ["0", "-3", "abc", "0%", "150%", "2.5", "2.5e1%", "1_0", "+10", "\uff11\uff10", "1e2", ".5%", "5.%"],
-)
+    # and past Python's 4,300 digits (int() raised) or a float's range (the guided search's divisions did)
+    ["0", "-3", "abc", "0%", "150%", "2.5", "2.5e1%", "1_0", "+10", "\uff11\uff10", "1e2", ".5%", "5.%",
+     "1" * 4301, "1" + "0" * 309, "0." + "0" * 4300 + "1%"],
+)  # fmt: skip
 def test_a_bad_budget_names_the_field_and_the_allowed_values(text):
     with pytest.raises(
         KtError, match="budget: .* integer >= 1.* percentage of the space above 0% and at most 100%"

@@ -212,14 +212,18 @@ def parse_budget(text: str | int) -> tuple[int | None, Fraction | None]:
     """`--budget`: a count of evaluations (`100`) or a percentage of each space's valid points (`5%`), as an
     exact fraction: 7% of 100 points as a float, 0.07 * 100, is 7.000000000000001, which rounded up to 8."""
     text = str(text).strip()
-    match = _BUDGET.fullmatch(text)
+    # at most 18 digits a side (past Python's 4,300 int() raised, and past a float's range the guided search's
+    # divisions did: tracebacks); a count past any space's size is the whole space already
+    match = _BUDGET.fullmatch(text) if len(text) <= 40 else None
+    if match and any(len(match[name] or "") > 18 for name in ("count", "whole", "part")):
+        match = None
     if match and match["count"] and int(text) >= 1:
         return int(text), None
     if match and not match["count"] and 0 < Fraction(text[:-1]) / 100 <= 1:
         return None, Fraction(text[:-1]) / 100
     raise SpaceError(
-        f"budget: {text!r} is not a count of evaluations (an integer >= 1) or a percentage of the space "
-        "above 0% and at most 100%, such as 5%"
+        f"budget: {shown(text)} is not a count of evaluations (an integer >= 1, of at most 18 digits) or a "
+        "percentage of the space above 0% and at most 100%, such as 5%"
     )
 
 
