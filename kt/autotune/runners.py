@@ -568,10 +568,9 @@ def _make_runner(backend: str, profile: DeviceProfile, **options) -> Runner:
     if backend == "cuda":  # check_gpus has refused it on a machine without a GPU
         options.pop("compile_target", None)
         return CudaRunner(profile, **options)
-    if (
-        backend == "dryrun"
-    ):  # one call after one warm-up, whatever the GPU would do; a cooldown and regime kept
-        # (and compile_target, which DryRunner honours: it was dropped, and the regime recorded l2_flushed always)
+    if backend == "dryrun":
+        # one call after one warm-up, whatever the GPU would do; the cooldown and regime kept, and compile_target,
+        # which DryRunner honours (it was dropped, and the regime recorded l2_flushed always)
         timing = options.pop("timing", None) or DRY_RUN_TIMING
         kept = {"cooldown_ms": timing.cooldown_ms, "regime": timing.regime}
         return DryRunner(profile, timing=dataclasses.replace(DRY_RUN_TIMING, **kept), **options)
