@@ -72,9 +72,8 @@ def visible_entries() -> list[str]:
         count = None
     if entries is None:
         return [str(i) for i in range(max(1, count or 1))]
-    if (
-        count
-    ):  # as CUDA reads the list, it also ends at an index the machine has not (`0,7` on one GPU: GPU 0)
+    if count:
+        # as CUDA reads the list, it also ends at an index the machine has not (`0,7` on one GPU: GPU 0)
         ending = next((i for i, e in enumerate(entries) if e.isdigit() and int(e) >= count), len(entries))
         entries = entries[:ending]
     return entries
