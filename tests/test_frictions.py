@@ -95,8 +95,10 @@ def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_pat
     first = {"block_m": 16, "block_n": 16, "block_k": 16}
     second = {"block_m": 32, "block_n": 16, "block_k": 16}
     target = tmp_path / "art" / "same"
+    target.mkdir(parents=True)  # made beforehand, empty: no artifact there (it was one "whose meta.json was
+    # unreadable", kept as an empty same.prev)
     path, report = save_artifact_report(_tuned(tmp_path, first), target)
-    assert path == target and report is None
+    assert path == target and report is None and not (tmp_path / "art" / "same.prev").exists()
     _, report = save_artifact_report(_tuned(tmp_path, first), target)
     assert report == "replaced the artifact there (same spec, kernel, config, target and objective)"
     assert not (tmp_path / "art" / "same.prev").exists()

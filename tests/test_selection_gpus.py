@@ -142,3 +142,42 @@ def test_an_artifact_of_the_layers_op_at_another_row_count_is_named_not_passed_o
         assert json.loads((tmp_path / "art" / "rows20" / "meta.json").read_text())["problem"]["m"] == 20
     finally:
         selection._ARTIFACT_DIRS.clear()
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        {"op": "monarch", "dtype": "float16", "shape": {"n": 32, "nblocks": 4}},
+        {"op": "sum", "dtype": "float16", "terms": [
+            {"op": "lowrank", "shape": {"dims": [32, 4, 48]}},
+            {"op": "blocksparse", "shape": {"in": 32, "out": 48},
+             "sparsity": {"block": [16, 16], "pattern": "diagonal"}},
+        ]},
+    ],
+    ids=["monarch", "sum"],
+)  # fmt: skip
+def test_a_structured_or_sum_artifact_at_another_row_count_is_named_too(op, tmp_path, caplog):
+    """The structured families call their rows `rows` (the near check knew a GEMM's m and batch), and a sum
+    keeps its rows in its terms: an artifact of such an op tuned at the real batch was passed over without a
+    word. meta.json as a tune writes it, of the op at 20 rows where the layer looks up its bucket, 32."""
+    from kt.codegen import family_for
+    from kt.ir import op_from_spec
+
+    def problem(rows, exact):
+        (node,) = op_from_spec(selection.bucket_spec(op, rows, exact=exact)).kernel_graph().kernels
+        return node.problem
+
+    tuned = problem(20, exact=True)
+    folder = tmp_path / "art" / "at20"
+    folder.mkdir(parents=True)
+    meta = {"family": tuned.family, "problem": tuned.to_dict(), "family_version": family_for(tuned).version}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    selection.use_artifacts(tmp_path / "art")
+    try:
+        wanted = selection.bucket_spec(op, 20)
+        with caplog.at_level(logging.WARNING, logger="kt.nn"):
+            chosen = selection._select(wanted, torch.device("cpu"))
+        assert chosen.source == "cost model"
+        assert "holds this op with rows=20, where this layer looks up rows=32" in caplog.text, caplog.text
+    finally:
+        selection._ARTIFACT_DIRS.clear()

@@ -276,7 +276,9 @@ def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
         os.chmod(staging, 0o777 & ~umask())
         _write(staging / "kernel.py", source)
         _write(staging / "meta.json", text)
-        if not path.exists():
+        # an empty folder (made beforehand, as check_target allows) holds no artifact: it was exchanged, said to
+        # be one whose meta.json was unreadable, and kept as an empty .prev
+        if not path.exists() or (path.is_dir() and not path.is_symlink() and not any(path.iterdir())):
             try:
                 os.replace(staging, path)
             except OSError as exc:  # another save made it since: this one replaces that one

@@ -493,11 +493,10 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 continue
             if meta.get("family") != family.name or meta.get("problem") != wanted:
                 if meta.get("family") == family.name and isinstance(meta.get("problem"), dict):
-                    differ = sorted(
-                        k for k in {*wanted, *meta["problem"]} if meta["problem"].get(k) != wanted.get(k)
-                    )
+                    have, looked_up = _rows_out(meta["problem"]), _rows_out(wanted)
+                    differ = sorted(k for k in {*looked_up, *have} if have.get(k) != looked_up.get(k))
                     if differ and set(differ) <= NEAR:  # another row count or layout of this op
-                        near.append((meta_path, {k: meta["problem"].get(k) for k in differ}))
+                        near.append((meta_path, {k: (have.get(k), looked_up.get(k)) for k in differ}))
                 continue
             if meta.get("family_version") != family.version:  # its config may be illegal, or not best, now
                 stale.append(meta_path)
@@ -530,13 +529,12 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
     for meta_path, held in near:  # the artifact the user pointed to, passed over without a word before
         if meta_path not in _MISSING_DIRS:
             _MISSING_DIRS.add(meta_path)
-            wants = ", ".join(f"{k}={wanted.get(k)}" for k in held)
             log.warning(
                 "%s holds this op with %s, where this layer looks up %s (kt.nn looks up the rows' bucket and "
                 "its own layouts: tune the op `kt.nn.selections().write_yaml` writes); skipped",
                 meta_path.parent,
-                ", ".join(f"{k}={v}" for k, v in held.items()),
-                wants,
+                ", ".join(f"{k}={have}" for k, (have, _) in held.items()),
+                ", ".join(f"{k}={wants}" for k, (_, wants) in held.items()),
             )
     for meta_path in stale:  # the layer's own artifacts, passed over without a word before
         if meta_path not in _MISSING_DIRS:
@@ -576,8 +574,24 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
 
 
 # problem fields in which an artifact of a layer's op may differ from what the layer looks up and still be that
-# op: its rows (m; batch for the block GEMMs) and the operands' layouts
-NEAR = {"m", "batch", "a_layout", "b_layout"}
+# op: its rows (a GEMM's m or batch, a structured family's rows, a sum's its terms') and the operands' layouts
+NEAR = {"m", "batch", "rows", "a_layout", "b_layout"}
+
+
+def _rows_out(problem: dict) -> dict:
+    """A problem's fields with a sum's rows, which its terms hold, as its own `rows` (an artifact of a sum at
+    another row count differed only in `terms`, and was passed over without a word)."""
+    terms = problem.get("terms")
+    if not isinstance(terms, list) or not all(isinstance(t, dict) for t in terms):
+        return problem
+    rows = {t.get("rows") for t in terms}
+    if len(rows) != 1:
+        return problem
+    return {
+        **problem,
+        "rows": rows.pop(),
+        "terms": [{k: v for k, v in t.items() if k != "rows"} for t in terms],
+    }
 
 
 def _gpu_profile(device: torch.device):
