@@ -248,6 +248,7 @@ def test_a_board_in_mig_mode_is_named_by_torch_and_an_index_past_the_machines_gp
         assert gpuinfo._from_nvml(MigNvml([H100]), entry) is None, entry
     assert gpuinfo._from_nvml(FourGpuNvml([H100]), "0").name == H100  # no MIG mode: NVML names it
     monkeypatch.setitem(sys.modules, "pynvml", FourGpuNvml([H100]))
-    for visible, entries in (("0,7", ["0"]), ("7", []), ("0,-1,7", ["0"]), ("GPU-0,0", ["GPU-0", "0"])):
+    cases = (("0,7", ["0"]), ("7", []), ("0,-1,7", ["0"]), ("GPU-0,0", ["GPU-0", "0"]), ("0,\u00b2", ["0"]))
+    for visible, entries in cases:  # '²' is str.isdigit(), and int() raised on it
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
         assert gpuinfo.visible_entries() == entries, visible

@@ -127,7 +127,7 @@ def _cuda_visible_devices() -> list[str] | None:
     entries = []
     for entry in os.environ["CUDA_VISIBLE_DEVICES"].split(","):
         entry = entry.strip()
-        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+        if not ((entry.isascii() and entry.isdigit()) or entry.startswith(("GPU-", "MIG-"))):  # '²' isdigit()
             break
         entries.append(entry)
     return entries
