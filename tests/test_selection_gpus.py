@@ -132,14 +132,19 @@ def test_an_artifact_of_the_layers_op_at_another_row_count_is_named_not_passed_o
     )
     result = kt.tune(spec, db=tmp_path / "t.db", workers=1, progress=False)
     result.save(tmp_path / "art" / "rows20")
-    selection.use_artifacts(tmp_path / "art")
+    _selected_at_20_rows(OP, tmp_path / "art", caplog, "m=20, where this layer looks up m=32")
+    assert json.loads((tmp_path / "art" / "rows20" / "meta.json").read_text())["problem"]["m"] == 20
+
+
+def _selected_at_20_rows(op, artifacts, caplog, named):
+    """The layer's selection for `op` at 20 rows (its bucket, 32) with `artifacts` in use: the cost model's,
+    with the warning that names the artifact at another row count (`named`)."""
+    selection.use_artifacts(artifacts)
     try:
-        wanted = selection.bucket_spec(OP, 20)
         with caplog.at_level(logging.WARNING, logger="kt.nn"):
-            chosen = selection._select(wanted, torch.device("cpu"))
+            chosen = selection._select(selection.bucket_spec(op, 20), torch.device("cpu"))
         assert chosen.source == "cost model"
-        assert "holds this op with m=20, where this layer looks up m=32" in caplog.text, caplog.text
-        assert json.loads((tmp_path / "art" / "rows20" / "meta.json").read_text())["problem"]["m"] == 20
+        assert f"holds this op with {named}" in caplog.text, caplog.text
     finally:
         selection._ARTIFACT_DIRS.clear()
 
@@ -172,12 +177,4 @@ def test_a_structured_or_sum_artifact_at_another_row_count_is_named_too(op, tmp_
     folder.mkdir(parents=True)
     meta = {"family": tuned.family, "problem": tuned.to_dict(), "family_version": family_for(tuned).version}
     (folder / "meta.json").write_text(json.dumps(meta))
-    selection.use_artifacts(tmp_path / "art")
-    try:
-        wanted = selection.bucket_spec(op, 20)
-        with caplog.at_level(logging.WARNING, logger="kt.nn"):
-            chosen = selection._select(wanted, torch.device("cpu"))
-        assert chosen.source == "cost model"
-        assert "holds this op with rows=20, where this layer looks up rows=32" in caplog.text, caplog.text
-    finally:
-        selection._ARTIFACT_DIRS.clear()
+    _selected_at_20_rows(op, tmp_path / "art", caplog, "rows=20, where this layer looks up rows=32")
