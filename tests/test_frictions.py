@@ -91,6 +91,32 @@ def test_a_full_disk_under_an_artifact_names_the_artifact(tmp_path, monkeypatch)
     assert os.listdir(tmp_path / "art") == []
 
 
+def test_a_full_disk_as_the_old_artifacts_note_is_written_keeps_the_old_artifact(tmp_path, monkeypatch):
+    """The disk filling between the new artifact's files and the small note that marks the old one as kept:
+    the old artifact, exchanged out, was removed with the staging folder. It is kept as `.prev`, without its
+    note."""
+    import errno
+
+    import kt.autotune.artifact as artifact
+
+    target = tmp_path / "art" / "same"
+    save_artifact_report(_tuned(tmp_path, {"block_m": 16, "block_n": 16, "block_k": 16}), target)
+    write = artifact._write
+
+    def full_at_the_note(path, text):
+        if Path(path).name == artifact.KEPT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, text)
+
+    monkeypatch.setattr(artifact, "_write", full_at_the_note)
+    with pytest.raises(kt.ArtifactError, match="No space left"):
+        save_artifact_report(_tuned(tmp_path, {"block_m": 32, "block_n": 16, "block_k": 16}), target)
+    kept = tmp_path / "art" / "same.prev"
+    assert json.loads((kept / "meta.json").read_text())["config"]["block_m"] == 16
+    assert json.loads((target / "meta.json").read_text())["config"]["block_m"] == 32
+    assert sorted(os.listdir(tmp_path / "art")) == ["same", "same.prev"]
+
+
 def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_path):
     first = {"block_m": 16, "block_n": 16, "block_k": 16}
     second = {"block_m": 32, "block_n": 16, "block_k": 16}

@@ -299,12 +299,13 @@ def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
                 report = "replaced the artifact there (same spec, kernel, config, target and objective)"
     finally:
         if changed and not kept and _holds_another(staging, text):
-            # stopped (Ctrl-C, SIGTERM) between the exchange and the rename: staging holds the old artifact,
-            # which the user was promised as <name>.prev, not its removal
+            # stopped (Ctrl-C, SIGTERM) between the exchange and the rename, or its note not written (a full
+            # disk): staging holds the old artifact, which the user was promised as <name>.prev, not its removal
+            # (kept without its note where that cannot be written: a later save names it as one kt did not keep)
             with contextlib.suppress(OSError):
-                previous = previous_path(path)
                 _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
-                _keep(staging, previous)
+            with contextlib.suppress(OSError):
+                _keep(staging, previous_path(path))
         shutil.rmtree(staging, ignore_errors=True)  # (after `_keep`: the older `.prev`, exchanged out)
     return report
 
