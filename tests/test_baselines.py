@@ -760,3 +760,19 @@ def test_implementation_of_an_input_without_rows_says_nothing_runs():
     x = torch.zeros(0, 16, dtype=torch.float16)
     assert kernel.module.kernel(x).shape == (2, 0, 16)
     assert kernel.module.implementation(x) == "torch.fft.fft (no rows: nothing runs)"
+
+
+def test_a_gpu_out_of_memory_is_no_refusal_of_the_complex32_fft(monkeypatch):
+    """The half FFT remembers torch's refusal of complex32 per device; an out-of-memory error is the GPU's state
+    at the time, not that verdict (as the block-sparse fallback already took it): raised, nothing remembered."""
+    problem = CASES["fft-float16-complex-16"]
+    module = baseline_module(problem, fresh=True)
+    x = problem.random_args(0)[0]
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(module.torch.fft, "fft", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        module.kernel(x)
+    assert module._REFUSED == {}
