@@ -94,7 +94,7 @@ def test_a_full_disk_under_an_artifact_names_the_artifact(tmp_path, monkeypatch)
 def test_a_full_disk_as_the_old_artifacts_note_is_written_keeps_the_old_artifact(tmp_path, monkeypatch):
     """The disk filling between the new artifact's files and the small note that marks the old one as kept:
     the old artifact, exchanged out, was removed with the staging folder. It is kept as `.prev`, without its
-    note."""
+    note, and the save says so (it said the artifact "cannot be written", though the new one was in place)."""
     import errno
 
     import kt.autotune.artifact as artifact
@@ -109,12 +109,21 @@ def test_a_full_disk_as_the_old_artifacts_note_is_written_keeps_the_old_artifact
         return write(path, text)
 
     monkeypatch.setattr(artifact, "_write", full_at_the_note)
-    with pytest.raises(kt.ArtifactError, match="No space left"):
-        save_artifact_report(_tuned(tmp_path, {"block_m": 32, "block_n": 16, "block_k": 16}), target)
+    path, report = save_artifact_report(
+        _tuned(tmp_path, {"block_m": 32, "block_n": 16, "block_k": 16}), target
+    )
     kept = tmp_path / "art" / "same.prev"
+    assert path == target and report == (
+        f"replaced the artifact there (spec and config differ); the previous one is kept as {kept}, without its"
+        " note .kt-kept (No space left on device)"
+    )
     assert json.loads((kept / "meta.json").read_text())["config"]["block_m"] == 16
     assert json.loads((target / "meta.json").read_text())["config"]["block_m"] == 32
     assert sorted(os.listdir(tmp_path / "art")) == ["same", "same.prev"]
+    monkeypatch.setattr(artifact, "_write", write)  # a later save knows it for one kt kept (the same op's)
+    _, report = save_artifact_report(_tuned(tmp_path, {"block_m": 16, "block_n": 32, "block_k": 16}), target)
+    assert report.endswith(f"the previous one is kept as {kept}")
+    assert json.loads((kept / "meta.json").read_text())["config"]["block_m"] == 32
 
 
 def test_replacing_an_artifact_says_so_and_keeps_a_different_one_as_prev(tmp_path):

@@ -291,17 +291,28 @@ def _swap_in(path: Path, source: str, meta: dict[str, Any]) -> str | None:
             _exchange(staging, path)  # staging now holds the old artifact: kept, or removed below
             if changed:
                 previous = previous_path(path)  # check_target: absent, or one kt kept
-                _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
+                unmarked = None
+                try:
+                    _write(
+                        staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n"
+                    )
+                except OSError as exc:
+                    # (a full disk) the new artifact is in place and the old one is kept all the same: the save
+                    # said the artifact "cannot be written"
+                    unmarked = exc.strerror or str(exc)
                 _keep(staging, previous)
                 kept = True
                 report = f"replaced the artifact there ({changed}); the previous one is kept as {previous}"
+                if unmarked:
+                    # (a later save still knows it for one kt kept: it is the same op's, `kept_artifact`)
+                    report += f", without its note {KEPT} ({unmarked})"
             else:
                 report = "replaced the artifact there (same spec, kernel, config, target and objective)"
     finally:
         if changed and not kept and _holds_another(staging, text):
             # stopped (Ctrl-C, SIGTERM) between the exchange and the rename, or its note not written (a full
             # disk): staging holds the old artifact, which the user was promised as <name>.prev, not its removal
-            # (kept without its note where that cannot be written: a later save names it as one kt did not keep)
+            # (kept without its note where that cannot be written: a later save knows it by its op's name)
             with contextlib.suppress(OSError):
                 _write(staging / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
             with contextlib.suppress(OSError):
