@@ -106,6 +106,22 @@ def test_gpus_of_two_models_are_refused_with_each_named(machine):
     assert [s.index for s in gpuinfo.machine_gpus([1])] == [1]
 
 
+@pytest.mark.parametrize("visible", ["0,0", "1,0,01", "GPU-1,GPU-1", "-1"])
+def test_a_gpu_given_twice_in_cuda_visible_devices_shows_none(machine, visible):
+    """As torch reads the variable, an entry given twice shows no GPU: kt planned two workers on one GPU, and
+    with none visible the cuda runner took GPU 0 of none (an IndexError)."""
+    from kt.autotune.runners import CudaRunner
+
+    machine([H100, H100], visible=visible)
+    assert gpuinfo.visible_entries() == []
+    with pytest.raises(
+        DeviceError, match=rf"^device: no GPU is visible here \(CUDA_VISIBLE_DEVICES='{visible}'"
+    ):
+        CudaRunner(kt.resolve_profile("h100"))
+    machine([H100, H100], visible="1,0")
+    assert gpuinfo.visible_entries() == ["1", "0"]
+
+
 @pytest.mark.parametrize(
     "text,message",
     [

@@ -98,6 +98,12 @@ def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
     model torch calls cuda:0. Every one must be the same model (one tune has one device profile, and the model
     refits on all of their rows); naming GPUs of two models is a DeviceError."""
     entries = visible_entries()
+    if not entries:  # torch sees no GPU either: CudaRunner took GPU 0 of none (an IndexError)
+        raise DeviceError(
+            f"device: no GPU is visible here (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}: an empty list, an entry given twice, or none "
+            "that is a GPU index or UUID)"
+        )
     chosen = range(len(entries)) if indices is None else indices
     for index in chosen:
         if index >= len(entries):
@@ -121,7 +127,8 @@ def machine_gpus(indices: list[int] | None = None, nvml=None) -> list[GpuSlot]:
 def _cuda_visible_devices() -> list[str] | None:
     """CUDA_VISIBLE_DEVICES's entries (indices, GPU- or MIG- UUIDs), or None when it is unset. As CUDA reads it,
     the list ends before its first entry that is none of those (`1,-1` shows one GPU: two workers were
-    planned, the second on no GPU)."""
+    planned, the second on no GPU), and an entry given twice shows none (`0,0`, as torch reads it: two workers
+    were planned on one GPU)."""
     if "CUDA_VISIBLE_DEVICES" not in os.environ:
         return None
     entries = []
@@ -129,8 +136,14 @@ def _cuda_visible_devices() -> list[str] | None:
         entry = entry.strip()
         if not ((entry.isascii() and entry.isdigit()) or entry.startswith(("GPU-", "MIG-"))):  # '²' isdigit()
             break
+        if entry in entries or (entry.isdigit() and int(entry) in map(_index, entries)):  # `0,00` too
+            return []
         entries.append(entry)
     return entries
+
+
+def _index(entry: str) -> int | None:
+    return int(entry) if entry.isdigit() else None
 
 
 def _visible_entry() -> str | None:
