@@ -1001,6 +1001,27 @@ def test_a_block_sparse_launch_reads_all_of_x_that_its_blocks_meet_in_its_roofli
         assert seconds[0] == pytest.approx(floor / plan.space.device.dram_bandwidth)  # memory-bound
 
 
+@pytest.mark.parametrize(
+    "in_features,bi,empty,expected", [(4096, 4, 7, 16), (4100, 4, 7, 8), (4104, 12, 0, 16)]
+)
+def test_a_block_sparse_launchs_a_alignment_is_that_of_x_s_own_rows(in_features, bi, empty, expected):
+    """The kernel reads x with its own row stride, in_features: the feature took the columns its blocks meet
+    (`a_cols`), so with a block-column empty and blocks 4 wide a 16-byte aligned x read as 8-byte aligned (4092
+    columns), and a misaligned one (4100 columns of which 4096 met) as aligned."""
+    from kt.costmodel.features import FEATURE_NAMES, features
+
+    grid = (64 // 32, in_features // bi)
+    mask = np.ones(grid, dtype=bool)
+    mask[:, empty] = False
+    problem = BlockSparseProblem(48, in_features, 64, (32, bi), mask_to_hex(mask))
+    config = TileConfig(
+        block_m=64, block_n=64, block_k=64, group_m=1, num_warps=4, num_stages=3, split=1, fused=0
+    )
+    (stage,) = family_for(problem).records(problem, [config])[0]["stages"]
+    assert stage["a_cols"] == in_features - bi and stage["a_ld"] == in_features
+    assert features([stage], kt.resolve_profile("h100"))[0, FEATURE_NAMES.index("a_align")] == expected
+
+
 def test_kt_show_lists_the_launches_of_each_structure_choice():
     expected = {
         "blocksparse": ["fused=0: x @ W.T (non-zero blocks): (8192 x 410) @ (410 x 4096)"],

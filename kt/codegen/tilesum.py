@@ -90,6 +90,7 @@ class Launch:
     n: int
     k: int
     a_cols: int | None = None  # the columns of x it reads, where not k (a BSR source: every block's columns)
+    a_ld: int | None = None  # A's row stride in elements, where not a_cols (a BSR source reads x's own rows)
 
 
 def _bsr_depth(term: BlockSparseProblem) -> int:
@@ -160,6 +161,7 @@ def _launches_of(problem: TileSumProblem, fused: bool) -> list[Launch]:
                 problem.out_features,
                 _bsr_depth(problem),
                 _bsr_width(problem),
+                problem.in_features,
             )
         ]
     if isinstance(problem, ChainProblem):
@@ -183,6 +185,7 @@ def _launches_of(problem: TileSumProblem, fused: bool) -> list[Launch]:
                         term.out_features,
                         depth,
                         _bsr_width(term),
+                        term.in_features,
                     )
                 )
             fused_cols += _bsr_width(term)  # x's columns its blocks meet
@@ -434,6 +437,7 @@ class TileSumFamily(StructuredFamily):
                     split_k=1 if config.fused and isinstance(problem, ChainProblem) else config.split,
                 )
                 | ({} if launch.a_cols is None else {"a_cols": launch.a_cols})
+                | ({} if launch.a_ld is None else {"a_ld": launch.a_ld})
                 for launch in cache[config.fused]
             ]
             if config.fused and isinstance(problem, ChainProblem):

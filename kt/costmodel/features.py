@@ -2,7 +2,9 @@
 
 A record is a plain dict: the problem's numbers (`GemmProblem.to_record()`: family, m, n, k, batch, dtype,
 precision, itemsize, a_col, b_col) plus the config's (block_m, block_n, block_k, group_m, num_warps, num_stages,
-split_k). One optional key: `out_read` (1 when the epilogue reads the output too, as `C = A @ B + beta * C` does).
+split_k). Optional keys: `out_read` (1 when the epilogue reads the output too, as `C = A @ B + beta * C` does; no
+kernel kt generates does), `a_cols` (the columns of A read from DRAM, where not k) and `a_ld` (A's row stride in
+elements, where not `a_cols`: a block-sparse launch reads x's rows of in_features).
 Nothing here knows codegen: the features are the physics of a tiled GEMM on the device profile.
 
 `features(records, device)` returns one row per record with the columns `FEATURE_NAMES`:
@@ -173,9 +175,10 @@ def _problem_values(
         "out_read": out_read(records),
         # A (m x k) is contiguous along k, or along m when stored transposed; B (k x n) along n, or along k.
         # A leading stride that is a multiple of 16 bytes lets the loads vectorise. A row-major A's stride is the
-        # columns it holds (`a_cols`): a block-sparse launch's k is its blocks' mean depth (410 of 4096 columns
-        # at 10% density read as a misaligned x).
-        "a_align": _pow2_divisor(np.where(a_col, col["m"], a_columns(records)) * eb),
+        # optional `a_ld`, else the columns it holds (`a_cols`): a block-sparse launch's k is its blocks' mean
+        # depth (410 of 4096 columns at 10% density read as a misaligned x), and it reads x's own rows, of
+        # in_features, not the columns its blocks meet (`a_cols`, 4092 of 4096 read as 8-byte aligned)
+        "a_align": _pow2_divisor(np.where(a_col, col["m"], _a_stride(records)) * eb),
         "b_align": _pow2_divisor(np.where(b_col, col["k"], col["n"]) * eb),
         "sm_count": np.full(len(records), float(device.sm_count)),
         "log2_peak_tflops": np.log2(roof["flops"] / roof["t_compute"] / 1e12),
@@ -220,6 +223,11 @@ def features(records: Sequence[dict[str, Any]], device: DeviceProfile) -> np.nda
         "mma_kind": mma_kind(records, col, device),
     }
     return np.column_stack([values[name] for name in FEATURE_NAMES])
+
+
+def _a_stride(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """A row-major A's row stride in elements: the optional `a_ld` key, else the columns A holds."""
+    return np.array([r.get("a_ld", r.get("a_cols", r["k"])) for r in records], dtype=np.float64)
 
 
 def _pow2_divisor(values: np.ndarray, cap: int = 16) -> np.ndarray:

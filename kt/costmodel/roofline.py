@@ -4,9 +4,14 @@ It ranks candidates until the learned cost model replaces it, and its terms beco
 Every term is a time a resource needs, on the padded problem the tiles actually compute:
 
 - tensor-core math: padded FLOPs at the peak rate, derated for tiles too small for Hopper's warpgroup MMA;
-- shared-memory feed: each K step moves (BM + BN) * BK operands into shared memory for 2 * BM * BN * BK FLOPs;
-- L2 traffic: every program streams its A rows and B columns;
-- DRAM traffic: each operand once, plus split-K partial sums written and read back;
+- shared-memory feed: each K step moves (BM + BN) * BK operands into shared memory for 2 * BM * BN * BK FLOPs
+  (the L2 term's bytes, at 128 B per clock per SM at the H100's clock for every profile: above the L2 term's
+  bandwidth on every profile kt ships, so it never bounds; its feature is the L2 one's less a constant per
+  device, kept for the forests fitted with it);
+- L2 traffic: every program streams its A rows and B columns, at 4x the DRAM bandwidth (which gives the H200
+  43% more than the H100, whose L2 it shares);
+- DRAM traffic: each operand once, plus split-K partial sums written and read back (the wrapper's final sum
+  of them, another fp32 output written and read, and its launch are not counted);
 - quantisation: programs run in waves over the SMs, and the last wave may be nearly empty (this scales
   whichever resource bounds the kernel);
 - fixed costs: a launch, and each wave's pipeline fill and epilogue.
@@ -41,7 +46,8 @@ def columns(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str
 
 
 def out_read(records: Sequence[dict[str, Any]]) -> np.ndarray:
-    """1.0 where the epilogue also reads the output (the optional `out_read` key), else 0.0."""
+    """1.0 where the epilogue also reads the output (the optional `out_read` key), else 0.0. No kernel kt
+    generates reads its output: the key is absent from kt's own rows, and the feature 0 on them."""
     return np.array([r.get("out_read", 0) for r in records], dtype=np.float64)
 
 
