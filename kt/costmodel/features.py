@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 
 from kt.costmodel.roofline import (
-    a_columns,
     columns,
     gemm_terms,
     out_read,
