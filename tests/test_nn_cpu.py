@@ -513,6 +513,92 @@ def test_a_blocksparse_kernel_as_op_refuses_a_weight_of_another_shape_or_pattern
         op(x, f1, f2, moved)
 
 
+@pytest.mark.parametrize(
+    "sparsity",
+    [
+        {"block": [4, 2], "density": 0.5, "seed": 1},  # as examples/blocksparse.yaml gives it
+        {"block": [4, 2], "pattern": "banded", "width": 1},
+        "layout beside",  # as op_of_spec writes it: the layout beside its density and seed
+    ],
+)
+def test_a_block_sparse_op_whose_pattern_is_not_its_layout_runs_everywhere(sparsity):
+    """apply takes an op.yaml mapping, but the kernels, the fake implementation and decompose read the pattern
+    from `layout`: a pattern by density and seed, or by `pattern`, was a bare KeyError 'layout' in each, and
+    one with its layout beside its density was refused under vmap (the stacked layout checked against the
+    density: "sparsity.layout: does not match the pattern that density gives")."""
+    from torch.func import vmap
+
+    from kt.nn.functional import apply, canonical_text, op_text
+    from kt.nn.portable import decompose
+
+    shape = {"in": 8, "out": 12}
+    if sparsity == "layout beside":
+        sparsity = {"block": [4, 2], "density": 0.5, "seed": 1}
+        spec = kt.parse_spec(
+            {"name": "b", "op": "blocksparse", "shape": {"batch": 16, **shape}, "sparsity": sparsity}
+        )
+        sparsity = spec.signature()["sparsity"]
+        assert set(sparsity) == {"block", "layout", "density", "seed"}
+    op = {"op": "blocksparse", "dtype": "float32", "shape": shape, "sparsity": sparsity}
+    written = json.dumps(op)
+    layout = json.loads(op_text(op))["sparsity"]
+    assert set(layout) == {"block", "layout"} and json.loads(canonical_text(written)) == json.loads(
+        op_text(op)
+    )
+    mask = torch.as_tensor(kt.sparsity.hex_to_mask(layout["layout"], (3, 4)))
+    dense = torch.randn(12, 8) * mask.repeat_interleave(4, 0).repeat_interleave(2, 1)
+    w = dense.to_sparse_bsr((4, 2))
+    parts = [w.crow_indices().clone(), w.col_indices().clone(), w.values().clone()]
+    x = torch.randn(3, 8)
+    expected = F.linear(x, dense)
+    torch.testing.assert_close(apply(x, parts, op), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(apply(x, parts, written), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.ops.kt.apply(x, parts, written), expected, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, c, k, v: apply(x, [c, k, v], op), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, *parts), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(decompose(x, parts, written), expected, rtol=1e-5, atol=1e-5)
+    values = torch.stack([parts[2], 2 * parts[2]])  # an ensemble of two, and per-sample gradients
+    ys = vmap(lambda v: apply(x, [parts[0], parts[1], v], op))(values)
+    torch.testing.assert_close(ys, torch.stack([expected, 2 * expected]), rtol=1e-5, atol=1e-5)
+    grads = vmap(torch.func.grad(lambda v, x: apply(x[None], [parts[0], parts[1], v], op).sum()), (None, 0))(
+        parts[2], x
+    )
+    assert grads.shape == (3, *parts[2].shape)
+
+
+@pytest.mark.parametrize("kind", ["monarch", "lowrank", "blocksparse"])
+def test_vmap_over_weights_the_op_refuses_refuses_them_too(kind):
+    """The vmap rules of batched weights stack and reshape the operands into ops of their own, marked trusted:
+    weights the op refuses eagerly ran under vmap, a BSR weight's values in another block shape reshaped to the
+    op's (wrong numbers), a Monarch's of another size (25 output features where the op says 40), a float32
+    chain's float16 factors (a float16 output)."""
+    from torch.func import vmap
+
+    from kt.nn.functional import apply
+
+    if kind == "monarch":
+        op = {"op": "monarch", "dtype": "float32", "shape": {"w1": [4, 6, 3], "w2": [8, 5, 3]}}
+        x, weights = torch.randn(2, 12), [torch.randn(4, 4, 5, 3), torch.randn(4, 5, 5, 4)]
+    elif kind == "lowrank":
+        op = {"op": "lowrank", "dtype": "float32", "shape": {"dims": [7, 3, 5]}}
+        x, weights = torch.randn(2, 7), [torch.randn(4, 7, 3).half(), torch.randn(4, 3, 5).half()]
+    else:
+        op = {"op": "blocksparse", "dtype": "float32", "shape": {"in": 8, "out": 12}}
+        op["sparsity"] = {"block": [4, 2], "layout": "da40"}
+        crow, col = (
+            torch.as_tensor(a) for a in kt.sparsity.bsr_index_arrays(kt.sparsity.hex_to_mask("da40", (3, 4)))
+        )
+        x, weights = (
+            torch.randn(2, 8),
+            [crow.expand(4, -1), col.expand(4, -1), torch.randn(4, len(col), 2, 4)],
+        )
+    with pytest.raises((ValueError, TypeError)) as eager:
+        apply(x, [w[0] for w in weights], op)
+    with pytest.raises(type(eager.value), match=re.escape(str(eager.value))):
+        vmap(lambda *ws: apply(x, list(ws), op))(*weights)
+
+
 def test_block_sparse_weights_of_another_pattern_are_refused_under_vmap_and_functional_call():
     """The op's text fixes a block-sparse weight's pattern. An ensemble of layers with their own patterns
     (stack_module_state, vmap) ran every member with the first one's (relative errors 0.94 and 1.48), as_op

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from kt.dtypes import dtype_name, torch_dtype
 from kt.nn.selection import DEEP, MIN_BUCKET, TRUSTED, backward_role, bucket, bucket_spec, kernel_for
+from kt.nn.selection import canonical_op_text as _canonical
 from kt.nn.selection import parsed_op as _parsed
 from kt.sparsity import bsr_index_arrays, bsr_tensor, hex_to_mask
 
@@ -56,8 +57,20 @@ def _constant_result(fn):
 
 @_constant_result  # torch.compile cannot trace json.dumps; the text is a trace constant
 def op_text(op: dict[str, Any]) -> str:
-    """The canonical text of an op mapping: equal ops give equal text (one kernel cache entry)."""
-    return json.dumps(op, sort_keys=True, separators=(",", ":"))
+    """The canonical text of an op mapping: equal ops give equal text (one kernel cache entry); a block-sparse
+    pattern given by `density` and `seed`, or by `pattern`, as its `layout` (`canonical_text`)."""
+    return _canonical(json.dumps(op, sort_keys=True, separators=(",", ":")))
+
+
+@_constant_result  # (an op's text given as text: a trace constant too)
+def canonical_text(text: str) -> str:
+    """`text` with each block-sparse pattern (the op's, or a sum's term's) as its block and `layout` alone: the
+    kernels, the fake implementation, the vmap rules and `decompose` read the pattern from `layout`, and an op
+    whose pattern came by density and seed, or by `pattern: banded` (as op.yaml's examples give it), failed in
+    all of them with a bare KeyError 'layout'; one with `layout` beside its density and seed (as `op_of_spec`
+    writes it) was refused under vmap, its stacked layout checked against the density. Text that is no valid
+    op is returned as it is, for `_checked_op` to name what is wrong."""
+    return _canonical(text)
 
 
 def _out_features(op: dict[str, Any]) -> int:
@@ -314,7 +327,7 @@ def apply(x: torch.Tensor, weights: list[torch.Tensor], op: dict[str, Any] | str
     weights = list(weights)
     _require_tensors("kt.nn.apply", x, weights)
     if isinstance(op, str):
-        text = op
+        text = canonical_text(op)
     else:
         try:
             text = op_text(op)
@@ -507,13 +520,20 @@ def _vmap(info, in_dims, x, weights, op):
     spec, size = _parsed(op), info.batch_size
     if x_dim is None and all(d is None for d in weight_dims):  # (a sum's term, `_vmap_sum`): one product
         return torch.ops.kt.apply(x, list(weights), op), None
+
+    def sample(t, dim):
+        shape = t.shape if dim is None else t.shape[:dim] + t.shape[dim + 1 :]
+        return torch.empty(shape, dtype=t.dtype, device="meta")
+
+    # one sample's operands checked as the op checks them (the rules below reshape, stack and mark their own
+    # ops trusted: a BSR weight's values in another block shape ran reshaped to the op's, a Monarch's weights of
+    # another size gave another output width, float16 factors of a float32 op a float16 output)
+    x_sample, w_samples = sample(x, x_dim), [sample(w, d) for w, d in zip(weights, weight_dims)]
+    _check_operands(op, x_sample, w_samples)
+    if not spec.get(TRUSTED):
+        _check_bsr_weights(spec, w_samples, read=False)
     if size == 0:  # no samples (plain torch allows it): no kernel, a sample's shape from the fake op
-
-        def sample(t, dim):
-            shape = t.shape if dim is None else t.shape[:dim] + t.shape[dim + 1 :]
-            return torch.empty(shape, dtype=t.dtype, device="meta")
-
-        one = torch.ops.kt.apply(sample(x, x_dim), [sample(w, d) for w, d in zip(weights, weight_dims)], op)
+        one = torch.ops.kt.apply(x_sample, w_samples, op)
         return torch.empty((0, *one.shape), dtype=one.dtype, device=x.device), 0
     if spec["op"] in ("blocksparse", "blocksparse_grad"):
         return _vmap_blocksparse(spec, x, x_dim, weights, weight_dims, size)
@@ -748,7 +768,9 @@ def _stacked_call(spec, x, operands, values, grid, down, across):
         text = op_text(spec)
     else:
         stacked = {"out": shape["out"] * down, "in": shape["in"] * across}
-        text = op_text(_trusted({**spec, "shape": stacked, "sparsity": {**sparsity, "layout": layout}}))
+        text = op_text(
+            _trusted({**spec, "shape": stacked, "sparsity": {"block": sparsity["block"], "layout": layout}})
+        )
     if spec["op"] == "blocksparse":  # a copy's blocks follow the previous copy's (sample-major order)
         return torch.ops.kt.apply(x, [crow, col, values.reshape(-1, *block)], text)
     pattern = torch.empty((), dtype=values.dtype, device=x.device).expand(order.numel(), *block)

@@ -170,9 +170,35 @@ def _role() -> str:
 
 @functools.lru_cache(maxsize=1024)
 def parsed_op(text: str) -> dict[str, Any]:
-    """An op's JSON text as a mapping, parsed once per text (every forward call names its op by text). Shared:
-    copy before changing it."""
-    return json.loads(text)
+    """An op's JSON text as a mapping, parsed once per text (every forward call names its op by text), each
+    block-sparse pattern as its layout (`canonical_op_text`: torch.ops.kt.apply called with an op's own text).
+    Shared: copy before changing it."""
+    return json.loads(canonical_op_text(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def canonical_op_text(text: str) -> str:
+    """`kt.nn.functional.canonical_text`: an op's text with each block-sparse pattern as its block and layout."""
+    try:
+        op = json.loads(text)
+        terms = op["terms"] if op.get("op") == "sum" else [op]
+        loose = [
+            i
+            for i, term in enumerate(terms)
+            if term.get("op") == "blocksparse" and set(term.get("sparsity", {})) != {"block", "layout"}
+        ]
+        if not loose or "pin" in op:
+            return text
+        signature = bucket_spec(op, MIN_BUCKET).signature()
+        written = signature["terms"] if op["op"] == "sum" else [signature]
+        for i in loose:
+            terms[i]["sparsity"] = {
+                "block": terms[i]["sparsity"]["block"],
+                "layout": written[i]["sparsity"]["layout"],
+            }
+    except Exception:  # no valid op: `_checked_op` says why in op.yaml's words
+        return text
+    return json.dumps(op, sort_keys=True, separators=(",", ":"))
 
 
 def bucket(rows: int) -> int:
