@@ -199,3 +199,70 @@ def test_an_abort_stops_every_waiting_run_at_once():
             thread.join(timeout=30)
         assert time.monotonic() - started < 10
     assert len(failures) == 2 and all("stopped" in f for f in failures), failures
+
+
+def _kernel_task(folder, name: str, number: int, source: str) -> Task:
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    payload = {
+        "family": "gemm",
+        "problems": [GemmProblem(16, 16, 16).to_dict()],
+        "source_path": str(path),
+        "device": "cpu",
+        "seed": 0,
+    }
+    return Task(number, "check", payload, "first")
+
+
+RAISES_LATE = (
+    "import time\n\ndef kernel(a, b, out=None):\n    time.sleep({sleep})\n    raise RuntimeError({tag!r})\n"
+)
+
+
+def test_an_aborted_run_leaves_no_task_running_for_the_pools_next_run(tmp_path):
+    """An abort (Ctrl-C, one op's error, in ops tuned at once) ended the pool's run with its workers still busy:
+    a caller's runner used again took the aborted task's result as its own task of the same number."""
+    with WorkerPool({"first": (1, {})}, timeout_s=60) as pool:
+        dispatcher = Dispatcher(pool).__enter__()
+        stopped = []
+
+        def aborted_op():
+            with pytest.raises(DispatcherStopped):
+                list(
+                    dispatcher.run(
+                        [_kernel_task(tmp_path, "a", 0, RAISES_LATE.format(sleep=2, tag="the aborted one"))]
+                    )
+                )
+            stopped.append(True)
+
+        thread = threading.Thread(target=aborted_op)
+        thread.start()
+        time.sleep(1)
+        dispatcher.abort()
+        thread.join(timeout=60)
+        dispatcher.close()
+        assert stopped
+        with Dispatcher(pool) as again:
+            (outcome,) = list(
+                again.run([_kernel_task(tmp_path, "b", 0, RAISES_LATE.format(sleep=3, tag="the next one"))])
+            )
+    assert (outcome.status, outcome.message) == ("crash", "RuntimeError: the next one"), outcome
+
+
+def test_a_fresh_worker_started_by_the_dispatcher_outlives_it(tmp_path, monkeypatch):
+    """A fresh worker asks for SIGKILL when its parent dies (PR_SET_PDEATHSIG), and Linux takes the thread that
+    started it for its parent: one the dispatcher's thread restarted after a crash was killed as that thread
+    ended, and the pool's next task was recorded a crash by SIGKILL."""
+    monkeypatch.setenv("KT_WORKER_FORK", "0")  # (as GPU workers are)
+    with WorkerPool({"first": (1, {})}, timeout_s=120) as pool:
+        with Dispatcher(pool) as dispatcher:
+            (crashed,) = list(
+                dispatcher.run([_kernel_task(tmp_path, "exits", 0, "import os\nos._exit(3)\n")])
+            )
+            assert crashed.status == "crash"
+            list(dispatcher.run([describe("warm", 1)]))  # restarted by the dispatcher's thread, and up
+            restarted = pool.slots[0].process
+        time.sleep(1)  # the dispatcher's thread has ended
+        assert restarted.poll() is None, restarted.returncode
+        outcomes = list(pool.run([describe("after", 2)]))
+    assert [(o.status, o.message) for o in outcomes] == [("ok", "")], outcomes

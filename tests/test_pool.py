@@ -269,6 +269,31 @@ def test_cpu_workers_are_forked_ready_and_each_has_its_groups_environment_and_th
         assert time.monotonic() - started < 6
 
 
+def test_a_cpu_worker_of_a_large_environment_is_forked():
+    """An environment over the zygote socket's buffer (about 200 KB) failed to send (EMSGSIZE), which was taken
+    for the zygote's death: the pool restarted the worker for ever, `kt tune` hanging at 100% CPU. The request
+    now goes in a file."""
+    import os
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        import os
+        from kt.autotune.pool import Task, WorkerPool
+        from kt.autotune.zygote import ForkedWorker
+        for i in range(3):  # 300 KB (one variable may hold 128 KiB on Linux)
+            os.environ[f"KT_TEST_BIG_{i}"] = "x" * 100_000
+        with WorkerPool({"cpu": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=60) as pool:
+            assert isinstance(pool.slots[0].process, ForkedWorker)
+            (outcome,) = pool.run([Task(0, "describe", {}, "cpu")])
+            print(outcome.status, outcome.message)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=os.environ, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.split()[0] == "ok", done.stdout + done.stderr
+
+
 def test_gpu_workers_and_kt_worker_fork_0_start_fresh_processes(monkeypatch):
     import subprocess
 
@@ -359,6 +384,28 @@ def test_a_zygote_that_dies_after_serving_is_replaced_and_its_socket_and_log_are
     second = Zygote._shared
     second.close()  # this test's zygote goes (the process-wide one is put back by monkeypatch)
     assert second.process.wait(timeout=30) == 0
+
+
+def test_a_task_whose_zygote_died_under_it_is_not_blamed_for_the_sigkill(monkeypatch):
+    """A zygote that dies takes its workers with it: each busy one's task was recorded a crash "killed by
+    SIGKILL, not by kt (on Linux most often the out-of-memory killer...)", as if the task had done it."""
+    import os
+    import signal
+    import threading
+
+    from kt.autotune.zygote import Zygote
+
+    monkeypatch.setattr(Zygote, "_shared", None)
+    monkeypatch.setattr(Zygote, "_broken", "")
+    with WorkerPool({"default": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=120) as pool:
+        assert [o.status for o in pool.run([Task(0, "describe", {}, "default")])] == ["ok"]
+        zygote = Zygote._shared
+        threading.Timer(1.0, os.kill, (zygote.process.pid, signal.SIGKILL)).start()
+        (outcome,) = pool.run([_check_task(1, HANG)])
+    assert outcome.status == "crash"
+    assert outcome.message.startswith("the zygote that forked this worker died"), outcome.message
+    assert "out-of-memory" not in outcome.message
+    Zygote._shared.close()
 
 
 _STAND_IN_DRIVER = """

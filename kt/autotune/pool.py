@@ -13,12 +13,14 @@ task outlives its timeout, the worker is killed, the task is reported as `timeou
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +36,7 @@ class Inbox(Protocol):
     """More tasks for a running pool, from other threads (kt.autotune.dispatch.Dispatcher)."""
 
     open: bool  # more tasks may come: the pool's run goes on while it holds
-    aborted: bool  # stop now: the run returns, busy workers are left to the pool's close
+    aborted: bool  # stop now: the run returns, its busy workers killed (their tasks are no later run's)
 
     @property
     def waker(self) -> Connection:
@@ -94,7 +96,7 @@ class _Slot:
         self.log_start = 0  # the log's size when the task was sent (`send`)
         env = worker_env(self.env)
         try:
-            self.process = spawn_worker(env, to_child_r, from_child_w, self.log.fileno()) or subprocess.Popen(
+            self.process = spawn_worker(env, to_child_r, from_child_w, self.log.fileno()) or _popen(
                 [
                     sys.executable,
                     "-m",
@@ -171,6 +173,23 @@ class _Slot:
         self.log.seek(max(self.log_start, size - 4096))
         text = self.log.read().decode(errors="replace").strip().splitlines()
         return " | ".join(line.strip() for line in text[-lines:])
+
+
+_STARTER: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (this process's pid, its thread)
+_STARTER_LOCK = threading.Lock()
+
+
+def _popen(*args, **kwargs) -> subprocess.Popen:
+    """subprocess.Popen from one thread that lives as long as this process. A fresh worker asks to be killed
+    when its parent dies (PR_SET_PDEATHSIG), and Linux takes the parent to be the thread that started it: one
+    started by a thread that then ended (the dispatcher's, after a crash, for ops tuned at once) was killed
+    with it, and its next task recorded a crash by SIGKILL."""
+    global _STARTER
+    with _STARTER_LOCK:
+        if _STARTER is None or _STARTER[0] != os.getpid():  # (a forked child has not its parent's thread)
+            _STARTER = os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kt-starter")
+        starter = _STARTER[1]
+    return starter.submit(subprocess.Popen, *args, **kwargs).result()
 
 
 def worker_env(extra: dict[str, str]) -> dict[str, str]:
@@ -287,7 +306,7 @@ class WorkerPool:
         `follow_up(outcome)` may return new tasks (the next stage of a candidate), which join the queue. After
         `deadline` (time.monotonic()) no new task starts: tasks still waiting are dropped without an outcome.
         `inbox` (kt.autotune.dispatch): a source of more tasks, asked whenever a worker of a group is free; the
-        run lasts while it is open, and ends at once (busy workers left to `close`) when it is aborted.
+        run lasts while it is open, and ends at once when it is aborted, killing the workers still busy.
         """
         pending = deque(tasks)
         groups = self.groups
@@ -299,11 +318,18 @@ class WorkerPool:
         except BaseException:
             # closed early (its caller raised mid-loop) or failed: a task still running is this run's, and its
             # result went to the pool's next run, under that run's task of the same number
-            for slot in self.slots:
-                if slot.task is not None:
-                    slot.task = None
-                    slot.kill()  # the next send starts it afresh
+            self._abandon()
             raise
+        if inbox is not None and inbox.aborted:  # (Ctrl-C, or one op's error, in ops tuned at once) the same:
+            # the next run (a caller's runner used again) took the aborted task's result as its own
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Kill the workers still busy with this run's tasks (the next send starts each afresh)."""
+        for slot in self.slots:
+            if slot.task is not None:
+                slot.task = None
+                slot.kill()
 
     def _run(self, pending, groups, follow_up, deadline, inbox) -> Iterator[Outcome]:
         while pending or any(slot.task for slot in self.slots) or (inbox is not None and inbox.open):

@@ -10,8 +10,9 @@ Only the interpreter's and the compiler's workers come from here. The zygote nev
 refuses to serve if the CUDA driver was initialized in it by its imports; the library being loaded is fine), and
 GPU workers are fresh processes as before: a CUDA context must not be copied.
 
-The protocol: the kt process sends one SOCK_SEQPACKET message per worker, a JSON {env, cwd} with four file
-descriptors (the worker's two pipe ends, its log, and a status socket). The zygote forks, writes the child's pid
+The protocol: the kt process sends one SOCK_SEQPACKET message per worker with five file descriptors (the
+worker's two pipe ends, its log, a status socket, and a temporary file holding the JSON {env, cwd}: an
+environment of any size). The zygote forks, writes the child's pid
 to the status socket, and when it reaps the child, its return code (as subprocess gives it: -N for signal N); a
 byte sent back on it, or its closing, has the zygote kill the child. The kt process holds a `ForkedWorker` with
 Popen's poll/wait/kill/pid. The zygote exits when the kt process closes its end of the socket (on exit or death),
@@ -35,7 +36,7 @@ import threading
 import time
 
 FORK_ENV = "KT_WORKER_FORK"  # "0": every worker a fresh process, as before the zygote
-_MESSAGE_MAX = 1 << 20  # one request: the worker's environment as JSON
+_MESSAGE_MAX = 16  # one request's message: a marker (the environment comes in a file)
 
 
 class ForkedWorker:
@@ -76,6 +77,13 @@ class ForkedWorker:
         if not chunk and self.returncode is None:  # the zygote went away without a word about this worker
             self.returncode = -signal.SIGKILL
             self.unborn = self._pid is None
+            if not self.unborn:  # killed with it: said so, not blamed on the task as the OOM killer's SIGKILL
+                code = self.zygote.process.poll()
+                self.failure = (
+                    "the zygote that forked this worker died"
+                    + (f" (exit code {code})" if code is not None else "")
+                    + ", and the worker with it: not the task's doing"
+                )
         if self.returncode is not None:
             self._status.close()
             self._status = None
@@ -175,16 +183,29 @@ class Zygote:
                 zygote = cls._shared = Zygote(env)
             return zygote
 
-    def spawn(self, env: dict[str, str], to_child: int, from_child: int, log: int) -> ForkedWorker:
+    def spawn(self, env: dict[str, str], to_child: int, from_child: int, log: int) -> ForkedWorker | None:
         """Ask for a worker serving the pipe ends `to_child` (it reads) and `from_child` (it writes), its output
-        to `log`. The descriptors are copied to the zygote; the caller still closes its own."""
+        to `log`. The descriptors are copied to the zygote; the caller still closes its own. None where the
+        zygote, alive, cannot take the request: start a fresh process.
+
+        The request, {env, cwd} as JSON, goes in a temporary file whose descriptor is sent with the others: as
+        the socket message itself, an environment over the socket's buffer (about 200 KB) failed to send
+        (EMSGSIZE), which was taken for the zygote's death, and the pool restarted the worker for ever."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         message = json.dumps({"env": env, "cwd": os.getcwd()}).encode()
         try:
-            with self._lock:
-                socket.send_fds(self.sock, [message], [to_child, from_child, log, theirs.fileno()])
-        except OSError:  # the zygote is gone: a worker that died at once (the pool's crash path restarts it)
-            pass
+            with tempfile.TemporaryFile() as request:
+                request.write(message)
+                request.flush()
+                with self._lock:
+                    socket.send_fds(
+                        self.sock, [b"r"], [to_child, from_child, log, theirs.fileno(), request.fileno()]
+                    )
+        except OSError:
+            if self.process.poll() is None:  # alive: not a death, and a retry would fail the same way
+                ours.close()
+                return None
+            # the zygote is gone: a worker that died at once (the pool's crash path restarts it)
         finally:
             theirs.close()
         worker = ForkedWorker(self, ours)
@@ -287,14 +308,18 @@ def serve(sock: socket.socket) -> None:
 
 def _take_request(sock, children, events, wake) -> bool:
     try:
-        message, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 4)
+        message, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 5)
     except ConnectionResetError:
         return False
     if not message:
         return False
-    to_child, from_child, log, status_fd = fds
+    to_child, from_child, log, status_fd, request_fd = fds
     status = socket.socket(fileno=status_fd)
-    pid = _fork(json.loads(message), (to_child, from_child, log), status, sock, children, events, wake)
+    try:
+        request = _read_request(request_fd)
+    finally:
+        os.close(request_fd)
+    pid = _fork(request, (to_child, from_child, log), status, sock, children, events, wake)
     for fd in (to_child, from_child, log):
         os.close(fd)
     if pid is None:
@@ -308,6 +333,18 @@ def _take_request(sock, children, events, wake) -> bool:
         return True
     events.register(status, selectors.EVENT_READ, pid)
     return True
+
+
+def _read_request(fd: int) -> dict:
+    """The {env, cwd} request in the file `fd` (read from its start, whatever its shared offset)."""
+    size, chunks, at = os.fstat(fd).st_size, [], 0
+    while at < size:
+        chunk = os.pread(fd, size - at, at)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        at += len(chunk)
+    return json.loads(b"".join(chunks))
 
 
 def _fork(request, fds, status, sock, children, events, wake) -> int | None:
