@@ -249,11 +249,9 @@ def _can_compile() -> bool:
     that reads a build's spills are here, Triton's interpreter is not switched
     on for the whole process and has not left `triton.language` patched (kt.codegen.compat)."""
     from kt.autotune.compile import target_compiler_available
-    from kt.codegen.compat import language_patched
+    from kt.codegen.compat import interpret_requested, language_patched
 
-    return (
-        target_compiler_available() and os.environ.get("TRITON_INTERPRET") != "1" and not language_patched()
-    )
+    return target_compiler_available() and not interpret_requested() and not language_patched()
 
 
 def _first_building(ranking, problem, profile: DeviceProfile, name: str) -> tuple[Config, list[list[str]]]:

@@ -1243,6 +1243,7 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
     The PTX files an earlier run wrote into the folder (launch<i>_<kernel>.ptx) are removed before the chosen
     config's are written; nothing else there is touched."""
     import re
+    import tempfile
 
     from kt.api import distinct_tiles, resolve_profile
     from kt.autotune.compile import target_compiler_missing
@@ -1258,6 +1259,10 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
         plan = kt.plan(spec, budget=1, device=device)
     configs = distinct_tiles(plan)  # as many as kt.build's compile check tries; group_m twins build alike
     ptx_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a folder there that cannot be written (read-only, another user's, a full disk): before the builds
+        tempfile.TemporaryFile(dir=ptx_dir).close()
+    except OSError as exc:
+        raise KtError(f"--ptx: {ptx_dir} cannot be written ({exc.strerror or exc})") from None
     jobs = [
         (generated_candidate(plan.problem, config, name=spec.name), plan.space.device) for config in configs
     ]
@@ -1275,6 +1280,12 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
         # once more, writing its PTX (Triton caches the compile, so this is quick)
         (chosen,) = pool.run(
             [Task(0, "compile", {**chosen.task.payload, "ptx_dir": str(ptx_dir)}, "compile")]
+        )
+    if (
+        chosen.status != "ok"
+    ):  # its PTX not written (a folder named as a launch's file): an empty table, exit 0
+        raise KtError(
+            f"--ptx: the PTX of {configs[rank].key()} was not written: {chosen.status}: {chosen.message}"
         )
     launches = chosen.values.get("launch_evidence", [])
     # its rank as kt predict shows it (its place among the distinct tiles differs once one fails to build)

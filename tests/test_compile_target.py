@@ -537,6 +537,27 @@ def test_build_with_compile_check_passes_over_the_ranked_configs_that_spill_on_t
     assert first.config == kt.build(aligned, device="a100").config and "refused" not in first.meta
 
 
+@pytest.mark.parametrize(
+    "value,on",
+    [("1", True), ("true", True), ("ON", True), ("yes", True), ("0", False), ("false", False), ("", False)],
+)
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch, tmp_path, value, on):
+    """Triton takes `true`, `on` and `yes` for the interpreter as well as `1`; kt read `1` alone, so with
+    TRITON_INTERPRET=true it compiled for the GPU in a process Triton interprets, and a compile check on a cold
+    Triton cache refused every config ("does not compile for sm_90: AssertionError")."""
+    from kt import api
+    from kt.codegen.compat import interpret_requested
+    from kt.codegen.emit import interpreter_wanted
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpret_requested() is on and (not on or interpreter_wanted())
+    assert not (on and api._can_compile())  # no compile for the GPU where Triton interprets
+    if value == "true":
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+        built = kt.build(EXAMPLES / "dense.yaml", device="h100", compile_check=True)
+        assert "refused" not in built.meta, built.meta["refused"]
+
+
 def test_build_with_compile_check_builds_at_most_the_tries_and_not_a_tile_order_twin(monkeypatch):
     """group_m only orders the tiles: a config that differs from a refused one in nothing else builds the same
     and is not compiled again; after COMPILE_TRIES refusals the first-ranked config is kept, and kt.nn's
@@ -718,6 +739,22 @@ def test_kt_show_ptx_numbers_launches_in_call_order_and_replaces_an_earlier_runs
     assert [row.split("│")[2].strip() for row in rows] == ["transpose_kernel", "stage_kernel", "stage_kernel"]
     assert "no matrix product in this launch" in rows[0]
     assert "the compiler's choice" not in result.output
+
+
+def test_kt_show_ptx_that_cannot_write_its_files_says_so(tmp_path):
+    """The second compile, which writes the PTX, failed (a folder where a launch's file goes; a read-only or
+    full folder) and kt printed an empty table under "compiled for sm_90: PTX in DIR", exit 0."""
+    from click.testing import CliRunner
+
+    from kt import cli
+
+    out = tmp_path / "ptx"
+    (out / "launch0_gemm_kernel.ptx").mkdir(parents=True)
+    result = CliRunner().invoke(cli.main, ["show", str(EXAMPLES / "dense.yaml"), "--ptx", str(out)])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("kt: error")]
+    assert "--ptx: the PTX of m" in line and "was not written: crash" in line and "Is a directory" in line
+    assert "compiled for sm_" not in result.output
 
 
 def triton_without(root: Path, tool: str) -> Path:

@@ -41,6 +41,16 @@ import re
 import threading
 
 _patched = False
+_TRUE = frozenset(("1", "true", "on", "yes", "y"))  # what Triton's getenv_bool takes for on, in any case
+
+
+def interpret_requested() -> bool:
+    """Whether TRITON_INTERPRET asks for Triton's interpreter, read as Triton reads it (`true`, `on`, `yes` as well
+    as `1`): kt read `1` alone, and with `TRITON_INTERPRET=true` compiled for the GPU where Triton interpreted
+    (a compile check then refused every config as "does not compile")."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
+
+
 # reentrant: a launch inside an import's switch, a switch inside a launch
 INTERPRETER_LOCK = threading.RLock()
 
@@ -166,7 +176,7 @@ def _interpret_device_calls() -> None:
 
     def call(self, *args, **kwargs):
         nonlocal calls
-        if os.environ.get("TRITON_INTERPRET") != "1":
+        if not interpret_requested():
             return original(self, *args, **kwargs)
         if self.fn not in interpreted:
             interpreted[self.fn] = interpreter.InterpretedFunction(self.fn)

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from kt.codegen.compat import interpret_requested as _interpret_requested
 from kt.files import atomic_write_text, cache_dir
 
 
@@ -93,7 +94,7 @@ def triton_installed() -> bool:
 
 def interpreter_wanted() -> bool:
     """Run kernels in Triton's interpreter when asked to (TRITON_INTERPRET=1) or when there is no GPU."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if _interpret_requested():
         return True
     import torch
 
@@ -128,7 +129,7 @@ def import_kernel_file(
 
             patch_interpreter()
             importing = triton_interpret(True)
-        elif os.environ.get("TRITON_INTERPRET") == "1":
+        elif _interpret_requested():
             raise ValueError("cannot import a kernel for the GPU in a process running Triton's interpreter")
         else:
             importing = contextlib.nullcontext()
