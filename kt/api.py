@@ -22,7 +22,7 @@ from kt.codegen import Config, SearchSpace, family_for, load_source
 from kt.codegen.baseline import baseline_kernel
 from kt.codegen.restrict import illegal_config, restrict
 from kt.device import BUILTIN, DEFAULT, DeviceProfile, ProfileError, get_profile, guess_gpu, match_gpu
-from kt.errors import DeviceError, KtError, SpecError, counted, one_line, option
+from kt.errors import DeviceError, KtError, SpecError, counted, one_line, option, renamed_options
 from kt.files import ranking_model
 from kt.ir import op_from_spec
 from kt.kernel import Kernel
@@ -492,7 +492,10 @@ def collect(
             **options,
         )
     sample = check_int(sample, "sample", 1, MAX_BUDGET)  # as --sample names it
-    return run_session(spec, budget=sample, backend=backend, db=db, strategy="random", **options)
+    with renamed_options(
+        budget="sample"
+    ):  # its notes: "raise --sample for more", not --budget, which it lacks
+        return run_session(spec, budget=sample, backend=backend, db=db, strategy="random", **options)
 
 
 def load(path: str | os.PathLike, verify: bool = True) -> Kernel:

@@ -1688,6 +1688,11 @@ def collect(spec, everything, sample, quiet, timeout, retry_failed, backend, dev
         f"{spec.name}: {counted(len(session.rows), 'config')} in {session.db_path} ({session.fresh} new; "
         f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) on {session.runner.device}"
     )
+    # why fewer or more were measured than --sample asked (tune.configs lists them all; fewer distinct programs),
+    # and the failed configs --retry-failed left (shown with the bar, not under --quiet): never printed
+    for note in (session.plan.budget_note, session.retry_note if quiet else ""):
+        if note:
+            out.print(f"note: {note}")
 
 
 def _profile_name(ctx, param, value):

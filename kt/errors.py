@@ -1,6 +1,7 @@
 """The errors kt raises for things a user can fix. Each carries one line that names the field."""
 
 import contextlib
+import contextvars
 import re
 import reprlib
 
@@ -36,9 +37,33 @@ def key_text(key) -> str:
 _command_line = False
 
 
+# what a command calls kt's own options (`kt collect`'s budget is its --sample): `renamed_options`
+_renamed: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "kt_renamed_options", default=()
+)
+
+
+@contextlib.contextmanager
+def renamed_options(**names: str):
+    """While a command runs whose options name kt's own otherwise (`kt collect`: budget="sample"), its
+    messages name them so (`option`, `option_word`): kt collect's notes told the user to raise --budget, an
+    option it has not."""
+    token = _renamed.set(tuple({**dict(_renamed.get()), **names}.items()))
+    try:
+        yield
+    finally:
+        _renamed.reset(token)
+
+
+def option_word(name: str) -> str:
+    """kt's option `name` as the running command calls it, as a word in a sentence ("the budget (8)")."""
+    return dict(_renamed.get()).get(name, name).replace("_", " ")
+
+
 def option(name: str, value=None) -> str:
     """An argument as the user gave it: `--name VALUE` while kt's command line runs a command, `name=VALUE`
     (the value's repr) through the Python API, where the command line's flags named options nobody passed."""
+    name = dict(_renamed.get()).get(name, name)
     if _command_line:
         return f"--{name.replace('_', '-')}" + ("" if value is None else f" {value}")
     return name + ("" if value is None else f"={value!r}")

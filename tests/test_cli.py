@@ -529,6 +529,33 @@ def test_an_energy_tune_says_its_model_ranks_by_time(tmp_path):
     assert "(the ranking is by predicted time; energy applies only to measured configs)" in done.stderr
 
 
+def test_collect_says_why_it_measured_other_than_its_sample(tmp_path):
+    """kt collect printed none of its plan's notes: with tune.configs it measured all 5 listed configs for
+    `--sample 1` without a word, and past the distinct programs it measured fewer than asked."""
+    spec = tmp_path / "op.yaml"
+    spec.write_text(
+        "op: dense\nname: listed\nshape: {m: 32, n: 32, k: 32}\ntune:\n  configs:\n"
+        + "".join(
+            f"    - {{block_m: {bm}, block_n: {bn}, block_k: 16}}\n"
+            for bm, bn in ((16, 16), (16, 32), (32, 16))
+        )
+    )
+    done = kt_cli(
+        "collect",
+        spec,
+        "--sample",
+        "1",
+        "--backend",
+        "dryrun",
+        "--quiet",
+        "--db",
+        tmp_path / "t.db",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "note: tune.configs lists 3 distinct configs: all are measured (sample 1 ignored)" in done.stdout
+
+
 def test_devices_lists_the_builtin_profiles():
     done = kt_cli("devices")
     assert done.returncode == 0 and "h100" in done.stdout and "h200" in done.stdout

@@ -500,6 +500,50 @@ def test_retry_failed_runs_candidate_zero_again_when_it_timed_out_or_crashed(mon
     assert more.baseline["status"] == "ok" and made[-1].batches[0] == 8
 
 
+def test_collect_with_retry_failed_keeps_a_failed_pytorch_row_it_does_not_run_again(
+    monkeypatch, tmp_path, capsys
+):
+    """kt collect runs no baseline, yet --retry-failed deleted the tune's failed PyTorch row (docs: "a failed
+    PyTorch row is never deleted without a rerun"); the failed configs run again filled a bar that started full
+    ("5/4"); and the note told the user to raise --budget, which kt collect has not."""
+    from kt.autotune.database import Database
+
+    class ZeroAndThirdsFail(StandInRunner):
+        seen = 0
+
+        def answer_zero(self, candidate):
+            return Result(candidate, "crash", {}, "crash (the stand-in's)")
+
+        def answer(self, candidate, seconds):
+            ZeroAndThirdsFail.seen += 1
+            if first_run and ZeroAndThirdsFail.seen % 2 == 0:
+                return Result(candidate, "timeout", {}, "timeout (the stand-in's)")
+            return super().answer(candidate, seconds)
+
+    monkeypatch.setattr(tune_module, "make_runner", lambda backend, profile, **o: ZeroAndThirdsFail(profile))
+    starts = []
+    monkeypatch.setattr(
+        tune_module.TuneProgress, "start", lambda self, total, done, *a, **k: starts.append((total, done))
+    )
+    first_run = True
+    kt.tune(SPEC, budget=6, db=tmp_path / "t.db", progress=False, strategy="random")
+    first_run = False
+    with Database(tmp_path / "t.db") as db:
+        rows = {r["config_key"]: r["status"] for r in db.all_rows()}
+    assert rows["pytorch"] == "crash" and sum(s == "timeout" for s in rows.values()) == 3
+    session = kt.collect(
+        SPEC, sample=4, backend="dryrun", db=tmp_path / "t.db", retry_failed=True, progress=True
+    )
+    with Database(tmp_path / "t.db") as db:
+        after = {r["config_key"]: r["status"] for r in db.all_rows()}
+    assert after["pytorch"] == "crash", "deleted, never run again"
+    assert starts[-1] == (4, 3)  # 3 passing rows; the 1 failed config run again makes 4 of 4, not 5 of 4
+    assert session.retry_note.startswith(
+        "retry_failed: 2 failed configs keep their rows: the sample (4) leaves"
+    )
+    assert session.retry_note.endswith("raise sample for more")
+
+
 def test_retry_failed_runs_the_failed_configs_first_and_keeps_those_the_budget_has_no_room_for(
     monkeypatch, tmp_path
 ):

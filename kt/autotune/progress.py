@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.text import Text
 
 from kt.autotune.runners import Result
+from kt.errors import option_word
 
 # columns a bar's row may take when stderr is a file or a pipe: wide enough never to cut it
 PIPED_WIDTH = 1000
@@ -78,7 +79,7 @@ class TuneProgress:
         if done:
             self.note(
                 f"resuming: {done} of {total} configs are already in the database (they count against the "
-                "budget, whichever strategy checked them)"
+                f"{option_word('budget')}, whichever strategy checked them)"
             )
         if self.board is not None:
             self.progress = self.board.progress

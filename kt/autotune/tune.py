@@ -51,7 +51,7 @@ from kt.costmodel.prediction import Prediction, model_noun
 from kt.costmodel.roofline import LAUNCH_S
 from kt.costmodel.staged import predict_records
 from kt.device import DeviceProfile
-from kt.errors import KtError, ModelError, SpecError, counted, option
+from kt.errors import KtError, ModelError, SpecError, counted, option, option_word
 from kt.files import ranking_model
 from kt.ir.problems import Problem
 from kt.spec import OBJECTIVES, OpSpec, check_bool, power_cap
@@ -311,7 +311,7 @@ def plan_tuning(
         count = len(space.legal)  # configs listed twice (the same once defaults are filled in) count once
         listed_note = (
             f"tune.configs lists {count} distinct config{'s' if count != 1 else ''}: all are measured "
-            f"(budget {budget} ignored)"
+            f"({option_word('budget')} {budget} ignored)"
         )
     if listed:
         budget = len(space.legal)
@@ -338,7 +338,7 @@ def plan_tuning(
         distinct = "legal configs" if alias is None else "legal configs that run differently"
         verb = "measured" if measures_time else "checked"
         # what is spent, in place of a sizing note's "measures 22 candidates, not 64" that was never true here
-        note = f"the budget ({asked}) is more than the {programs} {distinct}: " + (
+        note = f"the {option_word('budget')} ({asked}) is more than the {programs} {distinct}: " + (
             # a guided search may stop before them: 16 of 20 measured, the note saying all were
             "the search measures at most all of them (it stops where nothing is expected to beat its best)"
             if measures_time and strategy.adaptive
@@ -1018,12 +1018,15 @@ class _Tuner:
     def value(self, row: dict[str, Any]) -> float | None:
         return objective_value(row, self.plan.objective, self.plan.power_cap_w)
 
-    def known(self, retry_failed: bool, budget: int) -> tuple[dict[int, float | None], list[int], int]:
+    def known(
+        self, retry_failed: bool, budget: int, baseline: bool = True
+    ) -> tuple[dict[int, float | None], list[int], int]:
         """Values of this problem's configs already in the database (they count against the budget); with
         `retry_failed`, the failed (timed-out, crashed) configs to run again, best ranked first, as many as the
         budget leaves room for beside the rows that stay (their rows are deleted: they run first), and how many
         failed ones stay. Every failed row was deleted, and the search then spent the budget on what it chose:
-        failures went without a row and without a word."""
+        failures went without a row and without a word. A failed PyTorch row goes only where `baseline` runs it
+        again (`kt collect`, which runs no baseline, deleted it for good)."""
         known = self.database.measured_configs(**self.key)
         self._check_regime(known.values())
         retry: list[int] = []
@@ -1041,7 +1044,8 @@ class _Tuner:
             retry = failed[: max(0, budget - staying)]
             failed_count = len(failed) - len(retry)
             stale = [known[self.plan.config(index).key()]["id"] for index in retry]
-            stale += [row["id"] for row in [self.baseline_row()] if row and row["status"] in RETRYABLE]
+            if baseline:
+                stale += [row["id"] for row in [self.baseline_row()] if row and row["status"] in RETRYABLE]
             self.database.delete(stale)
             known = self.database.measured_configs(**self.key)
         values = {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
@@ -1170,7 +1174,7 @@ class _Tuner:
         deadline: float | None = None,
         baseline: bool = True,
     ):
-        known, retry, unretried = self.known(retry_failed, budget)
+        known, retry, unretried = self.known(retry_failed, budget, baseline)
         zero = [self.baseline_candidate()] if baseline and self.baseline_row() is None else []
         zero_key, zero_due = {**self.baseline_key, "config_key": BASELINE_KEY}, bool(zero)
         if self.runner.measures_time and strategy.adaptive:
@@ -1186,7 +1190,8 @@ class _Tuner:
             ranked += f" ({self.plan.unapplied})"
         reporter.start(
             total,
-            min(len(known), total),
+            # the failed configs run again fill the budget up (it was full at the start, and went past it)
+            min(len(known), total - len(retry)),
             f"{self.runner.name} on {self.runner.device}",
             summary=f"target {self.profile.label} · space: {self.plan.space.total} configs, "
             f"{len(self.plan.space.legal)} legal · {verb} up to {total}: {strategy.description}, {ranked}",
@@ -1286,8 +1291,8 @@ class _Tuner:
 
         if unretried:
             self.retry_note = (
-                f"{option('retry_failed')}: {counted(unretried, 'failed config')} keep their rows: the budget "
-                f"({budget}) leaves room to run {len(retry)} of them again beside the rows that stay; raise "
+                f"{option('retry_failed')}: {counted(unretried, 'failed config')} keep their rows: the "
+                f"{option_word('budget')} ({budget}) leaves room to run {len(retry)} of them again beside the rows that stay; raise "
                 f"{option('budget')} for more"
             )
             reporter.note(self.retry_note)
