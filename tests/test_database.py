@@ -561,12 +561,14 @@ def test_check_file_refuses_a_wrong_file_at_once_and_leaves_a_new_database_to_be
         check_file(tmp_path / "new.db", create=False)
 
 
-def test_a_row_whose_json_column_is_not_json_is_named_by_its_id(tmp_path):
+@pytest.mark.parametrize("damaged", ["{oops", "[" * 3000 + "]" * 3000])
+def test_a_row_whose_json_column_is_not_json_is_named_by_its_id(tmp_path, damaged):
+    """Nested past Python's recursion limit, a cell raised a RecursionError: a traceback, exit 1."""
     path = tmp_path / "t.db"
     with Database(path) as db:
         db.insert(row())
         db.insert(row(config_key="other"))
-        db.conn.execute("UPDATE measurements SET config = '{oops' WHERE id = 2")
+        db.conn.execute("UPDATE measurements SET config = ? WHERE id = 2", (damaged,))
     with (
         Database(path, create=False, readonly=True) as db,
         pytest.raises(DatabaseError, match=r"t\.db' row id 2: column config is not JSON"),
