@@ -166,7 +166,7 @@ def read_done(
             parser.error(message)
         sys.exit(f"search_vs_tuners: error: {message}")
 
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or path.stat().st_size == 0:  # (a run killed before its header)
         return []
     try:
         with path.open(newline="") as handle:
@@ -438,12 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     handle = writer = None
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new = not args.csv.is_file()
+        new = not args.csv.is_file() or args.csv.stat().st_size == 0
         end_line(args.csv)  # a row cut short by a killed run is not continued by the next
         handle = args.csv.open("a", newline="")
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
+        if new:  # written out at once: a run killed before its first row (minutes) left an empty file, which
+            writer.writeheader()  # every later run refused as not this script's CSV
+            handle.flush()
     try:
         paths = (
             {}  # --repeats 0 runs nothing: no space is loaded (it needed the spaces, or the hub, to tabulate)

@@ -193,6 +193,12 @@ def test_the_side_by_side_benchmark_writes_each_run_and_resumes_from_its_csv(tmp
     assert (
         bench.main([*args, "--strategies", "kt random,kt random"]) == 0 and len(bench.read_done(twice)) == 2
     )
+    # a run killed before its first row (its header was not yet written out): an empty file, which every later
+    # run refused as "not this script's CSV"
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    args = ["--spaces", "convolution_A100", "--budgets", "12", "--repeats", "1", "--csv", str(empty)]
+    assert bench.main([*args, "--strategies", "kt random"]) == 0 and len(bench.read_done(empty)) == 1
 
 
 def test_the_verdicts_say_ahead_level_or_behind_from_each_cells_interval():
