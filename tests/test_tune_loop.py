@@ -801,3 +801,27 @@ def test_a_tune_in_another_timing_regime_than_its_databases_rows_is_refused(tmp_
         tune_module.tune(spec, budget=6, runner=Warm(H100), db=db, model="analytic", progress=False)
     again = tune_module.tune(spec, budget=6, runner=Flushed(H100), db=db, model="analytic", progress=False)
     assert again.newly_measured == 2
+
+    class WarmStoppedAfterZero(Warm):  # stopped (Ctrl-C) once candidate zero's warm row was in
+        def answer_zero(self, candidate):
+            result = super().answer_zero(candidate)
+            result.values["timing_regime"] = "l2_warm"
+            return result
+
+        def run(self, candidates, deadline=None):
+            yield from super().run([c for c in candidates if isinstance(c.config, PyTorchPath)])
+            raise KeyboardInterrupt
+
+    other = tmp_path / "u.db"
+    with pytest.raises(KeyboardInterrupt):
+        tune_module.tune(
+            spec, budget=4, runner=WarmStoppedAfterZero(H100), db=other, model="analytic", progress=False
+        )
+    # the flushed tune chose PyTorch by its warm time against flushed ones
+    with pytest.raises(
+        KtError, match=r"^timing: .*u.db holds this problem's rows timed l2_warm, and this tune"
+    ):
+        tune_module.tune(spec, budget=4, runner=Flushed(H100), db=other, model="analytic", progress=False)
+    kt.collect(
+        spec, sample=4, db=other, backend="dryrun", runner=Flushed(H100), model="analytic", progress=False
+    )

@@ -1028,7 +1028,10 @@ class _Tuner:
         failures went without a row and without a word. A failed PyTorch row goes only where `baseline` runs it
         again (`kt collect`, which runs no baseline, deleted it for good)."""
         known = self.database.measured_configs(**self.key)
-        self._check_regime(known.values())
+        # candidate zero's row too, where this tune compares against it: a warm tune stopped once its PyTorch row
+        # was in left it for a flushed tune, which chose PyTorch by a warm time against flushed ones
+        zero = [row for row in [self.baseline_row()] if row] if baseline else []
+        self._check_regime([*known.values(), *zero])
         retry: list[int] = []
         failed_count = 0
         if retry_failed:
