@@ -493,6 +493,29 @@ def test_kt_nn_reads_the_artifacts_of_every_bucket_a_file_tuned(tmp_path, monkey
         selection._ARTIFACT_DIRS[:] = saved
 
 
+def test_a_relative_kt_db_stays_where_it_was_when_the_process_changes_folder(tmp_path, monkeypatch, caplog):
+    """kt.nn read a relative $KT_DB from the current folder at every lookup: after a chdir (Hydra's) every layer
+    warned that the database "is not there" and ran untuned, where $KT_ARTIFACTS stays where it was."""
+    import logging
+
+    from kt.autotune.database import Database
+    from kt.codegen import family_for
+    from kt.ir import GemmProblem
+    from kt.nn import selection
+
+    with Database(tmp_path / "t.db") as db:
+        assert db.count() == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KT_DB", "t.db")
+    problem = GemmProblem(16, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="kt.nn"):
+        assert selection._best_row(problem, family_for(problem), "gpu") is None
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert selection._best_row(problem, family_for(problem), "gpu") is None
+    assert "not there" not in caplog.text, caplog.text
+
+
 def test_a_relative_kt_artifacts_folder_stays_where_it_was_when_the_process_changes_folder(
     tmp_path, monkeypatch
 ):

@@ -665,6 +665,7 @@ def _artifact_metas(folder: Path) -> list[Path]:
 _MISSING_DIRS: set[Path] = set()  # folders and meta.json files already warned about (each once)
 _UNREADABLE: set[tuple[Path, str]] = set()  # tuning databases (and why) already warned about
 _ENV_DIRS: dict[str, list[Path]] = {}  # $KT_ARTIFACTS's value -> its folders, made absolute when first read
+_ENV_DB: dict[str, Path] = {}  # a relative $KT_DB -> its file, made absolute when first read
 
 
 def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
@@ -676,6 +677,11 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
     from kt.errors import DatabaseError
 
     path = default_path()
+    if (
+        not path.is_absolute()
+    ):  # a relative $KT_DB from where the process first read it, as $KT_ARTIFACTS: after
+        # a chdir (Hydra's) every layer warned that it was not there and ran untuned
+        path = _ENV_DB.setdefault(str(path), Path(os.path.abspath(path)))
     if not path.is_file():
         if os.environ.get("KT_DB") and path not in _MISSING_DIRS:  # a typo would leave every layer untuned
             _MISSING_DIRS.add(path)
