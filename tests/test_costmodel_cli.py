@@ -1354,6 +1354,13 @@ def test_a_csv_that_holds_a_row_twice_is_refused_naming_both_lines(tmp_path):
                        r"holds each row once: keep one copy$"):  # fmt: skip
         read_rows(data)
     assert_one_line_error(kt("costmodel", "eval", "--data", data), "line 4: id ")
+    # exports of two databases joined (each numbers its rows from 1): another row of that id, which "keep one
+    # copy" would have dropped
+    cells = first.split(",", 8)  # (the 8th cell is config_key)
+    data.write_text(header + first + second + ",".join([*cells[:7], "m16n16k16g1w4s2x1", cells[8]]))
+    with pytest.raises(DatabaseError, match=r"line 4: id \d+ again, on another row than line 2's; exports of two "
+                       r"databases joined\? give each row its own id"):  # fmt: skip
+        read_rows(data)
 
 
 def test_fit_refuses_data_of_two_timing_regimes(tmp_path):

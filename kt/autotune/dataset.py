@@ -112,11 +112,19 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
         # config's two copies filled two of an evaluation's top five
         if row.get("id") is not None:
             if row["id"] in seen:
+                line, index = seen[row["id"]]
+                if rows[index] == row:
+                    raise DatabaseError(
+                        f"{where}: id {row['id']} again (line {line} has it); a kt export CSV holds each row once: "
+                        "keep one copy"
+                    )
+                # another row of that id: exports of two databases joined (each numbers its rows from 1), where
+                # "keep one copy" would drop a measurement
                 raise DatabaseError(
-                    f"{where}: id {row['id']} again (line {seen[row['id']]} has it); a kt export CSV holds each "
-                    "row once: keep one copy"
+                    f"{where}: id {row['id']} again, on another row than line {line}'s; exports of two databases "
+                    "joined? give each row its own id (renumber the id column, or leave its cells empty)"
                 )
-            seen[row["id"]] = where.rpartition(" ")[2]
+            seen[row["id"]] = where.rpartition(" ")[2], len(rows)
         rows.append(row)
     return rows
 
