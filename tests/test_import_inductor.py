@@ -367,6 +367,12 @@ BAD_LINES = [
         "line 4: column choice is 'type=triton",
     ),
     (GOOD.replace("not_float_32", "True"), "line 4: column using_tf32 is 'True' for torch.float16"),
+    # past Python's 4,300 digits int() raised: a traceback, exit 1
+    (GOOD.replace("64,32", "9" * 5000 + ",32", 1), "line 4: column m is '99999999999999999999"),
+    (
+        GOOD.replace("extern_mm", TRITON.format("1" * 5000, 32, 64, 3, 4)),
+        "line 4: column choice is 'type=triton",
+    ),
     (
         line(64, 32, 16, "extern_mm", "0.2", strides=(0, 1, 16, 1)),
         "line 4: mat1 (64 x 32) has strides (0, 1)",

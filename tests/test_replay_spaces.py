@@ -260,6 +260,48 @@ def test_a_cache_tuned_for_another_objective_replays_its_times(tmp_path):
     assert list(space.objective) == [1.0, 2.0, 4.0] and space.best == 1.0
 
 
+@pytest.mark.parametrize(
+    "objective,failed",
+    [
+        (["time"], {"__error__": "CompilationFailedConfig"}),  # Kernel Tuner 1.4 and later
+        (["GFLOP/s"], {"__error__": "RuntimeFailedConfig"}),
+        ("GFLOP/s", {"GFLOP/s": "CompilationFailedConfig"}),  # before 1.4, a cache tuned for GFLOP/s
+        ("time", {"time": 1e20}),  # before 0.4.2: a failure's time was 1e20 ms
+    ],
+)
+def test_a_failed_entry_of_every_kernel_tuner_version_reads_as_a_failure(tmp_path, objective, failed):
+    """Kernel Tuner writes a failure in the objective's own field only for a cache tuned for time, up to 1.3.3;
+    a cache tuned for GFLOP/s held the failure there and no time, and from 1.4 a failure is `__error__` with no
+    time (and `objective` a list): one failed point made kt refuse the whole cache ("lacks time"). Before 0.4.2
+    a failure was a time of 1e20, which kt took for a measured time."""
+    path = tmp_path / "cache.json"
+    cache = {str(a): {"a": a, "time": float(a), "GFLOP/s": 100.0 / a} for a in (1, 2, 4)}
+    cache["3"] = {"a": 3, **failed}
+    path.write_text(json.dumps({"tune_params": {"a": [1, 2, 3, 4]}, "objective": objective, "cache": cache}))
+    space = load_kernel_tuner(path)
+    assert [p[0] for p in space.points] == [1, 2, 4, 3] and list(space.failed) == [False, False, False, True]
+    assert space.best == 1.0
+
+
+def test_a_cache_kernel_tuner_left_open_reads_as_kernel_tuner_reads_it(tmp_path):
+    """Kernel Tuner appends `"key": {...},` entries and closes the file as a run ends: one interrupted is read by
+    dropping the last comma and closing it (kt said it was not a Kernel Tuner cache file)."""
+    closed = write_cache(tmp_path / "closed.json")
+    data = json.loads(closed.read_text())
+    data = {
+        **{k: v for k, v in data.items() if k != "cache"},
+        "cache": data["cache"],
+    }  # last, as Kernel Tuner has it
+    text = json.dumps(data, indent=1).rstrip()
+    assert text.endswith("}\n}")
+    opened = tmp_path / "open.json"
+    opened.write_text(text[: -len("}\n}")].rstrip() + ",\n")
+    assert load_kernel_tuner(opened).points == load_kernel_tuner(closed).points
+    opened.write_text(text[:-1] + "x")  # not closed, but not a cache either: the JSON's own error
+    with pytest.raises(SpaceError, match="not a Kernel Tuner cache file"):
+        load_kernel_tuner(opened)
+
+
 def test_config_features_encode_kt_configs_like_any_space():
     x = config_features(
         [{"block_m": 64, "num_warps": 4}, {"block_m": 48, "num_warps": 4}, {"block_m": 128, "num_warps": 8}]

@@ -105,7 +105,9 @@ TF32 = {"True": "tf32", "False": "ieee"}  # fp32 only; other dtypes log not_floa
 NOT_FP32 = "not_float_32"
 EXTERN = "extern_mm"
 CHOICE = re.compile(  # ASCII digits: a regex \d took an Arabic-Indic 2 for num_warps=2
-    r"type=triton_BLOCK-M=([0-9]+)_BLOCK-K=([0-9]+)_BLOCK-N=([0-9]+)_numstages=([0-9]+)_numwarps=([0-9]+)"
+    # at most 18 digits each: past Python's 4,300 int() raised (a traceback); the checks below name the range
+    r"type=triton_BLOCK-M=([0-9]{1,18})_BLOCK-K=([0-9]{1,18})_BLOCK-N=([0-9]{1,18})_numstages=([0-9]{1,18})"
+    r"_numwarps=([0-9]{1,18})"
 )
 CHOICE_FORM = f"{EXTERN} or type=triton_BLOCK-M=.._BLOCK-K=.._BLOCK-N=.._numstages=.._numwarps=.."
 GROUP_M, SPLIT_K = 8, 1  # Inductor's mm template: grouped launch order, no split-K
@@ -545,7 +547,7 @@ def _choice(choice: str, where: str) -> LoggedChoice:
 
 def _int(text: str, column: str, low: int, high: int, where: str) -> int:
     # as Inductor writes them: int() also took "1_152", " 1152" and other scripts' digits
-    value = int(text) if re.fullmatch(r"-?[0-9]+", text) else None
+    value = int(text) if re.fullmatch(r"-?[0-9]{1,18}", text) else None  # (past 4,300 digits int() raised)
     if value is None or not low <= value <= high:
         raise DatabaseError(
             f"inductor: {where}: column {column} is {text[:40]!r}; allowed: an integer from {low} to {high}"

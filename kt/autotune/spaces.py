@@ -271,13 +271,48 @@ def _named_by(part: str, spellings: dict[str, set], listed: list) -> set | None:
     return same or None
 
 
+LEGACY_FAILED_TIME = 1e20  # Kernel Tuner before 0.4.2 wrote a failed configuration's time as this (ms)
+
+
+def _cache_json(text: str) -> Any:
+    """A cache file's JSON; one Kernel Tuner left open (a run interrupted: it appends `"key": {...},` entries and
+    closes the file as a run ends) read as Kernel Tuner reads it, its trailing comma dropped and its two objects
+    closed (it was "not a Kernel Tuner cache file")."""
+    try:
+        return json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError:
+        stripped = text.strip()
+        if len(stripped) < 2 or stripped[-2:] in ("}}", "]}") or re.sub(r"\s", "", stripped)[-2:] == "}}":
+            raise
+        try:
+            return json.loads(stripped.removesuffix(",") + "}\n}", object_pairs_hook=_json_object)
+        except json.JSONDecodeError:
+            pass
+        raise
+
+
+def _failure(record: dict, objectives: list[str]) -> str | None:
+    """The failure a cache entry records, or None: Kernel Tuner 1.4 and later write it as `__error__` (`error`
+    for a while before) with no time; before that, in the objective's own field (`time`, or `GFLOP/s` for a
+    cache tuned for it, with no time); before 0.4.2, as a time of 1e20."""
+    for key in ("__error__", "error"):
+        if isinstance(record.get(key), str):
+            return record[key]
+    if "time" not in record:
+        return next((record[name] for name in objectives if isinstance(record.get(name), str)), None)
+    if _numeric(record["time"]) and record["time"] == LEGACY_FAILED_TIME:
+        return "a failure (time 1e20, as Kernel Tuner before 0.4.2 wrote one)"
+    return None
+
+
 def load_kernel_tuner(path: str | Path) -> TuningSpace:
     """A Kernel Tuner cache file as a TuningSpace: its valid points are the cache's keys."""
     path = existing_file(path, "space", SPACE_HINT, SpaceError)
     try:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rt") as handle:
-            data = json.load(handle, object_pairs_hook=_json_object)
+            text = handle.read()
+        data = _cache_json(text)
     except FileNotFoundError:
         raise SpaceError(f"space: {str(path)!r} not found") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as error:
@@ -325,6 +360,10 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             f"{path}: cache holds the key {twice!r} twice; JSON keeps the last without a word: keep one"
         )
     objective = data.get("objective") or "time"
+    # a name, or (Kernel Tuner 1.4 and later) a list of names
+    objectives = [
+        o for o in (objective if isinstance(objective, list) else [objective]) if isinstance(o, str)
+    ]
     # Kernel Tuner keys a record by its values joined by "," in tune_params_keys order: a key that, read so, names
     # another configuration is refused (a trace names points by their keys). Without that list the order is the
     # file's own (but for one parameter), and a key that reads as no configuration is a name, kept as it is
@@ -343,11 +382,12 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             )
         if (twice := _twice(record)) is not None:
             raise SpaceError(f"{path}: cache entry {cache_key!r} names {twice!r} twice")
-        missing = [k for k in (*keys, "time") if k not in record]
+        failure = _failure(record, objectives)
+        missing = [k for k in (*keys, *(() if failure is not None else ("time",))) if k not in record]
         if missing:
             tuned = (
-                f" (kt replay compares times; this cache was tuned for {objective!r})"
-                if objective != "time"
+                f" (kt replay compares times; this cache was tuned for {', '.join(objectives) or objective!r})"
+                if objectives != ["time"]
                 else ""
             )
             raise SpaceError(f"{path}: cache entry {cache_key!r} lacks {', '.join(missing)}{tuned}")
@@ -385,6 +425,11 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             )
         seen[point] = cache_key
         points.append(point)
+        if failure is not None and not isinstance(
+            record.get("time"), str
+        ):  # (a failure's text in time: below)
+            values.append(math.nan)
+            continue
         value = record["time"]
         if isinstance(value, str) and _number_text(value):  # read as a failure, its time lost
             raise SpaceError(
