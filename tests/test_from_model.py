@@ -521,6 +521,13 @@ def test_discovery_lists_a_skip_once_notes_what_it_tuned_keeps_norm_statistics_a
     assert [path for path, _ in found.skipped] == ["d", "c"], found.skipped
     assert found.plain == ["f"] and found.pointwise == [] and model.training
     assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
+    # a lazy norm not run yet: its buffers could not be cloned (a traceback before the model ran); after the run
+    # it holds a fresh norm's statistics, not the example's
+    lazy = nn.Sequential(nn.LazyLinear(16), nn.LazyBatchNorm1d(), nn.Linear(16, 8)).train()
+    assert len(model_ops(lazy, torch.randn(4, 8) * 10 + 5).specs) == 2
+    assert torch.equal(lazy[1].running_mean, torch.zeros(16)) and torch.equal(
+        lazy[1].running_var, torch.ones(16)
+    )
     big = model_ops(nn.Linear(16, 16, device="meta"), torch.empty(2**25, 16, device="meta"))
     (spec,) = big.specs
     assert spec.shape.m == 2**24 and f"_b{2**24}_" in spec.name, spec.name

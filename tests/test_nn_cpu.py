@@ -1868,6 +1868,47 @@ def test_a_rule_every_layer_of_which_an_earlier_pattern_takes_is_said_to_be_unus
     assert made == ["0", "1"] and all(isinstance(m, knn.DenseLinear) for m in model)
 
 
+def test_structurize_of_shared_layers_root_convolutions_and_lazy_ones():
+    """An audit of structurize: a layer held under two names was refused by structurize_as and load_patterns
+    ("no module of the model" for its second name); a model that is itself a 1x1 convolution or Conv1D was
+    reported replaced and ran dense; a checkpoint's 0-d w1 was an IndexError; an un-run nn.LazyConv2d was called
+    a subclass whose forward may differ."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    def shared(layer):
+        torch.manual_seed(0)
+        lin = layer()
+        return nn.Sequential(lin, nn.ReLU(), lin)
+
+    model = shared(lambda: nn.Linear(8, 8))
+    assert knn.structurize(model, {"*": lambda lin: knn.LowRankLinear.from_dense(lin, 2)}) == ["0", "2"]
+    fresh = shared(lambda: nn.Linear(8, 8))
+    assert knn.structurize_as(fresh, model.state_dict()) == ["0", "2"] and fresh[0] is fresh[2]
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(fresh(x), model(x))
+    sparse = shared(lambda: knn.BlockSparseLinear(32, 32, (4, 4), density=0.5, seed=1))
+    other = shared(lambda: knn.BlockSparseLinear(32, 32, (4, 4), density=0.5, seed=2))
+    assert not np.array_equal(other[0].mask(), sparse[0].mask())
+    assert knn.load_patterns(other, sparse.state_dict()) == ["0"] and other[2] is other[0]
+    assert np.array_equal(other[0].mask(), sparse[0].mask())
+    for root in (nn.Conv2d(8, 16, 1), Conv1D(16, 8)):
+        with pytest.raises(
+            ValueError, match=rf"the model is itself a {type(root).__name__}, which cannot be"
+        ):
+            knn.structurize(root, {"*": lambda lin: knn.LowRankLinear.from_dense(lin, 2)})
+    with pytest.raises(
+        ValueError, match=r"a Monarch layer's state is w1 \(k, p, p\) and w2 \(k, s, p\), got w1 \(\)"
+    ):
+        knn.structurize_as(
+            nn.Sequential(nn.Linear(8, 8)), {"0.w1": torch.tensor(2.0), "0.w2": torch.zeros(2, 4, 4)}
+        )
+    lazy = nn.Sequential(nn.LazyConv2d(8, 1))
+    with pytest.raises(ValueError, match=r"is an nn.LazyConv2d not run yet, with no weight to build from"):
+        knn.structurize(lazy, {"0": lambda lin: knn.LowRankLinear.from_dense(lin, 2)})
+
+
 def test_a_dense_pattern_of_structurize_as_that_matches_no_layer_is_refused():
     """A typo in `dense` (`*.atn.c_proj`) read square DenseLinear weights as Conv1D ones, transposed, without a
     word: GPT-2's logits were 0.14 off."""

@@ -201,12 +201,22 @@ def model_ops(
     ]
     # a norm layer in training mode updates its running statistics from the example: put back after the run
     # (eval() instead would take other paths, nn.TransformerEncoderLayer's fast one past its nn.Linear layers)
-    statistics = [
-        (buffer, buffer.clone())
+    norms = [
+        module
         for module in model.modules()
         if isinstance(module, nn.modules.batchnorm._NormBase)
         and module.training
         and module.track_running_stats
+    ]
+    # a lazy norm not run yet has no statistics to keep (cloning its buffers raised, a traceback): it is reset
+    # after the run instead, as it was made
+    lazy = [
+        m for m in norms if any(nn.parameter.is_lazy(b) for b in m.buffers(recurse=False) if b is not None)
+    ]
+    statistics = [
+        (buffer, buffer.clone())
+        for module in norms
+        if module not in lazy
         for buffer in module.buffers(recurse=False)
         if buffer is not None
     ]
@@ -226,6 +236,9 @@ def model_ops(
         with torch.no_grad():
             for buffer, kept in statistics:
                 buffer.copy_(kept)
+            for module in lazy:
+                if not any(nn.parameter.is_lazy(b) for b in module.buffers(recurse=False) if b is not None):
+                    module.reset_running_stats()
     return found
 
 

@@ -1097,7 +1097,9 @@ def load_patterns(model: nn.Module, state_dict: Mapping[str, Any] | str | os.Pat
 
     state_dict, model = own_names(state_dict), uncompiled(model)  # a compiled model's names, `_orig_mod.` off
     taken, read = [], set()
-    for name, module in model.named_modules():
+    # every name of a layer held under several (`nn.Sequential(bsl, act, bsl)`): its pattern is under each of
+    # them, and the second was refused as "no BlockSparseLinear of the model"
+    for name, module in model.named_modules(remove_duplicate=False):
         if not isinstance(module, BlockSparseLinear):
             continue
         prefix = f"{name}." if name else ""

@@ -120,9 +120,12 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     why = scripted(model)
     if why:  # its layers are no nn.Linear: "it has no nn.Linear"
         raise TypeError(f"structurize: {why}")
-    if isinstance(model, nn.Linear):  # its name is "", which "*" matches: setattr(model, "", layer) added one
+    # its name is "", which "*" matches: setattr(model, "", layer) added one (a root Conv1D or 1x1 convolution
+    # too: reported replaced, its forward still the dense one)
+    if isinstance(model, nn.Linear) or conv1d(model) or pointwise(model):
+        kind = "an nn.Linear" if isinstance(model, nn.Linear) else f"a {type(model).__name__}"
         raise ValueError(
-            "structurize: the model is itself an nn.Linear, which cannot be replaced in place; make the layer "
+            f"structurize: the model is itself {kind}, which cannot be replaced in place; make the layer "
             "directly (e.g. LowRankLinear.from_dense(linear, rank=...)), or wrap it (nn.Sequential(linear))"
         )
     aliases: dict[int, list[str]] = {}  # every name of each nn.Linear
@@ -144,7 +147,12 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         elif isinstance(module, CONVOLUTIONS) and cls not in CONVOLUTIONS:
             base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
             # a 1x1 convolution of a subclass (timm's StdConv2d standardizes its weight): named where matched
-            if not _not_pointwise(module):
+            if _lazy(module):  # (it was called a subclass whose forward may differ)
+                subclassed[name] = (
+                    f"is an nn.{type(module).__name__} not run yet, with no weight to build from; run the model "
+                    f"once (its first forward makes it an nn.{base}), then structurize"
+                )
+            elif not _not_pointwise(module):
                 subclassed[name] = (
                     f"is a {type(module).__name__}: a subclass of {base}, whose forward may differ (timm's "
                     "StdConv2d standardizes its weight), which structurize leaves alone"
@@ -414,7 +422,9 @@ def _check_holders(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
     structurize_as replaced nothing there, without a word, and load_state_dict then listed every key as missing
     or unexpected. transformers' save_pretrained writes some models' weights under their checkpoints' older
     names (SegFormer's, under transformers 5, which renames them as from_pretrained loads)."""
-    modules = dict(model.named_modules())
+    modules = dict(
+        model.named_modules(remove_duplicate=False)
+    )  # a layer held under two names: state under both
     lost = []
     for key in state_dict:
         parts = key.split(".") if isinstance(key, str) else []
@@ -481,7 +491,13 @@ def _layer_of_state(
         ranks = tuple(int(f.shape[1]) for f in factors[:-1])
         return LowRankLinear(*shape, ranks, bias=has_bias, **where)
     if isinstance(get("w1"), torch.Tensor):
-        return MonarchLinear(*shape, int(get("w1").shape[0]), bias=has_bias, **where)
+        w1, w2 = get("w1"), get("w2")
+        if w1.dim() != 3 or not isinstance(w2, torch.Tensor) or w2.dim() != 3:  # an IndexError on a 0-d w1
+            raise ValueError(
+                f"a Monarch layer's state is w1 (k, p, p) and w2 (k, s, p), got w1 {tuple(w1.shape)} and w2 "
+                f"{tuple(w2.shape) if isinstance(w2, torch.Tensor) else type(w2).__name__}"
+            )
+        return MonarchLinear(*shape, int(w1.shape[0]), bias=has_bias, **where)
     if isinstance(get("twiddles"), torch.Tensor):
         return ButterflyLinear(*shape, bias=has_bias, **where)
     if any(isinstance(k, str) and k.startswith(prefix + "terms.0.") for k in state_dict):
@@ -725,11 +741,16 @@ def _unused_rules(names: list[str], maker: str, rule_of: Callable) -> list[str]:
     ]
 
 
-def _left_alone(module: nn.Linear) -> str:
-    """Why structurize leaves an nn.Linear subclass alone, and what to do instead."""
+def _lazy(module: nn.Module) -> bool:
+    """Whether `module` is a lazy module (nn.LazyLinear, nn.LazyConv2d, ...) not run yet."""
     from torch.nn.modules.lazy import LazyModuleMixin
 
-    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+    return isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+
+
+def _left_alone(module: nn.Linear) -> str:
+    """Why structurize leaves an nn.Linear subclass alone, and what to do instead."""
+    if _lazy(module):
         return (
             "is an nn.LazyLinear not run yet, with no weight to build from; run the model once (its first "
             "forward makes it an nn.Linear), then structurize"
