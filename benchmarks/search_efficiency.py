@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from kt.autotune.dataset import read_rows
-from kt.autotune.figures import check_outputs
+from kt.autotune.figures import check_outputs, write_csv
 from kt.autotune.replay import Sweep, reached, replay, sweeps_from_rows
 from kt.autotune.versions import software_versions
 from kt.device import ProfileError, get_profile
@@ -241,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.now(timezone.utc).date().isoformat(),
             "kt": software_versions()["kt"],
         }
-        with args.csv.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[*results[0], *stamp])
-            writer.writeheader()
-            writer.writerows({**r, **stamp} for r in results)
+        # atomically (it wrote in place: a failed or killed write left a cut file where the good one was)
+        write_csv(args.csv, [{**r, **stamp} for r in results])
     figures = ", ".join(
         f"{100 * f:g}%: guided {100 * table[('guided', f)][0]:.1f}% vs random {100 * table[('random', f)][0]:.1f}%"
         for f in fractions

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 
-from kt.autotune.figures import check_outputs, end_line
+from kt.autotune.figures import check_outputs, drop_cut_line
 from kt.autotune.replay import parameter_forest, replay_space
 from kt.autotune.search import FAILING, GuidedSearch, SearchState
 from kt.autotune.spaces import TuningSpace, _numeric, encode, load_kernel_tuner, varying
@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no space found: {', '.join(str(paths[name]) for name in missing)}")
     for name in missing:
         print(f"skip {name}: {paths[name]} not found", file=sys.stderr)
+    if variants:  # a run appends: a line a killed run cut short goes first (its run is redone)
+        drop_cut_line(args.jsonl)
     done = {(r["space"], r["variant"], r["budget"], r["seed"]) for r in read(args.jsonl, parser)}
     jobs = [
         (name, str(path), variant, budget, seed)
@@ -439,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if jobs:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        end_line(args.jsonl)  # a line cut short by a killed run is not continued by the next
         with Pool(args.jobs) as pool, args.jsonl.open("a") as handle:
             for i, row in enumerate(pool.imap_unordered(run, jobs), 1):
                 handle.write(json.dumps(row) + "\n")

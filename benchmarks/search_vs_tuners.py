@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 import time
@@ -53,7 +54,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
-from kt.autotune.figures import check_outputs, end_line
+from kt.autotune.figures import check_outputs, drop_cut_line
 from kt.autotune.replay import replay_space
 from kt.autotune.spaces import TuningSpace, load_kernel_tuner
 
@@ -170,10 +171,14 @@ def read_done(
         return []
     try:
         with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames != COLUMNS:
-                refuse(f"columns {COLUMNS}")
-            return [row for row in reader if all(row.get(column) not in (None, "") for column in COLUMNS)]
+            text = handle.read()
+        # a last row without its line break was cut short (inside its last cell, every column there: it was read
+        # as a finished run, its time cut), and an --against file is read as it is
+        text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if text and reader.fieldnames != COLUMNS:
+            refuse(f"columns {COLUMNS}")
+        return [row for row in reader if all(row.get(column) not in (None, "") for column in COLUMNS)]
     except (UnicodeDecodeError, csv.Error) as exc:
         refuse(str(exc))
 
@@ -432,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     budgets = check_budgets(parser, args.budgets)
     check_outputs(parser, {"--csv": args.csv}, [args.against])
     before = read_done(args.against, "--against", parser) if args.against is not None else None
+    if args.csv is not None:  # a row a killed run cut short goes first (its run is redone)
+        drop_cut_line(args.csv)
     done = read_done(args.csv, "--csv", parser)
     have = {(r["space"], r["strategy"], r["budget_label"], int(r["repeat"])) for r in done}
     rows = list(done)
@@ -439,7 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         new = not args.csv.is_file() or args.csv.stat().st_size == 0
-        end_line(args.csv)  # a row cut short by a killed run is not continued by the next
         handle = args.csv.open("a", newline="")
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         if new:  # written out at once: a run killed before its first row (minutes) left an empty file, which

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from kt.autotune.figures import end_line, write_csv
+from kt.autotune.figures import drop_cut_line, write_csv
 from kt.codegen.compat import triton_version
 from kt.codegen.gemm import DEEP_K_TRITON
 
@@ -109,15 +109,20 @@ def test_write_csv_leaves_nothing_behind_when_the_place_is_a_folder(tmp_path):
     assert (tmp_path / "x.csv").read_bytes() == b"a,b\r\n1,\r\n,2\r\n"  # as csv writes it
 
 
-def test_a_line_cut_short_is_ended_before_more_are_appended(tmp_path):
+def test_a_line_cut_short_is_dropped_before_more_are_appended(tmp_path):
+    """Ended with a newline, a cut line stayed in the middle of the file once more were appended, and every
+    later read refused the file ("line 2 is not JSON")."""
     path = tmp_path / "runs.jsonl"
     path.write_text('{"a": 1}\n{"a": 2, "b"')
-    end_line(path)
+    drop_cut_line(path)
     with path.open("a") as handle:
         handle.write('{"a": 3}\n')
-    assert path.read_text().splitlines() == ['{"a": 1}', '{"a": 2, "b"', '{"a": 3}']
-    end_line(path)  # a whole last line is left as it is
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"a": 3}']
+    drop_cut_line(path)  # a whole last line is left as it is
     assert path.read_text().endswith('{"a": 3}\n')
+    path.write_text('{"a": 1')  # no whole line at all
+    drop_cut_line(path)
+    assert path.read_bytes() == b""
 
 
 @pytest.mark.shipped_models

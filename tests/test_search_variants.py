@@ -74,6 +74,11 @@ def test_base_is_kt_replays_guided_search_and_rows_append_and_resume(tmp_path, c
     assert len(variants.read(out)) == 4, "a rerun skips what it holds and ignores the cut line"
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| radius2-even | 12 | 2 | ")
+    # a run that appends after the cut line drops it: ended with a newline, the fragment stayed in the middle of
+    # the file and every later read refused it ("line 5 is not JSON")
+    more = ["--jsonl", str(out), "--spaces", "convolution_A100", "--budgets", "12", "--seeds", "0-2"]
+    assert variants.main([*more, "--variants", "base", "--jobs", "1"]) == 0
+    assert len(variants.read(out)) == 5 and all(line.endswith("}") for line in out.read_text().splitlines())
 
 
 @needs_data

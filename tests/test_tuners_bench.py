@@ -199,6 +199,13 @@ def test_the_side_by_side_benchmark_writes_each_run_and_resumes_from_its_csv(tmp
     empty.touch()
     args = ["--spaces", "convolution_A100", "--budgets", "12", "--repeats", "1", "--csv", str(empty)]
     assert bench.main([*args, "--strategies", "kt random"]) == 0 and len(bench.read_done(empty)) == 1
+    # a row cut inside its last cell (every column there) was read as a finished run, its time cut short
+    whole = empty.read_bytes()
+    empty.write_bytes(whole[: -len(b"\r\n") - 2])
+    assert bench.read_done(empty) == []
+    assert bench.main([*args, "--strategies", "kt random"]) == 0
+    (row,) = bench.read_done(empty)
+    assert empty.read_bytes().count(b"\r\n") == 2 and len(row["seconds"]) > 4
 
 
 def test_the_verdicts_say_ahead_level_or_behind_from_each_cells_interval():

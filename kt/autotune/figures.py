@@ -106,13 +106,16 @@ def check_outputs(parser, outputs: dict[str, Any], inputs: Iterable[Any] = ()) -
             parser.error(str(exc))
 
 
-def end_line(path: Path) -> None:
-    """End `path` with a newline where a killed writer left its last line unfinished, so that lines appended to
-    it start on their own (they were glued onto the cut one, and both were lost)."""
+def drop_cut_line(path: Path) -> None:
+    """Cut `path` back to the end of its last whole line: a killed writer's unfinished last line goes (its run is
+    redone). Ending it with a newline instead kept the fragment in the middle of the file once more lines were
+    appended, which every later read refused ("line N is not JSON"), and a CSV row cut inside its last cell,
+    every column still there, was read as a finished run."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb+") as handle:
-        handle.seek(-1, os.SEEK_END)
-        if handle.read(1) != b"\n":
-            handle.write(b"\n")
+        data = handle.read()
+        whole = data.rfind(b"\n") + 1
+        if whole != len(data):
+            handle.truncate(whole)
