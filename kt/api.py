@@ -71,8 +71,11 @@ def resolve_profile(name: str | None = "auto") -> DeviceProfile:
         gpu = visible_gpu().name
         profile = gpu_profile(gpu)
         if profile is None:
+            slice_ = (
+                " (a MIG slice: a share of the board's SMs and bandwidth)" if " MIG " in f" {gpu} " else ""
+            )
             raise DeviceError(
-                f"device: no built-in profile for {gpu!r}; run `kt calibrate --out gpu.json` and "
+                f"device: no built-in profile for {gpu!r}{slice_}; run `kt calibrate --out gpu.json` and "
                 f"pass --device gpu.json (or name one of {', '.join(BUILTIN)})"
             )
         return profile

@@ -69,7 +69,7 @@ class DeviceProfile:
     def label(self) -> str:
         """The name to show: the key where a calibrated profile bears a built-in's name (an A100 profile named
         h100 showed as "h100" in every heading, "h100 is sm_80" among them), else the name."""
-        builtin = BUILTIN.get(self.name)
+        builtin = BUILTIN.get(self.name.lower())  # (one named "H100" is read as the built-in h100 too)
         return self.key if builtin is not None and builtin != self else self.name
 
     @property
@@ -147,6 +147,12 @@ class DeviceProfile:
                 f"{where}: smem_per_block ({block}) must not exceed smem_per_sm ({per_sm}): one program's "
                 "shared memory lives on one SM"
             )
+        # whole numbers where a float belongs are floats: 700 and 700.0 are one profile, and its key (the rows'
+        # target, its model file's name) hashed them apart, so a profile pretty-printed by jq was another device
+        floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+        data = {k: float(v) if k in floats else v for k, v in data.items()}
+        if "peak_flops" in data:
+            data["peak_flops"] = {k: float(v) for k, v in data["peak_flops"].items()}
         return cls(**data)
 
 
@@ -284,14 +290,21 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
     """A built-in profile by name (`h100`, `h200`) or a calibrated one from a JSON file; None gives the default."""
     if name_or_path is None:
         return BUILTIN[DEFAULT]
-    if isinstance(name_or_path, DeviceProfile):  # one made in code (kt.build(spec, device=profile))
-        return name_or_path
+    if isinstance(
+        name_or_path, DeviceProfile
+    ):  # one made in code (kt.build(spec, device=profile)), checked as
+        # a file's is (0 SMs gave NaN predictions, compute capability 75 passed)
+        return DeviceProfile.from_dict(name_or_path.to_dict(), "device")
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ProfileError(
             f"expected {', '.join(BUILTIN)}, a profile .json file's path or a DeviceProfile, got "
             f"{type(name_or_path).__name__}"
         )
     key = str(name_or_path)
+    if key.startswith(
+        "~"
+    ):  # `--device=~/gpu.json`, which the shell leaves as it is (as kt's path options do)
+        key = os.path.expanduser(key)
     if key.lower() in BUILTIN:
         return BUILTIN[key.lower()]
     path = Path(key)
@@ -333,8 +346,12 @@ def match_gpu(gpu_name: str) -> DeviceProfile | None:
 
 def guess_gpu(gpu_name: str) -> DeviceProfile | None:
     """For a card kt has no profile of but whose family it knows (a GH200, another H100 form factor): the
-    nearest built-in profile, to be used only with a warning that it is a guess. None for anything else."""
+    nearest built-in profile, to be used only with a warning that it is a guess. None for anything else, and for
+    a MIG slice ("NVIDIA H100 80GB HBM3 MIG 1g.10gb"), a share of the board's SMs and bandwidth: it took the
+    whole board's profile (132 SMs for a slice of 16)."""
     key = _driver_key(gpu_name)
+    if re.search(r"\bmig\b", gpu_name.lower()):
+        return None
     for family, name in _FAMILIES.items():
         if family in key:
             return BUILTIN[name]
@@ -358,7 +375,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def load_profile(path: str | os.PathLike) -> DeviceProfile:
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "not found"
+        what = (
+            "is a folder, not a file"
+            if path.is_dir()
+            else "is not a regular file"  # /dev/null, a pipe: "not found"
+            if path.exists()
+            else "not found"
+        )
         make = f" (make one with `kt calibrate --out {path}` on that GPU)" if not path.exists() else ""
         raise ProfileError(f"device profile file {str(path)!r} {what}{make}")
     try:
@@ -369,6 +392,12 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
         raise ProfileError(
             f"device profile {str(path)!r}: {exc.args[0]!r} is given twice; give it once"
         ) from None
+    except (
+        ValueError,
+        RecursionError,
+    ) as exc:  # past 4,300 digits, nested past the recursion limit: tracebacks
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ProfileError(f"device profile {str(path)!r} is not valid JSON ({why})") from None
     if not isinstance(data, dict):
         raise ProfileError(f"device profile {str(path)!r} must hold a JSON object")
     return DeviceProfile.from_dict(data, where=str(path))

@@ -69,6 +69,18 @@ def test_a_variant_without_a_profile_gets_the_nearest_as_a_stated_guess(monkeypa
     monkeypatch.setattr(gpuinfo, "visible_gpu", lambda: gpuinfo.GpuInfo("NVIDIA L40S", 89))
     with pytest.raises(kt.KtError, match="no built-in profile for 'NVIDIA L40S'"):
         kt.resolve_profile("auto")
+    # a MIG slice (as torch names it) is a share of the board: it took the whole board's profile, 132 SMs
+    for slice_ in (
+        "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+        "NVIDIA H100 NVL MIG 1g.12gb",
+        "NVIDIA H200 MIG 3g.71gb",
+    ):
+        assert match_gpu(slice_) is None and guess_gpu(slice_) is None
+        monkeypatch.setattr(gpuinfo, "visible_gpu", lambda name=slice_: gpuinfo.GpuInfo(name, 90))
+        with pytest.raises(
+            kt.KtError, match=r"no built-in profile for .* \(a MIG slice: a share of the board's"
+        ):
+            kt.resolve_profile("auto")
 
 
 def test_a_saved_profile_loads_back_equal_and_specs_can_name_it(tmp_path):
@@ -201,6 +213,14 @@ def test_profile_file_errors(tmp_path):
         load_profile(tmp_path / "dup.json")
     with pytest.raises(kt.DeviceError, match="unknown device profile 'b200'"):
         kt.resolve_profile("b200")
+    # past 4,300 digits, and nested past the recursion limit: tracebacks
+    (tmp_path / "bigint.json").write_text(data.replace('"sm_count": 132', '"sm_count": ' + "9" * 5000))
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    for name in ("bigint.json", "deep.json"):
+        with pytest.raises(ProfileError, match=rf"{name}' is not valid JSON"):
+            load_profile(tmp_path / name)
+    with pytest.raises(ProfileError, match="'/dev/null' is not a regular file"):  # it was "not found"
+        load_profile("/dev/null")
     # a folder, or nothing (Path("") is "."), was "not found": both exist
     (tmp_path / "profiles.json").mkdir()
     for name, words in (
@@ -274,6 +294,28 @@ def test_a_device_too_long_for_a_file_name_inline_json_or_a_profile_object_is_ha
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_one_profile_has_one_key_whatever_its_numbers_spelling_and_home_paths_and_objects_are_read_as_files(
+    tmp_path, monkeypatch
+):
+    """700 and 700.0 are one profile, but its key (the rows' target, its model file's name) hashed them apart:
+    a profile pretty-printed by jq (which writes 3350000000000.0 as 3350000000000) was another device, its
+    configs measured again. `--device=~/gpu.json` was not found; a profile object made in code was not checked
+    (0 SMs gave NaN predictions); one named "H100" showed as "H100" though it is not the built-in."""
+    profile = dataclasses.replace(H100, name="lab")
+    path = save_profile(profile, tmp_path / "lab.json")
+    data = json.loads(path.read_text())
+    whole = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
+    whole["peak_flops"] = {k: int(v) for k, v in data["peak_flops"].items()}
+    (tmp_path / "jq.json").write_text(json.dumps(whole))
+    assert load_profile(tmp_path / "jq.json").key == load_profile(path).key == profile.key
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert get_profile("~/lab.json") == profile
+    with pytest.raises(ProfileError, match="sm_count must be an integer"):
+        get_profile(dataclasses.replace(H100, name="x", sm_count=0))
+    upper = dataclasses.replace(BUILTIN["a100"], name="H100")
+    assert upper.label == upper.key != "H100"
 
 
 def test_a_calibrated_profile_with_a_built_in_name_shows_its_key_and_odd_limits_show_in_bytes():
