@@ -1712,7 +1712,9 @@ def test_load_state_dict_takes_a_checkpoints_block_pattern_where_it_can():
     assert fresh.layout == knn.BlockSparseLinear(32, 32, (16, 8), mask=[[1, 0, 1, 0], [0, 1, 0, 1]]).layout
 
 
-@pytest.mark.parametrize("checkpoint", ["another block shape", "values of another count"])
+@pytest.mark.parametrize(
+    "checkpoint", ["another block shape", "values of another count", "float64", "two dtypes"]
+)
 def test_a_refused_assign_of_a_block_sparse_checkpoint_leaves_the_layer_as_it_was(checkpoint):
     """A checkpoint whose indices fit the layer's block grid but whose values are no blocks of the layer's (a
     (4, 8) layer's 6 x 2 grid fits a (4, 4) layer's 6 x 4 one): with assign=True its pattern was taken and
@@ -1727,11 +1729,18 @@ def test_a_refused_assign_of_a_block_sparse_checkpoint_leaves_the_layer_as_it_wa
         message = (
             r"^BlockSparseLinear: the state_dict's values \(6, 4, 8\) are not blocks of this layer's \(4, 4\)"
         )
-    else:
+    elif checkpoint == "values of another count":
         state = knn.BlockSparseLinear(16, 24, block=(4, 4), density=0.25).state_dict()
         state["values"] = torch.cat([state["values"], state["values"][:1]])
         message = r"values \(7, 4, 4\) hold 7 blocks where its indices give 6"
-    with pytest.raises(ValueError, match=message):
+    else:  # refused by dtype after the pattern was taken: values uninitialised, indices of garbage
+        state = knn.BlockSparseLinear(16, 24, block=(4, 4), density=0.25, seed=3).state_dict()
+        if checkpoint == "float64":
+            state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+        else:
+            state["values"] = state["values"].half()
+        message = r"float64, which kt's kernels do not take" if checkpoint == "float64" else "would be of"
+    with pytest.raises((ValueError, TypeError), match=message):
         layer.load_state_dict(state, assign=True)
     assert layer.layout == layout and layer.values is values
     torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
@@ -3090,6 +3099,30 @@ def test_a_sum_follows_its_terms_new_pattern_in_every_sum_that_holds_the_term():
     for layer in (first, second):
         layer.zero_grad(set_to_none=True)
         check_against_reference(layer, x, lambda t: t, 1e-4)
+
+
+def test_a_sum_loaded_in_another_process_follows_its_terms_new_pattern(monkeypatch):
+    """The op numbers by which a Sum sees a term's change count in each process: a Sum saved in one process and
+    loaded in a fresh one (torch.load of a whole model, mp.spawn's copy) saw its term's load_pattern take the
+    very number the term was saved with, kept the old pattern's op and refused the term's new weights."""
+    import itertools
+    import pickle
+
+    from kt.nn import layers
+    from kt.sparsity import bsr_indices
+
+    term = knn.BlockSparseLinear(16, 8, (4, 4), mask=[[1, 0, 1, 0], [0, 1, 0, 1]], bias=False)
+    summed = knn.Sum(term, knn.LowRankLinear(16, 8, 2, bias=False))
+    x = torch.randn(3, 16)
+    summed(x)
+    saved = pickle.dumps(summed)
+    number = term.__dict__["_op_number"]
+    # a fresh process: its count starts where the term's number was made
+    monkeypatch.setattr(layers, "_CHANGES", itertools.count(number))
+    loaded = pickle.loads(saved)
+    loaded.terms[0].load_pattern(*bsr_indices(np.array([[1, 1, 0, 0], [1, 1, 0, 0]], dtype=bool)))
+    expected = loaded.terms[0](x) + loaded.terms[1](x) + loaded.bias
+    torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def _outcome(run):

@@ -423,6 +423,15 @@ class _KtLinear(_NoTorchScript, nn.Module, ABC):
         self.__dict__["_op_texts"] = {}
         self.__dict__["_op_number"] = next(_CHANGES)  # a Sum holding this layer remakes its op (`Sum._stale`)
 
+    def __setstate__(self, state) -> None:
+        """Unpickled (torch.load of a whole model, a spawned process's copy): a fresh op number, and a Sum's op
+        remade. The numbers count in each process, so a loaded term's next change could take the very number it
+        was saved with: a Sum kept the old pattern's op and refused its term's new weights."""
+        super().__setstate__(state)
+        if "_op_number" in self.__dict__:
+            self.__dict__["_op_number"] = next(_CHANGES)
+        self.__dict__.pop("_op_changes", None)
+
     def _apply(self, fn, *args, **kwargs):
         probe = fn(self._weights()[-1].detach()[:0])  # what the conversion would make of a weight, on no data
         if probe.is_floating_point() or probe.is_complex():
@@ -886,6 +895,9 @@ class BlockSparseLinear(_KtLinear):
         # exactly (the buffers stay integers, `_write_indices`), else refused by their dtype, not as another
         # pattern (float16 holds integers exactly up to 2048, bfloat16 up to 256)
         who = type(self).__name__
+        # an assign of float64 or of two dtypes is refused before the pattern is taken: the pre-hooks run in the
+        # call below, and the layer was left with the checkpoint's layout, uninitialised values and indices
+        _check_before_load(self, state_dict, prefix, local_metadata)
         names = ("crow_indices", "col_indices")
         for name, mine in zip(names, bsr_indices(self.mask())):
             index = state_dict.get(prefix + name)
@@ -1194,6 +1206,11 @@ class _Terms(nn.ModuleList):
     `_CHANGES` (`Sum._stale`)."""
 
     changes = 0
+
+    def __setstate__(self, state) -> None:  # a fresh number in this process (`_KtLinear.__setstate__`)
+        super().__setstate__(state)
+        if "changes" in self.__dict__:
+            self.changes = next(_CHANGES)
 
     def _changed(self) -> None:
         self.changes = next(_CHANGES)
