@@ -29,6 +29,7 @@ from kt.kernel import Kernel
 from kt.spec import (
     MAX_BUDGET,
     OBJECTIVES,
+    PARSED,
     OpSpec,
     check_bool,
     check_int,
@@ -50,7 +51,11 @@ SpecLike = OpSpec | Mapping | str | os.PathLike
 def as_spec(spec: SpecLike) -> OpSpec:
     """An OpSpec from an OpSpec, a mapping shaped like op.yaml, or the path of an op.yaml."""
     if isinstance(spec, OpSpec):
-        return spec
+        if spec.__dict__.get(PARSED):
+            return spec
+        # one made otherwise (dataclasses.replace, OpSpec(...)) is checked as a file's is: m=-4 built a kernel,
+        # float64 was a KeyError deep in kt
+        return parse_spec(spec.to_dict(), source=spec.source)
     if isinstance(spec, Mapping):
         return parse_spec(spec)
     if isinstance(spec, (str, os.PathLike)):
@@ -195,7 +200,7 @@ def build(
     (node,) = op_from_spec(spec).kernel_graph().kernels
     profile = resolve_profile(spec.device if device is None else device)  # "" is refused, not the spec's
     family = family_for(node.problem)
-    if config == BASELINE_KEY:
+    if isinstance(config, str) and config == BASELINE_KEY:  # (a numpy array's == raised numpy's ValueError)
         return baseline_kernel(spec, profile.name)
     written = isinstance(config, Mapping)
     refused: list[list[str]] = []
@@ -331,9 +336,10 @@ def _device(device: Any) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        raise SpecError("device", f"{device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
     if device.type not in ("cpu", "cuda"):  # meta, mps, ...: torch's random draw or kt's kernels fail there
-        raise ValueError(f"device: {device} is not supported; allowed: cpu, cuda, cuda:N")
+        # (a KtError, as cuda without a GPU is: a plain ValueError passed `except kt.KtError`)
+        raise SpecError("device", f"{device} is not supported; allowed: cpu, cuda, cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device: {device} asked for, but this machine has no CUDA GPU")
     return device
@@ -628,6 +634,7 @@ def evaluate_model(
 
     _check_path(data, "data")
     if model is not None:
+        _check_path(model, "model")  # (a ForestModel or an int was pathlib's TypeError)
         # a model of the same architecture stands in for another card, as the shipped H100 one does in a tune
         forest = ForestModel.load(model, resolve_profile(device) if device else None, stand_in=True)
         records, dropped_rows, dropped_shapes = unseen(
@@ -692,9 +699,11 @@ def inspect(
     from kt.autotune.inspection import inspect_tune
 
     _check_path(path, "path")
-    for name, value in (("db", db), ("plots_dir", plots_dir)):
-        if value is not None:
+    for name, value in (("db", db), ("plots_dir", plots_dir), ("model", model)):
+        if value is not None:  # (a model of another type was pathlib's TypeError, after every row was read)
             _check_path(value, name)
+    if device is not None and not isinstance(device, (str, DeviceProfile)):  # (an AttributeError)
+        resolve_profile(device)  # says what it takes
     return inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
 
 

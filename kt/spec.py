@@ -2,7 +2,9 @@
 
 Validation works on plain mappings and reports the first problem as one line naming the dotted field path and
 what is allowed, the way scikit-learn names a bad argument: `shape.m: must be an integer from 1 to 16777216, got
--3`. An OpSpec is only ever built by `parse_spec`, so every OpSpec in the program is valid.
+-3`. An OpSpec is only ever built by `parse_spec`, so every OpSpec in the program is valid; one made otherwise
+(`dataclasses.replace`, `OpSpec(...)`) lacks parse_spec's mark and is parsed again by `kt.api.as_spec`, which
+every API call goes through.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ class TuneOptions:
         return data
 
 
+PARSED = "_kt_parsed"  # set on an OpSpec that parse_spec made (not a field: equality is the fields')
+
+
 @dataclass(frozen=True)
 class OpSpec:
     op: str
@@ -266,8 +271,15 @@ class OpSpec:
         return data
 
     def replace(self, **changes: Any) -> OpSpec:
-        """A copy with top-level fields changed, validated like a file would be."""
-        return parse_spec({**self.to_dict(), **changes}, source=self.source)
+        """A copy with top-level fields changed, validated like a file would be. A name kt made for the op (none
+        was given) is made again for the new one (it kept the old shape's: `dense_16x16x16_float16` for a
+        48x32x16 float32 op, in its kernel's repr, its rows and its artifact)."""
+        data = self.to_dict()
+        if "name" not in changes and self.name == default_name(
+            self.op, self.shape, self.dtype, self.transposed
+        ):
+            data.pop("name")
+        return parse_spec({**data, **changes}, source=self.source)
 
 
 def load_spec(path: str | os.PathLike) -> OpSpec:
@@ -509,7 +521,9 @@ def _parse(data: Any, source: str | None, check_files: bool = True) -> OpSpec:
     tune = _tune(data.get("tune", {}), "tune", op)
     _check_memory(shape, dtype, sparsity, terms)
     fields = (op, name, dtype, shape, layout, precision, device, tune, source, fft_input, sparsity, terms)
-    return OpSpec(*fields, transposed=transposed)
+    spec = OpSpec(*fields, transposed=transposed)
+    object.__setattr__(spec, PARSED, True)  # (`kt.api.as_spec` checks an OpSpec made otherwise)
+    return spec
 
 
 def default_name(op: str, shape: Shape, dtype: str, transposed: bool = False) -> str:

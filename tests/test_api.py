@@ -273,7 +273,7 @@ def test_plan_and_random_args_name_a_bad_seed_or_device():
     assert kt.plan(SPEC, model="ANALYTIC", budget=1).model == "analytic"
     with pytest.raises(kt.SpecError, match="seed: must be an integer"):
         kt.random_args(SPEC, seed=1.5)
-    with pytest.raises(ValueError, match="device: 'bogus' is not a torch device"):
+    with pytest.raises(kt.KtError, match="device: 'bogus' is not a torch device"):
         kt.random_args(SPEC, device="bogus")
     if not torch.cuda.is_available():
         with pytest.raises(kt.DeviceError, match="device: cuda asked for, but this machine has no CUDA GPU"):
@@ -293,8 +293,8 @@ def test_plan_without_a_gpu_plans_what_a_tune_here_would_do():
 def test_api_options_refuse_meta_devices_non_booleans_and_an_empty_objective(tmp_path):
     """From an API fuzz: random_args(device="meta") failed in torch's words; measures_time="no" and
     retry_failed="no" counted as true by their truthiness; objective="" fell back to the spec's."""
-    with pytest.raises(ValueError, match="^device: meta is not supported; allowed: cpu, cuda, cuda:N$"):
-        kt.random_args(SPEC, device="meta")
+    with pytest.raises(kt.KtError, match="^device: meta is not supported; allowed: cpu, cuda, cuda:N$"):
+        kt.random_args(SPEC, device="meta")  # (a plain ValueError passed `except kt.KtError`)
     with pytest.raises(kt.SpecError, match="measures_time: must be True or False, got 'no' .str."):
         kt.plan(SPEC, measures_time="no")
     with pytest.raises(kt.SpecError, match="objective: '' is not supported"):
@@ -443,3 +443,34 @@ def test_api_arguments_of_the_wrong_form_are_named_in_one_line(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(kt.DeviceError, match=r"has none \(backend='interpret' checks correctness only"):
             kt.collect(SPEC, db=tmp_path / "t.db")
+
+
+def test_an_opspec_made_otherwise_than_by_parse_spec_is_checked_and_replace_renames_a_default_name(tmp_path):
+    """An audit of the API: an OpSpec made with dataclasses.replace (or OpSpec(...)) skipped every check (m=-4
+    built a kernel, float64 was a KeyError deep in kt); `spec.replace(shape=...)` kept the old shape's default
+    name; a numpy array as a config, and a model or device of another type in kt.evaluate_model and kt.inspect,
+    raised numpy's, pathlib's or an AttributeError."""
+    import dataclasses
+
+    import numpy as np
+
+    from kt.spec import DenseShape
+
+    spec = kt.parse_spec({"op": "dense", "shape": {"m": 16, "n": 16, "k": 16}})
+    with pytest.raises(kt.SpecError, match="shape.m: must be an integer from 1 to"):
+        kt.build(dataclasses.replace(spec, shape=DenseShape(-4, 16, 16)))
+    with pytest.raises(kt.SpecError, match="dtype: 'float64' .str. is not supported"):
+        kt.space(dataclasses.replace(spec, dtype="float64"))
+    assert kt.as_spec(spec) is spec
+    renamed = spec.replace(shape={"m": 48, "n": 32, "k": 16}, dtype="float32")
+    assert renamed.name == "dense_48x32x16_float32"
+    assert spec.replace(name="mine").replace(dtype="float32").name == "mine"  # a name given is kept
+    with pytest.raises(kt.SpecError, match="config"):
+        kt.build(spec, np.array([16, 16, 16]))
+    data = tmp_path / "none.csv"
+    data.write_text("")
+    for call in (lambda: kt.evaluate_model(data, model=3), lambda: kt.inspect(data, model=3)):
+        with pytest.raises(kt.SpecError, match="^model: expected a path .a str or os.PathLike., got int$"):
+            call()
+    with pytest.raises(kt.DeviceError, match="got int"):
+        kt.inspect(data, device=3)

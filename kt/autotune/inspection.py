@@ -139,6 +139,8 @@ def _profile(name: str | None, explicit: bool = False) -> DeviceProfile | None:
     data cannot be had here (a calibrated profile's file on another machine). A name the user gave must resolve."""
     from kt.api import resolve_profile
 
+    if isinstance(name, DeviceProfile):  # one made in code, as resolve_profile takes it
+        return resolve_profile(name)
     if not name or name.lower() == "auto":  # as resolve_profile reads it ("AUTO" took h100 there)
         return None
     try:
