@@ -1022,6 +1022,55 @@ def test_a_block_sparse_launchs_a_alignment_is_that_of_x_s_own_rows(in_features,
     assert features([stage], kt.resolve_profile("h100"))[0, FEATURE_NAMES.index("a_align")] == expected
 
 
+def test_block_sparse_kernels_take_a_w_of_no_rows_or_columns_and_strided_index_views():
+    """The block-sparse kernel takes any W in its block size, and its gradient any W's: one of no rows or no
+    columns raised torch's "cannot reshape tensor of 0 elements into shape [-1, 0]"; index tensors that are
+    strided views (torch builds such a BSR tensor unless asked to check invariants) were read at unit stride,
+    the entries between taken for indices (NaN, 1e33, reads past x)."""
+    from kt.codegen.bsrgrad import BsrGradConfig
+    from kt.ir.problems import BsrGradProblem
+
+    mask = np.ones((3, 4), dtype=bool)
+    problem = BlockSparseProblem(13, 64, 48, (16, 16), mask_to_hex(mask), "float32")
+    forward = load_source(
+        family_for(problem).render(problem, TileConfig(16, 16, 16, 1, 4, 2, 1, 0)), interpret=True
+    )
+    gradient_problem = BsrGradProblem(13, 64, 48, (16, 16), mask_to_hex(mask), "float32")
+    gradient = load_source(
+        family_for(gradient_problem).render(gradient_problem, BsrGradConfig(16, 16, 16, 4, 2, 1)),
+        interpret=True,
+    )
+    x = torch.randn(13, 64)
+    assert forward.kernel(x, torch.zeros(0, 64).to_sparse_bsr((16, 16))).shape == (13, 0)
+    torch.testing.assert_close(
+        forward.kernel(torch.randn(13, 0), torch.zeros(32, 0).to_sparse_bsr((16, 16))), torch.zeros(13, 32)
+    )
+    assert gradient.kernel(torch.randn(13, 0), x, torch.zeros(0, 64).to_sparse_bsr((16, 16))).shape == (
+        0,
+        16,
+        16,
+    )
+    assert gradient.kernel(
+        torch.randn(13, 48), torch.randn(13, 0), torch.zeros(48, 0).to_sparse_bsr((16, 16))
+    ).shape == (
+        0,
+        16,
+        16,
+    )
+    torch.manual_seed(0)
+    w = torch.randn(48, 64).to_sparse_bsr((16, 16))
+    crow, col, values = w.crow_indices(), w.col_indices(), w.values()
+
+    def strided(t):  # the same values at stride 2, other numbers between
+        return torch.stack([t, torch.full_like(t, 1000)], 1).reshape(-1)[::2]
+
+    loose = torch.sparse_bsr_tensor(strided(crow), strided(col), values, w.shape)
+    assert not loose.col_indices().is_contiguous() and torch.equal(loose.col_indices(), col)
+    torch.testing.assert_close(forward.kernel(x, loose), F.linear(x, w.to_dense()), rtol=1e-5, atol=1e-5)
+    dy = torch.randn(13, 48)
+    torch.testing.assert_close(gradient.kernel(dy, x, loose), gradient.kernel(dy, x, w), rtol=1e-5, atol=1e-5)
+
+
 def test_kt_show_lists_the_launches_of_each_structure_choice():
     expected = {
         "blocksparse": ["fused=0: x @ W.T (non-zero blocks): (8192 x 410) @ (410 x 4096)"],
