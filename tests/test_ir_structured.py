@@ -411,3 +411,24 @@ def test_the_ir_helpers_take_what_their_neighbours_take():
     assert (half - monarch.to_dense({"w1": d1, "w2": d2})).abs().max() < 1e-2
     with pytest.raises(LoweringError, match="after a butterfly group"):
         lower(LinearMap((ButterflyGroup(8, 1, 1), Diag(8, "d"))))
+
+
+def test_the_slow_references_of_a_real_input_fft_compute_in_complex_and_butterflies_take_numpy_sizes():
+    """`Stage.apply` cast the DFT weights to a real x's dtype (imaginary parts dropped: 4.55 off torch.fft.fft)
+    and `LinearMap.apply_dense` raised torch's dtype mismatch; a butterfly factor, group or map of a numpy
+    integer size was an AttributeError (bit_length), and a float level was taken."""
+    import numpy as np
+
+    from kt.ir.factors import ButterflyFactor
+    from kt.ir.lowering import apply_stages, lower
+    from kt.ir.structured import butterfly_map, fft_map, fft_weights
+
+    weights, fft, x = fft_weights(12, 3, 4), fft_map(12, 3, 4), torch.randn(2, 12, dtype=torch.float64)
+    expected = torch.fft.fft(x)
+    torch.testing.assert_close(apply_stages(lower(fft), x, weights), expected)
+    torch.testing.assert_close(fft.apply_dense(x, weights), expected)
+    assert ButterflyFactor(np.int64(8), np.int64(1)) == ButterflyFactor(8, 1)
+    assert ButterflyGroup(np.int64(8), 0, 2).n == 8 and butterfly_map(np.int64(8)) == butterfly_map(8)
+    for bad in (lambda: ButterflyFactor(8, 1.0), lambda: ButterflyGroup(8, True, 1)):
+        with pytest.raises(ValueError, match="must be an integer"):
+            bad()

@@ -116,6 +116,19 @@ def _positive(factor: Factor, **sizes: int | None) -> None:
             raise ValueError(f"{type(factor).__name__} {name}={size!r}: must be a positive integer")
 
 
+def _whole(factor: Factor, *names: str) -> None:
+    """Each field `names` as a Python int (a numpy integer taken as one), refused when it is no integer (a float
+    or a bool), naming the factor and the field."""
+    for name in names:
+        value = getattr(factor, name)
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            object.__setattr__(factor, name, operator.index(value))
+        except TypeError:
+            raise ValueError(f"{type(factor).__name__} {name}={value!r}: must be an integer") from None
+
+
 def _init_features(factor: Factor, in_features: int, out_features: int) -> None:
     object.__setattr__(factor, "in_features", in_features)
     object.__setattr__(factor, "out_features", out_features)
@@ -250,6 +263,7 @@ class ButterflyFactor(Factor):
 
     def __post_init__(self):
         _positive(self, n=self.n)  # 8.0 was Python's TypeError on `&`
+        _whole(self, "n", "level")  # a numpy integer had no bit_length; a float level failed in to_dense
         if self.n < 2 or self.n & (self.n - 1):
             raise ValueError(f"ButterflyFactor n={self.n}: must be a power of two >= 2")
         if not 0 <= self.level < self.n.bit_length() - 1:
@@ -323,6 +337,7 @@ class ButterflyGroup(Factor):
 
     def __post_init__(self):
         _positive(self, n=self.n)  # 8.0 was an AttributeError on bit_length
+        _whole(self, "n", "first", "levels")  # (numpy integers: an AttributeError on bit_length)
         total = self.n.bit_length() - 1
         if self.n < 2 or self.n & (self.n - 1):
             raise ValueError(f"ButterflyGroup n={self.n}: must be a power of two >= 2")

@@ -47,8 +47,9 @@ class LinearMap:
         return matrix
 
     def apply_dense(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """y = x @ M.T through the dense matrix: the slow, obviously right reference."""
-        return x @ self.to_dense(weights).transpose(-1, -2)
+        """y = x @ M.T through the dense matrix: the slow, obviously right reference (in the dtype both promote
+        to: a real x and a complex DFT map raised torch's dtype mismatch)."""
+        return _times(x, self.to_dense(weights))
 
     def transpose(self) -> LinearMap:
         return LinearMap(tuple(f.transpose() for f in reversed(self.factors)))
@@ -106,11 +107,18 @@ class SumMap:
         return matrix
 
     def apply_dense(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """y = x @ M.T through the dense matrix: the slow, obviously right reference."""
-        return x @ self.to_dense(weights).transpose(-1, -2)
+        """y = x @ M.T through the dense matrix: the slow, obviously right reference (in the dtype both promote
+        to: a real x and a complex DFT map raised torch's dtype mismatch)."""
+        return _times(x, self.to_dense(weights))
 
     def transpose(self) -> SumMap:
         return SumMap(tuple(term.transpose() for term in self.terms))
 
     def __str__(self) -> str:
         return " + ".join(str(term) for term in self.terms)
+
+
+def _times(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """x @ matrix.T in the dtype both promote to."""
+    dtype = torch.promote_types(x.dtype, matrix.dtype)
+    return x.to(dtype) @ matrix.to(dtype).transpose(-1, -2)

@@ -96,13 +96,17 @@ class Stage:
         return self.factor.blocks(weights)
 
     def apply(self, x: torch.Tensor, weights) -> torch.Tensor:
-        """The stage in plain torch (float64 when x is): gather, batched matmul, diagonal, scatter."""
-        blocks = self.blocks(weights).to(x.dtype)
+        """The stage in plain torch (float64 when x is): gather, batched matmul, diagonal, scatter. Real x and
+        complex weights (a real-input FFT's first stage) compute in the complex dtype: cast to x's, the weights'
+        imaginary parts were dropped."""
+        blocks = self.blocks(weights)
+        dtype = torch.promote_types(x.dtype, blocks.dtype)
+        x, blocks = x.to(dtype), blocks.to(dtype)
         gathered = x[:, self.in_map.table(self.nblocks, self.blk_in)]  # (B, g, t)
         z = torch.einsum("bgt,gct->bgc", gathered, blocks)
         if self.diag is not None:
-            z = z * weights[self.diag.weight].to(x.dtype).view(self.nblocks, self.blk_out)
-        y = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+            z = z * weights[self.diag.weight].to(dtype).view(self.nblocks, self.blk_out)
+        y = torch.zeros(x.shape[0], self.out_features, dtype=dtype, device=x.device)
         y[:, self.out_map.table(self.nblocks, self.blk_out)] = z
         return y
 

@@ -8,6 +8,7 @@ The references never touch the factors: they are written from the convention, so
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -21,6 +22,10 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _log2(n: int, what: str) -> int:
+    _require(
+        not isinstance(n, bool) and hasattr(n, "__index__"), f"{what}={n!r}: must be a power of two >= 2"
+    )
+    n = operator.index(n)  # a numpy integer had no bit_length
     _require(n >= 2 and n & (n - 1) == 0, f"{what}={n}: must be a power of two >= 2")
     return n.bit_length() - 1
 
