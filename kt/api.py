@@ -403,7 +403,9 @@ def _model_device(specs: list[OpSpec], device: str | None, model: Any) -> tuple[
 
 def _names_device(spec: OpSpec, device: str | None) -> bool:
     """Whether the target is named otherwise than by a model file: `device`, the spec's, or a GPU here."""
-    return device is not None or spec.device != "auto" or torch.cuda.is_available()
+    # `--device auto` names none (it is the default: with it a model file's device was not the target)
+    named = device is not None and not (isinstance(device, str) and device.lower() == "auto")
+    return named or spec.device != "auto" or torch.cuda.is_available()
 
 
 def _check_tune_options(options: dict[str, Any], several: bool) -> None:

@@ -474,3 +474,18 @@ def test_an_opspec_made_otherwise_than_by_parse_spec_is_checked_and_replace_rena
             call()
     with pytest.raises(kt.DeviceError, match="got int"):
         kt.inspect(data, device=3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the target of a tune that names none, without a GPU")
+def test_device_auto_names_no_target_so_a_model_files_device_is_the_target():
+    """`--device auto` is the default, yet it counted as naming a target: without a GPU it resolved to h100 and
+    refused the A100 model that the same command took without the flag."""
+    from pathlib import Path
+
+    import kt.costmodel.models as models
+
+    a100 = Path(models.__file__).parent / "a100.skops"
+    spec = {"op": "dense", "shape": {"m": 32, "n": 32, "k": 32}}
+    assert kt.plan(spec, model=a100, budget=1).space.device.name == "a100"
+    for device in ("auto", "AUTO"):
+        assert kt.plan(spec, model=a100, budget=1, device=device).space.device.name == "a100"

@@ -553,7 +553,7 @@ def test_collect_says_why_it_measured_other_than_its_sample(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "note: tune.configs lists 3 distinct configs: all are measured (sample 1 ignored)" in done.stdout
+    assert "note: tune.configs lists 3 distinct configs: all are checked (sample 1 ignored)" in done.stdout
 
 
 def test_devices_lists_the_builtin_profiles():

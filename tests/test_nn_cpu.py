@@ -3555,3 +3555,58 @@ def test_a_chain_and_a_monarch_start_at_nn_linears_scale_whatever_their_factors(
             assert 0.6 < layer(x).var().item() / linear < 1.6, layer
     bias = knn.MonarchLinear(1024, 1024, 32).bias
     assert bias.abs().max() <= 1 / math.sqrt(1024)
+
+
+def test_a_weight_gradient_past_the_rows_a_spec_holds_is_selected_at_the_largest_k_that_fits():
+    """A dense weight gradient's K is the rows it sums over: past 2**24 (or past the bytes a spec's operands
+    may hold) its spec was refused, and the backward of a forward that ran raised a SpecError."""
+    deep = selection.bucket_spec({"op": "dense", "dtype": "float32", "shape": {"n": 3, "k": 2**25}}, 16)
+    assert (deep.shape.m, deep.shape.k) == (16, 2**24)
+    wide = selection.bucket_spec({"op": "dense", "dtype": "float32", "shape": {"n": 2**14, "k": 2**26}}, 16)
+    assert wide.shape.k < 2**24 and wide.shape.n == 2**14
+    with pytest.raises(kt.SpecError, match="shape.n"):  # what no rows or K make fit is still refused
+        selection.bucket_spec({"op": "dense", "dtype": "float32", "shape": {"n": 2**25, "k": 16}}, 16)
+
+
+def test_use_artifacts_overtaking_a_selection_under_way_is_not_lost_and_a_choice_made_again_is_said_once(
+    tmp_path, monkeypatch, caplog
+):
+    """A layer selecting its kernel while use_artifacts ran stored its older choice and cleared the stale mark:
+    the new folders were never looked at. And every use_artifacts made every choice again, logging each one's
+    warning again though nothing changed."""
+    import logging
+    import threading
+
+    monkeypatch.setenv("KT_INTERPRET", "1")
+    saved, real = list(selection._ARTIFACT_DIRS), selection._select
+    inside, go = threading.Event(), threading.Event()
+
+    def held(spec, device):
+        inside.set()
+        go.wait(60)
+        return real(spec, device)
+
+    monkeypatch.setattr(selection, "_select", held)
+    try:
+        layer, x = knn.DenseLinear(32, 48), torch.randn(5, 32)
+        with torch.no_grad():
+            thread = threading.Thread(target=layer, args=(x,))
+            thread.start()
+            assert inside.wait(60)
+            knn.use_artifacts(tmp_path)
+            go.set()
+            thread.join(60)
+            (key,) = [k for k in selection._SELECTED if "dense" in k[0]]
+            assert key in selection._STALE, "the choice made before use_artifacts is made again"
+            monkeypatch.setattr(selection, "_select", real)
+            with caplog.at_level(logging.WARNING, logger="kt.nn"):
+                for _ in range(2):
+                    layer(x)
+                    knn.use_artifacts(tmp_path)
+                layer(x)
+        assert caplog.text.count("untuned") == 1, (
+            caplog.text
+        )  # the first choice; the same one again is not said
+    finally:
+        selection._ARTIFACT_DIRS[:] = saved
+        selection._STALE.clear()

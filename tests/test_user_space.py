@@ -190,7 +190,8 @@ def test_configs_tune_exactly_those_whatever_the_budget(tmp_path):
     assert result.plan.budget == 2 and len(result.plan.space.legal) == 2
     assert result.plan.space.dropped[NOT_LISTED] > 1000
     assert any(
-        "tune.configs lists 2 distinct configs: all are measured (budget 7 ignored)" in n
+        "tune.configs lists 2 distinct configs: all are checked (budget 7 ignored)"
+        in n  # (interpreted: not timed)
         for n in result.notes
     )
     meta = json.loads((result.save(tmp_path / "art") / "meta.json").read_text())

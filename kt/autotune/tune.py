@@ -87,6 +87,7 @@ class Plan:
     variant: np.ndarray | None = None
     # the spec lists its configs (tune.configs): every one is measured, so no strategy stops early
     listed: bool = False
+    measures_time: bool = True  # whether the tune times its configs (else it checks them): its notes' verb
 
     @property
     def predicted_s(self) -> np.ndarray:
@@ -113,7 +114,8 @@ class Plan:
         twins = legal - self.programs
         return (
             f"{twins} of the {legal} legal configs run the same program as another (group_m only orders the "
-            "output tiles, and on this grid several values give one order): one of each is measured"
+            "output tiles, and on this grid several values give one order): one of each is "
+            + ("measured" if self.measures_time else "checked")
         )
 
     def config(self, index: int) -> Config:
@@ -310,8 +312,8 @@ def plan_tuning(
     if listed and budget != len(space.legal):
         count = len(space.legal)  # configs listed twice (the same once defaults are filled in) count once
         listed_note = (
-            f"tune.configs lists {count} distinct config{'s' if count != 1 else ''}: all are measured "
-            f"({option_word('budget')} {budget} ignored)"
+            f"tune.configs lists {count} distinct config{'s' if count != 1 else ''}: all are "
+            f"{'measured' if measures_time else 'checked'} ({option_word('budget')} {budget} ignored)"
         )
     if listed:
         budget = len(space.legal)
@@ -376,6 +378,7 @@ def plan_tuning(
         alias,
         variant,
         listed,
+        measures_time,
     )
 
 

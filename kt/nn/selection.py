@@ -48,7 +48,7 @@ import torch
 from kt.autotune.database import BASELINE_KEY
 from kt.errors import SpecError
 from kt.kernel import Kernel
-from kt.spec import OpSpec, parse_spec
+from kt.spec import MAX_DIM, OpSpec, parse_spec
 
 log = logging.getLogger("kt.nn")  # its name says where a message comes from: messages do not repeat it
 MIN_BUCKET = 16
@@ -236,7 +236,10 @@ def use_artifacts(*directories: str | os.PathLike) -> None:
     for path in paths:
         if path not in _ARTIFACT_DIRS:
             _ARTIFACT_DIRS.append(path)
-    # every choice is made again on its next use, and listed by selections() until then (it was forgotten)
+    # every choice is made again on its next use, and listed by selections() until then (it was forgotten); a
+    # selection under way now is made again too (`kernel_for` compares the generation: it stored its older
+    # choice and cleared the mark, and the new folders were never looked at)
+    _GENERATION[0] += 1
     _STALE.update(_SELECTED)
 
 
@@ -313,13 +316,31 @@ def bucket_spec(op: dict[str, Any], rows: int, exact: bool = False) -> OpSpec:
                 shape["m" if data.get("op") == "dense" else "batch"] = size
         return parse_spec(data, check_files=False)
 
+    def fits(size: int) -> bool:
+        try:
+            at(size)
+        except SpecError:
+            return False
+        return True
+
     try:
         return at(size)
     except SpecError as refused:
-        try:
-            at(MIN_BUCKET)
-        except SpecError:
-            raise refused from None  # refused with the fewest rows too: the rows are not what is wrong
+        if not fits(MIN_BUCKET):
+            # a dense weight gradient's K (`DEEP`: the rows it sums over) past what a spec holds (2**24 rows,
+            # or its operands' bytes): the largest power of two that fits, as the rows are lowered below (the
+            # kernel takes the tensors' own K). The backward of a forward that ran raised a SpecError
+            deep = (
+                data.get("op") == "dense"
+                and isinstance(shapes[0], dict)
+                and isinstance(shapes[0].get("k"), int)
+            )
+            while deep and shapes[0]["k"] > MIN_BUCKET and not fits(MIN_BUCKET):
+                shapes[0]["k"] = min(shapes[0]["k"] // 2, MAX_DIM)
+            if not fits(MIN_BUCKET):
+                raise refused from None  # refused with the fewest rows too: the rows are not what is wrong
+            if fits(size):
+                return at(size)
     while size > MIN_BUCKET:
         size //= 2
         try:
@@ -351,7 +372,9 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
 
         op = {key: value for key, value in op.items() if key != "pin"}
         op_text = canonical(op)
-    key = (op_text, bucket(rows), device.type, device.index, torch_path)
+    # past the rows a spec holds, one key (bucket_spec lowers every such bucket to one spec: each was selected,
+    # warned about and listed again)
+    key = (op_text, min(bucket(rows), MAX_DIM), device.type, device.index, torch_path)
     selected = _SELECTED.get(key)
     if selected is None or key in _STALE:
         # one thread selects, the others wait for its choice: threads making a layer's first call at once each
@@ -361,6 +384,7 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
         with lock:  # per key: a layer's compile-checked selection does not hold up other layers' first calls
             selected = _SELECTED.get(key)
             if selected is None or key in _STALE:
+                generation, before = _GENERATION[0], selected
                 spec = bucket_spec(op, rows)
                 if torch_path:
                     selected = Selection(
@@ -371,16 +395,28 @@ def kernel_for(op_text: str, rows: int, device: torch.device) -> Kernel:
                     )
                 else:
                     selected = _select(spec, device)
-                selected = replace(selected, device=device.type, role=_role())
+                # the device with its index: two GPUs' choices were listed and logged alike, "cuda"
+                selected = replace(selected, device=str(device), role=_role())
                 _SELECTED[key] = selected
                 # only now: a selection that raised left the key stale, so the next call selects again (it
-                # ran the choice made before the change without a word)
-                _STALE.discard(key)
-                _log(selected)
+                # ran the choice made before the change without a word); one that use_artifacts overtook stays
+                # stale
+                if _GENERATION[0] == generation:
+                    _STALE.discard(key)
+                else:
+                    _STALE.add(key)
+                # said once: use_artifacts makes every choice again, and the same one's warning came again
+                if before is None or (before.source, before.where, before.runs) != (
+                    selected.source,
+                    selected.where,
+                    selected.runs,
+                ):
+                    _log(selected)
     return selected.kernel
 
 
 _SELECTING = threading.Lock()  # guards _SELECTING_KEY
+_GENERATION = [0]  # how many times use_artifacts has changed where artifacts are looked for
 _SELECTING_KEY: dict[tuple, threading.RLock] = {}  # held while a key's kernel is selected (`kernel_for`)
 
 
@@ -431,7 +467,7 @@ def _log(selected: Selection) -> None:
             message,
             selected.where,
             "tune it on this GPU with `kt tune` for a measured choice"
-            if selected.device == "cuda"
+            if selected.device.startswith("cuda")
             else "a tune on a GPU makes a measured choice",  # (there is none here)
         )
     elif selected.source == NO_PROFILE:
@@ -442,7 +478,9 @@ def _log(selected: Selection) -> None:
             "%s; untuned: kt.nn.selections().write_yaml('ops.yaml') writes the specs for `kt tune ops.yaml` "
             "(then point %s at the result)",
             message,
-            "$KT_DB or $KT_ARTIFACTS" if selected.device == "cuda" else "$KT_ARTIFACTS (`kt tune --out`)",
+            "$KT_DB or $KT_ARTIFACTS"
+            if selected.device.startswith("cuda")
+            else "$KT_ARTIFACTS (`kt tune --out`)",
         )
     else:
         log.info("%s (%s)", message, selected.where)
