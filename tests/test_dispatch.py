@@ -28,19 +28,28 @@ LOGGED = textwrap.dedent("""
 """)
 
 
-def logged(folder, tag: str, number: int, sleep: float = 0.0) -> Task:
-    """A check task whose kernel waits `sleep` seconds, then writes `tag` to folder/order.log: the order in
-    which the worker ran the tasks, as the worker itself saw it."""
-    source = folder / f"{tag}.py"
-    source.write_text(LOGGED.format(sleep=sleep, log=str(folder / "order.log"), tag=tag))
+def _kernel_task(folder, name: str, number: int, source: str) -> Task:
+    """A check task of the kernel `source` (written to folder/<name>.py) on a small GEMM, for group first."""
+    path = folder / f"{name}.py"
+    path.write_text(source)
     payload = {
         "family": "gemm",
-        "problems": [GemmProblem(40, 30, 20).to_dict()],
-        "source_path": str(source),
+        "problems": [GemmProblem(16, 16, 16).to_dict()],
+        "source_path": str(path),
         "device": "cpu",
         "seed": 0,
     }
-    return Task(number, "check", payload, "first", context=tag)
+    return Task(number, "check", payload, "first")
+
+
+def logged(folder, tag: str, number: int, sleep: float = 0.0) -> Task:
+    """A check task whose kernel waits `sleep` seconds, then writes `tag` to folder/order.log: the order in
+    which the worker ran the tasks, as the worker itself saw it."""
+    task = _kernel_task(
+        folder, tag, number, LOGGED.format(sleep=sleep, log=str(folder / "order.log"), tag=tag)
+    )
+    task.context = tag
+    return task
 
 
 def logged_run(dispatcher, folder, tag: str, count: int, first_sleep: float = 0.0) -> None:
@@ -199,19 +208,6 @@ def test_an_abort_stops_every_waiting_run_at_once():
             thread.join(timeout=30)
         assert time.monotonic() - started < 10
     assert len(failures) == 2 and all("stopped" in f for f in failures), failures
-
-
-def _kernel_task(folder, name: str, number: int, source: str) -> Task:
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    payload = {
-        "family": "gemm",
-        "problems": [GemmProblem(16, 16, 16).to_dict()],
-        "source_path": str(path),
-        "device": "cpu",
-        "seed": 0,
-    }
-    return Task(number, "check", payload, "first")
 
 
 RAISES_LATE = (
