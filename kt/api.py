@@ -503,9 +503,8 @@ def collect(
             **options,
         )
     sample = check_int(sample, "sample", 1, MAX_BUDGET)  # as --sample names it
-    with renamed_options(
-        budget="sample"
-    ):  # its notes: "raise --sample for more", not --budget, which it lacks
+    # its notes say "raise --sample for more", not --budget, which it lacks
+    with renamed_options(budget="sample"):
         return run_session(spec, budget=sample, backend=backend, db=db, strategy="random", **options)
 
 

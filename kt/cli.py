@@ -1281,9 +1281,8 @@ def _show_ptx(spec, device, ptx_dir: Path) -> None:
         (chosen,) = pool.run(
             [Task(0, "compile", {**chosen.task.payload, "ptx_dir": str(ptx_dir)}, "compile")]
         )
-    if (
-        chosen.status != "ok"
-    ):  # its PTX not written (a folder named as a launch's file): an empty table, exit 0
+    # its PTX not written (a folder named as a launch's file): kt printed an empty table, exit 0
+    if chosen.status != "ok":
         raise KtError(
             f"--ptx: the PTX of {configs[rank].key()} was not written: {chosen.status}: {chosen.message}"
         )

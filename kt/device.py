@@ -290,10 +290,9 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
     """A built-in profile by name (`h100`, `h200`) or a calibrated one from a JSON file; None gives the default."""
     if name_or_path is None:
         return BUILTIN[DEFAULT]
-    if isinstance(
-        name_or_path, DeviceProfile
-    ):  # one made in code (kt.build(spec, device=profile)), checked as
-        # a file's is (0 SMs gave NaN predictions, compute capability 75 passed)
+    # one made in code (kt.build(spec, device=profile)), checked as a file's is (0 SMs gave NaN predictions,
+    # compute capability 75 passed)
+    if isinstance(name_or_path, DeviceProfile):
         return DeviceProfile.from_dict(name_or_path.to_dict(), "device")
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ProfileError(
@@ -301,9 +300,8 @@ def get_profile(name_or_path: str | os.PathLike | None = None) -> DeviceProfile:
             f"{type(name_or_path).__name__}"
         )
     key = str(name_or_path)
-    if key.startswith(
-        "~"
-    ):  # `--device=~/gpu.json`, which the shell leaves as it is (as kt's path options do)
+    # `--device=~/gpu.json`, which the shell leaves as it is, expanded (as kt's path options are)
+    if key.startswith("~"):
         key = os.path.expanduser(key)
     if key.lower() in BUILTIN:
         return BUILTIN[key.lower()]
@@ -392,10 +390,8 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
         raise ProfileError(
             f"device profile {str(path)!r}: {exc.args[0]!r} is given twice; give it once"
         ) from None
-    except (
-        ValueError,
-        RecursionError,
-    ) as exc:  # past 4,300 digits, nested past the recursion limit: tracebacks
+    # past 4,300 digits, nested past the recursion limit: tracebacks
+    except (ValueError, RecursionError) as exc:
         why = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise ProfileError(f"device profile {str(path)!r} is not valid JSON ({why})") from None
     if not isinstance(data, dict):

@@ -425,9 +425,8 @@ def load_kernel_tuner(path: str | Path) -> TuningSpace:
             )
         seen[point] = cache_key
         points.append(point)
-        if failure is not None and not isinstance(
-            record.get("time"), str
-        ):  # (a failure's text in time: below)
+        # (a failure's text in time is read below)
+        if failure is not None and not isinstance(record.get("time"), str):
             values.append(math.nan)
             continue
         value = record["time"]

@@ -715,10 +715,9 @@ def _best_row(problem, family, gpu: str) -> dict[str, Any] | None:
     from kt.errors import DatabaseError
 
     path = default_path()
-    if (
-        not path.is_absolute()
-    ):  # a relative $KT_DB from where the process first read it, as $KT_ARTIFACTS: after
-        # a chdir (Hydra's) every layer warned that it was not there and ran untuned
+    # a relative $KT_DB from where the process first read it, as $KT_ARTIFACTS: after a chdir (Hydra's) every
+    # layer warned that it was not there and ran untuned
+    if not path.is_absolute():
         path = _ENV_DB.setdefault(str(path), Path(os.path.abspath(path)))
     if not path.is_file():
         if os.environ.get("KT_DB") and path not in _MISSING_DIRS:  # a typo would leave every layer untuned
