@@ -159,7 +159,9 @@ class TuneOptions:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["space"] = {axis: list(values) for axis, values in self.space}
+        # (a mapping set in code, dataclasses.replace(tune, space={...}), as written: it was a bare ValueError)
+        pairs = self.space.items() if isinstance(self.space, Mapping) else self.space
+        data["space"] = {axis: list(values) for axis, values in pairs}
         data["configs"] = [dict(config) for config in self.configs]
         for key in ("space", "configs"):
             if not data[key]:  # written only when set, so older artifacts' specs keep their keys

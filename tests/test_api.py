@@ -462,6 +462,9 @@ def test_an_opspec_made_otherwise_than_by_parse_spec_is_checked_and_replace_rena
     with pytest.raises(kt.SpecError, match="dtype: 'float64' .str. is not supported"):
         kt.space(dataclasses.replace(spec, dtype="float64"))
     assert kt.as_spec(spec) is spec
+    # a tune.space set in code as a mapping (a bare ValueError as it was checked again)
+    mapped = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, space={"block_m": [16]}))
+    assert {c.block_m for c in kt.space(mapped).legal} == {16}
     renamed = spec.replace(shape={"m": 48, "n": 32, "k": 16}, dtype="float32")
     assert renamed.name == "dense_48x32x16_float32"
     assert spec.replace(name="mine").replace(dtype="float32").name == "mine"  # a name given is kept

@@ -94,6 +94,35 @@ def test_family_level_mistakes_are_one_line_errors_naming_the_field(tune, field,
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("extra", [{"fused": 2}, {"fused": 7}, {"fused": 1, "levels": 3, "split": 7}])
+def test_a_listed_monarch_config_is_the_config_written_not_one_of_its_key(extra):
+    """Listed configs were looked up by key, and a block-GEMM config's key is `-fused` for any fused value and
+    leaves levels and split out: `fused: 2` (or another family's levels) was taken for the legal fused=1 config,
+    tuned in its place, where kt.build refused the same mapping."""
+    config = {
+        "block_b": 16,
+        "block_n": 16,
+        "block_k": 16,
+        "group": 1,
+        "num_warps": 4,
+        "num_stages": 2,
+        **extra,
+    }
+    with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run monarch"):
+        kt.space(
+            spec_with({"configs": [config]}, {**MONARCH, "shape": {"batch": 1024, "n": 256, "nblocks": 16}})
+        )
+
+
+def test_a_space_of_values_some_of_which_no_legal_config_has_does_not_call_them_each_legal():
+    """ "the values asked for are each legal" was said as soon as one value of each axis was: of `tma: [0, 1]`
+    on an A100, whose legal values it then listed as tma 0 alone."""
+    spec = spec_with({"space": {"tma": [0, 1], "block_m": [256], "block_n": [256], "num_warps": [2]}})
+    with pytest.raises(SpecError, match="leaves none of the") as raised:
+        kt.space(spec, device="a100")
+    assert "each legal" not in str(raised.value) and "tma 0;" in str(raised.value)
+
+
 def test_a_listed_structured_config_the_op_does_not_offer_says_why():
     config = {
         "block_b": 16,

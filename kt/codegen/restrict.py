@@ -61,7 +61,8 @@ def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], .
     if not kept:
         legal = {axis: sorted({getattr(c, axis) for c in space.legal}) for axis in keep}
         listing = "; ".join(f"{axis} {', '.join(map(str, values))}" for axis, values in legal.items())
-        alone = all(set(values) & set(legal[axis]) for axis, values in keep.items())
+        alone = all(set(values) <= set(legal[axis]) for axis, values in keep.items())  # (every value: one
+        # legal value of an axis said so of `tma: [0, 1]` where only tma 0 is legal)
         # each value asked for is legal somewhere, but not together: say so (the listing blamed no value)
         why = "; the values asked for are each legal, but no legal config has them together" if alone else ""
         raise SpecError(
@@ -72,9 +73,11 @@ def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], .
 
 
 def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int], ...], ...]):
-    legal = {c.key(): c for c in space.legal}
+    # by the config itself, not its key: a key leaves fields out (a block-GEMM config's is `-fused` for any
+    # fused value, without levels or split), and `fused: 2` was taken for the legal fused=1 config in its place
+    legal = set(space.legal)
     names = [f.name for f in fields(family.config_type)]
-    chosen: dict[str, Any] = {}
+    chosen: dict[Any, Any] = {}
     for i, pairs in enumerate(listed):
         path = f"tune.configs[{i}]"
         data = dict(pairs)
@@ -84,14 +87,14 @@ def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int],
             raise SpecError(path, str(exc).removeprefix("config: ").removeprefix("config.")) from None
         except TypeError:  # a field without a default left out
             raise SpecError(path, missing_fields(family.name, names, data)) from None
-        if config.key() not in legal:
+        if config not in legal:
             raise SpecError(
                 path,
                 # by its key, as kt space and kt predict name it (its str listed every field of every family)
                 f"{config.key()} cannot run {problem} on {device.name}: "
                 f"{why_illegal(family, problem, config, device)}",
             )
-        chosen.setdefault(config.key(), legal[config.key()])
+        chosen.setdefault(config, config)
     return replace(
         space, legal=tuple(chosen.values()), dropped={**space.dropped, NOT_LISTED: len(legal) - len(chosen)}
     )
