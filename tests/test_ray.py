@@ -511,3 +511,90 @@ def test_a_run_closed_early_leaves_no_task_running_for_the_next_run(local_ray, t
         later = list(pool.run([_task(2), _task(3)]))
         assert sorted(o.task.id for o in later) == [2, 3]
         assert {o.status for o in later} == {"ok"}, [o.message for o in later]
+
+
+def test_an_aborted_dispatcher_run_leaves_no_task_running_and_a_slow_caller_gets_no_false_timeout(
+    local_ray, tmp_path
+):
+    """An aborted dispatcher run (Ctrl-C, one op's error, in ops tuned at once) returned with its actor still
+    running the abandoned task: the next run's task waited behind it and was recorded a timeout. And ray.wait
+    hands back one finished result a pass: a caller that took longer than the timeout over an earlier result
+    had a finished task recorded a timeout and its actor killed."""
+    import threading
+    import time
+
+    from kt.autotune.dispatch import Dispatcher, DispatcherStopped
+
+    hang = tmp_path / "k_hang.py"
+    hang.write_text("import time\ntime.sleep(600)\n")
+    with RayPool({"interpret": (1, {"TRITON_INTERPRET": "1"})}, timeout_s=300) as pool:
+        assert [o.status for o in pool.run([_task(0)])] == ["ok"]
+        stopped = []
+        with Dispatcher(pool) as dispatcher:
+
+            def op():
+                with pytest.raises(DispatcherStopped):
+                    list(dispatcher.run([_task(1, hang)]))
+                stopped.append(True)
+
+            thread = threading.Thread(target=op)
+            thread.start()
+            time.sleep(3)
+            dispatcher.abort()
+            thread.join(60)
+        assert stopped
+        pool.timeout_s = 30
+        assert [(o.task.id, o.status) for o in pool.run([_task(2)])] == [(2, "ok")]
+    with RayPool({"interpret": (2, {"TRITON_INTERPRET": "1"})}, timeout_s=4) as pool:
+        assert sorted(o.status for o in pool.run([_task(3), _task(4)])) == ["ok", "ok"]  # both actors started
+        seen = []
+        for outcome in pool.run([_task(5), _task(6)]):
+            seen.append((outcome.task.id, outcome.status))
+            if len(seen) == 1:
+                time.sleep(6)  # the caller busy with the first result past the timeout
+        assert sorted(status for _, status in seen) == ["ok", "ok"], seen
+
+
+def test_a_sigterm_inside_ray_init_shuts_ray_down_and_reaches_kts_handler(monkeypatch):
+    """ray.init sets its own SIGTERM handler (sys.exit(15)) first thing: a SIGTERM before it returned exited 15
+    without a word and left Ray's agents running. And Ray raises kt's _Terminated again as a plain
+    KeyboardInterrupt (inside ray.wait): kt said "kt: interrupted" and then "kt: terminated (SIGTERM)"."""
+    import signal
+    import types
+
+    from click.testing import CliRunner
+
+    from kt import cli
+    from kt.autotune import raypool
+
+    shut = []
+
+    class Terminated(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Terminated
+
+    fake = types.SimpleNamespace(
+        init=lambda **kwargs: (_ for _ in ()).throw(SystemExit(signal.SIGTERM)),
+        is_initialized=lambda: True,
+        shutdown=lambda: shut.append(True),
+    )
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Terminated):
+            raypool._connect(fake, "auto")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert shut == [True]
+
+    def stopped_in_ray(*args, **kwargs):
+        cli._STOPPED.append(signal.SIGTERM)
+        raise KeyboardInterrupt  # as Ray raises the _Terminated again
+
+    monkeypatch.setattr(cli.kt, "plan", stopped_in_ray)
+    result = CliRunner().invoke(
+        cli.main, ["space", str(Path(__file__).parents[1] / "examples" / "dense.yaml")]
+    )
+    assert result.exit_code == 143 and "kt: interrupted" not in result.output, result.output
+    assert result.output.count("kt: terminated (SIGTERM)") == 1, result.output

@@ -164,11 +164,19 @@ class RayPool:
             # closed early (its caller raised mid-loop) or failed: an actor still running this run's task would
             # run the next run's after it, whose timeout counted the wait (a spurious timeout) and whose timing
             # came after it; Ray restarts the actor, and its next task waits for the new one
-            for slot, _, _ in busy.values():
-                with contextlib.suppress(Exception):
-                    ray.kill(slot["actor"], no_restart=False)
-                self._restarted(slot)
+            self._abandon(ray, busy)
             raise
+        if inbox is not None and inbox.aborted:  # (Ctrl-C, one op's error, in ops tuned at once) the same: a
+            # caller's runner used again queued its next task behind the abandoned one, timed out counting the wait
+            self._abandon(ray, busy)
+
+    def _abandon(self, ray, busy) -> None:
+        """Restart the actors still running this run's tasks."""
+        for slot, _, _ in busy.values():
+            with contextlib.suppress(Exception):
+                ray.kill(slot["actor"], no_restart=False)
+            self._restarted(slot)
+        busy.clear()
 
     def _run(self, ray, pending, busy, follow_up, deadline, inbox) -> Iterator[Outcome]:
         while pending or busy or (inbox is not None and inbox.open):
@@ -233,6 +241,10 @@ class RayPool:
                         "or GPUs it asks for, or a slow start)"
                     )
                 elif now - sent > self.timeout_s:
+                    if ray.wait([ref], timeout=0)[
+                        0
+                    ]:  # done meanwhile (ray.wait hands back one a pass, and the
+                        continue  # caller took a while over an earlier result): read next pass, no timeout
                     message = f"no result after {self.timeout_s:.0f} s"
                 else:
                     continue
@@ -431,6 +443,16 @@ def _connect(ray, address: str) -> None:
         if ray.is_initialized():
             with _ctrl_c_held():
                 ray.shutdown()
+        raise
+    except SystemExit as exc:
+        # ray.init sets its own SIGTERM handler (sys.exit(15)) first thing: a SIGTERM before it returned exited
+        # 15 without a word and left Ray's agents running. The Ray started is shut down, and kt's handler acts
+        if not (callable(sigterm) and exc.code == signal.SIGTERM):
+            raise
+        if ray.is_initialized():
+            with _ctrl_c_held():
+                ray.shutdown()
+        sigterm(signal.SIGTERM, None)
         raise
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's own words, on one line
         from kt.errors import one_line
