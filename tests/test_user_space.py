@@ -22,6 +22,7 @@ def spec_with(tune: dict, op: dict | None = None):
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MONARCH = {"op": "monarch", "dtype": "float16", "shape": {"batch": 64, "n": 256, "nblocks": 16}}
+MONARCH_CONFIG = {"block_b": 16, "block_n": 16, "block_k": 16, "group": 1, "num_warps": 4, "num_stages": 2}
 LISTED = [
     {"block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8, "num_stages": 3},
     {"block_m": 64, "block_n": 64, "block_k": 32},  # group_m, warps, stages, split_k: the config's defaults
@@ -99,15 +100,7 @@ def test_a_listed_monarch_config_is_the_config_written_not_one_of_its_key(extra)
     """Listed configs were looked up by key, and a block-GEMM config's key is `-fused` for any fused value and
     leaves levels and split out: `fused: 2` (or another family's levels) was taken for the legal fused=1 config,
     tuned in its place, where kt.build refused the same mapping."""
-    config = {
-        "block_b": 16,
-        "block_n": 16,
-        "block_k": 16,
-        "group": 1,
-        "num_warps": 4,
-        "num_stages": 2,
-        **extra,
-    }
+    config = {**MONARCH_CONFIG, **extra}
     with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run monarch"):
         kt.space(
             spec_with({"configs": [config]}, {**MONARCH, "shape": {"batch": 1024, "n": 256, "nblocks": 16}})
@@ -124,15 +117,7 @@ def test_a_space_of_values_some_of_which_no_legal_config_has_does_not_call_them_
 
 
 def test_a_listed_structured_config_the_op_does_not_offer_says_why():
-    config = {
-        "block_b": 16,
-        "block_n": 16,
-        "block_k": 16,
-        "group": 1,
-        "num_warps": 4,
-        "num_stages": 2,
-        "fused": 1,
-    }
+    config = {**MONARCH_CONFIG, "fused": 1}
     transposed = {**MONARCH, "transposed": True}  # runs the forward map only fused: offers fused 0 alone
     with pytest.raises(SpecError, match=r"tune.configs\[0\]: .*fused=1 is not offered"):
         kt.space(spec_with({"configs": [config]}, transposed))
