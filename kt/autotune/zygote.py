@@ -186,28 +186,35 @@ class Zygote:
     def spawn(self, env: dict[str, str], to_child: int, from_child: int, log: int) -> ForkedWorker | None:
         """Ask for a worker serving the pipe ends `to_child` (it reads) and `from_child` (it writes), its output
         to `log`. The descriptors are copied to the zygote; the caller still closes its own. None where the
-        zygote, alive, cannot take the request: start a fresh process.
+        request cannot be written (no temporary file): start a fresh process.
 
         The request, {env, cwd} as JSON, goes in a temporary file whose descriptor is sent with the others: as
         the socket message itself, an environment over the socket's buffer (about 200 KB) failed to send
         (EMSGSIZE), which was taken for the zygote's death, and the pool restarted the worker for ever."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         message = json.dumps({"env": env, "cwd": os.getcwd()}).encode()
+        # no temporary file here (a full disk) is not the zygote's death, and a retry would fail the same way:
+        # a fresh process
         try:
-            with tempfile.TemporaryFile() as request:
-                request.write(message)
-                request.flush()
-                with self._lock:
-                    socket.send_fds(
-                        self.sock, [b"r"], [to_child, from_child, log, theirs.fileno(), request.fileno()]
-                    )
+            request = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, once sent
         except OSError:
-            if self.process.poll() is None:  # alive: not a death, and a retry would fail the same way
-                ours.close()
-                return None
-            # the zygote is gone: a worker that died at once (the pool's crash path restarts it)
+            return None
+        try:
+            request.write(message)
+            request.flush()
+        except OSError:
+            request.close()
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                socket.send_fds(
+                    self.sock, [b"r"], [to_child, from_child, log, theirs.fileno(), request.fileno()]
+                )
+        except OSError:  # the zygote is gone: a worker that died at once (the pool's crash path restarts it)
+            pass
         finally:
             theirs.close()
+            request.close()
         worker = ForkedWorker(self, ours)
         worker.poll()
         return worker
