@@ -335,11 +335,13 @@ def bucket_spec(op: dict[str, Any], rows: int, exact: bool = False) -> OpSpec:
                 and isinstance(shapes[0], dict)
                 and isinstance(shapes[0].get("k"), int)
             )
-            while deep and shapes[0]["k"] > MIN_BUCKET and not fits(MIN_BUCKET):
+            fitted = False
+            while deep and not fitted and shapes[0]["k"] > MIN_BUCKET:
                 shapes[0]["k"] = min(shapes[0]["k"] // 2, MAX_DIM)
-            if not fits(MIN_BUCKET):
+                fitted = fits(MIN_BUCKET)
+            if not fitted:
                 raise refused from None  # refused with the fewest rows too: the rows are not what is wrong
-            if fits(size):
+            with contextlib.suppress(SpecError):
                 return at(size)
     while size > MIN_BUCKET:
         size //= 2
