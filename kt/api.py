@@ -696,7 +696,7 @@ def inspect(
     in `db`, default the tune's database) or a tuning database (every measured problem in it). Compares the
     tuner's stored predictions and a forest's (`model`, else forests fitted on the other shapes, holding out
     each inspected one) with the measurements, and writes plots to `plots_dir` (default: the artifact, or
-    <db stem>-inspect/ next to the database). `device` names the target profile when the data cannot."""
+    <data file name>-inspect/ next to the data file). `device` names the target profile when the data cannot."""
     from kt.autotune.inspection import inspect_tune
 
     _check_path(path, "path")

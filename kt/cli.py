@@ -2362,7 +2362,7 @@ def evaluate(data, model, folds, device, gpu, seed):
     "plots_dir",
     type=_Path(file_okay=False, path_type=Path),
     default=None,
-    help="Directory for the PNG plots (default: the artifact, or <db stem>-inspect/ next to the database).",
+    help="Directory for the PNG plots (default: the artifact, or <data file name>-inspect/ next to the data file).",
 )
 @MODEL_DEVICE
 @GPU

@@ -792,6 +792,20 @@ def test_inspect_a_database_writes_both_plots_and_prints_the_metrics(gpperf, tmp
     assert not (tmp_path / "none").exists()
 
 
+def test_inspect_plots_of_a_database_and_its_csv_export_side_by_side_go_to_two_folders(gpperf, tmp_path):
+    # both were plotted into rows-inspect/, the second file's plots over the first's
+    db = tmp_path / "rows.db"
+    shutil.copyfile(gpperf["db"], db)
+    with Database(db, create=False, readonly=True) as database:
+        database.export_csv(tmp_path / "rows.csv")
+    for data in (db, tmp_path / "rows.csv"):
+        result = kt("inspect", data, "--device", gpperf["profile"])
+        assert result.exit_code == 0, result.stderr
+        assert_png(tmp_path / f"{data.name}-inspect" / "predicted_vs_measured.png")
+        assert str(tmp_path / f"{data.name}-inspect" / "predicted_vs_measured.png") in result.stdout
+    assert not (tmp_path / "rows-inspect").exists()
+
+
 def test_inspect_an_artifact_holds_its_shape_out_of_the_forest(gpperf, tmp_path):
     row = next(r for r in gpperf["rows"] if r["problem"]["m"] == 128256 and r["problem"]["k"] == 1024)
     device = {"target": "rtx4070", "ran_on": RTX4070, "runner": "cuda"}

@@ -99,7 +99,8 @@ def inspect_tune(
                 f"db: {path} is already the data to inspect; {option('db')} is for an artifact directory"
             )
         result, profile, training = _data_rows(path, device, gpu)
-        default_plots = path.parent / f"{path.stem}-inspect"
+        # the whole file name: a database and its CSV export side by side (kt.db, kt.csv) get a folder each
+        default_plots = path.parent / f"{path.name}-inspect"
     else:
         existing_path(path, "inspect", INSPECT_HINT)  # not found (a socket or a fifo is neither)
         raise KtError(f"inspect: {str(path)!r} is neither a folder nor a file; {INSPECT_HINT}")
