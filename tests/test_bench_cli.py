@@ -233,7 +233,12 @@ def test_a_damaged_older_or_self_overwriting_report_is_refused_and_benchmarks_md
         ),
         "appended": (
             lambda text: text + text.splitlines(keepends=True)[_tune_line(text) - 1],
-            "holds the case dense fp16 4096^3 float16 twice; give one run's report",
+            "holds the case dense fp16 4096^3 twice; give one run's report",
+        ),
+        # one name of two dtypes: the table keys a device's rows by name, so the second went over the first
+        "two-dtypes": (
+            lambda text: text + set_cell("dtype", "bfloat16")(text).splitlines(keepends=True)[line - 1],
+            "holds the case dense fp16 4096^3 twice; give one run's report",
         ),
         "no-command": (set_cell("command", ""), f"line {line}: command is empty; a figure must name its"),
         # a quoted line break is valid CSV: each merge split the table's row in two and kept the old halves
@@ -900,6 +905,15 @@ def test_a_case_a_later_run_did_not_reach_keeps_its_measured_row_and_a_failed_re
     whose re-timing of kt's kernel gave a wrong result read "not timed", a dry run's words."""
     table = _merged_table(tmp_path)
     before = table.read_text()
+    # an earlier run that did not reach the butterfly, merged after the butterfly's run alone (18:27): it was
+    # refused as older (its not-reached row was compared by date before it was left out)
+    earlier = _edited_run(
+        H200_MERGES[1], tmp_path / "earlier", started_at="2026-12-04T18:10:00+00:00",
+        status="not reached: the part's time share ran out first", kt_ms="", kt_status="", ratio="", kt_tflops="",
+    )  # fmt: skip
+    done = kt_cli("bench", "--from", str(earlier), "--update", str(table))
+    assert done.returncode == 0 and "0 rows of" in done.stdout, done.stderr
+    assert table.read_text() == before
     later = "2026-12-05T09:00:00+00:00"
     unreached = _edited_run(
         H200_MERGES[1], tmp_path / "unreached", started_at=later, date="2026-12-05",
