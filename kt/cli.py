@@ -1118,6 +1118,9 @@ def baseline_summary(result) -> str:
         return f"PyTorch ({impl}): checked, not timed (no GPU)"
     ratio = result.baseline_ratio
     if ratio is None:
+        why = result.baseline_left_out
+        if why:
+            return f"PyTorch ({impl}): {_ms(row['runtime_ms'])} ms, not compared ({why})"
         return f"PyTorch ({impl}): {_ms(row['runtime_ms'])} ms, nothing generated was timed"
     return f"{ratio:.2f}x vs PyTorch ({impl}, {_ms(row['runtime_ms'])} ms)"
 

@@ -772,6 +772,38 @@ def test_a_power_cap_pytorchs_path_meets_makes_it_the_artifact_where_every_gener
         assert not any("no power readings" in n for n in result.notes), result.notes
 
 
+def test_pytorchs_path_is_compared_by_the_objective_the_best_was_chosen_by_or_said_to_be_left_out(
+    runner, monkeypatch, tmp_path
+):
+    """An energy tune without power readings chooses by time, but compared PyTorch's path by energy: no ratio,
+    and the summary said "nothing generated was timed" of a tune that timed eight configs; PyTorch's path over
+    the power cap (or without an energy reading) was left out of the choice without a word. (The stand-in's
+    runtimes are the analytic model's outputs and its wattages figures the test gives, not readings.)"""
+    from kt.cli import baseline_summary
+
+    _, power = runner
+    power["pytorch"] = "slowest"
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "e.db", progress=False, objective="energy")
+    assert result.best.objective == "time" and not result.best.pytorch
+    assert result.baseline_ratio == result.baseline["runtime_ms"] / result.best.runtime_ms > 1
+    assert baseline_summary(result).startswith(f"{result.baseline_ratio:.2f}x vs PyTorch (")
+
+    class PyTorchOverTheCap(StandInRunner):
+        def answer_zero(self, candidate):
+            values = {"runtime_ms": 1e-6, "rel_err": 0.0, "power_w": 400.0, "energy_mj": 4e-4}
+            return Result(candidate, "ok", values)
+
+    monkeypatch.setattr(
+        tune_module, "make_runner", lambda backend, profile, **o: PyTorchOverTheCap(profile, power_w=100.0)
+    )
+    result = kt.tune(SPEC, budget=4, db=tmp_path / "c.db", progress=False, power_cap_w=200)
+    assert not result.best.pytorch and result.baseline_ratio is None
+    assert "PyTorch's own path (torch.matmul) was not compared: it drew 400 W, over the 200 W power cap" in (
+        result.notes
+    )
+    assert baseline_summary(result).endswith(" ms, not compared (it drew 400 W, over the 200 W power cap)")
+
+
 def test_a_tune_in_another_timing_regime_than_its_databases_rows_is_refused(tmp_path):
     """A database keeps one row per config: a warm-L2 tune over flushed rows measured nothing and chose among
     them, or, with a larger budget, mixed the two regimes in one ranking."""

@@ -436,6 +436,8 @@ class Best:
     predicted_ms: float | None = None
     row: dict[str, Any] = field(default_factory=dict)
     pytorch: bool = False  # True: no generated kernel beat PyTorch's own path, which is the best
+    # the objective a measured choice was ranked by: the tune's, or time where no config had a power reading
+    objective: str | None = None
 
 
 @dataclass(eq=False)  # it holds a Plan (== raised)
@@ -467,12 +469,22 @@ class TuneResult:
 
     @property
     def baseline_ratio(self) -> float | None:
-        """PyTorch's measured objective over the best generated kernel's (> 1: kt is faster); None when either
-        was not timed."""
-        theirs = self.value(self.baseline) if self.baseline else None
-        generated = [self.value(r) for r in self.rows]
-        ours = min((v for v in generated if v is not None), default=None)
+        """PyTorch's measured objective over the best generated kernel's (> 1: kt is faster), by the objective
+        the best was chosen by (time, where an energy tune had no power reading: the ratio was by energy, None);
+        None when either was not timed or PyTorch's path was left out (`baseline_left_out`)."""
+        objective = self.best.objective or self.objective
+
+        def value(row: dict[str, Any]) -> float | None:
+            return objective_value(row, objective, self.plan.power_cap_w)
+
+        theirs = value(self.baseline) if self.baseline else None
+        ours = min((v for v in map(value, self.rows) if v is not None), default=None)
         return theirs / ours if theirs and ours else None
+
+    @property
+    def baseline_left_out(self) -> str | None:
+        """Why PyTorch's timed path was not compared (over the power cap, no energy reading), or None."""
+        return baseline_left_out(self.baseline, self.best.objective or self.objective, self.plan.power_cap_w)
 
     def statuses(self) -> Counter:
         return Counter(row["status"] for row in self.rows)
@@ -555,6 +567,20 @@ def objective_value(row: dict[str, Any], objective: str, power_cap_w: float | No
     if row.get("energy_mj") is None:
         return None
     return row["energy_mj"] if objective == "energy" else row["energy_mj"] * row["runtime_ms"]
+
+
+def baseline_left_out(
+    baseline: dict[str, Any] | None, objective: str, power_cap_w: float | None
+) -> str | None:
+    """Why PyTorch's own path (candidate zero), timed and passing, has no value for `objective`: it drew more
+    than the cap, or has no energy reading; None when it has one, or was not timed."""
+    if baseline is None or objective_value(baseline, "time") is None:
+        return None
+    if objective_value(baseline, objective, power_cap_w) is not None:
+        return None
+    if power_cap_w is not None and baseline.get("power_w") is not None and baseline["power_w"] > power_cap_w:
+        return f"it drew {baseline['power_w']:.0f} W, over the {power_cap_w:g} W power cap"
+    return f"it has no energy reading to rank by {objective}"
 
 
 def tune(
@@ -1512,6 +1538,10 @@ def choose_best(
             objective_value(baseline, objective, power_cap_w) if baseline else None
         )  # (by time, if so above)
         best_value, row = min(scored, key=lambda pair: pair[0]) if scored else (None, None)
+        left_out = baseline_left_out(baseline, objective, power_cap_w)
+        if left_out and scored:
+            # it was left out of the choice without a word, and the summary said nothing generated was timed
+            notes.append(f"PyTorch's own path ({baseline_impl(plan.problem)}) was not compared: {left_out}")
         if theirs is not None and (best_value is None or theirs <= best_value):
             impl = baseline_impl(plan.problem)
             if over_cap:
@@ -1543,6 +1573,7 @@ def choose_best(
                 None,
                 baseline,
                 pytorch=True,
+                objective=objective,
             )
         if scored:
             return Best(
@@ -1553,6 +1584,7 @@ def choose_best(
                 row.get("energy_mj"),
                 row["predicted_ms"],
                 row,
+                objective=objective,
             )
     else:
         passing = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["rank"])
