@@ -1,5 +1,7 @@
 """The generated GEMM kernel against float64 torch.matmul, in Triton's interpreter (or on the GPU when present)."""
 
+import threading
+
 import pytest
 import torch
 from conftest import DEVICE, gemm_module, rel_err
@@ -266,6 +268,25 @@ def test_the_tma_kernel_with_a_subtiled_epilogue_writes_both_halves_of_each_tile
     module.kernel(a, b, out=out)
     assert torch.isfinite(out).all(), "every output element must be written"
     assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+def test_the_tma_kernels_allocator_is_set_for_each_thread_that_launches_it():
+    """Triton keeps its allocator in a context variable, one per thread: the module set it once per process, so
+    a TMA launch from any thread after the first (kt.nn layers called in threads, nn.DataParallel) raised
+    "no allocator was set". Each thread here starts with a fresh context, as on the GPU."""
+    allocation = pytest.importorskip("triton.runtime._allocation")  # where Triton 3.6 to 3.9 keep it
+    module = gemm_module(GemmProblem(48, 40, 128, dtype="float16"), TMA)
+    seen = []
+
+    def launch_setup():
+        module._set_allocator()
+        seen.append(allocation._allocator.get())
+
+    for _ in range(2):
+        thread = threading.Thread(target=launch_setup)
+        thread.start()
+        thread.join()
+    assert len(seen) == 2 and not any(isinstance(a, allocation.NullAllocator) for a in seen), seen
 
 
 @pytest.mark.parametrize(
