@@ -285,6 +285,24 @@ def test_a_fault_in_the_last_run_of_rows_is_caught(fault, monkeypatch):
         assert result.rel_err == pytest.approx(8 * problem.tolerance() * (8 / 64) ** 0.5, rel=0.2)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_reference_that_is_not_finite_fails_the_check_whatever_the_output(bad):
+    """NaN > tolerance is False: a reference with one NaN (or inf, whose difference is NaN) passed every finite
+    output, zeros included, with rel_err NaN. The check fails closed: the reference is named as wrong."""
+
+    class Broken(GemmProblem):
+        def reference(self, *args):
+            y = super().reference(*args)
+            y[0, 0] = bad
+            return y
+
+    def zeros(a, b, out=None):
+        return out.zero_()
+
+    result = check_kernel(_module(zeros), Broken(16, 8, 4, dtype="float32"), seed=0, device="cpu")
+    assert not result.ok and result.message.startswith("the reference result is not finite"), result
+
+
 @pytest.mark.parametrize("write", ["zeroed a", "scaled b", "bsr values", "bsr indices"])
 def test_a_kernel_that_writes_into_its_inputs_is_refused(write):
     """The reference is computed from the arguments after the call: a kernel that zeroed its input and wrote

@@ -492,10 +492,25 @@ def test_timing_settings_refuse_a_negative_energy_time_and_an_unknown_regime():
     replay; an unknown regime was timed as l2_warm."""
     from kt.autotune.timing import TimingSettings
 
-    with pytest.raises(ValueError, match="cooldown_ms and energy_s must be at least 0"):
+    with pytest.raises(ValueError, match=r"timing: energy_s must be a finite number >= 0, got -1.0"):
         TimingSettings(energy_s=-1.0)
-    with pytest.raises(ValueError, match="cooldown_ms and energy_s must be at least 0"):
+    with pytest.raises(ValueError, match=r"timing: cooldown_ms must be a finite number >= 0, got -1.0"):
         TimingSettings(cooldown_ms=-1.0)
+    # NaN passed `< 0` (each candidate then slept NaN seconds and was recorded a crash), inf slept for ever,
+    # and the other figures were not checked
+    for name, value in [
+        ("cooldown_ms", float("nan")),
+        ("cooldown_ms", float("inf")),
+        ("energy_s", float("nan")),
+        ("target_ms", float("nan")),
+        ("warmup_ms", float("inf")),
+        ("warmup_ms", "30"),
+    ]:
+        with pytest.raises(ValueError, match=f"timing: {name} must be a finite number >= 0, got {value!r}"):
+            TimingSettings(**{name: value})
+    with pytest.raises(ValueError, match="flush_bytes must be an integer >= 1 in regime l2_flushed, got 0"):
+        TimingSettings(flush_bytes=0)  # flushed nothing, and its rows said l2_flushed
+    assert TimingSettings(regime="l2_warm", flush_bytes=0).flush_bytes == 0
     with pytest.raises(ValueError, match="timing regime: 'l2_cold' is not supported"):
         TimingSettings(regime="l2_cold")
     assert TimingSettings(energy_s=0.0, cooldown_ms=0.0).energy_s == 0.0

@@ -112,14 +112,19 @@ def check_kernel(module: ModuleType, problem, seed: int, device: str | torch.dev
         top = max(top, float(ref.abs().max()))
         del ref, got, diff
     tiny = torch.finfo(torch.float64).tiny
+    if not (math.isfinite(ref_sq) and math.isfinite(top)):
+        # a reference with NaN or inf in it: NaN > limit is False, so every finite output passed
+        return CheckResult(
+            False, None, "the reference result is not finite: the problem's reference is wrong"
+        )
     err = math.sqrt(err_sq) / max(math.sqrt(ref_sq), tiny)
-    if err > limit:
+    if not err <= limit:
         return CheckResult(
             False, err, f"relative error {err:.2e} over the {problem.dtype} tolerance {limit:.0e}"
         )
     # A few wrong elements vanish in a norm over millions: bound the worst element too.
     worst /= max(top, tiny)
-    if worst > MAX_ERROR_FACTOR * limit:
+    if not worst <= MAX_ERROR_FACTOR * limit:
         return CheckResult(
             False,
             err,

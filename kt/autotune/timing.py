@@ -28,6 +28,7 @@ named `wall_*`, never `runtime_ms`: nothing stores or reports them as measuremen
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -62,8 +63,20 @@ class TimingSettings:
             raise ValueError(
                 f"timing regime: {self.regime!r} is not supported; allowed: {', '.join(REGIMES)}"
             )
-        if self.cooldown_ms < 0 or self.energy_s < 0:
-            raise ValueError("timing: cooldown_ms and energy_s must be at least 0")
+        for name in ("target_ms", "warmup_ms", "energy_s", "cooldown_ms"):
+            value = getattr(self, name)
+            # NaN passed `< 0`: each candidate slept NaN seconds and was recorded a crash
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"timing: {name} must be a finite number >= 0, got {value!r}")
+        least = 1 if self.regime == "l2_flushed" else 0  # 0 flushed nothing, and its rows said l2_flushed
+        if (
+            isinstance(self.flush_bytes, bool)
+            or not isinstance(self.flush_bytes, int)
+            or self.flush_bytes < least
+        ):
+            raise ValueError(
+                f"timing: flush_bytes must be an integer >= {least} in regime {self.regime}, got {self.flush_bytes!r}"
+            )
         if not (
             isinstance(self.min_runs, int)
             and isinstance(self.max_runs, int)
