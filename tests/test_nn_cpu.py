@@ -1250,7 +1250,9 @@ def test_backward_computes_only_the_gradients_autograd_asks_for(name, monkeypatc
             "ButterflyLinear: in_features must be a positive integer, got 16.0",
         ),
         (lambda: knn.FFT(0), "FFT: n must be a positive integer, got 0"),
-        (lambda: knn.FFT(1), "FFT: n must be an integer from 2 to 16777216, got 1"),
+        (lambda: knn.FFT(1), "FFT: n must be an integer from 2 to 1048576, got 1"),
+        # past two DFT stages of 1024: the op's field was named, not the argument
+        (lambda: knn.FFT(2**20 + 2), "FFT: n must be an integer from 2 to 1048576, got 1048578"),
         (lambda: knn.FFT(16.0), "FFT: n must be a positive integer, got 16.0"),
     ],
 )

@@ -37,7 +37,7 @@ from kt.sparsity import (
     mask_to_hex,
     random_mask,
 )
-from kt.spec import MAX_CHAIN, MAX_DIM, MAX_TERMS, SpecError, check_seed
+from kt.spec import FFT_MAX_BLOCK, MAX_CHAIN, MAX_DIM, MAX_TERMS, SpecError, check_seed
 
 
 def conv1d(module: Any) -> bool:
@@ -1485,8 +1485,10 @@ class FFT(_NoTorchScript, nn.Module):
         if not isinstance(input, str) or input not in ("complex", "real"):
             raise ValueError(f"FFT: input must be 'complex' or 'real', got {shown(input)}")
         n = _count(n, "n", "FFT")
-        if not 2 <= n <= MAX_DIM:
-            raise ValueError(f"FFT: n must be an integer from 2 to {MAX_DIM}, got {n}")
+        # the op's own limit (two DFT stages of at most FFT_MAX_BLOCK), not MAX_DIM: FFT(1) named 2**24, and an n
+        # between them was refused naming the op's field, not the argument
+        if not 2 <= n <= FFT_MAX_BLOCK**2:
+            raise ValueError(f"FFT: n must be an integer from 2 to {FFT_MAX_BLOCK**2}, got {n}")
         self.n, self.input, self.float_dtype = n, input, dtype
         op = {"op": "fft", "dtype": dtype_name(dtype), "shape": {"n": n}, "input": input}
         _check_op(op, "FFT")
