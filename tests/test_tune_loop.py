@@ -281,6 +281,28 @@ def test_a_tune_from_a_forest_keeps_it_and_corrects_it(runner, tmp_path):
     assert result.trace.models[1] == f"{start.describe()} corrected on 8 measured rows"
 
 
+def test_a_model_object_of_another_device_is_the_targets_a_stand_in_or_refused():
+    """A model file fitted for another device is refused (or a stand-in of the same architecture); a model
+    object was used as given: its own device's roofline under the target's name (an H100's analytic model
+    ranked an A100 space 3x too fast, without a word)."""
+    from kt.errors import ModelError
+
+    a100, h200 = {**SPEC, "device": "a100"}, {**SPEC, "device": "h200"}
+    analytic = kt.plan(a100, budget=4, model=AnalyticModel(H100))
+    own = kt.plan(a100, budget=4, model="analytic")
+    assert np.array_equal(analytic.prediction.runtime_s, own.prediction.runtime_s)
+    forest = small_forest()
+    with pytest.raises(
+        ModelError, match=r"predicts for h100 \(sm_90\), which cannot stand in for a100 \(sm_80\)"
+    ):
+        kt.plan(a100, budget=4, model=forest)
+    plan = kt.plan(h200, budget=4, model=forest)
+    assert plan.model.startswith("forest for h100 predicting h200 with its own roofline"), plan.model
+    assert forest.device.key == "h100" and forest.fitted_device is None, (
+        "the caller's forest is left as it was"
+    )
+
+
 def test_a_correction_fitted_on_what_the_start_already_predicts_changes_nothing():
     records = stand_in_records(
         [(512, 512, 512), (300, 700, 200)], [(64, 64, 32, 4, 3), (128, 128, 64, 8, 4)] * 3

@@ -200,12 +200,14 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     for another device).
     """
     if isinstance(model, AnalyticModel):
-        return model
+        # the roofline of the model's own device predicted under the target's name (an H100's for an A100: 3x
+        # too fast); the analytic model holds nothing else, so it is the target's, as "analytic" is
+        return model if model.device.key == profile.key else AnalyticModel(profile)
     from kt.costmodel.correction import CorrectedModel
     from kt.costmodel.forest import ForestModel
 
     if isinstance(model, (ForestModel, CorrectedModel)):
-        return model
+        return _model_object_for(model, profile)
     if model is None:
         shipped = shipped_model_path(profile)
         if shipped is None:
@@ -230,6 +232,28 @@ def resolve_model(profile: DeviceProfile, model: str | os.PathLike | CostModel |
     if ranking_model(model) == "analytic":
         return AnalyticModel(profile)
     return ForestModel.load(model, profile, stand_in=True)  # same architecture: as kt's own model
+
+
+def _model_object_for(model: CostModel, profile: DeviceProfile) -> CostModel:
+    """A forest (or a corrected model) made in code, for `profile`: as it is when it predicts for that device; a
+    forest of another device of the same architecture as a stand-in for it, as a model file of one loads
+    (`ForestModel.load(stand_in=True)`: a copy, predicting with the target's roofline); else refused, as such a
+    file is. It was used as given: its own device's roofline under the target's name, without a word."""
+    import copy
+
+    from kt.costmodel.forest import ForestModel
+
+    device = model.device
+    if device.key == profile.key:
+        return model
+    if isinstance(model, ForestModel) and device.compute_capability == profile.compute_capability:
+        stand_in = copy.copy(model)
+        stand_in.device, stand_in.fitted_device = profile, model.fitted_device or device
+        return stand_in
+    raise ModelError(
+        f"model: {model.describe()} predicts for {device.key} (sm_{device.compute_capability}), which cannot "
+        f"stand in for {profile.key} (sm_{profile.compute_capability}); give a model of {profile.key}"
+    )
 
 
 _SHIPPED: dict[tuple, Any] = {}  # (file, its mtime and size, profile key) -> the loaded ForestModel
