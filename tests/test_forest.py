@@ -567,6 +567,26 @@ def test_a_forest_says_what_of_a_problem_or_device_it_never_saw(fitted, saved):
     assert "device h200 (fitted for h100" in borrowed.unseen({"family": "gemm", "dtype": seen})
 
 
+def test_a_forest_says_which_float32_precision_it_never_saw():
+    """tf32 runs on tensor cores and ieee does not: a forest of tf32 rows alone predicted ieee ones with no
+    warning (an audit on Inductor's H100 rows found them far off), where one that never saw float32 said so."""
+    records = shared_stand_in_records(
+        [(512, 512, 512), (300, 700, 200)], [(64, 64, 32, 4, 3), (128, 128, 64, 8, 4)] * 3
+    )
+    tf32 = [{**r, "dtype": "float32", "precision": "tf32", "itemsize": 4} for r in records]
+    forest = ForestModel(H100, n_estimators=4).fit(tf32)
+    assert forest.trained["precisions"] == ["tf32"]
+    assert forest.unseen({"family": "gemm", "dtype": "float32", "precision": "tf32"}) is None
+    note = forest.unseen({"family": "gemm", "dtype": "float32", "precision": "ieee"})
+    assert note == (
+        "the cost model never saw this float32 precision ieee (it learned tf32): its predictions here are "
+        "extrapolations"
+    )
+    assert forest.unseen({"family": "gemm", "dtype": "float32"}) == note  # ieee unless said
+    del forest.trained["precisions"]  # a file fitted before kt recorded them: not known, not said
+    assert forest.unseen({"family": "gemm", "dtype": "float32", "precision": "ieee"}) is None
+
+
 def test_a_forest_names_the_split_and_launch_order_values_it_never_saw():
     """The shipped forests learned Inductor's template, which never splits K and launches in groups of 8, yet
     ranked kt's split-K and other-group configs without a word (on kt's H200 rows it favoured split-K)."""

@@ -216,6 +216,9 @@ class ForestModel:
             "shapes": len(shape_keys(records)) or None,
             "families": sorted({r["family"] for r in records}),
             "dtypes": sorted({r["dtype"] for r in records}),
+            # float32's precisions (tf32 runs on tensor cores, ieee does not): a forest of tf32 rows alone
+            # predicted ieee ones far off without a word
+            "precisions": sorted({r.get("precision") or "ieee" for r in records if r["dtype"] == "float32"}),
             "shape_keys": shape_keys([r for _, rows in sets for r in rows]),
             "other_devices": [{"device": p.key, "rows": len(rows)} for p, rows in others],
             "baseline_rows": len(baseline) if self.baseline_forest is not None else 0,
@@ -295,6 +298,11 @@ class ForestModel:
             )
         if dtypes and record.get("dtype") not in dtypes:
             new.append(f"dtype {record.get('dtype')} (it learned {', '.join(dtypes)})")
+        # (a file fitted before kt recorded them holds none: not known, not said)
+        precisions = t.get("precisions") or [] if record else []
+        precision = record.get("precision") or "ieee"
+        if record.get("dtype") == "float32" and precisions and precision not in precisions:
+            new.append(f"float32 precision {precision} (it learned {', '.join(precisions)})")
         if not new:
             return None
         return f"the cost model never saw this {'; '.join(new)}: its predictions here are extrapolations"
