@@ -270,6 +270,50 @@ def test_the_tma_kernel_with_a_subtiled_epilogue_writes_both_halves_of_each_tile
     assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
 
 
+def test_a_call_aligned_where_the_tuned_problem_was_not_runs_with_the_stages_that_fit(monkeypatch):
+    """A 16-bit operand whose rows are not 16-element aligned is loaded into one shared-memory buffer, and its
+    config is judged legal with that; Triton builds a program per call's alignment, so the same kernel.py called
+    with aligned rows kept a buffer per stage and could not launch (sm_90: 245,760 bytes of 232,448 for
+    m128n256k64 s5 at N=1024, tuned at N=1000). Such a call now runs with the most stages that fit; at the tuned
+    problem's own alignment the error is raised as it is. A stand-in launcher raises Triton's OutOfResources
+    where an aligned build would not fit (the interpreter has no shared memory)."""
+    from triton.runtime.errors import OutOfResources
+
+    config = GemmConfig(block_m=32, block_n=32, block_k=32, group_m=2, num_warps=4, num_stages=3)
+    module = gemm_module(GemmProblem(40, 24, 32, dtype="float16"), config)  # B's rows of 24: unaligned
+    assert (module.A_UNALIGNED, module.B_UNALIGNED) == (False, True)
+    real, tried = module.gemm_kernel, []
+
+    class OverTheLimit:
+        def __init__(self, aligned_too: bool):
+            self.aligned_too = aligned_too
+
+        def __getitem__(self, grid):
+            def launch(*args, num_stages, **meta):
+                tried.append(num_stages)
+                aligned = args[1].stride(-2) % 16 == 0
+                if num_stages > 1 and (aligned or self.aligned_too):
+                    raise OutOfResources(245760, 232448, "shared memory")
+                return real[grid](*args, num_stages=num_stages, **meta)
+
+            return launch
+
+    monkeypatch.setattr(module, "_FITTED_STAGES", {})
+    monkeypatch.setattr(module, "gemm_kernel", OverTheLimit(aligned_too=False))
+    a, b = randn(40, 32, dtype="float16", seed=1), randn(32, 48, dtype="float16", seed=2)  # rows of 48
+    for calls in ([3, 2, 1], [1]):  # the stages that fit are remembered
+        tried.clear()
+        out = module.kernel(a, b, out=poisoned(40, 48, dtype="float16"))
+        assert tried == calls and rel_err(out, a.double() @ b.double()) < tolerance("float16")
+    b24 = randn(32, 24, dtype="float16", seed=3)
+    tried.clear()
+    module.kernel(a, b24)  # the tuned alignment: its own stages
+    assert tried == [3]
+    monkeypatch.setattr(module, "gemm_kernel", OverTheLimit(aligned_too=True))
+    with pytest.raises(OutOfResources):
+        module.kernel(a, b24)  # what was judged legal and measured does not fit: raised as it is
+
+
 def test_the_tma_kernels_allocator_is_set_for_each_thread_that_launches_it():
     """Triton keeps its allocator in a context variable, one per thread: the module set it once per process, so
     a TMA launch from any thread after the first (kt.nn layers called in threads, nn.DataParallel) raised

@@ -652,6 +652,8 @@ class GemmFamily:
             device=device,
             c=config,
             config_line=str(config),
+            # the 16-bit operands whose rows the build judged legal took unaligned (one buffer, not a stage's)
+            unaligned=unaligned_operands(problem) if itemsize(problem.dtype) == 2 else (False, False),
             kt_version=kt_version,
             family_version=self.version,
             provenance=provenance,
