@@ -25,12 +25,23 @@ def cache_dir() -> Path:
     """kt's cache folder: $KT_CACHE_DIR, else $XDG_CACHE_HOME/kt, else ~/.cache/kt. It holds generated kernels
     (`kernels/`), Triton's compile cache for kt's workers (`triton/`) and loaded cost models (`models/`), each
     safe to delete at any time (made again on use), and the default tuning database (`tuning.db`)."""
-    if os.environ.get("KT_CACHE_DIR"):  # '~/...' as a quoted setting leaves it (a .env file, docker -e)
-        return Path(os.environ["KT_CACHE_DIR"]).expanduser()
-    # '~/.cache' as a quoted setting is the home folder's (it made a folder named ~ in the current one), and a
-    # relative one is ignored, as the XDG spec says (it moved with the current folder)
-    base = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
-    return (base if base.is_absolute() else Path.home() / ".cache") / "kt"
+    try:
+        if os.environ.get("KT_CACHE_DIR"):  # '~/...' as a quoted setting leaves it (a .env file, docker -e)
+            return Path(os.environ["KT_CACHE_DIR"]).expanduser()
+        # '~/.cache' as a quoted setting is the home folder's (it made a folder named ~ in the current one), and
+        # a relative one is ignored, as the XDG spec says (it moved with the current folder)
+        base = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
+        return (base if base.is_absolute() else Path.home() / ".cache") / "kt"
+    except RuntimeError as exc:
+        # '~nosuchuser/kt', or no home folder (HOME unset for a uid without a passwd entry, in a container): an
+        # OSError, as a cache that cannot be written is, so callers that fall back to a temporary folder do (kt.load
+        # blamed the artifact's kernel.py and said to re-run `kt tune`)
+        setting = (
+            "KT_CACHE_DIR"
+            if os.environ.get("KT_CACHE_DIR")
+            else "cache folder ($XDG_CACHE_HOME/kt or ~/.cache/kt)"
+        )
+        raise NotADirectoryError(f"{setting}: {exc}") from None
 
 
 def _written_after(path: str, moment: float) -> bool:
@@ -45,7 +56,10 @@ def check_cache_dir() -> Path:
     folder can be made (a tune writes its kernels there; it said only "Not a directory: .../kernels")."""
     from kt.errors import KtError
 
-    path = cache_dir()
+    try:
+        path = cache_dir()
+    except OSError as exc:
+        raise KtError(str(exc)) from None
     setting = (
         "KT_CACHE_DIR"
         if os.environ.get("KT_CACHE_DIR")

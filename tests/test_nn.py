@@ -1482,9 +1482,15 @@ def test_a_relative_use_artifacts_folder_holds_after_a_chdir_and_a_damaged_meta_
     ('list' object has no attribute 'get')."""
     directory, make = artifacts["dense"]
     shutil.copytree(directory / "dense", tmp_path / "kept" / "dense")
-    for name, text in (("a-list", "[1, 2]"), ("b-null", "null"), ("c-cut", '{"family": ')):  # before "dense"
+    # before "dense"; one not UTF-8 (a UnicodeDecodeError is no JSONDecodeError: every forward failed)
+    for name, text in (
+        ("a-list", b"[1, 2]"),
+        ("b-null", b"null"),
+        ("c-cut", b'{"family": '),
+        ("c-xff", b'"\xff"'),
+    ):
         (tmp_path / "kept" / name).mkdir()
-        (tmp_path / "kept" / name / "meta.json").write_text(text)
+        (tmp_path / "kept" / name / "meta.json").write_bytes(text)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(selection, "_ARTIFACT_DIRS", [])
     monkeypatch.setattr(selection, "_MISSING_DIRS", set())
@@ -1496,7 +1502,7 @@ def test_a_relative_use_artifacts_folder_holds_after_a_chdir_and_a_damaged_meta_
     damaged = [r.getMessage() for r in caplog.records if "is not a kt artifact's meta.json" in r.getMessage()]
     assert sorted(damaged) == [
         f"{tmp_path / 'kept' / name / 'meta.json'} is not a kt artifact's meta.json (a JSON object); skipped"
-        for name in ("a-list", "b-null", "c-cut")
+        for name in ("a-list", "b-null", "c-cut", "c-xff")
     ]
     selection._SELECTED.clear()
     caplog.clear()
@@ -1511,11 +1517,14 @@ def test_an_edited_or_damaged_artifact_beside_a_good_one_is_skipped_with_a_word(
     the layer's problem made every forward fail with kt.load's ArtifactError, whose remedy (verify=False)
     kt.nn cannot give."""
     directory, make = artifacts["dense"]
-    for name in ("a-edited", "b-no-kernel", "c-bad-config", "dense"):  # the three sort before the good one
+    for name in ("a-edited", "b-no-kernel", "b-looping", "c-bad-config", "dense"):  # all before the good one
         shutil.copytree(directory / "dense", tmp_path / name)
     with open(tmp_path / "a-edited" / "kernel.py", "a") as handle:
         handle.write("\n# an edit\n")
     (tmp_path / "b-no-kernel" / "kernel.py").unlink()
+    # one that cannot be read (a link to itself; an unreadable file alike): a bare OSError, not skipped
+    (tmp_path / "b-looping" / "kernel.py").unlink()
+    (tmp_path / "b-looping" / "kernel.py").symlink_to("kernel.py")
     meta = json.loads((tmp_path / "c-bad-config" / "meta.json").read_text())
     (tmp_path / "c-bad-config" / "meta.json").write_text(json.dumps({**meta, "config": {"block_m": 7}}))
     monkeypatch.setenv("KT_ARTIFACTS", str(tmp_path))
@@ -1524,12 +1533,13 @@ def test_an_edited_or_damaged_artifact_beside_a_good_one_is_skipped_with_a_word(
     chosen = artifact_selection(make(), 20)
     assert (chosen.source, chosen.where) == ("artifact", str(tmp_path / "dense"))
     skipped = sorted(r.getMessage() for r in caplog.records if r.getMessage().endswith("; skipped"))
-    assert len(skipped) == 3, skipped
+    assert len(skipped) == 4, skipped
     # the skipped ones are not named as others that hold the op ("4 artifacts hold this op ... also: a-edited")
     assert not any("artifacts hold this op" in r.getMessage() for r in caplog.records)
     for says in (
         "a-edited/kernel.py does not match the checksum in meta.json (edited or damaged); skipped",
         "b-no-kernel has no kernel.py",
+        "b-looping/kernel.py cannot be read (Too many levels of symbolic links)",
         "c-bad-config/meta.json is damaged: config: block_m: 7 is not allowed",
     ):
         assert any(says in message for message in skipped), (says, skipped)

@@ -217,3 +217,18 @@ def test_a_kernel_used_by_another_process_during_a_trim_is_kept(cache, monkeypat
 
     monkeypatch.setattr(files, "_kernel_entries", racing)
     assert trim_kernel_cache(1) == 0 and import_kernel_file(path).VALUE == 42
+
+
+def test_a_cache_folder_no_home_can_expand_is_an_oserror_kt_load_falls_back_from_and_a_tune_names(
+    tmp_path, monkeypatch
+):
+    """'~nosuchuser/kt' (or no home folder at all, a container's uid without a passwd entry) raised a
+    RuntimeError: kt.load blamed the artifact's kernel.py and said to re-run `kt tune`."""
+    from kt.codegen.emit import load_source
+    from kt.errors import KtError
+    from kt.files import check_cache_dir
+
+    monkeypatch.setenv("KT_CACHE_DIR", "~no-such-user-of-kt/kt")
+    assert load_source("VALUE = 43\n").VALUE == 43  # from this process's temporary folder
+    with pytest.raises(KtError, match=r"^KT_CACHE_DIR: Could not determine home directory"):
+        check_cache_dir()

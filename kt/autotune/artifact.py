@@ -653,7 +653,12 @@ def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
     removes the old folder right after the exchange: a reader that opened it just before finds its files gone
     (the folder at `path` is then another one), and reads the new one instead."""
     for attempt in range(tries):
-        folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except (
+            OSError
+        ) as exc:  # another user's folder (mode 0700): a bare PermissionError, and kt.nn did not skip it
+            raise ArtifactError(f"artifact {path} cannot be read ({exc.strerror})") from None
         try:
             files = {}
             for name in ("kernel.py", "meta.json"):
@@ -673,6 +678,10 @@ def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
                         else "it was not written by `kt tune`"
                     )
                     raise ArtifactError(f"artifact {path} has no {name}; {why}") from None
+                except (
+                    OSError
+                ) as exc:  # unreadable, a link to itself: it named 'kernel.py' alone, no artifact
+                    raise ArtifactError(f"{path / name} cannot be read ({exc.strerror})") from None
             else:
                 return files
         finally:

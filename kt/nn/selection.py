@@ -550,7 +550,7 @@ def _select(spec: OpSpec, device: torch.device) -> Selection:
                 continue  # the artifact a later tune replaced (kt tune keeps it), or a save's staging folder
             try:
                 meta = json.loads(meta_path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError, RecursionError):  # not UTF-8 (a ValueError) failed every forward
                 meta = None
             if not isinstance(meta, dict):
                 if meta_path not in _MISSING_DIRS:
