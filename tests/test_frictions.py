@@ -331,6 +331,37 @@ def test_two_saves_of_one_artifact_at_once_both_succeed_and_the_replaced_one_is_
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["same", "same.prev"]
 
 
+@pytest.mark.parametrize("aside", [".same.tmp-killed", ".same.old-killed/same"])
+def test_a_save_killed_after_its_exchange_leaves_the_replaced_artifact_to_the_next_save_as_prev(
+    tmp_path, aside
+):
+    """A save killed (SIGKILL, the OOM killer) after exchanging its folders, before keeping the old artifact as
+    `.prev`, left it in its staging folder (or, without renameat2, in the exchange's aside folder), which the
+    next save removed as a dead save's: the artifact promised as `same.prev` was lost without a word. The state
+    such a kill leaves is made by hand here; a folder written after the artifact (killed before its exchange,
+    its new artifact never swapped in) is still removed."""
+    first, second = (_tuned(tmp_path, {"block_m": m, "block_n": 16, "block_k": 16}) for m in (16, 32))
+    art, elsewhere = tmp_path / "art", tmp_path / "elsewhere"
+    target = art / "same"
+    save_artifact_report(first, target)
+    shutil.copytree(target, art / aside)  # the replaced artifact, its files as old as they were
+    save_artifact_report(second, elsewhere / "same")  # written after it: the new one, swapped in
+    shutil.rmtree(target)
+    os.rename(elsewhere / "same", target)
+    path, report = save_artifact_report(second, target)  # the next save, of the same artifact
+    assert report == "replaced the artifact there (same spec, kernel, config, target and objective)"
+    assert kt.load(art / "same.prev").config.block_m == 16 and kept_artifact(art / "same.prev")
+    assert kt.load(target).config.block_m == 32
+    assert sorted(p.name for p in art.iterdir()) == ["same", "same.prev"]
+    # killed before its exchange: the folder holds the new artifact, written after the one in place
+    shutil.rmtree(art)
+    save_artifact_report(first, target)
+    save_artifact_report(second, elsewhere / "again")
+    shutil.copytree(elsewhere / "again", art / ".same.tmp-early")
+    save_artifact_report(first, target)
+    assert sorted(p.name for p in art.iterdir()) == ["same"]
+
+
 def test_a_save_to_a_symlinked_artifact_replaces_the_folder_it_leads_to_and_keeps_prev_beside_it(tmp_path):
     """`out/same -> ../real/same`: the save replaced the link itself with a folder and left a stray link in a
     `.same.tmp-*` name; a differing save made `same.prev` a link and wrote `.kt-kept` into the real artifact

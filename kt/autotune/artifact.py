@@ -235,7 +235,29 @@ def _sweep(path: Path) -> None:
             if target is not None and not os.path.lexists(target):
                 with contextlib.suppress(OSError):
                     os.replace(os.path.join(entry.path, target.name), target)
+            elif target is None or target == path:
+                # killed after its exchange (or the fallback's second rename), before `_keep`: the folder holds
+                # the artifact the one at `path` replaced, which was owed as `.prev`, and was removed
+                _keep_replaced(Path(entry.path) if target is None else Path(entry.path) / path.name, path)
             shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _keep_replaced(aside: Path, path: Path) -> None:
+    """Keep `aside`, a dead save's folder, as `path`'s `.prev` where it holds the artifact that the one at `path`
+    replaced: an artifact (kernel.py and meta.json) written before the one at `path` (a save writes its new
+    artifact last: a folder written after it is a new artifact never swapped in) that differs from it as a save
+    keeps one."""
+    try:
+        new = json.loads((path / "meta.json").read_text())
+        older = (aside / "meta.json").stat().st_mtime_ns < (path / "meta.json").stat().st_mtime_ns
+        whole = (aside / "kernel.py").is_file()
+    except (OSError, ValueError, RecursionError):
+        return
+    changed = _changes(aside / "meta.json", new) if isinstance(new, dict) and older and whole else ""
+    if changed and changed != "its meta.json was unreadable":
+        with contextlib.suppress(OSError):
+            _write(aside / KEPT, f"the artifact {path.name} that a later save replaced ({changed})\n")
+            _keep(aside, previous_path(path))
 
 
 @contextlib.contextmanager
