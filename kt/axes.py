@@ -11,6 +11,7 @@ problem is built (kt.codegen.restrict).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 from kt.errors import SpecError, key_text, shown
 
@@ -120,13 +121,14 @@ def missing_fields(family: str, names: list[str], data: dict) -> str | None:
     return f"missing {', '.join(missing)} (a {family} config has {', '.join(names)})" if missing else None
 
 
-def check_op_configs(op: str, configs: tuple[tuple[tuple[str, int], ...], ...]) -> None:
+def check_op_configs(op: str, configs: Sequence[tuple[tuple[str, int], ...]], first: int = 0) -> None:
     """A spec's `tune.configs` checked against `op`'s family as far as the op alone tells: every field named,
     the required ones given, the schedule values on their axes; whether the problem offers a structure value and
-    whether a config can run wait for the problem (kt.codegen.restrict)."""
+    whether a config can run wait for the problem (kt.codegen.restrict). `first`: the index of configs[0] in
+    the spec's list, for the messages."""
     family = OP_AXES[op][0]
     fields = CONFIG_FIELDS[family]
-    for i, pairs in enumerate(configs):
+    for i, pairs in enumerate(configs, start=first):
         data = dict(pairs)
         try:
             check_fields(fields, data)

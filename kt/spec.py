@@ -309,7 +309,7 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
         raise SpecError(
             "", f"expected the path of an op.yaml (a str or os.PathLike), got {type(path).__name__}"
         )
-    if "\n" in str(path):
+    if "\n" in str(path) and not os.path.lexists(path):  # a file's name may hold one (it was refused as text)
         raise SpecError(
             "",
             "expected the path of an op.yaml, got text of several lines (write YAML text to a file, or pass "
@@ -951,12 +951,13 @@ def _tune(value: Any, path: str, op: str) -> TuneOptions:
     options = {}
     if value.get("space") is not None and value.get("configs") is not None:
         raise SpecError(path, "give space (axes to restrict) or configs (exactly these), not both")
+    # each axis and config checked against the op's family as it is read (names, required fields, schedule
+    # values: no torch or model needed): a YAML alias of one bad config repeated 10,000 times was converted
+    # whole first, seconds and hundreds of MB before its first name was refused
     if value.get("space") is not None:
-        options["space"] = _tune_space(value["space"], f"{path}.space")
-        check_op_space(op, options["space"])  # the axis names and schedule values: no torch or model needed
+        options["space"] = _tune_space(value["space"], f"{path}.space", op)
     if value.get("configs") is not None:
-        options["configs"] = _tune_configs(value["configs"], f"{path}.configs")
-        check_op_configs(op, options["configs"])  # names, required fields, schedule values: no torch needed
+        options["configs"] = _tune_configs(value["configs"], f"{path}.configs", op)
     if "budget" in value:
         options["budget"] = _int(value["budget"], f"{path}.budget", 1, MAX_BUDGET)
     if "objective" in value:
@@ -968,7 +969,7 @@ def _tune(value: Any, path: str, op: str) -> TuneOptions:
     return TuneOptions(**options)
 
 
-def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _tune_space(value: Any, path: str, op: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """axis -> a non-empty list of integers (or one integer); the names and values are then the op's family's to
     check (kt.axes, then kt.codegen.restrict for values that depend on the problem)."""
     _mapping(value, path)
@@ -984,13 +985,14 @@ def _tune_space(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]], ...
         values = [values] if isinstance(values, numbers.Integral) and not isinstance(values, bool) else values
         if not isinstance(values, list) or not values:
             raise SpecError(where, f"must be a non-empty list of integers, got {_kind(values)}")
-        # any integer: the axis's name is checked first, then the values against its own (kt.axes)
+        check_op_space(op, ((axis, ()),))  # the axis's name first, then the values against its own (kt.axes)
         kept = tuple(dict.fromkeys(_int(v, f"{where}[{i}]", None, None) for i, v in enumerate(values)))
+        check_op_space(op, ((axis, kept),))
         axes.append((axis, kept))
     return tuple(axes)
 
 
-def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], ...]:
+def _tune_configs(value: Any, path: str, op: str) -> tuple[tuple[tuple[str, int], ...], ...]:
     """A non-empty list of configs, each a mapping of field -> integer; the fields are then the op's family's to
     check (kt.axes, then kt.codegen.restrict for the problem's structure values and legality)."""
     if not isinstance(value, list) or not value:
@@ -1011,6 +1013,7 @@ def _tune_configs(value: Any, path: str) -> tuple[tuple[tuple[str, int], ...], .
         configs.append(
             tuple((str(key), _int(v, f"{where}.{key_text(key)}", None, None)) for key, v in config.items())
         )
+        check_op_configs(op, configs[-1:], first=i)
     return tuple(configs)
 
 
@@ -1167,6 +1170,8 @@ def _int(value: Any, path: str, low: int | None, high: int | None) -> int:
             and float(value).is_integer()
             and (low is None or low <= value <= high)
         ):
+            if low is None and int(value).bit_length() > 64:  # the hint's value was then refused too
+                raise SpecError(path, f"{shown(value)} is larger than any value it takes")
             raise SpecError(path, f"must be an integer (write {int(value)}, not {value!r})")
         raise SpecError(path, f"must be an integer{ranged}, got {_kind(value)}")
     value = int(value)
