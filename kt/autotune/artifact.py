@@ -101,8 +101,8 @@ def _save_report(result, path: str | os.PathLike) -> tuple[Path, str | None]:
         )
     elif best.measured:
         provenance = (
-            f"the best {best.objective or result.objective} of {counted(len(result.rows), 'config')} measured on {result.ran_on}, "
-            f"{best.runtime_ms:.4f} ms"
+            f"the best {best.objective or result.objective} of {counted(len(result.rows), 'config')} measured "
+            f"on {result.ran_on}, {best.runtime_ms:.4f} ms"
         )
     else:
         provenance = (
@@ -677,9 +677,8 @@ def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
     for attempt in range(tries):
         try:
             folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except (
-            OSError
-        ) as exc:  # another user's folder (mode 0700): a bare PermissionError, and kt.nn did not skip it
+        except OSError as exc:
+            # another user's folder (mode 0700): a bare PermissionError, and kt.nn did not skip it
             raise ArtifactError(f"artifact {path} cannot be read ({exc.strerror})") from None
         try:
             files = {}
@@ -700,9 +699,8 @@ def _read_files(path: Path, tries: int = 5) -> dict[str, bytes]:
                         else "it was not written by `kt tune`"
                     )
                     raise ArtifactError(f"artifact {path} has no {name}; {why}") from None
-                except (
-                    OSError
-                ) as exc:  # unreadable, a link to itself: it named 'kernel.py' alone, no artifact
+                except OSError as exc:
+                    # unreadable, a link to itself: it named 'kernel.py' alone, no artifact
                     raise ArtifactError(f"{path / name} cannot be read ({exc.strerror})") from None
             else:
                 return files

@@ -75,7 +75,8 @@ class TimingSettings:
             or self.flush_bytes < least
         ):
             raise ValueError(
-                f"timing: flush_bytes must be an integer >= {least} in regime {self.regime}, got {self.flush_bytes!r}"
+                f"timing: flush_bytes must be an integer >= {least} in regime {self.regime}, got "
+                f"{self.flush_bytes!r}"
             )
         if not (
             isinstance(self.min_runs, int)
