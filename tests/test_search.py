@@ -65,6 +65,19 @@ def test_a_search_spends_at_most_its_budget_and_measures_nothing_twice(strategy)
         assert len(trace.measured) == 40 and set(trace.rounds) == {0}, "one-shot strategies fill one round"
 
 
+def test_an_index_a_strategy_proposes_twice_in_one_round_is_measured_and_recorded_once():
+    """Both copies went into the trace (and a replay's CSV), past the budget: 6 evaluations for a budget of 5.
+    (benchmarks/search_variants.py judges strategy variants through this loop.)"""
+
+    class Twice(TopSearch):
+        def propose(self, state):
+            first = super().propose(state)
+            return [first[0], *first]
+
+    trace, oracle = search(Twice(), budget=5)
+    assert len(trace.measured) == 5 == len(set(trace.measured)) == len(oracle.measured)
+
+
 def test_known_values_count_against_the_budget_and_are_never_measured_again():
     known = {int(i): float(COST[i]) for i in np.argsort(-COST)[:10]}  # the ten worst, measured before
     trace, _ = search(TopSearch(), budget=25, known=known)

@@ -419,7 +419,8 @@ def run_search(
         batch = strategy.propose(state)
         if round_ == 0:
             trace.first_proposal = list(batch)
-        batch = [i for i in batch if i not in measured][: state.budget_left]
+        # an index proposed twice in one round is measured once (both were recorded, past the budget)
+        batch = list(dict.fromkeys(i for i in batch if i not in measured))[: state.budget_left]
         if not batch:
             break
         results = measure(batch)
