@@ -1874,7 +1874,14 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet)
 
     with _LateProgress(not quiet, f"replaying {strategy}", counts=True) as progress:
         result = replay_file(
-            space_path, strategy, budget, repeats=repeats, seed=seed, progress=progress, device=device
+            space_path,
+            strategy,
+            budget,
+            repeats=repeats,
+            seed=seed,
+            progress=progress,
+            device=device,
+            keep_rows=csv_path is not None,
         )
     out.print(_space_line(result))
     per_eval = 1e3 * result.decision_s / max(1, result.evaluations)
@@ -1890,8 +1897,7 @@ def replay(space_path, strategy, budget, repeats, seed, csv_path, device, quiet)
     # size, guided stopped short without a word; a budget just the size, all of it spent, needs no note
     small = {name: size for name, size, n in zip(result.spaces, result.sizes, result.counts) if size <= n}
     # guided stops where nothing left is expected to beat its best: "measured them all" was not so
-    spent = Counter((r["space"], r["repeat"]) for r in result.rows if r["space"] in small)
-    short = [n for (name, _), n in spent.items() if n < small[name]]
+    short = [n for (name, _), n in result.spent.items() if name in small and n < small[name]]
     if short or any(size < n for size, n in zip(result.sizes, result.counts)):
         what = (
             "a search there measured them all"

@@ -147,6 +147,10 @@ def test_kt_replay_of_kt_sweeps_replays_each_problem_with_a_prior_from_the_other
     low, high = min(len(s) for s in sweeps[:6]), max(len(s) for s in sweeps[:6])
     sizes = f"{low} configs" if low == high else f"{low} to {high} configs"
     assert _space_line(result).startswith(f"space: 6 problems of {sizes}: ")  # a tune's rows show few
+    assert len(result.rows) == 24 and set(result.spent.values()) == {2} and len(result.spent) == 12
+    # without a trace to write (no --csv) no per-evaluation row is kept (~6.5 MB a repeat of a large space)
+    bare = replay_module.replay_file(path, "guided", 2, repeats=2, seed=1, min_configs=3, keep_rows=False)
+    assert bare.rows == [] and bare.spent == result.spent and bare.scores == result.scores
     with pytest.raises(replay_module.KtError, match="holds no exhaustive sweep"):
         replay_module.replay_file(path, "guided", 2, min_configs=50)
     # a --device that no sweep was measured for was ignored without a word

@@ -270,6 +270,10 @@ class ReplayResult:
     counts: list[int] = field(default_factory=list)  # each space's evaluations per search (a % rounded up)
     scores: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)  # the per-evaluation trace (`kt replay --csv`)
+    # False: no per-evaluation rows (without --csv they took ~6.5 MB a repeat of a 17,956-point space, kept for
+    # nothing); `spent` counts each search's evaluations all the same
+    keep_rows: bool = True
+    spent: Counter = field(default_factory=Counter)  # (space, repeat) -> evaluations
     decision_s: float = 0.0  # the strategy's own time (model fits, ranking), all repeats together
     evaluations: int = 0
     rounds: int = 0
@@ -302,9 +306,12 @@ class ReplayResult:
         seconds: float,
     ) -> None:
         best = None
+        self.spent[(space, repeat)] += len(trace.measured)
         for n, (index, value, round_) in enumerate(zip(trace.measured, trace.values, trace.rounds), start=1):
             if value is not None and (best is None or value < best):
                 best = value
+            if not self.keep_rows:
+                continue
             self.rows.append(
                 {
                     "space": space,
@@ -390,11 +397,13 @@ def replay_file(
     progress: Callable[[int, int], None] | None = None,
     min_configs: int = 20,
     device: str | Path | None = None,
+    keep_rows: bool = True,
 ) -> ReplayResult:
     """Replay `strategy` `repeats` times (seeds seed, seed+1, ...) on the space(s) of `path`: a Kernel Tuner
     cache file (one space) or a kt tuning database/CSV of finished `kt collect --all` sweeps (each problem is
     a space; the guided search starts from a forest fitted on the other problems' sweeps, as kt ships).
-    `device`: the calibrated profile (its .json) that sweeps measured for one were tuned for."""
+    `device`: the calibrated profile (its .json) that sweeps measured for one were tuned for. `keep_rows`
+    False keeps no per-evaluation rows (`write_trace` needs them; `spent` counts the evaluations)."""
     path = Path(path)
     count, fraction = parse_budget(budget)
     ranked = make_strategy(strategy).ranked  # an unknown name fails before any reading
@@ -448,6 +457,7 @@ def replay_file(
         [len(s) for s in spaces],
         counts,
         repeats=repeats,
+        keep_rows=keep_rows,
     )
     total, done = repeats * len(spaces), 0
     # each sweep's measured records, made once: remade for every other space, a database of 316 problems took
