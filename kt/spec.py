@@ -15,7 +15,7 @@ import numbers
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,10 +301,16 @@ def load_spec(path: str | os.PathLike) -> OpSpec:
     return specs[0]
 
 
+class _NameTaken(SpecError):
+    """A name two ops of one file share: refused as the second is built, not after the whole file."""
+
+
 def load_specs(path: str | os.PathLike) -> list[OpSpec]:
     """Read and validate an op.yaml file: one spec per YAML document, per shape of a `shape` list and per value
     of a batch list (`batch: [16, 32, 64]`, a dense op's `m`), in file order. Each gets its own name: the
-    given one with the shape's index or the batch value appended (`_0`, `_b64`), else the default name."""
+    given one with the shape's index or the batch value appended (`_0`, `_b64`), else the default name. A name
+    taken twice is refused as the second op is built: a file of 20 large block-sparse ops under one default
+    name was built whole, a second each, before the second was refused."""
     if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
         raise SpecError(
             "", f"expected the path of an op.yaml (a str or os.PathLike), got {type(path).__name__}"
@@ -338,21 +344,15 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
     if not documents:
         raise SpecError("", "is empty; expected a mapping with at least `op` and `shape`", source=str(path))
     specs: list[OpSpec] = []
-    for number, document in numbered:
-        try:
-            specs += parse_specs(document, source=str(path))
-        except SpecError as exc:
-            if len(documents) == 1:
-                raise
-            field = f"document {number + 1}" + (f": {exc.field}" if exc.field else "")
-            raise SpecError(field, exc.reason, exc.source) from None
     names: dict[str, int] = {}
     given = [d.get("name") for d in documents if isinstance(d, Mapping) and isinstance(d.get("name"), str)]
-    for index, spec in enumerate(specs):
+
+    def added(spec: OpSpec) -> None:
+        index = len(specs)
         if spec.name in names:
             # a name the file never wrote: the default made from op, shape and dtype, the same for both
             made = not any(spec.name.startswith(name) for name in given)
-            raise SpecError(
+            raise _NameTaken(
                 "name",
                 f"ops {names[spec.name] + 1} and {index + 1} of the file are both named {spec.name!r}"
                 f"{' (the name kt gives an op that has none)' if made else ''}; each needs its own name (its "
@@ -360,15 +360,36 @@ def load_specs(path: str | os.PathLike) -> list[OpSpec]:
                 source=str(path),
             )
         names[spec.name] = index
+        specs.append(spec)
+
+    for number, document in numbered:
+        try:
+            parse_specs(document, source=str(path), _added=added)
+        except _NameTaken:
+            raise
+        except SpecError as exc:
+            if len(documents) == 1:
+                raise
+            field = f"document {number + 1}" + (f": {exc.field}" if exc.field else "")
+            raise SpecError(field, exc.reason, exc.source) from None
     return specs
 
 
-def parse_specs(data: Any, source: str | None = None, check_files: bool = True) -> list[OpSpec]:
+def parse_specs(
+    data: Any,
+    source: str | None = None,
+    check_files: bool = True,
+    _added: Callable[[OpSpec], None] | None = None,
+) -> list[OpSpec]:
     """`parse_spec` for a mapping whose `shape` may be a list of shapes, or whose batch (a dense op's `m`) may
-    be a list of values: one spec each (see `load_specs` for their names)."""
+    be a list of values: one spec each (see `load_specs` for their names). `_added(spec)` is called as each is
+    built (`load_specs` checks its name there)."""
+    added = _added or (lambda spec: None)
     if not isinstance(data, Mapping) or "shape" not in data or data.get("op") == "sum":
         # an op without a shape (a sum) is refused as one: its variants named `shape.batch[0]`, no field of it
-        return [parse_spec(data, source, check_files)]
+        spec = parse_spec(data, source, check_files)
+        added(spec)
+        return [spec]
     shape = data["shape"]
     if isinstance(shape, list):
         if not shape:
@@ -378,7 +399,9 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
         axis = "m" if data.get("op") == "dense" else "batch"
         values = shape.get(axis) if isinstance(shape, Mapping) else None
         if not isinstance(values, list):
-            return [parse_spec(data, source, check_files)]
+            spec = parse_spec(data, source, check_files)
+            added(spec)
+            return [spec]
         if not values:
             raise SpecError(f"shape.{axis}", "is an empty list; give a size, or a list of them", source)
         tag = "m" if axis == "m" else "b"
@@ -398,7 +421,7 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
         if isinstance(name, str):
             variant = {**variant, "name": f"{name}{suffix}"}
         try:
-            specs.append(parse_spec(variant, source, check_files))
+            spec = parse_spec(variant, source, check_files)
         except SpecError as exc:  # name the list entry: shape[1].n, shape.batch[2]
             if (  # a name that is no text is refused as one op's is (fullmatch of an int: a TypeError)
                 exc.field == "name"
@@ -418,6 +441,8 @@ def parse_specs(data: Any, source: str | None = None, check_files: bool = True) 
             elif field == "shape" and prefix != "shape":  # the operands of this batch: too large
                 field = indexed
             raise SpecError(field, exc.reason, exc.source) from None
+        specs.append(spec)
+        added(spec)
     return specs
 
 

@@ -322,6 +322,27 @@ def test_several_ops_errors_name_the_entry(tmp_path, text, words):
     assert words in str(raised.value) and str(raised.value).startswith(str(tmp_path / "bad.yaml"))
 
 
+def test_a_name_two_ops_share_is_refused_as_the_second_is_built(tmp_path, monkeypatch):
+    """Every op of a file was built before any name was compared: 20 large block-sparse ops of one default
+    name took ~1 s each (their masks) before the second was refused."""
+    import kt.spec as spec_module
+    from kt.spec import load_specs
+
+    built = []
+    real = spec_module.parse_spec
+    monkeypatch.setattr(spec_module, "parse_spec", lambda *a, **k: built.append(1) or real(*a, **k))
+    text = (
+        "op: blocksparse\nshape: [&s {batch: 1, in: 64, out: 64}"
+        + ", *s" * 19
+        + "]\nsparsity: {block: [16, 16], density: 0.5}\n"
+    )
+    with pytest.raises(
+        SpecError, match="ops 1 and 2 of the file are both named 'blocksparse_64x64_b1_float16'"
+    ):
+        load_specs(write(tmp_path, text))
+    assert len(built) == 2
+
+
 def test_the_dtype_table_without_torch_agrees_with_torch():
     """kt.dtypes keeps names and sizes as plain data (spec checks load no torch): they must be torch's."""
     import torch
