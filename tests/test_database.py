@@ -703,6 +703,33 @@ def test_a_claim_whose_pid_now_names_a_later_process_is_stale(tmp_path):
     assert _alive(os.getpid(), _host(), now.isoformat(timespec="seconds"), now)  # this process: the holder
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_a_claim_whose_holder_was_killed_and_not_yet_reaped_is_stale():
+    """Signal 0 reaches a zombie: a tune killed under a driver that never waited on it (or under a container's
+    PID 1 that reaps nothing) held its claims, and the next tune waited for them as long as it stayed so."""
+    import subprocess
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from kt.autotune.database import _alive, _host
+
+    now = datetime.now(timezone.utc)
+    holder = subprocess.Popen(["sleep", "60"])
+    claimed = (now + timedelta(seconds=5)).isoformat(timespec="seconds")  # the claim is the holder's own
+    try:
+        assert _alive(holder.pid, _host(), claimed, now)
+        holder.kill()
+        for _ in range(200):  # until it is a zombie (not reaped: no wait() yet)
+            with open(f"/proc/{holder.pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert not _alive(holder.pid, _host(), claimed, now)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_dead_tunes_claim_is_dropped_though_its_key_is_never_asked_for_again(tmp_path):
     """A tune killed after candidate zero's row went in left its claim: later tunes never claim a measured
     candidate zero, and a dead holder's claim was only dropped when its own key was claimed."""

@@ -168,10 +168,24 @@ def _alive(pid: int, host: str, claimed_at: str, now: datetime) -> bool:
         return False
     except PermissionError:  # another user's process
         pass
+    if _zombie(pid):
+        # killed, not yet reaped by its parent (a driver's Popen never waited on, a container's PID 1 that reaps
+        # nothing): signal 0 reaches it, and a later tune waited for its claims as long as it stayed so
+        return False
     try:  # a pid the system gave again to a process that started after the claim: not its holder
         return not _started_after(pid, datetime.fromisoformat(claimed_at))
     except ValueError:
         return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process `pid` has ended and waits to be reaped (Linux's /proc state Z, or X as it goes; False
+    where that cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _started_after(pid: int, when: datetime) -> bool:
