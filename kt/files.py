@@ -510,7 +510,10 @@ def atomic_write(
             str(path),
         ) from None
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as handle:
+        # UTF-8 whatever the locale: kt reads its files as UTF-8 (an export under LC_ALL=C raised
+        # UnicodeEncodeError on a non-ASCII message; under Latin-1 it wrote a file kt refused)
+        text_mode = {} if binary else {"newline": "", "encoding": "utf-8"}
+        with os.fdopen(fd, "wb" if binary else "w", **text_mode) as handle:
             result = write(handle)
             if sync:
                 handle.flush()

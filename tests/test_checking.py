@@ -409,3 +409,29 @@ def test_a_quoted_or_relative_xdg_cache_home_is_not_a_folder_in_the_current_one(
     ):
         monkeypatch.setenv("XDG_CACHE_HOME", value)
         assert cache_dir() == expected / "kt", value
+
+
+def test_files_kt_writes_are_utf_8_whatever_the_locale(tmp_path):
+    """atomic_write (every export, report and kernel source) and an artifact's files took the locale's encoding:
+    `kt export` under LC_ALL=C raised UnicodeEncodeError on a non-ASCII message (under Latin-1 it wrote a file
+    kt's own reader refused as not UTF-8)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from kt.files import atomic_write_text; "
+        "from kt.autotune.artifact import _write; "
+        "atomic_write_text(sys.argv[1], 'caf\\u00e9 \\u2192 \\u65e5'); _write(Path(sys.argv[2]), '\\u00e9')"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [sys.executable, "-X", "utf8=0", "-c", script, str(tmp_path / "a.txt"), str(tmp_path / "b.txt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.txt").read_bytes() == "caf\u00e9 \u2192 \u65e5".encode()
+    assert (tmp_path / "b.txt").read_bytes() == "\u00e9".encode()

@@ -550,7 +550,7 @@ def _exchange(a: Path, b: Path) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
+    with open(path, "w", encoding="utf-8") as handle:  # as it is read, whatever the locale
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
