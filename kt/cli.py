@@ -1942,7 +1942,8 @@ class _LateProgress:
     def __call__(self, done: int, total: int) -> None:
         import time
 
-        if not err.is_terminal:  # rich draws no bar off a terminal: a line now and then, for a log
+        # rich draws no bar off a terminal, nor on a dumb one (TERM=dumb): a line now and then, for a log
+        if not err.is_terminal or err.is_dumb_terminal:
             from kt.autotune.progress import LOG_EVERY_S
 
             now = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import pytest
 from conftest import kt_cli
 
 from kt.api import as_spec
@@ -94,11 +95,23 @@ def test_the_board_written_to_a_log_keeps_each_row_whole(capfd, monkeypatch):
     assert "tunes: kt's winner against PyTorch's path, case by case (dry run: nothing timed on a GPU)" in err
 
 
-def test_a_tune_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeypatch):
+def _dumb_terminal(monkeypatch):
+    """Consoles that are a terminal rich draws nothing on (TERM=dumb: Emacs' shell, some CI ptys)."""
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    monkeypatch.setattr(Console, "is_dumb_terminal", property(lambda self: True))
+
+
+@pytest.mark.parametrize("where", ["log", "dumb terminal"])
+def test_a_tune_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeypatch, where):
     """Off a terminal rich draws a bar only when it stops: `kt collect OP --all 2> log` of a 360-config sweep
-    wrote nothing to the log for its whole length. The bar is now also a line every LOG_EVERY_S."""
+    wrote nothing to the log for its whole length. The bar is now also a line every LOG_EVERY_S; on a dumb
+    terminal too, where rich draws no bar either (it printed nothing until the end)."""
     from kt.autotune import progress
 
+    if where == "dumb terminal":
+        _dumb_terminal(monkeypatch)
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     reporter = progress.TuneProgress(True, measures_time=False)
     reporter.start(total=3, done=0, label="interpret on cpu")
@@ -114,12 +127,16 @@ def test_a_tune_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeyp
     assert "3/3" in capfd.readouterr().err  # the bar itself, as it stops
 
 
-def test_a_replay_or_an_import_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeypatch):
+@pytest.mark.parametrize("where", ["log", "dumb terminal"])
+def test_a_replay_or_an_import_written_to_a_log_shows_its_progress_while_it_runs(capfd, monkeypatch, where):
     """`kt replay` and `kt import inductor` show a bar once they have run a second; off a terminal rich drew
-    none, so a log held nothing until the result. They now write a line every LOG_EVERY_S there."""
+    none, so a log held nothing until the result. They now write a line every LOG_EVERY_S there (and on a
+    dumb terminal, where rich draws none either)."""
     from kt import cli
     from kt.autotune import progress
 
+    if where == "dumb terminal":
+        _dumb_terminal(monkeypatch)
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     with cli._LateProgress(True, "replaying guided", after_s=0.0, counts=True) as replaying:
         replaying(3, 20)

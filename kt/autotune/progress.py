@@ -116,7 +116,11 @@ class TuneProgress:
         self.progress.update(self.task, advance=1, status=" · ".join(parts))
         if self.board is not None:
             self.board.advance()
-        if not self.progress.console.is_terminal and time.monotonic() - self.logged >= LOG_EVERY_S:
+        console = self.progress.console
+        # rich draws no bar off a terminal, nor on a dumb one (TERM=dumb: Emacs' shell, some CI ptys)
+        if (
+            not console.is_terminal or console.is_dumb_terminal
+        ) and time.monotonic() - self.logged >= LOG_EVERY_S:
             self.logged = time.monotonic()
             (task,) = (task for task in self.progress.tasks if task.id == self.task)
             elapsed = int(task.elapsed or 0)
