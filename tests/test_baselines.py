@@ -334,6 +334,17 @@ def test_an_out_overlapping_an_input_gets_the_product_of_the_inputs_before():
     expected = torch.matmul(a.double(), b.double())
     assert module.kernel(a, b, out=out) is out
     assert relative_error(out, expected) < problem.tolerance()
+    # the same overlap through two storages over one buffer (numpy views): told apart by their first byte, it
+    # was written while it was read (26 off); the generated kernels' modules share the check
+    memory = np.zeros(24 * 16, dtype=np.float32)
+    a, out = torch.from_numpy(memory[: 16 * 16]).view(16, 16), torch.from_numpy(memory[8 * 16 :]).view(16, 16)
+    a.copy_(problem.random_args(9)[0])
+    assert a.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+    expected = torch.matmul(a.double(), b.double())
+    assert module.kernel(a, b, out=out) is out
+    assert relative_error(out, expected) < problem.tolerance()
+    beside = torch.from_numpy(memory[16 * 16 :])  # bytes next to a's, not among them: not taken for shared
+    assert not module._shares_memory(beside, a) and module._shares_memory(out, a)
 
 
 def test_gemm_writes_a_batch_with_a_shared_operand_into_any_out():

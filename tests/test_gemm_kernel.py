@@ -314,6 +314,25 @@ def test_a_call_aligned_where_the_tuned_problem_was_not_runs_with_the_stages_tha
         module.kernel(a, b24)  # what was judged legal and measured does not fit: raised as it is
 
 
+def test_an_out_overlapping_an_input_through_another_storage_gets_the_product_of_the_inputs_before():
+    """Two storages over one buffer (numpy views of one array) were told apart by their first byte: an out
+    overlapping A that way was written while A was read."""
+    import numpy as np
+
+    config = GemmConfig(block_m=16, block_n=16, block_k=16, group_m=1, num_warps=4, num_stages=2)
+    module = gemm_module(GemmProblem(32, 16, 16, dtype="float32"), config)
+    memory = np.zeros(48 * 16, dtype=np.float32)
+    a, out = (
+        torch.from_numpy(memory[: 32 * 16]).view(32, 16),
+        torch.from_numpy(memory[16 * 16 :]).view(32, 16),
+    )
+    a.copy_(randn(32, 16, dtype="float32", seed=1))
+    b = randn(16, 16, dtype="float32", seed=2)
+    expected = a.double() @ b.double()
+    assert module.kernel(a, b, out=out) is out
+    assert rel_err(out, expected) < tolerance("float32")
+
+
 def test_the_tma_kernels_allocator_is_set_for_each_thread_that_launches_it():
     """Triton keeps its allocator in a context variable, one per thread: the module set it once per process, so
     a TMA launch from any thread after the first (kt.nn layers called in threads, nn.DataParallel) raised
