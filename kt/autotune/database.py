@@ -168,36 +168,36 @@ def _alive(pid: int, host: str, claimed_at: str, now: datetime) -> bool:
         return False
     except PermissionError:  # another user's process
         pass
-    if _zombie(pid):
+    stat = _stat(pid)
+    if stat and stat[0] in ("Z", "X"):
         # killed, not yet reaped by its parent (a driver's Popen never waited on, a container's PID 1 that reaps
         # nothing): signal 0 reaches it, and a later tune waited for its claims as long as it stayed so
         return False
     try:  # a pid the system gave again to a process that started after the claim: not its holder
-        return not _started_after(pid, datetime.fromisoformat(claimed_at))
+        return not _started_after(stat, datetime.fromisoformat(claimed_at))
     except ValueError:
         return True
 
 
-def _zombie(pid: int) -> bool:
-    """Whether process `pid` has ended and waits to be reaped (Linux's /proc state Z, or X as it goes; False
-    where that cannot be read)."""
+def _stat(pid: int) -> list[str] | None:
+    """Process `pid`'s /proc stat fields from its state on (field 3; Linux's /proc), or None where they cannot
+    be read."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+            return handle.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
 
 
-def _started_after(pid: int, when: datetime) -> bool:
-    """Whether process `pid` started after `when` (Linux's /proc: the boot time and the process's start in clock
-    ticks since; False where that cannot be read). A killed tune's claims name its pid, which a container in
-    particular soon gives to another process: a later tune waited for that one forever."""
+def _started_after(stat: list[str] | None, when: datetime) -> bool:
+    """Whether the process of `stat` (`_stat`) started after `when` (the boot time and the process's start in
+    clock ticks since; False where that cannot be read). A killed tune's claims name its pid, which a container
+    in particular soon gives to another process: a later tune waited for that one forever."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        ticks = int(stat[19])  # field 22, starttime
         with open("/proc/stat") as handle:
             boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError, TypeError, StopIteration):
         return False
     started = boot + ticks / os.sysconf("SC_CLK_TCK")
     return started > when.timestamp() + 2  # the claim's time has whole seconds, btime too

@@ -118,9 +118,8 @@ class TuneProgress:
             self.board.advance()
         console = self.progress.console
         # rich draws no bar off a terminal, nor on a dumb one (TERM=dumb: Emacs' shell, some CI ptys)
-        if (
-            not console.is_terminal or console.is_dumb_terminal
-        ) and time.monotonic() - self.logged >= LOG_EVERY_S:
+        drawn = console.is_terminal and not console.is_dumb_terminal
+        if not drawn and time.monotonic() - self.logged >= LOG_EVERY_S:
             self.logged = time.monotonic()
             (task,) = (task for task in self.progress.tasks if task.id == self.task)
             elapsed = int(task.elapsed or 0)
