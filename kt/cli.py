@@ -198,10 +198,9 @@ class _Group(click.Group):
             if isinstance(terminated, _Terminated):
                 _said(f"kt: terminated ({signal.Signals(terminated.signum).name}){kept}")
                 sys.exit(128 + terminated.signum)
-            if (
-                _STOPPED
-            ):  # a signal's _Terminated that Ray (ray.wait) raised again as a plain KeyboardInterrupt:
-                # "kt: interrupted" came before "kt: terminated (SIGTERM)"
+            # a signal's _Terminated that Ray (ray.wait) raised again as a plain KeyboardInterrupt: "kt:
+            # interrupted" came before "kt: terminated (SIGTERM)"
+            if _STOPPED:
                 _said(f"kt: terminated ({signal.Signals(_STOPPED[0]).name}){kept}")
                 sys.exit(128 + _STOPPED[0])
             # a Ctrl-C on a terminal left its ^C echoed there: the line goes below it

@@ -36,12 +36,16 @@ def cache_dir() -> Path:
         # '~nosuchuser/kt', or no home folder (HOME unset for a uid without a passwd entry, in a container): an
         # OSError, as a cache that cannot be written is, so callers that fall back to a temporary folder do (kt.load
         # blamed the artifact's kernel.py and said to re-run `kt tune`)
-        setting = (
-            "KT_CACHE_DIR"
-            if os.environ.get("KT_CACHE_DIR")
-            else "cache folder ($XDG_CACHE_HOME/kt or ~/.cache/kt)"
-        )
-        raise NotADirectoryError(f"{setting}: {exc}") from None
+        raise NotADirectoryError(f"{_cache_setting()}: {exc}") from None
+
+
+def _cache_setting() -> str:
+    """The setting that names kt's cache folder, for messages."""
+    return (
+        "KT_CACHE_DIR"
+        if os.environ.get("KT_CACHE_DIR")
+        else "cache folder ($XDG_CACHE_HOME/kt or ~/.cache/kt)"
+    )
 
 
 def _written_after(path: str, moment: float) -> bool:
@@ -60,11 +64,7 @@ def check_cache_dir() -> Path:
         path = cache_dir()
     except OSError as exc:
         raise KtError(str(exc)) from None
-    setting = (
-        "KT_CACHE_DIR"
-        if os.environ.get("KT_CACHE_DIR")
-        else "cache folder ($XDG_CACHE_HOME/kt or ~/.cache/kt)"
-    )
+    setting = _cache_setting()
     if path.exists() and not path.is_dir():
         raise KtError(f"{setting}: {str(path)!r} is a file; kt keeps generated kernels there: give a folder")
     if not path.exists() and (why := unmakeable(path)):

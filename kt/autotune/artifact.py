@@ -101,7 +101,7 @@ def _save_report(result, path: str | os.PathLike) -> tuple[Path, str | None]:
         )
     elif best.measured:
         provenance = (
-            f"the best {best.objective or result.objective} of {counted(len(result.rows), 'config')} measured "
+            f"the best {result.ranked_by} of {counted(len(result.rows), 'config')} measured "
             f"on {result.ran_on}, {best.runtime_ms:.4f} ms"
         )
     else:

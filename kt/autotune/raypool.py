@@ -166,8 +166,9 @@ class RayPool:
             # came after it; Ray restarts the actor, and its next task waits for the new one
             self._abandon(ray, busy)
             raise
-        if inbox is not None and inbox.aborted:  # (Ctrl-C, one op's error, in ops tuned at once) the same: a
-            # caller's runner used again queued its next task behind the abandoned one, timed out counting the wait
+        # aborted (Ctrl-C, one op's error, in ops tuned at once): the same, a caller's runner used again queued
+        # its next task behind the abandoned one, timed out counting the wait
+        if inbox is not None and inbox.aborted:
             self._abandon(ray, busy)
 
     def _abandon(self, ray, busy) -> None:
@@ -241,10 +242,10 @@ class RayPool:
                         "or GPUs it asks for, or a slow start)"
                     )
                 elif now - sent > self.timeout_s:
-                    if ray.wait([ref], timeout=0)[
-                        0
-                    ]:  # done meanwhile (ray.wait hands back one a pass, and the
-                        continue  # caller took a while over an earlier result): read next pass, no timeout
+                    # done meanwhile (ray.wait hands back one a pass, and the caller took a while over an
+                    # earlier result): read next pass, no timeout
+                    if ray.wait([ref], timeout=0)[0]:
+                        continue
                     message = f"no result after {self.timeout_s:.0f} s"
                 else:
                     continue

@@ -496,19 +496,23 @@ class TuneResult:
         """PyTorch's measured objective over the best generated kernel's (> 1: kt is faster), by the objective
         the best was chosen by (time, where an energy tune had no power reading: the ratio was by energy, None);
         None when either was not timed or PyTorch's path was left out (`baseline_left_out`)."""
-        objective = self.best.objective or self.objective
 
         def value(row: dict[str, Any]) -> float | None:
-            return objective_value(row, objective, self.plan.power_cap_w)
+            return objective_value(row, self.ranked_by, self.plan.power_cap_w)
 
         theirs = value(self.baseline) if self.baseline else None
         ours = min((v for v in map(value, self.rows) if v is not None), default=None)
         return theirs / ours if theirs and ours else None
 
     @property
+    def ranked_by(self) -> str:
+        """The objective the best was chosen by: the tune's, or time where no config had a power reading."""
+        return self.best.objective or self.objective
+
+    @property
     def baseline_left_out(self) -> str | None:
         """Why PyTorch's timed path was not compared (over the power cap, no energy reading), or None."""
-        return baseline_left_out(self.baseline, self.best.objective or self.objective, self.plan.power_cap_w)
+        return baseline_left_out(self.baseline, self.ranked_by, self.plan.power_cap_w)
 
     def statuses(self) -> Counter:
         return Counter(row["status"] for row in self.rows)

@@ -61,8 +61,8 @@ def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], .
     if not kept:
         legal = {axis: sorted({getattr(c, axis) for c in space.legal}) for axis in keep}
         listing = "; ".join(f"{axis} {', '.join(map(str, values))}" for axis, values in legal.items())
-        alone = all(set(values) <= set(legal[axis]) for axis, values in keep.items())  # (every value: one
-        # legal value of an axis said so of `tma: [0, 1]` where only tma 0 is legal)
+        # every value of each axis (one legal value of an axis said so of `tma: [0, 1]` where only tma 0 is)
+        alone = all(set(values) <= set(legal[axis]) for axis, values in keep.items())
         # each value asked for is legal somewhere, but not together: say so (the listing blamed no value)
         why = "; the values asked for are each legal, but no legal config has them together" if alone else ""
         raise SpecError(

@@ -299,7 +299,7 @@ class ForestModel:
         if dtypes and record.get("dtype") not in dtypes:
             new.append(f"dtype {record.get('dtype')} (it learned {', '.join(dtypes)})")
         # (a file fitted before kt recorded them holds none: not known, not said)
-        precisions = t.get("precisions") or [] if record else []
+        precisions = (t.get("precisions") or []) if record else []
         precision = record.get("precision") or "ieee"
         if record.get("dtype") == "float32" and precisions and precision not in precisions:
             new.append(f"float32 precision {precision} (it learned {', '.join(precisions)})")
