@@ -76,6 +76,8 @@ def mask_to_hex(mask: np.ndarray) -> str:
 def hex_to_mask(text: str, grid: tuple[int, int]) -> np.ndarray:
     """The mask of `grid` that `mask_to_hex` wrote; ValueError when the text cannot be one."""
     total = grid[0] * grid[1]
+    if not isinstance(text, str):
+        raise ValueError(f"must be hex text, got {type(text).__name__}")
     try:
         data = bytes.fromhex(text)
     except ValueError:
@@ -123,8 +125,25 @@ def layout_mask(weight: torch.Tensor) -> np.ndarray:
     return indices_mask(weight.crow_indices().cpu().numpy(), weight.col_indices().cpu().numpy(), grid)
 
 
-def indices_mask(crow: np.ndarray, cols: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """The block mask over `grid` of BSR indices (block-row offsets `crow`, block columns `cols`)."""
+def indices_mask(crow: np.ndarray, cols: np.ndarray, grid: tuple[int, int], whose: str = "a") -> np.ndarray:
+    """The block mask over `grid` of BSR indices (block-row offsets `crow`, block columns `cols`); ValueError
+    where they are no pattern of it (`whose` grid, in the message). Unchecked, a column of -1 would mark the last
+    block-column and a column past the grid or offsets past `cols` would raise numpy's own errors."""
+    crow, cols = np.asarray(crow), np.asarray(cols)
+    if (
+        crow.ndim != 1
+        or cols.ndim != 1
+        or len(crow) != grid[0] + 1
+        or crow[0] != 0
+        or (np.diff(crow) < 0).any()
+        or crow[-1] != len(cols)
+        or (len(cols) and (cols.min() < 0 or cols.max() >= grid[1]))
+    ):
+        raise ValueError(
+            f"not the BSR indices of a pattern of {whose} {grid[0]}x{grid[1]} block grid "
+            f"(crow_indices: {grid[0] + 1} non-decreasing offsets from 0 to len(col_indices); col_indices: "
+            f"block columns from 0 to {grid[1] - 1}); got {crow.size} offsets and {cols.size} columns"
+        )
     mask = np.zeros(grid, dtype=bool)
     mask[np.repeat(np.arange(grid[0]), np.diff(crow)), cols] = True
     return mask

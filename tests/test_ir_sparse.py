@@ -155,6 +155,39 @@ def test_bsr_rejects_weights_that_do_not_match_the_factor():
         factor.to_dense({"w": other.to_sparse_bsr((2, 2))})
 
 
+@pytest.mark.parametrize(
+    "crow, col",
+    [
+        ([0, 1, 3], [1, 0, -1]),  # -1 used to mark the last block-column and pass
+        ([0, 1, 3], [1, 0, 2]),  # past the 2 block-columns: numpy's IndexError
+        ([0, 1, 4], [1, 0, 1]),  # offsets past the 3 columns
+        ([0, 2, 1], [0, 1, 1]),  # decreasing: numpy's "repeats may not contain negative values"
+    ],
+    ids=["negative_col", "col_past_grid", "crow_past_cols", "crow_decreasing"],
+)
+def test_bsr_rejects_a_weight_whose_indices_are_no_pattern_of_its_grid(crow, col):
+    factor = BSR.from_mask(np.array([[False, True], [True, True]]), (2, 2))
+    w = torch.sparse_bsr_tensor(
+        torch.tensor(crow), torch.tensor(col), torch.ones(len(col), 2, 2), (4, 4), check_invariants=False
+    )
+    with pytest.raises(
+        ValueError, match=r"^weight 'w': not the BSR indices of a pattern of a 2x2 block grid"
+    ):
+        factor.check_weight(w)
+
+
+@pytest.mark.parametrize("block", [(0, 4), (8, 4, 1), 4, (8.0, 4)])
+def test_bsr_from_mask_names_a_bad_block(block):
+    # the shape it computes from the block used to be blamed, or the tuple unpacking failed
+    with pytest.raises(ValueError, match=r"^BSR block=.*: must be two positive integers \(bo, bi\)$"):
+        BSR.from_mask(np.ones((2, 3), dtype=bool), block)
+
+
+def test_bsr_layout_that_is_not_text_is_named():
+    with pytest.raises(ValueError, match=r"^BSR layout 'None' must be hex text, got NoneType$"):
+        BSR(8, 8, (2, 2), None)
+
+
 def test_bsr_rejects_bad_construction():
     with pytest.raises(ValueError, match=r"BSR block 3x2 does not divide the weight shape \(8, 8\)"):
         BSR(8, 8, (3, 2), "ff")

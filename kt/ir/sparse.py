@@ -25,6 +25,11 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
+def _is_block(block) -> bool:
+    """Whether `block` is two positive integers (bo, bi), a tuple or a list."""
+    return isinstance(block, (tuple, list)) and len(block) == 2 and all(_positive_int(b) for b in block)
+
+
 def _short(text: str, limit: int = 24) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -50,10 +55,9 @@ class BSR(Factor):
     def __post_init__(self):
         if not (_positive_int(self.out) and _positive_int(self.inp)):
             raise ValueError(f"BSR shape ({self.out!r}, {self.inp!r}): both must be positive integers")
-        block = tuple(self.block) if isinstance(self.block, (tuple, list)) else (self.block,)
-        if len(block) != 2 or not all(_positive_int(b) for b in block):
+        if not _is_block(self.block):
             raise ValueError(f"BSR block={self.block!r}: must be two positive integers (bo, bi)")
-        bo, bi = (int(b) for b in block)
+        bo, bi = (int(b) for b in self.block)
         if self.out % bo or self.inp % bi:
             raise ValueError(f"BSR block {bo}x{bi} does not divide the weight shape ({self.out}, {self.inp})")
         object.__setattr__(self, "block", (bo, bi))
@@ -73,7 +77,9 @@ class BSR(Factor):
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 2:
             raise ValueError(f"BSR mask has {mask.ndim} dims, expected a 2-D block grid")
-        bo, bi = block
+        if not _is_block(block):
+            raise ValueError(f"BSR block={block!r}: must be two positive integers (bo, bi)")
+        bo, bi = (int(b) for b in block)
         return cls(mask.shape[0] * bo, mask.shape[1] * bi, (bo, bi), mask_to_hex(mask), weight)
 
     @property
@@ -103,7 +109,11 @@ class BSR(Factor):
         blocksize = tuple(w.values().shape[-2:])
         if blocksize != self.block:
             raise ValueError(f"weight {name!r} has blocksize {blocksize}, expected {self.block}")
-        expected, stored = self.mask(), layout_mask(w)
+        try:
+            stored = layout_mask(w)
+        except ValueError as err:
+            raise ValueError(f"weight {name!r}: {err}") from None
+        expected = self.mask()
         if w.values().shape[0] != int(expected.sum()) or not np.array_equal(stored, expected):
             differ = int((stored != expected).sum())
             raise ValueError(

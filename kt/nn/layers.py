@@ -740,6 +740,9 @@ class BlockSparseLinear(_KtLinear):
                 f"BlockSparseLinear: seed draws a density's pattern; a mask gives it, got seed={shown(seed)}"
             )
         if mask is None:
+            # a 0-d float tensor as prune_blocks (and so from_dense) takes it
+            if isinstance(density, torch.Tensor) and density.dim() == 0 and density.is_floating_point():
+                density = float(density)
             if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
                 raise ValueError(f"BlockSparseLinear: density must be in (0, 1], got {density!r}")
             try:  # as op.yaml's sparsity.seed: None drew another pattern each time, -1 failed inside numpy
@@ -1020,22 +1023,13 @@ class BlockSparseLinear(_KtLinear):
                 )
             rows.append(index.detach().cpu().to(torch.int64).numpy())
         crow, col = rows
-        if (
-            len(crow) != grid[0] + 1
-            or crow[0] != 0
-            or (np.diff(crow) < 0).any()
-            or crow[-1] != len(col)
-            or (len(col) and (col.min() < 0 or col.max() >= grid[1]))
-        ):
-            raise ValueError(
-                f"{who}: not the BSR indices of a pattern of this layer's {grid[0]}x{grid[1]} block grid "
-                f"(crow_indices: {grid[0] + 1} non-decreasing offsets from 0 to len(col_indices); col_indices: "
-                f"block columns from 0 to {grid[1] - 1}); got {len(crow)} offsets and {len(col)} columns"
-            )
+        try:
+            mask = indices_mask(crow, col, grid, whose="this layer's")
+        except ValueError as err:
+            raise ValueError(f"{who}: {err}") from None
         rows = np.repeat(np.arange(grid[0]), np.diff(crow))
         if (np.diff(col)[rows[1:] == rows[:-1]] <= 0).any():  # the buffers, written sorted, would not be its
             raise ValueError(f"{who}: col_indices must increase within each block-row (a BSR tensor's order)")
-        mask = indices_mask(crow, col, grid)
         if not mask.any():
             raise ValueError(f"{who}: the pattern keeps no block")
         return mask
@@ -1463,6 +1457,13 @@ class MonarchLinear(_KtLinear):
                 f"out_features={linear.out_features}"
             )
         w1, w2 = project(linear.weight.detach().double(), nblocks, nblocks)
+        size, dense = w1.numel() + w2.numel(), linear.weight.numel()
+        if size >= dense:  # legal, and no smaller (nblocks 1 doubles the weights): said, as LowRankLinear's
+            warnings.warn(
+                f"MonarchLinear.from_dense: nblocks {nblocks} gives {size} weights, no fewer than the dense "
+                f"layer's {dense} ({linear.in_features} x {linear.out_features}); more blocks save memory",
+                stacklevel=2,
+            )
         return cls._from_linear(linear, nblocks, weights={"w1": w1, "w2": w2})
 
     def extra_repr(self) -> str:
