@@ -1263,6 +1263,15 @@ def test_a_bad_layer_argument_is_one_value_error_naming_it(make, message):
         make()
 
 
+def test_a_block_sparse_layers_density_may_be_a_0d_float_tensor_as_from_dense_takes_it():
+    # it was refused as "density must be in (0, 1], got tensor(0.5000)"
+    made = knn.BlockSparseLinear(32, 16, (8, 4), density=torch.tensor(0.5), seed=3)
+    assert made.values.shape == knn.BlockSparseLinear(32, 16, (8, 4), density=0.5, seed=3).values.shape
+    assert made.values.shape[0] == 8
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got tensor\(\[0.5000\]\)"):
+        knn.BlockSparseLinear(32, 16, (8, 4), density=torch.tensor([0.5]))
+
+
 def test_numpy_integers_are_layer_sizes_and_a_complex_dtype_leaves_the_layer_as_it_was():
     import numpy as np
 
@@ -1842,6 +1851,39 @@ def test_structurize_warns_that_a_weight_tied_to_another_module_is_no_longer_tie
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         knn.structurize(shared, {"a": knn.DenseLinear.from_dense})
+
+
+def test_structurize_names_a_shared_bias_a_layer_without_features_and_layers_already_made():
+    """An audit of structurize: a bias shared with another module (BERT's MLM decoder and cls.predictions.bias)
+    was untied unsaid; a factory's nn.Sequential of the right shape was said to map "? -> ?"; a second run of
+    the same rules said only "it has no nn.Linear"; MonarchLinear.from_dense at nblocks 1 doubled the weights
+    without the word LowRankLinear's says."""
+    model = torch.nn.Module()
+    model.c, model.d = torch.nn.Linear(8, 4), torch.nn.Linear(16, 4)
+    model.d.bias = model.c.bias
+    with pytest.warns(
+        UserWarning, match=r"^structurize: the bias of 'c' is also 'd.bias'; the new layer holds"
+    ):
+        knn.structurize(model, {"c": knn.DenseLinear.from_dense})
+    plain = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    sequential = lambda linear: torch.nn.Sequential(torch.nn.Linear(16, 4), torch.nn.Linear(4, 8))  # noqa: E731
+    with pytest.raises(
+        ValueError,
+        match=r"^structurize: the layer made for '0' \(Sequential\) has no in_features and out_features "
+        r"attributes, which structurize checks it by; set them \('0' maps 16 -> 8\)$",
+    ):
+        knn.structurize(plain, {"0": sequential})
+    twice = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    rules = {"*": lambda linear: knn.LowRankLinear.from_dense(linear, rank=4)}
+    assert knn.structurize(twice, rules) == ["0", "2"]
+    with pytest.raises(
+        ValueError,
+        match=r"matches no nn.Linear of the model \('0' is already a kt.nn.LowRankLinear; '2' is already a "
+        r"kt.nn.LowRankLinear\); it has no nn.Linear$",
+    ):
+        knn.structurize(twice, rules)
+    with pytest.warns(UserWarning, match=r"^MonarchLinear.from_dense: nblocks 1 gives 512 weights, no fewer"):
+        knn.MonarchLinear.from_dense(torch.nn.Linear(16, 16), 1)
 
 
 @pytest.mark.parametrize("how", ["prune", "spectral_norm", "parametrizations.spectral_norm"])

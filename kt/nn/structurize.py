@@ -19,6 +19,7 @@ from kt.nn.layers import (
     CONVOLUTIONS,
     OTHER_NAMES,
     Pointwise,
+    _KtLinear,
     _not_pointwise,
     as_linear,
     conv1d,
@@ -88,7 +89,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     `"blocks.*.mlp.fc1"`, `"*"`) to a factory `linear -> layer` (e.g. `lambda l: LowRankLinear.from_dense(l,
     rank=32)`); the first pattern that matches wins, and a pattern that matches no nn.Linear is an error (a typo
     would otherwise replace nothing, silently). Or `rules` is a function `(name, linear) -> layer or None`. A
-    factory's layer must be an nn.Module that takes the linear's in_features and gives its out_features. Every
+    factory's layer must be an nn.Module whose in_features and out_features attributes are the linear's. Every
     layer is made and checked before any is swapped in: on an error the model is left as it was. A factory that
     is a layer's class (`DenseLinear` for `DenseLinear.from_dense`) or no function, and a function rule that
     cannot take (name, linear), are refused first, naming what to give.
@@ -132,6 +133,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
     linears: dict[int, nn.Linear] = {}
     subclassed: dict[str, str] = {}  # name -> class of each nn.Linear subclass (left alone)
     convolutions: dict[str, str] = {}  # name -> why, of each convolution that is no matmul (a pattern's miss)
+    made: dict[str, str] = {}  # name -> what, of each kt.nn layer (a pattern's miss too)
     for name, module in model.named_modules(remove_duplicate=False):
         cls = unparametrized(module)
         if cls is nn.Linear or conv1d(module) or pointwise(module):
@@ -161,6 +163,9 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
             convolutions[name] = (
                 f"is a {cls.__name__} of {_not_pointwise(module)}: no matmul over its channels"
             )
+        elif isinstance(module, (_KtLinear, Pointwise)):  # structurize run twice (a notebook cell) said only
+            # "it has no nn.Linear"
+            made[name] = f"is already a kt.nn.{type(module).__name__}"
     if isinstance(rules, Mapping):
         patterns = list(rules.items())
         for pattern, factory in patterns:
@@ -176,7 +181,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
                 others = [
                     f"{n!r} {why}"
-                    for n, why in [*subclassed.items(), *convolutions.items()]
+                    for n, why in [*subclassed.items(), *convolutions.items(), *made.items()]
                     if fnmatch.fnmatchcase(n, pattern)
                 ]
                 skipped = f" ({'; '.join(others[:3])})" if others else ""
@@ -248,13 +253,16 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"structurize: the rule for {name!r} returned a {type(layer).__name__}, not an nn.Module "
                 "(or None to keep the layer)"
             )
-        if (
-            getattr(layer, "in_features", None) != linear.in_features
-            or getattr(layer, "out_features", None) != linear.out_features
-        ):
+        if not (hasattr(layer, "in_features") and hasattr(layer, "out_features")):  # was "maps ? -> ?"
             raise ValueError(
-                f"structurize: the layer made for {name!r} maps {getattr(layer, 'in_features', '?')} -> "
-                f"{getattr(layer, 'out_features', '?')} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
+                f"structurize: the layer made for {name!r} ({type(layer).__name__}) has no in_features and "
+                f"out_features attributes, which structurize checks it by; set them ({name!r} maps "
+                f"{linear.in_features} -> {linear.out_features})"
+            )
+        if layer.in_features != linear.in_features or layer.out_features != linear.out_features:
+            raise ValueError(
+                f"structurize: the layer made for {name!r} maps {layer.in_features} -> "
+                f"{layer.out_features} features; {name!r} maps {linear.in_features} -> {linear.out_features}"
             )
         if pointwise(module):  # the layer computes the convolution over its channels
             layer = Pointwise(layer, dims=len(module.kernel_size), stride=tuple(module.stride))
@@ -271,16 +279,23 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
         module = linears[key]
         # its weight, or what prune, spectral_norm or a parametrization computes it from (`weight` is then a
         # fresh tensor, held by nobody: a tied weight_orig was untied without a word)
-        watched = [module.weight, *(t for c in _computed(module) if c.tensor == "weight" for t in c.sources)]
         names = [n for n, _ in module.named_parameters(remove_duplicate=False)]
         own = {f"{alias}.{n}" if alias else n for alias in aliases[key] for n in names}
-        tied = list(dict.fromkeys(n for p in watched for n in holders.get(id(p), []) if n not in own))
-        if tied:  # (an embedding shared with an output head, say): the new layer has weights of its own
-            warnings.warn(
-                f"structurize: the weight of {aliases[key][0]!r} is also {', '.join(map(repr, tied))}; the new "
-                f"layer holds weights of its own, so the two are no longer tied{_untie_config(model, linears[key])}",
-                stacklevel=2,
-            )
+        # the bias too: BERT's MLM decoder shares cls.predictions.bias, which was left behind, stale, unsaid
+        for tensor in ("weight", "bias"):
+            held = getattr(module, tensor, None)
+            watched = [
+                *([held] if isinstance(held, torch.Tensor) else []),
+                *(t for c in _computed(module) if c.tensor == tensor for t in c.sources),
+            ]
+            tied = list(dict.fromkeys(n for p in watched for n in holders.get(id(p), []) if n not in own))
+            if tied:  # (an embedding shared with an output head, say): the new layer has weights of its own
+                untie = _untie_config(model, linears[key]) if tensor == "weight" else ""
+                warnings.warn(
+                    f"structurize: the {tensor} of {aliases[key][0]!r} is also {', '.join(map(repr, tied))}; the "
+                    f"new layer holds its own, so the two are no longer tied{untie}",
+                    stacklevel=2,
+                )
         _carry_state(linears[key], layer, aliases[key][0])
         for alias in aliases[key]:
             parent_name, _, child = alias.rpartition(".")
