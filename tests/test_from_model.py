@@ -531,3 +531,43 @@ def test_discovery_lists_a_skip_once_notes_what_it_tuned_keeps_norm_statistics_a
     big = model_ops(nn.Linear(16, 16, device="meta"), torch.empty(2**25, 16, device="meta"))
     (spec,) = big.specs
     assert spec.shape.m == 2**24 and f"_b{2**24}_" in spec.name, spec.name
+
+
+def test_discovery_skips_a_linear_past_the_limits_and_reads_what_the_module_runs():
+    """An audit of model_ops: an nn.Linear of 2**24 + 1 in_features became a spec of K 2**23 (bucket_spec lowers
+    a weight gradient's K to fit, and lowered this one's); a layer called as layer(x=t, input=None) was missed; a
+    1x1 convolution of a Conv2d subclass was passed over unsaid; a spectral_norm's power iteration kept the
+    example's step; a weight swapped under stale in/out_features gave the spec of the attributes."""
+    wide = nn.Linear(2**24 + 1, 2, bias=False, device="meta")
+    found = model_ops(wide, torch.empty(3, 2**24 + 1, device="meta"))
+    assert found.specs == [] and found.skipped == [
+        ("(model)", "beyond kt's limits: shape.k: must be an integer from 1 to 16777216, got 16777217")
+    ]
+
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = knn.DenseLinear(8, 4)
+
+        def forward(self, x):
+            return self.a(x=x, input=None)
+
+    assert [s.summary() for s in model_ops(Keyword(), torch.randn(3, 8)).specs] == [
+        "dense 16x4x8 float32 (a: row, b: col)"
+    ]
+
+    class Standardized(nn.Conv2d):  # as timm's StdConv2d: its forward standardizes the weight
+        pass
+
+    found = model_ops(nn.Sequential(Standardized(8, 4, 1)), torch.randn(2, 8, 3, 3))
+    assert found.specs == [] and found.skipped == [
+        ("0", "a Standardized: a subclass of torch's Conv2d, whose forward may differ")
+    ]
+    model = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8)), nn.BatchNorm1d(8)).train()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    model_ops(model, torch.randn(4, 8))
+    assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
+    swapped = nn.Linear(8, 8, bias=False)
+    swapped.weight = nn.Parameter(torch.randn(300, 8))  # out_features still says 8
+    (spec,) = model_ops(swapped, torch.randn(3, 8)).specs
+    assert (spec.shape.n, spec.shape.k) == (300, 8)

@@ -68,8 +68,10 @@ def model_ops(
     the example does not run: a generation's decode steps, one row per sequence)."""
     from kt.nn.functional import _row_count
     from kt.nn.layers import (
+        CONVOLUTIONS,
         FFT,
         _KtLinear,
+        _not_pointwise,
         as_linear,
         autocast_dtype,
         conv1d,
@@ -90,7 +92,10 @@ def model_ops(
 
     def record(path: str, module: nn.Module, inputs: tuple, keywords: dict, output: Any) -> None:
         # a layer called as layer(x=...) or linear(input=...) was missed: its positional inputs are empty
-        x = inputs[0] if inputs else keywords.get("input", keywords.get("x"))
+        # (layer(x=t, input=None), which the layer takes, was missed too)
+        x = inputs[0] if inputs else keywords.get("input")
+        if x is None:
+            x = keywords.get("x")
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
             return
         kind = None  # the list of a 1x1 convolution's or a Conv1D's paths, where it is one
@@ -106,6 +111,14 @@ def model_ops(
                 path,
                 f"a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ",
             )
+            return
+        elif (
+            isinstance(module, CONVOLUTIONS)
+            and unparametrized(module) not in CONVOLUTIONS
+            and not _not_pointwise(module)
+        ):  # a 1x1 convolution of a subclass (timm's StdConv2d): left alone by structurize, listed here
+            base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
+            skip(path, f"a {type(module).__name__}: a subclass of torch's {base}, whose forward may differ")
             return
         elif isinstance(module, nn.Linear) or conv1d(module) or pointwise(module):
             positions = None
@@ -133,10 +146,12 @@ def model_ops(
             except KeyError:
                 skip(path, f"{weight_dtype} is not a kt dtype ({', '.join(DTYPES)})")
                 return
+            # the weight F.linear multiplies, not the in/out_features attributes (stale where a weight was swapped)
+            out_features, in_features = module.weight.shape
             op = {
                 "op": "dense",
                 "dtype": dtype,
-                "shape": {"n": module.out_features, "k": module.in_features},
+                "shape": {"n": out_features, "k": in_features},
                 "layout": {"a": "row", "b": "col"},
             }
             # numel // in_features counted no rows when in_features is 0
@@ -147,7 +162,9 @@ def model_ops(
             skip(path, "its example input has no rows (an empty batch)")
             return
         try:
-            bucket_spec({**op, "name": "op"}, rows)  # checked once here: `add` makes it again per bucket
+            # checked once here (`add` makes it again per bucket); an nn.Linear's K is its in_features, which
+            # bucket_spec must not lower as it does a weight gradient's (16x1x8388608 for 2**24 + 1 features)
+            bucket_spec({**op, "name": "op"}, rows, lower_k=False)
         except SpecError as exc:  # past kt's limits (2**24 features or rows): the model ran; skip this op
             skip(path, f"beyond kt's limits: {exc}")
             return
@@ -162,7 +179,7 @@ def model_ops(
 
     def add(path: str, op: dict[str, Any], rows: int) -> None:
         """The spec of `op` at the bucket of `rows`, named after `path`; once for ops of equal math."""
-        spec = bucket_spec({**op, "name": "op"}, rows)
+        spec = bucket_spec({**op, "name": "op"}, rows, lower_k=False)
         signature = json.dumps(spec.signature(), sort_keys=True)
         # six hex digits of the whole op, as `selections().specs()` names them: two models whose factories
         # share a name (the README's example_model) tuned into one folder replaced each other's artifacts
@@ -171,7 +188,7 @@ def model_ops(
         # 2**24 rows)
         spec_rows = spec.shape.m if spec.op == "dense" else spec.shape.batch
         name = _name(name_prefix, path, spec_rows, digest)
-        spec = bucket_spec({**op, "name": name}, rows)
+        spec = bucket_spec({**op, "name": name}, rows, lower_k=False)
         if signature in by_signature:
             paths = found.modules[by_signature[signature]]
             if (
@@ -184,7 +201,7 @@ def model_ops(
             count += 1
             taken = _name(name_prefix, path, spec_rows, digest, count)
         if taken != name:
-            spec = bucket_spec({**op, "name": taken}, rows)
+            spec = bucket_spec({**op, "name": taken}, rows, lower_k=False)
         by_signature[signature] = spec.name
         found.modules[spec.name] = [path or "(model)"]
         found.specs.append(spec)
@@ -213,12 +230,15 @@ def model_ops(
     lazy = [
         m for m in norms if any(nn.parameter.is_lazy(b) for b in m.buffers(recurse=False) if b is not None)
     ]
+    # every buffer the run may update is put back, not only the norms' statistics: a spectral_norm's power
+    # iteration (its _u and _v) advanced on each forward in training mode, as a model's own counters or caches may
+    # (a buffer the run replaced by another tensor is put back too; one shared by two modules is one entry)
     statistics = [
-        (buffer, buffer.clone())
-        for module in norms
+        (module, name, buffer, buffer.clone())
+        for module in model.modules()
         if module not in lazy
-        for buffer in module.buffers(recurse=False)
-        if buffer is not None
+        for name, buffer in module.named_buffers(recurse=False)
+        if not nn.parameter.is_lazy(buffer)
     ]
     try:
         with torch.no_grad():
@@ -234,8 +254,12 @@ def model_ops(
         for handle in handles:
             handle.remove()
         with torch.no_grad():
-            for buffer, kept in statistics:
-                buffer.copy_(kept)
+            for module, name, buffer, kept in statistics:
+                module._buffers[name] = buffer
+                if buffer.shape == kept.shape:
+                    buffer.copy_(kept)
+                else:  # resized in place (a cache grown by the run)
+                    buffer.set_(kept)
             for module in lazy:
                 if not any(nn.parameter.is_lazy(b) for b in module.buffers(recurse=False) if b is not None):
                     module.reset_running_stats()

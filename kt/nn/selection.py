@@ -296,12 +296,13 @@ TRUSTED = "kt_derived_indices"
 DEEP = "kt_rows_deep"
 
 
-def bucket_spec(op: dict[str, Any], rows: int, exact: bool = False) -> OpSpec:
+def bucket_spec(op: dict[str, Any], rows: int, exact: bool = False, lower_k: bool = True) -> OpSpec:
     """The spec of `op` (an op.yaml mapping without its batch) for the bucket of `rows` (`exact`: for `rows`
     itself, as a FLOP count needs); where a spec cannot have that many rows (a batch over the spec's limit, or
     operands over its size limit), the largest bucket below it that one can: its kernel takes any number of
     rows, and a larger problem only fits its tiles better. A layer of nn.Linear's any rows failed past 2**24 of
-    them, blamed on a spec field never written."""
+    them, blamed on a spec field never written. `lower_k` False: a dense op's K is never lowered (see below), as
+    an nn.Linear's in_features must not be (`kt tune --from-model` skips one past the limits)."""
     data = json.loads(json.dumps({key: value for key, value in op.items() if key not in (TRUSTED, DEEP)}))
     size = rows if exact else bucket(rows)
     # an op without its shape (or terms) is left for parse_spec to name the field
@@ -331,7 +332,8 @@ def bucket_spec(op: dict[str, Any], rows: int, exact: bool = False) -> OpSpec:
             # or its operands' bytes): the largest power of two that fits, as the rows are lowered below (the
             # kernel takes the tensors' own K). The backward of a forward that ran raised a SpecError
             deep = (
-                data.get("op") == "dense"
+                lower_k
+                and data.get("op") == "dense"
                 and isinstance(shapes[0], dict)
                 and isinstance(shapes[0].get("k"), int)
             )
