@@ -21,6 +21,7 @@ from kt.autotune.dataset import measured_records, read_rows
 from kt.autotune.inductor import COLUMNS, FAILED, ORIGIN
 from kt.cli import main
 from kt.codegen import GemmConfig
+from kt.errors import DatabaseError
 from kt.ir import GemmProblem
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/autoheuristic"
@@ -298,6 +299,42 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_own_line(tmp_path):
     log.write_bytes(b"\n".join(text))
     result = kt("import", "inductor", log, "--out", tmp_path / "o.csv")
     assert_one_line_error(result, "log.txt' line 1001: not UTF-8 text (byte 0xff at column")
+
+
+def test_a_line_csv_cannot_read_is_named_by_its_own_line(tmp_path):
+    """csv's own count named the line before: a lone CR on line 6 was "near line 5"."""
+    lines = [line(64, 64, 64, "extern_mm", f"0.{i + 1}") for i in range(8)]
+    lines[3] = lines[3].replace("True,True", "True\rTrue")  # line 6: the JSON header and the CSV header first
+    result = kt("import", "inductor", write_log(tmp_path / "log.txt", lines), "--out", tmp_path / "o.csv")
+    assert_one_line_error(result, "log.txt' near line 6: cannot read it (new-line character seen")
+
+
+def test_an_import_given_twice_in_one_csv_is_refused_where_it_was_read_twice(tmp_path):
+    """An imported CSV has no id column, the only repeat the reader looked for: one import appended to
+    itself was fitted and evaluated with every row twice."""
+    rng = random.Random(3)
+    configs = [TRITON.format(64, 32, 64, 3, 4), TRITON.format(128, 32, 64, 4, 8)]
+    lines = [line(256, 128, 96, c, t) for c, t in zip(configs, timings(rng, 2))]
+    rows, _ = import_rows(tmp_path, write_log(tmp_path / "log.txt", lines))
+    assert len(read_rows(tmp_path / "out.csv")) == 2
+    text = (tmp_path / "out.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "twice.csv").write_text("".join(text + text[1:]))
+    with pytest.raises(DatabaseError, match=r"twice.csv' line 4: the row of line 2 again; .* keep one copy$"):
+        read_rows(tmp_path / "twice.csv")
+    retimed = text[2].replace(rows[1]["runtime_ms"], "9.5", 1)
+    (tmp_path / "retimed.csv").write_text("".join([*text, retimed]))
+    with pytest.raises(
+        DatabaseError, match=r"line 4: the measurement key of line 3 \(runner, .*\) on another row"
+    ):
+        read_rows(tmp_path / "retimed.csv")
+    # a number past Python's 4300 digits in a JSON column: its error named no column
+    huge = text[1].replace('""m"": 256', '""m"": ' + "9" * 5000, 1)
+    assert huge != text[1], text[1]
+    (tmp_path / "huge.csv").write_text("".join([text[0], huge]))
+    with pytest.raises(
+        DatabaseError, match=r"huge.csv' line 2: column problem holds a number too long for kt"
+    ):
+        read_rows(tmp_path / "huge.csv")
 
 
 def test_origin_names_where_the_logs_came_from(tmp_path):

@@ -1109,6 +1109,8 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
                 row[key] = json.loads(row[key])
             except json.JSONDecodeError as exc:
                 raise ValueError(f"column {key} is not JSON ({exc})") from None
+            except ValueError:  # an integer past Python's 4300 digits, which named no column
+                raise ValueError(f"column {key} holds a number too long for kt (over 4300 digits)") from None
             except RecursionError:  # nested past Python's limit (a damaged or edited file): a traceback
                 raise ValueError(f"column {key} is not JSON kt writes (nested too deep)") from None
     return row

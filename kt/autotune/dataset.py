@@ -23,6 +23,7 @@ from kt.autotune.database import (
     BASELINE_KEY,
     COLUMN_NAMES,
     COLUMNS,
+    KEY_COLUMNS,
     STATUSES,
     Database,
     decode_row,
@@ -100,7 +101,7 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
     """The rows of a `kt export` CSV. A row with fewer or more cells than the header, or a last row without its
     line break (`kt export` ends every row with one), is a cut-off or damaged file: refused, not read as a row
     whose missing cells are empty."""
-    rows, seen = [], {}
+    rows, seen, keys = [], {}, {}
     for where, raw in csv_records(export_text(path, field), f"{field}: {str(path)!r}", DatabaseError):
         row = {k: _cell(k, v) for k, v in raw.items() if k in COLUMN_NAMES or k == "id"}
         try:
@@ -125,6 +126,21 @@ def _csv_rows(path: Path, field: str) -> list[dict[str, Any]]:
                     "joined? give each row its own id (renumber the id column, or leave its cells empty)"
                 )
             seen[row["id"]] = where.rpartition(" ")[2], len(rows)
+        # without ids (`kt import inductor` writes none), a row given twice (two imports joined) was read twice:
+        # a database holds one row per measurement key, and so does a CSV read as one
+        key = tuple(row.get(column) for column in KEY_COLUMNS)
+        if key in keys:
+            line, index = keys[key]
+            other = {k: v for k, v in rows[index].items() if k != "id"}
+            if other == {k: v for k, v in row.items() if k != "id"}:
+                raise DatabaseError(
+                    f"{where}: the row of line {line} again; a CSV holds each row once: keep one copy"
+                )
+            raise DatabaseError(
+                f"{where}: the measurement key of line {line} ({', '.join(KEY_COLUMNS)}) on another row; a "
+                "database holds one row per key: keep one of the two"
+            )
+        keys[key] = where.rpartition(" ")[2], len(rows)
         rows.append(row)
     return rows
 

@@ -43,7 +43,7 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
   A file's last run waits until every file is read: one that is the leading part of a run read (an older copy
   taken while Inductor was writing that run, line by line) counts once too. A single line is no fingerprint, so a run of one always
   counts: two runs can time a config alike to the digit (569 finite lines of h100_mm appear more than once,
-  none in a repeated run). The same file given twice, or under another name, is refused outright.
+  none in a repeated run). So a copy cut right after a run's first line counts that one timing twice. The same file given twice, or under another name, is refused outright.
 
 Any malformed line is one DatabaseError naming the file and line, and no output is written; the CSV is written
 beside its path and renamed into place.
@@ -301,6 +301,9 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
                     ) from None
 
         text = decoded()
+        # lines read so far (the JSON header is line 1): csv's own count named the line before a row it could
+        # not read (a lone CR on line 40 was "near line 39")
+        consumed = [1]
         try:
             target, device = _header(next(text, ""), name)
             ended = [True]  # whether the last line read ended with its line break
@@ -308,6 +311,7 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
             def text_lines():
                 for read in text:
                     ended[0] = read.endswith(("\n", "\r"))
+                    consumed[0] += 1
                     yield read
 
             reader = csv.reader(text_lines())
@@ -407,7 +411,8 @@ def _read_file(path: Path, log: Log, progress: Progress | None, done: int, total
         except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
             # gzip's errors (not gzip, truncated) and text that is not UTF-8: where the reading stopped
             reason = str(exc) or type(exc).__name__
-            raise DatabaseError(f"inductor: {name!r} near line {line}: cannot read it ({reason})") from None
+            near = consumed[0] if isinstance(exc, csv.Error) else line
+            raise DatabaseError(f"inductor: {name!r} near line {near}: cannot read it ({reason})") from None
 
 
 def _gzip_damage(stream: gzip.GzipFile) -> str | None:
