@@ -85,6 +85,7 @@ class _Slot:
         self.spawned = 0.0
         self.ready = False
         self.info: dict[str, Any] = {}  # what the worker said when ready (its pid)
+        self.resent: Task | None = None  # the task sent again after the zygote died with its worker
         self.start()
 
     def start(self) -> None:
@@ -419,6 +420,13 @@ class WorkerPool:
             code = None
         if getattr(slot.process, "unborn", False):  # its zygote died before forking it: not the task's doing
             slot.restart()  # a new zygote's fork, or a fresh process
+            slot.send(task)
+            return None
+        # killed with its zygote: every task in flight was stored as a crash, and a tune's predicted best left
+        # out. Sent again once: a task that itself kills the zygote is a crash the second time
+        if getattr(slot.process, "orphaned", False) and slot.resent is not task:
+            slot.resent = task
+            slot.restart()
             slot.send(task)
             return None
         tail = slot.log_tail()

@@ -50,6 +50,7 @@ class ForkedWorker:
         self.returncode: int | None = None
         self.failure = ""  # why the fork failed, for the pool's crash message
         self.unborn = False  # the zygote died before it forked this worker (the pool starts another)
+        self.orphaned = False  # the zygote died after it forked this worker, which died with it
         self._buffer = b""
 
     def _read(self, timeout: float | None) -> None:
@@ -77,6 +78,7 @@ class ForkedWorker:
         if not chunk and self.returncode is None:  # the zygote went away without a word about this worker
             self.returncode = -signal.SIGKILL
             self.unborn = self._pid is None
+            self.orphaned = not self.unborn  # the pool sends its task again, once
             if not self.unborn:  # killed with it: said so, not blamed on the task as the OOM killer's SIGKILL
                 code = self.zygote.process.poll()
                 self.failure = (
@@ -186,12 +188,18 @@ class Zygote:
     def spawn(self, env: dict[str, str], to_child: int, from_child: int, log: int) -> ForkedWorker | None:
         """Ask for a worker serving the pipe ends `to_child` (it reads) and `from_child` (it writes), its output
         to `log`. The descriptors are copied to the zygote; the caller still closes its own. None where the
-        request cannot be written (no temporary file): start a fresh process.
+        request cannot be written (no temporary file, or no working folder to name): start a fresh process.
 
         The request, {env, cwd} as JSON, goes in a temporary file whose descriptor is sent with the others: as
         the socket message itself, an environment over the socket's buffer (about 200 KB) failed to send
         (EMSGSIZE), which was taken for the zygote's death, and the pool restarted the worker for ever."""
-        message = json.dumps({"env": env, "cwd": os.getcwd()}).encode()
+        try:
+            cwd = os.getcwd()
+        except (
+            OSError
+        ):  # the working folder was deleted: it raised out of the pool, "No such file or directory"
+            return None
+        message = json.dumps({"env": env, "cwd": cwd}).encode()
         # no temporary file here (a full disk) is not the zygote's death, and a retry would fail the same way:
         # a fresh process
         try:
