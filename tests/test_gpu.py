@@ -89,12 +89,12 @@ def test_the_cuda_runner_checks_then_times_with_a_spread_and_energy():
 
 
 def _power_limit_w() -> float | None:
-    """GPU 0's enforced power limit in watts (NVML), or None where NVML cannot say."""
-    try:
-        import pynvml
+    """The enforced power limit in watts of the GPU torch calls cuda:0, matched by UUID (NVML's index 0 is the
+    first board on the bus, whatever CUDA_VISIBLE_DEVICES says), or None where NVML cannot say."""
+    from kt.autotune.timing import Nvml
 
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetEnforcedPowerLimit(pynvml.nvmlDeviceGetHandleByIndex(0)) / 1000.0
+    try:
+        return Nvml.for_torch_device(0).power_limit_w() or None
     except Exception:
         return None
 

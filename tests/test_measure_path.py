@@ -452,6 +452,41 @@ def test_the_sm_clock_and_temperature_are_read_while_the_kernels_energy_loop_run
     assert calls[last_kernel + 1 : last_kernel + 4] == ["clock", "temperature", "sync"], calls
 
 
+def test_a_clock_nvml_refuses_costs_the_row_its_clock_not_its_energy(monkeypatch):
+    """NVML refusing the SM clock mid-loop (NotSupported on some boards) dropped the energy figure the counter
+    had read, and left the loop unwaited for. No GPU: the stand-in counter's readings are inputs."""
+    from kt.autotune import timing
+
+    class NotSupported(Exception):
+        pass
+
+    class Meter:
+        handle, reason, counter = object(), "", 0
+
+        def energy_mj(self):
+            self.counter += 5000
+            return self.counter
+
+        def sm_clock_mhz(self):
+            raise NotSupported("Not Supported")
+
+        def temperature_c(self):
+            return 41
+
+        def is_nvml_error(self, exc):
+            return isinstance(exc, NotSupported)
+
+    def no_graph():
+        raise RuntimeError("no CUDA graph here")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    settings = timing.TimingSettings(regime="l2_warm", energy_s=0.01)
+    values = timing.energy_cuda(lambda: None, 1.0, Meter(), settings)
+    assert values["energy_status"] == "ok" and values["energy_mj"] > 0, values
+    assert values["temperature_c"] == 41 and "sm_clock_mhz" not in values
+
+
 def test_the_timing_summary_is_the_median_min_and_20th_80th_percentiles_of_the_runs():
     """time_cuda's row figures come from _summary, checked elsewhere only on a GPU (and there only for their
     order): a p20 taken from the 40th percentile, a min from the unsorted list, or a mean for the median

@@ -361,7 +361,14 @@ def energy_cuda(
     state: dict[str, Any] = {}
 
     def read_state() -> None:  # while the kernel's loop runs: not the flush loop's (or an idle card's) clock
-        state.update(sm_clock_mhz=meter.sm_clock_mhz(), temperature_c=meter.temperature_c())
+        # each a side reading: NVML refusing one (NotSupported on some boards) left the loop unsynchronized and
+        # cost the energy figure the counter had read
+        for name, read in (("sm_clock_mhz", meter.sm_clock_mhz), ("temperature_c", meter.temperature_c)):
+            try:
+                state[name] = read()
+            except Exception as exc:
+                if not meter.is_nvml_error(exc):
+                    raise
 
     try:
         if flush is None:
