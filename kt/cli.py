@@ -2277,8 +2277,12 @@ def _value(value, spec: str) -> str:
 
 
 def _ranked_shapes(report) -> int:
-    """Shapes with at least two configs measured: the only ones whose ranking metrics say anything."""
-    return sum(n >= 2 for n in Counter(report.groups).values())
+    """Shapes with at least two configs measured: the only ones whose ranking metrics say anything. Configs, not
+    rows: a config measured twice (two tunes) is one ranked row, and its shape's two rows left out the note."""
+    from kt.costmodel.evaluate import one_per_config
+
+    _, _, groups = one_per_config(report.runtime_ms, report.predicted_ms, report.groups, report.configs)
+    return sum(n >= 2 for n in Counter(groups).values())
 
 
 def _metric_rows(report) -> list[tuple[str, str]]:

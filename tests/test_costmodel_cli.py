@@ -688,6 +688,23 @@ def test_a_power_cap_no_config_is_predicted_under_is_said_by_a_tune_without_a_gp
     assert any(n.startswith(note) for n in api.load(tmp_path / "art" / "c").meta["notes"])
 
 
+def test_the_ranking_note_counts_configs_not_rows():
+    """Each problem's one config measured twice (two tunes) is one ranked row: the metrics were blank and the
+    note saying why was left out, as two rows were counted two configs."""
+    from types import SimpleNamespace
+
+    from kt.cli import _ranked_shapes
+
+    twice = SimpleNamespace(
+        runtime_ms=np.array([1.0, 1.02, 2.0, 2.04]),
+        predicted_ms=np.array([1.1, 1.1, 2.1, 2.1]),
+        groups=["a", "a", "b", "b"],
+        configs=["m16", "m16", "m32", "m32"],
+    )
+    assert _ranked_shapes(twice) == 0
+    assert _ranked_shapes(SimpleNamespace(**{**vars(twice), "configs": ["m16", "m32", "m16", "m32"]})) == 2
+
+
 def test_eval_cross_validates_with_whole_shapes_held_out_and_scores_a_model_file(gpperf, tmp_path):
     result = kt("costmodel", "eval", "--data", gpperf["db"], "--device", gpperf["profile"], "--folds", "3")
     assert result.exit_code == 0, result.stderr

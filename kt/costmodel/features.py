@@ -22,7 +22,7 @@ Nothing here knows codegen: the features are the physics of a tiled GEMM on the 
 | log2_k_steps | K steps each program takes (after split-K) |
 | log2_programs | programs launched: tiles_m * tiles_n * split_k * batch |
 | waves | programs over (SMs x programs resident per SM) |
-| tail_fill | the last wave's fill, waves / ceil(waves): 1.0 when every wave is full |
+| tail_fill | the waves' mean fill, waves / ceil(waves) (not the last wave's alone): 1.0 when every wave is full |
 | padding_waste | the share of computed FLOPs that fall outside the problem (ragged tiles, split-K padding) |
 | smem_kib | shared memory per program: stages * (block_m + block_n) * block_k * itemsize |
 | blocks_per_sm | programs resident per SM, the least of the shared-memory, thread, register and block limits |

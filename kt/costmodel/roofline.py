@@ -169,7 +169,7 @@ def gemm_terms(records: Sequence[dict[str, Any]], device: DeviceProfile) -> dict
     per_sm = np.maximum(per_sm, 1)
     slots = device.sm_count * per_sm
     waves = programs / slots
-    tail_fill = waves / np.ceil(waves)  # 1.0 when the last wave is full
+    tail_fill = waves / np.ceil(waves)  # the waves' mean fill: 1.0 when every wave is full
 
     peak = np.array([device.peak(r["dtype"], r["precision"]) for r in records])
     on_tensor_cores = tensor_cores(records)
