@@ -193,11 +193,10 @@ class Zygote:
         The request, {env, cwd} as JSON, goes in a temporary file whose descriptor is sent with the others: as
         the socket message itself, an environment over the socket's buffer (about 200 KB) failed to send
         (EMSGSIZE), which was taken for the zygote's death, and the pool restarted the worker for ever."""
+        # the working folder deleted under a tune: os.getcwd() raised out of the pool, "No such file or directory"
         try:
             cwd = os.getcwd()
-        except (
-            OSError
-        ):  # the working folder was deleted: it raised out of the pool, "No such file or directory"
+        except OSError:
             return None
         message = json.dumps({"env": env, "cwd": cwd}).encode()
         # no temporary file here (a full disk) is not the zygote's death, and a retry would fail the same way:

@@ -232,7 +232,7 @@ def model_ops(
     ]
     # every buffer the run may update is put back, not only the norms' statistics: a spectral_norm's power
     # iteration (its _u and _v) advanced on each forward in training mode, as a model's own counters or caches may
-    # (a buffer the run replaced by another tensor is put back too; one shared by two modules is one entry)
+    # (a buffer the run replaced by another tensor is put back too)
     statistics = [
         (module, name, buffer, buffer.clone())
         for module in model.modules()
