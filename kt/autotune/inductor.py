@@ -41,9 +41,10 @@ timing. One output row per (GPU, problem, choice), with every repeat kept in the
   repeats (h100_timm_train_mm logs 4,770 of its 5,687 runs again, each of their 14 to 30 timings the same to
   the digit, which no second benchmark gives: `runs` said about 6 where one run was measured; no median moves).
   A file's last run waits until every file is read: one that is the leading part of a run read (an older copy
-  taken while Inductor was writing that run, line by line) counts once too. A single line is no fingerprint, so a run of one always
-  counts: two runs can time a config alike to the digit (569 finite lines of h100_mm appear more than once,
-  none in a repeated run). So a copy cut right after a run's first line counts that one timing twice. The same file given twice, or under another name, is refused outright.
+  taken while Inductor was writing that run, line by line) counts once too. A single line is no fingerprint,
+  so a run of one always counts: two runs can time a config alike to the digit (569 finite lines of h100_mm
+  appear more than once, none in a repeated run); so an older copy cut right after a run's first line counts
+  that one timing twice. The same file given twice, or under another name, is refused outright.
 
 Any malformed line is one DatabaseError naming the file and line, and no output is written; the CSV is written
 beside its path and renamed into place.
