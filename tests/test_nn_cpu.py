@@ -3453,6 +3453,19 @@ def test_structurize_replaces_only_the_convolutions_that_are_matmuls_and_says_wh
         knn.structurize(dense[:3], {"0": knn.DenseLinear.from_dense})
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pointwise_runs_under_vmap_over_batched_samples_as_the_convolution_does(dims):
+    """Its channels_last query raised under vmap ("NYI: querying is_contiguous inside of vmap") for samples
+    of (N, C, H, W) or (N, C, D, H, W), where the nn.Conv2d it replaces runs."""
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(6, 4, 1)
+    layer = knn.Pointwise.from_dense(conv, knn.DenseLinear.from_dense)
+    x = torch.randn(3, 2, 6, *[5] * dims)
+    got = torch.func.vmap(layer)(x)
+    with torch.no_grad():
+        want = torch.stack([conv(sample) for sample in x])
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
 def test_pointwise_from_dense_and_its_forward_refuse_in_one_line():
     conv = torch.nn.Conv2d(8, 6, 1, stride=2)
     point = knn.Pointwise.from_dense(conv, lambda lin: knn.LowRankLinear.from_dense(lin, rank=2))

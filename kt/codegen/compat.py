@@ -2,9 +2,9 @@
 
 Triton 3.6's CPU interpreter converts a scalar to a Python int with `int(array)` on a one-element NumPy
 array, which NumPy 2.4 and later refuse ("only 0-dimensional arrays can be converted"), so every kernel with
-a runtime-bounded loop fails in the interpreter (upstream issue triton-lang/triton#9171, fixed in 3.9 by
-squeezing first). `patch_interpreter` installs that same fix on older Tritons, only when NumPy would refuse.
-A generated kernel.py imported without kt cannot carry this patch: under the interpreter it needs Triton >= 3.9
+a runtime-bounded loop fails in the interpreter (upstream issue triton-lang/triton#9171, fixed in 3.8 by
+squeezing first: the 3.8.0 wheel's interpreter has it). `patch_interpreter` installs that same fix on older Tritons, only when NumPy would refuse.
+A generated kernel.py imported without kt cannot carry this patch: under the interpreter it needs Triton >= 3.8
 or NumPy < 2.4 (on a GPU, where kernels are compiled, nothing is affected).
 
 Triton also decides at import time whether `@triton.jit` makes interpreted functions: when Triton was imported
@@ -90,12 +90,12 @@ def _needs_index_fix() -> bool:
             warnings.simplefilter("ignore", DeprecationWarning)
             int(np.array([1]))
     except TypeError:
-        return triton_version() < (3, 9)
+        return triton_version() < (3, 8)
     return False
 
 
 def patch_interpreter() -> None:
-    """Make Triton's interpreter index with one-element arrays on Triton < 3.9 with NumPy >= 2.4, and run
+    """Make Triton's interpreter index with one-element arrays on Triton < 3.8 with NumPy >= 2.4, and run
     compiled-mode jit'd helpers called from interpreted kernels."""
     global _patched
     if _patched:

@@ -1670,7 +1670,15 @@ class Pointwise(_NoTorchScript, nn.Module):
         # the convolution's output is channels_last for a channels_last input (before its stride), else
         # contiguous: laid out alike, a caller's `out.view(n, -1)` works where it did
         fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(input.dim())
-        last = fmt is not None and input.is_contiguous(memory_format=fmt) and not input.is_contiguous()
+        # not asked under torch.func's transforms, whose batched tensors refuse it ("NYI: querying
+        # is_contiguous inside of vmap"): vmap over (N, C, H, W) samples failed where nn.Conv2d's runs
+        transformed = torch._C._functorch.maybe_current_level() is not None
+        last = (
+            fmt is not None
+            and not transformed
+            and input.is_contiguous(memory_format=fmt)
+            and not input.is_contiguous()
+        )
         if any(s != 1 for s in self.stride):  # a kernel of 1 at stride s reads every s-th position
             input = input[(slice(None),) * (channel + 1) + tuple(slice(None, None, s) for s in self.stride)]
         out = self.layer(input.movedim(channel, -1)).movedim(-1, channel)  # channels_last-strided
