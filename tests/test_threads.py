@@ -236,3 +236,48 @@ def test_an_artifact_missing_a_file_is_named(tmp_path, name):
     # its other file is kt's: "it was not written by `kt tune`" was not true of it
     with pytest.raises(kt.ArtifactError, match=f"has no {name}; a copy or a removal cut it short; re-run"):
         kt.load(target)
+
+
+_FIRST_USE = """
+import sys, threading
+import kt
+
+dense = {"op": "dense", "dtype": "float32", "shape": {"m": 16, "n": 16, "k": 16}}
+config = {"block_m": 16, "block_n": 16, "block_k": 16, "num_warps": 4, "num_stages": 2}
+lowrank = {"op": "lowrank", "dtype": "float32", "shape": {"batch": 16, "dims": [16, 16, 16]}}
+start, errors = threading.Barrier(2), []
+
+def run(work):
+    try:
+        start.wait()
+        work()
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+threads = [
+    threading.Thread(target=run, args=(lambda: kt.build(dense, config),)),  # imports a kernel: triton.language
+    threading.Thread(target=run, args=(lambda: kt.build(lowrank),)),  # ranked: triton_version, import triton
+]
+[t.start() for t in threads]
+[t.join() for t in threads]
+kernel = kt.build(dense, config)
+kernel(*kt.random_args(dense))
+print("errors:", errors)
+"""
+
+
+def test_two_threads_first_importing_triton_at_once_both_get_it_whole(tmp_path):
+    """One thread's first kernel import (`import triton.language`) beside another's first `import triton`
+    (triton_version, as a build's ranking asks it): each got a partially initialized module, and every later
+    kernel call in the process failed on "module 'triton' has no attribute 'runtime'" (4 of 4 runs). A fresh
+    process each time: this one imported Triton long ago."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KT_CACHE_DIR": str(tmp_path / "cache")}
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", _FIRST_USE], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == "errors: []", done.stdout

@@ -71,10 +71,25 @@ def triton_interpret(on: bool):
                 os.environ["TRITON_INTERPRET"] = saved
 
 
+_TRITON_IMPORT = threading.Lock()
+
+
+def import_triton():
+    """Triton with its language and runtime, imported whole under one lock: two threads making their first kt
+    call at once (one importing a kernel, whose `import triton.language` runs, one asking triton_version, whose
+    `import triton` runs) each got a partially initialized module ("'triton.language' has no attribute 'core'"),
+    and every later kernel call in the process failed on "module 'triton' has no attribute 'runtime'"."""
+    with _TRITON_IMPORT:
+        import triton
+        import triton.language
+        import triton.runtime  # noqa: F401 - part of the whole, as the kernels and the compiler use it
+    return triton
+
+
 @functools.cache
 def triton_version() -> tuple[int, int]:
     """The installed Triton's (major, minor): its compiler decides which builds spill (kt.codegen.gemm)."""
-    import triton
+    triton = import_triton()
 
     major, minor = re.match(r"(\d+)\.(\d+)", triton.__version__).groups()
     return int(major), int(minor)

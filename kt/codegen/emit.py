@@ -120,11 +120,14 @@ def import_kernel_file(
     elif not triton_installed():
         raise ImportError(no_triton(f"{path.name} (a Triton kernel)"))
     else:
+        from kt.codegen.compat import import_triton
+
+        # whole, before the interpreter's switch, so Triton's own helpers stay compiled-mode (and under the lock
+        # another thread's first import of Triton takes)
+        import_triton()
         if interpret is None:
             interpret = interpreter_wanted()
         if interpret:
-            import triton.language  # noqa: F401 - before the switch, so Triton's own helpers stay compiled-mode
-
             from kt.codegen.compat import patch_interpreter, triton_interpret
 
             patch_interpreter()
