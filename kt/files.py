@@ -336,26 +336,28 @@ MODEL_NAMES = f"kt writes and reads models as {MODEL_SUFFIX} files (skops' zip a
 
 def check_suffix(path: str | os.PathLike, field: str, suffix: str, why: str) -> Path:
     """Refuse, naming `field`, an output whose name does not end in `suffix` (`why`: what kt makes of any other
-    name): `--out op.yaml` would replace the spec with a model."""
-    from kt.errors import KtError
+    name): `--out op.yaml` would replace the spec with a model. A SpecError, a ValueError, as the API's other
+    argument checks (a bare KtError escaped `except ValueError` around kt.fit_model)."""
+    from kt.errors import SpecError
 
     path = Path(path)
     if path.suffix.lower() != suffix:
-        raise KtError(f"{field}: {str(path)!r} must end in {suffix}; {why}")
+        raise SpecError(field, f"{str(path)!r} must end in {suffix}; {why}")
     return path
 
 
 def check_not_input(path: str | os.PathLike, inputs, field: str, what: str) -> None:
     """Refuse, naming `field`, an output that is one of the command's input files (`what` names them): it would
-    be replaced by the output before anything else could read it (`kt import inductor log --out log`)."""
-    from kt.errors import KtError
+    be replaced by the output before anything else could read it (`kt import inductor log --out log`). A
+    SpecError, as `check_suffix`'s."""
+    from kt.errors import SpecError
 
     path = Path(path)
     if not path.exists():
         return
     for given in inputs:
         if Path(given).exists() and path.samefile(given):
-            raise KtError(f"{field}: {str(path)!r} is {what} itself; give another file")
+            raise SpecError(field, f"{str(path)!r} is {what} itself; give another file")
 
 
 def not_a_file(path: str | os.PathLike) -> str | None:

@@ -218,6 +218,11 @@ def test_api_arguments_taken_by_truthiness_or_passed_over_are_refused(tmp_path):
     ):
         with pytest.raises(kt.SpecError, match=f"^{name}: expected a path"):
             call()
+    # ValueErrors too (a bare KtError escaped `except ValueError`): another suffix, or the data file itself
+    data.write_text("id\n")
+    for out, words in ((tmp_path / "m.txt", "must end in .skops"), (data, "is --data itself")):
+        with pytest.raises(ValueError, match=f"^out: .*{words}"):
+            kt.fit_model(data, out)
     result = kt.tune(SPEC, db=tmp_path / "t.db", progress=False, budget=1)
     for where in (".", "/"):
         with pytest.raises(kt.ArtifactError, match=f"'{where}' names no artifact folder of its own"):
