@@ -326,6 +326,14 @@ def test_check_problems_crop_the_pattern_keep_an_empty_block_row_and_cut_the_row
     for small in (checked, ragged, whole):
         config = cfg(block_k=32, split=2 if small is not checked else 1)
         assert check_kernel(module_for(small, config), small, seed=0, device="cpu").ok
+    # a split whose last run is empty (each takes cdiv(steps, SPLIT) steps; 8193 rows in steps of 32 over 4
+    # splits leave none, 5 steps over 4 leave one): the docstring claimed one, no check problem had it
+    config = cfg(block_k=32, split=4)
+    ragged, empty, _ = FAMILY.check_problems(problem.with_rows(8192), config)
+    steps = -(-empty.rows // 32)
+    assert ragged.rows == 3 * 2 * 32 + 32 + 16 + 1 and (steps, empty.rows % 32) == (5, 17)
+    assert 3 * -(-steps // 4) >= steps  # the first three runs take every step
+    assert check_kernel(module_for(empty, config), empty, seed=0, device="cpu").ok
 
 
 SAMPLED = {

@@ -19,9 +19,11 @@ from kt.codegen.gemm import (
     accumulator_reason,
     config_from_mapping,
     k_step_registers,
+    kept_stages,
     output_tile_bytes,
     padded,
     two_warp_k_reason,
+    wgmma_tile,
 )
 from kt.device import DeviceProfile
 from kt.dtypes import itemsize
@@ -64,10 +66,15 @@ class BsrGradConfig:
 
 
 def resources(problem: BsrGradProblem, config: BsrGradConfig, device: DeviceProfile) -> tuple[int, int]:
-    """Shared-memory bytes (every pipeline stage's dy and x tiles, or the output tile's layout conversion before
-    its store when that is larger: `kt.codegen.gemm.output_tile_bytes`, fp32 for a split's partial sums) and
-    fp32 accumulator registers per thread of a program."""
-    smem = config.num_stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
+    """Shared-memory bytes (the dy and x tiles of the pipeline stages a build keeps, `kept_stages`: every one
+    with wgmma, stages - 1 with mma.sync and FMA dots; or the output tile's layout conversion before its store
+    when that is larger: `kt.codegen.gemm.output_tile_bytes`, fp32 for a split's partial sums) and fp32
+    accumulator registers per thread of a program. Every stage counted refused 430 configs of a 4096-square W
+    on the A100 whose builds fit (8 sampled sm_80 and 6 sm_90 builds, 2026-12-07, none spilled: float32 tf32
+    64x64 blocks m32n64k128w4s4 counted 196608 bytes, built 147456)."""
+    wgmma = wgmma_tile(problem, config.block_m, config.num_warps, device)
+    stages = kept_stages(config.num_stages, wgmma)
+    smem = stages * (config.block_m + config.block_n) * config.block_k * itemsize(problem.dtype)
     out = output_tile_bytes(config.block_m, config.block_n, problem.dtype, config.split > 1)
     return max(smem, out), config.block_m * config.block_n // (config.num_warps * device.warp_size)
 
@@ -137,16 +144,21 @@ class BsrGradFamily(StructuredFamily):
 
     def check_problems(self, problem: BsrGradProblem, config: BsrGradConfig) -> list[BsrGradProblem]:
         """Problems for the interpreter: the pattern cropped (a few block-rows, an empty one when there is one);
-        rows giving every split two BLOCK_K steps, the last one ragged (the masks, the split sum and an empty
-        last split run); and when the real rows are whole steps (its launch takes the unmasked EVEN path when
-        the tiles divide the block), rows of whole steps too."""
+        rows giving every split two BLOCK_K steps, the last one ragged (the masks and the split sum); where the
+        split can leave its last run empty (each run takes cdiv(steps, SPLIT) steps: rows 8193 in steps of 128
+        over 16 splits left 3 empty), the fewest ragged steps that do (a run that stores zeros: no check had one,
+        as the docstring claimed); and when the real rows are whole steps (its launch takes the unmasked EVEN
+        path when the tiles divide the block), rows of whole steps too."""
         small = crop(problem)
         bk, split = config.block_k, config.split
-        ragged = small.with_rows(min(problem.rows, (split - 1) * 2 * bk + bk + bk // 2 + 1))
-        if problem.rows % bk:
-            return [ragged]
-        whole = small.with_rows(bk * min(2 * split, problem.rows // bk))
-        return [ragged, whole] if whole != ragged else [ragged]
+        found = [small.with_rows(min(problem.rows, (split - 1) * 2 * bk + bk + bk // 2 + 1))]
+        # no fewer steps than splits, as a legal problem has ("more splits than steps" is refused)
+        steps = next((s for s in range(split, 2 * split) if (split - 1) * -(-s // split) >= s), None)
+        if steps is not None and (steps - 1) * bk + bk // 2 + 1 <= problem.rows:
+            found.append(small.with_rows((steps - 1) * bk + bk // 2 + 1))
+        if not problem.rows % bk:
+            found.append(small.with_rows(bk * min(2 * split, problem.rows // bk)))
+        return list(dict.fromkeys(found))
 
     def records(self, problem: BsrGradProblem, configs) -> list[dict[str, Any]]:
         """The cost model's record of each config: the problem, the config, and its one launch as `stages`, the
