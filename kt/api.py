@@ -15,7 +15,7 @@ import torch
 
 from kt.autotune.artifact import load_artifact
 from kt.autotune.database import BASELINE_KEY
-from kt.autotune.tune import Plan, Session, TuneResult, plan_tuning, run_session
+from kt.autotune.tune import Plan, Session, TuneResult, plan_tuning, run_session, tuning_space
 from kt.autotune.tune import tune as _tune
 from kt.autotune.versions import software_versions
 from kt.codegen import Config, SearchSpace, family_for, load_source
@@ -87,7 +87,9 @@ def resolve_profile(name: str | None = "auto") -> DeviceProfile:
     try:
         return get_profile(name)
     except ProfileError as exc:
-        raise DeviceError(f"device: {exc}") from None
+        # auto too, which this takes and get_profile does not: `--device h900` listed every name but auto,
+        # where op.yaml's `device: h900` lists it
+        raise DeviceError(f"device: {str(exc).replace('allowed: ', 'allowed: auto, ', 1)}") from None
 
 
 def gpu_profile(gpu: str) -> DeviceProfile | None:
@@ -172,7 +174,12 @@ def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
     (node,) = op_from_spec(spec).kernel_graph().kernels
     profile = resolve_profile(spec.device if device is None else device)  # "" is refused, not the spec's
     family = family_for(node.problem)
-    return restrict(family.space(node.problem, profile), family, node.problem, profile, spec)
+    whole = family.space(node.problem, profile)
+    if not whole.legal and (
+        spec.tune.space or spec.tune.configs
+    ):  # "tune.space leaves none of 0 legal configs"
+        tuning_space(node.problem, profile, spec)  # blamed the user's values where no config can run at all
+    return restrict(whole, family, node.problem, profile, spec)
 
 
 def build(
@@ -214,6 +221,10 @@ def build(
         # its axes too (GemmConfig(-16, 16, 16) built a kernel whose results were 1e34 off); whether it can run
         # on the device is left to the caller (rows of an earlier kt's legality are still loaded by kt.nn)
         data = dict(config) if isinstance(config, Mapping) else config.to_dict()
+        from kt.codegen.restrict import missing_structure
+
+        if missing := missing_structure(family, node.problem, data):
+            raise SpecError("config", missing)
         try:
             config = family.config_type.from_dict(data)
         except ValueError as exc:

@@ -124,6 +124,27 @@ def test_a_listed_structured_config_the_op_does_not_offer_says_why():
 
 
 @pytest.mark.parametrize(
+    "op, field",
+    [
+        ({"op": "fft", "shape": {"batch": 64, "n": 64}}, r"split \(allowed for fft\[.*\]: 2, 4, 8, 16, 32\)"),
+        (
+            {"op": "butterfly", "shape": {"batch": 64, "n": 64}},
+            r"levels \(allowed for butterfly\[.*\]: 1, 2,",
+        ),
+    ],
+)
+def test_a_listed_config_without_its_structure_field_is_said_to_miss_it(op, field):
+    """Left out, the field's default 0 was refused as "structure split=0 is not offered", a value never
+    written; kt space lists it as a field with no default. kt.build's mapping likewise."""
+    tiles = {"block_b": 16, "block_n": 16, "block_k": 16}
+    spec = spec_with({"configs": [tiles]}, {**op, "dtype": "float16"})
+    with pytest.raises(SpecError, match=rf"^tune.configs\[0\]: missing {field}"):
+        kt.space(spec)
+    with pytest.raises(SpecError, match=rf"^config: missing {field}"):
+        kt.build(spec_with({}, {**op, "dtype": "float16"}), tiles)
+
+
+@pytest.mark.parametrize(
     "op, structure",
     [
         ({"op": "butterfly", "shape": {"batch": 64, "n": 256}}, {"levels": 2}),
@@ -257,6 +278,18 @@ def test_a_listed_config_that_cannot_run_is_refused_before_the_model_loads_or_th
     assert not (tmp_path / "t.db").exists()
     with pytest.raises(SpecError, match=r"tune.configs\[0\]: .* cannot run gemm"):
         kt.plan(spec_with({"configs": [bad]}))  # kt predict, kt space: no model before the space is sound
+
+
+def test_a_space_with_a_restriction_on_a_device_no_config_runs_on_says_so(tmp_path):
+    """kt.space blamed tune.space ("leaves none of the 0 legal configs ... legal values: block_m ") where no
+    config could run at all, as kt space on the command line says."""
+    from kt.device import BUILTIN
+
+    tiny = {**BUILTIN["h100"].to_dict(), "name": "tiny", "smem_per_block": 16, "smem_per_sm": 16}
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    spec = spec_with({"space": {"block_m": [64]}}, {"op": "dense", "shape": {"m": 64, "n": 64, "k": 64}})
+    with pytest.raises(kt.KtError, match=r"^no config of the gemm family can run gemm\[.*\] on tiny: "):
+        kt.space(spec, device=str(tmp_path / "tiny.json"))
 
 
 def test_build_ranks_within_the_users_space():

@@ -72,6 +72,19 @@ def _within(space, family, problem, wanted: tuple[tuple[str, tuple[int, ...]], .
     return replace(space, legal=kept, dropped={**space.dropped, OUTSIDE_SPACE: len(space.legal) - len(kept)})
 
 
+def missing_structure(family, problem, data: dict) -> str | None:
+    """What a config written by hand (`data`) lacks of `problem`'s structure choice, in words, where the field's
+    default is no value the problem offers (an FFT's split, a butterfly's levels); None otherwise. Left out, the
+    default 0 was refused as "structure split=0 is not offered", a value the user never wrote."""
+    offered = getattr(problem, "structures", lambda: ())()
+    defaults = {f.name: f.default for f in fields(family.config_type)}
+    for key in offered[0] if offered else ():
+        if key not in data and all(choice[key] != defaults.get(key) for choice in offered):
+            values = ", ".join(str(v) for v in sorted({choice[key] for choice in offered}))
+            return f"missing {key} (allowed for {problem}: {values})"
+    return None
+
+
 def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int], ...], ...]):
     # by the config itself, not its key: a key leaves fields out (a block-GEMM config's is `-fused` for any
     # fused value, without levels or split), and `fused: 2` was taken for the legal fused=1 config in its place
@@ -81,6 +94,8 @@ def _listed(space, family, problem, device, listed: tuple[tuple[tuple[str, int],
     for i, pairs in enumerate(listed):
         path = f"tune.configs[{i}]"
         data = dict(pairs)
+        if missing := missing_structure(family, problem, data):
+            raise SpecError(path, missing)
         try:
             config = family.config_type.from_dict(data)
         except ValueError as exc:
