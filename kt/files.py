@@ -504,7 +504,7 @@ def atomic_write(
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     except OSError as exc:  # named by the file the user gave, not by the temporary one beside it
         raise OSError(
             exc.errno,
@@ -543,6 +543,20 @@ STALE_TEMPORARY_S = 3600.0  # a temporary file this old beside its file is a dea
 _SWEPT: set[Path] = set()  # the folders where this process looked for dead writers' temporaries
 
 
+# bytes of a file's name its temporary file keeps: with the dot, mkstemp's eight characters and `.tmp` (14 bytes)
+# a name of 242 to 255 bytes, which the file system takes, made a temporary name it refused, and the write
+# failed after the work was done ("File name too long (nothing can be written in its folder)")
+TEMPORARY_NAME_BYTES = 200
+
+
+def _temporary_prefix(path: Path) -> str:
+    """`.<name>.`, the name cut to TEMPORARY_NAME_BYTES (whole characters) where it is longer."""
+    name = path.name
+    while len(os.fsencode(name)) > TEMPORARY_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}."
+
+
 def _sweep_temporaries(path: Path) -> None:
     """Remove the temporary files that writers of `path` killed mid-write left beside it (mkstemp's names:
     `.<name>.` and eight characters, `.tmp`), once an hour old: each stayed for good (60 MB for a model
@@ -551,7 +565,7 @@ def _sweep_temporaries(path: Path) -> None:
     if path.parent in _SWEPT:  # once per folder and process: a scan of a kernel cache's thousands of files on
         return  # every write made each write sixty times slower
     _SWEPT.add(path.parent)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    pattern = re.compile(rf"{re.escape(_temporary_prefix(path))}[a-z0-9_]{{8}}\.tmp")
     try:
         with os.scandir(path.parent) as entries:
             for entry in entries:

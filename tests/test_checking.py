@@ -188,6 +188,24 @@ def test_atomic_write_removes_temporaries_that_killed_writers_of_the_file_left_a
     assert fresh.exists()
 
 
+def test_atomic_write_takes_a_name_the_file_system_takes_however_long(tmp_path):
+    """Its temporary file added 14 bytes to the name: a name of 242 to 255 bytes, which the file system takes,
+    failed after the work was done with "File name too long (nothing can be written in its folder)". A
+    temporary file of such a name that a killed writer left is still swept."""
+    import os
+    import time
+
+    path = tmp_path / ("e" * 245 + ".csv")
+    (tmp_path / "probe").write_text("")
+    (tmp_path / "probe").rename(path)  # a name this file system takes
+    stale = tmp_path / ("." + "e" * 200 + ".3posnqf_.tmp")
+    stale.write_text("half")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    atomic_write(path, lambda handle: handle.write("new\n"))
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 def test_a_write_that_fails_for_want_of_space_names_the_users_file(tmp_path):
     """A full disk fails the write itself, with an OSError that names no file: `kt export`, `kt import
     inductor`, `kt costmodel fit --out` and `kt replay --csv` printed only "kt: error: No space left on

@@ -336,8 +336,12 @@ def test_files_that_are_not_kt_databases_get_one_clear_error(tmp_path):
     with pytest.raises(DatabaseError, match="is not a kt tuning database"):
         Database(junk)
     other = foreign_db(tmp_path / "other.db")
+    assert other.read_bytes()[18:20] == b"\x01\x01"  # a rollback journal's file, as SQLite makes one
     with pytest.raises(DatabaseError, match="is an SQLite file but not a kt tuning database"):
         Database(other)
+    # refused before anything was changed: the switch to WAL came first, and another application's file was
+    # left a WAL file (its header's bytes 18 and 19 2, 2) that older readers cannot open
+    assert other.read_bytes()[18:20] == b"\x01\x01"
     newer = newer_db(tmp_path / "newer.db")
     with pytest.raises(DatabaseError, match=f"has schema 99, newer than this kt's {SCHEMA_VERSION}"):
         Database(newer)
