@@ -879,3 +879,85 @@ def test_a_tune_in_another_timing_regime_than_its_databases_rows_is_refused(tmp_
     kt.collect(
         spec, sample=4, db=other, backend="dryrun", runner=Flushed(H100), model="analytic", progress=False
     )
+
+
+class StandInInterpreter(Runner):
+    """Checks nothing: a runner named as the interpreter's, whose checks of the configs `timeouts` "time out"
+    and the others pass (no kernel runs; only the loop's bookkeeping is under test)."""
+
+    name, measures_time, device, compile_target = "interpret", False, "stand-in interpreter", False
+    stages = groups = payload = None
+
+    def __init__(self, profile, timeouts):
+        super().__init__(profile, workers=1)
+        self.timeouts, self.calls = timeouts, []
+
+    def start_pool(self):
+        return None
+
+    def run(self, candidates, deadline=None):
+        for candidate in candidates:
+            key = candidate.config.key()
+            self.calls.append(key)
+            if not isinstance(candidate.config, PyTorchPath) and key in self.timeouts:
+                yield Result(candidate, "timeout", {}, "timed out (the stand-in's)")
+            else:
+                yield Result(candidate, "ok", {"rel_err": 0.0})
+
+
+def test_the_interpreters_stall_is_its_first_checks_and_retry_failed_keeps_the_rows_it_did_not_run(tmp_path):
+    """The stall test ran after the second batch too: a first check that passed, then three timeouts, said "the
+    tune stopped after its first 3 checks all timed out", none skipped. And --retry-failed deleted every failed
+    row before running them: a tune stopped after its first rerun timed out lost the other two rows unsaid."""
+    from kt.autotune.database import Database
+
+    db, spec = tmp_path / "t.db", kt.parse_spec(SPEC)
+    plan = kt.plan(spec, budget=6, measures_time=False)
+    order = [plan.config(i).key() for i in plan.chosen]
+    first = tune_module.tune(
+        spec, budget=4, runner=StandInInterpreter(H100, set(order[1:4])), db=db, progress=False
+    )
+    assert dict(first.statuses()) == {"ok": 1, "timeout": 3}
+    assert not any("stopped after its first" in note for note in first.notes), first.notes
+    rerun = StandInInterpreter(H100, set(order[1:4]))
+    again = tune_module.tune(spec, budget=6, runner=rerun, db=db, progress=False, retry_failed=True)
+    assert any("stopped after its first 1 check all timed out" in note for note in again.notes), again.notes
+    assert [key for key in rerun.calls if key != "pytorch"] == [order[1]]  # the first rerun alone
+    with Database(db) as database:
+        kept = {row["config_key"]: row["status"] for row in database.find() if row["config_key"] != "pytorch"}
+    assert kept == {order[0]: "ok", **{key: "timeout" for key in order[1:4]}}, kept
+
+
+def test_an_energy_tune_without_power_readings_says_once_that_its_best_is_by_time(monkeypatch, tmp_path):
+    """Its notes said both "candidates were chosen by predicted time and the best by measured energy" and "no
+    power readings, so the best is by time, not energy"."""
+    monkeypatch.setattr(
+        tune_module, "make_runner", lambda backend, profile, **options: StandInRunner(profile)
+    )
+    result = kt.tune(SPEC, budget=4, db=tmp_path / "t.db", progress=False, objective="energy")
+    assert result.ranked_by == "time"
+    assert any(note == "no power readings, so the best is by time, not energy" for note in result.notes)
+    (said,) = [note for note in result.notes if "predicts time only" in note]
+    assert said.endswith("candidates were chosen by predicted time"), said
+
+
+def test_a_search_that_stops_short_of_its_budget_says_so(monkeypatch, tmp_path):
+    """Guided stops where nothing left is expected to beat its best: "5 new measurements in 1 round" was all a
+    tune said of a budget of 8, and a rerun of the same budget measured more. A strategy that proposes three
+    configs, then nothing, stands in for that stop."""
+    from kt.autotune.search import SearchStrategy
+
+    class ThreeThenStop(SearchStrategy):
+        name, description = "three", "three configs"
+
+        def propose(self, state):
+            return [] if state.round else list(range(3))
+
+    monkeypatch.setattr(
+        tune_module, "make_runner", lambda backend, profile, **options: StandInRunner(profile)
+    )
+    result = kt.tune(SPEC, budget=8, db=tmp_path / "t.db", progress=False, strategy=ThreeThenStop())
+    assert len(result.rows) == 3 and result.trace.stopped_early
+    assert "the search stopped at 3 of the budget's 8 configs: nothing left was expected to beat" in " ".join(
+        result.notes
+    ), result.notes

@@ -330,6 +330,7 @@ class SearchTrace:
     rounds: list[int] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # the model that ranked each round
     first_proposal: list[int] = field(default_factory=list)
+    stopped_early: bool = False  # the strategy proposed nothing more with budget left (guided's early stop)
 
     def best_after(self, n: int) -> float | None:
         """The best measured value among the first `n` measurements (None when none passed)."""
@@ -422,6 +423,7 @@ def run_search(
         # an index proposed twice in one round is measured once (both were recorded, past the budget)
         batch = list(dict.fromkeys(i for i in batch if i not in measured))[: state.budget_left]
         if not batch:
+            trace.stopped_early = True
             break
         results = measure(batch)
         for index in batch:

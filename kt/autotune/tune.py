@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, Database
+from kt.autotune.database import BASELINE_KEY, COLUMN_NAMES, KEY_COLUMNS, Database
 from kt.autotune.dispatch import DispatcherStopped
 from kt.autotune.pool import default_workers
 from kt.autotune.progress import TuneBoard, TuneProgress
@@ -638,6 +638,7 @@ def tune(
     )
     plan, runner, profile = session.plan, session.runner, session.profile
     notes = [note for note in (plan.budget_note, plan.model_note, plan.twin_note, session.retry_note) if note]
+    time_only = False  # a measuring tune of energy whose model predicts no power
     if not runner.measures_time:
         missing = getattr(runner, "compile_missing", None)  # None: the compile stage was switched off
         compiled = (
@@ -682,13 +683,16 @@ def tune(
                 f"{session.fresh} new measurements{taken} in {rounds} round"
                 f"{'s' if rounds != 1 else ''}, ranked by: {_models_text(session.trace.models)}"
             )
+        # guided stops where nothing left is expected to beat its best: the budget, unspent, went unsaid, and
+        # a rerun of the same budget measured more
+        if session.trace.stopped_early and len(session.rows) < plan.budget:
+            notes.append(
+                f"the search stopped at {len(session.rows)} of the budget's {plan.budget} configs: nothing left "
+                "was expected to beat the best measured; a rerun goes on from the rows this one kept"
+            )
         if session.skipped_rows:
             notes.append(f"{session.skipped_rows} malformed rows of the database were left out of the refits")
-        if objective != "time" and session.final_prediction.power_w is None:
-            notes.append(
-                f"{model_noun(plan.model)} predicts time only: candidates were chosen by predicted time "
-                f"and the best by measured {objective}"
-            )
+        time_only = objective != "time" and session.final_prediction.power_w is None  # said once the best is
         if power_cap_w is not None and any(
             r.get("power_w") is None for r in session.rows if r["status"] == "ok"
         ):
@@ -732,6 +736,12 @@ def tune(
             "--timeout, or tune on a GPU"
         )
     best = choose_best(plan, session.rows, objective, runner, notes, power_cap_w, session.baseline)
+    if time_only:
+        # "and the best by measured energy" beside choose_best's "no power readings, so the best is by time"
+        measured = f" and the best by measured {objective}" if best.objective == objective else ""
+        notes.append(
+            f"{model_noun(plan.model)} predicts time only: candidates were chosen by predicted time{measured}"
+        )
     if not runner.measures_time and power_cap_w is not None:
         _over_cap_note(plan, session.final_prediction, best, power_cap_w, notes)
     if not runner.measures_time and best.predicted_ms is not None and best.predicted_ms < LAUNCH_S * 1e3:
@@ -1067,6 +1077,9 @@ class _Tuner:
         self.retry_note = ""  # `search`: failed configs --retry-failed leaves as they are, in words
         # the first checks in Triton's interpreter, one per worker, when every one timed out: the tune stops there
         self.stalled = 0
+        self.set_aside: list[
+            dict[str, Any]
+        ] = []  # failed rows --retry-failed deleted to run their configs again
         self.probed = False  # those first checks have run (alone, before the rest of their round)
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked
@@ -1103,10 +1116,11 @@ class _Tuner:
             staying = sum(k in self.index_of for k in known) - len(failed)
             retry = failed[: max(0, budget - staying)]
             failed_count = len(failed) - len(retry)
-            stale = [known[self.plan.config(index).key()]["id"] for index in retry]
+            stale = [known[self.plan.config(index).key()] for index in retry]
             if baseline:
-                stale += [row["id"] for row in [self.baseline_row()] if row and row["status"] in RETRYABLE]
-            self.database.delete(stale)
+                stale += [row for row in [self.baseline_row()] if row and row["status"] in RETRYABLE]
+            self.set_aside = stale  # put back, each, where the tune stops before running it (`_put_back`)
+            self.database.delete([row["id"] for row in stale])
             known = self.database.measured_configs(**self.key)
         values = {self.index_of[k]: self.value(row) for k, row in known.items() if k in self.index_of}
         return values, retry, failed_count
@@ -1307,7 +1321,9 @@ class _Tuner:
                         values[self.index_of[result.candidate.config.key()]] = self.value(row)
                         statuses.append(result.status)
                         reporter.advance(result)
-                    if len(waves) > 1 and statuses and set(statuses) == {"timeout"}:
+                    # the first checks alone: a second batch all timed out after a first that passed, and the
+                    # note said the tune stopped after its first checks all timed out, though none was skipped
+                    if len(waves) > 1 and wave is waves[0] and statuses and set(statuses) == {"timeout"}:
                         self.stalled = len(statuses)
             finally:
                 self.database.release(claimed, quiet=True)  # candidate zero's (the configs' go in measure())
@@ -1400,8 +1416,18 @@ class _Tuner:
         finally:
             if zero_due:  # again, for a stop that cut short run()'s own release
                 self.database.release([zero_key], quiet=True)
+            self._put_back()
             reporter.stop()
         return trace, fresh
+
+    def _put_back(self) -> None:
+        """The failed rows --retry-failed deleted whose configs this tune stopped before running again (its
+        first checks all timed out, a deadline, Ctrl-C), put back: they were gone, the tune said nothing of it,
+        and the next tune checked those configs again (timeouts of up to 300 s each)."""
+        for row in self.set_aside:
+            if not self.database.count(**{column: row[column] for column in KEY_COLUMNS}):
+                self.database.insert({k: v for k, v in row.items() if k != "id" and v is not None})
+        self.set_aside = []
 
     def rows(self, trace: SearchTrace) -> list[dict[str, Any]]:
         """The rows of every config of this problem in the database that the search counted, best rank first.
