@@ -175,10 +175,10 @@ def space(spec: SpecLike, device: str | None = None) -> SearchSpace:
     profile = resolve_profile(spec.device if device is None else device)  # "" is refused, not the spec's
     family = family_for(node.problem)
     whole = family.space(node.problem, profile)
-    if not whole.legal and (
-        spec.tune.space or spec.tune.configs
-    ):  # "tune.space leaves none of 0 legal configs"
-        tuning_space(node.problem, profile, spec)  # blamed the user's values where no config can run at all
+    # where no config can run at all, said so: restrict blamed the user's values ("tune.space leaves none of the
+    # 0 legal configs")
+    if not whole.legal and (spec.tune.space or spec.tune.configs):
+        tuning_space(node.problem, profile, spec)
     return restrict(whole, family, node.problem, profile, spec)
 
 

@@ -497,10 +497,9 @@ class Database:
                     raise DatabaseError(f"db: {str(self.path)!r} cannot be created there ({why})") from None
                 self.conn = sqlite3.connect(self.path, timeout=LOCKED_WAIT_S, isolation_level=None)
                 self.conn.row_factory = sqlite3.Row
-                if (
-                    existed
-                ):  # refused before anything is changed: the switch to WAL below rewrote the header of
-                    # another application's SQLite file, or a newer kt's, that was then refused
+                # refused before anything is changed: the switch to WAL below rewrote the header of another
+                # application's SQLite file, or a newer kt's, that was then refused
+                if existed:
                     _retry_locked(self._check)
                 # switching a new file to WAL takes an exclusive lock for which SQLite does not wait: when
                 # another tune is making the same file, try again (up to the connection's 60 s)

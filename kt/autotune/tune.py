@@ -1077,9 +1077,8 @@ class _Tuner:
         self.retry_note = ""  # `search`: failed configs --retry-failed leaves as they are, in words
         # the first checks in Triton's interpreter, one per worker, when every one timed out: the tune stops there
         self.stalled = 0
-        self.set_aside: list[
-            dict[str, Any]
-        ] = []  # failed rows --retry-failed deleted to run their configs again
+        # failed rows --retry-failed deleted to run their configs again (`_put_back`)
+        self.set_aside: list[dict[str, Any]] = []
         self.probed = False  # those first checks have run (alone, before the rest of their round)
         self._config_x: np.ndarray | None = None  # the legal configs' encoding (structured refits)
         self._distance = None  # config index -> every legal config's distance from it, once asked

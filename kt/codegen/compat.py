@@ -3,7 +3,8 @@
 Triton 3.6's CPU interpreter converts a scalar to a Python int with `int(array)` on a one-element NumPy
 array, which NumPy 2.4 and later refuse ("only 0-dimensional arrays can be converted"), so every kernel with
 a runtime-bounded loop fails in the interpreter (upstream issue triton-lang/triton#9171, fixed in 3.8 by
-squeezing first: the 3.8.0 wheel's interpreter has it). `patch_interpreter` installs that same fix on older Tritons, only when NumPy would refuse.
+squeezing first: the 3.8.0 wheel's interpreter has it). `patch_interpreter` installs that same fix on older
+Tritons, only when NumPy would refuse.
 A generated kernel.py imported without kt cannot carry this patch: under the interpreter it needs Triton >= 3.8
 or NumPy < 2.4 (on a GPU, where kernels are compiled, nothing is affected).
 
