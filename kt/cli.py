@@ -2382,12 +2382,8 @@ def evaluate(data, model, folds, device, gpu, seed):
 def inspect(path, db, model, plots_dir, device, gpu):
     """Predicted against measured for a finished tune (an artifact) or every problem in a database."""
     from kt.autotune.inspection import inspect_tune  # loads torch only past the refusals that need none
-    from kt.files import unmakeable
 
-    if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():  # /dev/null: after the work
-        raise KtError(f"plots: {str(plots_dir)!r} exists and is not a folder")
-    if plots_dir is not None and not plots_dir.is_dir() and (why := unmakeable(plots_dir)):
-        raise KtError(f"plots: the folder {str(plots_dir)!r} cannot be made: {why}")
+    # a bad plot folder (--plots, or the default one) is refused by inspect_tune before the work
     with _working(f"inspecting {path}: fitting forests, scoring, plotting"):
         result = inspect_tune(path, db=db, model=model, plots_dir=plots_dir, device=device, gpu=gpu)
     first, last = result.dates

@@ -809,6 +809,33 @@ def test_inspect_a_database_writes_both_plots_and_prints_the_metrics(gpperf, tmp
     assert not (tmp_path / "none").exists()
 
 
+def test_inspect_removes_an_earlier_pareto_plot_and_refuses_a_plot_folder_that_is_a_file_first(
+    gpperf, tmp_path
+):
+    """Rows without power left an earlier run's pareto.png beside the new plot (in an artifact, the default
+    folder); kt.inspect with a plot folder that is a file raised NotADirectoryError after the work, and a
+    default <data>-inspect that was a file failed likewise, naming no plots."""
+    plots, unpowered = tmp_path / "plots", tmp_path / "unpowered.db"
+    shutil.copyfile(gpperf["db"], unpowered)
+    with sqlite3.connect(unpowered) as conn:
+        conn.execute("UPDATE measurements SET power_w = NULL, energy_mj = NULL")
+    assert kt("inspect", gpperf["db"], "--device", gpperf["profile"], "--plots", plots).exit_code == 0
+    assert (plots / "pareto.png").is_file()
+    result = kt("inspect", unpowered, "--device", gpperf["profile"], "--plots", plots)
+    assert result.exit_code == 0, result.stderr
+    assert "so no pareto.png (an earlier one there was removed)" in result.stdout
+    assert sorted(p.name for p in plots.iterdir()) == ["predicted_vs_measured.png"]
+    (tmp_path / "unpowered.db-inspect").write_text("a file")
+    result = kt("inspect", unpowered, "--device", gpperf["profile"])
+    assert_one_line_error(
+        result, "unpowered.db-inspect' exists and is not a folder; give --plots DIR to plot"
+    )
+    import kt as kt_api
+
+    with pytest.raises(kt_api.KtError, match=r"^plots: '.*unpowered.db-inspect' exists and is not a folder$"):
+        kt_api.inspect(unpowered, device=gpperf["profile"], plots_dir=tmp_path / "unpowered.db-inspect")
+
+
 def test_inspect_plots_of_a_database_and_its_csv_export_side_by_side_go_to_two_folders(gpperf, tmp_path):
     # both were plotted into rows-inspect/, the second file's plots over the first's
     db = tmp_path / "rows.db"

@@ -91,19 +91,23 @@ def inspect_tune(
     """Inspect an artifact directory (its problem's rows in the tuning database) or a whole data file."""
     path = Path(path)
     if path.is_dir():
-        result, profile, training = _artifact_rows(path, db, device, gpu)
         default_plots = path
     elif path.is_file():
         if db is not None:
             raise KtError(
                 f"db: {path} is already the data to inspect; {option('db')} is for an artifact directory"
             )
-        result, profile, training = _data_rows(path, device, gpu)
         # the whole file name: a database and its CSV export side by side (kt.db, kt.csv) get a folder each
         default_plots = path.parent / f"{path.name}-inspect"
     else:
         existing_path(path, "inspect", INSPECT_HINT)  # not found (a socket or a fifo is neither)
         raise KtError(f"inspect: {str(path)!r} is neither a folder nor a file; {INSPECT_HINT}")
+    plots = Path(plots_dir) if plots_dir is not None else default_plots
+    _check_plots(plots, plots_dir is None)
+    if path.is_dir():
+        result, profile, training = _artifact_rows(path, db, device, gpu)
+    else:
+        result, profile, training = _data_rows(path, device, gpu)
     _tuner_report(result)
     _forest_report(result, profile, training, model, seed)
     if result.tuner is None and result.forest is None:
@@ -111,8 +115,23 @@ def inspect_tune(
             f"inspect: nothing to compare with the {len(result.records)} measured rows: they carry no stored "
             f"prediction and no forest is available ({'; '.join(result.notes)})"
         )
-    write_plots(result, Path(plots_dir) if plots_dir is not None else default_plots)
+    write_plots(result, plots)
     return result
+
+
+def _check_plots(directory: Path, default: bool) -> None:
+    """Refuse, before the forests are fitted, a plot folder that is a file or cannot be made: the API raised
+    NotADirectoryError after the work, and a default `<data>-inspect` that was a file failed the same way,
+    naming neither the plots nor how to choose another folder (the CLI checked only --plots)."""
+    from kt.errors import on_command_line
+    from kt.files import unmakeable
+
+    given = "--plots DIR" if on_command_line() else "plots_dir"  # the CLI's flag is --plots
+    hint = f"; give {given} to plot elsewhere" if default else ""
+    if directory.exists() and not directory.is_dir():
+        raise KtError(f"plots: {str(directory)!r} exists and is not a folder{hint}")
+    if not directory.is_dir() and (why := unmakeable(directory)):
+        raise KtError(f"plots: the folder {str(directory)!r} cannot be made: {why}{hint}")
 
 
 # -- the measured rows ------------------------------------------------------------------------------------
@@ -598,7 +617,15 @@ def write_plots(result: InspectResult, directory: Path) -> list[Path]:
 
     has_power = np.isfinite(power) & (power > 0)
     if not has_power.any():
-        result.notes.append("no row has a power reading, so no pareto.png")
+        # an earlier run's, of other rows, stayed beside the new plot (the artifact is the default folder)
+        stale = directory / PLOT_NAMES[1]
+        if stale.is_file():
+            stale.unlink()
+            result.notes.append(
+                "no row has a power reading, so no pareto.png (an earlier one there was removed)"
+            )
+        else:
+            result.notes.append("no row has a power reading, so no pareto.png")
         return result.plots
     figure = _figure()
     ax = figure.add_subplot()
