@@ -11,6 +11,7 @@ import kt
 from kt.ir import (
     BlockDiag,
     ButterflyFactor,
+    Dense,
     Diag,
     LinearMap,
     Perm,
@@ -432,3 +433,38 @@ def test_the_slow_references_of_a_real_input_fft_compute_in_complex_and_butterfl
     for bad in (lambda: ButterflyFactor(8, 1.0), lambda: ButterflyGroup(8, True, 1)):
         with pytest.raises(ValueError, match="must be an integer"):
             bad()
+
+
+def test_a_map_of_a_dense_and_structured_factors_has_a_dense_form_in_any_weight_dtype():
+    """A Dense factor keeps its weight's dtype where a structured one's dense form is float64: a map of both in
+    float32 raised torch's dtype mismatch in to_dense and apply_dense, "the slow, obviously right reference"."""
+    weights = {"w": randn(2, 3, 3, seed=1).float(), "dw": randn(6, 6, seed=2).float()}
+    mixed = LinearMap((BlockDiag(2, 3, 3), Perm(2, 3), Dense(6, 6, weight="dw")))
+    exact = mixed.to_dense({k: v.double() for k, v in weights.items()})
+    assert_close(mixed.to_dense(weights), exact)
+    x = randn(4, 6, seed=3).float()
+    assert_close(mixed.apply_dense(x, weights), x.double() @ exact.T)
+
+
+def test_the_fft_weights_take_numpy_integers_as_the_fft_map_does():
+    """fft_map(6, np.int64(2), np.int64(3)) built, and fft_weights of the same split said "n=2 must be a
+    positive integer"; dft_matrix(True) was a 1x1 DFT."""
+    import numpy as np
+
+    split = (6, np.int64(2), np.int64(3))
+    assert_close(fft_map(*split).to_dense(fft_weights(*split)), dft_matrix(6))
+    with pytest.raises(ValueError, match="dft_matrix n=True: must be a positive integer"):
+        dft_matrix(True)
+
+
+def test_a_monarch_reference_of_the_wrong_shapes_names_them():
+    """A wrong width, or w1 given as (k, p, q), raised torch's reshape error about an inner shape."""
+    w1, w2 = randn(3, 4, 5, seed=1), randn(2, 7, 6, seed=2)
+    with pytest.raises(
+        ValueError, match=r"^monarch: x has shape \(4, 16\); w1 \(3, 4, 5\) and w2 \(2, 7, 6\) take 15"
+    ):
+        monarch_reference(randn(4, 16, seed=3), w1, w2)
+    with pytest.raises(
+        ValueError, match=r"^monarch: w2 \(2, 7, 6\) takes l\*r = 12 features; w1 \(3, 5, 4\) gives"
+    ):
+        monarch_reference(randn(4, 15, seed=3), w1.transpose(1, 2), w2)

@@ -40,10 +40,14 @@ class LinearMap:
         return tuple(names)
 
     def to_dense(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The whole map as one (out, in) matrix (batched if any factor is)."""
+        """The whole map as one (out, in) matrix (batched if any factor is), in the dtype the factors' promote to: a
+        Dense factor keeps its weight's dtype where a structured one's is float64 or complex128, and a map of
+        both (Dense · Perm · BlockDiag in float32) raised torch's dtype mismatch."""
         matrix = self.factors[0].to_dense(weights)
         for factor in self.factors[1:]:
-            matrix = factor.to_dense(weights) @ matrix
+            step = factor.to_dense(weights)
+            dtype = torch.promote_types(step.dtype, matrix.dtype)
+            matrix = step.to(dtype) @ matrix.to(dtype)
         return matrix
 
     def apply_dense(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:

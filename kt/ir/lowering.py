@@ -8,8 +8,9 @@ Passes, in the order `lower` runs them:
 1. permutations into loads and stores: every Perm is composed into an index table; a Perm before the first block
    factor becomes its load map, a Perm after the last block factor becomes its store map, and a Perm between two
    block factors becomes the next stage's load map when that is strided, else the previous stage's store map (a
-   forward Monarch's middle Perm fuses into the second stage's loads, a transposed Monarch's into the first
-   stage's stores);
+   forward Monarch's middle Perm fuses into the second stage's loads, and so does a square transposed
+   Monarch's; a rectangular transposed Monarch's, whose next load is no strided map, into the first stage's
+   stores);
 2. diagonals into epilogues: a Diag right after a block factor scales that stage's output before the store;
 3. each index table is recognised as a strided IndexMap (exactly, checked on every element), or lowering fails;
    a butterfly group's own map, where no permutation moves it, is read off the group (`_group_map`).

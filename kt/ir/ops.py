@@ -29,7 +29,7 @@ from kt.ir.problems import (
     SumProblem,
     TensorType,
 )
-from kt.ir.structured import butterfly_reference, monarch_reference
+from kt.ir.structured import butterfly_reference, check_monarch, monarch_reference
 from kt.spec import OpSpec
 
 
@@ -150,6 +150,7 @@ class MonarchOp(StructuredOp):
         3. v[b, j, :] = w2[j].T @ z[b, j, :], giving (B, l, r); 2. transpose to (B, r, l) and flatten to (B, k*q);
         1. y[b, i*p:(i+1)*p] = w1[i].T @ u[b, i*q:(i+1)*q].
         """
+        check_monarch(x, w1, w2, transposed=True)
         k, q, p = w1.shape
         l, s, r = w2.shape  # noqa: E741
         lead = x.shape[:-1]

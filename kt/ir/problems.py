@@ -323,9 +323,10 @@ class MonarchProblem(StructuredProblem):
     def reference(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         """The two-torch.bmm formula of the convention, in float64; transposed, x @ M with M the dense form of
         the forward map's factors (`_times_map`)."""
-        from kt.ir.structured import monarch_map, monarch_reference
+        from kt.ir.structured import check_monarch, monarch_map, monarch_reference
 
         if self.transposed:
+            check_monarch(x, w1, w2, transposed=True)
             weights = {"w1": w1.double(), "w2": w2.double()}
             return _times_map(x.double(), monarch_map(*self.w1, *self.w2), weights)
         return monarch_reference(x.double(), w1.double(), w2.double())

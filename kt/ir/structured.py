@@ -68,8 +68,29 @@ def monarch_square_map(n: int, nblocks: int) -> LinearMap:
     return monarch_map(nblocks, b, b, nblocks, b, b)
 
 
+def check_monarch(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, transposed: bool = False) -> None:
+    """One ValueError naming the shapes where x, w1 (k, q, p) and w2 (l, s, r) make no Monarch product (l*r
+    = k*q, x's width k*p, or l*s transposed): a wrong width or w1 given (k, p, q) raised torch's reshape error
+    about an inner shape, naming neither, where the butterfly's references name theirs (`check_twiddles`)."""
+    _require(
+        w1.dim() == 3 and w2.dim() == 3,
+        f"monarch: w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} must be 3-D, (k, q, p) and (l, s, r)",
+    )
+    (k, q, p), (l, s, r) = w1.shape, w2.shape  # noqa: E741
+    _require(
+        l * r == k * q,
+        f"monarch: w2 {tuple(w2.shape)} takes l*r = {l * r} features; w1 {tuple(w1.shape)} gives k*q = {k * q}",
+    )
+    width = l * s if transposed else k * p
+    _require(
+        x.dim() >= 1 and x.shape[-1] == width,
+        f"monarch: x has shape {tuple(x.shape)}; w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} take {width} features",
+    )
+
+
 def monarch_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """The convention's four steps with two torch.bmm (the Monarch paper's reference code); any leading dims."""
+    check_monarch(x, w1, w2)
     k, q, p = w1.shape
     l, s, r = w2.shape  # noqa: E741
     lead = x.shape[:-1]
@@ -155,7 +176,9 @@ def fft_map(n: int, n1: int, n2: int) -> LinearMap:
 
 def dft_matrix(n: int, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
     """F[k, j] = exp(-2 pi i j k / n); the product j*k is reduced mod n first to keep the angle exact."""
-    _require(isinstance(n, int) and n >= 1, f"dft_matrix n={n!r}: must be a positive integer")
+    # numpy's integers too, as the factors take them (fft_map built where fft_weights refused it); not a bool
+    _require(positive(n), f"dft_matrix n={n!r}: must be a positive integer")
+    n = operator.index(n)
     idx = torch.arange(n)
     angle = (-2 * math.pi / n) * (torch.outer(idx, idx) % n).to(torch.float64)
     return torch.polar(torch.ones_like(angle), angle).to(dtype)
