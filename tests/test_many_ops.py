@@ -239,3 +239,73 @@ def test_an_artifact_that_cannot_be_saved_fails_its_op_and_the_others_finish(tmp
         tmp_path / "art" / "c" / "kernel.py"
     ).is_file()
     assert "3 ops" in done.stdout and "failed" in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_a_bars_row_on_a_narrow_terminal_keeps_its_count_and_time_whole(width):
+    """rich squeezed every column alike: at 80 columns `150/1000` read `1…` and the time `0:…`, and a dry run's
+    long label left no count at all. Now the description (at most a third of the row) and the status give way."""
+    import io
+
+    from rich.console import Console
+
+    from kt.autotune.progress import TuneProgress
+
+    written = io.StringIO()
+    console = Console(file=written, width=width, force_terminal=False, soft_wrap=True, emoji=False)
+    reporter = TuneProgress(True, True, console=console)
+    reporter.start(
+        1000, 0, "dryrun on cpu (Triton interpreter, dry run of the GPU measure path) + sm_90 compile"
+    )
+    for status in ["ok"] * 137 + ["timeout"] * 12 + ["compile_error"]:
+        reporter.advance_row({"status": status, "runtime_ms": 0.5})
+    reporter.stop()
+    (row,) = [line for line in written.getvalue().splitlines() if line.strip()]
+    assert "150/1000 0:00:0" in row and len(row) <= width, row
+
+
+def test_the_board_is_off_the_screen_while_an_ops_report_prints(monkeypatch, tmp_path):
+    """An op's heading, table and artifact line printed through the CLI's own console while the board was drawn:
+    its next redraw cleared them from the terminal, and stale frames of the board stayed."""
+    import io
+
+    from rich.console import Console
+
+    from kt.autotune import progress
+
+    console = Console(file=io.StringIO(), width=100, force_terminal=True)
+    board = progress.TuneBoard(True, 2, console=console)
+    for name in "ab":  # the board three rows high
+        board.add(name, "interpret on cpu", total=3, done=0)
+    board.progress.refresh()
+    assert board.progress.live.is_started
+    with board.above():
+        assert not board.progress.live.is_started
+        console.file.write("artifact: art/a\n")  # as the CLI's own console prints it
+    assert board.progress.live.is_started and not board.progress.live.transient
+    board.stop()
+    # drawn again below it, without moving up over it first (its restart cleared the erased board's height of
+    # lines: the artifact line)
+    after = console.file.getvalue().split("artifact: art/a\n")[1]
+    assert "\x1b[1A" not in after.split("all 2 ops")[0], repr(after[:80])
+    seen = []
+    real = progress.TuneBoard.above
+
+    def recorded(self):
+        seen.append(self.progress is not None and self.progress.live.is_started)
+        return real(self)
+
+    monkeypatch.setattr(progress.TuneBoard, "above", recorded)
+    specs = [as_spec({"op": "dense", "name": n, "shape": {"m": 16, "n": 16, "k": 16}}) for n in "ab"]
+    tune_each(
+        specs,
+        tune,
+        concurrent=2,
+        on_done=lambda number, spec, outcome: None,
+        budget=1,
+        backend="dryrun",
+        db=tmp_path / "t.db",
+        workers=1,
+        progress=True,
+    )
+    assert seen == [True, True]  # each op's report printed with the board off the screen

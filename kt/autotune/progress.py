@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -17,6 +18,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from kt.autotune.runners import Result
@@ -34,17 +36,28 @@ def _console() -> Console:
     piped = (
         not (sys.stderr is not None and sys.stderr.isatty()) and "COLUMNS" not in os.environ
     )  # None: closed
-    # emoji off: a path holding ':b:' printed as an emoji
-    return Console(stderr=True, soft_wrap=True, emoji=False, width=PIPED_WIDTH if piped else None)
+    # emoji off: a path holding ':b:' printed as an emoji; NO_COLOR (no-color.org): no escape codes at all, as
+    # the CLI's consoles (rich drops only the colours, and the bars' descriptions were printed bold)
+    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+    return Console(stderr=True, soft_wrap=True, emoji=False, width=PIPED_WIDTH if piped else None, **plain)
 
 
 def _tune_bars(console: Console) -> Progress:
+    """A tune's (or a board's) bar row: where the row is narrower than it, the description and then the status
+    give way, cut with an ellipsis, never the count or the time (rich squeezed those first: at 80 columns
+    `150/1000` read `1…`, and a dry run's long label left no count at all)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn(
+            "[bold]{task.description}",
+            table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(24, console.width // 3)),
+        ),
+        BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[status]}", table_column=Column(ratio=2, no_wrap=True, overflow="ellipsis")),
+        # on a terminal the row fills its width, the bar and the status sharing what the rest leave; written
+        # to a log (PIPED_WIDTH) it is as wide as it needs, not padded to a thousand columns
+        expand=console.width < PIPED_WIDTH,
         console=console,
         transient=False,
     )
@@ -200,6 +213,28 @@ class TuneBoard:
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         return " · ".join([*parts, f"{self.ops - sum(counts.values())} to go"])
 
+    @contextlib.contextmanager
+    def above(self):
+        """While the caller prints through a console of its own (an op's report on stdout): the board taken off the
+        screen, and drawn again below what was printed. Printed while it was drawn, an op's heading, table and
+        artifact line went to the terminal under it, and its next redraw cleared them."""
+        if self.progress is None:
+            yield
+            return
+        live = self.progress.live
+        live.transient = True  # stopped, the board erases itself
+        self.progress.stop()
+        # and is gone: rich keeps the erased board's height, and its restart moved up over that many lines of
+        # what was printed meanwhile and cleared them (the op's artifact line)
+        render = getattr(live, "_live_render", None)
+        if render is not None:
+            render._shape = None
+        try:
+            yield
+        finally:
+            live.transient = False
+            self.progress.start()
+
     def stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
@@ -218,7 +253,8 @@ class _TimeLeft(ProgressColumn):
         if deadline is None or task.finished:
             return Text("")
         left = max(0, int(deadline - time.monotonic()))
-        return Text(f"{self.label} {left // 60}:{left % 60:02d}")
+        # one line: at 80 columns the times wrapped onto a row of their own, apart from their labels
+        return Text(f"{self.label} {left // 60}:{left % 60:02d}", no_wrap=True, overflow="ellipsis")
 
 
 class BenchProgress:

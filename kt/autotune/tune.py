@@ -894,7 +894,8 @@ def tune_each(
                 if board is not None:
                     board.finished(spec.name, "done" if isinstance(outcome, TuneResult) else "failed")
                 if on_done is not None:
-                    on_done(number, spec, outcome)
+                    with board.above() if board is not None else contextlib.nullcontext():
+                        on_done(number, spec, outcome)
 
         try:
             if board is None:
