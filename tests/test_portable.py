@@ -256,3 +256,23 @@ def test_an_aoti_package_of_the_decomposed_program_runs_without_kt(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-5
+
+
+def test_decompose_refuses_the_operands_the_op_refuses():
+    """Where the op refuses in one line, decompose returned a tensor: a low-rank op's one factor of two (x @ f1), an
+    x of float64, and a BSR weight of another pattern, whose blocks past the op's widest block-row were cut."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 16)
+    lowrank = knn.LowRankLinear(16, 8, 4, bias=False)
+    f1, f2 = [w.detach() for w in lowrank._weights()]
+    sparse = knn.BlockSparseLinear(16, 16, (4, 4), density=0.5, bias=False)
+    crow, col, values = [w.detach() for w in sparse._weights()]
+    for xx, weights, op, error, words in (
+        (x, [f1], lowrank.op_text, TypeError, "the lowrank op takes 2 weight tensor"),
+        (x.double(), [f1.double(), f2.double()], lowrank.op_text, TypeError, "x.dtype is torch.float64"),
+        (x, [crow, (col + 1) % 4, values], sparse.op_text, ValueError, "w stores its blocks at other places"),
+    ):
+        with pytest.raises(error, match=words):
+            torch.ops.kt.apply(xx, weights, op)
+        with pytest.raises(error, match=words):
+            knn.decompose(xx, weights, op)

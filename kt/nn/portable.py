@@ -27,6 +27,9 @@ import torch
 
 from kt.nn.selection import parsed_op
 
+# the ops `_term` writes in PyTorch operators
+DECOMPOSED = ("dense", "lowrank", "blocksparse", "sum", "monarch", "butterfly", "fft")
+
 
 def decompositions() -> dict[Any, Any]:
     """PyTorch's default decomposition table (`torch.export.default_decompositions()`) with kt's op added: for
@@ -39,7 +42,17 @@ def decompositions() -> dict[Any, Any]:
 
 def decompose(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Tensor:
     """What `torch.ops.kt.apply(x, weights, op)` computes, in PyTorch operators on x's dtype (a kernel's
-    float16 accumulates in float32; these accumulate as the runtime's own matmul does)."""
+    float16 accumulates in float32; these accumulate as the runtime's own matmul does). The operands are checked
+    as the op checks them (its count, dtypes and widths, and a BSR weight's pattern where its indices hold
+    values): a program given another checkpoint's block pattern lost blocks without a word, where the op
+    refuses it."""
+    from kt.nn.functional import TRUSTED, _check_bsr_weights, _check_operands, _readable
+
+    if parsed_op(op)["op"] not in DECOMPOSED:  # said so first, whatever its operands
+        _term(parsed_op(op), x, list(weights))
+    _check_operands(op, x, list(weights))
+    if not parsed_op(op).get(TRUSTED):  # the indices' values read only where they hold some (not in a trace)
+        _check_bsr_weights(dict(parsed_op(op)), list(weights), read=_readable(x, *weights))
     spec = parsed_op(op)
     if "pin" in spec:  # a kernel the user loaded: its op in its own words says what it computes
         spec = {key: value for key, value in spec.items() if key != "pin"}
@@ -81,8 +94,7 @@ def _term(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) ->
     if kind == "fft":
         return _fft(spec, x)
     raise ValueError(
-        f"kt.nn.decompose: the {kind} op has no decomposition (ops with one: dense, lowrank, blocksparse, sum, "
-        "monarch, butterfly, fft)"
+        f"kt.nn.decompose: the {kind} op has no decomposition (ops with one: {', '.join(DECOMPOSED)})"
     )
 
 
