@@ -48,15 +48,21 @@ def decompose(x: torch.Tensor, weights: list[torch.Tensor], op: str) -> torch.Te
     refuses it."""
     from kt.nn.functional import TRUSTED, _check_bsr_weights, _check_operands, _readable
 
-    if parsed_op(op)["op"] not in DECOMPOSED:  # said so first, whatever its operands
-        _term(parsed_op(op), x, list(weights))
-    _check_operands(op, x, list(weights))
-    if not parsed_op(op).get(TRUSTED):  # the indices' values read only where they hold some (not in a trace)
-        _check_bsr_weights(dict(parsed_op(op)), list(weights), read=_readable(x, *weights))
-    spec = parsed_op(op)
+    spec, weights = parsed_op(op), list(weights)
+    if spec["op"] not in DECOMPOSED:  # said so first, whatever its operands
+        raise _undecomposed(spec["op"])
+    _check_operands(op, x, weights)
+    if not spec.get(TRUSTED):  # the indices' values read only where they hold some (not in a trace)
+        _check_bsr_weights(dict(spec), weights, read=_readable(x, *weights))
     if "pin" in spec:  # a kernel the user loaded: its op in its own words says what it computes
         spec = {key: value for key, value in spec.items() if key != "pin"}
-    return _term(spec, x, list(weights))
+    return _term(spec, x, weights)
+
+
+def _undecomposed(kind: str) -> ValueError:
+    return ValueError(
+        f"kt.nn.decompose: the {kind} op has no decomposition (ops with one: {', '.join(DECOMPOSED)})"
+    )
 
 
 def _term(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
@@ -93,9 +99,7 @@ def _term(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) ->
         return (transposed if spec.get("transposed") else forward)(x, *weights)
     if kind == "fft":
         return _fft(spec, x)
-    raise ValueError(
-        f"kt.nn.decompose: the {kind} op has no decomposition (ops with one: {', '.join(DECOMPOSED)})"
-    )
+    raise _undecomposed(kind)
 
 
 def _blocksparse(spec: dict[str, Any], x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
