@@ -68,7 +68,6 @@ def model_ops(
     the example does not run: a generation's decode steps, one row per sequence)."""
     from kt.nn.functional import _row_count
     from kt.nn.layers import (
-        CONVOLUTIONS,
         FFT,
         _KtLinear,
         _not_pointwise,
@@ -76,6 +75,7 @@ def model_ops(
         autocast_dtype,
         conv1d,
         conv1d_subclass,
+        convolution_subclassed,
         pointwise,
         unparametrized,
     )
@@ -112,12 +112,8 @@ def model_ops(
                 f"a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ",
             )
             return
-        elif (
-            isinstance(module, CONVOLUTIONS)
-            and unparametrized(module) not in CONVOLUTIONS
-            and not _not_pointwise(module)
-        ):  # a 1x1 convolution of a subclass (timm's StdConv2d): left alone by structurize, listed here
-            base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
+        # a 1x1 convolution of a subclass (timm's StdConv2d): left alone by structurize, listed here
+        elif (base := convolution_subclassed(module)) and not _not_pointwise(module):
             skip(path, f"a {type(module).__name__}: a subclass of torch's {base}, whose forward may differ")
             return
         elif isinstance(module, nn.Linear) or conv1d(module) or pointwise(module):

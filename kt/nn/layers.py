@@ -100,6 +100,15 @@ def pointwise(module: Any) -> bool:
     return unparametrized(module) in CONVOLUTIONS and not _not_pointwise(module)
 
 
+def convolution_subclassed(module: Any) -> str | None:
+    """The name of the torch convolution (Conv1d, Conv2d, Conv3d) that `module` is a subclass of (timm's
+    StdConv2d, whose forward standardizes its weight: Conv2d), or None where it is none of them or one of them
+    itself (under parametrize too): a 1x1 one structurize leaves alone and `kt tune --from-model` lists as skipped."""
+    if not isinstance(module, CONVOLUTIONS) or unparametrized(module) in CONVOLUTIONS:
+        return None
+    return next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
+
+
 def _not_pointwise(conv: nn.Module) -> str:
     """Why the convolution `conv` is no matmul over its channels ("" where it is one)."""
     why = []

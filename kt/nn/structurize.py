@@ -24,6 +24,7 @@ from kt.nn.layers import (
     as_linear,
     conv1d,
     conv1d_subclass,
+    convolution_subclassed,
     own_names,
     pointwise,
     unparametrized,
@@ -146,8 +147,7 @@ def structurize(model: nn.Module, rules: Rules) -> list[str]:
                 f"is a {type(module).__name__}: a subclass of transformers' Conv1D, whose forward may differ, "
                 "which structurize leaves alone"
             )
-        elif isinstance(module, CONVOLUTIONS) and cls not in CONVOLUTIONS:
-            base = next(c for c in CONVOLUTIONS if isinstance(module, c)).__name__
+        elif base := convolution_subclassed(module):
             # a 1x1 convolution of a subclass (timm's StdConv2d standardizes its weight): named where matched
             if _lazy(module):  # (it was called a subclass whose forward may differ)
                 subclassed[name] = (
